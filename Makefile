@@ -1,0 +1,76 @@
+# hutch: `make up` runs hutch on this machine with a first workload; `make test` runs the suite.
+# Both install what is missing on a fresh Debian 12 machine first (apt packages, .venv).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+HUTCH := $(VENV)/bin/hutch
+CACHE_DIR ?= /var/cache/hutch
+BUSYBOX_ROOT := $(CACHE_DIR)/busybox-rootfs
+# Runtime: qemu, crun, guest build (gcc, kmod, lz4, busybox), root disks (erofs-utils, e2fsprogs).
+APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsprogs kmod lz4 zstd \
+	gcc libc6-dev python3 python3-venv python3-dev iproute2 util-linux ca-certificates
+PYTEST_ARGS ?=
+
+.PHONY: help setup apt venv guest up test lint fmt bench clean
+
+help:
+	@echo "make up     install what is missing, set up hutch, run a first workload in a micro-VM"
+	@echo "make test   install what is missing, lint, run the test suite"
+	@echo "make bench  run the benchmarks under bench/"
+	@echo "make lint   ruff, mypy, import-linter"
+
+setup: apt venv guest
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Guest kernel (from Debian's package), agent and initramfs, cached by content; KVM/TCG probe.
+guest: venv
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(HUTCH) setup
+
+$(BUSYBOX_ROOT)/bin/busybox: | venv
+	$(PY) -m hutch.images.busybox $(BUSYBOX_ROOT)
+
+up: setup $(BUSYBOX_ROOT)/bin/busybox
+	@echo "== a first workload, in its own micro-VM:"
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(HUTCH) sandbox run $(BUSYBOX_ROOT) -- \
+		/bin/sh -c 'echo "hello from a hutch micro-VM: kernel $$(uname -r), $$(nproc) vCPU, \
+		$$(awk "/MemTotal/{print int(\$$2/1024)}" /proc/meminfo) MiB"'
+	@echo "== next: $(HUTCH) sandbox run --help   (docs: README.md)"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+fmt: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# pytest exits 5 when it collected nothing: make fails on any non-zero exit, so that fails too.
+test: setup lint
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: setup
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) bench/boot.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
