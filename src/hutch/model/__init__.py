@@ -1,0 +1,1 @@
+"""Pure data: frozen dataclasses, enums, ids and errors. No I/O."""

@@ -1,0 +1,37 @@
+"""The one error hierarchy. Every refusal says why; `api/errors.py` maps these to HTTP."""
+
+
+class HutchError(Exception):
+    """Base class: `message` is shown to the user as is, so make it say what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Invalid(HutchError):
+    """The request is malformed or asks for something impossible (400/422)."""
+
+
+class NotFound(HutchError):
+    """No such object, or not one the caller may see (404)."""
+
+
+class Conflict(HutchError):
+    """The object exists but is in the wrong state for this request (409)."""
+
+
+class QuotaExceeded(HutchError):
+    """The project's quota does not allow this (403/429)."""
+
+
+class NoCapacity(HutchError):
+    """No node can take this (503)."""
+
+
+class Unsupported(HutchError):
+    """This driver, node or build cannot do that at all (501)."""
+
+
+class Unavailable(HutchError):
+    """Something hutch depends on failed or is missing on this host (503)."""

@@ -1,0 +1,204 @@
+"""What a runtime driver is asked to run, and what it reports back."""
+
+import re
+import signal as _signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Literal
+
+from hutch.model.errors import Invalid
+
+SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+MAX_ARG_BYTES = 256 << 10  # argv + env together, well under the guest's 1 MiB frame
+
+
+def validate_sandbox_id(sandbox_id: str) -> str:
+    if not SANDBOX_ID.match(sandbox_id):
+        raise Invalid(
+            f"sandbox id {sandbox_id!r} is invalid: use 1-40 of a-z, 0-9, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
+    return sandbox_id
+
+
+def parse_signal(value: str | int) -> int:
+    """A signal by number, name or short name: 15, "SIGTERM", "term"."""
+    if isinstance(value, int) or value.isdigit():
+        num = int(value)
+        if 1 <= num <= 64:
+            return num
+        raise Invalid(f"signal {value} is out of range (1-64)")
+    name = value.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    try:
+        return int(_signal.Signals[name])
+    except KeyError:
+        raise Invalid(f"unknown signal {value!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A resolved identity: names are looked up in the image before they reach a driver."""
+
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for what, value in (
+            ("uid", self.uid),
+            ("gid", self.gid),
+            *(("group", g) for g in self.groups),
+        ):
+            if not 0 <= value < 2**32 - 1:
+                raise Invalid(f"{what} {value} is out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """One process: the main workload or an exec'd one."""
+
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()  # "KEY=VALUE"
+    cwd: str = "/"
+    user: User = field(default_factory=User)
+    stdin: bool = False  # give it a pipe (else /dev/null)
+
+    def __post_init__(self) -> None:
+        if not self.args or not self.args[0]:
+            raise Invalid("no command to run: give a command, or use an image that has one")
+        if not PurePosixPath(self.cwd).is_absolute():
+            raise Invalid(f"working directory {self.cwd!r} must be an absolute path")
+        for entry in self.env:
+            key, sep, _ = entry.partition("=")
+            if not sep or not _ENV_KEY.match(key):
+                raise Invalid(f"environment entry {entry!r} is not KEY=VALUE")
+        for text in (*self.args, *self.env, self.cwd):
+            if "\0" in text:
+                raise Invalid("arguments, environment and paths may not contain NUL bytes")
+        if sum(len(t.encode()) + 1 for t in (*self.args, *self.env)) > MAX_ARG_BYTES:
+            raise Invalid(f"arguments and environment exceed {MAX_ARG_BYTES >> 10} KiB")
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    cpus: int = 1
+    memory_mib: int = 128
+    # Writable layer over the read-only root: a tmpfs in the VM, an upper dir for crun.
+    # 0 = half the memory.
+    scratch_mib: int = 0
+    pids: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.cpus < 1:
+            raise Invalid(f"cpus must be at least 1, not {self.cpus}")
+        if self.memory_mib < 1:
+            raise Invalid(f"memory must be positive, not {self.memory_mib} MiB")
+        if self.scratch_mib < 0:
+            raise Invalid("scratch size cannot be negative")
+        if self.pids < 8:
+            raise Invalid(f"pids limit must be at least 8, not {self.pids}")
+
+    @property
+    def scratch_bytes(self) -> int:
+        return (self.scratch_mib or max(self.memory_mib // 2, 16)) << 20
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    """Everything a driver needs; paths are prepared by the image layer beforehand."""
+
+    id: str
+    process: ProcessSpec
+    rootfs: str = ""  # unpacked root directory (the container runtime runs on it)
+    root_disk: str = ""  # read-only file system image of that root (micro-VMs boot from it)
+    root_disk_format: Literal["erofs", "ext4"] = "erofs"
+    resources: Resources = field(default_factory=Resources)
+    hostname: str = ""
+    stop_signal: int = int(_signal.SIGTERM)
+
+    def __post_init__(self) -> None:
+        validate_sandbox_id(self.id)
+        if self.hostname and not re.match(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$", self.hostname):
+            raise Invalid(f"hostname {self.hostname!r} is invalid")
+
+
+class SandboxState(StrEnum):
+    CREATED = "created"  # the sandbox exists and boots; the workload has not been started
+    RUNNING = "running"
+    EXITED = "exited"  # the workload ended; see ExitStatus
+    FAILED = "failed"  # hutch could not run it, or the sandbox died under it
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    code: int  # 0-255; 128 + signal when a signal ended it
+    signal: int = 0
+    oom_killed: bool = False
+    error: str = ""  # set when the sandbox failed rather than the workload exiting
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error)
+
+    def describe(self) -> str:
+        if self.error:
+            return self.error
+        if self.oom_killed:
+            return f"out of memory (killed, exit code {self.code})"
+        if self.signal:
+            return f"killed by signal {self.signal} (exit code {self.code})"
+        return f"exit code {self.code}"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxInfo:
+    id: str
+    runtime: str
+    state: SandboxState
+    pid: int  # host pid of the qemu or of the container's init; 0 when gone
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit: ExitStatus | None = None
+    resources: Resources = field(default_factory=Resources)
+    details: Mapping[str, str] = field(default_factory=dict)  # accel, uid, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    cpu_ns: int  # host CPU time of the sandbox (qemu or the container's processes)
+    memory_bytes: int  # host memory charged to it
+    memory_limit_bytes: int
+    pids: int
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a driver can do, as data (Nomad's shape): callers check, not guess."""
+
+    runtime: str
+    isolation: Literal["vm", "namespaces"]
+    root: Literal["disk", "dir"]  # what SandboxSpec field the driver boots from
+    exec: bool
+    signals: bool
+    accel: str  # "kvm", "tcg" or "none"
+    min_memory_mib: int
+    max_cpus: int
+    max_memory_mib: int
+    overhead_mib: int  # host memory per sandbox beyond its own limit, for the scheduler
+
+
+class Stream(StrEnum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    stream: Stream
+    data: bytes
+    time_ns: int

@@ -1,0 +1,48 @@
+"""Human sizes: "128M", "1.5GiB", "512" (MiB when no unit)."""
+
+import re
+
+from hutch.model.errors import Invalid
+
+_UNITS = {
+    "": 1 << 20,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1 << 30,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tb": 1 << 40,
+    "tib": 1 << 40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str, default_unit: str = "m") -> int:
+    """Bytes in `text`; a bare number is in `default_unit`. Binary units: 1M = 1 MiB."""
+    m = _SIZE.match(text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise Invalid(f"{text!r} is not a size: use a number with an optional unit (K, M, G, T)")
+    factor = _UNITS[unit or default_unit.lower()]
+    return int(float(m.group(1)) * factor)
+
+
+def parse_mib(text: str) -> int:
+    """Whole MiB in `text` (rounded up)."""
+    return -(-parse_size(text) // (1 << 20))
+
+
+def format_bytes(n: int) -> str:
+    """Short binary form: 1536 -> "1.5 KiB"."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
