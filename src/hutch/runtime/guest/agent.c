@@ -1,0 +1,894 @@
+/*
+ * hutch-agent: runs the workload inside a sandbox and speaks docs/guest-protocol.md to the host.
+ *
+ *   hutch-agent                  PID 1 of a micro-VM: mounts the root disk with a tmpfs overlay,
+ *                                then serves the virtio-serial port named "hutch.agent".
+ *   hutch-agent --listen-fd N    init of a crun container: serves connections accepted on the
+ *                                inherited listening socket N.
+ *
+ * Static, no allocation beyond a few bounded buffers, no Python: it must boot fast and stay small.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROTO_VERSION 1
+#define SYN_MAGIC "HUTCHSYN"
+#define ACK_MAGIC "HUTCHACK"
+#define MAGIC_LEN 8
+#define NONCE_LEN 16
+#define HDR_LEN 12
+#define MAX_IN_PAYLOAD (1u << 20)
+#define MAX_OUT_PAYLOAD (64u << 10)
+#define INBUF_CAP (MAX_IN_PAYLOAD + HDR_LEN + 4096)
+#define INITIAL_WINDOW (256u << 10)
+#define MAX_STDIN_PENDING (512u << 10)
+#define MAX_PROCS 64
+#define MAX_ARGS 4096
+#define EXIT_ACK_TIMEOUT_MS 10000
+#define PORT_NAME "hutch.agent"
+
+enum {
+    T_RUN = 1, T_EXEC = 2, T_STDIN = 3, T_SIGNAL = 4, T_EXIT_ACK = 5, T_WINDOW = 6,
+    T_STARTED = 17, T_STDOUT = 18, T_STDERR = 19, T_EXIT = 20, T_ERROR = 21, T_STDIN_ACK = 22,
+};
+enum { S_ARG = 1, S_ENV = 2, S_CWD = 3, S_UID = 4, S_GID = 5, S_GROUP = 6, S_STDIN = 7, S_HOST = 8 };
+
+struct proc {
+    uint32_t id;          /* 0 = free slot */
+    pid_t pid;            /* 0 once reaped */
+    int out_fd, err_fd;   /* -1 once drained */
+    int in_fd;            /* -1 when closed or never opened */
+    uint32_t window;      /* output bytes the host will still take */
+    char *in_buf;         /* stdin bytes not yet written to the pipe */
+    size_t in_len;
+    uint32_t in_acked;    /* written since the last STDIN_ACK */
+    int in_eof;           /* the host closed stdin: close the pipe once in_buf is written */
+    unsigned long oom_base; /* guest OOM kills before this process started */
+    int exited, status, oom;
+    int exit_sent, exit_acked;
+};
+
+static int vm_mode;           /* PID 1 of a micro-VM */
+static int chan = -1;         /* virtio port, or the accepted connection */
+static int listen_fd = -1;    /* container mode only */
+static int need_sync = 1;     /* scan input for SYN before parsing frames */
+static int main_started;
+static int sigfd = -1;
+static unsigned char inbuf[INBUF_CAP];
+static size_t inlen;
+static struct proc procs[MAX_PROCS];
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static void logmsg(const char *fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if (n > (int)sizeof buf - 2) n = sizeof buf - 2;
+    buf[n++] = '\n';
+    ssize_t w = write(2, "hutch-agent: ", 13);
+    w = write(2, buf, n);
+    (void)w;
+}
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void put32(unsigned char *p, uint32_t v) {
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+static uint32_t get32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+static int write_file(const char *path, const char *s) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = write(fd, s, strlen(s));
+    close(fd);
+    return n < 0 ? -1 : 0;
+}
+
+/* The guest kernel's global OOM-kill counter: in a VM every kill is the workload's. */
+static unsigned long read_oom_kills(void) {
+    char buf[8192];
+    int fd = open("/proc/vmstat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    char *p = strstr(buf, "\noom_kill ");
+    return p ? strtoul(p + 10, NULL, 10) : 0;
+}
+
+/* A new VM or network namespace starts with loopback down; workloads expect 127.0.0.1. */
+static void loopback_up(void) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0 && !(ifr.ifr_flags & IFF_UP)) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    close(s);
+}
+
+static void power_off(void) {
+    if (!vm_mode) exit(0);
+    kill(-1, SIGKILL);
+    sync();
+    reboot(RB_POWER_OFF);
+    for (;;) pause();
+}
+
+/* ---- the channel: virtio port or socket ------------------------------------------------- */
+
+static void chan_lost(void) {
+    need_sync = 1;
+    if (!vm_mode && chan >= 0) {
+        close(chan);
+        chan = -1;
+    }
+}
+
+/* Container mode: wait for the next host connection. */
+static void chan_accept(void) {
+    while (chan < 0) {
+        int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (c >= 0) {
+            chan = c;
+            inlen = 0;
+            need_sync = 1;
+            return;
+        }
+        if (errno == EAGAIN || errno == EINTR) {
+            struct pollfd p = {listen_fd, POLLIN, 0};
+            poll(&p, 1, -1);
+            continue;
+        }
+        logmsg("accept: %s", strerror(errno));
+        sleep(1);
+    }
+}
+
+/* VM mode: a disconnected virtio port reports POLLHUP forever; wait until a host is back. */
+static int port_connected(void) {
+    struct pollfd p = {chan, 0, 0};
+    poll(&p, 1, 0);
+    return !(p.revents & POLLHUP);
+}
+
+/* Write everything, blocking; returns -1 if the host went away (the frame must be resent). */
+static int chan_write_all(const unsigned char *buf, size_t len) {
+    while (len > 0) {
+        if (chan < 0) return -1;
+        ssize_t n = vm_mode ? write(chan, buf, len) : send(chan, buf, len, MSG_NOSIGNAL);
+        if (n > 0) {
+            buf += n;
+            len -= n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) {
+            struct pollfd p = {chan, POLLOUT, 0};
+            poll(&p, 1, 200);
+            if (vm_mode && (p.revents & POLLHUP) && !(p.revents & POLLOUT)) {
+                need_sync = 1;
+                return -1;
+            }
+            continue;
+        }
+        chan_lost();
+        return -1;
+    }
+    return 0;
+}
+
+static int chan_fill(void);
+static void send_frame(int type, uint32_t id, const void *payload, size_t len);
+
+/* Block until the handshake with a (new) host is done, then resend unacknowledged exits. */
+static void chan_sync(void) {
+    while (need_sync) {
+        if (!vm_mode && chan < 0) chan_accept();
+        if (vm_mode && !port_connected()) {
+            poll(NULL, 0, 50);
+            continue;
+        }
+        unsigned char *m = memmem(inbuf, inlen, SYN_MAGIC, MAGIC_LEN);
+        if (m && (size_t)(inbuf + inlen - m) >= MAGIC_LEN + NONCE_LEN) {
+            unsigned char ack[MAGIC_LEN + NONCE_LEN + 16];
+            memcpy(ack, ACK_MAGIC, MAGIC_LEN);
+            memcpy(ack + MAGIC_LEN, m + MAGIC_LEN, NONCE_LEN);
+            put32(ack + 24, PROTO_VERSION);
+            put32(ack + 28, main_started ? 1 : 0);
+            struct timespec ts;
+            clock_gettime(CLOCK_BOOTTIME, &ts);
+            uint64_t up = (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+            put32(ack + 32, up >> 32);
+            put32(ack + 36, (uint32_t)up);
+            size_t used = (m - inbuf) + MAGIC_LEN + NONCE_LEN;
+            memmove(inbuf, inbuf + used, inlen - used);
+            inlen -= used;
+            if (chan_write_all(ack, sizeof ack) < 0) continue;
+            need_sync = 0;
+            for (int i = 0; i < MAX_PROCS; i++) {
+                struct proc *p = &procs[i];
+                if (p->id && p->exit_sent && !p->exit_acked) p->exit_sent = 0; /* resent below */
+            }
+            return;
+        }
+        /* keep the tail that may hold the start of a magic; drop the rest */
+        if (!m && inlen > MAGIC_LEN + NONCE_LEN) {
+            size_t keep = MAGIC_LEN + NONCE_LEN;
+            memmove(inbuf, inbuf + inlen - keep, keep);
+            inlen = keep;
+        }
+        struct pollfd p = {chan, POLLIN, 0};
+        int r = poll(&p, 1, 200);
+        if (r > 0 && (p.revents & POLLIN)) chan_fill();
+        else if (r > 0 && (p.revents & (POLLHUP | POLLERR)) && !vm_mode) chan_lost();
+    }
+}
+
+static void send_frame(int type, uint32_t id, const void *payload, size_t len) {
+    unsigned char hdr[HDR_LEN] = {0};
+    hdr[0] = type;
+    put32(hdr + 4, id);
+    put32(hdr + 8, (uint32_t)len);
+    for (;;) {
+        if (need_sync) chan_sync();
+        if (chan_write_all(hdr, HDR_LEN) == 0 &&
+            (len == 0 || chan_write_all(payload, len) == 0))
+            return;
+    }
+}
+
+/* Read what is available into inbuf; 0 on EOF/disconnect. */
+static int chan_fill(void) {
+    if (chan < 0) return 0;
+    if (inlen == sizeof inbuf) { /* a peer that never completes a frame: start over */
+        inlen = 0;
+        need_sync = 1;
+    }
+    ssize_t n = read(chan, inbuf + inlen, sizeof inbuf - inlen);
+    if (n > 0) {
+        inlen += n;
+        return 1;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 1;
+    chan_lost(); /* EOF: in a VM this means the host end is not connected */
+    return 0;
+}
+
+/* ---- processes ---------------------------------------------------------------------------- */
+
+static struct proc *proc_by_id(uint32_t id) {
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (procs[i].id == id) return &procs[i];
+    return NULL;
+}
+
+static void proc_free(struct proc *p) {
+    free(p->in_buf);
+    memset(p, 0, sizeof *p);
+}
+
+static void send_exit(struct proc *p) {
+    unsigned char b[12];
+    int code = 0, sig = 0;
+    if (WIFEXITED(p->status)) code = WEXITSTATUS(p->status);
+    else if (WIFSIGNALED(p->status)) {
+        sig = WTERMSIG(p->status);
+        code = 128 + sig;
+    }
+    put32(b, (uint32_t)code);
+    put32(b + 4, (uint32_t)sig);
+    put32(b + 8, p->oom ? 1 : 0);
+    p->exit_sent = 1;
+    send_frame(T_EXIT, p->id, b, sizeof b);
+}
+
+static void close_stdin(struct proc *p) {
+    if (p->in_fd >= 0) close(p->in_fd);
+    p->in_fd = -1;
+    free(p->in_buf);
+    p->in_buf = NULL;
+    p->in_len = 0;
+}
+
+/* Read one chunk of a process's output within its window; drains fully once it has exited. */
+static void pump_output(struct proc *p, int *fdp, int type) {
+    unsigned char buf[MAX_OUT_PAYLOAD];
+    while (*fdp >= 0 && p->window > 0) {
+        size_t want = p->window < sizeof buf ? p->window : sizeof buf;
+        ssize_t n = read(*fdp, buf, want);
+        if (n > 0) {
+            p->window -= n;
+            send_frame(type, p->id, buf, n);
+            if (!p->exited) return; /* one chunk per poll round keeps processes fair */
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        /* EOF, an error, or (after exit) an empty pipe: the stream is over. Grandchildren that
+         * kept the pipe open lose it; the process we were asked to run is done. */
+        if (n < 0 && errno == EAGAIN && !p->exited) return;
+        close(*fdp);
+        *fdp = -1;
+        send_frame(type, p->id, NULL, 0);
+    }
+}
+
+static void maybe_finish(struct proc *p) {
+    if (!p->exited || p->exit_sent) return;
+    if (p->pid == 0) { /* reaped: drain what the pipes still hold, then report */
+        pump_output(p, &p->out_fd, T_STDOUT);
+        pump_output(p, &p->err_fd, T_STDERR);
+    }
+    if (p->out_fd < 0 && p->err_fd < 0) {
+        close_stdin(p);
+        send_exit(p);
+    }
+}
+
+struct spec {
+    char *argv[MAX_ARGS + 1];
+    char *envp[MAX_ARGS + 1];
+    int argc, envc;
+    const char *cwd, *hostname;
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[64];
+    int ngroups;
+    int want_stdin;
+};
+
+/* Parse a process spec in place (strings are NUL-terminated by copying into a fresh buffer). */
+static int parse_spec(const unsigned char *pl, uint32_t len, struct spec *s, char *store) {
+    memset(s, 0, sizeof *s);
+    s->cwd = "/";
+    uint32_t off = 0;
+    char *o = store;
+    while (off + 5 <= len) {
+        int tag = pl[off];
+        uint32_t l = get32(pl + off + 1);
+        off += 5;
+        if (l > len - off) return -1;
+        const unsigned char *v = pl + off;
+        off += l;
+        switch (tag) {
+        case S_ARG: case S_ENV: case S_CWD: case S_HOST: {
+            memcpy(o, v, l);
+            o[l] = 0;
+            if (tag == S_ARG && s->argc < MAX_ARGS) s->argv[s->argc++] = o;
+            else if (tag == S_ENV && s->envc < MAX_ARGS) s->envp[s->envc++] = o;
+            else if (tag == S_CWD) s->cwd = o;
+            else if (tag == S_HOST) s->hostname = o;
+            o += l + 1;
+            break;
+        }
+        case S_UID: if (l == 4) s->uid = get32(v); break;
+        case S_GID: if (l == 4) s->gid = get32(v); break;
+        case S_GROUP: if (l == 4 && s->ngroups < 64) s->groups[s->ngroups++] = get32(v); break;
+        case S_STDIN: if (l == 1) s->want_stdin = v[0]; break;
+        default: break; /* unknown tags are for newer agents */
+        }
+    }
+    return s->argc > 0 ? 0 : -1;
+}
+
+static void report_spawn_failure(struct proc *p, int code, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (n < 0) n = 0;
+    if (n >= (int)sizeof msg) n = sizeof msg - 1;
+    send_frame(T_ERROR, p->id, msg, n);
+    p->exited = 1;
+    p->status = W_EXITCODE(code, 0);
+    send_exit(p);
+}
+
+/* Child side of spawn: never returns. Errors go to errfd as "stage errno". */
+static void child_exec(struct spec *s, int in_fd, int out_fd, int err_fd, int errfd) {
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    setsid();
+    dup2(in_fd, 0);
+    dup2(out_fd, 1);
+    dup2(err_fd, 2);
+    if (errfd != 3) {
+        dup2(errfd, 3);
+        fcntl(3, F_SETFD, FD_CLOEXEC);
+        errfd = 3;
+    }
+    syscall(SYS_close_range, 4, ~0u, 0);
+    write_file("/proc/self/oom_score_adj", "0"); /* the agent protects itself, not the workload */
+    int stage = 0, err = 0;
+    if (chdir(s->cwd) < 0) { stage = 1; err = errno; goto fail; }
+    if (setgroups(s->ngroups, s->groups) < 0) { stage = 2; err = errno; goto fail; }
+    if (setgid(s->gid) < 0) { stage = 2; err = errno; goto fail; }
+    if (setuid(s->uid) < 0) { stage = 2; err = errno; goto fail; }
+    s->envp[s->envc] = NULL;
+    s->argv[s->argc] = NULL;
+    environ = s->envp; /* execvp searches the workload's PATH, not ours */
+    execvp(s->argv[0], s->argv);
+    stage = 3;
+    err = errno;
+fail:;
+    int msg[2] = {stage, err};
+    ssize_t w = write(errfd, msg, sizeof msg);
+    (void)w;
+    _exit(127);
+}
+
+static void spawn(uint32_t id, const unsigned char *pl, uint32_t len) {
+    struct proc *p = NULL;
+    if (proc_by_id(id)) return; /* a duplicate request after a resync */
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (!procs[i].id) { p = &procs[i]; break; }
+    if (!p) {
+        struct proc tmp = {.id = id};
+        report_spawn_failure(&tmp, 126, "too many processes in this sandbox (max %d)", MAX_PROCS);
+        return;
+    }
+    memset(p, 0, sizeof *p);
+    p->id = id;
+    p->out_fd = p->err_fd = p->in_fd = -1;
+    p->window = INITIAL_WINDOW;
+
+    static struct spec s;
+    char *store = malloc(2 * (size_t)len + 16); /* every string gains a NUL */
+    if (!store || parse_spec(pl, len, &s, store) < 0) {
+        free(store);
+        report_spawn_failure(p, 126, "malformed process spec");
+        return;
+    }
+    if (id == 1 && s.hostname && vm_mode) sethostname(s.hostname, strlen(s.hostname));
+
+    int out[2], err[2], in[2] = {-1, -1}, ep[2];
+    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0) {
+        free(store);
+        report_spawn_failure(p, 126, "pipe: %s", strerror(errno));
+        return;
+    }
+    if (s.want_stdin) {
+        if (pipe2(in, O_CLOEXEC) < 0) in[0] = in[1] = -1;
+    } else {
+        in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    pid_t pid = fork();
+    if (pid == 0) child_exec(&s, in[0], out[1], err[1], ep[1]);
+    close(out[1]);
+    close(err[1]);
+    close(ep[1]);
+    if (in[0] >= 0) close(in[0]);
+    int msg[2];
+    ssize_t n = pid > 0 ? read(ep[0], msg, sizeof msg) : -1;
+    close(ep[0]);
+    p->out_fd = out[0];
+    p->err_fd = err[0];
+    p->in_fd = in[1];
+    set_nonblock(p->out_fd);
+    set_nonblock(p->err_fd);
+    if (p->in_fd >= 0) set_nonblock(p->in_fd);
+    if (pid < 0 || n == (ssize_t)sizeof msg) {
+        static const char *stages[] = {"fork", "working directory", "user", "exec"};
+        int stage = pid < 0 ? 0 : msg[0], e = pid < 0 ? errno : msg[1];
+        if (pid > 0) waitpid(pid, NULL, 0);
+        close(p->out_fd);
+        close(p->err_fd);
+        p->out_fd = p->err_fd = -1;
+        close_stdin(p);
+        const char *what = stage == 1 ? s.cwd : s.argv[0];
+        report_spawn_failure(p, stage == 3 && e == ENOENT ? 127 : 126, "%s %s: %s",
+                             stages[stage], what, strerror(e));
+        free(store);
+        return;
+    }
+    free(store);
+    p->pid = pid;
+    if (id == 1) main_started = 1;
+    if (vm_mode) p->oom_base = read_oom_kills();
+    unsigned char b[4];
+    put32(b, (uint32_t)pid);
+    send_frame(T_STARTED, id, b, 4);
+}
+
+static void write_stdin(struct proc *p) {
+    while (p->in_fd >= 0 && p->in_len > 0) {
+        ssize_t n = write(p->in_fd, p->in_buf, p->in_len);
+        if (n > 0) {
+            memmove(p->in_buf, p->in_buf + n, p->in_len - n);
+            p->in_len -= n;
+            p->in_acked += n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) break;
+        close_stdin(p); /* the reader is gone */
+        break;
+    }
+    if (p->in_eof && p->in_len == 0) close_stdin(p);
+    if (p->in_acked) {
+        unsigned char b[4];
+        put32(b, p->in_acked);
+        p->in_acked = 0;
+        send_frame(T_STDIN_ACK, p->id, b, 4);
+    }
+}
+
+static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_t len) {
+    struct proc *p = proc_by_id(id);
+    switch (type) {
+    case T_RUN:
+        if (id == 1 && !main_started && !p) spawn(1, pl, len);
+        break;
+    case T_EXEC:
+        if (id > 1) spawn(id, pl, len);
+        break;
+    case T_STDIN:
+        if (!p || p->in_fd < 0) break;
+        if (len == 0) {
+            p->in_eof = 1;
+            write_stdin(p);
+            break;
+        }
+        if (p->in_len + len > MAX_STDIN_PENDING) { close_stdin(p); break; }
+        p->in_buf = realloc(p->in_buf, p->in_len + len);
+        if (!p->in_buf) { close_stdin(p); break; }
+        memcpy(p->in_buf + p->in_len, pl, len);
+        p->in_len += len;
+        write_stdin(p);
+        break;
+    case T_SIGNAL:
+        if (p && p->pid > 0 && len == 4) kill(p->pid, (int)get32(pl));
+        break;
+    case T_EXIT_ACK:
+        if (p && p->exit_sent) {
+            p->exit_acked = 1;
+            if (id == 1) power_off();
+            proc_free(p);
+        }
+        break;
+    case T_WINDOW:
+        if (p && len == 4) {
+            uint64_t w = (uint64_t)p->window + get32(pl);
+            p->window = w > 0x7fffffff ? 0x7fffffff : (uint32_t)w;
+        }
+        break;
+    default:
+        break; /* a newer host's frame: skip it */
+    }
+}
+
+static void process_input(void) {
+    size_t off = 0;
+    while (!need_sync && inlen - off >= HDR_LEN) {
+        const unsigned char *h = inbuf + off;
+        uint32_t len = get32(h + 8);
+        if (len > MAX_IN_PAYLOAD || h[0] == 'H') { /* 'H' starts HUTCHSYN */
+            need_sync = 1;
+            break;
+        }
+        if (inlen - off < HDR_LEN + len) break;
+        handle_frame(h[0], get32(h + 4), h + HDR_LEN, len);
+        off += HDR_LEN + len;
+    }
+    /* what is left is an incomplete frame, or (after need_sync) what chan_sync will scan */
+    memmove(inbuf, inbuf + off, inlen - off);
+    inlen -= off;
+}
+
+static void reap(void) {
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        for (int i = 0; i < MAX_PROCS; i++) {
+            struct proc *p = &procs[i];
+            if (!p->id || p->pid != pid) continue;
+            p->pid = 0;
+            p->exited = 1;
+            p->status = st;
+            if (vm_mode && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
+                p->oom = read_oom_kills() > p->oom_base;
+        }
+    }
+}
+
+static void handle_signals(void) {
+    struct signalfd_siginfo si;
+    while (read(sigfd, &si, sizeof si) == sizeof si) {
+        if (si.ssi_signo == SIGCHLD) reap();
+        else { /* crun kill and friends: pass it on to the workload */
+            struct proc *m = proc_by_id(1);
+            if (m && m->pid > 0) kill(m->pid, si.ssi_signo);
+        }
+    }
+}
+
+static void serve(void) {
+    uint64_t exit_wait_since = 0;
+    for (;;) {
+        if (need_sync) chan_sync();
+        process_input(); /* frames that came in with the handshake */
+        struct pollfd pf[2 + MAX_PROCS * 3];
+        struct proc *owner[2 + MAX_PROCS * 3];
+        int n = 0, timeout = -1;
+        pf[n] = (struct pollfd){sigfd, POLLIN, 0};
+        owner[n++] = NULL;
+        pf[n] = (struct pollfd){chan, POLLIN, 0};
+        owner[n++] = NULL;
+        for (int i = 0; i < MAX_PROCS; i++) {
+            struct proc *p = &procs[i];
+            if (!p->id) continue;
+            maybe_finish(p);
+            if (!p->id) continue;
+            if (p->window > 0 && p->out_fd >= 0) {
+                pf[n] = (struct pollfd){p->out_fd, POLLIN, 0};
+                owner[n++] = p;
+            }
+            if (p->window > 0 && p->err_fd >= 0) {
+                pf[n] = (struct pollfd){p->err_fd, POLLIN, 0};
+                owner[n++] = p;
+            }
+            if (p->in_fd >= 0 && p->in_len > 0) {
+                pf[n] = (struct pollfd){p->in_fd, POLLOUT, 0};
+                owner[n++] = p;
+            }
+        }
+        struct proc *m = proc_by_id(1);
+        if (m && m->exit_sent && !m->exit_acked) {
+            if (!exit_wait_since) exit_wait_since = now_ms();
+            if (now_ms() - exit_wait_since > EXIT_ACK_TIMEOUT_MS) power_off();
+            timeout = 500;
+        }
+        if (need_sync) continue;
+        if (poll(pf, n, timeout) < 0 && errno != EINTR) {
+            logmsg("poll: %s", strerror(errno));
+            continue;
+        }
+        if (pf[0].revents) handle_signals();
+        if (pf[1].revents & POLLIN) {
+            if (chan_fill()) process_input();
+        } else if (pf[1].revents & (POLLHUP | POLLERR)) {
+            if (vm_mode) poll(NULL, 0, 50); /* the host is away; chan_sync waits for it */
+            chan_lost();
+        }
+        for (int i = 2; i < n; i++) {
+            struct proc *p = owner[i];
+            if (!pf[i].revents || !p->id) continue;
+            if (pf[i].fd == p->out_fd) pump_output(p, &p->out_fd, T_STDOUT);
+            else if (pf[i].fd == p->err_fd) pump_output(p, &p->err_fd, T_STDERR);
+            else if (pf[i].fd == p->in_fd) write_stdin(p);
+        }
+    }
+}
+
+/* ---- micro-VM boot ------------------------------------------------------------------------ */
+
+static char cmdline[4096];
+
+static const char *boot_param(const char *key) {
+    static char val[256];
+    size_t kl = strlen(key);
+    for (char *p = cmdline; (p = strstr(p, key)); p += kl) {
+        if (p != cmdline && p[-1] != ' ') continue;
+        if (p[kl] == '=') {
+            size_t i = 0;
+            for (p += kl + 1; *p && *p != ' ' && *p != '\n' && i < sizeof val - 1;) val[i++] = *p++;
+            val[i] = 0;
+            return val;
+        }
+        if (p[kl] == ' ' || p[kl] == '\n' || p[kl] == 0) return "";
+    }
+    return NULL;
+}
+
+static void fatal(const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    logmsg("fatal: %s", msg);
+    if (vm_mode && boot_param("hutch.debug")) {
+        char *sh[] = {"/bin/busybox", "sh", NULL};
+        execv(sh[0], sh);
+    }
+    power_off();
+    exit(1);
+}
+
+static void must_mount(const char *src, const char *dst, const char *type, unsigned long flags,
+                       const char *data) {
+    mkdir(dst, 0755);
+    if (mount(src, dst, type, flags, data) < 0)
+        fatal("mount %s on %s (%s): %s", src, dst, type, strerror(errno));
+}
+
+static void load_modules(void) {
+    char list[4096];
+    int fd = open("/lib/modules/order", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t n = read(fd, list, sizeof list - 1);
+    close(fd);
+    if (n <= 0) return;
+    list[n] = 0;
+    for (char *save, *name = strtok_r(list, "\n", &save); name; name = strtok_r(NULL, "\n", &save)) {
+        char path[256];
+        snprintf(path, sizeof path, "/lib/modules/%s", name);
+        int mfd = open(path, O_RDONLY | O_CLOEXEC);
+        if (mfd < 0) fatal("module %s: %s", name, strerror(errno));
+        /* ENODEV: an optional accelerated variant (e.g. crc32c-intel without SSE4.2 in TCG) */
+        if (syscall(SYS_finit_module, mfd, "", 0) < 0 && errno != EEXIST && errno != ENODEV)
+            logmsg("module %s: %s", name, strerror(errno));
+        close(mfd);
+    }
+}
+
+static void wait_for(const char *path) {
+    for (int i = 0; i < 10000; i++) {
+        if (access(path, F_OK) == 0) return;
+        usleep(1000);
+    }
+    fatal("%s did not appear", path);
+}
+
+/* virtio ports have no udev here: find ours by its name in sysfs. */
+static void open_port(void) {
+    char dev[300];
+    for (int tries = 0; tries < 10000; tries++) {
+        DIR *d = opendir("/sys/class/virtio-ports");
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (e->d_name[0] == '.') continue;
+            char path[300], name[64] = {0};
+            snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) continue;
+            ssize_t n = read(fd, name, sizeof name - 1);
+            close(fd);
+            if (n > 0 && name[n - 1] == '\n') name[n - 1] = 0;
+            if (strcmp(name, PORT_NAME) != 0) continue;
+            snprintf(dev, sizeof dev, "/dev/%s", e->d_name);
+            closedir(d);
+            wait_for(dev);
+            chan = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+            if (chan < 0) fatal("open %s: %s", dev, strerror(errno));
+            return;
+        }
+        if (d) closedir(d);
+        usleep(1000);
+    }
+    fatal("virtio port %s not found", PORT_NAME);
+}
+
+static void make_dev(void) {
+    static const struct { const char *name; mode_t mode; int maj, min; } nodes[] = {
+        {"null", 0666, 1, 3}, {"zero", 0666, 1, 5}, {"full", 0666, 1, 7},
+        {"random", 0666, 1, 8}, {"urandom", 0666, 1, 9}, {"tty", 0666, 5, 0},
+    };
+    must_mount("tmpfs", "/newroot/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=1m");
+    for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/newroot/dev/%s", nodes[i].name);
+        mknod(path, S_IFCHR | nodes[i].mode, makedev(nodes[i].maj, nodes[i].min));
+        chmod(path, nodes[i].mode);
+    }
+    must_mount("devpts", "/newroot/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620");
+    symlink("pts/ptmx", "/newroot/dev/ptmx");
+    must_mount("shm", "/newroot/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    symlink("/proc/self/fd", "/newroot/dev/fd");
+    symlink("/proc/self/fd/0", "/newroot/dev/stdin");
+    symlink("/proc/self/fd/1", "/newroot/dev/stdout");
+    symlink("/proc/self/fd/2", "/newroot/dev/stderr");
+}
+
+static void vm_boot(void) {
+    mkdir("/dev", 0755);
+    mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+    must_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    must_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, cmdline, sizeof cmdline - 1);
+        if (n > 0) cmdline[n] = 0;
+        close(fd);
+    }
+    load_modules();
+    open_port();
+
+    /* boot_param returns a shared buffer: copy each value out before the next lookup */
+    const char *p = boot_param("hutch.rootfstype");
+    char fstype[32], opts[128];
+    snprintf(fstype, sizeof fstype, "%s", p && *p ? p : "erofs");
+    p = boot_param("hutch.scratch");
+    snprintf(opts, sizeof opts, "mode=0755,size=%s", p && *p ? p : "50%");
+    wait_for("/dev/vda");
+    must_mount("/dev/vda", "/mnt/lower", fstype, MS_RDONLY, NULL);
+    must_mount("tmpfs", "/mnt/rw", "tmpfs", MS_NOSUID | MS_NODEV, opts);
+    mkdir("/mnt/rw/upper", 0755);
+    mkdir("/mnt/rw/work", 0755);
+    must_mount("overlay", "/newroot", "overlay", 0,
+               "lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work");
+    must_mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    must_mount("sysfs", "/newroot/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+               NULL);
+    make_dev();
+    mkdir("/newroot/tmp", 01777);
+    mkdir("/newroot/run", 0755);
+    if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
+        chdir("/") < 0)
+        fatal("switching to the root disk: %s", strerror(errno));
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--listen-fd") == 0) {
+        listen_fd = atoi(argv[2]);
+        if (listen_fd < 3 || fcntl(listen_fd, F_GETFD) < 0) {
+            logmsg("--listen-fd %s is not an open file descriptor", argv[2]);
+            return 2;
+        }
+        fcntl(listen_fd, F_SETFD, FD_CLOEXEC);
+        set_nonblock(listen_fd);
+        /* the workload, not the agent, is what the OOM killer should pick (best effort: lowering
+         * needs CAP_SYS_RESOURCE; without it the workload is still the bigger victim) */
+        write_file("/proc/self/oom_score_adj", "-999");
+    } else if (argc == 1 && getpid() == 1) {
+        vm_mode = 1;
+    } else {
+        fprintf(stderr, "usage: hutch-agent [--listen-fd N]  (PID 1 of a hutch micro-VM)\n");
+        return 2;
+    }
+    sigset_t mask;
+    sigemptyset(&mask);
+    int sigs[] = {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaddset(&mask, sigs[i]);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (vm_mode) vm_boot();
+    loopback_up();
+    serve();
+    return 0;
+}
