@@ -1,0 +1,1 @@
+"""Runtime drivers: run sandboxes (micro-VMs or crun containers) on this host."""

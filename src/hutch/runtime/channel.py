@@ -1,0 +1,187 @@
+"""Host side of docs/guest-protocol.md: framing, the handshake, one connection to an agent."""
+
+import asyncio
+import contextlib
+import os
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from hutch.model.sandbox import ProcessSpec
+
+SYN = b"HUTCHSYN"
+ACK = b"HUTCHACK"
+NONCE_LEN = 16
+HEADER = struct.Struct(">B3xII")
+MAX_GUEST_PAYLOAD = 64 << 10  # the agent never sends more; a guest that does is cut off
+MAX_HOST_PAYLOAD = 1 << 20
+INITIAL_WINDOW = 256 << 10  # matches the agent: output it may send before we grant more
+STDIN_WINDOW = 256 << 10
+
+
+class T(IntEnum):
+    RUN = 1
+    EXEC = 2
+    STDIN = 3
+    SIGNAL = 4
+    EXIT_ACK = 5
+    WINDOW = 6
+    STARTED = 17
+    STDOUT = 18
+    STDERR = 19
+    EXIT = 20
+    ERROR = 21
+    STDIN_ACK = 22
+
+
+class _Tag(IntEnum):
+    ARG = 1
+    ENV = 2
+    CWD = 3
+    UID = 4
+    GID = 5
+    GROUP = 6
+    STDIN = 7
+    HOSTNAME = 8
+
+
+class ProtocolError(Exception):
+    """The guest broke the protocol: the connection is dropped, the host is unharmed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: int
+    id: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """What the agent says when a connection is established."""
+
+    version: int
+    main_started: bool
+    uptime_ns: int
+
+
+def encode_frame(type_: T, id_: int, payload: bytes = b"") -> bytes:
+    if len(payload) > MAX_HOST_PAYLOAD:
+        raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_HOST_PAYLOAD}")
+    return HEADER.pack(type_, id_, len(payload)) + payload
+
+
+def encode_process(spec: ProcessSpec, hostname: str = "") -> bytes:
+    out = bytearray()
+
+    def rec(tag: _Tag, value: bytes) -> None:
+        out.extend(struct.pack(">BI", tag, len(value)))
+        out.extend(value)
+
+    for arg in spec.args:
+        rec(_Tag.ARG, arg.encode())
+    for env in spec.env:
+        rec(_Tag.ENV, env.encode())
+    rec(_Tag.CWD, spec.cwd.encode())
+    rec(_Tag.UID, struct.pack(">I", spec.user.uid))
+    rec(_Tag.GID, struct.pack(">I", spec.user.gid))
+    for gid in spec.user.groups:
+        rec(_Tag.GROUP, struct.pack(">I", gid))
+    rec(_Tag.STDIN, b"\x01" if spec.stdin else b"\x00")
+    if hostname:
+        rec(_Tag.HOSTNAME, hostname.encode())
+    return bytes(out)
+
+
+def decode_exit(payload: bytes) -> tuple[int, int, bool]:
+    """(code, signal, oom_killed) from an EXIT payload."""
+    if len(payload) < 12:
+        raise ProtocolError("short EXIT frame")
+    code, sig, flags = struct.unpack(">iII", payload[:12])
+    return code & 0xFF, sig if 0 < sig < 65 else 0, bool(flags & 1)
+
+
+def decode_u32(payload: bytes) -> int:
+    if len(payload) < 4:
+        raise ProtocolError("short frame")
+    return int(struct.unpack(">I", payload[:4])[0])
+
+
+class Connection:
+    """One established connection: frames in, frames out.
+
+    `open` returns once the socket is connected and SYN is sent, without waiting for the guest to
+    answer (a VM that is still booting answers later); `hello()` waits for the answer. Frames may
+    be sent right away: the agent reads them after the handshake.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nonce: bytes):
+        self._reader = reader
+        self._writer = writer
+        self._nonce = nonce
+        self._hello: Hello | None = None
+        self._send_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str, timeout: float) -> "Connection":
+        """Connect to the unix socket at `path`, retrying until it exists or `timeout` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(
+                    path, limit=4 * MAX_GUEST_PAYLOAD
+                )
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.005)
+        nonce = os.urandom(NONCE_LEN)
+        writer.write(SYN + nonce)
+        return cls(reader, writer, nonce)
+
+    async def hello(self) -> Hello:
+        """Wait for the agent's acknowledgement; everything before it is stale and dropped."""
+        if self._hello is None:
+            marker = ACK + self._nonce
+            try:
+                while True:
+                    try:
+                        await self._reader.readuntil(marker)
+                        break
+                    except asyncio.LimitOverrunError as e:
+                        # A long stale prefix: drop the part that cannot hold the marker's start.
+                        await self._reader.readexactly(e.consumed)
+                version, flags, uptime = struct.unpack(">IIQ", await self._reader.readexactly(16))
+            except asyncio.IncompleteReadError:
+                raise ConnectionResetError(
+                    "the agent closed the connection before answering"
+                ) from None
+            self._hello = Hello(version, bool(flags & 1), uptime)
+        return self._hello
+
+    async def recv(self) -> Frame | None:
+        """The next frame, or None at end of stream."""
+        try:
+            header = await self._reader.readexactly(HEADER.size)
+        except asyncio.IncompleteReadError:
+            return None
+        type_, id_, length = HEADER.unpack(header)
+        if length > MAX_GUEST_PAYLOAD:
+            raise ProtocolError(f"guest sent a {length}-byte frame (limit {MAX_GUEST_PAYLOAD})")
+        try:
+            payload = await self._reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            return None
+        return Frame(type_, id_, payload)
+
+    async def send(self, type_: T, id_: int, payload: bytes = b"") -> None:
+        async with self._send_lock:
+            self._writer.write(encode_frame(type_, id_, payload))
+            await self._writer.drain()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self._writer.wait_closed()

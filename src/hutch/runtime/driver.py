@@ -1,0 +1,342 @@
+"""The runtime driver contract, and the one implementation both runtimes share.
+
+Both runtimes run hutch-agent as the sandbox's init and talk to it over a unix socket, so
+everything above "how is the sandbox started, killed and cleaned up" is common: that part is a
+`Backend` (QEMU micro-VM or crun container); the rest is `AgentDriver`.
+"""
+
+import asyncio
+import contextlib
+import signal as _signal
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from hutch.model.errors import Conflict, HutchError, NotFound
+from hutch.model.sandbox import (
+    Capabilities,
+    ExitStatus,
+    LogRecord,
+    ProcessSpec,
+    SandboxInfo,
+    SandboxSpec,
+    SandboxState,
+    Stats,
+    validate_sandbox_id,
+)
+from hutch.runtime.logs import follow_log, read_log
+from hutch.runtime.procs import ProcessRef
+from hutch.runtime.state import SandboxDir, SandboxRecord, check_state_root
+from hutch.runtime.supervisor import ExecProcess, Supervisor, Timeouts
+
+KILL_GRACE = 5.0  # after SIGKILL through the agent, before the sandbox itself is killed
+
+
+class RuntimeDriver(Protocol):
+    """Runs sandboxes on this host (the containerd/Nomad shape).
+
+    Every method that names a sandbox raises NotFound for an unknown id. Sandboxes outlive the
+    driver object: `close` leaves them running, and `recover` in a new driver re-adopts them.
+    """
+
+    name: str
+
+    def capabilities(self) -> Capabilities:
+        """What this driver can do on this host."""
+
+    def fingerprint(self) -> dict[str, str]:
+        """Versions and probe results, for node registration and `hutch sandbox info`."""
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        """Set up and boot the sandbox; the workload is not started. On failure nothing is left."""
+
+    async def start(self, sandbox_id: str) -> SandboxInfo:
+        """Start the workload (created -> running); Conflict from any other state."""
+
+    async def signal(self, sandbox_id: str, sig: int) -> None:
+        """Deliver `sig` to the workload's main process; Conflict unless running."""
+
+    async def stop(
+        self, sandbox_id: str, timeout: float = 10.0, sig: int | None = None
+    ) -> ExitStatus:
+        """Send `sig` (default: the spec's stop signal), wait `timeout`, then kill. After the
+        call the sandbox is exited or failed; its process is gone or going."""
+
+    async def destroy(self, sandbox_id: str, force: bool = False) -> None:
+        """Remove the sandbox and everything it left on the host: process, cgroup, mounts,
+        sockets, files. Conflict if it runs and not `force`. Unknown ids are not an error."""
+
+    async def inspect(self, sandbox_id: str) -> SandboxInfo: ...
+
+    async def sandboxes(self) -> list[SandboxInfo]:
+        """The sandboxes this driver watches (created or re-adopted)."""
+
+    async def wait(self, sandbox_id: str, timeout: float | None = None) -> ExitStatus:
+        """Block until the workload ends; TimeoutError after `timeout` seconds."""
+
+    async def stats(self, sandbox_id: str) -> Stats: ...
+
+    def logs(self, sandbox_id: str, follow: bool = False) -> AsyncIterator[LogRecord]:
+        """The workload's stdout and stderr still in the bounded log; with `follow`, until it
+        ends."""
+
+    async def exec(self, sandbox_id: str, spec: ProcessSpec) -> ExecProcess:
+        """Start another process in the running sandbox."""
+
+    async def recover(self) -> list[SandboxInfo]:
+        """Re-adopt sandboxes left by an earlier host process; clean up those that died."""
+
+    async def close(self) -> None:
+        """Stop watching all sandboxes; they keep running."""
+
+
+class Backend(Protocol):
+    """How one runtime starts, kills and cleans up a sandbox whose init is hutch-agent."""
+
+    name: str
+
+    def capabilities(self) -> Capabilities: ...
+
+    def fingerprint(self) -> dict[str, str]: ...
+
+    def validate(self, spec: SandboxSpec) -> None:
+        """Raise Invalid for what this runtime cannot run on this host."""
+
+    async def launch(self, record: SandboxRecord, sdir: SandboxDir) -> ProcessRef:
+        """Start the sandbox with the agent listening at sdir/agent.sock. On failure, raise
+        after undoing what was done. May add `record.details`."""
+
+    def side_tasks(self, record: SandboxRecord, sdir: SandboxDir) -> list[Awaitable[None]]:
+        """Work to run while the sandbox is watched (console copier, event listener)."""
+
+    async def terminate(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """Kill the sandbox now."""
+
+    def oom_killed(self, record: SandboxRecord) -> bool:
+        """Whether the host's OOM killer hit the sandbox's cgroup."""
+
+    def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str:
+        """Why the sandbox's process ended without the agent reporting an exit."""
+
+    def stats(self, record: SandboxRecord) -> Stats: ...
+
+    async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """Remove what launch made (the process must be gone). Idempotent; safe after a
+        launch that failed half way or was interrupted by a crash."""
+
+
+@dataclass(frozen=True, slots=True)
+class DriverOptions:
+    state_dir: Path  # sandboxes live in state_dir/<runtime>/<id>
+    log_max_bytes: int = 1 << 20  # stdout + stderr kept per sandbox
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+class AgentDriver:
+    """RuntimeDriver over a Backend."""
+
+    def __init__(self, backend: Backend, options: DriverOptions) -> None:
+        self.name = backend.name
+        self.backend = backend
+        self._options = options
+        self._root = check_state_root(options.state_dir / backend.name)
+        self._sups: dict[str, Supervisor] = {}
+
+    def capabilities(self) -> Capabilities:
+        return self.backend.capabilities()
+
+    def fingerprint(self) -> dict[str, str]:
+        return self.backend.fingerprint()
+
+    def _supervisor(self, record: SandboxRecord, sdir: SandboxDir) -> Supervisor:
+        return Supervisor(
+            record,
+            sdir,
+            self.backend,
+            log_max_bytes=self._options.log_max_bytes,
+            timeouts=self._options.timeouts,
+        )
+
+    def _get(self, sandbox_id: str) -> Supervisor:
+        sup = self._sups.get(sandbox_id)
+        if sup is None:
+            raise NotFound(f"no sandbox {sandbox_id!r} on this host")
+        return sup
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        self.backend.validate(spec)
+        sdir = SandboxDir(self._root, spec.id)
+        sdir.create()
+        sdir.try_lock()
+        record = SandboxRecord(spec=spec, runtime=self.name)
+        sup: Supervisor | None = None
+        try:
+            sdir.save(record)  # first, so a crash during launch is found and cleaned by recover
+            ref = await self.backend.launch(record, sdir)
+            record.pid, record.pid_start = ref.pid, ref.start_ticks
+            sdir.save(record)
+            sup = self._supervisor(record, sdir)
+            await sup.attach(booting=True, extra=self.backend.side_tasks(record, sdir))
+        except BaseException:
+            if sup is not None:
+                await sup.detach()
+            with contextlib.suppress(Exception):
+                if record.process is not None:
+                    await self.backend.terminate(record, sdir)
+                    await _wait_gone(record.process, 10)
+                await self.backend.cleanup(record, sdir)
+            sdir.remove()
+            raise
+        self._sups[spec.id] = sup
+        return record.info()
+
+    async def start(self, sandbox_id: str) -> SandboxInfo:
+        sup = self._get(sandbox_id)
+        await sup.start()
+        return sup.record.info()
+
+    async def signal(self, sandbox_id: str, sig: int) -> None:
+        await self._get(sandbox_id).signal_main(sig)
+
+    async def stop(
+        self, sandbox_id: str, timeout: float = 10.0, sig: int | None = None
+    ) -> ExitStatus:
+        sup = self._get(sandbox_id)
+        record = sup.record
+        if sup.finished:
+            assert record.exit is not None
+            return record.exit
+        if record.state is SandboxState.CREATED:
+            await sup.terminate("stopped before it was started")
+            return await sup.wait(KILL_GRACE * 2)
+        with contextlib.suppress(Conflict):
+            await sup.signal_main(sig or record.spec.stop_signal)
+        with contextlib.suppress(TimeoutError):
+            return await sup.wait(timeout)
+        with contextlib.suppress(Conflict):
+            await sup.signal_main(_signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            return await sup.wait(KILL_GRACE)
+        await sup.terminate(
+            f"did not stop within {timeout:g} s and its agent did not answer; killed"
+        )
+        return await sup.wait(KILL_GRACE * 2)
+
+    async def destroy(self, sandbox_id: str, force: bool = False) -> None:
+        validate_sandbox_id(sandbox_id)
+        sup = self._sups.get(sandbox_id)
+        sdir = sup.dir if sup else SandboxDir(self._root, sandbox_id)
+        if sup is None:
+            if not sdir.record_file.exists():
+                sdir.remove()  # a directory from a crash before the first save
+                return
+            if not sdir.try_lock():
+                raise Conflict(f"sandbox {sandbox_id} is watched by another hutch process")
+            record = sdir.load()
+        else:
+            record = sup.record
+        ref = record.process
+        alive = ref is not None and ref.alive()
+        if alive and not record.finished and not force:
+            raise Conflict(f"sandbox {sandbox_id} is {record.state}: stop it first, or force")
+        if alive:
+            if sup is not None:
+                await sup.terminate("destroyed")
+            else:
+                await self.backend.terminate(record, sdir)
+            assert ref is not None
+            await _wait_gone(ref, 15)
+        if sup is not None:
+            await sup.detach()
+        await self.backend.cleanup(record, sdir)
+        sdir.remove()
+        self._sups.pop(sandbox_id, None)
+
+    async def inspect(self, sandbox_id: str) -> SandboxInfo:
+        sup = self._sups.get(sandbox_id)
+        if sup is not None:
+            return sup.record.info()
+        validate_sandbox_id(sandbox_id)
+        sdir = SandboxDir(self._root, sandbox_id)
+        try:
+            return sdir.load().info()  # watched by another process, or not recovered yet
+        except FileNotFoundError:
+            raise NotFound(f"no sandbox {sandbox_id!r} on this host") from None
+
+    async def sandboxes(self) -> list[SandboxInfo]:
+        return [sup.record.info() for sup in self._sups.values()]
+
+    async def wait(self, sandbox_id: str, timeout: float | None = None) -> ExitStatus:
+        return await self._get(sandbox_id).wait(timeout)
+
+    async def stats(self, sandbox_id: str) -> Stats:
+        sup = self._get(sandbox_id)
+        if sup.finished and not (sup.record.process and sup.record.process.alive()):
+            raise Conflict(f"sandbox {sandbox_id} is {sup.record.state}: no stats")
+        return self.backend.stats(sup.record)
+
+    async def logs(self, sandbox_id: str, follow: bool = False) -> AsyncIterator[LogRecord]:
+        sup = self._sups.get(sandbox_id)
+        path = (sup.dir if sup else SandboxDir(self._root, validate_sandbox_id(sandbox_id))).file(
+            "stdio.log"
+        )
+        if sup is None and not path.parent.exists():
+            raise NotFound(f"no sandbox {sandbox_id!r} on this host")
+        if not follow or sup is None:
+            for record in read_log(path):
+                yield record
+            return
+        async for record in follow_log(path, lambda: sup.finished, sup.changed):
+            yield record
+
+    async def exec(self, sandbox_id: str, spec: ProcessSpec) -> ExecProcess:
+        return await self._get(sandbox_id).exec(spec)
+
+    async def recover(self) -> list[SandboxInfo]:
+        adopted = []
+        for path in sorted(self._root.iterdir()):
+            if not path.is_dir() or path.name in self._sups or path.name.startswith("."):
+                continue
+            sdir = SandboxDir(self._root, path.name)
+            if not sdir.try_lock():
+                continue  # another live hutch process watches it
+            try:
+                record = sdir.load()
+            except (FileNotFoundError, ValueError, KeyError, TypeError, HutchError):
+                # Never saved, or unreadable: only a crash mid-create does that. Clean it up.
+                sdir.remove()
+                continue
+            sup = self._supervisor(record, sdir)
+            ref = record.process
+            if not record.finished and (ref is None or not ref.alive()):
+                await self.backend.cleanup(record, sdir)
+                sup.record_exit(
+                    ExitStatus(255, error="its process ended while no hutch process watched it")
+                    if ref is not None
+                    else ExitStatus(255, error="hutch stopped while creating it"),
+                    failed=True,
+                )
+            elif not record.finished:
+                try:
+                    await sup.attach(
+                        booting=record.state is SandboxState.CREATED,
+                        extra=self.backend.side_tasks(record, sdir),
+                    )
+                except HutchError:
+                    sdir.unlock()
+                    continue
+            self._sups[record.spec.id] = sup
+            adopted.append(record.info())
+        return adopted
+
+    async def close(self) -> None:
+        for sup in self._sups.values():
+            await sup.detach()
+            sup.dir.unlock()
+        self._sups.clear()
+
+
+async def _wait_gone(ref: ProcessRef, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ref.wait(), timeout)

@@ -1,0 +1,27 @@
+"""Facts about this host that the drivers size themselves by."""
+
+import contextlib
+import os
+from pathlib import Path
+
+HOST_RESERVE_MIB = 512  # kept for the host itself: no sandbox may ask for all of it
+
+
+def memory_mib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def cpus() -> int:
+    return os.cpu_count() or 1
+
+
+def tsc_khz() -> int:
+    """The host TSC rate: a TCG guest cannot calibrate its own and hangs in a quarter of boots."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":")[1]) * 1000)
+    return 2_000_000

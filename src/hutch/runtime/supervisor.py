@@ -1,0 +1,372 @@
+"""Watch one sandbox for this host process: the agent connection, logs, exits, exec'd processes.
+
+A Supervisor is what ties a running sandbox to the driver object that created or re-adopted it.
+It holds the sandbox directory's lock, so two host processes never watch the same sandbox; when
+the host process dies, the sandbox keeps running and a new Supervisor picks it up (`attach`).
+"""
+
+import asyncio
+import contextlib
+import random
+import signal as _signal
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Protocol
+
+from hutch.model.errors import Conflict, Unavailable
+from hutch.model.sandbox import ExitStatus, ProcessSpec, SandboxState, Stream
+from hutch.runtime.channel import (
+    INITIAL_WINDOW,
+    MAX_GUEST_PAYLOAD,
+    STDIN_WINDOW,
+    Connection,
+    Frame,
+    ProtocolError,
+    T,
+    decode_exit,
+    decode_u32,
+    encode_process,
+)
+from hutch.runtime.logs import LogWriter, Pulse
+from hutch.runtime.state import SandboxDir, SandboxRecord
+
+GRANT_BATCH = INITIAL_WINDOW // 4
+UNKNOWN_EXIT = 255  # exit code reported when the sandbox died without telling us one
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    boot: float = 90.0  # from launch to the agent's first answer (TCG boots are slow on busy hosts)
+    answer: float = 10.0  # for a running agent to answer a new connection
+    drain: float = 2.0  # after the sandbox's process died, for its last frames to be read
+
+
+class Host(Protocol):
+    """What a supervisor needs from its driver's backend."""
+
+    def oom_killed(self, record: SandboxRecord) -> bool: ...
+
+    def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str: ...
+
+    async def terminate(self, record: SandboxRecord, sdir: SandboxDir) -> None: ...
+
+
+class ExecProcess:
+    """A process started inside a running sandbox, with its own stdin, stdout and stderr."""
+
+    def __init__(self, sup: "Supervisor", proc_id: int, stdin: bool) -> None:
+        self.id = proc_id
+        self._sup = sup
+        self._chunks: asyncio.Queue[tuple[Stream, bytes]] = asyncio.Queue()
+        self._open_streams = 2
+        self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+        self._stdin_open = stdin
+        self._stdin_credit = STDIN_WINDOW
+        self._credit_changed = asyncio.Event()
+        self.error = ""
+
+    async def output(self) -> AsyncIterator[tuple[Stream, bytes]]:
+        """Chunks of stdout and stderr in the order the guest sent them, until both end."""
+        while self._open_streams:
+            stream, data = await self._chunks.get()
+            if not data:
+                self._open_streams -= 1
+                continue
+            await self._sup.grant(self.id, len(data))
+            yield stream, data
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the process's stdin, waiting while the guest has not taken earlier ones."""
+        if not self._stdin_open:
+            raise Conflict("stdin of this process is closed (or was not requested)")
+        view = memoryview(data)
+        while view:
+            while self._stdin_credit <= 0 and not self._exit.done():
+                self._credit_changed.clear()
+                await self._credit_changed.wait()
+            if self._exit.done():
+                raise Conflict("the process has exited")
+            n = min(len(view), self._stdin_credit, MAX_GUEST_PAYLOAD)
+            self._stdin_credit -= n
+            await self._sup.send(T.STDIN, self.id, bytes(view[:n]))
+            view = view[n:]
+
+    async def close_stdin(self) -> None:
+        if self._stdin_open:
+            self._stdin_open = False
+            if not self._exit.done():
+                await self._sup.send(T.STDIN, self.id, b"")
+
+    async def signal(self, sig: int) -> None:
+        if not self._exit.done():
+            await self._sup.send(T.SIGNAL, self.id, sig.to_bytes(4, "big"))
+
+    async def wait(self, timeout: float | None = None) -> ExitStatus:
+        return await asyncio.wait_for(asyncio.shield(self._exit), timeout)
+
+    async def communicate(self, stdin: bytes | None = None) -> tuple[ExitStatus, bytes, bytes]:
+        """Feed `stdin` (then close it), collect all output, wait for the exit."""
+        out, err = bytearray(), bytearray()
+
+        async def feed() -> None:
+            if stdin is not None and self._stdin_open:
+                await self.write(stdin)
+            await self.close_stdin()
+
+        feeder = asyncio.create_task(feed())
+        async for stream, data in self.output():
+            (out if stream is Stream.STDOUT else err).extend(data)
+        status = await self.wait()
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Conflict):
+            await feeder
+        return status, bytes(out), bytes(err)
+
+    # -- fed by the supervisor --
+
+    def _frame(self, frame: Frame) -> None:
+        if frame.type == T.STDOUT:
+            self._chunks.put_nowait((Stream.STDOUT, frame.payload))
+        elif frame.type == T.STDERR:
+            self._chunks.put_nowait((Stream.STDERR, frame.payload))
+        elif frame.type == T.ERROR:
+            self.error = frame.payload.decode(errors="replace")
+        elif frame.type == T.STDIN_ACK:
+            self._stdin_credit += decode_u32(frame.payload)
+            self._credit_changed.set()
+        elif frame.type == T.EXIT:
+            code, sig, oom = decode_exit(frame.payload)
+            self._finish(ExitStatus(code, sig, oom, self.error))
+
+    def _finish(self, status: ExitStatus) -> None:
+        if not self._exit.done():
+            self._exit.set_result(status)
+        for _ in range(self._open_streams):
+            self._chunks.put_nowait((Stream.STDOUT, b""))
+        self._credit_changed.set()
+
+
+class Supervisor:
+    def __init__(
+        self,
+        record: SandboxRecord,
+        sdir: SandboxDir,
+        host: Host,
+        *,
+        log_max_bytes: int,
+        timeouts: Timeouts,
+    ) -> None:
+        self.record = record
+        self.dir = sdir
+        self._host = host
+        self._log_max = log_max_bytes
+        self._timeouts = timeouts
+        self.changed = Pulse()  # fired on new log output and on state changes
+        self._exited = asyncio.Event()  # the workload's exit (or the sandbox's death) is recorded
+        self._gone = asyncio.Event()  # the host-side process is gone
+        self._conn: Connection | None = None
+        self._log: LogWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._execs: dict[int, ExecProcess] = {}
+        # Ids from an earlier host process may still be live in the guest: start elsewhere.
+        self._next_exec = random.randrange(2, 1 << 30)
+        self._main_error = ""
+        self._credit: dict[int, int] = {}
+        self._kill_reason = ""
+        if record.finished:
+            self._exited.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def attach(self, *, booting: bool, extra: list[Awaitable[None]] | None = None) -> None:
+        """Connect to the agent and watch the sandbox's process. Returns without waiting for
+        the guest to answer: a booting VM answers when it is up."""
+        if self.record.finished:
+            return
+        ref = self.record.process
+        if ref is None:
+            raise Unavailable("sandbox has no process to watch")
+        try:
+            self._conn = await Connection.open(str(self.dir.file("agent.sock")), timeout=10)
+        except OSError as e:
+            raise Unavailable(f"cannot connect to the sandbox's agent: {e}") from e
+        self._log = LogWriter(self.dir.file("stdio.log"), self._log_max)
+        self._tasks = [
+            asyncio.create_task(self._pump(booting)),
+            asyncio.create_task(self._watch(ref.wait())),
+            *(asyncio.create_task(_quiet(aw)) for aw in extra or ()),
+        ]
+
+    async def detach(self) -> None:
+        """Stop watching; the sandbox itself is left as it is."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        for proc in self._execs.values():
+            proc._finish(ExitStatus(UNKNOWN_EXIT, error="the host stopped watching the sandbox"))
+        self._execs.clear()
+
+    async def start(self) -> None:
+        if self.record.state is not SandboxState.CREATED:
+            raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not created")
+        self.record.state = SandboxState.RUNNING
+        self.record.started_at = time.time()
+        self.dir.save(self.record)  # before RUN: a crash now is resolved by recover (hello says)
+        await self._send_run()
+
+    async def _send_run(self) -> None:
+        spec = self.record.spec
+        await self.send(T.RUN, 1, encode_process(spec.process, spec.hostname))
+
+    async def signal_main(self, sig: int) -> None:
+        if self.record.state is not SandboxState.RUNNING:
+            raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not running")
+        await self.send(T.SIGNAL, 1, sig.to_bytes(4, "big"))
+
+    async def exec(self, spec: ProcessSpec) -> ExecProcess:
+        if self.record.state is not SandboxState.RUNNING:
+            raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not running")
+        proc_id = self._next_exec
+        self._next_exec += 1
+        proc = ExecProcess(self, proc_id, spec.stdin)
+        self._execs[proc_id] = proc
+        await self.send(T.EXEC, proc_id, encode_process(spec))
+        return proc
+
+    async def wait(self, timeout: float | None = None) -> ExitStatus:
+        await asyncio.wait_for(self._exited.wait(), timeout)
+        assert self.record.exit is not None
+        return self.record.exit
+
+    async def wait_gone(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._gone.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def finished(self) -> bool:
+        return self._exited.is_set()
+
+    async def terminate(self, reason: str) -> None:
+        """Kill the sandbox now; unless its exit is already known it is recorded as failed with
+        `reason`."""
+        self._kill_reason = reason
+        await self._host.terminate(self.record, self.dir)
+
+    async def send(self, type_: T, proc_id: int, payload: bytes = b"") -> None:
+        if self._conn is None:
+            raise Conflict(f"sandbox {self.record.spec.id} is not running")
+        try:
+            await self._conn.send(type_, proc_id, payload)
+        except (ConnectionError, OSError) as e:
+            raise Conflict(f"sandbox {self.record.spec.id} is no longer reachable: {e}") from e
+
+    async def grant(self, proc_id: int, consumed: int) -> None:
+        """Let the guest send `consumed` more bytes of this process's output (batched)."""
+        total = self._credit.get(proc_id, 0) + consumed
+        if total < GRANT_BATCH:
+            self._credit[proc_id] = total
+            return
+        self._credit[proc_id] = 0
+        with contextlib.suppress(Conflict):
+            await self.send(T.WINDOW, proc_id, total.to_bytes(4, "big"))
+
+    # -- background work ---------------------------------------------------------------------
+
+    async def _pump(self, booting: bool) -> None:
+        conn = self._conn
+        assert conn is not None
+        limit = self._timeouts.boot if booting else self._timeouts.answer
+        try:
+            hello = await asyncio.wait_for(conn.hello(), limit)
+        except TimeoutError:
+            what = "boot" if booting else "answer"
+            await self.terminate(f"the guest agent did not {what} within {limit:g} s")
+            return
+        except (ConnectionError, OSError):
+            return  # the process is going away: _watch records why
+        if self.record.state is SandboxState.RUNNING and not hello.main_started:
+            await self._send_run()  # we crashed between recording the start and sending it
+        try:
+            while (frame := await conn.recv()) is not None:
+                await self._dispatch(frame)
+        except ProtocolError as e:
+            await self.terminate(f"the guest broke the agent protocol: {e}")
+        except (ConnectionError, OSError):
+            return
+
+    async def _dispatch(self, frame: Frame) -> None:
+        if frame.id == 1:
+            await self._main_frame(frame)
+            return
+        proc = self._execs.get(frame.id)
+        if proc is None:
+            # A process from before this host process attached: nobody can read it any more.
+            if frame.type == T.EXIT:
+                await self.send(T.EXIT_ACK, frame.id)
+            elif frame.type in (T.STDOUT, T.STDERR, T.STARTED):
+                await self.send(T.SIGNAL, frame.id, int(_signal.SIGKILL).to_bytes(4, "big"))
+            return
+        proc._frame(frame)
+        if frame.type == T.EXIT:
+            del self._execs[frame.id]
+            self._credit.pop(frame.id, None)
+            await self.send(T.EXIT_ACK, frame.id)
+
+    async def _main_frame(self, frame: Frame) -> None:
+        if frame.type in (T.STDOUT, T.STDERR) and frame.payload:
+            assert self._log is not None
+            stream = Stream.STDOUT if frame.type == T.STDOUT else Stream.STDERR
+            self._log.write(stream, frame.payload)
+            self.changed.fire()
+            await self.grant(1, len(frame.payload))
+        elif frame.type == T.ERROR:
+            self._main_error = frame.payload.decode(errors="replace")
+        elif frame.type == T.EXIT:
+            code, sig, oom = decode_exit(frame.payload)
+            oom = oom or (sig == _signal.SIGKILL and self._host.oom_killed(self.record))
+            failed = bool(self._main_error)
+            self.record_exit(ExitStatus(code, sig, oom, self._main_error), failed)
+            await self.send(T.EXIT_ACK, 1)  # only now may the guest forget it
+
+    def record_exit(self, status: ExitStatus, failed: bool) -> None:
+        if self.record.finished:
+            return
+        self.record.state = SandboxState.FAILED if failed else SandboxState.EXITED
+        self.record.exit = status
+        self.record.finished_at = time.time()
+        self.dir.save(self.record)
+        self._exited.set()
+        self.changed.fire()
+        for proc in self._execs.values():
+            proc._finish(ExitStatus(UNKNOWN_EXIT, error="the sandbox stopped"))
+
+    async def _watch(self, gone: Awaitable[None]) -> None:
+        await gone
+        self._gone.set()
+        # The last frames (the EXIT among them) may still be in the socket: let the pump read them.
+        pump = self._tasks[0]
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(pump), self._timeouts.drain)
+        if not self.record.finished:
+            reason = self._kill_reason or self._host.explain_exit(self.record, self.dir)
+            self.record_exit(ExitStatus(UNKNOWN_EXIT, error=reason), failed=True)
+        self.changed.fire()
+
+
+async def _quiet(aw: Awaitable[None]) -> None:
+    """Side tasks (console copier, QMP events) must never take the supervisor down."""
+    with contextlib.suppress(Exception):
+        await aw
