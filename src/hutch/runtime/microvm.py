@@ -1,0 +1,330 @@
+"""The `microvm` runtime: each sandbox is a QEMU `-M microvm` guest booted from hutch's kernel,
+initramfs and the workload's read-only root disk.
+
+QEMU runs with as little as it needs: inside its own cgroup (guest memory plus measured
+overhead, a pids limit, a CPU quota), as an unprivileged uid of its own, chrooted into an empty
+directory, under QEMU's seccomp sandbox, with no network, no shared folders and no files beyond
+its disks. Its sockets (agent, console, QMP) live in the sandbox's root-only directory: the guest
+has no path to them. Its own stderr is capped by RLIMIT_FSIZE, the guest's console by a ring log.
+"""
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import resource
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+
+from hutch.model.errors import Invalid, Unavailable
+from hutch.model.sandbox import Capabilities, SandboxSpec, Stats, Stream
+from hutch.runtime import host
+from hutch.runtime.accel import Accel
+from hutch.runtime.cgroups import Cgroup, Layout, Limits
+from hutch.runtime.guest.build import GuestArtifacts
+from hutch.runtime.logs import LogWriter, tail
+from hutch.runtime.procs import ProcessRef
+from hutch.runtime.state import SandboxDir, SandboxRecord
+
+MIN_MEMORY_MIB = 96  # the cloud kernel does not boot in 64 MiB; 96 leaves room for a workload
+QEMU_STDERR_MAX = 1 << 20
+QEMU_PIDS = 128  # main loop, vCPU, RCU and I/O worker threads; QEMU forks nothing (seccomp)
+CPU_HEADROOM = 0.25  # cores on top of the vCPUs for QEMU's I/O thread
+
+
+@dataclass(frozen=True, slots=True)
+class MicroVMOptions:
+    guest: GuestArtifacts
+    accel: Accel
+    qemu: str = "qemu-system-x86_64"
+    cgroup_parent: str = "hutch"
+    # Host memory per VM beyond its guest RAM (QEMU itself, kernel image, TCG translation cache),
+    # measured by bench/boot.py; the cgroup limit is guest memory plus this.
+    overhead_mib: int = 160
+    uid_base: int = 1_500_000  # each VM's QEMU runs as its own uid from this range
+    uid_count: int = 65_536
+    console_max_bytes: int = 256 << 10
+    seccomp: bool = True
+
+
+def kernel_cmdline(accel: str, root_format: str, scratch_bytes: int) -> str:
+    """The guest kernel command line (also used as is by bench/boot.py's bare-QEMU baseline)."""
+    parts = ["console=ttyS0", "quiet", "reboot=t", "panic=-1", "cryptomgr.notests"]
+    if accel == "tcg":
+        parts.append(f"tsc_early_khz={host.tsc_khz()}")
+    parts += [f"hutch.rootfstype={root_format}", f"hutch.scratch={scratch_bytes}"]
+    return " ".join(parts)
+
+
+def qemu_command(
+    spec: SandboxSpec,
+    opts: MicroVMOptions,
+    sockets: Path,
+    *,
+    uid: int | None = None,
+    jail: Path | None = None,
+) -> list[str]:
+    """The QEMU command line for `spec`; sockets go in `sockets/` (agent, console, qmp)."""
+    res = spec.resources
+    accel = opts.accel.name
+    args = [
+        opts.qemu,
+        "-name", f"hutch-{spec.id},debug-threads=on",
+        "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+        "-accel", "kvm" if accel == "kvm" else "tcg,tb-size=32",
+        "-cpu", "host" if accel == "kvm" else "max",
+        "-smp", str(res.cpus),
+        "-m", f"{res.memory_mib}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(opts.guest.kernel),
+        "-initrd", str(opts.guest.initrd),
+        "-append", kernel_cmdline(accel, spec.root_disk_format, res.scratch_bytes),
+        "-drive", f"id=root,file={spec.root_disk},format=raw,if=none,readonly=on",
+        "-device", "virtio-blk-device,drive=root",
+        "-device", "virtio-serial-device,max_ports=2",
+        "-chardev", f"socket,id=agent,path={sockets / 'agent.sock'},server=on,wait=off",
+        "-device", "virtserialport,chardev=agent,name=hutch.agent",
+        "-chardev", f"socket,id=console,path={sockets / 'console.sock'},server=on,wait=off",
+        "-serial", "chardev:console",
+        "-qmp", f"unix:{sockets / 'qmp.sock'},server=on,wait=off",
+    ]  # fmt: skip
+    if uid is not None:
+        args += ["-runas", f"{uid}:{uid}"]
+    if jail is not None:
+        args += ["-chroot", str(jail)]
+    if opts.seccomp:
+        # elevateprivileges=deny would also forbid -runas's own setuid, which happens after.
+        args += ["-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
+    return args
+
+
+class MicroVMBackend:
+    name = "microvm"
+
+    def __init__(self, opts: MicroVMOptions, layout: Layout | None = None) -> None:
+        self.opts = opts
+        self._layout = layout or Layout.detect()
+        self._qmp: dict[str, QMPClient] = {}
+        self._shutdown_reason: dict[str, str] = {}
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            runtime=self.name,
+            isolation="vm",
+            root="disk",
+            exec=True,
+            signals=True,
+            accel=self.opts.accel.name,
+            min_memory_mib=MIN_MEMORY_MIB,
+            max_cpus=host.cpus(),
+            max_memory_mib=max(
+                host.memory_mib() - host.HOST_RESERVE_MIB - self.opts.overhead_mib, 0
+            ),
+            overhead_mib=self.opts.overhead_mib,
+        )
+
+    def fingerprint(self) -> dict[str, str]:
+        version = subprocess.run(
+            [self.opts.qemu, "--version"], capture_output=True, text=True, check=False
+        ).stdout.splitlines()
+        return {
+            "qemu": version[0] if version else "unknown",
+            "accel": self.opts.accel.name,
+            "accel_reason": self.opts.accel.reason,
+            "kernel": self.opts.guest.kernel_package,
+        }
+
+    def validate(self, spec: SandboxSpec) -> None:
+        caps = self.capabilities()
+        res = spec.resources
+        if not spec.root_disk:
+            raise Invalid("a micro-VM needs a root disk image (SandboxSpec.root_disk)")
+        if not Path(spec.root_disk).is_file():
+            raise Invalid(f"root disk {spec.root_disk} does not exist")
+        if res.memory_mib < caps.min_memory_mib:
+            raise Invalid(
+                f"memory {res.memory_mib} MiB is too little: a micro-VM needs at least "
+                f"{caps.min_memory_mib} MiB"
+            )
+        if res.memory_mib > caps.max_memory_mib:
+            raise Invalid(
+                f"memory {res.memory_mib} MiB is more than this host can give one VM "
+                f"({caps.max_memory_mib} MiB)"
+            )
+        if res.cpus > caps.max_cpus:
+            raise Invalid(f"{res.cpus} vCPUs asked for, this host has {caps.max_cpus} CPUs")
+        if res.scratch_bytes > res.memory_mib << 20:
+            raise Invalid(
+                "scratch space lives in the VM's memory: ask for at most as much as its memory"
+            )
+
+    # -- launch --------------------------------------------------------------------------------
+
+    async def launch(self, record: SandboxRecord, sdir: SandboxDir) -> ProcessRef:
+        spec = record.spec
+        res = spec.resources
+        cgroup = Cgroup(self._layout, self.opts.cgroup_parent, spec.id)
+        cgroup.create(
+            Limits(
+                memory_bytes=(res.memory_mib + self.opts.overhead_mib) << 20,
+                pids=QEMU_PIDS,
+                cpus=res.cpus + CPU_HEADROOM,
+            )
+        )
+        jail = sdir.file("jail")
+        jail.mkdir(mode=0o555, exist_ok=True)
+        uid = self._allocate_uid(sdir)
+        record.details.update(
+            uid=str(uid),
+            accel=self.opts.accel.name,
+            cgroup=cgroup.relpath,
+            kernel=self.opts.guest.kernel_package,
+        )
+        args = qemu_command(spec, self.opts, sdir.path, uid=uid, jail=jail)
+        stderr = sdir.file("qemu.log").open("ab")
+        try:
+            proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec: returns at once)
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                start_new_session=True,  # a Ctrl-C at the operator's terminal is ours to handle
+                # Joining the cgroup must happen before exec; nothing else can do it in time.
+                preexec_fn=_child_setup(cgroup.procs_files()),  # noqa: PLW1509
+            )
+        except OSError as e:
+            cgroup.remove()
+            raise Unavailable(f"cannot start {self.opts.qemu}: {e}") from e
+        finally:
+            stderr.close()
+        ref = ProcessRef.of(proc.pid)
+        # Wait until QEMU has made its sockets, or has failed (bad disk, bad options).
+        agent_sock = sdir.file("agent.sock")
+        while not agent_sock.exists():
+            if proc.poll() is not None:
+                cgroup.remove()
+                raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}")
+            await asyncio.sleep(0.002)
+        if ref is None:
+            raise Unavailable("qemu exited as soon as it started")
+        self._children[spec.id] = proc  # reaped in cleanup (ProcessRef.wait may reap it first)
+        return ref
+
+    def _allocate_uid(self, sdir: SandboxDir) -> int:
+        """The lowest uid in the range that no other live VM of this host uses."""
+        root = sdir.path.parent
+        with (root / ".uids.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            used = set()
+            for other in root.glob("*/uid"):
+                with contextlib.suppress(OSError, ValueError):
+                    used.add(int(other.read_text()))
+            for uid in range(self.opts.uid_base, self.opts.uid_base + self.opts.uid_count):
+                if uid not in used:
+                    sdir.file("uid").write_text(str(uid))
+                    return uid
+        raise Unavailable("no free VM uid left: raise uid_count")
+
+    def side_tasks(self, record: SandboxRecord, sdir: SandboxDir) -> list[Awaitable[None]]:
+        return [self._copy_console(sdir), self._watch_qmp(record.spec.id, sdir)]
+
+    async def _copy_console(self, sdir: SandboxDir) -> None:
+        """Guest serial console -> a bounded ring log (the guest may print forever)."""
+        reader, writer = await asyncio.open_unix_connection(str(sdir.file("console.sock")))
+        log = LogWriter(sdir.file("console.log"), self.opts.console_max_bytes)
+        try:
+            while chunk := await reader.read(64 << 10):
+                log.write(Stream.STDOUT, chunk)
+        finally:
+            log.close()
+            writer.close()
+
+    async def _watch_qmp(self, sandbox_id: str, sdir: SandboxDir) -> None:
+        qmp = QMPClient(f"hutch-{sandbox_id}")
+        await qmp.connect(str(sdir.file("qmp.sock")))
+        self._qmp[sandbox_id] = qmp
+        try:
+            with qmp.listener("SHUTDOWN") as listener:
+                async for event in listener:
+                    data = event.get("data") or {}
+                    reason = data.get("reason", "unknown") if isinstance(data, dict) else "unknown"
+                    self._shutdown_reason[sandbox_id] = str(reason)
+        finally:
+            self._qmp.pop(sandbox_id, None)
+            with contextlib.suppress(Exception):
+                await qmp.disconnect()
+
+    # -- teardown ------------------------------------------------------------------------------
+
+    async def terminate(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """QMP quit (QEMU exits at once, releasing everything); SIGKILL if QMP is not there."""
+        qmp = self._qmp.get(record.spec.id)
+        ref = record.process
+        if qmp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(qmp.execute("quit"), 2)
+                if ref is not None:
+                    await asyncio.wait_for(ref.wait(), 3)
+                    return
+        if ref is not None:
+            ref.kill(signal.SIGKILL)
+
+    async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        # Removing the cgroup also kills anything left in it: a QEMU that was launched but
+        # never recorded (the host process died between spawn and save) does not survive this.
+        await asyncio.to_thread(
+            Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).remove
+        )
+        self._shutdown_reason.pop(record.spec.id, None)
+        child = self._children.pop(record.spec.id, None)
+        if child is not None:
+            child.wait()
+
+    def oom_killed(self, record: SandboxRecord) -> bool:
+        return False  # the guest's own OOM killer reports through the agent
+
+    def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str:
+        sandbox_id = record.spec.id
+        cgroup = Cgroup(self._layout, self.opts.cgroup_parent, sandbox_id)
+        if cgroup.exists() and cgroup.oom_kills() > 0:
+            return "QEMU itself ran out of host memory (its cgroup limit) and was killed"
+        reason = self._shutdown_reason.get(sandbox_id)
+        console = tail(sdir.file("console.log"), records=True)
+        if reason == "guest-reset":
+            return f"the guest kernel rebooted (panic?); console: {console}"
+        if reason == "guest-shutdown":
+            return f"the guest powered off before reporting an exit; console: {console}"
+        qemu_err = tail(sdir.file("qemu.log"))
+        return f"QEMU exited unexpectedly: {qemu_err or 'no message'}; console: {console}"
+
+    def stats(self, record: SandboxRecord) -> Stats:
+        cgroup = Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id)
+        return Stats(
+            cpu_ns=cgroup.cpu_ns(),
+            memory_bytes=cgroup.memory_bytes(),
+            memory_limit_bytes=cgroup.memory_limit(),
+            pids=cgroup.pids(),
+        )
+
+
+def _child_setup(procs_files: list[str]) -> Callable[[], None]:
+    """Runs in the forked child before exec: join the cgroup first, so every byte QEMU allocates
+    is charged to it; cap what QEMU can write to its stderr file."""
+
+    def setup() -> None:
+        pid = str(os.getpid()).encode()
+        for path in procs_files:
+            fd = os.open(path, os.O_WRONLY)
+            os.write(fd, pid)
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (QEMU_STDERR_MAX, QEMU_STDERR_MAX))
+        # Ignored, SIGXFSZ turns an over-long write into EFBIG instead of killing QEMU.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    return setup
