@@ -1,0 +1,306 @@
+"""The `container` runtime: crun with an OCI bundle, for trusted workloads and hosts without
+virtualisation. Same contract as the micro-VM: hutch-agent is the container's init.
+
+The agent is bind-mounted read-only into the container's private /dev and receives a listening
+unix socket as an inherited file descriptor (`--preserve-fds`), so the workload has no path to its
+control channel. The root is an overlay: the shared, read-only unpacked image below, a per-sandbox
+tmpfs (bounded by the scratch size and charged to the container's memory) above.
+"""
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hutch.model.errors import Invalid, Unavailable
+from hutch.model.sandbox import Capabilities, SandboxSpec, Stats
+from hutch.runtime import host, mounts
+from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
+from hutch.runtime.logs import tail
+from hutch.runtime.procs import ProcessRef
+from hutch.runtime.state import SandboxDir, SandboxRecord
+
+MIN_MEMORY_MIB = 16
+AGENT_PATH = "/dev/.hutch-agent"
+LISTEN_FD = 3
+# Docker's default capability set: what a trusted workload expects, minus the dangerous ones.
+DEFAULT_CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]  # fmt: skip
+MASKED_PATHS = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
+]  # fmt: skip
+READONLY_PATHS = [
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerOptions:
+    agent: Path  # the static hutch-agent binary (built with the guest artifacts)
+    crun: str = "crun"
+    cgroup_parent: str = "hutch"
+    crun_root: Path = Path(
+        "/run/hutch/crun"
+    )  # crun's own state: gone after a reboot, as are the containers
+
+
+def oci_config(spec: SandboxSpec, opts: ContainerOptions, memsw: bool) -> dict[str, Any]:
+    """The OCI runtime spec for `spec`: the agent as init, the limits as cgroup resources."""
+    res = spec.resources
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    memory: dict[str, int] = {"limit": res.memory_mib << 20}
+    if memsw:
+        memory["swap"] = res.memory_mib << 20  # memory + swap: no swapping past the limit
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": [AGENT_PATH, "--listen-fd", str(LISTEN_FD)],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {k: DEFAULT_CAPS for k in ("bounding", "effective", "permitted")},
+            # What this host process may have; raising it needs CAP_SYS_RESOURCE we may lack.
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": False},
+        "hostname": spec.hostname or spec.id,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+            {
+                "destination": "/dev/mqueue",
+                "type": "mqueue",
+                "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/sys",
+                "type": "sysfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"],
+            },
+            {
+                "destination": AGENT_PATH,
+                "type": "bind",
+                "source": str(opts.agent),
+                "options": ["bind", "ro", "nosuid", "nodev"],
+            },
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")
+            ],
+            "cgroupsPath": f"/{opts.cgroup_parent}/{spec.id}",
+            "resources": {
+                "memory": memory,
+                "pids": {"limit": res.pids},
+                "cpu": {"quota": res.cpus * CFS_PERIOD_US, "period": CFS_PERIOD_US},
+                "devices": [{"allow": False, "access": "rwm"}],
+            },
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    }
+
+
+class ContainerBackend:
+    name = "container"
+
+    def __init__(self, opts: ContainerOptions, layout: Layout | None = None) -> None:
+        self.opts = opts
+        self._layout = layout or Layout.detect()
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            runtime=self.name,
+            isolation="namespaces",
+            root="dir",
+            exec=True,
+            signals=True,
+            accel="none",
+            min_memory_mib=MIN_MEMORY_MIB,
+            max_cpus=host.cpus(),
+            max_memory_mib=max(host.memory_mib() - host.HOST_RESERVE_MIB, 0),
+            overhead_mib=0,
+        )
+
+    def fingerprint(self) -> dict[str, str]:
+        out = subprocess.run(
+            [self.opts.crun, "--version"], capture_output=True, text=True, check=False
+        )
+        lines = out.stdout.splitlines()
+        return {"crun": lines[0] if lines else "unknown", "cgroups": self._cgroup_mode()}
+
+    def _cgroup_mode(self) -> str:
+        if self._layout.v2 is not None:
+            return "v2"
+        return "v1 (hybrid)" if self._layout.hybrid_mount else "v1"
+
+    def validate(self, spec: SandboxSpec) -> None:
+        caps = self.capabilities()
+        res = spec.resources
+        if not spec.rootfs:
+            raise Invalid("a container needs a root directory (SandboxSpec.rootfs)")
+        if not Path(spec.rootfs).is_dir():
+            raise Invalid(f"rootfs {spec.rootfs} does not exist or is not a directory")
+        if res.memory_mib < caps.min_memory_mib:
+            raise Invalid(
+                f"memory {res.memory_mib} MiB is too little (at least {caps.min_memory_mib} MiB)"
+            )
+        if res.memory_mib > caps.max_memory_mib:
+            raise Invalid(
+                f"memory {res.memory_mib} MiB is more than this host can give "
+                f"({caps.max_memory_mib} MiB)"
+            )
+        if res.cpus > caps.max_cpus:
+            raise Invalid(f"{res.cpus} CPUs asked for, this host has {caps.max_cpus}")
+
+    # -- launch --------------------------------------------------------------------------------
+
+    async def launch(self, record: SandboxRecord, sdir: SandboxDir) -> ProcessRef:
+        spec = record.spec
+        bundle = sdir.file("bundle")
+        rootfs = bundle / "rootfs"
+        rw = sdir.file("rw")
+        for path in (bundle, rootfs, rw):
+            path.mkdir(mode=0o700, exist_ok=True)
+        record.details.update(cgroup=f"{self.opts.cgroup_parent}/{spec.id}")
+        mounts.mount("tmpfs", rw, "tmpfs", mounts.MS_NOSUID | mounts.MS_NODEV,
+                     f"size={spec.resources.scratch_bytes},mode=0700")  # fmt: skip
+        for name in ("upper", "work"):
+            (rw / name).mkdir(exist_ok=True)
+        (rw / "upper").chmod(0o755)
+        mounts.mount(
+            "overlay", rootfs, "overlay", 0,
+            f"lowerdir={spec.rootfs},upperdir={rw / 'upper'},workdir={rw / 'work'}",
+        )  # fmt: skip
+        memsw = (
+            self._layout.v2 is not None
+            or (self._layout.v1["memory"] / "memory.memsw.limit_in_bytes").exists()
+        )
+        (bundle / "config.json").write_text(json.dumps(oci_config(spec, self.opts, memsw)))
+
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(sdir.file("agent.sock")))
+            listener.listen(8)
+            pid_file = sdir.file("init.pid")
+            rc, err = await self._crun(
+                "run", "--detach", f"--preserve-fds={LISTEN_FD - 2}", "--pid-file", str(pid_file),
+                "--bundle", str(bundle), spec.id,
+                pass_fd=listener.fileno(), log=sdir.file("agent.log"),
+            )  # fmt: skip
+        finally:
+            listener.close()  # the container's init holds its own copy
+        if rc != 0:
+            raise Unavailable(f"crun could not start the container: {err}")
+        ref = ProcessRef.of(int(pid_file.read_text()))
+        if ref is None:
+            raise Unavailable(f"the container exited at once: {tail(sdir.file('agent.log'))}")
+        return ref
+
+    async def _crun(
+        self, *args: str, pass_fd: int | None = None, log: Path | None = None
+    ) -> tuple[int, str]:
+        """Run crun; on a hybrid cgroup host, in a mount namespace without the v2 mount."""
+        argv = [self.opts.crun, "--root", str(self.opts.crun_root), *args]
+        if self._layout.hybrid_mount is not None:
+            hidden = str(self._layout.hybrid_mount)
+            argv = [
+                "unshare", "--mount", "--propagation", "private",
+                "sh", "-c", f'umount "{hidden}" && exec "$@"', "crun", *argv,
+            ]  # fmt: skip
+
+        def run() -> tuple[int, str]:
+            if log is None:
+                proc = subprocess.run(
+                    argv, stdin=subprocess.DEVNULL, capture_output=True, check=False
+                )
+                err = proc.stderr.decode(errors="replace").strip().splitlines()
+                return proc.returncode, err[-1] if err else ""
+            # `run --detach` hands its stdio to the container's init: a pipe would never reach
+            # EOF, so crun's errors and the agent's own messages share a file.
+            with log.open("ab") as out:
+                rc = subprocess.run(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    pass_fds=(LISTEN_FD,),
+                    preexec_fn=(lambda: os.dup2(pass_fd, LISTEN_FD))
+                    if pass_fd is not None
+                    else None,
+                    check=False,
+                ).returncode
+            return rc, tail(log, lines=1)
+
+        return await asyncio.to_thread(run)
+
+    def side_tasks(self, record: SandboxRecord, sdir: SandboxDir) -> list[Awaitable[None]]:
+        return []
+
+    # -- teardown ------------------------------------------------------------------------------
+
+    async def terminate(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        rc, _ = await self._crun("kill", record.spec.id, "KILL")
+        ref = record.process
+        if rc != 0 and ref is not None:
+            ref.kill(signal.SIGKILL)
+
+    async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        await self._crun("delete", "--force", record.spec.id)
+        for target in (sdir.file("bundle") / "rootfs", sdir.file("rw")):
+            mounts.unmount(target)
+        await asyncio.to_thread(
+            Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).remove
+        )
+
+    def oom_killed(self, record: SandboxRecord) -> bool:
+        cgroup = Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id)
+        return cgroup.exists() and cgroup.oom_kills() > 0
+
+    def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str:
+        if self.oom_killed(record):
+            return "the container ran out of memory and its init was killed"
+        detail = tail(sdir.file("agent.log"))
+        return f"the container's init exited unexpectedly{': ' + detail if detail else ''}"
+
+    def stats(self, record: SandboxRecord) -> Stats:
+        cgroup = Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id)
+        return Stats(
+            cpu_ns=cgroup.cpu_ns(),
+            memory_bytes=cgroup.memory_bytes(),
+            memory_limit_bytes=cgroup.memory_limit(),
+            pids=cgroup.pids(),
+        )
