@@ -162,7 +162,9 @@ class Connection:
         return self._hello
 
     async def recv(self) -> Frame | None:
-        """The next frame, or None at end of stream."""
+        """The next frame, or None at end of stream (after the handshake, waiting for it)."""
+        if self._hello is None:
+            await self.hello()
         try:
             header = await self._reader.readexactly(HEADER.size)
         except asyncio.IncompleteReadError:
