@@ -1,0 +1,95 @@
+"""A sandbox spec from what an operator asks for: a root (directory or OCI layout) plus overrides.
+
+Image config supplies the defaults (Entrypoint, Cmd, Env, WorkingDir, User, StopSignal); what the
+caller gives wins, with Docker's rules: arguments replace Cmd, a new entrypoint also drops Cmd.
+"""
+
+import secrets
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hutch.images.rootfs import PreparedRoot, prepare_root
+from hutch.images.users import resolve_user
+from hutch.model.errors import Invalid
+from hutch.model.sandbox import (
+    Capabilities,
+    ProcessSpec,
+    Resources,
+    SandboxSpec,
+    parse_signal,
+)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    source: Path  # a root directory or an OCI image layout
+    args: tuple[str, ...] = ()  # replaces the image's Cmd
+    entrypoint: tuple[str, ...] | None = None  # replaces the image's Entrypoint (and drops Cmd)
+    env: tuple[str, ...] = ()  # KEY=VALUE, over the image's
+    workdir: str = ""
+    user: str = ""  # name or uid, optionally :group or :gid, resolved in the image
+    resources: Resources = field(default_factory=Resources)
+    hostname: str = ""
+    sandbox_id: str = ""  # generated when empty
+
+
+def new_sandbox_id() -> str:
+    return "sb-" + secrets.token_hex(6)
+
+
+def merge_env(*layers: tuple[str, ...]) -> tuple[str, ...]:
+    """Later layers win per key; order of first appearance is kept."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for entry in layer:
+            key, sep, value = entry.partition("=")
+            if not sep:
+                raise Invalid(f"environment entry {entry!r} is not KEY=VALUE")
+            merged[key] = value
+    return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def build_spec(
+    request: RunRequest, caps: Capabilities, cache_dir: Path, max_unpacked_bytes: int
+) -> tuple[SandboxSpec, PreparedRoot]:
+    """Prepare the root the runtime needs (directory or disk) and the spec to run on it."""
+    root = prepare_root(
+        request.source, cache_dir, disk=caps.root == "disk", max_unpacked_bytes=max_unpacked_bytes
+    )
+    config = root.config
+    if request.entrypoint is not None:
+        argv = request.entrypoint + request.args
+    else:
+        argv = config.entrypoint + (request.args or config.cmd)
+    if not argv:
+        raise Invalid(
+            "no command to run: give one after --, or use an image with Entrypoint or Cmd"
+        )
+    user = resolve_user(root.rootfs, request.user or config.user)
+    sandbox_id = request.sandbox_id or new_sandbox_id()
+    hostname = request.hostname or sandbox_id
+    env = merge_env(
+        (
+            f"PATH={DEFAULT_PATH}",
+            f"HOSTNAME={hostname}",
+            "HOME=/root" if user.uid == 0 else "HOME=/",
+        ),
+        config.env,
+        request.env,
+    )
+    process = ProcessSpec(
+        args=argv, env=env, cwd=request.workdir or config.working_dir or "/", user=user
+    )
+    spec = SandboxSpec(
+        id=sandbox_id,
+        process=process,
+        rootfs=str(root.rootfs),
+        root_disk=str(root.disk) if root.disk else "",
+        resources=request.resources,
+        hostname=hostname,
+        stop_signal=parse_signal(config.stop_signal) if config.stop_signal else int(signal.SIGTERM),
+    )
+    return spec, root

@@ -1,0 +1,77 @@
+"""hutch's settings, read once: defaults, then `hutch.toml`, then `HUTCH_*` environment variables.
+
+The file is `$HUTCH_CONFIG`, else `/etc/hutch/hutch.toml` when it exists. Everything below is
+passed down explicitly as options objects; nothing else reads the environment.
+"""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from hutch.model.errors import Invalid
+from hutch.model.units import parse_size
+
+DEFAULT_CONFIG = Path("/etc/hutch/hutch.toml")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUTCH_", extra="forbid")
+
+    state_dir: Path = Field(Path("/var/lib/hutch"), description="sandboxes, records and logs")
+    cache_dir: Path = Field(Path("/var/cache/hutch"), description="guest kernel, initramfs, images")
+    kernel_package: str = Field(
+        "linux-image-cloud-amd64", description="Debian package of the guest kernel"
+    )
+    qemu: str = "qemu-system-x86_64"
+    crun: str = "crun"
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        "auto", description="kvm is used only if a probe boots"
+    )
+    log_max_bytes: int = Field(1 << 20, description="stdout+stderr kept per sandbox (ring)")
+    console_max_bytes: int = Field(256 << 10, description="guest console kept per VM (ring)")
+    boot_timeout: float = Field(90.0, gt=0, description="seconds for a VM's agent to come up")
+    vm_overhead_mib: int = Field(160, ge=0, description="host memory per VM beyond its guest RAM")
+    vm_uid_base: int = Field(1_500_000, ge=1000, description="QEMU runs as its own uid from here")
+    cgroup_parent: str = "hutch"
+    max_unpacked_bytes: int = Field(
+        8 << 30, description="largest root file system an image may unpack to"
+    )
+
+    @field_validator("log_max_bytes", "console_max_bytes", "max_unpacked_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        return parse_size(value, default_unit="b") if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = Path(os.environ.get("HUTCH_CONFIG", DEFAULT_CONFIG))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path.exists():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def load(**overrides: object) -> Settings:
+    """The settings, with `overrides` (from command-line flags) on top; Invalid if malformed."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise Invalid(f"bad configuration: {problems}") from None
