@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 HUTCH := $(VENV)/bin/hutch
 CACHE_DIR ?= /var/cache/hutch
 BUSYBOX_ROOT := $(CACHE_DIR)/busybox-rootfs
+KERNEL_PACKAGE := linux-image-cloud-amd64  # the guest kernel: fetched by `hutch setup`, not installed
 # Runtime: qemu, crun, guest build (gcc, kmod, lz4, busybox), root disks (erofs-utils, e2fsprogs).
 APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsprogs kmod lz4 zstd \
 	gcc libc6-dev python3 python3-venv python3-dev iproute2 util-linux ca-certificates
@@ -31,7 +32,8 @@ apt:
 		echo "installing:" $$missing; \
 		apt-get update -qq; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	fi; \
+	apt-cache show --no-all-versions $(KERNEL_PACKAGE) >/dev/null 2>&1 || apt-get update -qq
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -255,7 +255,6 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     raise Unavailable("no ELF kernel found inside the bzImage (unknown compression?)")
 
 
-
 def _pipe(args: list[str], data: bytes) -> bytes:
     # Decompressors complain about the bzImage's trailing bytes; the stream itself is whole.
     return subprocess.run(args, input=data, capture_output=True, check=False).stdout

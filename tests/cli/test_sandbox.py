@@ -1,0 +1,135 @@
+"""`hutch sandbox`, as an operator uses it: real micro-VMs and containers on this host."""
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import HUTCH, Hutch, one_clear_line
+from tests.images.ocibuild import write_oci_layout
+
+
+def test_run_streams_output_and_exits_with_the_workloads_code(
+    hutch: Hutch, busybox_rootfs: Path
+) -> None:
+    script = "echo to-out; echo to-err >&2; exit 7"
+    result = hutch("sandbox", "run", str(busybox_rootfs), "--", "/bin/sh", "-c", script)
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == "to-out\n"
+    assert result.stderr == "to-err\n"
+
+
+def test_env_workdir_and_user_by_name(hutch: Hutch, busybox_rootfs: Path) -> None:
+    result = hutch(
+        "sandbox", "run", "--runtime", "container", "-e", "WHO=operator", "-w", "/home/app",
+        "-u", "app", "--memory", "64M", str(busybox_rootfs),
+        "--", "/bin/sh", "-c", "echo $WHO; pwd; id -u",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["operator", "/home/app", "1000"]
+
+
+def test_image_config_supplies_defaults_and_flags_win(
+    hutch: Hutch, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    layout = tmp_path / "layout"
+    config = {
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["echo $GREETING from $(pwd) as $(id -un)"],
+        "Env": ["GREETING=hello", "PATH=/bin"],
+        "WorkingDir": "/home/app",
+        "User": "app",
+    }
+    write_oci_layout(layout, [busybox_rootfs], config)
+    for runtime in ("microvm", "container"):
+        result = hutch("sandbox", "run", "--runtime", runtime, str(layout))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "hello from /home/app as app\n"
+    result = hutch(
+        "sandbox", "run", "--runtime", "container", "-e", "GREETING=hi", "-u", "root",
+        str(layout), "--", "echo $GREETING as $(id -un)",
+    )  # fmt: skip
+    assert result.stdout == "hi as root\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--memory", "lots"], "not a size"),
+        (["--memory", "0"], "memory must be positive"),
+        (["--memory", "100T"], "more than this host"),
+        (["--runtime", "firecracker"], "unknown runtime"),
+        (["-u", "nosuchuser"], "nosuchuser"),
+        (["-e", "NOEQUALS"], "KEY=VALUE"),
+    ],
+)
+def test_bad_requests_are_one_clear_line(
+    hutch: Hutch, busybox_rootfs: Path, args: list[str], message: str
+) -> None:
+    result = hutch("sandbox", "run", *args, str(busybox_rootfs), "--", "/bin/true")
+    assert result.returncode == 125
+    line = one_clear_line(result.stderr)
+    assert line.startswith("hutch: ") and message in line
+
+
+def test_a_missing_root_is_a_clear_error(hutch: Hutch) -> None:
+    result = hutch("sandbox", "run", "/no/such/rootfs", "--", "/bin/true")
+    assert result.returncode == 125
+    assert "/no/such/rootfs" in one_clear_line(result.stderr)
+
+
+def test_an_unknown_command_exits_127_with_the_reason(hutch: Hutch, busybox_rootfs: Path) -> None:
+    result = hutch("sandbox", "run", "--runtime", "container", str(busybox_rootfs), "--", "nope")
+    assert result.returncode == 127
+    assert "nope" in result.stderr and "No such file" in result.stderr
+
+
+def test_ctrl_c_stops_the_workload_gracefully(
+    hutch_env: dict[str, str], busybox_rootfs: Path
+) -> None:
+    script = "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done"
+    proc = subprocess.Popen(
+        [HUTCH, "sandbox", "run", str(busybox_rootfs), "--", "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=hutch_env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 42, err
+    assert out == "got-term\n"
+
+
+def test_keep_ls_and_rm(hutch: Hutch, busybox_rootfs: Path) -> None:
+    result = hutch(
+        "sandbox", "run", "--runtime", "container", "--keep", "--name", "kept",
+        str(busybox_rootfs), "--", "/bin/true",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    listing = hutch("sandbox", "ls", "-a")
+    assert "kept" in listing.stdout and "exited" in listing.stdout
+    assert "kept" not in hutch("sandbox", "ls").stdout  # only live ones by default
+    assert hutch("sandbox", "rm", "kept").stdout == "kept\n"
+    assert "kept" not in hutch("sandbox", "ls", "-a").stdout
+    assert hutch("sandbox", "rm", "kept").returncode == 0  # already gone: nothing to do
+
+
+def test_help_makes_sense(hutch: Hutch) -> None:
+    top = hutch("--help")
+    assert top.returncode == 0
+    for command in ("sandbox", "setup", "version"):
+        assert command in top.stdout
+    run_help = hutch("sandbox", "run", "--help")
+    assert "--runtime" in run_help.stdout and "ROOTFS" in run_help.stdout
+    assert hutch("version").stdout.startswith("hutch ")
+    assert hutch("sandbox", "frobnicate").returncode == 2
+
+
+def test_setup_reports_the_guest_and_accelerator(hutch: Hutch) -> None:
+    result = hutch("setup")
+    assert result.returncode == 0, result.stderr
+    assert "guest kernel" in result.stdout and "accelerator" in result.stdout

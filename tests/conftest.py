@@ -1,0 +1,34 @@
+"""Shared fixtures: a busybox root filesystem built from the host's busybox-static, the guest
+artifacts (built once into the shared cache), short state directories for unix sockets."""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hutch.images.busybox import build_busybox_rootfs
+from hutch.runtime.guest import build
+from hutch.runtime.guest.build import GuestArtifacts
+
+CACHE_DIR = Path(os.environ.get("HUTCH_CACHE_DIR", "/var/cache/hutch"))
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture(scope="session")
+def guest() -> GuestArtifacts:
+    return build.prepare(CACHE_DIR)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A temp dir with a short path: unix socket addresses are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

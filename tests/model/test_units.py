@@ -1,0 +1,27 @@
+import pytest
+
+from hutch.model.errors import Invalid
+from hutch.model.units import format_bytes, parse_mib, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("128", 128 << 20), ("128M", 128 << 20), ("1G", 1 << 30), ("1.5GiB", 3 << 29),
+     ("512k", 512 << 10), (" 2 mb ", 2 << 20), ("10b", 10)],
+)  # fmt: skip
+def test_sizes(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "1Q", "-5M", "1..2G"])
+def test_bad_sizes(bad: str) -> None:
+    with pytest.raises(Invalid, match="not a size"):
+        parse_size(bad)
+
+
+def test_mib_rounds_up_and_bytes_read_well() -> None:
+    assert parse_mib("1K") == 1
+    assert parse_mib("1G") == 1024
+    assert parse_size("100", default_unit="b") == 100
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(3 << 30) == "3.0 GiB"

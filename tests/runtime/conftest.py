@@ -1,0 +1,82 @@
+"""Drivers for runtime tests, built through the agent layer from settings (as hutch does)."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hutch import config
+from hutch.agent.runtimes import open_driver
+from hutch.images.rootfs import PreparedRoot, prepare_root
+from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec, Stream, User
+from hutch.runtime.driver import AgentDriver
+from tests.conftest import CACHE_DIR
+
+PATH = "PATH=/bin"
+LOG_BOUND = 256 << 10
+CONSOLE_BOUND = 64 << 10
+
+
+def settings_for(state_dir: Path) -> config.Settings:
+    return config.load(
+        state_dir=state_dir,
+        cache_dir=CACHE_DIR,
+        log_max_bytes=LOG_BOUND,
+        console_max_bytes=CONSOLE_BOUND,
+    )
+
+
+@pytest.fixture(scope="session")
+def busybox_root(busybox_rootfs: Path) -> PreparedRoot:
+    return prepare_root(busybox_rootfs, CACHE_DIR, disk=True)
+
+
+def make_spec(
+    root: PreparedRoot,
+    *args: str,
+    sandbox_id: str = "sb",
+    env: tuple[str, ...] = (),
+    cwd: str = "/",
+    user: User | None = None,
+    memory: int = 128,
+    stdin: bool = False,
+) -> SandboxSpec:
+    return SandboxSpec(
+        id=sandbox_id,
+        process=ProcessSpec(args=args, env=(PATH, *env), cwd=cwd, user=user or User(), stdin=stdin),
+        rootfs=str(root.rootfs),
+        root_disk=str(root.disk),
+        resources=Resources(memory_mib=memory),
+    )
+
+
+async def output(driver: AgentDriver, sandbox_id: str) -> tuple[bytes, bytes]:
+    out, err = bytearray(), bytearray()
+    async for record in driver.logs(sandbox_id, follow=True):
+        (out if record.stream is Stream.STDOUT else err).extend(record.data)
+    return bytes(out), bytes(err)
+
+
+async def wait_for_line(driver: AgentDriver, sandbox_id: str, line: bytes) -> None:
+    async for record in driver.logs(sandbox_id, follow=True):
+        if line in record.data:
+            return
+    raise AssertionError(f"{line!r} never appeared")
+
+
+@pytest.fixture
+async def microvm(short_dir: Path) -> AsyncIterator[AgentDriver]:
+    driver = open_driver(settings_for(short_dir / "state"), "microvm")
+    yield driver
+    for info in await driver.sandboxes():
+        await driver.destroy(info.id, force=True)
+    await driver.close()
+
+
+@pytest.fixture
+async def container(short_dir: Path) -> AsyncIterator[AgentDriver]:
+    driver = open_driver(settings_for(short_dir / "state"), "container")
+    yield driver
+    for info in await driver.sandboxes():
+        await driver.destroy(info.id, force=True)
+    await driver.close()

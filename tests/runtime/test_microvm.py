@@ -1,0 +1,126 @@
+"""What only the micro-VM promises: QEMU confined on the host, the guest given nothing of it."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from hutch.images.rootfs import PreparedRoot
+from hutch.runtime import accel
+from hutch.runtime.driver import AgentDriver
+from hutch.runtime.guest.build import GuestArtifacts
+from hutch.runtime.microvm import MicroVMBackend, kernel_cmdline
+from tests.runtime.conftest import CONSOLE_BOUND, make_spec, output, wait_for_line
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+async def test_qemu_runs_confined(microvm: AgentDriver, busybox_root: PreparedRoot) -> None:
+    await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", "echo up; sleep 600"))
+    await microvm.start("sb")
+    await wait_for_line(microvm, "sb", b"up")
+    pid = (await microvm.inspect("sb")).pid
+    status = status_fields(pid)
+    assert status["Uid"].split()[0] != "0" and status["Gid"].split()[0] != "0"
+    assert int(status["CapEff"], 16) == 0
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    assert os.readlink(f"/proc/{pid}/root").endswith("/sb/jail")
+    files = {
+        os.readlink(f"/proc/{pid}/fd/{fd}")
+        for fd in os.listdir(f"/proc/{pid}/fd")
+        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/")
+    }
+    # the root disk, its own log and /dev/null: nothing else of the host
+    assert {Path(f).name for f in files} == {Path(str(busybox_root.disk)).name, "qemu.log", "null"}
+    cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+    assert "/hutch/sb" in cgroup
+    stats = await microvm.stats("sb")
+    assert stats.memory_limit_bytes == (128 + microvm.capabilities().overhead_mib) << 20
+
+
+async def test_the_guest_sees_only_its_own_disk(
+    microvm: AgentDriver, busybox_root: PreparedRoot
+) -> None:
+    script = "cut -d' ' -f1-3 /proc/mounts; ls /sys/class/net; ls /sys/class/virtio-ports | wc -l"
+    await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", script))
+    await microvm.start("sb")
+    out, _ = await output(microvm, "sb")
+    lines = out.decode().splitlines()
+    assert lines[-2:] == ["lo", "1"]  # no network device; one port, the agent's
+    filesystems = {line.split()[2] for line in lines[:-2]}
+    assert filesystems <= {"overlay", "proc", "sysfs", "tmpfs", "devpts"}  # no 9p, no virtiofs
+
+
+async def test_a_console_flood_stays_within_its_bound(
+    microvm: AgentDriver, busybox_root: PreparedRoot, short_dir: Path
+) -> None:
+    # The guest is root in its VM: it can make the serial device node and write to it forever.
+    flood = "mknod /tmp/ttyS0 c 4 64 && yes console-flood | head -c 1000000 > /tmp/ttyS0"
+    await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", flood))
+    await microvm.start("sb")
+    status = await microvm.wait("sb", timeout=300)
+    assert status.code == 0
+    logs = list((short_dir / "state" / "sandboxes" / "microvm" / "sb").glob("console.log*"))
+    assert logs and sum(p.stat().st_size for p in logs) <= CONSOLE_BOUND + (64 << 10)
+    assert b"console-flood" in logs[0].read_bytes() + logs[-1].read_bytes()
+
+
+async def test_a_guest_that_cannot_boot_is_explained(
+    microvm: AgentDriver, busybox_root: PreparedRoot, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.img"
+    garbage.write_bytes(os.urandom(1 << 20))
+    spec = make_spec(busybox_root, "/bin/true")
+    spec = type(spec)(id="broken", process=spec.process, root_disk=str(garbage))
+    await microvm.create(spec)
+    await microvm.start("broken")
+    status = await microvm.wait("broken", timeout=120)
+    assert status.failed
+    assert "mount /dev/vda" in status.error
+
+
+async def test_qemu_killed_from_outside_is_reported(
+    microvm: AgentDriver, busybox_root: PreparedRoot
+) -> None:
+    await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", "echo up; sleep 600"))
+    await microvm.start("sb")
+    await wait_for_line(microvm, "sb", b"up")
+    os.kill((await microvm.inspect("sb")).pid, signal.SIGKILL)
+    status = await microvm.wait("sb", timeout=30)
+    assert status.failed and "QEMU exited unexpectedly" in status.error
+
+
+def test_tcg_guests_are_told_the_tsc_rate() -> None:
+    line = kernel_cmdline("tcg", "erofs", 64 << 20)
+    assert "tsc_early_khz=" in line and "hutch.scratch=67108864" in line
+    assert "tsc_early_khz" not in kernel_cmdline("kvm", "ext4", 1 << 20)
+
+
+def test_the_accel_probe_is_cached(
+    guest: GuestArtifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def fake_probe(qemu: str, g: GuestArtifacts) -> accel.Accel:
+        calls.append(1)
+        return accel.Accel("tcg", "probed", 1.0)
+
+    monkeypatch.setattr(accel, "probe", fake_probe)
+    first = accel.choose("qemu-system-x86_64", guest, tmp_path)
+    second = accel.choose("qemu-system-x86_64", guest, tmp_path)
+    assert first == second and len(calls) == 1
+    accel.choose("qemu-system-x86_64", guest, tmp_path, refresh=True)
+    assert len(calls) == 2
+    assert accel.choose("qemu-system-x86_64", guest, tmp_path, "tcg").reason == "configured"
+
+
+def test_this_host_reports_its_accelerator(microvm: AgentDriver) -> None:
+    assert isinstance(microvm.backend, MicroVMBackend)
+    caps = microvm.capabilities()
+    assert caps.accel in ("kvm", "tcg") and caps.isolation == "vm" and caps.root == "disk"
+    facts = microvm.fingerprint()
+    assert facts["accel"] == caps.accel and facts["accel_reason"] and "QEMU" in facts["qemu"]

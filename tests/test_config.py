@@ -1,0 +1,30 @@
+from pathlib import Path
+
+import pytest
+
+from hutch import config
+from hutch.model.errors import Invalid
+
+
+def test_file_then_environment_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "hutch.toml"
+    toml.write_text('state_dir = "/srv/hutch"\nlog_max_bytes = "2M"\naccel = "tcg"\n')
+    monkeypatch.setenv("HUTCH_CONFIG", str(toml))
+    settings = config.load()
+    assert settings.state_dir == Path("/srv/hutch")
+    assert settings.log_max_bytes == 2 << 20
+    monkeypatch.setenv("HUTCH_ACCEL", "kvm")
+    assert config.load().accel == "kvm"  # environment over file
+    assert config.load(accel="auto").accel == "auto"  # explicit over both
+
+
+def test_bad_settings_are_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUTCH_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(Invalid, match="accel"):
+        config.load(accel="warp")
+    with pytest.raises(Invalid, match="boot_timeout"):
+        config.load(boot_timeout=0)
+    (tmp_path / "bad.toml").write_text("no_such_setting = 1\n")
+    monkeypatch.setenv("HUTCH_CONFIG", str(tmp_path / "bad.toml"))
+    with pytest.raises(Invalid, match="no_such_setting"):
+        config.load()
