@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 HUTCH := $(VENV)/bin/hutch
 CACHE_DIR ?= /var/cache/hutch
 BUSYBOX_ROOT := $(CACHE_DIR)/busybox-rootfs
-KERNEL_PACKAGE := linux-image-cloud-amd64  # the guest kernel: fetched by `hutch setup`, not installed
+# The guest kernel's package: `hutch setup` downloads and unpacks it, never installs it.
+KERNEL_PACKAGE := linux-image-cloud-amd64
 # Runtime: qemu, crun, guest build (gcc, kmod, lz4, busybox), root disks (erofs-utils, e2fsprogs).
 APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsprogs kmod lz4 zstd \
 	gcc libc6-dev python3 python3-venv python3-dev iproute2 util-linux ca-certificates
