@@ -133,3 +133,23 @@ def test_setup_reports_the_guest_and_accelerator(hutch: Hutch) -> None:
     result = hutch("setup")
     assert result.returncode == 0, result.stderr
     assert "guest kernel" in result.stdout and "accelerator" in result.stdout
+
+
+def test_ls_and_rm_see_a_sandbox_another_process_runs(
+    hutch: Hutch, hutch_env: dict[str, str], busybox_rootfs: Path
+) -> None:
+    proc = subprocess.Popen(
+        [HUTCH, "sandbox", "run", "--runtime", "container", "--name", "busy",
+         str(busybox_rootfs), "--", "/bin/sh", "-c", "echo up; sleep 600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=hutch_env,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    listing = hutch("sandbox", "ls").stdout
+    assert "busy" in listing and "running" in listing
+    refused = hutch("sandbox", "rm", "busy")
+    assert refused.returncode == 125
+    assert "watched by hutch process" in one_clear_line(refused.stderr)
+    assert hutch("sandbox", "rm", "-f", "busy").returncode == 0
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "failed" in err  # its watcher saw it die, and said so
+    assert "busy" not in hutch("sandbox", "ls", "-a").stdout

@@ -153,7 +153,8 @@ async def _ls(all_: bool) -> None:
     rows = []
     for runtime in RUNTIMES:
         driver = open_driver(settings, runtime)
-        for info in await driver.recover():
+        await driver.recover()  # re-adopt what a crashed hutch process left; record the dead
+        for info in await driver.sandboxes():
             if all_ or info.state in (SandboxState.CREATED, SandboxState.RUNNING):
                 exit_ = info.exit.describe() if info.exit else ""
                 rows.append((info.id, runtime, info.state.value, str(info.pid or ""), exit_))

@@ -70,7 +70,8 @@ class RuntimeDriver(Protocol):
     async def inspect(self, sandbox_id: str) -> SandboxInfo: ...
 
     async def sandboxes(self) -> list[SandboxInfo]:
-        """The sandboxes this driver watches (created or re-adopted)."""
+        """Every sandbox of this runtime on this host: the ones this driver watches, and from
+        their records the ones another process watches or no process has re-adopted yet."""
 
     async def wait(self, sandbox_id: str, timeout: float | None = None) -> ExitStatus:
         """Block until the workload ends; TimeoutError after `timeout` seconds."""
@@ -229,10 +230,12 @@ class AgentDriver:
         sdir = sup.dir if sup else SandboxDir(self._root, sandbox_id)
         if sup is None:
             if not sdir.record_file.exists():
-                sdir.remove()  # a directory from a crash before the first save
+                sdir.remove()  # a directory from a crash before the first save, or nothing
                 return
             if not sdir.try_lock():
-                raise Conflict(f"sandbox {sandbox_id} is watched by another hutch process")
+                await self._take_from_watcher(sdir, force)
+                if not sdir.path.exists():
+                    return  # its watcher removed it
             record = sdir.load()
         else:
             record = sup.record
@@ -253,6 +256,26 @@ class AgentDriver:
         sdir.remove()
         self._sups.pop(sandbox_id, None)
 
+    async def _take_from_watcher(self, sdir: SandboxDir, force: bool) -> None:
+        """Another live hutch process watches the sandbox: with `force`, kill the sandbox and
+        wait for that process to let go (it records the death, and may remove it itself)."""
+        record = sdir.load()
+        watcher = sdir.watcher_pid()
+        if not force:
+            raise Conflict(
+                f"sandbox {record.spec.id} is {record.state} and watched by hutch process "
+                f"{watcher or '?'}: stop it there, or force"
+            )
+        await self.backend.terminate(record, sdir)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while sdir.path.exists() and not sdir.try_lock():
+            if loop.time() > deadline:
+                raise Conflict(
+                    f"hutch process {watcher or '?'} still holds sandbox {record.spec.id}"
+                )
+            await asyncio.sleep(0.1)
+
     async def inspect(self, sandbox_id: str) -> SandboxInfo:
         sup = self._sups.get(sandbox_id)
         if sup is not None:
@@ -265,7 +288,12 @@ class AgentDriver:
             raise NotFound(f"no sandbox {sandbox_id!r} on this host") from None
 
     async def sandboxes(self) -> list[SandboxInfo]:
-        return [sup.record.info() for sup in self._sups.values()]
+        infos = []
+        for path in sorted(self._root.iterdir()):
+            if path.is_dir() and not path.name.startswith("."):
+                with contextlib.suppress(NotFound, ValueError, KeyError, TypeError, HutchError):
+                    infos.append(await self.inspect(path.name))
+        return infos
 
     async def wait(self, sandbox_id: str, timeout: float | None = None) -> ExitStatus:
         return await self._get(sandbox_id).wait(timeout)

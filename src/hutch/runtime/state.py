@@ -147,8 +147,17 @@ class SandboxDir:
         except BlockingIOError:
             os.close(fd)
             return False
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())  # for messages only: the flock is the truth
         self._lock_fd = fd
         return True
+
+    def watcher_pid(self) -> int | None:
+        """The pid of the process that holds (or last held) the lock."""
+        try:
+            return int((self.path / "lock").read_text() or 0) or None
+        except (OSError, ValueError):
+            return None
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
