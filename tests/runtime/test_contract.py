@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from hutch.agent.runtimes import open_driver
+from hutch.agent.sandbox import RunRequest, build_spec
 from hutch.images.rootfs import PreparedRoot
 from hutch.model.errors import Conflict, Invalid, NotFound
 from hutch.model.sandbox import (
@@ -27,6 +28,7 @@ from hutch.model.sandbox import (
 from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.driver import AgentDriver
 from hutch.runtime.state import SandboxRecord
+from tests.conftest import CACHE_DIR
 from tests.runtime.conftest import (
     LOG_BOUND,
     PATH,
@@ -235,6 +237,9 @@ async def test_bad_specs_are_refused(rt: Runtime) -> None:
         Resources(memory_mib=0)
     with pytest.raises(Invalid, match="command"):
         ProcessSpec(args=())
+    with pytest.raises(Invalid, match="nosuchuser"):
+        request = RunRequest(source=Path(rt.root.rootfs), args=("id",), user="nosuchuser")
+        build_spec(request, rt.driver.capabilities(), CACHE_DIR, 1 << 30)
     with pytest.raises(NotFound):
         await rt.driver.start("nosuchsandbox")
     assert await rt.driver.sandboxes() == []
