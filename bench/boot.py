@@ -6,7 +6,8 @@ In one run, interleaved, median of N runs each:
   (b) the microvm driver, from create() to the same line;
   (c) the container driver, the same;
   (d) the guest kernel alone, with an initramfs that only prints a line.
-Then the host memory (PSS) of one idle 128 MiB VM and of 20 idle VMs.
+Then the host memory (PSS) of one idle 128 MiB VM and of 20 idle VMs, and the largest overhead
+QEMU adds to a guest that fills all its RAM (what the VM cgroup's limit must leave room for).
 The last line printed is one JSON object with the figures.
 
     make bench            or    .venv/bin/python bench/boot.py [--runs N] [--vms N]
@@ -31,6 +32,7 @@ from hutch.images.rootfs import prepare_root
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec
 from hutch.runtime import accel as accel_mod
 from hutch.runtime import host
+from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.channel import Connection, T, encode_process
 from hutch.runtime.driver import AgentDriver
 from hutch.runtime.guest import build
@@ -39,6 +41,8 @@ from hutch.runtime.microvm import MicroVMBackend, qemu_command
 PATH = ("PATH=/bin",)
 FIRST_LINE = ("/bin/echo", "first-line")
 IDLE = ("/bin/sh", "-c", "echo ready; exec sleep 3600")
+# Doubles a string until the guest's OOM killer stops it: every page of guest RAM gets touched.
+FILL = ("/bin/sh", "-c", "awk 'BEGIN { s = \"x\"; while (1) s = s s }'")
 
 
 def spec(sandbox_id: str, root_dir: str, disk: str, args: tuple[str, ...]) -> SandboxSpec:
@@ -148,6 +152,28 @@ async def idle_vms(driver: AgentDriver, root_dir: str, disk: str, count: int) ->
     return figures
 
 
+async def peak_overhead(
+    driver: AgentDriver, root_dir: str, disk: str, memory_mib: int, cpus: int
+) -> float:
+    """Peak anonymous memory of QEMU's cgroup beyond the guest RAM, for a guest that fills it."""
+    s = spec("fill", root_dir, disk, FILL)
+    resources = Resources(cpus=cpus, memory_mib=memory_mib)
+    s = SandboxSpec(id=s.id, process=s.process, root_disk=disk, resources=resources)
+    await driver.create(s)
+    group = Cgroup(Layout.detect(), "hutch", s.id)
+    await driver.start(s.id)
+    peak = 0
+    waiter = asyncio.ensure_future(driver.wait(s.id, timeout=300))
+    while not waiter.done():
+        peak = max(peak, group.anon_bytes())
+        await asyncio.sleep(0.02)
+    status = waiter.result()
+    await driver.destroy(s.id, force=True)
+    if not status.oom_killed:
+        raise RuntimeError(f"the fill workload was not OOM-killed: {status}")
+    return peak / (1 << 20) - memory_mib
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="runs per variant (median)")
@@ -179,6 +205,8 @@ async def main() -> None:
             results["kernel"].append(kernel_only(backend))
             latest = ", ".join(f"{k} {v[-1]:.3f}s" for k, v in results.items())
             print(f"run {i + 1}/{args.runs}: {latest}", file=sys.stderr)
+        sizes = ((128, 1), (512, 2))
+        overhead = max([await peak_overhead(vm, root_dir, disk, m, c) for m, c in sizes])
         before = mem_available_mib()
         one = await idle_vms(vm, root_dir, disk, 1)
         many = await idle_vms(vm, root_dir, disk, args.vms)
@@ -201,6 +229,8 @@ async def main() -> None:
         "idle_vms_20_total_mib": round(sum(many), 1),
         "idle_vms_counted": len(many),
         "mem_available_drift_mib": round(before - after, 1),
+        "vm_overhead_peak_mib": round(overhead, 1),
+        "vm_overhead_limit_mib": backend.opts.overhead_mib,
         "runs": args.runs,
         "kernel": guest.kernel_package,
         "cpus": os.cpu_count(),
@@ -219,6 +249,10 @@ async def main() -> None:
     print(
         f"idle 128 MiB VM: {figures['idle_vm_rss_mib']} MiB PSS; "
         f"{len(many)} idle VMs: {figures['idle_vms_20_total_mib']} MiB PSS in all"
+    )
+    print(
+        f"QEMU's peak overhead over a full guest: {figures['vm_overhead_peak_mib']} MiB "
+        f"(the cgroup allows {backend.opts.overhead_mib} MiB)"
     )
     print(json.dumps(figures))
 

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     log_max_bytes: int = Field(1 << 20, description="stdout+stderr kept per sandbox (ring)")
     console_max_bytes: int = Field(256 << 10, description="guest console kept per VM (ring)")
     boot_timeout: float = Field(90.0, gt=0, description="seconds for a VM's agent to come up")
-    vm_overhead_mib: int = Field(160, ge=0, description="host memory per VM beyond its guest RAM")
+    vm_overhead_mib: int = Field(96, ge=0, description="host memory per VM beyond its guest RAM")
     vm_uid_base: int = Field(1_500_000, ge=1000, description="QEMU runs as its own uid from here")
     cgroup_parent: str = "hutch"
     max_unpacked_bytes: int = Field(

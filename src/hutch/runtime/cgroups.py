@@ -122,6 +122,11 @@ class Cgroup:
         key = "memory.current" if self.layout.v2 else "memory.usage_in_bytes"
         return int(_read(self._dirs["memory"] / key, "0"))
 
+    def anon_bytes(self) -> int:
+        """Anonymous memory in the group: what reclaim cannot take back (no swap here)."""
+        stat = _keyed(_read(self._dirs["memory"] / "memory.stat", ""))
+        return stat.get("anon" if self.layout.v2 else "rss", 0)
+
     def memory_limit(self) -> int:
         key = "memory.max" if self.layout.v2 else "memory.limit_in_bytes"
         value = _read(self._dirs["memory"] / key, "0")
