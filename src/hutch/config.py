@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     boot_timeout: float = Field(90.0, gt=0, description="seconds for a VM's agent to come up")
     vm_overhead_mib: int = Field(96, ge=0, description="host memory per VM beyond its guest RAM")
     vm_uid_base: int = Field(1_500_000, ge=1000, description="QEMU runs as its own uid from here")
+    vm_debug: bool = Field(False, description="guests that fail to boot print diagnostics")
     cgroup_parent: str = "hutch"
     max_unpacked_bytes: int = Field(
         8 << 30, description="largest root file system an image may unpack to"

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from hutch.agent.runtimes import open_driver
 from hutch.images.rootfs import PreparedRoot
 from hutch.runtime import accel
 from hutch.runtime.driver import AgentDriver
 from hutch.runtime.guest.build import GuestArtifacts
+from hutch.runtime.logs import read_log
 from hutch.runtime.microvm import MicroVMBackend, kernel_cmdline
-from tests.runtime.conftest import CONSOLE_BOUND, make_spec, output, wait_for_line
+from tests.runtime.conftest import CONSOLE_BOUND, make_spec, output, settings_for, wait_for_line
 
 
 def status_fields(pid: int) -> dict[str, str]:
@@ -83,6 +85,26 @@ async def test_a_guest_that_cannot_boot_is_explained(
     assert "mount /dev/vda" in status.error
 
 
+async def test_debug_guests_explain_a_failed_boot(
+    busybox_root: PreparedRoot, short_dir: Path, tmp_path: Path
+) -> None:
+    settings = settings_for(short_dir / "state").model_copy(update={"vm_debug": True})
+    driver = open_driver(settings, "microvm")
+    garbage = tmp_path / "garbage.img"
+    garbage.write_bytes(bytes(1 << 20))
+    spec = make_spec(busybox_root, "/bin/true")
+    await driver.create(type(spec)(id="dbg", process=spec.process, root_disk=str(garbage)))
+    await driver.start("dbg")
+    status = await driver.wait("dbg", timeout=120)
+    assert "mount /dev/vda" in status.error
+    console = b"".join(
+        r.data for r in read_log(short_dir / "state/sandboxes/microvm/dbg/console.log")
+    )
+    assert b"# devices" in console and b"vda" in console and b"# virtio ports" in console
+    await driver.destroy("dbg")
+    await driver.close()
+
+
 async def test_qemu_killed_from_outside_is_reported(
     microvm: AgentDriver, busybox_root: PreparedRoot
 ) -> None:
@@ -98,6 +120,7 @@ def test_tcg_guests_are_told_the_tsc_rate() -> None:
     line = kernel_cmdline("tcg", "erofs", 64 << 20)
     assert "tsc_early_khz=" in line and "hutch.scratch=67108864" in line
     assert "tsc_early_khz" not in kernel_cmdline("kvm", "ext4", 1 << 20)
+    assert kernel_cmdline("kvm", "ext4", 1 << 20, debug=True).endswith(" hutch.debug")
 
 
 def test_the_accel_probe_is_cached(

@@ -46,6 +46,7 @@ def open_driver(
                 overhead_mib=settings.vm_overhead_mib,
                 uid_base=settings.vm_uid_base,
                 console_max_bytes=settings.console_max_bytes,
+                debug=settings.vm_debug,
             )
         ),
         options,

@@ -59,14 +59,17 @@ class MicroVMOptions:
     # 40 MiB then pins all 128. Off by default for density (Firecracker's choice too); on suits
     # KVM guests that need TLB reach more than hosts need memory.
     huge_pages: bool = False
+    debug: bool = False  # a guest that fails to boot prints diagnostics to its console first
 
 
-def kernel_cmdline(accel: str, root_format: str, scratch_bytes: int) -> str:
+def kernel_cmdline(accel: str, root_format: str, scratch_bytes: int, debug: bool = False) -> str:
     """The guest kernel command line (also used as is by bench/boot.py's bare-QEMU baseline)."""
     parts = ["console=ttyS0", "quiet", "reboot=t", "panic=-1", "cryptomgr.notests"]
     if accel == "tcg":
         parts.append(f"tsc_early_khz={host.tsc_khz()}")
     parts += [f"hutch.rootfstype={root_format}", f"hutch.scratch={scratch_bytes}"]
+    if debug:
+        parts.append("hutch.debug")
     return " ".join(parts)
 
 
@@ -92,7 +95,7 @@ def qemu_command(
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(opts.guest.kernel),
         "-initrd", str(opts.guest.initrd),
-        "-append", kernel_cmdline(accel, spec.root_disk_format, res.scratch_bytes),
+        "-append", kernel_cmdline(accel, spec.root_disk_format, res.scratch_bytes, opts.debug),
         "-drive", f"id=root,file={spec.root_disk},format=raw,if=none,readonly=on",
         "-device", "virtio-blk-device,drive=root",
         "-device", "virtio-serial-device,max_ports=2",

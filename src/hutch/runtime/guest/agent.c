@@ -723,6 +723,12 @@ static const char *boot_param(const char *key) {
     return NULL;
 }
 
+/* With hutch.debug, a failed boot leaves what an operator needs on the console (and so in
+ * console.log and the failure reason): the kernel's last words, devices, mounts, ports. */
+static const char DIAGNOSE[] =
+    "echo '# kernel'; dmesg | tail -n 30; echo '# devices'; ls /dev; "
+    "echo '# mounts'; cat /proc/mounts; echo '# virtio ports'; ls /sys/class/virtio-ports";
+
 static void fatal(const char *fmt, ...) {
     char msg[512];
     va_list ap;
@@ -731,8 +737,14 @@ static void fatal(const char *fmt, ...) {
     va_end(ap);
     logmsg("fatal: %s", msg);
     if (vm_mode && boot_param("hutch.debug")) {
-        char *sh[] = {"/bin/busybox", "sh", NULL};
-        execv(sh[0], sh);
+        pid_t pid = fork();
+        if (pid == 0) {
+            char *sh[] = {"/bin/busybox", "sh", "-c", (char *)DIAGNOSE, NULL};
+            execv(sh[0], sh);
+            _exit(127);
+        }
+        if (pid > 0) waitpid(pid, NULL, 0);
+        logmsg("fatal: %s", msg); /* again, last: the failure reason quotes the console's tail */
     }
     power_off();
     exit(1);

@@ -2,7 +2,7 @@
 
 The kernel comes from Debian's package (downloaded with `apt-get download`, unpacked with
 `dpkg-deb`: the host's /boot is never touched). The initramfs holds exactly the kernel modules
-the guest needs, busybox (the rescue shell behind `hutch.debug`) and hutch-agent, compiled here
+the guest needs, busybox (boot diagnostics behind `hutch.debug`) and hutch-agent, compiled here
 with gcc.
 Every artifact's file name carries the hash of its inputs, so a changed input yields a new file
 and a stale one is never used. Nothing here is committed to the repository.
