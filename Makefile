@@ -13,7 +13,7 @@ BUSYBOX_ROOT := $(CACHE_DIR)/busybox-rootfs
 KERNEL_PACKAGE := linux-image-cloud-amd64
 # Runtime: qemu, crun, guest build (gcc, kmod, lz4, busybox), root disks (erofs-utils, e2fsprogs).
 APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsprogs kmod lz4 zstd \
-	gcc libc6-dev python3 python3-venv python3-dev iproute2 util-linux ca-certificates
+	gcc libc6-dev python3 python3-venv python3-dev iproute2 util-linux cpio ca-certificates
 PYTEST_ARGS ?=
 
 .PHONY: help setup apt venv guest up test lint fmt bench clean

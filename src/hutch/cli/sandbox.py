@@ -90,11 +90,21 @@ async def _run(request: RunRequest, runtime: str, keep: bool, stop_timeout: floa
     settings = config.load()
     driver = open_driver(settings, runtime, log=_progress)
     started = time.monotonic()
-    spec, _ = await asyncio.to_thread(
-        build_spec, request, driver.capabilities(), settings.cache_dir, settings.max_unpacked_bytes
+    preparing = asyncio.ensure_future(
+        asyncio.to_thread(
+            build_spec,
+            request,
+            driver.capabilities(),
+            settings.cache_dir,
+            settings.max_unpacked_bytes,
+        )
     )
-    if time.monotonic() - started > 1:
-        _progress(f"prepared the root in {time.monotonic() - started:.1f} s (cached from now on)")
+    done, _ = await asyncio.wait({preparing}, timeout=1.0)
+    if not done:  # first use of this root: unpacking and building its disk take a while
+        _progress(f"preparing the root file system from {request.source} ...")
+    spec, _ = await preparing
+    if not done:
+        _progress(f"root ready in {time.monotonic() - started:.1f} s (cached from now on)")
     try:
         await driver.create(spec)
         await driver.start(spec.id)
