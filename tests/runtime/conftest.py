@@ -64,19 +64,22 @@ async def wait_for_line(driver: AgentDriver, sandbox_id: str, line: bytes) -> No
     raise AssertionError(f"{line!r} never appeared")
 
 
-@pytest.fixture
-async def microvm(short_dir: Path) -> AsyncIterator[AgentDriver]:
-    driver = open_driver(settings_for(short_dir / "state"), "microvm")
+async def driver_in(state_dir: Path, runtime: str) -> AsyncIterator[AgentDriver]:
+    """A driver for the test; afterwards every sandbox it left is destroyed."""
+    driver = open_driver(settings_for(state_dir), runtime)
     yield driver
     for info in await driver.sandboxes():
         await driver.destroy(info.id, force=True)
     await driver.close()
+
+
+@pytest.fixture
+async def microvm(short_dir: Path) -> AsyncIterator[AgentDriver]:
+    async for driver in driver_in(short_dir / "state", "microvm"):
+        yield driver
 
 
 @pytest.fixture
 async def container(short_dir: Path) -> AsyncIterator[AgentDriver]:
-    driver = open_driver(settings_for(short_dir / "state"), "container")
-    yield driver
-    for info in await driver.sandboxes():
-        await driver.destroy(info.id, force=True)
-    await driver.close()
+    async for driver in driver_in(short_dir / "state", "container"):
+        yield driver

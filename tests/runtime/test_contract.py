@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from hutch.agent.runtimes import open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
 from hutch.images.rootfs import PreparedRoot
 from hutch.model.errors import Conflict, Invalid, NotFound
@@ -32,9 +31,9 @@ from tests.conftest import CACHE_DIR
 from tests.runtime.conftest import (
     LOG_BOUND,
     PATH,
+    driver_in,
     make_spec,
     output,
-    settings_for,
     wait_for_line,
 )
 
@@ -64,14 +63,10 @@ class Runtime:
 async def rt(
     request: pytest.FixtureRequest, busybox_root: PreparedRoot, short_dir: Path
 ) -> AsyncIterator[Runtime]:
-    name = request.param
     state_dir = short_dir / "state"
-    driver = open_driver(settings_for(state_dir), name)
-    runtime = Runtime(name, driver, busybox_root, state_dir)
-    yield runtime
-    for info in await driver.sandboxes():
-        await driver.destroy(info.id, force=True)
-    await driver.close()
+    async for driver in driver_in(state_dir, request.param):
+        runtime = Runtime(request.param, driver, busybox_root, state_dir)
+        yield runtime
     assert_nothing_left(runtime)
 
 
@@ -168,6 +163,24 @@ async def test_out_of_memory_is_reported_and_the_host_is_unharmed(rt: Runtime) -
     await rt.run(rt.spec("/bin/echo", "still fine", sandbox_id="after"))
     out, _ = await rt.output("after")
     assert out == b"still fine\n"
+
+
+async def test_writes_beyond_the_scratch_size_fail(rt: Runtime) -> None:
+    script = "dd if=/dev/zero of=/big bs=1M count=64; echo rc=$?"
+    base = rt.spec("/bin/sh", "-c", script)
+    resources = Resources(memory_mib=256, scratch_mib=8)
+    await rt.run(
+        SandboxSpec(
+            id="full",
+            process=base.process,
+            rootfs=base.rootfs,
+            root_disk=base.root_disk,
+            resources=resources,
+        )
+    )
+    out, err = await rt.output("full")
+    assert b"rc=1" in out and b"No space left" in err
+    assert not (Path(rt.root.rootfs) / "big").exists()  # the shared root is never written
 
 
 async def test_destroy_leaves_nothing_behind(rt: Runtime) -> None:

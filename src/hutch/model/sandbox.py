@@ -191,6 +191,22 @@ class Capabilities:
     max_memory_mib: int
     overhead_mib: int  # host memory per sandbox beyond its own limit, for the scheduler
 
+    def check(self, res: Resources) -> None:
+        """Raise Invalid unless this driver can give `res` on its host."""
+        what = "a micro-VM" if self.isolation == "vm" else f"a {self.runtime} sandbox"
+        if res.memory_mib < self.min_memory_mib:
+            raise Invalid(
+                f"memory {res.memory_mib} MiB is too little: {what} needs at least "
+                f"{self.min_memory_mib} MiB"
+            )
+        if res.memory_mib > self.max_memory_mib:
+            raise Invalid(
+                f"memory {res.memory_mib} MiB is more than this host can give {what} "
+                f"({self.max_memory_mib} MiB)"
+            )
+        if res.cpus > self.max_cpus:
+            raise Invalid(f"{res.cpus} CPUs asked for, this host has {self.max_cpus}")
+
 
 class Stream(StrEnum):
     STDOUT = "stdout"

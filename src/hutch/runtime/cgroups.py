@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hutch.model.errors import Unavailable
+from hutch.model.sandbox import Stats
 
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 CFS_PERIOD_US = 100_000
@@ -140,6 +141,14 @@ class Cgroup:
 
     def pids(self) -> int:
         return int(_read(self._dirs["pids"] / "pids.current", "0")) if "pids" in self._dirs else 0
+
+    def stats(self) -> Stats:
+        return Stats(
+            cpu_ns=self.cpu_ns(),
+            memory_bytes=self.memory_bytes(),
+            memory_limit_bytes=self.memory_limit(),
+            pids=self.pids(),
+        )
 
     def oom_kills(self) -> int:
         """Processes in the group killed by the OOM killer so far."""

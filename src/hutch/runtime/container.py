@@ -168,23 +168,10 @@ class ContainerBackend:
         return "v1 (hybrid)" if self._layout.hybrid_mount else "v1"
 
     def validate(self, spec: SandboxSpec) -> None:
-        caps = self.capabilities()
-        res = spec.resources
         if not spec.rootfs:
             raise Invalid("a container needs a root directory (SandboxSpec.rootfs)")
         if not Path(spec.rootfs).is_dir():
             raise Invalid(f"rootfs {spec.rootfs} does not exist or is not a directory")
-        if res.memory_mib < caps.min_memory_mib:
-            raise Invalid(
-                f"memory {res.memory_mib} MiB is too little (at least {caps.min_memory_mib} MiB)"
-            )
-        if res.memory_mib > caps.max_memory_mib:
-            raise Invalid(
-                f"memory {res.memory_mib} MiB is more than this host can give "
-                f"({caps.max_memory_mib} MiB)"
-            )
-        if res.cpus > caps.max_cpus:
-            raise Invalid(f"{res.cpus} CPUs asked for, this host has {caps.max_cpus}")
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -297,10 +284,4 @@ class ContainerBackend:
         return f"the container's init exited unexpectedly{': ' + detail if detail else ''}"
 
     def stats(self, record: SandboxRecord) -> Stats:
-        cgroup = Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id)
-        return Stats(
-            cpu_ns=cgroup.cpu_ns(),
-            memory_bytes=cgroup.memory_bytes(),
-            memory_limit_bytes=cgroup.memory_limit(),
-            pids=cgroup.pids(),
-        )
+        return Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).stats()

@@ -102,7 +102,8 @@ class Backend(Protocol):
     def fingerprint(self) -> dict[str, str]: ...
 
     def validate(self, spec: SandboxSpec) -> None:
-        """Raise Invalid for what this runtime cannot run on this host."""
+        """Raise Invalid for what this runtime cannot run (resources are checked against
+        the capabilities before)."""
 
     async def launch(self, record: SandboxRecord, sdir: SandboxDir) -> ProcessRef:
         """Start the sandbox with the agent listening at sdir/agent.sock. On failure, raise
@@ -166,6 +167,7 @@ class AgentDriver:
         return sup
 
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        self.backend.capabilities().check(spec.resources)
         self.backend.validate(spec)
         sdir = SandboxDir(self._root, spec.id)
         sdir.create()

@@ -153,24 +153,11 @@ class MicroVMBackend:
         }
 
     def validate(self, spec: SandboxSpec) -> None:
-        caps = self.capabilities()
         res = spec.resources
         if not spec.root_disk:
             raise Invalid("a micro-VM needs a root disk image (SandboxSpec.root_disk)")
         if not Path(spec.root_disk).is_file():
             raise Invalid(f"root disk {spec.root_disk} does not exist")
-        if res.memory_mib < caps.min_memory_mib:
-            raise Invalid(
-                f"memory {res.memory_mib} MiB is too little: a micro-VM needs at least "
-                f"{caps.min_memory_mib} MiB"
-            )
-        if res.memory_mib > caps.max_memory_mib:
-            raise Invalid(
-                f"memory {res.memory_mib} MiB is more than this host can give one VM "
-                f"({caps.max_memory_mib} MiB)"
-            )
-        if res.cpus > caps.max_cpus:
-            raise Invalid(f"{res.cpus} vCPUs asked for, this host has {caps.max_cpus} CPUs")
         if res.scratch_bytes > res.memory_mib << 20:
             raise Invalid(
                 "scratch space lives in the VM's memory: ask for at most as much as its memory"
@@ -316,13 +303,7 @@ class MicroVMBackend:
         return f"QEMU exited unexpectedly: {qemu_err or 'no message'}; console: {console}"
 
     def stats(self, record: SandboxRecord) -> Stats:
-        cgroup = Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id)
-        return Stats(
-            cpu_ns=cgroup.cpu_ns(),
-            memory_bytes=cgroup.memory_bytes(),
-            memory_limit_bytes=cgroup.memory_limit(),
-            pids=cgroup.pids(),
-        )
+        return Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).stats()
 
 
 def _child_setup(procs_files: list[str], huge_pages: bool) -> Callable[[], None]:
