@@ -117,7 +117,18 @@ class OciLayout:
                     + (f"it has: {', '.join(known)}" if known else "it names no images")
                 )
             manifests = named
-        desc = _pick(manifests, where=f"{self.root}/index.json")
+        return self._resolve(_pick(manifests, where=f"{self.root}/index.json"))
+
+    def image_by_digest(self, digest: str) -> Image:
+        """The linux/amd64 image of the manifest or index stored as blob `digest`."""
+        try:
+            size = os.lstat(self.root / "blobs" / "sha256" / digest_hex(digest)).st_size
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} is not in {self.root}") from None
+        return self._resolve(Descriptor(media_type="", digest=digest, size=size))
+
+    def _resolve(self, desc: Descriptor) -> Image:
+        """Follow indexes down to this platform's manifest."""
         for _ in range(_MAX_NESTING):
             doc = self.read_json(desc, MAX_JSON_BYTES)
             kind = doc.get("mediaType") or desc.media_type
