@@ -337,9 +337,7 @@ class Store:
             names=tuple(n for n, _ in names if not n.startswith("@")),
             size=size,
             created=created,
-            config=ImageConfig(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(config).items()}
-            ),
+            config=_config_from_json(config),
             layers=layers - 2,  # minus manifest and config
             public=any(p for _, p in names),
         )
@@ -388,6 +386,19 @@ def _config_and_layers(store: Store, image: Image) -> list[str]:
 
 def _config_json(config: ImageConfig) -> str:
     return json.dumps({f: getattr(config, f) for f in ImageConfig.__dataclass_fields__})
+
+
+def _config_from_json(text: str) -> ImageConfig:
+    doc = json.loads(text)
+    return ImageConfig(
+        entrypoint=tuple(doc["entrypoint"]),
+        cmd=tuple(doc["cmd"]),
+        env=tuple(doc["env"]),
+        working_dir=doc["working_dir"],
+        user=doc["user"],
+        stop_signal=doc["stop_signal"],
+        exposed_ports=tuple(doc["exposed_ports"]),
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
