@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +20,18 @@ from hutch.model.errors import Invalid
 from hutch.model.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/hutch/hutch.toml")
+
+
+class RegistrySettings(BaseModel):
+    """How to reach one registry (keyed by host[:port] under `registries`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mirrors: list[str] = Field([], description="base URLs tried first for pulls")
+    insecure: bool = Field(False, description="plain HTTP instead of HTTPS")
+    ca_file: Path | None = Field(None, description="extra CA certificates (PEM) to trust")
+    username: str = ""
+    password: str = ""
 
 
 class Settings(BaseSettings):
@@ -42,6 +54,10 @@ class Settings(BaseSettings):
     vm_uid_base: int = Field(1_500_000, ge=1000, description="QEMU runs as its own uid from here")
     vm_debug: bool = Field(False, description="guests that fail to boot print diagnostics")
     cgroup_parent: str = "hutch"
+    project: str = Field("default", description="project of images pulled with the host CLI")
+    registries: dict[str, RegistrySettings] = Field(
+        {}, description='per registry host: {"127.0.0.1:5000": {"insecure": true}}'
+    )
     max_unpacked_bytes: int = Field(
         8 << 30, description="largest root file system an image may unpack to"
     )

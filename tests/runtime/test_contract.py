@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hutch.agent.sandbox import RunRequest, build_spec
+from hutch.agent.sandbox import Roots, RunRequest, build_spec
 from hutch.images.rootfs import PreparedRoot
 from hutch.model.errors import Conflict, Invalid, NotFound
 from hutch.model.sandbox import (
@@ -251,8 +251,8 @@ async def test_bad_specs_are_refused(rt: Runtime) -> None:
     with pytest.raises(Invalid, match="command"):
         ProcessSpec(args=())
     with pytest.raises(Invalid, match="nosuchuser"):
-        request = RunRequest(source=Path(rt.root.rootfs), args=("id",), user="nosuchuser")
-        build_spec(request, rt.driver.capabilities(), CACHE_DIR, 1 << 30)
+        request = RunRequest(source=str(rt.root.rootfs), args=("id",), user="nosuchuser")
+        build_spec(request, rt.driver.capabilities(), Roots(CACHE_DIR))
     with pytest.raises(NotFound):
         await rt.driver.start("nosuchsandbox")
     assert await rt.driver.sandboxes() == []

@@ -1,4 +1,5 @@
-"""A sandbox spec from what an operator asks for: a root (directory or OCI layout) plus overrides.
+"""A sandbox spec from what an operator asks for: a root (an image in the store, a directory or
+an OCI layout) plus overrides.
 
 Image config supplies the defaults (Entrypoint, Cmd, Env, WorkingDir, User, StopSignal); what the
 caller gives wins, with Docker's rules: arguments replace Cmd, a new entrypoint also drops Cmd.
@@ -9,9 +10,10 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hutch.images.rootfs import PreparedRoot, prepare_root
+from hutch.images.rootfs import PreparedRoot, prepare_image, prepare_root
+from hutch.images.store import Store
 from hutch.images.users import resolve_user
-from hutch.model.errors import Invalid
+from hutch.model.errors import Invalid, NotFound
 from hutch.model.sandbox import (
     Capabilities,
     ProcessSpec,
@@ -25,7 +27,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 @dataclass(frozen=True, slots=True)
 class RunRequest:
-    source: Path  # a root directory or an OCI image layout
+    source: str  # an image reference in the store, a root directory, or an OCI image layout
     args: tuple[str, ...] = ()  # replaces the image's Cmd
     entrypoint: tuple[str, ...] | None = None  # replaces the image's Entrypoint (and drops Cmd)
     env: tuple[str, ...] = ()  # KEY=VALUE, over the image's
@@ -52,13 +54,44 @@ def merge_env(*layers: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"{k}={v}" for k, v in merged.items())
 
 
+@dataclass(frozen=True, slots=True)
+class Roots:
+    """Where sandbox roots come from: the image store, or paths; and where they are prepared."""
+
+    cache_dir: Path
+    max_unpacked_bytes: int = 8 << 30
+    store: Store | None = None
+    project: str = "default"
+
+    def prepare(self, source: str, caps: Capabilities) -> PreparedRoot:
+        """The root a runtime with `caps` needs, from a path if one exists, else the store."""
+        disk = caps.root == "disk"
+        path = Path(source)
+        if path.exists() or self.store is None or source.startswith(("/", ".")):
+            return prepare_root(
+                path, self.cache_dir, disk=disk, max_unpacked_bytes=self.max_unpacked_bytes
+            )
+        try:
+            image = self.store.resolve(source, self.project)
+        except NotFound:
+            raise NotFound(
+                f"{source!r} is neither a path nor an image in this host's store: "
+                f"pull it first (hutch image pull {source})"
+            ) from None
+        return prepare_image(
+            self.store.layout(),
+            self.store.image(image.digest),
+            self.cache_dir,
+            disk=disk,
+            max_unpacked_bytes=self.max_unpacked_bytes,
+        )
+
+
 def build_spec(
-    request: RunRequest, caps: Capabilities, cache_dir: Path, max_unpacked_bytes: int
+    request: RunRequest, caps: Capabilities, roots: Roots
 ) -> tuple[SandboxSpec, PreparedRoot]:
     """Prepare the root the runtime needs (directory or disk) and the spec to run on it."""
-    root = prepare_root(
-        request.source, cache_dir, disk=caps.root == "disk", max_unpacked_bytes=max_unpacked_bytes
-    )
+    root = roots.prepare(request.source, caps)
     config = root.config
     if request.entrypoint is not None:
         argv = request.entrypoint + request.args

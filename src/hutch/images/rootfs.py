@@ -76,15 +76,58 @@ def prepare_root(
         )
     if is_oci_layout(source):
         layout = OciLayout(source)
-        image = layout.image(ref)
-        rootfs = _unpacked(layout, image, cache_dir, max_unpacked_bytes)
-        config, key = image.config, image.manifest_digest
+        return prepare_image(
+            layout,
+            layout.image(ref),
+            cache_dir,
+            disk=disk,
+            disk_format=disk_format,
+            max_unpacked_bytes=max_unpacked_bytes,
+        )
     else:
         if ref is not None:
             raise Invalid(f"{source} is not an OCI image layout, so it has no image {ref!r}")
-        rootfs, config, key = source, ImageConfig(), tree_key(source, cache_dir)
+        rootfs, key = source, tree_key(source, cache_dir)
     disk_path = _root_disk(rootfs, key, cache_dir, disk_format) if disk else None
-    return PreparedRoot(rootfs=rootfs, disk=disk_path, config=config, key=key)
+    return PreparedRoot(rootfs=rootfs, disk=disk_path, config=ImageConfig(), key=key)
+
+
+def prepare_image(
+    layout: OciLayout,
+    image: Image,
+    cache_dir: Path,
+    *,
+    disk: bool,
+    disk_format: str = "erofs",
+    max_unpacked_bytes: int = 8 << 30,
+) -> PreparedRoot:
+    """The root of `image` (from an OCI layout, the image store among them): unpacked once
+    per manifest digest, with a `disk_format` image of it once per digest when `disk`."""
+    rootfs = _unpacked(layout, image, cache_dir, max_unpacked_bytes)
+    key = image.manifest_digest
+    disk_path = _root_disk(rootfs, key, cache_dir, disk_format) if disk else None
+    return PreparedRoot(rootfs=rootfs, disk=disk_path, config=image.config, key=key)
+
+
+def drop_prepared(cache_dir: Path, key: str) -> int:
+    """Remove the unpacked root and root disks cached for `key`; the bytes freed.
+
+    The caller makes sure no sandbox runs on them (a running container's overlay or a VM's
+    open disk would lose its lower layer)."""
+    name = digest_hex(key)
+    freed = 0
+    with _locked(cache_dir, name):
+        tree = cache_dir / "rootfs" / name
+        if tree.is_dir():
+            freed += sum(p.lstat().st_size for p in tree.rglob("*"))
+            shutil.rmtree(tree)
+    for fmt in FORMATS:
+        disk_file = cache_dir / "rootdisks" / f"{name}.{fmt}"
+        with _locked(cache_dir, disk_file.name):
+            if disk_file.exists():
+                freed += disk_file.stat().st_size
+                disk_file.unlink()
+    return freed
 
 
 def _unpacked(layout: OciLayout, image: Image, cache_dir: Path, max_bytes: int) -> Path:

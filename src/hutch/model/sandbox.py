@@ -166,6 +166,7 @@ class SandboxInfo:
     exit: ExitStatus | None = None
     resources: Resources = field(default_factory=Resources)
     details: Mapping[str, str] = field(default_factory=dict)  # accel, uid, ...
+    root_paths: tuple[str, ...] = ()  # host paths its root lives on (unpacked tree, disk)
 
 
 @dataclass(frozen=True, slots=True)

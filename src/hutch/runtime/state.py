@@ -68,6 +68,7 @@ class SandboxRecord:
             exit=self.exit,
             resources=self.spec.resources,
             details=dict(self.details),
+            root_paths=tuple(p for p in (self.spec.rootfs, self.spec.root_disk) if p),
         )
 
     def to_json(self) -> dict[str, Any]:
