@@ -1,4 +1,5 @@
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,26 @@ def test_an_incomplete_image_is_refused(tmp_path: Path, two_images: tuple[Path, 
     store.put_blob(blob_path(layout, base).read_bytes(), base)  # the manifest only
     with pytest.raises(Invalid, match=r"missing|incomplete"):
         store.add_image(base, names=["r.test/x:1"], project="p")
+
+
+def test_a_repeated_layer_counts_twice(tmp_path: Path, busybox_rootfs: Path) -> None:
+    layout = tmp_path / "layout"
+    digest = write_oci_layout(layout, [busybox_rootfs, busybox_rootfs], {"Cmd": ["sh"]})
+    store = Store(tmp_path / "store")
+    copy_in(store, layout, digest)
+    assert store.add_image(digest, names=["r.test/twice:1"], project="p").layers == 2
+
+
+def test_gc_waits_for_writers(tmp_path: Path, two_images: tuple[Path, str, str]) -> None:
+    layout, base, _ = two_images
+    store = Store(tmp_path / "store")
+    result: list[int] = []
+    with store.session():  # a pull that has written blobs but not added its image yet
+        copy_in(store, layout, base)
+        collector = threading.Thread(target=lambda: result.append(store.gc().blobs))
+        collector.start()
+        collector.join(0.3)
+        assert collector.is_alive() and store.has_blob(base)  # gc is waiting, blobs untouched
+        store.add_image(base, names=["r.test/base:1"], project="p")
+    collector.join(5)
+    assert result == [0] and store.has_blob(base)

@@ -477,3 +477,15 @@ def test_global_pax_headers_are_harmless(root: Path) -> None:
     buf.seek(0)
     apply_layer(buf, root, budget=Budget(1 << 20))
     assert os.listdir(root) == ["f"]
+
+
+def test_malformed_sparse_headers_are_refused(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {"GNU.sparse.map": "a,b", "GNU.sparse.size": "zz"}
+        tar.addfile(info, io.BytesIO(b""))
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(Invalid, match="malformed tar header"):
+        apply_layer(io.BytesIO(buf.getvalue()), root, budget=Budget(1 << 20))

@@ -9,6 +9,8 @@ Blobs enter only verified (hashed while written, renamed into place), so a blob 
 name is always whole and correct. An image is the manifest for this platform; names (repository
 and tag, or a pinned digest) belong to a project, and a public name is visible to every project.
 An image no name refers to is garbage, and so is a blob no image uses: `gc` removes both.
+Whoever writes blobs for an image it has not added yet (a pull, an import) holds `session()`,
+so a concurrent `gc` waits instead of taking those blobs away.
 """
 
 import contextlib
@@ -32,6 +34,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     digest TEXT PRIMARY KEY,        -- the platform manifest's digest
     size INTEGER NOT NULL,          -- manifest + config + layers, as stored (compressed)
+    layers INTEGER NOT NULL,        -- as the manifest lists them (a layer may repeat)
     created REAL NOT NULL,
     config TEXT NOT NULL            -- ImageConfig as JSON, for listings without reading blobs
 );
@@ -100,6 +103,13 @@ class Store:
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Held (shared) while blobs are written for images not added yet; gc waits for it."""
+        with open(self.root / "locks" / ".session", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            yield
 
     @contextlib.contextmanager
     def blob_lock(self, digest: str) -> Iterator[None]:
@@ -182,8 +192,9 @@ class Store:
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
-                "INSERT OR IGNORE INTO images (digest, size, created, config) VALUES (?, ?, ?, ?)",
-                (manifest_digest, size, now, _config_json(image.config)),
+                "INSERT OR IGNORE INTO images (digest, size, layers, created, config) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (manifest_digest, size, len(image.layers), now, _config_json(image.config)),
             )
             db.executemany(
                 "INSERT OR IGNORE INTO image_blobs (image, blob) VALUES (?, ?)",
@@ -202,7 +213,10 @@ class Store:
 
     def image(self, digest: str) -> Image:
         """The parsed image (manifest, config, layers) of a stored manifest digest."""
-        return self.layout().image_by_digest(digest)
+        try:
+            return self.layout().image_by_digest(digest)
+        except NotFound:
+            raise NotFound(f"image {digest} is not in this store") from None
 
     def resolve(self, ref: str, project: str) -> StoredImage:
         """The image `ref` names for `project`: a reference, a digest, or a short id."""
@@ -246,7 +260,12 @@ class Store:
 
     def gc(self, *, partials_older_than: float | None = None) -> GcReport:
         """Remove images nothing names and blobs no image uses; with `partials_older_than`
-        (seconds), abandoned downloads too."""
+        (seconds), abandoned downloads too. Waits for writers' sessions to end."""
+        with open(self.root / "locks" / ".session", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._gc(partials_older_than)
+
+    def _gc(self, partials_older_than: float | None) -> GcReport:
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             dead = [
@@ -321,24 +340,21 @@ class Store:
         return row[0] if row else None
 
     def _stored(self, db: sqlite3.Connection, digest: str, project: str) -> StoredImage:
-        size, created, config = db.execute(
-            "SELECT size, created, config FROM images WHERE digest = ?", (digest,)
+        size, layers, created, config = db.execute(
+            "SELECT size, layers, created, config FROM images WHERE digest = ?", (digest,)
         ).fetchone()
         names = db.execute(
             "SELECT name, public FROM names WHERE image = ? AND (project = ? OR public = 1) "
             "ORDER BY name",
             (digest, project),
         ).fetchall()
-        layers = db.execute(
-            "SELECT count(*) FROM image_blobs WHERE image = ?", (digest,)
-        ).fetchone()[0]
         return StoredImage(
             digest=digest,
             names=tuple(n for n, _ in names if not n.startswith("@")),
             size=size,
             created=created,
             config=_config_from_json(config),
-            layers=layers - 2,  # minus manifest and config
+            layers=layers,
             public=any(p for _, p in names),
         )
 

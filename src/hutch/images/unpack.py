@@ -112,10 +112,8 @@ class _Layer:
     def apply(self, stream: BinaryIO) -> None:
         try:
             try:
-                with tarfile.open(
-                    fileobj=stream, mode="r|", tarinfo=_header_class(self.budget)
-                ) as tar:
-                    while (member := tar.next()) is not None:
+                with _open_stream(stream, self.budget) as tar:
+                    while (member := _next_member(tar)) is not None:
                         # Stream mode keeps every header read; a million entries add up.
                         tar.members.clear()  # type: ignore[attr-defined]
                         self._entry(tar, member)
@@ -500,3 +498,21 @@ def _id(value: int) -> int:
     if not 0 <= value <= MAX_ID:
         raise Invalid(f"owner id {value} is out of range")
     return value
+
+
+# tarfile raises ValueError for malformed GNU sparse and pax numbers, and in stream mode it
+# reads the first header while opening.
+
+
+def _open_stream(stream: BinaryIO, budget: Budget) -> tarfile.TarFile:
+    try:
+        return tarfile.open(fileobj=stream, mode="r|", tarinfo=_header_class(budget))
+    except ValueError as e:
+        raise Invalid(f"layer has a malformed tar header: {e}") from None
+
+
+def _next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    try:
+        return tar.next()
+    except ValueError as e:
+        raise Invalid(f"layer has a malformed tar header: {e}") from None
