@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, Self, cast
 
 from hutch.images.layout import (
-    _CONTAINERD_NAME,
+    CONTAINERD_NAME,
     MAX_CONFIG_BYTES,
     MAX_JSON_BYTES,
     OCI_CONFIG,
@@ -44,9 +44,9 @@ from hutch.images.layout import (
     REF_NAME,
     Descriptor,
     Image,
-    _descriptors,
-    _parse_object,
-    _pick,
+    parse_descriptors,
+    parse_json_object,
+    pick_platform,
 )
 from hutch.images.store import Store, StoredImage
 from hutch.model.errors import Invalid, NotFound, Unsupported
@@ -417,7 +417,7 @@ def _oci_images(contents: _Contents, store: Store, index: Mapping[str, Any]) -> 
     version = marker.get("imageLayoutVersion")
     if not isinstance(version, str) or not version.startswith("1."):
         raise Unsupported(f"the archive is OCI image layout version {version!r}; hutch reads 1.x")
-    descriptors = _descriptors(index.get("manifests"), where="index.json in the archive")
+    descriptors = parse_descriptors(index.get("manifests"), where="index.json in the archive")
     if not descriptors:
         raise Invalid("the archive's index.json lists no images")
     ours = [d for d in descriptors if d.platform in (None, PLATFORM)]
@@ -449,10 +449,10 @@ def _check_references(contents: _Contents, store: Store, desc: Descriptor) -> No
     where = "index.json"
     for _ in range(_MAX_NESTING):
         _check_held(contents, desc.digest, desc.size, where)
-        doc = _parse_object(_read_stored(store, desc.digest, MAX_JSON_BYTES), desc.digest)
+        doc = parse_json_object(_read_stored(store, desc.digest, MAX_JSON_BYTES), desc.digest)
         where = f"{'index' if 'manifests' in doc else 'manifest'} {desc.digest}"
         if isinstance(doc.get("manifests"), list):
-            desc = _pick(_descriptors(doc["manifests"], where=where), where)
+            desc = pick_platform(parse_descriptors(doc["manifests"], where=where), where)
             continue
         config, layers = doc.get("config"), doc.get("layers")
         for ref in [config, *(layers if isinstance(layers, list) else [])]:
@@ -462,7 +462,7 @@ def _check_references(contents: _Contents, store: Store, desc: Descriptor) -> No
 
 
 def _oci_names(annotations: Mapping[str, str]) -> list[str]:
-    if full := annotations.get(_CONTAINERD_NAME):
+    if full := annotations.get(CONTAINERD_NAME):
         return [full]
     ref = annotations.get(REF_NAME, "")
     if any(c in ref for c in "/:@"):
@@ -505,7 +505,7 @@ def _docker_manifest(
     config_size = contents.sizes[config]
     if config_size > MAX_CONFIG_BYTES:
         raise Invalid(f"config {config} is {config_size} bytes; the limit is {MAX_CONFIG_BYTES}")
-    doc = _parse_object(_read_stored(store, config, MAX_CONFIG_BYTES), f"config {config}")
+    doc = parse_json_object(_read_stored(store, config, MAX_CONFIG_BYTES), f"config {config}")
     rootfs = doc.get("rootfs")
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
@@ -599,7 +599,7 @@ def _json(metadata: Mapping[str, bytes], name: str) -> object:
 
 
 def _json_object(metadata: Mapping[str, bytes], name: str) -> dict[str, Any]:
-    return _parse_object(metadata[name], f"{name} in the archive")
+    return parse_json_object(metadata[name], f"{name} in the archive")
 
 
 def _read_stored(store: Store, digest: str, limit: int) -> bytes:
@@ -622,7 +622,7 @@ def _export_annotations(name: str) -> dict[str, str]:
             raise Invalid(f"{name!r} is neither an image reference nor a tag")
         return {REF_NAME: name}
     ref = parse_ref(name)
-    annotations = {_CONTAINERD_NAME: str(ref)}
+    annotations = {CONTAINERD_NAME: str(ref)}
     if ref.tag:
         annotations[REF_NAME] = ref.tag
     return annotations

@@ -34,7 +34,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 # containerd and nerdctl record the full image name here as well.
-_CONTAINERD_NAME = "io.containerd.image.name"
+CONTAINERD_NAME = "io.containerd.image.name"
 
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
@@ -107,7 +107,7 @@ class OciLayout:
     def image(self, ref: str | None = None) -> Image:
         """The linux/amd64 image named `ref` (or the first image) with its parsed config."""
         index = _load_json_file(self.root / "index.json", what=f"{self.root}/index.json")
-        manifests = _descriptors(index.get("manifests"), where=f"{self.root}/index.json")
+        manifests = parse_descriptors(index.get("manifests"), where=f"{self.root}/index.json")
         if ref is not None:
             named = [d for d in manifests if ref in _names(d)]
             if not named:
@@ -117,7 +117,7 @@ class OciLayout:
                     + (f"it has: {', '.join(known)}" if known else "it names no images")
                 )
             manifests = named
-        return self._resolve(_pick(manifests, where=f"{self.root}/index.json"))
+        return self._resolve(pick_platform(manifests, where=f"{self.root}/index.json"))
 
     def image_by_digest(self, digest: str) -> Image:
         """The linux/amd64 image of the manifest or index stored as blob `digest`."""
@@ -135,7 +135,9 @@ class OciLayout:
             if not isinstance(kind, str):
                 raise Invalid(f"{desc.digest}: 'mediaType' must be a string")
             if kind in INDEX_TYPES or (not kind and "manifests" in doc):
-                desc = _pick(_descriptors(doc.get("manifests"), where=desc.digest), desc.digest)
+                desc = pick_platform(
+                    parse_descriptors(doc.get("manifests"), where=desc.digest), desc.digest
+                )
                 continue
             if kind in MANIFEST_TYPES or (not kind and "layers" in doc):
                 return self._image(desc.digest, doc)
@@ -148,9 +150,10 @@ class OciLayout:
         raise Invalid(f"image indexes in {self.root} nest more than {_MAX_NESTING} deep")
 
     def _image(self, digest: str, manifest: dict[str, Any]) -> Image:
-        config_desc = _descriptor(manifest.get("config"), where=f"manifest {digest}")
+        config_desc = parse_descriptor(manifest.get("config"), where=f"manifest {digest}")
         layers = tuple(
-            _descriptor(d, where=f"manifest {digest}") for d in _list(manifest, "layers", digest)
+            parse_descriptor(d, where=f"manifest {digest}")
+            for d in _list(manifest, "layers", digest)
         )
         for layer in layers:
             if layer.media_type not in LAYER_TYPES:
@@ -184,7 +187,7 @@ class OciLayout:
         with self._open_blob(desc) as f:
             data = f.read(desc.size + 1)
         _verify(data, desc)
-        return _parse_object(data, what=f"blob {desc.digest}")
+        return parse_json_object(data, what=f"blob {desc.digest}")
 
     @contextlib.contextmanager
     def open_layer(self, desc: Descriptor, diff_id: str | None = None) -> Iterator[BinaryIO]:
@@ -253,10 +256,10 @@ def parse_image_config(doc: Mapping[str, Any], digest: str = "") -> ImageConfig:
 
 
 def _names(desc: Descriptor) -> tuple[str, ...]:
-    return tuple(desc.annotations[k] for k in (REF_NAME, _CONTAINERD_NAME) if k in desc.annotations)
+    return tuple(desc.annotations[k] for k in (REF_NAME, CONTAINERD_NAME) if k in desc.annotations)
 
 
-def _pick(descs: list[Descriptor], where: str) -> Descriptor:
+def pick_platform(descs: list[Descriptor], where: str) -> Descriptor:
     """The first descriptor for our platform; descriptors that name no platform qualify."""
     if not descs:
         raise Invalid(f"{where} lists no manifests")
@@ -270,13 +273,13 @@ def _pick(descs: list[Descriptor], where: str) -> Descriptor:
     )
 
 
-def _descriptors(value: object, where: str) -> list[Descriptor]:
+def parse_descriptors(value: object, where: str) -> list[Descriptor]:
     if not isinstance(value, list):
         raise Invalid(f"{where}: 'manifests' must be a list")
-    return [_descriptor(v, where) for v in value]
+    return [parse_descriptor(v, where) for v in value]
 
 
-def _descriptor(value: object, where: str) -> Descriptor:
+def parse_descriptor(value: object, where: str) -> Descriptor:
     if not isinstance(value, dict):
         raise Invalid(f"{where}: a descriptor must be an object")
     media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
@@ -340,10 +343,10 @@ def _load_json_file(path: Path, what: str) -> dict[str, Any]:
         raise Invalid(f"cannot read {what}: {e.strerror}") from None
     if len(data) > MAX_JSON_BYTES:
         raise Invalid(f"{what} is larger than {MAX_JSON_BYTES} bytes")
-    return _parse_object(data, what)
+    return parse_json_object(data, what)
 
 
-def _parse_object(data: bytes, what: str) -> dict[str, Any]:
+def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as e:

@@ -157,7 +157,10 @@ class Store:
     def commit_partial(self, digest: str, size: int) -> None:
         """Move a finished download into place after checking it whole: size, then hash."""
         part = self.partial_path(digest)
-        actual_size = part.stat().st_size
+        try:
+            actual_size = part.stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"no download of blob {digest} to commit") from None
         if actual_size != size:
             part.unlink()
             raise Invalid(f"blob {digest} is {actual_size} bytes, its descriptor says {size}")
