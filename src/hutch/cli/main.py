@@ -5,7 +5,7 @@ import sys
 import typer
 
 from hutch import __version__
-from hutch.cli import sandbox, setup
+from hutch.cli import image, sandbox, setup
 from hutch.model.errors import HutchError
 
 HUTCH_ERROR_EXIT = 125  # like docker: the workload's own codes stay unambiguous
@@ -19,6 +19,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(image.app, name="image")
 app.command("setup")(setup.setup)
 
 

@@ -5,12 +5,12 @@ import contextlib
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from hutch import config
+from hutch.agent.images import roots_for
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
 from hutch.model.errors import Invalid
@@ -30,11 +30,17 @@ def _progress(msg: str) -> None:
 @app.command(
     "run",
     context_settings={"allow_interspersed_args": False},
-    epilog="Example: hutch sandbox run --memory 256M ./rootfs -- /bin/sh -c 'echo hello'",
+    epilog="Examples: hutch sandbox run busybox -- echo hello;  "
+    "hutch sandbox run --memory 256M ./rootfs -- /bin/sh -c 'echo hello'",
 )
 def run(
     rootfs: Annotated[
-        Path, typer.Argument(metavar="ROOTFS", help="Root directory, or an OCI image layout.")
+        str,
+        typer.Argument(
+            metavar="IMAGE|ROOTFS",
+            help="An image in this host's store (hutch image ls), a root directory, "
+            "or an OCI image layout.",
+        ),
     ],
     command: Annotated[
         list[str] | None, typer.Argument(metavar="CMD", help="Command and arguments, after --.")
@@ -91,13 +97,7 @@ async def _run(request: RunRequest, runtime: str, keep: bool, stop_timeout: floa
     driver = open_driver(settings, runtime, log=_progress)
     started = time.monotonic()
     preparing = asyncio.ensure_future(
-        asyncio.to_thread(
-            build_spec,
-            request,
-            driver.capabilities(),
-            settings.cache_dir,
-            settings.max_unpacked_bytes,
-        )
+        asyncio.to_thread(build_spec, request, driver.capabilities(), roots_for(settings))
     )
     done, _ = await asyncio.wait({preparing}, timeout=1.0)
     if not done:  # first use of this root: unpacking and building its disk take a while

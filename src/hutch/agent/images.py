@@ -1,0 +1,120 @@
+"""The node's images: pull, import, export and remove, against this host's store.
+
+Removing an image also frees its unpacked root and root disks, unless a sandbox on this host
+still runs on them.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from hutch.agent.sandbox import Roots
+from hutch.config import Settings
+from hutch.images.archive import export_archive, import_archive
+from hutch.images.pull import PullProgress, pull
+from hutch.images.registry import RegistryClient, RegistryConfig
+from hutch.images.rootfs import drop_prepared
+from hutch.images.store import GcReport, Store, StoredImage
+from hutch.model.image import digest_hex
+
+
+def open_store(settings: Settings) -> Store:
+    return Store(settings.state_dir / "images")
+
+
+def roots_for(settings: Settings) -> Roots:
+    """Roots from this host's store and paths, prepared in its cache."""
+    return Roots(
+        settings.cache_dir, settings.max_unpacked_bytes, open_store(settings), settings.project
+    )
+
+
+def registry_configs(
+    settings: Settings, credentials: tuple[str, str, str] | None = None
+) -> dict[str, RegistryConfig]:
+    """Per-registry settings; `credentials` (registry, user, password) override one entry."""
+    configs = {
+        host: RegistryConfig(
+            mirrors=tuple(r.mirrors),
+            insecure=r.insecure,
+            ca_file=r.ca_file,
+            username=r.username,
+            password=r.password,
+        )
+        for host, r in settings.registries.items()
+    }
+    if credentials is not None:
+        host, user, password = credentials
+        base = configs.get(host, RegistryConfig())
+        configs[host] = RegistryConfig(
+            mirrors=base.mirrors,
+            insecure=base.insecure,
+            ca_file=base.ca_file,
+            username=user,
+            password=password,
+        )
+    return configs
+
+
+async def pull_image(
+    settings: Settings,
+    ref: str,
+    *,
+    project: str,
+    public: bool = False,
+    credentials: tuple[str, str, str] | None = None,
+    progress: Callable[[PullProgress], None] | None = None,
+) -> StoredImage:
+    store = open_store(settings)
+    async with RegistryClient(registry_configs(settings, credentials)) as client:
+        with store.session():
+            return await pull(ref, store, client, project=project, public=public, progress=progress)
+
+
+def import_image(
+    settings: Settings, stream: BinaryIO, *, project: str, public: bool, names: tuple[str, ...]
+) -> list[StoredImage]:
+    store = open_store(settings)
+    with store.session():
+        return import_archive(
+            stream,
+            store,
+            project=project,
+            public=public,
+            names=names,
+            max_bytes=settings.max_unpacked_bytes,
+        )
+
+
+def export_image(settings: Settings, ref: str, out: BinaryIO, *, project: str) -> StoredImage:
+    store = open_store(settings)
+    image = store.resolve(ref, project)
+    export_archive(store, image.digest, out, name=image.names[0] if image.names else None)
+    return image
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    image: StoredImage
+    gc: GcReport
+    cache_bytes: int  # unpacked roots and root disks freed
+    kept_in_use: tuple[str, ...]  # digests whose prepared roots a sandbox still runs on
+
+
+def remove_image(
+    settings: Settings, ref: str, *, project: str, roots_in_use: Iterable[str]
+) -> Removal:
+    """Untag, collect what nothing names any more, and free prepared roots nobody runs on."""
+    store = open_store(settings)
+    image = store.untag(ref, project)
+    report = store.gc()
+    in_use = set(roots_in_use)
+    freed, kept = 0, []
+    for digest in report.images:
+        name = digest_hex(digest)
+        if any(Path(p).name.startswith(name) for p in in_use):
+            kept.append(digest)
+            continue
+        freed += drop_prepared(settings.cache_dir, digest)
+    return Removal(image, report, freed, tuple(kept))
