@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_unpacked_bytes: int = Field(
         8 << 30, description="largest root file system an image may unpack to"
     )
+    unpack_staging: Path | None = Field(
+        Path("/dev/shm"), description="tmpfs where images become micro-VM root disks"
+    )
 
     @field_validator("log_max_bytes", "console_max_bytes", "max_unpacked_bytes", mode="before")
     @classmethod

@@ -294,3 +294,53 @@ def test_busybox_round_trip_through_an_oci_layout(busybox_rootfs: Path, tmp_path
     assert os.readlink(root.rootfs / "bin/ls") == "busybox"
     assert stat.S_IMODE(os.stat(root.rootfs / "tmp").st_mode) == 0o1777
     assert resolve_user(root.rootfs, root.config.user) == User(1000, 1000, (2000,))
+
+
+# -- disk-only roots, built from a scaffold --------------------------------------------------
+
+
+@pytest.fixture
+def app_image(tmp_path: Path) -> tuple[Path, str]:
+    layout = tmp_path / "app"
+    passwd = b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
+    digest = write_oci_layout(
+        layout,
+        [
+            tar_of(("etc", None, 0o755), ("etc/passwd", passwd, 0o644)),
+            tar_of(("srv", None, 0o755), ("srv/data", b"x" * 5000, 0o600)),
+        ],
+        {"Cmd": ["/srv/data"], "User": "app"},
+    )
+    return layout, digest
+
+
+def test_a_disk_only_root_keeps_no_tree(app_image: tuple[Path, str], tmp_path: Path) -> None:
+    layout, digest = app_image
+    staging, cache = tmp_path / "shm", tmp_path / "cache"
+    staging.mkdir()
+    root = prepare_root(layout, cache, disk=True, staging=staging)
+    assert root.disk is not None and root.disk.is_file() and root.key == digest
+    assert not (cache / "rootfs" / digest[7:]).exists()  # no unpacked tree was kept
+    assert [p.name for p in root.rootfs.rglob("*")] == ["etc", "passwd"]  # just the users
+    assert resolve_user(root.rootfs, "app") == User(1000, 1000)
+    assert [p for p in staging.rglob("*") if p.name.startswith(".scaffold")] == []
+    again = prepare_root(layout, cache, disk=True, staging=staging)
+    assert again == root  # cached: nothing rebuilt
+    tree = prepare_root(layout, cache, disk=False)  # a container needs the tree itself
+    assert (tree.rootfs / "srv" / "data").stat().st_size == 5000
+    assert prepare_root(layout, cache, disk=True).rootfs == tree.rootfs  # now built from it
+    assert rootfs_module.drop_prepared(cache, digest) > 0
+    assert list((cache / "rootdisks").iterdir()) == []
+
+
+def test_an_image_too_large_for_staging_is_built_on_disk(
+    app_image: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout, _ = app_image
+    staging = tmp_path / "shm"
+    staging.mkdir()
+    # The tmpfs takes 100 bytes: the 5000-byte file forces the fallback to the cache's disk.
+    monkeypatch.setattr(rootfs_module, "_staging_budget", lambda *_: 100)
+    root = prepare_root(layout, tmp_path / "cache", disk=True, staging=staging)
+    assert root.disk is not None and root.disk.stat().st_size > 5000
+    assert resolve_user(root.rootfs, "app").uid == 1000

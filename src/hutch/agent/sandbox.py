@@ -62,6 +62,7 @@ class Roots:
     max_unpacked_bytes: int = 8 << 30
     store: Store | None = None
     project: str = "default"
+    staging: Path | None = None  # a tmpfs where disk-only roots are unpacked on their way
 
     def prepare(self, source: str, caps: Capabilities) -> PreparedRoot:
         """The root a runtime with `caps` needs, from a path if one exists, else the store."""
@@ -69,7 +70,11 @@ class Roots:
         path = Path(source)
         if path.exists() or self.store is None or source.startswith(("/", ".")):
             return prepare_root(
-                path, self.cache_dir, disk=disk, max_unpacked_bytes=self.max_unpacked_bytes
+                path,
+                self.cache_dir,
+                disk=disk,
+                max_unpacked_bytes=self.max_unpacked_bytes,
+                staging=self.staging,
             )
         try:
             image = self.store.resolve(source, self.project)
@@ -84,6 +89,7 @@ class Roots:
             self.cache_dir,
             disk=disk,
             max_unpacked_bytes=self.max_unpacked_bytes,
+            staging=self.staging,
         )
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from hutch.images.layout import Image, OciLayout, is_oci_layout
 from hutch.images.rootdisk import FORMATS, build_root_disk
-from hutch.images.unpack import Budget, apply_layer
+from hutch.images.unpack import Budget, TooLarge, apply_layer
+from hutch.images.users import copy_user_files
 from hutch.model.errors import Invalid, Unavailable
 from hutch.model.image import ImageConfig, digest_hex
 
@@ -54,6 +55,7 @@ def prepare_root(
     disk_format: str = "erofs",
     max_unpacked_bytes: int = 8 << 30,
     ref: str | None = None,
+    staging: Path | None = None,
 ) -> PreparedRoot:
     """A root for `source`: a root file system directory, or an OCI image layout directory.
 
@@ -83,6 +85,7 @@ def prepare_root(
             disk=disk,
             disk_format=disk_format,
             max_unpacked_bytes=max_unpacked_bytes,
+            staging=staging,
         )
     else:
         if ref is not None:
@@ -100,13 +103,88 @@ def prepare_image(
     disk: bool,
     disk_format: str = "erofs",
     max_unpacked_bytes: int = 8 << 30,
+    staging: Path | None = None,
 ) -> PreparedRoot:
-    """The root of `image` (from an OCI layout, the image store among them): unpacked once
-    per manifest digest, with a `disk_format` image of it once per digest when `disk`."""
-    rootfs = _unpacked(layout, image, cache_dir, max_unpacked_bytes)
+    """The root of `image` (from an OCI layout, the image store among them), once per digest.
+
+    Without `disk`, the image is unpacked into the cache (containers run on that tree). With
+    `disk`, a tree already in the cache is used to build the disk; otherwise the tree is only
+    scaffolding for the disk (a micro-VM boots from the disk alone): it is unpacked under
+    `staging`, ideally a tmpfs, where making files costs a tenth of what a journaling file
+    system charges; the disk is built from it; and only the image's /etc/passwd and /etc/group
+    are kept beside the disk, in the directory returned as `rootfs` (users are resolved from
+    them). An image too large for `staging` is unpacked in the cache directory instead.
+    """
     key = image.manifest_digest
-    disk_path = _root_disk(rootfs, key, cache_dir, disk_format) if disk else None
-    return PreparedRoot(rootfs=rootfs, disk=disk_path, config=image.config, key=key)
+    name = digest_hex(key)
+    tree = cache_dir / "rootfs" / name
+    if not disk or tree.is_dir():
+        tree = _unpacked(layout, image, cache_dir, max_unpacked_bytes)
+        disk_path = _root_disk(tree, key, cache_dir, disk_format) if disk else None
+        return PreparedRoot(rootfs=tree, disk=disk_path, config=image.config, key=key)
+    out = cache_dir / "rootdisks" / f"{name}.{disk_format}"
+    users = cache_dir / "rootdisks" / f"{name}.users"
+    if not (out.is_file() and users.is_dir()):
+        with _locked(cache_dir, out.name):
+            if not (out.is_file() and users.is_dir()):
+                _disk_from_scaffold(
+                    layout, image, out, users, max_bytes=max_unpacked_bytes, staging=staging
+                )
+    return PreparedRoot(rootfs=users, disk=out, config=image.config, key=key)
+
+
+def _disk_from_scaffold(
+    layout: OciLayout,
+    image: Image,
+    out: Path,
+    users: Path,
+    *,
+    max_bytes: int,
+    staging: Path | None,
+) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fast = _staging_budget(staging, image, max_bytes)
+    places = [(staging, fast)] if staging is not None and fast else []
+    places.append((out.parent, max_bytes))  # on the cache's own file system: always fits
+    for i, (parent, budget) in enumerate(places):
+        assert parent is not None
+        scaffold = Path(tempfile.mkdtemp(prefix=".scaffold-", dir=_private_dir(parent)))
+        try:
+            os.chmod(scaffold, 0o755)
+            try:
+                _apply_layers(layout, image, scaffold, Budget(budget))
+            except TooLarge:
+                if i + 1 < len(places):
+                    continue  # more than the tmpfs can hold: do it on disk
+                raise
+            build_root_disk(scaffold, out, out.suffix.lstrip("."))
+            tmp_users = Path(tempfile.mkdtemp(prefix=".users-", dir=out.parent))
+            copy_user_files(scaffold, tmp_users)
+            shutil.rmtree(users, ignore_errors=True)
+            os.rename(tmp_users, users)
+            return
+        finally:
+            shutil.rmtree(scaffold, ignore_errors=True)
+
+
+def _staging_budget(staging: Path | None, image: Image, max_bytes: int) -> int:
+    """How much the image may unpack to under `staging` (0: do not stage there). Compressed
+    layers rarely grow more than fourfold; half of what is free leaves the host room."""
+    if staging is None or not staging.is_dir():
+        return 0
+    try:
+        free = min(shutil.disk_usage(staging).free, _mem_available())
+    except OSError:
+        return 0
+    expected = 4 * sum(layer.size for layer in image.layers)
+    return min(max_bytes, free // 2) if expected < free // 2 else 0
+
+
+def _mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def drop_prepared(cache_dir: Path, key: str) -> int:
@@ -127,6 +205,7 @@ def drop_prepared(cache_dir: Path, key: str) -> int:
             if disk_file.exists():
                 freed += disk_file.stat().st_size
                 disk_file.unlink()
+    shutil.rmtree(cache_dir / "rootdisks" / f"{name}.users", ignore_errors=True)
     return freed
 
 
@@ -144,17 +223,20 @@ def _unpacked(layout: OciLayout, image: Image, cache_dir: Path, max_bytes: int) 
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent))
         try:
             os.chmod(tmp, 0o755)  # the usual root mode; a layer's "./" entry may change it
-            budget = Budget(max_bytes)
-            for i, layer in enumerate(image.layers):
-                diff_id = image.diff_ids[i] if image.diff_ids else None
-                with layout.open_layer(layer, diff_id) as stream:
-                    apply_layer(stream, tmp, budget=budget)
+            _apply_layers(layout, image, tmp, Budget(max_bytes))
             _syncfs(tmp)  # a power cut after the rename must not leave empty files behind
             os.rename(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return dest
+
+
+def _apply_layers(layout: OciLayout, image: Image, root: Path, budget: Budget) -> None:
+    for i, layer in enumerate(image.layers):
+        diff_id = image.diff_ids[i] if image.diff_ids else None
+        with layout.open_layer(layer, diff_id) as stream:
+            apply_layer(stream, root, budget=budget)
 
 
 def _root_disk(rootfs: Path, key: str, cache_dir: Path, fmt: str) -> Path:

@@ -54,6 +54,10 @@ _HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, er
 Parts = tuple[str, ...]
 
 
+class TooLarge(Invalid):
+    """The image unpacks to more bytes than its budget allows."""
+
+
 class Budget:
     """Limits over a whole image, shared by its layers: file bytes written and entries made."""
 
@@ -66,7 +70,7 @@ class Budget:
     def check_bytes(self, n: int) -> None:
         """Raise Invalid if `n` more bytes would not fit."""
         if self.bytes + n > self.max_bytes:
-            raise Invalid(
+            raise TooLarge(
                 f"image unpacks to more than {self.max_bytes} bytes "
                 f"({format_bytes(self.max_bytes)}), the limit for unpacked images"
             )

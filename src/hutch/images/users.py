@@ -90,6 +90,19 @@ def resolve_user(rootfs: Path, user: str) -> User:
     return User(uid=uid, gid=gid, groups=tuple(supplementary))
 
 
+USER_FILES = ("etc/passwd", "etc/group")  # all resolve_user reads from an image
+
+
+def copy_user_files(rootfs: Path, dest: Path) -> None:
+    """Copy what `resolve_user` reads from `rootfs` into `dest` as plain files, so users can
+    be resolved after the tree itself is gone (a micro-VM keeps only its root disk)."""
+    (dest / "etc").mkdir(parents=True, exist_ok=True)
+    for rel in USER_FILES:
+        text = _read_in_root(rootfs, rel)
+        if text is not None:
+            (dest / rel).write_text(text, "utf-8", "surrogateescape")
+
+
 def _number(text: str, what: str) -> int:
     value = int(text)
     if value > 2**31 - 1:  # runc's limit
