@@ -75,6 +75,7 @@ test: setup lint
 
 bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) bench/boot.py
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.images
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
