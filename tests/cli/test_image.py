@@ -138,3 +138,15 @@ def test_pull_with_wrong_credentials(
                 assert "refused the credentials" in one_clear_line(result.stderr)
     finally:
         reg.stop()
+
+
+def test_import_an_oci_layout_directory(hutch: Hutch, busybox_rootfs: Path, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    write_oci_layout(layout, [busybox_rootfs], APP_CONFIG)
+    result = hutch("image", "import", "--name", "local/dir:1", str(layout))
+    assert result.returncode == 0, result.stderr
+    run = hutch("sandbox", "run", "--runtime", "container", "local/dir:1")
+    assert run.stdout == "hello from /home/app as app\n"
+    not_layout = hutch("image", "import", str(busybox_rootfs))
+    assert not_layout.returncode == 125
+    assert "not an OCI image layout" in one_clear_line(not_layout.stderr)

@@ -4,6 +4,9 @@ Removing an image also frees its unpacked root and root disks, unless a sandbox 
 still runs on them.
 """
 
+import os
+import tarfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ from hutch.images.pull import PullProgress, pull
 from hutch.images.registry import RegistryClient, RegistryConfig
 from hutch.images.rootfs import drop_prepared
 from hutch.images.store import GcReport, Store, StoredImage
+from hutch.model.errors import Invalid, Unavailable
 from hutch.model.image import digest_hex
 
 
@@ -85,6 +89,39 @@ def import_image(
             names=names,
             max_bytes=settings.max_unpacked_bytes,
         )
+
+
+def import_layout(
+    settings: Settings, layout: Path, *, project: str, public: bool, names: tuple[str, ...]
+) -> list[StoredImage]:
+    """Import an OCI image layout directory: it is streamed as an archive through
+    `import_image`, so it gets exactly the same checks."""
+    if not (layout / "oci-layout").is_file():
+        raise Invalid(f"{layout} is a directory but not an OCI image layout (no oci-layout file)")
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def write_tar() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as pipe, tarfile.open(fileobj=pipe, mode="w|") as tar:
+                for name in ("oci-layout", "index.json", "blobs"):
+                    if (layout / name).exists():
+                        tar.add(layout / name, arcname=name)
+        except BrokenPipeError:
+            pass  # the importer stopped reading: its own error says why
+        except BaseException as e:  # re-raised below
+            failure.append(e)
+
+    writer = threading.Thread(target=write_tar, name="layout-tar", daemon=True)
+    writer.start()
+    with os.fdopen(read_fd, "rb") as stream:
+        try:
+            return import_image(settings, stream, project=project, public=public, names=names)
+        finally:
+            stream.close()
+            writer.join()
+            if failure:
+                raise Unavailable(f"cannot read {layout}: {failure[0]}")
 
 
 def export_image(settings: Settings, ref: str, out: BinaryIO, *, project: str) -> StoredImage:

@@ -5,6 +5,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import typer
@@ -124,13 +125,16 @@ class _PullDisplay:
 @app.command("import")
 def import_(
     file: Annotated[
-        str, typer.Argument(metavar="FILE", help="docker save or OCI archive; - for stdin.")
+        str,
+        typer.Argument(
+            metavar="FILE", help="docker save or OCI archive, an OCI layout directory, - for stdin."
+        ),
     ],
     name: Annotated[list[str] | None, typer.Option(help="Name the image (repeatable).")] = None,
     project: ProjectOpt = None,
     public: Annotated[bool, typer.Option(help="Visible to every project.")] = False,
 ) -> None:
-    """Import a `docker save` archive or an OCI archive (or layout tar) into the store."""
+    """Import a `docker save` archive, an OCI archive or an OCI layout directory."""
     settings = config.load()
     stream: BinaryIO
     if file == "-":
@@ -142,6 +146,11 @@ def import_(
             public=public,
             names=tuple(name or ()),
         )
+    elif Path(file).is_dir():
+        found = images.import_layout(
+            settings, Path(file), project=_project(project, settings), public=public,
+            names=tuple(name or ()),
+        )  # fmt: skip
     else:
         try:
             with open(file, "rb") as stream:
