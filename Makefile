@@ -12,10 +12,11 @@ BUSYBOX_ROOT := $(CACHE_DIR)/busybox-rootfs
 # The guest kernel's package: `hutch setup` downloads and unpacks it, never installs it.
 KERNEL_PACKAGE := linux-image-cloud-amd64
 # Runtime: qemu, crun, guest build (gcc, kmod, lz4, busybox), root disks (erofs-utils, e2fsprogs);
-# tests and benchmarks: a local registry (docker-registry), skopeo and umoci to compare against.
+# tests and benchmarks: a local registry (docker-registry), skopeo and umoci to compare against,
+# PostgreSQL (the tests start their own throwaway clusters).
 APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsprogs kmod lz4 zstd \
 	gcc libc6-dev python3 python3-venv python3-dev iproute2 util-linux cpio ca-certificates \
-	docker-registry skopeo umoci
+	docker-registry skopeo umoci postgresql-15 wrk
 PYTEST_ARGS ?=
 
 .PHONY: help setup apt venv guest up test lint fmt bench clean

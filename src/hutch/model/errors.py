@@ -35,3 +35,12 @@ class Unsupported(HutchError):
 
 class Unavailable(HutchError):
     """Something hutch depends on failed or is missing on this host (503)."""
+
+
+class Unauthenticated(HutchError):
+    """No valid credentials: missing, unknown, expired or revoked token (401)."""
+
+
+class Forbidden(HutchError):
+    """Valid credentials whose role does not allow this, in the caller's own project (403).
+    Another project's objects are NotFound instead: their existence is not revealed."""

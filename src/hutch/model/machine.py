@@ -1,0 +1,167 @@
+"""Machines: what a tenant asks to run, and where each one is in its life. Also nodes and events."""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from hutch.model.errors import Invalid
+from hutch.model.image import parse_ref
+
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
+MAX_LABELS = 64
+
+
+class MachineState(StrEnum):
+    CREATED = "created"  # recorded; not yet taken up by its node
+    STARTING = "starting"  # its node is booting it
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"  # the workload ended: see exit_code
+    FAILED = "failed"  # it could not run, or its sandbox died: see error
+    DESTROYED = "destroyed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (MachineState.EXITED, MachineState.FAILED, MachineState.DESTROYED)
+
+
+class Desired(StrEnum):
+    """What the control plane wants; nodes converge on it."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DESTROYED = "destroyed"
+
+
+class RestartPolicy(StrEnum):
+    NO = "no"
+    ON_FAILURE = "on-failure"  # exit code other than 0, or failed
+    ALWAYS = "always"
+
+
+def validate_labels(labels: Mapping[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise Invalid(f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise Invalid(f"label key {key!r} is invalid: [prefix/]name of letters, digits, '-_.'")
+        if not _LABEL_VALUE.match(value):
+            raise Invalid(f"label {key}={value!r}: values are up to 63 letters, digits, '-_.'")
+
+
+@dataclass(frozen=True, slots=True)
+class MachineSpec:
+    image: str
+    command: tuple[str, ...] | None = None  # None: the image's Cmd
+    entrypoint: tuple[str, ...] | None = None  # None: the image's Entrypoint
+    env: tuple[str, ...] = ()
+    workdir: str = ""
+    user: str = ""
+    cpus: int = 1
+    memory_mib: int = 128
+    disk_mib: int = 0  # writable scratch over the image; 0 = half the memory
+    runtime: str = "microvm"
+    restart: RestartPolicy = RestartPolicy.NO
+    labels: Mapping[str, str] = field(default_factory=dict)
+    auto_destroy: bool = False  # destroyed as soon as it ends
+
+    def __post_init__(self) -> None:
+        parse_ref(self.image)
+        validate_labels(self.labels)
+        if self.cpus < 1:
+            raise Invalid("cpus must be at least 1")
+        if self.memory_mib < 1:
+            raise Invalid("memory must be positive")
+        if self.disk_mib < 0:
+            raise Invalid("disk cannot be negative")
+
+    @property
+    def scratch_mib(self) -> int:
+        return self.disk_mib or max(self.memory_mib // 2, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    id: str
+    project_id: str
+    name: str
+    spec: MachineSpec
+    state: MachineState
+    desired: Desired
+    created_at: float
+    updated_at: float
+    node_id: str | None = None
+    generation: int = 0  # bumped at every (re)start: the node runs sandbox f"{id}-{generation}"
+    exit_code: int | None = None
+    error: str = ""
+    oom_killed: bool = False
+    restarts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    stop_signal: str = ""  # of the last stop asked for ("" = the image's stop signal)
+    stop_timeout: float = 10.0  # seconds from the stop signal to the kill
+    start_after: float = 0.0  # a restart's backoff: the node waits until then
+    version: int = 1  # optimistic concurrency: every update checks and bumps it
+
+    @property
+    def sandbox_id(self) -> str:
+        return f"{self.id}-{self.generation}"
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a node saw happen to one generation of a machine."""
+
+    generation: int
+    state: MachineState
+    time: float
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""
+
+
+class NodeState(StrEnum):
+    READY = "ready"
+    CORDONED = "cordoned"  # runs what it has; takes nothing new
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    cpus: int
+    memory_mib: int
+    disk_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    name: str
+    address: str  # base URL of the node agent's API
+    runtimes: tuple[str, ...]
+    accel: str
+    capacity: Capacity
+    allocated: Capacity  # the sum of what placed machines asked for (plus overheads)
+    overhead_mib: Mapping[str, int]  # host memory per sandbox beyond its limit, by runtime
+    labels: Mapping[str, str]
+    state: NodeState
+    created_at: float
+    last_seen: float
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to an object in a project; every state change is one."""
+
+    id: int  # increasing: clients resume a stream after the last id they saw
+    project_id: str
+    kind: str  # "machine.created", "machine.state", "machine.destroyed", ...
+    object_id: str
+    state: str
+    message: str
+    time: float

@@ -1,0 +1,115 @@
+"""Projects (tenants), their tokens and roles, quotas and usage, and who is calling."""
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from hutch.model.errors import Invalid
+
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label
+
+
+def validate_name(name: str, what: str) -> str:
+    if not NAME.match(name):
+        raise Invalid(
+            f"{what} name {name!r} is invalid: 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+class Role(StrEnum):
+    """What a token may do in its project; each role includes the ones before it."""
+
+    READER = "reader"
+    MEMBER = "member"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def includes(self, other: "Role") -> bool:
+        return self.rank >= other.rank
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Limits per project; None is unlimited."""
+
+    machines: int | None = None
+    vcpus: int | None = None
+    memory_mib: int | None = None
+    disk_mib: int | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("machines", "vcpus", "memory_mib", "disk_mib"):
+            value = getattr(self, field)
+            if value is not None and value < 0:
+                raise Invalid(f"quota {field} cannot be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    machines: int = 0
+    vcpus: int = 0
+    memory_mib: int = 0
+    disk_mib: int = 0
+
+    def plus(self, other: "Usage") -> "Usage":
+        return Usage(
+            self.machines + other.machines,
+            self.vcpus + other.vcpus,
+            self.memory_mib + other.memory_mib,
+            self.disk_mib + other.disk_mib,
+        )
+
+    def exceeds(self, quota: Quota) -> str | None:
+        """The first limit this usage is over, as a sentence, or None."""
+        for field in ("machines", "vcpus", "memory_mib", "disk_mib"):
+            limit = getattr(quota, field)
+            if limit is not None and getattr(self, field) > limit:
+                what = field.replace("_mib", " (MiB)")
+                return f"{what} would be {getattr(self, field)}, the quota is {limit}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    name: str
+    created_at: float
+    quota: Quota
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An API token as stored: the secret itself is never kept, only its hash."""
+
+    id: str
+    name: str
+    project_id: str | None  # None for system tokens
+    role: Role
+    system: bool  # a system admin: every project, and projects themselves
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: resolved from a token on every request."""
+
+    token_id: str
+    project_id: str | None
+    role: Role
+    system: bool = False
+
+    def can(self, role: Role, project_id: str) -> bool:
+        """May this caller act with `role` in `project_id`?"""
+        if self.system:
+            return True
+        return self.project_id == project_id and self.role.includes(role)

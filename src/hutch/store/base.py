@@ -1,0 +1,138 @@
+"""The control plane's store: repositories per aggregate, bound to one transaction.
+
+Every query about a tenant's objects takes the project id, so a project can only ever see its
+own (another project's machine is NotFound, never Forbidden). Updates are compare-and-set on a
+`version` column: Conflict when someone else changed the row first. `Store.write()` serialises
+writers where it matters: on SQLite with BEGIN IMMEDIATE (one writer at a time), on PostgreSQL
+with row locks taken through `projects.lock()` and `nodes.lock()`.
+"""
+
+import builtins
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from hutch.model.machine import Event, Machine, MachineState, Node
+from hutch.model.tenancy import Project, Quota, Token, Usage
+
+
+class ProjectRepo(Protocol):
+    async def create(self, project: Project) -> None:
+        """Conflict if the name is taken."""
+
+    async def get(self, project_id: str) -> Project:
+        """NotFound if there is no such project."""
+
+    async def by_name(self, name: str) -> Project:
+        """NotFound if there is no such project."""
+
+    async def list(self) -> builtins.list[Project]: ...
+
+    async def set_quota(self, project_id: str, quota: Quota) -> Project: ...
+
+    async def delete(self, project_id: str) -> None:
+        """Conflict while it has machines that are not destroyed, or images."""
+
+    async def lock(self, project_id: str) -> None:
+        """Hold the project row until the transaction ends (quota checks cannot interleave)."""
+
+
+class TokenRepo(Protocol):
+    async def create(self, token: Token, secret_hash: str) -> None: ...
+
+    async def by_hash(self, secret_hash: str) -> Token | None: ...
+
+    async def get(self, token_id: str) -> Token:
+        """NotFound if there is no such token."""
+
+    async def list(self, project_id: str | None) -> builtins.list[Token]:
+        """The project's tokens (None: the system tokens)."""
+
+    async def revoke(self, token_id: str, at: float) -> Token: ...
+
+
+class MachineRepo(Protocol):
+    async def create(self, machine: Machine) -> None:
+        """Conflict if the project already has a machine of that name (destroyed ones aside)."""
+
+    async def get(self, project_id: str, ref: str) -> Machine:
+        """By id or by name, within the project; NotFound otherwise."""
+
+    async def list(
+        self,
+        project_id: str,
+        *,
+        states: Sequence[MachineState] = (),
+        labels: Mapping[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[builtins.list[Machine], str | None]:
+        """Oldest first; the second value is the cursor of the next page (None: last page)."""
+
+    async def update(self, machine: Machine) -> Machine:
+        """Write `machine` if the stored version is `machine.version`; return it with the
+        version bumped. Conflict if the row changed in between, NotFound if it is gone."""
+
+    async def usage(self, project_id: str) -> Usage:
+        """What the project's machines that are not destroyed ask for."""
+
+    async def on_node(self, node_id: str) -> builtins.list[Machine]:
+        """Every machine placed on the node that is not destroyed (for the node's agent)."""
+
+    async def by_id(self, machine_id: str) -> Machine:
+        """Any project's machine by id: only for node reports, which name the machine."""
+
+    async def purge(self, project_id: str, machine_id: str) -> None:
+        """Forget a destroyed machine for good."""
+
+
+class NodeRepo(Protocol):
+    async def create(self, node: Node, credential_hash: str) -> None:
+        """Conflict if the name is taken."""
+
+    async def get(self, node_id: str) -> Node: ...
+
+    async def by_credential(self, credential_hash: str) -> Node | None: ...
+
+    async def list(self) -> builtins.list[Node]: ...
+
+    async def update(self, node: Node) -> Node:
+        """Compare-and-set on `node.version`, as MachineRepo.update; the scheduler's claim."""
+
+    async def lock(self, node_id: str) -> None: ...
+
+    async def bump_revision(self, node_id: str) -> int:
+        """Something its agent must see changed: a new revision for the long poll."""
+
+    async def revision(self, node_id: str) -> int: ...
+
+
+class EventRepo(Protocol):
+    async def append(
+        self, project_id: str, *, kind: str, object_id: str, state: str, message: str, time: float
+    ) -> Event: ...
+
+    async def since(
+        self, project_id: str, after: int, limit: int = 500
+    ) -> builtins.list[Event]: ...
+
+
+class Tx(Protocol):
+    projects: ProjectRepo
+    tokens: TokenRepo
+    machines: MachineRepo
+    nodes: NodeRepo
+    events: EventRepo
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (Alembic migrations)."""
+
+    async def close(self) -> None: ...
+
+    def read(self) -> AbstractAsyncContextManager[Tx]:
+        """A read-only transaction."""
+
+    def write(self) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""

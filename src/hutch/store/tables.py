@@ -1,0 +1,151 @@
+"""The store's schema, as SQLAlchemy Core tables. The migrations must produce exactly this:
+`tests/store/test_migrations.py` compares them, so change both together.
+
+Portable between SQLite and PostgreSQL: timestamps are epoch seconds in DOUBLE PRECISION, enums
+are stored by value, lists and maps as JSON. A machine's spec is spread over columns, so usage
+sums and label filters are plain SQL.
+"""
+
+import sqlalchemy as sa
+
+from hutch.model.machine import MachineState
+
+# Deterministic constraint names on both backends, so later migrations can name what they alter.
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+_ID = sa.String(64)
+_NAME = sa.String(63)  # a DNS label
+_ENUM = sa.String(32)
+_TIME: sa.Double[float] = sa.Double()
+# SQL NULL for None, not the JSON literal null: "None" means "the image's default" for command.
+_JSON_OR_NULL = sa.JSON(none_as_null=True)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("name", _NAME, nullable=False, unique=True),
+    sa.Column("created_at", _TIME, nullable=False),
+    # Quota: NULL is unlimited.
+    sa.Column("quota_machines", sa.Integer),
+    sa.Column("quota_vcpus", sa.Integer),
+    sa.Column("quota_memory_mib", sa.Integer),
+    sa.Column("quota_disk_mib", sa.Integer),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("project_id", _ID, sa.ForeignKey("projects.id"), index=True),  # NULL: system
+    sa.Column("role", _ENUM, nullable=False),
+    sa.Column("system", sa.Boolean, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME),
+    sa.Column("revoked_at", _TIME),
+    sa.Column("secret_hash", sa.String(255), nullable=False, unique=True),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False, unique=True),
+    sa.Column("address", sa.String(2048), nullable=False),
+    sa.Column("runtimes", sa.JSON, nullable=False),  # list of names
+    sa.Column("accel", _ENUM, nullable=False),
+    sa.Column("capacity_cpus", sa.Integer, nullable=False),
+    sa.Column("capacity_memory_mib", sa.Integer, nullable=False),
+    sa.Column("capacity_disk_mib", sa.Integer, nullable=False),
+    sa.Column("allocated_cpus", sa.Integer, nullable=False),
+    sa.Column("allocated_memory_mib", sa.Integer, nullable=False),
+    sa.Column("allocated_disk_mib", sa.Integer, nullable=False),
+    sa.Column("overhead_mib", sa.JSON, nullable=False),  # runtime -> MiB
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("state", _ENUM, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("last_seen", _TIME, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    # What the node's agent long-polls on; bumped apart from `version` (no compare-and-set).
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("credential_hash", sa.String(255), nullable=False, unique=True),
+)
+
+machines = sa.Table(
+    "machines",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", _NAME, nullable=False),
+    # The spec, one column per field.
+    sa.Column("image", sa.String(512), nullable=False),
+    sa.Column("command", _JSON_OR_NULL),
+    sa.Column("entrypoint", _JSON_OR_NULL),
+    sa.Column("env", sa.JSON, nullable=False),
+    sa.Column("workdir", sa.String(4096), nullable=False),
+    sa.Column("user_spec", sa.String(255), nullable=False),  # spec.user ("user" is reserved)
+    sa.Column("cpus", sa.Integer, nullable=False),
+    sa.Column("memory_mib", sa.Integer, nullable=False),
+    sa.Column("disk_mib", sa.Integer, nullable=False),
+    # spec.scratch_mib, kept so usage is a SUM: the rule for it lives in the model only.
+    sa.Column("scratch_mib", sa.Integer, nullable=False),
+    sa.Column("runtime", _ENUM, nullable=False),
+    sa.Column("restart", _ENUM, nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("auto_destroy", sa.Boolean, nullable=False),
+    # Its life.
+    sa.Column("state", _ENUM, nullable=False),
+    sa.Column("desired", _ENUM, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("updated_at", _TIME, nullable=False),
+    sa.Column("node_id", _ID, sa.ForeignKey("nodes.id"), index=True),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("oom_killed", sa.Boolean, nullable=False),
+    sa.Column("restarts", sa.Integer, nullable=False),
+    sa.Column("started_at", _TIME),
+    sa.Column("finished_at", _TIME),
+    sa.Column("version", sa.Integer, nullable=False),
+    # Listing order, and the cursor's key.
+    sa.Index("ix_machines_project_id_created_at_id", "project_id", "created_at", "id"),
+)
+
+LIVE = machines.c.state != MachineState.DESTROYED.value
+
+# A name is unique among the project's machines that are not destroyed: a destroyed machine's
+# row stays (until purged) but its name is free again. Partial indexes on both backends.
+sa.Index(
+    "uq_machines_project_id_name_live",
+    machines.c.project_id,
+    machines.c.name,
+    unique=True,
+    sqlite_where=LIVE,
+    postgresql_where=LIVE,
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    # INTEGER PRIMARY KEY AUTOINCREMENT on SQLite (ids never reused), an identity on PostgreSQL.
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), sa.Identity(), primary_key=True
+    ),
+    sa.Column("project_id", _ID, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("object_id", _ID, nullable=False),
+    sa.Column("state", _ENUM, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("time", _TIME, nullable=False),
+    sa.Index("ix_events_project_id_id", "project_id", "id"),
+    sqlite_autoincrement=True,
+)

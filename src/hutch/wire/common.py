@@ -1,0 +1,30 @@
+"""Shared pieces of the wire format."""
+
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+T = TypeVar("T")
+MAX_PAGE = 200  # items per page at most, whatever the client asks
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class View(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Page(View, Generic[T]):
+    items: list[T]
+    next: str | None = None  # pass as `cursor` for the next page; None on the last
+
+
+class Problem(View):
+    """RFC 9457 problem details: every error the API returns."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str = ""

@@ -1,0 +1,30 @@
+"""Images in the nodes' stores, through the control plane."""
+
+from pydantic import Field
+
+from hutch.wire.common import Request, View
+
+
+class ImagePull(Request):
+    ref: str = Field(min_length=1, max_length=512)
+    public: bool = False
+
+
+class ImageView(View):
+    id: str  # manifest digest
+    names: list[str]
+    size: int
+    created: float
+    layers: int
+    public: bool
+
+
+class PullEvent(View):
+    """One line of a pull's NDJSON stream: progress, then the image (or an error)."""
+
+    layer: str = ""
+    status: str = ""
+    done: int = 0
+    total: int = 0
+    image: ImageView | None = None
+    error: str | None = None

@@ -1,0 +1,97 @@
+"""Machines, their logs and exec sessions, and events."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from hutch.model.machine import Desired, MachineState, RestartPolicy
+from hutch.wire.common import Request, View
+
+
+class MachineCreate(Request):
+    image: str = Field(min_length=1, max_length=512)
+    name: str | None = Field(None, max_length=63)
+    command: list[str] | None = Field(None, description="replaces the image's Cmd")
+    entrypoint: list[str] | None = Field(None, description="replaces the image's Entrypoint")
+    env: dict[str, str] = {}
+    workdir: str = ""
+    user: str = ""
+    cpus: int = Field(1, ge=1, le=256)
+    memory_mib: int = Field(128, ge=1, le=1 << 22)
+    disk_mib: int = Field(0, ge=0, le=1 << 24)
+    runtime: Literal["microvm", "container"] = "microvm"
+    restart: RestartPolicy = RestartPolicy.NO
+    labels: dict[str, str] = {}
+    auto_destroy: bool = False
+    start: bool = True
+
+
+class MachineView(View):
+    id: str
+    name: str
+    project: str
+    image: str
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = {}
+    workdir: str = ""
+    user: str = ""
+    cpus: int
+    memory_mib: int
+    disk_mib: int
+    runtime: str
+    restart: RestartPolicy
+    labels: dict[str, str] = {}
+    auto_destroy: bool = False
+    state: MachineState
+    desired: Desired
+    node: str | None = None
+    exit_code: int | None = None
+    error: str = ""
+    oom_killed: bool = False
+    restarts: int = 0
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class StopRequest(Request):
+    signal: str = Field("", description="default: the image's stop signal, else SIGTERM")
+    timeout: float = Field(10.0, ge=0, le=3600, description="seconds before the kill")
+
+
+class KillRequest(Request):
+    signal: str = "SIGKILL"
+
+
+class WaitResult(View):
+    machine: MachineView
+    reached: bool  # False: the timeout passed first
+
+
+class LogLine(View):
+    """One chunk of output, as a line of the NDJSON log stream."""
+
+    stream: Literal["stdout", "stderr"]
+    time: float
+    data: str  # text, with undecodable bytes as U+FFFD; `data_b64` carries exact bytes
+    data_b64: str | None = None
+
+
+class ExecStart(Request):
+    """The first message of an exec session (a WebSocket)."""
+
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = {}
+    workdir: str = ""
+    user: str = ""
+    stdin: bool = False
+
+
+class EventView(View):
+    id: int
+    kind: str
+    object: str
+    state: str
+    message: str = ""
+    time: float

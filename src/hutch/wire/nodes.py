@@ -1,0 +1,91 @@
+"""Nodes, and the agents' own API (under /agent/v1, with node credentials)."""
+
+from pydantic import Field
+
+from hutch.model.machine import Desired, MachineState, NodeState
+from hutch.wire.common import Request, View
+
+
+class CapacityView(View):
+    cpus: int
+    memory_mib: int
+    disk_mib: int
+
+
+class NodeView(View):
+    id: str
+    name: str
+    address: str
+    runtimes: list[str]
+    accel: str
+    capacity: CapacityView
+    allocated: CapacityView
+    labels: dict[str, str]
+    state: NodeState
+    last_seen: float
+
+
+class NodeRegister(Request):
+    name: str = Field(min_length=1, max_length=63)
+    address: str = Field(min_length=1, max_length=255, description="the agent's API base URL")
+    runtimes: list[str]
+    accel: str
+    cpus: int = Field(ge=1)
+    memory_mib: int = Field(ge=1)
+    disk_mib: int = Field(ge=0)
+    overhead_mib: dict[str, int] = {}
+    labels: dict[str, str] = {}
+
+
+class Heartbeat(Request):
+    address: str = Field(min_length=1, max_length=255, description="the agent's API URL now")
+
+
+class NodeRegistered(View):
+    node_id: str
+    credential: str  # the node's own bearer token for this API
+    controller_key: str  # what the controller presents when it calls the node's API
+
+
+class SignalRequest(Request):
+    signal: str
+
+
+class Assignment(View):
+    """A machine as its node must run it: the desired state of one sandbox."""
+
+    machine: str
+    project: str
+    generation: int
+    sandbox: str  # the sandbox id: machine id and generation
+    desired: Desired
+    state: MachineState  # as the controller last recorded it
+    image: str
+    command: list[str] | None
+    entrypoint: list[str] | None
+    env: dict[str, str]
+    workdir: str
+    user: str
+    cpus: int
+    memory_mib: int
+    disk_mib: int
+    runtime: str
+    stop_signal: str = ""
+    stop_timeout: float = 10.0
+    start_after: float = 0.0  # epoch seconds: a restart's backoff
+
+
+class Assignments(View):
+    revision: int  # pass as `after` to wait for the next change
+    machines: list[Assignment]
+
+
+class MachineReport(Request):
+    """What a node saw happen to one of its sandboxes."""
+
+    generation: int
+    state: MachineState
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""
+    time: float

@@ -1,0 +1,1 @@
+"""Tests of the control plane's store, on SQLite and PostgreSQL."""

@@ -1,0 +1,586 @@
+"""The store contract (`hutch.store.base`), on SQLite and PostgreSQL alike."""
+
+from dataclasses import replace
+
+import pytest
+
+from hutch.model.errors import Conflict, Invalid, NotFound
+from hutch.model.machine import Capacity, Desired, MachineState, NodeState, RestartPolicy
+from hutch.model.tenancy import Quota, Role, Usage
+from hutch.store.sql import MAX_PAGE, SqlStore
+from tests.store import factories as f
+
+# -- projects -------------------------------------------------------------------------------------
+
+
+async def test_project_round_trip(store: SqlStore) -> None:
+    a = f.project("alpha", Quota(machines=3, vcpus=8, memory_mib=4096, disk_mib=None))
+    b = f.project("beta")
+    async with store.write() as tx:
+        await tx.projects.create(b)
+        await tx.projects.create(a)
+    async with store.read() as tx:
+        assert await tx.projects.get(a.id) == a
+        assert await tx.projects.by_name("beta") == b
+        assert await tx.projects.list() == [a, b]  # by name
+
+
+async def test_project_conflicts_and_not_found(store: SqlStore) -> None:
+    a = f.project("alpha")
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        with pytest.raises(Conflict, match="project named 'alpha' already exists"):
+            await tx.projects.create(f.project("alpha"))
+        with pytest.raises(Conflict, match="id"):
+            await tx.projects.create(replace(a, name="other"))
+        # The refusal did not spoil the transaction (a savepoint on PostgreSQL).
+        await tx.projects.create(f.project("gamma"))
+        with pytest.raises(NotFound, match="project 'nope' not found"):
+            await tx.projects.get("nope")
+        with pytest.raises(NotFound):
+            await tx.projects.by_name("nope")
+        with pytest.raises(NotFound):
+            await tx.projects.set_quota("nope", Quota())
+        with pytest.raises(NotFound):
+            await tx.projects.lock("nope")
+        with pytest.raises(NotFound):
+            await tx.projects.delete("nope")
+    async with store.read() as tx:
+        assert [p.name for p in await tx.projects.list()] == ["alpha", "gamma"]
+
+
+async def test_set_quota(store: SqlStore) -> None:
+    a = f.project()
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        updated = await tx.projects.set_quota(a.id, Quota(machines=5, disk_mib=100))
+    assert updated == replace(a, quota=Quota(machines=5, disk_mib=100))
+    async with store.read() as tx:
+        assert await tx.projects.get(a.id) == updated
+
+
+async def test_project_delete(store: SqlStore) -> None:
+    a, other = f.project(), f.project()
+    m = f.machine(a.id)
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.projects.create(other)
+        await tx.machines.create(m)
+        await tx.tokens.create(f.token(a.id), "hash-a")
+        await tx.events.append(
+            a.id, kind="machine.created", object_id=m.id, state="created", message="", time=f.now()
+        )
+        await tx.events.append(
+            other.id,
+            kind="machine.created",
+            object_id="x",
+            state="created",
+            message="",
+            time=f.now(),
+        )
+    async with store.write() as tx:
+        with pytest.raises(Conflict, match="1 machine"):
+            await tx.projects.delete(a.id)
+    async with store.write() as tx:
+        await tx.machines.update(replace(m, state=MachineState.DESTROYED))
+        await tx.projects.delete(a.id)  # a destroyed machine does not hold it
+    async with store.read() as tx:
+        with pytest.raises(NotFound):
+            await tx.projects.get(a.id)
+        with pytest.raises(NotFound):
+            await tx.machines.by_id(m.id)
+        assert await tx.tokens.by_hash("hash-a") is None
+        assert await tx.events.since(a.id, 0) == []
+        assert len(await tx.events.since(other.id, 0)) == 1
+        assert await tx.projects.list() == [other]
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+
+
+async def test_tokens(store: SqlStore) -> None:
+    a = f.project()
+    member = f.token(a.id, Role.MEMBER, expires_at=f.T0 + 3600)
+    reader = f.token(a.id, Role.READER)
+    admin = f.token(None, Role.ADMIN)
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.tokens.create(member, "h-member")
+        await tx.tokens.create(reader, "h-reader")
+        await tx.tokens.create(admin, "h-admin")
+    async with store.read() as tx:
+        assert await tx.tokens.by_hash("h-member") == member
+        assert await tx.tokens.by_hash("h-admin") == admin
+        assert await tx.tokens.by_hash("h-unknown") is None
+        assert await tx.tokens.get(reader.id) == reader
+        assert await tx.tokens.list(a.id) == [member, reader]
+        assert await tx.tokens.list(None) == [admin]  # the system tokens
+        assert await tx.tokens.list("other") == []
+        with pytest.raises(NotFound):
+            await tx.tokens.get("nope")
+
+
+async def test_token_conflicts_and_revoke(store: SqlStore) -> None:
+    a = f.project()
+    tok = f.token(a.id)
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.tokens.create(tok, "h1")
+        with pytest.raises(Conflict, match="secret"):
+            await tx.tokens.create(f.token(a.id), "h1")
+        with pytest.raises(Conflict, match="id"):
+            await tx.tokens.create(tok, "h2")
+        with pytest.raises(NotFound, match="project 'nope'"):
+            await tx.tokens.create(f.token("nope"), "h3")
+        revoked = await tx.tokens.revoke(tok.id, 100.0)
+        again = await tx.tokens.revoke(tok.id, 200.0)
+        with pytest.raises(NotFound):
+            await tx.tokens.revoke("nope", 1.0)
+    assert revoked == replace(tok, revoked_at=100.0)
+    assert again.revoked_at == 100.0  # the first revocation stands
+    async with store.read() as tx:
+        found = await tx.tokens.by_hash("h1")
+        assert found is not None
+        assert not found.usable(150.0)
+
+
+# -- machines -------------------------------------------------------------------------------------
+
+
+async def test_machine_round_trip(store: SqlStore) -> None:
+    a = f.project()
+    n = f.node()
+    full = f.machine(
+        a.id,
+        "web",
+        command=("sh", "-c", "echo hi"),
+        entrypoint=(),
+        env=("A=1", "B=two words"),
+        workdir="/srv",
+        user="1000:1000",
+        cpus=2,
+        memory_mib=512,
+        disk_mib=64,
+        runtime="container",
+        restart=RestartPolicy.ON_FAILURE,
+        labels={"app": "web", "example.com/tier": "front"},
+        auto_destroy=True,
+        state=MachineState.EXITED,
+        desired=Desired.STOPPED,
+        node_id=n.id,
+        generation=3,
+        exit_code=137,
+        error="killed",
+        oom_killed=True,
+        restarts=2,
+        started_at=f.T0 + 1.25,
+        finished_at=f.T0 + 2.5,
+    )
+    bare = f.machine(a.id, "bare")  # command None: the image's; distinct from ()
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.nodes.create(n, "cred")
+        await tx.machines.create(full)
+        await tx.machines.create(bare)
+    async with store.read() as tx:
+        assert await tx.machines.get(a.id, full.id) == full
+        assert await tx.machines.get(a.id, "web") == full
+        assert await tx.machines.by_id(full.id) == full
+        got = await tx.machines.get(a.id, "bare")
+        assert got == bare
+        assert got.spec.command is None and got.spec.entrypoint is None
+
+
+async def test_machine_create_refusals(store: SqlStore) -> None:
+    a, b = f.project(), f.project()
+    m = f.machine(a.id, "web")
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.projects.create(b)
+        await tx.machines.create(m)
+        with pytest.raises(Conflict, match="already has a machine named 'web'"):
+            await tx.machines.create(f.machine(a.id, "web"))
+        with pytest.raises(Conflict, match="id"):
+            await tx.machines.create(replace(m, name="other"))
+        with pytest.raises(NotFound, match="project 'nope'"):
+            await tx.machines.create(f.machine("nope"))
+        with pytest.raises(NotFound, match="node 'nope'"):
+            await tx.machines.create(f.machine(a.id, node_id="nope"))
+        await tx.machines.create(f.machine(b.id, "web"))  # names are per project
+
+
+async def test_tenant_scoping(store: SqlStore) -> None:
+    a, b = f.project(), f.project()
+    m = f.machine(a.id, "secret-app", cpus=2)
+    async with store.write() as tx:
+        for p in (a, b):
+            await tx.projects.create(p)
+        await tx.machines.create(m)
+    async with store.write() as tx:
+        for ref in (m.id, m.name):
+            with pytest.raises(NotFound) as raised:
+                await tx.machines.get(b.id, ref)
+            assert a.id not in raised.value.message
+        assert await tx.machines.list(b.id) == ([], None)
+        assert await tx.machines.usage(b.id) == Usage()
+        with pytest.raises(NotFound):
+            await tx.machines.update(replace(m, project_id=b.id, state=MachineState.RUNNING))
+        with pytest.raises(NotFound):
+            await tx.machines.purge(b.id, m.id)
+    async with store.read() as tx:
+        assert await tx.machines.get(a.id, m.id) == m  # untouched
+        assert await tx.machines.usage(a.id) == Usage(1, 2, 128, 64)
+
+
+async def test_name_reuse_after_destroy(store: SqlStore) -> None:
+    a = f.project()
+    old = f.machine(a.id, "web")
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.machines.create(old)
+        old = await tx.machines.update(replace(old, state=MachineState.DESTROYED))
+        new = f.machine(a.id, "web")
+        await tx.machines.create(new)
+        third = f.machine(a.id, "web")
+        with pytest.raises(Conflict):
+            await tx.machines.create(third)
+    async with store.write() as tx:
+        assert await tx.machines.get(a.id, "web") == new  # the live one wins the name
+        assert await tx.machines.get(a.id, old.id) == old
+        with pytest.raises(Conflict, match="named 'web'"):
+            await tx.machines.update(replace(old, state=MachineState.CREATED))
+        # The refusal left the transaction usable.
+        new = await tx.machines.update(replace(new, state=MachineState.DESTROYED))
+        await tx.machines.create(third)  # two destroyed "web"s and one live one
+    async with store.read() as tx:
+        assert await tx.machines.get(a.id, "web") == third
+        states = [m.state for m in (await tx.machines.list(a.id))[0]]
+        assert states == [MachineState.DESTROYED, MachineState.DESTROYED, MachineState.CREATED]
+
+
+async def test_get_by_name_prefers_newest_destroyed(store: SqlStore) -> None:
+    a = f.project()
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        first = f.machine(a.id, "job", state=MachineState.DESTROYED)
+        second = f.machine(a.id, "job", state=MachineState.DESTROYED)
+        await tx.machines.create(first)
+        await tx.machines.create(second)
+        assert await tx.machines.get(a.id, "job") == second
+
+
+async def test_update_compare_and_set(store: SqlStore) -> None:
+    a = f.project()
+    m = f.machine(a.id)
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.machines.create(m)
+    async with store.write() as tx:
+        v2 = await tx.machines.update(replace(m, state=MachineState.STARTING, updated_at=5.0))
+        assert v2 == replace(m, state=MachineState.STARTING, updated_at=5.0, version=2)
+        with pytest.raises(Conflict, match="changed by someone else"):
+            await tx.machines.update(replace(m, state=MachineState.FAILED))  # version 1: stale
+        v3 = await tx.machines.update(replace(v2, state=MachineState.RUNNING, name="renamed"))
+        assert v3.version == 3 and v3.name == "renamed"
+        with pytest.raises(NotFound):
+            await tx.machines.update(f.machine(a.id))
+    async with store.read() as tx:
+        assert await tx.machines.get(a.id, "renamed") == v3
+
+
+async def test_list_pages_in_creation_order(store: SqlStore) -> None:
+    a = f.project()
+    made = [f.machine(a.id, f"m{i}") for i in range(7)]
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        for m in reversed(made):  # insertion order must not matter
+            await tx.machines.create(m)
+    pages = []
+    cursor = None
+    async with store.read() as tx:
+        while True:
+            page, cursor = await tx.machines.list(a.id, limit=3, cursor=cursor)
+            pages.append([m.name for m in page])
+            if cursor is None:
+                break
+        assert pages == [["m0", "m1", "m2"], ["m3", "m4", "m5"], ["m6"]]
+        page, cursor = await tx.machines.list(a.id, limit=7)
+        assert page == made and cursor is None  # exactly one page: no empty page after it
+
+
+async def test_list_cursor_breaks_ties_by_id(store: SqlStore) -> None:
+    a = f.project()
+    same = [f.machine(a.id, f"m{i}", created_at=f.T0, id=f"m-{i:02}") for i in range(5)]
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        for m in same:
+            await tx.machines.create(m)
+    seen: list[str] = []
+    cursor = None
+    async with store.read() as tx:
+        while True:
+            page, cursor = await tx.machines.list(a.id, limit=2, cursor=cursor)
+            seen += [m.id for m in page]
+            if cursor is None:
+                break
+    assert seen == [m.id for m in same]
+
+
+async def test_list_filters(store: SqlStore) -> None:
+    a = f.project()
+    web1 = f.machine(a.id, labels={"app": "web", "example.com/tier": "front"})
+    web2 = f.machine(a.id, labels={"app": "web"}, state=MachineState.RUNNING)
+    db = f.machine(a.id, labels={"app": "db", "example.com/tier": "back"})
+    gone = f.machine(a.id, labels={"app": "web"}, state=MachineState.DESTROYED)
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        for m in (web1, web2, db, gone):
+            await tx.machines.create(m)
+    async with store.read() as tx:
+
+        async def ids(**kw: object) -> list[str]:
+            page, _ = await tx.machines.list(a.id, **kw)  # type: ignore[arg-type]
+            return [m.id for m in page]
+
+        assert await ids(labels={"app": "web"}) == [web1.id, web2.id, gone.id]
+        assert await ids(labels={"app": "web", "example.com/tier": "front"}) == [web1.id]
+        assert await ids(labels={"example.com/tier": "back"}) == [db.id]
+        assert await ids(labels={"app": "nope"}) == []
+        assert await ids(labels={"missing": "x"}) == []
+        assert await ids(states=[MachineState.CREATED]) == [web1.id, db.id]
+        running_or_gone = [MachineState.RUNNING, MachineState.DESTROYED]
+        assert await ids(states=running_or_gone) == [web2.id, gone.id]
+        assert await ids(states=[MachineState.CREATED], labels={"app": "web"}) == [web1.id]
+        # Filters and pages together: the cursor continues the filtered listing.
+        page, cursor = await tx.machines.list(a.id, labels={"app": "web"}, limit=2)
+        assert [m.id for m in page] == [web1.id, web2.id]
+        page, cursor = await tx.machines.list(a.id, labels={"app": "web"}, cursor=cursor)
+        assert [m.id for m in page] == [gone.id] and cursor is None
+
+
+async def test_list_limits_and_bad_cursor(store: SqlStore) -> None:
+    a = f.project()
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        for i in range(MAX_PAGE + 5):
+            await tx.machines.create(f.machine(a.id, f"m{i}"))
+    async with store.read() as tx:
+        page, cursor = await tx.machines.list(a.id, limit=10_000)
+        assert len(page) == MAX_PAGE and cursor is not None
+        rest, end = await tx.machines.list(a.id, limit=10_000, cursor=cursor)
+        assert len(rest) == 5 and end is None
+        for bad in ("garbage!", "bm90IGpzb24=", "WzEsMiwzXQ=="):  # not base64, not JSON, [1,2,3]
+            with pytest.raises(Invalid, match="cursor"):
+                await tx.machines.list(a.id, cursor=bad)
+        with pytest.raises(Invalid, match="limit"):
+            await tx.machines.list(a.id, limit=0)
+
+
+async def test_usage(store: SqlStore) -> None:
+    a, b = f.project(), f.project()
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.projects.create(b)
+        assert await tx.machines.usage(a.id) == Usage()
+        await tx.machines.create(f.machine(a.id, cpus=2, memory_mib=512, disk_mib=1000))
+        await tx.machines.create(f.machine(a.id, cpus=1, memory_mib=512))  # scratch: 256
+        await tx.machines.create(f.machine(a.id, cpus=1, memory_mib=20))  # scratch: at least 16
+        await tx.machines.create(f.machine(a.id, cpus=4, state=MachineState.EXITED))  # 128, 64
+        await tx.machines.create(f.machine(a.id, cpus=8, state=MachineState.DESTROYED))
+        await tx.machines.create(f.machine(b.id, cpus=16))
+        assert await tx.machines.usage(a.id) == Usage(
+            machines=4, vcpus=8, memory_mib=512 + 512 + 20 + 128, disk_mib=1000 + 256 + 16 + 64
+        )
+
+
+async def test_on_node_and_by_id(store: SqlStore) -> None:
+    a, b = f.project(), f.project()
+    n1, n2 = f.node(), f.node()
+    async with store.write() as tx:
+        for p in (a, b):
+            await tx.projects.create(p)
+        await tx.nodes.create(n1, "c1")
+        await tx.nodes.create(n2, "c2")
+        m1 = f.machine(a.id, node_id=n1.id, state=MachineState.RUNNING)
+        m2 = f.machine(b.id, node_id=n1.id, state=MachineState.EXITED)
+        gone = f.machine(a.id, node_id=n1.id, state=MachineState.DESTROYED)
+        elsewhere = f.machine(a.id, node_id=n2.id)
+        unplaced = f.machine(a.id)
+        for m in (m1, m2, gone, elsewhere, unplaced):
+            await tx.machines.create(m)
+    async with store.read() as tx:
+        assert await tx.machines.on_node(n1.id) == [m1, m2]  # every project's, not destroyed
+        assert await tx.machines.on_node(n2.id) == [elsewhere]
+        assert await tx.machines.on_node("nope") == []
+        assert await tx.machines.by_id(m2.id) == m2
+        with pytest.raises(NotFound):
+            await tx.machines.by_id("nope")
+
+
+async def test_purge(store: SqlStore) -> None:
+    a = f.project()
+    live = f.machine(a.id)
+    dead = f.machine(a.id, state=MachineState.DESTROYED)
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.machines.create(live)
+        await tx.machines.create(dead)
+        with pytest.raises(Conflict, match="not destroyed"):
+            await tx.machines.purge(a.id, live.id)
+        await tx.machines.purge(a.id, dead.id)
+        with pytest.raises(NotFound):
+            await tx.machines.purge(a.id, dead.id)
+    async with store.read() as tx:
+        assert await tx.machines.list(a.id) == ([live], None)
+
+
+# -- nodes ----------------------------------------------------------------------------------------
+
+
+async def test_nodes(store: SqlStore) -> None:
+    n1, n2 = f.node("node-b"), f.node("node-a", labels={}, overhead_mib={})
+    async with store.write() as tx:
+        await tx.nodes.create(n1, "cred-1")
+        await tx.nodes.create(n2, "cred-2")
+        with pytest.raises(Conflict, match="named 'node-b'"):
+            await tx.nodes.create(f.node("node-b"), "cred-3")
+        with pytest.raises(Conflict, match="credential"):
+            await tx.nodes.create(f.node(), "cred-1")
+        with pytest.raises(Conflict, match="id"):
+            await tx.nodes.create(replace(n1, name="node-c"), "cred-4")
+    async with store.read() as tx:
+        assert await tx.nodes.get(n1.id) == n1
+        assert await tx.nodes.list() == [n2, n1]  # by name
+        assert await tx.nodes.by_credential("cred-2") == n2
+        assert await tx.nodes.by_credential("cred-x") is None
+        with pytest.raises(NotFound):
+            await tx.nodes.get("nope")
+
+
+async def test_node_compare_and_set(store: SqlStore) -> None:
+    n = f.node()
+    async with store.write() as tx:
+        await tx.nodes.create(n, "cred")
+        await tx.nodes.lock(n.id)
+        claimed = await tx.nodes.update(replace(n, allocated=Capacity(2, 1024, 64)))
+        assert claimed == replace(n, allocated=Capacity(2, 1024, 64), version=2)
+        with pytest.raises(Conflict, match="changed by someone else"):
+            await tx.nodes.update(replace(n, state=NodeState.CORDONED))
+        with pytest.raises(NotFound):
+            await tx.nodes.update(f.node())
+        with pytest.raises(NotFound):
+            await tx.nodes.lock("nope")
+        assert await tx.nodes.revision(n.id) == 0  # updates do not bump the revision
+    async with store.read() as tx:
+        assert await tx.nodes.get(n.id) == claimed
+        assert await tx.nodes.by_credential("cred") == claimed
+
+
+async def test_node_revision(store: SqlStore) -> None:
+    n = f.node()
+    async with store.write() as tx:
+        await tx.nodes.create(n, "cred")
+        assert await tx.nodes.revision(n.id) == 0
+        assert await tx.nodes.bump_revision(n.id) == 1
+        assert await tx.nodes.bump_revision(n.id) == 2
+        with pytest.raises(NotFound):
+            await tx.nodes.bump_revision("nope")
+        with pytest.raises(NotFound):
+            await tx.nodes.revision("nope")
+    async with store.write() as tx:
+        assert await tx.nodes.bump_revision(n.id) == 3
+    async with store.read() as tx:
+        assert await tx.nodes.revision(n.id) == 3
+        assert (await tx.nodes.get(n.id)).version == 1
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+
+async def test_events(store: SqlStore) -> None:
+    a, b = f.project(), f.project()
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.projects.create(b)
+        e1 = await tx.events.append(
+            a.id,
+            kind="machine.created",
+            object_id="m-1",
+            state="created",
+            message="hello",
+            time=10.5,
+        )
+        e2 = await tx.events.append(
+            b.id, kind="machine.created", object_id="m-2", state="created", message="", time=11.0
+        )
+        e3 = await tx.events.append(
+            a.id, kind="machine.state", object_id="m-1", state="running", message="", time=12.0
+        )
+        with pytest.raises(NotFound):
+            await tx.events.append(
+                "nope",
+                kind="machine.state",
+                object_id="m-1",
+                state="running",
+                message="",
+                time=12.0,
+            )
+    async with store.write() as tx:
+        e4 = await tx.events.append(
+            a.id,
+            kind="machine.destroyed",
+            object_id="m-1",
+            state="destroyed",
+            message="",
+            time=13.0,
+        )
+    assert e1.id < e2.id < e3.id < e4.id
+    assert (e1.project_id, e1.kind, e1.object_id, e1.state, e1.message, e1.time) == (
+        a.id,
+        "machine.created",
+        "m-1",
+        "created",
+        "hello",
+        10.5,
+    )
+    async with store.read() as tx:
+        assert await tx.events.since(a.id, 0) == [e1, e3, e4]
+        assert await tx.events.since(b.id, 0) == [e2]
+        assert await tx.events.since(a.id, e1.id) == [e3, e4]
+        assert await tx.events.since(a.id, e3.id, limit=1) == [e4]
+        assert await tx.events.since(a.id, 0, limit=2) == [e1, e3]
+        assert await tx.events.since(a.id, e4.id) == []
+        with pytest.raises(Invalid):
+            await tx.events.since(a.id, 0, limit=0)
+
+
+# -- transactions ---------------------------------------------------------------------------------
+
+
+async def test_read_transactions_cannot_write(store: SqlStore) -> None:
+    with pytest.raises(RuntimeError, match=r"store\.write"):
+        async with store.read() as tx:
+            await tx.projects.create(f.project())
+    async with store.read() as tx:
+        assert await tx.projects.list() == []
+
+
+async def test_failed_block_leaves_nothing(store: SqlStore) -> None:
+    a = f.project()
+    with pytest.raises(ZeroDivisionError):
+        async with store.write() as tx:
+            await tx.projects.create(a)
+            await tx.machines.create(f.machine(a.id))
+            await tx.events.append(
+                a.id, kind="machine.created", object_id="m", state="created", message="", time=1.0
+            )
+            _ = 1 / 0
+    async with store.write() as tx:
+        assert await tx.projects.list() == []
+        # The same project can be created now: nothing of the first attempt is left.
+        await tx.projects.create(a)
+        event = await tx.events.append(
+            a.id, kind="machine.created", object_id="m", state="created", message="", time=1.0
+        )
+    async with store.read() as tx:
+        assert await tx.events.since(a.id, 0) == [event]

@@ -1,0 +1,140 @@
+"""What the SQLite backend promises beyond the contract: WAL, foreign keys, a busy timeout,
+BEGIN IMMEDIATE for writers and a stable snapshot for readers."""
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hutch.model.errors import Conflict, Unavailable
+from hutch.store import sql
+from hutch.store.sql import SqlStore
+from tests.store import factories as f
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "hutch.db"
+
+
+@pytest.fixture
+async def sqlite_store(db: Path) -> AsyncIterator[SqlStore]:
+    store = SqlStore(f"sqlite:///{db}")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def other_writer(db: Path) -> sqlite3.Connection:
+    """A plain connection from 'another process', that never waits for a lock."""
+    return sqlite3.connect(db, timeout=0, isolation_level=None, check_same_thread=False)
+
+
+async def test_pragmas(sqlite_store: SqlStore) -> None:
+    async with sqlite_store.write() as tx:
+        conn = tx.projects._c  # type: ignore[attr-defined]  # white box: the connection itself
+        pragmas = {
+            name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+            for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
+        }
+    assert pragmas == {
+        "journal_mode": "wal",
+        "foreign_keys": 1,
+        "busy_timeout": 30000,
+        "synchronous": 2,
+    }
+    async with sqlite_store.read() as tx:
+        conn = tx.projects._c  # type: ignore[attr-defined]
+        assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+        assert (await conn.exec_driver_sql("PRAGMA query_only")).scalar() == 1
+
+
+async def test_writers_hold_the_write_lock_from_begin(sqlite_store: SqlStore, db: Path) -> None:
+    other = other_writer(db)
+    async with sqlite_store.write():  # not one statement yet: BEGIN IMMEDIATE alone
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # released at the end of the block
+    other.execute("ROLLBACK")
+    other.close()
+
+
+async def test_readers_neither_block_writers_nor_see_them(sqlite_store: SqlStore, db: Path) -> None:
+    a = f.project()
+    other = other_writer(db)
+    async with sqlite_store.read() as tx:
+        assert await tx.projects.list() == []  # the snapshot starts here
+        other.execute("BEGIN IMMEDIATE")  # a reader does not hold writers off
+        other.execute(
+            "INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)",
+            (a.id, a.name, a.created_at),
+        )
+        other.execute("COMMIT")
+        assert await tx.projects.list() == []  # a deferred BEGIN, really in a transaction
+    async with sqlite_store.read() as tx:
+        assert [p.id for p in await tx.projects.list()] == [a.id]
+    other.close()
+
+
+async def test_writers_wait_for_another_process(sqlite_store: SqlStore, db: Path) -> None:
+    """Instead of 'database is locked': the busy timeout covers other processes' writers."""
+    other = other_writer(db)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    release.start()
+    start = time.monotonic()
+    async with sqlite_store.write() as tx:
+        await tx.projects.create(f.project())
+    assert time.monotonic() - start >= 0.4
+    release.join()
+    other.close()
+
+
+async def test_foreign_keys_are_enforced(sqlite_store: SqlStore) -> None:
+    with pytest.raises(Conflict):
+        async with sqlite_store.write() as tx:
+            conn = tx.projects._c  # type: ignore[attr-defined]
+            await conn.exec_driver_sql(
+                "INSERT INTO events (project_id, kind, object_id, state, message, time) "
+                "VALUES ('nope', 'k', 'o', 's', '', 0)"
+            )
+
+
+async def test_many_tasks_write_without_errors(sqlite_store: SqlStore) -> None:
+    p = f.project()
+    async with sqlite_store.write() as tx:
+        await tx.projects.create(p)
+
+    async def one(i: int) -> None:
+        async with sqlite_store.write() as tx:
+            await tx.events.append(
+                p.id, kind="k", object_id=f"o{i}", state="s", message="", time=0.0
+            )
+
+    await asyncio.gather(*(one(i) for i in range(100)))
+    async with sqlite_store.read() as tx:
+        assert len(await tx.events.since(p.id, 0)) == 100
+
+
+async def test_a_writer_locked_out_too_long_is_unavailable(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql, "BUSY_TIMEOUT", 0.2)
+    store = SqlStore(f"sqlite:///{db}")
+    await store.open()
+    other = other_writer(db)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Unavailable, match="stayed locked by another writer"):
+            async with store.write() as tx:
+                await tx.projects.create(f.project())
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with store.write() as tx:  # and it recovers once the other writer is gone
+        await tx.projects.create(f.project())
+    await store.close()
