@@ -1,0 +1,116 @@
+"""The controller's FastAPI application, and building the controller from settings."""
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from hutch import __version__
+from hutch.api.deps import Controller
+from hutch.api.routes import images, machines, nodes, projects
+from hutch.config import Settings
+from hutch.http import problems
+from hutch.http.limits import BodyLimit
+from hutch.services.images import Images
+from hutch.services.machines import Machines
+from hutch.services.nodelink import NodeLink
+from hutch.services.nodes import Nodes
+from hutch.services.notify import Notifier
+from hutch.services.policy import Policy
+from hutch.services.tenancy import Tenancy
+from hutch.store import open_store
+
+log = logging.getLogger("hutch.controller")
+
+
+def secret_file(path: Path) -> str:
+    """The secret in `path`, made (random, mode 0600) the first time."""
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def build_controller(settings: Settings) -> Controller:
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = open_store(settings.database_url or f"sqlite:///{settings.state_dir / 'controller.db'}")
+    policy = Policy.load(settings.policy_file)
+    notifier = Notifier()
+    controller_secret = settings.controller_secret or secret_file(
+        settings.state_dir / "controller.secret"
+    )
+    join_secret = settings.join_secret or secret_file(settings.state_dir / "join.secret")
+    link = NodeLink(controller_secret.encode())
+    node_service = Nodes(store, notifier, join_secret, controller_secret.encode())
+    return Controller(
+        store=store,
+        policy=policy,
+        notifier=notifier,
+        link=link,
+        tenancy=Tenancy(store, policy),
+        machines=Machines(store, policy, notifier, link),
+        nodes=node_service,
+        images=Images(node_service, link, policy),
+    )
+
+
+def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await ctl.store.open()
+        if settings is not None:
+            await bootstrap(ctl, settings)
+        yield
+        await ctl.link.close()
+        await ctl.store.close()
+
+    app = FastAPI(
+        title="hutch",
+        version=__version__,
+        description="Run OCI images, each workload in its own micro-VM. See docs/api.md.",
+        lifespan=lifespan,
+    )
+    app.state.controller = ctl
+    problems.install(app)
+    app.add_middleware(BodyLimit)
+    for router in (projects.router, machines.router, images.router, nodes.public, nodes.agents):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+async def bootstrap(ctl: Controller, settings: Settings) -> None:
+    """On a new store: the default project and a system admin token, written to
+    `state_dir/admin-token` (mode 0600) for the operator."""
+    _, secret = await ctl.tenancy.bootstrap(settings.project)
+    if secret is None:
+        return
+    path = settings.state_dir / "admin-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    log.info("system admin token written to %s", path)
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The API description, as committed in docs/openapi.json."""
+    doc: dict[str, Any] = create_app(build_controller(settings)).openapi()
+    return doc
+
+
+if __name__ == "__main__":  # python -m hutch.api.app > docs/openapi.json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(openapi_document(Settings(state_dir=Path(tmp))), indent=1, sort_keys=True))

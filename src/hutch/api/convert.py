@@ -1,0 +1,142 @@
+"""Model <-> wire, in one place."""
+
+from hutch.model.machine import Event, Machine, MachineSpec, Node
+from hutch.model.tenancy import Project, Quota, Token, Usage
+from hutch.wire.machines import EventView, MachineCreate, MachineView
+from hutch.wire.nodes import Assignment, CapacityView, NodeView
+from hutch.wire.tenancy import ProjectView, QuotaSpec, QuotaView, TokenView, UsageView
+
+
+def spec_of(body: MachineCreate) -> MachineSpec:
+    return MachineSpec(
+        image=body.image,
+        command=tuple(body.command) if body.command is not None else None,
+        entrypoint=tuple(body.entrypoint) if body.entrypoint is not None else None,
+        env=tuple(f"{k}={v}" for k, v in body.env.items()),
+        workdir=body.workdir,
+        user=body.user,
+        cpus=body.cpus,
+        memory_mib=body.memory_mib,
+        disk_mib=body.disk_mib,
+        runtime=body.runtime,
+        restart=body.restart,
+        labels=dict(body.labels),
+        auto_destroy=body.auto_destroy,
+    )
+
+
+def env_dict(env: tuple[str, ...]) -> dict[str, str]:
+    return dict(entry.partition("=")[::2] for entry in env)
+
+
+def machine_view(m: Machine, project: str, node: str | None = None) -> MachineView:
+    s = m.spec
+    return MachineView(
+        id=m.id,
+        name=m.name,
+        project=project,
+        image=s.image,
+        command=list(s.command) if s.command is not None else None,
+        entrypoint=list(s.entrypoint) if s.entrypoint is not None else None,
+        env=env_dict(s.env),
+        workdir=s.workdir,
+        user=s.user,
+        cpus=s.cpus,
+        memory_mib=s.memory_mib,
+        disk_mib=s.disk_mib,
+        runtime=s.runtime,
+        restart=s.restart,
+        labels=dict(s.labels),
+        auto_destroy=s.auto_destroy,
+        state=m.state,
+        desired=m.desired,
+        node=node or m.node_id,
+        exit_code=m.exit_code,
+        error=m.error,
+        oom_killed=m.oom_killed,
+        restarts=m.restarts,
+        created_at=m.created_at,
+        started_at=m.started_at,
+        finished_at=m.finished_at,
+    )
+
+
+def assignment(m: Machine, project: str) -> Assignment:
+    s = m.spec
+    return Assignment(
+        machine=m.id,
+        project=project,
+        generation=m.generation,
+        sandbox=m.sandbox_id,
+        desired=m.desired,
+        state=m.state,
+        image=s.image,
+        command=list(s.command) if s.command is not None else None,
+        entrypoint=list(s.entrypoint) if s.entrypoint is not None else None,
+        env=env_dict(s.env),
+        workdir=s.workdir,
+        user=s.user,
+        cpus=s.cpus,
+        memory_mib=s.memory_mib,
+        disk_mib=s.disk_mib,
+        runtime=s.runtime,
+        stop_signal=m.stop_signal,
+        stop_timeout=m.stop_timeout,
+        start_after=m.start_after,
+    )
+
+
+def quota_of(q: QuotaSpec) -> Quota:
+    return Quota(q.machines, q.vcpus, q.memory_mib, q.disk_mib)
+
+
+def quota_view(q: Quota) -> QuotaView:
+    return QuotaView(
+        machines=q.machines, vcpus=q.vcpus, memory_mib=q.memory_mib, disk_mib=q.disk_mib
+    )
+
+
+def usage_view(u: Usage) -> UsageView:
+    return UsageView(
+        machines=u.machines, vcpus=u.vcpus, memory_mib=u.memory_mib, disk_mib=u.disk_mib
+    )
+
+
+def project_view(p: Project) -> ProjectView:
+    return ProjectView(id=p.id, name=p.name, created_at=p.created_at, quota=quota_view(p.quota))
+
+
+def token_view(t: Token, project: str | None) -> TokenView:
+    return TokenView(
+        id=t.id,
+        name=t.name,
+        project=project,
+        role=t.role,
+        system=t.system,
+        created_at=t.created_at,
+        expires_at=t.expires_at,
+        revoked_at=t.revoked_at,
+    )
+
+
+def node_view(n: Node) -> NodeView:
+    return NodeView(
+        id=n.id,
+        name=n.name,
+        address=n.address,
+        runtimes=list(n.runtimes),
+        accel=n.accel,
+        capacity=CapacityView(cpus=n.capacity.cpus, memory_mib=n.capacity.memory_mib,
+                              disk_mib=n.capacity.disk_mib),
+        allocated=CapacityView(cpus=n.allocated.cpus, memory_mib=n.allocated.memory_mib,
+                               disk_mib=n.allocated.disk_mib),
+        labels=dict(n.labels),
+        state=n.state,
+        last_seen=n.last_seen,
+    )  # fmt: skip
+
+
+def event_view(e: Event) -> EventView:
+    return EventView(
+        id=e.id, kind=e.kind, object=e.object_id, state=e.state, message=e.message, time=e.time
+    )

@@ -1,0 +1,77 @@
+"""/v1/images: the project's images in the nodes' stores."""
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from urllib.parse import unquote
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+
+from hutch.api.deps import Ctl, Scoped
+from hutch.http.problems import PROBLEMS
+from hutch.wire.common import Page
+from hutch.wire.images import ImagePull, ImageView, PullEvent
+
+router = APIRouter(prefix="/v1/images", tags=["images"], responses=PROBLEMS)
+
+
+def _view(image: dict[str, Any]) -> ImageView:
+    return ImageView.model_validate(image)
+
+
+@router.get("")
+async def list_images(ctl: Ctl, s: Scoped) -> Page[ImageView]:
+    return Page(items=[_view(i) for i in await ctl.images.catalog(s.caller, s.project)])
+
+
+@router.post(
+    "/pull",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/x-ndjson": {"schema": PullEvent.model_json_schema()}}}
+    },
+)
+async def pull_image(ctl: Ctl, s: Scoped, body: ImagePull) -> StreamingResponse:
+    lines = ctl.images.pull(s.caller, s.project, body.ref, body.public)
+    first = await anext(lines)  # errors before the stream starts become problem+json
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield first
+        async for line in lines:
+            yield line
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def import_image(
+    ctl: Ctl,
+    s: Scoped,
+    request: Request,
+    name: Annotated[list[str] | None, Query()] = None,
+    public: bool = False,
+) -> list[ImageView]:
+    images = await ctl.images.import_(s.caller, s.project, request.stream(), name or [], public)
+    return [_view(i) for i in images]
+
+
+@router.get("/{ref:path}")
+async def get_image(ctl: Ctl, s: Scoped, ref: str) -> ImageView:
+    return _view(await ctl.images.get(s.caller, s.project, unquote(ref)))
+
+
+@router.delete("/{ref:path}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_image(ctl: Ctl, s: Scoped, ref: str) -> Response:
+    await ctl.images.delete(s.caller, s.project, unquote(ref))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

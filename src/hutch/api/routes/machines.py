@@ -1,0 +1,244 @@
+"""/v1/machines: create, list, lifecycle, wait, logs (NDJSON), exec (WebSocket), events (SSE)."""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, WebSocket, status
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from hutch.api import convert
+from hutch.api.deps import Ctl, Scoped, bearer
+from hutch.http.problems import PROBLEMS, status_of
+from hutch.model.errors import HutchError, Invalid
+from hutch.model.machine import Machine, MachineState
+from hutch.model.tenancy import Project
+from hutch.services.policy import Action
+from hutch.wire.common import MAX_PAGE, Page
+from hutch.wire.machines import (
+    ExecStart,
+    KillRequest,
+    LogLine,
+    MachineCreate,
+    MachineView,
+    StopRequest,
+    WaitResult,
+)
+
+router = APIRouter(tags=["machines"], responses=PROBLEMS)
+KEEPALIVE = 15.0
+
+
+def _view(m: Machine, project: Project) -> MachineView:
+    return convert.machine_view(m, project.name)
+
+
+@router.post("/v1/machines", status_code=status.HTTP_201_CREATED)
+async def create_machine(ctl: Ctl, s: Scoped, body: MachineCreate) -> MachineView:
+    m = await ctl.machines.create(s.caller, s.project, convert.spec_of(body), body.name, body.start)
+    return _view(m, s.project)
+
+
+@router.get("/v1/machines")
+async def list_machines(
+    ctl: Ctl,
+    s: Scoped,
+    state: Annotated[list[MachineState] | None, Query()] = None,
+    label: Annotated[list[str] | None, Query(description="key=value; all must match")] = None,
+    all: Annotated[bool, Query(description="include destroyed machines")] = False,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    cursor: str | None = None,
+) -> Page[MachineView]:
+    labels = {}
+    for item in label or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise Invalid(f"label filter {item!r} is not key=value")
+        labels[key] = value
+    machines, next_cursor = await ctl.machines.page(
+        s.caller, s.project, states=tuple(state or ()), labels=labels, include_destroyed=all,
+        limit=min(limit, MAX_PAGE), cursor=cursor,
+    )  # fmt: skip
+    return Page(items=[_view(m, s.project) for m in machines], next=next_cursor)
+
+
+@router.get("/v1/machines/{ref}")
+async def get_machine(ctl: Ctl, s: Scoped, ref: str) -> MachineView:
+    return _view(await ctl.machines.get(s.caller, s.project, ref), s.project)
+
+
+@router.post("/v1/machines/{ref}/start")
+async def start_machine(ctl: Ctl, s: Scoped, ref: str) -> MachineView:
+    return _view(await ctl.machines.start(s.caller, s.project, ref), s.project)
+
+
+@router.post("/v1/machines/{ref}/restart")
+async def restart_machine(ctl: Ctl, s: Scoped, ref: str) -> MachineView:
+    return _view(await ctl.machines.restart(s.caller, s.project, ref), s.project)
+
+
+@router.post("/v1/machines/{ref}/stop")
+async def stop_machine(
+    ctl: Ctl, s: Scoped, ref: str, body: StopRequest | None = None
+) -> MachineView:
+    body = body or StopRequest()
+    m = await ctl.machines.stop(s.caller, s.project, ref, body.signal, body.timeout)
+    return _view(m, s.project)
+
+
+@router.post("/v1/machines/{ref}/kill")
+async def kill_machine(
+    ctl: Ctl, s: Scoped, ref: str, body: KillRequest | None = None
+) -> MachineView:
+    body = body or KillRequest()
+    return _view(await ctl.machines.kill(s.caller, s.project, ref, body.signal), s.project)
+
+
+@router.delete("/v1/machines/{ref}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_machine(ctl: Ctl, s: Scoped, ref: str, force: bool = False) -> Response:
+    await ctl.machines.delete(s.caller, s.project, ref, force)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/v1/machines/{ref}/wait")
+async def wait_machine(
+    ctl: Ctl,
+    s: Scoped,
+    ref: str,
+    state: Annotated[str, Query(description="a state, or 'finished'")] = "finished",
+    timeout: Annotated[float, Query(ge=0, le=300)] = 60.0,
+) -> WaitResult:
+    m, reached = await ctl.machines.wait(s.caller, s.project, ref, state, timeout)
+    return WaitResult(machine=_view(m, s.project), reached=reached)
+
+
+@router.get(
+    "/v1/machines/{ref}/logs",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {"schema": LogLine.model_json_schema()}}}},
+)
+async def machine_logs(
+    ctl: Ctl,
+    s: Scoped,
+    ref: str,
+    follow: bool = False,
+    tail: Annotated[int | None, Query(ge=0)] = None,
+    since: Annotated[float | None, Query(ge=0)] = None,
+) -> StreamingResponse:
+    m, node = await ctl.machines.locate(s.caller, s.project, ref, Action.MACHINE_READ)
+    params = {"follow": str(follow).lower()}
+    if tail is not None:
+        params["tail"] = str(tail)
+    if since is not None:
+        params["since"] = str(since)
+    stream = ctl.link.logs(node, m.sandbox_id, params)
+    first = await anext(stream, None)  # fail before the 200 if the node refuses
+
+    async def body() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield first
+            async for line in stream:
+                yield line
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
+
+
+@router.get(
+    "/v1/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(
+    ctl: Ctl,
+    s: Scoped,
+    after: Annotated[int, Query(ge=0)] = 0,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    if last_event_id and last_event_id.isdigit():
+        after = max(after, int(last_event_id))
+    batches = ctl.machines.events(s.caller, s.project, after)
+
+    async def body() -> AsyncIterator[bytes]:
+        pending: asyncio.Task[list] | None = None  # type: ignore[type-arg]
+        try:
+            while True:
+                pending = pending or asyncio.ensure_future(anext(batches))
+                done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE)
+                if not done:
+                    yield b": keepalive\n\n"
+                    continue
+                for e in pending.result():
+                    data = convert.event_view(e).model_dump_json()
+                    yield f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
+                pending = None
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
+@router.websocket("/v1/machines/{ref}/exec")
+async def exec_machine(ws: WebSocket, ref: str, project: str | None = None) -> None:
+    """Relay an exec session between the client and the machine's node (docs/api.md)."""
+    ctl = ws.app.state.controller
+    await ws.accept()
+    try:
+        caller = await ctl.tenancy.authenticate(bearer(ws))  # type: ignore[arg-type]
+        proj = await ctl.tenancy.project_for(caller, project)
+        try:
+            start = ExecStart.model_validate_json(await ws.receive_text())
+        except ValidationError as e:
+            raise Invalid(
+                f"the first message must be an ExecStart: {e.errors()[0]['msg']}"
+            ) from None
+        m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
+        if m.state is not MachineState.RUNNING:
+            raise Invalid(f"machine {m.name} is {m.state}, not running")
+        upstream = await ctl.link.exec(node, m.sandbox_id)
+    except HutchError as e:
+        code, _ = status_of(e)
+        await ws.send_text(json.dumps({"type": "error", "status": code, "detail": e.message}))
+        await ws.close()
+        return
+    try:
+        await upstream.send(start.model_dump_json())
+        await _relay(ws, upstream)
+    finally:
+        await upstream.close()
+        with contextlib.suppress(RuntimeError):
+            await ws.close()
+
+
+async def _relay(client: WebSocket, node: ClientConnection) -> None:
+    async def down() -> None:
+        async for message in node:
+            if isinstance(message, bytes):
+                await client.send_bytes(message)
+            else:
+                await client.send_text(message)
+
+    async def up() -> None:
+        while True:
+            message = await client.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                await node.send(message["bytes"])
+            elif message.get("text") is not None:
+                await node.send(message["text"])
+
+    tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, RuntimeError):
+                await task

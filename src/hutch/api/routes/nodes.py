@@ -1,0 +1,92 @@
+"""/v1/nodes for system tokens, and /agent/v1 for node agents (with node credentials)."""
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from hutch.api import convert
+from hutch.api.deps import Caller, CallingNode, Ctl, bearer
+from hutch.http.problems import PROBLEMS
+from hutch.model.errors import NotFound
+from hutch.model.machine import Capacity, Report
+from hutch.wire.common import Page
+from hutch.wire.nodes import (
+    Assignments,
+    Heartbeat,
+    MachineReport,
+    NodeRegister,
+    NodeRegistered,
+    NodeView,
+)
+
+public = APIRouter(prefix="/v1/nodes", tags=["nodes"], responses=PROBLEMS)
+agents = APIRouter(prefix="/agent/v1", tags=["agents"], responses=PROBLEMS)
+
+
+@public.get("")
+async def list_nodes(ctl: Ctl, caller: Caller) -> Page[NodeView]:
+    return Page(items=[convert.node_view(n) for n in await ctl.nodes.listing(caller)])
+
+
+@agents.post("/nodes", status_code=status.HTTP_201_CREATED)
+async def register(ctl: Ctl, request: Request, body: NodeRegister) -> NodeRegistered:
+    """Join with the controller's join secret as the bearer token."""
+    node, credential, key = await ctl.nodes.register(
+        bearer(request) or "",
+        name=body.name,
+        address=body.address,
+        runtimes=body.runtimes,
+        accel=body.accel,
+        capacity=Capacity(body.cpus, body.memory_mib, body.disk_mib),
+        overhead_mib=body.overhead_mib,
+        labels=body.labels,
+    )
+    return NodeRegistered(node_id=node.id, credential=credential, controller_key=key)
+
+
+def _own(node_id: str, caller_id: str) -> None:
+    # A node credential acts on its own node only; others do not exist for it.
+    if node_id != caller_id:
+        raise NotFound(f"no node {node_id}")
+
+
+@agents.post("/nodes/{node_id}/heartbeat", status_code=status.HTTP_204_NO_CONTENT)
+async def heartbeat(ctl: Ctl, node: CallingNode, node_id: str, body: Heartbeat) -> Response:
+    _own(node_id, node.id)
+    await ctl.nodes.heartbeat(node, body.address)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@agents.get("/nodes/{node_id}/assignments")
+async def assignments(
+    ctl: Ctl,
+    node: CallingNode,
+    node_id: str,
+    after: Annotated[int, Query(ge=-1)] = -1,
+    wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
+) -> Assignments:
+    _own(node_id, node.id)
+    revision, machines = await ctl.nodes.assignments(node, after, wait)
+    names: dict[str, str] = {}
+    async with ctl.store.read() as tx:
+        for m in machines:
+            if m.project_id not in names:
+                names[m.project_id] = (await tx.projects.get(m.project_id)).name
+    return Assignments(
+        revision=revision,
+        machines=[convert.assignment(m, names[m.project_id]) for m in machines],
+    )
+
+
+@agents.post(
+    "/nodes/{node_id}/machines/{machine_id}/report", status_code=status.HTTP_204_NO_CONTENT
+)
+async def report(
+    ctl: Ctl, node: CallingNode, node_id: str, machine_id: str, body: MachineReport
+) -> Response:
+    _own(node_id, node.id)
+    at = body.time or time.time()
+    outcome = Report(body.generation, body.state, at, body.exit_code, body.oom_killed, body.error)
+    await ctl.machines.report(node, machine_id, outcome)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,80 @@
+"""/v1/projects: projects, their quotas and tokens."""
+
+from fastapi import APIRouter, Response, status
+
+from hutch.api import convert
+from hutch.api.deps import Caller, Ctl
+from hutch.http.problems import PROBLEMS
+from hutch.wire.common import Page
+from hutch.wire.tenancy import (
+    ProjectCreate,
+    ProjectView,
+    QuotaReport,
+    QuotaSpec,
+    TokenCreate,
+    TokenCreated,
+    TokenView,
+)
+
+router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=PROBLEMS)
+
+
+@router.get("")
+async def list_projects(ctl: Ctl, caller: Caller) -> Page[ProjectView]:
+    return Page(items=[convert.project_view(p) for p in await ctl.tenancy.projects(caller)])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_project(ctl: Ctl, caller: Caller, body: ProjectCreate) -> ProjectView:
+    project = await ctl.tenancy.create_project(caller, body.name, convert.quota_of(body.quota))
+    return convert.project_view(project)
+
+
+@router.get("/{name}")
+async def get_project(ctl: Ctl, caller: Caller, name: str) -> ProjectView:
+    return convert.project_view(await ctl.tenancy.project_for(caller, name))
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_project(ctl: Ctl, caller: Caller, name: str) -> Response:
+    await ctl.tenancy.delete_project(caller, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{name}/quota")
+async def get_quota(ctl: Ctl, caller: Caller, name: str) -> QuotaReport:
+    project = await ctl.tenancy.project_for(caller, name)
+    quota, usage = await ctl.tenancy.quota(caller, project)
+    return QuotaReport(quota=convert.quota_view(quota), usage=convert.usage_view(usage))
+
+
+@router.put("/{name}/quota")
+async def set_quota(ctl: Ctl, caller: Caller, name: str, body: QuotaSpec) -> QuotaReport:
+    project = await ctl.tenancy.project_for(caller, name)
+    await ctl.tenancy.set_quota(caller, project, convert.quota_of(body))
+    quota, usage = await ctl.tenancy.quota(caller, project)
+    return QuotaReport(quota=convert.quota_view(quota), usage=convert.usage_view(usage))
+
+
+@router.get("/{name}/tokens")
+async def list_tokens(ctl: Ctl, caller: Caller, name: str) -> Page[TokenView]:
+    project = await ctl.tenancy.project_for(caller, name)
+    tokens = await ctl.tenancy.tokens(caller, project)
+    return Page(items=[convert.token_view(t, project.name) for t in tokens])
+
+
+@router.post("/{name}/tokens", status_code=status.HTTP_201_CREATED)
+async def create_token(ctl: Ctl, caller: Caller, name: str, body: TokenCreate) -> TokenCreated:
+    project = await ctl.tenancy.project_for(caller, name)
+    token, secret = await ctl.tenancy.create_token(
+        caller, project, body.role, body.name, body.expires_in
+    )
+    view = convert.token_view(token, project.name)
+    return TokenCreated(**view.model_dump(), secret=secret)
+
+
+@router.delete("/{name}/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_token(ctl: Ctl, caller: Caller, name: str, token_id: str) -> Response:
+    project = await ctl.tenancy.project_for(caller, name)
+    await ctl.tenancy.revoke_token(caller, project, token_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,92 @@
+"""The one map from hutch's errors to HTTP: problem+json with a detail that says what to do."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from hutch.model import errors
+from hutch.wire.common import Problem
+
+log = logging.getLogger("hutch.http")
+
+STATUS: dict[type[errors.HutchError], tuple[int, str]] = {
+    errors.Invalid: (400, "Invalid request"),
+    errors.Unauthenticated: (401, "Unauthenticated"),
+    errors.Forbidden: (403, "Forbidden"),
+    errors.QuotaExceeded: (403, "Quota exceeded"),
+    errors.NotFound: (404, "Not found"),
+    errors.Conflict: (409, "Conflict"),
+    errors.Unsupported: (501, "Not supported"),
+    errors.NoCapacity: (503, "No capacity"),
+    errors.Unavailable: (503, "Unavailable"),
+}
+
+# What every route may answer besides its success: documented in the OpenAPI description so
+# clients (and schemathesis) know the shape of errors.
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {
+        "model": Problem,
+        "description": title,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+    for code, title in (
+        (400, "Invalid request"),
+        (401, "Unauthenticated"),
+        (403, "Forbidden, or over quota"),
+        (404, "Not found (another project's objects included)"),
+        (409, "Conflict with the object's state"),
+        (413, "Body too large"),
+        (422, "Body or parameters do not match the schema"),
+        (503, "No capacity, or a node is unavailable"),
+    )
+}
+
+
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = Problem(title=title, status=status, detail=detail).model_dump()
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(
+        body, status_code=status, media_type="application/problem+json", headers=headers
+    )
+
+
+def status_of(error: errors.HutchError) -> tuple[int, str]:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500, "Internal error"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.HutchError)
+    async def hutch_error(_: Request, e: errors.HutchError) -> JSONResponse:
+        status, title = status_of(e)
+        return problem(status, title, e.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}"
+            for err in e.errors()
+        )
+        return problem(422, "Does not match the schema", details)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        # Starlette's own errors carry headers that matter (405's Allow, for one).
+        return problem(e.status_code, str(e.detail), str(e.detail), dict(e.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unexpected error serving %s %s", request.method, request.url.path)
+        return problem(500, "Internal error", "the server failed; its log says why")

@@ -1,0 +1,403 @@
+"""Machines: create (quota, placement, claim), lifecycle requests, node reports, waiting.
+
+The control plane records what is wanted (`desired`, `generation`) and what nodes say happened
+(`state`); nodes converge on the first and report the second. Every state change is an event.
+A machine holds its node's capacity while it is active (placed and not finished): it is claimed
+when a generation is placed, and given back when that generation ends.
+"""
+
+import signal as _signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+
+from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded
+from hutch.model.machine import (
+    Desired,
+    Event,
+    Machine,
+    MachineSpec,
+    MachineState,
+    Node,
+    Report,
+    RestartPolicy,
+)
+from hutch.model.sandbox import parse_signal
+from hutch.model.tenancy import Principal, Project, Usage, validate_name
+from hutch.scheduler import Placement, Request, claim, place, release
+from hutch.services.ids import new_id
+from hutch.services.nodelink import NodeLink
+from hutch.services.notify import Notifier, machine_key, node_key, project_key
+from hutch.services.policy import Action, Policy
+from hutch.store.base import Store, Tx
+
+MAX_WAIT = 300.0
+RESTART_BACKOFF_MAX = 30.0
+FINISHED = (MachineState.EXITED, MachineState.FAILED, MachineState.DESTROYED)
+ACTIVE = (MachineState.CREATED, MachineState.STARTING, MachineState.RUNNING, MachineState.STOPPING)
+
+
+def request_of(spec: MachineSpec) -> Request:
+    return Request(spec.cpus, spec.memory_mib, spec.scratch_mib, spec.runtime)
+
+
+def usage_of(spec: MachineSpec) -> Usage:
+    return Usage(1, spec.cpus, spec.memory_mib, spec.scratch_mib)
+
+
+def holds_capacity(m: Machine) -> bool:
+    return m.node_id is not None and m.state in ACTIVE and m.desired is not Desired.DESTROYED
+
+
+class Machines:
+    def __init__(self, store: Store, policy: Policy, notifier: Notifier, link: NodeLink) -> None:
+        self.store = store
+        self.policy = policy
+        self.notifier = notifier
+        self.link = link
+
+    # -- tenant requests --------------------------------------------------------------------------
+
+    async def create(
+        self,
+        principal: Principal,
+        project: Project,
+        spec: MachineSpec,
+        name: str | None = None,
+        start: bool = True,
+    ) -> Machine:
+        self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        machine_id = new_id("m")
+        name = validate_name(name, "machine") if name else machine_id
+        now = time.time()
+        machine = Machine(
+            id=machine_id,
+            project_id=project.id,
+            name=name,
+            spec=spec,
+            state=MachineState.CREATED,
+            desired=Desired.RUNNING if start else Desired.STOPPED,
+            created_at=now,
+            updated_at=now,
+            generation=1 if start else 0,
+        )
+        async with self.store.write() as tx:
+            await tx.projects.lock(project.id)  # quota checks of one project never interleave
+            quota = (await tx.projects.get(project.id)).quota
+            usage = (await tx.machines.usage(project.id)).plus(usage_of(spec))
+            if (over := usage.exceeds(quota)) is not None:
+                raise QuotaExceeded(f"project {project.name} is at its quota: {over}")
+            if start:
+                node = await self._claim(tx, spec)
+                machine = replace(machine, node_id=node.id)
+            await tx.machines.create(machine)
+            await tx.events.append(
+                project.id,
+                kind="machine.created",
+                object_id=machine.id,
+                state=machine.state,
+                message="",
+                time=now,
+            )
+            if machine.node_id:
+                await tx.nodes.bump_revision(machine.node_id)
+        self._wake(machine)
+        return machine
+
+    async def get(self, principal: Principal, project: Project, ref: str) -> Machine:
+        self.policy.require(principal, Action.MACHINE_READ, project.id)
+        async with self.store.read() as tx:
+            return await _get(tx, project, ref)
+
+    async def page(
+        self,
+        principal: Principal,
+        project: Project,
+        *,
+        states: tuple[MachineState, ...] = (),
+        labels: Mapping[str, str] | None = None,
+        include_destroyed: bool = False,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[Machine], str | None]:
+        self.policy.require(principal, Action.MACHINE_READ, project.id)
+        if not states and not include_destroyed:
+            states = tuple(s for s in MachineState if s is not MachineState.DESTROYED)
+        async with self.store.read() as tx:
+            return await tx.machines.list(
+                project.id, states=states, labels=labels, limit=limit, cursor=cursor
+            )
+
+    async def start(self, principal: Principal, project: Project, ref: str) -> Machine:
+        """A new generation of a machine that is not running (created stopped, exited, failed)."""
+        self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        async with self.store.write() as tx:
+            m = await _get(tx, project, ref)
+            if m.desired is Desired.DESTROYED:
+                raise Conflict(f"machine {m.name} is being destroyed")
+            if m.state not in FINISHED and m.desired is Desired.RUNNING:
+                raise Conflict(f"machine {m.name} is {m.state}: nothing to start")
+            m = await self._new_generation(tx, m, restarted=False)
+        self._wake(m)
+        return m
+
+    async def restart(self, principal: Principal, project: Project, ref: str) -> Machine:
+        self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        async with self.store.write() as tx:
+            m = await _get(tx, project, ref)
+            if m.desired is Desired.DESTROYED:
+                raise Conflict(f"machine {m.name} is being destroyed")
+            m = await self._new_generation(tx, m, restarted=False)
+        self._wake(m)
+        return m
+
+    async def stop(
+        self, principal: Principal, project: Project, ref: str, sig: str = "", timeout: float = 10.0
+    ) -> Machine:
+        self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        if sig:
+            parse_signal(sig)
+        async with self.store.write() as tx:
+            m = await _get(tx, project, ref)
+            if m.desired is Desired.DESTROYED:
+                raise Conflict(f"machine {m.name} is being destroyed")
+            if m.state in FINISHED or m.desired is Desired.STOPPED:
+                return m  # already stopped or stopping: nothing to do
+            m = await self._transition(
+                tx,
+                replace(m, desired=Desired.STOPPED, stop_signal=sig, stop_timeout=timeout),
+                MachineState.STOPPING if m.node_id else MachineState.EXITED,
+                "stop requested",
+            )
+        self._wake(m)
+        return m
+
+    async def kill(self, principal: Principal, project: Project, ref: str, sig: str) -> Machine:
+        """SIGKILL (the default) ends the machine: a stop without grace. Other signals are
+        delivered to the workload through its node, and the machine may live on."""
+        number = parse_signal(sig or "SIGKILL")
+        if number == _signal.SIGKILL:
+            return await self.stop(principal, project, ref, "SIGKILL", 0.0)
+        m, node = await self.locate(principal, project, ref, Action.MACHINE_WRITE)
+        await self.link.signal(node, m.sandbox_id, _signal.Signals(number).name)
+        return m
+
+    async def locate(
+        self, principal: Principal, project: Project, ref: str, action: Action
+    ) -> tuple[Machine, Node]:
+        """A running machine and its node, for calls that go to the node (logs, exec, kill)."""
+        self.policy.require(principal, action, project.id)
+        async with self.store.read() as tx:
+            m = await _get(tx, project, ref)
+            if m.node_id is None:
+                raise Conflict(f"machine {m.name} has never run")
+            return m, await tx.nodes.get(m.node_id)
+
+    async def delete(self, principal: Principal, project: Project, ref: str, force: bool) -> None:
+        self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        async with self.store.write() as tx:
+            m = await _get(tx, project, ref)
+            if m.state not in FINISHED and m.desired is not Desired.STOPPED and not force:
+                raise Conflict(f"machine {m.name} is {m.state}: stop it first, or force")
+            if m.desired is Desired.DESTROYED:
+                return
+            m = replace(m, desired=Desired.DESTROYED)
+            if (
+                m.node_id is None
+                or m.state is MachineState.DESTROYED
+                or (m.state in FINISHED and m.generation == 0)
+            ):
+                await self._transition(tx, m, MachineState.DESTROYED, "destroyed")
+            else:
+                m = await tx.machines.update(m)
+                assert m.node_id is not None
+                await tx.nodes.bump_revision(m.node_id)
+        self._wake(m)
+
+    async def wait(
+        self, principal: Principal, project: Project, ref: str, target: str, timeout: float
+    ) -> tuple[Machine, bool]:
+        """Until the machine reaches `target` (a state, or "finished") or `timeout` passes."""
+        self.policy.require(principal, Action.MACHINE_READ, project.id)
+        wanted = _targets(target)
+        deadline = time.monotonic() + min(max(timeout, 0.0), MAX_WAIT)
+        while True:
+            async with self.store.read() as tx:
+                m = await _get(tx, project, ref)
+            if m.state in wanted:
+                return m, True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return m, False
+            await self.notifier.wait(machine_key(m.id), min(left, 0.5))
+
+    async def events(
+        self, principal: Principal, project: Project, after: int
+    ) -> AsyncIterator[list[Event]]:
+        """Batches of the project's events after `after`, forever (the caller stops)."""
+        self.policy.require(principal, Action.EVENT_READ, project.id)
+        while True:
+            async with self.store.read() as tx:
+                events = await tx.events.since(project.id, after)
+            if events:
+                after = events[-1].id
+                yield events
+            else:
+                await self.notifier.wait(project_key(project.id), 1.0)
+
+    # -- node reports -----------------------------------------------------------------------------
+
+    async def report(self, node: Node, machine_id: str, report: Report) -> Machine:
+        """What a node saw happen to a machine's sandbox. Reports about another node's machine
+        are NotFound; about an older generation, ignored (that sandbox is being replaced)."""
+        state = report.state
+        async with self.store.write() as tx:
+            try:
+                m = await tx.machines.by_id(machine_id)
+            except NotFound:
+                raise NotFound(f"no machine {machine_id} on this node") from None
+            if m.node_id != node.id:
+                raise NotFound(f"no machine {machine_id} on this node")
+            if report.generation != m.generation or m.state in (MachineState.DESTROYED, state):
+                return m  # another sandbox's, or said before (a restarted agent repeats itself)
+            if state is MachineState.DESTROYED:
+                if m.desired is not Desired.DESTROYED:
+                    return m  # an old sandbox the node cleaned up; the machine lives on
+                m = await self._transition(tx, m, MachineState.DESTROYED, "destroyed")
+            elif state in (MachineState.EXITED, MachineState.FAILED):
+                m = await self._finished(tx, m, report)
+            elif state in (MachineState.STARTING, MachineState.RUNNING):
+                if m.state in FINISHED:
+                    return m  # a stale report after the end
+                started = report.time if state is MachineState.RUNNING else m.started_at
+                m = await self._transition(tx, replace(m, started_at=started), state, "")
+            else:
+                raise Invalid(f"a node cannot report state {state}")
+        self._wake(m)
+        return m
+
+    async def _finished(self, tx: Tx, m: Machine, report: Report) -> Machine:
+        m = replace(
+            m,
+            exit_code=report.exit_code,
+            oom_killed=report.oom_killed,
+            error=report.error,
+            finished_at=report.time,
+        )
+        message = report.error or f"exit code {report.exit_code}"
+        if report.oom_killed:
+            message += ", out of memory"
+        m = await self._transition(tx, m, report.state, message)
+        if m.desired is Desired.RUNNING and _restarts(m, report.state):
+            return await self._new_generation(tx, m, restarted=True)
+        node_id = m.node_id
+        if m.spec.auto_destroy and m.desired is not Desired.DESTROYED and node_id is not None:
+            m = await tx.machines.update(replace(m, desired=Desired.DESTROYED))
+            await tx.nodes.bump_revision(node_id)
+        return m
+
+    # -- internals --------------------------------------------------------------------------------
+
+    async def _claim(self, tx: Tx, spec: MachineSpec, prefer: str | None = None) -> Node:
+        """Place and claim capacity in this transaction; NoCapacity with reasons per node."""
+        request = request_of(spec)
+        nodes = await tx.nodes.list()
+        if prefer is not None:  # keep a restarting machine where its image already is
+            preferred = [n for n in nodes if n.id == prefer]
+            if preferred and isinstance(place(request, preferred), Placement):
+                nodes = preferred
+        decision = place(request, nodes)
+        if not isinstance(decision, Placement):
+            raise NoCapacity(f"no node can take this machine: {decision.explain()}")
+        await tx.nodes.lock(decision.node.id)
+        node = await tx.nodes.get(decision.node.id)  # fresh, under the lock
+        if not isinstance(place(request, [node]), Placement):
+            raise NoCapacity(f"node {node.name} filled up meanwhile; try again")
+        return await tx.nodes.update(claim(node, request))
+
+    async def _release(self, tx: Tx, m: Machine) -> None:
+        if m.node_id is None:
+            return
+        await tx.nodes.lock(m.node_id)
+        try:
+            node = await tx.nodes.get(m.node_id)
+        except NotFound:
+            return
+        await tx.nodes.update(release(node, request_of(m.spec)))
+
+    async def _new_generation(self, tx: Tx, m: Machine, *, restarted: bool) -> Machine:
+        if holds_capacity(m):
+            await self._release(tx, m)
+        node = await self._claim(tx, m.spec, prefer=m.node_id)
+        restarts = m.restarts + 1 if restarted else m.restarts
+        backoff = min(2.0 ** (restarts - 1), RESTART_BACKOFF_MAX) if restarted else 0.0
+        old_node = m.node_id
+        m = replace(
+            m,
+            node_id=node.id,
+            desired=Desired.RUNNING,
+            generation=m.generation + 1,
+            restarts=restarts,
+            exit_code=None,
+            error="",
+            oom_killed=False,
+            finished_at=None,
+            start_after=time.time() + backoff if restarted else 0.0,
+        )
+        message = f"restart {restarts} (policy {m.spec.restart})" if restarted else "start"
+        m = await self._transition(tx, m, MachineState.CREATED, message, claimed=True)
+        if old_node and old_node != node.id:
+            await tx.nodes.bump_revision(old_node)  # it must drop the old sandbox
+        return m
+
+    async def _transition(
+        self, tx: Tx, m: Machine, state: MachineState, message: str, *, claimed: bool = False
+    ) -> Machine:
+        """Record `state` (and whatever else changed in `m`), give back capacity when an
+        active machine ends, log the event, and tell its node."""
+        if not claimed and holds_capacity(m) and state in FINISHED:
+            await self._release(tx, m)
+        now = time.time()
+        m = await tx.machines.update(replace(m, state=state, updated_at=now))
+        await tx.events.append(
+            m.project_id,
+            kind="machine.state",
+            object_id=m.id,
+            state=state,
+            message=message,
+            time=now,
+        )
+        if m.node_id is not None:
+            await tx.nodes.bump_revision(m.node_id)
+        return m
+
+    def _wake(self, m: Machine) -> None:
+        keys = [machine_key(m.id), project_key(m.project_id)]
+        if m.node_id is not None:
+            keys.append(node_key(m.node_id))
+        self.notifier.notify(*keys)
+
+
+async def _get(tx: Tx, project: Project, ref: str) -> Machine:
+    try:
+        return await tx.machines.get(project.id, ref)
+    except NotFound:
+        raise NotFound(f"no machine {ref!r} in project {project.name}") from None
+
+
+def _targets(target: str) -> tuple[MachineState, ...]:
+    if target == "finished":
+        return FINISHED
+    try:
+        return (MachineState(target),)
+    except ValueError:
+        raise Invalid(
+            f"cannot wait for {target!r}: use a state ({', '.join(MachineState)}) or finished"
+        ) from None
+
+
+def _restarts(m: Machine, state: MachineState) -> bool:
+    if m.spec.restart is RestartPolicy.ALWAYS:
+        return True
+    failed = state is MachineState.FAILED or (m.exit_code or 0) != 0
+    return m.spec.restart is RestartPolicy.ON_FAILURE and failed

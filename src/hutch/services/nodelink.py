@@ -1,0 +1,131 @@
+"""The controller's calls to node agents: logs, exec, signals and images of their sandboxes.
+
+A node trusts calls that carry its controller key, HMAC-SHA256(controller secret, node id): no
+per-node secret has to be stored, and every controller sharing the secret can call every node.
+"""
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unavailable
+from hutch.model.machine import Node
+
+
+def controller_key(secret: bytes, node_id: str) -> str:
+    return hmac.new(secret, node_id.encode(), hashlib.sha256).hexdigest()
+
+
+class NodeLink:
+    def __init__(self, secret: bytes, timeout: float = 30.0) -> None:
+        self._secret = secret
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, read=None))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    def _headers(self, node: Node) -> dict[str, str]:
+        return {"Authorization": f"Bearer {controller_key(self._secret, node.id)}"}
+
+    def _url(self, node: Node, path: str) -> str:
+        return node.address.rstrip("/") + path
+
+    async def signal(self, node: Node, sandbox: str, sig: str) -> None:
+        await self._call(node, "POST", f"/node/v1/sandboxes/{sandbox}/signal", json={"signal": sig})
+
+    async def logs(
+        self, node: Node, sandbox: str, params: Mapping[str, str]
+    ) -> AsyncIterator[bytes]:
+        """NDJSON lines of the sandbox's log, as the node sends them."""
+        async for line in self._stream(
+            node, "GET", f"/node/v1/sandboxes/{sandbox}/logs", params=params
+        ):
+            yield line
+
+    async def exec(self, node: Node, sandbox: str) -> ClientConnection:
+        """An exec WebSocket to the node: the caller sends ExecStart first, then relays."""
+        url = self._url(node, f"/node/v1/sandboxes/{sandbox}/exec").replace("http", "ws", 1)
+        try:
+            return await connect(url, additional_headers=self._headers(node), max_size=1 << 20)
+        except (OSError, TimeoutError) as e:
+            raise Unavailable(f"node {node.name} cannot be reached: {e}") from None
+
+    async def images(self, node: Node, project: str) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = await self._call(
+            node, "GET", "/node/v1/images", params={"project": project}
+        )
+        return data
+
+    async def image(self, node: Node, project: str, ref: str) -> dict[str, Any]:
+        data: dict[str, Any] = await self._call(
+            node, "GET", f"/node/v1/images/{quote(ref, safe='')}", params={"project": project}
+        )
+        return data
+
+    async def delete_image(self, node: Node, project: str, ref: str) -> None:
+        await self._call(
+            node, "DELETE", f"/node/v1/images/{quote(ref, safe='')}", params={"project": project}
+        )
+
+    async def pull(self, node: Node, project: str, ref: str, public: bool) -> AsyncIterator[bytes]:
+        body = {"ref": ref, "public": public}
+        async for line in self._stream(node, "POST", "/node/v1/images/pull",
+                                       params={"project": project}, json=body):  # fmt: skip
+            yield line
+
+    async def import_(
+        self, node: Node, project: str, body: AsyncIterator[bytes], names: list[str], public: bool
+    ) -> list[dict[str, Any]]:
+        params = [("project", project), ("public", str(public).lower())] + [
+            ("name", n) for n in names
+        ]
+        data: list[dict[str, Any]] = await self._call(
+            node, "POST", "/node/v1/images/import", params=params, content=body
+        )
+        return data
+
+    async def _call(self, node: Node, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(
+                method, self._url(node, path), headers=self._headers(node), **kwargs
+            )
+        except httpx.HTTPError as e:
+            raise Unavailable(f"node {node.name} cannot be reached: {e}") from None
+        _raise_for(node, response.status_code, response.content)
+        return response.json() if response.content else None
+
+    async def _stream(
+        self, node: Node, method: str, path: str, **kwargs: Any
+    ) -> AsyncIterator[bytes]:
+        try:
+            async with self._http.stream(
+                method, self._url(node, path), headers=self._headers(node), **kwargs
+            ) as response:
+                if response.status_code >= 400:
+                    _raise_for(node, response.status_code, await response.aread())
+                async for line in response.aiter_lines():
+                    if line:
+                        yield line.encode() + b"\n"
+        except httpx.HTTPError as e:
+            raise Unavailable(f"node {node.name} stopped answering: {e}") from None
+
+
+def _raise_for(node: Node, status: int, body: bytes) -> None:
+    """The node's problem+json, as hutch's own error: the node already phrased it for users."""
+    if status < 400:
+        return
+    try:
+        detail = json.loads(body).get("detail", "")
+    except ValueError:
+        detail = body.decode(errors="replace")[:200]
+    errors: dict[int, type[HutchError]] = {404: NotFound, 400: Invalid, 422: Invalid, 409: Conflict}
+    error = errors.get(status, Unavailable)
+    if error is Unavailable:
+        detail = f"node {node.name} answered {status}: {detail}"
+    raise error(detail)

@@ -1,0 +1,114 @@
+"""Nodes: agents join with the join secret, get a credential of their own, heartbeat, and
+long-poll what their machines should be doing."""
+
+import hmac
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+
+from hutch.model.errors import Conflict, Forbidden, NotFound, Unauthenticated
+from hutch.model.machine import Capacity, Machine, Node, NodeState
+from hutch.model.tenancy import Principal, validate_name
+from hutch.services.ids import hash_secret, new_id, new_secret
+from hutch.services.nodelink import controller_key
+from hutch.services.notify import Notifier, node_key
+from hutch.store.base import Store
+
+MAX_POLL = 60.0
+
+
+class Nodes:
+    def __init__(
+        self, store: Store, notifier: Notifier, join_secret: str, controller_secret: bytes
+    ) -> None:
+        self.store = store
+        self.notifier = notifier
+        self._join_secret = join_secret
+        self._controller_secret = controller_secret
+
+    async def register(
+        self,
+        join_secret: str,
+        *,
+        name: str,
+        address: str,
+        runtimes: list[str],
+        accel: str,
+        capacity: Capacity,
+        overhead_mib: Mapping[str, int],
+        labels: Mapping[str, str],
+    ) -> tuple[Node, str, str]:
+        """A new node, its credential and the key the controller will present to it."""
+        if not join_secret or not hmac.compare_digest(join_secret, self._join_secret):
+            raise Unauthenticated("the join secret is wrong")
+        now = time.time()
+        node = Node(
+            id=new_id("n"),
+            name=validate_name(name, "node"),
+            address=address,
+            runtimes=tuple(runtimes),
+            accel=accel,
+            capacity=capacity,
+            allocated=Capacity(0, 0, 0),
+            overhead_mib=dict(overhead_mib),
+            labels=dict(labels),
+            state=NodeState.READY,
+            created_at=now,
+            last_seen=now,
+        )
+        credential = new_secret()
+        async with self.store.write() as tx:
+            try:
+                await tx.nodes.create(node, hash_secret(credential))
+            except Conflict:
+                raise Conflict(
+                    f"a node named {name!r} is already registered: its agent must use its saved "
+                    "credential (or remove the node first)"
+                ) from None
+        return node, credential, controller_key(self._controller_secret, node.id)
+
+    async def authenticate(self, credential: str | None) -> Node:
+        if not credential:
+            raise Unauthenticated("no node credential: send 'Authorization: Bearer <credential>'")
+        async with self.store.read() as tx:
+            node = await tx.nodes.by_credential(hash_secret(credential))
+        if node is None:
+            raise Unauthenticated("unknown node credential")
+        return node
+
+    async def heartbeat(self, node: Node, address: str) -> Node:
+        """The node is alive, and reachable at `address` (an agent may move to a new port)."""
+        async with self.store.write() as tx:
+            await tx.nodes.lock(node.id)
+            fresh = await tx.nodes.get(node.id)
+            state = NodeState.READY if fresh.state is NodeState.UNREACHABLE else fresh.state
+            return await tx.nodes.update(
+                replace(fresh, last_seen=time.time(), state=state, address=address)
+            )
+
+    async def assignments(self, node: Node, after: int, wait: float) -> tuple[int, list[Machine]]:
+        """The node's machines once its revision is past `after`, or after `wait` seconds."""
+        deadline = time.monotonic() + min(max(wait, 0.0), MAX_POLL)
+        while True:
+            async with self.store.read() as tx:
+                revision = await tx.nodes.revision(node.id)
+                if revision > after or time.monotonic() >= deadline:
+                    return revision, await tx.machines.on_node(node.id)
+            await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), 0.5))
+
+    async def listing(self, principal: Principal) -> list[Node]:
+        if not principal.system:
+            raise Forbidden("only system tokens may list nodes")
+        async with self.store.read() as tx:
+            return await tx.nodes.list()
+
+    async def ready(self) -> list[Node]:
+        async with self.store.read() as tx:
+            return [n for n in await tx.nodes.list() if n.state is NodeState.READY]
+
+    async def get(self, node_id: str) -> Node:
+        async with self.store.read() as tx:
+            try:
+                return await tx.nodes.get(node_id)
+            except NotFound:
+                raise NotFound(f"no node {node_id}") from None

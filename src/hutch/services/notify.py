@@ -1,0 +1,39 @@
+"""In-process wake-ups: waiters sleep on a key until someone changes what it names.
+
+They are an optimisation only: every waiter also polls the store on a short timeout, so a
+change made by another controller process is seen within that timeout.
+"""
+
+import asyncio
+import contextlib
+
+POLL = 0.5  # seconds: how stale a waiter may be about changes made elsewhere
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def notify(self, *keys: str) -> None:
+        for key in keys:
+            event = self._events.pop(key, None)
+            if event is not None:
+                event.set()
+
+    async def wait(self, key: str, timeout: float = POLL) -> None:
+        """Return when `key` is notified, or after `timeout` seconds."""
+        event = self._events.setdefault(key, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+def node_key(node_id: str) -> str:
+    return f"node:{node_id}"
+
+
+def machine_key(machine_id: str) -> str:
+    return f"machine:{machine_id}"
+
+
+def project_key(project_id: str) -> str:
+    return f"project:{project_id}"

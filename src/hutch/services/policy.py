@@ -1,0 +1,72 @@
+"""Who may do what: the least role each action needs, in code, overridable by a policy file.
+
+The file (the `policy_file` setting) is TOML mapping action names to roles, for example
+`"machine.exec" = "admin"` to keep exec for admins. Unknown actions or roles in it are refused
+at start, so a typo cannot silently widen access.
+"""
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+
+from hutch.model.errors import Forbidden, Invalid
+from hutch.model.tenancy import Principal, Role
+
+
+class Action(StrEnum):
+    PROJECT_READ = "project.read"
+    QUOTA_READ = "quota.read"
+    TOKEN_MANAGE = "token.manage"
+    MACHINE_READ = "machine.read"
+    MACHINE_WRITE = "machine.write"  # create, start, stop, kill, restart, delete
+    MACHINE_EXEC = "machine.exec"
+    IMAGE_READ = "image.read"
+    IMAGE_WRITE = "image.write"  # pull, import, delete
+    EVENT_READ = "event.read"
+
+
+DEFAULT_POLICY: dict[Action, Role] = {
+    Action.PROJECT_READ: Role.READER,
+    Action.QUOTA_READ: Role.READER,
+    Action.TOKEN_MANAGE: Role.ADMIN,
+    Action.MACHINE_READ: Role.READER,
+    Action.MACHINE_WRITE: Role.MEMBER,
+    Action.MACHINE_EXEC: Role.MEMBER,
+    Action.IMAGE_READ: Role.READER,
+    Action.IMAGE_WRITE: Role.MEMBER,
+    Action.EVENT_READ: Role.READER,
+}
+
+
+class Policy:
+    def __init__(self, overrides: dict[Action, Role] | None = None) -> None:
+        self._roles = {**DEFAULT_POLICY, **(overrides or {})}
+
+    @staticmethod
+    def load(path: Path | None) -> "Policy":
+        if path is None:
+            return Policy()
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise Invalid(f"policy file {path}: {e}") from None
+        overrides: dict[Action, Role] = {}
+        for key, value in doc.items():
+            try:
+                overrides[Action(key)] = Role(value)
+            except ValueError:
+                raise Invalid(
+                    f"policy file {path}: {key!r} = {value!r} is not an action and a role "
+                    f"(actions: {', '.join(Action)}; roles: {', '.join(Role)})"
+                ) from None
+        return Policy(overrides)
+
+    def role_for(self, action: Action) -> Role:
+        return self._roles[action]
+
+    def require(self, principal: Principal, action: Action, project_id: str) -> None:
+        """Forbidden unless `principal` may do `action` in `project_id`. The caller has already
+        made sure the project is the principal's own (else it answers NotFound)."""
+        role = self._roles[action]
+        if not principal.can(role, project_id):
+            raise Forbidden(f"{action} needs the {role} role; this token is {principal.role}")

@@ -1,0 +1,159 @@
+"""Projects, quotas, tokens, and turning a bearer secret into a Principal."""
+
+import time
+from dataclasses import replace
+
+from hutch.model.errors import Forbidden, Invalid, NotFound, Unauthenticated
+from hutch.model.tenancy import Principal, Project, Quota, Role, Token, Usage, validate_name
+from hutch.services.ids import hash_secret, new_id, new_secret
+from hutch.services.policy import Action, Policy
+from hutch.store.base import Store, Tx
+
+
+class Tenancy:
+    def __init__(self, store: Store, policy: Policy) -> None:
+        self.store = store
+        self.policy = policy
+
+    # -- who is calling -------------------------------------------------------------------------
+
+    async def authenticate(self, secret: str | None) -> Principal:
+        if not secret:
+            raise Unauthenticated("no token: send 'Authorization: Bearer <token>'")
+        async with self.store.read() as tx:
+            token = await tx.tokens.by_hash(hash_secret(secret))
+        if token is None:
+            raise Unauthenticated("unknown token")
+        now = time.time()
+        if token.revoked_at is not None:
+            raise Unauthenticated("this token was revoked")
+        if not token.usable(now):
+            raise Unauthenticated("this token has expired")
+        return Principal(token.id, token.project_id, token.role, token.system)
+
+    async def project_for(self, principal: Principal, name: str | None) -> Project:
+        """The project a request acts in: a project token's own (naming another is NotFound,
+        as if it did not exist); a system token must name one."""
+        async with self.store.read() as tx:
+            if name is None:
+                if principal.project_id is None:
+                    raise Invalid("a system token must name a project: add ?project=NAME")
+                return await tx.projects.get(principal.project_id)
+            project = await _by_name(tx, name)
+        if not principal.system and project.id != principal.project_id:
+            raise NotFound(f"no project {name!r}")
+        return project
+
+    # -- projects -------------------------------------------------------------------------------
+
+    async def create_project(self, principal: Principal, name: str, quota: Quota) -> Project:
+        _system_only(principal, "create projects")
+        project = Project(new_id("p"), validate_name(name, "project"), time.time(), quota)
+        async with self.store.write() as tx:
+            await tx.projects.create(project)
+        return project
+
+    async def projects(self, principal: Principal) -> list[Project]:
+        async with self.store.read() as tx:
+            if principal.system:
+                return await tx.projects.list()
+            assert principal.project_id is not None
+            return [await tx.projects.get(principal.project_id)]
+
+    async def delete_project(self, principal: Principal, name: str) -> None:
+        _system_only(principal, "delete projects")
+        async with self.store.write() as tx:
+            project = await _by_name(tx, name)
+            await tx.projects.delete(project.id)
+
+    async def quota(self, principal: Principal, project: Project) -> tuple[Quota, Usage]:
+        self.policy.require(principal, Action.QUOTA_READ, project.id)
+        async with self.store.read() as tx:
+            return (await tx.projects.get(project.id)).quota, await tx.machines.usage(project.id)
+
+    async def set_quota(self, principal: Principal, project: Project, quota: Quota) -> Quota:
+        _system_only(principal, "change quotas")
+        async with self.store.write() as tx:
+            return (await tx.projects.set_quota(project.id, quota)).quota
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    async def create_token(
+        self,
+        principal: Principal,
+        project: Project | None,
+        role: Role,
+        name: str = "",
+        expires_in: float | None = None,
+    ) -> tuple[Token, str]:
+        """A new token and its secret (returned once; only its hash is stored)."""
+        if project is None:
+            _system_only(principal, "create system tokens")
+        else:
+            self.policy.require(principal, Action.TOKEN_MANAGE, project.id)
+            if not principal.system and not principal.role.includes(role):
+                raise Forbidden(f"a {principal.role} token cannot create a {role} token")
+        now = time.time()
+        token = Token(
+            id=new_id("t"),
+            name=name,
+            project_id=project.id if project else None,
+            role=role,
+            system=project is None,
+            created_at=now,
+            expires_at=now + expires_in if expires_in else None,
+        )
+        secret = new_secret()
+        async with self.store.write() as tx:
+            await tx.tokens.create(token, hash_secret(secret))
+        return token, secret
+
+    async def tokens(self, principal: Principal, project: Project) -> list[Token]:
+        self.policy.require(principal, Action.TOKEN_MANAGE, project.id)
+        async with self.store.read() as tx:
+            return await tx.tokens.list(project.id)
+
+    async def revoke_token(self, principal: Principal, project: Project, token_id: str) -> Token:
+        self.policy.require(principal, Action.TOKEN_MANAGE, project.id)
+        async with self.store.write() as tx:
+            token = await tx.tokens.get(token_id)
+            if token.project_id != project.id:
+                raise NotFound(f"no token {token_id!r} in project {project.name}")
+            if token.revoked_at is not None:
+                return token
+            return await tx.tokens.revoke(token_id, time.time())
+
+    # -- bootstrap ------------------------------------------------------------------------------
+
+    async def bootstrap(self, project_name: str) -> tuple[Project, str | None]:
+        """Make sure `project_name` exists; on an empty store, also mint the first system
+        token and return its secret (None when tokens already exist)."""
+        async with self.store.write() as tx:
+            try:
+                project = await tx.projects.by_name(project_name)
+            except NotFound:
+                project = Project(new_id("p"), validate_name(project_name, "project"),
+                                  time.time(), Quota())  # fmt: skip
+                await tx.projects.create(project)
+            if await tx.tokens.list(None):
+                return project, None
+            token = Token(new_id("t"), "admin", None, Role.ADMIN, True, time.time())
+            secret = new_secret()
+            await tx.tokens.create(token, hash_secret(secret))
+            return project, secret
+
+
+async def _by_name(tx: Tx, name: str) -> Project:
+    try:
+        return await tx.projects.by_name(name)
+    except NotFound:
+        raise NotFound(f"no project {name!r}") from None
+
+
+def _system_only(principal: Principal, what: str) -> None:
+    if not principal.system:
+        raise Forbidden(f"only system tokens may {what}")
+
+
+def with_quota(project: Project, quota: Quota) -> Project:
+    return replace(project, quota=quota)

@@ -1,0 +1,108 @@
+"""The real controller app and store, in-process (httpx's ASGI transport), with a simulated node.
+
+The node is only a registration: no agent runs, so machines are placed but never started. That
+is what API semantics need (tenancy, roles, quotas, validation); tests/cli and tests/client run
+real agents with real micro-VMs.
+"""
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from hutch import config
+from hutch.api.app import bootstrap, build_controller, create_app
+from hutch.api.deps import Controller
+from tests.store.postgres import postgres, postgres_url
+
+__all__ = ["postgres", "postgres_url"]  # fixtures, re-exported for pytest
+
+JOIN = "join-secret-for-tests"
+
+
+@dataclass
+class Api:
+    http: httpx.AsyncClient
+    ctl: Controller
+    admin: str  # a system token
+
+    async def call(
+        self, method: str, path: str, token: str | None = None, **kwargs: object
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token or self.admin}"}
+        return await self.http.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
+
+    async def project(self, name: str, **quota: int) -> None:
+        r = await self.call("POST", "/v1/projects", json={"name": name, "quota": quota})
+        assert r.status_code == 201, r.text
+
+    async def token(self, project: str, role: str, **extra: object) -> str:
+        r = await self.call("POST", f"/v1/projects/{project}/tokens", json={"role": role, **extra})
+        assert r.status_code == 201, r.text
+        secret: str = r.json()["secret"]
+        return secret
+
+    async def machine(self, token: str, **body: object) -> httpx.Response:
+        return await self.call(
+            "POST", "/v1/machines", token, json={"image": "busybox", "runtime": "container", **body}
+        )
+
+
+async def open_api(tmp: Path, database_url: str = "") -> tuple[Api, Controller]:
+    settings = config.load(
+        state_dir=tmp, database_url=database_url, join_secret=JOIN, controller_secret="c" * 32
+    )
+    ctl = build_controller(settings)
+    app = create_app(ctl, settings)
+    await ctl.store.open()  # the ASGI transport does not run the lifespan
+    await bootstrap(ctl, settings)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hutch")
+    api = Api(http, ctl, (tmp / "admin-token").read_text().strip())
+    node = {
+        "name": "sim-1", "address": "http://127.0.0.1:9", "runtimes": ["microvm", "container"],
+        "accel": "tcg", "cpus": 64, "memory_mib": 1 << 20, "disk_mib": 1 << 22,
+        "overhead_mib": {"microvm": 96, "container": 0},
+    }  # fmt: skip
+    r = await http.post("/agent/v1/nodes", json=node, headers={"Authorization": f"Bearer {JOIN}"})
+    assert r.status_code == 201, r.text
+    return api, ctl
+
+
+@contextlib.asynccontextmanager
+async def served(api: Api) -> AsyncIterator[str]:
+    """The same app behind a real HTTP server (the ASGI transport buffers whole responses, so
+    streams that never end need one); yields its URL."""
+    app = api.http._transport.app  # type: ignore[attr-defined]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="off"))  # fmt: skip
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def close_api(api: Api) -> None:
+    await api.http.aclose()
+    await api.ctl.link.close()
+    await api.ctl.store.close()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    tmp = Path(tempfile.mkdtemp(prefix="ha", dir="/tmp"))
+    a, _ = await open_api(tmp)
+    await a.project("alpha")
+    await a.project("beta")
+    yield a
+    await close_api(a)

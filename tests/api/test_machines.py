@@ -1,0 +1,111 @@
+"""Machines through the API: validation, limits, quotas (also under concurrency, on both
+databases), the lifecycle rules the control plane enforces by itself."""
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.api.conftest import Api, close_api, open_api
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_db_api(request: pytest.FixtureRequest) -> Api:  # type: ignore[misc]
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
+    api, _ = await open_api(Path(tempfile.mkdtemp(prefix="hq", dir="/tmp")), url)
+    yield api
+    await close_api(api)
+
+
+async def test_fifty_concurrent_creates_against_a_quota_of_ten(any_db_api: Api) -> None:
+    api = any_db_api
+    await api.project("crowd", machines=10)
+    token = await api.token("crowd", "member")
+    results = await asyncio.gather(*(api.machine(token, name=f"m{i}") for i in range(50)))
+    codes = sorted(r.status_code for r in results)
+    assert codes == [201] * 10 + [403] * 40
+    refused = next(r for r in results if r.status_code == 403).json()
+    assert refused["title"] == "Quota exceeded" and "machines would be 11" in refused["detail"]
+    listing = (await api.call("GET", "/v1/machines?limit=200", token)).json()["items"]
+    assert len(listing) == 10
+    quota = (await api.call("GET", "/v1/projects/crowd/quota", token)).json()
+    assert quota["usage"]["machines"] == 10 and quota["quota"]["machines"] == 10
+
+
+async def test_quotas_cover_cpus_memory_and_disk(api: Api) -> None:
+    await api.project("small", vcpus=2, memory_mib=512, disk_mib=300)
+    token = await api.token("small", "member")
+    assert (await api.machine(token, cpus=3)).status_code == 403
+    assert (await api.machine(token, memory_mib=600)).status_code == 403
+    assert (await api.machine(token, memory_mib=256, disk_mib=301)).status_code == 403
+    ok = await api.machine(token, memory_mib=256, disk_mib=100)
+    assert ok.status_code == 201
+    r = await api.call("PUT", "/v1/projects/small/quota", json={"memory_mib": 0})
+    assert r.status_code == 200 and r.json()["usage"]["memory_mib"] == 256
+    assert (await api.machine(token, memory_mib=64)).status_code == 403
+
+
+async def test_bodies_are_checked(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    r = await api.machine(token, project="beta")  # no mass assignment
+    assert r.status_code == 422 and "project" in r.json()["detail"]
+    for field in ({"state": "running"}, {"node": "n-1"}, {"id": "m-1"}):
+        assert (await api.machine(token, **field)).status_code == 422
+    r = await api.call("POST", "/v1/machines", token, content=b"{not json")
+    assert r.status_code == 422
+    huge = {"image": "busybox", "env": {"BIG": "x" * (2 << 20)}}
+    r = await api.call("POST", "/v1/machines", token, json=huge)
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
+    for bad in ({"image": "Bad/Ref"}, {"image": "busybox", "name": "Not_A_Name"},
+                {"image": "busybox", "labels": {"bad key!": "v"}},
+                {"image": "busybox", "cpus": 0}, {"image": "busybox", "memory_mib": -1},
+                {"image": "busybox", "runtime": "docker"}):  # fmt: skip
+        r = await api.call("POST", "/v1/machines", token, json=bad)
+        assert r.status_code in (400, 422), (bad, r.text)
+        assert r.json()["detail"]
+
+
+async def test_pages_are_capped_and_cursors_follow(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    for i in range(5):
+        assert (
+            await api.machine(token, name=f"p{i}", labels={"batch": "a" if i < 3 else "b"})
+        ).status_code == 201
+    first = (await api.call("GET", "/v1/machines?limit=2", token)).json()
+    assert len(first["items"]) == 2 and first["next"]
+    rest = (await api.call("GET", f"/v1/machines?limit=1000&cursor={first['next']}", token)).json()
+    assert [m["name"] for m in first["items"] + rest["items"]] == [f"p{i}" for i in range(5)]
+    labelled = (await api.call("GET", "/v1/machines?label=batch=b", token)).json()["items"]
+    assert [m["name"] for m in labelled] == ["p3", "p4"]
+    assert (await api.call("GET", "/v1/machines?label=nolabel", token)).status_code == 400
+
+
+async def test_lifecycle_rules(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    m = (await api.machine(token, name="life")).json()
+    assert m["state"] == "created" and m["desired"] == "running" and m["node"]
+    assert (await api.call("POST", "/v1/machines/life/start", token)).status_code == 409
+    r = await api.call("DELETE", "/v1/machines/life", token)
+    assert r.status_code == 409 and "force" in r.json()["detail"]
+    assert (await api.machine(token, name="life")).status_code == 409  # names are unique
+    stopped = (await api.call("POST", "/v1/machines/life/stop", token, json={"timeout": 1})).json()
+    assert stopped["desired"] == "stopped" and stopped["state"] == "stopping"
+    r = await api.call("POST", "/v1/machines/life/kill", token, json={"signal": "NOPE"})
+    assert r.status_code == 400
+    waited = await api.call("GET", "/v1/machines/life/wait?state=bogus", token)
+    assert waited.status_code == 400
+    r = await api.call("GET", "/v1/machines/life/wait?state=running&timeout=0.2", token)
+    assert r.status_code == 200 and r.json()["reached"] is False
+    not_started = (await api.machine(token, name="later", start=False)).json()
+    assert not_started["node"] is None and not_started["desired"] == "stopped"
+    assert (await api.call("DELETE", "/v1/machines/later", token)).status_code == 204
+    gone = await api.call("GET", "/v1/machines/later", token)
+    assert gone.status_code == 200 and gone.json()["state"] == "destroyed"
+    assert (await api.machine(token, name="later")).status_code == 201  # the name is free again
+
+
+async def test_no_node_means_no_capacity_with_reasons(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    r = await api.machine(token, memory_mib=(1 << 22))
+    assert r.status_code == 503 and "sim-1" in r.json()["detail"]
