@@ -54,7 +54,18 @@ class Settings(BaseSettings):
     vm_uid_base: int = Field(1_500_000, ge=1000, description="QEMU runs as its own uid from here")
     vm_debug: bool = Field(False, description="guests that fail to boot print diagnostics")
     cgroup_parent: str = "hutch"
-    project: str = Field("default", description="project of images pulled with the host CLI")
+    project: str = Field("default", description="the host CLI's project, and the first one made")
+    heartbeat_interval: float = Field(5.0, gt=0, description="seconds between node heartbeats")
+    # -- the controller --
+    database_url: str = Field(
+        "", description="sqlite:///... or postgresql://...; default: SQLite in state_dir"
+    )
+    listen: str = Field("127.0.0.1:7878", description="host:port the controller serves on")
+    policy_file: Path | None = Field(None, description="TOML: action = role overrides")
+    join_secret: str = Field("", description="agents join with it; default: state_dir/join.secret")
+    controller_secret: str = Field(
+        "", description="controllers share it; default: state_dir/controller.secret"
+    )
     registries: dict[str, RegistrySettings] = Field(
         {}, description='per registry host: {"127.0.0.1:5000": {"insecure": true}}'
     )

@@ -1,6 +1,7 @@
 """Runtime drivers built from settings: guest artifacts, accelerator probe, options."""
 
 from collections.abc import Callable
+from pathlib import Path
 
 from hutch.config import Settings
 from hutch.model.errors import Invalid
@@ -15,14 +16,19 @@ RUNTIMES = ("microvm", "container")
 
 
 def open_driver(
-    settings: Settings, runtime: str, *, log: Callable[[str], None] = lambda _msg: None
+    settings: Settings,
+    runtime: str,
+    *,
+    log: Callable[[str], None] = lambda _msg: None,
+    sandboxes_dir: Path | None = None,
 ) -> AgentDriver:
-    """The driver for `runtime`, building guest artifacts first if they are missing."""
+    """The driver for `runtime`, building guest artifacts first if they are missing. Sandboxes
+    live under `sandboxes_dir` (default state_dir/sandboxes: the operator's own)."""
     if runtime not in RUNTIMES:
         raise Invalid(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     guest = build.prepare(settings.cache_dir, settings.kernel_package, log=log)
     options = DriverOptions(
-        state_dir=settings.state_dir / "sandboxes",
+        state_dir=sandboxes_dir or settings.state_dir / "sandboxes",
         log_max_bytes=settings.log_max_bytes,
         timeouts=Timeouts(boot=settings.boot_timeout),
     )

@@ -63,12 +63,15 @@ class Roots:
     store: Store | None = None
     project: str = "default"
     staging: Path | None = None  # a tmpfs where disk-only roots are unpacked on their way
+    allow_paths: bool = True  # False for tenants' requests: a source is always an image
 
     def prepare(self, source: str, caps: Capabilities) -> PreparedRoot:
         """The root a runtime with `caps` needs, from a path if one exists, else the store."""
         disk = caps.root == "disk"
         path = Path(source)
-        if path.exists() or self.store is None or source.startswith(("/", ".")):
+        if self.allow_paths and (
+            path.exists() or self.store is None or source.startswith(("/", "."))
+        ):
             return prepare_root(
                 path,
                 self.cache_dir,
@@ -76,6 +79,8 @@ class Roots:
                 max_unpacked_bytes=self.max_unpacked_bytes,
                 staging=self.staging,
             )
+        if self.store is None:
+            raise Invalid("no image store to resolve images from")
         try:
             image = self.store.resolve(source, self.project)
         except NotFound:

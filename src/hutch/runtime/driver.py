@@ -69,6 +69,9 @@ class RuntimeDriver(Protocol):
 
     async def inspect(self, sandbox_id: str) -> SandboxInfo: ...
 
+    async def spec(self, sandbox_id: str) -> SandboxSpec:
+        """What the sandbox was created with (exec inherits its environment)."""
+
     async def sandboxes(self) -> list[SandboxInfo]:
         """Every sandbox of this runtime on this host: the ones this driver watches, and from
         their records the ones another process watches or no process has re-adopted yet."""
@@ -286,6 +289,16 @@ class AgentDriver:
         sdir = SandboxDir(self._root, sandbox_id)
         try:
             return sdir.load().info()  # watched by another process, or not recovered yet
+        except FileNotFoundError:
+            raise NotFound(f"no sandbox {sandbox_id!r} on this host") from None
+
+    async def spec(self, sandbox_id: str) -> SandboxSpec:
+        sup = self._sups.get(sandbox_id)
+        if sup is not None:
+            return sup.record.spec
+        validate_sandbox_id(sandbox_id)
+        try:
+            return SandboxDir(self._root, sandbox_id).load().spec
         except FileNotFoundError:
             raise NotFound(f"no sandbox {sandbox_id!r} on this host") from None
 

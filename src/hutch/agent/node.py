@@ -1,0 +1,315 @@
+"""The node agent: joins a controller, and converges this host's sandboxes on its assignments.
+
+Level-triggered: every round compares what the controller wants (assignments, long-polled)
+with what the drivers have, and starts, stops or destroys sandboxes to match, reporting each
+outcome. Work on one sandbox runs as one task at a time; a round skips sandboxes with work in
+flight and the next round sees its result. A restarted agent re-adopts its running sandboxes
+(driver recovery) and reports their states again; reports are idempotent on the controller.
+The agent never touches the controller's store: all it knows comes through /agent/v1.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hutch.agent.images import open_store, registry_configs, roots_for
+from hutch.agent.link import ControllerLink
+from hutch.agent.runtimes import RUNTIMES, open_driver
+from hutch.agent.sandbox import RunRequest, build_spec
+from hutch.config import Settings
+from hutch.images.pull import pull
+from hutch.images.registry import RegistryClient
+from hutch.model.errors import HutchError, Invalid, NotFound
+from hutch.model.machine import Desired, MachineState
+from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
+from hutch.runtime import host
+from hutch.runtime.driver import AgentDriver
+from hutch.wire.nodes import Assignment, MachineReport, NodeRegister
+
+log = logging.getLogger("hutch.agent")
+POLL_WAIT = 25.0  # seconds a long poll may hang; every answer is a full reconcile
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    node_id: str
+    credential: str
+    controller_key: str
+    controller: str
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        controller: str,
+        join_secret: str,
+        name: str,
+        advertise: str,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dir = settings.state_dir / "node"
+        self.controller = controller
+        self.join_secret = join_secret
+        self.name = name
+        self.advertise = advertise  # the URL the controller reaches this agent's API at
+        self.labels = labels or {}
+        self.drivers: dict[str, AgentDriver] = {}
+        self.store = open_store(settings)
+        self.identity: Identity | None = None
+        self.link = ControllerLink(controller)
+        self._work: dict[str, asyncio.Task[None]] = {}  # sandbox -> start/stop/destroy in flight
+        self._watch: dict[str, asyncio.Task[None]] = {}  # sandbox -> waiting for its exit
+        self._reported: dict[str, str] = {}  # sandbox -> last state reported
+        self._assignments: dict[str, Assignment] = {}
+
+    # -- start-up ----------------------------------------------------------------------------------
+
+    async def open(self) -> Identity:
+        """Open the drivers (re-adopting sandboxes), and join the controller once."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for runtime in RUNTIMES:
+            try:
+                driver = open_driver(self.settings, runtime, sandboxes_dir=self.dir / "sandboxes")
+            except HutchError as e:
+                log.warning("runtime %s is not available on this node: %s", runtime, e.message)
+                continue
+            await driver.recover()
+            self.drivers[runtime] = driver
+        if not self.drivers:
+            raise Invalid("no runtime works on this host: see `hutch setup`")
+        self.identity = self._load_identity() or await self._join()
+        self.link.credential = self.identity.credential
+        return self.identity
+
+    def _load_identity(self) -> Identity | None:
+        path = self.dir / "identity.json"
+        with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
+            identity = Identity(**json.loads(path.read_text()))
+            if identity.controller == self.controller:
+                return identity
+        return None
+
+    async def _join(self) -> Identity:
+        caps = {r: d.capabilities() for r, d in self.drivers.items()}
+        body = NodeRegister(
+            name=self.name,
+            address=self.advertise,
+            runtimes=list(self.drivers),
+            accel=caps["microvm"].accel if "microvm" in caps else "none",
+            cpus=host.cpus(),
+            memory_mib=max(host.memory_mib() - host.HOST_RESERVE_MIB, 0),
+            disk_mib=shutil.disk_usage(self.dir).free >> 20,
+            overhead_mib={r: c.overhead_mib for r, c in caps.items()},
+            labels=self.labels,
+        )
+        joined = await self.link.register(self.join_secret, body)
+        identity = Identity(
+            joined.node_id, joined.credential, joined.controller_key, self.controller
+        )
+        path = self.dir / "identity.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(_asdict(identity), f)
+        return identity
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        assert self.identity is not None
+        heartbeat = asyncio.create_task(self._heartbeat())
+        revision = -1
+        try:
+            while True:
+                try:
+                    answer = await self.link.assignments(self.identity.node_id, revision, POLL_WAIT)
+                except HutchError as e:
+                    log.warning("cannot get assignments: %s", e.message)
+                    await asyncio.sleep(1.0)
+                    continue
+                revision = answer.revision
+                try:
+                    await self.reconcile(answer.machines)
+                except Exception:  # one bad round must not stop the node; the next retries
+                    log.exception("reconciling failed")
+                    await asyncio.sleep(1.0)
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self) -> None:
+        assert self.identity is not None
+        while True:
+            with contextlib.suppress(HutchError):
+                await self.link.heartbeat(self.identity.node_id, self.advertise)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def close(self) -> None:
+        for task in [*self._work.values(), *self._watch.values()]:
+            task.cancel()
+        for driver in self.drivers.values():
+            await driver.close()
+        await self.link.close()
+
+    async def reconcile(self, assignments: list[Assignment]) -> None:
+        wanted = {a.sandbox: a for a in assignments}
+        self._assignments = wanted
+        have: dict[str, tuple[AgentDriver, SandboxInfo]] = {}
+        for driver in self.drivers.values():
+            for info in await driver.sandboxes():
+                have[info.id] = (driver, info)
+        for sandbox, (driver, _) in have.items():
+            if sandbox not in wanted:  # an old generation, or a machine gone for good
+                self._spawn(sandbox, self._destroy(driver, sandbox, None))
+        for a in assignments:
+            if a.sandbox in self._work:
+                continue
+            entry = have.get(a.sandbox)
+            if a.desired is Desired.DESTROYED:
+                if entry is not None:
+                    self._spawn(a.sandbox, self._destroy(entry[0], a.sandbox, a))
+                else:
+                    await self._report(a, MachineState.DESTROYED)
+            elif entry is None:
+                if a.desired is Desired.RUNNING and not a.state.finished:
+                    self._spawn(a.sandbox, self._start(a))
+                elif a.desired is Desired.STOPPED and not a.state.finished:
+                    await self._report(a, MachineState.EXITED, error="stopped before it started")
+            else:
+                driver, info = entry
+                live = info.state in (SandboxState.CREATED, SandboxState.RUNNING)
+                if a.desired is Desired.STOPPED and live:
+                    self._spawn(a.sandbox, self._stop(driver, a))
+                elif info.state is SandboxState.RUNNING:
+                    await self._report(a, MachineState.RUNNING)
+                    self._watch_exit(driver, a)
+                elif info.exit is not None:
+                    await self._report_exit(a, info.exit)
+
+    # -- work on one sandbox -----------------------------------------------------------------------
+
+    def _spawn(self, sandbox: str, work: Coroutine[Any, Any, None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("work on sandbox %s failed", sandbox)
+            finally:
+                self._work.pop(sandbox, None)
+
+        self._work[sandbox] = asyncio.create_task(run())
+
+    async def _start(self, a: Assignment) -> None:
+        delay = a.start_after - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)  # a restart's backoff
+        await self._report(a, MachineState.STARTING)
+        driver = self.drivers.get(a.runtime)
+        try:
+            if driver is None:
+                raise Invalid(f"this node has no {a.runtime} runtime")
+            await self._ensure_image(a)
+            request = RunRequest(
+                source=a.image,
+                args=tuple(a.command or ()),
+                entrypoint=tuple(a.entrypoint) if a.entrypoint is not None else None,
+                env=tuple(f"{k}={v}" for k, v in a.env.items()),
+                workdir=a.workdir,
+                user=a.user,
+                resources=Resources(cpus=a.cpus, memory_mib=a.memory_mib, scratch_mib=a.disk_mib),
+                sandbox_id=a.sandbox,
+                hostname=a.machine,
+            )
+            roots = replace(roots_for(self.settings), project=a.project, allow_paths=False)
+            spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)
+            await driver.create(spec)
+            await driver.start(spec.id)
+        except HutchError as e:
+            if driver is not None:
+                with contextlib.suppress(HutchError):
+                    await driver.destroy(a.sandbox, force=True)
+            await self._report(a, MachineState.FAILED, error=e.message)
+            return
+        await self._report(a, MachineState.RUNNING)
+        self._watch_exit(driver, a)
+
+    async def _ensure_image(self, a: Assignment) -> None:
+        with contextlib.suppress(NotFound):
+            self.store.resolve(a.image, a.project)
+            return
+        async with RegistryClient(registry_configs(self.settings)) as client:
+            with self.store.session():
+                await pull(a.image, self.store, client, project=a.project)
+
+    def _watch_exit(self, driver: AgentDriver, a: Assignment) -> None:
+        if a.sandbox in self._watch:
+            return
+
+        async def watch() -> None:
+            try:
+                status = await driver.wait(a.sandbox)
+            except NotFound:
+                return
+            finally:
+                self._watch.pop(a.sandbox, None)
+            await self._report_exit(self._assignments.get(a.sandbox, a), status)
+
+        self._watch[a.sandbox] = asyncio.create_task(watch())
+
+    async def _stop(self, driver: AgentDriver, a: Assignment) -> None:
+        sig = parse_signal(a.stop_signal) if a.stop_signal else None
+        status = await driver.stop(a.sandbox, a.stop_timeout, sig)
+        await self._report_exit(a, status)
+
+    async def _destroy(self, driver: AgentDriver, sandbox: str, a: Assignment | None) -> None:
+        await driver.destroy(sandbox, force=True)
+        self._reported.pop(sandbox, None)
+        if a is not None:
+            await self._report(a, MachineState.DESTROYED)
+
+    # -- reports -----------------------------------------------------------------------------------
+
+    async def _report_exit(self, a: Assignment, status: ExitStatus) -> None:
+        if status.failed:
+            await self._report(a, MachineState.FAILED, exit_code=status.code, error=status.error)
+        else:
+            await self._report(a, MachineState.EXITED, exit_code=status.code, oom=status.oom_killed)
+
+    async def _report(
+        self,
+        a: Assignment,
+        state: MachineState,
+        *,
+        exit_code: int | None = None,
+        oom: bool = False,
+        error: str = "",
+    ) -> None:
+        if self._reported.get(a.sandbox) == state:
+            return
+        assert self.identity is not None
+        report = MachineReport(
+            generation=a.generation,
+            state=state,
+            exit_code=exit_code,
+            oom_killed=oom,
+            error=error,
+            time=time.time(),
+        )
+        try:
+            await self.link.report(self.identity.node_id, a.machine, report)
+        except HutchError as e:
+            log.warning("cannot report %s of %s: %s", state, a.machine, e.message)
+            return  # the next round reports it again
+        self._reported[a.sandbox] = state
+
+
+def _asdict(identity: Identity) -> dict[str, str]:
+    return {f: getattr(identity, f) for f in Identity.__dataclass_fields__}

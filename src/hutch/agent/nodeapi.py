@@ -1,0 +1,272 @@
+"""The node agent's own API, called by controllers only (they present the node's controller
+key): logs, exec and signals of its sandboxes, and its image store."""
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import signal as _signal
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, Response, WebSocket, status
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.websockets import WebSocketDisconnect
+
+from hutch.agent import images
+from hutch.agent.node import NodeAgent
+from hutch.agent.sandbox import merge_env
+from hutch.http.problems import install as install_problems
+from hutch.http.problems import status_of
+from hutch.images.pull import PullProgress
+from hutch.images.store import StoredImage
+from hutch.images.users import resolve_user
+from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
+from hutch.model.sandbox import LogRecord, ProcessSpec, Stream, parse_signal
+from hutch.runtime.driver import AgentDriver
+from hutch.wire.images import ImagePull, ImageView, PullEvent
+from hutch.wire.machines import ExecStart, LogLine
+from hutch.wire.nodes import SignalRequest
+
+STDIN, STDOUT, STDERR = 0, 1, 2
+
+
+def create_node_app(agent: NodeAgent) -> FastAPI:
+    app = FastAPI(title="hutch node agent", openapi_url=None, docs_url=None, redoc_url=None)
+    install_problems(app)
+
+    def authorize(request: Request) -> None:
+        _check(agent, request.headers.get("authorization", ""))
+
+    Auth = Annotated[None, Depends(authorize)]
+
+    async def find(sandbox: str) -> AgentDriver:
+        for driver in agent.drivers.values():
+            with contextlib.suppress(NotFound):
+                await driver.inspect(sandbox)
+                return driver
+        raise NotFound(f"no sandbox {sandbox} on this node")
+
+    @app.get("/node/v1/sandboxes/{sandbox}/logs")
+    async def logs(
+        _: Auth,
+        sandbox: str,
+        follow: bool = False,
+        tail: Annotated[int | None, Query(ge=0)] = None,
+        since: Annotated[float | None, Query(ge=0)] = None,
+    ) -> StreamingResponse:
+        driver = await find(sandbox)
+        return StreamingResponse(
+            _log_lines(driver, sandbox, follow, tail, since), media_type="application/x-ndjson"
+        )
+
+    @app.post("/node/v1/sandboxes/{sandbox}/signal", status_code=status.HTTP_204_NO_CONTENT)
+    async def send_signal(_: Auth, sandbox: str, body: SignalRequest) -> Response:
+        driver = await find(sandbox)
+        await driver.signal(sandbox, parse_signal(body.signal))
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.websocket("/node/v1/sandboxes/{sandbox}/exec")
+    async def exec_(ws: WebSocket, sandbox: str) -> None:
+        await ws.accept()
+        try:
+            _check(agent, ws.headers.get("authorization", ""))
+            try:
+                start = ExecStart.model_validate_json(await ws.receive_text())
+            except ValidationError as e:
+                raise Invalid(
+                    f"the first message must be an ExecStart: {e.errors()[0]['msg']}"
+                ) from None
+            driver = await find(sandbox)
+            spec = await driver.spec(sandbox)
+            user = resolve_user(Path(spec.rootfs), start.user) if start.user else spec.process.user
+            env = merge_env(spec.process.env, tuple(f"{k}={v}" for k, v in start.env.items()))
+            proc = await driver.exec(
+                sandbox,
+                ProcessSpec(
+                    args=tuple(start.command),
+                    env=env,
+                    cwd=start.workdir or spec.process.cwd,
+                    user=user,
+                    stdin=start.stdin,
+                ),
+            )
+        except HutchError as e:
+            code, _ = status_of(e)
+            await ws.send_text(json.dumps({"type": "error", "status": code, "detail": e.message}))
+            await ws.close()
+            return
+        feeder = asyncio.create_task(_feed(ws, proc))
+        try:
+            async for stream, data in proc.output():
+                await ws.send_bytes(bytes([STDOUT if stream is Stream.STDOUT else STDERR]) + data)
+            result = await proc.wait()
+            await ws.send_text(
+                json.dumps(
+                    {
+                        "type": "exit",
+                        "exit_code": result.code,
+                        "signal": result.signal,
+                        "error": result.error,
+                    }
+                )
+            )
+        except (WebSocketDisconnect, RuntimeError):
+            with contextlib.suppress(HutchError):
+                await proc.signal(_signal.SIGKILL)  # the client is gone: so is its process
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(RuntimeError):
+                await ws.close()
+
+    # -- images ------------------------------------------------------------------------------------
+
+    @app.get("/node/v1/images")
+    async def list_images(_: Auth, project: str) -> list[ImageView]:
+        return [_image_view(i) for i in agent.store.images(project)]
+
+    @app.get("/node/v1/images/{ref:path}")
+    async def get_image(_: Auth, ref: str, project: str) -> ImageView:
+        return _image_view(agent.store.resolve(ref, project))
+
+    @app.delete("/node/v1/images/{ref:path}", status_code=status.HTTP_204_NO_CONTENT)
+    async def delete_image(_: Auth, ref: str, project: str) -> Response:
+        in_use: set[str] = set()
+        for driver in agent.drivers.values():
+            for info in await driver.sandboxes():
+                in_use.update(info.root_paths)
+        await asyncio.to_thread(
+            images.remove_image, agent.settings, ref, project=project, roots_in_use=in_use
+        )
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.post("/node/v1/images/pull")
+    async def pull_image(_: Auth, project: str, body: ImagePull) -> StreamingResponse:
+        return StreamingResponse(_pull(agent, project, body), media_type="application/x-ndjson")
+
+    @app.post("/node/v1/images/import", status_code=status.HTTP_201_CREATED)
+    async def import_image(
+        _: Auth,
+        request: Request,
+        project: str,
+        name: Annotated[list[str] | None, Query()] = None,
+        public: bool = False,
+    ) -> list[ImageView]:
+        with tempfile.TemporaryFile() as spool:
+            async for chunk in request.stream():
+                spool.write(chunk)
+            spool.seek(0)
+            found = await asyncio.to_thread(
+                images.import_image,
+                agent.settings,
+                spool,
+                project=project,
+                public=public,
+                names=tuple(name or ()),
+            )
+        return [_image_view(i) for i in found]
+
+    return app
+
+
+def _check(agent: NodeAgent, header: str) -> None:
+    scheme, _, value = header.partition(" ")
+    expected = agent.identity.controller_key if agent.identity else ""
+    if (
+        scheme.lower() != "bearer"
+        or not expected
+        or not hmac.compare_digest(value.strip(), expected)
+    ):
+        raise Unauthenticated("this node only answers its controllers")
+
+
+def _image_view(image: StoredImage) -> ImageView:
+    return ImageView(
+        id=image.digest,
+        names=list(image.names),
+        size=image.size,
+        created=image.created,
+        layers=image.layers,
+        public=image.public,
+    )
+
+
+def _line(record: LogRecord) -> bytes:
+    text = record.data.decode("utf-8", "replace")
+    exact = text.encode() == record.data
+    line = LogLine(
+        stream="stdout" if record.stream is Stream.STDOUT else "stderr",
+        time=record.time_ns / 1e9,
+        data=text,
+        data_b64=None if exact else base64.b64encode(record.data).decode(),
+    )
+    return line.model_dump_json().encode() + b"\n"
+
+
+async def _log_lines(
+    driver: AgentDriver, sandbox: str, follow: bool, tail: int | None, since: float | None
+) -> AsyncIterator[bytes]:
+    """The log as NDJSON: from record `total - tail` on when `tail` is given, then, with
+    `follow`, what is written until the sandbox ends."""
+    first = 0
+    if tail is not None:
+        first = max(len([r async for r in driver.logs(sandbox)]) - tail, 0)
+    index = 0
+    async for record in driver.logs(sandbox, follow=follow):
+        if index >= first and (since is None or record.time_ns / 1e9 >= since):
+            yield _line(record)
+        index += 1
+
+
+async def _feed(ws: WebSocket, proc: Any) -> None:
+    """Client -> process: stdin bytes, close_stdin and signals."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, HutchError):
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data:
+                if data[0] == STDIN:
+                    await proc.write(data[1:])
+                continue
+            text = message.get("text")
+            if not text:
+                continue
+            control = json.loads(text)
+            if control.get("type") == "close_stdin":
+                await proc.close_stdin()
+            elif control.get("type") == "signal":
+                await proc.signal(parse_signal(str(control.get("signal", "SIGTERM"))))
+
+
+async def _pull(agent: NodeAgent, project: str, body: ImagePull) -> AsyncIterator[bytes]:
+    events: asyncio.Queue[PullProgress | None] = asyncio.Queue()
+
+    async def run() -> Any:
+        try:
+            return await images.pull_image(
+                agent.settings, body.ref, project=project, public=body.public,
+                progress=events.put_nowait,
+            )  # fmt: skip
+        finally:
+            events.put_nowait(None)
+
+    task = asyncio.create_task(run())
+    while (event := await events.get()) is not None:
+        yield (
+            PullEvent(layer=event.layer, status=event.status, done=event.done, total=event.total)
+            .model_dump_json()
+            .encode()
+            + b"\n"
+        )
+    try:
+        image = await task
+    except HutchError as e:
+        yield PullEvent(error=e.message).model_dump_json().encode() + b"\n"
+        return
+    yield PullEvent(image=_image_view(image)).model_dump_json().encode() + b"\n"

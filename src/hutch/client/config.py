@@ -1,0 +1,99 @@
+"""Where the CLI and SDK find a controller: explicit arguments, then HUTCH_URL / HUTCH_TOKEN /
+HUTCH_PROJECT, then the current context saved by `hutch up` or `hutch login`.
+
+Contexts live in $HUTCH_CLIENT_CONFIG, else $XDG_CONFIG_HOME/hutch/contexts.toml (by default
+~/.config/hutch/contexts.toml), mode 0600: they hold tokens.
+"""
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from hutch.model.errors import Invalid
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    url: str
+    token: str
+    project: str | None = None  # for system tokens: the project to act in
+
+
+def config_path() -> Path:
+    if explicit := os.environ.get("HUTCH_CLIENT_CONFIG"):
+        return Path(explicit)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "hutch" / "contexts.toml"
+
+
+def load() -> tuple[str | None, dict[str, Context]]:
+    """(the current context's name, every context)."""
+    path = config_path()
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return None, {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise Invalid(f"{path} is not a valid contexts file: {e}") from None
+    contexts = {
+        name: Context(str(c.get("url", "")), str(c.get("token", "")), c.get("project"))
+        for name, c in doc.get("contexts", {}).items()
+        if isinstance(c, dict)
+    }
+    current = doc.get("current")
+    return (current if isinstance(current, str) else None), contexts
+
+
+def save(current: str | None, contexts: dict[str, Context]) -> Path:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lines = [f"current = {json.dumps(current)}\n"] if current else []
+    for name, c in sorted(contexts.items()):
+        lines.append(f"\n[contexts.{json.dumps(name)}]\n")
+        lines.append(f"url = {json.dumps(c.url)}\ntoken = {json.dumps(c.token)}\n")
+        if c.project:
+            lines.append(f"project = {json.dumps(c.project)}\n")
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(lines))
+    os.replace(tmp, path)
+    return path
+
+
+def save_context(name: str, context: Context, *, make_current: bool = True) -> Path:
+    current, contexts = load()
+    contexts[name] = context
+    return save(name if make_current else current, contexts)
+
+
+def resolve(
+    url: str | None = None, token: str | None = None, project: str | None = None
+) -> Context:
+    """The controller to talk to; Invalid, saying how to get one, when there is none."""
+    url = url or os.environ.get("HUTCH_URL")
+    token = token or os.environ.get("HUTCH_TOKEN")
+    project = project or os.environ.get("HUTCH_PROJECT")
+    if not (url and token):
+        current, contexts = load()
+        saved = contexts.get(current) if current else None
+        if saved is not None:
+            url, token = url or saved.url, token or saved.token
+            project = project or saved.project
+    if not url or not token:
+        raise Invalid(
+            "no controller configured: start one with `hutch up`, or set HUTCH_URL and "
+            "HUTCH_TOKEN, or `hutch login URL`"
+        )
+    return Context(url.rstrip("/"), token, project)
+
+
+def configured() -> bool:
+    """Whether a controller is configured (the image commands then go through it)."""
+    try:
+        resolve()
+    except Invalid:
+        return False
+    return True
