@@ -41,7 +41,12 @@ def build_busybox_rootfs(dest: Path) -> Path:
     return dest
 
 
-if __name__ == "__main__":  # python -m hutch.images.busybox DEST (used by `make up`)
+if __name__ == "__main__":  # python -m hutch.images.busybox ROOT [ARCHIVE] (used by `make up`)
     import sys
 
-    build_busybox_rootfs(Path(sys.argv[1]))
+    from hutch.images.build import write_archive
+
+    root = build_busybox_rootfs(Path(sys.argv[1]))
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "wb") as out:
+            write_archive(root, out, name="busybox:latest")
