@@ -837,6 +837,9 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "restarts": m.restarts,
         "started_at": m.started_at,
         "finished_at": m.finished_at,
+        "stop_signal": m.stop_signal,
+        "stop_timeout": m.stop_timeout,
+        "start_after": m.start_after,
     }
 
 
@@ -873,6 +876,9 @@ def _to_machine(r: Row[Any]) -> Machine:
         restarts=r.restarts,
         started_at=r.started_at,
         finished_at=r.finished_at,
+        stop_signal=r.stop_signal,
+        stop_timeout=r.stop_timeout,
+        start_after=r.start_after,
         version=r.version,
     )
 

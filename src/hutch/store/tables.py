@@ -115,6 +115,10 @@ machines = sa.Table(
     sa.Column("restarts", sa.Integer, nullable=False),
     sa.Column("started_at", _TIME),
     sa.Column("finished_at", _TIME),
+    # How the last stop asked for is carried out, and a restart's backoff.
+    sa.Column("stop_signal", sa.String(32), nullable=False, server_default=""),
+    sa.Column("stop_timeout", sa.Double, nullable=False, server_default="10"),
+    sa.Column("start_after", _TIME, nullable=False, server_default="0"),
     sa.Column("version", sa.Integer, nullable=False),
     # Listing order, and the cursor's key.
     sa.Index("ix_machines_project_id_created_at_id", "project_id", "created_at", "id"),
