@@ -21,7 +21,7 @@ from hutch.agent import images
 from hutch.agent.node import NodeAgent
 from hutch.agent.sandbox import merge_env
 from hutch.http.problems import install as install_problems
-from hutch.http.problems import status_of
+from hutch.http.problems import ws_error
 from hutch.images.pull import PullProgress
 from hutch.images.store import StoredImage
 from hutch.images.users import resolve_user
@@ -96,8 +96,7 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
                 ),
             )
         except HutchError as e:
-            code, _ = status_of(e)
-            await ws.send_text(json.dumps({"type": "error", "status": code, "detail": e.message}))
+            await ws.send_text(ws_error(e))
             await ws.close()
             return
         feeder = asyncio.create_task(_feed(ws, proc))
@@ -207,19 +206,31 @@ def _line(record: LogRecord) -> bytes:
     return line.model_dump_json().encode() + b"\n"
 
 
+def _split(record: LogRecord) -> list[LogRecord]:
+    """A record cut at its newlines: `tail` counts lines, and a write may hold many."""
+    parts = record.data.splitlines(keepends=True)
+    if len(parts) <= 1:
+        return [record]
+    return [LogRecord(record.stream, part, record.time_ns) for part in parts]
+
+
 async def _log_lines(
     driver: AgentDriver, sandbox: str, follow: bool, tail: int | None, since: float | None
 ) -> AsyncIterator[bytes]:
-    """The log as NDJSON: from record `total - tail` on when `tail` is given, then, with
-    `follow`, what is written until the sandbox ends."""
+    """The log as NDJSON, one line of output per record: the last `tail` lines when it is
+    given, then, with `follow`, what is written until the sandbox ends."""
     first = 0
     if tail is not None:
-        first = max(len([r async for r in driver.logs(sandbox)]) - tail, 0)
+        total = 0
+        async for record in driver.logs(sandbox):
+            total += len(_split(record))
+        first = max(total - tail, 0)
     index = 0
     async for record in driver.logs(sandbox, follow=follow):
-        if index >= first and (since is None or record.time_ns / 1e9 >= since):
-            yield _line(record)
-        index += 1
+        for part in _split(record):
+            if index >= first and (since is None or part.time_ns / 1e9 >= since):
+                yield _line(part)
+            index += 1
 
 
 async def _feed(ws: WebSocket, proc: Any) -> None:

@@ -1,5 +1,6 @@
 """The one map from hutch's errors to HTTP: problem+json with a detail that says what to do."""
 
+import json
 import logging
 from typing import Any
 
@@ -7,6 +8,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from hutch.model import errors
 from hutch.wire.common import Problem
@@ -67,6 +70,22 @@ def status_of(error: errors.HutchError) -> tuple[int, str]:
     return 500, "Internal error"
 
 
+def ws_error(error: errors.HutchError) -> str:
+    """A refusal as a WebSocket's last text message: the problem fields, typed "error"."""
+    status, title = status_of(error)
+    return json.dumps({"type": "error", "status": status, "title": title, "detail": error.message})
+
+
+def _allowed(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route serves at this path."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": ""})
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.HutchError)
     async def hutch_error(_: Request, e: errors.HutchError) -> JSONResponse:
@@ -82,9 +101,11 @@ def install(app: FastAPI) -> None:
         return problem(422, "Does not match the schema", details)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        # Starlette's own errors carry headers that matter (405's Allow, for one).
-        return problem(e.status_code, str(e.detail), str(e.detail), dict(e.headers or {}))
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        headers = dict(e.headers or {})
+        if e.status_code == 405:  # Starlette names the methods of the first route that matched
+            headers["Allow"] = ", ".join(_allowed(app, request.scope))
+        return problem(e.status_code, str(e.detail), str(e.detail), headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:

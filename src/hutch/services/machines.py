@@ -216,8 +216,9 @@ class Machines:
 
     async def wait(
         self, principal: Principal, project: Project, ref: str, target: str, timeout: float
-    ) -> tuple[Machine, bool]:
-        """Until the machine reaches `target` (a state, or "finished") or `timeout` passes."""
+    ) -> tuple[Machine, bool, bool]:
+        """Until the machine reaches `target` (a state, or "finished"), `timeout` passes, or it
+        finished elsewhere and can no longer get there: (machine, reached, final)."""
         self.policy.require(principal, Action.MACHINE_READ, project.id)
         wanted = _targets(target)
         deadline = time.monotonic() + min(max(timeout, 0.0), MAX_WAIT)
@@ -225,10 +226,12 @@ class Machines:
             async with self.store.read() as tx:
                 m = await _get(tx, project, ref)
             if m.state in wanted:
-                return m, True
+                return m, True, False
+            if _beyond(m, wanted):
+                return m, False, True
             left = deadline - time.monotonic()
             if left <= 0:
-                return m, False
+                return m, False, False
             await self.notifier.wait(machine_key(m.id), min(left, 0.5))
 
     async def events(
@@ -394,6 +397,14 @@ def _targets(target: str) -> tuple[MachineState, ...]:
         raise Invalid(
             f"cannot wait for {target!r}: use a state ({', '.join(MachineState)}) or finished"
         ) from None
+
+
+def _beyond(m: Machine, wanted: tuple[MachineState, ...]) -> bool:
+    """Whether a finished machine stays where it is: only someone starting it again, or its
+    destruction under way, takes it elsewhere (a restart policy acts before it shows finished)."""
+    if not m.state.finished:
+        return False
+    return not (MachineState.DESTROYED in wanted and m.desired is Desired.DESTROYED)
 
 
 def _restarts(m: Machine, state: MachineState) -> bool:

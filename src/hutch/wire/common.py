@@ -9,7 +9,10 @@ MAX_PAGE = 200  # items per page at most, whatever the client asks
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are refused (no mass assignment), and so are values of another type:
+    # `false` is no vCPU count, "3" no machine count. Enum fields say `strict=False`: the
+    # body is validated as parsed JSON, where an enum can only be its value.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class View(BaseModel):

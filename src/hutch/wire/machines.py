@@ -20,7 +20,7 @@ class MachineCreate(Request):
     memory_mib: int = Field(128, ge=1, le=1 << 22)
     disk_mib: int = Field(0, ge=0, le=1 << 24)
     runtime: Literal["microvm", "container"] = "microvm"
-    restart: RestartPolicy = RestartPolicy.NO
+    restart: RestartPolicy = Field(RestartPolicy.NO, strict=False)
     labels: dict[str, str] = {}
     auto_destroy: bool = False
     start: bool = True
@@ -66,7 +66,8 @@ class KillRequest(Request):
 
 class WaitResult(View):
     machine: MachineView
-    reached: bool  # False: the timeout passed first
+    reached: bool  # False: the timeout passed first, or `final`
+    final: bool = False  # it finished, and stays so until someone starts it again
 
 
 class LogLine(View):

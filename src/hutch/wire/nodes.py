@@ -84,7 +84,7 @@ class MachineReport(Request):
     """What a node saw happen to one of its sandboxes."""
 
     generation: int
-    state: MachineState
+    state: MachineState = Field(strict=False)
     exit_code: int | None = None
     oom_killed: bool = False
     error: str = ""

@@ -46,7 +46,7 @@ class QuotaReport(View):
 
 class TokenCreate(Request):
     name: str = Field("", max_length=63)
-    role: Role = Role.MEMBER
+    role: Role = Field(Role.MEMBER, strict=False)
     expires_in: float | None = Field(None, gt=0, description="seconds until it stops working")
 
 

@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -14,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from hutch.api import convert
 from hutch.api.deps import Ctl, Scoped, bearer
-from hutch.http.problems import PROBLEMS, status_of
+from hutch.http.problems import PROBLEMS, ws_error
 from hutch.model.errors import HutchError, Invalid
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
@@ -113,8 +112,8 @@ async def wait_machine(
     state: Annotated[str, Query(description="a state, or 'finished'")] = "finished",
     timeout: Annotated[float, Query(ge=0, le=300)] = 60.0,
 ) -> WaitResult:
-    m, reached = await ctl.machines.wait(s.caller, s.project, ref, state, timeout)
-    return WaitResult(machine=_view(m, s.project), reached=reached)
+    m, reached, final = await ctl.machines.wait(s.caller, s.project, ref, state, timeout)
+    return WaitResult(machine=_view(m, s.project), reached=reached, final=final)
 
 
 @router.get(
@@ -202,8 +201,7 @@ async def exec_machine(ws: WebSocket, ref: str, project: str | None = None) -> N
             raise Invalid(f"machine {m.name} is {m.state}, not running")
         upstream = await ctl.link.exec(node, m.sandbox_id)
     except HutchError as e:
-        code, _ = status_of(e)
-        await ws.send_text(json.dumps({"type": "error", "status": code, "detail": e.message}))
+        await ws.send_text(ws_error(e))
         await ws.close()
         return
     try:
