@@ -72,16 +72,21 @@ def save_context(name: str, context: Context, *, make_current: bool = True) -> P
 def resolve(
     url: str | None = None, token: str | None = None, project: str | None = None
 ) -> Context:
-    """The controller to talk to; Invalid, saying how to get one, when there is none."""
+    """The controller to talk to; Invalid, saying how to get one, when there is none.
+
+    Arguments, then HUTCH_URL/HUTCH_TOKEN/HUTCH_PROJECT, then the current context. A URL given
+    leaves the context out; a token given takes only its URL (the context's project is its
+    token's, and may mean nothing to another token)."""
     url = url or os.environ.get("HUTCH_URL")
     token = token or os.environ.get("HUTCH_TOKEN")
     project = project or os.environ.get("HUTCH_PROJECT")
-    if not (url and token):
+    if not url:
         current, contexts = load()
         saved = contexts.get(current) if current else None
         if saved is not None:
-            url, token = url or saved.url, token or saved.token
-            project = project or saved.project
+            url = saved.url
+            if not token:
+                token, project = saved.token, project or saved.project
     if not url or not token:
         raise Invalid(
             "no controller configured: start one with `hutch up`, or set HUTCH_URL and "

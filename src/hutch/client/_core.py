@@ -1,0 +1,502 @@
+"""What `Client` and `AsyncClient` share: every operation as data, every answer parsed once.
+
+An operation is a *plan*: a generator that yields `Call`s and receives each answer's body, then
+returns the result (or raises). The sync and async clients only drive plans (send a call, feed
+back the body) and stream lines, so the two cannot drift apart:
+
+    def get(ref):
+        body = yield Call("GET", f"/v1/machines/{ref}", scoped=True)
+        return MachineView.model_validate_json(body)
+"""
+
+import base64
+import contextlib
+import json
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any, TypeAlias, TypedDict, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from hutch.client.errors import (
+    Invalid,
+    PullFailed,
+    Unavailable,
+    Unreachable,
+    WaitTimeout,
+    error_for,
+)
+from hutch.model.machine import MachineState, RestartPolicy
+from hutch.wire.common import Page, Problem, Request
+from hutch.wire.images import ImagePull, ImageView, PullEvent
+from hutch.wire.machines import (
+    EventView,
+    KillRequest,
+    LogLine,
+    MachineCreate,
+    MachineView,
+    StopRequest,
+    WaitResult,
+)
+from hutch.wire.tenancy import (
+    ProjectCreate,
+    ProjectView,
+    QuotaReport,
+    QuotaSpec,
+    TokenCreate,
+    TokenCreated,
+)
+
+T = TypeVar("T")
+V = TypeVar("V", bound=BaseModel)
+R = TypeVar("R", bound=Request)
+
+MAX_WAIT = 300.0  # the server holds a wait at most this long; longer waits loop
+NOT_STARTED = (MachineState.CREATED, MachineState.STARTING)
+CHUNK = 1 << 16
+
+Plan: TypeAlias = Generator["Call", bytes, T]
+MachineRef: TypeAlias = str | MachineView  # a machine's id or name, or the machine itself
+ArchiveSource: TypeAlias = str | os.PathLike[str] | bytes | IO[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One HTTP request of the API, as data."""
+
+    method: str
+    path: str
+    params: tuple[tuple[str, str], ...] = ()
+    body: Request | None = None  # sent as JSON, without the fields left unset
+    json: Any = None  # a raw JSON body (Client.request)
+    content: Any = field(default=None, compare=False)  # raw bytes: image archives
+    scoped: bool = False  # acts in a project: `?project=` is added when the client names one
+    hold: float | None = 0.0  # seconds the server may take before answering; None: a stream
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and as whom a client talks (resolved once, by hutch.client.config.resolve)."""
+
+    url: str
+    token: str
+    project: str | None
+    timeout: float
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+
+    def http_args(self, call: Call) -> dict[str, Any]:
+        """Keyword arguments of httpx's `request`/`stream` for `call`."""
+        params = list(call.params)
+        if call.scoped and self.project:
+            params.append(("project", self.project))
+        args: dict[str, Any] = {"method": call.method, "url": call.path, "params": params}
+        if call.body is not None:
+            args["content"] = call.body.model_dump_json(exclude_unset=True)
+            args["headers"] = {"Content-Type": "application/json"}
+        elif call.json is not None:
+            args["json"] = call.json
+        elif call.content is not None:
+            args["content"] = call.content
+            args["headers"] = {"Content-Type": "application/octet-stream"}
+        if call.hold is None:
+            args["timeout"] = httpx.Timeout(self.timeout, read=None)
+        elif call.hold:
+            args["timeout"] = httpx.Timeout(self.timeout, read=self.timeout + call.hold)
+        return args
+
+    def unreachable(self, e: httpx.TransportError) -> Unavailable:
+        reason = str(e) or type(e).__name__
+        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
+            return Unavailable(f"controller {self.url} cannot be reached: {reason}")
+        return Unavailable(f"controller {self.url} stopped answering: {reason}")
+
+
+def check(status: int, body: bytes) -> None:
+    """Raise the error a problem+json answer stands for; nothing below 400."""
+    if status < 400:
+        return
+    try:
+        problem = Problem.model_validate_json(body)
+    except ValidationError:
+        raise error_for(status, "", body.decode(errors="replace")[:300]) from None
+    raise error_for(status, problem.title, problem.detail)
+
+
+def finish(plan: Plan[T], answer: Callable[[Call], bytes]) -> T:
+    """Run `plan`, answering its calls with `answer` (the sync client's driver)."""
+    try:
+        call = next(plan)
+        while True:
+            call = plan.send(answer(call))
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+def build(model: type[R], **fields: Any) -> R:
+    """A request body, refused here exactly as the server would (422) when it is invalid."""
+    try:
+        return model(**fields)
+    except ValidationError as e:
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or model.__name__}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise Invalid(detail, 422, "Does not match the schema") from None
+
+
+def argv(command: Sequence[str] | None, what: str = "command") -> list[str] | None:
+    # A str is a Sequence[str] too: refuse it rather than run each character as an argument.
+    if isinstance(command, str):
+        raise Invalid(f"{what} is a list of arguments, e.g. ['sh', '-c', 'echo hi'], not a string")
+    return None if command is None else list(command)
+
+
+def ref_of(ref: MachineRef) -> str:
+    return ref.id if isinstance(ref, MachineView) else ref
+
+
+def _machine(ref: MachineRef, action: str = "") -> str:
+    return f"/v1/machines/{quote(ref_of(ref), safe='')}" + (f"/{action}" if action else "")
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+
+def page(call: Call, kind: type[Page[V]]) -> Plan[tuple[list[V], Call | None]]:
+    """One page of a listing, and the call for the next page (None after the last)."""
+    result = kind.model_validate_json((yield call))
+    if result.next is None:
+        return result.items, None
+    params = (*((k, v) for k, v in call.params if k != "cursor"), ("cursor", result.next))
+    return result.items, replace(call, params=params)
+
+
+# -- machines -----------------------------------------------------------------------------------
+
+
+class MachineOptions(TypedDict, total=False):
+    """How to run a machine (MachineCreate); what is left out takes the server's default."""
+
+    name: str  # unique in the project; default: the machine's id
+    entrypoint: Sequence[str]  # replaces the image's Entrypoint (and drops its Cmd)
+    env: Mapping[str, str]  # added to the image's Env
+    workdir: str  # default: the image's WorkingDir
+    user: str  # USER[:GROUP] or UID[:GID]; default: the image's User
+    cpus: int  # vCPUs (default 1)
+    memory_mib: int  # RAM of the VM, or the container's limit (default 128)
+    disk_mib: int  # writable space over the image (default: half the memory)
+    runtime: str  # "microvm" (default: a VM each) or "container" (crun, for trusted code)
+    restart: RestartPolicy | str  # "no" (default), "on-failure", "always"
+    labels: Mapping[str, str]  # for filtering: machines.list(labels={...})
+    auto_destroy: bool  # destroyed as soon as it ends
+    start: bool  # False: record it without starting it (start it later)
+
+
+def machine_create(
+    image: str, command: Sequence[str] | None, options: MachineOptions
+) -> MachineCreate:
+    fields: dict[str, Any] = {"image": image, **options}
+    if command is not None:
+        fields["command"] = argv(command)
+    if "entrypoint" in options:
+        fields["entrypoint"] = argv(options["entrypoint"], "entrypoint")
+    for key in ("env", "labels"):
+        if key in fields:
+            fields[key] = dict(fields[key])
+    return build(MachineCreate, **fields)
+
+
+def create(body: MachineCreate) -> Plan[MachineView]:
+    return MachineView.model_validate_json(
+        (yield Call("POST", "/v1/machines", body=body, scoped=True))
+    )
+
+
+def run(body: MachineCreate) -> Plan[MachineView]:
+    """Create and start; return once the machine has started (see wait)."""
+    machine = yield from create(body.model_copy(update={"start": True}))
+    if machine.state not in NOT_STARTED:
+        return machine
+    return (yield from wait(machine.id, "started", None))
+
+
+def listing(
+    state: str | Sequence[str] | None,
+    labels: Mapping[str, str] | None,
+    include_destroyed: bool,
+    page_size: int | None,
+) -> Call:
+    states = [state] if isinstance(state, str) else list(state or ())
+    params = [("state", s) for s in states]
+    params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]
+    if include_destroyed:
+        params.append(("all", "true"))
+    if page_size is not None:
+        params.append(("limit", str(page_size)))
+    return Call("GET", "/v1/machines", params=tuple(params), scoped=True)
+
+
+def machine(
+    method: str,
+    ref: MachineRef,
+    action: str = "",
+    body: Request | None = None,
+    params: tuple[tuple[str, str], ...] = (),
+) -> Plan[MachineView]:
+    """A request about one machine that answers the machine (get, start, stop, kill, ...)."""
+    call = Call(method, _machine(ref, action), params=params, body=body, scoped=True)
+    return MachineView.model_validate_json((yield call))
+
+
+def stop(ref: MachineRef, signal: str, timeout: float) -> Plan[MachineView]:
+    return machine("POST", ref, "stop", build(StopRequest, signal=signal, timeout=timeout))
+
+
+def kill(ref: MachineRef, signal: str) -> Plan[MachineView]:
+    return machine("POST", ref, "kill", build(KillRequest, signal=signal))
+
+
+def delete(ref: MachineRef, force: bool) -> Plan[None]:
+    params = (("force", "true"),) if force else ()
+    yield Call("DELETE", _machine(ref), params=params, scoped=True)
+
+
+def _wait_once(ref: MachineRef, state: str, timeout: float) -> Plan[WaitResult]:
+    params = (("state", str(state)), ("timeout", f"{timeout:.3f}"))
+    call = Call("GET", _machine(ref, "wait"), params=params, scoped=True, hold=timeout)
+    return WaitResult.model_validate_json((yield call))
+
+
+def wait(
+    ref: MachineRef,
+    state: str,
+    timeout: float | None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Plan[MachineView]:
+    """Wait for `state` past the server's cap, until `timeout` (None: for ever). `state` is a
+    MachineState, "finished" (exited, failed or destroyed), or "started": running or beyond,
+    when its logs and exec are there (a machine that ran and ended has started too)."""
+    deadline = None if timeout is None else clock() + timeout
+    server_state = MachineState.RUNNING if state == "started" else state
+    while True:
+        left = MAX_WAIT if deadline is None else min(max(deadline - clock(), 0.0), MAX_WAIT)
+        result = yield from _wait_once(ref, server_state, left)
+        m = result.machine
+        if result.reached or (state == "started" and m.state not in NOT_STARTED):
+            return m
+        if result.final:
+            raise Unreachable(f"machine {m.name} is {m.state} and will not be {state}")
+        if deadline is not None and clock() >= deadline:
+            raise WaitTimeout(f"machine {m.name} is {m.state}, not {state}, after {timeout:g} s")
+
+
+def logs(ref: MachineRef, follow: bool, tail: int | None, since: float | None) -> Call:
+    params = [("follow", "true" if follow else "false")]
+    if tail is not None:
+        params.append(("tail", str(tail)))
+    if since is not None:
+        params.append(("since", repr(since)))
+    return Call(
+        "GET",
+        _machine(ref, "logs"),
+        params=tuple(params),
+        scoped=True,
+        hold=None if follow else 0.0,
+    )
+
+
+def log_line(line: str) -> LogLine | None:
+    return LogLine.model_validate_json(line) if line else None
+
+
+def log_bytes(line: LogLine) -> bytes:
+    """The exact bytes of a log line (`data` is text, with U+FFFD for undecodable bytes)."""
+    return base64.b64decode(line.data_b64) if line.data_b64 is not None else line.data.encode()
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+def events(after: int) -> Call:
+    return Call("GET", "/v1/events", params=(("after", str(after)),), scoped=True, hold=None)
+
+
+class EventDecoder:
+    """Server-sent events to EventViews, fed one line at a time (comments are keepalives)."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> EventView | None:
+        if not line:  # a blank line ends an event
+            data, self._data = self._data, []
+            return EventView.model_validate_json("\n".join(data)) if data else None
+        name, _, value = line.partition(":")
+        if name == "data":
+            self._data.append(value.removeprefix(" "))
+        return None
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+def _image(ref: str) -> str:
+    return f"/v1/images/{quote(ref, safe='')}"
+
+
+def image(ref: str) -> Plan[ImageView]:
+    return ImageView.model_validate_json((yield Call("GET", _image(ref), scoped=True)))
+
+
+def delete_image(ref: str) -> Plan[None]:
+    yield Call("DELETE", _image(ref), scoped=True)
+
+
+def pull(ref: str, public: bool) -> Call:
+    body = build(ImagePull, ref=ref, public=public)
+    return Call("POST", "/v1/images/pull", body=body, scoped=True, hold=None)
+
+
+class PullFeed:
+    """A pull's NDJSON stream: progress events to `progress`, then the image (or the error)."""
+
+    def __init__(self, progress: Callable[[PullEvent], object] | None) -> None:
+        self._progress = progress
+        self._image: ImageView | None = None
+
+    def feed(self, line: str) -> None:
+        if not line:
+            return
+        event = PullEvent.model_validate_json(line)
+        if event.error is not None:
+            raise PullFailed(event.error, 502, "Pull failed")
+        if event.image is not None:
+            self._image = event.image  # each node sends one: they are the same image
+        elif self._progress is not None:
+            self._progress(event)
+
+    def result(self) -> ImageView:
+        if self._image is None:
+            raise Unavailable("the pull ended without an image: see the controller's log")
+        return self._image
+
+
+def import_call(names: Sequence[str], public: bool, content: object) -> Plan[list[ImageView]]:
+    if isinstance(names, str):
+        names = [names]
+    params = (*(("name", n) for n in names), ("public", "true" if public else "false"))
+    call = Call("POST", "/v1/images/import", params=params, content=content, scoped=True, hold=None)
+    return [ImageView.model_validate(i) for i in json.loads((yield call))]
+
+
+@contextlib.contextmanager
+def archive(source: ArchiveSource) -> Iterator[Iterator[bytes]]:
+    """The bytes of an image archive, in chunks: from a file, an OCI layout directory (sent as
+    an OCI archive), bytes, or an open binary file."""
+    if isinstance(source, bytes):
+        yield iter((source,))
+        return
+    if not isinstance(source, str | os.PathLike):
+        yield _chunks(source)
+        return
+    path = Path(source)
+    if path.is_dir():
+        with tempfile.TemporaryFile() as spool:
+            with tarfile.open(fileobj=spool, mode="w") as tar:
+                for child in sorted(path.iterdir()):
+                    tar.add(child, arcname=child.name)
+            spool.seek(0)
+            yield _chunks(spool)
+        return
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise Invalid(f"{path} does not exist") from None
+    with f:
+        yield _chunks(f)
+
+
+def _chunks(f: IO[bytes]) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK):
+        yield chunk
+
+
+# -- projects, quotas, tokens, nodes ------------------------------------------------------------
+
+
+def _project(name: str, what: str = "") -> str:
+    return f"/v1/projects/{quote(name, safe='')}" + (f"/{what}" if what else "")
+
+
+def project_name(name: str | None, default: str | None) -> Plan[str]:
+    """The project a call is about: the one given, else the client's, else the token's own
+    (a project token sees exactly one project)."""
+    if chosen := name or default:
+        return chosen
+    projects, _ = yield from page(Call("GET", "/v1/projects"), Page[ProjectView])
+    if len(projects) != 1:
+        raise Invalid("name a project: this token sees several (or none)")
+    return projects[0].name
+
+
+def create_project(name: str, quota: QuotaSpec | None) -> Plan[ProjectView]:
+    body = build(ProjectCreate, name=name, **({"quota": quota} if quota else {}))
+    return ProjectView.model_validate_json((yield Call("POST", "/v1/projects", body=body)))
+
+
+def get_project(name: str) -> Plan[ProjectView]:
+    return ProjectView.model_validate_json((yield Call("GET", _project(name))))
+
+
+def delete_project(name: str) -> Plan[None]:
+    yield Call("DELETE", _project(name))
+
+
+def quota(name: str | None, default: str | None) -> Plan[QuotaReport]:
+    project = yield from project_name(name, default)
+    return QuotaReport.model_validate_json((yield Call("GET", _project(project, "quota"))))
+
+
+def set_quota(name: str, spec: QuotaSpec) -> Plan[QuotaReport]:
+    call = Call("PUT", _project(name, "quota"), body=spec)
+    return QuotaReport.model_validate_json((yield call))
+
+
+def quota_spec(
+    machines: int | None, vcpus: int | None, memory_mib: int | None, disk_mib: int | None
+) -> QuotaSpec:
+    return build(
+        QuotaSpec, machines=machines, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib
+    )
+
+
+def tokens(name: str | None, default: str | None) -> Plan[Call]:
+    project = yield from project_name(name, default)
+    return Call("GET", _project(project, "tokens"))
+
+
+def create_token(name: str | None, default: str | None, body: TokenCreate) -> Plan[TokenCreated]:
+    project = yield from project_name(name, default)
+    call = Call("POST", _project(project, "tokens"), body=body)
+    return TokenCreated.model_validate_json((yield call))
+
+
+def revoke_token(name: str | None, default: str | None, token_id: str) -> Plan[None]:
+    project = yield from project_name(name, default)
+    yield Call("DELETE", _project(project, f"tokens/{quote(token_id, safe='')}"))
+
+
+def raw(method: str, path: str, params: Mapping[str, str] | None, body: Any) -> Plan[Any]:
+    answer = yield Call(method, path, params=tuple((params or {}).items()), json=body)
+    return json.loads(answer) if answer else None

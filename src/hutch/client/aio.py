@@ -1,0 +1,348 @@
+"""`hutch.AsyncClient`: the asyncio SDK. The same API as `hutch.Client` (see its docstrings),
+with coroutines and async iterators:
+
+    async with hutch.AsyncClient() as client:
+        m = await client.machines.run("busybox", ["sh", "-c", "echo hello"])
+        await client.machines.wait(m)
+        async for line in client.machines.logs(m):
+            print(line.data, end="")
+"""
+
+import asyncio
+import builtins
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+import httpx
+from pydantic import BaseModel
+
+from hutch.client import _core as core
+from hutch.client._core import ArchiveSource, Call, Endpoint, MachineOptions, MachineRef, Plan
+from hutch.client.config import resolve
+from hutch.client.exec import AsyncExecSession, ExecResult, OpeningSession, opening
+from hutch.model.tenancy import Role
+from hutch.wire.common import Page
+from hutch.wire.images import ImageView, PullEvent
+from hutch.wire.machines import EventView, LogLine, MachineView
+from hutch.wire.nodes import NodeView
+from hutch.wire.tenancy import (
+    ProjectView,
+    QuotaReport,
+    QuotaSpec,
+    TokenCreate,
+    TokenCreated,
+    TokenView,
+)
+
+T = TypeVar("T")
+V = TypeVar("V", bound=BaseModel)
+
+
+class AsyncClient:
+    """A connection to a hutch controller, for asyncio; arguments as for `hutch.Client`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        project: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        context = resolve(url, token, project)
+        self._endpoint = Endpoint(context.url, context.token, context.project, timeout)
+        self._http = httpx.AsyncClient(
+            base_url=context.url, headers=self._endpoint.headers, timeout=timeout
+        )
+        self.machines = AsyncMachines(self)
+        self.images = AsyncImages(self)
+        self.projects = AsyncProjects(self)
+        self.nodes = AsyncNodes(self)
+
+    @property
+    def url(self) -> str:
+        return self._endpoint.url
+
+    @property
+    def project(self) -> str | None:
+        return self._endpoint.project
+
+    async def events(self, after: int = 0) -> AsyncGenerator[EventView, None]:
+        """The project's events after `after`, as they happen; never ends by itself. To stop
+        early, iterate inside `contextlib.aclosing(client.events())` (as for every async
+        iterator of this API that holds a connection)."""
+        decoder = core.EventDecoder()
+        async with aclosing(self._lines(core.events(after))) as lines:
+            async for line in lines:
+                if (event := decoder.feed(line)) is not None:
+                    yield event
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """Any API call: the decoded JSON answer (see Client.request)."""
+        return await self._run(core.raw(method, path, params, json))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.url!r}, project={self.project!r})"
+
+    # -- transport: plans in, answers out ----------------------------------------------------------
+
+    async def _send(self, call: Call) -> bytes:
+        try:
+            response = await self._http.request(**self._endpoint.http_args(call))
+        except httpx.TransportError as e:
+            raise self._endpoint.unreachable(e) from None
+        core.check(response.status_code, response.content)
+        return response.content
+
+    async def _run(self, plan: Plan[T]) -> T:
+        try:
+            call = next(plan)
+            while True:
+                call = plan.send(await self._send(call))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def _paged(self, call: Call | None, kind: type[Page[V]]) -> AsyncGenerator[V, None]:
+        while call is not None:
+            items, call = await self._run(core.page(call, kind))
+            for item in items:
+                yield item
+
+    async def _lines(self, call: Call) -> AsyncGenerator[str, None]:
+        try:
+            async with self._http.stream(**self._endpoint.http_args(call)) as response:
+                if response.status_code >= 400:
+                    core.check(response.status_code, await response.aread())
+                async for line in response.aiter_lines():
+                    yield line
+        except httpx.TransportError as e:
+            raise self._endpoint.unreachable(e) from None
+
+
+class AsyncMachines:
+    """`client.machines` of AsyncClient (see hutch.client.sync.Machines)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def create(
+        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+    ) -> MachineView:
+        return await self._c._run(core.create(core.machine_create(image, command, options)))
+
+    async def run(
+        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+    ) -> MachineView:
+        return await self._c._run(core.run(core.machine_create(image, command, options)))
+
+    def list(
+        self,
+        state: str | Sequence[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        all: bool = False,
+        page_size: int | None = None,
+    ) -> AsyncGenerator[MachineView, None]:
+        return self._c._paged(core.listing(state, labels, all, page_size), Page[MachineView])
+
+    async def get(self, ref: MachineRef) -> MachineView:
+        return await self._c._run(core.machine("GET", ref))
+
+    async def start(self, ref: MachineRef) -> MachineView:
+        return await self._c._run(core.machine("POST", ref, "start"))
+
+    async def stop(self, ref: MachineRef, signal: str = "", timeout: float = 10) -> MachineView:
+        return await self._c._run(core.stop(ref, signal, timeout))
+
+    async def kill(self, ref: MachineRef, signal: str = "SIGKILL") -> MachineView:
+        return await self._c._run(core.kill(ref, signal))
+
+    async def restart(self, ref: MachineRef) -> MachineView:
+        return await self._c._run(core.machine("POST", ref, "restart"))
+
+    async def delete(self, ref: MachineRef, force: bool = False) -> None:
+        await self._c._run(core.delete(ref, force))
+
+    async def wait(
+        self, ref: MachineRef, state: str = "finished", timeout: float | None = None
+    ) -> MachineView:
+        return await self._c._run(core.wait(ref, state, timeout))
+
+    async def logs(
+        self,
+        ref: MachineRef,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+    ) -> AsyncGenerator[LogLine, None]:
+        async with aclosing(self._c._lines(core.logs(ref, follow, tail, since))) as lines:
+            async for line in lines:
+                if (parsed := core.log_line(line)) is not None:
+                    yield parsed
+
+    async def exec(
+        self,
+        ref: MachineRef,
+        command: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str = "",
+        user: str = "",
+    ) -> ExecResult:
+        async with self.exec_stream(
+            ref, command, stdin=stdin is not None, env=env, workdir=workdir, user=user
+        ) as session:
+            return await session.collect(stdin)
+
+    def exec_stream(
+        self,
+        ref: MachineRef,
+        command: Sequence[str],
+        *,
+        stdin: bool = False,
+        env: Mapping[str, str] | None = None,
+        workdir: str = "",
+        user: str = "",
+    ) -> OpeningSession:
+        """`await` it for an AsyncExecSession, or `async with` it to close the session after."""
+        how = opening(
+            self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin
+        )
+        return OpeningSession(lambda: AsyncExecSession.open(how))
+
+
+class AsyncImages:
+    """`client.images` of AsyncClient (see hutch.client.sync.Images)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    def list(self) -> AsyncGenerator[ImageView, None]:
+        return self._c._paged(Call("GET", "/v1/images", scoped=True), Page[ImageView])
+
+    async def get(self, ref: str) -> ImageView:
+        return await self._c._run(core.image(ref))
+
+    async def pull(
+        self,
+        ref: str,
+        public: bool = False,
+        progress: Callable[[PullEvent], object] | None = None,
+    ) -> ImageView:
+        feed = core.PullFeed(progress)
+        async with aclosing(self._c._lines(core.pull(ref, public))) as lines:
+            async for line in lines:
+                feed.feed(line)
+        return feed.result()
+
+    async def import_(
+        self, source: ArchiveSource, names: Sequence[str] = (), public: bool = False
+    ) -> builtins.list[ImageView]:
+        archive = core.archive(source)
+        # Reading files and tarring a layout directory block: done in threads.
+        chunks = await asyncio.to_thread(archive.__enter__)
+        try:
+            return await self._c._run(core.import_call(names, public, _threaded(chunks)))
+        finally:
+            await asyncio.to_thread(archive.__exit__, None, None, None)
+
+    async def delete(self, ref: str) -> None:
+        await self._c._run(core.delete_image(ref))
+
+
+async def _threaded(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        yield chunk
+
+
+class AsyncTokens:
+    """`client.projects.tokens` of AsyncClient (see hutch.client.sync.Tokens)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def list(self, project: str | None = None) -> AsyncGenerator[TokenView, None]:
+        call = await self._c._run(core.tokens(project, self._c.project))
+        async with aclosing(self._c._paged(call, Page[TokenView])) as tokens:
+            async for token in tokens:
+                yield token
+
+    async def create(
+        self,
+        project: str | None = None,
+        *,
+        role: Role | str = Role.MEMBER,
+        name: str = "",
+        expires_in: float | None = None,
+    ) -> TokenCreated:
+        body = core.build(TokenCreate, role=role, name=name, expires_in=expires_in)
+        return await self._c._run(core.create_token(project, self._c.project, body))
+
+    async def revoke(self, token_id: str, project: str | None = None) -> None:
+        await self._c._run(core.revoke_token(project, self._c.project, token_id))
+
+
+class AsyncProjects:
+    """`client.projects` of AsyncClient (see hutch.client.sync.Projects)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+        self.tokens = AsyncTokens(client)
+
+    def list(self) -> AsyncGenerator[ProjectView, None]:
+        return self._c._paged(Call("GET", "/v1/projects"), Page[ProjectView])
+
+    async def create(self, name: str, quota: QuotaSpec | None = None) -> ProjectView:
+        return await self._c._run(core.create_project(name, quota))
+
+    async def get(self, name: str) -> ProjectView:
+        return await self._c._run(core.get_project(name))
+
+    async def delete(self, name: str) -> None:
+        await self._c._run(core.delete_project(name))
+
+    async def quota(self, name: str | None = None) -> QuotaReport:
+        return await self._c._run(core.quota(name, self._c.project))
+
+    async def set_quota(
+        self,
+        name: str,
+        *,
+        machines: int | None = None,
+        vcpus: int | None = None,
+        memory_mib: int | None = None,
+        disk_mib: int | None = None,
+    ) -> QuotaReport:
+        spec = core.quota_spec(machines, vcpus, memory_mib, disk_mib)
+        return await self._c._run(core.set_quota(name, spec))
+
+
+class AsyncNodes:
+    """`client.nodes` of AsyncClient."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    def list(self) -> AsyncGenerator[NodeView, None]:
+        return self._c._paged(Call("GET", "/v1/nodes"), Page[NodeView])

@@ -1,0 +1,97 @@
+"""What the SDK raises: the controller's problem+json as hutch's own error classes.
+
+Each class subclasses both `ApiError` (which carries the HTTP `status`, the problem's `title` and
+its `detail`) and the matching class of `hutch.model.errors`, so code can catch either kind:
+
+    try:
+        client.machines.get("web")
+    except hutch.client.NotFound as e:   # or hutch.model.errors.NotFound
+        print(e.status, e.detail)        # 404 no machine 'web' in project default
+"""
+
+from hutch.model import errors
+
+
+class ApiError(errors.HutchError):
+    """A request the controller refused, or could not be sent. `status` is the HTTP status
+    (0 when no answer came), `detail` says what went wrong and what to do (also the message)."""
+
+    def __init__(self, detail: str, status: int = 0, title: str = "") -> None:
+        super().__init__(detail or title or f"the controller answered {status}")
+        self.status = status
+        self.title = title
+        self.detail = detail
+
+
+class Invalid(ApiError, errors.Invalid):
+    """400, 413 or 422: the request is malformed, too large or asks for something impossible."""
+
+
+class Unauthenticated(ApiError, errors.Unauthenticated):
+    """401: no token, or an unknown, expired or revoked one."""
+
+
+class Forbidden(ApiError, errors.Forbidden):
+    """403: the token's role does not allow this."""
+
+
+class QuotaExceeded(ApiError, errors.QuotaExceeded):
+    """403 "Quota exceeded": the project's quota does not allow this."""
+
+
+class NotFound(ApiError, errors.NotFound):
+    """404: no such object in the project (another project's objects included)."""
+
+
+class Conflict(ApiError, errors.Conflict):
+    """409: the object is in the wrong state for this request."""
+
+
+class Unsupported(ApiError, errors.Unsupported):
+    """501: the controller or a node cannot do that at all."""
+
+
+class NoCapacity(ApiError, errors.NoCapacity):
+    """503 "No capacity": no node can take the machine (the detail gives reasons per node)."""
+
+
+class Unavailable(ApiError, errors.Unavailable):
+    """503, other 5xx, or no answer at all (status 0): the controller or a node is down."""
+
+
+class PullFailed(ApiError):
+    """An image pull that started but failed on a node (status 502): the detail says why."""
+
+
+class WaitTimeout(errors.HutchError, TimeoutError):
+    """The client-side timeout of a wait passed before the machine reached the state."""
+
+
+class Unreachable(errors.HutchError):
+    """The machine finished without reaching the state waited for, and stays finished until
+    someone starts it again."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: Invalid,
+    401: Unauthenticated,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: Invalid,
+    422: Invalid,
+    501: Unsupported,
+    503: Unavailable,
+}
+_BY_TITLE: dict[str, type[ApiError]] = {
+    "Quota exceeded": QuotaExceeded,
+    "No capacity": NoCapacity,
+}
+
+
+def error_for(status: int, title: str, detail: str) -> ApiError:
+    """The exception for a problem the controller answered (`http/problems.py` is its inverse)."""
+    cls = _BY_TITLE.get(title) or _BY_STATUS.get(status)
+    if cls is None:
+        cls = Unavailable if status >= 500 else ApiError
+    return cls(detail, status, title)

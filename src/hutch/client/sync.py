@@ -1,0 +1,433 @@
+"""`hutch.Client`: the blocking SDK over the controller's HTTP API (docs/api.md).
+
+import hutch
+
+with hutch.Client() as client:               # the current context, or HUTCH_URL/HUTCH_TOKEN
+    m = client.machines.run("busybox", ["sh", "-c", "echo hello"], runtime="container")
+    client.machines.wait(m)
+    for line in client.machines.logs(m):
+        print(line.stream, line.data, end="")  # stdout hello
+"""
+
+import builtins
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+import httpx
+from pydantic import BaseModel
+
+from hutch.client import _core as core
+from hutch.client._core import ArchiveSource, Call, Endpoint, MachineOptions, MachineRef, Plan
+from hutch.client.config import resolve
+from hutch.client.exec import ExecResult, ExecSession, opening
+from hutch.model.tenancy import Role
+from hutch.wire.common import Page
+from hutch.wire.images import ImageView, PullEvent
+from hutch.wire.machines import EventView, LogLine, MachineView
+from hutch.wire.nodes import NodeView
+from hutch.wire.tenancy import (
+    ProjectView,
+    QuotaReport,
+    QuotaSpec,
+    TokenCreate,
+    TokenCreated,
+    TokenView,
+)
+
+T = TypeVar("T")
+V = TypeVar("V", bound=BaseModel)
+
+
+class Client:
+    """A connection to a hutch controller.
+
+    `url`, `token` and `project` default to HUTCH_URL, HUTCH_TOKEN and HUTCH_PROJECT, then to the
+    current context (`hutch up` and `hutch login` save one); with none of them, the constructor
+    raises hutch.model.errors.Invalid saying how to get one. `project` is where a system token
+    acts (a project token acts in its own). `timeout` bounds each request, in seconds (long
+    polls and streams wait as long as they need). Refusals raise `hutch.client.ApiError`
+    subclasses (NotFound, Conflict, Forbidden, ...); a controller that cannot be reached
+    raises `Unavailable`.
+
+        with Client("http://127.0.0.1:7878", token, project="default") as client:
+            for m in client.machines.list():   # also: client.images, .projects, .nodes
+                print(m.name, m.state)
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        project: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        context = resolve(url, token, project)
+        self._endpoint = Endpoint(context.url, context.token, context.project, timeout)
+        self._http = httpx.Client(
+            base_url=context.url, headers=self._endpoint.headers, timeout=timeout
+        )
+        self.machines = Machines(self)
+        self.images = Images(self)
+        self.projects = Projects(self)
+        self.nodes = Nodes(self)
+
+    @property
+    def url(self) -> str:
+        return self._endpoint.url
+
+    @property
+    def project(self) -> str | None:
+        return self._endpoint.project
+
+    def events(self, after: int = 0) -> Generator[EventView, None, None]:
+        """The project's events after event id `after`, as they happen (a state change of a
+        machine is one). It never ends by itself: `close()` it (or drop it) to hang up, and
+        resume later with `after=last.id`.
+
+            for event in client.events():
+                print(event.object, event.state, event.message)
+        """
+        decoder = core.EventDecoder()
+        for line in self._lines(core.events(after)):
+            if (event := decoder.feed(line)) is not None:
+                yield event
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """Any API call, for what the SDK does not wrap: the decoded JSON answer (None when
+        empty); refusals raise like every call. No `project` is added to `params` for you.
+
+            client.request("GET", "/v1/machines", params={"project": "default", "limit": "5"})
+        """
+        return self._run(core.raw(method, path, params, json))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r}, project={self.project!r})"
+
+    # -- transport: plans in, answers out ----------------------------------------------------------
+
+    def _send(self, call: Call) -> bytes:
+        try:
+            response = self._http.request(**self._endpoint.http_args(call))
+        except httpx.TransportError as e:
+            raise self._endpoint.unreachable(e) from None
+        core.check(response.status_code, response.content)
+        return response.content
+
+    def _run(self, plan: Plan[T]) -> T:
+        return core.finish(plan, self._send)
+
+    def _paged(self, call: Call | None, kind: type[Page[V]]) -> Iterator[V]:
+        while call is not None:
+            items, call = self._run(core.page(call, kind))
+            yield from items
+
+    def _lines(self, call: Call) -> Iterator[str]:
+        try:
+            with self._http.stream(**self._endpoint.http_args(call)) as response:
+                if response.status_code >= 400:
+                    core.check(response.status_code, response.read())
+                yield from response.iter_lines()
+        except httpx.TransportError as e:
+            raise self._endpoint.unreachable(e) from None
+
+
+class Machines:
+    """`client.machines`: run OCI images, each in its own micro-VM (or container).
+
+    A machine is referred to by its id (`m-...`), its name, or the MachineView itself.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(
+        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+    ) -> MachineView:
+        """Create a machine (and start it unless `start=False`); returns at once, `created`.
+        `command` replaces the image's Cmd; `options` are MachineOptions: name, entrypoint,
+        env, workdir, user, cpus, memory_mib, disk_mib, runtime, restart, labels, auto_destroy,
+        start. Over quota: QuotaExceeded; no node can take it: NoCapacity (reasons per node).
+
+            m = client.machines.create("nginx:1.27", name="web", memory_mib=256,
+                                       labels={"app": "web"}, restart="on-failure")
+        """
+        return self._c._run(core.create(core.machine_create(image, command, options)))
+
+    def run(
+        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+    ) -> MachineView:
+        """Create and start a machine; return once it runs (or, if it was quick, has ended),
+        so its logs and exec are available. Takes the same options as `create`.
+
+            m = client.machines.run("busybox", ["sleep", "600"], runtime="container")
+            print(client.machines.exec(m, ["uname", "-a"]).stdout)
+        """
+        return self._c._run(core.run(core.machine_create(image, command, options)))
+
+    def list(
+        self,
+        state: str | Sequence[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        all: bool = False,
+        page_size: int | None = None,
+    ) -> Iterator[MachineView]:
+        """The project's machines, oldest first, fetching pages as you iterate. `state` keeps
+        those in it (a state or several), `labels` those with all these labels, `all` adds
+        the destroyed ones; `page_size` is how many each request fetches (server default 100,
+        at most 200).
+
+            running = [m.name for m in client.machines.list(state="running")]
+        """
+        return self._c._paged(core.listing(state, labels, all, page_size), Page[MachineView])
+
+    def get(self, ref: MachineRef) -> MachineView:
+        """The machine now (NotFound if it is not in the project)."""
+        return self._c._run(core.machine("GET", ref))
+
+    def start(self, ref: MachineRef) -> MachineView:
+        """Start a machine that is not running (created stopped, exited or failed):
+        a new generation of it. Conflict if it runs."""
+        return self._c._run(core.machine("POST", ref, "start"))
+
+    def stop(self, ref: MachineRef, signal: str = "", timeout: float = 10) -> MachineView:
+        """Ask it to stop: `signal` (default: the image's stop signal, else SIGTERM), then a
+        kill after `timeout` seconds. Returns at once (`stopping`); `wait()` for the end."""
+        return self._c._run(core.stop(ref, signal, timeout))
+
+    def kill(self, ref: MachineRef, signal: str = "SIGKILL") -> MachineView:
+        """Send a signal to the workload: SIGKILL ends the machine without grace, others are
+        just delivered (it may live on)."""
+        return self._c._run(core.kill(ref, signal))
+
+    def restart(self, ref: MachineRef) -> MachineView:
+        """Stop it if it runs, and start a new generation."""
+        return self._c._run(core.machine("POST", ref, "restart"))
+
+    def delete(self, ref: MachineRef, force: bool = False) -> None:
+        """Destroy it and what it left on its node. A running machine is a Conflict unless
+        `force` (then it is killed)."""
+        self._c._run(core.delete(ref, force))
+
+    def wait(
+        self, ref: MachineRef, state: str = "finished", timeout: float | None = None
+    ) -> MachineView:
+        """Block until the machine is in `state` (a MachineState, or "finished": exited, failed
+        or destroyed) and return it; WaitTimeout (a TimeoutError) once `timeout` seconds
+        passed, None waits as long as it takes; Unreachable when it finished elsewhere.
+
+            m = client.machines.wait("job", timeout=600)
+            print(m.state, m.exit_code, m.error)
+        """
+        return self._c._run(core.wait(ref, state, timeout))
+
+    def logs(
+        self,
+        ref: MachineRef,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+    ) -> Generator[LogLine, None, None]:
+        """Its output as LogLines (`stream`, `time`, `data`; exact bytes:
+        `hutch.client.log_bytes(line)`): the last `tail` chunks, or those since epoch
+        seconds `since`; with `follow`, then what comes until the machine ends.
+
+            for line in client.machines.logs(m, follow=True):
+                (sys.stdout if line.stream == "stdout" else sys.stderr).write(line.data)
+        """
+        for line in self._c._lines(core.logs(ref, follow, tail, since)):
+            if (parsed := core.log_line(line)) is not None:
+                yield parsed
+
+    def exec(
+        self,
+        ref: MachineRef,
+        command: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str = "",
+        user: str = "",
+    ) -> ExecResult:
+        """Run `command` in the running machine and wait for it: its exit code and output.
+        `stdin` is fed to it (then closed); `env` adds to the machine's environment.
+
+            r = client.machines.exec(m, ["sh", "-c", "tr a-z A-Z"], stdin=b"hi")
+            assert (r.exit_code, r.stdout) == (0, b"HI")
+        """
+        with self.exec_stream(
+            ref, command, stdin=stdin is not None, env=env, workdir=workdir, user=user
+        ) as session:
+            return session.collect(stdin)
+
+    def exec_stream(
+        self,
+        ref: MachineRef,
+        command: Sequence[str],
+        *,
+        stdin: bool = False,
+        env: Mapping[str, str] | None = None,
+        workdir: str = "",
+        user: str = "",
+    ) -> ExecSession:
+        """Start `command` in the running machine and return the live session: iterate it
+        for output, `write()` to its stdin (if `stdin`), `signal()`, `wait()`. Close it when
+        done (`with`): closing a session kills a command still running."""
+        how = opening(
+            self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin
+        )
+        return ExecSession.open(how)
+
+
+class Images:
+    """`client.images`: OCI images in the nodes' stores, the project's and the public ones."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> Iterator[ImageView]:
+        """The images the project sees, newest first."""
+        return self._c._paged(Call("GET", "/v1/images", scoped=True), Page[ImageView])
+
+    def get(self, ref: str) -> ImageView:
+        """An image by name (`busybox`, `registry.example.com/app:1.2`) or digest."""
+        return self._c._run(core.image(ref))
+
+    def pull(
+        self,
+        ref: str,
+        public: bool = False,
+        progress: Callable[[PullEvent], object] | None = None,
+    ) -> ImageView:
+        """Pull an image from its registry onto every ready node; `progress` is called with
+        each PullEvent (layer, status, done and total bytes). A failed pull raises PullFailed.
+
+            image = client.images.pull("registry.example.com/app:1.2",
+                                       progress=lambda e: print(e.status, e.done, e.total))
+        """
+        feed = core.PullFeed(progress)
+        for line in self._c._lines(core.pull(ref, public)):
+            feed.feed(line)
+        return feed.result()
+
+    def import_(
+        self, source: ArchiveSource, names: Sequence[str] = (), public: bool = False
+    ) -> builtins.list[ImageView]:
+        """Import a `docker save` or OCI archive (a path, bytes or an open binary file) or an
+        OCI layout directory; `names` name the image. Returns the images it held.
+
+            client.images.import_("app.tar", names=["app:1.2"])
+        """
+        with core.archive(source) as chunks:
+            return self._c._run(core.import_call(names, public, chunks))
+
+    def delete(self, ref: str) -> None:
+        """Remove the image's name or the image (NotFound if the project does not see it)."""
+        self._c._run(core.delete_image(ref))
+
+
+class Tokens:
+    """`client.projects.tokens`: a project's API tokens (admin role). `project` defaults to the
+    client's, else the token's own."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self, project: str | None = None) -> Iterator[TokenView]:
+        call = self._c._run(core.tokens(project, self._c.project))
+        return self._c._paged(call, Page[TokenView])
+
+    def create(
+        self,
+        project: str | None = None,
+        *,
+        role: Role | str = Role.MEMBER,
+        name: str = "",
+        expires_in: float | None = None,
+    ) -> TokenCreated:
+        """A new token with `role` (reader, member, admin), working for `expires_in` seconds
+        (None: until revoked). Its `secret` is only ever shown here.
+
+            token = client.projects.tokens.create("team-a", role="reader", name="ci")
+            ci = Client(client.url, token.secret)
+        """
+        body = core.build(TokenCreate, role=role, name=name, expires_in=expires_in)
+        return self._c._run(core.create_token(project, self._c.project, body))
+
+    def revoke(self, token_id: str, project: str | None = None) -> None:
+        """Revoke a token by its id (`t-...`): it stops working at once."""
+        self._c._run(core.revoke_token(project, self._c.project, token_id))
+
+
+class Projects:
+    """`client.projects`: tenants. Creating and deleting them, and setting quotas, takes a
+    system token; any token reads its own project."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+        self.tokens = Tokens(client)
+
+    def list(self) -> Iterator[ProjectView]:
+        """Every project (system token), or the token's own."""
+        return self._c._paged(Call("GET", "/v1/projects"), Page[ProjectView])
+
+    def create(self, name: str, quota: QuotaSpec | None = None) -> ProjectView:
+        """A new project (a DNS label), with an optional quota (default: unlimited)."""
+        return self._c._run(core.create_project(name, quota))
+
+    def get(self, name: str) -> ProjectView:
+        return self._c._run(core.get_project(name))
+
+    def delete(self, name: str) -> None:
+        """Delete an empty project (Conflict while it has machines)."""
+        self._c._run(core.delete_project(name))
+
+    def quota(self, name: str | None = None) -> QuotaReport:
+        """The project's quota and what its machines use now."""
+        return self._c._run(core.quota(name, self._c.project))
+
+    def set_quota(
+        self,
+        name: str,
+        *,
+        machines: int | None = None,
+        vcpus: int | None = None,
+        memory_mib: int | None = None,
+        disk_mib: int | None = None,
+    ) -> QuotaReport:
+        """Replace the project's quota: every limit left None is unlimited.
+
+        client.projects.set_quota("team-a", machines=10, vcpus=8, memory_mib=8192)
+        """
+        spec = core.quota_spec(machines, vcpus, memory_mib, disk_mib)
+        return self._c._run(core.set_quota(name, spec))
+
+
+class Nodes:
+    """`client.nodes`: the hosts that run machines (system tokens)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> Iterator[NodeView]:
+        """Every node: its runtimes, capacity, what is allocated, its state."""
+        return self._c._paged(Call("GET", "/v1/nodes"), Page[NodeView])

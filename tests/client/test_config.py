@@ -1,0 +1,55 @@
+"""Where the CLI and SDK find their controller: arguments, the environment, saved contexts."""
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from hutch.client.config import Context, configured, load, resolve, save_context
+from hutch.model.errors import Invalid
+
+
+@pytest.fixture(autouse=True)
+def contexts_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "contexts.toml"
+    monkeypatch.setenv("HUTCH_CLIENT_CONFIG", str(path))
+    for name in ("HUTCH_URL", "HUTCH_TOKEN", "HUTCH_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
+def test_nothing_configured_says_how_to_get_a_controller() -> None:
+    with pytest.raises(Invalid, match="hutch up"):
+        resolve()
+    assert not configured()
+
+
+def test_saved_contexts_round_trip_private(contexts_file: Path) -> None:
+    save_context("local", Context("http://127.0.0.1:8800/", "t1", "p1"))
+    save_context("other", Context("http://10.0.0.1", 'to"ken'), make_current=False)
+    current, contexts = load()
+    assert current == "local"
+    assert contexts["other"] == Context("http://10.0.0.1", 'to"ken')
+    assert stat.S_IMODE(contexts_file.stat().st_mode) == 0o600
+    assert resolve() == Context("http://127.0.0.1:8800", "t1", "p1")
+
+
+def test_the_environment_overrides_the_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    save_context("local", Context("http://127.0.0.1:8800", "t1", "p1"))
+    monkeypatch.setenv("HUTCH_PROJECT", "p2")
+    assert resolve() == Context("http://127.0.0.1:8800", "t1", "p2")
+    monkeypatch.setenv("HUTCH_TOKEN", "t2")  # another token: not the context's project
+    monkeypatch.delenv("HUTCH_PROJECT")
+    assert resolve() == Context("http://127.0.0.1:8800", "t2", None)
+    monkeypatch.setenv("HUTCH_URL", "http://127.0.0.1:9900")  # another controller entirely
+    assert resolve() == Context("http://127.0.0.1:9900", "t2", None)
+    monkeypatch.delenv("HUTCH_TOKEN")
+    with pytest.raises(Invalid, match="HUTCH_TOKEN"):
+        resolve()
+    assert resolve(token="t3", project="p3") == Context("http://127.0.0.1:9900", "t3", "p3")
+
+
+def test_a_broken_contexts_file_is_named(contexts_file: Path) -> None:
+    contexts_file.write_text("current = [")
+    with pytest.raises(Invalid, match="not a valid contexts file"):
+        resolve()
