@@ -11,15 +11,19 @@ from tests.conftest import CACHE_DIR
 HUTCH = str(Path(sys.executable).parent / "hutch")
 
 Hutch = Callable[..., subprocess.CompletedProcess[str]]
+CLIENT_VARIABLES = ("HUTCH_URL", "HUTCH_TOKEN", "HUTCH_PROJECT", "HUTCH_CLIENT_CONFIG")
 
 
 @pytest.fixture
 def hutch_env(short_dir: Path) -> dict[str, str]:
+    """A CLI that knows no controller (not the developer's own) until a test gives it one."""
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
     return {
-        **os.environ,
+        **env,
         "HUTCH_STATE_DIR": str(short_dir / "state"),
         "HUTCH_CACHE_DIR": str(CACHE_DIR),
         "HUTCH_CONFIG": str(short_dir / "none.toml"),
+        "HUTCH_CLIENT_CONFIG": str(short_dir / "contexts.toml"),
     }
 
 

@@ -1,4 +1,9 @@
-"""`hutch image`: this host's image store (pull, import, list, inspect, remove, export)."""
+"""`hutch image`: pull, import, list, inspect, remove images; export them from this host.
+
+With a controller configured (`hutch up`, `hutch login`, HUTCH_URL), pull, import, ls, inspect
+and rm go through its API, so they reach every node; otherwise, or with --local, they act on
+this host's store. `export` always reads this host's store.
+"""
 
 import asyncio
 import json
@@ -15,15 +20,25 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from hutch import config
 from hutch.agent import images
 from hutch.agent.runtimes import RUNTIMES, open_driver
+from hutch.cli.remote import OutputOpt, check_output, connect, dump, emit, when
+from hutch.client.config import configured
 from hutch.images.pull import PullProgress
 from hutch.images.store import StoredImage
 from hutch.model.errors import Invalid
 from hutch.model.image import parse_ref
 from hutch.model.units import format_bytes
+from hutch.wire.images import PullEvent
 
-app = typer.Typer(help="Images in this host's store: pull, import, list, inspect, remove.")
-ProjectOpt = Annotated[str | None, typer.Option(help="Project (default: the `project` setting).")]
-OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table or json.")]
+app = typer.Typer(
+    help="Images: pull, import, list, remove, export. Through the controller when one is "
+    "configured (hutch up, hutch login), else in this host's store (and always with --local)."
+)
+ProjectOpt = Annotated[
+    str | None, typer.Option(help="Project (default: the context's, else the `project` setting).")
+]
+LocalOpt = Annotated[
+    bool, typer.Option("--local", help="This host's store, even when a controller is configured.")
+]
 
 
 def _err(msg: str) -> None:
@@ -32,6 +47,14 @@ def _err(msg: str) -> None:
 
 def _project(project: str | None, settings: config.Settings) -> str:
     return project or settings.project
+
+
+def _remote(local: bool) -> bool:
+    return not local and configured()
+
+
+def _short(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12]
 
 
 def _view(image: StoredImage) -> dict[str, Any]:
@@ -53,10 +76,24 @@ def pull(
     public: Annotated[bool, typer.Option(help="Visible to every project.")] = False,
     username: Annotated[str, typer.Option(help="Registry user (else from settings).")] = "",
     password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
+    local: LocalOpt = False,
 ) -> None:
-    """Pull an image from its registry into this host's store (resumes an interrupted pull)."""
-    settings = config.load()
+    """Pull an image from its registry (resumes an interrupted pull)."""
     parsed = parse_ref(ref)
+    if _remote(local):
+        if username:
+            raise Invalid(
+                "through a controller, registry credentials come from the nodes' settings "
+                "(registries in hutch.toml); use --local to pull with --username here"
+            )
+        started = time.monotonic()
+        with connect(project) as client, _PullDisplay() as display:
+            view = client.images.pull(ref, public=public, progress=display.overall)
+        took = time.monotonic() - started
+        _err(f"pulled {parsed.familiar()} ({format_bytes(view.size)}) in {took:.1f} s")
+        typer.echo(view.id)
+        return
+    settings = config.load()
     credentials = None
     if username:
         if not password_stdin:
@@ -95,6 +132,7 @@ class _PullDisplay:
             transient=True,
         )
         self._tasks: dict[str, Any] = {}
+        self._layers_seen: set[str] = set()
 
     def __enter__(self) -> "_PullDisplay":
         if self._tty:
@@ -106,20 +144,26 @@ class _PullDisplay:
             self._progress.stop()
 
     def update(self, event: PullProgress) -> None:
-        short = event.layer.removeprefix("sha256:")[:12]
+        """A local pull's event: a bar per layer."""
+        self._show(event.layer, event.status, event.layer_done, event.layer_total)
+
+    def overall(self, event: PullEvent) -> None:
+        """A pull through the controller: its events count the bytes of all layers, so one bar."""
+        self._show("", event.status, event.done, event.total, event.layer)
+
+    def _show(self, key: str, status: str, done: int, total: int, layer: str = "") -> None:
+        short = _short(layer or key)
         if not self._tty:
-            if event.status in ("exists", "done"):
-                what = "already here" if event.status == "exists" else "fetched"
-                _err(f"layer {short} {what} ({format_bytes(event.layer_total)})")
+            if status in ("exists", "done") and (layer or key) not in self._layers_seen:
+                self._layers_seen.add(layer or key)
+                what = "already here" if status == "exists" else "fetched"
+                size = f" ({format_bytes(total)})" if key else ""
+                _err(f"layer {short} {what}{size}")
             return
-        task = self._tasks.get(event.layer)
+        task = self._tasks.get(key)
         if task is None:
-            task = self._tasks[event.layer] = self._progress.add_task(
-                short, total=event.layer_total
-            )
-        self._progress.update(
-            task, completed=event.layer_done, description=f"{short} {event.status}"
-        )
+            task = self._tasks[key] = self._progress.add_task(short, total=total)
+        self._progress.update(task, completed=done, total=total, description=f"{short} {status}")
 
 
 @app.command("import")
@@ -133,8 +177,23 @@ def import_(
     name: Annotated[list[str] | None, typer.Option(help="Name the image (repeatable).")] = None,
     project: ProjectOpt = None,
     public: Annotated[bool, typer.Option(help="Visible to every project.")] = False,
+    local: LocalOpt = False,
 ) -> None:
-    """Import a `docker save` archive, an OCI archive or an OCI layout directory."""
+    """Import an image archive or layout.
+
+    A `docker save` archive, an OCI archive or an OCI layout directory.
+    """
+    if _remote(local):
+        with connect(project) as client:
+            source = sys.stdin.buffer if file == "-" else file
+            views = client.images.import_(source, names=name or (), public=public)
+        for view in views:
+            _err(
+                f"imported {', '.join(view.names) or 'an unnamed image'} "
+                f"({format_bytes(view.size)})"
+            )
+            typer.echo(view.id)
+        return
     settings = config.load()
     stream: BinaryIO
     if file == "-":
@@ -168,29 +227,49 @@ def import_(
 
 
 @app.command("ls")
-def ls(project: ProjectOpt = None, output: OutputOpt = "table") -> None:
+def ls(project: ProjectOpt = None, output: OutputOpt = "table", local: LocalOpt = False) -> None:
     """List the images a project sees: its own and the public ones."""
-    settings = config.load()
-    found = images.open_store(settings).images(_project(project, settings))
-    if output == "json":
-        typer.echo(json.dumps([_view(i) for i in found], indent=2))
-        return
+    check_output(output)
+    views: list[dict[str, Any]]
+    if _remote(local):
+        with connect(project) as client:
+            views = [i.model_dump(mode="json") for i in client.images.list()]
+    else:
+        settings = config.load()
+        views = [_view(i) for i in images.open_store(settings).images(_project(project, settings))]
     if output != "table":
-        raise Invalid(f"unknown output format {output!r}: use table or json")
-    typer.echo(f"{'NAME':<48} {'IMAGE ID':<13} {'SIZE':>10}  {'CREATED':<20} PUBLIC")
-    for image in found:
-        names = [parse_ref(n).familiar() for n in image.names] or ["<none>"]
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(image.created))
-        for n in names:
-            typer.echo(
-                f"{n:<48} {image.short_id:<13} {format_bytes(image.size):>10}  {created:<20} "
-                f"{'yes' if image.public else 'no'}"
-            )
+        dump(views, output)
+        return
+    rows = [
+        (parse_ref(n).familiar() if n else "<none>", v) for v in views for n in v["names"] or [""]
+    ]
+    emit(
+        rows,
+        [
+            ("NAME", lambda r: r[0]),
+            ("IMAGE ID", lambda r: _short(r[1]["id"])),
+            ("SIZE", lambda r: format_bytes(r[1]["size"])),
+            ("CREATED", lambda r: when(r[1]["created"])),
+            ("PUBLIC", lambda r: r[1]["public"]),
+        ],
+        "table",
+    )
 
 
 @app.command()
-def inspect(ref: Annotated[str, typer.Argument(metavar="REF")], project: ProjectOpt = None) -> None:
-    """Show an image: digest, names, size, config, layers (JSON)."""
+def inspect(
+    ref: Annotated[str, typer.Argument(metavar="REF")],
+    project: ProjectOpt = None,
+    local: LocalOpt = False,
+) -> None:
+    """Show an image, as JSON.
+
+    Its digest, names and size (and, from this host's store, its config and layers).
+    """
+    if _remote(local):
+        with connect(project) as client:
+            dump(client.images.get(ref), "json")
+        return
     settings = config.load()
     store = images.open_store(settings)
     image = store.resolve(ref, _project(project, settings))
@@ -206,8 +285,17 @@ def inspect(ref: Annotated[str, typer.Argument(metavar="REF")], project: Project
 def rm(
     refs: Annotated[list[str], typer.Argument(metavar="REF...")],
     project: ProjectOpt = None,
+    local: LocalOpt = False,
 ) -> None:
-    """Remove images from the store (and the roots prepared from them, unless in use)."""
+    """Remove images (and the roots prepared from them, unless in use)."""
+    if _remote(local):
+        with connect(project) as client:
+            for ref in refs:
+                view = client.images.get(ref)
+                client.images.delete(ref)
+                _err(f"removed {ref}")
+                typer.echo(view.id)
+        return
     settings = config.load()
     in_use = asyncio.run(_roots_in_use(settings))
     for ref in refs:
@@ -238,7 +326,10 @@ def export(
     ],
     project: ProjectOpt = None,
 ) -> None:
-    """Write an image to an OCI archive (readable by skopeo, umoci, podman, hutch import)."""
+    """Write an image to an OCI archive.
+
+    From this host's store; skopeo, umoci, podman and `hutch image import` read it.
+    """
     settings = config.load()
     if file == "-":
         if sys.stdout.isatty():

@@ -5,7 +5,7 @@ import sys
 import typer
 
 from hutch import __version__
-from hutch.cli import image, sandbox, setup
+from hutch.cli import contexts, image, machines, nodes, projects, sandbox, serve, setup
 from hutch.model.errors import HutchError
 
 HUTCH_ERROR_EXIT = 125  # like docker: the workload's own codes stay unambiguous
@@ -21,6 +21,29 @@ app = typer.Typer(
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(image.app, name="image")
 app.command("setup")(setup.setup)
+app.command("up")(serve.up)
+app.command("down")(serve.down)
+app.command("controller")(serve.controller)
+app.command("agent")(serve.agent)
+app.command(
+    "run", context_settings={"allow_interspersed_args": False}, epilog=machines.RUN_EXAMPLES
+)(machines.run)
+app.command("ps")(machines.ps)
+app.command("logs")(machines.logs)
+app.command("exec", context_settings={"allow_interspersed_args": False})(machines.exec_)
+app.command("stop")(machines.stop)
+app.command("start")(machines.start)
+app.command("restart")(machines.restart)
+app.command("kill")(machines.kill)
+app.command("rm")(machines.rm)
+app.command("wait")(machines.wait)
+app.command("inspect")(machines.inspect)
+app.add_typer(projects.project_app, name="project")
+app.add_typer(projects.token_app, name="token")
+app.add_typer(projects.quota_app, name="quota")
+app.add_typer(nodes.app, name="node")
+app.command("login")(contexts.login)
+app.add_typer(contexts.app, name="context")
 
 
 @app.command()

@@ -1,0 +1,405 @@
+"""`hutch run`, `ps`, `logs`, `exec`, `stop`, `start`, `restart`, `kill`, `rm`, `wait`,
+`inspect`: machines through the controller (see `hutch up` or `hutch login`)."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Annotated, cast
+
+import typer
+
+from hutch.cli.remote import OutputOpt, ago, connect, connect_async, dump, emit, pairs, progress
+from hutch.client import AsyncClient, ExecSession, MachineOptions, log_bytes
+from hutch.model.errors import HutchError, Invalid
+from hutch.model.machine import MachineState
+from hutch.model.units import parse_mib
+from hutch.wire.machines import LogLine, MachineView
+
+HUTCH_ERROR_EXIT = 125  # as in cli/main.py: hutch itself refused or failed
+INTERRUPTED_EXIT = 130
+
+Refs = Annotated[list[str], typer.Argument(metavar="MACHINE...", help="Machine ids or names.")]
+Ref = Annotated[str, typer.Argument(metavar="MACHINE", help="A machine's id or name.")]
+
+
+def _argv(command: list[str] | None) -> list[str] | None:
+    argv = list(command or ())
+    if argv[:1] == ["--"]:  # options end at IMAGE, so click passes the separator through
+        argv = argv[1:]
+    return argv or None
+
+
+def _write(line: LogLine) -> None:
+    out = sys.stdout if line.stream == "stdout" else sys.stderr
+    out.buffer.write(log_bytes(line))
+    out.buffer.flush()
+
+
+def _status(m: MachineView) -> str:
+    if m.state is MachineState.EXITED:
+        return f"exited ({m.exit_code})" + (", out of memory" if m.oom_killed else "")
+    if m.state is MachineState.FAILED:
+        return f"failed: {m.error}" if m.error else "failed"
+    return str(m.state)
+
+
+def _exit_code(m: MachineView) -> int:
+    """The workload's exit code, explaining on stderr what it does not say by itself."""
+    if m.exit_code is None:
+        progress(f"machine {m.name} {_status(m)}")
+        return HUTCH_ERROR_EXIT
+    if m.error:  # it ran, but not its command (not found, not executable)
+        progress(f"machine {m.name}: {m.error}")
+    if m.oom_killed:
+        progress(f"machine {m.name} ran out of memory (limit {m.memory_mib} MiB)")
+    return m.exit_code
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+
+RUN_EXAMPLES = (
+    "Examples: hutch run busybox -- echo hello;  "
+    "hutch run -d --name web -m 256M -e MODE=prod nginx:1.27;  "
+    "hutch run --rm --runtime container busybox -- sh -c 'uname -a'"
+)
+
+
+def run(
+    image: Annotated[
+        str, typer.Argument(metavar="IMAGE", help="An image the project sees (hutch image ls).")
+    ],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="CMD", help="Command and arguments (replace the image's Cmd)."),
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Print the machine's id and return.")
+    ] = False,
+    rm: Annotated[bool, typer.Option("--rm", help="Destroy the machine when it ends.")] = False,
+    name: Annotated[str | None, typer.Option(help="A name, unique in the project.")] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
+    ] = None,
+    cpus: Annotated[int | None, typer.Option(help="vCPUs (default 1).")] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", "-m", help="RAM, e.g. 256M or 1G (default 128M).")
+    ] = None,
+    disk: Annotated[
+        str | None, typer.Option(help="Writable space over the image (default: memory / 2).")
+    ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(help="microvm (default: a VM each) or container (crun: trusted code only)."),
+    ] = None,
+    restart: Annotated[str | None, typer.Option(help="no (default), on-failure or always.")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE, repeatable.")
+    ] = None,
+    workdir: Annotated[
+        str | None, typer.Option("--workdir", "-w", help="Working directory inside.")
+    ] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", help="USER[:GROUP] or UID[:GID] inside.")
+    ] = None,
+    entrypoint: Annotated[
+        str | None, typer.Option(help="Replace the image's entrypoint (and drop its Cmd).")
+    ] = None,
+) -> None:
+    """Run an image in a new machine (a micro-VM of its own).
+
+    Attached (the default), the machine's stdout and stderr go to hutch's, and hutch exits with
+    the workload's exit code (125 when the machine failed or hutch refused). Ctrl-C stops the
+    machine gracefully; a second Ctrl-C leaves it and returns.
+    """
+    given = {
+        "name": name,
+        "env": pairs(env, "--env") or None,
+        "labels": pairs(label, "--label") or None,
+        "cpus": cpus,
+        "memory_mib": parse_mib(memory) if memory is not None else None,
+        "disk_mib": parse_mib(disk) if disk is not None else None,
+        "runtime": runtime,
+        "restart": restart,
+        "workdir": workdir,
+        "user": user,
+        "entrypoint": entrypoint.split() if entrypoint is not None else None,
+    }
+    # What is not given takes the server's default (the SDK leaves it out of the request).
+    options = cast(MachineOptions, {k: v for k, v in given.items() if v is not None})
+    if detach:
+        options["auto_destroy"] = rm
+        with connect() as client:
+            m = client.machines.create(image, _argv(command), **options)
+        typer.echo(m.id)
+        return
+    sys.exit(asyncio.run(_attached(image, _argv(command), options, rm)))
+
+
+async def _attached(
+    image: str, command: list[str] | None, options: MachineOptions, rm: bool
+) -> int:
+    # --rm is done here, not with auto_destroy: a machine destroyed as it ends takes its logs
+    # along, and a quick one would end before its output could be read.
+    async with connect_async() as client:
+        m = await client.machines.create(image, command, **options)
+        try:
+            return await _attach(client, m)
+        finally:
+            if rm:
+                with contextlib.suppress(HutchError):
+                    await client.machines.delete(m.id, force=True)
+
+
+async def _attach(client: AsyncClient, m: MachineView) -> int:
+    """Output until the machine ends, then its exit code. First Ctrl-C (or SIGTERM): stop it
+    gracefully; second: leave."""
+    loop = asyncio.get_running_loop()
+    follow = asyncio.ensure_future(_follow(client, m))
+    stops: list[asyncio.Future[MachineView]] = []
+
+    def on_signal() -> None:
+        if not stops:
+            progress(f"stopping {m.name} (Ctrl-C again to leave it)")
+            stops.append(asyncio.ensure_future(client.machines.stop(m.id)))
+        else:
+            follow.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        final = await follow
+    except asyncio.CancelledError:
+        progress(f"left {m.name} (`hutch ps -a` shows what becomes of it)")
+        return INTERRUPTED_EXIT
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        for stopping in stops:  # its answer does not matter: the machine's end does
+            with contextlib.suppress(HutchError, asyncio.CancelledError):
+                await stopping
+    return _exit_code(final)
+
+
+async def _follow(client: AsyncClient, m: MachineView) -> MachineView:
+    started = await client.machines.wait(m.id, "started")
+    if started.state is not MachineState.FAILED:  # a failed start has no sandbox, no logs
+        async with contextlib.aclosing(client.machines.logs(m.id, follow=True)) as lines:
+            async for line in lines:
+                _write(line)
+    return await client.machines.wait(m.id)
+
+
+# -- listing and looking ----------------------------------------------------------------------
+
+
+def ps(
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Include destroyed machines.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print ids only.")] = False,
+    state: Annotated[
+        list[str] | None, typer.Option(help="Only machines in this state (repeatable).")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="Only with KEY=VALUE (repeatable).")
+    ] = None,
+    output: OutputOpt = "table",
+) -> None:
+    """List the project's machines (-a: destroyed ones too)."""
+    with connect() as client:
+        machines = list(client.machines.list(state, pairs(label, "--label"), all_))
+    if quiet:
+        for m in machines:
+            typer.echo(m.id)
+        return
+    emit(
+        machines,
+        [
+            ("ID", lambda m: m.id),
+            ("NAME", lambda m: m.name),
+            ("IMAGE", lambda m: m.image),
+            ("RUNTIME", lambda m: m.runtime),
+            ("STATUS", _status),
+            ("CREATED", lambda m: ago(m.created_at)),
+        ],
+        output,
+    )
+
+
+def logs(
+    ref: Ref,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the machine ends.")
+    ] = False,
+    tail: Annotated[
+        int | None,
+        typer.Option(
+            "--tail", "-n", help="Only the last N lines (as the node counts them: writes)."
+        ),
+    ] = None,
+) -> None:
+    """Print a machine's output.
+
+    Its stdout goes to stdout and its stderr to stderr; -f follows until the machine ends.
+    """
+    with connect() as client:
+        for line in client.machines.logs(ref, follow=follow, tail=tail):
+            _write(line)
+
+
+def inspect(ref: Ref) -> None:
+    """Show a machine, as JSON."""
+    with connect() as client:
+        dump(client.machines.get(ref), "json")
+
+
+# -- exec -----------------------------------------------------------------------------------------
+
+
+def exec_(
+    ref: Ref,
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="CMD...", help="Command and arguments, after --."),
+    ] = None,
+    interactive: Annotated[
+        bool, typer.Option("--interactive", "-i", help="Send hutch's stdin to the command.")
+    ] = False,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
+    ] = None,
+    workdir: Annotated[
+        str, typer.Option("--workdir", "-w", help="Working directory (default: the machine's).")
+    ] = "",
+    user: Annotated[
+        str, typer.Option("--user", "-u", help="USER[:GROUP] (default: the machine's).")
+    ] = "",
+) -> None:
+    """Run a command in a running machine.
+
+    Its stdout and stderr go to hutch's, and hutch exits with its exit code; with -i, hutch's
+    stdin goes to it. Ctrl-C ends it.
+    """
+    argv = _argv(command)
+    if not argv:
+        raise Invalid("give the command to run after --, e.g. hutch exec web -- ls /")
+    with (
+        connect() as client,
+        client.machines.exec_stream(
+            ref, argv, stdin=interactive, env=pairs(env, "--env"), workdir=workdir, user=user
+        ) as session,
+    ):
+        if interactive:
+            threading.Thread(target=_forward_stdin, args=(session,), daemon=True).start()
+        for stream, data in session:
+            out = sys.stdout if stream == "stdout" else sys.stderr
+            out.buffer.write(data)
+            out.buffer.flush()
+    assert session.end is not None
+    if session.end.error:
+        progress(session.end.error)
+    sys.exit(session.end.exit_code)
+
+
+def _forward_stdin(session: ExecSession) -> None:
+    with contextlib.suppress(OSError, HutchError):
+        # os.read: what is there now (a line on a terminal), not a full buffer.
+        while chunk := os.read(sys.stdin.fileno(), 1 << 16):
+            session.write(chunk)
+    with contextlib.suppress(Exception):
+        session.close_stdin()
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+
+
+StopTimeout = Annotated[
+    float, typer.Option("--time", "-t", help="Seconds from the stop signal to the kill.")
+]
+
+
+def stop(
+    refs: Refs,
+    time: StopTimeout = 10.0,
+    signal_: Annotated[
+        str, typer.Option("--signal", "-s", help="Stop signal (default: the image's, or TERM).")
+    ] = "",
+) -> None:
+    """Stop machines gracefully.
+
+    Each gets its stop signal, then a kill after --time seconds; hutch waits until they ended.
+    """
+    with connect() as client:
+        for ref in refs:
+            client.machines.stop(ref, signal_, time)
+        for ref in refs:
+            client.machines.wait(ref, timeout=time + 30)
+            typer.echo(ref)
+
+
+def start(refs: Refs) -> None:
+    """Start stopped or ended machines again."""
+    with connect() as client:
+        for ref in refs:
+            client.machines.start(ref)
+            client.machines.wait(ref, "started")
+            typer.echo(ref)
+
+
+def restart(refs: Refs) -> None:
+    """Restart machines (stop them if they run, then start them)."""
+    with connect() as client:
+        for ref in refs:
+            client.machines.restart(ref)
+            client.machines.wait(ref, "started")
+            typer.echo(ref)
+
+
+def kill(
+    refs: Refs,
+    signal_: Annotated[str, typer.Option("--signal", "-s", help="Signal to send.")] = "SIGKILL",
+) -> None:
+    """Send a signal to machines.
+
+    KILL (the default) ends them at once; other signals are delivered to the workload.
+    """
+    with connect() as client:
+        for ref in refs:
+            client.machines.kill(ref, signal_)
+            typer.echo(ref)
+
+
+def rm(
+    refs: Refs,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Also running machines (killed first).")
+    ] = False,
+) -> None:
+    """Destroy machines (and what they left on their node)."""
+    failed = 0
+    with connect() as client:
+        for ref in refs:
+            try:
+                client.machines.delete(ref, force=force)
+            except HutchError as e:
+                progress(e.message)
+                failed += 1
+                continue
+            typer.echo(ref)
+    if failed:
+        sys.exit(HUTCH_ERROR_EXIT)
+
+
+def wait(
+    refs: Refs,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+) -> None:
+    """Wait for machines to end; print exit codes."""
+    with connect() as client:
+        for ref in refs:
+            m = client.machines.wait(ref, timeout=timeout)
+            if m.exit_code is None:
+                raise Invalid(f"machine {m.name} {_status(m)}: it has no exit code")
+            typer.echo(str(m.exit_code))

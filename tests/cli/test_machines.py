@@ -1,0 +1,242 @@
+"""`hutch run`, `ps`, `logs`, `exec`, `stop`, `rm`, `wait`, `inspect`, through the real binary
+against a real `hutch up` (tests/controller.py), each test in a project of its own."""
+
+import json
+import signal
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cli.conftest import HUTCH, one_clear_line
+from tests.controller import (
+    BUSYBOX_CONFIG,
+    Controller,
+    controller,
+    new_project,
+    registry_with_app,
+)
+from tests.images.ocibuild import write_oci_layout
+
+__all__ = ["controller"]  # the session fixture, for the tests here
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+C = ("--runtime", "container")  # where the runtime does not matter
+
+
+@pytest.fixture
+def env(controller: Controller) -> dict[str, str]:
+    """The controller's `local` context, acting in a fresh project."""
+    return {**controller.env, "HUTCH_PROJECT": new_project(controller)}
+
+
+@pytest.fixture
+def hutch(env: dict[str, str]) -> Run:
+    def run(
+        *args: str, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [HUTCH, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run
+
+
+def test_run_prints_the_output_and_exits_0(hutch: Run) -> None:
+    result = hutch("run", "busybox", "--", "echo", "hi")  # the default runtime: a micro-VM
+    assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
+    [machine] = json.loads(hutch("ps", "-o", "json").stdout)
+    assert machine["runtime"] == "microvm" and machine["state"] == "exited"
+
+
+def test_run_keeps_streams_apart_and_passes_the_exit_code(hutch: Run) -> None:
+    result = hutch(
+        "run",
+        "--rm",
+        *C,
+        "--name",
+        "job",
+        "-e",
+        "WHO=you",
+        "-w",
+        "/tmp",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo $WHO in $(pwd); echo err >&2; exit 7",
+    )
+    assert result.returncode == 7
+    assert (result.stdout, result.stderr) == ("you in /tmp\n", "err\n")
+    assert "job" not in hutch("ps").stdout  # --rm: destroyed once it ended
+
+
+def test_run_detached_then_ps_logs_exec_stop_wait_rm(hutch: Run) -> None:
+    started = hutch(
+        "run",
+        "-d",
+        *C,
+        "--name",
+        "web",
+        "-l",
+        "app=web",
+        "-m",
+        "64M",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 600",
+    )
+    assert started.returncode == 0, started.stderr
+    machine_id = started.stdout.strip()
+    assert machine_id.startswith("m-") and "\n" not in machine_id
+    table = hutch("ps").stdout.splitlines()
+    assert table[0].split() == ["ID", "NAME", "IMAGE", "RUNTIME", "STATUS", "CREATED"]
+    assert table[1].split()[:4] == [machine_id, "web", "busybox", "container"]
+    assert hutch("ps", "-q").stdout == machine_id + "\n"
+    assert hutch("ps", "-q", "--label", "app=other").stdout == ""
+    [listed] = yaml.safe_load(hutch("ps", "-o", "yaml").stdout)
+    assert (listed["memory_mib"], listed["labels"]) == (64, {"app": "web"})
+    for _ in range(50):  # `run -d` returns before the machine runs
+        if hutch("logs", "web").stdout:
+            break
+        time.sleep(0.1)
+    assert hutch("logs", "web").stdout == "ready\n"
+    echoed = hutch("exec", "-i", "web", "--", "sh", "-c", "cat; exit 3", input="piped\n")
+    assert (echoed.returncode, echoed.stdout) == (3, "piped\n")
+    refused = hutch("rm", "web")
+    assert refused.returncode == 125 and "force" in one_clear_line(refused.stderr)
+    assert json.loads(hutch("inspect", "web").stdout)["id"] == machine_id
+    assert hutch("stop", "-t", "2", "web").stdout == "web\n"
+    assert hutch("wait", "web").stdout == "143\n"
+    assert hutch("rm", "web").stdout == "web\n"
+    assert hutch("ps", "-q").stdout == ""
+    assert machine_id in hutch("ps", "-a", "-q").stdout
+
+
+def test_logs_tail_and_rm_force(hutch: Run) -> None:
+    script = "echo 1; sleep 0.1; printf '2\\n3\\n'"  # the last write holds two lines
+    hutch("run", *C, "--name", "counter", "busybox", "--", "sh", "-c", script)
+    assert hutch("logs", "-n", "1", "counter").stdout == "3\n"
+    assert hutch("logs", "-f", "counter").stdout == "1\n2\n3\n"
+    hutch("run", "-d", *C, "--name", "sleeper", "busybox", "--", "sleep", "600")
+    forced = hutch("rm", "-f", "sleeper", "counter")
+    assert forced.returncode == 0 and forced.stdout == "sleeper\ncounter\n"
+
+
+def test_ctrl_c_stops_the_machine(env: dict[str, str], hutch: Run) -> None:
+    attached = subprocess.Popen(
+        [
+            HUTCH,
+            "run",
+            *C,
+            "--name",
+            "long",
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "echo up; exec sleep 600",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert attached.stdout is not None and attached.stdout.readline() == "up\n"
+    attached.send_signal(signal.SIGINT)
+    _, err = attached.communicate(timeout=60)
+    assert attached.returncode == 128 + signal.SIGTERM  # sleep ended by the graceful stop
+    assert "stopping long" in err
+    assert "exited (143)" in hutch("ps").stdout
+
+
+def test_refusals_are_one_clear_line(hutch: Run, env: dict[str, str]) -> None:
+    for args, expected in [
+        (("run", "-m", "lots", "busybox"), "'lots' is not a size"),
+        (("run", "-e", "NOEQUALS", "busybox"), "--env 'NOEQUALS' is not KEY=VALUE"),
+        (("run", "--runtime", "qemu", "busybox"), "runtime"),
+        (("ps", "-o", "xml"), "unknown output format 'xml'"),
+        (("exec", "nothing"), "give the command to run"),
+        (("logs", "nothing"), "no machine 'nothing'"),
+        (("wait", "nothing"), "no machine 'nothing'"),
+    ]:
+        result = hutch(*args)
+        assert result.returncode == 125, (args, result.stderr)
+        assert one_clear_line(result.stderr).startswith("hutch: ")
+        assert expected in result.stderr
+
+
+def test_a_bad_token_is_one_clear_line(env: dict[str, str], controller: Controller) -> None:
+    bad = {**env, "HUTCH_URL": controller.url, "HUTCH_TOKEN": "not-a-token"}
+    result = subprocess.run([HUTCH, "ps"], env=bad, capture_output=True, text=True, check=False)
+    assert result.returncode == 125
+    assert one_clear_line(result.stderr) == "hutch: unknown token"
+
+
+def test_a_command_that_cannot_start_is_127(hutch: Run) -> None:
+    result = hutch("run", *C, "busybox", "--", "/no/such/program")
+    assert result.returncode == 127, result.stderr
+    assert "/no/such/program" in one_clear_line(result.stderr)
+
+
+def test_a_machine_that_fails_exits_125_saying_why(hutch: Run) -> None:
+    result = hutch("run", *C, "127.0.0.1:9/missing:1")  # its node cannot pull it
+    assert result.returncode == 125
+    assert "failed: cannot reach registry 127.0.0.1:9" in one_clear_line(result.stderr)
+
+
+def test_images_and_nodes_through_the_controller(
+    hutch: Run, env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    table = hutch("image", "ls")
+    assert table.returncode == 0 and "busybox:latest" in table.stdout
+    [busybox] = json.loads(hutch("image", "ls", "-o", "json").stdout)
+    assert busybox["public"] and busybox["id"].startswith("sha256:")
+    assert json.loads(hutch("image", "inspect", "busybox").stdout)["id"] == busybox["id"]
+    write_oci_layout(tmp_path / "app", [busybox_rootfs], {**BUSYBOX_CONFIG, "Cmd": ["echo", "app"]})
+    with tarfile.open(tmp_path / "app.tar", "w") as tar:  # an OCI archive, piped to stdin
+        for child in sorted((tmp_path / "app").iterdir()):
+            tar.add(child, arcname=child.name)
+    with (tmp_path / "app.tar").open("rb") as archive:
+        imported = subprocess.run(
+            [HUTCH, "image", "import", "-", "--name", "app:1"],
+            env=env,
+            stdin=archive,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert imported.returncode == 0 and imported.stdout.startswith("sha256:"), imported.stderr
+    assert "app:1" in hutch("image", "ls").stdout
+    assert hutch("run", *C, "app:1").stdout == "app\n"
+    # The node's own store, read directly: the project's image is there, like the public one.
+    assert "app:1" in hutch("image", "ls", "--local", "--project", env["HUTCH_PROJECT"]).stdout
+    assert hutch("image", "rm", "app:1").stdout == imported.stdout
+    assert "app:1" not in hutch("image", "ls").stdout
+    nodes = hutch("node", "ls")
+    assert nodes.returncode == 0 and "ready" in nodes.stdout
+    assert json.loads(hutch("node", "ls", "-o", "json").stdout)[0]["accel"] in ("kvm", "tcg")
+
+
+def test_image_pull_through_the_controller(
+    hutch: Run, controller: Controller, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    with registry_with_app(controller, tmp_path, busybox_rootfs) as ref:
+        pulled = hutch("image", "pull", ref)
+    assert pulled.returncode == 0 and pulled.stdout.startswith("sha256:"), pulled.stderr
+    assert f"pulled {ref}" in pulled.stderr and "layer" in pulled.stderr  # progress
+    assert hutch("run", "--rm", *C, ref).stdout == "app\n"
+    refused = hutch("image", "pull", "--username", "u", ref)
+    assert refused.returncode == 125 and "--local" in one_clear_line(refused.stderr)

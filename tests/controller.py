@@ -1,0 +1,213 @@
+"""A real `hutch up` for tests: controller, node agent, micro-VMs and containers on this host.
+
+`controller` is a session fixture: import it into a conftest or test module. Every module that
+imports it shares one `hutch up` process (started on first use, stopped when the last user is
+torn down), so tests isolate themselves with projects of their own (`new_project`), not with
+controllers of their own.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hutch.client import Client
+from hutch.model.errors import HutchError
+from tests.cli.conftest import HUTCH
+from tests.conftest import CACHE_DIR
+from tests.images.ocibuild import write_oci_layout
+from tests.images.registry_server import Registry
+
+START_TIMEOUT = 60.0
+BUSYBOX_CONFIG = {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}
+
+
+@dataclass(frozen=True)
+class Controller:
+    url: str
+    token: str  # a system admin token
+    env: dict[str, str]  # for the `hutch` CLI: HUTCH_CLIENT_CONFIG has its `local` context
+    state_dir: Path
+    registry_port: int  # the node pulls from 127.0.0.1:registry_port over plain HTTP
+
+    def client(self, project: str | None = "default", token: str | None = None) -> Client:
+        return Client(self.url, token or self.token, project=project)
+
+    def log(self) -> str:
+        return (self.state_dir / "up.log").read_text(errors="replace")[-4000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(state_dir: Path, registry_port: int) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HUTCH_URL", "HUTCH_TOKEN", "HUTCH_PROJECT")
+    }
+    env.update(
+        HUTCH_STATE_DIR=str(state_dir),
+        HUTCH_CACHE_DIR=str(CACHE_DIR),
+        HUTCH_CONFIG=str(state_dir / "none.toml"),
+        HUTCH_CLIENT_CONFIG=str(state_dir / "contexts.toml"),
+        HUTCH_REGISTRIES=json.dumps({f"127.0.0.1:{registry_port}": {"insecure": True}}),
+    )
+    return env
+
+
+def _ready(url: str, token_file: Path) -> bool:
+    with contextlib.suppress(httpx.HTTPError, OSError):
+        if httpx.get(url + "/healthz", timeout=1).status_code != 200:
+            return False
+        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        nodes = httpx.get(url + "/v1/nodes", headers=headers, timeout=2).json()["items"]
+        return any(n["state"] == "ready" for n in nodes)
+    return False
+
+
+@contextlib.contextmanager
+def running_controller(busybox_rootfs: Path) -> Iterator[Controller]:
+    """`hutch up` in a fresh state directory, with busybox:latest (public) in the node's store;
+    on exit, every machine left is destroyed, then hutch is stopped and its sandboxes swept."""
+    state_dir = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))  # unix sockets: short paths
+    registry_port = _free_port()
+    env = _env(state_dir, registry_port)
+    layout = state_dir / "busybox-layout"
+    write_oci_layout(layout, [busybox_rootfs], BUSYBOX_CONFIG)
+    subprocess.run(
+        [HUTCH, "image", "import", str(layout), "--name", "busybox:latest", "--public", "--local"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (state_dir / "up.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [HUTCH, "up", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    ctl = Controller(url, "", env, state_dir, registry_port)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _ready(url, state_dir / "admin-token"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"hutch up did not come up:\n{ctl.log()}")
+            time.sleep(0.1)
+        token = (state_dir / "admin-token").read_text().strip()
+        ctl = Controller(url, token, env, state_dir, registry_port)
+        yield ctl
+    finally:
+        if ctl.token:
+            _destroy_everything(ctl)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _sweep_sandboxes(env)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _destroy_everything(ctl: Controller) -> None:
+    with contextlib.suppress(HutchError), ctl.client(None) as admin:
+        for project in list(admin.projects.list()):
+            with ctl.client(project.name) as client:
+                left = list(client.machines.list())
+                for m in left:
+                    with contextlib.suppress(HutchError):
+                        client.machines.delete(m, force=True)
+                for m in left:
+                    with contextlib.suppress(HutchError):
+                        client.machines.wait(m, "destroyed", timeout=30)
+
+
+def _sweep_sandboxes(env: dict[str, str]) -> None:
+    """Whatever the node could not destroy (it should have): removed like an operator would."""
+    listing = subprocess.run(
+        [HUTCH, "sandbox", "ls", "-a"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    ids = [line.split()[0] for line in listing.stdout.splitlines()[1:] if line.strip()]
+    if ids:
+        subprocess.run(
+            [HUTCH, "sandbox", "rm", "-f", *ids],
+            env=env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+
+
+class _Shared:
+    """The one `hutch up` of the session, and how many fixtures use it now."""
+
+    stack = contextlib.ExitStack()
+    instance: Controller | None = None
+    users = 0
+
+
+@pytest.fixture(scope="session")
+def controller(busybox_rootfs: Path) -> Iterator[Controller]:
+    """The shared `hutch up` (see the module's docstring)."""
+    if _Shared.instance is None:
+        _Shared.instance = _Shared.stack.enter_context(running_controller(busybox_rootfs))
+    _Shared.users += 1
+    try:
+        yield _Shared.instance
+    finally:
+        _Shared.users -= 1
+        if not _Shared.users:  # the last user stops it, whichever module started it
+            _Shared.instance = None
+            _Shared.stack.close()
+
+
+@contextlib.contextmanager
+def registry_with_app(ctl: Controller, directory: Path, busybox_rootfs: Path) -> Iterator[str]:
+    """A registry where the controller's nodes may pull from, holding an image that prints
+    "app"; yields its reference."""
+    registry = Registry(directory / "registry", port=ctl.registry_port).start()
+    try:
+        write_oci_layout(
+            directory / "app",
+            [busybox_rootfs],
+            {**BUSYBOX_CONFIG, "Cmd": ["echo", "app"]},
+            ref="v1",
+        )
+        registry.push(directory / "app", "v1", "demo/app:1")
+        yield f"{registry.host}/demo/app:1"
+    finally:
+        registry.stop()
+
+
+def new_project(ctl: Controller, prefix: str = "t") -> str:
+    """A fresh project, so a test sees only its own machines and quota."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    with ctl.client(None) as admin:
+        admin.projects.create(name)
+    return name
