@@ -7,6 +7,7 @@ real agents with real micro-VMs.
 
 import asyncio
 import contextlib
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +25,12 @@ from tests.store.postgres import postgres, postgres_url
 __all__ = ["postgres", "postgres_url"]  # fixtures, re-exported for pytest
 
 JOIN = "join-secret-for-tests"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
