@@ -118,7 +118,7 @@ async def test_another_projects_objects_do_not_exist(api: Api, e: Endpoint) -> N
     if "{" not in e.path and e.least != "system":
         return  # no object of alpha's in the path: the listing test below covers it
     if e.path.startswith("/v1/images/"):
-        return  # images live in nodes' stores: tests/e2e/test_tenancy.py checks them there
+        return  # images live in nodes' stores: tests/client/test_image_tenancy.py checks them
     if e.least == "system":
         assert await send(api, e, path, beta) in (403, 404)  # a project token: never allowed
         return

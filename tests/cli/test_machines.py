@@ -194,7 +194,8 @@ def test_a_command_that_cannot_start_is_127(hutch: Run) -> None:
 def test_a_machine_that_fails_exits_125_saying_why(hutch: Run) -> None:
     result = hutch("run", *C, "127.0.0.1:9/missing:1")  # its node cannot pull it
     assert result.returncode == 125
-    assert "failed: cannot reach registry 127.0.0.1:9" in one_clear_line(result.stderr)
+    line = one_clear_line(result.stderr)
+    assert "failed: cannot pull 127.0.0.1:9/missing:1: cannot reach registry 127.0.0.1:9" in line
 
 
 def test_images_and_nodes_through_the_controller(

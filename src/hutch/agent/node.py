@@ -245,9 +245,12 @@ class NodeAgent:
         with contextlib.suppress(NotFound):
             self.store.resolve(a.image, a.project)
             return
-        async with RegistryClient(registry_configs(self.settings)) as client:
-            with self.store.session():
-                await pull(a.image, self.store, client, project=a.project)
+        try:
+            async with RegistryClient(registry_configs(self.settings)) as client:
+                with self.store.session():
+                    await pull(a.image, self.store, client, project=a.project)
+        except HutchError as e:  # the project does not have it, and no registry gave it
+            raise type(e)(f"cannot pull {a.image}: {e.message}") from e
 
     def _watch_exit(self, driver: AgentDriver, a: Assignment) -> None:
         if a.sandbox in self._watch:

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from hutch.api import convert
 from hutch.api.deps import Ctl, Scoped, bearer
 from hutch.http.problems import PROBLEMS, ws_error
-from hutch.model.errors import HutchError, Invalid
+from hutch.model.errors import HutchError, Invalid, NotFound
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
 from hutch.services.policy import Action
@@ -136,7 +136,10 @@ async def machine_logs(
     if since is not None:
         params["since"] = str(since)
     stream = ctl.link.logs(node, m.sandbox_id, params)
-    first = await anext(stream, None)  # fail before the 200 if the node refuses
+    try:
+        first = await anext(stream, None)  # fail before the 200 if the node refuses
+    except NotFound:  # its sandbox never was (it failed before) or is gone: no output
+        first = None
 
     async def body() -> AsyncIterator[bytes]:
         if first is not None:
