@@ -140,13 +140,19 @@ def test_pull_with_wrong_credentials(
         reg.stop()
 
 
-def test_import_an_oci_layout_directory(hutch: Hutch, busybox_rootfs: Path, tmp_path: Path) -> None:
+def test_import_a_layout_or_a_root_directory(
+    hutch: Hutch, busybox_rootfs: Path, tmp_path: Path
+) -> None:
     layout = tmp_path / "layout"
     write_oci_layout(layout, [busybox_rootfs], APP_CONFIG)
     result = hutch("image", "import", "--name", "local/dir:1", str(layout))
     assert result.returncode == 0, result.stderr
     run = hutch("sandbox", "run", "--runtime", "container", "local/dir:1")
     assert run.stdout == "hello from /home/app as app\n"
-    not_layout = hutch("image", "import", str(busybox_rootfs))
-    assert not_layout.returncode == 125
-    assert "not an OCI image layout" in one_clear_line(not_layout.stderr)
+    root = hutch("image", "import", "--name", "local/root:1", str(busybox_rootfs))
+    assert root.returncode == 0 and root.stdout.startswith("sha256:"), root.stderr
+    assert "packing" in root.stderr
+    run = hutch("sandbox", "run", "--runtime", "container", "local/root:1", "--", "echo", "hi")
+    assert run.stdout == "hi\n", run.stderr
+    again = hutch("image", "import", "--name", "local/root:2", str(busybox_rootfs))
+    assert again.stdout == root.stdout  # the same tree packs to the same image

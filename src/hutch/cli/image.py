@@ -6,8 +6,10 @@ this host's store. `export` always reads this host's store.
 """
 
 import asyncio
+import contextlib
 import json
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +24,7 @@ from hutch.agent import images
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.cli.remote import OutputOpt, check_output, connect, dump, emit, when
 from hutch.client.config import configured
+from hutch.images.build import write_archive
 from hutch.images.pull import PullProgress
 from hutch.images.store import StoredImage
 from hutch.model.errors import Invalid
@@ -171,7 +174,8 @@ def import_(
     file: Annotated[
         str,
         typer.Argument(
-            metavar="FILE", help="docker save or OCI archive, an OCI layout directory, - for stdin."
+            metavar="FILE",
+            help="docker save or OCI archive, OCI layout or root directory, - for stdin.",
         ),
     ],
     name: Annotated[list[str] | None, typer.Option(help="Name the image (repeatable).")] = None,
@@ -179,10 +183,24 @@ def import_(
     public: Annotated[bool, typer.Option(help="Visible to every project.")] = False,
     local: LocalOpt = False,
 ) -> None:
-    """Import an image archive or layout.
+    """Import an image archive, layout or root directory.
 
-    A `docker save` archive, an OCI archive or an OCI layout directory.
+    A `docker save` archive, an OCI archive, an OCI layout directory, or a plain root directory
+    (packed as a one-layer image running /bin/sh, like `docker import`).
     """
+    with contextlib.ExitStack() as stack:
+        if file != "-" and Path(file).is_dir() and not (Path(file) / "oci-layout").exists():
+            _err(f"packing {file} as a one-layer image")
+            packed = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "image.tar"
+            with packed.open("wb") as out:
+                write_archive(Path(file), out)
+            file = str(packed)
+        _import(file, name, project, public, local)
+
+
+def _import(
+    file: str, name: list[str] | None, project: str | None, public: bool, local: bool
+) -> None:
     if _remote(local):
         with connect(project) as client:
             source = sys.stdin.buffer if file == "-" else file
