@@ -18,14 +18,17 @@ APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsp
 	gcc libc6-dev python3 python3-venv python3-dev iproute2 util-linux cpio ca-certificates \
 	docker-registry skopeo umoci postgresql-15 wrk
 PYTEST_ARGS ?=
+PORT ?= 7878
 
-.PHONY: help setup apt venv guest up test lint fmt bench clean
+.PHONY: help setup apt venv guest up down test lint fmt openapi bench clean
 
 help:
 	@echo "make up     install what is missing, set up hutch, run a first workload in a micro-VM"
 	@echo "make test   install what is missing, lint, run the test suite"
 	@echo "make bench  run the benchmarks under bench/"
+	@echo "make down   stop what make up started"
 	@echo "make lint   ruff, mypy, import-linter"
+	@echo "make openapi  regenerate docs/openapi.json from the app"
 
 setup: apt venv guest
 
@@ -54,11 +57,23 @@ guest: venv
 $(BUSYBOX_ROOT)/bin/busybox: | venv
 	$(PY) -m hutch.images.busybox $(BUSYBOX_ROOT)
 
+# `hutch up -d`: controller + node agent on this machine (state in /var/lib/hutch), then the
+# busybox image set-up built, public to every project, and a first machine from it.
 up: setup $(BUSYBOX_ROOT)/bin/busybox
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(HUTCH) up -d --port $(PORT)
+	$(HUTCH) image import $(BUSYBOX_ROOT) --name busybox:latest --public
 	@echo "== a first workload, in its own micro-VM:"
-	HUTCH_CACHE_DIR=$(CACHE_DIR) $(HUTCH) sandbox run $(BUSYBOX_ROOT) -- /bin/sh -c \
+	$(HUTCH) run --rm busybox -- /bin/sh -c \
 		'echo "hello from a hutch micro-VM: kernel $$(uname -r), $$(nproc) vCPU"'
-	@echo "== next: $(HUTCH) sandbox run --help   (docs: README.md)"
+	@echo "== hutch runs on this machine:"
+	@echo "   API       http://127.0.0.1:$(PORT)/v1  (OpenAPI: /openapi.json, docs/api.md)"
+	@echo "   token     $$($(PY) -c 'from hutch import config; print(config.load().state_dir)')/admin-token (system admin)"
+	@echo "   CLI       $(HUTCH) run -d --name web busybox -- httpd -f -p 8080;  $(HUTCH) ps -a;  $(HUTCH) --help"
+	@echo "   SDK       $(PY) -c 'import hutch; print(hutch.Client().machines.run(\"busybox\", [\"uname\", \"-a\"]).id)'"
+	@echo "   stop      $(HUTCH) down   (machines keep running until the next hutch up)"
+
+down: venv
+	$(HUTCH) down
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -70,6 +85,9 @@ fmt: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+openapi: venv
+	$(PY) -m hutch.api.app > docs/openapi.json
+
 # pytest exits 5 when it collected nothing: make fails on any non-zero exit, so that fails too.
 test: setup lint
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -77,6 +95,7 @@ test: setup lint
 bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) bench/boot.py
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.images
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.api
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

@@ -26,6 +26,7 @@ from hutch.client.config import Context, save_context
 from hutch.model.errors import Invalid, Unavailable
 
 log = logging.getLogger("hutch")
+STOP_TIMEOUT = 20.0  # seconds `hutch down` waits for a graceful stop
 
 
 def _host_port(listen: str) -> tuple[str, int]:
@@ -130,8 +131,31 @@ def up(
         asyncio.run(_up(settings, port))
 
 
+def _running(pid_file: Path) -> int | None:
+    """The pid of the `hutch up` that wrote pid_file, if it still runs."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"hutch\0up" in cmdline else None  # not another process that got its pid
+
+
+def _node_ready(url: str, token_file: Path) -> bool:
+    with contextlib.suppress(httpx.HTTPError, OSError, ValueError, KeyError):
+        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        nodes = httpx.get(url + "/v1/nodes", headers=headers, timeout=2).json()["items"]
+        return any(n["state"] == "ready" for n in nodes)
+    return False
+
+
 def _detach(settings: config.Settings, port: int) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pid_file = settings.state_dir / "hutch.pid"
+    if (pid := _running(pid_file)) is not None:
+        url = (settings.state_dir / "hutch.url").read_text().strip()
+        typer.echo(f"hutch is already up (pid {pid}): API at {url} (stop: hutch down)")
+        return
     log_path = settings.state_dir / "hutch.log"
     argv = [
         sys.executable,
@@ -146,18 +170,14 @@ def _detach(settings: config.Settings, port: int) -> None:
     with log_path.open("ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)  # fmt: skip
-    (settings.state_dir / "hutch.pid").write_text(f"{proc.pid}\n")
+    pid_file.write_text(f"{proc.pid}\n")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise Unavailable(f"hutch up stopped at once; see {log_path}")
-        with contextlib.suppress(httpx.HTTPError):
-            if (
-                httpx.get(url + "/healthz", timeout=1).status_code == 200
-                and (settings.state_dir / "node" / "identity.json").exists()
-            ):
-                break
+        if _node_ready(url, settings.state_dir / "admin-token"):
+            break
         time.sleep(0.2)
     else:
         raise Unavailable(f"hutch up did not come up within 120 s; see {log_path}")
@@ -170,15 +190,17 @@ def down(
     """Stop a `hutch up -d` (its machines keep running until the next `hutch up`)."""
     settings = config.load(**({"state_dir": data_dir} if data_dir else {}))
     pid_file = settings.state_dir / "hutch.pid"
-    try:
-        pid = int(pid_file.read_text())
-    except (FileNotFoundError, ValueError):
-        raise Invalid(f"no hutch up -d running from {settings.state_dir}") from None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            os.kill(pid, 0)
-            time.sleep(0.1)
+    pid = _running(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        raise Invalid(f"no hutch up -d running from {settings.state_dir}")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _running(pid_file) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running(pid_file) == pid:
+        os.kill(pid, signal.SIGKILL)  # the store loses nothing acknowledged: see docs
+        typer.echo(f"hutch did not stop within {STOP_TIMEOUT:g} s: killed it", err=True)
     pid_file.unlink(missing_ok=True)
     typer.echo("hutch is down")
 
