@@ -59,13 +59,13 @@ class Scope:
 
 
 async def scope(
+    request: Request,
     ctl: Ctl,
-    caller: Caller,
     project: Annotated[
         str | None, Query(description="for system tokens: the project to act in")
     ] = None,
 ) -> Scope:
-    return Scope(caller, await ctl.tenancy.project_for(caller, project))
+    return Scope(*await ctl.tenancy.scope(bearer(request), project))
 
 
 Scoped = Annotated[Scope, Depends(scope)]

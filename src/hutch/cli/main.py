@@ -13,6 +13,9 @@ HUTCH_ERROR_EXIT = 125  # like docker: the workload's own codes stay unambiguous
 app = typer.Typer(
     name="hutch",
     help="hutch: run OCI images, each workload in its own lightweight VM.",
+    epilog="Start here: `hutch up -d` runs a controller and a node on this machine, then "
+    "`hutch run busybox -- echo hi` runs a machine. `hutch COMMAND --help` for any command; "
+    "README.md and docs/ for the rest.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

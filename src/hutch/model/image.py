@@ -1,5 +1,6 @@
 """What an OCI image says about how to run it, and content digests."""
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -84,6 +85,7 @@ class ImageRef:
         return str(ImageRef("", name, self.tag, self.digest)).lstrip("/")
 
 
+@functools.lru_cache(maxsize=4096)  # every machine read checks its image's again
 def parse_ref(text: str) -> ImageRef:
     """Parse `text` ("busybox", "host:5000/team/app:1.2", "app@sha256:...") or raise Invalid."""
     if not text or text != text.strip():

@@ -18,31 +18,20 @@ class Tenancy:
     # -- who is calling -------------------------------------------------------------------------
 
     async def authenticate(self, secret: str | None) -> Principal:
-        if not secret:
-            raise Unauthenticated("no token: send 'Authorization: Bearer <token>'")
         async with self.store.read() as tx:
-            token = await tx.tokens.by_hash(hash_secret(secret))
-        if token is None:
-            raise Unauthenticated("unknown token")
-        now = time.time()
-        if token.revoked_at is not None:
-            raise Unauthenticated("this token was revoked")
-        if not token.usable(now):
-            raise Unauthenticated("this token has expired")
-        return Principal(token.id, token.project_id, token.role, token.system)
+            return await _principal(tx, secret)
 
     async def project_for(self, principal: Principal, name: str | None) -> Project:
         """The project a request acts in: a project token's own (naming another is NotFound,
         as if it did not exist); a system token must name one."""
         async with self.store.read() as tx:
-            if name is None:
-                if principal.project_id is None:
-                    raise Invalid("a system token must name a project: add ?project=NAME")
-                return await tx.projects.get(principal.project_id)
-            project = await _by_name(tx, name)
-        if not principal.system and project.id != principal.project_id:
-            raise NotFound(f"no project {name!r}")
-        return project
+            return await _project_for(tx, principal, name)
+
+    async def scope(self, secret: str | None, name: str | None) -> tuple[Principal, Project]:
+        """authenticate, then project_for, in one transaction (most requests need both)."""
+        async with self.store.read() as tx:
+            principal = await _principal(tx, secret)
+            return principal, await _project_for(tx, principal, name)
 
     # -- projects -------------------------------------------------------------------------------
 
@@ -148,6 +137,30 @@ async def _by_name(tx: Tx, name: str) -> Project:
         return await tx.projects.by_name(name)
     except NotFound:
         raise NotFound(f"no project {name!r}") from None
+
+
+async def _principal(tx: Tx, secret: str | None) -> Principal:
+    if not secret:
+        raise Unauthenticated("no token: send 'Authorization: Bearer <token>'")
+    token = await tx.tokens.by_hash(hash_secret(secret))
+    if token is None:
+        raise Unauthenticated("unknown token")
+    if token.revoked_at is not None:
+        raise Unauthenticated("this token was revoked")
+    if not token.usable(time.time()):
+        raise Unauthenticated("this token has expired")
+    return Principal(token.id, token.project_id, token.role, token.system)
+
+
+async def _project_for(tx: Tx, principal: Principal, name: str | None) -> Project:
+    if name is None:
+        if principal.project_id is None:
+            raise Invalid("a system token must name a project: add ?project=NAME")
+        return await tx.projects.get(principal.project_id)
+    project = await _by_name(tx, name)
+    if not principal.system and project.id != principal.project_id:
+        raise NotFound(f"no project {name!r}")
+    return project
 
 
 def _system_only(principal: Principal, what: str) -> None:

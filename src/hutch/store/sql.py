@@ -33,7 +33,7 @@ import json
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, Protocol
 
 import sqlalchemy as sa
 from alembic import command
@@ -43,7 +43,7 @@ from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Row, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unavailable
 from hutch.model.machine import (
@@ -136,7 +136,8 @@ class SqlStore:
     def __init__(self, url: str) -> None:
         self.backend, self._url = parse_url(url)
         self._engine: AsyncEngine | None = None
-        self._reader: AsyncEngine | None = None
+        self._reader: AsyncEngine | None = None  # PostgreSQL's reads
+        self._sqlite_reader: sa.Engine | None = None  # SQLite's, run in the event loop
         self._turn: asyncio.Lock | None = None  # SQLite: this process's writers queue here
 
     @property
@@ -166,8 +167,8 @@ class SqlStore:
             directory = Path(self._url.database or "").parent
             if not directory.is_dir():
                 raise Unavailable(f"cannot open {self.where}: its directory does not exist")
-            self._engine = _sqlite_engine(self._url, write=True)
-            self._reader = _sqlite_engine(self._url, write=False)
+            self._engine = _sqlite_engine(self._url)
+            self._sqlite_reader = _sqlite_reader(self._url)
             self._turn = asyncio.Lock()
         else:
             self._engine = self._reader = create_async_engine(
@@ -205,9 +206,17 @@ class SqlStore:
         self._engine = self._reader = None
         for engine in engines:
             await engine.dispose()
+        if self._sqlite_reader is not None:
+            self._sqlite_reader.dispose()
+            self._sqlite_reader = None
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
+        if self._sqlite_reader is not None:
+            async with self._translated():
+                with self._sqlite_reader.connect() as sync, sync.begin():
+                    yield SqlTx(_InLoop(sync), self.backend)
+            return
         if self._reader is None:
             raise Unavailable(f"{self.where} is not open")
         async with self._translated(), self._reader.connect() as conn:
@@ -252,13 +261,30 @@ class SqlStore:
             raise Unavailable(f"{self.where} failed: {_reason(e)}") from e
 
 
-def _sqlite_engine(url: URL, *, write: bool) -> AsyncEngine:
-    # SQLAlchemy's recipe for taking BEGIN away from the sqlite3 driver: with isolation_level
-    # None the driver never begins on its own, and the "begin" event emits ours. One engine
-    # writes (BEGIN IMMEDIATE), the other reads (deferred BEGIN, query_only connections).
+def _sqlite_engine(url: URL) -> AsyncEngine:
+    """The writer: aiosqlite, BEGIN IMMEDIATE (it may wait for another process's writer)."""
     engine = create_async_engine(url)
+    _sqlite_setup(engine.sync_engine, write=True)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _sqlite_reader(url: URL) -> sa.Engine:
+    """The reader: plain sqlite3 called from the event loop. In WAL mode a reader never waits
+    for a lock, and a read transaction here costs ~0.1 ms against ~1.3 ms for the eight trips
+    to aiosqlite's thread the same read takes. The pool never makes a reader wait (that would
+    block the loop): it opens another connection instead."""
+    engine = sa.create_engine(
+        url.set(drivername="sqlite"), pool_size=4, max_overflow=-1, pool_reset_on_return=None
+    )
+    _sqlite_setup(engine, write=False)
+    return engine
+
+
+def _sqlite_setup(engine: sa.Engine, *, write: bool) -> None:
+    # SQLAlchemy's recipe for taking BEGIN away from the sqlite3 driver: with isolation_level
+    # None the driver never begins on its own, and the "begin" event emits ours: BEGIN
+    # IMMEDIATE for the writer, a deferred BEGIN on query_only connections for readers.
+    @event.listens_for(engine, "connect")
     def connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -271,11 +297,24 @@ def _sqlite_engine(url: URL, *, write: bool) -> AsyncEngine:
             cursor.execute("PRAGMA query_only = ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    return engine
+
+class _InLoop:
+    """A sync connection with the few AsyncConnection methods the repositories use."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
+        return self._conn.execute(statement)
+
+    @contextlib.asynccontextmanager
+    async def begin_nested(self) -> AsyncIterator[None]:
+        with self._conn.begin_nested():  # a write: the query_only connection refuses it
+            yield
 
 
 _MIGRATING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -326,8 +365,16 @@ def _translate(e: DBAPIError, where: str) -> Exception:
 # -- repositories ---------------------------------------------------------------------------------
 
 
+class _Conn(Protocol):
+    """What repositories need of a connection: AsyncConnection, or _InLoop for reads."""
+
+    async def execute(self, statement: sa.Executable, /) -> sa.CursorResult[Any]: ...
+
+    def begin_nested(self) -> Any: ...
+
+
 class _Repo:
-    def __init__(self, conn: AsyncConnection, backend: Backend) -> None:
+    def __init__(self, conn: _Conn, backend: Backend) -> None:
         self._c = conn
         self._pg = backend == "postgresql"
 
@@ -601,7 +648,7 @@ class _Machines(_Repo):
             sa.func.coalesce(sa.func.sum(m.c.memory_mib), 0),
             sa.func.coalesce(sa.func.sum(m.c.scratch_mib), 0),
         ).where(m.c.project_id == project_id, t.LIVE)
-        count, vcpus, memory_mib, disk_mib = (await self._c.execute(stmt)).one()
+        count, vcpus, memory_mib, disk_mib = tuple((await self._c.execute(stmt)).one())
         return Usage(machines=count, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib)
 
     async def on_node(self, node_id: str) -> builtins.list[Machine]:
@@ -756,7 +803,7 @@ class _Events(_Repo):
 class SqlTx:
     """One transaction's repositories (`hutch.store.base.Tx`)."""
 
-    def __init__(self, conn: AsyncConnection, backend: Backend) -> None:
+    def __init__(self, conn: _Conn, backend: Backend) -> None:
         self.projects: ProjectRepo = _Projects(conn, backend)
         self.tokens: TokenRepo = _Tokens(conn, backend)
         self.machines: MachineRepo = _Machines(conn, backend)

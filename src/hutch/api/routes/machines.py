@@ -191,8 +191,7 @@ async def exec_machine(ws: WebSocket, ref: str, project: str | None = None) -> N
     ctl = ws.app.state.controller
     await ws.accept()
     try:
-        caller = await ctl.tenancy.authenticate(bearer(ws))  # type: ignore[arg-type]
-        proj = await ctl.tenancy.project_for(caller, project)
+        caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
         try:
             start = ExecStart.model_validate_json(await ws.receive_text())
         except ValidationError as e:
