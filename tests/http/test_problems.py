@@ -236,6 +236,13 @@ async def test_a_missing_body_is_named_as_such(client: httpx.AsyncClient) -> Non
     assert body["detail"] == "body: Field required"
 
 
+async def test_a_body_that_is_not_json_says_where_it_broke(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/things", content=b'{"name": ', headers={"content-type": "application/json"}
+    )
+    assert problem_of(r, 422)["detail"] == "body (at character 9): JSON decode error"
+
+
 async def test_bad_query_parameters_are_named(client: httpx.AsyncClient) -> None:
     body = problem_of(await client.get("/things", params={"limit": "many"}), 422)
     assert body["detail"].startswith("limit: Input should be a valid integer")

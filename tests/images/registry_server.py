@@ -21,6 +21,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
@@ -93,6 +95,12 @@ class TokenRequest:
     status: int  # what the token server answered
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that went away: fine
+            super().handle_error(request, client_address)
+
+
 class TokenServer:
     """Issues registry tokens: `users` get every action they ask for, anonymous requests get
     pull access only with `anonymous_pull`, wrong passwords get 401."""
@@ -117,7 +125,7 @@ class TokenServer:
         self.field_name = field_name  # "token" or "access_token"
         self.expires_in = expires_in
         self.requests: list[TokenRequest] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self.realm = f"http://127.0.0.1:{self.port}/token"

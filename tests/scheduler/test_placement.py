@@ -235,11 +235,6 @@ def test_equal_scores_do_not_divide_by_zero_and_go_to_the_first_name() -> None:
     assert placed(place(request(), [node("only")])) == "only"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src/hutch/scheduler/__init__.py _reverse_name: a name that is a prefix of another "
-    "sorts last, so node-10 wins a tie against node-1",
-)
 def test_ties_go_to_the_first_name_even_when_it_is_a_prefix() -> None:
     assert placed(place(request(), [node("node-1"), node("node-10")])) == "node-1"
 

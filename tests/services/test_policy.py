@@ -147,12 +147,6 @@ def test_a_missing_policy_file_is_refused(tmp_path: Path) -> None:
         Policy.load(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="src/hutch/services/policy.py:50-51 catches OSError and TOMLDecodeError but not the "
-    "UnicodeDecodeError of a file that is not UTF-8",
-)
 def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Invalid, match="policy file"):
         Policy.load(write(tmp_path, b'"machine.exec" = "admin" # \xff\n'))

@@ -195,7 +195,14 @@ class ExecSession(_Session):
         try:
             session._ws.send(how.start)
         except ConnectionClosed:
-            session.close()
+            # A server that refuses (a bad token) may close before the start is sent: its
+            # refusal is the message it sent before closing.
+            try:
+                _decode(session._ws.recv())
+            except ConnectionClosed:
+                pass
+            finally:
+                session.close()
             raise Unavailable(_ENDED) from None
         return session
 
@@ -285,7 +292,12 @@ class AsyncExecSession(_Session):
         try:
             await ws.send(how.start)
         except ConnectionClosed:
-            await session.close()
+            try:  # the refusal sent before closing, as in ExecSession.open
+                _decode(await ws.recv())
+            except ConnectionClosed:
+                pass
+            finally:
+                await session.close()
             raise Unavailable(_ENDED) from None
         return session
 

@@ -1,8 +1,9 @@
-"""Request body limits: a JSON body larger than 1 MiB is 413 before it is read."""
+"""Request body limits: a body larger than 1 MiB is 413, by its Content-Length before it is
+read, or as soon as a streamed one passes the limit."""
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hutch.http.problems import problem
+from hutch.http.problems import BodyTooLarge, problem
 
 MAX_BODY = 1 << 20
 STREAMED = ("/v1/images/import",)  # archives stream through to the nodes
@@ -30,20 +31,11 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    raise BodyTooLarge(self.limit)
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._too_large(scope, receive, send)
+        await self.app(scope, counted, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem(
-            413, "Body too large", f"request bodies are limited to {self.limit} bytes"
-        )
-        await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+        e = BodyTooLarge(self.limit)
+        await problem(e.status_code, e.title, e.detail)(scope, receive, send)

@@ -76,6 +76,16 @@ def ws_error(error: errors.HutchError) -> str:
     return json.dumps({"type": "error", "status": status, "title": title, "detail": error.message})
 
 
+class BodyTooLarge(HTTPException):
+    """413: raised while a body is read, so that FastAPI, which turns other errors of body
+    parsing into a 400, passes it on."""
+
+    title = "Body too large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request bodies are limited to {limit} bytes")
+
+
 def _allowed(app: FastAPI, scope: Scope) -> list[str]:
     """Every method some route serves at this path."""
     methods: set[str] = set()
@@ -86,6 +96,14 @@ def _allowed(app: FastAPI, scope: Scope) -> list[str]:
     return sorted(methods)
 
 
+def _where(error: Any) -> str:
+    """The field a validation error is about ("quota.vcpus"), or where the body broke."""
+    loc = error["loc"]
+    if error.get("type") == "json_invalid":
+        return f"{loc[0]} (at character {loc[1]})" if len(loc) > 1 else str(loc[0])
+    return ".".join(str(p) for p in loc[1:]) or str(loc[0])
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.HutchError)
     async def hutch_error(_: Request, e: errors.HutchError) -> JSONResponse:
@@ -94,10 +112,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}"
-            for err in e.errors()
-        )
+        details = "; ".join(_where(err) + f": {err['msg']}" for err in e.errors())
         return problem(422, "Does not match the schema", details)
 
     @app.exception_handler(HTTPException)
@@ -105,7 +120,8 @@ def install(app: FastAPI) -> None:
         headers = dict(e.headers or {})
         if e.status_code == 405:  # Starlette names the methods of the first route that matched
             headers["Allow"] = ", ".join(_allowed(app, request.scope))
-        return problem(e.status_code, str(e.detail), str(e.detail), headers)
+        title = e.title if isinstance(e, BodyTooLarge) else str(e.detail)
+        return problem(e.status_code, title, str(e.detail), headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:

@@ -113,7 +113,7 @@ def place(
         low, high = min(raw.values()), max(raw.values())
         for name, value in raw.items():
             totals[name] += weight * ((value - low) / (high - low) if high > low else 0.0)
-    best = max(candidates, key=lambda n: (totals[n.name], _reverse_name(n.name)))
+    best = min(candidates, key=lambda n: (-totals[n.name], n.name))  # ties: the first name
     return Placement(best)
 
 
@@ -148,8 +148,3 @@ def _free(node: Node) -> Capacity:
 
 def _with_allocated(node: Node, allocated: Capacity) -> Node:
     return replace(node, allocated=allocated)
-
-
-def _reverse_name(name: str) -> tuple[int, ...]:
-    """Ties go to the node whose name sorts first (max() picks the largest key)."""
-    return tuple(-ord(c) for c in name)

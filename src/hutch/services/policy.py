@@ -47,8 +47,8 @@ class Policy:
         if path is None:
             return Policy()
         try:
-            doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             raise Invalid(f"policy file {path}: {e}") from None
         overrides: dict[Action, Role] = {}
         for key, value in doc.items():
