@@ -1,11 +1,19 @@
-"""`hutch up -d` and `hutch down`: what `make up` does, from an empty data directory."""
+"""`hutch up -d` and `hutch down` (what `make up` does, from an empty data directory), and
+`hutch controller` with `hutch agent` as separate processes, as on a cluster."""
 
 import json
+import signal
 import socket
 import stat
+import subprocess
+import time
 from pathlib import Path
 
-from tests.cli.conftest import Hutch, one_clear_line
+import httpx
+
+from hutch.client import Client
+from hutch.images.build import write_archive
+from tests.cli.conftest import HUTCH, Hutch, one_clear_line
 
 
 def free_port() -> int:
@@ -40,3 +48,63 @@ def test_up_detached_then_a_first_workload_then_down(
     assert gone.returncode == 125 and "cannot be reached" in one_clear_line(gone.stderr)
     twice = hutch("down", "--data-dir", str(data))
     assert twice.returncode == 125 and "no hutch up -d running" in one_clear_line(twice.stderr)
+
+
+def test_a_controller_and_an_agent_apart(
+    hutch_env: dict[str, str], short_dir: Path, busybox_rootfs: Path
+) -> None:
+    port, secret = free_port(), "a-join-secret-for-this-test"
+    url = f"http://127.0.0.1:{port}"
+    controller_env = {**hutch_env, "HUTCH_STATE_DIR": str(short_dir / "c"),
+                      "HUTCH_JOIN_SECRET": secret}  # fmt: skip
+    agent_env = {**hutch_env, "HUTCH_STATE_DIR": str(short_dir / "a")}
+    started = [
+        subprocess.Popen([HUTCH, "controller", "--listen", f"127.0.0.1:{port}"],
+                         env=controller_env, stderr=(short_dir / "c.log").open("wb")),
+        subprocess.Popen([HUTCH, "agent", "--controller", url, "--join-secret", secret,
+                          "--name", "node-a", "--label", "zone=a"],
+                         env=agent_env, stderr=(short_dir / "a.log").open("wb")),
+    ]  # fmt: skip
+    try:
+        token = wait_for_node(url, short_dir / "c" / "admin-token", short_dir)
+        with Client(url, token, project="default") as client:
+            [node] = client.nodes.list()
+            assert (node.name, node.labels, node.state) == ("node-a", {"zone": "a"}, "ready")
+            client.images.import_(layout_of(busybox_rootfs, short_dir), names=["busybox"])
+            m = client.machines.run("busybox", ["echo", "from node-a"], runtime="container")
+            assert client.machines.wait(m, timeout=60).exit_code == 0
+            assert [line.data for line in client.machines.logs(m)] == ["from node-a\n"]
+            client.machines.delete(m)
+            client.machines.wait(m, "destroyed", timeout=60)
+        refused = subprocess.run(
+            [HUTCH, "agent", "--controller", url, "--join-secret", "wrong"],
+            env={**agent_env, "HUTCH_STATE_DIR": str(short_dir / "b")},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 125 and "join" in one_clear_line(refused.stderr)
+    finally:
+        for proc in reversed(started):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+def wait_for_node(url: str, token_file: Path, logs: Path) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            token = token_file.read_text().strip()
+            answer = httpx.get(f"{url}/v1/nodes", headers={"Authorization": f"Bearer {token}"})
+            if any(n["state"] == "ready" for n in answer.json()["items"]):
+                return token
+        except (OSError, httpx.HTTPError, KeyError, ValueError):
+            pass
+        time.sleep(0.1)
+    said = {name: (logs / name).read_text()[-2000:] for name in ("c.log", "a.log")}
+    raise AssertionError(f"the agent did not join within 60 s: {said}")
+
+
+def layout_of(rootfs: Path, where: Path) -> Path:
+    archive = where / "busybox.tar"
+    with archive.open("wb") as out:
+        write_archive(rootfs, out)
+    return archive

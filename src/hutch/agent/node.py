@@ -26,7 +26,7 @@ from hutch.agent.sandbox import RunRequest, build_spec
 from hutch.config import Settings
 from hutch.images.pull import pull
 from hutch.images.registry import RegistryClient
-from hutch.model.errors import HutchError, Invalid, NotFound
+from hutch.model.errors import HutchError, Invalid, NotFound, Unavailable
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
 from hutch.runtime import host
@@ -35,6 +35,7 @@ from hutch.wire.nodes import Assignment, MachineReport, NodeRegister
 
 log = logging.getLogger("hutch.agent")
 POLL_WAIT = 25.0  # seconds a long poll may hang; every answer is a full reconcile
+JOIN_RETRY_MAX = 10.0  # seconds between attempts to join a controller that cannot be reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,15 @@ class NodeAgent:
             overhead_mib={r: c.overhead_mib for r, c in caps.items()},
             labels=self.labels,
         )
-        joined = await self.link.register(self.join_secret, body)
+        delay = 0.5
+        while True:  # a controller that is not up yet (or restarting) is waited for
+            try:
+                joined = await self.link.register(self.join_secret, body)
+                break
+            except Unavailable as e:
+                log.warning("%s; trying again in %.1f s", e.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, JOIN_RETRY_MAX)
         identity = Identity(
             joined.node_id, joined.credential, joined.controller_key, self.controller
         )

@@ -1,12 +1,9 @@
 """`hutch up` / `hutch down`, `hutch controller`, `hutch agent`: the long-running processes."""
 
-import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,97 +12,13 @@ from typing import Annotated
 
 import httpx
 import typer
-import uvicorn
-from fastapi import FastAPI
 
 from hutch import config
-from hutch.agent.node import NodeAgent
-from hutch.agent.nodeapi import create_node_app
-from hutch.api.app import build_controller, create_app, secret_file
-from hutch.client.config import Context, save_context
 from hutch.model.errors import Invalid, Unavailable
 
-log = logging.getLogger("hutch")
+# The servers (FastAPI, uvicorn, the agent: most of hutch) are imported by the commands that
+# run them, not with this module: every `hutch` command loads it, and should start quickly.
 STOP_TIMEOUT = 20.0  # seconds `hutch down` waits for a graceful stop
-
-
-def _host_port(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise Invalid(f"{listen!r} is not host:port")
-    return host, int(port)
-
-
-def _server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="on", ws="websockets"
-    )
-    return uvicorn.Server(config)
-
-
-async def _start(server: uvicorn.Server) -> tuple[asyncio.Task[None], int]:
-    """Serve in the background; the port actually bound (port 0 picks a free one)."""
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()  # raises why it could not start
-            raise Unavailable("the server stopped as it started")
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return task, port
-
-
-def node_name() -> str:
-    name = re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")[:63]
-    return name or "node"
-
-
-async def _first_to_end(*tasks: "asyncio.Task[None]") -> None:
-    """Wait until one task ends (a server stopped on SIGTERM, or failed); cancel the others."""
-    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    for task in pending:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    for task in done:
-        task.result()
-
-
-async def _run_agent(agent: NodeAgent, host: str, port: int) -> None:
-    server = _server(create_node_app(agent), host, port)
-    serving, bound = await _start(server)
-    if agent.advertise.endswith(":0"):
-        agent.advertise = agent.advertise[: -len(":0")] + f":{bound}"
-    try:
-        await agent.open()
-        await _first_to_end(asyncio.create_task(agent.run()), serving)
-    finally:
-        server.should_exit = True
-        await agent.close()
-
-
-async def _up(settings: config.Settings, port: int) -> None:
-    ctl = build_controller(settings)
-    host, _ = _host_port(settings.listen)
-    controller = _server(create_app(ctl, settings), host, port)
-    task, bound = await _start(controller)
-    url = f"http://{host}:{bound}"
-    token_file = settings.state_dir / "admin-token"
-    save_context("local", Context(url, token_file.read_text().strip(), settings.project))
-    (settings.state_dir / "hutch.url").write_text(url + "\n")
-    agent = NodeAgent(
-        settings,
-        controller=url,
-        join_secret=secret_file(settings.state_dir / "join.secret"),
-        name=node_name(),
-        advertise="http://127.0.0.1:0",
-    )
-    log.info("hutch is up: API at %s", url)
-    try:
-        await _first_to_end(task, asyncio.create_task(_run_agent(agent, "127.0.0.1", 0)))
-    finally:
-        controller.should_exit = True
 
 
 def up(
@@ -126,9 +39,10 @@ def up(
     if detach:
         _detach(settings, port)
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_up(settings, port))
+    from hutch.cli import servers  # noqa: PLC0415  (see the imports)
+
+    _logging()
+    servers.run_up(settings, port)
 
 
 def _running(pid_file: Path) -> int | None:
@@ -211,13 +125,12 @@ def controller(
     ] = None,
 ) -> None:
     """Run the controller: the API, the scheduler, the agents' API."""
+    from hutch.cli import servers  # noqa: PLC0415  (see the imports)
+
     settings = config.load()
-    host, port = _host_port(listen or settings.listen)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    ctl = build_controller(settings)
-    server = _server(create_app(ctl, settings), host, port)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+    host, port = servers.host_port(listen or settings.listen)
+    _logging()
+    servers.run_controller(settings, host, port)
 
 
 def agent(
@@ -229,22 +142,29 @@ def agent(
     label: Annotated[list[str] | None, typer.Option(help="k=v, repeatable.")] = None,
 ) -> None:
     """Run a node agent: join the controller and run the machines it assigns to this host."""
+    from hutch.cli import servers  # noqa: PLC0415  (see the imports)
+
     settings = config.load()
-    host, port = _host_port(listen)
+    servers.host_port(listen)  # a bad --listen is refused before anything starts
     labels = {}
     for item in label or ():
         key, sep, value = item.partition("=")
         if not sep:
             raise Invalid(f"label {item!r} is not k=v")
         labels[key] = value
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    node = NodeAgent(
+    _logging()
+    servers.run_agent(
         settings,
         controller=controller_url,
         join_secret=join_secret,
-        name=name or node_name(),
-        advertise=advertise or f"http://{host}:{port}",
+        name=name,
+        listen=listen,
+        advertise=advertise,
         labels=labels,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_agent(node, host, port))
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for chatty in ("httpx", "alembic"):  # a line per request, per migration plugin
+        logging.getLogger(chatty).setLevel(logging.WARNING)

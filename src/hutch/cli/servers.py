@@ -1,0 +1,146 @@
+"""The long-running processes themselves: uvicorn servers for the controller's and the node
+agent's APIs, and the node agent. Imported by `hutch up`, `controller` and `agent` when they
+run, so that every other command starts without loading them."""
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+
+import uvicorn
+from fastapi import FastAPI
+
+from hutch import config
+from hutch.agent.node import NodeAgent
+from hutch.agent.nodeapi import create_node_app
+from hutch.api.app import build_controller, create_app, secret_file
+from hutch.client.config import Context, save_context
+from hutch.model.errors import Invalid, Unavailable
+
+log = logging.getLogger("hutch")
+SHUTDOWN_GRACE = 3.0  # seconds
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise Invalid(f"{listen!r} is not host:port")
+    return host, int(port)
+
+
+def _server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws="websockets-sansio",
+        # Long polls, followed logs and event streams never end by themselves: on SIGTERM,
+        # give requests this long, then close them (clients reconnect).
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )
+    return uvicorn.Server(config)
+
+
+async def _start(server: uvicorn.Server) -> tuple[asyncio.Task[None], int]:
+    """Serve in the background; the port actually bound (port 0 picks a free one)."""
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises why it could not start
+            raise Unavailable("the server stopped as it started")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return task, port
+
+
+def node_name() -> str:
+    name = re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")[:63]
+    return name or "node"
+
+
+async def _first_to_end(*tasks: "asyncio.Task[None]") -> None:
+    """Wait until one task ends (a server stopped on SIGTERM, or failed); cancel the others."""
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for task in done:
+        task.result()
+
+
+async def _run_agent(agent: NodeAgent, host: str, port: int) -> None:
+    server = _server(create_node_app(agent), host, port)
+    serving, bound = await _start(server)
+    if agent.advertise.endswith(":0"):
+        agent.advertise = agent.advertise[: -len(":0")] + f":{bound}"
+    try:
+        await agent.open()
+        await _first_to_end(asyncio.create_task(agent.run()), serving)
+    finally:
+        server.should_exit = True
+        await agent.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving  # its own shutdown, rather than a cancelled one at the loop's end
+
+
+async def _up(settings: config.Settings, port: int) -> None:
+    ctl = build_controller(settings)
+    host, _ = host_port(settings.listen)
+    controller = _server(create_app(ctl, settings), host, port)
+    task, bound = await _start(controller)
+    url = f"http://{host}:{bound}"
+    token_file = settings.state_dir / "admin-token"
+    save_context("local", Context(url, token_file.read_text().strip(), settings.project))
+    (settings.state_dir / "hutch.url").write_text(url + "\n")
+    agent = NodeAgent(
+        settings,
+        controller=url,
+        join_secret=secret_file(settings.state_dir / "join.secret"),
+        name=node_name(),
+        advertise="http://127.0.0.1:0",
+    )
+    log.info("hutch is up: API at %s", url)
+    try:
+        await _first_to_end(task, asyncio.create_task(_run_agent(agent, "127.0.0.1", 0)))
+    finally:
+        controller.should_exit = True
+
+
+def run_controller(settings: config.Settings, host: str, port: int) -> None:
+    ctl = build_controller(settings)
+    server = _server(create_app(ctl, settings), host, port)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+
+
+def run_agent(
+    settings: config.Settings,
+    *,
+    controller: str,
+    join_secret: str,
+    name: str,
+    listen: str,
+    advertise: str,
+    labels: dict[str, str],
+) -> None:
+    host, port = host_port(listen)
+    node = NodeAgent(
+        settings,
+        controller=controller,
+        join_secret=join_secret,
+        name=name or node_name(),
+        advertise=advertise or f"http://{host}:{port}",
+        labels=labels,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run_agent(node, host, port))
+
+
+def run_up(settings: config.Settings, port: int) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_up(settings, port))
