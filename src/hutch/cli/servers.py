@@ -19,7 +19,7 @@ from hutch.client.config import Context, save_context
 from hutch.model.errors import Invalid, Unavailable
 
 log = logging.getLogger("hutch")
-SHUTDOWN_GRACE = 3.0  # seconds
+SHUTDOWN_GRACE = 3  # seconds
 
 
 def host_port(listen: str) -> tuple[str, int]:
