@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     cgroup_parent: str = "hutch"
     project: str = Field("default", description="the host CLI's project, and the first one made")
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between node heartbeats")
+    node_grace: float = Field(
+        15.0, gt=0, description="seconds without a heartbeat before a node's machines are lost"
+    )
+    leader_lease: float = Field(
+        5.0, gt=0, description="seconds a leading controller holds its lease without renewing"
+    )
     # -- the controller --
     database_url: str = Field(
         "", description="sqlite:///... or postgresql://...; default: SQLite in state_dir"

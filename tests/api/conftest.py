@@ -10,21 +10,27 @@ import contextlib
 import socket
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
 from hutch import config
-from hutch.api.app import bootstrap, build_controller, create_app
+from hutch.api.app import bootstrap, build_controller, create_app, leading_work
 from hutch.api.deps import Controller
 from tests.store.postgres import postgres, postgres_url
 
 __all__ = ["postgres", "postgres_url"]  # fixtures, re-exported for pytest
 
 JOIN = "join-secret-for-tests"
+SIM_NODE = {
+    "name": "sim-1", "address": "http://127.0.0.1:9", "runtimes": ["microvm", "container"],
+    "accel": "tcg", "cpus": 64, "memory_mib": 1 << 20, "disk_mib": 1 << 22,
+    "overhead_mib": {"microvm": 96, "container": 0},
+}  # fmt: skip
 
 
 def free_port() -> int:
@@ -38,6 +44,7 @@ class Api:
     http: httpx.AsyncClient
     ctl: Controller
     admin: str  # a system token
+    background: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def call(
         self, method: str, path: str, token: str | None = None, **kwargs: object
@@ -55,6 +62,26 @@ class Api:
         secret: str = r.json()["secret"]
         return secret
 
+    async def join(self, name: str, **fields: object) -> dict[str, Any]:
+        """Register a simulated node; its id and credential."""
+        body = {**SIM_NODE, "name": name, **fields}
+        r = await self.http.post(
+            "/agent/v1/nodes", json=body, headers={"Authorization": f"Bearer {JOIN}"}
+        )
+        assert r.status_code == 201, r.text
+        joined: dict[str, Any] = r.json()
+        return joined
+
+    async def placed(self, token: str, ref: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The machine once the scheduler has given it a node."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            m: dict[str, Any] = (await self.call("GET", f"/v1/machines/{ref}", token)).json()
+            if m["node"] is not None:
+                return m
+            assert asyncio.get_running_loop().time() < deadline, f"{ref} was never placed: {m}"
+            await asyncio.sleep(0.05)
+
     async def machine(self, token: str, **body: object) -> httpx.Response:
         return await self.call(
             "POST", "/v1/machines", token, json={"image": "busybox", "runtime": "container", **body}
@@ -63,7 +90,11 @@ class Api:
 
 async def open_api(tmp: Path, database_url: str = "") -> tuple[Api, Controller]:
     settings = config.load(
-        state_dir=tmp, database_url=database_url, join_secret=JOIN, controller_secret="c" * 32
+        state_dir=tmp,
+        database_url=database_url,
+        join_secret=JOIN,
+        controller_secret="c" * 32,
+        node_grace=3600.0,  # the simulated node never heartbeats
     )
     ctl = build_controller(settings)
     app = create_app(ctl, settings)
@@ -71,13 +102,8 @@ async def open_api(tmp: Path, database_url: str = "") -> tuple[Api, Controller]:
     await bootstrap(ctl, settings)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hutch")
     api = Api(http, ctl, (tmp / "admin-token").read_text().strip())
-    node = {
-        "name": "sim-1", "address": "http://127.0.0.1:9", "runtimes": ["microvm", "container"],
-        "accel": "tcg", "cpus": 64, "memory_mib": 1 << 20, "disk_mib": 1 << 22,
-        "overhead_mib": {"microvm": 96, "container": 0},
-    }  # fmt: skip
-    r = await http.post("/agent/v1/nodes", json=node, headers={"Authorization": f"Bearer {JOIN}"})
-    assert r.status_code == 201, r.text
+    await api.background.enter_async_context(leading_work(ctl))  # the scheduler, node health
+    await api.join("sim-1")
     return api, ctl
 
 
@@ -100,6 +126,7 @@ async def served(api: Api) -> AsyncIterator[str]:
 
 
 async def close_api(api: Api) -> None:
+    await api.background.aclose()
     await api.http.aclose()
     await api.ctl.link.close()
     await api.ctl.store.close()

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -76,16 +77,25 @@ async def test_kill_9_during_creates(backend: str, request: pytest.FixtureReques
             for machine_id in acknowledged:
                 r = await http.get(f"{base}/v1/machines/{machine_id}?project=default", headers=auth)
                 assert r.status_code == 200, f"acknowledged {machine_id} is lost"
-            machines = []
-            cursor = ""
-            while True:
-                page = (await http.get(
-                    f"{base}/v1/machines?project=default&limit=200{cursor}", headers=auth
-                )).json()  # fmt: skip
-                machines += page["items"]
-                if not page["next"]:
-                    break
-                cursor = f"&cursor={page['next']}"
+
+            async def listing() -> list[dict[str, Any]]:
+                machines, cursor = [], ""
+                while True:
+                    page = (await http.get(
+                        f"{base}/v1/machines?project=default&limit=200{cursor}", headers=auth
+                    )).json()  # fmt: skip
+                    machines += page["items"]
+                    if not page["next"]:
+                        return machines
+                    cursor = f"&cursor={page['next']}"
+
+            # What was acknowledged but not placed yet is placed by the restarted scheduler.
+            deadline = time.monotonic() + 30
+            machines = await listing()
+            while any(m["node"] is None for m in machines):
+                assert time.monotonic() < deadline, "machines left without a node"
+                await asyncio.sleep(0.1)
+                machines = await listing()
             nodes = (await http.get(f"{base}/v1/nodes", headers=auth)).json()["items"]
             events = []
             async with http.stream("GET", f"{base}/v1/events?project=default", headers=auth) as r:

@@ -84,7 +84,9 @@ async def test_pages_are_capped_and_cursors_follow(api: Api) -> None:
 async def test_lifecycle_rules(api: Api) -> None:
     token = await api.token("alpha", "member")
     m = (await api.machine(token, name="life")).json()
-    assert m["state"] == "created" and m["desired"] == "running" and m["node"]
+    assert m["state"] == "created" and m["desired"] == "running" and m["node"] is None
+    m = await api.placed(token, "life")  # the scheduler gave it a node
+    assert m["state"] == "created" and m["node"]
     assert (await api.call("POST", "/v1/machines/life/start", token)).status_code == 409
     r = await api.call("DELETE", "/v1/machines/life", token)
     assert r.status_code == 409 and "force" in r.json()["detail"]

@@ -51,6 +51,11 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/images/{image}", "reader"),
     Endpoint("DELETE", "/v1/images/{image}", "member"),
     Endpoint("GET", "/v1/nodes", "system"),
+    Endpoint("GET", "/v1/nodes/{node}", "system"),
+    Endpoint("POST", "/v1/nodes/{node}/cordon", "system"),
+    Endpoint("POST", "/v1/nodes/{node}/uncordon", "system"),
+    Endpoint("POST", "/v1/nodes/{node}/drain", "system"),
+    Endpoint("DELETE", "/v1/nodes/{node}", "system"),
 ]
 AGENTS = ["/agent/v1/nodes", "/agent/v1/nodes/{node_id}/heartbeat",
           "/agent/v1/nodes/{node_id}/assignments",
@@ -70,7 +75,7 @@ def test_the_matrices_cover_every_route(api: Api) -> None:
     covered = {(e.method, e.path.replace("{token}", "{token_id}")) for e in ENDPOINTS}
     covered = {
         (m, p.replace("{project}", "{name}").replace("{machine}", "{ref}").replace(
-            "{image}", "{ref}"))
+            "{image}", "{ref}").replace("{node}", "{ref}"))
         for m, p in covered
     }  # fmt: skip
     agent_routes = {r for r in routes if r[1] in AGENTS}
@@ -82,6 +87,7 @@ def test_the_matrices_cover_every_route(api: Api) -> None:
 async def fill(api: Api, e: Endpoint, owner_token: str) -> str:
     """The endpoint's path with fresh objects of the owner's project ("alpha")."""
     path = e.path.replace("{project}", "alpha").replace("{image}", "busybox")
+    path = path.replace("{node}", "sim-1")
     if "{machine}" in path:
         r = await api.machine(owner_token)
         assert r.status_code == 201, r.text
@@ -206,7 +212,8 @@ async def test_a_node_credential_acts_only_on_its_own_node(api: Api) -> None:
     stolen = {"Authorization": f"Bearer {second['credential']}"}
     r = await api.http.get(f"/agent/v1/nodes/{first_id}/assignments", headers=stolen)
     assert r.status_code == 404
-    machine = (await api.machine(await api.token("alpha", "member"))).json()
+    member = await api.token("alpha", "member")
+    machine = await api.placed(member, (await api.machine(member)).json()["id"])
     assert machine["node"] == first_id  # placed on sim-1 (sim-2 is small)
     report = {"generation": 1, "state": "running", "time": 1.0}
     r = await api.http.post(

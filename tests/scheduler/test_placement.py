@@ -5,21 +5,27 @@ from collections.abc import Mapping
 
 import pytest
 
-from hutch.model.machine import Capacity, Node, NodeState
+from hutch.model.machine import Capacity, GroupPolicy, Node, NodeState, Strategy
 from hutch.scheduler import (
     CPU_OVERCOMMIT,
     FILTERS,
+    NO_GROUP,
+    Context,
+    Index,
     Placement,
     Rejection,
     Request,
     claim,
     fits,
+    group_policy,
     has_labels,
     has_runtime,
     need,
     place,
     ready,
     release,
+    schedulable,
+    utilisation,
 )
 
 EMPTY = Capacity(0, 0, 0)
@@ -36,6 +42,8 @@ def node(
     overhead: Mapping[str, int] | None = None,
     labels: Mapping[str, str] | None = None,
     state: NodeState = NodeState.READY,
+    domain: str = "",
+    cordoned: bool = False,
 ) -> Node:
     return Node(
         id=f"id-{name}",
@@ -50,6 +58,8 @@ def node(
         state=state,
         created_at=0.0,
         last_seen=0.0,
+        domain=domain,
+        cordoned=cordoned,
     )
 
 
@@ -59,8 +69,11 @@ def request(
     disk_mib: int = 0,
     runtime: str = "microvm",
     labels: Mapping[str, str] | None = None,
+    strategy: Strategy = Strategy.SPREAD,
+    group: str = "",
+    policy: GroupPolicy = GroupPolicy.NONE,
 ) -> Request:
-    return Request(cpus, memory_mib, disk_mib, runtime, labels or {})
+    return Request(cpus, memory_mib, disk_mib, runtime, labels or {}, strategy, group, policy)
 
 
 def placed(result: Placement | Rejection) -> str:
@@ -89,66 +102,74 @@ def test_need_without_a_known_overhead_is_the_request_itself() -> None:
 # -- filters -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state", [NodeState.CORDONED, NodeState.UNREACHABLE])
-def test_only_ready_nodes_take_machines(state: NodeState) -> None:
-    assert ready(request(), node("a")) is None
-    assert ready(request(), node("a", state=state)) == f"node is {state.value}"
+def test_only_ready_nodes_take_machines() -> None:
+    assert ready(request(), node("a"), NO_GROUP) is None
+    assert ready(request(), node("a", state=NodeState.UNREACHABLE), NO_GROUP) == (
+        "node is unreachable"
+    )
+
+
+def test_cordoned_nodes_take_nothing_new() -> None:
+    assert schedulable(request(), node("a"), NO_GROUP) is None
+    assert schedulable(request(), node("a", cordoned=True), NO_GROUP) == "node is cordoned"
 
 
 def test_runtime_must_be_offered() -> None:
-    assert has_runtime(request(runtime="container"), node("a")) is None
-    why = has_runtime(request(runtime="container"), node("a", runtimes=("microvm",)))
+    assert has_runtime(request(runtime="container"), node("a"), NO_GROUP) is None
+    why = has_runtime(request(runtime="container"), node("a", runtimes=("microvm",)), NO_GROUP)
     assert why == "no container runtime (has microvm)"
-    assert has_runtime(request(), node("a", runtimes=())) == "no microvm runtime (has none)"
+    assert (
+        has_runtime(request(), node("a", runtimes=()), NO_GROUP) == "no microvm runtime (has none)"
+    )
 
 
 def test_labels_must_all_match_and_extra_node_labels_do_not_matter() -> None:
     n = node("a", labels={"zone": "a", "disk": "ssd", "gpu": "no"})
-    assert has_labels(request(labels={}), n) is None
-    assert has_labels(request(labels={"zone": "a", "disk": "ssd"}), n) is None
-    why = has_labels(request(labels={"zone": "b", "disk": "ssd", "arch": "arm64"}), n)
+    assert has_labels(request(labels={}), n, NO_GROUP) is None
+    assert has_labels(request(labels={"zone": "a", "disk": "ssd"}), n, NO_GROUP) is None
+    why = has_labels(request(labels={"zone": "b", "disk": "ssd", "arch": "arm64"}), n, NO_GROUP)
     assert why == "lacks labels zone=b, arch=arm64"
 
 
 def test_memory_fit_counts_the_overhead_and_the_exact_fit_passes() -> None:
     n = node("a", memory_mib=1024, allocated=Capacity(0, 512, 0))
-    assert fits(request(memory_mib=512, runtime="container"), n) is None
-    assert fits(request(memory_mib=416, runtime="microvm"), n) is None  # 416 + 96 == 512
-    why = fits(request(memory_mib=417, runtime="microvm"), n)
+    assert fits(request(memory_mib=512, runtime="container"), n, NO_GROUP) is None
+    assert fits(request(memory_mib=416, runtime="microvm"), n, NO_GROUP) is None  # 416 + 96 == 512
+    why = fits(request(memory_mib=417, runtime="microvm"), n, NO_GROUP)
     assert why == "513 MiB of memory asked (with overhead), 512 free"
     # The same request without an overhead fits: the overhead is what tipped it.
-    assert fits(request(memory_mib=417, runtime="container"), n) is None
+    assert fits(request(memory_mib=417, runtime="container"), n, NO_GROUP) is None
 
 
 def test_disk_fit() -> None:
     n = node("a", disk_mib=1000, allocated=Capacity(0, 0, 400))
-    assert fits(request(disk_mib=600), n) is None
-    assert fits(request(disk_mib=601), n) == "601 MiB of disk asked, 600 free"
+    assert fits(request(disk_mib=600), n, NO_GROUP) is None
+    assert fits(request(disk_mib=601), n, NO_GROUP) == "601 MiB of disk asked, 600 free"
 
 
 def test_cpus_are_overcommitted() -> None:
     assert CPU_OVERCOMMIT == 4
     n = node("a", cpus=2)
-    assert fits(request(cpus=8), n) is None
-    assert fits(request(cpus=9), n) == "9 vCPUs asked, 8 free (at 4x overcommit)"
+    assert fits(request(cpus=8), n, NO_GROUP) is None
+    assert fits(request(cpus=9), n, NO_GROUP) == "9 vCPUs asked, 8 free (at 4x overcommit)"
     busy = node("a", cpus=2, allocated=Capacity(5, 0, 0))
-    assert fits(request(cpus=3), busy) is None
-    assert fits(request(cpus=4), busy) == "4 vCPUs asked, 3 free (at 4x overcommit)"
+    assert fits(request(cpus=3), busy, NO_GROUP) is None
+    assert fits(request(cpus=4), busy, NO_GROUP) == "4 vCPUs asked, 3 free (at 4x overcommit)"
 
 
 def test_memory_is_checked_before_disk_and_disk_before_cpus() -> None:
     n = node("a", cpus=1, memory_mib=100, disk_mib=100)
-    assert fits(request(cpus=9, memory_mib=101, disk_mib=101, runtime="container"), n) == (
-        "101 MiB of memory asked (with overhead), 100 free"
-    )
-    assert fits(request(cpus=9, memory_mib=1, disk_mib=101), n) == (
+    assert fits(
+        request(cpus=9, memory_mib=101, disk_mib=101, runtime="container"), n, NO_GROUP
+    ) == ("101 MiB of memory asked (with overhead), 100 free")
+    assert fits(request(cpus=9, memory_mib=1, disk_mib=101), n, NO_GROUP) == (
         "101 MiB of disk asked, 100 free"
     )
 
 
 def test_the_first_failing_filter_gives_the_reason() -> None:
-    assert list(FILTERS) == [ready, has_runtime, has_labels, fits]
-    n = node("a", runtimes=("container",), memory_mib=1, state=NodeState.CORDONED)
+    assert list(FILTERS) == [ready, schedulable, has_runtime, has_labels, fits, group_policy]
+    n = node("a", runtimes=("container",), memory_mib=1, cordoned=True)
     assert rejected(place(request(), [n])) == {"a": "node is cordoned"}
 
 
@@ -182,7 +203,7 @@ def test_no_nodes_at_all_is_explained_as_such() -> None:
 
 def test_only_nodes_passing_every_filter_are_candidates() -> None:
     nodes = [
-        node("big-cordoned", memory_mib=1 << 20, state=NodeState.CORDONED),
+        node("big-cordoned", memory_mib=1 << 20, cordoned=True),
         node("big-unlabelled", memory_mib=1 << 20),
         node("small-labelled", memory_mib=512, labels={"zone": "a"}),
     ]
@@ -210,10 +231,10 @@ def test_the_memory_weigher_counts_each_nodes_overhead() -> None:
 def test_weighers_are_normalised_before_their_weights_apply() -> None:
     nodes = [node("a"), node("b")]
 
-    def huge(_: Request, n: Node) -> float:  # a wide raw range, in favour of a
+    def huge(_: Request, n: Node, __: Context) -> float:  # a wide raw range, in favour of a
         return 1_000_000.0 if n.name == "a" else 0.0
 
-    def tiny(_: Request, n: Node) -> float:  # a narrow raw range, in favour of b
+    def tiny(_: Request, n: Node, __: Context) -> float:  # a narrow raw range, in favour of b
         return 0.001 if n.name == "b" else 0.0
 
     # Raw sums would pick a; normalised to 0..1 each, tiny's double weight picks b.
@@ -222,10 +243,10 @@ def test_weighers_are_normalised_before_their_weights_apply() -> None:
 
 
 def test_custom_filters_replace_the_defaults() -> None:
-    def not_a(_: Request, n: Node) -> str | None:
+    def not_a(_: Request, n: Node, __: Context) -> str | None:
         return "a is excluded" if n.name == "a" else None
 
-    cordoned = node("b", state=NodeState.CORDONED)
+    cordoned = node("b", cordoned=True)
     assert placed(place(request(), [node("a"), cordoned], filters=[not_a])) == "b"
     assert rejected(place(request(), [node("a")], filters=[not_a])) == {"a": "a is excluded"}
 
@@ -244,7 +265,7 @@ def test_same_snapshot_in_any_order_gives_the_same_node() -> None:
         node("n3", memory_mib=4096),
         node("n1", memory_mib=4096),  # ties with n3 on free memory
         node("n2", memory_mib=2048),
-        node("n4", state=NodeState.CORDONED, memory_mib=1 << 20),
+        node("n4", cordoned=True, memory_mib=1 << 20),
         node("n5", runtimes=("container",), memory_mib=1 << 20),
     ]
     results = {placed(place(request(), list(order))) for order in itertools.permutations(nodes)}
@@ -290,3 +311,124 @@ def test_claimed_capacity_is_what_the_next_placement_sees() -> None:
         "a": "4 vCPUs asked, 0 free (at 4x overcommit)",
         "b": "4 vCPUs asked, 0 free (at 4x overcommit)",
     }
+
+
+# -- groups, strategies and failure domains ----------------------------------------------------
+
+
+def test_anti_affinity_keeps_a_group_off_nodes_that_run_one_of_it() -> None:
+    r = request(group="db", policy=GroupPolicy.ANTI_AFFINITY)
+    context = Context(members={"id-a": 1})
+    assert group_policy(r, node("a"), context) == (
+        "runs a machine of group db already (anti-affinity)"
+    )
+    assert group_policy(r, node("b"), context) is None
+    assert placed(place(r, [node("a", memory_mib=1 << 20), node("b")], context)) == "b"
+
+
+def test_affinity_follows_the_group_and_the_first_member_goes_anywhere() -> None:
+    r = request(group="web", policy=GroupPolicy.AFFINITY)
+    assert group_policy(r, node("a"), NO_GROUP) is None
+    context = Context(members={"id-b": 2})
+    assert group_policy(r, node("a"), context) == "group web runs on another node (affinity)"
+    assert placed(place(r, [node("a", memory_mib=1 << 20), node("b")], context)) == "b"
+
+
+def test_a_group_spreads_across_failure_domains_before_nodes() -> None:
+    nodes = {
+        n.id: n
+        for n in [
+            node("a1", domain="rack-a"),
+            node("a2", domain="rack-a", memory_mib=1 << 16),  # emptier, but in the busy rack
+            node("b1", domain="rack-b"),
+        ]
+    }
+    context = Context.of({"id-a1": 1}, nodes)
+    assert context.domains == {"rack-a": 1}
+    assert placed(place(request(group="g"), list(nodes.values()), context)) == "b1"
+    # Without a group the domain does not matter and free room decides.
+    assert placed(place(request(), list(nodes.values()), context)) == "a2"
+
+
+def test_pack_fills_the_fullest_node_that_fits_and_spread_the_emptiest() -> None:
+    nodes = [
+        node("empty"),
+        node("half", allocated=Capacity(0, 2048, 0)),
+        node("full", allocated=Capacity(0, 4000, 0)),
+    ]
+    pack = request(memory_mib=64, strategy=Strategy.PACK, runtime="container")
+    assert placed(place(pack, nodes)) == "full"
+    assert placed(place(request(strategy=Strategy.PACK, memory_mib=200), nodes)) == "half"
+    assert placed(place(request(strategy=Strategy.SPREAD), nodes)) == "empty"
+
+
+def test_utilisation_averages_memory_and_overcommitted_cpus() -> None:
+    assert utilisation(node("a")) == 0.0
+    assert utilisation(node("a", cpus=1, memory_mib=1000, allocated=Capacity(2, 500, 0))) == 0.5
+    assert utilisation(node("a", cpus=0, memory_mib=0)) == 1.0
+
+
+# -- Index: the same rule over a sorted snapshot ----------------------------------------------
+
+
+def mixed(count: int) -> list[Node]:
+    return [
+        node(
+            f"n{i:03d}",
+            cpus=2 + i % 3 * 2,
+            memory_mib=2048 * (1 + i % 4),
+            allocated=Capacity(i % 3, 97 * (i % 11), 0),
+            domain=f"d{i % 5}",
+        )
+        for i in range(count)
+    ]
+
+
+def test_index_with_room_to_weigh_every_node_agrees_with_place() -> None:
+    nodes = mixed(60)
+    index = Index(nodes, k=len(nodes))
+    snapshot = {n.id: n for n in nodes}
+    for i in range(200):
+        r = request(memory_mib=64 + 37 * (i % 9), strategy=[Strategy.SPREAD, Strategy.PACK][i % 2])
+        expected = place(r, list(snapshot.values()))
+        got = index.place(r)
+        assert placed(got) == placed(expected)
+        snapshot[got.node.id] = index.claim(got.node.id, r)  # type: ignore[union-attr]
+
+
+def test_index_weighs_only_k_candidates_in_the_strategys_order() -> None:
+    nodes = mixed(100)
+    index = Index(nodes, k=4)
+    spread = index.place(request())
+    assert isinstance(spread, Placement) and spread.considered == 4
+    emptiest = sorted(nodes, key=lambda n: (utilisation(n), n.name))[0]
+    assert utilisation(spread.node) <= utilisation(emptiest) + 0.05
+    pack = index.place(request(strategy=Strategy.PACK, runtime="container"))
+    fullest = max(utilisation(n) for n in nodes)
+    assert isinstance(pack, Placement) and utilisation(pack.node) >= fullest - 0.05
+
+
+def test_index_claims_are_seen_by_the_next_placement_and_refusals_explained() -> None:
+    index = Index([node("a", memory_mib=300), node("b", memory_mib=300)])
+    r = request(memory_mib=100, runtime="container")
+    chosen = []
+    for _ in range(6):
+        result = index.place(r)
+        chosen.append(placed(result))
+        index.claim(result.node.id, r)  # type: ignore[union-attr]
+    assert chosen == ["a", "b", "a", "b", "a", "b"]  # spread: the emptier, ties to the name
+    full = "100 MiB of memory asked (with overhead), 0 free"
+    assert rejected(index.place(r)) == {"a": full, "b": full}
+
+
+def test_index_anti_affinity_skips_member_nodes() -> None:
+    index = Index([node("a"), node("b"), node("c")])
+    r = request(group="g", policy=GroupPolicy.ANTI_AFFINITY, runtime="container")
+    members: dict[str, int] = {}
+    for _ in range(3):
+        result = index.place(r, members)
+        assert isinstance(result, Placement)
+        members[result.node.id] = 1
+        index.claim(result.node.id, r)
+    assert sorted(members) == ["id-a", "id-b", "id-c"]
+    assert set(rejected(index.place(r, members))) == {"a", "b", "c"}

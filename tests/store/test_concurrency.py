@@ -139,20 +139,20 @@ async def test_machine_compare_and_set_race(store: SqlStore) -> None:
 
 
 async def test_node_claim_race(store: SqlStore) -> None:
-    """The scheduler's claim: each claimant read version 1; one commits, the rest retry."""
-    n = f.node()
+    """Schedulers claiming one node at once: whatever they read, the node is never overbooked."""
+    n = f.node(capacity=Capacity(cpus=2, memory_mib=1000, disk_mib=100))
+    limit = Capacity(8, 1000, 100)
     async with store.write() as tx:
         await tx.nodes.create(n, "cred")
 
-    async def claim_node(cpus: int) -> Capacity:
+    async def claim_node() -> bool:
         async with store.write() as tx:
-            return (await tx.nodes.update(replace(n, allocated=Capacity(cpus, 0, 0)))).allocated
+            return await tx.nodes.claim(n.id, Capacity(1, 300, 0), limit)
 
-    results = await asyncio.gather(*(claim_node(i) for i in range(1, 11)), return_exceptions=True)
-    won = [r for r in results if isinstance(r, Capacity)]
-    assert len(won) == 1 and sum(isinstance(r, Conflict) for r in results) == 9
+    results = await asyncio.gather(*(claim_node() for _ in range(10)))
+    assert results.count(True) == 3
     async with store.read() as tx:
-        assert (await tx.nodes.get(n.id)).allocated == won[0]
+        assert (await tx.nodes.get(n.id)).allocated == Capacity(3, 900, 0)
 
 
 async def test_postgres_deadlock_is_a_conflict(postgres_url: str) -> None:

@@ -5,8 +5,17 @@ from dataclasses import replace
 import pytest
 
 from hutch.model.errors import Conflict, Invalid, NotFound
-from hutch.model.machine import Capacity, Desired, MachineState, NodeState, RestartPolicy
+from hutch.model.machine import (
+    Capacity,
+    Desired,
+    GroupPolicy,
+    MachineState,
+    NodeState,
+    RestartPolicy,
+    Strategy,
+)
 from hutch.model.tenancy import Quota, Role, Usage
+from hutch.store.base import NewEvent
 from hutch.store.sql import MAX_PAGE, SqlStore
 from tests.store import factories as f
 
@@ -434,6 +443,90 @@ async def test_purge(store: SqlStore) -> None:
         assert await tx.machines.list(a.id) == ([live], None)
 
 
+async def test_pending_machines_are_placed_once(store: SqlStore) -> None:
+    p, n = f.project(), f.node()
+    waiting = [f.machine(p.id, created_at=100.0 + i) for i in range(5)]
+    placed = f.machine(p.id, node_id=n.id, created_at=1.0)
+    stopped = f.machine(p.id, desired=Desired.STOPPED, created_at=2.0)
+    failed = f.machine(p.id, state=MachineState.FAILED, created_at=3.0)
+    async with store.write() as tx:
+        await tx.projects.create(p)
+        await tx.nodes.create(n, "cred")
+        for m in [*reversed(waiting), placed, stopped, failed]:
+            await tx.machines.create(m)
+        first = await tx.machines.pending(3)
+        assert [m.id for m in first] == [m.id for m in waiting[:3]]  # oldest first
+        rest = await tx.machines.pending(3, (first[-1].created_at, first[-1].id))
+        assert [m.id for m in rest] == [m.id for m in waiting[3:]]
+        await tx.machines.place([(waiting[0].id, n.id), (waiting[1].id, n.id)], 500.0)
+        # Placing a machine that has a node already changes nothing.
+        await tx.machines.place([(placed.id, "elsewhere")], 500.0)
+    async with store.read() as tx:
+        got = await tx.machines.by_id(waiting[0].id)
+        assert (got.node_id, got.updated_at, got.version) == (n.id, 500.0, 2)
+        assert (await tx.machines.by_id(placed.id)).node_id == n.id
+    async with store.write() as tx:
+        assert [m.id for m in await tx.machines.pending(10)] == [m.id for m in waiting[2:]]
+
+
+async def test_group_members_count_active_machines_by_node(store: SqlStore) -> None:
+    p, a, b = f.project(), f.node(), f.node()
+    running = MachineState.RUNNING
+    members = [
+        f.machine(p.id, group="db", node_id=a.id, state=running),
+        f.machine(p.id, group="db", node_id=a.id, state=MachineState.STARTING),
+        f.machine(p.id, group="db", node_id=b.id, state=running),
+        f.machine(p.id, group="db", node_id=b.id, state=MachineState.EXITED),  # not active
+        f.machine(p.id, group="db", node_id=b.id, state=running, desired=Desired.DESTROYED),
+        f.machine(p.id, group="web", node_id=b.id, state=running),
+    ]
+    async with store.write() as tx:
+        await tx.projects.create(p)
+        for n in (a, b):
+            await tx.nodes.create(n, n.id)
+        for m in members:
+            await tx.machines.create(m)
+    async with store.read() as tx:
+        assert await tx.machines.group_members(p.id, "db") == {a.id: 2, b.id: 1}
+        assert await tx.machines.group_members(p.id, "none") == {}
+
+
+async def test_placement_fields_round_trip(store: SqlStore) -> None:
+    p = f.project()
+    m = f.machine(
+        p.id,
+        group="db",
+        group_policy=GroupPolicy.ANTI_AFFINITY,
+        constraints={"zone": "b"},
+        strategy=Strategy.PACK,
+    )
+    async with store.write() as tx:
+        await tx.projects.create(p)
+        await tx.machines.create(m)
+        assert (await tx.projects.set_strategy(p.id, Strategy.PACK)).strategy is Strategy.PACK
+        with pytest.raises(NotFound):
+            await tx.projects.set_strategy("nope", Strategy.PACK)
+    async with store.read() as tx:
+        assert await tx.machines.by_id(m.id) == m
+        assert (await tx.projects.get(p.id)).strategy is Strategy.PACK
+
+
+async def test_leases_go_to_one_holder_until_they_expire(store: SqlStore) -> None:
+    async with store.write() as tx:
+        assert await tx.leases.acquire("leader", "a", 5.0, 100.0) == 1
+        assert await tx.leases.acquire("leader", "b", 5.0, 101.0) is None
+        assert await tx.leases.acquire("leader", "a", 5.0, 104.0) == 1  # renewed: to 109
+        assert await tx.leases.acquire("leader", "b", 5.0, 108.0) is None
+        assert await tx.leases.holder("leader", 108.0) == ("a", 1)
+        assert await tx.leases.acquire("leader", "b", 5.0, 109.5) == 2  # expired: a new term
+        assert await tx.leases.acquire("other", "a", 5.0, 109.5) == 1
+        await tx.leases.release("leader", "a")  # not a's any more: no effect
+        assert await tx.leases.holder("leader", 110.0) == ("b", 2)
+        await tx.leases.release("leader", "b")
+        assert await tx.leases.holder("leader", 110.0) is None
+        assert await tx.leases.acquire("leader", "a", 5.0, 110.0) == 3
+
+
 # -- nodes ----------------------------------------------------------------------------------------
 
 
@@ -462,18 +555,46 @@ async def test_node_compare_and_set(store: SqlStore) -> None:
     async with store.write() as tx:
         await tx.nodes.create(n, "cred")
         await tx.nodes.lock(n.id)
-        claimed = await tx.nodes.update(replace(n, allocated=Capacity(2, 1024, 64)))
-        assert claimed == replace(n, allocated=Capacity(2, 1024, 64), version=2)
+        cordoned = await tx.nodes.update(replace(n, cordoned=True, domain="rack-1"))
+        assert cordoned == replace(n, cordoned=True, domain="rack-1", version=2)
         with pytest.raises(Conflict, match="changed by someone else"):
-            await tx.nodes.update(replace(n, state=NodeState.CORDONED))
+            await tx.nodes.update(replace(n, state=NodeState.UNREACHABLE))
         with pytest.raises(NotFound):
             await tx.nodes.update(f.node())
         with pytest.raises(NotFound):
             await tx.nodes.lock("nope")
         assert await tx.nodes.revision(n.id) == 0  # updates do not bump the revision
     async with store.read() as tx:
-        assert await tx.nodes.get(n.id) == claimed
-        assert await tx.nodes.by_credential("cred") == claimed
+        assert await tx.nodes.get(n.id) == cordoned
+        assert await tx.nodes.by_credential("cred") == cordoned
+
+
+async def test_node_claims_are_increments_within_a_limit(store: SqlStore) -> None:
+    n = f.node(allocated=Capacity(1, 100, 10))
+    limit = Capacity(8, 1000, 100)
+    async with store.write() as tx:
+        await tx.nodes.create(n, "cred")
+        assert await tx.nodes.claim(n.id, Capacity(2, 400, 40), limit)
+        assert await tx.nodes.claim(n.id, Capacity(5, 500, 50), limit)  # exactly the limit
+        assert not await tx.nodes.claim(n.id, Capacity(0, 1, 0), limit)
+        assert not await tx.nodes.claim("nope", Capacity(0, 1, 0), limit)
+        # An update of other fields leaves the allocation to claims and releases.
+        node = await tx.nodes.get(n.id)
+        assert node.allocated == Capacity(8, 1000, 100)
+        await tx.nodes.update(replace(node, allocated=Capacity(0, 0, 0), labels={"x": "y"}))
+        await tx.nodes.release(n.id, Capacity(3, 600, 1000))
+    async with store.read() as tx:
+        assert (await tx.nodes.get(n.id)).allocated == Capacity(5, 400, 0)  # never below zero
+
+
+async def test_node_revisions_bumped_in_one_go(store: SqlStore) -> None:
+    a, b = f.node(), f.node()
+    async with store.write() as tx:
+        await tx.nodes.create(a, "cred-a")
+        await tx.nodes.create(b, "cred-b")
+        await tx.nodes.bump_revisions([a.id, a.id, b.id])
+        await tx.nodes.bump_revisions([])
+        assert (await tx.nodes.revision(a.id), await tx.nodes.revision(b.id)) == (1, 1)
 
 
 async def test_node_revision(store: SqlStore) -> None:
@@ -552,6 +673,24 @@ async def test_events(store: SqlStore) -> None:
         assert await tx.events.since(a.id, e4.id) == []
         with pytest.raises(Invalid):
             await tx.events.since(a.id, 0, limit=0)
+
+
+async def test_events_appended_many_at_once(store: SqlStore) -> None:
+    a = f.project()
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.events.append_many(
+            [
+                NewEvent(a.id, "machine.placed", f"m-{i}", "created", "on node x", 5.0)
+                for i in range(3)
+            ]
+        )
+        await tx.events.append_many([])
+        with pytest.raises(NotFound):
+            await tx.events.append_many([NewEvent("nope", "k", "m", "s", "", 1.0)])
+    async with store.read() as tx:
+        got = await tx.events.since(a.id, 0)
+    assert [(e.object_id, e.kind) for e in got] == [(f"m-{i}", "machine.placed") for i in range(3)]
 
 
 # -- transactions ---------------------------------------------------------------------------------

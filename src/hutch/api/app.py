@@ -1,5 +1,6 @@
 """The controller's FastAPI application, and building the controller from settings."""
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -17,12 +18,15 @@ from hutch.api.routes import images, machines, nodes, projects
 from hutch.config import Settings
 from hutch.http import problems
 from hutch.http.limits import BodyLimit
+from hutch.services.health import Health
 from hutch.services.images import Images
+from hutch.services.leader import Leadership
 from hutch.services.machines import Machines
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
-from hutch.services.notify import Notifier
+from hutch.services.notify import SCHEDULER, Notifier
 from hutch.services.policy import Policy
+from hutch.services.scheduling import Scheduler
 from hutch.services.tenancy import Tenancy
 from hutch.store import open_store
 
@@ -49,16 +53,40 @@ def build_controller(settings: Settings) -> Controller:
     join_secret = settings.join_secret or secret_file(settings.state_dir / "join.secret")
     link = NodeLink(controller_secret.encode())
     node_service = Nodes(store, notifier, join_secret, controller_secret.encode())
+    machine_service = Machines(store, policy, notifier, link)
     return Controller(
         store=store,
         policy=policy,
         notifier=notifier,
         link=link,
         tenancy=Tenancy(store, policy),
-        machines=Machines(store, policy, notifier, link),
+        machines=machine_service,
         nodes=node_service,
         images=Images(node_service, link, policy),
+        leadership=Leadership(store, settings.leader_lease),
+        scheduler=Scheduler(store, notifier),
+        health=Health(node_service, machine_service, settings.node_grace),
     )
+
+
+@contextlib.asynccontextmanager
+async def leading_work(ctl: Controller) -> AsyncIterator[None]:
+    """In the background: the leader's lease, and what the leader does (the scheduler, node
+    health), each idle while this controller does not lead. They are stopped between two
+    transactions, never cancelled inside one."""
+    stop = asyncio.Event()
+    leading = ctl.leadership.leading
+    tasks = [
+        asyncio.create_task(ctl.leadership.run(stop)),
+        asyncio.create_task(ctl.scheduler.run(leading, stop)),
+        asyncio.create_task(ctl.health.run(leading, stop)),
+    ]
+    try:
+        yield
+    finally:
+        stop.set()
+        ctl.notifier.notify(SCHEDULER)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
@@ -67,7 +95,8 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
         await ctl.store.open()
         if settings is not None:
             await bootstrap(ctl, settings)
-        yield
+        async with leading_work(ctl):
+            yield
         await ctl.link.close()
         await ctl.store.close()
 

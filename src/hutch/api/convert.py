@@ -2,7 +2,14 @@
 
 from hutch.model.machine import Event, Machine, MachineSpec, Node
 from hutch.model.tenancy import Project, Quota, Token, Usage
-from hutch.wire.machines import EventView, MachineCreate, MachineView
+from hutch.scheduler import Placement, Rejection
+from hutch.wire.machines import (
+    EventView,
+    MachineCreate,
+    MachineView,
+    PlacementView,
+    Rejected,
+)
 from hutch.wire.nodes import Assignment, CapacityView, NodeView
 from hutch.wire.tenancy import ProjectView, QuotaSpec, QuotaView, TokenView, UsageView
 
@@ -22,6 +29,26 @@ def spec_of(body: MachineCreate) -> MachineSpec:
         restart=body.restart,
         labels=dict(body.labels),
         auto_destroy=body.auto_destroy,
+        group=body.group,
+        group_policy=body.group_policy,
+        constraints=dict(body.constraints),
+        strategy=body.strategy,
+    )
+
+
+def placement_view(decision: Placement | Rejection) -> PlacementView:
+    if isinstance(decision, Placement):
+        return PlacementView(
+            placed=True,
+            node=decision.node.name,
+            node_id=decision.node.id,
+            candidates=decision.considered,
+            rejected=[Rejected(node=n, reason=r) for n, r in sorted(decision.rejected.items())],
+        )
+    return PlacementView(
+        placed=False,
+        rejected=[Rejected(node=n, reason=r) for n, r in sorted(decision.reasons.items())],
+        reason=decision.explain(),
     )
 
 
@@ -48,6 +75,10 @@ def machine_view(m: Machine, project: str, node: str | None = None) -> MachineVi
         restart=s.restart,
         labels=dict(s.labels),
         auto_destroy=s.auto_destroy,
+        group=s.group,
+        group_policy=s.group_policy,
+        constraints=dict(s.constraints),
+        strategy=s.strategy,
         state=m.state,
         desired=m.desired,
         node=node or m.node_id,
@@ -131,7 +162,11 @@ def node_view(n: Node) -> NodeView:
         allocated=CapacityView(cpus=n.allocated.cpus, memory_mib=n.allocated.memory_mib,
                                disk_mib=n.allocated.disk_mib),
         labels=dict(n.labels),
+        domain=n.domain,
         state=n.state,
+        cordoned=n.cordoned,
+        overhead_mib=dict(n.overhead_mib),
+        created_at=n.created_at,
         last_seen=n.last_seen,
     )  # fmt: skip
 

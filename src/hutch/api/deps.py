@@ -7,12 +7,15 @@ from fastapi import Depends, Query, Request
 
 from hutch.model.machine import Node
 from hutch.model.tenancy import Principal, Project
+from hutch.services.health import Health
 from hutch.services.images import Images
+from hutch.services.leader import Leadership
 from hutch.services.machines import Machines
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.notify import Notifier
 from hutch.services.policy import Policy
+from hutch.services.scheduling import Scheduler
 from hutch.services.tenancy import Tenancy
 from hutch.store.base import Store
 
@@ -27,6 +30,9 @@ class Controller:
     machines: Machines
     nodes: Nodes
     images: Images
+    leadership: Leadership
+    scheduler: Scheduler
+    health: Health
 
 
 def controller(request: Request) -> Controller:

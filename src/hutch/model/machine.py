@@ -22,11 +22,21 @@ class MachineState(StrEnum):
     STOPPING = "stopping"
     EXITED = "exited"  # the workload ended: see exit_code
     FAILED = "failed"  # it could not run, or its sandbox died: see error
+    LOST = "lost"  # its node stopped answering: its sandbox is destroyed if it comes back
     DESTROYED = "destroyed"
 
     @property
     def finished(self) -> bool:
-        return self in (MachineState.EXITED, MachineState.FAILED, MachineState.DESTROYED)
+        return self in (
+            MachineState.EXITED,
+            MachineState.FAILED,
+            MachineState.LOST,
+            MachineState.DESTROYED,
+        )
+
+
+# A machine in one of these states holds its node's share (once it has a node).
+ACTIVE = (MachineState.CREATED, MachineState.STARTING, MachineState.RUNNING, MachineState.STOPPING)
 
 
 class Desired(StrEnum):
@@ -39,8 +49,23 @@ class Desired(StrEnum):
 
 class RestartPolicy(StrEnum):
     NO = "no"
-    ON_FAILURE = "on-failure"  # exit code other than 0, or failed
+    ON_FAILURE = "on-failure"  # exit code other than 0, failed, or lost with its node
     ALWAYS = "always"
+
+
+class Strategy(StrEnum):
+    """How the scheduler chooses among nodes that can take a machine."""
+
+    SPREAD = "spread"  # the emptiest node: room to grow, less lost with one node
+    PACK = "pack"  # the fullest node that fits: whole nodes stay free for big machines
+
+
+class GroupPolicy(StrEnum):
+    """Where the machines of one group (in one project) go relative to each other."""
+
+    NONE = "none"  # only spread across failure domains, as a preference
+    AFFINITY = "affinity"  # all on one node
+    ANTI_AFFINITY = "anti-affinity"  # never two on one node
 
 
 def validate_labels(labels: Mapping[str, str]) -> None:
@@ -68,10 +93,21 @@ class MachineSpec:
     restart: RestartPolicy = RestartPolicy.NO
     labels: Mapping[str, str] = field(default_factory=dict)
     auto_destroy: bool = False  # destroyed as soon as it ends
+    # Placement: a group (a label value, shared by machines placed relative to each other),
+    # the node labels it needs, and a strategy (None: the project's).
+    group: str = ""
+    group_policy: GroupPolicy = GroupPolicy.NONE
+    constraints: Mapping[str, str] = field(default_factory=dict)
+    strategy: Strategy | None = None
 
     def __post_init__(self) -> None:
         parse_ref(self.image)
         validate_labels(self.labels)
+        validate_labels(self.constraints)
+        if self.group and not _LABEL_VALUE.match(self.group):
+            raise Invalid(f"group {self.group!r}: up to 63 letters, digits, '-_.'")
+        if self.group_policy is not GroupPolicy.NONE and not self.group:
+            raise Invalid(f"group policy {self.group_policy} needs a group")
         if self.cpus < 1:
             raise Invalid("cpus must be at least 1")
         if self.memory_mib < 1:
@@ -126,8 +162,7 @@ class Report:
 
 class NodeState(StrEnum):
     READY = "ready"
-    CORDONED = "cordoned"  # runs what it has; takes nothing new
-    UNREACHABLE = "unreachable"
+    UNREACHABLE = "unreachable"  # missed its heartbeats: its machines are lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +186,8 @@ class Node:
     state: NodeState
     created_at: float
     last_seen: float
+    domain: str = ""  # failure domain (rack, zone): the machines of a group spread across them
+    cordoned: bool = False  # runs what it has, takes nothing new
     version: int = 1
 
 

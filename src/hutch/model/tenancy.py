@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from hutch.model.errors import Invalid
+from hutch.model.machine import Strategy
 
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label
 
@@ -80,6 +81,7 @@ class Project:
     name: str
     created_at: float
     quota: Quota
+    strategy: Strategy = Strategy.SPREAD  # its machines' placement, unless one asks otherwise
 
 
 @dataclass(frozen=True, slots=True)

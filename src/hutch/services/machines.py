@@ -1,9 +1,10 @@
-"""Machines: create (quota, placement, claim), lifecycle requests, node reports, waiting.
+"""Machines: create (quota, a placement check), lifecycle requests, node reports, waiting.
 
 The control plane records what is wanted (`desired`, `generation`) and what nodes say happened
 (`state`); nodes converge on the first and report the second. Every state change is an event.
-A machine holds its node's capacity while it is active (placed and not finished): it is claimed
-when a generation is placed, and given back when that generation ends.
+A generation to run starts without a node: the scheduler (`services/scheduling.py`, on the
+leading controller) places it and claims the node's share. A machine holds that share while it
+is active (placed and not finished), and gives it back when the generation ends.
 """
 
 import signal as _signal
@@ -13,6 +14,7 @@ from dataclasses import replace
 
 from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded
 from hutch.model.machine import (
+    ACTIVE,
     Desired,
     Event,
     Machine,
@@ -24,21 +26,35 @@ from hutch.model.machine import (
 )
 from hutch.model.sandbox import parse_signal
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
-from hutch.scheduler import Placement, Request, claim, place, release
+from hutch.scheduler import Context, Placement, Rejection, Request, need, place
 from hutch.services.ids import new_id
 from hutch.services.nodelink import NodeLink
-from hutch.services.notify import Notifier, machine_key, node_key, project_key
+from hutch.services.notify import (
+    SCHEDULER,
+    Notifier,
+    machine_key,
+    node_key,
+    project_key,
+)
 from hutch.services.policy import Action, Policy
 from hutch.store.base import Store, Tx
 
 MAX_WAIT = 300.0
 RESTART_BACKOFF_MAX = 30.0
-FINISHED = (MachineState.EXITED, MachineState.FAILED, MachineState.DESTROYED)
-ACTIVE = (MachineState.CREATED, MachineState.STARTING, MachineState.RUNNING, MachineState.STOPPING)
+FINISHED = tuple(s for s in MachineState if s.finished)
 
 
-def request_of(spec: MachineSpec) -> Request:
-    return Request(spec.cpus, spec.memory_mib, spec.scratch_mib, spec.runtime)
+def request_of(spec: MachineSpec, project: Project) -> Request:
+    return Request(
+        spec.cpus,
+        spec.memory_mib,
+        spec.scratch_mib,
+        spec.runtime,
+        labels=spec.constraints,
+        strategy=spec.strategy or project.strategy,
+        group=spec.group,
+        group_policy=spec.group_policy,
+    )
 
 
 def usage_of(spec: MachineSpec) -> Usage:
@@ -87,9 +103,8 @@ class Machines:
             usage = (await tx.machines.usage(project.id)).plus(usage_of(spec))
             if (over := usage.exceeds(quota)) is not None:
                 raise QuotaExceeded(f"project {project.name} is at its quota: {over}")
-            if start:
-                node = await self._claim(tx, spec)
-                machine = replace(machine, node_id=node.id)
+            if start and isinstance(decision := await _place(tx, spec, project), Rejection):
+                raise NoCapacity(f"no node can take this machine: {decision.explain()}")
             await tx.machines.create(machine)
             await tx.events.append(
                 project.id,
@@ -99,10 +114,16 @@ class Machines:
                 message="",
                 time=now,
             )
-            if machine.node_id:
-                await tx.nodes.bump_revision(machine.node_id)
         self._wake(machine)
         return machine
+
+    async def explain(
+        self, principal: Principal, project: Project, spec: MachineSpec
+    ) -> Placement | Rejection:
+        """Where a machine would go now, and why every other node would not take it."""
+        self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        async with self.store.read() as tx:
+            return await _place(tx, spec, project)
 
     async def get(self, principal: Principal, project: Project, ref: str) -> Machine:
         self.policy.require(principal, Action.MACHINE_READ, project.id)
@@ -279,6 +300,46 @@ class Machines:
         self._wake(m)
         return m
 
+    async def lost_with(self, node: Node) -> int:
+        """The node stopped answering: its active machines are lost, and leave it (when it
+        comes back, their sandboxes are not its any more, and its agent destroys them). Those
+        whose restart policy says so run again elsewhere. How many were lost."""
+        woken: list[Machine] = []
+        async with self.store.write() as tx:
+            for placed in await tx.machines.on_node(node.id):
+                if placed.desired is not Desired.DESTROYED and placed.state not in ACTIVE:
+                    continue
+                await self._release(tx, placed)
+                gone = replace(placed, node_id=None, finished_at=time.time())
+                if placed.desired is Desired.DESTROYED:  # nothing left to keep
+                    gone = await self._transition(
+                        tx, gone, MachineState.DESTROYED, "", claimed=True
+                    )
+                else:
+                    why = f"lost with node {node.name}"
+                    gone = replace(gone, error=why)
+                    gone = await self._transition(tx, gone, MachineState.LOST, why, claimed=True)
+                    if gone.desired is Desired.RUNNING and _restarts(gone, MachineState.LOST):
+                        gone = await self._new_generation(tx, gone, restarted=True)
+                woken.append(gone)
+        for m in woken:
+            self._wake(m)
+        return len(woken)
+
+    async def drain(self, node: Node) -> int:
+        """Move every machine that should run off the node (cordoned already): each starts a
+        new generation that the scheduler places elsewhere, and the node destroys the old
+        sandbox. Machines stopped or finished stay. How many were moved."""
+        moved: list[Machine] = []
+        async with self.store.write() as tx:
+            for m in await tx.machines.on_node(node.id):
+                if m.desired is Desired.RUNNING and m.state in ACTIVE:
+                    moved.append(await self._new_generation(tx, m, restarted=False, why="drained"))
+        for m in moved:
+            self._wake(m)
+        self.notifier.notify(node_key(node.id))
+        return len(moved)
+
     async def _finished(self, tx: Tx, m: Machine, report: Report) -> Machine:
         m = replace(
             m,
@@ -301,43 +362,27 @@ class Machines:
 
     # -- internals --------------------------------------------------------------------------------
 
-    async def _claim(self, tx: Tx, spec: MachineSpec, prefer: str | None = None) -> Node:
-        """Place and claim capacity in this transaction; NoCapacity with reasons per node."""
-        request = request_of(spec)
-        nodes = await tx.nodes.list()
-        if prefer is not None:  # keep a restarting machine where its image already is
-            preferred = [n for n in nodes if n.id == prefer]
-            if preferred and isinstance(place(request, preferred), Placement):
-                nodes = preferred
-        decision = place(request, nodes)
-        if not isinstance(decision, Placement):
-            raise NoCapacity(f"no node can take this machine: {decision.explain()}")
-        await tx.nodes.lock(decision.node.id)
-        node = await tx.nodes.get(decision.node.id)  # fresh, under the lock
-        if not isinstance(place(request, [node]), Placement):
-            raise NoCapacity(f"node {node.name} filled up meanwhile; try again")
-        return await tx.nodes.update(claim(node, request))
-
     async def _release(self, tx: Tx, m: Machine) -> None:
         if m.node_id is None:
             return
-        await tx.nodes.lock(m.node_id)
         try:
             node = await tx.nodes.get(m.node_id)
         except NotFound:
             return
-        await tx.nodes.update(release(node, request_of(m.spec)))
+        project = await tx.projects.get(m.project_id)
+        await tx.nodes.release(node.id, need(request_of(m.spec, project), node))
 
-    async def _new_generation(self, tx: Tx, m: Machine, *, restarted: bool) -> Machine:
+    async def _new_generation(
+        self, tx: Tx, m: Machine, *, restarted: bool, why: str = ""
+    ) -> Machine:
         if holds_capacity(m):
             await self._release(tx, m)
-        node = await self._claim(tx, m.spec, prefer=m.node_id)
         restarts = m.restarts + 1 if restarted else m.restarts
         backoff = min(2.0 ** (restarts - 1), RESTART_BACKOFF_MAX) if restarted else 0.0
         old_node = m.node_id
         m = replace(
             m,
-            node_id=node.id,
+            node_id=None,  # the scheduler places the new generation
             desired=Desired.RUNNING,
             generation=m.generation + 1,
             restarts=restarts,
@@ -348,8 +393,9 @@ class Machines:
             start_after=time.time() + backoff if restarted else 0.0,
         )
         message = f"restart {restarts} (policy {m.spec.restart})" if restarted else "start"
+        message = f"{message}: {why}" if why else message
         m = await self._transition(tx, m, MachineState.CREATED, message, claimed=True)
-        if old_node and old_node != node.id:
+        if old_node:
             await tx.nodes.bump_revision(old_node)  # it must drop the old sandbox
         return m
 
@@ -378,7 +424,17 @@ class Machines:
         keys = [machine_key(m.id), project_key(m.project_id)]
         if m.node_id is not None:
             keys.append(node_key(m.node_id))
+        elif m.desired is Desired.RUNNING and m.state is MachineState.CREATED:
+            keys.append(SCHEDULER)
         self.notifier.notify(*keys)
+
+
+async def _place(tx: Tx, spec: MachineSpec, project: Project) -> Placement | Rejection:
+    """The rule over every node, as the scheduler would apply it now."""
+    members = await tx.machines.group_members(project.id, spec.group) if spec.group else {}
+    nodes = await tx.nodes.list()
+    context = Context.of(members, {n.id: n for n in nodes})
+    return place(request_of(spec, project), nodes, context)
 
 
 async def _get(tx: Tx, project: Project, ref: str) -> Machine:
@@ -410,5 +466,5 @@ def _beyond(m: Machine, wanted: tuple[MachineState, ...]) -> bool:
 def _restarts(m: Machine, state: MachineState) -> bool:
     if m.spec.restart is RestartPolicy.ALWAYS:
         return True
-    failed = state is MachineState.FAILED or (m.exit_code or 0) != 0
+    failed = state in (MachineState.FAILED, MachineState.LOST) or (m.exit_code or 0) != 0
     return m.spec.restart is RestartPolicy.ON_FAILURE and failed

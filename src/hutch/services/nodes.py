@@ -11,7 +11,7 @@ from hutch.model.machine import Capacity, Machine, Node, NodeState
 from hutch.model.tenancy import Principal, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
 from hutch.services.nodelink import controller_key
-from hutch.services.notify import Notifier, node_key
+from hutch.services.notify import SCHEDULER, Notifier, node_key
 from hutch.store.base import Store
 
 MAX_POLL = 60.0
@@ -37,6 +37,7 @@ class Nodes:
         capacity: Capacity,
         overhead_mib: Mapping[str, int],
         labels: Mapping[str, str],
+        domain: str = "",
     ) -> tuple[Node, str, str]:
         """A new node, its credential and the key the controller will present to it."""
         if not join_secret or not hmac.compare_digest(join_secret, self._join_secret):
@@ -55,6 +56,7 @@ class Nodes:
             state=NodeState.READY,
             created_at=now,
             last_seen=now,
+            domain=domain,
         )
         credential = new_secret()
         async with self.store.write() as tx:
@@ -96,11 +98,50 @@ class Nodes:
                     return revision, await tx.machines.on_node(node.id)
             await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), 0.5))
 
+    async def overdue(self, cutoff: float) -> list[Node]:
+        """Nodes last seen before `cutoff` become unreachable; every unreachable node."""
+        async with self.store.write() as tx:
+            unreachable = []
+            for node in await tx.nodes.list():
+                if node.state is NodeState.READY and node.last_seen < cutoff:
+                    unreachable.append(
+                        await tx.nodes.update(replace(node, state=NodeState.UNREACHABLE))
+                    )
+                elif node.state is NodeState.UNREACHABLE:
+                    unreachable.append(node)
+            return unreachable
+
     async def listing(self, principal: Principal) -> list[Node]:
-        if not principal.system:
-            raise Forbidden("only system tokens may list nodes")
+        _operator(principal)
         async with self.store.read() as tx:
             return await tx.nodes.list()
+
+    async def find(self, principal: Principal, ref: str) -> Node:
+        """A node by name or id."""
+        _operator(principal)
+        async with self.store.read() as tx:
+            return _named(await tx.nodes.list(), ref)
+
+    async def cordon(self, principal: Principal, ref: str, cordoned: bool) -> Node:
+        """A cordoned node keeps what it runs and takes nothing new."""
+        _operator(principal)
+        async with self.store.write() as tx:
+            node = _named(await tx.nodes.list(), ref)
+            await tx.nodes.lock(node.id)
+            node = await tx.nodes.get(node.id)
+            if node.cordoned != cordoned:
+                node = await tx.nodes.update(replace(node, cordoned=cordoned))
+        self.notifier.notify(SCHEDULER)
+        return node
+
+    async def remove(self, principal: Principal, ref: str) -> Node:
+        """Forget a node that runs nothing (drain it first); its credential stops working."""
+        _operator(principal)
+        async with self.store.write() as tx:
+            node = _named(await tx.nodes.list(), ref)
+            await tx.nodes.delete(node.id)
+        self.notifier.notify(node_key(node.id))
+        return node
 
     async def ready(self) -> list[Node]:
         async with self.store.read() as tx:
@@ -112,3 +153,15 @@ class Nodes:
                 return await tx.nodes.get(node_id)
             except NotFound:
                 raise NotFound(f"no node {node_id}") from None
+
+
+def _operator(principal: Principal) -> None:
+    if not principal.system:
+        raise Forbidden("only system tokens may see or change nodes")
+
+
+def _named(nodes: list[Node], ref: str) -> Node:
+    for node in nodes:
+        if ref in (node.id, node.name):
+            return node
+    raise NotFound(f"no node {ref!r}")

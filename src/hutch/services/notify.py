@@ -27,6 +27,15 @@ class Notifier:
             await asyncio.wait_for(event.wait(), timeout)
 
 
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep for `seconds`, or until `stop` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+SCHEDULER = "scheduler"  # machines wait for a node
+
+
 def node_key(node_id: str) -> str:
     return f"node:{node_id}"
 

@@ -2,18 +2,29 @@
 
 Every query about a tenant's objects takes the project id, so a project can only ever see its
 own (another project's machine is NotFound, never Forbidden). Updates are compare-and-set on a
-`version` column: Conflict when someone else changed the row first. `Store.write()` serialises
-writers where it matters: on SQLite with BEGIN IMMEDIATE (one writer at a time), on PostgreSQL
-with row locks taken through `projects.lock()` and `nodes.lock()`.
+`version` column: Conflict when someone else changed the row first. A node's allocation changes
+only by conditional increments (`nodes.claim()`, `nodes.release()`), so claims never overbook a
+node and never conflict with its heartbeats. `Store.write()` serialises writers where it
+matters: on SQLite with BEGIN IMMEDIATE (one writer at a time), on PostgreSQL with row locks
+taken through `projects.lock()` and `nodes.lock()`.
 """
 
 import builtins
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from hutch.model.machine import Event, Machine, MachineState, Node
+from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
 from hutch.model.tenancy import Project, Quota, Token, Usage
+
+
+class NewEvent(NamedTuple):
+    project_id: str
+    kind: str
+    object_id: str
+    state: str
+    message: str
+    time: float
 
 
 class ProjectRepo(Protocol):
@@ -27,6 +38,8 @@ class ProjectRepo(Protocol):
         """NotFound if there is no such project."""
 
     async def list(self) -> builtins.list[Project]: ...
+
+    async def set_strategy(self, project_id: str, strategy: Strategy) -> Project: ...
 
     async def set_quota(self, project_id: str, quota: Quota) -> Project: ...
 
@@ -85,6 +98,19 @@ class MachineRepo(Protocol):
     async def purge(self, project_id: str, machine_id: str) -> None:
         """Forget a destroyed machine for good."""
 
+    async def pending(
+        self, limit: int, after: tuple[float, str] | None = None
+    ) -> builtins.list[Machine]:
+        """Machines to place (no node, wanted running, created), oldest first, after the
+        (created_at, id) given; on PostgreSQL locked to the transaction, skipping those
+        another transaction holds."""
+
+    async def place(self, placed: Sequence[tuple[str, str]], at: float) -> None:
+        """Set the node of pending machines: (machine id, node id) pairs."""
+
+    async def group_members(self, project_id: str, group: str) -> dict[str, int]:
+        """Node id -> active machines of the project's group there."""
+
 
 class NodeRepo(Protocol):
     async def create(self, node: Node, credential_hash: str) -> None:
@@ -97,9 +123,21 @@ class NodeRepo(Protocol):
     async def list(self) -> builtins.list[Node]: ...
 
     async def update(self, node: Node) -> Node:
-        """Compare-and-set on `node.version`, as MachineRepo.update; the scheduler's claim."""
+        """Compare-and-set on `node.version`, as MachineRepo.update; the allocation is left
+        as it is (see claim and release)."""
 
     async def lock(self, node_id: str) -> None: ...
+
+    async def delete(self, node_id: str) -> None:
+        """Conflict while live machines are on it; NotFound if there is no such node."""
+        ...
+
+    async def claim(self, node_id: str, want: Capacity, limit: Capacity) -> bool:
+        """Add `want` to the allocation if it stays within `limit`; False if it would not."""
+
+    async def release(self, node_id: str, want: Capacity) -> None: ...
+
+    async def bump_revisions(self, node_ids: Sequence[str]) -> None: ...
 
     async def bump_revision(self, node_id: str) -> int:
         """Something its agent must see changed: a new revision for the long poll."""
@@ -112,9 +150,20 @@ class EventRepo(Protocol):
         self, project_id: str, *, kind: str, object_id: str, state: str, message: str, time: float
     ) -> Event: ...
 
+    async def append_many(self, events: Sequence[NewEvent]) -> None: ...
+
     async def since(
         self, project_id: str, after: int, limit: int = 500
     ) -> builtins.list[Event]: ...
+
+
+class LeaseRepo(Protocol):
+    async def acquire(self, name: str, holder: str, ttl: float, now: float) -> int | None:
+        """Take or renew the lease: its term, or None while someone else holds it."""
+
+    async def release(self, name: str, holder: str) -> None: ...
+
+    async def holder(self, name: str, now: float) -> tuple[str, int] | None: ...
 
 
 class Tx(Protocol):
@@ -123,6 +172,7 @@ class Tx(Protocol):
     machines: MachineRepo
     nodes: NodeRepo
     events: EventRepo
+    leases: LeaseRepo
 
 
 class Store(Protocol):

@@ -47,19 +47,31 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unavailable
 from hutch.model.machine import (
+    ACTIVE,
     Capacity,
     Desired,
     Event,
+    GroupPolicy,
     Machine,
     MachineSpec,
     MachineState,
     Node,
     NodeState,
     RestartPolicy,
+    Strategy,
 )
 from hutch.model.tenancy import Project, Quota, Role, Token, Usage
 from hutch.store import tables as t
-from hutch.store.base import EventRepo, MachineRepo, NodeRepo, ProjectRepo, TokenRepo, Tx
+from hutch.store.base import (
+    EventRepo,
+    LeaseRepo,
+    MachineRepo,
+    NewEvent,
+    NodeRepo,
+    ProjectRepo,
+    TokenRepo,
+    Tx,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the SQLite file before giving up
@@ -308,8 +320,10 @@ class _InLoop:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
-        return self._conn.execute(statement)
+    async def execute(
+        self, statement: sa.Executable, parameters: Any = None, /
+    ) -> sa.CursorResult[Any]:
+        return self._conn.execute(statement, parameters)
 
     @contextlib.asynccontextmanager
     async def begin_nested(self) -> AsyncIterator[None]:
@@ -368,7 +382,9 @@ def _translate(e: DBAPIError, where: str) -> Exception:
 class _Conn(Protocol):
     """What repositories need of a connection: AsyncConnection, or _InLoop for reads."""
 
-    async def execute(self, statement: sa.Executable, /) -> sa.CursorResult[Any]: ...
+    async def execute(
+        self, statement: sa.Executable, parameters: Any = None, /
+    ) -> sa.CursorResult[Any]: ...
 
     def begin_nested(self) -> Any: ...
 
@@ -438,6 +454,18 @@ class _Projects(_Repo):
             sa.update(t.projects)
             .where(t.projects.c.id == project_id)
             .values(**_quota_values(quota))
+            .returning(*t.projects.c)
+        )
+        row = (await self._c.execute(stmt)).first()
+        if row is None:
+            raise NotFound(f"project {project_id!r} not found")
+        return _to_project(row)
+
+    async def set_strategy(self, project_id: str, strategy: Strategy) -> Project:
+        stmt = (
+            sa.update(t.projects)
+            .where(t.projects.c.id == project_id)
+            .values(strategy=strategy.value)
             .returning(*t.projects.c)
         )
         row = (await self._c.execute(stmt)).first()
@@ -662,6 +690,51 @@ class _Machines(_Repo):
             raise NotFound(f"machine {machine_id!r} not found")
         return _to_machine(row)
 
+    async def pending(
+        self, limit: int, after: tuple[float, str] | None = None
+    ) -> builtins.list[Machine]:
+        """Machines waiting for a node, oldest first, from after (created_at, id). On
+        PostgreSQL they stay locked to this transaction (and skipped by another's), so nobody
+        changes them under the scheduler."""
+        m = t.machines
+        stmt = sa.select(m).where(t.PENDING)
+        if after is not None:
+            stmt = stmt.where(sa.tuple_(m.c.created_at, m.c.id) > sa.tuple_(*after))
+        stmt = stmt.order_by(m.c.created_at, m.c.id).limit(limit)
+        if self._pg:
+            stmt = stmt.with_for_update(skip_locked=True)
+        return [_to_machine(r) for r in await self._c.execute(stmt)]
+
+    async def place(self, placed: Sequence[tuple[str, str]], at: float) -> None:
+        """Give pending machines their node: (machine id, node id) pairs, in one statement."""
+        if not placed:
+            return
+        m = t.machines
+        stmt = (
+            sa.update(m)
+            .where(m.c.id == sa.bindparam("machine"), m.c.node_id.is_(None))
+            .values(node_id=sa.bindparam("node"), error="", updated_at=at, version=m.c.version + 1)
+        )
+        rows = [{"machine": machine, "node": node} for machine, node in placed]
+        await self._c.execute(stmt.execution_options(synchronize_session=False), rows)
+
+    async def group_members(self, project_id: str, group: str) -> dict[str, int]:
+        """Where the group's active machines are: node id -> how many."""
+        m = t.machines
+        stmt = (
+            sa.select(m.c.node_id, sa.func.count())
+            .where(
+                m.c.project_id == project_id,
+                m.c.group_name == group,
+                m.c.node_id.is_not(None),
+                m.c.state.in_([s.value for s in ACTIVE]),
+                m.c.desired != Desired.DESTROYED.value,
+            )
+            .group_by(m.c.node_id)
+        )
+        rows = [tuple(row) for row in await self._c.execute(stmt)]
+        return {str(node_id): int(count) for node_id, count in rows}
+
     async def purge(self, project_id: str, machine_id: str) -> None:
         """Conflict unless the machine is destroyed."""
         m = t.machines
@@ -683,6 +756,7 @@ class _Nodes(_Repo):
             "revision": 0,
             "credential_hash": credential_hash,
             **_node_values(node),
+            **_allocation(node.allocated),
         }
         if await self._insert(t.nodes, values):
             return
@@ -735,6 +809,62 @@ class _Nodes(_Repo):
     async def lock(self, node_id: str) -> None:
         await self._lock_row(t.nodes, node_id, "node")
 
+    async def delete(self, node_id: str) -> None:
+        await self._lock_row(t.nodes, node_id, "node", key=True)
+        m = t.machines
+        on_it = m.c.node_id == node_id
+        live = (await self._c.execute(sa.select(sa.func.count()).where(on_it, t.LIVE))).scalar_one()
+        if live:
+            raise Conflict(f"node {node_id!r} still has {live} machine(s): drain it first")
+        await self._c.execute(sa.update(m).where(on_it).values(node_id=None))  # history stays
+        await self._c.execute(sa.delete(t.nodes).where(t.nodes.c.id == node_id))
+
+    async def claim(self, node_id: str, want: Capacity, limit: Capacity) -> bool:
+        """Add `want` to the node's allocation if the sum stays within `limit`, in one
+        conditional statement: two claims never overbook the node, whoever makes them."""
+        n = t.nodes
+        stmt = (
+            sa.update(n)
+            .where(
+                n.c.id == node_id,
+                n.c.allocated_cpus + want.cpus <= limit.cpus,
+                n.c.allocated_memory_mib + want.memory_mib <= limit.memory_mib,
+                n.c.allocated_disk_mib + want.disk_mib <= limit.disk_mib,
+            )
+            .values(
+                allocated_cpus=n.c.allocated_cpus + want.cpus,
+                allocated_memory_mib=n.c.allocated_memory_mib + want.memory_mib,
+                allocated_disk_mib=n.c.allocated_disk_mib + want.disk_mib,
+            )
+        )
+        return (await self._c.execute(stmt)).rowcount == 1
+
+    async def release(self, node_id: str, want: Capacity) -> None:
+        """Take `want` off the node's allocation (never below zero)."""
+        n = t.nodes
+
+        def less(column: sa.Column[int], amount: int) -> sa.ColumnElement[int]:
+            return sa.case((column > amount, column - amount), else_=0)
+
+        await self._c.execute(
+            sa.update(n)
+            .where(n.c.id == node_id)
+            .values(
+                allocated_cpus=less(n.c.allocated_cpus, want.cpus),
+                allocated_memory_mib=less(n.c.allocated_memory_mib, want.memory_mib),
+                allocated_disk_mib=less(n.c.allocated_disk_mib, want.disk_mib),
+            )
+        )
+
+    async def bump_revisions(self, node_ids: Sequence[str]) -> None:
+        if node_ids:
+            n = t.nodes
+            await self._c.execute(
+                sa.update(n)
+                .where(n.c.id.in_(sorted(set(node_ids))))
+                .values(revision=n.c.revision + 1)
+            )
+
     async def bump_revision(self, node_id: str) -> int:
         n = t.nodes
         stmt = (
@@ -775,6 +905,14 @@ class _Events(_Repo):
         result = await self._c.execute(insert.returning(t.events.c.id))
         return Event(result.scalar_one(), project_id, kind, object_id, state, message, time)
 
+    async def append_many(self, events: Sequence[NewEvent]) -> None:
+        """Many events in one statement (the scheduler's batches), in the order given."""
+        if not events:
+            return
+        for project_id in sorted({e.project_id for e in events}):
+            await self._lock_row(t.projects, project_id, "project")
+        await self._c.execute(t.events.insert(), [e._asdict() for e in events])
+
     async def since(self, project_id: str, after: int, limit: int = 500) -> list[Event]:
         """At most MAX_EVENTS events, whatever `limit` asks."""
         if limit < 1:
@@ -800,6 +938,53 @@ class _Events(_Repo):
         ]
 
 
+class _Leases(_Repo):
+    async def acquire(self, name: str, holder: str, ttl: float, now: float) -> int | None:
+        """Hold (or renew) the lease until now + ttl if it is free, expired or already the
+        holder's: its term (bumped when the holder changes). None: someone else holds it."""
+        lease = t.leases
+        stmt = (
+            sa.update(lease)
+            .where(
+                lease.c.name == name,
+                sa.or_(lease.c.holder == holder, lease.c.expires_at < now),
+            )
+            .values(
+                holder=holder,
+                expires_at=now + ttl,
+                term=sa.case((lease.c.holder == holder, lease.c.term), else_=lease.c.term + 1),
+            )
+            .returning(lease.c.term)
+        )
+        row = (await self._c.execute(stmt)).first()
+        if row is not None:
+            term: int = row[0]
+            return term
+        values = {"name": name, "holder": holder, "term": 1, "expires_at": now + ttl}
+        return 1 if await self._insert(lease, values) else None
+
+    async def release(self, name: str, holder: str) -> None:
+        lease = t.leases
+        await self._c.execute(
+            sa.update(lease)
+            .where(lease.c.name == name, lease.c.holder == holder)
+            .values(expires_at=0.0)
+        )
+
+    async def holder(self, name: str, now: float) -> tuple[str, int] | None:
+        """(holder, term) of an unexpired lease."""
+        lease = t.leases
+        row = await self._one(
+            sa.select(lease.c.holder, lease.c.term).where(
+                lease.c.name == name, lease.c.expires_at >= now
+            )
+        )
+        if row is None:
+            return None
+        holder, term = tuple(row)
+        return str(holder), int(term)
+
+
 class SqlTx:
     """One transaction's repositories (`hutch.store.base.Tx`)."""
 
@@ -809,13 +994,14 @@ class SqlTx:
         self.machines: MachineRepo = _Machines(conn, backend)
         self.nodes: NodeRepo = _Nodes(conn, backend)
         self.events: EventRepo = _Events(conn, backend)
+        self.leases: LeaseRepo = _Leases(conn, backend)
 
 
 # -- rows <-> model -------------------------------------------------------------------------------
 
 
 def _project(p: Project) -> dict[str, Any]:
-    return {"id": p.id, "name": p.name, "created_at": p.created_at}
+    return {"id": p.id, "name": p.name, "created_at": p.created_at, "strategy": p.strategy.value}
 
 
 def _quota_values(q: Quota) -> dict[str, Any]:
@@ -838,6 +1024,7 @@ def _to_project(r: Row[Any]) -> Project:
             memory_mib=r.quota_memory_mib,
             disk_mib=r.quota_disk_mib,
         ),
+        strategy=Strategy(r.strategy),
     )
 
 
@@ -873,6 +1060,10 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "restart": s.restart.value,
         "labels": dict(s.labels),
         "auto_destroy": s.auto_destroy,
+        "group_name": s.group,
+        "group_policy": s.group_policy.value,
+        "constraints": dict(s.constraints),
+        "strategy": None if s.strategy is None else s.strategy.value,
         "state": m.state.value,
         "desired": m.desired.value,
         "updated_at": m.updated_at,
@@ -905,6 +1096,10 @@ def _to_machine(r: Row[Any]) -> Machine:
         restart=RestartPolicy(r.restart),
         labels=dict(r.labels),
         auto_destroy=r.auto_destroy,
+        group=r.group_name,
+        group_policy=GroupPolicy(r.group_policy),
+        constraints=dict(r.constraints),
+        strategy=None if r.strategy is None else Strategy(r.strategy),
     )
     return Machine(
         id=r.id,
@@ -931,8 +1126,8 @@ def _to_machine(r: Row[Any]) -> Machine:
 
 
 def _node_values(n: Node) -> dict[str, Any]:
-    """The columns an update writes: everything but id, creation time, version, revision and
-    the credential."""
+    """The columns an update writes: everything but id, creation time, version, revision, the
+    credential, and the allocation (only claim() and release() change it, as increments)."""
     return {
         "name": n.name,
         "address": n.address,
@@ -941,13 +1136,20 @@ def _node_values(n: Node) -> dict[str, Any]:
         "capacity_cpus": n.capacity.cpus,
         "capacity_memory_mib": n.capacity.memory_mib,
         "capacity_disk_mib": n.capacity.disk_mib,
-        "allocated_cpus": n.allocated.cpus,
-        "allocated_memory_mib": n.allocated.memory_mib,
-        "allocated_disk_mib": n.allocated.disk_mib,
         "overhead_mib": dict(n.overhead_mib),
         "labels": dict(n.labels),
         "state": n.state.value,
         "last_seen": n.last_seen,
+        "domain": n.domain,
+        "cordoned": n.cordoned,
+    }
+
+
+def _allocation(a: Capacity) -> dict[str, int]:
+    return {
+        "allocated_cpus": a.cpus,
+        "allocated_memory_mib": a.memory_mib,
+        "allocated_disk_mib": a.disk_mib,
     }
 
 
@@ -965,6 +1167,8 @@ def _to_node(r: Row[Any]) -> Node:
         state=NodeState(r.state),
         created_at=r.created_at,
         last_seen=r.last_seen,
+        domain=r.domain,
+        cordoned=r.cordoned,
         version=r.version,
     )
 

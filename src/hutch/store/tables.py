@@ -39,6 +39,7 @@ projects = sa.Table(
     sa.Column("quota_vcpus", sa.Integer),
     sa.Column("quota_memory_mib", sa.Integer),
     sa.Column("quota_disk_mib", sa.Integer),
+    sa.Column("strategy", _ENUM, nullable=False, server_default="spread"),
 )
 
 tokens = sa.Table(
@@ -74,6 +75,8 @@ nodes = sa.Table(
     sa.Column("state", _ENUM, nullable=False),
     sa.Column("created_at", _TIME, nullable=False),
     sa.Column("last_seen", _TIME, nullable=False),
+    sa.Column("domain", sa.String(255), nullable=False, server_default=""),
+    sa.Column("cordoned", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("version", sa.Integer, nullable=False),
     # What the node's agent long-polls on; bumped apart from `version` (no compare-and-set).
     sa.Column("revision", sa.Integer, nullable=False),
@@ -102,6 +105,10 @@ machines = sa.Table(
     sa.Column("restart", _ENUM, nullable=False),
     sa.Column("labels", sa.JSON, nullable=False),
     sa.Column("auto_destroy", sa.Boolean, nullable=False),
+    sa.Column("group_name", sa.String(63), nullable=False, server_default=""),
+    sa.Column("group_policy", _ENUM, nullable=False, server_default="none"),
+    sa.Column("constraints", sa.JSON, nullable=False, server_default="{}"),
+    sa.Column("strategy", _ENUM),  # NULL: the project's
     # Its life.
     sa.Column("state", _ENUM, nullable=False),
     sa.Column("desired", _ENUM, nullable=False),
@@ -122,9 +129,33 @@ machines = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     # Listing order, and the cursor's key.
     sa.Index("ix_machines_project_id_created_at_id", "project_id", "created_at", "id"),
+    # A group's machines, for (anti-)affinity and spreading.
+    sa.Index("ix_machines_group", "project_id", "group_name"),
 )
 
 LIVE = machines.c.state != MachineState.DESTROYED.value
+# The scheduler's queue: machines to place, oldest first.
+PENDING = sa.and_(
+    machines.c.node_id.is_(None),
+    machines.c.state == MachineState.CREATED.value,
+    machines.c.desired == "running",
+)
+sa.Index(
+    "ix_machines_pending",
+    machines.c.created_at,
+    sqlite_where=PENDING,
+    postgresql_where=PENDING,
+)
+
+# Who leads the controllers: one row per lease, taken over once it expires.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("term", sa.Integer, nullable=False),  # +1 at every change of holder
+    sa.Column("expires_at", _TIME, nullable=False),
+)
 
 # A name is unique among the project's machines that are not destroyed: a destroyed machine's
 # row stays (until purged) but its name is free again. Partial indexes on both backends.

@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hutch.model.machine import Desired, MachineState, RestartPolicy
+from hutch.model.machine import Desired, GroupPolicy, MachineState, RestartPolicy, Strategy
 from hutch.wire.common import Request, View
 
 
@@ -24,6 +24,16 @@ class MachineCreate(Request):
     labels: dict[str, str] = {}
     auto_destroy: bool = False
     start: bool = True
+    group: str = Field("", max_length=63, description="machines placed relative to each other")
+    group_policy: GroupPolicy = Field(
+        GroupPolicy.NONE,
+        strict=False,
+        description="affinity: on the node of the group's other machines; anti-affinity: never",
+    )
+    constraints: dict[str, str] = Field({}, description="node labels the machine needs")
+    strategy: Strategy | None = Field(
+        None, strict=False, description="spread or pack; default: the project's (spread)"
+    )
 
 
 class MachineView(View):
@@ -43,6 +53,10 @@ class MachineView(View):
     restart: RestartPolicy
     labels: dict[str, str] = {}
     auto_destroy: bool = False
+    group: str = ""
+    group_policy: GroupPolicy = GroupPolicy.NONE
+    constraints: dict[str, str] = {}
+    strategy: Strategy | None = None
     state: MachineState
     desired: Desired
     node: str | None = None
@@ -53,6 +67,22 @@ class MachineView(View):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+
+
+class Rejected(View):
+    node: str
+    reason: str  # the first filter that turned the node down
+
+
+class PlacementView(View):
+    """A dry run: where the machine would go now, and why each other node would not take it."""
+
+    placed: bool
+    node: str | None = None  # the chosen node's name
+    node_id: str | None = None
+    candidates: int = 0  # nodes that passed every filter
+    rejected: list[Rejected] = []
+    reason: str = ""  # when nothing fits: every node's reason in one line
 
 
 class StopRequest(Request):

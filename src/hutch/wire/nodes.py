@@ -21,7 +21,11 @@ class NodeView(View):
     capacity: CapacityView
     allocated: CapacityView
     labels: dict[str, str]
+    domain: str = ""
     state: NodeState
+    cordoned: bool = False
+    overhead_mib: dict[str, int] = {}
+    created_at: float
     last_seen: float
 
 
@@ -35,6 +39,7 @@ class NodeRegister(Request):
     disk_mib: int = Field(ge=0)
     overhead_mib: dict[str, int] = {}
     labels: dict[str, str] = {}
+    domain: str = Field("", max_length=63, description="failure domain: rack, zone, ...")
 
 
 class Heartbeat(Request):

@@ -25,6 +25,7 @@ from hutch.wire.machines import (
     LogLine,
     MachineCreate,
     MachineView,
+    PlacementView,
     StopRequest,
     WaitResult,
 )
@@ -38,8 +39,20 @@ def _view(m: Machine, project: Project) -> MachineView:
 
 
 @router.post("/v1/machines", status_code=status.HTTP_201_CREATED)
-async def create_machine(ctl: Ctl, s: Scoped, body: MachineCreate) -> MachineView:
-    m = await ctl.machines.create(s.caller, s.project, convert.spec_of(body), body.name, body.start)
+async def create_machine(
+    ctl: Ctl,
+    s: Scoped,
+    body: MachineCreate,
+    response: Response,
+    dry_run: Annotated[
+        bool, Query(description="create nothing: say where it would go, and why not elsewhere")
+    ] = False,
+) -> MachineView | PlacementView:
+    spec = convert.spec_of(body)
+    if dry_run:
+        response.status_code = status.HTTP_200_OK
+        return convert.placement_view(await ctl.machines.explain(s.caller, s.project, spec))
+    m = await ctl.machines.create(s.caller, s.project, spec, body.name, body.start)
     return _view(m, s.project)
 
 

@@ -29,6 +29,40 @@ async def list_nodes(ctl: Ctl, caller: Caller) -> Page[NodeView]:
     return Page(items=[convert.node_view(n) for n in await ctl.nodes.listing(caller)])
 
 
+@public.get("/{ref}")
+async def get_node(ctl: Ctl, caller: Caller, ref: str) -> NodeView:
+    """A node by name or id."""
+    return convert.node_view(await ctl.nodes.find(caller, ref))
+
+
+@public.post("/{ref}/cordon")
+async def cordon(ctl: Ctl, caller: Caller, ref: str) -> NodeView:
+    """Take nothing new; what the node runs stays."""
+    return convert.node_view(await ctl.nodes.cordon(caller, ref, True))
+
+
+@public.post("/{ref}/uncordon")
+async def uncordon(ctl: Ctl, caller: Caller, ref: str) -> NodeView:
+    return convert.node_view(await ctl.nodes.cordon(caller, ref, False))
+
+
+@public.post("/{ref}/drain")
+async def drain(ctl: Ctl, caller: Caller, ref: str) -> NodeView:
+    """Cordon, then move every machine that should run to other nodes (a new generation each,
+    placed by the scheduler; the node destroys the old sandboxes)."""
+    node = await ctl.nodes.cordon(caller, ref, True)
+    await ctl.machines.drain(node)
+    return convert.node_view(await ctl.nodes.find(caller, node.id))
+
+
+@public.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_node(ctl: Ctl, caller: Caller, ref: str) -> Response:
+    """Forget a node that runs nothing (409 otherwise: drain it first). Its credential stops
+    working; to come back, its agent joins again."""
+    await ctl.nodes.remove(caller, ref)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @agents.post("/nodes", status_code=status.HTTP_201_CREATED)
 async def register(ctl: Ctl, request: Request, body: NodeRegister) -> NodeRegistered:
     """Join with the controller's join secret as the bearer token."""
@@ -41,6 +75,7 @@ async def register(ctl: Ctl, request: Request, body: NodeRegister) -> NodeRegist
         capacity=Capacity(body.cpus, body.memory_mib, body.disk_mib),
         overhead_mib=body.overhead_mib,
         labels=body.labels,
+        domain=body.domain,
     )
     return NodeRegistered(node_id=node.id, credential=credential, controller_key=key)
 

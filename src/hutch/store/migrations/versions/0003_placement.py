@@ -1,0 +1,75 @@
+"""Placement: failure domains and cordons on nodes, groups, constraints and strategies on
+machines, a project's default strategy, the scheduler's queue, and the leader's lease.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-27
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | Sequence[str] | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_PENDING = sa.text("node_id IS NULL AND state = 'created' AND desired = 'running'")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("projects") as batch:
+        batch.add_column(
+            sa.Column("strategy", sa.String(length=32), nullable=False, server_default="spread")
+        )
+    with op.batch_alter_table("nodes") as batch:
+        batch.add_column(
+            sa.Column("domain", sa.String(length=255), nullable=False, server_default="")
+        )
+        batch.add_column(
+            sa.Column("cordoned", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+    # A cordon was a state; it is a flag now, beside reachability.
+    op.execute("UPDATE nodes SET cordoned = true, state = 'ready' WHERE state = 'cordoned'")
+    with op.batch_alter_table("machines") as batch:
+        batch.add_column(
+            sa.Column("group_name", sa.String(length=63), nullable=False, server_default="")
+        )
+        batch.add_column(
+            sa.Column("group_policy", sa.String(length=32), nullable=False, server_default="none")
+        )
+        batch.add_column(sa.Column("constraints", sa.JSON(), nullable=False, server_default="{}"))
+        batch.add_column(sa.Column("strategy", sa.String(length=32), nullable=True))
+    op.create_index("ix_machines_group", "machines", ["project_id", "group_name"])
+    op.create_index(
+        "ix_machines_pending",
+        "machines",
+        ["created_at"],
+        sqlite_where=_PENDING,
+        postgresql_where=_PENDING,
+    )
+    op.create_table(
+        "leases",
+        sa.Column("name", sa.String(length=63), nullable=False),
+        sa.Column("holder", sa.String(length=255), nullable=False),
+        sa.Column("term", sa.Integer(), nullable=False),
+        sa.Column("expires_at", sa.Double(), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("leases")
+    op.drop_index("ix_machines_pending", table_name="machines")
+    op.drop_index("ix_machines_group", table_name="machines")
+    with op.batch_alter_table("machines") as batch:
+        for column in ("strategy", "constraints", "group_policy", "group_name"):
+            batch.drop_column(column)
+    op.execute("UPDATE nodes SET state = 'cordoned' WHERE cordoned AND state = 'ready'")
+    with op.batch_alter_table("nodes") as batch:
+        batch.drop_column("cordoned")
+        batch.drop_column("domain")
+    with op.batch_alter_table("projects") as batch:
+        batch.drop_column("strategy")

@@ -1,0 +1,137 @@
+"""Placement through the API: dry runs, constraints, groups, cordon, drain, removal, and
+machines lost with a node that stops heartbeating. Nodes are simulated (registrations only)."""
+
+import time
+from typing import Any
+
+from tests.api.conftest import Api
+
+
+async def beat(api: Api, node: dict[str, Any]) -> None:
+    r = await api.http.post(
+        f"/agent/v1/nodes/{node['node_id']}/heartbeat",
+        json={"address": "http://127.0.0.1:9"},
+        headers={"Authorization": f"Bearer {node['credential']}"},
+    )
+    assert r.status_code == 204, r.text
+
+
+async def test_dry_run_names_the_node_and_why_the_others_were_not_chosen(api: Api) -> None:
+    await api.join("small", cpus=1, memory_mib=256, labels={"disk": "ssd"})
+    await api.join("hdd", labels={"disk": "hdd"}, domain="rack-2")
+    token = await api.token("alpha", "member")
+    body = {"image": "busybox", "memory_mib": 512, "constraints": {"disk": "hdd"}}
+    r = await api.call("POST", "/v1/machines?dry_run=true", token, json=body)
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    assert plan["placed"] is True and plan["node"] == "hdd" and plan["candidates"] == 1
+    assert {x["node"]: x["reason"] for x in plan["rejected"]} == {
+        "sim-1": "lacks labels disk=hdd",
+        "small": "lacks labels disk=hdd",
+    }
+    assert (await api.call("GET", "/v1/machines", token)).json()["items"] == []  # made nothing
+    body["constraints"] = {"disk": "nvme"}
+    plan = (await api.call("POST", "/v1/machines?dry_run=true", token, json=body)).json()
+    assert plan["placed"] is False and plan["node"] is None
+    assert "hdd: lacks labels disk=nvme" in plan["reason"]
+    r = await api.call("POST", "/v1/machines", token, json=body)
+    assert r.status_code == 503 and "small: lacks labels disk=nvme" in r.json()["detail"]
+    nodes = {n["name"]: n for n in (await api.call("GET", "/v1/nodes")).json()["items"]}
+    assert nodes["hdd"]["domain"] == "rack-2" and nodes["hdd"]["cordoned"] is False
+
+
+async def test_placement_fields_are_checked_and_shown(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    bad = [
+        {"group_policy": "anti-affinity"},  # without a group
+        {"group": "has space"},
+        {"strategy": "random"},
+        {"group_policy": "sideways", "group": "g"},
+        {"constraints": {"bad key!": "x"}},
+    ]
+    for extra in bad:
+        r = await api.machine(token, **extra)
+        assert r.status_code in (400, 422), (extra, r.text)
+    m = (await api.machine(token, group="db", group_policy="anti-affinity", strategy="pack")).json()
+    assert (m["group"], m["group_policy"], m["strategy"]) == ("db", "anti-affinity", "pack")
+
+
+async def test_anti_affinity_puts_each_member_on_its_own_node(api: Api) -> None:
+    await api.join("sim-2")
+    token = await api.token("alpha", "member")
+    spec = {"group": "db", "group_policy": "anti-affinity"}
+    first = (await api.machine(token, name="db-1", **spec)).json()
+    placed_first = await api.placed(token, first["id"])
+    second = await api.placed(token, (await api.machine(token, name="db-2", **spec)).json()["id"])
+    assert {placed_first["node"], second["node"]} == {
+        n["id"] for n in (await api.call("GET", "/v1/nodes")).json()["items"]
+    }
+    r = await api.machine(token, name="db-3", **spec)
+    assert r.status_code == 503 and "anti-affinity" in r.json()["detail"]
+
+
+async def test_cordon_uncordon_drain_and_remove(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    web = await api.placed(token, (await api.machine(token, name="web")).json()["id"])
+    sim1 = web["node"]
+    r = await api.call("POST", "/v1/nodes/sim-1/cordon")
+    assert r.status_code == 200 and r.json()["cordoned"] is True
+    r = await api.call("POST", "/v1/machines?dry_run=true", token, json={"image": "busybox"})
+    assert r.json()["rejected"] == [{"node": "sim-1", "reason": "node is cordoned"}]
+    assert (await api.call("GET", "/v1/machines/web", token)).json()["node"] == sim1  # stays
+    assert (await api.call("POST", "/v1/nodes/sim-1/uncordon")).json()["cordoned"] is False
+    # Removal is refused while the node runs something.
+    r = await api.call("DELETE", "/v1/nodes/sim-1")
+    assert r.status_code == 409 and "drain it first" in r.json()["detail"]
+    sim2 = await api.join("sim-2")
+    drained = await api.call("POST", "/v1/nodes/sim-1/drain")
+    assert drained.status_code == 200 and drained.json()["cordoned"] is True
+    moved = await api.placed(token, "web")
+    assert moved["node"] == sim2["node_id"] and moved["state"] == "created"
+    assert (await api.call("DELETE", "/v1/nodes/sim-1")).status_code == 204
+    assert (await api.call("GET", "/v1/nodes/sim-1")).status_code == 404
+    assert (await api.call("POST", "/v1/nodes/nope/cordon")).status_code == 404
+    # A removed node's credential is dead.
+    r = await api.http.post(
+        f"/agent/v1/nodes/{sim1}/heartbeat",
+        json={"address": "x"},
+        headers={"Authorization": "Bearer nope"},
+    )
+    assert r.status_code == 401
+
+
+async def test_a_silent_node_loses_its_machines_and_always_ones_run_elsewhere(api: Api) -> None:
+    a = await api.join("node-a")
+    await api.call("POST", "/v1/nodes/sim-1/cordon")
+    token = await api.token("alpha", "member")
+    keep = await api.placed(
+        token, (await api.machine(token, name="k", restart="always")).json()["id"]
+    )
+    once = await api.placed(token, (await api.machine(token, name="o")).json()["id"])
+    assert keep["node"] == once["node"] == a["node_id"]
+    b = await api.join("node-b")
+    api.ctl.health.grace = 0.5
+    time.sleep(0.6)
+    await beat(api, b)
+    assert await api.ctl.health.check() == 2
+    nodes = {n["name"]: n for n in (await api.call("GET", "/v1/nodes")).json()["items"]}
+    assert nodes["node-a"]["state"] == "unreachable" and nodes["node-b"]["state"] == "ready"
+    lost = (await api.call("GET", "/v1/machines/o", token)).json()
+    assert lost["state"] == "lost" and lost["node"] is None and "node-a" in lost["error"]
+    again = await api.placed(token, "k")
+    assert again["node"] == b["node_id"] and again["restarts"] == 1
+    assert nodes["node-a"]["allocated"]["memory_mib"] == 0
+    # Node a comes back: its lost machines are not its any more (its agent destroys them).
+    await beat(api, a)
+    headers = {"Authorization": f"Bearer {a['credential']}"}
+    r = await api.http.get(f"/agent/v1/nodes/{a['node_id']}/assignments", headers=headers)
+    assert r.json()["machines"] == []
+    report = {"generation": 1,
+              "state": "running", "time": 1.0}  # fmt: skip
+    r = await api.http.post(
+        f"/agent/v1/nodes/{a['node_id']}/machines/{keep['id']}/report", json=report,
+        headers=headers,
+    )  # fmt: skip
+    assert r.status_code == 404
+    assert (await api.call("GET", "/v1/nodes/node-a")).json()["state"] == "ready"
+    assert await api.ctl.health.check() == 0
