@@ -3,8 +3,6 @@
 import itertools
 from collections.abc import Mapping
 
-import pytest
-
 from hutch.model.machine import Capacity, GroupPolicy, Node, NodeState, Strategy
 from hutch.scheduler import (
     CPU_OVERCOMMIT,
@@ -69,6 +67,7 @@ def request(
     disk_mib: int = 0,
     runtime: str = "microvm",
     labels: Mapping[str, str] | None = None,
+    *,
     strategy: Strategy = Strategy.SPREAD,
     group: str = "",
     policy: GroupPolicy = GroupPolicy.NONE,
