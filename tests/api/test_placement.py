@@ -42,7 +42,7 @@ async def test_dry_run_names_the_node_and_why_the_others_were_not_chosen(api: Ap
 
 async def test_placement_fields_are_checked_and_shown(api: Api) -> None:
     token = await api.token("alpha", "member")
-    bad = [
+    bad: list[dict[str, object]] = [
         {"group_policy": "anti-affinity"},  # without a group
         {"group": "has space"},
         {"strategy": "random"},
