@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     )
     listen: str = Field("127.0.0.1:7878", description="host:port the controller serves on")
     policy_file: Path | None = Field(None, description="TOML: action = role overrides")
+    tls: bool = Field(False, description="serve HTTPS with a CA made in state_dir/tls")
+    tls_names: list[str] = Field(
+        [], description="host names and addresses the HTTPS certificate is for (default: the host)"
+    )
     join_secret: str = Field("", description="agents join with it; default: state_dir/join.secret")
     controller_secret: str = Field(
         "", description="controllers share it; default: state_dir/controller.secret"

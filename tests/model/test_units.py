@@ -1,7 +1,7 @@
 import pytest
 
 from hutch.model.errors import Invalid
-from hutch.model.units import format_bytes, parse_mib, parse_size
+from hutch.model.units import format_bytes, parse_duration, parse_mib, parse_size
 
 
 @pytest.mark.parametrize(
@@ -25,3 +25,12 @@ def test_mib_rounds_up_and_bytes_read_well() -> None:
     assert parse_size("100", default_unit="b") == 100
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(3 << 30) == "3.0 GiB"
+
+
+def test_durations() -> None:
+    assert [parse_duration(t) for t in ("90", "90s", "30m", "2h", "1d", " 1.5H ")] == [
+        90, 90, 1800, 7200, 86400, 5400
+    ]
+    for bad in ("", "h", "soon", "-5m", "0"):
+        with pytest.raises(Invalid):
+            parse_duration(bad)

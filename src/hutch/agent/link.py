@@ -1,5 +1,6 @@
 """The node agent's side of /agent/v1: join, heartbeat, long-poll assignments, report."""
 
+import ssl
 from typing import Any
 
 import httpx
@@ -17,11 +18,29 @@ _ERRORS: dict[int, type[HutchError]] = {
 
 
 class ControllerLink:
-    def __init__(self, url: str, credential: str = "", timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        credential: str = "",
+        timeout: float = 30.0,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self.url = url.rstrip("/")
         self.credential = credential
         # Long polls hold a request open for up to a minute: no read timeout on those.
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, read=90.0))
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, read=90.0), verify=verify)
+
+    async def fetch_ca(self) -> bytes:
+        """The controller's CA, over a connection that verifies nothing: the caller checks
+        it against a pin before trusting it."""
+        async with httpx.AsyncClient(timeout=10.0, verify=False) as http:
+            try:
+                r = await http.get(self.url + "/agent/v1/ca")
+            except httpx.HTTPError as e:
+                raise Unavailable(f"controller {self.url} cannot be reached: {e}") from None
+        if r.status_code != 200:
+            raise Invalid(f"controller {self.url} serves no CA (is it HTTPS?): {r.status_code}")
+        return r.content
 
     async def close(self) -> None:
         await self._http.aclose()

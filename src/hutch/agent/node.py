@@ -24,6 +24,7 @@ from hutch.agent.link import ControllerLink
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
 from hutch.config import Settings
+from hutch.http import tls
 from hutch.images.pull import pull
 from hutch.images.registry import RegistryClient
 from hutch.model.errors import HutchError, Invalid, NotFound, Unavailable
@@ -31,7 +32,7 @@ from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
 from hutch.runtime import host
 from hutch.runtime.driver import AgentDriver
-from hutch.wire.nodes import Assignment, MachineReport, NodeRegister
+from hutch.wire.nodes import Assignment, MachineReport, NodeRegister, join_token_parts
 
 log = logging.getLogger("hutch.agent")
 POLL_WAIT = 25.0  # seconds a long poll may hang; every answer is a full reconcile
@@ -56,6 +57,7 @@ class NodeAgent:
         name: str,
         advertise: str,
         labels: dict[str, str] | None = None,
+        domain: str = "",
     ) -> None:
         self.settings = settings
         self.dir = settings.state_dir / "node"
@@ -64,6 +66,7 @@ class NodeAgent:
         self.name = name
         self.advertise = advertise  # the URL the controller reaches this agent's API at
         self.labels = labels or {}
+        self.domain = domain
         self.drivers: dict[str, AgentDriver] = {}
         self.store = open_store(settings)
         self.identity: Identity | None = None
@@ -88,9 +91,26 @@ class NodeAgent:
             self.drivers[runtime] = driver
         if not self.drivers:
             raise Invalid("no runtime works on this host: see `hutch setup`")
+        await self._trust()
         self.identity = self._load_identity() or await self._join()
         self.link.credential = self.identity.credential
         return self.identity
+
+    async def _trust(self) -> None:
+        """HTTPS to the controller: trust the CA saved at the first join, else the one the join
+        token pins (fetched, then checked against the pin), else the system's CAs."""
+        if not self.controller.startswith("https://"):
+            return
+        saved = self.dir / "controller-ca.pem"
+        parts = join_token_parts(self.join_secret)
+        pin = parts[3] if parts else ""
+        if not saved.exists() and pin:
+            pem = await self.link.fetch_ca()
+            tls.check_pin(pem, pin)
+            saved.write_bytes(pem)
+        if saved.exists():
+            await self.link.close()
+            self.link = ControllerLink(self.controller, verify=tls.client_context(saved))
 
     def _load_identity(self) -> Identity | None:
         path = self.dir / "identity.json"
@@ -112,6 +132,7 @@ class NodeAgent:
             disk_mib=shutil.disk_usage(self.dir).free >> 20,
             overhead_mib={r: c.overhead_mib for r, c in caps.items()},
             labels=self.labels,
+            domain=self.domain,
         )
         delay = 0.5
         while True:  # a controller that is not up yet (or restarting) is waited for

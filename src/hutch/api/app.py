@@ -16,7 +16,7 @@ from hutch import __version__
 from hutch.api.deps import Controller
 from hutch.api.routes import images, machines, nodes, projects
 from hutch.config import Settings
-from hutch.http import problems
+from hutch.http import problems, tls
 from hutch.http.limits import BodyLimit
 from hutch.services.health import Health
 from hutch.services.images import Images
@@ -52,7 +52,9 @@ def build_controller(settings: Settings) -> Controller:
     )
     join_secret = settings.join_secret or secret_file(settings.state_dir / "join.secret")
     link = NodeLink(controller_secret.encode())
-    node_service = Nodes(store, notifier, join_secret, controller_secret.encode())
+    ca_pem = tls.ensure_ca(settings.state_dir / "tls").read_text() if settings.tls else None
+    pin = tls.pin_of(ca_pem.encode()) if ca_pem else ""
+    node_service = Nodes(store, notifier, join_secret, controller_secret.encode(), pin)
     machine_service = Machines(store, policy, notifier, link)
     return Controller(
         store=store,
@@ -66,6 +68,7 @@ def build_controller(settings: Settings) -> Controller:
         leadership=Leadership(store, settings.leader_lease),
         scheduler=Scheduler(store, notifier),
         health=Health(node_service, machine_service, settings.node_grace),
+        ca_pem=ca_pem,
     )
 
 

@@ -33,6 +33,7 @@ class Controller:
     leadership: Leadership
     scheduler: Scheduler
     health: Health
+    ca_pem: str | None = None  # when serving HTTPS
 
 
 def controller(request: Request) -> Controller:

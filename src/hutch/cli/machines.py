@@ -16,7 +16,7 @@ from hutch.client import AsyncClient, ExecSession, MachineOptions, log_bytes
 from hutch.model.errors import HutchError, Invalid
 from hutch.model.machine import MachineState
 from hutch.model.units import parse_mib
-from hutch.wire.machines import LogLine, MachineView
+from hutch.wire.machines import LogLine, MachineView, PlacementView
 
 HUTCH_ERROR_EXIT = 125  # as in cli/main.py: hutch itself refused or failed
 INTERRUPTED_EXIT = 130
@@ -108,6 +108,28 @@ def run(
     entrypoint: Annotated[
         str | None, typer.Option(help="Replace the image's entrypoint (and drop its Cmd).")
     ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="A group of machines placed relative to each other.")
+    ] = None,
+    group_policy: Annotated[
+        str | None,
+        typer.Option(
+            help="affinity (the group shares a node) or anti-affinity (never).", metavar="POLICY"
+        ),
+    ] = None,
+    constraint: Annotated[
+        list[str] | None,
+        typer.Option("--constraint", help="KEY=VALUE: a node label it needs; repeatable."),
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="spread (default) or pack across the nodes.")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Create nothing: print the node it would go to, and why not others."
+        ),
+    ] = False,
 ) -> None:
     """Run an image in a new machine (a micro-VM of its own).
 
@@ -127,9 +149,18 @@ def run(
         "workdir": workdir,
         "user": user,
         "entrypoint": entrypoint.split() if entrypoint is not None else None,
+        "group": group,
+        "group_policy": group_policy,
+        "constraints": pairs(constraint, "--constraint") or None,
+        "strategy": strategy,
     }
     # What is not given takes the server's default (the SDK leaves it out of the request).
     options = cast(MachineOptions, {k: v for k, v in given.items() if v is not None})
+    if dry_run:
+        with connect() as client:
+            plan = client.machines.explain(image, _argv(command), **options)
+        _print_plan(plan)
+        return
     if detach:
         options["auto_destroy"] = rm
         with connect() as client:
@@ -137,6 +168,17 @@ def run(
         typer.echo(m.id)
         return
     sys.exit(asyncio.run(_attached(image, _argv(command), options, rm)))
+
+
+def _print_plan(plan: PlacementView) -> None:
+    if plan.placed:
+        typer.echo(f"would run on node {plan.node} ({plan.candidates} node(s) could take it)")
+    else:
+        typer.echo("no node can take it now")
+    for r in plan.rejected:
+        typer.echo(f"  {r.node}: {r.reason}")
+    if not plan.placed:
+        raise typer.Exit(125)
 
 
 async def _attached(

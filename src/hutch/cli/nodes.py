@@ -1,9 +1,11 @@
 """`hutch node`: the hosts that run machines (system tokens)."""
 
+from typing import Annotated
+
 import typer
 
-from hutch.cli.remote import OutputOpt, ago, connect, emit
-from hutch.model.units import format_bytes
+from hutch.cli.remote import OutputOpt, ago, connect, dump, emit, progress
+from hutch.model.units import format_bytes, parse_duration
 from hutch.wire.nodes import NodeView
 
 app = typer.Typer(help="Nodes: the hosts that run machines.", no_args_is_help=True)
@@ -29,7 +31,8 @@ def ls(output: OutputOpt = "table") -> None:
         [
             ("NAME", lambda n: n.name),
             ("ID", lambda n: n.id),
-            ("STATE", lambda n: n.state),
+            ("STATE", lambda n: f"{n.state},cordoned" if n.cordoned else n.state),
+            ("DOMAIN", lambda n: n.domain or "-"),
             ("ACCEL", lambda n: n.accel),
             ("RUNTIMES", lambda n: ",".join(n.runtimes)),
             ("CPUS", lambda n: _used(n, "cpus")),
@@ -39,3 +42,61 @@ def ls(output: OutputOpt = "table") -> None:
         ],
         output,
     )
+
+
+Ref = Annotated[str, typer.Argument(metavar="NODE", help="A node's name or id.")]
+
+
+@app.command()
+def inspect(ref: Ref, output: OutputOpt = "json") -> None:
+    """Show a node: capacity, allocation, labels, failure domain, state."""
+    with connect() as client:
+        dump(client.nodes.get(ref), output)
+
+
+@app.command()
+def cordon(ref: Ref) -> None:
+    """Take no new machines on the node; what it runs stays."""
+    with connect() as client:
+        client.nodes.cordon(ref)
+    progress(f"node {ref} is cordoned")
+
+
+@app.command()
+def uncordon(ref: Ref) -> None:
+    """Let the node take new machines again."""
+    with connect() as client:
+        client.nodes.uncordon(ref)
+    progress(f"node {ref} takes machines again")
+
+
+@app.command()
+def drain(ref: Ref) -> None:
+    """Cordon the node and move its machines elsewhere (each restarts on another node)."""
+    with connect() as client:
+        client.nodes.drain(ref)
+    progress(f"node {ref} is cordoned and its machines are moving to other nodes")
+
+
+@app.command("rm")
+def rm(ref: Ref) -> None:
+    """Forget a node that runs nothing (drain it first). Its agent must join again."""
+    with connect() as client:
+        client.nodes.remove(ref)
+    progress(f"node {ref} is removed")
+
+
+@app.command("join-token")
+def join_token(
+    ttl: Annotated[
+        str, typer.Option(help="How long it can be used: 30m, 2h (at most 24h).")
+    ] = "1h",
+) -> None:
+    """Print a short-lived token for another host to join with (system token).
+
+    On that host: hutch agent --controller URL --join-token TOKEN. When the controller serves
+    HTTPS, the token pins its CA: the agent trusts that CA and no other.
+    """
+    with connect() as client:
+        made = client.nodes.join_token(parse_duration(ttl))
+    typer.echo(made.token)

@@ -123,11 +123,31 @@ def controller(
     listen: Annotated[
         str | None, typer.Option(help="host:port (default: the listen setting).")
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls", help="Serve HTTPS with a CA made in the state directory (see join-token)."
+        ),
+    ] = False,
+    tls_name: Annotated[
+        list[str] | None,
+        typer.Option(help="A host name or address the certificate is for; repeatable."),
+    ] = None,
 ) -> None:
-    """Run the controller: the API, the scheduler, the agents' API."""
+    """Run the controller: the API, the scheduler, the agents' API.
+
+    Several controllers may share one PostgreSQL database (--database-url, or HUTCH_DATABASE_URL)
+    and one controller secret: any serves the API, and one at a time leads (the scheduler and
+    node health), taking over within seconds when the leader dies.
+    """
     from hutch.cli import servers  # noqa: PLC0415  (see the imports)
 
-    settings = config.load()
+    overrides: dict[str, object] = {}
+    if tls:
+        overrides["tls"] = True
+    if tls_name:
+        overrides["tls_names"] = tls_name
+    settings = config.load(**overrides)
     host, port = servers.host_port(listen or settings.listen)
     _logging()
     servers.run_controller(settings, host, port)
@@ -135,16 +155,30 @@ def controller(
 
 def agent(
     controller_url: Annotated[str, typer.Option("--controller", help="The controller's URL.")],
-    join_secret: Annotated[str, typer.Option(help="The controller's join secret.")] = "",
+    join_token: Annotated[
+        str,
+        typer.Option(
+            "--join-token",
+            "--join-secret",
+            help="From `hutch node join-token` (or the controller's join secret). Needed at "
+            "the first join only: the node keeps the credential it gets.",
+        ),
+    ] = "",
     name: Annotated[str, typer.Option(help="Node name (default: the host name).")] = "",
     listen: Annotated[str, typer.Option(help="host:port of this agent's API.")] = "127.0.0.1:0",
     advertise: Annotated[str, typer.Option(help="URL the controller reaches this agent at.")] = "",
     label: Annotated[list[str] | None, typer.Option(help="k=v, repeatable.")] = None,
+    domain: Annotated[
+        str, typer.Option(help="Failure domain (rack, zone): a group's machines spread across.")
+    ] = "",
+    heartbeat: Annotated[
+        float | None, typer.Option(help="Seconds between heartbeats (default 5).", min=0.1)
+    ] = None,
 ) -> None:
     """Run a node agent: join the controller and run the machines it assigns to this host."""
     from hutch.cli import servers  # noqa: PLC0415  (see the imports)
 
-    settings = config.load()
+    settings = config.load(**({"heartbeat_interval": heartbeat} if heartbeat else {}))
     servers.host_port(listen)  # a bad --listen is refused before anything starts
     labels = {}
     for item in label or ():
@@ -156,11 +190,12 @@ def agent(
     servers.run_agent(
         settings,
         controller=controller_url,
-        join_secret=join_secret,
+        join_secret=join_token,
         name=name,
         listen=listen,
         advertise=advertise,
         labels=labels,
+        domain=domain,
     )
 
 

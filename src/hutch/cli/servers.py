@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import socket
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -16,6 +17,7 @@ from hutch.agent.node import NodeAgent
 from hutch.agent.nodeapi import create_node_app
 from hutch.api.app import build_controller, create_app, secret_file
 from hutch.client.config import Context, save_context
+from hutch.http import tls
 from hutch.model.errors import Invalid, Unavailable
 
 log = logging.getLogger("hutch")
@@ -29,7 +31,9 @@ def host_port(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+def _server(
+    app: FastAPI, host: str, port: int, cert: tuple[Path, Path] | None = None
+) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         host=host,
@@ -40,6 +44,8 @@ def _server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
         # Long polls, followed logs and event streams never end by themselves: on SIGTERM,
         # give requests this long, then close them (clients reconnect).
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        ssl_certfile=str(cert[0]) if cert else None,
+        ssl_keyfile=str(cert[1]) if cert else None,
     )
     return uvicorn.Server(config)
 
@@ -113,7 +119,15 @@ async def _up(settings: config.Settings, port: int) -> None:
 
 def run_controller(settings: config.Settings, host: str, port: int) -> None:
     ctl = build_controller(settings)
-    server = _server(create_app(ctl, settings), host, port)
+    cert = None
+    if settings.tls:
+        names = settings.tls_names or sorted(
+            {socket.gethostname(), "localhost", "127.0.0.1"} | ({host} - {"0.0.0.0", "::"})
+        )
+        cert = tls.server_cert(settings.state_dir / "tls", names)
+        log.info("serving HTTPS for %s; agents pin CA sha256 %s", ", ".join(names),
+                 tls.pin_of((settings.state_dir / "tls" / "ca.pem").read_bytes()))  # fmt: skip
+    server = _server(create_app(ctl, settings), host, port, cert)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
 
@@ -127,6 +141,7 @@ def run_agent(
     listen: str,
     advertise: str,
     labels: dict[str, str],
+    domain: str = "",
 ) -> None:
     host, port = host_port(listen)
     node = NodeAgent(
@@ -136,6 +151,7 @@ def run_agent(
         name=name or node_name(),
         advertise=advertise or f"http://{host}:{port}",
         labels=labels,
+        domain=domain,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_run_agent(node, host, port))

@@ -42,9 +42,11 @@ from hutch.wire.machines import (
     LogLine,
     MachineCreate,
     MachineView,
+    PlacementView,
     StopRequest,
     WaitResult,
 )
+from hutch.wire.nodes import JoinToken, JoinTokenRequest, NodeView
 from hutch.wire.tenancy import (
     ProjectCreate,
     ProjectView,
@@ -201,6 +203,10 @@ class MachineOptions(TypedDict, total=False):
     labels: Mapping[str, str]  # for filtering: machines.list(labels={...})
     auto_destroy: bool  # destroyed as soon as it ends
     start: bool  # False: record it without starting it (start it later)
+    group: str  # machines placed relative to each other (see group_policy)
+    group_policy: str  # "affinity" (on the group's node) or "anti-affinity" (never two on one)
+    constraints: Mapping[str, str]  # node labels it needs
+    strategy: str  # "spread" or "pack"; default: the project's
 
 
 def machine_create(
@@ -211,7 +217,7 @@ def machine_create(
         fields["command"] = argv(command)
     if "entrypoint" in options:
         fields["entrypoint"] = argv(options["entrypoint"], "entrypoint")
-    for key in ("env", "labels"):
+    for key in ("env", "labels", "constraints"):
         if key in fields:
             fields[key] = dict(fields[key])
     return build(MachineCreate, **fields)
@@ -221,6 +227,26 @@ def create(body: MachineCreate) -> Plan[MachineView]:
     return MachineView.model_validate_json(
         (yield Call("POST", "/v1/machines", body=body, scoped=True))
     )
+
+
+def explain(body: MachineCreate) -> Plan[PlacementView]:
+    """A dry run: where the machine would go, and why the other nodes would not take it."""
+    call = Call("POST", "/v1/machines", params=(("dry_run", "true"),), body=body, scoped=True)
+    return PlacementView.model_validate_json((yield call))
+
+
+def node(method: str, ref: str, action: str = "") -> Plan[NodeView]:
+    path = f"/v1/nodes/{quote(ref, safe='')}" + (f"/{action}" if action else "")
+    return NodeView.model_validate_json((yield Call(method, path)))
+
+
+def remove_node(ref: str) -> Plan[None]:
+    yield Call("DELETE", f"/v1/nodes/{quote(ref, safe='')}")
+
+
+def join_token(ttl: float) -> Plan[JoinToken]:
+    body = build(JoinTokenRequest, ttl=ttl)
+    return JoinToken.model_validate_json((yield Call("POST", "/v1/nodes/join-tokens", body=body)))
 
 
 def run(body: MachineCreate) -> Plan[MachineView]:

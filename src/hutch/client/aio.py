@@ -25,8 +25,8 @@ from hutch.client.exec import AsyncExecSession, ExecResult, OpeningSession, open
 from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageView, PullEvent
-from hutch.wire.machines import EventView, LogLine, MachineView
-from hutch.wire.nodes import NodeView
+from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
+from hutch.wire.nodes import JoinToken, NodeView
 from hutch.wire.tenancy import (
     ProjectView,
     QuotaReport,
@@ -164,6 +164,11 @@ class AsyncMachines:
         page_size: int | None = None,
     ) -> AsyncGenerator[MachineView, None]:
         return self._c._paged(core.listing(state, labels, all, page_size), Page[MachineView])
+
+    async def explain(
+        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+    ) -> PlacementView:
+        return await self._c._run(core.explain(core.machine_create(image, command, options)))
 
     async def get(self, ref: MachineRef) -> MachineView:
         return await self._c._run(core.machine("GET", ref))
@@ -346,3 +351,21 @@ class AsyncNodes:
 
     def list(self) -> AsyncGenerator[NodeView, None]:
         return self._c._paged(Call("GET", "/v1/nodes"), Page[NodeView])
+
+    async def get(self, ref: str) -> NodeView:
+        return await self._c._run(core.node("GET", ref))
+
+    async def cordon(self, ref: str) -> NodeView:
+        return await self._c._run(core.node("POST", ref, "cordon"))
+
+    async def uncordon(self, ref: str) -> NodeView:
+        return await self._c._run(core.node("POST", ref, "uncordon"))
+
+    async def drain(self, ref: str) -> NodeView:
+        return await self._c._run(core.node("POST", ref, "drain"))
+
+    async def remove(self, ref: str) -> None:
+        await self._c._run(core.remove_node(ref))
+
+    async def join_token(self, ttl: float = 3600) -> JoinToken:
+        return await self._c._run(core.join_token(ttl))

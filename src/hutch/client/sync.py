@@ -24,8 +24,8 @@ from hutch.client.exec import ExecResult, ExecSession, opening
 from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageView, PullEvent
-from hutch.wire.machines import EventView, LogLine, MachineView
-from hutch.wire.nodes import NodeView
+from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
+from hutch.wire.nodes import JoinToken, NodeView
 from hutch.wire.tenancy import (
     ProjectView,
     QuotaReport,
@@ -183,6 +183,17 @@ class Machines:
             print(client.machines.exec(m, ["uname", "-a"]).stdout)
         """
         return self._c._run(core.run(core.machine_create(image, command, options)))
+
+    def explain(
+        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+    ) -> PlacementView:
+        """A dry run of `create`: the node the scheduler would choose now and, for every other
+        node, the filter that turned it down. Creates nothing.
+
+            plan = client.machines.explain("busybox", memory_mib=512, constraints={"disk": "ssd"})
+            print(plan.node if plan.placed else plan.reason)
+        """
+        return self._c._run(core.explain(core.machine_create(image, command, options)))
 
     def list(
         self,
@@ -431,3 +442,26 @@ class Nodes:
     def list(self) -> Iterator[NodeView]:
         """Every node: its runtimes, capacity, what is allocated, its state."""
         return self._c._paged(Call("GET", "/v1/nodes"), Page[NodeView])
+
+    def get(self, ref: str) -> NodeView:
+        """A node by name or id."""
+        return self._c._run(core.node("GET", ref))
+
+    def cordon(self, ref: str) -> NodeView:
+        """The node takes nothing new; what it runs stays."""
+        return self._c._run(core.node("POST", ref, "cordon"))
+
+    def uncordon(self, ref: str) -> NodeView:
+        return self._c._run(core.node("POST", ref, "uncordon"))
+
+    def drain(self, ref: str) -> NodeView:
+        """Cordon it, and move the machines that should run to other nodes."""
+        return self._c._run(core.node("POST", ref, "drain"))
+
+    def remove(self, ref: str) -> None:
+        """Forget a node that runs nothing (Conflict otherwise: drain it first)."""
+        self._c._run(core.remove_node(ref))
+
+    def join_token(self, ttl: float = 3600) -> JoinToken:
+        """A token for `hutch agent --join-token`, valid for `ttl` seconds."""
+        return self._c._run(core.join_token(ttl))

@@ -46,3 +46,20 @@ def format_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "90", "90s", "30m", "2h" or "1d"."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _DURATION else "s"
+    number = value[:-1] if value[-1:] in _DURATION else value
+    try:
+        seconds = float(number) * _DURATION[unit]
+    except ValueError:
+        raise Invalid(f"{text!r} is not a duration (like 90s, 30m, 2h, 1d)") from None
+    if not seconds > 0:
+        raise Invalid(f"{text!r}: a duration must be positive")
+    return seconds

@@ -2,29 +2,63 @@
 long-poll what their machines should be doing."""
 
 import hmac
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 
-from hutch.model.errors import Conflict, Forbidden, NotFound, Unauthenticated
+from hutch.model.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Capacity, Machine, Node, NodeState
 from hutch.model.tenancy import Principal, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
 from hutch.services.nodelink import controller_key
 from hutch.services.notify import SCHEDULER, Notifier, node_key
 from hutch.store.base import Store
+from hutch.wire.nodes import JOIN_PREFIX, join_token_parts
 
 MAX_POLL = 60.0
+JOIN_TTL_MAX = 24 * 3600.0
 
 
 class Nodes:
     def __init__(
-        self, store: Store, notifier: Notifier, join_secret: str, controller_secret: bytes
+        self,
+        store: Store,
+        notifier: Notifier,
+        join_secret: str,
+        controller_secret: bytes,
+        ca_pin: str = "",
     ) -> None:
         self.store = store
         self.notifier = notifier
         self._join_secret = join_secret
         self._controller_secret = controller_secret
+        self.ca_pin = ca_pin  # the CA's hash when the controller serves HTTPS
+
+    def join_token(self, principal: Principal, ttl: float) -> tuple[str, float]:
+        """A token that lets agents join until it expires (signed, so nothing is stored: any
+        controller sharing the controller secret accepts it), with the CA pin when there is
+        one. The token and when it expires."""
+        _operator(principal)
+        if not 0 < ttl <= JOIN_TTL_MAX:
+            raise Invalid(f"a join token lives between 1 s and {JOIN_TTL_MAX:.0f} s")
+        expires = int(time.time() + ttl)
+        body = f"{JOIN_PREFIX}.{expires}.{secrets.token_hex(8)}"
+        token = f"{body}.{self._mac(body)}"
+        return (f"{token}.{self.ca_pin}" if self.ca_pin else token), float(expires)
+
+    def _mac(self, body: str) -> str:
+        return hmac.new(self._controller_secret, f"join:{body}".encode(), "sha256").hexdigest()
+
+    def _may_join(self, presented: str) -> None:
+        if self._join_secret and hmac.compare_digest(presented, self._join_secret):
+            return
+        parts = join_token_parts(presented)
+        if parts is not None and hmac.compare_digest(parts[2], self._mac(parts[0])):
+            if parts[1] < time.time():
+                raise Unauthenticated("the join token has expired: make another")
+            return
+        raise Unauthenticated("the join token (or secret) is wrong")
 
     async def register(
         self,
@@ -40,8 +74,7 @@ class Nodes:
         domain: str = "",
     ) -> tuple[Node, str, str]:
         """A new node, its credential and the key the controller will present to it."""
-        if not join_secret or not hmac.compare_digest(join_secret, self._join_secret):
-            raise Unauthenticated("the join secret is wrong")
+        self._may_join(join_secret)
         now = time.time()
         node = Node(
             id=new_id("n"),

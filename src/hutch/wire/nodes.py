@@ -42,6 +42,28 @@ class NodeRegister(Request):
     domain: str = Field("", max_length=63, description="failure domain: rack, zone, ...")
 
 
+JOIN_PREFIX = "hjt"
+
+
+def join_token_parts(token: str) -> tuple[str, int, str, str] | None:
+    """A join token is hjt.<expires>.<nonce>.<mac>[.<CA pin>]: (signed body, expires, mac,
+    pin), or None when `token` is not one (a plain join secret, say)."""
+    parts = token.split(".")
+    if len(parts) not in (4, 5) or parts[0] != JOIN_PREFIX or not parts[1].isdigit():
+        return None
+    return ".".join(parts[:3]), int(parts[1]), parts[3], parts[4] if len(parts) == 5 else ""
+
+
+class JoinTokenRequest(Request):
+    ttl: float = Field(3600.0, gt=0, le=86400, description="seconds it may be used for")
+
+
+class JoinToken(View):
+    token: str  # for `hutch agent --join-token`; carries the CA pin when the API is HTTPS
+    expires_at: float
+    ca_pin: str = ""  # sha256 of the CA's public key
+
+
 class Heartbeat(Request):
     address: str = Field(min_length=1, max_length=255, description="the agent's API URL now")
 

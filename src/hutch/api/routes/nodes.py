@@ -4,6 +4,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import PlainTextResponse
 
 from hutch.api import convert
 from hutch.api.deps import Caller, CallingNode, Ctl, bearer
@@ -14,6 +15,8 @@ from hutch.wire.common import Page
 from hutch.wire.nodes import (
     Assignments,
     Heartbeat,
+    JoinToken,
+    JoinTokenRequest,
     MachineReport,
     NodeRegister,
     NodeRegistered,
@@ -27,6 +30,13 @@ agents = APIRouter(prefix="/agent/v1", tags=["agents"], responses=PROBLEMS)
 @public.get("")
 async def list_nodes(ctl: Ctl, caller: Caller) -> Page[NodeView]:
     return Page(items=[convert.node_view(n) for n in await ctl.nodes.listing(caller)])
+
+
+@public.post("/join-tokens", status_code=status.HTTP_201_CREATED)
+async def join_token(ctl: Ctl, caller: Caller, body: JoinTokenRequest) -> JoinToken:
+    """A short-lived token for `hutch agent --join-token` (system tokens)."""
+    token, expires = ctl.nodes.join_token(caller, body.ttl)
+    return JoinToken(token=token, expires_at=expires, ca_pin=ctl.nodes.ca_pin)
 
 
 @public.get("/{ref}")
@@ -61,6 +71,15 @@ async def remove_node(ctl: Ctl, caller: Caller, ref: str) -> Response:
     working; to come back, its agent joins again."""
     await ctl.nodes.remove(caller, ref)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@agents.get("/ca", response_class=PlainTextResponse)
+async def ca(ctl: Ctl) -> str:
+    """The CA the controller's HTTPS certificate comes from (PEM), for agents to check
+    against their join token's pin. 404 when the controller serves plain HTTP."""
+    if ctl.ca_pem is None:
+        raise NotFound("this controller does not serve HTTPS")
+    return ctl.ca_pem
 
 
 @agents.post("/nodes", status_code=status.HTTP_201_CREATED)
