@@ -4,7 +4,9 @@ machines lost with a node that stops heartbeating. Nodes are simulated (registra
 import time
 from typing import Any
 
-from tests.api.conftest import Api
+import pytest
+
+from tests.api.conftest import SIM_NODE, Api
 
 
 async def beat(api: Api, node: dict[str, Any]) -> None:
@@ -135,3 +137,36 @@ async def test_a_silent_node_loses_its_machines_and_always_ones_run_elsewhere(ap
     assert r.status_code == 404
     assert (await api.call("GET", "/v1/nodes/node-a")).json()["state"] == "ready"
     assert await api.ctl.health.check() == 0
+
+
+async def test_join_tokens_are_signed_short_lived_and_for_operators(api: Api) -> None:
+    r = await api.call("POST", "/v1/nodes/join-tokens", json={"ttl": 60})
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert made["token"].startswith("hjt.") and made["ca_pin"] == ""  # plain HTTP: no pin
+    assert made["expires_at"] == pytest.approx(time.time() + 60, abs=5)
+    member = await api.token("alpha", "admin")
+    r = await api.call("POST", "/v1/nodes/join-tokens", member, json={"ttl": 60})
+    assert r.status_code == 403
+    for ttl in (0, -1, 86401):
+        r = await api.call("POST", "/v1/nodes/join-tokens", json={"ttl": ttl})
+        assert r.status_code == 422, ttl
+
+    async def join(secret: str, name: str) -> int:
+        body = {**SIM_NODE, "name": name}
+        headers = {"Authorization": f"Bearer {secret}"}
+        return (await api.http.post("/agent/v1/nodes", json=body, headers=headers)).status_code
+
+    assert await join(made["token"], "by-token") == 201
+    assert await join(made["token"], "again") == 201  # many nodes may join until it expires
+    prefix, expires, nonce, mac = made["token"].split(".")
+    assert await join(f"{prefix}.{int(expires) + 3600}.{nonce}.{mac}", "longer") == 401
+    assert await join(f"{prefix}.{expires}.{nonce}.{'0' * len(mac)}", "forged") == 401
+    old = (await api.call("POST", "/v1/nodes/join-tokens", json={"ttl": 1})).json()["token"]
+    time.sleep(1.5)
+    r = await api.http.post(
+        "/agent/v1/nodes", json={**SIM_NODE, "name": "late"},
+        headers={"Authorization": f"Bearer {old}"},
+    )  # fmt: skip
+    assert r.status_code == 401 and "expired" in r.json()["detail"]
+    assert (await api.http.get("/agent/v1/ca")).status_code == 404  # no HTTPS, no CA

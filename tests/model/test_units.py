@@ -29,7 +29,12 @@ def test_mib_rounds_up_and_bytes_read_well() -> None:
 
 def test_durations() -> None:
     assert [parse_duration(t) for t in ("90", "90s", "30m", "2h", "1d", " 1.5H ")] == [
-        90, 90, 1800, 7200, 86400, 5400
+        90,
+        90,
+        1800,
+        7200,
+        86400,
+        5400,
     ]
     for bad in ("", "h", "soon", "-5m", "0"):
         with pytest.raises(Invalid):

@@ -38,7 +38,11 @@ def _view(m: Machine, project: Project) -> MachineView:
     return convert.machine_view(m, project.name)
 
 
-@router.post("/v1/machines", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/v1/machines",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": PlacementView, "description": "dry_run: where it would go"}},
+)
 async def create_machine(
     ctl: Ctl,
     s: Scoped,
