@@ -4,6 +4,7 @@
 import json
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import time
@@ -103,8 +104,72 @@ def wait_for_node(url: str, token_file: Path, logs: Path) -> str:
     raise AssertionError(f"the agent did not join within 60 s: {said}")
 
 
+def trusting(ca: Path) -> ssl.SSLContext | bool:
+    return ssl.create_default_context(cafile=str(ca)) if ca.exists() else True
+
+
 def layout_of(rootfs: Path, where: Path) -> Path:
     archive = where / "busybox.tar"
     with archive.open("wb") as out:
         write_archive(rootfs, out)
     return archive
+
+
+def test_an_agent_joins_over_https_with_a_join_token_that_pins_the_ca(
+    hutch_env: dict[str, str], short_dir: Path
+) -> None:
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    state = short_dir / "c"
+    controller_env = {**hutch_env, "HUTCH_STATE_DIR": str(state)}
+    agent_env = {**hutch_env, "HUTCH_STATE_DIR": str(short_dir / "a")}
+    controller = subprocess.Popen(
+        [HUTCH, "controller", "--listen", f"127.0.0.1:{port}", "--tls", "--tls-name", "127.0.0.1"],
+        env=controller_env, stderr=(short_dir / "c.log").open("wb"),
+    )  # fmt: skip
+    agents: list[subprocess.Popen[bytes]] = []
+    try:
+        ca = state / "tls" / "ca.pem"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", verify=trusting(ca)).raise_for_status()
+                break
+            except (OSError, httpx.HTTPError):
+                assert time.monotonic() < deadline, (short_dir / "c.log").read_text()[-2000:]
+                time.sleep(0.2)
+        admin = {"Authorization": f"Bearer {(state / 'admin-token').read_text().strip()}"}
+        with httpx.Client(base_url=url, verify=trusting(ca), headers=admin) as http:
+            made = http.post("/v1/nodes/join-tokens", json={"ttl": 600}).json()
+            assert len(made["ca_pin"]) == 64 and made["token"].endswith("." + made["ca_pin"])
+            # A token whose pin is not this controller's CA: the agent will not talk to it.
+            forged = made["token"][:-64] + "0" * 64
+            refused = subprocess.run(
+                [HUTCH, "agent", "--controller", url, "--join-token", forged],
+                env={**agent_env, "HUTCH_STATE_DIR": str(short_dir / "b")},
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert refused.returncode == 125, refused.stderr
+            assert "does not match the join token's pin" in one_clear_line(refused.stderr)
+            assert http.get("/v1/nodes").json()["items"] == []
+            agents.append(subprocess.Popen(
+                [HUTCH, "agent", "--controller", url, "--join-token", made["token"],
+                 "--name", "tls-node", "--domain", "rack-7", "--heartbeat", "1"],
+                env=agent_env, stderr=(short_dir / "a.log").open("wb"),
+            ))  # fmt: skip
+            deadline = time.monotonic() + 60
+            while not (nodes := http.get("/v1/nodes").json()["items"]):
+                assert time.monotonic() < deadline, (short_dir / "a.log").read_text()[-2000:]
+                time.sleep(0.2)
+            [node] = nodes
+            assert (node["name"], node["domain"], node["state"]) == ("tls-node", "rack-7", "ready")
+            # It heartbeats every second: last_seen moves on.
+            time.sleep(2.5)
+            assert http.get("/v1/nodes/tls-node").json()["last_seen"] > node["last_seen"]
+            # The agent kept the CA it pinned, for its restarts.
+            kept = short_dir / "a" / "node" / "controller-ca.pem"
+            assert kept.read_bytes() == ca.read_bytes()
+    finally:
+        for proc in [*agents, controller]:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
