@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hutch.model.errors import Conflict
 from hutch.model.machine import Capacity, MachineState
+from hutch.store.base import Claim
 from hutch.store.sql import SqlStore
 from tests.store import factories as f
 from tests.store.worker import QUOTA, claim
@@ -147,7 +148,7 @@ async def test_node_claim_race(store: SqlStore) -> None:
 
     async def claim_node() -> bool:
         async with store.write() as tx:
-            return await tx.nodes.claim(n.id, Capacity(1, 300, 0), limit)
+            return bool(await tx.nodes.claim([Claim(n.id, Capacity(1, 300, 0), limit)]))
 
     results = await asyncio.gather(*(claim_node() for _ in range(10)))
     assert results.count(True) == 3

@@ -15,7 +15,7 @@ from hutch.model.machine import (
     Strategy,
 )
 from hutch.model.tenancy import Quota, Role, Usage
-from hutch.store.base import NewEvent
+from hutch.store.base import Claim, NewEvent
 from hutch.store.sql import MAX_PAGE, SqlStore
 from tests.store import factories as f
 
@@ -570,21 +570,31 @@ async def test_node_compare_and_set(store: SqlStore) -> None:
 
 
 async def test_node_claims_are_increments_within_a_limit(store: SqlStore) -> None:
-    n = f.node(allocated=Capacity(1, 100, 10))
+    a, b = f.node(allocated=Capacity(1, 100, 10)), f.node()
     limit = Capacity(8, 1000, 100)
     async with store.write() as tx:
-        await tx.nodes.create(n, "cred")
-        assert await tx.nodes.claim(n.id, Capacity(2, 400, 40), limit)
-        assert await tx.nodes.claim(n.id, Capacity(5, 500, 50), limit)  # exactly the limit
-        assert not await tx.nodes.claim(n.id, Capacity(0, 1, 0), limit)
-        assert not await tx.nodes.claim("nope", Capacity(0, 1, 0), limit)
+        await tx.nodes.create(a, "cred-a")
+        await tx.nodes.create(b, "cred-b")
+        assert await tx.nodes.claim([]) == set()
+        got = await tx.nodes.claim(
+            [Claim(a.id, Capacity(2, 400, 40), limit), Claim(b.id, Capacity(1, 1, 1), limit)]
+        )
+        assert got == {a.id, b.id}
+        assert await tx.nodes.claim([Claim(a.id, Capacity(5, 500, 50), limit)]) == {a.id}  # full
+        refused = [
+            Claim(a.id, Capacity(0, 1, 0), limit),
+            Claim(b.id, Capacity(0, 0, 100), limit),  # 1 + 100 > 100
+            Claim("nope", Capacity(0, 1, 0), limit),
+        ]
+        assert await tx.nodes.claim(refused) == set()
         # An update of other fields leaves the allocation to claims and releases.
-        node = await tx.nodes.get(n.id)
+        node = await tx.nodes.get(a.id)
         assert node.allocated == Capacity(8, 1000, 100)
         await tx.nodes.update(replace(node, allocated=Capacity(0, 0, 0), labels={"x": "y"}))
-        await tx.nodes.release(n.id, Capacity(3, 600, 1000))
+        await tx.nodes.release(a.id, Capacity(3, 600, 1000))
     async with store.read() as tx:
-        assert (await tx.nodes.get(n.id)).allocated == Capacity(5, 400, 0)  # never below zero
+        assert (await tx.nodes.get(a.id)).allocated == Capacity(5, 400, 0)  # never below zero
+        assert (await tx.nodes.get(b.id)).allocated == Capacity(1, 1, 1)
 
 
 async def test_node_revisions_bumped_in_one_go(store: SqlStore) -> None:

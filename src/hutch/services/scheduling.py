@@ -20,7 +20,7 @@ from hutch.model.tenancy import Project
 from hutch.scheduler import Index, Placement, limit, need, plus
 from hutch.services.machines import request_of
 from hutch.services.notify import SCHEDULER, Notifier, machine_key, node_key, project_key
-from hutch.store.base import NewEvent, Store, Tx
+from hutch.store.base import Claim, NewEvent, Store, Tx
 
 log = logging.getLogger("hutch.scheduler")
 PAGE = 1000  # machines per transaction
@@ -40,7 +40,7 @@ class Scheduler:
     def __init__(self, store: Store, notifier: Notifier, page: int = PAGE) -> None:
         self.store = store
         self.notifier = notifier
-        self.page = page
+        self.page_size = page
 
     async def run(self, leading: Callable[[], bool], stop: asyncio.Event) -> None:
         """Rounds while `leading()`, until `stop` is set (notify SCHEDULER with it)."""
@@ -57,7 +57,7 @@ class Scheduler:
         total = RoundResult(0, 0, 0)
         after: tuple[float, str] | None = None
         while True:
-            result, after = await self._page(after)
+            result, after = await self.page(after)
             total = RoundResult(
                 total.placed + result.placed,
                 total.waiting + result.waiting,
@@ -66,13 +66,15 @@ class Scheduler:
             if after is None:
                 return total
 
-    async def _page(
+    async def page(
         self, after: tuple[float, str] | None
     ) -> tuple[RoundResult, tuple[float, str] | None]:
+        """One page of pending machines after `after`, in one transaction; where the next
+        page starts (None: this was the last)."""
         now = time.time()
         woken: set[str] = set()
         async with self.store.write() as tx:
-            pending = await tx.machines.pending(self.page, after)
+            pending = await tx.machines.pending(self.page_size, after)
             if not pending:
                 return RoundResult(0, 0, 0), None
             index = Index(await tx.nodes.list())
@@ -96,11 +98,13 @@ class Scheduler:
                 if group is not None:
                     group[node.id] = group.get(node.id, 0) + 1
                 placed.append((m, node.id))
-            refused = set()
-            for node_id, want in claims.items():
-                if not await tx.nodes.claim(node_id, want, limit(index.node(node_id))):
-                    refused.add(node_id)
-            placed_now = [(m, node_id) for m, node_id in placed if node_id not in refused]
+            got = await tx.nodes.claim(
+                [
+                    Claim(node_id, want, limit(index.node(node_id)))
+                    for node_id, want in claims.items()
+                ]
+            )
+            placed_now = [(m, node_id) for m, node_id in placed if node_id in got]
             await tx.machines.place([(m.id, node_id) for m, node_id in placed_now], now)
             names = {n.id: n.name for n in index.nodes()}
             events = [
@@ -117,7 +121,7 @@ class Scheduler:
         if woken:
             self.notifier.notify(*woken)
         last = pending[-1]
-        more = (last.created_at, last.id) if len(pending) == self.page else None
+        more = (last.created_at, last.id) if len(pending) == self.page_size else None
         return RoundResult(len(placed_now), len(waiting), len(placed) - len(placed_now)), more
 
 

@@ -18,6 +18,14 @@ from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, St
 from hutch.model.tenancy import Project, Quota, Token, Usage
 
 
+class Claim(NamedTuple):
+    """Capacity to add to a node's allocation, as long as it stays within `limit`."""
+
+    node_id: str
+    want: Capacity
+    limit: Capacity
+
+
 class NewEvent(NamedTuple):
     project_id: str
     kind: str
@@ -132,8 +140,9 @@ class NodeRepo(Protocol):
         """Conflict while live machines are on it; NotFound if there is no such node."""
         ...
 
-    async def claim(self, node_id: str, want: Capacity, limit: Capacity) -> bool:
-        """Add `want` to the allocation if it stays within `limit`; False if it would not."""
+    async def claim(self, claims: Sequence[Claim]) -> builtins.set[str]:
+        """Each claim's capacity added to its node where it stays within the limit, in one
+        statement; the nodes claimed (a node missing from it: another writer filled it)."""
 
     async def release(self, node_id: str, want: Capacity) -> None: ...
 

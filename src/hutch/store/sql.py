@@ -63,6 +63,7 @@ from hutch.model.machine import (
 from hutch.model.tenancy import Project, Quota, Role, Token, Usage
 from hutch.store import tables as t
 from hutch.store.base import (
+    Claim,
     EventRepo,
     LeaseRepo,
     MachineRepo,
@@ -819,25 +820,52 @@ class _Nodes(_Repo):
         await self._c.execute(sa.update(m).where(on_it).values(node_id=None))  # history stays
         await self._c.execute(sa.delete(t.nodes).where(t.nodes.c.id == node_id))
 
-    async def claim(self, node_id: str, want: Capacity, limit: Capacity) -> bool:
-        """Add `want` to the node's allocation if the sum stays within `limit`, in one
-        conditional statement: two claims never overbook the node, whoever makes them."""
+    async def claim(self, claims: Sequence[Claim]) -> builtins.set[str]:
+        """Add each claim's `want` to its node's allocation where the sum stays within its
+        `limit`, all in one conditional statement (UPDATE ... FROM a VALUES list): two claims never
+        overbook a node, whoever makes them. The ids of the nodes claimed."""
+        if not claims:
+            return set()
         n = t.nodes
+        columns = ("id", "cpus", "memory", "disk", "max_cpus", "max_memory", "max_disk")
+        want = (
+            sa.values(
+                *(sa.column(c, sa.String if c == "id" else sa.Integer) for c in columns),
+                name="want",
+            )
+            .data(
+                [
+                    (
+                        c.node_id,
+                        c.want.cpus,
+                        c.want.memory_mib,
+                        c.want.disk_mib,
+                        c.limit.cpus,
+                        c.limit.memory_mib,
+                        c.limit.disk_mib,
+                    )
+                    for c in claims
+                ]
+            )
+            .cte("want")
+        )  # WITH want(id, ...) AS (VALUES ...): SQLite takes no aliased VALUES
+        w = want.c
         stmt = (
             sa.update(n)
             .where(
-                n.c.id == node_id,
-                n.c.allocated_cpus + want.cpus <= limit.cpus,
-                n.c.allocated_memory_mib + want.memory_mib <= limit.memory_mib,
-                n.c.allocated_disk_mib + want.disk_mib <= limit.disk_mib,
+                n.c.id == w.id,
+                n.c.allocated_cpus + w.cpus <= w.max_cpus,
+                n.c.allocated_memory_mib + w.memory <= w.max_memory,
+                n.c.allocated_disk_mib + w.disk <= w.max_disk,
             )
             .values(
-                allocated_cpus=n.c.allocated_cpus + want.cpus,
-                allocated_memory_mib=n.c.allocated_memory_mib + want.memory_mib,
-                allocated_disk_mib=n.c.allocated_disk_mib + want.disk_mib,
+                allocated_cpus=n.c.allocated_cpus + w.cpus,
+                allocated_memory_mib=n.c.allocated_memory_mib + w.memory,
+                allocated_disk_mib=n.c.allocated_disk_mib + w.disk,
             )
+            .returning(n.c.id)
         )
-        return (await self._c.execute(stmt)).rowcount == 1
+        return {str(row[0]) for row in await self._c.execute(stmt)}
 
     async def release(self, node_id: str, want: Capacity) -> None:
         """Take `want` off the node's allocation (never below zero)."""
