@@ -129,11 +129,11 @@ async def schedule(url: str, nodes: list[Node], machines: list[Machine]) -> dict
         scheduler = Scheduler(store, Notifier())
         latencies: list[float] = []  # per machine placed
         placed = 0
-        after = None
+        after, snapshot = None, None
         started = time.perf_counter()
         while True:  # what Scheduler.round() does, timing each page
             page_started = time.perf_counter()
-            result, after = await scheduler.page(after)
+            result, after, snapshot = await scheduler.page(after, snapshot)
             latencies += [time.perf_counter() - page_started] * result.placed
             placed += result.placed
             if after is None:

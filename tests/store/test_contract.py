@@ -487,8 +487,12 @@ async def test_group_members_count_active_machines_by_node(store: SqlStore) -> N
         for m in members:
             await tx.machines.create(m)
     async with store.read() as tx:
-        assert await tx.machines.group_members(p.id, "db") == {a.id: 2, b.id: 1}
-        assert await tx.machines.group_members(p.id, "none") == {}
+        assert await tx.machines.group_members(p.id, ["db", "web", "none"]) == {
+            "db": {a.id: 2, b.id: 1},
+            "web": {b.id: 1},
+            "none": {},
+        }
+        assert await tx.machines.group_members(p.id, []) == {}
 
 
 async def test_placement_fields_round_trip(store: SqlStore) -> None:

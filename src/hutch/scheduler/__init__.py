@@ -5,11 +5,10 @@ filter's reason); weighers score the survivors, each normalised to 0..1 across t
 with its weight; the best score wins, ties to the first node name.
 
 `place()` applies the rule to every node, and explains a refusal node by node (dry runs,
-NoCapacity). `Index` applies it at scale: nodes kept sorted by free room, it weighs only the
-first `k` nodes that pass the filters in the strategy's order (the emptiest first to spread, the
-fullest first to pack) and updates itself with each claim, so a batch of placements over
-thousands of nodes costs O(k log n) each. Claiming the capacity in the store is the caller's
-separate, compare-and-set step.
+NoCapacity). `Index` applies it at scale, over nodes grouped by shape and sorted by utilisation:
+it weighs only the first few nodes of each shape that pass the filters, in the strategy's order,
+and updates itself with each claim, so a batch of placements over thousands of nodes costs
+O(k log n) each. Claiming the capacity in the store is the caller's separate, conditional step.
 """
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -96,7 +95,10 @@ def free(node: Node) -> Capacity:
 
 def utilisation(node: Node) -> float:
     """The share of the node's memory and vCPUs taken, averaged: 0 empty, 1 full."""
-    cap, a = node.capacity, node.allocated
+    return _utilisation(node.capacity, node.allocated)
+
+
+def _utilisation(cap: Capacity, a: Capacity) -> float:
     memory = a.memory_mib / cap.memory_mib if cap.memory_mib else 1.0
     cpus = a.cpus / (cap.cpus * CPU_OVERCOMMIT) if cap.cpus else 1.0
     return (memory + cpus) / 2
@@ -156,8 +158,7 @@ Weigher = Callable[[Request, Node, Context], float]
 
 def room(request: Request, node: Node, context: Context) -> float:
     """Spread: the share of the node left free after placing; pack: the share taken."""
-    after = replace(node, allocated=plus(node.allocated, need(request, node)))
-    left = 1.0 - utilisation(after)
+    left = 1.0 - _utilisation(node.capacity, plus(node.allocated, need(request, node)))
     return left if request.strategy is Strategy.SPREAD else -left
 
 
@@ -226,12 +227,19 @@ def release(node: Node, request: Request) -> Node:
 
 
 class Index:
-    """The rule at scale, over a snapshot that it keeps up to date with its own claims."""
+    """The rule at scale, over a snapshot that it keeps up to date with its own claims.
+
+    Nodes are grouped by shape (capacity and overheads), each group sorted by utilisation.
+    Within one shape the weighers' room score follows utilisation, so walking each shape from
+    the emptiest (spread) or the fullest (pack) and weighing the first few that pass the
+    filters finds what weighing every node would, for a handful of shapes per cluster."""
 
     def __init__(self, nodes: Iterable[Node], k: int = SAMPLE) -> None:
         self.k = k
-        self._nodes = {n.id: n for n in nodes}
-        self._order = SortedList(_key(n) for n in self._nodes.values())
+        self._nodes: dict[str, Node] = {}
+        self._shapes: dict[tuple[object, ...], SortedList] = {}
+        for node in nodes:
+            self.update(node)
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -246,19 +254,23 @@ class Index:
         self, request: Request, members: Mapping[str, int] | None = None
     ) -> Placement | Rejection:
         context = Context.of(members, self._nodes) if members else NO_GROUP
-        # Spread walks from the emptiest node down, pack from the fullest up.
-        walk = reversed(self._order) if request.strategy is Strategy.SPREAD else iter(self._order)
+        per_shape = max(self.k // max(len(self._shapes), 1), 2)
         candidates: list[Node] = []
         reasons: dict[str, str] = {}
-        for _, _, node_id in walk:
-            node = self._nodes[node_id]
-            why = _first_reason(request, node, context, FILTERS)
-            if why is not None:
-                reasons[node.name] = why
-                continue
-            candidates.append(node)
-            if len(candidates) == self.k:
-                break
+        for order in self._shapes.values():
+            # Spread walks from the emptiest node, pack from the fullest.
+            walk = iter(order) if request.strategy is Strategy.SPREAD else reversed(order)
+            found = 0
+            for _, _, node_id in walk:
+                node = self._nodes[node_id]
+                why = _first_reason(request, node, context, FILTERS)
+                if why is not None:
+                    reasons[node.name] = why
+                    continue
+                candidates.append(node)
+                found += 1
+                if found == per_shape:
+                    break
         if not candidates:
             return Rejection(reasons)
         return best(request, candidates, context)
@@ -270,14 +282,18 @@ class Index:
         """Take a node's new state (a claim, or a fresh copy from the store)."""
         old = self._nodes.get(node.id)
         if old is not None:
-            self._order.remove(_key(old))
+            self._shapes[_shape(old)].remove(_key(old))
         self._nodes[node.id] = node
-        self._order.add(_key(node))
+        self._shapes.setdefault(_shape(node), SortedList()).add(_key(node))
         return node
 
 
+def _shape(node: Node) -> tuple[object, ...]:
+    return (node.capacity, tuple(sorted(node.overhead_mib.items())))
+
+
 def _key(node: Node) -> tuple[float, str, str]:
-    return (1.0 - utilisation(node), node.name, node.id)
+    return (utilisation(node), node.name, node.id)
 
 
 def _first_reason(

@@ -431,7 +431,7 @@ class Machines:
 
 async def _place(tx: Tx, spec: MachineSpec, project: Project) -> Placement | Rejection:
     """The rule over every node, as the scheduler would apply it now."""
-    members = await tx.machines.group_members(project.id, spec.group) if spec.group else {}
+    members = (await tx.machines.group_members(project.id, [spec.group])).get(spec.group, {})
     nodes = await tx.nodes.list()
     context = Context.of(members, {n.id: n for n in nodes})
     return place(request_of(spec, project), nodes, context)

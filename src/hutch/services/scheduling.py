@@ -1,12 +1,13 @@
 """The scheduler: places machines that wait for a node, in batches, on the leading controller.
 
 A round pages through the pending machines oldest first. Each page is one write transaction:
-a fresh snapshot of the nodes goes into a `scheduler.Index`, every machine is placed against it
-(the index takes each claim at once, so one page never overbooks a node), then the claims are
-committed per node as conditional increments (`nodes.claim`): a node that another writer filled
-meanwhile refuses, and its machines stay pending for the next round. Machines that fit nowhere
-stay pending too, saying why in their `error`, and are tried again at every round: rounds run
-when a machine is created or restarted, when capacity is given back, and every few seconds.
+every machine is placed against a snapshot of the nodes in a `scheduler.Index` (read at the
+round's start and again every couple of seconds; the index takes each claim at once, so one
+page never overbooks a node), then the page's claims are committed in one conditional statement
+(`nodes.claim`): a node that another writer changed meanwhile refuses, its machines stay pending
+for the next round, and the snapshot is read again. Machines that fit nowhere stay pending too,
+saying why in their `error`, and are tried again at every round: rounds run when a machine is
+created or restarted, when capacity is given back, and every few seconds.
 """
 
 import asyncio
@@ -16,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from hutch.model.machine import Capacity, Machine
-from hutch.model.tenancy import Project
 from hutch.scheduler import Index, Placement, limit, need, plus
 from hutch.services.machines import request_of
 from hutch.services.notify import SCHEDULER, Notifier, machine_key, node_key, project_key
@@ -27,6 +27,7 @@ PAGE = 1000  # machines per transaction
 ROUND_EVERY = 2.0  # seconds between rounds when nothing wakes the scheduler
 WAITING = "waiting for a node: "
 NOTHING = Capacity(0, 0, 0)
+SNAPSHOT_AGE = 2.0  # seconds a round places on one read of the nodes
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +57,9 @@ class Scheduler:
     async def round(self) -> RoundResult:
         total = RoundResult(0, 0, 0)
         after: tuple[float, str] | None = None
+        snapshot: Snapshot | None = None
         while True:
-            result, after = await self.page(after)
+            result, after, snapshot = await self.page(after, snapshot)
             total = RoundResult(
                 total.placed + result.placed,
                 total.waiting + result.waiting,
@@ -67,27 +69,30 @@ class Scheduler:
                 return total
 
     async def page(
-        self, after: tuple[float, str] | None
-    ) -> tuple[RoundResult, tuple[float, str] | None]:
-        """One page of pending machines after `after`, in one transaction; where the next
-        page starts (None: this was the last)."""
+        self, after: tuple[float, str] | None = None, snapshot: "Snapshot | None" = None
+    ) -> tuple[RoundResult, tuple[float, str] | None, "Snapshot | None"]:
+        """One page of pending machines after `after`, in one transaction: the outcome, where
+        the next page starts (None: this was the last), and the snapshot of the nodes to pass
+        to it (None: take a fresh one)."""
         now = time.time()
         woken: set[str] = set()
         async with self.store.write() as tx:
             pending = await tx.machines.pending(self.page_size, after)
             if not pending:
-                return RoundResult(0, 0, 0), None
-            index = Index(await tx.nodes.list())
-            projects: dict[str, Project] = {}
-            members: dict[tuple[str, str], dict[str, int]] = {}
+                return RoundResult(0, 0, 0), None, snapshot
+            if snapshot is None or time.monotonic() - snapshot.taken > SNAPSHOT_AGE:
+                snapshot = Snapshot(Index(await tx.nodes.list()), time.monotonic())
+            index = snapshot.index
+            projects = {
+                p: await tx.projects.get(p) for p in sorted({m.project_id for m in pending})
+            }
+            members = await _members(tx, pending)
             placed: list[tuple[Machine, str]] = []
             claims: dict[str, Capacity] = {}
             waiting: list[tuple[Machine, str]] = []
             for m in pending:
-                project = projects.get(m.project_id) or await tx.projects.get(m.project_id)
-                projects[project.id] = project
-                request = request_of(m.spec, project)
-                group = await _members(tx, members, m)
+                request = request_of(m.spec, projects[m.project_id])
+                group = members.get((m.project_id, m.spec.group)) if m.spec.group else None
                 decision = index.place(request, group)
                 if not isinstance(decision, Placement):
                     waiting.append((m, WAITING + decision.explain()))
@@ -99,18 +104,17 @@ class Scheduler:
                     group[node.id] = group.get(node.id, 0) + 1
                 placed.append((m, node.id))
             got = await tx.nodes.claim(
-                [
-                    Claim(node_id, want, limit(index.node(node_id)))
-                    for node_id, want in claims.items()
-                ]
+                [Claim(n, want, limit(index.node(n))) for n, want in claims.items()]
             )
+            if len(got) < len(claims):
+                snapshot = None  # another writer changed nodes under it: read them again
             placed_now = [(m, node_id) for m, node_id in placed if node_id in got]
             await tx.machines.place([(m.id, node_id) for m, node_id in placed_now], now)
-            names = {n.id: n.name for n in index.nodes()}
             events = [
-                NewEvent(m.project_id, "machine.placed", m.id, m.state, f"on node {names[n]}", now)
+                NewEvent(m.project_id, "machine.placed", m.id, m.state,
+                         f"on node {index.node(n).name}", now)
                 for m, n in placed_now
-            ]
+            ]  # fmt: skip
             await tx.events.append_many(events)
             await tx.nodes.bump_revisions([node_id for _, node_id in placed_now])
             for m, why in waiting:
@@ -122,16 +126,28 @@ class Scheduler:
             self.notifier.notify(*woken)
         last = pending[-1]
         more = (last.created_at, last.id) if len(pending) == self.page_size else None
-        return RoundResult(len(placed_now), len(waiting), len(placed) - len(placed_now)), more
+        outcome = RoundResult(len(placed_now), len(waiting), len(placed) - len(placed_now))
+        return outcome, more, snapshot
 
 
-async def _members(
-    tx: Tx, cache: dict[tuple[str, str], dict[str, int]], m: Machine
-) -> dict[str, int] | None:
-    """The machine's group as placed so far (this page's placements included)."""
-    if not m.spec.group:
-        return None
-    key = (m.project_id, m.spec.group)
-    if key not in cache:
-        cache[key] = await tx.machines.group_members(*key)
-    return cache[key]
+@dataclass(slots=True)
+class Snapshot:
+    """The nodes as a round sees them: read once, then kept current with its own claims.
+    Others' changes (a release, a node going away) show at the next read; a claim made on a
+    stale view is refused by the store, never overbooked."""
+
+    index: Index
+    taken: float  # time.monotonic()
+
+
+async def _members(tx: Tx, pending: list[Machine]) -> dict[tuple[str, str], dict[str, int]]:
+    """Where the page's groups run: (project id, group) -> node id -> machines."""
+    wanted: dict[str, set[str]] = {}
+    for m in pending:
+        if m.spec.group:
+            wanted.setdefault(m.project_id, set()).add(m.spec.group)
+    found = {}
+    for project_id, groups in sorted(wanted.items()):
+        for group, where in (await tx.machines.group_members(project_id, sorted(groups))).items():
+            found[project_id, group] = where
+    return found

@@ -116,8 +116,10 @@ class MachineRepo(Protocol):
     async def place(self, placed: Sequence[tuple[str, str]], at: float) -> None:
         """Set the node of pending machines: (machine id, node id) pairs."""
 
-    async def group_members(self, project_id: str, group: str) -> dict[str, int]:
-        """Node id -> active machines of the project's group there."""
+    async def group_members(
+        self, project_id: str, groups: Sequence[str]
+    ) -> dict[str, dict[str, int]]:
+        """For each of the project's groups: node id -> its active machines there."""
 
 
 class NodeRepo(Protocol):

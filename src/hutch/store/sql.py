@@ -719,22 +719,29 @@ class _Machines(_Repo):
         rows = [{"machine": machine, "node": node} for machine, node in placed]
         await self._c.execute(stmt.execution_options(synchronize_session=False), rows)
 
-    async def group_members(self, project_id: str, group: str) -> dict[str, int]:
-        """Where the group's active machines are: node id -> how many."""
+    async def group_members(
+        self, project_id: str, groups: Sequence[str]
+    ) -> dict[str, dict[str, int]]:
+        """Where each group's active machines are: group -> node id -> how many."""
         m = t.machines
+        found: dict[str, dict[str, int]] = {g: {} for g in groups}
+        if not groups:
+            return found
         stmt = (
-            sa.select(m.c.node_id, sa.func.count())
+            sa.select(m.c.group_name, m.c.node_id, sa.func.count())
             .where(
                 m.c.project_id == project_id,
-                m.c.group_name == group,
+                m.c.group_name.in_(sorted(set(groups))),
                 m.c.node_id.is_not(None),
                 m.c.state.in_([s.value for s in ACTIVE]),
                 m.c.desired != Desired.DESTROYED.value,
             )
-            .group_by(m.c.node_id)
+            .group_by(m.c.group_name, m.c.node_id)
         )
-        rows = [tuple(row) for row in await self._c.execute(stmt)]
-        return {str(node_id): int(count) for node_id, count in rows}
+        rows: list[tuple[Any, ...]] = [tuple(row) for row in await self._c.execute(stmt)]
+        for group, node_id, count in rows:
+            found[str(group)][str(node_id)] = int(count)
+        return found
 
     async def purge(self, project_id: str, machine_id: str) -> None:
         """Conflict unless the machine is destroyed."""
@@ -822,50 +829,20 @@ class _Nodes(_Repo):
 
     async def claim(self, claims: Sequence[Claim]) -> builtins.set[str]:
         """Add each claim's `want` to its node's allocation where the sum stays within its
-        `limit`, all in one conditional statement (UPDATE ... FROM a VALUES list): two claims never
-        overbook a node, whoever makes them. The ids of the nodes claimed."""
+        `limit`, all in one conditional statement: two claims never overbook a node, whoever
+        makes them. The ids of the nodes claimed. The claims travel as one JSON parameter, so
+        the statement is the same (prepared once) for a page of any size."""
         if not claims:
             return set()
-        n = t.nodes
-        columns = ("id", "cpus", "memory", "disk", "max_cpus", "max_memory", "max_disk")
-        want = (
-            sa.values(
-                *(sa.column(c, sa.String if c == "id" else sa.Integer) for c in columns),
-                name="want",
-            )
-            .data(
-                [
-                    (
-                        c.node_id,
-                        c.want.cpus,
-                        c.want.memory_mib,
-                        c.want.disk_mib,
-                        c.limit.cpus,
-                        c.limit.memory_mib,
-                        c.limit.disk_mib,
-                    )
-                    for c in claims
-                ]
-            )
-            .cte("want")
-        )  # WITH want(id, ...) AS (VALUES ...): SQLite takes no aliased VALUES
-        w = want.c
-        stmt = (
-            sa.update(n)
-            .where(
-                n.c.id == w.id,
-                n.c.allocated_cpus + w.cpus <= w.max_cpus,
-                n.c.allocated_memory_mib + w.memory <= w.max_memory,
-                n.c.allocated_disk_mib + w.disk <= w.max_disk,
-            )
-            .values(
-                allocated_cpus=n.c.allocated_cpus + w.cpus,
-                allocated_memory_mib=n.c.allocated_memory_mib + w.memory,
-                allocated_disk_mib=n.c.allocated_disk_mib + w.disk,
-            )
-            .returning(n.c.id)
-        )
-        return {str(row[0]) for row in await self._c.execute(stmt)}
+        rows = [
+            {"id": c.node_id, "cpus": c.want.cpus, "memory": c.want.memory_mib,
+             "disk": c.want.disk_mib, "max_cpus": c.limit.cpus,
+             "max_memory": c.limit.memory_mib, "max_disk": c.limit.disk_mib}
+            for c in claims
+        ]  # fmt: skip
+        stmt = _CLAIM_PG if self._pg else _CLAIM_SQLITE
+        result = await self._c.execute(stmt, {"claims": json.dumps(rows)})
+        return {str(row[0]) for row in result}
 
     async def release(self, node_id: str, want: Capacity) -> None:
         """Take `want` off the node's allocation (never below zero)."""
@@ -1151,6 +1128,31 @@ def _to_machine(r: Row[Any]) -> Machine:
         start_after=r.start_after,
         version=r.version,
     )
+
+
+_CLAIM_SET = """
+    allocated_cpus = n.allocated_cpus + w.cpus,
+    allocated_memory_mib = n.allocated_memory_mib + w.memory,
+    allocated_disk_mib = n.allocated_disk_mib + w.disk
+"""
+_CLAIM_WHERE = """
+    n.id = w.id
+    AND n.allocated_cpus + w.cpus <= w.max_cpus
+    AND n.allocated_memory_mib + w.memory <= w.max_memory
+    AND n.allocated_disk_mib + w.disk <= w.max_disk
+"""
+_CLAIM_COLUMNS = ("id", "cpus", "memory", "disk", "max_cpus", "max_memory", "max_disk")
+_CLAIM_PG = sa.text(
+    f"UPDATE nodes AS n SET {_CLAIM_SET} FROM jsonb_to_recordset(CAST(:claims AS jsonb)) AS w("
+    + ", ".join(f"{c} {'text' if c == 'id' else 'int'}" for c in _CLAIM_COLUMNS)
+    + f") WHERE {_CLAIM_WHERE} RETURNING n.id"
+)
+_CLAIM_SQLITE = sa.text(
+    "WITH w AS (SELECT "
+    + ", ".join(f"value ->> '$.{c}' AS {c}" for c in _CLAIM_COLUMNS)
+    + f" FROM json_each(:claims)) UPDATE nodes AS n SET {_CLAIM_SET} FROM w WHERE {_CLAIM_WHERE}"
+    " RETURNING id"  # SQLite's RETURNING names the updated table's columns only, unqualified
+)
 
 
 def _node_values(n: Node) -> dict[str, Any]:
