@@ -96,6 +96,7 @@ bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) bench/boot.py
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.images
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.api
+	$(PY) -m bench.scheduler
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

@@ -3,6 +3,7 @@ its own (its own address, reached over a bridge), running real micro-VMs. Machin
 across them; a killed agent's `always` machines run again on the others; the agent restarted
 destroys what it ran (fencing: nothing runs twice); cordon and drain."""
 
+import functools
 import os
 import random
 import signal
@@ -209,9 +210,9 @@ def test_three_agents_spread_fail_over_fence_cordon_and_drain(
         drained = next(a.name for a in agents if a.name not in ("node-a", victim.name))
         before = [m for m in keep if _node(client.machines.get(m)) == nodes[drained].id]
         client.nodes.drain(drained)
+        away = {nodes[drained].id, nodes["node-a"].id}
         for m in before:
-            away = {nodes[drained].id, nodes["node-a"].id}
-            until(f"{m.name} off {drained}", lambda m=m, away=away: _running_off(client, m, away))
+            until(f"{m.name} off {drained}", functools.partial(_running_off, client, m, away))
         assert client.nodes.get(drained).cordoned
         until(f"{drained} empty", lambda: client.nodes.get(drained).allocated.memory_mib == 0)
         assert len({_machine(v) for v in vms()} & {m.id for m in keep}) == 3
