@@ -170,3 +170,23 @@ async def test_join_tokens_are_signed_short_lived_and_for_operators(api: Api) ->
     )  # fmt: skip
     assert r.status_code == 401 and "expired" in r.json()["detail"]
     assert (await api.http.get("/agent/v1/ca")).status_code == 404  # no HTTPS, no CA
+
+
+async def test_a_projects_strategy_packs_its_machines_unless_one_asks_to_spread(api: Api) -> None:
+    await api.join("sim-2")
+    r = await api.call("POST", "/v1/projects", json={"name": "dense", "strategy": "pack"})
+    assert r.status_code == 201 and r.json()["strategy"] == "pack"
+    token = await api.token("dense", "member")
+    first = await api.placed(token, (await api.machine(token)).json()["id"])
+    second = await api.placed(token, (await api.machine(token)).json()["id"])
+    assert first["node"] == second["node"]  # packed onto the node already in use
+    spread = await api.placed(token, (await api.machine(token, strategy="spread")).json()["id"])
+    assert spread["node"] != first["node"]
+    r = await api.call("PUT", "/v1/projects/dense/strategy", json={"strategy": "spread"})
+    assert r.status_code == 200 and r.json()["strategy"] == "spread"
+    r = await api.call("PUT", "/v1/projects/dense/strategy", json={"strategy": "random"})
+    assert r.status_code == 422
+    r = await api.call("PUT", "/v1/projects/dense/strategy", token, json={"strategy": "pack"})
+    assert r.status_code == 403
+    alpha = (await api.call("GET", "/v1/projects/alpha")).json()
+    assert alpha["strategy"] == "spread"  # the default

@@ -31,6 +31,7 @@ ENDPOINTS = [
     Endpoint("DELETE", "/v1/projects/{project}", "system"),
     Endpoint("GET", "/v1/projects/{project}/quota", "reader"),
     Endpoint("PUT", "/v1/projects/{project}/quota", "system", {"machines": 5}),
+    Endpoint("PUT", "/v1/projects/{project}/strategy", "system", {"strategy": "pack"}),
     Endpoint("GET", "/v1/projects/{project}/tokens", "admin"),
     Endpoint("POST", "/v1/projects/{project}/tokens", "admin", {"role": "reader"}),
     Endpoint("DELETE", "/v1/projects/{project}/tokens/{token}", "admin"),

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -49,8 +50,8 @@ def start(env: dict[str, str], state: Path, url: str, port: int) -> subprocess.P
         except httpx.HTTPError:
             pass
         assert time.monotonic() < deadline and proc.poll() is None, (
-            (state.parent / f"{state.name}.log").read_text()[-2000:]
-        )
+            state.parent / f"{state.name}.log"
+        ).read_text()[-2000:]
         time.sleep(0.2)
 
 
@@ -81,7 +82,9 @@ def test_two_controllers_and_the_leader_killed_during_a_burst(
         heart.start()
 
         leader = _leader(cluster, name, procs)
-        acknowledged, handover = asyncio.run(_burst(bases, admin, procs, leader, cluster, name))
+        acknowledged, handover = asyncio.run(
+            _burst(bases, admin, procs, leader, cluster=cluster, name=name)
+        )
         survivor = bases[1 - leader]
         print(f"{len(acknowledged)} machines acknowledged; handover {handover:.1f} s")
         assert handover < 3 * LEASE + 2
@@ -157,6 +160,7 @@ async def _burst(
     admin: dict[str, str],
     procs: list[subprocess.Popen[bytes]],
     leader: int,
+    *,
     cluster: PostgresCluster,
     name: str,
 ) -> tuple[set[str], float]:
@@ -196,8 +200,8 @@ async def _burst(
     return acknowledged, handover
 
 
-def _all(base: str, admin: dict[str, str]) -> list[dict[str, object]]:
-    machines: list[dict[str, object]] = []
+def _all(base: str, admin: dict[str, str]) -> list[dict[str, Any]]:
+    machines: list[dict[str, Any]] = []
     cursor = ""
     while True:
         page = httpx.get(f"{base}/v1/machines?project=default&limit=200{cursor}",

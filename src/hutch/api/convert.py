@@ -134,7 +134,13 @@ def usage_view(u: Usage) -> UsageView:
 
 
 def project_view(p: Project) -> ProjectView:
-    return ProjectView(id=p.id, name=p.name, created_at=p.created_at, quota=quota_view(p.quota))
+    return ProjectView(
+        id=p.id,
+        name=p.name,
+        created_at=p.created_at,
+        quota=quota_view(p.quota),
+        strategy=p.strategy,
+    )
 
 
 def token_view(t: Token, project: str | None) -> TokenView:

@@ -47,12 +47,26 @@ def _limits(q: QuotaView) -> str:
 @project_app.command("create")
 def project_create(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Lowercase letters, digits and '-'.")],
+    strategy: Annotated[
+        str, typer.Option(help="Place its machines: spread across nodes, or pack them.")
+    ] = "spread",
 ) -> None:
     """Create a project (system token). Then: `hutch token create --project NAME`."""
     with connect() as client:
-        project = client.projects.create(name)
+        project = client.projects.create(name, strategy=strategy)
     progress(f"created project {project.name} ({project.id})")
     typer.echo(project.name)
+
+
+@project_app.command("strategy")
+def project_strategy(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    strategy: Annotated[str, typer.Argument(metavar="STRATEGY", help="spread or pack")],
+) -> None:
+    """Set how a project's machines are placed (system token): spread or pack."""
+    with connect() as client:
+        client.projects.set_strategy(name, strategy)
+    progress(f"project {name} places its machines: {strategy}")
 
 
 @project_app.command("ls")

@@ -52,6 +52,7 @@ from hutch.wire.tenancy import (
     ProjectView,
     QuotaReport,
     QuotaSpec,
+    StrategySpec,
     TokenCreate,
     TokenCreated,
 )
@@ -476,8 +477,8 @@ def project_name(name: str | None, default: str | None) -> Plan[str]:
     return projects[0].name
 
 
-def create_project(name: str, quota: QuotaSpec | None) -> Plan[ProjectView]:
-    body = build(ProjectCreate, name=name, **({"quota": quota} if quota else {}))
+def create_project(name: str, quota: QuotaSpec | None, strategy: str) -> Plan[ProjectView]:
+    body = build(ProjectCreate, name=name, strategy=strategy, **({"quota": quota} if quota else {}))
     return ProjectView.model_validate_json((yield Call("POST", "/v1/projects", body=body)))
 
 
@@ -492,6 +493,11 @@ def delete_project(name: str) -> Plan[None]:
 def quota(name: str | None, default: str | None) -> Plan[QuotaReport]:
     project = yield from project_name(name, default)
     return QuotaReport.model_validate_json((yield Call("GET", _project(project, "quota"))))
+
+
+def set_strategy(name: str, strategy: str) -> Plan[ProjectView]:
+    call = Call("PUT", _project(name, "strategy"), body=build(StrategySpec, strategy=strategy))
+    return ProjectView.model_validate_json((yield call))
 
 
 def set_quota(name: str, spec: QuotaSpec) -> Plan[QuotaReport]:

@@ -318,8 +318,13 @@ class AsyncProjects:
     def list(self) -> AsyncGenerator[ProjectView, None]:
         return self._c._paged(Call("GET", "/v1/projects"), Page[ProjectView])
 
-    async def create(self, name: str, quota: QuotaSpec | None = None) -> ProjectView:
-        return await self._c._run(core.create_project(name, quota))
+    async def create(
+        self, name: str, quota: QuotaSpec | None = None, strategy: str = "spread"
+    ) -> ProjectView:
+        return await self._c._run(core.create_project(name, quota, strategy))
+
+    async def set_strategy(self, name: str, strategy: str) -> ProjectView:
+        return await self._c._run(core.set_strategy(name, strategy))
 
     async def get(self, name: str) -> ProjectView:
         return await self._c._run(core.get_project(name))

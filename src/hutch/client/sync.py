@@ -401,9 +401,16 @@ class Projects:
         """Every project (system token), or the token's own."""
         return self._c._paged(Call("GET", "/v1/projects"), Page[ProjectView])
 
-    def create(self, name: str, quota: QuotaSpec | None = None) -> ProjectView:
-        """A new project (a DNS label), with an optional quota (default: unlimited)."""
-        return self._c._run(core.create_project(name, quota))
+    def create(
+        self, name: str, quota: QuotaSpec | None = None, strategy: str = "spread"
+    ) -> ProjectView:
+        """A new project (a DNS label), with an optional quota (default: unlimited) and how
+        its machines are placed (`spread` across nodes, or `pack` them on few)."""
+        return self._c._run(core.create_project(name, quota, strategy))
+
+    def set_strategy(self, name: str, strategy: str) -> ProjectView:
+        """Place the project's machines `spread` or `pack` (when a machine does not say)."""
+        return self._c._run(core.set_strategy(name, strategy))
 
     def get(self, name: str) -> ProjectView:
         return self._c._run(core.get_project(name))

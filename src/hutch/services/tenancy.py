@@ -4,6 +4,7 @@ import time
 from dataclasses import replace
 
 from hutch.model.errors import Forbidden, Invalid, NotFound, Unauthenticated
+from hutch.model.machine import Strategy
 from hutch.model.tenancy import Principal, Project, Quota, Role, Token, Usage, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
 from hutch.services.policy import Action, Policy
@@ -35,9 +36,15 @@ class Tenancy:
 
     # -- projects -------------------------------------------------------------------------------
 
-    async def create_project(self, principal: Principal, name: str, quota: Quota) -> Project:
+    async def create_project(
+        self,
+        principal: Principal,
+        name: str,
+        quota: Quota,
+        strategy: Strategy = Strategy.SPREAD,
+    ) -> Project:
         _system_only(principal, "create projects")
-        project = Project(new_id("p"), validate_name(name, "project"), time.time(), quota)
+        project = Project(new_id("p"), validate_name(name, "project"), time.time(), quota, strategy)
         async with self.store.write() as tx:
             await tx.projects.create(project)
         return project
@@ -64,6 +71,14 @@ class Tenancy:
         _system_only(principal, "change quotas")
         async with self.store.write() as tx:
             return (await tx.projects.set_quota(project.id, quota)).quota
+
+    async def set_strategy(
+        self, principal: Principal, project: Project, strategy: Strategy
+    ) -> Project:
+        """How the project's machines are placed, unless one asks otherwise."""
+        _system_only(principal, "change placement strategies")
+        async with self.store.write() as tx:
+            return await tx.projects.set_strategy(project.id, strategy)
 
     # -- tokens ---------------------------------------------------------------------------------
 

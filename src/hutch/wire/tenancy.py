@@ -2,6 +2,7 @@
 
 from pydantic import Field
 
+from hutch.model.machine import Strategy
 from hutch.model.tenancy import Role
 from hutch.wire.common import Request, View
 
@@ -30,6 +31,13 @@ class UsageView(View):
 class ProjectCreate(Request):
     name: str = Field(min_length=1, max_length=63)
     quota: QuotaSpec = QuotaSpec()
+    strategy: Strategy = Field(
+        Strategy.SPREAD, strict=False, description="how its machines are placed: spread or pack"
+    )
+
+
+class StrategySpec(Request):
+    strategy: Strategy = Field(strict=False)
 
 
 class ProjectView(View):
@@ -37,6 +45,7 @@ class ProjectView(View):
     name: str
     created_at: float
     quota: QuotaView
+    strategy: Strategy = Strategy.SPREAD
 
 
 class QuotaReport(View):

@@ -11,6 +11,7 @@ from hutch.wire.tenancy import (
     ProjectView,
     QuotaReport,
     QuotaSpec,
+    StrategySpec,
     TokenCreate,
     TokenCreated,
     TokenView,
@@ -26,7 +27,9 @@ async def list_projects(ctl: Ctl, caller: Caller) -> Page[ProjectView]:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_project(ctl: Ctl, caller: Caller, body: ProjectCreate) -> ProjectView:
-    project = await ctl.tenancy.create_project(caller, body.name, convert.quota_of(body.quota))
+    project = await ctl.tenancy.create_project(
+        caller, body.name, convert.quota_of(body.quota), body.strategy
+    )
     return convert.project_view(project)
 
 
@@ -54,6 +57,13 @@ async def set_quota(ctl: Ctl, caller: Caller, name: str, body: QuotaSpec) -> Quo
     await ctl.tenancy.set_quota(caller, project, convert.quota_of(body))
     quota, usage = await ctl.tenancy.quota(caller, project)
     return QuotaReport(quota=convert.quota_view(quota), usage=convert.usage_view(usage))
+
+
+@router.put("/{name}/strategy")
+async def set_strategy(ctl: Ctl, caller: Caller, name: str, body: StrategySpec) -> ProjectView:
+    """How the project's machines are placed when they do not say: spread or pack."""
+    project = await ctl.tenancy.project_for(caller, name)
+    return convert.project_view(await ctl.tenancy.set_strategy(caller, project, body.strategy))
 
 
 @router.get("/{name}/tokens")
