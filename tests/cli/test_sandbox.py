@@ -144,8 +144,9 @@ def test_ls_and_rm_see_a_sandbox_another_process_runs(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=hutch_env,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-    listing = hutch("sandbox", "ls").stdout
-    assert "busy" in listing and "running" in listing
+    ls = hutch("sandbox", "ls")
+    listing = ls.stdout
+    assert "busy" in listing and "running" in listing, ls.stderr
     refused = hutch("sandbox", "rm", "busy")
     assert refused.returncode == 125
     assert "watched by hutch process" in one_clear_line(refused.stderr)
