@@ -1,0 +1,75 @@
+"""`hutch node ...`, `hutch run --dry-run` and `hutch project strategy`, against the session's
+`hutch up` (one real node: this host)."""
+
+import json
+import subprocess
+import uuid
+
+import pytest
+
+from tests.cli.conftest import HUTCH, one_clear_line
+from tests.cli.test_machines import Run
+from tests.controller import Controller, controller
+
+__all__ = ["controller"]  # the session fixture, for the tests here
+
+
+@pytest.fixture
+def hutch(controller: Controller) -> Run:
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([HUTCH, *args], capture_output=True, text=True,
+                              env=controller.env, timeout=timeout, check=False)  # fmt: skip
+
+    return run
+
+
+def test_inspect_cordon_dry_run_and_uncordon(hutch: Run) -> None:
+    [node] = json.loads(hutch("node", "ls", "-o", "json").stdout)
+    shown = json.loads(hutch("node", "inspect", node["name"]).stdout)
+    assert shown["id"] == node["id"] and shown["cordoned"] is False
+    assert json.loads(hutch("node", "inspect", node["id"]).stdout)["name"] == node["name"]
+    plan = hutch("run", "--dry-run", "--runtime", "container", "busybox")
+    assert plan.returncode == 0 and f"would run on node {node['name']}" in plan.stdout
+    assert hutch("node", "cordon", node["name"]).returncode == 0
+    try:
+        assert "cordoned" in hutch("node", "ls").stdout
+        refused = hutch("run", "--dry-run", "busybox")
+        assert refused.returncode == 125
+        assert f"{node['name']}: node is cordoned" in refused.stdout
+        # A real create says why, and makes nothing.
+        made = hutch("run", "-d", "busybox")
+        assert made.returncode == 125 and "node is cordoned" in one_clear_line(made.stderr)
+    finally:
+        assert hutch("node", "uncordon", node["name"]).returncode == 0
+    assert json.loads(hutch("node", "inspect", node["name"]).stdout)["cordoned"] is False
+    many = hutch("run", "--dry-run", "--constraint", "disk=nvme", "busybox")
+    assert many.returncode == 125 and "lacks labels disk=nvme" in many.stdout
+
+
+def test_node_refusals_are_one_clear_line(hutch: Run) -> None:
+    for argv, words in [
+        (("node", "inspect", "nope"), "no node 'nope'"),
+        (("node", "drain", "nope"), "no node 'nope'"),
+        (("node", "rm", "nope"), "no node 'nope'"),
+        (("node", "join-token", "--ttl", "soon"), "not a duration"),
+        (("node", "join-token", "--ttl", "2d"), "86400"),
+        (("run", "--dry-run", "--group-policy", "affinity", "busybox"), "needs a group"),
+        (("run", "--dry-run", "--strategy", "random", "busybox"), "strategy"),
+    ]:
+        r = hutch(*argv)
+        assert r.returncode == 125 and words in one_clear_line(r.stderr), (argv, r.stderr)
+
+
+def test_join_tokens_and_project_strategies(hutch: Run, controller: Controller) -> None:
+    token = hutch("node", "join-token", "--ttl", "10m")
+    assert token.returncode == 0 and token.stdout.startswith("hjt.")
+    assert len(token.stdout.strip().split(".")) == 4  # plain HTTP: no CA pin
+    name = f"dense-{uuid.uuid4().hex[:8]}"
+    made = hutch("project", "create", name, "--strategy", "pack")
+    assert made.returncode == 0, made.stderr
+    with controller.client(name) as client:
+        assert client.projects.get(name).strategy == "pack"
+        assert hutch("project", "strategy", name, "spread").returncode == 0
+        assert client.projects.get(name).strategy == "spread"
+    bad = hutch("project", "strategy", name, "sideways")
+    assert bad.returncode == 125 and "strategy" in one_clear_line(bad.stderr)
