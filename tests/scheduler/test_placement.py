@@ -21,7 +21,6 @@ from hutch.scheduler import (
     need,
     place,
     ready,
-    release,
     schedulable,
     utilisation,
 )
@@ -276,7 +275,7 @@ def test_same_snapshot_in_any_order_gives_the_same_node() -> None:
     assert len(reasons) == 1
 
 
-# -- claim and release -------------------------------------------------------------------------
+# -- claims ----------------------------------------------------------------------------------------
 
 
 def test_claim_adds_the_request_with_its_overhead() -> None:
@@ -285,17 +284,6 @@ def test_claim_adds_the_request_with_its_overhead() -> None:
     assert claimed.allocated == Capacity(3, 452, 60)
     assert n.allocated == Capacity(1, 100, 10)  # the snapshot is not changed in place
     assert (claimed.name, claimed.capacity, claimed.version) == (n.name, n.capacity, n.version)
-
-
-def test_release_undoes_claim() -> None:
-    n = node("a", allocated=Capacity(1, 100, 10))
-    r = request(2, 256, 50, "microvm")
-    assert release(claim(n, r), r).allocated == n.allocated
-
-
-def test_release_never_goes_below_zero() -> None:
-    n = node("a", allocated=Capacity(1, 100, 10))
-    assert release(n, request(2, 256, 50)).allocated == EMPTY
 
 
 def test_claimed_capacity_is_what_the_next_placement_sees() -> None:

@@ -215,17 +215,6 @@ def claim(node: Node, request: Request) -> Node:
     return replace(node, allocated=plus(node.allocated, need(request, node)))
 
 
-def release(node: Node, request: Request) -> Node:
-    """`node` with the request's share given back (never below zero)."""
-    want, a = need(request, node), node.allocated
-    left = Capacity(
-        max(a.cpus - want.cpus, 0),
-        max(a.memory_mib - want.memory_mib, 0),
-        max(a.disk_mib - want.disk_mib, 0),
-    )
-    return replace(node, allocated=left)
-
-
 class Index:
     """The rule at scale, over a snapshot that it keeps up to date with its own claims.
 
