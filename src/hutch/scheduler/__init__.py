@@ -243,7 +243,9 @@ class Index:
         self, request: Request, members: Mapping[str, int] | None = None
     ) -> Placement | Rejection:
         context = Context.of(members, self._nodes) if members else NO_GROUP
-        per_shape = max(self.k // max(len(self._shapes), 1), 2)
+        # Room alone: the best of a shape is among its first two (the second for ties). A
+        # group also weighs failure domains: it looks further.
+        per_shape = max(self.k // max(len(self._shapes), 1), 2) if request.group else 2
         candidates: list[Node] = []
         reasons: dict[str, str] = {}
         for order in self._shapes.values():
