@@ -136,9 +136,9 @@ def controller(
 ) -> None:
     """Run the controller: the API, the scheduler, the agents' API.
 
-    Several controllers may share one PostgreSQL database (--database-url, or HUTCH_DATABASE_URL)
-    and one controller secret: any serves the API, and one at a time leads (the scheduler and
-    node health), taking over within seconds when the leader dies.
+    Several controllers may share one PostgreSQL database (HUTCH_DATABASE_URL) and one
+    controller secret (HUTCH_CONTROLLER_SECRET): any serves the API, and one at a time leads (the
+    scheduler and node health), another taking over within seconds when the leader dies.
     """
     from hutch.cli import servers  # noqa: PLC0415  (see the imports)
 
