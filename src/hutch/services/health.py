@@ -20,9 +20,15 @@ class Health:
         self.machines = machines
         self.grace = grace
         self._warned: dict[str, float] = {}  # node id -> the last_seen warned about
+        # When this controller began to lead (monotonic): nodes get a whole grace from then,
+        # so a controller that was down (or a new leader) does not lose every node at once
+        # for heartbeats that had nowhere to go.
+        self.leading_since = time.monotonic()
 
     async def check(self) -> int:
         """One look at every node; how many machines were lost."""
+        if time.monotonic() - self.leading_since < self.grace:
+            return 0
         lost = 0
         for node in await self.nodes.overdue(time.time() - self.grace):
             if self._warned.get(node.id) != node.last_seen:  # once per time it went away
@@ -34,8 +40,12 @@ class Health:
         return lost
 
     async def run(self, leading: Callable[[], bool], stop: asyncio.Event) -> None:
+        led = False
         while not stop.is_set():
-            if leading():
+            if leading() and not led:
+                self.leading_since = time.monotonic()
+            led = leading()
+            if led:
                 try:
                     await self.check()
                 except Exception:
