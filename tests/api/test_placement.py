@@ -206,3 +206,36 @@ async def test_a_new_leader_gives_every_node_a_whole_grace(api: Api) -> None:
     await api.ctl.health.check()  # (or the background loop, first: either way)
     api.ctl.health.grace = 3600.0
     assert (await api.call("GET", f"/v1/machines/{m['id']}", token)).json()["restarts"] == 1
+
+
+async def test_a_machine_deleted_while_running_gives_its_share_back_when_it_ends(
+    api: Api,
+) -> None:
+    await api.call("POST", "/v1/nodes/sim-1/cordon")
+    node = await api.join("sim-2")
+    token = await api.token("alpha", "member")
+    m = await api.placed(token, (await api.machine(token, memory_mib=256)).json()["id"])
+    headers = {"Authorization": f"Bearer {node['credential']}"}
+
+    async def report(state: str) -> None:
+        r = await api.http.post(
+            f"/agent/v1/nodes/{node['node_id']}/machines/{m['id']}/report",
+            json={"generation": 1, "state": state, "time": time.time()}, headers=headers,
+        )  # fmt: skip
+        assert r.status_code == 204, r.text
+
+    async def held() -> int:
+        got = (await api.call("GET", "/v1/nodes/sim-2")).json()
+        return int(got["allocated"]["memory_mib"])
+
+    await report("running")
+    assert await held() == 256
+    r = await api.call("DELETE", f"/v1/machines/{m['id']}?force=true", token)
+    assert r.status_code == 204, r.text
+    assert await held() == 256  # still running there until the node says otherwise
+    await report("exited")
+    assert await held() == 0
+    await report("destroyed")
+    assert await held() == 0
+    gone = (await api.call("GET", f"/v1/machines/{m['id']}", token)).json()
+    assert gone["state"] == "destroyed"

@@ -23,6 +23,7 @@ from hutch.model.machine import (
     Node,
     Report,
     RestartPolicy,
+    Strategy,
 )
 from hutch.model.sandbox import parse_signal
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
@@ -44,14 +45,15 @@ RESTART_BACKOFF_MAX = 30.0
 FINISHED = tuple(s for s in MachineState if s.finished)
 
 
-def request_of(spec: MachineSpec, project: Project) -> Request:
+def request_of(spec: MachineSpec, project: Project | None = None) -> Request:
+    """What placing the machine asks (`project`: for its default strategy)."""
     return Request(
         spec.cpus,
         spec.memory_mib,
         spec.scratch_mib,
         spec.runtime,
         labels=spec.constraints,
-        strategy=spec.strategy or project.strategy,
+        strategy=spec.strategy or (project.strategy if project else Strategy.SPREAD),
         group=spec.group,
         group_policy=spec.group_policy,
     )
@@ -62,7 +64,8 @@ def usage_of(spec: MachineSpec) -> Usage:
 
 
 def holds_capacity(m: Machine) -> bool:
-    return m.node_id is not None and m.state in ACTIVE and m.desired is not Desired.DESTROYED
+    """Placed and not finished: deleting a machine does not give its share back, its end does."""
+    return m.node_id is not None and m.state in ACTIVE
 
 
 class Machines:
@@ -309,16 +312,15 @@ class Machines:
             for placed in await tx.machines.on_node(node.id):
                 if placed.desired is not Desired.DESTROYED and placed.state not in ACTIVE:
                     continue
-                await self._release(tx, placed)
+                if holds_capacity(placed):
+                    await self._release(tx, placed, node)
                 gone = replace(placed, node_id=None, finished_at=time.time())
                 if placed.desired is Desired.DESTROYED:  # nothing left to keep
-                    gone = await self._transition(
-                        tx, gone, MachineState.DESTROYED, "", claimed=True
-                    )
+                    gone = await self._transition(tx, gone, MachineState.DESTROYED, "")
                 else:
                     why = f"lost with node {node.name}"
                     gone = replace(gone, error=why)
-                    gone = await self._transition(tx, gone, MachineState.LOST, why, claimed=True)
+                    gone = await self._transition(tx, gone, MachineState.LOST, why)
                     if gone.desired is Desired.RUNNING and _restarts(gone, MachineState.LOST):
                         gone = await self._new_generation(tx, gone, restarted=True)
                 woken.append(gone)
@@ -362,15 +364,16 @@ class Machines:
 
     # -- internals --------------------------------------------------------------------------------
 
-    async def _release(self, tx: Tx, m: Machine) -> None:
+    async def _release(self, tx: Tx, m: Machine, node: Node | None = None) -> None:
+        """Give the machine's share of its node back (`node`: when the caller has it)."""
         if m.node_id is None:
             return
-        try:
-            node = await tx.nodes.get(m.node_id)
-        except NotFound:
-            return
-        project = await tx.projects.get(m.project_id)
-        await tx.nodes.release(node.id, need(request_of(m.spec, project), node))
+        if node is None:
+            try:
+                node = await tx.nodes.get(m.node_id)
+            except NotFound:
+                return
+        await tx.nodes.release(node.id, need(request_of(m.spec), node))
 
     async def _new_generation(
         self, tx: Tx, m: Machine, *, restarted: bool, why: str = ""
@@ -394,17 +397,15 @@ class Machines:
         )
         message = f"restart {restarts} (policy {m.spec.restart})" if restarted else "start"
         message = f"{message}: {why}" if why else message
-        m = await self._transition(tx, m, MachineState.CREATED, message, claimed=True)
+        m = await self._transition(tx, m, MachineState.CREATED, message)
         if old_node:
             await tx.nodes.bump_revision(old_node)  # it must drop the old sandbox
         return m
 
-    async def _transition(
-        self, tx: Tx, m: Machine, state: MachineState, message: str, *, claimed: bool = False
-    ) -> Machine:
+    async def _transition(self, tx: Tx, m: Machine, state: MachineState, message: str) -> Machine:
         """Record `state` (and whatever else changed in `m`), give back capacity when an
         active machine ends, log the event, and tell its node."""
-        if not claimed and holds_capacity(m) and state in FINISHED:
+        if holds_capacity(m) and state in FINISHED:
             await self._release(tx, m)
         now = time.time()
         m = await tx.machines.update(replace(m, state=state, updated_at=now))
