@@ -24,8 +24,10 @@ def free_port() -> int:
 
 
 def test_up_detached_then_a_first_workload_then_down(
-    hutch: Hutch, short_dir: Path, busybox_rootfs: Path
+    hutch: Hutch, hutch_env: dict[str, str], short_dir: Path, busybox_rootfs: Path
 ) -> None:
+    # A join secret of the operator's: hutch up's own agent must join with it too.
+    hutch_env["HUTCH_JOIN_SECRET"] = "a-join-secret-the-operator-chose"
     data = short_dir / "data"
     port = str(free_port())
     up = hutch("up", "-d", "--data-dir", str(data), "--port", port)

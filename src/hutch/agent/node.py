@@ -10,9 +10,9 @@ The agent never touches the controller's store: all it knows comes through /agen
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Coroutine
@@ -24,6 +24,7 @@ from hutch.agent.link import ControllerLink
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
 from hutch.config import Settings
+from hutch.files import write_private
 from hutch.http import tls
 from hutch.images.pull import pull
 from hutch.images.registry import RegistryClient
@@ -146,10 +147,7 @@ class NodeAgent:
         identity = Identity(
             joined.node_id, joined.credential, joined.controller_key, self.controller
         )
-        path = self.dir / "identity.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(_asdict(identity), f)
+        write_private(self.dir / "identity.json", json.dumps(dataclasses.asdict(identity)))
         return identity
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -342,7 +340,3 @@ class NodeAgent:
             log.warning("cannot report %s of %s: %s", state, a.machine, e.message)
             return  # the next round reports it again
         self._reported[a.sandbox] = state
-
-
-def _asdict(identity: Identity) -> dict[str, str]:
-    return {f: getattr(identity, f) for f in Identity.__dataclass_fields__}

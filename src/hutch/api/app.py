@@ -16,6 +16,7 @@ from hutch import __version__
 from hutch.api.deps import Controller
 from hutch.api.routes import images, machines, nodes, projects
 from hutch.config import Settings
+from hutch.files import write_private
 from hutch.http import problems, tls
 from hutch.http.limits import BodyLimit
 from hutch.services.health import Health
@@ -42,6 +43,11 @@ def secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
+def join_secret_of(settings: Settings) -> str:
+    """The long-lived join secret: the setting, else one made in the state directory."""
+    return settings.join_secret or secret_file(settings.state_dir / "join.secret")
+
+
 def build_controller(settings: Settings) -> Controller:
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = open_store(settings.database_url or f"sqlite:///{settings.state_dir / 'controller.db'}")
@@ -50,7 +56,7 @@ def build_controller(settings: Settings) -> Controller:
     controller_secret = settings.controller_secret or secret_file(
         settings.state_dir / "controller.secret"
     )
-    join_secret = settings.join_secret or secret_file(settings.state_dir / "join.secret")
+    join_secret = join_secret_of(settings)
     link = NodeLink(controller_secret.encode())
     ca_pem = tls.ensure_ca(settings.state_dir / "tls").read_text() if settings.tls else None
     pin = tls.pin_of(ca_pem.encode()) if ca_pem else ""
@@ -129,9 +135,7 @@ async def bootstrap(ctl: Controller, settings: Settings) -> None:
     if secret is None:
         return
     path = settings.state_dir / "admin-token"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
+    write_private(path, secret + "\n")
     log.info("system admin token written to %s", path)
 
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from hutch import config
 from hutch.agent.node import NodeAgent
 from hutch.agent.nodeapi import create_node_app
-from hutch.api.app import build_controller, create_app, secret_file
+from hutch.api.app import build_controller, create_app, join_secret_of
 from hutch.client.config import Context, save_context
 from hutch.http import tls
 from hutch.model.errors import Invalid, Unavailable
@@ -106,7 +106,7 @@ async def _up(settings: config.Settings, port: int) -> None:
     agent = NodeAgent(
         settings,
         controller=url,
-        join_secret=secret_file(settings.state_dir / "join.secret"),
+        join_secret=join_secret_of(settings),  # the controller's own, whatever set it
         name=node_name(),
         advertise="http://127.0.0.1:0",
     )

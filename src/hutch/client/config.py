@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from hutch.files import write_private
 from hutch.model.errors import Invalid
 
 
@@ -55,11 +56,7 @@ def save(current: str | None, contexts: dict[str, Context]) -> Path:
         lines.append(f"url = {json.dumps(c.url)}\ntoken = {json.dumps(c.token)}\n")
         if c.project:
             lines.append(f"project = {json.dumps(c.project)}\n")
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(lines))
-    os.replace(tmp, path)
+    write_private(path, "".join(lines))
     return path
 
 

@@ -11,7 +11,6 @@ it signed.
 import datetime
 import hashlib
 import ipaddress
-import os
 import ssl
 from pathlib import Path
 
@@ -20,16 +19,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hutch.files import write_private
 from hutch.model.errors import Invalid, Unauthenticated
 
 CA_YEARS = 10
 CERT_DAYS = 365
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -74,7 +68,7 @@ def ensure_ca(directory: Path) -> Path:
         )
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
+    write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path
 
@@ -110,7 +104,7 @@ def server_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
+    write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
