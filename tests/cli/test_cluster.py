@@ -217,6 +217,14 @@ def test_three_agents_spread_fail_over_fence_cordon_and_drain(
         until(f"{drained} empty", lambda: client.nodes.get(drained).allocated.memory_mib == 0)
         assert len({_machine(v) for v in vms()} & {m.id for m in keep}) == 3
         assert len([v for v in vms() if _machine(v) in {m.id for m in keep}]) == 3
+
+        # Removed, the drained node's agent finds its credential refused and joins anew.
+        old_id = nodes[drained].id
+        client.nodes.remove(drained)
+        until(f"{drained} back as a new node",
+              lambda: any(n.name == drained and n.id != old_id and n.state == "ready"
+                          for n in client.nodes.list()),
+              logs=[next(a.log for a in agents if a.name == drained)])  # fmt: skip
     finally:
         for agent in agents:
             agent.stop()

@@ -28,7 +28,7 @@ from hutch.files import write_private
 from hutch.http import tls
 from hutch.images.pull import pull
 from hutch.images.registry import RegistryClient
-from hutch.model.errors import HutchError, Invalid, NotFound, Unavailable
+from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
 from hutch.runtime import host
@@ -160,6 +160,13 @@ class NodeAgent:
             while True:
                 try:
                     answer = await self.link.assignments(self.identity.node_id, revision, POLL_WAIT)
+                except Unauthenticated as e:  # removed (`hutch node rm`): join as a new node
+                    log.warning("%s: joining the controller again", e.message)
+                    (self.dir / "identity.json").unlink(missing_ok=True)
+                    self.identity = await self._join()
+                    self.link.credential = self.identity.credential
+                    revision = -1
+                    continue
                 except HutchError as e:
                     log.warning("cannot get assignments: %s", e.message)
                     await asyncio.sleep(1.0)
@@ -195,7 +202,7 @@ class NodeAgent:
             for info in await driver.sandboxes():
                 have[info.id] = (driver, info)
         for sandbox, (driver, _) in have.items():
-            if sandbox not in wanted:  # an old generation, or a machine gone for good
+            if sandbox not in wanted and sandbox not in self._work:  # an old generation, or gone
                 self._spawn(sandbox, self._destroy(driver, sandbox, None))
         for a in assignments:
             if a.sandbox in self._work:

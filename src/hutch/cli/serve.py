@@ -14,6 +14,7 @@ import httpx
 import typer
 
 from hutch import config
+from hutch.cli.remote import pairs
 from hutch.model.errors import Invalid, Unavailable
 
 # The servers (FastAPI, uvicorn, the agent: most of hutch) are imported by the commands that
@@ -180,12 +181,7 @@ def agent(
 
     settings = config.load(**({"heartbeat_interval": heartbeat} if heartbeat else {}))
     servers.host_port(listen)  # a bad --listen is refused before anything starts
-    labels = {}
-    for item in label or ():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise Invalid(f"label {item!r} is not k=v")
-        labels[key] = value
+    labels = pairs(label, "--label")
     _logging()
     servers.run_agent(
         settings,
