@@ -30,13 +30,7 @@ from hutch.model.tenancy import Principal, Project, Usage, validate_name
 from hutch.scheduler import Context, Placement, Rejection, Request, need, place
 from hutch.services.ids import new_id
 from hutch.services.nodelink import NodeLink
-from hutch.services.notify import (
-    SCHEDULER,
-    Notifier,
-    machine_key,
-    node_key,
-    project_key,
-)
+from hutch.services.notify import Notifier, keys_of, machine_key, node_key, project_key
 from hutch.services.policy import Action, Policy
 from hutch.store.base import Store, Tx
 
@@ -100,14 +94,16 @@ class Machines:
             updated_at=now,
             generation=1 if start else 0,
         )
+        if start:  # a refusal now rather than a machine waiting for ever; outside the writer
+            async with self.store.read() as tx:
+                if isinstance(decision := await _place(tx, spec, project), Rejection):
+                    raise NoCapacity(f"no node can take this machine: {decision.explain()}")
         async with self.store.write() as tx:
             await tx.projects.lock(project.id)  # quota checks of one project never interleave
             quota = (await tx.projects.get(project.id)).quota
             usage = (await tx.machines.usage(project.id)).plus(usage_of(spec))
             if (over := usage.exceeds(quota)) is not None:
                 raise QuotaExceeded(f"project {project.name} is at its quota: {over}")
-            if start and isinstance(decision := await _place(tx, spec, project), Rejection):
-                raise NoCapacity(f"no node can take this machine: {decision.explain()}")
             await tx.machines.create(machine)
             await tx.events.append(
                 project.id,
@@ -307,10 +303,17 @@ class Machines:
         """The node stopped answering: its active machines are lost, and leave it (when it
         comes back, their sandboxes are not its any more, and its agent destroys them). Those
         whose restart policy says so run again elsewhere. How many were lost."""
+
+        def losing(m: Machine) -> bool:
+            return m.desired is Desired.DESTROYED or m.state in ACTIVE
+
+        async with self.store.read() as tx:  # most looks at a dead node find it emptied
+            if not any(losing(m) for m in await tx.machines.on_node(node.id)):
+                return 0
         woken: list[Machine] = []
         async with self.store.write() as tx:
             for placed in await tx.machines.on_node(node.id):
-                if placed.desired is not Desired.DESTROYED and placed.state not in ACTIVE:
+                if not losing(placed):
                     continue
                 if holds_capacity(placed):
                     await self._release(tx, placed, node)
@@ -422,17 +425,16 @@ class Machines:
         return m
 
     def _wake(self, m: Machine) -> None:
-        keys = [machine_key(m.id), project_key(m.project_id)]
-        if m.node_id is not None:
-            keys.append(node_key(m.node_id))
-        elif m.desired is Desired.RUNNING and m.state is MachineState.CREATED:
-            keys.append(SCHEDULER)
-        self.notifier.notify(*keys)
+        self.notifier.notify(*keys_of(m))
 
 
 async def _place(tx: Tx, spec: MachineSpec, project: Project) -> Placement | Rejection:
     """The rule over every node, as the scheduler would apply it now."""
-    members = (await tx.machines.group_members(project.id, [spec.group])).get(spec.group, {})
+    members = (
+        (await tx.machines.group_members(project.id, [spec.group]))[spec.group]
+        if spec.group
+        else {}
+    )
     nodes = await tx.nodes.list()
     context = Context.of(members, {n.id: n for n in nodes})
     return place(request_of(spec, project), nodes, context)

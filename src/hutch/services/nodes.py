@@ -132,17 +132,22 @@ class Nodes:
             await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), 0.5))
 
     async def overdue(self, cutoff: float) -> list[Node]:
-        """Nodes last seen before `cutoff` become unreachable; every unreachable node."""
-        async with self.store.write() as tx:
-            unreachable = []
-            for node in await tx.nodes.list():
-                if node.state is NodeState.READY and node.last_seen < cutoff:
-                    unreachable.append(
-                        await tx.nodes.update(replace(node, state=NodeState.UNREACHABLE))
-                    )
-                elif node.state is NodeState.UNREACHABLE:
-                    unreachable.append(node)
-            return unreachable
+        """Nodes last seen before `cutoff` become unreachable; every unreachable node. A look
+        that finds every node well takes no write."""
+        async with self.store.read() as tx:
+            nodes = await tx.nodes.list()
+        late = [n for n in nodes if n.state is NodeState.READY and n.last_seen < cutoff]
+        unreachable = [n for n in nodes if n.state is NodeState.UNREACHABLE]
+        if late:
+            async with self.store.write() as tx:
+                for node in late:
+                    try:
+                        unreachable.append(
+                            await tx.nodes.update(replace(node, state=NodeState.UNREACHABLE))
+                        )
+                    except Conflict:  # it heartbeat meanwhile (compare-and-set)
+                        continue
+        return unreachable
 
     async def listing(self, principal: Principal) -> list[Node]:
         _operator(principal)

@@ -7,6 +7,8 @@ change made by another controller process is seen within that timeout.
 import asyncio
 import contextlib
 
+from hutch.model.machine import Desired, Machine
+
 POLL = 0.5  # seconds: how stale a waiter may be about changes made elsewhere
 
 
@@ -46,3 +48,15 @@ def machine_key(machine_id: str) -> str:
 
 def project_key(project_id: str) -> str:
     return f"project:{project_id}"
+
+
+def keys_of(m: Machine) -> list[str]:
+    """Who waits on a change to `m`: its own waiters, its project's event streams, its node's
+    long poll, and the scheduler when it waits for a node or has just given a node's share
+    back."""
+    keys = [machine_key(m.id), project_key(m.project_id)]
+    if m.node_id is not None:
+        keys.append(node_key(m.node_id))
+    if m.state.finished or (m.node_id is None and m.desired is Desired.RUNNING):
+        keys.append(SCHEDULER)
+    return keys

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from hutch.model.machine import Capacity, Machine
 from hutch.scheduler import Index, Placement, limit, need, plus
 from hutch.services.machines import request_of
-from hutch.services.notify import SCHEDULER, Notifier, machine_key, node_key, project_key
+from hutch.services.notify import SCHEDULER, Notifier, keys_of
 from hutch.store.base import Claim, NewEvent, Store, Tx
 
 log = logging.getLogger("hutch.scheduler")
@@ -121,7 +121,7 @@ class Scheduler:
                 if m.error != why:  # said once, not at every round
                     await tx.machines.update(replace(m, error=why, updated_at=now))
             for m, node_id in placed_now:
-                woken.update((node_key(node_id), machine_key(m.id), project_key(m.project_id)))
+                woken.update(keys_of(replace(m, node_id=node_id)))
         if woken:
             self.notifier.notify(*woken)
         last = pending[-1]
