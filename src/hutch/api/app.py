@@ -64,7 +64,6 @@ def build_controller(settings: Settings) -> Controller:
     machine_service = Machines(store, policy, notifier, link)
     return Controller(
         store=store,
-        policy=policy,
         notifier=notifier,
         link=link,
         tenancy=Tenancy(store, policy),

@@ -56,7 +56,7 @@ def env_dict(env: tuple[str, ...]) -> dict[str, str]:
     return dict(entry.partition("=")[::2] for entry in env)
 
 
-def machine_view(m: Machine, project: str, node: str | None = None) -> MachineView:
+def machine_view(m: Machine, project: str) -> MachineView:
     s = m.spec
     return MachineView(
         id=m.id,
@@ -81,7 +81,7 @@ def machine_view(m: Machine, project: str, node: str | None = None) -> MachineVi
         strategy=s.strategy,
         state=m.state,
         desired=m.desired,
-        node=node or m.node_id,
+        node=m.node_id,
         exit_code=m.exit_code,
         error=m.error,
         oom_killed=m.oom_killed,

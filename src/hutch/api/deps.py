@@ -14,7 +14,6 @@ from hutch.services.machines import Machines
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.notify import Notifier
-from hutch.services.policy import Policy
 from hutch.services.scheduling import Scheduler
 from hutch.services.tenancy import Tenancy
 from hutch.store.base import Store
@@ -23,7 +22,6 @@ from hutch.store.base import Store
 @dataclass
 class Controller:
     store: Store
-    policy: Policy
     notifier: Notifier
     link: NodeLink
     tenancy: Tenancy

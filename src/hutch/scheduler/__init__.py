@@ -230,14 +230,8 @@ class Index:
         for node in nodes:
             self.update(node)
 
-    def __len__(self) -> int:
-        return len(self._nodes)
-
     def node(self, node_id: str) -> Node:
         return self._nodes[node_id]
-
-    def nodes(self) -> list[Node]:
-        return list(self._nodes.values())
 
     def place(
         self, request: Request, members: Mapping[str, int] | None = None

@@ -27,7 +27,6 @@ class Leadership:
         self.holder = holder or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self.term: int | None = None
         self._until = 0.0  # monotonic time up to which this controller leads
-        self.changed = asyncio.Event()  # set whenever it starts leading
 
     def leading(self) -> bool:
         return time.monotonic() < self._until
@@ -46,7 +45,6 @@ class Leadership:
         self._until = started + 0.8 * self.ttl if term is not None else 0.0
         if term is not None and (not was or term != self.term):
             log.info("leading the controllers (term %d)", term)
-            self.changed.set()
         elif term is None and was:
             log.warning("not leading any more")
         self.term = term

@@ -7,12 +7,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
-from hutch.model.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
+from hutch.model.errors import Conflict, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Capacity, Machine, Node, NodeState
 from hutch.model.tenancy import Principal, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
 from hutch.services.nodelink import controller_key
 from hutch.services.notify import SCHEDULER, Notifier, node_key
+from hutch.services.policy import Policy
 from hutch.store.base import Store
 from hutch.wire.nodes import JOIN_PREFIX, join_token_parts
 
@@ -39,7 +40,7 @@ class Nodes:
         """A token that lets agents join until it expires (signed, so nothing is stored: any
         controller sharing the controller secret accepts it), with the CA pin when there is
         one. The token and when it expires."""
-        _operator(principal)
+        Policy.require_system(principal, "see or change nodes")
         if not 0 < ttl <= JOIN_TTL_MAX:
             raise Invalid(f"a join token lives between 1 s and {JOIN_TTL_MAX:.0f} s")
         expires = int(time.time() + ttl)
@@ -121,14 +122,21 @@ class Nodes:
                 replace(fresh, last_seen=time.time(), state=state, address=address)
             )
 
-    async def assignments(self, node: Node, after: int, wait: float) -> tuple[int, list[Machine]]:
-        """The node's machines once its revision is past `after`, or after `wait` seconds."""
+    async def assignments(
+        self, node: Node, after: int, wait: float
+    ) -> tuple[int, list[tuple[Machine, str]]]:
+        """The node's machines, each with its project's name, once its revision is past
+        `after`, or after `wait` seconds."""
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_POLL)
         while True:
             async with self.store.read() as tx:
                 revision = await tx.nodes.revision(node.id)
                 if revision > after or time.monotonic() >= deadline:
-                    return revision, await tx.machines.on_node(node.id)
+                    machines = await tx.machines.on_node(node.id)
+                    names = {
+                        p: (await tx.projects.get(p)).name for p in {m.project_id for m in machines}
+                    }
+                    return revision, [(m, names[m.project_id]) for m in machines]
             await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), 0.5))
 
     async def overdue(self, cutoff: float) -> list[Node]:
@@ -150,19 +158,19 @@ class Nodes:
         return unreachable
 
     async def listing(self, principal: Principal) -> list[Node]:
-        _operator(principal)
+        Policy.require_system(principal, "see or change nodes")
         async with self.store.read() as tx:
             return await tx.nodes.list()
 
     async def find(self, principal: Principal, ref: str) -> Node:
         """A node by name or id."""
-        _operator(principal)
+        Policy.require_system(principal, "see or change nodes")
         async with self.store.read() as tx:
             return _named(await tx.nodes.list(), ref)
 
     async def cordon(self, principal: Principal, ref: str, cordoned: bool) -> Node:
         """A cordoned node keeps what it runs and takes nothing new."""
-        _operator(principal)
+        Policy.require_system(principal, "see or change nodes")
         async with self.store.write() as tx:
             node = _named(await tx.nodes.list(), ref)
             await tx.nodes.lock(node.id)
@@ -174,7 +182,7 @@ class Nodes:
 
     async def remove(self, principal: Principal, ref: str) -> Node:
         """Forget a node that runs nothing (drain it first); its credential stops working."""
-        _operator(principal)
+        Policy.require_system(principal, "see or change nodes")
         async with self.store.write() as tx:
             node = _named(await tx.nodes.list(), ref)
             await tx.nodes.delete(node.id)
@@ -191,11 +199,6 @@ class Nodes:
                 return await tx.nodes.get(node_id)
             except NotFound:
                 raise NotFound(f"no node {node_id}") from None
-
-
-def _operator(principal: Principal) -> None:
-    if not principal.system:
-        raise Forbidden("only system tokens may see or change nodes")
 
 
 def _named(nodes: list[Node], ref: str) -> Node:

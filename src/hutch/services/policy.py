@@ -64,6 +64,12 @@ class Policy:
     def role_for(self, action: Action) -> Role:
         return self._roles[action]
 
+    @staticmethod
+    def require_system(principal: Principal, what: str) -> None:
+        """Forbidden unless `principal` is a system token (projects, quotas, nodes)."""
+        if not principal.system:
+            raise Forbidden(f"only system tokens may {what}")
+
     def require(self, principal: Principal, action: Action, project_id: str) -> None:
         """Forbidden unless `principal` may do `action` in `project_id`. The caller has already
         made sure the project is the principal's own (else it answers NotFound)."""

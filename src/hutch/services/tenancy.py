@@ -1,7 +1,6 @@
 """Projects, quotas, tokens, and turning a bearer secret into a Principal."""
 
 import time
-from dataclasses import replace
 
 from hutch.model.errors import Forbidden, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Strategy
@@ -43,7 +42,7 @@ class Tenancy:
         quota: Quota,
         strategy: Strategy = Strategy.SPREAD,
     ) -> Project:
-        _system_only(principal, "create projects")
+        Policy.require_system(principal, "create projects")
         project = Project(new_id("p"), validate_name(name, "project"), time.time(), quota, strategy)
         async with self.store.write() as tx:
             await tx.projects.create(project)
@@ -57,7 +56,7 @@ class Tenancy:
             return [await tx.projects.get(principal.project_id)]
 
     async def delete_project(self, principal: Principal, name: str) -> None:
-        _system_only(principal, "delete projects")
+        Policy.require_system(principal, "delete projects")
         async with self.store.write() as tx:
             project = await _by_name(tx, name)
             await tx.projects.delete(project.id)
@@ -68,7 +67,7 @@ class Tenancy:
             return (await tx.projects.get(project.id)).quota, await tx.machines.usage(project.id)
 
     async def set_quota(self, principal: Principal, project: Project, quota: Quota) -> Quota:
-        _system_only(principal, "change quotas")
+        Policy.require_system(principal, "change quotas")
         async with self.store.write() as tx:
             return (await tx.projects.set_quota(project.id, quota)).quota
 
@@ -76,7 +75,7 @@ class Tenancy:
         self, principal: Principal, project: Project, strategy: Strategy
     ) -> Project:
         """How the project's machines are placed, unless one asks otherwise."""
-        _system_only(principal, "change placement strategies")
+        Policy.require_system(principal, "change placement strategies")
         async with self.store.write() as tx:
             return await tx.projects.set_strategy(project.id, strategy)
 
@@ -92,7 +91,7 @@ class Tenancy:
     ) -> tuple[Token, str]:
         """A new token and its secret (returned once; only its hash is stored)."""
         if project is None:
-            _system_only(principal, "create system tokens")
+            Policy.require_system(principal, "create system tokens")
         else:
             self.policy.require(principal, Action.TOKEN_MANAGE, project.id)
             if not principal.system and not principal.role.includes(role):
@@ -176,12 +175,3 @@ async def _project_for(tx: Tx, principal: Principal, name: str | None) -> Projec
     if not principal.system and project.id != principal.project_id:
         raise NotFound(f"no project {name!r}")
     return project
-
-
-def _system_only(principal: Principal, what: str) -> None:
-    if not principal.system:
-        raise Forbidden(f"only system tokens may {what}")
-
-
-def with_quota(project: Project, quota: Quota) -> Project:
-    return replace(project, quota=quota)

@@ -62,7 +62,7 @@ async def drain(ctl: Ctl, caller: Caller, ref: str) -> NodeView:
     placed by the scheduler; the node destroys the old sandboxes)."""
     node = await ctl.nodes.cordon(caller, ref, True)
     await ctl.machines.drain(node)
-    return convert.node_view(await ctl.nodes.find(caller, node.id))
+    return convert.node_view(await ctl.nodes.get(node.id))  # what the moves gave back
 
 
 @public.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
@@ -122,14 +122,8 @@ async def assignments(
 ) -> Assignments:
     _own(node_id, node.id)
     revision, machines = await ctl.nodes.assignments(node, after, wait)
-    names: dict[str, str] = {}
-    async with ctl.store.read() as tx:
-        for m in machines:
-            if m.project_id not in names:
-                names[m.project_id] = (await tx.projects.get(m.project_id)).name
     return Assignments(
-        revision=revision,
-        machines=[convert.assignment(m, names[m.project_id]) for m in machines],
+        revision=revision, machines=[convert.assignment(m, project) for m, project in machines]
     )
 
 
