@@ -30,7 +30,11 @@ def open_store(settings: Settings) -> Store:
 def roots_for(settings: Settings) -> Roots:
     """Roots from this host's store and paths, prepared in its cache."""
     return Roots(
-        settings.cache_dir, settings.max_unpacked_bytes, open_store(settings), settings.project
+        settings.cache_dir,
+        settings.max_unpacked_bytes,
+        open_store(settings),
+        settings.project,
+        staging=settings.unpack_staging,  # what bench/images.py measures, too
     )
 
 
