@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from hutch.model.machine import Capacity, Machine
-from hutch.scheduler import Index, Placement, limit, need, plus
+from hutch.scheduler import Index, Placement, Request, limit, need, plus
 from hutch.services.machines import request_of
 from hutch.services.notify import SCHEDULER, Notifier, keys_of
 from hutch.store.base import Claim, NewEvent, Store, Tx
@@ -90,12 +90,22 @@ class Scheduler:
             placed: list[tuple[Machine, str]] = []
             claims: dict[str, Capacity] = {}
             waiting: list[tuple[Machine, str]] = []
+            # Nodes only fill up during a page: a request refused once is refused again, and
+            # a backlog of one size costs one walk over the nodes, not one per machine.
+            refused: dict[tuple[object, ...], str] = {}
             for m in pending:
                 request = request_of(m.spec, projects[m.project_id])
                 group = members.get((m.project_id, m.spec.group)) if m.spec.group else None
+                shape = _shape(request)
+                if group is None and shape in refused:
+                    waiting.append((m, refused[shape]))
+                    continue
                 decision = index.place(request, group)
                 if not isinstance(decision, Placement):
-                    waiting.append((m, WAITING + decision.explain()))
+                    why = WAITING + decision.explain()
+                    waiting.append((m, why))
+                    if group is None:
+                        refused[shape] = why
                     continue
                 node = decision.node
                 claims[node.id] = plus(claims.get(node.id, NOTHING), need(request, node))
@@ -138,6 +148,17 @@ class Snapshot:
 
     index: Index
     taken: float  # time.monotonic()
+
+
+def _shape(r: Request) -> tuple[object, ...]:
+    return (
+        r.cpus,
+        r.memory_mib,
+        r.disk_mib,
+        r.runtime,
+        r.strategy,
+        tuple(sorted(r.labels.items())),
+    )
 
 
 async def _members(tx: Tx, pending: list[Machine]) -> dict[tuple[str, str], dict[str, int]]:

@@ -717,7 +717,7 @@ class _Machines(_Repo):
             .values(node_id=sa.bindparam("node"), error="", updated_at=at, version=m.c.version + 1)
         )
         rows = [{"machine": machine, "node": node} for machine, node in placed]
-        await self._c.execute(stmt.execution_options(synchronize_session=False), rows)
+        await self._c.execute(stmt, rows)
 
     async def group_members(
         self, project_id: str, groups: Sequence[str]
