@@ -126,7 +126,7 @@ def run_controller(settings: config.Settings, host: str, port: int) -> None:
         )
         cert = tls.server_cert(settings.state_dir / "tls", names)
         log.info("serving HTTPS for %s; agents pin CA sha256 %s", ", ".join(names),
-                 tls.pin_of((settings.state_dir / "tls" / "ca.pem").read_bytes()))  # fmt: skip
+                 ctl.nodes.ca_pin)  # fmt: skip
     server = _server(create_app(ctl, settings), host, port, cert)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()

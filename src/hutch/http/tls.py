@@ -24,6 +24,7 @@ from hutch.model.errors import Invalid, Unauthenticated
 
 CA_YEARS = 10
 CERT_DAYS = 365
+RENEW_DAYS = 30
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -75,11 +76,12 @@ def ensure_ca(directory: Path) -> Path:
 
 def server_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
     """A server certificate for `names` (host names or IP addresses) signed by the CA in
-    `directory`: (certificate, key). Made again when the names change."""
+    `directory`: (certificate, key). Made again when the names change, and a month before it
+    expires (checked at every start)."""
     ca_path = ensure_ca(directory)
     cert_path, key_path = directory / "server.pem", directory / "server.key"
     wanted = sorted(set(names))
-    if cert_path.exists() and key_path.exists() and _names(cert_path) == wanted:
+    if cert_path.exists() and key_path.exists() and _current(cert_path, wanted):
         return cert_path, key_path
     ca_cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
     ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
@@ -109,13 +111,17 @@ def server_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _names(cert_path: Path) -> list[str]:
+def _current(cert_path: Path, names: list[str]) -> bool:
+    """The certificate is for exactly `names`, and good for another RENEW_DAYS at least."""
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=RENEW_DAYS)
+    if cert.not_valid_after_utc < soon:
+        return False
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return []
-    return sorted(str(name.value) for name in sans)
+        return False
+    return sorted(str(name.value) for name in sans) == names
 
 
 def pin_of(ca_pem: bytes) -> str:
