@@ -1,5 +1,8 @@
 """Model <-> wire, in one place."""
 
+import dataclasses
+from typing import Any
+
 from hutch.model.machine import Event, Machine, MachineSpec, Node
 from hutch.model.tenancy import Project, Quota, Token, Usage
 from hutch.scheduler import Placement, Rejection
@@ -56,29 +59,23 @@ def env_dict(env: tuple[str, ...]) -> dict[str, str]:
     return dict(entry.partition("=")[::2] for entry in env)
 
 
+def _spec(s: MachineSpec) -> dict[str, Any]:
+    """The spec as the wire has it, for every view that carries it (or part of it)."""
+    fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+    for name in ("command", "entrypoint"):
+        fields[name] = list(fields[name]) if fields[name] is not None else None
+    fields["env"] = env_dict(s.env)
+    fields["labels"] = dict(s.labels)
+    fields["constraints"] = dict(s.constraints)
+    return fields
+
+
 def machine_view(m: Machine, project: str) -> MachineView:
-    s = m.spec
     return MachineView(
+        **_spec(m.spec),
         id=m.id,
         name=m.name,
         project=project,
-        image=s.image,
-        command=list(s.command) if s.command is not None else None,
-        entrypoint=list(s.entrypoint) if s.entrypoint is not None else None,
-        env=env_dict(s.env),
-        workdir=s.workdir,
-        user=s.user,
-        cpus=s.cpus,
-        memory_mib=s.memory_mib,
-        disk_mib=s.disk_mib,
-        runtime=s.runtime,
-        restart=s.restart,
-        labels=dict(s.labels),
-        auto_destroy=s.auto_destroy,
-        group=s.group,
-        group_policy=s.group_policy,
-        constraints=dict(s.constraints),
-        strategy=s.strategy,
         state=m.state,
         desired=m.desired,
         node=m.node_id,
@@ -93,24 +90,16 @@ def machine_view(m: Machine, project: str) -> MachineView:
 
 
 def assignment(m: Machine, project: str) -> Assignment:
-    s = m.spec
+    """What the node needs of the spec (`Assignment`'s fields), and what to do with it."""
+    spec = {k: v for k, v in _spec(m.spec).items() if k in Assignment.model_fields}
     return Assignment(
+        **spec,
         machine=m.id,
         project=project,
         generation=m.generation,
         sandbox=m.sandbox_id,
         desired=m.desired,
         state=m.state,
-        image=s.image,
-        command=list(s.command) if s.command is not None else None,
-        entrypoint=list(s.entrypoint) if s.entrypoint is not None else None,
-        env=env_dict(s.env),
-        workdir=s.workdir,
-        user=s.user,
-        cpus=s.cpus,
-        memory_mib=s.memory_mib,
-        disk_mib=s.disk_mib,
-        runtime=s.runtime,
         stop_signal=m.stop_signal,
         stop_timeout=m.stop_timeout,
         start_after=m.start_after,
