@@ -19,7 +19,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hutch.agent.images import open_store, registry_configs, roots_for
+from hutch.agent.images import registry_configs, roots_for
 from hutch.agent.link import ControllerLink
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
@@ -69,7 +69,9 @@ class NodeAgent:
         self.labels = labels or {}
         self.domain = domain
         self.drivers: dict[str, AgentDriver] = {}
-        self.store = open_store(settings)
+        self.roots = roots_for(settings)  # once: opening the image store makes its schema
+        assert self.roots.store is not None
+        self.store = self.roots.store
         self.identity: Identity | None = None
         self.link = ControllerLink(controller)
         self._work: dict[str, asyncio.Task[None]] = {}  # sandbox -> start/stop/destroy in flight
@@ -263,7 +265,7 @@ class NodeAgent:
                 sandbox_id=a.sandbox,
                 hostname=a.machine,
             )
-            roots = replace(roots_for(self.settings), project=a.project, allow_paths=False)
+            roots = replace(self.roots, project=a.project, allow_paths=False)
             spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)
             await driver.create(spec)
             await driver.start(spec.id)
