@@ -2,6 +2,7 @@
 `hutch controller` with `hutch agent` as separate processes, as on a cluster."""
 
 import json
+import shutil
 import signal
 import socket
 import ssl
@@ -11,8 +12,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from hutch.client import Client
+from hutch.client import Client, config
 from hutch.images.build import write_archive
 from tests.cli.conftest import HUTCH, Hutch, one_clear_line
 
@@ -51,6 +53,69 @@ def test_up_detached_then_a_first_workload_then_down(
     assert gone.returncode == 125 and "cannot be reached" in one_clear_line(gone.stderr)
     twice = hutch("down", "--data-dir", str(data))
     assert twice.returncode == 125 and "no hutch up -d running" in one_clear_line(twice.stderr)
+
+
+def contexts_of(hutch: Hutch) -> tuple[str | None, dict[str, str]]:
+    """(the current context, each context's URL), as `hutch context ls` says."""
+    listed = hutch("context", "ls", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    current = [r["name"] for r in rows if r["current"]]
+    return (current[0] if current else None), {r["name"]: r["url"] for r in rows}
+
+
+def test_up_saves_its_context_without_taking_over_the_users(
+    hutch: Hutch, hutch_env: dict[str, str], short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HUTCH_CLIENT_CONFIG", hutch_env["HUTCH_CLIENT_CONFIG"])
+    # The user works with another controller, and saved a context named `local` of their own.
+    # (Ports nothing listens on: nothing is sent to them.)
+    prod, theirs = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    Path(hutch_env["HUTCH_CLIENT_CONFIG"]).write_text(
+        f'current = "prod"\n[contexts.prod]\nurl = "{prod}"\ntoken = "prod-token"\n'
+        f'[contexts.local]\nurl = "{theirs}"\ntoken = "their-token"\n'
+    )
+    data = short_dir / "data"
+    token_file = data / "admin-token"
+
+    def up(port: int) -> tuple[str, subprocess.CompletedProcess[str]]:
+        started = hutch("up", "-d", "--data-dir", str(data), "--port", str(port))
+        assert started.returncode == 0, started.stderr + (data / "hutch.log").read_text()
+        return f"http://127.0.0.1:{port}", started
+
+    try:
+        # `local` is the user's: kept, and the user is told how to reach this controller.
+        port = free_port()
+        url, started = up(port)
+        assert contexts_of(hutch) == ("prod", {"prod": prod, "local": theirs})
+        assert one_clear_line(started.stderr) == (
+            f"hutch: context local is another controller's ({theirs}) and was kept; to use "
+            f"this one: hutch login {url} --name NAME --token-stdin < {token_file}"
+        )
+        assert hutch("down", "--data-dir", str(data)).returncode == 0
+        # With no `local`, it saves its own, but the user's current context stays current.
+        assert hutch("context", "rm", "local").returncode == 0
+        url, started = up(port)
+        assert contexts_of(hutch) == ("prod", {"prod": prod, "local": url})
+        assert one_clear_line(started.stderr) == (
+            "hutch: context local saved, but the CLI still uses context prod: "
+            "switch with `hutch context use local`"
+        )
+        assert hutch("context", "use", "local").returncode == 0
+        listed = hutch("ps")
+        assert listed.returncode == 0, listed.stderr
+        assert hutch("down", "--data-dir", str(data)).returncode == 0
+        # The same hutch up again (from scratch: a new admin token, on another port): its own
+        # context follows it, and stays current.
+        shutil.rmtree(data)
+        url, started = up(free_port())
+        assert contexts_of(hutch) == ("local", {"prod": prod, "local": url})
+        assert started.stderr == ""
+        assert config.load()[1]["local"].token == token_file.read_text().strip()
+        listed = hutch("ps")
+        assert listed.returncode == 0, listed.stderr
+    finally:
+        hutch("down", "--data-dir", str(data))
 
 
 def test_a_controller_and_an_agent_apart(

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from hutch.client.config import Context, configured, load, resolve, save_context
+from hutch.client.config import (
+    Context,
+    configured,
+    load,
+    resolve,
+    save_context,
+    save_owned,
+)
 from hutch.model.errors import Invalid
 
 
@@ -53,3 +60,41 @@ def test_a_broken_contexts_file_is_named(contexts_file: Path) -> None:
     contexts_file.write_text("current = [")
     with pytest.raises(Invalid, match="not a valid contexts file"):
         resolve()
+
+
+def test_an_owned_context_takes_over_nothing_of_the_users() -> None:
+    up = Context("http://127.0.0.1:7001", "admin", "default", owner="/srv/a")
+    # Nothing current: it becomes current.
+    assert save_owned("local", up) == (True, "local")
+    # Its owner updates it (another port, another token) and it stays current.
+    moved = Context("http://127.0.0.1:7002", "admin2", "default", owner="/srv/a")
+    assert save_owned("local", moved) == (True, "local")
+    assert load() == ("local", {"local": moved})
+    # The user chose another context: saving again keeps the user's choice.
+    save_context("prod", Context("http://127.0.0.1:9000", "p"))
+    assert save_owned("local", moved) == (True, "prod")
+    assert load()[0] == "prod"
+    # Another owner (another data directory) does not replace it.
+    other = Context("http://127.0.0.1:7003", "b", "default", owner="/srv/b")
+    assert save_owned("local", other) == (False, "prod")
+    # Nor does anyone replace a context the user saved under that name.
+    save_context("local", Context("http://127.0.0.1:9100", "mine"), make_current=False)
+    assert save_owned("local", moved) == (False, "prod")
+    assert load() == (
+        "prod",
+        {"local": Context("http://127.0.0.1:9100", "mine"),
+         "prod": Context("http://127.0.0.1:9000", "p")},
+    )  # fmt: skip
+
+
+def test_a_context_saved_before_owners_is_its_owners_by_its_token() -> None:
+    save_context("local", Context("http://127.0.0.1:7001", "admin", "default"))
+    up = Context("http://127.0.0.1:7002", "admin", "default", owner="/srv/a")
+    assert save_owned("local", up) == (True, "local")
+    assert load() == ("local", {"local": up})
+
+
+def test_a_current_context_that_is_gone_counts_as_none(contexts_file: Path) -> None:
+    contexts_file.write_text('current = "gone"\n')
+    up = Context("http://127.0.0.1:7001", "admin", owner="/srv/a")
+    assert save_owned("local", up) == (True, "local")

@@ -5,6 +5,7 @@ HUTCH_TOKEN and HUTCH_PROJECT override the current one.
 """
 
 import sys
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlparse
 
@@ -13,6 +14,8 @@ import typer
 from hutch.cli.remote import OutputOpt, emit, progress
 from hutch.client import Client, config
 from hutch.model.errors import Invalid
+
+LOCAL = "local"  # the context `hutch up` saves
 
 app = typer.Typer(
     help="Saved controllers and tokens (contexts): ls, use, rm.",
@@ -63,6 +66,28 @@ def login(
     path = config.save_context(name, context)
     acting = f"in project {project}" if project else "with no project (use --project)"
     progress(f"logged in to {context.url} {acting}; context {name} saved in {path}")
+
+
+def save_up_context(url: str, data_dir: Path, project: str) -> None:
+    """Save `hutch up`'s context as `local`, and say so when the CLI will not use it.
+
+    A `local` context the user (or another `hutch up`) saved is left alone; `local` becomes the
+    current context only when none is (see config.save_owned)."""
+    token_file = data_dir.resolve() / "admin-token"
+    token = token_file.read_text().strip()
+    context = config.Context(url, token, project, owner=str(data_dir.resolve()))
+    saved, current = config.save_owned(LOCAL, context)
+    if not saved:
+        _, contexts = config.load()
+        progress(
+            f"context {LOCAL} is another controller's ({contexts[LOCAL].url}) and was kept; "
+            f"to use this one: hutch login {url} --name NAME --token-stdin < {token_file}"
+        )
+    elif current != LOCAL:
+        progress(
+            f"context {LOCAL} saved, but the CLI still uses context {current}: "
+            f"switch with `hutch context use {LOCAL}`"
+        )
 
 
 @app.command("ls")

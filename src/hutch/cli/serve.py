@@ -14,6 +14,7 @@ import httpx
 import typer
 
 from hutch import config
+from hutch.cli import contexts
 from hutch.cli.remote import pairs
 from hutch.model.errors import Invalid, Unavailable
 
@@ -31,9 +32,11 @@ def up(
 ) -> None:
     """Run a controller and a node agent on this machine (SQLite under the data dir).
 
-    Writes a system admin token to DATA_DIR/admin-token (mode 0600) and makes `local` the CLI's
-    current context, so `hutch run` just works. Ctrl-C (or `hutch down`) stops it; machines keep
-    running and are picked up again at the next `hutch up`.
+    Writes a system admin token to DATA_DIR/admin-token (mode 0600) and saves a CLI context
+    named `local` for it (unless one of that name is another controller's). `local` becomes the
+    current context only when none is; otherwise `hutch context use local` switches to it.
+    Ctrl-C (or `hutch down`) stops it; machines keep running and are picked up again at the
+    next `hutch up`.
     """
     overrides = {"state_dir": data_dir} if data_dir else {}
     settings = config.load(**overrides)
@@ -97,6 +100,10 @@ def _detach(settings: config.Settings, port: int) -> None:
     else:
         raise Unavailable(f"hutch up did not come up within 120 s; see {log_path}")
     typer.echo(f"hutch is up: API at {url} (log: {log_path}, stop: hutch down)")
+    # hutch up saved its context already; saving the same again says here, rather than in its
+    # log, whether the CLI will use it.
+    served = (settings.state_dir / "hutch.url").read_text().strip()
+    contexts.save_up_context(served, settings.state_dir, settings.project)
 
 
 def down(

@@ -16,7 +16,7 @@ from hutch import config
 from hutch.agent.node import NodeAgent
 from hutch.agent.nodeapi import create_node_app
 from hutch.api.app import build_controller, create_app, join_secret_of
-from hutch.client.config import Context, save_context
+from hutch.cli.contexts import save_up_context
 from hutch.http import tls
 from hutch.model.errors import Invalid, Unavailable
 
@@ -100,8 +100,7 @@ async def _up(settings: config.Settings, port: int) -> None:
     controller = _server(create_app(ctl, settings), host, port)
     task, bound = await _start(controller)
     url = f"http://{host}:{bound}"
-    token_file = settings.state_dir / "admin-token"
-    save_context("local", Context(url, token_file.read_text().strip(), settings.project))
+    save_up_context(url, settings.state_dir, settings.project)
     (settings.state_dir / "hutch.url").write_text(url + "\n")
     agent = NodeAgent(
         settings,

@@ -20,6 +20,9 @@ class Context:
     url: str
     token: str
     project: str | None = None  # for system tokens: the project to act in
+    # Who saved it, when not the user: `hutch up`'s data directory. A later `hutch up` from the
+    # same directory updates its own context and leaves one the user saved under that name alone.
+    owner: str | None = None
 
 
 def config_path() -> Path:
@@ -39,7 +42,9 @@ def load() -> tuple[str | None, dict[str, Context]]:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise Invalid(f"{path} is not a valid contexts file: {e}") from None
     contexts = {
-        name: Context(str(c.get("url", "")), str(c.get("token", "")), c.get("project"))
+        name: Context(
+            str(c.get("url", "")), str(c.get("token", "")), c.get("project"), c.get("owner")
+        )
         for name, c in doc.get("contexts", {}).items()
         if isinstance(c, dict)
     }
@@ -56,6 +61,8 @@ def save(current: str | None, contexts: dict[str, Context]) -> Path:
         lines.append(f"url = {json.dumps(c.url)}\ntoken = {json.dumps(c.token)}\n")
         if c.project:
             lines.append(f"project = {json.dumps(c.project)}\n")
+        if c.owner:
+            lines.append(f"owner = {json.dumps(c.owner)}\n")
     write_private(path, "".join(lines))
     return path
 
@@ -64,6 +71,29 @@ def save_context(name: str, context: Context, *, make_current: bool = True) -> P
     current, contexts = load()
     contexts[name] = context
     return save(name if make_current else current, contexts)
+
+
+def save_owned(name: str, context: Context) -> tuple[bool, str | None]:
+    """Save `context` (whose `owner` is set) as `name`, without taking over what is not its
+    owner's: (whether it was saved, the current context afterwards).
+
+    A context of that name is replaced only when it has the same owner (or, saved before
+    contexts had owners, the same token). The saved context becomes current only when no
+    context is; the user's choice of current context is never changed.
+    """
+    assert context.owner is not None
+    current, contexts = load()
+    if current not in contexts:
+        current = None  # names a context that is gone: nothing is current
+    existing = contexts.get(name)
+    if existing is not None and existing.owner != context.owner:
+        legacy = existing.owner is None and existing.token == context.token
+        if not legacy:
+            return False, current
+    contexts[name] = context
+    current = current or name
+    save(current, contexts)
+    return True, current
 
 
 def resolve(
