@@ -73,6 +73,9 @@ class Settings(BaseSettings):
         [], description="host names and addresses the HTTPS certificate is for (default: the host)"
     )
     join_secret: str = Field("", description="agents join with it; default: state_dir/join.secret")
+    join_token: str = Field(
+        "", description="`hutch agent` joins with it (from `hutch node join-token`)"
+    )
     controller_secret: str = Field(
         "", description="controllers share it; default: state_dir/controller.secret"
     )

@@ -126,15 +126,20 @@ def test_a_controller_and_an_agent_apart(
     controller_env = {**hutch_env, "HUTCH_STATE_DIR": str(short_dir / "c"),
                       "HUTCH_JOIN_SECRET": secret}  # fmt: skip
     agent_env = {**hutch_env, "HUTCH_STATE_DIR": str(short_dir / "a")}
+    # The secret in a file, not on the command line, where every user of the host sees it.
+    secret_file = short_dir / "join-secret"
+    secret_file.write_text(secret + "\n")
     started = [
         subprocess.Popen([HUTCH, "controller", "--listen", f"127.0.0.1:{port}"],
                          env=controller_env, stderr=(short_dir / "c.log").open("wb")),
-        subprocess.Popen([HUTCH, "agent", "--controller", url, "--join-secret", secret,
-                          "--name", "node-a", "--label", "zone=a"],
+        subprocess.Popen([HUTCH, "agent", "--controller", url, "--join-secret-file",
+                          str(secret_file), "--name", "node-a", "--label", "zone=a"],
                          env=agent_env, stderr=(short_dir / "a.log").open("wb")),
     ]  # fmt: skip
     try:
         token = wait_for_node(url, short_dir / "c" / "admin-token", short_dir)
+        agent_cmdline = Path(f"/proc/{started[1].pid}/cmdline").read_bytes()
+        assert b"agent\0--controller" in agent_cmdline and secret.encode() not in agent_cmdline
         with Client(url, token, project="default") as client:
             [node] = client.nodes.list()
             assert (node.name, node.labels, node.state) == ("node-a", {"zone": "a"}, "ready")
@@ -150,6 +155,15 @@ def test_a_controller_and_an_agent_apart(
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert refused.returncode == 125 and "join" in one_clear_line(refused.stderr)
+        unreadable = subprocess.run(
+            [HUTCH, "agent", "--controller", url, "--join-secret-file", str(short_dir / "no")],
+            env={**agent_env, "HUTCH_STATE_DIR": str(short_dir / "b")},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert unreadable.returncode == 125
+        assert one_clear_line(unreadable.stderr) == (
+            f"hutch: cannot read --join-token-file {short_dir / 'no'}: No such file or directory"
+        )
     finally:
         for proc in reversed(started):
             proc.send_signal(signal.SIGTERM)
@@ -219,15 +233,19 @@ def test_an_agent_joins_over_https_with_a_join_token_that_pins_the_ca(
             assert refused.returncode == 125, refused.stderr
             assert "does not match the join token's pin" in one_clear_line(refused.stderr)
             assert http.get("/v1/nodes").json()["items"] == []
+            # The token in the environment, which only this user (and root) can read.
             agents.append(subprocess.Popen(
-                [HUTCH, "agent", "--controller", url, "--join-token", made["token"],
+                [HUTCH, "agent", "--controller", url,
                  "--name", "tls-node", "--domain", "rack-7", "--heartbeat", "1"],
-                env=agent_env, stderr=(short_dir / "a.log").open("wb"),
+                env={**agent_env, "HUTCH_JOIN_TOKEN": made["token"]},
+                stderr=(short_dir / "a.log").open("wb"),
             ))  # fmt: skip
             deadline = time.monotonic() + 60
             while not (nodes := http.get("/v1/nodes").json()["items"]):
                 assert time.monotonic() < deadline, (short_dir / "a.log").read_text()[-2000:]
                 time.sleep(0.2)
+            cmdline = Path(f"/proc/{agents[0].pid}/cmdline").read_bytes()
+            assert b"--domain\0rack-7" in cmdline and made["token"].encode() not in cmdline
             [node] = nodes
             assert (node["name"], node["domain"], node["state"]) == ("tls-node", "rack-7", "ready")
             # It heartbeats every second: last_seen moves on.

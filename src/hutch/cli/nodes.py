@@ -94,7 +94,8 @@ def join_token(
 ) -> None:
     """Print a short-lived token for another host to join with (system token).
 
-    On that host: hutch agent --controller URL --join-token TOKEN. When the controller serves
+    On that host: hutch agent --controller URL --join-token-file FILE (or HUTCH_JOIN_TOKEN in
+    its environment: a command line is visible to every user). When the controller serves
     HTTPS, the token pins its CA: the agent trusts that CA and no other.
     """
     with connect() as client:

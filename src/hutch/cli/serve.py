@@ -168,10 +168,18 @@ def agent(
         typer.Option(
             "--join-token",
             "--join-secret",
-            help="From `hutch node join-token` (or the controller's join secret). Needed at "
-            "the first join only: the node keeps the credential it gets.",
+            help="From `hutch node join-token` (or the controller's join secret). Visible to "
+            "every user of this host (ps): prefer --join-token-file or HUTCH_JOIN_TOKEN.",
         ),
     ] = "",
+    join_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--join-token-file",
+            "--join-secret-file",
+            help="A file holding the join token (or the join secret).",
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="Node name (default: the host name).")] = "",
     listen: Annotated[str, typer.Option(help="host:port of this agent's API.")] = "127.0.0.1:0",
     advertise: Annotated[str, typer.Option(help="URL the controller reaches this agent at.")] = "",
@@ -183,10 +191,21 @@ def agent(
         float | None, typer.Option(help="Seconds between heartbeats (default 5).", min=0.1)
     ] = None,
 ) -> None:
-    """Run a node agent: join the controller and run the machines it assigns to this host."""
+    """Run a node agent: join the controller and run the machines it assigns to this host.
+
+    The join token (from `hutch node join-token`, or the controller's join secret) is needed at
+    the first join only: the node keeps the credential it gets. Give it in a file
+    (--join-token-file) or the environment (HUTCH_JOIN_TOKEN, or HUTCH_JOIN_SECRET for the
+    secret): --join-token puts it on the command line, where every user of the host can read it.
+    """
     from hutch.cli import servers  # noqa: PLC0415  (see the imports)
 
     settings = config.load(**({"heartbeat_interval": heartbeat} if heartbeat else {}))
+    if join_token and join_token_file:
+        raise Invalid("give the join token once: --join-token or --join-token-file")
+    if join_token_file:
+        join_token = _read_secret(join_token_file, "--join-token-file")
+    join_token = join_token or settings.join_token or settings.join_secret
     servers.host_port(listen)  # a bad --listen is refused before anything starts
     labels = pairs(label, "--label")
     _logging()
@@ -200,6 +219,17 @@ def agent(
         labels=labels,
         domain=domain,
     )
+
+
+def _read_secret(path: Path, flag: str) -> str:
+    try:
+        secret = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "it is not text"
+        raise Invalid(f"cannot read {flag} {path}: {why}") from None
+    if not secret:
+        raise Invalid(f"{flag} {path} is empty")
+    return secret
 
 
 def _logging() -> None:
