@@ -25,11 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from hutch import config
+from hutch.agent.images import staging_for
 from hutch.images.busybox import build_busybox_rootfs
 from hutch.images.pull import pull
 from hutch.images.registry import RegistryClient, RegistryConfig
 from hutch.images.rootdisk import build_root_disk
 from hutch.images.rootfs import prepare_image
+from hutch.images.staging import Staging
 from hutch.images.store import Store
 from hutch.model.units import format_bytes
 from tests.images.ocibuild import write_oci_layout
@@ -72,7 +75,7 @@ def build_images(work: Path) -> tuple[Path, int]:
 
 
 async def hutch_pull(
-    ref: str, registry: str, store_dir: Path, cache: Path, staging: Path | None = Path("/dev/shm")
+    ref: str, registry: str, store_dir: Path, cache: Path, staging: Staging | None
 ) -> float:
     """Pull and prepare a micro-VM root disk; `staging` as hutch's `unpack_staging` setting."""
     start = time.monotonic()
@@ -128,12 +131,15 @@ async def main() -> None:
               file=sys.stderr)  # fmt: skip
 
         hutch, on_disk, skopeo = [], [], []
+        staging = staging_for(config.load())
         for i in range(args.runs):
             run = work / f"run{i}"
             on_disk.append(
                 await hutch_pull(ref1, registry.host, run / "s2", run / "c2", staging=None)
             )
-            hutch.append(await hutch_pull(ref1, registry.host, run / "store", run / "cache"))
+            hutch.append(
+                await hutch_pull(ref1, registry.host, run / "store", run / "cache", staging)
+            )
             skopeo.append(skopeo_umoci(ref1, run / "skopeo"))
             print(f"cold run {i + 1}: hutch {hutch[-1]:.2f}s, skopeo+umoci {skopeo[-1]:.2f}s",
                   file=sys.stderr)  # fmt: skip
@@ -141,9 +147,10 @@ async def main() -> None:
                 shutil.rmtree(run)
         last = work / f"run{args.runs - 1}"
         warm = [
-            await hutch_pull(ref1, registry.host, last / "store", last / "cache") for _ in range(3)
+            await hutch_pull(ref1, registry.host, last / "store", last / "cache", staging)
+            for _ in range(3)
         ]
-        shared = await hutch_pull(ref2, registry.host, last / "store", last / "cache")
+        shared = await hutch_pull(ref2, registry.host, last / "store", last / "cache", staging)
     finally:
         registry.stop()
         shutil.rmtree(work, ignore_errors=True)

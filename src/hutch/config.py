@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     unpack_staging: Path | None = Field(
         Path("/dev/shm"), description="tmpfs where images become micro-VM root disks"
     )
+    unpack_staging_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="share of the host's memory hutch's unpacks may hold in unpack_staging at once",
+    )
 
     @field_validator("log_max_bytes", "console_max_bytes", "max_unpacked_bytes", mode="before")
     @classmethod

@@ -326,3 +326,14 @@ def test_read_json_refuses_oversized_descriptors(tmp_path: Path) -> None:
     desc = Descriptor(layout.OCI_MANIFEST, f"sha256:{hashlib.sha256(b'').hexdigest()}", 10**9)
     with pytest.raises(Invalid, match="the limit is"):
         OciLayout(tmp_path).read_json(desc, layout.MAX_JSON_BYTES)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none", "zstd"])
+def test_unpacked_size_is_found_without_decompressing(tmp_path: Path, compression: str) -> None:
+    tar = tar_of({"a": b"a" * 100_000, "b": b"b"})
+    write_oci_layout(tmp_path, [tar], {}, compression=compression)
+    oci = OciLayout(tmp_path)
+    [desc] = oci.image().layers
+    # gzip's trailer and an uncompressed blob say it exactly; zstd is guessed at (fourfold).
+    expected = {"gzip": len(tar), "none": len(tar), "zstd": 4 * desc.size}[compression]
+    assert oci.unpacked_size(desc) == expected

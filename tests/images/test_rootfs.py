@@ -1,6 +1,7 @@
 import gzip
 import io
 import json
+import logging
 import os
 import shutil
 import stat
@@ -12,6 +13,7 @@ import pytest
 
 from hutch.images import rootfs as rootfs_module
 from hutch.images.rootfs import PreparedRoot, prepare_root, tree_key
+from hutch.images.staging import Staging
 from hutch.images.users import resolve_user
 from hutch.model.errors import Invalid, NotFound
 from hutch.model.image import ImageConfig
@@ -316,14 +318,18 @@ def app_image(tmp_path: Path) -> tuple[Path, str]:
 
 def test_a_disk_only_root_keeps_no_tree(app_image: tuple[Path, str], tmp_path: Path) -> None:
     layout, digest = app_image
-    staging, cache = tmp_path / "shm", tmp_path / "cache"
-    staging.mkdir()
+    shm, cache = tmp_path / "shm", tmp_path / "cache"
+    shm.mkdir()
+    shm.chmod(0o1777)  # as /dev/shm
+    staging = Staging(shm, 1 << 30)
     root = prepare_root(layout, cache, disk=True, staging=staging)
     assert root.disk is not None and root.disk.is_file() and root.key == digest
     assert not (cache / "rootfs" / digest[7:]).exists()  # no unpacked tree was kept
     assert [p.name for p in root.rootfs.rglob("*")] == ["etc", "passwd"]  # just the users
     assert resolve_user(root.rootfs, "app") == User(1000, 1000)
-    assert [p for p in staging.rglob("*") if p.name.startswith(".scaffold")] == []
+    # Nothing left in the staging but the ledger; the staging directory itself untouched.
+    assert [p.name for p in shm.rglob("*")] == [f".hutch-{os.geteuid()}", "ledger.lock"]
+    assert stat.S_IMODE(shm.stat().st_mode) == 0o1777
     again = prepare_root(layout, cache, disk=True, staging=staging)
     assert again == root  # cached: nothing rebuilt
     tree = prepare_root(layout, cache, disk=False)  # a container needs the tree itself
@@ -333,14 +339,26 @@ def test_a_disk_only_root_keeps_no_tree(app_image: tuple[Path, str], tmp_path: P
     assert list((cache / "rootdisks").iterdir()) == []
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_an_image_too_large_for_staging_is_built_on_disk(
-    app_image: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, compression: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    layout, _ = app_image
-    staging = tmp_path / "shm"
-    staging.mkdir()
-    # The tmpfs takes 100 bytes: the 5000-byte file forces the fallback to the cache's disk.
-    monkeypatch.setattr(rootfs_module, "_staging_budget", lambda *_: 100)
-    root = prepare_root(layout, tmp_path / "cache", disk=True, staging=staging)
+    """The staging takes 8 KiB. A gzip layer says what it unpacks to (its trailer): the image
+    is not even started there. A zstd layer does not: it is started, then stopped when it
+    outgrows its reservation, and done again on disk."""
+    layout = tmp_path / "app"
+    passwd = b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
+    layers: list[bytes | Path] = [
+        tar_of(("etc", None, 0o755), ("etc/passwd", passwd, 0o644)),
+        tar_of(("srv", None, 0o755), ("srv/data", b"x" * 5000, 0o600)),
+    ]
+    write_oci_layout(layout, layers, {"User": "app"}, compression=compression)
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    caplog.set_level(logging.INFO, logger="hutch.images.rootfs")
+    root = prepare_root(layout, tmp_path / "cache", disk=True, staging=Staging(shm, 8192))
+    said = {"gzip": "has no room for", "zstd": "cannot hold"}[compression]
+    assert said in caplog.text and "on the cache's disk" in caplog.text
     assert root.disk is not None and root.disk.stat().st_size > 5000
     assert resolve_user(root.rootfs, "app").uid == 1000
+    assert [p.name for p in shm.rglob("*")] == [f".hutch-{os.geteuid()}", "ledger.lock"]

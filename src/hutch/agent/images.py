@@ -18,6 +18,7 @@ from hutch.images.archive import export_archive, import_archive
 from hutch.images.pull import PullProgress, pull
 from hutch.images.registry import RegistryClient, RegistryConfig
 from hutch.images.rootfs import drop_prepared
+from hutch.images.staging import Staging
 from hutch.images.store import GcReport, Store, StoredImage
 from hutch.model.errors import Invalid, Unavailable
 from hutch.model.image import digest_hex
@@ -34,8 +35,16 @@ def roots_for(settings: Settings) -> Roots:
         settings.max_unpacked_bytes,
         open_store(settings),
         settings.project,
-        staging=settings.unpack_staging,  # what bench/images.py measures, too
+        staging=staging_for(settings),
     )
+
+
+def staging_for(settings: Settings) -> Staging | None:
+    """Where micro-VM roots are unpacked on their way to a disk (what bench/images.py measures,
+    too), and how much of it all of this host's preparations may hold at once."""
+    if settings.unpack_staging is None:
+        return None
+    return Staging.memory_share(settings.unpack_staging, settings.unpack_staging_share)
 
 
 def registry_configs(

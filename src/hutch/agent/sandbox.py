@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hutch.images.rootfs import PreparedRoot, prepare_image, prepare_root
+from hutch.images.staging import Staging
 from hutch.images.store import Store
 from hutch.images.users import resolve_user
 from hutch.model.errors import Invalid, NotFound
@@ -62,7 +63,7 @@ class Roots:
     max_unpacked_bytes: int = 8 << 30
     store: Store | None = None
     project: str = "default"
-    staging: Path | None = None  # a tmpfs where disk-only roots are unpacked on their way
+    staging: Staging | None = None  # a tmpfs where disk-only roots are unpacked on their way
     allow_paths: bool = True  # False for tenants' requests: a source is always an image
 
     def prepare(self, source: str, caps: Capabilities) -> PreparedRoot:

@@ -64,6 +64,7 @@ MAX_TRAILING_BYTES = 16 << 20  # data after a tar's end-of-archive marker (norma
 _MAX_NESTING = 4  # index -> index -> ... -> manifest
 _CHUNK = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_MIN_BYTES = 18  # header and trailer; the trailer's last 4 bytes are the size (ISIZE)
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -214,6 +215,20 @@ class OciLayout:
             blob.verify(desc.size)
             if diff_id is not None:
                 tar.verify(None)
+
+    def unpacked_size(self, desc: Descriptor) -> int:
+        """About what the layer decompresses to, found without decompressing it: a gzip blob's
+        trailer (the size modulo 4 GiB), an uncompressed blob's size, else four times the
+        blob's. An estimate: the blob is not verified here, and a hostile one may say anything.
+        """
+        with self._open_blob(desc) as f:
+            magic = f.read(len(_ZSTD_MAGIC))
+            if magic.startswith(_GZIP_MAGIC) and desc.size >= _GZIP_MIN_BYTES:
+                f.seek(-4, os.SEEK_END)
+                return int.from_bytes(f.read(4), "little")
+            if not magic.startswith(_GZIP_MAGIC) and magic != _ZSTD_MAGIC:
+                return desc.size
+        return 4 * desc.size
 
     def _open_blob(self, desc: Descriptor) -> IO[bytes]:
         path = self.root / "blobs" / "sha256" / digest_hex(desc.digest)

@@ -15,6 +15,7 @@ import ctypes
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -26,10 +27,14 @@ from pathlib import Path
 
 from hutch.images.layout import Image, OciLayout, is_oci_layout
 from hutch.images.rootdisk import FORMATS, build_root_disk
-from hutch.images.unpack import Budget, TooLarge, apply_layer
+from hutch.images.staging import Staging, StagingFull
+from hutch.images.unpack import Budget, OutOfSpace, apply_layer
 from hutch.images.users import copy_user_files
 from hutch.model.errors import Invalid, Unavailable
 from hutch.model.image import ImageConfig, digest_hex
+from hutch.model.units import format_bytes
+
+log = logging.getLogger(__name__)
 
 # A file whose ctime is this close to when it was hashed may change again without its ctime
 # moving (timestamps are coarse), so its hash is not remembered (git's "racy" rule).
@@ -55,7 +60,7 @@ def prepare_root(
     disk_format: str = "erofs",
     max_unpacked_bytes: int = 8 << 30,
     ref: str | None = None,
-    staging: Path | None = None,
+    staging: Staging | None = None,
 ) -> PreparedRoot:
     """A root for `source`: a root file system directory, or an OCI image layout directory.
 
@@ -103,7 +108,7 @@ def prepare_image(
     disk: bool,
     disk_format: str = "erofs",
     max_unpacked_bytes: int = 8 << 30,
-    staging: Path | None = None,
+    staging: Staging | None = None,
 ) -> PreparedRoot:
     """The root of `image` (from an OCI layout, the image store among them), once per digest.
 
@@ -113,7 +118,9 @@ def prepare_image(
     `staging`, ideally a tmpfs, where making files costs a tenth of what a journaling file
     system charges; the disk is built from it; and only the image's /etc/passwd and /etc/group
     are kept beside the disk, in the directory returned as `rootfs` (users are resolved from
-    them). An image too large for `staging` is unpacked in the cache directory instead.
+    them). The space is reserved in `staging` first, and grown as the image unpacks: an image
+    that does not fit there now (beside the other preparations on the host) is unpacked in the
+    cache directory instead.
     """
     key = image.manifest_digest
     name = digest_hex(key)
@@ -140,51 +147,46 @@ def _disk_from_scaffold(
     users: Path,
     *,
     max_bytes: int,
-    staging: Path | None,
+    staging: Staging | None,
 ) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fast = _staging_budget(staging, image, max_bytes)
-    places = [(staging, fast)] if staging is not None and fast else []
-    places.append((out.parent, max_bytes))  # on the cache's own file system: always fits
-    for i, (parent, budget) in enumerate(places):
-        assert parent is not None
-        scaffold = Path(tempfile.mkdtemp(prefix=".scaffold-", dir=_private_dir(parent)))
-        try:
-            os.chmod(scaffold, 0o755)
-            try:
-                _apply_layers(layout, image, scaffold, Budget(budget))
-            except TooLarge:
-                if i + 1 < len(places):
-                    continue  # more than the tmpfs can hold: do it on disk
-                raise
-            build_root_disk(scaffold, out, out.suffix.lstrip("."))
-            tmp_users = Path(tempfile.mkdtemp(prefix=".users-", dir=out.parent))
-            copy_user_files(scaffold, tmp_users)
-            shutil.rmtree(users, ignore_errors=True)
-            os.rename(tmp_users, users)
-            return
-        finally:
-            shutil.rmtree(scaffold, ignore_errors=True)
-
-
-def _staging_budget(staging: Path | None, image: Image, max_bytes: int) -> int:
-    """How much the image may unpack to under `staging` (0: do not stage there). Compressed
-    layers rarely grow more than fourfold; half of what is free leaves the host room."""
-    if staging is None or not staging.is_dir():
-        return 0
+    if staging is not None:
+        # A quarter more for the pages of small files; the reservation grows if it must.
+        layers = sum(layout.unpacked_size(layer) for layer in image.layers)
+        expected = min(max_bytes, layers * 5 // 4)
+        reservation = staging.reserve(expected)
+        if reservation is None:
+            log.info("unpacking %s on the cache's disk: %s has no room for %s now",
+                     image.manifest_digest, staging.path, format_bytes(expected))  # fmt: skip
+        else:
+            with reservation:
+                budget = reservation.budget(max_bytes)
+                try:
+                    _disk_from(layout, image, reservation.scaffold, budget, out=out, users=users)
+                except (StagingFull, OutOfSpace) as e:
+                    log.info("unpacking %s on the cache's disk: %s", image.manifest_digest,
+                             e.message)  # fmt: skip
+                else:
+                    return
+    scaffold = Path(tempfile.mkdtemp(prefix=".scaffold-", dir=_private_dir(out.parent)))
     try:
-        free = min(shutil.disk_usage(staging).free, _mem_available())
-    except OSError:
-        return 0
-    expected = 4 * sum(layer.size for layer in image.layers)
-    return min(max_bytes, free // 2) if expected < free // 2 else 0
+        os.chmod(scaffold, 0o755)
+        _disk_from(layout, image, scaffold, Budget(max_bytes), out=out, users=users)
+    finally:
+        shutil.rmtree(scaffold, ignore_errors=True)
 
 
-def _mem_available() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def _disk_from(
+    layout: OciLayout, image: Image, scaffold: Path, budget: Budget, *, out: Path, users: Path
+) -> None:
+    """Unpack `image` into the empty `scaffold`, build the disk `out` from it, and keep its
+    user files in `users`."""
+    _apply_layers(layout, image, scaffold, budget)
+    build_root_disk(scaffold, out, out.suffix.lstrip("."))
+    tmp_users = Path(tempfile.mkdtemp(prefix=".users-", dir=out.parent))
+    copy_user_files(scaffold, tmp_users)
+    shutil.rmtree(users, ignore_errors=True)
+    os.rename(tmp_users, users)
 
 
 def drop_prepared(cache_dir: Path, key: str) -> int:

@@ -58,6 +58,10 @@ class TooLarge(Invalid):
     """The image unpacks to more bytes than its budget allows."""
 
 
+class OutOfSpace(Unavailable):
+    """The file system unpacked into is full."""
+
+
 class Budget:
     """Limits over a whole image, shared by its layers: file bytes written and entries made."""
 
@@ -481,6 +485,8 @@ def _split(name: str, *, what: str) -> Parts:
 
 
 def _os_error(name: str, e: OSError) -> HutchError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfSpace(f"cannot unpack {name!r}: {e.strerror}")
     if e.errno in _HOST_ERRNOS:
         return Unavailable(f"cannot unpack {name!r}: {e.strerror}")
     return Invalid(f"cannot unpack layer entry {name!r}: {e.strerror or e}")
