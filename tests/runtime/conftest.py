@@ -1,5 +1,6 @@
 """Drivers for runtime tests, built through the agent layer from settings (as hutch does)."""
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from hutch.agent.runtimes import open_driver
 from hutch.images.rootfs import PreparedRoot, prepare_root
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec, Stream, User
 from hutch.runtime.driver import AgentDriver
+from hutch.runtime.state import SandboxRecord
 from tests.conftest import CACHE_DIR
 
 PATH = "PATH=/bin"
@@ -48,6 +50,11 @@ def make_spec(
         root_disk=str(root.disk),
         resources=Resources(memory_mib=memory),
     )
+
+
+def spec_json(spec: SandboxSpec) -> str:
+    """The spec as spawn_sandbox.py reads it."""
+    return json.dumps(SandboxRecord(spec=spec, runtime="").to_json()["spec"])
 
 
 async def output(driver: AgentDriver, sandbox_id: str) -> tuple[bytes, bytes]:

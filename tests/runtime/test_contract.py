@@ -2,7 +2,6 @@
 containers, from a busybox root built by the tests."""
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -26,7 +25,6 @@ from hutch.model.sandbox import (
 )
 from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.driver import AgentDriver
-from hutch.runtime.state import SandboxRecord
 from tests.conftest import CACHE_DIR
 from tests.runtime.conftest import (
     LOG_BOUND,
@@ -34,6 +32,7 @@ from tests.runtime.conftest import (
     driver_in,
     make_spec,
     output,
+    spec_json,
     wait_for_line,
 )
 
@@ -280,10 +279,6 @@ async def test_stats_and_lifecycle_conflicts(rt: Runtime) -> None:
     await rt.driver.signal("sb", signal.SIGKILL)
     status = await rt.driver.wait("sb", timeout=60)
     assert status.signal == 9
-
-
-def spec_json(spec: SandboxSpec) -> str:
-    return json.dumps(SandboxRecord(spec=spec, runtime="").to_json()["spec"])
 
 
 def _is_zombie(pid: int) -> bool:

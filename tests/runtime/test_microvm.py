@@ -1,7 +1,10 @@
 """What only the micro-VM promises: QEMU confined on the host, the guest given nothing of it."""
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,15 @@ from hutch.runtime.driver import AgentDriver
 from hutch.runtime.guest.build import GuestArtifacts
 from hutch.runtime.logs import read_log
 from hutch.runtime.microvm import MicroVMBackend, kernel_cmdline
-from tests.runtime.conftest import CONSOLE_BOUND, make_spec, output, settings_for, wait_for_line
+from tests.runtime.conftest import (
+    CONSOLE_BOUND,
+    driver_in,
+    make_spec,
+    output,
+    settings_for,
+    spec_json,
+    wait_for_line,
+)
 
 
 def status_fields(pid: int) -> dict[str, str]:
@@ -32,16 +43,55 @@ async def test_qemu_runs_confined(microvm: AgentDriver, busybox_root: PreparedRo
     assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
     assert os.readlink(f"/proc/{pid}/root").endswith("/sb/jail")
     files = {
-        os.readlink(f"/proc/{pid}/fd/{fd}")
+        os.readlink(f"/proc/{pid}/fd/{fd}"): fd
         for fd in os.listdir(f"/proc/{pid}/fd")
         if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/")
     }
-    # the root disk, its own log and /dev/null: nothing else of the host
-    assert {Path(f).name for f in files} == {Path(str(busybox_root.disk)).name, "qemu.log", "null"}
+    # the root disk, its own log, /dev/null and the lease on its uid: nothing else of the host
+    uid = status["Uid"].split()[0]
+    disk = Path(str(busybox_root.disk)).name
+    assert {Path(f).name for f in files} == {disk, "qemu.log", "null", uid}
+    lease = next(fd for f, fd in files.items() if Path(f).name == uid)
+    flags = Path(f"/proc/{pid}/fdinfo/{lease}").read_text().split()[3]
+    assert int(flags, 8) & os.O_ACCMODE == os.O_RDONLY  # it can hold the lease, not rewrite it
     cgroup = Path(f"/proc/{pid}/cgroup").read_text()
     assert "/hutch/sb" in cgroup
     stats = await microvm.stats("sb")
     assert stats.memory_limit_bytes == (128 + microvm.capabilities().overhead_mib) << 20
+
+
+async def test_vms_of_two_hutch_processes_never_share_a_uid(
+    microvm: AgentDriver, busybox_root: PreparedRoot, short_dir: Path
+) -> None:
+    """`hutch sandbox run` and the node agent keep their sandboxes apart but take QEMU's uid
+    from one host-wide pool: a VM started by another process, from another sandboxes
+    directory, at the same time, never runs as the same uid."""
+    other_state = short_dir / "other"
+    ticks = "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.runtime.spawn_sandbox", "microvm", str(other_state)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    assert child.stdin and child.stdout
+    child.stdin.write(
+        spec_json(make_spec(busybox_root, "/bin/sh", "-c", ticks, sandbox_id="b")).encode()
+    )
+    child.stdin.close()
+    try:
+        await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", "echo up; sleep 600"))
+        await microvm.start("sb")
+        await wait_for_line(microvm, "sb", b"up")
+        assert child.stdout.readline().strip() == b"started"
+        theirs = json.loads((other_state / "sandboxes/microvm/b/record.json").read_text())["pid"]
+        ours = (await microvm.inspect("sb")).pid
+        assert status_fields(ours)["Uid"].split()[0] != status_fields(theirs)["Uid"].split()[0]
+    finally:
+        child.kill()
+        child.wait()
+        async for other in driver_in(other_state, "microvm"):
+            await other.recover()
 
 
 async def test_the_guest_sees_only_its_own_disk(

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import fcntl
 import os
 import resource
 import signal
@@ -29,6 +28,7 @@ from hutch.runtime import host
 from hutch.runtime.accel import Accel
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.runtime.guest.build import GuestArtifacts
+from hutch.runtime.ids import ID_DIR, IdPool
 from hutch.runtime.logs import LogWriter, tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
@@ -53,6 +53,7 @@ class MicroVMOptions:
     overhead_mib: int = 96
     uid_base: int = 1_500_000  # each VM's QEMU runs as its own uid from this range
     uid_count: int = 65_536
+    id_dir: Path = ID_DIR  # host-wide: every hutch process of the host leases uids there
     console_max_bytes: int = 256 << 10
     seccomp: bool = True
     # Transparent huge pages back guest RAM in 2 MiB steps: an idle 128 MiB guest that touched
@@ -124,6 +125,7 @@ class MicroVMBackend:
         self._qmp: dict[str, QMPClient] = {}
         self._shutdown_reason: dict[str, str] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._uids = IdPool("vm-uid", opts.uid_base, opts.uid_count, directory=opts.id_dir)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -178,7 +180,12 @@ class MicroVMBackend:
         )
         jail = sdir.file("jail")
         jail.mkdir(mode=0o555, exist_ok=True)
-        uid = self._allocate_uid(sdir)
+        try:
+            lease = self._uids.take()
+        except Unavailable:
+            cgroup.remove()
+            raise
+        uid = lease.id
         record.details.update(
             uid=str(uid),
             accel=self.opts.accel.name,
@@ -193,16 +200,21 @@ class MicroVMBackend:
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
+                pass_fds=(lease.fd,),  # QEMU holds its uid's lease for as long as it lives
                 start_new_session=True,  # a Ctrl-C at the operator's terminal is ours to handle
                 # Joining the cgroup must happen before exec; nothing else can do it in time.
                 preexec_fn=_child_setup(cgroup.procs_files(), self.opts.huge_pages),  # noqa: PLW1509
             )
         except OSError as e:
+            lease.close()
             cgroup.remove()
             raise Unavailable(f"cannot start {self.opts.qemu}: {e}") from e
         finally:
             stderr.close()
         ref = ProcessRef.of(proc.pid)
+        if ref is not None:
+            lease.bind(ref)
+        lease.close()
         # Wait until QEMU has made its sockets, or has failed (bad disk, bad options).
         agent_sock = sdir.file("agent.sock")
         while not agent_sock.exists():
@@ -214,21 +226,6 @@ class MicroVMBackend:
             raise Unavailable("qemu exited as soon as it started")
         self._children[spec.id] = proc  # reaped in cleanup (ProcessRef.wait may reap it first)
         return ref
-
-    def _allocate_uid(self, sdir: SandboxDir) -> int:
-        """The lowest uid in the range that no other live VM of this host uses."""
-        root = sdir.path.parent
-        with (root / ".uids.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            used = set()
-            for other in root.glob("*/uid"):
-                with contextlib.suppress(OSError, ValueError):
-                    used.add(int(other.read_text()))
-            for uid in range(self.opts.uid_base, self.opts.uid_base + self.opts.uid_count):
-                if uid not in used:
-                    sdir.file("uid").write_text(str(uid))
-                    return uid
-        raise Unavailable("no free VM uid left: raise uid_count")
 
     def side_tasks(self, record: SandboxRecord, sdir: SandboxDir) -> list[Awaitable[None]]:
         return [self._copy_console(sdir), self._watch_qmp(record.spec.id, sdir)]
