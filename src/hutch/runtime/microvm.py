@@ -228,7 +228,14 @@ class MicroVMBackend:
         return ref
 
     def side_tasks(self, record: SandboxRecord, sdir: SandboxDir) -> list[Awaitable[None]]:
-        return [self._copy_console(sdir), self._watch_qmp(record.spec.id, sdir)]
+        tasks: list[Awaitable[None]] = [
+            self._copy_console(sdir),
+            self._watch_qmp(record.spec.id, sdir),
+        ]
+        child, ref = self._children.get(record.spec.id), record.process
+        if child is not None and ref is not None:
+            tasks.append(_reap(child, ref))
+        return tasks
 
     async def _copy_console(self, sdir: SandboxDir) -> None:
         """Guest serial console -> a bounded ring log (the guest may print forever)."""
@@ -291,16 +298,37 @@ class MicroVMBackend:
         if cgroup.exists() and cgroup.oom_kills() > 0:
             return "QEMU itself ran out of host memory (its cgroup limit) and was killed"
         reason = self._shutdown_reason.get(sandbox_id)
-        console = tail(sdir.file("console.log"), records=True)
-        if reason == "guest-reset":
-            return f"the guest kernel rebooted (panic?); console: {console}"
-        if reason == "guest-shutdown":
-            return f"the guest powered off before reporting an exit; console: {console}"
-        qemu_err = tail(sdir.file("qemu.log"))
-        return f"QEMU exited unexpectedly: {qemu_err or 'no message'}; console: {console}"
+        child = self._children.get(sandbox_id)
+        code = child.poll() if child is not None else None  # None: not our child (re-adopted)
+        if reason in ("guest-reset", "guest-shutdown") or code == 0:
+            console = tail(sdir.file("console.log"), records=True)
+            what = "kernel rebooted (panic?)" if reason == "guest-reset" else "powered off"
+            return f"the guest {what} before reporting an exit; console: {console}"
+        # QEMU itself ended. Its stderr says why when QEMU knew (an assertion, a host I/O error);
+        # the guest's console does not: its last line is whatever the guest printed at boot.
+        said = tail(sdir.file("qemu.log"))
+        said = f"; QEMU said: {said}" if said else ""
+        if code is None:
+            return f"QEMU exited unexpectedly{said}"
+        if code < 0:
+            return f"QEMU was killed by signal {-code} ({_signal_name(-code)}){said}"
+        return f"QEMU exited with code {code} while the guest ran{said}"
 
     def stats(self, record: SandboxRecord) -> Stats:
         return Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).stats()
+
+
+async def _reap(child: "subprocess.Popen[bytes]", ref: ProcessRef) -> None:
+    """Reap QEMU as soon as it ends; its Popen keeps the status for explain_exit."""
+    await ref.wait()
+    child.poll()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
 
 
 def _child_setup(procs_files: list[str], huge_pages: bool) -> Callable[[], None]:
