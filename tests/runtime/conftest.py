@@ -1,6 +1,8 @@
 """Drivers for runtime tests, built through the agent layer from settings (as hutch does)."""
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -52,9 +54,26 @@ def make_spec(
     )
 
 
-def spec_json(spec: SandboxSpec) -> str:
-    """The spec as spawn_sandbox.py reads it."""
-    return json.dumps(SandboxRecord(spec=spec, runtime="").to_json()["spec"])
+def spawn_elsewhere(runtime: str, state_dir: Path, spec: SandboxSpec) -> subprocess.Popen[bytes]:
+    """Another hutch process (spawn_sandbox.py) that creates and starts `spec` under
+    `state_dir`; returns once its workload printed "tick 3"."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.runtime.spawn_sandbox", runtime, str(state_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    assert child.stdin and child.stdout
+    child.stdin.write(json.dumps(SandboxRecord(spec=spec, runtime="").to_json()["spec"]).encode())
+    child.stdin.close()
+    assert child.stdout.readline().strip() == b"started"
+    return child
+
+
+def kill(child: subprocess.Popen[bytes]) -> None:
+    """As a crashing host process dies: at once, its sandboxes left running."""
+    child.kill()
+    child.wait()
 
 
 async def output(driver: AgentDriver, sandbox_id: str) -> tuple[bytes, bytes]:

@@ -1,10 +1,9 @@
 """What only the micro-VM promises: QEMU confined on the host, the guest given nothing of it."""
 
+import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,11 @@ from hutch.runtime.microvm import MicroVMBackend, kernel_cmdline
 from tests.runtime.conftest import (
     CONSOLE_BOUND,
     driver_in,
+    kill,
     make_spec,
     output,
     settings_for,
-    spec_json,
+    spawn_elsewhere,
     wait_for_line,
 )
 
@@ -47,10 +47,10 @@ async def test_qemu_runs_confined(microvm: AgentDriver, busybox_root: PreparedRo
         for fd in os.listdir(f"/proc/{pid}/fd")
         if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/")
     }
-    # the root disk, its own log, /dev/null and the lease on its uid: nothing else of the host
+    # its disks, its own log, /dev/null and the lease on its uid: nothing else of the host
     uid = status["Uid"].split()[0]
     disk = Path(str(busybox_root.disk)).name
-    assert {Path(f).name for f in files} == {disk, "qemu.log", "null", uid}
+    assert {Path(f).name for f in files} == {disk, "scratch", "qemu.log", "null", uid}
     lease = next(fd for f, fd in files.items() if Path(f).name == uid)
     flags = Path(f"/proc/{pid}/fdinfo/{lease}").read_text().split()[3]
     assert int(flags, 8) & os.O_ACCMODE == os.O_RDONLY  # it can hold the lease, not rewrite it
@@ -68,30 +68,21 @@ async def test_vms_of_two_hutch_processes_never_share_a_uid(
     directory, at the same time, never runs as the same uid."""
     other_state = short_dir / "other"
     ticks = "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.runtime.spawn_sandbox", "microvm", str(other_state)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).parents[2],
+    theirs = make_spec(busybox_root, "/bin/sh", "-c", ticks, sandbox_id="b")
+    ours = make_spec(busybox_root, "/bin/sh", "-c", "echo up; sleep 600")
+    other, _ = await asyncio.gather(
+        asyncio.to_thread(spawn_elsewhere, "microvm", other_state, theirs), microvm.create(ours)
     )
-    assert child.stdin and child.stdout
-    child.stdin.write(
-        spec_json(make_spec(busybox_root, "/bin/sh", "-c", ticks, sandbox_id="b")).encode()
-    )
-    child.stdin.close()
     try:
-        await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", "echo up; sleep 600"))
         await microvm.start("sb")
         await wait_for_line(microvm, "sb", b"up")
-        assert child.stdout.readline().strip() == b"started"
-        theirs = json.loads((other_state / "sandboxes/microvm/b/record.json").read_text())["pid"]
-        ours = (await microvm.inspect("sb")).pid
-        assert status_fields(ours)["Uid"].split()[0] != status_fields(theirs)["Uid"].split()[0]
+        their_pid = json.loads((other_state / "sandboxes/microvm/b/record.json").read_text())["pid"]
+        our_pid = (await microvm.inspect("sb")).pid
+        assert status_fields(our_pid)["Uid"] != status_fields(their_pid)["Uid"]
     finally:
-        child.kill()
-        child.wait()
-        async for other in driver_in(other_state, "microvm"):
-            await other.recover()
+        kill(other)
+        async for driver in driver_in(other_state, "microvm"):
+            await driver.recover()
 
 
 async def test_the_guest_sees_only_its_own_disk(
@@ -168,10 +159,10 @@ async def test_qemu_killed_from_outside_is_reported(
 
 
 def test_tcg_guests_are_told_the_tsc_rate() -> None:
-    line = kernel_cmdline("tcg", "erofs", 64 << 20)
-    assert "tsc_early_khz=" in line and "hutch.scratch=67108864" in line
-    assert "tsc_early_khz" not in kernel_cmdline("kvm", "ext4", 1 << 20)
-    assert kernel_cmdline("kvm", "ext4", 1 << 20, debug=True).endswith(" hutch.debug")
+    line = kernel_cmdline("tcg", "erofs")
+    assert "tsc_early_khz=" in line and "hutch.rootfstype=erofs" in line
+    assert "tsc_early_khz" not in kernel_cmdline("kvm", "ext4")
+    assert kernel_cmdline("kvm", "ext4", debug=True).endswith(" hutch.debug")
 
 
 def test_the_accel_probe_is_cached(

@@ -3,8 +3,8 @@ virtualisation. Same contract as the micro-VM: hutch-agent is the container's in
 
 The agent is bind-mounted read-only into the container's private /dev and receives a listening
 unix socket as an inherited file descriptor (`--preserve-fds`), so the workload has no path to its
-control channel. The root is an overlay: the shared, read-only unpacked image below, a per-sandbox
-tmpfs (bounded by the scratch size and charged to the container's memory) above.
+control channel. The root is an overlay: the shared, read-only unpacked image below, the
+sandbox's scratch disk (a sparse ext4 file, loop-mounted: disk, not memory) above.
 """
 
 import asyncio
@@ -21,7 +21,7 @@ from typing import Any
 
 from hutch.model.errors import Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, SandboxSpec, Stats
-from hutch.runtime import host, mounts
+from hutch.runtime import host, mounts, scratch
 from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
 from hutch.runtime.logs import tail
 from hutch.runtime.procs import ProcessRef
@@ -183,8 +183,11 @@ class ContainerBackend:
         for path in (bundle, rootfs, rw):
             path.mkdir(mode=0o700, exist_ok=True)
         record.details.update(cgroup=f"{self.opts.cgroup_parent}/{spec.id}")
-        mounts.mount("tmpfs", rw, "tmpfs", mounts.MS_NOSUID | mounts.MS_NODEV,
-                     f"size={spec.resources.scratch_bytes},mode=0700")  # fmt: skip
+        disk = sdir.file(scratch.FILE_NAME)
+        await asyncio.to_thread(scratch.create, disk, spec.resources.scratch_bytes)
+        mounts.mount_loop(disk, rw, "ext4", mounts.MS_NOSUID | mounts.MS_NODEV,
+                          scratch.MOUNT_OPTIONS)  # fmt: skip
+        rw.chmod(0o700)
         for name in ("upper", "work"):
             (rw / name).mkdir(exist_ok=True)
         (rw / "upper").chmod(0o755)
@@ -269,6 +272,7 @@ class ContainerBackend:
         await self._crun("delete", "--force", record.spec.id)
         for target in (sdir.file("bundle") / "rootfs", sdir.file("rw")):
             mounts.unmount(target)
+        sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         await asyncio.to_thread(
             Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).remove
         )

@@ -1,5 +1,5 @@
 """The `microvm` runtime: each sandbox is a QEMU `-M microvm` guest booted from hutch's kernel,
-initramfs and the workload's read-only root disk.
+initramfs and the workload's read-only root disk, writing to a scratch disk of its own.
 
 QEMU runs with as little as it needs: inside its own cgroup (guest memory plus measured
 overhead, a pids limit, a CPU quota), as an unprivileged uid of its own, chrooted into an empty
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from qemu.qmp import QMPClient
 
-from hutch.model.errors import Invalid, Unavailable
+from hutch.model.errors import HutchError, Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, SandboxSpec, Stats, Stream
-from hutch.runtime import host
+from hutch.runtime import host, scratch
 from hutch.runtime.accel import Accel
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.runtime.guest.build import GuestArtifacts
@@ -63,12 +63,12 @@ class MicroVMOptions:
     debug: bool = False  # a guest that fails to boot prints diagnostics to its console first
 
 
-def kernel_cmdline(accel: str, root_format: str, scratch_bytes: int, debug: bool = False) -> str:
+def kernel_cmdline(accel: str, root_format: str, debug: bool = False) -> str:
     """The guest kernel command line (also used as is by bench/boot.py's bare-QEMU baseline)."""
     parts = ["console=ttyS0", "quiet", "reboot=t", "panic=-1", "cryptomgr.notests"]
     if accel == "tcg":
         parts.append(f"tsc_early_khz={host.tsc_khz()}")
-    parts += [f"hutch.rootfstype={root_format}", f"hutch.scratch={scratch_bytes}"]
+    parts.append(f"hutch.rootfstype={root_format}")
     if debug:
         parts.append("hutch.debug")
     return " ".join(parts)
@@ -81,10 +81,18 @@ def qemu_command(
     *,
     uid: int | None = None,
     jail: Path | None = None,
+    scratch_direct: bool = True,
 ) -> list[str]:
-    """The QEMU command line for `spec`; sockets go in `sockets/` (agent, console, qmp)."""
+    """The QEMU command line for `spec`; sockets go in `sockets/` (agent, console, qmp), where
+    the scratch disk must be (`scratch.create`); `scratch_direct` if it takes O_DIRECT."""
     res = spec.resources
     accel = opts.accel.name
+    scratch_file = sockets / scratch.FILE_NAME
+    # Host I/O errors (a full host disk) reach the guest as I/O errors, instead of pausing it.
+    scratch_drive = (
+        f"id=scratch,file={scratch_file},format=raw,if=none,werror=report,rerror=report,"
+        f"cache.direct={'on' if scratch_direct else 'off'}"
+    )
     args = [
         opts.qemu,
         "-name", f"hutch-{spec.id},debug-threads=on",
@@ -96,9 +104,12 @@ def qemu_command(
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(opts.guest.kernel),
         "-initrd", str(opts.guest.initrd),
-        "-append", kernel_cmdline(accel, spec.root_disk_format, res.scratch_bytes, opts.debug),
+        "-append", kernel_cmdline(accel, spec.root_disk_format, opts.debug),
+        # The guest agent finds the disks by serial (ROOT_SERIAL, SCRATCH_SERIAL in agent.c).
         "-drive", f"id=root,file={spec.root_disk},format=raw,if=none,readonly=on",
-        "-device", "virtio-blk-device,drive=root",
+        "-device", "virtio-blk-device,drive=root,serial=hutch-root",
+        "-drive", scratch_drive,
+        "-device", "virtio-blk-device,drive=scratch,serial=hutch-scratch",
         "-device", "virtio-serial-device,max_ports=2",
         "-chardev", f"socket,id=agent,path={sockets / 'agent.sock'},server=on,wait=off",
         "-device", "virtserialport,chardev=agent,name=hutch.agent",
@@ -155,15 +166,10 @@ class MicroVMBackend:
         }
 
     def validate(self, spec: SandboxSpec) -> None:
-        res = spec.resources
         if not spec.root_disk:
             raise Invalid("a micro-VM needs a root disk image (SandboxSpec.root_disk)")
         if not Path(spec.root_disk).is_file():
             raise Invalid(f"root disk {spec.root_disk} does not exist")
-        if res.scratch_bytes > res.memory_mib << 20:
-            raise Invalid(
-                "scratch space lives in the VM's memory: ask for at most as much as its memory"
-            )
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -180,9 +186,12 @@ class MicroVMBackend:
         )
         jail = sdir.file("jail")
         jail.mkdir(mode=0o555, exist_ok=True)
+        disk = sdir.file(scratch.FILE_NAME)
         try:
+            await asyncio.to_thread(scratch.create, disk, res.scratch_bytes)
             lease = self._uids.take()
-        except Unavailable:
+        except HutchError:
+            disk.unlink(missing_ok=True)
             cgroup.remove()
             raise
         uid = lease.id
@@ -192,7 +201,9 @@ class MicroVMBackend:
             cgroup=cgroup.relpath,
             kernel=self.opts.guest.kernel_package,
         )
-        args = qemu_command(spec, self.opts, sdir.path, uid=uid, jail=jail)
+        args = qemu_command(
+            spec, self.opts, sdir.path, uid=uid, jail=jail, scratch_direct=scratch.direct_io(disk)
+        )
         stderr = sdir.file("qemu.log").open("ab")
         try:
             proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec: returns at once)
@@ -288,6 +299,7 @@ class MicroVMBackend:
         child = self._children.pop(record.spec.id, None)
         if child is not None:
             child.wait()
+        sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
 
     def oom_killed(self, record: SandboxRecord) -> bool:
         return False  # the guest's own OOM killer reports through the agent
