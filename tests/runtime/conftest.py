@@ -54,6 +54,12 @@ def make_spec(
     )
 
 
+def status_fields(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
 def spawn_elsewhere(runtime: str, state_dir: Path, spec: SandboxSpec) -> subprocess.Popen[bytes]:
     """Another hutch process (spawn_sandbox.py) that creates and starts `spec` under
     `state_dir`; returns once its workload printed "tick 3"."""
@@ -90,9 +96,12 @@ async def wait_for_line(driver: AgentDriver, sandbox_id: str, line: bytes) -> No
     raise AssertionError(f"{line!r} never appeared")
 
 
-async def driver_in(state_dir: Path, runtime: str) -> AsyncIterator[AgentDriver]:
-    """A driver for the test; afterwards every sandbox it left is destroyed."""
-    driver = open_driver(settings_for(state_dir), runtime)
+async def driver_in(
+    state_dir: Path, runtime: str, **settings: object
+) -> AsyncIterator[AgentDriver]:
+    """A driver for the test (with `settings` over the tests' own); afterwards every sandbox it
+    left is destroyed."""
+    driver = open_driver(settings_for(state_dir).model_copy(update=settings), runtime)
     yield driver
     for info in await driver.sandboxes():
         await driver.destroy(info.id, force=True)

@@ -23,13 +23,9 @@ from tests.runtime.conftest import (
     output,
     settings_for,
     spawn_elsewhere,
+    status_fields,
     wait_for_line,
 )
-
-
-def status_fields(pid: int) -> dict[str, str]:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
 async def test_qemu_runs_confined(microvm: AgentDriver, busybox_root: PreparedRoot) -> None:

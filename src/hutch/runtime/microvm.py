@@ -38,6 +38,7 @@ QEMU_STDERR_MAX = 1 << 20
 QEMU_PIDS = 128  # main loop, vCPU, RCU and I/O worker threads; QEMU forks nothing (seccomp)
 CPU_HEADROOM = 0.25  # cores on top of the vCPUs for QEMU's I/O thread
 PR_SET_THP_DISABLE = 41
+VM_UIDS = 65_536  # VMs at once on this host, each its QEMU's uid
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -52,7 +53,7 @@ class MicroVMOptions:
     # translation cache), less under KVM; the rest leaves page cache room before reclaim.
     overhead_mib: int = 96
     uid_base: int = 1_500_000  # each VM's QEMU runs as its own uid from this range
-    uid_count: int = 65_536
+    uid_count: int = VM_UIDS
     id_dir: Path = ID_DIR  # host-wide: every hutch process of the host leases uids there
     console_max_bytes: int = 256 << 10
     seccomp: bool = True

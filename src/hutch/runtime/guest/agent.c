@@ -5,7 +5,9 @@
  *                                whose writable layer is the scratch disk,
  *                                then serves the virtio-serial port named "hutch.agent".
  *   hutch-agent --listen-fd N    init of a crun container: serves connections accepted on the
- *                                inherited listening socket N.
+ *                                inherited listening socket N. Other inherited descriptors (the
+ *                                lease on the container's host uid range) stay open for its life;
+ *                                workloads get none of them.
  *
  * Static, no allocation beyond a few bounded buffers, no Python: it must boot fast and stay small.
  */
