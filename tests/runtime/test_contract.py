@@ -14,7 +14,7 @@ import pytest
 
 from hutch.agent.sandbox import Roots, RunRequest, build_spec
 from hutch.images.rootfs import PreparedRoot
-from hutch.model.errors import Conflict, Invalid, NotFound
+from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound
 from hutch.model.sandbox import (
     ProcessSpec,
     Resources,
@@ -273,6 +273,16 @@ async def test_bad_specs_are_refused(rt: Runtime) -> None:
         await rt.driver.create(missing)
     with pytest.raises(Invalid, match="memory"):
         await rt.driver.create(rt.spec("/bin/true", memory=64 << 20))  # 64 TiB
+    spec = rt.spec("/bin/true")
+    huge = SandboxSpec(
+        id="huge",
+        process=spec.process,
+        rootfs=spec.rootfs,
+        root_disk=spec.root_disk,
+        resources=Resources(scratch_mib=1 << 30),  # 1 PiB of scratch
+    )
+    with pytest.raises(NoCapacity, match="scratch disk of 1073741824 MiB does not fit"):
+        await rt.driver.create(huge)
     with pytest.raises(Invalid, match="memory"):
         Resources(memory_mib=0)
     with pytest.raises(Invalid, match="command"):
