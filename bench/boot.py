@@ -31,7 +31,7 @@ from hutch.images.busybox import build_busybox_rootfs
 from hutch.images.rootfs import prepare_root
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec
 from hutch.runtime import accel as accel_mod
-from hutch.runtime import host
+from hutch.runtime import host, scratch
 from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.channel import Connection, T, encode_process
 from hutch.runtime.driver import AgentDriver
@@ -58,6 +58,7 @@ def spec(sandbox_id: str, root_dir: str, disk: str, args: tuple[str, ...]) -> Sa
 async def bare_qemu(backend: MicroVMBackend, s: SandboxSpec, work: Path) -> float:
     """QEMU with hutch's command line but no driver: no cgroup, uid, chroot, records, watcher."""
     sockets = Path(tempfile.mkdtemp(dir=work, prefix="q"))
+    scratch.create(sockets / scratch.FILE_NAME, s.resources.scratch_bytes)
     args = qemu_command(s, backend.opts, sockets)
     start = time.monotonic()
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     vm_overhead_mib: int = Field(96, ge=0, description="host memory per VM beyond its guest RAM")
     vm_uid_base: int = Field(1_500_000, ge=1000, description="QEMU runs as its own uid from here")
     vm_debug: bool = Field(False, description="guests that fail to boot print diagnostics")
+    container_userns: bool = Field(
+        True, description="containers' root is an unprivileged host uid range, not host root"
+    )
+    container_uid_base: int = Field(
+        1_000_000_000, ge=1000, description="containers' host uids: 65536 each from here"
+    )
     cgroup_parent: str = "hutch"
     project: str = Field("default", description="the host CLI's project, and the first one made")
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between node heartbeats")

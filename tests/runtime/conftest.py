@@ -1,5 +1,8 @@
 """Drivers for runtime tests, built through the agent layer from settings (as hutch does)."""
 
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +13,7 @@ from hutch.agent.runtimes import open_driver
 from hutch.images.rootfs import PreparedRoot, prepare_root
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec, Stream, User
 from hutch.runtime.driver import AgentDriver
+from hutch.runtime.state import SandboxRecord
 from tests.conftest import CACHE_DIR
 
 PATH = "PATH=/bin"
@@ -50,6 +54,34 @@ def make_spec(
     )
 
 
+def status_fields(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def spawn_elsewhere(runtime: str, state_dir: Path, spec: SandboxSpec) -> subprocess.Popen[bytes]:
+    """Another hutch process (spawn_sandbox.py) that creates and starts `spec` under
+    `state_dir`; returns once its workload printed "tick 3"."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.runtime.spawn_sandbox", runtime, str(state_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    assert child.stdin and child.stdout
+    child.stdin.write(json.dumps(SandboxRecord(spec=spec, runtime="").to_json()["spec"]).encode())
+    child.stdin.close()
+    assert child.stdout.readline().strip() == b"started"
+    return child
+
+
+def kill(child: subprocess.Popen[bytes]) -> None:
+    """As a crashing host process dies: at once, its sandboxes left running."""
+    child.kill()
+    child.wait()
+
+
 async def output(driver: AgentDriver, sandbox_id: str) -> tuple[bytes, bytes]:
     out, err = bytearray(), bytearray()
     async for record in driver.logs(sandbox_id, follow=True):
@@ -64,9 +96,12 @@ async def wait_for_line(driver: AgentDriver, sandbox_id: str, line: bytes) -> No
     raise AssertionError(f"{line!r} never appeared")
 
 
-async def driver_in(state_dir: Path, runtime: str) -> AsyncIterator[AgentDriver]:
-    """A driver for the test; afterwards every sandbox it left is destroyed."""
-    driver = open_driver(settings_for(state_dir), runtime)
+async def driver_in(
+    state_dir: Path, runtime: str, **settings: object
+) -> AsyncIterator[AgentDriver]:
+    """A driver for the test (with `settings` over the tests' own); afterwards every sandbox it
+    left is destroyed."""
+    driver = open_driver(settings_for(state_dir).model_copy(update=settings), runtime)
     yield driver
     for info in await driver.sandboxes():
         await driver.destroy(info.id, force=True)

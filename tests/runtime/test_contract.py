@@ -5,8 +5,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 
 from hutch.agent.sandbox import Roots, RunRequest, build_spec
 from hutch.images.rootfs import PreparedRoot
-from hutch.model.errors import Conflict, Invalid, NotFound
+from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound
 from hutch.model.sandbox import (
     ProcessSpec,
     Resources,
@@ -26,14 +24,15 @@ from hutch.model.sandbox import (
 )
 from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.driver import AgentDriver
-from hutch.runtime.state import SandboxRecord
 from tests.conftest import CACHE_DIR
 from tests.runtime.conftest import (
     LOG_BOUND,
     PATH,
     driver_in,
+    kill,
     make_spec,
     output,
+    spawn_elsewhere,
     wait_for_line,
 )
 
@@ -70,12 +69,15 @@ async def rt(
     assert_nothing_left(runtime)
 
 
+def mountinfo() -> str:
+    return Path("/proc/self/mountinfo").read_text()
+
+
 def assert_nothing_left(rt: Runtime, sandbox_id: str | None = None) -> None:
     root = rt.state_dir / "sandboxes" / rt.name
     names = [p.name for p in root.iterdir() if not p.name.startswith(".")] if root.exists() else []
     assert names == [] if sandbox_id is None else sandbox_id not in names
-    mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(rt.state_dir) not in mounts
+    assert str(rt.state_dir) not in mountinfo()
     ids = [sandbox_id] if sandbox_id else names
     for sid in ids:
         assert not Cgroup(Layout.detect(), "hutch", sid).exists()
@@ -165,10 +167,15 @@ async def test_out_of_memory_is_reported_and_the_host_is_unharmed(rt: Runtime) -
     assert out == b"still fine\n"
 
 
-async def test_writes_beyond_the_scratch_size_fail(rt: Runtime) -> None:
-    script = "dd if=/dev/zero of=/big bs=1M count=64; echo rc=$?"
+async def test_scratch_is_disk_not_memory(rt: Runtime) -> None:
+    """A 128 MiB machine writes 320 MB into its 400 MiB scratch; writing past the scratch fails
+    with ENOSPC, and nothing is killed as out of memory."""
+    script = (
+        "dd if=/dev/zero of=/big bs=1M count=320 2>/dev/null && echo wrote-320; "
+        "dd if=/dev/zero of=/more bs=1M count=200; echo rc=$?"
+    )
     base = rt.spec("/bin/sh", "-c", script)
-    resources = Resources(memory_mib=256, scratch_mib=8)
+    resources = Resources(memory_mib=128, scratch_mib=400)
     await rt.run(
         SandboxSpec(
             id="full",
@@ -178,9 +185,16 @@ async def test_writes_beyond_the_scratch_size_fail(rt: Runtime) -> None:
             resources=resources,
         )
     )
+    disk = rt.state_dir / "sandboxes" / rt.name / "full" / "scratch"
+    assert disk.stat().st_size == 400 << 20  # on the node's disk, as big as asked for
+    status = await rt.driver.wait("full", timeout=300)
     out, err = await rt.output("full")
-    assert b"rc=1" in out and b"No space left" in err
+    assert out.decode().split() == ["wrote-320", "rc=1"]
+    assert b"No space left on device" in err
+    assert (status.code, status.oom_killed, status.error) == (0, False, "")
     assert not (Path(rt.root.rootfs) / "big").exists()  # the shared root is never written
+    await rt.driver.destroy("full")
+    assert not disk.exists()
 
 
 async def test_destroy_leaves_nothing_behind(rt: Runtime) -> None:
@@ -202,20 +216,11 @@ async def test_recover_after_the_host_process_dies(rt: Runtime) -> None:
     """A driver in another process starts a sandbox and is killed -9; a new driver re-adopts the
     sandbox, its output continues, exec works, and its exit is recorded."""
     script = "i=0; while [ $i -lt 60 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done; exit 9"
-    spec = rt.spec("/bin/sh", "-c", script, sandbox_id="orphan")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.runtime.spawn_sandbox", rt.name, str(rt.state_dir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).parents[2],
+    kill(
+        spawn_elsewhere(
+            rt.name, rt.state_dir, rt.spec("/bin/sh", "-c", script, sandbox_id="orphan")
+        )
     )
-    assert child.stdin and child.stdout
-    child.stdin.write(spec_json(spec).encode())
-    child.stdin.close()
-    assert child.stdout.readline().strip() == b"started"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-
     adopted = await rt.driver.recover()
     assert [i.id for i in adopted] == ["orphan"]
     assert adopted[0].state is SandboxState.RUNNING
@@ -224,6 +229,28 @@ async def test_recover_after_the_host_process_dies(rt: Runtime) -> None:
     out, _ = await rt.output("orphan")
     assert b"tick 59\n" in out
     assert (await rt.driver.recover()) == []  # already adopted: nothing new
+
+
+async def test_recover_cleans_up_a_sandbox_that_died_unwatched(rt: Runtime) -> None:
+    """The host process dies, then its sandbox: a new driver records the death and removes what
+    the sandbox held (scratch disk, mounts, cgroup), keeping the record for its owner."""
+    ticks = "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.05; done"
+    spec = rt.spec("/bin/sh", "-c", ticks, sandbox_id="dead")
+    kill(spawn_elsewhere(rt.name, rt.state_dir, spec))
+    sandbox_dir = rt.state_dir / "sandboxes" / rt.name / "dead"
+    pid = json.loads((sandbox_dir / "record.json").read_text())["pid"]
+    assert (sandbox_dir / "scratch").exists()
+    os.kill(pid, signal.SIGKILL)
+    while os.path.exists(f"/proc/{pid}") and not _is_zombie(pid):
+        await asyncio.sleep(0.05)
+
+    [info] = await rt.driver.recover()
+    assert info.state is SandboxState.FAILED and info.exit is not None
+    assert "ended while no hutch process watched it" in info.exit.error
+    assert not (sandbox_dir / "scratch").exists()
+    assert str(rt.state_dir) not in mountinfo()
+    assert not Cgroup(Layout.detect(), "hutch", "dead").exists()
+    await rt.driver.destroy("dead")
 
 
 async def test_output_flood_stays_within_the_log_bound(rt: Runtime) -> None:
@@ -246,6 +273,16 @@ async def test_bad_specs_are_refused(rt: Runtime) -> None:
         await rt.driver.create(missing)
     with pytest.raises(Invalid, match="memory"):
         await rt.driver.create(rt.spec("/bin/true", memory=64 << 20))  # 64 TiB
+    spec = rt.spec("/bin/true")
+    huge = SandboxSpec(
+        id="huge",
+        process=spec.process,
+        rootfs=spec.rootfs,
+        root_disk=spec.root_disk,
+        resources=Resources(scratch_mib=1 << 30),  # 1 PiB of scratch
+    )
+    with pytest.raises(NoCapacity, match="scratch disk of 1073741824 MiB does not fit"):
+        await rt.driver.create(huge)
     with pytest.raises(Invalid, match="memory"):
         Resources(memory_mib=0)
     with pytest.raises(Invalid, match="command"):
@@ -280,10 +317,6 @@ async def test_stats_and_lifecycle_conflicts(rt: Runtime) -> None:
     await rt.driver.signal("sb", signal.SIGKILL)
     status = await rt.driver.wait("sb", timeout=60)
     assert status.signal == 9
-
-
-def spec_json(spec: SandboxSpec) -> str:
-    return json.dumps(SandboxRecord(spec=spec, runtime="").to_json()["spec"])
 
 
 def _is_zombie(pid: int) -> bool:

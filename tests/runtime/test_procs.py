@@ -10,8 +10,9 @@ async def test_ref_follows_a_process_to_its_end() -> None:
     ref = ProcessRef.of(proc.pid)
     assert ref is not None and ref.alive()
     ref.kill()
-    await asyncio.wait_for(ref.wait(), 5)  # also reaps our child
-    assert not ref.alive()
+    await asyncio.wait_for(ref.wait(), 5)
+    assert not ref.alive()  # a zombie is not alive
+    assert proc.wait() == -9  # the status is left to the parent's Popen
     assert ProcessRef.of(proc.pid) is None
 
 

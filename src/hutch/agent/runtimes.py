@@ -6,10 +6,10 @@ from pathlib import Path
 from hutch.config import Settings
 from hutch.model.errors import Invalid
 from hutch.runtime import accel
-from hutch.runtime.container import ContainerBackend, ContainerOptions
+from hutch.runtime.container import USERNS_SIZE, ContainerBackend, ContainerOptions
 from hutch.runtime.driver import AgentDriver, DriverOptions
 from hutch.runtime.guest import build
-from hutch.runtime.microvm import MicroVMBackend, MicroVMOptions
+from hutch.runtime.microvm import VM_UIDS, MicroVMBackend, MicroVMOptions
 from hutch.runtime.supervisor import Timeouts
 
 RUNTIMES = ("microvm", "container")
@@ -33,14 +33,15 @@ def open_driver(
         timeouts=Timeouts(boot=settings.boot_timeout),
     )
     if runtime == "container":
-        return AgentDriver(
-            ContainerBackend(
-                ContainerOptions(
-                    agent=guest.agent, crun=settings.crun, cgroup_parent=settings.cgroup_parent
-                )
-            ),
-            options,
+        container = ContainerOptions(
+            agent=guest.agent,
+            crun=settings.crun,
+            cgroup_parent=settings.cgroup_parent,
+            userns=settings.container_userns,
+            uid_base=settings.container_uid_base,
         )
+        _check_uid_ranges(settings.vm_uid_base, VM_UIDS, container)
+        return AgentDriver(ContainerBackend(container), options)
     chosen = accel.choose(settings.qemu, guest, settings.cache_dir, settings.accel)
     return AgentDriver(
         MicroVMBackend(
@@ -57,3 +58,15 @@ def open_driver(
         ),
         options,
     )
+
+
+def _check_uid_ranges(vm_base: int, vm_count: int, container: ContainerOptions) -> None:
+    """A VM's QEMU and a container's root must never be given the same host uid."""
+    first, end = container.uid_base, container.uid_base + container.uid_ranges * USERNS_SIZE
+    if end > 2**32 - 1:
+        raise Invalid(f"container_uid_base {first} leaves no room for containers' uid ranges")
+    if container.userns and first < vm_base + vm_count and vm_base < end:
+        raise Invalid(
+            f"container_uid_base {first} puts containers' uids over the VMs' "
+            f"({vm_base}-{vm_base + vm_count - 1}): set it to {vm_base + vm_count} or more"
+        )

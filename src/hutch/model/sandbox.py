@@ -87,8 +87,8 @@ class ProcessSpec:
 class Resources:
     cpus: int = 1
     memory_mib: int = 128
-    # Writable layer over the read-only root: a tmpfs in the VM, an upper dir for crun.
-    # 0 = half the memory.
+    # Writable layer over the read-only root, on the node's disk (a sparse ext4 file for both
+    # runtimes), not in memory: it may exceed memory_mib. 0 = half the memory.
     scratch_mib: int = 0
     pids: int = 1024
 

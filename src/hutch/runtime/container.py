@@ -3,33 +3,41 @@ virtualisation. Same contract as the micro-VM: hutch-agent is the container's in
 
 The agent is bind-mounted read-only into the container's private /dev and receives a listening
 unix socket as an inherited file descriptor (`--preserve-fds`), so the workload has no path to its
-control channel. The root is an overlay: the shared, read-only unpacked image below, a per-sandbox
-tmpfs (bounded by the scratch size and charged to the container's memory) above.
+control channel. The root is an overlay: the shared, read-only unpacked image below, the
+sandbox's scratch disk (a sparse ext4 file, loop-mounted: disk, not memory) above.
+
+Trusted is not defenceless: container root is an unprivileged host uid range of its own (a user
+namespace; the image is shown to it through an idmapped mount), and a seccomp profile refuses new
+namespaces, mounts and the other usual ways past a container.
 """
 
 import asyncio
+import fcntl
 import json
 import os
 import resource
 import signal
 import socket
 import subprocess
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hutch.model.errors import Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, SandboxSpec, Stats
-from hutch.runtime import host, mounts
+from hutch.runtime import host, mounts, scratch, seccomp
 from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
+from hutch.runtime.ids import ID_DIR, IdPool
 from hutch.runtime.logs import tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
 
 MIN_MEMORY_MIB = 16
 AGENT_PATH = "/dev/.hutch-agent"
-LISTEN_FD = 3
+LISTEN_FD = 3  # the agent's listening socket
+LEASE_FD = 4  # the lease on the container's host uid range, held by the agent for its life
+USERNS_SIZE = 65_536  # uids (and gids) per container: 0..65535 inside, as images expect
 # Docker's default capability set: what a trusted workload expects, minus the dangerous ones.
 DEFAULT_CAPS = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
@@ -54,11 +62,26 @@ class ContainerOptions:
     crun_root: Path = Path(
         "/run/hutch/crun"
     )  # crun's own state: gone after a reboot, as are the containers
+    # Each container in a user namespace of its own: its root is host uid uid_base + n * 65536
+    # (a range leased host-wide, like VM uids), not host root. False: container root is host root.
+    userns: bool = True
+    uid_base: int = 1_000_000_000
+    uid_ranges: int = 16_384  # containers at once on this host
+    id_dir: Path = ID_DIR
 
 
-def oci_config(spec: SandboxSpec, opts: ContainerOptions, memsw: bool) -> dict[str, Any]:
-    """The OCI runtime spec for `spec`: the agent as init, the limits as cgroup resources."""
+def oci_config(
+    spec: SandboxSpec, opts: ContainerOptions, memsw: bool, host_uid: int | None = None
+) -> dict[str, Any]:
+    """The OCI runtime spec for `spec`: the agent as init, the limits as cgroup resources,
+    hutch's seccomp profile; in a user namespace whose root is `host_uid` unless None."""
     res = spec.resources
+    namespaces = ["pid", "network", "ipc", "uts", "mount", "cgroup"]
+    userns: dict[str, Any] = {}
+    if host_uid is not None:
+        namespaces.append("user")
+        mapping = [{"containerID": 0, "hostID": host_uid, "size": USERNS_SIZE}]
+        userns = {"uidMappings": mapping, "gidMappings": mapping}
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     memory: dict[str, int] = {"limit": res.memory_mib << 20}
     if memsw:
@@ -118,9 +141,9 @@ def oci_config(spec: SandboxSpec, opts: ContainerOptions, memsw: bool) -> dict[s
             },
         ],
         "linux": {
-            "namespaces": [
-                {"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")
-            ],
+            "namespaces": [{"type": t} for t in namespaces],
+            **userns,
+            "seccomp": seccomp.profile(),
             "cgroupsPath": f"/{opts.cgroup_parent}/{spec.id}",
             "resources": {
                 "memory": memory,
@@ -140,6 +163,11 @@ class ContainerBackend:
     def __init__(self, opts: ContainerOptions, layout: Layout | None = None) -> None:
         self.opts = opts
         self._layout = layout or Layout.detect()
+        self._uids = (
+            IdPool("container-uids", opts.uid_base, opts.uid_ranges, USERNS_SIZE, opts.id_dir)
+            if opts.userns
+            else None
+        )
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -160,7 +188,11 @@ class ContainerBackend:
             [self.opts.crun, "--version"], capture_output=True, text=True, check=False
         )
         lines = out.stdout.splitlines()
-        return {"crun": lines[0] if lines else "unknown", "cgroups": self._cgroup_mode()}
+        return {
+            "crun": lines[0] if lines else "unknown",
+            "cgroups": self._cgroup_mode(),
+            "userns": "on" if self.opts.userns else "off",
+        }
 
     def _cgroup_mode(self) -> str:
         if self._layout.v2 is not None:
@@ -182,31 +214,73 @@ class ContainerBackend:
         rw = sdir.file("rw")
         for path in (bundle, rootfs, rw):
             path.mkdir(mode=0o700, exist_ok=True)
+        # crun resolves rootfs from the bundle as the container's root: in a user namespace,
+        # that is not host root, and must be let through (the sandbox directory stays 0700).
+        bundle.chmod(0o711)
         record.details.update(cgroup=f"{self.opts.cgroup_parent}/{spec.id}")
-        mounts.mount("tmpfs", rw, "tmpfs", mounts.MS_NOSUID | mounts.MS_NODEV,
-                     f"size={spec.resources.scratch_bytes},mode=0700")  # fmt: skip
+        lease = self._uids.take() if self._uids is not None else None
+        try:
+            host_uid = lease.id if lease is not None else None
+            if host_uid is not None:
+                record.details.update(uid=str(host_uid))
+            await self._mount_root(spec, sdir, host_uid)
+            memsw = (
+                self._layout.v2 is not None
+                or (self._layout.v1["memory"] / "memory.memsw.limit_in_bytes").exists()
+            )
+            config = oci_config(spec, self.opts, memsw, host_uid)
+            (bundle / "config.json").write_text(json.dumps(config))
+            ref = await self._run(spec.id, sdir, lease.fd if lease is not None else None)
+            if lease is not None:
+                lease.bind(ref)
+            return ref
+        finally:
+            if lease is not None:
+                lease.close()
+
+    async def _mount_root(self, spec: SandboxSpec, sdir: SandboxDir, host_uid: int | None) -> None:
+        """bundle/rootfs: the image, read-only (seen as owned by `host_uid`'s namespace, if
+        any), under the upper layer on the scratch disk."""
+        rw = sdir.file("rw")
+        disk = sdir.file(scratch.FILE_NAME)
+        await asyncio.to_thread(scratch.create, disk, spec.resources.scratch_bytes)
+        mounts.mount_loop(disk, rw, "ext4", mounts.MS_NOSUID | mounts.MS_NODEV,
+                          scratch.MOUNT_OPTIONS)  # fmt: skip
+        rw.chmod(0o700)
         for name in ("upper", "work"):
             (rw / name).mkdir(exist_ok=True)
         (rw / "upper").chmod(0o755)
+        lower = Path(spec.rootfs)
+        if host_uid is not None:
+            # The image's tree is shared by every container and owned by host root: an idmapped
+            # mount shows it owned by this container's root, without copying or chowning it.
+            lower = sdir.file("lower")
+            lower.mkdir(mode=0o700, exist_ok=True)
+            userns = await asyncio.to_thread(mounts.user_namespace, host_uid, USERNS_SIZE)
+            try:
+                mounts.bind_idmapped(Path(spec.rootfs), lower, userns)
+            finally:
+                os.close(userns)
+            os.chown(rw / "upper", host_uid, host_uid)  # new files: owned by container root
         mounts.mount(
-            "overlay", rootfs, "overlay", 0,
-            f"lowerdir={spec.rootfs},upperdir={rw / 'upper'},workdir={rw / 'work'}",
+            "overlay", sdir.file("bundle") / "rootfs", "overlay", 0,
+            f"lowerdir={lower},upperdir={rw / 'upper'},workdir={rw / 'work'}",
         )  # fmt: skip
-        memsw = (
-            self._layout.v2 is not None
-            or (self._layout.v1["memory"] / "memory.memsw.limit_in_bytes").exists()
-        )
-        (bundle / "config.json").write_text(json.dumps(oci_config(spec, self.opts, memsw)))
 
+    async def _run(self, sandbox_id: str, sdir: SandboxDir, lease_fd: int | None) -> ProcessRef:
+        """`crun run` the bundle, handing the agent its listening socket (and the lease)."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(sdir.file("agent.sock")))
             listener.listen(8)
+            fds = {LISTEN_FD: listener.fileno()}
+            if lease_fd is not None:
+                fds[LEASE_FD] = lease_fd
             pid_file = sdir.file("init.pid")
             rc, err = await self._crun(
-                "run", "--detach", f"--preserve-fds={LISTEN_FD - 2}", "--pid-file", str(pid_file),
-                "--bundle", str(bundle), spec.id,
-                pass_fd=listener.fileno(), log=sdir.file("agent.log"),
+                "run", "--detach", f"--preserve-fds={len(fds)}", "--pid-file", str(pid_file),
+                "--bundle", str(sdir.file("bundle")), sandbox_id,
+                pass_fds=fds, log=sdir.file("agent.log"),
             )  # fmt: skip
         finally:
             listener.close()  # the container's init holds its own copy
@@ -218,9 +292,10 @@ class ContainerBackend:
         return ref
 
     async def _crun(
-        self, *args: str, pass_fd: int | None = None, log: Path | None = None
+        self, *args: str, pass_fds: dict[int, int] | None = None, log: Path | None = None
     ) -> tuple[int, str]:
-        """Run crun; on a hybrid cgroup host, in a mount namespace without the v2 mount."""
+        """Run crun (with `pass_fds`: descriptor number in crun -> ours); on a hybrid cgroup
+        host, in a mount namespace without the v2 mount."""
         argv = [self.opts.crun, "--root", str(self.opts.crun_root), *args]
         if self._layout.hybrid_mount is not None:
             hidden = str(self._layout.hybrid_mount)
@@ -238,16 +313,15 @@ class ContainerBackend:
                 return proc.returncode, err[-1] if err else ""
             # `run --detach` hands its stdio to the container's init: a pipe would never reach
             # EOF, so crun's errors and the agent's own messages share a file.
+            fds = pass_fds or {}
             with log.open("ab") as out:
                 rc = subprocess.run(
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
-                    pass_fds=(LISTEN_FD,),
-                    preexec_fn=(lambda: os.dup2(pass_fd, LISTEN_FD))
-                    if pass_fd is not None
-                    else None,
+                    pass_fds=tuple(fds),
+                    preexec_fn=_place_fds(fds),
                     check=False,
                 ).returncode
             return rc, tail(log, lines=1)
@@ -267,8 +341,9 @@ class ContainerBackend:
 
     async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         await self._crun("delete", "--force", record.spec.id)
-        for target in (sdir.file("bundle") / "rootfs", sdir.file("rw")):
+        for target in (sdir.file("bundle") / "rootfs", sdir.file("rw"), sdir.file("lower")):
             mounts.unmount(target)
+        sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         await asyncio.to_thread(
             Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).remove
         )
@@ -285,3 +360,15 @@ class ContainerBackend:
 
     def stats(self, record: SandboxRecord) -> Stats:
         return Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).stats()
+
+
+def _place_fds(fds: dict[int, int]) -> Callable[[], None]:
+    """For the forked child: put each of our descriptors at its number for crun. Through
+    copies above them all first, so that one placed cannot overwrite another still to place."""
+
+    def place() -> None:
+        staged = {target: fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for target, fd in fds.items()}
+        for target, fd in staged.items():
+            os.dup2(fd, target)
+
+    return place

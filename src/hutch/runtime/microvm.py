@@ -1,5 +1,5 @@
 """The `microvm` runtime: each sandbox is a QEMU `-M microvm` guest booted from hutch's kernel,
-initramfs and the workload's read-only root disk.
+initramfs and the workload's read-only root disk, writing to a scratch disk of its own.
 
 QEMU runs with as little as it needs: inside its own cgroup (guest memory plus measured
 overhead, a pids limit, a CPU quota), as an unprivileged uid of its own, chrooted into an empty
@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import fcntl
 import os
 import resource
 import signal
@@ -23,12 +22,13 @@ from pathlib import Path
 
 from qemu.qmp import QMPClient
 
-from hutch.model.errors import Invalid, Unavailable
+from hutch.model.errors import HutchError, Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, SandboxSpec, Stats, Stream
-from hutch.runtime import host
+from hutch.runtime import host, scratch
 from hutch.runtime.accel import Accel
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.runtime.guest.build import GuestArtifacts
+from hutch.runtime.ids import ID_DIR, IdPool
 from hutch.runtime.logs import LogWriter, tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
@@ -38,6 +38,7 @@ QEMU_STDERR_MAX = 1 << 20
 QEMU_PIDS = 128  # main loop, vCPU, RCU and I/O worker threads; QEMU forks nothing (seccomp)
 CPU_HEADROOM = 0.25  # cores on top of the vCPUs for QEMU's I/O thread
 PR_SET_THP_DISABLE = 41
+VM_UIDS = 65_536  # VMs at once on this host, each its QEMU's uid
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -52,7 +53,8 @@ class MicroVMOptions:
     # translation cache), less under KVM; the rest leaves page cache room before reclaim.
     overhead_mib: int = 96
     uid_base: int = 1_500_000  # each VM's QEMU runs as its own uid from this range
-    uid_count: int = 65_536
+    uid_count: int = VM_UIDS
+    id_dir: Path = ID_DIR  # host-wide: every hutch process of the host leases uids there
     console_max_bytes: int = 256 << 10
     seccomp: bool = True
     # Transparent huge pages back guest RAM in 2 MiB steps: an idle 128 MiB guest that touched
@@ -62,12 +64,12 @@ class MicroVMOptions:
     debug: bool = False  # a guest that fails to boot prints diagnostics to its console first
 
 
-def kernel_cmdline(accel: str, root_format: str, scratch_bytes: int, debug: bool = False) -> str:
+def kernel_cmdline(accel: str, root_format: str, debug: bool = False) -> str:
     """The guest kernel command line (also used as is by bench/boot.py's bare-QEMU baseline)."""
     parts = ["console=ttyS0", "quiet", "reboot=t", "panic=-1", "cryptomgr.notests"]
     if accel == "tcg":
         parts.append(f"tsc_early_khz={host.tsc_khz()}")
-    parts += [f"hutch.rootfstype={root_format}", f"hutch.scratch={scratch_bytes}"]
+    parts.append(f"hutch.rootfstype={root_format}")
     if debug:
         parts.append("hutch.debug")
     return " ".join(parts)
@@ -80,10 +82,18 @@ def qemu_command(
     *,
     uid: int | None = None,
     jail: Path | None = None,
+    scratch_direct: bool = True,
 ) -> list[str]:
-    """The QEMU command line for `spec`; sockets go in `sockets/` (agent, console, qmp)."""
+    """The QEMU command line for `spec`; sockets go in `sockets/` (agent, console, qmp), where
+    the scratch disk must be (`scratch.create`); `scratch_direct` if it takes O_DIRECT."""
     res = spec.resources
     accel = opts.accel.name
+    scratch_file = sockets / scratch.FILE_NAME
+    # Host I/O errors (a full host disk) reach the guest as I/O errors, instead of pausing it.
+    scratch_drive = (
+        f"id=scratch,file={scratch_file},format=raw,if=none,werror=report,rerror=report,"
+        f"cache.direct={'on' if scratch_direct else 'off'}"
+    )
     args = [
         opts.qemu,
         "-name", f"hutch-{spec.id},debug-threads=on",
@@ -95,9 +105,12 @@ def qemu_command(
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(opts.guest.kernel),
         "-initrd", str(opts.guest.initrd),
-        "-append", kernel_cmdline(accel, spec.root_disk_format, res.scratch_bytes, opts.debug),
+        "-append", kernel_cmdline(accel, spec.root_disk_format, opts.debug),
+        # The guest agent finds the disks by serial (ROOT_SERIAL, SCRATCH_SERIAL in agent.c).
         "-drive", f"id=root,file={spec.root_disk},format=raw,if=none,readonly=on",
-        "-device", "virtio-blk-device,drive=root",
+        "-device", "virtio-blk-device,drive=root,serial=hutch-root",
+        "-drive", scratch_drive,
+        "-device", "virtio-blk-device,drive=scratch,serial=hutch-scratch",
         "-device", "virtio-serial-device,max_ports=2",
         "-chardev", f"socket,id=agent,path={sockets / 'agent.sock'},server=on,wait=off",
         "-device", "virtserialport,chardev=agent,name=hutch.agent",
@@ -124,6 +137,7 @@ class MicroVMBackend:
         self._qmp: dict[str, QMPClient] = {}
         self._shutdown_reason: dict[str, str] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._uids = IdPool("vm-uid", opts.uid_base, opts.uid_count, directory=opts.id_dir)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -153,15 +167,10 @@ class MicroVMBackend:
         }
 
     def validate(self, spec: SandboxSpec) -> None:
-        res = spec.resources
         if not spec.root_disk:
             raise Invalid("a micro-VM needs a root disk image (SandboxSpec.root_disk)")
         if not Path(spec.root_disk).is_file():
             raise Invalid(f"root disk {spec.root_disk} does not exist")
-        if res.scratch_bytes > res.memory_mib << 20:
-            raise Invalid(
-                "scratch space lives in the VM's memory: ask for at most as much as its memory"
-            )
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -178,14 +187,24 @@ class MicroVMBackend:
         )
         jail = sdir.file("jail")
         jail.mkdir(mode=0o555, exist_ok=True)
-        uid = self._allocate_uid(sdir)
+        disk = sdir.file(scratch.FILE_NAME)
+        try:
+            await asyncio.to_thread(scratch.create, disk, res.scratch_bytes)
+            lease = self._uids.take()
+        except HutchError:
+            disk.unlink(missing_ok=True)
+            cgroup.remove()
+            raise
+        uid = lease.id
         record.details.update(
             uid=str(uid),
             accel=self.opts.accel.name,
             cgroup=cgroup.relpath,
             kernel=self.opts.guest.kernel_package,
         )
-        args = qemu_command(spec, self.opts, sdir.path, uid=uid, jail=jail)
+        args = qemu_command(
+            spec, self.opts, sdir.path, uid=uid, jail=jail, scratch_direct=scratch.direct_io(disk)
+        )
         stderr = sdir.file("qemu.log").open("ab")
         try:
             proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec: returns at once)
@@ -193,16 +212,21 @@ class MicroVMBackend:
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
+                pass_fds=(lease.fd,),  # QEMU holds its uid's lease for as long as it lives
                 start_new_session=True,  # a Ctrl-C at the operator's terminal is ours to handle
                 # Joining the cgroup must happen before exec; nothing else can do it in time.
                 preexec_fn=_child_setup(cgroup.procs_files(), self.opts.huge_pages),  # noqa: PLW1509
             )
         except OSError as e:
+            lease.close()
             cgroup.remove()
             raise Unavailable(f"cannot start {self.opts.qemu}: {e}") from e
         finally:
             stderr.close()
         ref = ProcessRef.of(proc.pid)
+        if ref is not None:
+            lease.bind(ref)
+        lease.close()
         # Wait until QEMU has made its sockets, or has failed (bad disk, bad options).
         agent_sock = sdir.file("agent.sock")
         while not agent_sock.exists():
@@ -215,23 +239,15 @@ class MicroVMBackend:
         self._children[spec.id] = proc  # reaped in cleanup (ProcessRef.wait may reap it first)
         return ref
 
-    def _allocate_uid(self, sdir: SandboxDir) -> int:
-        """The lowest uid in the range that no other live VM of this host uses."""
-        root = sdir.path.parent
-        with (root / ".uids.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            used = set()
-            for other in root.glob("*/uid"):
-                with contextlib.suppress(OSError, ValueError):
-                    used.add(int(other.read_text()))
-            for uid in range(self.opts.uid_base, self.opts.uid_base + self.opts.uid_count):
-                if uid not in used:
-                    sdir.file("uid").write_text(str(uid))
-                    return uid
-        raise Unavailable("no free VM uid left: raise uid_count")
-
     def side_tasks(self, record: SandboxRecord, sdir: SandboxDir) -> list[Awaitable[None]]:
-        return [self._copy_console(sdir), self._watch_qmp(record.spec.id, sdir)]
+        tasks: list[Awaitable[None]] = [
+            self._copy_console(sdir),
+            self._watch_qmp(record.spec.id, sdir),
+        ]
+        child, ref = self._children.get(record.spec.id), record.process
+        if child is not None and ref is not None:
+            tasks.append(_reap(child, ref))
+        return tasks
 
     async def _copy_console(self, sdir: SandboxDir) -> None:
         """Guest serial console -> a bounded ring log (the guest may print forever)."""
@@ -284,6 +300,7 @@ class MicroVMBackend:
         child = self._children.pop(record.spec.id, None)
         if child is not None:
             child.wait()
+        sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
 
     def oom_killed(self, record: SandboxRecord) -> bool:
         return False  # the guest's own OOM killer reports through the agent
@@ -294,16 +311,37 @@ class MicroVMBackend:
         if cgroup.exists() and cgroup.oom_kills() > 0:
             return "QEMU itself ran out of host memory (its cgroup limit) and was killed"
         reason = self._shutdown_reason.get(sandbox_id)
-        console = tail(sdir.file("console.log"), records=True)
-        if reason == "guest-reset":
-            return f"the guest kernel rebooted (panic?); console: {console}"
-        if reason == "guest-shutdown":
-            return f"the guest powered off before reporting an exit; console: {console}"
-        qemu_err = tail(sdir.file("qemu.log"))
-        return f"QEMU exited unexpectedly: {qemu_err or 'no message'}; console: {console}"
+        child = self._children.get(sandbox_id)
+        code = child.poll() if child is not None else None  # None: not our child (re-adopted)
+        if reason in ("guest-reset", "guest-shutdown") or code == 0:
+            console = tail(sdir.file("console.log"), records=True)
+            what = "kernel rebooted (panic?)" if reason == "guest-reset" else "powered off"
+            return f"the guest {what} before reporting an exit; console: {console}"
+        # QEMU itself ended. Its stderr says why when QEMU knew (an assertion, a host I/O error);
+        # the guest's console does not: its last line is whatever the guest printed at boot.
+        said = tail(sdir.file("qemu.log"))
+        said = f"; QEMU said: {said}" if said else ""
+        if code is None:
+            return f"QEMU exited unexpectedly{said}"
+        if code < 0:
+            return f"QEMU was killed by signal {-code} ({_signal_name(-code)}){said}"
+        return f"QEMU exited with code {code} while the guest ran{said}"
 
     def stats(self, record: SandboxRecord) -> Stats:
         return Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).stats()
+
+
+async def _reap(child: "subprocess.Popen[bytes]", ref: ProcessRef) -> None:
+    """Reap QEMU as soon as it ends; its Popen keeps the status for explain_exit."""
+    await ref.wait()
+    child.poll()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
 
 
 def _child_setup(procs_files: list[str], huge_pages: bool) -> Callable[[], None]:

@@ -1,8 +1,12 @@
-"""mount(2) and umount2(2) for the container runtime's writable layers (Python has neither)."""
+"""mount(2), umount2(2) and loop devices for the container runtime's root (Python has none)."""
 
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import os
+import struct
+import subprocess
 from pathlib import Path
 
 from hutch.model.errors import Unavailable
@@ -10,10 +14,28 @@ from hutch.model.errors import Unavailable
 MS_NOSUID = 2
 MS_NODEV = 4
 MNT_DETACH = 2
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_AUTOCLEAR = 4  # the device lets go of its file when the last user (the mount) does
+LO_FLAGS_DIRECT_IO = 16  # no second copy of the file system's pages in the host's page cache
+
+# The new mount API (x86_64 numbers; glibc 2.36 has no wrappers for mount_setattr).
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 4
+MOUNT_ATTR_IDMAP = 0x00100000
+CLONE_NEWUSER = 0x10000000
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
 
 
 def mount(source: str, target: Path, fstype: str, flags: int = 0, data: str = "") -> None:
@@ -23,6 +45,100 @@ def mount(source: str, target: Path, fstype: str, flags: int = 0, data: str = ""
     ):
         err = ctypes.get_errno()
         raise Unavailable(f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def mount_loop(image: Path, target: Path, fstype: str, flags: int = 0, data: str = "") -> None:
+    """Mount the file system in the file `image` through a loop device that goes away with the
+    mount (however it is unmounted) and does direct I/O to the file where its disk allows."""
+    backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for _ in range(100):  # another process may configure the free device first: take the next
+            control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+            finally:
+                os.close(control)
+            device = f"/dev/loop{number}"
+            loop = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                if not _configure(loop, backing):
+                    continue
+                mount(device, target, fstype, flags, data)  # closing `loop` below frees it if not
+                return
+            finally:
+                os.close(loop)
+        raise Unavailable("no loop device stayed free long enough to take it")
+    finally:
+        os.close(backing)
+
+
+def _configure(loop: int, backing: int) -> bool:
+    """Bind the loop device to the file; False if another process took the device first."""
+    for flags in (LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO, LO_FLAGS_AUTOCLEAR):
+        # struct loop_config: fd, block_size, struct loop_info64 (lo_flags is its 9th field), and
+        # reserved space.
+        info = struct.pack("=5Q4I64s64s32s2Q", 0, 0, 0, 0, 0, 0, 0, 0, flags, b"", b"", b"", 0, 0)
+        config = struct.pack("=II", backing, 4096) + info + bytes(64)
+        try:
+            fcntl.ioctl(loop, LOOP_CONFIGURE, config)
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                return False
+            if e.errno != errno.EINVAL or not flags & LO_FLAGS_DIRECT_IO:
+                raise Unavailable(f"cannot set up a loop device: {e.strerror}") from e
+        else:
+            return True
+    return False
+
+
+def user_namespace(host_id: int, size: int) -> int:
+    """A descriptor of a new user namespace mapping uids and gids 0..size-1 to host_id.., for
+    idmapped mounts (no process stays in it: the descriptor keeps it alive)."""
+
+    def enter() -> None:
+        if _libc.unshare(CLONE_NEWUSER) != 0:
+            os._exit(126)
+
+    # unshare(CLONE_NEWUSER) needs a single-threaded caller: the forked child, before exec.
+    holder = subprocess.Popen(["sleep", "60"], preexec_fn=enter)  # noqa: PLW1509
+    try:
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{holder.pid}/{name}", "w") as f:
+                f.write(f"0 {host_id} {size}\n")
+        return os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise Unavailable(f"cannot make a user namespace: {e.strerror}") from e
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def bind_idmapped(source: Path, target: Path, userns: int) -> None:
+    """Bind `source` (recursively) at `target`, its owners shifted by the mapping of the user
+    namespace `userns`: root's files appear owned by the namespace's host root."""
+    tree = _libc.syscall(
+        SYS_OPEN_TREE, AT_FDCWD, str(source).encode(),
+        OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE,
+    )  # fmt: skip
+    if tree < 0:
+        raise Unavailable(f"open_tree {source}: {os.strerror(ctypes.get_errno())}")
+    try:
+        # struct mount_attr: attr_set, attr_clr, propagation, userns_fd
+        attr = ctypes.create_string_buffer(struct.pack("=4Q", MOUNT_ATTR_IDMAP, 0, 0, userns), 32)
+        if _libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, attr, 32) < 0:
+            raise Unavailable(
+                f"idmapped mount of {source}: {os.strerror(ctypes.get_errno())} (the kernel or "
+                "its file system cannot shift owners: set container_userns = false)"
+            )
+        if (
+            _libc.syscall(
+                SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, str(target).encode(), MOVE_MOUNT_F_EMPTY_PATH
+            )
+            < 0
+        ):
+            raise Unavailable(f"move_mount to {target}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(tree)
 
 
 def unmount(target: Path) -> None:

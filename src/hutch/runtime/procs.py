@@ -1,7 +1,6 @@
 """Host processes by identity (pid + start time), so a recycled pid is never mistaken for ours."""
 
 import asyncio
-import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ class ProcessRef:
             os.close(fd)
 
     async def wait(self) -> None:
-        """Return when the process has exited (reaping it if it is our child)."""
+        """Return when the process has exited. A child of ours stays a zombie until its
+        parent reaps it (its `Popen`, which keeps the exit status)."""
         fd = self._pidfd()
         if fd is None:
             return
@@ -50,8 +50,6 @@ class ProcessRef:
         finally:
             loop.remove_reader(fd)
             os.close(fd)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG: never blocks)
 
     def _pidfd(self) -> int | None:
         try:

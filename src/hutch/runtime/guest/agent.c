@@ -1,10 +1,13 @@
 /*
  * hutch-agent: runs the workload inside a sandbox and speaks docs/guest-protocol.md to the host.
  *
- *   hutch-agent                  PID 1 of a micro-VM: mounts the root disk with a tmpfs overlay,
+ *   hutch-agent                  PID 1 of a micro-VM: mounts the root disk under an overlay
+ *                                whose writable layer is the scratch disk,
  *                                then serves the virtio-serial port named "hutch.agent".
  *   hutch-agent --listen-fd N    init of a crun container: serves connections accepted on the
- *                                inherited listening socket N.
+ *                                inherited listening socket N. Other inherited descriptors (the
+ *                                lease on the container's host uid range) stay open for its life;
+ *                                workloads get none of them.
  *
  * Static, no allocation beyond a few bounded buffers, no Python: it must boot fast and stay small.
  */
@@ -35,6 +38,8 @@
 #include <unistd.h>
 
 #define PROTO_VERSION 1
+#define ROOT_SERIAL "hutch-root"       /* the disks' serials, as runtime/microvm.py names them */
+#define SCRATCH_SERIAL "hutch-scratch"
 #define SYN_MAGIC "HUTCHSYN"
 #define ACK_MAGIC "HUTCHACK"
 #define MAGIC_LEN 8
@@ -785,6 +790,33 @@ static void wait_for(const char *path) {
     fatal("%s did not appear", path);
 }
 
+/* No udev either for disks, and vdX names follow probe order: find a disk by the serial the
+ * host gave it (virtio-blk's "serial" attribute in sysfs). */
+static void find_disk(const char *serial, char *dev, size_t size) {
+    for (int tries = 0; tries < 10000; tries++) {
+        DIR *d = opendir("/sys/block");
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (strncmp(e->d_name, "vd", 2) != 0) continue;
+            char path[300], name[64] = {0};
+            snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) continue;
+            ssize_t n = read(fd, name, sizeof name - 1);
+            close(fd);
+            if (n > 0 && name[n - 1] == '\n') name[n - 1] = 0;
+            if (strcmp(name, serial) != 0) continue;
+            snprintf(dev, size, "/dev/%.32s", e->d_name); /* vdX names are short */
+            closedir(d);
+            wait_for(dev);
+            return;
+        }
+        if (d) closedir(d);
+        usleep(1000);
+    }
+    fatal("disk %s not found", serial);
+}
+
 /* virtio ports have no udev here: find ours by its name in sysfs. */
 static void open_port(void) {
     char dev[300];
@@ -850,15 +882,16 @@ static void vm_boot(void) {
     load_modules();
     open_port();
 
-    /* boot_param returns a shared buffer: copy each value out before the next lookup */
     const char *p = boot_param("hutch.rootfstype");
-    char fstype[32], opts[128];
+    char fstype[32], root[64], scratch[64];
     snprintf(fstype, sizeof fstype, "%s", p && *p ? p : "erofs");
-    p = boot_param("hutch.scratch");
-    snprintf(opts, sizeof opts, "mode=0755,size=%s", p && *p ? p : "50%");
-    wait_for("/dev/vda");
-    must_mount("/dev/vda", "/mnt/lower", fstype, MS_RDONLY, NULL);
-    must_mount("tmpfs", "/mnt/rw", "tmpfs", MS_NOSUID | MS_NODEV, opts);
+    find_disk(ROOT_SERIAL, root, sizeof root);
+    find_disk(SCRATCH_SERIAL, scratch, sizeof scratch);
+    must_mount(root, "/mnt/lower", fstype, MS_RDONLY, NULL);
+    /* The writable layer is the host's sparse ext4 file, not guest RAM: filling it is ENOSPC,
+     * not an OOM kill. noinit_itable: never zero inode tables behind the workload's back (the
+     * host made the file system lazily, and every block written fills the sparse file). */
+    must_mount(scratch, "/mnt/rw", "ext4", MS_NOSUID | MS_NODEV, "noinit_itable");
     mkdir("/mnt/rw/upper", 0755);
     mkdir("/mnt/rw/work", 0755);
     must_mount("overlay", "/newroot", "overlay", 0,
