@@ -82,9 +82,12 @@ def _ready(url: str, token_file: Path) -> bool:
 
 
 @contextlib.contextmanager
-def running_controller(busybox_rootfs: Path) -> Iterator[Controller]:
+def running_controller(
+    busybox_rootfs: Path, up_env: dict[str, str] | None = None
+) -> Iterator[Controller]:
     """`hutch up` in a fresh state directory, with busybox:latest (public) in the node's store;
-    on exit, every machine left is destroyed, then hutch is stopped and its sandboxes swept."""
+    on exit, every machine left is destroyed, then hutch is stopped and its sandboxes swept.
+    `up_env`: settings for `hutch up` only."""
     state_dir = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))  # unix sockets: short paths
     registry_port = _free_port()
     env = _env(state_dir, registry_port)
@@ -102,7 +105,7 @@ def running_controller(busybox_rootfs: Path) -> Iterator[Controller]:
     with (state_dir / "up.log").open("wb") as log:
         proc = subprocess.Popen(
             [HUTCH, "up", "--port", str(port)],
-            env=env,
+            env={**env, **(up_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     max_unpacked_bytes: int = Field(
         8 << 30, description="largest root file system an image may unpack to"
     )
+    image_free_floor: int = Field(
+        1 << 30,
+        description="disk a node keeps free: images that would take it below are refused (507)",
+    )
     unpack_staging: Path | None = Field(
         Path("/dev/shm"), description="tmpfs where images become micro-VM root disks"
     )
@@ -101,7 +105,13 @@ class Settings(BaseSettings):
         description="share of the host's memory hutch's unpacks may hold in unpack_staging at once",
     )
 
-    @field_validator("log_max_bytes", "console_max_bytes", "max_unpacked_bytes", mode="before")
+    @field_validator(
+        "log_max_bytes",
+        "console_max_bytes",
+        "max_unpacked_bytes",
+        "image_free_floor",
+        mode="before",
+    )
     @classmethod
     def _size(cls, value: object) -> object:
         return parse_size(value, default_unit="b") if isinstance(value, str) else value

@@ -19,13 +19,17 @@ from hutch.images.pull import PullProgress, pull
 from hutch.images.registry import RegistryClient, RegistryConfig
 from hutch.images.rootfs import drop_prepared
 from hutch.images.staging import Staging
-from hutch.images.store import GcReport, Store, StoredImage
+from hutch.images.store import Allowance, GcReport, Store, StoredImage
 from hutch.model.errors import Invalid, Unavailable
 from hutch.model.image import digest_hex
 
 
 def open_store(settings: Settings) -> Store:
-    return Store(settings.state_dir / "images")
+    return Store(
+        settings.state_dir / "images",
+        free_floor=settings.image_free_floor,
+        max_unpacked_bytes=settings.max_unpacked_bytes,
+    )
 
 
 def roots_for(settings: Settings) -> Roots:
@@ -82,15 +86,25 @@ async def pull_image(
     public: bool = False,
     credentials: tuple[str, str, str] | None = None,
     progress: Callable[[PullProgress], None] | None = None,
+    allowance: Allowance | None = None,
 ) -> StoredImage:
     store = open_store(settings)
     async with RegistryClient(registry_configs(settings, credentials)) as client:
         with store.session():
-            return await pull(ref, store, client, project=project, public=public, progress=progress)
+            return await pull(
+                ref, store, client, project=project, public=public, progress=progress,
+                allowance=allowance,
+            )  # fmt: skip
 
 
 def import_image(
-    settings: Settings, stream: BinaryIO, *, project: str, public: bool, names: tuple[str, ...]
+    settings: Settings,
+    stream: BinaryIO,
+    *,
+    project: str,
+    public: bool,
+    names: tuple[str, ...],
+    allowance: Allowance | None = None,
 ) -> list[StoredImage]:
     store = open_store(settings)
     with store.session():
@@ -101,6 +115,7 @@ def import_image(
             public=public,
             names=names,
             max_bytes=settings.max_unpacked_bytes,
+            allowance=allowance,
         )
 
 
@@ -153,11 +168,30 @@ class Removal:
 
 
 def remove_image(
-    settings: Settings, ref: str, *, project: str, roots_in_use: Iterable[str]
+    settings: Settings,
+    ref: str,
+    *,
+    project: str,
+    roots_in_use: Iterable[str],
+    public: bool = False,
 ) -> Removal:
     """Untag, collect what nothing names any more, and free prepared roots nobody runs on."""
     store = open_store(settings)
-    image = store.untag(ref, project)
+    image = store.untag(ref, project, public=public)
+    return Removal(image, *_collect(settings, store, roots_in_use))
+
+
+def forget_project(settings: Settings, project: str, *, roots_in_use: Iterable[str]) -> int:
+    """A deleted project's names go, and what only they held: how many names."""
+    store = open_store(settings)
+    forgotten = store.forget(project)
+    _collect(settings, store, roots_in_use)
+    return forgotten
+
+
+def _collect(
+    settings: Settings, store: Store, roots_in_use: Iterable[str]
+) -> tuple[GcReport, int, tuple[str, ...]]:
     report = store.gc()
     in_use = set(roots_in_use)
     freed, kept = 0, []
@@ -167,4 +201,4 @@ def remove_image(
             kept.append(digest)
             continue
         freed += drop_prepared(settings.cache_dir, digest)
-    return Removal(image, report, freed, tuple(kept))
+    return report, freed, tuple(kept)

@@ -28,6 +28,7 @@ from hutch.files import write_private
 from hutch.http import tls
 from hutch.images.pull import pull
 from hutch.images.registry import RegistryClient
+from hutch.images.store import StoredImage
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
@@ -253,9 +254,9 @@ class NodeAgent:
         try:
             if driver is None:
                 raise Invalid(f"this node has no {a.runtime} runtime")
-            await self._ensure_image(a)
+            image = await self._ensure_image(a)
             request = RunRequest(
-                source=a.image,
+                source=image.digest,
                 args=tuple(a.command or ()),
                 entrypoint=tuple(a.entrypoint) if a.entrypoint is not None else None,
                 env=tuple(f"{k}={v}" for k, v in a.env.items()),
@@ -275,19 +276,28 @@ class NodeAgent:
                     await driver.destroy(a.sandbox, force=True)
             await self._report(a, MachineState.FAILED, error=e.message)
             return
-        await self._report(a, MachineState.RUNNING)
+        await self._report(a, MachineState.RUNNING, image=image)
         self._watch_exit(driver, a)
 
-    async def _ensure_image(self, a: Assignment) -> None:
+    async def _ensure_image(self, a: Assignment) -> StoredImage:
+        """The image the machine runs: the digest an earlier start recorded, else what its
+        name means for its project (own names first, then the catalogue), pulled if need be."""
+        wanted = a.image_digest or a.image
         with contextlib.suppress(NotFound):
-            self.store.resolve(a.image, a.project)
-            return
+            return self.store.resolve(wanted, a.project)
         try:
             async with RegistryClient(registry_configs(self.settings)) as client:
                 with self.store.session():
                     await pull(a.image, self.store, client, project=a.project)
         except HutchError as e:  # the project does not have it, and no registry gave it
             raise type(e)(f"cannot pull {a.image}: {e.message}") from e
+        try:
+            return self.store.resolve(wanted, a.project)
+        except NotFound:
+            raise NotFound(
+                f"{a.image} no longer names {a.image_digest}, the image this machine ran: "
+                "recreate the machine to run what it names now"
+            ) from None
 
     def _watch_exit(self, driver: AgentDriver, a: Assignment) -> None:
         if a.sandbox in self._watch:
@@ -331,6 +341,7 @@ class NodeAgent:
         exit_code: int | None = None,
         oom: bool = False,
         error: str = "",
+        image: StoredImage | None = None,
     ) -> None:
         if self._reported.get(a.sandbox) == state:
             return
@@ -342,6 +353,8 @@ class NodeAgent:
             oom_killed=oom,
             error=error,
             time=time.time(),
+            image_digest=image.digest if image else "",
+            image_source=image.source if image else "",
         )
         try:
             await self.link.report(self.identity.node_id, a.machine, report)

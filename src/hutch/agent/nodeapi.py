@@ -23,7 +23,7 @@ from hutch.agent.sandbox import merge_env
 from hutch.http.problems import install as install_problems
 from hutch.http.problems import ws_error
 from hutch.images.pull import PullProgress
-from hutch.images.store import StoredImage
+from hutch.images.store import Allowance, StoredImage, disk_full_is_insufficient
 from hutch.images.users import resolve_user
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
 from hutch.model.sandbox import LogRecord, ProcessSpec, Stream, parse_signal
@@ -132,32 +132,62 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
     async def get_image(_: Auth, ref: str, project: str) -> ImageView:
         return _image_view(agent.store.resolve(ref, project))
 
-    @app.delete("/node/v1/images/{ref:path}", status_code=status.HTTP_204_NO_CONTENT)
-    async def delete_image(_: Auth, ref: str, project: str) -> Response:
+    async def roots_in_use() -> set[str]:
         in_use: set[str] = set()
         for driver in agent.drivers.values():
             for info in await driver.sandboxes():
                 in_use.update(info.root_paths)
+        return in_use
+
+    @app.delete("/node/v1/images/{ref:path}", status_code=status.HTTP_204_NO_CONTENT)
+    async def delete_image(_: Auth, ref: str, project: str, public: bool = False) -> Response:
         await asyncio.to_thread(
-            images.remove_image, agent.settings, ref, project=project, roots_in_use=in_use
+            images.remove_image, agent.settings, ref, project=project,
+            roots_in_use=await roots_in_use(), public=public,
+        )  # fmt: skip
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.delete("/node/v1/projects/{project}/images", status_code=status.HTTP_204_NO_CONTENT)
+    async def forget_project(_: Auth, project: str) -> Response:
+        await asyncio.to_thread(
+            images.forget_project, agent.settings, project, roots_in_use=await roots_in_use()
         )
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
+    @app.get("/node/v1/projects/{project}/images/usage")
+    async def image_usage(_: Auth, project: str) -> dict[str, int]:
+        usage = await asyncio.to_thread(agent.store.usage, project)
+        mib = 1 << 20
+        return {
+            "images_mib": -(-usage.stored // mib),
+            "images_unpacked_mib": -(-usage.unpacked // mib),
+        }
+
     @app.post("/node/v1/images/pull")
-    async def pull_image(_: Auth, project: str, body: ImagePull) -> StreamingResponse:
-        return StreamingResponse(_pull(agent, project, body), media_type="application/x-ndjson")
+    async def pull_image(
+        _: Auth, project: str, body: ImagePull, allowance: Annotated[Limits, Depends()]
+    ) -> StreamingResponse:
+        return StreamingResponse(
+            _pull(agent, project, body, allowance.of()), media_type="application/x-ndjson"
+        )
 
     @app.post("/node/v1/images/import", status_code=status.HTTP_201_CREATED)
     async def import_image(
         _: Auth,
         request: Request,
         project: str,
+        allowance: Annotated[Limits, Depends()],
         name: Annotated[list[str] | None, Query()] = None,
         public: bool = False,
     ) -> list[ImageView]:
-        with tempfile.TemporaryFile() as spool:
+        # Spooled on the store's disk (not /tmp, often RAM), within its free-space floor.
+        with (
+            disk_full_is_insufficient(),
+            tempfile.TemporaryFile(dir=agent.store.root / "partial") as spool,
+        ):
             async for chunk in request.stream():
                 spool.write(chunk)
+                agent.store.check_room(len(chunk))
             spool.seek(0)
             found = await asyncio.to_thread(
                 images.import_image,
@@ -166,6 +196,7 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
                 project=project,
                 public=public,
                 names=tuple(name or ()),
+                allowance=allowance.of(),
             )
         return [_image_view(i) for i in found]
 
@@ -183,14 +214,27 @@ def _check(agent: NodeAgent, header: str) -> None:
         raise Unauthenticated("this node only answers its controllers")
 
 
+class Limits:
+    """The project's image quotas, as the controller sends them (absent: no limit)."""
+
+    def __init__(self, max_stored: int | None = None, max_unpacked: int | None = None) -> None:
+        self.max_stored = max_stored
+        self.max_unpacked = max_unpacked
+
+    def of(self) -> Allowance:
+        return Allowance(stored=self.max_stored, unpacked=self.max_unpacked)
+
+
 def _image_view(image: StoredImage) -> ImageView:
     return ImageView(
         id=image.digest,
         names=list(image.names),
         size=image.size,
+        unpacked=image.unpacked,
         created=image.created,
         layers=image.layers,
         public=image.public,
+        source=image.source,
     )
 
 
@@ -255,14 +299,16 @@ async def _feed(ws: WebSocket, proc: Any) -> None:
                 await proc.signal(parse_signal(str(control.get("signal", "SIGTERM"))))
 
 
-async def _pull(agent: NodeAgent, project: str, body: ImagePull) -> AsyncIterator[bytes]:
+async def _pull(
+    agent: NodeAgent, project: str, body: ImagePull, allowance: Allowance
+) -> AsyncIterator[bytes]:
     events: asyncio.Queue[PullProgress | None] = asyncio.Queue()
 
     async def run() -> Any:
         try:
             return await images.pull_image(
                 agent.settings, body.ref, project=project, public=body.public,
-                progress=events.put_nowait,
+                progress=events.put_nowait, allowance=allowance,
             )  # fmt: skip
         finally:
             events.put_nowait(None)

@@ -4,7 +4,7 @@ import dataclasses
 from typing import Any
 
 from hutch.model.machine import Event, Machine, MachineSpec, Node
-from hutch.model.tenancy import Project, Quota, Token, Usage
+from hutch.model.tenancy import QUOTA_FIELDS, Project, Quota, Token, Usage
 from hutch.scheduler import Placement, Rejection
 from hutch.wire.machines import (
     EventView,
@@ -83,19 +83,22 @@ def machine_view(m: Machine, project: str) -> MachineView:
         error=m.error,
         oom_killed=m.oom_killed,
         restarts=m.restarts,
+        image_digest=m.image_digest,
+        image_source=m.image_source,
         created_at=m.created_at,
         started_at=m.started_at,
         finished_at=m.finished_at,
     )
 
 
-def assignment(m: Machine, project: str) -> Assignment:
+def assignment(m: Machine) -> Assignment:
     """What the node needs of the spec (`Assignment`'s fields), and what to do with it."""
     spec = {k: v for k, v in _spec(m.spec).items() if k in Assignment.model_fields}
     return Assignment(
         **spec,
         machine=m.id,
-        project=project,
+        project=m.project_id,
+        image_digest=m.image_digest,
         generation=m.generation,
         sandbox=m.sandbox_id,
         desired=m.desired,
@@ -107,13 +110,11 @@ def assignment(m: Machine, project: str) -> Assignment:
 
 
 def quota_of(q: QuotaSpec) -> Quota:
-    return Quota(q.machines, q.vcpus, q.memory_mib, q.disk_mib)
+    return Quota(**q.model_dump())
 
 
 def quota_view(q: Quota) -> QuotaView:
-    return QuotaView(
-        machines=q.machines, vcpus=q.vcpus, memory_mib=q.memory_mib, disk_mib=q.disk_mib
-    )
+    return QuotaView(**{f: getattr(q, f) for f in QUOTA_FIELDS})
 
 
 def usage_view(u: Usage) -> UsageView:

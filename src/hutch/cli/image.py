@@ -76,7 +76,9 @@ def _view(image: StoredImage) -> dict[str, Any]:
 def pull(
     ref: Annotated[str, typer.Argument(metavar="REF", help="e.g. registry.example.com/app:1.2")],
     project: ProjectOpt = None,
-    public: Annotated[bool, typer.Option(help="Visible to every project.")] = False,
+    public: Annotated[
+        bool, typer.Option(help="Publish to the catalogue every project sees (system token).")
+    ] = False,
     username: Annotated[str, typer.Option(help="Registry user (else from settings).")] = "",
     password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
     local: LocalOpt = False,
@@ -180,7 +182,9 @@ def import_(
     ],
     name: Annotated[list[str] | None, typer.Option(help="Name the image (repeatable).")] = None,
     project: ProjectOpt = None,
-    public: Annotated[bool, typer.Option(help="Visible to every project.")] = False,
+    public: Annotated[
+        bool, typer.Option(help="Publish to the catalogue every project sees (system token).")
+    ] = False,
     local: LocalOpt = False,
 ) -> None:
     """Import an image archive, layout or root directory.
@@ -303,6 +307,9 @@ def inspect(
 def rm(
     refs: Annotated[list[str], typer.Argument(metavar="REF...")],
     project: ProjectOpt = None,
+    public: Annotated[
+        bool, typer.Option(help="Remove from the catalogue every project sees (system token).")
+    ] = False,
     local: LocalOpt = False,
 ) -> None:
     """Remove images (and the roots prepared from them, unless in use)."""
@@ -310,7 +317,7 @@ def rm(
         with connect(project) as client:
             for ref in refs:
                 view = client.images.get(ref)
-                client.images.delete(ref)
+                client.images.delete(ref, public=public)
                 _err(f"removed {ref}")
                 typer.echo(view.id)
         return
@@ -318,7 +325,7 @@ def rm(
     in_use = asyncio.run(_roots_in_use(settings))
     for ref in refs:
         removal = images.remove_image(
-            settings, ref, project=_project(project, settings), roots_in_use=in_use
+            settings, ref, project=_project(project, settings), roots_in_use=in_use, public=public
         )
         freed = removal.gc.bytes + removal.cache_bytes
         note = " (its root stays: a sandbox runs on it)" if removal.kept_in_use else ""

@@ -35,6 +35,8 @@ def _limits(q: QuotaView) -> str:
             ("vcpus", q.vcpus),
             ("memory", _mib(q.memory_mib)),
             ("disk", _mib(q.disk_mib)),
+            ("images", _mib(q.images_mib)),
+            ("images unpacked", _mib(q.images_unpacked_mib)),
         )
         if value is not None
     ]
@@ -176,6 +178,8 @@ def _show(report: QuotaReport, output: str) -> None:
         ("vcpus", q.vcpus, u.vcpus),
         ("memory", _mib(q.memory_mib), _mib(u.memory_mib)),
         ("disk", _mib(q.disk_mib), _mib(u.disk_mib)),
+        ("images", _mib(q.images_mib), _mib(u.images_mib) or "?"),
+        ("images unpacked", _mib(q.images_unpacked_mib), _mib(u.images_unpacked_mib) or "?"),
     ]
     emit(
         rows,
@@ -224,6 +228,12 @@ def quota_set(
     vcpus: Annotated[str | None, typer.Option(help="vCPUs of all its machines.")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory of all its machines, e.g. 8G.")] = None,
     disk: Annotated[str | None, typer.Option(help="Disk of all its machines, e.g. 20G.")] = None,
+    images: Annotated[
+        str | None, typer.Option(help="Its images on each node, as stored, e.g. 5G.")
+    ] = None,
+    images_unpacked: Annotated[
+        str | None, typer.Option(help="Its images on each node, unpacked, e.g. 20G.")
+    ] = None,
     output: OutputOpt = "table",
 ) -> None:
     """Change a project's quota (system token).
@@ -231,6 +241,7 @@ def quota_set(
     Limits not given stay as they are; 'unlimited' lifts one.
 
     Example: hutch quota set team-a --machines 10 --vcpus 8 --memory 8G --disk unlimited
+    --images 5G
     """
     check_output(output)
     with connect() as client:
@@ -241,5 +252,9 @@ def quota_set(
             vcpus=current.vcpus if vcpus is None else _limit(vcpus),
             memory_mib=current.memory_mib if memory is None else _limit(memory, size=True),
             disk_mib=current.disk_mib if disk is None else _limit(disk, size=True),
+            images_mib=current.images_mib if images is None else _limit(images, size=True),
+            images_unpacked_mib=current.images_unpacked_mib
+            if images_unpacked is None
+            else _limit(images_unpacked, size=True),
         )
     _show(report, output)

@@ -386,8 +386,9 @@ def image(ref: str) -> Plan[ImageView]:
     return ImageView.model_validate_json((yield Call("GET", _image(ref), scoped=True)))
 
 
-def delete_image(ref: str) -> Plan[None]:
-    yield Call("DELETE", _image(ref), scoped=True)
+def delete_image(ref: str, public: bool) -> Plan[None]:
+    params = (("public", "true"),) if public else ()
+    yield Call("DELETE", _image(ref), params=params, scoped=True)
 
 
 def pull(ref: str, public: bool) -> Call:
@@ -505,12 +506,8 @@ def set_quota(name: str, spec: QuotaSpec) -> Plan[QuotaReport]:
     return QuotaReport.model_validate_json((yield call))
 
 
-def quota_spec(
-    machines: int | None, vcpus: int | None, memory_mib: int | None, disk_mib: int | None
-) -> QuotaSpec:
-    return build(
-        QuotaSpec, machines=machines, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib
-    )
+def quota_spec(**limits: int | None) -> QuotaSpec:
+    return build(QuotaSpec, **limits)
 
 
 def tokens(name: str | None, default: str | None) -> Plan[Call]:

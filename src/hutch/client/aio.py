@@ -272,8 +272,8 @@ class AsyncImages:
         finally:
             await asyncio.to_thread(archive.__exit__, None, None, None)
 
-    async def delete(self, ref: str) -> None:
-        await self._c._run(core.delete_image(ref))
+    async def delete(self, ref: str, *, public: bool = False) -> None:
+        await self._c._run(core.delete_image(ref, public))
 
 
 async def _threaded(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
@@ -343,8 +343,13 @@ class AsyncProjects:
         vcpus: int | None = None,
         memory_mib: int | None = None,
         disk_mib: int | None = None,
+        images_mib: int | None = None,
+        images_unpacked_mib: int | None = None,
     ) -> QuotaReport:
-        spec = core.quota_spec(machines, vcpus, memory_mib, disk_mib)
+        spec = core.quota_spec(
+            machines=machines, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib,
+            images_mib=images_mib, images_unpacked_mib=images_unpacked_mib,
+        )  # fmt: skip
         return await self._c._run(core.set_quota(name, spec))
 
 

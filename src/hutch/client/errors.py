@@ -51,6 +51,10 @@ class Unsupported(ApiError, errors.Unsupported):
     """501: the controller or a node cannot do that at all."""
 
 
+class InsufficientStorage(ApiError, errors.InsufficientStorage):
+    """507: a node's disk is full, or would fall below its free-space floor."""
+
+
 class NoCapacity(ApiError, errors.NoCapacity):
     """503 "No capacity": no node can take the machine (the detail gives reasons per node)."""
 
@@ -82,6 +86,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     422: Invalid,
     501: Unsupported,
     503: Unavailable,
+    507: InsufficientStorage,
 }
 _BY_TITLE: dict[str, type[ApiError]] = {
     "Quota exceeded": QuotaExceeded,

@@ -351,9 +351,10 @@ class Images:
         with core.archive(source) as chunks:
             return self._c._run(core.import_call(names, public, chunks))
 
-    def delete(self, ref: str) -> None:
-        """Remove the image's name or the image (NotFound if the project does not see it)."""
-        self._c._run(core.delete_image(ref))
+    def delete(self, ref: str, *, public: bool = False) -> None:
+        """Remove the project's name for the image, or the image (NotFound if the project
+        does not see it); with `public`, the catalogue's (a system token)."""
+        self._c._run(core.delete_image(ref, public))
 
 
 class Tokens:
@@ -431,12 +432,17 @@ class Projects:
         vcpus: int | None = None,
         memory_mib: int | None = None,
         disk_mib: int | None = None,
+        images_mib: int | None = None,
+        images_unpacked_mib: int | None = None,
     ) -> QuotaReport:
         """Replace the project's quota: every limit left None is unlimited.
 
         client.projects.set_quota("team-a", machines=10, vcpus=8, memory_mib=8192)
         """
-        spec = core.quota_spec(machines, vcpus, memory_mib, disk_mib)
+        spec = core.quota_spec(
+            machines=machines, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib,
+            images_mib=images_mib, images_unpacked_mib=images_unpacked_mib,
+        )  # fmt: skip
         return self._c._run(core.set_quota(name, spec))
 
 

@@ -24,6 +24,7 @@ STATUS: dict[type[errors.HutchError], tuple[int, str]] = {
     errors.NotFound: (404, "Not found"),
     errors.Conflict: (409, "Conflict"),
     errors.Unsupported: (501, "Not supported"),
+    errors.InsufficientStorage: (507, "Insufficient storage"),
     errors.NoCapacity: (503, "No capacity"),
     errors.Unavailable: (503, "Unavailable"),
 }
@@ -47,6 +48,7 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
         (413, "Body too large"),
         (422, "Body or parameters do not match the schema"),
         (503, "No capacity, or a node is unavailable"),
+        (507, "A node's disk is full or would fall below its free-space floor"),
     )
 }
 

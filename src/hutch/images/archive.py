@@ -48,7 +48,7 @@ from hutch.images.layout import (
     parse_json_object,
     pick_platform,
 )
-from hutch.images.store import Store, StoredImage
+from hutch.images.store import Allowance, Store, StoredImage
 from hutch.model.errors import Invalid, NotFound, Unsupported
 from hutch.model.image import digest_hex, parse_ref
 
@@ -96,6 +96,7 @@ def import_archive(
     public: bool = False,
     names: Sequence[str] = (),
     max_bytes: int = 8 << 30,
+    allowance: Allowance | None = None,
 ) -> list[StoredImage]:
     """Read an image archive from `stream` (once, in order) and record its images for `project`.
 
@@ -130,7 +131,9 @@ def import_archive(
         for digest, image in found.items()
     }
     return [
-        store.add_image(digest, names=list(image_names), project=project, public=public)
+        store.add_image(
+            digest, names=list(image_names), project=project, public=public, allowance=allowance
+        )
         for digest, image_names in checked.items()
     ]
 

@@ -28,7 +28,7 @@ from hutch.images.layout import (
     pick_platform,
 )
 from hutch.images.registry import Manifest, RegistryClient
-from hutch.images.store import Store, StoredImage
+from hutch.images.store import Allowance, Store, StoredImage, disk_full_is_insufficient
 from hutch.model.errors import Invalid, Unsupported
 from hutch.model.image import ImageRef, parse_ref
 
@@ -58,6 +58,7 @@ async def pull(
     public: bool = False,
     progress: Callable[[PullProgress], None] | None = None,
     concurrency: int = 4,
+    allowance: Allowance | None = None,
 ) -> StoredImage:
     """Pull the linux/amd64 image `ref` names into `store` and name it `ref` for `project`.
 
@@ -87,6 +88,7 @@ async def pull(
     # any layer is fetched, so an image hutch cannot run costs no download.
     image = await asyncio.to_thread(store.image, manifest.digest)
     layers = list({layer.digest: layer for layer in image.layers}.values())
+    store.check_room(sum(layer.size for layer in layers if not store.has_blob(layer.digest)))
     await _fetch_layers(parsed, layers, store, client, callback=progress, concurrency=concurrency)
     names = [str(parsed)]
     if index_digest is not None and parsed.digest == index_digest:
@@ -98,6 +100,7 @@ async def pull(
         names=list(dict.fromkeys(names)),
         project=project,
         public=public,
+        allowance=allowance,
     )
 
 
@@ -156,13 +159,14 @@ async def _fetch_layers(
                 progress.report(layer, "resuming", have)
             else:
                 progress.report(layer, "downloading", 0)
-            await client.fetch_blob(
-                ref,
-                layer.digest,
-                layer.size,
-                part,
-                on_bytes=lambda n: progress.report(layer, "downloading", n, throttle=True),
-            )
+            with disk_full_is_insufficient():
+                await client.fetch_blob(
+                    ref,
+                    layer.digest,
+                    layer.size,
+                    part,
+                    on_bytes=lambda n: progress.report(layer, "downloading", n, throttle=True),
+                )
             await asyncio.to_thread(store.commit_partial, layer.digest, layer.size)
             progress.report(layer, "done", layer.size)
 

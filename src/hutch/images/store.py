@@ -7,13 +7,17 @@
 
 Blobs enter only verified (hashed while written, renamed into place), so a blob under its final
 name is always whole and correct. An image is the manifest for this platform; names (repository
-and tag, or a pinned digest) belong to a project, and a public name is visible to every project.
+and tag, or a pinned digest) belong to a project (keyed by its id, so a later project of the same
+name sees nothing of a deleted one's) or to the operator's catalogue (`CATALOGUE`, written only
+by system callers). A project sees its own names first, then the catalogue's: never another
+project's.
 An image no name refers to is garbage, and so is a blob no image uses: `gc` removes both.
 Whoever writes blobs for an image it has not added yet (a pull, an import) holds `session()`,
 so a concurrent `gc` waits instead of taking those blobs away.
 """
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -27,8 +31,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hutch.images.layout import REF_NAME, Image, OciLayout
-from hutch.model.errors import Conflict, Invalid, NotFound
+from hutch.images.unpack import TooLarge
+from hutch.model.errors import (
+    Forbidden,
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    QuotaExceeded,
+)
 from hutch.model.image import ImageConfig, digest_hex, parse_ref
+from hutch.model.units import format_bytes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -36,7 +48,8 @@ CREATE TABLE IF NOT EXISTS images (
     size INTEGER NOT NULL,          -- manifest + config + layers, as stored (compressed)
     layers INTEGER NOT NULL,        -- as the manifest lists them (a layer may repeat)
     created REAL NOT NULL,
-    config TEXT NOT NULL            -- ImageConfig as JSON, for listings without reading blobs
+    config TEXT NOT NULL,           -- ImageConfig as JSON, for listings without reading blobs
+    unpacked INTEGER NOT NULL DEFAULT 0  -- its layers' tar streams, uncompressed
 );
 CREATE TABLE IF NOT EXISTS image_blobs (
     image TEXT NOT NULL REFERENCES images(digest) ON DELETE CASCADE,
@@ -44,10 +57,10 @@ CREATE TABLE IF NOT EXISTS image_blobs (
     PRIMARY KEY (image, blob)
 );
 CREATE TABLE IF NOT EXISTS names (
-    project TEXT NOT NULL,
+    project TEXT NOT NULL,          -- a project's id, or '' for the catalogue
     name TEXT NOT NULL,             -- canonical reference, or "@sha256:..." for a digest pin
     image TEXT NOT NULL REFERENCES images(digest),
-    public INTEGER NOT NULL DEFAULT 0,
+    public INTEGER NOT NULL DEFAULT 0,  -- unused since names are keyed by owner
     created REAL NOT NULL,
     PRIMARY KEY (project, name)
 );
@@ -55,6 +68,7 @@ CREATE INDEX IF NOT EXISTS names_by_image ON names(image);
 CREATE INDEX IF NOT EXISTS blobs_by_blob ON image_blobs(blob);
 """
 _CHUNK = 1 << 20
+CATALOGUE = ""  # the owner of the operator's published names: every project sees them
 _SHORT_ID = 12  # like docker: enough hex digits to name an image
 
 
@@ -66,11 +80,27 @@ class StoredImage:
     created: float
     config: ImageConfig
     layers: int
-    public: bool  # some name makes it visible to every project
+    public: bool  # in the catalogue: every project sees it
+    unpacked: int = 0  # bytes its layers unpack to
+    source: str = "project"  # where the name it was found by lives: "project" or "catalogue"
 
     @property
     def short_id(self) -> str:
         return digest_hex(self.digest)[:_SHORT_ID]
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """What one owner's images may hold in the store, in bytes (None: no limit)."""
+
+    stored: int | None = None  # blobs as stored (compressed)
+    unpacked: int | None = None  # what their layers unpack to
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    stored: int
+    unpacked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +111,14 @@ class GcReport:
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, *, free_floor: int = 0, max_unpacked_bytes: int | None = None
+    ) -> None:
+        """`free_floor`: bytes an image may not take the disk below; `max_unpacked_bytes`:
+        what one image's layers may unpack to."""
         self.root = root
+        self.free_floor = free_floor
+        self.max_unpacked_bytes = max_unpacked_bytes
         for d in (root, root / "blobs" / "sha256", root / "partial", root / "locks"):
             d.mkdir(parents=True, exist_ok=True)
         root.chmod(0o700)  # image contents are the tenants' own
@@ -92,6 +128,9 @@ class Store:
             self._write_index([])
         with self._db() as db:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
+            if "unpacked" not in columns:  # a store made before images had sizes unpacked
+                db.execute("ALTER TABLE images ADD COLUMN unpacked INTEGER NOT NULL DEFAULT 0")
 
     # -- blobs ------------------------------------------------------------------------------------
 
@@ -136,7 +175,7 @@ class Store:
         h = hashlib.sha256()
         size = 0
         try:
-            with os.fdopen(fd, "wb") as out:
+            with disk_full_is_insufficient(), os.fdopen(fd, "wb") as out:
                 while chunk := stream.read(_CHUNK):
                     size += len(chunk)
                     if limit is not None and size > limit:
@@ -153,6 +192,17 @@ class Store:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def check_room(self, incoming: int) -> None:
+        """Refuse (507) what would leave the disk with less than the free-space floor."""
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
+        if free - incoming < self.free_floor:
+            raise InsufficientStorage(
+                f"this node keeps {format_bytes(self.free_floor)} of its disk free and has "
+                f"{format_bytes(free)}; this image needs {format_bytes(incoming)} more: "
+                "remove images (hutch image rm) or give the node more disk"
+            )
 
     def commit_partial(self, digest: str, size: int) -> None:
         """Move a finished download into place after checking it whole: size, then hash."""
@@ -178,10 +228,19 @@ class Store:
     # -- images -----------------------------------------------------------------------------------
 
     def add_image(
-        self, manifest_digest: str, *, names: Sequence[str], project: str, public: bool = False
+        self,
+        manifest_digest: str,
+        *,
+        names: Sequence[str],
+        project: str,
+        public: bool = False,
+        allowance: Allowance | None = None,
     ) -> StoredImage:
         """Record the image whose manifest, config and layers are in the store, under `names`
-        (references; a digest pin is recorded when there are none) for `project`."""
+        (references; a digest pin is recorded when there are none) for `project`, or for the
+        catalogue if `public`. Refused if it would take the owner's images beyond `allowance`,
+        the disk below the free-space floor, or if its layers unpack to more than the limit."""
+        owner = CATALOGUE if public else project
         canonical = [_canonical(n) for n in names] or [f"@{manifest_digest}"]
         image = self.image(manifest_digest)  # parses and checks manifest and config
         blobs = [manifest_digest, *_config_and_layers(self, image)]
@@ -191,25 +250,76 @@ class Store:
                 f"image {manifest_digest} is incomplete: missing blobs {', '.join(missing)}"
             )
         size = sum(self.blob_path(b).stat().st_size for b in blobs)
+        with self._db() as db:
+            row = db.execute(
+                "SELECT unpacked FROM images WHERE digest = ?", (manifest_digest,)
+            ).fetchone()
+        unpacked = row[0] if row and row[0] else self._unpacked_size(image)
         now = time.time()
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
+            named = db.execute(
+                "SELECT 1 FROM names WHERE project = ? AND image = ?", (owner, manifest_digest)
+            ).fetchone()
+            if not named:
+                if allowance is not None:
+                    _check_allowance(self._usage(db, owner), allowance, size, unpacked)
+                self.check_room(unpacked)
             db.execute(
-                "INSERT OR IGNORE INTO images (digest, size, layers, created, config) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (manifest_digest, size, len(image.layers), now, _config_json(image.config)),
+                "INSERT INTO images (digest, size, layers, created, config, unpacked) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE SET unpacked = ?",
+                (
+                    manifest_digest,
+                    size,
+                    len(image.layers),
+                    now,
+                    _config_json(image.config),
+                    unpacked,
+                    unpacked,
+                ),
             )
             db.executemany(
                 "INSERT OR IGNORE INTO image_blobs (image, blob) VALUES (?, ?)",
                 [(manifest_digest, b) for b in blobs],
             )
+            # A name is its owner's alone: retagging replaces only the owner's own row.
             db.executemany(
                 "INSERT OR REPLACE INTO names (project, name, image, public, created) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(project, n, manifest_digest, int(public), now) for n in canonical],
+                [(owner, n, manifest_digest, int(public), now) for n in canonical],
             )
             self._write_index([r[0] for r in db.execute("SELECT digest FROM images")])
-        return self.resolve(manifest_digest, project)
+        return self.resolve(manifest_digest, owner)
+
+    def usage(self, project: str) -> Usage:
+        """What the images `project` names take: each image once, shared blobs in each."""
+        with self._db() as db:
+            return self._usage(db, project)
+
+    def _usage(self, db: sqlite3.Connection, owner: str) -> Usage:
+        stored, unpacked = db.execute(
+            "SELECT COALESCE(SUM(size), 0), COALESCE(SUM(unpacked), 0) FROM images "
+            "WHERE digest IN (SELECT image FROM names WHERE project = ?)",
+            (owner,),
+        ).fetchone()
+        return Usage(stored, unpacked)
+
+    def _unpacked_size(self, image: Image) -> int:
+        """Read every layer through (verifying it): what it unpacks to, within the limit."""
+        total = 0
+        layout = self.layout()
+        for i, layer in enumerate(image.layers):
+            diff_id = image.diff_ids[i] if image.diff_ids else None
+            with layout.open_layer(layer, diff_id) as tar:
+                while chunk := tar.read(_CHUNK):
+                    total += len(chunk)
+                    if self.max_unpacked_bytes is not None and total > self.max_unpacked_bytes:
+                        raise TooLarge(
+                            f"image {image.manifest_digest} unpacks to more than "
+                            f"{format_bytes(self.max_unpacked_bytes)}, this node's limit "
+                            "per image (max_unpacked_bytes)"
+                        )
+        return total
 
     def layout(self) -> OciLayout:
         return OciLayout(self.root)
@@ -222,44 +332,57 @@ class Store:
             raise NotFound(f"image {digest} is not in this store") from None
 
     def resolve(self, ref: str, project: str) -> StoredImage:
-        """The image `ref` names for `project`: a reference, a digest, or a short id."""
+        """The image `ref` names for `project`: a reference, a digest, or a short id; the
+        project's own names first, then the catalogue's."""
         with self._db() as db:
-            digest = self._lookup(db, ref, project)
-            if digest is None:
+            found = self._lookup(db, ref, project)
+            if found is None:
                 raise NotFound(f"no image {ref!r} in this store (pull or import it first)")
-            return self._stored(db, digest, project)
+            return self._stored(db, found[0], project, found[1])
 
     def images(self, project: str) -> list[StoredImage]:
-        """The images `project` sees: its own names and every public one, newest first."""
+        """The images `project` sees: its own and the catalogue's, newest first."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT DISTINCT images.digest FROM images "
+                "SELECT images.digest, MAX(names.project = ?) FROM images "
                 "JOIN names ON names.image = images.digest "
-                "WHERE names.project = ? OR names.public = 1 ORDER BY images.created DESC",
-                (project,),
+                "WHERE names.project IN (?, ?) GROUP BY images.digest "
+                "ORDER BY images.created DESC",
+                (project, project, CATALOGUE),
             ).fetchall()
-            return [self._stored(db, row[0], project) for row in rows]
+            return [self._stored(db, digest, project, bool(own)) for digest, own in rows]
 
-    def untag(self, ref: str, project: str) -> StoredImage:
-        """Drop `project`'s name `ref` (or, for a digest or id, all its names for that image).
-        The image and its blobs stay until `gc` finds nothing names them."""
+    def untag(self, ref: str, project: str, *, public: bool = False) -> StoredImage:
+        """Drop `project`'s name `ref` (or, for a digest or id, all its names for that image);
+        with `public`, the catalogue's. The image and its blobs stay until `gc` finds nothing
+        names them."""
+        owner = CATALOGUE if public else project
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
-            digest = self._lookup(db, ref, project)
-            if digest is None:
+            found = self._lookup(db, ref, owner)
+            if found is None:
                 raise NotFound(f"no image {ref!r} in this store")
-            image = self._stored(db, digest, project)
-            if _is_digest_or_id(ref):
-                deleted = db.execute(
-                    "DELETE FROM names WHERE project = ? AND image = ?", (project, digest)
-                ).rowcount
+            digest, own = found
+            if not own:
+                raise Forbidden(
+                    f"image {ref!r} is in the operator's catalogue: a system token removes it "
+                    "(hutch image rm --public)"
+                )
+            image = self._stored(db, digest, owner, own)
+            if is_digest_or_id(ref):
+                db.execute("DELETE FROM names WHERE project = ? AND image = ?", (owner, digest))
             else:
-                deleted = db.execute(
-                    "DELETE FROM names WHERE project = ? AND name = ?", (project, _canonical(ref))
-                ).rowcount
-            if not deleted:
-                raise Conflict(f"image {ref!r} is public and belongs to another project")
+                db.execute(
+                    "DELETE FROM names WHERE project = ? AND name = ?", (owner, _canonical(ref))
+                )
         return image
+
+    def forget(self, project: str) -> int:
+        """Drop every name of a project (deleted): how many. `gc` then frees what they held."""
+        if project == CATALOGUE:
+            raise Invalid("the catalogue is not a project")
+        with self._db() as db:
+            return db.execute("DELETE FROM names WHERE project = ?", (project,)).rowcount
 
     def gc(self, *, partials_older_than: float | None = None) -> GcReport:
         """Remove images nothing names and blobs no image uses; with `partials_older_than`
@@ -316,49 +439,54 @@ class Store:
         finally:
             db.close()
 
-    def _lookup(self, db: sqlite3.Connection, ref: str, project: str) -> str | None:
-        visible = "(project = ? OR public = 1)"
-        if _is_digest_or_id(ref):
+    def _lookup(self, db: sqlite3.Connection, ref: str, project: str) -> tuple[str, bool] | None:
+        """(digest, whether `project` itself names it) for `ref`, its own names first."""
+        visible = "project IN (?, ?)"
+        first = "ORDER BY project = ? DESC LIMIT 1"
+        if is_digest_or_id(ref):
             hexpart = ref.removeprefix("sha256:")
             rows = db.execute(
-                f"SELECT DISTINCT image FROM names WHERE {visible} AND image LIKE ?",
-                (project, f"sha256:{hexpart}%"),
+                f"SELECT image, MAX(project = ?) FROM names WHERE {visible} AND image LIKE ? "
+                "GROUP BY image",
+                (project, project, CATALOGUE, f"sha256:{hexpart}%"),
             ).fetchall()
             if len(rows) > 1:
                 raise Invalid(f"{ref!r} matches {len(rows)} images: give more of the digest")
-            return rows[0][0] if rows else None
+            return (rows[0][0], bool(rows[0][1])) if rows else None
         parsed = parse_ref(ref)
         if parsed.digest:  # pinned: the image itself, or the index it was pulled by
             row = db.execute(
-                f"SELECT image FROM names WHERE {visible} AND (image = ? OR name = ? OR name = ?) "
-                "LIMIT 1",
-                (project, parsed.digest, str(parsed), f"@{parsed.digest}"),
+                f"SELECT image, project = ? FROM names WHERE {visible} "
+                f"AND (image = ? OR name = ? OR name = ?) {first}",
+                (project, project, CATALOGUE, parsed.digest, str(parsed), f"@{parsed.digest}",
+                 project),
+            ).fetchone()  # fmt: skip
+        else:
+            row = db.execute(
+                f"SELECT image, project = ? FROM names WHERE {visible} AND name = ? {first}",
+                (project, project, CATALOGUE, str(parsed), project),
             ).fetchone()
-            return row[0] if row else None
-        row = db.execute(
-            f"SELECT image FROM names WHERE {visible} AND name = ? "
-            "ORDER BY project = ? DESC LIMIT 1",
-            (project, str(parsed), project),
-        ).fetchone()
-        return row[0] if row else None
+        return (row[0], bool(row[1])) if row else None
 
-    def _stored(self, db: sqlite3.Connection, digest: str, project: str) -> StoredImage:
-        size, layers, created, config = db.execute(
-            "SELECT size, layers, created, config FROM images WHERE digest = ?", (digest,)
+    def _stored(self, db: sqlite3.Connection, digest: str, project: str, own: bool) -> StoredImage:
+        size, layers, created, config, unpacked = db.execute(
+            "SELECT size, layers, created, config, unpacked FROM images WHERE digest = ?",
+            (digest,),
         ).fetchone()
         names = db.execute(
-            "SELECT name, public FROM names WHERE image = ? AND (project = ? OR public = 1) "
-            "ORDER BY name",
-            (digest, project),
+            "SELECT name, project FROM names WHERE image = ? AND project IN (?, ?) ORDER BY name",
+            (digest, project, CATALOGUE),
         ).fetchall()
         return StoredImage(
             digest=digest,
-            names=tuple(n for n, _ in names if not n.startswith("@")),
+            names=tuple(dict.fromkeys(n for n, _ in names if not n.startswith("@"))),
             size=size,
             created=created,
             config=_config_from_json(config),
             layers=layers,
-            public=any(p for _, p in names),
+            public=any(owner == CATALOGUE for _, owner in names),
+            unpacked=unpacked,
+            source="project" if own and project != CATALOGUE else "catalogue",
         )
 
     def _write_index(self, digests: Sequence[str]) -> None:
@@ -389,13 +517,39 @@ def _canonical(ref: str) -> str:
     return str(parse_ref(ref))
 
 
-def _is_digest_or_id(ref: str) -> bool:
+def is_digest_or_id(ref: str) -> bool:
     hexpart = ref.removeprefix("sha256:")
     return (
         len(hexpart) >= _SHORT_ID
         and all(c in "0123456789abcdef" for c in hexpart)
         and (ref.startswith("sha256:") or len(hexpart) <= 64)
     )
+
+
+def _check_allowance(usage: Usage, allowance: Allowance, stored: int, unpacked: int) -> None:
+    for what, used, adding, limit in (
+        ("stored", usage.stored, stored, allowance.stored),
+        ("unpacked", usage.unpacked, unpacked, allowance.unpacked),
+    ):
+        if limit is not None and used + adding > limit:
+            raise QuotaExceeded(
+                f"the project's images would take {format_bytes(used + adding)} {what}; "
+                f"its quota is {format_bytes(limit)}: remove images (hutch image rm) or ask "
+                "an operator to raise it (hutch quota set --images/--images-unpacked)"
+            )
+
+
+@contextlib.contextmanager
+def disk_full_is_insufficient() -> Iterator[None]:
+    """A full disk while writing is 507 for the caller, not a crash."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientStorage(
+                "this node's disk is full: remove images (hutch image rm) or give it more disk"
+            ) from None
+        raise
 
 
 def _config_and_layers(store: Store, image: Image) -> list[str]:

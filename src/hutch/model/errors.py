@@ -25,6 +25,10 @@ class QuotaExceeded(HutchError):
     """The project's quota does not allow this (403/429)."""
 
 
+class InsufficientStorage(HutchError):
+    """A node's disk is full, or would be taken below its free-space floor (507)."""
+
+
 class NoCapacity(HutchError):
     """No node can take this (503)."""
 

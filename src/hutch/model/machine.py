@@ -141,6 +141,9 @@ class Machine:
     stop_signal: str = ""  # of the last stop asked for ("" = the image's stop signal)
     stop_timeout: float = 10.0  # seconds from the stop signal to the kill
     start_after: float = 0.0  # a restart's backoff: the node waits until then
+    # The image it got, once a node resolved its name: every later start runs this digest.
+    image_digest: str = ""
+    image_source: str = ""  # "project" (the project's own) or "catalogue" (the operator's)
     version: int = 1  # optimistic concurrency: every update checks and bumps it
 
     @property
@@ -158,6 +161,8 @@ class Report:
     exit_code: int | None = None
     oom_killed: bool = False
     error: str = ""
+    image_digest: str = ""  # with STARTING: the image the node resolved the machine's to
+    image_source: str = ""
 
 
 class NodeState(StrEnum):

@@ -34,6 +34,9 @@ class Role(StrEnum):
         return self.rank >= other.rank
 
 
+QUOTA_FIELDS = ("machines", "vcpus", "memory_mib", "disk_mib", "images_mib", "images_unpacked_mib")
+
+
 @dataclass(frozen=True, slots=True)
 class Quota:
     """Limits per project; None is unlimited."""
@@ -42,9 +45,12 @@ class Quota:
     vcpus: int | None = None
     memory_mib: int | None = None
     disk_mib: int | None = None
+    # What the project's images may take on each node: as stored, and unpacked.
+    images_mib: int | None = None
+    images_unpacked_mib: int | None = None
 
     def __post_init__(self) -> None:
-        for field in ("machines", "vcpus", "memory_mib", "disk_mib"):
+        for field in QUOTA_FIELDS:
             value = getattr(self, field)
             if value is not None and value < 0:
                 raise Invalid(f"quota {field} cannot be negative")

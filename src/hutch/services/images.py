@@ -1,18 +1,23 @@
 """Images, through the control plane: every operation goes to the nodes' own stores.
 
 A pull or an import lands on every ready node, so a machine finds its image wherever it is
-placed (a node also pulls on demand when a machine needs an image it lacks).
+placed (a node also pulls on demand when a machine needs an image it lacks). Names are kept per
+project id: a project sees its own images, then the operator's catalogue (published by system
+tokens), never another project's.
 """
 
+import logging
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hutch.model.errors import NoCapacity, NotFound
+from hutch.model.errors import HutchError, NoCapacity, NotFound
 from hutch.model.tenancy import Principal, Project
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.policy import Action, Policy
+
+log = logging.getLogger("hutch.images")
 
 
 class Images:
@@ -27,11 +32,18 @@ class Images:
             raise NoCapacity("no node is ready: images live in the nodes' stores")
         return ready
 
+    def _writing(self, principal: Principal, project: Project, public: bool) -> None:
+        self.policy.require(principal, Action.IMAGE_WRITE, project.id)
+        if public:
+            Policy.require_system(
+                principal, "publish to or remove from the catalogue that every project sees"
+            )
+
     async def catalog(self, principal: Principal, project: Project) -> list[dict[str, Any]]:
         self.policy.require(principal, Action.IMAGE_READ, project.id)
         seen: dict[str, dict[str, Any]] = {}
         for node in await self._ready():
-            for image in await self.link.images(node, project.name):
+            for image in await self.link.images(node, project.id):
                 seen.setdefault(image["id"], image)
         return sorted(seen.values(), key=lambda i: -float(i["created"]))
 
@@ -39,30 +51,51 @@ class Images:
         self.policy.require(principal, Action.IMAGE_READ, project.id)
         for node in await self._ready():
             try:
-                return await self.link.image(node, project.name, ref)
+                return await self.link.image(node, project.id, ref)
             except NotFound:
                 continue
-        raise NotFound(f"no image {ref!r} for project {project.name}")
+        raise NotFound(f"no image {ref!r} in project {project.name} or the catalogue")
 
-    async def delete(self, principal: Principal, project: Project, ref: str) -> None:
-        self.policy.require(principal, Action.IMAGE_WRITE, project.id)
+    async def usage(self, project: Project) -> dict[str, int] | None:
+        """What the project's images take on a ready node (each node holds the same), in MiB."""
+        for node in await self.nodes.ready():
+            try:
+                return await self.link.image_usage(node, project.id)
+            except HutchError:
+                continue
+        return None
+
+    async def delete(
+        self, principal: Principal, project: Project, ref: str, public: bool = False
+    ) -> None:
+        self._writing(principal, project, public)
         found = False
         for node in await self._ready():
             try:
-                await self.link.delete_image(node, project.name, ref)
+                await self.link.delete_image(node, project.id, ref, public)
                 found = True
             except NotFound:
                 continue
         if not found:
-            raise NotFound(f"no image {ref!r} for project {project.name}")
+            where = "the catalogue" if public else f"project {project.name}"
+            raise NotFound(f"no image {ref!r} in {where}")
+
+    async def forget(self, project: Project) -> None:
+        """A deleted project's names leave every ready node (on others they are keyed by an id
+        no project has any more, so nothing can reach them)."""
+        for node in await self.nodes.ready():
+            try:
+                await self.link.forget_project(node, project.id)
+            except HutchError as e:
+                log.warning("node %s keeps project %s's image names: %s", node.name, project.id, e)
 
     async def pull(
         self, principal: Principal, project: Project, ref: str, public: bool
     ) -> AsyncIterator[bytes]:
         """NDJSON progress from each ready node in turn; the last line carries the image."""
-        self.policy.require(principal, Action.IMAGE_WRITE, project.id)
+        self._writing(principal, project, public)
         for node in await self._ready():
-            async for line in self.link.pull(node, project.name, ref, public):
+            async for line in self.link.pull(node, project.id, ref, public, _limits(project)):
                 yield line
 
     async def import_(
@@ -74,7 +107,7 @@ class Images:
         public: bool,
     ) -> list[dict[str, Any]]:
         """The archive is spooled once to a temporary file, then sent to every ready node."""
-        self.policy.require(principal, Action.IMAGE_WRITE, project.id)
+        self._writing(principal, project, public)
         nodes = await self._ready()
         with tempfile.TemporaryFile() as spool:
             async for chunk in body:
@@ -82,8 +115,18 @@ class Images:
             result: list[dict[str, Any]] = []
             for node in nodes:
                 spool.seek(0)
-                result = await self.link.import_(node, project.name, _chunks(spool), names, public)
+                result = await self.link.import_(
+                    node, project.id, _chunks(spool), names=names, public=public,
+                    limits=_limits(project),
+                )  # fmt: skip
         return result
+
+
+def _limits(project: Project) -> dict[str, int]:
+    """The project's image quotas in bytes, as the node's store checks them."""
+    q = project.quota
+    limits = {"max_stored": q.images_mib, "max_unpacked": q.images_unpacked_mib}
+    return {k: v << 20 for k, v in limits.items() if v is not None}
 
 
 async def _chunks(f: Any) -> AsyncIterator[bytes]:

@@ -293,7 +293,12 @@ class Machines:
                 if m.state in FINISHED:
                     return m  # a stale report after the end
                 started = report.time if state is MachineState.RUNNING else m.started_at
-                m = await self._transition(tx, replace(m, started_at=started), state, "")
+                m = replace(m, started_at=started)
+                if report.image_digest and not m.image_digest:
+                    m = replace(
+                        m, image_digest=report.image_digest, image_source=report.image_source
+                    )
+                m = await self._transition(tx, m, state, "")
             else:
                 raise Invalid(f"a node cannot report state {state}")
         self._wake(m)

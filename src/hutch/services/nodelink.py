@@ -14,7 +14,17 @@ from urllib.parse import quote
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unavailable
+from hutch.model.errors import (
+    Conflict,
+    Forbidden,
+    HutchError,
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    QuotaExceeded,
+    Unavailable,
+    Unsupported,
+)
 from hutch.model.machine import Node
 
 
@@ -68,23 +78,41 @@ class NodeLink:
         )
         return data
 
-    async def delete_image(self, node: Node, project: str, ref: str) -> None:
-        await self._call(
-            node, "DELETE", f"/node/v1/images/{quote(ref, safe='')}", params={"project": project}
+    async def image_usage(self, node: Node, project: str) -> dict[str, int]:
+        data: dict[str, int] = await self._call(
+            node, "GET", f"/node/v1/projects/{quote(project, safe='')}/images/usage"
         )
+        return data
 
-    async def pull(self, node: Node, project: str, ref: str, public: bool) -> AsyncIterator[bytes]:
+    async def delete_image(self, node: Node, project: str, ref: str, public: bool) -> None:
+        params = {"project": project, "public": str(public).lower()}
+        await self._call(node, "DELETE", f"/node/v1/images/{quote(ref, safe='')}", params=params)
+
+    async def forget_project(self, node: Node, project: str) -> None:
+        await self._call(node, "DELETE", f"/node/v1/projects/{quote(project, safe='')}/images")
+
+    async def pull(
+        self, node: Node, project: str, ref: str, public: bool, limits: Mapping[str, int]
+    ) -> AsyncIterator[bytes]:
         body = {"ref": ref, "public": public}
-        async for line in self._stream(node, "POST", "/node/v1/images/pull",
-                                       params={"project": project}, json=body):  # fmt: skip
+        params = {"project": project, **limits}
+        async for line in self._stream(
+            node, "POST", "/node/v1/images/pull", params=params, json=body
+        ):
             yield line
 
     async def import_(
-        self, node: Node, project: str, body: AsyncIterator[bytes], names: list[str], public: bool
+        self,
+        node: Node,
+        project: str,
+        body: AsyncIterator[bytes],
+        *,
+        names: list[str],
+        public: bool,
+        limits: Mapping[str, int],
     ) -> list[dict[str, Any]]:
-        params = [("project", project), ("public", str(public).lower())] + [
-            ("name", n) for n in names
-        ]
+        params = [("project", project), ("public", str(public).lower())]
+        params += [(k, str(v)) for k, v in limits.items()] + [("name", n) for n in names]
         data: list[dict[str, Any]] = await self._call(
             node, "POST", "/node/v1/images/import", params=params, content=body
         )
@@ -121,10 +149,19 @@ def _raise_for(node: Node, status: int, body: bytes) -> None:
     if status < 400:
         return
     try:
-        detail = json.loads(body).get("detail", "")
-    except ValueError:
-        detail = body.decode(errors="replace")[:200]
-    errors: dict[int, type[HutchError]] = {404: NotFound, 400: Invalid, 422: Invalid, 409: Conflict}
+        problem = json.loads(body)
+        detail, title = problem.get("detail", ""), problem.get("title", "")
+    except (ValueError, AttributeError):
+        detail, title = body.decode(errors="replace")[:200], ""
+    errors: dict[int, type[HutchError]] = {
+        400: Invalid,
+        403: QuotaExceeded if title == "Quota exceeded" else Forbidden,
+        404: NotFound,
+        409: Conflict,
+        422: Invalid,
+        501: Unsupported,
+        507: InsufficientStorage,
+    }
     error = errors.get(status, Unavailable)
     if error is Unavailable:
         detail = f"node {node.name} answered {status}: {detail}"

@@ -122,21 +122,14 @@ class Nodes:
                 replace(fresh, last_seen=time.time(), state=state, address=address)
             )
 
-    async def assignments(
-        self, node: Node, after: int, wait: float
-    ) -> tuple[int, list[tuple[Machine, str]]]:
-        """The node's machines, each with its project's name, once its revision is past
-        `after`, or after `wait` seconds."""
+    async def assignments(self, node: Node, after: int, wait: float) -> tuple[int, list[Machine]]:
+        """The node's machines, once its revision is past `after`, or after `wait` seconds."""
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_POLL)
         while True:
             async with self.store.read() as tx:
                 revision = await tx.nodes.revision(node.id)
                 if revision > after or time.monotonic() >= deadline:
-                    machines = await tx.machines.on_node(node.id)
-                    names = {
-                        p: (await tx.projects.get(p)).name for p in {m.project_id for m in machines}
-                    }
-                    return revision, [(m, names[m.project_id]) for m in machines]
+                    return revision, await tx.machines.on_node(node.id)
             await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), 0.5))
 
     async def overdue(self, cutoff: float) -> list[Node]:

@@ -55,11 +55,12 @@ class Tenancy:
             assert principal.project_id is not None
             return [await tx.projects.get(principal.project_id)]
 
-    async def delete_project(self, principal: Principal, name: str) -> None:
+    async def delete_project(self, principal: Principal, name: str) -> Project:
         Policy.require_system(principal, "delete projects")
         async with self.store.write() as tx:
             project = await _by_name(tx, name)
             await tx.projects.delete(project.id)
+        return project
 
     async def quota(self, principal: Principal, project: Project) -> tuple[Quota, Usage]:
         self.policy.require(principal, Action.QUOTA_READ, project.id)

@@ -1015,6 +1015,8 @@ def _quota_values(q: Quota) -> dict[str, Any]:
         "quota_vcpus": q.vcpus,
         "quota_memory_mib": q.memory_mib,
         "quota_disk_mib": q.disk_mib,
+        "quota_images_mib": q.images_mib,
+        "quota_images_unpacked_mib": q.images_unpacked_mib,
     }
 
 
@@ -1028,6 +1030,8 @@ def _to_project(r: Row[Any]) -> Project:
             vcpus=r.quota_vcpus,
             memory_mib=r.quota_memory_mib,
             disk_mib=r.quota_disk_mib,
+            images_mib=r.quota_images_mib,
+            images_unpacked_mib=r.quota_images_unpacked_mib,
         ),
         strategy=Strategy(r.strategy),
     )
@@ -1083,6 +1087,8 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "stop_signal": m.stop_signal,
         "stop_timeout": m.stop_timeout,
         "start_after": m.start_after,
+        "image_digest": m.image_digest,
+        "image_source": m.image_source,
     }
 
 
@@ -1126,6 +1132,8 @@ def _to_machine(r: Row[Any]) -> Machine:
         stop_signal=r.stop_signal,
         stop_timeout=r.stop_timeout,
         start_after=r.start_after,
+        image_digest=r.image_digest,
+        image_source=r.image_source,
         version=r.version,
     )
 

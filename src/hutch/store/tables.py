@@ -39,6 +39,8 @@ projects = sa.Table(
     sa.Column("quota_vcpus", sa.Integer),
     sa.Column("quota_memory_mib", sa.Integer),
     sa.Column("quota_disk_mib", sa.Integer),
+    sa.Column("quota_images_mib", sa.Integer),
+    sa.Column("quota_images_unpacked_mib", sa.Integer),
     sa.Column("strategy", _ENUM, nullable=False, server_default="spread"),
 )
 
@@ -126,6 +128,9 @@ machines = sa.Table(
     sa.Column("stop_signal", sa.String(32), nullable=False, server_default=""),
     sa.Column("stop_timeout", sa.Double, nullable=False, server_default="10"),
     sa.Column("start_after", _TIME, nullable=False, server_default="0"),
+    # The image a node resolved its name to, and whose it was (project or catalogue).
+    sa.Column("image_digest", sa.String(80), nullable=False, server_default=""),
+    sa.Column("image_source", _ENUM, nullable=False, server_default=""),
     sa.Column("version", sa.Integer, nullable=False),
     # Listing order, and the cursor's key.
     sa.Index("ix_machines_project_id_created_at_id", "project_id", "created_at", "id"),

@@ -13,10 +13,12 @@ class ImagePull(Request):
 class ImageView(View):
     id: str  # manifest digest
     names: list[str]
-    size: int
+    size: int  # as stored (compressed)
+    unpacked: int = 0  # what its layers unpack to
     created: float
     layers: int
-    public: bool
+    public: bool  # in the operator's catalogue: every project sees it
+    source: str = "project"  # "project": the project's own; "catalogue": the operator's
 
 
 class PullEvent(View):

@@ -64,6 +64,10 @@ class MachineView(View):
     error: str = ""
     oom_killed: bool = False
     restarts: int = 0
+    # The image a node resolved `image` to, once it started: its digest, and whose name it was
+    # ("project": the project's own; "catalogue": the operator's).
+    image_digest: str = ""
+    image_source: str = ""
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None

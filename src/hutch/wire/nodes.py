@@ -82,12 +82,13 @@ class Assignment(View):
     """A machine as its node must run it: the desired state of one sandbox."""
 
     machine: str
-    project: str
+    project: str  # the project's id: the node's image store keys names by it
     generation: int
     sandbox: str  # the sandbox id: machine id and generation
     desired: Desired
     state: MachineState  # as the controller last recorded it
     image: str
+    image_digest: str = ""  # what an earlier start resolved `image` to: run exactly that
     command: list[str] | None
     entrypoint: list[str] | None
     env: dict[str, str]
@@ -116,3 +117,5 @@ class MachineReport(Request):
     oom_killed: bool = False
     error: str = ""
     time: float
+    image_digest: str = ""  # with starting: the image `image` resolved to, and whose it was
+    image_source: str = ""

@@ -12,6 +12,8 @@ class QuotaSpec(Request):
     vcpus: int | None = Field(None, ge=0)
     memory_mib: int | None = Field(None, ge=0)
     disk_mib: int | None = Field(None, ge=0)
+    images_mib: int | None = Field(None, ge=0, description="its images on a node, as stored")
+    images_unpacked_mib: int | None = Field(None, ge=0, description="the same, unpacked")
 
 
 class QuotaView(View):
@@ -19,6 +21,8 @@ class QuotaView(View):
     vcpus: int | None = None
     memory_mib: int | None = None
     disk_mib: int | None = None
+    images_mib: int | None = None
+    images_unpacked_mib: int | None = None
 
 
 class UsageView(View):
@@ -26,6 +30,9 @@ class UsageView(View):
     vcpus: int
     memory_mib: int
     disk_mib: int
+    # As a ready node's store holds them (None: no node is ready to ask).
+    images_mib: int | None = None
+    images_unpacked_mib: int | None = None
 
 
 class ProjectCreate(Request):

@@ -1,4 +1,4 @@
-"""/v1/images: the project's images in the nodes' stores."""
+"""/v1/images: the project's images, and the operator's catalogue, in the nodes' stores."""
 
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -72,6 +72,7 @@ async def get_image(ctl: Ctl, s: Scoped, ref: str) -> ImageView:
 
 
 @router.delete("/{ref:path}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_image(ctl: Ctl, s: Scoped, ref: str) -> Response:
-    await ctl.images.delete(s.caller, s.project, unquote(ref))
+async def delete_image(ctl: Ctl, s: Scoped, ref: str, public: bool = False) -> Response:
+    """Remove the project's name `ref`; with `public`, the catalogue's (system tokens)."""
+    await ctl.images.delete(s.caller, s.project, unquote(ref), public)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -122,9 +122,7 @@ async def assignments(
 ) -> Assignments:
     _own(node_id, node.id)
     revision, machines = await ctl.nodes.assignments(node, after, wait)
-    return Assignments(
-        revision=revision, machines=[convert.assignment(m, project) for m, project in machines]
-    )
+    return Assignments(revision=revision, machines=[convert.assignment(m) for m in machines])
 
 
 @agents.post(
@@ -135,6 +133,9 @@ async def report(
 ) -> Response:
     _own(node_id, node.id)
     at = body.time or time.time()
-    outcome = Report(body.generation, body.state, at, body.exit_code, body.oom_killed, body.error)
+    outcome = Report(
+        body.generation, body.state, at, body.exit_code, body.oom_killed, body.error,
+        body.image_digest, body.image_source,
+    )  # fmt: skip
     await ctl.machines.report(node, machine_id, outcome)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

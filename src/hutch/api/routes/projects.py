@@ -3,8 +3,9 @@
 from fastapi import APIRouter, Response, status
 
 from hutch.api import convert
-from hutch.api.deps import Caller, Ctl
+from hutch.api.deps import Caller, Controller, Ctl
 from hutch.http.problems import PROBLEMS
+from hutch.model.tenancy import Principal, Project
 from hutch.wire.common import Page
 from hutch.wire.tenancy import (
     ProjectCreate,
@@ -40,23 +41,22 @@ async def get_project(ctl: Ctl, caller: Caller, name: str) -> ProjectView:
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_project(ctl: Ctl, caller: Caller, name: str) -> Response:
-    await ctl.tenancy.delete_project(caller, name)
+    project = await ctl.tenancy.delete_project(caller, name)
+    await ctl.images.forget(project)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{name}/quota")
 async def get_quota(ctl: Ctl, caller: Caller, name: str) -> QuotaReport:
     project = await ctl.tenancy.project_for(caller, name)
-    quota, usage = await ctl.tenancy.quota(caller, project)
-    return QuotaReport(quota=convert.quota_view(quota), usage=convert.usage_view(usage))
+    return await _report(ctl, caller, project)
 
 
 @router.put("/{name}/quota")
 async def set_quota(ctl: Ctl, caller: Caller, name: str, body: QuotaSpec) -> QuotaReport:
     project = await ctl.tenancy.project_for(caller, name)
     await ctl.tenancy.set_quota(caller, project, convert.quota_of(body))
-    quota, usage = await ctl.tenancy.quota(caller, project)
-    return QuotaReport(quota=convert.quota_view(quota), usage=convert.usage_view(usage))
+    return await _report(ctl, caller, project)
 
 
 @router.put("/{name}/strategy")
@@ -88,3 +88,11 @@ async def revoke_token(ctl: Ctl, caller: Caller, name: str, token_id: str) -> Re
     project = await ctl.tenancy.project_for(caller, name)
     await ctl.tenancy.revoke_token(caller, project, token_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _report(ctl: Controller, caller: Principal, project: Project) -> QuotaReport:
+    quota, usage = await ctl.tenancy.quota(caller, project)
+    view = convert.usage_view(usage)
+    if (images := await ctl.images.usage(project)) is not None:
+        view = view.model_copy(update=images)
+    return QuotaReport(quota=convert.quota_view(quota), usage=view)
