@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from hutch.images.layout import OciLayout
-from hutch.images.store import Store
-from hutch.model.errors import Invalid, NotFound
+from hutch.images.store import Allowance, Store, Usage
+from hutch.images.unpack import TooLarge
+from hutch.model.errors import Forbidden, InsufficientStorage, Invalid, NotFound, QuotaExceeded
 from tests.images.ocibuild import blob_path, write_oci_layout
 
 
@@ -117,3 +118,52 @@ def test_gc_waits_for_writers(tmp_path: Path, two_images: tuple[Path, str, str])
         store.add_image(base, names=["r.test/base:1"], project="p")
     collector.join(5)
     assert result == [0] and store.has_blob(base)
+
+
+def test_a_name_resolves_to_the_projects_own_then_the_catalogue_never_another_project(
+    tmp_path: Path, two_images: tuple[Path, str, str]
+) -> None:
+    layout, base, derived = two_images
+    store = Store(tmp_path / "store")
+    copy_in(store, layout, base)
+    copy_in(store, layout, derived)
+    store.add_image(base, names=["app:1"], project="", public=True)  # the catalogue's
+    store.add_image(derived, names=["app:1"], project="p-evil")
+    assert store.resolve("app:1", "p-other").digest == base  # not p-evil's
+    assert store.resolve("app:1", "p-other").source == "catalogue"
+    assert (store.resolve("app:1", "p-evil").digest, store.resolve("app:1", "p-evil").source) == (
+        derived,
+        "project",
+    )
+    with pytest.raises(NotFound):
+        store.resolve(derived, "p-other")  # nor by digest
+    with pytest.raises(Forbidden, match="catalogue"):
+        store.untag("app:1", "p-other")  # only the catalogue's own remover takes it away
+    assert store.forget("p-evil") == 1
+    assert store.resolve("app:1", "p-evil").digest == base
+    assert [i.digest for i in store.images("p-evil")] == [base]
+    store.untag("app:1", "p-any", public=True)
+    with pytest.raises(NotFound):
+        store.resolve("app:1", "p-evil")
+
+
+def test_allowances_count_each_image_once_and_unpacked_bytes_too(
+    tmp_path: Path, two_images: tuple[Path, str, str]
+) -> None:
+    layout, base, derived = two_images
+    store = Store(tmp_path / "store")
+    copy_in(store, layout, base)
+    copy_in(store, layout, derived)
+    first = store.add_image(base, names=["a:1"], project="p-a")
+    assert first.unpacked > first.size > 0
+    tight = Allowance(unpacked=first.unpacked + 100)
+    store.add_image(base, names=["a:2"], project="p-a", allowance=tight)  # the same image: free
+    with pytest.raises(QuotaExceeded, match="unpacked"):
+        store.add_image(derived, names=["b:1"], project="p-a", allowance=tight)
+    assert store.usage("p-a") == Usage(first.size, first.unpacked)
+    roomy = Allowance(unpacked=3 * first.unpacked)
+    store.add_image(derived, names=["b:1"], project="p-b", allowance=roomy)  # its own budget
+    with pytest.raises(TooLarge):
+        Store(store.root, max_unpacked_bytes=100).add_image(derived, names=["c:1"], project="p-c")
+    with pytest.raises(InsufficientStorage, match="free"):
+        Store(store.root, free_floor=1 << 60).add_image(derived, names=["c:1"], project="p-c")

@@ -255,6 +255,8 @@ class Store:
                 "SELECT unpacked FROM images WHERE digest = ?", (manifest_digest,)
             ).fetchone()
         unpacked = row[0] if row and row[0] else self._unpacked_size(image)
+        if self.max_unpacked_bytes is not None and unpacked > self.max_unpacked_bytes:
+            raise self._too_large(image)
         now = time.time()
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -314,12 +316,15 @@ class Store:
                 while chunk := tar.read(_CHUNK):
                     total += len(chunk)
                     if self.max_unpacked_bytes is not None and total > self.max_unpacked_bytes:
-                        raise TooLarge(
-                            f"image {image.manifest_digest} unpacks to more than "
-                            f"{format_bytes(self.max_unpacked_bytes)}, this node's limit "
-                            "per image (max_unpacked_bytes)"
-                        )
+                        raise self._too_large(image)
         return total
+
+    def _too_large(self, image: Image) -> TooLarge:
+        return TooLarge(
+            f"image {image.manifest_digest} unpacks to more than "
+            f"{format_bytes(self.max_unpacked_bytes or 0)}, this node's limit per image "
+            "(max_unpacked_bytes)"
+        )
 
     def layout(self) -> OciLayout:
         return OciLayout(self.root)
@@ -533,7 +538,8 @@ def _check_allowance(usage: Usage, allowance: Allowance, stored: int, unpacked: 
     ):
         if limit is not None and used + adding > limit:
             raise QuotaExceeded(
-                f"the project's images would take {format_bytes(used + adding)} {what}; "
+                f"the project's images would take {format_bytes(used + adding)} {what} "
+                f"({format_bytes(used)} held, {format_bytes(adding)} for this one); "
                 f"its quota is {format_bytes(limit)}: remove images (hutch image rm) or ask "
                 "an operator to raise it (hutch quota set --images/--images-unpacked)"
             )
