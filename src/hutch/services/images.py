@@ -6,12 +6,13 @@ project id: a project sees its own images, then the operator's catalogue (publis
 tokens), never another project's.
 """
 
+import errno
 import logging
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hutch.model.errors import HutchError, NoCapacity, NotFound
+from hutch.model.errors import HutchError, InsufficientStorage, NoCapacity, NotFound
 from hutch.model.tenancy import Principal, Project
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
@@ -110,8 +111,16 @@ class Images:
         self._writing(principal, project, public)
         nodes = await self._ready()
         with tempfile.TemporaryFile() as spool:
-            async for chunk in body:
-                spool.write(chunk)
+            try:
+                async for chunk in body:
+                    spool.write(chunk)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise InsufficientStorage(
+                    f"the controller has no room to hold the archive ({tempfile.gettempdir()} "
+                    "is full): try again later, or import on the node (hutch image import --local)"
+                ) from None
             result: list[dict[str, Any]] = []
             for node in nodes:
                 spool.seek(0)
