@@ -166,6 +166,7 @@ def test_refusals_are_one_clear_line(hutch: Run, env: dict[str, str]) -> None:
     for args, expected in [
         (("run", "-m", "lots", "busybox"), "'lots' is not a size"),
         (("run", "-e", "NOEQUALS", "busybox"), "--env 'NOEQUALS' is not KEY=VALUE"),
+        (("run", "-e", "=v", "busybox"), "--env '=v' is not KEY=VALUE"),
         (("run", "--runtime", "qemu", "busybox"), "runtime"),
         (("ps", "-o", "xml"), "unknown output format 'xml'"),
         (("exec", "nothing"), "give the command to run"),

@@ -18,7 +18,7 @@ from hutch.api.routes import images, machines, nodes, projects
 from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import problems, tls
-from hutch.http.limits import BodyLimit
+from hutch.http.limits import BodyLimit, NoNul
 from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
@@ -117,6 +117,7 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
     app.state.controller = ctl
     problems.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(NoNul)
     for router in (projects.router, machines.router, images.router, nodes.public, nodes.agents):
         app.include_router(router)
 

@@ -1,5 +1,7 @@
-"""Request body limits: a body larger than 1 MiB is 413, by its Content-Length before it is
-read, or as soon as a streamed one passes the limit."""
+"""Request limits: a body larger than 1 MiB is 413, by its Content-Length before it is read,
+or as soon as a streamed one passes the limit; a NUL in the URL is 422."""
+
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,3 +41,36 @@ class BodyLimit:
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         e = BodyTooLarge(self.limit)
         await problem(e.status_code, e.title, e.detail)(scope, receive, send)
+
+
+class NoNul:
+    """A NUL (%00) in a request's path or query is a 422 naming where, before any route runs:
+    no name, reference, label or filter of hutch's holds one, PostgreSQL cannot compare text
+    with one, and a route that passed it on would fail deeper (bodies: wire.common.Request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        where = _nul_in_url(scope) if scope["type"] in ("http", "websocket") else None
+        if where is None:
+            await self.app(scope, receive, send)
+            return
+        detail = f"{where}: NUL characters (\\x00) are not allowed"
+        if scope["type"] == "websocket":  # refused before the handshake completes
+            await send({"type": "websocket.close", "code": 1008, "reason": detail[:120]})
+            return
+        await problem(422, "Does not match the schema", detail)(scope, receive, send)
+
+
+def _nul_in_url(scope: Scope) -> str | None:
+    if "\0" in scope["path"]:
+        return "the path"
+    query = scope.get("query_string", b"").decode("latin-1")
+    if "%00" in query or "\0" in query:
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            if "\0" in name:
+                return "a query parameter's name"
+            if "\0" in value:
+                return f"query parameter {name}"
+    return None

@@ -78,6 +78,25 @@ def validate_labels(labels: Mapping[str, str]) -> None:
             raise Invalid(f"label {key}={value!r}: values are up to 63 letters, digits, '-_.'")
 
 
+MAX_ENV_ENTRY = 128 * 1024 - 1  # bytes of one NAME=value: Linux's MAX_ARG_STRLEN, less its NUL
+
+
+def validate_env(env: Mapping[str, str]) -> None:
+    """Environment variables a process can have: a name that is not empty and holds no '='
+    (execve splits NAME=value at the first one), no NUL (it ends the entry), and each entry
+    within what execve takes. Checked when a machine is created or an exec asked for, so a
+    bad entry is refused then, not when the machine starts."""
+    for name, value in env.items():
+        if not name:
+            raise Invalid(f"environment variable names cannot be empty (value {value[:40]!r})")
+        if "=" in name:
+            raise Invalid(f"environment variable name {name!r} contains '=', which ends a name")
+        if "\0" in name or "\0" in value:
+            raise Invalid(f"environment variable {name!r} contains NUL (\\x00)")
+        if len(name.encode()) + 1 + len(value.encode()) > MAX_ENV_ENTRY:
+            raise Invalid(f"environment variable {name!r} is over {MAX_ENV_ENTRY} bytes")
+
+
 @dataclass(frozen=True, slots=True)
 class MachineSpec:
     image: str

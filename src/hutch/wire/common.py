@@ -1,18 +1,57 @@
 """Shared pieces of the wire format."""
 
-from typing import Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
 MAX_PAGE = 200  # items per page at most, whatever the client asks
+
+# The integers the store holds: counts and sizes are INTEGER columns (32 bits on PostgreSQL),
+# event ids BIGINT. Anything larger is refused as the request's fault (422, naming the field),
+# not left to fail in the database (a 500).
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+Count = Annotated[int, Field(ge=0, le=INT32_MAX)]  # a quota, a capacity in cpus or MiB
+Position = Annotated[int, Field(ge=0, le=INT64_MAX)]  # an event id
+
+
+def nul_in(value: Any, where: str = "") -> str | None:
+    """Where in a parsed JSON value a string (or a key) holds NUL, or None. No name, label,
+    command or value of hutch's may: PostgreSQL cannot store it, and a process's argv and
+    environment end at it."""
+    if isinstance(value, str):
+        return (where or "the value") if "\0" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and "\0" in key:
+                return f"a key of {where}" if where else "a field name"
+            if (found := nul_in(item, inner)) is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := nul_in(item, f"{where}.{i}" if where else str(i))) is not None:
+                return found
+    return None
 
 
 class Request(BaseModel):
     # Unknown fields are refused (no mass assignment), and so are values of another type:
     # `false` is no vCPU count, "3" no machine count. Enum fields say `strict=False`: the
-    # body is validated as parsed JSON, where an enum can only be its value.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # body is validated as parsed JSON, where an enum can only be its value. NaN and Infinity
+    # (which Python's JSON parser accepts) are no numbers here, and no string holds NUL.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if (where := nul_in(data)) is not None:
+            raise PydanticCustomError(
+                "nul_character", "{where}: NUL characters (\\x00) are not allowed", {"where": where}
+            )
+        return data
 
 
 class View(BaseModel):

@@ -1,11 +1,30 @@
 """Machines, their logs and exec sessions, and events."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from hutch.model.machine import Desired, GroupPolicy, MachineState, RestartPolicy, Strategy
+from hutch.model.errors import Invalid
+from hutch.model.machine import (
+    Desired,
+    GroupPolicy,
+    MachineState,
+    RestartPolicy,
+    Strategy,
+    validate_env,
+)
 from hutch.wire.common import Request, View
+
+
+def _env(env: dict[str, str]) -> dict[str, str]:
+    try:
+        validate_env(env)
+    except Invalid as e:
+        raise ValueError(e.message) from None  # pydantic's 422, naming the field
+    return env
+
+
+Env = Annotated[dict[str, str], AfterValidator(_env)]
 
 
 class MachineCreate(Request):
@@ -13,7 +32,7 @@ class MachineCreate(Request):
     name: str | None = Field(None, max_length=63)
     command: list[str] | None = Field(None, description="replaces the image's Cmd")
     entrypoint: list[str] | None = Field(None, description="replaces the image's Entrypoint")
-    env: dict[str, str] = {}
+    env: Env = {}
     workdir: str = ""
     user: str = ""
     cpus: int = Field(1, ge=1, le=256)
@@ -117,7 +136,7 @@ class ExecStart(Request):
     """The first message of an exec session (a WebSocket)."""
 
     command: list[str] = Field(min_length=1)
-    env: dict[str, str] = {}
+    env: Env = {}
     workdir: str = ""
     user: str = ""
     stdin: bool = False

@@ -3,7 +3,7 @@
 from pydantic import Field
 
 from hutch.model.machine import Desired, MachineState, NodeState
-from hutch.wire.common import Request, View
+from hutch.wire.common import INT32_MAX, Count, Request, View
 
 
 class CapacityView(View):
@@ -34,10 +34,10 @@ class NodeRegister(Request):
     address: str = Field(min_length=1, max_length=255, description="the agent's API base URL")
     runtimes: list[str]
     accel: str
-    cpus: int = Field(ge=1)
-    memory_mib: int = Field(ge=1)
-    disk_mib: int = Field(ge=0)
-    overhead_mib: dict[str, int] = {}
+    cpus: int = Field(ge=1, le=INT32_MAX)
+    memory_mib: int = Field(ge=1, le=INT32_MAX)
+    disk_mib: Count
+    overhead_mib: dict[str, Count] = {}
     labels: dict[str, str] = {}
     domain: str = Field("", max_length=63, description="failure domain: rack, zone, ...")
 
@@ -111,9 +111,9 @@ class Assignments(View):
 class MachineReport(Request):
     """What a node saw happen to one of its sandboxes."""
 
-    generation: int
+    generation: Count
     state: MachineState = Field(strict=False)
-    exit_code: int | None = None
+    exit_code: int | None = Field(None, ge=-INT32_MAX - 1, le=INT32_MAX)
     oom_killed: bool = False
     error: str = ""
     time: float

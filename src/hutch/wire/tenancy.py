@@ -4,16 +4,16 @@ from pydantic import Field
 
 from hutch.model.machine import Strategy
 from hutch.model.tenancy import Role
-from hutch.wire.common import Request, View
+from hutch.wire.common import Count, Request, View
 
 
 class QuotaSpec(Request):
-    machines: int | None = Field(None, ge=0)
-    vcpus: int | None = Field(None, ge=0)
-    memory_mib: int | None = Field(None, ge=0)
-    disk_mib: int | None = Field(None, ge=0)
-    images_mib: int | None = Field(None, ge=0, description="its images on a node, as stored")
-    images_unpacked_mib: int | None = Field(None, ge=0, description="the same, unpacked")
+    machines: Count | None = None
+    vcpus: Count | None = None
+    memory_mib: Count | None = None
+    disk_mib: Count | None = None
+    images_mib: Count | None = Field(None, description="its images on a node, as stored")
+    images_unpacked_mib: Count | None = Field(None, description="the same, unpacked")
 
 
 class QuotaView(View):
@@ -60,10 +60,15 @@ class QuotaReport(View):
     usage: UsageView
 
 
+MAX_LIFETIME = 100 * 365 * 86400  # a token that should outlive this asks for none (null)
+
+
 class TokenCreate(Request):
     name: str = Field("", max_length=63)
     role: Role = Field(Role.MEMBER, strict=False)
-    expires_in: float | None = Field(None, gt=0, description="seconds until it stops working")
+    expires_in: float | None = Field(
+        None, gt=0, le=MAX_LIFETIME, description="seconds until it stops working; null: never"
+    )
 
 
 class TokenView(View):

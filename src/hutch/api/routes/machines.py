@@ -18,7 +18,7 @@ from hutch.model.errors import HutchError, Invalid, NotFound
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
 from hutch.services.policy import Action
-from hutch.wire.common import MAX_PAGE, Page
+from hutch.wire.common import INT32_MAX, INT64_MAX, MAX_PAGE, Page
 from hutch.wire.machines import (
     ExecStart,
     KillRequest,
@@ -67,7 +67,7 @@ async def list_machines(
     state: Annotated[list[MachineState] | None, Query()] = None,
     label: Annotated[list[str] | None, Query(description="key=value; all must match")] = None,
     all: Annotated[bool, Query(description="include destroyed machines")] = False,
-    limit: Annotated[int, Query(ge=1)] = 100,
+    limit: Annotated[int, Query(ge=1, le=INT32_MAX)] = 100,
     cursor: str | None = None,
 ) -> Page[MachineView]:
     labels = {}
@@ -143,8 +143,8 @@ async def machine_logs(
     s: Scoped,
     ref: str,
     follow: bool = False,
-    tail: Annotated[int | None, Query(ge=0)] = None,
-    since: Annotated[float | None, Query(ge=0)] = None,
+    tail: Annotated[int | None, Query(ge=0, le=INT32_MAX)] = None,
+    since: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
 ) -> StreamingResponse:
     m, node = await ctl.machines.locate(s.caller, s.project, ref, Action.MACHINE_READ)
     params = {"follow": str(follow).lower()}
@@ -175,11 +175,13 @@ async def machine_logs(
 async def events(
     ctl: Ctl,
     s: Scoped,
-    after: Annotated[int, Query(ge=0)] = 0,
-    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    last_event_id: Annotated[
+        int | None, Header(ge=0, le=INT64_MAX, description="an event's id: resume after it")
+    ] = None,
 ) -> StreamingResponse:
-    if last_event_id and last_event_id.isdigit():
-        after = max(after, int(last_event_id))
+    if last_event_id is not None:
+        after = max(after, last_event_id)
     batches = ctl.machines.events(s.caller, s.project, after)
 
     async def body() -> AsyncIterator[bytes]:

@@ -11,7 +11,7 @@ from hutch.api.deps import Caller, CallingNode, Ctl, bearer
 from hutch.http.problems import PROBLEMS
 from hutch.model.errors import NotFound
 from hutch.model.machine import Capacity, Report
-from hutch.wire.common import Page
+from hutch.wire.common import INT32_MAX, Page
 from hutch.wire.nodes import (
     Assignments,
     Heartbeat,
@@ -117,7 +117,7 @@ async def assignments(
     ctl: Ctl,
     node: CallingNode,
     node_id: str,
-    after: Annotated[int, Query(ge=-1)] = -1,
+    after: Annotated[int, Query(ge=-1, le=INT32_MAX)] = -1,
     wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
 ) -> Assignments:
     _own(node_id, node.id)
