@@ -24,6 +24,7 @@ MAPPING: list[tuple[type[errors.HutchError], int, str]] = [
     (errors.NotFound, 404, "Not found"),
     (errors.Conflict, 409, "Conflict"),
     (errors.Unsupported, 501, "Not supported"),
+    (errors.InsufficientStorage, 507, "Insufficient storage"),
     (errors.NoCapacity, 503, "No capacity"),
     (errors.Unavailable, 503, "Unavailable"),
 ]
