@@ -28,6 +28,7 @@ from hutch.services.nodes import Nodes
 from hutch.services.notify import SCHEDULER, Notifier
 from hutch.services.policy import Policy
 from hutch.services.scheduling import Scheduler
+from hutch.services.streams import Streams
 from hutch.services.tenancy import Tenancy
 from hutch.store import open_store
 
@@ -62,17 +63,19 @@ def build_controller(settings: Settings) -> Controller:
     pin = tls.pin_of(ca_pem.encode()) if ca_pem else ""
     node_service = Nodes(store, notifier, join_secret, controller_secret.encode(), pin)
     machine_service = Machines(store, policy, notifier, link)
+    streams = Streams(store)
     return Controller(
         store=store,
         notifier=notifier,
         link=link,
-        tenancy=Tenancy(store, policy),
+        tenancy=Tenancy(store, policy, streams),
         machines=machine_service,
         nodes=node_service,
         images=Images(node_service, link, policy),
         leadership=Leadership(store, settings.leader_lease),
         scheduler=Scheduler(store, notifier),
         health=Health(node_service, machine_service, settings.node_grace),
+        streams=streams,
         ca_pem=ca_pem,
     )
 
@@ -80,14 +83,16 @@ def build_controller(settings: Settings) -> Controller:
 @contextlib.asynccontextmanager
 async def leading_work(ctl: Controller) -> AsyncIterator[None]:
     """In the background: the leader's lease, and what the leader does (the scheduler, node
-    health), each idle while this controller does not lead. They are stopped between two
-    transactions, never cancelled inside one."""
+    health), each idle while this controller does not lead; and on every controller, the check
+    of its open streams' tokens. They are stopped between two transactions, never cancelled
+    inside one."""
     stop = asyncio.Event()
     leading = ctl.leadership.leading
     tasks = [
         asyncio.create_task(ctl.leadership.run(stop)),
         asyncio.create_task(ctl.scheduler.run(leading, stop)),
         asyncio.create_task(ctl.health.run(leading, stop)),
+        asyncio.create_task(ctl.streams.run(stop)),
     ]
     try:
         yield

@@ -542,6 +542,19 @@ class _Tokens(_Repo):
         stmt = sa.select(t.tokens).where(where).order_by(t.tokens.c.created_at, t.tokens.c.id)
         return [_to_token(r) for r in await self._c.execute(stmt)]
 
+    async def usable(
+        self, token_ids: Sequence[str], project_ids: Sequence[str], now: float
+    ) -> tuple[set[str], set[str]]:
+        tok, prj = t.tokens.c, t.projects.c
+        tokens = sa.select(sa.literal("t").label("kind"), tok.id).where(
+            tok.id.in_(token_ids),
+            tok.revoked_at.is_(None),
+            sa.or_(tok.expires_at.is_(None), tok.expires_at > now),
+        )
+        projects = sa.select(sa.literal("p").label("kind"), prj.id).where(prj.id.in_(project_ids))
+        rows: Sequence[Any] = (await self._c.execute(sa.union_all(tokens, projects))).all()
+        return {r[1] for r in rows if r[0] == "t"}, {r[1] for r in rows if r[0] == "p"}
+
     async def revoke(self, token_id: str, at: float) -> Token:
         """Revoked from `at`; revoking again keeps the first time."""
         stmt = (
