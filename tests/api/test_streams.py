@@ -26,6 +26,7 @@ class Stream:
     """An open GET /v1/events: the ids of the objects it delivered, until it ends."""
 
     objects: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
     task: "asyncio.Task[None] | None" = None
 
     @property
@@ -44,22 +45,28 @@ class Stream:
 
 
 @contextlib.asynccontextmanager
-async def events(url: str, token: str, project: str | None = None) -> AsyncIterator[Stream]:
+async def events(
+    url: str, token: str, project: str | None = None, after: int | None = None
+) -> AsyncIterator[Stream]:
     stream = Stream()
     params = {"project": project} if project else {}
+    headers = {"Authorization": f"Bearer {token}"}
+    if after is not None:
+        headers["Last-Event-ID"] = str(after)
     opened = asyncio.Event()
 
     async def read() -> None:
         async with (
             httpx.AsyncClient(timeout=None) as http,
-            http.stream("GET", f"{url}/v1/events", params=params,
-                        headers={"Authorization": f"Bearer {token}"}) as r,
+            http.stream("GET", f"{url}/v1/events", params=params, headers=headers) as r,
         ):  # fmt: skip
             assert r.status_code == 200
             opened.set()
             async for line in r.aiter_lines():
                 if line.startswith("data: "):
                     stream.objects.append(json.loads(line[6:])["object"])
+                elif line.startswith("id: "):
+                    stream.ids.append(int(line[4:]))
 
     stream.task = asyncio.create_task(read())
     async with asyncio.timeout(10):
@@ -177,3 +184,23 @@ async def test_a_token_revoked_through_another_controller_ends_the_stream(
         await other.link.close()
         await other.store.close()
         await close_api(api)
+
+
+async def test_a_projects_event_ids_say_nothing_about_other_projects(api: Api) -> None:
+    """Event ids are numbers within the project: consecutive while another project is busy."""
+    alpha, beta = await api.token("alpha", "member"), await api.token("beta", "member")
+    mine = []
+    for i in range(4):
+        mine.append(await machine_id(api, alpha, f"a{i}"))
+        for j in range(3):
+            await machine_id(api, beta, f"b{i}-{j}")
+    async with served(api) as url:
+        async with events(url, alpha) as seen:
+            await seen.until_seen(mine[-1])
+        assert seen.ids == list(range(1, len(seen.ids) + 1))
+        assert set(mine) <= set(seen.objects)
+        async with events(url, alpha, after=seen.ids[1]) as resumed:  # Last-Event-ID
+            await resumed.until_seen(mine[-1])
+        first = seen.ids[2]  # and then on, as they come
+        assert resumed.ids[: len(seen.ids) - 2] == seen.ids[2:]
+        assert resumed.ids == list(range(first, first + len(resumed.ids)))
