@@ -18,7 +18,7 @@ from hutch.api.routes import images, machines, nodes, projects
 from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import problems, tls
-from hutch.http.limits import BodyLimit
+from hutch.http.limits import BodyDeadline, BodyLimit
 from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
@@ -122,6 +122,9 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
     app.state.controller = ctl
     problems.install(app)
     app.add_middleware(BodyLimit)
+    timeout = (settings.body_timeout if settings is not None
+               else Settings.model_fields["body_timeout"].default)  # fmt: skip
+    app.add_middleware(BodyDeadline, timeout=timeout)
     for router in (projects.router, machines.router, images.router, nodes.public, nodes.agents):
         app.include_router(router)
 
