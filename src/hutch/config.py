@@ -73,6 +73,15 @@ class Settings(BaseSettings):
         "", description="sqlite:///... or postgresql://...; default: SQLite in state_dir"
     )
     listen: str = Field("127.0.0.1:7878", description="host:port the controller serves on")
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a request's headers may take to arrive (then 408)"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="seconds a request's body may take (an import's: may pause)"
+    )
+    connections_per_client: int = Field(
+        64, ge=1, description="connections one client address may hold open (then 429)"
+    )
     policy_file: Path | None = Field(None, description="TOML: action = role overrides")
     tls: bool = Field(False, description="serve HTTPS with a CA made in state_dir/tls")
     tls_names: list[str] = Field(

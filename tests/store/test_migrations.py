@@ -56,6 +56,31 @@ async def test_downgrade_and_upgrade_again(store: SqlStore) -> None:
         await tx.projects.create(f.project())
 
 
+async def test_events_before_0005_are_numbered_per_project(store: SqlStore) -> None:
+    def old_events(conn: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0004")
+        for p in ("p-a", "p-b"):
+            conn.execute(text("INSERT INTO projects (id, name, created_at) VALUES (:p, :p, 1)"),
+                         {"p": p})  # fmt: skip
+        for p in ("p-a", "p-b", "p-a", "p-b", "p-a"):
+            conn.execute(
+                text("INSERT INTO events (project_id, kind, object_id, state, message, time)"
+                     " VALUES (:p, 'k', 'o', 's', '', 1)"),
+                {"p": p},
+            )  # fmt: skip
+        command.upgrade(config, "head")
+
+    async with store.engine.begin() as conn:
+        await conn.run_sync(old_events)
+    async with store.write() as tx:
+        assert [e.id for e in await tx.events.since("p-a", 0)] == [1, 2, 3]
+        assert [e.id for e in await tx.events.since("p-b", 1)] == [2]
+        new = await tx.events.append("p-b", kind="k", object_id="o", state="s", message="", time=2)
+    assert new.id == 3
+
+
 async def test_reopening_keeps_data(store_url: str) -> None:
     p = f.project()
     first = SqlStore(store_url)

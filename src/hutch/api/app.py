@@ -18,7 +18,7 @@ from hutch.api.routes import images, machines, nodes, projects
 from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import problems, tls
-from hutch.http.limits import BodyLimit, NoNul
+from hutch.http.limits import BodyDeadline, BodyLimit, NoNul
 from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
@@ -28,6 +28,7 @@ from hutch.services.nodes import Nodes
 from hutch.services.notify import SCHEDULER, Notifier
 from hutch.services.policy import Policy
 from hutch.services.scheduling import Scheduler
+from hutch.services.streams import Streams
 from hutch.services.tenancy import Tenancy
 from hutch.store import open_store
 
@@ -62,17 +63,19 @@ def build_controller(settings: Settings) -> Controller:
     pin = tls.pin_of(ca_pem.encode()) if ca_pem else ""
     node_service = Nodes(store, notifier, join_secret, controller_secret.encode(), pin)
     machine_service = Machines(store, policy, notifier, link)
+    streams = Streams(store)
     return Controller(
         store=store,
         notifier=notifier,
         link=link,
-        tenancy=Tenancy(store, policy),
+        tenancy=Tenancy(store, policy, streams),
         machines=machine_service,
         nodes=node_service,
         images=Images(node_service, link, policy),
         leadership=Leadership(store, settings.leader_lease),
         scheduler=Scheduler(store, notifier),
         health=Health(node_service, machine_service, settings.node_grace),
+        streams=streams,
         ca_pem=ca_pem,
     )
 
@@ -80,14 +83,16 @@ def build_controller(settings: Settings) -> Controller:
 @contextlib.asynccontextmanager
 async def leading_work(ctl: Controller) -> AsyncIterator[None]:
     """In the background: the leader's lease, and what the leader does (the scheduler, node
-    health), each idle while this controller does not lead. They are stopped between two
-    transactions, never cancelled inside one."""
+    health), each idle while this controller does not lead; and on every controller, the check
+    of its open streams' tokens. They are stopped between two transactions, never cancelled
+    inside one."""
     stop = asyncio.Event()
     leading = ctl.leadership.leading
     tasks = [
         asyncio.create_task(ctl.leadership.run(stop)),
         asyncio.create_task(ctl.scheduler.run(leading, stop)),
         asyncio.create_task(ctl.health.run(leading, stop)),
+        asyncio.create_task(ctl.streams.run(stop)),
     ]
     try:
         yield
@@ -118,6 +123,9 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(NoNul)
+    timeout = (settings.body_timeout if settings is not None
+               else Settings.model_fields["body_timeout"].default)  # fmt: skip
+    app.add_middleware(BodyDeadline, timeout=timeout)
     for router in (projects.router, machines.router, images.router, nodes.public, nodes.agents):
         app.include_router(router)
 

@@ -15,6 +15,7 @@ from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.notify import Notifier
 from hutch.services.scheduling import Scheduler
+from hutch.services.streams import Streams
 from hutch.services.tenancy import Tenancy
 from hutch.store.base import Store
 
@@ -31,6 +32,7 @@ class Controller:
     leadership: Leadership
     scheduler: Scheduler
     health: Health
+    streams: Streams  # long-lived streams, ended when their token or project goes
     ca_pem: str | None = None  # when serving HTTPS
 
 

@@ -8,6 +8,7 @@ import logging
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -18,6 +19,7 @@ from hutch.agent.nodeapi import create_node_app
 from hutch.api.app import build_controller, create_app, join_secret_of
 from hutch.cli.contexts import save_up_context
 from hutch.http import tls
+from hutch.http.slow import guarded_http
 from hutch.model.errors import Invalid, Unavailable
 
 log = logging.getLogger("hutch")
@@ -32,12 +34,22 @@ def host_port(listen: str) -> tuple[str, int]:
 
 
 def _server(
-    app: FastAPI, host: str, port: int, cert: tuple[Path, Path] | None = None
+    app: FastAPI,
+    host: str,
+    port: int,
+    cert: tuple[Path, Path] | None = None,
+    settings: config.Settings | None = None,
 ) -> uvicorn.Server:
+    """uvicorn for `app`; with `settings`, the controller's limits on slow and greedy clients
+    (header_timeout, connections_per_client; body_timeout is the app's)."""
+    http: Any = "h11"
+    if settings is not None:
+        http = guarded_http(settings.header_timeout, settings.connections_per_client)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=http,
         log_level="warning",
         lifespan="on",
         ws="websockets-sansio",
@@ -97,7 +109,7 @@ async def _run_agent(agent: NodeAgent, host: str, port: int) -> None:
 async def _up(settings: config.Settings, port: int) -> None:
     ctl = build_controller(settings)
     host, _ = host_port(settings.listen)
-    controller = _server(create_app(ctl, settings), host, port)
+    controller = _server(create_app(ctl, settings), host, port, settings=settings)
     task, bound = await _start(controller)
     url = f"http://{host}:{bound}"
     save_up_context(url, settings.state_dir, settings.project)
@@ -126,7 +138,7 @@ def run_controller(settings: config.Settings, host: str, port: int) -> None:
         cert = tls.server_cert(settings.state_dir / "tls", names)
         log.info("serving HTTPS for %s; agents pin CA sha256 %s", ", ".join(names),
                  ctl.nodes.ca_pin)  # fmt: skip
-    server = _server(create_app(ctl, settings), host, port, cert)
+    server = _server(create_app(ctl, settings), host, port, cert, settings)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
 

@@ -1,11 +1,14 @@
 """Request limits: a body larger than 1 MiB is 413, by its Content-Length before it is read,
-or as soon as a streamed one passes the limit; a NUL in the URL is 422."""
+or as soon as a streamed one passes the limit; a body that does not arrive in time is 408
+(`BodyDeadline`); a NUL in the URL is 422 (`NoNul`)."""
 
+import asyncio
+import time
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hutch.http.problems import BodyTooLarge, problem
+from hutch.http.problems import BodyLate, BodyTooLarge, problem
 
 MAX_BODY = 1 << 20
 STREAMED = ("/v1/images/import",)  # archives stream through to the nodes
@@ -74,3 +77,38 @@ def _nul_in_url(scope: Scope) -> str | None:
             if "\0" in value:
                 return f"query parameter {name}"
     return None
+
+
+class BodyDeadline:
+    """A request's body must arrive within `timeout` seconds of its first read; a streamed
+    one (image imports, which may be large) must not pause for longer than that. Otherwise 408,
+    and the connection is closed."""
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        streamed = scope["path"].startswith(STREAMED)
+        deadline: float | None = None
+        done = False
+
+        async def timed() -> Message:
+            nonlocal deadline, done
+            if done:  # the body is in: what is left is waiting for a disconnect
+                return await receive()
+            now = time.monotonic()
+            if deadline is None or streamed:
+                deadline = now + self.timeout
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - now))
+            except TimeoutError:
+                raise BodyLate(self.timeout) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+
+        await self.app(scope, timed, send)

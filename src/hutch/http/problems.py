@@ -88,6 +88,19 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request bodies are limited to {limit} bytes")
 
 
+class BodyLate(HTTPException):
+    """408: a request's body did not arrive in time (raised like BodyTooLarge); the
+    connection is closed after the answer."""
+
+    title = "Request timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408, f"the request's body did not arrive within {seconds:g} s",
+            headers={"Connection": "close"},
+        )  # fmt: skip
+
+
 def _allowed(app: FastAPI, scope: Scope) -> list[str]:
     """Every method some route serves at this path."""
     methods: set[str] = set()
@@ -122,7 +135,7 @@ def install(app: FastAPI) -> None:
         headers = dict(e.headers or {})
         if e.status_code == 405:  # Starlette names the methods of the first route that matched
             headers["Allow"] = ", ".join(_allowed(app, request.scope))
-        title = e.title if isinstance(e, BodyTooLarge) else str(e.detail)
+        title = e.title if isinstance(e, BodyTooLarge | BodyLate) else str(e.detail)
         return problem(e.status_code, title, str(e.detail), headers)
 
     @app.exception_handler(Exception)

@@ -115,6 +115,7 @@ class Principal:
     project_id: str | None
     role: Role
     system: bool = False
+    expires_at: float | None = None  # the token's (unix time): when its streams end
 
     def can(self, role: Role, project_id: str) -> bool:
         """May this caller act with `role` in `project_id`?"""

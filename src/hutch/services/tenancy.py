@@ -7,13 +7,15 @@ from hutch.model.machine import Strategy
 from hutch.model.tenancy import Principal, Project, Quota, Role, Token, Usage, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
 from hutch.services.policy import Action, Policy
+from hutch.services.streams import Streams
 from hutch.store.base import Store, Tx
 
 
 class Tenancy:
-    def __init__(self, store: Store, policy: Policy) -> None:
+    def __init__(self, store: Store, policy: Policy, streams: Streams | None = None) -> None:
         self.store = store
         self.policy = policy
+        self.streams = streams or Streams(store)
 
     # -- who is calling -------------------------------------------------------------------------
 
@@ -60,6 +62,7 @@ class Tenancy:
         async with self.store.write() as tx:
             project = await _by_name(tx, name)
             await tx.projects.delete(project.id)
+        self.streams.end_project(project.id, f"project {name} was deleted")
         return project
 
     async def quota(self, principal: Principal, project: Project) -> tuple[Quota, Usage]:
@@ -123,9 +126,10 @@ class Tenancy:
             token = await tx.tokens.get(token_id)
             if token.project_id != project.id:
                 raise NotFound(f"no token {token_id!r} in project {project.name}")
-            if token.revoked_at is not None:
-                return token
-            return await tx.tokens.revoke(token_id, time.time())
+            if token.revoked_at is None:
+                token = await tx.tokens.revoke(token_id, time.time())
+        self.streams.end_token(token_id, "this token was revoked")
+        return token
 
     # -- bootstrap ------------------------------------------------------------------------------
 
@@ -164,7 +168,7 @@ async def _principal(tx: Tx, secret: str | None) -> Principal:
         raise Unauthenticated("this token was revoked")
     if not token.usable(time.time()):
         raise Unauthenticated("this token has expired")
-    return Principal(token.id, token.project_id, token.role, token.system)
+    return Principal(token.id, token.project_id, token.role, token.system, token.expires_at)
 
 
 async def _project_for(tx: Tx, principal: Principal, name: str | None) -> Project:

@@ -71,6 +71,12 @@ class TokenRepo(Protocol):
 
     async def revoke(self, token_id: str, at: float) -> Token: ...
 
+    async def usable(
+        self, token_ids: Sequence[str], project_ids: Sequence[str], now: float
+    ) -> tuple[builtins.set[str], builtins.set[str]]:
+        """In one statement: those of `token_ids` that are neither revoked nor expired at
+        `now`, and those of `project_ids` that still exist (for open streams, services/streams)."""
+
 
 class MachineRepo(Protocol):
     async def create(self, machine: Machine) -> None:

@@ -11,10 +11,12 @@ On PostgreSQL, transactions are READ COMMITTED; `projects.lock()` and `nodes.loc
 reference it), and `read()` transactions are READ ONLY. A deadlock or serialization failure ends
 the transaction as Conflict; the caller decides whether to retry the whole block.
 
-Event ids. On PostgreSQL, identity values are handed out at insert time but become visible at
-commit, so a reader could see id 7 before id 6 and skip 6 for good. `events.append()` therefore
-takes the project's row lock first: a project's events are numbered in commit order. (So a
-transaction that appends events of two projects locks both: take them in one order.)
+Event ids. An event's id is its number in its project (`events.seq`: 1, 2, 3...), so the ids a
+project sees say nothing about the others. `events.append()` takes the next number by bumping
+`projects.event_seq`, which holds the project's row until the commit: a project's events are
+numbered in commit order, and a reader never sees number 7 before 6 (as it could with a
+sequence, whose values become visible at commit). (So a transaction that appends events of two
+projects locks both: take them in one order.)
 
 Do not nest `write()` blocks of one store: the inner one waits for the outer, and gives up after
 BUSY_TIMEOUT as Unavailable.
@@ -542,6 +544,19 @@ class _Tokens(_Repo):
         stmt = sa.select(t.tokens).where(where).order_by(t.tokens.c.created_at, t.tokens.c.id)
         return [_to_token(r) for r in await self._c.execute(stmt)]
 
+    async def usable(
+        self, token_ids: Sequence[str], project_ids: Sequence[str], now: float
+    ) -> tuple[set[str], set[str]]:
+        tok, prj = t.tokens.c, t.projects.c
+        tokens = sa.select(sa.literal("t").label("kind"), tok.id).where(
+            tok.id.in_(token_ids),
+            tok.revoked_at.is_(None),
+            sa.or_(tok.expires_at.is_(None), tok.expires_at > now),
+        )
+        projects = sa.select(sa.literal("p").label("kind"), prj.id).where(prj.id.in_(project_ids))
+        rows: Sequence[Any] = (await self._c.execute(sa.union_all(tokens, projects))).all()
+        return {r[1] for r in rows if r[0] == "t"}, {r[1] for r in rows if r[0] == "p"}
+
     async def revoke(self, token_id: str, at: float) -> Token:
         """Revoked from `at`; revoking again keeps the first time."""
         stmt = (
@@ -896,27 +911,41 @@ class _Events(_Repo):
     async def append(
         self, project_id: str, *, kind: str, object_id: str, state: str, message: str, time: float
     ) -> Event:
-        # The project's lock orders its events by commit (see the module's docstring); on
-        # SQLite the writer already holds the whole database. Either way: NotFound if it is gone.
-        await self._lock_row(t.projects, project_id, "project")
-        insert = t.events.insert().values(
-            project_id=project_id,
-            kind=kind,
-            object_id=object_id,
-            state=state,
-            message=message,
-            time=time,
-        )
-        result = await self._c.execute(insert.returning(t.events.c.id))
-        return Event(result.scalar_one(), project_id, kind, object_id, state, message, time)
+        seq = await self._number(project_id, 1)
+        values = {"project_id": project_id, "kind": kind, "object_id": object_id, "state": state,
+                  "message": message, "time": time, "seq": seq}  # fmt: skip
+        await self._c.execute(t.events.insert().values(**values))
+        return Event(seq, project_id, kind, object_id, state, message, time)
 
     async def append_many(self, events: Sequence[NewEvent]) -> None:
         """Many events in one statement (the scheduler's batches), in the order given."""
         if not events:
             return
-        for project_id in sorted({e.project_id for e in events}):
-            await self._lock_row(t.projects, project_id, "project")
-        await self._c.execute(t.events.insert(), [e._asdict() for e in events])
+        counts: dict[str, int] = {}
+        for e in events:
+            counts[e.project_id] = counts.get(e.project_id, 0) + 1
+        following = {p: await self._number(p, counts[p]) for p in sorted(counts)}
+        rows = []
+        for e in events:
+            rows.append({**e._asdict(), "seq": following[e.project_id]})
+            following[e.project_id] += 1
+        await self._c.execute(t.events.insert(), rows)
+
+    async def _number(self, project_id: str, n: int) -> int:
+        """Take the project's next `n` event numbers: the first. The update holds the project's
+        row until the transaction ends, so a project's events are numbered in commit order,
+        whichever controller writes them (see the module's docstring); NotFound if it is gone."""
+        p = t.projects
+        stmt = (
+            sa.update(p)
+            .where(p.c.id == project_id)
+            .values(event_seq=p.c.event_seq + n)
+            .returning(p.c.event_seq)
+        )
+        last = (await self._c.execute(stmt)).scalar_one_or_none()
+        if last is None:
+            raise NotFound(f"project {project_id!r} not found")
+        return int(last) - n + 1
 
     async def since(self, project_id: str, after: int, limit: int = 500) -> list[Event]:
         """At most MAX_EVENTS events, whatever `limit` asks."""
@@ -925,13 +954,13 @@ class _Events(_Repo):
         e = t.events
         stmt = (
             sa.select(e)
-            .where(e.c.project_id == project_id, e.c.id > after)
-            .order_by(e.c.id)
+            .where(e.c.project_id == project_id, e.c.seq > after)
+            .order_by(e.c.seq)
             .limit(min(limit, MAX_EVENTS))
         )
         return [
             Event(
-                id=r.id,
+                id=r.seq,
                 project_id=r.project_id,
                 kind=r.kind,
                 object_id=r.object_id,

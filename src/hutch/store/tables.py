@@ -42,6 +42,8 @@ projects = sa.Table(
     sa.Column("quota_images_mib", sa.Integer),
     sa.Column("quota_images_unpacked_mib", sa.Integer),
     sa.Column("strategy", _ENUM, nullable=False, server_default="spread"),
+    # The last event number given in the project (events.seq): bumped under the row's lock.
+    sa.Column("event_seq", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 tokens = sa.Table(
@@ -186,6 +188,9 @@ events = sa.Table(
     sa.Column("state", _ENUM, nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("time", _TIME, nullable=False),
-    sa.Index("ix_events_project_id_id", "project_id", "id"),
+    # The event's number in its project (1, 2, 3...): what the API calls its id, so that the ids
+    # a project sees say nothing about other projects. `id` only orders rows internally.
+    sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("uq_events_project_id_seq", "project_id", "seq", unique=True),
     sqlite_autoincrement=True,
 )

@@ -14,10 +14,11 @@ from websockets.exceptions import ConnectionClosed
 from hutch.api import convert
 from hutch.api.deps import Ctl, Scoped, bearer
 from hutch.http.problems import PROBLEMS, ws_error
-from hutch.model.errors import HutchError, Invalid, NotFound
+from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
 from hutch.services.policy import Action
+from hutch.services.streams import Lease
 from hutch.wire.common import INT32_MAX, INT64_MAX, MAX_PAGE, Page
 from hutch.wire.machines import (
     ExecStart,
@@ -159,10 +160,13 @@ async def machine_logs(
         first = None
 
     async def body() -> AsyncIterator[bytes]:
-        if first is not None:
+        with ctl.streams.open(s.caller, s.project) as lease:
+            if first is None or not lease.live:
+                return
             yield first
-            async for line in stream:
-                yield line
+            async for line in lease.guard(stream):
+                if line is not None:
+                    yield line
 
     return StreamingResponse(body(), media_type="application/x-ndjson")
 
@@ -185,21 +189,14 @@ async def events(
     batches = ctl.machines.events(s.caller, s.project, after)
 
     async def body() -> AsyncIterator[bytes]:
-        pending: asyncio.Task[list] | None = None  # type: ignore[type-arg]
-        try:
-            while True:
-                pending = pending or asyncio.ensure_future(anext(batches))
-                done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE)
-                if not done:
+        with ctl.streams.open(s.caller, s.project) as lease:
+            async for batch in lease.guard(batches, KEEPALIVE):
+                if batch is None:
                     yield b": keepalive\n\n"
                     continue
-                for e in pending.result():
+                for e in batch:
                     data = convert.event_view(e).model_dump_json()
                     yield f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
-                pending = None
-        finally:
-            if pending is not None:
-                pending.cancel()
 
     return StreamingResponse(body(), media_type="text/event-stream")
 
@@ -226,17 +223,23 @@ async def exec_machine(ws: WebSocket, ref: str, project: str | None = None) -> N
         await ws.close()
         return
     try:
-        await upstream.send(start.model_dump_json())
-        await _relay(ws, upstream)
+        with ctl.streams.open(caller, proj) as lease:
+            await upstream.send(start.model_dump_json())
+            if await _relay(ws, upstream, lease):
+                await ws.send_text(ws_error(Unauthenticated(lease.reason)))
     finally:
         await upstream.close()
         with contextlib.suppress(RuntimeError):
             await ws.close()
 
 
-async def _relay(client: WebSocket, node: ClientConnection) -> None:
+async def _relay(client: WebSocket, node: ClientConnection, lease: Lease) -> bool:
+    """Relay until either side ends (False) or the lease does (True)."""
+
     async def down() -> None:
         async for message in node:
+            if not lease.live:  # nothing from after its end, even before `ended` wakes
+                return
             if isinstance(message, bytes):
                 await client.send_bytes(message)
             else:
@@ -245,16 +248,18 @@ async def _relay(client: WebSocket, node: ClientConnection) -> None:
     async def up() -> None:
         while True:
             message = await client.receive()
-            if message["type"] == "websocket.disconnect":
+            if message["type"] == "websocket.disconnect" or not lease.live:
                 return
             if message.get("bytes") is not None:
                 await node.send(message["bytes"])
             elif message.get("text") is not None:
                 await node.send(message["text"])
 
-    tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up())]
+    ended = asyncio.ensure_future(lease.wait())
+    tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up()), ended]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return not lease.live
     finally:
         for task in tasks:
             task.cancel()

@@ -1,0 +1,151 @@
+"""Long-lived streams and the credentials they were opened with.
+
+A request is authorised when it starts, but an event stream, a followed log or an exec session
+lives on. Each registers here (`Streams.open`) with its caller's token and project, and ends as
+soon as the token is revoked or expires or the project is deleted:
+- revocations and deletions made through this controller end its streams at once
+  (`end_token`, `end_project`, called by the tenancy service after its commit);
+- those made through another controller sharing the store are found by `run`: every CHECK
+  seconds one statement re-checks the tokens and projects of all the streams open here;
+- a token's expiry is known when the stream opens: it ends then.
+A stream checks its lease before it sends anything (`Lease.guard`), so nothing written after a
+revocation seen here, or after the expiry, reaches it.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from hutch.model.errors import HutchError
+from hutch.model.tenancy import Principal, Project
+from hutch.services.notify import pause
+from hutch.store.base import Store
+
+log = logging.getLogger("hutch.streams")
+CHECK = 0.5  # seconds between two checks of every open stream's token and project
+T = TypeVar("T")
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """One open stream's hold on its caller's token and project."""
+
+    token_id: str
+    project_id: str
+    expires_at: float | None  # the token's expiry (unix time), if it has one
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str = ""  # why it ended
+
+    def end(self, reason: str) -> None:
+        if not self.ended.is_set():
+            self.reason = reason
+            self.ended.set()
+
+    @property
+    def live(self) -> bool:
+        """Not ended (checked now against the expiry too: no query)."""
+        if self.expires_at is not None and time.time() >= self.expires_at:
+            self.end("this token has expired")
+        return not self.ended.is_set()
+
+    async def wait(self) -> None:
+        """Return when the lease ends (revoked, expired, project deleted)."""
+        while self.live:
+            timeout = None if self.expires_at is None else max(0.0, self.expires_at - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ended.wait(), timeout)
+
+    async def guard(
+        self, items: AsyncIterator[T], keepalive: float | None = None
+    ) -> AsyncIterator[T | None]:
+        """`items` while the lease holds, and None after `keepalive` seconds without an item;
+        ends with `items` or with the lease (closing `items`)."""
+        ended: asyncio.Future[object] = asyncio.ensure_future(self.wait())
+        pending: asyncio.Future[object] | None = None
+        try:
+            while self.live:
+                pending = pending or asyncio.ensure_future(anext(items))
+                done, _ = await asyncio.wait(
+                    {pending, ended}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not self.live:
+                    return
+                if pending in done:
+                    try:
+                        item = pending.result()
+                    except StopAsyncIteration:
+                        pending = None
+                        return
+                    pending = None
+                    yield item  # type: ignore[misc]  # an item of `items`
+                elif not done:
+                    yield None
+        finally:
+            ended.cancel()
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+
+class Streams:
+    def __init__(self, store: Store, interval: float = CHECK) -> None:
+        self.store = store
+        self.interval = interval
+        self._open: set[Lease] = set()
+
+    @contextlib.contextmanager
+    def open(self, caller: Principal, project: Project) -> Iterator[Lease]:
+        """A lease for a stream that `caller` opens in `project`, held until the block ends."""
+        lease = Lease(caller.token_id, project.id, caller.expires_at)
+        self._open.add(lease)
+        try:
+            yield lease
+        finally:
+            self._open.discard(lease)
+
+    def end_token(self, token_id: str, reason: str) -> None:
+        for lease in list(self._open):
+            if lease.token_id == token_id:
+                lease.end(reason)
+
+    def end_project(self, project_id: str, reason: str) -> None:
+        for lease in list(self._open):
+            if lease.project_id == project_id:
+                lease.end(reason)
+
+    async def check(self) -> None:
+        """One look at the store for every open stream; end those no longer allowed."""
+        leases = [lease for lease in self._open if lease.live]
+        if not leases:
+            return
+        async with self.store.read() as tx:
+            tokens, projects = await tx.tokens.usable(
+                sorted({lease.token_id for lease in leases}),
+                sorted({lease.project_id for lease in leases}),
+                time.time(),
+            )
+        for lease in leases:
+            if lease.project_id not in projects:
+                lease.end("the project was deleted")
+            elif lease.token_id not in tokens:
+                lease.end("this token was revoked or has expired")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check every `interval` seconds until `stop` is set (on every controller)."""
+        while not stop.is_set():
+            await pause(stop, self.interval)
+            try:
+                await self.check()
+            except HutchError as e:  # the store is away: streams stay until it answers
+                log.warning("cannot check open streams: %s", e)
+            except Exception:  # the check must go on
+                log.exception("checking open streams failed")
