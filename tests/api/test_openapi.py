@@ -162,4 +162,5 @@ def test_hostile_values_are_refused_not_crashes(
             status, body = r.status_code, r.read() if r.status_code != 200 else b""
     except httpx.ReadTimeout:
         status, body = 200, b"(an accepted stream)"
-    assert 400 <= status < 500, f"{case.as_curl_command()}\n-> {status} {body[:300]!r}"
+    sent = f"{case.as_curl_command()} {parts!r}"  # repr: a NUL shows
+    assert 400 <= status < 500, f"{sent}\n-> {status} {body[:300]!r}"
