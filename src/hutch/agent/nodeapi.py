@@ -26,6 +26,7 @@ from hutch.images.pull import PullProgress
 from hutch.images.store import StoredImage
 from hutch.images.users import resolve_user
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
+from hutch.model.image import parse_ref
 from hutch.model.sandbox import LogRecord, ProcessSpec, Stream, parse_signal
 from hutch.runtime.driver import AgentDriver
 from hutch.wire.images import ImagePull, ImageView, PullEvent
@@ -145,6 +146,8 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
 
     @app.post("/node/v1/images/pull")
     async def pull_image(_: Auth, project: str, body: ImagePull) -> StreamingResponse:
+        # Refused as a 403 before the stream starts, like the controller does.
+        agent.settings.registry_names().check(parse_ref(body.ref).registry)
         return StreamingResponse(_pull(agent, project, body), media_type="application/x-ndjson")
 
     @app.post("/node/v1/images/import", status_code=status.HTTP_201_CREATED)

@@ -61,7 +61,8 @@ def build_controller(settings: Settings) -> Controller:
     ca_pem = tls.ensure_ca(settings.state_dir / "tls").read_text() if settings.tls else None
     pin = tls.pin_of(ca_pem.encode()) if ca_pem else ""
     node_service = Nodes(store, notifier, join_secret, controller_secret.encode(), pin)
-    machine_service = Machines(store, policy, notifier, link)
+    image_service = Images(node_service, link, policy, settings.registry_names())
+    machine_service = Machines(store, policy, notifier, link, image_service)
     return Controller(
         store=store,
         notifier=notifier,
@@ -69,7 +70,7 @@ def build_controller(settings: Settings) -> Controller:
         tenancy=Tenancy(store, policy),
         machines=machine_service,
         nodes=node_service,
-        images=Images(node_service, link, policy),
+        images=image_service,
         leadership=Leadership(store, settings.leader_lease),
         scheduler=Scheduler(store, notifier),
         health=Health(node_service, machine_service, settings.node_grace),

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unavailable
+from hutch.model.errors import Conflict, Forbidden, HutchError, Invalid, NotFound, Unavailable
 from hutch.model.machine import Node
 
 
@@ -124,7 +124,13 @@ def _raise_for(node: Node, status: int, body: bytes) -> None:
         detail = json.loads(body).get("detail", "")
     except ValueError:
         detail = body.decode(errors="replace")[:200]
-    errors: dict[int, type[HutchError]] = {404: NotFound, 400: Invalid, 422: Invalid, 409: Conflict}
+    errors: dict[int, type[HutchError]] = {
+        404: NotFound,
+        400: Invalid,
+        422: Invalid,
+        409: Conflict,
+        403: Forbidden,
+    }
     error = errors.get(status, Unavailable)
     if error is Unavailable:
         detail = f"node {node.name} answered {status}: {detail}"
