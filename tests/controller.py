@@ -41,6 +41,9 @@ class Controller:
     env: dict[str, str]  # for the `hutch` CLI: HUTCH_CLIENT_CONFIG has its `local` context
     state_dir: Path
     registry_port: int  # the node pulls from 127.0.0.1:registry_port over plain HTTP
+    # localhost:rebind_port is in registry_allow but not configured: a name that resolves to
+    # loopback, as DNS rebinding would make a public one; the node must not connect there.
+    rebind_port: int = 0
 
     def client(self, project: str | None = "default", token: str | None = None) -> Client:
         return Client(self.url, token or self.token, project=project)
@@ -55,7 +58,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _env(state_dir: Path, registry_port: int) -> dict[str, str]:
+def _env(state_dir: Path, registry_port: int, rebind_port: int) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -67,6 +70,7 @@ def _env(state_dir: Path, registry_port: int) -> dict[str, str]:
         HUTCH_CONFIG=str(state_dir / "none.toml"),
         HUTCH_CLIENT_CONFIG=str(state_dir / "contexts.toml"),
         HUTCH_REGISTRIES=json.dumps({f"127.0.0.1:{registry_port}": {"insecure": True}}),
+        HUTCH_REGISTRY_ALLOW=json.dumps(["docker.io", f"localhost:{rebind_port}"]),
     )
     return env
 
@@ -89,8 +93,8 @@ def running_controller(
     on exit, every machine left is destroyed, then hutch is stopped and its sandboxes swept.
     `up_env`: settings for `hutch up` only."""
     state_dir = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))  # unix sockets: short paths
-    registry_port = _free_port()
-    env = _env(state_dir, registry_port)
+    registry_port, rebind_port = _free_port(), _free_port()
+    env = _env(state_dir, registry_port, rebind_port)
     layout = state_dir / "busybox-layout"
     write_oci_layout(layout, [busybox_rootfs], BUSYBOX_CONFIG)
     subprocess.run(
@@ -110,7 +114,7 @@ def running_controller(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    ctl = Controller(url, "", env, state_dir, registry_port)
+    ctl = Controller(url, "", env, state_dir, registry_port, rebind_port)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not _ready(url, state_dir / "admin-token"):
@@ -118,7 +122,7 @@ def running_controller(
                 pytest.fail(f"hutch up did not come up:\n{ctl.log()}")
             time.sleep(0.1)
         token = (state_dir / "admin-token").read_text().strip()
-        ctl = Controller(url, token, env, state_dir, registry_port)
+        ctl = Controller(url, token, env, state_dir, registry_port, rebind_port)
         yield ctl
     finally:
         if ctl.token:

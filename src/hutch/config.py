@@ -16,10 +16,23 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from hutch.images.egress import RegistryNames
 from hutch.model.errors import Invalid
+from hutch.model.image import parse_ref
 from hutch.model.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/hutch/hutch.toml")
+# The public registries tenants may pull from unless the operator says otherwise.
+PUBLIC_REGISTRIES = (
+    "docker.io",
+    "registry-1.docker.io",
+    "ghcr.io",
+    "quay.io",
+    "gcr.io",
+    "registry.k8s.io",
+    "public.ecr.aws",
+    "mcr.microsoft.com",
+)
 
 
 class RegistrySettings(BaseModel):
@@ -97,6 +110,11 @@ class Settings(BaseSettings):
     registries: dict[str, RegistrySettings] = Field(
         {}, description='per registry host: {"127.0.0.1:5000": {"insecure": true}}'
     )
+    registry_allow: list[str] = Field(
+        list(PUBLIC_REGISTRIES),
+        description="registries (host[:port]) image references may name, besides those under "
+        "registries and their mirrors; default: the public registries",
+    )
     max_unpacked_bytes: int = Field(
         8 << 30, description="largest root file system an image may unpack to"
     )
@@ -124,6 +142,25 @@ class Settings(BaseSettings):
     @classmethod
     def _size(cls, value: object) -> object:
         return parse_size(value, default_unit="b") if isinstance(value, str) else value
+
+    @field_validator("registry_allow")
+    @classmethod
+    def _registries(cls, value: list[str]) -> list[str]:
+        for name in value:
+            try:
+                ref = parse_ref(f"{name}/x")
+            except Invalid:
+                ref = None
+            if ref is None or ref.registry != name:
+                raise ValueError(f"{name!r} is not a registry host[:port]")
+        return value
+
+    def registry_names(self) -> RegistryNames:
+        """The registries image references may name: registry_allow, the configured
+        registries and their mirrors."""
+        return RegistryNames.of(
+            self.registry_allow, {host: r.mirrors for host, r in self.registries.items()}
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -192,11 +192,19 @@ def test_a_command_that_cannot_start_is_127(hutch: Run) -> None:
     assert "/no/such/program" in one_clear_line(result.stderr)
 
 
-def test_a_machine_that_fails_exits_125_saying_why(hutch: Run) -> None:
-    result = hutch("run", *C, "127.0.0.1:9/missing:1")  # its node cannot pull it
+def test_a_machine_that_fails_exits_125_saying_why(hutch: Run, controller: Controller) -> None:
+    registry = f"127.0.0.1:{controller.registry_port}"  # configured, and down
+    result = hutch("run", *C, f"{registry}/missing:1")  # its node cannot pull it
     assert result.returncode == 125
     line = one_clear_line(result.stderr)
-    assert "failed: cannot pull 127.0.0.1:9/missing:1: cannot reach registry 127.0.0.1:9" in line
+    assert f"failed: cannot pull {registry}/missing:1: cannot reach registry {registry}" in line
+
+
+def test_a_machine_from_an_unlisted_registry_is_refused_at_once(hutch: Run) -> None:
+    result = hutch("run", *C, "127.0.0.1:9/missing:1")
+    assert result.returncode == 125
+    line = one_clear_line(result.stderr)
+    assert "registry 127.0.0.1:9 is not allowed" in line and "registry_allow" in line
 
 
 def test_images_and_nodes_through_the_controller(

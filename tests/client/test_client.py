@@ -197,11 +197,12 @@ def test_pull_with_progress(
     client.images.delete(ref)
 
 
-def test_a_failed_pull_says_why(client: Client) -> None:
+def test_a_failed_pull_says_why(controller: Controller, client: Client) -> None:
     events: list[PullEvent] = []
+    registry = f"127.0.0.1:{controller.registry_port}"  # configured, and down
     with pytest.raises(PullFailed) as failed:
-        client.images.pull("127.0.0.1:9/nothing:1", progress=events.append)
-    assert failed.value.status == 502 and "127.0.0.1:9" in failed.value.detail
+        client.images.pull(f"{registry}/nothing:1", progress=events.append)
+    assert failed.value.status == 502 and f"cannot reach registry {registry}" in failed.value.detail
 
 
 def test_projects_tokens_and_quotas(controller: Controller, project: str) -> None:

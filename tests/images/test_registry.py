@@ -146,7 +146,7 @@ async def test_bearer_token_is_fetched_once_and_reused(
     tokens.requests.clear()
     proxy = make_proxy(registry)  # the token server stays on its own port
     config = RegistryConfig(insecure=True, username=USER, password=PASSWORD)
-    async with RegistryClient({proxy.host: config}) as client:
+    async with RegistryClient({proxy.host: config, **_token_server(tokens)}) as client:
         image = await pull(
             f"{proxy.host}/team/app:1", Store(tmp_path / "store"), client, project="p"
         )
@@ -171,7 +171,7 @@ async def test_concurrent_requests_share_one_token(
     tokens.requests.clear()
     config = RegistryConfig(insecure=True, username=USER, password=PASSWORD)
     ref = ImageRef(registry.host, "app", "1")
-    async with RegistryClient({registry.host: config}) as client:
+    async with RegistryClient({registry.host: config, **_token_server(tokens)}) as client:
         await asyncio.gather(
             *(
                 client.fetch_blob(
@@ -199,14 +199,15 @@ async def test_bearer_token_refusals(
     ref = ImageRef(registry.host, "app", "1")
     tokens.requests.clear()
     wrong = RegistryConfig(insecure=True, username=USER, password="wrong")
-    async with RegistryClient({registry.host: wrong}) as client:
+    async with RegistryClient({registry.host: wrong, **_token_server(tokens)}) as client:
         with pytest.raises(Invalid) as refused:
             await client.manifest(ref)
     assert refused.value.message == (
         f"registry {registry.host} refused the credentials for user '{USER}'"
     )
     assert [r.status for r in tokens.requests] == [401]  # asked once, no retry loop
-    async with RegistryClient({registry.host: RegistryConfig(insecure=True)}) as client:
+    plain = {registry.host: RegistryConfig(insecure=True), **_token_server(tokens)}
+    async with RegistryClient(plain) as client:
         with pytest.raises(Invalid, match=f"registry {registry.host} needs credentials: set"):
             await client.manifest(ref)
 
@@ -221,7 +222,8 @@ async def test_anonymous_bearer_token(
     digest, _ = _image(tmp_path / "layout", size=1024)
     registry.push(tmp_path / "layout", "i", "public:1")
     tokens.requests.clear()
-    async with RegistryClient({registry.host: RegistryConfig(insecure=True)}) as client:
+    plain = {registry.host: RegistryConfig(insecure=True), **_token_server(tokens)}
+    async with RegistryClient(plain) as client:
         image = await pull(f"{registry.host}/public:1", Store(tmp_path / "s"), client, project="p")
     assert image.digest == digest
     assert [(r.user, r.status) for r in tokens.requests] == [("", 200)]
@@ -236,13 +238,18 @@ async def test_tls_with_a_private_ca(
     ref = ImageRef(registry.host, "tls", "1")
     async with RegistryClient({registry.host: RegistryConfig(ca_file=registry.ca_file)}) as client:
         assert (await client.manifest(ref)).digest == digest
-    async with RegistryClient() as client:
+    async with RegistryClient({registry.host: RegistryConfig()}) as client:
         with pytest.raises(Unavailable, match=r'set registries\."127.0.0.1:\d+"\.ca_file'):
             await client.manifest(ref)
     with pytest.raises(Invalid, match="cannot use CA file"):
         RegistryClient({registry.host: RegistryConfig(ca_file=tmp_path / "missing.pem")})._client(
             registry.host
         )
+
+
+def _token_server(tokens: TokenServer) -> dict[str, RegistryConfig]:
+    """The token server, on loopback too, configured so that the client connects to it."""
+    return {f"127.0.0.1:{tokens.port}": RegistryConfig(insecure=True)}
 
 
 def test_docker_hub_and_schemes() -> None:
@@ -372,7 +379,9 @@ async def test_blob_redirects_to_storage_without_credentials(
         dest = tmp_path / "partial"
         dest.write_bytes(blob[:20000])
         config = RegistryConfig(insecure=True, username=USER, password=PASSWORD)
-        async with RegistryClient({scripted.host: config}) as client:
+        # The storage is on loopback too: configured, as an operator would for a private one.
+        configs = {scripted.host: config, storage.host: RegistryConfig(insecure=True)}
+        async with RegistryClient(configs) as client:
             await client.fetch_blob(ImageRef(scripted.host, "app", "1"), digest, len(blob), dest)
         assert dest.read_bytes() == blob
         ((_, headers),) = storage.requests

@@ -78,6 +78,13 @@ def registry_configs(
     return configs
 
 
+def registry_client(
+    settings: Settings, credentials: tuple[str, str, str] | None = None
+) -> RegistryClient:
+    """A client for this host's pulls: only to the registries the settings allow."""
+    return RegistryClient(registry_configs(settings, credentials), allow=settings.registry_allow)
+
+
 async def pull_image(
     settings: Settings,
     ref: str,
@@ -89,7 +96,7 @@ async def pull_image(
     allowance: Allowance | None = None,
 ) -> StoredImage:
     store = open_store(settings)
-    async with RegistryClient(registry_configs(settings, credentials)) as client:
+    async with registry_client(settings, credentials) as client:
         with store.session():
             return await pull(
                 ref, store, client, project=project, public=public, progress=progress,

@@ -19,7 +19,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hutch.agent.images import registry_configs, roots_for
+from hutch.agent.images import registry_client, roots_for
 from hutch.agent.link import ControllerLink
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
@@ -27,7 +27,6 @@ from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import tls
 from hutch.images.pull import pull
-from hutch.images.registry import RegistryClient
 from hutch.images.store import StoredImage
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
@@ -286,7 +285,7 @@ class NodeAgent:
         with contextlib.suppress(NotFound):
             return self.store.resolve(wanted, a.project)
         try:
-            async with RegistryClient(registry_configs(self.settings)) as client:
+            async with registry_client(self.settings) as client:
                 with self.store.session():
                     await pull(a.image, self.store, client, project=a.project)
         except HutchError as e:  # the project does not have it, and no registry gave it

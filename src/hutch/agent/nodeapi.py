@@ -26,6 +26,7 @@ from hutch.images.pull import PullProgress
 from hutch.images.store import Allowance, StoredImage, disk_full_is_insufficient
 from hutch.images.users import resolve_user
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
+from hutch.model.image import parse_ref
 from hutch.model.sandbox import LogRecord, ProcessSpec, Stream, parse_signal
 from hutch.runtime.driver import AgentDriver
 from hutch.wire.images import ImagePull, ImageView, PullEvent
@@ -167,6 +168,8 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
     async def pull_image(
         _: Auth, project: str, body: ImagePull, allowance: Annotated[Limits, Depends()]
     ) -> StreamingResponse:
+        # Refused as a 403 before the stream starts, like the controller does.
+        agent.settings.registry_names().check(parse_ref(body.ref).registry)
         return StreamingResponse(
             _pull(agent, project, body, allowance.of()), media_type="application/x-ndjson"
         )

@@ -62,7 +62,8 @@ def build_controller(settings: Settings) -> Controller:
     ca_pem = tls.ensure_ca(settings.state_dir / "tls").read_text() if settings.tls else None
     pin = tls.pin_of(ca_pem.encode()) if ca_pem else ""
     node_service = Nodes(store, notifier, join_secret, controller_secret.encode(), pin)
-    machine_service = Machines(store, policy, notifier, link)
+    image_service = Images(node_service, link, policy, settings.registry_names())
+    machine_service = Machines(store, policy, notifier, link, image_service)
     streams = Streams(store)
     return Controller(
         store=store,
@@ -71,7 +72,7 @@ def build_controller(settings: Settings) -> Controller:
         tenancy=Tenancy(store, policy, streams),
         machines=machine_service,
         nodes=node_service,
-        images=Images(node_service, link, policy),
+        images=image_service,
         leadership=Leadership(store, settings.leader_lease),
         scheduler=Scheduler(store, notifier),
         health=Health(node_service, machine_service, settings.node_grace),

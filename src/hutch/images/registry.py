@@ -10,6 +10,10 @@ Mirrors are tried in order before the registry itself, for every manifest and bl
 failure of a mirror (unreachable, 404, corrupt) falls back to the next. Credentials are only
 ever sent to the registry they are configured for (and its token server), never to a mirror.
 
+Tenants choose the registry, so every connection goes through `egress`: a registry that is
+neither allowed (`allow`) nor configured is refused before any connection, and every address
+connected to (redirects and token servers included) is checked there.
+
 Blob downloads resume: whatever the destination file already holds is kept and the rest is
 asked for with a Range request. They are not verified here; `Store.commit_partial` does that.
 """
@@ -22,7 +26,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +35,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from hutch.images.egress import CheckedTransport, RegistryNames, trusted_destinations
 from hutch.images.layout import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -117,12 +122,25 @@ class RegistryClient:
     """
 
     def __init__(
-        self, registries: Mapping[str, RegistryConfig] | None = None, *, timeout: float = 30.0
+        self,
+        registries: Mapping[str, RegistryConfig] | None = None,
+        *,
+        allow: Iterable[str] = (),
+        timeout: float = 30.0,
     ) -> None:
+        """`registries` are the configured ones (trusted at any address, as are their mirrors);
+        `allow` names the other registries references may name (see `hutch.images.egress`)."""
         self._configs = dict(registries or {})
         for host, config in self._configs.items():
             for mirror in config.mirrors:
                 _check_mirror(host, mirror)
+        self._names = RegistryNames.of(
+            allow, {host: config.mirrors for host, config in self._configs.items()}
+        )
+        self._trusted = trusted_destinations(
+            [base_url(host, c) for host, c in self._configs.items()]
+            + [m for c in self._configs.values() for m in c.mirrors]
+        )
         self._timeout = httpx.Timeout(timeout)
         self._http: dict[str, httpx.AsyncClient] = {}
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # (endpoint, scope)
@@ -485,7 +503,9 @@ class RegistryClient:
     async def _from_endpoints(
         self, registry: str, attempt: Callable[[_Endpoint], Awaitable[_T]], *, what: str
     ) -> _T:
-        """`attempt` on each mirror in turn, then on the registry: the first that works."""
+        """`attempt` on each mirror in turn, then on the registry: the first that works.
+        Forbidden, before any connection, for a registry that is neither allowed nor configured."""
+        self._names.check(registry)
         *mirrors, origin = self._endpoints(registry)
         for ep in mirrors:
             try:
@@ -498,8 +518,10 @@ class RegistryClient:
         client = self._http.get(registry)
         if client is None:
             config = self._configs.get(registry, RegistryConfig())
+            context = _ssl_context(registry, config)
             client = httpx.AsyncClient(
-                verify=_ssl_context(registry, config),
+                verify=context,
+                transport=CheckedTransport(context, self._trusted),
                 timeout=self._timeout,
                 follow_redirects=True,  # registries send blobs from storage elsewhere
                 headers={"User-Agent": "hutch"},

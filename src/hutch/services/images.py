@@ -12,7 +12,9 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
+from hutch.images.egress import RegistryNames
 from hutch.model.errors import HutchError, InsufficientStorage, NoCapacity, NotFound
+from hutch.model.image import parse_ref
 from hutch.model.tenancy import Principal, Project
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
@@ -22,10 +24,13 @@ log = logging.getLogger("hutch.images")
 
 
 class Images:
-    def __init__(self, nodes: Nodes, link: NodeLink, policy: Policy) -> None:
+    def __init__(
+        self, nodes: Nodes, link: NodeLink, policy: Policy, registries: RegistryNames
+    ) -> None:
         self.nodes = nodes
         self.link = link
         self.policy = policy
+        self.registries = registries  # what references may name: nodes pull from no others
 
     async def _ready(self) -> list[Any]:
         ready = await self.nodes.ready()
@@ -95,6 +100,7 @@ class Images:
     ) -> AsyncIterator[bytes]:
         """NDJSON progress from each ready node in turn; the last line carries the image."""
         self._writing(principal, project, public)
+        self.registries.check(parse_ref(ref).registry)  # before any node connects anywhere
         for node in await self._ready():
             async for line in self.link.pull(node, project.id, ref, public, _limits(project)):
                 yield line

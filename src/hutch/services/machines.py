@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
 from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded
+from hutch.model.image import parse_ref
 from hutch.model.machine import (
     ACTIVE,
     Desired,
@@ -29,6 +30,7 @@ from hutch.model.sandbox import parse_signal
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
 from hutch.scheduler import Context, Placement, Rejection, Request, need, place
 from hutch.services.ids import new_id
+from hutch.services.images import Images
 from hutch.services.nodelink import NodeLink
 from hutch.services.notify import Notifier, keys_of, machine_key, node_key, project_key
 from hutch.services.policy import Action, Policy
@@ -63,11 +65,14 @@ def holds_capacity(m: Machine) -> bool:
 
 
 class Machines:
-    def __init__(self, store: Store, policy: Policy, notifier: Notifier, link: NodeLink) -> None:
+    def __init__(
+        self, store: Store, policy: Policy, notifier: Notifier, link: NodeLink, images: Images
+    ) -> None:
         self.store = store
         self.policy = policy
         self.notifier = notifier
         self.link = link
+        self.images = images
 
     # -- tenant requests --------------------------------------------------------------------------
 
@@ -80,6 +85,7 @@ class Machines:
         start: bool = True,
     ) -> Machine:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        await self._check_image_source(principal, project, spec.image)
         machine_id = new_id("m")
         name = validate_name(name, "machine") if name else machine_id
         now = time.time()
@@ -115,6 +121,17 @@ class Machines:
             )
         self._wake(machine)
         return machine
+
+    async def _check_image_source(self, principal: Principal, project: Project, image: str) -> None:
+        """Forbidden now, rather than a machine failing later, for an image from a registry
+        nodes may not pull from, unless the project already has it (imported under that name)."""
+        registry = parse_ref(image).registry
+        if self.images.registries.allowed(registry):
+            return
+        try:
+            await self.images.get(principal, project, image)
+        except (NotFound, NoCapacity):
+            self.images.registries.check(registry)
 
     async def explain(
         self, principal: Principal, project: Project, spec: MachineSpec
