@@ -162,5 +162,4 @@ def test_hostile_values_are_refused_not_crashes(
             status, body = r.status_code, r.read() if r.status_code != 200 else b""
     except httpx.ReadTimeout:
         status, body = 200, b"(an accepted stream)"
-    sent = f"{case.as_curl_command()} {parts!r}"  # repr: a NUL shows
-    assert 400 <= status < 500, f"{sent}\n-> {status} {body[:300]!r}"
+    assert 400 <= status < 500, f"{case.method} {case.path} {parts!r}\n-> {status} {body[:300]!r}"

@@ -231,8 +231,12 @@ def test_images_and_nodes_through_the_controller(
     assert imported.returncode == 0 and imported.stdout.startswith("sha256:"), imported.stderr
     assert "app:1" in hutch("image", "ls").stdout
     assert hutch("run", *C, "app:1").stdout == "app\n"
-    # The node's own store, read directly: the project's image is there, like the public one.
-    assert "app:1" in hutch("image", "ls", "--local", "--project", env["HUTCH_PROJECT"]).stdout
+    # The node's own store, read directly: the project's image is there under the project's id
+    # (names are kept by id there), like the catalogue's; its name alone is the host's own.
+    projects = json.loads(hutch("project", "ls", "-o", "json").stdout)
+    [project_id] = [p["id"] for p in projects if p["name"] == env["HUTCH_PROJECT"]]
+    assert "app:1" in hutch("image", "ls", "--local", "--project", project_id).stdout
+    assert "app:1" not in hutch("image", "ls", "--local", "--project", env["HUTCH_PROJECT"]).stdout
     assert hutch("image", "rm", "app:1").stdout == imported.stdout
     assert "app:1" not in hutch("image", "ls").stdout
     nodes = hutch("node", "ls")

@@ -106,13 +106,17 @@ def test_quota_show_and_set(controller: Controller, admin: Run, name: str) -> No
     admin("project", "create", name)
     shown = admin("quota", "show", name)
     assert shown.returncode == 0 and "unlimited" in shown.stdout
-    changed = admin("quota", "set", name, "--machines", "1", "--memory", "1G", "-o", "json")
+    changed = admin(
+        "quota", "set", name, "--machines", "1", "--memory", "1G", "--images", "2G", "-o", "json"
+    )
     assert changed.returncode == 0, changed.stderr
     assert json.loads(changed.stdout)["quota"] == {
         "machines": 1,
         "vcpus": None,
         "memory_mib": 1024,
         "disk_mib": None,
+        "images_mib": 2048,
+        "images_unpacked_mib": None,
     }
     kept = admin("quota", "set", name, "--vcpus", "2", "--memory", "unlimited", "-o", "yaml")
     assert yaml.safe_load(kept.stdout)["quota"] == {
@@ -120,6 +124,8 @@ def test_quota_show_and_set(controller: Controller, admin: Run, name: str) -> No
         "vcpus": 2,
         "memory_mib": None,
         "disk_mib": None,
+        "images_mib": 2048,
+        "images_unpacked_mib": None,
     }
     tenant = runner({**controller.env, "HUTCH_PROJECT": name})
     tenant("run", "-d", "--runtime", "container", "busybox", "--", "sleep", "600")

@@ -37,7 +37,11 @@ app = typer.Typer(
     "configured (hutch up, hutch login), else in this host's store (and always with --local)."
 )
 ProjectOpt = Annotated[
-    str | None, typer.Option(help="Project (default: the context's, else the `project` setting).")
+    str | None,
+    typer.Option(
+        help="Project (default: the context's). In this host's store (--local, export): the "
+        "`project` setting's namespace by default, or a controller project's id (p-...)."
+    ),
 ]
 LocalOpt = Annotated[
     bool, typer.Option("--local", help="This host's store, even when a controller is configured.")

@@ -63,33 +63,45 @@ class Lease:
         self, items: AsyncIterator[T], keepalive: float | None = None
     ) -> AsyncIterator[T | None]:
         """`items` while the lease holds, and None after `keepalive` seconds without an item;
-        ends with `items` or with the lease (closing `items`)."""
-        ended: asyncio.Future[object] = asyncio.ensure_future(self.wait())
-        pending: asyncio.Future[object] | None = None
+        ends with `items` or with the lease (closing `items`).
+
+        Items are read in the caller's task, at no cost per item but a look at the lease: a
+        watcher interrupts only a wait for the next item when the lease ends meanwhile."""
+        task = asyncio.current_task()
+        assert task is not None
+        waiting = interrupted = False
+
+        def interrupt(watch: asyncio.Future[None]) -> None:
+            nonlocal interrupted
+            if waiting and not watch.cancelled():
+                interrupted = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(self.wait())
+        watcher.add_done_callback(interrupt)
         try:
             while self.live:
-                pending = pending or asyncio.ensure_future(anext(items))
-                done, _ = await asyncio.wait(
-                    {pending, ended}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
-                )
+                waiting = True
+                try:
+                    async with asyncio.timeout(keepalive):
+                        item = await anext(items)
+                except TimeoutError:
+                    item = None
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not interrupted:
+                        raise
+                    task.uncancel()
+                    return
+                finally:
+                    waiting = False
                 if not self.live:
                     return
-                if pending in done:
-                    try:
-                        item = pending.result()
-                    except StopAsyncIteration:
-                        pending = None
-                        return
-                    pending = None
-                    yield item  # type: ignore[misc]  # an item of `items`
-                elif not done:
-                    yield None
+                yield item
         finally:
-            ended.cancel()
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+            watcher.remove_done_callback(interrupt)
+            watcher.cancel()
             aclose = getattr(items, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
