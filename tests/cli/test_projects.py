@@ -2,6 +2,7 @@
 real `hutch up` (tests/controller.py)."""
 
 import json
+import shlex
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -163,3 +164,24 @@ def test_login_and_contexts(controller: Controller, tmp_path: Path) -> None:
     unknown = hutch("context", "use", "lab")
     assert unknown.returncode == 125 and "no context 'lab'" in one_clear_line(unknown.stderr)
     assert hutch("ps").returncode == 125  # the current one is gone
+
+
+def test_the_readmes_projects_commands_run_as_written(controller: Controller, name: str) -> None:
+    """The block under "Projects, tokens and quotas", line by line, for a project of its own."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text.split("## Projects, tokens and quotas", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    admin = runner(controller.env)
+    token_id = ""
+    for line in block.splitlines():
+        for command in line.split("#", 1)[0].split(";"):
+            args = shlex.split(command.replace("team-a", name).replace("TOKEN_ID", token_id))
+            assert args[0] == "hutch"
+            ran = admin(*args[1:])
+            assert ran.returncode == 0, f"{command}: {ran.stderr}"
+            if args[1:3] == ["token", "create"]:
+                token_id = json.loads(admin("token", "ls", "-p", name, "-o", "json").stdout)[0][
+                    "id"
+                ]
+            if args[1:3] == ["quota", "show"]:
+                assert "images" in ran.stdout and "5.0 GiB" in ran.stdout

@@ -1,13 +1,27 @@
 """Images live in the nodes' stores, named per project: through the real `hutch up`, one
 project's private image is invisible and unusable to another, which may hold the same name."""
 
+import time
 from pathlib import Path
 
 import pytest
 
-from hutch.client import Client, Forbidden, InsufficientStorage, NotFound, QuotaExceeded
+from hutch.client import (
+    Client,
+    Forbidden,
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    QuotaExceeded,
+)
 from hutch.model.machine import MachineState
-from tests.controller import BUSYBOX_CONFIG, Controller, new_project, running_controller
+from tests.controller import (
+    BUSYBOX_CONFIG,
+    Controller,
+    new_project,
+    registry_with_app,
+    running_controller,
+)
 from tests.images.ocibuild import write_oci_layout
 
 C = "container"  # the runtime does not matter here
@@ -146,3 +160,92 @@ def test_a_node_keeps_its_free_space_floor(tmp_path: Path, busybox_rootfs: Path)
         m = c.machines.run("busybox:latest", command=["echo", "still"], runtime=C)
         c.machines.wait(m, timeout=60)
         assert "".join(line.data for line in c.machines.logs(m)) == "still\n"
+
+
+def test_a_machine_cannot_pull_past_the_image_quota(
+    controller: Controller, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    """`hutch run REF` pulls what the project lacks: under the same quota as `image pull`."""
+    tight, roomy = new_project(controller), new_project(controller)
+    with controller.client(None) as admin:
+        admin.projects.set_quota(tight, images_unpacked_mib=1)  # busybox unpacks to more
+    with (
+        registry_with_app(controller, tmp_path, busybox_rootfs) as ref,
+        controller.client(tight) as t,
+        controller.client(roomy) as r,
+    ):
+        m = r.machines.run(ref, runtime=C)
+        r.machines.wait(m, timeout=60)
+        assert "".join(line.data for line in r.machines.logs(m)) == "app\n"
+        m = t.machines.run(ref, runtime=C)
+        ended = t.machines.wait(m, timeout=60)
+        assert ended.state is MachineState.FAILED and "quota" in ended.error
+        with pytest.raises(NotFound):
+            t.images.get(ref)
+
+
+def blobs(controller: Controller) -> set[str]:
+    return {p.name for p in (controller.state_dir / "images" / "blobs" / "sha256").iterdir()}
+
+
+def test_refused_imports_leave_nothing_behind(
+    controller: Controller, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    name = new_project(controller)
+    with controller.client(None) as admin, controller.client(name) as c:
+        admin.projects.set_quota(name, images_mib=1, images_unpacked_mib=1)
+        before = blobs(controller)
+        salt = tmp_path / "salt"
+        salt.mkdir()
+        (salt / "salt").write_text(name)  # layers no other image has
+        layout = tmp_path / "salted"
+        write_oci_layout(layout, [busybox_rootfs, salt], BUSYBOX_CONFIG)
+        with pytest.raises(QuotaExceeded):
+            c.images.import_(layout, ["salted:1"])
+        deadline = time.monotonic() + 20
+        while blobs(controller) - before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not blobs(controller) - before
+        # What fits still lands.
+        admin.projects.set_quota(name, images_mib=None, images_unpacked_mib=None)
+        [kept] = c.images.import_(layout, ["salted:1"])
+        assert kept.id.removeprefix("sha256:") in blobs(controller)
+
+
+def test_the_controller_holds_no_more_of_an_import_than_the_quota(controller: Controller) -> None:
+    """Not an archive at all, and larger than the quota: refused for its size as it arrives,
+    before anything reads it as an archive."""
+    name = new_project(controller)
+    with controller.client(None) as admin, controller.client(name) as c:
+        admin.projects.set_quota(name, images_mib=1)
+        with pytest.raises(QuotaExceeded, match="archive is larger than the project's"):
+            c.images.import_(bytes(3 << 20), ["junk:1"])
+        with pytest.raises(Invalid, match="archive"):  # the same bytes within the quota
+            c.images.import_(bytes(512 << 10), ["junk:1"])
+
+
+def test_a_bare_digest_the_project_lacks_is_refused_at_create(
+    controller: Controller, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    with member(controller) as a, member(controller) as b:
+        [held] = a.images.import_(image(tmp_path, busybox_rootfs, "by-digest"), ["bd:1"])
+        for ref in (held.id, held.id.removeprefix("sha256:")[:12]):
+            with pytest.raises(NotFound, match="no image"):
+                b.machines.run(ref, runtime=C)
+            m = a.machines.run(ref, runtime=C)  # its own, by the same digest
+            a.machines.wait(m, timeout=60)
+            assert "".join(line.data for line in a.machines.logs(m)) == "by-digest\n"
+
+
+def test_an_image_shows_when_its_project_got_it_not_when_another_did(
+    controller: Controller, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    layout = image(tmp_path, busybox_rootfs, "same-bytes")
+    with member(controller) as a, member(controller) as b:
+        [first] = a.images.import_(layout, ["same:1"])
+        time.sleep(1.1)
+        later = time.time()
+        [second] = b.images.import_(layout, ["same:1"])
+        assert second.id == first.id
+        assert second.created >= later - 0.01 and b.images.get("same:1").created >= later - 0.01
+        assert a.images.get("same:1").created == first.created

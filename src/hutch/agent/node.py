@@ -27,7 +27,7 @@ from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import tls
 from hutch.images.pull import pull
-from hutch.images.store import StoredImage
+from hutch.images.store import Allowance, StoredImage
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
@@ -287,7 +287,10 @@ class NodeAgent:
         try:
             async with registry_client(self.settings) as client:
                 with self.store.session():
-                    await pull(a.image, self.store, client, project=a.project)
+                    await pull(
+                        a.image, self.store, client, project=a.project,
+                        allowance=Allowance.of(a.image_limits),
+                    )  # fmt: skip
         except HutchError as e:  # the project does not have it, and no registry gave it
             raise type(e)(f"cannot pull {a.image}: {e.message}") from e
         try:

@@ -23,7 +23,8 @@ from hutch.agent.sandbox import merge_env
 from hutch.http.problems import install as install_problems
 from hutch.http.problems import ws_error
 from hutch.images.pull import PullProgress
-from hutch.images.store import Allowance, StoredImage, disk_full_is_insufficient
+from hutch.images.spool import disk_full_is_insufficient, spool
+from hutch.images.store import Allowance, StoredImage
 from hutch.images.users import resolve_user
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
 from hutch.model.image import parse_ref
@@ -184,18 +185,21 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
         public: bool = False,
     ) -> list[ImageView]:
         # Spooled on the store's disk (not /tmp, often RAM), within its free-space floor.
+        store = agent.store
         with (
             disk_full_is_insufficient(),
-            tempfile.TemporaryFile(dir=agent.store.root / "partial") as spool,
+            tempfile.TemporaryFile(dir=store.root / "partial") as archive,
         ):
-            async for chunk in request.stream():
-                spool.write(chunk)
-                agent.store.check_room(len(chunk))
-            spool.seek(0)
+            await spool(
+                request.stream(), archive, floor=store.free_floor,
+                limit=allowance.max_stored or agent.settings.max_unpacked_bytes,
+                quota=allowance.max_stored is not None,
+            )  # fmt: skip
+            archive.seek(0)
             found = await asyncio.to_thread(
                 images.import_image,
                 agent.settings,
-                spool,
+                archive,
                 project=project,
                 public=public,
                 names=tuple(name or ()),

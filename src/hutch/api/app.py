@@ -62,7 +62,12 @@ def build_controller(settings: Settings) -> Controller:
     ca_pem = tls.ensure_ca(settings.state_dir / "tls").read_text() if settings.tls else None
     pin = tls.pin_of(ca_pem.encode()) if ca_pem else ""
     node_service = Nodes(store, notifier, join_secret, controller_secret.encode(), pin)
-    image_service = Images(node_service, link, policy, settings.registry_names())
+    spool_dir = settings.state_dir / "spool"
+    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    image_service = Images(
+        node_service, link, policy, settings.registry_names(), spool_dir=spool_dir,
+        max_bytes=settings.max_unpacked_bytes, free_floor=settings.image_free_floor,
+    )  # fmt: skip
     machine_service = Machines(store, policy, notifier, link, image_service)
     streams = Streams(store)
     return Controller(

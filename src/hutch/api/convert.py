@@ -91,7 +91,7 @@ def machine_view(m: Machine, project: str) -> MachineView:
     )
 
 
-def assignment(m: Machine) -> Assignment:
+def assignment(m: Machine, quota: Quota) -> Assignment:
     """What the node needs of the spec (`Assignment`'s fields), and what to do with it."""
     spec = {k: v for k, v in _spec(m.spec).items() if k in Assignment.model_fields}
     return Assignment(
@@ -99,6 +99,7 @@ def assignment(m: Machine) -> Assignment:
         machine=m.id,
         project=m.project_id,
         image_digest=m.image_digest,
+        image_limits=quota.image_limits(),
         generation=m.generation,
         sandbox=m.sandbox_id,
         desired=m.desired,

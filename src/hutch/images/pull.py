@@ -28,7 +28,8 @@ from hutch.images.layout import (
     pick_platform,
 )
 from hutch.images.registry import Manifest, RegistryClient
-from hutch.images.store import Allowance, Store, StoredImage, disk_full_is_insufficient
+from hutch.images.spool import disk_full_is_insufficient
+from hutch.images.store import Allowance, Store, StoredImage
 from hutch.model.errors import Invalid, Unsupported
 from hutch.model.image import ImageRef, parse_ref
 

@@ -17,27 +17,30 @@ so a concurrent `gc` waits instead of taking those blobs away.
 """
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from hutch.images.layout import REF_NAME, Image, OciLayout
+from hutch.images.spool import check_room, disk_full_is_insufficient
 from hutch.images.unpack import TooLarge
 from hutch.model.errors import (
     Forbidden,
-    InsufficientStorage,
+    HutchError,
     Invalid,
     NotFound,
     QuotaExceeded,
+    Unavailable,
 )
 from hutch.model.image import ImageConfig, digest_hex, parse_ref
 from hutch.model.units import format_bytes
@@ -68,6 +71,9 @@ CREATE INDEX IF NOT EXISTS names_by_image ON names(image);
 CREATE INDEX IF NOT EXISTS blobs_by_blob ON image_blobs(blob);
 """
 _CHUNK = 1 << 20
+log = logging.getLogger("hutch.images")
+_COLLECTING: set[Path] = set()  # stores with a collection pending
+_COLLECTING_LOCK = threading.Lock()
 CATALOGUE = ""  # the owner of the operator's published names: every project sees them
 _SHORT_ID = 12  # like docker: enough hex digits to name an image
 
@@ -95,6 +101,11 @@ class Allowance:
 
     stored: int | None = None  # blobs as stored (compressed)
     unpacked: int | None = None  # what their layers unpack to
+
+    @classmethod
+    def of(cls, limits: Mapping[str, int]) -> "Allowance":
+        """From the project's limits as the controller sends them (Quota.image_limits)."""
+        return cls(stored=limits.get("max_stored"), unpacked=limits.get("max_unpacked"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +156,35 @@ class Store:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Held (shared) while blobs are written for images not added yet; gc waits for it."""
-        with open(self.root / "locks" / ".session", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_SH)
-            yield
+        """Held (shared) while blobs are written for images not added yet; gc waits for it.
+        A session that ends refused (not cut off: a pull resumes) has what it wrote collected
+        soon after, so that refused imports cannot fill the disk outside every quota."""
+        try:
+            with open(self.root / "locks" / ".session", "a") as f:
+                fcntl.flock(f, fcntl.LOCK_SH)
+                yield
+        except HutchError as e:
+            if not isinstance(e, Unavailable):
+                self.collect_soon()
+            raise
+
+    def collect_soon(self) -> None:
+        """`gc` in a thread of its own, once the sessions open now have ended; one at a time."""
+        with _COLLECTING_LOCK:
+            if self.root in _COLLECTING:
+                return
+            _COLLECTING.add(self.root)
+
+        def collect() -> None:
+            try:
+                self.gc()
+            except Exception:
+                log.exception("collecting %s failed", self.root)
+            finally:
+                with _COLLECTING_LOCK:
+                    _COLLECTING.discard(self.root)
+
+        threading.Thread(target=collect, name="image-gc", daemon=True).start()
 
     @contextlib.contextmanager
     def blob_lock(self, digest: str) -> Iterator[None]:
@@ -195,14 +231,7 @@ class Store:
 
     def check_room(self, incoming: int) -> None:
         """Refuse (507) what would leave the disk with less than the free-space floor."""
-        st = os.statvfs(self.root)
-        free = st.f_bavail * st.f_frsize
-        if free - incoming < self.free_floor:
-            raise InsufficientStorage(
-                f"this node keeps {format_bytes(self.free_floor)} of its disk free and has "
-                f"{format_bytes(free)}; this image needs {format_bytes(incoming)} more: "
-                "remove images (hutch image rm) or give the node more disk"
-            )
+        check_room(self.root, incoming, self.free_floor, f"an image of {format_bytes(incoming)}")
 
     def commit_partial(self, digest: str, size: int) -> None:
         """Move a finished download into place after checking it whole: size, then hash."""
@@ -352,7 +381,7 @@ class Store:
                 "SELECT images.digest, MAX(names.project = ?) FROM images "
                 "JOIN names ON names.image = images.digest "
                 "WHERE names.project IN (?, ?) GROUP BY images.digest "
-                "ORDER BY images.created DESC",
+                "ORDER BY MIN(names.created) DESC",
                 (project, project, CATALOGUE),
             ).fetchall()
             return [self._stored(db, digest, project, bool(own)) for digest, own in rows]
@@ -479,17 +508,20 @@ class Store:
             (digest,),
         ).fetchone()
         names = db.execute(
-            "SELECT name, project FROM names WHERE image = ? AND project IN (?, ?) ORDER BY name",
+            "SELECT name, project, created FROM names WHERE image = ? AND project IN (?, ?) "
+            "ORDER BY name",
             (digest, project, CATALOGUE),
         ).fetchall()
         return StoredImage(
             digest=digest,
-            names=tuple(dict.fromkeys(n for n, _ in names if not n.startswith("@"))),
+            names=tuple(dict.fromkeys(n for n, _, _ in names if not n.startswith("@"))),
             size=size,
-            created=created,
+            # When a name the caller sees was given: not when another project first brought
+            # the same bytes, which would tell it that someone holds them, and since when.
+            created=min((at for _, _, at in names), default=created),
             config=_config_from_json(config),
             layers=layers,
-            public=any(owner == CATALOGUE for _, owner in names),
+            public=any(owner == CATALOGUE for _, owner, _ in names),
             unpacked=unpacked,
             source="project" if own and project != CATALOGUE else "catalogue",
         )
@@ -543,19 +575,6 @@ def _check_allowance(usage: Usage, allowance: Allowance, stored: int, unpacked: 
                 f"its quota is {format_bytes(limit)}: remove images (hutch image rm) or ask "
                 "an operator to raise it (hutch quota set --images/--images-unpacked)"
             )
-
-
-@contextlib.contextmanager
-def disk_full_is_insufficient() -> Iterator[None]:
-    """A full disk while writing is 507 for the caller, not a crash."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientStorage(
-                "this node's disk is full: remove images (hutch image rm) or give it more disk"
-            ) from None
-        raise
 
 
 def _config_and_layers(store: Store, image: Image) -> list[str]:

@@ -49,6 +49,11 @@ class Quota:
     images_mib: int | None = None
     images_unpacked_mib: int | None = None
 
+    def image_limits(self) -> dict[str, int]:
+        """The image limits in bytes, named as a node's store takes them (absent: none)."""
+        limits = {"max_stored": self.images_mib, "max_unpacked": self.images_unpacked_mib}
+        return {k: v << 20 for k, v in limits.items() if v is not None}
+
     def __post_init__(self) -> None:
         for field in QUOTA_FIELDS:
             value = getattr(self, field)

@@ -6,14 +6,15 @@ project id: a project sees its own images, then the operator's catalogue (publis
 tokens), never another project's.
 """
 
-import errno
 import logging
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from hutch.images.egress import RegistryNames
-from hutch.model.errors import HutchError, InsufficientStorage, NoCapacity, NotFound
+from hutch.images.spool import disk_full_is_insufficient, spool
+from hutch.model.errors import HutchError, NoCapacity, NotFound
 from hutch.model.image import parse_ref
 from hutch.model.tenancy import Principal, Project
 from hutch.services.nodelink import NodeLink
@@ -25,12 +26,25 @@ log = logging.getLogger("hutch.images")
 
 class Images:
     def __init__(
-        self, nodes: Nodes, link: NodeLink, policy: Policy, registries: RegistryNames
+        self,
+        nodes: Nodes,
+        link: NodeLink,
+        policy: Policy,
+        registries: RegistryNames,
+        *,
+        spool_dir: Path,
+        max_bytes: int,
+        free_floor: int,
     ) -> None:
         self.nodes = nodes
         self.link = link
         self.policy = policy
         self.registries = registries  # what references may name: nodes pull from no others
+        # Imports are held here on their way to the nodes: at most `max_bytes` each (or the
+        # project's quota), never taking the disk below `free_floor`.
+        self.spool_dir = spool_dir
+        self.max_bytes = max_bytes
+        self.free_floor = free_floor
 
     async def _ready(self) -> list[Any]:
         ready = await self.nodes.ready()
@@ -102,7 +116,9 @@ class Images:
         self._writing(principal, project, public)
         self.registries.check(parse_ref(ref).registry)  # before any node connects anywhere
         for node in await self._ready():
-            async for line in self.link.pull(node, project.id, ref, public, _limits(project)):
+            async for line in self.link.pull(
+                node, project.id, ref, public, project.quota.image_limits()
+            ):
                 yield line
 
     async def import_(
@@ -116,32 +132,23 @@ class Images:
         """The archive is spooled once to a temporary file, then sent to every ready node."""
         self._writing(principal, project, public)
         nodes = await self._ready()
-        with tempfile.TemporaryFile() as spool:
-            try:
-                async for chunk in body:
-                    spool.write(chunk)
-            except OSError as e:
-                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                raise InsufficientStorage(
-                    f"the controller has no room to hold the archive ({tempfile.gettempdir()} "
-                    "is full): try again later, or import on the node (hutch image import --local)"
-                ) from None
+        limits = project.quota.image_limits()
+        with (
+            disk_full_is_insufficient(),
+            tempfile.TemporaryFile(dir=self.spool_dir) as archive,
+        ):
+            await spool(
+                body, archive, floor=self.free_floor,
+                limit=limits.get("max_stored", self.max_bytes), quota="max_stored" in limits,
+            )  # fmt: skip
             result: list[dict[str, Any]] = []
             for node in nodes:
-                spool.seek(0)
+                archive.seek(0)
                 result = await self.link.import_(
-                    node, project.id, _chunks(spool), names=names, public=public,
-                    limits=_limits(project),
+                    node, project.id, _chunks(archive), names=names, public=public,
+                    limits=limits,
                 )  # fmt: skip
         return result
-
-
-def _limits(project: Project) -> dict[str, int]:
-    """The project's image quotas in bytes, as the node's store checks them."""
-    q = project.quota
-    limits = {"max_stored": q.images_mib, "max_unpacked": q.images_unpacked_mib}
-    return {k: v << 20 for k, v in limits.items() if v is not None}
 
 
 async def _chunks(f: Any) -> AsyncIterator[bytes]:

@@ -7,11 +7,13 @@ leading controller) places it and claims the node's share. A machine holds that 
 is active (placed and not finished), and gives it back when the generation ends.
 """
 
+import contextlib
 import signal as _signal
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
+from hutch.images.store import is_digest_or_id
 from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded
 from hutch.model.image import parse_ref
 from hutch.model.machine import (
@@ -125,6 +127,10 @@ class Machines:
     async def _check_image_source(self, principal: Principal, project: Project, image: str) -> None:
         """Forbidden now, rather than a machine failing later, for an image from a registry
         nodes may not pull from, unless the project already has it (imported under that name)."""
+        if is_digest_or_id(image):  # no registry gives it: the project's, the catalogue's, or none
+            with contextlib.suppress(NoCapacity):  # no node to ask now: it waits for one
+                await self.images.get(principal, project, image)
+            return
         registry = parse_ref(image).registry
         if self.images.registries.allowed(registry):
             return

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from hutch.model.errors import Conflict, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Capacity, Machine, Node, NodeState
-from hutch.model.tenancy import Principal, validate_name
+from hutch.model.tenancy import Principal, Quota, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
 from hutch.services.nodelink import controller_key
 from hutch.services.notify import SCHEDULER, Notifier, node_key
@@ -122,14 +122,22 @@ class Nodes:
                 replace(fresh, last_seen=time.time(), state=state, address=address)
             )
 
-    async def assignments(self, node: Node, after: int, wait: float) -> tuple[int, list[Machine]]:
-        """The node's machines, once its revision is past `after`, or after `wait` seconds."""
+    async def assignments(
+        self, node: Node, after: int, wait: float
+    ) -> tuple[int, list[tuple[Machine, Quota]]]:
+        """The node's machines, each with its project's quota (what an image it pulls for one
+        may take), once its revision is past `after`, or after `wait` seconds."""
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_POLL)
         while True:
             async with self.store.read() as tx:
                 revision = await tx.nodes.revision(node.id)
                 if revision > after or time.monotonic() >= deadline:
-                    return revision, await tx.machines.on_node(node.id)
+                    machines = await tx.machines.on_node(node.id)
+                    quotas = {
+                        p: (await tx.projects.get(p)).quota
+                        for p in {m.project_id for m in machines}
+                    }
+                    return revision, [(m, quotas[m.project_id]) for m in machines]
             await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), 0.5))
 
     async def overdue(self, cutoff: float) -> list[Node]:

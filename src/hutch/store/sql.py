@@ -491,7 +491,7 @@ class _Projects(_Repo):
         ).scalar_one()
         if count:
             raise Conflict(
-                f"project {project_id!r} still has {count} machine(s) that are not destroyed: "
+                f"this project still has {count} machine(s) that are not destroyed: "
                 "destroy them first"
             )
         for table in (t.events, t.machines, t.tokens):

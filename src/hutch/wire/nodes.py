@@ -89,6 +89,8 @@ class Assignment(View):
     state: MachineState  # as the controller last recorded it
     image: str
     image_digest: str = ""  # what an earlier start resolved `image` to: run exactly that
+    # What the project's images may take (bytes: max_stored, max_unpacked), for a pull on demand.
+    image_limits: dict[str, int] = {}
     command: list[str] | None
     entrypoint: list[str] | None
     env: dict[str, str]

@@ -122,7 +122,9 @@ async def assignments(
 ) -> Assignments:
     _own(node_id, node.id)
     revision, machines = await ctl.nodes.assignments(node, after, wait)
-    return Assignments(revision=revision, machines=[convert.assignment(m) for m in machines])
+    return Assignments(
+        revision=revision, machines=[convert.assignment(m, quota) for m, quota in machines]
+    )
 
 
 @agents.post(
