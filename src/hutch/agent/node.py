@@ -292,7 +292,13 @@ class NodeAgent:
                         allowance=Allowance.of(a.image_limits),
                     )  # fmt: skip
         except HutchError as e:  # the project does not have it, and no registry gave it
-            raise type(e)(f"cannot pull {a.image}: {e.message}") from e
+            gone = (
+                f"{a.image_digest}, the image this machine ran, is no longer in its project "
+                "or the catalogue (removed?), and "
+                if a.image_digest
+                else ""
+            )
+            raise type(e)(f"{gone}cannot pull {a.image}: {e.message}") from e
         try:
             return self.store.resolve(wanted, a.project)
         except NotFound:

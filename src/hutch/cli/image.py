@@ -72,6 +72,8 @@ def _view(image: StoredImage) -> dict[str, Any]:
         "created": image.created,
         "layers": image.layers,
         "public": image.public,
+        "source": image.source,
+        "unpacked": image.unpacked,
         "config": asdict(image.config),
     }
 
@@ -254,7 +256,10 @@ def _import(
 
 @app.command("ls")
 def ls(project: ProjectOpt = None, output: OutputOpt = "table", local: LocalOpt = False) -> None:
-    """List the images a project sees: its own and the public ones."""
+    """List the images a project sees: its own (FROM project), then the catalogue's.
+
+    A name the project has itself is what its machines get, even where the catalogue has it too.
+    """
     check_output(output)
     views: list[dict[str, Any]]
     if _remote(local):
@@ -276,7 +281,7 @@ def ls(project: ProjectOpt = None, output: OutputOpt = "table", local: LocalOpt 
             ("IMAGE ID", lambda r: _short(r[1]["id"])),
             ("SIZE", lambda r: format_bytes(r[1]["size"])),
             ("CREATED", lambda r: when(r[1]["created"])),
-            ("PUBLIC", lambda r: r[1]["public"]),
+            ("FROM", lambda r: r[1]["source"]),  # which one a machine of the project gets
         ],
         "table",
     )
