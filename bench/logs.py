@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,12 +30,27 @@ from pathlib import Path
 
 import httpx
 
-from bench.api import free_port, node_ready, wait_http
 from hutch.client import Client
 from hutch.images.busybox import build_busybox_rootfs
 
 HUTCH = str(Path(sys.executable).parent / "hutch")
 MB = 1_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ready(url: str, token_file: Path) -> bool:
+    """The controller answers and its node is ready."""
+    try:
+        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        nodes = httpx.get(f"{url}/v1/nodes", headers=headers, timeout=2).json()["items"]
+    except (OSError, httpx.HTTPError, ValueError, KeyError):
+        return False
+    return any(n["state"] == "ready" for n in nodes)
 
 
 def read_all(argv: list[str], env: dict[str, str], size: int) -> float:
@@ -91,9 +107,11 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     gen = ["sh", "-c", f"yes | head -c {size}"]
     try:
-        wait_http(f"{url}/healthz")
-        while not node_ready(url, work / "state" / "admin-token"):
-            time.sleep(0.1)
+        deadline = time.monotonic() + 120
+        while not ready(url, work / "state" / "admin-token"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("hutch up did not come up")
+            time.sleep(0.2)
         token = (work / "state" / "admin-token").read_text().strip()
         local = work / "out"
         local.write_bytes(b"y\n" * (size // 2) + b"y" * (size % 2))
@@ -117,6 +135,8 @@ def main() -> None:
             wire = sum(len(b) for b in response.iter_raw())
         with Client(url, token, project="default") as client:
             kept = sum(len(line.data) for line in client.machines.logs(detached))
+            client.machines.delete(detached, force=True)
+            client.machines.wait(detached, "destroyed")
         vm = read_all([HUTCH, "run", "--rm", "busybox", "--", *gen], env, size)
         print(f"(d) attached, micro-VM: {vm:.1f} MB/s", file=sys.stderr)
         null = guest_rate(env, size, "/dev/null")
