@@ -58,7 +58,7 @@ def read_all(argv: list[str], env: dict[str, str], size: int) -> float:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     got, first, last = 0, 0.0, 0.0
-    while chunk := proc.stdout.read1(1 << 20):
+    while chunk := os.read(proc.stdout.fileno(), 1 << 20):
         if not got:
             first = time.monotonic()
         got += len(chunk)
