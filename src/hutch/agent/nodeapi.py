@@ -20,6 +20,7 @@ from starlette.websockets import WebSocketDisconnect
 from hutch.agent import images
 from hutch.agent.node import NodeAgent
 from hutch.agent.sandbox import merge_env
+from hutch.http.fair import batched, turn
 from hutch.http.problems import install as install_problems
 from hutch.http.problems import ws_error
 from hutch.images.pull import PullProgress
@@ -62,8 +63,10 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
         since: Annotated[float | None, Query(ge=0)] = None,
     ) -> StreamingResponse:
         driver = await find(sandbox)
+        # In chunks made in turns: a reader of a large log must not hold the loop.
         return StreamingResponse(
-            _log_lines(driver, sandbox, follow, tail, since), media_type="application/x-ndjson"
+            batched(_log_lines(driver, sandbox, follow, tail, since)),
+            media_type="application/x-ndjson",
         )
 
     @app.post("/node/v1/sandboxes/{sandbox}/signal", status_code=status.HTTP_204_NO_CONTENT)
@@ -104,6 +107,7 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
         feeder = asyncio.create_task(_feed(ws, proc))
         try:
             async for stream, data in proc.output():
+                await turn()
                 await ws.send_bytes(bytes([STDOUT if stream is Stream.STDOUT else STDERR]) + data)
             result = await proc.wait()
             await ws.send_text(

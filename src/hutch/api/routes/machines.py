@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from hutch.api import convert
 from hutch.api.deps import Ctl, Scoped, bearer
+from hutch.http.fair import taking_turns, turn
 from hutch.http.problems import PROBLEMS, ws_error
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Machine, MachineState
@@ -164,9 +165,9 @@ async def machine_logs(
             if first is None or not lease.live:
                 return
             yield first
-            async for line in lease.guard(stream):
-                if line is not None:
-                    yield line
+            async for chunk in lease.guard(taking_turns(stream)):
+                if chunk is not None:
+                    yield chunk
 
     return StreamingResponse(body(), media_type="application/x-ndjson")
 
@@ -194,9 +195,12 @@ async def events(
                 if batch is None:
                     yield b": keepalive\n\n"
                     continue
-                for e in batch:
-                    data = convert.event_view(e).model_dump_json()
-                    yield f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
+                await turn()  # up to MAX_EVENTS of them to encode
+                yield b"".join(
+                    f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
+                    for e in batch
+                    for data in (convert.event_view(e).model_dump_json(),)
+                )
 
     return StreamingResponse(body(), media_type="text/event-stream")
 
@@ -238,6 +242,7 @@ async def _relay(client: WebSocket, node: ClientConnection, lease: Lease) -> boo
 
     async def down() -> None:
         async for message in node:
+            await turn()  # output in bulk (a `cat` of a large file) takes turns too
             if not lease.live:  # nothing from after its end, even before `ended` wakes
                 return
             if isinstance(message, bytes):
