@@ -69,7 +69,7 @@ def build_controller(settings: Settings) -> Controller:
         max_bytes=settings.max_unpacked_bytes, free_floor=settings.image_free_floor,
     )  # fmt: skip
     machine_service = Machines(store, policy, notifier, link, image_service)
-    streams = Streams(store)
+    streams = Streams(store, per_token=settings.streams_per_token)
     return Controller(
         store=store,
         notifier=notifier,
