@@ -87,7 +87,11 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
             driver = await find(sandbox)
             spec = await driver.spec(sandbox)
             user = resolve_user(Path(spec.rootfs), start.user) if start.user else spec.process.user
-            env = merge_env(spec.process.env, tuple(f"{k}={v}" for k, v in start.env.items()))
+            env = merge_env(
+                ("TERM=xterm",) if start.tty else (),  # unless the machine or the caller says
+                spec.process.env,
+                tuple(f"{k}={v}" for k, v in start.env.items()),
+            )
             proc = await driver.exec(
                 sandbox,
                 ProcessSpec(
@@ -96,6 +100,9 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
                     cwd=start.workdir or spec.process.cwd,
                     user=user,
                     stdin=start.stdin,
+                    tty=start.tty,
+                    rows=start.rows,
+                    cols=start.cols,
                 ),
             )
         except HutchError as e:
@@ -328,6 +335,10 @@ async def _feed(ws: WebSocket, proc: Any) -> None:
                 await proc.close_stdin()
             elif control.get("type") == "signal":
                 await proc.signal(parse_signal(str(control.get("signal", "SIGTERM"))))
+            elif control.get("type") == "resize":
+                rows, cols = control.get("rows"), control.get("cols")
+                if isinstance(rows, int) and isinstance(cols, int):
+                    await proc.resize(rows, cols)
 
 
 async def _pull(
