@@ -273,16 +273,21 @@ async def attach_machine(ws: WebSocket, ref: str, project: str | None = None) ->
         m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
         if m.state is not MachineState.RUNNING:
             raise Conflict(f"machine {m.name} is {m.state}, not running")
-        upstream = await ctl.link.attach(node, m.sandbox_id)
+        lease = ctl.streams.admit(caller, proj)
+        try:
+            upstream = await ctl.link.attach(node, m.sandbox_id)
+        except BaseException:
+            ctl.streams.release(lease)
+            raise
     except HutchError as e:
         await ws.send_text(ws_error(e))
         await ws.close()
         return
     try:
-        with ctl.streams.open(caller, proj) as lease:
-            if await _relay(ws, upstream, lease):
-                await ws.send_text(ws_error(Unauthenticated(lease.reason)))
+        if await _relay(ws, upstream, lease):
+            await ws.send_text(ws_error(Unauthenticated(lease.reason)))
     finally:
+        ctl.streams.release(lease)
         await upstream.close()
         with contextlib.suppress(RuntimeError):
             await ws.close()
