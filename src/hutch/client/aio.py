@@ -24,7 +24,7 @@ from hutch.client.config import resolve
 from hutch.client.exec import AsyncExecSession, ExecResult, OpeningSession, opening
 from hutch.model.tenancy import Role
 from hutch.wire.common import Page
-from hutch.wire.images import ImageView, PullEvent
+from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.nodes import JoinToken, NodeView
 from hutch.wire.tenancy import (
@@ -272,8 +272,8 @@ class AsyncImages:
         finally:
             await asyncio.to_thread(archive.__exit__, None, None, None)
 
-    async def delete(self, ref: str, *, public: bool = False) -> None:
-        await self._c._run(core.delete_image(ref, public))
+    async def delete(self, ref: str, *, public: bool = False, force: bool = False) -> ImageRemoved:
+        return await self._c._run(core.delete_image(ref, public, force))
 
 
 async def _threaded(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
