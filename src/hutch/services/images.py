@@ -15,7 +15,7 @@ from typing import Any
 from hutch.images.egress import RegistryNames
 from hutch.images.spool import disk_full_is_insufficient, spool
 from hutch.images.store import is_digest_or_id
-from hutch.model.errors import Conflict, HutchError, NoCapacity, NotFound
+from hutch.model.errors import Conflict, HutchError, NoCapacity, NotFound, Unavailable
 from hutch.model.image import parse_ref
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Principal, Project
@@ -74,11 +74,16 @@ class Images:
 
     async def get(self, principal: Principal, project: Project, ref: str) -> dict[str, Any]:
         self.policy.require(principal, Action.IMAGE_READ, project.id)
+        unreachable: Unavailable | None = None
         for node in await self._ready():
             try:
                 return await self.link.image(node, project.id, ref)
             except NotFound:
                 continue
+            except Unavailable as e:  # another node may have it; if none does, who can tell
+                unreachable = e
+        if unreachable is not None:
+            raise unreachable
         raise NotFound(f"no image {ref!r} in project {project.name} or the catalogue")
 
     async def usage(self, project: Project) -> dict[str, int] | None:

@@ -13,7 +13,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
 from hutch.images.store import is_digest_or_id
-from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded
+from hutch.model.errors import (
+    Conflict,
+    Invalid,
+    NoCapacity,
+    NotFound,
+    QuotaExceeded,
+    Unavailable,
+)
 from hutch.model.image import names_registry, parse_ref
 from hutch.model.machine import (
     ACTIVE,
@@ -132,8 +139,8 @@ class Machines:
         if is_digest_or_id(image) or not names_registry(image):
             try:
                 await self.images.get(principal, project, image)
-            except NoCapacity:
-                return  # no node to ask now: it waits for one
+            except (NoCapacity, Unavailable):
+                return  # no node to ask now: the machine waits for one, which decides
             except NotFound:
                 if is_digest_or_id(image):
                     raise
