@@ -17,7 +17,7 @@ from hutch.images.spool import disk_full_is_insufficient, spool
 from hutch.images.store import is_digest_or_id
 from hutch.model.errors import Conflict, HutchError, NoCapacity, NotFound, Unavailable
 from hutch.model.image import parse_ref
-from hutch.model.machine import Machine, MachineState
+from hutch.model.machine import Desired, Machine, MachineState
 from hutch.model.tenancy import Principal, Project
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
@@ -109,7 +109,9 @@ class Images:
         `force`: they keep running, but cannot start again without it."""
         self._writing(principal, project, public)
         image = await self.get(principal, project, ref)
-        users = await self._users(project, ref, image)
+        # A catalogue image a project names no removal of its own for is the nodes' to refuse.
+        ours = public or image.get("source", "project") == "project"
+        users = await self._users(project, ref, image) if ours else []
         if users and not force:
             many = len(users) > 1
             raise Conflict(
@@ -131,9 +133,10 @@ class Images:
         return image, users
 
     async def _users(self, project: Project, ref: str, image: dict[str, Any]) -> list[Machine]:
-        """The project's machines, not destroyed, that run the image or will, and would lose it
-        by the removal of `ref`: by the digest they got when they started (unless the image
-        keeps another name), by the name they were created with until then."""
+        """The project's machines, not destroyed nor being destroyed, that run the image or
+        will, and would lose it by the removal of `ref`: by the digest they got when they
+        started (unless the image keeps another name), by the name they were created with
+        until then."""
         by_digest = is_digest_or_id(ref)
         gone = set(image["names"]) if by_digest else {str(parse_ref(ref))}
         last = by_digest or set(image["names"]) <= gone
@@ -145,7 +148,11 @@ class Images:
                 page, cursor = await tx.machines.list(
                     project.id, states=wanted, limit=500, cursor=cursor
                 )
-                users += [m for m in page if _loses(m, image["id"], gone, last)]
+                users += [
+                    m
+                    for m in page
+                    if m.desired is not Desired.DESTROYED and _loses(m, image["id"], gone, last)
+                ]
                 if cursor is None:
                     return users
 
