@@ -208,6 +208,10 @@ class MachineOptions(TypedDict, total=False):
     group_policy: str  # "affinity" (on the group's node) or "anti-affinity" (never two on one)
     constraints: Mapping[str, str]  # node labels it needs
     strategy: str  # "spread" or "pack"; default: the project's
+    tty: bool  # a pseudo-terminal for the command (attach to type into it: Machines.attach)
+    stdin: bool  # keep the command's stdin open for attached clients
+    rows: int  # with tty: the terminal's size at start (default 24 x 80)
+    cols: int
 
 
 def machine_create(

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from hutch.client import _core as core
 from hutch.client._core import ArchiveSource, Call, Endpoint, MachineOptions, MachineRef, Plan
 from hutch.client.config import resolve
-from hutch.client.exec import ExecResult, ExecSession, opening
+from hutch.client.exec import AttachSession, ExecResult, ExecSession, attaching, opening
 from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
@@ -321,6 +321,29 @@ class Machines:
             tty=tty, size=size,
         )  # fmt: skip
         return ExecSession.open(how)
+
+    def attach(self, ref: MachineRef, *, size: tuple[int, int] | None = None) -> AttachSession:
+        """Attach to the running machine's main process (a machine created with `tty` and/or
+        `stdin`): `write()` to its stdin, `close_stdin()`, `resize(rows, cols)` its terminal
+        (to `size` first, if given), `signal()` it; `wait()` returns its exit code when it ends.
+        Its output is the machine's log: read it with `logs(m, follow=True)`. Closing the
+        session leaves the machine running, its stdin open for the next attach.
+
+            m = client.machines.create("busybox", ["sh"], tty=True, stdin=True)
+            client.machines.wait(m, "running")
+            with client.machines.attach(m, size=(50, 132)) as s:
+                s.write(b"stty size; exit 3\r")
+                print(s.wait())                              # 3
+            print(b"".join(log_bytes(l) for l in client.machines.logs(m)))  # ... 50 132 ...
+        """
+        session = AttachSession.open(attaching(self._c._endpoint, ref))
+        if size is not None:
+            try:
+                session.resize(*size)
+            except BaseException:
+                session.close()
+                raise
+        return session
 
 
 class Images:

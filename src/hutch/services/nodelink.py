@@ -67,6 +67,14 @@ class NodeLink:
         except (OSError, TimeoutError) as e:
             raise Unavailable(f"node {node.name} cannot be reached: {e}") from None
 
+    async def attach(self, node: Node, sandbox: str) -> ClientConnection:
+        """An attach WebSocket to the node, into the sandbox's main process; the caller relays."""
+        url = self._url(node, f"/node/v1/sandboxes/{sandbox}/attach").replace("http", "ws", 1)
+        try:
+            return await connect(url, additional_headers=self._headers(node), max_size=1 << 20)
+        except (OSError, TimeoutError) as e:
+            raise Unavailable(f"node {node.name} cannot be reached: {e}") from None
+
     async def images(self, node: Node, project: str) -> list[dict[str, Any]]:
         data: list[dict[str, Any]] = await self._call(
             node, "GET", "/node/v1/images", params={"project": project}

@@ -1,4 +1,5 @@
-"""/v1/machines: create, list, lifecycle, wait, logs (NDJSON), exec (WebSocket), events (SSE)."""
+"""/v1/machines: create, list, lifecycle, wait, logs (NDJSON), exec and attach (WebSocket),
+events (SSE)."""
 
 import asyncio
 import contextlib
@@ -14,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from hutch.api import convert
 from hutch.api.deps import Ctl, Scoped, bearer
 from hutch.http.problems import PROBLEMS, ws_error
-from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
+from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
 from hutch.services.policy import Action
@@ -225,6 +226,31 @@ async def exec_machine(ws: WebSocket, ref: str, project: str | None = None) -> N
     try:
         with ctl.streams.open(caller, proj) as lease:
             await upstream.send(start.model_dump_json())
+            if await _relay(ws, upstream, lease):
+                await ws.send_text(ws_error(Unauthenticated(lease.reason)))
+    finally:
+        await upstream.close()
+        with contextlib.suppress(RuntimeError):
+            await ws.close()
+
+
+@router.websocket("/v1/machines/{ref}/attach")
+async def attach_machine(ws: WebSocket, ref: str, project: str | None = None) -> None:
+    """Relay an attach session (into the machine's main process) to its node (docs/api.md)."""
+    ctl = ws.app.state.controller
+    await ws.accept()
+    try:
+        caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
+        m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
+        if m.state is not MachineState.RUNNING:
+            raise Conflict(f"machine {m.name} is {m.state}, not running")
+        upstream = await ctl.link.attach(node, m.sandbox_id)
+    except HutchError as e:
+        await ws.send_text(ws_error(e))
+        await ws.close()
+        return
+    try:
+        with ctl.streams.open(caller, proj) as lease:
             if await _relay(ws, upstream, lease):
                 await ws.send_text(ws_error(Unauthenticated(lease.reason)))
     finally:
