@@ -35,7 +35,7 @@ from hutch.client.errors import (
 )
 from hutch.model.machine import MachineState, RestartPolicy
 from hutch.wire.common import Page, Problem, Request
-from hutch.wire.images import ImagePull, ImageView, PullEvent
+from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import (
     EventView,
     KillRequest,
@@ -390,9 +390,10 @@ def image(ref: str) -> Plan[ImageView]:
     return ImageView.model_validate_json((yield Call("GET", _image(ref), scoped=True)))
 
 
-def delete_image(ref: str, public: bool) -> Plan[None]:
-    params = (("public", "true"),) if public else ()
-    yield Call("DELETE", _image(ref), params=params, scoped=True)
+def delete_image(ref: str, public: bool, force: bool = False) -> Plan[ImageRemoved]:
+    params = (*((("public", "true"),) if public else ()), *((("force", "true"),) if force else ()))
+    body = yield Call("DELETE", _image(ref), params=params, scoped=True)
+    return ImageRemoved.model_validate_json(body)
 
 
 def pull(ref: str, public: bool) -> Call:

@@ -31,7 +31,7 @@ from hutch.client.exec import (
 )
 from hutch.model.tenancy import Role
 from hutch.wire.common import Page
-from hutch.wire.images import ImageView, PullEvent
+from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.nodes import JoinToken, NodeView
 from hutch.wire.tenancy import (
@@ -301,8 +301,8 @@ class AsyncImages:
         finally:
             await asyncio.to_thread(archive.__exit__, None, None, None)
 
-    async def delete(self, ref: str, *, public: bool = False) -> None:
-        await self._c._run(core.delete_image(ref, public))
+    async def delete(self, ref: str, *, public: bool = False, force: bool = False) -> ImageRemoved:
+        return await self._c._run(core.delete_image(ref, public, force))
 
 
 async def _threaded(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:

@@ -23,7 +23,7 @@ from hutch.client.config import resolve
 from hutch.client.exec import AttachSession, ExecResult, ExecSession, attaching, opening
 from hutch.model.tenancy import Role
 from hutch.wire.common import Page
-from hutch.wire.images import ImageView, PullEvent
+from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.nodes import JoinToken, NodeView
 from hutch.wire.tenancy import (
@@ -388,10 +388,12 @@ class Images:
         with core.archive(source) as chunks:
             return self._c._run(core.import_call(names, public, chunks))
 
-    def delete(self, ref: str, *, public: bool = False) -> None:
+    def delete(self, ref: str, *, public: bool = False, force: bool = False) -> ImageRemoved:
         """Remove the project's name for the image, or the image (NotFound if the project
-        does not see it); with `public`, the catalogue's (a system token)."""
-        self._c._run(core.delete_image(ref, public))
+        does not see it); with `public`, the catalogue's (a system token). Conflict while
+        machines of the project that are not destroyed would lose it, unless `force`: then
+        `machines` names them."""
+        return self._c._run(core.delete_image(ref, public, force))
 
 
 class Tokens:
