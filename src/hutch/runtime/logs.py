@@ -228,26 +228,33 @@ class _Reading:
             self.seen[stream] += len(data)
             yield LogRecord(stream, data, time_ns)
 
-    def next_file(self, path: Path) -> BinaryIO | None:
-        """The oldest file newer than the one read last (files without a mark: `.1` first)."""
-        best: tuple[int, BinaryIO] | None = None
+    def next_file(
+        self, path: Path, held: BinaryIO | None = None
+    ) -> tuple[BinaryIO | None, BinaryIO | None]:
+        """The oldest file newer than the one read last (files without a mark: `.1` first),
+        and a newer one still, held open (None if there is none): the sandbox's directory may
+        be removed (auto_destroy) while a reader is behind, and an open file survives. `held`
+        is such a file from before; it is given back or closed."""
+        found: list[tuple[int, int, BinaryIO]] = []  # (generation, inode, file)
+        opened = [(held, -3)] if held is not None else []
         for part, unmarked in ((_old(path), -2), (path, -1)):
-            try:
-                f = part.open("rb")
-            except FileNotFoundError:
-                continue
+            with contextlib.suppress(FileNotFoundError):
+                opened.append((part.open("rb"), unmarked))
+        for f, unmarked in opened:
             gen = _generation(f)
             gen = unmarked if gen is None else gen
-            if gen > self.gen and (best is None or gen < best[0]):
-                if best is not None:
-                    best[1].close()
-                best = (gen, f)
+            inode = os.fstat(f.fileno()).st_ino
+            if gen > self.gen and all(inode != other for _, other, _ in found):
+                found.append((gen, inode, f))
             else:
                 f.close()
-        if best is None:
-            return None
-        self.gen = max(self.gen, best[0])
-        return best[1]
+        found.sort(key=lambda item: item[0])
+        for _, _, extra in found[1:-1]:
+            extra.close()
+        if not found:
+            return None, None
+        self.gen = max(self.gen, found[0][0])
+        return found[0][2], found[-1][2] if len(found) > 1 else None
 
 
 def _join(records: Iterable[LogRecord]) -> Iterator[LogRecord]:
@@ -278,16 +285,11 @@ def _join(records: Iterable[LogRecord]) -> Iterator[LogRecord]:
 def read_log(path: Path) -> Iterator[LogRecord]:
     """Every record still on disk, oldest first; what was dropped before them as skipped."""
     reading = _Reading(None)
-    while (f := reading.next_file(path)) is not None:
+    f, newer = reading.next_file(path)
+    while f is not None:
         with f:
             yield from reading.records(f)
-
-
-def _current(path: Path, f: BinaryIO) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
-    except FileNotFoundError:
-        return True  # between a rotation's two steps (another process writes): wait
+        f, newer = reading.next_file(path, newer)
 
 
 async def follow_log(
@@ -299,36 +301,50 @@ async def follow_log(
     """Records as they are written, oldest first, until `finished()` and nothing is left; what
     the ring dropped before the follower read it comes as skipped records.
 
-    Survives rotation: an open file keeps being read after it is renamed to `.1` (or dropped).
-    With a `cursor` the writer waits for this follower instead of dropping what it has not read.
+    Survives rotation: an open file keeps being read after it is renamed to `.1` (or dropped),
+    and the file that replaced it is held open from when it is seen (the sandbox's directory
+    may be removed while the follower is behind). With a `cursor` the writer waits for this
+    follower instead of dropping what it has not read.
     """
     reading = _Reading(cursor)
     f: BinaryIO | None = None
+    after: BinaryIO | None = None  # a file newer than `f`: then `f` is complete
+
+    def look() -> None:
+        nonlocal after
+        if f is None or after is not None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
+                after = path.open("rb")
+
     try:
         while True:
             if f is None:
-                f = reading.next_file(path)
+                f, after = reading.next_file(path, after)
             done = finished()  # read before draining: what was written before it counts
             got = False
             if f is not None:
+                look()
                 for record in reading.records(f):
                     got = True
                     yield record
-                if not _current(path, f):  # the writer moved on: what f holds is all it gets
+                    look()  # a stat: cheap beside a record's relay
+                look()
+                if after is not None:  # the writer moved on: what f holds is all it gets
                     for record in reading.records(f):
                         yield record
-                    following = reading.next_file(path)
-                    if following is not None:
-                        f.close()
-                        f = following
-                        continue
+                    f.close()
+                    f, after = reading.next_file(path, after)
+                    continue
             if done and not got:
                 return
             if not got:
                 await (changed.wait(0.25) if changed else asyncio.sleep(0.1))
     finally:
-        if f is not None:
-            f.close()
+        for held in (f, after):
+            if held is not None:
+                held.close()
         if cursor is not None:
             cursor.close()
 

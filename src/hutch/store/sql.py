@@ -758,6 +758,26 @@ class _Machines(_Repo):
             found[str(group)][str(node_id)] = int(count)
         return found
 
+    async def image_holders(self, project_id: str, images: Sequence[str]) -> dict[str, set[str]]:
+        m = t.machines
+        found: dict[str, set[str]] = {i: set() for i in images}
+        if not images:
+            return found
+        stmt = (
+            sa.select(m.c.image, m.c.node_id)
+            .where(
+                m.c.project_id == project_id,
+                m.c.image.in_(sorted(set(images))),
+                m.c.node_id.is_not(None),
+                t.LIVE,
+            )
+            .distinct()
+        )
+        rows: list[tuple[Any, ...]] = [tuple(row) for row in await self._c.execute(stmt)]
+        for image, node_id in rows:
+            found[str(image)].add(str(node_id))
+        return found
+
     async def purge(self, project_id: str, machine_id: str) -> None:
         """Conflict unless the machine is destroyed."""
         m = t.machines
@@ -1102,6 +1122,10 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "group_policy": s.group_policy.value,
         "constraints": dict(s.constraints),
         "strategy": None if s.strategy is None else s.strategy.value,
+        "tty": s.tty,
+        "stdin": s.stdin,
+        "tty_rows": s.rows,
+        "tty_cols": s.cols,
         "state": m.state.value,
         "desired": m.desired.value,
         "updated_at": m.updated_at,
@@ -1140,6 +1164,10 @@ def _to_machine(r: Row[Any]) -> Machine:
         group_policy=GroupPolicy(r.group_policy),
         constraints=dict(r.constraints),
         strategy=None if r.strategy is None else Strategy(r.strategy),
+        tty=r.tty,
+        stdin=r.stdin,
+        rows=r.tty_rows,
+        cols=r.tty_cols,
     )
     return Machine(
         id=r.id,
