@@ -52,7 +52,7 @@ def test_a_private_image_is_its_projects_alone(
                 refused()
         with pytest.raises(NotFound):
             b.images.get(secret.id)  # not by its digest either
-        tried = b.machines.run("secret:1", runtime=C)
+        tried = b.machines.create("secret:1", runtime=C)
         ended = b.machines.wait(tried, timeout=60)
         # Not in B's store: the node looks for it where Docker would (no internet here).
         assert ended.state is MachineState.FAILED
@@ -89,7 +89,7 @@ def test_a_tenant_cannot_make_others_run_its_image(
         ended = c.machines.wait(m, timeout=60)
         assert "".join(line.data for line in c.machines.logs(m)) == "c-ran\n"
         assert (ended.image_digest, ended.image_source) == (catalogue.id, "catalogue")
-        m = c.machines.run("nginx:latest", runtime=C)
+        m = c.machines.create("nginx:latest", runtime=C)
         assert c.machines.wait(m, timeout=60).state is MachineState.FAILED  # not B's either
 
         m = b.machines.run("busybox:latest", runtime=C)
@@ -120,7 +120,7 @@ def test_a_deleted_projects_images_are_not_the_next_ones(
             with pytest.raises(NotFound):
                 new.images.get("dsecret:v1")
             assert held.id not in {i.id for i in new.images.list()}
-            m = new.machines.run("dsecret:v1", runtime=C)
+            m = new.machines.create("dsecret:v1", runtime=C)
             assert new.machines.wait(m, timeout=60).state is MachineState.FAILED
             assert [line.data for line in new.machines.logs(m)] == []
 
@@ -177,7 +177,7 @@ def test_a_machine_cannot_pull_past_the_image_quota(
         m = r.machines.run(ref, runtime=C)
         r.machines.wait(m, timeout=60)
         assert "".join(line.data for line in r.machines.logs(m)) == "app\n"
-        m = t.machines.run(ref, runtime=C)
+        m = t.machines.create(ref, runtime=C)
         ended = t.machines.wait(m, timeout=60)
         assert ended.state is MachineState.FAILED and "quota" in ended.error
         with pytest.raises(NotFound):

@@ -11,7 +11,7 @@ Wire types (MachineView, LogLine, ...) come from `hutch.wire`; the errors below 
 """
 
 from hutch.client._core import MachineOptions, MachineRef, log_bytes
-from hutch.client.aio import AsyncClient
+from hutch.client.aio import AsyncClient, AsyncListing
 from hutch.client.errors import (
     ApiError,
     Conflict,
@@ -22,6 +22,7 @@ from hutch.client.errors import (
     NotFound,
     PullFailed,
     QuotaExceeded,
+    StartFailed,
     Unauthenticated,
     Unavailable,
     Unreachable,
@@ -35,6 +36,7 @@ __all__ = [
     "ApiError",
     "AsyncClient",
     "AsyncExecSession",
+    "AsyncListing",
     "Client",
     "Conflict",
     "ExecEnd",
@@ -49,6 +51,7 @@ __all__ = [
     "NotFound",
     "PullFailed",
     "QuotaExceeded",
+    "StartFailed",
     "Unauthenticated",
     "Unavailable",
     "Unsupported",
