@@ -107,11 +107,7 @@ class Machines:
                 if isinstance(decision := await _place(tx, spec, project), Rejection):
                     raise NoCapacity(f"no node can take this machine: {decision.explain()}")
         async with self.store.write() as tx:
-            await tx.projects.lock(project.id)  # quota checks of one project never interleave
-            quota = (await tx.projects.get(project.id)).quota
-            usage = (await tx.machines.usage(project.id)).plus(usage_of(spec))
-            if (over := usage.exceeds(quota)) is not None:
-                raise QuotaExceeded(f"project {project.name} is at its quota: {over}")
+            await _check_quota(tx, project, usage_of(spec))
             await tx.machines.create(machine)
             await tx.events.append(
                 project.id,
@@ -181,6 +177,7 @@ class Machines:
             if m.state not in FINISHED and m.desired is Desired.RUNNING:
                 raise Conflict(f"machine {m.name} is {m.state}: nothing to start")
             m = await self._new_generation(tx, m, restarted=False)
+            await _check_quota(tx, project)  # an ended machine held none of it
         self._wake(m)
         return m
 
@@ -191,6 +188,7 @@ class Machines:
             if m.desired is Desired.DESTROYED:
                 raise Conflict(f"machine {m.name} is being destroyed")
             m = await self._new_generation(tx, m, restarted=False)
+            await _check_quota(tx, project)
         self._wake(m)
         return m
 
@@ -454,6 +452,19 @@ class Machines:
 
     def _wake(self, m: Machine) -> None:
         self.notifier.notify(*keys_of(m))
+
+
+async def _check_quota(tx: Tx, project: Project, adding: Usage | None = None) -> None:
+    """QuotaExceeded if what the project's machines hold (see MachineRepo.usage), plus `adding`,
+    is over its quota. Locks the project row: quota checks of one project never interleave."""
+    await tx.projects.lock(project.id)
+    quota = (await tx.projects.get(project.id)).quota
+    usage = (await tx.machines.usage(project.id)).plus(adding or Usage())
+    if (over := usage.exceeds(quota)) is not None:
+        raise QuotaExceeded(
+            f"project {project.name} is at its quota: {over}. Running machines hold it (ended "
+            "ones do not): stop some, or ask for a larger quota"
+        )
 
 
 async def _place(tx: Tx, spec: MachineSpec, project: Project) -> Placement | Rejection:
