@@ -87,6 +87,7 @@ class Machines:
         start: bool = True,
     ) -> Machine:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        spec.check_new()
         await self._check_image_source(principal, project, spec.image)
         machine_id = new_id("m")
         name = validate_name(name, "machine") if name else machine_id
@@ -140,6 +141,7 @@ class Machines:
     ) -> Placement | Rejection:
         """Where a machine would go now, and why every other node would not take it."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        spec.check_new()
         async with self.store.read() as tx:
             return await _place(tx, spec, project)
 
