@@ -6,6 +6,7 @@ import typer
 
 from hutch import __version__
 from hutch.cli import contexts, image, machines, nodes, projects, sandbox, serve, setup
+from hutch.client.errors import NoConnection
 from hutch.model.errors import HutchError
 
 HUTCH_ERROR_EXIT = 125  # like docker: the workload's own codes stay unambiguous
@@ -58,6 +59,13 @@ def version() -> None:
 def main() -> None:
     try:
         app()
+    except NoConnection as e:
+        typer.echo(
+            f"hutch: {e.message}. Is it running? `hutch up -d` starts one on this machine; "
+            "`hutch context ls` shows the controllers this CLI knows",
+            err=True,
+        )
+        sys.exit(HUTCH_ERROR_EXIT)
     except HutchError as e:
         typer.echo(f"hutch: {e.message}", err=True)
         sys.exit(HUTCH_ERROR_EXIT)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from hutch.client.errors import (
     Invalid,
+    NoConnection,
     PullFailed,
     StartFailed,
     Unavailable,
@@ -121,7 +122,7 @@ class Endpoint:
     def unreachable(self, e: httpx.TransportError) -> Unavailable:
         reason = str(e) or type(e).__name__
         if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
-            return Unavailable(f"controller {self.url} cannot be reached: {reason}")
+            return NoConnection(f"controller {self.url} cannot be reached: {reason}")
         return Unavailable(f"controller {self.url} stopped answering: {reason}")
 
 

@@ -68,6 +68,11 @@ class Unavailable(ApiError, errors.Unavailable):
     """503, other 5xx, or no answer at all (status 0): the controller or a node is down."""
 
 
+class NoConnection(Unavailable):
+    """No answer at all (status 0): nothing listens at the controller's URL, or the connection
+    could not be made."""
+
+
 class PullFailed(ApiError):
     """An image pull that started but failed on a node (status 502): the detail says why."""
 
