@@ -19,6 +19,8 @@ from hutch.client import Client
 from hutch.wire.machines import MachineView
 from tests.cli.conftest import HUTCH
 from tests.cli.test_serve import free_port, layout_of
+from tests.controller import BUSYBOX_CONFIG
+from tests.images.ocibuild import write_oci_layout
 
 GRACE = 4.0  # seconds without heartbeats before a node's machines are lost
 HEARTBEAT = "0.5"
@@ -269,3 +271,71 @@ def _destroy_vms(env: dict[str, str], short_dir: Path) -> None:
         if ids:
             subprocess.run([HUTCH, "sandbox", "rm", "--force", *ids], env=node_env,
                            capture_output=True, timeout=120, check=False)  # fmt: skip
+
+
+def test_a_node_that_joins_later_runs_the_images_it_missed(
+    net: Net, hutch_env: dict[str, str], short_dir: Path, busybox_rootfs: Path
+) -> None:
+    """Images imported while a node was away reach it from a peer, through the controller, when
+    a machine placed there needs them: the project's own under the project, the catalogue's
+    for everyone, each checked by digest; another project cannot have them fetched."""
+    port = free_port()
+    url = f"http://{net.gateway}:{port}"
+    state = short_dir / "c"
+    controller = subprocess.Popen(
+        [HUTCH, "controller", "--listen", f"{net.gateway}:{port}"],
+        env={**hutch_env, "HUTCH_STATE_DIR": str(state)},
+        stderr=(short_dir / "c.log").open("wb"),
+    )
+    agents = [
+        Agent(f"node-{name}", ns, address,
+              {**hutch_env, "HUTCH_STATE_DIR": str(short_dir / name),
+               "HUTCH_CGROUP_PARENT": f"hutch-{net.tag}-{name}"},
+              short_dir / f"{name}.log")
+        for name, (ns, address) in zip("abc", net.hosts.items(), strict=True)
+    ]  # fmt: skip
+    logs = [short_dir / "c.log", *(a.log for a in agents)]
+    try:
+        until("the controller", (state / "admin-token").exists, 60)
+        secret = (state / "admin-token").read_text().strip()
+        admin = Client(url, secret, project="default")
+        until("the API", lambda: _answers(admin), 60)
+        token = admin.nodes.join_token(600).token
+        first, late = agents[:2], agents[2]
+        for agent in first:
+            agent.start(url, token)
+        until("two ready nodes", lambda: _ready(admin) == {a.name for a in first}, logs=logs)
+        admin.projects.create("other")
+        other = Client(url, secret, project="other")
+        [catalogue] = admin.images.import_(
+            layout_of(busybox_rootfs, short_dir), names=["busybox"], public=True
+        )
+        app = short_dir / "app"
+        write_oci_layout(app, [busybox_rootfs], {**BUSYBOX_CONFIG, "Cmd": ["echo", "app"]})
+        [own] = admin.images.import_(app, names=["app:1"])
+
+        late.start(url, token)
+        until("the late node ready", lambda: late.name in _ready(admin), logs=logs)
+        for agent in first:
+            admin.nodes.cordon(agent.name)
+        late_id = admin.nodes.get(late.name).id
+        for client, ref, says, image in (
+            (admin, "app:1", "app\n", own),
+            (other, "busybox", "from the catalogue\n", catalogue),
+        ):
+            m = client.machines.run(ref, ["echo", says.strip()] if ref == "busybox" else None,
+                                    runtime="container")  # fmt: skip
+            ended = client.machines.wait(m, timeout=120)
+            assert ended.node == late_id and ended.state == "exited", (ended.error, logs)
+            assert "".join(line.data for line in client.machines.logs(m)) == says
+            assert ended.image_digest == image.id
+        # The project's image is the project's alone, on the late node too.
+        m = other.machines.run("app:1", runtime="container")
+        assert other.machines.wait(m, timeout=120).state == "failed"
+        assert [line.data for line in other.machines.logs(m)] == []
+    finally:
+        for agent in agents:
+            agent.stop()
+        controller.send_signal(signal.SIGTERM)
+        controller.wait(30)
+        _destroy_vms(hutch_env, short_dir)

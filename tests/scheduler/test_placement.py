@@ -420,3 +420,15 @@ def test_index_anti_affinity_skips_member_nodes() -> None:
         index.claim(result.node.id, r)
     assert sorted(members) == ["id-a", "id-b", "id-c"]
     assert set(rejected(index.place(r, members))) == {"a", "b", "c"}
+
+
+def test_nodes_that_hold_the_image_are_preferred_among_equals_not_over_room() -> None:
+    r = request()
+    equal = [node(name) for name in "abcdefgh"]
+    index = Index(equal, k=2)
+    assert placed(index.place(r)) == "a"  # ties go to the first name
+    # h is past where the walk stops, and still found and preferred: it holds the image.
+    assert placed(index.place(r, holders=frozenset({"id-h"}))) == "h"
+    # Room still counts for more: a much fuller holder is not chosen.
+    busy = node("z", allocated=Capacity(3, 3500, 0))
+    assert placed(Index([*equal, busy]).place(r, holders=frozenset({"id-z"}))) != "z"

@@ -1,7 +1,9 @@
 """The node agent's side of /agent/v1: join, heartbeat, long-poll assignments, report."""
 
+import asyncio
+import json
 import ssl
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -70,6 +72,25 @@ class ControllerLink:
             json=report.model_dump(mode="json"),
         )
 
+    async def image_archive(
+        self, node_id: str, project: str, ref: str, out: BinaryIO
+    ) -> dict[str, str]:
+        """An image this node lacks, from a peer through the controller, written to `out` (an
+        OCI archive); the headers that say whose it is and its digest."""
+        url = f"{self.url}/agent/v1/nodes/{node_id}/images/archive"
+        headers = {"Authorization": f"Bearer {self.credential}"}
+        try:
+            async with self._http.stream(
+                "GET", url, headers=headers, params={"project": project, "ref": ref}
+            ) as response:
+                if response.status_code >= 400:
+                    _raise(self.url, response.status_code, await response.aread())
+                async for chunk in response.aiter_bytes(1 << 20):
+                    await asyncio.to_thread(out.write, chunk)
+                return {k.lower(): v for k, v in response.headers.items()}
+        except httpx.HTTPError as e:
+            raise Unavailable(f"controller {self.url} stopped answering: {e}") from None
+
     async def _call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {token or self.credential}"}
         try:
@@ -77,11 +98,13 @@ class ControllerLink:
         except httpx.HTTPError as e:
             raise Unavailable(f"controller {self.url} cannot be reached: {e}") from None
         if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", "")
-            except ValueError:
-                detail = response.text[:200]
-            raise _ERRORS.get(response.status_code, Unavailable)(
-                f"controller {self.url}: {detail or response.status_code}"
-            )
+            _raise(self.url, response.status_code, response.content)
         return response.json() if response.content else None
+
+
+def _raise(url: str, status: int, body: bytes) -> None:
+    try:
+        detail = json.loads(body).get("detail", "")
+    except (ValueError, AttributeError):
+        detail = body.decode(errors="replace")[:200]
+    raise _ERRORS.get(status, Unavailable)(f"controller {url}: {detail or status}")

@@ -14,12 +14,13 @@ import dataclasses
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hutch.agent.images import registry_client, roots_for
+from hutch.agent.images import import_image, registry_client, roots_for
 from hutch.agent.link import ControllerLink
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
@@ -27,7 +28,8 @@ from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import tls
 from hutch.images.pull import pull
-from hutch.images.store import Allowance, StoredImage
+from hutch.images.spool import disk_full_is_insufficient
+from hutch.images.store import Allowance, StoredImage, is_digest_or_id
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
@@ -284,6 +286,8 @@ class NodeAgent:
         wanted = a.image_digest or a.image
         with contextlib.suppress(NotFound):
             return self.store.resolve(wanted, a.project)
+        with contextlib.suppress(NotFound):  # no peer has it: a registry may
+            return await self._from_peers(a, wanted)
         try:
             async with registry_client(self.settings) as client:
                 with self.store.session():
@@ -306,6 +310,26 @@ class NodeAgent:
                 f"{a.image} no longer names {a.image_digest}, the image this machine ran: "
                 "recreate the machine to run what it names now"
             ) from None
+
+    async def _from_peers(self, a: Assignment, wanted: str) -> StoredImage:
+        """The image from a node that has it (imported or pulled before this one joined),
+        through the controller; filed for the same owner, every blob checked by its digest."""
+        assert self.identity is not None
+        with tempfile.TemporaryFile(dir=self.store.root / "partial") as archive:
+            with disk_full_is_insufficient():
+                headers = await self.link.image_archive(
+                    self.identity.node_id, a.project, wanted, archive
+                )
+            archive.seek(0)
+            # By name, it is filed under that name; by a recorded digest (a restart), under
+            # none: the name may mean another image by now.
+            names = (a.image,) if wanted == a.image and not is_digest_or_id(a.image) else ()
+            await asyncio.to_thread(
+                import_image, self.settings, archive, project=a.project,
+                public=headers.get("x-hutch-image-source") == "catalogue", names=names,
+                allowance=Allowance.of(a.image_limits),
+            )  # fmt: skip
+        return self.store.resolve(wanted, a.project)
 
     def _watch_exit(self, driver: AgentDriver, a: Assignment) -> None:
         if a.sandbox in self._watch:

@@ -22,6 +22,7 @@ from hutch.agent.node import NodeAgent
 from hutch.agent.sandbox import merge_env
 from hutch.http.problems import install as install_problems
 from hutch.http.problems import ws_error
+from hutch.images.archive import export_archive
 from hutch.images.pull import PullProgress
 from hutch.images.spool import disk_full_is_insufficient, spool
 from hutch.images.store import Allowance, StoredImage
@@ -86,7 +87,11 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
             driver = await find(sandbox)
             spec = await driver.spec(sandbox)
             user = resolve_user(Path(spec.rootfs), start.user) if start.user else spec.process.user
-            env = merge_env(spec.process.env, tuple(f"{k}={v}" for k, v in start.env.items()))
+            env = merge_env(
+                ("TERM=xterm",) if start.tty else (),  # unless the machine or the caller says
+                spec.process.env,
+                tuple(f"{k}={v}" for k, v in start.env.items()),
+            )
             proc = await driver.exec(
                 sandbox,
                 ProcessSpec(
@@ -95,6 +100,9 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
                     cwd=start.workdir or spec.process.cwd,
                     user=user,
                     stdin=start.stdin,
+                    tty=start.tty,
+                    rows=start.rows,
+                    cols=start.cols,
                 ),
             )
         except HutchError as e:
@@ -129,6 +137,29 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
     @app.get("/node/v1/images")
     async def list_images(_: Auth, project: str) -> list[ImageView]:
         return [_image_view(i) for i in agent.store.images(project)]
+
+    @app.get("/node/v1/archive")
+    async def export_image(_: Auth, ref: str, project: str) -> StreamingResponse:
+        """The image `ref` means for `project`, as an OCI archive (for a peer that lacks it);
+        whose it is travels in a header, so the peer files it for the same owner."""
+        image = agent.store.resolve(ref, project)
+        archive = tempfile.TemporaryFile(dir=agent.store.root / "partial")  # noqa: SIM115 - the body closes it
+        try:
+            with disk_full_is_insufficient():
+                # Unnamed: the peer files it under the name it asked by, or none.
+                await asyncio.to_thread(export_archive, agent.store, image.digest, archive)
+            archive.seek(0)
+        except BaseException:
+            archive.close()
+            raise
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with archive:
+                while chunk := await asyncio.to_thread(archive.read, 1 << 20):
+                    yield chunk
+
+        headers = {"X-Hutch-Image-Source": image.source, "X-Hutch-Image-Digest": image.digest}
+        return StreamingResponse(chunks(), media_type="application/x-tar", headers=headers)
 
     @app.get("/node/v1/images/{ref:path}")
     async def get_image(_: Auth, ref: str, project: str) -> ImageView:
@@ -304,6 +335,10 @@ async def _feed(ws: WebSocket, proc: Any) -> None:
                 await proc.close_stdin()
             elif control.get("type") == "signal":
                 await proc.signal(parse_signal(str(control.get("signal", "SIGTERM"))))
+            elif control.get("type") == "resize":
+                rows, cols = control.get("rows"), control.get("cols")
+                if isinstance(rows, int) and isinstance(cols, int):
+                    await proc.resize(rows, cols)
 
 
 async def _pull(

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Annotated, cast
 
 import typer
@@ -309,6 +310,12 @@ def exec_(
     interactive: Annotated[
         bool, typer.Option("--interactive", "-i", help="Send hutch's stdin to the command.")
     ] = False,
+    tty: Annotated[
+        bool,
+        typer.Option(
+            "--tty", "-t", help="Give the command a terminal (with -i: type into it, e.g. a shell)."
+        ),
+    ] = False,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
     ] = None,
@@ -322,7 +329,9 @@ def exec_(
     """Run a command in a running machine.
 
     Its stdout and stderr go to hutch's, and hutch exits with its exit code; with -i, hutch's
-    stdin goes to it. Ctrl-C ends it.
+    stdin goes to it. Ctrl-C ends it. With -t it runs on a terminal of this one's size (all its
+    output is stdout); with -it this terminal is put in raw mode while it runs, so keys such as
+    Ctrl-C and Ctrl-D reach the command: hutch exec -it web -- sh
     """
     argv = _argv(command)
     if not argv:
@@ -330,8 +339,17 @@ def exec_(
     with (
         connect() as client,
         client.machines.exec_stream(
-            ref, argv, stdin=interactive, env=pairs(env, "--env"), workdir=workdir, user=user
-        ) as session,
+            ref,
+            argv,
+            stdin=interactive,
+            env=pairs(env, "--env"),
+            workdir=workdir,
+            user=user,
+            tty=tty,
+            size=_terminal_size() if tty else None,
+        ) as session,  # fmt: skip
+        _raw_terminal(interactive and tty),
+        _follow_window(session if tty else None),
     ):
         if interactive:
             threading.Thread(target=_forward_stdin, args=(session,), daemon=True).start()
@@ -343,6 +361,57 @@ def exec_(
     if session.end.error:
         progress(session.end.error)
     sys.exit(session.end.exit_code)
+
+
+def _terminal_size() -> tuple[int, int] | None:
+    """(rows, columns) of the terminal hutch runs in, if it runs in one."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            size = os.get_terminal_size(stream.fileno())
+            return size.lines, size.columns
+    return None
+
+
+@contextlib.contextmanager
+def _raw_terminal(wanted: bool) -> Iterator[None]:
+    """hutch's stdin in raw mode (when it is a terminal): every key goes to the command as
+    typed, Ctrl-C and Ctrl-D included, and the remote terminal echoes. Restored after."""
+    fd = sys.stdin.fileno()
+    if not wanted or not os.isatty(fd):
+        yield
+        return
+    import termios  # noqa: PLC0415 (POSIX only, and only here)
+    import tty  # noqa: PLC0415
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def _follow_window(session: ExecSession | None) -> Iterator[None]:
+    """Send the remote terminal this one's size whenever it changes (SIGWINCH)."""
+    if session is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def resize() -> None:
+        if (size := _terminal_size()) is not None:
+            with contextlib.suppress(Exception):
+                session.resize(*size)
+
+    def on_winch(_sig: int, _frame: object) -> None:
+        # Not from the handler itself: the main thread may hold the connection's lock.
+        threading.Thread(target=resize, daemon=True).start()
+
+    previous = signal.signal(signal.SIGWINCH, on_winch)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
 
 
 def _forward_stdin(session: ExecSession) -> None:

@@ -262,11 +262,14 @@ class AsyncMachines:
         env: Mapping[str, str] | None = None,
         workdir: str = "",
         user: str = "",
+        tty: bool = False,
+        size: tuple[int, int] | None = None,
     ) -> OpeningSession:
         """`await` it for an AsyncExecSession, or `async with` it to close the session after."""
         how = opening(
-            self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin
-        )
+            self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin,
+            tty=tty, size=size,
+        )  # fmt: skip
         return OpeningSession(lambda: AsyncExecSession.open(how))
 
 

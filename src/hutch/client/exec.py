@@ -79,7 +79,10 @@ def opening(
     workdir: str,
     user: str,
     stdin: bool,
+    tty: bool = False,
+    size: tuple[int, int] | None = None,
 ) -> Opening:
+    rows, cols = size or (0, 0)
     start = build(
         ExecStart,
         command=argv(command),
@@ -87,6 +90,9 @@ def opening(
         workdir=workdir,
         user=user,
         stdin=stdin,
+        tty=tty,
+        rows=rows,
+        cols=cols,
     )
     url = endpoint.url.replace("http", "ws", 1) + f"/v1/machines/{quote(ref_of(ref), safe='')}/exec"
     if endpoint.project:
@@ -116,6 +122,10 @@ def _decode(message: str | bytes) -> Chunk | ExecEnd:
 
 def _signal_message(signal: str) -> str:
     return json.dumps({"type": "signal", "signal": signal})
+
+
+def _resize_message(rows: int, cols: int) -> str:
+    return json.dumps({"type": "resize", "rows": rows, "cols": cols})
 
 
 def _stdin_frames(data: bytes) -> Iterator[bytes]:
@@ -228,6 +238,10 @@ class ExecSession(_Session):
         """Send a signal (a name like "SIGINT", or a number) to the command."""
         self._ws.send(_signal_message(signal))
 
+    def resize(self, rows: int, cols: int) -> None:
+        """Tell the command's terminal (a session opened with `tty`) its new size."""
+        self._ws.send(_resize_message(rows, cols))
+
     def wait(self) -> int:
         """Read to the end (discarding output not iterated yet); the exit code."""
         for _ in self:
@@ -319,6 +333,9 @@ class AsyncExecSession(_Session):
 
     async def signal(self, signal: str = "SIGTERM") -> None:
         await self._ws.send(_signal_message(signal))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self._ws.send(_resize_message(rows, cols))
 
     async def wait(self) -> int:
         async for _ in self:

@@ -299,13 +299,27 @@ class Machines:
         env: Mapping[str, str] | None = None,
         workdir: str = "",
         user: str = "",
+        tty: bool = False,
+        size: tuple[int, int] | None = None,
     ) -> ExecSession:
         """Start `command` in the running machine and return the live session: iterate it
         for output, `write()` to its stdin (if `stdin`), `signal()`, `wait()`. Close it when
-        done (`with`): closing a session kills a command still running."""
+        done (`with`): closing a session kills a command still running.
+
+        With `tty`, the command gets a pseudo-terminal of `size` (rows, columns; default
+        24 x 80): its output all comes as "stdout", what you `write()` is typed (b"\\x03" is
+        Ctrl-C), and `resize(rows, cols)` follows your window.
+
+            with client.machines.exec_stream(m, ["sh"], stdin=True, tty=True,
+                                             size=(50, 132)) as s:
+                s.write(b"stty size; exit 3\\r")
+                output = b"".join(data for _, data in s)   # ... b'50 132\\r\\n' ...
+                print(s.exit_code)                          # 3
+        """
         how = opening(
-            self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin
-        )
+            self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin,
+            tty=tty, size=size,
+        )  # fmt: skip
         return ExecSession.open(how)
 
 

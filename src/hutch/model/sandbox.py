@@ -66,6 +66,9 @@ class ProcessSpec:
     cwd: str = "/"
     user: User = field(default_factory=User)
     stdin: bool = False  # give it a pipe (else /dev/null)
+    tty: bool = False  # a pseudo-terminal for stdin, stdout and stderr (output is one stream)
+    rows: int = 0  # the terminal's size (0: 24 rows, 80 columns)
+    cols: int = 0
 
     def __post_init__(self) -> None:
         if not self.args or not self.args[0]:

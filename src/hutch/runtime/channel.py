@@ -26,6 +26,7 @@ class T(IntEnum):
     SIGNAL = 4
     EXIT_ACK = 5
     WINDOW = 6
+    RESIZE = 7
     STARTED = 17
     STDOUT = 18
     STDERR = 19
@@ -43,6 +44,8 @@ class _Tag(IntEnum):
     GROUP = 6
     STDIN = 7
     HOSTNAME = 8
+    TTY = 9
+    WINSIZE = 10
 
 
 class ProtocolError(Exception):
@@ -90,7 +93,15 @@ def encode_process(spec: ProcessSpec, hostname: str = "") -> bytes:
     rec(_Tag.STDIN, b"\x01" if spec.stdin else b"\x00")
     if hostname:
         rec(_Tag.HOSTNAME, hostname.encode())
+    if spec.tty:
+        rec(_Tag.TTY, b"\x01")
+        rec(_Tag.WINSIZE, encode_size(spec.rows, spec.cols))
     return bytes(out)
+
+
+def encode_size(rows: int, cols: int) -> bytes:
+    """A terminal size as WINSIZE and RESIZE carry it (each clamped to 16 bits)."""
+    return struct.pack(">HH", min(max(rows, 0), 0xFFFF), min(max(cols, 0), 0xFFFF))
 
 
 def decode_exit(payload: bytes) -> tuple[int, int, bool]:

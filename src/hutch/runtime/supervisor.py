@@ -27,6 +27,7 @@ from hutch.runtime.channel import (
     decode_exit,
     decode_u32,
     encode_process,
+    encode_size,
 )
 from hutch.runtime.logs import LogWriter, Pulse
 from hutch.runtime.state import SandboxDir, SandboxRecord
@@ -101,6 +102,11 @@ class ExecProcess:
     async def signal(self, sig: int) -> None:
         if not self._exit.done():
             await self._sup.send(T.SIGNAL, self.id, sig.to_bytes(4, "big"))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the size of the process's terminal (without one, nothing happens)."""
+        if not self._exit.done():
+            await self._sup.send(T.RESIZE, self.id, encode_size(rows, cols))
 
     async def wait(self, timeout: float | None = None) -> ExitStatus:
         return await asyncio.wait_for(asyncio.shield(self._exit), timeout)

@@ -41,14 +41,19 @@ class Context:
 
     members: Mapping[str, int] = field(default_factory=dict)
     domains: Mapping[str, int] = field(default_factory=dict)
+    holders: frozenset[str] = frozenset()  # nodes that hold the machine's image already
 
     @staticmethod
-    def of(members: Mapping[str, int], nodes: Mapping[str, Node]) -> "Context":
+    def of(
+        members: Mapping[str, int],
+        nodes: Mapping[str, Node],
+        holders: frozenset[str] = frozenset(),
+    ) -> "Context":
         domains: dict[str, int] = {}
         for node_id, count in members.items():
             if (node := nodes.get(node_id)) is not None:
                 domains[node.domain] = domains.get(node.domain, 0) + count
-        return Context(dict(members), domains)
+        return Context(dict(members), domains, holders)
 
 
 NO_GROUP = Context()
@@ -169,7 +174,16 @@ def domain_spread(request: Request, node: Node, context: Context) -> float:
     return -(2.0 * context.domains.get(node.domain, 0) + context.members.get(node.id, 0))
 
 
-WEIGHERS: tuple[tuple[Weigher, float], ...] = ((room, 1.0), (domain_spread, 2.0))
+def has_image(request: Request, node: Node, context: Context) -> float:
+    """A node that holds the image starts the machine without fetching it first."""
+    return 1.0 if node.id in context.holders else 0.0
+
+
+WEIGHERS: tuple[tuple[Weigher, float], ...] = (
+    (room, 1.0),
+    (domain_spread, 2.0),
+    (has_image, 0.5),
+)
 
 
 def place(
@@ -234,9 +248,12 @@ class Index:
         return self._nodes[node_id]
 
     def place(
-        self, request: Request, members: Mapping[str, int] | None = None
+        self,
+        request: Request,
+        members: Mapping[str, int] | None = None,
+        holders: frozenset[str] = frozenset(),
     ) -> Placement | Rejection:
-        context = Context.of(members, self._nodes) if members else NO_GROUP
+        context = Context.of(members or {}, self._nodes, holders)
         # Room alone: the best of a shape is among its first two (the second for ties). A
         # group also weighs failure domains: it looks further.
         per_shape = max(self.k // max(len(self._shapes), 1), 2) if request.group else 2
@@ -256,6 +273,11 @@ class Index:
                 found += 1
                 if found == per_shape:
                     break
+        # Nodes that hold the image are weighed too, wherever their shape's walk stopped.
+        for holder in sorted(holders - {n.id for n in candidates}):
+            held = self._nodes.get(holder)
+            if held is not None and _first_reason(request, held, context, FILTERS) is None:
+                candidates.append(held)
         if not candidates:
             return Rejection(reasons)
         return best(request, candidates, context)

@@ -16,6 +16,7 @@ from hutch.images.egress import RegistryNames
 from hutch.images.spool import disk_full_is_insufficient, spool
 from hutch.model.errors import HutchError, NoCapacity, NotFound
 from hutch.model.image import parse_ref
+from hutch.model.machine import Node
 from hutch.model.tenancy import Principal, Project
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
@@ -99,6 +100,25 @@ class Images:
         if not found:
             where = "the catalogue" if public else f"project {project.name}"
             raise NotFound(f"no image {ref!r} in {where}")
+
+    async def from_peers(
+        self, node: Node, project_id: str, ref: str
+    ) -> AsyncIterator[dict[str, str] | bytes]:
+        """For `node`, which lacks it: the image `ref` means for the project, exported by a
+        ready peer that has it. First the headers that say whose it is, then the archive."""
+        for peer in await self.nodes.ready():
+            if peer.id == node.id:
+                continue
+            try:
+                await self.link.image(peer, project_id, ref)
+            except HutchError:
+                continue
+            async with self.link.archive(peer, project_id, ref) as (headers, chunks):
+                yield {k: v for k, v in headers.items() if k.lower().startswith("x-hutch-")}
+                async for chunk in chunks:
+                    yield chunk
+            return
+        raise NotFound(f"no node holds image {ref!r} for this project or the catalogue")
 
     async def forget(self, project: Project) -> None:
         """A deleted project's names leave every ready node (on others they are keyed by an id

@@ -4,6 +4,7 @@ A node trusts calls that carry its controller key, HMAC-SHA256(controller secret
 per-node secret has to be stored, and every controller sharing the secret can call every node.
 """
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -117,6 +118,23 @@ class NodeLink:
             node, "POST", "/node/v1/images/import", params=params, content=body
         )
         return data
+
+    @contextlib.asynccontextmanager
+    async def archive(
+        self, node: Node, project: str, ref: str
+    ) -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+        """The node's image `ref` for `project` as an OCI archive: its headers and bytes."""
+        params = {"project": project, "ref": ref}
+        try:
+            async with self._http.stream(
+                "GET", self._url(node, "/node/v1/archive"), headers=self._headers(node),
+                params=params,
+            ) as response:  # fmt: skip
+                if response.status_code >= 400:
+                    _raise_for(node, response.status_code, await response.aread())
+                yield dict(response.headers), response.aiter_bytes(1 << 20)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"node {node.name} stopped answering: {e}") from None
 
     async def _call(self, node: Node, method: str, path: str, **kwargs: Any) -> Any:
         try:

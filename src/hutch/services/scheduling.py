@@ -87,6 +87,7 @@ class Scheduler:
                 p: await tx.projects.get(p) for p in sorted({m.project_id for m in pending})
             }
             members = await _members(tx, pending)
+            holders = await _holders(tx, pending)
             placed: list[tuple[Machine, str]] = []
             claims: dict[str, Capacity] = {}
             waiting: list[tuple[Machine, str]] = []
@@ -97,10 +98,11 @@ class Scheduler:
                 request = request_of(m.spec, projects[m.project_id])
                 group = members.get((m.project_id, m.spec.group)) if m.spec.group else None
                 shape = _shape(request)
-                if group is None and shape in refused:
+                if group is None and shape in refused:  # holders change no filter
                     waiting.append((m, refused[shape]))
                     continue
-                decision = index.place(request, group)
+                held = holders.get((m.project_id, m.spec.image), frozenset())
+                decision = index.place(request, group, held)
                 if not isinstance(decision, Placement):
                     why = WAITING + decision.explain()
                     waiting.append((m, why))
@@ -171,4 +173,16 @@ async def _members(tx: Tx, pending: list[Machine]) -> dict[tuple[str, str], dict
     for project_id, groups in sorted(wanted.items()):
         for group, where in (await tx.machines.group_members(project_id, sorted(groups))).items():
             found[project_id, group] = where
+    return found
+
+
+async def _holders(tx: Tx, pending: list[Machine]) -> dict[tuple[str, str], frozenset[str]]:
+    """Which nodes hold the page's images: (project id, image) -> node ids."""
+    wanted: dict[str, set[str]] = {}
+    for m in pending:
+        wanted.setdefault(m.project_id, set()).add(m.spec.image)
+    found = {}
+    for project_id, images in sorted(wanted.items()):
+        for image, nodes in (await tx.machines.image_holders(project_id, sorted(images))).items():
+            found[project_id, image] = frozenset(nodes)
     return found

@@ -129,6 +129,10 @@ class MachineRepo(Protocol):
     ) -> dict[str, dict[str, int]]:
         """For each of the project's groups: node id -> its active machines there."""
 
+    async def image_holders(self, project_id: str, images: Sequence[str]) -> dict[str, set[str]]:
+        """For each image name: the nodes where the project's machines of it are placed (so
+        those nodes hold the image)."""
+
 
 class NodeRepo(Protocol):
     async def create(self, node: Node, credential_hash: str) -> None:

@@ -764,6 +764,26 @@ class _Machines(_Repo):
             found[str(group)][str(node_id)] = int(count)
         return found
 
+    async def image_holders(self, project_id: str, images: Sequence[str]) -> dict[str, set[str]]:
+        m = t.machines
+        found: dict[str, set[str]] = {i: set() for i in images}
+        if not images:
+            return found
+        stmt = (
+            sa.select(m.c.image, m.c.node_id)
+            .where(
+                m.c.project_id == project_id,
+                m.c.image.in_(sorted(set(images))),
+                m.c.node_id.is_not(None),
+                t.LIVE,
+            )
+            .distinct()
+        )
+        rows: list[tuple[Any, ...]] = [tuple(row) for row in await self._c.execute(stmt)]
+        for image, node_id in rows:
+            found[str(image)].add(str(node_id))
+        return found
+
     async def purge(self, project_id: str, machine_id: str) -> None:
         """Conflict unless the machine is destroyed."""
         m = t.machines

@@ -140,6 +140,11 @@ class ExecStart(Request):
     workdir: str = ""
     user: str = ""
     stdin: bool = False
+    tty: bool = Field(
+        False, description="a pseudo-terminal: stdin, stdout and stderr are one terminal"
+    )
+    rows: int = Field(0, ge=0, le=0xFFFF, description="the terminal's size (0: 24 x 80)")
+    cols: int = Field(0, ge=0, le=0xFFFF)
 
 
 class EventView(View):

@@ -1,10 +1,11 @@
 """/v1/nodes for system tokens, and /agent/v1 for node agents (with node credentials)."""
 
 import time
-from typing import Annotated
+from collections.abc import AsyncIterator
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from hutch.api import convert
 from hutch.api.deps import Caller, CallingNode, Ctl, bearer
@@ -125,6 +126,33 @@ async def assignments(
     return Assignments(
         revision=revision, machines=[convert.assignment(m, quota) for m, quota in machines]
     )
+
+
+@agents.get(
+    "/nodes/{node_id}/images/archive",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-tar": {}}}},
+)
+async def image_archive(
+    ctl: Ctl, node: CallingNode, node_id: str, project: str, ref: str
+) -> StreamingResponse:
+    """An image a machine placed on this node needs and the node lacks, from a peer that has
+    it (an OCI archive, checked by digest as the node imports it). Only for a project that has
+    a machine on the node."""
+    _own(node_id, node.id)
+    _, machines = await ctl.nodes.assignments(node, -1, 0)
+    if not any(m.project_id == project for m, _ in machines):
+        raise NotFound(f"no machine of project {project} is on this node")
+    archive = ctl.images.from_peers(node, project, ref)
+    headers = await anext(archive)  # before the 200: no peer has it is a 404
+    return StreamingResponse(
+        _rest(archive), media_type="application/x-tar", headers=cast(dict[str, str], headers)
+    )
+
+
+async def _rest(archive: AsyncIterator[object]) -> AsyncIterator[bytes]:
+    async for chunk in archive:
+        yield cast(bytes, chunk)
 
 
 @agents.post(

@@ -34,6 +34,7 @@
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,16 +57,20 @@
 #define PORT_NAME "hutch.agent"
 
 enum {
-    T_RUN = 1, T_EXEC = 2, T_STDIN = 3, T_SIGNAL = 4, T_EXIT_ACK = 5, T_WINDOW = 6,
+    T_RUN = 1, T_EXEC = 2, T_STDIN = 3, T_SIGNAL = 4, T_EXIT_ACK = 5, T_WINDOW = 6, T_RESIZE = 7,
     T_STARTED = 17, T_STDOUT = 18, T_STDERR = 19, T_EXIT = 20, T_ERROR = 21, T_STDIN_ACK = 22,
 };
-enum { S_ARG = 1, S_ENV = 2, S_CWD = 3, S_UID = 4, S_GID = 5, S_GROUP = 6, S_STDIN = 7, S_HOST = 8 };
+enum {
+    S_ARG = 1, S_ENV = 2, S_CWD = 3, S_UID = 4, S_GID = 5, S_GROUP = 6, S_STDIN = 7, S_HOST = 8,
+    S_TTY = 9, S_WINSIZE = 10,
+};
 
 struct proc {
     uint32_t id;          /* 0 = free slot */
     pid_t pid;            /* 0 once reaped */
     int out_fd, err_fd;   /* -1 once drained */
     int in_fd;            /* -1 when closed or never opened */
+    int pty;              /* the terminal's master side (kept for resizes), or -1 */
     uint32_t window;      /* output bytes the host will still take */
     char *in_buf;         /* stdin bytes not yet written to the pipe */
     size_t in_len;
@@ -309,6 +314,7 @@ static struct proc *proc_by_id(uint32_t id) {
 }
 
 static void proc_free(struct proc *p) {
+    if (p->pty >= 0) close(p->pty);
     free(p->in_buf);
     memset(p, 0, sizeof *p);
 }
@@ -366,6 +372,8 @@ static void maybe_finish(struct proc *p) {
     }
     if (p->out_fd < 0 && p->err_fd < 0) {
         close_stdin(p);
+        if (p->pty >= 0) close(p->pty);
+        p->pty = -1;
         send_exit(p);
     }
 }
@@ -380,6 +388,8 @@ struct spec {
     gid_t groups[64];
     int ngroups;
     int want_stdin;
+    int tty;                  /* a pseudo-terminal for stdin, stdout and stderr */
+    struct winsize size;      /* its size (0 x 0: 24 x 80) */
 };
 
 /* Parse a process spec in place (strings are NUL-terminated by copying into a fresh buffer). */
@@ -410,6 +420,13 @@ static int parse_spec(const unsigned char *pl, uint32_t len, struct spec *s, cha
         case S_GID: if (l == 4) s->gid = get32(v); break;
         case S_GROUP: if (l == 4 && s->ngroups < 64) s->groups[s->ngroups++] = get32(v); break;
         case S_STDIN: if (l == 1) s->want_stdin = v[0]; break;
+        case S_TTY: if (l == 1) s->tty = v[0]; break;
+        case S_WINSIZE:
+            if (l == 4) {
+                s->size.ws_row = (unsigned short)(v[0] << 8 | v[1]);
+                s->size.ws_col = (unsigned short)(v[2] << 8 | v[3]);
+            }
+            break;
         default: break; /* unknown tags are for newer agents */
         }
     }
@@ -437,6 +454,13 @@ static void child_exec(struct spec *s, int in_fd, int out_fd, int err_fd, int er
     sigprocmask(SIG_SETMASK, &all, NULL);
     signal(SIGPIPE, SIG_DFL);
     setsid();
+    /* with a terminal, in_fd = out_fd = err_fd is its slave side: make it the session's
+     * controlling terminal, so Ctrl-C there is SIGINT for the foreground job */
+    if (s->tty) {
+        ioctl(in_fd, TIOCSCTTY, 0);
+        int owned = fchown(in_fd, s->uid, (gid_t)-1); /* the workload's, as login makes it */
+        (void)owned;
+    }
     dup2(in_fd, 0);
     dup2(out_fd, 1);
     dup2(err_fd, 2);
@@ -465,6 +489,38 @@ fail:;
     _exit(127);
 }
 
+/* A pseudo-terminal for a process: out[0] reads its output and in[1] (with stdin) writes its
+ * input, both duplicates of the master side, kept in p->pty for resizes; out[1] = in[0] is the
+ * slave side the child takes as stdin, stdout and stderr; err is none. */
+static int open_pty(struct proc *p, struct spec *s, int out[2], int err[2], int in[2]) {
+    char name[64];
+    int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0) return -1;
+    if (grantpt(master) < 0 || unlockpt(master) < 0 || ptsname_r(master, name, sizeof name) != 0)
+        goto fail;
+    /* a new terminal is 0 x 0, which `stty size` and editors refuse: give them the classic */
+    if (!s->size.ws_row) s->size.ws_row = 24;
+    if (!s->size.ws_col) s->size.ws_col = 80;
+    ioctl(master, TIOCSWINSZ, &s->size);
+    int slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (slave < 0) goto fail;
+    out[0] = fcntl(master, F_DUPFD_CLOEXEC, 3);
+    in[1] = s->want_stdin ? fcntl(master, F_DUPFD_CLOEXEC, 3) : -1;
+    if (out[0] < 0) {
+        close(slave);
+        goto fail;
+    }
+    out[1] = in[0] = slave;
+    err[0] = err[1] = -1;
+    p->pty = master;
+    return 0;
+fail:;
+    int e = errno;
+    close(master);
+    errno = e;
+    return -1;
+}
+
 static void spawn(uint32_t id, const unsigned char *pl, uint32_t len) {
     struct proc *p = NULL;
     if (proc_by_id(id)) return; /* a duplicate request after a resync */
@@ -477,7 +533,7 @@ static void spawn(uint32_t id, const unsigned char *pl, uint32_t len) {
     }
     memset(p, 0, sizeof *p);
     p->id = id;
-    p->out_fd = p->err_fd = p->in_fd = -1;
+    p->out_fd = p->err_fd = p->in_fd = p->pty = -1;
     p->window = INITIAL_WINDOW;
 
     static struct spec s;
@@ -490,22 +546,36 @@ static void spawn(uint32_t id, const unsigned char *pl, uint32_t len) {
     if (id == 1 && s.hostname && vm_mode) sethostname(s.hostname, strlen(s.hostname));
 
     int out[2], err[2], in[2] = {-1, -1}, ep[2];
-    if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0) {
+    if (s.tty) {
+        if (open_pty(p, &s, out, err, in) < 0) {
+            free(store);
+            report_spawn_failure(p, 126, "pseudo-terminal: %s", strerror(errno));
+            return;
+        }
+        if (pipe2(ep, O_CLOEXEC) < 0) {
+            free(store);
+            close(out[1]);
+            close(out[0]);
+            if (in[1] >= 0) close(in[1]);
+            report_spawn_failure(p, 126, "pipe: %s", strerror(errno));
+            return;
+        }
+    } else if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 ||
+               pipe2(ep, O_CLOEXEC) < 0) {
         free(store);
         report_spawn_failure(p, 126, "pipe: %s", strerror(errno));
         return;
-    }
-    if (s.want_stdin) {
+    } else if (s.want_stdin) {
         if (pipe2(in, O_CLOEXEC) < 0) in[0] = in[1] = -1;
     } else {
         in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
     pid_t pid = fork();
-    if (pid == 0) child_exec(&s, in[0], out[1], err[1], ep[1]);
-    close(out[1]);
-    close(err[1]);
+    if (pid == 0) child_exec(&s, in[0], out[1], s.tty ? out[1] : err[1], ep[1]);
+    close(out[1]); /* with a terminal, out[1] is its slave side, and err and in[0] are none */
+    if (err[1] >= 0) close(err[1]);
     close(ep[1]);
-    if (in[0] >= 0) close(in[0]);
+    if (in[0] >= 0 && !s.tty) close(in[0]);
     int msg[2];
     ssize_t n = pid > 0 ? read(ep[0], msg, sizeof msg) : -1;
     close(ep[0]);
@@ -513,16 +583,18 @@ static void spawn(uint32_t id, const unsigned char *pl, uint32_t len) {
     p->err_fd = err[0];
     p->in_fd = in[1];
     set_nonblock(p->out_fd);
-    set_nonblock(p->err_fd);
+    if (p->err_fd >= 0) set_nonblock(p->err_fd);
     if (p->in_fd >= 0) set_nonblock(p->in_fd);
     if (pid < 0 || n == (ssize_t)sizeof msg) {
         static const char *stages[] = {"fork", "working directory", "user", "exec"};
         int stage = pid < 0 ? 0 : msg[0], e = pid < 0 ? errno : msg[1];
         if (pid > 0) waitpid(pid, NULL, 0);
         close(p->out_fd);
-        close(p->err_fd);
+        if (p->err_fd >= 0) close(p->err_fd);
         p->out_fd = p->err_fd = -1;
         close_stdin(p);
+        if (p->pty >= 0) close(p->pty);
+        p->pty = -1;
         const char *what = stage == 1 ? s.cwd : s.argv[0];
         report_spawn_failure(p, stage == 3 && e == ENOENT ? 127 : 126, "%s %s: %s",
                              stages[stage], what, strerror(e));
@@ -536,6 +608,7 @@ static void spawn(uint32_t id, const unsigned char *pl, uint32_t len) {
     unsigned char b[4];
     put32(b, (uint32_t)pid);
     send_frame(T_STARTED, id, b, 4);
+    if (s.tty) send_frame(T_STDERR, id, NULL, 0); /* a terminal has one output stream */
 }
 
 static void write_stdin(struct proc *p) {
@@ -573,6 +646,14 @@ static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_
     case T_STDIN:
         if (!p || p->in_fd < 0) break;
         if (len == 0) {
+            /* a terminal's reader sees the end of input as its EOF character (Ctrl-D) */
+            if (p->pty >= 0 && !p->in_eof) {
+                char *grown = realloc(p->in_buf, p->in_len + 1);
+                if (grown) {
+                    p->in_buf = grown;
+                    p->in_buf[p->in_len++] = 4;
+                }
+            }
             p->in_eof = 1;
             write_stdin(p);
             break;
@@ -592,6 +673,13 @@ static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_
             p->exit_acked = 1;
             if (id == 1) power_off();
             proc_free(p);
+        }
+        break;
+    case T_RESIZE:
+        if (p && p->pty >= 0 && len == 4) {
+            struct winsize ws = {.ws_row = (unsigned short)(pl[0] << 8 | pl[1]),
+                                 .ws_col = (unsigned short)(pl[2] << 8 | pl[3])};
+            ioctl(p->pty, TIOCSWINSZ, &ws); /* the kernel sends SIGWINCH to the foreground job */
         }
         break;
     case T_WINDOW:
