@@ -164,3 +164,4 @@ async def test_run_of_an_image_that_cannot_start_raises(
         client.machines.run(ref, runtime=C)
     ok = await aclient.machines.run("busybox", ["sleep", "60"], runtime=C)  # the same, startable
     assert ok.state is MachineState.RUNNING
+    await aclient.machines.delete(ok, force=True)  # the shared node's room, for the next tests
