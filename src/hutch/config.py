@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     connections_per_client: int = Field(
         64, ge=1, description="connections one client address may hold open (then 429)"
     )
+    streams_per_token: int = Field(
+        32, ge=1, description="log, exec and event streams one token may hold open (then 429)"
+    )
     policy_file: Path | None = Field(None, description="TOML: action = role overrides")
     tls: bool = Field(False, description="serve HTTPS with a CA made in state_dir/tls")
     tls_names: list[str] = Field(

@@ -204,3 +204,36 @@ async def test_a_projects_event_ids_say_nothing_about_other_projects(api: Api) -
         first = seen.ids[2]  # and then on, as they come
         assert resumed.ids[: len(seen.ids) - 2] == seen.ids[2:]
         assert resumed.ids == list(range(first, first + len(resumed.ids)))
+
+
+async def test_a_token_holds_at_most_streams_per_token_streams(api: Api) -> None:
+    """The next stream of a token that holds `streams_per_token` (32) is a 429 that says so,
+    before anything streams; another token's opens, and so does the first's once one ends."""
+    busy, _ = await new_token(api, "alpha")
+    other, _ = await new_token(api, "alpha")
+    async with served(api) as url, contextlib.AsyncExitStack() as held:
+        streams = [await held.enter_async_context(events(url, busy)) for _ in range(32)]
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.get(f"{url}/v1/events", headers={"Authorization": f"Bearer {busy}"})
+            assert r.status_code == 429, r.text
+            assert r.headers["content-type"] == "application/problem+json"
+            assert "streams_per_token" in r.json()["detail"]
+            r = await http.get(
+                f"{url}/v1/machines/m-1/logs", headers={"Authorization": f"Bearer {busy}"}
+            )
+            assert r.status_code == 429, r.text
+        async with events(url, other) as elsewhere:  # another token: under its own limit
+            seen = await machine_id(api, other, "seen")
+            await elsewhere.until_seen(seen)
+            await streams[0].until_seen(seen)
+        assert streams[0].task is not None
+        streams[0].task.cancel()  # one of the 32 ends: the token may open one again
+        with contextlib.suppress(asyncio.CancelledError):
+            await streams[0].task
+        async with asyncio.timeout(5):
+            while True:
+                with contextlib.suppress(AssertionError):
+                    async with events(url, busy) as again:
+                        assert not again.ended
+                        break
+                await asyncio.sleep(0.05)

@@ -230,7 +230,7 @@ def test_images_and_nodes_through_the_controller(
         )
     assert imported.returncode == 0 and imported.stdout.startswith("sha256:"), imported.stderr
     assert "app:1" in hutch("image", "ls").stdout
-    assert hutch("run", *C, "app:1").stdout == "app\n"
+    assert hutch("run", "--rm", *C, "app:1").stdout == "app\n"  # --rm: it holds no image
     # The node's own store, read directly: the project's image is there under the project's id
     # (names are kept by id there), like the catalogue's; its name alone is the host's own.
     projects = json.loads(hutch("project", "ls", "-o", "json").stdout)

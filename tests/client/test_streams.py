@@ -142,3 +142,43 @@ def test_an_exec_session_ends_with_its_token(
         assert isinstance(errors.get("gone"), Unauthenticated), errors
         says("stays", stays, "two")
         assert not ended["stays"].is_set()
+
+
+def test_an_attach_session_ends_with_its_token(
+    controller: Controller, project: str, client: Client
+) -> None:
+    shell = client.machines.run("busybox", ["sh"], runtime="container", stdin=True)
+    short, short_id = member(controller, project)
+    kept, _ = member(controller, project)
+    try:
+        with (
+            short,
+            kept,
+            short.machines.attach(shell) as gone,
+            kept.machines.attach(shell) as stays,
+        ):
+            ended, errors = threading.Event(), []
+
+            def wait() -> None:
+                try:
+                    gone.wait()
+                except BaseException as e:
+                    errors.append(e)
+                finally:
+                    ended.set()
+
+            threading.Thread(target=wait, daemon=True).start()
+            log = Follower(client, shell).start()
+            gone.write(b"echo one\n")
+            log.until("one")
+            client.projects.tokens.revoke(short_id)
+            assert ended.wait(ENDS_WITHIN), "the attach session goes on after the revocation"
+            assert isinstance(errors[0], Unauthenticated), errors
+            with contextlib.suppress(Exception):
+                gone.write(b"echo secret-$((40 + 2))\n")
+            stays.write(b"echo two\n")
+            log.until("two")
+            assert not any("secret-42" in line for line in log.lines)
+            assert client.machines.get(shell).state == "running"  # leaving is not ending
+    finally:
+        client.machines.delete(shell, force=True)

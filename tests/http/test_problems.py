@@ -23,6 +23,7 @@ MAPPING: list[tuple[type[errors.HutchError], int, str]] = [
     (errors.QuotaExceeded, 403, "Quota exceeded"),
     (errors.NotFound, 404, "Not found"),
     (errors.Conflict, 409, "Conflict"),
+    (errors.TooManyRequests, 429, "Too many requests"),
     (errors.Unsupported, 501, "Not supported"),
     (errors.InsufficientStorage, 507, "Insufficient storage"),
     (errors.NoCapacity, 503, "No capacity"),

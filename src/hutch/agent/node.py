@@ -266,6 +266,10 @@ class NodeAgent:
                 resources=Resources(cpus=a.cpus, memory_mib=a.memory_mib, scratch_mib=a.disk_mib),
                 sandbox_id=a.sandbox,
                 hostname=a.machine,
+                tty=a.tty,
+                stdin=a.stdin,
+                rows=a.rows,
+                cols=a.cols,
             )
             roots = replace(self.roots, project=a.project, allow_paths=False)
             spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocketDisconnect
 from hutch.agent import images
 from hutch.agent.node import NodeAgent
 from hutch.agent.sandbox import merge_env
+from hutch.http.fair import batched, turn
 from hutch.http.problems import install as install_problems
 from hutch.http.problems import ws_error
 from hutch.images.archive import export_archive
@@ -31,6 +32,7 @@ from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
 from hutch.model.image import parse_ref
 from hutch.model.sandbox import LogRecord, ProcessSpec, Stream, parse_signal
 from hutch.runtime.driver import AgentDriver
+from hutch.runtime.supervisor import ProcessInput
 from hutch.wire.images import ImagePull, ImageView, PullEvent
 from hutch.wire.machines import ExecStart, LogLine
 from hutch.wire.nodes import SignalRequest
@@ -63,8 +65,10 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
         since: Annotated[float | None, Query(ge=0)] = None,
     ) -> StreamingResponse:
         driver = await find(sandbox)
+        # In chunks made in turns: a reader of a large log must not hold the loop.
         return StreamingResponse(
-            _log_lines(driver, sandbox, follow, tail, since), media_type="application/x-ndjson"
+            batched(_log_lines(driver, sandbox, follow, tail, since)),
+            media_type="application/x-ndjson",
         )
 
     @app.post("/node/v1/sandboxes/{sandbox}/signal", status_code=status.HTTP_204_NO_CONTENT)
@@ -112,6 +116,7 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
         feeder = asyncio.create_task(_feed(ws, proc))
         try:
             async for stream, data in proc.output():
+                await turn()
                 await ws.send_bytes(bytes([STDOUT if stream is Stream.STDOUT else STDERR]) + data)
             result = await proc.wait()
             await ws.send_text(
@@ -129,6 +134,47 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
                 await proc.signal(_signal.SIGKILL)  # the client is gone: so is its process
         finally:
             feeder.cancel()
+            with contextlib.suppress(RuntimeError):
+                await ws.close()
+
+    @app.websocket("/node/v1/sandboxes/{sandbox}/attach")
+    async def attach(ws: WebSocket, sandbox: str) -> None:
+        """Into the main process (docs/api.md, attach): stdin, resize and signal messages as
+        in exec; `attached` first, `exit` when the workload ends. Output stays in the log.
+        Leaving does not end the workload, nor its stdin."""
+        await ws.accept()
+        try:
+            _check(agent, ws.headers.get("authorization", ""))
+            driver = await find(sandbox)
+            spec = await driver.spec(sandbox)
+            main = await driver.attach(sandbox)
+            attached = {"type": "attached", "tty": spec.process.tty, "stdin": main.stdin_open}
+            await ws.send_text(json.dumps(attached))
+        except HutchError as e:
+            await ws.send_text(ws_error(e))
+            await ws.close()
+            return
+        feeder = asyncio.ensure_future(_feed(ws, main))
+        ended = asyncio.ensure_future(driver.wait(sandbox))
+        try:
+            await asyncio.wait([feeder, ended], return_when=asyncio.FIRST_COMPLETED)
+            if ended.done() and not ended.cancelled() and ended.exception() is None:
+                result = ended.result()
+                await ws.send_text(
+                    json.dumps(
+                        {
+                            "type": "exit",
+                            "exit_code": result.code,
+                            "signal": result.signal,
+                            "error": result.error,
+                        }
+                    )
+                )
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            for task in (feeder, ended):
+                task.cancel()
             with contextlib.suppress(RuntimeError):
                 await ws.close()
 
@@ -315,30 +361,38 @@ async def _log_lines(
             index += 1
 
 
-async def _feed(ws: WebSocket, proc: Any) -> None:
-    """Client -> process: stdin bytes, close_stdin and signals."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError, HutchError):
+async def _feed(ws: WebSocket, proc: ProcessInput) -> None:
+    """Client -> process: stdin bytes, close_stdin, signals and resizes. One the process
+    refuses (stdin closed, a bad signal) is dropped; the next ones still go."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            data = message.get("bytes")
-            if data:
-                if data[0] == STDIN:
-                    await proc.write(data[1:])
-                continue
-            text = message.get("text")
-            if not text:
-                continue
-            control = json.loads(text)
-            if control.get("type") == "close_stdin":
-                await proc.close_stdin()
-            elif control.get("type") == "signal":
-                await proc.signal(parse_signal(str(control.get("signal", "SIGTERM"))))
-            elif control.get("type") == "resize":
-                rows, cols = control.get("rows"), control.get("cols")
-                if isinstance(rows, int) and isinstance(cols, int):
-                    await proc.resize(rows, cols)
+            with contextlib.suppress(HutchError, ValueError):
+                await _apply(message, proc)
+
+
+async def _apply(message: Any, proc: ProcessInput) -> None:
+    data = message.get("bytes")
+    if data:
+        if data[0] == STDIN:
+            await proc.write(data[1:])
+        return
+    text = message.get("text")
+    if not text:
+        return
+    control = json.loads(text)
+    if not isinstance(control, dict):
+        return
+    if control.get("type") == "close_stdin":
+        await proc.close_stdin()
+    elif control.get("type") == "signal":
+        await proc.signal(parse_signal(str(control.get("signal", "SIGTERM"))))
+    elif control.get("type") == "resize":
+        rows, cols = control.get("rows"), control.get("cols")
+        if isinstance(rows, int) and isinstance(cols, int):
+            await proc.resize(rows, cols)
 
 
 async def _pull(

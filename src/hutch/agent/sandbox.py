@@ -37,6 +37,10 @@ class RunRequest:
     resources: Resources = field(default_factory=Resources)
     hostname: str = ""
     sandbox_id: str = ""  # generated when empty
+    tty: bool = False  # a pseudo-terminal for the main process (TERM=xterm unless env says)
+    stdin: bool = False  # a stdin pipe (or, with tty, typing into the terminal) for attaching
+    rows: int = 0  # the terminal's size (0: 24 x 80)
+    cols: int = 0
 
 
 def new_sandbox_id() -> str:
@@ -121,12 +125,20 @@ def build_spec(
             f"PATH={DEFAULT_PATH}",
             f"HOSTNAME={hostname}",
             "HOME=/root" if user.uid == 0 else "HOME=/",
+            *(("TERM=xterm",) if request.tty else ()),
         ),
         config.env,
         request.env,
     )
     process = ProcessSpec(
-        args=argv, env=env, cwd=request.workdir or config.working_dir or "/", user=user
+        args=argv,
+        env=env,
+        cwd=request.workdir or config.working_dir or "/",
+        user=user,
+        stdin=request.stdin,
+        tty=request.tty,
+        rows=request.rows,
+        cols=request.cols,
     )
     spec = SandboxSpec(
         id=sandbox_id,

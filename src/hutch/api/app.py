@@ -65,11 +65,11 @@ def build_controller(settings: Settings) -> Controller:
     spool_dir = settings.state_dir / "spool"
     spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     image_service = Images(
-        node_service, link, policy, settings.registry_names(), spool_dir=spool_dir,
+        store, node_service, link, policy, settings.registry_names(), spool_dir=spool_dir,
         max_bytes=settings.max_unpacked_bytes, free_floor=settings.image_free_floor,
     )  # fmt: skip
     machine_service = Machines(store, policy, notifier, link, image_service)
-    streams = Streams(store)
+    streams = Streams(store, per_token=settings.streams_per_token)
     return Controller(
         store=store,
         notifier=notifier,

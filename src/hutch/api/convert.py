@@ -36,6 +36,10 @@ def spec_of(body: MachineCreate) -> MachineSpec:
         group_policy=body.group_policy,
         constraints=dict(body.constraints),
         strategy=body.strategy,
+        tty=body.tty,
+        stdin=body.stdin,
+        rows=body.rows,
+        cols=body.cols,
     )
 
 

@@ -8,6 +8,7 @@ this host's store. `export` always reads this host's store.
 import asyncio
 import contextlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ from hutch.agent import images
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.cli.remote import OutputOpt, check_output, connect, dump, emit, when
 from hutch.client.config import configured
-from hutch.images.build import write_archive
+from hutch.images.build import is_rootfs_tarball, write_archive, write_archive_of_tarball
 from hutch.images.pull import PullProgress
 from hutch.images.store import StoredImage
 from hutch.model.errors import Invalid
@@ -62,6 +63,11 @@ def _remote(local: bool) -> bool:
 
 def _short(digest: str) -> str:
     return digest.removeprefix("sha256:")[:12]
+
+
+def _names(names: "list[str] | tuple[str, ...]") -> str:
+    """Names as people type them: deb-py:1, not docker.io/library/deb-py:1."""
+    return ", ".join(parse_ref(n).familiar() for n in names) or "an unnamed image"
 
 
 def _view(image: StoredImage) -> dict[str, Any]:
@@ -183,7 +189,8 @@ def import_(
         str,
         typer.Argument(
             metavar="FILE",
-            help="docker save or OCI archive, OCI layout or root directory, - for stdin.",
+            help="docker save or OCI archive, OCI layout, root directory or root filesystem "
+            "tarball; - for stdin.",
         ),
     ],
     name: Annotated[list[str] | None, typer.Option(help="Name the image (repeatable).")] = None,
@@ -193,18 +200,33 @@ def import_(
     ] = False,
     local: LocalOpt = False,
 ) -> None:
-    """Import an image archive, layout or root directory.
+    """Import an image archive, layout, root directory or root filesystem tarball.
 
     A `docker save` archive, an OCI archive, an OCI layout directory, or a plain root directory
-    (packed as a one-layer image running /bin/sh, like `docker import`).
+    or tar of one (debootstrap's, say: packed as a one-layer image running /bin/sh, like
+    `docker import`; device nodes and FIFOs are left out, the sandbox provides /dev).
     """
     with contextlib.ExitStack() as stack:
-        if file != "-" and Path(file).is_dir() and not (Path(file) / "oci-layout").exists():
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if file == "-":  # read once, to tell an image archive from a root filesystem's tar
+            file = str(scratch / "stdin")
+            with open(file, "wb") as spooled:
+                shutil.copyfileobj(sys.stdin.buffer, spooled, 1 << 20)
+        source = Path(file)
+        shown = "stdin" if source.parent == scratch else file
+        packed = None
+        if source.is_dir() and not (source / "oci-layout").exists():
             _err(f"packing {file} as a one-layer image")
-            packed = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "image.tar"
-            with packed.open("wb") as out:
-                write_archive(Path(file), out)
-            file = str(packed)
+            with (scratch / "image.tar").open("wb") as out:
+                packed = write_archive(source, out)
+        elif source.is_file() and is_rootfs_tarball(source):
+            _err(f"packing {shown}, a root filesystem's tar, as a one-layer image")
+            with (scratch / "image.tar").open("wb") as out:
+                packed = write_archive_of_tarball(source, out)
+        if packed is not None:
+            if note := packed.note(shown):
+                _err(note)
+            file = str(scratch / "image.tar")
         _import(file, name, project, public, local)
 
 
@@ -216,10 +238,7 @@ def _import(
             source = sys.stdin.buffer if file == "-" else file
             views = client.images.import_(source, names=name or (), public=public)
         for view in views:
-            _err(
-                f"imported {', '.join(view.names) or 'an unnamed image'} "
-                f"({format_bytes(view.size)})"
-            )
+            _err(f"imported {_names(view.names)} ({format_bytes(view.size)})")
             typer.echo(view.id)
         return
     settings = config.load()
@@ -248,9 +267,7 @@ def _import(
         except FileNotFoundError:
             raise Invalid(f"{file} does not exist") from None
     for image in found:
-        _err(
-            f"imported {', '.join(image.names) or 'an unnamed image'} ({format_bytes(image.size)})"
-        )
+        _err(f"imported {_names(image.names)} ({format_bytes(image.size)})")
         typer.echo(image.digest)
 
 
@@ -319,16 +336,31 @@ def rm(
     public: Annotated[
         bool, typer.Option(help="Remove from the catalogue every project sees (system token).")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", "-f", help="Even if machines use it (they cannot start again without it)."
+        ),
+    ] = False,
     local: LocalOpt = False,
 ) -> None:
-    """Remove images (and the roots prepared from them, unless in use)."""
+    """Remove images (and the roots prepared from them, unless in use).
+
+    Through a controller, an image that machines of the project (not destroyed) use is not
+    removed unless --force, which says which machines lose it.
+    """
     if _remote(local):
         with connect(project) as client:
             for ref in refs:
-                view = client.images.get(ref)
-                client.images.delete(ref, public=public)
-                _err(f"removed {ref}")
-                typer.echo(view.id)
+                removed = client.images.delete(ref, public=public, force=force)
+                if removed.machines:
+                    _err(
+                        f"removed {ref}, which machines {', '.join(removed.machines)} use: they "
+                        "keep running but cannot start again without it"
+                    )
+                else:
+                    _err(f"removed {ref}")
+                typer.echo(removed.id)
         return
     settings = config.load()
     in_use = asyncio.run(_roots_in_use(settings))

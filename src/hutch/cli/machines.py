@@ -13,7 +13,7 @@ from typing import Annotated, cast
 import typer
 
 from hutch.cli.remote import OutputOpt, ago, connect, connect_async, dump, emit, pairs, progress
-from hutch.client import AsyncClient, ExecSession, MachineOptions, log_bytes
+from hutch.client import AsyncAttachSession, AsyncClient, ExecSession, MachineOptions, log_bytes
 from hutch.model.errors import HutchError, Invalid
 from hutch.model.machine import MachineState
 from hutch.model.units import parse_mib
@@ -81,6 +81,16 @@ def run(
         bool, typer.Option("--detach", "-d", help="Print the machine's id and return.")
     ] = False,
     rm: Annotated[bool, typer.Option("--rm", help="Destroy the machine when it ends.")] = False,
+    interactive: Annotated[
+        bool,
+        typer.Option("--interactive", "-i", help="Keep the command's stdin open: send hutch's."),
+    ] = False,
+    tty: Annotated[
+        bool,
+        typer.Option(
+            "--tty", "-t", help="Give the command a terminal (with -i: type into it, e.g. a shell)."
+        ),
+    ] = False,
     name: Annotated[str | None, typer.Option(help="A name, unique in the project.")] = None,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
@@ -137,6 +147,11 @@ def run(
     Attached (the default), the machine's stdout and stderr go to hutch's, and hutch exits with
     the workload's exit code (125 when the machine failed or hutch refused). Ctrl-C stops the
     machine gracefully; a second Ctrl-C leaves it and returns.
+
+    With -i, hutch's stdin goes to the command (its end closes the command's stdin). With -t
+    the command runs on a terminal of this one's size (all its output is stdout); with -it this
+    terminal is put in raw mode while attached, so every key, Ctrl-C and Ctrl-D included, goes
+    to the command: hutch run -it --rm busybox sh
     """
     given = {
         "name": name,
@@ -154,7 +169,11 @@ def run(
         "group_policy": group_policy,
         "constraints": pairs(constraint, "--constraint") or None,
         "strategy": strategy,
+        "tty": tty or None,
+        "stdin": interactive or None,
     }
+    if tty and (size := _terminal_size()) is not None:
+        given["rows"], given["cols"] = size  # from its start: attaching then changes nothing
     # What is not given takes the server's default (the SDK leaves it out of the request).
     options = cast(MachineOptions, {k: v for k, v in given.items() if v is not None})
     if dry_run:
@@ -168,7 +187,7 @@ def run(
             m = client.machines.create(image, _argv(command), **options)
         typer.echo(m.id)
         return
-    sys.exit(asyncio.run(_attached(image, _argv(command), options, rm)))
+    sys.exit(asyncio.run(_attached(image, _argv(command), options, rm, interactive, tty)))
 
 
 def _print_plan(plan: PlacementView) -> None:
@@ -183,25 +202,37 @@ def _print_plan(plan: PlacementView) -> None:
 
 
 async def _attached(
-    image: str, command: list[str] | None, options: MachineOptions, rm: bool
+    image: str,
+    command: list[str] | None,
+    options: MachineOptions,
+    rm: bool,
+    interactive: bool = False,
+    tty: bool = False,
 ) -> int:
     # --rm is done here, not with auto_destroy: a machine destroyed as it ends takes its logs
     # along, and a quick one would end before its output could be read.
     async with connect_async() as client:
         m = await client.machines.create(image, command, **options)
         try:
-            return await _attach(client, m)
+            return await _attach(client, m, interactive, tty)
         finally:
             if rm:
                 with contextlib.suppress(HutchError):
                     await client.machines.delete(m.id, force=True)
 
 
-async def _attach(client: AsyncClient, m: MachineView) -> int:
+async def _attach(
+    client: AsyncClient, m: MachineView, interactive: bool = False, tty: bool = False
+) -> int:
     """Output until the machine ends, then its exit code. First Ctrl-C (or SIGTERM): stop it
-    gracefully; second: leave."""
+    gracefully; second: leave. With `interactive` or `tty`, hutch's stdin and window size go
+    to the machine's main process too (_type_into)."""
     loop = asyncio.get_running_loop()
     follow = asyncio.ensure_future(_follow(client, m))
+    typing = None
+    if interactive or tty:
+        typing = asyncio.ensure_future(_type_into(client, m, interactive, tty))
+        follow.add_done_callback(lambda _: typing.cancel())
     stops: list[asyncio.Future[MachineView]] = []
 
     def on_signal() -> None:
@@ -221,10 +252,60 @@ async def _attach(client: AsyncClient, m: MachineView) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if typing is not None:  # its end restores the terminal
+            typing.cancel()
+            with contextlib.suppress(HutchError, asyncio.CancelledError):
+                await typing
         for stopping in stops:  # its answer does not matter: the machine's end does
             with contextlib.suppress(HutchError, asyncio.CancelledError):
                 await stopping
     return _exit_code(final)
+
+
+async def _type_into(client: AsyncClient, m: MachineView, interactive: bool, tty: bool) -> None:
+    """Attached to the machine's main process while it runs: hutch's stdin goes to it (with
+    `interactive`; its end closes the process's stdin), this terminal's size and its changes
+    (SIGWINCH) too (with `tty`), in raw mode with both. Its output comes with the log."""
+    started = await client.machines.wait(m.id, "started")
+    if started.state is not MachineState.RUNNING:
+        return
+    try:
+        session = await client.machines.attach(m.id, size=_terminal_size() if tty else None)
+    except HutchError:  # it ended meanwhile: the log and its exit say the rest
+        return
+    loop = asyncio.get_running_loop()
+    resizing: set[asyncio.Future[None]] = set()
+
+    def resize() -> None:
+        if (size := _terminal_size()) is not None:
+            sent = asyncio.ensure_future(session.resize(*size))
+            resizing.add(sent)
+            sent.add_done_callback(resizing.discard)
+
+    async with session:
+        with _raw_terminal(interactive and tty):
+            if tty:
+                loop.add_signal_handler(signal.SIGWINCH, resize)
+            try:
+                if interactive:
+                    forward = threading.Thread(
+                        target=_forward_stdin_async, args=(session, loop), daemon=True
+                    )
+                    forward.start()
+                with contextlib.suppress(HutchError):
+                    await session.wait()
+            finally:
+                if tty:
+                    loop.remove_signal_handler(signal.SIGWINCH)
+
+
+def _forward_stdin_async(session: AsyncAttachSession, loop: asyncio.AbstractEventLoop) -> None:
+    """hutch's stdin to an attach session, from a thread (a blocking read: a pipe, a file or a
+    terminal alike), until its end, which closes the process's stdin."""
+    with contextlib.suppress(Exception):
+        while chunk := os.read(sys.stdin.fileno(), 1 << 16):
+            asyncio.run_coroutine_threadsafe(session.write(chunk), loop).result()
+        asyncio.run_coroutine_threadsafe(session.close_stdin(), loop).result()
 
 
 async def _follow(client: AsyncClient, m: MachineView) -> MachineView:

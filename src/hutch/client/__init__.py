@@ -30,14 +30,23 @@ from hutch.client.errors import (
     Unsupported,
     WaitTimeout,
 )
-from hutch.client.exec import AsyncExecSession, ExecEnd, ExecResult, ExecSession
+from hutch.client.exec import (
+    AsyncAttachSession,
+    AsyncExecSession,
+    AttachSession,
+    ExecEnd,
+    ExecResult,
+    ExecSession,
+)
 from hutch.client.sync import Client
 
 __all__ = [
     "ApiError",
     "AsyncClient",
+    "AsyncAttachSession",
     "AsyncExecSession",
     "AsyncListing",
+    "AttachSession",
     "Client",
     "Conflict",
     "ExecEnd",

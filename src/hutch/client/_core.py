@@ -37,7 +37,7 @@ from hutch.client.errors import (
 )
 from hutch.model.machine import MachineState, RestartPolicy
 from hutch.wire.common import Page, Problem, Request
-from hutch.wire.images import ImagePull, ImageView, PullEvent
+from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import (
     EventView,
     KillRequest,
@@ -210,6 +210,10 @@ class MachineOptions(TypedDict, total=False):
     group_policy: str  # "affinity" (on the group's node) or "anti-affinity" (never two on one)
     constraints: Mapping[str, str]  # node labels it needs
     strategy: str  # "spread" or "pack"; default: the project's
+    tty: bool  # a pseudo-terminal for the command (attach to type into it: Machines.attach)
+    stdin: bool  # keep the command's stdin open for attached clients
+    rows: int  # with tty: the terminal's size at start (default 24 x 80)
+    cols: int
 
 
 def machine_create(
@@ -392,9 +396,10 @@ def image(ref: str) -> Plan[ImageView]:
     return ImageView.model_validate_json((yield Call("GET", _image(ref), scoped=True)))
 
 
-def delete_image(ref: str, public: bool) -> Plan[None]:
-    params = (("public", "true"),) if public else ()
-    yield Call("DELETE", _image(ref), params=params, scoped=True)
+def delete_image(ref: str, public: bool, force: bool = False) -> Plan[ImageRemoved]:
+    params = (*((("public", "true"),) if public else ()), *((("force", "true"),) if force else ()))
+    body = yield Call("DELETE", _image(ref), params=params, scoped=True)
+    return ImageRemoved.model_validate_json(body)
 
 
 def pull(ref: str, public: bool) -> Call:

@@ -21,10 +21,17 @@ from pydantic import BaseModel
 from hutch.client import _core as core
 from hutch.client._core import ArchiveSource, Call, Endpoint, MachineOptions, MachineRef, Plan
 from hutch.client.config import resolve
-from hutch.client.exec import AsyncExecSession, ExecResult, OpeningSession, opening
+from hutch.client.exec import (
+    AsyncAttachSession,
+    AsyncExecSession,
+    ExecResult,
+    OpeningSession,
+    attaching,
+    opening,
+)
 from hutch.model.tenancy import Role
 from hutch.wire.common import Page
-from hutch.wire.images import ImageView, PullEvent
+from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.nodes import JoinToken, NodeView
 from hutch.wire.tenancy import (
@@ -264,13 +271,32 @@ class AsyncMachines:
         user: str = "",
         tty: bool = False,
         size: tuple[int, int] | None = None,
-    ) -> OpeningSession:
+    ) -> OpeningSession[AsyncExecSession]:
         """`await` it for an AsyncExecSession, or `async with` it to close the session after."""
         how = opening(
             self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin,
             tty=tty, size=size,
         )  # fmt: skip
         return OpeningSession(lambda: AsyncExecSession.open(how))
+
+    def attach(
+        self, ref: MachineRef, *, size: tuple[int, int] | None = None
+    ) -> OpeningSession[AsyncAttachSession]:
+        """`await` it for an AsyncAttachSession (see Machines.attach), or `async with` it to
+        close the session after (which leaves the machine running)."""
+        how = attaching(self._c._endpoint, ref)
+
+        async def open_() -> AsyncAttachSession:
+            session = await AsyncAttachSession.open(how)
+            if size is not None:
+                try:
+                    await session.resize(*size)
+                except BaseException:
+                    await session.close()
+                    raise
+            return session
+
+        return OpeningSession(open_)
 
 
 class AsyncImages:
@@ -308,8 +334,8 @@ class AsyncImages:
         finally:
             await asyncio.to_thread(archive.__exit__, None, None, None)
 
-    async def delete(self, ref: str, *, public: bool = False) -> None:
-        await self._c._run(core.delete_image(ref, public))
+    async def delete(self, ref: str, *, public: bool = False, force: bool = False) -> ImageRemoved:
+        return await self._c._run(core.delete_image(ref, public, force))
 
 
 async def _threaded(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:

@@ -52,6 +52,10 @@ class Conflict(ApiError, errors.Conflict):
     """409: the object is in the wrong state for this request."""
 
 
+class TooManyRequests(ApiError, errors.TooManyRequests):
+    """429: over a limit on what one caller holds at once (streams open with one token)."""
+
+
 class Unsupported(ApiError, errors.Unsupported):
     """501: the controller or a node cannot do that at all."""
 
@@ -104,6 +108,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     409: Conflict,
     413: Invalid,
     422: Invalid,
+    429: TooManyRequests,
     501: Unsupported,
     503: Unavailable,
     507: InsufficientStorage,

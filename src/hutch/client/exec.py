@@ -19,7 +19,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 from urllib.parse import quote, urlencode
 
 from websockets.asyncio.client import ClientConnection as AsyncConnection
@@ -100,6 +100,15 @@ def opening(
     return Opening(url, endpoint.url, endpoint.headers, start.model_dump_json(), endpoint.timeout)
 
 
+def attaching(endpoint: Endpoint, ref: MachineRef) -> Opening:
+    """An attach session's opening: no first message (the server speaks first)."""
+    url = endpoint.url.replace("http", "ws", 1)
+    url += f"/v1/machines/{quote(ref_of(ref), safe='')}/attach"
+    if endpoint.project:
+        url += "?" + urlencode({"project": endpoint.project})
+    return Opening(url, endpoint.url, endpoint.headers, "", endpoint.timeout)
+
+
 def _refused(how: Opening, e: Exception) -> ApiError:
     if isinstance(e, InvalidStatus):
         response = e.response
@@ -118,6 +127,16 @@ def _decode(message: str | bytes) -> Chunk | ExecEnd:
     return ExecEnd(
         int(doc.get("exit_code", -1)), int(doc.get("signal") or 0), str(doc.get("error") or "")
     )
+
+
+def _attached(message: str | bytes) -> dict[str, Any]:
+    """An attach session's first message: `attached`, or the refusal (raised)."""
+    doc = json.loads(message) if isinstance(message, str) else {}
+    if doc.get("type") == "error":
+        _decode(message)
+    if doc.get("type") != "attached":
+        raise Unavailable(f"unexpected first message from the controller: {str(message)[:100]}")
+    return dict(doc)
 
 
 def _signal_message(signal: str) -> str:
@@ -189,8 +208,8 @@ class ExecSession(_Session):
     def __init__(self, ws: ClientConnection) -> None:
         self._ws = ws
 
-    @classmethod
-    def open(cls, how: Opening) -> "ExecSession":
+    @staticmethod
+    def _connect(how: Opening) -> ClientConnection:
         try:
             connection = sync_connect(
                 how.url,
@@ -201,7 +220,11 @@ class ExecSession(_Session):
         except (OSError, TimeoutError, InvalidHandshake) as e:
             raise _refused(how, e) from None
         # Entered as a context (websockets deprecates bare connections); close() exits it.
-        session = cls(connection.__enter__())
+        return connection.__enter__()
+
+    @classmethod
+    def open(cls, how: Opening) -> "ExecSession":
+        session = cls(cls._connect(how))
         try:
             session._ws.send(how.start)
         except ConnectionClosed:
@@ -291,10 +314,10 @@ class AsyncExecSession(_Session):
     def __init__(self, ws: AsyncConnection) -> None:
         self._ws = ws
 
-    @classmethod
-    async def open(cls, how: Opening) -> "AsyncExecSession":
+    @staticmethod
+    async def _connect(how: Opening) -> AsyncConnection:
         try:
-            ws = await async_connect(
+            return await async_connect(
                 how.url,
                 additional_headers=how.headers,
                 max_size=MAX_MESSAGE,
@@ -302,6 +325,10 @@ class AsyncExecSession(_Session):
             )
         except (OSError, TimeoutError, InvalidHandshake) as e:
             raise _refused(how, e) from None
+
+    @classmethod
+    async def open(cls, how: Opening) -> "AsyncExecSession":
+        ws = await cls._connect(how)
         session = cls(ws)
         try:
             await ws.send(how.start)
@@ -370,21 +397,76 @@ class AsyncExecSession(_Session):
         await self.close()
 
 
-class OpeningSession:
-    """`exec_stream`'s answer on AsyncClient: await it for the session, or `async with` it
-    to have the session closed at the end."""
+class AttachSession(ExecSession):
+    """Attached to a machine's main process (blocking API; `Machines.attach`): `write()` to
+    its stdin, `close_stdin()`, `resize()` its terminal, `signal()` it; `wait()` (or
+    iterating, which yields nothing) returns when it ends, with its exit code. Its output is
+    the machine's log (`Machines.logs(follow=True)`). Closing the session leaves the machine
+    running, its stdin open for the next one."""
 
-    def __init__(self, opener: Callable[[], Awaitable[AsyncExecSession]]) -> None:
+    tty = False  # the main process has a terminal (the machine was created with tty)
+    stdin = False  # its stdin is open for writing
+
+    @classmethod
+    def open(cls, how: Opening) -> "AttachSession":
+        session = cls(cls._connect(how))
+        try:
+            first = _attached(session._ws.recv())
+        except ConnectionClosed:
+            session.close()
+            raise Unavailable(_ENDED) from None
+        except BaseException:
+            session.close()
+            raise
+        session.tty, session.stdin = bool(first.get("tty")), bool(first.get("stdin"))
+        return session
+
+    def __enter__(self) -> "AttachSession":
+        return self
+
+
+class AsyncAttachSession(AsyncExecSession):
+    """AttachSession's methods, awaited (`AsyncMachines.attach`)."""
+
+    tty = False
+    stdin = False
+
+    @classmethod
+    async def open(cls, how: Opening) -> "AsyncAttachSession":
+        session = cls(await cls._connect(how))
+        try:
+            first = _attached(await session._ws.recv())
+        except ConnectionClosed:
+            await session.close()
+            raise Unavailable(_ENDED) from None
+        except BaseException:
+            await session.close()
+            raise
+        session.tty, session.stdin = bool(first.get("tty")), bool(first.get("stdin"))
+        return session
+
+    async def __aenter__(self) -> "AsyncAttachSession":
+        return self
+
+
+S = TypeVar("S", bound=AsyncExecSession)
+
+
+class OpeningSession(Generic[S]):
+    """`exec_stream`'s (and `attach`'s) answer on AsyncClient: await it for the session, or
+    `async with` it to have the session closed at the end."""
+
+    def __init__(self, opener: Callable[[], Awaitable[S]]) -> None:
         self._opener = opener
-        self._session: AsyncExecSession | None = None
+        self._session: S | None = None
 
-    def __await__(self) -> Generator[Any, None, AsyncExecSession]:
+    def __await__(self) -> Generator[Any, None, S]:
         return self._open().__await__()
 
-    async def _open(self) -> AsyncExecSession:
+    async def _open(self) -> S:
         return await self._opener()
 
-    async def __aenter__(self) -> AsyncExecSession:
+    async def __aenter__(self) -> S:
         self._session = await self._opener()
         return self._session
 

@@ -20,10 +20,10 @@ from pydantic import BaseModel
 from hutch.client import _core as core
 from hutch.client._core import ArchiveSource, Call, Endpoint, MachineOptions, MachineRef, Plan
 from hutch.client.config import resolve
-from hutch.client.exec import ExecResult, ExecSession, opening
+from hutch.client.exec import AttachSession, ExecResult, ExecSession, attaching, opening
 from hutch.model.tenancy import Role
 from hutch.wire.common import Page
-from hutch.wire.images import ImageView, PullEvent
+from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.nodes import JoinToken, NodeView
 from hutch.wire.tenancy import (
@@ -322,6 +322,29 @@ class Machines:
         )  # fmt: skip
         return ExecSession.open(how)
 
+    def attach(self, ref: MachineRef, *, size: tuple[int, int] | None = None) -> AttachSession:
+        """Attach to the running machine's main process (a machine created with `tty` and/or
+        `stdin`): `write()` to its stdin, `close_stdin()`, `resize(rows, cols)` its terminal
+        (to `size` first, if given), `signal()` it; `wait()` returns its exit code when it ends.
+        Its output is the machine's log: read it with `logs(m, follow=True)`. Closing the
+        session leaves the machine running, its stdin open for the next attach.
+
+            m = client.machines.create("busybox", ["sh"], tty=True, stdin=True)
+            client.machines.wait(m, "running")
+            with client.machines.attach(m, size=(50, 132)) as s:
+                s.write(b"stty size; exit 3\r")
+                print(s.wait())                              # 3
+            print(b"".join(log_bytes(l) for l in client.machines.logs(m)))  # ... 50 132 ...
+        """
+        session = AttachSession.open(attaching(self._c._endpoint, ref))
+        if size is not None:
+            try:
+                session.resize(*size)
+            except BaseException:
+                session.close()
+                raise
+        return session
+
 
 class Images:
     """`client.images`: OCI images in the nodes' stores, the project's and the public ones."""
@@ -365,10 +388,12 @@ class Images:
         with core.archive(source) as chunks:
             return self._c._run(core.import_call(names, public, chunks))
 
-    def delete(self, ref: str, *, public: bool = False) -> None:
+    def delete(self, ref: str, *, public: bool = False, force: bool = False) -> ImageRemoved:
         """Remove the project's name for the image, or the image (NotFound if the project
-        does not see it); with `public`, the catalogue's (a system token)."""
-        self._c._run(core.delete_image(ref, public))
+        does not see it); with `public`, the catalogue's (a system token). Conflict while
+        machines of the project that are not destroyed would lose it, unless `force`: then
+        `machines` names them."""
+        return self._c._run(core.delete_image(ref, public, force))
 
 
 class Tokens:

@@ -23,6 +23,7 @@ STATUS: dict[type[errors.HutchError], tuple[int, str]] = {
     errors.QuotaExceeded: (403, "Quota exceeded"),
     errors.NotFound: (404, "Not found"),
     errors.Conflict: (409, "Conflict"),
+    errors.TooManyRequests: (429, "Too many requests"),
     errors.Unsupported: (501, "Not supported"),
     errors.InsufficientStorage: (507, "Insufficient storage"),
     errors.NoCapacity: (503, "No capacity"),
@@ -47,6 +48,7 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
         (409, "Conflict with the object's state"),
         (413, "Body too large"),
         (422, "Body or parameters do not match the schema"),
+        (429, "Too many streams open with this token"),
         (503, "No capacity, or a node is unavailable"),
         (507, "A node's disk is full or would fall below its free-space floor"),
     )

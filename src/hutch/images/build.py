@@ -1,6 +1,10 @@
-"""A one-layer OCI image from a root directory (what `docker import` does), as an OCI archive.
+"""A one-layer OCI image from a root directory or a plain root filesystem tarball (what
+`docker import` does), as an OCI archive.
 
-Deterministic: entries sorted, owners numeric, times kept; the same tree gives the same digests.
+Deterministic: entries sorted (a directory's) or in the tarball's order, owners numeric, times
+kept; the same tree gives the same digests. Device nodes and FIFOs (debootstrap makes /dev/null
+and friends) are left out and counted: the sandbox provides /dev. Symlinks are kept as they are,
+pointing wherever they point: they are resolved inside the image when it runs, never here.
 """
 
 import hashlib
@@ -10,7 +14,8 @@ import os
 import stat
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -24,12 +29,30 @@ REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 
 
-def default_config(rootfs: Path) -> dict[str, object]:
-    """What a plain root directory runs by default: its shell, with a usual PATH."""
-    sh = rootfs / "bin" / "sh"
-    shell = ["/bin/sh"] if sh.exists() or sh.is_symlink() else []
+# What marks a tar as an image archive (OCI or docker save) rather than a root filesystem.
+_IMAGE_ARCHIVE_FILES = frozenset({"oci-layout", "index.json", "manifest.json", "repositories"})
+_SHELLS = ("bin/sh", "usr/bin/sh")  # /bin is a symlink to usr/bin in merged-/usr trees
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    digest: str  # the manifest's
+    skipped: int  # device nodes and FIFOs left out
+
+    def note(self, source: object) -> str | None:
+        """The one warning line for what was left out, if anything was."""
+        if not self.skipped:
+            return None
+        return (
+            f"left out {self.skipped} device node{'s' if self.skipped != 1 else ''} and FIFOs "
+            f"of {source}: the sandbox provides /dev"
+        )
+
+
+def default_config(has_shell: bool) -> dict[str, object]:
+    """What a plain root filesystem runs by default: its shell, with a usual PATH."""
     path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    return {"Cmd": shell, "Env": [path]}
+    return {"Cmd": ["/bin/sh"] if has_shell else [], "Env": [path]}
 
 
 def write_archive(
@@ -38,83 +61,176 @@ def write_archive(
     *,
     name: str | None = None,
     config: Mapping[str, object] | None = None,
-) -> str:
-    """Write an OCI archive of `rootfs` as one layer to `out`; the manifest digest."""
+) -> Packed:
+    """Write an OCI archive of the directory `rootfs` as one layer to `out`."""
     if not rootfs.is_dir():
         raise Invalid(f"{rootfs} is not a directory")
     with tempfile.TemporaryFile() as layer:
-        diff_id, size = _layer(rootfs, layer)
-        runtime = dict(config if config is not None else default_config(rootfs))
-        config_blob = _json(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": runtime,
-                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            }
+        diff_id, size, skipped = _layer(rootfs, layer)
+        has_shell = any((rootfs / sh).exists() or (rootfs / sh).is_symlink() for sh in _SHELLS)
+        digest = _write(
+            out,
+            layer,
+            diff_id,
+            size,
+            config=config if config is not None else default_config(has_shell),
+            name=name,
         )
-        manifest = _json(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {
-                    "mediaType": OCI_CONFIG,
-                    "digest": _digest(config_blob),
-                    "size": len(config_blob),
-                },
-                "layers": [{"mediaType": OCI_LAYER, "digest": diff_id, "size": size}],
-            }
-        )
-        digest = _digest(manifest)
-        annotations = {}
-        if name:  # as containerd and skopeo write them: the full name, and the tag alone
-            ref = parse_ref(name)
-            annotations = {CONTAINERD_NAME: str(ref), REF_NAME: ref.tag or "latest"}
-        index = _json(
-            {
-                "schemaVersion": 2,
-                "manifests": [
-                    {
-                        "mediaType": OCI_MANIFEST,
-                        "digest": digest,
-                        "size": len(manifest),
-                        "platform": {"architecture": "amd64", "os": "linux"},
-                        **({"annotations": annotations} if annotations else {}),
-                    }
-                ],
-            }
-        )
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            _add(tar, "oci-layout", io.BytesIO(_json({"imageLayoutVersion": "1.0.0"})))
-            _add(tar, "index.json", io.BytesIO(index))
-            for blob in (manifest, config_blob):
-                _add(tar, f"blobs/sha256/{_digest(blob)[7:]}", io.BytesIO(blob))
-            layer.seek(0)
-            _add(tar, f"blobs/sha256/{diff_id[7:]}", layer, size)
+    return Packed(digest, skipped)
+
+
+def is_rootfs_tarball(path: Path) -> bool:
+    """Whether the file is a tar (plain or compressed) of a root filesystem: a tar with none of
+    an image archive's files. Anything else (not a tar, damaged) is left to the importer."""
+    try:
+        with tarfile.open(path, "r:*") as tar:  # seeks over data where it can
+            for member in _members(tar):
+                parts = [p for p in member.name.split("/") if p not in ("", ".")]
+                if parts[:1] == ["blobs"] or "/".join(parts) in _IMAGE_ARCHIVE_FILES:
+                    return False
+                if len(parts) == 2 and parts[1] == "layer.tar":  # docker save, before 25
+                    return False
+            return True
+    except (tarfile.TarError, EOFError, OSError, ValueError):
+        return False
+
+
+def write_archive_of_tarball(tarball: Path, out: BinaryIO, *, name: str | None = None) -> Packed:
+    """Write an OCI archive of the root filesystem tarball `tarball` as one layer to `out`:
+    its entries as they are (symlinks included), less device nodes and FIFOs. Absolute names
+    and `..` are refused, as the nodes would refuse them when unpacking."""
+    skipped = 0
+    names: set[str] = set()
+    with tempfile.TemporaryFile() as layer:
+        try:
+            with (
+                tarfile.open(tarball, "r:*") as source,
+                tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            ):
+                for member in _members(source):
+                    if member.ischr() or member.isblk() or member.isfifo():
+                        skipped += 1
+                        continue
+                    _check_name(member.name, tarball)
+                    if member.islnk():
+                        _check_name(member.linkname, tarball)
+                    names.add("/".join(p for p in member.name.split("/") if p not in ("", ".")))
+                    data = source.extractfile(member) if member.isreg() else None
+                    tar.addfile(member, data)
+        except (tarfile.TarError, EOFError, ValueError) as e:
+            raise Invalid(f"{tarball} is not a readable tar archive: {e}") from None
+        layer.flush()
+        size = layer.tell()
+        layer.seek(0)
+        h = hashlib.sha256()
+        while chunk := layer.read(1 << 20):
+            h.update(chunk)
+        has_shell = any(sh in names for sh in _SHELLS)
+        config = default_config(has_shell)
+        digest = _write(out, layer, f"sha256:{h.hexdigest()}", size, config=config, name=name)
+    return Packed(digest, skipped)
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    while (member := tar.next()) is not None:
+        tar.members.clear()  # type: ignore[attr-defined]  # a tree has many entries
+        yield member
+
+
+def _check_name(name: str, tarball: Path) -> None:
+    if name.startswith("/"):
+        raise Invalid(f"{tarball}: {name!r} is an absolute path; a root filesystem's are relative")
+    if ".." in name.split("/"):
+        raise Invalid(f"{tarball}: {name!r} contains '..'; it would point outside the image")
+
+
+def _write(
+    out: BinaryIO,
+    layer: IO[bytes],
+    diff_id: str,
+    size: int,
+    *,
+    config: Mapping[str, object],
+    name: str | None,
+) -> str:
+    """The OCI archive of the one layer in `layer` (`size` bytes, digest `diff_id`) to `out`;
+    the manifest digest."""
+    runtime = dict(config)
+    config_blob = _json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": runtime,
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
+    )
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": _digest(config_blob),
+                "size": len(config_blob),
+            },
+            "layers": [{"mediaType": OCI_LAYER, "digest": diff_id, "size": size}],
+        }
+    )
+    digest = _digest(manifest)
+    annotations = {}
+    if name:  # as containerd and skopeo write them: the full name, and the tag alone
+        ref = parse_ref(name)
+        annotations = {CONTAINERD_NAME: str(ref), REF_NAME: ref.tag or "latest"}
+    index = _json(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest,
+                    "size": len(manifest),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                    **({"annotations": annotations} if annotations else {}),
+                }
+            ],
+        }
+    )
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, "oci-layout", io.BytesIO(_json({"imageLayoutVersion": "1.0.0"})))
+        _add(tar, "index.json", io.BytesIO(index))
+        for blob in (manifest, config_blob):
+            _add(tar, f"blobs/sha256/{_digest(blob)[7:]}", io.BytesIO(blob))
+        layer.seek(0)
+        _add(tar, f"blobs/sha256/{diff_id[7:]}", layer, size)
     return digest
 
 
-def _layer(root: Path, out: IO[bytes]) -> tuple[str, int]:
-    """The tree as an uncompressed tar in `out`; (its digest, its size)."""
+def _layer(root: Path, out: IO[bytes]) -> tuple[str, int, int]:
+    """The tree as an uncompressed tar in `out`; (its digest, its size, entries left out)."""
+    skipped = 0
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in _walk(root):
+            mode = path.lstat().st_mode
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+                skipped += 1
+                continue
             rel = path.relative_to(root).as_posix()
             info = tar.gettarinfo(str(path), arcname=rel)
             info.uname = info.gname = ""
             if info.isreg():
                 with path.open("rb") as f:
                     tar.addfile(info, f)
-            elif stat.S_ISCHR(info.mode) or stat.S_ISBLK(info.mode) or info.isfifo():
-                raise Invalid(f"{path}: device nodes and FIFOs cannot go into an image")
-            else:
+            elif info.isdir() or info.issym() or info.islnk():
                 tar.addfile(info)
+            else:  # a socket: tarfile cannot store one, and it means nothing in an image
+                skipped += 1
     out.flush()
     size = out.tell()
     out.seek(0)
     h = hashlib.sha256()
     while chunk := out.read(1 << 20):
         h.update(chunk)
-    return f"sha256:{h.hexdigest()}", size
+    return f"sha256:{h.hexdigest()}", size, skipped
 
 
 def _walk(root: Path) -> list[Path]:

@@ -239,6 +239,9 @@ def _apply_layers(layout: OciLayout, image: Image, root: Path, budget: Budget) -
         diff_id = image.diff_ids[i] if image.diff_ids else None
         with layout.open_layer(layer, diff_id) as stream:
             apply_layer(stream, root, budget=budget)
+    if budget.skipped:
+        log.warning("image %s: skipped %d device nodes and FIFOs (the sandbox provides /dev)",
+                    image.manifest_digest, budget.skipped)  # fmt: skip
 
 
 def _root_disk(rootfs: Path, key: str, cache_dir: Path, fmt: str) -> Path:

@@ -45,6 +45,10 @@ class Unauthenticated(HutchError):
     """No valid credentials: missing, unknown, expired or revoked token (401)."""
 
 
+class TooManyRequests(HutchError):
+    """Over a limit on what one caller may hold at once, such as open streams per token (429)."""
+
+
 class Forbidden(HutchError):
     """Valid credentials whose role does not allow this, in the caller's own project (403).
     Another project's objects are NotFound instead: their existence is not revealed."""

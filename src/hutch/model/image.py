@@ -85,6 +85,16 @@ class ImageRef:
         return str(ImageRef("", name, self.tag, self.digest)).lstrip("/")
 
 
+def names_registry(text: str) -> bool:
+    """Whether the reference names its registry ("registry.test/app", "localhost:5000/app",
+    "docker.io/library/busybox"), as opposed to a short name ("busybox", "team/app") that
+    Docker would complete with docker.io."""
+    first, sep, _ = text.partition("@")[0].partition("/")
+    return bool(sep) and (
+        "." in first or ":" in first or first == "localhost" or first != first.lower()
+    )
+
+
 @functools.lru_cache(maxsize=4096)  # every machine read checks its image's again
 def parse_ref(text: str) -> ImageRef:
     """Parse `text` ("busybox", "host:5000/team/app:1.2", "app@sha256:...") or raise Invalid."""

@@ -124,6 +124,12 @@ class MachineSpec:
     group_policy: GroupPolicy = GroupPolicy.NONE
     constraints: Mapping[str, str] = field(default_factory=dict)
     strategy: Strategy | None = None
+    # The main process's terminal and input (`hutch run -it`): a pseudo-terminal for its
+    # stdin, stdout and stderr, and a stdin that attached clients write to (else /dev/null).
+    tty: bool = False
+    stdin: bool = False
+    rows: int = 0  # the terminal's size when the process starts (0: 24 rows, 80 columns)
+    cols: int = 0
 
     def __post_init__(self) -> None:
         parse_ref(self.image)
@@ -139,6 +145,8 @@ class MachineSpec:
             raise Invalid("memory must be positive")
         if self.disk_mib < 0:
             raise Invalid("disk cannot be negative")
+        if not (0 <= self.rows <= 0xFFFF and 0 <= self.cols <= 0xFFFF):
+            raise Invalid("a terminal's rows and columns are 0 to 65535")
 
     def check_new(self) -> None:
         """Raise Invalid for what no node could run, before a machine is made of it (not in

@@ -28,7 +28,7 @@ from hutch.model.sandbox import (
 from hutch.runtime.logs import follow_log, read_log
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord, check_state_root
-from hutch.runtime.supervisor import ExecProcess, Supervisor, Timeouts
+from hutch.runtime.supervisor import ExecProcess, ProcessInput, Supervisor, Timeouts
 
 KILL_GRACE = 5.0  # after SIGKILL through the agent, before the sandbox itself is killed
 
@@ -87,6 +87,11 @@ class RuntimeDriver(Protocol):
 
     async def exec(self, sandbox_id: str, spec: ProcessSpec) -> ExecProcess:
         """Start another process in the running sandbox."""
+
+    async def attach(self, sandbox_id: str) -> ProcessInput:
+        """The way into the running workload's main process: its stdin (if its spec asked for
+        one), its terminal's size (if it has one), signals. Its output stays in the log.
+        Conflict unless running."""
 
     async def recover(self) -> list[SandboxInfo]:
         """Re-adopt sandboxes left by an earlier host process; clean up those that died."""
@@ -335,6 +340,12 @@ class AgentDriver:
 
     async def exec(self, sandbox_id: str, spec: ProcessSpec) -> ExecProcess:
         return await self._get(sandbox_id).exec(spec)
+
+    async def attach(self, sandbox_id: str) -> ProcessInput:
+        sup = self._get(sandbox_id)
+        if sup.record.state is not SandboxState.RUNNING or sup.finished:
+            raise Conflict(f"sandbox {sandbox_id} is {sup.record.state}, not running")
+        return sup.main
 
     async def recover(self) -> list[SandboxInfo]:
         adopted = []

@@ -87,10 +87,31 @@ async def follow_log(
 
     Survives rotation: an open file keeps being read after it is renamed to `.1`.
     """
-    for record in read_log(path.with_name(path.name + ".1")):
-        yield record
     f: BinaryIO | None = None
+    after: BinaryIO | None = None  # the file that replaced `f`, held from when it is seen
+
+    def look() -> None:
+        """Hold the file that replaced `f` as soon as it exists: the sandbox's directory may
+        be removed (auto_destroy) while a reader is still behind, and an open file survives."""
+        nonlocal after
+        if f is None or after is not None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
+                after = path.open("rb")
+
     try:
+        with contextlib.suppress(FileNotFoundError):
+            f = path.open("rb")  # held from the start, for the same reason
+        try:
+            older: BinaryIO | None = path.with_name(path.name + ".1").open("rb")
+        except FileNotFoundError:
+            older = None
+        if older is not None:
+            with older:  # unless it is `f`, renamed since: then `f` gives it all
+                if f is None or os.fstat(older.fileno()).st_ino != os.fstat(f.fileno()).st_ino:
+                    for record in _records(older):
+                        yield record
         while True:
             if f is None:
                 try:
@@ -100,26 +121,26 @@ async def follow_log(
             done = finished()  # read before draining: what was written before it counts
             got = False
             if f is not None:
+                look()
                 for record in _records(f):
                     got = True
                     yield record
-                try:
-                    rotated = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
-                except FileNotFoundError:
-                    rotated = False
-                if rotated:
+                    look()  # a stat: cheap beside a record's relay
+                look()
+                if after is not None:
                     for record in _records(f):
                         yield record
                     f.close()
-                    f = None
+                    f, after = after, None
                     continue
             if done and not got:
                 return
             if not got:
                 await (changed.wait(0.25) if changed else asyncio.sleep(0.1))
     finally:
-        if f is not None:
-            f.close()
+        for held in (f, after):
+            if held is not None:
+                held.close()
 
 
 class Pulse:

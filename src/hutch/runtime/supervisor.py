@@ -53,18 +53,73 @@ class Host(Protocol):
     async def terminate(self, record: SandboxRecord, sdir: SandboxDir) -> None: ...
 
 
-class ExecProcess:
-    """A process started inside a running sandbox, with its own stdin, stdout and stderr."""
+class ProcessInput:
+    """What goes into a process in the sandbox: its stdin (within the guest's credit), signals
+    and its terminal's size. The main process has one (`Supervisor.main`); an exec'd process
+    is one."""
 
     def __init__(self, sup: "Supervisor", proc_id: int, stdin: bool) -> None:
         self.id = proc_id
         self._sup = sup
-        self._chunks: asyncio.Queue[tuple[Stream, bytes]] = asyncio.Queue()
-        self._open_streams = 2
-        self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         self._stdin_open = stdin
         self._stdin_credit = STDIN_WINDOW
         self._credit_changed = asyncio.Event()
+        self._over = False  # the process has exited (or is no longer watched)
+
+    @property
+    def stdin_open(self) -> bool:
+        return self._stdin_open and not self._over
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the process's stdin, waiting while the guest has not taken earlier ones."""
+        if not self._stdin_open:
+            raise Conflict("stdin of this process is closed (or was not requested)")
+        view = memoryview(data)
+        while view:
+            while self._stdin_credit <= 0 and not self._over:
+                self._credit_changed.clear()
+                await self._credit_changed.wait()
+            if self._over:
+                raise Conflict("the process has exited")
+            n = min(len(view), self._stdin_credit, MAX_GUEST_PAYLOAD)
+            self._stdin_credit -= n
+            await self._sup.send(T.STDIN, self.id, bytes(view[:n]))
+            view = view[n:]
+
+    async def close_stdin(self) -> None:
+        if self._stdin_open:
+            self._stdin_open = False
+            if not self._over:
+                await self._sup.send(T.STDIN, self.id, b"")
+
+    async def signal(self, sig: int) -> None:
+        if not self._over:
+            await self._sup.send(T.SIGNAL, self.id, sig.to_bytes(4, "big"))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the size of the process's terminal (without one, nothing happens)."""
+        if not self._over:
+            await self._sup.send(T.RESIZE, self.id, encode_size(rows, cols))
+
+    # -- fed by the supervisor --
+
+    def _acked(self, payload: bytes) -> None:
+        self._stdin_credit += decode_u32(payload)
+        self._credit_changed.set()
+
+    def _end(self) -> None:
+        self._over = True
+        self._credit_changed.set()
+
+
+class ExecProcess(ProcessInput):
+    """A process started inside a running sandbox, with its own stdin, stdout and stderr."""
+
+    def __init__(self, sup: "Supervisor", proc_id: int, stdin: bool) -> None:
+        super().__init__(sup, proc_id, stdin)
+        self._chunks: asyncio.Queue[tuple[Stream, bytes]] = asyncio.Queue()
+        self._open_streams = 2
+        self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         self.error = ""
 
     async def output(self) -> AsyncIterator[tuple[Stream, bytes]]:
@@ -76,37 +131,6 @@ class ExecProcess:
                 continue
             await self._sup.grant(self.id, len(data))
             yield stream, data
-
-    async def write(self, data: bytes) -> None:
-        """Send bytes to the process's stdin, waiting while the guest has not taken earlier ones."""
-        if not self._stdin_open:
-            raise Conflict("stdin of this process is closed (or was not requested)")
-        view = memoryview(data)
-        while view:
-            while self._stdin_credit <= 0 and not self._exit.done():
-                self._credit_changed.clear()
-                await self._credit_changed.wait()
-            if self._exit.done():
-                raise Conflict("the process has exited")
-            n = min(len(view), self._stdin_credit, MAX_GUEST_PAYLOAD)
-            self._stdin_credit -= n
-            await self._sup.send(T.STDIN, self.id, bytes(view[:n]))
-            view = view[n:]
-
-    async def close_stdin(self) -> None:
-        if self._stdin_open:
-            self._stdin_open = False
-            if not self._exit.done():
-                await self._sup.send(T.STDIN, self.id, b"")
-
-    async def signal(self, sig: int) -> None:
-        if not self._exit.done():
-            await self._sup.send(T.SIGNAL, self.id, sig.to_bytes(4, "big"))
-
-    async def resize(self, rows: int, cols: int) -> None:
-        """Set the size of the process's terminal (without one, nothing happens)."""
-        if not self._exit.done():
-            await self._sup.send(T.RESIZE, self.id, encode_size(rows, cols))
 
     async def wait(self, timeout: float | None = None) -> ExitStatus:
         return await asyncio.wait_for(asyncio.shield(self._exit), timeout)
@@ -139,8 +163,7 @@ class ExecProcess:
         elif frame.type == T.ERROR:
             self.error = frame.payload.decode(errors="replace")
         elif frame.type == T.STDIN_ACK:
-            self._stdin_credit += decode_u32(frame.payload)
-            self._credit_changed.set()
+            self._acked(frame.payload)
         elif frame.type == T.EXIT:
             code, sig, oom = decode_exit(frame.payload)
             self._finish(ExitStatus(code, sig, oom, self.error))
@@ -150,7 +173,7 @@ class ExecProcess:
             self._exit.set_result(status)
         for _ in range(self._open_streams):
             self._chunks.put_nowait((Stream.STDOUT, b""))
-        self._credit_changed.set()
+        self._end()
 
 
 class Supervisor:
@@ -180,8 +203,11 @@ class Supervisor:
         self._main_error = ""
         self._credit: dict[int, int] = {}
         self._kill_reason = ""
+        # Attached clients' way into the main process (stdin, terminal size, signals).
+        self.main = ProcessInput(self, 1, record.spec.process.stdin)
         if record.finished:
             self._exited.set()
+            self.main._end()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -221,6 +247,7 @@ class Supervisor:
         for proc in self._execs.values():
             proc._finish(ExitStatus(UNKNOWN_EXIT, error="the host stopped watching the sandbox"))
         self._execs.clear()
+        self.main._end()
 
     async def start(self) -> None:
         if self.record.state is not SandboxState.CREATED:
@@ -340,7 +367,10 @@ class Supervisor:
             await self.grant(1, len(frame.payload))
         elif frame.type == T.ERROR:
             self._main_error = frame.payload.decode(errors="replace")
+        elif frame.type == T.STDIN_ACK:
+            self.main._acked(frame.payload)
         elif frame.type == T.EXIT:
+            self.main._end()
             code, sig, oom = decode_exit(frame.payload)
             oom = oom or (sig == _signal.SIGKILL and self._host.oom_killed(self.record))
             failed = bool(self._main_error)
@@ -355,6 +385,7 @@ class Supervisor:
         self.record.finished_at = time.time()
         self.dir.save(self.record)
         self._exited.set()
+        self.main._end()
         self.changed.fire()
         for proc in self._execs.values():
             proc._finish(ExitStatus(UNKNOWN_EXIT, error="the sandbox stopped"))

@@ -14,13 +14,15 @@ from typing import Any
 
 from hutch.images.egress import RegistryNames
 from hutch.images.spool import disk_full_is_insufficient, spool
-from hutch.model.errors import HutchError, NoCapacity, NotFound
+from hutch.images.store import is_digest_or_id
+from hutch.model.errors import Conflict, HutchError, NoCapacity, NotFound, Unavailable
 from hutch.model.image import parse_ref
-from hutch.model.machine import Node
+from hutch.model.machine import Desired, Machine, MachineState, Node
 from hutch.model.tenancy import Principal, Project
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.policy import Action, Policy
+from hutch.store.base import Store
 
 log = logging.getLogger("hutch.images")
 
@@ -28,6 +30,7 @@ log = logging.getLogger("hutch.images")
 class Images:
     def __init__(
         self,
+        store: Store,
         nodes: Nodes,
         link: NodeLink,
         policy: Policy,
@@ -37,6 +40,7 @@ class Images:
         max_bytes: int,
         free_floor: int,
     ) -> None:
+        self.store = store  # machines: an image they use is not removed under them
         self.nodes = nodes
         self.link = link
         self.policy = policy
@@ -70,11 +74,16 @@ class Images:
 
     async def get(self, principal: Principal, project: Project, ref: str) -> dict[str, Any]:
         self.policy.require(principal, Action.IMAGE_READ, project.id)
+        unreachable: Unavailable | None = None
         for node in await self._ready():
             try:
                 return await self.link.image(node, project.id, ref)
             except NotFound:
                 continue
+            except Unavailable as e:  # another node may have it; if none does, who can tell
+                unreachable = e
+        if unreachable is not None:
+            raise unreachable
         raise NotFound(f"no image {ref!r} in project {project.name} or the catalogue")
 
     async def usage(self, project: Project) -> dict[str, int] | None:
@@ -87,9 +96,30 @@ class Images:
         return None
 
     async def delete(
-        self, principal: Principal, project: Project, ref: str, public: bool = False
-    ) -> None:
+        self,
+        principal: Principal,
+        project: Project,
+        ref: str,
+        public: bool = False,
+        force: bool = False,
+    ) -> tuple[dict[str, Any], list[Machine]]:
+        """Remove the project's name `ref` (the catalogue's with `public`); the image, and the
+        project's machines that lose it. Conflict while machines of the project that are not
+        destroyed would lose it (started on it, or named it and not started yet), unless
+        `force`: they keep running, but cannot start again without it."""
         self._writing(principal, project, public)
+        image = await self.get(principal, project, ref)
+        # A catalogue image a project names no removal of its own for is the nodes' to refuse.
+        ours = public or image.get("source", "project") == "project"
+        users = await self._users(project, ref, image) if ours else []
+        if users and not force:
+            many = len(users) > 1
+            raise Conflict(
+                f"image {ref!r} is used by machine{'s' if many else ''} "
+                f"{', '.join(m.name for m in users)} of project {project.name}: remove "
+                f"{'them' if many else 'it'} first, or remove the image anyway with --force "
+                "(?force=true); a machine whose image is gone cannot start again"
+            )
         found = False
         for node in await self._ready():
             try:
@@ -100,6 +130,31 @@ class Images:
         if not found:
             where = "the catalogue" if public else f"project {project.name}"
             raise NotFound(f"no image {ref!r} in {where}")
+        return image, users
+
+    async def _users(self, project: Project, ref: str, image: dict[str, Any]) -> list[Machine]:
+        """The project's machines, not destroyed nor being destroyed, that run the image or
+        will, and would lose it by the removal of `ref`: by the digest they got when they
+        started (unless the image keeps another name), by the name they were created with
+        until then."""
+        by_digest = is_digest_or_id(ref)
+        gone = set(image["names"]) if by_digest else {str(parse_ref(ref))}
+        last = by_digest or set(image["names"]) <= gone
+        wanted = [s for s in MachineState if s is not MachineState.DESTROYED]
+        users: list[Machine] = []
+        cursor: str | None = None
+        async with self.store.read() as tx:
+            while True:
+                page, cursor = await tx.machines.list(
+                    project.id, states=wanted, limit=500, cursor=cursor
+                )
+                users += [
+                    m
+                    for m in page
+                    if m.desired is not Desired.DESTROYED and _loses(m, image["id"], gone, last)
+                ]
+                if cursor is None:
+                    return users
 
     async def from_peers(
         self, node: Node, project_id: str, ref: str
@@ -169,6 +224,15 @@ class Images:
                     limits=limits,
                 )  # fmt: skip
         return result
+
+
+def _loses(machine: Machine, digest: str, gone: set[str], last: bool) -> bool:
+    if machine.image_digest:
+        return last and machine.image_digest == digest
+    spec = machine.spec.image
+    if is_digest_or_id(spec):
+        return last and digest.removeprefix("sha256:").startswith(spec.removeprefix("sha256:"))
+    return str(parse_ref(spec)) in gone
 
 
 async def _chunks(f: Any) -> AsyncIterator[bytes]:

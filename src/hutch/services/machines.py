@@ -7,15 +7,21 @@ leading controller) places it and claims the node's share. A machine holds that 
 is active (placed and not finished), and gives it back when the generation ends.
 """
 
-import contextlib
 import signal as _signal
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
 from hutch.images.store import is_digest_or_id
-from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded
-from hutch.model.image import parse_ref
+from hutch.model.errors import (
+    Conflict,
+    Invalid,
+    NoCapacity,
+    NotFound,
+    QuotaExceeded,
+    Unavailable,
+)
+from hutch.model.image import names_registry, parse_ref
 from hutch.model.machine import (
     ACTIVE,
     Desired,
@@ -122,11 +128,26 @@ class Machines:
         return machine
 
     async def _check_image_source(self, principal: Principal, project: Project, image: str) -> None:
-        """Forbidden now, rather than a machine failing later, for an image from a registry
-        nodes may not pull from, unless the project already has it (imported under that name)."""
-        if is_digest_or_id(image):  # no registry gives it: the project's, the catalogue's, or none
-            with contextlib.suppress(NoCapacity):  # no node to ask now: it waits for one
+        """Refused now, rather than a machine failing later: an image that no registry gives
+        (a digest, an id, a name without a registry, as a typo is) and that the project and the
+        catalogue lack (NotFound); an image from a registry nodes may not pull from, unless the
+        project already has it, imported under that name (Forbidden). Only a reference that
+        names an allowed registry is pulled on demand."""
+        if is_digest_or_id(image) or not names_registry(image):
+            try:
                 await self.images.get(principal, project, image)
+            except (NoCapacity, Unavailable):
+                return  # no node to ask now: the machine waits for one, which decides
+            except NotFound:
+                if is_digest_or_id(image):
+                    raise
+                ref = parse_ref(image)
+                raise NotFound(
+                    f"no image {image!r} in project {project.name} or the catalogue "
+                    "(`hutch image ls` lists them; GET /v1/images): a name without a registry "
+                    f"is not pulled; pull it by its full name first, e.g. "
+                    f"`hutch image pull {ref}`"
+                ) from None
             return
         registry = parse_ref(image).registry
         if self.images.registries.allowed(registry):

@@ -53,15 +53,24 @@ class NodeLink:
     async def logs(
         self, node: Node, sandbox: str, params: Mapping[str, str]
     ) -> AsyncIterator[bytes]:
-        """NDJSON lines of the sandbox's log, as the node sends them."""
-        async for line in self._stream(
-            node, "GET", f"/node/v1/sandboxes/{sandbox}/logs", params=params
+        """The sandbox's log as NDJSON, in the chunks the node sends (not cut at lines: the
+        controller relays them as they are, and a line's cost is the node's alone)."""
+        async for chunk in self._stream(
+            node, "GET", f"/node/v1/sandboxes/{sandbox}/logs", params=params, lines=False
         ):
-            yield line
+            yield chunk
 
     async def exec(self, node: Node, sandbox: str) -> ClientConnection:
         """An exec WebSocket to the node: the caller sends ExecStart first, then relays."""
         url = self._url(node, f"/node/v1/sandboxes/{sandbox}/exec").replace("http", "ws", 1)
+        try:
+            return await connect(url, additional_headers=self._headers(node), max_size=1 << 20)
+        except (OSError, TimeoutError) as e:
+            raise Unavailable(f"node {node.name} cannot be reached: {e}") from None
+
+    async def attach(self, node: Node, sandbox: str) -> ClientConnection:
+        """An attach WebSocket to the node, into the sandbox's main process; the caller relays."""
+        url = self._url(node, f"/node/v1/sandboxes/{sandbox}/attach").replace("http", "ws", 1)
         try:
             return await connect(url, additional_headers=self._headers(node), max_size=1 << 20)
         except (OSError, TimeoutError) as e:
@@ -147,14 +156,20 @@ class NodeLink:
         return response.json() if response.content else None
 
     async def _stream(
-        self, node: Node, method: str, path: str, **kwargs: Any
+        self, node: Node, method: str, path: str, *, lines: bool = True, **kwargs: Any
     ) -> AsyncIterator[bytes]:
+        """The response's body: NDJSON lines, or (not `lines`) chunks as they arrive."""
         try:
             async with self._http.stream(
                 method, self._url(node, path), headers=self._headers(node), **kwargs
             ) as response:
                 if response.status_code >= 400:
                     _raise_for(node, response.status_code, await response.aread())
+                if not lines:
+                    async for chunk in response.aiter_bytes():
+                        if chunk:
+                            yield chunk
+                    return
                 async for line in response.aiter_lines():
                     if line:
                         yield line.encode() + b"\n"

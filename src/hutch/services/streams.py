@@ -20,13 +20,14 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from hutch.model.errors import HutchError
+from hutch.model.errors import HutchError, TooManyRequests
 from hutch.model.tenancy import Principal, Project
 from hutch.services.notify import pause
 from hutch.store.base import Store
 
 log = logging.getLogger("hutch.streams")
 CHECK = 0.5  # seconds between two checks of every open stream's token and project
+PER_TOKEN = 32  # streams one token may hold open at once
 T = TypeVar("T")
 
 
@@ -109,20 +110,45 @@ class Lease:
 
 
 class Streams:
-    def __init__(self, store: Store, interval: float = CHECK) -> None:
+    def __init__(self, store: Store, interval: float = CHECK, per_token: int = PER_TOKEN) -> None:
         self.store = store
         self.interval = interval
+        self.per_token = per_token
         self._open: set[Lease] = set()
+        self._held: dict[str, int] = {}  # open leases per token
+
+    def admit(self, caller: Principal, project: Project) -> Lease:
+        """A lease for a stream that `caller` opens in `project`, held until `release`;
+        TooManyRequests if its token holds `per_token` already (on this controller)."""
+        held = self._held.get(caller.token_id, 0)
+        if held >= self.per_token:
+            raise TooManyRequests(
+                f"this token already has {held} streams open (logs, exec, events), the most "
+                f"one token may hold (streams_per_token): close one, or use another token"
+            )
+        lease = Lease(caller.token_id, project.id, caller.expires_at)
+        self._open.add(lease)
+        self._held[caller.token_id] = held + 1
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        """The stream has ended (again: nothing)."""
+        if lease in self._open:
+            self._open.discard(lease)
+            left = self._held.get(lease.token_id, 1) - 1
+            if left > 0:
+                self._held[lease.token_id] = left
+            else:
+                self._held.pop(lease.token_id, None)
 
     @contextlib.contextmanager
     def open(self, caller: Principal, project: Project) -> Iterator[Lease]:
-        """A lease for a stream that `caller` opens in `project`, held until the block ends."""
-        lease = Lease(caller.token_id, project.id, caller.expires_at)
-        self._open.add(lease)
+        """`admit`, released when the block ends."""
+        lease = self.admit(caller, project)
         try:
             yield lease
         finally:
-            self._open.discard(lease)
+            self.release(lease)
 
     def end_token(self, token_id: str, reason: str) -> None:
         for lease in list(self._open):

@@ -1128,6 +1128,10 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "group_policy": s.group_policy.value,
         "constraints": dict(s.constraints),
         "strategy": None if s.strategy is None else s.strategy.value,
+        "tty": s.tty,
+        "stdin": s.stdin,
+        "tty_rows": s.rows,
+        "tty_cols": s.cols,
         "state": m.state.value,
         "desired": m.desired.value,
         "updated_at": m.updated_at,
@@ -1166,6 +1170,10 @@ def _to_machine(r: Row[Any]) -> Machine:
         group_policy=GroupPolicy(r.group_policy),
         constraints=dict(r.constraints),
         strategy=None if r.strategy is None else Strategy(r.strategy),
+        tty=r.tty,
+        stdin=r.stdin,
+        rows=r.tty_rows,
+        cols=r.tty_cols,
     )
     return Machine(
         id=r.id,

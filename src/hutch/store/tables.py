@@ -113,6 +113,10 @@ machines = sa.Table(
     sa.Column("group_policy", _ENUM, nullable=False, server_default="none"),
     sa.Column("constraints", sa.JSON, nullable=False, server_default="{}"),
     sa.Column("strategy", _ENUM),  # NULL: the project's
+    sa.Column("tty", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("stdin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("tty_rows", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tty_cols", sa.Integer, nullable=False, server_default="0"),
     # Its life.
     sa.Column("state", _ENUM, nullable=False),
     sa.Column("desired", _ENUM, nullable=False),

@@ -21,6 +21,13 @@ class ImageView(View):
     source: str = "project"  # "project": the project's own; "catalogue": the operator's
 
 
+class ImageRemoved(View):
+    """What `DELETE /v1/images/{ref}` did."""
+
+    id: str  # the image's manifest digest
+    machines: list[str] = []  # with force: the project's machines that used it (by name)
+
+
 class PullEvent(View):
     """One line of a pull's NDJSON stream: progress, then the image (or an error)."""
 

@@ -53,6 +53,16 @@ class MachineCreate(Request):
     strategy: Strategy | None = Field(
         None, strict=False, description="spread or pack; default: the project's (spread)"
     )
+    tty: bool = Field(
+        False, description="a pseudo-terminal for the command's stdin, stdout and stderr"
+    )
+    stdin: bool = Field(
+        False, description="keep the command's stdin open for attached clients (else /dev/null)"
+    )
+    rows: int = Field(
+        0, ge=0, le=0xFFFF, description="with tty: its size at start (0: 24 x 80); attach resizes"
+    )
+    cols: int = Field(0, ge=0, le=0xFFFF)
 
 
 class MachineView(View):
@@ -76,6 +86,10 @@ class MachineView(View):
     group_policy: GroupPolicy = GroupPolicy.NONE
     constraints: dict[str, str] = {}
     strategy: Strategy | None = None
+    tty: bool = False
+    stdin: bool = False
+    rows: int = 0
+    cols: int = 0
     state: MachineState
     desired: Desired
     node: str | None = None

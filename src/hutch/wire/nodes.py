@@ -100,6 +100,10 @@ class Assignment(View):
     memory_mib: int
     disk_mib: int
     runtime: str
+    tty: bool = False  # the main process's terminal and stdin (`hutch run -it`)
+    stdin: bool = False
+    rows: int = 0  # the terminal's size at start (0: 24 x 80)
+    cols: int = 0
     stop_signal: str = ""
     stop_timeout: float = 10.0
     start_after: float = 0.0  # epoch seconds: a restart's backoff

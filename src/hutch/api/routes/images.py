@@ -4,13 +4,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import unquote
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from hutch.api.deps import Ctl, Scoped
 from hutch.http.problems import PROBLEMS
 from hutch.wire.common import Page
-from hutch.wire.images import ImagePull, ImageView, PullEvent
+from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
 
 router = APIRouter(prefix="/v1/images", tags=["images"], responses=PROBLEMS)
 
@@ -71,8 +71,12 @@ async def get_image(ctl: Ctl, s: Scoped, ref: str) -> ImageView:
     return _view(await ctl.images.get(s.caller, s.project, unquote(ref)))
 
 
-@router.delete("/{ref:path}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_image(ctl: Ctl, s: Scoped, ref: str, public: bool = False) -> Response:
-    """Remove the project's name `ref`; with `public`, the catalogue's (system tokens)."""
-    await ctl.images.delete(s.caller, s.project, unquote(ref), public)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{ref:path}")
+async def delete_image(
+    ctl: Ctl, s: Scoped, ref: str, public: bool = False, force: bool = False
+) -> ImageRemoved:
+    """Remove the project's name `ref`; with `public`, the catalogue's (system tokens).
+    409 while machines of the project that are not destroyed would lose the image, unless
+    `force` (they are named in the answer)."""
+    image, users = await ctl.images.delete(s.caller, s.project, unquote(ref), public, force)
+    return ImageRemoved(id=image["id"], machines=[m.name for m in users])

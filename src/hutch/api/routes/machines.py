@@ -1,7 +1,9 @@
-"""/v1/machines: create, list, lifecycle, wait, logs (NDJSON), exec (WebSocket), events (SSE)."""
+"""/v1/machines: create, list, lifecycle, wait, logs (NDJSON), exec and attach (WebSocket),
+events (SSE)."""
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -12,9 +14,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from hutch.api import convert
-from hutch.api.deps import Ctl, Scoped, bearer
+from hutch.api.deps import Controller, Ctl, Scoped, bearer
+from hutch.http.fair import taking_turns, turn
 from hutch.http.problems import PROBLEMS, ws_error
-from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
+from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
 from hutch.services.policy import Action
@@ -147,28 +150,44 @@ async def machine_logs(
     tail: Annotated[int | None, Query(ge=0, le=INT32_MAX)] = None,
     since: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
 ) -> StreamingResponse:
-    m, node = await ctl.machines.locate(s.caller, s.project, ref, Action.MACHINE_READ)
-    params = {"follow": str(follow).lower()}
-    if tail is not None:
-        params["tail"] = str(tail)
-    if since is not None:
-        params["since"] = str(since)
-    stream = ctl.link.logs(node, m.sandbox_id, params)
+    lease = ctl.streams.admit(s.caller, s.project)  # 429 before the 200 if it holds too many
     try:
-        first = await anext(stream, None)  # fail before the 200 if the node refuses
-    except NotFound:  # its sandbox never was (it failed before) or is gone: no output
-        first = None
+        m, node = await ctl.machines.locate(s.caller, s.project, ref, Action.MACHINE_READ)
+        params = {"follow": str(follow).lower()}
+        if tail is not None:
+            params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = str(since)
+        stream = ctl.link.logs(node, m.sandbox_id, params)
+        try:
+            first = await anext(stream, None)  # fail before the 200 if the node refuses
+        except NotFound:  # its sandbox never was (it failed before) or is gone: no output
+            first = None
+    except BaseException:
+        ctl.streams.release(lease)
+        raise
 
     async def body() -> AsyncIterator[bytes]:
-        with ctl.streams.open(s.caller, s.project) as lease:
+        try:
             if first is None or not lease.live:
                 return
             yield first
-            async for line in lease.guard(stream):
-                if line is not None:
-                    yield line
+            async for chunk in lease.guard(taking_turns(stream)):
+                if chunk is not None:
+                    yield chunk
+        finally:
+            ctl.streams.release(lease)
 
-    return StreamingResponse(body(), media_type="application/x-ndjson")
+    return _streaming(ctl, lease, body(), "application/x-ndjson")
+
+
+def _streaming(
+    ctl: Controller, lease: Lease, body: AsyncIterator[bytes], media_type: str
+) -> StreamingResponse:
+    """`body` as the response; its lease is released when it ends, or if it never starts
+    (the client went away before) when it is collected."""
+    weakref.finalize(body, ctl.streams.release, lease)
+    return StreamingResponse(body, media_type=media_type)
 
 
 @router.get(
@@ -187,18 +206,24 @@ async def events(
     if last_event_id is not None:
         after = max(after, last_event_id)
     batches = ctl.machines.events(s.caller, s.project, after)
+    lease = ctl.streams.admit(s.caller, s.project)  # 429 before the 200 if it holds too many
 
     async def body() -> AsyncIterator[bytes]:
-        with ctl.streams.open(s.caller, s.project) as lease:
+        try:
             async for batch in lease.guard(batches, KEEPALIVE):
                 if batch is None:
                     yield b": keepalive\n\n"
                     continue
-                for e in batch:
-                    data = convert.event_view(e).model_dump_json()
-                    yield f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
+                await turn()  # up to MAX_EVENTS of them to encode
+                yield b"".join(
+                    f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
+                    for e in batch
+                    for data in (convert.event_view(e).model_dump_json(),)
+                )
+        finally:
+            ctl.streams.release(lease)
 
-    return StreamingResponse(body(), media_type="text/event-stream")
+    return _streaming(ctl, lease, body(), "text/event-stream")
 
 
 @router.websocket("/v1/machines/{ref}/exec")
@@ -217,17 +242,52 @@ async def exec_machine(ws: WebSocket, ref: str, project: str | None = None) -> N
         m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
         if m.state is not MachineState.RUNNING:
             raise Invalid(f"machine {m.name} is {m.state}, not running")
-        upstream = await ctl.link.exec(node, m.sandbox_id)
+        lease = ctl.streams.admit(caller, proj)
+        try:
+            upstream = await ctl.link.exec(node, m.sandbox_id)
+        except BaseException:
+            ctl.streams.release(lease)
+            raise
     except HutchError as e:
         await ws.send_text(ws_error(e))
         await ws.close()
         return
     try:
-        with ctl.streams.open(caller, proj) as lease:
-            await upstream.send(start.model_dump_json())
-            if await _relay(ws, upstream, lease):
-                await ws.send_text(ws_error(Unauthenticated(lease.reason)))
+        await upstream.send(start.model_dump_json())
+        if await _relay(ws, upstream, lease):
+            await ws.send_text(ws_error(Unauthenticated(lease.reason)))
     finally:
+        ctl.streams.release(lease)
+        await upstream.close()
+        with contextlib.suppress(RuntimeError):
+            await ws.close()
+
+
+@router.websocket("/v1/machines/{ref}/attach")
+async def attach_machine(ws: WebSocket, ref: str, project: str | None = None) -> None:
+    """Relay an attach session (into the machine's main process) to its node (docs/api.md)."""
+    ctl = ws.app.state.controller
+    await ws.accept()
+    try:
+        caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
+        m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
+        if m.state is not MachineState.RUNNING:
+            raise Conflict(f"machine {m.name} is {m.state}, not running")
+        lease = ctl.streams.admit(caller, proj)
+        try:
+            upstream = await ctl.link.attach(node, m.sandbox_id)
+        except BaseException:
+            ctl.streams.release(lease)
+            raise
+    except HutchError as e:
+        await ws.send_text(ws_error(e))
+        await ws.close()
+        return
+    try:
+        if await _relay(ws, upstream, lease):
+            await ws.send_text(ws_error(Unauthenticated(lease.reason)))
+    finally:
+        ctl.streams.release(lease)
         await upstream.close()
         with contextlib.suppress(RuntimeError):
             await ws.close()
@@ -238,6 +298,7 @@ async def _relay(client: WebSocket, node: ClientConnection, lease: Lease) -> boo
 
     async def down() -> None:
         async for message in node:
+            await turn()  # output in bulk (a `cat` of a large file) takes turns too
             if not lease.live:  # nothing from after its end, even before `ended` wakes
                 return
             if isinstance(message, bytes):

@@ -390,6 +390,7 @@ struct spec {
     int want_stdin;
     int tty;                  /* a pseudo-terminal for stdin, stdout and stderr */
     struct winsize size;      /* its size (0 x 0: 24 x 80) */
+    int make_cwd; /* the workload's own process: a missing working directory is made, as Docker does */
 };
 
 /* Parse a process spec in place (strings are NUL-terminated by copying into a fresh buffer). */
@@ -447,6 +448,22 @@ static void report_spawn_failure(struct proc *p, int code, const char *fmt, ...)
     send_exit(p);
 }
 
+/* mkdir -p, each missing directory root's and 0755 (Docker makes a missing WORKDIR so). */
+static int make_dirs(const char *path) {
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) { errno = ENAMETOOLONG; return -1; }
+    memcpy(buf, path, n + 1);
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != 0) continue;
+        char c = *p;
+        *p = 0;
+        if (mkdir(buf, 0755) < 0 && errno != EEXIST) return -1;
+        *p = c;
+        if (!c) return 0;
+    }
+}
+
 /* Child side of spawn: never returns. Errors go to errfd as "stage errno". */
 static void child_exec(struct spec *s, int in_fd, int out_fd, int err_fd, int errfd) {
     sigset_t all;
@@ -472,7 +489,12 @@ static void child_exec(struct spec *s, int in_fd, int out_fd, int err_fd, int er
     syscall(SYS_close_range, 4, ~0u, 0);
     write_file("/proc/self/oom_score_adj", "0"); /* the agent protects itself, not the workload */
     int stage = 0, err = 0;
-    if (chdir(s->cwd) < 0) { stage = 1; err = errno; goto fail; }
+    if (chdir(s->cwd) < 0 &&
+        (errno != ENOENT || !s->make_cwd || make_dirs(s->cwd) < 0 || chdir(s->cwd) < 0)) {
+        stage = 1;
+        err = errno;
+        goto fail;
+    }
     if (setgroups(s->ngroups, s->groups) < 0) { stage = 2; err = errno; goto fail; }
     if (setgid(s->gid) < 0) { stage = 2; err = errno; goto fail; }
     if (setuid(s->uid) < 0) { stage = 2; err = errno; goto fail; }
@@ -544,6 +566,7 @@ static void spawn(uint32_t id, const unsigned char *pl, uint32_t len) {
         return;
     }
     if (id == 1 && s.hostname && vm_mode) sethostname(s.hostname, strlen(s.hostname));
+    s.make_cwd = id == 1; /* exec, like docker exec, needs a directory that is there */
 
     int out[2], err[2], in[2] = {-1, -1}, ep[2];
     if (s.tty) {
