@@ -43,7 +43,7 @@ async def test_quotas_cover_cpus_memory_and_disk(api: Api) -> None:
     assert ok.status_code == 201
     r = await api.call("PUT", "/v1/projects/small/quota", json={"memory_mib": 0})
     assert r.status_code == 200 and r.json()["usage"]["memory_mib"] == 256
-    assert (await api.machine(token, memory_mib=64)).status_code == 403
+    assert (await api.machine(token, memory_mib=96)).status_code == 403
 
 
 async def test_bodies_are_checked(api: Api) -> None:

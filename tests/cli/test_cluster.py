@@ -330,7 +330,7 @@ def test_a_node_that_joins_later_runs_the_images_it_missed(
             assert "".join(line.data for line in client.machines.logs(m)) == says
             assert ended.image_digest == image.id
         # The project's image is the project's alone, on the late node too.
-        m = other.machines.run("app:1", runtime="container")
+        m = other.machines.create("app:1", runtime="container")
         assert other.machines.wait(m, timeout=120).state == "failed"
         assert [line.data for line in other.machines.logs(m)] == []
     finally:

@@ -254,3 +254,16 @@ def test_image_pull_through_the_controller(
     assert hutch("run", "--rm", *C, ref).stdout == "app\n"
     refused = hutch("image", "pull", "--username", "u", ref)
     assert refused.returncode == 125 and "--local" in one_clear_line(refused.stderr)
+
+
+def test_too_little_memory_is_refused_before_a_machine_exists(hutch: Run) -> None:
+    for runtime, least in (("microvm", 96), ("container", 16)):
+        too_little = hutch("run", "--runtime", runtime, "-m", f"{least - 1}M", "busybox", "true")
+        assert too_little.returncode == 125
+        line = one_clear_line(too_little.stderr)
+        assert f"memory {least - 1} MiB is too little" in line and f"at least {least} MiB" in line
+        detached = hutch("run", "-d", "--runtime", runtime, "-m", f"{least - 1}M", "busybox")
+        assert detached.returncode == 125 and "too little" in one_clear_line(detached.stderr)
+    assert hutch("ps", "-a", "-q").stdout == ""  # no failed machine left behind
+    ran = hutch("run", *C, "-m", "16M", "busybox", "--", "echo", "ok")  # at the least: runs
+    assert (ran.returncode, ran.stdout) == (0, "ok\n"), ran.stderr

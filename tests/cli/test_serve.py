@@ -46,11 +46,27 @@ def test_up_detached_then_a_first_workload_then_down(
         assert (run.returncode, run.stdout) == (0, "hello\n"), run.stderr
         [machine] = json.loads(hutch("ps", "-a", "-o", "json").stdout)
         assert (machine["runtime"], machine["state"]) == ("microvm", "destroyed")  # --rm
-    finally:
+        kept = hutch("run", "-d", "--runtime", "container", "busybox", "--", "sleep", "600")
+        assert kept.returncode == 0, kept.stderr
         down = hutch("down", "--data-dir", str(data))
+        assert (down.returncode, down.stdout) == (0, "hutch is down\n"), down.stderr
+        assert "keep running; the next `hutch up` picks them up again" in down.stderr
+        assert hutch("up", "-d", "--data-dir", str(data), "--port", port).returncode == 0
+        assert hutch("ps", "-q").stdout.split() == [kept.stdout.strip()]  # picked up, running
+    finally:
+        down = hutch("down", "--data-dir", str(data), "--stop-machines")
     assert (down.returncode, down.stdout) == (0, "hutch is down\n"), down.stderr
+    assert "stopped 1 machine(s)" in down.stderr
     gone = hutch("ps")
     assert gone.returncode == 125 and "cannot be reached" in one_clear_line(gone.stderr)
+    assert "`hutch up -d` starts one" in gone.stderr
+    hutch("up", "-d", "--data-dir", str(data), "--port", port)
+    try:
+        [stopped] = json.loads(hutch("ps", "-o", "json").stdout)
+        assert (stopped["state"], stopped["desired"]) == ("exited", "stopped")  # stays stopped
+        assert hutch("rm", stopped["id"]).returncode == 0
+    finally:
+        assert hutch("down", "--data-dir", str(data)).returncode == 0
     twice = hutch("down", "--data-dir", str(data))
     assert twice.returncode == 125 and "no hutch up -d running" in one_clear_line(twice.stderr)
 

@@ -1,6 +1,8 @@
 """hutch.AsyncClient: the same API as Client, awaited, against the same real controller."""
 
 import asyncio
+import inspect
+import typing
 from contextlib import aclosing
 from pathlib import Path
 
@@ -11,8 +13,11 @@ from hutch.client import (
     AsyncExecSession,
     Conflict,
     NotFound,
+    StartFailed,
     Unauthenticated,
+    aio,
     log_bytes,
+    sync,
 )
 from hutch.model.machine import MachineState
 from tests.controller import BUSYBOX_CONFIG, Controller
@@ -106,3 +111,57 @@ async def test_images_and_projects(
         await own.projects.tokens.revoke(token.id)
         with pytest.raises(Unauthenticated):
             await own.projects.get(project)
+
+
+def _public_methods(cls: type) -> dict[str, object]:
+    return {n: v for n, v in vars(cls).items() if not n.startswith("_") and callable(v)}
+
+
+def test_async_client_has_every_method_of_the_blocking_one_as_a_coroutine() -> None:
+    """The README's promise: AsyncClient has Client's methods, awaited (or iterated with
+    `async for`, where Client's return an iterator)."""
+    pairs = [
+        (sync.Client, aio.AsyncClient),
+        (sync.Machines, aio.AsyncMachines),
+        (sync.Images, aio.AsyncImages),
+        (sync.Projects, aio.AsyncProjects),
+        (sync.Tokens, aio.AsyncTokens),
+        (sync.Nodes, aio.AsyncNodes),
+    ]
+    for blocking, asynchronous in pairs:
+        for name in _public_methods(blocking):
+            method = getattr(asynchronous, name, None)
+            assert method is not None, f"{asynchronous.__name__} lacks {name}"
+            if inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method):
+                continue
+            returns = typing.get_type_hints(method)["return"]
+            returns = typing.get_origin(returns) or returns
+            assert hasattr(returns, "__await__"), f"{asynchronous.__name__}.{name} is not awaited"
+
+
+async def test_listings_are_awaited_or_iterated(aclient: AsyncClient) -> None:
+    assert any("busybox" in n for i in await aclient.images.list() for n in i.names)
+    m = await aclient.machines.run("busybox", ["echo", "hi"], runtime=C)
+    await aclient.machines.wait(m, timeout=30)
+    assert [x.id for x in await aclient.machines.list(all=True)] == [m.id]
+    assert [x.id async for x in aclient.machines.list(all=True)] == [m.id]
+    assert [x.data for x in await aclient.machines.logs(m)] == ["hi\n"]
+    assert aclient.project in {p.name for p in await aclient.projects.list()}
+    assert [n.state for n in await aclient.nodes.list()] == ["ready"]
+    assert await aclient.projects.tokens.list() == []
+
+
+async def test_run_of_an_image_that_cannot_start_raises(
+    aclient: AsyncClient, controller: Controller
+) -> None:
+    # A registry the node may pull from, where nothing listens: the machine fails to start.
+    ref = f"127.0.0.1:{controller.registry_port}/none/here:1"
+    with pytest.raises(StartFailed, match="failed to start: cannot pull") as failed:
+        await aclient.machines.run(ref, runtime=C)
+    assert failed.value.machine.state is MachineState.FAILED
+    assert (await aclient.machines.get(failed.value.machine.id)).state is MachineState.FAILED
+    with controller.client(aclient.project) as client, pytest.raises(StartFailed):
+        client.machines.run(ref, runtime=C)
+    ok = await aclient.machines.run("busybox", ["sleep", "60"], runtime=C)  # the same, startable
+    assert ok.state is MachineState.RUNNING
+    await aclient.machines.delete(ok, force=True)  # the shared node's room, for the next tests

@@ -205,6 +205,26 @@ def test_a_failed_pull_says_why(controller: Controller, client: Client) -> None:
     assert failed.value.status == 502 and f"cannot reach registry {registry}" in failed.value.detail
 
 
+def test_ended_machines_hold_no_quota(controller: Controller, client: Client) -> None:
+    """They hold nothing on a node, so nothing of the quota: a project at its quota of one
+    machine runs one after another; a start of an ended one checks the quota again."""
+    with controller.client(None) as admin:
+        admin.projects.set_quota(client.project or "", machines=1, vcpus=1)
+    first = client.machines.run("busybox", ["true"], runtime=C)
+    assert client.machines.wait(first, timeout=30).state is MachineState.EXITED
+    assert client.projects.quota().usage.machines == 0
+    second = client.machines.run("busybox", ["sleep", "600"], runtime=C)  # refused on main
+    assert client.projects.quota().usage.vcpus == 1
+    with pytest.raises(hutch.client.QuotaExceeded, match="stop some") as over:
+        client.machines.start(first)  # the second holds the one machine the project may run
+    assert "machines would be 2, the quota is 1" in over.value.detail
+    assert client.machines.get(first).state is MachineState.EXITED  # refused, left as it was
+    client.machines.stop(second, timeout=0)
+    client.machines.wait(second, timeout=30)
+    assert client.machines.start(first).desired is Desired.RUNNING  # now it may
+    assert client.machines.wait(first, timeout=30).exit_code == 0
+
+
 def test_projects_tokens_and_quotas(controller: Controller, project: str) -> None:
     with controller.client(None) as admin:
         assert project in [p.name for p in admin.projects.list()]

@@ -130,7 +130,7 @@ def test_an_allowed_name_that_resolves_to_loopback_is_not_connected_to(
         with pytest.raises(PullFailed) as failed:
             c.images.pull(ref)
         assert f"localhost:{controller.rebind_port} is a loopback address" in failed.value.detail
-        m = c.machines.run(ref, runtime=C)  # the name is allowed: refused where it is pulled
+        m = c.machines.create(ref, runtime=C)  # the name is allowed: refused where it is pulled
         ended = c.machines.wait(m, timeout=60)
         assert "is a loopback address" in ended.error
         assert connections() == 0

@@ -175,7 +175,7 @@ def test_a_machine_cannot_pull_past_the_image_quota(
         m = r.machines.run(ref, runtime=C)
         r.machines.wait(m, timeout=60)
         assert "".join(line.data for line in r.machines.logs(m)) == "app\n"
-        m = t.machines.run(ref, runtime=C)
+        m = t.machines.create(ref, runtime=C)
         ended = t.machines.wait(m, timeout=60)
         assert ended.state is MachineState.FAILED and "quota" in ended.error
         with pytest.raises(NotFound):

@@ -386,19 +386,25 @@ async def test_list_limits_and_bad_cursor(store: SqlStore) -> None:
 
 
 async def test_usage(store: SqlStore) -> None:
-    a, b = f.project(), f.project()
+    a, b, n = f.project(), f.project(), f.node()
     async with store.write() as tx:
         await tx.projects.create(a)
         await tx.projects.create(b)
+        await tx.nodes.create(n, "cred")
         assert await tx.machines.usage(a.id) == Usage()
         await tx.machines.create(f.machine(a.id, cpus=2, memory_mib=512, disk_mib=1000))
         await tx.machines.create(f.machine(a.id, cpus=1, memory_mib=512))  # scratch: 256
         await tx.machines.create(f.machine(a.id, cpus=1, memory_mib=20))  # scratch: at least 16
-        await tx.machines.create(f.machine(a.id, cpus=4, state=MachineState.EXITED))  # 128, 64
+        # Ended machines hold nothing on a node, so nothing of the quota either; nor does one
+        # created not to start, until it starts.
+        for ended in (MachineState.EXITED, MachineState.FAILED, MachineState.LOST):
+            await tx.machines.create(f.machine(a.id, cpus=4, state=ended))
         await tx.machines.create(f.machine(a.id, cpus=8, state=MachineState.DESTROYED))
+        await tx.machines.create(f.machine(a.id, cpus=8, desired=Desired.STOPPED))
+        await tx.machines.create(f.machine(a.id, cpus=1, state=MachineState.STOPPING, node_id=n.id))
         await tx.machines.create(f.machine(b.id, cpus=16))
         assert await tx.machines.usage(a.id) == Usage(
-            machines=4, vcpus=8, memory_mib=512 + 512 + 20 + 128, disk_mib=1000 + 256 + 16 + 64
+            machines=4, vcpus=5, memory_mib=512 + 512 + 20 + 128, disk_mib=1000 + 256 + 16 + 64
         )
 
 

@@ -1,17 +1,124 @@
-"""`hutch`: the command line entry point. Errors are one line on stderr and a non-zero exit."""
+"""`hutch`: the command line entry point. Errors are one line on stderr and a non-zero exit.
 
+Each command's module is imported when that command runs, not before: `hutch ps` loads the
+client and the listing, never the servers, the images or the other commands, and `hutch --help`
+and `hutch version` load none (bench/cli.py measures it). The table below is the listing of
+`hutch --help`; tests/cli/test_main.py checks it against the commands themselves."""
+
+import importlib
 import sys
+from dataclasses import dataclass, field
+from typing import Any
 
 import typer
+from typer import _click as click  # typer vendors click: its types, not a second click
+from typer.core import TyperGroup
 
 from hutch import __version__
-from hutch.cli import contexts, image, machines, nodes, projects, sandbox, serve, setup
 from hutch.model.errors import HutchError
 
 HUTCH_ERROR_EXIT = 125  # like docker: the workload's own codes stay unambiguous
+_NO_INTERSPERSED = {"allow_interspersed_args": False}  # options end at IMAGE or after --
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A command of `hutch`: where it is (module of hutch.cli, attribute: a function or a Typer
+    of subcommands), its line in `hutch --help`, and its click settings."""
+
+    module: str
+    attribute: str
+    help: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+COMMANDS: dict[str, Entry] = {
+    "setup": Entry("setup", "setup", "Build the guest kernel, initramfs and agent (cached)."),
+    "up": Entry("serve", "up", "Run a controller and a node agent on this machine."),
+    "down": Entry("serve", "down", "Stop a `hutch up -d`."),
+    "controller": Entry("serve", "controller", "Run the controller: the API, the scheduler."),
+    "agent": Entry("serve", "agent", "Run a node agent: join the controller, run machines."),
+    "run": Entry(
+        "machines",
+        "run",
+        "Run an image in a new machine (a micro-VM of its own).",
+        {"context_settings": _NO_INTERSPERSED, "epilog": "RUN_EXAMPLES"},
+    ),
+    "ps": Entry("machines", "ps", "List the project's machines (-a: destroyed ones too)."),
+    "logs": Entry("machines", "logs", "Print a machine's output."),
+    "exec": Entry(
+        "machines",
+        "exec_",
+        "Run a command in a running machine.",
+        {"context_settings": _NO_INTERSPERSED},
+    ),
+    "stop": Entry("machines", "stop", "Stop machines gracefully."),
+    "start": Entry("machines", "start", "Start stopped or ended machines again."),
+    "restart": Entry("machines", "restart", "Restart machines (stop them, then start them)."),
+    "kill": Entry("machines", "kill", "Send a signal to machines."),
+    "rm": Entry("machines", "rm", "Destroy machines (and what they left on their node)."),
+    "wait": Entry("machines", "wait", "Wait for machines to end; print exit codes."),
+    "inspect": Entry("machines", "inspect", "Show a machine, as JSON."),
+    "login": Entry("contexts", "login", "Log in to a controller (saves a context)."),
+    "version": Entry("main", "version", "Print hutch's version."),
+    "sandbox": Entry("sandbox", "app", "Run sandboxes directly on this host, no controller."),
+    "image": Entry("image", "app", "Images: pull, import, list, remove, export."),
+    "project": Entry("projects", "project_app", "Projects: the tenants."),
+    "token": Entry("projects", "token_app", "A project's API tokens: create, ls, revoke."),
+    "quota": Entry("projects", "quota_app", "A project's quota and usage: show, set."),
+    "node": Entry("nodes", "app", "Nodes: the hosts that run machines."),
+    "context": Entry("contexts", "app", "Saved controllers and tokens (contexts): ls, use, rm."),
+}
+
+
+def load(name: str) -> click.Command:
+    """The click command `hutch NAME`, its module imported now."""
+    entry = COMMANDS[name]
+    module = importlib.import_module(f"hutch.cli.{entry.module}")
+    target = getattr(module, entry.attribute)
+    if isinstance(target, typer.Typer):
+        _plain(target)
+        command = typer.main.get_command(target)
+        command.name = name
+        return command
+    settings = dict(entry.settings)
+    if "epilog" in settings:
+        settings["epilog"] = getattr(module, settings["epilog"])
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    one.command(name, **settings)(target)
+    return typer.main.get_command(one)
+
+
+def _plain(app: typer.Typer) -> None:
+    """Plain help text and tracebacks, as the top level's, for `app` and its subgroups."""
+    app.rich_markup_mode = None
+    app.pretty_exceptions_enable = False
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            _plain(group.typer_instance)
+
+
+class _Commands(TyperGroup):
+    """The top-level group: commands listed from the table, loaded when one runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            self.commands[cmd_name] = load(cmd_name)
+        return self.commands[cmd_name]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, entry.help) for name, entry in COMMANDS.items()])
+
 
 app = typer.Typer(
     name="hutch",
+    cls=_Commands,
     help="hutch: run OCI images, each workload in its own lightweight VM.",
     epilog="Start here: `hutch up -d` runs a controller and a node on this machine, then "
     "`hutch run busybox -- echo hi` runs a machine. `hutch COMMAND --help` for any command; "
@@ -21,35 +128,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-app.add_typer(sandbox.app, name="sandbox")
-app.add_typer(image.app, name="image")
-app.command("setup")(setup.setup)
-app.command("up")(serve.up)
-app.command("down")(serve.down)
-app.command("controller")(serve.controller)
-app.command("agent")(serve.agent)
-app.command(
-    "run", context_settings={"allow_interspersed_args": False}, epilog=machines.RUN_EXAMPLES
-)(machines.run)
-app.command("ps")(machines.ps)
-app.command("logs")(machines.logs)
-app.command("exec", context_settings={"allow_interspersed_args": False})(machines.exec_)
-app.command("stop")(machines.stop)
-app.command("start")(machines.start)
-app.command("restart")(machines.restart)
-app.command("kill")(machines.kill)
-app.command("rm")(machines.rm)
-app.command("wait")(machines.wait)
-app.command("inspect")(machines.inspect)
-app.add_typer(projects.project_app, name="project")
-app.add_typer(projects.token_app, name="token")
-app.add_typer(projects.quota_app, name="quota")
-app.add_typer(nodes.app, name="node")
-app.command("login")(contexts.login)
-app.add_typer(contexts.app, name="context")
 
 
-@app.command()
+@app.callback()
+def _root() -> None:
+    """hutch: run OCI images, each workload in its own lightweight VM."""
+
+
 def version() -> None:
     """Print hutch's version."""
     typer.echo(f"hutch {__version__}")
@@ -59,7 +144,13 @@ def main() -> None:
     try:
         app()
     except HutchError as e:
-        typer.echo(f"hutch: {e.message}", err=True)
+        message = e.message
+        if type(e).__name__ == "NoConnection":  # hutch.client's, not imported for this
+            message += (
+                ". Is it running? `hutch up -d` starts one on this machine; "
+                "`hutch context ls` shows the controllers this CLI knows"
+            )
+        typer.echo(f"hutch: {message}", err=True)
         sys.exit(HUTCH_ERROR_EXIT)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -108,14 +108,27 @@ def _detach(settings: config.Settings, port: int) -> None:
 
 def down(
     data_dir: Annotated[Path | None, typer.Option(help="State directory of `hutch up -d`.")] = None,
+    stop_machines: Annotated[
+        bool,
+        typer.Option(
+            "--stop-machines", help="Stop every machine it runs first (they stay, stopped)."
+        ),
+    ] = False,
 ) -> None:
-    """Stop a `hutch up -d` (its machines keep running until the next `hutch up`)."""
+    """Stop a `hutch up -d`.
+
+    Its machines keep running, and the next `hutch up` picks them up again; with
+    --stop-machines, they are stopped first (as `hutch stop` would) and stay stopped.
+    """
     settings = config.load(**({"state_dir": data_dir} if data_dir else {}))
     pid_file = settings.state_dir / "hutch.pid"
     pid = _running(pid_file)
     if pid is None:
         pid_file.unlink(missing_ok=True)
         raise Invalid(f"no hutch up -d running from {settings.state_dir}")
+    if stop_machines:
+        stopped = _stop_machines(settings.state_dir)
+        typer.echo(f"stopped {stopped} machine(s)", err=True)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
     while _running(pid_file) == pid and time.monotonic() < deadline:
@@ -125,6 +138,34 @@ def down(
         typer.echo(f"hutch did not stop within {STOP_TIMEOUT:g} s: killed it", err=True)
     pid_file.unlink(missing_ok=True)
     typer.echo("hutch is down")
+    if not stop_machines:
+        typer.echo(
+            "hutch: its machines keep running; the next `hutch up` picks them up again "
+            "(`hutch down --stop-machines` stops them)",
+            err=True,
+        )
+
+
+def _stop_machines(state_dir: Path) -> int:
+    """Stop every machine of every project of the `hutch up` of `state_dir` (its admin token),
+    and wait until they ended; how many there were."""
+    from hutch.client import Client  # noqa: PLC0415  (see the imports)
+
+    url = (state_dir / "hutch.url").read_text().strip()
+    token = (state_dir / "admin-token").read_text().strip()
+    running = ("created", "starting", "running", "stopping")
+    with Client(url, token) as admin:
+        projects = [p.name for p in admin.projects.list()]
+    with contextlib.ExitStack() as clients:
+        machines = []
+        for project in projects:
+            client = clients.enter_context(Client(url, token, project=project))
+            for m in client.machines.list(state=running):
+                client.machines.stop(m)
+                machines.append((client, m))
+        for client, m in machines:
+            client.machines.wait(m, timeout=STOP_TIMEOUT + 30)
+    return len(machines)
 
 
 def controller(

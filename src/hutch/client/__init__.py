@@ -11,7 +11,7 @@ Wire types (MachineView, LogLine, ...) come from `hutch.wire`; the errors below 
 """
 
 from hutch.client._core import MachineOptions, MachineRef, log_bytes
-from hutch.client.aio import AsyncClient
+from hutch.client.aio import AsyncClient, AsyncListing
 from hutch.client.errors import (
     ApiError,
     Conflict,
@@ -19,9 +19,11 @@ from hutch.client.errors import (
     InsufficientStorage,
     Invalid,
     NoCapacity,
+    NoConnection,
     NotFound,
     PullFailed,
     QuotaExceeded,
+    StartFailed,
     Unauthenticated,
     Unavailable,
     Unreachable,
@@ -43,6 +45,7 @@ __all__ = [
     "AsyncClient",
     "AsyncAttachSession",
     "AsyncExecSession",
+    "AsyncListing",
     "AttachSession",
     "Client",
     "Conflict",
@@ -55,9 +58,11 @@ __all__ = [
     "MachineRef",
     "InsufficientStorage",
     "NoCapacity",
+    "NoConnection",
     "NotFound",
     "PullFailed",
     "QuotaExceeded",
+    "StartFailed",
     "Unauthenticated",
     "Unavailable",
     "Unsupported",

@@ -27,7 +27,9 @@ from pydantic import BaseModel, ValidationError
 
 from hutch.client.errors import (
     Invalid,
+    NoConnection,
     PullFailed,
+    StartFailed,
     Unavailable,
     Unreachable,
     WaitTimeout,
@@ -120,7 +122,7 @@ class Endpoint:
     def unreachable(self, e: httpx.TransportError) -> Unavailable:
         reason = str(e) or type(e).__name__
         if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
-            return Unavailable(f"controller {self.url} cannot be reached: {reason}")
+            return NoConnection(f"controller {self.url} cannot be reached: {reason}")
         return Unavailable(f"controller {self.url} stopped answering: {reason}")
 
 
@@ -255,11 +257,15 @@ def join_token(ttl: float) -> Plan[JoinToken]:
 
 
 def run(body: MachineCreate) -> Plan[MachineView]:
-    """Create and start; return once the machine has started (see wait)."""
+    """Create and start; return once the machine has started (see wait). A machine that could
+    not start raises StartFailed (it is left, failed, for `inspect`)."""
     machine = yield from create(body.model_copy(update={"start": True}))
-    if machine.state not in NOT_STARTED:
-        return machine
-    return (yield from wait(machine.id, "started", None))
+    if machine.state in NOT_STARTED:
+        machine = yield from wait(machine.id, "started", None)
+    if machine.state is MachineState.FAILED:
+        why = f": {machine.error}" if machine.error else ""
+        raise StartFailed(f"machine {machine.name} failed to start{why}", machine)
+    return machine
 
 
 def listing(

@@ -10,10 +10,10 @@ with coroutines and async iterators:
 
 import asyncio
 import builtins
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import Any, Generic, TypeVar, Unpack
 
 import httpx
 from pydantic import BaseModel
@@ -45,6 +45,32 @@ from hutch.wire.tenancy import (
 
 T = TypeVar("T")
 V = TypeVar("V", bound=BaseModel)
+
+
+class AsyncListing(Generic[T]):
+    """What a listing of AsyncClient returns (as `Client`'s returns an iterator): `await` it for
+    a list, or `async for` over it to take the items as the pages arrive.
+
+        images = await client.images.list()
+        async for m in client.machines.list(state="running"): ...
+
+    An iteration left early holds a connection until `aclose()` (or `contextlib.aclosing`)."""
+
+    def __init__(self, items: AsyncGenerator[T, None]) -> None:
+        self._items = items
+
+    def __aiter__(self) -> AsyncGenerator[T, None]:
+        return self._items
+
+    def __await__(self) -> Generator[Any, None, builtins.list[T]]:
+        return self._collect().__await__()
+
+    async def _collect(self) -> builtins.list[T]:
+        async with aclosing(self._items) as items:
+            return [item async for item in items]
+
+    async def aclose(self) -> None:
+        await self._items.aclose()
 
 
 class AsyncClient:
@@ -169,8 +195,10 @@ class AsyncMachines:
         labels: Mapping[str, str] | None = None,
         all: bool = False,
         page_size: int | None = None,
-    ) -> AsyncGenerator[MachineView, None]:
-        return self._c._paged(core.listing(state, labels, all, page_size), Page[MachineView])
+    ) -> AsyncListing[MachineView]:
+        return AsyncListing(
+            self._c._paged(core.listing(state, labels, all, page_size), Page[MachineView])
+        )
 
     async def explain(
         self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
@@ -200,12 +228,17 @@ class AsyncMachines:
     ) -> MachineView:
         return await self._c._run(core.wait(ref, state, timeout))
 
-    async def logs(
+    def logs(
         self,
         ref: MachineRef,
         follow: bool = False,
         tail: int | None = None,
         since: float | None = None,
+    ) -> AsyncListing[LogLine]:
+        return AsyncListing(self._logs(ref, follow, tail, since))
+
+    async def _logs(
+        self, ref: MachineRef, follow: bool, tail: int | None, since: float | None
     ) -> AsyncGenerator[LogLine, None]:
         async with aclosing(self._c._lines(core.logs(ref, follow, tail, since))) as lines:
             async for line in lines:
@@ -272,8 +305,8 @@ class AsyncImages:
     def __init__(self, client: AsyncClient) -> None:
         self._c = client
 
-    def list(self) -> AsyncGenerator[ImageView, None]:
-        return self._c._paged(Call("GET", "/v1/images", scoped=True), Page[ImageView])
+    def list(self) -> AsyncListing[ImageView]:
+        return AsyncListing(self._c._paged(Call("GET", "/v1/images", scoped=True), Page[ImageView]))
 
     async def get(self, ref: str) -> ImageView:
         return await self._c._run(core.image(ref))
@@ -316,7 +349,10 @@ class AsyncTokens:
     def __init__(self, client: AsyncClient) -> None:
         self._c = client
 
-    async def list(self, project: str | None = None) -> AsyncGenerator[TokenView, None]:
+    def list(self, project: str | None = None) -> AsyncListing[TokenView]:
+        return AsyncListing(self._list(project))
+
+    async def _list(self, project: str | None) -> AsyncGenerator[TokenView, None]:
         call = await self._c._run(core.tokens(project, self._c.project))
         async with aclosing(self._c._paged(call, Page[TokenView])) as tokens:
             async for token in tokens:
@@ -344,8 +380,8 @@ class AsyncProjects:
         self._c = client
         self.tokens = AsyncTokens(client)
 
-    def list(self) -> AsyncGenerator[ProjectView, None]:
-        return self._c._paged(Call("GET", "/v1/projects"), Page[ProjectView])
+    def list(self) -> AsyncListing[ProjectView]:
+        return AsyncListing(self._c._paged(Call("GET", "/v1/projects"), Page[ProjectView]))
 
     async def create(
         self, name: str, quota: QuotaSpec | None = None, strategy: str = "spread"
@@ -388,8 +424,8 @@ class AsyncNodes:
     def __init__(self, client: AsyncClient) -> None:
         self._c = client
 
-    def list(self) -> AsyncGenerator[NodeView, None]:
-        return self._c._paged(Call("GET", "/v1/nodes"), Page[NodeView])
+    def list(self) -> AsyncListing[NodeView]:
+        return AsyncListing(self._c._paged(Call("GET", "/v1/nodes"), Page[NodeView]))
 
     async def get(self, ref: str) -> NodeView:
         return await self._c._run(core.node("GET", ref))

@@ -9,7 +9,12 @@ its `detail`) and the matching class of `hutch.model.errors`, so code can catch 
         print(e.status, e.detail)        # 404 no machine 'web' in project default
 """
 
+from typing import TYPE_CHECKING
+
 from hutch.model import errors
+
+if TYPE_CHECKING:
+    from hutch.wire.machines import MachineView
 
 
 class ApiError(errors.HutchError):
@@ -67,6 +72,11 @@ class Unavailable(ApiError, errors.Unavailable):
     """503, other 5xx, or no answer at all (status 0): the controller or a node is down."""
 
 
+class NoConnection(Unavailable):
+    """No answer at all (status 0): nothing listens at the controller's URL, or the connection
+    could not be made."""
+
+
 class PullFailed(ApiError):
     """An image pull that started but failed on a node (status 502): the detail says why."""
 
@@ -78,6 +88,16 @@ class WaitTimeout(errors.HutchError, TimeoutError):
 class Unreachable(errors.HutchError):
     """The machine finished without reaching the state waited for, and stays finished until
     someone starts it again."""
+
+
+class StartFailed(errors.HutchError):
+    """`machines.run`: the machine was created but could not start (its image could not be
+    pulled or unpacked, its command or working directory is not there...). The message says why;
+    `machine` is the failed machine, left for `inspect` and `logs` until it is deleted."""
+
+    def __init__(self, message: str, machine: "MachineView") -> None:
+        super().__init__(message)
+        self.machine = machine
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hutch.model import machine as model_machine
 from hutch.model.errors import Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, SandboxSpec, Stats
 from hutch.runtime import host, mounts, scratch, seccomp
@@ -33,7 +34,7 @@ from hutch.runtime.logs import tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
 
-MIN_MEMORY_MIB = 16
+MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["container"]
 AGENT_PATH = "/dev/.hutch-agent"
 LISTEN_FD = 3  # the agent's listening socket
 LEASE_FD = 4  # the lease on the container's host uid range, held by the agent for its life

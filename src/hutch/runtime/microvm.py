@@ -22,6 +22,7 @@ from pathlib import Path
 
 from qemu.qmp import QMPClient
 
+from hutch.model import machine as model_machine
 from hutch.model.errors import HutchError, Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, SandboxSpec, Stats, Stream
 from hutch.runtime import host, scratch
@@ -33,7 +34,7 @@ from hutch.runtime.logs import LogWriter, tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
 
-MIN_MEMORY_MIB = 96  # the cloud kernel does not boot in 64 MiB; 96 leaves room for a workload
+MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["microvm"]
 QEMU_STDERR_MAX = 1 << 20
 QEMU_PIDS = 128  # main loop, vCPU, RCU and I/O worker threads; QEMU forks nothing (seccomp)
 CPU_HEADROOM = 0.25  # cores on top of the vCPUs for QEMU's I/O thread

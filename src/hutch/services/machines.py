@@ -93,6 +93,7 @@ class Machines:
         start: bool = True,
     ) -> Machine:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        spec.check_new()
         await self._check_image_source(principal, project, spec.image)
         machine_id = new_id("m")
         name = validate_name(name, "machine") if name else machine_id
@@ -113,11 +114,7 @@ class Machines:
                 if isinstance(decision := await _place(tx, spec, project), Rejection):
                     raise NoCapacity(f"no node can take this machine: {decision.explain()}")
         async with self.store.write() as tx:
-            await tx.projects.lock(project.id)  # quota checks of one project never interleave
-            quota = (await tx.projects.get(project.id)).quota
-            usage = (await tx.machines.usage(project.id)).plus(usage_of(spec))
-            if (over := usage.exceeds(quota)) is not None:
-                raise QuotaExceeded(f"project {project.name} is at its quota: {over}")
+            await _check_quota(tx, project, usage_of(spec))
             await tx.machines.create(machine)
             await tx.events.append(
                 project.id,
@@ -165,6 +162,7 @@ class Machines:
     ) -> Placement | Rejection:
         """Where a machine would go now, and why every other node would not take it."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        spec.check_new()
         async with self.store.read() as tx:
             return await _place(tx, spec, project)
 
@@ -202,6 +200,7 @@ class Machines:
             if m.state not in FINISHED and m.desired is Desired.RUNNING:
                 raise Conflict(f"machine {m.name} is {m.state}: nothing to start")
             m = await self._new_generation(tx, m, restarted=False)
+            await _check_quota(tx, project)  # an ended machine held none of it
         self._wake(m)
         return m
 
@@ -212,6 +211,7 @@ class Machines:
             if m.desired is Desired.DESTROYED:
                 raise Conflict(f"machine {m.name} is being destroyed")
             m = await self._new_generation(tx, m, restarted=False)
+            await _check_quota(tx, project)
         self._wake(m)
         return m
 
@@ -475,6 +475,19 @@ class Machines:
 
     def _wake(self, m: Machine) -> None:
         self.notifier.notify(*keys_of(m))
+
+
+async def _check_quota(tx: Tx, project: Project, adding: Usage | None = None) -> None:
+    """QuotaExceeded if what the project's machines hold (see MachineRepo.usage), plus `adding`,
+    is over its quota. Locks the project row: quota checks of one project never interleave."""
+    await tx.projects.lock(project.id)
+    quota = (await tx.projects.get(project.id)).quota
+    usage = (await tx.machines.usage(project.id)).plus(adding or Usage())
+    if (over := usage.exceeds(quota)) is not None:
+        raise QuotaExceeded(
+            f"project {project.name} is at its quota: {over}. Running machines hold it (ended "
+            "ones do not): stop some, or ask for a larger quota"
+        )
 
 
 async def _place(tx: Tx, spec: MachineSpec, project: Project) -> Placement | Rejection:

@@ -101,7 +101,9 @@ class MachineRepo(Protocol):
         version bumped. Conflict if the row changed in between, NotFound if it is gone."""
 
     async def usage(self, project_id: str) -> Usage:
-        """What the project's machines that are not destroyed ask for."""
+        """What the project's machines hold, or will hold once placed, on their nodes: those
+        in an ACTIVE state (created, starting, running, stopping) and placed or wanted running.
+        Ended machines (exited, failed, lost, destroyed) hold nothing, as on their nodes."""
 
     async def on_node(self, node_id: str) -> builtins.list[Machine]:
         """Every machine placed on the node that is not destroyed (for the node's agent)."""

@@ -691,7 +691,13 @@ class _Machines(_Repo):
             sa.func.coalesce(sa.func.sum(m.c.cpus), 0),
             sa.func.coalesce(sa.func.sum(m.c.memory_mib), 0),
             sa.func.coalesce(sa.func.sum(m.c.scratch_mib), 0),
-        ).where(m.c.project_id == project_id, t.LIVE)
+        ).where(
+            m.c.project_id == project_id,
+            m.c.state.in_([s.value for s in ACTIVE]),
+            # Created not to start (or stopped before placement): it will hold nothing until a
+            # start, which checks the quota again.
+            sa.or_(m.c.node_id.is_not(None), m.c.desired == Desired.RUNNING.value),
+        )
         count, vcpus, memory_mib, disk_mib = tuple((await self._c.execute(stmt)).one())
         return Usage(machines=count, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib)
 

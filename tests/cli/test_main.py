@@ -1,0 +1,53 @@
+"""`hutch` itself: the listing of its commands, and that a command loads only what it needs."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.cli.conftest import Hutch
+
+HEAVY = ("fastapi", "uvicorn", "sqlalchemy", "hutch.api", "hutch.agent", "hutch.images")
+
+
+def imported(*args: str, env: dict[str, str]) -> set[str]:
+    """The modules `hutch ARGS` imports (python -X importtime)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "hutch", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    lines = [line.split("|")[-1] for line in done.stderr.splitlines() if "import time:" in line]
+    return {name.strip() for name in lines}
+
+
+def test_every_listed_command_runs_its_help(hutch: Hutch) -> None:
+    listing = hutch("--help")
+    assert listing.returncode == 0
+    commands = listing.stdout.split("Commands:")[1].split("\n\n")[0].split("\n")
+    names = [line.split()[0] for line in commands if line.strip()]
+    assert {"run", "ps", "up", "down", "image", "node", "version"} <= set(names)
+    for name in names:
+        shown = hutch(name, "--help")
+        assert shown.returncode == 0 and f"Usage: hutch {name}" in shown.stdout, shown.stderr
+    assert "hutch run busybox -- echo hello" in hutch("run", "--help").stdout  # its epilog
+
+
+@pytest.mark.parametrize("args", [("--help",), ("version",)])
+def test_help_and_version_load_no_command(args: tuple[str, ...], hutch_env: dict[str, str]) -> None:
+    modules = imported(*args, env=hutch_env)
+    assert "hutch.cli.main" in modules
+    commands = {m for m in modules if m.startswith(("hutch.client", "hutch.cli."))}
+    assert commands == {"hutch.cli.main"}
+    assert not {m for m in modules if m.startswith(HEAVY)}
+
+
+def test_ps_loads_no_server(hutch_env: dict[str, str]) -> None:
+    modules = imported(
+        "ps", env={**hutch_env, "HUTCH_URL": "http://127.0.0.1:1", "HUTCH_TOKEN": "x"}
+    )
+    assert "hutch.client.sync" in modules
+    assert not {m for m in modules if m.startswith(HEAVY)}
