@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from hutch.cli.remote import OutputOpt, ago, connect, dump, emit, progress
+from hutch.cli.remote import OutputOpt, ago, connect, dump, emit, newest_first, progress
 from hutch.model.units import format_bytes, parse_duration
 from hutch.wire.nodes import NodeView
 
@@ -27,7 +27,7 @@ def ls(output: OutputOpt = "table") -> None:
     with connect() as client:
         nodes = list(client.nodes.list())
     emit(
-        nodes,
+        newest_first(nodes, lambda n: n.created_at),
         [
             ("NAME", lambda n: n.name),
             ("ID", lambda n: n.id),
