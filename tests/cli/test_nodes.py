@@ -82,3 +82,10 @@ def test_node_ls_counts_vcpus_as_the_scheduler_does(hutch: Run) -> None:
     header, row = hutch("node", "ls").stdout.splitlines()
     assert "VCPUS" in header.split()
     assert f" {held}/{cpus * CPU_OVERCOMMIT} ({cpus}x{CPU_OVERCOMMIT}) " in row
+
+
+def test_the_agent_logs_the_node_it_joined_as(hutch: Run, controller: Controller) -> None:
+    [node] = json.loads(hutch("node", "ls", "-o", "json").stdout)
+    log = (controller.state_dir / "up.log").read_text(errors="replace")
+    line = f"joined controller {controller.url} as node {node['name']} (id {node['id']})"
+    assert line in log, log[:4000]
