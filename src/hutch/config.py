@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         "auto", description="kvm is used only if a probe boots"
     )
     log_max_bytes: int = Field(1 << 20, description="stdout+stderr kept per sandbox (ring)")
+    log_hold: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="seconds a new machine's output waits, rather than being dropped from the "
+        "ring, for its first follower (an attached run joins a moment after the start)",
+    )
     console_max_bytes: int = Field(256 << 10, description="guest console kept per VM (ring)")
     boot_timeout: float = Field(90.0, gt=0, description="seconds for a VM's agent to come up")
     vm_overhead_mib: int = Field(96, ge=0, description="host memory per VM beyond its guest RAM")

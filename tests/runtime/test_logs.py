@@ -33,6 +33,65 @@ def test_ring_stays_within_its_bound_and_keeps_the_newest(tmp_path: Path) -> Non
     assert b"line 00000" not in data
 
 
+def test_what_the_ring_dropped_is_reported_exactly(tmp_path: Path) -> None:
+    log = LogWriter(tmp_path / "l", 16 << 10)
+    sent = b"".join(b"%06d\n" % i for i in range(20000))
+    for i in range(0, len(sent), 700):
+        log.write(Stream.STDOUT, sent[i : i + 700])
+    log.write(Stream.STDERR, b"the end\n")
+    log.close()
+    records = list(read_log(tmp_path / "l"))
+    assert [(r.stream, r.skipped) for r in records if r.skipped] == [
+        (Stream.STDOUT, records[0].skipped)
+    ]
+    out = b"".join(r.data for r in records if r.stream is Stream.STDOUT)
+    assert records[0].skipped + len(out) == len(sent) and sent.endswith(out)
+    assert all(len(r.data) <= 64 << 10 for r in records)
+    again = LogWriter(tmp_path / "l", 16 << 10)  # a new host process goes on counting
+    for _ in range(40):
+        again.write(Stream.STDERR, b"x" * 1000)
+    again.close()
+    records = list(read_log(tmp_path / "l"))
+    err = [r for r in records if r.stream is Stream.STDERR]
+    assert err[0].skipped + sum(len(r.data) for r in err) == 8 + 40_000
+
+
+async def test_a_follower_makes_the_writer_wait_instead_of_dropping(tmp_path: Path) -> None:
+    path = tmp_path / "l"
+    log = LogWriter(path, 16 << 10)
+    woken = []
+    log.on_space = lambda: woken.append(1)
+    log.write(Stream.STDOUT, b"a" * 9000)
+    log.write(Stream.STDOUT, b"b" * 9000)  # rotates: "a" is in .1
+    cursor = log.reader()
+    follower = follow_log(path, lambda: False, None, cursor)
+    first = await anext(follower)
+    assert first.data == b"a" * 9000 and not first.skipped
+    assert log.write(Stream.STDOUT, b"c" * 9000) is False  # would drop "b" it has not read
+    assert (await anext(follower)).data == b"b" * 9000  # moving to the newer file frees "a"
+    assert woken and log.write(Stream.STDOUT, b"c" * 9000)
+    assert log.write(Stream.STDOUT, b"d" * 9000) is False
+    assert log.write(Stream.STDOUT, b"d" * 9000, force=True)  # the guest ignored its window
+    await follower.aclose()  # type: ignore[attr-defined]
+    assert log.write(Stream.STDOUT, b"e" * 9000)  # nobody follows: the ring drops again
+    log.close()
+    records = list(read_log(path))
+    assert records[0].skipped == 27000  # a, b and c
+
+
+def test_hold_keeps_everything_until_a_first_reader(tmp_path: Path) -> None:
+    log = LogWriter(tmp_path / "l", 16 << 10)
+    log.hold(60)
+    assert log.write(Stream.STDOUT, b"a" * 9000) and log.write(Stream.STDOUT, b"b" * 9000)
+    assert not log.write(Stream.STDOUT, b"c" * 9000)
+    assert 0 < log.hold_left() <= 60
+    cursor = log.reader()
+    assert log.hold_left() == 0 and not log.write(Stream.STDOUT, b"c" * 9000)
+    cursor.close()
+    assert log.write(Stream.STDOUT, b"c" * 9000)
+    log.close()
+
+
 def test_a_torn_record_is_not_read(tmp_path: Path) -> None:
     log = LogWriter(tmp_path / "l", 1 << 20)
     log.write(Stream.STDOUT, b"whole")
@@ -63,7 +122,8 @@ async def test_follow_sees_new_records_across_rotation(tmp_path: Path) -> None:
     pulse.fire()
     await asyncio.wait_for(task, 5)
     log.close()
-    numbers = [int(d[:4]) for d in got]
+    joined = b"".join(got)
+    numbers = [int(joined[i : i + 4]) for i in range(0, len(joined), 40)]
     assert numbers == sorted(numbers)  # in order, nothing twice
     assert numbers[-1] == 299
 

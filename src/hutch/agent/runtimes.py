@@ -30,6 +30,7 @@ def open_driver(
     options = DriverOptions(
         state_dir=sandboxes_dir or settings.state_dir / "sandboxes",
         log_max_bytes=settings.log_max_bytes,
+        log_hold=settings.log_hold,
         timeouts=Timeouts(boot=settings.boot_timeout),
     )
     if runtime == "container":

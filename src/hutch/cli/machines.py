@@ -45,6 +45,10 @@ def _argv(command: list[str] | None) -> list[str] | None:
 
 
 def _write(line: LogLine) -> None:
+    if line.skipped:  # the machine's log dropped output nobody read in time: say so
+        sys.stderr.write(f"hutch: {line.skipped} bytes of {line.stream} were lost\n")
+        sys.stderr.flush()
+        return
     out = sys.stdout if line.stream == "stdout" else sys.stderr
     out.buffer.write(log_bytes(line))
     out.buffer.flush()
@@ -371,9 +375,7 @@ def logs(
     ] = False,
     tail: Annotated[
         int | None,
-        typer.Option(
-            "--tail", "-n", help="Only the last N lines (as the node counts them: writes)."
-        ),
+        typer.Option("--tail", "-n", help="Only the last N lines."),
     ] = None,
 ) -> None:
     """Print a machine's output.

@@ -110,6 +110,8 @@ async def _run(request: RunRequest, runtime: str, keep: bool, stop_timeout: floa
         await driver.start(spec.id)
         with _stop_on_signals(driver, spec.id, stop_timeout):
             async for record in driver.logs(spec.id, follow=True):
+                if record.skipped:
+                    _progress(f"{record.skipped} bytes of {record.stream} were lost")
                 out = sys.stdout if record.stream is Stream.STDOUT else sys.stderr
                 out.buffer.write(record.data)
                 out.buffer.flush()

@@ -259,8 +259,10 @@ class Machines:
         since: float | None = None,
     ) -> Generator[LogLine, None, None]:
         """Its output as LogLines (`stream`, `time`, `data`; exact bytes:
-        `hutch.client.log_bytes(line)`): the last `tail` chunks, or those since epoch
-        seconds `since`; with `follow`, then what comes until the machine ends.
+        `hutch.client.log_bytes(line)`), each a chunk of many lines: from the last `tail`
+        lines, or the chunks since epoch seconds `since`; with `follow`, then what comes until
+        the machine ends (a follower gets every byte: the machine waits for it). A line with
+        `skipped` says that many bytes of its stream were dropped, unread, by the bounded log.
 
             for line in client.machines.logs(m, follow=True):
                 (sys.stdout if line.stream == "stdout" else sys.stderr).write(line.data)

@@ -222,3 +222,6 @@ class LogRecord:
     stream: Stream
     data: bytes
     time_ns: int
+    skipped: int = (
+        0  # with no data: this many bytes of `stream` are missing here (log dropped them)
+    )

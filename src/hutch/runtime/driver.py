@@ -140,6 +140,7 @@ class Backend(Protocol):
 class DriverOptions:
     state_dir: Path  # sandboxes live in state_dir/<runtime>/<id>
     log_max_bytes: int = 1 << 20  # stdout + stderr kept per sandbox
+    log_hold: float = 0.0  # seconds a new workload's output waits for a first follower
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -166,6 +167,7 @@ class AgentDriver:
             self.backend,
             log_max_bytes=self._options.log_max_bytes,
             timeouts=self._options.timeouts,
+            log_hold=self._options.log_hold,
         )
 
     def _get(self, sandbox_id: str) -> Supervisor:
@@ -335,7 +337,9 @@ class AgentDriver:
             for record in read_log(path):
                 yield record
             return
-        async for record in follow_log(path, lambda: sup.finished, sup.changed):
+        async for record in follow_log(
+            path, lambda: sup.output_done, sup.changed, sup.log_reader()
+        ):
             yield record
 
     async def exec(self, sandbox_id: str, spec: ProcessSpec) -> ExecProcess:

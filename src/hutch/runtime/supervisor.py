@@ -10,6 +10,7 @@ import contextlib
 import random
 import signal as _signal
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,10 +30,13 @@ from hutch.runtime.channel import (
     encode_process,
     encode_size,
 )
-from hutch.runtime.logs import LogWriter, Pulse
+from hutch.runtime.logs import Cursor, LogWriter, Pulse
 from hutch.runtime.state import SandboxDir, SandboxRecord
 
 GRANT_BATCH = INITIAL_WINDOW // 4
+# Output held while the log waits for its followers: the guest sends no more than its window, so
+# more than this means it ignored flow control, and the held output goes to the ring anyway.
+MAX_HELD = INITIAL_WINDOW + MAX_GUEST_PAYLOAD
 UNKNOWN_EXIT = 255  # exit code reported when the sandbox died without telling us one
 
 
@@ -185,11 +189,13 @@ class Supervisor:
         *,
         log_max_bytes: int,
         timeouts: Timeouts,
+        log_hold: float = 0.0,
     ) -> None:
         self.record = record
         self.dir = sdir
         self._host = host
         self._log_max = log_max_bytes
+        self._log_hold = log_hold
         self._timeouts = timeouts
         self.changed = Pulse()  # fired on new log output and on state changes
         self._exited = asyncio.Event()  # the workload's exit (or the sandbox's death) is recorded
@@ -203,6 +209,12 @@ class Supervisor:
         self._main_error = ""
         self._credit: dict[int, int] = {}
         self._kill_reason = ""
+        # The main process's output the log cannot take yet (its followers have not read what a
+        # rotation would drop): its window is not granted back, so the workload waits, as on a
+        # full pipe, until they read on.
+        self._held: deque[tuple[Stream, bytes, int]] = deque()
+        self._held_bytes = 0
+        self._space = asyncio.Event()
         # Attached clients' way into the main process (stdin, terminal size, signals).
         self.main = ProcessInput(self, 1, record.spec.process.stdin)
         if record.finished:
@@ -224,9 +236,11 @@ class Supervisor:
         except OSError as e:
             raise Unavailable(f"cannot connect to the sandbox's agent: {e}") from e
         self._log = LogWriter(self.dir.file("stdio.log"), self._log_max)
+        self._log.on_space = self._space.set
         self._tasks = [
             asyncio.create_task(self._pump(booting)),
             asyncio.create_task(self._watch(ref.wait())),
+            asyncio.create_task(self._release()),
             *(asyncio.create_task(_quiet(aw)) for aw in extra or ()),
         ]
 
@@ -242,6 +256,7 @@ class Supervisor:
             await self._conn.close()
             self._conn = None
         if self._log is not None:
+            self._write_held(force=True)  # nobody waits for it any more: keep it on disk
             self._log.close()
             self._log = None
         for proc in self._execs.values():
@@ -254,6 +269,8 @@ class Supervisor:
             raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not created")
         self.record.state = SandboxState.RUNNING
         self.record.started_at = time.time()
+        if self._log is not None and self._log_hold:
+            self._log.hold(self._log_hold)  # whoever attaches to it comes a moment later
         self.dir.save(self.record)  # before RUN: a crash now is resolved by recover (hello says)
         await self._send_run()
 
@@ -291,6 +308,16 @@ class Supervisor:
     @property
     def finished(self) -> bool:
         return self._exited.is_set()
+
+    @property
+    def output_done(self) -> bool:
+        """The workload ended and all its output is in the log."""
+        return self._exited.is_set() and not self._held
+
+    def log_reader(self) -> Cursor | None:
+        """Register a follower of the log: until it closes the cursor, the log keeps what it
+        has not read and the workload waits for it."""
+        return self._log.reader() if self._log is not None else None
 
     async def terminate(self, reason: str) -> None:
         """Kill the sandbox now; unless its exit is already known it is recorded as failed with
@@ -362,9 +389,17 @@ class Supervisor:
         if frame.type in (T.STDOUT, T.STDERR) and frame.payload:
             assert self._log is not None
             stream = Stream.STDOUT if frame.type == T.STDOUT else Stream.STDERR
-            self._log.write(stream, frame.payload)
+            if self._held or not self._log.write(stream, frame.payload):
+                if not self._held:
+                    self._space.set()  # _release learns how long the hold lasts
+                self._held.append((stream, frame.payload, time.time_ns()))
+                self._held_bytes += len(frame.payload)
+                if self._held_bytes <= MAX_HELD:
+                    return
+                await self.grant(1, self._write_held(force=True))
+            else:
+                await self.grant(1, len(frame.payload))
             self.changed.fire()
-            await self.grant(1, len(frame.payload))
         elif frame.type == T.ERROR:
             self._main_error = frame.payload.decode(errors="replace")
         elif frame.type == T.STDIN_ACK:
@@ -376,6 +411,30 @@ class Supervisor:
             failed = bool(self._main_error)
             self.record_exit(ExitStatus(code, sig, oom, self._main_error), failed)
             await self.send(T.EXIT_ACK, 1)  # only now may the guest forget it
+
+    def _write_held(self, force: bool = False) -> int:
+        """Move held output into the log while it fits; the bytes moved."""
+        moved = 0
+        while self._held and self._log is not None:
+            stream, data, time_ns = self._held[0]
+            if not self._log.write(stream, data, time_ns, force=force):
+                break
+            self._held.popleft()
+            moved += len(data)
+        self._held_bytes -= moved
+        return moved
+
+    async def _release(self) -> None:
+        """Held output goes to the log as followers read on (or the hold ends); only then is
+        the guest's window given back."""
+        while True:
+            self._space.clear()
+            if moved := self._write_held():
+                self.changed.fire()
+                await self.grant(1, moved)
+            wait = self._log.hold_left() if self._held and self._log is not None else 0.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), wait or None)
 
     def record_exit(self, status: ExitStatus, failed: bool) -> None:
         if self.record.finished:

@@ -138,12 +138,16 @@ class WaitResult(View):
 
 
 class LogLine(View):
-    """One chunk of output, as a line of the NDJSON log stream."""
+    """One chunk of output (many lines, up to 64 KiB), as a line of the NDJSON log stream; or,
+    with `skipped`, how many bytes of the stream the log dropped here before anyone read them."""
 
     stream: Literal["stdout", "stderr"]
-    time: float
+    time: float  # when the chunk's first byte was written
     data: str  # text, with undecodable bytes as U+FFFD; `data_b64` carries exact bytes
     data_b64: str | None = None
+    skipped: int = Field(
+        0, description="bytes of this stream missing here (the log dropped them); data is empty"
+    )
 
 
 class ExecStart(Request):
