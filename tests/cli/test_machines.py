@@ -2,6 +2,7 @@
 against a real `hutch up` (tests/controller.py), each test in a project of its own."""
 
 import json
+import re
 import signal
 import subprocess
 import tarfile
@@ -267,3 +268,29 @@ def test_too_little_memory_is_refused_before_a_machine_exists(hutch: Run) -> Non
     assert hutch("ps", "-a", "-q").stdout == ""  # no failed machine left behind
     ran = hutch("run", *C, "-m", "16M", "busybox", "--", "echo", "ok")  # at the least: runs
     assert (ran.returncode, ran.stdout) == (0, "ok\n"), ran.stderr
+
+
+def test_ps_is_newest_first_with_times_for_people_and_scripts(
+    hutch: Run, controller: Controller
+) -> None:
+    registry = f"127.0.0.1:{controller.registry_port}"  # configured, and down: they fail
+    ref = f"{registry}/{'a-long-repository-name/' * 4}missing:1"
+    for name in ("older", "newer"):
+        assert hutch("run", "-d", *C, "--name", name, ref).returncode == 0
+        hutch("wait", name)
+    listed = json.loads(hutch("ps", "-o", "json").stdout)
+    assert [m["name"] for m in listed] == ["newer", "older"]
+    iso = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+    for key in ("created_at", "finished_at"):
+        assert iso.fullmatch(listed[0][key]), listed[0]
+    assert (
+        yaml.safe_load(hutch("ps", "-o", "yaml").stdout)[1]["created_at"] == listed[1]["created_at"]
+    )
+    assert iso.fullmatch(json.loads(hutch("inspect", "older").stdout)["created_at"])
+    # The table: newest first, times for people, the long reason cut; `inspect` has it whole.
+    _, newer, older = hutch("ps").stdout.splitlines()
+    assert "newer" in newer and "older" in older
+    assert "just now" in newer or "seconds ago" in newer
+    [error] = {m["error"] for m in listed}
+    assert len(error) > 60 and error not in newer and "…" in newer
+    assert json.loads(hutch("inspect", "newer").stdout)["error"] == error

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from hutch.scheduler import CPU_OVERCOMMIT
 from tests.cli.conftest import HUTCH, one_clear_line
 from tests.cli.test_machines import Run
 from tests.controller import Controller, controller
@@ -73,3 +74,18 @@ def test_join_tokens_and_project_strategies(hutch: Run, controller: Controller) 
         assert client.projects.get(name).strategy == "spread"
     bad = hutch("project", "strategy", name, "sideways")
     assert bad.returncode == 125 and "strategy" in one_clear_line(bad.stderr)
+
+
+def test_node_ls_counts_vcpus_as_the_scheduler_does(hutch: Run) -> None:
+    [node] = json.loads(hutch("node", "ls", "-o", "json").stdout)
+    cpus, held = node["capacity"]["cpus"], node["allocated"]["cpus"]
+    header, row = hutch("node", "ls").stdout.splitlines()
+    assert "VCPUS" in header.split()
+    assert f" {held}/{cpus * CPU_OVERCOMMIT} ({cpus}x{CPU_OVERCOMMIT}) " in row
+
+
+def test_the_agent_logs_the_node_it_joined_as(hutch: Run, controller: Controller) -> None:
+    [node] = json.loads(hutch("node", "ls", "-o", "json").stdout)
+    log = (controller.state_dir / "up.log").read_text(errors="replace")
+    line = f"joined controller {controller.url} as node {node['name']} (id {node['id']})"
+    assert line in log, log[:4000]

@@ -2,6 +2,7 @@
 real `hutch up` (tests/controller.py)."""
 
 import json
+import re
 import shlex
 import subprocess
 import uuid
@@ -185,3 +186,22 @@ def test_the_readmes_projects_commands_run_as_written(controller: Controller, na
                 ]
             if args[1:3] == ["quota", "show"]:
                 assert "images" in ran.stdout and "5.0 GiB" in ran.stdout
+
+
+def test_project_and_token_listings_are_newest_first(admin: Run, name: str) -> None:
+    newer = f"{name}-2"
+    for project in (name, newer):
+        assert admin("project", "create", project).returncode == 0
+    try:
+        projects = [p["name"] for p in json.loads(admin("project", "ls", "-o", "json").stdout)]
+        assert projects.index(newer) < projects.index(name)
+        for token in ("first", "second"):
+            admin("token", "create", "-p", name, "--name", token, "--expires-in", "7200")
+        listed = json.loads(admin("token", "ls", "-p", name, "-o", "json").stdout)
+        assert [t["name"] for t in listed] == ["second", "first"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listed[0]["expires_at"])
+        _, second, first = admin("token", "ls", "-p", name).stdout.splitlines()
+        assert "second" in second and "first" in first
+        assert "just now" in second and "in 1 hour" in second  # 7200 s, less a moment
+    finally:
+        admin("project", "rm", name, newer)

@@ -148,6 +148,9 @@ class NodeAgent:
                 log.warning("%s; trying again in %.1f s", e.message, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, JOIN_RETRY_MAX)
+        log.info(
+            "joined controller %s as node %s (id %s)", self.controller, self.name, joined.node_id
+        )
         identity = Identity(
             joined.node_id, joined.credential, joined.controller_key, self.controller
         )

@@ -23,7 +23,15 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from hutch import config
 from hutch.agent import images
 from hutch.agent.runtimes import RUNTIMES, open_driver
-from hutch.cli.remote import OutputOpt, check_output, connect, dump, emit, when
+from hutch.cli.remote import (
+    OutputOpt,
+    ago,
+    check_output,
+    connect,
+    dump,
+    emit,
+    newest_first,
+)
 from hutch.client.config import configured
 from hutch.images.build import is_rootfs_tarball, write_archive, write_archive_of_tarball
 from hutch.images.pull import PullProgress
@@ -285,6 +293,7 @@ def ls(project: ProjectOpt = None, output: OutputOpt = "table", local: LocalOpt 
     else:
         settings = config.load()
         views = [_view(i) for i in images.open_store(settings).images(_project(project, settings))]
+    views = newest_first(views, lambda v: v["created"])
     if output != "table":
         dump(views, output)
         return
@@ -297,7 +306,7 @@ def ls(project: ProjectOpt = None, output: OutputOpt = "table", local: LocalOpt 
             ("NAME", lambda r: r[0]),
             ("IMAGE ID", lambda r: _short(r[1]["id"])),
             ("SIZE", lambda r: format_bytes(r[1]["size"])),
-            ("CREATED", lambda r: when(r[1]["created"])),
+            ("CREATED", lambda r: ago(r[1]["created"] or None)),
             ("FROM", lambda r: r[1]["source"]),  # which one a machine of the project gets
         ],
         "table",

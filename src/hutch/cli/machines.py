@@ -12,7 +12,18 @@ from typing import Annotated, cast
 
 import typer
 
-from hutch.cli.remote import OutputOpt, ago, connect, connect_async, dump, emit, pairs, progress
+from hutch.cli.remote import (
+    OutputOpt,
+    ago,
+    connect,
+    connect_async,
+    cut,
+    dump,
+    emit,
+    newest_first,
+    pairs,
+    progress,
+)
 from hutch.client import AsyncAttachSession, AsyncClient, ExecSession, MachineOptions, log_bytes
 from hutch.model.errors import HutchError, Invalid
 from hutch.model.machine import MachineState
@@ -338,6 +349,7 @@ def ps(
     """List the project's machines (-a: destroyed ones too)."""
     with connect() as client:
         machines = list(client.machines.list(state, pairs(label, "--label"), all_))
+    machines = newest_first(machines, lambda m: m.created_at)
     if quiet:
         for m in machines:
             typer.echo(m.id)
@@ -349,7 +361,7 @@ def ps(
             ("NAME", lambda m: m.name),
             ("IMAGE", lambda m: m.image),
             ("RUNTIME", lambda m: m.runtime),
-            ("STATUS", _status),
+            ("STATUS", lambda m: cut(_status(m))),  # whole in `hutch inspect`
             ("CREATED", lambda m: ago(m.created_at)),
         ],
         output,

@@ -4,17 +4,20 @@ from typing import Annotated
 
 import typer
 
-from hutch.cli.remote import OutputOpt, ago, connect, dump, emit, progress
+from hutch.cli.remote import OutputOpt, ago, connect, dump, emit, newest_first, progress
 from hutch.model.units import format_bytes, parse_duration
+from hutch.scheduler import CPU_OVERCOMMIT
 from hutch.wire.nodes import NodeView
 
 app = typer.Typer(help="Nodes: the hosts that run machines.", no_args_is_help=True)
 
 
 def _used(n: NodeView, what: str) -> str:
+    """Allocated/total as the scheduler counts them: vCPUs up to the overcommit, e.g.
+    '3/32 (8x4)' for 3 vCPUs held on a host with 8 CPUs."""
     used, total = getattr(n.allocated, what), getattr(n.capacity, what)
     if what == "cpus":
-        return f"{used}/{total}"
+        return f"{used}/{total * CPU_OVERCOMMIT} ({total}x{CPU_OVERCOMMIT})"
     return f"{format_bytes(used << 20)}/{format_bytes(total << 20)}"
 
 
@@ -22,12 +25,13 @@ def _used(n: NodeView, what: str) -> str:
 def ls(output: OutputOpt = "table") -> None:
     """List nodes (system token).
 
-    Each one's state, runtimes, and how much of its capacity machines hold.
+    Each one's state, runtimes, and how much of its capacity machines hold, as the scheduler
+    counts it: vCPUs up to the host's CPUs times the overcommit, memory and disk as they are.
     """
     with connect() as client:
         nodes = list(client.nodes.list())
     emit(
-        nodes,
+        newest_first(nodes, lambda n: n.created_at),
         [
             ("NAME", lambda n: n.name),
             ("ID", lambda n: n.id),
@@ -35,7 +39,7 @@ def ls(output: OutputOpt = "table") -> None:
             ("DOMAIN", lambda n: n.domain or "-"),
             ("ACCEL", lambda n: n.accel),
             ("RUNTIMES", lambda n: ",".join(n.runtimes)),
-            ("CPUS", lambda n: _used(n, "cpus")),
+            ("VCPUS", lambda n: _used(n, "cpus")),
             ("MEMORY", lambda n: _used(n, "memory_mib")),
             ("DISK", lambda n: _used(n, "disk_mib")),
             ("SEEN", lambda n: ago(n.last_seen)),

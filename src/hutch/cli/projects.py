@@ -4,7 +4,16 @@ from typing import Annotated
 
 import typer
 
-from hutch.cli.remote import OutputOpt, ago, check_output, connect, dump, emit, progress, when
+from hutch.cli.remote import (
+    OutputOpt,
+    ago,
+    check_output,
+    connect,
+    dump,
+    emit,
+    newest_first,
+    progress,
+)
 from hutch.model.errors import Invalid
 from hutch.model.tenancy import Role
 from hutch.model.units import format_bytes, parse_mib
@@ -80,11 +89,11 @@ def project_ls(output: OutputOpt = "table") -> None:
     with connect() as client:
         projects = list(client.projects.list())
     emit(
-        projects,
+        newest_first(projects, lambda p: p.created_at),
         [
             ("NAME", lambda p: p.name),
             ("ID", lambda p: p.id),
-            ("CREATED", lambda p: when(p.created_at)),
+            ("CREATED", lambda p: ago(p.created_at)),
             ("QUOTA", lambda p: _limits(p.quota)),
         ],
         output,
@@ -126,7 +135,7 @@ def token_create(
     """
     with connect() as client:
         token = client.projects.tokens.create(project, role=role, name=name, expires_in=expires_in)
-    expiry = f", expires {when(token.expires_at)}" if token.expires_at else ""
+    expiry = f", expires {ago(token.expires_at)}" if token.expires_at else ""
     progress(f"token {token.id}: {token.role} in project {token.project}{expiry} (shown once)")
     typer.echo(token.secret)
 
@@ -140,14 +149,14 @@ def token_ls(project: ProjectOpt = None, output: OutputOpt = "table") -> None:
     with connect() as client:
         tokens = list(client.projects.tokens.list(project))
     emit(
-        tokens,
+        newest_first(tokens, lambda t: t.created_at),
         [
             ("ID", lambda t: t.id),
             ("NAME", lambda t: t.name),
             ("ROLE", lambda t: t.role),
             ("CREATED", lambda t: ago(t.created_at)),
-            ("EXPIRES", lambda t: when(t.expires_at)),
-            ("REVOKED", lambda t: when(t.revoked_at)),
+            ("EXPIRES", lambda t: ago(t.expires_at)),
+            ("REVOKED", lambda t: ago(t.revoked_at)),
         ],
         output,
     )

@@ -4,7 +4,8 @@ KEY=VALUE options, progress on stderr. Data goes to stdout, everything else to s
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
@@ -17,6 +18,7 @@ OUTPUTS = ("table", "json", "yaml")
 OutputOpt = Annotated[
     str, typer.Option("--output", "-o", help="table (for people), json or yaml (for scripts).")
 ]
+T = TypeVar("T")
 Column = tuple[str, Callable[[Any], object]]  # header, and how to get the cell from an item
 
 
@@ -39,9 +41,40 @@ def check_output(output: str) -> str:
     return output
 
 
+# Fields the API gives as epoch seconds, which the CLI's JSON/YAML gives as ISO 8601 UTC.
+TIME_FIELDS = frozenset(
+    {"created", "created_at", "started_at", "finished_at", "last_seen", "expires_at", "revoked_at",
+     "time"}
+)  # fmt: skip
+
+
+def iso(epoch: float) -> str:
+    """'2026-12-03T04:01:02Z' (UTC, to the second)."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _times(value: object) -> object:
+    """Plain data with every epoch in a time field as ISO 8601 UTC, at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: iso(v)
+            if k in TIME_FIELDS and isinstance(v, int | float) and not isinstance(v, bool)
+            else _times(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_times(v) for v in value]
+    return value
+
+
 def data(item: object) -> object:
-    """An item as plain JSON data."""
-    return item.model_dump(mode="json") if isinstance(item, BaseModel) else item
+    """An item as plain JSON data, its times as ISO 8601 UTC strings."""
+    return _times(item.model_dump(mode="json") if isinstance(item, BaseModel) else item)
+
+
+def newest_first(items: Iterable[T], created: Callable[[T], float | None]) -> list[T]:
+    """A listing in the order people and scripts want it: the newest first."""
+    return sorted(items, key=lambda i: created(i) or 0.0, reverse=True)
 
 
 def dump(value: object, output: str) -> None:
@@ -75,6 +108,11 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def cut(text: str, width: int = 60) -> str:
+    """A long text for a table cell: its first `width` characters, the last one '…'."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
     """KEY=VALUE options (`-e`, `--label`) as a dict."""
     result: dict[str, str] = {}
@@ -87,16 +125,15 @@ def pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
 
 
 def ago(epoch: float | None) -> str:
-    """'12s ago', '5m ago', '3h ago', '2d ago' (or '-')."""
+    """A time as people read it in a table: 'just now', '3 minutes ago', 'in 2 days' (or '-')."""
     if epoch is None:
         return "-"
-    seconds = max(time.time() - epoch, 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{int(seconds)}s ago"
-
-
-def when(epoch: float | None) -> str:
-    """Local date and time (or '-')."""
-    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    seconds = epoch - time.time()
+    past, seconds = seconds <= 0, abs(seconds)
+    if seconds < 10:
+        return "just now"
+    units = (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60))
+    unit, size = next(((u, z) for u, z in units if seconds >= z), ("second", 1))
+    n = int(seconds // size)
+    span = f"{n} {unit}" + ("" if n == 1 else "s")
+    return f"{span} ago" if past else f"in {span}"
