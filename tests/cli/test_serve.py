@@ -60,11 +60,16 @@ def test_up_detached_then_a_first_workload_then_down(
     gone = hutch("ps")
     assert gone.returncode == 125 and "cannot be reached" in one_clear_line(gone.stderr)
     assert "`hutch up -d` starts one" in gone.stderr
-    hutch("up", "-d", "--data-dir", str(data), "--port", port)
+    # On another port, with the same data: the same node (it joined once), ready again.
+    moved = hutch("up", "-d", "--data-dir", str(data), "--port", str(free_port()))
+    assert moved.returncode == 0, moved.stderr + (data / "hutch.log").read_text()
     try:
         [stopped] = json.loads(hutch("ps", "-o", "json").stdout)
         assert (stopped["state"], stopped["desired"]) == ("exited", "stopped")  # stays stopped
         assert hutch("rm", stopped["id"]).returncode == 0
+        ran = hutch("run", "--rm", "--runtime", "container", "busybox", "--", "echo", "moved")
+        assert (ran.returncode, ran.stdout) == (0, "moved\n"), ran.stderr
+        assert len(json.loads(hutch("node", "ls", "-o", "json").stdout)) == 1
     finally:
         assert hutch("down", "--data-dir", str(data)).returncode == 0
     twice = hutch("down", "--data-dir", str(data))

@@ -118,11 +118,12 @@ class NodeAgent:
             self.link = ControllerLink(self.controller, verify=tls.client_context(saved))
 
     def _load_identity(self) -> Identity | None:
+        """The node this host joined as, whatever URL it reaches the controllers by now (another
+        port, another controller of the cluster): one the controllers do not know is refused at
+        the first call, and the agent joins anew then."""
         path = self.dir / "identity.json"
         with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
-            identity = Identity(**json.loads(path.read_text()))
-            if identity.controller == self.controller:
-                return identity
+            return Identity(**json.loads(path.read_text()))
         return None
 
     async def _join(self) -> Identity:
