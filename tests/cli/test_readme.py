@@ -1,0 +1,66 @@
+"""Every `hutch` command the README shows, its options and the ones its comments mention, is one
+the CLI has: checked against `--help` (the SDK example and the project commands run for real in
+tests/client/test_readme.py and tests/cli/test_projects.py)."""
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from tests.cli.conftest import HUTCH
+
+README = Path(__file__).parents[2] / "README.md"
+OPTION = re.compile(r"(?<![\w./-])(--[a-z][a-z-]*|-[a-zA-Z]{1,3})\b")
+
+
+def commands() -> list[tuple[list[str], str]]:
+    """Each `hutch ...` in the README's sh blocks: its words, and its line's comment."""
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), re.S):
+        for line in block.splitlines():
+            code, _, comment = line.partition("  #")
+            for part in re.split(r"[;|]", code.rstrip(" \\")):
+                words = shlex.split(part)
+                while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                    words.pop(0)  # VAR=value before the command
+                if words and words[0] == "hutch":
+                    found.append((words[1:], comment))
+    return found
+
+
+def help_of(path: list[str]) -> str | None:
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+    ran = subprocess.run(
+        [HUTCH, *path, "--help"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    return ran.stdout if ran.returncode == 0 else None
+
+
+def test_every_readme_command_and_option_exists() -> None:
+    listed = commands()
+    assert len(listed) > 40
+    helps: dict[tuple[str, ...], str | None] = {}
+    problems = []
+    for words, comment in listed:
+        path: list[str] = []
+        for word in words[:2]:  # a command, and a subcommand of a group
+            if word.startswith("-"):
+                break
+            key = (*path, word)
+            if key not in helps:
+                helps[key] = help_of(list(key))
+            if helps[key] is None:
+                break
+            path.append(word)
+        if not path:
+            problems.append(f"hutch {' '.join(words)}: no such command")
+            continue
+        text = helps[tuple(path)] or ""
+        args = words[: words.index("--")] if "--" in words else words
+        options = {w.split("=")[0] for w in args if w.startswith("-")}
+        options |= set(OPTION.findall(comment))
+        for option in sorted(options):
+            if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text):
+                problems.append(f"hutch {' '.join(path)}: no option {option}")
+    assert not problems, "\n".join(problems)
