@@ -229,53 +229,38 @@ async def events(
 @router.websocket("/v1/machines/{ref}/exec")
 async def exec_machine(ws: WebSocket, ref: str, project: str | None = None) -> None:
     """Relay an exec session between the client and the machine's node (docs/api.md)."""
-    ctl = ws.app.state.controller
-    await ws.accept()
-    try:
-        caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
-        try:
-            start = ExecStart.model_validate_json(await ws.receive_text())
-        except ValidationError as e:
-            raise Invalid(
-                f"the first message must be an ExecStart: {e.errors()[0]['msg']}"
-            ) from None
-        m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
-        if m.state is not MachineState.RUNNING:
-            raise Invalid(f"machine {m.name} is {m.state}, not running")
-        lease = ctl.streams.admit(caller, proj)
-        try:
-            upstream = await ctl.link.exec(node, m.sandbox_id)
-        except BaseException:
-            ctl.streams.release(lease)
-            raise
-    except HutchError as e:
-        await ws.send_text(ws_error(e))
-        await ws.close()
-        return
-    try:
-        await upstream.send(start.model_dump_json())
-        if await _relay(ws, upstream, lease):
-            await ws.send_text(ws_error(Unauthenticated(lease.reason)))
-    finally:
-        ctl.streams.release(lease)
-        await upstream.close()
-        with contextlib.suppress(RuntimeError):
-            await ws.close()
+    await _session(ws, ref, project, attach=False)
 
 
 @router.websocket("/v1/machines/{ref}/attach")
 async def attach_machine(ws: WebSocket, ref: str, project: str | None = None) -> None:
     """Relay an attach session (into the machine's main process) to its node (docs/api.md)."""
+    await _session(ws, ref, project, attach=True)
+
+
+async def _session(ws: WebSocket, ref: str, project: str | None, *, attach: bool) -> None:
+    """An exec (its ExecStart first) or attach session, relayed under a streams lease: it ends
+    with its token."""
     ctl = ws.app.state.controller
     await ws.accept()
+    start: ExecStart | None = None
     try:
         caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
+        if not attach:
+            try:
+                start = ExecStart.model_validate_json(await ws.receive_text())
+            except ValidationError as e:
+                raise Invalid(
+                    f"the first message must be an ExecStart: {e.errors()[0]['msg']}"
+                ) from None
         m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
         if m.state is not MachineState.RUNNING:
-            raise Conflict(f"machine {m.name} is {m.state}, not running")
+            refusal = Conflict if attach else Invalid
+            raise refusal(f"machine {m.name} is {m.state}, not running")
         lease = ctl.streams.admit(caller, proj)
         try:
-            upstream = await ctl.link.attach(node, m.sandbox_id)
+            connect = ctl.link.attach if attach else ctl.link.exec
+            upstream = await connect(node, m.sandbox_id)
         except BaseException:
             ctl.streams.release(lease)
             raise
@@ -284,6 +269,8 @@ async def attach_machine(ws: WebSocket, ref: str, project: str | None = None) ->
         await ws.close()
         return
     try:
+        if start is not None:
+            await upstream.send(start.model_dump_json())
         if await _relay(ws, upstream, lease):
             await ws.send_text(ws_error(Unauthenticated(lease.reason)))
     finally:
