@@ -30,7 +30,7 @@ from hutch.images.store import Allowance, StoredImage
 from hutch.images.users import resolve_user
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
 from hutch.model.image import parse_ref
-from hutch.model.sandbox import LogRecord, ProcessSpec, Stream, parse_signal
+from hutch.model.sandbox import ExitStatus, LogRecord, ProcessSpec, Stream, parse_signal
 from hutch.runtime.driver import AgentDriver
 from hutch.runtime.supervisor import ProcessInput
 from hutch.wire.images import ImagePull, ImageView, PullEvent
@@ -118,17 +118,7 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
             async for stream, data in proc.output():
                 await turn()
                 await ws.send_bytes(bytes([STDOUT if stream is Stream.STDOUT else STDERR]) + data)
-            result = await proc.wait()
-            await ws.send_text(
-                json.dumps(
-                    {
-                        "type": "exit",
-                        "exit_code": result.code,
-                        "signal": result.signal,
-                        "error": result.error,
-                    }
-                )
-            )
+            await ws.send_text(_exit(await proc.wait()))
         except (WebSocketDisconnect, RuntimeError):
             with contextlib.suppress(HutchError):
                 await proc.signal(_signal.SIGKILL)  # the client is gone: so is its process
@@ -159,17 +149,7 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
         try:
             await asyncio.wait([feeder, ended], return_when=asyncio.FIRST_COMPLETED)
             if ended.done() and not ended.cancelled() and ended.exception() is None:
-                result = ended.result()
-                await ws.send_text(
-                    json.dumps(
-                        {
-                            "type": "exit",
-                            "exit_code": result.code,
-                            "signal": result.signal,
-                            "error": result.error,
-                        }
-                    )
-                )
+                await ws.send_text(_exit(ended.result()))
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
@@ -285,6 +265,13 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
         return [_image_view(i) for i in found]
 
     return app
+
+
+def _exit(result: ExitStatus) -> str:
+    """A session's last message: how its process ended."""
+    return json.dumps(
+        {"type": "exit", "exit_code": result.code, "signal": result.signal, "error": result.error}
+    )
 
 
 def _check(agent: NodeAgent, header: str) -> None:
