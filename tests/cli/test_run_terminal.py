@@ -8,7 +8,7 @@ import time
 
 from hutch.client import log_bytes
 from tests.cli.conftest import HUTCH
-from tests.cli.test_terminal import PROMPT, Terminal, _running, env, terminals
+from tests.cli.test_terminal import PROMPT, Terminal, env, terminals, use_the_shell
 from tests.controller import Controller, controller
 
 __all__ = ["controller", "env", "terminals"]  # the fixtures, for the tests here
@@ -43,30 +43,7 @@ def _shell_session(env: dict[str, str], terminals: list[Terminal], runtime: str)
             break
         time.sleep(0.1)
     assert term.modes() == (0, 0)
-    term.type(b"echo $((6*7))\r")
-    assert b"42\r\n" in term.expect(PROMPT)  # the remote terminal turns \n into \r\n
-    term.type(b"tty\r")
-    assert re.search(rb"/dev/pts/\d+\r\n", term.expect(PROMPT))
-    term.type(b"stty size; echo $TERM\r")
-    assert b"30 100\r\nxterm\r\n" in term.expect(PROMPT)
-    term.resize(45, 132)  # the client's window changes: SIGWINCH, then a resize message
-    for _ in range(100):
-        term.type(b"stty size\r")
-        if b"45 132" in term.expect(PROMPT):
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("the terminal was never resized")
-    term.type(b"sleep 1234\r")
-    for _ in range(100):
-        if _running(env, machine, "sleep 1234"):
-            break
-        time.sleep(0.2)
-    term.type(b"\x03")  # Ctrl-C: SIGINT for the foreground job, the shell goes on
-    term.expect(PROMPT)
-    term.type(b"echo status $?\r")
-    assert b"status 130" in term.expect(PROMPT)
-    assert not _running(env, machine, "sleep 1234")
+    use_the_shell(term, env, machine)
     term.type(b"exit 3\r")
     assert term.wait(timeout=120) == 3  # the machine's exit code
     assert term.modes() == before  # the client's terminal is restored

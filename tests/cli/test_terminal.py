@@ -145,6 +145,14 @@ def _shell_session(env: dict[str, str], terminals: list[Terminal], machine: str)
     before = term.modes()
     term.expect(PROMPT)
     assert term.modes() == (0, 0)  # raw mode while the session runs
+    use_the_shell(term, env, machine)
+    term.type(b"exit 3\r")
+    assert term.wait() == 3
+    assert term.modes() == before  # the client's terminal is restored
+
+
+def use_the_shell(term: Terminal, env: dict[str, str], machine: str) -> None:
+    """Arithmetic, the tty, its size at 30x100 then resized, and Ctrl-C of a foreground job."""
     term.type(b"echo $((6*7))\r")
     assert b"42\r\n" in term.expect(PROMPT)  # the remote terminal turns \n into \r\n
     term.type(b"tty\r")
@@ -169,9 +177,6 @@ def _shell_session(env: dict[str, str], terminals: list[Terminal], machine: str)
     term.type(b"echo status $?\r")
     assert b"status 130" in term.expect(PROMPT)
     assert not _running(env, machine, "sleep 1234")
-    term.type(b"exit 3\r")
-    assert term.wait() == 3
-    assert term.modes() == before  # the client's terminal is restored
 
 
 def test_exec_it_is_a_terminal_in_a_container(
