@@ -4,6 +4,7 @@ artifacts (built once into the shared cache), short state directories for unix s
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +33,15 @@ def short_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _machines_end_with_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests on the shared `hutch up` (tests/controller.py) leave no machine holding its node:
+    one that did made later tests meet NoCapacity."""
+    started = time.time()
+    yield
+    if "controller" in request.fixturenames:
+        from tests.controller import destroy_machines_since  # noqa: PLC0415 - it imports this
+
+        destroy_machines_since(request.getfixturevalue("controller"), started)

@@ -25,6 +25,7 @@ import pytest
 
 from hutch.client import Client
 from hutch.model.errors import HutchError
+from hutch.wire.tenancy import ProjectView
 from tests.cli.conftest import HUTCH
 from tests.conftest import CACHE_DIR
 from tests.images.ocibuild import write_oci_layout
@@ -137,11 +138,26 @@ def running_controller(
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
+def destroy_machines_since(ctl: Controller, started: float) -> None:
+    """What a test left running on the shared node (in the default project, and in projects
+    made since `started`) is destroyed, so that it holds no capacity the next test needs."""
+    with contextlib.suppress(HutchError), ctl.client(None) as admin:
+        projects = [
+            p for p in admin.projects.list() if p.name == "default" or p.created_at >= started
+        ]
+    _destroy_in(ctl, projects)
+
+
 def _destroy_everything(ctl: Controller) -> None:
     with contextlib.suppress(HutchError), ctl.client(None) as admin:
-        for project in list(admin.projects.list()):
+        _destroy_in(ctl, list(admin.projects.list()))
+
+
+def _destroy_in(ctl: Controller, projects: list[ProjectView]) -> None:
+    with contextlib.suppress(HutchError):
+        for project in projects:
             with ctl.client(project.name) as client:
-                left = list(client.machines.list())
+                left = [m for m in client.machines.list() if m.state != "destroyed"]
                 for m in left:
                     with contextlib.suppress(HutchError):
                         client.machines.delete(m, force=True)
