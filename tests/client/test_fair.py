@@ -21,7 +21,7 @@ LOG_BYTES = 50_000_000
 READERS = 5
 EVENT_STREAMS = 200
 MEASURE = 6.0  # seconds of requests, idle and then loaded
-FLOOR = 0.1  # seconds: on a noisy machine, a p99 within this of idle's passes too (main: +165 ms and more)
+FLOOR = 0.1  # seconds: on a noisy machine, a p99 within this of idle's passes (main: +165 ms)
 
 
 @pytest.fixture(scope="module")
