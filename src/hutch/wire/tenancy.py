@@ -60,7 +60,7 @@ class QuotaReport(View):
     usage: UsageView
 
 
-MAX_LIFETIME = 100 * 365 * 86400  # a token that should outlive this asks for none (null)
+MAX_LIFETIME = 50 * 365 * 86400  # a token that should outlive this asks for none (null)
 
 
 class TokenCreate(Request):
