@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,9 +29,9 @@ from pathlib import Path
 
 import httpx
 
+from bench.up import HUTCH, free_port, node_ready
 from hutch.images.busybox import build_busybox_rootfs
 
-HUTCH = str(Path(sys.executable).parent / "hutch")
 # The same document the controller answered, from memory: what is left is the framework.
 BARE_APP = """
 import json, pathlib
@@ -70,21 +69,6 @@ def wrk(url: str, token: str | None) -> float:
     if not match or "Non-2xx" in out:
         raise RuntimeError(f"wrk against {url} went wrong:\n{out}")
     return float(match.group(1))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def node_ready(url: str, token_file: Path) -> bool:
-    try:
-        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
-        nodes = httpx.get(f"{url}/v1/nodes", headers=headers, timeout=2).json()["items"]
-    except (OSError, httpx.HTTPError, ValueError, KeyError):
-        return False
-    return any(n["state"] == "ready" for n in nodes)
 
 
 def remove_all(url: str, headers: dict[str, str]) -> None:

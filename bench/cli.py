@@ -16,8 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,14 +25,10 @@ from pathlib import Path
 
 import httpx
 
-HUTCH = str(Path(sys.executable).parent / "hutch")
+from bench.up import HUTCH, hutch_up
+from hutch.images.busybox import build_busybox_rootfs
+
 MACHINES = 100
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def median_s(argv: list[str], env: dict[str, str], runs: int) -> float:
@@ -51,14 +45,23 @@ def median_s(argv: list[str], env: dict[str, str], runs: int) -> float:
     return statistics.median(times)
 
 
-def up_ready(url: str, token_file: Path) -> bool:
-    try:
-        token = token_file.read_text().strip()
-        nodes = httpx.get(f"{url}/v1/nodes", headers={"Authorization": f"Bearer {token}"},
-                          timeout=2).json()["items"]  # fmt: skip
-    except (httpx.HTTPError, OSError, ValueError, KeyError):
-        return False
-    return any(n["state"] == "ready" for n in nodes)
+def _measure(url: str, token: str, env: dict[str, str], runs: int) -> tuple[float, ...]:
+    """(ps_s, python_s, help_s, version_s) against `hutch up` at `url`, holding MACHINES."""
+    headers = {"Authorization": f"Bearer {token}"}
+    for i in range(MACHINES):
+        body = {"image": "busybox", "name": f"m{i}", "start": False}
+        made = httpx.post(f"{url}/v1/machines?project=default", headers=headers, json=body)
+        made.raise_for_status()
+    listed = subprocess.run(
+        [HUTCH, "ps", "-q"], env=env, capture_output=True, text=True, check=True
+    )
+    if len(listed.stdout.split()) != MACHINES:
+        raise RuntimeError(f"hutch ps listed {listed.stdout!r} {listed.stderr}")
+    python_s = median_s([sys.executable, "-c", "pass"], env, runs)
+    help_s = median_s([HUTCH, "--help"], env, runs)
+    version_s = median_s([HUTCH, "version"], env, runs)
+    ps_s = median_s([HUTCH, "ps"], env, runs)
+    return ps_s, python_s, help_s, version_s
 
 
 def main() -> None:
@@ -66,44 +69,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hbc", dir="/tmp"))
-    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("HUTCH_URL", "HUTCH_TOKEN")},
         "HUTCH_STATE_DIR": str(work / "state"),
         "HUTCH_CLIENT_CONFIG": str(work / "contexts.toml"),
         "HUTCH_CONFIG": str(work / "none.toml"),
     }
-    up = subprocess.Popen([HUTCH, "up", "--port", str(port)], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    rootfs = build_busybox_rootfs(work / "rootfs")  # the machines' image: a name must exist
+    subprocess.run([HUTCH, "image", "import", str(rootfs), "--name", "busybox", "--public"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not up_ready(url, work / "state" / "admin-token"):
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("hutch up did not come up")
-            time.sleep(0.1)
-        token = (work / "state" / "admin-token").read_text().strip()
-        headers = {"Authorization": f"Bearer {token}"}
-        for i in range(MACHINES):
-            body = {"image": "busybox", "name": f"m{i}", "start": False}
-            made = httpx.post(f"{url}/v1/machines?project=default", headers=headers, json=body)
-            made.raise_for_status()
-        listed = subprocess.run(
-            [HUTCH, "ps", "-q"], env=env, capture_output=True, text=True, check=True
-        )
-        if len(listed.stdout.split()) != MACHINES:
-            raise RuntimeError(f"hutch ps listed {listed.stdout!r} {listed.stderr}")
-        python_s = median_s([sys.executable, "-c", "pass"], env, args.runs)
-        help_s = median_s([HUTCH, "--help"], env, args.runs)
-        version_s = median_s([HUTCH, "version"], env, args.runs)
-        ps_s = median_s([HUTCH, "ps"], env, args.runs)
+        with hutch_up(env) as (url, token):
+            ps_s, python_s, help_s, version_s = _measure(url, token, env, args.runs)
     finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(20)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
         shutil.rmtree(work, ignore_errors=True)
     figures = {
         "runs": args.runs,

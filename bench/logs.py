@@ -20,8 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,27 +28,11 @@ from pathlib import Path
 
 import httpx
 
+from bench.up import HUTCH, hutch_up
 from hutch.client import Client
 from hutch.images.busybox import build_busybox_rootfs
 
-HUTCH = str(Path(sys.executable).parent / "hutch")
 MB = 1_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def ready(url: str, token_file: Path) -> bool:
-    """The controller answers and its node is ready."""
-    try:
-        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
-        nodes = httpx.get(f"{url}/v1/nodes", headers=headers, timeout=2).json()["items"]
-    except (OSError, httpx.HTTPError, ValueError, KeyError):
-        return False
-    return any(n["state"] == "ready" for n in nodes)
 
 
 def read_all(argv: list[str], env: dict[str, str], size: int) -> float:
@@ -93,7 +75,6 @@ def main() -> None:
     args = parser.parse_args()
     size = args.size
     work = Path(tempfile.mkdtemp(prefix="hbl", dir="/tmp"))
-    port = free_port()
     env = {
         **os.environ,
         "HUTCH_STATE_DIR": str(work / "state"),
@@ -102,50 +83,40 @@ def main() -> None:
     rootfs = build_busybox_rootfs(work / "rootfs")
     subprocess.run([HUTCH, "image", "import", str(rootfs), "--name", "busybox", "--public"],
                    env=env, check=True, capture_output=True)  # fmt: skip
-    up = subprocess.Popen([HUTCH, "up", "--port", str(port)], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     gen = ["sh", "-c", f"yes | head -c {size}"]
     try:
-        deadline = time.monotonic() + 120
-        while not ready(url, work / "state" / "admin-token"):
-            if time.monotonic() > deadline:
-                raise RuntimeError("hutch up did not come up")
-            time.sleep(0.2)
-        token = (work / "state" / "admin-token").read_text().strip()
-        local = work / "out"
-        local.write_bytes(b"y\n" * (size // 2) + b"y" * (size % 2))
-        cat = read_all(["cat", str(local)], env, size)
-        print(f"(a) cat: {cat:.1f} MB/s", file=sys.stderr)
-        attached = read_all([HUTCH, "run", "--rm", "--runtime", "container", "busybox", "--", *gen],
-                            env, size)  # fmt: skip
-        print(f"(b) attached, container: {attached:.1f} MB/s", file=sys.stderr)
-        detached = subprocess.run(
-            [HUTCH, "run", "-d", "--runtime", "container", "busybox", "--", *gen],
-            env=env, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        with Client(url, token, project="default") as client:
-            client.machines.wait(detached, "started")  # its output waits for a first follower
-        followed = read_all([HUTCH, "logs", "-f", detached], env, size)
-        print(f"(c) logs -f, container: {followed:.1f} MB/s", file=sys.stderr)
-        with httpx.stream(
-            "GET", f"{url}/v1/machines/{detached}/logs", params={"project": "default"},
-            headers={"Authorization": f"Bearer {token}"}, timeout=60,
-        ) as response:  # fmt: skip
-            wire = sum(len(b) for b in response.iter_raw())
-        with Client(url, token, project="default") as client:
-            kept = sum(len(line.data) for line in client.machines.logs(detached))
-            client.machines.delete(detached, force=True)
-            client.machines.wait(detached, "destroyed")
-        vm = read_all([HUTCH, "run", "--rm", "busybox", "--", *gen], env, size)
-        print(f"(d) attached, micro-VM: {vm:.1f} MB/s", file=sys.stderr)
-        null = guest_rate(env, size, "/dev/null")
-        console = guest_rate(env, min(size, 2 * MB), "/dev/console")
-        print(f"(e) guest alone: {null:.1f} MB/s to /dev/null, {console:.2f} to its console",
-              file=sys.stderr)  # fmt: skip
+        with hutch_up(env) as (url, token):
+            local = work / "out"
+            local.write_bytes(b"y\n" * (size // 2) + b"y" * (size % 2))
+            cat = read_all(["cat", str(local)], env, size)
+            print(f"(a) cat: {cat:.1f} MB/s", file=sys.stderr)
+            container = [HUTCH, "run", "--rm", "--runtime", "container", "busybox", "--"]
+            attached = read_all([*container, *gen], env, size)
+            print(f"(b) attached, container: {attached:.1f} MB/s", file=sys.stderr)
+            detached = subprocess.run(
+                [HUTCH, "run", "-d", "--runtime", "container", "busybox", "--", *gen],
+                env=env, capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+            with Client(url, token, project="default") as client:
+                client.machines.wait(detached, "started")  # its output waits for a first follower
+            followed = read_all([HUTCH, "logs", "-f", detached], env, size)
+            print(f"(c) logs -f, container: {followed:.1f} MB/s", file=sys.stderr)
+            with httpx.stream(
+                "GET", f"{url}/v1/machines/{detached}/logs", params={"project": "default"},
+                headers={"Authorization": f"Bearer {token}"}, timeout=60,
+            ) as response:  # fmt: skip
+                wire = sum(len(b) for b in response.iter_raw())
+            with Client(url, token, project="default") as client:
+                kept = sum(len(line.data) for line in client.machines.logs(detached))
+                client.machines.delete(detached, force=True)
+                client.machines.wait(detached, "destroyed")
+            vm = read_all([HUTCH, "run", "--rm", "busybox", "--", *gen], env, size)
+            print(f"(d) attached, micro-VM: {vm:.1f} MB/s", file=sys.stderr)
+            null = guest_rate(env, size, "/dev/null")
+            console = guest_rate(env, min(size, 2 * MB), "/dev/console")
+            print(f"(e) guest alone: {null:.1f} MB/s to /dev/null, {console:.2f} to its console",
+                  file=sys.stderr)  # fmt: skip
     finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(30)
         shutil.rmtree(work, ignore_errors=True)
 
     figures = {
