@@ -12,6 +12,7 @@ from typing import Annotated, cast
 
 import typer
 
+from hutch.cli.main import CLI_WORDS
 from hutch.cli.remote import (
     OutputOpt,
     ago,
@@ -590,7 +591,7 @@ def rm(
             try:
                 client.machines.delete(ref, force=force)
             except HutchError as e:
-                progress(e.message)
+                progress(e.message_in(CLI_WORDS))
                 failed += 1
                 continue
             typer.echo(ref)

@@ -6,6 +6,8 @@ agent's link to its controller, the controller's link to its nodes) finds the cl
 `error_class`. No other table of statuses exists.
 """
 
+from collections.abc import Mapping
+
 
 class HutchError(Exception):
     """Base class: `message` is shown to the user as is, so make it say what to do.
@@ -21,6 +23,12 @@ class HutchError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+    def message_in(self, words: Mapping[str, str]) -> str:
+        """The message in another interface's words: `words` says how it gives a parameter
+        ({"project": "--project NAME"}), said in place of the API's `?project=NAME`."""
+        said = words.get(self.param) if self.param else None
+        return self.message.replace(f"?{self.param}=NAME", said) if said else self.message
 
 
 class Invalid(HutchError):
