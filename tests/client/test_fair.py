@@ -153,11 +153,6 @@ def test_list_and_get_are_not_stalled_by_log_readers_and_event_streams(
     assert not slow, slow
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="a create's write transaction takes ~25 trips to aiosqlite's thread, each one a "
-    "pass of the loop that carries a stream's turn: 3-5x idle's p99 under this load",
-)
 def test_create_is_not_stalled_by_log_readers_and_event_streams(
     measured: tuple[Took, Took],
 ) -> None:
