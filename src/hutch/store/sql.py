@@ -1058,6 +1058,13 @@ class _Events(_Repo):
             raise NotFound(f"project {project_id!r} not found")
         return int(last) - n + 1
 
+    async def last(self, project_id: str) -> int:
+        p = t.projects
+        row = await self._one(sa.select(p.c.event_seq).where(p.c.id == project_id))
+        if row is None:
+            raise NotFound(f"project {project_id!r} not found")
+        return int(row[0])
+
     async def since(self, project_id: str, after: int, limit: int = 500) -> list[Event]:
         """At most MAX_EVENTS events, whatever `limit` asks."""
         if limit < 1:
