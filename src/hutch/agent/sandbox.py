@@ -91,7 +91,7 @@ class Roots:
         except NotFound:
             raise NotFound(
                 f"{source!r} is neither a path nor an image in this host's store: "
-                f"pull it first (hutch image pull {source})"
+                f"pull it into this host's store first (hutch image pull --local {source})"
             ) from None
         return prepare_image(
             self.store.layout(),
