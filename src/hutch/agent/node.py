@@ -4,7 +4,8 @@ Level-triggered: every round compares what the controller wants (assignments, lo
 with what the drivers have, and starts, stops or destroys sandboxes to match, reporting each
 outcome. Work on one sandbox runs as one task at a time; a round skips sandboxes with work in
 flight and the next round sees its result. A restarted agent re-adopts its running sandboxes
-(driver recovery) and reports their states again; reports are idempotent on the controller.
+(driver recovery), starts those it had created but not yet started, and reports their states
+again; reports are idempotent on the controller.
 The agent never touches the controller's store: all it knows comes through /agent/v1.
 """
 
@@ -231,6 +232,8 @@ class NodeAgent:
                 live = info.state in (SandboxState.CREATED, SandboxState.RUNNING)
                 if a.desired is Desired.STOPPED and live:
                     self._spawn(a.sandbox, self._stop(driver, a))
+                elif info.state is SandboxState.CREATED and a.desired is Desired.RUNNING:
+                    self._spawn(a.sandbox, self._resume(driver, a))
                 elif info.state is SandboxState.RUNNING:
                     await self._report(a, MachineState.RUNNING)
                     self._watch_exit(driver, a)
@@ -285,6 +288,22 @@ class NodeAgent:
                     await driver.destroy(a.sandbox, force=True)
             await self._report(a, MachineState.FAILED, error=e.message)
             return
+        await self._report(a, MachineState.RUNNING, image=image)
+        self._watch_exit(driver, a)
+
+    async def _resume(self, driver: AgentDriver, a: Assignment) -> None:
+        """Start a sandbox created but never started: the agent stopped between the two (a
+        micro-VM boots for seconds), and its driver re-adopted it booted, waiting."""
+        try:
+            await driver.start(a.sandbox)
+        except HutchError as e:
+            with contextlib.suppress(HutchError):
+                await driver.destroy(a.sandbox, force=True)
+            await self._report(a, MachineState.FAILED, error=e.message)
+            return
+        image = None
+        with contextlib.suppress(NotFound):  # what `_start` resolved it to, for the record
+            image = self.store.resolve(a.image_digest or a.image, a.project)
         await self._report(a, MachineState.RUNNING, image=image)
         self._watch_exit(driver, a)
 
