@@ -8,6 +8,7 @@ The end-to-end cluster scenarios in tests/cli run the same loop over real micro-
 
 import asyncio
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -253,3 +254,24 @@ async def test_a_destroy_in_progress_is_not_asked_again(node: Node) -> None:
     assert (await node.get(m["id"]))["state"] == "destroyed"
     await node.round()
     assert len(node.driver.calls) == 2 and node.driver.boxes == {}
+
+
+async def test_a_machine_stopped_during_its_restart_backoff_is_not_started(node: Node) -> None:
+    """A new generation waits out its backoff on the node before it starts; stopped or removed
+    meanwhile (`hutch stop` on a machine that keeps failing), it is not started after all."""
+    stopped, removed = await node.machine(), await node.machine()
+    async with node.api.ctl.store.write() as tx:  # as a restart leaves them: a backoff to wait
+        for m in (stopped, removed):
+            row = await tx.machines.by_id(m["id"])
+            await tx.machines.update(replace(row, start_after=time.time() + 2.0))
+    await node.agent.reconcile(await node.assignments())  # both wait out their backoff
+    r = await node.api.call("POST", f"/v1/machines/{stopped['id']}/stop", node.token)
+    assert r.status_code == 200, r.text
+    r = await node.api.call("DELETE", f"/v1/machines/{removed['id']}?force=true", node.token)
+    assert r.status_code == 204, r.text
+    await node.agent.reconcile(await node.assignments())  # it skips the work under way
+    await settled(node.agent)
+    assert node.driver.calls == []
+    got = await node.get(stopped["id"])
+    assert (got["state"], got["error"]) == ("exited", "stopped before it started")
+    assert (await node.get(removed["id"]))["state"] == "destroyed"

@@ -217,16 +217,13 @@ class NodeAgent:
             if a.sandbox in self._work:
                 continue
             entry = have.get(a.sandbox)
-            if a.desired is Desired.DESTROYED:
-                if entry is not None:
-                    self._spawn(a.sandbox, self._destroy(entry[0], a.sandbox, a))
-                else:
-                    await self._report(a, MachineState.DESTROYED)
+            if a.desired is Desired.DESTROYED and entry is not None:
+                self._spawn(a.sandbox, self._destroy(entry[0], a.sandbox, a))
             elif entry is None:
                 if a.desired is Desired.RUNNING and not a.state.finished:
                     self._spawn(a.sandbox, self._start(a))
-                elif a.desired is Desired.STOPPED and not a.state.finished:
-                    await self._report(a, MachineState.EXITED, error="stopped before it started")
+                else:
+                    await self._not_started(a)
             else:
                 driver, info = entry
                 live = info.state in (SandboxState.CREATED, SandboxState.RUNNING)
@@ -253,10 +250,25 @@ class NodeAgent:
 
         self._work[sandbox] = asyncio.create_task(run())
 
+    async def _not_started(self, a: Assignment) -> None:
+        """Tell the controller the end of a sandbox that is not there and will not be."""
+        if a.desired is Desired.DESTROYED:
+            await self._report(a, MachineState.DESTROYED)
+        elif a.desired is Desired.STOPPED and not a.state.finished:
+            await self._report(a, MachineState.EXITED, error="stopped before it started")
+
     async def _start(self, a: Assignment) -> None:
         delay = a.start_after - time.time()
         if delay > 0:
             await asyncio.sleep(delay)  # a restart's backoff
+            # Rounds meanwhile left this sandbox to this task: if what they saw says it is no
+            # longer to run (stopped, removed, moved), it does not start.
+            now = self._assignments.get(a.sandbox)
+            if now is None or now.desired is not Desired.RUNNING:
+                if now is not None:
+                    await self._not_started(now)
+                return
+            a = now
         await self._report(a, MachineState.STARTING)
         driver = self.drivers.get(a.runtime)
         try:
