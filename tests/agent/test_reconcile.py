@@ -19,7 +19,7 @@ import pytest
 from hutch import config
 from hutch.agent.link import ControllerLink
 from hutch.agent.node import Identity, NodeAgent
-from hutch.model.errors import NotFound
+from hutch.model.errors import Conflict, NotFound
 from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState
 from hutch.runtime.driver import AgentDriver
 from hutch.wire.nodes import Assignment
@@ -29,7 +29,8 @@ from tests.api.conftest import JOIN, Api, close_api, free_port, open_api, served
 class FakeDriver:
     """The part of a runtime driver that reconcile uses, over sandboxes held in memory.
     `calls` lists what it was asked ("start", "stop", "destroy"), with the sandbox id;
-    `destroying`, when set, holds every destroy until it is set."""
+    `destroying`, when set, holds every destroy until it is set; a start of a sandbox in
+    `refused` fails."""
 
     name = "container"
 
@@ -37,6 +38,7 @@ class FakeDriver:
         self.boxes: dict[str, SandboxInfo] = {}
         self.calls: list[tuple[str, str]] = []
         self.destroying: asyncio.Event | None = None
+        self.refused: set[str] = set()  # sandboxes whose start fails
         self._ends: dict[str, asyncio.Future[ExitStatus]] = {}
 
     def has(self, sandbox: str, state: SandboxState = SandboxState.RUNNING) -> None:
@@ -55,6 +57,8 @@ class FakeDriver:
 
     async def start(self, sandbox: str) -> SandboxInfo:
         self.calls.append(("start", sandbox))
+        if sandbox in self.refused:
+            raise Conflict(f"sandbox {sandbox} did not boot")
         self.boxes[sandbox] = replace(self.boxes[sandbox], state=SandboxState.RUNNING)
         return self.boxes[sandbox]
 
@@ -169,12 +173,19 @@ async def test_a_sandbox_that_is_assigned_is_adopted_and_watched(node: Node) -> 
 
 async def test_a_sandbox_left_created_is_started(node: Node) -> None:
     """A sandbox the agent created but had not started when it stopped (`recover` adopts it
-    booted, its workload not started) is started, not left waiting for ever."""
-    m = await node.machine()
+    booted, its workload not started) is started, not left waiting for ever; one that does not
+    start is destroyed, and its machine failed."""
+    m, bad = await node.machine(), await node.machine()
     node.driver.has(f"{m['id']}-1", SandboxState.CREATED)
+    node.driver.has(f"{bad['id']}-1", SandboxState.CREATED)
+    node.driver.refused.add(f"{bad['id']}-1")
     await node.round()
-    assert node.driver.calls == [("start", f"{m['id']}-1")]
+    assert sorted(node.driver.calls) == sorted(
+        [("start", f"{m['id']}-1"), ("start", f"{bad['id']}-1"), ("destroy", f"{bad['id']}-1")]
+    )
     assert (await node.get(m["id"]))["state"] == "running"
+    failed = await node.get(bad["id"])  # a start that fails is the machine's failure
+    assert (failed["state"], failed["error"]) == ("failed", f"sandbox {bad['id']}-1 did not boot")
 
 
 async def test_what_is_no_longer_assigned_is_destroyed(node: Node) -> None:
