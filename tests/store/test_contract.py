@@ -694,6 +694,14 @@ async def test_events(store: SqlStore) -> None:
         assert await tx.events.since(a.id, e4.id) == []
         with pytest.raises(Invalid):
             await tx.events.since(a.id, 0, limit=0)
+        assert (await tx.events.last(a.id), await tx.events.last(b.id)) == (3, 1)
+        with pytest.raises(NotFound):
+            await tx.events.last("nope")
+    c = f.project()
+    async with store.write() as tx:
+        await tx.projects.create(c)
+    async with store.read() as tx:
+        assert await tx.events.last(c.id) == 0
 
 
 async def test_events_appended_many_at_once(store: SqlStore) -> None:

@@ -39,7 +39,7 @@ async def test_pragmas(sqlite_store: SqlStore) -> None:
     async with sqlite_store.write() as tx:
         conn = tx.projects._c  # type: ignore[attr-defined]  # white box: the connection itself
         pragmas = {
-            name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+            name: (await conn.execute(sa.text(f"PRAGMA {name}"))).scalar()
             for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
         }
     assert pragmas == {
@@ -95,13 +95,44 @@ async def test_writers_wait_for_another_process(sqlite_store: SqlStore, db: Path
     other.close()
 
 
+async def test_a_writer_cancelled_while_it_waits_leaves_the_file_unlocked(
+    sqlite_store: SqlStore, db: Path
+) -> None:
+    """Its BEGIN IMMEDIATE, waiting in the writer's thread for another process, is let end and
+    rolled back: neither the lock nor a half-begun transaction is left behind."""
+    other = other_writer(db)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def write() -> None:
+        async with sqlite_store.write() as tx:
+            await tx.projects.create(f.project())
+
+    task = asyncio.create_task(write())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    release = threading.Timer(0.3, lambda: other.execute("ROLLBACK"))
+    release.start()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.join()
+    other.execute("BEGIN IMMEDIATE")  # free again
+    other.execute("ROLLBACK")
+    other.close()
+    async with sqlite_store.write() as tx:
+        await tx.projects.create(p := f.project())
+    async with sqlite_store.read() as tx:
+        assert await tx.projects.list() == [p]
+
+
 async def test_foreign_keys_are_enforced(sqlite_store: SqlStore) -> None:
     with pytest.raises(Conflict):
         async with sqlite_store.write() as tx:
             conn = tx.projects._c  # type: ignore[attr-defined]
-            await conn.exec_driver_sql(
-                "INSERT INTO events (project_id, kind, object_id, state, message, time) "
-                "VALUES ('nope', 'k', 'o', 's', '', 0)"
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO events (project_id, kind, object_id, state, message, time) "
+                    "VALUES ('nope', 'k', 'o', 's', '', 0)"
+                )
             )
 
 

@@ -37,10 +37,11 @@ from hutch.model.machine import (
 from hutch.model.sandbox import parse_signal
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
 from hutch.scheduler import Context, Placement, Rejection, Request, need, place
+from hutch.services.feeds import Feeds
 from hutch.services.ids import new_id
 from hutch.services.images import Images
 from hutch.services.nodelink import NodeLink
-from hutch.services.notify import Notifier, keys_of, machine_key, node_key, project_key
+from hutch.services.notify import Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
 from hutch.store.base import Store, Tx
 
@@ -81,6 +82,7 @@ class Machines:
         self.notifier = notifier
         self.link = link
         self.images = images
+        self.feeds = Feeds(store, notifier)
 
     # -- tenant requests --------------------------------------------------------------------------
 
@@ -303,14 +305,15 @@ class Machines:
     ) -> AsyncIterator[list[Event]]:
         """Batches of the project's events after `after`, forever (the caller stops)."""
         self.policy.require(principal, Action.EVENT_READ, project.id)
-        while True:
-            async with self.store.read() as tx:
-                events = await tx.events.since(project.id, after)
-            if events:
-                after = events[-1].id
-                yield events
-            else:
-                await self.notifier.wait(project_key(project.id), 1.0)
+        with self.feeds.follow(project.id) as feed:  # one poll for all of the project's streams
+            while True:
+                async with self.store.read() as tx:
+                    events = await tx.events.since(project.id, after)
+                if events:
+                    after = events[-1].id
+                    yield events
+                else:
+                    await feed.beyond(after)
 
     # -- node reports -----------------------------------------------------------------------------
 

@@ -179,6 +179,9 @@ class EventRepo(Protocol):
         self, project_id: str, after: int, limit: int = 500
     ) -> builtins.list[Event]: ...
 
+    async def last(self, project_id: str) -> int:
+        """The number of the project's newest event (0: none yet); NotFound if it is gone."""
+
 
 class LeaseRepo(Protocol):
     async def acquire(self, name: str, holder: str, ttl: float, now: float) -> int | None:

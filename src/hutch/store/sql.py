@@ -6,6 +6,13 @@ makes a quota check race-free there. Writers of one process also take their turn
 lock, so they queue in order instead of polling SQLite's busy handler; writers of other processes
 wait in that handler (`BUSY_TIMEOUT`). `read()` is a deferred BEGIN on a connection that cannot
 write (query_only); in WAL mode readers never block writers nor wait for them.
+Both run their statements on plain sqlite3 in the event loop: a reader never waits for a lock,
+and neither does a writer once its BEGIN IMMEDIATE holds the file's. Only what may wait goes to
+the writer's own thread: the BEGIN IMMEDIATE (another process may hold the lock) and the COMMIT
+(its fsync, and the WAL checkpoint). So a write transaction is two passes of the event loop,
+whatever it does, instead of about four per statement through aiosqlite's thread; under load,
+when every pass also carries the streams' turns (`hutch.http.fair`), that decides how long a
+create takes. A write is acknowledged only once that COMMIT has returned.
 On PostgreSQL, transactions are READ COMMITTED; `projects.lock()` and `nodes.lock()` take the row
 (FOR NO KEY UPDATE: it excludes the other lockers, but not the inserts of rows that merely
 reference it), and `read()` transactions are READ ONLY. A deadlock or serialization failure ends
@@ -33,9 +40,10 @@ import builtins
 import contextlib
 import json
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, NoReturn, Protocol
+from typing import Any, Literal, NoReturn, Protocol, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -86,6 +94,7 @@ _RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, loc
 _READ_ONLY = "25006"  # PostgreSQL: a write in a READ ONLY transaction
 
 Backend = Literal["sqlite", "postgresql"]
+T = TypeVar("T")
 
 
 def parse_url(url: str) -> tuple[Backend, URL]:
@@ -153,6 +162,8 @@ class SqlStore:
         self._engine: AsyncEngine | None = None
         self._reader: AsyncEngine | None = None  # PostgreSQL's reads
         self._sqlite_reader: sa.Engine | None = None  # SQLite's, run in the event loop
+        self._sqlite_writer: sa.Engine | None = None  # SQLite's writes (statements in the loop)
+        self._writer_thread: ThreadPoolExecutor | None = None  # its BEGIN and COMMIT
         self._turn: asyncio.Lock | None = None  # SQLite: this process's writers queue here
 
     @property
@@ -169,7 +180,7 @@ class SqlStore:
 
     @property
     def engine(self) -> AsyncEngine:
-        """The engine for writes (and migrations). Unavailable before open()."""
+        """The engine for migrations (and PostgreSQL's writes). Unavailable before open()."""
         if self._engine is None:
             raise Unavailable(f"{self.where} is not open")
         return self._engine
@@ -184,6 +195,8 @@ class SqlStore:
                 raise Unavailable(f"cannot open {self.where}: its directory does not exist")
             self._engine = _sqlite_engine(self._url)
             self._sqlite_reader = _sqlite_reader(self._url)
+            self._sqlite_writer = _sqlite_writer(self._url)
+            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="hutch-store-writer")
             self._turn = asyncio.Lock()
         else:
             self._engine = self._reader = create_async_engine(
@@ -224,6 +237,12 @@ class SqlStore:
         if self._sqlite_reader is not None:
             self._sqlite_reader.dispose()
             self._sqlite_reader = None
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.dispose()
+            self._sqlite_writer = None
+        if self._writer_thread is not None:
+            self._writer_thread.shutdown(wait=False)
+            self._writer_thread = None
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Tx]:
@@ -242,9 +261,44 @@ class SqlStore:
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
+        if self._sqlite_writer is not None and self._writer_thread is not None:
+            writing = self._sqlite_write(self._sqlite_writer, self._writer_thread)
+            async with self._translated(), self._writer_turn(), writing as tx:
+                yield tx
+            return
         engine = self.engine
         async with self._translated(), self._writer_turn(), engine.connect() as conn, conn.begin():
             yield SqlTx(conn, self.backend)
+
+    @contextlib.asynccontextmanager
+    async def _sqlite_write(
+        self, engine: sa.Engine, thread: ThreadPoolExecutor
+    ) -> AsyncIterator[Tx]:
+        """BEGIN IMMEDIATE and COMMIT in the writer's thread, the statements in the loop (see
+        the module's docstring); a rollback, which neither waits nor syncs, in the loop too."""
+
+        def begin() -> tuple[Connection, sa.RootTransaction]:
+            conn = engine.connect()
+            try:
+                return conn, conn.begin()
+            except BaseException:
+                conn.close()
+                raise
+
+        def undo(begun: tuple[Connection, sa.RootTransaction]) -> None:
+            begun[1].rollback()
+            begun[0].close()
+
+        conn, transaction = await _in_thread(thread, begin, undo)
+        try:
+            try:
+                yield SqlTx(_InLoop(conn), self.backend)
+            except BaseException:
+                transaction.rollback()
+                raise
+            await _in_thread(thread, transaction.commit)
+        finally:
+            conn.close()  # back to the pool; nothing is left to roll back
 
     @contextlib.asynccontextmanager
     async def _writer_turn(self) -> AsyncIterator[None]:
@@ -277,10 +331,40 @@ class SqlStore:
 
 
 def _sqlite_engine(url: URL) -> AsyncEngine:
-    """The writer: aiosqlite, BEGIN IMMEDIATE (it may wait for another process's writer)."""
+    """The migrations' writer: aiosqlite, BEGIN IMMEDIATE (`write()` uses `_sqlite_writer`)."""
     engine = create_async_engine(url)
     _sqlite_setup(engine.sync_engine, write=True)
     return engine
+
+
+def _sqlite_writer(url: URL) -> sa.Engine:
+    """The writer: plain sqlite3, used by one task at a time (the writers' turn), in the loop
+    and in the writer's thread in turn (so not bound to a thread)."""
+    engine = sa.create_engine(
+        url.set(drivername="sqlite"),
+        pool_size=1,
+        max_overflow=0,
+        pool_reset_on_return=None,  # every transaction ends in a commit or a rollback
+        connect_args={"check_same_thread": False},
+    )
+    _sqlite_setup(engine, write=True)
+    return engine
+
+
+async def _in_thread(
+    thread: ThreadPoolExecutor, call: Callable[[], T], undo: Callable[[T], None] | None = None
+) -> T:
+    """`call()` in `thread`. Cancelled meanwhile, it still waits for the call to end, and
+    `undo`es what it returned (a BEGIN IMMEDIATE must not be left holding the file's lock)."""
+    future = asyncio.get_running_loop().run_in_executor(thread, call)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait([future])
+        if undo is not None and not future.cancelled() and future.exception() is None:
+            undo(future.result())
+        raise
 
 
 def _sqlite_reader(url: URL) -> sa.Engine:
@@ -318,7 +402,8 @@ def _sqlite_setup(engine: sa.Engine, *, write: bool) -> None:
 
 
 class _InLoop:
-    """A sync connection with the few AsyncConnection methods the repositories use."""
+    """A sync connection with the few AsyncConnection methods the repositories use: statements
+    that never wait for a lock, run in the event loop."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -330,7 +415,7 @@ class _InLoop:
 
     @contextlib.asynccontextmanager
     async def begin_nested(self) -> AsyncIterator[None]:
-        with self._conn.begin_nested():  # a write: the query_only connection refuses it
+        with self._conn.begin_nested():  # a savepoint: readers' query_only connections refuse it
             yield
 
 
@@ -383,7 +468,7 @@ def _translate(e: DBAPIError, where: str) -> Exception:
 
 
 class _Conn(Protocol):
-    """What repositories need of a connection: AsyncConnection, or _InLoop for reads."""
+    """What repositories need of a connection: AsyncConnection, or _InLoop on SQLite."""
 
     async def execute(
         self, statement: sa.Executable, parameters: Any = None, /
@@ -972,6 +1057,13 @@ class _Events(_Repo):
         if last is None:
             raise NotFound(f"project {project_id!r} not found")
         return int(last) - n + 1
+
+    async def last(self, project_id: str) -> int:
+        p = t.projects
+        row = await self._one(sa.select(p.c.event_seq).where(p.c.id == project_id))
+        if row is None:
+            raise NotFound(f"project {project_id!r} not found")
+        return int(row[0])
 
     async def since(self, project_id: str, after: int, limit: int = 500) -> list[Event]:
         """At most MAX_EVENTS events, whatever `limit` asks."""
