@@ -18,7 +18,8 @@ import httpx
 from pydantic import BaseModel
 
 from hutch.client import _core as core
-from hutch.client._core import ArchiveSource, Call, Endpoint, MachineOptions, MachineRef, Plan
+from hutch.client._calls import Call, Endpoint, listing
+from hutch.client._core import ArchiveSource, MachineOptions, MachineRef, Plan
 from hutch.client.config import resolve
 from hutch.client.exec import AttachSession, ExecResult, ExecSession, attaching, opening
 from hutch.model.tenancy import Role
@@ -209,7 +210,7 @@ class Machines:
 
             running = [m.name for m in client.machines.list(state="running")]
         """
-        return self._c._paged(core.listing(state, labels, all, page_size), Page[MachineView])
+        return self._c._paged(listing(state, labels, all, page_size), Page[MachineView])
 
     def get(self, ref: MachineRef) -> MachineView:
         """The machine now (NotFound if it is not in the project)."""
@@ -382,10 +383,13 @@ class Images:
     def import_(
         self, source: ArchiveSource, names: Sequence[str] = (), public: bool = False
     ) -> builtins.list[ImageView]:
-        """Import a `docker save` or OCI archive (a path, bytes or an open binary file) or an
-        OCI layout directory; `names` name the image. Returns the images it held.
+        """Import a `docker save` or OCI archive, or a root filesystem's tar (plain or
+        compressed, like `docker import` takes: the controller packs it as a one-layer image),
+        as a path, bytes or an open binary file; or an OCI layout directory or a root directory.
+        `names` name the image. Returns the images it held.
 
             client.images.import_("app.tar", names=["app:1.2"])
+            client.images.import_("rootfs.tar.gz", names=["deb:12"])
         """
         with core.archive(source) as chunks:
             return self._c._run(core.import_call(names, public, chunks))
