@@ -21,7 +21,7 @@ from hutch.agent.link import ControllerLink
 from hutch.agent.node import Identity, NodeAgent
 from hutch.model.errors import Conflict, NotFound
 from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState
-from hutch.runtime.driver import AgentDriver
+from hutch.runtime.driver import SandboxDriver
 from hutch.wire.nodes import Assignment
 from tests.api.conftest import JOIN, Api, close_api, free_port, open_api, served
 
@@ -123,7 +123,7 @@ def new_agent(url: str, joined: dict[str, Any], driver: FakeDriver, state_dir: P
     settings = config.load(state_dir=state_dir, registry_allow=[])  # no pull leaves this host
     agent = NodeAgent(settings, controller=url, join_secret=JOIN, name="sim-2",
                       advertise="http://127.0.0.1:9")  # fmt: skip
-    agent.drivers = {"container": cast(AgentDriver, driver)}
+    agent.drivers = {"container": cast(SandboxDriver, driver)}
     agent.identity = Identity(joined["node_id"], joined["credential"], "", url)
     agent.link.credential = joined["credential"]
     return agent

@@ -26,7 +26,7 @@ from hutch.model.machine import (
     Report,
     RestartPolicy,
 )
-from hutch.scheduler import need
+from hutch.placement import need
 from hutch.services.machines import RESTART_BACKOFF_MAX, request_of
 from tests.store import factories as f
 from tests.store.postgres import postgres, postgres_url

@@ -303,7 +303,7 @@ class NodeAgent:
         await self._report(a, MachineState.RUNNING, image=image)
         self._watch_exit(driver, a)
 
-    async def _resume(self, driver: AgentDriver, a: Assignment) -> None:
+    async def _resume(self, driver: SandboxDriver, a: Assignment) -> None:
         """Start a sandbox created but never started: the agent stopped between the two (a
         micro-VM boots for seconds), and its driver re-adopted it booted, waiting."""
         try:
