@@ -12,8 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from hutch.model.errors import Conflict, Unavailable
-from hutch.store import sql
-from hutch.store.sql import SqlStore
+from hutch.store.sql import SqlStore, engine
 from tests.store import factories as f
 
 
@@ -155,7 +154,7 @@ async def test_many_tasks_write_without_errors(sqlite_store: SqlStore) -> None:
 async def test_a_writer_locked_out_too_long_is_unavailable(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sql, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(engine, "BUSY_TIMEOUT", 0.2)
     store = SqlStore(f"sqlite:///{db}")
     await store.open()
     other = other_writer(db)

@@ -1,0 +1,58 @@
+"""What every repository shares: the connection it runs on, and a few statements."""
+
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+
+from hutch.model.errors import NotFound
+
+Backend = Literal["sqlite", "postgresql"]
+
+
+class Conn(Protocol):
+    """What repositories need of a connection: AsyncConnection, or _InLoop on SQLite."""
+
+    async def execute(
+        self, statement: sa.Executable, parameters: Any = None, /
+    ) -> sa.CursorResult[Any]: ...
+
+    def begin_nested(self) -> Any: ...
+
+
+class Repo:
+    def __init__(self, conn: Conn, backend: Backend) -> None:
+        self._c = conn
+        self._pg = backend == "postgresql"
+
+    async def _one(self, stmt: sa.Select[Any]) -> Row[Any] | None:
+        row: Row[Any] | None = (await self._c.execute(stmt)).first()
+        return row
+
+    async def _exists(self, table: sa.Table, *where: sa.ColumnElement[bool]) -> bool:
+        return (
+            await self._one(sa.select(sa.literal(1)).select_from(table).where(*where)) is not None
+        )
+
+    async def _insert(self, table: sa.Table, values: Mapping[str, Any]) -> bool:
+        """Insert one row; False if a constraint refused it. In a savepoint, so that on
+        PostgreSQL the transaction stays usable after the refusal."""
+        try:
+            async with self._c.begin_nested():
+                await self._c.execute(table.insert().values(**values))
+        except IntegrityError:
+            return False
+        return True
+
+    async def _lock_row(
+        self, table: sa.Table, row_id: str, what: str, *, key: bool = False
+    ) -> None:
+        """Hold the row until the transaction ends; NotFound if it is not there. `key`: also
+        keep out inserts that reference it (FOR UPDATE), as before deleting it."""
+        stmt = sa.select(table.c.id).where(table.c.id == row_id)
+        if self._pg:
+            stmt = stmt.with_for_update(key_share=not key)
+        if await self._one(stmt) is None:
+            raise NotFound(f"{what} {row_id!r} not found")
