@@ -38,6 +38,7 @@ async def test_project_conflicts_and_not_found(store: SqlStore) -> None:
     a = f.project("alpha")
     async with store.write() as tx:
         await tx.projects.create(a)
+        assert await tx.projects.lock(a.id) == a  # the row, held until the commit
         with pytest.raises(Conflict, match="project named 'alpha' already exists"):
             await tx.projects.create(f.project("alpha"))
         with pytest.raises(Conflict, match="id"):
@@ -564,7 +565,7 @@ async def test_node_compare_and_set(store: SqlStore) -> None:
     n = f.node()
     async with store.write() as tx:
         await tx.nodes.create(n, "cred")
-        await tx.nodes.lock(n.id)
+        assert await tx.nodes.lock(n.id) == n  # the row, held until the commit
         cordoned = await tx.nodes.update(replace(n, cordoned=True, domain="rack-1"))
         assert cordoned == replace(n, cordoned=True, domain="rack-1", version=2)
         with pytest.raises(Conflict, match="changed by someone else"):

@@ -483,8 +483,7 @@ class Machines:
 async def _check_quota(tx: Tx, project: Project, adding: Usage | None = None) -> None:
     """QuotaExceeded if what the project's machines hold (see MachineRepo.usage), plus `adding`,
     is over its quota. Locks the project row: quota checks of one project never interleave."""
-    await tx.projects.lock(project.id)
-    quota = (await tx.projects.get(project.id)).quota
+    quota = (await tx.projects.lock(project.id)).quota
     usage = (await tx.machines.usage(project.id)).plus(adding or Usage())
     if (over := usage.exceeds(quota)) is not None:
         raise QuotaExceeded(

@@ -54,8 +54,9 @@ class ProjectRepo(Protocol):
     async def delete(self, project_id: str) -> None:
         """Conflict while it has machines that are not destroyed, or images."""
 
-    async def lock(self, project_id: str) -> None:
-        """Hold the project row until the transaction ends (quota checks cannot interleave)."""
+    async def lock(self, project_id: str) -> Project:
+        """The project, its row held until the transaction ends (quota checks cannot
+        interleave); NotFound if there is no such project."""
 
 
 class TokenRepo(Protocol):
@@ -148,7 +149,8 @@ class NodeRepo(Protocol):
         """Compare-and-set on `node.version`, as MachineRepo.update; the allocation is left
         as it is (see claim and release)."""
 
-    async def lock(self, node_id: str) -> None: ...
+    async def lock(self, node_id: str) -> Node:
+        """The node, its row held until the transaction ends; NotFound if there is none."""
 
     async def delete(self, node_id: str) -> None:
         """Conflict while live machines are on it; NotFound if there is no such node."""

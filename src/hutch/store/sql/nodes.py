@@ -75,11 +75,11 @@ class SqlNodes(Repo):
             )
         raise NotFound(f"node {node.id!r} not found")
 
-    async def lock(self, node_id: str) -> None:
-        await self._lock_row(t.nodes, node_id, "node")
+    async def lock(self, node_id: str) -> Node:
+        return _to_node(await self._locked(t.nodes, node_id, "node"))
 
     async def delete(self, node_id: str) -> None:
-        await self._lock_row(t.nodes, node_id, "node", key=True)
+        await self._locked(t.nodes, node_id, "node", key=True)
         m = t.machines
         on_it = m.c.node_id == node_id
         live = (await self._c.execute(sa.select(sa.func.count()).where(on_it, t.LIVE))).scalar_one()

@@ -66,7 +66,7 @@ class SqlProjects(Repo):
         caller checks those.)"""
         # FOR UPDATE, not the usual lock: machines being created in the project (their foreign
         # key takes a share of this row) must finish first, so that the count below sees them.
-        await self._lock_row(t.projects, project_id, "project", key=True)
+        await self._locked(t.projects, project_id, "project", key=True)
         m = t.machines
         count = (
             await self._c.execute(
@@ -82,8 +82,8 @@ class SqlProjects(Repo):
             await self._c.execute(sa.delete(table).where(table.c.project_id == project_id))
         await self._c.execute(sa.delete(t.projects).where(t.projects.c.id == project_id))
 
-    async def lock(self, project_id: str) -> None:
-        await self._lock_row(t.projects, project_id, "project")
+    async def lock(self, project_id: str) -> Project:
+        return _to_project(await self._locked(t.projects, project_id, "project"))
 
 
 def _project(p: Project) -> dict[str, Any]:

@@ -46,13 +46,14 @@ class Repo:
             return False
         return True
 
-    async def _lock_row(
+    async def _locked(
         self, table: sa.Table, row_id: str, what: str, *, key: bool = False
-    ) -> None:
-        """Hold the row until the transaction ends; NotFound if it is not there. `key`: also
+    ) -> Row[Any]:
+        """The row, held until the transaction ends; NotFound if it is not there. `key`: also
         keep out inserts that reference it (FOR UPDATE), as before deleting it."""
-        stmt = sa.select(table.c.id).where(table.c.id == row_id)
+        stmt = sa.select(table).where(table.c.id == row_id)
         if self._pg:
             stmt = stmt.with_for_update(key_share=not key)
-        if await self._one(stmt) is None:
+        if (row := await self._one(stmt)) is None:
             raise NotFound(f"{what} {row_id!r} not found")
+        return row
