@@ -77,17 +77,8 @@ async def test_project_delete(store: SqlStore) -> None:
         await tx.projects.create(other)
         await tx.machines.create(m)
         await tx.tokens.create(f.token(a.id), "hash-a")
-        await tx.events.append(
-            a.id, kind="machine.created", object_id=m.id, state="created", message="", time=f.now()
-        )
-        await tx.events.append(
-            other.id,
-            kind="machine.created",
-            object_id="x",
-            state="created",
-            message="",
-            time=f.now(),
-        )
+        await tx.events.append([NewEvent(a.id, "machine.created", m.id, "created", "", f.now())])
+        await tx.events.append([NewEvent(other.id, "machine.created", "x", "created", "", f.now())])
     async with store.write() as tx:
         with pytest.raises(Conflict, match="1 machine"):
             await tx.projects.delete(a.id)
@@ -644,37 +635,18 @@ async def test_events(store: SqlStore) -> None:
     async with store.write() as tx:
         await tx.projects.create(a)
         await tx.projects.create(b)
-        e1 = await tx.events.append(
-            a.id,
-            kind="machine.created",
-            object_id="m-1",
-            state="created",
-            message="hello",
-            time=10.5,
+        [e1] = await tx.events.append(
+            [NewEvent(a.id, "machine.created", "m-1", "created", "hello", 10.5)]
         )
-        e2 = await tx.events.append(
-            b.id, kind="machine.created", object_id="m-2", state="created", message="", time=11.0
+        [e2] = await tx.events.append(
+            [NewEvent(b.id, "machine.created", "m-2", "created", "", 11.0)]
         )
-        e3 = await tx.events.append(
-            a.id, kind="machine.state", object_id="m-1", state="running", message="", time=12.0
-        )
+        [e3] = await tx.events.append([NewEvent(a.id, "machine.state", "m-1", "running", "", 12.0)])
         with pytest.raises(NotFound):
-            await tx.events.append(
-                "nope",
-                kind="machine.state",
-                object_id="m-1",
-                state="running",
-                message="",
-                time=12.0,
-            )
+            await tx.events.append([NewEvent("nope", "machine.state", "m-1", "running", "", 12.0)])
     async with store.write() as tx:
-        e4 = await tx.events.append(
-            a.id,
-            kind="machine.destroyed",
-            object_id="m-1",
-            state="destroyed",
-            message="",
-            time=13.0,
+        [e4] = await tx.events.append(
+            [NewEvent(a.id, "machine.destroyed", "m-1", "destroyed", "", 13.0)]
         )
     assert (e1.id, e3.id, e4.id) == (1, 2, 3)  # numbered in their project: b's e2 is not there
     assert e2.id == 1
@@ -710,16 +682,16 @@ async def test_events_appended_many_at_once(store: SqlStore) -> None:
     async with store.write() as tx:
         await tx.projects.create(a)
         await tx.projects.create(b)
-        await tx.events.append_many(
+        await tx.events.append(
             [
                 NewEvent(a.id, "machine.placed", f"m-{i}", "created", "on node x", 5.0)
                 for i in range(3)
             ]
         )
-        await tx.events.append_many([])
+        await tx.events.append([])
         with pytest.raises(NotFound):
-            await tx.events.append_many([NewEvent("nope", "k", "m", "s", "", 1.0)])
-        await tx.events.append_many(
+            await tx.events.append([NewEvent("nope", "k", "m", "s", "", 1.0)])
+        await tx.events.append(
             [NewEvent(p, "machine.placed", "m-x", "created", "", 6.0) for p in (b.id, a.id, b.id)]
         )
     async with store.read() as tx:
@@ -748,16 +720,14 @@ async def test_failed_block_leaves_nothing(store: SqlStore) -> None:
         async with store.write() as tx:
             await tx.projects.create(a)
             await tx.machines.create(f.machine(a.id))
-            await tx.events.append(
-                a.id, kind="machine.created", object_id="m", state="created", message="", time=1.0
-            )
+            await tx.events.append([NewEvent(a.id, "machine.created", "m", "created", "", 1.0)])
             _ = 1 / 0
     async with store.write() as tx:
         assert await tx.projects.list() == []
         # The same project can be created now: nothing of the first attempt is left.
         await tx.projects.create(a)
-        event = await tx.events.append(
-            a.id, kind="machine.created", object_id="m", state="created", message="", time=1.0
+        [event] = await tx.events.append(
+            [NewEvent(a.id, "machine.created", "m", "created", "", 1.0)]
         )
     async with store.read() as tx:
         assert await tx.events.since(a.id, 0) == [event]

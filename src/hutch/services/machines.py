@@ -43,7 +43,7 @@ from hutch.services.images import Images
 from hutch.services.nodelink import NodeLink
 from hutch.services.notify import Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
-from hutch.store.base import Store, Tx
+from hutch.store.base import NewEvent, Store, Tx
 
 MAX_WAIT = 300.0
 RESTART_BACKOFF_MAX = 30.0
@@ -119,12 +119,7 @@ class Machines:
             await _check_quota(tx, project, usage_of(spec))
             await tx.machines.create(machine)
             await tx.events.append(
-                project.id,
-                kind="machine.created",
-                object_id=machine.id,
-                state=machine.state,
-                message="",
-                time=now,
+                [NewEvent(project.id, "machine.created", machine.id, machine.state, "", now)]
             )
         self._wake(machine)
         return machine
@@ -464,14 +459,7 @@ class Machines:
             await self._release(tx, m)
         now = time.time()
         m = await tx.machines.update(replace(m, state=state, updated_at=now))
-        await tx.events.append(
-            m.project_id,
-            kind="machine.state",
-            object_id=m.id,
-            state=state,
-            message=message,
-            time=now,
-        )
+        await tx.events.append([NewEvent(m.project_id, "machine.state", m.id, state, message, now)])
         if m.node_id is not None:
             await tx.nodes.bump_revision(m.node_id)
         return m

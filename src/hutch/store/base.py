@@ -171,11 +171,9 @@ class NodeRepo(Protocol):
 
 
 class EventRepo(Protocol):
-    async def append(
-        self, project_id: str, *, kind: str, object_id: str, state: str, message: str, time: float
-    ) -> Event: ...
-
-    async def append_many(self, events: Sequence[NewEvent]) -> None: ...
+    async def append(self, events: Sequence[NewEvent]) -> builtins.list[Event]:
+        """The events, in one statement, numbered in their projects in the order given;
+        NotFound if a project is gone."""
 
     async def since(
         self, project_id: str, after: int, limit: int = 500

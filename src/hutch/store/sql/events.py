@@ -22,28 +22,24 @@ MAX_EVENTS = 1000  # events per since() call
 
 
 class SqlEvents(Repo):
-    async def append(
-        self, project_id: str, *, kind: str, object_id: str, state: str, message: str, time: float
-    ) -> Event:
-        seq = await self._number(project_id, 1)
-        values = {"project_id": project_id, "kind": kind, "object_id": object_id, "state": state,
-                  "message": message, "time": time, "seq": seq}  # fmt: skip
-        await self._c.execute(t.events.insert().values(**values))
-        return Event(seq, project_id, kind, object_id, state, message, time)
-
-    async def append_many(self, events: Sequence[NewEvent]) -> None:
-        """Many events in one statement (the scheduler's batches), in the order given."""
+    async def append(self, events: Sequence[NewEvent]) -> list[Event]:
+        """The events in one statement, numbered in the order given (see the module's
+        docstring); NotFound if a project is gone."""
         if not events:
-            return
+            return []
         counts: dict[str, int] = {}
         for e in events:
             counts[e.project_id] = counts.get(e.project_id, 0) + 1
         following = {p: await self._number(p, counts[p]) for p in sorted(counts)}
-        rows = []
+        appended = []
         for e in events:
-            rows.append({**e._asdict(), "seq": following[e.project_id]})
+            appended.append(Event(following[e.project_id], *e))
             following[e.project_id] += 1
-        await self._c.execute(t.events.insert(), rows)
+        await self._c.execute(
+            t.events.insert(),
+            [{**e._asdict(), "seq": a.id} for e, a in zip(events, appended, strict=True)],
+        )
+        return appended
 
     async def _number(self, project_id: str, n: int) -> int:
         """Take the project's next `n` event numbers: the first. The update holds the project's
