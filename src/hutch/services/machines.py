@@ -272,7 +272,7 @@ class Machines:
             else:
                 m = await tx.machines.update(m)
                 assert m.node_id is not None
-                await tx.nodes.bump_revision(m.node_id)
+                await tx.nodes.bump_revisions([m.node_id])
         self._wake(m)
 
     async def wait(
@@ -409,7 +409,7 @@ class Machines:
         node_id = m.node_id
         if m.spec.auto_destroy and m.desired is not Desired.DESTROYED and node_id is not None:
             m = await tx.machines.update(replace(m, desired=Desired.DESTROYED))
-            await tx.nodes.bump_revision(node_id)
+            await tx.nodes.bump_revisions([node_id])
         return m
 
     # -- internals --------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ class Machines:
         message = f"{message}: {why}" if why else message
         m = await self._transition(tx, m, MachineState.CREATED, message)
         if old_node:
-            await tx.nodes.bump_revision(old_node)  # it must drop the old sandbox
+            await tx.nodes.bump_revisions([old_node])  # it must drop the old sandbox
         return m
 
     async def _transition(self, tx: Tx, m: Machine, state: MachineState, message: str) -> Machine:
@@ -461,7 +461,7 @@ class Machines:
         m = await tx.machines.update(replace(m, state=state, updated_at=now))
         await tx.events.append([NewEvent(m.project_id, "machine.state", m.id, state, message, now)])
         if m.node_id is not None:
-            await tx.nodes.bump_revision(m.node_id)
+            await tx.nodes.bump_revisions([m.node_id])
         return m
 
     def _wake(self, m: Machine) -> None:

@@ -162,10 +162,9 @@ class NodeRepo(Protocol):
 
     async def release(self, node_id: str, want: Capacity) -> None: ...
 
-    async def bump_revisions(self, node_ids: Sequence[str]) -> None: ...
-
-    async def bump_revision(self, node_id: str) -> int:
-        """Something its agent must see changed: a new revision for the long poll."""
+    async def bump_revisions(self, node_ids: Sequence[str]) -> None:
+        """Something their agents must see changed: a new revision of each node for the long
+        poll (nodes that are gone are passed over)."""
 
     async def revision(self, node_id: str) -> int: ...
 

@@ -123,6 +123,7 @@ class SqlNodes(Repo):
         )
 
     async def bump_revisions(self, node_ids: Sequence[str]) -> None:
+        """In one statement; ids of nodes that are gone are passed over."""
         if node_ids:
             n = t.nodes
             await self._c.execute(
@@ -130,20 +131,6 @@ class SqlNodes(Repo):
                 .where(n.c.id.in_(sorted(set(node_ids))))
                 .values(revision=n.c.revision + 1)
             )
-
-    async def bump_revision(self, node_id: str) -> int:
-        n = t.nodes
-        stmt = (
-            sa.update(n)
-            .where(n.c.id == node_id)
-            .values(revision=n.c.revision + 1)
-            .returning(n.c.revision)
-        )
-        row = (await self._c.execute(stmt)).first()
-        if row is None:
-            raise NotFound(f"node {node_id!r} not found")
-        revision: int = row[0]
-        return revision
 
     async def revision(self, node_id: str) -> int:
         row = await self._one(sa.select(t.nodes.c.revision).where(t.nodes.c.id == node_id))
