@@ -112,9 +112,6 @@ class MachineRepo(Protocol):
     async def by_id(self, machine_id: str) -> Machine:
         """Any project's machine by id: only for node reports, which name the machine."""
 
-    async def purge(self, project_id: str, machine_id: str) -> None:
-        """Forget a destroyed machine for good."""
-
     async def pending(
         self, limit: int, after: tuple[float, str] | None = None
     ) -> builtins.list[Machine]:
@@ -187,8 +184,6 @@ class LeaseRepo(Protocol):
         """Take or renew the lease: its term, or None while someone else holds it."""
 
     async def release(self, name: str, holder: str) -> None: ...
-
-    async def holder(self, name: str, now: float) -> tuple[str, int] | None: ...
 
 
 class Tx(Protocol):

@@ -38,16 +38,3 @@ class SqlLeases(Repo):
             .where(lease.c.name == name, lease.c.holder == holder)
             .values(expires_at=0.0)
         )
-
-    async def holder(self, name: str, now: float) -> tuple[str, int] | None:
-        """(holder, term) of an unexpired lease."""
-        lease = t.leases
-        row = await self._one(
-            sa.select(lease.c.holder, lease.c.term).where(
-                lease.c.name == name, lease.c.expires_at >= now
-            )
-        )
-        if row is None:
-            return None
-        holder, term = tuple(row)
-        return str(holder), int(term)

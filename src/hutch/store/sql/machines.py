@@ -242,17 +242,6 @@ class SqlMachines(Repo):
             found[str(image)].add(str(node_id))
         return found
 
-    async def purge(self, project_id: str, machine_id: str) -> None:
-        """Conflict unless the machine is destroyed."""
-        m = t.machines
-        mine = (m.c.id == machine_id, m.c.project_id == project_id)
-        result = await self._c.execute(sa.delete(m).where(*mine, sa.not_(t.LIVE)))
-        if result.rowcount:
-            return
-        if await self._exists(m, *mine):
-            raise Conflict(f"machine {machine_id!r} is not destroyed: destroy it first")
-        raise NotFound(f"machine {machine_id!r} not found")
-
 
 def _machine_values(m: Machine) -> dict[str, Any]:
     """The columns an update writes: everything but id, project, creation time and version."""
