@@ -34,7 +34,7 @@ from hutch.runtime import accel as accel_mod
 from hutch.runtime import host, scratch
 from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.channel import Connection, T, encode_process
-from hutch.runtime.driver import AgentDriver
+from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.guest import build
 from hutch.runtime.microvm import MicroVMBackend, qemu_command
 
@@ -79,7 +79,7 @@ async def bare_qemu(backend: MicroVMBackend, s: SandboxSpec, work: Path) -> floa
         shutil.rmtree(sockets, ignore_errors=True)
 
 
-async def via_driver(driver: AgentDriver, s: SandboxSpec) -> float:
+async def via_driver(driver: SandboxDriver, s: SandboxSpec) -> float:
     start = time.monotonic()
     await driver.create(s)
     await driver.start(s.id)
@@ -131,7 +131,7 @@ def mem_available_mib() -> float:
     return 0.0
 
 
-async def idle_vms(driver: AgentDriver, root_dir: str, disk: str, count: int) -> list[float]:
+async def idle_vms(driver: SandboxDriver, root_dir: str, disk: str, count: int) -> list[float]:
     """PSS of `count` idle VMs booted together; returns one figure per VM."""
     ids = [f"idle{i}" for i in range(count)]
     for sid in ids:
@@ -154,7 +154,7 @@ async def idle_vms(driver: AgentDriver, root_dir: str, disk: str, count: int) ->
 
 
 async def peak_overhead(
-    driver: AgentDriver, root_dir: str, disk: str, memory_mib: int, cpus: int
+    driver: SandboxDriver, root_dir: str, disk: str, memory_mib: int, cpus: int
 ) -> float:
     """Peak anonymous memory of QEMU's cgroup beyond the guest RAM, for a guest that fills it."""
     s = spec("fill", root_dir, disk, FILL)

@@ -33,7 +33,7 @@ from hutch.images.registry import RegistryClient, RegistryConfig
 from hutch.images.rootdisk import build_root_disk
 from hutch.images.rootfs import prepare_image
 from hutch.images.staging import Staging
-from hutch.images.store import Store
+from hutch.images.store import ImageStore
 from hutch.model.units import format_bytes
 from tests.images.ocibuild import write_oci_layout
 from tests.images.registry_server import Registry
@@ -79,7 +79,7 @@ async def hutch_pull(
 ) -> float:
     """Pull and prepare a micro-VM root disk; `staging` as hutch's `unpack_staging` setting."""
     start = time.monotonic()
-    store = Store(store_dir)
+    store = ImageStore(store_dir)
     async with RegistryClient({registry: RegistryConfig(insecure=True)}) as client:
         image = await pull(ref, store, client, project="bench")
     await asyncio.to_thread(

@@ -43,7 +43,7 @@ from hutch.model.machine import (
     NodeState,
 )
 from hutch.model.tenancy import Project, Quota
-from hutch.scheduler import CPU_OVERCOMMIT, limit, utilisation
+from hutch.placement import CPU_OVERCOMMIT, limit, utilisation
 from hutch.services.notify import Notifier
 from hutch.services.scheduling import Scheduler
 from hutch.store.sql import SqlStore

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         "ring, for its first follower (an attached run joins a moment after the start)",
     )
     console_max_bytes: int = Field(256 << 10, description="guest console kept per VM (ring)")
-    boot_timeout: float = Field(90.0, gt=0, description="seconds for a VM's agent to come up")
+    boot_timeout: float = Field(90.0, gt=0, description="seconds for a VM's guest agent to come up")
     vm_overhead_mib: int = Field(96, ge=0, description="host memory per VM beyond its guest RAM")
     vm_uid_base: int = Field(1_500_000, ge=1000, description="QEMU runs as its own uid from here")
     vm_debug: bool = Field(False, description="guests that fail to boot print diagnostics")

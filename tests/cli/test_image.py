@@ -75,7 +75,8 @@ def test_export_rm_import_round_trip(hutch_r: Hutch, registry: Registry, tmp_pat
     assert removed.returncode == 0 and removed.stdout.strip() == digest
     assert "demo/app" not in hutch_r("image", "ls").stdout
     gone = hutch_r("sandbox", "run", ref)
-    assert gone.returncode == 125 and "pull it first" in one_clear_line(gone.stderr)
+    assert gone.returncode == 125
+    assert f"first (hutch image pull --local {ref})" in one_clear_line(gone.stderr)
     imported = hutch_r("image", "import", str(archive))
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.strip() == digest

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from hutch.scheduler import CPU_OVERCOMMIT
+from hutch.placement import CPU_OVERCOMMIT
 from tests.cli.conftest import HUTCH, one_clear_line
 from tests.cli.test_machines import Run
 from tests.controller import Controller, controller

@@ -1,6 +1,8 @@
 """Every `hutch` command the README shows, its options and the ones its comments mention, is one
-the CLI has: checked against `--help` (the SDK example and the project commands run for real in
-tests/client/test_readme.py and tests/cli/test_projects.py)."""
+the CLI has: checked against `--help`. Most also run for real, read from the README: running
+machines, --dry-run, login/context and images in tests/cli/test_readme_runs.py, the project
+commands in tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py; what
+cannot run on one machine (the cluster's controller --tls and agent join) is checked here only."""
 
 import os
 import re

@@ -20,7 +20,7 @@ import pytest
 from hutch.images import archive
 from hutch.images.archive import export_archive, import_archive
 from hutch.images.layout import MAX_JSON_BYTES, OCI_CONFIG, OCI_MANIFEST, REF_NAME
-from hutch.images.store import Store
+from hutch.images.store import ImageStore
 from hutch.model.errors import Invalid, NotFound, Unsupported
 from tests.images.ocibuild import blob_path, tar_directory, write_oci_layout
 
@@ -125,7 +125,7 @@ def docker_save(
     return tar_of(*members)
 
 
-def blobs(store: Store) -> set[str]:
+def blobs(store: ImageStore) -> set[str]:
     return {p.name for p in (store.root / "blobs" / "sha256").iterdir()}
 
 
@@ -162,7 +162,7 @@ def pipe_of(data: bytes) -> Iterator[BinaryIO]:
         writer.join()
 
 
-def export_through_pipe(store: Store, digest: str, name: str | None = None) -> bytes:
+def export_through_pipe(store: ImageStore, digest: str, name: str | None = None) -> bytes:
     r, w = os.pipe()
     chunks: list[bytes] = []
 
@@ -182,7 +182,7 @@ def export_through_pipe(store: Store, digest: str, name: str | None = None) -> b
 
 @dataclass(frozen=True)
 class Node:
-    store: Store
+    store: ImageStore
     outside: Path  # a sentinel beside the store: nothing may ever appear in it
 
 
@@ -191,7 +191,7 @@ def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Node:
     (tmp_path / "node" / "outside").mkdir(parents=True)
     # A member written under its own (relative) name would land in the sentinel.
     monkeypatch.chdir(tmp_path / "node" / "outside")
-    return Node(Store(tmp_path / "node" / "store"), tmp_path / "node" / "outside")
+    return Node(ImageStore(tmp_path / "node" / "store"), tmp_path / "node" / "outside")
 
 
 def assert_nothing_recorded(node: Node) -> None:
@@ -484,7 +484,7 @@ def test_export_reimports_to_the_same_image_and_is_reproducible(
         REF_NAME: "1",
     }
 
-    elsewhere = Store(tmp_path / "elsewhere")
+    elsewhere = ImageStore(tmp_path / "elsewhere")
     with pipe_of(exported) as f:
         [imported] = import_archive(f, elsewhere, project="p")
     assert (imported.digest, imported.names) == (digest, ("registry.test/app:1",))
@@ -549,7 +549,7 @@ def test_skopeo_and_umoci_read_exports(
         capture_output=True,
         check=True,
     )
-    elsewhere = Store(tmp_path / "elsewhere")
+    elsewhere = ImageStore(tmp_path / "elsewhere")
     with copy.open("rb") as f:
         [imported] = import_archive(f, elsewhere, project="p")
     assert (imported.digest, imported.names) == (digest, ("registry.test/copy:2",))

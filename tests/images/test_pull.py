@@ -16,7 +16,7 @@ from hutch.images.layout import DOCKER_MANIFEST, OCI_MANIFEST
 from hutch.images.pull import PullProgress, pull
 from hutch.images.registry import Manifest, RegistryClient, RegistryConfig
 from hutch.images.rootfs import prepare_image
-from hutch.images.store import Store
+from hutch.images.store import ImageStore
 from hutch.model.errors import Invalid, NotFound, Unavailable, Unsupported
 from hutch.model.image import ImageRef
 from tests.images.ocibuild import blob_path, write_oci_layout
@@ -168,7 +168,7 @@ def check_progress(events: list[PullProgress]) -> None:
 async def test_pull_by_tag_stores_a_verified_image(
     registry: Registry, pushed: Pushed, tmp_path: Path
 ) -> None:
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     events: list[PullProgress] = []
     async with _client(registry.host) as client:
         image = await pull(
@@ -189,7 +189,7 @@ async def test_pull_by_tag_stores_a_verified_image(
 async def test_pull_by_digest_records_the_pin(
     registry: Registry, pushed: Pushed, tmp_path: Path
 ) -> None:
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     ref = f"{registry.host}/app@{pushed.app}"
     async with _client(registry.host) as client:
         image = await pull(ref, store, client, project=PROJECT, public=True)
@@ -198,7 +198,7 @@ async def test_pull_by_digest_records_the_pin(
 
 
 async def test_pull_docker_v2_manifest(registry: Registry, pushed: Pushed, tmp_path: Path) -> None:
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     async with _client(registry.host) as client:
         image = await pull(f"{registry.host}/docker:1", store, client, project=PROJECT)
     assert image.digest == pushed.docker != pushed.app  # same content, other media types
@@ -214,7 +214,7 @@ async def test_pull_docker_v2_manifest(registry: Registry, pushed: Pushed, tmp_p
 async def test_multi_arch_index_resolves_to_linux_amd64(
     registry: Registry, pushed: Pushed, tmp_path: Path
 ) -> None:
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     async with _client(registry.host) as client:
         top = await client.manifest(ImageRef(registry.host, "multi", "1"))
         by_tag = await pull(f"{registry.host}/multi:1", store, client, project=PROJECT)
@@ -233,7 +233,7 @@ async def test_index_without_linux_amd64_is_unsupported(
     registry: Registry, pushed: Pushed, tmp_path: Path, make_proxy: Callable[..., CountingProxy]
 ) -> None:
     proxy = make_proxy(registry)
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     async with _client(proxy.host) as client:
         with pytest.raises(Unsupported, match=r"no linux/amd64 image, only linux/arm64"):
             await pull(f"{proxy.host}/arm:1", store, client, project=PROJECT)
@@ -244,7 +244,7 @@ async def test_index_without_linux_amd64_is_unsupported(
 async def test_pulled_layers_unpack_with_whiteouts_and_links(
     registry: Registry, pushed: Pushed, tmp_path: Path
 ) -> None:
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     async with _client(registry.host) as client:
         image = await pull(f"{registry.host}/tree:1", store, client, project=PROJECT)
     root = prepare_image(store.layout(), store.image(image.digest), tmp_path / "cache", disk=False)
@@ -266,7 +266,7 @@ async def test_bad_references_are_refused_before_any_network(ref: str, tmp_path:
         async def manifest(self, ref: ImageRef, digest: str | None = None) -> Manifest:
             raise AssertionError("pull went to the network")
 
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     with pytest.raises(Invalid):
         await pull(ref, store, NoNetwork(), project=PROJECT)
 
@@ -274,7 +274,9 @@ async def test_bad_references_are_refused_before_any_network(ref: str, tmp_path:
 async def test_missing_image_is_not_found(registry: Registry, tmp_path: Path) -> None:
     async with _client(registry.host) as client:
         with pytest.raises(NotFound, match=f"image {registry.host}/nothing:1 not found in"):
-            await pull(f"{registry.host}/nothing:1", Store(tmp_path / "s"), client, project="p")
+            await pull(
+                f"{registry.host}/nothing:1", ImageStore(tmp_path / "s"), client, project="p"
+            )
 
 
 # -- warm pulls, sharing ------------------------------------------------------------------------
@@ -284,7 +286,7 @@ async def test_second_pull_fetches_only_the_manifest(
     registry: Registry, pushed: Pushed, tmp_path: Path, make_proxy: Callable[..., CountingProxy]
 ) -> None:
     proxy = make_proxy(registry)
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     ref = f"{proxy.host}/app:1"
     async with _client(proxy.host) as client:
         await pull(ref, store, client, project=PROJECT)
@@ -314,7 +316,7 @@ async def test_concurrent_pulls_fetch_a_shared_layer_once(
         registry.push(layouts / name, "x", f"shared-{name}:1")
     shared_digest = _layers(layouts / "one", digests[0])[0]
     proxy = make_proxy(registry)
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     async with _client(proxy.host) as a, _client(proxy.host) as b:
         one, two = await asyncio.gather(
             pull(f"{proxy.host}/shared-one:1", store, a, project=PROJECT),
@@ -344,7 +346,7 @@ async def test_interrupted_pull_resumes_where_it_stopped(
     big_size = blob_path(tmp_path / "layout", big_digest).stat().st_size
     proxy = make_proxy(registry)
     proxy.cut_after(f"/blobs/{big_digest}", 1 << 20, registry.kill)
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     ref = f"{proxy.host}/big:1"
 
     async with _client(proxy.host) as client:
@@ -393,7 +395,7 @@ async def test_corrupt_layer_is_refused_and_not_kept(
     data[len(data) // 2] ^= 0xFF  # same size, other content
     stored.write_bytes(bytes(data))
 
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     async with _client(registry.host) as client:
         with pytest.raises(Invalid, match="does not match its digest"):
             await pull(f"{registry.host}/corrupt:1", store, client, project=PROJECT)
@@ -409,7 +411,7 @@ async def test_registry_ignoring_ranges_restarts_the_layer(
     digest = write_oci_layout(tmp_path / "layout", [big], {"Cmd": ["x"]}, ref="r")
     (layer,) = _layers(tmp_path / "layout", digest)
     scripted.serve_layout(tmp_path / "layout", "app", "1", digest)  # always 200, whole blobs
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     blob = blob_path(tmp_path / "layout", layer).read_bytes()
     store.partial_path(layer).write_bytes(blob[:400_000])  # an earlier, interrupted pull
     events: list[PullProgress] = []
@@ -440,7 +442,7 @@ async def test_mirror_is_used_before_the_registry(
     mirror.push(tmp_path / "layout", "m", "app:1")  # the origin's tag, other content
     origin = make_proxy(registry)
     config = RegistryConfig(insecure=True, mirrors=(mirror.url,))
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     async with RegistryClient({origin.host: config}) as client:
         only_mirrored = await pull(f"{origin.host}/mirrored:1", store, client, project=PROJECT)
         app = await pull(f"{origin.host}/app:1", store, client, project=PROJECT)
@@ -458,7 +460,7 @@ async def test_failing_mirrors_fall_back_to_the_registry(
     empty = make_proxy(make_registry())
     down = f"http://127.0.0.1:{free_port()}"
     config = RegistryConfig(insecure=True, mirrors=(down, f"http://{empty.host}"))
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     async with RegistryClient({registry.host: config}) as client:
         image = await pull(f"{registry.host}/app:1", store, client, project=PROJECT)
     assert image.digest == pushed.app and image.names == (f"{registry.host}/app:1",)

@@ -19,7 +19,7 @@ from hutch.images.registry import (
     _challenges,
     base_url,
 )
-from hutch.images.store import Store
+from hutch.images.store import ImageStore
 from hutch.model.errors import Invalid, NotFound, Unavailable, Unsupported
 from hutch.model.image import ImageRef, parse_ref
 from tests.images.ocibuild import blob_path, write_oci_layout
@@ -116,7 +116,7 @@ async def test_htpasswd_credentials(make_registry: Callable[..., Registry], tmp_
         return RegistryClient({registry.host: config})
 
     async with client(username=USER, password=PASSWORD) as good:
-        image = await pull(ref, Store(tmp_path / "store"), good, project="p")
+        image = await pull(ref, ImageStore(tmp_path / "store"), good, project="p")
     assert image.digest == digest
     async with client(username=USER, password="wrong") as bad:
         with pytest.raises(Invalid) as refused:
@@ -126,7 +126,7 @@ async def test_htpasswd_credentials(make_registry: Callable[..., Registry], tmp_
     )
     async with client() as anonymous:
         with pytest.raises(Invalid) as needs:
-            await pull(ref, Store(tmp_path / "other"), anonymous, project="p")
+            await pull(ref, ImageStore(tmp_path / "other"), anonymous, project="p")
     assert needs.value.message == (
         f'registry {registry.host} needs credentials: set registries."{registry.host}"'
         ".username/password"
@@ -148,7 +148,7 @@ async def test_bearer_token_is_fetched_once_and_reused(
     config = RegistryConfig(insecure=True, username=USER, password=PASSWORD)
     async with RegistryClient({proxy.host: config, **_token_server(tokens)}) as client:
         image = await pull(
-            f"{proxy.host}/team/app:1", Store(tmp_path / "store"), client, project="p"
+            f"{proxy.host}/team/app:1", ImageStore(tmp_path / "store"), client, project="p"
         )
     assert image.digest == digest
     assert len(proxy.blob_requests()) == 4  # config and three layers, concurrently
@@ -224,7 +224,9 @@ async def test_anonymous_bearer_token(
     tokens.requests.clear()
     plain = {registry.host: RegistryConfig(insecure=True), **_token_server(tokens)}
     async with RegistryClient(plain) as client:
-        image = await pull(f"{registry.host}/public:1", Store(tmp_path / "s"), client, project="p")
+        image = await pull(
+            f"{registry.host}/public:1", ImageStore(tmp_path / "s"), client, project="p"
+        )
     assert image.digest == digest
     assert [(r.user, r.status) for r in tokens.requests] == [("", 200)]
 

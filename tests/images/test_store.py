@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 
 from hutch.images.layout import OciLayout
-from hutch.images.store import Allowance, Store, Usage
+from hutch.images.store import Allowance, ImageStore, Usage
 from hutch.images.unpack import TooLarge
 from hutch.model.errors import Forbidden, InsufficientStorage, Invalid, NotFound, QuotaExceeded
 from tests.images.ocibuild import blob_path, write_oci_layout
 
 
-def copy_in(store: Store, layout_dir: Path, digest: str) -> None:
+def copy_in(store: ImageStore, layout_dir: Path, digest: str) -> None:
     """Copy an image's blobs from a layout into the store, as a pull or an import does."""
     image = OciLayout(layout_dir).image_by_digest(digest)
     manifest = json.loads(blob_path(layout_dir, digest).read_bytes())
@@ -35,7 +35,7 @@ def test_images_share_blobs_and_names_are_per_project(
     tmp_path: Path, two_images: tuple[Path, str, str]
 ) -> None:
     layout, base, derived = two_images
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     copy_in(store, layout, base)
     copy_in(store, layout, derived)
     a = store.add_image(base, names=["registry.test/base:1"], project="alpha")
@@ -60,7 +60,7 @@ def test_untag_then_gc_frees_only_what_nothing_uses(
     tmp_path: Path, two_images: tuple[Path, str, str]
 ) -> None:
     layout, base, derived = two_images
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     for digest, name in ((base, "r.test/base:1"), (derived, "r.test/app:1")):
         copy_in(store, layout, digest)
         store.add_image(digest, names=[name], project="p")
@@ -78,7 +78,7 @@ def test_untag_then_gc_frees_only_what_nothing_uses(
 
 
 def test_blobs_enter_only_verified(tmp_path: Path) -> None:
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     with pytest.raises(Invalid, match="does not match"):
         store.put_blob(b"data", "sha256:" + "0" * 64)
     part = store.partial_path("sha256:" + "1" * 64)
@@ -91,7 +91,7 @@ def test_blobs_enter_only_verified(tmp_path: Path) -> None:
 
 def test_an_incomplete_image_is_refused(tmp_path: Path, two_images: tuple[Path, str, str]) -> None:
     layout, base, _ = two_images
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     store.put_blob(blob_path(layout, base).read_bytes(), base)  # the manifest only
     with pytest.raises(Invalid, match=r"missing|incomplete"):
         store.add_image(base, names=["r.test/x:1"], project="p")
@@ -100,14 +100,14 @@ def test_an_incomplete_image_is_refused(tmp_path: Path, two_images: tuple[Path, 
 def test_a_repeated_layer_counts_twice(tmp_path: Path, busybox_rootfs: Path) -> None:
     layout = tmp_path / "layout"
     digest = write_oci_layout(layout, [busybox_rootfs, busybox_rootfs], {"Cmd": ["sh"]})
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     copy_in(store, layout, digest)
     assert store.add_image(digest, names=["r.test/twice:1"], project="p").layers == 2
 
 
 def test_gc_waits_for_writers(tmp_path: Path, two_images: tuple[Path, str, str]) -> None:
     layout, base, _ = two_images
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     result: list[int] = []
     with store.session():  # a pull that has written blobs but not added its image yet
         copy_in(store, layout, base)
@@ -124,7 +124,7 @@ def test_a_name_resolves_to_the_projects_own_then_the_catalogue_never_another_pr
     tmp_path: Path, two_images: tuple[Path, str, str]
 ) -> None:
     layout, base, derived = two_images
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     copy_in(store, layout, base)
     copy_in(store, layout, derived)
     store.add_image(base, names=["app:1"], project="", public=True)  # the catalogue's
@@ -151,7 +151,7 @@ def test_allowances_count_each_image_once_and_unpacked_bytes_too(
     tmp_path: Path, two_images: tuple[Path, str, str]
 ) -> None:
     layout, base, derived = two_images
-    store = Store(tmp_path / "store")
+    store = ImageStore(tmp_path / "store")
     copy_in(store, layout, base)
     copy_in(store, layout, derived)
     first = store.add_image(base, names=["a:1"], project="p-a")
@@ -164,6 +164,8 @@ def test_allowances_count_each_image_once_and_unpacked_bytes_too(
     roomy = Allowance(unpacked=3 * first.unpacked)
     store.add_image(derived, names=["b:1"], project="p-b", allowance=roomy)  # its own budget
     with pytest.raises(TooLarge):
-        Store(store.root, max_unpacked_bytes=100).add_image(derived, names=["c:1"], project="p-c")
+        ImageStore(store.root, max_unpacked_bytes=100).add_image(
+            derived, names=["c:1"], project="p-c"
+        )
     with pytest.raises(InsufficientStorage, match="free"):
-        Store(store.root, free_floor=1 << 60).add_image(derived, names=["c:1"], project="p-c")
+        ImageStore(store.root, free_floor=1 << 60).add_image(derived, names=["c:1"], project="p-c")

@@ -12,7 +12,7 @@ from hutch import config
 from hutch.agent.runtimes import open_driver
 from hutch.images.rootfs import PreparedRoot, prepare_root
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec, Stream, User
-from hutch.runtime.driver import AgentDriver
+from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.state import SandboxRecord
 from tests.conftest import CACHE_DIR
 
@@ -82,14 +82,14 @@ def kill(child: subprocess.Popen[bytes]) -> None:
     child.wait()
 
 
-async def output(driver: AgentDriver, sandbox_id: str) -> tuple[bytes, bytes]:
+async def output(driver: SandboxDriver, sandbox_id: str) -> tuple[bytes, bytes]:
     out, err = bytearray(), bytearray()
     async for record in driver.logs(sandbox_id, follow=True):
         (out if record.stream is Stream.STDOUT else err).extend(record.data)
     return bytes(out), bytes(err)
 
 
-async def wait_for_line(driver: AgentDriver, sandbox_id: str, line: bytes) -> None:
+async def wait_for_line(driver: SandboxDriver, sandbox_id: str, line: bytes) -> None:
     async for record in driver.logs(sandbox_id, follow=True):
         if line in record.data:
             return
@@ -98,7 +98,7 @@ async def wait_for_line(driver: AgentDriver, sandbox_id: str, line: bytes) -> No
 
 async def driver_in(
     state_dir: Path, runtime: str, **settings: object
-) -> AsyncIterator[AgentDriver]:
+) -> AsyncIterator[SandboxDriver]:
     """A driver for the test (with `settings` over the tests' own); afterwards every sandbox it
     left is destroyed."""
     driver = open_driver(settings_for(state_dir).model_copy(update=settings), runtime)
@@ -109,12 +109,12 @@ async def driver_in(
 
 
 @pytest.fixture
-async def microvm(short_dir: Path) -> AsyncIterator[AgentDriver]:
+async def microvm(short_dir: Path) -> AsyncIterator[SandboxDriver]:
     async for driver in driver_in(short_dir / "state", "microvm"):
         yield driver
 
 
 @pytest.fixture
-async def container(short_dir: Path) -> AsyncIterator[AgentDriver]:
+async def container(short_dir: Path) -> AsyncIterator[SandboxDriver]:
     async for driver in driver_in(short_dir / "state", "container"):
         yield driver

@@ -9,13 +9,13 @@ from hutch.images.rootfs import PreparedRoot
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec
 from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.container import AGENT_PATH, USERNS_SIZE, ContainerOptions, oci_config
-from hutch.runtime.driver import AgentDriver
+from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.ids import ID_DIR
 from tests.runtime.conftest import driver_in, make_spec, output, status_fields, wait_for_line
 
 
 async def test_the_workload_has_its_own_namespaces(
-    container: AgentDriver, busybox_root: PreparedRoot
+    container: SandboxDriver, busybox_root: PreparedRoot
 ) -> None:
     script = (
         "hostname; ls /sys/class/net; echo pid1=$(cat /proc/1/comm); "
@@ -33,7 +33,7 @@ async def test_the_workload_has_its_own_namespaces(
 
 
 async def test_the_workload_cannot_make_namespaces_or_mount(
-    container: AgentDriver, busybox_root: PreparedRoot, busybox_rootfs: Path
+    container: SandboxDriver, busybox_root: PreparedRoot, busybox_rootfs: Path
 ) -> None:
     # The probe works where it is allowed: on the host, busybox makes a user namespace whose
     # root has every capability (as it did in a container before seccomp)...
@@ -61,7 +61,7 @@ async def test_the_workload_cannot_make_namespaces_or_mount(
 
 
 async def test_container_root_is_an_unprivileged_host_uid(
-    container: AgentDriver, busybox_root: PreparedRoot, short_dir: Path
+    container: SandboxDriver, busybox_root: PreparedRoot, short_dir: Path
 ) -> None:
     script = "id -u; touch /mine; echo up; exec sleep 600"
     for sandbox_id in ("u1", "u2"):

@@ -23,7 +23,7 @@ from hutch.model.sandbox import (
     User,
 )
 from hutch.runtime.cgroups import Cgroup, Layout
-from hutch.runtime.driver import AgentDriver
+from hutch.runtime.driver import SandboxDriver
 from tests.conftest import CACHE_DIR
 from tests.runtime.conftest import (
     LOG_BOUND,
@@ -40,7 +40,7 @@ from tests.runtime.conftest import (
 @dataclass
 class Runtime:
     name: str
-    driver: AgentDriver
+    driver: SandboxDriver
     root: PreparedRoot
     state_dir: Path
 

@@ -11,7 +11,7 @@ import pytest
 from hutch.agent.runtimes import open_driver
 from hutch.images.rootfs import PreparedRoot
 from hutch.runtime import accel
-from hutch.runtime.driver import AgentDriver
+from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.guest.build import GuestArtifacts
 from hutch.runtime.logs import read_log
 from hutch.runtime.microvm import MicroVMBackend, kernel_cmdline
@@ -28,7 +28,7 @@ from tests.runtime.conftest import (
 )
 
 
-async def test_qemu_runs_confined(microvm: AgentDriver, busybox_root: PreparedRoot) -> None:
+async def test_qemu_runs_confined(microvm: SandboxDriver, busybox_root: PreparedRoot) -> None:
     await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", "echo up; sleep 600"))
     await microvm.start("sb")
     await wait_for_line(microvm, "sb", b"up")
@@ -57,7 +57,7 @@ async def test_qemu_runs_confined(microvm: AgentDriver, busybox_root: PreparedRo
 
 
 async def test_vms_of_two_hutch_processes_never_share_a_uid(
-    microvm: AgentDriver, busybox_root: PreparedRoot, short_dir: Path
+    microvm: SandboxDriver, busybox_root: PreparedRoot, short_dir: Path
 ) -> None:
     """`hutch sandbox run` and the node agent keep their sandboxes apart but take QEMU's uid
     from one host-wide pool: a VM started by another process, from another sandboxes
@@ -82,7 +82,7 @@ async def test_vms_of_two_hutch_processes_never_share_a_uid(
 
 
 async def test_the_guest_sees_only_its_own_disk(
-    microvm: AgentDriver, busybox_root: PreparedRoot
+    microvm: SandboxDriver, busybox_root: PreparedRoot
 ) -> None:
     script = "cut -d' ' -f1-3 /proc/mounts; ls /sys/class/net; ls /sys/class/virtio-ports | wc -l"
     await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", script))
@@ -95,7 +95,7 @@ async def test_the_guest_sees_only_its_own_disk(
 
 
 async def test_a_console_flood_stays_within_its_bound(
-    microvm: AgentDriver, busybox_root: PreparedRoot, short_dir: Path
+    microvm: SandboxDriver, busybox_root: PreparedRoot, short_dir: Path
 ) -> None:
     # The guest is root in its VM: it can make the serial device node and write to it forever.
     flood = "mknod /tmp/ttyS0 c 4 64 && yes console-flood | head -c 1000000 > /tmp/ttyS0"
@@ -109,7 +109,7 @@ async def test_a_console_flood_stays_within_its_bound(
 
 
 async def test_a_guest_that_cannot_boot_is_explained(
-    microvm: AgentDriver, busybox_root: PreparedRoot, tmp_path: Path
+    microvm: SandboxDriver, busybox_root: PreparedRoot, tmp_path: Path
 ) -> None:
     garbage = tmp_path / "garbage.img"
     garbage.write_bytes(os.urandom(1 << 20))
@@ -143,7 +143,7 @@ async def test_debug_guests_explain_a_failed_boot(
 
 
 async def test_qemu_killed_from_outside_is_reported(
-    microvm: AgentDriver, busybox_root: PreparedRoot
+    microvm: SandboxDriver, busybox_root: PreparedRoot
 ) -> None:
     await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", "echo up; sleep 600"))
     await microvm.start("sb")
@@ -179,7 +179,7 @@ def test_the_accel_probe_is_cached(
     assert accel.choose("qemu-system-x86_64", guest, tmp_path, "tcg").reason == "configured"
 
 
-def test_this_host_reports_its_accelerator(microvm: AgentDriver) -> None:
+def test_this_host_reports_its_accelerator(microvm: SandboxDriver) -> None:
     assert isinstance(microvm.backend, MicroVMBackend)
     caps = microvm.capabilities()
     assert caps.accel in ("kvm", "tcg") and caps.isolation == "vm" and caps.root == "disk"

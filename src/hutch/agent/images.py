@@ -19,13 +19,13 @@ from hutch.images.pull import PullProgress, pull
 from hutch.images.registry import RegistryClient, RegistryConfig
 from hutch.images.rootfs import drop_prepared
 from hutch.images.staging import Staging
-from hutch.images.store import Allowance, GcReport, Store, StoredImage
+from hutch.images.store import Allowance, GcReport, ImageStore, StoredImage
 from hutch.model.errors import Invalid, Unavailable
 from hutch.model.image import digest_hex
 
 
-def open_store(settings: Settings) -> Store:
-    return Store(
+def open_store(settings: Settings) -> ImageStore:
+    return ImageStore(
         settings.state_dir / "images",
         free_floor=settings.image_free_floor,
         max_unpacked_bytes=settings.max_unpacked_bytes,
@@ -197,7 +197,7 @@ def forget_project(settings: Settings, project: str, *, roots_in_use: Iterable[s
 
 
 def _collect(
-    settings: Settings, store: Store, roots_in_use: Iterable[str]
+    settings: Settings, store: ImageStore, roots_in_use: Iterable[str]
 ) -> tuple[GcReport, int, tuple[str, ...]]:
     report = store.gc()
     in_use = set(roots_in_use)

@@ -34,7 +34,7 @@ from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, U
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
 from hutch.runtime import host
-from hutch.runtime.driver import AgentDriver
+from hutch.runtime.driver import SandboxDriver
 from hutch.wire.nodes import Assignment, MachineReport, NodeRegister, join_token_parts
 
 log = logging.getLogger("hutch.agent")
@@ -70,7 +70,7 @@ class NodeAgent:
         self.advertise = advertise  # the URL the controller reaches this agent's API at
         self.labels = labels or {}
         self.domain = domain
-        self.drivers: dict[str, AgentDriver] = {}
+        self.drivers: dict[str, SandboxDriver] = {}
         self.roots = roots_for(settings)  # once: opening the image store makes its schema
         assert self.roots.store is not None
         self.store = self.roots.store
@@ -205,7 +205,7 @@ class NodeAgent:
     async def reconcile(self, assignments: list[Assignment]) -> None:
         wanted = {a.sandbox: a for a in assignments}
         self._assignments = wanted
-        have: dict[str, tuple[AgentDriver, SandboxInfo]] = {}
+        have: dict[str, tuple[SandboxDriver, SandboxInfo]] = {}
         for driver in self.drivers.values():
             for info in await driver.sandboxes():
                 have[info.id] = (driver, info)
@@ -339,7 +339,7 @@ class NodeAgent:
             )  # fmt: skip
         return self.store.resolve(wanted, a.project)
 
-    def _watch_exit(self, driver: AgentDriver, a: Assignment) -> None:
+    def _watch_exit(self, driver: SandboxDriver, a: Assignment) -> None:
         if a.sandbox in self._watch:
             return
 
@@ -354,12 +354,12 @@ class NodeAgent:
 
         self._watch[a.sandbox] = asyncio.create_task(watch())
 
-    async def _stop(self, driver: AgentDriver, a: Assignment) -> None:
+    async def _stop(self, driver: SandboxDriver, a: Assignment) -> None:
         sig = parse_signal(a.stop_signal) if a.stop_signal else None
         status = await driver.stop(a.sandbox, a.stop_timeout, sig)
         await self._report_exit(a, status)
 
-    async def _destroy(self, driver: AgentDriver, sandbox: str, a: Assignment | None) -> None:
+    async def _destroy(self, driver: SandboxDriver, sandbox: str, a: Assignment | None) -> None:
         await driver.destroy(sandbox, force=True)
         self._reported.pop(sandbox, None)
         if a is not None:

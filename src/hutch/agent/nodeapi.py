@@ -31,7 +31,7 @@ from hutch.images.users import resolve_user
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
 from hutch.model.image import parse_ref
 from hutch.model.sandbox import ExitStatus, LogRecord, ProcessSpec, Stream, parse_signal
-from hutch.runtime.driver import AgentDriver
+from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.supervisor import ProcessInput
 from hutch.wire.images import ImagePull, ImageView, PullEvent
 from hutch.wire.machines import ExecStart, LogLine
@@ -49,7 +49,7 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
 
     Auth = Annotated[None, Depends(authorize)]
 
-    async def find(sandbox: str) -> AgentDriver:
+    async def find(sandbox: str) -> SandboxDriver:
         for driver in agent.drivers.values():
             with contextlib.suppress(NotFound):
                 await driver.inspect(sandbox)
@@ -325,7 +325,7 @@ def _line(record: LogRecord) -> bytes:
     return line.model_dump_json().encode() + b"\n"
 
 
-async def _tail_start(driver: AgentDriver, sandbox: str, tail: int) -> int:
+async def _tail_start(driver: SandboxDriver, sandbox: str, tail: int) -> int:
     """How many bytes of the log's data come before its last `tail` lines (counted as
     `tail -n` does, over both streams: an unfinished last line is one)."""
     sizes: list[tuple[int, int]] = []  # (bytes, newlines) of each record with data
@@ -361,7 +361,7 @@ async def _tail_start(driver: AgentDriver, sandbox: str, tail: int) -> int:
 
 
 async def _log_lines(
-    driver: AgentDriver, sandbox: str, follow: bool, tail: int | None, since: float | None
+    driver: SandboxDriver, sandbox: str, follow: bool, tail: int | None, since: float | None
 ) -> AsyncIterator[bytes]:
     """The log as NDJSON, a chunk of output (many lines, up to 64 KiB) per record: from the
     last `tail` lines when it is given, then, with `follow`, what is written until the sandbox

@@ -7,7 +7,7 @@ from hutch.config import Settings
 from hutch.model.errors import Invalid
 from hutch.runtime import accel
 from hutch.runtime.container import USERNS_SIZE, ContainerBackend, ContainerOptions
-from hutch.runtime.driver import AgentDriver, DriverOptions
+from hutch.runtime.driver import DriverOptions, SandboxDriver
 from hutch.runtime.guest import build
 from hutch.runtime.microvm import VM_UIDS, MicroVMBackend, MicroVMOptions
 from hutch.runtime.supervisor import Timeouts
@@ -21,7 +21,7 @@ def open_driver(
     *,
     log: Callable[[str], None] = lambda _msg: None,
     sandboxes_dir: Path | None = None,
-) -> AgentDriver:
+) -> SandboxDriver:
     """The driver for `runtime`, building guest artifacts first if they are missing. Sandboxes
     live under `sandboxes_dir` (default state_dir/sandboxes: the operator's own)."""
     if runtime not in RUNTIMES:
@@ -42,9 +42,9 @@ def open_driver(
             uid_base=settings.container_uid_base,
         )
         _check_uid_ranges(settings.vm_uid_base, VM_UIDS, container)
-        return AgentDriver(ContainerBackend(container), options)
+        return SandboxDriver(ContainerBackend(container), options)
     chosen = accel.choose(settings.qemu, guest, settings.cache_dir, settings.accel)
-    return AgentDriver(
+    return SandboxDriver(
         MicroVMBackend(
             MicroVMOptions(
                 guest=guest,

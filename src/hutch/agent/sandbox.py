@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hutch.images.rootfs import PreparedRoot, prepare_image, prepare_root
 from hutch.images.staging import Staging
-from hutch.images.store import Store
+from hutch.images.store import ImageStore
 from hutch.images.users import resolve_user
 from hutch.model.errors import Invalid, NotFound
 from hutch.model.sandbox import (
@@ -65,7 +65,7 @@ class Roots:
 
     cache_dir: Path
     max_unpacked_bytes: int = 8 << 30
-    store: Store | None = None
+    store: ImageStore | None = None
     project: str = "default"
     staging: Staging | None = None  # a tmpfs where disk-only roots are unpacked on their way
     allow_paths: bool = True  # False for tenants' requests: a source is always an image
@@ -91,7 +91,7 @@ class Roots:
         except NotFound:
             raise NotFound(
                 f"{source!r} is neither a path nor an image in this host's store: "
-                f"pull it first (hutch image pull {source})"
+                f"pull it into this host's store first (hutch image pull --local {source})"
             ) from None
         return prepare_image(
             self.store.layout(),

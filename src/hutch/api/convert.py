@@ -5,7 +5,7 @@ from typing import Any
 
 from hutch.model.machine import Event, Machine, MachineSpec, Node
 from hutch.model.tenancy import QUOTA_FIELDS, Project, Quota, Token, Usage
-from hutch.scheduler import Placement, Rejection
+from hutch.placement import Placement, Rejection
 from hutch.wire.machines import (
     EventView,
     MachineCreate,

@@ -36,7 +36,7 @@ from hutch.client.config import configured
 from hutch.images.build import is_rootfs_tarball, write_archive, write_archive_of_tarball
 from hutch.images.pull import PullProgress
 from hutch.images.store import StoredImage
-from hutch.model.errors import Invalid
+from hutch.model.errors import Invalid, NotFound
 from hutch.model.image import parse_ref
 from hutch.model.units import format_bytes
 from hutch.wire.images import PullEvent
@@ -63,6 +63,23 @@ def _err(msg: str) -> None:
 
 def _project(project: str | None, settings: config.Settings) -> str:
     return project or settings.project
+
+
+def _project_id(name: str | None) -> str:
+    """The id the controller's project `name` (default: the context's, else the token's own)
+    is known by in the nodes' stores; a `name` the controller does not know is taken as an id."""
+    with connect(name) as client:
+        if client.project:
+            try:
+                return client.projects.get(client.project).id
+            except NotFound:
+                if name:  # an id already, as --project takes in this host's store
+                    return name
+                raise
+        projects = list(client.projects.list())
+    if len(projects) != 1:
+        raise Invalid("name a project (--project): this token sees several")
+    return projects[0].id
 
 
 def _remote(local: bool) -> bool:
@@ -400,12 +417,23 @@ def export(
         str, typer.Argument(metavar="FILE", help="OCI archive to write; - for stdout.")
     ],
     project: ProjectOpt = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="The `project` setting's namespace, even when a controller is configured.",
+        ),
+    ] = False,
 ) -> None:
     """Write an image to an OCI archive.
 
-    From this host's store; skopeo, umoci, podman and `hutch image import` read it.
+    From this host's store (a node's: the controller's images are on its nodes); skopeo, umoci,
+    podman and `hutch image import` read it. With a controller configured, the context's project
+    (or --project's) is looked up there, so what `hutch image import/pull` put in it is found.
     """
     settings = config.load()
+    if _remote(local):
+        project = _project_id(project)
     if file == "-":
         if sys.stdout.isatty():
             raise Invalid(

@@ -6,7 +6,7 @@ import typer
 
 from hutch.cli.remote import OutputOpt, ago, connect, dump, emit, newest_first, progress
 from hutch.model.units import format_bytes, parse_duration
-from hutch.scheduler import CPU_OVERCOMMIT
+from hutch.placement import CPU_OVERCOMMIT
 from hutch.wire.nodes import NodeView
 
 app = typer.Typer(help="Nodes: the hosts that run machines.", no_args_is_help=True)

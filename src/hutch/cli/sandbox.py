@@ -16,7 +16,7 @@ from hutch.agent.sandbox import RunRequest, build_spec
 from hutch.model.errors import Invalid
 from hutch.model.sandbox import Resources, SandboxState, Stream
 from hutch.model.units import parse_mib
-from hutch.runtime.driver import AgentDriver
+from hutch.runtime.driver import SandboxDriver
 
 app = typer.Typer(
     help="Run sandboxes directly on this host, without a controller.", no_args_is_help=True
@@ -129,7 +129,7 @@ async def _run(request: RunRequest, runtime: str, keep: bool, stop_timeout: floa
 
 
 @contextlib.contextmanager
-def _stop_on_signals(driver: AgentDriver, sandbox_id: str, timeout: float):  # type: ignore[no-untyped-def]
+def _stop_on_signals(driver: SandboxDriver, sandbox_id: str, timeout: float):  # type: ignore[no-untyped-def]
     """First Ctrl-C/SIGTERM: stop gracefully (signal, then kill after `timeout`). Second: kill."""
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[object]] = []

@@ -15,7 +15,7 @@ def setup(
         False, "--refresh", help="Ask apt for a newer guest kernel and probe KVM again."
     ),
 ) -> None:
-    """Build the guest kernel, initramfs and agent (cached), and choose KVM or TCG."""
+    """Build the guest kernel, initramfs and guest agent (cached), and choose KVM or TCG."""
     settings = config.load()
     for tool, package in ((settings.qemu, "qemu-system-x86"), (settings.crun, "crun")):
         if shutil.which(tool) is None:

@@ -441,8 +441,9 @@ def import_call(names: Sequence[str], public: bool, content: object) -> Plan[lis
 
 @contextlib.contextmanager
 def archive(source: ArchiveSource) -> Iterator[Iterator[bytes]]:
-    """The bytes of an image archive, in chunks: from a file, an OCI layout directory (sent as
-    an OCI archive), bytes, or an open binary file."""
+    """The bytes of an image archive, in chunks: from a file, a directory (an OCI layout, sent
+    as an OCI archive; a root directory, sent as its tar, which the controller packs), bytes,
+    or an open binary file."""
     if isinstance(source, bytes):
         yield iter((source,))
         return

@@ -382,10 +382,13 @@ class Images:
     def import_(
         self, source: ArchiveSource, names: Sequence[str] = (), public: bool = False
     ) -> builtins.list[ImageView]:
-        """Import a `docker save` or OCI archive (a path, bytes or an open binary file) or an
-        OCI layout directory; `names` name the image. Returns the images it held.
+        """Import a `docker save` or OCI archive, or a root filesystem's tar (plain or
+        compressed, like `docker import` takes: the controller packs it as a one-layer image),
+        as a path, bytes or an open binary file; or an OCI layout directory or a root directory.
+        `names` name the image. Returns the images it held.
 
             client.images.import_("app.tar", names=["app:1.2"])
+            client.images.import_("rootfs.tar.gz", names=["deb:12"])
         """
         with core.archive(source) as chunks:
             return self._c._run(core.import_call(names, public, chunks))

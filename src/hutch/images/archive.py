@@ -15,7 +15,7 @@ An archive is hostile until proven otherwise. Nothing is ever written under a me
 into the store under the digest of what was read; an archive with absolute or `..` paths, links,
 devices, a blob that does not match its name, two different members of one name, an oversized
 header or JSON file, more than `max_bytes` uncompressed or too many members is refused. On any
-refusal no image is recorded; blobs already verified may stay in the store, where `Store.gc`
+refusal no image is recorded; blobs already verified may stay in the store, where `ImageStore.gc`
 removes them.
 """
 
@@ -48,7 +48,7 @@ from hutch.images.layout import (
     parse_json_object,
     pick_platform,
 )
-from hutch.images.store import Allowance, Store, StoredImage
+from hutch.images.store import Allowance, ImageStore, StoredImage
 from hutch.model.errors import Invalid, NotFound, Unsupported
 from hutch.model.image import digest_hex, parse_ref
 
@@ -90,7 +90,7 @@ _KINDS = {
 
 def import_archive(
     stream: BinaryIO,
-    store: Store,
+    store: ImageStore,
     *,
     project: str,
     public: bool = False,
@@ -138,7 +138,9 @@ def import_archive(
     ]
 
 
-def export_archive(store: Store, digest: str, out: BinaryIO, *, name: str | None = None) -> None:
+def export_archive(
+    store: ImageStore, digest: str, out: BinaryIO, *, name: str | None = None
+) -> None:
     """Write the image `digest` (a manifest, or an index resolved to linux/amd64) to `out` as an
     OCI archive: oci-layout, an index.json of one manifest, and its blobs.
 
@@ -197,7 +199,7 @@ class _Contents:
     metadata: dict[str, bytes] = field(default_factory=dict)  # index.json, manifest.json, ...
 
 
-def _read(stream: BinaryIO, store: Store, max_bytes: int) -> _Contents:
+def _read(stream: BinaryIO, store: ImageStore, max_bytes: int) -> _Contents:
     contents = _Contents()
     count = 0
     source, compressed = _decompressed(stream)
@@ -237,7 +239,7 @@ def _read(stream: BinaryIO, store: Store, max_bytes: int) -> _Contents:
     return contents
 
 
-def _take(path: str, size: int, data: BinaryIO, store: Store, contents: _Contents) -> None:
+def _take(path: str, size: int, data: BinaryIO, store: ImageStore, contents: _Contents) -> None:
     """Keep one member: metadata in memory, anything that may be a blob in the store."""
     if path in _METADATA:
         if size > MAX_JSON_BYTES:
@@ -399,7 +401,7 @@ class _Found:
     where: str  # where the names come from, for messages
 
 
-def _find_images(contents: _Contents, store: Store) -> dict[str, _Found]:
+def _find_images(contents: _Contents, store: ImageStore) -> dict[str, _Found]:
     """The archive's images by manifest digest (archive order), each checked complete."""
     meta = contents.metadata
     if "index.json" in meta and "oci-layout" in meta:
@@ -415,7 +417,9 @@ def _find_images(contents: _Contents, store: Store) -> dict[str, _Found]:
     )
 
 
-def _oci_images(contents: _Contents, store: Store, index: Mapping[str, Any]) -> dict[str, _Found]:
+def _oci_images(
+    contents: _Contents, store: ImageStore, index: Mapping[str, Any]
+) -> dict[str, _Found]:
     marker = _json_object(contents.metadata, "oci-layout")
     version = marker.get("imageLayoutVersion")
     if not isinstance(version, str) or not version.startswith("1."):
@@ -445,7 +449,7 @@ def _oci_images(contents: _Contents, store: Store, index: Mapping[str, Any]) -> 
     }
 
 
-def _check_references(contents: _Contents, store: Store, desc: Descriptor) -> None:
+def _check_references(contents: _Contents, store: ImageStore, desc: Descriptor) -> None:
     """Check that the blobs `store.image` will read for `desc` came in the archive, following
     the same path (the linux/amd64 entry of each index). Only presence is checked here: a
     malformed document is left for `store.image` to refuse with its own reasons."""
@@ -473,7 +477,7 @@ def _oci_names(annotations: Mapping[str, str]) -> list[str]:
     return []  # a bare tag names no repository: the image is pinned by its digest
 
 
-def _docker_images(contents: _Contents, store: Store) -> dict[str, _Found]:
+def _docker_images(contents: _Contents, store: ImageStore) -> dict[str, _Found]:
     entries = _json(contents.metadata, "manifest.json")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise Invalid("manifest.json in the archive is not a list of objects")
@@ -501,7 +505,7 @@ def _docker_images(contents: _Contents, store: Store) -> dict[str, _Found]:
 
 
 def _docker_manifest(
-    contents: _Contents, store: Store, config: str, layers: list[str], where: str
+    contents: _Contents, store: ImageStore, config: str, layers: list[str], where: str
 ) -> str:
     """Store an OCI manifest for a docker save image (config and layers already stored), after
     checking uncompressed layers against the config's diff_ids; its digest."""
@@ -539,7 +543,7 @@ def _docker_manifest(
     return digest
 
 
-def _layer_media_type(store: Store, digest: str) -> str:
+def _layer_media_type(store: ImageStore, digest: str) -> str:
     """As Docker does, the compression is read from the layer's first bytes."""
     with open(store.blob_path(digest), "rb") as f:
         magic = f.read(len(_ZSTD))
@@ -567,7 +571,7 @@ def _check_held(contents: _Contents, digest: str, size: object, where: str) -> N
         raise Invalid(f"{where} says blob {digest} is {size} bytes; the archive's is {actual}")
 
 
-def _image_blobs(store: Store, image: Image) -> list[tuple[str, int]]:
+def _image_blobs(store: ImageStore, image: Image) -> list[tuple[str, int]]:
     """(digest, size) of an image's manifest, config and layers; the manifest is verified."""
     manifest_data = _read_stored(store, image.manifest_digest, MAX_JSON_BYTES)
     config = json.loads(manifest_data)["config"]  # store.image has validated the manifest
@@ -605,7 +609,7 @@ def _json_object(metadata: Mapping[str, bytes], name: str) -> dict[str, Any]:
     return parse_json_object(metadata[name], f"{name} in the archive")
 
 
-def _read_stored(store: Store, digest: str, limit: int) -> bytes:
+def _read_stored(store: ImageStore, digest: str, limit: int) -> bytes:
     """A small blob from the store, checked against its digest again as it is read."""
     with open(store.blob_path(digest), "rb") as f:
         data = f.read(limit + 1)
@@ -654,7 +658,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(_tarinfo(name, tarfile.REGTYPE, len(data), 0o644), io.BytesIO(data))
 
 
-def _add_blob(tar: tarfile.TarFile, store: Store, digest: str, size: int) -> None:
+def _add_blob(tar: tarfile.TarFile, store: ImageStore, digest: str, size: int) -> None:
     """Copy a blob into the archive, hashing it on the way: a blob that rotted on disk fails
     the export instead of producing an archive that every reader refuses."""
     info = _tarinfo(f"blobs/sha256/{digest_hex(digest)}", tarfile.REGTYPE, size, 0o644)

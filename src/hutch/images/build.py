@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from hutch.model.errors import Invalid
+from hutch.images.spool import check_room
+from hutch.model.errors import HutchError, Invalid, QuotaExceeded
 from hutch.model.image import parse_ref
+from hutch.model.units import format_bytes
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -79,46 +81,70 @@ def write_archive(
     return Packed(digest, skipped)
 
 
-def is_rootfs_tarball(path: Path) -> bool:
-    """Whether the file is a tar (plain or compressed) of a root filesystem: a tar with none of
-    an image archive's files. Anything else (not a tar, damaged) is left to the importer."""
+def is_rootfs_tarball(source: Path | IO[bytes]) -> bool:
+    """Whether the file (a path, or a seekable binary file read from its current position) is
+    a tar (plain or compressed) of a root filesystem: a tar with entries, none of them an image
+    archive's files. Anything else (not a tar, damaged, empty: zeros read as an empty tar) is
+    left to the importer."""
     try:
-        with tarfile.open(path, "r:*") as tar:  # seeks over data where it can
+        with _open_tar(source) as tar:  # seeks over data where it can
+            empty = True
             for member in _members(tar):
+                empty = False
                 parts = [p for p in member.name.split("/") if p not in ("", ".")]
                 if parts[:1] == ["blobs"] or "/".join(parts) in _IMAGE_ARCHIVE_FILES:
                     return False
                 if len(parts) == 2 and parts[1] == "layer.tar":  # docker save, before 25
                     return False
-            return True
+            return not empty
     except (tarfile.TarError, EOFError, OSError, ValueError):
         return False
 
 
-def write_archive_of_tarball(tarball: Path, out: BinaryIO, *, name: str | None = None) -> Packed:
-    """Write an OCI archive of the root filesystem tarball `tarball` as one layer to `out`:
-    its entries as they are (symlinks included), less device nodes and FIFOs. Absolute names
-    and `..` are refused, as the nodes would refuse them when unpacking."""
+def write_archive_of_tarball(
+    tarball: Path | IO[bytes],
+    out: BinaryIO,
+    *,
+    name: str | None = None,
+    max_bytes: int | None = None,
+    quota: bool = False,
+    floor: int = 0,
+    tmp_dir: Path | None = None,
+) -> Packed:
+    """Write an OCI archive of the root filesystem tarball `tarball` (a path, or a seekable
+    binary file read from its current position) as one layer to `out`: its entries as they are
+    (symlinks included), less device nodes and FIFOs. Absolute names and `..` are refused, as
+    the nodes would refuse them when unpacking.
+
+    For a tarball from someone else (an upload): a layer of more than `max_bytes` is refused
+    while it is written, not after (QuotaExceeded when `quota`, the project's limit; else
+    Invalid), and so is taking the disk of `tmp_dir` (where the layer is held) below `floor`."""
+    shown = str(tarball) if isinstance(tarball, Path) else "the root filesystem's tar"
     skipped = 0
     names: set[str] = set()
-    with tempfile.TemporaryFile() as layer:
+    with tempfile.TemporaryFile(dir=tmp_dir) as layer:
         try:
             with (
-                tarfile.open(tarball, "r:*") as source,
+                _open_tar(tarball) as source,
                 tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar,
             ):
                 for member in _members(source):
                     if member.ischr() or member.isblk() or member.isfifo():
                         skipped += 1
                         continue
-                    _check_name(member.name, tarball)
+                    _check_name(member.name, shown)
                     if member.islnk():
-                        _check_name(member.linkname, tarball)
+                        _check_name(member.linkname, shown)
                     names.add("/".join(p for p in member.name.split("/") if p not in ("", ".")))
                     data = source.extractfile(member) if member.isreg() else None
+                    incoming = member.size if member.isreg() else 0
+                    if max_bytes is not None and layer.tell() + incoming > max_bytes:
+                        raise _too_large(max_bytes, quota)
+                    if floor:
+                        check_room(layer.fileno(), incoming, floor, "a root filesystem's layer")
                     tar.addfile(member, data)
         except (tarfile.TarError, EOFError, ValueError) as e:
-            raise Invalid(f"{tarball} is not a readable tar archive: {e}") from None
+            raise Invalid(f"{shown} is not a readable tar archive: {e}") from None
         layer.flush()
         size = layer.tell()
         layer.seek(0)
@@ -131,13 +157,32 @@ def write_archive_of_tarball(tarball: Path, out: BinaryIO, *, name: str | None =
     return Packed(digest, skipped)
 
 
+def _open_tar(source: Path | IO[bytes]) -> tarfile.TarFile:
+    if isinstance(source, Path):
+        return tarfile.open(source, "r:*")
+    return tarfile.open(fileobj=source, mode="r:*")
+
+
+def _too_large(max_bytes: int, quota: bool) -> HutchError:
+    if quota:
+        return QuotaExceeded(
+            f"the root filesystem unpacks to more than the project's unpacked image quota "
+            f"({format_bytes(max_bytes)}): ask an operator to raise it (hutch quota set "
+            "--images-unpacked)"
+        )
+    return Invalid(
+        f"the root filesystem unpacks to more than {format_bytes(max_bytes)}, the most an image "
+        "may unpack to here (max_unpacked_bytes)"
+    )
+
+
 def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     while (member := tar.next()) is not None:
         tar.members.clear()  # type: ignore[attr-defined]  # a tree has many entries
         yield member
 
 
-def _check_name(name: str, tarball: Path) -> None:
+def _check_name(name: str, tarball: str) -> None:
     if name.startswith("/"):
         raise Invalid(f"{tarball}: {name!r} is an absolute path; a root filesystem's are relative")
     if ".." in name.split("/"):

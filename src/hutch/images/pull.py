@@ -29,7 +29,7 @@ from hutch.images.layout import (
 )
 from hutch.images.registry import Manifest, RegistryClient
 from hutch.images.spool import disk_full_is_insufficient
-from hutch.images.store import Allowance, Store, StoredImage
+from hutch.images.store import Allowance, ImageStore, StoredImage
 from hutch.model.errors import Invalid, Unsupported
 from hutch.model.image import ImageRef, parse_ref
 
@@ -52,7 +52,7 @@ class PullProgress:
 
 async def pull(
     ref: str,
-    store: Store,
+    store: ImageStore,
     client: RegistryClient,
     *,
     project: str,
@@ -132,7 +132,7 @@ async def _platform_manifest(
 async def _fetch_layers(
     ref: ImageRef,
     layers: list[Descriptor],
-    store: Store,
+    store: ImageStore,
     client: RegistryClient,
     *,
     callback: Callable[[PullProgress], None] | None,
@@ -186,7 +186,7 @@ async def _fetch_layers(
 
 
 @contextlib.asynccontextmanager
-async def _blob_locked(store: Store, digest: str) -> AsyncIterator[None]:
+async def _blob_locked(store: ImageStore, digest: str) -> AsyncIterator[None]:
     """`store.blob_lock(digest)` (a blocking flock), waited for without blocking the loop.
 
     The wait happens in a daemon thread of its own rather than in an executor: however many

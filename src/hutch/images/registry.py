@@ -15,7 +15,7 @@ neither allowed (`allow`) nor configured is refused before any connection, and e
 connected to (redirects and token servers included) is checked there.
 
 Blob downloads resume: whatever the destination file already holds is kept and the rest is
-asked for with a Range request. They are not verified here; `Store.commit_partial` does that.
+asked for with a Range request. They are not verified here; `ImageStore.commit_partial` does that.
 """
 
 import asyncio

@@ -121,7 +121,7 @@ class GcReport:
     bytes: int
 
 
-class Store:
+class ImageStore:
     def __init__(
         self, root: Path, *, free_floor: int = 0, max_unpacked_bytes: int | None = None
     ) -> None:
@@ -577,7 +577,7 @@ def _check_allowance(usage: Usage, allowance: Allowance, stored: int, unpacked: 
             )
 
 
-def _config_and_layers(store: Store, image: Image) -> list[str]:
+def _config_and_layers(store: ImageStore, image: Image) -> list[str]:
     manifest = json.loads(store.blob_path(image.manifest_digest).read_bytes())
     return [manifest["config"]["digest"], *(layer.digest for layer in image.layers)]
 

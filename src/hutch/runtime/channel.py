@@ -1,4 +1,4 @@
-"""Host side of docs/guest-protocol.md: framing, the handshake, one connection to an agent."""
+"""Host side of docs/guest-protocol.md: framing, the handshake, one connection to a guest agent."""
 
 import asyncio
 import contextlib
@@ -13,9 +13,9 @@ SYN = b"HUTCHSYN"
 ACK = b"HUTCHACK"
 NONCE_LEN = 16
 HEADER = struct.Struct(">B3xII")
-MAX_GUEST_PAYLOAD = 64 << 10  # the agent never sends more; a guest that does is cut off
+MAX_GUEST_PAYLOAD = 64 << 10  # the guest agent never sends more; a guest that does is cut off
 MAX_HOST_PAYLOAD = 1 << 20
-INITIAL_WINDOW = 256 << 10  # matches the agent: output it may send before we grant more
+INITIAL_WINDOW = 256 << 10  # matches the guest agent: output it may send before we grant more
 STDIN_WINDOW = 256 << 10
 
 
@@ -61,7 +61,7 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """What the agent says when a connection is established."""
+    """What the guest agent says when a connection is established."""
 
     version: int
     main_started: bool
@@ -123,7 +123,7 @@ class Connection:
 
     `open` returns once the socket is connected and SYN is sent, without waiting for the guest to
     answer (a VM that is still booting answers later); `hello()` waits for the answer. Frames may
-    be sent right away: the agent reads them after the handshake.
+    be sent right away: the guest agent reads them after the handshake.
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, nonce: bytes):
@@ -153,7 +153,7 @@ class Connection:
         return cls(reader, writer, nonce)
 
     async def hello(self) -> Hello:
-        """Wait for the agent's acknowledgement; everything before it is stale and dropped."""
+        """Wait for the guest agent's acknowledgement; everything before it is stale and dropped."""
         if self._hello is None:
             marker = ACK + self._nonce
             try:
@@ -167,7 +167,7 @@ class Connection:
                 version, flags, uptime = struct.unpack(">IIQ", await self._reader.readexactly(16))
             except asyncio.IncompleteReadError:
                 raise ConnectionResetError(
-                    "the agent closed the connection before answering"
+                    "the guest agent closed the connection before answering"
                 ) from None
             self._hello = Hello(version, bool(flags & 1), uptime)
         return self._hello

@@ -1,9 +1,10 @@
 """The `container` runtime: crun with an OCI bundle, for trusted workloads and hosts without
-virtualisation. Same contract as the micro-VM: hutch-agent is the container's init.
+virtualisation. Same contract as the micro-VM: the guest agent (hutch-agent) is the container's
+init.
 
-The agent is bind-mounted read-only into the container's private /dev and receives a listening
-unix socket as an inherited file descriptor (`--preserve-fds`), so the workload has no path to its
-control channel. The root is an overlay: the shared, read-only unpacked image below, the
+The guest agent is bind-mounted read-only into the container's private /dev and receives a
+listening unix socket as an inherited file descriptor (`--preserve-fds`), so the workload has no
+path to its control channel. The root is an overlay: the shared, read-only unpacked image below, the
 sandbox's scratch disk (a sparse ext4 file, loop-mounted: disk, not memory) above.
 
 Trusted is not defenceless: container root is an unprivileged host uid range of its own (a user
@@ -36,8 +37,8 @@ from hutch.runtime.state import SandboxDir, SandboxRecord
 
 MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["container"]
 AGENT_PATH = "/dev/.hutch-agent"
-LISTEN_FD = 3  # the agent's listening socket
-LEASE_FD = 4  # the lease on the container's host uid range, held by the agent for its life
+LISTEN_FD = 3  # the guest agent's listening socket
+LEASE_FD = 4  # the lease on the container's host uid range, held by the guest agent for its life
 USERNS_SIZE = 65_536  # uids (and gids) per container: 0..65535 inside, as images expect
 # Docker's default capability set: what a trusted workload expects, minus the dangerous ones.
 DEFAULT_CAPS = [
@@ -57,7 +58,7 @@ READONLY_PATHS = [
 
 @dataclass(frozen=True, slots=True)
 class ContainerOptions:
-    agent: Path  # the static hutch-agent binary (built with the guest artifacts)
+    agent: Path  # the guest agent, static (built with the guest artifacts)
     crun: str = "crun"
     cgroup_parent: str = "hutch"
     crun_root: Path = Path(
@@ -74,7 +75,7 @@ class ContainerOptions:
 def oci_config(
     spec: SandboxSpec, opts: ContainerOptions, memsw: bool, host_uid: int | None = None
 ) -> dict[str, Any]:
-    """The OCI runtime spec for `spec`: the agent as init, the limits as cgroup resources,
+    """The OCI runtime spec for `spec`: the guest agent as init, the limits as cgroup resources,
     hutch's seccomp profile; in a user namespace whose root is `host_uid` unless None."""
     res = spec.resources
     namespaces = ["pid", "network", "ipc", "uts", "mount", "cgroup"]
@@ -269,7 +270,7 @@ class ContainerBackend:
         )  # fmt: skip
 
     async def _run(self, sandbox_id: str, sdir: SandboxDir, lease_fd: int | None) -> ProcessRef:
-        """`crun run` the bundle, handing the agent its listening socket (and the lease)."""
+        """`crun run` the bundle, handing the guest agent its listening socket (and the lease)."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(sdir.file("agent.sock")))
@@ -313,7 +314,7 @@ class ContainerBackend:
                 err = proc.stderr.decode(errors="replace").strip().splitlines()
                 return proc.returncode, err[-1] if err else ""
             # `run --detach` hands its stdio to the container's init: a pipe would never reach
-            # EOF, so crun's errors and the agent's own messages share a file.
+            # EOF, so crun's errors and the guest agent's own messages share a file.
             fds = pass_fds or {}
             with log.open("ab") as out:
                 rc = subprocess.run(

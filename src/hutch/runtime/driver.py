@@ -1,8 +1,8 @@
 """The runtime driver contract, and the one implementation both runtimes share.
 
-Both runtimes run hutch-agent as the sandbox's init and talk to it over a unix socket, so
-everything above "how is the sandbox started, killed and cleaned up" is common: that part is a
-`Backend` (QEMU micro-VM or crun container); the rest is `AgentDriver`.
+Both runtimes run the guest agent (hutch-agent) as the sandbox's init and talk to it over a unix
+socket, so everything above "how is the sandbox started, killed and cleaned up" is common: that
+part is a `Backend` (QEMU micro-VM or crun container); the rest is `SandboxDriver`.
 """
 
 import asyncio
@@ -30,7 +30,7 @@ from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord, check_state_root
 from hutch.runtime.supervisor import ExecProcess, ProcessInput, Supervisor, Timeouts
 
-KILL_GRACE = 5.0  # after SIGKILL through the agent, before the sandbox itself is killed
+KILL_GRACE = 5.0  # after SIGKILL through the guest agent, before the sandbox itself is killed
 
 
 class RuntimeDriver(Protocol):
@@ -101,7 +101,7 @@ class RuntimeDriver(Protocol):
 
 
 class Backend(Protocol):
-    """How one runtime starts, kills and cleans up a sandbox whose init is hutch-agent."""
+    """How one runtime starts, kills and cleans up a sandbox whose init is the guest agent."""
 
     name: str
 
@@ -114,7 +114,7 @@ class Backend(Protocol):
         the capabilities before)."""
 
     async def launch(self, record: SandboxRecord, sdir: SandboxDir) -> ProcessRef:
-        """Start the sandbox with the agent listening at sdir/agent.sock. On failure, raise
+        """Start the sandbox with the guest agent listening at sdir/agent.sock. On failure, raise
         after undoing what was done. May add `record.details`."""
 
     def side_tasks(self, record: SandboxRecord, sdir: SandboxDir) -> list[Awaitable[None]]:
@@ -127,7 +127,7 @@ class Backend(Protocol):
         """Whether the host's OOM killer hit the sandbox's cgroup."""
 
     def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str:
-        """Why the sandbox's process ended without the agent reporting an exit."""
+        """Why the sandbox's process ended without the guest agent reporting an exit."""
 
     def stats(self, record: SandboxRecord) -> Stats: ...
 
@@ -144,8 +144,9 @@ class DriverOptions:
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
-class AgentDriver:
-    """RuntimeDriver over a Backend."""
+class SandboxDriver:
+    """Drives sandboxes: the RuntimeDriver contract over a Backend, through each sandbox's guest
+    agent."""
 
     def __init__(self, backend: Backend, options: DriverOptions) -> None:
         self.name = backend.name
@@ -232,7 +233,7 @@ class AgentDriver:
         with contextlib.suppress(TimeoutError):
             return await sup.wait(KILL_GRACE)
         await sup.terminate(
-            f"did not stop within {timeout:g} s and its agent did not answer; killed"
+            f"did not stop within {timeout:g} s and its guest agent did not answer; killed"
         )
         return await sup.wait(KILL_GRACE * 2)
 

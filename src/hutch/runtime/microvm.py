@@ -4,8 +4,9 @@ initramfs and the workload's read-only root disk, writing to a scratch disk of i
 QEMU runs with as little as it needs: inside its own cgroup (guest memory plus measured
 overhead, a pids limit, a CPU quota), as an unprivileged uid of its own, chrooted into an empty
 directory, under QEMU's seccomp sandbox, with no network, no shared folders and no files beyond
-its disks. Its sockets (agent, console, QMP) live in the sandbox's root-only directory: the guest
-has no path to them. Its own stderr is capped by RLIMIT_FSIZE, the guest's console by a ring log.
+its disks. Its sockets (guest agent, console, QMP) live in the sandbox's root-only directory: the
+guest has no path to them. Its own stderr is capped by RLIMIT_FSIZE, the guest's console by a ring
+log.
 """
 
 import asyncio
@@ -85,7 +86,7 @@ def qemu_command(
     jail: Path | None = None,
     scratch_direct: bool = True,
 ) -> list[str]:
-    """The QEMU command line for `spec`; sockets go in `sockets/` (agent, console, qmp), where
+    """The QEMU command line for `spec`; sockets go in `sockets/` (guest agent, console, qmp), where
     the scratch disk must be (`scratch.create`); `scratch_direct` if it takes O_DIRECT."""
     res = spec.resources
     accel = opts.accel.name
@@ -304,7 +305,7 @@ class MicroVMBackend:
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
 
     def oom_killed(self, record: SandboxRecord) -> bool:
-        return False  # the guest's own OOM killer reports through the agent
+        return False  # the guest's own OOM killer reports through the guest agent
 
     def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str:
         sandbox_id = record.spec.id

@@ -1,4 +1,5 @@
-"""Watch one sandbox for this host process: the agent connection, logs, exits, exec'd processes.
+"""Watch one sandbox for this host process: its guest agent connection, logs, exits, exec'd
+processes.
 
 A Supervisor is what ties a running sandbox to the driver object that created or re-adopted it.
 It holds the sandbox directory's lock, so two host processes never watch the same sandbox; when
@@ -42,8 +43,9 @@ UNKNOWN_EXIT = 255  # exit code reported when the sandbox died without telling u
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    boot: float = 90.0  # from launch to the agent's first answer (TCG boots are slow on busy hosts)
-    answer: float = 10.0  # for a running agent to answer a new connection
+    # from launch to the guest agent's first answer (TCG boots are slow on busy hosts)
+    boot: float = 90.0
+    answer: float = 10.0  # for a running guest agent to answer a new connection
     drain: float = 2.0  # after the sandbox's process died, for its last frames to be read
 
 
@@ -224,7 +226,7 @@ class Supervisor:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def attach(self, *, booting: bool, extra: list[Awaitable[None]] | None = None) -> None:
-        """Connect to the agent and watch the sandbox's process. Returns without waiting for
+        """Connect to the guest agent and watch the sandbox's process. Returns without waiting for
         the guest to answer: a booting VM answers when it is up."""
         if self.record.finished:
             return
@@ -234,7 +236,7 @@ class Supervisor:
         try:
             self._conn = await Connection.open(str(self.dir.file("agent.sock")), timeout=10)
         except OSError as e:
-            raise Unavailable(f"cannot connect to the sandbox's agent: {e}") from e
+            raise Unavailable(f"cannot connect to the sandbox's guest agent: {e}") from e
         self._log = LogWriter(self.dir.file("stdio.log"), self._log_max)
         self._log.on_space = self._space.set
         self._tasks = [
@@ -363,7 +365,7 @@ class Supervisor:
             while (frame := await conn.recv()) is not None:
                 await self._dispatch(frame)
         except ProtocolError as e:
-            await self.terminate(f"the guest broke the agent protocol: {e}")
+            await self.terminate(f"the guest broke the guest protocol: {e}")
         except (ConnectionError, OSError):
             return
 

@@ -6,12 +6,15 @@ project id: a project sees its own images, then the operator's catalogue (publis
 tokens), never another project's.
 """
 
+import asyncio
+import contextlib
 import logging
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO
 
+from hutch.images.build import is_rootfs_tarball, write_archive_of_tarball
 from hutch.images.egress import RegistryNames
 from hutch.images.spool import disk_full_is_insufficient, spool
 from hutch.images.store import is_digest_or_id
@@ -204,18 +207,28 @@ class Images:
         names: list[str],
         public: bool,
     ) -> list[dict[str, Any]]:
-        """The archive is spooled once to a temporary file, then sent to every ready node."""
+        """The archive is spooled once to a temporary file, then sent to every ready node.
+
+        A root filesystem's tar (plain or compressed, with none of an image archive's files:
+        what `docker import` takes) is packed here as a one-layer image first, as the CLI packs
+        one: hostile names refused, device nodes and FIFOs left out, and what it unpacks to
+        bounded by the project's unpacked quota (else `max_bytes`) as it is written."""
         self._writing(principal, project, public)
         nodes = await self._ready()
         limits = project.quota.image_limits()
-        with (
-            disk_full_is_insufficient(),
-            tempfile.TemporaryFile(dir=self.spool_dir) as archive,
-        ):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(disk_full_is_insufficient())
+            archive = stack.enter_context(tempfile.TemporaryFile(dir=self.spool_dir))
             await spool(
                 body, archive, floor=self.free_floor,
                 limit=limits.get("max_stored", self.max_bytes), quota="max_stored" in limits,
             )  # fmt: skip
+            archive.seek(0)
+            if await asyncio.to_thread(is_rootfs_tarball, archive):
+                packed = stack.enter_context(tempfile.TemporaryFile(dir=self.spool_dir))
+                await self._pack(archive, packed, limits)
+                archive.close()  # its bytes are in the packed archive now
+                archive = packed
             result: list[dict[str, Any]] = []
             for node in nodes:
                 archive.seek(0)
@@ -224,6 +237,17 @@ class Images:
                     limits=limits,
                 )  # fmt: skip
         return result
+
+    async def _pack(self, tarball: IO[bytes], out: BinaryIO, limits: dict[str, int]) -> None:
+        """The OCI archive of the root filesystem's tar `tarball`, to `out`."""
+        tarball.seek(0)
+        packed = await asyncio.to_thread(
+            write_archive_of_tarball, tarball, out,
+            max_bytes=limits.get("max_unpacked", self.max_bytes), quota="max_unpacked" in limits,
+            floor=self.free_floor, tmp_dir=self.spool_dir,
+        )  # fmt: skip
+        if note := packed.note("an imported root filesystem"):
+            log.info("%s", note)
 
 
 def _loses(machine: Machine, digest: str, gone: set[str], last: bool) -> bool:

@@ -36,7 +36,7 @@ from hutch.model.machine import (
 )
 from hutch.model.sandbox import parse_signal
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
-from hutch.scheduler import Context, Placement, Rejection, Request, need, place
+from hutch.placement import Context, Placement, Rejection, Request, need, place
 from hutch.services.feeds import Feeds
 from hutch.services.ids import new_id
 from hutch.services.images import Images

@@ -1,7 +1,7 @@
 """The scheduler: places machines that wait for a node, in batches, on the leading controller.
 
 A round pages through the pending machines oldest first. Each page is one write transaction:
-every machine is placed against a snapshot of the nodes in a `scheduler.Index` (read at the
+every machine is placed against a snapshot of the nodes in a `placement.Index` (read at the
 round's start and again every couple of seconds; the index takes each claim at once, so one
 page never overbooks a node), then the page's claims are committed in one conditional statement
 (`nodes.claim`): a node that another writer changed meanwhile refuses, its machines stay pending
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from hutch.model.machine import Capacity, Machine
-from hutch.scheduler import Index, Placement, Request, limit, need, plus
+from hutch.placement import Index, Placement, Request, limit, need, plus
 from hutch.services.machines import request_of
 from hutch.services.notify import SCHEDULER, Notifier, keys_of
 from hutch.store.base import Claim, NewEvent, Store, Tx

@@ -62,6 +62,9 @@ async def import_image(
     name: Annotated[list[str] | None, Query()] = None,
     public: bool = False,
 ) -> list[ImageView]:
+    """A `docker save` or OCI archive, or a root filesystem's tar (plain or gzip/bzip2/xz, with
+    none of an image archive's files: packed as a one-layer image running its shell, as
+    `docker import` does; device nodes and FIFOs left out; absolute names and `..` refused)."""
     images = await ctl.images.import_(s.caller, s.project, request.stream(), name or [], public)
     return [_view(i) for i in images]
 

@@ -1,1 +1,1 @@
-"""The guest side of the micro-VM: agent, kernel and initramfs, built at set-up time."""
+"""The guest side of the micro-VM: the guest agent, kernel and initramfs, built at set-up time."""

@@ -1,5 +1,6 @@
 /*
- * hutch-agent: runs the workload inside a sandbox and speaks docs/guest-protocol.md to the host.
+ * hutch-agent, the guest agent: runs the workload inside a sandbox and speaks
+ * docs/guest-protocol.md to the host.
  *
  *   hutch-agent                  PID 1 of a micro-VM: mounts the root disk under an overlay
  *                                whose writable layer is the scratch disk,
@@ -428,7 +429,7 @@ static int parse_spec(const unsigned char *pl, uint32_t len, struct spec *s, cha
                 s->size.ws_col = (unsigned short)(v[2] << 8 | v[3]);
             }
             break;
-        default: break; /* unknown tags are for newer agents */
+        default: break; /* unknown tags are for newer guest agents */
         }
     }
     return s->argc > 0 ? 0 : -1;
@@ -487,7 +488,8 @@ static void child_exec(struct spec *s, int in_fd, int out_fd, int err_fd, int er
         errfd = 3;
     }
     syscall(SYS_close_range, 4, ~0u, 0);
-    write_file("/proc/self/oom_score_adj", "0"); /* the agent protects itself, not the workload */
+    /* the guest agent protects itself, not the workload */
+    write_file("/proc/self/oom_score_adj", "0");
     int stage = 0, err = 0;
     if (chdir(s->cwd) < 0 &&
         (errno != ENOENT || !s->make_cwd || make_dirs(s->cwd) < 0 || chdir(s->cwd) < 0)) {
@@ -1027,8 +1029,8 @@ int main(int argc, char **argv) {
         }
         fcntl(listen_fd, F_SETFD, FD_CLOEXEC);
         set_nonblock(listen_fd);
-        /* the workload, not the agent, is what the OOM killer should pick (best effort: lowering
-         * needs CAP_SYS_RESOURCE; without it the workload is still the bigger victim) */
+        /* the workload, not the guest agent, is what the OOM killer should pick (best effort:
+         * lowering needs CAP_SYS_RESOURCE; without it the workload is still the bigger victim) */
         write_file("/proc/self/oom_score_adj", "-999");
     } else if (argc == 1 && getpid() == 1) {
         vm_mode = 1;

@@ -1,9 +1,10 @@
-"""Build the micro-VM's guest side at set-up time: kernel, agent and initramfs, cached by content.
+"""Build the micro-VM's guest side at set-up time: kernel, guest agent and initramfs, cached by
+content.
 
 The kernel comes from Debian's package (downloaded with `apt-get download`, unpacked with
 `dpkg-deb`: the host's /boot is never touched). The initramfs holds exactly the kernel modules
-the guest needs, busybox (boot diagnostics behind `hutch.debug`) and hutch-agent, compiled here
-with gcc.
+the guest needs, busybox (boot diagnostics behind `hutch.debug`) and the guest agent
+(hutch-agent), compiled here with gcc.
 Every artifact's file name carries the hash of its inputs, so a changed input yields a new file
 and a stale one is never used. Nothing here is committed to the repository.
 """
@@ -40,9 +41,9 @@ class GuestArtifacts:
     kernel: (
         Path  # uncompressed vmlinux: QEMU boots it through its PVH entry, skipping decompression
     )
-    initrd: Path  # hutch-agent as /init, modules, busybox
+    initrd: Path  # the guest agent (hutch-agent) as /init, modules, busybox
     probe_initrd: Path  # an init that prints one line and powers off
-    agent: Path  # the static agent binary (containers run it as their init)
+    agent: Path  # the static guest agent binary (containers run it as their init)
     kernel_release: str  # e.g. 6.1.0-56-cloud-amd64
     kernel_package: str  # e.g. linux-image-6.1.0-56-cloud-amd64 6.1.192-2
 
@@ -260,7 +261,7 @@ def _pipe(args: list[str], data: bytes) -> bytes:
     return subprocess.run(args, input=data, capture_output=True, check=False).stdout
 
 
-# ---- agent and initramfs --------------------------------------------------------------------
+# ---- guest agent and initramfs -----------------------------------------------------------------
 
 
 def _compile(bindir: Path, name: str, source: str, log: Log) -> Path:

@@ -1,0 +1,62 @@
+"""Filters: whether a node can take a request at all. None passes; a string is the reason.
+
+Every filter must pass; a node is rejected with the reason of the first that fails, in the
+order of `FILTERS` (so the reason a user reads is the most basic one).
+"""
+
+from collections.abc import Callable, Sequence
+
+from hutch.model.machine import GroupPolicy, Node, NodeState
+from hutch.placement.capacity import CPU_OVERCOMMIT, free, need
+from hutch.placement.request import Context, Request
+
+Filter = Callable[[Request, Node, Context], str | None]
+
+
+def ready(request: Request, node: Node, context: Context) -> str | None:
+    return None if node.state is NodeState.READY else f"node is {node.state}"
+
+
+def schedulable(request: Request, node: Node, context: Context) -> str | None:
+    return "node is cordoned" if node.cordoned else None
+
+
+def has_runtime(request: Request, node: Node, context: Context) -> str | None:
+    if request.runtime in node.runtimes:
+        return None
+    return f"no {request.runtime} runtime (has {', '.join(node.runtimes) or 'none'})"
+
+
+def has_labels(request: Request, node: Node, context: Context) -> str | None:
+    missing = [f"{k}={v}" for k, v in request.labels.items() if node.labels.get(k) != v]
+    return f"lacks labels {', '.join(missing)}" if missing else None
+
+
+def fits(request: Request, node: Node, context: Context) -> str | None:
+    want, room = need(request, node), free(node)
+    if want.memory_mib > room.memory_mib:
+        return f"{want.memory_mib} MiB of memory asked (with overhead), {room.memory_mib} free"
+    if want.disk_mib > room.disk_mib:
+        return f"{want.disk_mib} MiB of disk asked, {room.disk_mib} free"
+    if want.cpus > room.cpus:
+        return f"{want.cpus} vCPUs asked, {room.cpus} free (at {CPU_OVERCOMMIT}x overcommit)"
+    return None
+
+
+def group_policy(request: Request, node: Node, context: Context) -> str | None:
+    here = context.members.get(node.id, 0)
+    if request.group_policy is GroupPolicy.ANTI_AFFINITY and here:
+        return f"runs a machine of group {request.group} already (anti-affinity)"
+    if request.group_policy is GroupPolicy.AFFINITY and not here and context.members:
+        return f"group {request.group} runs on another node (affinity)"
+    return None
+
+
+FILTERS: tuple[Filter, ...] = (ready, schedulable, has_runtime, has_labels, fits, group_policy)
+
+
+def first_reason(
+    request: Request, node: Node, context: Context, filters: Sequence[Filter] = FILTERS
+) -> str | None:
+    """Why `node` cannot take `request` (the first filter that fails), or None."""
+    return next((r for f in filters if (r := f(request, node, context)) is not None), None)

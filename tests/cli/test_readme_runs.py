@@ -1,0 +1,243 @@
+"""The README's commands run as written, through a shell, against the real shared `hutch up`
+(tests/controller.py): the lines are read from README.md itself, so an edit that breaks one fails
+here. Example names are swapped for the test's own (registry.example.com for the registry this
+test starts on 127.0.0.1), each block acts in a project of its own.
+
+What runs here: "Running machines" (less `hutch up -d`, which the fixture is, `hutch down`,
+which would stop it, and `exec -it` / `run -it`, which need a terminal: they run on a pty in
+tests/cli/test_terminal.py and tests/cli/test_run_terminal.py), the `--dry-run` example, the
+`login` / `context` lines, and the "Images" block. Elsewhere: "Projects, tokens and quotas" in
+tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py.
+
+What cannot run on one machine keeps only the `--help` check of tests/cli/test_readme.py: the
+cluster's `hutch controller --listen 0.0.0.0:7878 --tls` over PostgreSQL, `hutch agent` joining
+`ctl.example.net` from another host, and the `hutch node` lines about its node `rack1-07`
+(tests/cli/test_nodes.py and tests/cli/test_cluster.py run those commands on nodes of their own).
+"""
+
+import json
+import os
+import re
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hutch.images.build import write_archive
+from tests.cli.conftest import HUTCH
+from tests.cli.test_rootfs import debootstrap_like
+from tests.controller import BUSYBOX_CONFIG, Controller, controller, new_project
+from tests.images.ocibuild import write_oci_layout
+from tests.images.registry_server import Registry
+
+__all__ = ["controller"]  # the session fixture, for the tests here
+
+README = Path(__file__).parents[2] / "README.md"
+Shell = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def block(heading: str, first_line: str) -> list[str]:
+    """The commands of the sh block under `heading` whose first line starts with `first_line`:
+    one per line (continuations joined), comments kept (the shell drops them)."""
+    section = README.read_text().split(f"\n{heading}\n", 1)[1]
+    for found in re.findall(r"```sh\n(.*?)```", section, re.S):
+        if found.startswith(first_line):
+            return [line for line in found.replace("\\\n", " ").splitlines() if line.strip()]
+    raise AssertionError(f"no sh block starting {first_line!r} under {heading!r}")
+
+
+def split(line: str) -> list[str]:
+    """`a; b; c  # comment` as its commands (the README separates a few with `;`)."""
+    code = line.split("  #", 1)[0]
+    return [part.strip() for part in code.split("; ") if part.strip()]
+
+
+@pytest.fixture
+def env(controller: Controller) -> dict[str, str]:
+    """The controller's `local` context, in a fresh project, with `hutch` on the PATH."""
+    return {
+        **controller.env,
+        "HUTCH_PROJECT": new_project(controller, "readme"),
+        "PATH": f"{Path(HUTCH).parent}:{os.environ['PATH']}",
+    }
+
+
+@pytest.fixture
+def sh(env: dict[str, str], tmp_path: Path) -> Shell:
+    def run(command: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", command], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=timeout, check=False,
+        )  # fmt: skip
+
+    return run
+
+
+def ok(ran: subprocess.CompletedProcess[str], command: str) -> str:
+    assert ran.returncode == 0, f"{command}: {ran.returncode} {ran.stderr}"
+    return ran.stdout
+
+
+ON_A_TERMINAL = {"hutch exec -it web -- sh", "hutch run -it --rm busybox sh"}  # pty tests
+NOT_HERE = {"hutch up -d", "hutch down"}  # the fixture is `hutch up`; down would stop it
+
+
+def test_the_running_machines_block_runs_as_written(
+    sh: Shell, env: dict[str, str], tmp_path: Path
+) -> None:
+    commands = [c for line in block("## Running machines", "hutch up -d") for c in split(line)]
+    assert set(commands) >= ON_A_TERMINAL | NOT_HERE
+    follower: subprocess.Popen[str] | None = None
+    seen = []
+    for command in commands:
+        if command in ON_A_TERMINAL | NOT_HERE:
+            continue
+        seen.append(command)
+        if command.startswith("hutch logs -f"):  # follows until web ends: run alongside
+            follower = subprocess.Popen(
+                ["bash", "-c", command], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            continue
+        out = ok(sh(command), command)
+        if command == "hutch run busybox -- echo hello":
+            assert out == "hello\n"
+        elif command.startswith("hutch run -d --name web"):
+            assert re.fullmatch(r"m-\w+\n", out)
+            wait_until_running(sh)
+        elif command == "hutch ps":
+            assert re.search(r"\sweb\s+busybox\s+microvm\s+running", out), out
+        elif command.startswith("hutch exec web -- uname -a"):
+            assert out.startswith("Linux ")
+        elif "sort -r" in command:
+            assert out == "b\na\n"
+        elif command == "hutch stop web":
+            assert out == "web\n"
+            assert follower is not None
+            followed = follower.communicate(timeout=60)  # ended with web
+            assert follower.returncode == 0, followed[1]
+            assert ok(sh("hutch logs -n 20 web"), "logs -n 20") == followed[0]
+        elif command == "hutch kill -s HUP web":
+            assert out == "web\n"
+        elif command == "hutch wait web":
+            assert out == "129\n"  # httpd's end by SIGHUP: 128 + 1
+        elif command == "hutch inspect web":
+            machine = json.loads(out)
+            assert (machine["name"], machine["memory_mib"]) == ("web", 256)
+            assert machine["env"] == {"MODE": "prod"}
+        elif command == "hutch rm web":
+            assert out == "web\n"
+            assert "web" not in ok(sh("hutch ps -a -q"), "ps") + ok(sh("hutch ps"), "ps")
+    assert len(seen) == 13 and follower is not None, seen
+
+
+def wait_until_running(sh: Shell) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if json.loads(ok(sh("hutch inspect web"), "inspect"))["state"] == "running":
+            return
+        time.sleep(0.3)
+    raise AssertionError("web did not start")
+
+
+def test_the_dry_run_example_runs_as_written(sh: Shell, controller: Controller) -> None:
+    """On this one node, which lacks the label: the same command, and the same node with it."""
+    [command, *answer] = block("## A cluster: many nodes, several controllers", "hutch run --dry")
+    assert answer[0].startswith("# would run on node")
+    refused = sh(command)
+    assert refused.returncode == 125
+    assert refused.stdout.splitlines()[0] == "no node can take it now"
+    assert "lacks labels disk=ssd" in refused.stdout
+    nodes = json.loads(ok(sh("hutch node ls -o json"), "node ls"))
+    node = next(n for n in nodes if n["state"] == "ready")["name"]
+    without = ok(sh(command.replace(" --constraint disk=ssd", "")), command)
+    assert without.startswith(f"would run on node {node} (1 node(s) could take it)")
+
+
+def test_the_login_and_context_lines_run_as_written(
+    controller: Controller, env: dict[str, str], tmp_path: Path
+) -> None:
+    """With a member token of the test's project for `...` and $TOKEN, and a contexts file that
+    holds `hutch up`'s `local` (so `hutch context use local` has one to use)."""
+    project = env.pop("HUTCH_PROJECT")
+    issued = subprocess.run(
+        [HUTCH, "token", "create", "-p", project, "--role", "member"], env=env,
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    token = issued.stdout.splitlines()[-1]
+    contexts = tmp_path / "contexts.toml"
+    contexts.write_text((controller.state_dir / "contexts.toml").read_text())
+    env = {**env, "TOKEN": token, "HUTCH_CLIENT_CONFIG": str(contexts)}
+    for written in block("## Projects, tokens and quotas", "HUTCH_URL="):
+        line = written.replace("HUTCH_TOKEN=...", f"HUTCH_TOKEN={token}")
+        line = line.replace("http://127.0.0.1:7878", controller.url)
+        ran = subprocess.run(
+            ["bash", "-c", line], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 0, f"{line}: {ran.stderr}"
+        if line.startswith("HUTCH_URL="):
+            assert ran.stdout.split() == ["ID", "NAME", "IMAGE", "RUNTIME", "STATUS", "CREATED"]
+        if line.startswith("hutch context ls"):
+            rows = [r.removeprefix("*").split() for r in ran.stdout.splitlines()[1:]]
+            assert ["team-a", controller.url, project] in rows, rows
+    listed = json.loads(
+        subprocess.run(
+            [HUTCH, "context", "ls", "-o", "json"], env=env, capture_output=True, check=True
+        ).stdout
+    )
+    assert {c["name"]: c["current"] for c in listed} == {"local": True, "team-a": False}
+
+
+@pytest.fixture
+def registry(controller: Controller, tmp_path: Path, busybox_rootfs: Path) -> Iterator[Registry]:
+    """registry.example.com of the README: on 127.0.0.1, holding team/app:1.2, which says app."""
+    registry = Registry(tmp_path / "registry", port=controller.registry_port).start()
+    try:
+        layout = tmp_path / "app-layout"
+        write_oci_layout(layout, [busybox_rootfs], {**BUSYBOX_CONFIG, "Cmd": ["echo", "app"]},
+                         ref="v1")  # fmt: skip
+        registry.push(layout, "v1", "team/app:1.2")
+        yield registry
+    finally:
+        registry.stop()
+
+
+def names(table: str) -> set[str]:
+    return {row.split()[0] for row in table.splitlines()[1:]}
+
+
+def test_the_images_block_runs_as_written(
+    sh: Shell, registry: Registry, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    with (tmp_path / "app.tar").open("wb") as archive:  # as `docker save` would give it
+        write_archive(busybox_rootfs, archive, config={**BUSYBOX_CONFIG, "Cmd": ["echo", "app1"]})
+    tree = debootstrap_like(busybox_rootfs, tmp_path / "deb")
+    with tarfile.open(tmp_path / "rootfs.tar.gz", "w:gz") as tar:
+        tar.add(tree, arcname=".")
+    commands = block("## Images", "hutch image pull")
+    assert len(commands) == 10
+    for line in commands:
+        command = line.replace("registry.example.com", registry.host).split("  #", 1)[0].strip()
+        if command.startswith("hutch image rm --force"):  # a machine uses it: rm names it
+            ok(sh("hutch run -d --runtime container --name uses-deb deb:12 -- sleep 600"), "run")
+            refused = sh(command.replace(" --force", ""))
+            assert refused.returncode == 125 and "uses-deb" in refused.stderr
+        out = ok(sh(command), command)
+        if command.startswith(("hutch image pull --local", "hutch image import rootfs")):
+            assert out.startswith("sha256:")
+        elif command == "hutch image ls":
+            assert {f"{registry.host}/team/app:1.2", "app:1", "deb:12"} <= names(out), out
+        elif command.startswith("hutch image inspect"):
+            assert json.loads(out)["names"] == [f"{registry.host}/team/app:1.2"]
+        elif command.startswith("hutch image export"):
+            assert {"oci-layout", "index.json"} <= set(ok(sh("tar -tf app-oci.tar"), "tar").split())
+        elif command == "hutch image rm app:1":
+            assert "app:1" not in names(ok(sh("hutch image ls"), "ls"))
+        elif command.startswith("hutch image rm --force"):
+            assert "deb:12" not in names(ok(sh("hutch image ls"), "ls"))
+        elif command.startswith("hutch sandbox run"):
+            assert out == "app\n"
