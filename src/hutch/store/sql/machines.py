@@ -24,7 +24,7 @@ from hutch.model.machine import (
 )
 from hutch.model.tenancy import Usage
 from hutch.store import tables as t
-from hutch.store.sql.repo import Repo
+from hutch.store.sql.repo import Repo, from_row
 
 MAX_PAGE = 200  # machines per list() page
 
@@ -133,14 +133,10 @@ class SqlMachines(Repo):
         except IntegrityError:
             await self._refused(machine)
             raise  # not reached: _refused always raises
-        if row is not None:
-            return _to_machine(row)
-        if await self._exists(m, m.c.id == machine.id, m.c.project_id == machine.project_id):
-            raise Conflict(
-                f"machine {machine.name!r} was changed by someone else since version "
-                f"{machine.version}: read it again and retry"
-            )
-        raise NotFound(f"machine {machine.id!r} not found")
+        if row is None:
+            mine = (m.c.id == machine.id, m.c.project_id == machine.project_id)
+            await self._stale(m, mine, "machine", machine)
+        return _to_machine(row)
 
     async def usage(self, project_id: str) -> Usage:
         m = t.machines
@@ -290,53 +286,23 @@ def _machine_values(m: Machine) -> dict[str, Any]:
 
 
 def _to_machine(r: Row[Any]) -> Machine:
-    spec = MachineSpec(
-        image=r.image,
+    spec = from_row(
+        MachineSpec,
+        r,
         command=None if r.command is None else tuple(r.command),
         entrypoint=None if r.entrypoint is None else tuple(r.entrypoint),
         env=tuple(r.env),
-        workdir=r.workdir,
         user=r.user_spec,
-        cpus=r.cpus,
-        memory_mib=r.memory_mib,
-        disk_mib=r.disk_mib,
-        runtime=r.runtime,
         restart=RestartPolicy(r.restart),
         labels=dict(r.labels),
-        auto_destroy=r.auto_destroy,
         group=r.group_name,
         group_policy=GroupPolicy(r.group_policy),
         constraints=dict(r.constraints),
         strategy=None if r.strategy is None else Strategy(r.strategy),
-        tty=r.tty,
-        stdin=r.stdin,
         rows=r.tty_rows,
         cols=r.tty_cols,
     )
-    return Machine(
-        id=r.id,
-        project_id=r.project_id,
-        name=r.name,
-        spec=spec,
-        state=MachineState(r.state),
-        desired=Desired(r.desired),
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-        node_id=r.node_id,
-        generation=r.generation,
-        exit_code=r.exit_code,
-        error=r.error,
-        oom_killed=r.oom_killed,
-        restarts=r.restarts,
-        started_at=r.started_at,
-        finished_at=r.finished_at,
-        stop_signal=r.stop_signal,
-        stop_timeout=r.stop_timeout,
-        start_after=r.start_after,
-        image_digest=r.image_digest,
-        image_source=r.image_source,
-        version=r.version,
-    )
+    return from_row(Machine, r, spec=spec, state=MachineState(r.state), desired=Desired(r.desired))
 
 
 def _encode_cursor(created_at: float, machine_id: str) -> str:

@@ -13,7 +13,7 @@ from hutch.model.errors import Conflict, NotFound
 from hutch.model.machine import Capacity, Node, NodeState
 from hutch.store import tables as t
 from hutch.store.base import Claim
-from hutch.store.sql.repo import Repo
+from hutch.store.sql.repo import Repo, from_row
 
 
 class SqlNodes(Repo):
@@ -66,14 +66,9 @@ class SqlNodes(Repo):
                 row = (await self._c.execute(stmt)).first()
         except IntegrityError:
             raise Conflict(f"a node named {node.name!r} already exists") from None
-        if row is not None:
-            return _to_node(row)
-        if await self._exists(n, n.c.id == node.id):
-            raise Conflict(
-                f"node {node.name!r} was changed by someone else since version {node.version}: "
-                "read it again and retry"
-            )
-        raise NotFound(f"node {node.id!r} not found")
+        if row is None:
+            await self._stale(n, (n.c.id == node.id,), "node", node)
+        return _to_node(row)
 
     async def lock(self, node_id: str) -> Node:
         return _to_node(await self._locked(t.nodes, node_id, "node"))
@@ -194,20 +189,13 @@ def _allocation(a: Capacity) -> dict[str, int]:
 
 
 def _to_node(r: Row[Any]) -> Node:
-    return Node(
-        id=r.id,
-        name=r.name,
-        address=r.address,
+    return from_row(
+        Node,
+        r,
         runtimes=tuple(r.runtimes),
-        accel=r.accel,
         capacity=Capacity(r.capacity_cpus, r.capacity_memory_mib, r.capacity_disk_mib),
         allocated=Capacity(r.allocated_cpus, r.allocated_memory_mib, r.allocated_disk_mib),
         overhead_mib=dict(r.overhead_mib),
         labels=dict(r.labels),
         state=NodeState(r.state),
-        created_at=r.created_at,
-        last_seen=r.last_seen,
-        domain=r.domain,
-        cordoned=r.cordoned,
-        version=r.version,
     )

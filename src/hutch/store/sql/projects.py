@@ -1,5 +1,6 @@
 """Projects (tenants) and their quotas: the repository and its rows."""
 
+import dataclasses
 from typing import Any
 
 import sqlalchemy as sa
@@ -9,7 +10,7 @@ from hutch.model.errors import Conflict, NotFound
 from hutch.model.machine import Strategy
 from hutch.model.tenancy import Project, Quota
 from hutch.store import tables as t
-from hutch.store.sql.repo import Repo
+from hutch.store.sql.repo import Repo, from_row
 
 
 class SqlProjects(Repo):
@@ -91,28 +92,8 @@ def _project(p: Project) -> dict[str, Any]:
 
 
 def _quota_values(q: Quota) -> dict[str, Any]:
-    return {
-        "quota_machines": q.machines,
-        "quota_vcpus": q.vcpus,
-        "quota_memory_mib": q.memory_mib,
-        "quota_disk_mib": q.disk_mib,
-        "quota_images_mib": q.images_mib,
-        "quota_images_unpacked_mib": q.images_unpacked_mib,
-    }
+    return {f"quota_{name}": value for name, value in dataclasses.asdict(q).items()}
 
 
 def _to_project(r: Row[Any]) -> Project:
-    return Project(
-        id=r.id,
-        name=r.name,
-        created_at=r.created_at,
-        quota=Quota(
-            machines=r.quota_machines,
-            vcpus=r.quota_vcpus,
-            memory_mib=r.quota_memory_mib,
-            disk_mib=r.quota_disk_mib,
-            images_mib=r.quota_images_mib,
-            images_unpacked_mib=r.quota_images_unpacked_mib,
-        ),
-        strategy=Strategy(r.strategy),
-    )
+    return from_row(Project, r, quota=from_row(Quota, r, "quota_"), strategy=Strategy(r.strategy))

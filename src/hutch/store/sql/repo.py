@@ -1,15 +1,31 @@
 """What every repository shares: the connection it runs on, and a few statements."""
 
+import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NoReturn, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from hutch.model.errors import NotFound
+from hutch.model.errors import Conflict, NotFound
 
 Backend = Literal["sqlite", "postgresql"]
+M = TypeVar("M")
+
+
+def from_row(model: type[M], row: Row[Any], prefix: str = "", /, **converted: Any) -> M:
+    """A model dataclass from the row's columns named as its fields (after `prefix`);
+    `converted` gives the fields whose column is named otherwise or holds another type (an
+    enum's value, a JSON list for a tuple)."""
+    names = _FIELDS.get(model)
+    if names is None:
+        names = _FIELDS[model] = tuple(f.name for f in dataclasses.fields(model))  # type: ignore[arg-type]
+    plain = {n: getattr(row, prefix + n) for n in names if n not in converted}
+    return model(**plain, **converted)
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}  # each model's field names, as from_row() meets it
 
 
 class Conn(Protocol):
@@ -20,6 +36,17 @@ class Conn(Protocol):
     ) -> sa.CursorResult[Any]: ...
 
     def begin_nested(self) -> Any: ...
+
+
+class Versioned(Protocol):
+    """A model updated by compare-and-set on its version (a machine, a node)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
 
 
 class Repo:
@@ -45,6 +72,22 @@ class Repo:
         except IntegrityError:
             return False
         return True
+
+    async def _stale(
+        self,
+        table: sa.Table,
+        where: tuple[sa.ColumnElement[bool], ...],
+        what: str,
+        wrote: "Versioned",
+    ) -> NoReturn:
+        """Why a compare-and-set of `wrote` on its version wrote nothing: Conflict if the row
+        is still `where` (someone else changed it), else NotFound."""
+        if await self._exists(table, *where):
+            raise Conflict(
+                f"{what} {wrote.name!r} was changed by someone else since version "
+                f"{wrote.version}: read it again and retry"
+            )
+        raise NotFound(f"{what} {wrote.id!r} not found")
 
     async def _locked(
         self, table: sa.Table, row_id: str, what: str, *, key: bool = False

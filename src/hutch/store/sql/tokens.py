@@ -9,7 +9,7 @@ from sqlalchemy.engine import Row
 from hutch.model.errors import Conflict, NotFound
 from hutch.model.tenancy import Role, Token
 from hutch.store import tables as t
-from hutch.store.sql.repo import Repo
+from hutch.store.sql.repo import Repo, from_row
 
 
 class SqlTokens(Repo):
@@ -82,13 +82,4 @@ class SqlTokens(Repo):
 
 
 def _to_token(r: Row[Any]) -> Token:
-    return Token(
-        id=r.id,
-        name=r.name,
-        project_id=r.project_id,
-        role=Role(r.role),
-        system=r.system,
-        created_at=r.created_at,
-        expires_at=r.expires_at,
-        revoked_at=r.revoked_at,
-    )
+    return from_row(Token, r, role=Role(r.role))
