@@ -28,7 +28,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
-from hutch.client._core import CHUNK, Endpoint, MachineRef, argv, build, ref_of
+from hutch.client._calls import Endpoint
+from hutch.client._core import CHUNK, MachineRef, argv, build, ref_of
 from hutch.client.errors import ApiError, Unavailable, error_for
 from hutch.wire.machines import ExecStart
 
