@@ -294,3 +294,24 @@ def test_ps_is_newest_first_with_times_for_people_and_scripts(
     [error] = {m["error"] for m in listed}
     assert len(error) > 60 and error not in newer and "…" in newer
     assert json.loads(hutch("inspect", "newer").stdout)["error"] == error
+
+
+def test_image_rm_local_keeps_the_root_a_machine_runs_on(
+    hutch: Run, env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    """`hutch image rm --local` looks at the node agent's sandboxes (not only `hutch sandbox`'s):
+    the root a machine runs on stays, and the machine with it."""
+    write_oci_layout(
+        tmp_path / "held", [busybox_rootfs], {**BUSYBOX_CONFIG, "Cmd": ["sleep", "600"]}
+    )
+    assert hutch("image", "import", str(tmp_path / "held"), "--name", "held:1").returncode == 0
+    started = hutch("run", "-d", *C, "held:1")
+    assert started.returncode == 0, started.stderr
+    machine = started.stdout.strip()
+    projects = json.loads(hutch("project", "ls", "-o", "json").stdout)
+    [project_id] = [p["id"] for p in projects if p["name"] == env["HUTCH_PROJECT"]]
+    removed = hutch("image", "rm", "--local", "--project", project_id, "held:1")
+    assert removed.returncode == 0, removed.stderr
+    assert "its root stays: a sandbox runs on it" in removed.stderr
+    assert hutch("exec", machine, "--", "ls", "/bin/busybox").stdout == "/bin/busybox\n"
+    assert hutch("rm", "-f", machine).returncode == 0
