@@ -9,6 +9,7 @@ import re
 import signal
 import struct
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -56,6 +57,39 @@ def hutch(env: dict[str, str]) -> Run:
         )
 
     return run
+
+
+def test_ps_reads_the_listing_without_the_sdks_models(hutch: Run, env: dict[str, str]) -> None:
+    """`hutch ps` (its table, its ids) prints what the SDK's models would, and loads neither
+    them nor YAML, asyncio, websockets or rich (bench/cli.py: the CLI answers at once)."""
+    hutch("run", "-d", *C, "--name", "one", "--label", "app=web", "busybox", "--", "true")
+    assert hutch("wait", "one").stdout == "0\n"
+    listed = json.loads(hutch("ps", "-o", "json").stdout)  # through the SDK's models
+    for args in (("ps",), ("ps", "-a", "--state", "exited", "-l", "app=web"), ("ps", "-q")):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "hutch", *args],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stderr.splitlines() if "import time:" in line]
+        modules = {line.split("|")[-1].strip() for line in lines}
+        assert "hutch.client.plain" in modules
+        slow = ("pydantic", "hutch.wire", "yaml", "asyncio", "websockets", "rich")
+        assert not {m for m in modules if m.startswith(slow)}, args
+        if args == ("ps", "-q"):
+            assert done.stdout.split() == [listed[0]["id"]]
+        else:
+            header, row = done.stdout.splitlines()
+            assert header.split() == ["ID", "NAME", "IMAGE", "RUNTIME", "STATUS", "CREATED"]
+            assert row.split()[:6] == [
+                listed[0]["id"],
+                "one",
+                "busybox",
+                "container",
+                "exited",
+                "(0)",
+            ]
+    assert hutch("ps", "--state", "running").stdout.split() == header.split()
 
 
 def test_run_prints_the_output_and_exits_0(hutch: Run) -> None:

@@ -319,7 +319,8 @@ class Machines:
 
     async def report(self, node: Node, machine_id: str, report: Report) -> Machine:
         """What a node saw happen to a machine's sandbox. Reports about another node's machine
-        are NotFound; about an older generation, ignored (that sandbox is being replaced)."""
+        are NotFound; about an older generation, ignored (that sandbox is being replaced),
+        and so is a second end of one generation (the first stands)."""
         state = report.state
         async with self.store.write() as tx:
             try:
@@ -335,6 +336,8 @@ class Machines:
                     return m  # an old sandbox the node cleaned up; the machine lives on
                 m = await self._transition(tx, m, MachineState.DESTROYED, "destroyed")
             elif state in (MachineState.EXITED, MachineState.FAILED):
+                if m.state in FINISHED:
+                    return m  # this generation ended already: its first end stands
                 m = await self._finished(tx, m, report)
             elif state in (MachineState.STARTING, MachineState.RUNNING):
                 if m.state in FINISHED:

@@ -174,7 +174,7 @@ async def _principal(tx: Tx, secret: str | None) -> Principal:
 async def _project_for(tx: Tx, principal: Principal, name: str | None) -> Project:
     if name is None:
         if principal.project_id is None:
-            raise Invalid("a system token must name a project: add ?project=NAME")
+            raise Invalid("a system token must name a project: add ?project=NAME", param="project")
         return await tx.projects.get(principal.project_id)
     project = await _by_name(tx, name)
     if not principal.system and project.id != principal.project_id:
