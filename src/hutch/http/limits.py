@@ -25,7 +25,7 @@ class BodyLimit:
             return
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
-        if length is not None and (length.isascii() and length.isdigit()) and int(length) > self.limit:
+        if length is not None and length.isdigit() and int(length) > self.limit:
             await self._too_large(scope, receive, send)
             return
         seen = 0
