@@ -1,0 +1,326 @@
+"""Networks and security groups: a project's own, and what a machine joins when it is created.
+
+Every project has a network named `default`, made on first use from the controller's pool
+(`network_pool4` cut into `/network_prefix4`s, and a /64 of the ULA /48 chosen once per store).
+A project may make more, with a subnet of its own (private, outside the pool, overlapping none
+of its other networks). A machine joins the networks named at its creation (default: the
+project's default network; `none`: no network), each giving it an address (see
+`store/sql/networks.py`), publishes its ports, and is put in its security groups; all of it
+in the transaction that creates it.
+"""
+
+import builtins
+import ipaddress
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hutch.model.addressing import (
+    DEFAULT,
+    MAX_RULES,
+    MAX_SLOT,
+    NONE,
+    Network,
+    Rule,
+    SecurityGroup,
+    check_egress,
+    check_subnet4,
+    new_ula48,
+    pool_size,
+    pool_subnet,
+    subnet6_of,
+)
+from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound
+from hutch.model.network import PortMapping
+from hutch.model.tenancy import Principal, Project, validate_name
+from hutch.services.ids import new_id
+from hutch.services.policy import Action, Policy
+from hutch.store.base import Store, Tx
+
+ULA_FACT = "ula48"
+CREATE_TRIES = 32  # slots lost to concurrent creates before giving up (Conflict: retry)
+MAX_NETWORKS_PER_MACHINE = 4
+MAX_PORTS_PER_MACHINE = 64
+MAX_GROUPS_PER_MACHINE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Where default networks come from (the settings `network_pool4`, `network_prefix4`)."""
+
+    subnet4: str = "10.96.0.0/11"
+    prefix4: int = 24
+
+    def __post_init__(self) -> None:
+        try:
+            net = ipaddress.IPv4Network(self.subnet4)
+        except ValueError:
+            raise Invalid(f"network pool {self.subnet4!r} is not an IPv4 CIDR") from None
+        if not net.prefixlen <= self.prefix4 <= 29:
+            raise Invalid(f"network pool {self.subnet4} cannot be cut into /{self.prefix4}s")
+
+
+@dataclass(frozen=True, slots=True)
+class MachineNet:
+    """What a machine asks of the networks when it is created."""
+
+    networks: tuple[str, ...] | None = None  # names or ids; None: the default; ("none",): none
+    ports: tuple[PortMapping, ...] = ()
+    security_groups: tuple[str, ...] = ()  # names or ids
+
+    def __post_init__(self) -> None:
+        nets = self.networks or ()
+        if NONE in nets and len(nets) > 1:
+            raise Invalid("network 'none' cannot be combined with other networks")
+        if len(nets) > MAX_NETWORKS_PER_MACHINE:
+            raise Invalid(f"a machine joins at most {MAX_NETWORKS_PER_MACHINE} networks")
+        if len(set(nets)) != len(nets):
+            raise Invalid("a network is named twice")
+        if len(self.ports) > MAX_PORTS_PER_MACHINE:
+            raise Invalid(f"a machine publishes at most {MAX_PORTS_PER_MACHINE} ports")
+        seen: set[tuple[int, str]] = set()
+        for p in self.ports:
+            if (p.host_port, p.protocol) in seen:
+                raise Invalid(f"host port {p.host_port}/{p.protocol} is published twice")
+            seen.add((p.host_port, p.protocol))
+        if len(self.security_groups) > MAX_GROUPS_PER_MACHINE:
+            raise Invalid(f"a machine is in at most {MAX_GROUPS_PER_MACHINE} security groups")
+        if len(set(self.security_groups)) != len(self.security_groups):
+            raise Invalid("a security group is named twice")
+        if self.ports and self.networks == (NONE,):
+            raise Invalid("published ports need a network: this machine has none (--network)")
+
+    @property
+    def none(self) -> bool:
+        return self.networks == (NONE,)
+
+
+class Networks:
+    def __init__(self, store: Store, policy: Policy, pool: Pool | None = None) -> None:
+        self.store = store
+        self.policy = policy
+        self.pool = pool or Pool()
+
+    # -- networks -------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        principal: Principal,
+        project: Project,
+        name: str,
+        *,
+        subnet: str = "",
+        egress: str = "nat",
+        egress_allow: Sequence[str] = (),
+    ) -> Network:
+        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
+        validate_name(name, "network")
+        if name == NONE:
+            raise Invalid("'none' means no network: choose another name")
+        check_egress(egress, egress_allow)
+        if subnet:
+            check_subnet4(subnet, self.pool.subnet4, ())  # what needs no store, first
+        async with self.store.write() as tx:
+            await tx.projects.lock(project.id)  # one project's creates never interleave
+            return await self._create(
+                tx, project, name, subnet, egress=egress, egress_allow=tuple(egress_allow)
+            )
+
+    async def _create(
+        self,
+        tx: Tx,
+        project: Project,
+        name: str,
+        subnet: str,
+        *,
+        egress: str = "nat",
+        egress_allow: tuple[str, ...] = (),
+    ) -> Network:
+        """In the caller's transaction, which holds the project's lock."""
+        if subnet:
+            others = [(n.name, n.subnet4) for n in await tx.networks.list(project.id)]
+            check_subnet4(subnet, self.pool.subnet4, others)
+        ula = await tx.networks.fact(ULA_FACT, new_ula48())
+        for _ in range(CREATE_TRIES):
+            taken = await tx.networks.slots()
+            slot = _lowest(s for s, _ in taken)
+            if slot is None or slot > MAX_SLOT:
+                raise NoCapacity(f"this controller has its {MAX_SLOT} networks already")
+            pool4 = None
+            subnet4 = subnet
+            if not subnet:
+                pool4 = _lowest((p for _, p in taken if p is not None), start=0)
+                if pool4 is None or pool4 >= pool_size(self.pool.subnet4, self.pool.prefix4):
+                    raise NoCapacity(
+                        f"the network pool {self.pool.subnet4} has no free "
+                        f"/{self.pool.prefix4} left: give the network a --subnet"
+                    )
+                subnet4 = pool_subnet(self.pool.subnet4, self.pool.prefix4, pool4)
+            network = Network(
+                id=new_id("net"),
+                project_id=project.id,
+                name=name,
+                subnet4=subnet4,
+                subnet6=subnet6_of(ula, slot),
+                slot=slot,
+                created_at=time.time(),
+                pool4=pool4,
+                egress=egress,
+                egress_allow=egress_allow,
+            )
+            if await tx.networks.create(network):
+                return network
+        raise Conflict("too many networks were made at once: retry")
+
+    async def list(self, principal: Principal, project: Project) -> list[tuple[Network, int]]:
+        """The project's networks, each with how many machines are on it."""
+        self.policy.require(principal, Action.NETWORK_READ, project.id)
+        async with self.store.read() as tx:
+            networks = await tx.networks.list(project.id)
+            counts = await _counts(tx, [n.id for n in networks])
+        return [(n, counts.get(n.id, 0)) for n in networks]
+
+    async def get(self, principal: Principal, project: Project, ref: str) -> tuple[Network, int]:
+        self.policy.require(principal, Action.NETWORK_READ, project.id)
+        async with self.store.read() as tx:
+            network = await _network(tx, project, ref)
+            return network, (await _counts(tx, [network.id])).get(network.id, 0)
+
+    async def delete(self, principal: Principal, project: Project, ref: str) -> None:
+        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
+        async with self.store.write() as tx:
+            network = await _network(tx, project, ref)
+            try:
+                await tx.networks.delete(project.id, network.id)
+            except Conflict as e:
+                raise Conflict(f"network {network.name}: {e.message}") from None
+
+    # -- security groups ------------------------------------------------------------------------
+
+    async def create_group(
+        self, principal: Principal, project: Project, name: str, rules: Sequence[Rule] = ()
+    ) -> SecurityGroup:
+        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
+        validate_name(name, "security group")
+        if len(rules) > MAX_RULES:
+            raise Invalid(f"a security group has at most {MAX_RULES} rules")
+        group = SecurityGroup(new_id("sg"), project.id, name, time.time())
+        async with self.store.write() as tx:
+            await tx.security_groups.create(group)
+            for rule in rules:
+                await self._add_rule(tx, project, group, rule)
+            return await tx.security_groups.get(project.id, group.id)
+
+    async def groups(self, principal: Principal, project: Project) -> builtins.list[SecurityGroup]:
+        self.policy.require(principal, Action.NETWORK_READ, project.id)
+        async with self.store.read() as tx:
+            return await tx.security_groups.list(project.id)
+
+    async def group(self, principal: Principal, project: Project, ref: str) -> SecurityGroup:
+        self.policy.require(principal, Action.NETWORK_READ, project.id)
+        async with self.store.read() as tx:
+            return await _group(tx, project, ref)
+
+    async def delete_group(self, principal: Principal, project: Project, ref: str) -> None:
+        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
+        async with self.store.write() as tx:
+            group = await _group(tx, project, ref)
+            try:
+                await tx.security_groups.delete(project.id, group.id)
+            except Conflict as e:
+                raise Conflict(f"security group {group.name}: {e.message}") from None
+            await _bump_group_nodes(tx, [group.id])
+
+    async def add_rule(
+        self, principal: Principal, project: Project, ref: str, rule: Rule
+    ) -> tuple[SecurityGroup, str]:
+        """The group with the rule added, and the rule's id."""
+        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
+        async with self.store.write() as tx:
+            group = await _group(tx, project, ref)
+            if len(group.rules) >= MAX_RULES:
+                raise Conflict(f"security group {group.name} has {MAX_RULES} rules already")
+            rule_id = await self._add_rule(tx, project, group, rule)
+            await _bump_group_nodes(tx, [group.id])
+            return await tx.security_groups.get(project.id, group.id), rule_id
+
+    async def _add_rule(self, tx: Tx, project: Project, group: SecurityGroup, rule: Rule) -> str:
+        if rule.remote_group:
+            # Another project's group does not exist for this one: NotFound, in its words.
+            remote = await _group(tx, project, rule.remote_group)
+            rule = Rule(rule.direction, rule.protocol, rule.port_min, rule.port_max, "", remote.id)
+        rule_id = new_id("r")
+        await tx.security_groups.add_rule(group.id, rule_id, rule, time.time())
+        return rule_id
+
+    async def remove_rule(
+        self, principal: Principal, project: Project, ref: str, rule_id: str
+    ) -> SecurityGroup:
+        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
+        async with self.store.write() as tx:
+            group = await _group(tx, project, ref)
+            await tx.security_groups.remove_rule(group.id, rule_id)
+            await _bump_group_nodes(tx, [group.id])
+            return await tx.security_groups.get(project.id, group.id)
+
+    # -- machines -------------------------------------------------------------------------------
+
+    async def resolve(self, project: Project, net: MachineNet) -> None:
+        """Refuse now (outside the writer) what names networks or groups the project lacks;
+        the default network need not exist yet."""
+        async with self.store.read() as tx:
+            for ref in net.networks or ():
+                if ref not in (NONE, DEFAULT):
+                    await _network(tx, project, ref)
+            for ref in net.security_groups:
+                await _group(tx, project, ref)
+
+    async def join(self, tx: Tx, project: Project, machine_id: str, net: MachineNet) -> None:
+        """In the transaction that creates the machine (holding the project's lock): its
+        addresses, published ports and security groups."""
+        if not net.none:
+            for position, ref in enumerate(net.networks or (DEFAULT,)):
+                network = await self._network_or_default(tx, project, ref)
+                await tx.networks.assign(network, machine_id, position)
+        await tx.networks.publish(machine_id, net.ports)
+        groups = [(await _group(tx, project, ref)).id for ref in net.security_groups]
+        await tx.security_groups.attach(machine_id, groups)
+
+    async def _network_or_default(self, tx: Tx, project: Project, ref: str) -> Network:
+        try:
+            return await _network(tx, project, ref)
+        except NotFound:
+            if ref != DEFAULT:
+                raise
+        return await self._create(tx, project, DEFAULT, "")
+
+
+def _lowest(used: object, start: int = 1) -> int | None:
+    taken = set(used)  # type: ignore[call-overload]
+    n = start
+    while n in taken:
+        n += 1
+    return n
+
+
+async def _counts(tx: Tx, network_ids: list[str]) -> dict[str, int]:
+    return await tx.networks.counts(network_ids)
+
+
+async def _network(tx: Tx, project: Project, ref: str) -> Network:
+    try:
+        return await tx.networks.get(project.id, ref)
+    except NotFound:
+        raise NotFound(f"no network {ref!r} in project {project.name}") from None
+
+
+async def _group(tx: Tx, project: Project, ref: str) -> SecurityGroup:
+    try:
+        return await tx.security_groups.get(project.id, ref)
+    except NotFound:
+        raise NotFound(f"no security group {ref!r} in project {project.name}") from None
+
+
+async def _bump_group_nodes(tx: Tx, group_ids: list[str]) -> None:
+    """Rules changed: the nodes running the groups' machines must apply them now."""
+    await tx.nodes.bump_revisions(sorted(await tx.security_groups.nodes(group_ids)))
