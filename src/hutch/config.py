@@ -4,6 +4,7 @@ The file is `$HUTCH_CONFIG`, else `/etc/hutch/hutch.toml` when it exists. Everyt
 passed down explicitly as options objects; nothing else reads the environment.
 """
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -89,6 +90,13 @@ class Settings(BaseSettings):
         5.0, gt=0, description="seconds a leading controller holds its lease without renewing"
     )
     # -- the controller --
+    network_pool4: str = Field(
+        "10.96.0.0/11",
+        description="IPv4 pool of default networks (projects' own subnets must stay outside it)",
+    )
+    network_prefix4: int = Field(
+        24, ge=8, le=29, description="the pool is cut into subnets of this prefix, one a network"
+    )
     database_url: str = Field(
         "", description="sqlite:///... or postgresql://...; default: SQLite in state_dir"
     )
@@ -152,6 +160,17 @@ class Settings(BaseSettings):
     @classmethod
     def _size(cls, value: object) -> object:
         return parse_size(value, default_unit="b") if isinstance(value, str) else value
+
+    @field_validator("network_pool4")
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 CIDR with its host bits zero") from None
+        if not net.is_private:
+            raise ValueError(f"{value} is not a private range")
+        return value
 
     @field_validator("registry_allow")
     @classmethod

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from hutch import __version__
 from hutch.api.deps import Controller
-from hutch.api.routes import images, machines, nodes, projects
+from hutch.api.routes import images, machines, networks, nodes, projects
 from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import problems, tls
@@ -23,6 +23,7 @@ from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
 from hutch.services.machines import Machines
+from hutch.services.networks import Networks, Pool
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.notify import SCHEDULER, Notifier
@@ -68,7 +69,12 @@ def build_controller(settings: Settings) -> Controller:
         store, node_service, link, policy, settings.registry_names(), spool_dir=spool_dir,
         max_bytes=settings.max_unpacked_bytes, free_floor=settings.image_free_floor,
     )  # fmt: skip
-    machine_service = Machines(store, policy, notifier, link, image_service)
+    network_service = Networks(
+        store, policy, Pool(settings.network_pool4, settings.network_prefix4)
+    )
+    machine_service = Machines(
+        store, policy, notifier, link, image_service, networks=network_service
+    )
     streams = Streams(store, per_token=settings.streams_per_token)
     return Controller(
         store=store,
@@ -82,6 +88,7 @@ def build_controller(settings: Settings) -> Controller:
         scheduler=Scheduler(store, notifier),
         health=Health(node_service, machine_service, settings.node_grace),
         streams=streams,
+        networks=network_service,
         ca_pem=ca_pem,
     )
 
@@ -132,7 +139,14 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
     timeout = (settings.body_timeout if settings is not None
                else Settings.model_fields["body_timeout"].default)  # fmt: skip
     app.add_middleware(BodyDeadline, timeout=timeout)
-    for router in (projects.router, machines.router, images.router, nodes.public, nodes.agents):
+    for router in (
+        projects.router,
+        machines.router,
+        networks.router,
+        images.router,
+        nodes.public,
+        nodes.agents,
+    ):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

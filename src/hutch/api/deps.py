@@ -11,6 +11,7 @@ from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
 from hutch.services.machines import Machines
+from hutch.services.networks import Networks
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.notify import Notifier
@@ -33,6 +34,7 @@ class Controller:
     scheduler: Scheduler
     health: Health
     streams: Streams  # long-lived streams, ended when their token or project goes
+    networks: Networks
     ca_pem: str | None = None  # when serving HTTPS
 
 

@@ -14,15 +14,18 @@ import ipaddress
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from hutch.model.addressing import (
     DEFAULT,
     MAX_RULES,
     MAX_SLOT,
     NONE,
+    Address,
     Network,
     Rule,
     SecurityGroup,
+    attachment,
     check_egress,
     check_subnet4,
     new_ula48,
@@ -31,7 +34,8 @@ from hutch.model.addressing import (
     subnet6_of,
 )
 from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound
-from hutch.model.network import PortMapping
+from hutch.model.machine import Machine
+from hutch.model.network import Attachment, PortMapping
 from hutch.model.tenancy import Principal, Project, validate_name
 from hutch.services.ids import new_id
 from hutch.services.policy import Action, Policy
@@ -324,3 +328,124 @@ async def _group(tx: Tx, project: Project, ref: str) -> SecurityGroup:
 async def _bump_group_nodes(tx: Tx, group_ids: list[str]) -> None:
     """Rules changed: the nodes running the groups' machines must apply them now."""
     await tx.nodes.bump_revisions(sorted(await tx.security_groups.nodes(group_ids)))
+
+
+# -- what views and nodes are told ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """A machine's networks as its views show them."""
+
+    addresses: tuple[tuple[Address, str], ...] = ()  # (address, network name), eth0 first
+    ports: tuple[PortMapping, ...] = ()
+    security_groups: tuple[str, ...] = ()  # names
+
+
+async def wirings(tx: Tx, machine_ids: Sequence[str]) -> dict[str, Wiring]:
+    addresses = await tx.networks.addresses(machine_ids)
+    ports = await tx.networks.ports(machine_ids)
+    groups = await tx.security_groups.of_machines(machine_ids)
+    networks = await tx.networks.by_ids(
+        sorted({a.network_id for v in addresses.values() for a in v})
+    )
+    named = await tx.security_groups.by_ids(sorted({g for v in groups.values() for g in v}))
+    return {
+        m: Wiring(
+            tuple(
+                (a, networks[a.network_id].name) for a in addresses[m] if a.network_id in networks
+            ),
+            tuple(ports[m]),
+            tuple(named[g].name for g in groups[m] if g in named),
+        )
+        for m in machine_ids
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A machine on a network the node hosts: for its FDB, neighbour entries and DNS."""
+
+    network_id: str
+    machine_id: str
+    name: str  # NAME.PROJECT.internal and ID.PROJECT.internal resolve to it
+    project: str  # the project's name
+    mac: str
+    ip4: str
+    ip6: str
+    node_id: str
+    underlay: str  # its node's address (host of the agent's URL): the VXLAN's remote
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """Everything networks ask of one node, beside its machines' own sandboxes."""
+
+    attachments: dict[str, tuple[Attachment, ...]]  # machine id -> its NICs, eth0 first
+    ports: dict[str, tuple[PortMapping, ...]]
+    groups: dict[str, tuple[str, ...]]  # machine id -> its security group ids
+    rules: dict[str, SecurityGroup]  # the groups those name, and those their rules name
+    members: dict[str, tuple[str, ...]]  # group id -> its machines' addresses (remote groups)
+    peers: tuple[Peer, ...]
+
+
+async def node_plan(tx: Tx, machines: Sequence[Machine]) -> NodePlan:
+    """What a node needs to wire its machines (see `NodePlan`)."""
+    ids = [m.id for m in machines]
+    addresses = await tx.networks.addresses(ids)
+    networks = await tx.networks.by_ids(
+        sorted({a.network_id for v in addresses.values() for a in v})
+    )
+    projects = {p: (await tx.projects.get(p)).name for p in {m.project_id for m in machines}}
+    attachments = {
+        m.id: tuple(
+            attachment(networks[a.network_id], a, projects[m.project_id])
+            for a in addresses[m.id]
+            if a.network_id in networks
+        )
+        for m in machines
+    }
+    ports = {m: tuple(p) for m, p in (await tx.networks.ports(ids)).items()}
+    groups = {m: tuple(g) for m, g in (await tx.security_groups.of_machines(ids)).items()}
+    rules = await tx.security_groups.by_ids(sorted({g for v in groups.values() for g in v}))
+    remote = sorted(
+        {r.remote_group for sg in rules.values() for _, r in sg.rules if r.remote_group}
+    )
+    rules.update(await tx.security_groups.by_ids([g for g in remote if g not in rules]))
+    members: dict[str, tuple[str, ...]] = {}
+    for group_id in remote:
+        in_group = await tx.security_groups.machines(group_id)
+        found = await tx.networks.addresses(in_group)
+        members[group_id] = tuple(x for v in found.values() for a in v for x in (a.ip4, a.ip6))
+    peers = []
+    underlay: dict[str, str] = {}
+    for address, name, project_id, node_id in await tx.networks.peers(sorted(networks)):
+        if node_id not in underlay:
+            try:
+                underlay[node_id] = host_of((await tx.nodes.get(node_id)).address)
+            except NotFound:
+                underlay[node_id] = ""
+        if project_id not in projects:
+            projects[project_id] = (await tx.projects.get(project_id)).name
+        peers.append(
+            Peer(
+                address.network_id, address.machine_id, name, projects[project_id], address.mac,
+                address.ip4, address.ip6, node_id, underlay[node_id],
+            )
+        )  # fmt: skip
+    return NodePlan(attachments, ports, groups, rules, members, tuple(peers))
+
+
+def host_of(url: str) -> str:
+    """The host of a node's agent URL: its underlay address."""
+    host = urlsplit(url).hostname or ""
+    return host
+
+
+async def bump_neighbours(tx: Tx, machine_ids: Sequence[str]) -> None:
+    """Machines came or went: the nodes hosting their networks must update their peers."""
+    addresses = await tx.networks.addresses(machine_ids)
+    network_ids = sorted({a.network_id for v in addresses.values() for a in v})
+    if network_ids:
+        nodes = {node for _, _, _, node in await tx.networks.peers(network_ids)}
+        await tx.nodes.bump_revisions(sorted(nodes))

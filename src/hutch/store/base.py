@@ -262,6 +262,9 @@ class SecurityGroupRepo(Protocol):
     async def nodes(self, group_ids: Sequence[str]) -> builtins.set[str]:
         """The nodes of the live machines in these groups."""
 
+    async def machines(self, group_id: str) -> builtins.list[str]:
+        """The live machines in the group."""
+
     async def of_machines(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[str]]: ...
 
 

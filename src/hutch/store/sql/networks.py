@@ -381,6 +381,17 @@ class SqlSecurityGroups(Repo):
         )
         return {str(r.node_id) for r in await self._c.execute(stmt)}
 
+    async def machines(self, group_id: str) -> builtins.list[str]:
+        """The live machines in the group."""
+        mg, m = t.machine_security_groups, t.machines
+        stmt = (
+            sa.select(m.c.id)
+            .join(mg, mg.c.machine_id == m.c.id)
+            .where(mg.c.group_id == group_id, t.LIVE)
+            .order_by(m.c.id)
+        )
+        return [str(r.id) for r in await self._c.execute(stmt)]
+
     async def of_machines(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[str]]:
         """Each machine's security group ids, in the order given at its creation."""
         found: dict[str, builtins.list[str]] = {m: [] for m in machine_ids}
