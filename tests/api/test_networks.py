@@ -137,8 +137,8 @@ async def test_published_ports_are_a_resource_of_the_node(api: Api) -> None:
     ]
     await api.placed(token, "web")
     # The only node publishes 8080/tcp already: the dry run says so, and create refuses.
-    r = await api.call("POST", "/v1/machines", token, params={"dry_run": "true"},
-                       json={"image": "busybox", "runtime": "container", "ports": [port]})  # fmt: skip
+    body = {"image": "busybox", "runtime": "container", "ports": [port]}
+    r = await api.call("POST", "/v1/machines", token, params={"dry_run": "true"}, json=body)
     assert r.status_code == 200 and not r.json()["placed"]
     assert "host port 8080/tcp published already" in r.json()["reason"]
     r = await api.machine(token, name="web2", ports=[port])
@@ -176,7 +176,7 @@ async def test_security_groups_and_their_rules(api: Api) -> None:
     web = r.json()
     assert [x["port_min"] for x in web["rules"]] == [80]
     r = await api.call("POST", "/v1/security-groups", token, json={"name": "db"})
-    db = r.json()
+    assert r.status_code == 201
     # A rule naming the same project's group, by name; another project's is not found.
     r = await api.call("POST", "/v1/security-groups/db/rules", token,
                        json={"direction": "ingress", "protocol": "tcp", "port_min": 5432,
