@@ -35,8 +35,8 @@ async def test_machines_join_the_default_network_made_on_first_use(api: Api) -> 
     assert web["dns"] == "web.alpha.internal"
     (net,) = (await api.call("GET", "/v1/networks", token)).json()["items"]
     assert net["name"] == "default" and net["machines"] == 2
-    subnet = ipaddress.ip_network(net["subnet4"])
-    assert subnet.prefixlen == 24 and subnet.subnet_of(ipaddress.ip_network("10.96.0.0/11"))
+    subnet = ipaddress.IPv4Network(net["subnet4"])
+    assert subnet.prefixlen == 24 and subnet.subnet_of(ipaddress.IPv4Network("10.96.0.0/11"))
     assert ipaddress.ip_network(net["subnet6"]).prefixlen == 64
     assert net["gateway4"] == str(subnet[1])
     a, b = web["addresses"][0], db["addresses"][0]
