@@ -1,9 +1,12 @@
 """Networks, security groups and published ports through the SDK, sync and async alike."""
 
+from pathlib import Path
+
 import pytest
 
 from hutch.client import AsyncClient, Client, Conflict, Invalid, NotFound
-from tests.controller import Controller, new_project
+from tests.controller import BUSYBOX_CONFIG, Controller, new_project
+from tests.images.ocibuild import write_oci_layout
 
 
 def test_networks_and_machines(client: Client) -> None:
@@ -74,3 +77,13 @@ async def test_the_async_client_does_the_same(aclient: AsyncClient) -> None:
     await aclient.networks.delete("async-net")
     with pytest.raises(NotFound):
         await aclient.networks.get("async-net")
+
+
+def test_an_images_exposed_ports_are_shown(
+    client: Client, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    config = {**BUSYBOX_CONFIG, "ExposedPorts": {"8080/tcp": {}, "53/udp": {}}}
+    write_oci_layout(tmp_path / "layout", [busybox_rootfs], config)
+    [image] = client.images.import_(tmp_path / "layout", names=["team/web:1"])
+    assert image.exposed_ports == ["53/udp", "8080/tcp"]
+    assert client.images.get("team/web:1").exposed_ports == ["53/udp", "8080/tcp"]

@@ -306,6 +306,7 @@ def _image_view(image: StoredImage) -> ImageView:
         layers=image.layers,
         public=image.public,
         source=image.source,
+        exposed_ports=list(image.config.exposed_ports),
     )
 
 
