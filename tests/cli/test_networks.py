@@ -79,6 +79,7 @@ def test_run_publishes_ports_and_ps_and_inspect_show_them(hutch: Run) -> None:
     shown = json.loads(hutch("inspect", "web").stdout)
     assert shown["networks"] == ["default"] and shown["dns"].startswith("web.")
     assert shown["security_groups"] == ["web"]
+    assert shown["exposed_ports"] == []  # busybox exposes none (its image's ExposedPorts)
     published = {(p["host_port"], p["protocol"]) for p in shown["ports"]}
     assert published == {(18080, "tcp"), (18053, "udp")}
     table = hutch("ps").stdout.splitlines()

@@ -19,6 +19,7 @@ from hutch.cli.remote import (
     connect,
     connect_async,
     cut,
+    data,
     dump,
     emit,
     newest_first,
@@ -453,9 +454,13 @@ def logs(
 
 
 def inspect(ref: Ref) -> None:
-    """Show a machine, as JSON."""
+    """Show a machine, as JSON (with its image's `exposed_ports` when a node has the image)."""
     with connect() as client:
-        dump(client.machines.get(ref), "json")
+        m = client.machines.get(ref)
+        shown = cast("dict[str, Any]", data(m))
+        with contextlib.suppress(HutchError):  # no node has it now: shown without
+            shown["exposed_ports"] = client.images.get(m.image_digest or m.image).exposed_ports
+        dump(shown, "json")
 
 
 # -- exec -----------------------------------------------------------------------------------------
