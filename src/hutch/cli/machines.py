@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
+from hutch.cli.main import CLI_WORDS
 from hutch.cli.remote import (
     OutputOpt,
     ago,
@@ -619,7 +620,7 @@ def rm(
             try:
                 client.machines.delete(ref, force=force)
             except HutchError as e:
-                progress(e.message)
+                progress(e.message_in(CLI_WORDS))
                 failed += 1
                 continue
             typer.echo(ref)

@@ -20,6 +20,8 @@ from hutch import __version__
 from hutch.model.errors import HutchError
 
 HUTCH_ERROR_EXIT = 125  # like docker: the workload's own codes stay unambiguous
+# How the CLI gives what a refusal asks for: its words, not the API's `?project=NAME`.
+CLI_WORDS = {"project": "--project NAME or set HUTCH_PROJECT"}
 _NO_INTERSPERSED = {"allow_interspersed_args": False}  # options end at IMAGE or after --
 
 
@@ -211,7 +213,7 @@ def main() -> None:
     try:
         app()
     except HutchError as e:
-        message = e.message
+        message = e.message_in(CLI_WORDS)
         if type(e).__name__ == "NoConnection":  # hutch.client's, not imported for this
             message += (
                 ". Is it running? `hutch up -d` starts one on this machine; "

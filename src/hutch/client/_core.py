@@ -78,7 +78,7 @@ def check(status: int, body: bytes) -> None:
         problem = Problem.model_validate_json(body)
     except ValidationError:
         raise error_for(status, "", body.decode(errors="replace")[:300]) from None
-    raise error_for(status, problem.title, problem.detail)
+    raise error_for(status, problem.title, problem.detail, problem.param)
 
 
 def finish(plan: Plan[T], answer: Callable[[Call], bytes]) -> T:

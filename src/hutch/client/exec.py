@@ -124,7 +124,7 @@ def _decode(message: str | bytes) -> Chunk | ExecEnd:
     doc = json.loads(message)
     if doc.get("type") == "error":
         status, title = int(doc.get("status", 500)), str(doc.get("title", ""))
-        raise error_for(status, title, str(doc.get("detail", "")))
+        raise error_for(status, title, str(doc.get("detail", "")), str(doc.get("param") or ""))
     return ExecEnd(
         int(doc.get("exit_code", -1)), int(doc.get("signal") or 0), str(doc.get("error") or "")
     )
