@@ -161,17 +161,6 @@ class Settings(BaseSettings):
     def _size(cls, value: object) -> object:
         return parse_size(value, default_unit="b") if isinstance(value, str) else value
 
-    @field_validator("network_pool4")
-    @classmethod
-    def _pool(cls, value: str) -> str:
-        try:
-            net = ipaddress.IPv4Network(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IPv4 CIDR with its host bits zero") from None
-        if not net.is_private:
-            raise ValueError(f"{value} is not a private range")
-        return value
-
     @field_validator("registry_allow")
     @classmethod
     def _registries(cls, value: list[str]) -> list[str]:
@@ -182,6 +171,17 @@ class Settings(BaseSettings):
                 ref = None
             if ref is None or ref.registry != name:
                 raise ValueError(f"{name!r} is not a registry host[:port]")
+        return value
+
+    @field_validator("network_pool4")
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 CIDR with its host bits zero") from None
+        if not net.is_private:
+            raise ValueError(f"{value} is not a private range")
         return value
 
     def registry_names(self) -> RegistryNames:
