@@ -284,3 +284,23 @@ async def test_a_lost_machines_address_waits_for_its_node_to_come_back(api: Api)
     assert r.status_code == 204
     third = (await api.machine(token, name="third", start=False)).json()
     assert third["addresses"][0]["ip4"] == held
+
+
+async def test_a_full_pool_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUTCH_NETWORK_POOL4", "10.200.0.0/23")  # two /24s
+    a, _ = await open_api(Path(tempfile.mkdtemp(prefix="hn", dir="/tmp")))
+    try:
+        for project in ("p1", "p2", "p3"):
+            await a.project(project)
+        t1, t2, t3 = [await a.token(p, "member") for p in ("p1", "p2", "p3")]
+        assert (await a.machine(t1, start=False)).json()["addresses"][0]["ip4"] == "10.200.0.2"
+        assert (await a.machine(t2, start=False)).json()["addresses"][0]["ip4"] == "10.200.1.2"
+        r = await a.machine(t3, start=False)
+        assert r.status_code == 503 and "no free /24 left" in r.json()["detail"]
+        # A network of its own still works; so does no network.
+        r = await a.call("POST", "/v1/networks", t3, json={"name": "own", "subnet": "10.9.0.0/24"})
+        assert r.status_code == 201
+        assert (await a.machine(t3, networks=["own"], start=False)).status_code == 201
+        assert (await a.machine(t3, networks=["none"], start=False)).status_code == 201
+    finally:
+        await close_api(a)

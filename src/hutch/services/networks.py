@@ -28,6 +28,7 @@ from hutch.model.addressing import (
     attachment,
     check_egress,
     check_subnet4,
+    lowest_free,
     new_ula48,
     pool_size,
     pool_subnet,
@@ -147,14 +148,15 @@ class Networks:
         ula = await tx.networks.fact(ULA_FACT, new_ula48())
         for _ in range(CREATE_TRIES):
             taken = await tx.networks.slots()
-            slot = _lowest(s for s, _ in taken)
-            if slot is None or slot > MAX_SLOT:
+            slot = lowest_free((s for s, _ in taken), 1, MAX_SLOT)
+            if slot is None:
                 raise NoCapacity(f"this controller has its {MAX_SLOT} networks already")
             pool4 = None
             subnet4 = subnet
             if not subnet:
-                pool4 = _lowest((p for _, p in taken if p is not None), start=0)
-                if pool4 is None or pool4 >= pool_size(self.pool.subnet4, self.pool.prefix4):
+                size = pool_size(self.pool.subnet4, self.pool.prefix4)
+                pool4 = lowest_free((p for _, p in taken if p is not None), 0, size - 1)
+                if pool4 is None:
                     raise NoCapacity(
                         f"the network pool {self.pool.subnet4} has no free "
                         f"/{self.pool.prefix4} left: give the network a --subnet"
@@ -297,14 +299,6 @@ class Networks:
             if ref != DEFAULT:
                 raise
         return await self._create(tx, project, DEFAULT, "")
-
-
-def _lowest(used: object, start: int = 1) -> int | None:
-    taken = set(used)  # type: ignore[call-overload]
-    n = start
-    while n in taken:
-        n += 1
-    return n
 
 
 async def _counts(tx: Tx, network_ids: list[str]) -> dict[str, int]:
