@@ -497,8 +497,10 @@ class Machines:
         now = time.time()
         m = await tx.machines.update(replace(m, state=state, updated_at=now))
         await tx.events.append([NewEvent(m.project_id, "machine.state", m.id, state, message, now)])
-        if state is MachineState.DESTROYED or (state in FINISHED and m.node_id is None):
-            await bump_neighbours(tx, [m.id])  # its peers drop it (before its addresses go)
+        if state is MachineState.DESTROYED or m.node_id is None:
+            # Gone, or off its node (lost, or a new generation waiting to be placed): the
+            # nodes of its networks drop it from their peers (before its addresses go).
+            await bump_neighbours(tx, [m.id])
         if state is MachineState.DESTROYED:
             await tx.networks.release(m.id)
         if m.node_id is not None:
