@@ -19,7 +19,7 @@ from pydantic_settings import (
 from hutch.images.egress import RegistryNames
 from hutch.model.errors import Invalid
 from hutch.model.image import parse_ref
-from hutch.model.units import parse_size
+from hutch.model.units import parse_duration, parse_size
 
 DEFAULT_CONFIG = Path("/etc/hutch/hutch.toml")
 # The public registries tenants may pull from unless the operator says otherwise.
@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     leader_lease: float = Field(
         5.0, gt=0, description="seconds a leading controller holds its lease without renewing"
     )
+    machine_retention: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="seconds (or 90s, 30m, 2h, 7d) a destroyed machine stays listed before the "
+        "leader purges it and its events",
+    )
     # -- the controller --
     database_url: str = Field(
         "", description="sqlite:///... or postgresql://...; default: SQLite in state_dir"
@@ -152,6 +158,14 @@ class Settings(BaseSettings):
     @classmethod
     def _size(cls, value: object) -> object:
         return parse_size(value, default_unit="b") if isinstance(value, str) else value
+
+    @field_validator("machine_retention", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        try:
+            return parse_duration(value) if isinstance(value, str) else value
+        except Invalid as e:  # so that load() names the setting
+            raise ValueError(str(e)) from None
 
     @field_validator("registry_allow")
     @classmethod

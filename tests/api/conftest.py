@@ -88,13 +88,17 @@ class Api:
         )
 
 
-async def open_api(tmp: Path, database_url: str = "") -> tuple[Api, Controller]:
+async def open_api(
+    tmp: Path, database_url: str = "", **overrides: object
+) -> tuple[Api, Controller]:
+    """`overrides`: settings beside those every test needs."""
     settings = config.load(
         state_dir=tmp,
         database_url=database_url,
         join_secret=JOIN,
         controller_secret="c" * 32,
         node_grace=3600.0,  # the simulated node never heartbeats
+        **overrides,
     )
     ctl = build_controller(settings)
     app = create_app(ctl, settings)

@@ -238,6 +238,30 @@ class SqlMachines(Repo):
             found[str(image)].add(str(node_id))
         return found
 
+    async def purge(self, destroyed_before: float, limit: int) -> int:
+        """In three statements: the ids (on PostgreSQL locked, skipping rows another
+        transaction holds), their events, the rows. Destroyed machines' rows change no more, so
+        `updated_at` is when they were destroyed."""
+        m, e = t.machines, t.events
+        gone = m.c.state == MachineState.DESTROYED.value
+        stmt = (
+            sa.select(m.c.id)
+            .where(gone, m.c.updated_at < destroyed_before)
+            .order_by(m.c.updated_at, m.c.id)
+            .limit(limit)
+        )
+        if self._pg:
+            stmt = stmt.with_for_update(skip_locked=True)
+        ids = [str(machine_id) for machine_id in (await self._c.execute(stmt)).scalars()]
+        if not ids:
+            return 0
+        # Only machine events name a machine (object_id), and a machine id is never reused.
+        await self._c.execute(
+            sa.delete(e).where(e.c.object_id.in_(ids), e.c.kind.startswith("machine."))
+        )
+        await self._c.execute(sa.delete(m).where(m.c.id.in_(ids), gone))
+        return len(ids)
+
 
 def _machine_values(m: Machine) -> dict[str, Any]:
     """The columns an update writes: everything but id, project, creation time and version."""
