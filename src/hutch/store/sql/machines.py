@@ -9,7 +9,6 @@ from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
 
 from hutch.model.errors import Conflict, Invalid, NotFound
 from hutch.model.machine import (
@@ -77,10 +76,7 @@ class SqlMachines(Repo):
             )
             .limit(1)
         )
-        row = await self._one(stmt)
-        if row is None:
-            raise NotFound(f"machine {ref!r} not found")
-        return _to_machine(row)
+        return _to_machine(await self._found(stmt, "machine", ref))
 
     async def list(
         self,
@@ -117,25 +113,15 @@ class SqlMachines(Repo):
 
     async def update(self, machine: Machine) -> Machine:
         m = t.machines
-        stmt = (
-            sa.update(m)
-            .where(
-                m.c.id == machine.id,
-                m.c.project_id == machine.project_id,
-                m.c.version == machine.version,
-            )
-            .values(**_machine_values(machine), version=machine.version + 1)
-            .returning(*m.c)
+        mine = (m.c.id == machine.id, m.c.project_id == machine.project_id)
+        row = await self._compare_and_set(
+            m,
+            mine,
+            "machine",
+            machine,
+            _machine_values(machine),
+            refused=lambda: self._refused(machine),
         )
-        try:
-            async with self._c.begin_nested():
-                row = (await self._c.execute(stmt)).first()
-        except IntegrityError:
-            await self._refused(machine)
-            raise  # not reached: _refused always raises
-        if row is None:
-            mine = (m.c.id == machine.id, m.c.project_id == machine.project_id)
-            await self._stale(m, mine, "machine", machine)
         return _to_machine(row)
 
     async def usage(self, project_id: str) -> Usage:
@@ -161,10 +147,8 @@ class SqlMachines(Repo):
         return [_to_machine(r) for r in await self._c.execute(stmt)]
 
     async def by_id(self, machine_id: str) -> Machine:
-        row = await self._one(sa.select(t.machines).where(t.machines.c.id == machine_id))
-        if row is None:
-            raise NotFound(f"machine {machine_id!r} not found")
-        return _to_machine(row)
+        stmt = sa.select(t.machines).where(t.machines.c.id == machine_id)
+        return _to_machine(await self._found(stmt, "machine", machine_id))
 
     async def pending(
         self, limit: int, after: tuple[float, str] | None = None
