@@ -23,7 +23,7 @@ from typing import Any
 
 from hutch.agent.images import import_image, registry_client, roots_for
 from hutch.agent.link import ControllerLink
-from hutch.agent.runtimes import RUNTIMES, open_driver
+from hutch.agent.runtimes import RUNTIMES, node_dir, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
 from hutch.config import Settings
 from hutch.files import write_private
@@ -64,7 +64,7 @@ class NodeAgent:
         domain: str = "",
     ) -> None:
         self.settings = settings
-        self.dir = settings.state_dir / "node"
+        self.dir = node_dir(settings)
         self.controller = controller
         self.join_secret = join_secret
         self.name = name
