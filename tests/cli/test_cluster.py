@@ -229,11 +229,7 @@ def test_three_agents_spread_fail_over_fence_cordon_and_drain(
                           for n in client.nodes.list()),
               logs=[next(a.log for a in agents if a.name == drained)])  # fmt: skip
     finally:
-        for agent in agents:
-            agent.stop()
-        controller.send_signal(signal.SIGTERM)
-        controller.wait(30)
-        _destroy_vms(hutch_env, short_dir)
+        _tear_down(controller, agents, hutch_env, short_dir)
 
 
 def _answers(client: Client) -> bool:
@@ -260,6 +256,17 @@ def _machine(sandbox: str) -> str:
 def _running_off(client: Client, m: MachineView, nodes: set[str]) -> bool:
     now = client.machines.get(m)
     return now.state == "running" and now.node is not None and now.node not in nodes
+
+
+def _tear_down(
+    controller: "subprocess.Popen[bytes]", agents: list[Agent], env: dict[str, str], short_dir: Path
+) -> None:
+    """Agents stopped, then the controller, then what the agents left running destroyed."""
+    for agent in agents:
+        agent.stop()
+    controller.send_signal(signal.SIGTERM)
+    controller.wait(30)
+    _destroy_vms(env, short_dir)
 
 
 def _destroy_vms(env: dict[str, str], short_dir: Path) -> None:
@@ -331,8 +338,4 @@ def test_a_node_that_joins_later_runs_the_images_it_missed(
         with pytest.raises(NotFound, match="app:1"):
             other.machines.create("app:1", runtime="container")
     finally:
-        for agent in agents:
-            agent.stop()
-        controller.send_signal(signal.SIGTERM)
-        controller.wait(30)
-        _destroy_vms(hutch_env, short_dir)
+        _tear_down(controller, agents, hutch_env, short_dir)
