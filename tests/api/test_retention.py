@@ -6,8 +6,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.api.conftest import close_api, open_api, served
 from tests.api.test_streams import events
+from tests.helpers.api import close_api, open_api, served
 
 KEEP = 6.0  # seconds: the leader purges every KEEP / 4
 

@@ -17,7 +17,7 @@ from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.guest.build import GuestArtifacts
 from hutch.runtime.logs import read_log
 from hutch.runtime.microvm import MicroVMBackend, kernel_cmdline
-from tests.runtime.conftest import (
+from tests.helpers.runtime import (
     CONSOLE_BOUND,
     driver_in,
     kill,
