@@ -89,6 +89,20 @@ class Attachment:
             if not _DNS_NAME.match(domain):
                 raise Invalid(f"search domain {domain!r} is not a DNS name")
 
+    def resolv_conf(self) -> str:
+        """/etc/resolv.conf for a sandbox whose first NIC this is."""
+        lines = [f"nameserver {s}" for s in self.dns]
+        if self.search:
+            lines.append("search " + " ".join(self.search))
+        return "".join(f"{line}\n" for line in lines)
+
+    def hosts(self, hostname: str) -> str:
+        """/etc/hosts: localhost, and `hostname` at this NIC's addresses."""
+        text = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        if hostname:
+            text += f"{self.ip4}\t{hostname}\n{self.ip6}\t{hostname}\n"
+        return text
+
     @property
     def interface4(self) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface(f"{self.ip4}/{self.prefix4}")

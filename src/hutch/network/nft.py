@@ -151,6 +151,13 @@ class _Table:
         self.maps.append({"map": m})
         return name
 
+    def set(self, name: str, key: str | list[str], elems: list[Any]) -> str:
+        st: Json = {"family": self.family, "table": TABLE, "name": name, "type": key}
+        if elems:
+            st["elem"] = elems
+        self.maps.append({"set": st})
+        return name
+
     def rule(self, chain: str, *expr: Json) -> None:
         self.rules.append(
             {"rule": {"family": self.family, "table": TABLE, "chain": chain, "expr": list(expr)}}
@@ -321,6 +328,11 @@ def _inet_table(desired: Desired) -> _Table:
     fwd = t.chain("forward", "forward", prio=0)
     from_guest = t.chain("from-sandbox")
     to_guest = t.chain("to-sandbox")
+    # With br_netfilter (bridge-nf-call-iptables=1 in the namespace, which overrides the
+    # bridge's own nf_call_iptables=0), frames bridged between two ports of one network pass
+    # here too, as bridge -> same bridge: the network's own traffic, let through.
+    t.set("same_bridge", ["ifname", "ifname"], [_concat(b.name, b.name) for b in bridges])
+    t.rule(fwd, _match(_concat(iif, oif), "@same_bridge"), ACCEPT)
     t.rule(fwd, _match(iif, hn), _jump(from_guest))
     t.rule(fwd, _match(oif, hn), _jump(to_guest))
     t.rule(from_guest, established, ACCEPT)
