@@ -238,6 +238,10 @@ def _configure_inside(peer: str, att: Attachment, mtu: int) -> None:
         index = _index(ipr, peer)
         assert index is not None
         ipr.link("set", index=index, ifname="eth0", address=att.mac, mtu=mtu)
+        # The namespace belongs to the host's user namespace, not the container's: its root has
+        # no CAP_NET_BIND_SERVICE or CAP_NET_RAW here. As Docker does: low ports and ping for all.
+        _sysctl("ipv4/ip_unprivileged_port_start", "0")
+        _sysctl("ipv4/ping_group_range", "0 2147483647")
         _sysctl("ipv6/conf/eth0/accept_dad", "0")
         _sysctl("ipv6/conf/eth0/accept_ra", "0")
         ipr.link("set", index=index, state="up")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hutch.model import machine as model_machine
-from hutch.model.errors import Invalid, Unavailable
+from hutch.model.errors import Invalid, Unavailable, Unsupported
 from hutch.model.sandbox import Capabilities, SandboxSpec, Stats
 from hutch.runtime import host, mounts, scratch, seccomp
 from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
@@ -34,6 +34,7 @@ from hutch.runtime.ids import ID_DIR, IdPool
 from hutch.runtime.logs import tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
+from hutch.runtime.wiring import NetworkWiring
 
 MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["container"]
 AGENT_PATH = "/dev/.hutch-agent"
@@ -70,13 +71,21 @@ class ContainerOptions:
     uid_base: int = 1_000_000_000
     uid_ranges: int = 16_384  # containers at once on this host
     id_dir: Path = ID_DIR
+    network: NetworkWiring | None = None  # None: sandboxes with networks are refused
 
 
 def oci_config(
-    spec: SandboxSpec, opts: ContainerOptions, memsw: bool, host_uid: int | None = None
+    spec: SandboxSpec,
+    opts: ContainerOptions,
+    memsw: bool,
+    host_uid: int | None = None,
+    netns: Path | None = None,
+    etc: Path | None = None,
 ) -> dict[str, Any]:
     """The OCI runtime spec for `spec`: the guest agent as init, the limits as cgroup resources,
-    hutch's seccomp profile; in a user namespace whose root is `host_uid` unless None."""
+    hutch's seccomp profile; in a user namespace whose root is `host_uid` unless None; in the
+    network namespace at `netns` (made and wired by the node) with `etc`/resolv.conf and
+    `etc`/hosts, else in an empty one of its own."""
     res = spec.resources
     namespaces = ["pid", "network", "ipc", "uts", "mount", "cgroup"]
     userns: dict[str, Any] = {}
@@ -141,9 +150,21 @@ def oci_config(
                 "source": str(opts.agent),
                 "options": ["bind", "ro", "nosuid", "nodev"],
             },
+            *(
+                {
+                    "destination": f"/etc/{name}",
+                    "type": "bind",
+                    "source": str(etc / name),
+                    "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+                }
+                for name in (("resolv.conf", "hosts") if etc is not None else ())
+            ),
         ],
         "linux": {
-            "namespaces": [{"type": t} for t in namespaces],
+            "namespaces": [
+                {"type": t, "path": str(netns)} if t == "network" and netns else {"type": t}
+                for t in namespaces
+            ],
             **userns,
             "seccomp": seccomp.profile(),
             "cgroupsPath": f"/{opts.cgroup_parent}/{spec.id}",
@@ -206,6 +227,8 @@ class ContainerBackend:
             raise Invalid("a container needs a root directory (SandboxSpec.rootfs)")
         if not Path(spec.rootfs).is_dir():
             raise Invalid(f"rootfs {spec.rootfs} does not exist or is not a directory")
+        if spec.networks and self.opts.network is None:
+            raise Unsupported("this node has no networking set up: run the sandbox without one")
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -230,15 +253,35 @@ class ContainerBackend:
                 self._layout.v2 is not None
                 or (self._layout.v1["memory"] / "memory.memsw.limit_in_bytes").exists()
             )
-            config = oci_config(spec, self.opts, memsw, host_uid)
+            netns, etc = await self._plug(spec, sdir)
+            config = oci_config(spec, self.opts, memsw, host_uid, netns, etc)
             (bundle / "config.json").write_text(json.dumps(config))
-            ref = await self._run(spec.id, sdir, lease.fd if lease is not None else None)
+            try:
+                ref = await self._run(spec.id, sdir, lease.fd if lease is not None else None)
+            except BaseException:
+                await self._unplug(spec.id)
+                raise
             if lease is not None:
                 lease.bind(ref)
             return ref
         finally:
             if lease is not None:
                 lease.close()
+
+    async def _plug(self, spec: SandboxSpec, sdir: SandboxDir) -> tuple[Path | None, Path | None]:
+        """The sandbox's wired network namespace and the folder of its resolv.conf and hosts."""
+        if not spec.networks or self.opts.network is None:
+            return None, None
+        etc = sdir.file("etc")
+        etc.mkdir(mode=0o755, exist_ok=True)
+        att = spec.networks[0]
+        (etc / "resolv.conf").write_text(att.resolv_conf())
+        (etc / "hosts").write_text(att.hosts(spec.hostname or spec.id))
+        return await asyncio.to_thread(self.opts.network.plug_netns, spec), etc
+
+    async def _unplug(self, sandbox_id: str) -> None:
+        if self.opts.network is not None:
+            await asyncio.to_thread(self.opts.network.unplug, sandbox_id)
 
     async def _mount_root(self, spec: SandboxSpec, sdir: SandboxDir, host_uid: int | None) -> None:
         """bundle/rootfs: the image, read-only (seen as owned by `host_uid`'s namespace, if
@@ -349,6 +392,7 @@ class ContainerBackend:
         await asyncio.to_thread(
             Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).remove
         )
+        await self._unplug(record.spec.id)
 
     def oom_killed(self, record: SandboxRecord) -> bool:
         cgroup = Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id)
