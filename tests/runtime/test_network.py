@@ -143,13 +143,13 @@ async def test_a_guest_that_changes_its_ip_or_mac_gets_nothing_through(
     script = "; ".join([
         probe("OWN", OUTSIDE_IP, 80, "outside"),
         ping("OWN-PING", "10.77.7.2"),
-        "ip addr flush dev eth0 scope global; ip addr add 10.77.7.50/24 dev eth0",
-        "ip route replace default via 10.77.7.1",
+        "(ip addr flush dev eth0 scope global; ip addr add 10.77.7.50/24 dev eth0) >/dev/null 2>&1",
+        "ip route replace default via 10.77.7.1 >/dev/null 2>&1",
         probe("OTHER-IP", OUTSIDE_IP, 80, "outside"),
         ping("OTHER-IP-PING", "10.77.7.2"),
-        "ip addr flush dev eth0 scope global; ip addr add 10.77.7.3/24 dev eth0",
-        "ip route replace default via 10.77.7.1",
-        "ip link set eth0 address 02:00:00:00:07:99; ip neigh flush all",
+        "(ip addr flush dev eth0 scope global; ip addr add 10.77.7.3/24 dev eth0) >/dev/null 2>&1",
+        "ip route replace default via 10.77.7.1 >/dev/null 2>&1",
+        "(ip link set eth0 address 02:00:00:00:07:99; ip neigh flush all) >/dev/null 2>&1",
         probe("OTHER-MAC", OUTSIDE_IP, 80, "outside"),
         ping("OTHER-MAC-PING", "10.77.7.2"),
     ])  # fmt: skip

@@ -79,6 +79,7 @@ def oci_config(
     opts: ContainerOptions,
     memsw: bool,
     host_uid: int | None = None,
+    *,
     netns: Path | None = None,
     etc: Path | None = None,
 ) -> dict[str, Any]:
@@ -152,12 +153,12 @@ def oci_config(
             },
             *(
                 {
-                    "destination": f"/etc/{name}",
+                    "destination": f"/etc/{path.name}",
                     "type": "bind",
-                    "source": str(etc / name),
+                    "source": str(path),
                     "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
                 }
-                for name in (("resolv.conf", "hosts") if etc is not None else ())
+                for path in ((etc / "resolv.conf", etc / "hosts") if etc is not None else ())
             ),
         ],
         "linux": {
@@ -254,7 +255,7 @@ class ContainerBackend:
                 or (self._layout.v1["memory"] / "memory.memsw.limit_in_bytes").exists()
             )
             netns, etc = await self._plug(spec, sdir)
-            config = oci_config(spec, self.opts, memsw, host_uid, netns, etc)
+            config = oci_config(spec, self.opts, memsw, host_uid, netns=netns, etc=etc)
             (bundle / "config.json").write_text(json.dumps(config))
             try:
                 ref = await self._run(spec.id, sdir, lease.fd if lease is not None else None)
