@@ -6,6 +6,7 @@ State held here is only a cache of the sandboxes' specs: links and rules are reb
 """
 
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,8 +192,10 @@ class NodeNetwork:
 
     def _apply(self) -> None:
         desired = self._desired()
-        empty = not desired.bridges and not desired.ports
-        nft.apply(nft.removal() if empty else nft.ruleset(desired), self.opts.nft)
+        if desired.bridges or desired.ports:
+            nft.apply(nft.ruleset(desired), self.opts.nft)
+        elif shutil.which(self.opts.nft) is not None:  # a node without nft has no tables
+            nft.apply(nft.removal(), self.opts.nft)
 
 
 def _one_nic(spec: SandboxSpec) -> None:
