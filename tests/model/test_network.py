@@ -62,6 +62,7 @@ def test_port_mapping_parse() -> None:
     assert PortMapping.parse("127.0.0.1:53:5353/udp") == PortMapping(53, 5353, "udp", "127.0.0.1")
     for bad, message in [
         ("80", "is not"),
+        ("5\u00b2:80", "is not"),
         ("0:80", "host port 0 is out of range"),
         ("70000:80", "host port 70000 is out of range"),
         ("8080:80/sctp", "protocol 'sctp'"),

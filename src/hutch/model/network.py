@@ -142,7 +142,7 @@ class PortMapping:
         parts = rest.rsplit(":", 2)
         if len(parts) == 2:
             parts.insert(0, "")
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        if len(parts) != 3 or not all(x.isascii() and x.isdigit() for x in parts[1:]):
             raise Invalid(f"port {text!r} is not [HOST_IP:]HOST_PORT:PORT[/tcp|/udp]")
         protocol = proto or "tcp"
         if protocol not in ("tcp", "udp"):
