@@ -93,8 +93,9 @@ async def test_lifecycle_rules(api: Api) -> None:
     assert (await api.machine(token, name="life")).status_code == 409  # names are unique
     stopped = (await api.call("POST", "/v1/machines/life/stop", token, json={"timeout": 1})).json()
     assert stopped["desired"] == "stopped" and stopped["state"] == "stopping"
-    r = await api.call("POST", "/v1/machines/life/kill", token, json={"signal": "NOPE"})
-    assert r.status_code == 400
+    for odd in ("NOPE", "5\u00b2", "\u0663"):  # a superscript or Arabic-Indic digit is no number
+        r = await api.call("POST", "/v1/machines/life/kill", token, json={"signal": odd})
+        assert r.status_code == 400, (odd, r.text)
     waited = await api.call("GET", "/v1/machines/life/wait?state=bogus", token)
     assert waited.status_code == 400
     r = await api.call("GET", "/v1/machines/life/wait?state=running&timeout=0.2", token)

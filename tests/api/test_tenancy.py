@@ -3,12 +3,14 @@ mutating one, tokens that expire or are revoked, and the agents' credentials."""
 
 import asyncio
 import json
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from hutch.store.base import Store, Tx
 from tests.api.conftest import Api, served
 
 ROLES = ("reader", "member", "admin")
@@ -184,6 +186,44 @@ async def test_a_token_cannot_mint_a_stronger_one(api: Api) -> None:
     assert r.status_code == 403
     r = await api.call("POST", "/v1/projects/alpha/tokens", member, json={"role": "admin"})
     assert r.status_code == 201
+
+
+class Counted:
+    """The tenancy service's store, counting the transactions begun through it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.begun = 0
+
+    def read(self) -> AbstractAsyncContextManager[Tx]:
+        self.begun += 1
+        return self.store.read()
+
+    def write(self) -> AbstractAsyncContextManager[Tx]:
+        self.begun += 1
+        return self.store.write()
+
+
+async def test_a_project_route_finds_its_project_and_acts_in_one_transaction(api: Api) -> None:
+    """Beside the caller's authentication, one transaction: the project named in the path is
+    found where it is acted on (so it cannot go away in between)."""
+    counted = Counted(api.ctl.tenancy.store)
+    api.ctl.tenancy.store = counted  # type: ignore[assignment]
+    token = (await api.call("POST", "/v1/projects/alpha/tokens", json={"role": "reader"})).json()
+    calls = [
+        ("GET", "/v1/projects/alpha/quota", None),
+        ("PUT", "/v1/projects/alpha/quota", {"machines": 7}),
+        ("PUT", "/v1/projects/alpha/strategy", {"strategy": "pack"}),
+        ("GET", "/v1/projects/alpha/tokens", None),
+        ("POST", "/v1/projects/alpha/tokens", {"role": "reader"}),
+        ("DELETE", f"/v1/projects/alpha/tokens/{token['id']}", None),
+    ]
+    for method, path, body in calls:
+        counted.begun = 0
+        r = await api.call(method, path, json=body)
+        assert r.status_code < 300, r.text
+        assert counted.begun == 2, (method, path)  # authentication, then the route's own
+    assert (await api.call("GET", "/v1/projects/alpha/quota")).json()["quota"]["machines"] == 7
 
 
 async def test_expired_and_revoked_tokens_are_refused(api: Api) -> None:

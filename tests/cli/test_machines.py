@@ -1,10 +1,15 @@
 """`hutch run`, `ps`, `logs`, `exec`, `stop`, `rm`, `wait`, `inspect`, through the real binary
 against a real `hutch up` (tests/controller.py), each test in a project of its own."""
 
+import contextlib
+import ctypes
 import json
+import os
 import re
 import signal
+import struct
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -25,6 +30,7 @@ from tests.images.ocibuild import write_oci_layout
 
 __all__ = ["controller"]  # the session fixture, for the tests here
 
+IN_OPEN, IN_CLOSE_NOWRITE = 0x20, 0x10
 Run = Callable[..., subprocess.CompletedProcess[str]]
 C = ("--runtime", "container")  # where the runtime does not matter
 
@@ -51,6 +57,39 @@ def hutch(env: dict[str, str]) -> Run:
         )
 
     return run
+
+
+def test_ps_reads_the_listing_without_the_sdks_models(hutch: Run, env: dict[str, str]) -> None:
+    """`hutch ps` (its table, its ids) prints what the SDK's models would, and loads neither
+    them nor YAML, asyncio, websockets or rich (bench/cli.py: the CLI answers at once)."""
+    hutch("run", "-d", *C, "--name", "one", "--label", "app=web", "busybox", "--", "true")
+    assert hutch("wait", "one").stdout == "0\n"
+    listed = json.loads(hutch("ps", "-o", "json").stdout)  # through the SDK's models
+    for args in (("ps",), ("ps", "-a", "--state", "exited", "-l", "app=web"), ("ps", "-q")):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "hutch", *args],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stderr.splitlines() if "import time:" in line]
+        modules = {line.split("|")[-1].strip() for line in lines}
+        assert "hutch.client.plain" in modules
+        slow = ("pydantic", "hutch.wire", "yaml", "asyncio", "websockets", "rich")
+        assert not {m for m in modules if m.startswith(slow)}, args
+        if args == ("ps", "-q"):
+            assert done.stdout.split() == [listed[0]["id"]]
+        else:
+            header, row = done.stdout.splitlines()
+            assert header.split() == ["ID", "NAME", "IMAGE", "RUNTIME", "STATUS", "CREATED"]
+            assert row.split()[:6] == [
+                listed[0]["id"],
+                "one",
+                "busybox",
+                "container",
+                "exited",
+                "(0)",
+            ]
+    assert hutch("ps", "--state", "running").stdout.split() == header.split()
 
 
 def test_run_prints_the_output_and_exits_0(hutch: Run) -> None:
@@ -134,6 +173,48 @@ def test_logs_tail_and_rm_force(hutch: Run) -> None:
     hutch("run", "-d", *C, "--name", "sleeper", "busybox", "--", "sleep", "600")
     forced = hutch("rm", "-f", "sleeper", "counter")
     assert forced.returncode == 0 and forced.stdout == "sleeper\ncounter\n"
+
+
+def _log_opens(sandbox_dir: Path, run: Callable[[], object]) -> int:
+    """How often the sandbox's log files are opened while `run` runs (inotify)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK)
+    assert fd >= 0
+    try:
+        # Opens and closes both: inotify merges an event only into an identical one before it.
+        assert libc.inotify_add_watch(fd, bytes(sandbox_dir), IN_OPEN | IN_CLOSE_NOWRITE) >= 0
+        run()
+        events = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(fd, 1 << 16):
+                events += chunk
+    finally:
+        os.close(fd)
+    opens, at = 0, 0
+    while at < len(events):
+        _, mask, _, size = struct.unpack_from("iIII", events, at)
+        name = events[at + 16 : at + 16 + size].rstrip(b"\0")
+        opens += bool(mask & IN_OPEN) and name.startswith(b"stdio.log")
+        at += 16 + size
+    return opens
+
+
+def test_logs_tail_reads_the_log_once(hutch: Run, controller: Controller) -> None:
+    """--tail costs what a whole log costs: one pass over it, not one to count the lines and
+    another to send them (which a rotation in between would also cut wrong)."""
+    script = "i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); done"
+    sandboxes = controller.state_dir / "node" / "sandboxes" / "container"
+    before = set(sandboxes.iterdir())
+    done = hutch("run", *C, "--name", "lines", "busybox", "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    [sandbox_dir] = set(sandboxes.iterdir()) - before
+    results: list[subprocess.CompletedProcess[str]] = []
+    whole = _log_opens(sandbox_dir, lambda: results.append(hutch("logs", "lines")))
+    tail = _log_opens(sandbox_dir, lambda: results.append(hutch("logs", "-n", "2", "lines")))
+    assert results[0].stdout.count("\n") == 200
+    assert results[1].stdout == "line 198\nline 199\n"
+    assert 0 < tail <= whole
+    hutch("rm", "lines")
 
 
 def test_ctrl_c_stops_the_machine(env: dict[str, str], hutch: Run) -> None:
@@ -294,3 +375,24 @@ def test_ps_is_newest_first_with_times_for_people_and_scripts(
     [error] = {m["error"] for m in listed}
     assert len(error) > 60 and error not in newer and "…" in newer
     assert json.loads(hutch("inspect", "newer").stdout)["error"] == error
+
+
+def test_image_rm_local_keeps_the_root_a_machine_runs_on(
+    hutch: Run, env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    """`hutch image rm --local` looks at the node agent's sandboxes (not only `hutch sandbox`'s):
+    the root a machine runs on stays, and the machine with it."""
+    write_oci_layout(
+        tmp_path / "held", [busybox_rootfs], {**BUSYBOX_CONFIG, "Cmd": ["sleep", "600"]}
+    )
+    assert hutch("image", "import", str(tmp_path / "held"), "--name", "held:1").returncode == 0
+    started = hutch("run", "-d", *C, "held:1")
+    assert started.returncode == 0, started.stderr
+    machine = started.stdout.strip()
+    projects = json.loads(hutch("project", "ls", "-o", "json").stdout)
+    [project_id] = [p["id"] for p in projects if p["name"] == env["HUTCH_PROJECT"]]
+    removed = hutch("image", "rm", "--local", "--project", project_id, "held:1")
+    assert removed.returncode == 0, removed.stderr
+    assert "its root stays: a sandbox runs on it" in removed.stderr
+    assert hutch("exec", machine, "--", "ls", "/bin/busybox").stdout == "/bin/busybox\n"
+    assert hutch("rm", "-f", machine).returncode == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hutch.client import _core as core
+from hutch.client._calls import listing
 from hutch.client.errors import (
     ApiError,
     Invalid,
@@ -83,7 +84,7 @@ def test_a_state_it_will_not_reach_is_unreachable() -> None:
 
 
 def test_pages_carry_the_cursor() -> None:
-    call = core.listing("running", {"a": "b"}, False, 2)
+    call = listing("running", {"a": "b"}, False, 2)
     plan = core.page(call, Page[MachineView])
     assert next(plan) == call
     with pytest.raises(StopIteration) as done:

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Query
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from hutch.http.problems import PROBLEMS, STATUS, install, status_of, ws_error
+from hutch.http.problems import PROBLEMS, install, status_of, ws_error
 from hutch.model import errors
 
 SECRET = "password=hunter2 at db.internal:5432"
@@ -117,7 +117,8 @@ def problem_of(r: httpx.Response, status: int) -> dict[str, Any]:
 
 def test_the_table_covers_every_error_class() -> None:
     mapped = {cls for cls, _, _ in MAPPING}
-    assert set(STATUS) == mapped
+    assert set(errors.CLASSES) == mapped
+    assert all((cls.status, cls.title) == (status, title) for cls, status, title in MAPPING)
     defined = {
         c
         for c in vars(errors).values()

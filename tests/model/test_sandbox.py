@@ -64,7 +64,7 @@ def test_spec_hostname_is_checked() -> None:
 def test_signals_by_number_and_name() -> None:
     assert parse_signal("SIGQUIT") == parse_signal("quit") == parse_signal(3) == signal.SIGQUIT
     assert parse_signal("15") == 15
-    for bad in ("SIGNOPE", "0", "99"):
+    for bad in ("SIGNOPE", "0", "99", "5\u00b2", "\u0663"):
         with pytest.raises(Invalid):
             parse_signal(bad)
 

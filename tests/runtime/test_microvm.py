@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from hutch.agent.runtimes import open_driver
 from hutch.images.rootfs import PreparedRoot
 from hutch.runtime import accel
+from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.guest.build import GuestArtifacts
 from hutch.runtime.logs import read_log
@@ -185,3 +187,21 @@ def test_this_host_reports_its_accelerator(microvm: SandboxDriver) -> None:
     assert caps.accel in ("kvm", "tcg") and caps.isolation == "vm" and caps.root == "disk"
     facts = microvm.fingerprint()
     assert facts["accel"] == caps.accel and facts["accel_reason"] and "QEMU" in facts["qemu"]
+
+
+async def test_a_vm_does_not_outlive_its_sandbox_directory(
+    microvm: SandboxDriver, busybox_root: PreparedRoot, short_dir: Path
+) -> None:
+    """Its state directory removed, nothing could ever read the VM's record or logs: its QEMU
+    ends (and its cgroup goes) instead of holding the guest's memory for ever."""
+    await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", "echo up; sleep 600"))
+    await microvm.start("sb")
+    await wait_for_line(microvm, "sb", b"up")
+    pid = (await microvm.inspect("sb")).pid
+    shutil.rmtree(short_dir / "state" / "sandboxes" / "microvm" / "sb")
+    status = await microvm.wait("sb", timeout=60)
+    assert status.failed and status.error == "its sandbox directory was removed"
+    while os.path.exists(f"/proc/{pid}"):  # reaped: not even a zombie is left
+        await asyncio.sleep(0.1)
+    while Cgroup(Layout.detect(), "hutch", "sb").exists():
+        await asyncio.sleep(0.1)

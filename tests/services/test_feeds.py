@@ -8,6 +8,7 @@ from typing import Any
 
 from hutch.services.feeds import Feeds
 from hutch.services.notify import Notifier, project_key
+from hutch.store.base import NewEvent
 from hutch.store.sql import SqlStore
 from tests.store import factories as f
 
@@ -41,7 +42,7 @@ async def test_many_streams_of_a_project_share_one_poll(tmp_path: Path) -> None:
         assert store.reads <= 8  # one poll each 0.1 s, not one per stream
 
         async with store.write() as tx:  # as another controller would: no one is notified
-            await tx.events.append(p.id, kind="k", object_id="o", state="s", message="", time=0)
+            await tx.events.append([NewEvent(p.id, "k", "o", "s", "", 0)])
         await asyncio.wait_for(asyncio.gather(*waiting), 2)
 
         reads = store.reads
@@ -53,7 +54,7 @@ async def test_many_streams_of_a_project_share_one_poll(tmp_path: Path) -> None:
         await asyncio.wait_for(feed.beyond(0), 10)  # its first look
         waiting = [asyncio.ensure_future(feed.beyond(1)) for _ in range(10)]
         async with store.write() as tx:
-            await tx.events.append(p.id, kind="k", object_id="o", state="s", message="", time=0)
+            await tx.events.append([NewEvent(p.id, "k", "o", "s", "", 0)])
         notifier.notify(project_key(p.id))
         await asyncio.wait_for(asyncio.gather(*waiting), 10)
         assert feed.latest == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hutch.model.errors import Conflict
 from hutch.model.machine import Capacity, MachineState
-from hutch.store.base import Claim
+from hutch.store.base import Claim, NewEvent
 from hutch.store.sql import SqlStore
 from tests.store import factories as f
 from tests.store.worker import QUOTA, claim
@@ -194,12 +194,7 @@ async def test_events_are_numbered_in_commit_order(store: SqlStore) -> None:
     async def append(i: int) -> None:
         async with store.write() as tx:
             await tx.events.append(
-                p.id,
-                kind="machine.state",
-                object_id=f"m{i}",
-                state="running",
-                message="",
-                time=f.now(),
+                [NewEvent(p.id, "machine.state", f"m{i}", "running", "", f.now())]
             )
             await asyncio.sleep(0.001 * (i % 3))  # commit later than others that began after
 

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, inspect, text
 
 from hutch.model.errors import Invalid, Unavailable
 from hutch.store import open_store
+from hutch.store.base import NewEvent
 from hutch.store.sql import SqlStore, alembic_config, parse_url
 from hutch.store.tables import metadata
 from tests.store import factories as f
@@ -77,7 +78,7 @@ async def test_events_before_0005_are_numbered_per_project(store: SqlStore) -> N
     async with store.write() as tx:
         assert [e.id for e in await tx.events.since("p-a", 0)] == [1, 2, 3]
         assert [e.id for e in await tx.events.since("p-b", 1)] == [2]
-        new = await tx.events.append("p-b", kind="k", object_id="o", state="s", message="", time=2)
+        [new] = await tx.events.append([NewEvent("p-b", "k", "o", "s", "", 2)])
     assert new.id == 3
 
 

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from hutch.model.errors import Conflict, Unavailable
-from hutch.store import sql
-from hutch.store.sql import SqlStore
+from hutch.store.base import NewEvent
+from hutch.store.sql import SqlStore, engine
 from tests.store import factories as f
 
 
@@ -143,9 +143,7 @@ async def test_many_tasks_write_without_errors(sqlite_store: SqlStore) -> None:
 
     async def one(i: int) -> None:
         async with sqlite_store.write() as tx:
-            await tx.events.append(
-                p.id, kind="k", object_id=f"o{i}", state="s", message="", time=0.0
-            )
+            await tx.events.append([NewEvent(p.id, "k", f"o{i}", "s", "", 0.0)])
 
     await asyncio.gather(*(one(i) for i in range(100)))
     async with sqlite_store.read() as tx:
@@ -155,7 +153,7 @@ async def test_many_tasks_write_without_errors(sqlite_store: SqlStore) -> None:
 async def test_a_writer_locked_out_too_long_is_unavailable(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sql, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(engine, "BUSY_TIMEOUT", 0.2)
     store = SqlStore(f"sqlite:///{db}")
     await store.open()
     other = other_writer(db)

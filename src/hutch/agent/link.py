@@ -7,16 +7,8 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unauthenticated, Unavailable
+from hutch.model.errors import Invalid, Unavailable, error_class
 from hutch.wire.nodes import Assignments, Heartbeat, MachineReport, NodeRegister, NodeRegistered
-
-_ERRORS: dict[int, type[HutchError]] = {
-    400: Invalid,
-    401: Unauthenticated,
-    404: NotFound,
-    409: Conflict,
-    422: Invalid,
-}
 
 
 class ControllerLink:
@@ -103,8 +95,10 @@ class ControllerLink:
 
 
 def _raise(url: str, status: int, body: bytes) -> None:
+    """The controller's problem+json as hutch's own error (`model/errors.py` maps them)."""
     try:
-        detail = json.loads(body).get("detail", "")
+        problem = json.loads(body)
+        detail, title = problem.get("detail", ""), problem.get("title", "")
     except (ValueError, AttributeError):
-        detail = body.decode(errors="replace")[:200]
-    raise _ERRORS.get(status, Unavailable)(f"controller {url}: {detail or status}")
+        detail, title = body.decode(errors="replace")[:200], ""
+    raise (error_class(status, title) or Unavailable)(f"controller {url}: {detail or status}")

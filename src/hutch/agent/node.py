@@ -4,7 +4,8 @@ Level-triggered: every round compares what the controller wants (assignments, lo
 with what the drivers have, and starts, stops or destroys sandboxes to match, reporting each
 outcome. Work on one sandbox runs as one task at a time; a round skips sandboxes with work in
 flight and the next round sees its result. A restarted agent re-adopts its running sandboxes
-(driver recovery) and reports their states again; reports are idempotent on the controller.
+(driver recovery), starts those it had created but not yet started, and reports their states
+again; reports are idempotent on the controller.
 The agent never touches the controller's store: all it knows comes through /agent/v1.
 """
 
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 from hutch.agent.images import import_image, registry_client, roots_for
 from hutch.agent.link import ControllerLink
-from hutch.agent.runtimes import RUNTIMES, open_driver
+from hutch.agent.runtimes import RUNTIMES, node_dir, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
 from hutch.config import Settings
 from hutch.files import write_private
@@ -79,7 +80,7 @@ class NodeAgent:
         domain: str = "",
     ) -> None:
         self.settings = settings
-        self.dir = settings.state_dir / "node"
+        self.dir = node_dir(settings)
         self.controller = controller
         self.join_secret = join_secret
         self.name = name
@@ -255,21 +256,20 @@ class NodeAgent:
             if a.sandbox in self._work:
                 continue
             entry = have.get(a.sandbox)
-            if a.desired is Desired.DESTROYED:
-                if entry is not None:
-                    self._spawn(a.sandbox, self._destroy(entry[0], a.sandbox, a))
-                else:
-                    await self._report(a, MachineState.DESTROYED)
+            if a.desired is Desired.DESTROYED and entry is not None:
+                self._spawn(a.sandbox, self._destroy(entry[0], a.sandbox, a))
             elif entry is None:
                 if a.desired is Desired.RUNNING and not a.state.finished:
                     self._spawn(a.sandbox, self._start(a))
-                elif a.desired is Desired.STOPPED and not a.state.finished:
-                    await self._report(a, MachineState.EXITED, error="stopped before it started")
+                else:
+                    await self._not_started(a)
             else:
                 driver, info = entry
                 live = info.state in (SandboxState.CREATED, SandboxState.RUNNING)
                 if a.desired is Desired.STOPPED and live:
                     self._spawn(a.sandbox, self._stop(driver, a))
+                elif info.state is SandboxState.CREATED and a.desired is Desired.RUNNING:
+                    self._spawn(a.sandbox, self._resume(driver, a))
                 elif info.state is SandboxState.RUNNING:
                     await self._report(a, MachineState.RUNNING)
                     self._watch_exit(driver, a)
@@ -289,10 +289,25 @@ class NodeAgent:
 
         self._work[sandbox] = asyncio.create_task(run())
 
+    async def _not_started(self, a: Assignment) -> None:
+        """Tell the controller the end of a sandbox that is not there and will not be."""
+        if a.desired is Desired.DESTROYED:
+            await self._report(a, MachineState.DESTROYED)
+        elif a.desired is Desired.STOPPED and not a.state.finished:
+            await self._report(a, MachineState.EXITED, error="stopped before it started")
+
     async def _start(self, a: Assignment) -> None:
         delay = a.start_after - time.time()
         if delay > 0:
             await asyncio.sleep(delay)  # a restart's backoff
+            # Rounds meanwhile left this sandbox to this task: if what they saw says it is no
+            # longer to run (stopped, removed, moved), it does not start.
+            now = self._assignments.get(a.sandbox)
+            if now is None or now.desired is not Desired.RUNNING:
+                if now is not None:
+                    await self._not_started(now)
+                return
+            a = now
         await self._report(a, MachineState.STARTING)
         driver = self.drivers.get(a.runtime)
         try:
@@ -324,6 +339,22 @@ class NodeAgent:
                     await driver.destroy(a.sandbox, force=True)
             await self._report(a, MachineState.FAILED, error=e.message)
             return
+        await self._report(a, MachineState.RUNNING, image=image)
+        self._watch_exit(driver, a)
+
+    async def _resume(self, driver: SandboxDriver, a: Assignment) -> None:
+        """Start a sandbox created but never started: the agent stopped between the two (a
+        micro-VM boots for seconds), and its driver re-adopted it booted, waiting."""
+        try:
+            await driver.start(a.sandbox)
+        except HutchError as e:
+            with contextlib.suppress(HutchError):
+                await driver.destroy(a.sandbox, force=True)
+            await self._report(a, MachineState.FAILED, error=e.message)
+            return
+        image = None
+        with contextlib.suppress(NotFound):  # what `_start` resolved it to, for the record
+            image = self.store.resolve(a.image_digest or a.image, a.project)
         await self._report(a, MachineState.RUNNING, image=image)
         self._watch_exit(driver, a)
 

@@ -325,58 +325,13 @@ def _line(record: LogRecord) -> bytes:
     return line.model_dump_json().encode() + b"\n"
 
 
-async def _tail_start(driver: SandboxDriver, sandbox: str, tail: int) -> int:
-    """How many bytes of the log's data come before its last `tail` lines (counted as
-    `tail -n` does, over both streams: an unfinished last line is one)."""
-    sizes: list[tuple[int, int]] = []  # (bytes, newlines) of each record with data
-    last = b"\n"
-    async for record in driver.logs(sandbox):
-        if record.data:
-            sizes.append((len(record.data), record.data.count(b"\n")))
-            last = record.data[-1:]
-    total = sum(size for size, _ in sizes)
-    skip = sum(n for _, n in sizes) + (last != b"\n") - tail  # lines to leave out
-    if skip <= 0:
-        return 0
-    before = index = 0
-    while index < len(sizes) and sizes[index][1] < skip:
-        skip -= sizes[index][1]
-        before += sizes[index][0]
-        index += 1
-    if index == len(sizes):
-        return total  # no line is asked for: all there is now is left out
-    seen = 0
-    async for record in driver.logs(sandbox):  # the one holding the end of the last line left out
-        if not record.data:
-            continue
-        if seen == index:
-            at = -1
-            for _ in range(skip):
-                at = record.data.find(b"\n", at + 1)
-                if at < 0:
-                    return total  # the log changed meanwhile
-            return before + at + 1
-        seen += 1
-    return total
-
-
 async def _log_lines(
     driver: SandboxDriver, sandbox: str, follow: bool, tail: int | None, since: float | None
 ) -> AsyncIterator[bytes]:
     """The log as NDJSON, a chunk of output (many lines, up to 64 KiB) per record: from the
     last `tail` lines when it is given, then, with `follow`, what is written until the sandbox
     ends. Bytes the log dropped before anyone read them come as records with `skipped`."""
-    left_out = await _tail_start(driver, sandbox, tail) if tail is not None else 0
-    async for got in driver.logs(sandbox, follow=follow):
-        record = got
-        if left_out:
-            if not got.data:
-                continue  # dropped before the lines asked for
-            if len(got.data) <= left_out:
-                left_out -= len(got.data)
-                continue
-            record = LogRecord(got.stream, got.data[left_out:], got.time_ns)
-            left_out = 0
+    async for record in driver.logs(sandbox, follow=follow, tail=tail):
         if since is None or record.time_ns / 1e9 >= since:
             yield _line(record)
 

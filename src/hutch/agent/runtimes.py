@@ -16,6 +16,17 @@ from hutch.runtime.wiring import NetworkWiring
 RUNTIMES = ("microvm", "container")
 
 
+def node_dir(settings: Settings) -> Path:
+    """The node agent's own state (identity, trust, its sandboxes) under state_dir."""
+    return settings.state_dir / "node"
+
+
+def sandbox_dirs(settings: Settings) -> tuple[Path, ...]:
+    """Every directory this host's sandboxes live in: the operator's own (`hutch sandbox`,
+    the default of `open_driver`), then the node agent's."""
+    return settings.state_dir / "sandboxes", node_dir(settings) / "sandboxes"
+
+
 def open_driver(
     settings: Settings,
     runtime: str,

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from hutch import config
 from hutch.agent import images
-from hutch.agent.runtimes import RUNTIMES, open_driver
+from hutch.agent.runtimes import RUNTIMES, open_driver, sandbox_dirs
 from hutch.cli.remote import (
     OutputOpt,
     ago,
@@ -401,12 +401,16 @@ def rm(
 
 
 async def _roots_in_use(settings: config.Settings) -> set[str]:
+    """The roots this host's sandboxes run on: `hutch sandbox`'s and the node agent's."""
     paths: set[str] = set()
-    for runtime in RUNTIMES:
-        driver = open_driver(settings, runtime)
-        for info in await driver.sandboxes():
-            paths.update(info.root_paths)
-        await driver.close()
+    for directory in sandbox_dirs(settings):
+        for runtime in RUNTIMES:
+            if not (directory / runtime).is_dir():
+                continue
+            driver = open_driver(settings, runtime, sandboxes_dir=directory)
+            for info in await driver.sandboxes():
+                paths.update(info.root_paths)
+            await driver.close()
     return paths
 
 

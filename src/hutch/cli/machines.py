@@ -1,20 +1,21 @@
 """`hutch run`, `ps`, `logs`, `exec`, `stop`, `start`, `restart`, `kill`, `rm`, `wait`,
 `inspect`: machines through the controller (see `hutch up` or `hutch login`)."""
 
-import asyncio
 import contextlib
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
+from hutch.cli.main import CLI_WORDS
 from hutch.cli.remote import (
     OutputOpt,
     ago,
+    check_output,
     connect,
     connect_async,
     cut,
@@ -24,11 +25,16 @@ from hutch.cli.remote import (
     pairs,
     progress,
 )
-from hutch.client import AsyncAttachSession, AsyncClient, ExecSession, MachineOptions, log_bytes
+from hutch.client import plain
 from hutch.model.errors import HutchError, Invalid
 from hutch.model.machine import MachineState
 from hutch.model.units import parse_mib
-from hutch.wire.machines import LogLine, MachineView, PlacementView
+
+if TYPE_CHECKING:  # imported where used: `hutch ps` loads no wire models, asyncio or websockets
+    import asyncio
+
+    from hutch.client import AsyncAttachSession, AsyncClient, ExecSession, MachineOptions
+    from hutch.wire.machines import LogLine, MachineView, PlacementView
 
 HUTCH_ERROR_EXIT = 125  # as in cli/main.py: hutch itself refused or failed
 INTERRUPTED_EXIT = 130
@@ -44,7 +50,9 @@ def _argv(command: list[str] | None) -> list[str] | None:
     return argv or None
 
 
-def _write(line: LogLine) -> None:
+def _write(line: "LogLine") -> None:
+    from hutch.client import log_bytes  # noqa: PLC0415  (see the imports)
+
     if line.skipped:  # the machine's log dropped output nobody read in time: say so
         sys.stderr.write(f"hutch: {line.skipped} bytes of {line.stream} were lost\n")
         sys.stderr.flush()
@@ -54,15 +62,20 @@ def _write(line: LogLine) -> None:
     out.buffer.flush()
 
 
-def _status(m: MachineView) -> str:
-    if m.state is MachineState.EXITED:
-        return f"exited ({m.exit_code})" + (", out of memory" if m.oom_killed else "")
-    if m.state is MachineState.FAILED:
-        return f"failed: {m.error}" if m.error else "failed"
-    return str(m.state)
+def _status(m: "MachineView") -> str:
+    return _status_of(m.state, m.exit_code, m.oom_killed, m.error)
 
 
-def _exit_code(m: MachineView) -> int:
+def _status_of(state: str, exit_code: int | None, oom_killed: bool, error: str) -> str:
+    """A machine's state as `hutch ps` shows it (`state` a MachineState or its value)."""
+    if state == MachineState.EXITED:
+        return f"exited ({exit_code})" + (", out of memory" if oom_killed else "")
+    if state == MachineState.FAILED:
+        return f"failed: {error}" if error else "failed"
+    return str(state)
+
+
+def _exit_code(m: "MachineView") -> int:
     """The workload's exit code, explaining on stderr what it does not say by itself."""
     if m.exit_code is None:
         progress(f"machine {m.name} {_status(m)}")
@@ -190,7 +203,7 @@ def run(
     if tty and (size := _terminal_size()) is not None:
         given["rows"], given["cols"] = size  # from its start: attaching then changes nothing
     # What is not given takes the server's default (the SDK leaves it out of the request).
-    options = cast(MachineOptions, {k: v for k, v in given.items() if v is not None})
+    options = cast("MachineOptions", {k: v for k, v in given.items() if v is not None})
     if dry_run:
         with connect() as client:
             plan = client.machines.explain(image, _argv(command), **options)
@@ -202,10 +215,12 @@ def run(
             m = client.machines.create(image, _argv(command), **options)
         typer.echo(m.id)
         return
+    import asyncio  # noqa: PLC0415  (see the imports)
+
     sys.exit(asyncio.run(_attached(image, _argv(command), options, rm, interactive, tty)))
 
 
-def _print_plan(plan: PlacementView) -> None:
+def _print_plan(plan: "PlacementView") -> None:
     if plan.placed:
         typer.echo(f"would run on node {plan.node} ({plan.candidates} node(s) could take it)")
     else:
@@ -219,7 +234,7 @@ def _print_plan(plan: PlacementView) -> None:
 async def _attached(
     image: str,
     command: list[str] | None,
-    options: MachineOptions,
+    options: "MachineOptions",
     rm: bool,
     interactive: bool = False,
     tty: bool = False,
@@ -237,11 +252,13 @@ async def _attached(
 
 
 async def _attach(
-    client: AsyncClient, m: MachineView, interactive: bool = False, tty: bool = False
+    client: "AsyncClient", m: "MachineView", interactive: bool = False, tty: bool = False
 ) -> int:
     """Output until the machine ends, then its exit code. First Ctrl-C (or SIGTERM): stop it
     gracefully; second: leave. With `interactive` or `tty`, hutch's stdin and window size go
     to the machine's main process too (_type_into)."""
+    import asyncio  # noqa: PLC0415  (see the imports)
+
     loop = asyncio.get_running_loop()
     follow = asyncio.ensure_future(_follow(client, m))
     typing = None
@@ -277,7 +294,7 @@ async def _attach(
     return _exit_code(final)
 
 
-async def _type_into(client: AsyncClient, m: MachineView, interactive: bool, tty: bool) -> None:
+async def _type_into(client: "AsyncClient", m: "MachineView", interactive: bool, tty: bool) -> None:
     """Attached to the machine's main process while it runs: hutch's stdin goes to it (with
     `interactive`; its end closes the process's stdin), this terminal's size and its changes
     (SIGWINCH) too (with `tty`), in raw mode with both. Its output comes with the log."""
@@ -288,6 +305,8 @@ async def _type_into(client: AsyncClient, m: MachineView, interactive: bool, tty
         session = await client.machines.attach(m.id, size=_terminal_size() if tty else None)
     except HutchError:  # it ended meanwhile: the log and its exit say the rest
         return
+    import asyncio  # noqa: PLC0415  (see the imports)
+
     loop = asyncio.get_running_loop()
     resizing: set[asyncio.Future[None]] = set()
 
@@ -314,16 +333,18 @@ async def _type_into(client: AsyncClient, m: MachineView, interactive: bool, tty
                     loop.remove_signal_handler(signal.SIGWINCH)
 
 
-def _forward_stdin_async(session: AsyncAttachSession, loop: asyncio.AbstractEventLoop) -> None:
+def _forward_stdin_async(session: "AsyncAttachSession", loop: "asyncio.AbstractEventLoop") -> None:
     """hutch's stdin to an attach session, from a thread (a blocking read: a pipe, a file or a
     terminal alike), until its end, which closes the process's stdin."""
+    import asyncio  # noqa: PLC0415  (see the imports)
+
     with contextlib.suppress(Exception):
         while chunk := os.read(sys.stdin.fileno(), 1 << 16):
             asyncio.run_coroutine_threadsafe(session.write(chunk), loop).result()
         asyncio.run_coroutine_threadsafe(session.close_stdin(), loop).result()
 
 
-async def _follow(client: AsyncClient, m: MachineView) -> MachineView:
+async def _follow(client: "AsyncClient", m: "MachineView") -> "MachineView":
     started = await client.machines.wait(m.id, "started")
     if started.state is not MachineState.FAILED:  # a failed start has no sandbox, no logs
         async with contextlib.aclosing(client.machines.logs(m.id, follow=True)) as lines:
@@ -347,25 +368,34 @@ def ps(
     output: OutputOpt = "table",
 ) -> None:
     """List the project's machines (-a: destroyed ones too)."""
-    with connect() as client:
-        machines = list(client.machines.list(state, pairs(label, "--label"), all_))
-    machines = newest_first(machines, lambda m: m.created_at)
+    labels = pairs(label, "--label")
+    if output != "table" and not quiet:  # every field, as the SDK's models give them
+        with connect() as client:
+            found = list(client.machines.list(state, labels, all_))
+        dump(newest_first(found, lambda m: m.created_at), check_output(output))
+        return
+    # A table or ids: a few fields of the API's JSON (no wire models to import: bench/cli.py).
+    machines = newest_first(plain.machines(state, labels, all_), lambda m: m["created_at"])
     if quiet:
         for m in machines:
-            typer.echo(m.id)
+            typer.echo(m["id"])
         return
-    emit(
-        machines,
-        [
-            ("ID", lambda m: m.id),
-            ("NAME", lambda m: m.name),
-            ("IMAGE", lambda m: m.image),
-            ("RUNTIME", lambda m: m.runtime),
-            ("STATUS", lambda m: cut(_status(m))),  # whole in `hutch inspect`
-            ("CREATED", lambda m: ago(m.created_at)),
-        ],
-        output,
-    )
+    emit(machines, _PS_COLUMNS, output)
+
+
+def _ps_status(m: dict[str, Any]) -> str:
+    status = _status_of(m["state"], m.get("exit_code"), m.get("oom_killed", False), m["error"])
+    return cut(status)  # whole in `hutch inspect`
+
+
+_PS_COLUMNS = [
+    ("ID", lambda m: m["id"]),
+    ("NAME", lambda m: m["name"]),
+    ("IMAGE", lambda m: m["image"]),
+    ("RUNTIME", lambda m: m["runtime"]),
+    ("STATUS", _ps_status),
+    ("CREATED", lambda m: ago(m["created_at"])),
+]
 
 
 def logs(
@@ -487,7 +517,7 @@ def _raw_terminal(wanted: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _follow_window(session: ExecSession | None) -> Iterator[None]:
+def _follow_window(session: "ExecSession | None") -> Iterator[None]:
     """Send the remote terminal this one's size whenever it changes (SIGWINCH)."""
     if session is None or threading.current_thread() is not threading.main_thread():
         yield
@@ -509,7 +539,7 @@ def _follow_window(session: ExecSession | None) -> Iterator[None]:
         signal.signal(signal.SIGWINCH, previous)
 
 
-def _forward_stdin(session: ExecSession) -> None:
+def _forward_stdin(session: "ExecSession") -> None:
     with contextlib.suppress(OSError, HutchError):
         # os.read: what is there now (a line on a terminal), not a full buffer.
         while chunk := os.read(sys.stdin.fileno(), 1 << 16):
@@ -590,7 +620,7 @@ def rm(
             try:
                 client.machines.delete(ref, force=force)
             except HutchError as e:
-                progress(e.message)
+                progress(e.message_in(CLI_WORDS))
                 failed += 1
                 continue
             typer.echo(ref)

@@ -2,8 +2,10 @@
 
 Each command's module is imported when that command runs, not before: `hutch ps` loads the
 client and the listing, never the servers, the images or the other commands, and `hutch --help`
-and `hutch version` load none (bench/cli.py measures it). The table below is the listing of
-`hutch --help`; tests/cli/test_main.py checks it against the commands themselves."""
+and `hutch version` load none (bench/cli.py measures it). Nor does a command import pydantic
+to read its options (see _plain_values), or httpx's own command line (see main). The table
+below is the listing of `hutch --help`; tests/cli/test_main.py checks it against the commands
+themselves."""
 
 import importlib
 import sys
@@ -18,6 +20,8 @@ from hutch import __version__
 from hutch.model.errors import HutchError
 
 HUTCH_ERROR_EXIT = 125  # like docker: the workload's own codes stay unambiguous
+# How the CLI gives what a refusal asks for: its words, not the API's `?project=NAME`.
+CLI_WORDS = {"project": "--project NAME or set HUTCH_PROJECT"}
 _NO_INTERSPERSED = {"allow_interspersed_args": False}  # options end at IMAGE or after --
 
 
@@ -80,13 +84,17 @@ def load(name: str) -> click.Command:
         _plain(target)
         command = typer.main.get_command(target)
         command.name = name
-        return command
-    settings = dict(entry.settings)
-    if "epilog" in settings:
-        settings["epilog"] = getattr(module, settings["epilog"])
-    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-    one.command(name, **settings)(target)
-    return typer.main.get_command(one)
+    else:
+        settings = dict(entry.settings)
+        if "epilog" in settings:
+            settings["epilog"] = getattr(module, settings["epilog"])
+        one = typer.Typer(
+            add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None
+        )
+        one.command(name, **settings)(target)
+        command = typer.main.get_command(one)
+    _plain_values(command)
+    return command
 
 
 def _plain(app: typer.Typer) -> None:
@@ -98,8 +106,66 @@ def _plain(app: typer.Typer) -> None:
             _plain(group.typer_instance)
 
 
+# Values of these types that already are one need no conversion (an option's default, a word).
+_AS_IS = (str, int, float)
+
+
+class _PlainValue:
+    """Reads a value of a parameter the way typer's own coercion would, without pydantic.
+
+    typer converts every parameter's value with a pydantic TypeAdapter, and imports pydantic
+    (and builds the adapter) even for a value that needs none: a missing option, a default,
+    a string for a `str`. That is ~50 ms of every command's start (bench/cli.py). Those values
+    are passed here as typer would give them; anything else (a number to parse, a choice, a
+    path, a range) goes to typer's coercion, built when first needed."""
+
+    def __init__(self, param: click.Parameter) -> None:
+        self.param = param
+        self.info = param.type_descriptor.parameter_info  # type: ignore[attr-defined]
+        self.annotation = param.type_descriptor.annotation  # type: ignore[attr-defined]
+
+    def get_runtime_param(self) -> "_PlainValue":
+        return self
+
+    def coerce(self, value: Any, param: click.Parameter, ctx: click.Context) -> Any:
+        many = param.multiple or param.nargs == -1
+        if value is None:  # as typer's RuntimeParam.coerce
+            return () if many else None
+        plain = self.info.parser is None and self.info.min is None and self.info.max is None
+        if plain and self.annotation in _AS_IS and type(value) is self.annotation:
+            return value  # (`type() is`: a bool is no int here)
+        strings = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        if plain and many and self.annotation == list[str] and strings:
+            return list(value)  # as typer's list adapter gives it
+        typers = type(param).get_runtime_param(param)  # type: ignore[attr-defined]
+        return typers.coerce(value, param=param, ctx=ctx)
+
+
+def _plain_values(command: click.Command) -> None:
+    """Let `command`'s parameters (its --help too, which click makes when parsing), and its
+    subcommands', read plain values without pydantic (_PlainValue). A typer without the hook
+    this uses is left as it is: slower, as correct."""
+    params_of = command.get_params
+
+    def get_params(ctx: click.Context) -> list[click.Parameter]:
+        params = params_of(ctx)
+        for param in params:
+            hook = getattr(type(param), "get_runtime_param", None)
+            if callable(hook) and "get_runtime_param" not in vars(param):
+                param.get_runtime_param = _PlainValue(param).get_runtime_param  # type: ignore[attr-defined]
+        return params
+
+    command.get_params = get_params  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        _plain_values(sub)
+
+
 class _Commands(TyperGroup):
     """The top-level group: commands listed from the table, loaded when one runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_values(self)  # its own options; each command's are done as it is loaded
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -141,10 +207,13 @@ def version() -> None:
 
 
 def main() -> None:
+    # httpx imports its own command line (rich, pygments, click: ~30 ms) when click is
+    # installed, as it is here for uvicorn; hutch never runs it. httpx then defines a stub.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     try:
         app()
     except HutchError as e:
-        message = e.message
+        message = e.message_in(CLI_WORDS)
         if type(e).__name__ == "NoConnection":  # hutch.client's, not imported for this
             message += (
                 ". Is it running? `hutch up -d` starts one on this machine; "

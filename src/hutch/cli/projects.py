@@ -221,7 +221,7 @@ def _limit(text: str, size: bool = False) -> int | None:
         return None
     if size:
         return parse_mib(text)
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise Invalid(f"{text!r} is not a whole number (or 'unlimited')")
     return int(text)
 

@@ -5,14 +5,14 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-import yaml
-from pydantic import BaseModel
 
-from hutch.client import AsyncClient, Client
 from hutch.model.errors import Invalid
+
+if TYPE_CHECKING:  # imported where used: `hutch ps` needs neither the SDK's models nor YAML
+    from hutch.client import AsyncClient, Client
 
 OUTPUTS = ("table", "json", "yaml")
 OutputOpt = Annotated[
@@ -22,12 +22,16 @@ T = TypeVar("T")
 Column = tuple[str, Callable[[Any], object]]  # header, and how to get the cell from an item
 
 
-def connect(project: str | None = None) -> Client:
+def connect(project: str | None = None) -> "Client":
     """The client for the configured controller (HUTCH_URL/HUTCH_TOKEN or the context)."""
+    from hutch.client.sync import Client  # noqa: PLC0415  (see the imports)
+
     return Client(project=project)
 
 
-def connect_async(project: str | None = None) -> AsyncClient:
+def connect_async(project: str | None = None) -> "AsyncClient":
+    from hutch.client.aio import AsyncClient  # noqa: PLC0415  (see the imports)
+
     return AsyncClient(project=project)
 
 
@@ -68,8 +72,10 @@ def _times(value: object) -> object:
 
 
 def data(item: object) -> object:
-    """An item as plain JSON data, its times as ISO 8601 UTC strings."""
-    return _times(item.model_dump(mode="json") if isinstance(item, BaseModel) else item)
+    """An item (a wire model, or plain JSON data) as plain JSON data, its times as ISO 8601
+    UTC strings."""
+    dump = getattr(item, "model_dump", None)  # a pydantic model's, without importing pydantic
+    return _times(dump(mode="json") if dump is not None else item)
 
 
 def newest_first(items: Iterable[T], created: Callable[[T], float | None]) -> list[T]:
@@ -81,6 +87,8 @@ def dump(value: object, output: str) -> None:
     """`value` (a model, or a list or dict of them) as JSON or YAML on stdout."""
     plain = [data(i) for i in value] if isinstance(value, list) else data(value)
     if output == "yaml":
+        import yaml  # noqa: PLC0415  (see the imports)
+
         typer.echo(yaml.safe_dump(plain, sort_keys=False).rstrip("\n"))
     else:
         typer.echo(json.dumps(plain, indent=2))

@@ -28,7 +28,7 @@ SHUTDOWN_GRACE = 3  # seconds
 
 def host_port(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         raise Invalid(f"{listen!r} is not host:port")
     return host, int(port)
 

@@ -8,37 +8,60 @@
 
 Wire types (MachineView, LogLine, ...) come from `hutch.wire`; the errors below subclass both
 `ApiError` and the matching `hutch.model.errors` class.
+
+Each name is imported on first use (PEP 562), so a program that needs one piece (the CLI's
+`hutch ps` needs `hutch.client.plain`) does not pay for the others: the wire models (pydantic),
+asyncio, websockets.
 """
 
-from hutch.client._core import MachineOptions, MachineRef, log_bytes
-from hutch.client.aio import AsyncClient, AsyncListing
-from hutch.client.errors import (
-    ApiError,
-    Conflict,
-    Forbidden,
-    InsufficientStorage,
-    Invalid,
-    NoCapacity,
-    NoConnection,
-    NotFound,
-    PullFailed,
-    QuotaExceeded,
-    StartFailed,
-    Unauthenticated,
-    Unavailable,
-    Unreachable,
-    Unsupported,
-    WaitTimeout,
-)
-from hutch.client.exec import (
-    AsyncAttachSession,
-    AsyncExecSession,
-    AttachSession,
-    ExecEnd,
-    ExecResult,
-    ExecSession,
-)
-from hutch.client.sync import Client
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hutch.client._core import MachineOptions, MachineRef, log_bytes
+    from hutch.client.aio import AsyncClient, AsyncListing
+    from hutch.client.errors import (
+        ApiError,
+        Conflict,
+        Forbidden,
+        InsufficientStorage,
+        Invalid,
+        NoCapacity,
+        NoConnection,
+        NotFound,
+        PullFailed,
+        QuotaExceeded,
+        StartFailed,
+        Unauthenticated,
+        Unavailable,
+        Unreachable,
+        Unsupported,
+        WaitTimeout,
+    )
+    from hutch.client.exec import (
+        AsyncAttachSession,
+        AsyncExecSession,
+        AttachSession,
+        ExecEnd,
+        ExecResult,
+        ExecSession,
+    )
+    from hutch.client.sync import Client
+
+_WHERE = {
+    "MachineOptions": "_core",
+    "MachineRef": "_core",
+    "log_bytes": "_core",
+    "AsyncClient": "aio",
+    "AsyncListing": "aio",
+    "Client": "sync",
+    "AsyncAttachSession": "exec",
+    "AsyncExecSession": "exec",
+    "AttachSession": "exec",
+    "ExecEnd": "exec",
+    "ExecResult": "exec",
+    "ExecSession": "exec",
+}  # fmt: skip; every other public name is an error class, from hutch.client.errors
 
 __all__ = [
     "ApiError",
@@ -70,3 +93,11 @@ __all__ = [
     "WaitTimeout",
     "log_bytes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'hutch.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"hutch.client.{_WHERE.get(name, 'errors')}"), name)
+    globals()[name] = value  # once: later lookups find it directly
+    return value

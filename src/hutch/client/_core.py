@@ -17,17 +17,15 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, TypeAlias, TypedDict, TypeVar
 from urllib.parse import quote
 
-import httpx
 from pydantic import BaseModel, ValidationError
 
+from hutch.client._calls import Call, next_page
 from hutch.client.errors import (
     Invalid,
-    NoConnection,
     PullFailed,
     StartFailed,
     Unavailable,
@@ -72,60 +70,6 @@ MachineRef: TypeAlias = str | MachineView  # a machine's id or name, or the mach
 ArchiveSource: TypeAlias = str | os.PathLike[str] | bytes | IO[bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One HTTP request of the API, as data."""
-
-    method: str
-    path: str
-    params: tuple[tuple[str, str], ...] = ()
-    body: Request | None = None  # sent as JSON, without the fields left unset
-    json: Any = None  # a raw JSON body (Client.request)
-    content: Any = field(default=None, compare=False)  # raw bytes: image archives
-    scoped: bool = False  # acts in a project: `?project=` is added when the client names one
-    hold: float | None = 0.0  # seconds the server may take before answering; None: a stream
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where and as whom a client talks (resolved once, by hutch.client.config.resolve)."""
-
-    url: str
-    token: str
-    project: str | None
-    timeout: float
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
-
-    def http_args(self, call: Call) -> dict[str, Any]:
-        """Keyword arguments of httpx's `request`/`stream` for `call`."""
-        params = list(call.params)
-        if call.scoped and self.project:
-            params.append(("project", self.project))
-        args: dict[str, Any] = {"method": call.method, "url": call.path, "params": params}
-        if call.body is not None:
-            args["content"] = call.body.model_dump_json(exclude_unset=True)
-            args["headers"] = {"Content-Type": "application/json"}
-        elif call.json is not None:
-            args["json"] = call.json
-        elif call.content is not None:
-            args["content"] = call.content
-            args["headers"] = {"Content-Type": "application/octet-stream"}
-        if call.hold is None:
-            args["timeout"] = httpx.Timeout(self.timeout, read=None)
-        elif call.hold:
-            args["timeout"] = httpx.Timeout(self.timeout, read=self.timeout + call.hold)
-        return args
-
-    def unreachable(self, e: httpx.TransportError) -> Unavailable:
-        reason = str(e) or type(e).__name__
-        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
-            return NoConnection(f"controller {self.url} cannot be reached: {reason}")
-        return Unavailable(f"controller {self.url} stopped answering: {reason}")
-
-
 def check(status: int, body: bytes) -> None:
     """Raise the error a problem+json answer stands for; nothing below 400."""
     if status < 400:
@@ -134,7 +78,7 @@ def check(status: int, body: bytes) -> None:
         problem = Problem.model_validate_json(body)
     except ValidationError:
         raise error_for(status, "", body.decode(errors="replace")[:300]) from None
-    raise error_for(status, problem.title, problem.detail)
+    raise error_for(status, problem.title, problem.detail, problem.param)
 
 
 def finish(plan: Plan[T], answer: Callable[[Call], bytes]) -> T:
@@ -181,10 +125,7 @@ def _machine(ref: MachineRef, action: str = "") -> str:
 def page(call: Call, kind: type[Page[V]]) -> Plan[tuple[list[V], Call | None]]:
     """One page of a listing, and the call for the next page (None after the last)."""
     result = kind.model_validate_json((yield call))
-    if result.next is None:
-        return result.items, None
-    params = (*((k, v) for k, v in call.params if k != "cursor"), ("cursor", result.next))
-    return result.items, replace(call, params=params)
+    return result.items, next_page(call, result.next)
 
 
 # -- machines -----------------------------------------------------------------------------------
@@ -266,22 +207,6 @@ def run(body: MachineCreate) -> Plan[MachineView]:
         why = f": {machine.error}" if machine.error else ""
         raise StartFailed(f"machine {machine.name} failed to start{why}", machine)
     return machine
-
-
-def listing(
-    state: str | Sequence[str] | None,
-    labels: Mapping[str, str] | None,
-    include_destroyed: bool,
-    page_size: int | None,
-) -> Call:
-    states = [state] if isinstance(state, str) else list(state or ())
-    params = [("state", s) for s in states]
-    params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]
-    if include_destroyed:
-        params.append(("all", "true"))
-    if page_size is not None:
-        params.append(("limit", str(page_size)))
-    return Call("GET", "/v1/machines", params=tuple(params), scoped=True)
 
 
 def machine(

@@ -19,7 +19,8 @@ import httpx
 from pydantic import BaseModel
 
 from hutch.client import _core as core
-from hutch.client._core import ArchiveSource, Call, Endpoint, MachineOptions, MachineRef, Plan
+from hutch.client._calls import Call, Endpoint, listing
+from hutch.client._core import ArchiveSource, MachineOptions, MachineRef, Plan
 from hutch.client.config import resolve
 from hutch.client.exec import (
     AsyncAttachSession,
@@ -197,7 +198,7 @@ class AsyncMachines:
         page_size: int | None = None,
     ) -> AsyncListing[MachineView]:
         return AsyncListing(
-            self._c._paged(core.listing(state, labels, all, page_size), Page[MachineView])
+            self._c._paged(listing(state, labels, all, page_size), Page[MachineView])
         )
 
     async def explain(

@@ -21,8 +21,8 @@ class ApiError(errors.HutchError):
     """A request the controller refused, or could not be sent. `status` is the HTTP status
     (0 when no answer came), `detail` says what went wrong and what to do (also the message)."""
 
-    def __init__(self, detail: str, status: int = 0, title: str = "") -> None:
-        super().__init__(detail or title or f"the controller answered {status}")
+    def __init__(self, detail: str, status: int = 0, title: str = "", param: str = "") -> None:
+        super().__init__(detail or title or f"the controller answered {status}", param=param)
         self.status = status
         self.title = title
         self.detail = detail
@@ -100,28 +100,15 @@ class StartFailed(errors.HutchError):
         self.machine = machine
 
 
-_BY_STATUS: dict[int, type[ApiError]] = {
-    400: Invalid,
-    401: Unauthenticated,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    413: Invalid,
-    422: Invalid,
-    429: TooManyRequests,
-    501: Unsupported,
-    503: Unavailable,
-    507: InsufficientStorage,
-}
-_BY_TITLE: dict[str, type[ApiError]] = {
-    "Quota exceeded": QuotaExceeded,
-    "No capacity": NoCapacity,
+# The SDK's class for each of `hutch.model.errors`'s (the one map: `model/errors.py`).
+_CLASS: dict[type[errors.HutchError], type[ApiError]] = {
+    base: cls for cls in ApiError.__subclasses__() for base in cls.__bases__ if base is not ApiError
 }
 
 
-def error_for(status: int, title: str, detail: str) -> ApiError:
+def error_for(status: int, title: str, detail: str, param: str = "") -> ApiError:
     """The exception for a problem the controller answered (`http/problems.py` is its inverse)."""
-    cls = _BY_TITLE.get(title) or _BY_STATUS.get(status)
-    if cls is None:
-        cls = Unavailable if status >= 500 else ApiError
-    return cls(detail, status, title)
+    model = errors.error_class(status, title)
+    fallback = Unavailable if status >= 500 else ApiError
+    cls = _CLASS[model] if model is not None else fallback
+    return cls(detail, status, title, param)

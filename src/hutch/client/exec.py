@@ -28,7 +28,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
-from hutch.client._core import CHUNK, Endpoint, MachineRef, argv, build, ref_of
+from hutch.client._calls import Endpoint
+from hutch.client._core import CHUNK, MachineRef, argv, build, ref_of
 from hutch.client.errors import ApiError, Unavailable, error_for
 from hutch.wire.machines import ExecStart
 
@@ -123,7 +124,7 @@ def _decode(message: str | bytes) -> Chunk | ExecEnd:
     doc = json.loads(message)
     if doc.get("type") == "error":
         status, title = int(doc.get("status", 500)), str(doc.get("title", ""))
-        raise error_for(status, title, str(doc.get("detail", "")))
+        raise error_for(status, title, str(doc.get("detail", "")), str(doc.get("param") or ""))
     return ExecEnd(
         int(doc.get("exit_code", -1)), int(doc.get("signal") or 0), str(doc.get("error") or "")
     )

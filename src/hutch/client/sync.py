@@ -18,7 +18,8 @@ import httpx
 from pydantic import BaseModel
 
 from hutch.client import _core as core
-from hutch.client._core import ArchiveSource, Call, Endpoint, MachineOptions, MachineRef, Plan
+from hutch.client._calls import Call, Endpoint, listing
+from hutch.client._core import ArchiveSource, MachineOptions, MachineRef, Plan
 from hutch.client.config import resolve
 from hutch.client.exec import AttachSession, ExecResult, ExecSession, attaching, opening
 from hutch.model.tenancy import Role
@@ -209,7 +210,7 @@ class Machines:
 
             running = [m.name for m in client.machines.list(state="running")]
         """
-        return self._c._paged(core.listing(state, labels, all, page_size), Page[MachineView])
+        return self._c._paged(listing(state, labels, all, page_size), Page[MachineView])
 
     def get(self, ref: MachineRef) -> MachineView:
         """The machine now (NotFound if it is not in the project)."""

@@ -16,19 +16,11 @@ from hutch.wire.common import Problem
 
 log = logging.getLogger("hutch.http")
 
-STATUS: dict[type[errors.HutchError], tuple[int, str]] = {
-    errors.Invalid: (400, "Invalid request"),
-    errors.Unauthenticated: (401, "Unauthenticated"),
-    errors.Forbidden: (403, "Forbidden"),
-    errors.QuotaExceeded: (403, "Quota exceeded"),
-    errors.NotFound: (404, "Not found"),
-    errors.Conflict: (409, "Conflict"),
-    errors.TooManyRequests: (429, "Too many requests"),
-    errors.Unsupported: (501, "Not supported"),
-    errors.InsufficientStorage: (507, "Insufficient storage"),
-    errors.NoCapacity: (503, "No capacity"),
-    errors.Unavailable: (503, "Unavailable"),
-}
+
+def _described(status: int) -> str:
+    """What a status means, from the titles of the classes answered with it."""
+    return ", or ".join(c.title for c in errors.CLASSES if c.status == status)
+
 
 # What every route may answer besides its success: documented in the OpenAPI description so
 # clients (and schemathesis) know the shape of errors.
@@ -40,25 +32,26 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
             "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
         },
     }
-    for code, title in (
-        (400, "Invalid request"),
-        (401, "Unauthenticated"),
-        (403, "Forbidden, or over quota"),
-        (404, "Not found (another project's objects included)"),
-        (409, "Conflict with the object's state"),
-        (413, "Body too large"),
-        (422, "Body or parameters do not match the schema"),
-        (429, "Too many streams open with this token"),
-        (503, "No capacity, or a node is unavailable"),
-        (507, "A node's disk is full or would fall below its free-space floor"),
+    for code, title in sorted(
+        {
+            **{cls.status: _described(cls.status) for cls in errors.CLASSES},
+            413: "Body too large",
+            422: "Body or parameters do not match the schema",
+        }.items()
     )
 }
 
 
 def problem(
-    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+    status: int,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    param: str = "",
 ) -> JSONResponse:
-    body = Problem(title=title, status=status, detail=detail).model_dump()
+    body = Problem(title=title, status=status, detail=detail, param=param).model_dump()
+    if not param:  # said only when there is one
+        del body["param"]
     headers = dict(headers or {})
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -68,16 +61,15 @@ def problem(
 
 
 def status_of(error: errors.HutchError) -> tuple[int, str]:
-    for cls in type(error).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500, "Internal error"
+    """The status and title of the error's class (`model/errors.py`)."""
+    return type(error).status, type(error).title
 
 
 def ws_error(error: errors.HutchError) -> str:
     """A refusal as a WebSocket's last text message: the problem fields, typed "error"."""
     status, title = status_of(error)
-    return json.dumps({"type": "error", "status": status, "title": title, "detail": error.message})
+    fields = {"type": "error", "status": status, "title": title, "detail": error.message}
+    return json.dumps(fields | ({"param": error.param} if error.param else {}))
 
 
 class BodyTooLarge(HTTPException):
@@ -125,7 +117,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(errors.HutchError)
     async def hutch_error(_: Request, e: errors.HutchError) -> JSONResponse:
         status, title = status_of(e)
-        return problem(status, title, e.message)
+        return problem(status, title, e.message, param=e.param)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:

@@ -601,7 +601,11 @@ def _check_length(
     ep: _Endpoint, response: httpx.Response, expect: int, size: int, what: str
 ) -> None:
     length = response.headers.get("content-length", "")
-    if length.isdigit() and "content-encoding" not in response.headers and int(length) != expect:
+    if (
+        (length.isascii() and length.isdigit())
+        and "content-encoding" not in response.headers
+        and int(length) != expect
+    ):
         raise Invalid(
             f"registry {ep.name} sends {int(length) + size - expect} bytes for {what}, whose "
             f"descriptor says {size}: the image is corrupt"
@@ -621,7 +625,7 @@ async def _read_capped(
     """The body, refused (Invalid) past `limit` bytes; `raw` skips content decoding."""
     length = response.headers.get("content-length", "")
     if (
-        length.isdigit()
+        (length.isascii() and length.isdigit())
         and int(length) > limit
         and (raw or "content-encoding" not in response.headers)
     ):

@@ -27,7 +27,7 @@ def validate_sandbox_id(sandbox_id: str) -> str:
 
 def parse_signal(value: str | int) -> int:
     """A signal by number, name or short name: 15, "SIGTERM", "term"."""
-    if isinstance(value, int) or value.isdigit():
+    if isinstance(value, int) or (value.isascii() and value.isdigit()):
         num = int(value)
         if 1 <= num <= 64:
             return num

@@ -81,9 +81,11 @@ class RuntimeDriver(Protocol):
 
     async def stats(self, sandbox_id: str) -> Stats: ...
 
-    def logs(self, sandbox_id: str, follow: bool = False) -> AsyncIterator[LogRecord]:
-        """The workload's stdout and stderr still in the bounded log; with `follow`, until it
-        ends."""
+    def logs(
+        self, sandbox_id: str, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[LogRecord]:
+        """The workload's stdout and stderr still in the bounded log (with `tail`, its last
+        `tail` lines); with `follow`, until it ends. The log is read once."""
 
     async def exec(self, sandbox_id: str, spec: ProcessSpec) -> ExecProcess:
         """Start another process in the running sandbox."""
@@ -327,7 +329,9 @@ class SandboxDriver:
             raise Conflict(f"sandbox {sandbox_id} is {sup.record.state}: no stats")
         return self.backend.stats(sup.record)
 
-    async def logs(self, sandbox_id: str, follow: bool = False) -> AsyncIterator[LogRecord]:
+    async def logs(
+        self, sandbox_id: str, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[LogRecord]:
         sup = self._sups.get(sandbox_id)
         path = (sup.dir if sup else SandboxDir(self._root, validate_sandbox_id(sandbox_id))).file(
             "stdio.log"
@@ -335,11 +339,11 @@ class SandboxDriver:
         if sup is None and not path.parent.exists():
             raise NotFound(f"no sandbox {sandbox_id!r} on this host")
         if not follow or sup is None:
-            for record in read_log(path):
+            for record in read_log(path, tail):
                 yield record
             return
         async for record in follow_log(
-            path, lambda: sup.output_done, sup.changed, sup.log_reader()
+            path, lambda: sup.output_done, sup.changed, sup.log_reader(), tail
         ):
             yield record
 

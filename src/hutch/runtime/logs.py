@@ -18,6 +18,7 @@ import contextlib
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -282,14 +283,65 @@ def _join(records: Iterable[LogRecord]) -> Iterator[LogRecord]:
         yield LogRecord(held.stream, b"".join(parts), held.time_ns)
 
 
-def read_log(path: Path) -> Iterator[LogRecord]:
-    """Every record still on disk, oldest first; what was dropped before them as skipped."""
+class LastLines:
+    """The last `lines` lines of the records given to it, counted as `tail -n` does over both
+    streams (an unfinished last line is one), in one pass: it keeps only the records those
+    lines can reach."""
+
+    def __init__(self, lines: int) -> None:
+        self.lines = lines
+        self._window: deque[LogRecord] = deque()
+        self._newlines = 0  # in the window
+        self._open = False  # the window's last data does not end with a newline
+
+    def add(self, record: LogRecord) -> None:
+        self._window.append(record)
+        if record.data:
+            self._newlines += record.data.count(b"\n")
+            self._open = not record.data.endswith(b"\n")
+        while len(self._window) > 1:  # drop the oldest while the rest still holds the lines
+            first = self._window[0].data.count(b"\n")
+            if self._newlines - first + self._open < self.lines:
+                break
+            self._window.popleft()
+            self._newlines -= first
+
+    def records(self) -> list[LogRecord]:
+        """The records holding the lines (the first one cut where they start)."""
+        skip = self._newlines + self._open - self.lines  # lines to leave out
+        window = list(self._window)
+        if skip <= 0:
+            return window
+        for index, record in enumerate(window):
+            count = record.data.count(b"\n")
+            if count < skip:
+                skip -= count
+                continue
+            at = -1
+            for _ in range(skip):
+                at = record.data.find(b"\n", at + 1)
+            rest = record.data[at + 1 :]
+            first = [LogRecord(record.stream, rest, record.time_ns)] if rest else []
+            return first + window[index + 1 :]
+        return []
+
+
+def read_log(path: Path, tail: int | None = None) -> Iterator[LogRecord]:
+    """Every record still on disk, oldest first; what was dropped before them as skipped. With
+    `tail`, only the last `tail` lines (read once, as everything else)."""
     reading = _Reading(None)
+    last = LastLines(tail) if tail is not None else None
     f, newer = reading.next_file(path)
     while f is not None:
         with f:
-            yield from reading.records(f)
+            for record in reading.records(f):
+                if last is None:
+                    yield record
+                else:
+                    last.add(record)
         f, newer = reading.next_file(path, newer)
+    if last is not None:
+        yield from last.records()
 
 
 async def follow_log(
@@ -297,9 +349,11 @@ async def follow_log(
     finished: Callable[[], bool],
     changed: "Pulse | None" = None,
     cursor: Cursor | None = None,
+    tail: int | None = None,
 ) -> AsyncIterator[LogRecord]:
     """Records as they are written, oldest first, until `finished()` and nothing is left; what
-    the ring dropped before the follower read it comes as skipped records.
+    the ring dropped before the follower read it comes as skipped records. With `tail`, of what
+    is there when the follower has caught up, only the last `tail` lines.
 
     Survives rotation: an open file keeps being read after it is renamed to `.1` (or dropped),
     and the file that replaced it is held open from when it is seen (the sandbox's directory
@@ -318,6 +372,7 @@ async def follow_log(
             if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
                 after = path.open("rb")
 
+    last = LastLines(tail) if tail is not None else None  # until the follower caught up
     try:
         while True:
             if f is None:
@@ -328,15 +383,25 @@ async def follow_log(
                 look()
                 for record in reading.records(f):
                     got = True
-                    yield record
+                    if last is None:
+                        yield record
+                    else:
+                        last.add(record)
                     look()  # a stat: cheap beside a record's relay
                 look()
                 if after is not None:  # the writer moved on: what f holds is all it gets
                     for record in reading.records(f):
-                        yield record
+                        if last is None:
+                            yield record
+                        else:
+                            last.add(record)
                     f.close()
                     f, after = reading.next_file(path, after)
                     continue
+            if last is not None and not got:  # caught up: the lines asked for, then what comes
+                for record in last.records():
+                    yield record
+                last = None
             if done and not got:
                 return
             if not got:

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from hutch.model.errors import Conflict, Unavailable
@@ -47,6 +48,9 @@ class Timeouts:
     boot: float = 90.0
     answer: float = 10.0  # for a running guest agent to answer a new connection
     drain: float = 2.0  # after the sandbox's process died, for its last frames to be read
+    # How often the sandbox's directory is looked at: once it is gone (its state directory was
+    # removed), nothing could ever read its record or logs again, so the sandbox is ended.
+    dir_check: float = 2.0
 
 
 class Host(Protocol):
@@ -57,6 +61,8 @@ class Host(Protocol):
     def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str: ...
 
     async def terminate(self, record: SandboxRecord, sdir: SandboxDir) -> None: ...
+
+    async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None: ...
 
 
 class ProcessInput:
@@ -243,6 +249,7 @@ class Supervisor:
             asyncio.create_task(self._pump(booting)),
             asyncio.create_task(self._watch(ref.wait())),
             asyncio.create_task(self._release()),
+            asyncio.create_task(self._watch_dir()),
             *(asyncio.create_task(_quiet(aw)) for aw in extra or ()),
         ]
 
@@ -438,13 +445,26 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._space.wait(), wait or None)
 
+    async def _watch_dir(self) -> None:
+        """End the sandbox once its directory is removed (or replaced): a VM must not outlive
+        the only place its record, logs and sockets live."""
+        first = _identity(self.dir.path)
+        while not self._gone.is_set():
+            await asyncio.sleep(self._timeouts.dir_check)
+            if first is None or _identity(self.dir.path) != first:
+                await self.terminate("its sandbox directory was removed")
+                await self._gone.wait()
+                await self._host.cleanup(self.record, self.dir)  # its cgroup, its scratch
+                return
+
     def record_exit(self, status: ExitStatus, failed: bool) -> None:
         if self.record.finished:
             return
         self.record.state = SandboxState.FAILED if failed else SandboxState.EXITED
         self.record.exit = status
         self.record.finished_at = time.time()
-        self.dir.save(self.record)
+        with contextlib.suppress(FileNotFoundError):  # its directory was removed under it
+            self.dir.save(self.record)
         self._exited.set()
         self.main._end()
         self.changed.fire()
@@ -462,6 +482,14 @@ class Supervisor:
             reason = self._kill_reason or self._host.explain_exit(self.record, self.dir)
             self.record_exit(ExitStatus(UNKNOWN_EXIT, error=reason), failed=True)
         self.changed.fire()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 async def _quiet(aw: Awaitable[None]) -> None:

@@ -43,7 +43,7 @@ from hutch.services.images import Images
 from hutch.services.nodelink import NodeLink
 from hutch.services.notify import Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
-from hutch.store.base import Store, Tx
+from hutch.store.base import NewEvent, Store, Tx
 
 MAX_WAIT = 300.0
 RESTART_BACKOFF_MAX = 30.0
@@ -119,12 +119,7 @@ class Machines:
             await _check_quota(tx, project, usage_of(spec))
             await tx.machines.create(machine)
             await tx.events.append(
-                project.id,
-                kind="machine.created",
-                object_id=machine.id,
-                state=machine.state,
-                message="",
-                time=now,
+                [NewEvent(project.id, "machine.created", machine.id, machine.state, "", now)]
             )
         self._wake(machine)
         return machine
@@ -277,7 +272,7 @@ class Machines:
             else:
                 m = await tx.machines.update(m)
                 assert m.node_id is not None
-                await tx.nodes.bump_revision(m.node_id)
+                await tx.nodes.bump_revisions([m.node_id])
         self._wake(m)
 
     async def wait(
@@ -319,7 +314,8 @@ class Machines:
 
     async def report(self, node: Node, machine_id: str, report: Report) -> Machine:
         """What a node saw happen to a machine's sandbox. Reports about another node's machine
-        are NotFound; about an older generation, ignored (that sandbox is being replaced)."""
+        are NotFound; about an older generation, ignored (that sandbox is being replaced),
+        and so is a second end of one generation (the first stands)."""
         state = report.state
         async with self.store.write() as tx:
             try:
@@ -335,6 +331,8 @@ class Machines:
                     return m  # an old sandbox the node cleaned up; the machine lives on
                 m = await self._transition(tx, m, MachineState.DESTROYED, "destroyed")
             elif state in (MachineState.EXITED, MachineState.FAILED):
+                if m.state in FINISHED:
+                    return m  # this generation ended already: its first end stands
                 m = await self._finished(tx, m, report)
             elif state in (MachineState.STARTING, MachineState.RUNNING):
                 if m.state in FINISHED:
@@ -414,7 +412,7 @@ class Machines:
         node_id = m.node_id
         if m.spec.auto_destroy and m.desired is not Desired.DESTROYED and node_id is not None:
             m = await tx.machines.update(replace(m, desired=Desired.DESTROYED))
-            await tx.nodes.bump_revision(node_id)
+            await tx.nodes.bump_revisions([node_id])
         return m
 
     # -- internals --------------------------------------------------------------------------------
@@ -454,7 +452,7 @@ class Machines:
         message = f"{message}: {why}" if why else message
         m = await self._transition(tx, m, MachineState.CREATED, message)
         if old_node:
-            await tx.nodes.bump_revision(old_node)  # it must drop the old sandbox
+            await tx.nodes.bump_revisions([old_node])  # it must drop the old sandbox
         return m
 
     async def _transition(self, tx: Tx, m: Machine, state: MachineState, message: str) -> Machine:
@@ -464,16 +462,9 @@ class Machines:
             await self._release(tx, m)
         now = time.time()
         m = await tx.machines.update(replace(m, state=state, updated_at=now))
-        await tx.events.append(
-            m.project_id,
-            kind="machine.state",
-            object_id=m.id,
-            state=state,
-            message=message,
-            time=now,
-        )
+        await tx.events.append([NewEvent(m.project_id, "machine.state", m.id, state, message, now)])
         if m.node_id is not None:
-            await tx.nodes.bump_revision(m.node_id)
+            await tx.nodes.bump_revisions([m.node_id])
         return m
 
     def _wake(self, m: Machine) -> None:
@@ -483,8 +474,7 @@ class Machines:
 async def _check_quota(tx: Tx, project: Project, adding: Usage | None = None) -> None:
     """QuotaExceeded if what the project's machines hold (see MachineRepo.usage), plus `adding`,
     is over its quota. Locks the project row: quota checks of one project never interleave."""
-    await tx.projects.lock(project.id)
-    quota = (await tx.projects.get(project.id)).quota
+    quota = (await tx.projects.lock(project.id)).quota
     usage = (await tx.machines.usage(project.id)).plus(adding or Usage())
     if (over := usage.exceeds(quota)) is not None:
         raise QuotaExceeded(

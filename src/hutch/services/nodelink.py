@@ -15,17 +15,7 @@ from urllib.parse import quote
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from hutch.model.errors import (
-    Conflict,
-    Forbidden,
-    HutchError,
-    InsufficientStorage,
-    Invalid,
-    NotFound,
-    QuotaExceeded,
-    Unavailable,
-    Unsupported,
-)
+from hutch.model.errors import TooManyRequests, Unauthenticated, Unavailable, error_class
 from hutch.model.machine import Node
 
 
@@ -186,16 +176,9 @@ def _raise_for(node: Node, status: int, body: bytes) -> None:
         detail, title = problem.get("detail", ""), problem.get("title", "")
     except (ValueError, AttributeError):
         detail, title = body.decode(errors="replace")[:200], ""
-    errors: dict[int, type[HutchError]] = {
-        400: Invalid,
-        403: QuotaExceeded if title == "Quota exceeded" else Forbidden,
-        404: NotFound,
-        409: Conflict,
-        422: Invalid,
-        501: Unsupported,
-        507: InsufficientStorage,
-    }
-    error = errors.get(status, Unavailable)
-    if error is Unavailable:
-        detail = f"node {node.name} answered {status}: {detail}"
+    error = error_class(status, title)
+    # What a node says of the controller's own key or streams is not the user's doing: to the
+    # user, the node is unavailable.
+    if error is None or error in (Unauthenticated, TooManyRequests, Unavailable):
+        raise Unavailable(f"node {node.name} answered {status}: {detail}")
     raise error(detail)

@@ -115,8 +115,7 @@ class Nodes:
     async def heartbeat(self, node: Node, address: str) -> Node:
         """The node is alive, and reachable at `address` (an agent may move to a new port)."""
         async with self.store.write() as tx:
-            await tx.nodes.lock(node.id)
-            fresh = await tx.nodes.get(node.id)
+            fresh = await tx.nodes.lock(node.id)
             state = NodeState.READY if fresh.state is NodeState.UNREACHABLE else fresh.state
             return await tx.nodes.update(
                 replace(fresh, last_seen=time.time(), state=state, address=address)
@@ -174,8 +173,7 @@ class Nodes:
         Policy.require_system(principal, "see or change nodes")
         async with self.store.write() as tx:
             node = _named(await tx.nodes.list(), ref)
-            await tx.nodes.lock(node.id)
-            node = await tx.nodes.get(node.id)
+            node = await tx.nodes.lock(node.id)
             if node.cordoned != cordoned:
                 node = await tx.nodes.update(replace(node, cordoned=cordoned))
         self.notifier.notify(SCHEDULER)

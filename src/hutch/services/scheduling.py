@@ -127,7 +127,7 @@ class Scheduler:
                          f"on node {index.node(n).name}", now)
                 for m, n in placed_now
             ]  # fmt: skip
-            await tx.events.append_many(events)
+            await tx.events.append(events)
             await tx.nodes.bump_revisions([node_id for _, node_id in placed_now])
             for m, why in waiting:
                 if m.error != why:  # said once, not at every round

@@ -65,22 +65,32 @@ class Tenancy:
         self.streams.end_project(project.id, f"project {name} was deleted")
         return project
 
-    async def quota(self, principal: Principal, project: Project) -> tuple[Quota, Usage]:
-        self.policy.require(principal, Action.QUOTA_READ, project.id)
+    # Each call below names its project and finds it in the transaction that acts on it: one
+    # transaction a request (beside the caller's authentication), and no project that goes away
+    # between the finding and the acting.
+
+    async def quota(self, principal: Principal, name: str) -> tuple[Project, Usage]:
+        """The project (with its quota) and what its machines hold."""
         async with self.store.read() as tx:
-            return (await tx.projects.get(project.id)).quota, await tx.machines.usage(project.id)
+            project = await _project_for(tx, principal, name)
+            self.policy.require(principal, Action.QUOTA_READ, project.id)
+            return project, await tx.machines.usage(project.id)
 
-    async def set_quota(self, principal: Principal, project: Project, quota: Quota) -> Quota:
-        Policy.require_system(principal, "change quotas")
+    async def set_quota(
+        self, principal: Principal, name: str, quota: Quota
+    ) -> tuple[Project, Usage]:
+        """The project with its new quota, and what its machines hold."""
         async with self.store.write() as tx:
-            return (await tx.projects.set_quota(project.id, quota)).quota
+            project = await _project_for(tx, principal, name)
+            Policy.require_system(principal, "change quotas")
+            project = await tx.projects.set_quota(project.id, quota)
+            return project, await tx.machines.usage(project.id)
 
-    async def set_strategy(
-        self, principal: Principal, project: Project, strategy: Strategy
-    ) -> Project:
+    async def set_strategy(self, principal: Principal, name: str, strategy: Strategy) -> Project:
         """How the project's machines are placed, unless one asks otherwise."""
-        Policy.require_system(principal, "change placement strategies")
         async with self.store.write() as tx:
+            project = await _project_for(tx, principal, name)
+            Policy.require_system(principal, "change placement strategies")
             return await tx.projects.set_strategy(project.id, strategy)
 
     # -- tokens ---------------------------------------------------------------------------------
@@ -88,41 +98,46 @@ class Tenancy:
     async def create_token(
         self,
         principal: Principal,
-        project: Project | None,
+        project_name: str | None,
         role: Role,
         name: str = "",
         expires_in: float | None = None,
-    ) -> tuple[Token, str]:
-        """A new token and its secret (returned once; only its hash is stored)."""
-        if project is None:
-            Policy.require_system(principal, "create system tokens")
-        else:
-            self.policy.require(principal, Action.TOKEN_MANAGE, project.id)
-            if not principal.system and not principal.role.includes(role):
-                raise Forbidden(f"a {principal.role} token cannot create a {role} token")
+    ) -> tuple[Project | None, Token, str]:
+        """A new token of the project (None: a system token), and its secret (returned once;
+        only its hash is stored)."""
         now = time.time()
-        token = Token(
-            id=new_id("t"),
-            name=name,
-            project_id=project.id if project else None,
-            role=role,
-            system=project is None,
-            created_at=now,
-            expires_at=now + expires_in if expires_in else None,
-        )
         secret = new_secret()
         async with self.store.write() as tx:
+            project = None
+            if project_name is None:
+                Policy.require_system(principal, "create system tokens")
+            else:
+                project = await _project_for(tx, principal, project_name)
+                self.policy.require(principal, Action.TOKEN_MANAGE, project.id)
+                if not principal.system and not principal.role.includes(role):
+                    raise Forbidden(f"a {principal.role} token cannot create a {role} token")
+            token = Token(
+                id=new_id("t"),
+                name=name,
+                project_id=project.id if project else None,
+                role=role,
+                system=project is None,
+                created_at=now,
+                expires_at=now + expires_in if expires_in else None,
+            )
             await tx.tokens.create(token, hash_secret(secret))
-        return token, secret
+        return project, token, secret
 
-    async def tokens(self, principal: Principal, project: Project) -> list[Token]:
-        self.policy.require(principal, Action.TOKEN_MANAGE, project.id)
+    async def tokens(self, principal: Principal, name: str) -> tuple[Project, list[Token]]:
         async with self.store.read() as tx:
-            return await tx.tokens.list(project.id)
+            project = await _project_for(tx, principal, name)
+            self.policy.require(principal, Action.TOKEN_MANAGE, project.id)
+            return project, await tx.tokens.list(project.id)
 
-    async def revoke_token(self, principal: Principal, project: Project, token_id: str) -> Token:
-        self.policy.require(principal, Action.TOKEN_MANAGE, project.id)
+    async def revoke_token(self, principal: Principal, name: str, token_id: str) -> Token:
         async with self.store.write() as tx:
+            project = await _project_for(tx, principal, name)
+            self.policy.require(principal, Action.TOKEN_MANAGE, project.id)
             token = await tx.tokens.get(token_id)
             if token.project_id != project.id:
                 raise NotFound(f"no token {token_id!r} in project {project.name}")
@@ -174,7 +189,7 @@ async def _principal(tx: Tx, secret: str | None) -> Principal:
 async def _project_for(tx: Tx, principal: Principal, name: str | None) -> Project:
     if name is None:
         if principal.project_id is None:
-            raise Invalid("a system token must name a project: add ?project=NAME")
+            raise Invalid("a system token must name a project: add ?project=NAME", param="project")
         return await tx.projects.get(principal.project_id)
     project = await _by_name(tx, name)
     if not principal.system and project.id != principal.project_id:

@@ -1,5 +1,6 @@
-"""The control plane's store: `base.py` is the contract, `sql.py` implements it over SQLite or
-PostgreSQL (SQLAlchemy async Core), `tables.py` is the schema and `migrations/` brings a database
+"""The control plane's store: `base.py` is the contract, `sql/` implements it over SQLite or
+PostgreSQL (SQLAlchemy async Core: `sql/engine.py` the transactions, a module per aggregate for
+its repository and rows), `tables.py` is the schema and `migrations/` brings a database
 to it (Alembic, run by `Store.open()`).
 
     store = open_store("sqlite:////var/lib/hutch/hutch.db")  # or postgresql://USER@HOST:PORT/DB

@@ -54,8 +54,9 @@ class ProjectRepo(Protocol):
     async def delete(self, project_id: str) -> None:
         """Conflict while it has machines that are not destroyed, or images."""
 
-    async def lock(self, project_id: str) -> None:
-        """Hold the project row until the transaction ends (quota checks cannot interleave)."""
+    async def lock(self, project_id: str) -> Project:
+        """The project, its row held until the transaction ends (quota checks cannot
+        interleave); NotFound if there is no such project."""
 
 
 class TokenRepo(Protocol):
@@ -111,9 +112,6 @@ class MachineRepo(Protocol):
     async def by_id(self, machine_id: str) -> Machine:
         """Any project's machine by id: only for node reports, which name the machine."""
 
-    async def purge(self, project_id: str, machine_id: str) -> None:
-        """Forget a destroyed machine for good."""
-
     async def pending(
         self, limit: int, after: tuple[float, str] | None = None
     ) -> builtins.list[Machine]:
@@ -148,7 +146,8 @@ class NodeRepo(Protocol):
         """Compare-and-set on `node.version`, as MachineRepo.update; the allocation is left
         as it is (see claim and release)."""
 
-    async def lock(self, node_id: str) -> None: ...
+    async def lock(self, node_id: str) -> Node:
+        """The node, its row held until the transaction ends; NotFound if there is none."""
 
     async def delete(self, node_id: str) -> None:
         """Conflict while live machines are on it; NotFound if there is no such node."""
@@ -160,20 +159,17 @@ class NodeRepo(Protocol):
 
     async def release(self, node_id: str, want: Capacity) -> None: ...
 
-    async def bump_revisions(self, node_ids: Sequence[str]) -> None: ...
-
-    async def bump_revision(self, node_id: str) -> int:
-        """Something its agent must see changed: a new revision for the long poll."""
+    async def bump_revisions(self, node_ids: Sequence[str]) -> None:
+        """Something their agents must see changed: a new revision of each node for the long
+        poll (nodes that are gone are passed over)."""
 
     async def revision(self, node_id: str) -> int: ...
 
 
 class EventRepo(Protocol):
-    async def append(
-        self, project_id: str, *, kind: str, object_id: str, state: str, message: str, time: float
-    ) -> Event: ...
-
-    async def append_many(self, events: Sequence[NewEvent]) -> None: ...
+    async def append(self, events: Sequence[NewEvent]) -> builtins.list[Event]:
+        """The events, in one statement, numbered in their projects in the order given;
+        NotFound if a project is gone."""
 
     async def since(
         self, project_id: str, after: int, limit: int = 500
@@ -188,8 +184,6 @@ class LeaseRepo(Protocol):
         """Take or renew the lease: its term, or None while someone else holds it."""
 
     async def release(self, name: str, holder: str) -> None: ...
-
-    async def holder(self, name: str, now: float) -> tuple[str, int] | None: ...
 
 
 class Tx(Protocol):

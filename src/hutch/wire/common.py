@@ -70,3 +70,6 @@ class Problem(View):
     title: str
     status: int
     detail: str = ""
+    # The API parameter the refusal asks for ("project"), when it asks for one: the detail
+    # says it the API's way (`?project=NAME`), and a client can say it in its own words.
+    param: str = ""

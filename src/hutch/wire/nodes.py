@@ -49,7 +49,11 @@ def join_token_parts(token: str) -> tuple[str, int, str, str] | None:
     """A join token is hjt.<expires>.<nonce>.<mac>[.<CA pin>]: (signed body, expires, mac,
     pin), or None when `token` is not one (a plain join secret, say)."""
     parts = token.split(".")
-    if len(parts) not in (4, 5) or parts[0] != JOIN_PREFIX or not parts[1].isdigit():
+    if (
+        len(parts) not in (4, 5)
+        or parts[0] != JOIN_PREFIX
+        or not (parts[1].isascii() and parts[1].isdigit())
+    ):
         return None
     return ".".join(parts[:3]), int(parts[1]), parts[3], parts[4] if len(parts) == 5 else ""
 

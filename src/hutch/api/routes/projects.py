@@ -5,7 +5,7 @@ from fastapi import APIRouter, Response, status
 from hutch.api import convert
 from hutch.api.deps import Caller, Controller, Ctl
 from hutch.http.problems import PROBLEMS
-from hutch.model.tenancy import Principal, Project
+from hutch.model.tenancy import Project, Usage
 from hutch.wire.common import Page
 from hutch.wire.tenancy import (
     ProjectCreate,
@@ -48,51 +48,44 @@ async def delete_project(ctl: Ctl, caller: Caller, name: str) -> Response:
 
 @router.get("/{name}/quota")
 async def get_quota(ctl: Ctl, caller: Caller, name: str) -> QuotaReport:
-    project = await ctl.tenancy.project_for(caller, name)
-    return await _report(ctl, caller, project)
+    return await _report(ctl, *await ctl.tenancy.quota(caller, name))
 
 
 @router.put("/{name}/quota")
 async def set_quota(ctl: Ctl, caller: Caller, name: str, body: QuotaSpec) -> QuotaReport:
-    project = await ctl.tenancy.project_for(caller, name)
-    await ctl.tenancy.set_quota(caller, project, convert.quota_of(body))
-    return await _report(ctl, caller, project)
+    return await _report(ctl, *await ctl.tenancy.set_quota(caller, name, convert.quota_of(body)))
 
 
 @router.put("/{name}/strategy")
 async def set_strategy(ctl: Ctl, caller: Caller, name: str, body: StrategySpec) -> ProjectView:
     """How the project's machines are placed when they do not say: spread or pack."""
-    project = await ctl.tenancy.project_for(caller, name)
-    return convert.project_view(await ctl.tenancy.set_strategy(caller, project, body.strategy))
+    return convert.project_view(await ctl.tenancy.set_strategy(caller, name, body.strategy))
 
 
 @router.get("/{name}/tokens")
 async def list_tokens(ctl: Ctl, caller: Caller, name: str) -> Page[TokenView]:
-    project = await ctl.tenancy.project_for(caller, name)
-    tokens = await ctl.tenancy.tokens(caller, project)
+    project, tokens = await ctl.tenancy.tokens(caller, name)
     return Page(items=[convert.token_view(t, project.name) for t in tokens])
 
 
 @router.post("/{name}/tokens", status_code=status.HTTP_201_CREATED)
 async def create_token(ctl: Ctl, caller: Caller, name: str, body: TokenCreate) -> TokenCreated:
-    project = await ctl.tenancy.project_for(caller, name)
-    token, secret = await ctl.tenancy.create_token(
-        caller, project, body.role, body.name, body.expires_in
+    project, token, secret = await ctl.tenancy.create_token(
+        caller, name, body.role, body.name, body.expires_in
     )
-    view = convert.token_view(token, project.name)
+    view = convert.token_view(token, project.name if project else None)
     return TokenCreated(**view.model_dump(), secret=secret)
 
 
 @router.delete("/{name}/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_token(ctl: Ctl, caller: Caller, name: str, token_id: str) -> Response:
-    project = await ctl.tenancy.project_for(caller, name)
-    await ctl.tenancy.revoke_token(caller, project, token_id)
+    await ctl.tenancy.revoke_token(caller, name, token_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-async def _report(ctl: Controller, caller: Principal, project: Project) -> QuotaReport:
-    quota, usage = await ctl.tenancy.quota(caller, project)
+async def _report(ctl: Controller, project: Project, usage: Usage) -> QuotaReport:
+    """The quota beside what the machines hold and, asked of a node, what the images take."""
     view = convert.usage_view(usage)
     if (images := await ctl.images.usage(project)) is not None:
         view = view.model_copy(update=images)
-    return QuotaReport(quota=convert.quota_view(quota), usage=view)
+    return QuotaReport(quota=convert.quota_view(project.quota), usage=view)

@@ -1,0 +1,9 @@
+"""The store over SQLAlchemy's async Core, on SQLite or PostgreSQL: `engine` holds the
+connections and transactions, and each aggregate has a module with its repository and its rows
+(`projects`, `tokens`, `machines`, `nodes`, `events`, `leases`), all over `repo.Repo`."""
+
+from hutch.store.sql.engine import SqlStore, alembic_config, make_revision, parse_url
+from hutch.store.sql.events import MAX_EVENTS
+from hutch.store.sql.machines import MAX_PAGE
+
+__all__ = ["MAX_EVENTS", "MAX_PAGE", "SqlStore", "alembic_config", "make_revision", "parse_url"]

@@ -1,0 +1,89 @@
+"""A project's events: the repository and its rows.
+
+Event ids. An event's id is its number in its project (`events.seq`: 1, 2, 3...), so the ids a
+project sees say nothing about the others. `events.append()` takes the next number by bumping
+`projects.event_seq`, which holds the project's row until the commit: a project's events are
+numbered in commit order, and a reader never sees number 7 before 6 (as it could with a
+sequence, whose values become visible at commit). (So a transaction that appends events of two
+projects locks both: take them in one order.)
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from hutch.model.errors import Invalid, NotFound
+from hutch.model.machine import Event
+from hutch.store import tables as t
+from hutch.store.base import NewEvent
+from hutch.store.sql.repo import Repo
+
+MAX_EVENTS = 1000  # events per since() call
+
+
+class SqlEvents(Repo):
+    async def append(self, events: Sequence[NewEvent]) -> list[Event]:
+        """The events in one statement, numbered in the order given (see the module's
+        docstring); NotFound if a project is gone."""
+        if not events:
+            return []
+        counts: dict[str, int] = {}
+        for e in events:
+            counts[e.project_id] = counts.get(e.project_id, 0) + 1
+        following = {p: await self._number(p, counts[p]) for p in sorted(counts)}
+        appended = []
+        for e in events:
+            appended.append(Event(following[e.project_id], *e))
+            following[e.project_id] += 1
+        await self._c.execute(
+            t.events.insert(),
+            [{**e._asdict(), "seq": a.id} for e, a in zip(events, appended, strict=True)],
+        )
+        return appended
+
+    async def _number(self, project_id: str, n: int) -> int:
+        """Take the project's next `n` event numbers: the first. The update holds the project's
+        row until the transaction ends, so a project's events are numbered in commit order,
+        whichever controller writes them (see the module's docstring); NotFound if it is gone."""
+        p = t.projects
+        stmt = (
+            sa.update(p)
+            .where(p.c.id == project_id)
+            .values(event_seq=p.c.event_seq + n)
+            .returning(p.c.event_seq)
+        )
+        last = (await self._c.execute(stmt)).scalar_one_or_none()
+        if last is None:
+            raise NotFound(f"project {project_id!r} not found")
+        return int(last) - n + 1
+
+    async def last(self, project_id: str) -> int:
+        p = t.projects
+        row = await self._one(sa.select(p.c.event_seq).where(p.c.id == project_id))
+        if row is None:
+            raise NotFound(f"project {project_id!r} not found")
+        return int(row[0])
+
+    async def since(self, project_id: str, after: int, limit: int = 500) -> list[Event]:
+        """At most MAX_EVENTS events, whatever `limit` asks."""
+        if limit < 1:
+            raise Invalid("limit must be at least 1")
+        e = t.events
+        stmt = (
+            sa.select(e)
+            .where(e.c.project_id == project_id, e.c.seq > after)
+            .order_by(e.c.seq)
+            .limit(min(limit, MAX_EVENTS))
+        )
+        return [
+            Event(
+                id=r.seq,
+                project_id=r.project_id,
+                kind=r.kind,
+                object_id=r.object_id,
+                state=r.state,
+                message=r.message,
+                time=r.time,
+            )
+            for r in await self._c.execute(stmt)
+        ]

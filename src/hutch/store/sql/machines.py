@@ -1,0 +1,319 @@
+"""Machines: the repository, its rows, and the cursors of its pages."""
+
+import base64
+import binascii
+import builtins
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+
+from hutch.model.errors import Conflict, Invalid, NotFound
+from hutch.model.machine import (
+    ACTIVE,
+    Desired,
+    GroupPolicy,
+    Machine,
+    MachineSpec,
+    MachineState,
+    RestartPolicy,
+    Strategy,
+)
+from hutch.model.tenancy import Usage
+from hutch.store import tables as t
+from hutch.store.sql.repo import Repo, from_row
+
+MAX_PAGE = 200  # machines per list() page
+
+
+class SqlMachines(Repo):
+    async def create(self, machine: Machine) -> None:
+        values = {
+            "id": machine.id,
+            "project_id": machine.project_id,
+            "created_at": machine.created_at,
+            "version": machine.version,
+            **_machine_values(machine),
+        }
+        if await self._insert(t.machines, values):
+            return
+        m = t.machines
+        if not await self._exists(t.projects, t.projects.c.id == machine.project_id):
+            raise NotFound(f"project {machine.project_id!r} not found")
+        if await self._exists(m, m.c.id == machine.id):
+            raise Conflict(f"a machine with id {machine.id!r} already exists")
+        await self._refused(machine)
+
+    async def _refused(self, machine: Machine) -> NoReturn:
+        """Why a write of `machine` broke a constraint other than its id's."""
+        m = t.machines
+        if machine.state != MachineState.DESTROYED and await self._exists(
+            m,
+            m.c.project_id == machine.project_id,
+            m.c.name == machine.name,
+            m.c.id != machine.id,
+            t.LIVE,
+        ):
+            raise Conflict(f"the project already has a machine named {machine.name!r}")
+        if machine.node_id is not None and not await self._exists(
+            t.nodes, t.nodes.c.id == machine.node_id
+        ):
+            raise NotFound(f"node {machine.node_id!r} not found")
+        raise Conflict(f"machine {machine.name!r} conflicts with what is stored")
+
+    async def get(self, project_id: str, ref: str) -> Machine:
+        m = t.machines
+        # An id wins over a name; among machines of that name, the live one, else the newest.
+        stmt = (
+            sa.select(m)
+            .where(m.c.project_id == project_id, sa.or_(m.c.id == ref, m.c.name == ref))
+            .order_by(
+                sa.case((m.c.id == ref, 0), else_=1),
+                sa.case((t.LIVE, 0), else_=1),
+                m.c.created_at.desc(),
+            )
+            .limit(1)
+        )
+        row = await self._one(stmt)
+        if row is None:
+            raise NotFound(f"machine {ref!r} not found")
+        return _to_machine(row)
+
+    async def list(
+        self,
+        project_id: str,
+        *,
+        states: Sequence[MachineState] = (),
+        labels: Mapping[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[Machine], str | None]:
+        """At most MAX_PAGE machines a page, whatever `limit` asks."""
+        if limit < 1:
+            raise Invalid("limit must be at least 1")
+        limit = min(limit, MAX_PAGE)
+        m = t.machines
+        stmt = sa.select(m).where(m.c.project_id == project_id)
+        if states:
+            stmt = stmt.where(m.c.state.in_([MachineState(s).value for s in states]))
+        for key, value in (labels or {}).items():
+            stmt = stmt.where(m.c.labels[key].as_string() == value)
+        if cursor is not None:
+            after_time, after_id = _decode_cursor(cursor)
+            stmt = stmt.where(
+                sa.or_(
+                    m.c.created_at > after_time,
+                    sa.and_(m.c.created_at == after_time, m.c.id > after_id),
+                )
+            )
+        stmt = stmt.order_by(m.c.created_at, m.c.id).limit(limit + 1)
+        rows = list(await self._c.execute(stmt))
+        page = [_to_machine(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return page, _encode_cursor(page[-1].created_at, page[-1].id) if more else None
+
+    async def update(self, machine: Machine) -> Machine:
+        m = t.machines
+        stmt = (
+            sa.update(m)
+            .where(
+                m.c.id == machine.id,
+                m.c.project_id == machine.project_id,
+                m.c.version == machine.version,
+            )
+            .values(**_machine_values(machine), version=machine.version + 1)
+            .returning(*m.c)
+        )
+        try:
+            async with self._c.begin_nested():
+                row = (await self._c.execute(stmt)).first()
+        except IntegrityError:
+            await self._refused(machine)
+            raise  # not reached: _refused always raises
+        if row is None:
+            mine = (m.c.id == machine.id, m.c.project_id == machine.project_id)
+            await self._stale(m, mine, "machine", machine)
+        return _to_machine(row)
+
+    async def usage(self, project_id: str) -> Usage:
+        m = t.machines
+        stmt = sa.select(
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(m.c.cpus), 0),
+            sa.func.coalesce(sa.func.sum(m.c.memory_mib), 0),
+            sa.func.coalesce(sa.func.sum(m.c.scratch_mib), 0),
+        ).where(
+            m.c.project_id == project_id,
+            m.c.state.in_([s.value for s in ACTIVE]),
+            # Created not to start (or stopped before placement): it will hold nothing until a
+            # start, which checks the quota again.
+            sa.or_(m.c.node_id.is_not(None), m.c.desired == Desired.RUNNING.value),
+        )
+        count, vcpus, memory_mib, disk_mib = tuple((await self._c.execute(stmt)).one())
+        return Usage(machines=count, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib)
+
+    async def on_node(self, node_id: str) -> builtins.list[Machine]:
+        m = t.machines
+        stmt = sa.select(m).where(m.c.node_id == node_id, t.LIVE).order_by(m.c.created_at, m.c.id)
+        return [_to_machine(r) for r in await self._c.execute(stmt)]
+
+    async def by_id(self, machine_id: str) -> Machine:
+        row = await self._one(sa.select(t.machines).where(t.machines.c.id == machine_id))
+        if row is None:
+            raise NotFound(f"machine {machine_id!r} not found")
+        return _to_machine(row)
+
+    async def pending(
+        self, limit: int, after: tuple[float, str] | None = None
+    ) -> builtins.list[Machine]:
+        """Machines waiting for a node, oldest first, from after (created_at, id). On
+        PostgreSQL they stay locked to this transaction (and skipped by another's), so nobody
+        changes them under the scheduler."""
+        m = t.machines
+        stmt = sa.select(m).where(t.PENDING)
+        if after is not None:
+            stmt = stmt.where(sa.tuple_(m.c.created_at, m.c.id) > sa.tuple_(*after))
+        stmt = stmt.order_by(m.c.created_at, m.c.id).limit(limit)
+        if self._pg:
+            stmt = stmt.with_for_update(skip_locked=True)
+        return [_to_machine(r) for r in await self._c.execute(stmt)]
+
+    async def place(self, placed: Sequence[tuple[str, str]], at: float) -> None:
+        """Give pending machines their node: (machine id, node id) pairs, in one statement."""
+        if not placed:
+            return
+        m = t.machines
+        stmt = (
+            sa.update(m)
+            .where(m.c.id == sa.bindparam("machine"), m.c.node_id.is_(None))
+            .values(node_id=sa.bindparam("node"), error="", updated_at=at, version=m.c.version + 1)
+        )
+        rows = [{"machine": machine, "node": node} for machine, node in placed]
+        await self._c.execute(stmt, rows)
+
+    async def group_members(
+        self, project_id: str, groups: Sequence[str]
+    ) -> dict[str, dict[str, int]]:
+        """Where each group's active machines are: group -> node id -> how many."""
+        m = t.machines
+        found: dict[str, dict[str, int]] = {g: {} for g in groups}
+        if not groups:
+            return found
+        stmt = (
+            sa.select(m.c.group_name, m.c.node_id, sa.func.count())
+            .where(
+                m.c.project_id == project_id,
+                m.c.group_name.in_(sorted(set(groups))),
+                m.c.node_id.is_not(None),
+                m.c.state.in_([s.value for s in ACTIVE]),
+                m.c.desired != Desired.DESTROYED.value,
+            )
+            .group_by(m.c.group_name, m.c.node_id)
+        )
+        rows: list[tuple[Any, ...]] = [tuple(row) for row in await self._c.execute(stmt)]
+        for group, node_id, count in rows:
+            found[str(group)][str(node_id)] = int(count)
+        return found
+
+    async def image_holders(self, project_id: str, images: Sequence[str]) -> dict[str, set[str]]:
+        m = t.machines
+        found: dict[str, set[str]] = {i: set() for i in images}
+        if not images:
+            return found
+        stmt = (
+            sa.select(m.c.image, m.c.node_id)
+            .where(
+                m.c.project_id == project_id,
+                m.c.image.in_(sorted(set(images))),
+                m.c.node_id.is_not(None),
+                t.LIVE,
+            )
+            .distinct()
+        )
+        rows: list[tuple[Any, ...]] = [tuple(row) for row in await self._c.execute(stmt)]
+        for image, node_id in rows:
+            found[str(image)].add(str(node_id))
+        return found
+
+
+def _machine_values(m: Machine) -> dict[str, Any]:
+    """The columns an update writes: everything but id, project, creation time and version."""
+    s = m.spec
+    return {
+        "name": m.name,
+        "image": s.image,
+        "command": None if s.command is None else list(s.command),
+        "entrypoint": None if s.entrypoint is None else list(s.entrypoint),
+        "env": list(s.env),
+        "workdir": s.workdir,
+        "user_spec": s.user,
+        "cpus": s.cpus,
+        "memory_mib": s.memory_mib,
+        "disk_mib": s.disk_mib,
+        "scratch_mib": s.scratch_mib,
+        "runtime": s.runtime,
+        "restart": s.restart.value,
+        "labels": dict(s.labels),
+        "auto_destroy": s.auto_destroy,
+        "group_name": s.group,
+        "group_policy": s.group_policy.value,
+        "constraints": dict(s.constraints),
+        "strategy": None if s.strategy is None else s.strategy.value,
+        "tty": s.tty,
+        "stdin": s.stdin,
+        "tty_rows": s.rows,
+        "tty_cols": s.cols,
+        "state": m.state.value,
+        "desired": m.desired.value,
+        "updated_at": m.updated_at,
+        "node_id": m.node_id,
+        "generation": m.generation,
+        "exit_code": m.exit_code,
+        "error": m.error,
+        "oom_killed": m.oom_killed,
+        "restarts": m.restarts,
+        "started_at": m.started_at,
+        "finished_at": m.finished_at,
+        "stop_signal": m.stop_signal,
+        "stop_timeout": m.stop_timeout,
+        "start_after": m.start_after,
+        "image_digest": m.image_digest,
+        "image_source": m.image_source,
+    }
+
+
+def _to_machine(r: Row[Any]) -> Machine:
+    spec = from_row(
+        MachineSpec,
+        r,
+        command=None if r.command is None else tuple(r.command),
+        entrypoint=None if r.entrypoint is None else tuple(r.entrypoint),
+        env=tuple(r.env),
+        user=r.user_spec,
+        restart=RestartPolicy(r.restart),
+        labels=dict(r.labels),
+        group=r.group_name,
+        group_policy=GroupPolicy(r.group_policy),
+        constraints=dict(r.constraints),
+        strategy=None if r.strategy is None else Strategy(r.strategy),
+        rows=r.tty_rows,
+        cols=r.tty_cols,
+    )
+    return from_row(Machine, r, spec=spec, state=MachineState(r.state), desired=Desired(r.desired))
+
+
+def _encode_cursor(created_at: float, machine_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at, machine_id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created_at, machine_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (binascii.Error, ValueError, TypeError, UnicodeError):
+        created_at = machine_id = None
+    if not isinstance(created_at, int | float) or not isinstance(machine_id, str):
+        raise Invalid("the cursor is not one this store handed out")
+    return float(created_at), machine_id

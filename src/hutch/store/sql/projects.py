@@ -1,0 +1,99 @@
+"""Projects (tenants) and their quotas: the repository and its rows."""
+
+import dataclasses
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Row
+
+from hutch.model.errors import Conflict, NotFound
+from hutch.model.machine import Strategy
+from hutch.model.tenancy import Project, Quota
+from hutch.store import tables as t
+from hutch.store.sql.repo import Repo, from_row
+
+
+class SqlProjects(Repo):
+    async def create(self, project: Project) -> None:
+        if await self._insert(t.projects, {**_quota_values(project.quota), **_project(project)}):
+            return
+        if await self._exists(t.projects, t.projects.c.name == project.name):
+            raise Conflict(f"a project named {project.name!r} already exists")
+        raise Conflict(f"a project with id {project.id!r} already exists")
+
+    async def get(self, project_id: str) -> Project:
+        row = await self._one(sa.select(t.projects).where(t.projects.c.id == project_id))
+        if row is None:
+            raise NotFound(f"project {project_id!r} not found")
+        return _to_project(row)
+
+    async def by_name(self, name: str) -> Project:
+        row = await self._one(sa.select(t.projects).where(t.projects.c.name == name))
+        if row is None:
+            raise NotFound(f"project {name!r} not found")
+        return _to_project(row)
+
+    async def list(self) -> list[Project]:
+        rows = await self._c.execute(sa.select(t.projects).order_by(t.projects.c.name))
+        return [_to_project(r) for r in rows]
+
+    async def set_quota(self, project_id: str, quota: Quota) -> Project:
+        stmt = (
+            sa.update(t.projects)
+            .where(t.projects.c.id == project_id)
+            .values(**_quota_values(quota))
+            .returning(*t.projects.c)
+        )
+        row = (await self._c.execute(stmt)).first()
+        if row is None:
+            raise NotFound(f"project {project_id!r} not found")
+        return _to_project(row)
+
+    async def set_strategy(self, project_id: str, strategy: Strategy) -> Project:
+        stmt = (
+            sa.update(t.projects)
+            .where(t.projects.c.id == project_id)
+            .values(strategy=strategy.value)
+            .returning(*t.projects.c)
+        )
+        row = (await self._c.execute(stmt)).first()
+        if row is None:
+            raise NotFound(f"project {project_id!r} not found")
+        return _to_project(row)
+
+    async def delete(self, project_id: str) -> None:
+        """Conflict while it has machines that are not destroyed; otherwise its destroyed
+        machines, tokens and events go with it. (Images live in the nodes' image stores: the
+        caller checks those.)"""
+        # FOR UPDATE, not the usual lock: machines being created in the project (their foreign
+        # key takes a share of this row) must finish first, so that the count below sees them.
+        await self._locked(t.projects, project_id, "project", key=True)
+        m = t.machines
+        count = (
+            await self._c.execute(
+                sa.select(sa.func.count()).where(m.c.project_id == project_id, t.LIVE)
+            )
+        ).scalar_one()
+        if count:
+            raise Conflict(
+                f"this project still has {count} machine(s) that are not destroyed: "
+                "destroy them first"
+            )
+        for table in (t.events, t.machines, t.tokens):
+            await self._c.execute(sa.delete(table).where(table.c.project_id == project_id))
+        await self._c.execute(sa.delete(t.projects).where(t.projects.c.id == project_id))
+
+    async def lock(self, project_id: str) -> Project:
+        return _to_project(await self._locked(t.projects, project_id, "project"))
+
+
+def _project(p: Project) -> dict[str, Any]:
+    return {"id": p.id, "name": p.name, "created_at": p.created_at, "strategy": p.strategy.value}
+
+
+def _quota_values(q: Quota) -> dict[str, Any]:
+    return {f"quota_{name}": value for name, value in dataclasses.asdict(q).items()}
+
+
+def _to_project(r: Row[Any]) -> Project:
+    return from_row(Project, r, quota=from_row(Quota, r, "quota_"), strategy=Strategy(r.strategy))
