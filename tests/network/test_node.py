@@ -1,6 +1,9 @@
 """The node's data path with network namespaces standing in for sandboxes (what the container
 runtime gets from `plug_netns`, without crun): every denial next to the same probe allowed."""
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +172,31 @@ def test_cycles_and_reconcile_leave_nothing_behind(topo: Topology, node: NodeNet
     assert "hutch" not in topo.run(topo.node, "nft", "list", "ruleset").stdout.replace(
         "someone-elses", ""
     )
+
+
+UDP_ECHO = (
+    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\n"
+    "while True:\n    data, peer = s.recvfrom(100); s.sendto(b'udp-answer ' + data, peer)"
+)
+UDP_ASK = (
+    "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+    "s.sendto(b'hi', (sys.argv[1], int(sys.argv[2])))\n"
+    "try:\n    print(s.recv(100).decode())\nexcept OSError:\n    print('nothing')"
+)
+
+
+def test_a_published_udp_port(topo: Topology, node: NodeNetwork) -> None:
+    # busybox's nc has no UDP: Python on both ends (the host's interpreter, in the namespaces)
+    a = node.plug_netns(spec("a", 7, 2, "5353:53/udp"))
+    echo = subprocess.Popen(["nsenter", f"--net={a}", sys.executable, "-c", UDP_ECHO])
+    try:
+        time.sleep(0.5)
+        ask = topo.run(topo.outside, sys.executable, "-c", UDP_ASK, NODE_IP, "5353")
+        assert ask.stdout.strip() == "udp-answer hi"
+        ask = topo.run(topo.outside, sys.executable, "-c", UDP_ASK, NODE_IP, "5354")
+        assert ask.stdout.strip() == "nothing"
+        ask = topo.run(topo.node, sys.executable, "-c", UDP_ASK, "127.0.0.1", "5353")
+        assert ask.stdout.strip() == "udp-answer hi"
+    finally:
+        echo.kill()
+        echo.wait()

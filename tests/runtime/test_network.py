@@ -169,3 +169,28 @@ async def test_create_destroy_cycles_leave_nothing(
         await driver.destroy(f"s{i}", force=True)
     assert hutch_links(topo) == []
     assert "10.77." not in topo.run(topo.node, "nft", "list", "ruleset").stdout
+
+
+async def test_an_agent_that_restarts_keeps_a_running_guests_network(
+    wired: tuple[SandboxDriver, NodeNetwork], topo: Topology, busybox_root: PreparedRoot
+) -> None:
+    driver, net = wired
+    server = "mkdir -p /www && echo hello-a > /www/index.html && exec httpd -f -p 80 -h /www"
+    await driver.create(spec(busybox_root, "a", 7, 2, server, "8080:80"))
+    await driver.start("a")
+    for _ in range(100):
+        if topo.get(topo.outside, NODE_IP, 8080) == "hello-a\n":
+            break
+        await asyncio.sleep(0.1)
+    links_before = hutch_links(topo)
+    # a new agent (its own NodeNetwork) reconciles with what exists: the same links, the same
+    # rules, nothing duplicated; a sandbox that is gone takes its leftovers with it
+    stale = spec(busybox_root, "gone", 8, 2, "true")
+    net.plug_netns(stale)
+    fresh = NodeNetwork(net.opts)
+    fresh.reconcile([await driver.spec("a")])
+    assert hutch_links(topo) == links_before
+    assert topo.get(topo.outside, NODE_IP, 8080) == "hello-a\n"
+    rules = topo.run(topo.node, "nft", "list", "ruleset").stdout
+    assert rules.count("table inet hutch") == 1
+    assert "10.77.8." not in rules
