@@ -139,7 +139,17 @@ def oci_config(
                 "source": "mqueue",
                 "options": ["nosuid", "noexec", "nodev"],
             },
+            # In the node's network namespace (owned by the host's user namespace) crun cannot
+            # mount a sysfs, and would bind the host's /sys: the runtime mounts one of the
+            # container's namespace beside the bundle instead.
             {
+                "destination": "/sys",
+                "type": "bind",
+                "source": str(etc.parent / "sys"),
+                "options": ["rbind", "nosuid", "noexec", "nodev", "ro"],
+            }
+            if netns and etc is not None
+            else {
                 "destination": "/sys",
                 "type": "sysfs",
                 "source": "sysfs",
@@ -278,7 +288,15 @@ class ContainerBackend:
         att = spec.networks[0]
         (etc / "resolv.conf").write_text(att.resolv_conf())
         (etc / "hosts").write_text(att.hosts(spec.hostname or spec.id))
-        return await asyncio.to_thread(self.opts.network.plug_netns, spec), etc
+        netns = await asyncio.to_thread(self.opts.network.plug_netns, spec)
+        sys_dir = sdir.file("sys")
+        sys_dir.mkdir(mode=0o755, exist_ok=True)
+        try:
+            await asyncio.to_thread(mounts.mount_sysfs_of, netns, sys_dir)
+        except BaseException:
+            await self._unplug(spec.id)
+            raise
+        return netns, etc
 
     async def _unplug(self, sandbox_id: str) -> None:
         if self.opts.network is not None:
@@ -387,7 +405,12 @@ class ContainerBackend:
 
     async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         await self._crun("delete", "--force", record.spec.id)
-        for target in (sdir.file("bundle") / "rootfs", sdir.file("rw"), sdir.file("lower")):
+        for target in (
+            sdir.file("bundle") / "rootfs",
+            sdir.file("rw"),
+            sdir.file("lower"),
+            sdir.file("sys"),
+        ):
             mounts.unmount(target)
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         await asyncio.to_thread(
