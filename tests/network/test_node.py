@@ -145,7 +145,7 @@ def test_a_sandbox_that_changes_its_ip_or_mac_gets_nothing_through(
 
 def test_cycles_and_reconcile_leave_nothing_behind(topo: Topology, node: NodeNetwork) -> None:
     before = ours(topo)
-    for i in range(10):
+    for i in range(50):
         node.plug_netns(spec(f"s{i}", 7, 2, "8080:80"))
         node.unplug(f"s{i}")
     assert ours(topo) == before
