@@ -3,6 +3,7 @@ through the SDK and the HTTP API as it does through the CLI: the controller tell
 image archive by its content and packs it as a one-layer image, refusing hostile entries and
 bounding what it unpacks to."""
 
+import bz2
 import io
 import tarfile
 from pathlib import Path
@@ -133,3 +134,50 @@ def test_what_a_root_filesystem_tarball_unpacks_to_is_bounded(
         admin.projects.set_quota(name, images_unpacked_mib=64)
         [image] = c.images.import_(bomb, names=["bomb:1"])
         assert image.unpacked >= 48 << 20
+
+
+def bz2_bomb(header: tarfile.TarInfo, gib: int) -> bytes:
+    """A tar whose first header announces `gib` GiB of zeros that follow, bzip2'd: under a
+    kilobyte per GiB, seconds of CPU per GiB to decompress."""
+    compressor, chunk = bz2.BZ2Compressor(9), bytes(1 << 24)
+    gib_of_zeros = b"".join(compressor.compress(chunk) for _ in range(64)) + compressor.flush()
+    header.size = gib << 30
+    return (
+        bz2.compress(header.tobuf(tarfile.GNU_FORMAT))
+        + gib_of_zeros * gib
+        + bz2.compress(bytes(1024))
+    )
+
+
+def test_a_compressed_bomb_is_refused_without_decompressing_it(controller: Controller) -> None:
+    """64 GiB of zeros in 50 KiB of bzip2: refused by the unpacked quota before the controller
+    decompresses beyond it (on main it decompressed all of it first, minutes of a core)."""
+    name = new_project(controller)
+    with controller.client(None) as admin:
+        admin.projects.set_quota(name, images_unpacked_mib=16)
+    bomb = bz2_bomb(tarfile.TarInfo("zeros"), 64)
+    assert len(bomb) < 64 << 10
+    answer = httpx.post(
+        f"{controller.url}/v1/images/import",
+        params={"project": name, "name": "bomb:1"},
+        headers={"Authorization": f"Bearer {controller.token}"},
+        content=bomb,
+        timeout=30,  # a bound, not a speed target: decompressing it all takes minutes
+    )
+    assert answer.status_code == 403, answer.text
+    assert "unpacked image quota" in answer.json()["detail"]
+    small = bz2_bomb(tarfile.TarInfo("zeros"), 0)  # the same shape, within the quota
+    with controller.client(name) as c:
+        [image] = c.images.import_(small, names=["small:1"])
+        assert image.names == ["docker.io/library/small:1"]
+
+
+def test_a_huge_tar_header_is_refused_without_holding_it(controller: Controller) -> None:
+    """A pax header announcing 2 GiB (tarfile reads one into memory whole): refused while
+    reading it, by the controller (on main it held it all in memory, then a node refused it)."""
+    name = new_project(controller)
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    bomb = bz2_bomb(header, 2)
+    with controller.client(name) as c, pytest.raises(Invalid, match="tar header too large"):
+        c.images.import_(bomb, names=["pax:1"])

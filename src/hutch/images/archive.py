@@ -57,9 +57,9 @@ MAX_MEMBERS = 100_000
 _MAX_HEADER_BYTES = 1 << 20
 _MAX_NESTING = 4  # index -> index -> ... -> manifest, as layout.py follows them
 _MAX_GLOBAL_PAX_KEYS = 1000  # global pax headers apply to, and are kept for, the rest
-_TAR_BUFSIZE = 64 << 10  # tarfile's read size in stream mode: how far it reads ahead
+TAR_BUFSIZE = 64 << 10  # tarfile's read size in stream mode: how far it reads ahead
 # What tarfile may read beyond a member's data: padding, the next member's headers, read-ahead.
-_SLACK = _MAX_HEADER_BYTES + 2 * _TAR_BUFSIZE
+SLACK = _MAX_HEADER_BYTES + 2 * TAR_BUFSIZE
 _CHUNK = 1 << 20
 _METADATA = frozenset({"oci-layout", "index.json", "manifest.json", "repositories"})
 # Docker's v1 metadata beside each <id>/layer.tar: nothing reads it, so it is not stored.
@@ -202,10 +202,10 @@ class _Contents:
 def _read(stream: BinaryIO, store: ImageStore, max_bytes: int) -> _Contents:
     contents = _Contents()
     count = 0
-    source, compressed = _decompressed(stream)
-    reader = _Budget(source, max_bytes, compressed)
+    source, compressed = decompressed(stream)
+    reader = Budget(source, max_bytes, compressed)
     try:
-        with tarfile.open(fileobj=reader, mode="r|", tarinfo=_TarInfo, bufsize=_TAR_BUFSIZE) as tar:
+        with tarfile.open(fileobj=reader, mode="r|", tarinfo=_TarInfo, bufsize=TAR_BUFSIZE) as tar:
             while (member := tar.next()) is not None:
                 # Stream mode keeps every header read, and global pax headers accumulate.
                 tar.members.clear()  # type: ignore[attr-defined]
@@ -216,7 +216,7 @@ def _read(stream: BinaryIO, store: ImageStore, max_bytes: int) -> _Contents:
                     raise Invalid(f"the archive has more than {_MAX_GLOBAL_PAX_KEYS} pax headers")
                 if member.offset_data + member.size > max_bytes:
                     raise Invalid(_too_large(max_bytes))
-                reader.allow(member.size + _SLACK)
+                reader.allow(member.size + SLACK)
                 path = _member_path(member)
                 if member.isdir():
                     continue
@@ -313,7 +313,7 @@ class _TarInfo(tarfile.TarInfo):
         return info
 
 
-def _decompressed(stream: BinaryIO) -> tuple[IO[bytes], bool]:
+def decompressed(stream: BinaryIO) -> tuple[IO[bytes], bool]:
     """The archive's tar stream, decompressed by its first bytes (the stream is read once)."""
     head = b""
     while len(head) < len(_XZ) and (chunk := stream.read(len(_XZ) - len(head))):
@@ -351,7 +351,7 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-class _Budget(io.RawIOBase):
+class Budget(io.RawIOBase):
     """The uncompressed archive, counted: more than `limit` bytes in all is refused (a
     decompression bomb), and so is reading more than the last `allow` granted, which bounds what
     tarfile can read (and buffer) while it parses a member's headers."""
@@ -361,7 +361,7 @@ class _Budget(io.RawIOBase):
         self._source = source
         self._limit = limit
         self._compressed = compressed
-        self._window = _SLACK  # the first member's headers
+        self._window = SLACK  # the first member's headers
         self.total = 0
 
     def allow(self, size: int) -> None:

@@ -7,6 +7,7 @@ and friends) are left out and counted: the sandbox provides /dev. Symlinks are k
 pointing wherever they point: they are resolved inside the image when it runs, never here.
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -17,8 +18,9 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, cast
 
+from hutch.images.archive import SLACK, TAR_BUFSIZE, Budget, decompressed
 from hutch.images.spool import check_room
 from hutch.model.errors import HutchError, Invalid, QuotaExceeded
 from hutch.model.image import parse_ref
@@ -81,15 +83,21 @@ def write_archive(
     return Packed(digest, skipped)
 
 
-def is_rootfs_tarball(source: Path | IO[bytes]) -> bool:
+def is_rootfs_tarball(source: Path | IO[bytes], max_bytes: int | None = None) -> bool:
     """Whether the file (a path, or a seekable binary file read from its current position) is
     a tar (plain or compressed) of a root filesystem: a tar with entries, none of them an image
     archive's files. Anything else (not a tar, damaged, empty: zeros read as an empty tar) is
-    left to the importer."""
+    left to the importer.
+
+    With `max_bytes` (an upload), no more than that is decompressed: a tar whose entries reach
+    beyond it is taken for a root filesystem, which `write_archive_of_tarball` then refuses at
+    once (a decompression bomb costs what a root filesystem of the limit would, no more), and a
+    header larger than a real one, or a corrupt compressed stream, is refused (Invalid) as it is
+    read, not held in memory first."""
     try:
-        with _open_tar(source) as tar:  # seeks over data where it can
+        with _open_tar(source, max_bytes) as (tar, budget):
             empty = True
-            for member in _members(tar):
+            for member in _members(tar, budget, max_bytes):
                 empty = False
                 parts = [p for p in member.name.split("/") if p not in ("", ".")]
                 if parts[:1] == ["blobs"] or "/".join(parts) in _IMAGE_ARCHIVE_FILES:
@@ -97,6 +105,8 @@ def is_rootfs_tarball(source: Path | IO[bytes]) -> bool:
                 if len(parts) == 2 and parts[1] == "layer.tar":  # docker save, before 25
                     return False
             return not empty
+    except _Beyond:
+        return True
     except (tarfile.TarError, EOFError, OSError, ValueError):
         return False
 
@@ -125,10 +135,10 @@ def write_archive_of_tarball(
     with tempfile.TemporaryFile(dir=tmp_dir) as layer:
         try:
             with (
-                _open_tar(tarball) as source,
+                _open_tar(tarball, max_bytes) as (source, budget),
                 tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar,
             ):
-                for member in _members(source):
+                for member in _members(source, budget, max_bytes):
                     if member.ischr() or member.isblk() or member.isfifo():
                         skipped += 1
                         continue
@@ -143,6 +153,8 @@ def write_archive_of_tarball(
                     if floor:
                         check_room(layer.fileno(), incoming, floor, "a root filesystem's layer")
                     tar.addfile(member, data)
+        except _Beyond:
+            raise _too_large(max_bytes or 0, quota) from None
         except (tarfile.TarError, EOFError, ValueError) as e:
             raise Invalid(f"{shown} is not a readable tar archive: {e}") from None
         layer.flush()
@@ -157,10 +169,34 @@ def write_archive_of_tarball(
     return Packed(digest, skipped)
 
 
-def _open_tar(source: Path | IO[bytes]) -> tarfile.TarFile:
-    if isinstance(source, Path):
-        return tarfile.open(source, "r:*")
-    return tarfile.open(fileobj=source, mode="r:*")
+class _Beyond(Exception):
+    """The tar's entries reach beyond the bytes it may unpack to."""
+
+
+@contextlib.contextmanager
+def _open_tar(
+    source: Path | IO[bytes], max_bytes: int | None
+) -> Iterator[tuple[tarfile.TarFile, Budget | None]]:
+    """The tar, and for an upload (`max_bytes` given) the budget its reading is counted by: read
+    once, in stream mode, so that no header or data beyond what was granted is decompressed or
+    held (tarfile reads a pax header into memory whole; seeking over a compressed member
+    decompresses it all)."""
+    if max_bytes is None:  # a local file: seek over data where it can
+        with (
+            tarfile.open(source, "r:*")
+            if isinstance(source, Path)
+            else tarfile.open(fileobj=source, mode="r:*")
+        ) as tar:
+            yield tar, None
+        return
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
+        stream, compressed = decompressed(cast(BinaryIO, raw))
+        budget = Budget(stream, max_bytes + SLACK, compressed)
+        yield (
+            stack.enter_context(tarfile.open(fileobj=budget, mode="r|", bufsize=TAR_BUFSIZE)),
+            budget,
+        )
 
 
 def _too_large(max_bytes: int, quota: bool) -> HutchError:
@@ -176,9 +212,15 @@ def _too_large(max_bytes: int, quota: bool) -> HutchError:
     )
 
 
-def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+def _members(
+    tar: tarfile.TarFile, budget: Budget | None = None, max_bytes: int | None = None
+) -> Iterator[tarfile.TarInfo]:
     while (member := tar.next()) is not None:
         tar.members.clear()  # type: ignore[attr-defined]  # a tree has many entries
+        if max_bytes is not None and member.offset_data + member.size > max_bytes:
+            raise _Beyond
+        if budget is not None:
+            budget.allow(member.size + SLACK)  # its data, then the next one's headers
         yield member
 
 

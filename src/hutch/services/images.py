@@ -224,7 +224,8 @@ class Images:
                 limit=limits.get("max_stored", self.max_bytes), quota="max_stored" in limits,
             )  # fmt: skip
             archive.seek(0)
-            if await asyncio.to_thread(is_rootfs_tarball, archive):
+            unpacked = limits.get("max_unpacked", self.max_bytes)
+            if await asyncio.to_thread(is_rootfs_tarball, archive, unpacked):
                 packed = stack.enter_context(tempfile.TemporaryFile(dir=self.spool_dir))
                 await self._pack(archive, packed, limits)
                 archive.close()  # its bytes are in the packed archive now
