@@ -4,6 +4,7 @@ The file is `$HUTCH_CONFIG`, else `/etc/hutch/hutch.toml` when it exists. Everyt
 passed down explicitly as options objects; nothing else reads the environment.
 """
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -80,6 +81,14 @@ class Settings(BaseSettings):
         1_000_000_000, ge=1000, description="containers' host uids: 65536 each from here"
     )
     cgroup_parent: str = "hutch"
+    network_mtu: int = Field(
+        1500, ge=1280, le=9000, description="MTU of machines' NICs and of the node's bridges"
+    )
+    network_blocked: list[str] = Field(
+        [],
+        description="CIDRs no machine may reach, not even through NAT (management networks, "
+        "other nodes); the controller's and the agent's own addresses are always blocked",
+    )
     project: str = Field("default", description="the host CLI's project, and the first one made")
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between node heartbeats")
     node_grace: float = Field(
@@ -166,6 +175,16 @@ class Settings(BaseSettings):
             return parse_duration(value) if isinstance(value, str) else value
         except Invalid as e:  # so that load() names the setting
             raise ValueError(str(e)) from None
+
+    @field_validator("network_blocked")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR (10.0.0.0/8, fd00::/8)") from None
+        return value
 
     @field_validator("registry_allow")
     @classmethod

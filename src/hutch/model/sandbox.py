@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from hutch.model.errors import Invalid
+from hutch.model.network import Attachment, PortMapping
 
 SANDBOX_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -122,11 +123,23 @@ class SandboxSpec:
     resources: Resources = field(default_factory=Resources)
     hostname: str = ""
     stop_signal: int = int(_signal.SIGTERM)
+    networks: tuple[Attachment, ...] = ()  # its NICs, in order (eth0 first)
+    ports: tuple[PortMapping, ...] = ()  # published on the node, to the first NIC's addresses
 
     def __post_init__(self) -> None:
         validate_sandbox_id(self.id)
         if self.hostname and not re.match(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$", self.hostname):
             raise Invalid(f"hostname {self.hostname!r} is invalid")
+        if len({a.network_id for a in self.networks}) != len(self.networks):
+            raise Invalid("a sandbox is attached to each network at most once")
+        if self.ports and not self.networks:
+            raise Invalid("published ports need a network: the sandbox has none")
+        seen: set[tuple[str, int, str]] = set()
+        for p in self.ports:
+            key = (p.host_ip, p.host_port, p.protocol)
+            if key in seen:
+                raise Invalid(f"host port {p.host_port}/{p.protocol} is published twice")
+            seen.add(key)
 
 
 class SandboxState(StrEnum):

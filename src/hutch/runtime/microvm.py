@@ -24,7 +24,7 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from hutch.model import machine as model_machine
-from hutch.model.errors import HutchError, Invalid, Unavailable
+from hutch.model.errors import HutchError, Invalid, Unavailable, Unsupported
 from hutch.model.sandbox import Capabilities, SandboxSpec, Stats, Stream
 from hutch.runtime import host, scratch
 from hutch.runtime.accel import Accel
@@ -34,6 +34,7 @@ from hutch.runtime.ids import ID_DIR, IdPool
 from hutch.runtime.logs import LogWriter, tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
+from hutch.runtime.wiring import NetworkWiring, guest_net_params
 
 MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["microvm"]
 QEMU_STDERR_MAX = 1 << 20
@@ -64,16 +65,22 @@ class MicroVMOptions:
     # KVM guests that need TLB reach more than hosts need memory.
     huge_pages: bool = False
     debug: bool = False  # a guest that fails to boot prints diagnostics to its console first
+    network: NetworkWiring | None = None  # None: sandboxes with networks are refused
+    mtu: int = 1500
 
 
-def kernel_cmdline(accel: str, root_format: str, debug: bool = False) -> str:
-    """The guest kernel command line (also used as is by bench/boot.py's bare-QEMU baseline)."""
+def kernel_cmdline(
+    accel: str, root_format: str, debug: bool = False, extra: tuple[str, ...] = ()
+) -> str:
+    """The guest kernel command line (also used as is by bench/boot.py's bare-QEMU baseline);
+    `extra`: the guest agent's network flags (`wiring.guest_net_params`)."""
     parts = ["console=ttyS0", "quiet", "reboot=t", "panic=-1", "cryptomgr.notests"]
     if accel == "tcg":
         parts.append(f"tsc_early_khz={host.tsc_khz()}")
     parts.append(f"hutch.rootfstype={root_format}")
     if debug:
         parts.append("hutch.debug")
+    parts += extra
     return " ".join(parts)
 
 
@@ -85,9 +92,11 @@ def qemu_command(
     uid: int | None = None,
     jail: Path | None = None,
     scratch_direct: bool = True,
+    tap_fds: tuple[int, ...] = (),
 ) -> list[str]:
     """The QEMU command line for `spec`; sockets go in `sockets/` (guest agent, console, qmp), where
-    the scratch disk must be (`scratch.create`); `scratch_direct` if it takes O_DIRECT."""
+    the scratch disk must be (`scratch.create`); `scratch_direct` if it takes O_DIRECT; `tap_fds`:
+    one open TAP per `spec.networks` entry, inherited by QEMU (it cannot open /dev/net/tun)."""
     res = spec.resources
     accel = opts.accel.name
     scratch_file = sockets / scratch.FILE_NAME
@@ -107,7 +116,10 @@ def qemu_command(
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(opts.guest.kernel),
         "-initrd", str(opts.guest.initrd),
-        "-append", kernel_cmdline(accel, spec.root_disk_format, opts.debug),
+        "-append", kernel_cmdline(
+            accel, spec.root_disk_format, opts.debug,
+            tuple(guest_net_params(spec, opts.mtu)),
+        ),
         # The guest agent finds the disks by serial (ROOT_SERIAL, SCRATCH_SERIAL in agent.c).
         "-drive", f"id=root,file={spec.root_disk},format=raw,if=none,readonly=on",
         "-device", "virtio-blk-device,drive=root,serial=hutch-root",
@@ -120,6 +132,12 @@ def qemu_command(
         "-serial", "chardev:console",
         "-qmp", f"unix:{sockets / 'qmp.sock'},server=on,wait=off",
     ]  # fmt: skip
+    # -M microvm has no hotplug: the NICs exist from boot (virtio-mmio, in this order: eth0...).
+    for index, (fd, att) in enumerate(zip(tap_fds, spec.networks, strict=True)):
+        args += [
+            "-netdev", f"tap,id=net{index},fd={fd},vhost=off",
+            "-device", f"virtio-net-device,netdev=net{index},mac={att.mac}",
+        ]  # fmt: skip
     if uid is not None:
         args += ["-runas", f"{uid}:{uid}"]
     if jail is not None:
@@ -173,6 +191,8 @@ class MicroVMBackend:
             raise Invalid("a micro-VM needs a root disk image (SandboxSpec.root_disk)")
         if not Path(spec.root_disk).is_file():
             raise Invalid(f"root disk {spec.root_disk} does not exist")
+        if spec.networks and self.opts.network is None:
+            raise Unsupported("this node has no networking set up: run the sandbox without one")
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -198,6 +218,15 @@ class MicroVMBackend:
             cgroup.remove()
             raise
         uid = lease.id
+        taps: list[int] = []
+        if spec.networks and self.opts.network is not None:
+            try:
+                taps = await asyncio.to_thread(self.opts.network.plug_tap, spec)
+            except BaseException:
+                lease.close()
+                disk.unlink(missing_ok=True)
+                cgroup.remove()
+                raise
         record.details.update(
             uid=str(uid),
             accel=self.opts.accel.name,
@@ -205,8 +234,9 @@ class MicroVMBackend:
             kernel=self.opts.guest.kernel_package,
         )
         args = qemu_command(
-            spec, self.opts, sdir.path, uid=uid, jail=jail, scratch_direct=scratch.direct_io(disk)
-        )
+            spec, self.opts, sdir.path, uid=uid, jail=jail, scratch_direct=scratch.direct_io(disk),
+            tap_fds=tuple(taps),
+        )  # fmt: skip
         stderr = sdir.file("qemu.log").open("ab")
         try:
             proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec: returns at once)
@@ -214,17 +244,21 @@ class MicroVMBackend:
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
-                pass_fds=(lease.fd,),  # QEMU holds its uid's lease for as long as it lives
+                # QEMU holds its uid's lease for as long as it lives, and its TAPs.
+                pass_fds=(lease.fd, *taps),
                 start_new_session=True,  # a Ctrl-C at the operator's terminal is ours to handle
                 # Joining the cgroup must happen before exec; nothing else can do it in time.
                 preexec_fn=_child_setup(cgroup.procs_files(), self.opts.huge_pages),  # noqa: PLW1509
             )
         except OSError as e:
             lease.close()
+            await self._unplug(spec.id)
             cgroup.remove()
             raise Unavailable(f"cannot start {self.opts.qemu}: {e}") from e
         finally:
             stderr.close()
+            for fd in taps:  # QEMU has its copies: its TAPs go when it does
+                os.close(fd)
         ref = ProcessRef.of(proc.pid)
         if ref is not None:
             lease.bind(ref)
@@ -234,6 +268,7 @@ class MicroVMBackend:
         while not agent_sock.exists():
             if proc.poll() is not None:
                 cgroup.remove()
+                await self._unplug(spec.id)
                 raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}")
             await asyncio.sleep(0.002)
         if ref is None:
@@ -303,6 +338,11 @@ class MicroVMBackend:
         if child is not None:
             child.wait()
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
+        await self._unplug(record.spec.id)
+
+    async def _unplug(self, sandbox_id: str) -> None:
+        if self.opts.network is not None:
+            await asyncio.to_thread(self.opts.network.unplug, sandbox_id)
 
     def oom_killed(self, record: SandboxRecord) -> bool:
         return False  # the guest's own OOM killer reports through the guest agent

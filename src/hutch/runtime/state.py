@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hutch.model.errors import Conflict, Invalid
+from hutch.model.network import Attachment, PortMapping
 from hutch.model.sandbox import (
     ExitStatus,
     ProcessSpec,
@@ -85,6 +86,11 @@ class SandboxRecord:
             **{**proc, "args": tuple(proc["args"]), "env": tuple(proc["env"])}
         )
         spec["resources"] = Resources(**spec["resources"])
+        spec["networks"] = tuple(
+            Attachment(**{**a, **{k: tuple(a[k]) for k in ("egress_allow", "dns", "search")}})
+            for a in spec.get("networks", ())
+        )
+        spec["ports"] = tuple(PortMapping(**p) for p in spec.get("ports", ()))
         exit_ = data.get("exit")
         return SandboxRecord(
             spec=SandboxSpec(**spec),

@@ -17,7 +17,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -981,6 +984,121 @@ static void make_dev(void) {
     symlink("/proc/self/fd/2", "/newroot/dev/stderr");
 }
 
+/* ---- micro-VM network (hutch.net= on the kernel command line) ------------------------------ */
+
+/* struct in6_ifreq of <linux/ipv6.h>, which clashes with the libc headers */
+struct in6_ifreq_ {
+    struct in6_addr addr;
+    uint32_t prefixlen;
+    int ifindex;
+};
+
+/* Write `text` to `path` under the new root as a fresh file: an image's symlink there (e.g.
+ * resolv.conf -> /run/...) is replaced, never followed out of the guest's root. */
+static void put_file(const char *path, const char *text) {
+    unlink(path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) fatal("writing %s: %s", path, strerror(errno));
+    size_t len = strlen(text);
+    if (write(fd, text, len) != (ssize_t)len) fatal("writing %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+static void net_ioctl(int s, unsigned long req, void *arg, const char *what) {
+    if (ioctl(s, req, arg) < 0) fatal("network: %s: %s", what, strerror(errno));
+}
+
+/* hutch.net=IP4/P4,GW4,IP6/P6,GW6,MTU (runtime/wiring.py writes it): eth0 gets both addresses,
+ * both default routes and the MTU before the workload starts. No DHCP, no router
+ * advertisements: the host decided all of it. */
+static void net_setup(void) {
+    const char *p = boot_param("hutch.net");
+    if (!p) return;
+    char conf[256], ip4[64], gw4[64], ip6[64], gw6[64];
+    int p4, p6, mtu;
+    snprintf(conf, sizeof conf, "%s", p);
+    for (char *c = conf; *c; c++)
+        if (*c == ',' || *c == '/') *c = ' ';
+    if (sscanf(conf, "%63s %d %63s %63s %d %63s %d", ip4, &p4, gw4, ip6, &p6, gw6, &mtu) != 7 ||
+        p4 < 0 || p4 > 32 || p6 < 0 || p6 > 128 || mtu < 68)
+        fatal("hutch.net=%s is malformed", p);
+    wait_for("/sys/class/net/eth0");
+    write_file("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0"); /* addresses work at once */
+    write_file("/proc/sys/net/ipv6/conf/eth0/accept_ra", "0");
+
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int s6 = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0 || s6 < 0) fatal("network: socket: %s", strerror(errno));
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "eth0");
+    ifr.ifr_mtu = mtu;
+    net_ioctl(s, SIOCSIFMTU, &ifr, "MTU");
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+    sin->sin_family = AF_INET;
+    if (inet_pton(AF_INET, ip4, &sin->sin_addr) != 1) fatal("hutch.net: bad address %s", ip4);
+    net_ioctl(s, SIOCSIFADDR, &ifr, "IPv4 address");
+    sin->sin_addr.s_addr = p4 ? htonl(~0u << (32 - p4)) : 0;
+    net_ioctl(s, SIOCSIFNETMASK, &ifr, "IPv4 netmask");
+    net_ioctl(s, SIOCGIFFLAGS, &ifr, "flags");
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    net_ioctl(s, SIOCSIFFLAGS, &ifr, "link up");
+    net_ioctl(s, SIOCGIFINDEX, &ifr, "index");
+    int ifindex = ifr.ifr_ifindex;
+
+    struct rtentry rt;
+    memset(&rt, 0, sizeof rt);
+    ((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+    ((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+    struct sockaddr_in *gw = (struct sockaddr_in *)&rt.rt_gateway;
+    gw->sin_family = AF_INET;
+    if (inet_pton(AF_INET, gw4, &gw->sin_addr) != 1) fatal("hutch.net: bad gateway %s", gw4);
+    rt.rt_flags = RTF_UP | RTF_GATEWAY;
+    rt.rt_dev = ifr.ifr_name;
+    net_ioctl(s, SIOCADDRT, &rt, "IPv4 default route");
+
+    struct in6_ifreq_ ifr6;
+    memset(&ifr6, 0, sizeof ifr6);
+    if (inet_pton(AF_INET6, ip6, &ifr6.addr) != 1) fatal("hutch.net: bad address %s", ip6);
+    ifr6.prefixlen = (uint32_t)p6;
+    ifr6.ifindex = ifindex;
+    net_ioctl(s6, SIOCSIFADDR, &ifr6, "IPv6 address");
+    struct in6_rtmsg rt6;
+    memset(&rt6, 0, sizeof rt6);
+    if (inet_pton(AF_INET6, gw6, &rt6.rtmsg_gateway) != 1) fatal("hutch.net: bad gateway %s", gw6);
+    rt6.rtmsg_flags = RTF_UP | RTF_GATEWAY;
+    rt6.rtmsg_metric = 1;
+    rt6.rtmsg_ifindex = ifindex;
+    net_ioctl(s6, SIOCADDRT, &rt6, "IPv6 default route");
+    close(s);
+    close(s6);
+
+    /* resolv.conf and hosts on the writable root, before the workload starts */
+    char text[1024];
+    size_t n = 0;
+    const char *v = boot_param("hutch.dns");
+    char list[256];
+    snprintf(list, sizeof list, "%s", v ? v : "");
+    for (char *save, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        n += (size_t)snprintf(text + n, sizeof text - n, "nameserver %s\n", t);
+    v = boot_param("hutch.search");
+    if (v && *v && n < sizeof text) {
+        snprintf(list, sizeof list, "%s", v);
+        for (char *c = list; *c; c++)
+            if (*c == ',') *c = ' ';
+        n += (size_t)snprintf(text + n, sizeof text - n, "search %s\n", list);
+    }
+    mkdir("/newroot/etc", 0755);
+    put_file("/newroot/etc/resolv.conf", text);
+    v = boot_param("hutch.hostname");
+    char host[64];
+    snprintf(host, sizeof host, "%s", v ? v : "");
+    n = (size_t)snprintf(text, sizeof text,
+                         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if (*host) snprintf(text + n, sizeof text - n, "%s\t%s\n%s\t%s\n", ip4, host, ip6, host);
+    put_file("/newroot/etc/hosts", text);
+}
+
 static void vm_boot(void) {
     mkdir("/dev", 0755);
     mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
@@ -1015,6 +1133,7 @@ static void vm_boot(void) {
     make_dev();
     mkdir("/newroot/tmp", 01777);
     mkdir("/newroot/run", 0755);
+    net_setup();
     if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
         chdir("/") < 0)
         fatal("switching to the root disk: %s", strerror(errno));
