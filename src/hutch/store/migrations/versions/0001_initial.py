@@ -1,19 +1,10 @@
-"""The initial schema: projects, tokens, nodes, machines, events.
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-27
-"""
-
-from collections.abc import Sequence
+"""The initial schema: projects, tokens, nodes, machines, events."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0001"
-down_revision: str | Sequence[str] | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0001"
+down_revision = None
 
 _LIVE = sa.text("state != 'destroyed'")
 

@@ -1,20 +1,11 @@
 """Placement: failure domains and cordons on nodes, groups, constraints and strategies on
-machines, a project's default strategy, the scheduler's queue, and the leader's lease.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-27
-"""
-
-from collections.abc import Sequence
+machines, a project's default strategy, the scheduler's queue, and the leader's lease."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | Sequence[str] | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0003"
+down_revision = "0002"
 
 _PENDING = sa.text("node_id IS NULL AND state = 'created' AND desired = 'running'")
 

@@ -1,19 +1,10 @@
-"""Images: the digest and origin a machine's image resolved to, and image quotas per project.
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-03
-"""
-
-from collections.abc import Sequence
+"""Images: the digest and origin a machine's image resolved to, and image quotas per project."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0004"
+down_revision = "0003"
 
 
 def upgrade() -> None:

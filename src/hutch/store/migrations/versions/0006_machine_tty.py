@@ -1,20 +1,11 @@
 """Machines keep whether their main process has a terminal (and its size at start) and a
-stdin (`hutch run -it`).
-
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-03
-"""
-
-from collections.abc import Sequence
+stdin (`hutch run -it`)."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006"
-down_revision: str | Sequence[str] | None = "0005"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0006"
+down_revision = "0005"
 
 
 def upgrade() -> None:
