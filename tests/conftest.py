@@ -1,7 +1,6 @@
 """Shared fixtures: a busybox root filesystem built from the host's busybox-static, the guest
 artifacts (built once into the shared cache), short state directories for unix sockets."""
 
-import os
 import shutil
 import tempfile
 import time
@@ -13,8 +12,7 @@ import pytest
 from hutch.images.busybox import build_busybox_rootfs
 from hutch.runtime.guest import build
 from hutch.runtime.guest.build import GuestArtifacts
-
-CACHE_DIR = Path(os.environ.get("HUTCH_CACHE_DIR", "/var/cache/hutch"))
+from tests.helpers import CACHE_DIR
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,8 @@ controllers of their own.
 
 import contextlib
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,8 +24,8 @@ import pytest
 from hutch.client import Client
 from hutch.model.errors import HutchError
 from hutch.wire.tenancy import ProjectView
-from tests.cli.conftest import HUTCH
-from tests.conftest import CACHE_DIR
+from tests.helpers import free_port
+from tests.helpers.cli import Hutch, isolated_env
 from tests.images.ocibuild import write_oci_layout
 from tests.images.registry_server import Registry
 
@@ -53,27 +51,13 @@ class Controller:
         return (self.state_dir / "up.log").read_text(errors="replace")[-4000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env(state_dir: Path, registry_port: int, rebind_port: int) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("HUTCH_URL", "HUTCH_TOKEN", "HUTCH_PROJECT")
-    }
-    env.update(
-        HUTCH_STATE_DIR=str(state_dir),
-        HUTCH_CACHE_DIR=str(CACHE_DIR),
-        HUTCH_CONFIG=str(state_dir / "none.toml"),
-        HUTCH_CLIENT_CONFIG=str(state_dir / "contexts.toml"),
+    return isolated_env(
+        state_dir,
+        state_dir,
         HUTCH_REGISTRIES=json.dumps({f"127.0.0.1:{registry_port}": {"insecure": True}}),
         HUTCH_REGISTRY_ALLOW=json.dumps(["docker.io", f"localhost:{rebind_port}"]),
     )
-    return env
 
 
 def _ready(url: str, token_file: Path) -> bool:
@@ -94,26 +78,19 @@ def running_controller(
     on exit, every machine left is destroyed, then hutch is stopped and its sandboxes swept.
     `up_env`: settings for `hutch up` only."""
     state_dir = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))  # unix sockets: short paths
-    registry_port, rebind_port = _free_port(), _free_port()
+    registry_port, rebind_port = free_port(), free_port()
     env = _env(state_dir, registry_port, rebind_port)
     layout = state_dir / "busybox-layout"
     write_oci_layout(layout, [busybox_rootfs], BUSYBOX_CONFIG)
-    subprocess.run(
-        [HUTCH, "image", "import", str(layout), "--name", "busybox:latest", "--public", "--local"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    port = _free_port()
+    Hutch(env).raw(
+        "image", "import", str(layout), "--name", "busybox:latest", "--public", "--local",
+        check=True, timeout=120,
+    )  # fmt: skip
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with (state_dir / "up.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [HUTCH, "up", "--port", str(port)],
-            env={**env, **(up_env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        proc = Hutch({**env, **(up_env or {})}).start(
+            "up", "--port", str(port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     ctl = Controller(url, "", env, state_dir, registry_port, rebind_port)
     try:
@@ -168,23 +145,11 @@ def _destroy_in(ctl: Controller, projects: list[ProjectView]) -> None:
 
 def _sweep_sandboxes(env: dict[str, str]) -> None:
     """Whatever the node could not destroy (it should have): removed like an operator would."""
-    listing = subprocess.run(
-        [HUTCH, "sandbox", "ls", "-a"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    hutch = Hutch(env)
+    listing = hutch("sandbox", "ls", "-a", timeout=60)
     ids = [line.split()[0] for line in listing.stdout.splitlines()[1:] if line.strip()]
     if ids:
-        subprocess.run(
-            [HUTCH, "sandbox", "rm", "-f", *ids],
-            env=env,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        hutch("sandbox", "rm", "-f", *ids, timeout=120)
 
 
 class _Shared:

@@ -28,3 +28,15 @@ def test_bad_settings_are_one_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HUTCH_CONFIG", str(tmp_path / "bad.toml"))
     with pytest.raises(Invalid, match="no_such_setting"):
         config.load()
+
+
+def test_machine_retention_is_a_duration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUTCH_CONFIG", str(tmp_path / "missing.toml"))
+    assert config.load().machine_retention == 7 * 86400  # a week by default
+    monkeypatch.setenv("HUTCH_MACHINE_RETENTION", "2h")
+    assert config.load().machine_retention == 7200
+    assert config.load(machine_retention=90).machine_retention == 90
+    with pytest.raises(Invalid, match=r"machine_retention.*'soon' is not a duration"):
+        config.load(machine_retention="soon")
+    with pytest.raises(Invalid, match="machine_retention"):
+        config.load(machine_retention=0)

@@ -20,7 +20,7 @@ from pydantic_settings import (
 from hutch.images.egress import RegistryNames
 from hutch.model.errors import Invalid
 from hutch.model.image import parse_ref
-from hutch.model.units import parse_size
+from hutch.model.units import parse_duration, parse_size
 
 DEFAULT_CONFIG = Path("/etc/hutch/hutch.toml")
 # The public registries tenants may pull from unless the operator says otherwise.
@@ -81,6 +81,14 @@ class Settings(BaseSettings):
         1_000_000_000, ge=1000, description="containers' host uids: 65536 each from here"
     )
     cgroup_parent: str = "hutch"
+    network_mtu: int = Field(
+        1500, ge=1280, le=9000, description="MTU of machines' NICs and of the node's bridges"
+    )
+    network_blocked: list[str] = Field(
+        [],
+        description="CIDRs no machine may reach, not even through NAT (management networks, "
+        "other nodes); the controller's and the agent's own addresses are always blocked",
+    )
     project: str = Field("default", description="the host CLI's project, and the first one made")
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between node heartbeats")
     node_grace: float = Field(
@@ -88,6 +96,12 @@ class Settings(BaseSettings):
     )
     leader_lease: float = Field(
         5.0, gt=0, description="seconds a leading controller holds its lease without renewing"
+    )
+    machine_retention: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="seconds (or 90s, 30m, 2h, 7d) a destroyed machine stays listed before the "
+        "leader purges it and its events",
     )
     # -- the controller --
     network_pool4: str = Field(
@@ -160,6 +174,24 @@ class Settings(BaseSettings):
     @classmethod
     def _size(cls, value: object) -> object:
         return parse_size(value, default_unit="b") if isinstance(value, str) else value
+
+    @field_validator("machine_retention", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        try:
+            return parse_duration(value) if isinstance(value, str) else value
+        except Invalid as e:  # so that load() names the setting
+            raise ValueError(str(e)) from None
+
+    @field_validator("network_blocked")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR (10.0.0.0/8, fd00::/8)") from None
+        return value
 
     @field_validator("registry_allow")
     @classmethod

@@ -23,7 +23,8 @@ from hutch.model.errors import Conflict, NotFound
 from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState
 from hutch.runtime.driver import SandboxDriver
 from hutch.wire.nodes import Assignment
-from tests.api.conftest import JOIN, Api, close_api, free_port, open_api, served
+from tests.helpers import free_port
+from tests.helpers.api import JOIN, Api, close_api, open_api, served
 
 
 class FakeDriver:

@@ -5,7 +5,7 @@ import pytest
 from hutch import config
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.model.errors import Invalid
-from tests.conftest import CACHE_DIR
+from tests.helpers import CACHE_DIR
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

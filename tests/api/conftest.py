@@ -1,135 +1,16 @@
-"""The real controller app and store, in-process (httpx's ASGI transport), with a simulated node.
+"""The `api` fixture: the real controller app and store in-process, with a simulated node
+(tests/helpers/api.py)."""
 
-The node is only a registration: no agent runs, so machines are placed but never started. That
-is what API semantics need (tenancy, roles, quotas, validation); tests/cli and tests/client run
-real agents with real micro-VMs.
-"""
-
-import asyncio
-import contextlib
-import socket
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 
-from hutch import config
-from hutch.api.app import bootstrap, build_controller, create_app, leading_work
-from hutch.api.deps import Controller
+from tests.helpers.api import Api, close_api, open_api
 from tests.store.postgres import postgres, postgres_url
 
 __all__ = ["postgres", "postgres_url"]  # fixtures, re-exported for pytest
-
-JOIN = "join-secret-for-tests"
-SIM_NODE = {
-    "name": "sim-1", "address": "http://127.0.0.1:9", "runtimes": ["microvm", "container"],
-    "accel": "tcg", "cpus": 64, "memory_mib": 1 << 20, "disk_mib": 1 << 22,
-    "overhead_mib": {"microvm": 96, "container": 0},
-}  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Api:
-    http: httpx.AsyncClient
-    ctl: Controller
-    admin: str  # a system token
-    background: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
-
-    async def call(
-        self, method: str, path: str, token: str | None = None, **kwargs: object
-    ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token or self.admin}"}
-        return await self.http.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
-
-    async def project(self, name: str, **quota: int) -> None:
-        r = await self.call("POST", "/v1/projects", json={"name": name, "quota": quota})
-        assert r.status_code == 201, r.text
-
-    async def token(self, project: str, role: str, **extra: object) -> str:
-        r = await self.call("POST", f"/v1/projects/{project}/tokens", json={"role": role, **extra})
-        assert r.status_code == 201, r.text
-        secret: str = r.json()["secret"]
-        return secret
-
-    async def join(self, name: str, **fields: object) -> dict[str, Any]:
-        """Register a simulated node; its id and credential."""
-        body = {**SIM_NODE, "name": name, **fields}
-        r = await self.http.post(
-            "/agent/v1/nodes", json=body, headers={"Authorization": f"Bearer {JOIN}"}
-        )
-        assert r.status_code == 201, r.text
-        joined: dict[str, Any] = r.json()
-        return joined
-
-    async def placed(self, token: str, ref: str, timeout: float = 10.0) -> dict[str, Any]:
-        """The machine once the scheduler has given it a node."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            m: dict[str, Any] = (await self.call("GET", f"/v1/machines/{ref}", token)).json()
-            if m["node"] is not None:
-                return m
-            assert asyncio.get_running_loop().time() < deadline, f"{ref} was never placed: {m}"
-            await asyncio.sleep(0.05)
-
-    async def machine(self, token: str, **body: object) -> httpx.Response:
-        return await self.call(
-            "POST", "/v1/machines", token, json={"image": "busybox", "runtime": "container", **body}
-        )
-
-
-async def open_api(tmp: Path, database_url: str = "") -> tuple[Api, Controller]:
-    settings = config.load(
-        state_dir=tmp,
-        database_url=database_url,
-        join_secret=JOIN,
-        controller_secret="c" * 32,
-        node_grace=3600.0,  # the simulated node never heartbeats
-    )
-    ctl = build_controller(settings)
-    app = create_app(ctl, settings)
-    await ctl.store.open()  # the ASGI transport does not run the lifespan
-    await bootstrap(ctl, settings)
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hutch")
-    api = Api(http, ctl, (tmp / "admin-token").read_text().strip())
-    await api.background.enter_async_context(leading_work(ctl))  # the scheduler, node health
-    await api.join("sim-1")
-    return api, ctl
-
-
-@contextlib.asynccontextmanager
-async def served(api: Api) -> AsyncIterator[str]:
-    """The same app behind a real HTTP server (the ASGI transport buffers whole responses, so
-    streams that never end need one); yields its URL."""
-    app = api.http._transport.app  # type: ignore[attr-defined]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))  # fmt: skip
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def close_api(api: Api) -> None:
-    await api.background.aclose()
-    await api.http.aclose()
-    await api.ctl.link.close()
-    await api.ctl.store.close()
 
 
 @pytest.fixture

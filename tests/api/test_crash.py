@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.conftest import JOIN, free_port, postgres, postgres_url
+from tests.helpers import free_port
+from tests.helpers.api import JOIN
+from tests.store.postgres import postgres, postgres_url
 
 __all__ = ["postgres", "postgres_url"]
 

@@ -9,7 +9,6 @@ the real `hutch` binary."""
 import asyncio
 import contextlib
 import os
-import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,8 +19,8 @@ from hutch.client import AsyncClient
 from hutch.client import errors as sdk_errors
 from hutch.http.problems import install
 from hutch.model import errors
-from tests.api.conftest import Api, served
-from tests.cli.conftest import CLIENT_VARIABLES, HUTCH
+from tests.helpers.api import Api, served
+from tests.helpers.cli import CLIENT_VARIABLES, Hutch
 
 # What a node says about the controller's own key or its streams is no fault of the user's:
 # to the user, that node is unavailable. Every other class comes through as itself.
@@ -106,10 +105,8 @@ async def test_an_error_walks_from_node_to_cli(
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
     env.update(HUTCH_URL=url, HUTCH_TOKEN=api.admin, HUTCH_CLIENT_CONFIG="/nonexistent")
     cli = await asyncio.to_thread(
-        subprocess.run,
-        [HUTCH, "image", "inspect", name, "--project", "alpha"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        Hutch(env, timeout=60), "image", "inspect", name, "--project", "alpha"
+    )
     assert (cli.returncode, cli.stdout) == (125, "")
     assert cli.stderr == f"hutch: {r.json()['detail']}\n"
     if cls is not errors.NotFound:  # the node's own words (NotFound: the controller's)

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.conftest import Api, close_api, open_api, served
+from tests.helpers.api import Api, close_api, open_api, served
 
 INT32_MAX = 2**31 - 1  # what INTEGER columns hold: quotas, capacities
 INT64_MAX = 2**63 - 1  # what BIGINT columns hold: event ids

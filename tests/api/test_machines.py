@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import Api, close_api, open_api
+from tests.helpers.api import Api, close_api, open_api
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

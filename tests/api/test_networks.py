@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, close_api, open_api, postgres, postgres_url
-
-__all__ = ["postgres", "postgres_url"]
+from tests.helpers.api import Api, close_api, open_api
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import SIM_NODE, Api
+from tests.helpers.api import SIM_NODE, Api
 
 
 async def beat(api: Api, node: dict[str, Any]) -> None:

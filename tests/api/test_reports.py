@@ -2,7 +2,7 @@
 
 import time
 
-from tests.api.conftest import Api
+from tests.helpers.api import Api
 
 
 async def test_a_generation_that_ended_does_not_end_again(api: Api) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from hutch import config
 from hutch.api.app import build_controller, create_app
-from tests.api.conftest import JOIN, Api, close_api, open_api, served
+from tests.helpers.api import JOIN, Api, close_api, open_api, served
 
 ENDS_WITHIN = 5.0  # seconds; the promise is one
 

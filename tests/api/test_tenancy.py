@@ -11,7 +11,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from hutch.store.base import Store, Tx
-from tests.api.conftest import Api, served
+from tests.helpers.api import Api, served
 
 ROLES = ("reader", "member", "admin")
 RANK = {"reader": 0, "member": 1, "admin": 2, "system": 3}

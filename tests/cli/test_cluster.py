@@ -17,9 +17,10 @@ import pytest
 
 from hutch.client import Client, NotFound
 from hutch.wire.machines import MachineView
-from tests.cli.conftest import HUTCH
-from tests.cli.test_serve import free_port, layout_of
+from tests.cli.test_serve import layout_of
 from tests.controller import BUSYBOX_CONFIG
+from tests.helpers import free_port
+from tests.helpers.cli import HUTCH, Hutch
 from tests.images.ocibuild import write_oci_layout
 
 GRACE = 4.0  # seconds without heartbeats before a node's machines are lost
@@ -133,10 +134,10 @@ def test_three_agents_spread_fail_over_fence_cordon_and_drain(
     port = free_port()
     url = f"http://{net.gateway}:{port}"
     state = short_dir / "c"
-    controller = subprocess.Popen(
-        [HUTCH, "controller", "--listen", f"{net.gateway}:{port}"],
-        env={**hutch_env, "HUTCH_STATE_DIR": str(state), "HUTCH_NODE_GRACE": str(GRACE)},
-        stderr=(short_dir / "c.log").open("wb"),
+    controller = Hutch(
+        {**hutch_env, "HUTCH_STATE_DIR": str(state), "HUTCH_NODE_GRACE": str(GRACE)}
+    ).start(
+        "controller", "--listen", f"{net.gateway}:{port}", stderr=(short_dir / "c.log").open("wb")
     )
     agents = [
         Agent(f"node-{name}", ns, address,
@@ -228,11 +229,7 @@ def test_three_agents_spread_fail_over_fence_cordon_and_drain(
                           for n in client.nodes.list()),
               logs=[next(a.log for a in agents if a.name == drained)])  # fmt: skip
     finally:
-        for agent in agents:
-            agent.stop()
-        controller.send_signal(signal.SIGTERM)
-        controller.wait(30)
-        _destroy_vms(hutch_env, short_dir)
+        _tear_down(controller, agents, hutch_env, short_dir)
 
 
 def _answers(client: Client) -> bool:
@@ -261,16 +258,26 @@ def _running_off(client: Client, m: MachineView, nodes: set[str]) -> bool:
     return now.state == "running" and now.node is not None and now.node not in nodes
 
 
+def _tear_down(
+    controller: "subprocess.Popen[bytes]", agents: list[Agent], env: dict[str, str], short_dir: Path
+) -> None:
+    """Agents stopped, then the controller, then what the agents left running destroyed."""
+    for agent in agents:
+        agent.stop()
+    controller.send_signal(signal.SIGTERM)
+    controller.wait(30)
+    _destroy_vms(env, short_dir)
+
+
 def _destroy_vms(env: dict[str, str], short_dir: Path) -> None:
     """What the agents left running (they keep their VMs over a restart, by design)."""
     for name in "abc":
         node_env = {**env, "HUTCH_STATE_DIR": str(short_dir / name / "node")}
-        listed = subprocess.run([HUTCH, "sandbox", "ls", "-a"], env=node_env, capture_output=True,
-                                text=True, timeout=120, check=False).stdout  # fmt: skip
+        hutch = Hutch(node_env, timeout=120)
+        listed = hutch("sandbox", "ls", "-a").stdout
         ids = [line.split()[0] for line in listed.splitlines()[1:] if line.strip()]
         if ids:
-            subprocess.run([HUTCH, "sandbox", "rm", "--force", *ids], env=node_env,
-                           capture_output=True, timeout=120, check=False)  # fmt: skip
+            hutch("sandbox", "rm", "--force", *ids)
 
 
 def test_a_node_that_joins_later_runs_the_images_it_missed(
@@ -282,10 +289,8 @@ def test_a_node_that_joins_later_runs_the_images_it_missed(
     port = free_port()
     url = f"http://{net.gateway}:{port}"
     state = short_dir / "c"
-    controller = subprocess.Popen(
-        [HUTCH, "controller", "--listen", f"{net.gateway}:{port}"],
-        env={**hutch_env, "HUTCH_STATE_DIR": str(state)},
-        stderr=(short_dir / "c.log").open("wb"),
+    controller = Hutch({**hutch_env, "HUTCH_STATE_DIR": str(state)}).start(
+        "controller", "--listen", f"{net.gateway}:{port}", stderr=(short_dir / "c.log").open("wb")
     )
     agents = [
         Agent(f"node-{name}", ns, address,
@@ -333,8 +338,4 @@ def test_a_node_that_joins_later_runs_the_images_it_missed(
         with pytest.raises(NotFound, match="app:1"):
             other.machines.create("app:1", runtime="container")
     finally:
-        for agent in agents:
-            agent.stop()
-        controller.send_signal(signal.SIGTERM)
-        controller.wait(30)
-        _destroy_vms(hutch_env, short_dir)
+        _tear_down(controller, agents, hutch_env, short_dir)

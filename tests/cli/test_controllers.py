@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cli.conftest import HUTCH
-from tests.cli.test_serve import free_port
+from tests.helpers import free_port
+from tests.helpers.cli import Hutch
 from tests.store.postgres import PostgresCluster, postgres
 
 __all__ = ["postgres"]  # the fixture, re-exported for pytest
@@ -35,11 +35,10 @@ def database(postgres: PostgresCluster) -> Iterator[tuple[PostgresCluster, str]]
 
 
 def start(env: dict[str, str], state: Path, url: str, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [HUTCH, "controller", "--listen", f"127.0.0.1:{port}"],
-        env={**env, "HUTCH_STATE_DIR": str(state), "HUTCH_DATABASE_URL": url,
-             "HUTCH_JOIN_SECRET": JOIN, "HUTCH_CONTROLLER_SECRET": "s" * 32,
-             "HUTCH_LEADER_LEASE": str(LEASE)},
+    proc = Hutch({**env, "HUTCH_STATE_DIR": str(state), "HUTCH_DATABASE_URL": url,
+                  "HUTCH_JOIN_SECRET": JOIN, "HUTCH_CONTROLLER_SECRET": "s" * 32,
+                  "HUTCH_LEADER_LEASE": str(LEASE)}).start(
+        "controller", "--listen", f"127.0.0.1:{port}",
         stderr=(state.parent / f"{state.name}.log").open("wb"),
     )  # fmt: skip
     deadline = time.monotonic() + 60

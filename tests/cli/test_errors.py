@@ -9,24 +9,19 @@ import httpx
 import pytest
 
 from hutch.client import Unsupported
-from tests.cli.conftest import CLIENT_VARIABLES, HUTCH, one_clear_line
 from tests.controller import BUSYBOX_CONFIG, Controller, controller
+from tests.helpers.cli import CLIENT_VARIABLES, Hutch, one_clear_line
 from tests.images.ocibuild import write_oci_layout
 
 __all__ = ["controller"]  # the session fixture, for the tests here
 
 
-def as_system(controller: Controller, **extra: str) -> dict[str, str]:
-    """The operator's system token in HUTCH_URL and HUTCH_TOKEN, no context, no project."""
+def as_system(controller: Controller, **extra: str) -> Hutch:
+    """The CLI with the operator's system token in HUTCH_URL and HUTCH_TOKEN, no context, no
+    project."""
     env = {k: v for k, v in controller.env.items() if k not in CLIENT_VARIABLES}
     env.update(HUTCH_URL=controller.url, HUTCH_TOKEN=controller.token, **extra)
-    return {**env, "HUTCH_CLIENT_CONFIG": "/nonexistent/contexts.toml"}
-
-
-def hutch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [HUTCH, *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return Hutch({**env, "HUTCH_CLIENT_CONFIG": "/nonexistent/contexts.toml"})
 
 
 @pytest.fixture
@@ -46,9 +41,7 @@ def test_a_nodes_unsupported_format_stays_501(controller: Controller, zstd_archi
         client.images.import_(zstd_archive.read_bytes(), names=["zstd:1"])
     assert (e.value.status, e.value.title) == (501, "Not supported")
     assert "zstd-compressed: decompress it first" in e.value.detail
-    result = hutch(
-        as_system(controller, HUTCH_PROJECT="default"), "image", "import", str(zstd_archive)
-    )
+    result = as_system(controller, HUTCH_PROJECT="default")("image", "import", str(zstd_archive))
     assert result.returncode == 125
     assert "zstd-compressed: decompress it first" in one_clear_line(result.stderr)
 
@@ -56,18 +49,18 @@ def test_a_nodes_unsupported_format_stays_501(controller: Controller, zstd_archi
 def test_a_system_token_is_told_the_clis_way_to_name_a_project(
     controller: Controller, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
-    env = as_system(controller)
+    hutch = as_system(controller)
     layout = tmp_path / "layout"
     write_oci_layout(layout, [busybox_rootfs], BUSYBOX_CONFIG)
-    refused = hutch(env, "image", "import", str(layout), "--name", "named:1")
+    refused = hutch("image", "import", str(layout), "--name", "named:1")
     assert refused.returncode == 125
     line = one_clear_line(refused.stderr)
     assert line == (
         "hutch: a system token must name a project: add --project NAME or set HUTCH_PROJECT"
     )
     for named in (["--project", "default"], []):  # the same, with a project named either way
-        ok = hutch({**env, "HUTCH_PROJECT": "default"} if not named else env,
-                   "image", "import", str(layout), "--name", "named:1", *named)  # fmt: skip
+        named_by = as_system(controller, HUTCH_PROJECT="default") if not named else hutch
+        ok = named_by("image", "import", str(layout), "--name", "named:1", *named)
         assert ok.returncode == 0, ok.stderr
     with controller.client("default") as client:
         client.images.delete("named:1")

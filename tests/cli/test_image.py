@@ -1,13 +1,12 @@
 """`hutch image`, end to end: a real registry, the host's store, then `hutch sandbox run`."""
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import HUTCH, Hutch, one_clear_line
+from tests.helpers.cli import Hutch, one_clear_line
 from tests.images.ocibuild import write_oci_layout
 from tests.images.registry_server import Registry
 
@@ -90,10 +89,7 @@ def test_import_from_stdin_with_a_name(
     archive = tmp_path / "app.tar"
     hutch_r("image", "export", ref, str(archive))
     with archive.open("rb") as f:
-        result = subprocess.run(
-            [HUTCH, "image", "import", "--name", "local/copy:2", "-"],
-            stdin=f, capture_output=True, text=True, env=env, timeout=60, check=False,
-        )  # fmt: skip
+        result = hutch_r("image", "import", "--name", "local/copy:2", "-", stdin=f)
     assert result.returncode == 0, result.stderr
     assert "local/copy:2" in hutch_r("image", "ls").stdout
     run = hutch_r("sandbox", "run", "--runtime", "container", "local/copy:2")
@@ -118,7 +114,7 @@ def test_refusals_are_one_clear_line(hutch_r: Hutch, args: list[str], message: s
 
 
 def test_pull_with_wrong_credentials(
-    hutch_env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
+    hutch: Hutch, hutch_env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     reg = Registry(tmp_path / "reg", htpasswd={"bob": "right"}).start()
     try:
@@ -126,12 +122,9 @@ def test_pull_with_wrong_credentials(
         write_oci_layout(layout, [busybox_rootfs], APP_CONFIG, ref="v1")
         reg.push(layout, "v1", "private/app:1")
         hutch_env["HUTCH_REGISTRIES"] = json.dumps({reg.host: {"insecure": True}})
-        argv = [HUTCH, "image", "pull", "--username", "bob", "--password-stdin"]
+        argv = ["image", "pull", "--username", "bob", "--password-stdin"]
         for password, ok in (("wrong", False), ("right", True)):
-            result = subprocess.run(
-                [*argv, f"{reg.host}/private/app:1"], input=f"{password}\n",
-                capture_output=True, text=True, env=hutch_env, timeout=60, check=False,
-            )  # fmt: skip
+            result = hutch(*argv, f"{reg.host}/private/app:1", input=f"{password}\n")
             if ok:
                 assert result.returncode == 0, result.stderr
             else:

@@ -9,7 +9,6 @@ import re
 import signal
 import struct
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cli.conftest import HUTCH, one_clear_line
 from tests.controller import (
     BUSYBOX_CONFIG,
     Controller,
@@ -26,12 +24,12 @@ from tests.controller import (
     new_project,
     registry_with_app,
 )
+from tests.helpers.cli import Hutch, one_clear_line
 from tests.images.ocibuild import write_oci_layout
 
 __all__ = ["controller"]  # the session fixture, for the tests here
 
 IN_OPEN, IN_CLOSE_NOWRITE = 0x20, 0x10
-Run = Callable[..., subprocess.CompletedProcess[str]]
 C = ("--runtime", "container")  # where the runtime does not matter
 
 
@@ -42,37 +40,19 @@ def env(controller: Controller) -> dict[str, str]:
 
 
 @pytest.fixture
-def hutch(env: dict[str, str]) -> Run:
-    def run(
-        *args: str, input: str | None = None, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [HUTCH, *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-            check=False,
-        )
-
-    return run
+def hutch(env: dict[str, str]) -> Hutch:
+    return Hutch(env)
 
 
-def test_ps_reads_the_listing_without_the_sdks_models(hutch: Run, env: dict[str, str]) -> None:
+def test_ps_reads_the_listing_without_the_sdks_models(hutch: Hutch, env: dict[str, str]) -> None:
     """`hutch ps` (its table, its ids) prints what the SDK's models would, and loads neither
     them nor YAML, asyncio, websockets or rich (bench/cli.py: the CLI answers at once)."""
     hutch("run", "-d", *C, "--name", "one", "--label", "app=web", "busybox", "--", "true")
     assert hutch("wait", "one").stdout == "0\n"
     listed = json.loads(hutch("ps", "-o", "json").stdout)  # through the SDK's models
     for args in (("ps",), ("ps", "-a", "--state", "exited", "-l", "app=web"), ("ps", "-q")):
-        done = subprocess.run(
-            [sys.executable, "-X", "importtime", "-m", "hutch", *args],
-            capture_output=True, text=True, env=env, timeout=60, check=False,
-        )  # fmt: skip
+        done, modules = hutch.imports(*args)
         assert done.returncode == 0, done.stderr
-        lines = [line for line in done.stderr.splitlines() if "import time:" in line]
-        modules = {line.split("|")[-1].strip() for line in lines}
         assert "hutch.client.plain" in modules
         slow = ("pydantic", "hutch.wire", "yaml", "asyncio", "websockets", "rich")
         assert not {m for m in modules if m.startswith(slow)}, args
@@ -101,14 +81,14 @@ def test_ps_reads_the_listing_without_the_sdks_models(hutch: Run, env: dict[str,
     assert hutch("ps", "--state", "running").stdout.split() == header.split()
 
 
-def test_run_prints_the_output_and_exits_0(hutch: Run) -> None:
+def test_run_prints_the_output_and_exits_0(hutch: Hutch) -> None:
     result = hutch("run", "busybox", "--", "echo", "hi")  # the default runtime: a micro-VM
     assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
     [machine] = json.loads(hutch("ps", "-o", "json").stdout)
     assert machine["runtime"] == "microvm" and machine["state"] == "exited"
 
 
-def test_run_keeps_streams_apart_and_passes_the_exit_code(hutch: Run) -> None:
+def test_run_keeps_streams_apart_and_passes_the_exit_code(hutch: Hutch) -> None:
     result = hutch(
         "run",
         "--rm",
@@ -130,7 +110,7 @@ def test_run_keeps_streams_apart_and_passes_the_exit_code(hutch: Run) -> None:
     assert "job" not in hutch("ps").stdout  # --rm: destroyed once it ended
 
 
-def test_run_detached_then_ps_logs_exec_stop_wait_rm(hutch: Run) -> None:
+def test_run_detached_then_ps_logs_exec_stop_wait_rm(hutch: Hutch) -> None:
     started = hutch(
         "run",
         "-d",
@@ -183,7 +163,7 @@ def test_run_detached_then_ps_logs_exec_stop_wait_rm(hutch: Run) -> None:
     assert machine_id in hutch("ps", "-a", "-q").stdout
 
 
-def test_logs_tail_and_rm_force(hutch: Run) -> None:
+def test_logs_tail_and_rm_force(hutch: Hutch) -> None:
     script = "echo 1; sleep 0.1; printf '2\\n3\\n'"  # the last write holds two lines
     hutch("run", *C, "--name", "counter", "busybox", "--", "sh", "-c", script)
     assert hutch("logs", "-n", "1", "counter").stdout == "3\n"
@@ -217,7 +197,7 @@ def _log_opens(sandbox_dir: Path, run: Callable[[], object]) -> int:
     return opens
 
 
-def test_logs_tail_reads_the_log_once(hutch: Run, controller: Controller) -> None:
+def test_logs_tail_reads_the_log_once(hutch: Hutch, controller: Controller) -> None:
     """--tail costs what a whole log costs: one pass over it, not one to count the lines and
     another to send them (which a rotation in between would also cut wrong)."""
     script = "i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); done"
@@ -235,25 +215,11 @@ def test_logs_tail_reads_the_log_once(hutch: Run, controller: Controller) -> Non
     hutch("rm", "lines")
 
 
-def test_ctrl_c_stops_the_machine(env: dict[str, str], hutch: Run) -> None:
-    attached = subprocess.Popen(
-        [
-            HUTCH,
-            "run",
-            *C,
-            "--name",
-            "long",
-            "busybox",
-            "--",
-            "sh",
-            "-c",
-            "echo up; exec sleep 600",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def test_ctrl_c_stops_the_machine(env: dict[str, str], hutch: Hutch) -> None:
+    attached = hutch.start(
+        "run", *C, "--name", "long", "busybox", "--", "sh", "-c", "echo up; exec sleep 600",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     assert attached.stdout is not None and attached.stdout.readline() == "up\n"
     attached.send_signal(signal.SIGINT)
     _, err = attached.communicate(timeout=60)
@@ -262,7 +228,7 @@ def test_ctrl_c_stops_the_machine(env: dict[str, str], hutch: Run) -> None:
     assert "exited (143)" in hutch("ps").stdout
 
 
-def test_refusals_are_one_clear_line(hutch: Run, env: dict[str, str]) -> None:
+def test_refusals_are_one_clear_line(hutch: Hutch, env: dict[str, str]) -> None:
     for args, expected in [
         (("run", "-m", "lots", "busybox"), "'lots' is not a size"),
         (("run", "-e", "NOEQUALS", "busybox"), "--env 'NOEQUALS' is not KEY=VALUE"),
@@ -281,18 +247,18 @@ def test_refusals_are_one_clear_line(hutch: Run, env: dict[str, str]) -> None:
 
 def test_a_bad_token_is_one_clear_line(env: dict[str, str], controller: Controller) -> None:
     bad = {**env, "HUTCH_URL": controller.url, "HUTCH_TOKEN": "not-a-token"}
-    result = subprocess.run([HUTCH, "ps"], env=bad, capture_output=True, text=True, check=False)
+    result = Hutch(bad)("ps")
     assert result.returncode == 125
     assert one_clear_line(result.stderr) == "hutch: unknown token"
 
 
-def test_a_command_that_cannot_start_is_127(hutch: Run) -> None:
+def test_a_command_that_cannot_start_is_127(hutch: Hutch) -> None:
     result = hutch("run", *C, "busybox", "--", "/no/such/program")
     assert result.returncode == 127, result.stderr
     assert "/no/such/program" in one_clear_line(result.stderr)
 
 
-def test_a_machine_that_fails_exits_125_saying_why(hutch: Run, controller: Controller) -> None:
+def test_a_machine_that_fails_exits_125_saying_why(hutch: Hutch, controller: Controller) -> None:
     registry = f"127.0.0.1:{controller.registry_port}"  # configured, and down
     result = hutch("run", *C, f"{registry}/missing:1")  # its node cannot pull it
     assert result.returncode == 125
@@ -300,7 +266,7 @@ def test_a_machine_that_fails_exits_125_saying_why(hutch: Run, controller: Contr
     assert f"failed: cannot pull {registry}/missing:1: cannot reach registry {registry}" in line
 
 
-def test_a_machine_from_an_unlisted_registry_is_refused_at_once(hutch: Run) -> None:
+def test_a_machine_from_an_unlisted_registry_is_refused_at_once(hutch: Hutch) -> None:
     result = hutch("run", *C, "127.0.0.1:9/missing:1")
     assert result.returncode == 125
     line = one_clear_line(result.stderr)
@@ -308,7 +274,7 @@ def test_a_machine_from_an_unlisted_registry_is_refused_at_once(hutch: Run) -> N
 
 
 def test_images_and_nodes_through_the_controller(
-    hutch: Run, env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
+    hutch: Hutch, env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     table = hutch("image", "ls")
     assert table.returncode == 0 and "busybox:latest" in table.stdout
@@ -320,14 +286,7 @@ def test_images_and_nodes_through_the_controller(
         for child in sorted((tmp_path / "app").iterdir()):
             tar.add(child, arcname=child.name)
     with (tmp_path / "app.tar").open("rb") as archive:
-        imported = subprocess.run(
-            [HUTCH, "image", "import", "-", "--name", "app:1"],
-            env=env,
-            stdin=archive,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        imported = hutch("image", "import", "-", "--name", "app:1", stdin=archive)
     assert imported.returncode == 0 and imported.stdout.startswith("sha256:"), imported.stderr
     assert "app:1" in hutch("image", "ls").stdout
     assert hutch("run", "--rm", *C, "app:1").stdout == "app\n"  # --rm: it holds no image
@@ -345,7 +304,7 @@ def test_images_and_nodes_through_the_controller(
 
 
 def test_image_pull_through_the_controller(
-    hutch: Run, controller: Controller, tmp_path: Path, busybox_rootfs: Path
+    hutch: Hutch, controller: Controller, tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     with registry_with_app(controller, tmp_path, busybox_rootfs) as ref:
         pulled = hutch("image", "pull", ref)
@@ -356,7 +315,7 @@ def test_image_pull_through_the_controller(
     assert refused.returncode == 125 and "--local" in one_clear_line(refused.stderr)
 
 
-def test_too_little_memory_is_refused_before_a_machine_exists(hutch: Run) -> None:
+def test_too_little_memory_is_refused_before_a_machine_exists(hutch: Hutch) -> None:
     for runtime, least in (("microvm", 96), ("container", 16)):
         too_little = hutch("run", "--runtime", runtime, "-m", f"{least - 1}M", "busybox", "true")
         assert too_little.returncode == 125
@@ -370,7 +329,7 @@ def test_too_little_memory_is_refused_before_a_machine_exists(hutch: Run) -> Non
 
 
 def test_ps_is_newest_first_with_times_for_people_and_scripts(
-    hutch: Run, controller: Controller
+    hutch: Hutch, controller: Controller
 ) -> None:
     registry = f"127.0.0.1:{controller.registry_port}"  # configured, and down: they fail
     ref = f"{registry}/{'a-long-repository-name/' * 4}missing:1"
@@ -396,7 +355,7 @@ def test_ps_is_newest_first_with_times_for_people_and_scripts(
 
 
 def test_image_rm_local_keeps_the_root_a_machine_runs_on(
-    hutch: Run, env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
+    hutch: Hutch, env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     """`hutch image rm --local` looks at the node agent's sandboxes (not only `hutch sandbox`'s):
     the root a machine runs on stays, and the machine with it."""

@@ -1,11 +1,8 @@
 """`hutch` itself: the listing of its commands, and that a command loads only what it needs."""
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.cli.conftest import Hutch
+from tests.helpers.cli import Hutch
 
 HEAVY = ("fastapi", "uvicorn", "sqlalchemy", "hutch.api", "hutch.agent", "hutch.images")
 # What a command that only reads a listing has no use for, and takes longer to import than the
@@ -16,16 +13,7 @@ SLOW = ("pydantic", "hutch.wire", "yaml", "asyncio", "websockets", "rich", "pygm
 
 def imported(*args: str, env: dict[str, str]) -> set[str]:
     """The modules `hutch ARGS` imports (python -X importtime)."""
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "hutch", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    lines = [line.split("|")[-1] for line in done.stderr.splitlines() if "import time:" in line]
-    return {name.strip() for name in lines}
+    return Hutch(env).imports(*args)[1]
 
 
 def test_every_listed_command_runs_its_help(hutch: Hutch) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cli.conftest import HUTCH, one_clear_line
 from tests.controller import Controller, controller, new_project
+from tests.helpers.cli import HUTCH, one_clear_line
 
 __all__ = ["controller"]
 

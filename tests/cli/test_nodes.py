@@ -2,29 +2,23 @@
 `hutch up` (one real node: this host)."""
 
 import json
-import subprocess
 import uuid
 
 import pytest
 
 from hutch.placement import CPU_OVERCOMMIT
-from tests.cli.conftest import HUTCH, one_clear_line
-from tests.cli.test_machines import Run
 from tests.controller import Controller, controller
+from tests.helpers.cli import Hutch, one_clear_line
 
 __all__ = ["controller"]  # the session fixture, for the tests here
 
 
 @pytest.fixture
-def hutch(controller: Controller) -> Run:
-    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([HUTCH, *args], capture_output=True, text=True,
-                              env=controller.env, timeout=timeout, check=False)  # fmt: skip
-
-    return run
+def hutch(controller: Controller) -> Hutch:
+    return Hutch(controller.env)
 
 
-def test_inspect_cordon_dry_run_and_uncordon(hutch: Run) -> None:
+def test_inspect_cordon_dry_run_and_uncordon(hutch: Hutch) -> None:
     [node] = json.loads(hutch("node", "ls", "-o", "json").stdout)
     shown = json.loads(hutch("node", "inspect", node["name"]).stdout)
     assert shown["id"] == node["id"] and shown["cordoned"] is False
@@ -47,7 +41,7 @@ def test_inspect_cordon_dry_run_and_uncordon(hutch: Run) -> None:
     assert many.returncode == 125 and "lacks labels disk=nvme" in many.stdout
 
 
-def test_node_refusals_are_one_clear_line(hutch: Run) -> None:
+def test_node_refusals_are_one_clear_line(hutch: Hutch) -> None:
     for argv, words in [
         (("node", "inspect", "nope"), "no node 'nope'"),
         (("node", "drain", "nope"), "no node 'nope'"),
@@ -61,7 +55,7 @@ def test_node_refusals_are_one_clear_line(hutch: Run) -> None:
         assert r.returncode == 125 and words in one_clear_line(r.stderr), (argv, r.stderr)
 
 
-def test_join_tokens_and_project_strategies(hutch: Run, controller: Controller) -> None:
+def test_join_tokens_and_project_strategies(hutch: Hutch, controller: Controller) -> None:
     token = hutch("node", "join-token", "--ttl", "10m")
     assert token.returncode == 0 and token.stdout.startswith("hjt.")
     assert len(token.stdout.strip().split(".")) == 4  # plain HTTP: no CA pin
@@ -76,7 +70,7 @@ def test_join_tokens_and_project_strategies(hutch: Run, controller: Controller) 
     assert bad.returncode == 125 and "strategy" in one_clear_line(bad.stderr)
 
 
-def test_node_ls_counts_vcpus_as_the_scheduler_does(hutch: Run) -> None:
+def test_node_ls_counts_vcpus_as_the_scheduler_does(hutch: Hutch) -> None:
     [node] = json.loads(hutch("node", "ls", "-o", "json").stdout)
     cpus, held = node["capacity"]["cpus"], node["allocated"]["cpus"]
     header, row = hutch("node", "ls").stdout.splitlines()
@@ -84,7 +78,7 @@ def test_node_ls_counts_vcpus_as_the_scheduler_does(hutch: Run) -> None:
     assert f" {held}/{cpus * CPU_OVERCOMMIT} ({cpus}x{CPU_OVERCOMMIT}) " in row
 
 
-def test_the_agent_logs_the_node_it_joined_as(hutch: Run, controller: Controller) -> None:
+def test_the_agent_logs_the_node_it_joined_as(hutch: Hutch, controller: Controller) -> None:
     [node] = json.loads(hutch("node", "ls", "-o", "json").stdout)
     log = (controller.state_dir / "up.log").read_text(errors="replace")
     line = f"joined controller {controller.url} as node {node['name']} (id {node['id']})"

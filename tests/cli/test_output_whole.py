@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.cli.conftest import HUTCH
 from tests.controller import Controller, controller, new_project
+from tests.helpers.cli import Hutch
 
 __all__ = ["controller"]  # the session fixture, for the tests here
 
@@ -28,9 +28,7 @@ def seq(n: int, start: int = 1) -> bytes:
 def run(
     env: dict[str, str], *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [HUTCH, *args], capture_output=True, env=env, timeout=timeout, check=False
-    )
+    return Hutch(env).raw(*args, timeout=timeout)
 
 
 @pytest.fixture

@@ -4,41 +4,22 @@ real `hutch up` (tests/controller.py)."""
 import json
 import re
 import shlex
-import subprocess
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.cli.conftest import HUTCH, one_clear_line
 from tests.controller import Controller, controller
+from tests.helpers.cli import Hutch, one_clear_line
 
 __all__ = ["controller"]  # the session fixture, for the tests here
 
-Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def runner(env: dict[str, str]) -> Run:
-    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [HUTCH, *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-            check=False,
-        )
-
-    return run
-
 
 @pytest.fixture
-def admin(controller: Controller) -> Run:
+def admin(controller: Controller) -> Hutch:
     """As the operator: the `local` context `hutch up` saved (a system token)."""
-    return runner(controller.env)
+    return Hutch(controller.env)
 
 
 @pytest.fixture
@@ -46,7 +27,7 @@ def name() -> str:
     return f"p-{uuid.uuid4().hex[:8]}"
 
 
-def as_token(controller: Controller, token: str) -> Run:
+def as_token(controller: Controller, token: str) -> Hutch:
     """As a tenant: only HUTCH_URL and HUTCH_TOKEN, no context."""
     env = {
         **controller.env,
@@ -54,10 +35,10 @@ def as_token(controller: Controller, token: str) -> Run:
         "HUTCH_TOKEN": token,
         "HUTCH_CLIENT_CONFIG": "/nonexistent/contexts.toml",
     }
-    return runner(env)
+    return Hutch(env)
 
 
-def test_project_token_flow(controller: Controller, admin: Run, name: str) -> None:
+def test_project_token_flow(controller: Controller, admin: Hutch, name: str) -> None:
     created = admin("project", "create", name)
     assert (created.returncode, created.stdout) == (0, f"{name}\n"), created.stderr
     assert name in admin("project", "ls").stdout
@@ -98,7 +79,7 @@ def test_project_token_flow(controller: Controller, admin: Run, name: str) -> No
     assert name not in admin("project", "ls").stdout
 
 
-def test_a_reader_cannot_run(controller: Controller, admin: Run, name: str) -> None:
+def test_a_reader_cannot_run(controller: Controller, admin: Hutch, name: str) -> None:
     admin("project", "create", name)
     secret = admin("token", "create", "-p", name, "--role", "reader").stdout.splitlines()[-1]
     refused = as_token(controller, secret)("run", "busybox")
@@ -106,7 +87,7 @@ def test_a_reader_cannot_run(controller: Controller, admin: Run, name: str) -> N
     assert "needs the member role" in one_clear_line(refused.stderr)
 
 
-def test_quota_show_and_set(controller: Controller, admin: Run, name: str) -> None:
+def test_quota_show_and_set(controller: Controller, admin: Hutch, name: str) -> None:
     admin("project", "create", name)
     shown = admin("quota", "show", name)
     assert shown.returncode == 0 and "unlimited" in shown.stdout
@@ -131,7 +112,7 @@ def test_quota_show_and_set(controller: Controller, admin: Run, name: str) -> No
         "images_mib": 2048,
         "images_unpacked_mib": None,
     }
-    tenant = runner({**controller.env, "HUTCH_PROJECT": name})
+    tenant = Hutch({**controller.env, "HUTCH_PROJECT": name})
     tenant("run", "-d", "--runtime", "container", "busybox", "--", "sleep", "600")
     over = tenant("run", "--runtime", "container", "busybox")
     assert over.returncode == 125
@@ -144,7 +125,7 @@ def test_quota_show_and_set(controller: Controller, admin: Run, name: str) -> No
 
 def test_login_and_contexts(controller: Controller, tmp_path: Path) -> None:
     env = {**controller.env, "HUTCH_CLIENT_CONFIG": str(tmp_path / "contexts.toml")}
-    hutch = runner(env)
+    hutch = Hutch(env)
     nowhere = hutch("ps")
     assert nowhere.returncode == 125 and "no controller configured" in nowhere.stderr
     bad = hutch("login", controller.url, "--token-stdin", input="wrong\n")
@@ -174,7 +155,7 @@ def test_the_readmes_projects_commands_run_as_written(controller: Controller, na
     text = (Path(__file__).parents[2] / "README.md").read_text()
     section = text.split("## Projects, tokens and quotas", 1)[1]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
-    admin = runner(controller.env)
+    admin = Hutch(controller.env)
     token_id = ""
     for line in block.splitlines():
         for command in line.split("#", 1)[0].split(";"):
@@ -190,7 +171,7 @@ def test_the_readmes_projects_commands_run_as_written(controller: Controller, na
                 assert "images" in ran.stdout and "5.0 GiB" in ran.stdout
 
 
-def test_project_and_token_listings_are_newest_first(admin: Run, name: str) -> None:
+def test_project_and_token_listings_are_newest_first(admin: Hutch, name: str) -> None:
     newer = f"{name}-2"
     for project in (name, newer):
         assert admin("project", "create", project).returncode == 0

@@ -7,10 +7,9 @@ cannot run on one machine (the cluster's controller --tls and agent join) is che
 import os
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
-from tests.cli.conftest import HUTCH
+from tests.helpers.cli import Hutch
 
 README = Path(__file__).parents[2] / "README.md"
 OPTION = re.compile(r"(?<![\w./-])(--[a-z][a-z-]*|-[a-zA-Z]{1,3})\b")
@@ -33,9 +32,7 @@ def commands() -> list[tuple[list[str], str]]:
 
 def help_of(path: list[str]) -> str | None:
     env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
-    ran = subprocess.run(
-        [HUTCH, *path, "--help"], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
+    ran = Hutch(env)(*path, "--help", timeout=60)
     return ran.stdout if ran.returncode == 0 else None
 
 

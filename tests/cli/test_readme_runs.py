@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 
 from hutch.images.build import write_archive
-from tests.cli.conftest import HUTCH
 from tests.cli.test_rootfs import debootstrap_like
 from tests.controller import BUSYBOX_CONFIG, Controller, controller, new_project
+from tests.helpers.cli import HUTCH, Hutch
 from tests.images.ocibuild import write_oci_layout
 from tests.images.registry_server import Registry
 
@@ -163,10 +163,7 @@ def test_the_login_and_context_lines_run_as_written(
     """With a member token of the test's project for `...` and $TOKEN, and a contexts file that
     holds `hutch up`'s `local` (so `hutch context use local` has one to use)."""
     project = env.pop("HUTCH_PROJECT")
-    issued = subprocess.run(
-        [HUTCH, "token", "create", "-p", project, "--role", "member"], env=env,
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    issued = Hutch(env)("token", "create", "-p", project, "--role", "member", check=True)
     token = issued.stdout.splitlines()[-1]
     contexts = tmp_path / "contexts.toml"
     contexts.write_text((controller.state_dir / "contexts.toml").read_text())
@@ -193,11 +190,7 @@ def test_the_login_and_context_lines_run_as_written(
         if line.startswith("hutch context ls"):
             rows = [r.removeprefix("*").split() for r in ran.stdout.splitlines()[1:]]
             assert ["team-a", controller.url, project] in rows, rows
-    listed = json.loads(
-        subprocess.run(
-            [HUTCH, "context", "ls", "-o", "json"], env=env, capture_output=True, check=True
-        ).stdout
-    )
+    listed = json.loads(Hutch(env)("context", "ls", "-o", "json", check=True).stdout)
     assert {c["name"]: c["current"] for c in listed} == {"local": True, "team-a": False}
 
 

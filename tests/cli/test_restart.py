@@ -2,12 +2,11 @@
 (tests/controller.py), in a project of its own."""
 
 import json
-import subprocess
 import time
 from typing import Any
 
-from tests.cli.conftest import HUTCH
 from tests.controller import Controller, controller, new_project
+from tests.helpers.cli import Hutch
 
 __all__ = ["controller"]  # the session fixture, for the tests here
 
@@ -18,12 +17,7 @@ PATIENCE = 120.0  # seconds before giving up on a restart (backoffs: 1 s, then 2
 def test_on_failure_restarts_a_workload_that_fails_and_not_one_that_succeeds(
     controller: Controller,
 ) -> None:
-    env = {**controller.env, "HUTCH_PROJECT": new_project(controller)}
-
-    def hutch(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [HUTCH, *args], capture_output=True, text=True, env=env, timeout=120, check=False
-        )
+    hutch = Hutch({**controller.env, "HUTCH_PROJECT": new_project(controller)})
 
     def inspect(ref: str) -> dict[str, Any]:
         shown = hutch("inspect", ref)

@@ -7,16 +7,15 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import HUTCH, one_clear_line
-from tests.cli.test_machines import C, Run, env, hutch
+from tests.cli.test_machines import C, env, hutch
 from tests.controller import BUSYBOX_CONFIG, Controller, controller, registry_with_app
+from tests.helpers.cli import Hutch, one_clear_line
 from tests.images.ocibuild import write_oci_layout
 
 __all__ = ["controller", "env", "hutch"]  # the fixtures, for the tests here
@@ -42,7 +41,7 @@ def debootstrap_like(busybox_rootfs: Path, dest: Path) -> Path:
 
 
 def test_a_root_directory_with_devices_fifos_and_symlinks_imports_and_runs(
-    hutch: Run, tmp_path: Path, busybox_rootfs: Path
+    hutch: Hutch, tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     tree = debootstrap_like(busybox_rootfs, tmp_path / "deb")
     imported = hutch("image", "import", str(tree), "--name", "deb-py:1")
@@ -61,7 +60,7 @@ def test_a_root_directory_with_devices_fifos_and_symlinks_imports_and_runs(
 
 
 def test_a_root_filesystem_tarball_imports_from_a_file_and_stdin(
-    hutch: Run, env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
+    hutch: Hutch, env: dict[str, str], tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     tree = debootstrap_like(busybox_rootfs, tmp_path / "deb")
     tarball = tmp_path / "rootfs.tar.gz"
@@ -71,17 +70,14 @@ def test_a_root_filesystem_tarball_imports_from_a_file_and_stdin(
     assert imported.returncode == 0, imported.stderr
     assert "left out 5 device nodes and FIFOs" in imported.stderr
     with tarball.open("rb") as stdin:
-        piped = subprocess.run(
-            [HUTCH, "image", "import", "-", "--name", "deb:stdin"],
-            env=env, stdin=stdin, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        piped = hutch("image", "import", "-", "--name", "deb:stdin", stdin=stdin)
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == imported.stdout  # the same tree, the same image
     ran = hutch("run", "--rm", *C, "deb:stdin", "--", "cat", "/usr-os-release")
     assert (ran.returncode, ran.stdout) == (0, "ID=debian-ish\n"), ran.stderr
 
 
-def test_a_hostile_tarball_is_still_refused(hutch: Run, tmp_path: Path) -> None:
+def test_a_hostile_tarball_is_still_refused(hutch: Hutch, tmp_path: Path) -> None:
     tarball = tmp_path / "evil.tar"
     with tarfile.open(tarball, "w") as tar:
         info = tarfile.TarInfo("../../etc/evil")
@@ -94,7 +90,7 @@ def test_a_hostile_tarball_is_still_refused(hutch: Run, tmp_path: Path) -> None:
 
 
 def test_an_image_whose_layer_has_device_nodes_runs(
-    hutch: Run, tmp_path: Path, busybox_rootfs: Path
+    hutch: Hutch, tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     """An image made elsewhere (`docker import` of a debootstrap tree keeps /dev's nodes)."""
     layer = io.BytesIO()
@@ -112,7 +108,7 @@ def test_an_image_whose_layer_has_device_nodes_runs(
 
 @pytest.mark.parametrize("runtime", ["container", "microvm"])
 def test_a_missing_workdir_is_created(
-    hutch: Run, tmp_path: Path, busybox_rootfs: Path, runtime: str
+    hutch: Hutch, tmp_path: Path, busybox_rootfs: Path, runtime: str
 ) -> None:
     ran = hutch("run", "--rm", "--runtime", runtime, "-w", "/srv/new/dir", "busybox", "--", "pwd")
     assert (ran.returncode, ran.stdout) == (0, "/srv/new/dir\n"), ran.stderr
@@ -124,14 +120,14 @@ def test_a_missing_workdir_is_created(
     assert ran.stdout.startswith("/app\ndrwxr-xr-x") and " root " in ran.stdout
 
 
-def test_exec_in_a_missing_directory_still_fails(hutch: Run) -> None:
+def test_exec_in_a_missing_directory_still_fails(hutch: Hutch) -> None:
     started = hutch("run", "-d", *C, "--name", "w", "busybox", "--", "sleep", "600")
     assert started.returncode == 0, started.stderr
     ran = hutch("exec", "-w", "/no/such", "w", "--", "pwd")  # as docker exec: not made
     assert ran.returncode != 0 and "/no/such" in ran.stderr
 
 
-def test_a_name_nobody_has_is_a_404_and_makes_no_machine(hutch: Run) -> None:
+def test_a_name_nobody_has_is_a_404_and_makes_no_machine(hutch: Hutch) -> None:
     for typo in ("busybx", "team/app:1"):
         result = hutch("run", *C, typo)
         assert result.returncode == 125
@@ -141,7 +137,7 @@ def test_a_name_nobody_has_is_a_404_and_makes_no_machine(hutch: Run) -> None:
 
 
 def test_a_reference_naming_a_registry_is_still_pulled(
-    hutch: Run, controller: Controller, tmp_path: Path, busybox_rootfs: Path
+    hutch: Hutch, controller: Controller, tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     with registry_with_app(controller, tmp_path, busybox_rootfs) as ref:
         ran = hutch("run", "--rm", *C, ref)
@@ -149,7 +145,7 @@ def test_a_reference_naming_a_registry_is_still_pulled(
 
 
 def test_an_image_machines_use_is_not_removed_unless_forced(
-    hutch: Run, tmp_path: Path, busybox_rootfs: Path
+    hutch: Hutch, tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     config = {**BUSYBOX_CONFIG, "Cmd": ["sleep", "600"]}  # not the catalogue's busybox
     write_oci_layout(tmp_path / "img", [busybox_rootfs], config)

@@ -3,13 +3,12 @@ pseudo-terminal on the client side, in both runtimes; `hutch run -i`: its stdin 
 and the SDK's attach sessions."""
 
 import re
-import subprocess
 import time
 
 from hutch.client import log_bytes
-from tests.cli.conftest import HUTCH
 from tests.cli.test_terminal import PROMPT, Terminal, env, terminals, use_the_shell
 from tests.controller import Controller, controller
+from tests.helpers.cli import HUTCH, Hutch
 
 __all__ = ["controller", "env", "terminals"]  # the fixtures, for the tests here
 
@@ -17,10 +16,7 @@ __all__ = ["controller", "env", "terminals"]  # the fixtures, for the tests here
 def _the_machine(env: dict[str, str]) -> str:
     """The one machine of the test's project, once it runs."""
     for _ in range(200):
-        listed = subprocess.run(
-            [HUTCH, "ps", "-q", "--state", "running"],
-            env=env, capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+        listed = Hutch(env)("ps", "-q", "--state", "running", timeout=60, check=True)
         if machines := listed.stdout.split():
             assert len(machines) == 1, machines
             return machines[0]
@@ -47,9 +43,7 @@ def _shell_session(env: dict[str, str], terminals: list[Terminal], runtime: str)
     term.type(b"exit 3\r")
     assert term.wait(timeout=120) == 3  # the machine's exit code
     assert term.modes() == before  # the client's terminal is restored
-    gone = subprocess.run(
-        [HUTCH, "ps", "-q"], env=env, capture_output=True, text=True, timeout=60, check=True
-    )
+    gone = Hutch(env)("ps", "-q", timeout=60, check=True)
     assert gone.stdout.split() == []  # --rm
 
 
@@ -78,19 +72,17 @@ def test_run_it_is_a_terminal_in_a_micro_vm(env: dict[str, str], terminals: list
 
 def test_run_i_alone_gives_stdin_without_a_terminal(env: dict[str, str]) -> None:
     data = b"".join(b"line %d of what is piped in\n" % i for i in range(8000))  # ~230 KB
-    ran = subprocess.run(
-        [HUTCH, "run", "-i", "--rm", "--runtime", "container", "busybox", "--",
-         "sh", "-c", "tty; cat; echo done >&2"],
-        env=env, input=data, capture_output=True, timeout=240, check=False,
+    ran = Hutch(env).raw(
+        "run", "-i", "--rm", "--runtime", "container", "busybox", "--",
+        "sh", "-c", "tty; cat; echo done >&2", input=data, timeout=240,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == b"not a tty\n" + data  # all of it, in order, no \r added
     assert ran.stderr.endswith(b"done\n"), ran.stderr
     # Without -i, the command's stdin is /dev/null, whatever hutch's is
-    closed = subprocess.run(
-        [HUTCH, "run", "--rm", "--runtime", "container", "busybox", "--", "sh", "-c",
-         "cat; echo end"],
-        env=env, input=b"not for it\n", capture_output=True, timeout=240, check=False,
+    closed = Hutch(env).raw(
+        "run", "--rm", "--runtime", "container", "busybox", "--", "sh", "-c", "cat; echo end",
+        input=b"not for it\n", timeout=240,
     )  # fmt: skip
     assert (closed.returncode, closed.stdout) == (0, b"end\n"), closed.stderr
 

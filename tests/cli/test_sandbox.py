@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import HUTCH, Hutch, one_clear_line
+from tests.helpers.cli import Hutch, one_clear_line
 from tests.images.ocibuild import write_oci_layout
 
 
@@ -85,17 +85,12 @@ def test_an_unknown_command_exits_127_with_the_reason(hutch: Hutch, busybox_root
     assert "nope" in result.stderr and "No such file" in result.stderr
 
 
-def test_ctrl_c_stops_the_workload_gracefully(
-    hutch_env: dict[str, str], busybox_rootfs: Path
-) -> None:
+def test_ctrl_c_stops_the_workload_gracefully(hutch: Hutch, busybox_rootfs: Path) -> None:
     script = "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done"
-    proc = subprocess.Popen(
-        [HUTCH, "sandbox", "run", str(busybox_rootfs), "--", "/bin/sh", "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=hutch_env,
-    )
+    proc = hutch.start(
+        "sandbox", "run", str(busybox_rootfs), "--", "/bin/sh", "-c", script,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGINT)
@@ -135,13 +130,11 @@ def test_setup_reports_the_guest_and_accelerator(hutch: Hutch) -> None:
     assert "guest kernel" in result.stdout and "accelerator" in result.stdout
 
 
-def test_ls_and_rm_see_a_sandbox_another_process_runs(
-    hutch: Hutch, hutch_env: dict[str, str], busybox_rootfs: Path
-) -> None:
-    proc = subprocess.Popen(
-        [HUTCH, "sandbox", "run", "--runtime", "container", "--name", "busy",
-         str(busybox_rootfs), "--", "/bin/sh", "-c", "echo up; sleep 600"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=hutch_env,
+def test_ls_and_rm_see_a_sandbox_another_process_runs(hutch: Hutch, busybox_rootfs: Path) -> None:
+    proc = hutch.start(
+        "sandbox", "run", "--runtime", "container", "--name", "busy",
+        str(busybox_rootfs), "--", "/bin/sh", "-c", "echo up; sleep 600",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     ls = hutch("sandbox", "ls")

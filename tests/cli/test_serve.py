@@ -4,7 +4,6 @@
 import json
 import shutil
 import signal
-import socket
 import ssl
 import stat
 import subprocess
@@ -16,13 +15,8 @@ import pytest
 
 from hutch.client import Client, config
 from hutch.images.build import write_archive
-from tests.cli.conftest import HUTCH, Hutch, one_clear_line
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import free_port
+from tests.helpers.cli import Hutch, one_clear_line
 
 
 def test_up_detached_then_a_first_workload_then_down(
@@ -151,11 +145,11 @@ def test_a_controller_and_an_agent_apart(
     secret_file = short_dir / "join-secret"
     secret_file.write_text(secret + "\n")
     started = [
-        subprocess.Popen([HUTCH, "controller", "--listen", f"127.0.0.1:{port}"],
-                         env=controller_env, stderr=(short_dir / "c.log").open("wb")),
-        subprocess.Popen([HUTCH, "agent", "--controller", url, "--join-secret-file",
-                          str(secret_file), "--name", "node-a", "--label", "zone=a"],
-                         env=agent_env, stderr=(short_dir / "a.log").open("wb")),
+        Hutch(controller_env).start("controller", "--listen", f"127.0.0.1:{port}",
+                                    stderr=(short_dir / "c.log").open("wb")),
+        Hutch(agent_env).start("agent", "--controller", url, "--join-secret-file",
+                               str(secret_file), "--name", "node-a", "--label", "zone=a",
+                               stderr=(short_dir / "a.log").open("wb")),
     ]  # fmt: skip
     try:
         token = wait_for_node(url, short_dir / "c" / "admin-token", short_dir)
@@ -170,17 +164,12 @@ def test_a_controller_and_an_agent_apart(
             assert [line.data for line in client.machines.logs(m)] == ["from node-a\n"]
             client.machines.delete(m)
             client.machines.wait(m, "destroyed", timeout=60)
-        refused = subprocess.run(
-            [HUTCH, "agent", "--controller", url, "--join-secret", "wrong"],
-            env={**agent_env, "HUTCH_STATE_DIR": str(short_dir / "b")},
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        elsewhere = Hutch({**agent_env, "HUTCH_STATE_DIR": str(short_dir / "b")}, timeout=60)
+        refused = elsewhere("agent", "--controller", url, "--join-secret", "wrong")
         assert refused.returncode == 125 and "join" in one_clear_line(refused.stderr)
-        unreadable = subprocess.run(
-            [HUTCH, "agent", "--controller", url, "--join-secret-file", str(short_dir / "no")],
-            env={**agent_env, "HUTCH_STATE_DIR": str(short_dir / "b")},
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        unreadable = elsewhere(
+            "agent", "--controller", url, "--join-secret-file", str(short_dir / "no")
+        )
         assert unreadable.returncode == 125
         assert one_clear_line(unreadable.stderr) == (
             f"hutch: cannot read --join-token-file {short_dir / 'no'}: No such file or directory"
@@ -225,9 +214,9 @@ def test_an_agent_joins_over_https_with_a_join_token_that_pins_the_ca(
     state = short_dir / "c"
     controller_env = {**hutch_env, "HUTCH_STATE_DIR": str(state)}
     agent_env = {**hutch_env, "HUTCH_STATE_DIR": str(short_dir / "a")}
-    controller = subprocess.Popen(
-        [HUTCH, "controller", "--listen", f"127.0.0.1:{port}", "--tls", "--tls-name", "127.0.0.1"],
-        env=controller_env, stderr=(short_dir / "c.log").open("wb"),
+    controller = Hutch(controller_env).start(
+        "controller", "--listen", f"127.0.0.1:{port}", "--tls", "--tls-name", "127.0.0.1",
+        stderr=(short_dir / "c.log").open("wb"),
     )  # fmt: skip
     agents: list[subprocess.Popen[bytes]] = []
     try:
@@ -246,19 +235,15 @@ def test_an_agent_joins_over_https_with_a_join_token_that_pins_the_ca(
             assert len(made["ca_pin"]) == 64 and made["token"].endswith("." + made["ca_pin"])
             # A token whose pin is not this controller's CA: the agent will not talk to it.
             forged = made["token"][:-64] + "0" * 64
-            refused = subprocess.run(
-                [HUTCH, "agent", "--controller", url, "--join-token", forged],
-                env={**agent_env, "HUTCH_STATE_DIR": str(short_dir / "b")},
-                capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
+            elsewhere = Hutch({**agent_env, "HUTCH_STATE_DIR": str(short_dir / "b")}, timeout=60)
+            refused = elsewhere("agent", "--controller", url, "--join-token", forged)
             assert refused.returncode == 125, refused.stderr
             assert "does not match the join token's pin" in one_clear_line(refused.stderr)
             assert http.get("/v1/nodes").json()["items"] == []
             # The token in the environment, which only this user (and root) can read.
-            agents.append(subprocess.Popen(
-                [HUTCH, "agent", "--controller", url,
-                 "--name", "tls-node", "--domain", "rack-7", "--heartbeat", "1"],
-                env={**agent_env, "HUTCH_JOIN_TOKEN": made["token"]},
+            agents.append(Hutch({**agent_env, "HUTCH_JOIN_TOKEN": made["token"]}).start(
+                "agent", "--controller", url,
+                "--name", "tls-node", "--domain", "rack-7", "--heartbeat", "1",
                 stderr=(short_dir / "a.log").open("wb"),
             ))  # fmt: skip
             deadline = time.monotonic() + 60

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from hutch.client import AsyncClient
-from tests.cli.conftest import HUTCH
 from tests.controller import Controller, controller, new_project
+from tests.helpers.cli import HUTCH, Hutch
 
 __all__ = ["controller"]  # the session fixture, for the tests here
 
@@ -111,17 +111,12 @@ def terminals(env: dict[str, str]) -> Iterator[list[Terminal]]:
 
 
 def _machine(env: dict[str, str], runtime: str) -> str:
-    started = subprocess.run(
-        [HUTCH, "run", "-d", "--runtime", runtime, "busybox", "--", "sleep", "3600"],
-        env=env, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+    hutch = Hutch(env)
+    started = hutch("run", "-d", "--runtime", runtime, "busybox", "--", "sleep", "3600")
     assert started.returncode == 0, started.stderr
     machine = started.stdout.strip()
     for _ in range(200):  # `run -d` returns before the machine runs
-        ran = subprocess.run(
-            [HUTCH, "exec", machine, "--", "true"],
-            env=env, capture_output=True, timeout=180, check=False,
-        )  # fmt: skip
+        ran = hutch("exec", machine, "--", "true")
         if ran.returncode == 0:
             break
         time.sleep(0.5)
@@ -131,10 +126,7 @@ def _machine(env: dict[str, str], runtime: str) -> str:
 
 def _running(env: dict[str, str], machine: str, what: str) -> bool:
     """Whether a process whose command line is `what` runs in the machine."""
-    found = subprocess.run(
-        [HUTCH, "exec", machine, "--", "sh", "-c", f"ps -o args | grep -x '{what}'"],
-        env=env, capture_output=True, timeout=120, check=False,
-    )  # fmt: skip
+    found = Hutch(env)("exec", machine, "--", "sh", "-c", f"ps -o args | grep -x '{what}'")
     return found.returncode == 0
 
 
@@ -214,10 +206,7 @@ def test_exec_i_alone_keeps_stdin_without_a_terminal(
     term.expect(b"got typed")
     assert term.wait() == 0
     # -t alone: a terminal, nothing typed into it
-    alone = subprocess.run(
-        [HUTCH, "exec", "-t", machine, "--", "sh", "-c", "tty; stty size"],
-        env=env, capture_output=True, timeout=120, check=False,
-    )  # fmt: skip
+    alone = Hutch(env).raw("exec", "-t", machine, "--", "sh", "-c", "tty; stty size")
     assert alone.returncode == 0, alone.stderr
     assert re.fullmatch(rb"/dev/pts/\d+\r\n24 80\r\n", alone.stdout), alone.stdout
 

@@ -16,6 +16,7 @@ import pytest
 
 from hutch.client import Client, Forbidden, PullFailed
 from tests.controller import BUSYBOX_CONFIG, Controller, new_project, registry_with_app
+from tests.helpers import free_port
 from tests.images.ocibuild import write_oci_layout
 
 C = "container"  # the runtime does not matter here
@@ -26,12 +27,6 @@ def _member(controller: Controller) -> tuple[str, str]:
     project = new_project(controller)
     with controller.client(None) as admin:
         return project, admin.projects.tokens.create(project, role="member").secret
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -76,7 +71,7 @@ def test_a_pull_from_an_unlisted_registry_is_refused_the_same_open_or_closed(
     controller: Controller,
 ) -> None:
     project, token = _member(controller)
-    port = _free_port()
+    port = free_port()
     ref = f"127.0.0.1:{port}/x:y"
 
     def pull() -> httpx.Response:
@@ -110,7 +105,7 @@ def test_a_machine_from_an_unlisted_registry_is_refused_at_create(
     controller: Controller,
 ) -> None:
     project, token = _member(controller)
-    port = _free_port()
+    port = free_port()
     with _listening(port) as connections, Client(controller.url, token, project=project) as c:
         with pytest.raises(Forbidden, match=f"registry 127.0.0.1:{port} is not allowed"):
             c.machines.run(f"127.0.0.1:{port}/x:y", runtime=C)
@@ -155,7 +150,7 @@ def test_an_imported_image_named_after_an_unlisted_registry_runs_for_its_project
     controller: Controller, tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     """Only pulls are refused: the project that has the image runs it; another is refused."""
-    ref = f"127.0.0.1:{_free_port()}/mine:1"
+    ref = f"127.0.0.1:{free_port()}/mine:1"
     layout = tmp_path / "mine"
     write_oci_layout(layout, [busybox_rootfs], {**BUSYBOX_CONFIG, "Cmd": ["echo", "mine"]})
     (a, a_token), (b, b_token) = _member(controller), _member(controller)

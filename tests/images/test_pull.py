@@ -19,8 +19,9 @@ from hutch.images.rootfs import prepare_image
 from hutch.images.store import ImageStore
 from hutch.model.errors import Invalid, NotFound, Unavailable, Unsupported
 from hutch.model.image import ImageRef
+from tests.helpers import free_port
 from tests.images.ocibuild import blob_path, write_oci_layout
-from tests.images.registry_server import CountingProxy, Registry, ScriptedServer, free_port
+from tests.images.registry_server import CountingProxy, Registry, ScriptedServer
 
 PROJECT = "proj"
 

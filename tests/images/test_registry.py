@@ -22,13 +22,13 @@ from hutch.images.registry import (
 from hutch.images.store import ImageStore
 from hutch.model.errors import Invalid, NotFound, Unavailable, Unsupported
 from hutch.model.image import ImageRef, parse_ref
+from tests.helpers import free_port
 from tests.images.ocibuild import blob_path, write_oci_layout
 from tests.images.registry_server import (
     CountingProxy,
     Registry,
     ScriptedServer,
     TokenServer,
-    free_port,
 )
 
 USER, PASSWORD = "bob", "s3cret"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hutch.agent.runtimes import open_driver
 from hutch.runtime.state import SandboxRecord
-from tests.runtime.conftest import settings_for
+from tests.helpers.runtime import settings_for
 
 
 async def main(runtime: str, state_dir: Path) -> None:

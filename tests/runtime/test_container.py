@@ -11,7 +11,7 @@ from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.container import AGENT_PATH, USERNS_SIZE, ContainerOptions, oci_config
 from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.ids import ID_DIR
-from tests.runtime.conftest import driver_in, make_spec, output, status_fields, wait_for_line
+from tests.helpers.runtime import driver_in, make_spec, output, status_fields, wait_for_line
 
 
 async def test_the_workload_has_its_own_namespaces(

@@ -24,8 +24,8 @@ from hutch.model.sandbox import (
 )
 from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.driver import SandboxDriver
-from tests.conftest import CACHE_DIR
-from tests.runtime.conftest import (
+from tests.helpers import CACHE_DIR
+from tests.helpers.runtime import (
     LOG_BOUND,
     PATH,
     driver_in,

@@ -17,13 +17,14 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import free_port
 
 SUPERUSER = "postgres"
 
@@ -36,20 +37,13 @@ def _bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class PostgresCluster:
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="hutch-pg-", dir="/tmp"))  # short: socket path
         self.data = self.root / "data"
         self.socket_dir = self.root
-        self.port = _free_port()
+        self.port = free_port()
         self._names = itertools.count()
         self._as: list[str] = []
         if os.geteuid() == 0:

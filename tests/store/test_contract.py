@@ -375,6 +375,50 @@ async def test_list_limits_and_bad_cursor(store: SqlStore) -> None:
             await tx.machines.list(a.id, limit=0)
 
 
+async def test_purge_takes_old_destroyed_machines_and_their_events(store: SqlStore) -> None:
+    a, b = f.project(), f.project()
+    gone, cutoff = MachineState.DESTROYED, 1000.0
+    old = [f.machine(p.id, state=gone, updated_at=900.0 + i) for i, p in enumerate((a, b, a))]
+    recent = f.machine(a.id, state=gone, updated_at=cutoff)  # not before the cut-off
+    ended = f.machine(a.id, state=MachineState.EXITED, updated_at=1.0)  # old, not destroyed
+    running = f.machine(b.id, state=MachineState.RUNNING, updated_at=1.0)
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.projects.create(b)
+        for m in (*old, recent, ended, running):
+            await tx.machines.create(m)
+            await tx.events.append(
+                [NewEvent(m.project_id, "machine.state", m.id, m.state, "", 1.0)]
+            )
+        # An event of another kind that happens to carry the id stays.
+        await tx.events.append([NewEvent(a.id, "note", old[0].id, "", "", 2.0)])
+    async with store.write() as tx:
+        assert await tx.machines.purge(cutoff, limit=2) == 2  # the oldest two
+    async with store.read() as tx:
+        with pytest.raises(NotFound):
+            await tx.machines.by_id(old[0].id)
+        with pytest.raises(NotFound):
+            await tx.machines.by_id(old[1].id)
+        assert await tx.machines.by_id(old[2].id) == old[2]
+    async with store.write() as tx:
+        assert await tx.machines.purge(cutoff, limit=2) == 1
+        assert await tx.machines.purge(cutoff, limit=2) == 0
+    async with store.read() as tx:
+        assert (await tx.machines.list(a.id))[0] == [recent, ended]
+        assert (await tx.machines.list(b.id))[0] == [running]
+        kept = [(e.kind, e.object_id) for e in await tx.events.since(a.id, 0)]
+        assert kept == [
+            ("machine.state", recent.id),
+            ("machine.state", ended.id),
+            ("note", old[0].id),
+        ]
+        assert [e.object_id for e in await tx.events.since(b.id, 0)] == [running.id]
+        assert (await tx.events.last(a.id), await tx.events.last(b.id)) == (
+            5,
+            2,
+        )  # numbers not reused
+
+
 async def test_usage(store: SqlStore) -> None:
     a, b, n = f.project(), f.project(), f.node()
     async with store.write() as tx:

@@ -219,3 +219,28 @@ async def test_deleting_a_project_takes_its_networks(store: SqlStore) -> None:
         await tx.security_groups.attach(m.id, [g.id])
         await tx.projects.delete(project_id)
         assert await tx.networks.slots() == []
+
+
+async def test_purging_destroyed_machines_takes_their_network_rows_unless_fenced(
+    store: SqlStore,
+) -> None:
+    project_id, net = await setup(store)
+    gone = MachineState.DESTROYED
+    plain, fenced = (f.machine(project_id, state=gone, updated_at=900.0) for _ in range(2))
+    g = SecurityGroup(f.uid("sg"), project_id, "g", f.now())
+    async with store.write() as tx:
+        await tx.security_groups.create(g)
+        for m in (plain, fenced):
+            await tx.machines.create(m)
+            await tx.networks.assign(net, m.id, 0)
+            await tx.networks.publish(m.id, [PortMapping(80, 80)])
+            await tx.security_groups.attach(m.id, [g.id])
+        await tx.networks.fence([fenced.id], "n-gone")
+    async with store.write() as tx:
+        assert await tx.machines.purge(1000.0, limit=10) == 1  # not the fenced one
+        assert (await tx.networks.addresses([plain.id, fenced.id]))[plain.id] == []
+        assert await tx.networks.counts([net.id]) == {net.id: 1}
+        await tx.networks.fenced("n-gone")
+        assert await tx.machines.purge(1000.0, limit=10) == 1
+        assert await tx.networks.counts([net.id]) == {}
+        await tx.security_groups.delete(project_id, g.id)

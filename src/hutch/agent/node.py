@@ -12,6 +12,7 @@ The agent never touches the controller's store: all it knows comes through /agen
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import shutil
@@ -20,6 +21,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from hutch.agent.images import import_image, registry_client, roots_for
 from hutch.agent.link import ControllerLink
@@ -34,9 +36,17 @@ from hutch.images.store import Allowance, StoredImage, is_digest_or_id
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
+from hutch.network import dns
+from hutch.network.node import NetworkOptions, NodeNetwork
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
-from hutch.wire.nodes import Assignment, MachineReport, NodeRegister, join_token_parts
+from hutch.wire.nodes import (
+    Assignment,
+    Assignments,
+    MachineReport,
+    NodeRegister,
+    join_token_parts,
+)
 
 log = logging.getLogger("hutch.agent")
 POLL_WAIT = 25.0  # seconds a long poll may hang; every answer is a full reconcile
@@ -49,6 +59,19 @@ class Identity:
     credential: str
     controller_key: str
     controller: str
+
+
+def _hosts_of(*urls: str) -> list[str]:
+    """The IP literals among `urls`' hosts, as /32 or /128 CIDRs."""
+    out: list[str] = []
+    for url in urls:
+        try:
+            addr = ipaddress.ip_address(urlsplit(url).hostname or "")
+        except ValueError:
+            continue
+        if not addr.is_loopback:  # 127/8 is blocked anyway
+            out.append(f"{addr}/{addr.max_prefixlen}")
+    return out
 
 
 class NodeAgent:
@@ -81,6 +104,16 @@ class NodeAgent:
         self._watch: dict[str, asyncio.Task[None]] = {}  # sandbox -> waiting for its exit
         self._reported: dict[str, str] = {}  # sandbox -> last state reported
         self._assignments: dict[str, Assignment] = {}
+        # NAME.PROJECT.internal for the machines of each network, on its bridge's gateway:53
+        self.dns = dns.DnsServer()
+        self.network = NodeNetwork(
+            NetworkOptions(
+                state_dir=self.dir,
+                mtu=settings.network_mtu,
+                blocked=(*settings.network_blocked, *_hosts_of(controller, advertise)),
+            ),
+            dns=self.dns,
+        )
 
     # -- start-up ----------------------------------------------------------------------------------
 
@@ -89,7 +122,12 @@ class NodeAgent:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for runtime in RUNTIMES:
             try:
-                driver = open_driver(self.settings, runtime, sandboxes_dir=self.dir / "sandboxes")
+                driver = open_driver(
+                    self.settings,
+                    runtime,
+                    sandboxes_dir=self.dir / "sandboxes",
+                    network=self.network,
+                )
             except HutchError as e:
                 log.warning("runtime %s is not available on this node: %s", runtime, e.message)
                 continue
@@ -97,6 +135,18 @@ class NodeAgent:
             self.drivers[runtime] = driver
         if not self.drivers:
             raise Invalid("no runtime works on this host: see `hutch setup`")
+        await self.dns.start()  # before the networks: reconcile opens its sockets
+        # The node's links and rules, made to match the sandboxes that exist (left from an
+        # earlier life of this agent, or none): nothing duplicated, nothing left over.
+        specs = [
+            await driver.spec(info.id)
+            for driver in self.drivers.values()
+            for info in await driver.sandboxes()
+        ]
+        try:
+            await asyncio.to_thread(self.network.reconcile, specs)
+        except HutchError as e:
+            log.warning("the node's networks could not be reconciled: %s", e.message)
         await self._trust()
         self.identity = self._load_identity() or await self._join()
         self.link.credential = self.identity.credential
@@ -181,6 +231,7 @@ class NodeAgent:
                     await asyncio.sleep(1.0)
                     continue
                 revision = answer.revision
+                self.update_dns(answer)
                 try:
                     await self.reconcile(answer.machines)
                 except Exception:  # one bad round must not stop the node; the next retries
@@ -196,7 +247,17 @@ class NodeAgent:
                 await self.link.heartbeat(self.identity.node_id, self.advertise)
             await asyncio.sleep(self.settings.heartbeat_interval)
 
+    def update_dns(self, answer: Assignments) -> None:
+        """HOOK (net-model): each hosted network's DNS records from the controller's peer list,
+        `Assignments.peers` (PeerView: network_id, machine, name, project, ip4, ip6; see
+        `dns.Peer`). Until that field is on main the zones stay empty; once it is, replace the
+        getattr with `answer.peers`. Every answer replaces all zones: a machine gone from the
+        list is gone from DNS at once."""
+        peers: list[dns.Peer] = getattr(answer, "peers", [])
+        self.dns.sync(dns.zones(peers))
+
     async def close(self) -> None:
+        await self.dns.close()
         for task in [*self._work.values(), *self._watch.values()]:
             task.cancel()
         for driver in self.drivers.values():

@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Response, WebSocket, status
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from hutch.agent import images
@@ -28,7 +27,7 @@ from hutch.images.pull import PullProgress
 from hutch.images.spool import disk_full_is_insufficient, spool
 from hutch.images.store import Allowance, StoredImage
 from hutch.images.users import resolve_user
-from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated
+from hutch.model.errors import HutchError, NotFound, Unauthenticated
 from hutch.model.image import parse_ref
 from hutch.model.sandbox import ExitStatus, LogRecord, ProcessSpec, Stream, parse_signal
 from hutch.runtime.driver import SandboxDriver
@@ -82,12 +81,7 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
         await ws.accept()
         try:
             _check(agent, ws.headers.get("authorization", ""))
-            try:
-                start = ExecStart.model_validate_json(await ws.receive_text())
-            except ValidationError as e:
-                raise Invalid(
-                    f"the first message must be an ExecStart: {e.errors()[0]['msg']}"
-                ) from None
+            start = ExecStart.first_message(await ws.receive_text())
             driver = await find(sandbox)
             spec = await driver.spec(sandbox)
             user = resolve_user(Path(spec.rootfs), start.user) if start.user else spec.process.user

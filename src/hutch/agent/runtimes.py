@@ -11,6 +11,7 @@ from hutch.runtime.driver import DriverOptions, SandboxDriver
 from hutch.runtime.guest import build
 from hutch.runtime.microvm import VM_UIDS, MicroVMBackend, MicroVMOptions
 from hutch.runtime.supervisor import Timeouts
+from hutch.runtime.wiring import NetworkWiring
 
 RUNTIMES = ("microvm", "container")
 
@@ -32,9 +33,11 @@ def open_driver(
     *,
     log: Callable[[str], None] = lambda _msg: None,
     sandboxes_dir: Path | None = None,
+    network: NetworkWiring | None = None,
 ) -> SandboxDriver:
     """The driver for `runtime`, building guest artifacts first if they are missing. Sandboxes
-    live under `sandboxes_dir` (default state_dir/sandboxes: the operator's own)."""
+    live under `sandboxes_dir` (default state_dir/sandboxes: the operator's own); `network`
+    wires the sandboxes that have networks (None: such sandboxes are refused)."""
     if runtime not in RUNTIMES:
         raise Invalid(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
     guest = build.prepare(settings.cache_dir, settings.kernel_package, log=log)
@@ -51,6 +54,7 @@ def open_driver(
             cgroup_parent=settings.cgroup_parent,
             userns=settings.container_userns,
             uid_base=settings.container_uid_base,
+            network=network,
         )
         _check_uid_ranges(settings.vm_uid_base, VM_UIDS, container)
         return SandboxDriver(ContainerBackend(container), options)
@@ -66,6 +70,7 @@ def open_driver(
                 uid_base=settings.vm_uid_base,
                 console_max_bytes=settings.console_max_bytes,
                 debug=settings.vm_debug,
+                network=network,
             )
         ),
         options,

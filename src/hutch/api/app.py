@@ -28,6 +28,7 @@ from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.notify import SCHEDULER, Notifier
 from hutch.services.policy import Policy
+from hutch.services.retention import Retention
 from hutch.services.scheduling import Scheduler
 from hutch.services.streams import Streams
 from hutch.services.tenancy import Tenancy
@@ -87,6 +88,7 @@ def build_controller(settings: Settings) -> Controller:
         leadership=Leadership(store, settings.leader_lease),
         scheduler=Scheduler(store, notifier),
         health=Health(node_service, machine_service, settings.node_grace),
+        retention=Retention(store, settings.machine_retention),
         streams=streams,
         networks=network_service,
         ca_pem=ca_pem,
@@ -96,15 +98,16 @@ def build_controller(settings: Settings) -> Controller:
 @contextlib.asynccontextmanager
 async def leading_work(ctl: Controller) -> AsyncIterator[None]:
     """In the background: the leader's lease, and what the leader does (the scheduler, node
-    health), each idle while this controller does not lead; and on every controller, the check
-    of its open streams' tokens. They are stopped between two transactions, never cancelled
-    inside one."""
+    health, the purge of destroyed machines), each idle while this controller does not lead;
+    and on every controller, the check of its open streams' tokens. They are stopped between
+    two transactions, never cancelled inside one."""
     stop = asyncio.Event()
     leading = ctl.leadership.leading
     tasks = [
         asyncio.create_task(ctl.leadership.run(stop)),
         asyncio.create_task(ctl.scheduler.run(leading, stop)),
         asyncio.create_task(ctl.health.run(leading, stop)),
+        asyncio.create_task(ctl.retention.run(leading, stop)),
         asyncio.create_task(ctl.streams.run(stop)),
     ]
     try:

@@ -15,6 +15,7 @@ from hutch.services.networks import Networks
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.notify import Notifier
+from hutch.services.retention import Retention
 from hutch.services.scheduling import Scheduler
 from hutch.services.streams import Streams
 from hutch.services.tenancy import Tenancy
@@ -33,6 +34,7 @@ class Controller:
     leadership: Leadership
     scheduler: Scheduler
     health: Health
+    retention: Retention  # purges destroyed machines
     streams: Streams  # long-lived streams, ended when their token or project goes
     networks: Networks
     ca_pem: str | None = None  # when serving HTTPS

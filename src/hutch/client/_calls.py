@@ -69,12 +69,20 @@ class Endpoint:
         return Unavailable(f"controller {self.url} stopped answering: {reason}")
 
 
+# The first pages of the listings that take no filters (`next_page` walks on).
+IMAGES = Call("GET", "/v1/images", scoped=True)
+PROJECTS = Call("GET", "/v1/projects")
+NODES = Call("GET", "/v1/nodes")
+
+
 def listing(
     state: str | Sequence[str] | None,
     labels: Mapping[str, str] | None,
     include_destroyed: bool,
     page_size: int | None,
 ) -> Call:
+    """The first page of the project's machines: those in `state` (one or several) with all of
+    `labels`, the destroyed ones too if `include_destroyed`."""
     states = [state] if isinstance(state, str) else list(state or ())
     params = [("state", s) for s in states]
     params += [("label", f"{k}={v}") for k, v in (labels or {}).items()]

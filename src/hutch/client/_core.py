@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 
-from hutch.client._calls import Call, next_page
+from hutch.client._calls import PROJECTS, Call, next_page
 from hutch.client.errors import (
     Invalid,
     PullFailed,
@@ -510,7 +510,7 @@ def project_name(name: str | None, default: str | None) -> Plan[str]:
     (a project token sees exactly one project)."""
     if chosen := name or default:
         return chosen
-    projects, _ = yield from page(Call("GET", "/v1/projects"), Page[ProjectView])
+    projects, _ = yield from page(PROJECTS, Page[ProjectView])
     if len(projects) != 1:
         raise Invalid("name a project: this token sees several (or none)")
     return projects[0].name

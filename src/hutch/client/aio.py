@@ -19,7 +19,7 @@ import httpx
 from pydantic import BaseModel
 
 from hutch.client import _core as core
-from hutch.client._calls import Call, Endpoint, listing
+from hutch.client._calls import IMAGES, NODES, PROJECTS, Call, Endpoint, listing
 from hutch.client._core import ArchiveSource, MachineOptions, MachineRef, Plan
 from hutch.client.config import resolve
 from hutch.client.exec import (
@@ -310,7 +310,7 @@ class AsyncImages:
         self._c = client
 
     def list(self) -> AsyncListing[ImageView]:
-        return AsyncListing(self._c._paged(Call("GET", "/v1/images", scoped=True), Page[ImageView]))
+        return AsyncListing(self._c._paged(IMAGES, Page[ImageView]))
 
     async def get(self, ref: str) -> ImageView:
         return await self._c._run(core.image(ref))
@@ -385,7 +385,7 @@ class AsyncProjects:
         self.tokens = AsyncTokens(client)
 
     def list(self) -> AsyncListing[ProjectView]:
-        return AsyncListing(self._c._paged(Call("GET", "/v1/projects"), Page[ProjectView]))
+        return AsyncListing(self._c._paged(PROJECTS, Page[ProjectView]))
 
     async def create(
         self, name: str, quota: QuotaSpec | None = None, strategy: str = "spread"
@@ -429,7 +429,7 @@ class AsyncNodes:
         self._c = client
 
     def list(self) -> AsyncListing[NodeView]:
-        return AsyncListing(self._c._paged(Call("GET", "/v1/nodes"), Page[NodeView]))
+        return AsyncListing(self._c._paged(NODES, Page[NodeView]))
 
     async def get(self, ref: str) -> NodeView:
         return await self._c._run(core.node("GET", ref))

@@ -18,7 +18,7 @@ import httpx
 from pydantic import BaseModel
 
 from hutch.client import _core as core
-from hutch.client._calls import Call, Endpoint, listing
+from hutch.client._calls import IMAGES, NODES, PROJECTS, Call, Endpoint, listing
 from hutch.client._core import ArchiveSource, MachineOptions, MachineRef, Plan
 from hutch.client.config import resolve
 from hutch.client.exec import AttachSession, ExecResult, ExecSession, attaching, opening
@@ -360,7 +360,7 @@ class Images:
 
     def list(self) -> Iterator[ImageView]:
         """The images the project sees, newest first."""
-        return self._c._paged(Call("GET", "/v1/images", scoped=True), Page[ImageView])
+        return self._c._paged(IMAGES, Page[ImageView])
 
     def get(self, ref: str) -> ImageView:
         """An image by name (`busybox`, `registry.example.com/app:1.2`) or digest."""
@@ -448,7 +448,7 @@ class Projects:
 
     def list(self) -> Iterator[ProjectView]:
         """Every project (system token), or the token's own."""
-        return self._c._paged(Call("GET", "/v1/projects"), Page[ProjectView])
+        return self._c._paged(PROJECTS, Page[ProjectView])
 
     def create(
         self, name: str, quota: QuotaSpec | None = None, strategy: str = "spread"
@@ -502,7 +502,7 @@ class Nodes:
 
     def list(self) -> Iterator[NodeView]:
         """Every node: its runtimes, capacity, what is allocated, its state."""
-        return self._c._paged(Call("GET", "/v1/nodes"), Page[NodeView])
+        return self._c._paged(NODES, Page[NodeView])
 
     def get(self, ref: str) -> NodeView:
         """A node by name or id."""

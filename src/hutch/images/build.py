@@ -157,15 +157,10 @@ def write_archive_of_tarball(
             raise _too_large(max_bytes or 0, quota) from None
         except (tarfile.TarError, EOFError, ValueError) as e:
             raise Invalid(f"{shown} is not a readable tar archive: {e}") from None
-        layer.flush()
-        size = layer.tell()
-        layer.seek(0)
-        h = hashlib.sha256()
-        while chunk := layer.read(1 << 20):
-            h.update(chunk)
+        layer_digest, size = _digest_written(layer)
         has_shell = any(sh in names for sh in _SHELLS)
         config = default_config(has_shell)
-        digest = _write(out, layer, f"sha256:{h.hexdigest()}", size, config=config, name=name)
+        digest = _write(out, layer, layer_digest, size, config=config, name=name)
     return Packed(digest, skipped)
 
 
@@ -311,13 +306,20 @@ def _layer(root: Path, out: IO[bytes]) -> tuple[str, int, int]:
                 tar.addfile(info)
             else:  # a socket: tarfile cannot store one, and it means nothing in an image
                 skipped += 1
-    out.flush()
-    size = out.tell()
-    out.seek(0)
+    digest, size = _digest_written(out)
+    return digest, size, skipped
+
+
+def _digest_written(f: IO[bytes]) -> tuple[str, int]:
+    """The digest and size of what was written to `f`, which is left at its start to be read."""
+    f.flush()
+    size = f.tell()
+    f.seek(0)
     h = hashlib.sha256()
-    while chunk := out.read(1 << 20):
+    while chunk := f.read(1 << 20):
         h.update(chunk)
-    return f"sha256:{h.hexdigest()}", size, skipped
+    f.seek(0)
+    return f"sha256:{h.hexdigest()}", size
 
 
 def _walk(root: Path) -> list[Path]:

@@ -42,6 +42,7 @@ from hutch.images.layout import (
     MAX_JSON_BYTES,
     OCI_INDEX,
     OCI_MANIFEST,
+    parse_json_object,
 )
 from hutch.model.errors import HutchError, Invalid, NotFound, Unavailable, Unsupported
 from hutch.model.image import ImageRef, digest_hex
@@ -237,12 +238,7 @@ class RegistryClient:
                 f"registry {ep.name} sent a manifest for {digest} whose digest is {actual}: "
                 "the registry is corrupt or not the one you meant"
             )
-        try:
-            doc = json.loads(data)
-        except (ValueError, RecursionError) as e:
-            raise Invalid(f"{what} from registry {ep.name} is not valid JSON: {e}") from None
-        if not isinstance(doc, dict):
-            raise Invalid(f"{what} from registry {ep.name} is not a JSON object")
+        doc = parse_json_object(data, f"{what} from registry {ep.name}")
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         media_type = doc.get("mediaType")
         if not isinstance(media_type, str) or not media_type:

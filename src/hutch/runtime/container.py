@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from hutch.model import machine as model_machine
-from hutch.model.errors import Invalid, Unavailable
-from hutch.model.sandbox import Capabilities, SandboxSpec, Stats
+from hutch.model.errors import Invalid, Unavailable, Unsupported
+from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats
 from hutch.runtime import host, mounts, scratch, seccomp
 from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
 from hutch.runtime.ids import ID_DIR, IdPool
 from hutch.runtime.logs import tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
+from hutch.runtime.wiring import NetworkWiring
 
 MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["container"]
 AGENT_PATH = "/dev/.hutch-agent"
@@ -70,13 +71,22 @@ class ContainerOptions:
     uid_base: int = 1_000_000_000
     uid_ranges: int = 16_384  # containers at once on this host
     id_dir: Path = ID_DIR
+    network: NetworkWiring | None = None  # None: sandboxes with networks are refused
 
 
 def oci_config(
-    spec: SandboxSpec, opts: ContainerOptions, memsw: bool, host_uid: int | None = None
+    spec: SandboxSpec,
+    opts: ContainerOptions,
+    memsw: bool,
+    host_uid: int | None = None,
+    *,
+    netns: Path | None = None,
+    etc: Path | None = None,
 ) -> dict[str, Any]:
     """The OCI runtime spec for `spec`: the guest agent as init, the limits as cgroup resources,
-    hutch's seccomp profile; in a user namespace whose root is `host_uid` unless None."""
+    hutch's seccomp profile; in a user namespace whose root is `host_uid` unless None; in the
+    network namespace at `netns` (made and wired by the node) with `etc`/resolv.conf and
+    `etc`/hosts, else in an empty one of its own."""
     res = spec.resources
     namespaces = ["pid", "network", "ipc", "uts", "mount", "cgroup"]
     userns: dict[str, Any] = {}
@@ -129,7 +139,17 @@ def oci_config(
                 "source": "mqueue",
                 "options": ["nosuid", "noexec", "nodev"],
             },
+            # In the node's network namespace (owned by the host's user namespace) crun cannot
+            # mount a sysfs, and would bind the host's /sys: the runtime mounts one of the
+            # container's namespace beside the bundle instead.
             {
+                "destination": "/sys",
+                "type": "bind",
+                "source": str(etc.parent / "sys"),
+                "options": ["rbind", "nosuid", "noexec", "nodev", "ro"],
+            }
+            if netns and etc is not None
+            else {
                 "destination": "/sys",
                 "type": "sysfs",
                 "source": "sysfs",
@@ -141,9 +161,21 @@ def oci_config(
                 "source": str(opts.agent),
                 "options": ["bind", "ro", "nosuid", "nodev"],
             },
+            *(
+                {
+                    "destination": f"/etc/{path.name}",
+                    "type": "bind",
+                    "source": str(path),
+                    "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+                }
+                for path in ((etc / "resolv.conf", etc / "hosts") if etc is not None else ())
+            ),
         ],
         "linux": {
-            "namespaces": [{"type": t} for t in namespaces],
+            "namespaces": [
+                {"type": t, "path": str(netns)} if t == "network" and netns else {"type": t}
+                for t in namespaces
+            ],
             **userns,
             "seccomp": seccomp.profile(),
             "cgroupsPath": f"/{opts.cgroup_parent}/{spec.id}",
@@ -206,6 +238,8 @@ class ContainerBackend:
             raise Invalid("a container needs a root directory (SandboxSpec.rootfs)")
         if not Path(spec.rootfs).is_dir():
             raise Invalid(f"rootfs {spec.rootfs} does not exist or is not a directory")
+        if spec.networks and self.opts.network is None:
+            raise Unsupported("this node has no networking set up: run the sandbox without one")
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -230,15 +264,43 @@ class ContainerBackend:
                 self._layout.v2 is not None
                 or (self._layout.v1["memory"] / "memory.memsw.limit_in_bytes").exists()
             )
-            config = oci_config(spec, self.opts, memsw, host_uid)
+            netns, etc = await self._plug(spec, sdir)
+            config = oci_config(spec, self.opts, memsw, host_uid, netns=netns, etc=etc)
             (bundle / "config.json").write_text(json.dumps(config))
-            ref = await self._run(spec.id, sdir, lease.fd if lease is not None else None)
+            try:
+                ref = await self._run(spec.id, sdir, lease.fd if lease is not None else None)
+            except BaseException:
+                await self._unplug(spec.id)
+                raise
             if lease is not None:
                 lease.bind(ref)
             return ref
         finally:
             if lease is not None:
                 lease.close()
+
+    async def _plug(self, spec: SandboxSpec, sdir: SandboxDir) -> tuple[Path | None, Path | None]:
+        """The sandbox's wired network namespace and the folder of its resolv.conf and hosts."""
+        if not spec.networks or self.opts.network is None:
+            return None, None
+        etc = sdir.file("etc")
+        etc.mkdir(mode=0o755, exist_ok=True)
+        att = spec.networks[0]
+        (etc / "resolv.conf").write_text(att.resolv_conf())
+        (etc / "hosts").write_text(att.hosts(spec.hostname or spec.id))
+        netns = await asyncio.to_thread(self.opts.network.plug_netns, spec)
+        sys_dir = sdir.file("sys")
+        sys_dir.mkdir(mode=0o755, exist_ok=True)
+        try:
+            await asyncio.to_thread(mounts.mount_sysfs_of, netns, sys_dir)
+        except BaseException:
+            await self._unplug(spec.id)
+            raise
+        return netns, etc
+
+    async def _unplug(self, sandbox_id: str) -> None:
+        if self.opts.network is not None:
+            await asyncio.to_thread(self.opts.network.unplug, sandbox_id)
 
     async def _mount_root(self, spec: SandboxSpec, sdir: SandboxDir, host_uid: int | None) -> None:
         """bundle/rootfs: the image, read-only (seen as owned by `host_uid`'s namespace, if
@@ -343,12 +405,18 @@ class ContainerBackend:
 
     async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         await self._crun("delete", "--force", record.spec.id)
-        for target in (sdir.file("bundle") / "rootfs", sdir.file("rw"), sdir.file("lower")):
+        for target in (
+            sdir.file("bundle") / "rootfs",
+            sdir.file("rw"),
+            sdir.file("lower"),
+            sdir.file("sys"),
+        ):
             mounts.unmount(target)
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         await asyncio.to_thread(
             Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).remove
         )
+        await self._unplug(record.spec.id)
 
     def oom_killed(self, record: SandboxRecord) -> bool:
         cgroup = Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id)
@@ -359,6 +427,12 @@ class ContainerBackend:
             return "the container ran out of memory and its init was killed"
         detail = tail(sdir.file("agent.log"))
         return f"the container's init exited unexpectedly{': ' + detail if detail else ''}"
+
+    def saved_exit(self, record: SandboxRecord, sdir: SandboxDir) -> ExitStatus | None:
+        return None  # a container's guest agent waits for a host to store its exit
+
+    async def sweep(self) -> list[str]:
+        return []  # not yet: undoing a container (mounts, bundle) needs its directory
 
     def stats(self, record: SandboxRecord) -> Stats:
         return Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).stats()

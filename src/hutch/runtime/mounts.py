@@ -7,12 +7,16 @@ import fcntl
 import os
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 from hutch.model.errors import Unavailable
 
+MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_NOEXEC = 8
+CLONE_NEWNET = 0x40000000
 MNT_DETACH = 2
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
@@ -139,6 +143,31 @@ def bind_idmapped(source: Path, target: Path, userns: int) -> None:
             raise Unavailable(f"move_mount to {target}: {os.strerror(ctypes.get_errno())}")
     finally:
         os.close(tree)
+
+
+def mount_sysfs_of(netns: Path, target: Path) -> None:
+    """A read-only sysfs at `target` whose /sys/class/net is the network namespace at `netns`
+    (sysfs shows the namespace of whoever mounts it), for a container that joins a namespace
+    it does not own: crun could not mount one there, and falls back to the host's /sys."""
+    errors: list[BaseException] = []
+
+    def run() -> None:  # network namespaces are per thread: only this one enters it
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise Unavailable(f"entering {netns}: {os.strerror(ctypes.get_errno())}")
+            finally:
+                os.close(fd)
+            mount("sysfs", target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run, name="hutch-sysfs")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
 
 
 def unmount(target: Path) -> None:

@@ -224,9 +224,7 @@ class Machines:
         """A new generation of a machine that is not running (created stopped, exited, failed)."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         async with self.store.write() as tx:
-            m = await _get(tx, project, ref)
-            if m.desired is Desired.DESTROYED:
-                raise Conflict(f"machine {m.name} is being destroyed")
+            m = await _get_kept(tx, project, ref)
             if m.state not in FINISHED and m.desired is Desired.RUNNING:
                 raise Conflict(f"machine {m.name} is {m.state}: nothing to start")
             m = await self._new_generation(tx, m, restarted=False)
@@ -237,9 +235,7 @@ class Machines:
     async def restart(self, principal: Principal, project: Project, ref: str) -> Machine:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         async with self.store.write() as tx:
-            m = await _get(tx, project, ref)
-            if m.desired is Desired.DESTROYED:
-                raise Conflict(f"machine {m.name} is being destroyed")
+            m = await _get_kept(tx, project, ref)
             m = await self._new_generation(tx, m, restarted=False)
             await _check_quota(tx, project)
         self._wake(m)
@@ -252,9 +248,7 @@ class Machines:
         if sig:
             parse_signal(sig)
         async with self.store.write() as tx:
-            m = await _get(tx, project, ref)
-            if m.desired is Desired.DESTROYED:
-                raise Conflict(f"machine {m.name} is being destroyed")
+            m = await _get_kept(tx, project, ref)
             if m.state in FINISHED or m.desired is Desired.STOPPED:
                 return m  # already stopped or stopping: nothing to do
             m = await self._transition(
@@ -544,6 +538,14 @@ async def _get(tx: Tx, project: Project, ref: str) -> Machine:
         return await tx.machines.get(project.id, ref)
     except NotFound:
         raise NotFound(f"no machine {ref!r} in project {project.name}") from None
+
+
+async def _get_kept(tx: Tx, project: Project, ref: str) -> Machine:
+    """The machine, to start, stop or restart: Conflict once it is to be destroyed."""
+    m = await _get(tx, project, ref)
+    if m.desired is Desired.DESTROYED:
+        raise Conflict(f"machine {m.name} is being destroyed")
+    return m
 
 
 def _targets(target: str) -> tuple[MachineState, ...]:

@@ -52,15 +52,14 @@ class NodeLink:
 
     async def exec(self, node: Node, sandbox: str) -> ClientConnection:
         """An exec WebSocket to the node: the caller sends ExecStart first, then relays."""
-        url = self._url(node, f"/node/v1/sandboxes/{sandbox}/exec").replace("http", "ws", 1)
-        try:
-            return await connect(url, additional_headers=self._headers(node), max_size=1 << 20)
-        except (OSError, TimeoutError) as e:
-            raise Unavailable(f"node {node.name} cannot be reached: {e}") from None
+        return await self._websocket(node, f"/node/v1/sandboxes/{sandbox}/exec")
 
     async def attach(self, node: Node, sandbox: str) -> ClientConnection:
         """An attach WebSocket to the node, into the sandbox's main process; the caller relays."""
-        url = self._url(node, f"/node/v1/sandboxes/{sandbox}/attach").replace("http", "ws", 1)
+        return await self._websocket(node, f"/node/v1/sandboxes/{sandbox}/attach")
+
+    async def _websocket(self, node: Node, path: str) -> ClientConnection:
+        url = self._url(node, path).replace("http", "ws", 1)
         try:
             return await connect(url, additional_headers=self._headers(node), max_size=1 << 20)
         except (OSError, TimeoutError) as e:

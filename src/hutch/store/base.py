@@ -133,6 +133,11 @@ class MachineRepo(Protocol):
         """For each image name: the nodes where the project's machines of it are placed (so
         those nodes hold the image)."""
 
+    async def purge(self, destroyed_before: float, limit: int) -> int:
+        """Delete at most `limit` machines destroyed (last changed) before `destroyed_before`,
+        oldest first, and their events: how many went. Nothing references a machine's row but
+        its events; a machine in any other state is never purged."""
+
 
 class NodeRepo(Protocol):
     async def create(self, node: Node, credential_hash: str) -> None:

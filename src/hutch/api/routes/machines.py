@@ -9,7 +9,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, WebSocket, status
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -256,12 +255,7 @@ async def _session(ws: WebSocket, ref: str, project: str | None, *, attach: bool
     try:
         caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
         if not attach:
-            try:
-                start = ExecStart.model_validate_json(await ws.receive_text())
-            except ValidationError as e:
-                raise Invalid(
-                    f"the first message must be an ExecStart: {e.errors()[0]['msg']}"
-                ) from None
+            start = ExecStart.first_message(await ws.receive_text())
         m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
         if m.state is not MachineState.RUNNING:
             refusal = Conflict if attach else Invalid

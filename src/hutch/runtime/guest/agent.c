@@ -17,7 +17,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -42,6 +45,8 @@
 #define PROTO_VERSION 1
 #define ROOT_SERIAL "hutch-root"       /* the disks' serials, as runtime/microvm.py names them */
 #define SCRATCH_SERIAL "hutch-scratch"
+#define EXIT_SERIAL "hutch-exit"       /* one block where an exit waits for a host that is away */
+#define EXIT_MAGIC "HUTCHEXT"
 #define SYN_MAGIC "HUTCHSYN"
 #define ACK_MAGIC "HUTCHACK"
 #define MAGIC_LEN 8
@@ -55,6 +60,11 @@
 #define MAX_PROCS 64
 #define MAX_ARGS 4096
 #define EXIT_ACK_TIMEOUT_MS 10000
+/* The workload ended and no host is connected: a host that is merely restarting gets this long
+ * to come back and collect the exit (and the output still in the pipes) the usual way. After it,
+ * the exit goes on the exit disk and the VM powers off: an ended machine must not hold its host
+ * memory until some agent returns (or for ever, if none does). */
+#define AWAY_EXIT_GRACE_MS 5000
 #define PORT_NAME "hutch.agent"
 
 enum {
@@ -88,6 +98,8 @@ static int listen_fd = -1;    /* container mode only */
 static int need_sync = 1;     /* scan input for SYN before parsing frames */
 static int main_started;
 static int sigfd = -1;
+static int exit_fd = -1;      /* the exit disk (VM mode; opened at boot: /dev is gone after) */
+static uint64_t away_since;   /* when the ended workload was first seen with no host connected */
 static unsigned char inbuf[INBUF_CAP];
 static size_t inlen;
 static struct proc procs[MAX_PROCS];
@@ -158,8 +170,21 @@ static void loopback_up(void) {
     close(s);
 }
 
+static struct proc *proc_by_id(uint32_t id);
+static void exit_fields(const struct proc *p, unsigned char b[12]);
+
+/* The main process's exit, on the exit disk (runtime/microvm.py reads it once QEMU is gone). */
+static void save_exit(const struct proc *p) {
+    unsigned char block[512] = EXIT_MAGIC;
+    exit_fields(p, block + 8);
+    if (pwrite(exit_fd, block, sizeof block, 0) != (ssize_t)sizeof block || fsync(exit_fd) < 0)
+        logmsg("saving the exit status: %s", strerror(errno));
+}
+
 static void power_off(void) {
     if (!vm_mode) exit(0);
+    struct proc *m = proc_by_id(1);
+    if (m && m->exited && !m->pid && !m->exit_acked) save_exit(m); /* no host has stored it */
     kill(-1, SIGKILL);
     sync();
     reboot(RB_POWER_OFF);
@@ -232,14 +257,28 @@ static int chan_write_all(const unsigned char *buf, size_t len) {
 static int chan_fill(void);
 static void send_frame(int type, uint32_t id, const void *payload, size_t len);
 
+static void handle_signals(void);
+
+/* VM mode, no host connected: keep reaping, and power off once the main process has ended and
+ * no host came within AWAY_EXIT_GRACE_MS (power_off saves its exit first). */
+static void wait_away(void) {
+    struct pollfd p = {sigfd, POLLIN, 0};
+    if (poll(&p, 1, 50) > 0) handle_signals();
+    struct proc *m = proc_by_id(1);
+    if (!m || !m->exited || m->pid) return;
+    if (!away_since) away_since = now_ms();
+    else if (now_ms() - away_since >= AWAY_EXIT_GRACE_MS) power_off();
+}
+
 /* Block until the handshake with a (new) host is done, then resend unacknowledged exits. */
 static void chan_sync(void) {
     while (need_sync) {
         if (!vm_mode && chan < 0) chan_accept();
         if (vm_mode && !port_connected()) {
-            poll(NULL, 0, 50);
+            wait_away();
             continue;
         }
+        away_since = 0;
         unsigned char *m = memmem(inbuf, inlen, SYN_MAGIC, MAGIC_LEN);
         if (m && (size_t)(inbuf + inlen - m) >= MAGIC_LEN + NONCE_LEN) {
             unsigned char ack[MAGIC_LEN + NONCE_LEN + 16];
@@ -320,8 +359,8 @@ static void proc_free(struct proc *p) {
     memset(p, 0, sizeof *p);
 }
 
-static void send_exit(struct proc *p) {
-    unsigned char b[12];
+/* The EXIT payload: i32 code, u32 signal, u32 flags. */
+static void exit_fields(const struct proc *p, unsigned char b[12]) {
     int code = 0, sig = 0;
     if (WIFEXITED(p->status)) code = WEXITSTATUS(p->status);
     else if (WIFSIGNALED(p->status)) {
@@ -331,6 +370,11 @@ static void send_exit(struct proc *p) {
     put32(b, (uint32_t)code);
     put32(b + 4, (uint32_t)sig);
     put32(b + 8, p->oom ? 1 : 0);
+}
+
+static void send_exit(struct proc *p) {
+    unsigned char b[12];
+    exit_fields(p, b);
     p->exit_sent = 1;
     send_frame(T_EXIT, p->id, b, sizeof b);
 }
@@ -981,6 +1025,121 @@ static void make_dev(void) {
     symlink("/proc/self/fd/2", "/newroot/dev/stderr");
 }
 
+/* ---- micro-VM network (hutch.net= on the kernel command line) ------------------------------ */
+
+/* struct in6_ifreq of <linux/ipv6.h>, which clashes with the libc headers */
+struct in6_ifreq_ {
+    struct in6_addr addr;
+    uint32_t prefixlen;
+    int ifindex;
+};
+
+/* Write `text` to `path` under the new root as a fresh file: an image's symlink there (e.g.
+ * resolv.conf -> /run/...) is replaced, never followed out of the guest's root. */
+static void put_file(const char *path, const char *text) {
+    unlink(path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) fatal("writing %s: %s", path, strerror(errno));
+    size_t len = strlen(text);
+    if (write(fd, text, len) != (ssize_t)len) fatal("writing %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+static void net_ioctl(int s, unsigned long req, void *arg, const char *what) {
+    if (ioctl(s, req, arg) < 0) fatal("network: %s: %s", what, strerror(errno));
+}
+
+/* hutch.net=IP4/P4,GW4,IP6/P6,GW6,MTU (runtime/wiring.py writes it): eth0 gets both addresses,
+ * both default routes and the MTU before the workload starts. No DHCP, no router
+ * advertisements: the host decided all of it. */
+static void net_setup(void) {
+    const char *p = boot_param("hutch.net");
+    if (!p) return;
+    char conf[256], ip4[64], gw4[64], ip6[64], gw6[64];
+    int p4, p6, mtu;
+    snprintf(conf, sizeof conf, "%s", p);
+    for (char *c = conf; *c; c++)
+        if (*c == ',' || *c == '/') *c = ' ';
+    if (sscanf(conf, "%63s %d %63s %63s %d %63s %d", ip4, &p4, gw4, ip6, &p6, gw6, &mtu) != 7 ||
+        p4 < 0 || p4 > 32 || p6 < 0 || p6 > 128 || mtu < 68)
+        fatal("hutch.net=%s is malformed", p);
+    wait_for("/sys/class/net/eth0");
+    write_file("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0"); /* addresses work at once */
+    write_file("/proc/sys/net/ipv6/conf/eth0/accept_ra", "0");
+
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int s6 = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0 || s6 < 0) fatal("network: socket: %s", strerror(errno));
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "eth0");
+    ifr.ifr_mtu = mtu;
+    net_ioctl(s, SIOCSIFMTU, &ifr, "MTU");
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+    sin->sin_family = AF_INET;
+    if (inet_pton(AF_INET, ip4, &sin->sin_addr) != 1) fatal("hutch.net: bad address %s", ip4);
+    net_ioctl(s, SIOCSIFADDR, &ifr, "IPv4 address");
+    sin->sin_addr.s_addr = p4 ? htonl(~0u << (32 - p4)) : 0;
+    net_ioctl(s, SIOCSIFNETMASK, &ifr, "IPv4 netmask");
+    net_ioctl(s, SIOCGIFFLAGS, &ifr, "flags");
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    net_ioctl(s, SIOCSIFFLAGS, &ifr, "link up");
+    net_ioctl(s, SIOCGIFINDEX, &ifr, "index");
+    int ifindex = ifr.ifr_ifindex;
+
+    struct rtentry rt;
+    memset(&rt, 0, sizeof rt);
+    ((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+    ((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+    struct sockaddr_in *gw = (struct sockaddr_in *)&rt.rt_gateway;
+    gw->sin_family = AF_INET;
+    if (inet_pton(AF_INET, gw4, &gw->sin_addr) != 1) fatal("hutch.net: bad gateway %s", gw4);
+    rt.rt_flags = RTF_UP | RTF_GATEWAY;
+    rt.rt_dev = ifr.ifr_name;
+    net_ioctl(s, SIOCADDRT, &rt, "IPv4 default route");
+
+    struct in6_ifreq_ ifr6;
+    memset(&ifr6, 0, sizeof ifr6);
+    if (inet_pton(AF_INET6, ip6, &ifr6.addr) != 1) fatal("hutch.net: bad address %s", ip6);
+    ifr6.prefixlen = (uint32_t)p6;
+    ifr6.ifindex = ifindex;
+    net_ioctl(s6, SIOCSIFADDR, &ifr6, "IPv6 address");
+    struct in6_rtmsg rt6;
+    memset(&rt6, 0, sizeof rt6);
+    if (inet_pton(AF_INET6, gw6, &rt6.rtmsg_gateway) != 1) fatal("hutch.net: bad gateway %s", gw6);
+    rt6.rtmsg_flags = RTF_UP | RTF_GATEWAY;
+    rt6.rtmsg_metric = 1;
+    rt6.rtmsg_ifindex = ifindex;
+    net_ioctl(s6, SIOCADDRT, &rt6, "IPv6 default route");
+    close(s);
+    close(s6);
+
+    /* resolv.conf and hosts on the writable root, before the workload starts */
+    char text[1024];
+    size_t n = 0;
+    const char *v = boot_param("hutch.dns");
+    char list[256];
+    snprintf(list, sizeof list, "%s", v ? v : "");
+    for (char *save, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        n += (size_t)snprintf(text + n, sizeof text - n, "nameserver %s\n", t);
+    v = boot_param("hutch.search");
+    if (v && *v && n < sizeof text) {
+        snprintf(list, sizeof list, "%s", v);
+        for (char *c = list; *c; c++)
+            if (*c == ',') *c = ' ';
+        n += (size_t)snprintf(text + n, sizeof text - n, "search %s\n", list);
+    }
+    mkdir("/newroot/etc", 0755);
+    put_file("/newroot/etc/resolv.conf", text);
+    v = boot_param("hutch.hostname");
+    char host[64];
+    snprintf(host, sizeof host, "%s", v ? v : "");
+    n = (size_t)snprintf(text, sizeof text,
+                         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if (*host) snprintf(text + n, sizeof text - n, "%s\t%s\n%s\t%s\n", ip4, host, ip6, host);
+    put_file("/newroot/etc/hosts", text);
+}
+
 static void vm_boot(void) {
     mkdir("/dev", 0755);
     mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
@@ -996,10 +1155,13 @@ static void vm_boot(void) {
     open_port();
 
     const char *p = boot_param("hutch.rootfstype");
-    char fstype[32], root[64], scratch[64];
+    char fstype[32], root[64], scratch[64], exitdisk[64];
     snprintf(fstype, sizeof fstype, "%s", p && *p ? p : "erofs");
     find_disk(ROOT_SERIAL, root, sizeof root);
     find_disk(SCRATCH_SERIAL, scratch, sizeof scratch);
+    find_disk(EXIT_SERIAL, exitdisk, sizeof exitdisk);
+    exit_fd = open(exitdisk, O_WRONLY | O_CLOEXEC);
+    if (exit_fd < 0) fatal("open %s: %s", exitdisk, strerror(errno));
     must_mount(root, "/mnt/lower", fstype, MS_RDONLY, NULL);
     /* The writable layer is the host's sparse ext4 file, not guest RAM: filling it is ENOSPC,
      * not an OOM kill. noinit_itable: never zero inode tables behind the workload's back (the
@@ -1015,6 +1177,7 @@ static void vm_boot(void) {
     make_dev();
     mkdir("/newroot/tmp", 01777);
     mkdir("/newroot/run", 0755);
+    net_setup();
     if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
         chdir("/") < 0)
         fatal("switching to the root disk: %s", strerror(errno));

@@ -28,7 +28,7 @@ from hutch.model.errors import Unavailable
 from hutch.runtime.guest import cpio
 
 # What the guest needs beyond the cloud kernel's built-ins (ext4, devtmpfs and tmpfs are built in).
-GUEST_MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "overlay", "erofs")
+GUEST_MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "overlay", "erofs", "virtio_net")
 DEFAULT_KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")
 CFLAGS = ("-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror")
@@ -137,21 +137,33 @@ def _kernel(kernels: Path, package: str, refresh: bool, log: Log) -> Path:
     pointer = kernels / f"{package}.json"
     if not refresh and pointer.exists():
         current = kernels / str(json.loads(pointer.read_text())["dir"])
-        if (current / "meta.json").exists():
+        if _has_modules(current):
             return current
     try:
         concrete, version = _resolve_package(package)
     except Unavailable:
-        if pointer.exists():  # offline, but we have one: keep using it
+        if pointer.exists() and _has_modules(kernels / str(json.loads(pointer.read_text())["dir"])):
+            # offline, but we have one: keep using it
             log(f"apt could not resolve {package}; using the cached kernel")
             return kernels / str(json.loads(pointer.read_text())["dir"])
         raise
-    target = kernels / f"{concrete}_{version}"
-    if not (target / "meta.json").exists():
+    # The folder's name carries the module list: adding one to GUEST_MODULES fetches anew.
+    modules = hashlib.sha256(" ".join(GUEST_MODULES).encode()).hexdigest()[:8]
+    target = kernels / f"{concrete}_{version}_{modules}"
+    if not _has_modules(target):
         log(f"fetching guest kernel {concrete} {version} from Debian")
         _fetch_kernel(concrete, version, target)
     _atomic_write(pointer, json.dumps({"dir": target.name}).encode())
     return target
+
+
+def _has_modules(kernel: Path) -> bool:
+    """A cached kernel folder that is complete and holds every module the guest needs."""
+    try:
+        meta = json.loads((kernel / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("modules") == list(GUEST_MODULES))
 
 
 def _resolve_package(package: str) -> tuple[str, str]:
@@ -185,7 +197,12 @@ def _fetch_kernel(package: str, version: str, target: Path) -> None:
         (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
         order = _copy_modules(tree, release, out / "modules")
         (out / "modules.order").write_text("".join(f"{m}\n" for m in order))
-        meta = {"package": package, "version": version, "release": release}
+        meta = {
+            "package": package,
+            "version": version,
+            "release": release,
+            "modules": list(GUEST_MODULES),
+        }
         (out / "meta.json").write_text(json.dumps(meta))
         shutil.rmtree(target, ignore_errors=True)
         out.rename(target)

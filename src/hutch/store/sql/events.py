@@ -59,9 +59,9 @@ class SqlEvents(Repo):
 
     async def last(self, project_id: str) -> int:
         p = t.projects
-        row = await self._one(sa.select(p.c.event_seq).where(p.c.id == project_id))
-        if row is None:
-            raise NotFound(f"project {project_id!r} not found")
+        row = await self._found(
+            sa.select(p.c.event_seq).where(p.c.id == project_id), "project", project_id
+        )
         return int(row[0])
 
     async def since(self, project_id: str, after: int, limit: int = 500) -> list[Event]:

@@ -9,7 +9,6 @@ from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
 
 from hutch.model.errors import Conflict, Invalid, NotFound
 from hutch.model.machine import (
@@ -77,10 +76,7 @@ class SqlMachines(Repo):
             )
             .limit(1)
         )
-        row = await self._one(stmt)
-        if row is None:
-            raise NotFound(f"machine {ref!r} not found")
-        return _to_machine(row)
+        return _to_machine(await self._found(stmt, "machine", ref))
 
     async def list(
         self,
@@ -117,25 +113,15 @@ class SqlMachines(Repo):
 
     async def update(self, machine: Machine) -> Machine:
         m = t.machines
-        stmt = (
-            sa.update(m)
-            .where(
-                m.c.id == machine.id,
-                m.c.project_id == machine.project_id,
-                m.c.version == machine.version,
-            )
-            .values(**_machine_values(machine), version=machine.version + 1)
-            .returning(*m.c)
+        mine = (m.c.id == machine.id, m.c.project_id == machine.project_id)
+        row = await self._compare_and_set(
+            m,
+            mine,
+            "machine",
+            machine,
+            _machine_values(machine),
+            refused=lambda: self._refused(machine),
         )
-        try:
-            async with self._c.begin_nested():
-                row = (await self._c.execute(stmt)).first()
-        except IntegrityError:
-            await self._refused(machine)
-            raise  # not reached: _refused always raises
-        if row is None:
-            mine = (m.c.id == machine.id, m.c.project_id == machine.project_id)
-            await self._stale(m, mine, "machine", machine)
         return _to_machine(row)
 
     async def usage(self, project_id: str) -> Usage:
@@ -161,10 +147,8 @@ class SqlMachines(Repo):
         return [_to_machine(r) for r in await self._c.execute(stmt)]
 
     async def by_id(self, machine_id: str) -> Machine:
-        row = await self._one(sa.select(t.machines).where(t.machines.c.id == machine_id))
-        if row is None:
-            raise NotFound(f"machine {machine_id!r} not found")
-        return _to_machine(row)
+        stmt = sa.select(t.machines).where(t.machines.c.id == machine_id)
+        return _to_machine(await self._found(stmt, "machine", machine_id))
 
     async def pending(
         self, limit: int, after: tuple[float, str] | None = None
@@ -237,6 +221,35 @@ class SqlMachines(Repo):
         for image, node_id in rows:
             found[str(image)].add(str(node_id))
         return found
+
+    async def purge(self, destroyed_before: float, limit: int) -> int:
+        """In three statements: the ids (on PostgreSQL locked, skipping rows another
+        transaction holds), their events, the rows. Destroyed machines' rows change no more, so
+        `updated_at` is when they were destroyed."""
+        m, e = t.machines, t.events
+        gone = m.c.state == MachineState.DESTROYED.value
+        # A machine lost with a node that is not fenced yet keeps its row: its addresses are
+        # held for it until then (`NetworkRepo.fenced`).
+        unfenced = ~sa.exists().where(t.fences.c.machine_id == m.c.id)
+        stmt = (
+            sa.select(m.c.id)
+            .where(gone, m.c.updated_at < destroyed_before, unfenced)
+            .order_by(m.c.updated_at, m.c.id)
+            .limit(limit)
+        )
+        if self._pg:
+            stmt = stmt.with_for_update(skip_locked=True)
+        ids = [str(machine_id) for machine_id in (await self._c.execute(stmt)).scalars()]
+        if not ids:
+            return 0
+        # Only machine events name a machine (object_id), and a machine id is never reused.
+        await self._c.execute(
+            sa.delete(e).where(e.c.object_id.in_(ids), e.c.kind.startswith("machine."))
+        )
+        for linked in (t.network_addresses, t.machine_ports, t.machine_security_groups):
+            await self._c.execute(sa.delete(linked).where(linked.c.machine_id.in_(ids)))
+        await self._c.execute(sa.delete(m).where(m.c.id.in_(ids), gone))
+        return len(ids)
 
 
 def _machine_values(m: Machine) -> dict[str, Any]:

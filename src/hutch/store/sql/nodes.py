@@ -3,11 +3,10 @@
 import builtins
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
 
 from hutch.model.errors import Conflict, NotFound
 from hutch.model.machine import Capacity, Node, NodeState
@@ -37,10 +36,8 @@ class SqlNodes(Repo):
         raise Conflict(f"a node with id {node.id!r} already exists")
 
     async def get(self, node_id: str) -> Node:
-        row = await self._one(sa.select(t.nodes).where(t.nodes.c.id == node_id))
-        if row is None:
-            raise NotFound(f"node {node_id!r} not found")
-        return _to_node(row)
+        stmt = sa.select(t.nodes).where(t.nodes.c.id == node_id)
+        return _to_node(await self._found(stmt, "node", node_id))
 
     async def by_credential(self, credential_hash: str) -> Node | None:
         row = await self._one(
@@ -54,20 +51,13 @@ class SqlNodes(Repo):
         ]
 
     async def update(self, node: Node) -> Node:
+        async def refused() -> NoReturn:  # the only constraint an update can break
+            raise Conflict(f"a node named {node.name!r} already exists")
+
         n = t.nodes
-        stmt = (
-            sa.update(n)
-            .where(n.c.id == node.id, n.c.version == node.version)
-            .values(**_node_values(node), version=node.version + 1)
-            .returning(*n.c)
+        row = await self._compare_and_set(
+            n, (n.c.id == node.id,), "node", node, _node_values(node), refused=refused
         )
-        try:
-            async with self._c.begin_nested():
-                row = (await self._c.execute(stmt)).first()
-        except IntegrityError:
-            raise Conflict(f"a node named {node.name!r} already exists") from None
-        if row is None:
-            await self._stale(n, (n.c.id == node.id,), "node", node)
         return _to_node(row)
 
     async def lock(self, node_id: str) -> Node:

@@ -6,7 +6,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
-from hutch.model.errors import Conflict, NotFound
+from hutch.model.errors import Conflict
 from hutch.model.machine import Strategy
 from hutch.model.tenancy import Project, Quota
 from hutch.store import tables as t
@@ -22,16 +22,12 @@ class SqlProjects(Repo):
         raise Conflict(f"a project with id {project.id!r} already exists")
 
     async def get(self, project_id: str) -> Project:
-        row = await self._one(sa.select(t.projects).where(t.projects.c.id == project_id))
-        if row is None:
-            raise NotFound(f"project {project_id!r} not found")
-        return _to_project(row)
+        stmt = sa.select(t.projects).where(t.projects.c.id == project_id)
+        return _to_project(await self._found(stmt, "project", project_id))
 
     async def by_name(self, name: str) -> Project:
-        row = await self._one(sa.select(t.projects).where(t.projects.c.name == name))
-        if row is None:
-            raise NotFound(f"project {name!r} not found")
-        return _to_project(row)
+        stmt = sa.select(t.projects).where(t.projects.c.name == name)
+        return _to_project(await self._found(stmt, "project", name))
 
     async def list(self) -> list[Project]:
         rows = await self._c.execute(sa.select(t.projects).order_by(t.projects.c.name))
@@ -44,10 +40,7 @@ class SqlProjects(Repo):
             .values(**_quota_values(quota))
             .returning(*t.projects.c)
         )
-        row = (await self._c.execute(stmt)).first()
-        if row is None:
-            raise NotFound(f"project {project_id!r} not found")
-        return _to_project(row)
+        return _to_project(await self._found(stmt, "project", project_id))
 
     async def set_strategy(self, project_id: str, strategy: Strategy) -> Project:
         stmt = (
@@ -56,10 +49,7 @@ class SqlProjects(Repo):
             .values(strategy=strategy.value)
             .returning(*t.projects.c)
         )
-        row = (await self._c.execute(stmt)).first()
-        if row is None:
-            raise NotFound(f"project {project_id!r} not found")
-        return _to_project(row)
+        return _to_project(await self._found(stmt, "project", project_id))
 
     async def delete(self, project_id: str) -> None:
         """Conflict while it has machines that are not destroyed; otherwise its destroyed

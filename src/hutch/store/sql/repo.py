@@ -1,7 +1,7 @@
 """What every repository shares: the connection it runs on, and a few statements."""
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, NoReturn, Protocol, TypeVar
 
 import sqlalchemy as sa
@@ -54,8 +54,15 @@ class Repo:
         self._c = conn
         self._pg = backend == "postgresql"
 
-    async def _one(self, stmt: sa.Select[Any]) -> Row[Any] | None:
+    async def _one(self, stmt: sa.Executable) -> Row[Any] | None:
         row: Row[Any] | None = (await self._c.execute(stmt)).first()
+        return row
+
+    async def _found(self, stmt: sa.Executable, what: str, ref: str) -> Row[Any]:
+        """The statement's first row (a select, or a write's RETURNING); NotFound, naming
+        `what` by `ref`, if there is none."""
+        if (row := await self._one(stmt)) is None:
+            raise NotFound(f"{what} {ref!r} not found")
         return row
 
     async def _exists(self, table: sa.Table, *where: sa.ColumnElement[bool]) -> bool:
@@ -97,6 +104,32 @@ class Repo:
         stmt = sa.select(table).where(table.c.id == row_id)
         if self._pg:
             stmt = stmt.with_for_update(key_share=not key)
-        if (row := await self._one(stmt)) is None:
-            raise NotFound(f"{what} {row_id!r} not found")
+        return await self._found(stmt, what, row_id)
+
+    async def _compare_and_set(
+        self,
+        table: sa.Table,
+        where: tuple[sa.ColumnElement[bool], ...],
+        what: str,
+        wrote: "Versioned",
+        values: Mapping[str, Any],
+        *,
+        refused: Callable[[], Awaitable[NoReturn]],
+    ) -> Row[Any]:
+        """Write `values` to the row `where` if its version is still `wrote.version`, bumping
+        it: the new row. In a savepoint: a constraint's refusal is `refused()`'s error, and a
+        version that moved on is Conflict (NotFound if the row is gone), see _stale()."""
+        stmt = (
+            sa.update(table)
+            .where(*where, table.c.version == wrote.version)
+            .values(**values, version=wrote.version + 1)
+            .returning(*table.c)
+        )
+        try:
+            async with self._c.begin_nested():
+                row = (await self._c.execute(stmt)).first()
+        except IntegrityError:
+            await refused()
+        if row is None:
+            await self._stale(table, where, what, wrote)
         return row

@@ -40,10 +40,8 @@ class SqlTokens(Repo):
         return None if row is None else _to_token(row)
 
     async def get(self, token_id: str) -> Token:
-        row = await self._one(sa.select(t.tokens).where(t.tokens.c.id == token_id))
-        if row is None:
-            raise NotFound(f"token {token_id!r} not found")
-        return _to_token(row)
+        stmt = sa.select(t.tokens).where(t.tokens.c.id == token_id)
+        return _to_token(await self._found(stmt, "token", token_id))
 
     async def list(self, project_id: str | None) -> list[Token]:
         where = (
@@ -75,10 +73,7 @@ class SqlTokens(Repo):
             .values(revoked_at=sa.func.coalesce(t.tokens.c.revoked_at, at))
             .returning(*t.tokens.c)
         )
-        row = (await self._c.execute(stmt)).first()
-        if row is None:
-            raise NotFound(f"token {token_id!r} not found")
-        return _to_token(row)
+        return _to_token(await self._found(stmt, "token", token_id))
 
 
 def _to_token(r: Row[Any]) -> Token:

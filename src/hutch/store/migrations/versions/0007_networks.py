@@ -1,20 +1,11 @@
 """Networks: networks, their addresses (and fences of lost machines' ones), security groups
-and their rules, machines' groups and published ports, and facts (the controller's ULA /48).
-
-Revision ID: 0007
-Revises: 0006
-Create Date: 2026-12-03
-"""
-
-from collections.abc import Sequence
+and their rules, machines' groups and published ports, and facts (the controller's ULA /48)."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0006"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0007"
+down_revision = "0006"
 
 
 def upgrade() -> None:

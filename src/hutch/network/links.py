@@ -1,0 +1,266 @@
+"""Links on the node, by netlink (pyroute2): a bridge per network, a TAP per micro-VM NIC, a veth
+pair into a network namespace per container.
+
+Every link hutch makes carries the alias `hutch` (and one of hutch's name prefixes), so that
+`ours` finds them and nothing else: reconcile never removes a link hutch did not make.
+"""
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import hashlib
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from hutch.model.errors import Unavailable
+from hutch.model.network import Attachment
+from hutch.network.nft import BRIDGE_PREFIX
+
+ALIAS = "hutch"
+TAP_PREFIX = "ht-"
+VETH_PREFIX = "hv-"
+PEER_PREFIX = "hp-"  # the container end of a veth pair, until it is eth0 in its namespace
+PREFIXES = (BRIDGE_PREFIX, TAP_PREFIX, VETH_PREFIX, PEER_PREFIX)
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MNT_DETACH = 2
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+T = TypeVar("T")
+
+
+def bridge_name(vni: int) -> str:
+    return f"{BRIDGE_PREFIX}{vni:x}"
+
+
+def bridge_mac(vni: int) -> str:
+    """The gateway's MAC: the same on every node, so that it never has to leave the node."""
+    return "02:68:6e:" + ":".join(f"{b:02x}" for b in vni.to_bytes(3, "big"))
+
+
+def port_name(prefix: str, sandbox_id: str, index: int = 0) -> str:
+    digest = hashlib.sha256(f"{sandbox_id}/{index}".encode()).hexdigest()
+    return f"{prefix}{digest[:8]}"  # 11 characters: under IFNAMSIZ
+
+
+def _sysctl(path: str, value: str) -> None:
+    Path("/proc/sys/net", path).write_text(value)
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def _check(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except NetlinkError as e:
+        raise Unavailable(f"{what}: {os.strerror(e.code)}") from None
+
+
+def enable_forwarding() -> None:
+    """Routing between the bridges and the world (v6 too: a host that learns its own v6 route
+    from router advertisements must set accept_ra=2 to keep doing so)."""
+    _sysctl("ipv4/ip_forward", "1")
+    _sysctl("ipv6/conf/all/forwarding", "1")
+
+
+def ensure_bridge(ipr: IPRoute, att: Attachment, mtu: int = 1500) -> str:
+    """The network's bridge, holding its gateway addresses; made if missing, left as is if not."""
+    name = bridge_name(att.vni)
+    if _index(ipr, name) is None:
+        _check(
+            f"creating bridge {name}",
+            lambda: ipr.link(
+                "add",
+                ifname=name,
+                kind="bridge",
+                address=bridge_mac(att.vni),
+                mtu=mtu,
+                # Bridged frames skip the inet hooks: sandboxes on one network talk at L2, and
+                # only routed traffic meets hutch's inet table.
+                br_nf_call_iptables=0,
+                br_nf_call_ip6tables=0,
+                br_nf_call_arptables=0,
+            ),
+        )
+    index = _index(ipr, name)
+    assert index is not None
+    ipr.link("set", index=index, ifalias=ALIAS)
+    _sysctl(f"ipv6/conf/{name}/addr_gen_mode", "1")  # no link-local address of its own
+    _sysctl(f"ipv6/conf/{name}/accept_dad", "0")  # the gateway address works at once
+    _sysctl(f"ipv6/conf/{name}/accept_ra", "0")
+    # The node's own 127.0.0.1 reaches published ports: after DNAT, such packets route out of
+    # the bridge with a 127/8 source (masqueraded right after). Packets *from* sandboxes to 127/8
+    # are dropped before routing (nft's raw chain).
+    _sysctl(f"ipv4/conf/{name}/route_localnet", "1")
+    have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
+    for addr, prefix in ((att.gateway4, att.prefix4), (att.gateway6, att.prefix6)):
+        if (addr, prefix) not in have:
+            try:
+                ipr.addr("add", index=index, address=addr, prefixlen=prefix)
+            except NetlinkError as e:
+                raise Unavailable(
+                    f"adding {addr}/{prefix} to {name}: {os.strerror(e.code)}"
+                ) from None
+    ipr.link("set", index=index, state="up")
+    return name
+
+
+def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int) -> None:
+    index, master = _index(ipr, name), _index(ipr, bridge)
+    if index is None or master is None:
+        raise Unavailable(f"link {name} or bridge {bridge} vanished while wiring it")
+    _check(
+        f"attaching {name} to {bridge}",
+        lambda: ipr.link("set", index=index, master=master, ifalias=ALIAS, mtu=mtu, state="up"),
+    )
+    # No learning from the wire: a sandbox cannot poison the bridge's table with others' MACs
+    # (the nft port chain drops such frames too); flooding still reaches the rightful owner.
+    with contextlib.suppress(NetlinkError):
+        ipr.brport("set", index=index, learning=0)
+
+
+def create_tap(ipr: IPRoute, name: str, bridge: str, mtu: int = 1500) -> int:
+    """Create TAP `name` on `bridge` and return an open descriptor of it, for QEMU.
+
+    The TAP is not persistent: it goes when the last descriptor closes (QEMU's, when it exits),
+    so a dead micro-VM leaves no link behind even if nobody cleans up.
+    """
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        ifr = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+        fcntl.ioctl(fd, TUNSETIFF, ifr)
+        _enslave(ipr, name, bridge, mtu)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _in_netns(path: Path | None, fn: Callable[[], T], new: bool = False) -> T:
+    """Run `fn` in a thread of its own inside the network namespace at `path` (or in a new one
+    when `new`): network namespaces are per thread, so the caller's stays as it was."""
+    result: list[Any] = []
+
+    def enter() -> None:
+        if new:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+        elif path is not None:
+            nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(nsfd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {path}")
+            finally:
+                os.close(nsfd)
+
+    def run() -> None:
+        try:
+            enter()
+            result.append((True, fn()))
+        except BaseException as e:
+            result.append((False, e))
+
+    thread = threading.Thread(target=run, name="hutch-netns")
+    thread.start()
+    thread.join()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def run_in(netns: Path | None, fn: Callable[[], T]) -> T:
+    """`fn()` inside the network namespace at `netns` (None: this thread's own)."""
+    return fn() if netns is None else _in_netns(netns, fn)
+
+
+def create_netns(path: Path) -> None:
+    """A new network namespace, kept alive by a bind mount at `path` (like `ip netns add`)."""
+    path.touch(mode=0o444)
+
+    def bind() -> None:
+        src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+        if _libc.mount(src, str(path).encode(), None, MS_BIND, None) != 0:
+            raise OSError(ctypes.get_errno(), f"bind-mounting a network namespace on {path}")
+
+    _in_netns(None, bind, new=True)
+
+
+def remove_netns(path: Path) -> None:
+    if _libc.umount2(str(path).encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(err, f"unmounting {path}")
+    path.unlink(missing_ok=True)
+
+
+def create_veth(
+    ipr: IPRoute, name: str, bridge: str, netns: Path, att: Attachment, *, mtu: int = 1500
+) -> None:
+    """A veth pair: `name` on `bridge`, its peer as eth0 in `netns` with the attachment's MAC,
+    addresses and default routes. Set from here: the container gets no CAP_NET_ADMIN over it."""
+    peer = PEER_PREFIX + name[len(VETH_PREFIX) :]
+    _check(
+        f"creating veth {name}",
+        lambda: ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer={"ifname": peer}),
+    )
+    try:
+        _enslave(ipr, name, bridge, mtu)
+        peer_index = _index(ipr, peer)
+        nsfd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link("set", index=peer_index, net_ns_fd=nsfd)
+        finally:
+            os.close(nsfd)
+        _in_netns(netns, lambda: _configure_inside(peer, att, mtu))
+    except BaseException:
+        delete_link(ipr, name)
+        raise
+
+
+def _configure_inside(peer: str, att: Attachment, mtu: int) -> None:
+    with IPRoute() as ipr:
+        lo = _index(ipr, "lo")
+        ipr.link("set", index=lo, state="up")
+        index = _index(ipr, peer)
+        assert index is not None
+        ipr.link("set", index=index, ifname="eth0", address=att.mac, mtu=mtu)
+        # The namespace belongs to the host's user namespace, not the container's: its root has
+        # no CAP_NET_BIND_SERVICE or CAP_NET_RAW here. As Docker does: low ports and ping for all.
+        _sysctl("ipv4/ip_unprivileged_port_start", "0")
+        _sysctl("ipv4/ping_group_range", "0 2147483647")
+        _sysctl("ipv6/conf/eth0/accept_dad", "0")
+        _sysctl("ipv6/conf/eth0/accept_ra", "0")
+        ipr.link("set", index=index, state="up")
+        ipr.addr("add", index=index, address=att.ip4, prefixlen=att.prefix4)
+        ipr.addr("add", index=index, address=att.ip6, prefixlen=att.prefix6)
+        ipr.route("add", dst="0.0.0.0/0", gateway=att.gateway4, oif=index)
+        ipr.route("add", dst="::/0", gateway=att.gateway6, oif=index, family=10)
+
+
+def delete_link(ipr: IPRoute, name: str) -> None:
+    index = _index(ipr, name)
+    if index is not None:
+        with contextlib.suppress(NetlinkError):  # gone meanwhile (a TAP whose QEMU exited)
+            ipr.link("del", index=index)
+
+
+def ours(ipr: IPRoute) -> Iterator[str]:
+    """Names of the links hutch made on this node."""
+    for link in ipr.get_links():
+        name = str(link.get_attr("IFLA_IFNAME"))
+        if name.startswith(PREFIXES) and link.get_attr("IFLA_IFALIAS") == ALIAS:
+            yield name

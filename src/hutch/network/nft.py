@@ -1,0 +1,425 @@
+"""The node's packet filter and NAT: a pure function of the desired state, applied atomically.
+
+hutch owns two tables, `inet hutch` and `bridge hutch`, and nothing else: `apply` replaces both in
+one transaction (`nft -j -f -`: add, delete and re-add each table in one batch), so a packet sees
+either the old rules or the new ones, and rules hutch did not make are never touched.
+
+The cost per packet does not grow with the number of machines: every per-machine decision is one
+map lookup (a verdict map keyed by port name, a DNAT map keyed by protocol and port), and each
+port's own chain holds a constant number of rules.
+
+    bridge hutch   prerouting: a frame from a port jumps to that port's chain (anti-spoofing: its
+                   MAC, its IPv4 for IP and ARP, its IPv6 and link-local for IPv6 and NDP, no
+                   router advertisements); a frame from a port with no chain is dropped.
+                   forward: `oifname vmap @ingress`, one chain per port (security groups).
+    inet hutch     prerouting (raw): from a hutch bridge, 127/8 and ::1 are dropped either way.
+                   input: from a hutch bridge, only DNS to that bridge's gateway (and NDP) gets in.
+                   forward: between hutch bridges nothing; to 127/8, 169.254/16 and the blocked
+                   infrastructure addresses nothing; egress per bridge (`iifname vmap @egress`);
+                   to a bridge only replies and published ports.
+                   nat: DNAT of published ports (prerouting for other hosts, output for the node
+                   itself, 127.0.0.1 included), masquerade of egress and of 127/8 sources.
+"""
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hutch.model.errors import Unavailable
+
+TABLE = "hutch"
+BRIDGE_PREFIX = "hn-"
+PORT_PREFIXES = ("ht-", "hv-")  # TAPs (micro-VMs), veth host ends (containers)
+ALWAYS_BLOCKED4 = ("127.0.0.0/8", "169.254.0.0/16")
+ALWAYS_BLOCKED6 = ("::1/128", "fe80::/10")
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Bridge:
+    """One network on this node."""
+
+    name: str  # hn-<vni hex>
+    gateway4: str
+    prefix4: int
+    gateway6: str
+    prefix6: int
+    egress: str = "nat"  # "nat" | "deny" | "allow-list"
+    egress_allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """One sandbox NIC on a bridge: the host end of its TAP or veth."""
+
+    name: str  # ht-... / hv-...
+    bridge: str
+    mac: str
+    ip4: str
+    ip6: str
+
+    @property
+    def link_local6(self) -> str:
+        """The EUI-64 link-local address the guest's kernel gives itself from `mac`."""
+        octets = [int(x, 16) for x in self.mac.split(":")]
+        eui = [octets[0] ^ 2, *octets[1:3], 0xFF, 0xFE, *octets[3:]]
+        return str(ipaddress.IPv6Address(bytes([0xFE, 0x80, *[0] * 6, *eui])))
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A node port forwarded to a sandbox's address."""
+
+    host_port: int
+    protocol: str  # tcp | udp
+    ip4: str  # the sandbox's address
+    port: int
+    host_ip: str = ""  # "": every local address of the node
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    bridges: tuple[Bridge, ...] = ()
+    ports: tuple[Port, ...] = ()
+    published: tuple[Published, ...] = ()
+    # Addresses no sandbox may reach even through NAT: the controllers' and agents' (a cluster's
+    # underlay), the metadata range. 127/8 and 169.254/16 are always blocked.
+    blocked: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ---- expression helpers (nft's JSON schema, libnftables-json(5)) -----------------------------
+
+
+def _meta(key: str) -> Json:
+    return {"meta": {"key": key}}
+
+
+def _payload(protocol: str, fld: str) -> Json:
+    return {"payload": {"protocol": protocol, "field": fld}}
+
+
+def _match(left: Json, right: Any, op: str = "==") -> Json:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _set(values: Iterable[Any]) -> Json:
+    return {"set": list(values)}
+
+
+def _prefix(cidr: str) -> Json:
+    net = ipaddress.ip_network(cidr)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _concat(*items: Any) -> Json:
+    return {"concat": list(items)}
+
+
+ACCEPT: Json = {"accept": None}
+DROP: Json = {"drop": None}
+RETURN: Json = {"return": None}
+
+
+def _jump(chain: str) -> Json:
+    return {"jump": {"target": chain}}
+
+
+class _Table:
+    """Collects one table's objects in the order nft needs them: chains, maps, rules."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.chains: list[Json] = []
+        self.maps: list[Json] = []
+        self.rules: list[Json] = []
+
+    def chain(self, name: str, hook: str = "", kind: str = "filter", prio: int = 0) -> str:
+        chain: Json = {"family": self.family, "table": TABLE, "name": name}
+        if hook:
+            chain.update(type=kind, hook=hook, prio=prio, policy="accept")
+        self.chains.append({"chain": chain})
+        return name
+
+    def map(self, name: str, key: str | list[str], data: str, elems: list[Any]) -> str:
+        m: Json = {"family": self.family, "table": TABLE, "name": name, "type": key, "map": data}
+        if elems:
+            m["elem"] = elems
+        self.maps.append({"map": m})
+        return name
+
+    def set(self, name: str, key: str | list[str], elems: list[Any]) -> str:
+        st: Json = {"family": self.family, "table": TABLE, "name": name, "type": key}
+        if elems:
+            st["elem"] = elems
+        self.maps.append({"set": st})
+        return name
+
+    def rule(self, chain: str, *expr: Json) -> None:
+        self.rules.append(
+            {"rule": {"family": self.family, "table": TABLE, "chain": chain, "expr": list(expr)}}
+        )
+
+    def commands(self) -> list[Json]:
+        table = {"table": {"family": self.family, "name": TABLE}}
+        # add + delete: delete must find the table, and the whole batch is one transaction.
+        return [
+            {"add": table},
+            {"delete": table},
+            {"add": table},
+            *({"add": o} for o in self.chains),  # before the maps that jump to them
+            *({"add": o} for o in self.maps),
+            *({"add": r} for r in self.rules),
+        ]
+
+
+def _hex128(addr: str) -> str:
+    return f"0x{int(ipaddress.IPv6Address(addr)):032x}"
+
+
+def _bridge_table(desired: Desired) -> _Table:
+    t = _Table("bridge")
+    ports = sorted(desired.ports, key=lambda p: p.name)
+    t.map("ports", "ifname", "verdict", [[p.name, _jump(f"port-{p.name}")] for p in ports])
+    t.map("ingress", "ifname", "verdict", [[p.name, _jump(f"in-{p.name}")] for p in ports])
+    for p in ports:
+        chain = t.chain(f"port-{p.name}")
+        ether_type = _payload("ether", "type")
+        v6 = sorted({p.ip6, p.link_local6}, key=ipaddress.IPv6Address)
+        t.rule(chain, _match(_payload("ether", "saddr"), p.mac, "!="), DROP)
+        t.rule(chain, _match(ether_type, _set(["ip", "arp", "ip6"]), "!="), DROP)
+        t.rule(chain, _match(ether_type, "ip"), _match(_payload("ip", "saddr"), p.ip4, "!="), DROP)
+        t.rule(
+            chain,
+            _match(ether_type, "arp"),
+            _match(_payload("arp", "saddr ether"), p.mac, "!="),
+            DROP,
+        )
+        t.rule(
+            chain, _match(ether_type, "arp"), _match(_payload("arp", "saddr ip"), p.ip4, "!="), DROP
+        )
+        t.rule(
+            chain,
+            _match(ether_type, "ip6"),
+            _match(_payload("ip6", "saddr"), _set(["::", *v6]), "!="),
+            DROP,
+        )
+        icmp6_type = _payload("icmpv6", "type")
+        # Duplicate address detection is the one thing sent from "::".
+        t.rule(
+            chain,
+            _match(_payload("ip6", "saddr"), "::"),
+            _match(icmp6_type, "nd-neighbor-solicit", "!="),
+            DROP,
+        )
+        # A guest does not route: no router advertisements or redirects to the others.
+        t.rule(chain, _match(icmp6_type, _set(["nd-router-advert", "nd-redirect"])), DROP)
+        # A neighbour advertisement may only claim the port's own addresses (nft 1.0.6 has no
+        # `icmpv6 taddr`: the target is the 128 bits at offset 64 of the ICMPv6 header).
+        for addr in v6:
+            t.rule(
+                chain,
+                _match(icmp6_type, "nd-neighbor-advert"),
+                _match({"payload": {"base": "th", "offset": 64, "len": 128}}, _hex128(addr)),
+                ACCEPT,
+            )
+        t.rule(chain, _match(icmp6_type, "nd-neighbor-advert"), DROP)
+        t.rule(chain, ACCEPT)  # passed: not the "unknown port" drop after the vmap
+        # Security groups go here; until then the network's own machines talk to each other.
+        t.chain(f"in-{p.name}")
+    pre = t.chain("prerouting", "prerouting", prio=-200)
+    t.rule(pre, {"vmap": {"key": _meta("iifname"), "data": "@ports"}})
+    for prefix in PORT_PREFIXES:  # a port of ours without a chain: not wired yet, or stale
+        t.rule(pre, _match(_meta("iifname"), prefix + "*"), DROP)
+    fwd = t.chain("forward", "forward", prio=0)
+    t.rule(fwd, {"vmap": {"key": _meta("oifname"), "data": "@ingress"}})
+    return t
+
+
+def _inet_table(desired: Desired) -> _Table:
+    t = _Table("inet")
+    bridges = sorted(desired.bridges, key=lambda b: b.name)
+    hn = BRIDGE_PREFIX + "*"
+    iif, oif = _meta("iifname"), _meta("oifname")
+    ct_state = {"ct": {"key": "state"}}
+    established = _match(ct_state, ["established", "related"], "in")
+    l4 = _meta("l4proto")
+    dport = _payload("th", "dport")
+
+    # Published ports. Any address: (proto . port); one address: (addr . proto . port). Two
+    # maps each, address and port (nft 1.0.6's JSON parser takes no concatenated map data).
+    anywhere = sorted(
+        (p for p in desired.published if not p.host_ip), key=lambda p: (p.protocol, p.host_port)
+    )
+    at = sorted(
+        (p for p in desired.published if p.host_ip),
+        key=lambda p: (p.host_ip, p.protocol, p.host_port),
+    )
+    key_any, key_at = ["inet_proto", "inet_service"], ["ipv4_addr", "inet_proto", "inet_service"]
+    t.map("published", key_any, "ipv4_addr",
+          [[_concat(p.protocol, p.host_port), p.ip4] for p in anywhere])  # fmt: skip
+    t.map("published_port", key_any, "inet_service",
+          [[_concat(p.protocol, p.host_port), p.port] for p in anywhere])  # fmt: skip
+    t.map("published_at", key_at, "ipv4_addr",
+          [[_concat(p.host_ip, p.protocol, p.host_port), p.ip4] for p in at])  # fmt: skip
+    t.map("published_at_port", key_at, "inet_service",
+          [[_concat(p.host_ip, p.protocol, p.host_port), p.port] for p in at])  # fmt: skip
+    egress: list[Any] = []
+    for b in bridges:
+        if b.egress == "nat":
+            verdict = ACCEPT
+        elif b.egress == "allow-list":
+            verdict = _jump(f"egress-{b.name}")
+        else:
+            verdict = DROP
+        egress.append([b.name, verdict])
+    t.map("egress", "ifname", "verdict", egress)
+    for b in bridges:
+        if b.egress != "allow-list":
+            continue
+        chain = t.chain(f"egress-{b.name}")
+        for version, proto in ((4, "ip"), (6, "ip6")):
+            cidrs = [c for c in b.egress_allow if ipaddress.ip_network(c).version == version]
+            if cidrs:
+                t.rule(
+                    chain, _match(_payload(proto, "daddr"), _set(_prefix(c) for c in cidrs)), ACCEPT
+                )
+        t.rule(chain, DROP)
+
+    # raw: addresses no packet from a sandbox may carry, before NAT looks at them
+    raw = t.chain("raw", "prerouting", prio=-300)
+    t.rule(raw, _match(iif, hn), _match(_payload("ip", "daddr"), _prefix("127.0.0.0/8")), DROP)
+    t.rule(raw, _match(iif, hn), _match(_payload("ip", "saddr"), _prefix("127.0.0.0/8")), DROP)
+    t.rule(raw, _match(iif, hn), _match(_payload("ip6", "daddr"), "::1"), DROP)
+
+    # input: the node itself. From a sandbox only DNS to its own gateway, NDP, and replies.
+    inp = t.chain("input", "input", prio=0)
+    guest_in = t.chain("from-sandbox-input")
+    t.rule(inp, _match(iif, hn), _jump(guest_in))
+    t.rule(guest_in, established, ACCEPT)
+    gateways = [
+        [b.name, a] for b in bridges for a in (b.gateway4, b.gateway6)
+    ]  # (bridge . address) pairs, checked per family below
+    for proto, version in (("ip", 4), ("ip6", 6)):
+        pairs = [
+            _concat(name, addr)
+            for name, addr in gateways
+            if ipaddress.ip_address(addr).version == version
+        ]
+        if pairs:
+            t.rule(
+                guest_in,
+                _match(_concat(iif, _payload(proto, "daddr")), _set(pairs)),
+                _match(l4, _set(["tcp", "udp"])),
+                _match(dport, 53),
+                ACCEPT,
+            )
+    t.rule(
+        guest_in,
+        _match(_payload("icmpv6", "type"), _set(["nd-neighbor-solicit", "nd-neighbor-advert"])),
+        ACCEPT,
+    )
+    t.rule(guest_in, DROP)
+
+    # forward: between sandboxes' networks and the world
+    fwd = t.chain("forward", "forward", prio=0)
+    from_guest = t.chain("from-sandbox")
+    to_guest = t.chain("to-sandbox")
+    # With br_netfilter (bridge-nf-call-iptables=1 in the namespace, which overrides the
+    # bridge's own nf_call_iptables=0), frames bridged between two ports of one network pass
+    # here too, as bridge -> same bridge: the network's own traffic, let through.
+    t.set("same_bridge", ["ifname", "ifname"], [_concat(b.name, b.name) for b in bridges])
+    t.rule(fwd, _match(_concat(iif, oif), "@same_bridge"), ACCEPT)
+    t.rule(fwd, _match(iif, hn), _jump(from_guest))
+    t.rule(fwd, _match(oif, hn), _jump(to_guest))
+    t.rule(from_guest, established, ACCEPT)
+    t.rule(from_guest, _match(oif, hn), DROP)  # networks never route to each other
+    blocked4 = [*ALWAYS_BLOCKED4, *(c for c in desired.blocked if ":" not in c)]
+    blocked6 = [*ALWAYS_BLOCKED6, *(c for c in desired.blocked if ":" in c)]
+    t.rule(from_guest, _match(_payload("ip", "daddr"), _set(_prefix(c) for c in blocked4)), DROP)
+    t.rule(from_guest, _match(_payload("ip6", "daddr"), _set(_prefix(c) for c in blocked6)), DROP)
+    t.rule(from_guest, {"vmap": {"key": iif, "data": "@egress"}})
+    t.rule(from_guest, DROP)  # a bridge the map does not know
+    t.rule(to_guest, established, ACCEPT)
+    t.rule(to_guest, _match({"ct": {"key": "status"}}, "dnat", "in"), ACCEPT)
+    t.rule(to_guest, DROP)
+
+    # nat: published ports, from other hosts (prerouting) and from the node itself (output)
+    fib_local = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+    for name, hook in (("dnat", "prerouting"), ("dnat-local", "output")):
+        chain = t.chain(name, hook, kind="nat", prio=-100)
+        if hook == "prerouting":  # a sandbox aiming at a node port gets the node: dropped
+            t.rule(chain, _match(iif, hn), RETURN)
+        for key, data, guard in (
+            (_concat(_payload("ip", "daddr"), l4, dport), "published_at", []),
+            (_concat(l4, dport), "published", [fib_local]),
+        ):
+            t.rule(
+                chain,
+                *guard,
+                _match(key, f"@{data}"),
+                {
+                    "dnat": {
+                        "family": "ip",
+                        "addr": {"map": {"key": key, "data": f"@{data}"}},
+                        "port": {"map": {"key": key, "data": f"@{data}_port"}},
+                    }
+                },
+            )
+    post = t.chain("snat", "postrouting", kind="nat", prio=100)
+    # The node's own 127.0.0.1 talking to a sandbox: the sandbox answers its gateway instead.
+    t.rule(post, _match(oif, hn), _match(_payload("ip", "saddr"), _prefix("127.0.0.0/8")),
+           {"masquerade": None})  # fmt: skip
+    t.rule(post, _match(iif, hn), _match(oif, hn, "!="), {"masquerade": None})
+    return t
+
+
+def ruleset(desired: Desired) -> Json:
+    """The nft JSON batch that makes hutch's two tables exactly `desired`."""
+    return {
+        "nftables": [
+            {"metainfo": {"json_schema_version": 1}},
+            *_bridge_table(desired).commands(),
+            *_inet_table(desired).commands(),
+        ]
+    }
+
+
+def removal() -> Json:
+    """The batch that removes hutch's tables (and nothing else)."""
+    cmds: list[Json] = []
+    for family in ("bridge", "inet"):
+        table = {"table": {"family": family, "name": TABLE}}
+        cmds += [{"add": table}, {"delete": table}]
+    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
+
+
+def apply(batch: Json, nft: str = "nft") -> None:
+    """Run one nft transaction: all of `batch` happens, or none of it."""
+    try:
+        proc = subprocess.run(
+            [nft, "-j", "-f", "-"],
+            input=json.dumps(batch).encode(),
+            capture_output=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise Unavailable(f"{nft} is not installed (apt-get install nftables)") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise Unavailable(f"nft refused hutch's ruleset: {' / '.join(detail)}")
+
+
+def listed(nft: str = "nft") -> Json:
+    """hutch's tables as nft lists them (JSON); empty when there are none."""
+    out: list[Json] = []
+    for family in ("bridge", "inet"):
+        proc = subprocess.run(
+            [nft, "-j", "list", "table", family, TABLE], capture_output=True, check=False
+        )
+        if proc.returncode == 0:
+            out += json.loads(proc.stdout)["nftables"]
+    return {"nftables": out}

@@ -1,0 +1,217 @@
+"""The node's networks as one object: what the runtimes call to wire a sandbox, and what the
+agent calls on start to make the node match the sandboxes that exist.
+
+State held here is only a cache of the sandboxes' specs: links and rules are rebuilt from them
+(`reconcile`), so a restarted agent converges instead of duplicating or leaking.
+"""
+
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pyroute2 import IPRoute
+
+from hutch.model.errors import Unsupported
+from hutch.model.sandbox import SandboxSpec
+from hutch.network import links, nft
+from hutch.network.dns import DnsServer, Listener
+
+Kind = Literal["tap", "veth"]
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkOptions:
+    state_dir: Path  # the containers' network namespaces are bind-mounted in state_dir/netns
+    mtu: int = 1500
+    # Addresses no sandbox may reach even through NAT (the cluster's controllers and agents).
+    blocked: tuple[str, ...] = ()
+    nft: str = "nft"
+    # The network namespace the node's networking lives in (a path like /run/netns/NAME); None:
+    # the agent's own. Tests and the cluster topology give agents namespaces of their own.
+    netns: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Wired:
+    spec: SandboxSpec
+    kind: Kind
+
+
+class NodeNetwork:
+    """Bridges, TAPs, veths, namespaces and nftables for this node's sandboxes."""
+
+    def __init__(self, opts: NetworkOptions, dns: DnsServer | None = None) -> None:
+        self.opts = opts
+        # Answers each network's names on its bridge's gateway; told whenever bridges change.
+        self.dns = dns
+        self._lock = threading.Lock()
+        self._wired: dict[str, _Wired] = {}
+        self._netns_dir = opts.state_dir / "netns"
+
+    def netns_path(self, sandbox_id: str) -> Path:
+        return self._netns_dir / sandbox_id
+
+    # -- what the runtimes call (blocking: call from a thread) ----------------------------------
+
+    def plug_tap(self, spec: SandboxSpec) -> list[int]:
+        """TAPs on the sandbox's networks' bridges, one open descriptor per NIC (for QEMU; the
+        caller closes them once QEMU has its copies). On failure nothing is left."""
+        return links.run_in(self.opts.netns, lambda: self._plug_tap(spec))
+
+    def plug_netns(self, spec: SandboxSpec) -> Path:
+        """A network namespace with the sandbox's NIC as eth0, configured; its path, for crun.
+        On failure nothing is left."""
+        return links.run_in(self.opts.netns, lambda: self._plug_netns(spec))
+
+    def unplug(self, sandbox_id: str) -> None:
+        """Remove the sandbox's links, namespace and rules; bridges nobody uses any more go too.
+        Unknown ids are not an error."""
+        links.run_in(self.opts.netns, lambda: self._unplug(sandbox_id))
+
+    def reconcile(self, specs: list[SandboxSpec]) -> None:
+        """Make the node exactly what `specs` (the sandboxes that exist) need: hutch's links,
+        namespaces and tables that nothing needs are removed; nothing of anyone else's is."""
+        links.run_in(self.opts.netns, lambda: self._reconcile(specs))
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _plug_tap(self, spec: SandboxSpec) -> list[int]:
+        _one_nic(spec)
+        fds: list[int] = []
+        with self._lock, IPRoute() as ipr:
+            self._wired[spec.id] = _Wired(spec, "tap")
+            try:
+                links.enable_forwarding()
+                for index, att in enumerate(spec.networks):
+                    bridge = links.ensure_bridge(ipr, att, self.opts.mtu)
+                    name = links.port_name(links.TAP_PREFIX, spec.id, index)
+                    links.delete_link(ipr, name)  # a leftover of an earlier life of this id
+                    fds.append(links.create_tap(ipr, name, bridge, self.opts.mtu))
+                self._apply()
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                self._unwire(ipr, spec.id)
+                raise
+        return fds
+
+    def _plug_netns(self, spec: SandboxSpec) -> Path:
+        _one_nic(spec)
+        path = self.netns_path(spec.id)
+        with self._lock, IPRoute() as ipr:
+            self._wired[spec.id] = _Wired(spec, "veth")
+            try:
+                links.enable_forwarding()
+                self._netns_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                links.remove_netns(path)
+                links.create_netns(path)
+                for index, att in enumerate(spec.networks):
+                    bridge = links.ensure_bridge(ipr, att, self.opts.mtu)
+                    name = links.port_name(links.VETH_PREFIX, spec.id, index)
+                    links.delete_link(ipr, name)
+                    links.create_veth(ipr, name, bridge, path, att, mtu=self.opts.mtu)
+                self._apply()
+            except BaseException:
+                self._unwire(ipr, spec.id)
+                raise
+        return path
+
+    def _unplug(self, sandbox_id: str) -> None:
+        with self._lock, IPRoute() as ipr:
+            self._unwire(ipr, sandbox_id)
+
+    def _reconcile(self, specs: list[SandboxSpec]) -> None:
+        with self._lock, IPRoute() as ipr:
+            self._wired.clear()
+            existing = set(links.ours(ipr))
+            for spec in specs:
+                if not spec.networks:
+                    continue
+                tap = links.port_name(links.TAP_PREFIX, spec.id)
+                veth = links.port_name(links.VETH_PREFIX, spec.id)
+                if tap in existing:
+                    self._wired[spec.id] = _Wired(spec, "tap")
+                elif veth in existing and self.netns_path(spec.id).exists():
+                    self._wired[spec.id] = _Wired(spec, "veth")
+            desired = self._desired()
+            keep = {b.name for b in desired.bridges} | {p.name for p in desired.ports}
+            for name in existing - keep:
+                links.delete_link(ipr, name)
+            if self._netns_dir.is_dir():
+                for path in self._netns_dir.iterdir():
+                    wired = self._wired.get(path.name)
+                    if wired is None or wired.kind != "veth":
+                        links.remove_netns(path)
+            if self._wired:
+                links.enable_forwarding()
+            for wired in self._wired.values():
+                for att in wired.spec.networks:
+                    links.ensure_bridge(ipr, att, self.opts.mtu)
+            self._apply()
+
+    def _unwire(self, ipr: IPRoute, sandbox_id: str) -> None:
+        wired = self._wired.pop(sandbox_id, None)
+        errors: list[BaseException] = []
+        for prefix in (links.TAP_PREFIX, links.VETH_PREFIX):
+            for index in range(max(len(wired.spec.networks), 1) if wired else 1):
+                links.delete_link(ipr, links.port_name(prefix, sandbox_id, index))
+        try:
+            links.remove_netns(self.netns_path(sandbox_id))
+        except OSError as e:
+            errors.append(e)
+        used = {links.bridge_name(a.vni) for w in self._wired.values() for a in w.spec.networks}
+        for name in list(links.ours(ipr)):
+            if name.startswith(nft.BRIDGE_PREFIX) and name not in used:
+                links.delete_link(ipr, name)
+        self._apply()
+        if errors:
+            raise errors[0]
+
+    def _desired(self) -> nft.Desired:
+        bridges: dict[str, nft.Bridge] = {}
+        ports: list[nft.Port] = []
+        published: list[nft.Published] = []
+        for sandbox_id, wired in sorted(self._wired.items()):
+            prefix = links.TAP_PREFIX if wired.kind == "tap" else links.VETH_PREFIX
+            for index, att in enumerate(wired.spec.networks):
+                bridge = links.bridge_name(att.vni)
+                bridges[bridge] = nft.Bridge(
+                    bridge, att.gateway4, att.prefix4, att.gateway6, att.prefix6,
+                    att.egress, att.egress_allow,
+                )  # fmt: skip
+                name = links.port_name(prefix, sandbox_id, index)
+                ports.append(nft.Port(name, bridge, att.mac, att.ip4, att.ip6))
+            first = wired.spec.networks[0]
+            published += [
+                nft.Published(p.host_port, p.protocol, first.ip4, p.port, p.host_ip)
+                for p in wired.spec.ports
+            ]
+        return nft.Desired(
+            tuple(bridges.values()), tuple(ports), tuple(published), self.opts.blocked
+        )
+
+    def _apply(self) -> None:
+        desired = self._desired()
+        if desired.bridges or desired.ports:
+            nft.apply(nft.ruleset(desired), self.opts.nft)
+        elif shutil.which(self.opts.nft) is not None:  # a node without nft has no tables
+            nft.apply(nft.removal(), self.opts.nft)
+        if self.dns is not None:  # in this thread: in the node's namespace, as the bridges are
+            self.dns.listen(self._listeners())
+
+    def _listeners(self) -> list[Listener]:
+        out: dict[str, Listener] = {}
+        for wired in self._wired.values():
+            for att in wired.spec.networks:
+                out[att.network_id] = Listener(
+                    att.network_id, links.bridge_name(att.vni), att.gateway4, att.gateway6
+                )
+        return list(out.values())
+
+
+def _one_nic(spec: SandboxSpec) -> None:
+    if len(spec.networks) > 1:
+        raise Unsupported("a sandbox on more than one network is not supported yet")

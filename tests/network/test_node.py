@@ -1,0 +1,278 @@
+"""The node's data path with network namespaces standing in for sandboxes (what the container
+runtime gets from `plug_netns`, without crun): every denial next to the same probe allowed."""
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hutch.model.network import PortMapping
+from hutch.model.sandbox import ProcessSpec, SandboxSpec
+from hutch.network import links
+from hutch.network.dns import DnsServer, machine_records
+from hutch.network.node import NetworkOptions, NodeNetwork
+from tests.network.topology import (
+    BUSYBOX,
+    METADATA_IP,
+    NODE_IP,
+    OUTSIDE_IP,
+    Topology,
+    attachment,
+    topology,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    yield from topology()
+
+
+@pytest.fixture
+def node(topo: Topology, tmp_path: Path) -> Iterator[NodeNetwork]:
+    net = NodeNetwork(NetworkOptions(state_dir=tmp_path, netns=topo.node_path))
+    yield net
+    net.reconcile([])
+
+
+def spec(sandbox_id: str, vni: int, host: int, *ports: str, **kw: object) -> SandboxSpec:
+    return SandboxSpec(
+        id=sandbox_id,
+        process=ProcessSpec(args=("true",)),
+        networks=(attachment(vni, host, **kw),),
+        ports=tuple(PortMapping.parse(p) for p in ports),
+    )
+
+
+def ours(topo: Topology) -> list[str]:
+    out = topo.run(topo.node, "ip", "-o", "link", "show").stdout
+    return sorted(line.split(": ")[1].split("@")[0] for line in out.splitlines()
+                  if ": h" in line)  # fmt: skip
+
+
+def test_same_network_talks_other_networks_and_the_host_do_not(
+    topo: Topology, node: NodeNetwork
+) -> None:
+    a = node.plug_netns(spec("a", 7, 2))
+    b = node.plug_netns(spec("b", 7, 3))
+    c = node.plug_netns(spec("c", 8, 2))
+    assert topo.ping(b, "10.77.7.2")
+    assert topo.ping(b, "fd77:0:0:7::2")
+    topo.serve_http(a, "0.0.0.0", 8000, "a\n")
+    assert topo.get(b, "10.77.7.2", 8000) == "a\n"
+    # another network's machine, on the same node: nothing by ICMP or TCP, either way
+    assert not topo.ping(c, "10.77.7.2")
+    assert topo.get(c, "10.77.7.2", 8000) is None
+    assert not topo.ping(a, "10.77.8.2")
+    # the node: its own servers answer it, never a sandbox (gateway, uplink, loopback)
+    topo.serve_http(topo.node, "0.0.0.0", 9000, "node\n")
+    topo.serve_http(topo.node, "127.0.0.1", 9001, "node-local\n")
+    assert topo.get(topo.node, "10.77.7.1", 9000) == "node\n"
+    assert topo.get(topo.node, "127.0.0.1", 9001) == "node-local\n"
+    for addr in ("10.77.7.1", NODE_IP, "fd77:0:0:7::1"):
+        assert topo.get(a, addr, 9000) is None
+    assert not topo.ping(a, "10.77.7.1")
+    # a sandbox that routes 127/8 to its gateway still gets nothing
+    assert topo.ok(a, "ip", "route", "add", "127.1.0.0/16", "via", "10.77.7.1")
+    assert topo.get(a, "127.1.0.1", 9001) is None
+
+
+def test_egress_by_nat_but_not_to_169_254(topo: Topology, node: NodeNetwork) -> None:
+    a = node.plug_netns(spec("a", 7, 2))
+    d = node.plug_netns(spec("d", 9, 2, egress="deny"))
+    topo.serve_http(topo.outside, "0.0.0.0", 80, "outside\n")
+    assert topo.get(a, OUTSIDE_IP, 80) == "outside\n"
+    assert topo.get(topo.node, METADATA_IP, 80) == "outside\n"  # the node reaches it...
+    assert topo.get(a, METADATA_IP, 80) is None  # ...a sandbox does not
+    assert topo.get(d, OUTSIDE_IP, 80) is None  # egress denied on its network
+
+
+def test_egress_allow_list(topo: Topology, node: NodeNetwork) -> None:
+    topo.serve_http(topo.outside, "0.0.0.0", 80, "outside\n")
+    ok = node.plug_netns(spec("a", 7, 2, egress="allow-list", egress_allow=("192.0.2.2/32",)))
+    no = node.plug_netns(spec("b", 8, 2, egress="allow-list", egress_allow=("198.51.100.0/24",)))
+    assert topo.get(ok, OUTSIDE_IP, 80) == "outside\n"
+    assert topo.get(no, OUTSIDE_IP, 80) is None
+
+
+def test_published_ports_answer_outside_and_on_the_nodes_loopback(
+    topo: Topology, node: NodeNetwork
+) -> None:
+    a = node.plug_netns(spec("a", 7, 2, "8080:80", "127.0.0.1:8081:81"))
+    topo.serve_http(a, "0.0.0.0", 80, "published\n")
+    topo.serve_http(a, "0.0.0.0", 81, "local only\n")
+    assert topo.get(topo.outside, NODE_IP, 8080) == "published\n"
+    assert topo.get(topo.node, "127.0.0.1", 8080) == "published\n"
+    assert topo.get(topo.node, NODE_IP, 8080) == "published\n"
+    assert topo.get(topo.node, "127.0.0.1", 8081) == "local only\n"
+    assert topo.get(topo.outside, NODE_IP, 8081) is None  # published on 127.0.0.1 only
+    assert topo.get(topo.outside, "10.77.7.2", 80) is None  # unpublished: no route in
+    topo.run(topo.outside, "ip", "route", "add", "10.77.0.0/16", "via", NODE_IP)
+    assert topo.get(topo.outside, "10.77.7.2", 80) is None  # ...nor with one
+    node.unplug("a")
+    assert topo.get(topo.outside, NODE_IP, 8080) is None
+
+
+def test_a_sandbox_that_changes_its_ip_or_mac_gets_nothing_through(
+    topo: Topology, node: NodeNetwork
+) -> None:
+    a = node.plug_netns(spec("a", 7, 2))
+    b = node.plug_netns(spec("b", 7, 3))
+    topo.serve_http(topo.outside, "0.0.0.0", 80, "outside\n")
+    assert topo.ping(a, "10.77.7.3")
+    assert topo.get(a, OUTSIDE_IP, 80) == "outside\n"
+    # another address of its network (a free one, then its neighbour's)
+    for stolen in ("10.77.7.50", "10.77.7.3"):
+        assert topo.ok(a, "ip", "addr", "flush", "dev", "eth0", "scope", "global")
+        assert topo.ok(a, "ip", "addr", "add", f"{stolen}/24", "dev", "eth0")
+        assert topo.ok(a, "ip", "route", "replace", "default", "via", "10.77.7.1")
+        assert not topo.ping(a, "10.77.7.3" if stolen != "10.77.7.3" else "10.77.7.1")
+        assert topo.get(a, OUTSIDE_IP, 80) is None
+    # back to its own address: through again; then another MAC: nothing
+    assert topo.ok(a, "ip", "addr", "flush", "dev", "eth0", "scope", "global")
+    assert topo.ok(a, "ip", "addr", "add", "10.77.7.2/24", "dev", "eth0")
+    assert topo.ok(a, "ip", "route", "replace", "default", "via", "10.77.7.1")
+    assert topo.ok(a, "ip", "neigh", "flush", "all")
+    assert topo.ping(a, "10.77.7.3")
+    assert topo.ok(a, "ip", "link", "set", "eth0", "address", "02:00:00:00:07:99")
+    assert topo.ok(a, "ip", "neigh", "flush", "all")
+    assert topo.ok(b, "ip", "neigh", "flush", "all")
+    assert not topo.ping(a, "10.77.7.3")
+    assert topo.get(a, OUTSIDE_IP, 80) is None
+
+
+def test_cycles_and_reconcile_leave_nothing_behind(topo: Topology, node: NodeNetwork) -> None:
+    before = ours(topo)
+    for i in range(50):
+        node.plug_netns(spec(f"s{i}", 7, 2, "8080:80"))
+        node.unplug(f"s{i}")
+    assert ours(topo) == before
+    assert "10.77.7.2" not in topo.run(topo.node, "nft", "list", "ruleset").stdout
+    # an agent that restarts: what exists and is still wanted stays, the rest goes
+    keep, drop = spec("keep", 7, 2, "8080:80"), spec("drop", 8, 2)
+    node.plug_netns(keep)
+    node.plug_netns(drop)
+    topo.run(topo.node, "nft", "add", "table", "inet", "someone-elses")
+    topo.run(topo.node, "ip", "link", "add", "hn-not-ours", "type", "bridge")
+    fresh = NodeNetwork(node.opts)
+    fresh.reconcile([keep])
+    names = ours(topo)
+    assert links.port_name(links.VETH_PREFIX, "keep") in names
+    assert links.port_name(links.VETH_PREFIX, "drop") not in names
+    assert "hn-8" not in names and "hn-7" in names
+    assert "hn-not-ours" in names  # not made by hutch (no alias): not touched
+    rules = topo.run(topo.node, "nft", "list", "ruleset").stdout
+    assert "table inet someone-elses" in rules
+    assert rules.count("table inet hutch") == 1
+    assert "10.77.8.2" not in rules and "10.77.7.2" in rules
+    fresh.reconcile([])
+    assert ours(topo) == ["hn-not-ours"]
+    assert "hutch" not in topo.run(topo.node, "nft", "list", "ruleset").stdout.replace(
+        "someone-elses", ""
+    )
+
+
+UDP_ECHO = (
+    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\n"
+    "while True:\n    data, peer = s.recvfrom(100); s.sendto(b'udp-answer ' + data, peer)"
+)
+UDP_ASK = (
+    "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+    "s.sendto(b'hi', (sys.argv[1], int(sys.argv[2])))\n"
+    "try:\n    print(s.recv(100).decode())\nexcept OSError:\n    print('nothing')"
+)
+
+
+def test_a_published_udp_port(topo: Topology, node: NodeNetwork) -> None:
+    # busybox's nc has no UDP: Python on both ends (the host's interpreter, in the namespaces)
+    a = node.plug_netns(spec("a", 7, 2, "5353:53/udp"))
+    echo = subprocess.Popen(["nsenter", f"--net={a}", sys.executable, "-c", UDP_ECHO])
+    try:
+        time.sleep(0.5)
+        ask = topo.run(topo.outside, sys.executable, "-c", UDP_ASK, NODE_IP, "5353")
+        assert ask.stdout.strip() == "udp-answer hi"
+        ask = topo.run(topo.outside, sys.executable, "-c", UDP_ASK, NODE_IP, "5354")
+        assert ask.stdout.strip() == "nothing"
+        ask = topo.run(topo.node, sys.executable, "-c", UDP_ASK, "127.0.0.1", "5353")
+        assert ask.stdout.strip() == "udp-answer hi"
+    finally:
+        echo.kill()
+        echo.wait()
+
+
+@pytest.fixture
+def dns() -> Iterator[DnsServer]:
+    """A DNS server on an event loop of its own thread (the agent's loop, in the agent)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = DnsServer()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result()
+    yield server
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
+
+
+TCP_ASK = (
+    "import socket, struct, sys\n"
+    "q = struct.pack('!6H', 9, 0x100, 1, 0, 0, 0) + b''.join(bytes([len(x)]) + x.encode() "
+    "for x in sys.argv[2].split('.')) + b'\\0\\0\\1\\0\\1'\n"
+    "s = socket.create_connection((sys.argv[1], 53), timeout=3)\n"
+    "s.sendall(struct.pack('!H', len(q)) + q); r = s.recv(600)[2:]\n"
+    "print('rcode', r[3] & 15, 'answer', '.'.join(map(str, r[-4:])) if r[7] else '-')"
+)
+
+
+def lookup(topo: Topology, netns: Path, name: str, server: str) -> str:
+    out = topo.run(netns, BUSYBOX, "nslookup", "-timeout=2", "-retry=1", name, server)
+    return out.stdout + out.stderr
+
+
+def test_dns_answers_a_networks_names_on_its_gateway_only(
+    topo: Topology, tmp_path: Path, dns: DnsServer
+) -> None:
+    node = NodeNetwork(NetworkOptions(state_dir=tmp_path, netns=topo.node_path), dns=dns)
+    try:
+        a = node.plug_netns(spec("a", 7, 2))
+        b = node.plug_netns(spec("b", 7, 3))
+        c = node.plug_netns(spec("c", 8, 2))
+        dns.update("net-7", machine_records("web", "m-a", "test", "10.77.7.2", "fd77:0:0:7::2"))
+        dns.update("net-8", machine_records("db", "m-c", "test", "10.77.8.2", "fd77:0:0:8::2"))
+        # a peer's name and id, from its network's gateway (v4 and v6), by UDP and TCP
+        for name in ("web.test.internal", "m-a.test.internal", "WEB.test.internal"):
+            out = lookup(topo, b, name, "10.77.7.1")
+            assert "10.77.7.2" in out and "fd77:0:0:7::2" in out, out
+        assert "10.77.7.2" in lookup(topo, a, "web.test.internal", "fd77:0:0:7::1")
+        tcp = topo.run(b, sys.executable, "-c", TCP_ASK, "10.77.7.1", "web.test.internal")
+        assert tcp.stdout.split() == ["rcode", "0", "answer", "10.77.7.2"], tcp.stderr
+        # another network's machine, same project, same node: its gateway does not know it...
+        out = lookup(topo, c, "web.test.internal", "10.77.8.1")
+        assert "NXDOMAIN" in out and "10.77.7.2" not in out
+        assert "10.77.8.2" in lookup(topo, c, "db.test.internal", "10.77.8.1")
+        # ...and the other network's gateway does not answer it at all
+        out = lookup(topo, c, "web.test.internal", "10.77.7.1")
+        assert "10.77.7.2" not in out and "timed out" in out, out
+        tcp = topo.run(c, sys.executable, "-c", TCP_ASK, "10.77.7.1", "web.test.internal")
+        assert tcp.returncode != 0 and "10.77.7.2" not in tcp.stdout
+        # not an open resolver: names outside .internal are refused
+        assert "REFUSED" in lookup(topo, b, "example.com", "10.77.7.1")
+        # changes take effect at once
+        dns.update("net-7", [])
+        assert "NXDOMAIN" in lookup(topo, b, "web.test.internal", "10.77.7.1")
+        # a network's last sandbox gone: its sockets go with its bridge
+        listening = topo.run(topo.node, "ss", "-Hluntp").stdout
+        assert "10.77.8.1%hn-8:53" in listening, listening
+        node.unplug("c")
+        assert "10.77.8.1" not in topo.run(topo.node, "ss", "-Hluntp").stdout
+        assert "10.77.7.1%hn-7:53" in topo.run(topo.node, "ss", "-Hluntp").stdout
+    finally:
+        node.reconcile([])
+    assert ":53" not in topo.run(topo.node, "ss", "-Hluntp").stdout
