@@ -39,7 +39,7 @@ from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState
 from hutch.network.node import NetworkOptions, NodeNetwork
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
-from hutch.wire.nodes import Assignment, MachineReport, NodeRegister, join_token_parts
+from hutch.wire.nodes import Assignment, JoinToken, MachineReport, NodeRegister
 
 log = logging.getLogger("hutch.agent")
 POLL_WAIT = 25.0  # seconds a long poll may hang; every answer is a full reconcile
@@ -147,8 +147,10 @@ class NodeAgent:
         if not self.controller.startswith("https://"):
             return
         saved = self.dir / "controller-ca.pem"
-        parts = join_token_parts(self.join_secret)
-        pin = parts[3] if parts else ""
+        try:
+            pin = JoinToken.parse(self.join_secret).ca_pin
+        except Invalid:
+            pin = ""  # a plain join secret pins no CA
         if not saved.exists() and pin:
             pem = await self.link.fetch_ca()
             tls.check_pin(pem, pin)
