@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from hutch.model.errors import Invalid
 from hutch.model.image import parse_ref
+from hutch.model.sandbox import scratch_mib
 
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
@@ -159,7 +160,7 @@ class MachineSpec:
 
     @property
     def scratch_mib(self) -> int:
-        return self.disk_mib or max(self.memory_mib // 2, 16)
+        return scratch_mib(self.disk_mib, self.memory_mib)
 
 
 @dataclass(frozen=True, slots=True)
