@@ -98,6 +98,17 @@ def validate_env(env: Mapping[str, str]) -> None:
             raise Invalid(f"environment variable {name!r} is over {MAX_ENV_ENTRY} bytes")
 
 
+def env_entries(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The environment as a process gets it (KEY=VALUE entries, in order): how the model, the
+    store, the node and the driver hold it. The public API's mapping converts here."""
+    return tuple(f"{name}={value}" for name, value in env.items())
+
+
+def env_dict(entries: tuple[str, ...]) -> dict[str, str]:
+    """The entries back as the public API shows them (a name's last entry wins)."""
+    return dict(entry.partition("=")[::2] for entry in entries)
+
+
 # The least memory each runtime can run a machine in, checked when a machine is asked for (so a
 # refusal leaves no machine behind) and again by the driver. The Debian cloud kernel does not
 # boot in 64 MiB; 96 leaves room for a workload.

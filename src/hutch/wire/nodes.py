@@ -144,7 +144,7 @@ class Assignment(View):
     image_limits: dict[str, int] = {}
     command: list[str] | None
     entrypoint: list[str] | None
-    env: dict[str, str]
+    env: list[str]  # KEY=VALUE, as the process gets them
     workdir: str
     user: str
     cpus: int
