@@ -35,7 +35,7 @@ from hutch.images.spool import disk_full_is_insufficient
 from hutch.images.store import Allowance, StoredImage, is_digest_or_id
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
-from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
+from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState, parse_signal
 from hutch.network import dns
 from hutch.network.node import NetworkOptions, NodeNetwork
 from hutch.runtime import host
@@ -43,9 +43,9 @@ from hutch.runtime.driver import SandboxDriver
 from hutch.wire.nodes import (
     Assignment,
     Assignments,
+    JoinToken,
     MachineReport,
     NodeRegister,
-    join_token_parts,
 )
 
 log = logging.getLogger("hutch.agent")
@@ -158,8 +158,10 @@ class NodeAgent:
         if not self.controller.startswith("https://"):
             return
         saved = self.dir / "controller-ca.pem"
-        parts = join_token_parts(self.join_secret)
-        pin = parts[3] if parts else ""
+        try:
+            pin = JoinToken.parse(self.join_secret).ca_pin
+        except Invalid:
+            pin = ""  # a plain join secret pins no CA
         if not saved.exists() and pin:
             pem = await self.link.fetch_ca()
             tls.check_pin(pem, pin)
@@ -334,21 +336,7 @@ class NodeAgent:
             if driver is None:
                 raise Invalid(f"this node has no {a.runtime} runtime")
             image = await self._ensure_image(a)
-            request = RunRequest(
-                source=image.digest,
-                args=tuple(a.command or ()),
-                entrypoint=tuple(a.entrypoint) if a.entrypoint is not None else None,
-                env=tuple(f"{k}={v}" for k, v in a.env.items()),
-                workdir=a.workdir,
-                user=a.user,
-                resources=Resources(cpus=a.cpus, memory_mib=a.memory_mib, scratch_mib=a.disk_mib),
-                sandbox_id=a.sandbox,
-                hostname=a.machine,
-                tty=a.tty,
-                stdin=a.stdin,
-                rows=a.rows,
-                cols=a.cols,
-            )
+            request = RunRequest.of(a, image.digest)
             roots = replace(self.roots, project=a.project, allow_paths=False)
             spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)
             await driver.create(spec)

@@ -29,6 +29,7 @@ from hutch.images.store import Allowance, StoredImage
 from hutch.images.users import resolve_user
 from hutch.model.errors import HutchError, NotFound, Unauthenticated
 from hutch.model.image import parse_ref
+from hutch.model.machine import env_entries
 from hutch.model.sandbox import ExitStatus, LogRecord, ProcessSpec, Stream, parse_signal
 from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.supervisor import ProcessInput
@@ -88,7 +89,7 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
             env = merge_env(
                 ("TERM=xterm",) if start.tty else (),  # unless the machine or the caller says
                 spec.process.env,
-                tuple(f"{k}={v}" for k, v in start.env.items()),
+                env_entries(start.env),
             )
             proc = await driver.exec(
                 sandbox,

@@ -4,7 +4,7 @@ import dataclasses
 from typing import Any
 
 from hutch.model.addressing import Network, Rule, SecurityGroup, dns_name
-from hutch.model.machine import Event, Machine, MachineSpec, Node
+from hutch.model.machine import Event, Machine, MachineSpec, Node, env_dict, env_entries
 from hutch.model.network import Attachment, PortMapping
 from hutch.model.tenancy import QUOTA_FIELDS, Project, Quota, Token, Usage
 from hutch.placement import Placement, Rejection
@@ -36,7 +36,7 @@ def spec_of(body: MachineCreate) -> MachineSpec:
         image=body.image,
         command=tuple(body.command) if body.command is not None else None,
         entrypoint=tuple(body.entrypoint) if body.entrypoint is not None else None,
-        env=tuple(f"{k}={v}" for k, v in body.env.items()),
+        env=env_entries(body.env),
         workdir=body.workdir,
         user=body.user,
         cpus=body.cpus,
@@ -71,10 +71,6 @@ def placement_view(decision: Placement | Rejection) -> PlacementView:
         rejected=[Rejected(node=n, reason=r) for n, r in sorted(decision.reasons.items())],
         reason=decision.explain(),
     )
-
-
-def env_dict(env: tuple[str, ...]) -> dict[str, str]:
-    return dict(entry.partition("=")[::2] for entry in env)
 
 
 def _spec(s: MachineSpec) -> dict[str, Any]:
@@ -204,7 +200,8 @@ def assignments(
 
 
 def assignment(m: Machine, quota: Quota, plan: NodePlan | None = None) -> Assignment:
-    """What the node needs of the spec (`Assignment`'s fields), and what to do with it."""
+    """What the node needs of the spec (`Assignment`'s fields), and what to do with it. The
+    environment stays in the model's entries: the node runs them as they are."""
     spec = {k: v for k, v in _spec(m.spec).items() if k in Assignment.model_fields}
     nics = plan.attachments.get(m.id, ()) if plan else ()
     return Assignment(
@@ -212,7 +209,7 @@ def assignment(m: Machine, quota: Quota, plan: NodePlan | None = None) -> Assign
         networks=[nic_view(a) for a in nics],
         ports=[port_view(p) for p in (plan.ports.get(m.id, ()) if plan and nics else ())],
         security_groups=list(plan.groups.get(m.id, ())) if plan else [],
-        **spec,
+        **{**spec, "env": list(m.spec.env)},
         machine=m.id,
         project=m.project_id,
         image_digest=m.image_digest,

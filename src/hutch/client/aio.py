@@ -35,7 +35,7 @@ from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.networks import NetworkCreate, NetworkView, SecurityGroupCreate, SecurityGroupView
-from hutch.wire.nodes import JoinToken, NodeView
+from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import (
     ProjectView,
     QuotaReport,
@@ -446,7 +446,7 @@ class AsyncNodes:
     async def remove(self, ref: str) -> None:
         await self._c._run(core.remove_node(ref))
 
-    async def join_token(self, ttl: float = 3600) -> JoinToken:
+    async def join_token(self, ttl: float = 3600) -> JoinTokenView:
         return await self._c._run(core.join_token(ttl))
 
 

@@ -21,7 +21,7 @@ from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
 from hutch.services.policy import Action
 from hutch.services.streams import Lease
-from hutch.wire.common import INT32_MAX, INT64_MAX, MAX_PAGE, Page
+from hutch.wire.common import INT32_MAX, INT64_MAX, Page
 from hutch.wire.machines import (
     ExecStart,
     KillRequest,
@@ -84,7 +84,7 @@ async def list_machines(
         labels[key] = value
     machines, next_cursor = await ctl.machines.page(
         s.caller, s.project, states=tuple(state or ()), labels=labels, include_destroyed=all,
-        limit=min(limit, MAX_PAGE), cursor=cursor,
+        limit=limit, cursor=cursor,
     )  # fmt: skip
     wiring = await ctl.machines.wiring(machines)
     return Page(
