@@ -13,7 +13,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from hutch.api import convert
-from hutch.api.deps import Controller, Ctl, Scoped, bearer
+from hutch.api.deps import Ctl, Scoped, bearer
+from hutch.controller import Controller
 from hutch.http.fair import taking_turns, turn
 from hutch.http.problems import PROBLEMS, ws_error
 from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unauthenticated

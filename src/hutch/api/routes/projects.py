@@ -3,7 +3,8 @@
 from fastapi import APIRouter, Response, status
 
 from hutch.api import convert
-from hutch.api.deps import Caller, Controller, Ctl
+from hutch.api.deps import Caller, Ctl
+from hutch.controller import Controller
 from hutch.http.problems import PROBLEMS
 from hutch.model.tenancy import Project, Usage
 from hutch.wire.common import Page
