@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -42,7 +42,7 @@ class NodeLink:
 
     async def logs(
         self, node: Node, sandbox: str, params: Mapping[str, str]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The sandbox's log as NDJSON, in the chunks the node sends (not cut at lines: the
         controller relays them as they are, and a line's cost is the node's alone)."""
         async for chunk in self._stream(
