@@ -32,7 +32,7 @@ from hutch.model.image import parse_ref
 from hutch.model.sandbox import ExitStatus, LogRecord, ProcessSpec, Stream, parse_signal
 from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.supervisor import ProcessInput
-from hutch.wire.images import ImagePull, ImageView, PullEvent
+from hutch.wire.images import ImagePull, ImageUsage, ImageView, PullEvent
 from hutch.wire.machines import ExecStart, LogLine
 from hutch.wire.nodes import SignalRequest
 
@@ -208,13 +208,12 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @app.get("/node/v1/projects/{project}/images/usage")
-    async def image_usage(_: Auth, project: str) -> dict[str, int]:
+    async def image_usage(_: Auth, project: str) -> ImageUsage:
         usage = await asyncio.to_thread(agent.store.usage, project)
         mib = 1 << 20
-        return {
-            "images_mib": -(-usage.stored // mib),
-            "images_unpacked_mib": -(-usage.unpacked // mib),
-        }
+        return ImageUsage(
+            images_mib=-(-usage.stored // mib), images_unpacked_mib=-(-usage.unpacked // mib)
+        )
 
     @app.post("/node/v1/images/pull")
     async def pull_image(

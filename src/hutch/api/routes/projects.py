@@ -88,5 +88,5 @@ async def _report(ctl: Controller, project: Project, usage: Usage) -> QuotaRepor
     """The quota beside what the machines hold and, asked of a node, what the images take."""
     view = convert.usage_view(usage)
     if (images := await ctl.images.usage(project)) is not None:
-        view = view.model_copy(update=images)
+        view = view.model_copy(update=images.model_dump())
     return QuotaReport(quota=convert.quota_view(project.quota), usage=view)
