@@ -14,8 +14,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from hutch import config
+from hutch.agent.app import create_node_app
 from hutch.agent.node import NodeAgent
-from hutch.agent.nodeapi import create_node_app
 from hutch.api.app import create_app
 from hutch.cli.contexts import save_up_context
 from hutch.controller import build_controller, join_secret_of
