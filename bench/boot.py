@@ -96,7 +96,7 @@ def kernel_only(backend: MicroVMBackend) -> float:
     opts = backend.opts
     cmdline = "console=ttyS0 quiet reboot=t panic=-1 cryptomgr.notests"
     if opts.accel.name == "tcg":
-        cmdline += f" tsc_early_khz={host.tsc_khz()}"
+        cmdline += f" tsc_early_khz={host.tsc_khz()} tsc=reliable"  # as kernel_cmdline
     args = [
         opts.qemu, "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
         "-accel", "kvm" if opts.accel.name == "kvm" else "tcg,tb-size=32",

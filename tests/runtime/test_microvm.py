@@ -161,7 +161,7 @@ async def test_qemu_killed_from_outside_is_reported(
 
 def test_tcg_guests_are_told_the_tsc_rate() -> None:
     line = kernel_cmdline("tcg", "erofs")
-    assert "tsc_early_khz=" in line and "hutch.rootfstype=erofs" in line
+    assert "tsc_early_khz=" in line and "tsc=reliable" in line and "hutch.rootfstype=erofs" in line
     assert "tsc_early_khz" not in kernel_cmdline("kvm", "ext4")
     assert kernel_cmdline("kvm", "ext4", debug=True).endswith(" hutch.debug")
 

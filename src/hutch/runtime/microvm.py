@@ -83,7 +83,11 @@ def kernel_cmdline(
     `extra`: the guest agent's network flags (`wiring.guest_net_params`)."""
     parts = ["console=ttyS0", "quiet", "reboot=t", "panic=-1", "cryptomgr.notests"]
     if accel == "tcg":
+        # TCG's TSC runs at the host's rate but its CPU model does not say so (no constant_tsc):
+        # without tsc=reliable the guest's clock is jiffies (4 ms steps), so clock-seeded ids
+        # repeat; busybox's nslookup then gives A and AAAA one id and drops the second answer.
         parts.append(f"tsc_early_khz={host.tsc_khz()}")
+        parts.append("tsc=reliable")
     parts.append(f"hutch.rootfstype={root_format}")
     if debug:
         parts.append("hutch.debug")
