@@ -22,6 +22,13 @@ class ImageView(View):
     exposed_ports: list[str] = []  # its config's ExposedPorts ("80/tcp"): what -p may publish
 
 
+class ImageUsage(View):
+    """What a project's images take in a node's store, in MiB (rounded up)."""
+
+    images_mib: int  # as stored
+    images_unpacked_mib: int  # what their layers unpack to
+
+
 class ImageRemoved(View):
     """What `DELETE /v1/images/{ref}` did."""
 

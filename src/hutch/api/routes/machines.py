@@ -13,13 +13,13 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from hutch.api import convert
-from hutch.api.deps import Controller, Ctl, Scoped, bearer
+from hutch.api.deps import Ctl, Scoped, bearer
+from hutch.controller import Controller
 from hutch.http.fair import taking_turns, turn
 from hutch.http.problems import PROBLEMS, ws_error
-from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unauthenticated
+from hutch.model.errors import HutchError, Invalid, Unauthenticated
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
-from hutch.services.policy import Action
 from hutch.services.streams import Lease
 from hutch.wire.common import INT32_MAX, INT64_MAX, Page
 from hutch.wire.machines import (
@@ -159,27 +159,16 @@ async def machine_logs(
     since: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
 ) -> StreamingResponse:
     lease = ctl.streams.admit(s.caller, s.project)  # 429 before the 200 if it holds too many
-    try:
-        m, node = await ctl.machines.locate(s.caller, s.project, ref, Action.MACHINE_READ)
-        params = {"follow": str(follow).lower()}
-        if tail is not None:
-            params["tail"] = str(tail)
-        if since is not None:
-            params["since"] = str(since)
-        stream = ctl.link.logs(node, m.sandbox_id, params)
-        try:
-            first = await anext(stream, None)  # fail before the 200 if the node refuses
-        except NotFound:  # its sandbox never was (it failed before) or is gone: no output
-            first = None
+    try:  # what the node refuses, before the 200
+        stream = await ctl.machines.logs(
+            s.caller, s.project, ref, follow=follow, tail=tail, since=since
+        )
     except BaseException:
         ctl.streams.release(lease)
         raise
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            if first is None or not lease.live:
-                return
-            yield first
             async for chunk in lease.guard(taking_turns(stream)):
                 if chunk is not None:
                     yield chunk
@@ -256,14 +245,10 @@ async def _session(ws: WebSocket, ref: str, project: str | None, *, attach: bool
         caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
         if not attach:
             start = ExecStart.first_message(await ws.receive_text())
-        m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
-        if m.state is not MachineState.RUNNING:
-            refusal = Conflict if attach else Invalid
-            raise refusal(f"machine {m.name} is {m.state}, not running")
+        m, node = await ctl.machines.session(caller, proj, ref, attach=attach)
         lease = ctl.streams.admit(caller, proj)
         try:
-            connect = ctl.link.attach if attach else ctl.link.exec
-            upstream = await connect(node, m.sandbox_id)
+            upstream = await ctl.machines.connect(m, node, attach=attach)
         except BaseException:
             ctl.streams.release(lease)
             raise
