@@ -2,12 +2,15 @@
 through the real binary against a real `hutch up`, each test in a project of its own."""
 
 import json
+import socket
 import subprocess
+import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.controller import Controller, controller, new_project
+from tests.helpers import free_port
 from tests.helpers.cli import HUTCH, one_clear_line
 
 __all__ = ["controller"]
@@ -104,3 +107,103 @@ def test_run_publishes_ports_and_ps_and_inspect_show_them(hutch: Run) -> None:
     lone = hutch("run", "-d", *C, "--network", "none", "--name", "lone", "busybox", "--", "true")
     assert lone.returncode == 0, lone.stderr
     assert json.loads(hutch("inspect", "lone").stdout)["addresses"] == []
+
+
+# -- the data path, through the CLI: machines started by the controller get their network -------
+
+SERVE = (
+    "mkdir -p /tmp/w && echo hello-from-web > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"
+)
+
+
+def _runner(controller: Controller, project: str) -> Run:
+    env = {**controller.env, "HUTCH_PROJECT": project}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [HUTCH, *args], capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+
+    return run
+
+
+def _http_get(port: int) -> str:
+    """One HTTP GET to the node's 127.0.0.1:port from this (the test's) process."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        s.settimeout(3)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return data.decode(errors="replace")
+
+
+def _until(probe: Callable[[], bool], deadline: float = 15.0) -> bool:
+    """Whether `probe` holds before `deadline` seconds pass (polled)."""
+    end = time.monotonic() + deadline
+    while True:
+        if probe():
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+
+
+def _fetch(run: Run, machine: str, host: str) -> subprocess.CompletedProcess[str]:
+    """GET http://HOST:8080/ from `machine`. A name is resolved with nslookup first: the test
+    image's busybox is static glibc, whose getaddrinfo (wget's) cannot load NSS modules."""
+    get = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $a 8080"
+    if host[0].isdigit():
+        return run("exec", machine, "--", "sh", "-c", f"a={host}; {get}")
+    script = (
+        f"a=$(nslookup -timeout=2 {host} | sed -n 's/^Address: *\\([0-9.]*\\)$/\\1/p' | tail -1); "
+        f'echo resolved=$a; test -n "$a" && {get}'
+    )
+    return run("exec", machine, "--", "sh", "-c", script)
+
+
+def _host_links() -> tuple[list[str], str]:
+    """The node's own links (not hutch's) and its main routing table."""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    names = sorted(
+        line.split(":")[1].strip().split("@")[0]
+        for line in links.stdout.splitlines()
+        if not line.split(":")[1].strip().startswith(("hn-", "ht-", "hv-", "hx-"))
+    )
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
+    return names, "\n".join(r for r in routes.splitlines() if " hn-" not in r)
+
+
+def test_published_port_answers_and_names_resolve_within_the_project(
+    controller: Controller,
+) -> None:
+    before = _host_links()
+    project, other = new_project(controller), new_project(controller)
+    mine, theirs = _runner(controller, project), _runner(controller, other)
+    port = free_port()
+    ran = mine("run", "-d", *C, "--name", "web", "-p", f"{port}:8080", "busybox", "--",
+               "sh", "-c", SERVE)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    # The README's example: the published port answers on the node's 127.0.0.1.
+    assert _until(lambda: "hello-from-web" in _try(lambda: _http_get(port))), controller.log()
+    ip4 = json.loads(mine("inspect", "web").stdout)["addresses"][0]["ip4"]
+    for run in (mine, theirs):
+        r = run("run", "-d", *C, "--name", "probe", "busybox", "--", "sleep", "300")
+        assert r.returncode == 0, r.stderr
+    # A machine of the same project reaches it by name and by address...
+    by_name = _fetch(mine, "probe", f"web.{project}.internal")
+    assert f"resolved={ip4}" in by_name.stdout and "hello-from-web" in by_name.stdout, by_name
+    assert "hello-from-web" in _fetch(mine, "probe", ip4).stdout
+    # ...one of another project does not, by either.
+    assert _fetch(theirs, "probe", ip4).returncode != 0
+    assert _fetch(theirs, "probe", f"web.{project}.internal").returncode != 0
+    for run in (mine, theirs):
+        run("rm", "-f", "web", "probe")
+    assert _until(lambda: _host_links() == before), (before, _host_links())
+
+
+def _try(fn: Callable[[], str]) -> str:
+    try:
+        return fn()
+    except OSError:
+        return ""

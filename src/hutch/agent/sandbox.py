@@ -15,6 +15,7 @@ from hutch.images.staging import Staging
 from hutch.images.store import ImageStore
 from hutch.images.users import resolve_user
 from hutch.model.errors import Invalid, NotFound
+from hutch.model.network import Attachment, PortMapping
 from hutch.model.sandbox import (
     Capabilities,
     ProcessSpec,
@@ -42,6 +43,8 @@ class RunRequest:
     stdin: bool = False  # a stdin pipe (or, with tty, typing into the terminal) for attaching
     rows: int = 0  # the terminal's size (0: 24 x 80)
     cols: int = 0
+    networks: tuple[Attachment, ...] = ()  # its NICs, eth0 first (none: no network)
+    ports: tuple[PortMapping, ...] = ()  # published on the node, to eth0's addresses
 
     @classmethod
     def of(cls, a: Assignment, image: str) -> "RunRequest":
@@ -60,6 +63,8 @@ class RunRequest:
             stdin=a.stdin,
             rows=a.rows,
             cols=a.cols,
+            networks=tuple(n.model() for n in a.networks),
+            ports=tuple(p.model() for p in a.ports),
         )
 
 
@@ -168,5 +173,7 @@ def build_spec(
         resources=request.resources,
         hostname=hostname,
         stop_signal=parse_signal(config.stop_signal) if config.stop_signal else int(signal.SIGTERM),
+        networks=request.networks,
+        ports=request.ports,
     )
     return spec, root
