@@ -6,6 +6,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 
@@ -191,9 +192,12 @@ def test_published_port_answers_and_names_resolve_within_the_project(
         r = run("run", "-d", *C, "--name", "probe", "busybox", "--", "sleep", "300")
         assert r.returncode == 0, r.stderr
     # A machine of the same project reaches it by name and by address...
-    by_name = _fetch(mine, "probe", f"web.{project}.internal")
-    assert f"resolved={ip4}" in by_name.stdout and "hello-from-web" in by_name.stdout, by_name
+    # (polled: `run -d` returns once the machine runs, its first packets may come a bit later)
+    by_name = f"web.{project}.internal"
+    assert _until(lambda: "hello-from-web" in _fetch(mine, "probe", by_name).stdout)
+    assert f"resolved={ip4}" in _fetch(mine, "probe", by_name).stdout
     assert "hello-from-web" in _fetch(mine, "probe", ip4).stdout
+    assert theirs("exec", "probe", "--", "true").returncode == 0  # it runs, and yet...
     # ...one of another project does not, by either.
     assert _fetch(theirs, "probe", ip4).returncode != 0
     assert _fetch(theirs, "probe", f"web.{project}.internal").returncode != 0
@@ -207,3 +211,53 @@ def _try(fn: Callable[[], str]) -> str:
         return fn()
     except OSError:
         return ""
+
+
+def _serves(run: Run, ip: str) -> bool:
+    return "hello-from-web" in _fetch(run, "probe", ip).stdout
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            s.settimeout(0.5)
+            return b"hello-from-web" in s.recv(4096)
+    except OSError:
+        return False
+
+
+def test_security_group_rules_apply_to_running_machines(controller: Controller) -> None:
+    project = new_project(controller)
+    run = _runner(controller, project)
+    assert run("sg", "create", "web").returncode == 0
+    added = run("sg", "rule", "add", "web", "ingress", "--protocol", "tcp", "--port", "8080",
+                "--remote", "0.0.0.0/0")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    port = free_port()
+    for name, extra in (("web", ("--sg", "web", "-p", f"{port}:8080")), ("open", ())):
+        serve = SERVE.replace("exec", "httpd -p 8081 -h /tmp/w && exec")  # 8081: a daemon
+        r = run("run", "-d", *C, "--name", name, *extra, "busybox", "--", "sh", "-c", serve)
+        assert r.returncode == 0, r.stderr
+    assert run("run", "-d", *C, "--name", "probe", "busybox", "--", "sleep", "300").returncode == 0
+    ips = {n: json.loads(run("inspect", n).stdout)["addresses"][0]["ip4"] for n in ("web", "open")}
+    # The rule lets 8080 in: from the project's machines and through the published port.
+    assert _until(lambda: _answers(port)), controller.log()
+    for ip in ips.values():  # `run -d` returns before the server listens
+        assert _until(partial(_serves, run, ip)), ip
+    # A port no rule names is closed to the machine in the group, not to the one in none.
+    other = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {} 8081"
+    assert run("exec", "probe", "--", "sh", "-c", other.format(ips["web"])).returncode != 0
+    assert (
+        "hello-from-web" in run("exec", "probe", "--", "sh", "-c", other.format(ips["open"])).stdout
+    )
+    # Removing the rule closes 8080 on the running machine, published port included, at once.
+    assert run("sg", "rule", "rm", "web", added.stdout.strip()).returncode == 0
+    assert _until(lambda: not _answers(port), deadline=2.0)
+    assert _fetch(run, "probe", ips["web"]).returncode != 0
+    assert _until(lambda: "hello-from-web" in _fetch(run, "probe", ips["open"]).stdout)
+    # And adding it back opens it again.
+    assert run("sg", "rule", "add", "web", "ingress", "--protocol", "tcp", "--port", "8080",
+               "--remote", "0.0.0.0/0").returncode == 0  # fmt: skip
+    assert _until(lambda: _answers(port), deadline=2.0)
+    run("rm", "-f", "web", "open", "probe")

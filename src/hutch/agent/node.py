@@ -36,10 +36,11 @@ from hutch.images.store import Allowance, StoredImage, is_digest_or_id
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState, parse_signal
-from hutch.network import dns
+from hutch.network import dns, nft
 from hutch.network.node import NetworkOptions, NodeNetwork
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
+from hutch.wire.networks import GroupRules
 from hutch.wire.nodes import (
     Assignment,
     Assignments,
@@ -71,6 +72,34 @@ def _hosts_of(*urls: str) -> list[str]:
             continue
         if not addr.is_loopback:  # 127/8 is blocked anyway
             out.append(f"{addr}/{addr.max_prefixlen}")
+    return out
+
+
+def ingress_rules(
+    machines: list[Assignment], groups: list[GroupRules]
+) -> dict[str, tuple[nft.Allow, ...]]:
+    """Sandbox id -> the ingress rules of its security groups (sandboxes in no group, or with
+    no network, are left out: their network's machines reach them freely). A rule whose remote
+    is a group allows that group's machines' addresses."""
+    by_id = {g.id: g for g in groups}
+    out: dict[str, tuple[nft.Allow, ...]] = {}
+    for a in machines:
+        if not a.security_groups or not a.networks:
+            continue
+        allows: list[nft.Allow] = []
+        for group_id in a.security_groups:
+            group = by_id.get(group_id)
+            for rule in group.rules if group else []:
+                if rule.direction != "ingress":
+                    continue
+                if rule.remote_group:
+                    remote = by_id.get(rule.remote_group)
+                    members = remote.members if remote else []
+                    remotes = tuple(f"{m}/{32 if '.' in m else 128}" for m in members)
+                else:
+                    remotes = (rule.remote_cidr,) if rule.remote_cidr else ()
+                allows.append(nft.Allow(rule.protocol, rule.port_min, rule.port_max, remotes))
+        out[a.sandbox] = tuple(dict.fromkeys(allows))
     return out
 
 
@@ -235,6 +264,7 @@ class NodeAgent:
                 revision = answer.revision
                 self.update_dns(answer)
                 try:
+                    await self.update_groups(answer)
                     await self.reconcile(answer.machines)
                 except Exception:  # one bad round must not stop the node; the next retries
                     log.exception("reconciling failed")
@@ -255,6 +285,17 @@ class NodeAgent:
         `dns.Peer`). Every answer replaces all zones: a machine gone from the list is gone from
         DNS at once."""
         self.dns.sync(dns.zones(answer.peers))
+
+    async def update_groups(self, answer: Assignments) -> None:
+        """Each sandbox's security groups, as ingress rules on its ports: applied before the
+        round starts anything (a new sandbox is plugged with them), and to running sandboxes as
+        soon as a group's rules change (the controller bumps this node's revision, which ends
+        the long poll)."""
+        ingress = ingress_rules(answer.machines, answer.groups)
+        try:
+            await asyncio.to_thread(self.network.set_ingress, ingress)
+        except HutchError as e:
+            log.warning("security groups could not be applied: %s", e.message)
 
     async def close(self) -> None:
         await self.dns.close()

@@ -88,16 +88,21 @@ def ensure_bridge(ipr: IPRoute, att: Attachment, mtu: int = 1500) -> str:
                 kind="bridge",
                 address=bridge_mac(att.vni),
                 mtu=mtu,
-                # Bridged frames skip the inet hooks: sandboxes on one network talk at L2, and
-                # only routed traffic meets hutch's inet table.
-                br_nf_call_iptables=0,
-                br_nf_call_ip6tables=0,
                 br_nf_call_arptables=0,
             ),
         )
     index = _index(ipr, name)
     assert index is not None
     ipr.link("set", index=index, ifalias=ALIAS)
+    # Bridged IP packets meet hutch's inet table too (br_netfilter), with conntrack: security
+    # groups filter what a sandbox's peers send it, on this node and over the overlay, and
+    # let replies through (the bridge family has no conntrack on every kernel).
+    _check(
+        f"setting bridge {name}'s netfilter calls",
+        lambda: ipr.link(
+            "set", index=index, kind="bridge", br_nf_call_iptables=1, br_nf_call_ip6tables=1
+        ),
+    )
     _sysctl(f"ipv6/conf/{name}/addr_gen_mode", "1")  # no link-local address of its own
     _sysctl(f"ipv6/conf/{name}/accept_dad", "0")  # the gateway address works at once
     _sysctl(f"ipv6/conf/{name}/accept_ra", "0")

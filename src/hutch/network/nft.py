@@ -53,6 +53,19 @@ class Bridge:
 
 
 @dataclass(frozen=True, slots=True)
+class Allow:
+    """One ingress rule of a security group, as the node enforces it: packets to the sandbox
+    of `protocol` ("any", "tcp", "udp", "icmp"), to a port in port_min..port_max (0..0: any),
+    from an address in `remotes` (CIDRs, both families; a remote group's members as /32s and
+    /128s). No remotes: the rule matches nothing (a remote group with no machines)."""
+
+    protocol: str = "any"
+    port_min: int = 0
+    port_max: int = 0
+    remotes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Port:
     """One sandbox NIC on a bridge: the host end of its TAP or veth."""
 
@@ -61,6 +74,9 @@ class Port:
     mac: str
     ip4: str
     ip6: str
+    # The sandbox's security groups' ingress rules; None: it is in no group, and everything its
+    # network's machines send gets in (and, routed by the node, replies and published ports).
+    ingress: tuple[Allow, ...] | None = None
 
     @property
     def link_local6(self) -> str:
@@ -326,6 +342,24 @@ def _inet_table(desired: Desired) -> _Table:
 
     # forward: between sandboxes' networks and the world
     fwd = t.chain("forward", "forward", prio=0)
+    # Security groups first: to a sandbox in groups (by bridge and address, which anti-spoofing
+    # makes its own), only what a rule allows goes on to the checks below; the rest is dropped.
+    guarded = sorted((p for p in desired.ports if p.ingress is not None), key=lambda p: p.name)
+    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
+        elems = [
+            [_concat(p.bridge, p.ip4 if version == 4 else p.ip6), _jump(f"in-{p.name}")]
+            for p in guarded
+        ]
+        name = t.map(f"ingress{version}", ["ifname", addr_type], "verdict", elems)
+        t.rule(fwd, {"vmap": {"key": _concat(oif, _payload(proto, "daddr")), "data": f"@{name}"}})
+    # The node's own connections (to a published port on 127.0.0.1, say) are not forwarded:
+    # the same check where they leave, after the output DNAT.
+    out = t.chain("output", "output", prio=0)
+    for proto, version in (("ip", 4), ("ip6", 6)):
+        data = f"@ingress{version}"
+        t.rule(out, {"vmap": {"key": _concat(oif, _payload(proto, "daddr")), "data": data}})
+    for p in guarded:
+        _ingress_chain(t, p)
     from_guest = t.chain("from-sandbox")
     to_guest = t.chain("to-sandbox")
     # With br_netfilter (bridge-nf-call-iptables=1 in the namespace, which overrides the
@@ -375,6 +409,35 @@ def _inet_table(desired: Desired) -> _Table:
            {"masquerade": None})  # fmt: skip
     t.rule(post, _match(iif, hn), _match(oif, hn, "!="), {"masquerade": None})
     return t
+
+
+def _ingress_chain(t: _Table, p: Port) -> None:
+    """`in-PORT`: what may reach a sandbox in security groups. Replies, neighbour discovery and
+    what one of its groups' ingress rules allows return to the forward chain (where the
+    network's own checks still apply); anything else is dropped. This holds for its network's
+    machines and for published ports alike (remote: the client's address, 127.0.0.1 for the
+    node's own connections)."""
+    chain = t.chain(f"in-{p.name}")
+    t.rule(chain, _match({"ct": {"key": "state"}}, ["established", "related"], "in"), RETURN)
+    nd = ["nd-neighbor-solicit", "nd-neighbor-advert"]
+    t.rule(chain, _match(_payload("icmpv6", "type"), _set(nd)), RETURN)
+    assert p.ingress is not None
+    for rule in p.ingress:
+        for family, version, icmp in (("ip", 4, "icmp"), ("ip6", 6, "ipv6-icmp")):
+            cidrs = [c for c in rule.remotes if ipaddress.ip_network(c).version == version]
+            if not cidrs:
+                continue
+            match = [_match(_payload(family, "saddr"), _set(_prefix(c) for c in cidrs))]
+            if rule.protocol == "icmp":
+                match.append(_match(_meta("l4proto"), icmp))
+            elif rule.protocol != "any":
+                match.append(_match(_meta("l4proto"), rule.protocol))
+                if rule.port_min or rule.port_max:
+                    lo, hi = rule.port_min, rule.port_max or rule.port_min
+                    ports: Any = lo if lo == hi else {"range": [lo, hi]}
+                    match.append(_match(_payload("th", "dport"), ports))
+            t.rule(chain, *match, RETURN)
+    t.rule(chain, DROP)
 
 
 def ruleset(desired: Desired) -> Json:

@@ -49,6 +49,8 @@ class NodeNetwork:
         self.dns = dns
         self._lock = threading.Lock()
         self._wired: dict[str, _Wired] = {}
+        # Sandbox id -> its security groups' ingress rules (absent: in no group).
+        self._ingress: dict[str, tuple[nft.Allow, ...]] = {}
         self._netns_dir = opts.state_dir / "netns"
 
     def netns_path(self, sandbox_id: str) -> Path:
@@ -75,6 +77,12 @@ class NodeNetwork:
         """Make the node exactly what `specs` (the sandboxes that exist) need: hutch's links,
         namespaces and tables that nothing needs are removed; nothing of anyone else's is."""
         links.run_in(self.opts.netns, lambda: self._reconcile(specs))
+
+    def set_ingress(self, ingress: dict[str, tuple[nft.Allow, ...]]) -> bool:
+        """The security groups' ingress rules of each sandbox in one (sandboxes not named are
+        in none), for the sandboxes wired now and those plugged later. A change is applied at
+        once, to running sandboxes too; whether anything changed."""
+        return links.run_in(self.opts.netns, lambda: self._set_ingress(ingress))
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -118,6 +126,16 @@ class NodeNetwork:
                 self._unwire(ipr, spec.id)
                 raise
         return path
+
+    def _set_ingress(self, ingress: dict[str, tuple[nft.Allow, ...]]) -> bool:
+        with self._lock:
+            if ingress == self._ingress:
+                return False
+            before = self._desired()
+            self._ingress = dict(ingress)
+            if self._desired() != before:
+                self._apply()
+            return True
 
     def _unplug(self, sandbox_id: str) -> None:
         with self._lock, IPRoute() as ipr:
@@ -183,7 +201,8 @@ class NodeNetwork:
                     att.egress, att.egress_allow,
                 )  # fmt: skip
                 name = links.port_name(prefix, sandbox_id, index)
-                ports.append(nft.Port(name, bridge, att.mac, att.ip4, att.ip6))
+                ingress = self._ingress.get(sandbox_id)
+                ports.append(nft.Port(name, bridge, att.mac, att.ip4, att.ip6, ingress))
             first = wired.spec.networks[0]
             published += [
                 nft.Published(p.host_port, p.protocol, first.ip4, p.port, p.host_ip)
