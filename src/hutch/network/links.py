@@ -32,6 +32,7 @@ PEER_PREFIX = "hp-"  # the container end of a veth pair, until it is eth0 in its
 PREFIXES = (BRIDGE_PREFIX, TAP_PREFIX, VETH_PREFIX, PEER_PREFIX)
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+NTF_MASTER, NUD_NOARP = 0x04, 0x40  # `bridge fdb add ... master static`
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
@@ -118,7 +119,7 @@ def ensure_bridge(ipr: IPRoute, att: Attachment, mtu: int = 1500) -> str:
     return name
 
 
-def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int) -> None:
+def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int, mac: str) -> None:
     index, master = _index(ipr, name), _index(ipr, bridge)
     if index is None or master is None:
         raise Unavailable(f"link {name} or bridge {bridge} vanished while wiring it")
@@ -130,10 +131,18 @@ def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int) -> None:
     # (the nft port chain drops such frames too); flooding still reaches the rightful owner.
     with contextlib.suppress(NetlinkError):
         ipr.brport("set", index=index, learning=0)
+    # ...so the bridge is told where the sandbox's own MAC is: without that entry every frame to
+    # it would be flooded to every port of its network, a cost per packet that grows with the
+    # number of machines (and shows each of them the others' traffic). It goes with the port.
+    _check(
+        f"adding {mac} to {bridge}'s forwarding table",
+        lambda: ipr.fdb("replace", ifindex=index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER),
+    )
 
 
-def create_tap(ipr: IPRoute, name: str, bridge: str, mtu: int = 1500) -> int:
-    """Create TAP `name` on `bridge` and return an open descriptor of it, for QEMU.
+def create_tap(ipr: IPRoute, name: str, bridge: str, mac: str, mtu: int = 1500) -> int:
+    """Create TAP `name` on `bridge` for the guest NIC with `mac`; return an open descriptor of
+    it, for QEMU.
 
     The TAP is not persistent: it goes when the last descriptor closes (QEMU's, when it exits),
     so a dead micro-VM leaves no link behind even if nobody cleans up.
@@ -142,7 +151,7 @@ def create_tap(ipr: IPRoute, name: str, bridge: str, mtu: int = 1500) -> int:
     try:
         ifr = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
         fcntl.ioctl(fd, TUNSETIFF, ifr)
-        _enslave(ipr, name, bridge, mtu)
+        _enslave(ipr, name, bridge, mtu, mac)
     except BaseException:
         os.close(fd)
         raise
@@ -218,7 +227,7 @@ def create_veth(
         lambda: ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer={"ifname": peer}),
     )
     try:
-        _enslave(ipr, name, bridge, mtu)
+        _enslave(ipr, name, bridge, mtu, att.mac)
         peer_index = _index(ipr, peer)
         nsfd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
         try:

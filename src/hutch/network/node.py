@@ -86,7 +86,7 @@ class NodeNetwork:
                     bridge = links.ensure_bridge(ipr, att, self.opts.mtu)
                     name = links.port_name(links.TAP_PREFIX, spec.id, index)
                     links.delete_link(ipr, name)  # a leftover of an earlier life of this id
-                    fds.append(links.create_tap(ipr, name, bridge, self.opts.mtu))
+                    fds.append(links.create_tap(ipr, name, bridge, att.mac, self.opts.mtu))
                 self._apply()
             except BaseException:
                 for fd in fds:
