@@ -106,15 +106,13 @@ def ensure_bridge(ipr: IPRoute, att: Attachment, mtu: int = 1500) -> str:
     # the bridge with a 127/8 source (masqueraded right after). Packets *from* sandboxes to 127/8
     # are dropped before routing (nft's raw chain).
     _sysctl(f"ipv4/conf/{name}/route_localnet", "1")
-    have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
+    # "replace" is idempotent: no listing of the node's addresses first (a dump of every
+    # address on the node, per call, made wiring n sandboxes cost n^2).
     for addr, prefix in ((att.gateway4, att.prefix4), (att.gateway6, att.prefix6)):
-        if (addr, prefix) not in have:
-            try:
-                ipr.addr("add", index=index, address=addr, prefixlen=prefix)
-            except NetlinkError as e:
-                raise Unavailable(
-                    f"adding {addr}/{prefix} to {name}: {os.strerror(e.code)}"
-                ) from None
+        try:
+            ipr.addr("replace", index=index, address=addr, prefixlen=prefix)
+        except NetlinkError as e:
+            raise Unavailable(f"adding {addr}/{prefix} to {name}: {os.strerror(e.code)}") from None
     ipr.link("set", index=index, state="up")
     return name
 

@@ -144,9 +144,9 @@ class NodeNetwork:
                         links.remove_netns(path)
             if self._wired:
                 links.enable_forwarding()
-            for wired in self._wired.values():
-                for att in wired.spec.networks:
-                    links.ensure_bridge(ipr, att, self.opts.mtu)
+            networks = {a.vni: a for w in self._wired.values() for a in w.spec.networks}
+            for att in networks.values():  # once per network, not per sandbox
+                links.ensure_bridge(ipr, att, self.opts.mtu)
             self._apply()
 
     def _unwire(self, ipr: IPRoute, sandbox_id: str) -> None:
