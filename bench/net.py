@@ -55,6 +55,7 @@ from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec
 from hutch.network import links
 from hutch.network.node import NetworkOptions, NodeNetwork
 from hutch.runtime import scratch
+from hutch.runtime.cgroups import Layout
 from hutch.runtime.channel import Connection, T, encode_process
 from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.microvm import MicroVMBackend, MicroVMOptions, qemu_command
@@ -450,8 +451,11 @@ class Bench:
             control_send(ns, a.ip4, b.ip4, 1 << 20)  # warm-up: ARP, caches
         hutch, plain = [], []
         direct, published, outside = [], [], []
+        throttled = 0.0
         for i in range(sizes.runs):
+            before = throttled_s(("ha", "hb"))
             hutch.append(control_send(node, a.ip4, b.ip4, sizes.vm_bytes) * 8 / 1e6)
+            throttled += throttled_s(("ha", "hb")) - before
             plain.append(control_send(bare, a.ip4, b.ip4, sizes.vm_bytes) * 8 / 1e6)
             n = sizes.round_trips
             direct.append(med(rtts_us(self.probe, node, a.ip4, ECHO, n)))
@@ -464,6 +468,10 @@ class Bench:
             "same_node_ratio": round(med(hutch) / med(plain), 3),
             "same_node_hutch_mbps": round(med(hutch), 1),
             "same_node_bare_mbps": round(med(plain), 1),
+            "same_node_hutch_mbps_runs": [round(x) for x in hutch],
+            "same_node_bare_mbps_runs": [round(x) for x in plain],
+            # CPU quota (cgroup) throttling of the two hutch VMs during their transfers
+            "same_node_hutch_throttled_s": round(throttled, 3),
             "published_rtt_ratio": round(med(published) / med(direct), 3),
             "rtt_p50_direct_us": round(med(direct), 1),
             "rtt_p50_published_us": round(med(published), 1),
@@ -569,6 +577,24 @@ class Bench:
             "scale_big_mbps": round(med(list(large.mbps))),
             "host_transfer_bytes": self.sizes.host_bytes,
         }
+
+
+def throttled_s(sandbox_ids: tuple[str, ...]) -> float:
+    """Seconds the sandboxes' CPU quota (vCPUs + CPU_HEADROOM) held QEMU back, in all."""
+    layout = Layout.detect()
+    base = layout.v2 if layout.v2 is not None else layout.v1.get("cpu")
+    total = 0.0
+    for sid in sandbox_ids:
+        stat = base / "hutch" / sid / "cpu.stat" if base else None
+        if stat is None or not stat.exists():
+            continue
+        for line in stat.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "throttled_usec":
+                total += int(value) / 1e6
+            elif key == "throttled_time":  # v1: nanoseconds
+                total += int(value) / 1e9
+    return total
 
 
 def _plain_bridge_in(name: str, address: str) -> None:
