@@ -87,7 +87,8 @@ async def wait_for_line(driver: SandboxDriver, sandbox_id: str, line: bytes) -> 
     async for record in driver.logs(sandbox_id, follow=True):
         if line in record.data:
             return
-    raise AssertionError(f"{line!r} never appeared")
+    info = await driver.inspect(sandbox_id)  # why: a guest that did not boot says so here
+    raise AssertionError(f"{line!r} never appeared; the sandbox is {info.state}: {info.exit}")
 
 
 async def driver_in(

@@ -35,11 +35,18 @@ from hutch.images.spool import disk_full_is_insufficient
 from hutch.images.store import Allowance, StoredImage, is_digest_or_id
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
-from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
+from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState, parse_signal
+from hutch.network import dns
 from hutch.network.node import NetworkOptions, NodeNetwork
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
-from hutch.wire.nodes import Assignment, MachineReport, NodeRegister, join_token_parts
+from hutch.wire.nodes import (
+    Assignment,
+    Assignments,
+    JoinToken,
+    MachineReport,
+    NodeRegister,
+)
 
 log = logging.getLogger("hutch.agent")
 POLL_WAIT = 25.0  # seconds a long poll may hang; every answer is a full reconcile
@@ -97,12 +104,15 @@ class NodeAgent:
         self._watch: dict[str, asyncio.Task[None]] = {}  # sandbox -> waiting for its exit
         self._reported: dict[str, str] = {}  # sandbox -> last state reported
         self._assignments: dict[str, Assignment] = {}
+        # NAME.PROJECT.internal for the machines of each network, on its bridge's gateway:53
+        self.dns = dns.DnsServer()
         self.network = NodeNetwork(
             NetworkOptions(
                 state_dir=self.dir,
                 mtu=settings.network_mtu,
                 blocked=(*settings.network_blocked, *_hosts_of(controller, advertise)),
-            )
+            ),
+            dns=self.dns,
         )
 
     # -- start-up ----------------------------------------------------------------------------------
@@ -125,6 +135,7 @@ class NodeAgent:
             self.drivers[runtime] = driver
         if not self.drivers:
             raise Invalid("no runtime works on this host: see `hutch setup`")
+        await self.dns.start()  # before the networks: reconcile opens its sockets
         # The node's links and rules, made to match the sandboxes that exist (left from an
         # earlier life of this agent, or none): nothing duplicated, nothing left over.
         specs = [
@@ -147,8 +158,10 @@ class NodeAgent:
         if not self.controller.startswith("https://"):
             return
         saved = self.dir / "controller-ca.pem"
-        parts = join_token_parts(self.join_secret)
-        pin = parts[3] if parts else ""
+        try:
+            pin = JoinToken.parse(self.join_secret).ca_pin
+        except Invalid:
+            pin = ""  # a plain join secret pins no CA
         if not saved.exists() and pin:
             pem = await self.link.fetch_ca()
             tls.check_pin(pem, pin)
@@ -220,6 +233,7 @@ class NodeAgent:
                     await asyncio.sleep(1.0)
                     continue
                 revision = answer.revision
+                self.update_dns(answer)
                 try:
                     await self.reconcile(answer.machines)
                 except Exception:  # one bad round must not stop the node; the next retries
@@ -235,7 +249,17 @@ class NodeAgent:
                 await self.link.heartbeat(self.identity.node_id, self.advertise)
             await asyncio.sleep(self.settings.heartbeat_interval)
 
+    def update_dns(self, answer: Assignments) -> None:
+        """HOOK (net-model): each hosted network's DNS records from the controller's peer list,
+        `Assignments.peers` (PeerView: network_id, machine, name, project, ip4, ip6; see
+        `dns.Peer`). Until that field is on main the zones stay empty; once it is, replace the
+        getattr with `answer.peers`. Every answer replaces all zones: a machine gone from the
+        list is gone from DNS at once."""
+        peers: list[dns.Peer] = getattr(answer, "peers", [])
+        self.dns.sync(dns.zones(peers))
+
     async def close(self) -> None:
+        await self.dns.close()
         for task in [*self._work.values(), *self._watch.values()]:
             task.cancel()
         for driver in self.drivers.values():
@@ -314,21 +338,7 @@ class NodeAgent:
             if driver is None:
                 raise Invalid(f"this node has no {a.runtime} runtime")
             image = await self._ensure_image(a)
-            request = RunRequest(
-                source=image.digest,
-                args=tuple(a.command or ()),
-                entrypoint=tuple(a.entrypoint) if a.entrypoint is not None else None,
-                env=tuple(f"{k}={v}" for k, v in a.env.items()),
-                workdir=a.workdir,
-                user=a.user,
-                resources=Resources(cpus=a.cpus, memory_mib=a.memory_mib, scratch_mib=a.disk_mib),
-                sandbox_id=a.sandbox,
-                hostname=a.machine,
-                tty=a.tty,
-                stdin=a.stdin,
-                rows=a.rows,
-                cols=a.cols,
-            )
+            request = RunRequest.of(a, image.digest)
             roots = replace(self.roots, project=a.project, allow_paths=False)
             spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)
             await driver.create(spec)

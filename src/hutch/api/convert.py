@@ -3,7 +3,7 @@
 import dataclasses
 from typing import Any
 
-from hutch.model.machine import Event, Machine, MachineSpec, Node
+from hutch.model.machine import Event, Machine, MachineSpec, Node, env_dict, env_entries
 from hutch.model.tenancy import QUOTA_FIELDS, Project, Quota, Token, Usage
 from hutch.placement import Placement, Rejection
 from hutch.wire.machines import (
@@ -22,7 +22,7 @@ def spec_of(body: MachineCreate) -> MachineSpec:
         image=body.image,
         command=tuple(body.command) if body.command is not None else None,
         entrypoint=tuple(body.entrypoint) if body.entrypoint is not None else None,
-        env=tuple(f"{k}={v}" for k, v in body.env.items()),
+        env=env_entries(body.env),
         workdir=body.workdir,
         user=body.user,
         cpus=body.cpus,
@@ -59,10 +59,6 @@ def placement_view(decision: Placement | Rejection) -> PlacementView:
     )
 
 
-def env_dict(env: tuple[str, ...]) -> dict[str, str]:
-    return dict(entry.partition("=")[::2] for entry in env)
-
-
 def _spec(s: MachineSpec) -> dict[str, Any]:
     """The spec as the wire has it, for every view that carries it (or part of it)."""
     fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
@@ -96,10 +92,11 @@ def machine_view(m: Machine, project: str) -> MachineView:
 
 
 def assignment(m: Machine, quota: Quota) -> Assignment:
-    """What the node needs of the spec (`Assignment`'s fields), and what to do with it."""
+    """What the node needs of the spec (`Assignment`'s fields), and what to do with it. The
+    environment stays in the model's entries: the node runs them as they are."""
     spec = {k: v for k, v in _spec(m.spec).items() if k in Assignment.model_fields}
     return Assignment(
-        **spec,
+        **{**spec, "env": list(m.spec.env)},
         machine=m.id,
         project=m.project_id,
         image_digest=m.image_digest,

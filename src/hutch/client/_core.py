@@ -46,7 +46,7 @@ from hutch.wire.machines import (
     StopRequest,
     WaitResult,
 )
-from hutch.wire.nodes import JoinToken, JoinTokenRequest, NodeView
+from hutch.wire.nodes import JoinTokenRequest, JoinTokenView, NodeView
 from hutch.wire.tenancy import (
     ProjectCreate,
     ProjectView,
@@ -192,9 +192,10 @@ def remove_node(ref: str) -> Plan[None]:
     yield Call("DELETE", f"/v1/nodes/{quote(ref, safe='')}")
 
 
-def join_token(ttl: float) -> Plan[JoinToken]:
+def join_token(ttl: float) -> Plan[JoinTokenView]:
     body = build(JoinTokenRequest, ttl=ttl)
-    return JoinToken.model_validate_json((yield Call("POST", "/v1/nodes/join-tokens", body=body)))
+    made = yield Call("POST", "/v1/nodes/join-tokens", body=body)
+    return JoinTokenView.model_validate_json(made)
 
 
 def run(body: MachineCreate) -> Plan[MachineView]:

@@ -34,7 +34,7 @@ from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
-from hutch.wire.nodes import JoinToken, NodeView
+from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import (
     ProjectView,
     QuotaReport,
@@ -443,5 +443,5 @@ class AsyncNodes:
     async def remove(self, ref: str) -> None:
         await self._c._run(core.remove_node(ref))
 
-    async def join_token(self, ttl: float = 3600) -> JoinToken:
+    async def join_token(self, ttl: float = 3600) -> JoinTokenView:
         return await self._c._run(core.join_token(ttl))

@@ -19,7 +19,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar
 from urllib.parse import quote, urlencode
 
 from websockets.asyncio.client import ClientConnection as AsyncConnection
@@ -60,6 +60,12 @@ class ExecEnd:
     error: str  # why it could not run, if it could not
 
 
+class _ConnectOptions(TypedDict):
+    additional_headers: dict[str, str]
+    max_size: int
+    open_timeout: float
+
+
 @dataclass(frozen=True, slots=True)
 class Opening:
     """What a session connects with: URL, headers, the first message."""
@@ -69,6 +75,15 @@ class Opening:
     headers: dict[str, str]
     start: str
     open_timeout: float
+
+    @property
+    def options(self) -> _ConnectOptions:
+        """websockets' `connect` options (but the URL), the same for both clients."""
+        return {
+            "additional_headers": self.headers,
+            "max_size": MAX_MESSAGE,
+            "open_timeout": self.open_timeout,
+        }
 
 
 def opening(
@@ -212,12 +227,7 @@ class ExecSession(_Session):
     @staticmethod
     def _connect(how: Opening) -> ClientConnection:
         try:
-            connection = sync_connect(
-                how.url,
-                additional_headers=how.headers,
-                max_size=MAX_MESSAGE,
-                open_timeout=how.open_timeout,
-            )
+            connection = sync_connect(how.url, **how.options)
         except (OSError, TimeoutError, InvalidHandshake) as e:
             raise _refused(how, e) from None
         # Entered as a context (websockets deprecates bare connections); close() exits it.
@@ -318,12 +328,7 @@ class AsyncExecSession(_Session):
     @staticmethod
     async def _connect(how: Opening) -> AsyncConnection:
         try:
-            return await async_connect(
-                how.url,
-                additional_headers=how.headers,
-                max_size=MAX_MESSAGE,
-                open_timeout=how.open_timeout,
-            )
+            return await async_connect(how.url, **how.options)
         except (OSError, TimeoutError, InvalidHandshake) as e:
             raise _refused(how, e) from None
 

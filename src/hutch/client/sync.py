@@ -26,7 +26,7 @@ from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
-from hutch.wire.nodes import JoinToken, NodeView
+from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import (
     ProjectView,
     QuotaReport,
@@ -520,6 +520,6 @@ class Nodes:
         """Forget a node that runs nothing (Conflict otherwise: drain it first)."""
         self._c._run(core.remove_node(ref))
 
-    def join_token(self, ttl: float = 3600) -> JoinToken:
+    def join_token(self, ttl: float = 3600) -> JoinTokenView:
         """A token for `hutch agent --join-token`, valid for `ttl` seconds."""
         return self._c._run(core.join_token(ttl))

@@ -49,6 +49,7 @@ from hutch.images.layout import (
     pick_platform,
 )
 from hutch.images.store import Allowance, ImageStore, StoredImage
+from hutch.images.streams import BZIP2_MAGIC, GZIP_MAGIC, XZ_MAGIC, ZSTD_MAGIC, Hashing, Through
 from hutch.model.errors import Invalid, NotFound, Unsupported
 from hutch.model.image import digest_hex, parse_ref
 
@@ -66,10 +67,6 @@ _METADATA = frozenset({"oci-layout", "index.json", "manifest.json", "repositorie
 _LEGACY_METADATA = frozenset({"json", "VERSION"})
 _BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")  # distribution/reference's tag grammar
-_GZIP = b"\x1f\x8b"
-_BZIP2 = b"BZh"
-_XZ = b"\xfd7zXZ\x00"
-_ZSTD = b"\x28\xb5\x2f\xfd"
 _EXTENDED_HEADERS = frozenset(
     {
         tarfile.XHDTYPE,
@@ -316,49 +313,41 @@ class _TarInfo(tarfile.TarInfo):
 def decompressed(stream: BinaryIO) -> tuple[IO[bytes], bool]:
     """The archive's tar stream, decompressed by its first bytes (the stream is read once)."""
     head = b""
-    while len(head) < len(_XZ) and (chunk := stream.read(len(_XZ) - len(head))):
+    while len(head) < len(XZ_MAGIC) and (chunk := stream.read(len(XZ_MAGIC) - len(head))):
         head += chunk
     raw = io.BufferedReader(_Prefixed(head, stream), _CHUNK)
-    if head.startswith(_GZIP):
+    if head.startswith(GZIP_MAGIC):
         return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")), True
-    if head.startswith(_BZIP2):
+    if head.startswith(BZIP2_MAGIC):
         return cast(IO[bytes], bz2.BZ2File(raw)), True
-    if head.startswith(_XZ):
+    if head.startswith(XZ_MAGIC):
         return cast(IO[bytes], lzma.LZMAFile(raw)), True
-    if head.startswith(_ZSTD):
+    if head.startswith(ZSTD_MAGIC):
         raise Unsupported("the archive is zstd-compressed: decompress it first (zstd -d)")
     return raw, False
 
 
-class _Prefixed(io.RawIOBase):
+class _Prefixed(Through):
     """`head`, then the rest of `rest`."""
 
     def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        super().__init__()
+        super().__init__(rest)
         self._head = head
-        self._rest = rest
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._head:
-            data, self._head = self._head[: len(view)], self._head[len(view) :]
-        else:
-            data = self._rest.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+    def pull(self, size: int) -> bytes:
+        if not self._head:
+            return super().pull(size)
+        data, self._head = self._head[:size], self._head[size:]
+        return data
 
 
-class Budget(io.RawIOBase):
+class Budget(Through):
     """The uncompressed archive, counted: more than `limit` bytes in all is refused (a
     decompression bomb), and so is reading more than the last `allow` granted, which bounds what
     tarfile can read (and buffer) while it parses a member's headers."""
 
     def __init__(self, source: IO[bytes], limit: int, compressed: bool) -> None:
-        super().__init__()
-        self._source = source
+        super().__init__(source)
         self._limit = limit
         self._compressed = compressed
         self._window = SLACK  # the first member's headers
@@ -367,28 +356,23 @@ class Budget(io.RawIOBase):
     def allow(self, size: int) -> None:
         self._window = size
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
+    def pull(self, size: int) -> bytes:
         try:
-            data = self._source.read(len(view))
+            return super().pull(size)
         except (EOFError, zlib.error, lzma.LZMAError) as e:
             raise Invalid(f"the archive cannot be decompressed: {e}") from None
         except OSError as e:  # gzip and bz2 report corrupt data as OSError
             if not self._compressed:
                 raise
             raise Invalid(f"the archive cannot be decompressed: {e}") from None
-        n = len(data)
-        self.total += n
-        self._window -= n
+
+    def seen(self, data: bytes) -> None:
+        self.total += len(data)
+        self._window -= len(data)
         if self.total > self._limit:
             raise Invalid(_too_large(self._limit))
         if self._window < 0:
             raise Invalid("the archive has a tar header too large to be an image archive's")
-        view[:n] = data
-        return n
 
 
 # -- finding the images -------------------------------------------------------------------------
@@ -546,10 +530,10 @@ def _docker_manifest(
 def _layer_media_type(store: ImageStore, digest: str) -> str:
     """As Docker does, the compression is read from the layer's first bytes."""
     with open(store.blob_path(digest), "rb") as f:
-        magic = f.read(len(_ZSTD))
-    if magic.startswith(_GZIP):
+        magic = f.read(len(ZSTD_MAGIC))
+    if magic.startswith(GZIP_MAGIC):
         return "application/vnd.oci.image.layer.v1.tar+gzip"
-    if magic == _ZSTD:
+    if magic == ZSTD_MAGIC:
         return "application/vnd.oci.image.layer.v1.tar+zstd"
     return "application/vnd.oci.image.layer.v1.tar"
 
@@ -664,24 +648,7 @@ def _add_blob(tar: tarfile.TarFile, store: ImageStore, digest: str, size: int) -
     info = _tarinfo(f"blobs/sha256/{digest_hex(digest)}", tarfile.REGTYPE, size, 0o644)
     fd = os.open(store.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with open(fd, "rb") as f:
-        hashing = _Hashing(f)
+        hashing = Hashing(f)
         tar.addfile(info, hashing)
     if hashing.hash.hexdigest() != digest_hex(digest):
         raise Invalid(f"blob {digest} in the store does not match its digest: the store is corrupt")
-
-
-class _Hashing(io.RawIOBase):
-    def __init__(self, source: IO[bytes]) -> None:
-        super().__init__()
-        self._source = source
-        self.hash = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self._source.read(len(view))
-        self.hash.update(data)
-        view[: len(data)] = data
-        return len(data)

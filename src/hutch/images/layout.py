@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+from hutch.images.streams import GZIP_MAGIC, ZSTD_MAGIC, Hashing
 from hutch.model.errors import Invalid, NotFound, Unavailable, Unsupported
 from hutch.model.image import ImageConfig, digest_hex
 
@@ -63,9 +64,7 @@ MAX_CONFIG_BYTES = 8 << 20  # configs carry history, so allow a little more
 MAX_TRAILING_BYTES = 16 << 20  # data after a tar's end-of-archive marker (normally padding)
 _MAX_NESTING = 4  # index -> index -> ... -> manifest
 _CHUNK = 1 << 16
-_GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_MIN_BYTES = 18  # header and trailer; the trailer's last 4 bytes are the size (ISIZE)
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +200,7 @@ class OciLayout:
         with self._open_blob(desc) as f:
             blob = _HashingReader(f, desc.digest, limit=desc.size, layer=desc.digest)
             buffered = io.BufferedReader(blob, _CHUNK)
-            magic = buffered.peek(len(_ZSTD_MAGIC))[: len(_ZSTD_MAGIC)]
+            magic = buffered.peek(len(ZSTD_MAGIC))[: len(ZSTD_MAGIC)]
             with _decompressed(buffered, magic, desc.digest) as plain:
                 tar = _HashingReader(plain, diff_id or desc.digest, limit=None, layer=desc.digest)
                 yield cast(BinaryIO, tar)
@@ -222,11 +221,11 @@ class OciLayout:
         blob's. An estimate: the blob is not verified here, and a hostile one may say anything.
         """
         with self._open_blob(desc) as f:
-            magic = f.read(len(_ZSTD_MAGIC))
-            if magic.startswith(_GZIP_MAGIC) and desc.size >= _GZIP_MIN_BYTES:
+            magic = f.read(len(ZSTD_MAGIC))
+            if magic.startswith(GZIP_MAGIC) and desc.size >= _GZIP_MIN_BYTES:
                 f.seek(-4, os.SEEK_END)
                 return int.from_bytes(f.read(4), "little")
-            if not magic.startswith(_GZIP_MAGIC) and magic != _ZSTD_MAGIC:
+            if not magic.startswith(GZIP_MAGIC) and magic != ZSTD_MAGIC:
                 return desc.size
         return 4 * desc.size
 
@@ -381,39 +380,30 @@ def _verify(data: bytes, desc: Descriptor) -> None:
         raise Invalid(f"blob {desc.digest} does not match its digest: the image is corrupt")
 
 
-class _HashingReader(io.RawIOBase):
+class _HashingReader(Hashing):
     """Reads through `source`, hashing (and optionally size-limiting) everything read.
 
     Decompression errors from `source` become Invalid naming the layer.
     """
 
     def __init__(self, source: IO[bytes], digest: str, limit: int | None, layer: str) -> None:
-        super().__init__()
-        self._source = source
+        super().__init__(source)
         self._digest = digest
         self._layer = layer
         self._limit = limit
-        self._hash = hashlib.sha256()
-        self.count = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
+    def pull(self, size: int) -> bytes:
         try:
-            data = self._source.read(len(view))
+            return super().pull(size)
         except (gzip.BadGzipFile, EOFError, zlib.error) as e:
             raise Invalid(f"layer {self._layer} cannot be decompressed: {e}") from None
-        n = len(data)
-        self.count += n
-        if self._limit is not None and self.count > self._limit:
+
+    def seen(self, data: bytes) -> None:
+        if self._limit is not None and self.count + len(data) > self._limit:
             raise Invalid(
                 f"blob {self._digest} does not match its descriptor: more than {self._limit} bytes"
             )
-        self._hash.update(data)
-        view[:n] = data
-        return n
+        super().seen(data)
 
     def drain(self, limit: int) -> bool:
         """Read to the end; True if more than `limit` bytes were left (reading stops there)."""
@@ -429,17 +419,17 @@ class _HashingReader(io.RawIOBase):
             raise Invalid(
                 f"blob {self._digest} does not match its descriptor: {self.count} bytes, not {size}"
             )
-        if self._hash.hexdigest() != digest_hex(self._digest):
+        if self.hash.hexdigest() != digest_hex(self._digest):
             what = "blob" if size is not None else "uncompressed layer"
             raise Invalid(f"{what} {self._digest} does not match its digest: the image is corrupt")
 
 
 @contextlib.contextmanager
 def _decompressed(raw: IO[bytes], magic: bytes, digest: str) -> Iterator[IO[bytes]]:
-    if magic.startswith(_GZIP_MAGIC):
+    if magic.startswith(GZIP_MAGIC):
         with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
             yield cast(IO[bytes], gz)
-    elif magic == _ZSTD_MAGIC:
+    elif magic == ZSTD_MAGIC:
         with _zstd(raw, digest) as stream:
             yield stream
     else:

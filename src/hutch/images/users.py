@@ -9,6 +9,7 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,30 +111,37 @@ def _number(text: str, what: str) -> int:
     return value
 
 
+def _records(text: str, fields: int) -> Iterator[list[str]]:
+    """The named, uncommented lines of a passwd or group file with at least `fields` fields."""
+    for line in text.splitlines():
+        record = line.split(":")
+        if len(record) >= fields and record[0] and not line.startswith("#"):
+            yield record
+
+
+def _id(text: str) -> int | None:
+    """A uid or gid, or None if `text` is not one (runc's limit: below 2**31)."""
+    if not _NUMBER.match(text) or int(text) >= 2**31:
+        return None
+    return int(text)
+
+
 def _parse_passwd(text: str) -> list[_Passwd]:
     out = []
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) < 4 or not fields[0] or line.startswith("#"):
-            continue
-        if not (_NUMBER.match(fields[2]) and _NUMBER.match(fields[3])):
-            continue
-        uid, gid = int(fields[2]), int(fields[3])
-        if uid < 2**31 and gid < 2**31:
+    for fields in _records(text, 4):
+        uid, gid = _id(fields[2]), _id(fields[3])
+        if uid is not None and gid is not None:
             out.append(_Passwd(fields[0], uid, gid))
     return out
 
 
 def _parse_group(text: str) -> list[_Group]:
     out = []
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) < 3 or not fields[0] or line.startswith("#"):
-            continue
-        if not _NUMBER.match(fields[2]) or int(fields[2]) >= 2**31:
+    for fields in _records(text, 3):
+        if (gid := _id(fields[2])) is None:
             continue
         members = fields[3].split(",") if len(fields) > 3 else []
-        out.append(_Group(fields[0], int(fields[2]), tuple(m.strip() for m in members if m)))
+        out.append(_Group(fields[0], gid, tuple(m.strip() for m in members if m)))
     return out
 
 

@@ -9,8 +9,10 @@ is active (placed and not finished), and gives it back when the generation ends.
 
 import signal as _signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import replace
+
+from websockets.asyncio.client import ClientConnection
 
 from hutch.images.store import is_digest_or_id
 from hutch.model.errors import (
@@ -247,6 +249,49 @@ class Machines:
             if m.node_id is None:
                 raise Conflict(f"machine {m.name} has never run")
             return m, await tx.nodes.get(m.node_id)
+
+    async def logs(
+        self,
+        principal: Principal,
+        project: Project,
+        ref: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The machine's log as NDJSON, in the chunks its node sends. What the node refuses is
+        raised here, before any output; a sandbox it does not have (it failed before it was
+        made, or is gone) has no output."""
+        m, node = await self.locate(principal, project, ref, Action.MACHINE_READ)
+        params = {"follow": str(follow).lower()}
+        if tail is not None:
+            params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = str(since)
+        stream = self.link.logs(node, m.sandbox_id, params)
+        try:
+            first = await anext(stream, None)
+        except NotFound:
+            first = None
+        return _starting_with(first, stream)
+
+    async def session(
+        self, principal: Principal, project: Project, ref: str, *, attach: bool
+    ) -> tuple[Machine, Node]:
+        """A running machine and its node, for an exec (or `attach`) session into it."""
+        m, node = await self.locate(principal, project, ref, Action.MACHINE_EXEC)
+        if m.state is not MachineState.RUNNING:
+            refusal = Conflict if attach else Invalid
+            raise refusal(f"machine {m.name} is {m.state}, not running")
+        return m, node
+
+    async def connect(self, m: Machine, node: Node, *, attach: bool) -> ClientConnection:
+        """The session's WebSocket to the node (from `session`): an exec, whose ExecStart the
+        caller sends first, or an attach to the main process; the caller relays it."""
+        if attach:
+            return await self.link.attach(node, m.sandbox_id)
+        return await self.link.exec(node, m.sandbox_id)
 
     async def delete(self, principal: Principal, project: Project, ref: str, force: bool) -> None:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
@@ -528,3 +573,18 @@ def _restarts(m: Machine, state: MachineState) -> bool:
         return True
     failed = state in (MachineState.FAILED, MachineState.LOST) or (m.exit_code or 0) != 0
     return m.spec.restart is RestartPolicy.ON_FAILURE and failed
+
+
+async def _starting_with(
+    first: bytes | None, rest: AsyncGenerator[bytes, None]
+) -> AsyncIterator[bytes]:
+    """`first`, then `rest`; nothing at all when `first` is None. `rest` is closed with it, so
+    that the node's stream ends as soon as its reader does."""
+    try:
+        if first is None:
+            return
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()

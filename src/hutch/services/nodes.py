@@ -2,7 +2,6 @@
 long-poll what their machines should be doing."""
 
 import hmac
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -15,7 +14,7 @@ from hutch.services.nodelink import controller_key
 from hutch.services.notify import SCHEDULER, Notifier, node_key
 from hutch.services.policy import Policy
 from hutch.store.base import Store
-from hutch.wire.nodes import JOIN_PREFIX, join_token_parts
+from hutch.wire.nodes import JoinToken
 
 MAX_POLL = 60.0
 JOIN_TTL_MAX = 24 * 3600.0
@@ -36,27 +35,24 @@ class Nodes:
         self._controller_secret = controller_secret
         self.ca_pin = ca_pin  # the CA's hash when the controller serves HTTPS
 
-    def join_token(self, principal: Principal, ttl: float) -> tuple[str, float]:
+    def join_token(self, principal: Principal, ttl: float) -> JoinToken:
         """A token that lets agents join until it expires (signed, so nothing is stored: any
         controller sharing the controller secret accepts it), with the CA pin when there is
-        one. The token and when it expires."""
+        one."""
         Policy.require_system(principal, "see or change nodes")
         if not 0 < ttl <= JOIN_TTL_MAX:
             raise Invalid(f"a join token lives between 1 s and {JOIN_TTL_MAX:.0f} s")
-        expires = int(time.time() + ttl)
-        body = f"{JOIN_PREFIX}.{expires}.{secrets.token_hex(8)}"
-        token = f"{body}.{self._mac(body)}"
-        return (f"{token}.{self.ca_pin}" if self.ca_pin else token), float(expires)
-
-    def _mac(self, body: str) -> str:
-        return hmac.new(self._controller_secret, f"join:{body}".encode(), "sha256").hexdigest()
+        return JoinToken.issue(self._controller_secret, int(time.time() + ttl), self.ca_pin)
 
     def _may_join(self, presented: str) -> None:
         if self._join_secret and hmac.compare_digest(presented, self._join_secret):
             return
-        parts = join_token_parts(presented)
-        if parts is not None and hmac.compare_digest(parts[2], self._mac(parts[0])):
-            if parts[1] < time.time():
+        try:
+            token = JoinToken.parse(presented)
+        except Invalid:
+            token = None
+        if token is not None and token.signed_by(self._controller_secret):
+            if token.expires < time.time():
                 raise Unauthenticated("the join token has expired: make another")
             return
         raise Unauthenticated("the join token (or secret) is wrong")

@@ -17,6 +17,8 @@ from typing import NamedTuple, Protocol
 from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
 from hutch.model.tenancy import Project, Quota, Token, Usage
 
+MAX_PAGE = 200  # machines per `MachineRepo.list` page at most, whatever the caller asks
+
 
 class Claim(NamedTuple):
     """Capacity to add to a node's allocation, as long as it stays within `limit`."""
@@ -95,7 +97,8 @@ class MachineRepo(Protocol):
         limit: int = 100,
         cursor: str | None = None,
     ) -> tuple[builtins.list[Machine], str | None]:
-        """Oldest first; the second value is the cursor of the next page (None: last page)."""
+        """Oldest first, at most `limit` (and at most MAX_PAGE) machines; the second value is
+        the cursor of the next page (None: last page)."""
 
     async def update(self, machine: Machine) -> Machine:
         """Write `machine` if the stored version is `machine.version`; return it with the

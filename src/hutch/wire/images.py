@@ -21,6 +21,13 @@ class ImageView(View):
     source: str = "project"  # "project": the project's own; "catalogue": the operator's
 
 
+class ImageUsage(View):
+    """What a project's images take in a node's store, in MiB (rounded up)."""
+
+    images_mib: int  # as stored
+    images_unpacked_mib: int  # what their layers unpack to
+
+
 class ImageRemoved(View):
     """What `DELETE /v1/images/{ref}` did."""
 

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, ValidationError
 
 from hutch.model.errors import Invalid
 from hutch.model.machine import (
@@ -163,6 +163,16 @@ class ExecStart(Request):
     )
     rows: int = Field(0, ge=0, le=0xFFFF, description="the terminal's size (0: 24 x 80)")
     cols: int = Field(0, ge=0, le=0xFFFF)
+
+    @classmethod
+    def first_message(cls, text: str) -> "ExecStart":
+        """The session's first message, parsed; Invalid (saying why) if it is not one."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as e:
+            raise Invalid(
+                f"the first message must be an ExecStart: {e.errors()[0]['msg']}"
+            ) from None
 
 
 class EventView(View):

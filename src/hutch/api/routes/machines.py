@@ -9,20 +9,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, WebSocket, status
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from hutch.api import convert
-from hutch.api.deps import Controller, Ctl, Scoped, bearer
+from hutch.api.deps import Ctl, Scoped, bearer
+from hutch.controller import Controller
 from hutch.http.fair import taking_turns, turn
 from hutch.http.problems import PROBLEMS, ws_error
-from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unauthenticated
+from hutch.model.errors import HutchError, Invalid, Unauthenticated
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
-from hutch.services.policy import Action
 from hutch.services.streams import Lease
-from hutch.wire.common import INT32_MAX, INT64_MAX, MAX_PAGE, Page
+from hutch.wire.common import INT32_MAX, INT64_MAX, Page
 from hutch.wire.machines import (
     ExecStart,
     KillRequest,
@@ -82,7 +81,7 @@ async def list_machines(
         labels[key] = value
     machines, next_cursor = await ctl.machines.page(
         s.caller, s.project, states=tuple(state or ()), labels=labels, include_destroyed=all,
-        limit=min(limit, MAX_PAGE), cursor=cursor,
+        limit=limit, cursor=cursor,
     )  # fmt: skip
     return Page(items=[_view(m, s.project) for m in machines], next=next_cursor)
 
@@ -151,27 +150,16 @@ async def machine_logs(
     since: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
 ) -> StreamingResponse:
     lease = ctl.streams.admit(s.caller, s.project)  # 429 before the 200 if it holds too many
-    try:
-        m, node = await ctl.machines.locate(s.caller, s.project, ref, Action.MACHINE_READ)
-        params = {"follow": str(follow).lower()}
-        if tail is not None:
-            params["tail"] = str(tail)
-        if since is not None:
-            params["since"] = str(since)
-        stream = ctl.link.logs(node, m.sandbox_id, params)
-        try:
-            first = await anext(stream, None)  # fail before the 200 if the node refuses
-        except NotFound:  # its sandbox never was (it failed before) or is gone: no output
-            first = None
+    try:  # what the node refuses, before the 200
+        stream = await ctl.machines.logs(
+            s.caller, s.project, ref, follow=follow, tail=tail, since=since
+        )
     except BaseException:
         ctl.streams.release(lease)
         raise
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            if first is None or not lease.live:
-                return
-            yield first
             async for chunk in lease.guard(taking_turns(stream)):
                 if chunk is not None:
                     yield chunk
@@ -247,20 +235,11 @@ async def _session(ws: WebSocket, ref: str, project: str | None, *, attach: bool
     try:
         caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
         if not attach:
-            try:
-                start = ExecStart.model_validate_json(await ws.receive_text())
-            except ValidationError as e:
-                raise Invalid(
-                    f"the first message must be an ExecStart: {e.errors()[0]['msg']}"
-                ) from None
-        m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
-        if m.state is not MachineState.RUNNING:
-            refusal = Conflict if attach else Invalid
-            raise refusal(f"machine {m.name} is {m.state}, not running")
+            start = ExecStart.first_message(await ws.receive_text())
+        m, node = await ctl.machines.session(caller, proj, ref, attach=attach)
         lease = ctl.streams.admit(caller, proj)
         try:
-            connect = ctl.link.attach if attach else ctl.link.exec
-            upstream = await connect(node, m.sandbox_id)
+            upstream = await ctl.machines.connect(m, node, attach=attach)
         except BaseException:
             ctl.streams.release(lease)
             raise

@@ -16,8 +16,8 @@ from hutch.wire.common import INT32_MAX, Page
 from hutch.wire.nodes import (
     Assignments,
     Heartbeat,
-    JoinToken,
     JoinTokenRequest,
+    JoinTokenView,
     MachineReport,
     NodeRegister,
     NodeRegistered,
@@ -34,10 +34,10 @@ async def list_nodes(ctl: Ctl, caller: Caller) -> Page[NodeView]:
 
 
 @public.post("/join-tokens", status_code=status.HTTP_201_CREATED)
-async def join_token(ctl: Ctl, caller: Caller, body: JoinTokenRequest) -> JoinToken:
+async def join_token(ctl: Ctl, caller: Caller, body: JoinTokenRequest) -> JoinTokenView:
     """A short-lived token for `hutch agent --join-token` (system tokens)."""
-    token, expires = ctl.nodes.join_token(caller, body.ttl)
-    return JoinToken(token=token, expires_at=expires, ca_pin=ctl.nodes.ca_pin)
+    token = ctl.nodes.join_token(caller, body.ttl)
+    return JoinTokenView(token=token.encode(), expires_at=token.expires, ca_pin=token.ca_pin)
 
 
 @public.get("/{ref}")

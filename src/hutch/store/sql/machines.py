@@ -23,9 +23,8 @@ from hutch.model.machine import (
 )
 from hutch.model.tenancy import Usage
 from hutch.store import tables as t
+from hutch.store.base import MAX_PAGE
 from hutch.store.sql.repo import Repo, from_row
-
-MAX_PAGE = 200  # machines per list() page
 
 
 class SqlMachines(Repo):

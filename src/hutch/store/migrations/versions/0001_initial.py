@@ -1,21 +1,20 @@
-"""The initial schema: projects, tokens, nodes, machines, events.
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-27
-"""
-
-from collections.abc import Sequence
+"""The initial schema: projects, tokens, nodes, machines, events."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0001"
-down_revision: str | Sequence[str] | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0001"
+down_revision = None
 
 _LIVE = sa.text("state != 'destroyed'")
+
+
+def _sizes(prefix: str) -> list[sa.Column[int]]:
+    """The cpus, memory and disk a node offers or has allocated, or a machine asks for."""
+    return [
+        sa.Column(f"{prefix}{size}", sa.Integer(), nullable=False)
+        for size in ("cpus", "memory_mib", "disk_mib")
+    ]
 
 
 def upgrade() -> None:
@@ -24,10 +23,10 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=63), nullable=False),
         sa.Column("created_at", sa.Double(), nullable=False),
-        sa.Column("quota_machines", sa.Integer(), nullable=True),
-        sa.Column("quota_vcpus", sa.Integer(), nullable=True),
-        sa.Column("quota_memory_mib", sa.Integer(), nullable=True),
-        sa.Column("quota_disk_mib", sa.Integer(), nullable=True),
+        *(
+            sa.Column(f"quota_{quota}", sa.Integer(), nullable=True)
+            for quota in ("machines", "vcpus", "memory_mib", "disk_mib")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_projects")),
         sa.UniqueConstraint("name", name=op.f("uq_projects_name")),
     )
@@ -38,12 +37,8 @@ def upgrade() -> None:
         sa.Column("address", sa.String(length=2048), nullable=False),
         sa.Column("runtimes", sa.JSON(), nullable=False),
         sa.Column("accel", sa.String(length=32), nullable=False),
-        sa.Column("capacity_cpus", sa.Integer(), nullable=False),
-        sa.Column("capacity_memory_mib", sa.Integer(), nullable=False),
-        sa.Column("capacity_disk_mib", sa.Integer(), nullable=False),
-        sa.Column("allocated_cpus", sa.Integer(), nullable=False),
-        sa.Column("allocated_memory_mib", sa.Integer(), nullable=False),
-        sa.Column("allocated_disk_mib", sa.Integer(), nullable=False),
+        *_sizes("capacity_"),
+        *_sizes("allocated_"),
         sa.Column("overhead_mib", sa.JSON(), nullable=False),
         sa.Column("labels", sa.JSON(), nullable=False),
         sa.Column("state", sa.String(length=32), nullable=False),
@@ -85,9 +80,7 @@ def upgrade() -> None:
         sa.Column("env", sa.JSON(), nullable=False),
         sa.Column("workdir", sa.String(length=4096), nullable=False),
         sa.Column("user_spec", sa.String(length=255), nullable=False),
-        sa.Column("cpus", sa.Integer(), nullable=False),
-        sa.Column("memory_mib", sa.Integer(), nullable=False),
-        sa.Column("disk_mib", sa.Integer(), nullable=False),
+        *_sizes(""),
         sa.Column("scratch_mib", sa.Integer(), nullable=False),
         sa.Column("runtime", sa.String(length=32), nullable=False),
         sa.Column("restart", sa.String(length=32), nullable=False),

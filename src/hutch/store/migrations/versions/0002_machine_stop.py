@@ -1,34 +1,21 @@
-"""Machines keep how their last stop is carried out, and a restart's backoff.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-27
-"""
-
-from collections.abc import Sequence
+"""Machines keep how their last stop is carried out, and a restart's backoff."""
 
 import sqlalchemy as sa
-from alembic import op
 
-revision: str = "0002"
-down_revision: str | Sequence[str] | None = "0001"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+from hutch.store.migrations.columns import add_columns, drop_columns
+
+revision = "0002"
+down_revision = "0001"
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("machines") as batch:
-        batch.add_column(
-            sa.Column("stop_signal", sa.String(length=32), nullable=False, server_default="")
-        )
-        batch.add_column(
-            sa.Column("stop_timeout", sa.Double(), nullable=False, server_default="10")
-        )
-        batch.add_column(sa.Column("start_after", sa.Double(), nullable=False, server_default="0"))
+    add_columns(
+        "machines",
+        sa.Column("stop_signal", sa.String(length=32), nullable=False, server_default=""),
+        sa.Column("stop_timeout", sa.Double(), nullable=False, server_default="10"),
+        sa.Column("start_after", sa.Double(), nullable=False, server_default="0"),
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("machines") as batch:
-        batch.drop_column("start_after")
-        batch.drop_column("stop_timeout")
-        batch.drop_column("stop_signal")
+    drop_columns("machines", "start_after", "stop_timeout", "stop_signal")

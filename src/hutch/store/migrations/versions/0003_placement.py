@@ -1,47 +1,36 @@
 """Placement: failure domains and cordons on nodes, groups, constraints and strategies on
-machines, a project's default strategy, the scheduler's queue, and the leader's lease.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-27
-"""
-
-from collections.abc import Sequence
+machines, a project's default strategy, the scheduler's queue, and the leader's lease."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | Sequence[str] | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+from hutch.store.migrations.columns import add_columns, drop_columns
+
+revision = "0003"
+down_revision = "0002"
 
 _PENDING = sa.text("node_id IS NULL AND state = 'created' AND desired = 'running'")
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("projects") as batch:
-        batch.add_column(
-            sa.Column("strategy", sa.String(length=32), nullable=False, server_default="spread")
-        )
-    with op.batch_alter_table("nodes") as batch:
-        batch.add_column(
-            sa.Column("domain", sa.String(length=255), nullable=False, server_default="")
-        )
-        batch.add_column(
-            sa.Column("cordoned", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+    add_columns(
+        "projects",
+        sa.Column("strategy", sa.String(length=32), nullable=False, server_default="spread"),
+    )
+    add_columns(
+        "nodes",
+        sa.Column("domain", sa.String(length=255), nullable=False, server_default=""),
+        sa.Column("cordoned", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     # A cordon was a state; it is a flag now, beside reachability.
     op.execute("UPDATE nodes SET cordoned = true, state = 'ready' WHERE state = 'cordoned'")
-    with op.batch_alter_table("machines") as batch:
-        batch.add_column(
-            sa.Column("group_name", sa.String(length=63), nullable=False, server_default="")
-        )
-        batch.add_column(
-            sa.Column("group_policy", sa.String(length=32), nullable=False, server_default="none")
-        )
-        batch.add_column(sa.Column("constraints", sa.JSON(), nullable=False, server_default="{}"))
-        batch.add_column(sa.Column("strategy", sa.String(length=32), nullable=True))
+    add_columns(
+        "machines",
+        sa.Column("group_name", sa.String(length=63), nullable=False, server_default=""),
+        sa.Column("group_policy", sa.String(length=32), nullable=False, server_default="none"),
+        sa.Column("constraints", sa.JSON(), nullable=False, server_default="{}"),
+        sa.Column("strategy", sa.String(length=32), nullable=True),
+    )
     op.create_index("ix_machines_group", "machines", ["project_id", "group_name"])
     op.create_index(
         "ix_machines_pending",
@@ -64,12 +53,7 @@ def downgrade() -> None:
     op.drop_table("leases")
     op.drop_index("ix_machines_pending", table_name="machines")
     op.drop_index("ix_machines_group", table_name="machines")
-    with op.batch_alter_table("machines") as batch:
-        for column in ("strategy", "constraints", "group_policy", "group_name"):
-            batch.drop_column(column)
+    drop_columns("machines", "strategy", "constraints", "group_policy", "group_name")
     op.execute("UPDATE nodes SET state = 'cordoned' WHERE cordoned AND state = 'ready'")
-    with op.batch_alter_table("nodes") as batch:
-        batch.drop_column("cordoned")
-        batch.drop_column("domain")
-    with op.batch_alter_table("projects") as batch:
-        batch.drop_column("strategy")
+    drop_columns("nodes", "cordoned", "domain")
+    drop_columns("projects", "strategy")

@@ -1,38 +1,26 @@
-"""Images: the digest and origin a machine's image resolved to, and image quotas per project.
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-12-03
-"""
-
-from collections.abc import Sequence
+"""Images: the digest and origin a machine's image resolved to, and image quotas per project."""
 
 import sqlalchemy as sa
-from alembic import op
 
-revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+from hutch.store.migrations.columns import add_columns, drop_columns
+
+revision = "0004"
+down_revision = "0003"
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("projects") as batch:
-        batch.add_column(sa.Column("quota_images_mib", sa.Integer(), nullable=True))
-        batch.add_column(sa.Column("quota_images_unpacked_mib", sa.Integer(), nullable=True))
-    with op.batch_alter_table("machines") as batch:
-        batch.add_column(
-            sa.Column("image_digest", sa.String(length=80), nullable=False, server_default="")
-        )
-        batch.add_column(
-            sa.Column("image_source", sa.String(length=32), nullable=False, server_default="")
-        )
+    add_columns(
+        "projects",
+        sa.Column("quota_images_mib", sa.Integer(), nullable=True),
+        sa.Column("quota_images_unpacked_mib", sa.Integer(), nullable=True),
+    )
+    add_columns(
+        "machines",
+        sa.Column("image_digest", sa.String(length=80), nullable=False, server_default=""),
+        sa.Column("image_source", sa.String(length=32), nullable=False, server_default=""),
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("machines") as batch:
-        batch.drop_column("image_source")
-        batch.drop_column("image_digest")
-    with op.batch_alter_table("projects") as batch:
-        batch.drop_column("quota_images_unpacked_mib")
-        batch.drop_column("quota_images_mib")
+    drop_columns("machines", "image_source", "image_digest")
+    drop_columns("projects", "quota_images_unpacked_mib", "quota_images_mib")

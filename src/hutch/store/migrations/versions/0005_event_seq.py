@@ -1,20 +1,11 @@
 """Events are numbered per project (events.seq, from projects.event_seq), not globally: the ids
-a project sees say nothing about the others. Existing events are numbered in their old order.
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-02
-"""
-
-from collections.abc import Sequence
+a project sees say nothing about the others. Existing events are numbered in their old order."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0004"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0005"
+down_revision = "0004"
 
 
 def upgrade() -> None:

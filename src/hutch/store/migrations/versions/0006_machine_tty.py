@@ -1,35 +1,23 @@
 """Machines keep whether their main process has a terminal (and its size at start) and a
-stdin (`hutch run -it`).
-
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-12-03
-"""
-
-from collections.abc import Sequence
+stdin (`hutch run -it`)."""
 
 import sqlalchemy as sa
-from alembic import op
 
-revision: str = "0006"
-down_revision: str | Sequence[str] | None = "0005"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+from hutch.store.migrations.columns import add_columns, drop_columns
+
+revision = "0006"
+down_revision = "0005"
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("machines") as batch:
-        batch.add_column(sa.Column("tty", sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch.add_column(
-            sa.Column("stdin", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-        batch.add_column(sa.Column("tty_rows", sa.Integer(), nullable=False, server_default="0"))
-        batch.add_column(sa.Column("tty_cols", sa.Integer(), nullable=False, server_default="0"))
+    add_columns(
+        "machines",
+        sa.Column("tty", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("stdin", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("tty_rows", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("tty_cols", sa.Integer(), nullable=False, server_default="0"),
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("machines") as batch:
-        batch.drop_column("tty_cols")
-        batch.drop_column("tty_rows")
-        batch.drop_column("stdin")
-        batch.drop_column("tty")
+    drop_columns("machines", "tty_cols", "tty_rows", "stdin", "tty")
