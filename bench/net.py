@@ -58,7 +58,13 @@ from hutch.runtime import scratch
 from hutch.runtime.cgroups import Layout
 from hutch.runtime.channel import Connection, T, encode_process
 from hutch.runtime.driver import SandboxDriver
-from hutch.runtime.microvm import MicroVMBackend, MicroVMOptions, qemu_command
+from hutch.runtime.microvm import (
+    EXIT_FILE,
+    MicroVMBackend,
+    MicroVMOptions,
+    create_exit_disk,
+    qemu_command,
+)
 
 PROBE_SOURCE = Path(__file__).with_name("netprobe.c")
 SINK, ECHO, CONTROL = 5001, 5002, 5003  # netprobe's ports
@@ -255,6 +261,7 @@ async def bare_vm(lab: Lab, opts: MicroVMOptions, spec: SandboxSpec, nic: BareNI
     agent runs netprobe. No driver: no cgroup, uid, chroot, nftables."""
     sockets = Path(tempfile.mkdtemp(dir=lab.work, prefix="q"))
     scratch.create(sockets / scratch.FILE_NAME, spec.resources.scratch_bytes)
+    create_exit_disk(sockets / EXIT_FILE)
     fd = links.run_in(nic.netns, lambda: plain_tap(nic.tap, nic.bridge))
     try:
         args = qemu_command(spec, opts, sockets, tap_fds=(fd,))
@@ -451,11 +458,16 @@ class Bench:
             control_send(ns, a.ip4, b.ip4, 1 << 20)  # warm-up: ARP, caches
         hutch, plain = [], []
         direct, published, outside = [], [], []
-        throttled = 0.0
+        throttled: float | None = 0.0
+        parent = self.opts.cgroup_parent
         for i in range(sizes.runs):
-            before = throttled_s(("ha", "hb"))
+            before = throttled_s(parent, ("ha", "hb"))
             hutch.append(control_send(node, a.ip4, b.ip4, sizes.vm_bytes) * 8 / 1e6)
-            throttled += throttled_s(("ha", "hb")) - before
+            after = throttled_s(parent, ("ha", "hb"))
+            if throttled is not None and before is not None and after is not None:
+                throttled += after - before
+            else:
+                throttled = None
             plain.append(control_send(bare, a.ip4, b.ip4, sizes.vm_bytes) * 8 / 1e6)
             n = sizes.round_trips
             direct.append(med(rtts_us(self.probe, node, a.ip4, ECHO, n)))
@@ -471,7 +483,7 @@ class Bench:
             "same_node_hutch_mbps_runs": [round(x) for x in hutch],
             "same_node_bare_mbps_runs": [round(x) for x in plain],
             # CPU quota (cgroup) throttling of the two hutch VMs during their transfers
-            "same_node_hutch_throttled_s": round(throttled, 3),
+            "same_node_hutch_throttled_s": None if throttled is None else round(throttled, 3),
             "published_rtt_ratio": round(med(published) / med(direct), 3),
             "rtt_p50_direct_us": round(med(direct), 1),
             "rtt_p50_published_us": round(med(published), 1),
@@ -579,15 +591,16 @@ class Bench:
         }
 
 
-def throttled_s(sandbox_ids: tuple[str, ...]) -> float:
-    """Seconds the sandboxes' CPU quota (vCPUs + CPU_HEADROOM) held QEMU back, in all."""
+def throttled_s(parent: str, sandbox_ids: tuple[str, ...]) -> float | None:
+    """Seconds the sandboxes' CPU quota (vCPUs + CPU_HEADROOM) held QEMU back, in all; None if
+    their cgroups' cpu.stat cannot be read."""
     layout = Layout.detect()
     base = layout.v2 if layout.v2 is not None else layout.v1.get("cpu")
     total = 0.0
     for sid in sandbox_ids:
-        stat = base / "hutch" / sid / "cpu.stat" if base else None
+        stat = base / parent / sid / "cpu.stat" if base else None
         if stat is None or not stat.exists():
-            continue
+            return None
         for line in stat.read_text().splitlines():
             key, _, value = line.partition(" ")
             if key == "throttled_usec":
