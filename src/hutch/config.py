@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         "leader purges it and its events",
     )
     # -- the controller --
+    network_pool4: str = Field(
+        "10.96.0.0/11",
+        description="IPv4 pool of default networks (projects' own subnets must stay outside it)",
+    )
+    network_prefix4: int = Field(
+        24, ge=8, le=29, description="the pool is cut into subnets of this prefix, one a network"
+    )
     database_url: str = Field(
         "", description="sqlite:///... or postgresql://...; default: SQLite in state_dir"
     )
@@ -196,6 +203,17 @@ class Settings(BaseSettings):
                 ref = None
             if ref is None or ref.registry != name:
                 raise ValueError(f"{name!r} is not a registry host[:port]")
+        return value
+
+    @field_validator("network_pool4")
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 CIDR with its host bits zero") from None
+        if not net.is_private:
+            raise ValueError(f"{value} is not a private range")
         return value
 
     def registry_names(self) -> RegistryNames:

@@ -19,6 +19,7 @@ from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
 from hutch.services.machines import Machines
+from hutch.services.networks import Networks, Pool
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.notify import SCHEDULER, Notifier
@@ -47,6 +48,7 @@ class Controller:
     health: Health
     retention: Retention  # purges destroyed machines
     streams: Streams  # long-lived streams, ended when their token or project goes
+    networks: Networks  # networks and security groups
     ca_pem: str | None = None  # when serving HTTPS
 
 
@@ -83,7 +85,12 @@ def build_controller(settings: Settings) -> Controller:
         store, node_service, link, policy, settings.registry_names(), spool_dir=spool_dir,
         max_bytes=settings.max_unpacked_bytes, free_floor=settings.image_free_floor,
     )  # fmt: skip
-    machine_service = Machines(store, policy, notifier, link, image_service)
+    network_service = Networks(
+        store, policy, Pool(settings.network_pool4, settings.network_prefix4)
+    )
+    machine_service = Machines(
+        store, policy, notifier, link, image_service, networks=network_service
+    )
     streams = Streams(store, per_token=settings.streams_per_token)
     return Controller(
         store=store,
@@ -98,6 +105,7 @@ def build_controller(settings: Settings) -> Controller:
         health=Health(node_service, machine_service, settings.node_grace),
         retention=Retention(store, settings.machine_retention),
         streams=streams,
+        networks=network_service,
         ca_pem=ca_pem,
     )
 

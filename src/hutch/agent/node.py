@@ -250,13 +250,11 @@ class NodeAgent:
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     def update_dns(self, answer: Assignments) -> None:
-        """HOOK (net-model): each hosted network's DNS records from the controller's peer list,
+        """Each hosted network's DNS records from the controller's peer list,
         `Assignments.peers` (PeerView: network_id, machine, name, project, ip4, ip6; see
-        `dns.Peer`). Until that field is on main the zones stay empty; once it is, replace the
-        getattr with `answer.peers`. Every answer replaces all zones: a machine gone from the
-        list is gone from DNS at once."""
-        peers: list[dns.Peer] = getattr(answer, "peers", [])
-        self.dns.sync(dns.zones(peers))
+        `dns.Peer`). Every answer replaces all zones: a machine gone from the list is gone from
+        DNS at once."""
+        self.dns.sync(dns.zones(answer.peers))
 
     async def close(self) -> None:
         await self.dns.close()

@@ -326,6 +326,7 @@ def _image_view(image: StoredImage) -> ImageView:
         layers=image.layers,
         public=image.public,
         source=image.source,
+        exposed_ports=list(image.config.exposed_ports),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from hutch import __version__
-from hutch.api.routes import images, machines, nodes, projects
+from hutch.api.routes import images, machines, networks, nodes, projects
 from hutch.config import Settings
 from hutch.controller import Controller, bootstrap, build_controller, leading_work
 from hutch.http import problems
@@ -40,7 +40,14 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
     timeout = (settings.body_timeout if settings is not None
                else Settings.model_fields["body_timeout"].default)  # fmt: skip
     app.add_middleware(BodyDeadline, timeout=timeout)
-    for router in (projects.router, machines.router, images.router, nodes.public, nodes.agents):
+    for router in (
+        projects.router,
+        machines.router,
+        networks.router,
+        images.router,
+        nodes.public,
+        nodes.agents,
+    ):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

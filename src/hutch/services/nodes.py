@@ -10,6 +10,7 @@ from hutch.model.errors import Conflict, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Capacity, Machine, Node, NodeState
 from hutch.model.tenancy import Principal, Quota, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
+from hutch.services.networks import NodePlan, node_plan
 from hutch.services.nodelink import controller_key
 from hutch.services.notify import SCHEDULER, Notifier, node_key
 from hutch.services.policy import Policy
@@ -113,15 +114,20 @@ class Nodes:
         async with self.store.write() as tx:
             fresh = await tx.nodes.lock(node.id)
             state = NodeState.READY if fresh.state is NodeState.UNREACHABLE else fresh.state
+            if fresh.state is NodeState.UNREACHABLE:
+                # Back: its agent drops the sandboxes that are no longer its own, so the
+                # addresses of the machines lost with it may go to others now.
+                await tx.networks.fenced(node.id)
             return await tx.nodes.update(
                 replace(fresh, last_seen=time.time(), state=state, address=address)
             )
 
     async def assignments(
         self, node: Node, after: int, wait: float
-    ) -> tuple[int, list[tuple[Machine, Quota]]]:
+    ) -> tuple[int, list[tuple[Machine, Quota]], NodePlan]:
         """The node's machines, each with its project's quota (what an image it pulls for one
-        may take), once its revision is past `after`, or after `wait` seconds."""
+        may take), and what its networks need, once its revision is past `after`, or after
+        `wait` seconds."""
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_POLL)
         while True:
             async with self.store.read() as tx:
@@ -132,7 +138,8 @@ class Nodes:
                         p: (await tx.projects.get(p)).quota
                         for p in {m.project_id for m in machines}
                     }
-                    return revision, [(m, quotas[m.project_id]) for m in machines]
+                    plan = await node_plan(tx, machines)
+                    return revision, [(m, quotas[m.project_id]) for m in machines], plan
             await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), 0.5))
 
     async def overdue(self, cutoff: float) -> list[Node]:
@@ -181,6 +188,7 @@ class Nodes:
         async with self.store.write() as tx:
             node = _named(await tx.nodes.list(), ref)
             await tx.nodes.delete(node.id)
+            await tx.networks.fenced(node.id)  # gone: what it lost cannot run there any more
         self.notifier.notify(node_key(node.id))
         return node
 

@@ -19,6 +19,7 @@ class ImageView(View):
     layers: int
     public: bool  # in the operator's catalogue: every project sees it
     source: str = "project"  # "project": the project's own; "catalogue": the operator's
+    exposed_ports: list[str] = []  # its config's ExposedPorts ("80/tcp"): what -p may publish
 
 
 class ImageUsage(View):

@@ -10,6 +10,7 @@ from pydantic import Field
 from hutch.model.errors import Invalid
 from hutch.model.machine import Desired, MachineState, NodeState
 from hutch.wire.common import INT32_MAX, Count, Request, View
+from hutch.wire.networks import GroupRules, NicView, PeerView, PortView
 
 
 class CapacityView(View):
@@ -158,11 +159,17 @@ class Assignment(View):
     stop_signal: str = ""
     stop_timeout: float = 10.0
     start_after: float = 0.0  # epoch seconds: a restart's backoff
+    hostname: str = ""  # the machine's name
+    networks: list[NicView] = []  # its NICs, eth0 first (SandboxSpec.networks)
+    ports: list[PortView] = []  # published on the node, to eth0's addresses
+    security_groups: list[str] = []  # ids, in Assignments.groups
 
 
 class Assignments(View):
     revision: int  # pass as `after` to wait for the next change
     machines: list[Assignment]
+    groups: list[GroupRules] = []  # the security groups the machines are in, or rules name
+    peers: list[PeerView] = []  # every placed machine on the networks the node hosts
 
 
 class MachineReport(Request):

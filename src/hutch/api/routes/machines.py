@@ -37,8 +37,9 @@ router = APIRouter(tags=["machines"], responses=PROBLEMS)
 KEEPALIVE = 15.0
 
 
-def _view(m: Machine, project: Project) -> MachineView:
-    return convert.machine_view(m, project.name)
+async def _view(ctl: Controller, m: Machine, project: Project) -> MachineView:
+    wiring = (await ctl.machines.wiring([m]))[m.id]
+    return convert.machine_view(m, project.name, wiring)
 
 
 @router.post(
@@ -56,11 +57,13 @@ async def create_machine(
     ] = False,
 ) -> MachineView | PlacementView:
     spec = convert.spec_of(body)
+    net = convert.net_of(body)
     if dry_run:
         response.status_code = status.HTTP_200_OK
-        return convert.placement_view(await ctl.machines.explain(s.caller, s.project, spec))
-    m = await ctl.machines.create(s.caller, s.project, spec, body.name, body.start)
-    return _view(m, s.project)
+        decision = await ctl.machines.explain(s.caller, s.project, spec, net)
+        return convert.placement_view(decision)
+    m = await ctl.machines.create(s.caller, s.project, spec, body.name, body.start, net=net)
+    return await _view(ctl, m, s.project)
 
 
 @router.get("/v1/machines")
@@ -83,22 +86,26 @@ async def list_machines(
         s.caller, s.project, states=tuple(state or ()), labels=labels, include_destroyed=all,
         limit=limit, cursor=cursor,
     )  # fmt: skip
-    return Page(items=[_view(m, s.project) for m in machines], next=next_cursor)
+    wiring = await ctl.machines.wiring(machines)
+    return Page(
+        items=[convert.machine_view(m, s.project.name, wiring[m.id]) for m in machines],
+        next=next_cursor,
+    )
 
 
 @router.get("/v1/machines/{ref}")
 async def get_machine(ctl: Ctl, s: Scoped, ref: str) -> MachineView:
-    return _view(await ctl.machines.get(s.caller, s.project, ref), s.project)
+    return await _view(ctl, await ctl.machines.get(s.caller, s.project, ref), s.project)
 
 
 @router.post("/v1/machines/{ref}/start")
 async def start_machine(ctl: Ctl, s: Scoped, ref: str) -> MachineView:
-    return _view(await ctl.machines.start(s.caller, s.project, ref), s.project)
+    return await _view(ctl, await ctl.machines.start(s.caller, s.project, ref), s.project)
 
 
 @router.post("/v1/machines/{ref}/restart")
 async def restart_machine(ctl: Ctl, s: Scoped, ref: str) -> MachineView:
-    return _view(await ctl.machines.restart(s.caller, s.project, ref), s.project)
+    return await _view(ctl, await ctl.machines.restart(s.caller, s.project, ref), s.project)
 
 
 @router.post("/v1/machines/{ref}/stop")
@@ -107,7 +114,7 @@ async def stop_machine(
 ) -> MachineView:
     body = body or StopRequest()
     m = await ctl.machines.stop(s.caller, s.project, ref, body.signal, body.timeout)
-    return _view(m, s.project)
+    return await _view(ctl, m, s.project)
 
 
 @router.post("/v1/machines/{ref}/kill")
@@ -115,7 +122,9 @@ async def kill_machine(
     ctl: Ctl, s: Scoped, ref: str, body: KillRequest | None = None
 ) -> MachineView:
     body = body or KillRequest()
-    return _view(await ctl.machines.kill(s.caller, s.project, ref, body.signal), s.project)
+    return await _view(
+        ctl, await ctl.machines.kill(s.caller, s.project, ref, body.signal), s.project
+    )
 
 
 @router.delete("/v1/machines/{ref}", status_code=status.HTTP_204_NO_CONTENT)
@@ -133,7 +142,7 @@ async def wait_machine(
     timeout: Annotated[float, Query(ge=0, le=300)] = 60.0,
 ) -> WaitResult:
     m, reached, final = await ctl.machines.wait(s.caller, s.project, ref, state, timeout)
-    return WaitResult(machine=_view(m, s.project), reached=reached, final=final)
+    return WaitResult(machine=await _view(ctl, m, s.project), reached=reached, final=final)
 
 
 @router.get(

@@ -122,10 +122,8 @@ async def assignments(
     wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
 ) -> Assignments:
     _own(node_id, node.id)
-    revision, machines = await ctl.nodes.assignments(node, after, wait)
-    return Assignments(
-        revision=revision, machines=[convert.assignment(m, quota) for m, quota in machines]
-    )
+    revision, machines, plan = await ctl.nodes.assignments(node, after, wait)
+    return convert.assignments(revision, machines, plan)
 
 
 @agents.get(
@@ -140,7 +138,7 @@ async def image_archive(
     it (an OCI archive, checked by digest as the node imports it). Only for a project that has
     a machine on the node."""
     _own(node_id, node.id)
-    _, machines = await ctl.nodes.assignments(node, -1, 0)
+    _, machines, _ = await ctl.nodes.assignments(node, -1, 0)
     if not any(m.project_id == project for m, _ in machines):
         raise NotFound(f"no machine of project {project} is on this node")
     archive = ctl.images.from_peers(node, project, ref)
