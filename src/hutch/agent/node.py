@@ -37,7 +37,7 @@ from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, U
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState, parse_signal
 from hutch.network import dns
-from hutch.network.node import NetworkOptions, NodeNetwork
+from hutch.network.node import NetworkOptions, NodeNetwork, Peer
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
 from hutch.wire.nodes import (
@@ -72,6 +72,16 @@ def _hosts_of(*urls: str) -> list[str]:
         if not addr.is_loopback:  # 127/8 is blocked anyway
             out.append(f"{addr}/{addr.max_prefixlen}")
     return out
+
+
+def _underlay_of(url: str) -> str | None:
+    """The advertised URL's host as the overlay's address, if it is an IP other than loopback
+    (agents sharing a host's loopback cannot each have VXLAN port 4789 on it)."""
+    try:
+        addr = ipaddress.ip_address(urlsplit(url).hostname or "")
+    except ValueError:
+        return None
+    return None if addr.is_loopback else str(addr)
 
 
 class NodeAgent:
@@ -111,6 +121,7 @@ class NodeAgent:
                 state_dir=self.dir,
                 mtu=settings.network_mtu,
                 blocked=(*settings.network_blocked, *_hosts_of(controller, advertise)),
+                underlay=settings.network_underlay or _underlay_of(advertise),
             ),
             dns=self.dns,
         )
@@ -234,6 +245,7 @@ class NodeAgent:
                     continue
                 revision = answer.revision
                 self.update_dns(answer)
+                await self.update_overlay(answer)
                 try:
                     await self.reconcile(answer.machines)
                 except Exception:  # one bad round must not stop the node; the next retries
@@ -255,6 +267,15 @@ class NodeAgent:
         `dns.Peer`). Every answer replaces all zones: a machine gone from the list is gone from
         DNS at once."""
         self.dns.sync(dns.zones(answer.peers))
+
+    async def update_overlay(self, answer: Assignments) -> None:
+        """The VXLAN entries for the machines on other nodes of the networks this node hosts,
+        from the same peer list (the whole set each time; entries of peers gone are removed)."""
+        peers = [Peer(p.network_id, p.mac, p.ip4, p.ip6, p.underlay) for p in answer.peers]
+        try:
+            await asyncio.to_thread(self.network.set_peers, peers)
+        except HutchError as e:  # the next answer retries
+            log.warning("cannot update the overlay: %s", e.message)
 
     async def close(self) -> None:
         await self.dns.close()
