@@ -129,7 +129,8 @@ def ensure_bridge(ipr: IPRoute, att: Attachment, mtu: int = 1500) -> str:
     return name
 
 
-def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int, mac: str) -> None:
+def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int, mac: str = "") -> None:
+    """`mac`: the sandbox behind this port (none for the overlay's port: set_peers adds those)."""
     index, master = _index(ipr, name), _index(ipr, bridge)
     if index is None or master is None:
         raise Unavailable(f"link {name} or bridge {bridge} vanished while wiring it")
@@ -144,6 +145,8 @@ def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int, mac: str) -> None:
     # ...so the bridge is told where the sandbox's own MAC is: without that entry every frame to
     # it would be flooded to every port of its network, a cost per packet that grows with the
     # number of machines (and shows each of them the others' traffic). It goes with the port.
+    if not mac:
+        return
     _check(
         f"adding {mac} to {bridge}'s forwarding table",
         lambda: ipr.fdb("replace", ifindex=index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER),
