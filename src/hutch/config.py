@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         description="CIDRs no machine may reach, not even through NAT (management networks, "
         "other nodes); the controller's and the agent's own addresses are always blocked",
     )
+    network_underlay: str | None = Field(
+        None,
+        description="this node's address for the VXLAN overlay between nodes (an IP); default: "
+        "the agent's advertised address, if it is an IP other than loopback",
+    )
     project: str = Field("default", description="the host CLI's project, and the first one made")
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between node heartbeats")
     node_grace: float = Field(
@@ -182,6 +187,16 @@ class Settings(BaseSettings):
             return parse_duration(value) if isinstance(value, str) else value
         except Invalid as e:  # so that load() names the setting
             raise ValueError(str(e)) from None
+
+    @field_validator("network_underlay")
+    @classmethod
+    def _underlay(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address (192.0.2.1, 2001:db8::1)") from None
 
     @field_validator("network_blocked")
     @classmethod

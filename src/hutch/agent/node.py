@@ -37,7 +37,7 @@ from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, U
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState, parse_signal
 from hutch.network import dns, nft
-from hutch.network.node import NetworkOptions, NodeNetwork
+from hutch.network.node import NetworkOptions, NodeNetwork, Peer
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
 from hutch.wire.networks import GroupRules
@@ -103,6 +103,16 @@ def ingress_rules(
     return out
 
 
+def _underlay_of(url: str) -> str | None:
+    """The advertised URL's host as the overlay's address, if it is an IP other than loopback
+    (agents sharing a host's loopback cannot each have VXLAN port 4789 on it)."""
+    try:
+        addr = ipaddress.ip_address(urlsplit(url).hostname or "")
+    except ValueError:
+        return None
+    return None if addr.is_loopback else str(addr)
+
+
 class NodeAgent:
     def __init__(
         self,
@@ -140,6 +150,7 @@ class NodeAgent:
                 state_dir=self.dir,
                 mtu=settings.network_mtu,
                 blocked=(*settings.network_blocked, *_hosts_of(controller, advertise)),
+                underlay=settings.network_underlay or _underlay_of(advertise),
             ),
             dns=self.dns,
         )
@@ -263,6 +274,7 @@ class NodeAgent:
                     continue
                 revision = answer.revision
                 self.update_dns(answer)
+                await self.update_overlay(answer)
                 try:
                     await self.update_groups(answer)
                     await self.reconcile(answer.machines)
@@ -296,6 +308,15 @@ class NodeAgent:
             await asyncio.to_thread(self.network.set_ingress, ingress)
         except HutchError as e:
             log.warning("security groups could not be applied: %s", e.message)
+
+    async def update_overlay(self, answer: Assignments) -> None:
+        """The VXLAN entries for the machines on other nodes of the networks this node hosts,
+        from the same peer list (the whole set each time; entries of peers gone are removed)."""
+        peers = [Peer(p.network_id, p.mac, p.ip4, p.ip6, p.underlay) for p in answer.peers]
+        try:
+            await asyncio.to_thread(self.network.set_peers, peers)
+        except HutchError as e:  # the next answer retries
+            log.warning("cannot update the overlay: %s", e.message)
 
     async def close(self) -> None:
         await self.dns.close()
