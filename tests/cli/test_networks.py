@@ -139,7 +139,7 @@ def _http_get(port: int) -> str:
     return data.decode(errors="replace")
 
 
-def _until(probe: Callable[[], bool], deadline: float = 15.0) -> bool:
+def _until(probe: Callable[[], bool], deadline: float = 30.0) -> bool:
     """Whether `probe` holds before `deadline` seconds pass (polled)."""
     end = time.monotonic() + deadline
     while True:
