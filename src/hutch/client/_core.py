@@ -34,6 +34,7 @@ from hutch.client.errors import (
     error_for,
 )
 from hutch.model.machine import MachineState, RestartPolicy
+from hutch.model.tenancy import Role
 from hutch.wire.common import Page, Problem, Request
 from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import (
@@ -452,7 +453,10 @@ def tokens(name: str | None, default: str | None) -> Plan[Call]:
     return Call("GET", _project(project, "tokens"))
 
 
-def create_token(name: str | None, default: str | None, body: TokenCreate) -> Plan[TokenCreated]:
+def create_token(
+    name: str | None, default: str | None, role: Role | str, label: str, expires_in: float | None
+) -> Plan[TokenCreated]:
+    body = build(TokenCreate, role=role, name=label, expires_in=expires_in)
     project = yield from project_name(name, default)
     call = Call("POST", _project(project, "tokens"), body=body)
     return TokenCreated.model_validate_json((yield call))

@@ -35,14 +35,7 @@ from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.nodes import JoinToken, NodeView
-from hutch.wire.tenancy import (
-    ProjectView,
-    QuotaReport,
-    QuotaSpec,
-    TokenCreate,
-    TokenCreated,
-    TokenView,
-)
+from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 
 T = TypeVar("T")
 V = TypeVar("V", bound=BaseModel)
@@ -367,8 +360,8 @@ class AsyncTokens:
         name: str = "",
         expires_in: float | None = None,
     ) -> TokenCreated:
-        body = core.build(TokenCreate, role=role, name=name, expires_in=expires_in)
-        return await self._c._run(core.create_token(project, self._c.project, body))
+        plan = core.create_token(project, self._c.project, role, name, expires_in)
+        return await self._c._run(plan)
 
     async def revoke(self, token_id: str, project: str | None = None) -> None:
         await self._c._run(core.revoke_token(project, self._c.project, token_id))

@@ -27,14 +27,7 @@ from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.nodes import JoinToken, NodeView
-from hutch.wire.tenancy import (
-    ProjectView,
-    QuotaReport,
-    QuotaSpec,
-    TokenCreate,
-    TokenCreated,
-    TokenView,
-)
+from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 
 T = TypeVar("T")
 V = TypeVar("V", bound=BaseModel)
@@ -427,8 +420,8 @@ class Tokens:
             token = client.projects.tokens.create("team-a", role="reader", name="ci")
             ci = Client(client.url, token.secret)
         """
-        body = core.build(TokenCreate, role=role, name=name, expires_in=expires_in)
-        return self._c._run(core.create_token(project, self._c.project, body))
+        plan = core.create_token(project, self._c.project, role, name, expires_in)
+        return self._c._run(plan)
 
     def revoke(self, token_id: str, project: str | None = None) -> None:
         """Revoke a token by its id (`t-...`): it stops working at once."""
