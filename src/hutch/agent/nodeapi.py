@@ -291,16 +291,7 @@ class Limits:
 
 
 def _image_view(image: StoredImage) -> ImageView:
-    return ImageView(
-        id=image.digest,
-        names=list(image.names),
-        size=image.size,
-        unpacked=image.unpacked,
-        created=image.created,
-        layers=image.layers,
-        public=image.public,
-        source=image.source,
-    )
+    return ImageView.mirroring(image, id=image.digest, names=list(image.names))
 
 
 def _line(record: LogRecord) -> bytes:
