@@ -33,6 +33,7 @@ from hutch.http import tls
 from hutch.images.pull import pull
 from hutch.images.spool import disk_full_is_insufficient
 from hutch.images.store import Allowance, StoredImage, is_digest_or_id
+from hutch.model import mirrored
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
@@ -314,20 +315,16 @@ class NodeAgent:
             if driver is None:
                 raise Invalid(f"this node has no {a.runtime} runtime")
             image = await self._ensure_image(a)
-            request = RunRequest(
+            request = mirrored(  # workdir, user and the terminal's as the assignment says
+                RunRequest,
+                a,
                 source=image.digest,
                 args=tuple(a.command or ()),
                 entrypoint=tuple(a.entrypoint) if a.entrypoint is not None else None,
                 env=tuple(f"{k}={v}" for k, v in a.env.items()),
-                workdir=a.workdir,
-                user=a.user,
                 resources=Resources(cpus=a.cpus, memory_mib=a.memory_mib, scratch_mib=a.disk_mib),
                 sandbox_id=a.sandbox,
                 hostname=a.machine,
-                tty=a.tty,
-                stdin=a.stdin,
-                rows=a.rows,
-                cols=a.cols,
             )
             roots = replace(self.roots, project=a.project, allow_paths=False)
             spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)

@@ -3,6 +3,7 @@
 import dataclasses
 from typing import Any
 
+from hutch.model import mirrored
 from hutch.model.machine import Event, Machine, MachineSpec, Node
 from hutch.model.tenancy import QUOTA_FIELDS, Project, Quota, Token, Usage
 from hutch.placement import Placement, Rejection
@@ -18,16 +19,15 @@ from hutch.wire.tenancy import ProjectView, QuotaSpec, QuotaView, TokenView, Usa
 
 
 def spec_of(body: MachineCreate) -> MachineSpec:
-    given: dict[str, Any] = {
-        "command": tuple(body.command) if body.command is not None else None,
-        "entrypoint": tuple(body.entrypoint) if body.entrypoint is not None else None,
-        "env": tuple(f"{k}={v}" for k, v in body.env.items()),
-        "labels": dict(body.labels),
-        "constraints": dict(body.constraints),
-    }
-    # Every other field of the spec is the request's field of the same name.
-    copied = {f.name: getattr(body, f.name) for f in dataclasses.fields(MachineSpec)}
-    return MachineSpec(**(copied | given))
+    return mirrored(
+        MachineSpec,
+        body,
+        command=tuple(body.command) if body.command is not None else None,
+        entrypoint=tuple(body.entrypoint) if body.entrypoint is not None else None,
+        env=tuple(f"{k}={v}" for k, v in body.env.items()),
+        labels=dict(body.labels),
+        constraints=dict(body.constraints),
+    )
 
 
 def placement_view(decision: Placement | Rejection) -> PlacementView:
