@@ -158,6 +158,28 @@ class MachineOptions(TypedDict, total=False):
     cols: int
 
 
+class CommandOptions(TypedDict, total=False):
+    """How a command runs in a machine: what `exec` and `exec_stream` both take."""
+
+    env: Mapping[str, str] | None  # added to the machine's environment
+    workdir: str  # default: the machine's
+    user: str  # USER[:GROUP] or UID[:GID]; default: the machine's
+
+
+class ExecOptions(CommandOptions, total=False):
+    """The keyword arguments of `Machines.exec`, besides the command."""
+
+    stdin: bytes | None  # fed to the command, then closed
+
+
+class StreamOptions(CommandOptions, total=False):
+    """The keyword arguments of `Machines.exec_stream`, besides the command."""
+
+    stdin: bool  # the session may write() to the command's stdin
+    tty: bool  # a pseudo-terminal
+    size: tuple[int, int] | None  # rows, columns (default 24 x 80)
+
+
 def machine_create(
     image: str, command: Sequence[str] | None, options: MachineOptions
 ) -> MachineCreate:

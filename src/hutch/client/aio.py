@@ -240,37 +240,18 @@ class AsyncMachines:
                     yield parsed
 
     async def exec(
-        self,
-        ref: MachineRef,
-        command: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        workdir: str = "",
-        user: str = "",
+        self, ref: MachineRef, command: Sequence[str], **options: Unpack[core.ExecOptions]
     ) -> ExecResult:
-        async with self.exec_stream(
-            ref, command, stdin=stdin is not None, env=env, workdir=workdir, user=user
-        ) as session:
-            return await session.collect(stdin)
+        data = options.pop("stdin", None)
+        rest: core.CommandOptions = options  # env, workdir, user
+        async with self.exec_stream(ref, command, stdin=data is not None, **rest) as session:
+            return await session.collect(data)
 
     def exec_stream(
-        self,
-        ref: MachineRef,
-        command: Sequence[str],
-        *,
-        stdin: bool = False,
-        env: Mapping[str, str] | None = None,
-        workdir: str = "",
-        user: str = "",
-        tty: bool = False,
-        size: tuple[int, int] | None = None,
+        self, ref: MachineRef, command: Sequence[str], **options: Unpack[core.StreamOptions]
     ) -> OpeningSession[AsyncExecSession]:
         """`await` it for an AsyncExecSession, or `async with` it to close the session after."""
-        how = opening(
-            self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin,
-            tty=tty, size=size,
-        )  # fmt: skip
+        how = opening(self._c._endpoint, ref, command, **options)
         return OpeningSession(lambda: AsyncExecSession.open(how))
 
     def attach(

@@ -266,14 +266,7 @@ class Machines:
                 yield parsed
 
     def exec(
-        self,
-        ref: MachineRef,
-        command: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        workdir: str = "",
-        user: str = "",
+        self, ref: MachineRef, command: Sequence[str], **options: Unpack[core.ExecOptions]
     ) -> ExecResult:
         """Run `command` in the running machine and wait for it: its exit code and output.
         `stdin` is fed to it (then closed); `env` adds to the machine's environment.
@@ -281,22 +274,13 @@ class Machines:
             r = client.machines.exec(m, ["sh", "-c", "tr a-z A-Z"], stdin=b"hi")
             assert (r.exit_code, r.stdout) == (0, b"HI")
         """
-        with self.exec_stream(
-            ref, command, stdin=stdin is not None, env=env, workdir=workdir, user=user
-        ) as session:
-            return session.collect(stdin)
+        data = options.pop("stdin", None)
+        rest: core.CommandOptions = options  # env, workdir, user
+        with self.exec_stream(ref, command, stdin=data is not None, **rest) as session:
+            return session.collect(data)
 
     def exec_stream(
-        self,
-        ref: MachineRef,
-        command: Sequence[str],
-        *,
-        stdin: bool = False,
-        env: Mapping[str, str] | None = None,
-        workdir: str = "",
-        user: str = "",
-        tty: bool = False,
-        size: tuple[int, int] | None = None,
+        self, ref: MachineRef, command: Sequence[str], **options: Unpack[core.StreamOptions]
     ) -> ExecSession:
         """Start `command` in the running machine and return the live session: iterate it
         for output, `write()` to its stdin (if `stdin`), `signal()`, `wait()`. Close it when
@@ -312,10 +296,7 @@ class Machines:
                 output = b"".join(data for _, data in s)   # ... b'50 132\\r\\n' ...
                 print(s.exit_code)                          # 3
         """
-        how = opening(
-            self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin,
-            tty=tty, size=size,
-        )  # fmt: skip
+        how = opening(self._c._endpoint, ref, command, **options)
         return ExecSession.open(how)
 
     def attach(self, ref: MachineRef, *, size: tuple[int, int] | None = None) -> AttachSession:
