@@ -18,7 +18,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hutch.client._core import ExecOptions, MachineOptions, MachineRef, StreamOptions, log_bytes
+    from hutch.client._core import (
+        ExecOptions,
+        MachineOptions,
+        MachineRef,
+        QuotaLimits,
+        StreamOptions,
+        log_bytes,
+    )
     from hutch.client.aio import AsyncClient, AsyncListing
     from hutch.client.errors import (
         ApiError,
@@ -51,6 +58,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "ExecOptions": "_core",
     "MachineOptions": "_core",
+    "QuotaLimits": "_core",
     "StreamOptions": "_core",
     "MachineRef": "_core",
     "log_bytes": "_core",
@@ -88,6 +96,7 @@ __all__ = [
     "NotFound",
     "PullFailed",
     "QuotaExceeded",
+    "QuotaLimits",
     "StartFailed",
     "StreamOptions",
     "Unauthenticated",

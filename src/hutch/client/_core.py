@@ -461,13 +461,21 @@ def set_strategy(name: str, strategy: str) -> Plan[ProjectView]:
     return ProjectView.model_validate_json((yield call))
 
 
-def set_quota(name: str, spec: QuotaSpec) -> Plan[QuotaReport]:
+class QuotaLimits(TypedDict, total=False):
+    """A project's limits (`Projects.set_quota`): each one left out or None is unlimited."""
+
+    machines: int | None
+    vcpus: int | None
+    memory_mib: int | None
+    disk_mib: int | None
+    images_mib: int | None  # its images on each node, as stored
+    images_unpacked_mib: int | None  # the same, unpacked
+
+
+def set_quota(name: str, limits: QuotaLimits) -> Plan[QuotaReport]:
+    spec = build(QuotaSpec, **limits)
     call = Call("PUT", _project(name, "quota"), body=spec)
     return QuotaReport.model_validate_json((yield call))
-
-
-def quota_spec(**limits: int | None) -> QuotaSpec:
-    return build(QuotaSpec, **limits)
 
 
 def tokens(name: str | None, default: str | None) -> Plan[Call]:

@@ -375,22 +375,8 @@ class AsyncProjects:
     async def quota(self, name: str | None = None) -> QuotaReport:
         return await self._c._run(core.quota(name, self._c.project))
 
-    async def set_quota(
-        self,
-        name: str,
-        *,
-        machines: int | None = None,
-        vcpus: int | None = None,
-        memory_mib: int | None = None,
-        disk_mib: int | None = None,
-        images_mib: int | None = None,
-        images_unpacked_mib: int | None = None,
-    ) -> QuotaReport:
-        spec = core.quota_spec(
-            machines=machines, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib,
-            images_mib=images_mib, images_unpacked_mib=images_unpacked_mib,
-        )  # fmt: skip
-        return await self._c._run(core.set_quota(name, spec))
+    async def set_quota(self, name: str, **limits: Unpack[core.QuotaLimits]) -> QuotaReport:
+        return await self._c._run(core.set_quota(name, limits))
 
 
 class AsyncNodes:

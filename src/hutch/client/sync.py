@@ -443,26 +443,12 @@ class Projects:
         """The project's quota and what its machines use now."""
         return self._c._run(core.quota(name, self._c.project))
 
-    def set_quota(
-        self,
-        name: str,
-        *,
-        machines: int | None = None,
-        vcpus: int | None = None,
-        memory_mib: int | None = None,
-        disk_mib: int | None = None,
-        images_mib: int | None = None,
-        images_unpacked_mib: int | None = None,
-    ) -> QuotaReport:
-        """Replace the project's quota: every limit left None is unlimited.
+    def set_quota(self, name: str, **limits: Unpack[core.QuotaLimits]) -> QuotaReport:
+        """Replace the project's quota (QuotaLimits): every limit left out (or None) is unlimited.
 
         client.projects.set_quota("team-a", machines=10, vcpus=8, memory_mib=8192)
         """
-        spec = core.quota_spec(
-            machines=machines, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib,
-            images_mib=images_mib, images_unpacked_mib=images_unpacked_mib,
-        )  # fmt: skip
-        return self._c._run(core.set_quota(name, spec))
+        return self._c._run(core.set_quota(name, limits))
 
 
 class Nodes:
