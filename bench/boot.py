@@ -36,7 +36,7 @@ from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.channel import Connection, T, encode_process
 from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.guest import build
-from hutch.runtime.microvm import MicroVMBackend, qemu_command
+from hutch.runtime.microvm import EXIT_FILE, MicroVMBackend, create_exit_disk, qemu_command
 
 PATH = ("PATH=/bin",)
 FIRST_LINE = ("/bin/echo", "first-line")
@@ -59,6 +59,7 @@ async def bare_qemu(backend: MicroVMBackend, s: SandboxSpec, work: Path) -> floa
     """QEMU with hutch's command line but no driver: no cgroup, uid, chroot, records, watcher."""
     sockets = Path(tempfile.mkdtemp(dir=work, prefix="q"))
     scratch.create(sockets / scratch.FILE_NAME, s.resources.scratch_bytes)
+    create_exit_disk(sockets / EXIT_FILE)
     args = qemu_command(s, backend.opts, sockets)
     start = time.monotonic()
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -95,7 +96,7 @@ def kernel_only(backend: MicroVMBackend) -> float:
     opts = backend.opts
     cmdline = "console=ttyS0 quiet reboot=t panic=-1 cryptomgr.notests"
     if opts.accel.name == "tcg":
-        cmdline += f" tsc_early_khz={host.tsc_khz()}"
+        cmdline += f" tsc_early_khz={host.tsc_khz()} tsc=reliable"  # as kernel_cmdline
     args = [
         opts.qemu, "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
         "-accel", "kvm" if opts.accel.name == "kvm" else "tcg,tb-size=32",

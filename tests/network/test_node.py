@@ -1,8 +1,10 @@
 """The node's data path with network namespaces standing in for sandboxes (what the container
 runtime gets from `plug_netns`, without crun): every denial next to the same probe allowed."""
 
+import asyncio
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +14,10 @@ import pytest
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import ProcessSpec, SandboxSpec
 from hutch.network import links
+from hutch.network.dns import DnsServer, machine_records
 from hutch.network.node import NetworkOptions, NodeNetwork
 from tests.network.topology import (
+    BUSYBOX,
     METADATA_IP,
     NODE_IP,
     OUTSIDE_IP,
@@ -200,3 +204,75 @@ def test_a_published_udp_port(topo: Topology, node: NodeNetwork) -> None:
     finally:
         echo.kill()
         echo.wait()
+
+
+@pytest.fixture
+def dns() -> Iterator[DnsServer]:
+    """A DNS server on an event loop of its own thread (the agent's loop, in the agent)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = DnsServer()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result()
+    yield server
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
+
+
+TCP_ASK = (
+    "import socket, struct, sys\n"
+    "q = struct.pack('!6H', 9, 0x100, 1, 0, 0, 0) + b''.join(bytes([len(x)]) + x.encode() "
+    "for x in sys.argv[2].split('.')) + b'\\0\\0\\1\\0\\1'\n"
+    "s = socket.create_connection((sys.argv[1], 53), timeout=3)\n"
+    "s.sendall(struct.pack('!H', len(q)) + q); r = s.recv(600)[2:]\n"
+    "print('rcode', r[3] & 15, 'answer', '.'.join(map(str, r[-4:])) if r[7] else '-')"
+)
+
+
+def lookup(topo: Topology, netns: Path, name: str, server: str) -> str:
+    out = topo.run(netns, BUSYBOX, "nslookup", "-timeout=2", "-retry=1", name, server)
+    return out.stdout + out.stderr
+
+
+def test_dns_answers_a_networks_names_on_its_gateway_only(
+    topo: Topology, tmp_path: Path, dns: DnsServer
+) -> None:
+    node = NodeNetwork(NetworkOptions(state_dir=tmp_path, netns=topo.node_path), dns=dns)
+    try:
+        a = node.plug_netns(spec("a", 7, 2))
+        b = node.plug_netns(spec("b", 7, 3))
+        c = node.plug_netns(spec("c", 8, 2))
+        dns.update("net-7", machine_records("web", "m-a", "test", "10.77.7.2", "fd77:0:0:7::2"))
+        dns.update("net-8", machine_records("db", "m-c", "test", "10.77.8.2", "fd77:0:0:8::2"))
+        # a peer's name and id, from its network's gateway (v4 and v6), by UDP and TCP
+        for name in ("web.test.internal", "m-a.test.internal", "WEB.test.internal"):
+            out = lookup(topo, b, name, "10.77.7.1")
+            assert "10.77.7.2" in out and "fd77:0:0:7::2" in out, out
+        assert "10.77.7.2" in lookup(topo, a, "web.test.internal", "fd77:0:0:7::1")
+        tcp = topo.run(b, sys.executable, "-c", TCP_ASK, "10.77.7.1", "web.test.internal")
+        assert tcp.stdout.split() == ["rcode", "0", "answer", "10.77.7.2"], tcp.stderr
+        # another network's machine, same project, same node: its gateway does not know it...
+        out = lookup(topo, c, "web.test.internal", "10.77.8.1")
+        assert "NXDOMAIN" in out and "10.77.7.2" not in out
+        assert "10.77.8.2" in lookup(topo, c, "db.test.internal", "10.77.8.1")
+        # ...and the other network's gateway does not answer it at all
+        out = lookup(topo, c, "web.test.internal", "10.77.7.1")
+        assert "10.77.7.2" not in out and "timed out" in out, out
+        tcp = topo.run(c, sys.executable, "-c", TCP_ASK, "10.77.7.1", "web.test.internal")
+        assert tcp.returncode != 0 and "10.77.7.2" not in tcp.stdout
+        # not an open resolver: names outside .internal are refused
+        assert "REFUSED" in lookup(topo, b, "example.com", "10.77.7.1")
+        # changes take effect at once
+        dns.update("net-7", [])
+        assert "NXDOMAIN" in lookup(topo, b, "web.test.internal", "10.77.7.1")
+        # a network's last sandbox gone: its sockets go with its bridge
+        listening = topo.run(topo.node, "ss", "-Hluntp").stdout
+        assert "10.77.8.1%hn-8:53" in listening, listening
+        node.unplug("c")
+        assert "10.77.8.1" not in topo.run(topo.node, "ss", "-Hluntp").stdout
+        assert "10.77.7.1%hn-7:53" in topo.run(topo.node, "ss", "-Hluntp").stdout
+    finally:
+        node.reconcile([])
+    assert ":53" not in topo.run(topo.node, "ss", "-Hluntp").stdout

@@ -11,12 +11,14 @@ import pytest
 
 from hutch.agent.runtimes import open_driver
 from hutch.images.rootfs import PreparedRoot
+from hutch.model.sandbox import SandboxState
 from hutch.runtime import accel
 from hutch.runtime.cgroups import Cgroup, Layout
 from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.guest.build import GuestArtifacts
 from hutch.runtime.logs import read_log
 from hutch.runtime.microvm import MicroVMBackend, kernel_cmdline
+from hutch.runtime.procs import ProcessRef
 from tests.helpers.runtime import (
     CONSOLE_BOUND,
     driver_in,
@@ -45,10 +47,11 @@ async def test_qemu_runs_confined(microvm: SandboxDriver, busybox_root: Prepared
         for fd in os.listdir(f"/proc/{pid}/fd")
         if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/")
     }
-    # its disks, its own log, /dev/null and the lease on its uid: nothing else of the host
+    # its disks (root, scratch, exit), its own log, /dev/null and the lease on its uid: nothing
+    # else of the host
     uid = status["Uid"].split()[0]
     disk = Path(str(busybox_root.disk)).name
-    assert {Path(f).name for f in files} == {disk, "scratch", "qemu.log", "null", uid}
+    assert {Path(f).name for f in files} == {disk, "scratch", "exit", "qemu.log", "null", uid}
     lease = next(fd for f, fd in files.items() if Path(f).name == uid)
     flags = Path(f"/proc/{pid}/fdinfo/{lease}").read_text().split()[3]
     assert int(flags, 8) & os.O_ACCMODE == os.O_RDONLY  # it can hold the lease, not rewrite it
@@ -158,7 +161,7 @@ async def test_qemu_killed_from_outside_is_reported(
 
 def test_tcg_guests_are_told_the_tsc_rate() -> None:
     line = kernel_cmdline("tcg", "erofs")
-    assert "tsc_early_khz=" in line and "hutch.rootfstype=erofs" in line
+    assert "tsc_early_khz=" in line and "tsc=reliable" in line and "hutch.rootfstype=erofs" in line
     assert "tsc_early_khz" not in kernel_cmdline("kvm", "ext4")
     assert kernel_cmdline("kvm", "ext4", debug=True).endswith(" hutch.debug")
 
@@ -205,3 +208,58 @@ async def test_a_vm_does_not_outlive_its_sandbox_directory(
         await asyncio.sleep(0.1)
     while Cgroup(Layout.detect(), "hutch", "sb").exists():
         await asyncio.sleep(0.1)
+
+
+async def _gone(pid: int, start: int, within: float = 90) -> bool:
+    """Whether the process ends (not even a zombie left) within `within` seconds."""
+    ref = ProcessRef(pid, start)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while ref.alive() or (os.path.exists(f"/proc/{pid}") and ProcessRef.of(pid) == ref):
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True
+
+
+async def test_a_workload_that_ends_unwatched_leaves_its_exit_not_its_vm(
+    microvm: SandboxDriver, busybox_root: PreparedRoot, short_dir: Path
+) -> None:
+    """Its host process is gone (an agent that is down) when the workload ends: the guest saves
+    its exit status and powers off, so the ended machine holds no host memory; the next driver
+    that adopts it reports the true exit code, and the logs written while watched."""
+    script = "i=0; while [ $i -lt 4 ]; do echo tick $i; i=$((i+1)); done; sleep 2; exit 7"
+    state = short_dir / "state"
+    spec = make_spec(busybox_root, "/bin/sh", "-c", script, sandbox_id="ended-unwatched")
+    kill(spawn_elsewhere("microvm", state, spec))
+    record = json.loads((state / "sandboxes/microvm/ended-unwatched/record.json").read_text())
+    assert await _gone(record["pid"], record["pid_start"]), "QEMU outlived its workload"
+
+    [info] = await microvm.recover()
+    assert info.exit is not None and not info.exit.failed, info.exit
+    assert info.exit.code == 7 and info.state is SandboxState.EXITED
+    out, _ = await output(microvm, "ended-unwatched")
+    assert b"tick 3\n" in out
+
+
+async def test_agent_start_ends_vms_whose_sandbox_directory_is_gone(
+    microvm: SandboxDriver, busybox_root: PreparedRoot, short_dir: Path
+) -> None:
+    """Nobody watched the VM when its directory was removed: the next driver's recovery (the
+    node agent's start) ends it; a VM whose directory is there is left running."""
+    ticks = "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done"
+    state = short_dir / "state"
+    kept_state = short_dir / "swept-kept"
+    for where, sandbox_id in ((state, "swept-lost"), (kept_state, "swept-kept")):
+        spec = make_spec(busybox_root, "/bin/sh", "-c", ticks, sandbox_id=sandbox_id)
+        kill(spawn_elsewhere("microvm", where, spec))
+    lost = json.loads((state / "sandboxes/microvm/swept-lost/record.json").read_text())
+    kept = json.loads((kept_state / "sandboxes/microvm/swept-kept/record.json").read_text())
+    shutil.rmtree(state / "sandboxes" / "microvm" / "swept-lost")
+
+    assert await microvm.recover() == []
+    assert await _gone(lost["pid"], lost["pid_start"], within=30)
+    assert not Cgroup(Layout.detect(), "hutch", "swept-lost").exists()
+    assert ProcessRef(kept["pid"], kept["pid_start"]).alive()  # its directory is still there
+    async for other in driver_in(kept_state, "microvm"):
+        assert [i.id for i in await other.recover()] == ["swept-kept"]

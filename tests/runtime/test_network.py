@@ -11,6 +11,7 @@ from hutch.agent.runtimes import open_driver
 from hutch.images.rootfs import PreparedRoot
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec
+from hutch.network.dns import DnsServer, machine_records
 from hutch.network.node import NetworkOptions, NodeNetwork
 from hutch.runtime.driver import SandboxDriver
 from tests.helpers.runtime import output, settings_for, wait_for_line
@@ -195,3 +196,45 @@ async def test_an_agent_that_restarts_keeps_a_running_guests_network(
     rules = topo.run(topo.node, "nft", "list", "ruleset").stdout
     assert rules.count("table inet hutch") == 1
     assert "10.77.8." not in rules
+
+
+def sections(out: bytes) -> dict[str, str]:
+    """`==NAME` lines split a guest's output into named parts."""
+    parts = out.decode().split("==")
+    return {p.split("\n", 1)[0]: p.split("\n", 1)[1] if "\n" in p else "" for p in parts[1:]}
+
+
+async def test_guests_resolve_their_networks_names_and_only_those(
+    wired: tuple[SandboxDriver, NodeNetwork], topo: Topology, busybox_root: PreparedRoot
+) -> None:
+    driver, net = wired
+    net.dns = DnsServer()
+    await net.dns.start()
+    try:
+        net.dns.update("net-7", machine_records("web", "m-a", "test", "10.77.7.2", "fd77:0:0:7::2"))
+        net.dns.update("net-8", machine_records("db", "m-c", "test", "10.77.8.2", "fd77:0:0:8::2"))
+        await driver.create(spec(busybox_root, "a", 7, 2, "echo up; exec sleep 600"))
+        await driver.start("a")
+        # resolv.conf (from boot) says: nameserver 10.77.<vni>.1, search test.internal
+        ask = "; ".join(f"echo =={label}; nslookup {name} 2>&1" for label, name in (
+            ("short", "web"), ("id", "m-a.test.internal"), ("own", "db"),
+            ("outside", "example.com"),
+        ))  # fmt: skip
+        await driver.create(spec(busybox_root, "b", 7, 3, ask))
+        await driver.start("b")
+        await driver.create(spec(busybox_root, "c", 8, 2, ask))
+        await driver.start("c")
+        b = sections((await output(driver, "b"))[0])
+        c = sections((await output(driver, "c"))[0])
+        # on web's network: its name (through the search domain) and its id, v4 and v6
+        for part in (b["short"], b["id"]):
+            assert "10.77.7.2" in part and "fd77:0:0:7::2" in part, b
+        assert "NXDOMAIN" in b["own"]
+        # on another network (same project, same node): web does not exist, its own db does
+        assert "NXDOMAIN" in c["short"] and "10.77.7.2" not in c["short"], c
+        assert "10.77.8.2" in c["own"]
+        # not an open resolver
+        for out in (b, c):
+            assert "REFUSED" in out["outside"], out
+    finally:
+        await net.dns.close()

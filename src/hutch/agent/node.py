@@ -37,10 +37,17 @@ from hutch.model import mirrored
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
+from hutch.network import dns
 from hutch.network.node import NetworkOptions, NodeNetwork
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
-from hutch.wire.nodes import Assignment, MachineReport, NodeRegister, join_token_parts
+from hutch.wire.nodes import (
+    Assignment,
+    Assignments,
+    MachineReport,
+    NodeRegister,
+    join_token_parts,
+)
 
 log = logging.getLogger("hutch.agent")
 POLL_WAIT = 25.0  # seconds a long poll may hang; every answer is a full reconcile
@@ -98,12 +105,15 @@ class NodeAgent:
         self._watch: dict[str, asyncio.Task[None]] = {}  # sandbox -> waiting for its exit
         self._reported: dict[str, str] = {}  # sandbox -> last state reported
         self._assignments: dict[str, Assignment] = {}
+        # NAME.PROJECT.internal for the machines of each network, on its bridge's gateway:53
+        self.dns = dns.DnsServer()
         self.network = NodeNetwork(
             NetworkOptions(
                 state_dir=self.dir,
                 mtu=settings.network_mtu,
                 blocked=(*settings.network_blocked, *_hosts_of(controller, advertise)),
-            )
+            ),
+            dns=self.dns,
         )
 
     # -- start-up ----------------------------------------------------------------------------------
@@ -126,6 +136,7 @@ class NodeAgent:
             self.drivers[runtime] = driver
         if not self.drivers:
             raise Invalid("no runtime works on this host: see `hutch setup`")
+        await self.dns.start()  # before the networks: reconcile opens its sockets
         # The node's links and rules, made to match the sandboxes that exist (left from an
         # earlier life of this agent, or none): nothing duplicated, nothing left over.
         specs = [
@@ -221,6 +232,7 @@ class NodeAgent:
                     await asyncio.sleep(1.0)
                     continue
                 revision = answer.revision
+                self.update_dns(answer)
                 try:
                     await self.reconcile(answer.machines)
                 except Exception:  # one bad round must not stop the node; the next retries
@@ -236,7 +248,17 @@ class NodeAgent:
                 await self.link.heartbeat(self.identity.node_id, self.advertise)
             await asyncio.sleep(self.settings.heartbeat_interval)
 
+    def update_dns(self, answer: Assignments) -> None:
+        """HOOK (net-model): each hosted network's DNS records from the controller's peer list,
+        `Assignments.peers` (PeerView: network_id, machine, name, project, ip4, ip6; see
+        `dns.Peer`). Until that field is on main the zones stay empty; once it is, replace the
+        getattr with `answer.peers`. Every answer replaces all zones: a machine gone from the
+        list is gone from DNS at once."""
+        peers: list[dns.Peer] = getattr(answer, "peers", [])
+        self.dns.sync(dns.zones(peers))
+
     async def close(self) -> None:
+        await self.dns.close()
         for task in [*self._work.values(), *self._watch.values()]:
             task.cancel()
         for driver in self.drivers.values():

@@ -17,6 +17,7 @@ from pyroute2 import IPRoute
 from hutch.model.errors import Unsupported
 from hutch.model.sandbox import SandboxSpec
 from hutch.network import links, nft
+from hutch.network.dns import DnsServer, Listener
 
 Kind = Literal["tap", "veth"]
 
@@ -42,8 +43,10 @@ class _Wired:
 class NodeNetwork:
     """Bridges, TAPs, veths, namespaces and nftables for this node's sandboxes."""
 
-    def __init__(self, opts: NetworkOptions) -> None:
+    def __init__(self, opts: NetworkOptions, dns: DnsServer | None = None) -> None:
         self.opts = opts
+        # Answers each network's names on its bridge's gateway; told whenever bridges change.
+        self.dns = dns
         self._lock = threading.Lock()
         self._wired: dict[str, _Wired] = {}
         self._netns_dir = opts.state_dir / "netns"
@@ -196,6 +199,17 @@ class NodeNetwork:
             nft.apply(nft.ruleset(desired), self.opts.nft)
         elif shutil.which(self.opts.nft) is not None:  # a node without nft has no tables
             nft.apply(nft.removal(), self.opts.nft)
+        if self.dns is not None:  # in this thread: in the node's namespace, as the bridges are
+            self.dns.listen(self._listeners())
+
+    def _listeners(self) -> list[Listener]:
+        out: dict[str, Listener] = {}
+        for wired in self._wired.values():
+            for att in wired.spec.networks:
+                out[att.network_id] = Listener(
+                    att.network_id, links.bridge_name(att.vni), att.gateway4, att.gateway6
+                )
+        return list(out.values())
 
 
 def _one_nic(spec: SandboxSpec) -> None:

@@ -156,6 +156,12 @@ class Cgroup:
             return _keyed(_read(self._dirs["memory"] / "memory.events", "")).get("oom_kill", 0)
         return _keyed(_read(self._dirs["memory"] / "memory.oom_control", "")).get("oom_kill", 0)
 
+    def prune(self) -> None:
+        """Delete the group if nothing is left in it (else leave it as it is)."""
+        for path in sorted(set(self._dirs.values()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
     def remove(self, timeout: float = 5.0) -> None:
         """Kill what is left in the group and delete it. Idempotent."""
         deadline = time.monotonic() + timeout

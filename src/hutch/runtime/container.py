@@ -27,7 +27,7 @@ from typing import Any
 
 from hutch.model import machine as model_machine
 from hutch.model.errors import Invalid, Unavailable, Unsupported
-from hutch.model.sandbox import Capabilities, SandboxSpec, Stats
+from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats
 from hutch.runtime import host, mounts, scratch, seccomp
 from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
 from hutch.runtime.ids import ID_DIR, IdPool
@@ -427,6 +427,12 @@ class ContainerBackend:
             return "the container ran out of memory and its init was killed"
         detail = tail(sdir.file("agent.log"))
         return f"the container's init exited unexpectedly{': ' + detail if detail else ''}"
+
+    def saved_exit(self, record: SandboxRecord, sdir: SandboxDir) -> ExitStatus | None:
+        return None  # a container's guest agent waits for a host to store its exit
+
+    async def sweep(self) -> list[str]:
+        return []  # not yet: undoing a container (mounts, bundle) needs its directory
 
     def stats(self, record: SandboxRecord) -> Stats:
         return Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).stats()

@@ -7,6 +7,7 @@ part is a `Backend` (QEMU micro-VM or crun container); the rest is `SandboxDrive
 
 import asyncio
 import contextlib
+import logging
 import signal as _signal
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from hutch.runtime.logs import follow_log, read_log
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord, check_state_root
 from hutch.runtime.supervisor import ExecProcess, ProcessInput, Supervisor, Timeouts
+
+log = logging.getLogger(__name__)
 
 KILL_GRACE = 5.0  # after SIGKILL through the guest agent, before the sandbox itself is killed
 
@@ -130,6 +133,14 @@ class Backend(Protocol):
 
     def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str:
         """Why the sandbox's process ended without the guest agent reporting an exit."""
+
+    def saved_exit(self, record: SandboxRecord, sdir: SandboxDir) -> ExitStatus | None:
+        """The workload's exit, as the sandbox saved it when it ended with no host process
+        watching (None if it did not)."""
+
+    async def sweep(self) -> list[str]:
+        """End this host's sandboxes of this runtime (of any hutch process) whose directory is
+        gone; the ids of those ended."""
 
     def stats(self, record: SandboxRecord) -> Stats: ...
 
@@ -357,6 +368,8 @@ class SandboxDriver:
         return sup.main
 
     async def recover(self) -> list[SandboxInfo]:
+        for sandbox_id in await self.backend.sweep():
+            log.warning("ended sandbox %s: its directory was removed", sandbox_id)
         adopted = []
         for path in sorted(self._root.iterdir()):
             if not path.is_dir() or path.name in self._sups or path.name.startswith("."):
@@ -373,7 +386,10 @@ class SandboxDriver:
             sup = self._supervisor(record, sdir)
             ref = record.process
             if not record.finished and (ref is None or not ref.alive()):
+                saved = self.backend.saved_exit(record, sdir)  # before cleanup removes it
                 await self.backend.cleanup(record, sdir)
+                if saved is not None:  # it ended with no host process to tell, as it should
+                    sup.record_exit(saved, failed=False)
                 sup.record_exit(
                     ExitStatus(255, error="its process ended while no hutch process watched it")
                     if ref is not None

@@ -32,10 +32,12 @@ class Lease:
         self.fd = fd  # read-only, holds the lock: what the sandbox's process inherits
         self._record_fd = record_fd
 
-    def bind(self, owner: ProcessRef) -> None:
-        """Record `owner` (which holds `fd` by now) and drop this process's descriptors."""
+    def bind(self, owner: ProcessRef, home: Path | None = None) -> None:
+        """Record `owner` (which holds `fd` by now) and the sandbox directory it belongs to, and
+        drop this process's descriptors."""
         os.ftruncate(self._record_fd, 0)
-        os.pwrite(self._record_fd, f"{owner.pid} {owner.start_ticks}".encode(), 0)
+        text = f"{owner.pid} {owner.start_ticks}" + (f"\n{home}" if home is not None else "")
+        os.pwrite(self._record_fd, text.encode(), 0)
         self.close()
 
     def close(self) -> None:
@@ -44,6 +46,15 @@ class Lease:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fd = self._record_fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A live owner of an id, and the sandbox directory it was bound to (if it was told)."""
+
+    id: int
+    owner: ProcessRef
+    home: Path | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +91,24 @@ class IdPool:
             return Lease(ident, lock, record)
         raise Unavailable(f"all {self.count} {self.name} ids from {self.base} are in use")
 
+    def holders(self) -> list[Holder]:
+        """Every id of this pool whose recorded owner lives (whichever hutch process took it)."""
+        pool = self.directory / self.name
+        found = []
+        for path in sorted(pool.iterdir()) if pool.is_dir() else ():
+            try:
+                ident, data = int(path.name), path.read_bytes()[:4096]
+            except (ValueError, OSError):
+                continue
+            owner = _owner(data)
+            if owner is not None and owner.alive():
+                _, _, home = data.partition(b"\n")
+                found.append(Holder(ident, owner, Path(os.fsdecode(home)) if home else None))
+        return found
+
 
 def _owner(data: bytes) -> ProcessRef | None:
     with contextlib.suppress(ValueError):
-        pid, start = (int(x) for x in data.split())
+        pid, start = (int(x) for x in data.partition(b"\n")[0].split())
         return ProcessRef(pid, start)
     return None

@@ -16,6 +16,7 @@ import ctypes.util
 import os
 import resource
 import signal
+import struct
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from qemu.qmp import QMPClient
 
 from hutch.model import machine as model_machine
 from hutch.model.errors import HutchError, Invalid, Unavailable, Unsupported
-from hutch.model.sandbox import Capabilities, SandboxSpec, Stats, Stream
+from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats, Stream
 from hutch.runtime import host, scratch
 from hutch.runtime.accel import Accel
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
@@ -41,6 +42,12 @@ QEMU_STDERR_MAX = 1 << 20
 QEMU_PIDS = 128  # main loop, vCPU, RCU and I/O worker threads; QEMU forks nothing (seccomp)
 CPU_HEADROOM = 0.25  # cores on top of the vCPUs for QEMU's I/O thread
 PR_SET_THP_DISABLE = 41
+# The exit disk: where a guest whose workload ended with no host connected saves the exit status
+# before it powers off (EXIT_SERIAL, save_exit in agent.c). Its size is fixed, so what a hostile
+# guest writes there is bounded by it; what it says is only ever taken as the workload's exit.
+EXIT_FILE = "exit"
+EXIT_DISK_BYTES = 4096
+EXIT_MAGIC = b"HUTCHEXT"
 VM_UIDS = 65_536  # VMs at once on this host, each its QEMU's uid
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -76,7 +83,11 @@ def kernel_cmdline(
     `extra`: the guest agent's network flags (`wiring.guest_net_params`)."""
     parts = ["console=ttyS0", "quiet", "reboot=t", "panic=-1", "cryptomgr.notests"]
     if accel == "tcg":
+        # TCG's TSC runs at the host's rate but its CPU model does not say so (no constant_tsc):
+        # without tsc=reliable the guest's clock is jiffies (4 ms steps), so clock-seeded ids
+        # repeat; busybox's nslookup then gives A and AAAA one id and drops the second answer.
         parts.append(f"tsc_early_khz={host.tsc_khz()}")
+        parts.append("tsc=reliable")
     parts.append(f"hutch.rootfstype={root_format}")
     if debug:
         parts.append("hutch.debug")
@@ -95,7 +106,8 @@ def qemu_command(
     tap_fds: tuple[int, ...] = (),
 ) -> list[str]:
     """The QEMU command line for `spec`; sockets go in `sockets/` (guest agent, console, qmp), where
-    the scratch disk must be (`scratch.create`); `scratch_direct` if it takes O_DIRECT; `tap_fds`:
+    the scratch and exit disks must be (`scratch.create`, `create_exit_disk`); `scratch_direct` if
+    it takes O_DIRECT; `tap_fds`:
     one open TAP per `spec.networks` entry, inherited by QEMU (it cannot open /dev/net/tun)."""
     res = spec.resources
     accel = opts.accel.name
@@ -125,6 +137,8 @@ def qemu_command(
         "-device", "virtio-blk-device,drive=root,serial=hutch-root",
         "-drive", scratch_drive,
         "-device", "virtio-blk-device,drive=scratch,serial=hutch-scratch",
+        "-drive", f"id=exit,file={sockets / EXIT_FILE},format=raw,if=none",
+        "-device", "virtio-blk-device,drive=exit,serial=hutch-exit",
         "-device", "virtio-serial-device,max_ports=2",
         "-chardev", f"socket,id=agent,path={sockets / 'agent.sock'},server=on,wait=off",
         "-device", "virtserialport,chardev=agent,name=hutch.agent",
@@ -212,8 +226,9 @@ class MicroVMBackend:
         disk = sdir.file(scratch.FILE_NAME)
         try:
             await asyncio.to_thread(scratch.create, disk, res.scratch_bytes)
+            create_exit_disk(sdir.file(EXIT_FILE))
             lease = self._uids.take()
-        except HutchError:
+        except (HutchError, OSError):
             disk.unlink(missing_ok=True)
             cgroup.remove()
             raise
@@ -261,7 +276,7 @@ class MicroVMBackend:
                 os.close(fd)
         ref = ProcessRef.of(proc.pid)
         if ref is not None:
-            lease.bind(ref)
+            lease.bind(ref, sdir.path)
         lease.close()
         # Wait until QEMU has made its sockets, or has failed (bad disk, bad options).
         agent_sock = sdir.file("agent.sock")
@@ -338,7 +353,27 @@ class MicroVMBackend:
         if child is not None:
             child.wait()
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
+        sdir.file(EXIT_FILE).unlink(missing_ok=True)
         await self._unplug(record.spec.id)
+
+    async def sweep(self) -> list[str]:
+        """End this host's VMs (of any hutch process) whose sandbox directory is gone: nothing
+        could read their record or logs again. The uid leases say which QEMU belongs to which
+        directory (QEMU cannot write them). Their TAPs go when the node's links are reconciled."""
+        ended = []
+        for holder in self._uids.holders():
+            if holder.home is None or holder.home.exists():
+                continue
+            holder.owner.kill(signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(holder.owner.wait(), 10)
+            # Only if empty: a sandbox of the same id under another state directory may live.
+            Cgroup(self._layout, self.opts.cgroup_parent, holder.home.name).prune()
+            ended.append(holder.home.name)
+        return ended
+
+    def saved_exit(self, record: SandboxRecord, sdir: SandboxDir) -> ExitStatus | None:
+        return read_exit_disk(sdir.file(EXIT_FILE))
 
     async def _unplug(self, sandbox_id: str) -> None:
         if self.opts.network is not None:
@@ -371,6 +406,30 @@ class MicroVMBackend:
 
     def stats(self, record: SandboxRecord) -> Stats:
         return Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).stats()
+
+
+def create_exit_disk(path: Path) -> None:
+    """An empty exit disk (root's only, like the sandbox's directory)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, EXIT_DISK_BYTES)
+    finally:
+        os.close(fd)
+
+
+def read_exit_disk(path: Path) -> ExitStatus | None:
+    """The exit the guest saved there (EXIT_MAGIC, then the EXIT frame's payload), if any."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(len(EXIT_MAGIC) + 12)
+    except FileNotFoundError:
+        return None
+    if len(data) < len(EXIT_MAGIC) + 12 or not data.startswith(EXIT_MAGIC):
+        return None
+    code, sig, flags = struct.unpack(">iII", data[len(EXIT_MAGIC) :])
+    if not (0 <= code <= 255 and sig < 128):  # not an exit any workload could have had
+        return None
+    return ExitStatus(code, sig, bool(flags & 1))
 
 
 async def _reap(child: "subprocess.Popen[bytes]", ref: ProcessRef) -> None:

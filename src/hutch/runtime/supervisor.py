@@ -60,6 +60,8 @@ class Host(Protocol):
 
     def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str: ...
 
+    def saved_exit(self, record: SandboxRecord, sdir: SandboxDir) -> ExitStatus | None: ...
+
     async def terminate(self, record: SandboxRecord, sdir: SandboxDir) -> None: ...
 
     async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None: ...
@@ -478,6 +480,9 @@ class Supervisor:
         pump = self._tasks[0]
         with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
             await asyncio.wait_for(asyncio.shield(pump), self._timeouts.drain)
+        saved = None if self._kill_reason else self._host.saved_exit(self.record, self.dir)
+        if saved is not None:  # the guest powered off with no host to tell (it left just now)
+            self.record_exit(saved, failed=False)
         if not self.record.finished:
             reason = self._kill_reason or self._host.explain_exit(self.record, self.dir)
             self.record_exit(ExitStatus(UNKNOWN_EXIT, error=reason), failed=True)

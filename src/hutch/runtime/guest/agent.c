@@ -45,6 +45,8 @@
 #define PROTO_VERSION 1
 #define ROOT_SERIAL "hutch-root"       /* the disks' serials, as runtime/microvm.py names them */
 #define SCRATCH_SERIAL "hutch-scratch"
+#define EXIT_SERIAL "hutch-exit"       /* one block where an exit waits for a host that is away */
+#define EXIT_MAGIC "HUTCHEXT"
 #define SYN_MAGIC "HUTCHSYN"
 #define ACK_MAGIC "HUTCHACK"
 #define MAGIC_LEN 8
@@ -58,6 +60,11 @@
 #define MAX_PROCS 64
 #define MAX_ARGS 4096
 #define EXIT_ACK_TIMEOUT_MS 10000
+/* The workload ended and no host is connected: a host that is merely restarting gets this long
+ * to come back and collect the exit (and the output still in the pipes) the usual way. After it,
+ * the exit goes on the exit disk and the VM powers off: an ended machine must not hold its host
+ * memory until some agent returns (or for ever, if none does). */
+#define AWAY_EXIT_GRACE_MS 5000
 #define PORT_NAME "hutch.agent"
 
 enum {
@@ -91,6 +98,8 @@ static int listen_fd = -1;    /* container mode only */
 static int need_sync = 1;     /* scan input for SYN before parsing frames */
 static int main_started;
 static int sigfd = -1;
+static int exit_fd = -1;      /* the exit disk (VM mode; opened at boot: /dev is gone after) */
+static uint64_t away_since;   /* when the ended workload was first seen with no host connected */
 static unsigned char inbuf[INBUF_CAP];
 static size_t inlen;
 static struct proc procs[MAX_PROCS];
@@ -161,8 +170,21 @@ static void loopback_up(void) {
     close(s);
 }
 
+static struct proc *proc_by_id(uint32_t id);
+static void exit_fields(const struct proc *p, unsigned char b[12]);
+
+/* The main process's exit, on the exit disk (runtime/microvm.py reads it once QEMU is gone). */
+static void save_exit(const struct proc *p) {
+    unsigned char block[512] = EXIT_MAGIC;
+    exit_fields(p, block + 8);
+    if (pwrite(exit_fd, block, sizeof block, 0) != (ssize_t)sizeof block || fsync(exit_fd) < 0)
+        logmsg("saving the exit status: %s", strerror(errno));
+}
+
 static void power_off(void) {
     if (!vm_mode) exit(0);
+    struct proc *m = proc_by_id(1);
+    if (m && m->exited && !m->pid && !m->exit_acked) save_exit(m); /* no host has stored it */
     kill(-1, SIGKILL);
     sync();
     reboot(RB_POWER_OFF);
@@ -235,14 +257,28 @@ static int chan_write_all(const unsigned char *buf, size_t len) {
 static int chan_fill(void);
 static void send_frame(int type, uint32_t id, const void *payload, size_t len);
 
+static void handle_signals(void);
+
+/* VM mode, no host connected: keep reaping, and power off once the main process has ended and
+ * no host came within AWAY_EXIT_GRACE_MS (power_off saves its exit first). */
+static void wait_away(void) {
+    struct pollfd p = {sigfd, POLLIN, 0};
+    if (poll(&p, 1, 50) > 0) handle_signals();
+    struct proc *m = proc_by_id(1);
+    if (!m || !m->exited || m->pid) return;
+    if (!away_since) away_since = now_ms();
+    else if (now_ms() - away_since >= AWAY_EXIT_GRACE_MS) power_off();
+}
+
 /* Block until the handshake with a (new) host is done, then resend unacknowledged exits. */
 static void chan_sync(void) {
     while (need_sync) {
         if (!vm_mode && chan < 0) chan_accept();
         if (vm_mode && !port_connected()) {
-            poll(NULL, 0, 50);
+            wait_away();
             continue;
         }
+        away_since = 0;
         unsigned char *m = memmem(inbuf, inlen, SYN_MAGIC, MAGIC_LEN);
         if (m && (size_t)(inbuf + inlen - m) >= MAGIC_LEN + NONCE_LEN) {
             unsigned char ack[MAGIC_LEN + NONCE_LEN + 16];
@@ -323,8 +359,8 @@ static void proc_free(struct proc *p) {
     memset(p, 0, sizeof *p);
 }
 
-static void send_exit(struct proc *p) {
-    unsigned char b[12];
+/* The EXIT payload: i32 code, u32 signal, u32 flags. */
+static void exit_fields(const struct proc *p, unsigned char b[12]) {
     int code = 0, sig = 0;
     if (WIFEXITED(p->status)) code = WEXITSTATUS(p->status);
     else if (WIFSIGNALED(p->status)) {
@@ -334,6 +370,11 @@ static void send_exit(struct proc *p) {
     put32(b, (uint32_t)code);
     put32(b + 4, (uint32_t)sig);
     put32(b + 8, p->oom ? 1 : 0);
+}
+
+static void send_exit(struct proc *p) {
+    unsigned char b[12];
+    exit_fields(p, b);
     p->exit_sent = 1;
     send_frame(T_EXIT, p->id, b, sizeof b);
 }
@@ -1114,10 +1155,13 @@ static void vm_boot(void) {
     open_port();
 
     const char *p = boot_param("hutch.rootfstype");
-    char fstype[32], root[64], scratch[64];
+    char fstype[32], root[64], scratch[64], exitdisk[64];
     snprintf(fstype, sizeof fstype, "%s", p && *p ? p : "erofs");
     find_disk(ROOT_SERIAL, root, sizeof root);
     find_disk(SCRATCH_SERIAL, scratch, sizeof scratch);
+    find_disk(EXIT_SERIAL, exitdisk, sizeof exitdisk);
+    exit_fd = open(exitdisk, O_WRONLY | O_CLOEXEC);
+    if (exit_fd < 0) fatal("open %s: %s", exitdisk, strerror(errno));
     must_mount(root, "/mnt/lower", fstype, MS_RDONLY, NULL);
     /* The writable layer is the host's sparse ext4 file, not guest RAM: filling it is ENOSPC,
      * not an OOM kill. noinit_itable: never zero inode tables behind the workload's back (the
