@@ -97,6 +97,7 @@ bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.images
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.api
 	$(PY) -m bench.scheduler
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.net
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

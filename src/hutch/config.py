@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         description="CIDRs no machine may reach, not even through NAT (management networks, "
         "other nodes); the controller's and the agent's own addresses are always blocked",
     )
+    network_underlay: str | None = Field(
+        None,
+        description="this node's address for the VXLAN overlay between nodes (an IP); default: "
+        "the agent's advertised address, if it is an IP other than loopback",
+    )
     project: str = Field("default", description="the host CLI's project, and the first one made")
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between node heartbeats")
     node_grace: float = Field(
@@ -104,6 +109,13 @@ class Settings(BaseSettings):
         "leader purges it and its events",
     )
     # -- the controller --
+    network_pool4: str = Field(
+        "10.96.0.0/11",
+        description="IPv4 pool of default networks (projects' own subnets must stay outside it)",
+    )
+    network_prefix4: int = Field(
+        24, ge=8, le=29, description="the pool is cut into subnets of this prefix, one a network"
+    )
     database_url: str = Field(
         "", description="sqlite:///... or postgresql://...; default: SQLite in state_dir"
     )
@@ -176,6 +188,16 @@ class Settings(BaseSettings):
         except Invalid as e:  # so that load() names the setting
             raise ValueError(str(e)) from None
 
+    @field_validator("network_underlay")
+    @classmethod
+    def _underlay(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address (192.0.2.1, 2001:db8::1)") from None
+
     @field_validator("network_blocked")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
@@ -196,6 +218,17 @@ class Settings(BaseSettings):
                 ref = None
             if ref is None or ref.registry != name:
                 raise ValueError(f"{name!r} is not a registry host[:port]")
+        return value
+
+    @field_validator("network_pool4")
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 CIDR with its host bits zero") from None
+        if not net.is_private:
+            raise ValueError(f"{value} is not a private range")
         return value
 
     def registry_names(self) -> RegistryNames:

@@ -29,7 +29,7 @@ def layout(busybox_rootfs: Path, tmp_path: Path) -> Path:
 
 
 def test_image_config_gives_the_defaults(layout: Path, tmp_path: Path) -> None:
-    spec, root = build_spec(RunRequest(source=str(layout)), DIR_CAPS, Roots(tmp_path / "cache"))
+    spec, root = build_spec(RunRequest(image=str(layout)), DIR_CAPS, Roots(tmp_path / "cache"))
     proc = spec.process
     assert proc.args == ("/bin/sh", "-c", "echo default")
     assert proc.cwd == "/home/app"
@@ -42,24 +42,24 @@ def test_image_config_gives_the_defaults(layout: Path, tmp_path: Path) -> None:
 
 def test_the_request_wins(layout: Path, tmp_path: Path) -> None:
     request = RunRequest(
-        source=str(layout), args=("echo mine",), env=("MODE=mine",), workdir="/tmp", user="root",
+        image=str(layout), command=("echo mine",), env=("MODE=mine",), workdir="/tmp", user="root",
         resources=Resources(memory_mib=64), sandbox_id="mine",
     )  # fmt: skip
     spec, _ = build_spec(request, DIR_CAPS, Roots(tmp_path / "cache"))
-    assert spec.process.args == ("/bin/sh", "-c", "echo mine")  # args replace Cmd only
+    assert spec.process.args == ("/bin/sh", "-c", "echo mine")  # a command replaces Cmd only
     assert "MODE=mine" in spec.process.env and "HOME=/root" in spec.process.env
     assert (spec.process.cwd, spec.process.user.uid, spec.id) == ("/tmp", 0, "mine")
-    entry = RunRequest(source=str(layout), entrypoint=("/bin/echo",))
+    entry = RunRequest(image=str(layout), entrypoint=("/bin/echo",))
     spec, _ = build_spec(entry, DIR_CAPS, Roots(tmp_path / "cache"))
     assert spec.process.args == ("/bin/echo",)  # a new entrypoint drops the image's Cmd
 
 
 def test_nothing_to_run_or_unknown_user_is_refused(busybox_rootfs: Path, tmp_path: Path) -> None:
     with pytest.raises(Invalid, match="no command"):
-        build_spec(RunRequest(source=str(busybox_rootfs)), DIR_CAPS, Roots(tmp_path))
+        build_spec(RunRequest(image=str(busybox_rootfs)), DIR_CAPS, Roots(tmp_path))
     with pytest.raises(Invalid, match="nosuch"):
         build_spec(
-            RunRequest(source=str(busybox_rootfs), args=("id",), user="nosuch"),
+            RunRequest(image=str(busybox_rootfs), command=("id",), user="nosuch"),
             DIR_CAPS, Roots(tmp_path),
         )  # fmt: skip
 

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from hutch import config
-from hutch.api.app import build_controller, create_app
+from hutch.api.app import create_app
+from hutch.controller import build_controller
 from tests.helpers.api import JOIN, Api, close_api, open_api, served
 
 ENDS_WITHIN = 5.0  # seconds; the promise is one

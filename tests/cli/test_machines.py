@@ -60,7 +60,16 @@ def test_ps_reads_the_listing_without_the_sdks_models(hutch: Hutch, env: dict[st
             assert done.stdout.split() == [listed[0]["id"]]
         else:
             header, row = done.stdout.splitlines()
-            assert header.split() == ["ID", "NAME", "IMAGE", "RUNTIME", "STATUS", "CREATED"]
+            assert header.split() == [
+                "ID",
+                "NAME",
+                "IMAGE",
+                "RUNTIME",
+                "STATUS",
+                "ADDRESS",
+                "PORTS",
+                "CREATED",
+            ]
             assert row.split()[:6] == [
                 listed[0]["id"],
                 "one",
@@ -122,7 +131,16 @@ def test_run_detached_then_ps_logs_exec_stop_wait_rm(hutch: Hutch) -> None:
     machine_id = started.stdout.strip()
     assert machine_id.startswith("m-") and "\n" not in machine_id
     table = hutch("ps").stdout.splitlines()
-    assert table[0].split() == ["ID", "NAME", "IMAGE", "RUNTIME", "STATUS", "CREATED"]
+    assert table[0].split() == [
+        "ID",
+        "NAME",
+        "IMAGE",
+        "RUNTIME",
+        "STATUS",
+        "ADDRESS",
+        "PORTS",
+        "CREATED",
+    ]
     assert table[1].split()[:4] == [machine_id, "web", "busybox", "container"]
     assert hutch("ps", "-q").stdout == machine_id + "\n"
     assert hutch("ps", "-q", "--label", "app=other").stdout == ""

@@ -59,7 +59,9 @@ def test_project_token_flow(controller: Controller, admin: Hutch, name: str) -> 
     secret = issued.stdout.splitlines()[-1]  # the token is the last line
     assert "member" in issued.stderr
     tenant = as_token(controller, secret)
-    assert tenant("ps").stdout.splitlines() == ["ID  NAME  IMAGE  RUNTIME  STATUS  CREATED"]
+    assert tenant("ps").stdout.splitlines() == [
+        "ID  NAME  IMAGE  RUNTIME  STATUS  ADDRESS  PORTS  CREATED"
+    ]
     ran = tenant("run", "--rm", "--runtime", "container", "busybox", "--", "echo", "tenant")
     assert (ran.returncode, ran.stdout) == (0, "tenant\n"), ran.stderr
     assert [p["name"] for p in yaml.safe_load(tenant("project", "ls", "-o", "yaml").stdout)] == [

@@ -177,7 +177,16 @@ def test_the_login_and_context_lines_run_as_written(
         )  # fmt: skip
         assert ran.returncode == 0, f"{line}: {ran.stderr}"
         if line.startswith("HUTCH_URL="):
-            assert ran.stdout.split() == ["ID", "NAME", "IMAGE", "RUNTIME", "STATUS", "CREATED"]
+            assert ran.stdout.split() == [
+                "ID",
+                "NAME",
+                "IMAGE",
+                "RUNTIME",
+                "STATUS",
+                "ADDRESS",
+                "PORTS",
+                "CREATED",
+            ]
         if line.startswith("hutch context ls"):
             rows = [r.removeprefix("*").split() for r in ran.stdout.splitlines()[1:]]
             assert ["team-a", controller.url, project] in rows, rows

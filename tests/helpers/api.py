@@ -16,8 +16,8 @@ import httpx
 import uvicorn
 
 from hutch import config
-from hutch.api.app import bootstrap, build_controller, create_app, leading_work
-from hutch.api.deps import Controller
+from hutch.api.app import create_app
+from hutch.controller import Controller, bootstrap, build_controller, leading_work
 
 JOIN = "join-secret-for-tests"
 SIM_NODE = {

@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 
 from hutch import config
-from hutch.api.app import build_controller, create_app
+from hutch.api.app import create_app
 from hutch.cli.servers import _server, _start
+from hutch.controller import build_controller
 
 
 @contextlib.asynccontextmanager

@@ -3,6 +3,7 @@ import signal
 import pytest
 
 from hutch.model.errors import Invalid
+from hutch.model.machine import MachineSpec
 from hutch.model.sandbox import (
     ExitStatus,
     ProcessSpec,
@@ -10,6 +11,7 @@ from hutch.model.sandbox import (
     SandboxSpec,
     User,
     parse_signal,
+    scratch_mib,
     validate_sandbox_id,
 )
 
@@ -52,6 +54,16 @@ def test_resources() -> None:
         Resources(pids=1)
     assert Resources(memory_mib=256).scratch_bytes == 128 << 20
     assert Resources(memory_mib=256, scratch_mib=10).scratch_bytes == 10 << 20
+
+
+@pytest.mark.parametrize(("disk", "memory", "scratch"), [(0, 256, 128), (0, 20, 16), (10, 256, 10)])
+def test_a_machine_and_its_sandbox_get_the_same_scratch(
+    disk: int, memory: int, scratch: int
+) -> None:
+    """What the scheduler and quotas count (the machine's) is what the driver gives."""
+    spec = MachineSpec(image="busybox", memory_mib=memory, disk_mib=disk)
+    assert spec.scratch_mib == scratch_mib(disk, memory) == scratch
+    assert Resources(memory_mib=memory, scratch_mib=disk).scratch_bytes == scratch << 20
 
 
 def test_spec_hostname_is_checked() -> None:

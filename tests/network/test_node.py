@@ -2,6 +2,7 @@
 runtime gets from `plug_netns`, without crun): every denial next to the same probe allowed."""
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -204,6 +205,31 @@ def test_a_published_udp_port(topo: Topology, node: NodeNetwork) -> None:
     finally:
         echo.kill()
         echo.wait()
+
+
+SEND_UDP = (
+    "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for _ in range(int(sys.argv[2])):\n    s.sendto(b'x' * 100, (sys.argv[1], 9))"
+)
+
+
+def rx_packets(topo: Topology, netns: Path) -> int:
+    stats = json.loads(topo.run(netns, "ip", "-j", "-s", "link", "show", "eth0").stdout)
+    return int(stats[0]["stats64"]["rx"]["packets"])
+
+
+def test_frames_for_a_sandbox_go_to_its_port_only(topo: Topology, node: NodeNetwork) -> None:
+    # The bridge learns nothing from the wire (a sandbox could claim others' MACs): hutch tells
+    # it where each sandbox's MAC is, or every frame would go to every port of the network, a
+    # cost per packet that grows with the number of machines (and others' traffic to see).
+    a = node.plug_netns(spec("a", 7, 2))
+    b = node.plug_netns(spec("b", 7, 3))
+    c = node.plug_netns(spec("c", 7, 4))
+    assert topo.ping(a, "10.77.7.3")
+    b_before, c_before = rx_packets(topo, b), rx_packets(topo, c)
+    assert topo.ok(a, sys.executable, "-c", SEND_UDP, "10.77.7.3", "300")
+    assert rx_packets(topo, b) - b_before >= 300  # the addressee gets them...
+    assert rx_packets(topo, c) - c_before < 30  # ...and its neighbour does not
 
 
 @pytest.fixture

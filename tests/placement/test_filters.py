@@ -1,5 +1,7 @@
 """Filters: each one's verdict and reason, their order, and filters given instead."""
 
+from dataclasses import replace
+
 from hutch.model.machine import Capacity, GroupPolicy, Node, NodeState
 from hutch.placement import place
 from hutch.placement.capacity import CPU_OVERCOMMIT
@@ -9,6 +11,7 @@ from hutch.placement.filters import (
     group_policy,
     has_labels,
     has_runtime,
+    ports_free,
     ready,
     schedulable,
 )
@@ -100,7 +103,9 @@ def test_affinity_follows_the_group_and_the_first_member_goes_anywhere() -> None
 
 
 def test_the_first_failing_filter_gives_the_reason() -> None:
-    assert list(FILTERS) == [ready, schedulable, has_runtime, has_labels, fits, group_policy]
+    assert list(FILTERS) == [
+        ready, schedulable, has_runtime, has_labels, fits, group_policy, ports_free,
+    ]  # fmt: skip
     n = node("a", runtimes=("container",), memory_mib=1, cordoned=True)
     assert rejected(place(request(), [n])) == {"a": "node is cordoned"}
 
@@ -112,3 +117,14 @@ def test_custom_filters_replace_the_defaults() -> None:
     cordoned = node("b", cordoned=True)
     assert placed(place(request(), [node("a"), cordoned], filters=[not_a])) == "b"
     assert rejected(place(request(), [node("a")], filters=[not_a])) == {"a": "a is excluded"}
+
+
+def test_a_host_port_is_published_once_per_node() -> None:
+    web = replace(request(), ports=frozenset({(8080, "tcp"), (53, "udp")}))
+    a, b = node("a"), node("b")
+    taken = Context(ports={a.id: {(8080, "tcp")}, b.id: {(8080, "udp")}})
+    assert ports_free(web, a, taken) == "host port 8080/tcp published already"
+    assert ports_free(web, b, taken) is None
+    assert ports_free(request(), a, taken) is None
+    assert placed(place(web, [a, b], taken)) == "b"
+    assert rejected(place(web, [a], taken)) == {"a": "host port 8080/tcp published already"}

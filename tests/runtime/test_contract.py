@@ -288,7 +288,7 @@ async def test_bad_specs_are_refused(rt: Runtime) -> None:
     with pytest.raises(Invalid, match="command"):
         ProcessSpec(args=())
     with pytest.raises(Invalid, match="nosuchuser"):
-        request = RunRequest(source=str(rt.root.rootfs), args=("id",), user="nosuchuser")
+        request = RunRequest(image=str(rt.root.rootfs), command=("id",), user="nosuchuser")
         build_spec(request, rt.driver.capabilities(), Roots(CACHE_DIR))
     with pytest.raises(NotFound):
         await rt.driver.start("nosuchsandbox")

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from hutch import config
-from hutch.api.app import build_controller
-from hutch.api.deps import Controller
+from hutch.controller import Controller, build_controller
 from hutch.model.errors import NotFound
 from hutch.model.machine import (
     Capacity,

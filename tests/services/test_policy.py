@@ -15,8 +15,14 @@ READER = {
     Action.MACHINE_READ,
     Action.IMAGE_READ,
     Action.EVENT_READ,
+    Action.NETWORK_READ,
 }
-MEMBER = READER | {Action.MACHINE_WRITE, Action.MACHINE_EXEC, Action.IMAGE_WRITE}
+MEMBER = READER | {
+    Action.MACHINE_WRITE,
+    Action.MACHINE_EXEC,
+    Action.IMAGE_WRITE,
+    Action.NETWORK_WRITE,
+}
 ADMIN = set(Action)
 MAY = {Role.READER: READER, Role.MEMBER: MEMBER, Role.ADMIN: ADMIN}
 

@@ -15,8 +15,8 @@ from hutch.model.machine import (
     Strategy,
 )
 from hutch.model.tenancy import Quota, Role, Usage
-from hutch.store.base import Claim, NewEvent
-from hutch.store.sql import MAX_PAGE, SqlStore
+from hutch.store.base import MAX_PAGE, Claim, NewEvent
+from hutch.store.sql import SqlStore
 from tests.store import factories as f
 
 # -- projects -------------------------------------------------------------------------------------

@@ -33,20 +33,19 @@ from hutch.http import tls
 from hutch.images.pull import pull
 from hutch.images.spool import disk_full_is_insufficient
 from hutch.images.store import Allowance, StoredImage, is_digest_or_id
-from hutch.model import mirrored
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
-from hutch.model.sandbox import ExitStatus, Resources, SandboxInfo, SandboxState, parse_signal
+from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState, parse_signal
 from hutch.network import dns
-from hutch.network.node import NetworkOptions, NodeNetwork
+from hutch.network.node import NetworkOptions, NodeNetwork, Peer
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
 from hutch.wire.nodes import (
     Assignment,
     Assignments,
+    JoinToken,
     MachineReport,
     NodeRegister,
-    join_token_parts,
 )
 
 log = logging.getLogger("hutch.agent")
@@ -73,6 +72,16 @@ def _hosts_of(*urls: str) -> list[str]:
         if not addr.is_loopback:  # 127/8 is blocked anyway
             out.append(f"{addr}/{addr.max_prefixlen}")
     return out
+
+
+def _underlay_of(url: str) -> str | None:
+    """The advertised URL's host as the overlay's address, if it is an IP other than loopback
+    (agents sharing a host's loopback cannot each have VXLAN port 4789 on it)."""
+    try:
+        addr = ipaddress.ip_address(urlsplit(url).hostname or "")
+    except ValueError:
+        return None
+    return None if addr.is_loopback else str(addr)
 
 
 class NodeAgent:
@@ -112,6 +121,7 @@ class NodeAgent:
                 state_dir=self.dir,
                 mtu=settings.network_mtu,
                 blocked=(*settings.network_blocked, *_hosts_of(controller, advertise)),
+                underlay=settings.network_underlay or _underlay_of(advertise),
             ),
             dns=self.dns,
         )
@@ -159,8 +169,10 @@ class NodeAgent:
         if not self.controller.startswith("https://"):
             return
         saved = self.dir / "controller-ca.pem"
-        parts = join_token_parts(self.join_secret)
-        pin = parts[3] if parts else ""
+        try:
+            pin = JoinToken.parse(self.join_secret).ca_pin
+        except Invalid:
+            pin = ""  # a plain join secret pins no CA
         if not saved.exists() and pin:
             pem = await self.link.fetch_ca()
             tls.check_pin(pem, pin)
@@ -233,6 +245,7 @@ class NodeAgent:
                     continue
                 revision = answer.revision
                 self.update_dns(answer)
+                await self.update_overlay(answer)
                 try:
                     await self.reconcile(answer.machines)
                 except Exception:  # one bad round must not stop the node; the next retries
@@ -249,13 +262,20 @@ class NodeAgent:
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     def update_dns(self, answer: Assignments) -> None:
-        """HOOK (net-model): each hosted network's DNS records from the controller's peer list,
+        """Each hosted network's DNS records from the controller's peer list,
         `Assignments.peers` (PeerView: network_id, machine, name, project, ip4, ip6; see
-        `dns.Peer`). Until that field is on main the zones stay empty; once it is, replace the
-        getattr with `answer.peers`. Every answer replaces all zones: a machine gone from the
-        list is gone from DNS at once."""
-        peers: list[dns.Peer] = getattr(answer, "peers", [])
-        self.dns.sync(dns.zones(peers))
+        `dns.Peer`). Every answer replaces all zones: a machine gone from the list is gone from
+        DNS at once."""
+        self.dns.sync(dns.zones(answer.peers))
+
+    async def update_overlay(self, answer: Assignments) -> None:
+        """The VXLAN entries for the machines on other nodes of the networks this node hosts,
+        from the same peer list (the whole set each time; entries of peers gone are removed)."""
+        peers = [Peer(p.network_id, p.mac, p.ip4, p.ip6, p.underlay) for p in answer.peers]
+        try:
+            await asyncio.to_thread(self.network.set_peers, peers)
+        except HutchError as e:  # the next answer retries
+            log.warning("cannot update the overlay: %s", e.message)
 
     async def close(self) -> None:
         await self.dns.close()
@@ -337,17 +357,7 @@ class NodeAgent:
             if driver is None:
                 raise Invalid(f"this node has no {a.runtime} runtime")
             image = await self._ensure_image(a)
-            request = mirrored(  # workdir, user and the terminal's as the assignment says
-                RunRequest,
-                a,
-                source=image.digest,
-                args=tuple(a.command or ()),
-                entrypoint=tuple(a.entrypoint) if a.entrypoint is not None else None,
-                env=tuple(f"{k}={v}" for k, v in a.env.items()),
-                resources=Resources(cpus=a.cpus, memory_mib=a.memory_mib, scratch_mib=a.disk_mib),
-                sandbox_id=a.sandbox,
-                hostname=a.machine,
-            )
+            request = RunRequest.of(a, image.digest)
             roots = replace(self.roots, project=a.project, allow_paths=False)
             spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)
             await driver.create(spec)

@@ -1,5 +1,6 @@
-"""The node agent's own API, called by controllers only (they present the node's controller
-key): logs, exec and signals of its sandboxes, and its image store."""
+"""/node/v1: the node agent's own API, called by controllers only (they present the node's
+controller key): logs, exec and signals of its sandboxes, and its image store. Mounted by the
+agent's app (`agent/app.py`) over its `NodeAgent`."""
 
 import asyncio
 import base64
@@ -12,15 +13,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request, Response, WebSocket, status
+from fastapi import APIRouter, Depends, Query, Request, Response, WebSocket, status
 from fastapi.responses import StreamingResponse
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
 from hutch.agent import images
 from hutch.agent.node import NodeAgent
 from hutch.agent.sandbox import merge_env
 from hutch.http.fair import batched, turn
-from hutch.http.problems import install as install_problems
 from hutch.http.problems import ws_error
 from hutch.images.archive import export_archive
 from hutch.images.pull import PullProgress
@@ -29,236 +30,272 @@ from hutch.images.store import Allowance, StoredImage
 from hutch.images.users import resolve_user
 from hutch.model.errors import HutchError, NotFound, Unauthenticated
 from hutch.model.image import parse_ref
+from hutch.model.machine import env_entries
 from hutch.model.sandbox import ExitStatus, LogRecord, ProcessSpec, Stream, parse_signal
 from hutch.runtime.driver import SandboxDriver
 from hutch.runtime.supervisor import ProcessInput
-from hutch.wire.images import ImagePull, ImageView, PullEvent
+from hutch.wire.images import ImagePull, ImageUsage, ImageView, PullEvent
 from hutch.wire.machines import ExecStart, LogLine
 from hutch.wire.nodes import SignalRequest
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 
 
-def create_node_app(agent: NodeAgent) -> FastAPI:
-    app = FastAPI(title="hutch node agent", openapi_url=None, docs_url=None, redoc_url=None)
-    install_problems(app)
+router = APIRouter()
 
-    def authorize(request: Request) -> None:
-        _check(agent, request.headers.get("authorization", ""))
 
-    Auth = Annotated[None, Depends(authorize)]
+def _agent(conn: HTTPConnection) -> NodeAgent:
+    agent: NodeAgent = conn.app.state.agent
+    return agent
 
-    async def find(sandbox: str) -> SandboxDriver:
-        for driver in agent.drivers.values():
-            with contextlib.suppress(NotFound):
-                await driver.inspect(sandbox)
-                return driver
-        raise NotFound(f"no sandbox {sandbox} on this node")
 
-    @app.get("/node/v1/sandboxes/{sandbox}/logs")
-    async def logs(
-        _: Auth,
-        sandbox: str,
-        follow: bool = False,
-        tail: Annotated[int | None, Query(ge=0)] = None,
-        since: Annotated[float | None, Query(ge=0)] = None,
-    ) -> StreamingResponse:
-        driver = await find(sandbox)
-        # In chunks made in turns: a reader of a large log must not hold the loop.
-        return StreamingResponse(
-            batched(_log_lines(driver, sandbox, follow, tail, since)),
-            media_type="application/x-ndjson",
+Agent = Annotated[NodeAgent, Depends(_agent)]
+
+
+def _authorize(request: Request, agent: Agent) -> None:
+    _check(agent, request.headers.get("authorization", ""))
+
+
+Auth = Annotated[None, Depends(_authorize)]
+
+
+class Limits:
+    """The project's image quotas, as the controller sends them (absent: no limit)."""
+
+    def __init__(self, max_stored: int | None = None, max_unpacked: int | None = None) -> None:
+        self.max_stored = max_stored
+        self.max_unpacked = max_unpacked
+
+    def of(self) -> Allowance:
+        return Allowance(stored=self.max_stored, unpacked=self.max_unpacked)
+
+
+async def _find(agent: NodeAgent, sandbox: str) -> SandboxDriver:
+    for driver in agent.drivers.values():
+        with contextlib.suppress(NotFound):
+            await driver.inspect(sandbox)
+            return driver
+    raise NotFound(f"no sandbox {sandbox} on this node")
+
+
+async def _roots_in_use(agent: NodeAgent) -> set[str]:
+    in_use: set[str] = set()
+    for driver in agent.drivers.values():
+        for info in await driver.sandboxes():
+            in_use.update(info.root_paths)
+    return in_use
+
+
+@router.get("/node/v1/sandboxes/{sandbox}/logs")
+async def logs(
+    agent: Agent,
+    _: Auth,
+    sandbox: str,
+    follow: bool = False,
+    tail: Annotated[int | None, Query(ge=0)] = None,
+    since: Annotated[float | None, Query(ge=0)] = None,
+) -> StreamingResponse:
+    driver = await _find(agent, sandbox)
+    # In chunks made in turns: a reader of a large log must not hold the loop.
+    return StreamingResponse(
+        batched(_log_lines(driver, sandbox, follow, tail, since)),
+        media_type="application/x-ndjson",
+    )
+
+
+@router.post("/node/v1/sandboxes/{sandbox}/signal", status_code=status.HTTP_204_NO_CONTENT)
+async def send_signal(agent: Agent, _: Auth, sandbox: str, body: SignalRequest) -> Response:
+    driver = await _find(agent, sandbox)
+    await driver.signal(sandbox, parse_signal(body.signal))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.websocket("/node/v1/sandboxes/{sandbox}/exec")
+async def exec_(ws: WebSocket, agent: Agent, sandbox: str) -> None:
+    await ws.accept()
+    try:
+        _check(agent, ws.headers.get("authorization", ""))
+        start = ExecStart.first_message(await ws.receive_text())
+        driver = await _find(agent, sandbox)
+        spec = await driver.spec(sandbox)
+        user = resolve_user(Path(spec.rootfs), start.user) if start.user else spec.process.user
+        env = merge_env(
+            ("TERM=xterm",) if start.tty else (),  # unless the machine or the caller says
+            spec.process.env,
+            env_entries(start.env),
         )
-
-    @app.post("/node/v1/sandboxes/{sandbox}/signal", status_code=status.HTTP_204_NO_CONTENT)
-    async def send_signal(_: Auth, sandbox: str, body: SignalRequest) -> Response:
-        driver = await find(sandbox)
-        await driver.signal(sandbox, parse_signal(body.signal))
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-    @app.websocket("/node/v1/sandboxes/{sandbox}/exec")
-    async def exec_(ws: WebSocket, sandbox: str) -> None:
-        await ws.accept()
-        try:
-            _check(agent, ws.headers.get("authorization", ""))
-            start = ExecStart.first_message(await ws.receive_text())
-            driver = await find(sandbox)
-            spec = await driver.spec(sandbox)
-            user = resolve_user(Path(spec.rootfs), start.user) if start.user else spec.process.user
-            env = merge_env(
-                ("TERM=xterm",) if start.tty else (),  # unless the machine or the caller says
-                spec.process.env,
-                tuple(f"{k}={v}" for k, v in start.env.items()),
-            )
-            proc = await driver.exec(
-                sandbox,
-                ProcessSpec(
-                    args=tuple(start.command),
-                    env=env,
-                    cwd=start.workdir or spec.process.cwd,
-                    user=user,
-                    stdin=start.stdin,
-                    tty=start.tty,
-                    rows=start.rows,
-                    cols=start.cols,
-                ),
-            )
-        except HutchError as e:
-            await ws.send_text(ws_error(e))
+        proc = await driver.exec(
+            sandbox,
+            ProcessSpec(
+                args=tuple(start.command),
+                env=env,
+                cwd=start.workdir or spec.process.cwd,
+                user=user,
+                stdin=start.stdin,
+                tty=start.tty,
+                rows=start.rows,
+                cols=start.cols,
+            ),
+        )
+    except HutchError as e:
+        await ws.send_text(ws_error(e))
+        await ws.close()
+        return
+    feeder = asyncio.create_task(_feed(ws, proc))
+    try:
+        async for stream, data in proc.output():
+            await turn()
+            await ws.send_bytes(bytes([STDOUT if stream is Stream.STDOUT else STDERR]) + data)
+        await ws.send_text(_exit(await proc.wait()))
+    except (WebSocketDisconnect, RuntimeError):
+        with contextlib.suppress(HutchError):
+            await proc.signal(_signal.SIGKILL)  # the client is gone: so is its process
+    finally:
+        feeder.cancel()
+        with contextlib.suppress(RuntimeError):
             await ws.close()
-            return
-        feeder = asyncio.create_task(_feed(ws, proc))
-        try:
-            async for stream, data in proc.output():
-                await turn()
-                await ws.send_bytes(bytes([STDOUT if stream is Stream.STDOUT else STDERR]) + data)
-            await ws.send_text(_exit(await proc.wait()))
-        except (WebSocketDisconnect, RuntimeError):
-            with contextlib.suppress(HutchError):
-                await proc.signal(_signal.SIGKILL)  # the client is gone: so is its process
-        finally:
-            feeder.cancel()
-            with contextlib.suppress(RuntimeError):
-                await ws.close()
 
-    @app.websocket("/node/v1/sandboxes/{sandbox}/attach")
-    async def attach(ws: WebSocket, sandbox: str) -> None:
-        """Into the main process (docs/api.md, attach): stdin, resize and signal messages as
-        in exec; `attached` first, `exit` when the workload ends. Output stays in the log.
-        Leaving does not end the workload, nor its stdin."""
-        await ws.accept()
-        try:
-            _check(agent, ws.headers.get("authorization", ""))
-            driver = await find(sandbox)
-            spec = await driver.spec(sandbox)
-            main = await driver.attach(sandbox)
-            attached = {"type": "attached", "tty": spec.process.tty, "stdin": main.stdin_open}
-            await ws.send_text(json.dumps(attached))
-        except HutchError as e:
-            await ws.send_text(ws_error(e))
+
+@router.websocket("/node/v1/sandboxes/{sandbox}/attach")
+async def attach(ws: WebSocket, agent: Agent, sandbox: str) -> None:
+    """Into the main process (docs/api.md, attach): stdin, resize and signal messages as
+    in exec; `attached` first, `exit` when the workload ends. Output stays in the log.
+    Leaving does not end the workload, nor its stdin."""
+    await ws.accept()
+    try:
+        _check(agent, ws.headers.get("authorization", ""))
+        driver = await _find(agent, sandbox)
+        spec = await driver.spec(sandbox)
+        main = await driver.attach(sandbox)
+        attached = {"type": "attached", "tty": spec.process.tty, "stdin": main.stdin_open}
+        await ws.send_text(json.dumps(attached))
+    except HutchError as e:
+        await ws.send_text(ws_error(e))
+        await ws.close()
+        return
+    feeder = asyncio.ensure_future(_feed(ws, main))
+    ended = asyncio.ensure_future(driver.wait(sandbox))
+    try:
+        await asyncio.wait([feeder, ended], return_when=asyncio.FIRST_COMPLETED)
+        if ended.done() and not ended.cancelled() and ended.exception() is None:
+            await ws.send_text(_exit(ended.result()))
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        for task in (feeder, ended):
+            task.cancel()
+        with contextlib.suppress(RuntimeError):
             await ws.close()
-            return
-        feeder = asyncio.ensure_future(_feed(ws, main))
-        ended = asyncio.ensure_future(driver.wait(sandbox))
-        try:
-            await asyncio.wait([feeder, ended], return_when=asyncio.FIRST_COMPLETED)
-            if ended.done() and not ended.cancelled() and ended.exception() is None:
-                await ws.send_text(_exit(ended.result()))
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            for task in (feeder, ended):
-                task.cancel()
-            with contextlib.suppress(RuntimeError):
-                await ws.close()
 
-    # -- images ------------------------------------------------------------------------------------
 
-    @app.get("/node/v1/images")
-    async def list_images(_: Auth, project: str) -> list[ImageView]:
-        return [_image_view(i) for i in agent.store.images(project)]
+# -- images ------------------------------------------------------------------------------------
 
-    @app.get("/node/v1/archive")
-    async def export_image(_: Auth, ref: str, project: str) -> StreamingResponse:
-        """The image `ref` means for `project`, as an OCI archive (for a peer that lacks it);
-        whose it is travels in a header, so the peer files it for the same owner."""
-        image = agent.store.resolve(ref, project)
-        archive = tempfile.TemporaryFile(dir=agent.store.root / "partial")  # noqa: SIM115 - the body closes it
-        try:
-            with disk_full_is_insufficient():
-                # Unnamed: the peer files it under the name it asked by, or none.
-                await asyncio.to_thread(export_archive, agent.store, image.digest, archive)
-            archive.seek(0)
-        except BaseException:
-            archive.close()
-            raise
 
-        async def chunks() -> AsyncIterator[bytes]:
-            with archive:
-                while chunk := await asyncio.to_thread(archive.read, 1 << 20):
-                    yield chunk
+@router.get("/node/v1/images")
+async def list_images(agent: Agent, _: Auth, project: str) -> list[ImageView]:
+    return [_image_view(i) for i in agent.store.images(project)]
 
-        headers = {"X-Hutch-Image-Source": image.source, "X-Hutch-Image-Digest": image.digest}
-        return StreamingResponse(chunks(), media_type="application/x-tar", headers=headers)
 
-    @app.get("/node/v1/images/{ref:path}")
-    async def get_image(_: Auth, ref: str, project: str) -> ImageView:
-        return _image_view(agent.store.resolve(ref, project))
+@router.get("/node/v1/archive")
+async def export_image(agent: Agent, _: Auth, ref: str, project: str) -> StreamingResponse:
+    """The image `ref` means for `project`, as an OCI archive (for a peer that lacks it);
+    whose it is travels in a header, so the peer files it for the same owner."""
+    image = agent.store.resolve(ref, project)
+    archive = tempfile.TemporaryFile(dir=agent.store.root / "partial")  # noqa: SIM115 - the body closes it
+    try:
+        with disk_full_is_insufficient():
+            # Unnamed: the peer files it under the name it asked by, or none.
+            await asyncio.to_thread(export_archive, agent.store, image.digest, archive)
+        archive.seek(0)
+    except BaseException:
+        archive.close()
+        raise
 
-    async def roots_in_use() -> set[str]:
-        in_use: set[str] = set()
-        for driver in agent.drivers.values():
-            for info in await driver.sandboxes():
-                in_use.update(info.root_paths)
-        return in_use
+    async def chunks() -> AsyncIterator[bytes]:
+        with archive:
+            while chunk := await asyncio.to_thread(archive.read, 1 << 20):
+                yield chunk
 
-    @app.delete("/node/v1/images/{ref:path}", status_code=status.HTTP_204_NO_CONTENT)
-    async def delete_image(_: Auth, ref: str, project: str, public: bool = False) -> Response:
-        await asyncio.to_thread(
-            images.remove_image, agent.settings, ref, project=project,
-            roots_in_use=await roots_in_use(), public=public,
+    headers = {"X-Hutch-Image-Source": image.source, "X-Hutch-Image-Digest": image.digest}
+    return StreamingResponse(chunks(), media_type="application/x-tar", headers=headers)
+
+
+@router.get("/node/v1/images/{ref:path}")
+async def get_image(agent: Agent, _: Auth, ref: str, project: str) -> ImageView:
+    return _image_view(agent.store.resolve(ref, project))
+
+
+@router.delete("/node/v1/images/{ref:path}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_image(
+    agent: Agent, _: Auth, ref: str, project: str, public: bool = False
+) -> Response:
+    await asyncio.to_thread(
+        images.remove_image, agent.settings, ref, project=project,
+        roots_in_use=await _roots_in_use(agent), public=public,
+    )  # fmt: skip
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete("/node/v1/projects/{project}/images", status_code=status.HTTP_204_NO_CONTENT)
+async def forget_project(agent: Agent, _: Auth, project: str) -> Response:
+    await asyncio.to_thread(
+        images.forget_project, agent.settings, project, roots_in_use=await _roots_in_use(agent)
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/node/v1/projects/{project}/images/usage")
+async def image_usage(agent: Agent, _: Auth, project: str) -> ImageUsage:
+    usage = await asyncio.to_thread(agent.store.usage, project)
+    mib = 1 << 20
+    return ImageUsage(
+        images_mib=-(-usage.stored // mib), images_unpacked_mib=-(-usage.unpacked // mib)
+    )
+
+
+@router.post("/node/v1/images/pull")
+async def pull_image(
+    agent: Agent, _: Auth, project: str, body: ImagePull, allowance: Annotated[Limits, Depends()]
+) -> StreamingResponse:
+    # Refused as a 403 before the stream starts, like the controller does.
+    agent.settings.registry_names().check(parse_ref(body.ref).registry)
+    return StreamingResponse(
+        _pull(agent, project, body, allowance.of()), media_type="application/x-ndjson"
+    )
+
+
+@router.post("/node/v1/images/import", status_code=status.HTTP_201_CREATED)
+async def import_image(
+    agent: Agent,
+    _: Auth,
+    request: Request,
+    project: str,
+    allowance: Annotated[Limits, Depends()],
+    name: Annotated[list[str] | None, Query()] = None,
+    public: bool = False,
+) -> list[ImageView]:
+    # Spooled on the store's disk (not /tmp, often RAM), within its free-space floor.
+    store = agent.store
+    with (
+        disk_full_is_insufficient(),
+        tempfile.TemporaryFile(dir=store.root / "partial") as archive,
+    ):
+        await spool(
+            request.stream(), archive, floor=store.free_floor,
+            limit=allowance.max_stored or agent.settings.max_unpacked_bytes,
+            quota=allowance.max_stored is not None,
         )  # fmt: skip
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-    @app.delete("/node/v1/projects/{project}/images", status_code=status.HTTP_204_NO_CONTENT)
-    async def forget_project(_: Auth, project: str) -> Response:
-        await asyncio.to_thread(
-            images.forget_project, agent.settings, project, roots_in_use=await roots_in_use()
+        archive.seek(0)
+        found = await asyncio.to_thread(
+            images.import_image,
+            agent.settings,
+            archive,
+            project=project,
+            public=public,
+            names=tuple(name or ()),
+            allowance=allowance.of(),
         )
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-    @app.get("/node/v1/projects/{project}/images/usage")
-    async def image_usage(_: Auth, project: str) -> dict[str, int]:
-        usage = await asyncio.to_thread(agent.store.usage, project)
-        mib = 1 << 20
-        return {
-            "images_mib": -(-usage.stored // mib),
-            "images_unpacked_mib": -(-usage.unpacked // mib),
-        }
-
-    @app.post("/node/v1/images/pull")
-    async def pull_image(
-        _: Auth, project: str, body: ImagePull, allowance: Annotated[Limits, Depends()]
-    ) -> StreamingResponse:
-        # Refused as a 403 before the stream starts, like the controller does.
-        agent.settings.registry_names().check(parse_ref(body.ref).registry)
-        return StreamingResponse(
-            _pull(agent, project, body, allowance.of()), media_type="application/x-ndjson"
-        )
-
-    @app.post("/node/v1/images/import", status_code=status.HTTP_201_CREATED)
-    async def import_image(
-        _: Auth,
-        request: Request,
-        project: str,
-        allowance: Annotated[Limits, Depends()],
-        name: Annotated[list[str] | None, Query()] = None,
-        public: bool = False,
-    ) -> list[ImageView]:
-        # Spooled on the store's disk (not /tmp, often RAM), within its free-space floor.
-        store = agent.store
-        with (
-            disk_full_is_insufficient(),
-            tempfile.TemporaryFile(dir=store.root / "partial") as archive,
-        ):
-            await spool(
-                request.stream(), archive, floor=store.free_floor,
-                limit=allowance.max_stored or agent.settings.max_unpacked_bytes,
-                quota=allowance.max_stored is not None,
-            )  # fmt: skip
-            archive.seek(0)
-            found = await asyncio.to_thread(
-                images.import_image,
-                agent.settings,
-                archive,
-                project=project,
-                public=public,
-                names=tuple(name or ()),
-                allowance=allowance.of(),
-            )
-        return [_image_view(i) for i in found]
-
-    return app
+    return [_image_view(i) for i in found]
 
 
 def _exit(result: ExitStatus) -> str:
@@ -279,19 +316,13 @@ def _check(agent: NodeAgent, header: str) -> None:
         raise Unauthenticated("this node only answers its controllers")
 
 
-class Limits:
-    """The project's image quotas, as the controller sends them (absent: no limit)."""
-
-    def __init__(self, max_stored: int | None = None, max_unpacked: int | None = None) -> None:
-        self.max_stored = max_stored
-        self.max_unpacked = max_unpacked
-
-    def of(self) -> Allowance:
-        return Allowance(stored=self.max_stored, unpacked=self.max_unpacked)
-
-
 def _image_view(image: StoredImage) -> ImageView:
-    return ImageView.mirroring(image, id=image.digest, names=list(image.names))
+    return ImageView.mirroring(
+        image,
+        id=image.digest,
+        names=list(image.names),
+        exposed_ports=list(image.config.exposed_ports),
+    )
 
 
 def _line(record: LogRecord) -> bytes:

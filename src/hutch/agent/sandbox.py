@@ -14,6 +14,7 @@ from hutch.images.rootfs import PreparedRoot, prepare_image, prepare_root
 from hutch.images.staging import Staging
 from hutch.images.store import ImageStore
 from hutch.images.users import resolve_user
+from hutch.model import mirrored
 from hutch.model.errors import Invalid, NotFound
 from hutch.model.sandbox import (
     Capabilities,
@@ -22,14 +23,15 @@ from hutch.model.sandbox import (
     SandboxSpec,
     parse_signal,
 )
+from hutch.wire.nodes import Assignment
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True, slots=True)
 class RunRequest:
-    source: str  # an image reference in the store, a root directory, or an OCI image layout
-    args: tuple[str, ...] = ()  # replaces the image's Cmd
+    image: str  # an image reference in the store, a root directory, or an OCI image layout
+    command: tuple[str, ...] | None = None  # replaces the image's Cmd (None or empty: keep it)
     entrypoint: tuple[str, ...] | None = None  # replaces the image's Entrypoint (and drops Cmd)
     env: tuple[str, ...] = ()  # KEY=VALUE, over the image's
     workdir: str = ""
@@ -41,6 +43,21 @@ class RunRequest:
     stdin: bool = False  # a stdin pipe (or, with tty, typing into the terminal) for attaching
     rows: int = 0  # the terminal's size (0: 24 x 80)
     cols: int = 0
+
+    @classmethod
+    def of(cls, a: Assignment, image: str) -> "RunRequest":
+        """What the node runs for assignment `a`, from `image` (what `a.image` resolved to)."""
+        return mirrored(  # workdir, user and the terminal's as the assignment says
+            cls,
+            a,
+            image=image,
+            command=tuple(a.command) if a.command is not None else None,
+            entrypoint=tuple(a.entrypoint) if a.entrypoint is not None else None,
+            env=tuple(a.env),
+            resources=Resources(cpus=a.cpus, memory_mib=a.memory_mib, scratch_mib=a.disk_mib),
+            sandbox_id=a.sandbox,
+            hostname=a.machine,
+        )
 
 
 def new_sandbox_id() -> str:
@@ -107,12 +124,12 @@ def build_spec(
     request: RunRequest, caps: Capabilities, roots: Roots
 ) -> tuple[SandboxSpec, PreparedRoot]:
     """Prepare the root the runtime needs (directory or disk) and the spec to run on it."""
-    root = roots.prepare(request.source, caps)
+    root = roots.prepare(request.image, caps)
     config = root.config
     if request.entrypoint is not None:
-        argv = request.entrypoint + request.args
+        argv = request.entrypoint + (request.command or ())
     else:
-        argv = config.entrypoint + (request.args or config.cmd)
+        argv = config.entrypoint + (request.command or config.cmd)
     if not argv:
         raise Invalid(
             "no command to run: give one after --, or use an image with Entrypoint or Cmd"

@@ -4,9 +4,12 @@ import dataclasses
 from typing import Any
 
 from hutch.model import mirrored
-from hutch.model.machine import Event, Machine, MachineSpec, Node
+from hutch.model.addressing import Network, Rule, SecurityGroup, dns_name
+from hutch.model.machine import Event, Machine, MachineSpec, Node, env_dict, env_entries
+from hutch.model.network import Attachment, PortMapping
 from hutch.model.tenancy import QUOTA_FIELDS, Project, Quota, Token, Usage
 from hutch.placement import Placement, Rejection
+from hutch.services.networks import MachineNet, NodePlan, Wiring
 from hutch.wire.machines import (
     EventView,
     MachineCreate,
@@ -14,7 +17,18 @@ from hutch.wire.machines import (
     PlacementView,
     Rejected,
 )
-from hutch.wire.nodes import Assignment, CapacityView, NodeView
+from hutch.wire.networks import (
+    AddressView,
+    GroupRules,
+    NetworkView,
+    NicView,
+    PeerView,
+    PortView,
+    RuleCreate,
+    RuleView,
+    SecurityGroupView,
+)
+from hutch.wire.nodes import Assignment, Assignments, CapacityView, NodeView
 from hutch.wire.tenancy import ProjectView, QuotaSpec, QuotaView, TokenView, UsageView
 
 
@@ -24,7 +38,7 @@ def spec_of(body: MachineCreate) -> MachineSpec:
         body,
         command=tuple(body.command) if body.command is not None else None,
         entrypoint=tuple(body.entrypoint) if body.entrypoint is not None else None,
-        env=tuple(f"{k}={v}" for k, v in body.env.items()),
+        env=env_entries(body.env),
         labels=dict(body.labels),
         constraints=dict(body.constraints),
     )
@@ -46,10 +60,6 @@ def placement_view(decision: Placement | Rejection) -> PlacementView:
     )
 
 
-def env_dict(env: tuple[str, ...]) -> dict[str, str]:
-    return dict(entry.partition("=")[::2] for entry in env)
-
-
 def _spec(s: MachineSpec) -> dict[str, Any]:
     """The spec as the wire has it, for every view that carries it (or part of it)."""
     fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
@@ -61,16 +71,121 @@ def _spec(s: MachineSpec) -> dict[str, Any]:
     return fields
 
 
-def machine_view(m: Machine, project: str) -> MachineView:
-    return MachineView.mirroring(m, **_spec(m.spec), project=project, node=m.node_id)
+def net_of(body: MachineCreate) -> MachineNet:
+    return MachineNet(
+        networks=tuple(body.networks) if body.networks is not None else None,
+        ports=tuple(PortMapping(p.host_port, p.port, p.protocol, p.host_ip) for p in body.ports),
+        security_groups=tuple(body.security_groups),
+    )
 
 
-def assignment(m: Machine, quota: Quota) -> Assignment:
-    """What the node needs of the spec (`Assignment`'s fields), and what to do with it."""
+def machine_view(m: Machine, project: str, wiring: Wiring | None = None) -> MachineView:
+    w = wiring or Wiring()
+    return MachineView.mirroring(
+        m,
+        **_spec(m.spec),
+        project=project,
+        node=m.node_id,
+        networks=[name for _, name in w.addresses],
+        addresses=[
+            AddressView(network=name, network_id=a.network_id, mac=a.mac, ip4=a.ip4, ip6=a.ip6)
+            for a, name in w.addresses
+        ],
+        ports=[port_view(p) for p in w.ports],
+        security_groups=list(w.security_groups),
+        dns=dns_name(m.name, project) if w.addresses else "",
+    )
+
+
+def port_view(p: PortMapping) -> PortView:
+    return PortView(host_port=p.host_port, port=p.port, protocol=p.protocol, host_ip=p.host_ip)
+
+
+def nic_view(a: Attachment) -> NicView:
+    return NicView(
+        **{f.name: getattr(a, f.name) for f in dataclasses.fields(a)}
+        | {"egress_allow": list(a.egress_allow), "dns": list(a.dns), "search": list(a.search)}
+    )
+
+
+def network_view(n: Network, project: str, machines: int = 0) -> NetworkView:
+    return NetworkView(
+        id=n.id, name=n.name, project=project, subnet4=n.subnet4, subnet6=n.subnet6,
+        gateway4=n.gateway4, gateway6=n.gateway6, vni=n.vni, egress=n.egress,
+        egress_allow=list(n.egress_allow), machines=machines, created_at=n.created_at,
+    )  # fmt: skip
+
+
+def rule_of(body: RuleCreate) -> Rule:
+    return Rule(
+        body.direction, body.protocol, body.port_min, body.port_max,
+        body.remote_cidr, body.remote_group,
+    )  # fmt: skip
+
+
+def _rules(g: SecurityGroup) -> list[RuleView]:
+    return [
+        RuleView(
+            id=rule_id,
+            direction=r.direction,
+            protocol=r.protocol,
+            port_min=r.port_min,
+            port_max=r.port_max,
+            remote_cidr=r.remote_cidr,
+            remote_group=r.remote_group,
+        )
+        for rule_id, r in g.rules
+    ]
+
+
+def group_view(g: SecurityGroup, project: str) -> SecurityGroupView:
+    return SecurityGroupView(
+        id=g.id, name=g.name, project=project, rules=_rules(g), created_at=g.created_at
+    )
+
+
+def assignments(
+    revision: int, machines: list[tuple[Machine, Quota]], plan: NodePlan
+) -> Assignments:
+    """What the node is told: its machines, their security groups, and its networks' peers."""
+    return Assignments(
+        revision=revision,
+        machines=[assignment(m, quota, plan) for m, quota in machines],
+        groups=[
+            GroupRules(
+                id=g.id, name=g.name, rules=_rules(g), members=list(plan.members.get(g.id, ()))
+            )
+            for g in plan.rules.values()
+        ],
+        peers=[
+            PeerView(
+                network_id=p.network_id,
+                machine=p.machine_id,
+                name=p.name,
+                project=p.project,
+                mac=p.mac,
+                ip4=p.ip4,
+                ip6=p.ip6,
+                node=p.node_id,
+                underlay=p.underlay,
+            )
+            for p in plan.peers
+        ],
+    )
+
+
+def assignment(m: Machine, quota: Quota, plan: NodePlan | None = None) -> Assignment:
+    """What the node needs of the spec (`Assignment`'s fields), and what to do with it. The
+    environment stays in the model's entries: the node runs them as they are."""
     spec = {k: v for k, v in _spec(m.spec).items() if k in Assignment.model_fields}
+    nics = plan.attachments.get(m.id, ()) if plan else ()
     return Assignment.mirroring(
         m,
-        **spec,
+        **{**spec, "env": list(m.spec.env)},
+        hostname=m.name,
+        networks=[nic_view(a) for a in nics],
+        ports=[port_view(p) for p in (plan.ports.get(m.id, ()) if plan and nics else ())],
+        security_groups=list(plan.groups.get(m.id, ())) if plan else [],
         machine=m.id,
         project=m.project_id,
         image_limits=quota.image_limits(),

@@ -1,41 +1,13 @@
-"""The controller's parts, and FastAPI dependencies: who is calling, in which project."""
+"""FastAPI dependencies: the controller, who is calling, in which project."""
 
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from hutch.controller import Controller
 from hutch.model.machine import Node
 from hutch.model.tenancy import Principal, Project
-from hutch.services.health import Health
-from hutch.services.images import Images
-from hutch.services.leader import Leadership
-from hutch.services.machines import Machines
-from hutch.services.nodelink import NodeLink
-from hutch.services.nodes import Nodes
-from hutch.services.notify import Notifier
-from hutch.services.retention import Retention
-from hutch.services.scheduling import Scheduler
-from hutch.services.streams import Streams
-from hutch.services.tenancy import Tenancy
-from hutch.store.base import Store
-
-
-@dataclass
-class Controller:
-    store: Store
-    notifier: Notifier
-    link: NodeLink
-    tenancy: Tenancy
-    machines: Machines
-    nodes: Nodes
-    images: Images
-    leadership: Leadership
-    scheduler: Scheduler
-    health: Health
-    retention: Retention  # purges destroyed machines
-    streams: Streams  # long-lived streams, ended when their token or project goes
-    ca_pem: str | None = None  # when serving HTTPS
 
 
 def controller(request: Request) -> Controller:

@@ -19,6 +19,7 @@ from hutch.cli.remote import (
     connect,
     connect_async,
     cut,
+    data,
     dump,
     emit,
     newest_first,
@@ -163,6 +164,27 @@ def run(
     strategy: Annotated[
         str | None, typer.Option(help="spread (default) or pack across the nodes.")
     ] = None,
+    publish: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--publish",
+            "-p",
+            help="[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]: publish a port on the machine's node "
+            "(every address of the node, 127.0.0.1 included, unless HOST_IP); repeatable.",
+        ),
+    ] = None,
+    network: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--network",
+            help="A network to join (repeatable, the first is eth0); default: the project's "
+            "default network; none: no network.",
+        ),
+    ] = None,
+    sg: Annotated[
+        list[str] | None,
+        typer.Option("--sg", help="A security group of the project's (repeatable)."),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -199,6 +221,9 @@ def run(
         "strategy": strategy,
         "tty": tty or None,
         "stdin": interactive or None,
+        "ports": publish or None,
+        "networks": network or None,
+        "security_groups": sg or None,
     }
     if tty and (size := _terminal_size()) is not None:
         given["rows"], given["cols"] = size  # from its start: attaching then changes nothing
@@ -394,8 +419,19 @@ _PS_COLUMNS = [
     ("IMAGE", lambda m: m["image"]),
     ("RUNTIME", lambda m: m["runtime"]),
     ("STATUS", _ps_status),
+    ("ADDRESS", lambda m: ",".join(a["ip4"] for a in m.get("addresses", ())) or "-"),
+    ("PORTS", lambda m: ports_text(m.get("ports", ())) or "-"),
     ("CREATED", lambda m: ago(m["created_at"])),
 ]
+
+
+def ports_text(ports: Any) -> str:
+    """Published ports as `docker ps` shows them: 8080->80/tcp, 127.0.0.1:53->53/udp."""
+    return ",".join(
+        f"{p['host_ip'] + ':' if p.get('host_ip') else ''}{p['host_port']}->{p['port']}/"
+        f"{p.get('protocol', 'tcp')}"
+        for p in ports
+    )
 
 
 def logs(
@@ -418,9 +454,13 @@ def logs(
 
 
 def inspect(ref: Ref) -> None:
-    """Show a machine, as JSON."""
+    """Show a machine, as JSON (with its image's `exposed_ports` when a node has the image)."""
     with connect() as client:
-        dump(client.machines.get(ref), "json")
+        m = client.machines.get(ref)
+        shown = cast("dict[str, Any]", data(m))
+        with contextlib.suppress(HutchError):  # no node has it now: shown without
+            shown["exposed_ports"] = client.images.get(m.image_digest or m.image).exposed_ports
+        dump(shown, "json")
 
 
 # -- exec -----------------------------------------------------------------------------------------

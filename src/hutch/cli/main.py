@@ -71,6 +71,8 @@ COMMANDS: dict[str, Entry] = {
     "token": Entry("projects", "token_app", "A project's API tokens: create, ls, revoke."),
     "quota": Entry("projects", "quota_app", "A project's quota and usage: show, set."),
     "node": Entry("nodes", "app", "Nodes: the hosts that run machines."),
+    "network": Entry("networks", "network_app", "Networks: a project's private networks."),
+    "sg": Entry("networks", "sg_app", "Security groups: named rules attached to machines."),
     "context": Entry("contexts", "app", "Saved controllers and tokens (contexts): ls, use, rm."),
 }
 

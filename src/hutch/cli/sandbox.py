@@ -78,8 +78,8 @@ def run(
     if argv[:1] == ["--"]:  # options end at ROOTFS, so click passes the separator through
         argv = argv[1:]
     request = RunRequest(
-        source=rootfs,
-        args=tuple(argv),
+        image=rootfs,
+        command=tuple(argv),
         entrypoint=tuple(entrypoint.split()) if entrypoint is not None else None,
         env=tuple(env or ()),
         workdir=workdir,
@@ -101,7 +101,7 @@ async def _run(request: RunRequest, runtime: str, keep: bool, stop_timeout: floa
     )
     done, _ = await asyncio.wait({preparing}, timeout=1.0)
     if not done:  # first use of this root: unpacking and building its disk take a while
-        _progress(f"preparing the root file system from {request.source} ...")
+        _progress(f"preparing the root file system from {request.image} ...")
     spec, _ = await preparing
     if not done:
         _progress(f"root ready in {time.monotonic() - started:.1f} s (cached from now on)")

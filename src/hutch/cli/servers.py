@@ -14,10 +14,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from hutch import config
+from hutch.agent.app import create_node_app
 from hutch.agent.node import NodeAgent
-from hutch.agent.nodeapi import create_node_app
-from hutch.api.app import build_controller, create_app, join_secret_of
+from hutch.api.app import create_app
 from hutch.cli.contexts import save_up_context
+from hutch.controller import build_controller, join_secret_of
 from hutch.http import tls
 from hutch.http.slow import guarded_http
 from hutch.model.errors import Invalid, Unavailable

@@ -33,7 +33,10 @@ from hutch.client.errors import (
     WaitTimeout,
     error_for,
 )
+from hutch.model.addressing import Rule
+from hutch.model.errors import Invalid as ModelInvalid
 from hutch.model.machine import MachineState, RestartPolicy
+from hutch.model.network import PortMapping
 from hutch.model.tenancy import Role
 from hutch.wire.common import Page, Problem, Request
 from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
@@ -47,7 +50,15 @@ from hutch.wire.machines import (
     StopRequest,
     WaitResult,
 )
-from hutch.wire.nodes import JoinToken, JoinTokenRequest, NodeView
+from hutch.wire.networks import (
+    NetworkCreate,
+    NetworkView,
+    PortSpec,
+    RuleCreate,
+    SecurityGroupCreate,
+    SecurityGroupView,
+)
+from hutch.wire.nodes import JoinTokenRequest, JoinTokenView, NodeView
 from hutch.wire.tenancy import (
     ProjectCreate,
     ProjectView,
@@ -156,6 +167,9 @@ class MachineOptions(TypedDict, total=False):
     stdin: bool  # keep the command's stdin open for attached clients
     rows: int  # with tty: the terminal's size at start (default 24 x 80)
     cols: int
+    networks: Sequence[str]  # networks by name (eth0 first); default: "default"; ["none"]
+    ports: Sequence[str | Mapping[str, Any]]  # "[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]" or PortSpec
+    security_groups: Sequence[str]  # the project's security groups, by name
 
 
 class CommandOptions(TypedDict, total=False):
@@ -191,7 +205,94 @@ def machine_create(
     for key in ("env", "labels", "constraints"):
         if key in fields:
             fields[key] = dict(fields[key])
+    for key in ("networks", "security_groups"):
+        if key in fields:
+            fields[key] = [fields[key]] if isinstance(fields[key], str) else list(fields[key])
+    if "ports" in fields:
+        fields["ports"] = [port_spec(p) for p in fields["ports"]]
     return build(MachineCreate, **fields)
+
+
+def port_spec(port: str | Mapping[str, Any]) -> PortSpec:
+    """A published port from `-p`'s text ([HOST_IP:]HOST_PORT:PORT[/tcp|/udp]) or its fields."""
+    if not isinstance(port, str):
+        return build(PortSpec, **port)
+    try:
+        p = PortMapping.parse(port)
+    except ModelInvalid as e:
+        raise Invalid(e.message) from None
+    return build(PortSpec, host_port=p.host_port, port=p.port, protocol=p.protocol,
+                 host_ip=p.host_ip)  # fmt: skip
+
+
+# -- networks and security groups ---------------------------------------------------------------
+
+
+def _network(ref: str) -> str:
+    return f"/v1/networks/{quote(ref, safe='')}"
+
+
+def _group(ref: str, *rest: str) -> str:
+    return "/".join(
+        (f"/v1/security-groups/{quote(ref, safe='')}", *(quote(r, safe="") for r in rest))
+    )
+
+
+def create_network(body: NetworkCreate) -> Plan[NetworkView]:
+    return NetworkView.model_validate_json(
+        (yield Call("POST", "/v1/networks", body=body, scoped=True))
+    )
+
+
+def network(ref: str) -> Plan[NetworkView]:
+    return NetworkView.model_validate_json((yield Call("GET", _network(ref), scoped=True)))
+
+
+def delete_network(ref: str) -> Plan[None]:
+    yield Call("DELETE", _network(ref), scoped=True)
+
+
+def create_group(body: SecurityGroupCreate) -> Plan[SecurityGroupView]:
+    call = Call("POST", "/v1/security-groups", body=body, scoped=True)
+    return SecurityGroupView.model_validate_json((yield call))
+
+
+def group(ref: str) -> Plan[SecurityGroupView]:
+    return SecurityGroupView.model_validate_json((yield Call("GET", _group(ref), scoped=True)))
+
+
+def delete_group(ref: str) -> Plan[None]:
+    yield Call("DELETE", _group(ref), scoped=True)
+
+
+def add_rule(ref: str, body: RuleCreate) -> Plan[SecurityGroupView]:
+    call = Call("POST", _group(ref, "rules"), body=body, scoped=True)
+    return SecurityGroupView.model_validate_json((yield call))
+
+
+def remove_rule(ref: str, rule_id: str) -> Plan[SecurityGroupView]:
+    call = Call("DELETE", _group(ref, "rules", rule_id), scoped=True)
+    return SecurityGroupView.model_validate_json((yield call))
+
+
+def rule_create(
+    direction: str,
+    protocol: str = "any",
+    ports: str | int | tuple[int, int] = "",
+    remote: str = "",
+) -> RuleCreate:
+    """A rule from its parts: `ports` 80, "8000-8080" or (low, high) ("": all); `remote` a
+    CIDR (it has a '/') or a security group's name."""
+    if isinstance(ports, tuple):
+        low, high = ports
+    else:
+        try:
+            low, high = Rule.parse_ports(str(ports))
+        except ModelInvalid as e:
+            raise Invalid(e.message) from None
+    where = {"remote_cidr": remote} if "/" in remote else {"remote_group": remote}
+    return build(RuleCreate, direction=direction, protocol=protocol, port_min=low,
+                 port_max=high, **where)  # fmt: skip
 
 
 def create(body: MachineCreate) -> Plan[MachineView]:
@@ -215,9 +316,10 @@ def remove_node(ref: str) -> Plan[None]:
     yield Call("DELETE", f"/v1/nodes/{quote(ref, safe='')}")
 
 
-def join_token(ttl: float) -> Plan[JoinToken]:
+def join_token(ttl: float) -> Plan[JoinTokenView]:
     body = build(JoinTokenRequest, ttl=ttl)
-    return JoinToken.model_validate_json((yield Call("POST", "/v1/nodes/join-tokens", body=body)))
+    made = yield Call("POST", "/v1/nodes/join-tokens", body=body)
+    return JoinTokenView.model_validate_json(made)
 
 
 def run(body: MachineCreate) -> Plan[MachineView]:

@@ -34,7 +34,8 @@ from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
-from hutch.wire.nodes import JoinToken, NodeView
+from hutch.wire.networks import NetworkCreate, NetworkView, SecurityGroupCreate, SecurityGroupView
+from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 
 T = TypeVar("T")
@@ -87,6 +88,8 @@ class AsyncClient:
         self.images = AsyncImages(self)
         self.projects = AsyncProjects(self)
         self.nodes = AsyncNodes(self)
+        self.networks = AsyncNetworks(self)
+        self.security_groups = AsyncSecurityGroups(self)
 
     @property
     def url(self) -> str:
@@ -403,5 +406,64 @@ class AsyncNodes:
     async def remove(self, ref: str) -> None:
         await self._c._run(core.remove_node(ref))
 
-    async def join_token(self, ttl: float = 3600) -> JoinToken:
+    async def join_token(self, ttl: float = 3600) -> JoinTokenView:
         return await self._c._run(core.join_token(ttl))
+
+
+class AsyncNetworks:
+    """`client.networks` of AsyncClient (see hutch.client.sync.Networks)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    def list(self) -> AsyncListing[NetworkView]:
+        call = Call("GET", "/v1/networks", scoped=True)
+        return AsyncListing(self._c._paged(call, Page[NetworkView]))
+
+    async def get(self, ref: str) -> NetworkView:
+        return await self._c._run(core.network(ref))
+
+    async def create(
+        self, name: str, subnet: str = "", egress: str = "nat", egress_allow: Sequence[str] = ()
+    ) -> NetworkView:
+        body = core.build(
+            NetworkCreate, name=name, subnet=subnet, egress=egress, egress_allow=list(egress_allow)
+        )
+        return await self._c._run(core.create_network(body))
+
+    async def delete(self, ref: str) -> None:
+        await self._c._run(core.delete_network(ref))
+
+
+class AsyncSecurityGroups:
+    """`client.security_groups` of AsyncClient (see hutch.client.sync.SecurityGroups)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    def list(self) -> AsyncListing[SecurityGroupView]:
+        call = Call("GET", "/v1/security-groups", scoped=True)
+        return AsyncListing(self._c._paged(call, Page[SecurityGroupView]))
+
+    async def get(self, ref: str) -> SecurityGroupView:
+        return await self._c._run(core.group(ref))
+
+    async def create(self, name: str) -> SecurityGroupView:
+        return await self._c._run(core.create_group(core.build(SecurityGroupCreate, name=name)))
+
+    async def delete(self, ref: str) -> None:
+        await self._c._run(core.delete_group(ref))
+
+    async def add_rule(
+        self,
+        ref: str,
+        direction: str,
+        protocol: str = "any",
+        ports: str | int | tuple[int, int] = "",
+        remote: str = "",
+    ) -> SecurityGroupView:
+        body = core.rule_create(direction, protocol, ports, remote)
+        return await self._c._run(core.add_rule(ref, body))
+
+    async def remove_rule(self, ref: str, rule_id: str) -> SecurityGroupView:
+        return await self._c._run(core.remove_rule(ref, rule_id))

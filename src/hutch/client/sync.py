@@ -26,7 +26,8 @@ from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
-from hutch.wire.nodes import JoinToken, NodeView
+from hutch.wire.networks import NetworkCreate, NetworkView, SecurityGroupCreate, SecurityGroupView
+from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 
 T = TypeVar("T")
@@ -66,6 +67,8 @@ class Client:
         self.images = Images(self)
         self.projects = Projects(self)
         self.nodes = Nodes(self)
+        self.networks = Networks(self)
+        self.security_groups = SecurityGroups(self)
 
     @property
     def url(self) -> str:
@@ -480,6 +483,76 @@ class Nodes:
         """Forget a node that runs nothing (Conflict otherwise: drain it first)."""
         self._c._run(core.remove_node(ref))
 
-    def join_token(self, ttl: float = 3600) -> JoinToken:
+    def join_token(self, ttl: float = 3600) -> JoinTokenView:
         """A token for `hutch agent --join-token`, valid for `ttl` seconds."""
         return self._c._run(core.join_token(ttl))
+
+
+class Networks:
+    """`client.networks`: the project's private networks (each dual-stack: an IPv4 subnet and
+    an IPv6 /64). Machines join the project's `default` network unless told otherwise."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> Iterator[NetworkView]:
+        return self._c._paged(Call("GET", "/v1/networks", scoped=True), Page[NetworkView])
+
+    def get(self, ref: str) -> NetworkView:
+        return self._c._run(core.network(ref))
+
+    def create(
+        self, name: str, subnet: str = "", egress: str = "nat", egress_allow: Sequence[str] = ()
+    ) -> NetworkView:
+        """A network; `subnet` an IPv4 CIDR of the project's (default: a /24 of the pool);
+        `egress` "nat", "deny" or "allow-list" (the CIDRs in `egress_allow`). Invalid for an
+        overlapping, public or too small subnet."""
+        body = core.build(
+            NetworkCreate, name=name, subnet=subnet, egress=egress, egress_allow=list(egress_allow)
+        )
+        return self._c._run(core.create_network(body))
+
+    def delete(self, ref: str) -> None:
+        """Conflict while machines are on it."""
+        self._c._run(core.delete_network(ref))
+
+
+class SecurityGroups:
+    """`client.security_groups`: named rules, attached to machines (`security_groups=[...]`)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> Iterator[SecurityGroupView]:
+        call = Call("GET", "/v1/security-groups", scoped=True)
+        return self._c._paged(call, Page[SecurityGroupView])
+
+    def get(self, ref: str) -> SecurityGroupView:
+        return self._c._run(core.group(ref))
+
+    def create(self, name: str) -> SecurityGroupView:
+        return self._c._run(core.create_group(core.build(SecurityGroupCreate, name=name)))
+
+    def delete(self, ref: str) -> None:
+        """Conflict while live machines are in it, or other groups' rules name it."""
+        self._c._run(core.delete_group(ref))
+
+    def add_rule(
+        self,
+        ref: str,
+        direction: str,
+        protocol: str = "any",
+        ports: str | int | tuple[int, int] = "",
+        remote: str = "",
+    ) -> SecurityGroupView:
+        """Allow `direction` ("ingress"/"egress") traffic of `protocol` ("tcp", "udp",
+        "icmp", "any") on `ports` (80, "8000-8080"; "": all) from/to `remote`, a CIDR or one
+        of the project's groups by name. The group, the new rule last.
+
+            client.security_groups.add_rule("web", "ingress", "tcp", 80, "0.0.0.0/0")
+        """
+        body = core.rule_create(direction, protocol, ports, remote)
+        return self._c._run(core.add_rule(ref, body))
+
+    def remove_rule(self, ref: str, rule_id: str) -> SecurityGroupView:
+        return self._c._run(core.remove_rule(ref, rule_id))

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from hutch.model.errors import Invalid
 from hutch.model.image import parse_ref
+from hutch.model.sandbox import scratch_mib
 
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
@@ -97,6 +98,17 @@ def validate_env(env: Mapping[str, str]) -> None:
             raise Invalid(f"environment variable {name!r} is over {MAX_ENV_ENTRY} bytes")
 
 
+def env_entries(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The environment as a process gets it (KEY=VALUE entries, in order): how the model, the
+    store, the node and the driver hold it. The public API's mapping converts here."""
+    return tuple(f"{name}={value}" for name, value in env.items())
+
+
+def env_dict(entries: tuple[str, ...]) -> dict[str, str]:
+    """The entries back as the public API shows them (a name's last entry wins)."""
+    return dict(entry.partition("=")[::2] for entry in entries)
+
+
 # The least memory each runtime can run a machine in, checked when a machine is asked for (so a
 # refusal leaves no machine behind) and again by the driver. The Debian cloud kernel does not
 # boot in 64 MiB; 96 leaves room for a workload.
@@ -159,7 +171,7 @@ class MachineSpec:
 
     @property
     def scratch_mib(self) -> int:
-        return self.disk_mib or max(self.memory_mib // 2, 16)
+        return scratch_mib(self.disk_mib, self.memory_mib)
 
 
 @dataclass(frozen=True, slots=True)

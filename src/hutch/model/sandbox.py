@@ -87,6 +87,14 @@ class ProcessSpec:
             raise Invalid(f"arguments and environment exceed {MAX_ARG_BYTES >> 10} KiB")
 
 
+MIN_SCRATCH_MIB = 16  # what a sandbox gets at least when no size is asked for
+
+
+def scratch_mib(asked_mib: int, memory_mib: int) -> int:
+    """The writable scratch a sandbox gets: what was asked for, else (0) half its memory."""
+    return asked_mib or max(memory_mib // 2, MIN_SCRATCH_MIB)
+
+
 @dataclass(frozen=True, slots=True)
 class Resources:
     cpus: int = 1
@@ -108,7 +116,7 @@ class Resources:
 
     @property
     def scratch_bytes(self) -> int:
-        return (self.scratch_mib or max(self.memory_mib // 2, 16)) << 20
+        return scratch_mib(self.scratch_mib, self.memory_mib) << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,14 @@ import ctypes.util
 import errno
 import fcntl
 import hashlib
+import ipaddress
 import os
+import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,9 +33,14 @@ ALIAS = "hutch"
 TAP_PREFIX = "ht-"
 VETH_PREFIX = "hv-"
 PEER_PREFIX = "hp-"  # the container end of a veth pair, until it is eth0 in its namespace
-PREFIXES = (BRIDGE_PREFIX, TAP_PREFIX, VETH_PREFIX, PEER_PREFIX)
+VXLAN_PREFIX = "hx-"
+PREFIXES = (BRIDGE_PREFIX, TAP_PREFIX, VETH_PREFIX, PEER_PREFIX, VXLAN_PREFIX)
+VXLAN_PORT = 4789
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+NTF_SELF, NTF_MASTER = 0x02, 0x04
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+NTF_MASTER, NUD_NOARP = 0x04, 0x40  # `bridge fdb add ... master static`
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
@@ -41,6 +50,10 @@ T = TypeVar("T")
 
 def bridge_name(vni: int) -> str:
     return f"{BRIDGE_PREFIX}{vni:x}"
+
+
+def vxlan_name(vni: int) -> str:
+    return f"{VXLAN_PREFIX}{vni:x}"
 
 
 def bridge_mac(vni: int) -> str:
@@ -105,20 +118,19 @@ def ensure_bridge(ipr: IPRoute, att: Attachment, mtu: int = 1500) -> str:
     # the bridge with a 127/8 source (masqueraded right after). Packets *from* sandboxes to 127/8
     # are dropped before routing (nft's raw chain).
     _sysctl(f"ipv4/conf/{name}/route_localnet", "1")
-    have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
+    # "replace" is idempotent: no listing of the node's addresses first (a dump of every
+    # address on the node, per call, made wiring n sandboxes cost n^2).
     for addr, prefix in ((att.gateway4, att.prefix4), (att.gateway6, att.prefix6)):
-        if (addr, prefix) not in have:
-            try:
-                ipr.addr("add", index=index, address=addr, prefixlen=prefix)
-            except NetlinkError as e:
-                raise Unavailable(
-                    f"adding {addr}/{prefix} to {name}: {os.strerror(e.code)}"
-                ) from None
+        try:
+            ipr.addr("replace", index=index, address=addr, prefixlen=prefix)
+        except NetlinkError as e:
+            raise Unavailable(f"adding {addr}/{prefix} to {name}: {os.strerror(e.code)}") from None
     ipr.link("set", index=index, state="up")
     return name
 
 
-def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int) -> None:
+def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int, mac: str = "") -> None:
+    """`mac`: the sandbox behind this port (none for the overlay's port: set_peers adds those)."""
     index, master = _index(ipr, name), _index(ipr, bridge)
     if index is None or master is None:
         raise Unavailable(f"link {name} or bridge {bridge} vanished while wiring it")
@@ -130,10 +142,20 @@ def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int) -> None:
     # (the nft port chain drops such frames too); flooding still reaches the rightful owner.
     with contextlib.suppress(NetlinkError):
         ipr.brport("set", index=index, learning=0)
+    # ...so the bridge is told where the sandbox's own MAC is: without that entry every frame to
+    # it would be flooded to every port of its network, a cost per packet that grows with the
+    # number of machines (and shows each of them the others' traffic). It goes with the port.
+    if not mac:
+        return
+    _check(
+        f"adding {mac} to {bridge}'s forwarding table",
+        lambda: ipr.fdb("replace", ifindex=index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER),
+    )
 
 
-def create_tap(ipr: IPRoute, name: str, bridge: str, mtu: int = 1500) -> int:
-    """Create TAP `name` on `bridge` and return an open descriptor of it, for QEMU.
+def create_tap(ipr: IPRoute, name: str, bridge: str, mac: str, mtu: int = 1500) -> int:
+    """Create TAP `name` on `bridge` for the guest NIC with `mac`; return an open descriptor of
+    it, for QEMU.
 
     The TAP is not persistent: it goes when the last descriptor closes (QEMU's, when it exits),
     so a dead micro-VM leaves no link behind even if nobody cleans up.
@@ -142,7 +164,7 @@ def create_tap(ipr: IPRoute, name: str, bridge: str, mtu: int = 1500) -> int:
     try:
         ifr = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
         fcntl.ioctl(fd, TUNSETIFF, ifr)
-        _enslave(ipr, name, bridge, mtu)
+        _enslave(ipr, name, bridge, mtu, mac)
     except BaseException:
         os.close(fd)
         raise
@@ -218,7 +240,7 @@ def create_veth(
         lambda: ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer={"ifname": peer}),
     )
     try:
-        _enslave(ipr, name, bridge, mtu)
+        _enslave(ipr, name, bridge, mtu, att.mac)
         peer_index = _index(ipr, peer)
         nsfd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -264,3 +286,128 @@ def ours(ipr: IPRoute) -> Iterator[str]:
         name = str(link.get_attr("IFLA_IFNAME"))
         if name.startswith(PREFIXES) and link.get_attr("IFLA_IFALIAS") == ALIAS:
             yield name
+
+
+# -- the overlay: a VXLAN device per network, static FDB and neighbour entries --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """A machine on another node, as one network's VXLAN device sees it."""
+
+    mac: str  # lower case
+    ip4: str
+    ip6: str
+    underlay: str  # its node's IP address (the VXLAN packets' destination)
+
+
+def ensure_vxlan(ipr: IPRoute, vni: int, bridge: str, local: str, mtu: int = 1500) -> str:
+    """The network's VXLAN device, on its bridge: VNI `vni`, UDP 4789, from `local`; no learning
+    from the wire (every entry is static, from the controller) and ARP/NDP answered from its
+    neighbour table (`proxy`). Made if missing; a device of that name with other settings (a
+    different underlay address) is made anew."""
+    name = vxlan_name(vni)
+    v6 = ipaddress.ip_address(local).version == 6
+    index = _index(ipr, name)
+    if index is not None and _vxlan_settings(ipr, index) != (vni, ipaddress.ip_address(local)):
+        delete_link(ipr, name)
+        index = None
+    if index is None:
+        where = {"vxlan_local6": local} if v6 else {"vxlan_local": local}
+        _check(
+            f"creating VXLAN {name}",
+            lambda: ipr.link(
+                "add",
+                ifname=name,
+                kind="vxlan",
+                vxlan_id=vni,
+                vxlan_port=VXLAN_PORT,
+                vxlan_learning=0,
+                vxlan_proxy=1,
+                mtu=mtu,
+                **where,
+            ),
+        )
+    _enslave(ipr, name, bridge, mtu)
+    # The bridge answers ARP/NDP for what it knows instead of sending it over the overlay.
+    with contextlib.suppress(NetlinkError):
+        ipr.brport("set", index=_index(ipr, name), neigh_suppress=1)
+    return name
+
+
+def _vxlan_settings(ipr: IPRoute, index: int) -> tuple[int, object] | None:
+    (link,) = ipr.get_links(index)
+    info = link.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+        return None
+    data = info.get_attr("IFLA_INFO_DATA")
+    local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6") or ""
+    try:
+        return int(data.get_attr("IFLA_VXLAN_ID")), ipaddress.ip_address(local)
+    except ValueError:
+        return None
+
+
+def sync_remotes(ipr: IPRoute, vni: int, remotes: Iterable[Remote]) -> None:
+    """Make the entries of network `vni`'s VXLAN device exactly `remotes`: per MAC a forwarding
+    entry on the device (MAC -> its node) and one on the bridge (MAC -> the device), per address
+    a permanent neighbour entry (IP -> MAC). No all-zero (flooding) entry: a frame for a MAC
+    nobody announced goes nowhere. Entries already right are left alone."""
+    name = vxlan_name(vni)
+    index = _index(ipr, name)
+    if index is None:
+        return
+    want_fdb = {(r.mac.lower(), r.underlay) for r in remotes}
+    want_master = {mac for mac, _ in want_fdb}
+    want_neigh = {(ip, r.mac.lower()) for r in remotes for ip in (r.ip4, r.ip6) if ip}
+    have_fdb: set[tuple[str, str]] = set()
+    have_master: set[str] = set()
+    for entry in ipr.fdb("dump", ifindex=index):
+        if entry["ifindex"] != index:
+            continue
+        mac = str(entry.get_attr("NDA_LLADDR") or "").lower()
+        if entry["flags"] & NTF_SELF:  # the device's own (its remote); the bridge's are 0
+            if entry.get_attr("NDA_DST") is not None:
+                have_fdb.add((mac, str(entry.get_attr("NDA_DST"))))
+        elif entry["state"] & NUD_NOARP and not entry["state"] & NUD_PERMANENT:
+            have_master.add(mac)  # static (permanent: the port's own address)
+    have_neigh: set[tuple[str, str]] = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for entry in ipr.get_neighbours(family=family, ifindex=index):
+            if entry["ifindex"] == index and entry["state"] & NUD_PERMANENT:
+                ip = str(entry.get_attr("NDA_DST"))
+                have_neigh.add((ip, str(entry.get_attr("NDA_LLADDR") or "").lower()))
+    for ip, mac in have_neigh - want_neigh:
+        with contextlib.suppress(NetlinkError):
+            ipr.neigh("del", ifindex=index, dst=ip, lladdr=mac)
+    for mac in have_master - want_master:
+        with contextlib.suppress(NetlinkError):
+            ipr.fdb("del", ifindex=index, lladdr=mac, flags=NTF_MASTER)
+    for mac, dst in have_fdb - want_fdb:
+        with contextlib.suppress(NetlinkError):
+            ipr.fdb("del", ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF)
+    for mac, dst in sorted(want_fdb - have_fdb):
+        _check(
+            f"adding {mac} -> {dst} to {name}",
+            partial(
+                ipr.fdb,
+                "append",
+                ifindex=index,
+                lladdr=mac,
+                dst=dst,
+                flags=NTF_SELF,
+                state=NUD_PERMANENT,
+            ),
+        )
+    for mac in sorted(want_master - have_master):
+        _check(
+            f"adding {mac} to {name}'s bridge",
+            partial(
+                ipr.fdb, "replace", ifindex=index, lladdr=mac, flags=NTF_MASTER, state=NUD_NOARP
+            ),
+        )
+    for ip, mac in sorted(want_neigh - have_neigh):
+        _check(
+            f"adding neighbour {ip} on {name}",
+            partial(ipr.neigh, "replace", ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT),
+        )

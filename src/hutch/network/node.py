@@ -5,9 +5,12 @@ State held here is only a cache of the sandboxes' specs: links and rules are reb
 (`reconcile`), so a restarted agent converges instead of duplicating or leaking.
 """
 
+import ipaddress
+import logging
 import os
 import shutil
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +23,7 @@ from hutch.network import links, nft
 from hutch.network.dns import DnsServer, Listener
 
 Kind = Literal["tap", "veth"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,21 @@ class NetworkOptions:
     # The network namespace the node's networking lives in (a path like /run/netns/NAME); None:
     # the agent's own. Tests and the cluster topology give agents namespaces of their own.
     netns: Path | None = None
+    # This node's underlay address (an IP literal): the source of its VXLAN packets, the address
+    # other nodes send this node's machines' frames to. None: no overlay (machines of a network
+    # reach only those on the same node).
+    underlay: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A machine of a network, somewhere in the cluster (`Assignments.peers`)."""
+
+    network_id: str
+    mac: str
+    ip4: str
+    ip6: str
+    underlay: str  # its node's address
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +68,7 @@ class NodeNetwork:
         self.dns = dns
         self._lock = threading.Lock()
         self._wired: dict[str, _Wired] = {}
+        self._peers: tuple[Peer, ...] = ()
         self._netns_dir = opts.state_dir / "netns"
 
     def netns_path(self, sandbox_id: str) -> Path:
@@ -76,6 +96,15 @@ class NodeNetwork:
         namespaces and tables that nothing needs are removed; nothing of anyone else's is."""
         links.run_in(self.opts.netns, lambda: self._reconcile(specs))
 
+    def set_peers(self, peers: Iterable[Peer]) -> None:
+        """The cluster's machines on the networks this node hosts (the whole set, every time):
+        each hosted network's VXLAN device gets exactly the entries for those on other nodes.
+        Idempotent: entries already right are left alone, entries of peers gone are removed."""
+        peers = tuple(peers)
+        with self._lock:
+            self._peers = peers
+        links.run_in(self.opts.netns, self._sync_overlay_locked)
+
     # -- internals -----------------------------------------------------------------------------
 
     def _plug_tap(self, spec: SandboxSpec) -> list[int]:
@@ -89,8 +118,9 @@ class NodeNetwork:
                     bridge = links.ensure_bridge(ipr, att, self.opts.mtu)
                     name = links.port_name(links.TAP_PREFIX, spec.id, index)
                     links.delete_link(ipr, name)  # a leftover of an earlier life of this id
-                    fds.append(links.create_tap(ipr, name, bridge, self.opts.mtu))
+                    fds.append(links.create_tap(ipr, name, bridge, att.mac, self.opts.mtu))
                 self._apply()
+                self._sync_overlay(ipr)
             except BaseException:
                 for fd in fds:
                     os.close(fd)
@@ -114,6 +144,7 @@ class NodeNetwork:
                     links.delete_link(ipr, name)
                     links.create_veth(ipr, name, bridge, path, att, mtu=self.opts.mtu)
                 self._apply()
+                self._sync_overlay(ipr)
             except BaseException:
                 self._unwire(ipr, spec.id)
                 raise
@@ -138,6 +169,7 @@ class NodeNetwork:
                     self._wired[spec.id] = _Wired(spec, "veth")
             desired = self._desired()
             keep = {b.name for b in desired.bridges} | {p.name for p in desired.ports}
+            keep |= set(self._vxlans())
             for name in existing - keep:
                 links.delete_link(ipr, name)
             if self._netns_dir.is_dir():
@@ -147,10 +179,11 @@ class NodeNetwork:
                         links.remove_netns(path)
             if self._wired:
                 links.enable_forwarding()
-            for wired in self._wired.values():
-                for att in wired.spec.networks:
-                    links.ensure_bridge(ipr, att, self.opts.mtu)
+            networks = {a.vni: a for w in self._wired.values() for a in w.spec.networks}
+            for att in networks.values():  # once per network, not per sandbox
+                links.ensure_bridge(ipr, att, self.opts.mtu)
             self._apply()
+            self._sync_overlay(ipr)
 
     def _unwire(self, ipr: IPRoute, sandbox_id: str) -> None:
         wired = self._wired.pop(sandbox_id, None)
@@ -167,8 +200,46 @@ class NodeNetwork:
             if name.startswith(nft.BRIDGE_PREFIX) and name not in used:
                 links.delete_link(ipr, name)
         self._apply()
+        try:
+            self._sync_overlay(ipr)
+        except Exception as e:
+            errors.append(e)
         if errors:
             raise errors[0]
+
+    def _vxlans(self) -> dict[str, int]:
+        """The VXLAN devices the node should have: one per hosted network, if it has an
+        underlay address."""
+        if self.opts.underlay is None:
+            return {}
+        vnis = {a.vni for w in self._wired.values() for a in w.spec.networks}
+        return {links.vxlan_name(vni): vni for vni in vnis}
+
+    def _sync_overlay_locked(self) -> None:
+        with self._lock, IPRoute() as ipr:
+            self._sync_overlay(ipr)
+
+    def _sync_overlay(self, ipr: IPRoute) -> None:
+        """VXLAN devices for exactly the hosted networks (none left of networks gone, whose
+        entries go with them), each with exactly its remote peers' entries."""
+        wanted = self._vxlans()
+        for name in list(links.ours(ipr)):
+            if name.startswith(links.VXLAN_PREFIX) and name not in wanted:
+                links.delete_link(ipr, name)
+        if not wanted:
+            return
+        local = self.opts.underlay
+        assert local is not None
+        vni_of = {a.network_id: a.vni for w in self._wired.values() for a in w.spec.networks}
+        remotes: dict[int, set[links.Remote]] = {vni: set() for vni in wanted.values()}
+        for p in self._peers:
+            vni = vni_of.get(p.network_id)
+            if vni is None or not _same_family(p.underlay, local) or p.underlay == local:
+                continue  # not hosted here, on this node, or unreachable (no IP, other family)
+            remotes[vni].add(links.Remote(p.mac.lower(), p.ip4, p.ip6, p.underlay))
+        for vni, found in sorted(remotes.items()):
+            links.ensure_vxlan(ipr, vni, links.bridge_name(vni), local, self.opts.mtu)
+            links.sync_remotes(ipr, vni, found)
 
     def _desired(self) -> nft.Desired:
         bridges: dict[str, nft.Bridge] = {}
@@ -210,6 +281,15 @@ class NodeNetwork:
                     att.network_id, links.bridge_name(att.vni), att.gateway4, att.gateway6
                 )
         return list(out.values())
+
+
+def _same_family(address: str, local: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        log.debug("peer underlay %r is not an IP address: no overlay to it", address)
+        return False
+    return ip.version == ipaddress.ip_address(local).version
 
 
 def _one_nic(spec: SandboxSpec) -> None:

@@ -52,7 +52,25 @@ def group_policy(request: Request, node: Node, context: Context) -> str | None:
     return None
 
 
-FILTERS: tuple[Filter, ...] = (ready, schedulable, has_runtime, has_labels, fits, group_policy)
+def ports_free(request: Request, node: Node, context: Context) -> str | None:
+    """Host ports are a resource: one node publishes a port and protocol for one machine."""
+    if not request.ports:
+        return None
+    taken = sorted(request.ports & set(context.ports.get(node.id, ())))
+    if not taken:
+        return None
+    return "host port " + ", ".join(f"{p}/{proto}" for p, proto in taken) + " published already"
+
+
+FILTERS: tuple[Filter, ...] = (
+    ready,
+    schedulable,
+    has_runtime,
+    has_labels,
+    fits,
+    group_policy,
+    ports_free,
+)
 
 
 def first_reason(

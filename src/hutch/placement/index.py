@@ -41,8 +41,9 @@ class Index:
         request: Request,
         members: Mapping[str, int] | None = None,
         holders: frozenset[str] = frozenset(),
+        ports: Mapping[str, set[tuple[int, str]]] | None = None,
     ) -> Placement | Rejection:
-        context = Context.of(members or {}, self._nodes, holders)
+        context = Context.of(members or {}, self._nodes, holders, ports)
         # Room alone: the best of a shape is among its first two (the second for ties). A
         # group also weighs failure domains: it looks further.
         per_shape = max(self.k // max(len(self._shapes), 1), 2) if request.group else 2

@@ -18,6 +18,7 @@ class Request:
     strategy: Strategy = Strategy.SPREAD
     group: str = ""
     group_policy: GroupPolicy = GroupPolicy.NONE
+    ports: frozenset[tuple[int, str]] = frozenset()  # host ports it publishes: (port, protocol)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,18 +28,24 @@ class Context:
     members: Mapping[str, int] = field(default_factory=dict)
     domains: Mapping[str, int] = field(default_factory=dict)
     holders: frozenset[str] = frozenset()  # nodes that hold the machine's image already
+    # Node id -> the host ports (port, protocol) its machines publish: a node takes a machine
+    # only if none of the machine's is among them.
+    ports: Mapping[str, frozenset[tuple[int, str]] | set[tuple[int, str]]] = field(
+        default_factory=dict
+    )
 
     @staticmethod
     def of(
         members: Mapping[str, int],
         nodes: Mapping[str, Node],
         holders: frozenset[str] = frozenset(),
+        ports: Mapping[str, frozenset[tuple[int, str]] | set[tuple[int, str]]] | None = None,
     ) -> "Context":
         domains: dict[str, int] = {}
         for node_id, count in members.items():
             if (node := nodes.get(node_id)) is not None:
                 domains[node.domain] = domains.get(node.domain, 0) + count
-        return Context(dict(members), domains, holders)
+        return Context(dict(members), domains, holders, ports or {})
 
 
 NO_GROUP = Context()

@@ -26,6 +26,7 @@ from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
 from hutch.services.policy import Action, Policy
 from hutch.store.base import Store
+from hutch.wire.images import ImageUsage, ImageView, PullEvent
 
 log = logging.getLogger("hutch.images")
 
@@ -67,15 +68,15 @@ class Images:
                 principal, "publish to or remove from the catalogue that every project sees"
             )
 
-    async def catalog(self, principal: Principal, project: Project) -> list[dict[str, Any]]:
+    async def catalog(self, principal: Principal, project: Project) -> list[ImageView]:
         self.policy.require(principal, Action.IMAGE_READ, project.id)
-        seen: dict[str, dict[str, Any]] = {}
+        seen: dict[str, ImageView] = {}
         for node in await self._ready():
             for image in await self.link.images(node, project.id):
-                seen.setdefault(image["id"], image)
-        return sorted(seen.values(), key=lambda i: -float(i["created"]))
+                seen.setdefault(image.id, image)
+        return sorted(seen.values(), key=lambda i: -i.created)
 
-    async def get(self, principal: Principal, project: Project, ref: str) -> dict[str, Any]:
+    async def get(self, principal: Principal, project: Project, ref: str) -> ImageView:
         self.policy.require(principal, Action.IMAGE_READ, project.id)
         unreachable: Unavailable | None = None
         for node in await self._ready():
@@ -89,7 +90,7 @@ class Images:
             raise unreachable
         raise NotFound(f"no image {ref!r} in project {project.name} or the catalogue")
 
-    async def usage(self, project: Project) -> dict[str, int] | None:
+    async def usage(self, project: Project) -> ImageUsage | None:
         """What the project's images take on a ready node (each node holds the same), in MiB."""
         for node in await self.nodes.ready():
             try:
@@ -105,7 +106,7 @@ class Images:
         ref: str,
         public: bool = False,
         force: bool = False,
-    ) -> tuple[dict[str, Any], list[Machine]]:
+    ) -> tuple[ImageView, list[Machine]]:
         """Remove the project's name `ref` (the catalogue's with `public`); the image, and the
         project's machines that lose it. Conflict while machines of the project that are not
         destroyed would lose it (started on it, or named it and not started yet), unless
@@ -113,7 +114,7 @@ class Images:
         self._writing(principal, project, public)
         image = await self.get(principal, project, ref)
         # A catalogue image a project names no removal of its own for is the nodes' to refuse.
-        ours = public or image.get("source", "project") == "project"
+        ours = public or image.source == "project"
         users = await self._users(project, ref, image) if ours else []
         if users and not force:
             many = len(users) > 1
@@ -135,14 +136,14 @@ class Images:
             raise NotFound(f"no image {ref!r} in {where}")
         return image, users
 
-    async def _users(self, project: Project, ref: str, image: dict[str, Any]) -> list[Machine]:
+    async def _users(self, project: Project, ref: str, image: ImageView) -> list[Machine]:
         """The project's machines, not destroyed nor being destroyed, that run the image or
         will, and would lose it by the removal of `ref`: by the digest they got when they
         started (unless the image keeps another name), by the name they were created with
         until then."""
         by_digest = is_digest_or_id(ref)
-        gone = set(image["names"]) if by_digest else {str(parse_ref(ref))}
-        last = by_digest or set(image["names"]) <= gone
+        gone = set(image.names) if by_digest else {str(parse_ref(ref))}
+        last = by_digest or set(image.names) <= gone
         wanted = [s for s in MachineState if s is not MachineState.DESTROYED]
         users: list[Machine] = []
         cursor: str | None = None
@@ -154,7 +155,7 @@ class Images:
                 users += [
                     m
                     for m in page
-                    if m.desired is not Desired.DESTROYED and _loses(m, image["id"], gone, last)
+                    if m.desired is not Desired.DESTROYED and _loses(m, image.id, gone, last)
                 ]
                 if cursor is None:
                     return users
@@ -189,15 +190,15 @@ class Images:
 
     async def pull(
         self, principal: Principal, project: Project, ref: str, public: bool
-    ) -> AsyncIterator[bytes]:
-        """NDJSON progress from each ready node in turn; the last line carries the image."""
+    ) -> AsyncIterator[PullEvent]:
+        """Progress from each ready node in turn; the last event carries the image."""
         self._writing(principal, project, public)
         self.registries.check(parse_ref(ref).registry)  # before any node connects anywhere
         for node in await self._ready():
-            async for line in self.link.pull(
+            async for event in self.link.pull(
                 node, project.id, ref, public, project.quota.image_limits()
             ):
-                yield line
+                yield event
 
     async def import_(
         self,
@@ -206,7 +207,7 @@ class Images:
         body: AsyncIterator[bytes],
         names: list[str],
         public: bool,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ImageView]:
         """The archive is spooled once to a temporary file, then sent to every ready node.
 
         A root filesystem's tar (plain or compressed, with none of an image archive's files:
@@ -230,7 +231,7 @@ class Images:
                 await self._pack(archive, packed, limits)
                 archive.close()  # its bytes are in the packed archive now
                 archive = packed
-            result: list[dict[str, Any]] = []
+            result: list[ImageView] = []
             for node in nodes:
                 archive.seek(0)
                 result = await self.link.import_(

@@ -9,8 +9,10 @@ is active (placed and not finished), and gives it back when the generation ends.
 
 import signal as _signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import replace
+
+from websockets.asyncio.client import ClientConnection
 
 from hutch.images.store import is_digest_or_id
 from hutch.model.errors import (
@@ -34,12 +36,14 @@ from hutch.model.machine import (
     RestartPolicy,
     Strategy,
 )
+from hutch.model.network import PortMapping
 from hutch.model.sandbox import parse_signal
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
 from hutch.placement import Context, Placement, Rejection, Request, need, place
 from hutch.services.feeds import Feeds
 from hutch.services.ids import new_id
 from hutch.services.images import Images
+from hutch.services.networks import MachineNet, Networks, Wiring, bump_neighbours, wirings
 from hutch.services.nodelink import NodeLink
 from hutch.services.notify import Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
@@ -50,8 +54,11 @@ RESTART_BACKOFF_MAX = 30.0
 FINISHED = tuple(s for s in MachineState if s.finished)
 
 
-def request_of(spec: MachineSpec, project: Project | None = None) -> Request:
-    """What placing the machine asks (`project`: for its default strategy)."""
+def request_of(
+    spec: MachineSpec, project: Project | None = None, ports: Sequence[PortMapping] = ()
+) -> Request:
+    """What placing the machine asks (`project`: for its default strategy; `ports`: those it
+    publishes, a resource of the node)."""
     return Request(
         spec.cpus,
         spec.memory_mib,
@@ -61,6 +68,7 @@ def request_of(spec: MachineSpec, project: Project | None = None) -> Request:
         strategy=spec.strategy or (project.strategy if project else Strategy.SPREAD),
         group=spec.group,
         group_policy=spec.group_policy,
+        ports=frozenset((p.host_port, p.protocol) for p in ports),
     )
 
 
@@ -75,8 +83,16 @@ def holds_capacity(m: Machine) -> bool:
 
 class Machines:
     def __init__(
-        self, store: Store, policy: Policy, notifier: Notifier, link: NodeLink, images: Images
+        self,
+        store: Store,
+        policy: Policy,
+        notifier: Notifier,
+        link: NodeLink,
+        images: Images,
+        *,
+        networks: Networks | None = None,
     ) -> None:
+        self.networks = networks or Networks(store, policy)
         self.store = store
         self.policy = policy
         self.notifier = notifier
@@ -93,9 +109,15 @@ class Machines:
         spec: MachineSpec,
         name: str | None = None,
         start: bool = True,
+        *,
+        net: MachineNet | None = None,
     ) -> Machine:
+        """`net`: its networks, published ports and security groups (None: the project's
+        default network, nothing published, no group)."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         spec.check_new()
+        net = net or MachineNet()
+        await self.networks.resolve(project, net)
         await self._check_image_source(principal, project, spec.image)
         machine_id = new_id("m")
         name = validate_name(name, "machine") if name else machine_id
@@ -113,11 +135,12 @@ class Machines:
         )
         if start:  # a refusal now rather than a machine waiting for ever; outside the writer
             async with self.store.read() as tx:
-                if isinstance(decision := await _place(tx, spec, project), Rejection):
+                if isinstance(decision := await _place(tx, spec, project, net), Rejection):
                     raise NoCapacity(f"no node can take this machine: {decision.explain()}")
         async with self.store.write() as tx:
             await _check_quota(tx, project, usage_of(spec))
             await tx.machines.create(machine)
+            await self.networks.join(tx, project, machine.id, net)
             await tx.events.append(
                 [NewEvent(project.id, "machine.created", machine.id, machine.state, "", now)]
             )
@@ -155,13 +178,25 @@ class Machines:
             self.images.registries.check(registry)
 
     async def explain(
-        self, principal: Principal, project: Project, spec: MachineSpec
+        self,
+        principal: Principal,
+        project: Project,
+        spec: MachineSpec,
+        net: MachineNet | None = None,
     ) -> Placement | Rejection:
         """Where a machine would go now, and why every other node would not take it."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         spec.check_new()
+        net = net or MachineNet()
+        await self.networks.resolve(project, net)
         async with self.store.read() as tx:
-            return await _place(tx, spec, project)
+            return await _place(tx, spec, project, net)
+
+    async def wiring(self, machines: Sequence[Machine]) -> dict[str, Wiring]:
+        """The machines' addresses, published ports and security groups, for their views
+        (the caller read the machines, so may see these)."""
+        async with self.store.read() as tx:
+            return await wirings(tx, [m.id for m in machines])
 
     async def get(self, principal: Principal, project: Project, ref: str) -> Machine:
         self.policy.require(principal, Action.MACHINE_READ, project.id)
@@ -247,6 +282,49 @@ class Machines:
             if m.node_id is None:
                 raise Conflict(f"machine {m.name} has never run")
             return m, await tx.nodes.get(m.node_id)
+
+    async def logs(
+        self,
+        principal: Principal,
+        project: Project,
+        ref: str,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: float | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The machine's log as NDJSON, in the chunks its node sends. What the node refuses is
+        raised here, before any output; a sandbox it does not have (it failed before it was
+        made, or is gone) has no output."""
+        m, node = await self.locate(principal, project, ref, Action.MACHINE_READ)
+        params = {"follow": str(follow).lower()}
+        if tail is not None:
+            params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = str(since)
+        stream = self.link.logs(node, m.sandbox_id, params)
+        try:
+            first = await anext(stream, None)
+        except NotFound:
+            first = None
+        return _starting_with(first, stream)
+
+    async def session(
+        self, principal: Principal, project: Project, ref: str, *, attach: bool
+    ) -> tuple[Machine, Node]:
+        """A running machine and its node, for an exec (or `attach`) session into it."""
+        m, node = await self.locate(principal, project, ref, Action.MACHINE_EXEC)
+        if m.state is not MachineState.RUNNING:
+            refusal = Conflict if attach else Invalid
+            raise refusal(f"machine {m.name} is {m.state}, not running")
+        return m, node
+
+    async def connect(self, m: Machine, node: Node, *, attach: bool) -> ClientConnection:
+        """The session's WebSocket to the node (from `session`): an exec, whose ExecStart the
+        caller sends first, or an attach to the main process; the caller relays it."""
+        if attach:
+            return await self.link.attach(node, m.sandbox_id)
+        return await self.link.exec(node, m.sandbox_id)
 
     async def delete(self, principal: Principal, project: Project, ref: str, force: bool) -> None:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
@@ -356,9 +434,10 @@ class Machines:
                 return 0
         woken: list[Machine] = []
         async with self.store.write() as tx:
-            for placed in await tx.machines.on_node(node.id):
-                if not losing(placed):
-                    continue
+            on_node = [m for m in await tx.machines.on_node(node.id) if losing(m)]
+            # It may still run them: their addresses stay theirs until it is fenced.
+            await tx.networks.fence([m.id for m in on_node], node.id)
+            for placed in on_node:
                 if holds_capacity(placed):
                     await self._release(tx, placed, node)
                 gone = replace(placed, node_id=None, finished_at=time.time())
@@ -457,6 +536,12 @@ class Machines:
         now = time.time()
         m = await tx.machines.update(replace(m, state=state, updated_at=now))
         await tx.events.append([NewEvent(m.project_id, "machine.state", m.id, state, message, now)])
+        if state is MachineState.DESTROYED or m.node_id is None:
+            # Gone, or off its node (lost, or a new generation waiting to be placed): the
+            # nodes of its networks drop it from their peers (before its addresses go).
+            await bump_neighbours(tx, [m.id])
+        if state is MachineState.DESTROYED:
+            await tx.networks.release(m.id)
         if m.node_id is not None:
             await tx.nodes.bump_revisions([m.node_id])
         return m
@@ -477,16 +562,20 @@ async def _check_quota(tx: Tx, project: Project, adding: Usage | None = None) ->
         )
 
 
-async def _place(tx: Tx, spec: MachineSpec, project: Project) -> Placement | Rejection:
+async def _place(
+    tx: Tx, spec: MachineSpec, project: Project, net: MachineNet | None = None
+) -> Placement | Rejection:
     """The rule over every node, as the scheduler would apply it now."""
+    ports = net.ports if net else ()
+    taken = await tx.networks.ports_taken() if ports else {}
     members = (
         (await tx.machines.group_members(project.id, [spec.group]))[spec.group]
         if spec.group
         else {}
     )
     nodes = await tx.nodes.list()
-    context = Context.of(members, {n.id: n for n in nodes})
-    return place(request_of(spec, project), nodes, context)
+    context = Context.of(members, {n.id: n for n in nodes}, ports=taken)
+    return place(request_of(spec, project, ports), nodes, context)
 
 
 async def _get(tx: Tx, project: Project, ref: str) -> Machine:
@@ -528,3 +617,18 @@ def _restarts(m: Machine, state: MachineState) -> bool:
         return True
     failed = state in (MachineState.FAILED, MachineState.LOST) or (m.exit_code or 0) != 0
     return m.spec.restart is RestartPolicy.ON_FAILURE and failed
+
+
+async def _starting_with(
+    first: bytes | None, rest: AsyncGenerator[bytes, None]
+) -> AsyncIterator[bytes]:
+    """`first`, then `rest`; nothing at all when `first` is None. `rest` is closed with it, so
+    that the node's stream ends as soon as its reader does."""
+    try:
+        if first is None:
+            return
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()

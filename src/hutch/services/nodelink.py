@@ -8,15 +8,19 @@ import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 
 from hutch.model.errors import TooManyRequests, Unauthenticated, Unavailable, error_class
 from hutch.model.machine import Node
+from hutch.wire.images import ImageUsage, ImageView, PullEvent
+
+T = TypeVar("T")
 
 
 def controller_key(secret: bytes, node_id: str) -> str:
@@ -42,7 +46,7 @@ class NodeLink:
 
     async def logs(
         self, node: Node, sandbox: str, params: Mapping[str, str]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The sandbox's log as NDJSON, in the chunks the node sends (not cut at lines: the
         controller relays them as they are, and a line's cost is the node's alone)."""
         async for chunk in self._stream(
@@ -65,23 +69,21 @@ class NodeLink:
         except (OSError, TimeoutError) as e:
             raise Unavailable(f"node {node.name} cannot be reached: {e}") from None
 
-    async def images(self, node: Node, project: str) -> list[dict[str, Any]]:
-        data: list[dict[str, Any]] = await self._call(
-            node, "GET", "/node/v1/images", params={"project": project}
-        )
-        return data
+    async def images(self, node: Node, project: str) -> list[ImageView]:
+        body = await self._call(node, "GET", "/node/v1/images", params={"project": project})
+        return _parse(node, _IMAGES, body)
 
-    async def image(self, node: Node, project: str, ref: str) -> dict[str, Any]:
-        data: dict[str, Any] = await self._call(
+    async def image(self, node: Node, project: str, ref: str) -> ImageView:
+        body = await self._call(
             node, "GET", f"/node/v1/images/{quote(ref, safe='')}", params={"project": project}
         )
-        return data
+        return _parse(node, _IMAGE, body)
 
-    async def image_usage(self, node: Node, project: str) -> dict[str, int]:
-        data: dict[str, int] = await self._call(
+    async def image_usage(self, node: Node, project: str) -> ImageUsage:
+        body = await self._call(
             node, "GET", f"/node/v1/projects/{quote(project, safe='')}/images/usage"
         )
-        return data
+        return _parse(node, _USAGE, body)
 
     async def delete_image(self, node: Node, project: str, ref: str, public: bool) -> None:
         params = {"project": project, "public": str(public).lower()}
@@ -92,13 +94,15 @@ class NodeLink:
 
     async def pull(
         self, node: Node, project: str, ref: str, public: bool, limits: Mapping[str, int]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[PullEvent]:
+        """The node's pull progress, event by event; the last one carries the image (or why
+        there is none)."""
         body = {"ref": ref, "public": public}
         params = {"project": project, **limits}
         async for line in self._stream(
             node, "POST", "/node/v1/images/pull", params=params, json=body
         ):
-            yield line
+            yield _parse(node, _PULL_EVENT, line)
 
     async def import_(
         self,
@@ -109,13 +113,13 @@ class NodeLink:
         names: list[str],
         public: bool,
         limits: Mapping[str, int],
-    ) -> list[dict[str, Any]]:
+    ) -> list[ImageView]:
         params = [("project", project), ("public", str(public).lower())]
         params += [(k, str(v)) for k, v in limits.items()] + [("name", n) for n in names]
-        data: list[dict[str, Any]] = await self._call(
+        answer = await self._call(
             node, "POST", "/node/v1/images/import", params=params, content=body
         )
-        return data
+        return _parse(node, _IMAGES, answer)
 
     @contextlib.asynccontextmanager
     async def archive(
@@ -134,7 +138,8 @@ class NodeLink:
         except httpx.HTTPError as e:
             raise Unavailable(f"node {node.name} stopped answering: {e}") from None
 
-    async def _call(self, node: Node, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, node: Node, method: str, path: str, **kwargs: Any) -> bytes:
+        """The body of the node's answer; its refusal as hutch's own error."""
         try:
             response = await self._http.request(
                 method, self._url(node, path), headers=self._headers(node), **kwargs
@@ -142,7 +147,7 @@ class NodeLink:
         except httpx.HTTPError as e:
             raise Unavailable(f"node {node.name} cannot be reached: {e}") from None
         _raise_for(node, response.status_code, response.content)
-        return response.json() if response.content else None
+        return response.content
 
     async def _stream(
         self, node: Node, method: str, path: str, *, lines: bool = True, **kwargs: Any
@@ -164,6 +169,22 @@ class NodeLink:
                         yield line.encode() + b"\n"
         except httpx.HTTPError as e:
             raise Unavailable(f"node {node.name} stopped answering: {e}") from None
+
+
+# The wire types of the node's answers (wire/images.py: agent/nodeapi.py makes them).
+_IMAGE = TypeAdapter(ImageView)
+_IMAGES = TypeAdapter(list[ImageView])
+_USAGE = TypeAdapter(ImageUsage)
+_PULL_EVENT = TypeAdapter(PullEvent)
+
+
+def _parse(node: Node, shape: TypeAdapter[T], body: bytes | str) -> T:
+    """The node's JSON answer as its wire type: one that does not fit is the node's fault, and
+    to the user the node is unavailable."""
+    try:
+        return shape.validate_json(body)
+    except ValidationError as e:
+        raise Unavailable(f"node {node.name} answered what hutch cannot read: {e}") from None
 
 
 def _raise_for(node: Node, status: int, body: bytes) -> None:

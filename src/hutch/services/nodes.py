@@ -2,7 +2,6 @@
 long-poll what their machines should be doing."""
 
 import hmac
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -11,11 +10,12 @@ from hutch.model.errors import Conflict, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Capacity, Machine, Node, NodeState
 from hutch.model.tenancy import Principal, Quota, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
+from hutch.services.networks import NodePlan, node_plan
 from hutch.services.nodelink import controller_key
 from hutch.services.notify import SCHEDULER, Notifier, node_key
 from hutch.services.policy import Policy
 from hutch.store.base import Store
-from hutch.wire.nodes import JOIN_PREFIX, join_token_parts
+from hutch.wire.nodes import JoinToken
 
 MAX_POLL = 60.0
 JOIN_TTL_MAX = 24 * 3600.0
@@ -36,27 +36,24 @@ class Nodes:
         self._controller_secret = controller_secret
         self.ca_pin = ca_pin  # the CA's hash when the controller serves HTTPS
 
-    def join_token(self, principal: Principal, ttl: float) -> tuple[str, float]:
+    def join_token(self, principal: Principal, ttl: float) -> JoinToken:
         """A token that lets agents join until it expires (signed, so nothing is stored: any
         controller sharing the controller secret accepts it), with the CA pin when there is
-        one. The token and when it expires."""
+        one."""
         Policy.require_system(principal, "see or change nodes")
         if not 0 < ttl <= JOIN_TTL_MAX:
             raise Invalid(f"a join token lives between 1 s and {JOIN_TTL_MAX:.0f} s")
-        expires = int(time.time() + ttl)
-        body = f"{JOIN_PREFIX}.{expires}.{secrets.token_hex(8)}"
-        token = f"{body}.{self._mac(body)}"
-        return (f"{token}.{self.ca_pin}" if self.ca_pin else token), float(expires)
-
-    def _mac(self, body: str) -> str:
-        return hmac.new(self._controller_secret, f"join:{body}".encode(), "sha256").hexdigest()
+        return JoinToken.issue(self._controller_secret, int(time.time() + ttl), self.ca_pin)
 
     def _may_join(self, presented: str) -> None:
         if self._join_secret and hmac.compare_digest(presented, self._join_secret):
             return
-        parts = join_token_parts(presented)
-        if parts is not None and hmac.compare_digest(parts[2], self._mac(parts[0])):
-            if parts[1] < time.time():
+        try:
+            token = JoinToken.parse(presented)
+        except Invalid:
+            token = None
+        if token is not None and token.signed_by(self._controller_secret):
+            if token.expires < time.time():
                 raise Unauthenticated("the join token has expired: make another")
             return
         raise Unauthenticated("the join token (or secret) is wrong")
@@ -117,15 +114,20 @@ class Nodes:
         async with self.store.write() as tx:
             fresh = await tx.nodes.lock(node.id)
             state = NodeState.READY if fresh.state is NodeState.UNREACHABLE else fresh.state
+            if fresh.state is NodeState.UNREACHABLE:
+                # Back: its agent drops the sandboxes that are no longer its own, so the
+                # addresses of the machines lost with it may go to others now.
+                await tx.networks.fenced(node.id)
             return await tx.nodes.update(
                 replace(fresh, last_seen=time.time(), state=state, address=address)
             )
 
     async def assignments(
         self, node: Node, after: int, wait: float
-    ) -> tuple[int, list[tuple[Machine, Quota]]]:
+    ) -> tuple[int, list[tuple[Machine, Quota]], NodePlan]:
         """The node's machines, each with its project's quota (what an image it pulls for one
-        may take), once its revision is past `after`, or after `wait` seconds."""
+        may take), and what its networks need, once its revision is past `after`, or after
+        `wait` seconds."""
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_POLL)
         while True:
             async with self.store.read() as tx:
@@ -136,7 +138,8 @@ class Nodes:
                         p: (await tx.projects.get(p)).quota
                         for p in {m.project_id for m in machines}
                     }
-                    return revision, [(m, quotas[m.project_id]) for m in machines]
+                    plan = await node_plan(tx, machines)
+                    return revision, [(m, quotas[m.project_id]) for m in machines], plan
             await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), 0.5))
 
     async def overdue(self, cutoff: float) -> list[Node]:
@@ -185,6 +188,7 @@ class Nodes:
         async with self.store.write() as tx:
             node = _named(await tx.nodes.list(), ref)
             await tx.nodes.delete(node.id)
+            await tx.networks.fenced(node.id)  # gone: what it lost cannot run there any more
         self.notifier.notify(node_key(node.id))
         return node
 

@@ -23,6 +23,8 @@ class Action(StrEnum):
     IMAGE_READ = "image.read"
     IMAGE_WRITE = "image.write"  # pull, import, delete
     EVENT_READ = "event.read"
+    NETWORK_READ = "network.read"  # networks and security groups
+    NETWORK_WRITE = "network.write"
 
 
 DEFAULT_POLICY: dict[Action, Role] = {
@@ -35,6 +37,8 @@ DEFAULT_POLICY: dict[Action, Role] = {
     Action.IMAGE_READ: Role.READER,
     Action.IMAGE_WRITE: Role.MEMBER,
     Action.EVENT_READ: Role.READER,
+    Action.NETWORK_READ: Role.READER,
+    Action.NETWORK_WRITE: Role.MEMBER,
 }
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from hutch.model.machine import Capacity, Machine
 from hutch.placement import Index, Placement, Request, limit, need, plus
 from hutch.services.machines import request_of
+from hutch.services.networks import bump_neighbours
 from hutch.services.notify import SCHEDULER, Notifier, keys_of
 from hutch.store.base import Claim, NewEvent, Store, Tx
 
@@ -88,6 +89,8 @@ class Scheduler:
             }
             members = await _members(tx, pending)
             holders = await _holders(tx, pending)
+            ports = await tx.networks.ports([m.id for m in pending])
+            taken = await tx.networks.ports_taken() if any(ports.values()) else {}
             placed: list[tuple[Machine, str]] = []
             claims: dict[str, Capacity] = {}
             waiting: list[tuple[Machine, str]] = []
@@ -95,14 +98,14 @@ class Scheduler:
             # a backlog of one size costs one walk over the nodes, not one per machine.
             refused: dict[tuple[object, ...], str] = {}
             for m in pending:
-                request = request_of(m.spec, projects[m.project_id])
+                request = request_of(m.spec, projects[m.project_id], ports[m.id])
                 group = members.get((m.project_id, m.spec.group)) if m.spec.group else None
                 shape = _shape(request)
                 if group is None and shape in refused:  # holders change no filter
                     waiting.append((m, refused[shape]))
                     continue
                 held = holders.get((m.project_id, m.spec.image), frozenset())
-                decision = index.place(request, group, held)
+                decision = index.place(request, group, held, taken)
                 if not isinstance(decision, Placement):
                     why = WAITING + decision.explain()
                     waiting.append((m, why))
@@ -112,6 +115,8 @@ class Scheduler:
                 node = decision.node
                 claims[node.id] = plus(claims.get(node.id, NOTHING), need(request, node))
                 index.claim(node.id, request)
+                if request.ports:
+                    taken.setdefault(node.id, set()).update(request.ports)
                 if group is not None:
                     group[node.id] = group.get(node.id, 0) + 1
                 placed.append((m, node.id))
@@ -129,6 +134,7 @@ class Scheduler:
             ]  # fmt: skip
             await tx.events.append(events)
             await tx.nodes.bump_revisions([node_id for _, node_id in placed_now])
+            await bump_neighbours(tx, [m.id for m, _ in placed_now])
             for m, why in waiting:
                 if m.error != why:  # said once, not at every round
                     await tx.machines.update(replace(m, error=why, updated_at=now))
@@ -160,6 +166,7 @@ def _shape(r: Request) -> tuple[object, ...]:
         r.runtime,
         r.strategy,
         tuple(sorted(r.labels.items())),
+        tuple(sorted(r.ports)),
     )
 
 

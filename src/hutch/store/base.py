@@ -14,8 +14,12 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import NamedTuple, Protocol
 
+from hutch.model.addressing import Address, Network, Rule, SecurityGroup
 from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
+from hutch.model.network import PortMapping
 from hutch.model.tenancy import Project, Quota, Token, Usage
+
+MAX_PAGE = 200  # machines per `MachineRepo.list` page at most, whatever the caller asks
 
 
 class Claim(NamedTuple):
@@ -95,7 +99,8 @@ class MachineRepo(Protocol):
         limit: int = 100,
         cursor: str | None = None,
     ) -> tuple[builtins.list[Machine], str | None]:
-        """Oldest first; the second value is the cursor of the next page (None: last page)."""
+        """Oldest first, at most `limit` (and at most MAX_PAGE) machines; the second value is
+        the cursor of the next page (None: last page)."""
 
     async def update(self, machine: Machine) -> Machine:
         """Write `machine` if the stored version is `machine.version`; return it with the
@@ -191,6 +196,86 @@ class LeaseRepo(Protocol):
     async def release(self, name: str, holder: str) -> None: ...
 
 
+class NetworkRepo(Protocol):
+    """Networks, addresses (see `sql/networks.py` for how one is never given twice), fences of
+    lost machines' addresses, published ports, and facts."""
+
+    async def fact(self, key: str, candidate: str) -> str:
+        """The stored value of `key`, storing `candidate` if there is none yet."""
+
+    async def create(self, network: Network) -> bool:
+        """False if its slot or pool4 was taken meanwhile; Conflict if its name is."""
+
+    async def slots(self) -> builtins.list[tuple[int, int | None]]:
+        """Every network's (slot, pool4)."""
+
+    async def get(self, project_id: str, ref: str) -> Network:
+        """By id or name, within the project; NotFound otherwise."""
+
+    async def list(self, project_id: str) -> builtins.list[Network]: ...
+
+    async def by_ids(self, ids: Sequence[str]) -> dict[str, Network]: ...
+
+    async def delete(self, project_id: str, network_id: str) -> None:
+        """Conflict while any machine holds an address on it."""
+
+    async def assign(self, network: Network, machine_id: str, position: int) -> Address:
+        """A free address of the network, now the machine's; NoCapacity when it is full."""
+
+    async def addresses(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[Address]]: ...
+
+    async def peers(
+        self, network_ids: Sequence[str]
+    ) -> builtins.list[tuple[Address, str, str, str]]:
+        """Placed live machines on the networks: (address, name, project id, node id)."""
+
+    async def counts(self, network_ids: Sequence[str]) -> dict[str, int]:
+        """How many machines hold addresses on each network."""
+
+    async def release(self, machine_id: str) -> None:
+        """Free a destroyed machine's addresses, unless a fence holds them."""
+
+    async def fence(self, machine_ids: Sequence[str], node_id: str) -> None: ...
+
+    async def fenced(self, node_id: str) -> int:
+        """The node is fenced: free what its fences held. How many machines' addresses."""
+
+    async def publish(self, machine_id: str, ports: Sequence[PortMapping]) -> None: ...
+
+    async def ports(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[PortMapping]]: ...
+
+    async def ports_taken(self) -> dict[str, builtins.set[tuple[int, str]]]:
+        """Node id -> (host port, protocol) its active machines publish."""
+
+
+class SecurityGroupRepo(Protocol):
+    async def create(self, group: SecurityGroup) -> None:
+        """Conflict if the name is taken in the project."""
+
+    async def get(self, project_id: str, ref: str) -> SecurityGroup: ...
+
+    async def list(self, project_id: str) -> builtins.list[SecurityGroup]: ...
+
+    async def by_ids(self, ids: Sequence[str]) -> dict[str, SecurityGroup]: ...
+
+    async def delete(self, project_id: str, group_id: str) -> None:
+        """Conflict while live machines use it or other groups' rules name it."""
+
+    async def add_rule(self, group_id: str, rule_id: str, rule: Rule, at: float) -> None: ...
+
+    async def remove_rule(self, group_id: str, rule_id: str) -> None: ...
+
+    async def attach(self, machine_id: str, group_ids: Sequence[str]) -> None: ...
+
+    async def nodes(self, group_ids: Sequence[str]) -> builtins.set[str]:
+        """The nodes of the live machines in these groups."""
+
+    async def machines(self, group_id: str) -> builtins.list[str]:
+        """The live machines in the group."""
+
+    async def of_machines(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[str]]: ...
+
+
 class Tx(Protocol):
     projects: ProjectRepo
     tokens: TokenRepo
@@ -198,6 +283,8 @@ class Tx(Protocol):
     nodes: NodeRepo
     events: EventRepo
     leases: LeaseRepo
+    networks: NetworkRepo
+    security_groups: SecurityGroupRepo
 
 
 class Store(Protocol):

@@ -198,3 +198,102 @@ events = sa.Table(
     sa.Index("uq_events_project_id_seq", "project_id", "seq", unique=True),
     sqlite_autoincrement=True,
 )
+
+# -- networks (see hutch.model.addressing) -------------------------------------------------------
+
+# Facts chosen once per controller and shared by every controller of the store (the ULA /48).
+facts = sa.Table(
+    "facts",
+    metadata,
+    sa.Column("key", sa.String(63), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+networks = sa.Table(
+    "networks",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", _NAME, nullable=False),
+    sa.Column("subnet4", sa.String(43), nullable=False),
+    sa.Column("subnet6", sa.String(43), nullable=False),
+    # Its VNI and /64 number, unique controller-wide; a default network's /24 of the pool.
+    sa.Column("slot", sa.Integer, nullable=False, unique=True),
+    sa.Column("pool4", sa.Integer, unique=True),
+    sa.Column("egress", _ENUM, nullable=False),
+    sa.Column("egress_allow", sa.JSON, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.UniqueConstraint("project_id", "name"),
+)
+
+# One row per (machine, network) from the machine's creation to its destruction; a machine lost
+# with its node keeps its rows until that node is fenced (see `fences`).
+network_addresses = sa.Table(
+    "network_addresses",
+    metadata,
+    sa.Column("network_id", _ID, sa.ForeignKey("networks.id"), primary_key=True),
+    sa.Column("machine_id", _ID, sa.ForeignKey("machines.id"), primary_key=True, index=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("host", sa.Integer, nullable=False),
+    sa.Column("mac", sa.String(17), nullable=False, unique=True),
+    sa.Column("ip4", sa.String(15), nullable=False),
+    sa.Column("ip6", sa.String(39), nullable=False),
+    sa.UniqueConstraint("network_id", "host"),
+    sa.UniqueConstraint("network_id", "ip4"),
+    sa.UniqueConstraint("network_id", "ip6"),
+)
+
+# A machine lost with a node may still run there: its addresses are not given to another
+# machine until that node is fenced (it came back, and drops what is not its own, or it was
+# removed).
+fences = sa.Table(
+    "fences",
+    metadata,
+    sa.Column("machine_id", _ID, sa.ForeignKey("machines.id"), primary_key=True),
+    sa.Column("node_id", _ID, primary_key=True, index=True),  # no key: a removed node's go too
+)
+
+security_groups = sa.Table(
+    "security_groups",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", _NAME, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.UniqueConstraint("project_id", "name"),
+)
+
+security_group_rules = sa.Table(
+    "security_group_rules",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("group_id", _ID, sa.ForeignKey("security_groups.id"), nullable=False, index=True),
+    sa.Column("direction", _ENUM, nullable=False),
+    sa.Column("protocol", _ENUM, nullable=False),
+    sa.Column("port_min", sa.Integer, nullable=False),
+    sa.Column("port_max", sa.Integer, nullable=False),
+    sa.Column("remote_cidr", sa.String(43), nullable=False),
+    sa.Column("remote_group", _ID, nullable=False),  # "" or a security group's id
+    sa.Column("created_at", _TIME, nullable=False),
+)
+
+machine_security_groups = sa.Table(
+    "machine_security_groups",
+    metadata,
+    sa.Column("machine_id", _ID, sa.ForeignKey("machines.id"), primary_key=True),
+    sa.Column("group_id", _ID, sa.ForeignKey("security_groups.id"), primary_key=True, index=True),
+    sa.Column("position", sa.Integer, nullable=False),
+)
+
+# Published ports (`-p`). The scheduler never puts two machines publishing one host port and
+# protocol on one node (placement filter `ports_free`); a machine's node is its own column.
+machine_ports = sa.Table(
+    "machine_ports",
+    metadata,
+    sa.Column("machine_id", _ID, sa.ForeignKey("machines.id"), primary_key=True),
+    sa.Column("host_port", sa.Integer, primary_key=True),
+    sa.Column("protocol", sa.String(3), primary_key=True),
+    sa.Column("port", sa.Integer, nullable=False),
+    sa.Column("host_ip", sa.String(15), nullable=False),
+    sa.Index("ix_machine_ports_host_port_protocol", "host_port", "protocol"),
+)

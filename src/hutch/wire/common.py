@@ -6,7 +6,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
-MAX_PAGE = 200  # items per page at most, whatever the client asks
 
 # The integers the store holds: counts and sizes are INTEGER columns (32 bits on PostgreSQL),
 # event ids BIGINT. Anything larger is refused as the request's fault (422, naming the field),

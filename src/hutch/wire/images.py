@@ -19,6 +19,14 @@ class ImageView(View):
     layers: int
     public: bool  # in the operator's catalogue: every project sees it
     source: str = "project"  # "project": the project's own; "catalogue": the operator's
+    exposed_ports: list[str] = []  # its config's ExposedPorts ("80/tcp"): what -p may publish
+
+
+class ImageUsage(View):
+    """What a project's images take in a node's store, in MiB (rounded up)."""
+
+    images_mib: int  # as stored
+    images_unpacked_mib: int  # what their layers unpack to
 
 
 class ImageRemoved(View):

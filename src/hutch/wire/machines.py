@@ -14,6 +14,7 @@ from hutch.model.machine import (
     validate_env,
 )
 from hutch.wire.common import Request, View
+from hutch.wire.networks import AddressView, PortSpec, PortView
 
 
 def _env(env: dict[str, str]) -> dict[str, str]:
@@ -63,6 +64,18 @@ class MachineCreate(Request):
         0, ge=0, le=0xFFFF, description="with tty: its size at start (0: 24 x 80); attach resizes"
     )
     cols: int = Field(0, ge=0, le=0xFFFF)
+    networks: list[str] | None = Field(
+        None,
+        max_length=4,
+        description="networks to join, by name or id (eth0 first); default: the project's "
+        'default network, made on first use; ["none"]: no network',
+    )
+    ports: list[PortSpec] = Field(
+        [], max_length=64, description="ports published on its node (a resource of the node)"
+    )
+    security_groups: list[str] = Field(
+        [], max_length=16, description="security groups (the project's), by name or id"
+    )
 
 
 class MachineView(View):
@@ -104,6 +117,11 @@ class MachineView(View):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    networks: list[str] = []  # names, eth0 first
+    addresses: list[AddressView] = []
+    ports: list[PortView] = []
+    security_groups: list[str] = []  # names
+    dns: str = ""  # NAME.PROJECT.internal, on its networks (empty without one)
 
 
 class Rejected(View):

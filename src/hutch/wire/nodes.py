@@ -1,9 +1,16 @@
 """Nodes, and the agents' own API (under /agent/v1, with node credentials)."""
 
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import ClassVar
+
 from pydantic import Field
 
+from hutch.model.errors import Invalid
 from hutch.model.machine import Desired, MachineState, NodeState
 from hutch.wire.common import INT32_MAX, Count, Request, View
+from hutch.wire.networks import GroupRules, NicView, PeerView, PortView
 
 
 class CapacityView(View):
@@ -42,27 +49,68 @@ class NodeRegister(Request):
     domain: str = Field("", max_length=63, description="failure domain: rack, zone, ...")
 
 
-JOIN_PREFIX = "hjt"
+@dataclass(frozen=True, slots=True)
+class JoinToken:
+    """What `hutch agent --join-token` carries: hjt.<expires>.<nonce>.<mac>[.<CA pin>]. The
+    controller signs the first three (so nothing is stored: any controller sharing the
+    controller secret checks it); the pin, when the API is HTTPS, lets the agent trust the CA."""
+
+    expires: int  # epoch seconds
+    nonce: str  # random hex: two tokens made in the same second differ
+    mac: str  # HMAC-SHA256 of `signed`, in hex, under the controller secret
+    ca_pin: str = ""  # sha256 of the CA's public key ("" over plain HTTP)
+
+    PREFIX: ClassVar[str] = "hjt"
+
+    @classmethod
+    def issue(cls, key: bytes, expires: int, ca_pin: str = "") -> "JoinToken":
+        """A new token, signed with `key`, valid until `expires`."""
+        nonce = secrets.token_hex(8)
+        return cls(expires, nonce, _join_mac(key, cls._body(expires, nonce)), ca_pin)
+
+    @classmethod
+    def parse(cls, text: str) -> "JoinToken":
+        """The token `text` is, or Invalid saying why it is not one (a plain join secret, say).
+        The signature is not checked here: see `signed_by`."""
+        parts = text.split(".")
+        if parts[0] != cls.PREFIX:
+            raise Invalid(f"a join token starts with {cls.PREFIX}.")
+        if len(parts) not in (4, 5):
+            raise Invalid(
+                f"a join token has 4 or 5 parts ({cls.PREFIX}.EXPIRES.NONCE.MAC[.PIN]), "
+                f"not {len(parts)}"
+            )
+        if not (parts[1].isascii() and parts[1].isdigit()):
+            raise Invalid(f"a join token's expiry is a number of seconds, not {parts[1][:20]!r}")
+        return cls(int(parts[1]), parts[2], parts[3], parts[4] if len(parts) == 5 else "")
+
+    @classmethod
+    def _body(cls, expires: int, nonce: str) -> str:
+        return f"{cls.PREFIX}.{expires}.{nonce}"
+
+    @property
+    def signed(self) -> str:
+        """The part the MAC covers."""
+        return self._body(self.expires, self.nonce)
+
+    def signed_by(self, key: bytes) -> bool:
+        """Whether `key` made this token (in constant time)."""
+        return hmac.compare_digest(self.mac, _join_mac(key, self.signed))
+
+    def encode(self) -> str:
+        token = f"{self.signed}.{self.mac}"
+        return f"{token}.{self.ca_pin}" if self.ca_pin else token
 
 
-def join_token_parts(token: str) -> tuple[str, int, str, str] | None:
-    """A join token is hjt.<expires>.<nonce>.<mac>[.<CA pin>]: (signed body, expires, mac,
-    pin), or None when `token` is not one (a plain join secret, say)."""
-    parts = token.split(".")
-    if (
-        len(parts) not in (4, 5)
-        or parts[0] != JOIN_PREFIX
-        or not (parts[1].isascii() and parts[1].isdigit())
-    ):
-        return None
-    return ".".join(parts[:3]), int(parts[1]), parts[3], parts[4] if len(parts) == 5 else ""
+def _join_mac(key: bytes, body: str) -> str:
+    return hmac.new(key, f"join:{body}".encode(), "sha256").hexdigest()
 
 
 class JoinTokenRequest(Request):
     ttl: float = Field(3600.0, gt=0, le=86400, description="seconds it may be used for")
 
 
-class JoinToken(View):
+class JoinTokenView(View):
     token: str  # for `hutch agent --join-token`; carries the CA pin when the API is HTTPS
     expires_at: float
     ca_pin: str = ""  # sha256 of the CA's public key
@@ -97,7 +145,7 @@ class Assignment(View):
     image_limits: dict[str, int] = {}
     command: list[str] | None
     entrypoint: list[str] | None
-    env: dict[str, str]
+    env: list[str]  # KEY=VALUE, as the process gets them
     workdir: str
     user: str
     cpus: int
@@ -111,11 +159,17 @@ class Assignment(View):
     stop_signal: str = ""
     stop_timeout: float = 10.0
     start_after: float = 0.0  # epoch seconds: a restart's backoff
+    hostname: str = ""  # the machine's name
+    networks: list[NicView] = []  # its NICs, eth0 first (SandboxSpec.networks)
+    ports: list[PortView] = []  # published on the node, to eth0's addresses
+    security_groups: list[str] = []  # ids, in Assignments.groups
 
 
 class Assignments(View):
     revision: int  # pass as `after` to wait for the next change
     machines: list[Assignment]
+    groups: list[GroupRules] = []  # the security groups the machines are in, or rules name
+    peers: list[PeerView] = []  # every placed machine on the networks the node hosts
 
 
 class MachineReport(Request):

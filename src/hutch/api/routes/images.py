@@ -1,7 +1,7 @@
 """/v1/images: the project's images, and the operator's catalogue, in the nodes' stores."""
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Query, Request, status
@@ -15,13 +15,9 @@ from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
 router = APIRouter(prefix="/v1/images", tags=["images"], responses=PROBLEMS)
 
 
-def _view(image: dict[str, Any]) -> ImageView:
-    return ImageView.model_validate(image)
-
-
 @router.get("")
 async def list_images(ctl: Ctl, s: Scoped) -> Page[ImageView]:
-    return Page(items=[_view(i) for i in await ctl.images.catalog(s.caller, s.project)])
+    return Page(items=await ctl.images.catalog(s.caller, s.project))
 
 
 @router.post(
@@ -32,13 +28,13 @@ async def list_images(ctl: Ctl, s: Scoped) -> Page[ImageView]:
     },
 )
 async def pull_image(ctl: Ctl, s: Scoped, body: ImagePull) -> StreamingResponse:
-    lines = ctl.images.pull(s.caller, s.project, body.ref, body.public)
-    first = await anext(lines)  # errors before the stream starts become problem+json
+    events = ctl.images.pull(s.caller, s.project, body.ref, body.public)
+    first = await anext(events)  # errors before the stream starts become problem+json
 
     async def stream() -> AsyncIterator[bytes]:
-        yield first
-        async for line in lines:
-            yield line
+        yield _line(first)
+        async for event in events:
+            yield _line(event)
 
     return StreamingResponse(stream(), media_type="application/x-ndjson")
 
@@ -65,13 +61,12 @@ async def import_image(
     """A `docker save` or OCI archive, or a root filesystem's tar (plain or gzip/bzip2/xz, with
     none of an image archive's files: packed as a one-layer image running its shell, as
     `docker import` does; device nodes and FIFOs left out; absolute names and `..` refused)."""
-    images = await ctl.images.import_(s.caller, s.project, request.stream(), name or [], public)
-    return [_view(i) for i in images]
+    return await ctl.images.import_(s.caller, s.project, request.stream(), name or [], public)
 
 
 @router.get("/{ref:path}")
 async def get_image(ctl: Ctl, s: Scoped, ref: str) -> ImageView:
-    return _view(await ctl.images.get(s.caller, s.project, unquote(ref)))
+    return await ctl.images.get(s.caller, s.project, unquote(ref))
 
 
 @router.delete("/{ref:path}")
@@ -82,4 +77,8 @@ async def delete_image(
     409 while machines of the project that are not destroyed would lose the image, unless
     `force` (they are named in the answer)."""
     image, users = await ctl.images.delete(s.caller, s.project, unquote(ref), public, force)
-    return ImageRemoved(id=image["id"], machines=[m.name for m in users])
+    return ImageRemoved(id=image.id, machines=[m.name for m in users])
+
+
+def _line(event: PullEvent) -> bytes:
+    return event.model_dump_json().encode() + b"\n"

@@ -13,23 +13,24 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from hutch.api import convert
-from hutch.api.deps import Controller, Ctl, Scoped, bearer
+from hutch.api.deps import Ctl, Scoped, bearer
+from hutch.controller import Controller
 from hutch.http.fair import taking_turns, turn
 from hutch.http.problems import PROBLEMS, ws_error
-from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unauthenticated
+from hutch.model.errors import HutchError, Invalid, Unauthenticated
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
-from hutch.services.policy import Action
 from hutch.services.streams import Lease
 from hutch.wire import machines as wire
-from hutch.wire.common import INT32_MAX, INT64_MAX, MAX_PAGE, Page
+from hutch.wire.common import INT32_MAX, INT64_MAX, Page
 
 router = APIRouter(tags=["machines"], responses=PROBLEMS)
 KEEPALIVE = 15.0
 
 
-def _view(m: Machine, project: Project) -> wire.MachineView:
-    return convert.machine_view(m, project.name)
+async def _view(ctl: Controller, m: Machine, project: Project) -> wire.MachineView:
+    wiring = (await ctl.machines.wiring([m]))[m.id]
+    return convert.machine_view(m, project.name, wiring)
 
 
 @router.post(
@@ -47,11 +48,13 @@ async def create_machine(
     ] = False,
 ) -> wire.MachineView | wire.PlacementView:
     spec = convert.spec_of(body)
+    net = convert.net_of(body)
     if dry_run:
         response.status_code = status.HTTP_200_OK
-        return convert.placement_view(await ctl.machines.explain(s.caller, s.project, spec))
-    m = await ctl.machines.create(s.caller, s.project, spec, body.name, body.start)
-    return _view(m, s.project)
+        decision = await ctl.machines.explain(s.caller, s.project, spec, net)
+        return convert.placement_view(decision)
+    m = await ctl.machines.create(s.caller, s.project, spec, body.name, body.start, net=net)
+    return await _view(ctl, m, s.project)
 
 
 @router.get("/v1/machines")
@@ -72,24 +75,28 @@ async def list_machines(
         labels[key] = value
     machines, next_cursor = await ctl.machines.page(
         s.caller, s.project, states=tuple(state or ()), labels=labels, include_destroyed=all,
-        limit=min(limit, MAX_PAGE), cursor=cursor,
+        limit=limit, cursor=cursor,
     )  # fmt: skip
-    return Page(items=[_view(m, s.project) for m in machines], next=next_cursor)
+    wiring = await ctl.machines.wiring(machines)
+    return Page(
+        items=[convert.machine_view(m, s.project.name, wiring[m.id]) for m in machines],
+        next=next_cursor,
+    )
 
 
 @router.get("/v1/machines/{ref}")
 async def get_machine(ctl: Ctl, s: Scoped, ref: str) -> wire.MachineView:
-    return _view(await ctl.machines.get(s.caller, s.project, ref), s.project)
+    return await _view(ctl, await ctl.machines.get(s.caller, s.project, ref), s.project)
 
 
 @router.post("/v1/machines/{ref}/start")
 async def start_machine(ctl: Ctl, s: Scoped, ref: str) -> wire.MachineView:
-    return _view(await ctl.machines.start(s.caller, s.project, ref), s.project)
+    return await _view(ctl, await ctl.machines.start(s.caller, s.project, ref), s.project)
 
 
 @router.post("/v1/machines/{ref}/restart")
 async def restart_machine(ctl: Ctl, s: Scoped, ref: str) -> wire.MachineView:
-    return _view(await ctl.machines.restart(s.caller, s.project, ref), s.project)
+    return await _view(ctl, await ctl.machines.restart(s.caller, s.project, ref), s.project)
 
 
 @router.post("/v1/machines/{ref}/stop")
@@ -98,7 +105,7 @@ async def stop_machine(
 ) -> wire.MachineView:
     body = body or wire.StopRequest()
     m = await ctl.machines.stop(s.caller, s.project, ref, body.signal, body.timeout)
-    return _view(m, s.project)
+    return await _view(ctl, m, s.project)
 
 
 @router.post("/v1/machines/{ref}/kill")
@@ -106,7 +113,9 @@ async def kill_machine(
     ctl: Ctl, s: Scoped, ref: str, body: wire.KillRequest | None = None
 ) -> wire.MachineView:
     body = body or wire.KillRequest()
-    return _view(await ctl.machines.kill(s.caller, s.project, ref, body.signal), s.project)
+    return await _view(
+        ctl, await ctl.machines.kill(s.caller, s.project, ref, body.signal), s.project
+    )
 
 
 @router.delete("/v1/machines/{ref}", status_code=status.HTTP_204_NO_CONTENT)
@@ -124,7 +133,7 @@ async def wait_machine(
     timeout: Annotated[float, Query(ge=0, le=300)] = 60.0,
 ) -> wire.WaitResult:
     m, reached, final = await ctl.machines.wait(s.caller, s.project, ref, state, timeout)
-    return wire.WaitResult(machine=_view(m, s.project), reached=reached, final=final)
+    return wire.WaitResult(machine=await _view(ctl, m, s.project), reached=reached, final=final)
 
 
 @router.get(
@@ -143,27 +152,16 @@ async def machine_logs(
     since: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
 ) -> StreamingResponse:
     lease = ctl.streams.admit(s.caller, s.project)  # 429 before the 200 if it holds too many
-    try:
-        m, node = await ctl.machines.locate(s.caller, s.project, ref, Action.MACHINE_READ)
-        params = {"follow": str(follow).lower()}
-        if tail is not None:
-            params["tail"] = str(tail)
-        if since is not None:
-            params["since"] = str(since)
-        stream = ctl.link.logs(node, m.sandbox_id, params)
-        try:
-            first = await anext(stream, None)  # fail before the 200 if the node refuses
-        except NotFound:  # its sandbox never was (it failed before) or is gone: no output
-            first = None
+    try:  # what the node refuses, before the 200
+        stream = await ctl.machines.logs(
+            s.caller, s.project, ref, follow=follow, tail=tail, since=since
+        )
     except BaseException:
         ctl.streams.release(lease)
         raise
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            if first is None or not lease.live:
-                return
-            yield first
             async for chunk in lease.guard(taking_turns(stream)):
                 if chunk is not None:
                     yield chunk
@@ -240,14 +238,10 @@ async def _session(ws: WebSocket, ref: str, project: str | None, *, attach: bool
         caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
         if not attach:
             start = wire.ExecStart.first_message(await ws.receive_text())
-        m, node = await ctl.machines.locate(caller, proj, ref, Action.MACHINE_EXEC)
-        if m.state is not MachineState.RUNNING:
-            refusal = Conflict if attach else Invalid
-            raise refusal(f"machine {m.name} is {m.state}, not running")
+        m, node = await ctl.machines.session(caller, proj, ref, attach=attach)
         lease = ctl.streams.admit(caller, proj)
         try:
-            connect = ctl.link.attach if attach else ctl.link.exec
-            upstream = await connect(node, m.sandbox_id)
+            upstream = await ctl.machines.connect(m, node, attach=attach)
         except BaseException:
             ctl.streams.release(lease)
             raise

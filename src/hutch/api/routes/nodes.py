@@ -16,8 +16,8 @@ from hutch.wire.common import INT32_MAX, Page
 from hutch.wire.nodes import (
     Assignments,
     Heartbeat,
-    JoinToken,
     JoinTokenRequest,
+    JoinTokenView,
     MachineReport,
     NodeRegister,
     NodeRegistered,
@@ -34,10 +34,10 @@ async def list_nodes(ctl: Ctl, caller: Caller) -> Page[NodeView]:
 
 
 @public.post("/join-tokens", status_code=status.HTTP_201_CREATED)
-async def join_token(ctl: Ctl, caller: Caller, body: JoinTokenRequest) -> JoinToken:
+async def join_token(ctl: Ctl, caller: Caller, body: JoinTokenRequest) -> JoinTokenView:
     """A short-lived token for `hutch agent --join-token` (system tokens)."""
-    token, expires = ctl.nodes.join_token(caller, body.ttl)
-    return JoinToken(token=token, expires_at=expires, ca_pin=ctl.nodes.ca_pin)
+    token = ctl.nodes.join_token(caller, body.ttl)
+    return JoinTokenView(token=token.encode(), expires_at=token.expires, ca_pin=token.ca_pin)
 
 
 @public.get("/{ref}")
@@ -122,10 +122,8 @@ async def assignments(
     wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
 ) -> Assignments:
     _own(node_id, node.id)
-    revision, machines = await ctl.nodes.assignments(node, after, wait)
-    return Assignments(
-        revision=revision, machines=[convert.assignment(m, quota) for m, quota in machines]
-    )
+    revision, machines, plan = await ctl.nodes.assignments(node, after, wait)
+    return convert.assignments(revision, machines, plan)
 
 
 @agents.get(
@@ -140,7 +138,7 @@ async def image_archive(
     it (an OCI archive, checked by digest as the node imports it). Only for a project that has
     a machine on the node."""
     _own(node_id, node.id)
-    _, machines = await ctl.nodes.assignments(node, -1, 0)
+    _, machines, _ = await ctl.nodes.assignments(node, -1, 0)
     if not any(m.project_id == project for m, _ in machines):
         raise NotFound(f"no machine of project {project} is on this node")
     archive = ctl.images.from_peers(node, project, ref)

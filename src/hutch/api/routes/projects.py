@@ -3,7 +3,8 @@
 from fastapi import APIRouter, Response, status
 
 from hutch.api import convert
-from hutch.api.deps import Caller, Controller, Ctl
+from hutch.api.deps import Caller, Ctl
+from hutch.controller import Controller
 from hutch.http.problems import PROBLEMS
 from hutch.model.tenancy import Project, Usage
 from hutch.wire import tenancy as wire
@@ -82,5 +83,5 @@ async def _report(ctl: Controller, project: Project, usage: Usage) -> wire.Quota
     """The quota beside what the machines hold and, asked of a node, what the images take."""
     view = convert.usage_view(usage)
     if (images := await ctl.images.usage(project)) is not None:
-        view = view.model_copy(update=images)
+        view = view.model_copy(update=images.model_dump())
     return wire.QuotaReport(quota=convert.quota_view(project.quota), usage=view)

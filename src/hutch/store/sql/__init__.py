@@ -4,6 +4,5 @@ connections and transactions, and each aggregate has a module with its repositor
 
 from hutch.store.sql.engine import SqlStore, alembic_config, make_revision, parse_url
 from hutch.store.sql.events import MAX_EVENTS
-from hutch.store.sql.machines import MAX_PAGE
 
-__all__ = ["MAX_EVENTS", "MAX_PAGE", "SqlStore", "alembic_config", "make_revision", "parse_url"]
+__all__ = ["MAX_EVENTS", "SqlStore", "alembic_config", "make_revision", "parse_url"]

@@ -46,10 +46,21 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hutch.model.errors import Conflict, HutchError, Invalid, Unavailable
-from hutch.store.base import EventRepo, LeaseRepo, MachineRepo, NodeRepo, ProjectRepo, TokenRepo, Tx
+from hutch.store.base import (
+    EventRepo,
+    LeaseRepo,
+    MachineRepo,
+    NetworkRepo,
+    NodeRepo,
+    ProjectRepo,
+    SecurityGroupRepo,
+    TokenRepo,
+    Tx,
+)
 from hutch.store.sql.events import SqlEvents
 from hutch.store.sql.leases import SqlLeases
 from hutch.store.sql.machines import SqlMachines
+from hutch.store.sql.networks import SqlNetworks, SqlSecurityGroups
 from hutch.store.sql.nodes import SqlNodes
 from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
@@ -442,3 +453,5 @@ class SqlTx:
         self.nodes: NodeRepo = SqlNodes(conn, backend)
         self.events: EventRepo = SqlEvents(conn, backend)
         self.leases: LeaseRepo = SqlLeases(conn, backend)
+        self.networks: NetworkRepo = SqlNetworks(conn, backend)
+        self.security_groups: SecurityGroupRepo = SqlSecurityGroups(conn, backend)

@@ -23,9 +23,8 @@ from hutch.model.machine import (
 )
 from hutch.model.tenancy import Usage
 from hutch.store import tables as t
+from hutch.store.base import MAX_PAGE
 from hutch.store.sql.repo import Repo, from_row
-
-MAX_PAGE = 200  # machines per list() page
 
 
 class SqlMachines(Repo):
@@ -228,9 +227,12 @@ class SqlMachines(Repo):
         `updated_at` is when they were destroyed."""
         m, e = t.machines, t.events
         gone = m.c.state == MachineState.DESTROYED.value
+        # A machine lost with a node that is not fenced yet keeps its row: its addresses are
+        # held for it until then (`NetworkRepo.fenced`).
+        unfenced = ~sa.exists().where(t.fences.c.machine_id == m.c.id)
         stmt = (
             sa.select(m.c.id)
-            .where(gone, m.c.updated_at < destroyed_before)
+            .where(gone, m.c.updated_at < destroyed_before, unfenced)
             .order_by(m.c.updated_at, m.c.id)
             .limit(limit)
         )
@@ -243,6 +245,8 @@ class SqlMachines(Repo):
         await self._c.execute(
             sa.delete(e).where(e.c.object_id.in_(ids), e.c.kind.startswith("machine."))
         )
+        for linked in (t.network_addresses, t.machine_ports, t.machine_security_groups):
+            await self._c.execute(sa.delete(linked).where(linked.c.machine_id.in_(ids)))
         await self._c.execute(sa.delete(m).where(m.c.id.in_(ids), gone))
         return len(ids)
 

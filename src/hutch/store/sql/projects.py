@@ -69,7 +69,15 @@ class SqlProjects(Repo):
                 f"this project still has {count} machine(s) that are not destroyed: "
                 "destroy them first"
             )
-        for table in (t.events, t.machines, t.tokens):
+        mine = sa.select(m.c.id).where(m.c.project_id == project_id)
+        for linked in (t.fences, t.network_addresses, t.machine_ports, t.machine_security_groups):
+            await self._c.execute(sa.delete(linked).where(linked.c.machine_id.in_(mine)))
+        groups = sa.select(t.security_groups.c.id).where(
+            t.security_groups.c.project_id == project_id
+        )
+        rules = t.security_group_rules
+        await self._c.execute(sa.delete(rules).where(rules.c.group_id.in_(groups)))
+        for table in (t.events, t.machines, t.tokens, t.security_groups, t.networks):
             await self._c.execute(sa.delete(table).where(table.c.project_id == project_id))
         await self._c.execute(sa.delete(t.projects).where(t.projects.c.id == project_id))
 

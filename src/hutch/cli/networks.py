@@ -1,0 +1,159 @@
+"""`hutch network` and `hutch sg`: a project's private networks and security groups."""
+
+from typing import Annotated
+
+import typer
+
+from hutch.cli.remote import OutputOpt, ago, connect, dump, emit, newest_first, progress
+from hutch.wire.networks import RuleView, SecurityGroupView
+
+network_app = typer.Typer(help="Networks: a project's private networks.", no_args_is_help=True)
+sg_app = typer.Typer(
+    help="Security groups: named rules attached to machines (hutch run --sg NAME).",
+    no_args_is_help=True,
+)
+rule_app = typer.Typer(help="Add or remove a security group's rules.", no_args_is_help=True)
+sg_app.add_typer(rule_app, name="rule")
+
+NetworkRef = Annotated[str, typer.Argument(metavar="NETWORK", help="A network's name or id.")]
+GroupRef = Annotated[str, typer.Argument(metavar="GROUP", help="A security group's name or id.")]
+
+
+@network_app.command("create")
+def network_create(
+    name: Annotated[str, typer.Argument(help="Unique in the project.")],
+    subnet: Annotated[
+        str,
+        typer.Option(
+            help="IPv4 CIDR (/8 to /29, private, outside the controller's pool); "
+            "default: a /24 of the pool. The IPv6 /64 is chosen for it."
+        ),
+    ] = "",
+    egress: Annotated[
+        str, typer.Option(help="nat (default: out through the node), deny, or allow-list.")
+    ] = "nat",
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="A CIDR machines may reach (egress allow-list); repeatable."),
+    ] = None,
+) -> None:
+    """Make a network (dual-stack); machines join it with hutch run --network NAME."""
+    with connect() as client:
+        n = client.networks.create(name, subnet, egress, allow or ())
+    progress(f"network {n.name}: {n.subnet4}, {n.subnet6}")
+
+
+@network_app.command("ls")
+def network_ls(output: OutputOpt = "table") -> None:
+    """List the project's networks."""
+    with connect() as client:
+        found = list(client.networks.list())
+    emit(
+        newest_first(found, lambda n: n.created_at),
+        [
+            ("NAME", lambda n: n.name),
+            ("ID", lambda n: n.id),
+            ("SUBNET4", lambda n: n.subnet4),
+            ("SUBNET6", lambda n: n.subnet6),
+            ("EGRESS", lambda n: n.egress),
+            ("MACHINES", lambda n: str(n.machines)),
+            ("CREATED", lambda n: ago(n.created_at)),
+        ],
+        output,
+    )
+
+
+@network_app.command("inspect")
+def network_inspect(ref: NetworkRef, output: OutputOpt = "json") -> None:
+    """Show a network: subnets, gateways, VNI, egress, machines on it."""
+    with connect() as client:
+        dump(client.networks.get(ref), output)
+
+
+@network_app.command("rm")
+def network_rm(ref: NetworkRef) -> None:
+    """Delete a network no machine is on."""
+    with connect() as client:
+        client.networks.delete(ref)
+    progress(f"network {ref} is deleted")
+
+
+@sg_app.command("create")
+def sg_create(name: Annotated[str, typer.Argument(help="Unique in the project.")]) -> None:
+    """Make a security group (no rules yet: hutch sg rule add)."""
+    with connect() as client:
+        g = client.security_groups.create(name)
+    typer.echo(g.id)
+
+
+def _rules(g: SecurityGroupView) -> str:
+    return "; ".join(rule_text(r) for r in g.rules) or "-"
+
+
+def rule_text(r: RuleView) -> str:
+    ports = "" if (r.port_min, r.port_max) == (0, 0) else (
+        f":{r.port_min}" if r.port_min == r.port_max else f":{r.port_min}-{r.port_max}"
+    )  # fmt: skip
+    return f"{r.direction} {r.protocol}{ports} {r.remote_cidr or r.remote_group}"
+
+
+@sg_app.command("ls")
+def sg_ls(output: OutputOpt = "table") -> None:
+    """List the project's security groups and their rules."""
+    with connect() as client:
+        found = list(client.security_groups.list())
+    emit(
+        newest_first(found, lambda g: g.created_at),
+        [
+            ("NAME", lambda g: g.name),
+            ("ID", lambda g: g.id),
+            ("RULES", _rules),
+            ("CREATED", lambda g: ago(g.created_at)),
+        ],
+        output,
+    )
+
+
+@sg_app.command("inspect")
+def sg_inspect(ref: GroupRef, output: OutputOpt = "json") -> None:
+    """Show a security group and its rules (with their ids, for hutch sg rule rm)."""
+    with connect() as client:
+        dump(client.security_groups.get(ref), output)
+
+
+@sg_app.command("rm")
+def sg_rm(ref: GroupRef) -> None:
+    """Delete a security group no live machine is in."""
+    with connect() as client:
+        client.security_groups.delete(ref)
+    progress(f"security group {ref} is deleted")
+
+
+@rule_app.command("add")
+def rule_add(
+    ref: GroupRef,
+    direction: Annotated[str, typer.Argument(help="ingress or egress.")],
+    protocol: Annotated[str, typer.Option(help="tcp, udp, icmp or any.")] = "any",
+    port: Annotated[str, typer.Option(help="PORT or LOW-HIGH (tcp/udp); default: all.")] = "",
+    remote: Annotated[
+        str,
+        typer.Option(help="A CIDR (0.0.0.0/0, 10.0.0.0/8) or a security group of the project's."),
+    ] = "",
+) -> None:
+    """Allow traffic; prints the rule's id. Nodes apply it to running machines at once.
+
+    hutch sg rule add web ingress --protocol tcp --port 80 --remote 0.0.0.0/0
+    """
+    with connect() as client:
+        g = client.security_groups.add_rule(ref, direction, protocol, port, remote)
+    typer.echo(g.rules[-1].id)
+
+
+@rule_app.command("rm")
+def rule_rm(
+    ref: GroupRef, rule: Annotated[str, typer.Argument(help="The rule's id (hutch sg inspect).")]
+) -> None:
+    """Remove a rule."""
+    with connect() as client:
+        client.security_groups.remove_rule(ref, rule)
+    progress(f"rule {rule} is removed from {ref}")

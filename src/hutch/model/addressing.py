@@ -1,0 +1,246 @@
+"""Networks as the controller keeps them: a project's networks, addresses, security groups and
+their rules, and the pure arithmetic of address management (no I/O: the store picks among what
+these functions offer, under its unique constraints).
+
+Every network has a `slot` (1..65535, unique controller-wide): its VNI, and the number of its
+IPv6 /64 inside the controller's ULA /48. A default network also takes a /24 of the IPv4 pool
+(`pool4`, its index there). Inside a network, host number `h` is `subnet4[h]` and
+`subnet6[h]`, and its MAC is `02:SS:SS:HH:HH:HH` (slot, host): unique controller-wide by
+construction, stable while the address is held. Host 1 is the gateway (the node's bridge).
+"""
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from hutch.model.errors import Invalid
+from hutch.model.network import EGRESS, Attachment
+
+MAX_SLOT = 0xFFFF  # networks per controller: the /64s of a /48
+MIN_PREFIX4 = 8  # a network is at most a /8 ...
+MAX_PREFIX4 = 29  # ... and at least a /29: gateway and 5 machines
+GATEWAY_HOST = 1
+NONE = "none"  # `--network none`
+DEFAULT = "default"  # the project's network made on first use
+DIRECTIONS = ("ingress", "egress")
+PROTOCOLS = ("tcp", "udp", "icmp", "any")
+MAX_RULES = 100  # rules per security group
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    id: str
+    project_id: str
+    name: str
+    subnet4: str  # "10.96.3.0/24"
+    subnet6: str  # "fdxx:xxxx:xxxx:3::/64"
+    slot: int  # VNI, and the /64's number in the ULA /48
+    created_at: float
+    pool4: int | None = None  # its /24's index in the controller's pool (default networks)
+    egress: str = "nat"  # "nat" | "deny" | "allow-list"
+    egress_allow: tuple[str, ...] = ()
+
+    @property
+    def vni(self) -> int:
+        return self.slot
+
+    @property
+    def gateway4(self) -> str:
+        return str(ipaddress.ip_network(self.subnet4)[GATEWAY_HOST])
+
+    @property
+    def gateway6(self) -> str:
+        return str(ipaddress.ip_network(self.subnet6)[GATEWAY_HOST])
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A machine's place on one network: held from its creation to its destruction (and, for a
+    machine lost with its node, until that node is fenced)."""
+
+    network_id: str
+    machine_id: str
+    position: int  # the machine's NIC index: 0 is eth0
+    host: int
+    mac: str
+    ip4: str
+    ip6: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A security group rule: traffic allowed in (ingress) or out (egress)."""
+
+    direction: Literal["ingress", "egress"]
+    protocol: Literal["tcp", "udp", "icmp", "any"]
+    port_min: int = 0  # 0/0: all ports
+    port_max: int = 0
+    remote_cidr: str = ""  # exactly one of these two
+    remote_group: str = ""  # a security group's id (the same project's)
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise Invalid(f"direction {self.direction!r} is not ingress or egress")
+        if self.protocol not in PROTOCOLS:
+            raise Invalid(f"protocol {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if (self.port_min, self.port_max) != (0, 0):
+            if self.protocol not in ("tcp", "udp"):
+                raise Invalid(f"ports need protocol tcp or udp, not {self.protocol}")
+            if not 1 <= self.port_min <= self.port_max <= 65535:
+                raise Invalid(
+                    f"port range {self.port_min}-{self.port_max} is not within 1-65535, low first"
+                )
+        if bool(self.remote_cidr) == bool(self.remote_group):
+            raise Invalid("a rule names exactly one of a remote CIDR and a remote group")
+        if self.remote_cidr:
+            parse_cidr(self.remote_cidr, "remote")
+
+    @classmethod
+    def parse_ports(cls, text: str) -> tuple[int, int]:
+        """`80`, `8000-8080`, or `` (all) as (port_min, port_max)."""
+        if not text:
+            return 0, 0
+        low, _, high = text.partition("-")
+        high = high or low
+        if not (low.isascii() and low.isdigit() and high.isascii() and high.isdigit()):
+            raise Invalid(f"ports {text!r} are not PORT or LOW-HIGH")
+        return int(low), int(high)
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityGroup:
+    id: str
+    project_id: str
+    name: str
+    created_at: float
+    rules: tuple[tuple[str, Rule], ...] = ()  # (rule id, rule), oldest first
+
+
+def parse_cidr(text: str, what: str = "subnet") -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        raise Invalid(f"{what} {text!r} is not a CIDR with its host bits zero") from None
+
+
+def check_egress(egress: str, allow: Sequence[str]) -> None:
+    if egress not in EGRESS:
+        raise Invalid(f"egress {egress!r} is not one of {', '.join(EGRESS)}")
+    if allow and egress != "allow-list":
+        raise Invalid("an egress allow-list needs egress 'allow-list'")
+    for cidr in allow:
+        parse_cidr(cidr, "egress allow-list entry")
+
+
+def check_subnet4(text: str, pool: str, others: Iterable[tuple[str, str]]) -> ipaddress.IPv4Network:
+    """A subnet a project asks for: IPv4, /8 to /29, private (RFC 1918 or 100.64/10), outside
+    the controller's pool (where default networks come from) and overlapping none of the
+    project's other networks (`others`: (name, subnet4))."""
+    net = parse_cidr(text)
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise Invalid(f"subnet {text} is not IPv4 (each network gets its IPv6 /64 on its own)")
+    if net.prefixlen > MAX_PREFIX4:
+        raise Invalid(f"subnet {text} is too small: /{MAX_PREFIX4} at least (gateway + 5 hosts)")
+    if net.prefixlen < MIN_PREFIX4:
+        raise Invalid(f"subnet {text} is too large: /{MIN_PREFIX4} at most")
+    if not (net.is_private and not net.is_loopback and not net.is_link_local) and not (
+        net.subnet_of(ipaddress.IPv4Network("100.64.0.0/10"))
+    ):
+        raise Invalid(f"subnet {text} is not a private range (10/8, 172.16/12, 192.168/16)")
+    if net.overlaps(ipaddress.IPv4Network(pool)):
+        raise Invalid(f"subnet {text} overlaps the controller's pool {pool} (default networks)")
+    for name, other in others:
+        if net.overlaps(ipaddress.IPv4Network(other)):
+            raise Invalid(f"subnet {text} overlaps network {name}'s {other}")
+    return net
+
+
+def pool_subnet(pool: str, prefix: int, index: int) -> str:
+    """The `index`th /prefix of the pool; Invalid when the pool has no such subnet."""
+    net = ipaddress.IPv4Network(pool)
+    shift = prefix - net.prefixlen
+    if shift < 0 or not 0 <= index < (1 << shift):
+        raise Invalid(f"the pool {pool} has no {index}th /{prefix}")
+    size = 1 << (32 - prefix)
+    return str(ipaddress.IPv4Network((int(net.network_address) + index * size, prefix)))
+
+
+def pool_size(pool: str, prefix: int) -> int:
+    return 1 << max(prefix - ipaddress.IPv4Network(pool).prefixlen, 0)
+
+
+def new_ula48() -> str:
+    """A random ULA /48 (RFC 4193: fd00::/8 and 40 random bits), chosen once per controller."""
+    return str(ipaddress.IPv6Network((0xFD << 120 | secrets.randbits(40) << 80, 48)))
+
+
+def subnet6_of(ula48: str, slot: int) -> str:
+    net = ipaddress.IPv6Network(ula48)
+    if net.prefixlen != 48 or not 1 <= slot <= MAX_SLOT:
+        raise Invalid(f"no /64 number {slot} in {ula48}")
+    return str(ipaddress.IPv6Network((int(net.network_address) | slot << 64, 64)))
+
+
+def lowest_free(used: Iterable[int], low: int, high: int) -> int | None:
+    """The lowest number in low..high that is not in `used`; None when all are."""
+    taken = set(used)
+    return next((n for n in range(low, high + 1) if n not in taken), None)
+
+
+def host_range(subnet4: str) -> tuple[int, int]:
+    """The host numbers machines may get: after the gateway, before the broadcast address."""
+    net = ipaddress.IPv4Network(subnet4)
+    return GATEWAY_HOST + 1, net.num_addresses - 2
+
+
+def mac_of(slot: int, host: int) -> str:
+    if not 1 <= slot <= MAX_SLOT or not 0 <= host < 1 << 24:
+        raise Invalid(f"no MAC for host {host} of slot {slot}")
+    octets = [0x02, slot >> 8, slot & 0xFF, host >> 16, (host >> 8) & 0xFF, host & 0xFF]
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+def address_of(network: Network, machine_id: str, position: int, host: int) -> Address:
+    first, last = host_range(network.subnet4)
+    if not first <= host <= last:
+        raise Invalid(f"host {host} is outside {network.subnet4}'s machines ({first}-{last})")
+    return Address(
+        network_id=network.id,
+        machine_id=machine_id,
+        position=position,
+        host=host,
+        mac=mac_of(network.slot, host),
+        ip4=str(ipaddress.IPv4Network(network.subnet4)[host]),
+        ip6=str(ipaddress.IPv6Network(network.subnet6)[host]),
+    )
+
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def dns_name(machine: str, project: str) -> str:
+    """`NAME.PROJECT.internal`, the name other machines on its networks resolve."""
+    return f"{machine}.{project}.internal"
+
+
+def attachment(network: Network, address: Address, project: str) -> Attachment:
+    """What the node is told about one NIC."""
+    search = (f"{project}.internal",) if _LABEL.match(project) else ()
+    return Attachment(
+        network_id=network.id,
+        vni=network.vni,
+        mac=address.mac,
+        ip4=address.ip4,
+        prefix4=ipaddress.IPv4Network(network.subnet4).prefixlen,
+        gateway4=network.gateway4,
+        ip6=address.ip6,
+        prefix6=ipaddress.IPv6Network(network.subnet6).prefixlen,
+        gateway6=network.gateway6,
+        egress=network.egress,
+        egress_allow=network.egress_allow,
+        dns=(network.gateway4,),
+        search=search,
+    )

@@ -1,0 +1,304 @@
+"""Networks, addresses, published ports and security groups through the HTTP API, on SQLite and
+PostgreSQL: what a machine gets, what is refused (each a clear 4xx), what the node is told."""
+
+import asyncio
+import ipaddress
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.api import Api, close_api, open_api
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
+    a, _ = await open_api(Path(tempfile.mkdtemp(prefix="hn", dir="/tmp")), url)
+    await a.project("alpha")
+    await a.project("beta")
+    yield a
+    await close_api(a)
+
+
+async def test_machines_join_the_default_network_made_on_first_use(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    assert (await api.call("GET", "/v1/networks", token)).json()["items"] == []
+    web = (await api.machine(token, name="web")).json()
+    db = (await api.machine(token, name="db")).json()
+    assert web["networks"] == db["networks"] == ["default"]
+    assert web["dns"] == "web.alpha.internal"
+    (net,) = (await api.call("GET", "/v1/networks", token)).json()["items"]
+    assert net["name"] == "default" and net["machines"] == 2
+    subnet = ipaddress.IPv4Network(net["subnet4"])
+    assert subnet.prefixlen == 24 and subnet.subnet_of(ipaddress.IPv4Network("10.96.0.0/11"))
+    assert ipaddress.ip_network(net["subnet6"]).prefixlen == 64
+    assert net["gateway4"] == str(subnet[1])
+    a, b = web["addresses"][0], db["addresses"][0]
+    assert a["ip4"] == str(subnet[2]) and b["ip4"] == str(subnet[3])
+    assert a["mac"] != b["mac"] and a["mac"].startswith("02:")
+    assert ipaddress.ip_address(a["ip6"]) in ipaddress.ip_network(net["subnet6"])
+    # The same on reading it back, in listings, and `none`: no network at all.
+    got = (await api.call("GET", "/v1/machines/web", token)).json()
+    assert got["addresses"] == web["addresses"]
+    listed = {m["name"]: m for m in (await api.call("GET", "/v1/machines", token)).json()["items"]}
+    assert listed["db"]["addresses"] == db["addresses"]
+    lone = (await api.machine(token, name="lone", networks=["none"])).json()
+    assert lone["networks"] == [] and lone["addresses"] == [] and lone["dns"] == ""
+    # Another project's default network is another subnet, and another VNI.
+    other = await api.token("beta", "member")
+    await api.machine(other, name="web")
+    (theirs,) = (await api.call("GET", "/v1/networks", other)).json()["items"]
+    assert theirs["subnet4"] != net["subnet4"] and theirs["vni"] != net["vni"]
+    assert theirs["subnet6"] != net["subnet6"]
+
+
+async def test_networks_of_a_project_and_what_is_refused(api: Api) -> None:
+    token = await api.token("alpha", "member")
+
+    async def create(**body: object) -> Any:
+        return await api.call("POST", "/v1/networks", token, json=body)
+
+    r = await create(name="back", subnet="192.168.10.0/24", egress="deny")
+    assert r.status_code == 201, r.text
+    back = r.json()
+    assert back["subnet4"] == "192.168.10.0/24" and back["egress"] == "deny"
+    for body, words in (
+        ({"name": "b2", "subnet": "192.168.10.128/25"}, "overlaps network back"),
+        ({"name": "b2", "subnet": "10.100.0.0/24"}, "overlaps the controller's pool"),
+        ({"name": "b2", "subnet": "192.168.20.0/30"}, "too small"),
+        ({"name": "b2", "subnet": "8.8.8.0/24"}, "not a private range"),
+        ({"name": "b2", "subnet": "fd00::/64"}, "not IPv4"),
+        ({"name": "b2", "subnet": "192.168.20.1/24"}, "host bits"),
+        ({"name": "none"}, "no network"),
+        ({"name": "b2", "egress": "nat", "egress_allow": ["1.2.3.0/24"]}, "allow-list"),
+    ):
+        r = await create(**body)
+        assert r.status_code == 400 and words in r.json()["detail"], (body, r.text)
+    assert (await create(name="back")).status_code == 409
+    # Another project may use the same private range: tenants never route to each other.
+    other = await api.token("beta", "member")
+    r = await api.call(
+        "POST", "/v1/networks", other, json={"name": "x", "subnet": "192.168.10.0/24"}
+    )
+    assert r.status_code == 201
+    # A machine on two networks: eth0 first; another project's network does not exist here.
+    m = (await api.machine(token, name="two", networks=["back", "default"], start=False)).json()
+    assert m["networks"] == ["back", "default"]
+    assert m["addresses"][0]["ip4"] == "192.168.10.2"
+    r = await api.machine(token, name="x", networks=["x"])
+    assert r.status_code == 404 and "no network 'x' in project alpha" in r.json()["detail"]
+    r = await api.machine(token, name="x", networks=["none", "back"])
+    assert r.status_code == 400
+    # Delete: refused while a machine is on it, done once it is destroyed.
+    r = await api.call("DELETE", "/v1/networks/back", token)
+    assert r.status_code == 409 and "machine" in r.json()["detail"]
+    assert (await api.call("DELETE", "/v1/machines/two", token)).status_code == 204
+    assert (await api.call("DELETE", "/v1/networks/back", token)).status_code == 204
+    assert (await api.call("GET", "/v1/networks/back", token)).status_code == 404
+    reader = await api.token("alpha", "reader")
+    assert (await api.call("GET", "/v1/networks", reader)).status_code == 200
+    r = await api.call("POST", "/v1/networks", reader, json={"name": "r"})
+    assert r.status_code == 403
+
+
+async def test_destroyed_machines_give_their_addresses_back(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    first = (await api.machine(token, name="a", start=False)).json()["addresses"][0]
+    await api.machine(token, name="b", start=False)
+    assert (await api.call("DELETE", "/v1/machines/a", token)).status_code == 204
+    again = (await api.machine(token, name="c", start=False)).json()["addresses"][0]
+    assert again["ip4"] == first["ip4"] and again["mac"] == first["mac"]
+
+
+async def test_concurrent_creates_get_distinct_addresses(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    made = await asyncio.gather(*(api.machine(token, name=f"m{i}", start=False) for i in range(20)))
+    assert all(r.status_code == 201 for r in made), [r.text for r in made]
+    ips = {r.json()["addresses"][0]["ip4"] for r in made}
+    macs = {r.json()["addresses"][0]["mac"] for r in made}
+    assert len(ips) == len(macs) == 20
+    (net,) = (await api.call("GET", "/v1/networks", token)).json()["items"]
+    assert net["machines"] == 20
+
+
+async def test_published_ports_are_a_resource_of_the_node(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    port = {"host_port": 8080, "port": 80}
+    web = await api.machine(token, name="web", ports=[port])
+    assert web.status_code == 201, web.text
+    assert web.json()["ports"] == [
+        {"host_port": 8080, "port": 80, "protocol": "tcp", "host_ip": ""}
+    ]
+    await api.placed(token, "web")
+    # The only node publishes 8080/tcp already: the dry run says so, and create refuses.
+    body = {"image": "busybox", "runtime": "container", "ports": [port]}
+    r = await api.call("POST", "/v1/machines", token, params={"dry_run": "true"}, json=body)
+    assert r.status_code == 200 and not r.json()["placed"]
+    assert "host port 8080/tcp published already" in r.json()["reason"]
+    r = await api.machine(token, name="web2", ports=[port])
+    assert r.status_code == 503 and "8080/tcp" in r.json()["detail"]
+    # The same port over UDP, or another port, is free; a second node takes the same one.
+    udp = await api.machine(
+        token, name="dns", ports=[{"host_port": 8080, "port": 53, "protocol": "udp"}]
+    )
+    assert udp.status_code == 201
+    other = await api.join("sim-2")
+    r = await api.machine(token, name="web2", ports=[port])
+    assert r.status_code == 201
+    assert (await api.placed(token, "web2"))["node"] == other["node_id"]
+    # Bad ports: each a 4xx naming the field.
+    for bad in ({"host_port": 0, "port": 80}, {"host_port": 70000, "port": 80},
+                {"host_port": 80, "port": 80, "protocol": "sctp"}):  # fmt: skip
+        r = await api.machine(token, name="bad", ports=[bad])
+        assert r.status_code == 422, r.text
+    r = await api.machine(token, name="bad", ports=[port, port])
+    assert r.status_code == 400 and "published twice" in r.json()["detail"]
+    r = await api.machine(token, name="bad", ports=[port], networks=["none"])
+    assert r.status_code == 400 and "need a network" in r.json()["detail"]
+    r = await api.machine(token, name="bad", ports=[{**port, "host_ip": "::1"}])
+    assert r.status_code == 400
+
+
+async def test_security_groups_and_their_rules(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    r = await api.call("POST", "/v1/security-groups", token, json={
+        "name": "web",
+        "rules": [{"direction": "ingress", "protocol": "tcp", "port_min": 80, "port_max": 80,
+                   "remote_cidr": "0.0.0.0/0"}],
+    })  # fmt: skip
+    assert r.status_code == 201, r.text
+    web = r.json()
+    assert [x["port_min"] for x in web["rules"]] == [80]
+    r = await api.call("POST", "/v1/security-groups", token, json={"name": "db"})
+    assert r.status_code == 201
+    # A rule naming the same project's group, by name; another project's is not found.
+    r = await api.call("POST", "/v1/security-groups/db/rules", token,
+                       json={"direction": "ingress", "protocol": "tcp", "port_min": 5432,
+                             "port_max": 5432, "remote_group": "web"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    rule = r.json()["rules"][-1]
+    assert rule["remote_group"] == web["id"]
+    other = await api.token("beta", "member")
+    r = await api.call("POST", "/v1/security-groups", other, json={"name": "theirs"})
+    theirs = r.json()
+    r = await api.call("POST", "/v1/security-groups/db/rules", token,
+                       json={"direction": "ingress", "remote_group": theirs["id"]})  # fmt: skip
+    assert r.status_code == 404 and "project alpha" in r.json()["detail"]
+    for bad in (
+        {"direction": "ingress"},  # neither remote
+        {"direction": "ingress", "remote_cidr": "10.0.0.0/8", "remote_group": "web"},
+        {"direction": "ingress", "protocol": "icmp", "port_min": 1, "port_max": 2,
+         "remote_cidr": "10.0.0.0/8"},
+        {"direction": "ingress", "protocol": "tcp", "port_min": 90, "port_max": 80,
+         "remote_cidr": "10.0.0.0/8"},
+        {"direction": "ingress", "remote_cidr": "10.0.0.1/8"},
+    ):  # fmt: skip
+        r = await api.call("POST", "/v1/security-groups/db/rules", token, json=bad)
+        assert r.status_code == 400, (bad, r.text)
+    # Machines name groups; another project's group does not exist for them.
+    m = (await api.machine(token, name="m", security_groups=["web", "db"], start=False)).json()
+    assert m["security_groups"] == ["web", "db"]
+    r = await api.machine(token, name="x", security_groups=["theirs"])
+    assert r.status_code == 404 and "no security group 'theirs'" in r.json()["detail"]
+    r = await api.call("DELETE", "/v1/security-groups/db", token)
+    assert r.status_code == 409
+    r = await api.call("DELETE", f"/v1/security-groups/db/rules/{rule['id']}", token)
+    assert r.status_code == 200 and r.json()["rules"] == []
+    assert (await api.call("DELETE", "/v1/machines/m", token)).status_code == 204
+    assert (await api.call("DELETE", "/v1/security-groups/db", token)).status_code == 204
+    names = [
+        g["name"] for g in (await api.call("GET", "/v1/security-groups", token)).json()["items"]
+    ]
+    assert names == ["web"]
+    assert (await api.call("GET", "/v1/security-groups/theirs", token)).status_code == 404
+
+
+async def node_assignments(api: Api, node: dict[str, Any]) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {node['credential']}"}
+    r = await api.http.get(f"/agent/v1/nodes/{node['node_id']}/assignments", headers=headers)
+    assert r.status_code == 200, r.text
+    found: dict[str, Any] = r.json()
+    return found
+
+
+async def test_the_node_is_told_nics_ports_rules_and_peers(api: Api) -> None:
+    await api.call("POST", "/v1/nodes/sim-1/cordon")
+    node = await api.join("node-x", address="http://192.0.2.7:7443")
+    token = await api.token("alpha", "member")
+    await api.call("POST", "/v1/security-groups", token, json={
+        "name": "web", "rules": [{"direction": "ingress", "protocol": "tcp", "port_min": 80,
+                                  "port_max": 80, "remote_group": "web"}]})  # fmt: skip
+    await api.machine(token, name="web", ports=[{"host_port": 8080, "port": 80}],
+                      security_groups=["web"])  # fmt: skip
+    await api.machine(token, name="db")
+    web = await api.placed(token, "web")
+    await api.placed(token, "db")
+    told = await node_assignments(api, node)
+    by_name = {a["hostname"]: a for a in told["machines"]}
+    (nic,) = by_name["web"]["networks"]
+    assert nic["ip4"] == web["addresses"][0]["ip4"] and nic["mac"] == web["addresses"][0]["mac"]
+    assert nic["prefix4"] == 24 and nic["prefix6"] == 64 and nic["dns"] == [nic["gateway4"]]
+    assert nic["search"] == ["alpha.internal"] and nic["egress"] == "nat"
+    assert by_name["web"]["ports"] == [
+        {"host_port": 8080, "port": 80, "protocol": "tcp", "host_ip": ""}
+    ]
+    (group,) = told["groups"]
+    assert group["id"] == by_name["web"]["security_groups"][0]
+    assert nic["ip4"] in group["members"]
+    peers = {p["name"]: p for p in told["peers"]}
+    assert set(peers) == {"web", "db"}
+    assert peers["db"]["underlay"] == "192.0.2.7" and peers["db"]["project"] == "alpha"
+
+
+async def test_a_lost_machines_address_waits_for_its_node_to_come_back(api: Api) -> None:
+    await api.call("POST", "/v1/nodes/sim-1/cordon")
+    node = await api.join("node-a")
+    token = await api.token("alpha", "member")
+    lost = (await api.machine(token, name="lost")).json()
+    await api.placed(token, "lost")
+    held = lost["addresses"][0]["ip4"]
+    api.ctl.health.grace = 0.3
+    deadline = time.monotonic() + 30
+    while (await api.call("GET", "/v1/machines/lost", token)).json()["state"] != "lost":
+        assert time.monotonic() < deadline, "the silent node's machine was never lost"
+        await asyncio.sleep(0.4)  # (a check within a grace of leading again does nothing)
+        await api.ctl.health.check()
+    api.ctl.health.grace = 3600.0
+    assert (await api.call("DELETE", "/v1/machines/lost", token)).status_code == 204
+    assert (await api.call("GET", "/v1/machines/lost", token)).json()["state"] == "destroyed"
+    # Node a may still run it, with its address: nobody else gets that address yet.
+    other = (await api.machine(token, name="other", start=False)).json()
+    assert other["addresses"][0]["ip4"] != held
+    # Back (its agent drops what is not its own): the address is free again.
+    r = await api.http.post(
+        f"/agent/v1/nodes/{node['node_id']}/heartbeat",
+        json={"address": "http://127.0.0.1:9"},
+        headers={"Authorization": f"Bearer {node['credential']}"},
+    )
+    assert r.status_code == 204
+    third = (await api.machine(token, name="third", start=False)).json()
+    assert third["addresses"][0]["ip4"] == held
+
+
+async def test_a_full_pool_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUTCH_NETWORK_POOL4", "10.200.0.0/23")  # two /24s
+    a, _ = await open_api(Path(tempfile.mkdtemp(prefix="hn", dir="/tmp")))
+    try:
+        for project in ("p1", "p2", "p3"):
+            await a.project(project)
+        t1, t2, t3 = [await a.token(p, "member") for p in ("p1", "p2", "p3")]
+        assert (await a.machine(t1, start=False)).json()["addresses"][0]["ip4"] == "10.200.0.2"
+        assert (await a.machine(t2, start=False)).json()["addresses"][0]["ip4"] == "10.200.1.2"
+        r = await a.machine(t3, start=False)
+        assert r.status_code == 503 and "no free /24 left" in r.json()["detail"]
+        # A network of its own still works; so does no network.
+        r = await a.call("POST", "/v1/networks", t3, json={"name": "own", "subnet": "10.9.0.0/24"})
+        assert r.status_code == 201
+        assert (await a.machine(t3, networks=["own"], start=False)).status_code == 201
+        assert (await a.machine(t3, networks=["none"], start=False)).status_code == 201
+    finally:
+        await close_api(a)

@@ -1,0 +1,41 @@
+"""bench/net.py's smoke run (`--quick`, about half a minute): it measures every path it claims
+to and leaves no namespace, mount or QEMU behind. No figure is asserted (benchmarks judge speed)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+REPO = Path(__file__).parents[2]
+
+
+def leftovers() -> tuple[list[str], list[str]]:
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    names = namespaces.stdout
+    mounts = Path("/proc/self/mountinfo").read_text()
+    return (
+        sorted(line for line in names.splitlines() if line.startswith("hbn")),
+        sorted(line for line in mounts.splitlines() if "/hbn" in line),
+    )
+
+
+def test_the_quick_run_measures_everything_and_cleans_up() -> None:
+    before = leftovers()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.net", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("same_node_ratio", "published_rtt_ratio", "rule_apply_p99_s",
+                "rules_1000_vs_10_ratio", "cross_node_bare_mbps"):  # fmt: skip
+        assert isinstance(figures[key], float) and figures[key] > 0, key
+    assert figures["cross_node_ratio"] is None  # hutch.network has no VXLAN yet
+    assert leftovers() == before

@@ -1,0 +1,167 @@
+"""The overlay between two nodes: each node's networking in a namespace of its own (the topology's
+"node" and "outside" namespaces, joined by a veth pair that stands in for the underlay), network
+namespaces standing in for sandboxes, the peer list as the controller would send it."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hutch.model.sandbox import ProcessSpec, SandboxSpec
+from hutch.network import links
+from hutch.network.node import NetworkOptions, NodeNetwork, Peer
+from tests.network.topology import NODE_IP, OUTSIDE_IP, Topology, attachment, topology
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    yield from topology()
+
+
+@pytest.fixture
+def nodes(topo: Topology, tmp_path: Path) -> Iterator[tuple[NodeNetwork, NodeNetwork]]:
+    a = NodeNetwork(
+        NetworkOptions(state_dir=tmp_path / "a", netns=topo.node_path, underlay=NODE_IP)
+    )
+    b = NodeNetwork(
+        NetworkOptions(
+            state_dir=tmp_path / "b", netns=Path("/run/netns") / topo.outside, underlay=OUTSIDE_IP
+        )
+    )
+    yield a, b
+    a.reconcile([])
+    b.reconcile([])
+
+
+def spec(sandbox_id: str, vni: int, host: int) -> SandboxSpec:
+    return SandboxSpec(
+        id=sandbox_id, process=ProcessSpec(args=("true",)), networks=(attachment(vni, host),)
+    )
+
+
+def peer(s: SandboxSpec, underlay: str) -> Peer:
+    att = s.networks[0]
+    return Peer(att.network_id, att.mac, att.ip4, att.ip6, underlay)
+
+
+def fdb(topo: Topology, ns: str, dev: str) -> list[str]:
+    """The MACs with a forwarding entry on `dev` (on the device itself or on its bridge)."""
+    out = topo.run(ns, "bridge", "fdb", "show", "dev", dev).stdout
+    return sorted(line.strip() for line in out.splitlines()
+                  if " self permanent" in line or " static" in line)  # fmt: skip
+
+
+def neigh(topo: Topology, ns: str, dev: str) -> list[str]:
+    out = topo.run(ns, "ip", "neigh", "show", "dev", dev).stdout
+    out6 = topo.run(ns, "ip", "-6", "neigh", "show", "dev", dev).stdout
+    return sorted({line.strip() for line in (*out.splitlines(), *out6.splitlines())})
+
+
+def test_a_machine_reaches_its_peer_on_another_node_and_no_other_network(
+    topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
+) -> None:
+    node_a, node_b = nodes
+    sa, sb, sc = spec("a", 7, 2), spec("b", 7, 3), spec("c", 8, 3)
+    a = node_a.plug_netns(sa)
+    b = node_b.plug_netns(sb)
+    c = node_b.plug_netns(sc)
+    peers = [peer(sa, NODE_IP), peer(sb, OUTSIDE_IP), peer(sc, OUTSIDE_IP)]
+    node_a.set_peers(peers)
+    node_b.set_peers(peers)
+    assert topo.ping(a, "10.77.7.3")
+    assert topo.ping(a, "fd77:0:0:7::3")
+    topo.serve_http(b, "0.0.0.0", 8000, "b\n")
+    topo.serve_http(c, "0.0.0.0", 8000, "c\n")
+    assert topo.get(a, "10.77.7.3", 8000) == "b\n"
+    # ARP/NDP answered on node A: the neighbour entries are there, the flood entry is not
+    assert "10.77.7.3 lladdr 02:00:00:00:07:03 PERMANENT" in neigh(topo, topo.node, "hx-7")
+    assert not [x for x in fdb(topo, topo.node, "hx-7") if x.startswith("00:00:00:00:00:00")]
+    # Node A hosts no machine of network 8: no VXLAN for it, and c is out of a's reach even at
+    # layer 2 (a told c's MAC and an on-link route to it, as a hostile guest could be).
+    assert "hx-8" not in topo.run(topo.node, "ip", "link", "show").stdout
+    assert topo.ok(a, "ip", "route", "add", "10.77.8.0/24", "dev", "eth0")
+    assert topo.ok(a, "ip", "neigh", "replace", "10.77.8.3", "lladdr", sc.networks[0].mac,
+                   "dev", "eth0")  # fmt: skip
+    assert topo.get(a, "10.77.8.3", 8000) is None
+    assert not topo.ping(a, "10.77.8.3")
+    # ...while the same probe at its own network's peer, the same way, gets through
+    assert topo.ok(a, "ip", "neigh", "replace", "10.77.7.3", "lladdr", sb.networks[0].mac,
+                   "dev", "eth0")  # fmt: skip
+    assert topo.get(a, "10.77.7.3", 8000) == "b\n"
+
+
+def test_a_peer_gone_takes_its_entries_with_it(
+    topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
+) -> None:
+    node_a, node_b = nodes
+    sa, sb = spec("a", 7, 2), spec("b", 7, 3)
+    a = node_a.plug_netns(sa)
+    node_b.plug_netns(sb)
+    peers = [peer(sa, NODE_IP), peer(sb, OUTSIDE_IP)]
+    node_a.set_peers(peers)
+    node_a.set_peers(peers)  # idempotent: nothing twice
+    node_b.set_peers(peers)
+    mac = sb.networks[0].mac
+    assert fdb(topo, topo.node, "hx-7") == [
+        f"{mac} dst {OUTSIDE_IP} self permanent",
+        f"{mac} master hn-7 static",
+    ]
+    assert topo.ping(a, "10.77.7.3")
+    node_a.set_peers([peer(sa, NODE_IP)])
+    assert fdb(topo, topo.node, "hx-7") == []
+    assert neigh(topo, topo.node, "hx-7") == []
+    assert not topo.ping(a, "10.77.7.3")
+
+
+def test_twenty_cycles_leave_nothing_behind(
+    topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
+) -> None:
+    node_a, node_b = nodes
+    sa = spec("a", 7, 2)
+    a = node_a.plug_netns(sa)
+    node_a.set_peers([peer(sa, NODE_IP)])
+    before = (fdb(topo, topo.node, "hx-7"), neigh(topo, topo.node, "hx-7"))
+    for i in range(20):
+        sb = spec(f"b{i}", 7, 3 + i)
+        node_b.plug_netns(sb)
+        peers = [peer(sa, NODE_IP), peer(sb, OUTSIDE_IP)]
+        node_a.set_peers(peers)
+        node_b.set_peers(peers)
+        if i in (0, 19):
+            assert topo.ping(a, f"10.77.7.{3 + i}")
+        node_b.unplug(sb.id)
+        node_a.set_peers([peer(sa, NODE_IP)])
+        node_b.set_peers([peer(sa, NODE_IP)])
+    assert (fdb(topo, topo.node, "hx-7"), neigh(topo, topo.node, "hx-7")) == before == ([], [])
+    # node B hosts network 7 no more: its VXLAN went with its last machine
+    assert "hx-" not in topo.run(topo.outside, "ip", "link", "show").stdout
+
+
+def test_reconcile_keeps_what_is_needed_once_and_only_hutchs(
+    topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork], tmp_path: Path
+) -> None:
+    node_a, node_b = nodes
+    sa, sb = spec("a", 7, 2), spec("b", 7, 3)
+    a = node_a.plug_netns(sa)
+    node_b.plug_netns(sb)
+    peers = [peer(sa, NODE_IP), peer(sb, OUTSIDE_IP)]
+    node_a.set_peers(peers)
+    node_b.set_peers(peers)
+    entries = (fdb(topo, topo.node, "hx-7"), neigh(topo, topo.node, "hx-7"))
+    # leftovers of an earlier life: hutch's VXLAN of a network gone, and someone else's VXLAN
+    for name, alias in (("hx-63", links.ALIAS), ("hx-64", "theirs")):
+        assert topo.ok(topo.node, "ip", "link", "add", name, "type", "vxlan", "id",
+                       str(int(name[3:], 16)), "dstport", "4789", "local", NODE_IP)  # fmt: skip
+        assert topo.ok(topo.node, "ip", "link", "set", name, "alias", alias)
+    again = NodeNetwork(
+        NetworkOptions(state_dir=tmp_path / "a", netns=topo.node_path, underlay=NODE_IP)
+    )
+    again.reconcile([sa])
+    again.set_peers(peers)
+    assert (fdb(topo, topo.node, "hx-7"), neigh(topo, topo.node, "hx-7")) == entries
+    shown = topo.run(topo.node, "ip", "link", "show").stdout
+    assert "hx-63" not in shown and "hx-64" in shown
+    assert topo.ping(a, "10.77.7.3")
+    topo.run(topo.node, "ip", "link", "del", "hx-64")
