@@ -317,15 +317,10 @@ def _check(agent: NodeAgent, header: str) -> None:
 
 
 def _image_view(image: StoredImage) -> ImageView:
-    return ImageView(
+    return ImageView.mirroring(
+        image,
         id=image.digest,
         names=list(image.names),
-        size=image.size,
-        unpacked=image.unpacked,
-        created=image.created,
-        layers=image.layers,
-        public=image.public,
-        source=image.source,
         exposed_ports=list(image.config.exposed_ports),
     )
 

@@ -14,6 +14,7 @@ from hutch.images.rootfs import PreparedRoot, prepare_image, prepare_root
 from hutch.images.staging import Staging
 from hutch.images.store import ImageStore
 from hutch.images.users import resolve_user
+from hutch.model import mirrored
 from hutch.model.errors import Invalid, NotFound
 from hutch.model.network import Attachment, PortMapping
 from hutch.model.sandbox import (
@@ -49,20 +50,16 @@ class RunRequest:
     @classmethod
     def of(cls, a: Assignment, image: str) -> "RunRequest":
         """What the node runs for assignment `a`, from `image` (what `a.image` resolved to)."""
-        return cls(
+        return mirrored(  # workdir, user and the terminal's as the assignment says
+            cls,
+            a,
             image=image,
             command=tuple(a.command) if a.command is not None else None,
             entrypoint=tuple(a.entrypoint) if a.entrypoint is not None else None,
             env=tuple(a.env),
-            workdir=a.workdir,
-            user=a.user,
             resources=Resources(cpus=a.cpus, memory_mib=a.memory_mib, scratch_mib=a.disk_mib),
             sandbox_id=a.sandbox,
             hostname=a.machine,
-            tty=a.tty,
-            stdin=a.stdin,
-            rows=a.rows,
-            cols=a.cols,
             networks=tuple(n.model() for n in a.networks),
             ports=tuple(p.model() for p in a.ports),
         )

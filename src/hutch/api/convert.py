@@ -3,6 +3,7 @@
 import dataclasses
 from typing import Any
 
+from hutch.model import mirrored
 from hutch.model.addressing import Network, Rule, SecurityGroup, dns_name
 from hutch.model.machine import Event, Machine, MachineSpec, Node, env_dict, env_entries
 from hutch.model.network import Attachment, PortMapping
@@ -32,28 +33,14 @@ from hutch.wire.tenancy import ProjectView, QuotaSpec, QuotaView, TokenView, Usa
 
 
 def spec_of(body: MachineCreate) -> MachineSpec:
-    return MachineSpec(
-        image=body.image,
+    return mirrored(
+        MachineSpec,
+        body,
         command=tuple(body.command) if body.command is not None else None,
         entrypoint=tuple(body.entrypoint) if body.entrypoint is not None else None,
         env=env_entries(body.env),
-        workdir=body.workdir,
-        user=body.user,
-        cpus=body.cpus,
-        memory_mib=body.memory_mib,
-        disk_mib=body.disk_mib,
-        runtime=body.runtime,
-        restart=body.restart,
         labels=dict(body.labels),
-        auto_destroy=body.auto_destroy,
-        group=body.group,
-        group_policy=body.group_policy,
         constraints=dict(body.constraints),
-        strategy=body.strategy,
-        tty=body.tty,
-        stdin=body.stdin,
-        rows=body.rows,
-        cols=body.cols,
     )
 
 
@@ -94,7 +81,11 @@ def net_of(body: MachineCreate) -> MachineNet:
 
 def machine_view(m: Machine, project: str, wiring: Wiring | None = None) -> MachineView:
     w = wiring or Wiring()
-    return MachineView(
+    return MachineView.mirroring(
+        m,
+        **_spec(m.spec),
+        project=project,
+        node=m.node_id,
         networks=[name for _, name in w.addresses],
         addresses=[
             AddressView(network=name, network_id=a.network_id, mac=a.mac, ip4=a.ip4, ip6=a.ip6)
@@ -103,22 +94,6 @@ def machine_view(m: Machine, project: str, wiring: Wiring | None = None) -> Mach
         ports=[port_view(p) for p in w.ports],
         security_groups=list(w.security_groups),
         dns=dns_name(m.name, project) if w.addresses else "",
-        **_spec(m.spec),
-        id=m.id,
-        name=m.name,
-        project=project,
-        state=m.state,
-        desired=m.desired,
-        node=m.node_id,
-        exit_code=m.exit_code,
-        error=m.error,
-        oom_killed=m.oom_killed,
-        restarts=m.restarts,
-        image_digest=m.image_digest,
-        image_source=m.image_source,
-        created_at=m.created_at,
-        started_at=m.started_at,
-        finished_at=m.finished_at,
     )
 
 
@@ -204,23 +179,17 @@ def assignment(m: Machine, quota: Quota, plan: NodePlan | None = None) -> Assign
     environment stays in the model's entries: the node runs them as they are."""
     spec = {k: v for k, v in _spec(m.spec).items() if k in Assignment.model_fields}
     nics = plan.attachments.get(m.id, ()) if plan else ()
-    return Assignment(
+    return Assignment.mirroring(
+        m,
+        **{**spec, "env": list(m.spec.env)},
         hostname=m.name,
         networks=[nic_view(a) for a in nics],
         ports=[port_view(p) for p in (plan.ports.get(m.id, ()) if plan and nics else ())],
         security_groups=list(plan.groups.get(m.id, ())) if plan else [],
-        **{**spec, "env": list(m.spec.env)},
         machine=m.id,
         project=m.project_id,
-        image_digest=m.image_digest,
         image_limits=quota.image_limits(),
-        generation=m.generation,
         sandbox=m.sandbox_id,
-        desired=m.desired,
-        state=m.state,
-        stop_signal=m.stop_signal,
-        stop_timeout=m.stop_timeout,
-        start_after=m.start_after,
     )
 
 
@@ -239,47 +208,22 @@ def usage_view(u: Usage) -> UsageView:
 
 
 def project_view(p: Project) -> ProjectView:
-    return ProjectView(
-        id=p.id,
-        name=p.name,
-        created_at=p.created_at,
-        quota=quota_view(p.quota),
-        strategy=p.strategy,
-    )
+    return ProjectView.mirroring(p, quota=quota_view(p.quota))
 
 
 def token_view(t: Token, project: str | None) -> TokenView:
-    return TokenView(
-        id=t.id,
-        name=t.name,
-        project=project,
-        role=t.role,
-        system=t.system,
-        created_at=t.created_at,
-        expires_at=t.expires_at,
-        revoked_at=t.revoked_at,
-    )
+    return TokenView.mirroring(t, project=project)
 
 
 def node_view(n: Node) -> NodeView:
-    return NodeView(
-        id=n.id,
-        name=n.name,
-        address=n.address,
+    return NodeView.mirroring(
+        n,
         runtimes=list(n.runtimes),
-        accel=n.accel,
-        capacity=CapacityView(cpus=n.capacity.cpus, memory_mib=n.capacity.memory_mib,
-                              disk_mib=n.capacity.disk_mib),
-        allocated=CapacityView(cpus=n.allocated.cpus, memory_mib=n.allocated.memory_mib,
-                               disk_mib=n.allocated.disk_mib),
+        capacity=CapacityView.mirroring(n.capacity),
+        allocated=CapacityView.mirroring(n.allocated),
         labels=dict(n.labels),
-        domain=n.domain,
-        state=n.state,
-        cordoned=n.cordoned,
         overhead_mib=dict(n.overhead_mib),
-        created_at=n.created_at,
-        last_seen=n.last_seen,
-    )  # fmt: skip
+    )
 
 
 def event_view(e: Event) -> EventView:

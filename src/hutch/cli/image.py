@@ -23,15 +23,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from hutch import config
 from hutch.agent import images
 from hutch.agent.runtimes import RUNTIMES, open_driver, sandbox_dirs
-from hutch.cli.remote import (
-    OutputOpt,
-    ago,
-    check_output,
-    connect,
-    dump,
-    emit,
-    newest_first,
-)
+from hutch.cli.remote import OutputOpt, ago, check_output, connect, dump, emit, newest_first
 from hutch.client.config import configured
 from hutch.images.build import is_rootfs_tarball, write_archive, write_archive_of_tarball
 from hutch.images.pull import PullProgress

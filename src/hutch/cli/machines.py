@@ -617,18 +617,19 @@ def stop(
 
 def start(refs: Refs) -> None:
     """Start stopped or ended machines again."""
-    with connect() as client:
-        for ref in refs:
-            client.machines.start(ref)
-            client.machines.wait(ref, "started")
-            typer.echo(ref)
+    _start_each(refs, again=False)
 
 
 def restart(refs: Refs) -> None:
     """Restart machines (stop them if they run, then start them)."""
+    _start_each(refs, again=True)
+
+
+def _start_each(refs: list[str], *, again: bool) -> None:
+    """Start (`again`: restart) each machine in turn, and wait until it has started."""
     with connect() as client:
         for ref in refs:
-            client.machines.restart(ref)
+            (client.machines.restart if again else client.machines.start)(ref)
             client.machines.wait(ref, "started")
             typer.echo(ref)
 

@@ -18,7 +18,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hutch.client._core import MachineOptions, MachineRef, log_bytes
+    from hutch.client._core import (
+        ExecOptions,
+        MachineOptions,
+        MachineRef,
+        QuotaLimits,
+        StreamOptions,
+        log_bytes,
+    )
     from hutch.client.aio import AsyncClient, AsyncListing
     from hutch.client.errors import (
         ApiError,
@@ -49,7 +56,10 @@ if TYPE_CHECKING:
     from hutch.client.sync import Client
 
 _WHERE = {
+    "ExecOptions": "_core",
     "MachineOptions": "_core",
+    "QuotaLimits": "_core",
+    "StreamOptions": "_core",
     "MachineRef": "_core",
     "log_bytes": "_core",
     "AsyncClient": "aio",
@@ -74,6 +84,7 @@ __all__ = [
     "Conflict",
     "ExecEnd",
     "ExecResult",
+    "ExecOptions",
     "ExecSession",
     "Forbidden",
     "Invalid",
@@ -85,7 +96,9 @@ __all__ = [
     "NotFound",
     "PullFailed",
     "QuotaExceeded",
+    "QuotaLimits",
     "StartFailed",
+    "StreamOptions",
     "Unauthenticated",
     "Unavailable",
     "Unsupported",

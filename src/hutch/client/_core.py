@@ -37,6 +37,7 @@ from hutch.model.addressing import Rule
 from hutch.model.errors import Invalid as ModelInvalid
 from hutch.model.machine import MachineState, RestartPolicy
 from hutch.model.network import PortMapping
+from hutch.model.tenancy import Role
 from hutch.wire.common import Page, Problem, Request
 from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import (
@@ -169,6 +170,28 @@ class MachineOptions(TypedDict, total=False):
     networks: Sequence[str]  # networks by name (eth0 first); default: "default"; ["none"]
     ports: Sequence[str | Mapping[str, Any]]  # "[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]" or PortSpec
     security_groups: Sequence[str]  # the project's security groups, by name
+
+
+class CommandOptions(TypedDict, total=False):
+    """How a command runs in a machine: what `exec` and `exec_stream` both take."""
+
+    env: Mapping[str, str] | None  # added to the machine's environment
+    workdir: str  # default: the machine's
+    user: str  # USER[:GROUP] or UID[:GID]; default: the machine's
+
+
+class ExecOptions(CommandOptions, total=False):
+    """The keyword arguments of `Machines.exec`, besides the command."""
+
+    stdin: bytes | None  # fed to the command, then closed
+
+
+class StreamOptions(CommandOptions, total=False):
+    """The keyword arguments of `Machines.exec_stream`, besides the command."""
+
+    stdin: bool  # the session may write() to the command's stdin
+    tty: bool  # a pseudo-terminal
+    size: tuple[int, int] | None  # rows, columns (default 24 x 80)
 
 
 def machine_create(
@@ -540,13 +563,21 @@ def set_strategy(name: str, strategy: str) -> Plan[ProjectView]:
     return ProjectView.model_validate_json((yield call))
 
 
-def set_quota(name: str, spec: QuotaSpec) -> Plan[QuotaReport]:
+class QuotaLimits(TypedDict, total=False):
+    """A project's limits (`Projects.set_quota`): each one left out or None is unlimited."""
+
+    machines: int | None
+    vcpus: int | None
+    memory_mib: int | None
+    disk_mib: int | None
+    images_mib: int | None  # its images on each node, as stored
+    images_unpacked_mib: int | None  # the same, unpacked
+
+
+def set_quota(name: str, limits: QuotaLimits) -> Plan[QuotaReport]:
+    spec = build(QuotaSpec, **limits)
     call = Call("PUT", _project(name, "quota"), body=spec)
     return QuotaReport.model_validate_json((yield call))
-
-
-def quota_spec(**limits: int | None) -> QuotaSpec:
-    return build(QuotaSpec, **limits)
 
 
 def tokens(name: str | None, default: str | None) -> Plan[Call]:
@@ -554,7 +585,10 @@ def tokens(name: str | None, default: str | None) -> Plan[Call]:
     return Call("GET", _project(project, "tokens"))
 
 
-def create_token(name: str | None, default: str | None, body: TokenCreate) -> Plan[TokenCreated]:
+def create_token(
+    name: str | None, default: str | None, role: Role | str, label: str, expires_in: float | None
+) -> Plan[TokenCreated]:
+    body = build(TokenCreate, role=role, name=label, expires_in=expires_in)
     project = yield from project_name(name, default)
     call = Call("POST", _project(project, "tokens"), body=body)
     return TokenCreated.model_validate_json((yield call))

@@ -36,14 +36,7 @@ from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.networks import NetworkCreate, NetworkView, SecurityGroupCreate, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
-from hutch.wire.tenancy import (
-    ProjectView,
-    QuotaReport,
-    QuotaSpec,
-    TokenCreate,
-    TokenCreated,
-    TokenView,
-)
+from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 
 T = TypeVar("T")
 V = TypeVar("V", bound=BaseModel)
@@ -250,37 +243,18 @@ class AsyncMachines:
                     yield parsed
 
     async def exec(
-        self,
-        ref: MachineRef,
-        command: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        workdir: str = "",
-        user: str = "",
+        self, ref: MachineRef, command: Sequence[str], **options: Unpack[core.ExecOptions]
     ) -> ExecResult:
-        async with self.exec_stream(
-            ref, command, stdin=stdin is not None, env=env, workdir=workdir, user=user
-        ) as session:
-            return await session.collect(stdin)
+        data = options.pop("stdin", None)
+        rest: core.CommandOptions = options  # env, workdir, user
+        async with self.exec_stream(ref, command, stdin=data is not None, **rest) as session:
+            return await session.collect(data)
 
     def exec_stream(
-        self,
-        ref: MachineRef,
-        command: Sequence[str],
-        *,
-        stdin: bool = False,
-        env: Mapping[str, str] | None = None,
-        workdir: str = "",
-        user: str = "",
-        tty: bool = False,
-        size: tuple[int, int] | None = None,
+        self, ref: MachineRef, command: Sequence[str], **options: Unpack[core.StreamOptions]
     ) -> OpeningSession[AsyncExecSession]:
         """`await` it for an AsyncExecSession, or `async with` it to close the session after."""
-        how = opening(
-            self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin,
-            tty=tty, size=size,
-        )  # fmt: skip
+        how = opening(self._c._endpoint, ref, command, **options)
         return OpeningSession(lambda: AsyncExecSession.open(how))
 
     def attach(
@@ -370,8 +344,8 @@ class AsyncTokens:
         name: str = "",
         expires_in: float | None = None,
     ) -> TokenCreated:
-        body = core.build(TokenCreate, role=role, name=name, expires_in=expires_in)
-        return await self._c._run(core.create_token(project, self._c.project, body))
+        plan = core.create_token(project, self._c.project, role, name, expires_in)
+        return await self._c._run(plan)
 
     async def revoke(self, token_id: str, project: str | None = None) -> None:
         await self._c._run(core.revoke_token(project, self._c.project, token_id))
@@ -404,22 +378,8 @@ class AsyncProjects:
     async def quota(self, name: str | None = None) -> QuotaReport:
         return await self._c._run(core.quota(name, self._c.project))
 
-    async def set_quota(
-        self,
-        name: str,
-        *,
-        machines: int | None = None,
-        vcpus: int | None = None,
-        memory_mib: int | None = None,
-        disk_mib: int | None = None,
-        images_mib: int | None = None,
-        images_unpacked_mib: int | None = None,
-    ) -> QuotaReport:
-        spec = core.quota_spec(
-            machines=machines, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib,
-            images_mib=images_mib, images_unpacked_mib=images_unpacked_mib,
-        )  # fmt: skip
-        return await self._c._run(core.set_quota(name, spec))
+    async def set_quota(self, name: str, **limits: Unpack[core.QuotaLimits]) -> QuotaReport:
+        return await self._c._run(core.set_quota(name, limits))
 
 
 class AsyncNodes:

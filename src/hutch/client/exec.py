@@ -14,12 +14,11 @@ from collections.abc import (
     Callable,
     Generator,
     Iterator,
-    Mapping,
     Sequence,
 )
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, Unpack
 from urllib.parse import quote, urlencode
 
 from websockets.asyncio.client import ClientConnection as AsyncConnection
@@ -29,7 +28,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
 from hutch.client._calls import Endpoint
-from hutch.client._core import CHUNK, MachineRef, argv, build, ref_of
+from hutch.client._core import CHUNK, MachineRef, StreamOptions, argv, build, ref_of
 from hutch.client.errors import ApiError, Unavailable, error_for
 from hutch.wire.machines import ExecStart
 
@@ -87,29 +86,11 @@ class Opening:
 
 
 def opening(
-    endpoint: Endpoint,
-    ref: MachineRef,
-    command: Sequence[str],
-    *,
-    env: Mapping[str, str] | None,
-    workdir: str,
-    user: str,
-    stdin: bool,
-    tty: bool = False,
-    size: tuple[int, int] | None = None,
+    endpoint: Endpoint, ref: MachineRef, command: Sequence[str], **options: Unpack[StreamOptions]
 ) -> Opening:
-    rows, cols = size or (0, 0)
-    start = build(
-        ExecStart,
-        command=argv(command),
-        env=dict(env or {}),
-        workdir=workdir,
-        user=user,
-        stdin=stdin,
-        tty=tty,
-        rows=rows,
-        cols=cols,
-    )
+    rows, cols = options.pop("size", None) or (0, 0)
+    env = dict(options.pop("env", None) or {})
+    start = build(ExecStart, command=argv(command), env=env, rows=rows, cols=cols, **options)
     url = endpoint.url.replace("http", "ws", 1) + f"/v1/machines/{quote(ref_of(ref), safe='')}/exec"
     if endpoint.project:
         url += "?" + urlencode({"project": endpoint.project})

@@ -28,14 +28,7 @@ from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.networks import NetworkCreate, NetworkView, SecurityGroupCreate, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
-from hutch.wire.tenancy import (
-    ProjectView,
-    QuotaReport,
-    QuotaSpec,
-    TokenCreate,
-    TokenCreated,
-    TokenView,
-)
+from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 
 T = TypeVar("T")
 V = TypeVar("V", bound=BaseModel)
@@ -276,14 +269,7 @@ class Machines:
                 yield parsed
 
     def exec(
-        self,
-        ref: MachineRef,
-        command: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        workdir: str = "",
-        user: str = "",
+        self, ref: MachineRef, command: Sequence[str], **options: Unpack[core.ExecOptions]
     ) -> ExecResult:
         """Run `command` in the running machine and wait for it: its exit code and output.
         `stdin` is fed to it (then closed); `env` adds to the machine's environment.
@@ -291,22 +277,13 @@ class Machines:
             r = client.machines.exec(m, ["sh", "-c", "tr a-z A-Z"], stdin=b"hi")
             assert (r.exit_code, r.stdout) == (0, b"HI")
         """
-        with self.exec_stream(
-            ref, command, stdin=stdin is not None, env=env, workdir=workdir, user=user
-        ) as session:
-            return session.collect(stdin)
+        data = options.pop("stdin", None)
+        rest: core.CommandOptions = options  # env, workdir, user
+        with self.exec_stream(ref, command, stdin=data is not None, **rest) as session:
+            return session.collect(data)
 
     def exec_stream(
-        self,
-        ref: MachineRef,
-        command: Sequence[str],
-        *,
-        stdin: bool = False,
-        env: Mapping[str, str] | None = None,
-        workdir: str = "",
-        user: str = "",
-        tty: bool = False,
-        size: tuple[int, int] | None = None,
+        self, ref: MachineRef, command: Sequence[str], **options: Unpack[core.StreamOptions]
     ) -> ExecSession:
         """Start `command` in the running machine and return the live session: iterate it
         for output, `write()` to its stdin (if `stdin`), `signal()`, `wait()`. Close it when
@@ -322,10 +299,7 @@ class Machines:
                 output = b"".join(data for _, data in s)   # ... b'50 132\\r\\n' ...
                 print(s.exit_code)                          # 3
         """
-        how = opening(
-            self._c._endpoint, ref, command, env=env, workdir=workdir, user=user, stdin=stdin,
-            tty=tty, size=size,
-        )  # fmt: skip
+        how = opening(self._c._endpoint, ref, command, **options)
         return ExecSession.open(how)
 
     def attach(self, ref: MachineRef, *, size: tuple[int, int] | None = None) -> AttachSession:
@@ -430,8 +404,8 @@ class Tokens:
             token = client.projects.tokens.create("team-a", role="reader", name="ci")
             ci = Client(client.url, token.secret)
         """
-        body = core.build(TokenCreate, role=role, name=name, expires_in=expires_in)
-        return self._c._run(core.create_token(project, self._c.project, body))
+        plan = core.create_token(project, self._c.project, role, name, expires_in)
+        return self._c._run(plan)
 
     def revoke(self, token_id: str, project: str | None = None) -> None:
         """Revoke a token by its id (`t-...`): it stops working at once."""
@@ -472,26 +446,12 @@ class Projects:
         """The project's quota and what its machines use now."""
         return self._c._run(core.quota(name, self._c.project))
 
-    def set_quota(
-        self,
-        name: str,
-        *,
-        machines: int | None = None,
-        vcpus: int | None = None,
-        memory_mib: int | None = None,
-        disk_mib: int | None = None,
-        images_mib: int | None = None,
-        images_unpacked_mib: int | None = None,
-    ) -> QuotaReport:
-        """Replace the project's quota: every limit left None is unlimited.
+    def set_quota(self, name: str, **limits: Unpack[core.QuotaLimits]) -> QuotaReport:
+        """Replace the project's quota (QuotaLimits): every limit left out (or None) is unlimited.
 
         client.projects.set_quota("team-a", machines=10, vcpus=8, memory_mib=8192)
         """
-        spec = core.quota_spec(
-            machines=machines, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib,
-            images_mib=images_mib, images_unpacked_mib=images_unpacked_mib,
-        )  # fmt: skip
-        return self._c._run(core.set_quota(name, spec))
+        return self._c._run(core.set_quota(name, limits))
 
 
 class Nodes:

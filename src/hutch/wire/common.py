@@ -1,6 +1,6 @@
 """Shared pieces of the wire format."""
 
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -55,6 +55,14 @@ class Request(BaseModel):
 
 class View(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def mirroring(cls, obj: object, **given: Any) -> Self:
+        """The view of `obj`, a model whose attributes this view mirrors: the fields `given`,
+        and every other field copied from `obj`'s attribute of the same name. A field `obj`
+        lacks raises AttributeError (a converter states it) instead of taking its default."""
+        copied = {name: getattr(obj, name) for name in cls.model_fields.keys() - given.keys()}
+        return cls(**given, **copied)
 
 
 class Page(View, Generic[T]):

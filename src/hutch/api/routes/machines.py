@@ -21,23 +21,14 @@ from hutch.model.errors import HutchError, Invalid, Unauthenticated
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
 from hutch.services.streams import Lease
+from hutch.wire import machines as wire
 from hutch.wire.common import INT32_MAX, INT64_MAX, Page
-from hutch.wire.machines import (
-    ExecStart,
-    KillRequest,
-    LogLine,
-    MachineCreate,
-    MachineView,
-    PlacementView,
-    StopRequest,
-    WaitResult,
-)
 
 router = APIRouter(tags=["machines"], responses=PROBLEMS)
 KEEPALIVE = 15.0
 
 
-async def _view(ctl: Controller, m: Machine, project: Project) -> MachineView:
+async def _view(ctl: Controller, m: Machine, project: Project) -> wire.MachineView:
     wiring = (await ctl.machines.wiring([m]))[m.id]
     return convert.machine_view(m, project.name, wiring)
 
@@ -45,17 +36,17 @@ async def _view(ctl: Controller, m: Machine, project: Project) -> MachineView:
 @router.post(
     "/v1/machines",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"model": PlacementView, "description": "dry_run: where it would go"}},
+    responses={200: {"model": wire.PlacementView, "description": "dry_run: where it would go"}},
 )
 async def create_machine(
     ctl: Ctl,
     s: Scoped,
-    body: MachineCreate,
+    body: wire.MachineCreate,
     response: Response,
     dry_run: Annotated[
         bool, Query(description="create nothing: say where it would go, and why not elsewhere")
     ] = False,
-) -> MachineView | PlacementView:
+) -> wire.MachineView | wire.PlacementView:
     spec = convert.spec_of(body)
     net = convert.net_of(body)
     if dry_run:
@@ -75,7 +66,7 @@ async def list_machines(
     all: Annotated[bool, Query(description="include destroyed machines")] = False,
     limit: Annotated[int, Query(ge=1, le=INT32_MAX)] = 100,
     cursor: str | None = None,
-) -> Page[MachineView]:
+) -> Page[wire.MachineView]:
     labels = {}
     for item in label or ():
         key, sep, value = item.partition("=")
@@ -94,34 +85,34 @@ async def list_machines(
 
 
 @router.get("/v1/machines/{ref}")
-async def get_machine(ctl: Ctl, s: Scoped, ref: str) -> MachineView:
+async def get_machine(ctl: Ctl, s: Scoped, ref: str) -> wire.MachineView:
     return await _view(ctl, await ctl.machines.get(s.caller, s.project, ref), s.project)
 
 
 @router.post("/v1/machines/{ref}/start")
-async def start_machine(ctl: Ctl, s: Scoped, ref: str) -> MachineView:
+async def start_machine(ctl: Ctl, s: Scoped, ref: str) -> wire.MachineView:
     return await _view(ctl, await ctl.machines.start(s.caller, s.project, ref), s.project)
 
 
 @router.post("/v1/machines/{ref}/restart")
-async def restart_machine(ctl: Ctl, s: Scoped, ref: str) -> MachineView:
+async def restart_machine(ctl: Ctl, s: Scoped, ref: str) -> wire.MachineView:
     return await _view(ctl, await ctl.machines.restart(s.caller, s.project, ref), s.project)
 
 
 @router.post("/v1/machines/{ref}/stop")
 async def stop_machine(
-    ctl: Ctl, s: Scoped, ref: str, body: StopRequest | None = None
-) -> MachineView:
-    body = body or StopRequest()
+    ctl: Ctl, s: Scoped, ref: str, body: wire.StopRequest | None = None
+) -> wire.MachineView:
+    body = body or wire.StopRequest()
     m = await ctl.machines.stop(s.caller, s.project, ref, body.signal, body.timeout)
     return await _view(ctl, m, s.project)
 
 
 @router.post("/v1/machines/{ref}/kill")
 async def kill_machine(
-    ctl: Ctl, s: Scoped, ref: str, body: KillRequest | None = None
-) -> MachineView:
-    body = body or KillRequest()
+    ctl: Ctl, s: Scoped, ref: str, body: wire.KillRequest | None = None
+) -> wire.MachineView:
+    body = body or wire.KillRequest()
     return await _view(
         ctl, await ctl.machines.kill(s.caller, s.project, ref, body.signal), s.project
     )
@@ -140,15 +131,17 @@ async def wait_machine(
     ref: str,
     state: Annotated[str, Query(description="a state, or 'finished'")] = "finished",
     timeout: Annotated[float, Query(ge=0, le=300)] = 60.0,
-) -> WaitResult:
+) -> wire.WaitResult:
     m, reached, final = await ctl.machines.wait(s.caller, s.project, ref, state, timeout)
-    return WaitResult(machine=await _view(ctl, m, s.project), reached=reached, final=final)
+    return wire.WaitResult(machine=await _view(ctl, m, s.project), reached=reached, final=final)
 
 
 @router.get(
     "/v1/machines/{ref}/logs",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-ndjson": {"schema": LogLine.model_json_schema()}}}},
+    responses={
+        200: {"content": {"application/x-ndjson": {"schema": wire.LogLine.model_json_schema()}}}
+    },
 )
 async def machine_logs(
     ctl: Ctl,
@@ -240,11 +233,11 @@ async def _session(ws: WebSocket, ref: str, project: str | None, *, attach: bool
     with its token."""
     ctl = ws.app.state.controller
     await ws.accept()
-    start: ExecStart | None = None
+    start: wire.ExecStart | None = None
     try:
         caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
         if not attach:
-            start = ExecStart.first_message(await ws.receive_text())
+            start = wire.ExecStart.first_message(await ws.receive_text())
         m, node = await ctl.machines.session(caller, proj, ref, attach=attach)
         lease = ctl.streams.admit(caller, proj)
         try:

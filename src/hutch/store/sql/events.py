@@ -16,7 +16,7 @@ from hutch.model.errors import Invalid, NotFound
 from hutch.model.machine import Event
 from hutch.store import tables as t
 from hutch.store.base import NewEvent
-from hutch.store.sql.repo import Repo
+from hutch.store.sql.repo import Repo, from_row
 
 MAX_EVENTS = 1000  # events per since() call
 
@@ -75,15 +75,4 @@ class SqlEvents(Repo):
             .order_by(e.c.seq)
             .limit(min(limit, MAX_EVENTS))
         )
-        return [
-            Event(
-                id=r.seq,
-                project_id=r.project_id,
-                kind=r.kind,
-                object_id=r.object_id,
-                state=r.state,
-                message=r.message,
-                time=r.time,
-            )
-            for r in await self._c.execute(stmt)
-        ]
+        return [from_row(Event, r, id=r.seq) for r in await self._c.execute(stmt)]

@@ -1,5 +1,6 @@
 """API tokens (only their secrets' hashes are stored): the repository and its rows."""
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,17 +15,8 @@ from hutch.store.sql.repo import Repo, from_row
 
 class SqlTokens(Repo):
     async def create(self, token: Token, secret_hash: str) -> None:
-        values = {
-            "id": token.id,
-            "name": token.name,
-            "project_id": token.project_id,
-            "role": token.role.value,
-            "system": token.system,
-            "created_at": token.created_at,
-            "expires_at": token.expires_at,
-            "revoked_at": token.revoked_at,
-            "secret_hash": secret_hash,
-        }
+        # Its columns are its fields (as _to_token reads them back), and the secret's hash.
+        values = {**dataclasses.asdict(token), "role": token.role.value, "secret_hash": secret_hash}
         if await self._insert(t.tokens, values):
             return
         if token.project_id is not None and not await self._exists(
