@@ -273,10 +273,10 @@ class NodeAgent:
                     await asyncio.sleep(1.0)
                     continue
                 revision = answer.revision
+                await self.update_groups(answer)  # first: a closed port closes soonest
                 self.update_dns(answer)
                 await self.update_overlay(answer)
                 try:
-                    await self.update_groups(answer)
                     await self.reconcile(answer.machines)
                 except Exception:  # one bad round must not stop the node; the next retries
                     log.exception("reconciling failed")
@@ -308,6 +308,8 @@ class NodeAgent:
             await asyncio.to_thread(self.network.set_ingress, ingress)
         except HutchError as e:
             log.warning("security groups could not be applied: %s", e.message)
+        except Exception:  # the round goes on; the next answer retries
+            log.exception("security groups could not be applied")
 
     async def update_overlay(self, answer: Assignments) -> None:
         """The VXLAN entries for the machines on other nodes of the networks this node hosts,
