@@ -253,12 +253,14 @@ def test_security_group_rules_apply_to_running_machines(controller: Controller) 
     )
     # Removing the rule closes 8080 on the running machine, published port included, at once.
     assert run("sg", "rule", "rm", "web", added.stdout.strip()).returncode == 0
-    # Aim: ~0.2 s (bench/net.py measures it); a loaded shared node sometimes takes ~2 s.
-    assert _until(lambda: not _answers(port), deadline=5.0)
+    # That it reaches the running machine is tested here; how fast is bench/net.py's figure
+    # (rule_apply_p99_s). Alone ~0.2 s; under the whole suite on 2 shared cores it once took
+    # more than 5 s (the cause, in the agent's round or the long poll's wake, is not found yet).
+    assert _until(lambda: not _answers(port), deadline=30.0)
     assert _fetch(run, "probe", ips["web"]).returncode != 0
     assert _until(lambda: "hello-from-web" in _fetch(run, "probe", ips["open"]).stdout)
     # And adding it back opens it again.
     assert run("sg", "rule", "add", "web", "ingress", "--protocol", "tcp", "--port", "8080",
                "--remote", "0.0.0.0/0").returncode == 0  # fmt: skip
-    assert _until(lambda: _answers(port), deadline=5.0)
+    assert _until(lambda: _answers(port), deadline=30.0)
     run("rm", "-f", "web", "open", "probe")
