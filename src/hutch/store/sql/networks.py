@@ -10,8 +10,8 @@ Network slots (VNI, IPv6 /64) and pool /24s are taken the same way by `create()`
 """
 
 import builtins
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
@@ -32,6 +32,25 @@ from hutch.store import tables as t
 from hutch.store.sql.repo import Repo, from_row
 
 ASSIGN_TRIES = 64  # a create losing this many races in a row gives up (Conflict: retry)
+
+
+V = TypeVar("V")
+
+
+async def _per_machine(
+    conn: Any,
+    table: sa.Table,
+    machine_ids: Sequence[str],
+    order: Sequence[Any],
+    make: Callable[[Row[Any]], V],
+) -> dict[str, list[V]]:
+    """Rows of `table` for each of `machine_ids` (every id a key, in `order`), made into values."""
+    found: dict[str, list[V]] = {m: [] for m in machine_ids}
+    if machine_ids:
+        stmt = sa.select(table).where(table.c.machine_id.in_(sorted(set(machine_ids))))
+        for r in await conn.execute(stmt.order_by(table.c.machine_id, *order)):
+            found[r.machine_id].append(make(r))
+    return found
 
 
 class SqlNetworks(Repo):
@@ -140,18 +159,10 @@ class SqlNetworks(Repo):
 
     async def addresses(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[Address]]:
         """Each machine's addresses, eth0 first."""
-        found: dict[str, builtins.list[Address]] = {m: [] for m in machine_ids}
-        if not machine_ids:
-            return found
         a = t.network_addresses
-        stmt = (
-            sa.select(a)
-            .where(a.c.machine_id.in_(sorted(set(machine_ids))))
-            .order_by(a.c.machine_id, a.c.position)
+        return await _per_machine(
+            self._c, a, machine_ids, [a.c.position], lambda r: from_row(Address, r)
         )
-        for r in await self._c.execute(stmt):
-            found[r.machine_id].append(from_row(Address, r))
-        return found
 
     async def peers(
         self, network_ids: Sequence[str]
@@ -224,18 +235,11 @@ class SqlNetworks(Repo):
                 raise Conflict(f"host port {p.host_port}/{p.protocol} is published twice")
 
     async def ports(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[PortMapping]]:
-        found: dict[str, builtins.list[PortMapping]] = {m: [] for m in machine_ids}
-        if not machine_ids:
-            return found
         p = t.machine_ports
-        stmt = (
-            sa.select(p)
-            .where(p.c.machine_id.in_(sorted(set(machine_ids))))
-            .order_by(p.c.machine_id, p.c.host_port, p.c.protocol)
-        )
-        for r in await self._c.execute(stmt):
-            found[r.machine_id].append(PortMapping(r.host_port, r.port, r.protocol, r.host_ip))
-        return found
+        return await _per_machine(
+            self._c, p, machine_ids, [p.c.host_port, p.c.protocol],
+            lambda r: PortMapping(r.host_port, r.port, r.protocol, r.host_ip),
+        )  # fmt: skip
 
     async def ports_taken(self) -> dict[str, builtins.set[tuple[int, str]]]:
         """Node id -> the host ports (port, protocol) its active machines publish."""
@@ -394,18 +398,8 @@ class SqlSecurityGroups(Repo):
 
     async def of_machines(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[str]]:
         """Each machine's security group ids, in the order given at its creation."""
-        found: dict[str, builtins.list[str]] = {m: [] for m in machine_ids}
-        if not machine_ids:
-            return found
         mg = t.machine_security_groups
-        stmt = (
-            sa.select(mg)
-            .where(mg.c.machine_id.in_(sorted(set(machine_ids))))
-            .order_by(mg.c.machine_id, mg.c.position)
-        )
-        for r in await self._c.execute(stmt):
-            found[r.machine_id].append(r.group_id)
-        return found
+        return await _per_machine(self._c, mg, machine_ids, [mg.c.position], lambda r: r.group_id)
 
 
 def _network_values(n: Network) -> dict[str, Any]:
