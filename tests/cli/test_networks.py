@@ -217,11 +217,11 @@ def _serves(run: Run, ip: str) -> bool:
     return "hello-from-web" in _fetch(run, "probe", ip).stdout
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, timeout: float = 0.5) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            s.settimeout(0.5)
+            s.settimeout(timeout)
             return b"hello-from-web" in s.recv(4096)
     except OSError:
         return False
@@ -253,11 +253,16 @@ def test_security_group_rules_apply_to_running_machines(controller: Controller) 
     )
     # Removing the rule closes 8080 on the running machine, published port included, at once.
     assert run("sg", "rule", "rm", "web", added.stdout.strip()).returncode == 0
+
     # That it reaches the running machine is tested here; how fast is bench/net.py's figure
     # (rule_apply_p99_s). Alone ~0.2 s; under the whole suite on 2 shared cores it once took
     # more than 5 s (the cause, in the agent's round or the long poll's wake, is not found yet).
-    assert _until(lambda: not _answers(port), deadline=30.0)
-    assert _fetch(run, "probe", ips["web"]).returncode != 0
+    # A closed port drops (no answer at all), which a loaded node's slow answer can look like
+    # for a moment: closed means both paths fail together, each with a timeout of seconds.
+    def closed() -> bool:
+        return not _answers(port, timeout=3.0) and _fetch(run, "probe", ips["web"]).returncode != 0
+
+    assert _until(closed, deadline=30.0)
     assert _until(lambda: "hello-from-web" in _fetch(run, "probe", ips["open"]).stdout)
     # And adding it back opens it again.
     assert run("sg", "rule", "add", "web", "ingress", "--protocol", "tcp", "--port", "8080",
