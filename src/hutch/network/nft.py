@@ -13,8 +13,8 @@ port's own chain holds a constant number of rules.
                    router advertisements); a frame from a port with no chain is dropped.
                    forward: `oifname vmap @ingress`, one chain per port (security groups).
     inet hutch     prerouting (raw): from a hutch bridge, 127/8 and ::1 are dropped either way.
-                   input: from a hutch bridge, only DNS to that bridge's gateway (and NDP) gets in;
-                   VXLAN of a hosted VNI only from the peer nodes' underlay addresses.
+                   input: from a hutch bridge, only DNS to that bridge's gateway (and NDP)
+                   gets in; VXLAN of a hosted VNI only from the peer nodes' underlay addresses.
                    forward: security groups first (`in-PORT` by bridge and destination,
                    `out-PORT` by bridge and source); between hutch bridges nothing; to 127/8, 169.254/16 and the blocked
                    infrastructure addresses nothing; egress per bridge (`iifname vmap @egress`);
