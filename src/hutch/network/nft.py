@@ -16,8 +16,9 @@ port's own chain holds a constant number of rules.
                    input: from a hutch bridge, only DNS to that bridge's gateway (and NDP)
                    gets in; VXLAN of a hosted VNI only from the peer nodes' underlay addresses.
                    forward: security groups first (`in-PORT` by bridge and destination,
-                   `out-PORT` by bridge and source); between hutch bridges nothing; to 127/8, 169.254/16 and the blocked
-                   infrastructure addresses nothing; egress per bridge (`iifname vmap @egress`);
+                   `out-PORT` by bridge and source); between hutch bridges nothing; to 127/8,
+                   169.254/16 and the blocked infrastructure addresses nothing; egress per
+                   bridge (`iifname vmap @egress`);
                    to a bridge only replies and published ports.
                    nat: DNAT of published ports (prerouting for other hosts, output for the node
                    itself, 127.0.0.1 included), masquerade of egress and of 127/8 sources.
