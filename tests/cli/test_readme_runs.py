@@ -7,8 +7,8 @@ What runs here: "Running machines" (less `hutch up -d`, which the fixture is, `h
 which would stop it, and `exec -it` / `run -it`, which need a terminal: they run on a pty in
 tests/cli/test_terminal.py and tests/cli/test_run_terminal.py), the `--dry-run` example, the
 `login` / `context` lines, the "Images" block and the "Networks" block (micro-VMs; curl to the
-published port, nslookup of a machine's name in its network). Elsewhere: "Projects, tokens and quotas" in
-tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py.
+published port, nslookup of a machine's name in its network). Elsewhere: "Projects, tokens and
+quotas" in tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py.
 
 What cannot run on one machine keeps only the `--help` check of tests/cli/test_readme.py: the
 cluster's `hutch controller --listen 0.0.0.0:7878 --tls` over PostgreSQL, `hutch agent` joining
