@@ -2,6 +2,9 @@
 "node" and "outside" namespaces, joined by a veth pair that stands in for the underlay), network
 namespaces standing in for sandboxes, the peer list as the controller would send it."""
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,3 +168,57 @@ def test_reconcile_keeps_what_is_needed_once_and_only_hutchs(
     assert "hx-63" not in shown and "hx-64" in shown
     assert topo.ping(a, "10.77.7.3")
     topo.run(topo.node, "ip", "link", "del", "hx-64")
+
+
+# A VXLAN packet (flags, VNI) around an Ethernet frame to `dmac` holding IPv4/UDP `src`:9999 ->
+# `dst`:9000 with `text`: what a hostile sandbox would send to another node's port 4789.
+INJECT = r"""
+import socket, struct, sys
+node, vni, dmac, smac, src, dst, text = sys.argv[1:8]
+udp = struct.pack("!HHHH", 9999, 9000, 8 + len(text), 0) + text.encode()
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+words = sum(struct.unpack("!10H", ip))
+while words >> 16:
+    words = (words & 0xFFFF) + (words >> 16)
+ip = ip[:10] + struct.pack("!H", ~words & 0xFFFF) + ip[12:]
+eth = bytes.fromhex(dmac.replace(":", "")) + bytes.fromhex(smac.replace(":", "")) + b"\x08\x00"
+vxlan = struct.pack("!II", 0x08000000, int(vni) << 8)
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(vxlan + eth + ip + udp, (node, 4789))
+"""
+RECEIVE = (
+    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', 9000))\n"
+    "s.settimeout(5)\n"
+    "while True:\n    print(s.recv(100).decode(), flush=True)"
+)
+
+
+def test_a_sandbox_cannot_speak_vxlan_to_another_node(
+    topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
+) -> None:
+    """Through its node's NAT, a sandbox's packet to another node's UDP 4789 would arrive from a
+    peer's address, and VXLAN checks nothing but the VNI: the frame inside would be delivered
+    into that network. Its node drops it; the same packet from the node itself gets through."""
+    node_a, node_b = nodes
+    sa, sb, sc = spec("a", 7, 2), spec("b", 7, 3), spec("c", 8, 2)
+    node_a.plug_netns(sa)
+    c = node_a.plug_netns(sc)  # another network's sandbox on node A, with NAT egress
+    b = node_b.plug_netns(sb)
+    peers = [peer(sa, NODE_IP), peer(sb, OUTSIDE_IP), peer(sc, NODE_IP)]
+    node_a.set_peers(peers)
+    node_b.set_peers(peers)
+    mac_a, mac_b = sa.networks[0].mac, sb.networks[0].mac
+    receiver = subprocess.Popen(["nsenter", f"--net={b}", sys.executable, "-c", RECEIVE],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        args = (OUTSIDE_IP, "7", mac_b, mac_a, "10.77.7.2", "10.77.7.3")
+        for _ in range(3):
+            assert topo.ok(c, sys.executable, "-c", INJECT, *args, "from-sandbox")
+        assert topo.ok(topo.node, sys.executable, "-c", INJECT, *args, "from-node")
+        out, _ = receiver.communicate(timeout=15)
+    finally:
+        receiver.kill()
+        receiver.wait()
+    assert "from-node" in out  # the probe works...
+    assert "from-sandbox" not in out  # ...and the sandbox's does not get there
