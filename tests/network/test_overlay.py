@@ -5,6 +5,7 @@ namespaces standing in for sandboxes, the peer list as the controller would send
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,21 +171,21 @@ def test_reconcile_keeps_what_is_needed_once_and_only_hutchs(
     topo.run(topo.node, "ip", "link", "del", "hx-64")
 
 
-# VXLAN packets as anyone on the underlay could send them: VNI, then an Ethernet frame to a
-# sandbox's MAC carrying IPv4/UDP (a valid header: br_netfilter drops bad checksums).
-VXLAN_SEND = """
+# VXLAN packets as anyone on the underlay (or a hostile sandbox) could send them: flags and VNI
+# around an Ethernet frame to `dmac` carrying IPv4/UDP `src`:9999 -> `dst`:`dport` with `text`
+# (a valid header: br_netfilter drops bad checksums), `count` times.
+VXLAN_SEND = r"""
 import socket, struct, sys
-to, vni, count, dst_mac, src_mac, src_ip, dst_ip = sys.argv[1:8]
-mac = lambda m: bytes(int(x, 16) for x in m.split(":"))
-udp = struct.pack("!HHHH", 40000, 9, 8 + 16, 0) + b"x" * 16
-head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                   socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
-words = sum(struct.unpack("!10H", head))
+to, vni, count, dmac, smac, src, dst, dport, text = sys.argv[1:10]
+udp = struct.pack("!HHHH", 9999, int(dport), 8 + len(text), 0) + text.encode()
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+words = sum(struct.unpack("!10H", ip))
 while words >> 16:
     words = (words & 0xFFFF) + (words >> 16)
-head = head[:10] + struct.pack("!H", ~words & 0xFFFF) + head[12:]
-frame = mac(dst_mac) + mac(src_mac) + b"\\x08\\x00" + head + udp
-packet = struct.pack("!II", 0x08000000, int(vni) << 8) + frame
+ip = ip[:10] + struct.pack("!H", ~words & 0xFFFF) + ip[12:]
+eth = bytes.fromhex(dmac.replace(":", "")) + bytes.fromhex(smac.replace(":", "")) + b"\x08\x00"
+packet = struct.pack("!II", 0x08000000, int(vni) << 8) + eth + ip + udp
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range(int(count)):
     s.sendto(packet, (to, 4789))
@@ -218,7 +219,7 @@ def test_vxlan_is_taken_from_peer_nodes_only(
         sh("ip", "-n", rogue, "addr", "add", f"{ROGUE_IP}/24", "dev", "rg1")
         sh("ip", "-n", rogue, "link", "set", "rg1", "up")
         sh("ip", "-n", rogue, "route", "add", "default", "via", ROGUE_GW)
-        frames = (sa.networks[0].mac, sb.networks[0].mac, "10.77.7.3", "10.77.7.2")
+        frames = (sa.networks[0].mac, sb.networks[0].mac, "10.77.7.3", "10.77.7.2", "9", "x" * 16)
 
         def delivered(sender: str, to: str) -> int:
             """How many of 100 VXLAN packets from `sender` to node A at `to` reach a."""
@@ -238,3 +239,41 @@ def test_vxlan_is_taken_from_peer_nodes_only(
         assert delivered(topo.outside, NODE_IP) < 10
     finally:
         subprocess.run(["ip", "netns", "del", rogue], check=False, capture_output=True)
+
+
+RECEIVE = (
+    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', 9000))\n"
+    "s.settimeout(5)\n"
+    "while True:\n    print(s.recv(100).decode(), flush=True)"
+)
+
+
+def test_a_sandbox_cannot_speak_vxlan_to_another_node(
+    topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
+) -> None:
+    """Through its node's NAT, a sandbox's packet to another node's UDP 4789 would arrive from a
+    peer's address, and VXLAN checks nothing but the VNI: the frame inside would be delivered
+    into that network. Its node drops it; the same packet from the node itself gets through."""
+    node_a, node_b = nodes
+    sa, sb, sc = spec("a", 7, 2), spec("b", 7, 3), spec("c", 8, 2)
+    node_a.plug_netns(sa)
+    c = node_a.plug_netns(sc)  # another network's sandbox on node A, with NAT egress
+    b = node_b.plug_netns(sb)
+    peers = [peer(sa, NODE_IP), peer(sb, OUTSIDE_IP), peer(sc, NODE_IP)]
+    node_a.set_peers(peers)
+    node_b.set_peers(peers)
+    mac_a, mac_b = sa.networks[0].mac, sb.networks[0].mac
+    receiver = subprocess.Popen(["nsenter", f"--net={b}", sys.executable, "-c", RECEIVE],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        args = (OUTSIDE_IP, "7", "1", mac_b, mac_a, "10.77.7.2", "10.77.7.3", "9000")
+        for _ in range(3):
+            assert topo.ok(c, sys.executable, "-c", VXLAN_SEND, *args, "from-sandbox")
+        assert topo.ok(topo.node, sys.executable, "-c", VXLAN_SEND, *args, "from-node")
+        out, _ = receiver.communicate(timeout=15)
+    finally:
+        receiver.kill()
+        receiver.wait()
+    assert "from-node" in out  # the probe works...
+    assert "from-sandbox" not in out  # ...and the sandbox's does not get there

@@ -17,8 +17,9 @@ port's own chain holds a constant number of rules.
                    gets in; VXLAN of a hosted VNI only from the peer nodes' underlay addresses.
                    forward: security groups first (`in-PORT` by bridge and destination,
                    `out-PORT` by bridge and source); between hutch bridges nothing; to 127/8,
-                   169.254/16 and the blocked infrastructure addresses nothing; egress per
-                   bridge (`iifname vmap @egress`);
+                   169.254/16 and the blocked infrastructure addresses nothing, nor to UDP
+                   4789 anywhere (the overlay's port: another node would take it as a
+                   peer's); egress per bridge (`iifname vmap @egress`);
                    to a bridge only replies and published ports.
                    nat: DNAT of published ports (prerouting for other hosts, output for the node
                    itself, 127.0.0.1 included), masquerade of egress and of 127/8 sources.
@@ -36,9 +37,9 @@ from hutch.model.errors import Unavailable
 TABLE = "hutch"
 BRIDGE_PREFIX = "hn-"
 PORT_PREFIXES = ("ht-", "hv-")  # TAPs (micro-VMs), veth host ends (containers)
+VXLAN_PORT = 4789  # the overlay's UDP port, on every node (hutch.network.links)
 ALWAYS_BLOCKED4 = ("127.0.0.0/8", "169.254.0.0/16")
 ALWAYS_BLOCKED6 = ("::1/128", "fe80::/10")
-VXLAN_PORT = 4789  # the overlay's UDP port (IANA's), on every node
 
 Json = dict[str, Any]
 
@@ -420,6 +421,10 @@ def _inet_table(desired: Desired) -> _Table:
     blocked6 = [*ALWAYS_BLOCKED6, *(c for c in desired.blocked if ":" in c)]
     t.rule(from_guest, _match(_payload("ip", "daddr"), _set(_prefix(c) for c in blocked4)), DROP)
     t.rule(from_guest, _match(_payload("ip6", "daddr"), _set(_prefix(c) for c in blocked6)), DROP)
+    # The overlay's port, whatever the address: through this node's NAT a sandbox's VXLAN packet
+    # would reach another node from a peer's address, and that node would take the frame inside
+    # into any network it hosts (VXLAN checks nothing but the VNI).
+    t.rule(from_guest, _match(l4, "udp"), _match(dport, VXLAN_PORT), DROP)
     t.rule(from_guest, {"vmap": {"key": iif, "data": "@egress"}})
     t.rule(from_guest, DROP)  # a bridge the map does not know
     t.rule(to_guest, established, ACCEPT)
