@@ -62,13 +62,16 @@ from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec
 from hutch.network import links
 from hutch.network.node import NetworkOptions, NodeNetwork, Peer
 from hutch.runtime import scratch
-from hutch.runtime.cgroups import Layout
+from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.runtime.channel import Connection, T, encode_process
 from hutch.runtime.driver import DriverOptions, SandboxDriver
 from hutch.runtime.microvm import (
+    CPU_HEADROOM,
     EXIT_FILE,
+    QEMU_PIDS,
     MicroVMBackend,
     MicroVMOptions,
+    _child_setup,
     create_exit_disk,
     qemu_command,
 )
@@ -135,6 +138,7 @@ class Lab:
     work: Path
     namespaces: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    cgroups: list[Cgroup] = field(default_factory=list)  # the bare QEMUs'
 
     def netns(self, suffix: str) -> Path:
         name = f"{self.tag}{suffix}"
@@ -168,6 +172,8 @@ class Lab:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+        for cgroup in self.cgroups:
+            cgroup.remove()
         for name in self.namespaces:
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
@@ -265,15 +271,30 @@ class BareVM:
 
 async def bare_vm(lab: Lab, opts: MicroVMOptions, spec: SandboxSpec, nic: BareNIC) -> BareVM:
     """QEMU with hutch's command line for `spec`, its NIC a TAP on a plain bridge; the guest
-    agent runs netprobe. No driver: no cgroup, uid, chroot, nftables."""
+    agent runs netprobe. No driver: no uid, chroot or nftables; but a cgroup beside the hutch
+    VMs' with the same limits, joined the same way: on a busy machine the CPU scheduler shares
+    time between groups first, so a QEMU outside them would get another share of the machine
+    than one inside (its own weight against the whole `hutch` group's), and the comparison
+    would measure that instead of the data path."""
     sockets = Path(tempfile.mkdtemp(dir=lab.work, prefix="q"))
     scratch.create(sockets / scratch.FILE_NAME, spec.resources.scratch_bytes)
     create_exit_disk(sockets / EXIT_FILE)
+    cgroup = Cgroup(Layout.detect(), opts.cgroup_parent, spec.id)
+    res = spec.resources
+    memory = (res.memory_mib + opts.overhead_mib) << 20
+    cgroup.create(Limits(memory, pids=QEMU_PIDS, cpus=res.cpus + CPU_HEADROOM))
+    lab.cgroups.append(cgroup)
     fd = links.run_in(nic.netns, lambda: plain_tap(nic.tap, nic.bridge))
     try:
         args = qemu_command(spec, opts, sockets, tap_fds=(fd,))
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                pass_fds=(fd,))  # fmt: skip
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            pass_fds=(fd,),
+            # the driver's own set-up before exec: join the cgroup, no THP
+            preexec_fn=_child_setup(cgroup.procs_files(), opts.huge_pages),  # noqa: PLW1509
+        )
     finally:
         os.close(fd)  # QEMU has its copy; the TAP goes when QEMU exits
     lab.procs.append(proc)
@@ -492,9 +513,15 @@ class Bench:
         unread: list[bool] = []  # a cgroup's cpu.stat could not be read
         parent = self.opts.cgroup_parent
 
+        tap = links.port_name(links.TAP_PREFIX, "ha")
+        frames = [0, 0]  # what the sending guest's TAP took in during hutch's runs: bytes, frames
+
         def hutch_run() -> float:
             before = throttled_s(parent, ("ha", "hb"))
+            seen = rx_counters(node, tap)
             mbps = control_send(node, a.ip4, b.ip4, sizes.vm_bytes) * 8 / 1e6
+            now = rx_counters(node, tap)
+            frames[:] = [frames[k] + now[k] - seen[k] for k in (0, 1)]
             after = throttled_s(parent, ("ha", "hb"))
             if before is None or after is None:
                 unread.append(True)
@@ -527,6 +554,9 @@ class Bench:
             "same_node_bare_mbps_runs": [round(x) for x in plain],
             # CPU quota (cgroup) throttling of the two hutch VMs during their transfers
             "same_node_hutch_throttled_s": None if unread else round(sum(throttled), 3),
+            # the guest sends TSO frames of this size on average: per-frame costs of the host's
+            # path (bridge, nftables, conntrack) are paid once per this many bytes
+            "same_node_bytes_per_frame": round(frames[0] / max(frames[1], 1)),
             "published_rtt_ratio": round(med(published) / med(direct), 3),
             "rtt_p50_direct_us": round(med(direct), 1),
             "rtt_p50_published_us": round(med(published), 1),
@@ -683,6 +713,17 @@ class Bench:
         }
 
 
+def rx_counters(netns: Path, name: str) -> tuple[int, int]:
+    """Bytes and frames link `name` received (a TAP: what its guest sent)."""
+
+    def read() -> tuple[int, int]:
+        with IPRoute() as ipr:
+            stats = ipr.get_links(ifname=name)[0].get_attr("IFLA_STATS64")
+            return int(stats["rx_bytes"]), int(stats["rx_packets"])
+
+    return links.run_in(netns, read)
+
+
 def throttled_s(parent: str, sandbox_ids: tuple[str, ...]) -> float | None:
     """Seconds the sandboxes' CPU quota (vCPUs + CPU_HEADROOM) held QEMU back, in all; None if
     their cgroups' cpu.stat cannot be read."""
@@ -700,6 +741,14 @@ def throttled_s(parent: str, sandbox_ids: tuple[str, ...]) -> float | None:
             elif key == "throttled_time":  # v1: nanoseconds
                 total += int(value) / 1e9
     return total
+
+
+def remove_parent(parent: str) -> None:
+    """The run's cgroup parent, once the groups in it are gone."""
+    layout = Layout.detect()
+    for base in {*layout.v1.values(), *([layout.v2] if layout.v2 else [])}:
+        with contextlib.suppress(OSError):
+            (base / parent).rmdir()
 
 
 def _plain_bridge_in(name: str, address: str) -> None:
@@ -721,7 +770,10 @@ def p99(values: list[float]) -> float:
 
 
 async def run(sizes: Sizes, work: Path) -> dict[str, object]:
-    settings = config.load(state_dir=work / "state")
+    # A cgroup parent of the run's own: hutch's and the bare QEMUs' groups side by side in it,
+    # and no other VMs of this machine (another run's, the tests') in the same group.
+    parent = f"hutch-bench-{os.getpid()}"
+    settings = config.load(state_dir=work / "state", cgroup_parent=parent)
     lab = Lab(tag=f"hbn{os.getpid() % 10000}", work=work)
     try:
         binary = build_probe(work)
@@ -746,6 +798,7 @@ async def run(sizes: Sizes, work: Path) -> dict[str, object]:
             net.reconcile([])  # hutch's links, namespaces and tables
     finally:
         lab.close()  # the node namespace goes, and with it whatever reconcile left
+        remove_parent(parent)
         for path in (work / "net" / "netns").glob("*"):
             links.remove_netns(path)
     return bench.figures
