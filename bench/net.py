@@ -456,7 +456,7 @@ class Sizes:
     def of(cls, runs: int, quick: bool) -> "Sizes":
         if quick:
             return cls(2, 4 << 20, 64 << 20, 50, 4, 40)
-        return cls(runs, 24 << 20, 1 << 30, 300, 20, 1000)
+        return cls(runs, 48 << 20, 1 << 30, 300, 20, 1000)
 
 
 @dataclass
@@ -806,7 +806,7 @@ async def run(sizes: Sizes, work: Path) -> dict[str, object]:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="runs per variant (median)")
+    parser.add_argument("--runs", type=int, default=7, help="runs per variant (median)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run, small figures")
     args = parser.parse_args()
     sizes = Sizes.of(args.runs, args.quick)
