@@ -1,5 +1,6 @@
 """bench/net.py's smoke run (`--quick`, about half a minute): it measures every path it claims
-to and leaves no namespace, mount or QEMU behind. No figure is asserted (benchmarks judge speed)."""
+to and leaves no namespace, mount, cgroup or QEMU behind. No figure is asserted (benchmarks
+judge speed)."""
 
 import json
 import subprocess
@@ -12,13 +13,15 @@ pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).parents[2]
 
 
-def leftovers() -> tuple[list[str], list[str]]:
+def leftovers() -> tuple[list[str], list[str], list[str]]:
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     names = namespaces.stdout
     mounts = Path("/proc/self/mountinfo").read_text()
     return (
         sorted(line for line in names.splitlines() if line.startswith("hbn")),
         sorted(line for line in mounts.splitlines() if "/hbn" in line),
+        # the run's cgroup parent (hutch's and the bare QEMUs' groups)
+        sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/hutch-bench-*")),
     )
 
 
