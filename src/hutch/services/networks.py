@@ -40,6 +40,7 @@ from hutch.model.network import Attachment, PortMapping
 from hutch.model.tenancy import Principal, Project, validate_name
 from hutch.services.ids import new_id
 from hutch.services.policy import Action, Policy
+from hutch.services.refusals import about, missing
 from hutch.store.base import Store, Tx
 
 ULA_FACT = "ula48"
@@ -196,10 +197,8 @@ class Networks:
         self.policy.require(principal, Action.NETWORK_WRITE, project.id)
         async with self.store.write() as tx:
             network = await _network(tx, project, ref)
-            try:
+            with about(f"network {network.name}"):
                 await tx.networks.delete(project.id, network.id)
-            except Conflict as e:
-                raise Conflict(f"network {network.name}: {e.message}") from None
 
     # -- security groups ------------------------------------------------------------------------
 
@@ -231,10 +230,8 @@ class Networks:
         self.policy.require(principal, Action.NETWORK_WRITE, project.id)
         async with self.store.write() as tx:
             group = await _group(tx, project, ref)
-            try:
+            with about(f"security group {group.name}"):
                 await tx.security_groups.delete(project.id, group.id)
-            except Conflict as e:
-                raise Conflict(f"security group {group.name}: {e.message}") from None
             await _bump_group_nodes(tx, [group.id])
 
     async def add_rule(
@@ -306,17 +303,13 @@ async def _counts(tx: Tx, network_ids: list[str]) -> dict[str, int]:
 
 
 async def _network(tx: Tx, project: Project, ref: str) -> Network:
-    try:
+    with missing(f"no network {ref!r} in project {project.name}"):
         return await tx.networks.get(project.id, ref)
-    except NotFound:
-        raise NotFound(f"no network {ref!r} in project {project.name}") from None
 
 
 async def _group(tx: Tx, project: Project, ref: str) -> SecurityGroup:
-    try:
+    with missing(f"no security group {ref!r} in project {project.name}"):
         return await tx.security_groups.get(project.id, ref)
-    except NotFound:
-        raise NotFound(f"no security group {ref!r} in project {project.name}") from None
 
 
 async def _bump_group_nodes(tx: Tx, group_ids: list[str]) -> None:
