@@ -13,6 +13,7 @@ import builtins
 import ipaddress
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -181,21 +182,18 @@ class Networks:
 
     async def list(self, principal: Principal, project: Project) -> list[tuple[Network, int]]:
         """The project's networks, each with how many machines are on it."""
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             networks = await tx.networks.list(project.id)
             counts = await _counts(tx, [n.id for n in networks])
         return [(n, counts.get(n.id, 0)) for n in networks]
 
     async def get(self, principal: Principal, project: Project, ref: str) -> tuple[Network, int]:
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             network = await _network(tx, project, ref)
             return network, (await _counts(tx, [network.id])).get(network.id, 0)
 
     async def delete(self, principal: Principal, project: Project, ref: str) -> None:
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             network = await _network(tx, project, ref)
             with about(f"network {network.name}"):
                 await tx.networks.delete(project.id, network.id)
@@ -217,18 +215,15 @@ class Networks:
             return await tx.security_groups.get(project.id, group.id)
 
     async def groups(self, principal: Principal, project: Project) -> builtins.list[SecurityGroup]:
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             return await tx.security_groups.list(project.id)
 
     async def group(self, principal: Principal, project: Project, ref: str) -> SecurityGroup:
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             return await _group(tx, project, ref)
 
     async def delete_group(self, principal: Principal, project: Project, ref: str) -> None:
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             group = await _group(tx, project, ref)
             with about(f"security group {group.name}"):
                 await tx.security_groups.delete(project.id, group.id)
@@ -238,8 +233,7 @@ class Networks:
         self, principal: Principal, project: Project, ref: str, rule: Rule
     ) -> tuple[SecurityGroup, str]:
         """The group with the rule added, and the rule's id."""
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             group = await _group(tx, project, ref)
             if len(group.rules) >= MAX_RULES:
                 raise Conflict(f"security group {group.name} has {MAX_RULES} rules already")
@@ -259,8 +253,7 @@ class Networks:
     async def remove_rule(
         self, principal: Principal, project: Project, ref: str, rule_id: str
     ) -> SecurityGroup:
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             group = await _group(tx, project, ref)
             await tx.security_groups.remove_rule(group.id, rule_id)
             await _bump_group_nodes(tx, [group.id])
@@ -288,6 +281,16 @@ class Networks:
         await tx.networks.publish(machine_id, net.ports)
         groups = [(await _group(tx, project, ref)).id for ref in net.security_groups]
         await tx.security_groups.attach(machine_id, groups)
+
+    def _reading(self, principal: Principal, project: Project) -> AbstractAsyncContextManager[Tx]:
+        """A read of the project's networks and groups, once `principal` may read them."""
+        self.policy.require(principal, Action.NETWORK_READ, project.id)
+        return self.store.read()
+
+    def _writing(self, principal: Principal, project: Project) -> AbstractAsyncContextManager[Tx]:
+        """A write of the project's networks and groups, once `principal` may change them."""
+        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
+        return self.store.write()
 
     async def _network_or_default(self, tx: Tx, project: Project, ref: str) -> Network:
         try:
