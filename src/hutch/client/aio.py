@@ -34,7 +34,7 @@ from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
-from hutch.wire.networks import NetworkCreate, NetworkView, SecurityGroupCreate, SecurityGroupView
+from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 
@@ -391,11 +391,8 @@ class AsyncNetworks(Resource[AsyncClient]):
         *,
         subnet6: str = "",
     ) -> NetworkView:
-        body = core.build(
-            NetworkCreate, name=name, subnet=subnet, subnet6=subnet6, egress=egress,
-            egress_allow=list(egress_allow),
-        )  # fmt: skip
-        return await self._c._run(core.create_network(body))
+        plan = core.create_network(name, subnet, egress, egress_allow, subnet6)
+        return await self._c._run(plan)
 
     async def delete(self, ref: str) -> None:
         await self._c._run(core.delete_network(ref))
@@ -411,7 +408,7 @@ class AsyncSecurityGroups(Resource[AsyncClient]):
         return await self._c._run(core.group(ref))
 
     async def create(self, name: str) -> SecurityGroupView:
-        return await self._c._run(core.create_group(core.build(SecurityGroupCreate, name=name)))
+        return await self._c._run(core.create_group(name))
 
     async def delete(self, ref: str) -> None:
         await self._c._run(core.delete_group(ref))

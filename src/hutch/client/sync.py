@@ -26,7 +26,7 @@ from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
-from hutch.wire.networks import NetworkCreate, NetworkView, SecurityGroupCreate, SecurityGroupView
+from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 
@@ -473,11 +473,8 @@ class Networks(Resource[Client]):
         `subnet6` an IPv6 /64 of fd00::/8 (default: a /64 of the controller's ULA /48);
         `egress` "nat", "deny" or "allow-list" (the CIDRs in `egress_allow`). Invalid for an
         overlapping, public or too small subnet, or an IPv6 one that is not a unique-local /64."""
-        body = core.build(
-            NetworkCreate, name=name, subnet=subnet, subnet6=subnet6, egress=egress,
-            egress_allow=list(egress_allow),
-        )  # fmt: skip
-        return self._c._run(core.create_network(body))
+        plan = core.create_network(name, subnet, egress, egress_allow, subnet6)
+        return self._c._run(plan)
 
     def delete(self, ref: str) -> None:
         """Conflict while machines are on it."""
@@ -494,7 +491,7 @@ class SecurityGroups(Resource[Client]):
         return self._c._run(core.group(ref))
 
     def create(self, name: str) -> SecurityGroupView:
-        return self._c._run(core.create_group(core.build(SecurityGroupCreate, name=name)))
+        return self._c._run(core.create_group(name))
 
     def delete(self, ref: str) -> None:
         """Conflict while live machines are in it, or other groups' rules name it."""
