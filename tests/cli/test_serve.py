@@ -177,6 +177,9 @@ def test_a_controller_and_an_agent_apart(
             assert [line.data for line in client.machines.logs(m)] == ["from node-a\n"]
             client.machines.delete(m)
             client.machines.wait(m, "destroyed", timeout=60)
+        # Another host's agent (node-a goes first: one agent per network namespace).
+        started[1].send_signal(signal.SIGTERM)
+        started[1].wait(30)
         elsewhere = Hutch({**agent_env, "HUTCH_STATE_DIR": str(short_dir / "b")}, timeout=60)
         refused = elsewhere("agent", "--controller", url, "--join-secret", "wrong")
         assert refused.returncode == 125 and "join" in one_clear_line(refused.stderr)
