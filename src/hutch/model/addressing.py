@@ -173,11 +173,7 @@ def check_subnet4(
         raise Invalid(f"subnet {text} is not a private range (10/8, 172.16/12, 192.168/16)")
     if net.overlaps(ipaddress.IPv4Network(pool)):
         raise Invalid(f"subnet {text} overlaps the controller's pool {pool} (default networks)")
-    for name, other in others:
-        if net.overlaps(ipaddress.IPv4Network(other)):
-            raise Invalid(f"subnet {text} overlaps network {name}'s {other}")
-    if any(net.overlaps(ipaddress.IPv4Network(other)) for other in elsewhere):
-        raise Conflict(f"subnet {text} {IN_USE}")
+    _check_apart(net, "subnet", text, others, elsewhere)
     return net
 
 
@@ -208,12 +204,25 @@ def check_subnet6(
         raise Invalid(f"subnet6 {text} is not unique-local (fd00::/8)")
     if ula48 and net.overlaps(ipaddress.IPv6Network(ula48)):
         raise Invalid(f"subnet6 {text} is in the controller's {ula48} (default networks)")
-    for name, other in others:
-        if net.overlaps(ipaddress.IPv6Network(other)):
-            raise Invalid(f"subnet6 {text} overlaps network {name}'s {other}")
-    if any(net.overlaps(ipaddress.IPv6Network(other)) for other in elsewhere):
-        raise Conflict(f"subnet6 {text} {IN_USE}")
+    _check_apart(net, "subnet6", text, others, elsewhere)
     return net
+
+
+def _check_apart(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    label: str,
+    text: str,
+    others: Iterable[tuple[str, str]],
+    elsewhere: Iterable[str],
+) -> None:
+    """Invalid if `net` overlaps one of the project's other networks (`others`: (name, subnet)
+    of `net`'s version), Conflict if another project's (`elsewhere`: their subnets, unnamed)."""
+    kind = type(net)
+    for name, other in others:
+        if net.overlaps(kind(other)):
+            raise Invalid(f"{label} {text} overlaps network {name}'s {other}")
+    if any(net.overlaps(kind(other)) for other in elsewhere):
+        raise Conflict(f"{label} {text} {IN_USE}")
 
 
 def pool_subnet(pool: str, prefix: int, index: int) -> str:
