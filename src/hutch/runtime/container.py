@@ -268,7 +268,7 @@ class ContainerBackend:
             try:
                 ref = await self._run(spec.id, sdir, lease.fd if lease is not None else None)
             except BaseException:
-                await self._unplug(spec.id)
+                await self.opts.host.unplug(spec.id)
                 raise
             if lease is not None:
                 lease.bind(ref)
@@ -292,13 +292,9 @@ class ContainerBackend:
         try:
             await asyncio.to_thread(mounts.mount_sysfs_of, netns, sys_dir)
         except BaseException:
-            await self._unplug(spec.id)
+            await self.opts.host.unplug(spec.id)
             raise
         return netns, etc
-
-    async def _unplug(self, sandbox_id: str) -> None:
-        if self.opts.host.network is not None:
-            await asyncio.to_thread(self.opts.host.network.unplug, sandbox_id)
 
     async def _mount_root(self, spec: SandboxSpec, sdir: SandboxDir, host_uid: int | None) -> None:
         """bundle/rootfs: the image, read-only (seen as owned by `host_uid`'s namespace, if
@@ -414,7 +410,7 @@ class ContainerBackend:
         await asyncio.to_thread(
             Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).remove
         )
-        await self._unplug(record.spec.id)
+        await self.opts.host.unplug(record.spec.id)
 
     def oom_killed(self, record: SandboxRecord) -> bool:
         cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id)

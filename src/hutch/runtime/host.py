@@ -1,6 +1,7 @@
 """Facts about this host that the drivers size themselves by, and the host-wide options both
 backends take alike."""
 
+import asyncio
 import contextlib
 import os
 from dataclasses import dataclass
@@ -39,3 +40,8 @@ class HostOptions:
     cgroup_parent: str = "hutch"  # every sandbox's cgroup goes under it
     id_dir: Path = ID_DIR  # host-wide: every hutch process of the host leases uids there
     network: NetworkWiring | None = None  # None: sandboxes with networks are refused
+
+    async def unplug(self, sandbox_id: str) -> None:
+        """Undo the sandbox's wiring, if this host wires any."""
+        if self.network is not None:
+            await asyncio.to_thread(self.network.unplug, sandbox_id)

@@ -265,7 +265,7 @@ class MicroVMBackend:
             )
         except OSError as e:
             lease.close()
-            await self._unplug(spec.id)
+            await self.opts.host.unplug(spec.id)
             cgroup.remove()
             raise Unavailable(f"cannot start {self.opts.qemu}: {e}") from e
         finally:
@@ -281,7 +281,7 @@ class MicroVMBackend:
         while not agent_sock.exists():
             if proc.poll() is not None:
                 cgroup.remove()
-                await self._unplug(spec.id)
+                await self.opts.host.unplug(spec.id)
                 raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}")
             await asyncio.sleep(0.002)
         if ref is None:
@@ -352,7 +352,7 @@ class MicroVMBackend:
             child.wait()
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         sdir.file(EXIT_FILE).unlink(missing_ok=True)
-        await self._unplug(record.spec.id)
+        await self.opts.host.unplug(record.spec.id)
 
     async def sweep(self) -> list[str]:
         """End this host's VMs (of any hutch process) whose sandbox directory is gone: nothing
@@ -372,10 +372,6 @@ class MicroVMBackend:
 
     def saved_exit(self, record: SandboxRecord, sdir: SandboxDir) -> ExitStatus | None:
         return read_exit_disk(sdir.file(EXIT_FILE))
-
-    async def _unplug(self, sandbox_id: str) -> None:
-        if self.opts.host.network is not None:
-            await asyncio.to_thread(self.opts.host.network.unplug, sandbox_id)
 
     def oom_killed(self, record: SandboxRecord) -> bool:
         return False  # the guest's own OOM killer reports through the guest agent
