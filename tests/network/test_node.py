@@ -344,3 +344,25 @@ def test_egress_rules_let_out_only_what_they_allow(topo: Topology, node: NodeNet
     assert topo.get(b, "10.77.7.2", 8000) == "a\n"
     node.set_groups({})
     assert reaches() == (True, True, True, True)
+
+
+def test_ingress_rules_hold_for_published_ports_from_everywhere(
+    topo: Topology, node: NodeNetwork
+) -> None:
+    """A published port is reached from another host, from the node's own address and from its
+    127.0.0.1: each way meets the sandbox's ingress rules (the node's own connections leave
+    through the output hook, whose interface is lo's until DNAT re-routes them)."""
+    a = node.plug_netns(spec("a", 7, 2, "8080:80"))
+    topo.serve_http(a, "0.0.0.0", 80, "published\n")
+    ways = ((topo.outside, NODE_IP), (topo.node, NODE_IP), (topo.node, "127.0.0.1"))
+
+    def answers() -> list[bool]:
+        return [topo.get(ns, ip, 8080) == "published\n" for ns, ip in ways]
+
+    everyone = ("0.0.0.0/0", "::/0")
+    node.set_groups({"a": Groups((Allow("tcp", 80, 80, everyone),))})
+    assert answers() == [True, True, True]
+    node.set_groups({"a": Groups((Allow("tcp", 81, 81, everyone),))})
+    assert answers() == [False, False, False]
+    node.set_groups({})  # in no group: published ports are open
+    assert answers() == [True, True, True]

@@ -382,12 +382,16 @@ def _inet_table(desired: Desired) -> _Table:
     # sandboxes of one network meets both: the sender's egress and the receiver's ingress.
     limited = sorted((p for p in desired.ports if p.egress is not None), key=lambda p: p.name)
     _group_maps(t, fwd, "egress", "out", limited, iface=iif, field="saddr")
-    # The node's own connections (to a published port on 127.0.0.1, say) are not forwarded:
-    # the same check where they leave, after the output DNAT.
+    # The node's own connections (to a published port on 127.0.0.1 or on its address) are not
+    # forwarded: the same check where they leave, after the output DNAT. By address alone: the
+    # output hook keeps the interface of the route before DNAT (lo for 127.0.0.1), so a key with
+    # the bridge would never match (a node hosts no two networks with one subnet: the
+    # controller gives each subnet once).
     out = t.chain("output", "output", prio=0)
-    for proto, version in (("ip", 4), ("ip6", 6)):
-        data = f"@ingress{version}"
-        t.rule(out, {"vmap": {"key": _concat(oif, _payload(proto, "daddr")), "data": data}})
+    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
+        elems = [[p.ip4 if version == 4 else p.ip6, _jump(f"in-{p.name}")] for p in guarded]
+        name = t.map(f"ingress_local{version}", addr_type, "verdict", elems)
+        t.rule(out, {"vmap": {"key": _payload(proto, "daddr"), "data": f"@{name}"}})
     for p in guarded:
         assert p.ingress is not None
         _group_chain(t, f"in-{p.name}", p.ingress, "saddr")
