@@ -171,6 +171,7 @@ def assignments(
             )
             for p in plan.peers
         ],
+        infrastructure=list(plan.infrastructure),
     )
 
 
