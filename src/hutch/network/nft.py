@@ -382,24 +382,12 @@ def _inet_table(desired: Desired) -> _Table:
     # Security groups first: to a sandbox in groups (by bridge and address, which anti-spoofing
     # makes its own), only what a rule allows goes on to the checks below; the rest is dropped.
     guarded = sorted((p for p in desired.ports if p.ingress is not None), key=lambda p: p.name)
-    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
-        elems = [
-            [_concat(p.bridge, p.ip4 if version == 4 else p.ip6), _jump(f"in-{p.name}")]
-            for p in guarded
-        ]
-        name = t.map(f"ingress{version}", ["ifname", addr_type], "verdict", elems)
-        t.rule(fwd, {"vmap": {"key": _concat(oif, _payload(proto, "daddr")), "data": f"@{name}"}})
+    _group_maps(t, fwd, "ingress", "in", guarded, iface=oif, field="daddr")
     # Then egress: from a sandbox whose groups have egress rules (by bridge and source address,
     # its own for the same reason), only what a rule allows goes on. A packet between two
     # sandboxes of one network meets both: the sender's egress and the receiver's ingress.
     limited = sorted((p for p in desired.ports if p.egress is not None), key=lambda p: p.name)
-    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
-        elems = [
-            [_concat(p.bridge, p.ip4 if version == 4 else p.ip6), _jump(f"out-{p.name}")]
-            for p in limited
-        ]
-        name = t.map(f"egress{version}", ["ifname", addr_type], "verdict", elems)
-        t.rule(fwd, {"vmap": {"key": _concat(iif, _payload(proto, "saddr")), "data": f"@{name}"}})
+    _group_maps(t, fwd, "egress", "out", limited, iface=iif, field="saddr")
     # The node's own connections (to a published port on 127.0.0.1, say) are not forwarded:
     # the same check where they leave, after the output DNAT.
     out = t.chain("output", "output", prio=0)
@@ -467,6 +455,21 @@ def _inet_table(desired: Desired) -> _Table:
            {"masquerade": None})  # fmt: skip
     t.rule(post, _match(iif, hn), _match(oif, hn, "!="), {"masquerade": None})
     return t
+
+
+def _group_maps(
+    t: _Table, chain: str, kind: str, prefix: str, ports: list[Port], *, iface: Json, field: str
+) -> None:
+    """Verdict maps `kind`4 and `kind`6 from (bridge, address) to each port's `prefix`-NAME
+    chain of group rules, and the rule in `chain` that looks the packet up in them by
+    `iface` and its `field` address (daddr for ingress, saddr for egress)."""
+    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
+        elems = [
+            [_concat(p.bridge, p.ip4 if version == 4 else p.ip6), _jump(f"{prefix}-{p.name}")]
+            for p in ports
+        ]
+        name = t.map(f"{kind}{version}", ["ifname", addr_type], "verdict", elems)
+        t.rule(chain, {"vmap": {"key": _concat(iface, _payload(proto, field)), "data": f"@{name}"}})
 
 
 def _group_chain(t: _Table, chain: str, allows: tuple[Allow, ...], remote: str) -> None:
