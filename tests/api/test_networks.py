@@ -441,3 +441,49 @@ async def test_a_full_pool_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
         assert (await a.machine(t3, networks=["none"], start=False)).status_code == 201
     finally:
         await close_api(a)
+
+
+async def test_every_node_is_told_the_clusters_addresses_to_block(tmp_path: Path) -> None:
+    """Every node's advertised address and the controller's (where it listens, what its
+    certificate names, where the agent reached it) are in every node's answer, so that no
+    machine reaches another node's agent, ssh or the controller by NAT. A node joining,
+    moving or leaving ends the others' long polls."""
+    api, _ = await open_api(
+        tmp_path, listen="0.0.0.0:7878", tls_names=["198.51.100.5", "ctl.example"]
+    )
+    try:
+        x = await api.join("node-x", address="http://192.0.2.7:7443")
+        await api.join("node-n", address="http://agent.example:7443")  # a name: no address
+        headers = {"Authorization": f"Bearer {x['credential']}"}
+        path = f"/agent/v1/nodes/{x['node_id']}/assignments"
+
+        async def told(after: int = -1, wait: float = 0.0) -> Assignments:
+            # at an address of the controller's: what the agent connected to
+            r = await api.http.get(f"http://203.0.113.9{path}", headers=headers,
+                                   params={"after": after, "wait": wait})  # fmt: skip
+            assert r.status_code == 200, r.text
+            return Assignments.model_validate(r.json())
+
+        first = await told()
+        # sim-1 (127.0.0.1), 0.0.0.0 and names are not in it: loopback is always blocked
+        assert first.infrastructure == ["192.0.2.7", "198.51.100.5", "203.0.113.9"]
+        # A node joining later ends node-x's long poll, with its address in the answer.
+        waiting = asyncio.create_task(told(first.revision, 30))
+        await asyncio.sleep(0.2)
+        y = await api.join("node-y", address="http://[2001:db8::8]:7443")
+        joined = await asyncio.wait_for(waiting, 10)
+        assert "2001:db8::8" in joined.infrastructure and joined.revision > first.revision
+        # It moves (its heartbeat says where it is now): the old address goes.
+        r = await api.http.post(f"/agent/v1/nodes/{y['node_id']}/heartbeat",
+                                json={"address": "http://192.0.2.8:7443"},
+                                headers={"Authorization": f"Bearer {y['credential']}"})  # fmt: skip
+        assert r.status_code == 204, r.text
+        moved = await told(joined.revision, 10)
+        assert moved.revision > joined.revision
+        assert "192.0.2.8" in moved.infrastructure and "2001:db8::8" not in moved.infrastructure
+        # It leaves: no longer the cluster's.
+        assert (await api.call("DELETE", "/v1/nodes/node-y")).status_code in (200, 204)
+        left = await told(moved.revision, 10)
+        assert left.infrastructure == ["192.0.2.7", "198.51.100.5", "203.0.113.9"]
+    finally:
+        await close_api(api)

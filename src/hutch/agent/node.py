@@ -18,7 +18,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,13 +65,19 @@ class Identity:
 
 def _hosts_of(*urls: str) -> list[str]:
     """The IP literals among `urls`' hosts, as /32 or /128 CIDRs."""
+    return host_cidrs(urlsplit(url).hostname or "" for url in urls)
+
+
+def host_cidrs(addresses: Iterable[str]) -> list[str]:
+    """The IP literals among `addresses`, as /32 or /128 CIDRs (names, loopback and the
+    unspecified address left out: 127/8 and ::1 are blocked anyway)."""
     out: list[str] = []
-    for url in urls:
+    for text in addresses:
         try:
-            addr = ipaddress.ip_address(urlsplit(url).hostname or "")
+            addr = ipaddress.ip_address(text)
         except ValueError:
             continue
-        if not addr.is_loopback:  # 127/8 is blocked anyway
+        if not (addr.is_loopback or addr.is_unspecified):
             out.append(f"{addr}/{addr.max_prefixlen}")
     return out
 
@@ -158,7 +164,11 @@ class NodeAgent:
             NetworkOptions(
                 state_dir=self.dir,
                 mtu=settings.network_mtu,
-                blocked=(*settings.network_blocked, *_hosts_of(controller, advertise)),
+                blocked=(
+                    *settings.network_blocked,
+                    *_hosts_of(controller, advertise),
+                    *host_cidrs([settings.network_underlay or ""]),
+                ),
                 underlay=settings.network_underlay or _underlay_of(advertise),
             ),
             dns=self.dns,
@@ -291,6 +301,7 @@ class NodeAgent:
                     continue
                 revision = answer.revision
                 await self.update_groups(answer)  # first: a closed port closes soonest
+                await self.update_infrastructure(answer)
                 self.update_dns(answer)
                 await self.update_overlay(answer)
                 try:
@@ -327,6 +338,17 @@ class NodeAgent:
             log.warning("security groups could not be applied: %s", e.message)
         except Exception:  # the round goes on; the next answer retries
             log.exception("security groups could not be applied")
+
+    async def update_infrastructure(self, answer: Assignments) -> None:
+        """The cluster's nodes' and controllers' addresses (`Assignments.infrastructure`),
+        blocked to every sandbox: a node that joins is closed with the next answer, without
+        touching the sandboxes. An older controller sends none: the agent's own list stays."""
+        try:
+            await asyncio.to_thread(
+                self.network.set_infrastructure, host_cidrs(answer.infrastructure)
+            )
+        except HutchError as e:  # the next answer retries
+            log.warning("cannot block the cluster's addresses: %s", e.message)
 
     async def update_overlay(self, answer: Assignments) -> None:
         """The VXLAN entries for the machines on other nodes of the networks this node hosts,

@@ -147,6 +147,7 @@ def assignments(
             for g in plan.rules.values()
         ],
         peers=[PeerView.mirroring(p, machine=p.machine_id, node=p.node_id) for p in plan.peers],
+        infrastructure=list(plan.infrastructure),
     )
 
 

@@ -201,8 +201,10 @@ def controller(
         overrides["tls"] = True
     if tls_name:
         overrides["tls_names"] = tls_name
+    if listen:
+        overrides["listen"] = listen  # the controller's address, as its nodes block it
     settings = config.load(**overrides)
-    host, port = servers.host_port(listen or settings.listen)
+    host, port = servers.host_port(settings.listen)
     _logging()
     servers.run_controller(settings, host, port)
 

@@ -17,7 +17,8 @@ port's own chain holds a constant number of rules.
                    gets in; VXLAN of a hosted VNI only from the peer nodes' underlay addresses.
                    forward: security groups first (`in-PORT` by bridge and destination,
                    `out-PORT` by bridge and source); between hutch bridges nothing; to 127/8,
-                   169.254/16 and the blocked infrastructure addresses nothing, nor to UDP
+                   169.254/16 and the blocked infrastructure addresses (named sets
+                   `blocked4`/`blocked6`: the cluster's nodes and controllers) nothing, nor to UDP
                    4789 anywhere (the overlay's port: another node would take it as a
                    peer's); egress per bridge (`iifname vmap @egress`);
                    to a bridge only replies and published ports.
@@ -131,8 +132,9 @@ class Desired:
     bridges: tuple[Bridge, ...] = ()
     ports: tuple[Port, ...] = ()
     published: tuple[Published, ...] = ()
-    # Addresses no sandbox may reach even through NAT: the controllers' and agents' (a cluster's
-    # underlay), the metadata range. 127/8 and 169.254/16 are always blocked.
+    # CIDRs no sandbox may reach even through NAT: every node's and controller's address of the
+    # cluster, the operator's `network_blocked`. 127/8, 169.254/16, ::1 and fe80::/10 are
+    # always blocked. Overlaps are fine (merged).
     blocked: tuple[str, ...] = field(default_factory=tuple)
     overlay: Overlay | None = None  # None: no VXLAN here
 
@@ -197,8 +199,12 @@ class _Table:
         self.maps.append({"map": m})
         return name
 
-    def set(self, name: str, key: str | list[str], elems: list[Any]) -> str:
+    def set(
+        self, name: str, key: str | list[str], elems: list[Any], flags: tuple[str, ...] = ()
+    ) -> str:
         st: Json = {"family": self.family, "table": TABLE, "name": name, "type": key}
+        if flags:
+            st["flags"] = list(flags)
         if elems:
             st["elem"] = elems
         self.maps.append({"set": st})
@@ -409,10 +415,12 @@ def _inet_table(desired: Desired) -> _Table:
     t.rule(fwd, _match(oif, hn), _jump(to_guest))
     t.rule(from_guest, established, ACCEPT)
     t.rule(from_guest, _match(oif, hn), DROP)  # networks never route to each other
-    blocked4 = [*ALWAYS_BLOCKED4, *(c for c in desired.blocked if ":" not in c)]
-    blocked6 = [*ALWAYS_BLOCKED6, *(c for c in desired.blocked if ":" in c)]
-    t.rule(from_guest, _match(_payload("ip", "daddr"), _set(_prefix(c) for c in blocked4)), DROP)
-    t.rule(from_guest, _match(_payload("ip6", "daddr"), _set(_prefix(c) for c in blocked6)), DROP)
+    # The infrastructure (the cluster's nodes and controllers, the operator's list) and the
+    # ranges no sandbox may reach: one named set per family, replaced with the tables.
+    for version, proto in ((4, "ip"), (6, "ip6")):
+        name = t.set(f"blocked{version}", f"ipv{version}_addr", _blocked(desired, version),
+                     ("interval",))  # fmt: skip
+        t.rule(from_guest, _match(_payload(proto, "daddr"), f"@{name}"), DROP)
     # The overlay's port, whatever the address: through this node's NAT a sandbox's VXLAN packet
     # would reach another node from a peer's address, and that node would take the frame inside
     # into any network it hosts (VXLAN checks nothing but the VNI).
@@ -495,6 +503,15 @@ def _group_chain(t: _Table, chain: str, allows: tuple[Allow, ...], remote: str) 
                     match.append(_match(_payload("th", "dport"), ports))
             t.rule(chain, *match, RETURN)
     t.rule(chain, DROP)
+
+
+def _blocked(desired: Desired, version: int) -> list[Json]:
+    """The blocked CIDRs of one family, always-blocked ranges included, merged: an interval
+    set takes no overlapping elements (a node's /32 inside an operator's /16)."""
+    always = ALWAYS_BLOCKED4 if version == 4 else ALWAYS_BLOCKED6
+    nets = [ipaddress.ip_network(c, strict=False) for c in (*always, *desired.blocked)]
+    merged = ipaddress.collapse_addresses(n for n in nets if n.version == version)  # type: ignore[type-var]
+    return [_prefix(str(n)) for n in merged]
 
 
 def _underlay_input(t: _Table, inp: str, overlay: Overlay | None) -> None:

@@ -13,7 +13,7 @@ the transaction that creates it.
 import builtins
 import ipaddress
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -400,6 +400,8 @@ class NodePlan:
     rules: dict[str, SecurityGroup]  # the groups those name, and those their rules name
     members: dict[str, tuple[str, ...]]  # group id -> its machines' addresses (remote groups)
     peers: tuple[Peer, ...]
+    # Every node's address (IP literals): no machine may reach one (`Assignments.infrastructure`)
+    infrastructure: tuple[str, ...] = ()
 
 
 async def node_plan(tx: Tx, machines: Sequence[Machine]) -> NodePlan:
@@ -446,13 +448,29 @@ async def node_plan(tx: Tx, machines: Sequence[Machine]) -> NodePlan:
                 address.ip4, address.ip6, node_id, underlay[node_id],
             )
         )  # fmt: skip
-    return NodePlan(attachments, ports, groups, rules, members, tuple(peers))
+    nodes = ip_literals(host_of(n.address) for n in await tx.nodes.list())
+    return NodePlan(attachments, ports, groups, rules, members, tuple(peers), nodes)
 
 
 def host_of(url: str) -> str:
     """The host of a node's agent URL: its underlay address."""
     host = urlsplit(url).hostname or ""
     return host
+
+
+def ip_literals(hosts: Iterable[str]) -> tuple[str, ...]:
+    """The IP addresses among `hosts`, sorted and once each: names are left out (nftables
+    blocks addresses), and so are loopback (every node blocks it anyway) and the unspecified
+    address (a controller listening on every address)."""
+    out: set[str] = set()
+    for host in hosts:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not (addr.is_loopback or addr.is_unspecified):
+            out.add(str(addr))
+    return tuple(sorted(out))
 
 
 async def bump_neighbours(tx: Tx, machine_ids: Sequence[str]) -> None:
