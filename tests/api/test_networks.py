@@ -57,6 +57,62 @@ async def test_machines_join_the_default_network_made_on_first_use(api: Api) -> 
     assert theirs["subnet6"] != net["subnet6"]
 
 
+async def test_a_network_may_have_an_ipv6_64_of_its_own(api: Api) -> None:
+    """`subnet6`: a unique-local /64 of the project's choice, outside the controller's /48 and
+    overlapping none of its networks; machines' IPv6 addresses come from it, each once."""
+    token = await api.token("alpha", "member")
+
+    async def create(**body: object) -> Any:
+        return await api.call("POST", "/v1/networks", token, json=body)
+
+    r = await create(name="back", subnet="192.168.10.0/24", subnet6="fd12:3456:789a:1::/64")
+    assert r.status_code == 201, r.text
+    back = r.json()
+    assert (back["subnet4"], back["subnet6"]) == ("192.168.10.0/24", "fd12:3456:789a:1::/64")
+    assert back["gateway6"] == "fd12:3456:789a:1::1"
+    r = await create(name="six", subnet6="FD12:3456:789A:2:0::/64")  # v4 from the pool
+    assert r.status_code == 201, r.text
+    assert r.json()["subnet6"] == "fd12:3456:789a:2::/64"  # as IPv6 is written
+    assert ipaddress.IPv4Network(r.json()["subnet4"]).subnet_of(
+        ipaddress.IPv4Network("10.96.0.0/11")
+    )
+    default = (await api.machine(token, name="first")).json()["addresses"][0]
+    ula48 = ipaddress.IPv6Network(default["ip6"] + "/48", strict=False)
+    a = (await api.machine(token, name="a", networks=["back"], start=False)).json()
+    b = (await api.machine(token, name="b", networks=["back"], start=False)).json()
+    assert [m["addresses"][0]["ip6"] for m in (a, b)] == [
+        "fd12:3456:789a:1::2", "fd12:3456:789a:1::3",
+    ]  # fmt: skip
+    for body, words in (
+        ({"name": "b2", "subnet6": "fd12:3456:789a:1::/64"}, "overlaps network back"),
+        (
+            {"name": "b2", "subnet6": "fd12:3456:789a::/48"},
+            "a /48: a network's IPv6 subnet is one /64",
+        ),
+        ({"name": "b2", "subnet6": "fd12:3456:789a:3::/80"}, "is one /64"),
+        ({"name": "b2", "subnet6": "2001:db8:0:1::/64"}, "not unique-local (fd00::/8)"),
+        ({"name": "b2", "subnet6": "fc00:0:0:1::/64"}, "not unique-local"),
+        ({"name": "b2", "subnet6": f"{ula48[0] + (9 << 64)}/64"}, "in the controller's"),
+        ({"name": "b2", "subnet6": "fd12:3456:789a:3::1/64"}, "host bits set"),
+        ({"name": "b2", "subnet6": "fd12::zz/64"}, "is not a CIDR"),
+        ({"name": "b2", "subnet6": "192.168.30.0/24"}, "not IPv6"),
+        ({"name": "b2", "subnet": "fd00::/64"}, "an IPv6 /64 goes in subnet6"),
+    ):
+        r = await create(**body)
+        assert r.status_code == 400 and words in r.json()["detail"], (body, r.text)
+    # Another project may use the same /64, as it may the same IPv4 range.
+    other = await api.token("beta", "member")
+    r = await api.call(
+        "POST", "/v1/networks", other, json={"name": "x", "subnet6": back["subnet6"]}
+    )
+    assert r.status_code == 201, r.text
+    # Once the network is gone, its /64 is free again.
+    for m in ("a", "b"):
+        assert (await api.call("DELETE", f"/v1/machines/{m}", token)).status_code == 204
+    assert (await api.call("DELETE", "/v1/networks/back", token)).status_code == 204
+    assert (await create(name="again", subnet6="fd12:3456:789a:1::/64")).status_code == 201
+
+
 async def test_networks_of_a_project_and_what_is_refused(api: Api) -> None:
     token = await api.token("alpha", "member")
 

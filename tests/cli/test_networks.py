@@ -269,3 +269,86 @@ def test_security_group_rules_apply_to_running_machines(controller: Controller) 
                "--remote", "0.0.0.0/0").returncode == 0  # fmt: skip
     assert _until(lambda: _answers(port), deadline=30.0)
     run("rm", "-f", "web", "open", "probe")
+
+
+def test_a_second_subnet_is_the_networks_ipv6_64(hutch: Run) -> None:
+    made = hutch("network", "create", "back", "--subnet", "fd12:3456:789a:1::/64",
+                 "--subnet", "192.168.79.0/24")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "192.168.79.0/24, fd12:3456:789a:1::/64" in made.stderr
+    shown = json.loads(hutch("network", "inspect", "back").stdout)
+    assert (shown["subnet6"], shown["gateway6"]) == ("fd12:3456:789a:1::/64", "fd12:3456:789a:1::1")
+    only6 = hutch("network", "create", "six", "--subnet", "fd12:3456:789a:2::/64")
+    assert only6.returncode == 0, only6.stderr  # its IPv4 /24 from the pool
+    assert (
+        hutch("network", "rm", "back").returncode == hutch("network", "rm", "six").returncode == 0
+    )
+
+
+# What a newcomer might type: each refusal is one line and exit code 125, never a traceback.
+BAD_INPUT = [
+    (("network", "create"), "Missing argument 'NAME'. See 'hutch network create --help'"),
+    (("network", "create", "n1", "--subnet"), "'--subnet' requires an argument"),
+    (("network", "create", "n1", "extra"), "unexpected extra argument"),
+    (("network", "frob"), "No such command 'frob'. See 'hutch network --help'"),
+    (("network", "create", "n1", "--subnet", "banana"), "'banana' is not a CIDR"),
+    (("network", "create", "n1", "--subnet", "10.0.0.0/33"), "'10.0.0.0/33' is not a CIDR"),
+    (("network", "create", "n1", "--subnet", "192.168.5.1/24"),
+     "host bits set: the network is 192.168.5.0/24"),
+    (("network", "create", "n1", "--subnet", "8.8.8.0/24"), "not a private range"),
+    (("network", "create", "n1", "--subnet", "192.168.5.0/24", "--subnet", "192.168.6.0/24"),
+     "--subnet is given 2 times: once for IPv4 and once for IPv6 at most"),
+    (("network", "create", "n1", "--subnet", "fd00:1::/48"), "is one /64"),
+    (("network", "create", "n1", "--subnet", "2001:db8::/64"), "not unique-local (fd00::/8)"),
+    (("network", "create", "n1", "--subnet", "fd00::1/64"), "host bits set"),
+    (("network", "create", "Bad_Name"), "network name 'Bad_Name' is invalid"),
+    (("network", "create", "none"), "'none' means no network"),
+    (("network", "create", "n1", "--egress", "open"), "egress"),
+    (("network", "create", "n1", "--allow", "10.0.0.0/8"), "needs egress 'allow-list'"),
+    (("network", "create", "taken"), "already has a network named 'taken'"),
+    (("network", "inspect"), "Missing argument 'NETWORK'"),
+    (("network", "inspect", "nope"), "no network 'nope'"),
+    (("network", "rm", "nope"), "no network 'nope'"),
+    (("network", "rm", "taken"), "network taken: 1 machine(s) are on this network"),
+    (("network", "ls", "-o", "xml"), "unknown output format 'xml'"),
+    (("sg", "create"), "Missing argument 'NAME'. See 'hutch sg create --help'"),
+    (("sg", "create", "used"), "already has a security group named 'used'"),
+    (("sg", "inspect", "nope"), "no security group 'nope'"),
+    (("sg", "rm", "nope"), "no security group 'nope'"),
+    (("sg", "rm", "used"), "security group used: 1 machine(s) use this security group"),
+    (("sg", "rm", "named"), "security group named: security group used's rules name this group"),
+    (("sg", "rule", "add", "used"), "Missing argument 'DIRECTION'"),
+    (("sg", "rule", "add", "nope", "ingress", "--remote", "0.0.0.0/0"), "no security group 'nope'"),
+    (("sg", "rule", "add", "used", "ingress"), "exactly one of a remote CIDR and a remote group"),
+    (("sg", "rule", "add", "used", "ingress", "--remote", "10.0.0.1/8"), "host bits set"),
+    (("sg", "rule", "add", "used", "ingress", "--protocol", "tcp", "--port", "99999999999",
+      "--remote", "0.0.0.0/0"), "ports '99999999999' are not within 1-65535"),
+    (("sg", "rule", "add", "used", "ingress", "--protocol", "tcp", "--port", "http",
+      "--remote", "0.0.0.0/0"), "are not PORT or LOW-HIGH"),
+    (("sg", "rule", "rm", "used"), "Missing argument 'RULE'"),
+    (("sg", "rule", "rm", "used", "r-nope"), "no rule 'r-nope' in security group used"),
+]  # fmt: skip
+
+
+def test_bad_input_is_one_clear_line_and_125(hutch: Run) -> None:
+    assert hutch("network", "create", "taken").returncode == 0
+    assert (
+        hutch("sg", "create", "used").returncode == hutch("sg", "create", "named").returncode == 0
+    )
+    rule = hutch("sg", "rule", "add", "used", "ingress", "--remote", "named")
+    assert rule.returncode == 0, rule.stderr
+    ran = hutch("run", "-d", *C, "--name", "m", "--network", "taken", "--sg", "used", "busybox",
+                "--", "sleep", "300")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    wrong = []
+    for argv, words in BAD_INPUT:
+        r = hutch(*argv)
+        line = one_clear_line(r.stderr)
+        if r.returncode != 125 or words not in line or not line.startswith("hutch: "):
+            wrong.append((argv, r.returncode, r.stderr))
+    assert not wrong, wrong
+    # And each in-use refusal next to the same command done once nothing uses it.
+    assert hutch("rm", "-f", "m").returncode == 0
+    for argv in (("network", "rm", "taken"), ("sg", "rm", "used"), ("sg", "rm", "named")):
+        done = hutch(*argv)
+        assert done.returncode == 0, (argv, done.stderr)

@@ -6,8 +6,9 @@ test starts on 127.0.0.1), each block acts in a project of its own.
 What runs here: "Running machines" (less `hutch up -d`, which the fixture is, `hutch down`,
 which would stop it, and `exec -it` / `run -it`, which need a terminal: they run on a pty in
 tests/cli/test_terminal.py and tests/cli/test_run_terminal.py), the `--dry-run` example, the
-`login` / `context` lines, and the "Images" block. Elsewhere: "Projects, tokens and quotas" in
-tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py.
+`login` / `context` lines, the "Images" block and the "Networks" block (micro-VMs; curl to the
+published port, nslookup of a machine's name in its network). Elsewhere: "Projects, tokens and
+quotas" in tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py.
 
 What cannot run on one machine keeps only the `--help` check of tests/cli/test_readme.py: the
 cluster's `hutch controller --listen 0.0.0.0:7878 --tls` over PostgreSQL, `hutch agent` joining
@@ -29,6 +30,7 @@ import pytest
 from hutch.images.build import write_archive
 from tests.cli.test_rootfs import debootstrap_like
 from tests.controller import BUSYBOX_CONFIG, Controller, controller, new_project
+from tests.helpers import free_port
 from tests.helpers.cli import HUTCH, Hutch
 from tests.images.ocibuild import write_oci_layout
 from tests.images.registry_server import Registry
@@ -243,3 +245,87 @@ def test_the_images_block_runs_as_written(
             assert "deb:12" not in names(ok(sh("hutch image ls"), "ls"))
         elif command.startswith("hutch sandbox run"):
             assert out == "app\n"
+
+
+def test_the_networks_block_runs_as_written(sh: Shell, env: dict[str, str]) -> None:
+    """Micro-VMs as the README runs them, with this node's free ports for 8080 and 5353 (the
+    shared node may publish those already); RULE_ID is the id the first `rule add` printed.
+    The published port answers once the rule lets port 80 in (and not before: web is in a
+    group with no rules yet), and db resolves its own name from its network's DNS."""
+    http, dns = free_port(), free_port()
+    commands = [c for line in block("## Networks", "hutch network create") for c in split(line)]
+    assert len(commands) == 18, commands
+    rule_id = ""
+    for written in commands:
+        command = written.replace("8080:80", f"{http}:80").replace(":8080/", f":{http}/")
+        command = command.replace("5353:53", f"{dns}:53").replace("RULE_ID", rule_id)
+        if command.startswith("hutch sg rule add web ingress --protocol tcp --port 80 "):
+            assert not _get(http, timeout=2)  # before the rule, web's group lets nothing in
+        if command.startswith("curl"):  # the rule reaches the node within a poll: wait for it
+            web = ip4_of(sh, "web")
+            assert _until(lambda web=web: web in _get(http, timeout=2)), command  # type: ignore[misc]
+            assert f"{web}\t" in ok(sh(command), command)  # web's /etc/hosts
+            continue
+        if command.startswith("hutch exec db -- nslookup"):  # db's network DNS, by its search
+            found = _poll_ok(sh, command)
+            assert f"db.{env['HUTCH_PROJECT']}.internal" in found and ip4_of(sh, "db") in found
+            continue
+        if command == "hutch network rm back" and not rule_id.startswith("done"):
+            refused = sh(command)  # db is on it
+            assert refused.returncode == 125, refused.stderr
+            assert "network back: 1 machine(s) are on this network" in refused.stderr
+            rule_id = "done"
+            continue
+        ran = sh(command)
+        out = ok(ran, command)
+        if command.startswith("hutch network create back6"):
+            assert "back6: 192.168.11.0/24, fd12:3456:789a:1::/64" in ran.stderr
+        elif command == "hutch network ls":
+            assert {"back", "back6"} <= names(out), out
+        elif command == "hutch network inspect back":
+            shown = json.loads(out)
+            assert (shown["subnet4"], shown["egress"]) == ("192.168.10.0/24", "deny")
+        elif command.startswith("hutch sg rule add web ingress --protocol tcp --port 80 "):
+            rule_id = out.strip()
+            assert rule_id.startswith("r-")
+        elif command.startswith("hutch run -d --name web"):
+            ps = ok(sh("hutch ps"), "ps")
+            assert f"{http}->80/tcp" in ps and f"127.0.0.1:{dns}->53/udp" in ps, ps
+        elif command == "hutch sg inspect web":
+            assert [r["port_min"] for r in json.loads(out)["rules"]] == [80, 5432]
+        elif command.startswith("hutch sg rule rm"):  # port 80 is closed again
+            assert _until(lambda: not _get(http, timeout=2)), command
+    assert names(ok(sh("hutch network ls"), "ls")) == set()
+    assert names(ok(sh("hutch sg ls"), "ls")) == set()
+
+
+def ip4_of(sh: Shell, machine: str) -> str:
+    return str(json.loads(ok(sh(f"hutch inspect {machine}"), "inspect"))["addresses"][0]["ip4"])
+
+
+def _get(port: int, timeout: float) -> str:
+    ran = subprocess.run(
+        ["curl", "-s", "-m", str(timeout), f"http://127.0.0.1:{port}/hosts"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return ran.stdout
+
+
+def _until(probe: Callable[[], bool], deadline: float = 60.0) -> bool:
+    end = time.monotonic() + deadline
+    while not probe():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.3)
+    return True
+
+
+def _poll_ok(sh: Shell, command: str, deadline: float = 60.0) -> str:
+    """`command`'s output once it succeeds (a machine's first packets may come a bit after
+    `run -d` returns)."""
+    end = time.monotonic() + deadline
+    while True:
+        ran = sh(command)
+        if ran.returncode == 0 or time.monotonic() > end:
+            return ok(ran, command)
+        time.sleep(0.5)

@@ -24,6 +24,13 @@ def test_networks_and_machines(client: Client) -> None:
     assert client.networks.get("back").machines == 1
     with pytest.raises(Invalid, match="overlaps network back"):
         client.networks.create("b2", subnet="192.168.66.0/23")
+    six = client.networks.create("six", subnet6="fd66:1:2:3::/64")
+    assert (six.subnet6, six.gateway6) == ("fd66:1:2:3::/64", "fd66:1:2:3::1")
+    with pytest.raises(Invalid, match="is one /64"):
+        client.networks.create("b2", subnet6="fd66:1:2::/48")
+    with pytest.raises(Invalid, match="overlaps network six"):
+        client.networks.create("b2", subnet6="fd66:1:2:3::/64")
+    client.networks.delete("six")
     with pytest.raises(Invalid, match="out of range"):
         client.machines.create("busybox", ports=["70000:80"], runtime="container")
     with pytest.raises(Conflict, match="machine"):
@@ -57,8 +64,8 @@ def test_security_groups(client: Client, controller: Controller) -> None:
 
 
 async def test_the_async_client_does_the_same(aclient: AsyncClient) -> None:
-    net = await aclient.networks.create("async-net")
-    assert net.subnet4.endswith("/24")
+    net = await aclient.networks.create("async-net", subnet6="fd66:4:5:6::/64")
+    assert net.subnet4.endswith("/24") and net.subnet6 == "fd66:4:5:6::/64"
     assert [n.name async for n in aclient.networks.list()] == ["async-net"]
     g = await aclient.security_groups.create("g")
     g = await aclient.security_groups.add_rule("g", "egress", "udp", 53, "0.0.0.0/0")

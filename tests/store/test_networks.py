@@ -129,6 +129,32 @@ async def test_concurrent_creates_never_share_an_address(store: SqlStore) -> Non
     assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(net.subnet4) for ip in ips)
 
 
+async def test_a_chosen_ipv6_64_gives_each_address_once(store: SqlStore) -> None:
+    """A network whose /64 the project chose (outside the controller's /48): its machines' IPv6
+    addresses come from that /64, none twice under concurrent creates; another project's
+    network of the same /64 numbers its own (projects never route to each other)."""
+    mine, theirs = f.project(), f.project()
+    chosen = "fd00:aaaa:bbbb:cccc::/64"
+    nets = [replace(network(p.id, "six", slot, "10.2.0.0/24"), subnet6=chosen)
+            for p, slot in ((mine, 7), (theirs, 8))]  # fmt: skip
+    async with store.write() as tx:
+        for p, net in zip((mine, theirs), nets, strict=True):
+            await tx.projects.create(p)
+            assert await tx.networks.create(net)
+    for p, net in zip((mine, theirs), nets, strict=True):
+        await asyncio.gather(*(create_on_network(store, p.id, net) for _ in range(20)))
+    async with store.read() as tx:
+        found = await tx.networks.addresses(
+            [m.id for p in (mine, theirs) for m in (await tx.machines.list(p.id, limit=50))[0]]
+        )
+    rows = [a for v in found.values() for a in v]
+    for net in nets:
+        ip6s = [a.ip6 for a in rows if a.network_id == net.id]
+        assert len(ip6s) == len(set(ip6s)) == 20
+        assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(chosen) for ip in ip6s)
+    assert len({a.mac for a in rows}) == 40  # MACs stay unique controller-wide
+
+
 async def test_a_lost_machines_addresses_wait_for_its_node_to_be_fenced(store: SqlStore) -> None:
     project_id, net = await setup(store)
     lost = f.machine(project_id)

@@ -7,8 +7,10 @@ to read its options (see _plain_values), or httpx's own command line (see main).
 below is the listing of `hutch --help`; tests/cli/test_main.py checks it against the commands
 themselves."""
 
+import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +164,26 @@ def _plain_values(command: click.Command) -> None:
         _plain_values(sub)
 
 
+@contextlib.contextmanager
+def _usage_is_a_refusal() -> Iterator[None]:
+    """A usage error (a missing argument, an unknown option or command, an option without its
+    value) is a refusal like any other: one line on stderr, exit 125 (as Docker's), naming the
+    help that shows the command's usage. A group run bare still prints its help."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise
+    except click.exceptions.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "hutch"
+        raise UsageRefused(f"{e.format_message().rstrip('.')}. See '{where} --help'") from None
+
+
+class UsageRefused(HutchError):
+    """The command line itself is wrong (a CLI refusal: no HTTP status is ever derived)."""
+
+    status, title = 400, "Usage"
+
+
 class _Commands(TyperGroup):
     """The top-level group: commands listed from the table, loaded when one runs."""
 
@@ -171,6 +193,14 @@ class _Commands(TyperGroup):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _usage_is_a_refusal():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _usage_is_a_refusal():  # every command's parsing happens in here
+            return super().invoke(ctx)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:

@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from hutch.cli.remote import OutputOpt, ago, connect, dump, emit, newest_first, progress
+from hutch.model.errors import Invalid
 from hutch.wire.networks import RuleView, SecurityGroupView
 
 network_app = typer.Typer(help="Networks: a project's private networks.", no_args_is_help=True)
@@ -19,16 +20,31 @@ NetworkRef = Annotated[str, typer.Argument(metavar="NETWORK", help="A network's 
 GroupRef = Annotated[str, typer.Argument(metavar="GROUP", help="A security group's name or id.")]
 
 
+def split_subnets(subnets: list[str]) -> tuple[str, str]:
+    """`--subnet` given up to twice, as (IPv4, IPv6): one of each family at most (as Docker's
+    `--subnet`); an address with a ':' is IPv6. Whether each is a good CIDR, the controller
+    says."""
+    four = [s for s in subnets if ":" not in s]
+    six = [s for s in subnets if ":" in s]
+    if len(four) > 1 or len(six) > 1:
+        raise Invalid(
+            f"--subnet is given {len(subnets)} times: once for IPv4 and once for IPv6 at most"
+        )
+    return (four or [""])[0], (six or [""])[0]
+
+
 @network_app.command("create")
 def network_create(
-    name: Annotated[str, typer.Argument(help="Unique in the project.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Unique in the project.")],
     subnet: Annotated[
-        str,
+        list[str] | None,
         typer.Option(
-            help="IPv4 CIDR (/8 to /29, private, outside the controller's pool); "
-            "default: a /24 of the pool. The IPv6 /64 is chosen for it."
+            "--subnet",
+            help="IPv4 CIDR (/8 to /29, private, outside the controller's pool; default: a /24 "
+            "of the pool) and/or IPv6 CIDR (a /64 of fd00::/8, outside the controller's ULA "
+            "/48; default: a /64 of it); given twice for both.",
         ),
-    ] = "",
+    ] = None,
     egress: Annotated[
         str, typer.Option(help="nat (default: out through the node), deny, or allow-list.")
     ] = "nat",
@@ -37,9 +53,13 @@ def network_create(
         typer.Option("--allow", help="A CIDR machines may reach (egress allow-list); repeatable."),
     ] = None,
 ) -> None:
-    """Make a network (dual-stack); machines join it with hutch run --network NAME."""
+    """Make a network (dual-stack); machines join it with hutch run --network NAME.
+
+    hutch network create back --subnet 192.168.10.0/24 --subnet fd12:3456:789a:1::/64
+    """
+    subnet4, subnet6 = split_subnets(subnet or [])
     with connect() as client:
-        n = client.networks.create(name, subnet, egress, allow or ())
+        n = client.networks.create(name, subnet4, egress, allow or (), subnet6=subnet6)
     progress(f"network {n.name}: {n.subnet4}, {n.subnet6}")
 
 
@@ -79,7 +99,9 @@ def network_rm(ref: NetworkRef) -> None:
 
 
 @sg_app.command("create")
-def sg_create(name: Annotated[str, typer.Argument(help="Unique in the project.")]) -> None:
+def sg_create(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Unique in the project.")],
+) -> None:
     """Make a security group (no rules yet: hutch sg rule add)."""
     with connect() as client:
         g = client.security_groups.create(name)
@@ -132,7 +154,7 @@ def sg_rm(ref: GroupRef) -> None:
 @rule_app.command("add")
 def rule_add(
     ref: GroupRef,
-    direction: Annotated[str, typer.Argument(help="ingress or egress.")],
+    direction: Annotated[str, typer.Argument(metavar="DIRECTION", help="ingress or egress.")],
     protocol: Annotated[str, typer.Option(help="tcp, udp, icmp or any.")] = "any",
     port: Annotated[str, typer.Option(help="PORT or LOW-HIGH (tcp/udp); default: all.")] = "",
     remote: Annotated[
@@ -151,7 +173,8 @@ def rule_add(
 
 @rule_app.command("rm")
 def rule_rm(
-    ref: GroupRef, rule: Annotated[str, typer.Argument(help="The rule's id (hutch sg inspect).")]
+    ref: GroupRef,
+    rule: Annotated[str, typer.Argument(metavar="RULE", help="The rule's id (hutch sg inspect).")],
 ) -> None:
     """Remove a rule."""
     with connect() as client:

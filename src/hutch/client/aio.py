@@ -424,11 +424,18 @@ class AsyncNetworks:
         return await self._c._run(core.network(ref))
 
     async def create(
-        self, name: str, subnet: str = "", egress: str = "nat", egress_allow: Sequence[str] = ()
+        self,
+        name: str,
+        subnet: str = "",
+        egress: str = "nat",
+        egress_allow: Sequence[str] = (),
+        *,
+        subnet6: str = "",
     ) -> NetworkView:
         body = core.build(
-            NetworkCreate, name=name, subnet=subnet, egress=egress, egress_allow=list(egress_allow)
-        )
+            NetworkCreate, name=name, subnet=subnet, subnet6=subnet6, egress=egress,
+            egress_allow=list(egress_allow),
+        )  # fmt: skip
         return await self._c._run(core.create_network(body))
 
     async def delete(self, ref: str) -> None:

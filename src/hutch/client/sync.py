@@ -502,14 +502,22 @@ class Networks:
         return self._c._run(core.network(ref))
 
     def create(
-        self, name: str, subnet: str = "", egress: str = "nat", egress_allow: Sequence[str] = ()
+        self,
+        name: str,
+        subnet: str = "",
+        egress: str = "nat",
+        egress_allow: Sequence[str] = (),
+        *,
+        subnet6: str = "",
     ) -> NetworkView:
-        """A network; `subnet` an IPv4 CIDR of the project's (default: a /24 of the pool);
+        """A network; `subnet` an IPv4 CIDR of the project's (default: a /24 of the pool),
+        `subnet6` an IPv6 /64 of fd00::/8 (default: a /64 of the controller's ULA /48);
         `egress` "nat", "deny" or "allow-list" (the CIDRs in `egress_allow`). Invalid for an
-        overlapping, public or too small subnet."""
+        overlapping, public or too small subnet, or an IPv6 one that is not a unique-local /64."""
         body = core.build(
-            NetworkCreate, name=name, subnet=subnet, egress=egress, egress_allow=list(egress_allow)
-        )
+            NetworkCreate, name=name, subnet=subnet, subnet6=subnet6, egress=egress,
+            egress_allow=list(egress_allow),
+        )  # fmt: skip
         return self._c._run(core.create_network(body))
 
     def delete(self, ref: str) -> None:

@@ -3,10 +3,11 @@ their rules, and the pure arithmetic of address management (no I/O: the store pi
 these functions offer, under its unique constraints).
 
 Every network has a `slot` (1..65535, unique controller-wide): its VNI, and the number of its
-IPv6 /64 inside the controller's ULA /48. A default network also takes a /24 of the IPv4 pool
-(`pool4`, its index there). Inside a network, host number `h` is `subnet4[h]` and
-`subnet6[h]`, and its MAC is `02:SS:SS:HH:HH:HH` (slot, host): unique controller-wide by
-construction, stable while the address is held. Host 1 is the gateway (the node's bridge).
+IPv6 /64 inside the controller's ULA /48 unless the project chose a /64 of its own (outside
+that /48). A default network also takes a /24 of the IPv4 pool (`pool4`, its index there).
+Inside a network, host number `h` is `subnet4[h]` and `subnet6[h]`, and its MAC is
+`02:SS:SS:HH:HH:HH` (slot, host): unique controller-wide by construction, stable while the
+address is held. Host 1 is the gateway (the node's bridge).
 """
 
 import ipaddress
@@ -107,6 +108,8 @@ class Rule:
         high = high or low
         if not (low.isascii() and low.isdigit() and high.isascii() and high.isdigit()):
             raise Invalid(f"ports {text!r} are not PORT or LOW-HIGH")
+        if len(low) > 5 or len(high) > 5 or int(high) > 65535:
+            raise Invalid(f"ports {text!r} are not within 1-65535")
         return int(low), int(high)
 
 
@@ -120,10 +123,20 @@ class SecurityGroup:
 
 
 def parse_cidr(text: str, what: str = "subnet") -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """`text` as a network; Invalid, saying which, for what is not a CIDR and for an address
+    with host bits under its prefix (10.0.0.1/24: the network meant is named)."""
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError:
-        raise Invalid(f"{what} {text!r} is not a CIDR with its host bits zero") from None
+        pass
+    try:
+        meant = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise Invalid(
+            f"{what} {text!r} is not a CIDR (ADDRESS/PREFIX: 192.168.10.0/24, "
+            "fd12:3456:789a:1::/64)"
+        ) from None
+    raise Invalid(f"{what} {text!r} has host bits set: the network is {meant}")
 
 
 def check_egress(egress: str, allow: Sequence[str]) -> None:
@@ -141,7 +154,7 @@ def check_subnet4(text: str, pool: str, others: Iterable[tuple[str, str]]) -> ip
     project's other networks (`others`: (name, subnet4))."""
     net = parse_cidr(text)
     if not isinstance(net, ipaddress.IPv4Network):
-        raise Invalid(f"subnet {text} is not IPv4 (each network gets its IPv6 /64 on its own)")
+        raise Invalid(f"subnet {text} is not IPv4 (an IPv6 /64 goes in subnet6)")
     if net.prefixlen > MAX_PREFIX4:
         raise Invalid(f"subnet {text} is too small: /{MAX_PREFIX4} at least (gateway + 5 hosts)")
     if net.prefixlen < MIN_PREFIX4:
@@ -155,6 +168,36 @@ def check_subnet4(text: str, pool: str, others: Iterable[tuple[str, str]]) -> ip
     for name, other in others:
         if net.overlaps(ipaddress.IPv4Network(other)):
             raise Invalid(f"subnet {text} overlaps network {name}'s {other}")
+    return net
+
+
+ULA = ipaddress.IPv6Network("fd00::/8")  # RFC 4193's locally assigned unique-local addresses
+PREFIX6 = 64
+
+
+def check_subnet6(
+    text: str, ula48: str = "", others: Iterable[tuple[str, str]] = ()
+) -> ipaddress.IPv6Network:
+    """An IPv6 subnet a project asks for: a /64 (host numbers are IPv4's, carried over; SLAAC
+    and most IPv6 tooling assume /64), unique-local (fd00::/8: hutch routes no global prefix
+    to its networks, and a guest must not take someone else's), outside the controller's own
+    ULA /48 (where default /64s come from) and overlapping none of the project's other
+    networks (`others`: (name, subnet6))."""
+    net = parse_cidr(text, "subnet6")
+    if not isinstance(net, ipaddress.IPv6Network):
+        raise Invalid(f"subnet6 {text} is not IPv6 (give the IPv4 subnet as subnet)")
+    if net.prefixlen != PREFIX6:
+        raise Invalid(
+            f"subnet6 {text} is a /{net.prefixlen}: a network's IPv6 subnet is one /{PREFIX6} "
+            "(fdXX:XXXX:XXXX:XXXX::/64)"
+        )
+    if not net.subnet_of(ULA):
+        raise Invalid(f"subnet6 {text} is not unique-local (fd00::/8)")
+    if ula48 and net.overlaps(ipaddress.IPv6Network(ula48)):
+        raise Invalid(f"subnet6 {text} is in the controller's {ula48} (default networks)")
+    for name, other in others:
+        if net.overlaps(ipaddress.IPv6Network(other)):
+            raise Invalid(f"subnet6 {text} overlaps network {name}'s {other}")
     return net
 
 

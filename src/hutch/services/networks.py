@@ -2,11 +2,12 @@
 
 Every project has a network named `default`, made on first use from the controller's pool
 (`network_pool4` cut into `/network_prefix4`s, and a /64 of the ULA /48 chosen once per store).
-A project may make more, with a subnet of its own (private, outside the pool, overlapping none
-of its other networks). A machine joins the networks named at its creation (default: the
-project's default network; `none`: no network), each giving it an address (see
-`store/sql/networks.py`), publishes its ports, and is put in its security groups; all of it
-in the transaction that creates it.
+A project may make more, with subnets of its own (IPv4: private, outside the pool; IPv6: a
+unique-local /64 outside the controller's /48; either overlapping none of its other
+networks). A machine joins the networks named at its creation (default: the project's default
+network; `none`: no network), each giving it an address (see `store/sql/networks.py`),
+publishes its ports, and is put in its security groups; all of it in the transaction that
+creates it.
 """
 
 import builtins
@@ -28,6 +29,7 @@ from hutch.model.addressing import (
     attachment,
     check_egress,
     check_subnet4,
+    check_subnet6,
     lowest_free,
     new_ula48,
     pool_size,
@@ -115,6 +117,7 @@ class Networks:
         name: str,
         *,
         subnet: str = "",
+        subnet6: str = "",
         egress: str = "nat",
         egress_allow: Sequence[str] = (),
     ) -> Network:
@@ -125,11 +128,14 @@ class Networks:
         check_egress(egress, egress_allow)
         if subnet:
             check_subnet4(subnet, self.pool.subnet4, ())  # what needs no store, first
+        if subnet6:
+            check_subnet6(subnet6)
         async with self.store.write() as tx:
             await tx.projects.lock(project.id)  # one project's creates never interleave
             return await self._create(
-                tx, project, name, subnet, egress=egress, egress_allow=tuple(egress_allow)
-            )
+                tx, project, name, subnet, subnet6=subnet6, egress=egress,
+                egress_allow=tuple(egress_allow),
+            )  # fmt: skip
 
     async def _create(
         self,
@@ -138,14 +144,18 @@ class Networks:
         name: str,
         subnet: str,
         *,
+        subnet6: str = "",
         egress: str = "nat",
         egress_allow: tuple[str, ...] = (),
     ) -> Network:
         """In the caller's transaction, which holds the project's lock."""
-        if subnet:
-            others = [(n.name, n.subnet4) for n in await tx.networks.list(project.id)]
-            check_subnet4(subnet, self.pool.subnet4, others)
         ula = await tx.networks.fact(ULA_FACT, new_ula48())
+        if subnet or subnet6:
+            mine = await tx.networks.list(project.id)
+            if subnet:
+                check_subnet4(subnet, self.pool.subnet4, [(n.name, n.subnet4) for n in mine])
+            if subnet6:
+                subnet6 = str(check_subnet6(subnet6, ula, [(n.name, n.subnet6) for n in mine]))
         for _ in range(CREATE_TRIES):
             taken = await tx.networks.slots()
             slot = lowest_free((s for s, _ in taken), 1, MAX_SLOT)
@@ -167,7 +177,7 @@ class Networks:
                 project_id=project.id,
                 name=name,
                 subnet4=subnet4,
-                subnet6=subnet6_of(ula, slot),
+                subnet6=subnet6 or subnet6_of(ula, slot),
                 slot=slot,
                 created_at=time.time(),
                 pool4=pool4,
@@ -265,7 +275,10 @@ class Networks:
         self.policy.require(principal, Action.NETWORK_WRITE, project.id)
         async with self.store.write() as tx:
             group = await _group(tx, project, ref)
-            await tx.security_groups.remove_rule(group.id, rule_id)
+            try:
+                await tx.security_groups.remove_rule(group.id, rule_id)
+            except NotFound:
+                raise NotFound(f"no rule {rule_id!r} in security group {group.name}") from None
             await _bump_group_nodes(tx, [group.id])
             return await tx.security_groups.get(project.id, group.id)
 

@@ -18,6 +18,12 @@ class NetworkCreate(Request):
         description="IPv4 CIDR, /8 to /29, private, outside the controller's pool; "
         "default: a /24 of the pool",
     )
+    subnet6: str = Field(
+        "",
+        max_length=43,
+        description="IPv6 CIDR: a /64 of fd00::/8 (unique-local), outside the controller's "
+        "ULA /48; default: a /64 of that /48",
+    )
     egress: Literal["nat", "deny", "allow-list"] = Field(
         "nat", description="nat: out through the node; deny: nothing out; allow-list: egress_allow"
     )

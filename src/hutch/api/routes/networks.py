@@ -19,10 +19,11 @@ router = APIRouter(tags=["networks"], responses=PROBLEMS)
 
 @router.post("/v1/networks", status_code=status.HTTP_201_CREATED)
 async def create_network(ctl: Ctl, s: Scoped, body: NetworkCreate) -> NetworkView:
-    """A network of the project: dual-stack, its IPv4 subnet given or from the pool."""
+    """A network of the project: dual-stack, its IPv4 subnet given or from the pool, its IPv6
+    /64 given or from the controller's ULA /48."""
     n = await ctl.networks.create(
-        s.caller, s.project, body.name, subnet=body.subnet, egress=body.egress,
-        egress_allow=body.egress_allow,
+        s.caller, s.project, body.name, subnet=body.subnet, subnet6=body.subnet6,
+        egress=body.egress, egress_allow=body.egress_allow,
     )  # fmt: skip
     return convert.network_view(n, s.project.name)
 
