@@ -6,7 +6,7 @@ from the node itself. Quiet, then while the node starts and removes other contai
 hutch instances on the host cannot touch its links and tables. In one run:
   quiet_close_p50_s, quiet_close_max_s, quiet_open_p50_s, quiet_open_max_s
   churn_close_p50_s, churn_close_max_s, churn_open_p50_s, churn_open_max_s
-where close is the start of the first of CLOSED probes in a row unanswered (0.2 s each) after
+where close is the start of the first of CLOSED probes in a row unanswered (0.5 s each) after
 the removal's call began, open the first answer after the addition's call began (the port
 closed for sure before it); churn starts and removes CHURN containers every
 few seconds meanwhile. The last line printed is one JSON object with the figures.
@@ -33,14 +33,14 @@ from bench.up import HUTCH, free_port, hutch_up
 from hutch.images.busybox import build_busybox_rootfs
 
 CHURN = 4  # containers started, then removed, in each churn cycle
-CLOSED = 3  # probes in a row without an answer: the port is closed
+CLOSED = 4  # probes in a row without an answer (0.5 s each): the port is closed
 SERVE = (
     "mkdir -p /tmp/w && echo hello-from-web > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"
 )
 NETNS_ENV = "HUTCH_BENCH_NETNS"
 
 
-def answers(port: int, timeout: float = 0.2) -> bool:
+def answers(port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
@@ -52,8 +52,9 @@ def answers(port: int, timeout: float = 0.2) -> bool:
 
 def until(want: bool, port: int, start: float, limit: float = 60.0) -> float:
     """Seconds from `start` to the beginning of the first probe that finds the port `want`:
-    open at the first answer; closed at the first of CLOSED probes in a row without one (a
-    loaded node's slow answer is not taken for a closed port)."""
+    open at the first answer; closed at the first of CLOSED probes in a row without one (so a
+    loaded node's slow answer is not taken for a closed port: were it, the next addition
+    would seem to take no time)."""
     first: float | None = None
     streak = 0
     while time.monotonic() - start < limit:
