@@ -14,7 +14,7 @@ import pytest
 
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import ProcessSpec, SandboxSpec
-from hutch.network import links
+from hutch.network import links, nft
 from hutch.network.dns import DnsServer, machine_records
 from hutch.network.node import NetworkOptions, NodeNetwork
 from tests.network.topology import (
@@ -118,6 +118,30 @@ def test_published_ports_answer_outside_and_on_the_nodes_loopback(
     assert topo.get(topo.outside, "10.77.7.2", 80) is None  # ...nor with one
     node.unplug("a")
     assert topo.get(topo.outside, NODE_IP, 8080) is None
+
+
+def test_security_groups_guard_published_ports_from_the_node_itself_too(
+    topo: Topology, node: NodeNetwork
+) -> None:
+    """A sandbox in groups gets only what their rules allow, through its published port too,
+    from outside and from the node's own 127.0.0.1 (whose connections are not forwarded: the
+    check where they leave once filtered on the route before the DNAT, lo, and let them all
+    in); a rule removed closes the port to both, a rule added opens it again."""
+    a = node.plug_netns(spec("a", 7, 2, "8080:80"))
+    b = node.plug_netns(spec("b", 7, 3))
+    topo.serve_http(a, "0.0.0.0", 80, "guarded\n")
+    web: dict[str, tuple[nft.Allow, ...]] = {"a": (nft.Allow("tcp", 80, 80, ("0.0.0.0/0",)),)}
+    node.set_ingress(web)
+    assert topo.get(topo.node, "127.0.0.1", 8080) == "guarded\n"
+    assert topo.get(topo.outside, NODE_IP, 8080) == "guarded\n"
+    assert topo.get(b, "10.77.7.2", 80) == "guarded\n"
+    node.set_ingress({"a": ()})  # in a group with no rule: nothing new gets in
+    assert topo.get(topo.node, "127.0.0.1", 8080) is None
+    assert topo.get(topo.outside, NODE_IP, 8080) is None
+    assert topo.get(b, "10.77.7.2", 80) is None
+    node.set_ingress(web)
+    assert topo.get(topo.node, "127.0.0.1", 8080) == "guarded\n"
+    assert topo.get(b, "10.77.7.2", 80) == "guarded\n"
 
 
 def test_a_sandbox_that_changes_its_ip_or_mac_gets_nothing_through(

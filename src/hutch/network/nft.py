@@ -16,7 +16,9 @@ port's own chain holds a constant number of rules.
                    input: from a hutch bridge, only DNS to that bridge's gateway (and NDP) gets in.
                    forward: between hutch bridges nothing; to 127/8, 169.254/16 and the blocked
                    infrastructure addresses nothing; egress per bridge (`iifname vmap @egress`);
-                   to a bridge only replies and published ports.
+                   to a bridge only replies and published ports. Security groups: a
+                   sandbox's `in-PORT` chain, from forward, and from local-out (postrouting)
+                   for the node's own connections.
                    nat: DNAT of published ports (prerouting for other hosts, output for the node
                    itself, 127.0.0.1 included), masquerade of egress and of 127/8 sources.
 """
@@ -353,8 +355,11 @@ def _inet_table(desired: Desired) -> _Table:
         name = t.map(f"ingress{version}", ["ifname", addr_type], "verdict", elems)
         t.rule(fwd, {"vmap": {"key": _concat(oif, _payload(proto, "daddr")), "data": f"@{name}"}})
     # The node's own connections (to a published port on 127.0.0.1, say) are not forwarded:
-    # the same check where they leave, after the output DNAT.
-    out = t.chain("output", "output", prio=0)
+    # the same check where they leave. Not in the output hook: its `oifname` is the route
+    # before the output DNAT (lo, for 127.0.0.1), so no entry ever matched there and the node's
+    # own connections went through whatever the groups said. Postrouting sees the bridge, and
+    # runs (priority 0) before the masquerade of 127/8 sources (100), so rules see 127.0.0.1.
+    out = t.chain("local-out", "postrouting", prio=0)
     for proto, version in (("ip", 4), ("ip6", 6)):
         data = f"@ingress{version}"
         t.rule(out, {"vmap": {"key": _concat(oif, _payload(proto, "daddr")), "data": data}})
