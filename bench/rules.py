@@ -79,9 +79,9 @@ def toggles(client: hutch.Client, port: int, rule: str, runs: int) -> tuple[list
         client.security_groups.remove_rule("web", rule)
         closes.append(until(False, port, start))
         start = time.monotonic()
-        rule = client.security_groups.add_rule("web", "ingress", "tcp", 8080, "0.0.0.0/0").rules[
-            -1
-        ].id
+        rule = (
+            client.security_groups.add_rule("web", "ingress", "tcp", 8080, "0.0.0.0/0").rules[-1].id
+        )
         opens.append(until(True, port, start))
         time.sleep(0.5)
     return closes, opens
@@ -90,10 +90,12 @@ def toggles(client: hutch.Client, port: int, rule: str, runs: int) -> tuple[list
 def churn(url: str, token: str, stop: threading.Event) -> None:
     with hutch.Client(url, token, project="default") as client:
         while not stop.is_set():
+            name = f"c-{uuid.uuid4().hex[:8]}"
             made = [
-                client.machines.create("busybox", ["sleep", "60"], runtime="container",
-                                       name=f"c-{uuid.uuid4().hex[:8]}")  # fmt: skip
-                for _ in range(CHURN)
+                client.machines.create(
+                    "busybox", ["sleep", "60"], runtime="container", name=f"{name}-{i}"
+                )
+                for i in range(CHURN)
             ]
             stop.wait(3.0)
             for m in made:
@@ -129,6 +131,9 @@ def measure(url: str, token: str, runs: int) -> dict[str, float]:
             print(f"{phase}: close median {statistics.median(closes):.3f} s, max "
                   f"{max(closes):.3f} s; open median {statistics.median(opens):.3f} s, max "
                   f"{max(opens):.3f} s", file=sys.stderr)  # fmt: skip
+        # Sandboxes outlive `hutch up` (a restarted agent adopts them): none is left behind.
+        client.machines.delete("web", force=True)
+        client.machines.wait("web", "destroyed", timeout=60)
     return figures
 
 
@@ -140,7 +145,8 @@ def in_own_netns() -> None:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         # nsenter, not `ip netns exec`: that mounts a fresh /sys, hiding the cgroup hierarchies.
         argv = ["nsenter", f"--net=/var/run/netns/{name}", sys.executable, "-m", "bench.rules"]
-        rc = subprocess.run([*argv, *sys.argv[1:]], env={**os.environ, NETNS_ENV: name}).returncode
+        env = {**os.environ, NETNS_ENV: name}
+        rc = subprocess.run([*argv, *sys.argv[1:]], env=env, check=False).returncode
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
     sys.exit(rc)
