@@ -34,6 +34,8 @@ from hutch.images.busybox import build_busybox_rootfs
 
 CHURN = 4  # containers started, then removed, in each churn cycle
 CLOSED = 4  # probes in a row without an answer (0.5 s each): the port is closed
+CLOSED_PROBE = 0.5  # seconds a probe waits for an answer while the port should close
+OPEN_PROBE = 0.1  # and while it should open
 SERVE = (
     "mkdir -p /tmp/w && echo hello-from-web > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"
 )
@@ -59,7 +61,9 @@ def until(want: bool, port: int, start: float, limit: float = 60.0) -> float:
     streak = 0
     while time.monotonic() - start < limit:
         probe = time.monotonic()
-        if answers(port) == want:
+        # Waiting for it to open, short probes: a SYN dropped just before the change is only
+        # sent again after a second, so one long probe would measure its own timeout.
+        if answers(port, OPEN_PROBE if want else CLOSED_PROBE) == want:
             first = probe if streak == 0 else first
             streak += 1
             if want or streak == CLOSED:
