@@ -316,26 +316,26 @@ async def test_a_rule_change_is_applied_while_a_round_waits(
         await answered.wait()
         await report(node_id, machine_id, body)
 
-    applied: list[dict[str, tuple[nft.Allow, ...]]] = []
-    set_ingress = node.agent.network.set_ingress
+    applied: list[dict[str, nft.Groups]] = []
+    set_groups = node.agent.network.set_groups
 
-    def recorded(ingress: dict[str, tuple[nft.Allow, ...]]) -> bool:
-        applied.append(ingress)
-        return set_ingress(ingress)
+    def recorded(groups: dict[str, nft.Groups]) -> bool:
+        applied.append(groups)
+        return set_groups(groups)
 
     monkeypatch.setattr(node.agent.link, "report", slow_report)
-    monkeypatch.setattr(node.agent.network, "set_ingress", recorded)
+    monkeypatch.setattr(node.agent.network, "set_groups", recorded)
     run = asyncio.create_task(node.agent.run())
     try:
         await asyncio.wait_for(reporting.wait(), 30)
-        assert [a.port_min for a in applied[-1][sandbox]] == [80]
+        assert [a.port_min for a in applied[-1][sandbox].ingress] == [80]
         r = await node.api.call("DELETE", f"/v1/security-groups/web/rules/{rule}", node.token)
         assert r.status_code == 200, r.text
         for _ in range(300):  # generous: the poll wakes at once; the round still waits
-            if applied[-1].get(sandbox) == ():
+            if applied[-1][sandbox].ingress == ():
                 break
             await asyncio.sleep(0.1)
-        assert applied[-1].get(sandbox) == (), "the rule change waited for the round"
+        assert applied[-1][sandbox].ingress == (), "the rule change waited for the round"
         assert (await node.get(m["id"]))["state"] == "created"  # the report is still held
         answered.set()
         await eventually(node, m["id"], state="running")

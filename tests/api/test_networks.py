@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
+from hutch.agent.node import group_rules
+from hutch.network.nft import Allow
 from hutch.services import nodes as nodes_service
+from hutch.wire.nodes import Assignments
 from tests.helpers.api import Api, close_api, open_api
 
 
@@ -355,6 +358,40 @@ async def test_what_a_node_must_see_ends_its_long_poll_at_once(
     assert (await api.placed(token, "db"))["node"] == there["node_id"]
     answer = (await asyncio.wait_for(poll, 30)).json()
     assert "db" in {p["name"] for p in answer["peers"]}
+
+
+async def test_a_remote_group_allows_its_members_on_other_nodes_too(api: Api) -> None:
+    await api.call("POST", "/v1/nodes/sim-1/cordon")
+    x = await api.join("node-x", address="http://192.0.2.7:7443")
+    token = await api.token("alpha", "member")
+    await api.call("POST", "/v1/security-groups", token, json={"name": "web"})
+    await api.call("POST", "/v1/security-groups", token, json={
+        "name": "db", "rules": [
+            {"direction": "ingress", "protocol": "tcp", "port_min": 5432, "port_max": 5432,
+             "remote_group": "web"},
+            {"direction": "egress", "protocol": "udp", "port_min": 123, "port_max": 123,
+             "remote_cidr": "192.0.2.0/24"}]})  # fmt: skip
+    await api.machine(token, name="db", security_groups=["db"])
+    await api.machine(token, name="near", security_groups=["web"])
+    db, near = await api.placed(token, "db"), await api.placed(token, "near")
+    await api.call("POST", "/v1/nodes/node-x/cordon")
+    y = await api.join("node-y", address="http://192.0.2.8:7443")
+    await api.machine(token, name="far", security_groups=["web"])
+    far = await api.placed(token, "far")
+    nodes = (db["node"], near["node"], far["node"])
+    assert nodes == (x["node_id"], x["node_id"], y["node_id"])
+    # What node x's agent enforces for db: web's machines on x and on y, by both families.
+    told = Assignments.model_validate(await node_assignments(api, x))
+    (sandbox,) = [a.sandbox for a in told.machines if a.hostname == "db"]
+    rules = group_rules(told.machines, told.groups)[sandbox]
+    (ingress,) = rules.ingress
+    for m in (near, far):
+        nic = m["addresses"][0]
+        assert {f"{nic['ip4']}/32", f"{nic['ip6']}/128"} <= set(ingress.remotes), m["name"]
+    assert rules.egress == (Allow("udp", 123, 123, ("192.0.2.0/24",)),)
+    # near is in a group without egress rules: it sends as its network lets it.
+    (near_sandbox,) = [a.sandbox for a in told.machines if a.hostname == "near"]
+    assert group_rules(told.machines, told.groups)[near_sandbox].egress is None
 
 
 async def test_a_lost_machines_address_waits_for_its_node_to_come_back(api: Api) -> None:

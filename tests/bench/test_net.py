@@ -1,5 +1,6 @@
 """bench/net.py's smoke run (`--quick`, about half a minute): it measures every path it claims
-to and leaves no namespace, mount or QEMU behind. No figure is asserted (benchmarks judge speed)."""
+to and leaves no namespace, mount, cgroup or QEMU behind. No figure is asserted (benchmarks
+judge speed)."""
 
 import json
 import subprocess
@@ -12,13 +13,15 @@ pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).parents[2]
 
 
-def leftovers() -> tuple[list[str], list[str]]:
+def leftovers() -> tuple[list[str], list[str], list[str]]:
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     names = namespaces.stdout
     mounts = Path("/proc/self/mountinfo").read_text()
     return (
         sorted(line for line in names.splitlines() if line.startswith("hbn")),
         sorted(line for line in mounts.splitlines() if "/hbn" in line),
+        # the run's cgroup parent (hutch's and the bare QEMUs' groups)
+        sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/hutch-bench-*")),
     )
 
 
@@ -34,8 +37,12 @@ def test_the_quick_run_measures_everything_and_cleans_up() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("same_node_ratio", "published_rtt_ratio", "rule_apply_p99_s",
-                "rules_1000_vs_10_ratio", "cross_node_bare_mbps"):  # fmt: skip
+    for key in ("same_node_ratio", "cross_node_ratio", "published_rtt_ratio", "rule_apply_p99_s",
+                "rules_1000_vs_10_ratio", "same_node_paired_ratio", "cross_node_paired_ratio",
+                "cross_node_hutch_mbps", "cross_node_bare_mbps"):  # fmt: skip
         assert isinstance(figures[key], float) and figures[key] > 0, key
-    assert figures["cross_node_ratio"] is None  # hutch.network has no VXLAN yet
+    # each variant ran as often as the other (they alternate)
+    for case in ("same_node", "cross_node"):
+        runs = figures[f"{case}_hutch_mbps_runs"], figures[f"{case}_bare_mbps_runs"]
+        assert len(runs[0]) == len(runs[1]) == figures["runs"], case
     assert leftovers() == before

@@ -272,6 +272,53 @@ def test_security_group_rules_apply_to_running_machines(controller: Controller) 
     run("rm", "-f", "web", "open", "probe")
 
 
+def _gets(run: Run, machine: str, ip: str, port: int) -> bool:
+    """Whether `machine` gets the web page at http://IP:PORT/ (nc's timeout: 3 s). An exec
+    that did not run the probe to its end (a loaded node) is tried again: only nc's own
+    answer counts, either way."""
+    get = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}; echo probed"
+    for _ in range(5):
+        out = run("exec", machine, "--", "sh", "-c", get).stdout
+        if "probed" in out:
+            return "hello-from-web" in out
+    raise AssertionError(f"exec in {machine} never ran its probe to the end")
+
+
+def test_egress_rules_let_out_only_what_they_allow(controller: Controller) -> None:
+    project = new_project(controller)
+    run = _runner(controller, project)
+    serve = SERVE.replace("exec", "httpd -p 8081 -h /tmp/w && exec")  # 8080 and 8081
+    assert run("run", "-d", *C, "--name", "web", "busybox", "--", "sh", "-c", serve).returncode == 0
+    subnet = json.loads(run("network", "inspect", "default").stdout)["subnet4"]
+    assert run("sg", "create", "out").returncode == 0
+    added = run("sg", "rule", "add", "out", "egress", "--protocol", "tcp", "--port", "8080",
+                "--remote", subnet)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    for name, extra in (("probe", ("--sg", "out")), ("free", ())):
+        r = run("run", "-d", *C, "--name", name, *extra, "busybox", "--", "sleep", "300")
+        assert r.returncode == 0, r.stderr
+    ip = json.loads(run("inspect", "web").stdout)["addresses"][0]["ip4"]
+    # The machine in no group reaches both ports (polled: the server may not listen yet)...
+    assert _until(partial(_gets, run, "free", ip, 8080), deadline=60.0), (
+        run("ps", "-a").stdout, run("logs", "web").stdout, run("exec", "free", "--", "sh", "-c",
+        f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 8080; echo probed $?"),
+    )  # fmt: skip
+    assert _until(partial(_gets, run, "free", ip, 8081))
+    # ...the one whose group lets tcp 8080 out reaches 8080, by name too (DNS to its gateway
+    # is always allowed), and not 8081.
+    by_name = f"web.{project}.internal"
+    assert _until(lambda: "hello-from-web" in _fetch(run, "probe", by_name).stdout), (
+        _fetch(run, "probe", by_name),
+        run("exec", "probe", "--", "nslookup", by_name),
+    )
+    assert not _gets(run, "probe", ip, 8081)
+    assert _gets(run, "probe", ip, 8080)
+    # The rule gone, its group has no egress rule: it sends as the machine in no group does.
+    assert run("sg", "rule", "rm", "out", added.stdout.strip()).returncode == 0
+    assert _until(partial(_gets, run, "probe", ip, 8081))
+    run("rm", "-f", "web", "probe", "free")
+
+
 def test_a_second_subnet_is_the_networks_ipv6_64(hutch: Run) -> None:
     made = hutch("network", "create", "back", "--subnet", "fd12:3456:789a:1::/64",
                  "--subnet", "192.168.79.0/24")  # fmt: skip

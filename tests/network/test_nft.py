@@ -2,9 +2,11 @@
 
 import json
 import subprocess
+from dataclasses import replace
+from typing import Any
 
 from hutch.network import nft
-from hutch.network.nft import Bridge, Desired, Port, Published
+from hutch.network.nft import Allow, Bridge, Desired, Overlay, Port, Published
 
 DESIRED = Desired(
     bridges=(
@@ -85,3 +87,95 @@ def test_nft_applies_it_atomically_again_and_again_and_removes_only_its_tables()
     assert "tcp . 8080 : 10.96.3.5" in applied
     assert "hutch" not in removed
     assert "table inet other" in removed
+
+
+def rules_of(batch: list[dict[str, Any]], chain: str) -> list[list[dict[str, Any]]]:
+    return [
+        c["add"]["rule"]["expr"]
+        for c in batch
+        if "rule" in c.get("add", {})
+        and c["add"]["rule"]["family"] == "inet"
+        and c["add"]["rule"]["chain"] == chain
+    ]
+
+
+def inet_maps(batch: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        o["name"]: o
+        for c in batch
+        for kind in ("map", "set")
+        if (o := c.get("add", {}).get(kind)) is not None and o["family"] == "inet"
+    }
+
+
+GUARDED = Desired(
+    bridges=DESIRED.bridges,
+    ports=(
+        Port("ht-a", "hn-7", "02:00:00:00:00:05", "10.96.3.5", "fd00::5",
+             ingress=(Allow("tcp", 80, 80, ("0.0.0.0/0",)),),
+             egress=(Allow("tcp", 8080, 8080, ("10.96.3.0/24", "fd00::/64")),)),
+        Port("ht-b", "hn-7", "02:00:00:00:00:06", "10.96.3.6", "fd00::6",
+             ingress=(Allow("tcp", 22, 22, ("10.0.0.0/8",)),)),
+        Port("ht-c", "hn-7", "02:00:00:00:00:07", "10.96.3.7", "fd00::7"),
+    ),
+)  # fmt: skip
+
+
+def test_egress_rules_are_a_chain_per_port_reached_by_bridge_and_source_address() -> None:
+    batch = nft.ruleset(GUARDED)["nftables"]
+    maps = inet_maps(batch)
+    # Only the port whose groups have egress rules is in the egress maps: b (ingress rules
+    # only) and c (no group) send as their network lets them.
+    assert maps["egress4"]["elem"] == [
+        [{"concat": ["hn-7", "10.96.3.5"]}, {"jump": {"target": "out-ht-a"}}]
+    ]
+    assert maps["egress6"]["elem"] == [
+        [{"concat": ["hn-7", "fd00::5"]}, {"jump": {"target": "out-ht-a"}}]
+    ]
+    assert [e[0]["concat"][1] for e in maps["ingress4"]["elem"]] == ["10.96.3.5", "10.96.3.6"]
+    forward = rules_of(batch, "forward")
+    lookups = [r[0]["vmap"] for r in forward if "vmap" in r[0]]
+    # ingress (by destination), then egress (by source), both before the network's own checks
+    assert [(v["data"], v["key"]["concat"][1]["payload"]["field"]) for v in lookups[:4]] == [
+        ("@ingress4", "daddr"), ("@ingress6", "daddr"),
+        ("@egress4", "saddr"), ("@egress6", "saddr"),
+    ]  # fmt: skip
+    out = rules_of(batch, "out-ht-a")
+    assert out[0][0]["match"]["right"] == ["established", "related"]  # replies leave
+    allowed = [r for r in out if r[-1] == {"return": None} and len(r) == 4]
+    assert [r[0]["match"]["left"]["payload"] for r in allowed] == [
+        {"protocol": "ip", "field": "daddr"}, {"protocol": "ip6", "field": "daddr"},
+    ]  # fmt: skip
+    assert all(r[2]["match"]["right"] == 8080 for r in allowed)
+    assert out[-1] == [{"drop": None}]
+    # ingress chains match the source
+    assert rules_of(batch, "in-ht-b")[2][0]["match"]["left"]["payload"]["field"] == "saddr"
+
+
+def test_vxlan_is_taken_from_peer_nodes_only() -> None:
+    overlay = Overlay(vnis=(8, 7), peers=("192.0.2.2", "2001:db8::2", "192.0.2.3"))
+    batch = nft.ruleset(replace(DESIRED, overlay=overlay))["nftables"]
+    (jump,) = [
+        r for r in rules_of(batch, "input") if r[-1] == {"jump": {"target": "from-underlay"}}
+    ]
+    assert jump[1]["match"]["right"] == 4789
+    assert jump[2]["match"]["right"] == {"set": [7, 8]}  # the hosted networks' VNIs only
+    sets = inet_maps(batch)
+    assert sets["underlay_peers4"]["elem"] == ["192.0.2.2", "192.0.2.3"]
+    assert sets["underlay_peers6"]["elem"] == ["2001:db8::2"]
+    assert rules_of(batch, "from-underlay")[-1] == [{"drop": None}]
+    # No overlay, no rule: UDP 4789 that is not hutch's is not hutch's business.
+    assert "from-underlay" not in json.dumps(nft.ruleset(DESIRED))
+
+
+def test_nft_takes_the_groups_and_the_overlay() -> None:
+    overlay = Overlay(vnis=(7,), peers=("192.0.2.2",))
+    batch = json.dumps(nft.ruleset(replace(GUARDED, overlay=overlay)))
+    empty = json.dumps(nft.ruleset(replace(GUARDED, overlay=Overlay(vnis=(7,)))))
+    out = nft_in_fresh_netns(
+        f"echo '{empty}' | nft -j -f - && echo '{batch}' | nft -j -f - && nft list table inet hutch"
+    )
+    assert "iifname . ip saddr vmap @egress4" in out
+    assert "chain out-ht-a {" in out and "ip daddr 10.96.3.0/24 tcp dport 8080 return" in out
+    assert "udp dport 4789 @th,96,24 0x7 jump from-underlay" in out
+    assert "ip saddr @underlay_peers4 accept" in out

@@ -16,6 +16,7 @@ from hutch.model.network import PortMapping
 from hutch.model.sandbox import ProcessSpec, SandboxSpec
 from hutch.network import links, nft
 from hutch.network.dns import DnsServer, machine_records
+from hutch.network.nft import Allow, Groups
 from hutch.network.node import NetworkOptions, NodeNetwork
 from tests.network.topology import (
     BUSYBOX,
@@ -130,16 +131,16 @@ def test_security_groups_guard_published_ports_from_the_node_itself_too(
     a = node.plug_netns(spec("a", 7, 2, "8080:80"))
     b = node.plug_netns(spec("b", 7, 3))
     topo.serve_http(a, "0.0.0.0", 80, "guarded\n")
-    web: dict[str, tuple[nft.Allow, ...]] = {"a": (nft.Allow("tcp", 80, 80, ("0.0.0.0/0",)),)}
-    node.set_ingress(web)
+    web = {"a": nft.Groups(ingress=(nft.Allow("tcp", 80, 80, ("0.0.0.0/0",)),))}
+    node.set_groups(web)
     assert topo.get(topo.node, "127.0.0.1", 8080) == "guarded\n"
     assert topo.get(topo.outside, NODE_IP, 8080) == "guarded\n"
     assert topo.get(b, "10.77.7.2", 80) == "guarded\n"
-    node.set_ingress({"a": ()})  # in a group with no rule: nothing new gets in
+    node.set_groups({"a": nft.Groups()})  # in a group with no rule: nothing new gets in
     assert topo.get(topo.node, "127.0.0.1", 8080) is None
     assert topo.get(topo.outside, NODE_IP, 8080) is None
     assert topo.get(b, "10.77.7.2", 80) is None
-    node.set_ingress(web)
+    node.set_groups(web)
     assert topo.get(topo.node, "127.0.0.1", 8080) == "guarded\n"
     assert topo.get(b, "10.77.7.2", 80) == "guarded\n"
 
@@ -326,3 +327,44 @@ def test_dns_answers_a_networks_names_on_its_gateway_only(
     finally:
         node.reconcile([])
     assert ":53" not in topo.run(topo.node, "ss", "-Hluntp").stdout
+
+
+def test_egress_rules_let_out_only_what_they_allow(topo: Topology, node: NodeNetwork) -> None:
+    a = node.plug_netns(spec("a", 7, 2))  # the probe, whose groups change below
+    b = node.plug_netns(spec("b", 7, 3))  # in no group
+    for port in (8080, 8081):
+        topo.serve_http(b, "0.0.0.0", port, f"{port}\n")
+    topo.serve_http(a, "0.0.0.0", 8000, "a\n")
+    topo.serve_http(topo.outside, "0.0.0.0", 80, "outside\n")
+    network = ("10.77.7.0/24", "fd77:0:0:7::/64")
+    ingress = (Allow("tcp", 8000, 8000, network),)
+
+    def reaches() -> tuple[bool, bool, bool, bool]:
+        """a -> b:8080, a -> b:8081, a -> the world, a -> b by ICMP."""
+        return (
+            topo.get(a, "10.77.7.3", 8080) == "8080\n",
+            topo.get(a, "10.77.7.3", 8081) == "8081\n",
+            topo.get(a, OUTSIDE_IP, 80) == "outside\n",
+            topo.ping(a, "10.77.7.3"),
+        )
+
+    assert reaches() == (True, True, True, True)  # in no group
+    node.set_groups({"a": Groups(ingress)})  # groups without egress rules: egress unchanged
+    assert reaches() == (True, True, True, True)
+    # An egress rule: tcp 8080 to its network. Nothing else leaves it, not even to its own
+    # network's machines or by ICMP...
+    node.set_groups({"a": Groups(ingress, (Allow("tcp", 8080, 8080, network),))})
+    assert reaches() == (True, False, False, False)
+    # ...but replies to what its ingress rules let in do (b is in no group: it sends freely).
+    assert topo.get(b, "10.77.7.2", 8000) == "a\n"
+    assert topo.ping(b, "10.77.7.2") is False  # ingress: tcp 8000 only
+    # A rule to the world on its network's NAT: out there too; an egress rule narrows the
+    # network's egress policy, it never widens it (see test_egress_by_nat_but_not_to_169_254).
+    world = Allow("tcp", 80, 80, ("0.0.0.0/0",))
+    node.set_groups({"a": Groups(ingress, (Allow("tcp", 8080, 8080, network), world))})
+    assert reaches() == (True, False, True, False)
+    assert topo.get(a, METADATA_IP, 80) is None
+    # b, in no group, was never limited; a out of its groups: everything again.
+    assert topo.get(b, "10.77.7.2", 8000) == "a\n"
+    node.set_groups({})
+    assert reaches() == (True, True, True, True)

@@ -2,6 +2,10 @@
 "node" and "outside" namespaces, joined by a veth pair that stands in for the underlay), network
 namespaces standing in for sandboxes, the peer list as the controller would send it."""
 
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import pytest
 from hutch.model.sandbox import ProcessSpec, SandboxSpec
 from hutch.network import links
 from hutch.network.node import NetworkOptions, NodeNetwork, Peer
-from tests.network.topology import NODE_IP, OUTSIDE_IP, Topology, attachment, topology
+from tests.network.topology import NODE_IP, OUTSIDE_IP, Topology, attachment, sh, topology
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -165,3 +169,111 @@ def test_reconcile_keeps_what_is_needed_once_and_only_hutchs(
     assert "hx-63" not in shown and "hx-64" in shown
     assert topo.ping(a, "10.77.7.3")
     topo.run(topo.node, "ip", "link", "del", "hx-64")
+
+
+# VXLAN packets as anyone on the underlay (or a hostile sandbox) could send them: flags and VNI
+# around an Ethernet frame to `dmac` carrying IPv4/UDP `src`:9999 -> `dst`:`dport` with `text`
+# (a valid header: br_netfilter drops bad checksums), `count` times.
+VXLAN_SEND = r"""
+import socket, struct, sys
+to, vni, count, dmac, smac, src, dst, dport, text = sys.argv[1:10]
+udp = struct.pack("!HHHH", 9999, int(dport), 8 + len(text), 0) + text.encode()
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+words = sum(struct.unpack("!10H", ip))
+while words >> 16:
+    words = (words & 0xFFFF) + (words >> 16)
+ip = ip[:10] + struct.pack("!H", ~words & 0xFFFF) + ip[12:]
+eth = bytes.fromhex(dmac.replace(":", "")) + bytes.fromhex(smac.replace(":", "")) + b"\x08\x00"
+packet = struct.pack("!II", 0x08000000, int(vni) << 8) + eth + ip + udp
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(count)):
+    s.sendto(packet, (to, 4789))
+"""
+ROGUE_IP, ROGUE_GW = "198.51.100.2", "198.51.100.1"
+
+
+def rx_packets(topo: Topology, netns: Path) -> int:
+    stats = json.loads(topo.run(netns, "ip", "-j", "-s", "link", "show", "eth0").stdout)
+    return int(stats[0]["stats64"]["rx"]["packets"])
+
+
+def test_vxlan_is_taken_from_peer_nodes_only(
+    topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
+) -> None:
+    node_a, node_b = nodes
+    sa, sb = spec("a", 7, 2), spec("b", 7, 3)
+    a = node_a.plug_netns(sa)
+    node_b.plug_netns(sb)
+    peers = [peer(sa, NODE_IP), peer(sb, OUTSIDE_IP)]
+    node_a.set_peers(peers)
+    node_b.set_peers(peers)
+    # A third host on node A's underlay (a namespace of its own, on a link of its own).
+    rogue = f"{topo.node}r"
+    sh("ip", "netns", "add", rogue)
+    try:
+        sh("ip", "-n", topo.node, "link", "add", "rg0", "type", "veth", "peer", "name", "rg1",
+           "netns", rogue)  # fmt: skip
+        sh("ip", "-n", topo.node, "addr", "add", f"{ROGUE_GW}/24", "dev", "rg0")
+        sh("ip", "-n", topo.node, "link", "set", "rg0", "up")
+        sh("ip", "-n", rogue, "addr", "add", f"{ROGUE_IP}/24", "dev", "rg1")
+        sh("ip", "-n", rogue, "link", "set", "rg1", "up")
+        sh("ip", "-n", rogue, "route", "add", "default", "via", ROGUE_GW)
+        frames = (sa.networks[0].mac, sb.networks[0].mac, "10.77.7.3", "10.77.7.2", "9", "x" * 16)
+
+        def delivered(sender: str, to: str) -> int:
+            """How many of 100 VXLAN packets from `sender` to node A at `to` reach a."""
+            before = rx_packets(topo, a)
+            sent = topo.run(sender, sys.executable, "-c", VXLAN_SEND, to, "7", "100", *frames)
+            assert sent.returncode == 0, sent.stderr
+            return rx_packets(topo, a) - before
+
+        # The peer node's packets get through (the same frames, the same VNI)...
+        assert delivered(topo.outside, NODE_IP) >= 100
+        assert topo.ping(a, "10.77.7.3")
+        # ...anyone else's do not, to any of node A's addresses.
+        assert delivered(rogue, NODE_IP) < 10
+        assert delivered(rogue, ROGUE_GW) < 10
+        # A node that no longer hosts the network is no longer a peer.
+        node_a.set_peers([peer(sa, NODE_IP)])
+        assert delivered(topo.outside, NODE_IP) < 10
+    finally:
+        subprocess.run(["ip", "netns", "del", rogue], check=False, capture_output=True)
+
+
+RECEIVE = (
+    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', 9000))\n"
+    "s.settimeout(5)\n"
+    "while True:\n    print(s.recv(100).decode(), flush=True)"
+)
+
+
+def test_a_sandbox_cannot_speak_vxlan_to_another_node(
+    topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
+) -> None:
+    """Through its node's NAT, a sandbox's packet to another node's UDP 4789 would arrive from a
+    peer's address, and VXLAN checks nothing but the VNI: the frame inside would be delivered
+    into that network. Its node drops it; the same packet from the node itself gets through."""
+    node_a, node_b = nodes
+    sa, sb, sc = spec("a", 7, 2), spec("b", 7, 3), spec("c", 8, 2)
+    node_a.plug_netns(sa)
+    c = node_a.plug_netns(sc)  # another network's sandbox on node A, with NAT egress
+    b = node_b.plug_netns(sb)
+    peers = [peer(sa, NODE_IP), peer(sb, OUTSIDE_IP), peer(sc, NODE_IP)]
+    node_a.set_peers(peers)
+    node_b.set_peers(peers)
+    mac_a, mac_b = sa.networks[0].mac, sb.networks[0].mac
+    receiver = subprocess.Popen(["nsenter", f"--net={b}", sys.executable, "-c", RECEIVE],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        args = (OUTSIDE_IP, "7", "1", mac_b, mac_a, "10.77.7.2", "10.77.7.3", "9000")
+        for _ in range(3):
+            assert topo.ok(c, sys.executable, "-c", VXLAN_SEND, *args, "from-sandbox")
+        assert topo.ok(topo.node, sys.executable, "-c", VXLAN_SEND, *args, "from-node")
+        out, _ = receiver.communicate(timeout=15)
+    finally:
+        receiver.kill()
+        receiver.wait()
+    assert "from-node" in out  # the probe works...
+    assert "from-sandbox" not in out  # ...and the sandbox's does not get there

@@ -79,22 +79,23 @@ def _hosts_of(*urls: str) -> list[str]:
     return out
 
 
-def ingress_rules(
-    machines: list[Assignment], groups: list[GroupRules]
-) -> dict[str, tuple[nft.Allow, ...]]:
-    """Sandbox id -> the ingress rules of its security groups (sandboxes in no group, or with
-    no network, are left out: their network's machines reach them freely). A rule whose remote
-    is a group allows that group's machines' addresses."""
+def group_rules(machines: list[Assignment], groups: list[GroupRules]) -> dict[str, nft.Groups]:
+    """Sandbox id -> its security groups' rules (sandboxes in no group, or with no network,
+    are left out: their network's machines reach them freely, and they send as their network
+    lets them). Egress rules are enforced only if one of its groups has one: a sandbox whose
+    groups have none sends as one in no group. A rule whose remote is a group allows that
+    group's machines' addresses, wherever they run: the controller sends every member's
+    (`GroupRules.members`), not only those of this node's machines."""
     by_id = {g.id: g for g in groups}
-    out: dict[str, tuple[nft.Allow, ...]] = {}
+    out: dict[str, nft.Groups] = {}
     for a in machines:
         if not a.security_groups or not a.networks:
             continue
-        allows: list[nft.Allow] = []
+        allows: dict[str, list[nft.Allow]] = {"ingress": [], "egress": []}
         for group_id in a.security_groups:
             group = by_id.get(group_id)
             for rule in group.rules if group else []:
-                if rule.direction != "ingress":
+                if rule.direction not in allows:
                     continue
                 if rule.remote_group:
                     remote = by_id.get(rule.remote_group)
@@ -102,8 +103,11 @@ def ingress_rules(
                     remotes = tuple(f"{m}/{32 if '.' in m else 128}" for m in members)
                 else:
                     remotes = (rule.remote_cidr,) if rule.remote_cidr else ()
-                allows.append(nft.Allow(rule.protocol, rule.port_min, rule.port_max, remotes))
-        out[a.sandbox] = tuple(dict.fromkeys(allows))
+                allow = nft.Allow(rule.protocol, rule.port_min, rule.port_max, remotes)
+                allows[rule.direction].append(allow)
+        ingress = tuple(dict.fromkeys(allows["ingress"]))
+        egress = tuple(dict.fromkeys(allows["egress"])) or None
+        out[a.sandbox] = nft.Groups(ingress, egress)
     return out
 
 
@@ -328,13 +332,13 @@ class NodeAgent:
         self.dns.sync(dns.zones(answer.peers))
 
     async def update_groups(self, answer: Assignments) -> None:
-        """Each sandbox's security groups, as ingress rules on its ports: applied before the
-        round starts anything (a new sandbox is plugged with them), and to running sandboxes as
-        soon as a group's rules change (the controller bumps this node's revision, which ends
-        the long poll)."""
-        ingress = ingress_rules(answer.machines, answer.groups)
+        """Each sandbox's security groups, as ingress and egress rules on its ports: applied
+        before the round starts anything (a new sandbox is plugged with them), and to running
+        sandboxes as soon as a group's rules change (the controller bumps this node's revision,
+        which ends the long poll)."""
+        rules = group_rules(answer.machines, answer.groups)
         try:
-            await self._in_net_thread(self.network.set_ingress, ingress)
+            await self._in_net_thread(self.network.set_groups, rules)
         except HutchError as e:
             log.warning("security groups could not be applied: %s", e.message)
         except Exception:  # the round goes on; the next answer retries

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 from hutch.cli.main import CLI_WORDS
+from hutch.cli.options import EnvOpt
 from hutch.cli.remote import (
     OutputOpt,
     ago,
@@ -121,9 +122,7 @@ def run(
         ),
     ] = False,
     name: Annotated[str | None, typer.Option(help="A name, unique in the project.")] = None,
-    env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
-    ] = None,
+    env: EnvOpt = None,
     cpus: Annotated[int | None, typer.Option(help="vCPUs (default 1).")] = None,
     memory: Annotated[
         str | None, typer.Option("--memory", "-m", help="RAM, e.g. 256M or 1G (default 128M).")
@@ -481,9 +480,7 @@ def exec_(
             "--tty", "-t", help="Give the command a terminal (with -i: type into it, e.g. a shell)."
         ),
     ] = False,
-    env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
-    ] = None,
+    env: EnvOpt = None,
     workdir: Annotated[
         str, typer.Option("--workdir", "-w", help="Working directory (default: the machine's).")
     ] = "",

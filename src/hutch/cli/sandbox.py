@@ -13,6 +13,7 @@ from hutch import config
 from hutch.agent.images import roots_for
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
+from hutch.cli.options import EnvOpt
 from hutch.model.errors import Invalid
 from hutch.model.sandbox import Resources, SandboxState, Stream
 from hutch.model.units import parse_mib
@@ -55,9 +56,7 @@ def run(
     scratch: Annotated[
         str, typer.Option(help="Writable space over the root (0 = half the memory).")
     ] = "0",
-    env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
-    ] = None,
+    env: EnvOpt = None,
     workdir: Annotated[str, typer.Option("--workdir", "-w", help="Working directory inside.")] = "",
     user: Annotated[
         str, typer.Option("--user", "-u", help="USER[:GROUP] or UID[:GID] inside.")

@@ -27,7 +27,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from hutch.model.errors import Unavailable
 from hutch.model.network import Attachment
-from hutch.network.nft import BRIDGE_PREFIX
+from hutch.network.nft import BRIDGE_PREFIX, VXLAN_PORT
 
 ALIAS = "hutch"
 TAP_PREFIX = "ht-"
@@ -35,7 +35,6 @@ VETH_PREFIX = "hv-"
 PEER_PREFIX = "hp-"  # the container end of a veth pair, until it is eth0 in its namespace
 VXLAN_PREFIX = "hx-"
 PREFIXES = (BRIDGE_PREFIX, TAP_PREFIX, VETH_PREFIX, PEER_PREFIX, VXLAN_PREFIX)
-VXLAN_PORT = 4789
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF, NTF_MASTER = 0x02, 0x04
 TUNSETIFF = 0x400454CA

@@ -13,12 +13,16 @@ port's own chain holds a constant number of rules.
                    router advertisements); a frame from a port with no chain is dropped.
                    forward: `oifname vmap @ingress`, one chain per port (security groups).
     inet hutch     prerouting (raw): from a hutch bridge, 127/8 and ::1 are dropped either way.
-                   input: from a hutch bridge, only DNS to that bridge's gateway (and NDP) gets in.
-                   forward: between hutch bridges nothing; to 127/8, 169.254/16 and the blocked
-                   infrastructure addresses nothing; egress per bridge (`iifname vmap @egress`);
-                   to a bridge only replies and published ports. Security groups: a
-                   sandbox's `in-PORT` chain, from forward, and from local-out (postrouting)
-                   for the node's own connections.
+                   input: from a hutch bridge, only DNS to that bridge's gateway (and NDP)
+                   gets in; VXLAN of a hosted VNI only from the peer nodes' underlay addresses.
+                   forward: security groups first (`in-PORT` by bridge and destination,
+                   `out-PORT` by bridge and source); between hutch bridges nothing; to 127/8,
+                   169.254/16 and the blocked infrastructure addresses nothing, nor to UDP
+                   4789 anywhere (the overlay's port: another node would take it as a
+                   peer's); egress per bridge (`iifname vmap @egress`);
+                   to a bridge only replies and published ports.
+                   postrouting (local-out): the node's own connections to a sandbox in
+                   groups meet its `in-PORT` too (127.0.0.1 to a published port).
                    nat: DNAT of published ports (prerouting for other hosts, output for the node
                    itself, 127.0.0.1 included), masquerade of egress and of 127/8 sources.
 """
@@ -35,6 +39,7 @@ from hutch.model.errors import Unavailable
 TABLE = "hutch"
 BRIDGE_PREFIX = "hn-"
 PORT_PREFIXES = ("ht-", "hv-")  # TAPs (micro-VMs), veth host ends (containers)
+VXLAN_PORT = 4789  # the overlay's UDP port, on every node (hutch.network.links)
 ALWAYS_BLOCKED4 = ("127.0.0.0/8", "169.254.0.0/16")
 ALWAYS_BLOCKED6 = ("::1/128", "fe80::/10")
 
@@ -56,15 +61,25 @@ class Bridge:
 
 @dataclass(frozen=True, slots=True)
 class Allow:
-    """One ingress rule of a security group, as the node enforces it: packets to the sandbox
-    of `protocol` ("any", "tcp", "udp", "icmp"), to a port in port_min..port_max (0..0: any),
-    from an address in `remotes` (CIDRs, both families; a remote group's members as /32s and
-    /128s). No remotes: the rule matches nothing (a remote group with no machines)."""
+    """One rule of a security group, as the node enforces it: packets of `protocol` ("any",
+    "tcp", "udp", "icmp") to a port in port_min..port_max (0..0: any), from an address in
+    `remotes` (ingress: to the sandbox) or to one (egress: from the sandbox); remotes are CIDRs
+    of both families, a remote group's members as /32s and /128s. No remotes: the rule matches
+    nothing (a remote group with no machines)."""
 
     protocol: str = "any"
     port_min: int = 0
     port_max: int = 0
     remotes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Groups:
+    """A sandbox's security groups as the node enforces them: their ingress rules, and their
+    egress rules if any of them has one (None: egress is its network's; see `Port`)."""
+
+    ingress: tuple[Allow, ...] = ()
+    egress: tuple[Allow, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +94,10 @@ class Port:
     # The sandbox's security groups' ingress rules; None: it is in no group, and everything its
     # network's machines send gets in (and, routed by the node, replies and published ports).
     ingress: tuple[Allow, ...] | None = None
+    # Its security groups' egress rules; None: none of its groups has one (or it is in none),
+    # and what it sends meets its network's egress policy only. Otherwise only what one of
+    # them allows leaves it (replies aside), to its network's machines too.
+    egress: tuple[Allow, ...] | None = None
 
     @property
     def link_local6(self) -> str:
@@ -100,6 +119,16 @@ class Published:
 
 
 @dataclass(frozen=True, slots=True)
+class Overlay:
+    """The VXLAN networks this node hosts, and who may send it their frames."""
+
+    vnis: tuple[int, ...]  # one per hosted network (its VXLAN device's VNI)
+    # The underlay addresses of the nodes hosting machines of those networks (IPv4 or IPv6):
+    # VXLAN packets of those VNIs from any other address are dropped before decapsulation.
+    peers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Desired:
     bridges: tuple[Bridge, ...] = ()
     ports: tuple[Port, ...] = ()
@@ -107,6 +136,7 @@ class Desired:
     # Addresses no sandbox may reach even through NAT: the controllers' and agents' (a cluster's
     # underlay), the metadata range. 127/8 and 169.254/16 are always blocked.
     blocked: tuple[str, ...] = field(default_factory=tuple)
+    overlay: Overlay | None = None  # None: no VXLAN here
 
 
 # ---- expression helpers (nft's JSON schema, libnftables-json(5)) -----------------------------
@@ -341,19 +371,19 @@ def _inet_table(desired: Desired) -> _Table:
         ACCEPT,
     )
     t.rule(guest_in, DROP)
+    _underlay_input(t, inp, desired.overlay)
 
     # forward: between sandboxes' networks and the world
     fwd = t.chain("forward", "forward", prio=0)
     # Security groups first: to a sandbox in groups (by bridge and address, which anti-spoofing
     # makes its own), only what a rule allows goes on to the checks below; the rest is dropped.
     guarded = sorted((p for p in desired.ports if p.ingress is not None), key=lambda p: p.name)
-    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
-        elems = [
-            [_concat(p.bridge, p.ip4 if version == 4 else p.ip6), _jump(f"in-{p.name}")]
-            for p in guarded
-        ]
-        name = t.map(f"ingress{version}", ["ifname", addr_type], "verdict", elems)
-        t.rule(fwd, {"vmap": {"key": _concat(oif, _payload(proto, "daddr")), "data": f"@{name}"}})
+    _group_maps(t, fwd, "ingress", "in", guarded, iface=oif, field="daddr")
+    # Then egress: from a sandbox whose groups have egress rules (by bridge and source address,
+    # its own for the same reason), only what a rule allows goes on. A packet between two
+    # sandboxes of one network meets both: the sender's egress and the receiver's ingress.
+    limited = sorted((p for p in desired.ports if p.egress is not None), key=lambda p: p.name)
+    _group_maps(t, fwd, "egress", "out", limited, iface=iif, field="saddr")
     # The node's own connections (to a published port on 127.0.0.1, say) are not forwarded:
     # the same check where they leave. Not in the output hook: its `oifname` is the route
     # before the output DNAT (lo, for 127.0.0.1), so no entry ever matched there and the node's
@@ -364,7 +394,11 @@ def _inet_table(desired: Desired) -> _Table:
         data = f"@ingress{version}"
         t.rule(out, {"vmap": {"key": _concat(oif, _payload(proto, "daddr")), "data": data}})
     for p in guarded:
-        _ingress_chain(t, p)
+        assert p.ingress is not None
+        _group_chain(t, f"in-{p.name}", p.ingress, "saddr")
+    for p in limited:
+        assert p.egress is not None
+        _group_chain(t, f"out-{p.name}", p.egress, "daddr")
     from_guest = t.chain("from-sandbox")
     to_guest = t.chain("to-sandbox")
     # With br_netfilter (bridge-nf-call-iptables=1 in the namespace, which overrides the
@@ -380,6 +414,10 @@ def _inet_table(desired: Desired) -> _Table:
     blocked6 = [*ALWAYS_BLOCKED6, *(c for c in desired.blocked if ":" in c)]
     t.rule(from_guest, _match(_payload("ip", "daddr"), _set(_prefix(c) for c in blocked4)), DROP)
     t.rule(from_guest, _match(_payload("ip6", "daddr"), _set(_prefix(c) for c in blocked6)), DROP)
+    # The overlay's port, whatever the address: through this node's NAT a sandbox's VXLAN packet
+    # would reach another node from a peer's address, and that node would take the frame inside
+    # into any network it hosts (VXLAN checks nothing but the VNI).
+    t.rule(from_guest, _match(l4, "udp"), _match(dport, VXLAN_PORT), DROP)
     t.rule(from_guest, {"vmap": {"key": iif, "data": "@egress"}})
     t.rule(from_guest, DROP)  # a bridge the map does not know
     t.rule(to_guest, established, ACCEPT)
@@ -416,23 +454,38 @@ def _inet_table(desired: Desired) -> _Table:
     return t
 
 
-def _ingress_chain(t: _Table, p: Port) -> None:
-    """`in-PORT`: what may reach a sandbox in security groups. Replies, neighbour discovery and
-    what one of its groups' ingress rules allows return to the forward chain (where the
-    network's own checks still apply); anything else is dropped. This holds for its network's
-    machines and for published ports alike (remote: the client's address, 127.0.0.1 for the
-    node's own connections)."""
-    chain = t.chain(f"in-{p.name}")
+def _group_maps(
+    t: _Table, chain: str, kind: str, prefix: str, ports: list[Port], *, iface: Json, field: str
+) -> None:
+    """Verdict maps `kind`4 and `kind`6 from (bridge, address) to each port's `prefix`-NAME
+    chain of group rules, and the rule in `chain` that looks the packet up in them by
+    `iface` and its `field` address (daddr for ingress, saddr for egress)."""
+    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
+        elems = [
+            [_concat(p.bridge, p.ip4 if version == 4 else p.ip6), _jump(f"{prefix}-{p.name}")]
+            for p in ports
+        ]
+        name = t.map(f"{kind}{version}", ["ifname", addr_type], "verdict", elems)
+        t.rule(chain, {"vmap": {"key": _concat(iface, _payload(proto, field)), "data": f"@{name}"}})
+
+
+def _group_chain(t: _Table, chain: str, allows: tuple[Allow, ...], remote: str) -> None:
+    """`in-PORT` (remote: "saddr") or `out-PORT` (remote: "daddr"): what may reach, or leave,
+    a sandbox in security groups. Replies, neighbour discovery and what one of the rules allows
+    return to the forward chain (where the network's own checks still apply: a rule never
+    widens them); anything else is dropped. Ingress holds for its network's machines and for
+    published ports alike (remote: the client's address, 127.0.0.1 for the node's own
+    connections); egress for its network's machines and the world alike."""
+    t.chain(chain)
     t.rule(chain, _match({"ct": {"key": "state"}}, ["established", "related"], "in"), RETURN)
     nd = ["nd-neighbor-solicit", "nd-neighbor-advert"]
     t.rule(chain, _match(_payload("icmpv6", "type"), _set(nd)), RETURN)
-    assert p.ingress is not None
-    for rule in p.ingress:
+    for rule in allows:
         for family, version, icmp in (("ip", 4, "icmp"), ("ip6", 6, "ipv6-icmp")):
             cidrs = [c for c in rule.remotes if ipaddress.ip_network(c).version == version]
             if not cidrs:
                 continue
-            match = [_match(_payload(family, "saddr"), _set(_prefix(c) for c in cidrs))]
+            match = [_match(_payload(family, remote), _set(_prefix(c) for c in cidrs))]
             if rule.protocol == "icmp":
                 match.append(_match(_meta("l4proto"), icmp))
             elif rule.protocol != "any":
@@ -442,6 +495,30 @@ def _ingress_chain(t: _Table, p: Port) -> None:
                     ports: Any = lo if lo == hi else {"range": [lo, hi]}
                     match.append(_match(_payload("th", "dport"), ports))
             t.rule(chain, *match, RETURN)
+    t.rule(chain, DROP)
+
+
+def _underlay_input(t: _Table, inp: str, overlay: Overlay | None) -> None:
+    """VXLAN (UDP 4789) for a hosted network's VNI gets in only from its peer nodes' underlay
+    addresses: anyone else on the underlay could put frames on the tenant's network. VNIs hutch
+    does not host are left alone (no device of ours takes them; someone else's VXLAN may)."""
+    if overlay is None or not overlay.vnis:
+        return
+    chain = t.chain("from-underlay")
+    vni = {"payload": {"base": "th", "offset": 96, "len": 24}}  # after UDP's 8 and 4 bytes
+    t.rule(
+        inp,
+        _match(_meta("l4proto"), "udp"),
+        _match(_payload("th", "dport"), VXLAN_PORT),
+        _match(vni, _set(sorted(overlay.vnis))),
+        _jump(chain),
+    )
+    peers4 = sorted({a for a in overlay.peers if ipaddress.ip_address(a).version == 4})
+    peers6 = sorted({a for a in overlay.peers if ipaddress.ip_address(a).version == 6})
+    t.set("underlay_peers4", "ipv4_addr", peers4)
+    t.set("underlay_peers6", "ipv6_addr", peers6)
+    t.rule(chain, _match(_payload("ip", "saddr"), "@underlay_peers4"), ACCEPT)
+    t.rule(chain, _match(_payload("ip6", "saddr"), "@underlay_peers6"), ACCEPT)
     t.rule(chain, DROP)
 
 

@@ -68,8 +68,8 @@ class NodeNetwork:
         self.dns = dns
         self._lock = threading.Lock()
         self._wired: dict[str, _Wired] = {}
-        # Sandbox id -> its security groups' ingress rules (absent: in no group).
-        self._ingress: dict[str, tuple[nft.Allow, ...]] = {}
+        # Sandbox id -> its security groups' rules (absent: in no group).
+        self._groups: dict[str, nft.Groups] = {}
         self._peers: tuple[Peer, ...] = ()
         self._netns_dir = opts.state_dir / "netns"
 
@@ -98,20 +98,19 @@ class NodeNetwork:
         namespaces and tables that nothing needs are removed; nothing of anyone else's is."""
         links.run_in(self.opts.netns, lambda: self._reconcile(specs))
 
-    def set_ingress(self, ingress: dict[str, tuple[nft.Allow, ...]]) -> bool:
-        """The security groups' ingress rules of each sandbox in one (sandboxes not named are
-        in none), for the sandboxes wired now and those plugged later. A change is applied at
+    def set_groups(self, groups: dict[str, nft.Groups]) -> bool:
+        """The security groups' rules of each sandbox in one (sandboxes not named are in
+        none), for the sandboxes wired now and those plugged later. A change is applied at
         once, to running sandboxes too; whether anything changed."""
-        return links.run_in(self.opts.netns, lambda: self._set_ingress(ingress))
+        return links.run_in(self.opts.netns, lambda: self._set_groups(groups))
 
     def set_peers(self, peers: Iterable[Peer]) -> None:
         """The cluster's machines on the networks this node hosts (the whole set, every time):
         each hosted network's VXLAN device gets exactly the entries for those on other nodes.
-        Idempotent: entries already right are left alone, entries of peers gone are removed."""
+        Idempotent: entries already right are left alone, entries of peers gone are removed.
+        Their nodes' underlay addresses are the only ones VXLAN is accepted from."""
         peers = tuple(peers)
-        with self._lock:
-            self._peers = peers
-        links.run_in(self.opts.netns, self._sync_overlay_locked)
+        links.run_in(self.opts.netns, lambda: self._set_peers(peers))
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -158,15 +157,23 @@ class NodeNetwork:
                 raise
         return path
 
-    def _set_ingress(self, ingress: dict[str, tuple[nft.Allow, ...]]) -> bool:
+    def _set_groups(self, groups: dict[str, nft.Groups]) -> bool:
         with self._lock:
-            if ingress == self._ingress:
+            if groups == self._groups:
                 return False
             before = self._desired()
-            self._ingress = dict(ingress)
+            self._groups = dict(groups)
             if self._desired() != before:
                 self._apply()
             return True
+
+    def _set_peers(self, peers: tuple[Peer, ...]) -> None:
+        with self._lock, IPRoute() as ipr:
+            before = self._desired()
+            self._peers = peers
+            if self._desired() != before:  # a peer node came or went
+                self._apply()
+            self._sync_overlay(ipr)
 
     def _unplug(self, sandbox_id: str) -> None:
         with self._lock, IPRoute() as ipr:
@@ -233,10 +240,6 @@ class NodeNetwork:
         vnis = {a.vni for w in self._wired.values() for a in w.spec.networks}
         return {links.vxlan_name(vni): vni for vni in vnis}
 
-    def _sync_overlay_locked(self) -> None:
-        with self._lock, IPRoute() as ipr:
-            self._sync_overlay(ipr)
-
     def _sync_overlay(self, ipr: IPRoute) -> None:
         """VXLAN devices for exactly the hosted networks (none left of networks gone, whose
         entries go with them), each with exactly its remote peers' entries."""
@@ -272,16 +275,34 @@ class NodeNetwork:
                     att.egress, att.egress_allow,
                 )  # fmt: skip
                 name = links.port_name(prefix, sandbox_id, index)
-                ingress = self._ingress.get(sandbox_id)
-                ports.append(nft.Port(name, bridge, att.mac, att.ip4, att.ip6, ingress))
+                groups = self._groups.get(sandbox_id)
+                ingress, egress = (groups.ingress, groups.egress) if groups else (None, None)
+                ports.append(nft.Port(name, bridge, att.mac, att.ip4, att.ip6, ingress, egress))
             first = wired.spec.networks[0]
             published += [
                 nft.Published(p.host_port, p.protocol, first.ip4, p.port, p.host_ip)
                 for p in wired.spec.ports
             ]
         return nft.Desired(
-            tuple(bridges.values()), tuple(ports), tuple(published), self.opts.blocked
-        )
+            tuple(bridges.values()), tuple(ports), tuple(published), self.opts.blocked,
+            self._overlay(),
+        )  # fmt: skip
+
+    def _overlay(self) -> nft.Overlay | None:
+        """The hosted networks' VNIs and the underlay addresses of the other nodes hosting
+        them (the only ones their VXLAN packets are taken from)."""
+        vxlans = self._vxlans()
+        if not vxlans:
+            return None
+        hosted = {a.network_id for w in self._wired.values() for a in w.spec.networks}
+        local = self.opts.underlay
+        assert local is not None
+        peers = {
+            p.underlay
+            for p in self._peers
+            if p.network_id in hosted and p.underlay != local and _same_family(p.underlay, local)
+        }
+        return nft.Overlay(tuple(sorted(vxlans.values())), tuple(sorted(peers)))
 
     def _apply(self) -> None:
         desired = self._desired()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hutch.model import machine as model_machine
-from hutch.model.errors import Invalid, Unavailable, Unsupported
+from hutch.model.errors import Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats
 from hutch.runtime import host, mounts, scratch, seccomp
 from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
@@ -34,7 +34,7 @@ from hutch.runtime.ids import ID_DIR, IdPool
 from hutch.runtime.logs import tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
-from hutch.runtime.wiring import NetworkWiring
+from hutch.runtime.wiring import NetworkWiring, check_wired
 
 MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["container"]
 AGENT_PATH = "/dev/.hutch-agent"
@@ -238,8 +238,7 @@ class ContainerBackend:
             raise Invalid("a container needs a root directory (SandboxSpec.rootfs)")
         if not Path(spec.rootfs).is_dir():
             raise Invalid(f"rootfs {spec.rootfs} does not exist or is not a directory")
-        if spec.networks and self.opts.network is None:
-            raise Unsupported("this node has no networking set up: run the sandbox without one")
+        check_wired(spec, self.opts.network)
 
     # -- launch --------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from hutch.model import machine as model_machine
-from hutch.model.errors import HutchError, Invalid, Unavailable, Unsupported
+from hutch.model.errors import HutchError, Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats, Stream
 from hutch.runtime import host, scratch
 from hutch.runtime.accel import Accel
@@ -35,7 +35,7 @@ from hutch.runtime.ids import ID_DIR, IdPool
 from hutch.runtime.logs import LogWriter, tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
-from hutch.runtime.wiring import NetworkWiring, guest_net_params
+from hutch.runtime.wiring import NetworkWiring, check_wired, guest_net_params
 
 MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["microvm"]
 QEMU_STDERR_MAX = 1 << 20
@@ -205,8 +205,7 @@ class MicroVMBackend:
             raise Invalid("a micro-VM needs a root disk image (SandboxSpec.root_disk)")
         if not Path(spec.root_disk).is_file():
             raise Invalid(f"root disk {spec.root_disk} does not exist")
-        if spec.networks and self.opts.network is None:
-            raise Unsupported("this node has no networking set up: run the sandbox without one")
+        check_wired(spec, self.opts.network)
 
     # -- launch --------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import builtins
 import ipaddress
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ from hutch.model.network import Attachment, PortMapping
 from hutch.model.tenancy import Principal, Project, validate_name
 from hutch.services.ids import new_id
 from hutch.services.policy import Action, Policy
+from hutch.services.refusals import about, missing
 from hutch.store.base import Store, Tx
 
 ULA_FACT = "ula48"
@@ -190,26 +192,21 @@ class Networks:
 
     async def list(self, principal: Principal, project: Project) -> list[tuple[Network, int]]:
         """The project's networks, each with how many machines are on it."""
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             networks = await tx.networks.list(project.id)
             counts = await _counts(tx, [n.id for n in networks])
         return [(n, counts.get(n.id, 0)) for n in networks]
 
     async def get(self, principal: Principal, project: Project, ref: str) -> tuple[Network, int]:
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             network = await _network(tx, project, ref)
             return network, (await _counts(tx, [network.id])).get(network.id, 0)
 
     async def delete(self, principal: Principal, project: Project, ref: str) -> None:
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             network = await _network(tx, project, ref)
-            try:
+            with about(f"network {network.name}"):
                 await tx.networks.delete(project.id, network.id)
-            except Conflict as e:
-                raise Conflict(f"network {network.name}: {e.message}") from None
 
     # -- security groups ------------------------------------------------------------------------
 
@@ -228,31 +225,25 @@ class Networks:
             return await tx.security_groups.get(project.id, group.id)
 
     async def groups(self, principal: Principal, project: Project) -> builtins.list[SecurityGroup]:
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             return await tx.security_groups.list(project.id)
 
     async def group(self, principal: Principal, project: Project, ref: str) -> SecurityGroup:
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             return await _group(tx, project, ref)
 
     async def delete_group(self, principal: Principal, project: Project, ref: str) -> None:
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             group = await _group(tx, project, ref)
-            try:
+            with about(f"security group {group.name}"):
                 await tx.security_groups.delete(project.id, group.id)
-            except Conflict as e:
-                raise Conflict(f"security group {group.name}: {e.message}") from None
             await _bump_group_nodes(tx, [group.id])
 
     async def add_rule(
         self, principal: Principal, project: Project, ref: str, rule: Rule
     ) -> tuple[SecurityGroup, str]:
         """The group with the rule added, and the rule's id."""
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             group = await _group(tx, project, ref)
             if len(group.rules) >= MAX_RULES:
                 raise Conflict(f"security group {group.name} has {MAX_RULES} rules already")
@@ -272,8 +263,7 @@ class Networks:
     async def remove_rule(
         self, principal: Principal, project: Project, ref: str, rule_id: str
     ) -> SecurityGroup:
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             group = await _group(tx, project, ref)
             try:
                 await tx.security_groups.remove_rule(group.id, rule_id)
@@ -305,6 +295,16 @@ class Networks:
         groups = [(await _group(tx, project, ref)).id for ref in net.security_groups]
         await tx.security_groups.attach(machine_id, groups)
 
+    def _reading(self, principal: Principal, project: Project) -> AbstractAsyncContextManager[Tx]:
+        """A read of the project's networks and groups, once `principal` may read them."""
+        self.policy.require(principal, Action.NETWORK_READ, project.id)
+        return self.store.read()
+
+    def _writing(self, principal: Principal, project: Project) -> AbstractAsyncContextManager[Tx]:
+        """A write of the project's networks and groups, once `principal` may change them."""
+        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
+        return self.store.write()
+
     async def _network_or_default(self, tx: Tx, project: Project, ref: str) -> Network:
         try:
             return await _network(tx, project, ref)
@@ -319,17 +319,13 @@ async def _counts(tx: Tx, network_ids: list[str]) -> dict[str, int]:
 
 
 async def _network(tx: Tx, project: Project, ref: str) -> Network:
-    try:
+    with missing(f"no network {ref!r} in project {project.name}"):
         return await tx.networks.get(project.id, ref)
-    except NotFound:
-        raise NotFound(f"no network {ref!r} in project {project.name}") from None
 
 
 async def _group(tx: Tx, project: Project, ref: str) -> SecurityGroup:
-    try:
+    with missing(f"no security group {ref!r} in project {project.name}"):
         return await tx.security_groups.get(project.id, ref)
-    except NotFound:
-        raise NotFound(f"no security group {ref!r} in project {project.name}") from None
 
 
 async def _bump_group_nodes(tx: Tx, group_ids: list[str]) -> None:

@@ -14,6 +14,7 @@ from hutch.services.networks import NodePlan, node_plan
 from hutch.services.nodelink import controller_key
 from hutch.services.notify import POLL, SCHEDULER, Notifier, node_key
 from hutch.services.policy import Policy
+from hutch.services.refusals import missing
 from hutch.store.base import Store
 from hutch.wire.nodes import JoinToken
 
@@ -201,10 +202,8 @@ class Nodes:
 
     async def get(self, node_id: str) -> Node:
         async with self.store.read() as tx:
-            try:
+            with missing(f"no node {node_id}"):
                 return await tx.nodes.get(node_id)
-            except NotFound:
-                raise NotFound(f"no node {node_id}") from None
 
 
 def _named(nodes: list[Node], ref: str) -> Node:

@@ -85,14 +85,8 @@ class SqlNetworks(Repo):
 
     async def get(self, project_id: str, ref: str) -> Network:
         """By id or name, within the project; NotFound otherwise."""
-        n = t.networks
-        stmt = sa.select(n).where(
-            n.c.project_id == project_id, sa.or_(n.c.id == ref, n.c.name == ref)
-        )
-        row = await self._one(stmt.order_by(sa.case((n.c.id == ref, 0), else_=1)).limit(1))
-        if row is None:
-            raise NotFound(f"network {ref!r} not found")
-        return _to_network(row)
+        stmt = self._by_ref(t.networks, project_id, ref).limit(1)
+        return _to_network(await self._found(stmt, "network", ref))
 
     async def list(self, project_id: str) -> builtins.list[Network]:
         n = t.networks
@@ -271,14 +265,8 @@ class SqlSecurityGroups(Repo):
         raise Conflict(f"the project already has a security group named {group.name!r}")
 
     async def get(self, project_id: str, ref: str) -> SecurityGroup:
-        g = t.security_groups
-        stmt = sa.select(g).where(
-            g.c.project_id == project_id, sa.or_(g.c.id == ref, g.c.name == ref)
-        )
-        row = await self._one(stmt.order_by(sa.case((g.c.id == ref, 0), else_=1)).limit(1))
-        if row is None:
-            raise NotFound(f"security group {ref!r} not found")
-        return (await self._with_rules([row]))[0]
+        stmt = self._by_ref(t.security_groups, project_id, ref).limit(1)
+        return (await self._with_rules([await self._found(stmt, "security group", ref)]))[0]
 
     async def list(self, project_id: str) -> builtins.list[SecurityGroup]:
         g = t.security_groups
