@@ -40,6 +40,7 @@ from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, U
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState, parse_signal
 from hutch.network import dns, nft
+from hutch.network.claim import NamespaceClaim, claim
 from hutch.network.node import NetworkOptions, NodeNetwork, Peer
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
@@ -132,8 +133,12 @@ class NodeAgent:
         advertise: str,
         labels: dict[str, str] | None = None,
         domain: str = "",
+        namespace: NamespaceClaim | None = None,
     ) -> None:
         self.settings = settings
+        # This agent's claim on the network namespace it manages (one agent per namespace: see
+        # network/claim.py), taken by `open` unless the caller took it already.
+        self.namespace = namespace
         self.dir = node_dir(settings)
         self.controller = controller
         self.join_secret = join_secret
@@ -170,8 +175,16 @@ class NodeAgent:
 
     # -- start-up ----------------------------------------------------------------------------------
 
+    def claim_namespace(self) -> None:
+        """Claim the network namespace this agent manages, if it has not yet; Conflict, naming
+        the holder, if another agent manages it (its tables and bridges would be replaced)."""
+        if self.namespace is None:
+            self.namespace = claim(self.network.opts.netns, self.settings.state_dir)
+
     async def open(self) -> Identity:
-        """Open the drivers (re-adopting sandboxes), and join the controller once."""
+        """Claim the network namespace (Conflict if another agent manages it), open the
+        drivers (re-adopting sandboxes), and join the controller once."""
+        self.claim_namespace()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for runtime in RUNTIMES:
             try:
@@ -361,6 +374,9 @@ class NodeAgent:
             await driver.close()
         await self.link.close()
         self._net_thread.shutdown(wait=False)
+        if self.namespace is not None:
+            self.namespace.release()
+            self.namespace = None
 
     async def reconcile(self, assignments: list[Assignment]) -> None:
         wanted = {a.sandbox: a for a in assignments}

@@ -3,11 +3,11 @@
 Every project has a network named `default`, made on first use from the controller's pool
 (`network_pool4` cut into `/network_prefix4`s, and a /64 of the ULA /48 chosen once per store).
 A project may make more, with subnets of its own (IPv4: private, outside the pool; IPv6: a
-unique-local /64 outside the controller's /48; either overlapping none of its other
-networks). A machine joins the networks named at its creation (default: the project's default
-network; `none`: no network), each giving it an address (see `store/sql/networks.py`),
-publishes its ports, and is put in its security groups; all of it in the transaction that
-creates it.
+unique-local /64 outside the controller's /48; either overlapping no network on the controller,
+of any project: see `addressing.IN_USE`). A machine joins the networks named at its creation
+(default: the project's default network; `none`: no network), each giving it an address (see
+`store/sql/networks.py`), publishes its ports, and is put in its security groups; all of it in
+the transaction that creates it.
 """
 
 import builtins
@@ -153,11 +153,21 @@ class Networks:
         """In the caller's transaction, which holds the project's lock."""
         ula = await tx.networks.fact(ULA_FACT, new_ula48())
         if subnet or subnet6:
-            mine = await tx.networks.list(project.id)
+            # Controller-wide, not per project (see IN_USE): every create with a chosen subnet
+            # holds the same lock, so two projects' creates cannot both take one subnet.
+            await tx.networks.lock_fact(ULA_FACT)
+            everyone = await tx.networks.subnets()
+            mine = [(n, s4, s6) for p, n, s4, s6 in everyone if p == project.id]
+            others = [(s4, s6) for p, _, s4, s6 in everyone if p != project.id]
             if subnet:
-                check_subnet4(subnet, self.pool.subnet4, [(n.name, n.subnet4) for n in mine])
+                check_subnet4(
+                    subnet, self.pool.subnet4, [(n, s4) for n, s4, _ in mine],
+                    [s4 for s4, _ in others],
+                )  # fmt: skip
             if subnet6:
-                subnet6 = str(check_subnet6(subnet6, ula, [(n.name, n.subnet6) for n in mine]))
+                subnet6 = str(check_subnet6(
+                    subnet6, ula, [(n, s6) for n, _, s6 in mine], [s6 for _, s6 in others]
+                ))  # fmt: skip
         for _ in range(CREATE_TRIES):
             taken = await tx.networks.slots()
             slot = lowest_free((s for s, _ in taken), 1, MAX_SLOT)

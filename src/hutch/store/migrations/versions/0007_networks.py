@@ -60,6 +60,17 @@ def _owned(table: str, *items: "sa.Column[Any] | sa.Constraint") -> None:
     )
 
 
+def _machines(table: str, *items: "sa.Column[Any] | sa.Constraint", key: tuple[str, ...]) -> None:
+    """Rows of a machine's: machine_id (a machine's), then `items`; keyed by machine_id, `key`."""
+    op.create_table(
+        table,
+        _text("machine_id", 64),
+        *items,
+        _ref(table, "machine_id", "machines"),
+        _key(table, "machine_id", *key),
+    )
+
+
 def upgrade() -> None:
     op.create_table("facts", _text("key", 63), _text("value", 255), _key("facts", "key"))
     _owned(
@@ -75,34 +86,24 @@ def upgrade() -> None:
         _unique("networks", "slot"),
     )
     _owned("security_groups", sa.Column("created_at", sa.Double(), nullable=False))
-    op.create_table(
-        "fences",
-        _text("machine_id", 64),
-        _text("node_id", 64),
-        _ref("fences", "machine_id", "machines"),
-        _key("fences", "machine_id", "node_id"),
-    )
-    op.create_table(
+    _machines("fences", _text("node_id", 64), key=("node_id",))
+    _machines(
         "machine_ports",
-        _text("machine_id", 64),
         _int("host_port"),
         _text("protocol", 3),
         _int("port"),
         _text("host_ip", 15),
-        _ref("machine_ports", "machine_id", "machines"),
-        _key("machine_ports", "machine_id", "host_port", "protocol"),
+        key=("host_port", "protocol"),
     )
     op.create_index(
         "ix_machine_ports_host_port_protocol", "machine_ports", ["host_port", "protocol"]
     )
-    op.create_table(
+    _machines(
         "machine_security_groups",
-        _text("machine_id", 64),
         _text("group_id", 64),
         _int("position"),
         _ref("machine_security_groups", "group_id", "security_groups"),
-        _ref("machine_security_groups", "machine_id", "machines"),
-        _key("machine_security_groups", "machine_id", "group_id"),
+        key=("group_id",),
     )
     op.create_table(
         "network_addresses",
