@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+import httpx
 import pytest
 
 from tests.controller import Controller, controller, new_project
@@ -431,3 +432,66 @@ def test_bad_input_is_one_clear_line_and_125(hutch: Run) -> None:
     for argv in (("network", "rm", "taken"), ("sg", "rm", "used"), ("sg", "rm", "named")):
         done = hutch(*argv)
         assert done.returncode == 0, (argv, done.stderr)
+
+
+def _failed_with(run: Run, machine: str, words: str) -> bool:
+    shown = json.loads(run("inspect", machine).stdout)
+    return shown["state"] == "failed" and words in (shown.get("error") or "")
+
+
+def test_a_published_port_never_takes_the_nodes_own_services_or_addresses(
+    controller: Controller,
+) -> None:
+    """A tenant's `-p` is a DNAT on the node: on a port something on the node listens on (sshd,
+    the controller's API) it would take the node's own connections to that service (a client's
+    token, an admin's ssh password); with a HOST_IP that is not the node's (the controller's
+    address, a registry's) the node's connections to that address. So the port is bound on the
+    node while published, as Docker's proxy does: such a machine fails and says why, the
+    service keeps answering, and a free port next to it is published as before."""
+    run = _runner(controller, new_project(controller))
+    sshd = socket.create_server(("0.0.0.0", free_port()))  # the node's own service
+    taken = sshd.getsockname()[1]
+    ctl_port = int(controller.url.rsplit(":", 1)[1])
+
+    def answers_sshd() -> bool:
+        with socket.create_connection(("127.0.0.1", taken), timeout=3) as c:
+            conn, _ = sshd.accept()
+            conn.sendall(b"SSH-2.0-node\r\n")
+            conn.close()
+            return c.recv(100).startswith(b"SSH-2.0-node")
+
+    sshd.settimeout(3)
+    free = free_port()
+
+    def publish(name: str, spec: str) -> None:
+        r = run("run", "-d", *C, "--name", name, "-p", spec, "busybox", "--", "sh", "-c", SERVE)
+        assert r.returncode == 0, r.stderr
+
+    def refused(name: str) -> bool:
+        return _until(partial(_failed_with, run, name, "cannot be published on this node"))
+
+    try:
+        publish("fine", f"{free}:8080")
+        assert _until(lambda: _answers(free)), controller.log()  # allowed: published
+        publish("on-sshd", f"{taken}:8080")
+        publish("elsewhere", f"192.0.2.7:{free_port()}:8080")  # TEST-NET-1: not the node's
+        for name in ("on-sshd", "elsewhere"):
+            assert refused(name), run("inspect", name).stdout
+        publish("on-api", f"{ctl_port}:8080")  # last: without the fix it takes the API
+        assert refused("on-api"), run("inspect", "on-api").stdout
+        assert answers_sshd()  # the node's service, not the machine
+        assert httpx.get(controller.url + "/healthz", timeout=3).json() == {"status": "ok"}
+        # Once the machine holding it is gone, the port is the node's again.
+        assert run("rm", "-f", "fine").returncode == 0
+        assert _until(lambda: _free(free)), "the port stayed held after its machine went"
+    finally:
+        sshd.close()
+        run("rm", "-f", "on-sshd", "on-api", "elsewhere", "fine")
+
+
+def _free(port: int) -> bool:
+    try:
+        socket.create_server(("0.0.0.0", port)).close()
+    except OSError:
+        return False
+    return True

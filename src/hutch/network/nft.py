@@ -440,7 +440,9 @@ def _inet_table(desired: Desired) -> _Table:
         if hook == "prerouting":  # a sandbox aiming at a node port gets the node: dropped
             t.rule(chain, _match(iif, hn), RETURN)
         for key, data, guard in (
-            (_concat(_payload("ip", "daddr"), l4, dport), "published_at", []),
+            # fib local on both: a HOST_IP that is not the node's own (the controller's, a
+            # registry's) must not take the node's or anyone's connections to it.
+            (_concat(_payload("ip", "daddr"), l4, dport), "published_at", [fib_local]),
             (_concat(l4, dport), "published", [fib_local]),
         ):
             t.rule(

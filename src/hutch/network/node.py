@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from typing import Literal
 
 from pyroute2 import IPRoute
 
-from hutch.model.errors import Unsupported
+from hutch.model.errors import Conflict, Unsupported
+from hutch.model.network import PortMapping
 from hutch.model.sandbox import SandboxSpec
 from hutch.network import links, nft
 from hutch.network.dns import DnsServer, Listener
@@ -75,6 +77,9 @@ class NodeNetwork:
         # The cluster's nodes' and controllers' addresses (CIDRs), blocked beside opts.blocked.
         self._infrastructure: tuple[str, ...] = ()
         self._netns_dir = opts.state_dir / "netns"
+        # Sandbox id -> a bound socket per published port it holds (see `_hold`): only a port
+        # held is forwarded, so a machine never takes a port something on the node listens on.
+        self._held: dict[str, dict[PortMapping, socket.socket]] = {}
 
     def netns_path(self, sandbox_id: str) -> Path:
         return self._netns_dir / sandbox_id
@@ -137,6 +142,7 @@ class NodeNetwork:
                     name = links.port_name(links.TAP_PREFIX, spec.id, index)
                     links.delete_link(ipr, name)  # a leftover of an earlier life of this id
                     fds.append(links.create_tap(ipr, name, bridge, att.mac, self.opts.mtu))
+                self._hold(spec, strict=True)
                 self._apply()
                 self._sync_overlay(ipr)
             except BaseException:
@@ -161,6 +167,7 @@ class NodeNetwork:
                     name = links.port_name(links.VETH_PREFIX, spec.id, index)
                     links.delete_link(ipr, name)
                     links.create_veth(ipr, name, bridge, path, att, mtu=self.opts.mtu)
+                self._hold(spec, strict=True)
                 self._apply()
                 self._sync_overlay(ipr)
             except BaseException:
@@ -202,6 +209,7 @@ class NodeNetwork:
     def _reconcile(self, specs: list[SandboxSpec]) -> None:
         with self._lock, IPRoute() as ipr:
             self._wired.clear()
+            self._release_all()
             existing = set(links.ours(ipr))
             for spec in specs:
                 if not spec.networks:
@@ -224,6 +232,8 @@ class NodeNetwork:
                         links.remove_netns(path)
             if self._wired:
                 links.enable_forwarding()
+            for wired in self._wired.values():
+                self._hold(wired.spec, strict=False)
             networks = {a.vni: a for w in self._wired.values() for a in w.spec.networks}
             for att in networks.values():  # once per network, not per sandbox
                 links.ensure_bridge(ipr, att, self.opts.mtu)
@@ -232,6 +242,7 @@ class NodeNetwork:
 
     def _unwire(self, ipr: IPRoute, sandbox_id: str) -> None:
         wired = self._wired.pop(sandbox_id, None)
+        self._release(sandbox_id)
         errors: list[BaseException] = []
         for prefix in (links.TAP_PREFIX, links.VETH_PREFIX):
             for index in range(max(len(wired.spec.networks), 1) if wired else 1):
@@ -299,9 +310,11 @@ class NodeNetwork:
                 ingress, egress = (groups.ingress, groups.egress) if groups else (None, None)
                 ports.append(nft.Port(name, bridge, att.mac, att.ip4, att.ip6, ingress, egress))
             first = wired.spec.networks[0]
+            held = self._held.get(sandbox_id, {})
             published += [
                 nft.Published(p.host_port, p.protocol, first.ip4, p.port, p.host_ip)
                 for p in wired.spec.ports
+                if p in held
             ]
         return nft.Desired(
             tuple(bridges.values()), tuple(ports), tuple(published),
@@ -333,6 +346,38 @@ class NodeNetwork:
         if self.dns is not None:  # in this thread: in the node's namespace, as the bridges are
             self.dns.listen(self._listeners())
 
+    def _hold(self, spec: SandboxSpec, *, strict: bool) -> None:
+        """Bind each of the sandbox's published ports on the node (its HOST_IP, else every
+        IPv4 address), as Docker's proxy does, and keep the sockets while it is wired. A port
+        something on the node listens on (sshd, the controller, the agent) or a HOST_IP that is
+        not one of the node's addresses cannot be bound: forwarding it would take the node's
+        own connections to that service or address. `strict` (a sandbox being plugged): refuse
+        the sandbox. Otherwise (a sandbox re-adopted on agent start, whose port something took
+        while the agent was away): leave that port unpublished, say so in the log."""
+        held = self._held.setdefault(spec.id, {})
+        for p in spec.ports:
+            if p in held:
+                continue
+            try:
+                held[p] = _bind(p)
+            except OSError as e:
+                where = f"{p.host_ip or '0.0.0.0'}:{p.host_port}/{p.protocol}"
+                if strict:
+                    self._release(spec.id)
+                    raise Conflict(
+                        f"host port {where} cannot be published on this node: {e.strerror} "
+                        "(something on the node uses it, or the address is not the node's)"
+                    ) from None
+                log.warning("sandbox %s: host port %s not published: %s", spec.id, where, e)
+
+    def _release(self, sandbox_id: str) -> None:
+        for sock in self._held.pop(sandbox_id, {}).values():
+            sock.close()
+
+    def _release_all(self) -> None:
+        for sandbox_id in list(self._held):
+            self._release(sandbox_id)
+
     def _listeners(self) -> list[Listener]:
         out: dict[str, Listener] = {}
         for wired in self._wired.values():
@@ -341,6 +386,25 @@ class NodeNetwork:
                     att.network_id, links.bridge_name(att.vni), att.gateway4, att.gateway6
                 )
         return list(out.values())
+
+
+def _bind(p: PortMapping) -> socket.socket:
+    """A socket holding `p`'s host port, in this thread's (the node's) network namespace.
+    TCP listens (SO_REUSEADDR: a port in TIME_WAIT is free; a listener already there is not,
+    and nothing can listen there later); it is never accepted from, as every connection to
+    the port is forwarded before it. UDP binds without SO_REUSEADDR, so nothing binds after."""
+    kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+    try:
+        if p.protocol == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((p.host_ip or "0.0.0.0", p.host_port))
+        if p.protocol == "tcp":
+            sock.listen(1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _same_family(address: str, local: str) -> bool:
