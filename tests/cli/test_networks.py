@@ -5,6 +5,7 @@ import json
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from functools import partial
 
@@ -495,3 +496,35 @@ def _free(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_network_overlapping_the_nodes_own_lan_is_not_hosted(controller: Controller) -> None:
+    """A project chooses its subnet; the controller does not know the nodes' LANs. Hosted, a
+    subnet inside the node's own (10.250.0.0/29 of its 10.250.0.0/24) would be a more specific
+    connected route: the node's connections to its LAN (the controller, a registry, other
+    nodes, its gateway) would go into that tenant's network, to its machines. The node refuses
+    to host it (the machine fails and says why); a subnet clear of the node's runs."""
+    run = _runner(controller, new_project(controller))
+    lan, peer = f"ul{uuid.uuid4().hex[:6]}", f"up{uuid.uuid4().hex[:6]}"
+    ip = partial(subprocess.run, check=True, capture_output=True, text=True)
+    ip(["ip", "link", "add", lan, "type", "veth", "peer", "name", peer])
+    try:
+        ip(["ip", "addr", "add", "192.168.231.2/24", "dev", lan])
+        ip(["ip", "link", "set", lan, "up"])
+        for name, subnet in (("clash", "192.168.231.0/29"), ("clear", "192.168.232.0/29")):
+            r = run("network", "create", name, "--subnet", subnet)
+            assert r.returncode == 0, r.stderr
+            r = run("run", "-d", *C, "--name", name, "--network", name, "busybox", "--",
+                    "sleep", "300")  # fmt: skip
+            assert r.returncode == 0, r.stderr
+        assert _until(lambda: json.loads(run("inspect", "clear").stdout)["state"] == "running")
+        assert _until(partial(_failed_with, run, "clash", "overlaps this node's own")), run(
+            "inspect", "clash"
+        ).stdout
+        route = ip(["ip", "route", "get", "192.168.231.3"]).stdout
+        assert f"dev {lan}" in route, route  # the node's LAN stays the node's
+    finally:
+        run("rm", "-f", "clash", "clear")
+        run("network", "rm", "clash")
+        run("network", "rm", "clear")
+        subprocess.run(["ip", "link", "del", lan], check=False, capture_output=True)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hutch.model.errors import Unavailable
+from hutch.model.errors import Conflict, Unavailable
 from hutch.model.network import Attachment
 from hutch.network.nft import BRIDGE_PREFIX, VXLAN_PORT
 
@@ -92,6 +92,7 @@ def ensure_bridge(ipr: IPRoute, att: Attachment, mtu: int = 1500) -> str:
     """The network's bridge, holding its gateway addresses; made if missing, left as is if not."""
     name = bridge_name(att.vni)
     if _index(ipr, name) is None:
+        _refuse_clash(ipr, att)
         _check(
             f"creating bridge {name}",
             lambda: ipr.link(
@@ -131,6 +132,39 @@ def ensure_bridge(ipr: IPRoute, att: Attachment, mtu: int = 1500) -> str:
             raise Unavailable(f"adding {addr}/{prefix} to {name}: {os.strerror(e.code)}") from None
     ipr.link("set", index=index, state="up")
     return name
+
+
+def _refuse_clash(ipr: IPRoute, att: Attachment) -> None:
+    """Refuse a network whose subnet overlaps the node's own: an address or a route of a link
+    that is not hutch's (its LAN, the underlay, a VPN; not the default route). The bridge's
+    connected route would take the node's own traffic to those addresses (to the controller,
+    a registry, other nodes, its gateway) into a tenant's network, a more specific prefix
+    winning outright. The controller knows neither the node's routes nor its LAN."""
+    subnets = [
+        ipaddress.ip_network(f"{gateway}/{prefix}", strict=False)
+        for gateway, prefix in ((att.gateway4, att.prefix4), (att.gateway6, att.prefix6))
+        if gateway
+    ]
+    hutch = {i for i in (_index(ipr, n) for n in ours(ipr)) if i is not None}
+    taken: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for route in ipr.get_routes(family=family, table=254):
+            length = int(route["dst_len"])
+            if length == 0 or route.get_attr("RTA_OIF") in hutch:
+                continue
+            dst = route.get_attr("RTA_DST")
+            if dst:
+                taken.append(ipaddress.ip_network(f"{dst}/{length}", strict=False))
+        for addr in ipr.get_addr(family=family):
+            if addr["index"] not in hutch and addr.get_attr("IFA_ADDRESS"):
+                taken.append(ipaddress.ip_network(addr.get_attr("IFA_ADDRESS")))
+    for subnet in subnets:
+        for other in taken:
+            if subnet.version == other.version and subnet.overlaps(other):
+                raise Conflict(
+                    f"network subnet {subnet} overlaps this node's own addresses or routes: "
+                    "a network of another subnet can run here"
+                )
 
 
 def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int, mac: str = "") -> None:
