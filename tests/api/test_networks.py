@@ -13,6 +13,7 @@ import pytest
 
 from hutch.agent.node import group_rules
 from hutch.network.nft import Allow
+from hutch.services import networks as nets
 from hutch.services import nodes as nodes_service
 from hutch.wire.nodes import Assignments
 from tests.helpers.api import Api, close_api, open_api
@@ -534,3 +535,28 @@ async def test_every_node_is_told_the_clusters_addresses_to_block(tmp_path: Path
         assert left.infrastructure == ["192.0.2.7", "198.51.100.5", "203.0.113.9"]
     finally:
         await close_api(api)
+
+
+async def test_one_project_cannot_take_every_network_or_group(api: Api) -> None:
+    """Networks take slots every project shares (VNIs, the pool's subnets, /64s): one project
+    making networks without end would leave the others none (their default network refused).
+    A project has at most MAX_NETWORKS_PER_PROJECT networks and MAX_GROUPS_PER_PROJECT groups
+    (409, saying so); another project still makes its own, and removing one makes room."""
+    mine, other = await api.token("alpha", "member"), await api.token("beta", "member")
+    limits = (
+        ("/v1/networks", nets.MAX_NETWORKS_PER_PROJECT, "networks already"),
+        ("/v1/security-groups", nets.MAX_GROUPS_PER_PROJECT, "security groups already"),
+    )
+    for path, limit, words in limits:
+        made = await asyncio.gather(
+            *(api.call("POST", path, mine, json={"name": f"x{i}"}) for i in range(limit + 8))
+        )  # at once: the count holds under concurrency
+        assert sorted(r.status_code for r in made) == [201] * limit + [409] * 8, path
+        refused = next(r for r in made if r.status_code == 409)
+        assert words in refused.json()["detail"] and "remove one first" in refused.json()["detail"]
+        assert (await api.call("POST", path, other, json={"name": "theirs"})).status_code == 201
+        gone = next(r.json()["id"] for r in made if r.status_code == 201)
+        assert (await api.call("DELETE", f"{path}/{gone}", mine)).status_code == 204
+        assert (await api.call("POST", path, mine, json={"name": "again"})).status_code == 201
+    # The default network is still made for a machine of a project at its limit.
+    assert (await api.machine(mine, name="web")).json()["networks"] == ["default"]

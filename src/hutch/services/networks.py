@@ -51,6 +51,11 @@ CREATE_TRIES = 32  # slots lost to concurrent creates before giving up (Conflict
 MAX_NETWORKS_PER_MACHINE = 4
 MAX_PORTS_PER_MACHINE = 64
 MAX_GROUPS_PER_MACHINE = 16
+# Per project: networks take controller-wide slots (VNIs, pool subnets, /64s of the ULA /48)
+# that every project shares, so one project must not take them all; groups and their rules
+# are sent to nodes and matched per packet.
+MAX_NETWORKS_PER_PROJECT = 64  # beside the default network, which is always made when needed
+MAX_GROUPS_PER_PROJECT = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,11 @@ class Networks:
             check_subnet6(subnet6)
         async with self.store.write() as tx:
             await tx.projects.lock(project.id)  # one project's creates never interleave
+            if len(await tx.networks.list(project.id)) >= MAX_NETWORKS_PER_PROJECT:
+                raise Conflict(
+                    f"project {project.name} has {MAX_NETWORKS_PER_PROJECT} networks already: "
+                    "remove one first"
+                )
             return await self._create(
                 tx, project, name, subnet, subnet6=subnet6, egress=egress,
                 egress_allow=tuple(egress_allow),
@@ -229,6 +239,12 @@ class Networks:
             raise Invalid(f"a security group has at most {MAX_RULES} rules")
         group = SecurityGroup(new_id("sg"), project.id, name, time.time())
         async with self.store.write() as tx:
+            await tx.projects.lock(project.id)  # counted and made without interleaving
+            if len(await tx.security_groups.list(project.id)) >= MAX_GROUPS_PER_PROJECT:
+                raise Conflict(
+                    f"project {project.name} has {MAX_GROUPS_PER_PROJECT} security groups "
+                    "already: remove one first"
+                )
             await tx.security_groups.create(group)
             for rule in rules:
                 await self._add_rule(tx, project, group, rule)
