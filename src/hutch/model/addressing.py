@@ -317,3 +317,18 @@ def attachment(network: Network, address: Address, project: str) -> Attachment:
         dns=(network.gateway4,),
         search=search,
     )
+
+
+def ip_literals(hosts: Iterable[str]) -> tuple[str, ...]:
+    """The IP addresses among `hosts`, sorted and once each: names are left out (nftables
+    blocks addresses), and so are loopback (every node blocks it anyway) and the unspecified
+    address (a controller listening on every address)."""
+    out: set[str] = set()
+    for host in hosts:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not (addr.is_loopback or addr.is_unspecified):
+            out.add(str(addr))
+    return tuple(sorted(out))
