@@ -139,6 +139,19 @@ def test_run_publishes_ports_and_ps_and_inspect_show_them(hutch: Run) -> None:
     lone = hutch("run", "-d", *C, "--network", "none", "--name", "lone", "busybox", "--", "true")
     assert lone.returncode == 0, lone.stderr
     assert json.loads(hutch("inspect", "lone").stdout)["addresses"] == []
+    # `rm -f` returns once the node destroyed it: its group can go at once (the README's last
+    # line), while a machine that still uses one holds it.
+    assert (
+        hutch(
+            "run", "-d", *C, "--name", "web2", "--sg", "web", "busybox", "--", "sleep", "60"
+        ).returncode
+        == 0
+    )
+    assert "use this security group" in hutch("sg", "rm", "web").stderr
+    assert hutch("rm", "-f", "web", "web2").stdout.split() == ["web", "web2"]
+    assert json.loads(hutch("inspect", "web2").stdout)["state"] == "destroyed"
+    removed = hutch("sg", "rm", "web")
+    assert removed.returncode == 0, removed.stderr
 
 
 # -- the data path, through the CLI: machines started by the controller get their network -------
