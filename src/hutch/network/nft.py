@@ -246,6 +246,8 @@ class _Table:
         removed: list[Json] = []
         added: list[Json] = []
         for name in sorted(self.sets.keys() & old.sets.keys()):
+            if self.elems[name] == old.elems[name]:
+                continue
             is_map = "map" in self.sets[name]
             new_elems = _by_key(self.elems[name], is_map)
             old_elems = _by_key(old.elems[name], is_map)
@@ -272,8 +274,9 @@ class _Table:
 
 
 def _by_key(elems: list[Any], is_map: bool) -> dict[str, Any]:
-    """A set's or map's elements by their key (a map's element is [key, data])."""
-    return {json.dumps(e[0] if is_map else e, sort_keys=True): e for e in elems}
+    """A set's or map's elements by their key (a map's element is [key, data]), as its repr:
+    the same key is always built the same way, in the same order (and repr is faster)."""
+    return {repr(e[0] if is_map else e): e for e in elems}
 
 
 def _ref(obj: Json) -> Json:
