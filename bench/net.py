@@ -282,7 +282,7 @@ async def bare_vm(lab: Lab, opts: MicroVMOptions, spec: SandboxSpec, nic: BareNI
     sockets = Path(tempfile.mkdtemp(dir=lab.work, prefix="q"))
     scratch.create(sockets / scratch.FILE_NAME, spec.resources.scratch_bytes)
     create_exit_disk(sockets / EXIT_FILE)
-    cgroup = Cgroup(Layout.detect(), opts.cgroup_parent, spec.id)
+    cgroup = Cgroup(Layout.detect(), opts.host.cgroup_parent, spec.id)
     res = spec.resources
     memory = (res.memory_mib + opts.overhead_mib) << 20
     cgroup.create(Limits(memory, pids=QEMU_PIDS, cpus=res.cpus + CPU_HEADROOM))
@@ -528,7 +528,7 @@ class Bench:
         outside: list[float] = []
         throttled: list[float] = []
         unread: list[bool] = []  # a cgroup's cpu.stat could not be read
-        parent = self.opts.cgroup_parent
+        parent = self.opts.host.cgroup_parent
 
         # bytes and frames the sending guest's TAP took in during the transfers
         taps = {"hutch": (node, links.port_name(links.TAP_PREFIX, "ha")), "bare": (bare, "bt0")}
@@ -606,7 +606,9 @@ class Bench:
         for i, ns in enumerate((h1, h2)):
             state = self.lab.work / f"x{i}"
             net = NodeNetwork(NetworkOptions(state, mtu=VXLAN_MTU, netns=ns, underlay=UNDERLAY[i]))
-            backend = MicroVMBackend(dataclasses.replace(opts, network=net))
+            backend = MicroVMBackend(
+                dataclasses.replace(opts, host=dataclasses.replace(opts.host, network=net))
+            )
             nets.append(net)
             drivers.append(SandboxDriver(backend, DriverOptions(state / "sandboxes")))
         specs = (vm_spec(self.root, "ca", a), vm_spec(self.root, "cb", b))

@@ -1,6 +1,12 @@
 """Shared fixtures: a busybox root filesystem built from the host's busybox-static, the guest
-artifacts (built once into the shared cache), short state directories for unix sockets."""
+artifacts (built once into the shared cache), short state directories for unix sockets.
 
+The session runs in a network namespace of its own (as root): its `hutch up` manages that
+namespace's networks (one node agent per namespace), so a test session never meets another
+session's agent, nor the operator's own `hutch up` on this host.
+"""
+
+import os
 import shutil
 import tempfile
 import time
@@ -13,6 +19,12 @@ from hutch.images.busybox import build_busybox_rootfs
 from hutch.runtime.guest import build
 from hutch.runtime.guest.build import GuestArtifacts
 from tests.helpers import CACHE_DIR
+from tests.helpers.netns import enter_new_network_namespace
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() == 0:  # before any thread starts: threads keep the namespace they began in
+        enter_new_network_namespace()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@
 `controller` is a session fixture: import it into a conftest or test module. Every module that
 imports it shares one `hutch up` process (started on first use, stopped when the last user is
 torn down), so tests isolate themselves with projects of their own (`new_project`), not with
-controllers of their own.
+controllers of their own. A test that needs a `hutch up` of its own (other settings) gets one
+from `running_controller`, in a network namespace of its own: one node agent per namespace.
 """
 
 import contextlib
@@ -26,6 +27,7 @@ from hutch.model.errors import HutchError
 from hutch.wire.tenancy import ProjectView
 from tests.helpers import free_port
 from tests.helpers.cli import Hutch, isolated_env
+from tests.helpers.netns import own_network_namespace
 from tests.images.ocibuild import write_oci_layout
 from tests.images.registry_server import Registry
 
@@ -72,11 +74,23 @@ def _ready(url: str, token_file: Path) -> bool:
 
 @contextlib.contextmanager
 def running_controller(
-    busybox_rootfs: Path, up_env: dict[str, str] | None = None
+    busybox_rootfs: Path, up_env: dict[str, str] | None = None, *, shared: bool = False
 ) -> Iterator[Controller]:
     """`hutch up` in a fresh state directory, with busybox:latest (public) in the node's store;
     on exit, every machine left is destroyed, then hutch is stopped and its sandboxes swept.
-    `up_env`: settings for `hutch up` only."""
+    `up_env`: settings for `hutch up` only. Unless it is the `shared` one, it runs (and the
+    caller's thread is, for the block) in a network namespace of its own: the shared one's
+    agent manages the session's."""
+    with contextlib.ExitStack() as stack:
+        if not shared:
+            stack.enter_context(own_network_namespace())
+        yield stack.enter_context(_running_controller(busybox_rootfs, up_env))
+
+
+@contextlib.contextmanager
+def _running_controller(
+    busybox_rootfs: Path, up_env: dict[str, str] | None
+) -> Iterator[Controller]:
     state_dir = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))  # unix sockets: short paths
     registry_port, rebind_port = free_port(), free_port()
     env = _env(state_dir, registry_port, rebind_port)
@@ -164,7 +178,9 @@ class _Shared:
 def controller(busybox_rootfs: Path) -> Iterator[Controller]:
     """The shared `hutch up` (see the module's docstring)."""
     if _Shared.instance is None:
-        _Shared.instance = _Shared.stack.enter_context(running_controller(busybox_rootfs))
+        _Shared.instance = _Shared.stack.enter_context(
+            running_controller(busybox_rootfs, shared=True)
+        )
     _Shared.users += 1
     try:
         yield _Shared.instance

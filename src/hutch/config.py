@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     network_blocked: list[str] = Field(
         [],
         description="CIDRs no machine may reach, not even through NAT (management networks, "
-        "other nodes); the controller's and the agent's own addresses are always blocked",
+        "hosts known by name); every node's and the controller's addresses are always blocked",
     )
     network_underlay: str | None = Field(
         None,

@@ -78,7 +78,13 @@ def build_controller(settings: Settings) -> Controller:
     link = NodeLink(controller_secret.encode())
     ca_pem = tls.ensure_ca(settings.state_dir / "tls").read_text() if settings.tls else None
     pin = tls.pin_of(ca_pem.encode()) if ca_pem else ""
-    node_service = Nodes(store, notifier, join_secret, controller_secret.encode(), pin)
+    # Where this controller listens and the addresses its certificate names: every node blocks
+    # them to its machines (the agents add the address they reach the controller at).
+    listen_host = settings.listen.rpartition(":")[0].strip("[]")
+    node_service = Nodes(
+        store, notifier, join_secret, controller_secret.encode(), pin,
+        addresses=(listen_host, *settings.tls_names),
+    )  # fmt: skip
     spool_dir = settings.state_dir / "spool"
     spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     image_service = Images(

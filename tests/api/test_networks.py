@@ -102,12 +102,6 @@ async def test_a_network_may_have_an_ipv6_64_of_its_own(api: Api) -> None:
     ):
         r = await create(**body)
         assert r.status_code == 400 and words in r.json()["detail"], (body, r.text)
-    # Another project may use the same /64, as it may the same IPv4 range.
-    other = await api.token("beta", "member")
-    r = await api.call(
-        "POST", "/v1/networks", other, json={"name": "x", "subnet6": back["subnet6"]}
-    )
-    assert r.status_code == 201, r.text
     # Once the network is gone, its /64 is free again.
     for m in ("a", "b"):
         assert (await api.call("DELETE", f"/v1/machines/{m}", token)).status_code == 204
@@ -138,12 +132,6 @@ async def test_networks_of_a_project_and_what_is_refused(api: Api) -> None:
         r = await create(**body)
         assert r.status_code == 400 and words in r.json()["detail"], (body, r.text)
     assert (await create(name="back")).status_code == 409
-    # Another project may use the same private range: tenants never route to each other.
-    other = await api.token("beta", "member")
-    r = await api.call(
-        "POST", "/v1/networks", other, json={"name": "x", "subnet": "192.168.10.0/24"}
-    )
-    assert r.status_code == 201
     # A machine on two networks: eth0 first; another project's network does not exist here.
     m = (await api.machine(token, name="two", networks=["back", "default"], start=False)).json()
     assert m["networks"] == ["back", "default"]
@@ -162,6 +150,64 @@ async def test_networks_of_a_project_and_what_is_refused(api: Api) -> None:
     assert (await api.call("GET", "/v1/networks", reader)).status_code == 200
     r = await api.call("POST", "/v1/networks", reader, json={"name": "r"})
     assert r.status_code == 403
+
+
+async def test_a_chosen_subnet_is_the_controllers_not_only_the_projects(api: Api) -> None:
+    """Two networks with one subnet on one node would share a gateway address and a connected
+    route, and the node would send one's replies to the other's bridge: a subnet (IPv4 or
+    IPv6) another project's network overlaps is refused, without naming that project; one that
+    overlaps nothing is taken, and a subnet is free again once its network is gone."""
+    alpha, beta = await api.token("alpha", "member"), await api.token("beta", "member")
+
+    async def create(token: str, **body: object) -> Any:
+        return await api.call("POST", "/v1/networks", token, json=body)
+
+    r = await create(alpha, name="back", subnet="192.168.77.0/24", subnet6="fd77::/64")
+    assert r.status_code == 201, r.text
+    for body, words in (
+        ({"subnet": "192.168.77.0/24"}, "subnet 192.168.77.0/24 overlaps a network in use"),
+        ({"subnet": "192.168.77.128/25"}, "subnet 192.168.77.128/25 overlaps a network in use"),
+        ({"subnet": "192.168.0.0/16"}, "overlaps a network in use on this controller"),
+        ({"subnet6": "fd77::/64"}, "subnet6 fd77::/64 overlaps a network in use"),
+        ({"subnet": "192.168.78.0/24", "subnet6": "fd77::/64"}, "subnet6 fd77::/64 overlaps"),
+    ):
+        r = await create(beta, name="x", **body)
+        detail = r.json()["detail"]
+        assert r.status_code == 409 and words in detail, (body, r.text)
+        assert "alpha" not in detail and "back" not in detail  # another project's business
+    assert (await api.call("GET", "/v1/networks", beta)).json()["items"] == []
+    # What overlaps nothing is beta's; alpha's own overlap still names alpha's network.
+    r = await create(beta, name="x", subnet="192.168.78.0/24", subnet6="fd78::/64")
+    assert r.status_code == 201, r.text
+    r = await create(alpha, name="b2", subnet="192.168.77.0/25")
+    assert r.status_code == 400 and "overlaps network back" in r.json()["detail"]
+    r = await create(alpha, name="b2", subnet="192.168.78.0/24")
+    assert r.status_code == 409 and "in use on this controller" in r.json()["detail"]
+    # Once alpha's network is gone, its subnets are anyone's.
+    assert (await api.call("DELETE", "/v1/networks/back", alpha)).status_code == 204
+    r = await create(beta, name="y", subnet="192.168.77.0/24", subnet6="fd77::/64")
+    assert r.status_code == 201, r.text
+
+
+async def test_concurrent_creates_of_one_subnet_in_many_projects_give_it_once(api: Api) -> None:
+    """The check and the insert are one step controller-wide (a lock every create with a
+    chosen subnet takes): of projects choosing one subnet at once, exactly one gets it."""
+    names = [f"p{i}" for i in range(8)]
+    for name in names:
+        await api.project(name)
+    tokens = [await api.token(name, "member") for name in names]
+    made = await asyncio.gather(*(
+        api.call("POST", "/v1/networks", token,
+                 json={"name": "n", "subnet": "172.20.0.0/16", "subnet6": f"fd20:0:0:{i}::/64"})
+        for i, token in enumerate(tokens)
+    ))  # fmt: skip
+    assert sorted(r.status_code for r in made) == [201] + [409] * 7, [r.text for r in made]
+    made = await asyncio.gather(*(
+        api.call("POST", "/v1/networks", token,
+                 json={"name": "six", "subnet6": "fd21::/64"})
+        for token in tokens
+    ))  # fmt: skip
+    assert sorted(r.status_code for r in made) == [201] + [409] * 7, [r.text for r in made]
 
 
 async def test_destroyed_machines_give_their_addresses_back(api: Api) -> None:
@@ -395,3 +441,49 @@ async def test_a_full_pool_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
         assert (await a.machine(t3, networks=["none"], start=False)).status_code == 201
     finally:
         await close_api(a)
+
+
+async def test_every_node_is_told_the_clusters_addresses_to_block(tmp_path: Path) -> None:
+    """Every node's advertised address and the controller's (where it listens, what its
+    certificate names, where the agent reached it) are in every node's answer, so that no
+    machine reaches another node's agent, ssh or the controller by NAT. A node joining,
+    moving or leaving ends the others' long polls."""
+    api, _ = await open_api(
+        tmp_path, listen="0.0.0.0:7878", tls_names=["198.51.100.5", "ctl.example"]
+    )
+    try:
+        x = await api.join("node-x", address="http://192.0.2.7:7443")
+        await api.join("node-n", address="http://agent.example:7443")  # a name: no address
+        headers = {"Authorization": f"Bearer {x['credential']}"}
+        path = f"/agent/v1/nodes/{x['node_id']}/assignments"
+
+        async def told(after: int = -1, wait: float = 0.0) -> Assignments:
+            # at an address of the controller's: what the agent connected to
+            r = await api.http.get(f"http://203.0.113.9{path}", headers=headers,
+                                   params={"after": after, "wait": wait})  # fmt: skip
+            assert r.status_code == 200, r.text
+            return Assignments.model_validate(r.json())
+
+        first = await told()
+        # sim-1 (127.0.0.1), 0.0.0.0 and names are not in it: loopback is always blocked
+        assert first.infrastructure == ["192.0.2.7", "198.51.100.5", "203.0.113.9"]
+        # A node joining later ends node-x's long poll, with its address in the answer.
+        waiting = asyncio.create_task(told(first.revision, 30))
+        await asyncio.sleep(0.2)
+        y = await api.join("node-y", address="http://[2001:db8::8]:7443")
+        joined = await asyncio.wait_for(waiting, 10)
+        assert "2001:db8::8" in joined.infrastructure and joined.revision > first.revision
+        # It moves (its heartbeat says where it is now): the old address goes.
+        r = await api.http.post(f"/agent/v1/nodes/{y['node_id']}/heartbeat",
+                                json={"address": "http://192.0.2.8:7443"},
+                                headers={"Authorization": f"Bearer {y['credential']}"})  # fmt: skip
+        assert r.status_code == 204, r.text
+        moved = await told(joined.revision, 10)
+        assert moved.revision > joined.revision
+        assert "192.0.2.8" in moved.infrastructure and "2001:db8::8" not in moved.infrastructure
+        # It leaves: no longer the cluster's.
+        assert (await api.call("DELETE", "/v1/nodes/node-y")).status_code in (200, 204)
+        left = await told(moved.revision, 10)
+        assert left.infrastructure == ["192.0.2.7", "198.51.100.5", "203.0.113.9"]
+    finally:
+        await close_api(api)

@@ -7,7 +7,8 @@ allowed.
     node-a: web-a   (project alpha, container)  httpd :8080, UDP echo :9000
     node-b: vm-b    (project alpha, micro-VM)   httpd :8080 published on node-b, UDP echo :9000
             spy-b   (project beta,  micro-VM)   a prober of another project
-    node-c: nothing: the "elsewhere" the published port is reached from
+    node-c: nothing: the "elsewhere" the published port is reached from; its agent joins
+            after the machines run (the others block its address from their next answer)
 """
 
 import http.server
@@ -98,7 +99,7 @@ def test_networks_across_nodes(
     c = cluster(net, hutch_env, short_dir, labels=lambda name: (f"node={name}",))
     try:
         admin = c.up()
-        c.start(c.agents)
+        c.start(c.agents[:2])  # node-c joins later
         admin.images.import_(probe_image, names=["probe"], public=True)
         for project in ("alpha", "beta"):
             admin.projects.create(project)
@@ -182,8 +183,9 @@ def test_networks_across_nodes(
 
         # 3. The controller's API and the node's agent API: not from a machine (micro-VM or
         # container), though the node's namespace reaches both, and the machine reaches another
-        # host on the controller's bridge by NAT. (Other nodes' agents are reachable by NAT:
-        # docs/networking.md, "Sandboxes do not speak VXLAN".)
+        # host on the controller's bridge by NAT.
+        c.start(c.agents[2:])
+        nodes = {n.name: n for n in admin.nodes.list()}
         controller = urlsplit(c.url)
         for node, machine in (("node-b", "vm-b"), ("node-a", "web-a")):
             agent = urlsplit(nodes[node].address)
@@ -195,6 +197,31 @@ def test_networks_across_nodes(
                 said = get(alpha, machine, host, port)
                 assert "HTTP/" not in said, (machine, host, port, said)
             assert "hello-from-bystander" in get(alpha, machine, *bystander)
+
+        def kept_from(machine: str, host: str, port: int) -> Callable[[], bool]:
+            return lambda: "HTTP/" not in get(alpha, machine, host, port)
+
+        # Nor any other node of the cluster, through its node's NAT: not node-a's agent API
+        # from vm-b, not node-b's from web-a, though each node's namespace reaches the other's,
+        # nor node-c's, which joined after the machines started (blocked from the next answer,
+        # the machines left running).
+        for node, machine, others in (("node-b", "vm-b", ("node-a", "node-c")),
+                                      ("node-a", "web-a", ("node-b", "node-c"))):  # fmt: skip
+            for other in others:
+                agent = urlsplit(nodes[other].address)
+                host, port = agent.hostname, agent.port
+                assert host and port
+                from_node = in_netns(ns[node], "sh", "-c", BUSYBOX_GET.format(host, port))
+                assert from_node.stdout.startswith("HTTP/1."), (node, other, from_node)
+                until(f"{machine} is kept from {other}'s agent",
+                      kept_from(machine, host, port), 30,
+                      logs=c.logs)  # fmt: skip
+            assert "hello-from-bystander" in get(alpha, machine, *bystander)
+        # ...nor node-a's address by any protocol (ICMP from the micro-VM), while the
+        # bystander answers the same ping.
+        ping = "ping -c 1 -W 2 {} >/dev/null 2>&1 && echo icmp"
+        assert inside(alpha, "vm-b", ping.format(address["node-a"])).stdout.strip() == ""
+        assert inside(alpha, "vm-b", ping.format(bystander[0])).stdout.strip() == "icmp"
 
         # 4. The published port on node-b answers from node-c's namespace and from the test's,
         # at node-b's address.

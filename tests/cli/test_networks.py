@@ -53,6 +53,37 @@ def test_networks_from_the_cli(hutch: Run) -> None:
     assert "back" not in hutch("network", "ls").stdout
 
 
+def test_a_subnet_another_project_uses_is_refused_in_one_line(
+    hutch: Run, controller: Controller
+) -> None:
+    """A subnet is the controller's: another project's network of it is refused (one line,
+    exit 125) without naming that project; a subnet nobody uses is taken."""
+    other = new_project(controller)
+    theirs = partial(
+        subprocess.run, capture_output=True, text=True, timeout=120, check=False,
+        env={**controller.env, "HUTCH_PROJECT": other},
+    )  # fmt: skip
+    made = theirs([HUTCH, "network", "create", "back", "--subnet", "192.168.88.0/24",
+                   "--subnet", "fd88:1:2:3::/64"])  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    try:
+        for argv, words in (
+            (("--subnet", "192.168.88.0/24"), "subnet 192.168.88.0/24 overlaps"),
+            (("--subnet", "192.168.89.0/24", "--subnet", "fd88:1:2:3::/64"),
+             "subnet6 fd88:1:2:3::/64 overlaps"),
+        ):  # fmt: skip
+            r = hutch("network", "create", "mine", *argv)
+            assert r.returncode == 125, r.stderr
+            line = one_clear_line(r.stderr)
+            assert line.startswith(f"hutch: {words} a network in use on this controller"), line
+            assert other not in line and "back" not in line
+        made = hutch("network", "create", "mine", "--subnet", "192.168.89.0/24")
+        assert made.returncode == 0, made.stderr
+        assert hutch("network", "rm", "mine").returncode == 0
+    finally:
+        theirs([HUTCH, "network", "rm", "back"])
+
+
 def test_security_groups_from_the_cli(hutch: Run) -> None:
     assert hutch("sg", "create", "web").stdout.startswith("sg-")
     added = hutch("sg", "rule", "add", "web", "ingress", "--protocol", "tcp", "--port", "80",

@@ -1,13 +1,17 @@
 """`hutch up -d` and `hutch down` (what `make up` does, from an empty data directory), and
-`hutch controller` with `hutch agent` as separate processes, as on a cluster."""
+`hutch controller` with `hutch agent` as separate processes, as on a cluster. Each test runs its
+node agents in a network namespace of its own (one agent per namespace)."""
 
 import json
+import os
 import shutil
 import signal
 import ssl
 import stat
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +20,16 @@ import pytest
 from hutch.client import Client, config
 from hutch.images.build import write_archive
 from tests.helpers import free_port
-from tests.helpers.cli import Hutch, one_clear_line
+from tests.helpers.cli import HUTCH, Hutch, one_clear_line
+from tests.helpers.netns import own_network_namespace
+
+
+@pytest.fixture(autouse=True)
+def _own_namespace() -> Iterator[None]:
+    """The session's `hutch up` manages the session's namespace: these tests' agents get one of
+    their own."""
+    with own_network_namespace():
+        yield
 
 
 def test_up_detached_then_a_first_workload_then_down(
@@ -164,6 +177,9 @@ def test_a_controller_and_an_agent_apart(
             assert [line.data for line in client.machines.logs(m)] == ["from node-a\n"]
             client.machines.delete(m)
             client.machines.wait(m, "destroyed", timeout=60)
+        # Another host's agent (node-a goes first: one agent per network namespace).
+        started[1].send_signal(signal.SIGTERM)
+        started[1].wait(30)
         elsewhere = Hutch({**agent_env, "HUTCH_STATE_DIR": str(short_dir / "b")}, timeout=60)
         refused = elsewhere("agent", "--controller", url, "--join-secret", "wrong")
         assert refused.returncode == 125 and "join" in one_clear_line(refused.stderr)
@@ -264,3 +280,55 @@ def test_an_agent_joins_over_https_with_a_join_token_that_pins_the_ca(
         for proc in [*agents, controller]:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+def test_one_agent_per_network_namespace(
+    hutch: Hutch, hutch_env: dict[str, str], short_dir: Path
+) -> None:
+    """A second node agent in the namespace where one runs would take over its nftables tables
+    and bridges: it is refused, naming the first, whichever way it is started; in another
+    namespace, or once the first is gone (even by kill -9), it starts."""
+    first, second = short_dir / "first", short_dir / "second"
+    port = free_port()
+    up = hutch("up", "-d", "--data-dir", str(first), "--port", str(port))
+    assert up.returncode == 0, up.stderr + (first / "hutch.log").read_text()
+    pid = int((first / "hutch.pid").read_text())
+    refusal = (
+        f"hutch: another hutch agent (pid {pid}, state dir {first}) manages the networks of "
+        "this network namespace; run one agent per namespace"
+    )
+    ns = f"hutch-t-{uuid.uuid4().hex[:8]}"
+    try:
+        again = hutch("up", "-d", "--data-dir", str(second), "--port", str(free_port()))
+        assert again.returncode == 125 and one_clear_line(again.stderr) == refusal
+        assert not (second / "hutch.pid").exists()  # nothing was started
+        foreground = hutch("up", "--data-dir", str(second), "--port", str(free_port()))
+        assert foreground.returncode == 125 and refusal in foreground.stderr
+        agent = Hutch({**hutch_env, "HUTCH_STATE_DIR": str(short_dir / "agent")})(
+            "agent", "--controller", f"http://127.0.0.1:{port}", "--join-secret", "a-secret"
+        )
+        assert agent.returncode == 125 and refusal in agent.stderr  # before it tries to join
+        # In a network namespace of its own, the same start works.
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        inside = ["nsenter", f"--net=/var/run/netns/{ns}", HUTCH]
+        elsewhere = subprocess.run(
+            [*inside, "up", "-d", "--data-dir", str(second), "--port", str(free_port())],
+            env=hutch_env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert elsewhere.returncode == 0, elsewhere.stderr + (second / "hutch.log").read_text()
+        down = subprocess.run([*inside, "down", "--data-dir", str(second)], env=hutch_env,
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert down.returncode == 0, down.stderr
+        # Once the first is gone, however it went, its claim went with it.
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists():
+            assert time.monotonic() < deadline, "hutch up did not die"
+            time.sleep(0.1)
+        after = hutch("up", "-d", "--data-dir", str(second), "--port", str(free_port()))
+        assert after.returncode == 0, after.stderr + (second / "hutch.log").read_text()
+    finally:
+        hutch("down", "--data-dir", str(second))
+        hutch("down", "--data-dir", str(first))
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)

@@ -294,3 +294,34 @@ def test_a_change_costs_what_changed_not_what_is_there() -> None:
                    "in-ht-3" for c in regroup["nftables"][1:] for k in c)  # fmt: skip
     assert sizes[0] == sizes[1]
     assert nft.changes(DESIRED, DESIRED) is None
+
+
+def test_the_blocked_addresses_are_named_sets_merged_and_replaced_atomically() -> None:
+    # The cluster's nodes and controllers, inside and beside the operator's ranges.
+    blocked = ("192.168.0.0/16", "192.168.1.10/32", "192.0.2.7/32", "2001:db8::8/128",
+               "169.254.169.254/32")  # fmt: skip
+    batch = nft.ruleset(replace(DESIRED, blocked=blocked))["nftables"]
+    sets = inet_maps(batch)
+    assert sets["blocked4"]["flags"] == ["interval"]
+    assert sets["blocked4"]["elem"] == [
+        {"prefix": {"addr": a, "len": n}}
+        for a, n in (("127.0.0.0", 8), ("169.254.0.0", 16), ("192.0.2.7", 32),
+                     ("192.168.0.0", 16))
+    ]  # fmt: skip
+    assert {"prefix": {"addr": "2001:db8::8", "len": 128}} in sets["blocked6"]["elem"]
+    drops = [r for r in rules_of(batch, "from-sandbox") if r[-1] == {"drop": None}]
+    assert [r[0]["match"]["right"] for r in drops[1:3]] == ["@blocked4", "@blocked6"]
+    # One more node: the same rules, one more element (nothing else of the ruleset moves).
+    more = nft.ruleset(replace(DESIRED, blocked=(*blocked, "192.0.2.9/32")))["nftables"]
+    assert {"prefix": {"addr": "192.0.2.9", "len": 32}} in inet_maps(more)["blocked4"]["elem"]
+    assert [c for c in more if "set" not in c.get("add", {})] == [
+        c for c in batch if "set" not in c.get("add", {})
+    ]
+    # nft takes the overlapping ranges, again and again (one transaction each).
+    first, second = json.dumps({"nftables": batch}), json.dumps({"nftables": more})
+    out = nft_in_fresh_netns(
+        f"echo '{first}' | nft -j -f - && echo '{second}' | nft -j -f - && "
+        "nft list set inet hutch blocked4 && nft list chain inet hutch from-sandbox"
+    )
+    assert "192.0.2.7" in out and "192.0.2.9" in out and "192.168.0.0/16" in out
+    assert "ip daddr @blocked4 drop" in out and "ip6 daddr @blocked6 drop" in out

@@ -416,3 +416,25 @@ def test_a_change_that_nft_refuses_replaces_the_tables_whole(
     fresh.reconcile([spec("a", 7, 2), spec("b", 7, 3), spec("c", 7, 4)])
     assert hutch_tables(topo) == after
     assert topo.ping(a, "10.77.7.4")
+
+
+def test_ingress_rules_hold_for_published_ports_from_everywhere(
+    topo: Topology, node: NodeNetwork
+) -> None:
+    """A published port is reached from another host, from the node's own address and from its
+    127.0.0.1: each way meets the sandbox's ingress rules (the node's own connections leave
+    through the output hook, whose interface is lo's until DNAT re-routes them)."""
+    a = node.plug_netns(spec("a", 7, 2, "8080:80"))
+    topo.serve_http(a, "0.0.0.0", 80, "published\n")
+    ways = ((topo.outside, NODE_IP), (topo.node, NODE_IP), (topo.node, "127.0.0.1"))
+
+    def answers() -> list[bool]:
+        return [topo.get(ns, ip, 8080) == "published\n" for ns, ip in ways]
+
+    everyone = ("0.0.0.0/0", "::/0")
+    node.set_groups({"a": Groups((Allow("tcp", 80, 80, everyone),))})
+    assert answers() == [True, True, True]
+    node.set_groups({"a": Groups((Allow("tcp", 81, 81, everyone),))})
+    assert answers() == [False, False, False]
+    node.set_groups({})  # in no group: published ports are open
+    assert answers() == [True, True, True]

@@ -2,6 +2,7 @@
 in a node namespace of the test's own: what is allowed works, next to each denial."""
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,12 +10,13 @@ import pytest
 
 from hutch.agent.runtimes import open_driver
 from hutch.images.rootfs import PreparedRoot
+from hutch.model.errors import Unsupported
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec
 from hutch.network.dns import DnsServer, machine_records
 from hutch.network.node import NetworkOptions, NodeNetwork
 from hutch.runtime.driver import SandboxDriver
-from tests.helpers.runtime import output, settings_for, wait_for_line
+from tests.helpers.runtime import driver_in, make_spec, output, settings_for, wait_for_line
 from tests.network.topology import NODE_IP, OUTSIDE_IP, Topology, attachment, topology
 
 pytestmark = pytest.mark.timeout(240)
@@ -238,3 +240,22 @@ async def test_guests_resolve_their_networks_names_and_only_those(
             assert "REFUSED" in out["outside"], out
     finally:
         await net.dns.close()
+
+
+@pytest.mark.parametrize("runtime", ["microvm", "container"])
+async def test_a_node_without_networking_refuses_networked_sandboxes_alike(
+    runtime: str, short_dir: Path, busybox_root: PreparedRoot
+) -> None:
+    """Both runtimes refuse a sandbox with networks the same way when the node's networking is
+    not set up (no wiring), before making anything; without networks the same sandbox runs."""
+    async for driver in driver_in(short_dir / "state", runtime):
+        networked = dataclasses.replace(
+            make_spec(busybox_root, "/bin/echo", "up"), networks=(attachment(7, 2),)
+        )
+        with pytest.raises(Unsupported, match="this node has no networking set up"):
+            await driver.create(networked)
+        assert await driver.sandboxes() == []  # refused before anything was made
+        await driver.create(dataclasses.replace(networked, networks=()))
+        await driver.start("sb")
+        out, _ = await output(driver, "sb")
+        assert out == b"up\n"

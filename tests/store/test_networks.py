@@ -132,7 +132,8 @@ async def test_concurrent_creates_never_share_an_address(store: SqlStore) -> Non
 async def test_a_chosen_ipv6_64_gives_each_address_once(store: SqlStore) -> None:
     """A network whose /64 the project chose (outside the controller's /48): its machines' IPv6
     addresses come from that /64, none twice under concurrent creates; another project's
-    network of the same /64 numbers its own (projects never route to each other)."""
+    network of the same /64 (made before the controller refused that: see the next test)
+    numbers its own."""
     mine, theirs = f.project(), f.project()
     chosen = "fd00:aaaa:bbbb:cccc::/64"
     nets = [replace(network(p.id, "six", slot, "10.2.0.0/24"), subnet6=chosen)
@@ -153,6 +154,39 @@ async def test_a_chosen_ipv6_64_gives_each_address_once(store: SqlStore) -> None
         assert len(ip6s) == len(set(ip6s)) == 20
         assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(chosen) for ip in ip6s)
     assert len({a.mac for a in rows}) == 40  # MACs stay unique controller-wide
+
+
+async def test_chosen_subnets_are_checked_one_create_at_a_time(store: SqlStore) -> None:
+    """Creates with a chosen subnet hold one controller-wide lock (the ula48 fact's row) from
+    before they read every network's subnets until they commit: of many projects choosing one
+    subnet at once, each reads what those before it made, and one gets it."""
+    projects = [f.project() for _ in range(6)]
+    async with store.write() as tx:
+        for p in projects:
+            await tx.projects.create(p)
+        await tx.networks.fact("ula48", ULA)  # stored already: its insert serialises nothing
+
+    async def choose(p_index: int) -> bool:
+        async with store.write() as tx:
+            await tx.networks.fact("ula48", ULA)
+            await tx.networks.lock_fact("ula48")
+            taken = await tx.networks.subnets()
+            await asyncio.sleep(0.02)  # widen the window between the check and the insert
+            if any(s4 == "172.30.0.0/24" for _, _, s4, _ in taken):
+                return False
+            net = network(projects[p_index].id, "n", 10 + p_index, "172.30.0.0/24")
+            assert await tx.networks.create(net)
+            return True
+
+    won = await asyncio.gather(*(choose(i) for i in range(len(projects))))
+    assert sorted(won) == [False] * 5 + [True]
+    async with store.read() as tx:
+        [(project_id, name, subnet4, subnet6)] = await tx.networks.subnets()
+    assert (project_id, name, subnet4) == (projects[won.index(True)].id, "n", "172.30.0.0/24")
+    assert subnet6 == subnet6_of(ULA, 10 + won.index(True))
+    async with store.write() as tx:
+        with pytest.raises(NotFound, match="fact 'nothing'"):
+            await tx.networks.lock_fact("nothing")
 
 
 async def test_a_lost_machines_addresses_wait_for_its_node_to_be_fenced(store: SqlStore) -> None:

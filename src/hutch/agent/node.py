@@ -18,7 +18,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +37,7 @@ from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, U
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState, parse_signal
 from hutch.network import dns, nft
+from hutch.network.claim import NamespaceClaim, claim
 from hutch.network.node import NetworkOptions, NodeNetwork, Peer
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
@@ -64,13 +65,19 @@ class Identity:
 
 def _hosts_of(*urls: str) -> list[str]:
     """The IP literals among `urls`' hosts, as /32 or /128 CIDRs."""
+    return host_cidrs(urlsplit(url).hostname or "" for url in urls)
+
+
+def host_cidrs(addresses: Iterable[str]) -> list[str]:
+    """The IP literals among `addresses`, as /32 or /128 CIDRs (names, loopback and the
+    unspecified address left out: 127/8 and ::1 are blocked anyway)."""
     out: list[str] = []
-    for url in urls:
+    for text in addresses:
         try:
-            addr = ipaddress.ip_address(urlsplit(url).hostname or "")
+            addr = ipaddress.ip_address(text)
         except ValueError:
             continue
-        if not addr.is_loopback:  # 127/8 is blocked anyway
+        if not (addr.is_loopback or addr.is_unspecified):
             out.append(f"{addr}/{addr.max_prefixlen}")
     return out
 
@@ -128,8 +135,12 @@ class NodeAgent:
         advertise: str,
         labels: dict[str, str] | None = None,
         domain: str = "",
+        namespace: NamespaceClaim | None = None,
     ) -> None:
         self.settings = settings
+        # This agent's claim on the network namespace it manages (one agent per namespace: see
+        # network/claim.py), taken by `open` unless the caller took it already.
+        self.namespace = namespace
         self.dir = node_dir(settings)
         self.controller = controller
         self.join_secret = join_secret
@@ -153,7 +164,11 @@ class NodeAgent:
             NetworkOptions(
                 state_dir=self.dir,
                 mtu=settings.network_mtu,
-                blocked=(*settings.network_blocked, *_hosts_of(controller, advertise)),
+                blocked=(
+                    *settings.network_blocked,
+                    *_hosts_of(controller, advertise),
+                    *host_cidrs([settings.network_underlay or ""]),
+                ),
                 underlay=settings.network_underlay or _underlay_of(advertise),
             ),
             dns=self.dns,
@@ -161,8 +176,16 @@ class NodeAgent:
 
     # -- start-up ----------------------------------------------------------------------------------
 
+    def claim_namespace(self) -> None:
+        """Claim the network namespace this agent manages, if it has not yet; Conflict, naming
+        the holder, if another agent manages it (its tables and bridges would be replaced)."""
+        if self.namespace is None:
+            self.namespace = claim(self.network.opts.netns, self.settings.state_dir)
+
     async def open(self) -> Identity:
-        """Open the drivers (re-adopting sandboxes), and join the controller once."""
+        """Claim the network namespace (Conflict if another agent manages it), open the
+        drivers (re-adopting sandboxes), and join the controller once."""
+        self.claim_namespace()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for runtime in RUNTIMES:
             try:
@@ -278,6 +301,7 @@ class NodeAgent:
                     continue
                 revision = answer.revision
                 await self.update_groups(answer)  # first: a closed port closes soonest
+                await self.update_infrastructure(answer)
                 self.update_dns(answer)
                 await self.update_overlay(answer)
                 try:
@@ -315,6 +339,17 @@ class NodeAgent:
         except Exception:  # the round goes on; the next answer retries
             log.exception("security groups could not be applied")
 
+    async def update_infrastructure(self, answer: Assignments) -> None:
+        """The cluster's nodes' and controllers' addresses (`Assignments.infrastructure`),
+        blocked to every sandbox: a node that joins is closed with the next answer, without
+        touching the sandboxes. An older controller sends none: the agent's own list stays."""
+        try:
+            await asyncio.to_thread(
+                self.network.set_infrastructure, host_cidrs(answer.infrastructure)
+            )
+        except HutchError as e:  # the next answer retries
+            log.warning("cannot block the cluster's addresses: %s", e.message)
+
     async def update_overlay(self, answer: Assignments) -> None:
         """The VXLAN entries for the machines on other nodes of the networks this node hosts,
         from the same peer list (the whole set each time; entries of peers gone are removed)."""
@@ -331,6 +366,9 @@ class NodeAgent:
         for driver in self.drivers.values():
             await driver.close()
         await self.link.close()
+        if self.namespace is not None:
+            self.namespace.release()
+            self.namespace = None
 
     async def reconcile(self, assignments: list[Assignment]) -> None:
         wanted = {a.sandbox: a for a in assignments}

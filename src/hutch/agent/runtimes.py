@@ -9,6 +9,7 @@ from hutch.runtime import accel
 from hutch.runtime.container import USERNS_SIZE, ContainerBackend, ContainerOptions
 from hutch.runtime.driver import DriverOptions, SandboxDriver
 from hutch.runtime.guest import build
+from hutch.runtime.host import HostOptions
 from hutch.runtime.microvm import VM_UIDS, MicroVMBackend, MicroVMOptions
 from hutch.runtime.supervisor import Timeouts
 from hutch.runtime.wiring import NetworkWiring
@@ -47,14 +48,14 @@ def open_driver(
         log_hold=settings.log_hold,
         timeouts=Timeouts(boot=settings.boot_timeout),
     )
+    host = HostOptions(cgroup_parent=settings.cgroup_parent, network=network)
     if runtime == "container":
         container = ContainerOptions(
             agent=guest.agent,
             crun=settings.crun,
-            cgroup_parent=settings.cgroup_parent,
+            host=host,
             userns=settings.container_userns,
             uid_base=settings.container_uid_base,
-            network=network,
         )
         _check_uid_ranges(settings.vm_uid_base, VM_UIDS, container)
         return SandboxDriver(ContainerBackend(container), options)
@@ -65,12 +66,11 @@ def open_driver(
                 guest=guest,
                 accel=chosen,
                 qemu=settings.qemu,
-                cgroup_parent=settings.cgroup_parent,
+                host=host,
                 overhead_mib=settings.vm_overhead_mib,
                 uid_base=settings.vm_uid_base,
                 console_max_bytes=settings.console_max_bytes,
                 debug=settings.vm_debug,
-                network=network,
             )
         ),
         options,

@@ -124,18 +124,7 @@ def rule_of(body: RuleCreate) -> Rule:
 
 
 def _rules(g: SecurityGroup) -> list[RuleView]:
-    return [
-        RuleView(
-            id=rule_id,
-            direction=r.direction,
-            protocol=r.protocol,
-            port_min=r.port_min,
-            port_max=r.port_max,
-            remote_cidr=r.remote_cidr,
-            remote_group=r.remote_group,
-        )
-        for rule_id, r in g.rules
-    ]
+    return [RuleView.mirroring(r, id=rule_id) for rule_id, r in g.rules]
 
 
 def group_view(g: SecurityGroup, project: str) -> SecurityGroupView:
@@ -157,20 +146,8 @@ def assignments(
             )
             for g in plan.rules.values()
         ],
-        peers=[
-            PeerView(
-                network_id=p.network_id,
-                machine=p.machine_id,
-                name=p.name,
-                project=p.project,
-                mac=p.mac,
-                ip4=p.ip4,
-                ip6=p.ip6,
-                node=p.node_id,
-                underlay=p.underlay,
-            )
-            for p in plan.peers
-        ],
+        peers=[PeerView.mirroring(p, machine=p.machine_id, node=p.node_id) for p in plan.peers],
+        infrastructure=list(plan.infrastructure),
     )
 
 

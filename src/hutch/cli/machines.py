@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 from hutch.cli.main import CLI_WORDS
+from hutch.cli.options import EnvOpt, TtyOpt, UserOpt, WorkdirOpt
 from hutch.cli.remote import (
     OutputOpt,
     ago,
@@ -114,16 +115,9 @@ def run(
         bool,
         typer.Option("--interactive", "-i", help="Keep the command's stdin open: send hutch's."),
     ] = False,
-    tty: Annotated[
-        bool,
-        typer.Option(
-            "--tty", "-t", help="Give the command a terminal (with -i: type into it, e.g. a shell)."
-        ),
-    ] = False,
+    tty: TtyOpt = False,
     name: Annotated[str | None, typer.Option(help="A name, unique in the project.")] = None,
-    env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
-    ] = None,
+    env: EnvOpt = None,
     cpus: Annotated[int | None, typer.Option(help="vCPUs (default 1).")] = None,
     memory: Annotated[
         str | None, typer.Option("--memory", "-m", help="RAM, e.g. 256M or 1G (default 128M).")
@@ -139,12 +133,8 @@ def run(
     label: Annotated[
         list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE, repeatable.")
     ] = None,
-    workdir: Annotated[
-        str | None, typer.Option("--workdir", "-w", help="Working directory inside.")
-    ] = None,
-    user: Annotated[
-        str | None, typer.Option("--user", "-u", help="USER[:GROUP] or UID[:GID] inside.")
-    ] = None,
+    workdir: WorkdirOpt = None,
+    user: UserOpt = None,
     entrypoint: Annotated[
         str | None, typer.Option(help="Replace the image's entrypoint (and drop its Cmd).")
     ] = None,
@@ -475,15 +465,8 @@ def exec_(
     interactive: Annotated[
         bool, typer.Option("--interactive", "-i", help="Send hutch's stdin to the command.")
     ] = False,
-    tty: Annotated[
-        bool,
-        typer.Option(
-            "--tty", "-t", help="Give the command a terminal (with -i: type into it, e.g. a shell)."
-        ),
-    ] = False,
-    env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
-    ] = None,
+    tty: TtyOpt = False,
+    env: EnvOpt = None,
     workdir: Annotated[
         str, typer.Option("--workdir", "-w", help="Working directory (default: the machine's).")
     ] = "",

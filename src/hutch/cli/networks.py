@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from hutch.cli.remote import OutputOpt, ago, connect, dump, emit, newest_first, progress
+from hutch.cli.remote import OutputOpt, act, connect, fields, listed, progress, show, when
 from hutch.model.errors import Invalid
 from hutch.wire.networks import RuleView, SecurityGroupView
 
@@ -66,36 +66,23 @@ def network_create(
 @network_app.command("ls")
 def network_ls(output: OutputOpt = "table") -> None:
     """List the project's networks."""
-    with connect() as client:
-        found = list(client.networks.list())
-    emit(
-        newest_first(found, lambda n: n.created_at),
-        [
-            ("NAME", lambda n: n.name),
-            ("ID", lambda n: n.id),
-            ("SUBNET4", lambda n: n.subnet4),
-            ("SUBNET6", lambda n: n.subnet6),
-            ("EGRESS", lambda n: n.egress),
-            ("MACHINES", lambda n: str(n.machines)),
-            ("CREATED", lambda n: ago(n.created_at)),
-        ],
-        output,
-    )
+    columns = [
+        *fields("name", "id", "subnet4", "subnet6", "egress", "machines"),
+        when("created_at"),
+    ]
+    listed(lambda client: client.networks.list(), columns, output)
 
 
 @network_app.command("inspect")
 def network_inspect(ref: NetworkRef, output: OutputOpt = "json") -> None:
     """Show a network: subnets, gateways, VNI, egress, machines on it."""
-    with connect() as client:
-        dump(client.networks.get(ref), output)
+    show(lambda client: client.networks.get(ref), output)
 
 
 @network_app.command("rm")
 def network_rm(ref: NetworkRef) -> None:
     """Delete a network no machine is on."""
-    with connect() as client:
-        client.networks.delete(ref)
-    progress(f"network {ref} is deleted")
+    act(lambda client: client.networks.delete(ref), f"network {ref} is deleted")
 
 
 @sg_app.command("create")
@@ -122,33 +109,20 @@ def rule_text(r: RuleView) -> str:
 @sg_app.command("ls")
 def sg_ls(output: OutputOpt = "table") -> None:
     """List the project's security groups and their rules."""
-    with connect() as client:
-        found = list(client.security_groups.list())
-    emit(
-        newest_first(found, lambda g: g.created_at),
-        [
-            ("NAME", lambda g: g.name),
-            ("ID", lambda g: g.id),
-            ("RULES", _rules),
-            ("CREATED", lambda g: ago(g.created_at)),
-        ],
-        output,
-    )
+    columns = [*fields("name", "id"), ("RULES", _rules), when("created_at")]
+    listed(lambda client: client.security_groups.list(), columns, output)
 
 
 @sg_app.command("inspect")
 def sg_inspect(ref: GroupRef, output: OutputOpt = "json") -> None:
     """Show a security group and its rules (with their ids, for hutch sg rule rm)."""
-    with connect() as client:
-        dump(client.security_groups.get(ref), output)
+    show(lambda client: client.security_groups.get(ref), output)
 
 
 @sg_app.command("rm")
 def sg_rm(ref: GroupRef) -> None:
     """Delete a security group no live machine is in."""
-    with connect() as client:
-        client.security_groups.delete(ref)
-    progress(f"security group {ref} is deleted")
+    act(lambda client: client.security_groups.delete(ref), f"security group {ref} is deleted")
 
 
 @rule_app.command("add")
@@ -177,6 +151,7 @@ def rule_rm(
     rule: Annotated[str, typer.Argument(metavar="RULE", help="The rule's id (hutch sg inspect).")],
 ) -> None:
     """Remove a rule."""
-    with connect() as client:
-        client.security_groups.remove_rule(ref, rule)
-    progress(f"rule {rule} is removed from {ref}")
+    act(
+        lambda client: client.security_groups.remove_rule(ref, rule),
+        f"rule {rule} is removed from {ref}",
+    )

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from hutch.cli.remote import OutputOpt, ago, connect, dump, emit, newest_first, progress
+from hutch.cli.remote import OutputOpt, act, connect, fields, listed, show, when
 from hutch.model.units import format_bytes, parse_duration
 from hutch.placement import CPU_OVERCOMMIT
 from hutch.wire.nodes import NodeView
@@ -28,24 +28,18 @@ def ls(output: OutputOpt = "table") -> None:
     Each one's state, runtimes, and how much of its capacity machines hold, as the scheduler
     counts it: vCPUs up to the host's CPUs times the overcommit, memory and disk as they are.
     """
-    with connect() as client:
-        nodes = list(client.nodes.list())
-    emit(
-        newest_first(nodes, lambda n: n.created_at),
-        [
-            ("NAME", lambda n: n.name),
-            ("ID", lambda n: n.id),
-            ("STATE", lambda n: f"{n.state},cordoned" if n.cordoned else n.state),
-            ("DOMAIN", lambda n: n.domain or "-"),
-            ("ACCEL", lambda n: n.accel),
-            ("RUNTIMES", lambda n: ",".join(n.runtimes)),
-            ("VCPUS", lambda n: _used(n, "cpus")),
-            ("MEMORY", lambda n: _used(n, "memory_mib")),
-            ("DISK", lambda n: _used(n, "disk_mib")),
-            ("SEEN", lambda n: ago(n.last_seen)),
-        ],
-        output,
-    )
+    columns = [
+        *fields("name", "id"),
+        ("STATE", lambda n: f"{n.state},cordoned" if n.cordoned else n.state),
+        ("DOMAIN", lambda n: n.domain or "-"),
+        *fields("accel"),
+        ("RUNTIMES", lambda n: ",".join(n.runtimes)),
+        ("VCPUS", lambda n: _used(n, "cpus")),
+        ("MEMORY", lambda n: _used(n, "memory_mib")),
+        ("DISK", lambda n: _used(n, "disk_mib")),
+        when("last_seen", "SEEN"),
+    ]
+    listed(lambda client: client.nodes.list(), columns, output)
 
 
 Ref = Annotated[str, typer.Argument(metavar="NODE", help="A node's name or id.")]
@@ -54,40 +48,34 @@ Ref = Annotated[str, typer.Argument(metavar="NODE", help="A node's name or id.")
 @app.command()
 def inspect(ref: Ref, output: OutputOpt = "json") -> None:
     """Show a node: capacity, allocation, labels, failure domain, state."""
-    with connect() as client:
-        dump(client.nodes.get(ref), output)
+    show(lambda client: client.nodes.get(ref), output)
 
 
 @app.command()
 def cordon(ref: Ref) -> None:
     """Take no new machines on the node; what it runs stays."""
-    with connect() as client:
-        client.nodes.cordon(ref)
-    progress(f"node {ref} is cordoned")
+    act(lambda client: client.nodes.cordon(ref), f"node {ref} is cordoned")
 
 
 @app.command()
 def uncordon(ref: Ref) -> None:
     """Let the node take new machines again."""
-    with connect() as client:
-        client.nodes.uncordon(ref)
-    progress(f"node {ref} takes machines again")
+    act(lambda client: client.nodes.uncordon(ref), f"node {ref} takes machines again")
 
 
 @app.command()
 def drain(ref: Ref) -> None:
     """Cordon the node and move its machines elsewhere (each restarts on another node)."""
-    with connect() as client:
-        client.nodes.drain(ref)
-    progress(f"node {ref} is cordoned and its machines are moving to other nodes")
+    act(
+        lambda client: client.nodes.drain(ref),
+        f"node {ref} is cordoned and its machines are moving to other nodes",
+    )
 
 
 @app.command("rm")
 def rm(ref: Ref) -> None:
     """Forget a node that runs nothing (drain it first). Its agent must join again."""
-    with connect() as client:
-        client.nodes.remove(ref)
-    progress(f"node {ref} is removed")
+    act(lambda client: client.nodes.remove(ref), f"node {ref} is removed")
 
 
 @app.command("join-token")

@@ -6,13 +6,17 @@ import typer
 
 from hutch.cli.remote import (
     OutputOpt,
+    act,
     ago,
     check_output,
     connect,
     dump,
+    each,
     emit,
-    newest_first,
+    fields,
+    listed,
     progress,
+    when,
 )
 from hutch.model.errors import Invalid
 from hutch.model.tenancy import Role
@@ -75,9 +79,10 @@ def project_strategy(
     strategy: Annotated[str, typer.Argument(metavar="STRATEGY", help="spread or pack")],
 ) -> None:
     """Set how a project's machines are placed (system token): spread or pack."""
-    with connect() as client:
-        client.projects.set_strategy(name, strategy)
-    progress(f"project {name} places its machines: {strategy}")
+    act(
+        lambda client: client.projects.set_strategy(name, strategy),
+        f"project {name} places its machines: {strategy}",
+    )
 
 
 @project_app.command("ls")
@@ -86,18 +91,8 @@ def project_ls(output: OutputOpt = "table") -> None:
 
     A project token sees its own project only.
     """
-    with connect() as client:
-        projects = list(client.projects.list())
-    emit(
-        newest_first(projects, lambda p: p.created_at),
-        [
-            ("NAME", lambda p: p.name),
-            ("ID", lambda p: p.id),
-            ("CREATED", lambda p: ago(p.created_at)),
-            ("QUOTA", lambda p: _limits(p.quota)),
-        ],
-        output,
-    )
+    columns = [*fields("name", "id"), when("created_at"), ("QUOTA", lambda p: _limits(p.quota))]
+    listed(lambda client: client.projects.list(), columns, output)
 
 
 @project_app.command("rm")
@@ -108,10 +103,7 @@ def project_rm(
 
     A project that still has machines is refused: `hutch rm -f` them first.
     """
-    with connect() as client:
-        for name in names:
-            client.projects.delete(name)
-            typer.echo(name)
+    each(lambda client, name: client.projects.delete(name), names)
 
 
 # -- tokens ---------------------------------------------------------------------------------------
@@ -146,20 +138,13 @@ def token_ls(project: ProjectOpt = None, output: OutputOpt = "table") -> None:
 
     Their secrets are not shown: they were, once, when created.
     """
-    with connect() as client:
-        tokens = list(client.projects.tokens.list(project))
-    emit(
-        newest_first(tokens, lambda t: t.created_at),
-        [
-            ("ID", lambda t: t.id),
-            ("NAME", lambda t: t.name),
-            ("ROLE", lambda t: t.role),
-            ("CREATED", lambda t: ago(t.created_at)),
-            ("EXPIRES", lambda t: ago(t.expires_at)),
-            ("REVOKED", lambda t: ago(t.revoked_at)),
-        ],
-        output,
-    )
+    columns = [
+        *fields("id", "name", "role"),
+        when("created_at"),
+        when("expires_at", "EXPIRES"),
+        when("revoked_at", "REVOKED"),
+    ]
+    listed(lambda client: client.projects.tokens.list(project), columns, output)
 
 
 @token_app.command("revoke")
@@ -168,10 +153,7 @@ def token_revoke(
     project: ProjectOpt = None,
 ) -> None:
     """Revoke tokens: they stop working at once."""
-    with connect() as client:
-        for token_id in ids:
-            client.projects.tokens.revoke(token_id, project)
-            typer.echo(token_id)
+    each(lambda client, token_id: client.projects.tokens.revoke(token_id, project), ids)
 
 
 # -- quotas ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -106,6 +107,46 @@ def emit(items: Iterable[Any], columns: Sequence[Column], output: str) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     for row in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def fields(*names: str) -> list[Column]:
+    """Columns of the items' fields as they are, each headed by its name in capitals."""
+    return [(name.upper(), attrgetter(name)) for name in names]
+
+
+def when(name: str, header: str = "CREATED") -> Column:
+    """A column of a time field (epoch seconds) as people read it: '3 minutes ago'."""
+    return (header, lambda item: ago(getattr(item, name)))
+
+
+def listed(
+    fetch: "Callable[[Client], Iterable[Any]]", columns: Sequence[Column], output: str
+) -> None:
+    """The API objects `fetch` lists through the configured controller, the newest first (by
+    `created_at`), as `emit` shows them."""
+    with connect() as client:
+        emit(newest_first(fetch(client), attrgetter("created_at")), columns, output)
+
+
+def show(get: "Callable[[Client], object]", output: str) -> None:
+    """The API object `get` fetches through the configured controller, as JSON or YAML."""
+    with connect() as client:
+        dump(get(client), output)
+
+
+def act(do: "Callable[[Client], object]", done: str) -> None:
+    """One request through the configured controller; then `done` says what it did."""
+    with connect() as client:
+        do(client)
+    progress(done)
+
+
+def each(do: "Callable[[Client, str], object]", refs: Iterable[str]) -> None:
+    """One request per ref through the configured controller, each ref printed once done."""
+    with connect() as client:
+        for ref in refs:
+            do(client, ref)
+            typer.echo(ref)
 
 
 def _cell(value: object) -> str:

@@ -13,6 +13,7 @@ from hutch import config
 from hutch.agent.images import roots_for
 from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
+from hutch.cli.options import EnvOpt, UserOpt, WorkdirOpt
 from hutch.model.errors import Invalid
 from hutch.model.sandbox import Resources, SandboxState, Stream
 from hutch.model.units import parse_mib
@@ -55,13 +56,9 @@ def run(
     scratch: Annotated[
         str, typer.Option(help="Writable space over the root (0 = half the memory).")
     ] = "0",
-    env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable.")
-    ] = None,
-    workdir: Annotated[str, typer.Option("--workdir", "-w", help="Working directory inside.")] = "",
-    user: Annotated[
-        str, typer.Option("--user", "-u", help="USER[:GROUP] or UID[:GID] inside.")
-    ] = "",
+    env: EnvOpt = None,
+    workdir: WorkdirOpt = None,
+    user: UserOpt = None,
     entrypoint: Annotated[str | None, typer.Option(help="Replace the image's entrypoint.")] = None,
     name: Annotated[str, typer.Option(help="Sandbox id (default: generated).")] = "",
     keep: Annotated[
@@ -82,8 +79,8 @@ def run(
         command=tuple(argv),
         entrypoint=tuple(entrypoint.split()) if entrypoint is not None else None,
         env=tuple(env or ()),
-        workdir=workdir,
-        user=user,
+        workdir=workdir or "",
+        user=user or "",
         resources=Resources(
             cpus=cpus, memory_mib=parse_mib(memory), scratch_mib=parse_mib(scratch)
         ),

@@ -74,6 +74,11 @@ def _detach(settings: config.Settings, port: int) -> None:
         url = (settings.state_dir / "hutch.url").read_text().strip()
         typer.echo(f"hutch is already up (pid {pid}): API at {url} (stop: hutch down)")
         return
+    from hutch.network.claim import claim  # noqa: PLC0415  (see the imports)
+
+    # Said here rather than in the log of a child that stops at once: the child claims the
+    # namespace itself, for its life.
+    claim(None, settings.state_dir).release()
     log_path = settings.state_dir / "hutch.log"
     argv = [
         sys.executable,
@@ -196,8 +201,10 @@ def controller(
         overrides["tls"] = True
     if tls_name:
         overrides["tls_names"] = tls_name
+    if listen:
+        overrides["listen"] = listen  # the controller's address, as its nodes block it
     settings = config.load(**overrides)
-    host, port = servers.host_port(listen or settings.listen)
+    host, port = servers.host_port(settings.listen)
     _logging()
     servers.run_controller(settings, host, port)
 

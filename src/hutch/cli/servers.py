@@ -22,6 +22,7 @@ from hutch.controller import build_controller, join_secret_of
 from hutch.http import tls
 from hutch.http.slow import guarded_http
 from hutch.model.errors import Invalid, Unavailable
+from hutch.network.claim import claim
 
 log = logging.getLogger("hutch")
 SHUTDOWN_GRACE = 3  # seconds
@@ -93,6 +94,7 @@ async def _first_to_end(*tasks: "asyncio.Task[None]") -> None:
 
 
 async def _run_agent(agent: NodeAgent, host: str, port: int) -> None:
+    agent.claim_namespace()  # before anything else: another agent's node is left alone
     server = _server(create_node_app(agent), host, port)
     serving, bound = await _start(server)
     if agent.advertise.endswith(":0"):
@@ -108,6 +110,9 @@ async def _run_agent(agent: NodeAgent, host: str, port: int) -> None:
 
 
 async def _up(settings: config.Settings, port: int) -> None:
+    # Refused before the controller starts (and before the `local` context is saved) when
+    # another agent manages this network namespace.
+    namespace = claim(None, settings.state_dir)
     ctl = build_controller(settings)
     host, _ = host_port(settings.listen)
     controller = _server(create_app(ctl, settings), host, port, settings=settings)
@@ -121,6 +126,7 @@ async def _up(settings: config.Settings, port: int) -> None:
         join_secret=join_secret_of(settings),  # the controller's own, whatever set it
         name=node_name(),
         advertise="http://127.0.0.1:0",
+        namespace=namespace,
     )
     log.info("hutch is up: API at %s", url)
     try:

@@ -73,6 +73,8 @@ class Endpoint:
 IMAGES = Call("GET", "/v1/images", scoped=True)
 PROJECTS = Call("GET", "/v1/projects")
 NODES = Call("GET", "/v1/nodes")
+NETWORKS = Call("GET", "/v1/networks", scoped=True)
+GROUPS = Call("GET", "/v1/security-groups", scoped=True)
 
 
 def listing(

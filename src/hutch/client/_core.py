@@ -238,7 +238,11 @@ def _group(ref: str, *rest: str) -> str:
     )
 
 
-def create_network(body: NetworkCreate) -> Plan[NetworkView]:
+def create_network(
+    name: str, subnet: str, egress: str, egress_allow: Sequence[str], subnet6: str
+) -> Plan[NetworkView]:
+    body = build(NetworkCreate, name=name, subnet=subnet, subnet6=subnet6, egress=egress,
+                 egress_allow=list(egress_allow))  # fmt: skip
     return NetworkView.model_validate_json(
         (yield Call("POST", "/v1/networks", body=body, scoped=True))
     )
@@ -252,7 +256,8 @@ def delete_network(ref: str) -> Plan[None]:
     yield Call("DELETE", _network(ref), scoped=True)
 
 
-def create_group(body: SecurityGroupCreate) -> Plan[SecurityGroupView]:
+def create_group(name: str) -> Plan[SecurityGroupView]:
+    body = build(SecurityGroupCreate, name=name)
     call = Call("POST", "/v1/security-groups", body=body, scoped=True)
     return SecurityGroupView.model_validate_json((yield call))
 

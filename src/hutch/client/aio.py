@@ -19,9 +19,9 @@ import httpx
 from pydantic import BaseModel
 
 from hutch.client import _core as core
-from hutch.client._calls import IMAGES, NODES, PROJECTS, Call, Endpoint, listing
+from hutch.client._calls import GROUPS, IMAGES, NETWORKS, NODES, PROJECTS, Call, listing
+from hutch.client._connection import Connection, Resource
 from hutch.client._core import ArchiveSource, MachineOptions, MachineRef, Plan
-from hutch.client.config import resolve
 from hutch.client.exec import (
     AsyncAttachSession,
     AsyncExecSession,
@@ -34,7 +34,7 @@ from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
-from hutch.wire.networks import NetworkCreate, NetworkView, SecurityGroupCreate, SecurityGroupView
+from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 
@@ -68,36 +68,18 @@ class AsyncListing(Generic[T]):
         await self._items.aclose()
 
 
-class AsyncClient:
+class AsyncClient(Connection[httpx.AsyncClient]):
     """A connection to a hutch controller, for asyncio; arguments as for `hutch.Client`."""
 
-    def __init__(
-        self,
-        url: str | None = None,
-        token: str | None = None,
-        *,
-        project: str | None = None,
-        timeout: float = 30.0,
-    ) -> None:
-        context = resolve(url, token, project)
-        self._endpoint = Endpoint(context.url, context.token, context.project, timeout)
-        self._http = httpx.AsyncClient(
-            base_url=context.url, headers=self._endpoint.headers, timeout=timeout
-        )
+    _transport = httpx.AsyncClient
+
+    def _mount(self) -> None:
         self.machines = AsyncMachines(self)
         self.images = AsyncImages(self)
         self.projects = AsyncProjects(self)
         self.nodes = AsyncNodes(self)
         self.networks = AsyncNetworks(self)
         self.security_groups = AsyncSecurityGroups(self)
-
-    @property
-    def url(self) -> str:
-        return self._endpoint.url
-
-    @property
-    def project(self) -> str | None:
-        return self._endpoint.project
 
     async def events(self, after: int = 0) -> AsyncGenerator[EventView, None]:
         """The project's events after `after`, as they happen; never ends by itself. To stop
@@ -131,16 +113,11 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
-    def __repr__(self) -> str:
-        return f"AsyncClient({self.url!r}, project={self.project!r})"
-
     # -- transport: plans in, answers out ----------------------------------------------------------
 
     async def _send(self, call: Call) -> bytes:
-        try:
+        with self._reaching():
             response = await self._http.request(**self._endpoint.http_args(call))
-        except httpx.TransportError as e:
-            raise self._endpoint.unreachable(e) from None
         core.check(response.status_code, response.content)
         return response.content
 
@@ -160,21 +137,16 @@ class AsyncClient:
                 yield item
 
     async def _lines(self, call: Call) -> AsyncGenerator[str, None]:
-        try:
+        with self._reaching():
             async with self._http.stream(**self._endpoint.http_args(call)) as response:
                 if response.status_code >= 400:
                     core.check(response.status_code, await response.aread())
                 async for line in response.aiter_lines():
                     yield line
-        except httpx.TransportError as e:
-            raise self._endpoint.unreachable(e) from None
 
 
-class AsyncMachines:
+class AsyncMachines(Resource[AsyncClient]):
     """`client.machines` of AsyncClient (see hutch.client.sync.Machines)."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._c = client
 
     async def create(
         self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
@@ -277,11 +249,8 @@ class AsyncMachines:
         return OpeningSession(open_)
 
 
-class AsyncImages:
+class AsyncImages(Resource[AsyncClient]):
     """`client.images` of AsyncClient (see hutch.client.sync.Images)."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._c = client
 
     def list(self) -> AsyncListing[ImageView]:
         return AsyncListing(self._c._paged(IMAGES, Page[ImageView]))
@@ -321,11 +290,8 @@ async def _threaded(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
         yield chunk
 
 
-class AsyncTokens:
+class AsyncTokens(Resource[AsyncClient]):
     """`client.projects.tokens` of AsyncClient (see hutch.client.sync.Tokens)."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._c = client
 
     def list(self, project: str | None = None) -> AsyncListing[TokenView]:
         return AsyncListing(self._list(project))
@@ -351,11 +317,11 @@ class AsyncTokens:
         await self._c._run(core.revoke_token(project, self._c.project, token_id))
 
 
-class AsyncProjects:
+class AsyncProjects(Resource[AsyncClient]):
     """`client.projects` of AsyncClient (see hutch.client.sync.Projects)."""
 
     def __init__(self, client: AsyncClient) -> None:
-        self._c = client
+        super().__init__(client)
         self.tokens = AsyncTokens(client)
 
     def list(self) -> AsyncListing[ProjectView]:
@@ -382,11 +348,8 @@ class AsyncProjects:
         return await self._c._run(core.set_quota(name, limits))
 
 
-class AsyncNodes:
+class AsyncNodes(Resource[AsyncClient]):
     """`client.nodes` of AsyncClient."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._c = client
 
     def list(self) -> AsyncListing[NodeView]:
         return AsyncListing(self._c._paged(NODES, Page[NodeView]))
@@ -410,15 +373,11 @@ class AsyncNodes:
         return await self._c._run(core.join_token(ttl))
 
 
-class AsyncNetworks:
+class AsyncNetworks(Resource[AsyncClient]):
     """`client.networks` of AsyncClient (see hutch.client.sync.Networks)."""
 
-    def __init__(self, client: AsyncClient) -> None:
-        self._c = client
-
     def list(self) -> AsyncListing[NetworkView]:
-        call = Call("GET", "/v1/networks", scoped=True)
-        return AsyncListing(self._c._paged(call, Page[NetworkView]))
+        return AsyncListing(self._c._paged(NETWORKS, Page[NetworkView]))
 
     async def get(self, ref: str) -> NetworkView:
         return await self._c._run(core.network(ref))
@@ -432,31 +391,24 @@ class AsyncNetworks:
         *,
         subnet6: str = "",
     ) -> NetworkView:
-        body = core.build(
-            NetworkCreate, name=name, subnet=subnet, subnet6=subnet6, egress=egress,
-            egress_allow=list(egress_allow),
-        )  # fmt: skip
-        return await self._c._run(core.create_network(body))
+        plan = core.create_network(name, subnet, egress, egress_allow, subnet6)
+        return await self._c._run(plan)
 
     async def delete(self, ref: str) -> None:
         await self._c._run(core.delete_network(ref))
 
 
-class AsyncSecurityGroups:
+class AsyncSecurityGroups(Resource[AsyncClient]):
     """`client.security_groups` of AsyncClient (see hutch.client.sync.SecurityGroups)."""
 
-    def __init__(self, client: AsyncClient) -> None:
-        self._c = client
-
     def list(self) -> AsyncListing[SecurityGroupView]:
-        call = Call("GET", "/v1/security-groups", scoped=True)
-        return AsyncListing(self._c._paged(call, Page[SecurityGroupView]))
+        return AsyncListing(self._c._paged(GROUPS, Page[SecurityGroupView]))
 
     async def get(self, ref: str) -> SecurityGroupView:
         return await self._c._run(core.group(ref))
 
     async def create(self, name: str) -> SecurityGroupView:
-        return await self._c._run(core.create_group(core.build(SecurityGroupCreate, name=name)))
+        return await self._c._run(core.create_group(name))
 
     async def delete(self, ref: str) -> None:
         await self._c._run(core.delete_group(ref))

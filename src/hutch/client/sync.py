@@ -18,15 +18,15 @@ import httpx
 from pydantic import BaseModel
 
 from hutch.client import _core as core
-from hutch.client._calls import IMAGES, NODES, PROJECTS, Call, Endpoint, listing
+from hutch.client._calls import GROUPS, IMAGES, NETWORKS, NODES, PROJECTS, Call, listing
+from hutch.client._connection import Connection, Resource
 from hutch.client._core import ArchiveSource, MachineOptions, MachineRef, Plan
-from hutch.client.config import resolve
 from hutch.client.exec import AttachSession, ExecResult, ExecSession, attaching, opening
 from hutch.model.tenancy import Role
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
-from hutch.wire.networks import NetworkCreate, NetworkView, SecurityGroupCreate, SecurityGroupView
+from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 
@@ -34,7 +34,7 @@ T = TypeVar("T")
 V = TypeVar("V", bound=BaseModel)
 
 
-class Client:
+class Client(Connection[httpx.Client]):
     """A connection to a hutch controller.
 
     `url`, `token` and `project` default to HUTCH_URL, HUTCH_TOKEN and HUTCH_PROJECT, then to the
@@ -50,33 +50,15 @@ class Client:
                 print(m.name, m.state)
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        token: str | None = None,
-        *,
-        project: str | None = None,
-        timeout: float = 30.0,
-    ) -> None:
-        context = resolve(url, token, project)
-        self._endpoint = Endpoint(context.url, context.token, context.project, timeout)
-        self._http = httpx.Client(
-            base_url=context.url, headers=self._endpoint.headers, timeout=timeout
-        )
+    _transport = httpx.Client
+
+    def _mount(self) -> None:
         self.machines = Machines(self)
         self.images = Images(self)
         self.projects = Projects(self)
         self.nodes = Nodes(self)
         self.networks = Networks(self)
         self.security_groups = SecurityGroups(self)
-
-    @property
-    def url(self) -> str:
-        return self._endpoint.url
-
-    @property
-    def project(self) -> str | None:
-        return self._endpoint.project
 
     def events(self, after: int = 0) -> Generator[EventView, None, None]:
         """The project's events after event id `after`, as they happen (a state change of a
@@ -117,16 +99,11 @@ class Client:
     ) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"Client({self.url!r}, project={self.project!r})"
-
     # -- transport: plans in, answers out ----------------------------------------------------------
 
     def _send(self, call: Call) -> bytes:
-        try:
+        with self._reaching():
             response = self._http.request(**self._endpoint.http_args(call))
-        except httpx.TransportError as e:
-            raise self._endpoint.unreachable(e) from None
         core.check(response.status_code, response.content)
         return response.content
 
@@ -139,23 +116,17 @@ class Client:
             yield from items
 
     def _lines(self, call: Call) -> Iterator[str]:
-        try:
-            with self._http.stream(**self._endpoint.http_args(call)) as response:
-                if response.status_code >= 400:
-                    core.check(response.status_code, response.read())
-                yield from response.iter_lines()
-        except httpx.TransportError as e:
-            raise self._endpoint.unreachable(e) from None
+        with self._reaching(), self._http.stream(**self._endpoint.http_args(call)) as response:
+            if response.status_code >= 400:
+                core.check(response.status_code, response.read())
+            yield from response.iter_lines()
 
 
-class Machines:
+class Machines(Resource[Client]):
     """`client.machines`: run OCI images, each in its own micro-VM (or container).
 
     A machine is referred to by its id (`m-...`), its name, or the MachineView itself.
     """
-
-    def __init__(self, client: Client) -> None:
-        self._c = client
 
     def create(
         self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
@@ -326,11 +297,8 @@ class Machines:
         return session
 
 
-class Images:
+class Images(Resource[Client]):
     """`client.images`: OCI images in the nodes' stores, the project's and the public ones."""
-
-    def __init__(self, client: Client) -> None:
-        self._c = client
 
     def list(self) -> Iterator[ImageView]:
         """The images the project sees, newest first."""
@@ -379,12 +347,9 @@ class Images:
         return self._c._run(core.delete_image(ref, public, force))
 
 
-class Tokens:
+class Tokens(Resource[Client]):
     """`client.projects.tokens`: a project's API tokens (admin role). `project` defaults to the
     client's, else the token's own."""
-
-    def __init__(self, client: Client) -> None:
-        self._c = client
 
     def list(self, project: str | None = None) -> Iterator[TokenView]:
         call = self._c._run(core.tokens(project, self._c.project))
@@ -412,12 +377,12 @@ class Tokens:
         self._c._run(core.revoke_token(project, self._c.project, token_id))
 
 
-class Projects:
+class Projects(Resource[Client]):
     """`client.projects`: tenants. Creating and deleting them, and setting quotas, takes a
     system token; any token reads its own project."""
 
     def __init__(self, client: Client) -> None:
-        self._c = client
+        super().__init__(client)
         self.tokens = Tokens(client)
 
     def list(self) -> Iterator[ProjectView]:
@@ -454,11 +419,8 @@ class Projects:
         return self._c._run(core.set_quota(name, limits))
 
 
-class Nodes:
+class Nodes(Resource[Client]):
     """`client.nodes`: the hosts that run machines (system tokens)."""
-
-    def __init__(self, client: Client) -> None:
-        self._c = client
 
     def list(self) -> Iterator[NodeView]:
         """Every node: its runtimes, capacity, what is allocated, its state."""
@@ -488,15 +450,12 @@ class Nodes:
         return self._c._run(core.join_token(ttl))
 
 
-class Networks:
+class Networks(Resource[Client]):
     """`client.networks`: the project's private networks (each dual-stack: an IPv4 subnet and
     an IPv6 /64). Machines join the project's `default` network unless told otherwise."""
 
-    def __init__(self, client: Client) -> None:
-        self._c = client
-
     def list(self) -> Iterator[NetworkView]:
-        return self._c._paged(Call("GET", "/v1/networks", scoped=True), Page[NetworkView])
+        return self._c._paged(NETWORKS, Page[NetworkView])
 
     def get(self, ref: str) -> NetworkView:
         return self._c._run(core.network(ref))
@@ -514,32 +473,25 @@ class Networks:
         `subnet6` an IPv6 /64 of fd00::/8 (default: a /64 of the controller's ULA /48);
         `egress` "nat", "deny" or "allow-list" (the CIDRs in `egress_allow`). Invalid for an
         overlapping, public or too small subnet, or an IPv6 one that is not a unique-local /64."""
-        body = core.build(
-            NetworkCreate, name=name, subnet=subnet, subnet6=subnet6, egress=egress,
-            egress_allow=list(egress_allow),
-        )  # fmt: skip
-        return self._c._run(core.create_network(body))
+        plan = core.create_network(name, subnet, egress, egress_allow, subnet6)
+        return self._c._run(plan)
 
     def delete(self, ref: str) -> None:
         """Conflict while machines are on it."""
         self._c._run(core.delete_network(ref))
 
 
-class SecurityGroups:
+class SecurityGroups(Resource[Client]):
     """`client.security_groups`: named rules, attached to machines (`security_groups=[...]`)."""
 
-    def __init__(self, client: Client) -> None:
-        self._c = client
-
     def list(self) -> Iterator[SecurityGroupView]:
-        call = Call("GET", "/v1/security-groups", scoped=True)
-        return self._c._paged(call, Page[SecurityGroupView])
+        return self._c._paged(GROUPS, Page[SecurityGroupView])
 
     def get(self, ref: str) -> SecurityGroupView:
         return self._c._run(core.group(ref))
 
     def create(self, name: str) -> SecurityGroupView:
-        return self._c._run(core.create_group(core.build(SecurityGroupCreate, name=name)))
+        return self._c._run(core.create_group(name))
 
     def delete(self, ref: str) -> None:
         """Conflict while live machines are in it, or other groups' rules name it."""

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from hutch.model.errors import Invalid
+from hutch.model.errors import Conflict, Invalid
 from hutch.model.network import EGRESS, Attachment
 
 MAX_SLOT = 0xFFFF  # networks per controller: the /64s of a /48
@@ -29,6 +29,11 @@ DEFAULT = "default"  # the project's network made on first use
 DIRECTIONS = ("ingress", "egress")
 PROTOCOLS = ("tcp", "udp", "icmp", "any")
 MAX_RULES = 100  # rules per security group
+# A chosen subnet overlapping another project's network. Refused controller-wide: two networks
+# with one subnet on one node would have the same gateway address and connected route on two
+# bridges, and the node's one routing table would send one's replies (DNS, NAT, published
+# ports) to the other's bridge. The other project is not named: that it exists is its own.
+IN_USE = "overlaps a network in use on this controller: choose another"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +153,13 @@ def check_egress(egress: str, allow: Sequence[str]) -> None:
         parse_cidr(cidr, "egress allow-list entry")
 
 
-def check_subnet4(text: str, pool: str, others: Iterable[tuple[str, str]]) -> ipaddress.IPv4Network:
+def check_subnet4(
+    text: str, pool: str, others: Iterable[tuple[str, str]], elsewhere: Iterable[str] = ()
+) -> ipaddress.IPv4Network:
     """A subnet a project asks for: IPv4, /8 to /29, private (RFC 1918 or 100.64/10), outside
-    the controller's pool (where default networks come from) and overlapping none of the
-    project's other networks (`others`: (name, subnet4))."""
+    the controller's pool (where default networks come from), overlapping none of the
+    project's other networks (`others`: (name, subnet4)) nor any other project's (`elsewhere`:
+    their subnet4s, not named to this project: see `IN_USE`)."""
     net = parse_cidr(text)
     if not isinstance(net, ipaddress.IPv4Network):
         raise Invalid(f"subnet {text} is not IPv4 (an IPv6 /64 goes in subnet6)")
@@ -165,9 +173,7 @@ def check_subnet4(text: str, pool: str, others: Iterable[tuple[str, str]]) -> ip
         raise Invalid(f"subnet {text} is not a private range (10/8, 172.16/12, 192.168/16)")
     if net.overlaps(ipaddress.IPv4Network(pool)):
         raise Invalid(f"subnet {text} overlaps the controller's pool {pool} (default networks)")
-    for name, other in others:
-        if net.overlaps(ipaddress.IPv4Network(other)):
-            raise Invalid(f"subnet {text} overlaps network {name}'s {other}")
+    _check_apart(net, "subnet", text, others, elsewhere)
     return net
 
 
@@ -176,13 +182,16 @@ PREFIX6 = 64
 
 
 def check_subnet6(
-    text: str, ula48: str = "", others: Iterable[tuple[str, str]] = ()
+    text: str,
+    ula48: str = "",
+    others: Iterable[tuple[str, str]] = (),
+    elsewhere: Iterable[str] = (),
 ) -> ipaddress.IPv6Network:
     """An IPv6 subnet a project asks for: a /64 (host numbers are IPv4's, carried over; SLAAC
     and most IPv6 tooling assume /64), unique-local (fd00::/8: hutch routes no global prefix
     to its networks, and a guest must not take someone else's), outside the controller's own
     ULA /48 (where default /64s come from) and overlapping none of the project's other
-    networks (`others`: (name, subnet6))."""
+    networks (`others`: (name, subnet6)) nor any other project's (`elsewhere`: subnet6s)."""
     net = parse_cidr(text, "subnet6")
     if not isinstance(net, ipaddress.IPv6Network):
         raise Invalid(f"subnet6 {text} is not IPv6 (give the IPv4 subnet as subnet)")
@@ -195,10 +204,25 @@ def check_subnet6(
         raise Invalid(f"subnet6 {text} is not unique-local (fd00::/8)")
     if ula48 and net.overlaps(ipaddress.IPv6Network(ula48)):
         raise Invalid(f"subnet6 {text} is in the controller's {ula48} (default networks)")
-    for name, other in others:
-        if net.overlaps(ipaddress.IPv6Network(other)):
-            raise Invalid(f"subnet6 {text} overlaps network {name}'s {other}")
+    _check_apart(net, "subnet6", text, others, elsewhere)
     return net
+
+
+def _check_apart(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    label: str,
+    text: str,
+    others: Iterable[tuple[str, str]],
+    elsewhere: Iterable[str],
+) -> None:
+    """Invalid if `net` overlaps one of the project's other networks (`others`: (name, subnet)
+    of `net`'s version), Conflict if another project's (`elsewhere`: their subnets, unnamed)."""
+    kind = type(net)
+    for name, other in others:
+        if net.overlaps(kind(other)):
+            raise Invalid(f"{label} {text} overlaps network {name}'s {other}")
+    if any(net.overlaps(kind(other)) for other in elsewhere):
+        raise Conflict(f"{label} {text} {IN_USE}")
 
 
 def pool_subnet(pool: str, prefix: int, index: int) -> str:

@@ -1,8 +1,10 @@
 """The node's packet filter and NAT: a pure function of the desired state, applied atomically.
 
-hutch owns two tables, `inet hutch` and `bridge hutch`, and nothing else: `apply` replaces both in
-one transaction (`nft -j -f -`: add, delete and re-add each table in one batch), so a packet sees
-either the old rules or the new ones, and rules hutch did not make are never touched.
+hutch owns two tables, `inet hutch` and `bridge hutch`, and nothing else: `ruleset` replaces
+both in one transaction (`nft -j -f -`: add, delete and re-add each table in one batch), and
+`changes` turns one state's tables into another's, changing only what differs (set elements,
+the chains of the ports that changed), in one transaction too; so a packet sees either the old
+rules or the new ones, and rules hutch did not make are never touched.
 
 The cost per packet does not grow with the number of machines: every per-machine decision is one
 map lookup (a verdict map keyed by port name, a DNAT map keyed by protocol and port), and each
@@ -17,7 +19,8 @@ port's own chain holds a constant number of rules.
                    gets in; VXLAN of a hosted VNI only from the peer nodes' underlay addresses.
                    forward: security groups first (`in-PORT` by bridge and destination,
                    `out-PORT` by bridge and source); between hutch bridges nothing; to 127/8,
-                   169.254/16 and the blocked infrastructure addresses nothing, nor to UDP
+                   169.254/16 and the blocked infrastructure addresses (named sets
+                   `blocked4`/`blocked6`: the cluster's nodes and controllers) nothing, nor to UDP
                    4789 anywhere (the overlay's port: another node would take it as a
                    peer's); egress per bridge (`iifname vmap @egress`);
                    to a bridge only replies and published ports.
@@ -134,8 +137,9 @@ class Desired:
     bridges: tuple[Bridge, ...] = ()
     ports: tuple[Port, ...] = ()
     published: tuple[Published, ...] = ()
-    # Addresses no sandbox may reach even through NAT: the controllers' and agents' (a cluster's
-    # underlay), the metadata range. 127/8 and 169.254/16 are always blocked.
+    # CIDRs no sandbox may reach even through NAT: every node's and controller's address of the
+    # cluster, the operator's `network_blocked`. 127/8, 169.254/16, ::1 and fe80::/10 are
+    # always blocked. Overlaps are fine (merged).
     blocked: tuple[str, ...] = field(default_factory=tuple)
     overlay: Overlay | None = None  # None: no VXLAN here
 
@@ -203,8 +207,12 @@ class _Table:
         self.elems[name] = elems
         return name
 
-    def set(self, name: str, key: str | list[str], elems: list[Any]) -> str:
+    def set(
+        self, name: str, key: str | list[str], elems: list[Any], flags: tuple[str, ...] = ()
+    ) -> str:
         st: Json = {"family": self.family, "table": TABLE, "name": name, "type": key}
+        if flags:
+            st["flags"] = list(flags)
         self.sets[name] = {"set": st}
         self.elems[name] = elems
         return name
@@ -446,30 +454,22 @@ def _inet_table(desired: Desired) -> _Table:
     # Security groups first: to a sandbox in groups (by bridge and address, which anti-spoofing
     # makes its own), only what a rule allows goes on to the checks below; the rest is dropped.
     guarded = sorted((p for p in desired.ports if p.ingress is not None), key=lambda p: p.name)
-    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
-        elems = [
-            [_concat(p.bridge, p.ip4 if version == 4 else p.ip6), _jump(f"in-{p.name}")]
-            for p in guarded
-        ]
-        name = t.map(f"ingress{version}", ["ifname", addr_type], "verdict", elems)
-        t.rule(fwd, {"vmap": {"key": _concat(oif, _payload(proto, "daddr")), "data": f"@{name}"}})
+    _group_maps(t, fwd, "ingress", "in", guarded, iface=oif, field="daddr")
     # Then egress: from a sandbox whose groups have egress rules (by bridge and source address,
     # its own for the same reason), only what a rule allows goes on. A packet between two
     # sandboxes of one network meets both: the sender's egress and the receiver's ingress.
     limited = sorted((p for p in desired.ports if p.egress is not None), key=lambda p: p.name)
-    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
-        elems = [
-            [_concat(p.bridge, p.ip4 if version == 4 else p.ip6), _jump(f"out-{p.name}")]
-            for p in limited
-        ]
-        name = t.map(f"egress{version}", ["ifname", addr_type], "verdict", elems)
-        t.rule(fwd, {"vmap": {"key": _concat(iif, _payload(proto, "saddr")), "data": f"@{name}"}})
-    # The node's own connections (to a published port on 127.0.0.1, say) are not forwarded:
-    # the same check where they leave, after the output DNAT.
+    _group_maps(t, fwd, "egress", "out", limited, iface=iif, field="saddr")
+    # The node's own connections (to a published port on 127.0.0.1 or on its address) are not
+    # forwarded: the same check where they leave, after the output DNAT. By address alone: the
+    # output hook keeps the interface of the route before DNAT (lo for 127.0.0.1), so a key with
+    # the bridge would never match (a node hosts no two networks with one subnet: the
+    # controller gives each subnet once).
     out = t.chain("output", "output", prio=0)
-    for proto, version in (("ip", 4), ("ip6", 6)):
-        data = f"@ingress{version}"
-        t.rule(out, {"vmap": {"key": _concat(oif, _payload(proto, "daddr")), "data": data}})
+    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
+        elems = [[p.ip4 if version == 4 else p.ip6, _jump(f"in-{p.name}")] for p in guarded]
+        name = t.map(f"ingress_local{version}", addr_type, "verdict", elems)
+        t.rule(out, {"vmap": {"key": _payload(proto, "daddr"), "data": f"@{name}"}})
     for p in guarded:
         assert p.ingress is not None
         _group_chain(t, f"in-{p.name}", p.ingress, "saddr")
@@ -487,10 +487,12 @@ def _inet_table(desired: Desired) -> _Table:
     t.rule(fwd, _match(oif, hn), _jump(to_guest))
     t.rule(from_guest, established, ACCEPT)
     t.rule(from_guest, _match(oif, hn), DROP)  # networks never route to each other
-    blocked4 = [*ALWAYS_BLOCKED4, *(c for c in desired.blocked if ":" not in c)]
-    blocked6 = [*ALWAYS_BLOCKED6, *(c for c in desired.blocked if ":" in c)]
-    t.rule(from_guest, _match(_payload("ip", "daddr"), _set(_prefix(c) for c in blocked4)), DROP)
-    t.rule(from_guest, _match(_payload("ip6", "daddr"), _set(_prefix(c) for c in blocked6)), DROP)
+    # The infrastructure (the cluster's nodes and controllers, the operator's list) and the
+    # ranges no sandbox may reach: one named set per family (a change: its elements).
+    for version, proto in ((4, "ip"), (6, "ip6")):
+        name = t.set(f"blocked{version}", f"ipv{version}_addr", _blocked(desired, version),
+                     ("interval",))  # fmt: skip
+        t.rule(from_guest, _match(_payload(proto, "daddr"), f"@{name}"), DROP)
     # The overlay's port, whatever the address: through this node's NAT a sandbox's VXLAN packet
     # would reach another node from a peer's address, and that node would take the frame inside
     # into any network it hosts (VXLAN checks nothing but the VNI).
@@ -531,6 +533,21 @@ def _inet_table(desired: Desired) -> _Table:
     return t
 
 
+def _group_maps(
+    t: _Table, chain: str, kind: str, prefix: str, ports: list[Port], *, iface: Json, field: str
+) -> None:
+    """Verdict maps `kind`4 and `kind`6 from (bridge, address) to each port's `prefix`-NAME
+    chain of group rules, and the rule in `chain` that looks the packet up in them by
+    `iface` and its `field` address (daddr for ingress, saddr for egress)."""
+    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
+        elems = [
+            [_concat(p.bridge, p.ip4 if version == 4 else p.ip6), _jump(f"{prefix}-{p.name}")]
+            for p in ports
+        ]
+        name = t.map(f"{kind}{version}", ["ifname", addr_type], "verdict", elems)
+        t.rule(chain, {"vmap": {"key": _concat(iface, _payload(proto, field)), "data": f"@{name}"}})
+
+
 def _group_chain(t: _Table, chain: str, allows: tuple[Allow, ...], remote: str) -> None:
     """`in-PORT` (remote: "saddr") or `out-PORT` (remote: "daddr"): what may reach, or leave,
     a sandbox in security groups. Replies, neighbour discovery and what one of the rules allows
@@ -568,6 +585,15 @@ def _group_rules(allows: tuple[Allow, ...], remote: str) -> tuple[list[Json], ..
             rules.append([*match, RETURN])
     rules.append([DROP])
     return tuple(rules)
+
+
+def _blocked(desired: Desired, version: int) -> list[Json]:
+    """The blocked CIDRs of one family, always-blocked ranges included, merged: an interval
+    set takes no overlapping elements (a node's /32 inside an operator's /16)."""
+    always = ALWAYS_BLOCKED4 if version == 4 else ALWAYS_BLOCKED6
+    nets = [ipaddress.ip_network(c, strict=False) for c in (*always, *desired.blocked)]
+    merged = ipaddress.collapse_addresses(n for n in nets if n.version == version)  # type: ignore[type-var]
+    return [_prefix(str(n)) for n in merged]
 
 
 def _underlay_input(t: _Table, inp: str, overlay: Overlay | None) -> None:

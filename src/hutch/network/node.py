@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 class NetworkOptions:
     state_dir: Path  # the containers' network namespaces are bind-mounted in state_dir/netns
     mtu: int = 1500
-    # Addresses no sandbox may reach even through NAT (the cluster's controllers and agents).
+    # CIDRs no sandbox may reach even through NAT (the operator's list, the controller's and
+    # this node's own addresses); the cluster's other addresses come with `set_infrastructure`.
     blocked: tuple[str, ...] = ()
     nft: str = "nft"
     # The network namespace the node's networking lives in (a path like /run/netns/NAME); None:
@@ -71,6 +72,8 @@ class NodeNetwork:
         # Sandbox id -> its security groups' rules (absent: in no group).
         self._groups: dict[str, nft.Groups] = {}
         self._peers: tuple[Peer, ...] = ()
+        # The cluster's nodes' and controllers' addresses (CIDRs), blocked beside opts.blocked.
+        self._infrastructure: tuple[str, ...] = ()
         self._netns_dir = opts.state_dir / "netns"
         # What hutch's tables hold now (the last state applied); None: unknown or no tables,
         # and the next change replaces them whole.
@@ -116,6 +119,14 @@ class NodeNetwork:
         Their nodes' underlay addresses are the only ones VXLAN is accepted from."""
         peers = tuple(peers)
         links.run_in(self.opts.netns, lambda: self._set_peers(peers))
+
+    def set_infrastructure(self, cidrs: Iterable[str]) -> bool:
+        """The cluster's nodes' and controllers' addresses (the whole set, every time), which
+        no sandbox may reach, beside `NetworkOptions.blocked`: a change is applied at once
+        (the blocked sets' elements, in one transaction; the sandboxes stay plugged, their
+        connections up). Whether anything changed."""
+        wanted = tuple(sorted(set(cidrs)))
+        return links.run_in(self.opts.netns, lambda: self._set_infrastructure(wanted))
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -169,6 +180,15 @@ class NodeNetwork:
             before = self._desired()
             self._groups = dict(groups)
             if self._desired() != before:
+                self._apply()
+            return True
+
+    def _set_infrastructure(self, cidrs: tuple[str, ...]) -> bool:
+        with self._lock:
+            if cidrs == self._infrastructure:
+                return False
+            self._infrastructure = cidrs
+            if self._wired:  # no tables without sandboxes: the next plug applies it
                 self._apply()
             return True
 
@@ -301,8 +321,8 @@ class NodeNetwork:
                 for p in wired.spec.ports
             ]
         return nft.Desired(
-            tuple(bridges.values()), tuple(ports), tuple(published), self.opts.blocked,
-            self._overlay(),
+            tuple(bridges.values()), tuple(ports), tuple(published),
+            (*self.opts.blocked, *self._infrastructure), self._overlay(),
         )  # fmt: skip
 
     def _overlay(self) -> nft.Overlay | None:

@@ -21,20 +21,21 @@ import signal
 import socket
 import subprocess
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hutch.model import machine as model_machine
-from hutch.model.errors import Invalid, Unavailable, Unsupported
+from hutch.model.errors import Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats
 from hutch.runtime import host, mounts, scratch, seccomp
 from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
-from hutch.runtime.ids import ID_DIR, IdPool
+from hutch.runtime.host import HostOptions
+from hutch.runtime.ids import IdPool
 from hutch.runtime.logs import tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
-from hutch.runtime.wiring import NetworkWiring
+from hutch.runtime.wiring import check_wired
 
 MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["container"]
 AGENT_PATH = "/dev/.hutch-agent"
@@ -61,7 +62,7 @@ READONLY_PATHS = [
 class ContainerOptions:
     agent: Path  # the guest agent, static (built with the guest artifacts)
     crun: str = "crun"
-    cgroup_parent: str = "hutch"
+    host: HostOptions = field(default_factory=HostOptions)
     crun_root: Path = Path(
         "/run/hutch/crun"
     )  # crun's own state: gone after a reboot, as are the containers
@@ -70,8 +71,6 @@ class ContainerOptions:
     userns: bool = True
     uid_base: int = 1_000_000_000
     uid_ranges: int = 16_384  # containers at once on this host
-    id_dir: Path = ID_DIR
-    network: NetworkWiring | None = None  # None: sandboxes with networks are refused
 
 
 def oci_config(
@@ -178,7 +177,7 @@ def oci_config(
             ],
             **userns,
             "seccomp": seccomp.profile(),
-            "cgroupsPath": f"/{opts.cgroup_parent}/{spec.id}",
+            "cgroupsPath": f"/{opts.host.cgroup_parent}/{spec.id}",
             "resources": {
                 "memory": memory,
                 "pids": {"limit": res.pids},
@@ -198,7 +197,7 @@ class ContainerBackend:
         self.opts = opts
         self._layout = layout or Layout.detect()
         self._uids = (
-            IdPool("container-uids", opts.uid_base, opts.uid_ranges, USERNS_SIZE, opts.id_dir)
+            IdPool("container-uids", opts.uid_base, opts.uid_ranges, USERNS_SIZE, opts.host.id_dir)
             if opts.userns
             else None
         )
@@ -238,8 +237,7 @@ class ContainerBackend:
             raise Invalid("a container needs a root directory (SandboxSpec.rootfs)")
         if not Path(spec.rootfs).is_dir():
             raise Invalid(f"rootfs {spec.rootfs} does not exist or is not a directory")
-        if spec.networks and self.opts.network is None:
-            raise Unsupported("this node has no networking set up: run the sandbox without one")
+        check_wired(spec, self.opts.host.network)
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -253,7 +251,7 @@ class ContainerBackend:
         # crun resolves rootfs from the bundle as the container's root: in a user namespace,
         # that is not host root, and must be let through (the sandbox directory stays 0700).
         bundle.chmod(0o711)
-        record.details.update(cgroup=f"{self.opts.cgroup_parent}/{spec.id}")
+        record.details.update(cgroup=f"{self.opts.host.cgroup_parent}/{spec.id}")
         lease = self._uids.take() if self._uids is not None else None
         try:
             host_uid = lease.id if lease is not None else None
@@ -270,7 +268,7 @@ class ContainerBackend:
             try:
                 ref = await self._run(spec.id, sdir, lease.fd if lease is not None else None)
             except BaseException:
-                await self._unplug(spec.id)
+                await self.opts.host.unplug(spec.id)
                 raise
             if lease is not None:
                 lease.bind(ref)
@@ -281,26 +279,22 @@ class ContainerBackend:
 
     async def _plug(self, spec: SandboxSpec, sdir: SandboxDir) -> tuple[Path | None, Path | None]:
         """The sandbox's wired network namespace and the folder of its resolv.conf and hosts."""
-        if not spec.networks or self.opts.network is None:
+        if not spec.networks or self.opts.host.network is None:
             return None, None
         etc = sdir.file("etc")
         etc.mkdir(mode=0o755, exist_ok=True)
         att = spec.networks[0]
         (etc / "resolv.conf").write_text(att.resolv_conf())
         (etc / "hosts").write_text(att.hosts(spec.hostname or spec.id))
-        netns = await asyncio.to_thread(self.opts.network.plug_netns, spec)
+        netns = await asyncio.to_thread(self.opts.host.network.plug_netns, spec)
         sys_dir = sdir.file("sys")
         sys_dir.mkdir(mode=0o755, exist_ok=True)
         try:
             await asyncio.to_thread(mounts.mount_sysfs_of, netns, sys_dir)
         except BaseException:
-            await self._unplug(spec.id)
+            await self.opts.host.unplug(spec.id)
             raise
         return netns, etc
-
-    async def _unplug(self, sandbox_id: str) -> None:
-        if self.opts.network is not None:
-            await asyncio.to_thread(self.opts.network.unplug, sandbox_id)
 
     async def _mount_root(self, spec: SandboxSpec, sdir: SandboxDir, host_uid: int | None) -> None:
         """bundle/rootfs: the image, read-only (seen as owned by `host_uid`'s namespace, if
@@ -414,12 +408,12 @@ class ContainerBackend:
             mounts.unmount(target)
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         await asyncio.to_thread(
-            Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).remove
+            Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).remove
         )
-        await self._unplug(record.spec.id)
+        await self.opts.host.unplug(record.spec.id)
 
     def oom_killed(self, record: SandboxRecord) -> bool:
-        cgroup = Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id)
+        cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id)
         return cgroup.exists() and cgroup.oom_kills() > 0
 
     def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str:
@@ -435,7 +429,7 @@ class ContainerBackend:
         return []  # not yet: undoing a container (mounts, bundle) needs its directory
 
     def stats(self, record: SandboxRecord) -> Stats:
-        return Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).stats()
+        return Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).stats()
 
 
 def _place_fds(fds: dict[int, int]) -> Callable[[], None]:

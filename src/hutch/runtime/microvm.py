@@ -19,23 +19,24 @@ import signal
 import struct
 import subprocess
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qemu.qmp import QMPClient
 
 from hutch.model import machine as model_machine
-from hutch.model.errors import HutchError, Invalid, Unavailable, Unsupported
+from hutch.model.errors import HutchError, Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats, Stream
 from hutch.runtime import host, scratch
 from hutch.runtime.accel import Accel
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.runtime.guest.build import GuestArtifacts
-from hutch.runtime.ids import ID_DIR, IdPool
+from hutch.runtime.host import HostOptions
+from hutch.runtime.ids import IdPool
 from hutch.runtime.logs import LogWriter, tail
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord
-from hutch.runtime.wiring import NetworkWiring, guest_net_params
+from hutch.runtime.wiring import check_wired, guest_net_params
 
 MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["microvm"]
 QEMU_STDERR_MAX = 1 << 20
@@ -57,14 +58,13 @@ class MicroVMOptions:
     guest: GuestArtifacts
     accel: Accel
     qemu: str = "qemu-system-x86_64"
-    cgroup_parent: str = "hutch"
+    host: HostOptions = field(default_factory=HostOptions)
     # Host memory per VM beyond its guest RAM, in its cgroup limit. bench/boot.py measures the
     # peak anonymous overhead of a guest that fills its RAM: 51-61 MiB under TCG (32 of them the
     # translation cache), less under KVM; the rest leaves page cache room before reclaim.
     overhead_mib: int = 96
     uid_base: int = 1_500_000  # each VM's QEMU runs as its own uid from this range
     uid_count: int = VM_UIDS
-    id_dir: Path = ID_DIR  # host-wide: every hutch process of the host leases uids there
     console_max_bytes: int = 256 << 10
     seccomp: bool = True
     # Transparent huge pages back guest RAM in 2 MiB steps: an idle 128 MiB guest that touched
@@ -72,7 +72,6 @@ class MicroVMOptions:
     # KVM guests that need TLB reach more than hosts need memory.
     huge_pages: bool = False
     debug: bool = False  # a guest that fails to boot prints diagnostics to its console first
-    network: NetworkWiring | None = None  # None: sandboxes with networks are refused
     mtu: int = 1500
 
 
@@ -171,7 +170,7 @@ class MicroVMBackend:
         self._qmp: dict[str, QMPClient] = {}
         self._shutdown_reason: dict[str, str] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
-        self._uids = IdPool("vm-uid", opts.uid_base, opts.uid_count, directory=opts.id_dir)
+        self._uids = IdPool("vm-uid", opts.uid_base, opts.uid_count, directory=opts.host.id_dir)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -205,15 +204,14 @@ class MicroVMBackend:
             raise Invalid("a micro-VM needs a root disk image (SandboxSpec.root_disk)")
         if not Path(spec.root_disk).is_file():
             raise Invalid(f"root disk {spec.root_disk} does not exist")
-        if spec.networks and self.opts.network is None:
-            raise Unsupported("this node has no networking set up: run the sandbox without one")
+        check_wired(spec, self.opts.host.network)
 
     # -- launch --------------------------------------------------------------------------------
 
     async def launch(self, record: SandboxRecord, sdir: SandboxDir) -> ProcessRef:
         spec = record.spec
         res = spec.resources
-        cgroup = Cgroup(self._layout, self.opts.cgroup_parent, spec.id)
+        cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, spec.id)
         cgroup.create(
             Limits(
                 memory_bytes=(res.memory_mib + self.opts.overhead_mib) << 20,
@@ -234,9 +232,9 @@ class MicroVMBackend:
             raise
         uid = lease.id
         taps: list[int] = []
-        if spec.networks and self.opts.network is not None:
+        if spec.networks and self.opts.host.network is not None:
             try:
-                taps = await asyncio.to_thread(self.opts.network.plug_tap, spec)
+                taps = await asyncio.to_thread(self.opts.host.network.plug_tap, spec)
             except BaseException:
                 lease.close()
                 disk.unlink(missing_ok=True)
@@ -267,7 +265,7 @@ class MicroVMBackend:
             )
         except OSError as e:
             lease.close()
-            await self._unplug(spec.id)
+            await self.opts.host.unplug(spec.id)
             cgroup.remove()
             raise Unavailable(f"cannot start {self.opts.qemu}: {e}") from e
         finally:
@@ -283,7 +281,7 @@ class MicroVMBackend:
         while not agent_sock.exists():
             if proc.poll() is not None:
                 cgroup.remove()
-                await self._unplug(spec.id)
+                await self.opts.host.unplug(spec.id)
                 raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}")
             await asyncio.sleep(0.002)
         if ref is None:
@@ -346,7 +344,7 @@ class MicroVMBackend:
         # Removing the cgroup also kills anything left in it: a QEMU that was launched but
         # never recorded (the host process died between spawn and save) does not survive this.
         await asyncio.to_thread(
-            Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).remove
+            Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).remove
         )
         self._shutdown_reason.pop(record.spec.id, None)
         child = self._children.pop(record.spec.id, None)
@@ -354,7 +352,7 @@ class MicroVMBackend:
             child.wait()
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         sdir.file(EXIT_FILE).unlink(missing_ok=True)
-        await self._unplug(record.spec.id)
+        await self.opts.host.unplug(record.spec.id)
 
     async def sweep(self) -> list[str]:
         """End this host's VMs (of any hutch process) whose sandbox directory is gone: nothing
@@ -368,23 +366,19 @@ class MicroVMBackend:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(holder.owner.wait(), 10)
             # Only if empty: a sandbox of the same id under another state directory may live.
-            Cgroup(self._layout, self.opts.cgroup_parent, holder.home.name).prune()
+            Cgroup(self._layout, self.opts.host.cgroup_parent, holder.home.name).prune()
             ended.append(holder.home.name)
         return ended
 
     def saved_exit(self, record: SandboxRecord, sdir: SandboxDir) -> ExitStatus | None:
         return read_exit_disk(sdir.file(EXIT_FILE))
 
-    async def _unplug(self, sandbox_id: str) -> None:
-        if self.opts.network is not None:
-            await asyncio.to_thread(self.opts.network.unplug, sandbox_id)
-
     def oom_killed(self, record: SandboxRecord) -> bool:
         return False  # the guest's own OOM killer reports through the guest agent
 
     def explain_exit(self, record: SandboxRecord, sdir: SandboxDir) -> str:
         sandbox_id = record.spec.id
-        cgroup = Cgroup(self._layout, self.opts.cgroup_parent, sandbox_id)
+        cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, sandbox_id)
         if cgroup.exists() and cgroup.oom_kills() > 0:
             return "QEMU itself ran out of host memory (its cgroup limit) and was killed"
         reason = self._shutdown_reason.get(sandbox_id)
@@ -405,7 +399,7 @@ class MicroVMBackend:
         return f"QEMU exited with code {code} while the guest ran{said}"
 
     def stats(self, record: SandboxRecord) -> Stats:
-        return Cgroup(self._layout, self.opts.cgroup_parent, record.spec.id).stats()
+        return Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).stats()
 
 
 def create_exit_disk(path: Path) -> None:

@@ -4,6 +4,7 @@ it; the agent hands it in): the runtime layer never builds links or rules itself
 from pathlib import Path
 from typing import Protocol
 
+from hutch.model.errors import Unsupported
 from hutch.model.sandbox import SandboxSpec
 
 
@@ -19,6 +20,13 @@ class NetworkWiring(Protocol):
 
     def unplug(self, sandbox_id: str) -> None:
         """Undo plug_*; unknown ids are not an error."""
+
+
+def check_wired(spec: SandboxSpec, wiring: NetworkWiring | None) -> None:
+    """Unsupported for a sandbox with networks on a node whose networking is not set up
+    (`wiring` None): every runtime refuses it the same way, before anything is made."""
+    if spec.networks and wiring is None:
+        raise Unsupported("this node has no networking set up: run the sandbox without one")
 
 
 def guest_net_params(spec: SandboxSpec, mtu: int = 1500) -> list[str]:

@@ -47,6 +47,7 @@ from hutch.services.networks import MachineNet, Networks, Wiring, bump_neighbour
 from hutch.services.nodelink import NodeLink
 from hutch.services.notify import Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
+from hutch.services.refusals import missing
 from hutch.store.base import NewEvent, Store, Tx
 
 MAX_WAIT = 300.0
@@ -579,10 +580,8 @@ async def _place(
 
 
 async def _get(tx: Tx, project: Project, ref: str) -> Machine:
-    try:
+    with missing(f"no machine {ref!r} in project {project.name}"):
         return await tx.machines.get(project.id, ref)
-    except NotFound:
-        raise NotFound(f"no machine {ref!r} in project {project.name}") from None
 
 
 async def _get_kept(tx: Tx, project: Project, ref: str) -> Machine:

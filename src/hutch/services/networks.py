@@ -3,17 +3,18 @@
 Every project has a network named `default`, made on first use from the controller's pool
 (`network_pool4` cut into `/network_prefix4`s, and a /64 of the ULA /48 chosen once per store).
 A project may make more, with subnets of its own (IPv4: private, outside the pool; IPv6: a
-unique-local /64 outside the controller's /48; either overlapping none of its other
-networks). A machine joins the networks named at its creation (default: the project's default
-network; `none`: no network), each giving it an address (see `store/sql/networks.py`),
-publishes its ports, and is put in its security groups; all of it in the transaction that
-creates it.
+unique-local /64 outside the controller's /48; either overlapping no network on the controller,
+of any project: see `addressing.IN_USE`). A machine joins the networks named at its creation
+(default: the project's default network; `none`: no network), each giving it an address (see
+`store/sql/networks.py`), publishes its ports, and is put in its security groups; all of it in
+the transaction that creates it.
 """
 
 import builtins
 import ipaddress
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ from hutch.model.network import Attachment, PortMapping
 from hutch.model.tenancy import Principal, Project, validate_name
 from hutch.services.ids import new_id
 from hutch.services.policy import Action, Policy
+from hutch.services.refusals import about, missing
 from hutch.store.base import Store, Tx
 
 ULA_FACT = "ula48"
@@ -151,11 +153,21 @@ class Networks:
         """In the caller's transaction, which holds the project's lock."""
         ula = await tx.networks.fact(ULA_FACT, new_ula48())
         if subnet or subnet6:
-            mine = await tx.networks.list(project.id)
+            # Controller-wide, not per project (see IN_USE): every create with a chosen subnet
+            # holds the same lock, so two projects' creates cannot both take one subnet.
+            await tx.networks.lock_fact(ULA_FACT)
+            everyone = await tx.networks.subnets()
+            mine = [(n, s4, s6) for p, n, s4, s6 in everyone if p == project.id]
+            others = [(s4, s6) for p, _, s4, s6 in everyone if p != project.id]
             if subnet:
-                check_subnet4(subnet, self.pool.subnet4, [(n.name, n.subnet4) for n in mine])
+                check_subnet4(
+                    subnet, self.pool.subnet4, [(n, s4) for n, s4, _ in mine],
+                    [s4 for s4, _ in others],
+                )  # fmt: skip
             if subnet6:
-                subnet6 = str(check_subnet6(subnet6, ula, [(n.name, n.subnet6) for n in mine]))
+                subnet6 = str(check_subnet6(
+                    subnet6, ula, [(n, s6) for n, _, s6 in mine], [s6 for _, s6 in others]
+                ))  # fmt: skip
         for _ in range(CREATE_TRIES):
             taken = await tx.networks.slots()
             slot = lowest_free((s for s, _ in taken), 1, MAX_SLOT)
@@ -190,26 +202,21 @@ class Networks:
 
     async def list(self, principal: Principal, project: Project) -> list[tuple[Network, int]]:
         """The project's networks, each with how many machines are on it."""
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             networks = await tx.networks.list(project.id)
             counts = await _counts(tx, [n.id for n in networks])
         return [(n, counts.get(n.id, 0)) for n in networks]
 
     async def get(self, principal: Principal, project: Project, ref: str) -> tuple[Network, int]:
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             network = await _network(tx, project, ref)
             return network, (await _counts(tx, [network.id])).get(network.id, 0)
 
     async def delete(self, principal: Principal, project: Project, ref: str) -> None:
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             network = await _network(tx, project, ref)
-            try:
+            with about(f"network {network.name}"):
                 await tx.networks.delete(project.id, network.id)
-            except Conflict as e:
-                raise Conflict(f"network {network.name}: {e.message}") from None
 
     # -- security groups ------------------------------------------------------------------------
 
@@ -228,31 +235,25 @@ class Networks:
             return await tx.security_groups.get(project.id, group.id)
 
     async def groups(self, principal: Principal, project: Project) -> builtins.list[SecurityGroup]:
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             return await tx.security_groups.list(project.id)
 
     async def group(self, principal: Principal, project: Project, ref: str) -> SecurityGroup:
-        self.policy.require(principal, Action.NETWORK_READ, project.id)
-        async with self.store.read() as tx:
+        async with self._reading(principal, project) as tx:
             return await _group(tx, project, ref)
 
     async def delete_group(self, principal: Principal, project: Project, ref: str) -> None:
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             group = await _group(tx, project, ref)
-            try:
+            with about(f"security group {group.name}"):
                 await tx.security_groups.delete(project.id, group.id)
-            except Conflict as e:
-                raise Conflict(f"security group {group.name}: {e.message}") from None
             await _bump_group_nodes(tx, [group.id])
 
     async def add_rule(
         self, principal: Principal, project: Project, ref: str, rule: Rule
     ) -> tuple[SecurityGroup, str]:
         """The group with the rule added, and the rule's id."""
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             group = await _group(tx, project, ref)
             if len(group.rules) >= MAX_RULES:
                 raise Conflict(f"security group {group.name} has {MAX_RULES} rules already")
@@ -272,8 +273,7 @@ class Networks:
     async def remove_rule(
         self, principal: Principal, project: Project, ref: str, rule_id: str
     ) -> SecurityGroup:
-        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
-        async with self.store.write() as tx:
+        async with self._writing(principal, project) as tx:
             group = await _group(tx, project, ref)
             try:
                 await tx.security_groups.remove_rule(group.id, rule_id)
@@ -305,6 +305,16 @@ class Networks:
         groups = [(await _group(tx, project, ref)).id for ref in net.security_groups]
         await tx.security_groups.attach(machine_id, groups)
 
+    def _reading(self, principal: Principal, project: Project) -> AbstractAsyncContextManager[Tx]:
+        """A read of the project's networks and groups, once `principal` may read them."""
+        self.policy.require(principal, Action.NETWORK_READ, project.id)
+        return self.store.read()
+
+    def _writing(self, principal: Principal, project: Project) -> AbstractAsyncContextManager[Tx]:
+        """A write of the project's networks and groups, once `principal` may change them."""
+        self.policy.require(principal, Action.NETWORK_WRITE, project.id)
+        return self.store.write()
+
     async def _network_or_default(self, tx: Tx, project: Project, ref: str) -> Network:
         try:
             return await _network(tx, project, ref)
@@ -319,17 +329,13 @@ async def _counts(tx: Tx, network_ids: list[str]) -> dict[str, int]:
 
 
 async def _network(tx: Tx, project: Project, ref: str) -> Network:
-    try:
+    with missing(f"no network {ref!r} in project {project.name}"):
         return await tx.networks.get(project.id, ref)
-    except NotFound:
-        raise NotFound(f"no network {ref!r} in project {project.name}") from None
 
 
 async def _group(tx: Tx, project: Project, ref: str) -> SecurityGroup:
-    try:
+    with missing(f"no security group {ref!r} in project {project.name}"):
         return await tx.security_groups.get(project.id, ref)
-    except NotFound:
-        raise NotFound(f"no security group {ref!r} in project {project.name}") from None
 
 
 async def _bump_group_nodes(tx: Tx, group_ids: list[str]) -> None:
@@ -394,6 +400,8 @@ class NodePlan:
     rules: dict[str, SecurityGroup]  # the groups those name, and those their rules name
     members: dict[str, tuple[str, ...]]  # group id -> its machines' addresses (remote groups)
     peers: tuple[Peer, ...]
+    # Every node's address (IP literals): no machine may reach one (`Assignments.infrastructure`)
+    infrastructure: tuple[str, ...] = ()
 
 
 async def node_plan(tx: Tx, machines: Sequence[Machine]) -> NodePlan:
@@ -440,13 +448,29 @@ async def node_plan(tx: Tx, machines: Sequence[Machine]) -> NodePlan:
                 address.ip4, address.ip6, node_id, underlay[node_id],
             )
         )  # fmt: skip
-    return NodePlan(attachments, ports, groups, rules, members, tuple(peers))
+    nodes = ip_literals(host_of(n.address) for n in await tx.nodes.list())
+    return NodePlan(attachments, ports, groups, rules, members, tuple(peers), nodes)
 
 
 def host_of(url: str) -> str:
     """The host of a node's agent URL: its underlay address."""
     host = urlsplit(url).hostname or ""
     return host
+
+
+def ip_literals(hosts: Iterable[str]) -> tuple[str, ...]:
+    """The IP addresses among `hosts`, sorted and once each: names are left out (nftables
+    blocks addresses), and so are loopback (every node blocks it anyway) and the unspecified
+    address (a controller listening on every address)."""
+    out: set[str] = set()
+    for host in hosts:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not (addr.is_loopback or addr.is_unspecified):
+            out.add(str(addr))
+    return tuple(sorted(out))
 
 
 async def bump_neighbours(tx: Tx, machine_ids: Sequence[str]) -> None:

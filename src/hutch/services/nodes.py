@@ -10,11 +10,12 @@ from hutch.model.errors import Conflict, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Capacity, Machine, Node, NodeState
 from hutch.model.tenancy import Principal, Quota, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
-from hutch.services.networks import NodePlan, node_plan
+from hutch.services.networks import NodePlan, ip_literals, node_plan
 from hutch.services.nodelink import controller_key
 from hutch.services.notify import SCHEDULER, Notifier, node_key
 from hutch.services.policy import Policy
-from hutch.store.base import Store
+from hutch.services.refusals import missing
+from hutch.store.base import Store, Tx
 from hutch.wire.nodes import JoinToken
 
 MAX_POLL = 60.0
@@ -29,12 +30,17 @@ class Nodes:
         join_secret: str,
         controller_secret: bytes,
         ca_pin: str = "",
+        *,
+        addresses: tuple[str, ...] = (),
     ) -> None:
         self.store = store
         self.notifier = notifier
         self._join_secret = join_secret
         self._controller_secret = controller_secret
         self.ca_pin = ca_pin  # the CA's hash when the controller serves HTTPS
+        # This controller's own addresses, as far as its settings say (IP literals): every
+        # node blocks them to its machines, with every node's address.
+        self.addresses = ip_literals(addresses)
 
     def join_token(self, principal: Principal, ttl: float) -> JoinToken:
         """A token that lets agents join until it expires (signed, so nothing is stored: any
@@ -98,6 +104,7 @@ class Nodes:
                     f"a node named {name!r} is already registered: its agent must use its saved "
                     "credential (or remove the node first)"
                 ) from None
+            await _bump_all(tx)  # every node blocks the new one's address to its machines
         return node, credential, controller_key(self._controller_secret, node.id)
 
     async def authenticate(self, credential: str | None) -> Node:
@@ -118,16 +125,20 @@ class Nodes:
                 # Back: its agent drops the sandboxes that are no longer its own, so the
                 # addresses of the machines lost with it may go to others now.
                 await tx.networks.fenced(node.id)
+            if address != fresh.address:  # the nodes block its new address
+                await _bump_all(tx)
             return await tx.nodes.update(
                 replace(fresh, last_seen=time.time(), state=state, address=address)
             )
 
     async def assignments(
-        self, node: Node, after: int, wait: float
+        self, node: Node, after: int, wait: float, reached_at: str = ""
     ) -> tuple[int, list[tuple[Machine, Quota]], NodePlan]:
         """The node's machines, each with its project's quota (what an image it pulls for one
         may take), and what its networks need, once its revision is past `after`, or after
-        `wait` seconds."""
+        `wait` seconds. The plan's infrastructure: every node's address, this controller's
+        and `reached_at` (the address the agent's request came in at: the controller's, even
+        when it listens on every address)."""
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_POLL)
         while True:
             async with self.store.read() as tx:
@@ -139,6 +150,8 @@ class Nodes:
                         for p in {m.project_id for m in machines}
                     }
                     plan = await node_plan(tx, machines)
+                    ours = (*plan.infrastructure, *self.addresses, reached_at)
+                    plan = replace(plan, infrastructure=ip_literals(ours))
                     return revision, [(m, quotas[m.project_id]) for m in machines], plan
             await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), 0.5))
 
@@ -189,6 +202,7 @@ class Nodes:
             node = _named(await tx.nodes.list(), ref)
             await tx.nodes.delete(node.id)
             await tx.networks.fenced(node.id)  # gone: what it lost cannot run there any more
+            await _bump_all(tx)  # its address is no longer the cluster's
         self.notifier.notify(node_key(node.id))
         return node
 
@@ -198,10 +212,13 @@ class Nodes:
 
     async def get(self, node_id: str) -> Node:
         async with self.store.read() as tx:
-            try:
+            with missing(f"no node {node_id}"):
                 return await tx.nodes.get(node_id)
-            except NotFound:
-                raise NotFound(f"no node {node_id}") from None
+
+
+async def _bump_all(tx: Tx) -> None:
+    """A node came, went or moved: every node's agent must see the cluster's addresses anew."""
+    await tx.nodes.bump_revisions([n.id for n in await tx.nodes.list()])
 
 
 def _named(nodes: list[Node], ref: str) -> Node:

@@ -7,6 +7,7 @@ from hutch.model.machine import Strategy
 from hutch.model.tenancy import Principal, Project, Quota, Role, Token, Usage, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
 from hutch.services.policy import Action, Policy
+from hutch.services.refusals import missing
 from hutch.services.streams import Streams
 from hutch.store.base import Store, Tx
 
@@ -167,10 +168,8 @@ class Tenancy:
 
 
 async def _by_name(tx: Tx, name: str) -> Project:
-    try:
+    with missing(f"no project {name!r}"):
         return await tx.projects.by_name(name)
-    except NotFound:
-        raise NotFound(f"no project {name!r}") from None
 
 
 async def _principal(tx: Tx, secret: str | None) -> Principal:

@@ -203,8 +203,14 @@ class NetworkRepo(Protocol):
     async def fact(self, key: str, candidate: str) -> str:
         """The stored value of `key`, storing `candidate` if there is none yet."""
 
+    async def lock_fact(self, key: str) -> None:
+        """Hold the (stored) fact's row until the transaction ends: a controller-wide lock."""
+
     async def create(self, network: Network) -> bool:
         """False if its slot or pool4 was taken meanwhile; Conflict if its name is."""
+
+    async def subnets(self) -> builtins.list[tuple[str, str, str, str]]:
+        """Every network's (project id, name, subnet4, subnet6), on the whole controller."""
 
     async def slots(self) -> builtins.list[tuple[int, int | None]]:
         """Every network's (slot, pool4)."""

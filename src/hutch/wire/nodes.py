@@ -170,6 +170,9 @@ class Assignments(View):
     machines: list[Assignment]
     groups: list[GroupRules] = []  # the security groups the machines are in, or rules name
     peers: list[PeerView] = []  # every placed machine on the networks the node hosts
+    # The addresses (IP literals) of every node of the cluster and of the controllers it knows:
+    # no machine may reach them, not even through NAT. (Agents that predate it ignore it.)
+    infrastructure: list[str] = []
 
 
 class MachineReport(Request):

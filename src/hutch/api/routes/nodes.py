@@ -118,11 +118,14 @@ async def assignments(
     ctl: Ctl,
     node: CallingNode,
     node_id: str,
+    request: Request,
     after: Annotated[int, Query(ge=-1, le=INT32_MAX)] = -1,
     wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
 ) -> Assignments:
     _own(node_id, node.id)
-    revision, machines, plan = await ctl.nodes.assignments(node, after, wait)
+    server = request.scope.get("server")  # (host, port) the agent connected to, if TCP
+    reached_at = server[0] if server else ""
+    revision, machines, plan = await ctl.nodes.assignments(node, after, wait, reached_at)
     return convert.assignments(revision, machines, plan)
 
 

@@ -947,60 +947,49 @@ static void wait_for(const char *path) {
     fatal("%s did not appear", path);
 }
 
-/* No udev either for disks, and vdX names follow probe order: find a disk by the serial the
- * host gave it (virtio-blk's "serial" attribute in sysfs). */
-static void find_disk(const char *serial, char *dev, size_t size) {
+/* No udev in the guest: the device whose sysfs entry in `dir` (a name starting with `prefix`)
+ * has an `attr` file that reads `want`, as /dev/NAME in `dev` once that exists. Polled for about
+ * 10 s, as the kernel probes; 0 if it never shows. */
+static int find_device(const char *dir, const char *prefix, const char *attr, const char *want,
+                       char *dev, size_t size) {
     for (int tries = 0; tries < 10000; tries++) {
-        DIR *d = opendir("/sys/block");
+        DIR *d = opendir(dir);
         struct dirent *e;
         while (d && (e = readdir(d))) {
-            if (strncmp(e->d_name, "vd", 2) != 0) continue;
+            if (e->d_name[0] == '.' || strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
             char path[300], name[64] = {0};
-            snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+            snprintf(path, sizeof path, "%s/%s/%s", dir, e->d_name, attr);
             int fd = open(path, O_RDONLY | O_CLOEXEC);
             if (fd < 0) continue;
             ssize_t n = read(fd, name, sizeof name - 1);
             close(fd);
             if (n > 0 && name[n - 1] == '\n') name[n - 1] = 0;
-            if (strcmp(name, serial) != 0) continue;
-            snprintf(dev, size, "/dev/%.32s", e->d_name); /* vdX names are short */
+            if (strcmp(name, want) != 0) continue;
+            snprintf(dev, size, "/dev/%.32s", e->d_name); /* vdX and vportNpM names are short */
             closedir(d);
             wait_for(dev);
-            return;
+            return 1;
         }
         if (d) closedir(d);
         usleep(1000);
     }
-    fatal("disk %s not found", serial);
+    return 0;
 }
 
-/* virtio ports have no udev here: find ours by its name in sysfs. */
+/* vdX names follow probe order: find a disk by the serial the host gave it (virtio-blk's
+ * "serial" attribute). */
+static void find_disk(const char *serial, char *dev, size_t size) {
+    if (!find_device("/sys/block", "vd", "serial", serial, dev, size))
+        fatal("disk %s not found", serial);
+}
+
+/* Our virtio port, by its name. */
 static void open_port(void) {
     char dev[300];
-    for (int tries = 0; tries < 10000; tries++) {
-        DIR *d = opendir("/sys/class/virtio-ports");
-        struct dirent *e;
-        while (d && (e = readdir(d))) {
-            if (e->d_name[0] == '.') continue;
-            char path[300], name[64] = {0};
-            snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
-            int fd = open(path, O_RDONLY | O_CLOEXEC);
-            if (fd < 0) continue;
-            ssize_t n = read(fd, name, sizeof name - 1);
-            close(fd);
-            if (n > 0 && name[n - 1] == '\n') name[n - 1] = 0;
-            if (strcmp(name, PORT_NAME) != 0) continue;
-            snprintf(dev, sizeof dev, "/dev/%s", e->d_name);
-            closedir(d);
-            wait_for(dev);
-            chan = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-            if (chan < 0) fatal("open %s: %s", dev, strerror(errno));
-            return;
-        }
-        if (d) closedir(d);
-        usleep(1000);
-    }
-    fatal("virtio port %s not found", PORT_NAME);
+    if (!find_device("/sys/class/virtio-ports", "", "name", PORT_NAME, dev, sizeof dev))
+        fatal("virtio port %s not found", PORT_NAME);
+    chan = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (chan < 0) fatal("open %s: %s", dev, strerror(errno));
 }
 
 static void make_dev(void) {

@@ -66,13 +66,8 @@ class SqlMachines(Repo):
         m = t.machines
         # An id wins over a name; among machines of that name, the live one, else the newest.
         stmt = (
-            sa.select(m)
-            .where(m.c.project_id == project_id, sa.or_(m.c.id == ref, m.c.name == ref))
-            .order_by(
-                sa.case((m.c.id == ref, 0), else_=1),
-                sa.case((t.LIVE, 0), else_=1),
-                m.c.created_at.desc(),
-            )
+            self._by_ref(m, project_id, ref)
+            .order_by(sa.case((t.LIVE, 0), else_=1), m.c.created_at.desc())
             .limit(1)
         )
         return _to_machine(await self._found(stmt, "machine", ref))

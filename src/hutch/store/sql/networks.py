@@ -7,6 +7,14 @@ number another transaction took meanwhile, and it reads again and takes the next
 is never given twice, on SQLite (one writer at a time anyway) and on PostgreSQL (READ
 COMMITTED: the losing insert waits for the winner's commit, then fails, then sees it).
 Network slots (VNI, IPv6 /64) and pool /24s are taken the same way by `create()`'s caller.
+
+Chosen subnets. A subnet a project chooses must overlap no network on the controller, whatever
+its project. An overlap is not something a unique index can refuse, so the caller first takes a
+controller-wide lock, `lock_fact("ula48")` (that row FOR UPDATE on PostgreSQL; SQLite's BEGIN
+IMMEDIATE is one writer at a time already), held until the transaction ends, then reads every
+network's `subnets()`: two projects choosing the same subnet at once are checked one after the
+other, and the second sees the first's network (READ COMMITTED: each statement sees what was
+committed before it began).
 """
 
 import builtins
@@ -64,6 +72,13 @@ class SqlNetworks(Repo):
         assert row is not None
         return str(row.value)
 
+    async def lock_fact(self, key: str) -> None:
+        """Hold the fact's row until the transaction ends (a controller-wide lock)."""
+        stmt = sa.select(t.facts.c.key).where(t.facts.c.key == key)
+        if self._pg:
+            stmt = stmt.with_for_update()
+        await self._found(stmt, "fact", key)
+
     # -- networks -------------------------------------------------------------------------------
 
     async def create(self, network: Network) -> bool:
@@ -83,16 +98,16 @@ class SqlNetworks(Repo):
         n = t.networks
         return [(r.slot, r.pool4) for r in await self._c.execute(sa.select(n.c.slot, n.c.pool4))]
 
+    async def subnets(self) -> builtins.list[tuple[str, str, str, str]]:
+        """Every network's (project id, name, subnet4, subnet6), on the whole controller."""
+        n = t.networks
+        stmt = sa.select(n.c.project_id, n.c.name, n.c.subnet4, n.c.subnet6)
+        return [tuple(r) for r in await self._c.execute(stmt.order_by(n.c.created_at, n.c.id))]
+
     async def get(self, project_id: str, ref: str) -> Network:
         """By id or name, within the project; NotFound otherwise."""
-        n = t.networks
-        stmt = sa.select(n).where(
-            n.c.project_id == project_id, sa.or_(n.c.id == ref, n.c.name == ref)
-        )
-        row = await self._one(stmt.order_by(sa.case((n.c.id == ref, 0), else_=1)).limit(1))
-        if row is None:
-            raise NotFound(f"network {ref!r} not found")
-        return _to_network(row)
+        stmt = self._by_ref(t.networks, project_id, ref).limit(1)
+        return _to_network(await self._found(stmt, "network", ref))
 
     async def list(self, project_id: str) -> builtins.list[Network]:
         n = t.networks
@@ -271,14 +286,8 @@ class SqlSecurityGroups(Repo):
         raise Conflict(f"the project already has a security group named {group.name!r}")
 
     async def get(self, project_id: str, ref: str) -> SecurityGroup:
-        g = t.security_groups
-        stmt = sa.select(g).where(
-            g.c.project_id == project_id, sa.or_(g.c.id == ref, g.c.name == ref)
-        )
-        row = await self._one(stmt.order_by(sa.case((g.c.id == ref, 0), else_=1)).limit(1))
-        if row is None:
-            raise NotFound(f"security group {ref!r} not found")
-        return (await self._with_rules([row]))[0]
+        stmt = self._by_ref(t.security_groups, project_id, ref).limit(1)
+        return (await self._with_rules([await self._found(stmt, "security group", ref)]))[0]
 
     async def list(self, project_id: str) -> builtins.list[SecurityGroup]:
         g = t.security_groups

@@ -65,6 +65,16 @@ class Repo:
             raise NotFound(f"{what} {ref!r} not found")
         return row
 
+    @staticmethod
+    def _by_ref(table: sa.Table, project_id: str, ref: str) -> "sa.Select[Any]":
+        """The project's rows whose id or name is `ref`, the one with that id first (an id wins
+        over a name)."""
+        return (
+            sa.select(table)
+            .where(table.c.project_id == project_id, sa.or_(table.c.id == ref, table.c.name == ref))
+            .order_by(sa.case((table.c.id == ref, 0), else_=1))
+        )
+
     async def _exists(self, table: sa.Table, *where: sa.ColumnElement[bool]) -> bool:
         return (
             await self._one(sa.select(sa.literal(1)).select_from(table).where(*where)) is not None

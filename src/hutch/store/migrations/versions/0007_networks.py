@@ -1,5 +1,11 @@
 """Networks: networks, their addresses (and fences of lost machines' ones), security groups
-and their rules, machines' groups and published ports, and facts (the controller's ULA /48)."""
+and their rules, machines' groups and published ports, and facts (the controller's ULA /48).
+
+Written by hand in the shapes `store/tables.py` declares (its naming convention spelled out:
+pk_TABLE, fk_TABLE_COLUMN_TARGET, uq_TABLE_COLUMNS, ix_TABLE_COLUMN); test_migrations checks
+that the result is the tables' schema."""
+
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -7,172 +13,134 @@ from alembic import op
 revision = "0007"
 down_revision = "0006"
 
+# What an address is unique by: its MAC anywhere; its host number and addresses in its network.
+UNIQUE_ADDRESS = (("mac",), ("network_id", "host"), ("network_id", "ip4"), ("network_id", "ip6"))
+# (table, column) of each index that upgrade makes and downgrade drops, in creation order.
+INDEXES = (
+    ("fences", "node_id"),
+    ("machine_security_groups", "group_id"),
+    ("network_addresses", "machine_id"),
+    ("security_group_rules", "group_id"),
+)
+
+
+def _text(name: str, length: int) -> sa.Column[str]:
+    return sa.Column(name, sa.String(length=length), nullable=False)
+
+
+def _int(name: str, nullable: bool = False) -> sa.Column[int]:
+    return sa.Column(name, sa.Integer(), nullable=nullable)
+
+
+def _ref(table: str, column: str, target: str) -> sa.ForeignKeyConstraint:
+    return sa.ForeignKeyConstraint(
+        [column], [f"{target}.id"], name=op.f(f"fk_{table}_{column}_{target}")
+    )
+
+
+def _key(table: str, *columns: str) -> sa.PrimaryKeyConstraint:
+    return sa.PrimaryKeyConstraint(*columns, name=op.f(f"pk_{table}"))
+
+
+def _unique(table: str, *columns: str) -> sa.UniqueConstraint:
+    return sa.UniqueConstraint(*columns, name=op.f(f"uq_{table}_{'_'.join(columns)}"))
+
+
+def _owned(table: str, *items: "sa.Column[Any] | sa.Constraint") -> None:
+    """A project's named object: id, project, name (unique in the project), then `items`."""
+    op.create_table(
+        table,
+        _text("id", 64),
+        _text("project_id", 64),
+        _text("name", 63),
+        *items,
+        _ref(table, "project_id", "projects"),
+        _key(table, "id"),
+        _unique(table, "project_id", "name"),
+    )
+
+
+def _machines(table: str, *items: "sa.Column[Any] | sa.Constraint", key: tuple[str, ...]) -> None:
+    """Rows of a machine's: machine_id (a machine's), then `items`; keyed by machine_id, `key`."""
+    op.create_table(
+        table,
+        _text("machine_id", 64),
+        *items,
+        _ref(table, "machine_id", "machines"),
+        _key(table, "machine_id", *key),
+    )
+
 
 def upgrade() -> None:
-    op.create_table(
-        "facts",
-        sa.Column("key", sa.String(length=63), nullable=False),
-        sa.Column("value", sa.String(length=255), nullable=False),
-        sa.PrimaryKeyConstraint("key", name=op.f("pk_facts")),
-    )
-    op.create_table(
+    op.create_table("facts", _text("key", 63), _text("value", 255), _key("facts", "key"))
+    _owned(
         "networks",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("project_id", sa.String(length=64), nullable=False),
-        sa.Column("name", sa.String(length=63), nullable=False),
-        sa.Column("subnet4", sa.String(length=43), nullable=False),
-        sa.Column("subnet6", sa.String(length=43), nullable=False),
-        sa.Column("slot", sa.Integer(), nullable=False),
-        sa.Column("pool4", sa.Integer(), nullable=True),
-        sa.Column("egress", sa.String(length=32), nullable=False),
+        _text("subnet4", 43),
+        _text("subnet6", 43),
+        _int("slot"),
+        _int("pool4", nullable=True),
+        _text("egress", 32),
         sa.Column("egress_allow", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.Double(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["project_id"], ["projects.id"], name=op.f("fk_networks_project_id_projects")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_networks")),
-        sa.UniqueConstraint("pool4", name=op.f("uq_networks_pool4")),
-        sa.UniqueConstraint("project_id", "name", name=op.f("uq_networks_project_id_name")),
-        sa.UniqueConstraint("slot", name=op.f("uq_networks_slot")),
+        _unique("networks", "pool4"),
+        _unique("networks", "slot"),
     )
-    op.create_table(
-        "security_groups",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("project_id", sa.String(length=64), nullable=False),
-        sa.Column("name", sa.String(length=63), nullable=False),
-        sa.Column("created_at", sa.Double(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["project_id"], ["projects.id"], name=op.f("fk_security_groups_project_id_projects")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_security_groups")),
-        sa.UniqueConstraint("project_id", "name", name=op.f("uq_security_groups_project_id_name")),
-    )
-    op.create_table(
-        "fences",
-        sa.Column("machine_id", sa.String(length=64), nullable=False),
-        sa.Column("node_id", sa.String(length=64), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["machine_id"], ["machines.id"], name=op.f("fk_fences_machine_id_machines")
-        ),
-        sa.PrimaryKeyConstraint("machine_id", "node_id", name=op.f("pk_fences")),
-    )
-    with op.batch_alter_table("fences", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_fences_node_id"), ["node_id"], unique=False)
-
-    op.create_table(
+    _owned("security_groups", sa.Column("created_at", sa.Double(), nullable=False))
+    _machines("fences", _text("node_id", 64), key=("node_id",))
+    _machines(
         "machine_ports",
-        sa.Column("machine_id", sa.String(length=64), nullable=False),
-        sa.Column("host_port", sa.Integer(), nullable=False),
-        sa.Column("protocol", sa.String(length=3), nullable=False),
-        sa.Column("port", sa.Integer(), nullable=False),
-        sa.Column("host_ip", sa.String(length=15), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["machine_id"], ["machines.id"], name=op.f("fk_machine_ports_machine_id_machines")
-        ),
-        sa.PrimaryKeyConstraint(
-            "machine_id", "host_port", "protocol", name=op.f("pk_machine_ports")
-        ),
+        _int("host_port"),
+        _text("protocol", 3),
+        _int("port"),
+        _text("host_ip", 15),
+        key=("host_port", "protocol"),
     )
-    with op.batch_alter_table("machine_ports", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_machine_ports_host_port_protocol", ["host_port", "protocol"], unique=False
-        )
-
-    op.create_table(
+    op.create_index(
+        "ix_machine_ports_host_port_protocol", "machine_ports", ["host_port", "protocol"]
+    )
+    _machines(
         "machine_security_groups",
-        sa.Column("machine_id", sa.String(length=64), nullable=False),
-        sa.Column("group_id", sa.String(length=64), nullable=False),
-        sa.Column("position", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["group_id"],
-            ["security_groups.id"],
-            name=op.f("fk_machine_security_groups_group_id_security_groups"),
-        ),
-        sa.ForeignKeyConstraint(
-            ["machine_id"],
-            ["machines.id"],
-            name=op.f("fk_machine_security_groups_machine_id_machines"),
-        ),
-        sa.PrimaryKeyConstraint("machine_id", "group_id", name=op.f("pk_machine_security_groups")),
+        _text("group_id", 64),
+        _int("position"),
+        _ref("machine_security_groups", "group_id", "security_groups"),
+        key=("group_id",),
     )
-    with op.batch_alter_table("machine_security_groups", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_machine_security_groups_group_id"), ["group_id"], unique=False
-        )
-
     op.create_table(
         "network_addresses",
-        sa.Column("network_id", sa.String(length=64), nullable=False),
-        sa.Column("machine_id", sa.String(length=64), nullable=False),
-        sa.Column("position", sa.Integer(), nullable=False),
-        sa.Column("host", sa.Integer(), nullable=False),
-        sa.Column("mac", sa.String(length=17), nullable=False),
-        sa.Column("ip4", sa.String(length=15), nullable=False),
-        sa.Column("ip6", sa.String(length=39), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["machine_id"], ["machines.id"], name=op.f("fk_network_addresses_machine_id_machines")
-        ),
-        sa.ForeignKeyConstraint(
-            ["network_id"], ["networks.id"], name=op.f("fk_network_addresses_network_id_networks")
-        ),
-        sa.PrimaryKeyConstraint("network_id", "machine_id", name=op.f("pk_network_addresses")),
-        sa.UniqueConstraint("mac", name=op.f("uq_network_addresses_mac")),
-        sa.UniqueConstraint(
-            "network_id", "host", name=op.f("uq_network_addresses_network_id_host")
-        ),
-        sa.UniqueConstraint("network_id", "ip4", name=op.f("uq_network_addresses_network_id_ip4")),
-        sa.UniqueConstraint("network_id", "ip6", name=op.f("uq_network_addresses_network_id_ip6")),
+        _text("network_id", 64),
+        _text("machine_id", 64),
+        _int("position"),
+        _int("host"),
+        _text("mac", 17),
+        _text("ip4", 15),
+        _text("ip6", 39),
+        _ref("network_addresses", "machine_id", "machines"),
+        _ref("network_addresses", "network_id", "networks"),
+        _key("network_addresses", "network_id", "machine_id"),
+        *(_unique("network_addresses", *columns) for columns in UNIQUE_ADDRESS),
     )
-    with op.batch_alter_table("network_addresses", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_network_addresses_machine_id"), ["machine_id"], unique=False
-        )
-
     op.create_table(
         "security_group_rules",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("group_id", sa.String(length=64), nullable=False),
-        sa.Column("direction", sa.String(length=32), nullable=False),
-        sa.Column("protocol", sa.String(length=32), nullable=False),
-        sa.Column("port_min", sa.Integer(), nullable=False),
-        sa.Column("port_max", sa.Integer(), nullable=False),
-        sa.Column("remote_cidr", sa.String(length=43), nullable=False),
-        sa.Column("remote_group", sa.String(length=64), nullable=False),
+        _text("id", 64),
+        _text("group_id", 64),
+        _text("direction", 32),
+        _text("protocol", 32),
+        _int("port_min"),
+        _int("port_max"),
+        _text("remote_cidr", 43),
+        _text("remote_group", 64),
         sa.Column("created_at", sa.Double(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["group_id"],
-            ["security_groups.id"],
-            name=op.f("fk_security_group_rules_group_id_security_groups"),
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_security_group_rules")),
+        _ref("security_group_rules", "group_id", "security_groups"),
+        _key("security_group_rules", "id"),
     )
-    with op.batch_alter_table("security_group_rules", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_security_group_rules_group_id"), ["group_id"], unique=False
-        )
+    for table, column in INDEXES:
+        op.create_index(op.f(f"ix_{table}_{column}"), table, [column])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("security_group_rules", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_security_group_rules_group_id"))
-
-    op.drop_table("security_group_rules")
-    with op.batch_alter_table("network_addresses", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_network_addresses_machine_id"))
-
-    op.drop_table("network_addresses")
-    with op.batch_alter_table("machine_security_groups", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_machine_security_groups_group_id"))
-
-    op.drop_table("machine_security_groups")
-    with op.batch_alter_table("machine_ports", schema=None) as batch_op:
-        batch_op.drop_index("ix_machine_ports_host_port_protocol")
-
-    op.drop_table("machine_ports")
-    with op.batch_alter_table("fences", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_fences_node_id"))
-
-    op.drop_table("fences")
-    op.drop_table("security_groups")
-    op.drop_table("networks")
-    op.drop_table("facts")
+    for table, column in reversed(INDEXES):
+        op.drop_index(op.f(f"ix_{table}_{column}"), table_name=table)
+    op.drop_index("ix_machine_ports_host_port_protocol", table_name="machine_ports")
+    for table in ("security_group_rules", "network_addresses", "machine_security_groups",
+                  "machine_ports", "fences", "security_groups", "networks", "facts"):  # fmt: skip
+        op.drop_table(table)
