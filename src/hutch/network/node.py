@@ -177,9 +177,13 @@ class NodeNetwork:
         with self._lock:
             if groups == self._groups:
                 return False
-            before = self._desired()
+            # Only the wired sandboxes' groups are in the tables (no listing of all ports twice)
+            changed = any(
+                groups.get(i) != self._groups.get(i) for i in groups.keys() | self._groups.keys()
+                if i in self._wired
+            )  # fmt: skip
             self._groups = dict(groups)
-            if self._desired() != before:
+            if changed:
                 self._apply()
             return True
 
