@@ -98,6 +98,7 @@ bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.api
 	$(PY) -m bench.scheduler
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.net
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.rules
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

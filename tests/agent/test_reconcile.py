@@ -7,6 +7,7 @@ The end-to-end cluster scenarios in tests/cli run the same loop over real micro-
 """
 
 import asyncio
+import contextlib
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -21,8 +22,9 @@ from hutch.agent.link import ControllerLink
 from hutch.agent.node import Identity, NodeAgent
 from hutch.model.errors import Conflict, NotFound
 from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState
+from hutch.network import links, nft
 from hutch.runtime.driver import SandboxDriver
-from hutch.wire.nodes import Assignment
+from hutch.wire.nodes import Assignment, MachineReport
 from tests.helpers import free_port
 from tests.helpers.api import JOIN, Api, close_api, open_api, served
 
@@ -287,3 +289,59 @@ async def test_a_machine_stopped_during_its_restart_backoff_is_not_started(node:
     got = await node.get(stopped["id"])
     assert (got["state"], got["error"]) == ("exited", "stopped before it started")
     assert (await node.get(removed["id"]))["state"] == "destroyed"
+
+
+async def test_a_rule_change_is_applied_while_a_round_waits(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round may wait for long (here its report, to a controller slow to take it; elsewhere
+    a sandbox's work): the answers meanwhile still have their network state applied at once,
+    so a security group's rule removed now closes the port now, not after that round."""
+    netns = node.agent.dir / "netns-test"  # the agent's links and rules, away from the host's
+    node.agent.dir.mkdir(parents=True, exist_ok=True)
+    links.create_netns(netns)
+    node.agent.network.opts = replace(node.agent.network.opts, netns=netns)
+    r = await node.api.call("POST", "/v1/security-groups", node.token, json={
+        "name": "web", "rules": [{"direction": "ingress", "protocol": "tcp", "port_min": 80,
+                                  "port_max": 80, "remote_cidr": "0.0.0.0/0"}]})  # fmt: skip
+    rule = r.json()["rules"][0]["id"]
+    m = await node.machine(security_groups=["web"])
+    sandbox = f"{m['id']}-1"
+    node.driver.has(sandbox)  # running: the round reports so, and waits for the controller
+    reporting, answered = asyncio.Event(), asyncio.Event()
+    report = node.agent.link.report
+
+    async def slow_report(node_id: str, machine_id: str, body: MachineReport) -> None:
+        reporting.set()
+        await answered.wait()
+        await report(node_id, machine_id, body)
+
+    applied: list[dict[str, nft.Groups]] = []
+    set_groups = node.agent.network.set_groups
+
+    def recorded(groups: dict[str, nft.Groups]) -> bool:
+        applied.append(groups)
+        return set_groups(groups)
+
+    monkeypatch.setattr(node.agent.link, "report", slow_report)
+    monkeypatch.setattr(node.agent.network, "set_groups", recorded)
+    run = asyncio.create_task(node.agent.run())
+    try:
+        await asyncio.wait_for(reporting.wait(), 30)
+        assert [a.port_min for a in applied[-1][sandbox].ingress] == [80]
+        r = await node.api.call("DELETE", f"/v1/security-groups/web/rules/{rule}", node.token)
+        assert r.status_code == 200, r.text
+        for _ in range(300):  # generous: the poll wakes at once; the round still waits
+            if applied[-1][sandbox].ingress == ():
+                break
+            await asyncio.sleep(0.1)
+        assert applied[-1][sandbox].ingress == (), "the rule change waited for the round"
+        assert (await node.get(m["id"]))["state"] == "created"  # the report is still held
+        answered.set()
+        await eventually(node, m["id"], state="running")
+    finally:
+        answered.set()
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        links.remove_netns(netns)

@@ -13,6 +13,7 @@ import pytest
 
 from hutch.agent.node import group_rules
 from hutch.network.nft import Allow
+from hutch.services import nodes as nodes_service
 from hutch.wire.nodes import Assignments
 from tests.helpers.api import Api, close_api, open_api
 
@@ -357,6 +358,52 @@ async def test_the_node_is_told_nics_ports_rules_and_peers(api: Api) -> None:
     peers = {p["name"]: p for p in told["peers"]}
     assert set(peers) == {"web", "db"}
     assert peers["db"]["underlay"] == "192.0.2.7" and peers["db"]["project"] == "alpha"
+
+
+async def _long_poll(api: Api, node: dict[str, Any], after: int) -> asyncio.Task[Any]:
+    """The node's long poll for a revision past `after`, hanging (the most it may: 60 s)."""
+    headers = {"Authorization": f"Bearer {node['credential']}"}
+    url = f"/agent/v1/nodes/{node['node_id']}/assignments?after={after}&wait=60"
+    poll = asyncio.create_task(api.http.get(url, headers=headers))
+    await asyncio.sleep(0.3)  # it is waiting now
+    assert not poll.done()
+    return poll
+
+
+async def test_what_a_node_must_see_ends_its_long_poll_at_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rule change reaches the nodes running the group's machines, and a machine placed on a
+    network reaches the other nodes hosting it (their peers), as soon as it is committed: the
+    poll is woken, not left to notice on its timer. Here the timer (re-reading the store for
+    other controllers' changes) is longer than the poll, so only a wake-up ends it early."""
+    monkeypatch.setattr(nodes_service, "POLL", 3600.0)
+    await api.call("POST", "/v1/nodes/sim-1/cordon")
+    node_a = await api.join("node-a", address="http://192.0.2.7:7443")
+    node_b = await api.join("node-b", address="http://192.0.2.8:7443")
+    token = await api.token("alpha", "member")
+    r = await api.call("POST", "/v1/security-groups", token, json={
+        "name": "web", "rules": [{"direction": "ingress", "protocol": "tcp", "port_min": 80,
+                                  "port_max": 80, "remote_cidr": "0.0.0.0/0"}]})  # fmt: skip
+    rule = r.json()["rules"][0]["id"]
+    spread = {"group": "g", "group_policy": "anti-affinity"}  # one on each node
+    await api.machine(token, name="web", security_groups=["web"], **spread)
+    web = await api.placed(token, "web")
+    here, there = (node_a, node_b) if web["node"] == node_a["node_id"] else (node_b, node_a)
+    told = await node_assignments(api, here)
+    assert told["groups"][0]["rules"]
+    # The rule goes: the poll of web's node ends with the rule gone.
+    poll = await _long_poll(api, here, told["revision"])
+    r = await api.call("DELETE", f"/v1/security-groups/web/rules/{rule}", token)
+    assert r.status_code == 200, r.text
+    answer = (await asyncio.wait_for(poll, 30)).json()
+    assert answer["revision"] > told["revision"] and answer["groups"][0]["rules"] == []
+    # Another machine of the network is placed on the other node: web's node learns its peer.
+    poll = await _long_poll(api, here, answer["revision"])
+    await api.machine(token, name="db", **spread)
+    assert (await api.placed(token, "db"))["node"] == there["node_id"]
+    answer = (await asyncio.wait_for(poll, 30)).json()
+    assert "db" in {p["name"] for p in answer["peers"]}
 
 
 async def test_a_remote_group_allows_its_members_on_other_nodes_too(api: Api) -> None:

@@ -3,9 +3,11 @@
 Level-triggered: every round compares what the controller wants (assignments, long-polled)
 with what the drivers have, and starts, stops or destroys sandboxes to match, reporting each
 outcome. Work on one sandbox runs as one task at a time; a round skips sandboxes with work in
-flight and the next round sees its result. A restarted agent re-adopts its running sandboxes
-(driver recovery), starts those it had created but not yet started, and reports their states
-again; reports are idempotent on the controller.
+flight and the next round sees its result. The poll never waits for a round: each answer's
+network state (security groups, DNS, overlay peers) is applied as soon as it arrives, on a
+thread of its own, and rounds run in a task of their own on the latest answer. A restarted
+agent re-adopts its running sandboxes (driver recovery), starts those it had created but not
+yet started, and reports their states again; reports are idempotent on the controller.
 The agent never touches the controller's store: all it knows comes through /agent/v1.
 """
 
@@ -18,9 +20,10 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from hutch.agent.images import import_image, registry_client, roots_for
@@ -51,6 +54,7 @@ from hutch.wire.nodes import (
 )
 
 log = logging.getLogger("hutch.agent")
+T = TypeVar("T")
 POLL_WAIT = 25.0  # seconds a long poll may hang; every answer is a full reconcile
 JOIN_RETRY_MAX = 10.0  # seconds between attempts to join a controller that cannot be reached
 
@@ -158,6 +162,11 @@ class NodeAgent:
         self._watch: dict[str, asyncio.Task[None]] = {}  # sandbox -> waiting for its exit
         self._reported: dict[str, str] = {}  # sandbox -> last state reported
         self._assignments: dict[str, Assignment] = {}
+        self._latest: Assignments | None = None  # the newest answer, for the next round
+        self._answered = asyncio.Event()  # set when `_latest` is newer than the last round's
+        # The node's network changes run here, not in the default pool, where image unpacking,
+        # root disks and crun runs of starting sandboxes would queue them.
+        self._net_thread = ThreadPoolExecutor(1, thread_name_prefix="hutch-net")
         # NAME.PROJECT.internal for the machines of each network, on its bridge's gateway:53
         self.dns = dns.DnsServer()
         self.network = NodeNetwork(
@@ -211,7 +220,7 @@ class NodeAgent:
             for info in await driver.sandboxes()
         ]
         try:
-            await asyncio.to_thread(self.network.reconcile, specs)
+            await self._in_net_thread(self.network.reconcile, specs)
         except HutchError as e:
             log.warning("the node's networks could not be reconciled: %s", e.message)
         await self._trust()
@@ -283,6 +292,7 @@ class NodeAgent:
     async def run(self) -> None:
         assert self.identity is not None
         heartbeat = asyncio.create_task(self._heartbeat())
+        rounds = asyncio.create_task(self._rounds())
         revision = -1
         try:
             while True:
@@ -300,17 +310,36 @@ class NodeAgent:
                     await asyncio.sleep(1.0)
                     continue
                 revision = answer.revision
-                await self.update_groups(answer)  # first: a closed port closes soonest
+                log.debug("assignments at revision %d", revision)
+                # Before the round that may start sandboxes: a new one is plugged with its
+                # groups' rules. And never behind a round's work: the next poll follows at once.
+                await self.update_groups(answer)
                 await self.update_infrastructure(answer)
                 self.update_dns(answer)
                 await self.update_overlay(answer)
-                try:
-                    await self.reconcile(answer.machines)
-                except Exception:  # one bad round must not stop the node; the next retries
-                    log.exception("reconciling failed")
-                    await asyncio.sleep(1.0)
+                self._latest = answer
+                self._answered.set()
         finally:
             heartbeat.cancel()
+            rounds.cancel()
+
+    async def _rounds(self) -> None:
+        """Reconcile on the newest answer, one round at a time; answers that come during a
+        round are folded into the next (each is the whole picture)."""
+        while True:
+            await self._answered.wait()
+            self._answered.clear()
+            answer = self._latest
+            assert answer is not None
+            try:
+                await self.reconcile(answer.machines)
+                log.debug("round on revision %d done", answer.revision)
+            except Exception:  # one bad round must not stop the node; the next answer retries
+                log.exception("reconciling failed")
+                await asyncio.sleep(1.0)
+
+    async def _in_net_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._net_thread, fn, *args)
 
     async def _heartbeat(self) -> None:
         assert self.identity is not None
@@ -333,7 +362,7 @@ class NodeAgent:
         which ends the long poll)."""
         rules = group_rules(answer.machines, answer.groups)
         try:
-            await asyncio.to_thread(self.network.set_groups, rules)
+            await self._in_net_thread(self.network.set_groups, rules)
         except HutchError as e:
             log.warning("security groups could not be applied: %s", e.message)
         except Exception:  # the round goes on; the next answer retries
@@ -344,7 +373,7 @@ class NodeAgent:
         blocked to every sandbox: a node that joins is closed with the next answer, without
         touching the sandboxes. An older controller sends none: the agent's own list stays."""
         try:
-            await asyncio.to_thread(
+            await self._in_net_thread(
                 self.network.set_infrastructure, host_cidrs(answer.infrastructure)
             )
         except HutchError as e:  # the next answer retries
@@ -355,7 +384,7 @@ class NodeAgent:
         from the same peer list (the whole set each time; entries of peers gone are removed)."""
         peers = [Peer(p.network_id, p.mac, p.ip4, p.ip6, p.underlay) for p in answer.peers]
         try:
-            await asyncio.to_thread(self.network.set_peers, peers)
+            await self._in_net_thread(self.network.set_peers, peers)
         except HutchError as e:  # the next answer retries
             log.warning("cannot update the overlay: %s", e.message)
 
@@ -366,6 +395,7 @@ class NodeAgent:
         for driver in self.drivers.values():
             await driver.close()
         await self.link.close()
+        self._net_thread.shutdown(wait=False)
         if self.namespace is not None:
             self.namespace.release()
             self.namespace = None

@@ -24,6 +24,8 @@ port's own chain holds a constant number of rules.
                    4789 anywhere (the overlay's port: another node would take it as a
                    peer's); egress per bridge (`iifname vmap @egress`);
                    to a bridge only replies and published ports.
+                   output: the node's own connections to a sandbox in groups meet its
+                   `in-PORT` too (127.0.0.1 to a published port), looked up by address.
                    nat: DNAT of published ports (prerouting for other hosts, output for the node
                    itself, 127.0.0.1 included), masquerade of egress and of 127/8 sources.
 """

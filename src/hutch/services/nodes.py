@@ -12,7 +12,7 @@ from hutch.model.tenancy import Principal, Quota, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
 from hutch.services.networks import NodePlan, ip_literals, node_plan
 from hutch.services.nodelink import controller_key
-from hutch.services.notify import SCHEDULER, Notifier, node_key
+from hutch.services.notify import POLL, SCHEDULER, Notifier, node_key
 from hutch.services.policy import Policy
 from hutch.services.refusals import missing
 from hutch.store.base import Store, Tx
@@ -41,6 +41,9 @@ class Nodes:
         # This controller's own addresses, as far as its settings say (IP literals): every
         # node blocks them to its machines, with every node's address.
         self.addresses = ip_literals(addresses)
+        # Every committed bump of a node's revision (a rule changed, a machine placed on a
+        # network the node hosts, ...) ends that node's long poll at once, whoever made it.
+        store.watch_revisions(lambda ids: notifier.notify(*map(node_key, sorted(ids))))
 
     def join_token(self, principal: Principal, ttl: float) -> JoinToken:
         """A token that lets agents join until it expires (signed, so nothing is stored: any
@@ -153,7 +156,7 @@ class Nodes:
                     ours = (*plan.infrastructure, *self.addresses, reached_at)
                     plan = replace(plan, infrastructure=ip_literals(ours))
                     return revision, [(m, quotas[m.project_id]) for m in machines], plan
-            await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), 0.5))
+            await self.notifier.wait(node_key(node.id), min(deadline - time.monotonic(), POLL))
 
     async def overdue(self, cutoff: float) -> list[Node]:
         """Nodes last seen before `cutoff` become unreachable; every unreachable node. A look

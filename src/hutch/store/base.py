@@ -10,7 +10,7 @@ taken through `projects.lock()` and `nodes.lock()`.
 """
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import NamedTuple, Protocol
 
@@ -304,3 +304,7 @@ class Store(Protocol):
 
     def write(self) -> AbstractAsyncContextManager[Tx]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
+
+    def watch_revisions(self, listener: Callable[[frozenset[str]], None]) -> None:
+        """Tell `listener`, after each write of this process commits, the nodes whose revisions
+        it bumped (another process's writes are not told: readers poll for those)."""

@@ -144,6 +144,7 @@ class SqlStore:
         self._sqlite_writer: sa.Engine | None = None  # SQLite's writes (statements in the loop)
         self._writer_thread: ThreadPoolExecutor | None = None  # its BEGIN and COMMIT
         self._turn: asyncio.Lock | None = None  # SQLite: this process's writers queue here
+        self._revisions: Callable[[frozenset[str]], None] | None = None  # watch_revisions
 
     @property
     def where(self) -> str:
@@ -242,17 +243,29 @@ class SqlStore:
     async def write(self) -> AsyncIterator[Tx]:
         if self._sqlite_writer is not None and self._writer_thread is not None:
             writing = self._sqlite_write(self._sqlite_writer, self._writer_thread)
-            async with self._translated(), self._writer_turn(), writing as tx:
-                yield tx
+            async with self._translated(), self._writer_turn(), writing as sqlite_tx:
+                yield sqlite_tx
+            self._committed(sqlite_tx)
             return
         engine = self.engine
         async with self._translated(), self._writer_turn(), engine.connect() as conn, conn.begin():
-            yield SqlTx(conn, self.backend)
+            tx = SqlTx(conn, self.backend)
+            yield tx
+        self._committed(tx)
+
+    def watch_revisions(self, listener: Callable[[frozenset[str]], None]) -> None:
+        """`listener` is told, after each write commits, the nodes whose revisions it bumped
+        (`NodeRepo.bump_revisions`): the long polls of this process wake at once."""
+        self._revisions = listener
+
+    def _committed(self, tx: "SqlTx") -> None:
+        if tx.bumped and self._revisions is not None:
+            self._revisions(frozenset(tx.bumped))
 
     @contextlib.asynccontextmanager
     async def _sqlite_write(
         self, engine: sa.Engine, thread: ThreadPoolExecutor
-    ) -> AsyncIterator[Tx]:
+    ) -> AsyncIterator["SqlTx"]:
         """BEGIN IMMEDIATE and COMMIT in the writer's thread, the statements in the loop (see
         the module's docstring); a rollback, which neither waits nor syncs, in the loop too."""
 
@@ -450,8 +463,14 @@ class SqlTx:
         self.projects: ProjectRepo = SqlProjects(conn, backend)
         self.tokens: TokenRepo = SqlTokens(conn, backend)
         self.machines: MachineRepo = SqlMachines(conn, backend)
-        self.nodes: NodeRepo = SqlNodes(conn, backend)
+        self._nodes = SqlNodes(conn, backend)
+        self.nodes: NodeRepo = self._nodes
         self.events: EventRepo = SqlEvents(conn, backend)
         self.leases: LeaseRepo = SqlLeases(conn, backend)
         self.networks: NetworkRepo = SqlNetworks(conn, backend)
         self.security_groups: SecurityGroupRepo = SqlSecurityGroups(conn, backend)
+
+    @property
+    def bumped(self) -> set[str]:
+        """The nodes whose revisions this transaction bumped."""
+        return self._nodes.bumped

@@ -12,10 +12,14 @@ from hutch.model.errors import Conflict, NotFound
 from hutch.model.machine import Capacity, Node, NodeState
 from hutch.store import tables as t
 from hutch.store.base import Claim
-from hutch.store.sql.repo import Repo, from_row
+from hutch.store.sql.repo import Backend, Conn, Repo, from_row
 
 
 class SqlNodes(Repo):
+    def __init__(self, conn: Conn, backend: Backend) -> None:
+        super().__init__(conn, backend)
+        self.bumped: set[str] = set()  # nodes whose revision this transaction bumped
+
     async def create(self, node: Node, credential_hash: str) -> None:
         values = {
             "id": node.id,
@@ -110,6 +114,7 @@ class SqlNodes(Repo):
     async def bump_revisions(self, node_ids: Sequence[str]) -> None:
         """In one statement; ids of nodes that are gone are passed over."""
         if node_ids:
+            self.bumped.update(node_ids)
             n = t.nodes
             await self._c.execute(
                 sa.update(n)
