@@ -14,12 +14,14 @@ In one run, side by side, median of N runs each (interleaved where both exist at
       against the same to the guest's own address, from the node's namespace (the only place
       that may reach a guest's address: hutch lets nothing else in); from an "outside"
       namespace through the published port as a raw figure;
-  (4) rule change to enforcement: unpublish / publish a port of a running sandbox (the only
-      rule change NodeNetwork offers today is `reconcile` with the sandbox's changed spec;
-      security groups are not built yet), timed by a probe that polls from "outside";
+  (4) rule change to enforcement: a security group's ingress rule that lets a probe in to a
+      running sandbox's published port removed, then added back (`NodeNetwork.set_groups`, as
+      the agent applies a rule change), each timed from the call until a probe polling from
+      "outside" fails, or passes again; p99 and p50 over the changes;
   (5) scale: rules for 1,000 sandboxes on one node (network namespaces with veths through
-      hutch.network, no VMs) against 10: time to apply them, to plug one more, and the
-      throughput of one flow between two of them.
+      hutch.network, no VMs) against 10: time to apply them, to plug one more (and unplug it),
+      to change one sandbox's security groups, and the throughput of one flow between two of
+      them; then back to 10 (the time to shrink).
 Runs of two variants alternate, each going first in every other run, so that the load other
 work puts on the machine falls on both alike; each ratio is also given per pair of neighbouring
 runs (`*_paired_ratio`: the median of hutch/bare of the same run). The probe everywhere is
@@ -60,6 +62,7 @@ from hutch.images.rootfs import PreparedRoot, prepare_root
 from hutch.model.network import Attachment, PortMapping
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec
 from hutch.network import links
+from hutch.network.nft import Allow, Groups
 from hutch.network.node import NetworkOptions, NodeNetwork, Peer
 from hutch.runtime import scratch
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
@@ -363,21 +366,33 @@ def paired_ratio(hutch: list[float], bare: list[float]) -> float:
 # ---- rule change to enforcement -------------------------------------------------------------
 
 
+# A probe's connection attempt (a SYN a security group drops is never answered) gives up after
+# this: the next starts at once, so it is the resolution of the "passes again" times.
+PROBE_CONNECT_TIMEOUT = 0.02
+
+
 def poll_until(netns: Path, ip: str, port: int, want_open: bool, start: float) -> float:
     """From `netns`, round trips to ip:port until they answer (or stop answering) as wanted: the
-    seconds from `start` to the first probe that saw it."""
+    seconds from `start` to the start of the first probe that saw it. A denied probe hears
+    nothing (security groups drop): one whose connection is not taken within
+    PROBE_CONNECT_TIMEOUT counts as denied, and a denial is only believed if the next probe is
+    denied too (a slow answer on a busy machine is not a rule change)."""
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection((ip, port), timeout=PROBE_CONNECT_TIMEOUT) as s:
+                s.settimeout(2)  # connected: the rule let it in, the answer may take its time
+                s.sendall(b"ping\n")
+                return s.recv(16) == b"ping\n"
+        except OSError:
+            return False
 
     def loop() -> float:
         deadline = start + 30
         while time.monotonic() < deadline:
             t = time.monotonic()
-            try:
-                with socket.create_connection((ip, port), timeout=0.5) as s:
-                    s.sendall(b"ping\n")
-                    answered = s.recv(16) == b"ping\n"
-            except OSError:
-                answered = False
-            if answered == want_open:
+            answered = answers()
+            if answered == want_open and (want_open or not answers()):
                 return t - start
             time.sleep(0.002)
         raise RuntimeError(f"{ip}:{port} never became {'open' if want_open else 'closed'}")
@@ -385,7 +400,7 @@ def poll_until(netns: Path, ip: str, port: int, want_open: bool, start: float) -
     return links.run_in(netns, loop)
 
 
-def timed_change(change: Callable[[], None], outside: Path, want_open: bool) -> float:
+def timed_change(change: Callable[[], object], outside: Path, want_open: bool) -> float:
     """Run `change` while a probe in a thread of its own polls RULE_PORT from `outside`."""
     result: list[float] = []
     start = time.monotonic()
@@ -436,7 +451,9 @@ def wire_directly(net: NodeNetwork, specs: list[SandboxSpec]) -> None:
 class ScalePoint:
     machines: int
     apply_s: float  # reconcile: adopt every sandbox and replace the tables, once
-    plug_one_s: float  # plug_netns of one more sandbox (a full re-apply)
+    plug_one_s: float  # plug_netns of one more sandbox (its rules added to the tables)
+    unplug_one_s: float  # unplug of that sandbox
+    regroup_s: float  # set_groups: one sandbox into a security group, and out of it again
     mbps: tuple[float, ...]  # one flow between two of them, per run
 
 
@@ -657,24 +674,32 @@ class Bench:
         }
 
     def rule_changes(self) -> None:
-        """Unpublish and publish a port of a running sandbox, polled from outside."""
-        on = netns_spec("rule", attachment(8, 2), f"{RULE_PORT}:{ECHO}")
-        off = SandboxSpec(id=on.id, process=on.process, networks=on.networks)
-        path = self.net.plug_netns(on)
+        """A security group's ingress rule for the probe's port removed and added back, on a
+        running sandbox published at RULE_PORT, polled from outside."""
+        spec = netns_spec("rule", attachment(8, 2), f"{RULE_PORT}:{ECHO}")
+        # the group keeps another rule throughout: only the probe's rule comes and goes
+        other = Allow("tcp", 22, 22, ("0.0.0.0/0",))
+        probe = Allow("tcp", ECHO, ECHO, (f"{OUTSIDE_IP}/32",))
+        allowed = {spec.id: Groups((other, probe))}
+        denied = {spec.id: Groups((other,))}
+        self.net.set_groups(allowed)
+        path = self.net.plug_netns(spec)
         self.lab.spawn(path, str(self.probe.binary), "serve", stdout=subprocess.DEVNULL)
         wait_port(self.outside, NODE_IP, RULE_PORT)
         times = []
         for i in range(self.sizes.toggles):
             want_open = i % 2 == 1
-            change = functools.partial(self.net.reconcile, [on if want_open else off])
+            change = functools.partial(self.net.set_groups, allowed if want_open else denied)
             times.append(timed_change(change, self.outside, want_open))
         self.net.unplug("rule")
+        self.net.set_groups({})
         log(f"rule change to enforcement: median {med(times):.3f}s, max {max(times):.3f}s")
         self.figures |= {
             "rule_apply_p99_s": round(p99(times), 3),
             "rule_apply_p50_s": round(med(times), 3),
             "rule_apply_samples": len(times),
-            "rule_change": "NodeNetwork.reconcile, a running sandbox's port unpublished/published",
+            "rule_change": "NodeNetwork.set_groups: the ingress rule letting the probe in to a "
+            "running sandbox's published port removed / added back",
         }
 
     def scale_point(self, n: int) -> ScalePoint:
@@ -687,7 +712,13 @@ class Bench:
         start = time.monotonic()
         net.plug_netns(netns_spec("extra", attachment(200, 250)))
         plug_one_s = time.monotonic() - start
+        start = time.monotonic()
         net.unplug("extra")
+        unplug_one_s = time.monotonic() - start
+        start = time.monotonic()
+        net.set_groups({"s0": Groups((Allow("tcp", ECHO, ECHO, ("10.0.0.0/8",)),))})
+        net.set_groups({})
+        regroup_s = (time.monotonic() - start) / 2
         src, dst = net.netns_path("s0"), net.netns_path("s1")
         to = specs[1].networks[0].ip4
         binary = str(self.probe.binary)
@@ -699,10 +730,10 @@ class Bench:
         finally:
             server.kill()
             server.wait()
-        point = ScalePoint(
-            n, apply_s, plug_one_s, tuple(float(o.split()[2]) * 8 / 1e6 for o in outs)
-        )
+        mbps = tuple(float(o.split()[2]) * 8 / 1e6 for o in outs)
+        point = ScalePoint(n, apply_s, plug_one_s, unplug_one_s, regroup_s, mbps)
         log(f"{n} sandboxes: reconcile {apply_s:.3f}s, plug one more {plug_one_s:.3f}s, "
+            f"unplug it {unplug_one_s:.3f}s, a group change {regroup_s:.3f}s, "
             f"one flow {med(list(point.mbps)):.0f} Mbit/s")  # fmt: skip
         return point
 
@@ -720,6 +751,8 @@ class Bench:
             "scale_big_apply_s": round(large.apply_s, 3),
             "scale_10_plug_one_s": round(med([small1.plug_one_s, small2.plug_one_s]), 3),
             "scale_big_plug_one_s": round(large.plug_one_s, 3),
+            "scale_big_unplug_one_s": round(large.unplug_one_s, 3),
+            "scale_big_group_change_s": round(large.regroup_s, 3),
             "scale_10_mbps": round(small),
             "scale_big_mbps": round(med(list(large.mbps))),
             "host_transfer_bytes": self.sizes.host_bytes,

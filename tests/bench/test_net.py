@@ -41,6 +41,13 @@ def test_the_quick_run_measures_everything_and_cleans_up() -> None:
                 "rules_1000_vs_10_ratio", "same_node_paired_ratio", "cross_node_paired_ratio",
                 "cross_node_hutch_mbps", "cross_node_bare_mbps"):  # fmt: skip
         assert isinstance(figures[key], float) and figures[key] > 0, key
+    # (4) is a security group's rule change (removed, added back), each timed to enforcement
+    assert figures["rule_change"].startswith("NodeNetwork.set_groups")
+    assert figures["rule_apply_samples"] == 4
+    assert 0 < figures["rule_apply_p50_s"] <= figures["rule_apply_p99_s"]
+    for key in ("scale_big_plug_one_s", "scale_big_unplug_one_s", "scale_big_group_change_s",
+                "scale_shrink_to_10_s"):  # fmt: skip
+        assert isinstance(figures[key], float) and figures[key] > 0, key
     # each variant ran as often as the other (they alternate)
     for case in ("same_node", "cross_node"):
         runs = figures[f"{case}_hutch_mbps_runs"], figures[f"{case}_bare_mbps_runs"]

@@ -141,6 +141,19 @@ def test_run_publishes_ports_and_ps_and_inspect_show_them(hutch: Run) -> None:
     lone = hutch("run", "-d", *C, "--network", "none", "--name", "lone", "busybox", "--", "true")
     assert lone.returncode == 0, lone.stderr
     assert json.loads(hutch("inspect", "lone").stdout)["addresses"] == []
+    # `rm -f` returns once the node destroyed it: its group can go at once (the README's last
+    # line), while a machine that still uses one holds it.
+    assert (
+        hutch(
+            "run", "-d", *C, "--name", "web2", "--sg", "web", "busybox", "--", "sleep", "60"
+        ).returncode
+        == 0
+    )
+    assert "use this security group" in hutch("sg", "rm", "web").stderr
+    assert hutch("rm", "-f", "web", "web2").stdout.split() == ["web", "web2"]
+    assert json.loads(hutch("inspect", "web2").stdout)["state"] == "destroyed"
+    removed = hutch("sg", "rm", "web")
+    assert removed.returncode == 0, removed.stderr
 
 
 # -- the data path, through the CLI: machines started by the controller get their network -------
@@ -400,12 +413,28 @@ BAD_INPUT = [
     (("sg", "rm", "named"), "security group named: security group used's rules name this group"),
     (("sg", "rule", "add", "used"), "Missing argument 'DIRECTION'"),
     (("sg", "rule", "add", "nope", "ingress", "--remote", "0.0.0.0/0"), "no security group 'nope'"),
-    (("sg", "rule", "add", "used", "ingress"), "exactly one of a remote CIDR and a remote group"),
+    (("sg", "rule", "add", "used", "ingress"), "--remote is required: a CIDR"),
     (("sg", "rule", "add", "used", "ingress", "--remote", "10.0.0.1/8"), "host bits set"),
     (("sg", "rule", "add", "used", "ingress", "--protocol", "tcp", "--port", "99999999999",
       "--remote", "0.0.0.0/0"), "ports '99999999999' are not within 1-65535"),
     (("sg", "rule", "add", "used", "ingress", "--protocol", "tcp", "--port", "http",
       "--remote", "0.0.0.0/0"), "are not PORT or LOW-HIGH"),
+    # Port 0 is no port (it was taken as "every port"), a bare address is no CIDR (it was
+    # looked up as a group's name), and a subnet is one of the four private ranges (0/8, 240/4,
+    # the documentation nets and 255.255.255.248/29 passed as `is_private`).
+    (("sg", "rule", "add", "used", "ingress", "--protocol", "tcp", "--port", "0",
+      "--remote", "0.0.0.0/0"), "ports '0' are not within 1-65535"),
+    (("sg", "rule", "add", "used", "ingress", "--protocol", "tcp", "--port", "0-0",
+      "--remote", "0.0.0.0/0"), "ports '0-0' are not within 1-65535"),
+    (("sg", "rule", "add", "used", "ingress", "--remote", "10.0.0.5"),
+     "remote '10.0.0.5' is an address, not a CIDR: '10.0.0.5/32' for it alone"),
+    (("sg", "rule", "add", "used", "ingress", "--remote", "fd00::5"),
+     "'fd00::5/128' for it alone"),
+    (("network", "create", "n1", "--subnet", "0.0.0.0/24"),
+     "not a private range (10/8, 172.16/12, 192.168/16, 100.64/10)"),
+    (("network", "create", "n1", "--subnet", "203.0.113.0/24"), "not a private range"),
+    (("network", "create", "n1", "--subnet", "240.0.0.0/24"), "not a private range"),
+    (("network", "create", "n1", "--subnet", "255.255.255.248/29"), "not a private range"),
     (("sg", "rule", "rm", "used"), "Missing argument 'RULE'"),
     (("sg", "rule", "rm", "used", "r-nope"), "no rule 'r-nope' in security group used"),
 ]  # fmt: skip
@@ -428,6 +457,16 @@ def test_bad_input_is_one_clear_line_and_125(hutch: Run) -> None:
         if r.returncode != 125 or words not in line or not line.startswith("hutch: "):
             wrong.append((argv, r.returncode, r.stderr))
     assert not wrong, wrong
+    # The refused rules and subnets next to the same ones done right.
+    for argv in (
+        ("sg", "rule", "add", "used", "ingress", "--protocol", "tcp", "--port", "1",
+         "--remote", "10.0.0.5/32"),
+        ("network", "create", "cgnat", "--subnet", "100.64.7.0/24"),
+    ):  # fmt: skip
+        done = hutch(*argv)
+        assert done.returncode == 0, (argv, done.stderr)
+    assert json.loads(hutch("sg", "inspect", "used").stdout)["rules"][-1]["port_min"] == 1
+    assert hutch("network", "rm", "cgnat").returncode == 0
     # And each in-use refusal next to the same command done once nothing uses it.
     assert hutch("rm", "-f", "m").returncode == 0
     for argv in (("network", "rm", "taken"), ("sg", "rm", "used"), ("sg", "rm", "named")):

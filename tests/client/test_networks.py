@@ -50,6 +50,19 @@ def test_security_groups(client: Client, controller: Controller) -> None:
     assert (got.rules[-1].port_min, got.rules[-1].port_max) == (8000, 8080)
     with pytest.raises(Invalid):
         client.security_groups.add_rule("web", "ingress", "icmp", 80, "0.0.0.0/0")
+    # Port 0 is refused, not taken as "every port"; a remote is required, and an address is
+    # not a group's name; next to them the same rule with port 1 and a /32.
+    with pytest.raises(Invalid, match="ports '0' are not within 1-65535"):
+        client.security_groups.add_rule("web", "ingress", "tcp", 0, "0.0.0.0/0")
+    with pytest.raises(Invalid, match="a rule needs a remote"):
+        client.security_groups.add_rule("web", "ingress", "tcp", 80)
+    with pytest.raises(Invalid, match=r"'10\.0\.0\.5/32' for it alone"):
+        client.security_groups.add_rule("web", "ingress", "tcp", 80, "10.0.0.5")
+    got = client.security_groups.add_rule("web", "ingress", "tcp", 1, "10.0.0.5/32")
+    assert (got.rules[-1].port_min, got.rules[-1].remote_cidr) == (1, "10.0.0.5/32")
+    with pytest.raises(Invalid, match="not a private range"):
+        client.networks.create("zero", subnet="0.0.0.0/24")
+    client.networks.delete(client.networks.create("cgnat", subnet="100.64.8.0/24").id)
     other = new_project(controller)
     with controller.client(other) as theirs:
         theirs.security_groups.create("theirs")

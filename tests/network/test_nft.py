@@ -1,12 +1,17 @@
 """The ruleset is a pure function of the desired state; nft takes it as one transaction."""
 
+import itertools
 import json
+import random
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 from hutch.network import nft
 from hutch.network.nft import Allow, Bridge, Desired, Overlay, Port, Published
+from tests.network.tables import canonical
 
 DESIRED = Desired(
     bridges=(
@@ -179,6 +184,116 @@ def test_nft_takes_the_groups_and_the_overlay() -> None:
     assert "chain out-ht-a {" in out and "ip daddr 10.96.3.0/24 tcp dport 8080 return" in out
     assert "udp dport 4789 @th,96,24 0x7 jump from-underlay" in out
     assert "ip saddr @underlay_peers4 accept" in out
+
+
+def random_state(rng: random.Random) -> Desired:
+    """A node's state drawn from a small pool, so that consecutive draws share most of it:
+    ports come and go, change groups and addresses; networks, published ports, blocked
+    addresses and the overlay come, go and change too."""
+    bridges = {
+        "hn-7": Bridge("hn-7", "10.96.3.1", 24, "fd00::1", 64),
+        "hn-8": Bridge("hn-8", "10.96.4.1", 24, "fd01::1", 64,
+                       *rng.choice([("nat", ()), ("allow-list", ("192.0.2.0/24",)),
+                                    ("allow-list", ("198.51.100.0/24", "2001:db8::/32"))])),
+        "hn-9": Bridge("hn-9", "10.96.5.1", 24, "fd02::1", 64, rng.choice(["deny", "nat"])),
+    }  # fmt: skip
+    rules = [
+        None,
+        (Allow("tcp", 80, 80, ("0.0.0.0/0",)),),
+        (Allow("udp", 5000, 5100, ("10.96.3.0/24", "fd00::/64")), Allow("icmp", 0, 0, ("::/0",))),
+        (),
+    ]
+    ports = []
+    for i in rng.sample(range(12), rng.randint(1, 12)):
+        bridge = f"hn-{7 + i % 3}"
+        host = 10 + i + rng.choice([0, 0, 0, 100])  # now and then an address of its own
+        net = bridges[bridge].gateway4.rsplit(".", 1)[0]
+        mac, ip6 = f"02:00:00:00:00:{host:02x}", f"fd0{i % 3}::{host:x}"
+        ingress, egress = rng.choice(rules), rng.choice(rules)
+        ports.append(Port(f"ht-{i}", bridge, mac, f"{net}.{host}", ip6, ingress, egress))
+    published = [
+        Published(8000 + i, rng.choice(["tcp", "udp"]), p.ip4, 80, rng.choice(["", "127.0.0.1"]))
+        for i, p in enumerate(ports)
+        if rng.random() < 0.3
+    ]
+    vnis = tuple(sorted({int(p.bridge[3:]) for p in ports}))
+    overlay = None
+    if rng.random() < 0.7:
+        peers = rng.sample(["192.0.2.2", "192.0.2.3", "2001:db8::2"], rng.randint(0, 3))
+        overlay = Overlay(vnis, tuple(peers))
+    blocked = tuple(rng.sample(["192.168.1.10/32", "10.0.0.0/8", "2001:db8:1::/48"], 2))
+    return Desired(tuple(bridges[b] for b in sorted({p.bridge for p in ports})), tuple(ports),
+                   tuple(published), blocked, overlay)  # fmt: skip
+
+
+def listing_after(tmp_path: Path, name: str, batches: list[Any]) -> Any:
+    """hutch's tables as nft lists them after these batches, in a namespace of their own."""
+    files = []
+    for i, batch in enumerate(batches):
+        files.append(tmp_path / f"{name}-{i}.json")
+        files[-1].write_text(json.dumps(batch))
+    script = " && ".join(f"nft -j -f {f}" for f in files)
+    out = nft_in_fresh_netns(
+        f"{script} && nft -j list table bridge hutch && nft -j list table inet hutch"
+    )
+    listed: list[Any] = []
+    for line in out.splitlines():
+        listed += json.loads(line)["nftables"]
+    return canonical({"nftables": listed})
+
+
+def test_changes_end_in_exactly_the_tables_a_whole_ruleset_makes(tmp_path: Path) -> None:
+    for seed in range(4):
+        rng = random.Random(seed)
+        states = [random_state(rng) for _ in range(25)]
+        batches = [nft.ruleset(states[0])]
+        for old, new in itertools.pairwise(states):
+            batch = nft.changes(old, new)
+            if batch is not None:
+                batches.append(batch)
+            else:
+                assert nft.ruleset(old) == nft.ruleset(new)
+        # one transaction each: no command would replace a table
+        assert all({"delete": {"table": ANY}} not in b["nftables"] for b in batches[1:])
+        incremental = listing_after(tmp_path, f"steps{seed}", batches)
+        whole = listing_after(tmp_path, f"whole{seed}", [nft.ruleset(states[-1])])
+        assert incremental == whole, seed
+
+
+def many_ports(n: int, **kw: Any) -> tuple[Port, ...]:
+    return tuple(
+        Port(f"ht-{i}", "hn-7", f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}",
+             f"10.96.{i >> 8}.{i & 255}", f"fd00::{i:x}", **kw)
+        for i in range(2, n + 2)
+    )  # fmt: skip
+
+
+def test_a_change_costs_what_changed_not_what_is_there() -> None:
+    groups = (Allow("tcp", 80, 80, ("0.0.0.0/0",)),)
+    sizes = []
+    for n in (10, 500):
+        ports = many_ports(n, ingress=groups)
+        base = Desired(DESIRED.bridges, ports[1:], DESIRED.published, DESIRED.blocked)
+        plug = nft.changes(base, replace(base, ports=ports))
+        unplug = nft.changes(replace(base, ports=ports), base)
+        regroup = nft.changes(
+            base, replace(base, ports=(replace(ports[1], ingress=()), *ports[2:]))
+        )
+        assert plug is not None and unplug is not None and regroup is not None
+        # The same commands whatever the number of ports: the new port's chains and elements
+        text = json.dumps(plug)
+        assert "ht-2" in text and "ht-3" not in text
+        sizes.append([len(json.dumps(b)) for b in (plug, unplug, regroup)])
+        assert [c for c in unplug["nftables"] if "delete" in c and "chain" in c["delete"]] == [
+            {"delete": {"chain": {"family": f, "table": "hutch", "name": name}}}
+            for f, name in (("bridge", "port-ht-2"), ("bridge", "in-ht-2"), ("inet", "in-ht-2"))
+        ]
+        # A group change: that port's chain, flushed and refilled; nothing else
+        assert [next(iter(c)) for c in regroup["nftables"][1:]] == ["flush", "add", "add", "add"]
+        assert all(c[k].get("chain", {}).get("name", c[k].get("rule", {}).get("chain")) ==
+                   "in-ht-3" for c in regroup["nftables"][1:] for k in c)  # fmt: skip
+    assert sizes[0] == sizes[1]
+    assert nft.changes(DESIRED, DESIRED) is None
 
 
 def test_the_blocked_addresses_are_named_sets_merged_and_replaced_atomically() -> None:

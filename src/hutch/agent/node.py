@@ -36,6 +36,7 @@ from hutch.http import tls
 from hutch.images.pull import pull
 from hutch.images.spool import disk_full_is_insufficient
 from hutch.images.store import Allowance, StoredImage, is_digest_or_id
+from hutch.model.addressing import ip_literals
 from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState, parse_signal
@@ -73,17 +74,8 @@ def _hosts_of(*urls: str) -> list[str]:
 
 
 def host_cidrs(addresses: Iterable[str]) -> list[str]:
-    """The IP literals among `addresses`, as /32 or /128 CIDRs (names, loopback and the
-    unspecified address left out: 127/8 and ::1 are blocked anyway)."""
-    out: list[str] = []
-    for text in addresses:
-        try:
-            addr = ipaddress.ip_address(text)
-        except ValueError:
-            continue
-        if not (addr.is_loopback or addr.is_unspecified):
-            out.append(f"{addr}/{addr.max_prefixlen}")
-    return out
+    """The IP literals among `addresses` (`ip_literals`), as /32 or /128 CIDRs."""
+    return [f"{a}/{ipaddress.ip_address(a).max_prefixlen}" for a in ip_literals(addresses)]
 
 
 def group_rules(machines: list[Assignment], groups: list[GroupRules]) -> dict[str, nft.Groups]:

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # imported where used: `hutch ps` loads no wire models, async
 
 HUTCH_ERROR_EXIT = 125  # as in cli/main.py: hutch itself refused or failed
 INTERRUPTED_EXIT = 130
+RM_WAIT = 60.0  # seconds `hutch rm` waits for the nodes to destroy what it asked
 
 Refs = Annotated[list[str], typer.Argument(metavar="MACHINE...", help="Machine ids or names.")]
 Ref = Annotated[str, typer.Argument(metavar="MACHINE", help="A machine's id or name.")]
@@ -637,9 +639,11 @@ def rm(
         bool, typer.Option("--force", "-f", help="Also running machines (killed first).")
     ] = False,
 ) -> None:
-    """Destroy machines (and what they left on their node)."""
+    """Destroy machines (and what they left on their node), waiting up to a minute for their
+    nodes to do it: their networks and security groups can be removed next."""
     failed = 0
     with connect() as client:
+        asked = []
         for ref in refs:
             try:
                 client.machines.delete(ref, force=force)
@@ -647,6 +651,13 @@ def rm(
                 progress(e.message_in(CLI_WORDS))
                 failed += 1
                 continue
+            asked.append(ref)
+        deadline = time.monotonic() + RM_WAIT
+        for ref in asked:
+            try:
+                client.machines.wait(ref, "destroyed", max(deadline - time.monotonic(), 0.0))
+            except HutchError as e:  # a lost node: destroyed once it is fenced
+                progress(f"{ref}: destroying ({e.message_in(CLI_WORDS)})")
             typer.echo(ref)
     if failed:
         sys.exit(HUTCH_ERROR_EXIT)

@@ -133,13 +133,18 @@ def rule_add(
     port: Annotated[str, typer.Option(help="PORT or LOW-HIGH (tcp/udp); default: all.")] = "",
     remote: Annotated[
         str,
-        typer.Option(help="A CIDR (0.0.0.0/0, 10.0.0.0/8) or a security group of the project's."),
+        typer.Option(
+            help="Required: a CIDR (0.0.0.0/0, 10.0.0.5/32) or a security group of the "
+            "project's (its machines' addresses)."
+        ),
     ] = "",
 ) -> None:
     """Allow traffic; prints the rule's id. Nodes apply it to running machines at once.
 
     hutch sg rule add web ingress --protocol tcp --port 80 --remote 0.0.0.0/0
     """
+    if not remote:
+        raise Invalid("--remote is required: a CIDR (0.0.0.0/0 for anyone) or a security group")
     with connect() as client:
         g = client.security_groups.add_rule(ref, direction, protocol, port, remote)
     typer.echo(g.rules[-1].id)

@@ -11,6 +11,7 @@ back the body) and stream lines, so the two cannot drift apart:
 
 import base64
 import contextlib
+import ipaddress
 import json
 import os
 import tarfile
@@ -280,6 +281,18 @@ def remove_rule(ref: str, rule_id: str) -> Plan[SecurityGroupView]:
     return SecurityGroupView.model_validate_json((yield call))
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_prefix(text: str) -> int:
+    return ipaddress.ip_address(text).max_prefixlen
+
+
 def rule_create(
     direction: str,
     protocol: str = "any",
@@ -295,6 +308,11 @@ def rule_create(
             low, high = Rule.parse_ports(str(ports))
         except ModelInvalid as e:
             raise Invalid(e.message) from None
+    if not remote:
+        raise Invalid("a rule needs a remote: a CIDR ('0.0.0.0/0' for anyone) or a security group")
+    if "/" not in remote and _is_address(remote):
+        alone = f"{remote}/{_host_prefix(remote)}"
+        raise Invalid(f"remote {remote!r} is an address, not a CIDR: {alone!r} for it alone")
     where = {"remote_cidr": remote} if "/" in remote else {"remote_group": remote}
     return build(RuleCreate, direction=direction, protocol=protocol, port_min=low,
                  port_max=high, **where)  # fmt: skip

@@ -29,6 +29,12 @@ DEFAULT = "default"  # the project's network made on first use
 DIRECTIONS = ("ingress", "egress")
 PROTOCOLS = ("tcp", "udp", "icmp", "any")
 MAX_RULES = 100  # rules per security group
+# A project's own IPv4 subnet lies in one of these (RFC 1918 and RFC 6598's shared space); not
+# `is_private`, which also takes 0/8, 240/4, the documentation nets and the broadcast address.
+PRIVATE4 = tuple(
+    ipaddress.IPv4Network(r)
+    for r in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
 # A chosen subnet overlapping another project's network. Refused controller-wide: two networks
 # with one subnet on one node would have the same gateway address and connected route on two
 # bridges, and the node's one routing table would send one's replies (DNS, NAT, published
@@ -113,7 +119,7 @@ class Rule:
         high = high or low
         if not (low.isascii() and low.isdigit() and high.isascii() and high.isdigit()):
             raise Invalid(f"ports {text!r} are not PORT or LOW-HIGH")
-        if len(low) > 5 or len(high) > 5 or int(high) > 65535:
+        if len(low) > 5 or len(high) > 5 or int(high) > 65535 or int(low) == 0:
             raise Invalid(f"ports {text!r} are not within 1-65535")
         return int(low), int(high)
 
@@ -167,10 +173,10 @@ def check_subnet4(
         raise Invalid(f"subnet {text} is too small: /{MAX_PREFIX4} at least (gateway + 5 hosts)")
     if net.prefixlen < MIN_PREFIX4:
         raise Invalid(f"subnet {text} is too large: /{MIN_PREFIX4} at most")
-    if not (net.is_private and not net.is_loopback and not net.is_link_local) and not (
-        net.subnet_of(ipaddress.IPv4Network("100.64.0.0/10"))
-    ):
-        raise Invalid(f"subnet {text} is not a private range (10/8, 172.16/12, 192.168/16)")
+    if not any(net.subnet_of(r) for r in PRIVATE4):
+        raise Invalid(
+            f"subnet {text} is not a private range (10/8, 172.16/12, 192.168/16, 100.64/10)"
+        )
     if net.overlaps(ipaddress.IPv4Network(pool)):
         raise Invalid(f"subnet {text} overlaps the controller's pool {pool} (default networks)")
     _check_apart(net, "subnet", text, others, elsewhere)
@@ -311,3 +317,18 @@ def attachment(network: Network, address: Address, project: str) -> Attachment:
         dns=(network.gateway4,),
         search=search,
     )
+
+
+def ip_literals(hosts: Iterable[str]) -> tuple[str, ...]:
+    """The IP addresses among `hosts`, sorted and once each: names are left out (nftables
+    blocks addresses), and so are loopback (every node blocks it anyway) and the unspecified
+    address (a controller listening on every address)."""
+    out: set[str] = set()
+    for host in hosts:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not (addr.is_loopback or addr.is_unspecified):
+            out.add(str(addr))
+    return tuple(sorted(out))

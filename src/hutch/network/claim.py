@@ -2,10 +2,10 @@
 
 A node agent owns its namespace's networking: the bridges `hn-<vni>` (two controllers number
 their networks from the same start, so their bridges have the same names), and the nftables
-tables `inet hutch` and `bridge hutch`, which it replaces whole. A second agent in the same
-namespace would silently take those over, and the first one's published ports and rules would
-break at random. So an agent claims the namespace it manages before it touches anything, and
-holds the claim for its whole life.
+tables `inet hutch` and `bridge hutch`, which it makes whole and then changes. A second agent
+in the same namespace would silently take those over, and the first one's published ports and
+rules would break at random. So an agent claims the namespace it manages before it touches
+anything, and holds the claim for its whole life.
 
 The claim is an flock on `/run/hutch/netns/net-<inode>.lock`, the inode being the network
 namespace's own (the same for every process in it, whatever path it was entered by). The file

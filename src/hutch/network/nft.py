@@ -1,8 +1,10 @@
 """The node's packet filter and NAT: a pure function of the desired state, applied atomically.
 
-hutch owns two tables, `inet hutch` and `bridge hutch`, and nothing else: `apply` replaces both in
-one transaction (`nft -j -f -`: add, delete and re-add each table in one batch), so a packet sees
-either the old rules or the new ones, and rules hutch did not make are never touched.
+hutch owns two tables, `inet hutch` and `bridge hutch`, and nothing else: `ruleset` replaces
+both in one transaction (`nft -j -f -`: add, delete and re-add each table in one batch), and
+`changes` turns one state's tables into another's, changing only what differs (set elements,
+the chains of the ports that changed), in one transaction too; so a packet sees either the old
+rules or the new ones, and rules hutch did not make are never touched.
 
 The cost per packet does not grow with the number of machines: every per-machine decision is one
 map lookup (a verdict map keyed by port name, a DNAT map keyed by protocol and port), and each
@@ -28,6 +30,7 @@ port's own chain holds a constant number of rules.
                    itself, 127.0.0.1 included), masquerade of egress and of 127/8 sources.
 """
 
+import functools
 import ipaddress
 import json
 import subprocess
@@ -45,6 +48,8 @@ ALWAYS_BLOCKED4 = ("127.0.0.0/8", "169.254.0.0/16")
 ALWAYS_BLOCKED6 = ("::1/128", "fe80::/10")
 
 Json = dict[str, Any]
+# Ports (and groups' rule sets) whose chains' rules are kept built: more than a node has.
+_CACHED = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,26 +184,29 @@ def _jump(chain: str) -> Json:
 
 
 class _Table:
-    """Collects one table's objects in the order nft needs them: chains, maps, rules."""
+    """One table's objects: chains (declaration and rules, in order) and named sets and maps
+    (declaration and elements), each by name. `commands` sends them whole; `changes` only
+    what differs from another state's."""
 
     def __init__(self, family: str) -> None:
         self.family = family
-        self.chains: list[Json] = []
-        self.maps: list[Json] = []
-        self.rules: list[Json] = []
+        self.chains: dict[str, Json] = {}
+        self.rules: dict[str, list[list[Json]]] = {}
+        self.sets: dict[str, Json] = {}  # {"map": ...} or {"set": ...}, without elements
+        self.elems: dict[str, list[Any]] = {}
 
     def chain(self, name: str, hook: str = "", kind: str = "filter", prio: int = 0) -> str:
         chain: Json = {"family": self.family, "table": TABLE, "name": name}
         if hook:
             chain.update(type=kind, hook=hook, prio=prio, policy="accept")
-        self.chains.append({"chain": chain})
+        self.chains[name] = {"chain": chain}
+        self.rules[name] = []
         return name
 
     def map(self, name: str, key: str | list[str], data: str, elems: list[Any]) -> str:
         m: Json = {"family": self.family, "table": TABLE, "name": name, "type": key, "map": data}
-        if elems:
-            m["elem"] = elems
-        self.maps.append({"map": m})
+        self.sets[name] = {"map": m}
+        self.elems[name] = elems
         return name
 
     def set(
@@ -207,15 +215,22 @@ class _Table:
         st: Json = {"family": self.family, "table": TABLE, "name": name, "type": key}
         if flags:
             st["flags"] = list(flags)
-        if elems:
-            st["elem"] = elems
-        self.maps.append({"set": st})
+        self.sets[name] = {"set": st}
+        self.elems[name] = elems
         return name
 
     def rule(self, chain: str, *expr: Json) -> None:
-        self.rules.append(
-            {"rule": {"family": self.family, "table": TABLE, "chain": chain, "expr": list(expr)}}
-        )
+        self.rules[chain].append(list(expr))
+
+    def _rule(self, chain: str, expr: list[Json]) -> Json:
+        return {"rule": {"family": self.family, "table": TABLE, "chain": chain, "expr": expr}}
+
+    def _set_with(self, name: str, elems: list[Any]) -> Json:
+        ((kind, decl),) = self.sets[name].items()
+        return {kind: {**decl, "elem": elems}} if elems else self.sets[name]
+
+    def _element(self, name: str, elems: list[Any]) -> Json:
+        return {"element": {"family": self.family, "table": TABLE, "name": name, "elem": elems}}
 
     def commands(self) -> list[Json]:
         table = {"table": {"family": self.family, "name": TABLE}}
@@ -224,14 +239,111 @@ class _Table:
             {"add": table},
             {"delete": table},
             {"add": table},
-            *({"add": o} for o in self.chains),  # before the maps that jump to them
-            *({"add": o} for o in self.maps),
-            *({"add": r} for r in self.rules),
+            *({"add": c} for c in self.chains.values()),  # before the maps that jump to them
+            *({"add": self._set_with(n, self.elems[n])} for n in self.sets),
+            *({"add": self._rule(c, r)} for c in self.chains for r in self.rules[c]),
         ]
+
+    def changes(self, old: "_Table") -> list[Json] | None:
+        """The commands that turn `old` (this family's table as nft has it) into this one,
+        touching only what differs: elements added and deleted, chains added, deleted or
+        flushed and refilled. Their order lets nft take them as one transaction: nothing
+        jumps to a chain or refers to a set that is not there yet or any more. None: a chain's
+        or a set's declaration differs (only a whole new table does that)."""
+        for mine, theirs in ((self.chains, old.chains), (self.sets, old.sets)):
+            if any(mine[n] != theirs[n] for n in mine.keys() & theirs.keys()):
+                return None
+        removed: list[Json] = []
+        added: list[Json] = []
+        for name in sorted(self.sets.keys() & old.sets.keys()):
+            if self.elems[name] == old.elems[name]:
+                continue
+            is_map = "map" in self.sets[name]
+            new_elems = _by_key(self.elems[name], is_map)
+            old_elems = _by_key(old.elems[name], is_map)
+            gone = [e for k, e in old_elems.items() if new_elems.get(k) != e]
+            came = [e for k, e in new_elems.items() if old_elems.get(k) != e]
+            if gone:  # a map's element goes by its key
+                removed.append(self._element(name, [e[0] for e in gone] if is_map else gone))
+            if came:
+                added.append(self._element(name, came))
+        both = self.chains.keys() & old.chains.keys()
+        refill = sorted(c for c in both if self.rules[c] != old.rules[c])
+        gone_chains = [c for c in old.chains if c not in self.chains]
+        new_chains = [c for c in self.chains if c not in old.chains]
+        return [
+            *({"delete": e} for e in removed),  # nothing jumps to a chain that goes, then
+            *({"flush": _ref(old.chains[c])} for c in [*refill, *gone_chains]),
+            *({"delete": _ref(old.sets[n])} for n in old.sets if n not in self.sets),
+            *({"delete": _ref(old.chains[c])} for c in gone_chains),
+            *({"add": self.chains[c]} for c in new_chains),
+            *({"add": self._set_with(n, self.elems[n])} for n in self.sets if n not in old.sets),
+            *({"add": self._rule(c, r)} for c in [*refill, *new_chains] for r in self.rules[c]),
+            *({"add": e} for e in added),
+        ]
+
+
+def _by_key(elems: list[Any], is_map: bool) -> dict[str, Any]:
+    """A set's or map's elements by their key (a map's element is [key, data]), as its repr:
+    the same key is always built the same way, in the same order (and repr is faster)."""
+    return {repr(e[0] if is_map else e): e for e in elems}
+
+
+def _ref(obj: Json) -> Json:
+    """A chain or set as a command names it: family, table, name."""
+    ((kind, decl),) = obj.items()
+    return {kind: {k: decl[k] for k in ("family", "table", "name")}}
 
 
 def _hex128(addr: str) -> str:
     return f"0x{int(ipaddress.IPv6Address(addr)):032x}"
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def _port_rules(p: Port) -> tuple[list[Json], ...]:
+    """The rules of port p's anti-spoofing chain (`port-NAME`), built once per port (cached:
+    `changes` builds the tables of both states, for every port, on every change)."""
+    rules: list[list[Json]] = []
+
+    def rule(*expr: Json) -> None:
+        rules.append(list(expr))
+
+    ether_type = _payload("ether", "type")
+    v6 = sorted({p.ip6, p.link_local6}, key=ipaddress.IPv6Address)
+    rule(_match(_payload("ether", "saddr"), p.mac, "!="), DROP)
+    rule(_match(ether_type, _set(["ip", "arp", "ip6"]), "!="), DROP)
+    rule(_match(ether_type, "ip"), _match(_payload("ip", "saddr"), p.ip4, "!="), DROP)
+    rule(
+        _match(ether_type, "arp"),
+        _match(_payload("arp", "saddr ether"), p.mac, "!="),
+        DROP,
+    )
+    rule(_match(ether_type, "arp"), _match(_payload("arp", "saddr ip"), p.ip4, "!="), DROP)
+    rule(
+        _match(ether_type, "ip6"),
+        _match(_payload("ip6", "saddr"), _set(["::", *v6]), "!="),
+        DROP,
+    )
+    icmp6_type = _payload("icmpv6", "type")
+    # Duplicate address detection is the one thing sent from "::".
+    rule(
+        _match(_payload("ip6", "saddr"), "::"),
+        _match(icmp6_type, "nd-neighbor-solicit", "!="),
+        DROP,
+    )
+    # A guest does not route: no router advertisements or redirects to the others.
+    rule(_match(icmp6_type, _set(["nd-router-advert", "nd-redirect"])), DROP)
+    # A neighbour advertisement may only claim the port's own addresses (nft 1.0.6 has no
+    # `icmpv6 taddr`: the target is the 128 bits at offset 64 of the ICMPv6 header).
+    for addr in v6:
+        rule(
+            _match(icmp6_type, "nd-neighbor-advert"),
+            _match({"payload": {"base": "th", "offset": 64, "len": 128}}, _hex128(addr)),
+            ACCEPT,
+        )
+    rule(_match(icmp6_type, "nd-neighbor-advert"), DROP)
+    rule(ACCEPT)  # passed: not the "unknown port" drop after the vmap
+    return tuple(rules)
 
 
 def _bridge_table(desired: Desired) -> _Table:
@@ -240,48 +352,8 @@ def _bridge_table(desired: Desired) -> _Table:
     t.map("ports", "ifname", "verdict", [[p.name, _jump(f"port-{p.name}")] for p in ports])
     t.map("ingress", "ifname", "verdict", [[p.name, _jump(f"in-{p.name}")] for p in ports])
     for p in ports:
-        chain = t.chain(f"port-{p.name}")
-        ether_type = _payload("ether", "type")
-        v6 = sorted({p.ip6, p.link_local6}, key=ipaddress.IPv6Address)
-        t.rule(chain, _match(_payload("ether", "saddr"), p.mac, "!="), DROP)
-        t.rule(chain, _match(ether_type, _set(["ip", "arp", "ip6"]), "!="), DROP)
-        t.rule(chain, _match(ether_type, "ip"), _match(_payload("ip", "saddr"), p.ip4, "!="), DROP)
-        t.rule(
-            chain,
-            _match(ether_type, "arp"),
-            _match(_payload("arp", "saddr ether"), p.mac, "!="),
-            DROP,
-        )
-        t.rule(
-            chain, _match(ether_type, "arp"), _match(_payload("arp", "saddr ip"), p.ip4, "!="), DROP
-        )
-        t.rule(
-            chain,
-            _match(ether_type, "ip6"),
-            _match(_payload("ip6", "saddr"), _set(["::", *v6]), "!="),
-            DROP,
-        )
-        icmp6_type = _payload("icmpv6", "type")
-        # Duplicate address detection is the one thing sent from "::".
-        t.rule(
-            chain,
-            _match(_payload("ip6", "saddr"), "::"),
-            _match(icmp6_type, "nd-neighbor-solicit", "!="),
-            DROP,
-        )
-        # A guest does not route: no router advertisements or redirects to the others.
-        t.rule(chain, _match(icmp6_type, _set(["nd-router-advert", "nd-redirect"])), DROP)
-        # A neighbour advertisement may only claim the port's own addresses (nft 1.0.6 has no
-        # `icmpv6 taddr`: the target is the 128 bits at offset 64 of the ICMPv6 header).
-        for addr in v6:
-            t.rule(
-                chain,
-                _match(icmp6_type, "nd-neighbor-advert"),
-                _match({"payload": {"base": "th", "offset": 64, "len": 128}}, _hex128(addr)),
-                ACCEPT,
-            )
-        t.rule(chain, _match(icmp6_type, "nd-neighbor-advert"), DROP)
-        t.rule(chain, ACCEPT)  # passed: not the "unknown port" drop after the vmap
+        t.chain(f"port-{p.name}")
+        t.rules[f"port-{p.name}"] = list(_port_rules(p))
         # Security groups go here; until then the network's own machines talk to each other.
         t.chain(f"in-{p.name}")
     pre = t.chain("prerouting", "prerouting", prio=-200)
@@ -354,23 +426,23 @@ def _inet_table(desired: Desired) -> _Table:
     guest_in = t.chain("from-sandbox-input")
     t.rule(inp, _match(iif, hn), _jump(guest_in))
     t.rule(guest_in, established, ACCEPT)
-    gateways = [
-        [b.name, a] for b in bridges for a in (b.gateway4, b.gateway6)
-    ]  # (bridge . address) pairs, checked per family below
-    for proto, version in (("ip", 4), ("ip6", 6)):
+    # (bridge . gateway) pairs, a named set per family: a network that comes or goes changes
+    # elements, not the rule.
+    for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
         pairs = [
-            _concat(name, addr)
-            for name, addr in gateways
+            _concat(b.name, addr)
+            for b in bridges
+            for addr in (b.gateway4, b.gateway6)
             if ipaddress.ip_address(addr).version == version
         ]
-        if pairs:
-            t.rule(
-                guest_in,
-                _match(_concat(iif, _payload(proto, "daddr")), _set(pairs)),
-                _match(l4, _set(["tcp", "udp"])),
-                _match(dport, 53),
-                ACCEPT,
-            )
+        name = t.set(f"gateways{version}", ["ifname", addr_type], pairs)
+        t.rule(
+            guest_in,
+            _match(_concat(iif, _payload(proto, "daddr")), f"@{name}"),
+            _match(l4, _set(["tcp", "udp"])),
+            _match(dport, 53),
+            ACCEPT,
+        )
     t.rule(
         guest_in,
         _match(_payload("icmpv6", "type"), _set(["nd-neighbor-solicit", "nd-neighbor-advert"])),
@@ -418,7 +490,7 @@ def _inet_table(desired: Desired) -> _Table:
     t.rule(from_guest, established, ACCEPT)
     t.rule(from_guest, _match(oif, hn), DROP)  # networks never route to each other
     # The infrastructure (the cluster's nodes and controllers, the operator's list) and the
-    # ranges no sandbox may reach: one named set per family, replaced with the tables.
+    # ranges no sandbox may reach: one named set per family (a change: its elements).
     for version, proto in ((4, "ip"), (6, "ip6")):
         name = t.set(f"blocked{version}", f"ipv{version}_addr", _blocked(desired, version),
                      ("interval",))  # fmt: skip
@@ -488,9 +560,18 @@ def _group_chain(t: _Table, chain: str, allows: tuple[Allow, ...], remote: str) 
     published ports alike (remote: the client's address, 127.0.0.1 for the node's own
     connections); egress for its network's machines and the world alike."""
     t.chain(chain)
-    t.rule(chain, _match({"ct": {"key": "state"}}, ["established", "related"], "in"), RETURN)
-    nd = ["nd-neighbor-solicit", "nd-neighbor-advert"]
-    t.rule(chain, _match(_payload("icmpv6", "type"), _set(nd)), RETURN)
+    t.rules[chain] = list(_group_rules(allows, remote))
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def _group_rules(allows: tuple[Allow, ...], remote: str) -> tuple[list[Json], ...]:
+    """The rules of a `_group_chain` (cached, as `_port_rules`: ports in the same groups share
+    them)."""
+    rules: list[list[Json]] = [
+        [_match({"ct": {"key": "state"}}, ["established", "related"], "in"), RETURN],
+        [_match(_payload("icmpv6", "type"), _set(["nd-neighbor-solicit", "nd-neighbor-advert"])),
+         RETURN],
+    ]  # fmt: skip
     for rule in allows:
         for family, version, icmp in (("ip", 4, "icmp"), ("ip6", 6, "ipv6-icmp")):
             cidrs = [c for c in rule.remotes if ipaddress.ip_network(c).version == version]
@@ -505,8 +586,9 @@ def _group_chain(t: _Table, chain: str, allows: tuple[Allow, ...], remote: str) 
                     lo, hi = rule.port_min, rule.port_max or rule.port_min
                     ports: Any = lo if lo == hi else {"range": [lo, hi]}
                     match.append(_match(_payload("th", "dport"), ports))
-            t.rule(chain, *match, RETURN)
-    t.rule(chain, DROP)
+            rules.append([*match, RETURN])
+    rules.append([DROP])
+    return tuple(rules)
 
 
 def _blocked(desired: Desired, version: int) -> list[Json]:
@@ -551,6 +633,25 @@ def ruleset(desired: Desired) -> Json:
             *_inet_table(desired).commands(),
         ]
     }
+
+
+def changes(old: Desired, new: Desired) -> Json | None:
+    """The nft batch that turns the tables `ruleset(old)` made into those `ruleset(new)` makes,
+    changing only what differs: set and map elements, and the chains of the ports (and
+    networks) that changed, flushed and refilled, added or deleted. One transaction, as
+    `ruleset`'s; afterwards nft lists the tables as it would after `ruleset(new)` (but for the
+    order of elements and chains, which nft's lookups do not depend on). None: nothing differs.
+    A declaration that differs (no state of hutch's makes one): the whole `ruleset(new)`."""
+    cmds: list[Json] = []
+    for build in (_bridge_table, _inet_table):
+        table = build(new)
+        part = table.changes(build(old))
+        if part is None:
+            return ruleset(new)
+        cmds += part
+    if not cmds:
+        return None
+    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
 
 
 def removal() -> Json:

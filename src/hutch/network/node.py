@@ -18,7 +18,7 @@ from typing import Literal
 
 from pyroute2 import IPRoute
 
-from hutch.model.errors import Conflict, Unsupported
+from hutch.model.errors import Conflict, Unavailable, Unsupported
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import SandboxSpec
 from hutch.network import links, nft
@@ -80,6 +80,11 @@ class NodeNetwork:
         # Sandbox id -> a bound socket per published port it holds (see `_hold`): only a port
         # held is forwarded, so a machine never takes a port something on the node listens on.
         self._held: dict[str, dict[PortMapping, socket.socket]] = {}
+        # What hutch's tables hold now (the last state applied); None: unknown or no tables,
+        # and the next change replaces them whole.
+        self._applied: nft.Desired | None = None
+        # The VXLAN devices made for the hosted networks (reconcile lists the node's own).
+        self._overlay_devices: set[str] = set()
 
     def netns_path(self, sandbox_id: str) -> Path:
         return self._netns_dir / sandbox_id
@@ -122,9 +127,9 @@ class NodeNetwork:
 
     def set_infrastructure(self, cidrs: Iterable[str]) -> bool:
         """The cluster's nodes' and controllers' addresses (the whole set, every time), which
-        no sandbox may reach, beside `NetworkOptions.blocked`: a change replaces the tables at
-        once (one transaction; the sandboxes stay plugged, their connections up). Whether
-        anything changed."""
+        no sandbox may reach, beside `NetworkOptions.blocked`: a change is applied at once
+        (the blocked sets' elements, in one transaction; the sandboxes stay plugged, their
+        connections up). Whether anything changed."""
         wanted = tuple(sorted(set(cidrs)))
         return links.run_in(self.opts.netns, lambda: self._set_infrastructure(wanted))
 
@@ -144,7 +149,7 @@ class NodeNetwork:
                     fds.append(links.create_tap(ipr, name, bridge, att.mac, self.opts.mtu))
                 self._hold(spec, strict=True)
                 self._apply()
-                self._sync_overlay(ipr)
+                self._sync_overlay(ipr, _vnis(spec))
             except BaseException:
                 for fd in fds:
                     os.close(fd)
@@ -169,7 +174,7 @@ class NodeNetwork:
                     links.create_veth(ipr, name, bridge, path, att, mtu=self.opts.mtu)
                 self._hold(spec, strict=True)
                 self._apply()
-                self._sync_overlay(ipr)
+                self._sync_overlay(ipr, _vnis(spec))
             except BaseException:
                 self._unwire(ipr, spec.id)
                 raise
@@ -179,9 +184,13 @@ class NodeNetwork:
         with self._lock:
             if groups == self._groups:
                 return False
-            before = self._desired()
+            # Only the wired sandboxes' groups are in the tables (no listing of all ports twice)
+            changed = any(
+                groups.get(i) != self._groups.get(i) for i in groups.keys() | self._groups.keys()
+                if i in self._wired
+            )  # fmt: skip
             self._groups = dict(groups)
-            if self._desired() != before:
+            if changed:
                 self._apply()
             return True
 
@@ -223,8 +232,8 @@ class NodeNetwork:
             desired = self._desired()
             keep = {b.name for b in desired.bridges} | {p.name for p in desired.ports}
             keep |= set(self._vxlans())
-            for name in existing - keep:
-                links.delete_link(ipr, name)
+            links.delete_links(ipr, existing - keep)
+            self._overlay_devices = {n for n in existing & keep if n.startswith(links.VXLAN_PREFIX)}
             if self._netns_dir.is_dir():
                 for path in self._netns_dir.iterdir():
                     wired = self._wired.get(path.name)
@@ -237,6 +246,7 @@ class NodeNetwork:
             networks = {a.vni: a for w in self._wired.values() for a in w.spec.networks}
             for att in networks.values():  # once per network, not per sandbox
                 links.ensure_bridge(ipr, att, self.opts.mtu)
+            self._applied = None  # whatever the tables hold: replaced whole
             self._apply()
             self._sync_overlay(ipr)
 
@@ -251,13 +261,15 @@ class NodeNetwork:
             links.remove_netns(self.netns_path(sandbox_id))
         except OSError as e:
             errors.append(e)
+        # Its networks' bridges, if nobody else uses them (reconcile removes any other stale one:
+        # listing the node's links here would make every unplug cost as much as all of them).
         used = {links.bridge_name(a.vni) for w in self._wired.values() for a in w.spec.networks}
-        for name in list(links.ours(ipr)):
-            if name.startswith(nft.BRIDGE_PREFIX) and name not in used:
-                links.delete_link(ipr, name)
+        for vni in _vnis(wired.spec) if wired else ():
+            if links.bridge_name(vni) not in used:
+                links.delete_link(ipr, links.bridge_name(vni))
         self._apply()
         try:
-            self._sync_overlay(ipr)
+            self._sync_overlay(ipr, _vnis(wired.spec) if wired else ())
         except Exception as e:
             errors.append(e)
         if errors:
@@ -271,13 +283,18 @@ class NodeNetwork:
         vnis = {a.vni for w in self._wired.values() for a in w.spec.networks}
         return {links.vxlan_name(vni): vni for vni in vnis}
 
-    def _sync_overlay(self, ipr: IPRoute) -> None:
+    def _sync_overlay(self, ipr: IPRoute, only: Iterable[int] | None = None) -> None:
         """VXLAN devices for exactly the hosted networks (none left of networks gone, whose
-        entries go with them), each with exactly its remote peers' entries."""
+        entries go with them), each with exactly its remote peers' entries. `only`: the VNIs of
+        a sandbox plugged or unplugged, the only networks whose devices may have to come or go
+        (the peers did not change): the others are left alone."""
         wanted = self._vxlans()
-        for name in list(links.ours(ipr)):
-            if name.startswith(links.VXLAN_PREFIX) and name not in wanted:
-                links.delete_link(ipr, name)
+        gone = self._overlay_devices - set(wanted)  # reconcile found those of an earlier life
+        for name in sorted(gone):
+            links.delete_link(ipr, name)
+        self._overlay_devices -= gone
+        if only is not None:
+            wanted = {n: vni for n, vni in wanted.items() if vni in set(only)}
         if not wanted:
             return
         local = self.opts.underlay
@@ -290,7 +307,11 @@ class NodeNetwork:
                 continue  # not hosted here, on this node, or unreachable (no IP, other family)
             remotes[vni].add(links.Remote(p.mac.lower(), p.ip4, p.ip6, p.underlay))
         for vni, found in sorted(remotes.items()):
-            links.ensure_vxlan(ipr, vni, links.bridge_name(vni), local, self.opts.mtu)
+            if vni not in wanted.values():
+                continue
+            self._overlay_devices.add(
+                links.ensure_vxlan(ipr, vni, links.bridge_name(vni), local, self.opts.mtu)
+            )
             links.sync_remotes(ipr, vni, found)
 
     def _desired(self) -> nft.Desired:
@@ -338,11 +359,27 @@ class NodeNetwork:
         return nft.Overlay(tuple(sorted(vxlans.values())), tuple(sorted(peers)))
 
     def _apply(self) -> None:
+        """Make hutch's tables the desired state's: only what changed since the last state
+        applied (one transaction: set elements, the changed ports' chains), or, when that is
+        unknown (agent start, reconcile) or the change fails, the whole tables anew (one
+        transaction too)."""
         desired = self._desired()
-        if desired.bridges or desired.ports:
+        applied, self._applied = self._applied, None  # unknown until nft has taken it
+        if not (desired.bridges or desired.ports):
+            if shutil.which(self.opts.nft) is not None:  # a node without nft has no tables
+                nft.apply(nft.removal(), self.opts.nft)
+        elif applied is None:
             nft.apply(nft.ruleset(desired), self.opts.nft)
-        elif shutil.which(self.opts.nft) is not None:  # a node without nft has no tables
-            nft.apply(nft.removal(), self.opts.nft)
+            self._applied = desired
+        else:
+            batch = nft.changes(applied, desired)
+            try:
+                if batch is not None:
+                    nft.apply(batch, self.opts.nft)
+            except Unavailable as e:  # tables changed behind hutch's back, say: replaced
+                log.warning("updating hutch's nftables tables failed, replacing them: %s", e)
+                nft.apply(nft.ruleset(desired), self.opts.nft)
+            self._applied = desired
         if self.dns is not None:  # in this thread: in the node's namespace, as the bridges are
             self.dns.listen(self._listeners())
 
@@ -414,6 +451,10 @@ def _same_family(address: str, local: str) -> bool:
         log.debug("peer underlay %r is not an IP address: no overlay to it", address)
         return False
     return ip.version == ipaddress.ip_address(local).version
+
+
+def _vnis(spec: SandboxSpec) -> set[int]:
+    return {a.vni for a in spec.networks}
 
 
 def _one_nic(spec: SandboxSpec) -> None:

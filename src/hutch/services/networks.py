@@ -13,7 +13,7 @@ the transaction that creates it.
 import builtins
 import ipaddress
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -31,6 +31,7 @@ from hutch.model.addressing import (
     check_egress,
     check_subnet4,
     check_subnet6,
+    ip_literals,
     lowest_free,
     new_ula48,
     pool_size,
@@ -472,21 +473,6 @@ def host_of(url: str) -> str:
     """The host of a node's agent URL: its underlay address."""
     host = urlsplit(url).hostname or ""
     return host
-
-
-def ip_literals(hosts: Iterable[str]) -> tuple[str, ...]:
-    """The IP addresses among `hosts`, sorted and once each: names are left out (nftables
-    blocks addresses), and so are loopback (every node blocks it anyway) and the unspecified
-    address (a controller listening on every address)."""
-    out: set[str] = set()
-    for host in hosts:
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            continue
-        if not (addr.is_loopback or addr.is_unspecified):
-            out.add(str(addr))
-    return tuple(sorted(out))
 
 
 async def bump_neighbours(tx: Tx, machine_ids: Sequence[str]) -> None:

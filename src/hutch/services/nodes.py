@@ -6,11 +6,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
+from hutch.model.addressing import ip_literals
 from hutch.model.errors import Conflict, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Capacity, Machine, Node, NodeState
 from hutch.model.tenancy import Principal, Quota, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
-from hutch.services.networks import NodePlan, ip_literals, node_plan
+from hutch.services.networks import NodePlan, node_plan
 from hutch.services.nodelink import controller_key
 from hutch.services.notify import POLL, SCHEDULER, Notifier, node_key
 from hutch.services.policy import Policy
