@@ -191,6 +191,7 @@ def test_cycles_and_reconcile_leave_nothing_behind(topo: Topology, node: NodeNet
     node.plug_netns(drop)
     topo.run(topo.node, "nft", "add", "table", "inet", "someone-elses")
     topo.run(topo.node, "ip", "link", "add", "hn-not-ours", "type", "bridge")
+    node.close()  # the agent gone: its published ports' sockets with it
     fresh = NodeNetwork(node.opts)
     fresh.reconcile([keep])
     names = ours(topo)
@@ -421,6 +422,7 @@ def test_changes_one_at_a_time_end_in_the_tables_a_full_apply_makes(
             node.set_groups(dict(groups))
     assert plugged
     incremental = hutch_tables(topo)
+    node.close()  # the agent gone: its published ports' sockets with it
     fresh = NodeNetwork(node.opts)
     fresh.set_groups(dict(groups))
     fresh.reconcile(list(plugged.values()))

@@ -111,6 +111,12 @@ class NodeNetwork:
         namespaces and tables that nothing needs are removed; nothing of anyone else's is."""
         links.run_in(self.opts.netns, lambda: self._reconcile(specs))
 
+    def close(self) -> None:
+        """Let go of the published ports' sockets, as the agent's exit does; links, rules and
+        sandboxes stay (the next agent's `reconcile` binds the ports again)."""
+        with self._lock:
+            self._release_all()
+
     def set_groups(self, groups: dict[str, nft.Groups]) -> bool:
         """The security groups' rules of each sandbox in one (sandboxes not named are in
         none), for the sandboxes wired now and those plugged later. A change is applied at
