@@ -159,7 +159,9 @@ def test_networks_across_nodes(
 
         # 2. Another project's machine, on the node of the one that gets through: nothing, by
         # any protocol, and the name is not its to resolve.
-        assert inside(beta, "spy-b", "true").returncode == 0  # it runs, and yet...
+        # it runs (a micro-VM under TCG may still be booting: `run -d` does not wait for it),
+        until("spy-b runs", lambda: inside(beta, "spy-b", "true").returncode == 0, 60, logs=c.logs)
+        # and yet...
         assert reaches(beta, "spy-b", ip["web-a"], "web-a") == set()
         assert inside(beta, "spy-b", RESOLVE.format("web-a.alpha.internal")).stdout.strip() == ""
         # ...while its node's other machine, the same probes, still gets through

@@ -119,6 +119,24 @@ def test_a_peer_gone_takes_its_entries_with_it(
     assert not topo.ping(a, "10.77.7.3")
 
 
+def test_a_sandbox_plugged_beside_another_networks_peers_gets_its_own(
+    topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
+) -> None:
+    """A plug syncs only its own network's VXLAN entries; peers of the node's other networks
+    (a cluster's usual case) are passed over, not a KeyError that fails the sandbox."""
+    node_a, node_b = nodes
+    s7, s8, r7, r8 = spec("a7", 7, 2), spec("a8", 8, 2), spec("b7", 7, 3), spec("b8", 8, 3)
+    node_a.plug_netns(s8)
+    for s in (r7, r8):
+        node_b.plug_netns(s)
+    peers = [peer(s8, NODE_IP), peer(s7, NODE_IP), peer(r7, OUTSIDE_IP), peer(r8, OUTSIDE_IP)]
+    node_a.set_peers(peers)
+    node_b.set_peers(peers)
+    a7 = node_a.plug_netns(s7)  # network 7 comes to node A while network 8's peers are known
+    assert topo.ping(a7, "10.77.7.3")
+    assert f"{r8.networks[0].mac} dst {OUTSIDE_IP} self permanent" in fdb(topo, topo.node, "hx-8")
+
+
 def test_twenty_cycles_leave_nothing_behind(
     topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
 ) -> None:

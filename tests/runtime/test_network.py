@@ -191,6 +191,7 @@ async def test_an_agent_that_restarts_keeps_a_running_guests_network(
     # rules, nothing duplicated; a sandbox that is gone takes its leftovers with it
     stale = spec(busybox_root, "gone", 8, 2, "true")
     net.plug_netns(stale)
+    net.close()  # the agent gone: its published ports' sockets with it
     fresh = NodeNetwork(net.opts)
     fresh.reconcile([await driver.spec("a")])
     assert hutch_links(topo) == links_before

@@ -309,12 +309,10 @@ class NodeNetwork:
         remotes: dict[int, set[links.Remote]] = {vni: set() for vni in wanted.values()}
         for p in self._peers:
             vni = vni_of.get(p.network_id)
-            if vni is None or not _same_family(p.underlay, local) or p.underlay == local:
-                continue  # not hosted here, on this node, or unreachable (no IP, other family)
+            if vni not in remotes or not _same_family(p.underlay, local) or p.underlay == local:
+                continue  # not hosted here (or not synced now), on this node, or unreachable
             remotes[vni].add(links.Remote(p.mac.lower(), p.ip4, p.ip6, p.underlay))
         for vni, found in sorted(remotes.items()):
-            if vni not in wanted.values():
-                continue
             self._overlay_devices.add(
                 links.ensure_vxlan(ipr, vni, links.bridge_name(vni), local, self.opts.mtu)
             )
