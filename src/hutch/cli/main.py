@@ -3,9 +3,9 @@
 Each command's module is imported when that command runs, not before: `hutch ps` loads the
 client and the listing, never the servers, the images or the other commands, and `hutch --help`
 and `hutch version` load none (bench/cli.py measures it). Nor does a command import pydantic
-to read its options (see _plain_values), or httpx's own command line (see main). The table
-below is the listing of `hutch --help`; tests/cli/test_main.py checks it against the commands
-themselves."""
+to read its options (typer before 0.27 does not: pyproject.toml) or httpx's own command line
+(see main). The table below is the listing of `hutch --help`; tests/cli/test_main.py checks it
+against the commands themselves."""
 
 import contextlib
 import importlib
@@ -97,7 +97,6 @@ def load(name: str) -> click.Command:
         )
         one.command(name, **settings)(target)
         command = typer.main.get_command(one)
-    _plain_values(command)
     return command
 
 
@@ -108,60 +107,6 @@ def _plain(app: typer.Typer) -> None:
     for group in app.registered_groups:
         if group.typer_instance is not None:
             _plain(group.typer_instance)
-
-
-# Values of these types that already are one need no conversion (an option's default, a word).
-_AS_IS = (str, int, float)
-
-
-class _PlainValue:
-    """Reads a value of a parameter the way typer's own coercion would, without pydantic.
-
-    typer converts every parameter's value with a pydantic TypeAdapter, and imports pydantic
-    (and builds the adapter) even for a value that needs none: a missing option, a default,
-    a string for a `str`. That is ~50 ms of every command's start (bench/cli.py). Those values
-    are passed here as typer would give them; anything else (a number to parse, a choice, a
-    path, a range) goes to typer's coercion, built when first needed."""
-
-    def __init__(self, param: click.Parameter) -> None:
-        self.param = param
-        self.info = param.type_descriptor.parameter_info  # type: ignore[attr-defined]
-        self.annotation = param.type_descriptor.annotation  # type: ignore[attr-defined]
-
-    def get_runtime_param(self) -> "_PlainValue":
-        return self
-
-    def coerce(self, value: Any, param: click.Parameter, ctx: click.Context) -> Any:
-        many = param.multiple or param.nargs == -1
-        if value is None:  # as typer's RuntimeParam.coerce
-            return () if many else None
-        plain = self.info.parser is None and self.info.min is None and self.info.max is None
-        if plain and self.annotation in _AS_IS and type(value) is self.annotation:
-            return value  # (`type() is`: a bool is no int here)
-        strings = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-        if plain and many and self.annotation == list[str] and strings:
-            return list(value)  # as typer's list adapter gives it
-        typers = type(param).get_runtime_param(param)  # type: ignore[attr-defined]
-        return typers.coerce(value, param=param, ctx=ctx)
-
-
-def _plain_values(command: click.Command) -> None:
-    """Let `command`'s parameters (its --help too, which click makes when parsing), and its
-    subcommands', read plain values without pydantic (_PlainValue). A typer without the hook
-    this uses is left as it is: slower, as correct."""
-    params_of = command.get_params
-
-    def get_params(ctx: click.Context) -> list[click.Parameter]:
-        params = params_of(ctx)
-        for param in params:
-            hook = getattr(type(param), "get_runtime_param", None)
-            if callable(hook) and "get_runtime_param" not in vars(param):
-                param.get_runtime_param = _PlainValue(param).get_runtime_param  # type: ignore[attr-defined]
-        return params
-
-    command.get_params = get_params  # type: ignore[method-assign]
-    for sub in getattr(command, "commands", {}).values():
-        _plain_values(sub)
 
 
 @contextlib.contextmanager
@@ -186,10 +131,6 @@ class UsageRefused(HutchError):
 
 class _Commands(TyperGroup):
     """The top-level group: commands listed from the table, loaded when one runs."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _plain_values(self)  # its own options; each command's are done as it is loaded
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
