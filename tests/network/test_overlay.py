@@ -50,6 +50,18 @@ def peer(s: SandboxSpec, underlay: str) -> Peer:
     return Peer(att.network_id, att.mac, att.ip4, att.ip6, underlay)
 
 
+def a_and_b(nodes: tuple[NodeNetwork, NodeNetwork]) -> tuple[SandboxSpec, SandboxSpec, Path]:
+    """Sandbox a on node A and b on node B, on network 7, each node told of both: a's specs,
+    b's, and a's namespace."""
+    node_a, node_b = nodes
+    sa, sb = spec("a", 7, 2), spec("b", 7, 3)
+    a = node_a.plug_netns(sa)
+    node_b.plug_netns(sb)
+    for node in nodes:
+        node.set_peers([peer(sa, NODE_IP), peer(sb, OUTSIDE_IP)])
+    return sa, sb, a
+
+
 def fdb(topo: Topology, ns: str, dev: str) -> list[str]:
     """The MACs with a forwarding entry on `dev` (on the device itself or on its bridge)."""
     out = topo.run(ns, "bridge", "fdb", "show", "dev", dev).stdout
@@ -99,14 +111,9 @@ def test_a_machine_reaches_its_peer_on_another_node_and_no_other_network(
 def test_a_peer_gone_takes_its_entries_with_it(
     topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
 ) -> None:
-    node_a, node_b = nodes
-    sa, sb = spec("a", 7, 2), spec("b", 7, 3)
-    a = node_a.plug_netns(sa)
-    node_b.plug_netns(sb)
-    peers = [peer(sa, NODE_IP), peer(sb, OUTSIDE_IP)]
-    node_a.set_peers(peers)
-    node_a.set_peers(peers)  # idempotent: nothing twice
-    node_b.set_peers(peers)
+    node_a = nodes[0]
+    sa, sb, a = a_and_b(nodes)
+    node_a.set_peers([peer(sa, NODE_IP), peer(sb, OUTSIDE_IP)])  # idempotent: nothing twice
     mac = sb.networks[0].mac
     assert fdb(topo, topo.node, "hx-7") == [
         f"{mac} dst {OUTSIDE_IP} self permanent",
@@ -219,13 +226,8 @@ def rx_packets(topo: Topology, netns: Path) -> int:
 def test_vxlan_is_taken_from_peer_nodes_only(
     topo: Topology, nodes: tuple[NodeNetwork, NodeNetwork]
 ) -> None:
-    node_a, node_b = nodes
-    sa, sb = spec("a", 7, 2), spec("b", 7, 3)
-    a = node_a.plug_netns(sa)
-    node_b.plug_netns(sb)
-    peers = [peer(sa, NODE_IP), peer(sb, OUTSIDE_IP)]
-    node_a.set_peers(peers)
-    node_b.set_peers(peers)
+    node_a = nodes[0]
+    sa, sb, a = a_and_b(nodes)
     # A third host on node A's underlay (a namespace of its own, on a link of its own).
     rogue = f"{topo.node}r"
     sh("ip", "netns", "add", rogue)
