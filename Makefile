@@ -11,10 +11,10 @@ CACHE_DIR ?= /var/cache/hutch
 BUSYBOX_ROOT := $(CACHE_DIR)/busybox-rootfs
 # The guest kernel's package: `hutch setup` downloads and unpacks it, never installs it.
 KERNEL_PACKAGE := linux-image-cloud-amd64
-# Runtime: qemu, crun, nftables (the node's filtering and NAT, driven through `nft -j`), guest build (gcc, kmod, lz4, busybox), root disks (erofs-utils, e2fsprogs);
+# Runtime: qemu, crun, nftables (the node's filtering and NAT, driven through `nft -j`), guest build (gcc, kmod, lz4, busybox), root disks (erofs-utils, e2fsprogs), volumes (xfsprogs: a reflink pool where the state dir has none);
 # tests and benchmarks: a local registry (docker-registry), skopeo and umoci to compare against,
 # PostgreSQL (the tests start their own throwaway clusters).
-APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsprogs kmod lz4 zstd \
+APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsprogs xfsprogs kmod lz4 zstd \
 	gcc libc6-dev python3 python3-venv python3-dev iproute2 nftables util-linux cpio ca-certificates \
 	docker-registry skopeo umoci postgresql-15 wrk
 PYTEST_ARGS ?=

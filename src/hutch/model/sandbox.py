@@ -119,6 +119,44 @@ class Resources:
         return scratch_mib(self.scratch_mib, self.memory_mib) << 20
 
 
+MAX_VOLUMES = 16  # per sandbox: virtio-blk devices and boot parameters stay few
+_VOLUME_TARGET = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+$")  # boot parameters carry it: no spaces
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeMount:
+    """A volume given to a sandbox: a raw file on the node (its storage backend's), as a disk of
+    a micro-VM or a loop device of a container, mounted at `target` (ext4) or, for `fs="none"`,
+    a block device node at `target`."""
+
+    volume_id: str  # names it in errors and serials
+    source: str  # absolute path of the raw file on the node
+    target: str  # absolute path inside the sandbox
+    read_only: bool = False
+    fs: Literal["ext4", "none"] = "ext4"
+
+    def __post_init__(self) -> None:
+        if not PurePosixPath(self.source).is_absolute():
+            raise Invalid(f"volume {self.volume_id}: source {self.source!r} is not absolute")
+        validate_volume_target(self.target)
+
+
+def validate_volume_target(target: str) -> str:
+    """A mount path inside a sandbox: absolute, not `/`, no `.` or `..` parts, at most 200
+    bytes of letters, digits and `_.@+-` (it travels on the guest's kernel command line)."""
+    parts = target.split("/")[1:]
+    if (
+        len(target) > 200
+        or not _VOLUME_TARGET.match(target)
+        or any(part in (".", "..") for part in parts)
+    ):
+        raise Invalid(
+            f"volume path {target!r} is invalid: give an absolute path other than /, without "
+            "'.' or '..' parts, of letters, digits and _.@+- (at most 200 characters)"
+        )
+    return target
+
+
 @dataclass(frozen=True, slots=True)
 class SandboxSpec:
     """Everything a driver needs; paths are prepared by the image layer beforehand."""
@@ -133,6 +171,7 @@ class SandboxSpec:
     stop_signal: int = int(_signal.SIGTERM)
     networks: tuple[Attachment, ...] = ()  # its NICs, in order (eth0 first)
     ports: tuple[PortMapping, ...] = ()  # published on the node, to the first NIC's addresses
+    volumes: tuple[VolumeMount, ...] = ()  # mounted before the workload starts, in order
 
     def __post_init__(self) -> None:
         validate_sandbox_id(self.id)
@@ -142,6 +181,15 @@ class SandboxSpec:
             raise Invalid("a sandbox is attached to each network at most once")
         if self.ports and not self.networks:
             raise Invalid("published ports need a network: the sandbox has none")
+        if len(self.volumes) > MAX_VOLUMES:
+            raise Invalid(f"a sandbox takes at most {MAX_VOLUMES} volumes")
+        targets = [v.target for v in self.volumes]
+        for i, t in enumerate(targets):
+            for other in targets[i + 1 :]:
+                if t == other or other.startswith(t + "/") or t.startswith(other + "/"):
+                    raise Invalid(f"volume paths {t} and {other} overlap")
+        if len({v.volume_id for v in self.volumes}) != len(self.volumes):
+            raise Invalid("a sandbox takes each volume at most once")
         seen: set[tuple[str, int, str]] = set()
         for p in self.ports:
             key = (p.host_ip, p.host_port, p.protocol)
