@@ -27,7 +27,7 @@ from qemu.qmp import QMPClient
 from hutch.model import machine as model_machine
 from hutch.model.errors import HutchError, Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats, Stream
-from hutch.runtime import host, scratch
+from hutch.runtime import host, scratch, volumes
 from hutch.runtime.accel import Accel
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.runtime.guest.build import GuestArtifacts
@@ -103,11 +103,13 @@ def qemu_command(
     jail: Path | None = None,
     scratch_direct: bool = True,
     tap_fds: tuple[int, ...] = (),
+    volumes_direct: tuple[bool, ...] | None = None,
 ) -> list[str]:
     """The QEMU command line for `spec`; sockets go in `sockets/` (guest agent, console, qmp), where
     the scratch and exit disks must be (`scratch.create`, `create_exit_disk`); `scratch_direct` if
     it takes O_DIRECT; `tap_fds`:
-    one open TAP per `spec.networks` entry, inherited by QEMU (it cannot open /dev/net/tun)."""
+    one open TAP per `spec.networks` entry, inherited by QEMU (it cannot open /dev/net/tun);
+    `volumes_direct`: per `spec.volumes` entry, whether its file takes O_DIRECT (default: all)."""
     res = spec.resources
     accel = opts.accel.name
     scratch_file = sockets / scratch.FILE_NAME
@@ -129,7 +131,7 @@ def qemu_command(
         "-initrd", str(opts.guest.initrd),
         "-append", kernel_cmdline(
             accel, spec.root_disk_format, opts.debug,
-            tuple(guest_net_params(spec, opts.mtu)),
+            (*guest_net_params(spec, opts.mtu), *filter(None, [volumes.boot_param(spec.volumes)])),
         ),
         # The guest agent finds the disks by serial (ROOT_SERIAL, SCRATCH_SERIAL in agent.c).
         "-drive", f"id=root,file={spec.root_disk},format=raw,if=none,readonly=on",
@@ -145,6 +147,22 @@ def qemu_command(
         "-serial", "chardev:console",
         "-qmp", f"unix:{sockets / 'qmp.sock'},server=on,wait=off",
     ]  # fmt: skip
+    # Volumes: QEMU opens their files (and locks them: a second writer's QEMU fails to start)
+    # as root before it chroots and drops to its uid, as it does the root disk. The default
+    # cache (writeback) passes the guest's flushes on as fdatasync: a guest's fsync is on the
+    # node's disk when it returns. Host I/O errors reach the guest as I/O errors.
+    direct = volumes_direct or (True,) * len(spec.volumes)
+    for index, (vol, odirect) in enumerate(zip(spec.volumes, direct, strict=True)):
+        drive = (
+            f"id=vol{index},file={_drive_path(vol.source)},format=raw,if=none,"
+            f"werror=report,rerror=report,cache.direct={'on' if odirect else 'off'}"
+        )
+        if vol.read_only:
+            drive += ",readonly=on"
+        args += [
+            "-drive", drive,
+            "-device", f"virtio-blk-device,drive=vol{index},serial={volumes.SERIAL.format(index)}",
+        ]  # fmt: skip
     # -M microvm has no hotplug: the NICs exist from boot (virtio-mmio, in this order: eth0...).
     for index, (fd, att) in enumerate(zip(tap_fds, spec.networks, strict=True)):
         args += [
@@ -159,6 +177,11 @@ def qemu_command(
         # elevateprivileges=deny would also forbid -runas's own setuid, which happens after.
         args += ["-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
     return args
+
+
+def _drive_path(path: str) -> str:
+    """A file name inside a -drive option (QEMU's option syntax doubles a comma)."""
+    return path.replace(",", ",,")
 
 
 class MicroVMBackend:
@@ -205,6 +228,8 @@ class MicroVMBackend:
         if not Path(spec.root_disk).is_file():
             raise Invalid(f"root disk {spec.root_disk} does not exist")
         check_wired(spec, self.opts.host.network)
+        volumes.check_sources(spec)
+        volumes.boot_param(spec.volumes)  # Invalid if their paths do not fit the command line
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -249,6 +274,7 @@ class MicroVMBackend:
         args = qemu_command(
             spec, self.opts, sdir.path, uid=uid, jail=jail, scratch_direct=scratch.direct_io(disk),
             tap_fds=tuple(taps),
+            volumes_direct=tuple(scratch.direct_io(Path(v.source)) for v in spec.volumes),
         )  # fmt: skip
         stderr = sdir.file("qemu.log").open("ab")
         try:
@@ -353,6 +379,11 @@ class MicroVMBackend:
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         sdir.file(EXIT_FILE).unlink(missing_ok=True)
         await self.opts.host.unplug(record.spec.id)
+
+    async def freeze_volume(
+        self, record: SandboxRecord, sdir: SandboxDir, index: int, frozen: bool
+    ) -> bool:
+        return False  # mounted in the guest only: its guest agent freezes it
 
     async def sweep(self) -> list[str]:
         """End this host's VMs (of any hutch process) whose sandbox directory is gone: nothing
