@@ -35,6 +35,7 @@ from hutch.runtime.supervisor import ExecProcess, ProcessInput, Supervisor, Time
 log = logging.getLogger(__name__)
 
 KILL_GRACE = 5.0  # after SIGKILL through the guest agent, before the sandbox itself is killed
+POWER_OFF_GRACE = 3.0  # for an ended sandbox to go by itself before destroy kills it
 
 
 class RuntimeDriver(Protocol):
@@ -285,6 +286,11 @@ class SandboxDriver:
         alive = ref is not None and ref.alive()
         if alive and not record.finished and not force:
             raise Conflict(f"sandbox {sandbox_id} is {record.state}: stop it first, or force")
+        if alive and record.finished and ref is not None:
+            # Its exit was acknowledged, so it is ending by itself (a micro-VM unmounts its
+            # volumes cleanly first): let it, for a moment, before killing it.
+            await _wait_gone(ref, POWER_OFF_GRACE)
+            alive = ref.alive()
         if alive:
             if sup is not None:
                 await sup.terminate("destroyed")

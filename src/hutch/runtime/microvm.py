@@ -5,8 +5,8 @@ QEMU runs with as little as it needs: inside its own cgroup (guest memory plus m
 overhead, a pids limit, a CPU quota), as an unprivileged uid of its own, chrooted into an empty
 directory, under QEMU's seccomp sandbox, with no network, no shared folders and no files beyond
 its disks. Its sockets (guest agent, console, QMP) live in the sandbox's root-only directory: the
-guest has no path to them. Its own stderr is capped by RLIMIT_FSIZE, the guest's console by a ring
-log.
+guest has no path to them. Its own stderr is capped by a copier (`head -c`), the guest's console
+by a ring log.
 """
 
 import asyncio
@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import resource
 import signal
 import struct
 import subprocess
@@ -193,6 +192,7 @@ class MicroVMBackend:
         self._qmp: dict[str, QMPClient] = {}
         self._shutdown_reason: dict[str, str] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._copiers: dict[str, subprocess.Popen[bytes]] = {}  # QEMU's stderr -> qemu.log
         self._uids = IdPool("vm-uid", opts.uid_base, opts.uid_count, directory=opts.host.id_dir)
 
     def capabilities(self) -> Capabilities:
@@ -276,7 +276,21 @@ class MicroVMBackend:
             tap_fds=tuple(taps),
             volumes_direct=tuple(scratch.direct_io(Path(v.source)) for v in spec.volumes),
         )  # fmt: skip
-        stderr = sdir.file("qemu.log").open("ab")
+        # QEMU's stderr reaches qemu.log through a pipe and a copier that stops after
+        # QEMU_STDERR_MAX bytes (QEMU ignores SIGPIPE: what it writes after that is lost). Not
+        # RLIMIT_FSIZE: that limit holds for every file QEMU writes, its disks too, and a guest
+        # write past it would fail with EIO.
+        with sdir.file("qemu.log").open("ab") as log_file:
+            copier = subprocess.Popen(  # noqa: ASYNC220 (fork+exec: returns at once)
+                ["head", "-c", str(QEMU_STDERR_MAX)],
+                stdin=subprocess.PIPE,
+                stdout=log_file,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # lives as long as QEMU, not this process
+            )
+        assert copier.stdin is not None
+        stderr = copier.stdin
+        self._copiers[spec.id] = copier
         try:
             proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec: returns at once)
                 args,
@@ -293,6 +307,7 @@ class MicroVMBackend:
             lease.close()
             await self.opts.host.unplug(spec.id)
             cgroup.remove()
+            self._reap_copier(spec.id)
             raise Unavailable(f"cannot start {self.opts.qemu}: {e}") from e
         finally:
             stderr.close()
@@ -308,6 +323,7 @@ class MicroVMBackend:
             if proc.poll() is not None:
                 cgroup.remove()
                 await self.opts.host.unplug(spec.id)
+                await asyncio.to_thread(self._reap_copier, spec.id)  # qemu.log is whole
                 raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}")
             await asyncio.sleep(0.002)
         if ref is None:
@@ -376,9 +392,20 @@ class MicroVMBackend:
         child = self._children.pop(record.spec.id, None)
         if child is not None:
             child.wait()
+        await asyncio.to_thread(self._reap_copier, record.spec.id)
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         sdir.file(EXIT_FILE).unlink(missing_ok=True)
         await self.opts.host.unplug(record.spec.id)
+
+    def _reap_copier(self, sandbox_id: str) -> None:
+        """Wait for the stderr copier of a QEMU that is gone (it ends at the pipe's end)."""
+        copier = self._copiers.pop(sandbox_id, None)
+        if copier is not None:
+            try:
+                copier.wait(5)
+            except subprocess.TimeoutExpired:
+                copier.kill()
+                copier.wait()
 
     async def freeze_volume(
         self, record: SandboxRecord, sdir: SandboxDir, index: int, frozen: bool
@@ -472,7 +499,7 @@ def _signal_name(number: int) -> str:
 
 def _child_setup(procs_files: list[str], huge_pages: bool) -> Callable[[], None]:
     """Runs in the forked child before exec: join the cgroup first, so every byte QEMU allocates
-    is charged to it; cap what QEMU can write to its stderr file; no THP unless asked."""
+    is charged to it; no THP unless asked."""
 
     def setup() -> None:
         pid = str(os.getpid()).encode()
@@ -482,8 +509,5 @@ def _child_setup(procs_files: list[str], huge_pages: bool) -> Callable[[], None]
             os.close(fd)
         if not huge_pages:  # inherited across exec, unlike madvise
             _libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (QEMU_STDERR_MAX, QEMU_STDERR_MAX))
-        # Ignored, SIGXFSZ turns an over-long write into EFBIG instead of killing QEMU.
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     return setup
