@@ -17,7 +17,15 @@ from hutch.model.errors import Invalid
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec, VolumeMount
 from hutch.runtime.driver import SandboxDriver
 from tests.helpers import CACHE_DIR
-from tests.helpers.runtime import PATH, driver_in, make_spec, output, wait_for_line
+from tests.helpers.runtime import (
+    PATH,
+    driver_in,
+    kill,
+    make_spec,
+    output,
+    spawn_elsewhere,
+    wait_for_line,
+)
 
 # flock(2) is what the test needs and busybox has no flock applet: a static probe, compiled here.
 LOCK_PROBE = r"""
@@ -278,3 +286,30 @@ async def test_scratch_takes_fsynced_writes_past_1_mib(
     spec = dataclasses.replace(base, resources=Resources(memory_mib=128, scratch_mib=64))
     code, out, err = await Rt("microvm", microvm, busybox_root).run(spec)
     assert (code, out) == (0, "ok\n"), err
+
+
+async def test_a_restarted_host_process_adopts_a_sandbox_with_its_volume(
+    rt: Rt, tmp_path: Path, short_dir: Path
+) -> None:
+    disk = make_volume(tmp_path / "adopt.ext4")
+    script = (
+        "for i in 1 2 3; do echo tick $i; done; "
+        "while [ ! -e /data/go ]; do sleep 0.1; done; cat /data/go > /data/seen; "
+        "sync -f /data; echo done"
+    )
+    kill(spawn_elsewhere(rt.name, short_dir / "state", rt.spec(script, vol(disk, "/data"))))
+    adopted = await rt.driver.recover()
+    assert [i.id for i in adopted] == ["vol"]
+    proc = await rt.driver.exec(
+        "vol", ProcessSpec(args=("/bin/sh", "-c", "echo go > /data/go"), env=(PATH,))
+    )
+    assert (await proc.communicate())[0].code == 0
+    status = await rt.driver.wait("vol", timeout=120)
+    out, _ = await output(rt.driver, "vol")
+    assert status.code == 0 and out.endswith(b"done\n"), out
+    await rt.driver.destroy("vol")
+    got = subprocess.run(
+        ["debugfs", "-R", "cat /seen", str(disk)], capture_output=True, text=True, check=False
+    )
+    assert got.stdout == "go\n"
+    assert fsck(disk).returncode == 0

@@ -115,7 +115,9 @@ def parse_volume(text: str, index: int) -> VolumeMount:
     while (cut := rest.rfind(":")) > 0 and not rest[cut + 1 :].startswith("/"):
         words = set(rest[cut + 1 :].split(","))
         if not words <= {"ro", "rw", "block"}:
-            raise Invalid(f"-v {text}: unknown option {rest[cut + 1 :]!r} (ro, rw or block)")
+            if ":/" in rest[:cut]:  # FILE:PATH:WORD
+                raise Invalid(f"-v {text}: unknown option {rest[cut + 1 :]!r} (ro, rw or block)")
+            break  # FILE:WORD: a path that is not absolute, said below
         options |= words
         rest = rest[:cut]
     file, sep, target = rest.rpartition(":")
