@@ -4,7 +4,9 @@ In one run, against one `hutch up` on this machine, SIZE bytes (default 50 MB, `
 2-byte lines, the worst case for a line-per-record format) each way:
   (a) `cat` of a local file of the same bytes into the same reader (a pipe): the ceiling;
   (b) an attached `hutch run --runtime container busybox -- sh -c 'yes | head -c SIZE'`;
-  (c) `hutch logs -f` of the same command run detached (`run -d`), joined at once;
+  (c) `hutch logs -f` of the same command in a machine created apart (the SDK's `create` with
+      `hold_output`: it waits for that follower, as a `run -d` nobody follows would not),
+      joined at once;
   (d) the same as (b) in a micro-VM;
   (e) the micro-VM guest's own throughput: `yes | head -c SIZE` timed inside the guest, into
       /dev/null and into its console (ttyS0, a UART under TCG), by /proc/uptime.
@@ -93,12 +95,11 @@ def main() -> None:
             container = [HUTCH, "run", "--rm", "--runtime", "container", "busybox", "--"]
             attached = read_all([*container, *gen], env, size)
             print(f"(b) attached, container: {attached:.1f} MB/s", file=sys.stderr)
-            detached = subprocess.run(
-                [HUTCH, "run", "-d", "--runtime", "container", "busybox", "--", *gen],
-                env=env, capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
             with Client(url, token, project="default") as client:
-                client.machines.wait(detached, "started")  # its output waits for a first follower
+                detached = client.machines.create(
+                    "busybox", gen, runtime="container", hold_output=True
+                ).id  # its output waits for a first follower
+                client.machines.wait(detached, "started")
             followed = read_all([HUTCH, "logs", "-f", detached], env, size)
             print(f"(c) logs -f, container: {followed:.1f} MB/s", file=sys.stderr)
             with httpx.stream(

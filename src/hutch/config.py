@@ -66,8 +66,9 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         le=3600,
-        description="seconds a new machine's output waits, rather than being dropped from the "
-        "ring, for its first follower (an attached run joins a moment after the start)",
+        description="seconds the output of a new machine a client will follow (hold_output: "
+        "an attached run, which joins a moment after the start) waits for its first follower "
+        "rather than being dropped from the ring",
     )
     console_max_bytes: int = Field(256 << 10, description="guest console kept per VM (ring)")
     boot_timeout: float = Field(90.0, gt=0, description="seconds for a VM's guest agent to come up")

@@ -3,6 +3,7 @@ with stdout and stderr apart (the workload waits for them, as with a pipe); wher
 (nobody reads a machine that writes more than its bound), the reader is told how many bytes are
 missing. Through the real binary against a real `hutch up` (tests/controller.py)."""
 
+import os
 import re
 import subprocess
 import time
@@ -71,20 +72,40 @@ def test_a_log_that_dropped_says_how_many_bytes_are_missing(env: dict[str, str])
 
 
 def test_logs_follow_gets_everything_from_where_it_joins(env: dict[str, str]) -> None:
-    # A machine writing far more than its ring while `hutch logs -f` reads it: what the follower
-    # shows after the part that was already gone (if any) is every later byte, in order.
-    n = 2_000_000
+    # A detached machine writes far more than its ring before anyone reads (nothing waits for
+    # a follower: the oldest part is dropped), then, once `hutch logs -f` has read up to there,
+    # three times as much: what the follower shows after the part that was gone is every later byte,
+    # in order, the second part whole.
+    first, n = 500_000, 2_000_000
+    script = f"seq 1 {first}; until [ -e /tmp/go ]; do sleep 0.1; done; seq {first + 1} {n}"
     started = run(env, "run", "-d", "--runtime", "container", "--name", "gush", "busybox",
-                  "--", "sh", "-c", f"sleep 1; seq 1 {n}")  # fmt: skip
+                  "--", "sh", "-c", script)  # fmt: skip
     assert started.returncode == 0, started.stderr
-    time.sleep(1.5)
-    shown = run(env, "logs", "-f", "gush")
-    assert shown.returncode == 0, shown.stderr
+    deadline = time.monotonic() + 120
+    while run(env, "logs", "-n", "1", "gush").stdout != b"%d\n" % first:  # the first part is out
+        assert time.monotonic() < deadline, "the first part was not written in 120 s"
+        time.sleep(0.2)
+    follower = Hutch(env).start("logs", "-f", "gush", stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert follower.stdout is not None
+        got = b""
+        while not got.endswith(b"\n%d\n" % first):  # it has read the first part's end
+            chunk = os.read(follower.stdout.fileno(), 1 << 16)
+            assert chunk, follower.stderr.read() if follower.stderr else b""
+            got += chunk
+        assert run(env, "exec", "gush", "--", "touch", "/tmp/go").returncode == 0
+        rest, err = follower.communicate(timeout=120)
+    finally:
+        follower.kill()
+        follower.wait()
+    assert follower.returncode == 0, err
+    shown = got + rest
     expected = seq(n)
-    lost = LOST.findall(shown.stderr)
+    lost = LOST.findall(err)
     skipped = int(lost[0][0]) if lost else 0
-    assert shown.stdout == expected[skipped:]
-    assert len(shown.stdout) > 4 << 20  # it joined early: most of it came through the follower
+    assert skipped > 0  # the first part outgrew the ring, unread
+    assert shown == expected[skipped:]
     run(env, "rm", "gush")
 
 

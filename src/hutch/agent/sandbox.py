@@ -46,6 +46,7 @@ class RunRequest:
     cols: int = 0
     networks: tuple[Attachment, ...] = ()  # its NICs, eth0 first (none: no network)
     ports: tuple[PortMapping, ...] = ()  # published on the node, to eth0's addresses
+    hold_output: bool = False  # a follower comes from the start: hold output for it (log_hold)
 
     @classmethod
     def of(cls, a: Assignment, image: str) -> "RunRequest":
@@ -172,5 +173,6 @@ def build_spec(
         stop_signal=parse_signal(config.stop_signal) if config.stop_signal else int(signal.SIGTERM),
         networks=request.networks,
         ports=request.ports,
+        hold_output=request.hold_output,
     )
     return spec, root

@@ -234,6 +234,7 @@ def run(
         return
     import asyncio  # noqa: PLC0415  (see the imports)
 
+    options["hold_output"] = True  # it follows from the start: the node keeps output for it
     sys.exit(asyncio.run(_attached(image, _argv(command), options, rm, interactive, tty)))
 
 

@@ -104,6 +104,7 @@ def run(
             cpus=cpus, memory_mib=parse_mib(memory), scratch_mib=parse_mib(scratch)
         ),
         sandbox_id=name,
+        hold_output=True,  # followed from the start, below
     )
     sys.exit(asyncio.run(_run(request, runtime, keep, stop_timeout, volumes)))
 

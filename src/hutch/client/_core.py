@@ -168,6 +168,10 @@ class MachineOptions(TypedDict, total=False):
     stdin: bool  # keep the command's stdin open for attached clients
     rows: int  # with tty: the terminal's size at start (default 24 x 80)
     cols: int
+    # The caller follows the output from the start (logs(follow=True) right after): the node
+    # keeps it until a first follower comes (at most its log_hold seconds), the command
+    # waiting, instead of dropping the oldest. `run` sets it unless given; `create` does not.
+    hold_output: bool
     networks: Sequence[str]  # networks by name (eth0 first); default: "default"; ["none"]
     ports: Sequence[str | Mapping[str, Any]]  # "[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]" or PortSpec
     security_groups: Sequence[str]  # the project's security groups, by name
@@ -348,7 +352,10 @@ def join_token(ttl: float) -> Plan[JoinTokenView]:
 def run(body: MachineCreate) -> Plan[MachineView]:
     """Create and start; return once the machine has started (see wait). A machine that could
     not start raises StartFailed (it is left, failed, for `inspect`)."""
-    machine = yield from create(body.model_copy(update={"start": True}))
+    update: dict[str, Any] = {"start": True}
+    if "hold_output" not in body.model_fields_set:
+        update["hold_output"] = True  # run, then follow its logs: none of the start is lost
+    machine = yield from create(body.model_copy(update=update))
     if machine.state in NOT_STARTED:
         machine = yield from wait(machine.id, "started", None)
     if machine.state is MachineState.FAILED:

@@ -145,7 +145,9 @@ class Machines(Resource[Client]):
         self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
     ) -> MachineView:
         """Create and start a machine; return once it runs (or, if it was quick, has ended),
-        so its logs and exec are available. Takes the same options as `create`.
+        so its logs and exec are available. Takes the same options as `create`; `hold_output`
+        is True unless given: the node keeps its output for a first follower (logs(follow=True)
+        right after), so none of its start is lost (pass False for one nobody will follow).
 
             m = client.machines.run("busybox", ["sleep", "600"], runtime="container")
             print(client.machines.exec(m, ["uname", "-a"]).stdout)

@@ -142,6 +142,9 @@ class MachineSpec:
     stdin: bool = False
     rows: int = 0  # the terminal's size when the process starts (0: 24 rows, 80 columns)
     cols: int = 0
+    # A client will follow its output from the start (an attached `hutch run`): the node keeps
+    # it for up to `log_hold` seconds, the workload waiting, until a first follower comes.
+    hold_output: bool = False
 
     def __post_init__(self) -> None:
         parse_ref(self.image)

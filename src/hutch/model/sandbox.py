@@ -172,6 +172,9 @@ class SandboxSpec:
     networks: tuple[Attachment, ...] = ()  # its NICs, in order (eth0 first)
     ports: tuple[PortMapping, ...] = ()  # published on the node, to the first NIC's addresses
     volumes: tuple[VolumeMount, ...] = ()  # mounted before the workload starts, in order
+    # Someone follows the output from the start: it waits for a first follower (the driver's
+    # log_hold seconds at most) rather than being dropped from the ring.
+    hold_output: bool = False
 
     def __post_init__(self) -> None:
         validate_sandbox_id(self.id)

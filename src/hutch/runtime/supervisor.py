@@ -282,8 +282,8 @@ class Supervisor:
             raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not created")
         self.record.state = SandboxState.RUNNING
         self.record.started_at = time.time()
-        if self._log is not None and self._log_hold:
-            self._log.hold(self._log_hold)  # whoever attaches to it comes a moment later
+        if self._log is not None and self._log_hold and self.record.spec.hold_output:
+            self._log.hold(self._log_hold)  # the follower it was started for comes a moment later
         self.dir.save(self.record)  # before RUN: a crash now is resolved by recover (hello says)
         await self._send_run()
 

@@ -117,6 +117,7 @@ machines = sa.Table(
     sa.Column("stdin", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("tty_rows", sa.Integer, nullable=False, server_default="0"),
     sa.Column("tty_cols", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("hold_output", sa.Boolean, nullable=False, server_default=sa.false()),
     # Its life.
     sa.Column("state", _ENUM, nullable=False),
     sa.Column("desired", _ENUM, nullable=False),

@@ -64,6 +64,12 @@ class MachineCreate(Request):
         0, ge=0, le=0xFFFF, description="with tty: its size at start (0: 24 x 80); attach resizes"
     )
     cols: int = Field(0, ge=0, le=0xFFFF)
+    hold_output: bool = Field(
+        False,
+        description="the caller will follow the output from the start: until a first follower "
+        "comes (at most the node's log_hold seconds) none of it is dropped, the command waiting "
+        "instead; else a machine nobody reads loses its oldest output beyond the log's bound",
+    )
     networks: list[str] | None = Field(
         None,
         max_length=4,
@@ -103,6 +109,7 @@ class MachineView(View):
     stdin: bool = False
     rows: int = 0
     cols: int = 0
+    hold_output: bool = False
     state: MachineState
     desired: Desired
     node: str | None = None

@@ -156,6 +156,7 @@ class Assignment(View):
     stdin: bool = False
     rows: int = 0  # the terminal's size at start (0: 24 x 80)
     cols: int = 0
+    hold_output: bool = False  # a client follows from the start: hold output for it (log_hold)
     stop_signal: str = ""
     stop_timeout: float = 10.0
     start_after: float = 0.0  # epoch seconds: a restart's backoff

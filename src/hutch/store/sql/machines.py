@@ -273,6 +273,7 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "stdin": s.stdin,
         "tty_rows": s.rows,
         "tty_cols": s.cols,
+        "hold_output": s.hold_output,
         "state": m.state.value,
         "desired": m.desired.value,
         "updated_at": m.updated_at,
