@@ -1,18 +1,17 @@
 """Volumes as the controller keeps them: a project's persistent disks on nodes, and their
 snapshots. What holds the bytes is a node's storage backend (`hutch.storage.backend`)."""
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from hutch.model import units
 from hutch.model.errors import Invalid
 
 GIB = 1 << 30
 FS = ("ext4", "none")
-MIN_SIZE = 1 << 20  # a volume of less than a MiB holds no ext4 worth having
+MIN_SIZE = 16 << 20  # room for ext4 and its journal
+BLOCK = 4096  # sizes are whole blocks of it
 MAX_SIZE = 16 << 40  # 16 TiB: a sparse file; far beyond a node is refused by the node
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 class VolumeState(StrEnum):
@@ -24,23 +23,20 @@ class VolumeState(StrEnum):
 
 
 def parse_size(text: str) -> int:
-    """Bytes of `10G`, `512M`, `1T`, `1048576`: binary units (G = GiB), as `qemu-img` and
-    Docker take them. Invalid, saying why, for anything else."""
-    m = _SIZE.match(text)
-    if not m:
-        raise Invalid(f"size {text!r} is not a size: a number with an optional K, M, G or T (10G)")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+    """Bytes of `10G`, `512M`, `1T`, or `10` (GiB when no unit): binary units, as `qemu-img`
+    and Docker take them. Invalid, saying why, for anything else."""
+    return units.parse_size(text, default_unit="g")
 
 
 def check_size(size_bytes: int) -> int:
     if size_bytes <= 0:
         raise Invalid(f"a volume's size must be more than 0 bytes, not {size_bytes}")
     if size_bytes < MIN_SIZE:
-        raise Invalid(f"a volume's size is at least 1M ({MIN_SIZE} bytes), not {size_bytes}")
+        raise Invalid(f"a volume's size is at least 16M ({MIN_SIZE} bytes), not {size_bytes}")
     if size_bytes > MAX_SIZE:
         raise Invalid(f"a volume's size is at most 16T, not {size_bytes} bytes")
-    if size_bytes % 512:
-        raise Invalid(f"a volume's size is a whole number of 512-byte sectors, not {size_bytes}")
+    if size_bytes % BLOCK:
+        raise Invalid(f"a volume's size is a whole number of 4 KiB blocks, not {size_bytes}")
     return size_bytes
 
 

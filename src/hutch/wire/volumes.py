@@ -6,14 +6,14 @@ from pydantic import Field
 
 from hutch.wire.common import INT64_MAX, Request, View
 
-Size = Field(ge=0, le=INT64_MAX, description="bytes (a whole number of 512-byte sectors)")
+Size = Field(ge=0, le=INT64_MAX, description="bytes (a whole number of 4 KiB blocks)")
 
 
 class VolumeCreate(Request):
     name: str = Field(min_length=1, max_length=63)
     size_bytes: int = Field(
         0, ge=0, le=INT64_MAX,
-        description="bytes (a whole number of 512-byte sectors); with `source`: at least the "
+        description="bytes (a whole number of 4 KiB blocks); with `source`: at least the "
         "source's size, 0 for the same",
     )  # fmt: skip
     fs: Literal["ext4", "none"] = Field("ext4", description="none: a raw block device")
