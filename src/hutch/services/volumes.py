@@ -315,6 +315,12 @@ class Volumes:
             state=VolumeState.CREATING, node_id=target.id, created_at=time.time(),
         )  # fmt: skip
         room = await self._reserve(project, volume)
+        if room <= 0:
+            await self._forget(volume)
+            raise QuotaExceeded(
+                f"project {project.name}'s volume quota (volume_gib) is used up: no room to "
+                "import a volume"
+            )
         try:
             info = await self.link.import_volume(target, volume.id, body, min(room, MAX_SIZE))
             async with self.store.write() as tx:
