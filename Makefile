@@ -99,6 +99,7 @@ bench: setup
 	$(PY) -m bench.scheduler
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.net
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.rules
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.volumes
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

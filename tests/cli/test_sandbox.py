@@ -147,3 +147,54 @@ def test_ls_and_rm_see_a_sandbox_another_process_runs(hutch: Hutch, busybox_root
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "failed" in err  # its watcher saw it die, and said so
     assert "busy" not in hutch("sandbox", "ls", "-a").stdout
+
+
+def _ext4(path: Path, mib: int = 32) -> Path:
+    with path.open("wb") as f:
+        f.truncate(mib << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize("runtime", ["microvm", "container"])
+def test_a_volume_keeps_data_between_runs_and_ro_refuses_writes(
+    hutch: Hutch, busybox_rootfs: Path, tmp_path: Path, runtime: str
+) -> None:
+    data, other = _ext4(tmp_path / "data.ext4"), _ext4(tmp_path / "other.ext4")
+    root = str(busybox_rootfs)
+    first = hutch(
+        "sandbox", "run", "--runtime", runtime, "-v", f"{data}:/data", root,
+        "--", "/bin/sh", "-c", "echo hello > /data/greeting",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    second = hutch(
+        "sandbox", "run", "--runtime", runtime, "-v", f"{data}:/data:ro", "-v", f"{other}:/rw",
+        root, "--", "/bin/sh", "-c", "cat /data/greeting; echo x > /data/y; echo y > /rw/y && "
+        "echo rw-ok",
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == "hello\nrw-ok\n"
+    assert "Read-only file system" in second.stderr
+
+
+@pytest.mark.parametrize(
+    ("volume", "message"),
+    [
+        ("{dir}/nope.ext4:/data", "nope.ext4 does not exist"),
+        ("{dir}:/data", "is not a file"),
+        ("{file}:data", "volume path 'data' is invalid"),
+        ("{file}:/", "volume path '/' is invalid"),
+        ("{file}:/data/../etc", "volume path '/data/../etc' is invalid"),
+        ("{file}:/data:rx", "unknown option"),
+    ],
+)
+def test_bad_volumes_are_one_clear_line(
+    hutch: Hutch, busybox_rootfs: Path, tmp_path: Path, volume: str, message: str
+) -> None:
+    file = tmp_path / "v.ext4"
+    file.write_bytes(b"")
+    arg = volume.format(dir=tmp_path, file=file)
+    result = hutch("sandbox", "run", "-v", arg, str(busybox_rootfs), "--", "/bin/true")
+    assert result.returncode == 125
+    line = one_clear_line(result.stderr)
+    assert line.startswith("hutch: ") and message in line, line

@@ -2,9 +2,11 @@
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,7 +17,13 @@ from hutch.agent.runtimes import RUNTIMES, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
 from hutch.cli.options import EnvOpt, UserOpt, WorkdirOpt
 from hutch.model.errors import Invalid
-from hutch.model.sandbox import Resources, SandboxState, Stream
+from hutch.model.sandbox import (
+    Resources,
+    SandboxState,
+    Stream,
+    VolumeMount,
+    validate_volume_target,
+)
 from hutch.model.units import parse_mib
 from hutch.runtime.driver import SandboxDriver
 
@@ -67,10 +75,21 @@ def run(
     stop_timeout: Annotated[
         float, typer.Option(help="Seconds from SIGTERM to kill on Ctrl-C.")
     ] = 10.0,
+    volume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--volume",
+            "-v",
+            metavar="FILE:PATH[:ro][:block]",
+            help="A raw file of this host (ext4 inside) mounted at PATH; :ro read-only, "
+            ":block as a block device at PATH instead. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Boot one sandbox, stream its output, exit with its exit code."""
     if runtime not in RUNTIMES:
         raise Invalid(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    volumes = tuple(parse_volume(v, i) for i, v in enumerate(volume or ()))
     argv = list(command or ())
     if argv[:1] == ["--"]:  # options end at ROOTFS, so click passes the separator through
         argv = argv[1:]
@@ -86,10 +105,47 @@ def run(
         ),
         sandbox_id=name,
     )
-    sys.exit(asyncio.run(_run(request, runtime, keep, stop_timeout)))
+    sys.exit(asyncio.run(_run(request, runtime, keep, stop_timeout, volumes)))
 
 
-async def _run(request: RunRequest, runtime: str, keep: bool, stop_timeout: float) -> int:
+def parse_volume(text: str, index: int) -> VolumeMount:
+    """FILE:PATH[:ro][:block] (options also comma-separated) as volume `vol<index>`."""
+    options: set[str] = set()
+    rest = text
+    while (cut := rest.rfind(":")) > 0 and not rest[cut + 1 :].startswith("/"):
+        words = set(rest[cut + 1 :].split(","))
+        if not words <= {"ro", "rw", "block"}:
+            if ":/" in rest[:cut]:  # FILE:PATH:WORD
+                raise Invalid(f"-v {text}: unknown option {rest[cut + 1 :]!r} (ro, rw or block)")
+            break  # FILE:WORD: a path that is not absolute, said below
+        options |= words
+        rest = rest[:cut]
+    file, sep, target = rest.rpartition(":")
+    if not sep or not file:
+        raise Invalid(f"-v {text}: give FILE:PATH, e.g. -v ./data.ext4:/data")
+    if {"ro", "rw"} <= options:
+        raise Invalid(f"-v {text}: ro or rw, not both")
+    path = Path(file).absolute()
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise Invalid(f"-v {text}: {file} {what}")
+    validate_volume_target(target)
+    return VolumeMount(
+        volume_id=f"vol{index}",
+        source=str(path),
+        target=target,
+        read_only="ro" in options,
+        fs="none" if "block" in options else "ext4",
+    )
+
+
+async def _run(
+    request: RunRequest,
+    runtime: str,
+    keep: bool,
+    stop_timeout: float,
+    volumes: tuple[VolumeMount, ...] = (),
+) -> int:
     settings = config.load()
     driver = open_driver(settings, runtime, log=_progress)
     started = time.monotonic()
@@ -100,6 +156,7 @@ async def _run(request: RunRequest, runtime: str, keep: bool, stop_timeout: floa
     if not done:  # first use of this root: unpacking and building its disk take a while
         _progress(f"preparing the root file system from {request.image} ...")
     spec, _ = await preparing
+    spec = dataclasses.replace(spec, volumes=volumes)
     if not done:
         _progress(f"root ready in {time.monotonic() - started:.1f} s (cached from now on)")
     try:

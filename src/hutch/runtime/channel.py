@@ -27,12 +27,15 @@ class T(IntEnum):
     EXIT_ACK = 5
     WINDOW = 6
     RESIZE = 7
+    FREEZE = 8  # payload: a mount point in the guest; answered by FS_DONE of the same id
+    THAW = 9
     STARTED = 17
     STDOUT = 18
     STDERR = 19
     EXIT = 20
     ERROR = 21
     STDIN_ACK = 22
+    FS_DONE = 23  # payload: u32 errno (0: done)
 
 
 class _Tag(IntEnum):

@@ -19,6 +19,7 @@ import os
 import resource
 import signal
 import socket
+import stat
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 from hutch.model import machine as model_machine
 from hutch.model.errors import Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats
-from hutch.runtime import host, mounts, scratch, seccomp
+from hutch.runtime import host, mounts, scratch, seccomp, volumes
 from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
 from hutch.runtime.host import HostOptions
 from hutch.runtime.ids import IdPool
@@ -201,6 +202,7 @@ class ContainerBackend:
             if opts.userns
             else None
         )
+        self._thaw_watchdogs: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -238,6 +240,7 @@ class ContainerBackend:
         if not Path(spec.rootfs).is_dir():
             raise Invalid(f"rootfs {spec.rootfs} does not exist or is not a directory")
         check_wired(spec, self.opts.host.network)
+        volumes.check_sources(spec)
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -262,8 +265,13 @@ class ContainerBackend:
                 self._layout.v2 is not None
                 or (self._layout.v1["memory"] / "memory.memsw.limit_in_bytes").exists()
             )
+            vol_mounts, vol_devices = await asyncio.to_thread(
+                self._mount_volumes, record, sdir, host_uid
+            )
             netns, etc = await self._plug(spec, sdir)
             config = oci_config(spec, self.opts, memsw, host_uid, netns=netns, etc=etc)
+            config["mounts"] += vol_mounts
+            config["linux"]["resources"]["devices"] += vol_devices
             (bundle / "config.json").write_text(json.dumps(config))
             try:
                 ref = await self._run(spec.id, sdir, lease.fd if lease is not None else None)
@@ -324,6 +332,63 @@ class ContainerBackend:
             "overlay", sdir.file("bundle") / "rootfs", "overlay", 0,
             f"lowerdir={lower},upperdir={rw / 'upper'},workdir={rw / 'work'}",
         )  # fmt: skip
+
+    def _mount_volumes(
+        self, record: SandboxRecord, sdir: SandboxDir, host_uid: int | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Each volume on a loop device of the node, as crun is to give it to the container: an
+        ext4 one mounted at sdir/vol<i> (idmapped at vol<i>.idmap in a user namespace: the
+        volume's files stay owned by the uids the workload sees), a raw one as the device node
+        sdir/vol<i>.dev. The OCI mounts binding them at their targets, and the devices to
+        allow. The loop device of a mount goes with it; a raw one's number is in
+        record.details (vol<i>.loop) for cleanup."""
+        binds: list[dict[str, Any]] = []
+        devices: list[dict[str, Any]] = []
+        userns = -1
+        try:
+            for i, vol in enumerate(record.spec.volumes):
+                ro = ["ro"] if vol.read_only else []
+                if vol.fs == "none":
+                    number = mounts.attach_loop(Path(vol.source), read_only=vol.read_only)
+                    record.details[f"vol{i}.loop"] = str(number)
+                    rdev = os.stat(f"/dev/loop{number}").st_rdev
+                    node = sdir.file(f"vol{i}.dev")
+                    node.unlink(missing_ok=True)
+                    os.mknod(node, stat.S_IFBLK | 0o660, rdev)
+                    if host_uid is not None:
+                        os.chown(node, host_uid, host_uid)  # the container's root's
+                    binds.append(_bind(vol.target, node, ["nosuid", "noexec", *ro]))
+                    devices.append(
+                        {
+                            "allow": True,
+                            "type": "b",
+                            "major": os.major(rdev),
+                            "minor": os.minor(rdev),
+                            "access": "r" if vol.read_only else "rw",
+                        }
+                    )
+                    continue
+                point = sdir.file(f"vol{i}")
+                point.mkdir(mode=0o700, exist_ok=True)
+                try:
+                    mounts.mount_loop(
+                        Path(vol.source), point, vol.fs, mounts.MS_NOSUID | mounts.MS_NODEV,
+                        read_only=vol.read_only, block_size=512,
+                    )  # fmt: skip
+                except Unavailable as e:
+                    raise Unavailable(f"volume {vol.volume_id} at {vol.target}: {e}") from e
+                if host_uid is not None:
+                    if userns < 0:
+                        userns = mounts.user_namespace(host_uid, USERNS_SIZE)
+                    shifted = sdir.file(f"vol{i}.idmap")
+                    shifted.mkdir(mode=0o700, exist_ok=True)
+                    mounts.bind_idmapped(point, shifted, userns)
+                    point = shifted
+                binds.append(_bind(vol.target, point, ["nosuid", "nodev", *ro]))
+        finally:
+            if userns >= 0:
+                os.close(userns)
+        return binds, devices
 
     async def _run(self, sandbox_id: str, sdir: SandboxDir, lease_fd: int | None) -> ProcessRef:
         """`crun run` the bundle, handing the guest agent its listening socket (and the lease)."""
@@ -406,11 +471,39 @@ class ContainerBackend:
             sdir.file("sys"),
         ):
             mounts.unmount(target)
+        for i in range(len(record.spec.volumes)):
+            # Unmounting the last of a volume's mounts frees its loop device (and writes back
+            # what the workload left in the node's cache).
+            mounts.unmount(sdir.file(f"vol{i}.idmap"))
+            mounts.unmount(sdir.file(f"vol{i}"))
+            sdir.file(f"vol{i}.dev").unlink(missing_ok=True)
+            if (loop := record.details.get(f"vol{i}.loop")) is not None:
+                mounts.detach_loop(int(loop))
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         await asyncio.to_thread(
             Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).remove
         )
         await self.opts.host.unplug(record.spec.id)
+
+    async def freeze_volume(
+        self, record: SandboxRecord, sdir: SandboxDir, index: int, frozen: bool
+    ) -> bool:
+        """The node's mount of the volume is the container's file system (one superblock):
+        freezing it freezes the container's writers. A watchdog thaws it if this process dies."""
+        point = sdir.file(f"vol{index}")
+        watchdogs = self._thaw_watchdogs
+        key = (record.spec.id, index)
+        if frozen:
+            await asyncio.to_thread(volumes.set_frozen, point, True)
+            watchdogs[key] = volumes.thaw_later(point)
+            return True
+        try:
+            await asyncio.to_thread(volumes.set_frozen, point, False)
+        finally:
+            if (dog := watchdogs.pop(key, None)) is not None:
+                dog.kill()
+                dog.wait()
+        return True
 
     def oom_killed(self, record: SandboxRecord) -> bool:
         cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id)
@@ -430,6 +523,15 @@ class ContainerBackend:
 
     def stats(self, record: SandboxRecord) -> Stats:
         return Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).stats()
+
+
+def _bind(target: str, source: Path, options: list[str]) -> dict[str, Any]:
+    return {
+        "destination": target,
+        "type": "bind",
+        "source": str(source),
+        "options": ["bind", *options],
+    }
 
 
 def _place_fds(fds: dict[int, int]) -> Callable[[], None]:

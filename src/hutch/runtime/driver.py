@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal as _signal
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +26,7 @@ from hutch.model.sandbox import (
     Stats,
     validate_sandbox_id,
 )
+from hutch.runtime import volumes
 from hutch.runtime.logs import follow_log, read_log
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord, check_state_root
@@ -34,6 +35,7 @@ from hutch.runtime.supervisor import ExecProcess, ProcessInput, Supervisor, Time
 log = logging.getLogger(__name__)
 
 KILL_GRACE = 5.0  # after SIGKILL through the guest agent, before the sandbox itself is killed
+POWER_OFF_GRACE = 3.0  # for an ended sandbox to go by itself before destroy kills it
 
 
 class RuntimeDriver(Protocol):
@@ -101,6 +103,15 @@ class RuntimeDriver(Protocol):
     async def recover(self) -> list[SandboxInfo]:
         """Re-adopt sandboxes left by an earlier host process; clean up those that died."""
 
+    def freeze(
+        self, sandbox_id: str, targets: Sequence[str]
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Inside the block, the file systems of the running sandbox's volumes mounted at
+        `targets` are frozen (FIFREEZE: flushed and consistent on the node's disk, writers
+        blocked); they thaw when it ends, however it ends, and by themselves after
+        volumes.FREEZE_MAX_S if this host process dies in between. Invalid for a target that is
+        no volume's (or one without a file system); Conflict unless running."""
+
     async def close(self) -> None:
         """Stop watching all sandboxes; they keep running."""
 
@@ -147,6 +158,12 @@ class Backend(Protocol):
     async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         """Remove what launch made (the process must be gone). Idempotent; safe after a
         launch that failed half way or was interrupted by a crash."""
+
+    async def freeze_volume(
+        self, record: SandboxRecord, sdir: SandboxDir, index: int, frozen: bool
+    ) -> bool:
+        """Freeze or thaw volume `index`'s file system from the node; False if only the guest
+        agent can (the node has no mount of it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +286,11 @@ class SandboxDriver:
         alive = ref is not None and ref.alive()
         if alive and not record.finished and not force:
             raise Conflict(f"sandbox {sandbox_id} is {record.state}: stop it first, or force")
+        if alive and record.finished and ref is not None:
+            # Its exit was acknowledged, so it is ending by itself (a micro-VM unmounts its
+            # volumes cleanly first): let it, for a moment, before killing it.
+            await _wait_gone(ref, POWER_OFF_GRACE)
+            alive = ref.alive()
         if alive:
             if sup is not None:
                 await sup.terminate("destroyed")
@@ -408,6 +430,32 @@ class SandboxDriver:
             self._sups[record.spec.id] = sup
             adopted.append(record.info())
         return adopted
+
+    @contextlib.asynccontextmanager
+    async def freeze(self, sandbox_id: str, targets: Sequence[str]) -> AsyncIterator[None]:
+        sup = self._get(sandbox_id)
+        record = sup.record
+        indexes = [volumes.find(record.spec, target) for target in targets]
+        if record.state is not SandboxState.RUNNING or sup.finished:
+            raise Conflict(f"sandbox {sandbox_id} is {record.state}, not running")
+        done: list[int] = []
+
+        async def set_frozen(index: int, frozen: bool) -> None:
+            if not await self.backend.freeze_volume(record, sup.dir, index, frozen):
+                target = record.spec.volumes[index].target
+                await sup.set_frozen(target, frozen, self._options.timeouts.answer)
+
+        try:
+            for index in indexes:
+                await set_frozen(index, True)
+                done.append(index)
+            yield
+        finally:
+            for index in reversed(done):
+                try:
+                    await set_frozen(index, False)
+                except (HutchError, OSError) as e:  # it thaws by itself before long
+                    log.warning("sandbox %s: thawing volume %d: %s", sandbox_id, index, e)
 
     async def close(self) -> None:
         for sup in self._sups.values():

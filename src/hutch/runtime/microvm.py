@@ -5,8 +5,8 @@ QEMU runs with as little as it needs: inside its own cgroup (guest memory plus m
 overhead, a pids limit, a CPU quota), as an unprivileged uid of its own, chrooted into an empty
 directory, under QEMU's seccomp sandbox, with no network, no shared folders and no files beyond
 its disks. Its sockets (guest agent, console, QMP) live in the sandbox's root-only directory: the
-guest has no path to them. Its own stderr is capped by RLIMIT_FSIZE, the guest's console by a ring
-log.
+guest has no path to them. Its own stderr is capped by a copier (`head -c`), the guest's console
+by a ring log.
 """
 
 import asyncio
@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import resource
 import signal
 import struct
 import subprocess
@@ -27,7 +26,7 @@ from qemu.qmp import QMPClient
 from hutch.model import machine as model_machine
 from hutch.model.errors import HutchError, Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats, Stream
-from hutch.runtime import host, scratch
+from hutch.runtime import host, scratch, volumes
 from hutch.runtime.accel import Accel
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.runtime.guest.build import GuestArtifacts
@@ -103,11 +102,13 @@ def qemu_command(
     jail: Path | None = None,
     scratch_direct: bool = True,
     tap_fds: tuple[int, ...] = (),
+    volumes_direct: tuple[bool, ...] | None = None,
 ) -> list[str]:
     """The QEMU command line for `spec`; sockets go in `sockets/` (guest agent, console, qmp), where
     the scratch and exit disks must be (`scratch.create`, `create_exit_disk`); `scratch_direct` if
     it takes O_DIRECT; `tap_fds`:
-    one open TAP per `spec.networks` entry, inherited by QEMU (it cannot open /dev/net/tun)."""
+    one open TAP per `spec.networks` entry, inherited by QEMU (it cannot open /dev/net/tun);
+    `volumes_direct`: per `spec.volumes` entry, whether its file takes O_DIRECT (default: all)."""
     res = spec.resources
     accel = opts.accel.name
     scratch_file = sockets / scratch.FILE_NAME
@@ -129,7 +130,7 @@ def qemu_command(
         "-initrd", str(opts.guest.initrd),
         "-append", kernel_cmdline(
             accel, spec.root_disk_format, opts.debug,
-            tuple(guest_net_params(spec, opts.mtu)),
+            (*guest_net_params(spec, opts.mtu), *filter(None, [volumes.boot_param(spec.volumes)])),
         ),
         # The guest agent finds the disks by serial (ROOT_SERIAL, SCRATCH_SERIAL in agent.c).
         "-drive", f"id=root,file={spec.root_disk},format=raw,if=none,readonly=on",
@@ -145,6 +146,22 @@ def qemu_command(
         "-serial", "chardev:console",
         "-qmp", f"unix:{sockets / 'qmp.sock'},server=on,wait=off",
     ]  # fmt: skip
+    # Volumes: QEMU opens their files (and locks them: a second writer's QEMU fails to start)
+    # as root before it chroots and drops to its uid, as it does the root disk. The default
+    # cache (writeback) passes the guest's flushes on as fdatasync: a guest's fsync is on the
+    # node's disk when it returns. Host I/O errors reach the guest as I/O errors.
+    direct = volumes_direct or (True,) * len(spec.volumes)
+    for index, (vol, odirect) in enumerate(zip(spec.volumes, direct, strict=True)):
+        drive = (
+            f"id=vol{index},file={_drive_path(vol.source)},format=raw,if=none,"
+            f"werror=report,rerror=report,cache.direct={'on' if odirect else 'off'}"
+        )
+        if vol.read_only:
+            drive += ",readonly=on"
+        args += [
+            "-drive", drive,
+            "-device", f"virtio-blk-device,drive=vol{index},serial={volumes.SERIAL.format(index)}",
+        ]  # fmt: skip
     # -M microvm has no hotplug: the NICs exist from boot (virtio-mmio, in this order: eth0...).
     for index, (fd, att) in enumerate(zip(tap_fds, spec.networks, strict=True)):
         args += [
@@ -161,6 +178,11 @@ def qemu_command(
     return args
 
 
+def _drive_path(path: str) -> str:
+    """A file name inside a -drive option (QEMU's option syntax doubles a comma)."""
+    return path.replace(",", ",,")
+
+
 class MicroVMBackend:
     name = "microvm"
 
@@ -170,6 +192,7 @@ class MicroVMBackend:
         self._qmp: dict[str, QMPClient] = {}
         self._shutdown_reason: dict[str, str] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._copiers: dict[str, subprocess.Popen[bytes]] = {}  # QEMU's stderr -> qemu.log
         self._uids = IdPool("vm-uid", opts.uid_base, opts.uid_count, directory=opts.host.id_dir)
 
     def capabilities(self) -> Capabilities:
@@ -205,6 +228,8 @@ class MicroVMBackend:
         if not Path(spec.root_disk).is_file():
             raise Invalid(f"root disk {spec.root_disk} does not exist")
         check_wired(spec, self.opts.host.network)
+        volumes.check_sources(spec)
+        volumes.boot_param(spec.volumes)  # Invalid if their paths do not fit the command line
 
     # -- launch --------------------------------------------------------------------------------
 
@@ -249,8 +274,23 @@ class MicroVMBackend:
         args = qemu_command(
             spec, self.opts, sdir.path, uid=uid, jail=jail, scratch_direct=scratch.direct_io(disk),
             tap_fds=tuple(taps),
+            volumes_direct=tuple(scratch.direct_io(Path(v.source)) for v in spec.volumes),
         )  # fmt: skip
-        stderr = sdir.file("qemu.log").open("ab")
+        # QEMU's stderr reaches qemu.log through a pipe and a copier that stops after
+        # QEMU_STDERR_MAX bytes (QEMU ignores SIGPIPE: what it writes after that is lost). Not
+        # RLIMIT_FSIZE: that limit holds for every file QEMU writes, its disks too, and a guest
+        # write past it would fail with EIO.
+        with sdir.file("qemu.log").open("ab") as log_file:
+            copier = subprocess.Popen(  # noqa: ASYNC220 (fork+exec: returns at once)
+                ["head", "-c", str(QEMU_STDERR_MAX)],
+                stdin=subprocess.PIPE,
+                stdout=log_file,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # lives as long as QEMU, not this process
+            )
+        assert copier.stdin is not None
+        stderr = copier.stdin
+        self._copiers[spec.id] = copier
         try:
             proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec: returns at once)
                 args,
@@ -267,6 +307,7 @@ class MicroVMBackend:
             lease.close()
             await self.opts.host.unplug(spec.id)
             cgroup.remove()
+            self._reap_copier(spec.id)
             raise Unavailable(f"cannot start {self.opts.qemu}: {e}") from e
         finally:
             stderr.close()
@@ -282,6 +323,7 @@ class MicroVMBackend:
             if proc.poll() is not None:
                 cgroup.remove()
                 await self.opts.host.unplug(spec.id)
+                await asyncio.to_thread(self._reap_copier, spec.id)  # qemu.log is whole
                 raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}")
             await asyncio.sleep(0.002)
         if ref is None:
@@ -350,9 +392,25 @@ class MicroVMBackend:
         child = self._children.pop(record.spec.id, None)
         if child is not None:
             child.wait()
+        await asyncio.to_thread(self._reap_copier, record.spec.id)
         sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
         sdir.file(EXIT_FILE).unlink(missing_ok=True)
         await self.opts.host.unplug(record.spec.id)
+
+    def _reap_copier(self, sandbox_id: str) -> None:
+        """Wait for the stderr copier of a QEMU that is gone (it ends at the pipe's end)."""
+        copier = self._copiers.pop(sandbox_id, None)
+        if copier is not None:
+            try:
+                copier.wait(5)
+            except subprocess.TimeoutExpired:
+                copier.kill()
+                copier.wait()
+
+    async def freeze_volume(
+        self, record: SandboxRecord, sdir: SandboxDir, index: int, frozen: bool
+    ) -> bool:
+        return False  # mounted in the guest only: its guest agent freezes it
 
     async def sweep(self) -> list[str]:
         """End this host's VMs (of any hutch process) whose sandbox directory is gone: nothing
@@ -441,7 +499,7 @@ def _signal_name(number: int) -> str:
 
 def _child_setup(procs_files: list[str], huge_pages: bool) -> Callable[[], None]:
     """Runs in the forked child before exec: join the cgroup first, so every byte QEMU allocates
-    is charged to it; cap what QEMU can write to its stderr file; no THP unless asked."""
+    is charged to it; no THP unless asked."""
 
     def setup() -> None:
         pid = str(os.getpid()).encode()
@@ -451,8 +509,5 @@ def _child_setup(procs_files: list[str], huge_pages: bool) -> Callable[[], None]
             os.close(fd)
         if not huge_pages:  # inherited across exec, unlike madvise
             _libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (QEMU_STDERR_MAX, QEMU_STDERR_MAX))
-        # Ignored, SIGXFSZ turns an over-long write into EFBIG instead of killing QEMU.
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     return setup

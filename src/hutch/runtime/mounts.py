@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from hutch.model.errors import Unavailable
@@ -20,6 +21,8 @@ CLONE_NEWNET = 0x40000000
 MNT_DETACH = 2
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
+LOOP_CLR_FD = 0x4C01
+LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4  # the device lets go of its file when the last user (the mount) does
 LO_FLAGS_DIRECT_IO = 16  # no second copy of the file system's pages in the host's page cache
 
@@ -51,10 +54,63 @@ def mount(source: str, target: Path, fstype: str, flags: int = 0, data: str = ""
         raise Unavailable(f"mount {fstype} on {target}: {os.strerror(err)}")
 
 
-def mount_loop(image: Path, target: Path, fstype: str, flags: int = 0, data: str = "") -> None:
+def mount_loop(
+    image: Path,
+    target: Path,
+    fstype: str,
+    flags: int = 0,
+    data: str = "",
+    *,
+    read_only: bool = False,
+    block_size: int = 4096,
+) -> None:
     """Mount the file system in the file `image` through a loop device that goes away with the
-    mount (however it is unmounted) and does direct I/O to the file where its disk allows."""
-    backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+    mount (however it is unmounted) and does direct I/O to the file where its disk allows;
+    `read_only`: the device itself refuses writes (and the mount is read-only); `block_size`:
+    the device's logical block size (a file system of smaller blocks cannot be mounted on it)."""
+    if read_only:
+        flags |= MS_RDONLY
+
+    def use(device: str) -> None:
+        mount(device, target, fstype, flags, data)  # closing the loop fd then frees it if not
+
+    flags_ = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_READ_ONLY if read_only else 0)
+    _with_loop(image, flags_, block_size, use)
+
+
+def attach_loop(image: Path, read_only: bool = False, block_size: int = 512) -> int:
+    """A loop device on `image` that stays until `detach_loop` (no mount holds it: a raw
+    block device given to a container); its number."""
+    taken: list[int] = []
+    _with_loop(
+        image,
+        LO_FLAGS_READ_ONLY if read_only else 0,
+        block_size,
+        lambda device: taken.append(int(device.removeprefix("/dev/loop"))),
+    )
+    return taken[0]
+
+
+def detach_loop(number: int) -> None:
+    """Let go of loop device `number`'s file (nothing if it has none)."""
+    try:
+        fd = os.open(f"/dev/loop{number}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.ioctl(fd, LOOP_CLR_FD)
+    except OSError as e:
+        if e.errno != errno.ENXIO:  # not bound
+            raise Unavailable(f"cannot free /dev/loop{number}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+
+
+def _with_loop(image: Path, flags: int, block_size: int, use: Callable[[str], None]) -> None:
+    """Bind a free loop device to `image` with `flags` (direct I/O added where it works) and
+    call `use` with its path while our descriptor of it is open."""
+    read_only = bool(flags & LO_FLAGS_READ_ONLY)
+    backing = os.open(image, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
     try:
         for _ in range(100):  # another process may configure the free device first: take the next
             control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
@@ -63,11 +119,11 @@ def mount_loop(image: Path, target: Path, fstype: str, flags: int = 0, data: str
             finally:
                 os.close(control)
             device = f"/dev/loop{number}"
-            loop = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+            loop = os.open(device, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
             try:
-                if not _configure(loop, backing):
+                if not _configure(loop, backing, flags, block_size):
                     continue
-                mount(device, target, fstype, flags, data)  # closing `loop` below frees it if not
+                use(device)
                 return
             finally:
                 os.close(loop)
@@ -76,13 +132,13 @@ def mount_loop(image: Path, target: Path, fstype: str, flags: int = 0, data: str
         os.close(backing)
 
 
-def _configure(loop: int, backing: int) -> bool:
+def _configure(loop: int, backing: int, base: int, block_size: int) -> bool:
     """Bind the loop device to the file; False if another process took the device first."""
-    for flags in (LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO, LO_FLAGS_AUTOCLEAR):
+    for flags in (base | LO_FLAGS_DIRECT_IO, base):
         # struct loop_config: fd, block_size, struct loop_info64 (lo_flags is its 9th field), and
         # reserved space.
         info = struct.pack("=5Q4I64s64s32s2Q", 0, 0, 0, 0, 0, 0, 0, 0, flags, b"", b"", b"", 0, 0)
-        config = struct.pack("=II", backing, 4096) + info + bytes(64)
+        config = struct.pack("=II", backing, block_size) + info + bytes(64)
         try:
             fcntl.ioctl(loop, LOOP_CONFIGURE, config)
         except OSError as e:
@@ -176,6 +232,17 @@ def unmount(target: Path) -> None:
         if _libc.umount2(str(target).encode(), MNT_DETACH) != 0:
             err = ctypes.get_errno()
             raise Unavailable(f"umount {target}: {os.strerror(err)}")
+
+
+def unmount_under(root: Path) -> None:
+    """Detach every mount at or below `root`, deepest first: what deletes the tree after this
+    never reaches into a file system that is not the tree's own (a volume's data)."""
+    prefix = str(root).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4].replace("\\040", " ") for line in f}
+    inside = (p for p in points if p == str(root) or p.startswith(prefix))
+    for point in sorted(inside, reverse=True):
+        unmount(Path(point))
 
 
 def is_mounted(target: Path) -> bool:

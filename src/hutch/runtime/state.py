@@ -27,7 +27,9 @@ from hutch.model.sandbox import (
     SandboxSpec,
     SandboxState,
     User,
+    VolumeMount,
 )
+from hutch.runtime import mounts
 from hutch.runtime.procs import ProcessRef
 
 UNIX_PATH_MAX = 107
@@ -91,6 +93,7 @@ class SandboxRecord:
             for a in spec.get("networks", ())
         )
         spec["ports"] = tuple(PortMapping(**p) for p in spec.get("ports", ()))
+        spec["volumes"] = tuple(VolumeMount(**v) for v in spec.get("volumes", ()))
         exit_ = data.get("exit")
         return SandboxRecord(
             spec=SandboxSpec(**spec),
@@ -173,6 +176,8 @@ class SandboxDir:
 
     def remove(self) -> None:
         self.unlock()
+        if self.path.exists():
+            mounts.unmount_under(self.path)  # never delete inside a volume mounted there
         shutil.rmtree(self.path, ignore_errors=True)
 
 

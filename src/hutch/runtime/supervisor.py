@@ -8,6 +8,7 @@ the host process dies, the sandbox keeps running and a new Supervisor picks it u
 
 import asyncio
 import contextlib
+import os
 import random
 import signal as _signal
 import time
@@ -214,6 +215,7 @@ class Supervisor:
         self._log: LogWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._execs: dict[int, ExecProcess] = {}
+        self._fs_requests: dict[int, asyncio.Future[int]] = {}  # FREEZE/THAW awaiting FS_DONE
         # Ids from an earlier host process may still be live in the guest: start elsewhere.
         self._next_exec = random.randrange(2, 1 << 30)
         self._main_error = ""
@@ -304,6 +306,30 @@ class Supervisor:
         await self.send(T.EXEC, proc_id, encode_process(spec))
         return proc
 
+    async def set_frozen(self, path: str, frozen: bool, timeout: float) -> None:
+        """Have the guest agent freeze (FIFREEZE) or thaw the file system mounted at `path` in
+        the guest; Unavailable if it refuses or does not answer within `timeout`. A freeze the
+        guest agent hears no THAW for ends by itself (FREEZE_MAX_MS in agent.c)."""
+        if self.record.state is not SandboxState.RUNNING or self.finished:
+            raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not running")
+        req = self._next_exec
+        self._next_exec += 1
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._fs_requests[req] = done
+        try:
+            await self.send(T.FREEZE if frozen else T.THAW, req, path.encode())
+            err = await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"the guest agent of {self.record.spec.id} did not answer a "
+                f"{'freeze' if frozen else 'thaw'} of {path} within {timeout:g} s"
+            ) from None
+        finally:
+            self._fs_requests.pop(req, None)
+        if err:
+            what = "freeze" if frozen else "thaw"
+            raise Unavailable(f"the guest could not {what} {path}: {os.strerror(err)}")
+
     async def wait(self, timeout: float | None = None) -> ExitStatus:
         await asyncio.wait_for(self._exited.wait(), timeout)
         assert self.record.exit is not None
@@ -379,6 +405,11 @@ class Supervisor:
             return
 
     async def _dispatch(self, frame: Frame) -> None:
+        request = self._fs_requests.get(frame.id)
+        if request is not None:
+            if frame.type == T.FS_DONE and not request.done():
+                request.set_result(decode_u32(frame.payload) if len(frame.payload) == 4 else 5)
+            return
         if frame.id == 1:
             await self._main_frame(frame)
             return

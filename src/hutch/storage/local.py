@@ -89,6 +89,7 @@ END = (1 << 64) - 1
 MAX_RECORD = 1 << 20
 CHUNK = 1 << 20  # bytes read from the file at once
 _ZERO = bytes(BLOCK)
+_ZERO_CHUNK = bytes(CHUNK)
 
 
 def reflinks(directory: Path) -> bool:
@@ -240,6 +241,13 @@ class _Reader:
         self._buf = bytearray()
 
     def read(self, n: int, what: str) -> bytes:
+        if not self._buf:  # the common case: records arrive as they were sent, copy nothing
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                raise Invalid(f"the image is truncated: it ends inside {what}")
+            if len(chunk) == n:
+                return bytes(chunk)
+            self._buf += chunk
         while len(self._buf) < n:
             chunk = next(self._chunks, None)
             if chunk is None:
@@ -276,18 +284,17 @@ def _data_runs(fd: int, size: int) -> Iterator[tuple[int, bytes]]:
             data = os.pread(fd, n, off)
             if len(data) != n:
                 raise Unavailable("the volume changed size while being exported")
-            if data.count(0) != n:  # some data in it: send its non-zero blocks
-                view = memoryview(data)
+            if data != (_ZERO_CHUNK if n == CHUNK else bytes(n)):  # some data: its blocks
                 run_start = -1
                 for b in range(0, n, BLOCK):
-                    if view[b : b + BLOCK] == _ZERO[: min(BLOCK, n - b)]:
+                    if data.startswith(_ZERO[: n - b], b):  # an all-zero block (or tail)
                         if run_start >= 0:
                             yield off + run_start, data[run_start:b]
                             run_start = -1
                     elif run_start < 0:
                         run_start = b
                 if run_start >= 0:
-                    yield off + run_start, data[run_start:]
+                    yield off + run_start, data if run_start == 0 else data[run_start:]
             off += n
 
 
@@ -297,13 +304,15 @@ def export_stream(path: Path, fs: Fs) -> Iterator[bytes]:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead
         stream = hashlib.sha256()
         header = HEADER.pack(MAGIC, VERSION, 0, size, fs.encode())
         stream.update(header)
         yield header
         for offset, data in _data_runs(fd, size):
-            head = struct.pack(">QI", offset, len(data))
-            record = RECORD.pack(offset, len(data), hashlib.sha256(head + data).digest())
+            digest = hashlib.sha256(struct.pack(">QI", offset, len(data)))
+            digest.update(data)
+            record = RECORD.pack(offset, len(data), digest.digest())
             stream.update(record)
             yield record
             yield data
@@ -348,7 +357,9 @@ def _import_records(fd: int, reader: _Reader, header: bytes, size: int) -> None:
                 f"volume's {size} bytes or before the previous one"
             )
         data = reader.read(length, "a record's data")
-        if hashlib.sha256(record[:12] + data).digest() != digest:
+        check = hashlib.sha256(record[:12])
+        check.update(data)
+        if check.digest() != digest:
             raise Invalid(f"the image is corrupted: the record at offset {offset} fails its digest")
         stream.update(record)
         if os.pwrite(fd, data, offset) != length:

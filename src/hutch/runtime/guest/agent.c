@@ -46,6 +46,13 @@
 #define ROOT_SERIAL "hutch-root"       /* the disks' serials, as runtime/microvm.py names them */
 #define SCRATCH_SERIAL "hutch-scratch"
 #define EXIT_SERIAL "hutch-exit"       /* one block where an exit waits for a host that is away */
+#define VOL_SERIAL "hutch-vol-%d"      /* volume i of hutch.vols (runtime/volumes.py) */
+#define MAX_VOLS 16
+/* A file system frozen for a snapshot thaws by itself after this long: a host that died (or
+ * forgot) between FREEZE and THAW must not leave the workload's writers blocked for ever. */
+#define FREEZE_MAX_MS 10000
+#define FIFREEZE _IOWR('X', 119, int) /* <linux/fs.h>, whose other names clash with libc's */
+#define FITHAW _IOWR('X', 120, int)
 #define EXIT_MAGIC "HUTCHEXT"
 #define SYN_MAGIC "HUTCHSYN"
 #define ACK_MAGIC "HUTCHACK"
@@ -69,7 +76,9 @@
 
 enum {
     T_RUN = 1, T_EXEC = 2, T_STDIN = 3, T_SIGNAL = 4, T_EXIT_ACK = 5, T_WINDOW = 6, T_RESIZE = 7,
+    T_FREEZE = 8, T_THAW = 9,
     T_STARTED = 17, T_STDOUT = 18, T_STDERR = 19, T_EXIT = 20, T_ERROR = 21, T_STDIN_ACK = 22,
+    T_FS_DONE = 23,
 };
 enum {
     S_ARG = 1, S_ENV = 2, S_CWD = 3, S_UID = 4, S_GID = 5, S_GROUP = 6, S_STDIN = 7, S_HOST = 8,
@@ -103,6 +112,7 @@ static uint64_t away_since;   /* when the ended workload was first seen with no 
 static unsigned char inbuf[INBUF_CAP];
 static size_t inlen;
 static struct proc procs[MAX_PROCS];
+static struct frozen { int fd; uint64_t since; char path[256]; } frozen[MAX_VOLS];
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -181,11 +191,31 @@ static void save_exit(const struct proc *p) {
         logmsg("saving the exit status: %s", strerror(errno));
 }
 
+static char vol_mounts[MAX_VOLS][256]; /* the volumes' mount points, as the workload sees them */
+static int nvol_mounts;
+static void thaw_all(void);
+
+/* Volumes unmounted (their journals clean) before the power goes: the next sandbox mounts them
+ * at once, read-only ones too. The workload is killed and reaped first, so none is busy. */
+static void unmount_volumes(void) {
+    if (!nvol_mounts) return;
+    thaw_all();
+    uint64_t start = now_ms();
+    while (waitpid(-1, NULL, WNOHANG) >= 0 || errno == EINTR) {
+        if (now_ms() - start > 2000) break; /* a process stuck in the kernel: detach below */
+        usleep(1000);
+    }
+    for (int i = nvol_mounts - 1; i >= 0; i--)
+        if (umount2(vol_mounts[i], 0) < 0 && umount2(vol_mounts[i], MNT_DETACH) < 0)
+            logmsg("unmounting %s: %s", vol_mounts[i], strerror(errno));
+}
+
 static void power_off(void) {
     if (!vm_mode) exit(0);
     struct proc *m = proc_by_id(1);
     if (m && m->exited && !m->pid && !m->exit_acked) save_exit(m); /* no host has stored it */
     kill(-1, SIGKILL);
+    unmount_volumes();
     sync();
     reboot(RB_POWER_OFF);
     for (;;) pause();
@@ -271,8 +301,11 @@ static void wait_away(void) {
 }
 
 /* Block until the handshake with a (new) host is done, then resend unacknowledged exits. */
+static int thaw_overdue(void);
+
 static void chan_sync(void) {
     while (need_sync) {
+        thaw_overdue(); /* a host that went away while a volume was frozen */
         if (!vm_mode && chan < 0) chan_accept();
         if (vm_mode && !port_connected()) {
             wait_away();
@@ -703,6 +736,82 @@ static void write_stdin(struct proc *p) {
     }
 }
 
+/* ---- freezing a volume's file system (FREEZE / THAW, for the host's snapshots) ------------ */
+
+static void fs_done(uint32_t id, int err) {
+    unsigned char b[4];
+    put32(b, (uint32_t)err);
+    send_frame(T_FS_DONE, id, b, 4);
+}
+
+static void thaw(struct frozen *f) {
+    if (ioctl(f->fd, FITHAW, 0) < 0 && errno != EINVAL) /* EINVAL: not frozen (any more) */
+        logmsg("thawing %s: %s", f->path, strerror(errno));
+    close(f->fd);
+    f->fd = 0;
+}
+
+/* FREEZE: payload the mount point, as the workload sees it; the answer is FS_DONE with errno. */
+static void freeze(uint32_t id, const unsigned char *pl, uint32_t len) {
+    char path[256];
+    struct frozen *slot = NULL;
+    if (len == 0 || len >= sizeof path) { fs_done(id, ENAMETOOLONG); return; }
+    memcpy(path, pl, len);
+    path[len] = 0;
+    for (int i = 0; i < MAX_VOLS; i++) {
+        if (frozen[i].fd && strcmp(frozen[i].path, path) == 0) { fs_done(id, EBUSY); return; }
+        if (!frozen[i].fd && !slot) slot = &frozen[i];
+    }
+    if (!slot) { fs_done(id, EMFILE); return; }
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) { fs_done(id, errno); return; }
+    if (ioctl(fd, FIFREEZE, 0) < 0) {
+        int e = errno;
+        close(fd);
+        fs_done(id, e);
+        return;
+    }
+    slot->fd = fd;
+    slot->since = now_ms();
+    snprintf(slot->path, sizeof slot->path, "%s", path);
+    fs_done(id, 0);
+}
+
+static void thaw_all(void) {
+    for (int i = 0; i < MAX_VOLS; i++)
+        if (frozen[i].fd) thaw(&frozen[i]);
+}
+
+static void thaw_path(uint32_t id, const unsigned char *pl, uint32_t len) {
+    for (int i = 0; i < MAX_VOLS; i++) {
+        struct frozen *f = &frozen[i];
+        if (f->fd && strlen(f->path) == len && memcmp(f->path, pl, len) == 0) {
+            thaw(f);
+            fs_done(id, 0);
+            return;
+        }
+    }
+    fs_done(id, EINVAL);
+}
+
+/* Thaw what has been frozen too long; the poll timeout until the next one is due (-1: none). */
+static int thaw_overdue(void) {
+    int next = -1;
+    for (int i = 0; i < MAX_VOLS; i++) {
+        struct frozen *f = &frozen[i];
+        if (!f->fd) continue;
+        uint64_t held = now_ms() - f->since;
+        if (held >= FREEZE_MAX_MS) {
+            logmsg("%s was frozen for %d s with no THAW: thawing it", f->path, FREEZE_MAX_MS / 1000);
+            thaw(f);
+            continue;
+        }
+        int left = (int)(FREEZE_MAX_MS - held);
+        if (next < 0 || left < next) next = left;
+    }
+    return next;
+}
+
 static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_t len) {
     struct proc *p = proc_by_id(id);
     switch (type) {
@@ -750,6 +859,12 @@ static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_
                                  .ws_col = (unsigned short)(pl[2] << 8 | pl[3])};
             ioctl(p->pty, TIOCSWINSZ, &ws); /* the kernel sends SIGWINCH to the foreground job */
         }
+        break;
+    case T_FREEZE:
+        freeze(id, pl, len);
+        break;
+    case T_THAW:
+        thaw_path(id, pl, len);
         break;
     case T_WINDOW:
         if (p && len == 4) {
@@ -843,6 +958,8 @@ static void serve(void) {
             if (now_ms() - exit_wait_since > EXIT_ACK_TIMEOUT_MS) power_off();
             timeout = 500;
         }
+        int thaw_in = thaw_overdue();
+        if (thaw_in >= 0 && (timeout < 0 || thaw_in < timeout)) timeout = thaw_in;
         if (need_sync) continue;
         if (poll(pf, n, timeout) < 0 && errno != EINTR) {
             logmsg("poll: %s", strerror(errno));
@@ -870,7 +987,7 @@ static void serve(void) {
 static char cmdline[4096];
 
 static const char *boot_param(const char *key) {
-    static char val[256];
+    static char val[sizeof cmdline];
     size_t kl = strlen(key);
     for (char *p = cmdline; (p = strstr(p, key)); p += kl) {
         if (p != cmdline && p[-1] != ' ') continue;
@@ -1129,6 +1246,46 @@ static void net_setup(void) {
     put_file("/newroot/etc/hosts", text);
 }
 
+/* hutch.vols=<i>:<ro|rw>:<ext4|none>:<target>,... (runtime/volumes.py): disk i (serial
+ * hutch-vol-<i>) mounted at target, or for "none" a block device node there, under the new root
+ * before the workload starts. Targets are absolute, of [A-Za-z0-9_.@+-/] only (the host
+ * validated them). Any failure fails the sandbox, naming the volume. */
+static void mount_volumes(void) {
+    const char *p = boot_param("hutch.vols");
+    if (!p || !*p) return;
+    char list[sizeof cmdline];
+    snprintf(list, sizeof list, "%s", p);
+    for (char *save, *e = strtok_r(list, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
+        int index;
+        char mode[4], fs[8], target[256], serial[32], dev[64], dir[300];
+        if (sscanf(e, "%d:%3[a-z]:%7[a-z0-9]:%255s", &index, mode, fs, target) != 4 ||
+            target[0] != '/' || index < 0 || index >= MAX_VOLS)
+            fatal("hutch.vols: malformed entry %s", e);
+        int ro = strcmp(mode, "ro") == 0;
+        snprintf(serial, sizeof serial, VOL_SERIAL, index);
+        if (!find_device("/sys/block", "vd", "serial", serial, dev, sizeof dev))
+            fatal("volume %d (%s): its disk %s did not appear", index, target, serial);
+        snprintf(dir, sizeof dir, "/newroot%s", target);
+        if (strcmp(fs, "none") == 0) {
+            struct stat st;
+            char *slash = strrchr(dir, '/');
+            *slash = 0;
+            if (make_dirs(dir) < 0) fatal("volume %d: mkdir %s: %s", index, dir, strerror(errno));
+            *slash = '/';
+            unlink(dir);
+            if (stat(dev, &st) < 0 || mknod(dir, S_IFBLK | 0660, st.st_rdev) < 0)
+                fatal("volume %d: device node at %s: %s", index, target, strerror(errno));
+            continue;
+        }
+        if (make_dirs(dir) < 0) fatal("volume %d: mkdir %s: %s", index, target, strerror(errno));
+        unsigned long flags = MS_NOSUID | MS_NODEV | (ro ? MS_RDONLY : 0);
+        if (mount(dev, dir, fs, flags, NULL) < 0)
+            fatal("volume %d: mounting it (%s, %s) at %s: %s", index, fs, ro ? "ro" : "rw",
+                  target, strerror(errno));
+        snprintf(vol_mounts[nvol_mounts++], sizeof vol_mounts[0], "%s", target);
+    }
+}
+
 static void vm_boot(void) {
     mkdir("/dev", 0755);
     mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
@@ -1166,6 +1323,7 @@ static void vm_boot(void) {
     make_dev();
     mkdir("/newroot/tmp", 01777);
     mkdir("/newroot/run", 0755);
+    mount_volumes();
     net_setup();
     if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
         chdir("/") < 0)
