@@ -111,7 +111,7 @@ def snapshot(
         typer.Argument(
             metavar="VOLUME | ls VOLUME | rm VOLUME SNAPSHOT",
             help="VOLUME: take a snapshot of it; ls VOLUME: its snapshots; rm VOLUME "
-            "SNAPSHOT: delete one. (A volume named ls or rm: take with --of.)",
+            "SNAPSHOT: delete one. (A snapshot of a volume named ls or rm: use its id.)",
         ),
     ],
     name: Annotated[str, typer.Option(help="The snapshot's name (default: from the time).")] = "",
