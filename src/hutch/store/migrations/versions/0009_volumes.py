@@ -8,8 +8,8 @@ from alembic import op
 
 from hutch.store.migrations.columns import add_columns, drop_columns
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 
 # (table, column) of each index that upgrade makes and downgrade drops, in creation order.
 INDEXES = (
