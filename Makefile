@@ -13,10 +13,11 @@ BUSYBOX_ROOT := $(CACHE_DIR)/busybox-rootfs
 KERNEL_PACKAGE := linux-image-cloud-amd64
 # Runtime: qemu, crun, nftables (the node's filtering and NAT, driven through `nft -j`), guest build (gcc, kmod, lz4, busybox), root disks (erofs-utils, e2fsprogs), volumes (xfsprogs: a reflink pool where the state dir has none);
 # tests and benchmarks: a local registry (docker-registry), skopeo and umoci to compare against,
-# PostgreSQL (the tests start their own throwaway clusters).
+# PostgreSQL (the tests start their own throwaway clusters), libsqlite3-dev (its libsqlite3.a: a
+# static SQLite workload on a volume in the guest).
 APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsprogs xfsprogs kmod lz4 zstd \
 	gcc libc6-dev python3 python3-venv python3-dev iproute2 nftables util-linux cpio ca-certificates \
-	docker-registry skopeo umoci postgresql-15 wrk
+	docker-registry skopeo umoci postgresql-15 wrk libsqlite3-dev
 PYTEST_ARGS ?=
 PORT ?= 7878
 
