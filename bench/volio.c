@@ -1,12 +1,12 @@
 /* bench/volumes.py's I/O probe, built static at set-up and run inside guests, containers and on
- * the node alike:  volio FILE MIB OPS
+ * the node alike:  volio FILE MIB OPS PASSES
  * FILE is made MIB MiB long with its blocks written (untimed, only if it is not that size yet:
  * each timed write then overwrites blocks that exist, in every run alike). Then, with O_DIRECT
  * (no page cache of the guest, container or node in the way), timed on CLOCK_MONOTONIC:
- *   write  MIB MiB in 1 MiB writes from the start, then fdatasync;
- *   read   the same back in 1 MiB reads;
+ *   write  MIB MiB in 1 MiB writes from the start, then fdatasync; PASSES times;
+ *   read   the same back in 1 MiB reads, PASSES times;
  *   rand   OPS reads of 4 KiB at random 4 KiB-aligned offsets (the same offsets every run).
- * Prints one line: "volio write_s W read_s R rand_s Q bytes B ops N". */
+ * Prints one line: "volio write_s W read_s R rand_s Q bytes B passes P ops N". */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdint.h>
@@ -46,14 +46,14 @@ static void prepare(const char *path, off_t size, const char *buf) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: volio FILE MIB OPS\n");
+    if (argc != 5) {
+        fprintf(stderr, "usage: volio FILE MIB OPS PASSES\n");
         return 2;
     }
     const char *path = argv[1];
-    long mib = atol(argv[2]), ops = atol(argv[3]);
-    if (mib <= 0 || ops <= 0) {
-        fprintf(stderr, "volio: MIB and OPS must be positive\n");
+    long mib = atol(argv[2]), ops = atol(argv[3]), passes = atol(argv[4]);
+    if (mib <= 0 || ops <= 0 || passes <= 0) {
+        fprintf(stderr, "volio: MIB, OPS and PASSES must be positive\n");
         return 2;
     }
     off_t size = (off_t)mib * BLOCK;
@@ -71,17 +71,20 @@ int main(int argc, char **argv) {
         die("open O_DIRECT");
 
     double t = now();
-    for (off_t at = 0; at < size; at += BLOCK)
-        if (pwrite(fd, buf, BLOCK, at) != BLOCK)
-            die("write");
-    if (fdatasync(fd) < 0)
-        die("fdatasync");
+    for (long pass = 0; pass < passes; pass++) {
+        for (off_t at = 0; at < size; at += BLOCK)
+            if (pwrite(fd, buf, BLOCK, at) != BLOCK)
+                die("write");
+        if (fdatasync(fd) < 0)
+            die("fdatasync");
+    }
     double write_s = now() - t;
 
     t = now();
-    for (off_t at = 0; at < size; at += BLOCK)
-        if (pread(fd, buf, BLOCK, at) != BLOCK)
-            die("read");
+    for (long pass = 0; pass < passes; pass++)
+        for (off_t at = 0; at < size; at += BLOCK)
+            if (pread(fd, buf, BLOCK, at) != BLOCK)
+                die("read");
     double read_s = now() - t;
 
     uint64_t pages = (uint64_t)size / PAGE, r = 0x2545F4914F6CDD1Dull;
@@ -93,7 +96,7 @@ int main(int argc, char **argv) {
     }
     double rand_s = now() - t;
     close(fd);
-    printf("volio write_s %.6f read_s %.6f rand_s %.6f bytes %lld ops %ld\n", write_s, read_s,
-           rand_s, (long long)size, ops);
+    printf("volio write_s %.6f read_s %.6f rand_s %.6f bytes %lld passes %ld ops %ld\n", write_s,
+           read_s, rand_s, (long long)size, passes, ops);
     return 0;
 }
