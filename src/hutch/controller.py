@@ -28,6 +28,7 @@ from hutch.services.retention import Retention
 from hutch.services.scheduling import Scheduler
 from hutch.services.streams import Streams
 from hutch.services.tenancy import Tenancy
+from hutch.services.volumes import Volumes
 from hutch.store import open_store
 from hutch.store.base import Store
 
@@ -49,6 +50,7 @@ class Controller:
     retention: Retention  # purges destroyed machines
     streams: Streams  # long-lived streams, ended when their token or project goes
     networks: Networks  # networks and security groups
+    volumes: Volumes  # volumes and their snapshots
     ca_pem: str | None = None  # when serving HTTPS
 
 
@@ -112,6 +114,7 @@ def build_controller(settings: Settings) -> Controller:
         retention=Retention(store, settings.machine_retention),
         streams=streams,
         networks=network_service,
+        volumes=Volumes(store, link, policy),
         ca_pem=ca_pem,
     )
 

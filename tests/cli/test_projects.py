@@ -102,6 +102,8 @@ def test_quota_show_and_set(controller: Controller, admin: Hutch, name: str) -> 
         "disk_mib": None,
         "images_mib": 2048,
         "images_unpacked_mib": None,
+        "volume_gib": None,
+        "snapshot_gib": None,
     }
     kept = admin("quota", "set", name, "--vcpus", "2", "--memory", "unlimited", "-o", "yaml")
     assert yaml.safe_load(kept.stdout)["quota"] == {
@@ -111,6 +113,8 @@ def test_quota_show_and_set(controller: Controller, admin: Hutch, name: str) -> 
         "disk_mib": None,
         "images_mib": 2048,
         "images_unpacked_mib": None,
+        "volume_gib": None,
+        "snapshot_gib": None,
     }
     tenant = Hutch({**controller.env, "HUTCH_PROJECT": name})
     tenant("run", "-d", "--runtime", "container", "busybox", "--", "sleep", "600")

@@ -330,3 +330,30 @@ def _poll_ok(sh: Shell, command: str, deadline: float = 60.0) -> str:
         if ran.returncode == 0 or time.monotonic() > end:
             return ok(ran, command)
         time.sleep(0.5)
+
+
+def test_the_volumes_block_runs_as_written(sh: Shell, env: dict[str, str]) -> None:
+    """Volumes as the README makes them, snapshots, a fork, growth, restore, and an export
+    imported back: the import's export is the same bytes."""
+    commands = [c for line in block("## Volumes", "hutch volume create") for c in split(line)]
+    assert len(commands) == 13, commands
+    for command in commands:
+        out = ok(sh(command), command)
+        if command == "hutch volume ls":
+            assert {"db-data"} <= names(out), out
+        elif command == "hutch volume inspect db-data":
+            assert json.loads(out)["size_bytes"] == 1 << 30
+        elif command.startswith("hutch volume snapshot db-data"):
+            assert out.strip() == "before-migration"
+            assert "before-migration" in ok(sh("hutch volume snapshot ls db-data"), "ls")
+        elif command.startswith("hutch volume create db-preview"):
+            shown = json.loads(ok(sh("hutch volume inspect db-preview"), "inspect"))
+            assert shown["size_bytes"] == 1 << 30 and shown["state"] == "available"
+        elif command.startswith("hutch volume extend"):
+            assert json.loads(ok(sh("hutch volume inspect db-data"), "i"))["size_bytes"] == 2 << 30
+        elif command.startswith("hutch volume restore"):
+            assert json.loads(ok(sh("hutch volume inspect db-data"), "i"))["size_bytes"] == 1 << 30
+        elif command.startswith("hutch volume import"):
+            again = ok(sh("hutch volume export db-copy | cmp - db-data.hvol && echo same"), "cmp")
+            assert again.strip() == "same"
+    assert names(ok(sh("hutch volume ls"), "ls")) == set()

@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from hutch.agent import nodeapi
+from hutch.agent import nodeapi, volumeapi
 from hutch.agent.node import NodeAgent
 from hutch.http import problems
 
@@ -12,4 +12,5 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
     app.state.agent = agent
     problems.install(app)
     app.include_router(nodeapi.router)
+    app.include_router(volumeapi.router)
     return app

@@ -19,6 +19,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ from hutch.network.claim import NamespaceClaim, claim
 from hutch.network.node import NetworkOptions, NodeNetwork, Peer
 from hutch.runtime import host
 from hutch.runtime.driver import SandboxDriver
+from hutch.storage.backend import Backend
 from hutch.wire.networks import GroupRules
 from hutch.wire.nodes import (
     Assignment,
@@ -161,6 +163,9 @@ class NodeAgent:
         self._net_thread = ThreadPoolExecutor(1, thread_name_prefix="hutch-net")
         # NAME.PROJECT.internal for the machines of each network, on its bridge's gateway:53
         self.dns = dns.DnsServer()
+        # The node's volumes: made on first use (the local backend may make its pool then).
+        self._volumes: Backend | None = None
+        self._volumes_lock = threading.Lock()
         self.network = NodeNetwork(
             NetworkOptions(
                 state_dir=self.dir,
@@ -174,6 +179,16 @@ class NodeAgent:
             ),
             dns=self.dns,
         )
+
+    def volumes(self) -> Backend:
+        """The node's storage backend: a LocalBackend at `<node state dir>/volumes`, made on
+        first use (blocking: call it from a thread)."""
+        with self._volumes_lock:
+            if self._volumes is None:
+                from hutch.storage.local import LocalBackend  # noqa: PLC0415 - its pool on demand
+
+                self._volumes = LocalBackend(self.dir / "volumes")
+            return self._volumes
 
     # -- start-up ----------------------------------------------------------------------------------
 

@@ -75,6 +75,7 @@ COMMANDS: dict[str, Entry] = {
     "node": Entry("nodes", "app", "Nodes: the hosts that run machines."),
     "network": Entry("networks", "network_app", "Networks: a project's private networks."),
     "sg": Entry("networks", "sg_app", "Security groups: named rules attached to machines."),
+    "volume": Entry("volumes", "app", "Volumes: persistent disks, snapshots, forks, backups."),
     "context": Entry("contexts", "app", "Saved controllers and tokens (contexts): ls, use, rm."),
 }
 

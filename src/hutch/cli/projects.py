@@ -21,6 +21,7 @@ from hutch.cli.remote import (
 from hutch.model.errors import Invalid
 from hutch.model.tenancy import Role
 from hutch.model.units import format_bytes, parse_mib
+from hutch.model.volume import GIB, parse_size
 from hutch.wire.tenancy import QuotaReport, QuotaView
 
 project_app = typer.Typer(
@@ -50,6 +51,8 @@ def _limits(q: QuotaView) -> str:
             ("disk", _mib(q.disk_mib)),
             ("images", _mib(q.images_mib)),
             ("images unpacked", _mib(q.images_unpacked_mib)),
+            ("volumes", _gib(q.volume_gib)),
+            ("snapshots", _gib(q.snapshot_gib)),
         )
         if value is not None
     ]
@@ -171,6 +174,8 @@ def _show(report: QuotaReport, output: str) -> None:
         ("disk", _mib(q.disk_mib), _mib(u.disk_mib)),
         ("images", _mib(q.images_mib), _mib(u.images_mib) or "?"),
         ("images unpacked", _mib(q.images_unpacked_mib), _mib(u.images_unpacked_mib) or "?"),
+        ("volumes", _gib(q.volume_gib), _gib(u.volume_gib)),
+        ("snapshots", _gib(q.snapshot_gib), _gib(u.snapshot_gib)),
     ]
     emit(
         rows,
@@ -208,6 +213,24 @@ def _limit(text: str, size: bool = False) -> int | None:
     return int(text)
 
 
+def _gib(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return f"{value:.2f}G".replace(".00G", "G")
+
+
+def _gib_limit(text: str) -> int | None:
+    """A limit in GiB: a whole number (of GiB), a size with a unit (50G, 1T), or unlimited."""
+    if text.lower() in ("none", "unlimited"):
+        return None
+    if text.isascii() and text.isdigit():
+        return int(text)
+    size = parse_size(text)
+    if size % GIB:
+        raise Invalid(f"{text!r} is not a whole number of GiB")
+    return size // GIB
+
+
 @quota_app.command("set")
 def quota_set(
     project: Annotated[
@@ -224,6 +247,12 @@ def quota_set(
     ] = None,
     images_unpacked: Annotated[
         str | None, typer.Option(help="Its images on each node, unpacked, e.g. 20G.")
+    ] = None,
+    volumes: Annotated[
+        str | None, typer.Option(help="Its volumes' sizes together, in GiB (or 50G).")
+    ] = None,
+    snapshots: Annotated[
+        str | None, typer.Option(help="Its snapshots' sizes together, in GiB (or 50G).")
     ] = None,
     output: OutputOpt = "table",
 ) -> None:
@@ -247,5 +276,7 @@ def quota_set(
             images_unpacked_mib=current.images_unpacked_mib
             if images_unpacked is None
             else _limit(images_unpacked, size=True),
+            volume_gib=current.volume_gib if volumes is None else _gib_limit(volumes),
+            snapshot_gib=current.snapshot_gib if snapshots is None else _gib_limit(snapshots),
         )
     _show(report, output)

@@ -75,6 +75,7 @@ PROJECTS = Call("GET", "/v1/projects")
 NODES = Call("GET", "/v1/nodes")
 NETWORKS = Call("GET", "/v1/networks", scoped=True)
 GROUPS = Call("GET", "/v1/security-groups", scoped=True)
+VOLUMES = Call("GET", "/v1/volumes", scoped=True)
 
 
 def listing(

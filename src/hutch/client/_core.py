@@ -39,6 +39,7 @@ from hutch.model.errors import Invalid as ModelInvalid
 from hutch.model.machine import MachineState, RestartPolicy
 from hutch.model.network import PortMapping
 from hutch.model.tenancy import Role
+from hutch.model.volume import parse_size
 from hutch.wire.common import Page, Problem, Request
 from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import (
@@ -68,6 +69,13 @@ from hutch.wire.tenancy import (
     StrategySpec,
     TokenCreate,
     TokenCreated,
+)
+from hutch.wire.volumes import (
+    SnapshotCreate,
+    SnapshotView,
+    VolumeCreate,
+    VolumeExtend,
+    VolumeView,
 )
 
 T = TypeVar("T")
@@ -552,6 +560,89 @@ def _chunks(f: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
+# -- volumes ------------------------------------------------------------------------------------
+
+
+def _volume(ref: str, *rest: str) -> str:
+    return "/".join((f"/v1/volumes/{quote(ref, safe='')}", *(quote(r, safe="") for r in rest)))
+
+
+def size_bytes(size: int | str) -> int:
+    """Bytes of `size`: an int as it is, a string like "10G" (binary units: G is GiB)."""
+    if isinstance(size, int):
+        return size
+    try:
+        return parse_size(size)
+    except ModelInvalid as e:
+        raise Invalid(e.message, 400, "Invalid") from None
+
+
+def create_volume(name: str, size: int | str, fs: str, node: str, source: str) -> Plan[VolumeView]:
+    body = build(VolumeCreate, name=name, size_bytes=size_bytes(size) if size else 0, fs=fs,
+                 node=node, source=source)  # fmt: skip
+    call = Call("POST", "/v1/volumes", body=body, scoped=True, hold=None)
+    return VolumeView.model_validate_json((yield call))
+
+
+def volume(ref: str) -> Plan[VolumeView]:
+    return VolumeView.model_validate_json((yield Call("GET", _volume(ref), scoped=True)))
+
+
+def delete_volume(ref: str) -> Plan[None]:
+    yield Call("DELETE", _volume(ref), scoped=True, hold=None)
+
+
+def extend_volume(ref: str, size: int | str) -> Plan[VolumeView]:
+    body = build(VolumeExtend, size_bytes=size_bytes(size))
+    call = Call("POST", _volume(ref, "extend"), body=body, scoped=True, hold=None)
+    return VolumeView.model_validate_json((yield call))
+
+
+def snapshots_call(ref: str) -> Call:
+    return Call("GET", _volume(ref, "snapshots"), scoped=True)
+
+
+def create_snapshot(ref: str, name: str) -> Plan[SnapshotView]:
+    body = build(SnapshotCreate, name=name) if name else build(SnapshotCreate)
+    call = Call("POST", _volume(ref, "snapshots"), body=body, scoped=True, hold=None)
+    return SnapshotView.model_validate_json((yield call))
+
+
+def delete_snapshot(ref: str, snap: str) -> Plan[None]:
+    yield Call("DELETE", _volume(ref, "snapshots", snap), scoped=True, hold=None)
+
+
+def restore_volume(ref: str, snap: str) -> Plan[VolumeView]:
+    call = Call("POST", _volume(ref, "snapshots", snap, "restore"), scoped=True, hold=None)
+    return VolumeView.model_validate_json((yield call))
+
+
+def export_call(ref: str, snapshot: str = "") -> Call:
+    params = (("snapshot", snapshot),) if snapshot else ()
+    return Call("GET", _volume(ref, "export"), params=params, scoped=True, hold=None)
+
+
+def import_volume(name: str, node: str, content: object) -> Plan[VolumeView]:
+    params = (("name", name), *((("node", node),) if node else ()))
+    call = Call("POST", "/v1/volumes/import", params=params, content=content, scoped=True,
+                hold=None)  # fmt: skip
+    return VolumeView.model_validate_json((yield call))
+
+
+@contextlib.contextmanager
+def volume_source(source: "str | os.PathLike[str] | IO[bytes]") -> Iterator[Iterator[bytes]]:
+    """The chunks of an export: from a path or an open binary file."""
+    if not isinstance(source, str | os.PathLike):
+        yield _chunks(source)
+        return
+    try:
+        f = Path(source).open("rb")  # noqa: SIM115 - closed below, after the check
+    except FileNotFoundError:
+        raise Invalid(f"{source} does not exist") from None
+    with f:
+        yield _chunks(f)
+
+
 # -- projects, quotas, tokens, nodes ------------------------------------------------------------
 
 
@@ -602,6 +693,8 @@ class QuotaLimits(TypedDict, total=False):
     disk_mib: int | None
     images_mib: int | None  # its images on each node, as stored
     images_unpacked_mib: int | None  # the same, unpacked
+    volume_gib: int | None  # the sum of its volumes' sizes
+    snapshot_gib: int | None  # the sum of its snapshots' sizes (each its volume's when taken)
 
 
 def set_quota(name: str, limits: QuotaLimits) -> Plan[QuotaReport]:

@@ -10,16 +10,26 @@ with coroutines and async iterators:
 
 import asyncio
 import builtins
+import os
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Generic, TypeVar, Unpack
+from typing import IO, Any, Generic, TypeVar, Unpack
 
 import httpx
 from pydantic import BaseModel
 
 from hutch.client import _core as core
-from hutch.client._calls import GROUPS, IMAGES, NETWORKS, NODES, PROJECTS, Call, listing
+from hutch.client._calls import (
+    GROUPS,
+    IMAGES,
+    NETWORKS,
+    NODES,
+    PROJECTS,
+    VOLUMES,
+    Call,
+    listing,
+)
 from hutch.client._connection import Connection, Resource
 from hutch.client._core import ArchiveSource, MachineOptions, MachineRef, Plan
 from hutch.client.exec import (
@@ -37,6 +47,7 @@ from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
+from hutch.wire.volumes import SnapshotView, VolumeView
 
 T = TypeVar("T")
 V = TypeVar("V", bound=BaseModel)
@@ -79,6 +90,7 @@ class AsyncClient(Connection[httpx.AsyncClient]):
         self.projects = AsyncProjects(self)
         self.nodes = AsyncNodes(self)
         self.networks = AsyncNetworks(self)
+        self.volumes = AsyncVolumes(self)
         self.security_groups = AsyncSecurityGroups(self)
 
     async def events(self, after: int = 0) -> AsyncGenerator[EventView, None]:
@@ -135,6 +147,14 @@ class AsyncClient(Connection[httpx.AsyncClient]):
             items, call = await self._run(core.page(call, kind))
             for item in items:
                 yield item
+
+    async def _bytes(self, call: Call) -> AsyncGenerator[bytes, None]:
+        with self._reaching():
+            async with self._http.stream(**self._endpoint.http_args(call)) as response:
+                if response.status_code >= 400:
+                    core.check(response.status_code, await response.aread())
+                async for chunk in response.aiter_bytes(core.CHUNK):
+                    yield chunk
 
     async def _lines(self, call: Call) -> AsyncGenerator[str, None]:
         with self._reaching():
@@ -426,3 +446,49 @@ class AsyncSecurityGroups(Resource[AsyncClient]):
 
     async def remove_rule(self, ref: str, rule_id: str) -> SecurityGroupView:
         return await self._c._run(core.remove_rule(ref, rule_id))
+
+
+class AsyncVolumes(Resource[AsyncClient]):
+    """`client.volumes` of AsyncClient (see hutch.client.sync.Volumes)."""
+
+    def list(self) -> AsyncListing[VolumeView]:
+        return AsyncListing(self._c._paged(VOLUMES, Page[VolumeView]))
+
+    async def get(self, ref: str) -> VolumeView:
+        return await self._c._run(core.volume(ref))
+
+    async def create(
+        self, name: str, size: int | str = 0, *, fs: str = "ext4", node: str = "", source: str = ""
+    ) -> VolumeView:
+        return await self._c._run(core.create_volume(name, size, fs, node, source))
+
+    async def delete(self, ref: str) -> None:
+        await self._c._run(core.delete_volume(ref))
+
+    async def extend(self, ref: str, size: int | str) -> VolumeView:
+        return await self._c._run(core.extend_volume(ref, size))
+
+    def snapshots(self, ref: str) -> AsyncListing[SnapshotView]:
+        return AsyncListing(self._c._paged(core.snapshots_call(ref), Page[SnapshotView]))
+
+    async def snapshot(self, ref: str, name: str = "") -> SnapshotView:
+        return await self._c._run(core.create_snapshot(ref, name))
+
+    async def delete_snapshot(self, ref: str, snapshot: str) -> None:
+        await self._c._run(core.delete_snapshot(ref, snapshot))
+
+    async def restore(self, ref: str, snapshot: str) -> VolumeView:
+        return await self._c._run(core.restore_volume(ref, snapshot))
+
+    def export(self, ref: str, snapshot: str = "") -> AsyncGenerator[bytes, None]:
+        return self._c._bytes(core.export_call(ref, snapshot))
+
+    async def import_(
+        self, name: str, source: "str | os.PathLike[str] | IO[bytes]", *, node: str = ""
+    ) -> VolumeView:
+        opened = core.volume_source(source)
+        chunks = await asyncio.to_thread(opened.__enter__)
+        try:
+            return await self._c._run(core.import_volume(name, node, _threaded(chunks)))
+        finally:
+            await asyncio.to_thread(opened.__exit__, None, None, None)

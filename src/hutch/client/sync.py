@@ -10,15 +10,25 @@ with hutch.Client() as client:               # the current context, or HUTCH_URL
 """
 
 import builtins
+import os
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import IO, Any, TypeVar, Unpack
 
 import httpx
 from pydantic import BaseModel
 
 from hutch.client import _core as core
-from hutch.client._calls import GROUPS, IMAGES, NETWORKS, NODES, PROJECTS, Call, listing
+from hutch.client._calls import (
+    GROUPS,
+    IMAGES,
+    NETWORKS,
+    NODES,
+    PROJECTS,
+    VOLUMES,
+    Call,
+    listing,
+)
 from hutch.client._connection import Connection, Resource
 from hutch.client._core import ArchiveSource, MachineOptions, MachineRef, Plan
 from hutch.client.exec import AttachSession, ExecResult, ExecSession, attaching, opening
@@ -29,6 +39,7 @@ from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
+from hutch.wire.volumes import SnapshotView, VolumeView
 
 T = TypeVar("T")
 V = TypeVar("V", bound=BaseModel)
@@ -59,6 +70,7 @@ class Client(Connection[httpx.Client]):
         self.nodes = Nodes(self)
         self.networks = Networks(self)
         self.security_groups = SecurityGroups(self)
+        self.volumes = Volumes(self)
 
     def events(self, after: int = 0) -> Generator[EventView, None, None]:
         """The project's events after event id `after`, as they happen (a state change of a
@@ -114,6 +126,12 @@ class Client(Connection[httpx.Client]):
         while call is not None:
             items, call = self._run(core.page(call, kind))
             yield from items
+
+    def _bytes(self, call: Call) -> Iterator[bytes]:
+        with self._reaching(), self._http.stream(**self._endpoint.http_args(call)) as response:
+            if response.status_code >= 400:
+                core.check(response.status_code, response.read())
+            yield from response.iter_bytes(core.CHUNK)
 
     def _lines(self, call: Call) -> Iterator[str]:
         with self._reaching(), self._http.stream(**self._endpoint.http_args(call)) as response:
@@ -518,3 +536,72 @@ class SecurityGroups(Resource[Client]):
 
     def remove_rule(self, ref: str, rule_id: str) -> SecurityGroupView:
         return self._c._run(core.remove_rule(ref, rule_id))
+
+
+class Volumes(Resource[Client]):
+    """`client.volumes`: the project's persistent disks (ext4, or raw with `fs="none"`), on
+    one node each, with copy-on-write snapshots and forks. Sizes are bytes or strings with
+    binary units ("10G" is 10 GiB).
+
+        db = client.volumes.create("db-data", "10G")
+        client.volumes.snapshot("db-data", "before-migration")
+        client.volumes.create("db-preview", source="db-data@before-migration")
+    """
+
+    def list(self) -> Iterator[VolumeView]:
+        return self._c._paged(VOLUMES, Page[VolumeView])
+
+    def get(self, ref: str) -> VolumeView:
+        return self._c._run(core.volume(ref))
+
+    def create(
+        self,
+        name: str,
+        size: int | str = 0,
+        *,
+        fs: str = "ext4",
+        node: str = "",
+        source: str = "",
+    ) -> VolumeView:
+        """A volume of `size` on `node` (default: the ready node with the most room); with
+        `source` ("VOLUME" or "VOLUME@SNAPSHOT"), a fork of it on its node (`size` 0: the
+        source's). QuotaExceeded beyond the project's `volume_gib`; Conflict for a name taken."""
+        return self._c._run(core.create_volume(name, size, fs, node, source))
+
+    def delete(self, ref: str) -> None:
+        """The volume and its snapshots; Conflict while a machine has it."""
+        self._c._run(core.delete_volume(ref))
+
+    def extend(self, ref: str, size: int | str) -> VolumeView:
+        """Grow a detached volume (and its ext4) to `size`; a volume never shrinks."""
+        return self._c._run(core.extend_volume(ref, size))
+
+    def snapshots(self, ref: str) -> Iterator[SnapshotView]:
+        return self._c._paged(core.snapshots_call(ref), Page[SnapshotView])
+
+    def snapshot(self, ref: str, name: str = "") -> SnapshotView:
+        """A point-in-time, copy-on-write snapshot (`name` default: from the time)."""
+        return self._c._run(core.create_snapshot(ref, name))
+
+    def delete_snapshot(self, ref: str, snapshot: str) -> None:
+        self._c._run(core.delete_snapshot(ref, snapshot))
+
+    def restore(self, ref: str, snapshot: str) -> VolumeView:
+        """A detached volume's data (and size) as at `snapshot`."""
+        return self._c._run(core.restore_volume(ref, snapshot))
+
+    def export(self, ref: str, snapshot: str = "") -> Iterator[bytes]:
+        """The volume (detached) or its snapshot as a sparse, checksummed stream, in chunks.
+
+        with open("db.hvol", "wb") as f:
+            for chunk in client.volumes.export("db-data"):
+                f.write(chunk)
+        """
+        return self._c._bytes(core.export_call(ref, snapshot))
+
+    def import_(
+        self, name: str, source: "str | os.PathLike[str] | IO[bytes]", *, node: str = ""
+    ) -> VolumeView:
+        """A new volume `name` from an export (a path or an open binary file)."""
+        with core.volume_source(source) as chunks:
+            return self._c._run(core.import_volume(name, node, chunks))

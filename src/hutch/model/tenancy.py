@@ -34,7 +34,10 @@ class Role(StrEnum):
         return self.rank >= other.rank
 
 
-QUOTA_FIELDS = ("machines", "vcpus", "memory_mib", "disk_mib", "images_mib", "images_unpacked_mib")
+QUOTA_FIELDS = (
+    "machines", "vcpus", "memory_mib", "disk_mib", "images_mib", "images_unpacked_mib",
+    "volume_gib", "snapshot_gib",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,9 @@ class Quota:
     # What the project's images may take on each node: as stored, and unpacked.
     images_mib: int | None = None
     images_unpacked_mib: int | None = None
+    # What its volumes may add up to (their sizes), and its snapshots (what each held when taken).
+    volume_gib: int | None = None
+    snapshot_gib: int | None = None
 
     def image_limits(self) -> dict[str, int]:
         """The image limits in bytes, named as a node's store takes them (absent: none)."""

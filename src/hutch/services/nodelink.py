@@ -19,6 +19,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from hutch.model.errors import TooManyRequests, Unauthenticated, Unavailable, error_class
 from hutch.model.machine import Node
 from hutch.wire.images import ImageUsage, ImageView, PullEvent
+from hutch.wire.volumes import (
+    NodeSnapshotCreate,
+    NodeSnapshotInfo,
+    NodeVolumeCapacity,
+    NodeVolumeClone,
+    NodeVolumeCreate,
+    NodeVolumeInfo,
+    VolumeExtend,
+)
 
 T = TypeVar("T")
 
@@ -138,6 +147,62 @@ class NodeLink:
         except httpx.HTTPError as e:
             raise Unavailable(f"node {node.name} stopped answering: {e}") from None
 
+    # -- volumes (agent/volumeapi.py) -------------------------------------------------------------
+
+    async def volume_capacity(self, node: Node) -> NodeVolumeCapacity:
+        return _parse(node, _CAPACITY, await self._call(node, "GET", "/node/v1/volumes/capacity"))
+
+    async def create_volume(self, node: Node, body: NodeVolumeCreate) -> NodeVolumeInfo:
+        answer = await self._call(node, "POST", "/node/v1/volumes", json=_json(body))
+        return _parse(node, _VOLUME, answer)
+
+    async def volume(self, node: Node, volume: str) -> NodeVolumeInfo:
+        return _parse(node, _VOLUME, await self._call(node, "GET", _vol(volume)))
+
+    async def delete_volume(self, node: Node, volume: str) -> None:
+        await self._call(node, "DELETE", _vol(volume))
+
+    async def grow_volume(self, node: Node, volume: str, size_bytes: int) -> NodeVolumeInfo:
+        body = _json(VolumeExtend(size_bytes=size_bytes))
+        answer = await self._call(node, "POST", _vol(volume, "grow"), json=body)
+        return _parse(node, _VOLUME, answer)
+
+    async def clone_volume(self, node: Node, volume: str, body: NodeVolumeClone) -> NodeVolumeInfo:
+        answer = await self._call(node, "POST", _vol(volume, "clone"), json=_json(body))
+        return _parse(node, _VOLUME, answer)
+
+    async def snapshot_volume(self, node: Node, volume: str, snapshot: str) -> NodeSnapshotInfo:
+        body = _json(NodeSnapshotCreate(id=snapshot))
+        answer = await self._call(node, "POST", _vol(volume, "snapshots"), json=body)
+        return _parse(node, _SNAPSHOT, answer)
+
+    async def delete_snapshot(self, node: Node, volume: str, snapshot: str) -> None:
+        await self._call(node, "DELETE", _vol(volume, "snapshots", snapshot))
+
+    async def restore_volume(self, node: Node, volume: str, snapshot: str) -> NodeVolumeInfo:
+        body = _json(NodeSnapshotCreate(id=snapshot))
+        answer = await self._call(node, "POST", _vol(volume, "restore"), json=body)
+        return _parse(node, _VOLUME, answer)
+
+    async def export_volume(
+        self, node: Node, volume: str, snapshot: str = ""
+    ) -> AsyncIterator[bytes]:
+        """The backend's export format, relayed chunk by chunk as the node sends it."""
+        params = {"snapshot": snapshot} if snapshot else {}
+        async for chunk in self._stream(
+            node, "GET", _vol(volume, "export"), params=params, lines=False
+        ):
+            yield chunk
+
+    async def import_volume(
+        self, node: Node, volume: str, body: AsyncIterator[bytes], max_bytes: int
+    ) -> NodeVolumeInfo:
+        params = {"id": volume, "max_bytes": str(max_bytes)}
+        answer = await self._call(
+            node, "POST", "/node/v1/volumes/import", params=params, content=body
+        )
+        return _parse(node, _VOLUME, answer)
+
     async def _call(self, node: Node, method: str, path: str, **kwargs: Any) -> bytes:
         """The body of the node's answer; its refusal as hutch's own error."""
         try:
@@ -176,6 +241,17 @@ _IMAGE = TypeAdapter(ImageView)
 _IMAGES = TypeAdapter(list[ImageView])
 _USAGE = TypeAdapter(ImageUsage)
 _PULL_EVENT = TypeAdapter(PullEvent)
+_CAPACITY = TypeAdapter(NodeVolumeCapacity)
+_VOLUME = TypeAdapter(NodeVolumeInfo)
+_SNAPSHOT = TypeAdapter(NodeSnapshotInfo)
+
+
+def _vol(volume: str, *rest: str) -> str:
+    return "/node/v1/volumes/" + "/".join(quote(p, safe="") for p in (volume, *rest))
+
+
+def _json(body: Any) -> Any:
+    return body.model_dump(mode="json")
 
 
 def _parse(node: Node, shape: TypeAdapter[T], body: bytes | str) -> T:

@@ -25,6 +25,8 @@ class Action(StrEnum):
     EVENT_READ = "event.read"
     NETWORK_READ = "network.read"  # networks and security groups
     NETWORK_WRITE = "network.write"
+    VOLUME_READ = "volume.read"  # volumes and their snapshots
+    VOLUME_WRITE = "volume.write"  # create, delete, extend, snapshot, restore, import, export
 
 
 DEFAULT_POLICY: dict[Action, Role] = {
@@ -39,6 +41,8 @@ DEFAULT_POLICY: dict[Action, Role] = {
     Action.EVENT_READ: Role.READER,
     Action.NETWORK_READ: Role.READER,
     Action.NETWORK_WRITE: Role.MEMBER,
+    Action.VOLUME_READ: Role.READER,
+    Action.VOLUME_WRITE: Role.MEMBER,
 }
 
 

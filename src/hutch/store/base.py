@@ -18,6 +18,7 @@ from hutch.model.addressing import Address, Network, Rule, SecurityGroup
 from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
 from hutch.model.network import PortMapping
 from hutch.model.tenancy import Project, Quota, Token, Usage
+from hutch.model.volume import Snapshot, Volume
 
 MAX_PAGE = 200  # machines per `MachineRepo.list` page at most, whatever the caller asks
 
@@ -282,6 +283,42 @@ class SecurityGroupRepo(Protocol):
     async def of_machines(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[str]]: ...
 
 
+class VolumeRepo(Protocol):
+    """Volumes and their snapshots; callers hold the project's lock while they change them."""
+
+    async def create(self, volume: Volume) -> None:
+        """Conflict if the project has a volume of that name."""
+
+    async def get(self, project_id: str, ref: str) -> Volume:
+        """By id or name, within the project; NotFound otherwise."""
+
+    async def list(self, project_id: str) -> builtins.list[Volume]: ...
+
+    async def by_ids(self, ids: Sequence[str]) -> dict[str, Volume]: ...
+
+    async def of_machine(self, machine_id: str) -> builtins.list[Volume]:
+        """The volumes attached to the machine."""
+
+    async def update(self, volume: Volume) -> Volume:
+        """Write everything but its id, project and creation time; NotFound if it is gone."""
+
+    async def delete(self, volume_id: str) -> None:
+        """The volume and its snapshots' rows."""
+
+    async def totals(self, project_id: str) -> tuple[int, int]:
+        """(bytes of the project's volumes, bytes of its snapshots), by their sizes."""
+
+    async def create_snapshot(self, snap: Snapshot) -> None:
+        """Conflict if the volume has a snapshot of that name."""
+
+    async def snapshot(self, volume_id: str, ref: str) -> Snapshot:
+        """By id or name, of the volume; NotFound otherwise."""
+
+    async def snapshots(self, volume_id: str) -> builtins.list[Snapshot]: ...
+
+    async def delete_snapshot(self, snapshot_id: str) -> None: ...
+
+
 class Tx(Protocol):
     projects: ProjectRepo
     tokens: TokenRepo
@@ -291,6 +328,7 @@ class Tx(Protocol):
     leases: LeaseRepo
     networks: NetworkRepo
     security_groups: SecurityGroupRepo
+    volumes: VolumeRepo
 
 
 class Store(Protocol):

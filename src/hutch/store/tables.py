@@ -41,6 +41,8 @@ projects = sa.Table(
     sa.Column("quota_disk_mib", sa.Integer),
     sa.Column("quota_images_mib", sa.Integer),
     sa.Column("quota_images_unpacked_mib", sa.Integer),
+    sa.Column("quota_volume_gib", sa.Integer),
+    sa.Column("quota_snapshot_gib", sa.Integer),
     sa.Column("strategy", _ENUM, nullable=False, server_default="spread"),
     # The last event number given in the project (events.seq): bumped under the row's lock.
     sa.Column("event_seq", sa.BigInteger, nullable=False, server_default="0"),
@@ -297,4 +299,37 @@ machine_ports = sa.Table(
     sa.Column("port", sa.Integer, nullable=False),
     sa.Column("host_ip", sa.String(15), nullable=False),
     sa.Index("ix_machine_ports_host_port_protocol", "host_port", "protocol"),
+)
+
+# -- volumes (see hutch.model.volume) ------------------------------------------------------------
+
+volumes = sa.Table(
+    "volumes",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", _NAME, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("fs", _ENUM, nullable=False),
+    sa.Column("state", _ENUM, nullable=False),
+    sa.Column("node_id", _ID, sa.ForeignKey("nodes.id"), index=True),
+    # The machine that has it read-write (no foreign key: a purged machine's row goes).
+    sa.Column("machine_id", _ID, index=True),
+    sa.Column("used_bytes", sa.BigInteger, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.UniqueConstraint("project_id", "name"),
+)
+
+volume_snapshots = sa.Table(
+    "volume_snapshots",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("volume_id", _ID, sa.ForeignKey("volumes.id"), nullable=False),
+    sa.Column("project_id", _ID, sa.ForeignKey("projects.id"), nullable=False, index=True),
+    sa.Column("name", _NAME, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("used_bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.UniqueConstraint("volume_id", "name"),
 )

@@ -14,6 +14,10 @@ class QuotaSpec(Request):
     disk_mib: Count | None = None
     images_mib: Count | None = Field(None, description="its images on a node, as stored")
     images_unpacked_mib: Count | None = Field(None, description="the same, unpacked")
+    volume_gib: Count | None = Field(None, description="the sum of its volumes' sizes")
+    snapshot_gib: Count | None = Field(
+        None, description="the sum of its snapshots' sizes (each its volume's size when taken)"
+    )
 
 
 class QuotaView(View):
@@ -23,6 +27,8 @@ class QuotaView(View):
     disk_mib: int | None = None
     images_mib: int | None = None
     images_unpacked_mib: int | None = None
+    volume_gib: int | None = None
+    snapshot_gib: int | None = None
 
 
 class UsageView(View):
@@ -33,6 +39,9 @@ class UsageView(View):
     # As a ready node's store holds them (None: no node is ready to ask).
     images_mib: int | None = None
     images_unpacked_mib: int | None = None
+    # The sums of its volumes' and its snapshots' sizes, in GiB (fractions too).
+    volume_gib: float = 0.0
+    snapshot_gib: float = 0.0
 
 
 class ProjectCreate(Request):

@@ -7,6 +7,7 @@ from hutch.api.deps import Caller, Ctl
 from hutch.controller import Controller
 from hutch.http.problems import PROBLEMS
 from hutch.model.tenancy import Project, Usage
+from hutch.model.volume import GIB
 from hutch.wire import tenancy as wire
 from hutch.wire.common import Page
 
@@ -84,4 +85,6 @@ async def _report(ctl: Controller, project: Project, usage: Usage) -> wire.Quota
     view = convert.usage_view(usage)
     if (images := await ctl.images.usage(project)) is not None:
         view = view.model_copy(update=images.model_dump())
+    volumes, snapshots = await ctl.volumes.usage(project)
+    view = view.model_copy(update={"volume_gib": volumes / GIB, "snapshot_gib": snapshots / GIB})
     return wire.QuotaReport(quota=convert.quota_view(project.quota), usage=view)

@@ -56,6 +56,7 @@ from hutch.store.base import (
     SecurityGroupRepo,
     TokenRepo,
     Tx,
+    VolumeRepo,
 )
 from hutch.store.sql.events import SqlEvents
 from hutch.store.sql.leases import SqlLeases
@@ -65,6 +66,7 @@ from hutch.store.sql.nodes import SqlNodes
 from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
 from hutch.store.sql.tokens import SqlTokens
+from hutch.store.sql.volumes import SqlVolumes
 
 MIGRATIONS = Path(__file__).parent.parent / "migrations"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the SQLite file before giving up
@@ -469,6 +471,7 @@ class SqlTx:
         self.leases: LeaseRepo = SqlLeases(conn, backend)
         self.networks: NetworkRepo = SqlNetworks(conn, backend)
         self.security_groups: SecurityGroupRepo = SqlSecurityGroups(conn, backend)
+        self.volumes: VolumeRepo = SqlVolumes(conn, backend)
 
     @property
     def bumped(self) -> set[str]:

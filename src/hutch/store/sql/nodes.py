@@ -74,6 +74,14 @@ class SqlNodes(Repo):
         live = (await self._c.execute(sa.select(sa.func.count()).where(on_it, t.LIVE))).scalar_one()
         if live:
             raise Conflict(f"node {node_id!r} still has {live} machine(s): drain it first")
+        v = t.volumes
+        held = (
+            await self._c.execute(sa.select(sa.func.count()).where(v.c.node_id == node_id))
+        ).scalar_one()
+        if held:
+            raise Conflict(
+                f"node {node_id!r} still holds {held} volume(s): export and delete them first"
+            )
         await self._c.execute(sa.update(m).where(on_it).values(node_id=None))  # history stays
         await self._c.execute(sa.delete(t.nodes).where(t.nodes.c.id == node_id))
 

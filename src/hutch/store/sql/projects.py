@@ -69,6 +69,13 @@ class SqlProjects(Repo):
                 f"this project still has {count} machine(s) that are not destroyed: "
                 "destroy them first"
             )
+        volumes = (
+            await self._c.execute(
+                sa.select(sa.func.count()).where(t.volumes.c.project_id == project_id)
+            )
+        ).scalar_one()
+        if volumes:
+            raise Conflict(f"this project still has {volumes} volume(s): delete them first")
         mine = sa.select(m.c.id).where(m.c.project_id == project_id)
         for linked in (t.fences, t.network_addresses, t.machine_ports, t.machine_security_groups):
             await self._c.execute(sa.delete(linked).where(linked.c.machine_id.in_(mine)))

@@ -1,0 +1,163 @@
+"""/node/v1/volumes: the node's volumes and snapshots, kept by its storage backend
+(`hutch.storage.backend.Backend`, made by `NodeAgent.volumes`). Controllers call these after
+checking who may do what, and where; the node keeps the bytes. Backend calls block (files,
+mkfs, reflinks): each runs in a thread."""
+
+import asyncio
+import queue
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated, TypeVar
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+
+from hutch.agent.nodeapi import Agent, Auth
+from hutch.model.errors import Invalid
+from hutch.storage.backend import Backend, SnapshotInfo, VolumeInfo
+from hutch.wire.volumes import (
+    NodeSnapshotCreate,
+    NodeSnapshotInfo,
+    NodeVolumeCapacity,
+    NodeVolumeClone,
+    NodeVolumeCreate,
+    NodeVolumeInfo,
+    VolumeExtend,
+)
+
+router = APIRouter(prefix="/node/v1/volumes")
+T = TypeVar("T")
+IMPORT_QUEUE = 8  # chunks between the request and the backend's import: memory stays bounded
+
+
+async def _run(agent: Agent, work: Callable[[Backend], T]) -> T:
+    def call() -> T:
+        return work(agent.volumes())
+
+    return await asyncio.to_thread(call)
+
+
+def _info(v: VolumeInfo) -> NodeVolumeInfo:
+    return NodeVolumeInfo(id=v.id, size_bytes=v.size_bytes, fs=v.fs, used_bytes=v.used_bytes)
+
+
+def _snap(s: SnapshotInfo) -> NodeSnapshotInfo:
+    return NodeSnapshotInfo(
+        id=s.id, volume_id=s.volume_id, size_bytes=s.size_bytes, used_bytes=s.used_bytes
+    )
+
+
+@router.get("/capacity")
+async def capacity(agent: Agent, _: Auth) -> NodeVolumeCapacity:
+    promised, total = await _run(agent, lambda b: b.capacity())
+    return NodeVolumeCapacity(promised_bytes=promised, total_bytes=total)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create(agent: Agent, _: Auth, body: NodeVolumeCreate) -> NodeVolumeInfo:
+    return _info(await _run(agent, lambda b: b.create(body.id, body.size_bytes, body.fs)))
+
+
+@router.get("/{volume}")
+async def info(agent: Agent, _: Auth, volume: str) -> NodeVolumeInfo:
+    return _info(await _run(agent, lambda b: b.info(volume)))
+
+
+@router.delete("/{volume}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete(agent: Agent, _: Auth, volume: str) -> Response:
+    await _run(agent, lambda b: b.delete(volume))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{volume}/grow")
+async def grow(agent: Agent, _: Auth, volume: str, body: VolumeExtend) -> NodeVolumeInfo:
+    return _info(await _run(agent, lambda b: b.grow(volume, body.size_bytes)))
+
+
+@router.post("/{volume}/clone", status_code=status.HTTP_201_CREATED)
+async def clone(agent: Agent, _: Auth, volume: str, body: NodeVolumeClone) -> NodeVolumeInfo:
+    return _info(await _run(agent, lambda b: b.clone(volume, body.id, body.snapshot)))
+
+
+@router.get("/{volume}/snapshots")
+async def snapshots(agent: Agent, _: Auth, volume: str) -> list[NodeSnapshotInfo]:
+    return [_snap(s) for s in await _run(agent, lambda b: b.snapshots(volume))]
+
+
+@router.post("/{volume}/snapshots", status_code=status.HTTP_201_CREATED)
+async def snapshot(
+    agent: Agent, _: Auth, volume: str, body: NodeSnapshotCreate
+) -> NodeSnapshotInfo:
+    return _snap(await _run(agent, lambda b: b.snapshot(volume, body.id)))
+
+
+@router.delete("/{volume}/snapshots/{snap}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_snapshot(agent: Agent, _: Auth, volume: str, snap: str) -> Response:
+    await _run(agent, lambda b: b.delete_snapshot(volume, snap))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{volume}/restore")
+async def restore(agent: Agent, _: Auth, volume: str, body: NodeSnapshotCreate) -> NodeVolumeInfo:
+    return _info(await _run(agent, lambda b: b.restore(volume, body.id)))
+
+
+@router.get("/{volume}/export")
+async def export(agent: Agent, _: Auth, volume: str, snapshot: str = "") -> StreamingResponse:
+    """The backend's export format, chunk by chunk as the backend reads it."""
+    chunks = await _run(agent, lambda b: b.export(volume, snapshot))
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
+
+    return StreamingResponse(body(), media_type="application/octet-stream")
+
+
+@router.post("/import", status_code=status.HTTP_201_CREATED)
+async def import_(
+    agent: Agent,
+    _: Auth,
+    request: Request,
+    id: Annotated[str, Query(min_length=1, max_length=64)],
+    max_bytes: Annotated[int, Query(ge=0)],
+) -> NodeVolumeInfo:
+    """A volume from the backend's export format, checked by the backend as it arrives (never
+    more than `max_bytes`: the project's quota); the request's chunks go through a small queue,
+    so a large import takes no more memory than a few chunks."""
+    if max_bytes <= 0:
+        raise Invalid("an import needs room: the project's volume quota is used up")
+    backend = await asyncio.to_thread(agent.volumes)
+    handoff: queue.Queue[bytes | None] = queue.Queue(IMPORT_QUEUE)
+
+    def chunks() -> Iterator[bytes]:
+        while (chunk := handoff.get()) is not None:
+            yield chunk
+
+    work = asyncio.ensure_future(asyncio.to_thread(backend.import_, id, chunks(), max_bytes))
+
+    async def give(item: bytes | None) -> bool:
+        """Hand `item` to the import; False once the import has ended (it refused the data)."""
+        while not work.done():
+            try:
+                handoff.put_nowait(item)
+            except queue.Full:
+                await asyncio.sleep(0.005)
+            else:
+                return True
+        return False
+
+    try:
+        async for chunk in request.stream():
+            if chunk and not await give(chunk):
+                break
+        await give(None)
+    finally:
+        # The client may have gone away mid-stream: the import sees its end, short of what the
+        # format promised, and refuses it (cleaning up what it wrote).
+        await give(None)
+    return _info(await work)

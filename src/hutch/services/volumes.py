@@ -1,0 +1,449 @@
+"""Volumes and their snapshots, through the control plane: the store says what there is and
+whose; the volume's node (its storage backend, through `agent/volumeapi.py`) holds the bytes.
+
+Every change of a project's volumes is decided under the project's lock (names, quotas, who is
+attached), written down (a volume being made or deleted is `creating`/`deleting`), then done by
+the node, then written down again. A node's refusal is the caller's answer (a 4xx the node
+phrased); a volume the node never made is forgotten, not left behind.
+
+Quotas: `volume_gib` bounds the sum of the project's volumes' sizes (forks and imports
+included), `snapshot_gib` the sum of its snapshots' sizes (each counted at the size of its
+volume when taken: an upper bound of what it may come to hold alone).
+"""
+
+import builtins
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded
+from hutch.model.machine import Node, NodeState
+from hutch.model.tenancy import Principal, Project, validate_name
+from hutch.model.volume import (
+    GIB,
+    MAX_SIZE,
+    Snapshot,
+    Volume,
+    VolumeState,
+    check_fs,
+    check_size,
+)
+from hutch.services.ids import new_id
+from hutch.services.nodelink import NodeLink
+from hutch.services.policy import Action, Policy
+from hutch.services.refusals import missing
+from hutch.store.base import Store, Tx
+from hutch.wire.volumes import NodeVolumeClone, NodeVolumeCreate
+
+MAX_VOLUMES_PER_PROJECT = 256
+MAX_SNAPSHOTS_PER_VOLUME = 64
+
+
+class Volumes:
+    def __init__(self, store: Store, link: NodeLink, policy: Policy) -> None:
+        self.store = store
+        self.link = link
+        self.policy = policy
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def list(self, principal: Principal, project: Project) -> builtins.list[Volume]:
+        self.policy.require(principal, Action.VOLUME_READ, project.id)
+        async with self.store.read() as tx:
+            return await tx.volumes.list(project.id)
+
+    async def get(self, principal: Principal, project: Project, ref: str) -> Volume:
+        self.policy.require(principal, Action.VOLUME_READ, project.id)
+        async with self.store.read() as tx:
+            return await _volume(tx, project, ref)
+
+    async def snapshots(
+        self, principal: Principal, project: Project, ref: str
+    ) -> tuple[Volume, builtins.list[Snapshot]]:
+        self.policy.require(principal, Action.VOLUME_READ, project.id)
+        async with self.store.read() as tx:
+            volume = await _volume(tx, project, ref)
+            return volume, await tx.volumes.snapshots(volume.id)
+
+    async def counts(self, volume_ids: builtins.list[str]) -> dict[str, int]:
+        """How many snapshots each volume has."""
+        async with self.store.read() as tx:
+            return {v: len(await tx.volumes.snapshots(v)) for v in volume_ids}
+
+    async def names(self, volumes: builtins.list[Volume]) -> tuple[dict[str, str], dict[str, str]]:
+        """The names of the volumes' nodes and machines, by id."""
+        async with self.store.read() as tx:
+            nodes = {n.id: n.name for n in await tx.nodes.list()}
+            machines: dict[str, str] = {}
+            for v in volumes:
+                if v.machine_id and v.machine_id not in machines:
+                    try:
+                        machines[v.machine_id] = (await tx.machines.by_id(v.machine_id)).name
+                    except NotFound:
+                        machines[v.machine_id] = v.machine_id
+            return nodes, machines
+
+    async def usage(self, project: Project) -> tuple[int, int]:
+        """(bytes of the project's volumes, bytes of its snapshots)."""
+        async with self.store.read() as tx:
+            return await tx.volumes.totals(project.id)
+
+    # -- volumes -------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        principal: Principal,
+        project: Project,
+        name: str,
+        size_bytes: int,
+        *,
+        fs: str = "ext4",
+        node: str = "",
+        source: str = "",
+    ) -> Volume:
+        """A new volume on `node` (name or id; default: the ready node with the most free space
+        in its pool); with `source` (VOLUME or VOLUME@SNAPSHOT), a copy-on-write fork of it on
+        its node, of its size (or `size_bytes`, when larger: grown after the fork)."""
+        self.policy.require(principal, Action.VOLUME_WRITE, project.id)
+        validate_name(name, "volume")
+        check_fs(fs)
+        if source:
+            return await self._fork(project, name, size_bytes, source, node)
+        check_size(size_bytes)
+        target = await self._node_for(node, size_bytes)
+        volume = Volume(
+            id=new_id("v"), project_id=project.id, name=name, size_bytes=size_bytes, fs=fs,
+            state=VolumeState.CREATING, node_id=target.id, created_at=time.time(),
+        )  # fmt: skip
+        await self._reserve(project, volume)
+        try:
+            info = await self.link.create_volume(
+                target,
+                NodeVolumeCreate(id=volume.id, size_bytes=size_bytes, fs=fs),  # type: ignore[arg-type]
+            )
+        except BaseException:
+            await self._forget(volume, target)
+            raise
+        return await self._write(
+            replace(volume, state=VolumeState.AVAILABLE, used_bytes=info.used_bytes)
+        )
+
+    async def _fork(
+        self, project: Project, name: str, size_bytes: int, source: str, node: str
+    ) -> Volume:
+        ref, _, snap_ref = source.partition("@")
+        async with self.store.read() as tx:
+            origin = await _volume(tx, project, ref)
+            snap = await _snapshot(tx, origin, snap_ref) if snap_ref else None
+            target = await self._node_of(tx, origin)
+        if node and node not in (target.id, target.name):
+            raise Invalid(
+                f"a fork is made on its source's node: volume {origin.name} is on node "
+                f"{target.name}, not {node}"
+            )
+        base = snap.size_bytes if snap else origin.size_bytes
+        if size_bytes and size_bytes < base:
+            raise Invalid(
+                f"a fork is at least as large as its source ({base} bytes), not {size_bytes}"
+            )
+        size = check_size(size_bytes or base)
+        volume = Volume(
+            id=new_id("v"), project_id=project.id, name=name, size_bytes=size, fs=origin.fs,
+            state=VolumeState.CREATING, node_id=target.id, created_at=time.time(),
+        )  # fmt: skip
+        await self._reserve(project, volume)
+        try:
+            body = NodeVolumeClone(id=volume.id, snapshot=snap.id if snap else "")
+            info = await self.link.clone_volume(target, origin.id, body)
+            if size > info.size_bytes:
+                info = await self.link.grow_volume(target, volume.id, size)
+        except BaseException:
+            await self._forget(volume, target)
+            raise
+        return await self._write(
+            replace(volume, state=VolumeState.AVAILABLE, used_bytes=info.used_bytes)
+        )
+
+    async def delete(self, principal: Principal, project: Project, ref: str) -> Volume:
+        """Delete a detached volume and its snapshots (409 while a machine has it)."""
+        self.policy.require(principal, Action.VOLUME_WRITE, project.id)
+        async with self.store.write() as tx:
+            await tx.projects.lock(project.id)
+            volume = await _volume(tx, project, ref)
+            _detached(volume, "deleted")
+            if volume.state is VolumeState.CREATING:
+                raise Conflict(f"volume {volume.name} is being made: delete it once it is made")
+            volume = await tx.volumes.update(replace(volume, state=VolumeState.DELETING))
+            node = await self._node_of(tx, volume) if volume.node_id else None
+        if node is not None:
+            try:
+                await self.link.delete_volume(node, volume.id)
+            except BaseException as e:
+                await self._write(replace(volume, state=VolumeState.ERROR, error=str(e)))
+                raise
+        async with self.store.write() as tx:
+            await tx.volumes.delete(volume.id)
+        return volume
+
+    async def extend(
+        self, principal: Principal, project: Project, ref: str, size_bytes: int
+    ) -> Volume:
+        """Grow a detached volume to `size_bytes` (the filesystem with it); never shrinks."""
+        self.policy.require(principal, Action.VOLUME_WRITE, project.id)
+        check_size(size_bytes)
+        async with self.store.write() as tx:
+            locked = await tx.projects.lock(project.id)
+            volume = await _volume(tx, project, ref)
+            _detached(volume, "extended")
+            _ready(volume)
+            if size_bytes <= volume.size_bytes:
+                raise Invalid(
+                    f"volume {volume.name} is {volume.size_bytes} bytes: a volume only grows "
+                    f"(asked for {size_bytes})"
+                )
+            total, _ = await tx.volumes.totals(project.id)
+            _within(locked, "volume_gib", total - volume.size_bytes + size_bytes)
+            node = await self._node_of(tx, volume)
+        info = await self.link.grow_volume(node, volume.id, size_bytes)
+        return await self._write(
+            replace(volume, size_bytes=info.size_bytes, used_bytes=info.used_bytes)
+        )
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    async def snapshot(
+        self, principal: Principal, project: Project, ref: str, name: str = ""
+    ) -> tuple[Volume, Snapshot]:
+        """A point-in-time, copy-on-write snapshot of the volume on its node."""
+        self.policy.require(principal, Action.VOLUME_WRITE, project.id)
+        name = name or time.strftime("s-%Y%m%d-%H%M%S", time.gmtime())
+        validate_name(name, "snapshot")
+        async with self.store.write() as tx:
+            locked = await tx.projects.lock(project.id)
+            volume = await _volume(tx, project, ref)
+            _ready(volume)
+            taken = await tx.volumes.snapshots(volume.id)
+            if len(taken) >= MAX_SNAPSHOTS_PER_VOLUME:
+                raise Conflict(
+                    f"volume {volume.name} has {len(taken)} snapshots, the most it may have: "
+                    "delete some first"
+                )
+            _, total = await tx.volumes.totals(project.id)
+            _within(locked, "snapshot_gib", total + volume.size_bytes)
+            snap = Snapshot(
+                id=new_id("vs"), volume_id=volume.id, project_id=project.id, name=name,
+                size_bytes=volume.size_bytes, created_at=time.time(),
+            )  # fmt: skip
+            await tx.volumes.create_snapshot(snap)
+            node = await self._node_of(tx, volume)
+        try:
+            info = await self.link.snapshot_volume(node, volume.id, snap.id)
+        except BaseException:
+            async with self.store.write() as tx:
+                await tx.volumes.delete_snapshot(snap.id)
+            raise
+        snap = replace(snap, used_bytes=info.used_bytes)
+        async with self.store.write() as tx:
+            await tx.volumes.delete_snapshot(snap.id)
+            await tx.volumes.create_snapshot(snap)
+        return volume, snap
+
+    async def delete_snapshot(
+        self, principal: Principal, project: Project, ref: str, snap_ref: str
+    ) -> Snapshot:
+        self.policy.require(principal, Action.VOLUME_WRITE, project.id)
+        async with self.store.read() as tx:
+            volume = await _volume(tx, project, ref)
+            snap = await _snapshot(tx, volume, snap_ref)
+            node = await self._node_of(tx, volume)
+        await self.link.delete_snapshot(node, volume.id, snap.id)
+        async with self.store.write() as tx:
+            await tx.volumes.delete_snapshot(snap.id)
+        return snap
+
+    async def restore(
+        self, principal: Principal, project: Project, ref: str, snap_ref: str
+    ) -> Volume:
+        """The detached volume's data as it was at the snapshot (its size too)."""
+        self.policy.require(principal, Action.VOLUME_WRITE, project.id)
+        async with self.store.write() as tx:
+            await tx.projects.lock(project.id)
+            volume = await _volume(tx, project, ref)
+            _detached(volume, "restored")
+            _ready(volume)
+            snap = await _snapshot(tx, volume, snap_ref)
+            node = await self._node_of(tx, volume)
+        info = await self.link.restore_volume(node, volume.id, snap.id)
+        return await self._write(
+            replace(volume, size_bytes=info.size_bytes, used_bytes=info.used_bytes)
+        )
+
+    # -- backups -------------------------------------------------------------------------------
+
+    async def export(
+        self, principal: Principal, project: Project, ref: str, snap_ref: str = ""
+    ) -> tuple[Volume, AsyncIterator[bytes]]:
+        """The volume (or its snapshot) in the backend's export format, relayed from its node
+        as it comes (never held whole). A volume attached read-write is refused: export a
+        snapshot of it instead."""
+        self.policy.require(principal, Action.VOLUME_WRITE, project.id)
+        async with self.store.read() as tx:
+            volume = await _volume(tx, project, ref)
+            snap = await _snapshot(tx, volume, snap_ref) if snap_ref else None
+            _ready(volume)
+            if snap is None:
+                _detached(volume, "exported (export a snapshot of it instead)")
+            node = await self._node_of(tx, volume)
+        return volume, self.link.export_volume(node, volume.id, snap.id if snap else "")
+
+    async def import_(
+        self,
+        principal: Principal,
+        project: Project,
+        name: str,
+        body: AsyncIterator[bytes],
+        node: str = "",
+    ) -> Volume:
+        """A new volume from an export, checked by the node as it arrives and bounded by the
+        project's volume quota (what is left of it)."""
+        self.policy.require(principal, Action.VOLUME_WRITE, project.id)
+        validate_name(name, "volume")
+        target = await self._node_for(node, 0)
+        volume = Volume(
+            id=new_id("v"), project_id=project.id, name=name, size_bytes=0, fs="ext4",
+            state=VolumeState.CREATING, node_id=target.id, created_at=time.time(),
+        )  # fmt: skip
+        room = await self._reserve(project, volume)
+        if room <= 0:
+            await self._forget(volume)
+            raise QuotaExceeded(
+                f"project {project.name}'s volume quota (volume_gib) is used up: no room to "
+                "import a volume"
+            )
+        try:
+            info = await self.link.import_volume(target, volume.id, body, min(room, MAX_SIZE))
+            async with self.store.write() as tx:
+                locked = await tx.projects.lock(project.id)
+                total, _ = await tx.volumes.totals(project.id)
+                _within(locked, "volume_gib", total + info.size_bytes)
+                return await tx.volumes.update(
+                    replace(
+                        volume, size_bytes=info.size_bytes, fs=info.fs, used_bytes=info.used_bytes,
+                        state=VolumeState.AVAILABLE,
+                    )
+                )  # fmt: skip
+        except BaseException:
+            await self._forget(volume, target)
+            raise
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _reserve(self, project: Project, volume: Volume) -> int:
+        """Write the new volume down (`creating`) if its name is free and the quota allows it:
+        the bytes of volume quota left after it (MAX_SIZE when there is no quota)."""
+        async with self.store.write() as tx:
+            locked = await tx.projects.lock(project.id)
+            have = await tx.volumes.list(project.id)
+            if len(have) >= MAX_VOLUMES_PER_PROJECT:
+                raise Conflict(
+                    f"project {project.name} has {len(have)} volumes, the most it may have"
+                )
+            if any(v.name == volume.name for v in have):
+                raise Conflict(f"project {project.name} already has a volume named {volume.name}")
+            total, _ = await tx.volumes.totals(project.id)
+            _within(locked, "volume_gib", total + volume.size_bytes)
+            await tx.volumes.create(volume)
+            limit = locked.quota.volume_gib
+            return MAX_SIZE if limit is None else limit * GIB - total - volume.size_bytes
+
+    async def _forget(self, volume: Volume, node: Node | None = None) -> None:
+        """A volume whose making failed: gone from the node (if it got that far) and the store."""
+        if node is not None:
+            with contextlib.suppress(Exception):  # the first failure is the one to tell
+                await self.link.delete_volume(node, volume.id)
+        async with self.store.write() as tx:
+            await tx.volumes.delete(volume.id)
+
+    async def _write(self, volume: Volume) -> Volume:
+        async with self.store.write() as tx:
+            return await tx.volumes.update(volume)
+
+    async def _node_of(self, tx: Tx, volume: Volume) -> Node:
+        if volume.node_id is None:
+            raise Conflict(f"volume {volume.name} is on no node")
+        node = await tx.nodes.get(volume.node_id)
+        if node.state is not NodeState.READY:
+            raise Conflict(
+                f"volume {volume.name} is on node {node.name}, which is {node.state}: its data "
+                "is there, so it waits for that node"
+            )
+        return node
+
+    async def _node_for(self, ref: str, size_bytes: int) -> Node:
+        """The node a new volume goes to: `ref` (a ready node's name or id), else the ready,
+        uncordoned node with the most free space in its volume pool that can hold it."""
+        async with self.store.read() as tx:
+            nodes = await tx.nodes.list()
+        if ref:
+            for n in nodes:
+                if ref in (n.id, n.name):
+                    if n.state is not NodeState.READY:
+                        raise Conflict(f"node {n.name} is {n.state}: it takes no volumes now")
+                    return n
+            raise NotFound(f"no node {ref!r}")
+        best: tuple[int, Node] | None = None
+        reasons: builtins.list[str] = []
+        for n in nodes:
+            if n.state is not NodeState.READY or n.cordoned:
+                continue
+            try:
+                cap = await self.link.volume_capacity(n)
+            except Exception as e:
+                reasons.append(f"{n.name}: {e}")
+                continue
+            free = cap.total_bytes - cap.promised_bytes
+            if free < size_bytes:
+                reasons.append(f"{n.name}: {free} bytes free in its volume pool")
+                continue
+            if best is None or free > best[0]:
+                best = (free, n)
+        if best is None:
+            why = "; ".join(reasons) or "no node is ready"
+            raise NoCapacity(f"no node can hold a volume of {size_bytes} bytes ({why})")
+        return best[1]
+
+
+async def _volume(tx: Tx, project: Project, ref: str) -> Volume:
+    with missing(f"no volume {ref!r} in project {project.name}"):
+        return await tx.volumes.get(project.id, ref)
+
+
+async def _snapshot(tx: Tx, volume: Volume, ref: str) -> Snapshot:
+    with missing(f"volume {volume.name} has no snapshot {ref!r}"):
+        return await tx.volumes.snapshot(volume.id, ref)
+
+
+def _detached(volume: Volume, what: str) -> None:
+    if volume.machine_id is not None:
+        raise Conflict(
+            f"volume {volume.name} is attached to machine {volume.machine_id}: it can be {what} "
+            "once that machine is destroyed"
+        )
+
+
+def _ready(volume: Volume) -> None:
+    if volume.state not in (VolumeState.AVAILABLE, VolumeState.ATTACHED):
+        raise Conflict(f"volume {volume.name} is {volume.state}" + (
+            f": {volume.error}" if volume.error else ""
+        ))  # fmt: skip
+
+
+def _within(project: Project, field: str, total_bytes: int) -> None:
+    limit = getattr(project.quota, field)
+    if limit is not None and total_bytes > limit * GIB:
+        what = "volumes" if field == "volume_gib" else "snapshots"
+        raise QuotaExceeded(
+            f"project {project.name}'s {what} would take {total_bytes / GIB:.2f} GiB, the quota "
+            f"({field}) is {limit} GiB"
+        )
