@@ -321,8 +321,11 @@ def export_stream(path: Path, fs: Fs) -> Iterator[bytes]:
         os.close(fd)
 
 
-def _parse_header(header: bytes, max_bytes: int) -> tuple[int, Fs]:
-    """An export image's volume size and file system, from its header."""
+def read_header(header: bytes) -> tuple[int, Fs]:
+    """An export image's volume size and file system, from its first HEADER.size bytes;
+    Invalid if they are not a header this backend writes (the size is not checked)."""
+    if len(header) != HEADER.size:
+        raise Invalid(f"the image is truncated: it ends inside its header ({len(header)} bytes)")
     magic, version, flags, size, fs_raw = HEADER.unpack(header)
     if magic != MAGIC:
         raise Invalid("not a hutch volume image (bad magic)")
@@ -331,10 +334,16 @@ def _parse_header(header: bytes, max_bytes: int) -> tuple[int, Fs]:
     fs = fs_raw.rstrip(b"\0").decode("ascii", "replace")
     if fs not in FS_VALUES:
         raise Invalid(f"the image's file system {fs!r} is neither ext4 nor none")
+    return size, cast(Fs, fs)
+
+
+def _parse_header(header: bytes, max_bytes: int) -> tuple[int, Fs]:
+    """An export image's volume size and file system, from its header."""
+    size, fs = read_header(header)
     if size > max_bytes:
         raise Invalid(f"the image's volume is {size} bytes, beyond the {max_bytes} allowed")
     _check_size(size)
-    return size, cast(Fs, fs)
+    return size, fs
 
 
 def _import_records(fd: int, reader: _Reader, header: bytes, size: int) -> None:
