@@ -6,6 +6,7 @@ a clear 4xx next to the same request allowed."""
 import asyncio
 import os
 import struct
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,23 @@ async def test_forged_imports_bad_names_and_sizes_are_clear_4xx(
                 await c.volumes.create("big", text)
         with pytest.raises(NoCapacity):
             await c.volumes.create("big", "10T")
+
+
+async def test_a_node_makes_its_pool_on_its_first_volume_only(
+    request: pytest.FixtureRequest, ctl: Controller, vc: AsyncClient
+) -> None:
+    if request.node.callspec.params["ctl"] == "sqlite":
+        pytest.skip("the shared hutch up may have made its pool already: this needs a fresh one")
+    root = ctl.state_dir / "node" / "volumes"
+    with pytest.raises(NoCapacity):  # the node was asked what it could hold
+        await vc.volumes.create("huge", "8T")
+    assert not (root / "pool.xfs").exists() and not _loops_of(root)
+    await vc.volumes.create("first", "64M")
+    assert (root / "pool.xfs").exists() and _loops_of(root)
+    await vc.volumes.delete("first")
+
+
+def _loops_of(root: Path) -> str:
+    return subprocess.run(
+        ["losetup", "-j", str(root / "pool.xfs")], capture_output=True, text=True, check=False
+    ).stdout

@@ -55,6 +55,7 @@ from hutch.wire.volumes import NodeVolumeClone, NodeVolumeCreate
 MAX_VOLUMES_PER_PROJECT = 256
 MAX_SNAPSHOTS_PER_VOLUME = 64
 OPERATION_SECONDS = 900.0  # how long an operation holds its volume at most
+USAGE_SECONDS = 2.0  # how long `ls`/`inspect` wait for a node's current usage
 NODE_SECONDS = 600.0  # how long its node call may take (less: the node's answer comes first)
 
 
@@ -69,12 +70,14 @@ class Volumes:
     async def list(self, principal: Principal, project: Project) -> builtins.list[Volume]:
         self.policy.require(principal, Action.VOLUME_READ, project.id)
         async with self.store.read() as tx:
-            return await tx.volumes.list(project.id)
+            volumes, nodes = await tx.volumes.list(project.id), await tx.nodes.list()
+        return await self._current(volumes, nodes)
 
     async def get(self, principal: Principal, project: Project, ref: str) -> Volume:
         self.policy.require(principal, Action.VOLUME_READ, project.id)
         async with self.store.read() as tx:
-            return await _volume(tx, project, ref)
+            volume, nodes = await _volume(tx, project, ref), await tx.nodes.list()
+        return (await self._current([volume], nodes))[0]
 
     async def snapshots(
         self, principal: Principal, project: Project, ref: str
@@ -82,7 +85,41 @@ class Volumes:
         self.policy.require(principal, Action.VOLUME_READ, project.id)
         async with self.store.read() as tx:
             volume = await _volume(tx, project, ref)
-            return volume, await tx.volumes.snapshots(volume.id)
+            snaps = await tx.volumes.snapshots(volume.id)
+            node = await tx.nodes.get(volume.node_id) if volume.node_id else None
+        if snaps and node is not None and node.state is NodeState.READY:
+            with contextlib.suppress(Exception):  # then as the node said last
+                now = await self.link.snapshots_now(node, volume.id, USAGE_SECONDS)
+                used = {s.id: s.used_bytes for s in now}
+                snaps = [replace(s, used_bytes=used.get(s.id, s.used_bytes)) for s in snaps]
+        return volume, snaps
+
+    async def _current(
+        self, volumes: builtins.list[Volume], nodes: builtins.list[Node]
+    ) -> builtins.list[Volume]:
+        """The volumes with their used bytes as their nodes say now: each node asked once,
+        for at most USAGE_SECONDS; a node that does not answer leaves what it said last."""
+        held: dict[str, builtins.list[str]] = {}
+        for v in volumes:
+            if v.node_id and v.state in (VolumeState.AVAILABLE, VolumeState.ATTACHED):
+                held.setdefault(v.node_id, []).append(v.id)
+        if not held:
+            return volumes
+        ready = {n.id: n for n in nodes if n.state is NodeState.READY}
+
+        async def ask(node_id: str, ids: builtins.list[str]) -> dict[str, int]:
+            if node_id not in ready:
+                return {}
+            try:
+                now = await self.link.volumes_now(ready[node_id], ids, USAGE_SECONDS)
+            except Exception:
+                return {}
+            return {i.id: i.used_bytes for i in now}
+
+        used: dict[str, int] = {}
+        for answer in await asyncio.gather(*(ask(n, ids) for n, ids in held.items())):
+            used.update(answer)
+        return [replace(v, used_bytes=used.get(v.id, v.used_bytes)) for v in volumes]
 
     async def counts(self, volume_ids: builtins.list[str]) -> dict[str, int]:
         """How many snapshots each volume has."""
