@@ -63,6 +63,14 @@ class Volume:
     machine_id: str | None = None  # the machine it is attached to (read-write), if any
     used_bytes: int = 0  # what it takes on its node (as the node said last)
     error: str = ""
+    # The operation its node is doing ("extended", "snapshotted", ...: `volume X is being
+    # <operation>`), taken under the project's lock, until `operation_until` (a time.time()):
+    # a controller that died mid-operation holds it no longer than that.
+    operation: str = ""
+    operation_until: float = 0.0
+
+    def busy(self, now: float) -> bool:
+        return bool(self.operation) and now < self.operation_until
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,9 @@ class VolumeView(View):
     error: str = ""
     snapshots: int = 0
     created_at: float
+    # What its node is doing with it ("snapshotted", "extended", ...; '' for nothing): another
+    # operation meanwhile is refused (409 "volume NAME is being snapshotted").
+    operation: str = ""
 
 
 class SnapshotView(View):
