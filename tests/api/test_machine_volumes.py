@@ -27,12 +27,11 @@ async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
 async def _volume(api: Api, name: str, node_id: str) -> None:
     async with api.ctl.store.write() as tx:
         project = await tx.projects.by_name("alpha")
-        await tx.volumes.create(
-            Volume(
-                id=f"v-{name}", project_id=project.id, name=name, size_bytes=64 << 20, fs="ext4",
-                state=VolumeState.AVAILABLE, node_id=node_id, created_at=time.time(),
-            )  # fmt: skip
-        )
+        volume = Volume(
+            id=f"v-{name}", project_id=project.id, name=name, size_bytes=64 << 20, fs="ext4",
+            state=VolumeState.AVAILABLE, node_id=node_id, created_at=time.time(),
+        )  # fmt: skip
+        await tx.volumes.create(volume)
 
 
 async def test_volumes_pin_machines_and_stay_with_a_lost_node(api: Api) -> None:
@@ -59,8 +58,8 @@ async def test_volumes_pin_machines_and_stay_with_a_lost_node(api: Api) -> None:
     )
     assert sorted(r.status_code for r in racing) == [201, 409, 409, 409], [r.text for r in racing]
     # The dry run and the scheduler: node-a, the volume's node, though node-b is as good.
-    r = await api.call("POST", "/v1/machines?dry_run=true", token,
-                       json={"image": "busybox", "runtime": "container", "volumes": vols("db")})  # fmt: skip
+    body = {"image": "busybox", "runtime": "container", "volumes": vols("db")}
+    r = await api.call("POST", "/v1/machines?dry_run=true", token, json=body)
     plan = r.json()
     assert plan["node"] == "node-a" and plan["because"] == "volume db is on node node-a"
     assert {x["node"]: x["reason"] for x in plan["rejected"]}["node-b"] == plan["because"]

@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 from hutch.model.machine import Capacity, GroupPolicy, Node, NodeState
-from hutch.placement import Index, place
+from hutch.placement import Index, Placement, place
 from hutch.placement.capacity import CPU_OVERCOMMIT
 from hutch.placement.filters import (
     FILTERS,
@@ -138,9 +138,11 @@ def test_a_machine_with_volumes_goes_to_their_node_only() -> None:
     assert pinned(r, a, NO_GROUP) == why and pinned(r, b, NO_GROUP) is None
     assert pinned(request(), a, NO_GROUP) is None
     decision = place(r, [a, b, c])
-    assert placed(decision) == "b" and decision.because == why  # the only candidate, and why
+    assert isinstance(decision, Placement)
+    assert decision.node.name == "b" and decision.because == why  # the only candidate, and why
     assert decision.rejected == {"a": why, "c": why}
-    assert place(request(), [a, b]).because == ""
+    anywhere = place(request(), [a, b])
+    assert isinstance(anywhere, Placement) and anywhere.because == ""
     # Its node cannot take it: it waits for that node, and says so; no other node will do.
     on_c = replace(request(), node=c.id, node_why="volume db-data is on node c")
     assert rejected(place(on_c, [a, b, c])) == {
