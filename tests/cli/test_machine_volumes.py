@@ -77,7 +77,10 @@ def test_a_micro_vm_writes_a_volume_that_outlives_it(hutch: Run) -> None:
     assert _ok(took).strip() == "live" and "frozen" in took.stderr
     (snap,) = json.loads(_ok(hutch("volume", "snapshot", "ls", "data", "-o", "json")))
     assert snap["frozen"] is True and snap["untrusted"] is True
-    _ok(hutch("rm", "-f", "writer"))
+    # Stopped, its guest agent unmounts the volume (a machine killed leaves its journal to
+    # replay: a read-only attachment cannot, a read-write one does); then destroyed.
+    _ok(hutch("stop", "writer"))
+    _ok(hutch("rm", "writer"))
     shown = _volume(hutch, "data")
     assert (shown["machine"], shown["state"]) == (None, "available")  # the data stays
     # Another micro-VM reads it, read-only: its writes are refused.
