@@ -24,6 +24,7 @@ import pytest
 
 from hutch.client import Client
 from hutch.model.errors import HutchError
+from hutch.storage.local import unmount_pool
 from hutch.wire.tenancy import ProjectView
 from tests.helpers import free_port
 from tests.helpers.cli import Hutch, isolated_env
@@ -126,6 +127,9 @@ def _running_controller(
             proc.kill()
             proc.wait()
         _sweep_sandboxes(env)
+        # The node's volume pool (made on its first volume) is a loop mount: unmounted, its
+        # loop device detached, before its directory goes (else both outlive the test).
+        unmount_pool(state_dir / "node" / "volumes")
         shutil.rmtree(state_dir, ignore_errors=True)
 
 

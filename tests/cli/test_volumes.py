@@ -178,7 +178,7 @@ def test_export_and_import_stream_through_the_controller(
     assert hutch("quota", "set", project, "--volumes", "1").returncode == 0
     with controller.client(project) as client:
         client.volumes.create("big", "896M")  # 64M + 64M + 896M: the whole GiB
-        with pytest.raises(QuotaExceeded, match="used up"):
+        with pytest.raises(QuotaExceeded, match="volume_gib"):
             client.volumes.import_("over", _file(tmp_path, data))
         assert "over" not in [v.name for v in client.volumes.list()]
         for name in ("src", "copy", "big"):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hutch.client import Client
+from hutch.storage.local import unmount_pool
 from tests.helpers import free_port
 from tests.helpers.cli import HUTCH, Hutch
 
@@ -161,6 +162,8 @@ class Cluster:
         self.controller.send_signal(signal.SIGTERM)
         self.controller.wait(30)
         destroy_vms(self.env, self.short_dir)
+        for agent in self.agents:  # each node's volume pool, if it made one (a loop mount)
+            unmount_pool(Path(agent.env["HUTCH_STATE_DIR"]) / "node" / "volumes")
 
 
 def cluster(

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -194,14 +195,21 @@ class NodeAgent:
         )
 
     def volumes(self) -> Backend:
-        """The node's storage backend: a LocalBackend at `<node state dir>/volumes`, made on
-        first use (blocking: call it from a thread)."""
+        """The node's storage backend: a LocalBackend at `volumes_root()`, made on first use
+        (blocking: call it from a thread)."""
         with self._volumes_lock:
             if self._volumes is None:
                 from hutch.storage.local import LocalBackend  # noqa: PLC0415 - its pool on demand
 
-                self._volumes = LocalBackend(self.dir / "volumes")
+                self._volumes = LocalBackend(self.volumes_root())
             return self._volumes
+
+    def volumes_made(self) -> Backend | None:
+        """The node's storage backend if it was made, without making it."""
+        return self._volumes
+
+    def volumes_root(self) -> Path:
+        return self.dir / "volumes"
 
     # -- start-up ----------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from hutch.agent.nodeapi import Agent, Auth, find_driver
 from hutch.model.errors import Conflict, Invalid, NotFound
 from hutch.storage.backend import Backend, SnapshotInfo, VolumeInfo
+from hutch.storage.local import unmade_capacity
 from hutch.wire.volumes import (
     NodeSnapshotCreate,
     NodeSnapshotInfo,
@@ -49,8 +50,27 @@ def _snap(s: SnapshotInfo, frozen: bool = False) -> NodeSnapshotInfo:
 
 @router.get("/capacity")
 async def capacity(agent: Agent, _: Auth) -> NodeVolumeCapacity:
-    promised, total = await _run(agent, lambda b: b.capacity())
+    """What the node's volumes are promised and what they may take. A node that never held a
+    volume says what its backend would hold, without making it (no pool, no loop device:
+    every node is asked when a volume is placed)."""
+    if agent.volumes_made() is None:
+        promised, total = await asyncio.to_thread(unmade_capacity, agent.volumes_root())
+    else:
+        promised, total = await _run(agent, lambda b: b.capacity())
     return NodeVolumeCapacity(promised_bytes=promised, total_bytes=total)
+
+
+@router.get("")
+async def volumes(
+    agent: Agent, _: Auth, ids: Annotated[str, Query(max_length=65 * 256)] = ""
+) -> list[NodeVolumeInfo]:
+    """The node's volumes as they are now (their used bytes too), or those of `ids`
+    (comma-separated) it has."""
+    if agent.volumes_made() is None and not agent.volumes_root().exists():
+        return []  # it never held one
+    wanted = {i for i in ids.split(",") if i}
+    found = await _run(agent, lambda b: b.volumes())
+    return [_info(v) for v in found if not wanted or v.id in wanted]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hutch.http.problems import BodyLate, BodyTooLarge, problem
 
 MAX_BODY = 1 << 20
-STREAMED = ("/v1/images/import",)  # archives stream through to the nodes
+STREAMED = ("/v1/images/import", "/v1/volumes/import")  # stream through to the nodes
 
 
 class BodyLimit:

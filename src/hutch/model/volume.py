@@ -60,7 +60,7 @@ class Volume:
     state: VolumeState
     node_id: str | None  # where its bytes are (None only while it is being placed)
     created_at: float
-    machine_id: str | None = None  # the machine it is attached to (read-write), if any
+    machine_id: str | None = None  # the machine it is attached to (one at a time), if any
     used_bytes: int = 0  # what it takes on its node (as the node said last)
     error: str = ""
     # Its file system may have been crafted by a tenant: it was imported, or attached
@@ -68,6 +68,14 @@ class Volume:
     # such a volume or snapshot. The node's own kernel never mounts such a file system: a
     # container (whose volumes the node mounts) does not take it; a micro-VM does.
     untrusted: bool = False
+    # The operation its node is doing ("extended", "snapshotted", ...: `volume X is being
+    # <operation>`), taken under the project's lock, until `operation_until` (a time.time()):
+    # a controller that died mid-operation holds it no longer than that.
+    operation: str = ""
+    operation_until: float = 0.0
+
+    def busy(self, now: float) -> bool:
+        return bool(self.operation) and now < self.operation_until
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,8 @@ async def attachable(
                 )
         elif v.state is not VolumeState.AVAILABLE and v.machine_id is None:
             raise Conflict(f"volume {v.name} is {v.state}" + (f": {v.error}" if v.error else ""))
+        if v.busy(time.time()):
+            raise Conflict(f"volume {v.name} is being {v.operation}: attach it once that is done")
         if spec.runtime == "container" and v.untrusted and v.fs != "none":
             raise Conflict(
                 f"volume {v.name} may hold a file system a tenant crafted (it was imported, or "

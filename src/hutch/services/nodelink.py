@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -156,6 +156,14 @@ class NodeLink:
         answer = await self._call(node, "POST", "/node/v1/volumes", json=_json(body))
         return _parse(node, _VOLUME, answer)
 
+    async def volumes_now(
+        self, node: Node, ids: Sequence[str], timeout: float
+    ) -> list[NodeVolumeInfo]:
+        """The node's volumes of `ids` as they are now (their used bytes), within `timeout`."""
+        params = {"ids": ",".join(ids)}
+        body = await self._call(node, "GET", "/node/v1/volumes", params=params, timeout=timeout)
+        return _parse(node, _VOLUMES, body)
+
     async def volume(self, node: Node, volume: str) -> NodeVolumeInfo:
         return _parse(node, _VOLUME, await self._call(node, "GET", _vol(volume)))
 
@@ -179,6 +187,13 @@ class NodeLink:
         body = _json(NodeSnapshotCreate(id=snapshot, sandbox=sandbox, target=target))
         answer = await self._call(node, "POST", _vol(volume, "snapshots"), json=body)
         return _parse(node, _SNAPSHOT, answer)
+
+    async def snapshots_now(
+        self, node: Node, volume: str, timeout: float
+    ) -> list[NodeSnapshotInfo]:
+        """The volume's snapshots on the node as they are now, within `timeout`."""
+        body = await self._call(node, "GET", _vol(volume, "snapshots"), timeout=timeout)
+        return _parse(node, _SNAPSHOTS, body)
 
     async def delete_snapshot(self, node: Node, volume: str, snapshot: str) -> None:
         await self._call(node, "DELETE", _vol(volume, "snapshots", snapshot))
@@ -248,6 +263,8 @@ _PULL_EVENT = TypeAdapter(PullEvent)
 _CAPACITY = TypeAdapter(NodeVolumeCapacity)
 _VOLUME = TypeAdapter(NodeVolumeInfo)
 _SNAPSHOT = TypeAdapter(NodeSnapshotInfo)
+_VOLUMES = TypeAdapter(list[NodeVolumeInfo])
+_SNAPSHOTS = TypeAdapter(list[NodeSnapshotInfo])
 
 
 def _vol(volume: str, *rest: str) -> str:

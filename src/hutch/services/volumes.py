@@ -6,18 +6,33 @@ attached), written down (a volume being made or deleted is `creating`/`deleting`
 the node, then written down again. A node's refusal is the caller's answer (a 4xx the node
 phrased); a volume the node never made is forgotten, not left behind.
 
+One operation at a time on a volume: extend, restore, snapshot (and deleting one), fork and
+delete each take the volume (`Volume.operation`, under the project's lock) before their node call
+and let it go after, on success or failure; another operation meanwhile is refused (409, "volume
+X is being snapshotted"). The mark holds for OPERATION_SECONDS at most (the node call is given
+less), so a controller that dies mid-operation leaves nothing taken for good.
+
 Quotas: `volume_gib` bounds the sum of the project's volumes' sizes (forks and imports
 included), `snapshot_gib` the sum of its snapshots' sizes (each counted at the size of its
 volume when taken: an upper bound of what it may come to hold alone).
 """
 
+import asyncio
 import builtins
 import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
-from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded
+from hutch.model.errors import (
+    Conflict,
+    Invalid,
+    NoCapacity,
+    NotFound,
+    QuotaExceeded,
+    Unavailable,
+)
 from hutch.model.machine import MachineState, Node, NodeState
 from hutch.model.tenancy import Principal, Project, validate_name
 from hutch.model.volume import (
@@ -33,11 +48,15 @@ from hutch.services.ids import new_id
 from hutch.services.nodelink import NodeLink
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
+from hutch.storage.local import HEADER, read_header
 from hutch.store.base import Store, Tx
 from hutch.wire.volumes import NodeVolumeClone, NodeVolumeCreate
 
 MAX_VOLUMES_PER_PROJECT = 256
 MAX_SNAPSHOTS_PER_VOLUME = 64
+OPERATION_SECONDS = 900.0  # how long an operation holds its volume at most
+USAGE_SECONDS = 2.0  # how long `ls`/`inspect` wait for a node's current usage
+NODE_SECONDS = 600.0  # how long its node call may take (less: the node's answer comes first)
 
 
 class Volumes:
@@ -51,12 +70,14 @@ class Volumes:
     async def list(self, principal: Principal, project: Project) -> builtins.list[Volume]:
         self.policy.require(principal, Action.VOLUME_READ, project.id)
         async with self.store.read() as tx:
-            return await tx.volumes.list(project.id)
+            volumes, nodes = await tx.volumes.list(project.id), await tx.nodes.list()
+        return await self._current(volumes, nodes)
 
     async def get(self, principal: Principal, project: Project, ref: str) -> Volume:
         self.policy.require(principal, Action.VOLUME_READ, project.id)
         async with self.store.read() as tx:
-            return await _volume(tx, project, ref)
+            volume, nodes = await _volume(tx, project, ref), await tx.nodes.list()
+        return (await self._current([volume], nodes))[0]
 
     async def snapshots(
         self, principal: Principal, project: Project, ref: str
@@ -64,7 +85,41 @@ class Volumes:
         self.policy.require(principal, Action.VOLUME_READ, project.id)
         async with self.store.read() as tx:
             volume = await _volume(tx, project, ref)
-            return volume, await tx.volumes.snapshots(volume.id)
+            snaps = await tx.volumes.snapshots(volume.id)
+            node = await tx.nodes.get(volume.node_id) if volume.node_id else None
+        if snaps and node is not None and node.state is NodeState.READY:
+            with contextlib.suppress(Exception):  # then as the node said last
+                now = await self.link.snapshots_now(node, volume.id, USAGE_SECONDS)
+                used = {s.id: s.used_bytes for s in now}
+                snaps = [replace(s, used_bytes=used.get(s.id, s.used_bytes)) for s in snaps]
+        return volume, snaps
+
+    async def _current(
+        self, volumes: builtins.list[Volume], nodes: builtins.list[Node]
+    ) -> builtins.list[Volume]:
+        """The volumes with their used bytes as their nodes say now: each node asked once,
+        for at most USAGE_SECONDS; a node that does not answer leaves what it said last."""
+        held: dict[str, builtins.list[str]] = {}
+        for v in volumes:
+            if v.node_id and v.state in (VolumeState.AVAILABLE, VolumeState.ATTACHED):
+                held.setdefault(v.node_id, []).append(v.id)
+        if not held:
+            return volumes
+        ready = {n.id: n for n in nodes if n.state is NodeState.READY}
+
+        async def ask(node_id: str, ids: builtins.list[str]) -> dict[str, int]:
+            if node_id not in ready:
+                return {}
+            try:
+                now = await self.link.volumes_now(ready[node_id], ids, USAGE_SECONDS)
+            except Exception:
+                return {}
+            return {i.id: i.used_bytes for i in now}
+
+        used: dict[str, int] = {}
+        for answer in await asyncio.gather(*(ask(n, ids) for n, ids in held.items())):
+            used.update(answer)
+        return [replace(v, used_bytes=used.get(v.id, v.used_bytes)) for v in volumes]
 
     async def counts(self, volume_ids: builtins.list[str]) -> dict[str, int]:
         """How many snapshots each volume has."""
@@ -133,10 +188,27 @@ class Volumes:
         self, project: Project, name: str, size_bytes: int, source: str, node: str
     ) -> Volume:
         ref, _, snap_ref = source.partition("@")
-        async with self.store.read() as tx:
+        async with self.store.write() as tx:
+            await tx.projects.lock(project.id)
             origin = await _volume(tx, project, ref)
             snap = await _snapshot(tx, origin, snap_ref) if snap_ref else None
             target = await self._node_of(tx, origin)
+            _ready(origin)
+            origin = await _take(tx, origin, "forked")
+        try:
+            return await self._fork_of(project, name, size_bytes, node, (origin, snap, target))
+        finally:
+            await self._let_go(origin)
+
+    async def _fork_of(
+        self,
+        project: Project,
+        name: str,
+        size_bytes: int,
+        node: str,
+        source: tuple[Volume, Snapshot | None, Node],
+    ) -> Volume:
+        origin, snap, target = source
         if node and node not in (target.id, target.name):
             raise Invalid(
                 f"a fork is made on its source's node: volume {origin.name} is on node "
@@ -156,9 +228,10 @@ class Volumes:
         await self._reserve(project, volume)
         try:
             body = NodeVolumeClone(id=volume.id, snapshot=snap.id if snap else "")
-            info = await self.link.clone_volume(target, origin.id, body)
-            if size > info.size_bytes:
-                info = await self.link.grow_volume(target, volume.id, size)
+            async with _node_call(target):
+                info = await self.link.clone_volume(target, origin.id, body)
+                if size > info.size_bytes:
+                    info = await self.link.grow_volume(target, volume.id, size)
         except BaseException:
             await self._forget(volume, target)
             raise
@@ -175,13 +248,14 @@ class Volumes:
             await _detached(tx, volume, "deleted")
             if volume.state is VolumeState.CREATING:
                 raise Conflict(f"volume {volume.name} is being made: delete it once it is made")
-            volume = await tx.volumes.update(replace(volume, state=VolumeState.DELETING))
+            volume = await _take(tx, replace(volume, state=VolumeState.DELETING), "deleted")
             node = await self._node_of(tx, volume) if volume.node_id else None
         if node is not None:
             try:
-                await self.link.delete_volume(node, volume.id)
+                async with _node_call(node):
+                    await self.link.delete_volume(node, volume.id)
             except BaseException as e:
-                await self._write(replace(volume, state=VolumeState.ERROR, error=str(e)))
+                await self._write(_free(volume, state=VolumeState.ERROR, error=str(e)))
                 raise
         async with self.store.write() as tx:
             await tx.volumes.delete(volume.id)
@@ -206,9 +280,11 @@ class Volumes:
             total, _ = await tx.volumes.totals(project.id)
             _within(locked, "volume_gib", total - volume.size_bytes + size_bytes)
             node = await self._node_of(tx, volume)
-        info = await self.link.grow_volume(node, volume.id, size_bytes)
+            volume = await _take(tx, volume, "extended")
+        async with self._operation(volume, node):
+            info = await self.link.grow_volume(node, volume.id, size_bytes)
         return await self._write(
-            replace(volume, size_bytes=info.size_bytes, used_bytes=info.used_bytes)
+            _free(volume, size_bytes=info.size_bytes, used_bytes=info.used_bytes)
         )
 
     # -- snapshots -----------------------------------------------------------------------------
@@ -236,32 +312,39 @@ class Volumes:
                 id=new_id("vs"), volume_id=volume.id, project_id=project.id, name=name,
                 size_bytes=volume.size_bytes, created_at=time.time(), untrusted=volume.untrusted,
             )  # fmt: skip
-            await tx.volumes.create_snapshot(snap)
             node = await self._node_of(tx, volume)
             sandbox, target = await _writer(tx, volume)
+            volume = await _take(tx, volume, "snapshotted")
+            await tx.volumes.create_snapshot(snap)
         try:
-            info = await self.link.snapshot_volume(node, volume.id, snap.id, sandbox, target)
+            async with _node_call(node):
+                info = await self.link.snapshot_volume(node, volume.id, snap.id, sandbox, target)
         except BaseException:
             async with self.store.write() as tx:
                 await tx.volumes.delete_snapshot(snap.id)
+            await self._let_go(volume)
             raise
         snap = replace(snap, used_bytes=info.used_bytes, frozen=info.frozen)
         async with self.store.write() as tx:
             await tx.volumes.delete_snapshot(snap.id)
             await tx.volumes.create_snapshot(snap)
-        return volume, snap
+        return await self._let_go(volume), snap
 
     async def delete_snapshot(
         self, principal: Principal, project: Project, ref: str, snap_ref: str
     ) -> Snapshot:
         self.policy.require(principal, Action.VOLUME_WRITE, project.id)
-        async with self.store.read() as tx:
+        async with self.store.write() as tx:
+            await tx.projects.lock(project.id)
             volume = await _volume(tx, project, ref)
             snap = await _snapshot(tx, volume, snap_ref)
             node = await self._node_of(tx, volume)
-        await self.link.delete_snapshot(node, volume.id, snap.id)
+            volume = await _take(tx, volume, "cleared of a snapshot")
+        async with self._operation(volume, node):
+            await self.link.delete_snapshot(node, volume.id, snap.id)
         async with self.store.write() as tx:
             await tx.volumes.delete_snapshot(snap.id)
+        await self._let_go(volume)
         return snap
 
     async def restore(
@@ -276,9 +359,11 @@ class Volumes:
             _ready(volume)
             snap = await _snapshot(tx, volume, snap_ref)
             node = await self._node_of(tx, volume)
-        info = await self.link.restore_volume(node, volume.id, snap.id)
+            volume = await _take(tx, volume, "restored")
+        async with self._operation(volume, node):
+            info = await self.link.restore_volume(node, volume.id, snap.id)
         return await self._write(
-            replace(
+            _free(
                 volume, size_bytes=info.size_bytes, used_bytes=info.used_bytes,
                 untrusted=snap.untrusted,  # its data is the snapshot's now
             )
@@ -310,38 +395,32 @@ class Volumes:
         body: AsyncIterator[bytes],
         node: str = "",
     ) -> Volume:
-        """A new volume from an export, checked by the node as it arrives and bounded by the
-        project's volume quota (what is left of it)."""
+        """A new volume from an export. Its header says its size: the volume is written down
+        at that size (bounded by the quota, placed where it fits), then the node checks the
+        rest as it arrives (and refuses an image larger than its header said)."""
         self.policy.require(principal, Action.VOLUME_WRITE, project.id)
         validate_name(name, "volume")
-        target = await self._node_for(node, 0)
+        header, rest = await _head(body, HEADER.size)
+        size, fs = read_header(header)
+        check_size(size)
+        target = await self._node_for(node, size)
         volume = Volume(
-            id=new_id("v"), project_id=project.id, name=name, size_bytes=0, fs="ext4",
+            id=new_id("v"), project_id=project.id, name=name, size_bytes=size, fs=fs,
             state=VolumeState.CREATING, node_id=target.id, created_at=time.time(),
             untrusted=True,  # whoever wrote the export may have crafted its file system
         )  # fmt: skip
-        room = await self._reserve(project, volume)
-        if room <= 0:
-            await self._forget(volume)
-            raise QuotaExceeded(
-                f"project {project.name}'s volume quota (volume_gib) is used up: no room to "
-                "import a volume"
-            )
+        await self._reserve(project, volume)
         try:
-            info = await self.link.import_volume(target, volume.id, body, min(room, MAX_SIZE))
-            async with self.store.write() as tx:
-                locked = await tx.projects.lock(project.id)
-                total, _ = await tx.volumes.totals(project.id)
-                _within(locked, "volume_gib", total + info.size_bytes)
-                return await tx.volumes.update(
-                    replace(
-                        volume, size_bytes=info.size_bytes, fs=info.fs, used_bytes=info.used_bytes,
-                        state=VolumeState.AVAILABLE,
-                    )
-                )  # fmt: skip
+            info = await self.link.import_volume(target, volume.id, _chain(header, rest), size)
         except BaseException:
             await self._forget(volume, target)
             raise
+        return await self._write(
+            replace(
+                volume, size_bytes=info.size_bytes, fs=info.fs, used_bytes=info.used_bytes,
+                state=VolumeState.AVAILABLE,
+            )
+        )  # fmt: skip
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -374,6 +453,28 @@ class Volumes:
     async def _write(self, volume: Volume) -> Volume:
         async with self.store.write() as tx:
             return await tx.volumes.update(volume)
+
+    @contextlib.asynccontextmanager
+    async def _operation(self, volume: Volume, node: Node) -> AsyncIterator[None]:
+        """The node's part of an operation that took `volume` (`_take`): bounded in time, and
+        on failure the volume is let go (on success the caller's last write does that)."""
+        try:
+            async with _node_call(node):
+                yield
+        except BaseException:
+            await self._let_go(volume)
+            raise
+
+    async def _let_go(self, volume: Volume) -> Volume:
+        """The volume, free of the operation that took it (if no other took it since)."""
+        async with self.store.write() as tx:
+            try:
+                now = await tx.volumes.get(volume.project_id, volume.id)
+            except NotFound:
+                return volume
+            if (now.operation, now.operation_until) != (volume.operation, volume.operation_until):
+                return now
+            return await tx.volumes.update(_free(now))
 
     async def _node_of(self, tx: Tx, volume: Volume) -> Node:
         if volume.node_id is None:
@@ -420,6 +521,51 @@ class Volumes:
         return best[1]
 
 
+def _free(volume: Volume, **changes: Any) -> Volume:
+    """The volume with `changes`, no operation holding it."""
+    return replace(volume, operation="", operation_until=0.0, **changes)
+
+
+async def _take(tx: Tx, volume: Volume, operation: str) -> Volume:
+    """The volume, taken for `operation` (under the project's lock: 409 if another has it)."""
+    now = time.time()
+    _idle(volume, now)
+    return await tx.volumes.update(
+        replace(volume, operation=operation, operation_until=now + OPERATION_SECONDS)
+    )
+
+
+@contextlib.asynccontextmanager
+async def _node_call(node: Node) -> AsyncIterator[None]:
+    """A node call of an operation, given NODE_SECONDS (its volume is taken for longer)."""
+    try:
+        async with asyncio.timeout(NODE_SECONDS):
+            yield
+    except TimeoutError:
+        raise Unavailable(
+            f"node {node.name} did not finish within {NODE_SECONDS:.0f} s: try again"
+        ) from None
+
+
+async def _head(body: AsyncIterator[bytes], n: int) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The first `n` bytes of `body` (fewer if it ends first), and the rest of it."""
+    got = bytearray()
+    rest = b""
+    async for chunk in body:
+        got += chunk
+        if len(got) >= n:
+            rest = bytes(got[n:])
+            break
+    return bytes(got[:n]), _chain(rest, body)
+
+
+async def _chain(first: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in body:
+        yield chunk
+
+
 async def _volume(tx: Tx, project: Project, ref: str) -> Volume:
     with missing(f"no volume {ref!r} in project {project.name}"):
         return await tx.volumes.get(project.id, ref)
@@ -460,7 +606,15 @@ async def _detached(tx: Tx, volume: Volume, what: str) -> None:
         )
 
 
+def _idle(volume: Volume, now: float) -> None:
+    if volume.busy(now):
+        raise Conflict(
+            f"volume {volume.name} is being {volume.operation}: try again once that is done"
+        )
+
+
 def _ready(volume: Volume) -> None:
+    _idle(volume, time.time())
     if volume.state not in (VolumeState.AVAILABLE, VolumeState.ATTACHED):
         raise Conflict(f"volume {volume.name} is {volume.state}" + (
             f": {volume.error}" if volume.error else ""

@@ -63,6 +63,13 @@ from hutch.storage.backend import AttachSource, Fs, SnapshotInfo, VolumeInfo
 FICLONE = 0x40049409  # _IOW(0x94, 9, int): share the source file's extents (btrfs, XFS)
 ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # volume and snapshot ids: one path component
 FS_XATTR = "user.hutch.fs"
+FORK_XATTR = "user.hutch.fork"  # set on a fork: its used bytes are those it does not share
+FS_IOC_FIEMAP = 0xC020660B  # _IOWR('f', 11, struct fiemap)
+FIEMAP = struct.Struct("=QQIIII")  # fm_start, fm_length, fm_flags, fm_mapped_extents, count, -
+FIEMAP_EXTENT = struct.Struct("=QQQ2QI3I")  # logical, physical, length, -, flags, -
+FIEMAP_EXTENT_LAST = 0x1
+FIEMAP_EXTENT_SHARED = 0x2000
+FIEMAP_BATCH = 512  # extents asked for at once
 FS_VALUES: tuple[Fs, ...] = ("ext4", "none")
 BLOCK = 4096  # sizes are multiples of it; export skips all-zero blocks of it
 MIN_BYTES = 16 << 20  # room for ext4's journal
@@ -125,14 +132,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _clone(src: Path, dst: Path, fs: Fs) -> None:
-    """`dst` (a new temporary name) becomes a reflink copy of `src`, its fs attribute set and
-    its data and metadata on disk."""
+def _clone(src: Path, dst: Path, fs: Fs, fork: bool | None = None) -> None:
+    """`dst` (a new temporary name) becomes a reflink copy of `src`, its fs attribute set (and
+    its fork mark: `fork`, or else `src`'s) and its data and metadata on disk."""
+    if fork is None:
+        fork = _is_fork(src)
     with open(src, "rb") as s:
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.ioctl(fd, FICLONE, s.fileno())
             os.setxattr(fd, FS_XATTR, fs.encode())
+            if fork:
+                os.setxattr(fd, FORK_XATTR, b"1")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -160,6 +171,43 @@ def _fs_of(path: Path) -> Fs:
 
 def _used(st: os.stat_result) -> int:
     return st.st_blocks * 512
+
+
+def own_bytes(fd: int) -> int:
+    """The bytes of the file's extents that no other file shares (FIEMAP, without the
+    FIEMAP_EXTENT_SHARED flag): what deleting it would free."""
+    total, start = 0, 0
+    while True:
+        request = bytearray(FIEMAP.size + FIEMAP_BATCH * FIEMAP_EXTENT.size)
+        FIEMAP.pack_into(request, 0, start, (1 << 64) - 1 - start, 0, 0, FIEMAP_BATCH, 0)
+        fcntl.ioctl(fd, FS_IOC_FIEMAP, request)
+        mapped = FIEMAP.unpack_from(request)[3]
+        if not mapped:
+            return total
+        for i in range(mapped):
+            logical, _, length, _, _, flags, *_ = FIEMAP_EXTENT.unpack_from(
+                request, FIEMAP.size + i * FIEMAP_EXTENT.size
+            )
+            if not flags & FIEMAP_EXTENT_SHARED:
+                total += length
+            if flags & FIEMAP_EXTENT_LAST:
+                return total
+            start = logical + length
+
+
+def _own(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return own_bytes(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_fork(path: Path) -> bool:
+    try:
+        return os.getxattr(path, FORK_XATTR) == b"1"
+    except OSError:
+        return False
 
 
 def pool_mounted(root: Path) -> bool:
@@ -197,6 +245,23 @@ def mount_pool(root: Path, pool_bytes: int | None = None) -> Path:
             "cannot mount the pool",
         )
         return mountpoint
+
+
+def unmade_capacity(root: Path, pool_bytes: int | None = None) -> tuple[int, int]:
+    """(0, the bytes a LocalBackend on `root` would hold), without making it: no directory,
+    pool or loop device (a node asked where a volume may go, that never held one)."""
+    if pool_mounted(root):
+        return 0, shutil.disk_usage(root / POOL_DIR).total
+    if (root / POOL_FILE).exists():
+        return 0, (root / POOL_FILE).stat().st_size
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if reflinks(probe):
+        size = shutil.disk_usage(probe).total
+        return 0, min(size, pool_bytes) if pool_bytes else size
+    size = pool_bytes or max(GIB, shutil.disk_usage(probe).free // 2)
+    return 0, size - size % BLOCK
 
 
 def unmount_pool(root: Path) -> None:
@@ -321,8 +386,11 @@ def export_stream(path: Path, fs: Fs) -> Iterator[bytes]:
         os.close(fd)
 
 
-def _parse_header(header: bytes, max_bytes: int) -> tuple[int, Fs]:
-    """An export image's volume size and file system, from its header."""
+def read_header(header: bytes) -> tuple[int, Fs]:
+    """An export image's volume size and file system, from its first HEADER.size bytes;
+    Invalid if they are not a header this backend writes (the size is not checked)."""
+    if len(header) != HEADER.size:
+        raise Invalid(f"the image is truncated: it ends inside its header ({len(header)} bytes)")
     magic, version, flags, size, fs_raw = HEADER.unpack(header)
     if magic != MAGIC:
         raise Invalid("not a hutch volume image (bad magic)")
@@ -331,10 +399,16 @@ def _parse_header(header: bytes, max_bytes: int) -> tuple[int, Fs]:
     fs = fs_raw.rstrip(b"\0").decode("ascii", "replace")
     if fs not in FS_VALUES:
         raise Invalid(f"the image's file system {fs!r} is neither ext4 nor none")
+    return size, cast(Fs, fs)
+
+
+def _parse_header(header: bytes, max_bytes: int) -> tuple[int, Fs]:
+    """An export image's volume size and file system, from its header."""
+    size, fs = read_header(header)
     if size > max_bytes:
         raise Invalid(f"the image's volume is {size} bytes, beyond the {max_bytes} allowed")
     _check_size(size)
-    return size, cast(Fs, fs)
+    return size, fs
 
 
 def _import_records(fd: int, reader: _Reader, header: bytes, size: int) -> None:
@@ -465,12 +539,17 @@ class LocalBackend:
             raise Conflict(f"volume {volume_id} exists already")
 
     def _volume_info(self, volume_id: str, path: Path) -> VolumeInfo:
+        """Its used bytes: what it has allocated, shared extents included (those it shares
+        with its snapshots, or with its forks: each counted once, here); a fork's, only
+        what it does not share (a fresh fork's are ~0; once its source is gone, all)."""
         st = path.stat()
-        return VolumeInfo(volume_id, st.st_size, _fs_of(path), _used(st))
+        used = _own(path) if _is_fork(path) else _used(st)
+        return VolumeInfo(volume_id, st.st_size, _fs_of(path), used)
 
     def _snapshot_info(self, volume_id: str, snapshot_id: str, path: Path) -> SnapshotInfo:
+        """Its used bytes: only what it does not share (what deleting it would free)."""
         st = path.stat()
-        return SnapshotInfo(snapshot_id, volume_id, st.st_size, _used(st))
+        return SnapshotInfo(snapshot_id, volume_id, st.st_size, _own(path))
 
     # -- volumes
 
@@ -625,7 +704,7 @@ class LocalBackend:
         with self._reserve(size, f"a fork of {size >> 20} MiB"):
             tmp = self._tmp(self._volumes)
             try:
-                _clone(source, tmp, fs)
+                _clone(source, tmp, fs, fork=True)
                 _publish(tmp, self._volumes / new_id)
             finally:
                 tmp.unlink(missing_ok=True)

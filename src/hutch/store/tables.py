@@ -321,6 +321,8 @@ volumes = sa.Table(
     sa.Column("used_bytes", sa.BigInteger, nullable=False),
     sa.Column("error", sa.Text, nullable=False),
     sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("operation", _ENUM, nullable=False, server_default=""),
+    sa.Column("operation_until", _TIME, nullable=False, server_default="0"),
     # Its file system may be a tenant's craft (see model.volume.Volume.untrusted).
     sa.Column("untrusted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("project_id", "name"),

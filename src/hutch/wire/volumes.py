@@ -54,6 +54,9 @@ class VolumeView(View):
         "or from such a volume): containers do not take it, micro-VMs do",
     )
     created_at: float
+    # What its node is doing with it ("snapshotted", "extended", ...; '' for nothing): another
+    # operation meanwhile is refused (409 "volume NAME is being snapshotted").
+    operation: str = ""
 
 
 class SnapshotView(View):

@@ -1,5 +1,6 @@
 """/v1/volumes: a project's volumes (persistent disks on nodes) and their snapshots."""
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -27,6 +28,7 @@ BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "b
 async def _views(ctl: Controller, project: Project, volumes: list[Volume]) -> list[VolumeView]:
     nodes, machines = await ctl.volumes.names(volumes)
     counts = await ctl.volumes.counts([v.id for v in volumes])
+    now = time.time()
     return [
         VolumeView.mirroring(
             v,
@@ -35,6 +37,7 @@ async def _views(ctl: Controller, project: Project, volumes: list[Volume]) -> li
             node=nodes.get(v.node_id) if v.node_id else None,
             machine=machines.get(v.machine_id) if v.machine_id else None,
             snapshots=counts.get(v.id, 0),
+            operation=v.operation if v.busy(now) else "",  # a lapsed one holds nothing
         )
         for v in volumes
     ]

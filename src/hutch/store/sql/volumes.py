@@ -121,6 +121,7 @@ def _volume_values(v: Volume) -> dict[str, Any]:
         "id": v.id, "project_id": v.project_id, "name": v.name, "size_bytes": v.size_bytes,
         "fs": v.fs, "state": v.state.value, "node_id": v.node_id, "machine_id": v.machine_id,
         "used_bytes": v.used_bytes, "error": v.error, "created_at": v.created_at,
+        "operation": v.operation, "operation_until": v.operation_until,
         "untrusted": v.untrusted,
     }  # fmt: skip
 

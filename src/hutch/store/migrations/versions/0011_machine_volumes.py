@@ -6,8 +6,8 @@ import sqlalchemy as sa
 
 from hutch.store.migrations.columns import add_columns, drop_columns
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 
 
 def _flag(name: str) -> sa.Column[object]:
