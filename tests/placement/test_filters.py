@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 from hutch.model.machine import Capacity, GroupPolicy, Node, NodeState
-from hutch.placement import place
+from hutch.placement import Index, Placement, place
 from hutch.placement.capacity import CPU_OVERCOMMIT
 from hutch.placement.filters import (
     FILTERS,
@@ -11,6 +11,7 @@ from hutch.placement.filters import (
     group_policy,
     has_labels,
     has_runtime,
+    pinned,
     ports_free,
     ready,
     schedulable,
@@ -104,7 +105,7 @@ def test_affinity_follows_the_group_and_the_first_member_goes_anywhere() -> None
 
 def test_the_first_failing_filter_gives_the_reason() -> None:
     assert list(FILTERS) == [
-        ready, schedulable, has_runtime, has_labels, fits, group_policy, ports_free,
+        pinned, ready, schedulable, has_runtime, has_labels, fits, group_policy, ports_free,
     ]  # fmt: skip
     n = node("a", runtimes=("container",), memory_mib=1, cordoned=True)
     assert rejected(place(request(), [n])) == {"a": "node is cordoned"}
@@ -128,3 +129,27 @@ def test_a_host_port_is_published_once_per_node() -> None:
     assert ports_free(request(), a, taken) is None
     assert placed(place(web, [a, b], taken)) == "b"
     assert rejected(place(web, [a], taken)) == {"a": "host port 8080/tcp published already"}
+
+
+def test_a_machine_with_volumes_goes_to_their_node_only() -> None:
+    a, b, c = node("a"), node("b"), node("c", cordoned=True)
+    why = "volume db-data is on node b"
+    r = replace(request(), node=b.id, node_why=why)
+    assert pinned(r, a, NO_GROUP) == why and pinned(r, b, NO_GROUP) is None
+    assert pinned(request(), a, NO_GROUP) is None
+    decision = place(r, [a, b, c])
+    assert isinstance(decision, Placement)
+    assert decision.node.name == "b" and decision.because == why  # the only candidate, and why
+    assert decision.rejected == {"a": why, "c": why}
+    anywhere = place(request(), [a, b])
+    assert isinstance(anywhere, Placement) and anywhere.because == ""
+    # Its node cannot take it: it waits for that node, and says so; no other node will do.
+    on_c = replace(request(), node=c.id, node_why="volume db-data is on node c")
+    assert rejected(place(on_c, [a, b, c])) == {
+        "a": "volume db-data is on node c",
+        "b": "volume db-data is on node c",
+        "c": "node is cordoned (volume db-data is on node c: the machine runs nowhere else)",
+    }
+    index = Index([a, b, c])
+    assert index.place(r).node.name == "b"  # type: ignore[union-attr]
+    assert rejected(index.place(on_c)) == {"c": rejected(place(on_c, [c]))["c"]}

@@ -39,9 +39,22 @@ from hutch.images.pull import pull
 from hutch.images.spool import disk_full_is_insufficient
 from hutch.images.store import Allowance, StoredImage, is_digest_or_id
 from hutch.model.addressing import ip_literals
-from hutch.model.errors import HutchError, Invalid, NotFound, Unauthenticated, Unavailable
+from hutch.model.errors import (
+    Conflict,
+    HutchError,
+    Invalid,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from hutch.model.machine import Desired, MachineState
-from hutch.model.sandbox import ExitStatus, SandboxInfo, SandboxState, parse_signal
+from hutch.model.sandbox import (
+    ExitStatus,
+    SandboxInfo,
+    SandboxState,
+    VolumeMount,
+    parse_signal,
+)
 from hutch.network import dns, nft
 from hutch.network.claim import NamespaceClaim, claim
 from hutch.network.node import NetworkOptions, NodeNetwork, Peer
@@ -486,8 +499,9 @@ class NodeAgent:
         try:
             if driver is None:
                 raise Invalid(f"this node has no {a.runtime} runtime")
+            mounts = await self._volume_mounts(a)
             image = await self._ensure_image(a)
-            request = RunRequest.of(a, image.digest)
+            request = RunRequest.of(a, image.digest, mounts)
             roots = replace(self.roots, project=a.project, allow_paths=False)
             spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)
             await driver.create(spec)
@@ -500,6 +514,52 @@ class NodeAgent:
             return
         await self._report(a, MachineState.RUNNING, image=image)
         self._watch_exit(driver, a)
+
+    async def _volume_mounts(self, a: Assignment) -> tuple[VolumeMount, ...]:
+        """The assignment's volumes as its sandbox gets them (from this node's storage backend),
+        once no other sandbox of this node has any of them: one being destroyed (an older
+        generation, a machine destroyed while this node was away) is waited for. NotFound for a
+        volume this node does not hold; Conflict for one another sandbox still has."""
+        if not a.volumes:
+            return ()
+        wanted = {v.volume_id: v.name or v.volume_id for v in a.volumes}
+        while holders := await self._volume_holders(a.sandbox, set(wanted)):
+            going = [self._work[h] for h in holders if h in self._work]
+            if not going:
+                raise Conflict(
+                    f"volume {', '.join(wanted.values())} is still in use by sandbox "
+                    f"{', '.join(holders)} on this node"
+                )
+            await asyncio.gather(*(asyncio.shield(w) for w in going), return_exceptions=True)
+
+        def mounts() -> tuple[VolumeMount, ...]:
+            backend = self.volumes()
+            out = []
+            for v in a.volumes:
+                try:
+                    info = backend.info(v.volume_id)
+                except NotFound:
+                    raise NotFound(
+                        f"volume {v.name or v.volume_id} ({v.volume_id}) is not on node {self.name}"
+                    ) from None
+                source = backend.attach_source(v.volume_id).path
+                out.append(VolumeMount(v.volume_id, source, v.target, v.read_only, info.fs))
+            return tuple(out)
+
+        return await asyncio.to_thread(mounts)
+
+    async def _volume_holders(self, sandbox: str, volume_ids: set[str]) -> list[str]:
+        """The other sandboxes on this node that have any of `volume_ids`."""
+        holders = []
+        for driver in self.drivers.values():
+            for info in await driver.sandboxes():
+                if info.id == sandbox:
+                    continue
+                with contextlib.suppress(NotFound):
+                    spec = await driver.spec(info.id)
+                    if volume_ids & {v.volume_id for v in spec.volumes}:
+                        holders.append(info.id)
+        return holders
 
     async def _resume(self, driver: SandboxDriver, a: Assignment) -> None:
         """Start a sandbox created but never started: the agent stopped between the two (a

@@ -70,7 +70,7 @@ class Limits:
         return Allowance(stored=self.max_stored, unpacked=self.max_unpacked)
 
 
-async def _find(agent: NodeAgent, sandbox: str) -> SandboxDriver:
+async def find_driver(agent: NodeAgent, sandbox: str) -> SandboxDriver:
     for driver in agent.drivers.values():
         with contextlib.suppress(NotFound):
             await driver.inspect(sandbox)
@@ -95,7 +95,7 @@ async def logs(
     tail: Annotated[int | None, Query(ge=0)] = None,
     since: Annotated[float | None, Query(ge=0)] = None,
 ) -> StreamingResponse:
-    driver = await _find(agent, sandbox)
+    driver = await find_driver(agent, sandbox)
     # In chunks made in turns: a reader of a large log must not hold the loop.
     return StreamingResponse(
         batched(_log_lines(driver, sandbox, follow, tail, since)),
@@ -105,7 +105,7 @@ async def logs(
 
 @router.post("/node/v1/sandboxes/{sandbox}/signal", status_code=status.HTTP_204_NO_CONTENT)
 async def send_signal(agent: Agent, _: Auth, sandbox: str, body: SignalRequest) -> Response:
-    driver = await _find(agent, sandbox)
+    driver = await find_driver(agent, sandbox)
     await driver.signal(sandbox, parse_signal(body.signal))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -116,7 +116,7 @@ async def exec_(ws: WebSocket, agent: Agent, sandbox: str) -> None:
     try:
         _check(agent, ws.headers.get("authorization", ""))
         start = ExecStart.first_message(await ws.receive_text())
-        driver = await _find(agent, sandbox)
+        driver = await find_driver(agent, sandbox)
         spec = await driver.spec(sandbox)
         user = resolve_user(Path(spec.rootfs), start.user) if start.user else spec.process.user
         env = merge_env(
@@ -164,7 +164,7 @@ async def attach(ws: WebSocket, agent: Agent, sandbox: str) -> None:
     await ws.accept()
     try:
         _check(agent, ws.headers.get("authorization", ""))
-        driver = await _find(agent, sandbox)
+        driver = await find_driver(agent, sandbox)
         spec = await driver.spec(sandbox)
         main = await driver.attach(sandbox)
         attached = {"type": "attached", "tty": spec.process.tty, "stdin": main.stdin_open}

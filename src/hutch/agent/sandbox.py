@@ -22,6 +22,7 @@ from hutch.model.sandbox import (
     ProcessSpec,
     Resources,
     SandboxSpec,
+    VolumeMount,
     parse_signal,
 )
 from hutch.wire.nodes import Assignment
@@ -47,10 +48,12 @@ class RunRequest:
     networks: tuple[Attachment, ...] = ()  # its NICs, eth0 first (none: no network)
     ports: tuple[PortMapping, ...] = ()  # published on the node, to eth0's addresses
     hold_output: bool = False  # a follower comes from the start: hold output for it (log_hold)
+    volumes: tuple[VolumeMount, ...] = ()  # mounted before the workload starts, in order
 
     @classmethod
-    def of(cls, a: Assignment, image: str) -> "RunRequest":
-        """What the node runs for assignment `a`, from `image` (what `a.image` resolved to)."""
+    def of(cls, a: Assignment, image: str, volumes: tuple[VolumeMount, ...] = ()) -> "RunRequest":
+        """What the node runs for assignment `a`, from `image` (what `a.image` resolved to),
+        with `a.volumes` as the node's storage backend has them (`volumes`)."""
         return mirrored(  # workdir, user and the terminal's as the assignment says
             cls,
             a,
@@ -63,6 +66,7 @@ class RunRequest:
             hostname=a.machine,
             networks=tuple(n.model() for n in a.networks),
             ports=tuple(p.model() for p in a.ports),
+            volumes=volumes,
         )
 
 
@@ -173,6 +177,7 @@ def build_spec(
         stop_signal=parse_signal(config.stop_signal) if config.stop_signal else int(signal.SIGTERM),
         networks=request.networks,
         ports=request.ports,
+        volumes=request.volumes,
         hold_output=request.hold_output,
     )
     return spec, root

@@ -11,8 +11,8 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from hutch.agent.nodeapi import Agent, Auth
-from hutch.model.errors import Invalid
+from hutch.agent.nodeapi import Agent, Auth, find_driver
+from hutch.model.errors import Conflict, Invalid, NotFound
 from hutch.storage.backend import Backend, SnapshotInfo, VolumeInfo
 from hutch.storage.local import unmade_capacity
 from hutch.wire.volumes import (
@@ -41,10 +41,11 @@ def _info(v: VolumeInfo) -> NodeVolumeInfo:
     return NodeVolumeInfo(id=v.id, size_bytes=v.size_bytes, fs=v.fs, used_bytes=v.used_bytes)
 
 
-def _snap(s: SnapshotInfo) -> NodeSnapshotInfo:
+def _snap(s: SnapshotInfo, frozen: bool = False) -> NodeSnapshotInfo:
     return NodeSnapshotInfo(
-        id=s.id, volume_id=s.volume_id, size_bytes=s.size_bytes, used_bytes=s.used_bytes
-    )
+        id=s.id, volume_id=s.volume_id, size_bytes=s.size_bytes, used_bytes=s.used_bytes,
+        frozen=frozen,
+    )  # fmt: skip
 
 
 @router.get("/capacity")
@@ -107,7 +108,25 @@ async def snapshots(agent: Agent, _: Auth, volume: str) -> list[NodeSnapshotInfo
 async def snapshot(
     agent: Agent, _: Auth, volume: str, body: NodeSnapshotCreate
 ) -> NodeSnapshotInfo:
-    return _snap(await _run(agent, lambda b: b.snapshot(volume, body.id)))
+    """A snapshot; with `sandbox` and `target`, taken inside that sandbox's freeze of the file
+    system mounted there (application-consistent), unless the sandbox is no longer running
+    (then a point-in-time copy, as of a detached volume: `frozen` says which)."""
+
+    def take(b: Backend) -> SnapshotInfo:
+        return b.snapshot(volume, body.id)
+
+    if body.sandbox and body.target:
+        try:
+            driver = await find_driver(agent, body.sandbox)
+            spec = await driver.spec(body.sandbox)
+            if not any(v.volume_id == volume and v.target == body.target for v in spec.volumes):
+                raise Invalid(f"sandbox {body.sandbox} has no volume {volume} at {body.target}")
+            async with driver.freeze(body.sandbox, [body.target]):
+                info = await _run(agent, take)
+            return _snap(info, frozen=True)
+        except (NotFound, Conflict):  # it ended meanwhile: nothing writes it now
+            pass
+    return _snap(await _run(agent, take))
 
 
 @router.delete("/{volume}/snapshots/{snap}", status_code=status.HTTP_204_NO_CONTENT)

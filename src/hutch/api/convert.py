@@ -5,7 +5,15 @@ from typing import Any
 
 from hutch.model import mirrored
 from hutch.model.addressing import Network, Rule, SecurityGroup, dns_name
-from hutch.model.machine import Event, Machine, MachineSpec, Node, env_dict, env_entries
+from hutch.model.machine import (
+    Event,
+    Machine,
+    MachineSpec,
+    Node,
+    VolumeAttach,
+    env_dict,
+    env_entries,
+)
 from hutch.model.network import Attachment, PortMapping
 from hutch.model.tenancy import QUOTA_FIELDS, Project, Quota, Token, Usage
 from hutch.placement import Placement, Rejection
@@ -16,6 +24,7 @@ from hutch.wire.machines import (
     MachineView,
     PlacementView,
     Rejected,
+    VolumeAttachView,
 )
 from hutch.wire.networks import (
     AddressView,
@@ -28,7 +37,7 @@ from hutch.wire.networks import (
     RuleView,
     SecurityGroupView,
 )
-from hutch.wire.nodes import Assignment, Assignments, CapacityView, NodeView
+from hutch.wire.nodes import Assignment, Assignments, CapacityView, NodeView, VolumeAssignment
 from hutch.wire.tenancy import ProjectView, QuotaSpec, QuotaView, TokenView, UsageView
 
 
@@ -41,6 +50,7 @@ def spec_of(body: MachineCreate) -> MachineSpec:
         env=env_entries(body.env),
         labels=dict(body.labels),
         constraints=dict(body.constraints),
+        volumes=tuple(VolumeAttach(v.volume, v.path, v.read_only) for v in body.volumes),
     )
 
 
@@ -52,6 +62,7 @@ def placement_view(decision: Placement | Rejection) -> PlacementView:
             node_id=decision.node.id,
             candidates=decision.considered,
             rejected=[Rejected(node=n, reason=r) for n, r in sorted(decision.rejected.items())],
+            because=decision.because,
         )
     return PlacementView(
         placed=False,
@@ -68,6 +79,7 @@ def _spec(s: MachineSpec) -> dict[str, Any]:
     fields["env"] = env_dict(s.env)
     fields["labels"] = dict(s.labels)
     fields["constraints"] = dict(s.constraints)
+    del fields["volumes"]  # each view says them its own way
     return fields
 
 
@@ -94,6 +106,12 @@ def machine_view(m: Machine, project: str, wiring: Wiring | None = None) -> Mach
         ports=[port_view(p) for p in w.ports],
         security_groups=list(w.security_groups),
         dns=dns_name(m.name, project) if w.addresses else "",
+        volumes=[
+            VolumeAttachView(
+                volume=v.name, volume_id=v.volume, path=v.target, read_only=v.read_only
+            )
+            for v in m.spec.volumes
+        ],
     )
 
 
@@ -163,6 +181,12 @@ def assignment(m: Machine, quota: Quota, plan: NodePlan | None = None) -> Assign
         networks=[nic_view(a) for a in nics],
         ports=[port_view(p) for p in (plan.ports.get(m.id, ()) if plan and nics else ())],
         security_groups=list(plan.groups.get(m.id, ())) if plan else [],
+        volumes=[
+            VolumeAssignment(
+                volume_id=v.volume, name=v.name, target=v.target, read_only=v.read_only
+            )
+            for v in m.spec.volumes
+        ],
         machine=m.id,
         project=m.project_id,
         image_limits=quota.image_limits(),

@@ -177,6 +177,16 @@ def run(
         list[str] | None,
         typer.Option("--sg", help="A security group of the project's (repeatable)."),
     ] = None,
+    volume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--volume",
+            "-v",
+            help="NAME:/PATH[:ro]: attach the project's volume (hutch volume ls) at PATH until "
+            "the machine is destroyed (one machine at a time); it runs on the volume's node. "
+            "Repeatable.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -216,6 +226,7 @@ def run(
         "ports": publish or None,
         "networks": network or None,
         "security_groups": sg or None,
+        "volumes": volume or None,
     }
     if tty and (size := _terminal_size()) is not None:
         given["rows"], given["cols"] = size  # from its start: attaching then changes nothing
@@ -239,7 +250,9 @@ def run(
 
 
 def _print_plan(plan: "PlacementView") -> None:
-    if plan.placed:
+    if plan.placed and plan.because:
+        typer.echo(f"would run on node {plan.node} ({plan.because})")
+    elif plan.placed:
         typer.echo(f"would run on node {plan.node} ({plan.candidates} node(s) could take it)")
     else:
         typer.echo("no node can take it now")

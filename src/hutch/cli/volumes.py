@@ -130,6 +130,7 @@ def snapshot(
             *fields("name", "id"),
             ("SIZE", lambda s: _bytes(s.size_bytes)),
             ("USED", lambda s: _bytes(s.used_bytes)),
+            ("FROZEN", lambda s: "yes" if s.frozen else "no"),
             when("created_at"),
         ]
         listed(lambda client: client.volumes.snapshots(rest[0]), columns, output)
@@ -141,6 +142,8 @@ def snapshot(
     elif not verb and len(rest) == 1:
         with connect() as client:
             s = client.volumes.snapshot(rest[0], name)
+        if s.frozen:
+            progress(f"snapshot {s.name}: taken with the file system frozen by its machine")
         typer.echo(s.name)
     else:
         raise Invalid(

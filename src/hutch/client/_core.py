@@ -36,7 +36,7 @@ from hutch.client.errors import (
 )
 from hutch.model.addressing import Rule
 from hutch.model.errors import Invalid as ModelInvalid
-from hutch.model.machine import MachineState, RestartPolicy
+from hutch.model.machine import MachineState, RestartPolicy, VolumeAttach
 from hutch.model.network import PortMapping
 from hutch.model.tenancy import Role
 from hutch.model.volume import parse_size
@@ -50,6 +50,7 @@ from hutch.wire.machines import (
     MachineView,
     PlacementView,
     StopRequest,
+    VolumeSpec,
     WaitResult,
 )
 from hutch.wire.networks import (
@@ -183,6 +184,9 @@ class MachineOptions(TypedDict, total=False):
     networks: Sequence[str]  # networks by name (eth0 first); default: "default"; ["none"]
     ports: Sequence[str | Mapping[str, Any]]  # "[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]" or PortSpec
     security_groups: Sequence[str]  # the project's security groups, by name
+    # The project's volumes: "NAME:/PATH[:ro]" or VolumeSpec's fields ({"volume", "path",
+    # "read_only"}); attached until the machine is destroyed, one machine at a time.
+    volumes: Sequence[str | Mapping[str, Any]]
 
 
 class CommandOptions(TypedDict, total=False):
@@ -223,7 +227,21 @@ def machine_create(
             fields[key] = [fields[key]] if isinstance(fields[key], str) else list(fields[key])
     if "ports" in fields:
         fields["ports"] = [port_spec(p) for p in fields["ports"]]
+    if "volumes" in fields:
+        vols = fields["volumes"]
+        fields["volumes"] = [volume_spec(v) for v in ([vols] if isinstance(vols, str) else vols)]
     return build(MachineCreate, **fields)
+
+
+def volume_spec(volume: str | Mapping[str, Any]) -> VolumeSpec:
+    """A volume to attach from `-v`'s text (NAME:/PATH or NAME:/PATH:ro) or its fields."""
+    if not isinstance(volume, str):
+        return build(VolumeSpec, **volume)
+    try:
+        v = VolumeAttach.parse(volume)
+    except ModelInvalid as e:
+        raise Invalid(e.message) from None
+    return build(VolumeSpec, volume=v.volume, path=v.target, read_only=v.read_only)
 
 
 def port_spec(port: str | Mapping[str, Any]) -> PortSpec:

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from hutch.model.errors import Invalid
 from hutch.model.image import parse_ref
-from hutch.model.sandbox import scratch_mib
+from hutch.model.sandbox import MAX_VOLUMES, scratch_mib, validate_volume_target
 
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
@@ -109,6 +109,46 @@ def env_dict(entries: tuple[str, ...]) -> dict[str, str]:
     return dict(entry.partition("=")[::2] for entry in entries)
 
 
+@dataclass(frozen=True, slots=True)
+class VolumeAttach:
+    """A volume a machine has: mounted at `target` (a block device there for fs "none") from
+    before its workload starts until it is destroyed. A volume is attached to one machine at a
+    time (read-only too: ext4 is not a cluster file system, and even a read-only mount of a
+    journaled one that another writes is unsafe)."""
+
+    volume: str  # its id (what the caller named it by, name or id, until the service resolves it)
+    target: str  # absolute path inside the machine
+    read_only: bool = False
+    name: str = ""  # the volume's name, for views (volumes are never renamed)
+
+    def __post_init__(self) -> None:
+        validate_volume_target(self.target)
+
+    @staticmethod
+    def parse(text: str) -> "VolumeAttach":
+        """`-v`'s text: NAME:/PATH or NAME:/PATH:ro (or :rw), a volume by name or id."""
+        ref, sep, rest = text.partition(":")
+        path, _, mode = rest.partition(":")
+        if not sep or not ref or not path or mode not in ("", "ro", "rw"):
+            raise Invalid(f"volume {text!r} is not NAME:/PATH or NAME:/PATH:ro")
+        return VolumeAttach(ref, path, read_only=mode == "ro")
+
+
+def check_volumes(volumes: "tuple[VolumeAttach, ...]") -> None:
+    """At most MAX_VOLUMES, each volume once, paths that do not overlap."""
+    if len(volumes) > MAX_VOLUMES:
+        raise Invalid(f"a machine takes at most {MAX_VOLUMES} volumes, not {len(volumes)}")
+    seen: set[str] = set()
+    for i, v in enumerate(volumes):
+        if v.volume in seen:
+            raise Invalid(f"volume {v.name or v.volume} is given twice: a machine has each once")
+        seen.add(v.volume)
+        for other in volumes[i + 1 :]:
+            a, b = v.target, other.target
+            if a == b or b.startswith(a + "/") or a.startswith(b + "/"):
+                raise Invalid(f"volume paths {a} and {b} overlap")
+
+
 # The least memory each runtime can run a machine in, checked when a machine is asked for (so a
 # refusal leaves no machine behind) and again by the driver. The Debian cloud kernel does not
 # boot in 64 MiB; 96 leaves room for a workload.
@@ -145,9 +185,11 @@ class MachineSpec:
     # A client will follow its output from the start (an attached `hutch run`): the node keeps
     # it for up to `log_hold` seconds, the workload waiting, until a first follower comes.
     hold_output: bool = False
+    volumes: tuple[VolumeAttach, ...] = ()  # attached at creation, detached when destroyed
 
     def __post_init__(self) -> None:
         parse_ref(self.image)
+        check_volumes(self.volumes)
         validate_labels(self.labels)
         validate_labels(self.constraints)
         if self.group and not _LABEL_VALUE.match(self.group):

@@ -60,9 +60,14 @@ class Volume:
     state: VolumeState
     node_id: str | None  # where its bytes are (None only while it is being placed)
     created_at: float
-    machine_id: str | None = None  # the machine it is attached to (read-write), if any
+    machine_id: str | None = None  # the machine it is attached to (one at a time), if any
     used_bytes: int = 0  # what it takes on its node (as the node said last)
     error: str = ""
+    # Its file system may have been crafted by a tenant: it was imported, or attached
+    # read-write to a micro-VM (root in a guest writes raw blocks), or forked or restored from
+    # such a volume or snapshot. The node's own kernel never mounts such a file system: a
+    # container (whose volumes the node mounts) does not take it; a micro-VM does.
+    untrusted: bool = False
     # The operation its node is doing ("extended", "snapshotted", ...: `volume X is being
     # <operation>`), taken under the project's lock, until `operation_until` (a time.time()):
     # a controller that died mid-operation holds it no longer than that.
@@ -82,3 +87,7 @@ class Snapshot:
     size_bytes: int  # the volume's size when it was taken
     created_at: float
     used_bytes: int = 0  # what it alone takes on the node
+    untrusted: bool = False  # its volume's, when taken (see Volume.untrusted)
+    # Taken with the file system frozen by the machine that had the volume (application-
+    # consistent); else a point-in-time copy (crash-consistent), or of a detached volume.
+    frozen: bool = False

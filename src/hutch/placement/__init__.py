@@ -58,4 +58,5 @@ def place(
             reasons[node.name] = why
     if not candidates:
         return Rejection(reasons)
-    return replace(best(request, candidates, context, weighers), rejected=reasons)
+    placed = best(request, candidates, context, weighers)
+    return replace(placed, rejected=reasons, because=request.node_why if request.node else "")

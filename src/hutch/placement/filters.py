@@ -13,6 +13,13 @@ from hutch.placement.request import Context, Request
 Filter = Callable[[Request, Node, Context], str | None]
 
 
+def pinned(request: Request, node: Node, context: Context) -> str | None:
+    """A machine with volumes runs on their node, and nowhere else (the data is there)."""
+    if not request.node or node.id == request.node:
+        return None
+    return request.node_why or "the machine runs on another node only"
+
+
 def ready(request: Request, node: Node, context: Context) -> str | None:
     return None if node.state is NodeState.READY else f"node is {node.state}"
 
@@ -63,6 +70,7 @@ def ports_free(request: Request, node: Node, context: Context) -> str | None:
 
 
 FILTERS: tuple[Filter, ...] = (
+    pinned,  # first: what other nodes could offer does not matter
     ready,
     schedulable,
     has_runtime,
@@ -76,5 +84,9 @@ FILTERS: tuple[Filter, ...] = (
 def first_reason(
     request: Request, node: Node, context: Context, filters: Sequence[Filter] = FILTERS
 ) -> str | None:
-    """Why `node` cannot take `request` (the first filter that fails), or None."""
-    return next((r for f in filters if (r := f(request, node, context)) is not None), None)
+    """Why `node` cannot take `request` (the first filter that fails), or None. The node a
+    request is pinned to says, besides, that the machine waits for it."""
+    why = next((r for f in filters if (r := f(request, node, context)) is not None), None)
+    if why is not None and request.node == node.id and request.node_why:
+        why += f" ({request.node_why}: the machine runs nowhere else)"
+    return why

@@ -6,6 +6,7 @@ O(k log n) each.
 """
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from sortedcontainers import SortedList
 
@@ -44,6 +45,14 @@ class Index:
         ports: Mapping[str, set[tuple[int, str]]] | None = None,
     ) -> Placement | Rejection:
         context = Context.of(members or {}, self._nodes, holders, ports)
+        if request.node:  # one node may take it: no walk (other nodes' reasons are the same)
+            node = self._nodes.get(request.node)
+            if node is None:
+                return Rejection({"(gone)": f"{request.node_why}, which is no longer a node"})
+            why = first_reason(request, node, context)
+            if why is not None:
+                return Rejection({node.name: why})
+            return replace(best(request, [node], context), because=request.node_why)
         # Room alone: the best of a shape is among its first two (the second for ties). A
         # group also weighs failure domains: it looks further.
         per_shape = max(self.k // max(len(self._shapes), 1), 2) if request.group else 2

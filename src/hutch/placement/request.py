@@ -19,6 +19,10 @@ class Request:
     group: str = ""
     group_policy: GroupPolicy = GroupPolicy.NONE
     ports: frozenset[tuple[int, str]] = frozenset()  # host ports it publishes: (port, protocol)
+    # The one node it may run on (its volumes are there), and why, in the user's words
+    # ("volume db-data is on node n3"); "": any node.
+    node: str = ""
+    node_why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,7 @@ class Placement:
     score: float = 0.0
     considered: int = 1  # nodes that passed the filters and were weighed
     rejected: Mapping[str, str] = field(default_factory=dict)  # as in Rejection
+    because: str = ""  # the request's node_why, when it could go to one node only
 
 
 @dataclass(frozen=True, slots=True)

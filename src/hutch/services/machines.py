@@ -35,10 +35,13 @@ from hutch.model.machine import (
     Report,
     RestartPolicy,
     Strategy,
+    VolumeAttach,
+    check_volumes,
 )
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import parse_signal
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
+from hutch.model.volume import Volume, VolumeState
 from hutch.placement import Context, Placement, Rejection, Request, need, place
 from hutch.services.feeds import Feeds
 from hutch.services.ids import new_id
@@ -56,10 +59,13 @@ FINISHED = tuple(s for s in MachineState if s.finished)
 
 
 def request_of(
-    spec: MachineSpec, project: Project | None = None, ports: Sequence[PortMapping] = ()
+    spec: MachineSpec,
+    project: Project | None = None,
+    ports: Sequence[PortMapping] = (),
+    pin: tuple[str, str] = ("", ""),
 ) -> Request:
     """What placing the machine asks (`project`: for its default strategy; `ports`: those it
-    publishes, a resource of the node)."""
+    publishes, a resource of the node; `pin`: the node its volumes are on, and why: `pin_of`)."""
     return Request(
         spec.cpus,
         spec.memory_mib,
@@ -70,7 +76,76 @@ def request_of(
         group=spec.group,
         group_policy=spec.group_policy,
         ports=frozenset((p.host_port, p.protocol) for p in ports),
+        node=pin[0],
+        node_why=pin[1],
     )
+
+
+async def pin_of(tx: Tx, spec: MachineSpec) -> tuple[str, str]:
+    """The node a machine with volumes runs on (theirs: attaching checked they share one), and
+    why, in the user's words; ("", "") for a machine without volumes."""
+    if not spec.volumes:
+        return "", ""
+    found = await tx.volumes.by_ids([v.volume for v in spec.volumes])
+    node_id = next((v.node_id for v in found.values() if v.node_id), None)
+    if node_id is None:
+        return "none", "its volumes are on no node"
+    try:
+        where = (await tx.nodes.get(node_id)).name
+    except NotFound:
+        where = node_id
+    names = [v.name for v in found.values()]
+    if len(names) == 1:
+        return node_id, f"volume {names[0]} is on node {where}"
+    return node_id, f"volumes {', '.join(names)} are on node {where}"
+
+
+async def attachable(
+    tx: Tx, project: Project, spec: MachineSpec, machine_id: str = ""
+) -> tuple[VolumeAttach, ...]:
+    """The machine's volumes, by id and name, if it may have them now: each is the project's,
+    made (available), attached to no machine that is not destroyed (one machine at a time,
+    read-only too), on one node with the others, and, for a container, one whose file system
+    the node may mount. Conflict, Invalid or NotFound saying why not."""
+    resolved: list[tuple[VolumeAttach, Volume]] = []
+    for want in spec.volumes:
+        with missing(f"no volume {want.volume!r} in project {project.name}"):
+            v = await tx.volumes.get(project.id, want.volume)
+        if v.machine_id is not None and v.machine_id != machine_id:
+            try:
+                holder = await tx.machines.by_id(v.machine_id)
+            except NotFound:
+                holder = None
+            if holder is not None and holder.state is not MachineState.DESTROYED:
+                raise Conflict(
+                    f"volume {v.name} is attached to machine {holder.name} ({holder.state}): a "
+                    "volume is attached to one machine at a time, read-only too (ext4 is not a "
+                    f"cluster file system); destroy {holder.name} first"
+                )
+        elif v.state is not VolumeState.AVAILABLE and v.machine_id is None:
+            raise Conflict(f"volume {v.name} is {v.state}" + (f": {v.error}" if v.error else ""))
+        if v.busy(time.time()):
+            raise Conflict(f"volume {v.name} is being {v.operation}: attach it once that is done")
+        if spec.runtime == "container" and v.untrusted and v.fs != "none":
+            raise Conflict(
+                f"volume {v.name} may hold a file system a tenant crafted (it was imported, or "
+                "written by a micro-VM, or comes from such a volume): a container's volume is "
+                "mounted by the node's own kernel, which mounts only file systems hutch made; "
+                "a micro-VM can take it (--runtime microvm)"
+            )
+        resolved.append((replace(want, volume=v.id, name=v.name), v))
+    nodes = {v.node_id for _, v in resolved}
+    if len(nodes) > 1:
+        where = {n.id: n.name for n in await tx.nodes.list()}
+        each = ", ".join(
+            f"{v.name} on {where.get(v.node_id or '', v.node_id)}" for _, v in resolved
+        )
+        raise Invalid(
+            f"a machine's volumes must all be on one node (the machine runs there): {each}"
+        )
+    attach = tuple(a for a, _ in resolved)
+    check_volumes(attach)  # one volume named twice, by name and by id
+    return attach
 
 
 def usage_of(spec: MachineSpec) -> Usage:
@@ -120,6 +195,9 @@ class Machines:
         net = net or MachineNet()
         await self.networks.resolve(project, net)
         await self._check_image_source(principal, project, spec.image)
+        if spec.volumes:  # refused now if they cannot be had (checked again when attached)
+            async with self.store.read() as tx:
+                spec = replace(spec, volumes=await attachable(tx, project, spec))
         machine_id = new_id("m")
         name = validate_name(name, "machine") if name else machine_id
         now = time.time()
@@ -139,7 +217,9 @@ class Machines:
                 if isinstance(decision := await _place(tx, spec, project, net), Rejection):
                     raise NoCapacity(f"no node can take this machine: {decision.explain()}")
         async with self.store.write() as tx:
-            await _check_quota(tx, project, usage_of(spec))
+            await _check_quota(tx, project, usage_of(spec))  # the project's lock, held
+            if spec.volumes:
+                await _attach(tx, project, machine)
             await tx.machines.create(machine)
             await self.networks.join(tx, project, machine.id, net)
             await tx.events.append(
@@ -191,6 +271,8 @@ class Machines:
         net = net or MachineNet()
         await self.networks.resolve(project, net)
         async with self.store.read() as tx:
+            if spec.volumes:
+                spec = replace(spec, volumes=await attachable(tx, project, spec))
             return await _place(tx, spec, project, net)
 
     async def wiring(self, machines: Sequence[Machine]) -> dict[str, Wiring]:
@@ -446,9 +528,19 @@ class Machines:
                     gone = await self._transition(tx, gone, MachineState.DESTROYED, "")
                 else:
                     why = f"lost with node {node.name}"
+                    if placed.spec.volumes:  # its data is there: it waits for that node
+                        names = ", ".join(v.name or v.volume for v in placed.spec.volumes)
+                        why += (
+                            f"; its volumes ({names}) are on node {node.name}, so it is not "
+                            "placed elsewhere: start it again once that node is back"
+                        )
                     gone = replace(gone, error=why)
                     gone = await self._transition(tx, gone, MachineState.LOST, why)
-                    if gone.desired is Desired.RUNNING and _restarts(gone, MachineState.LOST):
+                    if (
+                        gone.desired is Desired.RUNNING
+                        and not gone.spec.volumes
+                        and _restarts(gone, MachineState.LOST)
+                    ):
                         gone = await self._new_generation(tx, gone, restarted=True)
                 woken.append(gone)
         for m in woken:
@@ -458,11 +550,12 @@ class Machines:
     async def drain(self, node: Node) -> int:
         """Move every machine that should run off the node (cordoned already): each starts a
         new generation that the scheduler places elsewhere, and the node destroys the old
-        sandbox. Machines stopped or finished stay. How many were moved."""
+        sandbox. Machines stopped or finished stay, and so do machines with volumes (their data
+        is on this node: they run nowhere else). How many were moved."""
         moved: list[Machine] = []
         async with self.store.write() as tx:
             for m in await tx.machines.on_node(node.id):
-                if m.desired is Desired.RUNNING and m.state in ACTIVE:
+                if m.desired is Desired.RUNNING and m.state in ACTIVE and not m.spec.volumes:
                     moved.append(await self._new_generation(tx, m, restarted=False, why="drained"))
         for m in moved:
             self._wake(m)
@@ -543,6 +636,8 @@ class Machines:
             await bump_neighbours(tx, [m.id])
         if state is MachineState.DESTROYED:
             await tx.networks.release(m.id)
+            if m.spec.volumes:  # the data stays; the volumes may go to another machine now
+                await tx.volumes.detach(m.id)
         if m.node_id is not None:
             await tx.nodes.bump_revisions([m.node_id])
         return m
@@ -576,7 +671,21 @@ async def _place(
     )
     nodes = await tx.nodes.list()
     context = Context.of(members, {n.id: n for n in nodes}, ports=taken)
-    return place(request_of(spec, project, ports), nodes, context)
+    return place(request_of(spec, project, ports, await pin_of(tx, spec)), nodes, context)
+
+
+async def _attach(tx: Tx, project: Project, m: Machine) -> None:
+    """Attach the machine's volumes to it (the caller holds the project's lock, so two machines
+    cannot both get one). A micro-VM that writes a volume marks it untrusted: root in the guest
+    writes its blocks as it likes, so no node's kernel mounts it after that."""
+    attach = await attachable(tx, project, m.spec, m.id)
+    found = await tx.volumes.by_ids([a.volume for a in attach])
+    for a in attach:
+        v = found[a.volume]
+        crafted = v.untrusted or (m.spec.runtime == "microvm" and not a.read_only)
+        await tx.volumes.update(
+            replace(v, machine_id=m.id, state=VolumeState.ATTACHED, untrusted=crafted)
+        )
 
 
 async def _get(tx: Tx, project: Project, ref: str) -> Machine:

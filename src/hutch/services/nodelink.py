@@ -179,8 +179,12 @@ class NodeLink:
         answer = await self._call(node, "POST", _vol(volume, "clone"), json=_json(body))
         return _parse(node, _VOLUME, answer)
 
-    async def snapshot_volume(self, node: Node, volume: str, snapshot: str) -> NodeSnapshotInfo:
-        body = _json(NodeSnapshotCreate(id=snapshot))
+    async def snapshot_volume(
+        self, node: Node, volume: str, snapshot: str, sandbox: str = "", target: str = ""
+    ) -> NodeSnapshotInfo:
+        """`sandbox` and `target`: the running sandbox that has the volume mounted there, whose
+        freeze of it the snapshot is taken in."""
+        body = _json(NodeSnapshotCreate(id=snapshot, sandbox=sandbox, target=target))
         answer = await self._call(node, "POST", _vol(volume, "snapshots"), json=body)
         return _parse(node, _SNAPSHOT, answer)
 

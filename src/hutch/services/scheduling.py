@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from hutch.model.machine import Capacity, Machine
 from hutch.placement import Index, Placement, Request, limit, need, plus
-from hutch.services.machines import request_of
+from hutch.services.machines import pin_of, request_of
 from hutch.services.networks import bump_neighbours
 from hutch.services.notify import SCHEDULER, Notifier, keys_of
 from hutch.store.base import Claim, NewEvent, Store, Tx
@@ -90,6 +90,7 @@ class Scheduler:
             members = await _members(tx, pending)
             holders = await _holders(tx, pending)
             ports = await tx.networks.ports([m.id for m in pending])
+            pins = {m.id: await pin_of(tx, m.spec) for m in pending if m.spec.volumes}
             taken = await tx.networks.ports_taken() if any(ports.values()) else {}
             placed: list[tuple[Machine, str]] = []
             claims: dict[str, Capacity] = {}
@@ -98,7 +99,8 @@ class Scheduler:
             # a backlog of one size costs one walk over the nodes, not one per machine.
             refused: dict[tuple[object, ...], str] = {}
             for m in pending:
-                request = request_of(m.spec, projects[m.project_id], ports[m.id])
+                pin = pins.get(m.id, ("", ""))
+                request = request_of(m.spec, projects[m.project_id], ports[m.id], pin)
                 group = members.get((m.project_id, m.spec.group)) if m.spec.group else None
                 shape = _shape(request)
                 if group is None and shape in refused:  # holders change no filter
@@ -167,6 +169,8 @@ def _shape(r: Request) -> tuple[object, ...]:
         r.strategy,
         tuple(sorted(r.labels.items())),
         tuple(sorted(r.ports)),
+        r.node,
+        r.node_why,
     )
 
 

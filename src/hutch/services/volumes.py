@@ -33,7 +33,7 @@ from hutch.model.errors import (
     QuotaExceeded,
     Unavailable,
 )
-from hutch.model.machine import Node, NodeState
+from hutch.model.machine import MachineState, Node, NodeState
 from hutch.model.tenancy import Principal, Project, validate_name
 from hutch.model.volume import (
     GIB,
@@ -223,6 +223,7 @@ class Volumes:
         volume = Volume(
             id=new_id("v"), project_id=project.id, name=name, size_bytes=size, fs=origin.fs,
             state=VolumeState.CREATING, node_id=target.id, created_at=time.time(),
+            untrusted=snap.untrusted if snap else origin.untrusted,
         )  # fmt: skip
         await self._reserve(project, volume)
         try:
@@ -244,7 +245,7 @@ class Volumes:
         async with self.store.write() as tx:
             await tx.projects.lock(project.id)
             volume = await _volume(tx, project, ref)
-            _detached(volume, "deleted")
+            await _detached(tx, volume, "deleted")
             if volume.state is VolumeState.CREATING:
                 raise Conflict(f"volume {volume.name} is being made: delete it once it is made")
             volume = await _take(tx, replace(volume, state=VolumeState.DELETING), "deleted")
@@ -269,7 +270,7 @@ class Volumes:
         async with self.store.write() as tx:
             locked = await tx.projects.lock(project.id)
             volume = await _volume(tx, project, ref)
-            _detached(volume, "extended")
+            await _detached(tx, volume, "extended")
             _ready(volume)
             if size_bytes <= volume.size_bytes:
                 raise Invalid(
@@ -309,20 +310,21 @@ class Volumes:
             _within(locked, "snapshot_gib", total + volume.size_bytes)
             snap = Snapshot(
                 id=new_id("vs"), volume_id=volume.id, project_id=project.id, name=name,
-                size_bytes=volume.size_bytes, created_at=time.time(),
+                size_bytes=volume.size_bytes, created_at=time.time(), untrusted=volume.untrusted,
             )  # fmt: skip
             node = await self._node_of(tx, volume)
+            sandbox, target = await _writer(tx, volume)
             volume = await _take(tx, volume, "snapshotted")
             await tx.volumes.create_snapshot(snap)
         try:
             async with _node_call(node):
-                info = await self.link.snapshot_volume(node, volume.id, snap.id)
+                info = await self.link.snapshot_volume(node, volume.id, snap.id, sandbox, target)
         except BaseException:
             async with self.store.write() as tx:
                 await tx.volumes.delete_snapshot(snap.id)
             await self._let_go(volume)
             raise
-        snap = replace(snap, used_bytes=info.used_bytes)
+        snap = replace(snap, used_bytes=info.used_bytes, frozen=info.frozen)
         async with self.store.write() as tx:
             await tx.volumes.delete_snapshot(snap.id)
             await tx.volumes.create_snapshot(snap)
@@ -353,7 +355,7 @@ class Volumes:
         async with self.store.write() as tx:
             await tx.projects.lock(project.id)
             volume = await _volume(tx, project, ref)
-            _detached(volume, "restored")
+            await _detached(tx, volume, "restored")
             _ready(volume)
             snap = await _snapshot(tx, volume, snap_ref)
             node = await self._node_of(tx, volume)
@@ -361,8 +363,11 @@ class Volumes:
         async with self._operation(volume, node):
             info = await self.link.restore_volume(node, volume.id, snap.id)
         return await self._write(
-            _free(volume, size_bytes=info.size_bytes, used_bytes=info.used_bytes)
-        )
+            _free(
+                volume, size_bytes=info.size_bytes, used_bytes=info.used_bytes,
+                untrusted=snap.untrusted,  # its data is the snapshot's now
+            )
+        )  # fmt: skip
 
     # -- backups -------------------------------------------------------------------------------
 
@@ -378,7 +383,7 @@ class Volumes:
             snap = await _snapshot(tx, volume, snap_ref) if snap_ref else None
             _ready(volume)
             if snap is None:
-                _detached(volume, "exported (export a snapshot of it instead)")
+                await _detached(tx, volume, "exported (export a snapshot of it instead)")
             node = await self._node_of(tx, volume)
         return volume, self.link.export_volume(node, volume.id, snap.id if snap else "")
 
@@ -402,6 +407,7 @@ class Volumes:
         volume = Volume(
             id=new_id("v"), project_id=project.id, name=name, size_bytes=size, fs=fs,
             state=VolumeState.CREATING, node_id=target.id, created_at=time.time(),
+            untrusted=True,  # whoever wrote the export may have crafted its file system
         )  # fmt: skip
         await self._reserve(project, volume)
         try:
@@ -570,11 +576,33 @@ async def _snapshot(tx: Tx, volume: Volume, ref: str) -> Snapshot:
         return await tx.volumes.snapshot(volume.id, ref)
 
 
-def _detached(volume: Volume, what: str) -> None:
+async def _writer(tx: Tx, volume: Volume) -> tuple[str, str]:
+    """The running sandbox that has the volume read-write, and where it is mounted: a snapshot
+    is taken inside its freeze of that file system. ("", "") when none is (a detached volume,
+    a machine not running, read-only, or no file system: fs none)."""
+    if volume.machine_id is None or volume.fs == "none":
+        return "", ""
+    try:
+        m = await tx.machines.by_id(volume.machine_id)
+    except NotFound:
+        return "", ""
+    if m.state is not MachineState.RUNNING or m.node_id != volume.node_id:
+        return "", ""
+    for a in m.spec.volumes:
+        if a.volume == volume.id and not a.read_only:
+            return m.sandbox_id, a.target
+    return "", ""
+
+
+async def _detached(tx: Tx, volume: Volume, what: str) -> None:
     if volume.machine_id is not None:
+        try:
+            holder = (await tx.machines.by_id(volume.machine_id)).name
+        except NotFound:
+            holder = volume.machine_id
         raise Conflict(
-            f"volume {volume.name} is attached to machine {volume.machine_id}: it can be {what} "
-            "once that machine is destroyed"
+            f"volume {volume.name} is attached to machine {holder}: it can be {what} once that "
+            "machine is destroyed"
         )
 
 

@@ -299,6 +299,9 @@ class VolumeRepo(Protocol):
     async def of_machine(self, machine_id: str) -> builtins.list[Volume]:
         """The volumes attached to the machine."""
 
+    async def detach(self, machine_id: str) -> None:
+        """Whatever volumes the machine has are attached to nothing (available) from now."""
+
     async def update(self, volume: Volume) -> Volume:
         """Write everything but its id, project and creation time; NotFound if it is gone."""
 

@@ -120,6 +120,8 @@ machines = sa.Table(
     sa.Column("tty_rows", sa.Integer, nullable=False, server_default="0"),
     sa.Column("tty_cols", sa.Integer, nullable=False, server_default="0"),
     sa.Column("hold_output", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Its volumes: [{"volume": id, "target": path, "read_only": bool, "name": name}, ...]
+    sa.Column("volumes", sa.JSON, nullable=False, server_default="[]"),
     # Its life.
     sa.Column("state", _ENUM, nullable=False),
     sa.Column("desired", _ENUM, nullable=False),
@@ -313,13 +315,16 @@ volumes = sa.Table(
     sa.Column("fs", _ENUM, nullable=False),
     sa.Column("state", _ENUM, nullable=False),
     sa.Column("node_id", _ID, sa.ForeignKey("nodes.id"), index=True),
-    # The machine that has it read-write (no foreign key: a purged machine's row goes).
+    # The machine it is attached to, one at a time, until that machine is destroyed (no
+    # foreign key: a purged machine's row goes).
     sa.Column("machine_id", _ID, index=True),
     sa.Column("used_bytes", sa.BigInteger, nullable=False),
     sa.Column("error", sa.Text, nullable=False),
     sa.Column("created_at", _TIME, nullable=False),
     sa.Column("operation", _ENUM, nullable=False, server_default=""),
     sa.Column("operation_until", _TIME, nullable=False, server_default="0"),
+    # Its file system may be a tenant's craft (see model.volume.Volume.untrusted).
+    sa.Column("untrusted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("project_id", "name"),
 )
 
@@ -333,5 +338,7 @@ volume_snapshots = sa.Table(
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("used_bytes", sa.BigInteger, nullable=False),
     sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("untrusted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("frozen", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("volume_id", "name"),
 )

@@ -28,6 +28,21 @@ def _env(env: dict[str, str]) -> dict[str, str]:
 Env = Annotated[dict[str, str], AfterValidator(_env)]
 
 
+class VolumeSpec(Request):
+    """A volume a machine has, from its creation until it is destroyed."""
+
+    volume: str = Field(min_length=1, max_length=64, description="the project's, by name or id")
+    path: str = Field(min_length=2, max_length=200, description="where it is mounted inside")
+    read_only: bool = False
+
+
+class VolumeAttachView(View):
+    volume: str  # its name
+    volume_id: str
+    path: str
+    read_only: bool = False
+
+
 class MachineCreate(Request):
     image: str = Field(min_length=1, max_length=512)
     name: str | None = Field(None, max_length=63)
@@ -82,6 +97,12 @@ class MachineCreate(Request):
     security_groups: list[str] = Field(
         [], max_length=16, description="security groups (the project's), by name or id"
     )
+    volumes: list[VolumeSpec] = Field(
+        [],
+        max_length=16,
+        description="the project's volumes, attached from its creation until it is destroyed "
+        "(a volume to one machine at a time); it runs on their node",
+    )
 
 
 class MachineView(View):
@@ -129,6 +150,7 @@ class MachineView(View):
     ports: list[PortView] = []
     security_groups: list[str] = []  # names
     dns: str = ""  # NAME.PROJECT.internal, on its networks (empty without one)
+    volumes: list[VolumeAttachView] = []
 
 
 class Rejected(View):
@@ -145,6 +167,7 @@ class PlacementView(View):
     candidates: int = 0  # nodes that passed every filter
     rejected: list[Rejected] = []
     reason: str = ""  # when nothing fits: every node's reason in one line
+    because: str = ""  # placed where it must be: why (its volumes are on that node)
 
 
 class StopRequest(Request):

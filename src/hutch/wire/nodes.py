@@ -130,6 +130,15 @@ class SignalRequest(Request):
     signal: str
 
 
+class VolumeAssignment(View):
+    """A volume the sandbox gets (SandboxSpec.volumes): the node's backend says where it is."""
+
+    volume_id: str
+    name: str = ""
+    target: str
+    read_only: bool = False
+
+
 class Assignment(View):
     """A machine as its node must run it: the desired state of one sandbox."""
 
@@ -164,6 +173,7 @@ class Assignment(View):
     networks: list[NicView] = []  # its NICs, eth0 first (SandboxSpec.networks)
     ports: list[PortView] = []  # published on the node, to eth0's addresses
     security_groups: list[str] = []  # ids, in Assignments.groups
+    volumes: list[VolumeAssignment] = []  # on this node's storage backend, in order
 
 
 class Assignments(View):

@@ -48,6 +48,11 @@ class VolumeView(View):
     used_bytes: int = 0
     error: str = ""
     snapshots: int = 0
+    untrusted: bool = Field(
+        False,
+        description="its file system may be a tenant's craft (imported, written by a micro-VM, "
+        "or from such a volume): containers do not take it, micro-VMs do",
+    )
     created_at: float
     # What its node is doing with it ("snapshotted", "extended", ...; '' for nothing): another
     # operation meanwhile is refused (409 "volume NAME is being snapshotted").
@@ -61,6 +66,12 @@ class SnapshotView(View):
     volume_id: str
     size_bytes: int
     used_bytes: int = 0
+    untrusted: bool = False  # its volume's when taken
+    frozen: bool = Field(
+        False,
+        description="taken with the file system frozen by the machine that had the volume "
+        "(application-consistent); else point-in-time (crash-consistent) or of a detached volume",
+    )
     created_at: float
 
 
@@ -80,6 +91,10 @@ class NodeVolumeClone(Request):
 
 class NodeSnapshotCreate(Request):
     id: str = Field(min_length=1, max_length=64)
+    # The running sandbox that has the volume, and where: the snapshot is taken inside its
+    # freeze of that file system (Driver.freeze). Empty: not frozen.
+    sandbox: str = Field("", max_length=64)
+    target: str = Field("", max_length=200)
 
 
 class NodeVolumeInfo(View):
@@ -94,6 +109,7 @@ class NodeSnapshotInfo(View):
     volume_id: str
     size_bytes: int
     used_bytes: int
+    frozen: bool = False  # taken inside the sandbox's freeze
 
 
 class NodeVolumeCapacity(View):

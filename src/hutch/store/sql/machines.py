@@ -20,6 +20,7 @@ from hutch.model.machine import (
     MachineState,
     RestartPolicy,
     Strategy,
+    VolumeAttach,
 )
 from hutch.model.tenancy import Usage
 from hutch.store import tables as t
@@ -274,6 +275,10 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "tty_rows": s.rows,
         "tty_cols": s.cols,
         "hold_output": s.hold_output,
+        "volumes": [
+            {"volume": v.volume, "target": v.target, "read_only": v.read_only, "name": v.name}
+            for v in s.volumes
+        ],
         "state": m.state.value,
         "desired": m.desired.value,
         "updated_at": m.updated_at,
@@ -309,6 +314,7 @@ def _to_machine(r: Row[Any]) -> Machine:
         strategy=None if r.strategy is None else Strategy(r.strategy),
         rows=r.tty_rows,
         cols=r.tty_cols,
+        volumes=tuple(VolumeAttach(**v) for v in r.volumes),
     )
     return from_row(Machine, r, spec=spec, state=MachineState(r.state), desired=Desired(r.desired))
 

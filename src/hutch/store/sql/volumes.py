@@ -42,6 +42,21 @@ class SqlVolumes(Repo):
         stmt = sa.select(v).where(v.c.machine_id == machine_id).order_by(v.c.id)
         return [_to_volume(r) for r in await self._c.execute(stmt)]
 
+    async def detach(self, machine_id: str) -> None:
+        """The machine's volumes are no longer attached to it (it is destroyed)."""
+        v = t.volumes
+        await self._c.execute(
+            sa.update(v)
+            .where(v.c.machine_id == machine_id)
+            .values(
+                machine_id=None,
+                state=sa.case(
+                    (v.c.state == VolumeState.ATTACHED.value, VolumeState.AVAILABLE.value),
+                    else_=v.c.state,
+                ),
+            )
+        )
+
     async def update(self, volume: Volume) -> Volume:
         values = _volume_values(volume)
         for key in ("id", "project_id", "created_at"):
@@ -107,6 +122,7 @@ def _volume_values(v: Volume) -> dict[str, Any]:
         "fs": v.fs, "state": v.state.value, "node_id": v.node_id, "machine_id": v.machine_id,
         "used_bytes": v.used_bytes, "error": v.error, "created_at": v.created_at,
         "operation": v.operation, "operation_until": v.operation_until,
+        "untrusted": v.untrusted,
     }  # fmt: skip
 
 
@@ -114,6 +130,7 @@ def _snapshot_values(s: Snapshot) -> dict[str, Any]:
     return {
         "id": s.id, "volume_id": s.volume_id, "project_id": s.project_id, "name": s.name,
         "size_bytes": s.size_bytes, "used_bytes": s.used_bytes, "created_at": s.created_at,
+        "untrusted": s.untrusted, "frozen": s.frozen,
     }  # fmt: skip
 
 
