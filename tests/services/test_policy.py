@@ -16,12 +16,14 @@ READER = {
     Action.IMAGE_READ,
     Action.EVENT_READ,
     Action.NETWORK_READ,
+    Action.VOLUME_READ,
 }
 MEMBER = READER | {
     Action.MACHINE_WRITE,
     Action.MACHINE_EXEC,
     Action.IMAGE_WRITE,
     Action.NETWORK_WRITE,
+    Action.VOLUME_WRITE,
 }
 ADMIN = set(Action)
 MAY = {Role.READER: READER, Role.MEMBER: MEMBER, Role.ADMIN: ADMIN}
