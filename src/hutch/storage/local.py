@@ -77,6 +77,10 @@ GIB = 1 << 30
 TMP = ".tmp-"
 POOL_FILE = "pool.xfs"
 POOL_DIR = "pool"
+# e2fsck and resize2fs on a volume's ext4 (a tenant's craft, maybe) run as this uid and gid
+# (nobody: no file of the node's is its own, no hutch sandbox runs as it), for at most this long.
+CONFINED_UID = 65534
+CONFINED_TIMEOUT_S = 300
 
 # The volume's ext4: made lazily (writing almost nothing, so the file stays sparse), WITH a
 # journal (a volume outlives crashes: fsck-free recovery), nothing reserved for root.
@@ -122,6 +126,49 @@ def _run(argv: list[str], what: str) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise Unavailable(f"{what}: {argv[0]} failed: {(done.stderr or done.stdout).strip()}")
+
+
+def _confined(argv: list[str], path: Path, what: str) -> subprocess.CompletedProcess[str]:
+    """Run `argv` + [its file] on the file `path` the way a tool parsing a tenant's craft must
+    run on the node: as CONFINED_UID (its only way to the file the descriptor it inherits,
+    which it reopens through /proc/self/fd: the file is the uid's for the run), with no
+    capabilities nor a way to gain any, in network and IPC namespaces of its own, unable to make
+    the file larger than it is (RLIMIT_FSIZE), and killed after CONFINED_TIMEOUT_S. A volume's
+    ext4 may have been written block by block by root in a micro-VM, or imported: e2fsck and
+    resize2fs parse it, and a bug they have must not become the node's root."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.fchown(fd, CONFINED_UID, CONFINED_UID)
+        command = [
+            "unshare", "--net", "--ipc", "--",
+            "prlimit", f"--fsize={size}", "--core=0", "--",
+            "setpriv", f"--reuid={CONFINED_UID}", f"--regid={CONFINED_UID}", "--clear-groups",
+            "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--",
+            *argv, f"/proc/self/fd/{fd}",
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, errors="replace", check=False,
+                pass_fds=(fd,), timeout=CONFINED_TIMEOUT_S, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise Unavailable(
+                f"{what}: {argv[0]} took more than {CONFINED_TIMEOUT_S} s and was stopped"
+            ) from None
+        if os.fstat(fd).st_size != size:  # what RLIMIT_FSIZE stops, checked all the same
+            raise Unavailable(f"{what}: {argv[0]} changed the size of the file")
+        return done
+    finally:
+        with contextlib.suppress(OSError):
+            os.fchown(fd, 0, 0)
+        os.close(fd)
+
+
+def _tail(text: str, limit: int = 400) -> str:
+    """The end of a tool's output (about a file a tenant may have crafted: bounded)."""
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -461,8 +508,9 @@ class LocalBackend:
             raise Unavailable(f"{self.data} cannot share extents (FICLONE): no snapshots there")
         self._volumes = self.data / "volumes"
         self._snapshots = self.data / "snapshots"
-        self._volumes.mkdir(exist_ok=True)
-        self._snapshots.mkdir(exist_ok=True)
+        for directory in (self._volumes, self._snapshots):  # the node's root's alone
+            directory.mkdir(exist_ok=True)
+            directory.chmod(0o700)
         self._lock = threading.Lock()
         self._reserved = 0  # promised to operations under way (imports)
         self._clean()
@@ -613,19 +661,20 @@ class LocalBackend:
                 _clone(path, tmp, fs)
                 os.truncate(tmp, size_bytes)
                 if fs == "ext4":
-                    # resize2fs wants a file system checked since it was last mounted
-                    check = subprocess.run(
-                        ["e2fsck", "-f", "-p", str(tmp)],
-                        capture_output=True,
-                        text=True,
-                        check=False,
-                    )
-                    if check.returncode >= 4:
-                        raise Unavailable(
-                            f"volume {volume_id}'s ext4 has errors e2fsck cannot fix: "
-                            f"{(check.stderr or check.stdout).strip()}"
+                    # A tenant may have written this ext4 block by block: checked and grown
+                    # by tools _confined to it. resize2fs wants it checked since its last mount.
+                    what = f"cannot grow volume {volume_id}'s ext4"
+                    check = _confined(["e2fsck", "-f", "-p"], tmp, what)
+                    if check.returncode >= 4:  # the volume's fault, not the node's
+                        raise Invalid(
+                            f"volume {volume_id}'s ext4 has errors e2fsck cannot fix (or it "
+                            f"needs more than its own file): {_tail(check.stderr or check.stdout)}"
                         )
-                    _run(["resize2fs", str(tmp)], f"cannot grow volume {volume_id}'s ext4")
+                    done = _confined(["resize2fs"], tmp, what)
+                    if done.returncode != 0:
+                        raise Unavailable(
+                            f"{what}: resize2fs failed: {_tail(done.stderr or done.stdout)}"
+                        )
                 with open(tmp, "rb") as f:
                     os.fsync(f.fileno())
                 os.replace(tmp, path)

@@ -1,0 +1,94 @@
+"""A hostile tenant against volumes, through the SDK against the shared `hutch up` (its node's
+LocalBackend, micro-VMs and containers): each attack refused, next to the same request allowed.
+"""
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hutch.client import Client
+from hutch.client.errors import Invalid
+from hutch.storage.local import export_stream
+from tests.controller import Controller, controller, new_project
+
+__all__ = ["controller"]
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def client(controller: Controller) -> Iterator[Client]:
+    with controller.client(new_project(controller, "atk")) as c:
+        yield c
+
+
+def _export_of(raw: Path, fs: str) -> Path:
+    """An export image (what `hutch volume import` reads) of the raw file `raw`."""
+    out = raw.with_suffix(".hvol")
+    out.write_bytes(b"".join(export_stream(raw, fs)))  # type: ignore[arg-type]
+    return out
+
+
+def _sh(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def _block_count(ctl: Controller, volume_id: str) -> int:
+    """The block count in the superblock of the volume's ext4, read on the node."""
+    path = ctl.state_dir / "node" / "volumes" / "pool" / "volumes" / volume_id
+    for line in _sh("dumpe2fs", "-h", str(path)).splitlines():
+        if line.startswith("Block count:"):
+            return int(line.split(":")[1])
+    raise AssertionError("no block count")
+
+
+def test_growing_a_tenants_ext4_never_lets_it_reach_a_device_of_the_node(
+    controller: Controller, client: Client, tmp_path: Path
+) -> None:
+    """Growing an ext4 volume runs e2fsck and resize2fs on the node over a file system a tenant
+    may have written block by block. One whose superblock names an external journal by UUID
+    made the node's root open a block device of the node: here the loop device of the
+    tenant's own raw volume, given to a container (it could be any device with that UUID or
+    device number). The grow of such a volume is refused, and the tools never open another
+    device; the grow of an untrusted ext4 volume that is only a file system works."""
+    # A raw volume holding an ext4 journal device, on a loop device of the node (a container's).
+    journal = uuid.uuid4()
+    jdev = tmp_path / "jdev"
+    jdev.write_bytes(b"")
+    subprocess.run(["truncate", "-s", "16M", str(jdev)], check=True)
+    _sh("mke2fs", "-q", "-F", "-O", "journal_dev", "-b", "4096", "-U", str(journal), str(jdev))
+    client.volumes.import_("jdev", _export_of(jdev, "none"))
+    holder = client.machines.run(
+        "busybox", ["sleep", "600"], runtime="container", volumes=["jdev:/dev/jdev"]
+    )
+    assert holder.state == "running", holder.error
+    # An ext4 whose journal is that device (made with it on a loop device of the test's own).
+    crafted = tmp_path / "crafted"
+    subprocess.run(["truncate", "-s", "32M", str(crafted)], check=True)
+    loop = _sh("losetup", "-f", "--show", str(jdev)).strip()
+    try:
+        _sh("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-J", f"device={loop}",
+            str(crafted))  # fmt: skip
+    finally:
+        _sh("losetup", "-d", loop)
+    assert str(journal) in _sh("dumpe2fs", "-h", str(crafted))
+    plain = tmp_path / "plain"
+    subprocess.run(["truncate", "-s", "32M", str(plain)], check=True)
+    _sh("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", str(plain))
+
+    ok = client.volumes.import_("plain", _export_of(plain, "ext4"))
+    assert ok.untrusted is True
+    grown = client.volumes.extend("plain", 64 * MIB)
+    assert grown.size_bytes == 64 * MIB
+    assert _block_count(controller, ok.id) == 64 * MIB // 4096  # its ext4 grew with it
+
+    bad = client.volumes.import_("crafted", _export_of(crafted, "ext4"))
+    with pytest.raises(Invalid, match="e2fsck cannot fix"):
+        client.volumes.extend("crafted", 64 * MIB)
+    after = client.volumes.get("crafted")
+    assert (after.size_bytes, after.state, after.operation) == (32 * MIB, "available", "")
+    assert _block_count(controller, bad.id) == 32 * MIB // 4096
+    client.machines.delete(holder.id, force=True)
