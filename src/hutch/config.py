@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     container_uid_base: int = Field(
         1_000_000_000, ge=1000, description="containers' host uids: 65536 each from here"
     )
+    volume_pool_mib: int = Field(
+        0,
+        ge=0,
+        description="the node's volume pool, in MiB, when the agent makes it (0: half the free "
+        "space of the state directory's disk, at least 1 GiB; at least 512 when given); on a "
+        "state directory that can reflink, the most the node's volumes are promised",
+    )
     cgroup_parent: str = "hutch"
     network_mtu: int = Field(
         1500, ge=1280, le=9000, description="MTU of machines' NICs and of the node's bridges"
@@ -180,6 +187,13 @@ class Settings(BaseSettings):
     @classmethod
     def _size(cls, value: object) -> object:
         return parse_size(value, default_unit="b") if isinstance(value, str) else value
+
+    @field_validator("volume_pool_mib")
+    @classmethod
+    def _pool_size(cls, value: int) -> int:
+        if 0 < value < 512:
+            raise ValueError("a volume pool is at least 512 MiB (XFS needs 300), or 0: the default")
+        return value
 
     @field_validator("machine_retention", mode="before")
     @classmethod

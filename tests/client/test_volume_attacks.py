@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from hutch.client import Client
-from hutch.client.errors import Invalid
+from hutch.client.errors import Invalid, NoCapacity
 from hutch.storage.local import export_stream
-from tests.controller import Controller, controller, new_project
+from tests.controller import Controller, controller, new_project, running_controller
 
 __all__ = ["controller"]
 
@@ -92,3 +92,30 @@ def test_growing_a_tenants_ext4_never_lets_it_reach_a_device_of_the_node(
     assert (after.size_bytes, after.state, after.operation) == (32 * MIB, "available", "")
     assert _block_count(controller, bad.id) == 32 * MIB // 4096
     client.machines.delete(holder.id, force=True)
+
+
+def test_an_export_held_open_keeps_its_copy_promised_in_the_pool(busybox_rootfs: Path) -> None:
+    """An export reads a reflink copy of its volume. A tenant who held one open (reading no
+    further) and deleted the volume kept its blocks in the pool while nothing promised them:
+    a new volume was promised the same room, and its writes (or another tenant's) would meet a
+    full pool. The copy stays promised while the export runs; once it ends, the room is free."""
+    with (
+        running_controller(busybox_rootfs, {"HUTCH_VOLUME_POOL_MIB": "512"}) as ctl,
+        ctl.client(new_project(ctl, "exp")) as client,
+    ):
+        client.volumes.create("a", "200M", fs="none")
+        fill = ["dd", "if=/dev/urandom", "of=/dev/a", "bs=1M", "count=200", "conv=fsync"]
+        filler = client.machines.run("busybox", fill, runtime="container", volumes=["a:/dev/a"])
+        done = client.machines.wait(filler, timeout=120)
+        assert done.exit_code == 0, done.error
+        client.machines.delete(filler.id)
+        client.machines.wait(filler.id, "destroyed", timeout=60)
+        assert client.volumes.get("a").used_bytes >= 200 * MIB
+        export = client.volumes.export("a")
+        assert next(iter(export))  # its header: the node holds the copy now
+        client.volumes.delete("a")
+        with pytest.raises(NoCapacity, match="free in its volume pool"):
+            client.volumes.create("b", "400M")
+        client.volumes.create("b", "200M")  # what the pool holds beside the export's copy
+        export.close()  # type: ignore[attr-defined]
+        client.volumes.create("c", "200M")  # the export is over: its room is free

@@ -201,7 +201,7 @@ class NodeAgent:
             if self._volumes is None:
                 from hutch.storage.local import LocalBackend  # noqa: PLC0415 - its pool on demand
 
-                self._volumes = LocalBackend(self.volumes_root())
+                self._volumes = LocalBackend(self.volumes_root(), self.volume_pool_bytes())
             return self._volumes
 
     def volumes_made(self) -> Backend | None:
@@ -210,6 +210,10 @@ class NodeAgent:
 
     def volumes_root(self) -> Path:
         return self.dir / "volumes"
+
+    def volume_pool_bytes(self) -> int | None:
+        """The volume pool's size the settings ask for (None: the backend's default)."""
+        return (self.settings.volume_pool_mib << 20) or None
 
     # -- start-up ----------------------------------------------------------------------------------
 

@@ -54,7 +54,9 @@ async def capacity(agent: Agent, _: Auth) -> NodeVolumeCapacity:
     volume says what its backend would hold, without making it (no pool, no loop device:
     every node is asked when a volume is placed)."""
     if agent.volumes_made() is None:
-        promised, total = await asyncio.to_thread(unmade_capacity, agent.volumes_root())
+        promised, total = await asyncio.to_thread(
+            unmade_capacity, agent.volumes_root(), agent.volume_pool_bytes()
+        )
     else:
         promised, total = await _run(agent, lambda b: b.capacity())
     return NodeVolumeCapacity(promised_bytes=promised, total_bytes=total)

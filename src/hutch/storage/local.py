@@ -513,6 +513,9 @@ class LocalBackend:
             directory.chmod(0o700)
         self._lock = threading.Lock()
         self._reserved = 0  # promised to operations under way (imports)
+        # descriptors of the files exports read: a volume's copy (True, always promised) or a
+        # snapshot (False, promised here once deleted)
+        self._exports: dict[int, bool] = {}
         self._clean()
 
     # -- paths and bookkeeping
@@ -550,6 +553,10 @@ class LocalBackend:
 
     def _promised(self) -> int:
         total = self._reserved
+        for fd, own in self._exports.items():  # files exports read: see `export`
+            st = os.fstat(fd)
+            if own or st.st_nlink == 0:
+                total += _used(st)
         for p in self._volumes.iterdir():
             if ID.fullmatch(p.name):
                 with contextlib.suppress(FileNotFoundError):
@@ -763,23 +770,45 @@ class LocalBackend:
 
     def export(self, volume_id: str, snapshot_id: str = "") -> Iterator[bytes]:
         """The export image (see the module's docstring) of the volume as it is now (from a
-        reflink copy made before this returns), or of one of its snapshots."""
+        reflink copy made before this returns), or of one of its snapshots. What the export
+        reads stays promised until it ends, as a snapshot is: the volume's copy (NoCapacity if
+        it does not fit), a snapshot once it is deleted meanwhile (its blocks are the export's
+        then). Else a tenant who holds an export open and deletes or rewrites its volume would
+        take pool space no promise counts."""
         if snapshot_id:
-            return export_stream(
-                self._snapshot(volume_id, snapshot_id), _fs_of(self._volume(volume_id))
-            )
+            fs = _fs_of(self._volume(volume_id))
+            fd = os.open(self._snapshot(volume_id, snapshot_id), os.O_RDONLY | os.O_CLOEXEC)
+            with self._lock:
+                self._exports[fd] = False
+            return self._exporting(fd, fs)
         path = self._volume(volume_id)
         fs = _fs_of(path)
         tmp = self._tmp(self._volumes)
-        _clone(path, tmp, fs)  # not counted as promised: it lives as long as the export
+        try:
+            _clone(path, tmp, fs)
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            tmp.unlink(missing_ok=True)  # the descriptor keeps it, and a crash leaves nothing
+        with self._lock:
+            promised, total, need = self._promised(), self._total(), _used(os.fstat(fd))
+            if promised + need <= total:
+                self._exports[fd] = True
+                return self._exporting(fd, fs)
+        os.close(fd)
+        raise NoCapacity(
+            f"an export of volume {volume_id} holds a copy of its {need >> 20} MiB while it "
+            f"runs: {promised >> 20} of the {total >> 20} MiB this node's volume pool holds are "
+            "promised already"
+        )
 
-        def stream() -> Iterator[bytes]:
-            try:
-                yield from export_stream(tmp, fs)
-            finally:
-                tmp.unlink(missing_ok=True)
-
-        return stream()
+    def _exporting(self, fd: int, fs: Fs) -> Iterator[bytes]:
+        """The export image of the file open as `fd`; its promise ends with the stream."""
+        try:
+            yield from export_stream(Path(f"/proc/self/fd/{fd}"), fs)
+        finally:
+            with self._lock:
+                self._exports.pop(fd, None)
+            os.close(fd)
 
     def import_(self, new_id: str, chunks: Iterable[bytes], max_bytes: int) -> VolumeInfo:
         """A new volume `new_id` from an export image; Invalid (and nothing left) if the image
