@@ -2,7 +2,9 @@
 LocalBackend, micro-VMs and containers): each attack refused, next to the same request allowed.
 """
 
+import asyncio
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from hutch.client import Client
-from hutch.client.errors import Invalid, NoCapacity
+from hutch.client.errors import Conflict, Invalid, NoCapacity, NotFound
+from hutch.model.volume import Volume, VolumeState
 from hutch.storage.local import export_stream
+from hutch.store import open_store
 from tests.controller import Controller, controller, new_project, running_controller
 
 __all__ = ["controller"]
@@ -119,3 +123,74 @@ def test_an_export_held_open_keeps_its_copy_promised_in_the_pool(busybox_rootfs:
         client.volumes.create("b", "200M")  # what the pool holds beside the export's copy
         export.close()  # type: ignore[attr-defined]
         client.volumes.create("c", "200M")  # the export is over: its room is free
+
+
+def test_another_projects_volume_or_snapshot_is_not_found_for_machines_and_forks(
+    controller: Controller, client: Client
+) -> None:
+    """Project B names project A's volume in a machine's volumes (by name, by id), and A's
+    snapshot in a fork (by id, from A's volume or from one of B's own): each 404, as a volume
+    that does not exist; A does the same and gets it."""
+    with controller.client(new_project(controller, "atk")) as other:
+        theirs = other.volumes.create("secret", "16M")
+        snap = other.volumes.snapshot("secret", "s1")
+        mine = client.volumes.create("mine", "16M")
+        client.volumes.snapshot("mine", "s1")
+        for ref in ("secret", theirs.id):
+            with pytest.raises(NotFound, match="no volume"):
+                client.machines.create("busybox", ["true"], runtime="container",
+                                       volumes=[f"{ref}:/data"], start=False)  # fmt: skip
+        for source in (f"{theirs.id}@{snap.id}", f"secret@{snap.id}", f"mine@{snap.id}"):
+            with pytest.raises(NotFound):
+                client.volumes.create("stolen", source=source)
+        assert [v.name for v in client.volumes.list()] == ["mine"]
+        assert client.volumes.get(mine.id).state == "available"
+        # The owner may.
+        m = other.machines.create("busybox", ["true"], runtime="container",
+                                  volumes=[f"{theirs.id}:/data"], start=False)  # fmt: skip
+        assert m.volumes[0].volume_id == theirs.id
+        other.machines.delete(m.id)
+        assert other.volumes.create("fork", source=f"{theirs.id}@{snap.id}").name == "fork"
+        assert client.volumes.create("fork", source="mine@s1").name == "fork"
+
+
+async def _left_creating(ctl: Controller, project: str, name: str, until: float) -> None:
+    """A volume as a controller killed while its node made it leaves it: `creating`, taken by
+    `made` until `until` (the shared `hutch up`'s store, written beside it)."""
+    store = open_store(f"sqlite:///{ctl.state_dir / 'controller.db'}")
+    await store.open()
+    try:
+        async with store.write() as tx:
+            owner = await tx.projects.by_name(project)
+            node = (await tx.nodes.list())[0]
+            await tx.volumes.create(
+                Volume(
+                    id=f"v-{uuid.uuid4().hex[:12]}", project_id=owner.id, name=name,
+                    size_bytes=16 * MIB, fs="ext4", state=VolumeState.CREATING, node_id=node.id,
+                    created_at=time.time(), operation="made", operation_until=until,
+                )
+            )  # fmt: skip
+    finally:
+        await store.close()
+
+
+def test_a_volume_whose_maker_died_is_deleted_once_its_mark_lapses(
+    controller: Controller, client: Client
+) -> None:
+    """A controller killed while its node made a volume (a create, a fork, an import) left it
+    `creating` for ever: `rm` refused it ("being made"), its name and quota stayed taken, and
+    its project could not be deleted. The making now holds the volume like any operation: while
+    its mark holds, `rm` is 409; once it lapses (its maker is gone), `rm` deletes it."""
+    project = client.project or ""
+    asyncio.run(_left_creating(controller, project, "busy", time.time() + 900))
+    asyncio.run(_left_creating(controller, project, "orphan", time.time() - 1))
+    assert {v.name: (v.state, v.operation) for v in client.volumes.list()} == {
+        "busy": ("creating", "made"), "orphan": ("creating", ""),  # (a lapsed mark shows none)
+    }  # fmt: skip
+    with pytest.raises(Conflict, match="being made"):
+        client.volumes.delete("busy")
+    client.volumes.delete("orphan")
+    assert [v.name for v in client.volumes.list()] == ["busy"]
+    assert client.volumes.create("orphan", "16M").state == "available"  # its name is free
+    made = client.volumes.create("fresh", "16M")
+    assert (made.state, made.operation) == ("available", "")

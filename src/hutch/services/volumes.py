@@ -56,6 +56,7 @@ MAX_VOLUMES_PER_PROJECT = 256
 MAX_SNAPSHOTS_PER_VOLUME = 64
 OPERATION_SECONDS = 900.0  # how long an operation holds its volume at most
 USAGE_SECONDS = 2.0  # how long `ls`/`inspect` wait for a node's current usage
+RENEW_SECONDS = 60.0  # how often an import renews its volume's mark
 NODE_SECONDS = 600.0  # how long its node call may take (less: the node's answer comes first)
 
 
@@ -167,21 +168,22 @@ class Volumes:
             return await self._fork(project, name, size_bytes, source, node)
         check_size(size_bytes)
         target = await self._node_for(node, size_bytes)
-        volume = Volume(
+        volume = _making(Volume(
             id=new_id("v"), project_id=project.id, name=name, size_bytes=size_bytes, fs=fs,
             state=VolumeState.CREATING, node_id=target.id, created_at=time.time(),
-        )  # fmt: skip
+        ))  # fmt: skip
         await self._reserve(project, volume)
         try:
-            info = await self.link.create_volume(
-                target,
-                NodeVolumeCreate(id=volume.id, size_bytes=size_bytes, fs=fs),  # type: ignore[arg-type]
-            )
+            async with _node_call(target):
+                info = await self.link.create_volume(
+                    target,
+                    NodeVolumeCreate(id=volume.id, size_bytes=size_bytes, fs=fs),  # type: ignore[arg-type]
+                )
         except BaseException:
             await self._forget(volume, target)
             raise
-        return await self._write(
-            replace(volume, state=VolumeState.AVAILABLE, used_bytes=info.used_bytes)
+        return await self._made(
+            _free(volume, state=VolumeState.AVAILABLE, used_bytes=info.used_bytes), target
         )
 
     async def _fork(
@@ -220,11 +222,11 @@ class Volumes:
                 f"a fork is at least as large as its source ({base} bytes), not {size_bytes}"
             )
         size = check_size(size_bytes or base)
-        volume = Volume(
+        volume = _making(Volume(
             id=new_id("v"), project_id=project.id, name=name, size_bytes=size, fs=origin.fs,
             state=VolumeState.CREATING, node_id=target.id, created_at=time.time(),
             untrusted=snap.untrusted if snap else origin.untrusted,
-        )  # fmt: skip
+        ))  # fmt: skip
         await self._reserve(project, volume)
         try:
             body = NodeVolumeClone(id=volume.id, snapshot=snap.id if snap else "")
@@ -235,8 +237,8 @@ class Volumes:
         except BaseException:
             await self._forget(volume, target)
             raise
-        return await self._write(
-            replace(volume, state=VolumeState.AVAILABLE, used_bytes=info.used_bytes)
+        return await self._made(
+            _free(volume, state=VolumeState.AVAILABLE, used_bytes=info.used_bytes), target
         )
 
     async def delete(self, principal: Principal, project: Project, ref: str) -> Volume:
@@ -246,8 +248,10 @@ class Volumes:
             await tx.projects.lock(project.id)
             volume = await _volume(tx, project, ref)
             await _detached(tx, volume, "deleted")
-            if volume.state is VolumeState.CREATING:
+            if volume.state is VolumeState.CREATING and volume.busy(time.time()):
                 raise Conflict(f"volume {volume.name} is being made: delete it once it is made")
+            # (one still `creating` once its mark lapsed: the controller making it died; what
+            # its node made of it, if anything, goes with it)
             volume = await _take(tx, replace(volume, state=VolumeState.DELETING), "deleted")
             node = await self._node_of(tx, volume) if volume.node_id else None
         if node is not None:
@@ -404,22 +408,24 @@ class Volumes:
         size, fs = read_header(header)
         check_size(size)
         target = await self._node_for(node, size)
-        volume = Volume(
+        volume = _making(Volume(
             id=new_id("v"), project_id=project.id, name=name, size_bytes=size, fs=fs,
             state=VolumeState.CREATING, node_id=target.id, created_at=time.time(),
             untrusted=True,  # whoever wrote the export may have crafted its file system
-        )  # fmt: skip
+        ))  # fmt: skip
         await self._reserve(project, volume)
         try:
-            info = await self.link.import_volume(target, volume.id, _chain(header, rest), size)
+            body = self._renewing(volume, _chain(header, rest))
+            info = await self.link.import_volume(target, volume.id, body, size)
         except BaseException:
             await self._forget(volume, target)
             raise
-        return await self._write(
-            replace(
+        return await self._made(
+            _free(
                 volume, size_bytes=info.size_bytes, fs=info.fs, used_bytes=info.used_bytes,
                 state=VolumeState.AVAILABLE,
-            )
+            ),
+            target,
         )  # fmt: skip
 
     # -- helpers -------------------------------------------------------------------------------
@@ -449,6 +455,33 @@ class Volumes:
                 await self.link.delete_volume(node, volume.id)
         async with self.store.write() as tx:
             await tx.volumes.delete(volume.id)
+
+    async def _made(self, volume: Volume, node: Node) -> Volume:
+        """Write down a volume its node has made; Conflict (and gone from the node) if it was
+        deleted meanwhile (its making outlasted its mark, and someone deleted it)."""
+        try:
+            return await self._write(volume)
+        except NotFound:
+            with contextlib.suppress(Exception):
+                await self.link.delete_volume(node, volume.id)
+            raise Conflict(
+                f"volume {volume.name} was deleted while it was made (its making took more "
+                f"than {OPERATION_SECONDS:.0f} s)"
+            ) from None
+
+    async def _renewing(self, volume: Volume, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """`body`, renewing the volume's mark (`made`) while it flows: an import may take longer
+        than a mark holds, and only a lapsed mark lets a volume still `creating` be deleted."""
+        renewed = time.monotonic()
+        async for chunk in body:
+            if time.monotonic() - renewed > RENEW_SECONDS:
+                async with self.store.write() as tx:
+                    now = await tx.volumes.get(volume.project_id, volume.id)
+                    await tx.volumes.update(
+                        replace(now, operation_until=time.time() + OPERATION_SECONDS)
+                    )
+                renewed = time.monotonic()
+            yield chunk
 
     async def _write(self, volume: Volume) -> Volume:
         async with self.store.write() as tx:
@@ -519,6 +552,12 @@ class Volumes:
             why = "; ".join(reasons) or "no node is ready"
             raise NoCapacity(f"no node can hold a volume of {size_bytes} bytes ({why})")
         return best[1]
+
+
+def _making(volume: Volume) -> Volume:
+    """A new volume, taken while its node makes it (`made`): a controller that dies meanwhile
+    leaves it `creating`, and once the mark lapses it can be deleted."""
+    return replace(volume, operation="made", operation_until=time.time() + OPERATION_SECONDS)
 
 
 def _free(volume: Volume, **changes: Any) -> Volume:
