@@ -3,6 +3,7 @@ LocalBackend, micro-VMs and containers): each attack refused, next to the same r
 """
 
 import asyncio
+import re
 import subprocess
 import time
 import uuid
@@ -194,3 +195,29 @@ def test_a_volume_whose_maker_died_is_deleted_once_its_mark_lapses(
     assert client.volumes.create("orphan", "16M").state == "available"  # its name is free
     made = client.volumes.create("fresh", "16M")
     assert (made.state, made.operation) == ("available", "")
+
+
+def test_what_the_pool_promises_its_volumes_can_be_written(busybox_rootfs: Path) -> None:
+    """The pool promised its volumes its whole size, but its file system keeps part of that
+    for itself (log, metadata): a tenant who wrote every byte of the volumes it was promised
+    filled the pool before the last one was full, and every volume's next new block on the
+    node (another tenant's too) failed. The largest volume the node takes can be written
+    whole; a MiB more is refused."""
+    with (
+        running_controller(busybox_rootfs, {"HUTCH_VOLUME_POOL_MIB": "512"}) as ctl,
+        ctl.client(new_project(ctl, "full")) as client,
+    ):
+        client.volumes.create("seed", "16M")  # the node makes its pool
+        with pytest.raises(NoCapacity) as refused:
+            client.volumes.create("huge", "1T")
+        free = int(re.search(r"(\d+) bytes free", str(refused.value)).group(1))  # type: ignore[union-attr]
+        size = free // MIB * MIB
+        with pytest.raises(NoCapacity):
+            client.volumes.create("over", size + MIB)
+        client.volumes.create("big", size, fs="none")
+        fill = ["dd", "if=/dev/zero", "of=/dev/big", "bs=1M", f"count={size // MIB}", "conv=fsync"]
+        filler = client.machines.run("busybox", fill, runtime="container", volumes=["big:/dev/big"])
+        done = client.machines.wait(filler, timeout=120)
+        said = b"".join(line.data.encode() for line in client.machines.logs(filler))
+        assert done.exit_code == 0, said
+        assert client.volumes.get("big").used_bytes == size

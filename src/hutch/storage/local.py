@@ -18,8 +18,9 @@ The pool, once made, is never formatted again: a second backend on the same root
 restarted) uses the mounted pool, or mounts the file again. The agent never unmounts it
 (running sandboxes hold its files); `unmount_pool` is for tests and benchmarks.
 
-Capacity: the bytes promised (every volume's size, plus every snapshot's allocated bytes) never
-exceed the size of the data file system (or `pool_bytes`, when given, if smaller), so sparse
+Capacity: the bytes promised (every volume's size, plus every snapshot's allocated bytes, plus
+what running exports read) never exceed the size of the data file system less what it keeps
+for itself and a margin for its metadata (or `pool_bytes`, when given, if smaller), so sparse
 files never overcommit the pool: creating, forking, importing, growing, restoring or
 snapshotting beyond that is refused with NoCapacity.
 
@@ -70,6 +71,11 @@ FIEMAP_EXTENT = struct.Struct("=QQQ2QI3I")  # logical, physical, length, -, flag
 FIEMAP_EXTENT_LAST = 0x1
 FIEMAP_EXTENT_SHARED = 0x2000
 FIEMAP_BATCH = 512  # extents asked for at once
+FIEMAP_FLAG_SYNC = 0x1
+# What volumes may be promised leaves the file system room for the metadata that grows as they
+# fill and share extents: 1/MARGIN_SHARE of it, at least MARGIN_MIN.
+MARGIN_SHARE = 64
+MARGIN_MIN = 16 << 20
 FS_VALUES: tuple[Fs, ...] = ("ext4", "none")
 BLOCK = 4096  # sizes are multiples of it; export skips all-zero blocks of it
 MIN_BYTES = 16 << 20  # room for ext4's journal
@@ -220,26 +226,35 @@ def _used(st: os.stat_result) -> int:
     return st.st_blocks * 512
 
 
-def own_bytes(fd: int) -> int:
-    """The bytes of the file's extents that no other file shares (FIEMAP, without the
-    FIEMAP_EXTENT_SHARED flag): what deleting it would free."""
-    total, start = 0, 0
+def _extents(fd: int, sync: bool = False) -> Iterator[tuple[int, int, int]]:
+    """The file's extents (FIEMAP; `sync`: its dirty data written first, so that every extent
+    has its place): physical offset, length, flags."""
+    start, flag = 0, FIEMAP_FLAG_SYNC if sync else 0
     while True:
         request = bytearray(FIEMAP.size + FIEMAP_BATCH * FIEMAP_EXTENT.size)
-        FIEMAP.pack_into(request, 0, start, (1 << 64) - 1 - start, 0, 0, FIEMAP_BATCH, 0)
+        FIEMAP.pack_into(request, 0, start, (1 << 64) - 1 - start, flag, 0, FIEMAP_BATCH, 0)
         fcntl.ioctl(fd, FS_IOC_FIEMAP, request)
         mapped = FIEMAP.unpack_from(request)[3]
         if not mapped:
-            return total
+            return
         for i in range(mapped):
-            logical, _, length, _, _, flags, *_ = FIEMAP_EXTENT.unpack_from(
+            logical, physical, length, _, _, flags, *_ = FIEMAP_EXTENT.unpack_from(
                 request, FIEMAP.size + i * FIEMAP_EXTENT.size
             )
-            if not flags & FIEMAP_EXTENT_SHARED:
-                total += length
+            yield physical, length, flags
             if flags & FIEMAP_EXTENT_LAST:
-                return total
+                return
             start = logical + length
+
+
+def _physical_extents(fd: int) -> Iterator[tuple[int, int]]:
+    return ((physical, length) for physical, length, _ in _extents(fd, sync=True))
+
+
+def own_bytes(fd: int) -> int:
+    """The bytes of the file's extents that no other file shares (FIEMAP, without the
+    FIEMAP_EXTENT_SHARED flag): what deleting it would free."""
+    return sum(length for _, length, flags in _extents(fd) if not flags & FIEMAP_EXTENT_SHARED)
 
 
 def _own(path: Path) -> int:
@@ -517,6 +532,7 @@ class LocalBackend:
         # snapshot (False, promised here once deleted)
         self._exports: dict[int, bool] = {}
         self._clean()
+        self._overhead = self._measure_overhead()
 
     # -- paths and bookkeeping
 
@@ -568,9 +584,38 @@ class LocalBackend:
         return total
 
     def _total(self) -> int:
+        """What the volumes may be promised: the file system's size less what it keeps for
+        itself (its log, metadata, reserve: measured when the backend is made) and a margin
+        for the metadata that grows as volumes fill and share extents."""
         st = os.statvfs(self.data)
         size = st.f_blocks * st.f_frsize
-        return min(size, self.limit) if self.limit else size
+        room = max(0, size - self._overhead - max(MARGIN_MIN, size // MARGIN_SHARE))
+        return min(room, self.limit) if self.limit else room
+
+    def _files(self) -> Iterator[Path]:
+        """Every volume and snapshot file (not the temporary ones)."""
+        yield from (p for p in self._volumes.iterdir() if ID.fullmatch(p.name))
+        yield from (p for p in self._snapshots.glob("*/*") if ID.fullmatch(p.name))
+
+    def _measure_overhead(self) -> int:
+        """The bytes of the data file system that are not its files' data: in use, less the
+        extents of the volumes and snapshots (each shared extent counted once)."""
+        st = os.statvfs(self.data)
+        used = (st.f_blocks - st.f_bavail) * st.f_frsize
+        extents: list[tuple[int, int]] = []
+        for path in self._files():
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    extents.extend(_physical_extents(fd))
+                finally:
+                    os.close(fd)
+        data, end = 0, 0
+        for start, length in sorted(extents):
+            if start + length > end:
+                data += start + length - max(start, end)
+                end = start + length
+        return max(0, used - data)
 
     @contextlib.contextmanager
     def _reserve(self, n: int, what: str) -> Iterator[None]:
