@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         "space of the state directory's disk, at least 1 GiB; at least 512 when given); on a "
         "state directory that can reflink, the most the node's volumes are promised",
     )
+    volume_export_idle: float = Field(
+        300.0,
+        gt=0,
+        description="seconds (or 90s, 5m) a volume's export waits for its reader to read on "
+        "before the node ends it: an export holds a copy of its volume in the pool",
+    )
     cgroup_parent: str = "hutch"
     network_mtu: int = Field(
         1500, ge=1280, le=9000, description="MTU of machines' NICs and of the node's bridges"
@@ -195,7 +201,7 @@ class Settings(BaseSettings):
             raise ValueError("a volume pool is at least 512 MiB (XFS needs 300), or 0: the default")
         return value
 
-    @field_validator("machine_retention", mode="before")
+    @field_validator("machine_retention", "volume_export_idle", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         try:

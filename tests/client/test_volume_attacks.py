@@ -3,6 +3,7 @@ LocalBackend, micro-VMs and containers): each attack refused, next to the same r
 """
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import time
@@ -10,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from hutch.client import Client
@@ -221,3 +223,47 @@ def test_what_the_pool_promises_its_volumes_can_be_written(busybox_rootfs: Path)
         said = b"".join(line.data.encode() for line in client.machines.logs(filler))
         assert done.exit_code == 0, said
         assert client.volumes.get("big").used_bytes == size
+
+
+def test_an_export_nobody_reads_is_ended_by_its_node(busybox_rootfs: Path, tmp_path: Path) -> None:
+    """An export held open for ever kept its copy (promised) in the pool for ever: a tenant could
+    export, delete and make its volume again and again, each copy beyond its quota, until the
+    pool refused everyone. The node ends an export its reader stopped reading for
+    `volume_export_idle` seconds: its room comes back, and what the reader got is refused by
+    an import (no trailer). An export read on is whole."""
+    env = {"HUTCH_VOLUME_POOL_MIB": "512", "HUTCH_VOLUME_EXPORT_IDLE": "1"}
+    with (
+        running_controller(busybox_rootfs, env) as ctl,
+        ctl.client(new_project(ctl, "idle")) as client,
+    ):
+        client.volumes.create("a", "200M", fs="none")
+        fill = ["dd", "if=/dev/urandom", "of=/dev/a", "bs=1M", "count=200", "conv=fsync"]
+        filler = client.machines.run("busybox", fill, runtime="container", volumes=["a:/dev/a"])
+        assert client.machines.wait(filler, timeout=120).exit_code == 0
+        client.machines.delete(filler.id)
+        client.machines.wait(filler.id, "destroyed", timeout=60)
+        whole = tmp_path / "whole.hvol"
+        with whole.open("wb") as f:
+            for chunk in client.volumes.export("a"):
+                f.write(chunk)
+        export = client.volumes.export("a")
+        got = bytearray(next(export))
+        client.volumes.delete("a")
+        deadline = time.monotonic() + 60
+        while True:  # the node ends the export once its reader has not read for a second
+            try:
+                client.volumes.create("b", "400M")
+                break
+            except NoCapacity:
+                assert time.monotonic() < deadline, "the held export was never ended"
+                time.sleep(0.5)
+        with contextlib.suppress(httpx.HTTPError):
+            for chunk in export:
+                got += chunk
+        cut = tmp_path / "cut.hvol"
+        cut.write_bytes(bytes(got))
+        assert len(got) < whole.stat().st_size
+        client.volumes.delete("b")
+        with pytest.raises(Invalid, match="truncated"):
+            client.volumes.import_("cut", cut)
+        assert client.volumes.import_("whole", whole).size_bytes == 200 * MIB

@@ -5,6 +5,8 @@ mkfs, reflinks): each runs in a thread."""
 
 import asyncio
 import queue
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, TypeVar
 
@@ -146,15 +148,39 @@ async def restore(agent: Agent, _: Auth, volume: str, body: NodeSnapshotCreate) 
 async def export(agent: Agent, _: Auth, volume: str, snapshot: str = "") -> StreamingResponse:
     """The backend's export format, chunk by chunk as the backend reads it."""
     chunks = await _run(agent, lambda b: b.export(volume, snapshot))
+    idle = agent.settings.volume_export_idle
+    turn = threading.Lock()  # the backend's iterator is pulled, or closed, by one at a time
+    pulled = [time.monotonic()]
+
+    def pull() -> bytes | None:
+        with turn:
+            pulled[0] = time.monotonic()
+            return next(chunks, None)
+
+    def close() -> None:
+        with turn:
+            end = getattr(chunks, "close", None)
+            if end is not None:
+                end()
+
+    async def watch() -> None:
+        """End an export its reader stopped reading for `idle` seconds: it holds a copy of its
+        volume (promised in the pool) for as long as it lasts. The reader then gets a stream
+        without its trailer, which no import takes."""
+        while True:
+            await asyncio.sleep(max(0.0, idle - (time.monotonic() - pulled[0])))
+            if time.monotonic() - pulled[0] >= idle:
+                await asyncio.to_thread(close)
+                return
 
     async def body() -> AsyncIterator[bytes]:
+        watchdog = asyncio.ensure_future(watch())
         try:
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            while (chunk := await asyncio.to_thread(pull)) is not None:
                 yield chunk
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                await asyncio.to_thread(close)
+            watchdog.cancel()
+            await asyncio.to_thread(close)
 
     return StreamingResponse(body(), media_type="application/octet-stream")
 
