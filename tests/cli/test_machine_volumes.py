@@ -140,8 +140,11 @@ def test_volume_options_and_placement(hutch: Run) -> None:
     _ok(hutch("volume", "create", "db-data", "--size", "64M"))
     node = _volume(hutch, "db-data")["node"]
     for argv, words in (
-        (("-v", "db-data"), "is not NAME:/PATH or NAME:/PATH:ro"),
-        (("-v", "db-data:/data:rx"), "is not NAME:/PATH or NAME:/PATH:ro"),
+        (("-v", "db-data"), "needs the path it is mounted at in the machine: db-data:/data"),
+        (("-v", "db-data:"), "needs the path it is mounted at in the machine: db-data:/data"),
+        (("-v", "db-data:/data:rx"), "after NAME:/PATH comes ro or rw, not 'rx'"),
+        (("-v", "/srv/db:/data"), "give a volume of the project by name (hutch volume ls)"),
+        (("-v", "./db:/data"), "never mounts a directory of its node"),
         (("-v", "db-data:data"), "volume path 'data' is invalid"),
         (("-v", "db-data:/"), "volume path '/' is invalid"),
         (("-v", "db-data:/a", "-v", "db-data:/b"), "given twice"),
@@ -159,3 +162,24 @@ def test_volume_options_and_placement(hutch: Run) -> None:
         assert f"  {node}: node is cordoned ({why})" in r.stdout.splitlines()
     finally:
         _ok(hutch("node", "uncordon", node))
+
+
+def test_a_read_only_attachment_after_a_kill_says_to_attach_read_write_once(hutch: Run) -> None:
+    """A micro-VM destroyed while it runs leaves its volume's ext4 journal to replay, which a
+    read-only attachment cannot do: the machine fails (125, one line) saying what to do; a
+    read-write attachment replays it, and read-only ones work again. Stopped first, a machine
+    leaves nothing to replay."""
+    _ok(hutch("volume", "create", "j", "--size", "64M"))
+    _ok(hutch("run", "-d", "--name", "w", "-v", "j:/data", "busybox", "--", "sleep", "600"))
+    _ok(hutch("exec", "w", "--", "sh", "-c", "echo hi > /data/f && sync"))  # mounted, written
+    _ok(hutch("rm", "-f", "w"))  # killed, not stopped
+    read = ("run", "--rm", "-v", "j:/data:ro", "busybox", "--", "cat", "/data/f")
+    line = _fails(hutch(*read), "journal needs replaying")
+    assert "attach it read-write once (NAME:/data), then read-only again" in line, line
+    _ok(hutch("run", "--rm", "-v", "j:/data", "busybox", "--", "true"))  # replays it
+    assert _ok(hutch(*read)).strip() == "hi"
+    _ok(hutch("run", "-d", "--name", "w2", "-v", "j:/data", "busybox", "--", "sleep", "600"))
+    _ok(hutch("stop", "w2"))
+    _ok(hutch("rm", "w2"))
+    assert _ok(hutch(*read)).strip() == "hi"
+    _ok(hutch("volume", "rm", "j"))
