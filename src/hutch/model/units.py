@@ -32,7 +32,7 @@ def parse_size(text: str, default_unit: str = "m") -> int:
     m = _SIZE.match(text)
     unit = m.group(2).lower() if m else ""
     if not m or unit not in _UNITS:
-        raise Invalid(f"{text!r} is not a size: use a number with an optional binary unit: 512M, 10G, 1T")
+        raise Invalid(f"{text!r} is not a size: a number with an optional unit (512M, 10G, 1T)")
     factor = _UNITS[unit or default_unit.lower()]
     return int(float(m.group(1)) * factor)
 
