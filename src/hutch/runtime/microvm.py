@@ -185,6 +185,7 @@ def _drive_path(path: str) -> str:
 
 class MicroVMBackend:
     name = "microvm"
+    volumes_in_guest = True
 
     def __init__(self, opts: MicroVMOptions, layout: Layout | None = None) -> None:
         self.opts = opts
