@@ -140,8 +140,11 @@ def test_volume_options_and_placement(hutch: Run) -> None:
     _ok(hutch("volume", "create", "db-data", "--size", "64M"))
     node = _volume(hutch, "db-data")["node"]
     for argv, words in (
-        (("-v", "db-data"), "is not NAME:/PATH or NAME:/PATH:ro"),
-        (("-v", "db-data:/data:rx"), "is not NAME:/PATH or NAME:/PATH:ro"),
+        (("-v", "db-data"), "needs the path it is mounted at in the machine: db-data:/data"),
+        (("-v", "db-data:"), "needs the path it is mounted at in the machine: db-data:/data"),
+        (("-v", "db-data:/data:rx"), "after NAME:/PATH comes ro or rw, not 'rx'"),
+        (("-v", "/srv/db:/data"), "give a volume of the project by name (hutch volume ls)"),
+        (("-v", "./db:/data"), "never mounts a directory of its node"),
         (("-v", "db-data:data"), "volume path 'data' is invalid"),
         (("-v", "db-data:/"), "volume path '/' is invalid"),
         (("-v", "db-data:/a", "-v", "db-data:/b"), "given twice"),
@@ -159,3 +162,16 @@ def test_volume_options_and_placement(hutch: Run) -> None:
         assert f"  {node}: node is cordoned ({why})" in r.stdout.splitlines()
     finally:
         _ok(hutch("node", "uncordon", node))
+
+
+def test_a_read_only_attachment_after_rm_f_of_a_running_micro_vm_works(hutch: Run) -> None:
+    """`hutch rm -f` of a running micro-VM has its guest freeze its read-write volume first, so
+    that its ext4 journal is clean and a read-only attachment next mounts it (a read-only disk
+    cannot replay a journal: tests/runtime/test_volumes.py kills QEMU outright for that case)."""
+    _ok(hutch("volume", "create", "j", "--size", "64M"))
+    _ok(hutch("run", "-d", "--name", "w", "-v", "j:/data", "busybox", "--", "sleep", "600"))
+    _ok(hutch("exec", "w", "--", "sh", "-c", "echo hi > /data/f && sync"))  # mounted, written
+    _ok(hutch("rm", "-f", "w"))  # destroyed while it runs
+    read = ("run", "--rm", "-v", "j:/data:ro", "busybox", "--", "cat", "/data/f")
+    assert _ok(hutch(*read)).strip() == "hi"
+    _ok(hutch("volume", "rm", "j"))

@@ -357,3 +357,25 @@ def test_the_volumes_block_runs_as_written(sh: Shell, env: dict[str, str]) -> No
             again = ok(sh("hutch volume export db-copy | cmp - db-data.hvol && echo same"), "cmp")
             assert again.strip() == "same"
     assert names(ok(sh("hutch volume ls"), "ls")) == set()
+
+
+def test_the_volume_machines_block_runs_as_written(sh: Shell) -> None:
+    """`hutch run -v` as the README shows it: a micro-VM writes the volume, a snapshot is frozen
+    by it, it is stopped and destroyed, and another micro-VM reads what it wrote, read-only."""
+    ok(sh("hutch volume create db-data --size 1G"), "create")
+    node = json.loads(ok(sh("hutch volume inspect db-data"), "inspect"))["node"]
+    commands = [c for line in block("## Volumes", "hutch run --dry-run -v") for c in split(line)]
+    assert len(commands) == 6, commands
+    for command in commands:
+        ran = sh(command)
+        out = ok(ran, command)
+        if command.startswith("hutch run --dry-run"):
+            assert (
+                out.splitlines()[0]
+                == f"would run on node {node} (volume db-data is on node {node})"
+            )
+        elif command.startswith("hutch volume snapshot"):
+            assert out.strip() == "nightly" and "frozen" in ran.stderr
+        elif command.startswith("hutch run --rm"):
+            assert out.strip(), "the date db wrote"
+    ok(sh("hutch volume rm db-data"), "rm")

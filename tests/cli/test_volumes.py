@@ -67,7 +67,7 @@ def test_volumes_from_the_cli(hutch: Run) -> None:
         (("volume", "extend", "db-data", "--size", "512M"), "only grows"),
     ):
         _fails(hutch(*argv), words)
-    grown = hutch("volume", "extend", "db-data", "--size", "2G")
+    grown = hutch("volume", "extend", "db-data", "--size", "2Gi")  # Kubernetes' spelling too
     assert grown.returncode == 0, grown.stderr
     assert json.loads(hutch("volume", "inspect", "db-data").stdout)["size_bytes"] == 2 * GIB
     assert hutch("volume", "rm", "db-data").returncode == 0

@@ -388,3 +388,38 @@ async def test_a_restarted_host_process_adopts_a_sandbox_with_its_volume(
     )
     assert got.stdout == "go\n"
     assert fsck(disk).returncode == 0
+
+
+def needs_recovery(path: Path) -> bool:
+    """Whether the ext4 in `path` has a journal to replay (its superblock's RECOVER flag)."""
+    with path.open("rb") as f:
+        f.seek(1024 + 0x60)  # s_feature_incompat
+        return bool(int.from_bytes(f.read(4), "little") & 0x4)
+
+
+async def test_a_destroyed_micro_vm_leaves_its_volume_clean_a_killed_one_to_replay(
+    busybox_root: PreparedRoot, short_dir: Path, tmp_path: Path
+) -> None:
+    """Destroying a running micro-VM (`hutch rm -f`) first has its guest freeze its
+    read-write volumes, so a read-only attachment afterwards mounts at once; a micro-VM killed
+    outright leaves the journal to replay, and a read-only attachment says what to do."""
+    async for driver in driver_in(short_dir / "state", "microvm"):
+        rt = Rt("microvm", driver, busybox_root)
+        for how, disk in (("destroy", tmp_path / "d.ext4"), ("kill", tmp_path / "k.ext4")):
+            make_volume(disk)
+            spec = rt.spec("echo hi > /data/f; sync; echo up; sleep 600", vol(disk, "/data"))
+            await driver.create(spec)
+            await driver.start(spec.id)
+            await asyncio.wait_for(wait_for_line(driver, spec.id, b"up"), 120)
+            if how == "kill":
+                await rt.kill_hard(spec.id)
+                await driver.wait(spec.id, timeout=60)
+            await driver.destroy(spec.id, force=True)
+            assert needs_recovery(disk) == (how == "kill"), how
+            code, out, err = await rt.run(
+                rt.spec("cat /data/f", vol(disk, "/data", read_only=True), sandbox_id="ro")
+            )
+            if how == "destroy":
+                assert (code, out) == (0, "hi\n"), err
+            else:
+                assert code != 0 and "journal needs replaying" in err, err

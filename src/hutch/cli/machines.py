@@ -84,6 +84,9 @@ def _exit_code(m: "MachineView") -> int:
     if m.exit_code is None:
         progress(f"machine {m.name} {_status(m)}")
         return HUTCH_ERROR_EXIT
+    if m.state == "failed" and m.exit_code not in (126, 127):  # not the workload's code
+        progress(f"machine {m.name} failed: {m.error}" if m.error else f"machine {m.name} failed")
+        return HUTCH_ERROR_EXIT
     if m.error:  # it ran, but not its command (not found, not executable)
         progress(f"machine {m.name}: {m.error}")
     if m.oom_killed:

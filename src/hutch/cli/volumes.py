@@ -55,6 +55,7 @@ def create(
 ) -> None:
     """Make a volume (or a fork of one).
 
+    \b
     hutch volume create db-data --size 10G
     hutch volume create db-preview --from db-data@before-migration
     """
@@ -119,6 +120,7 @@ def snapshot(
 ) -> None:
     """Take, list or delete snapshots (point in time, copy-on-write).
 
+    \b
     hutch volume snapshot db-data --name before-migration
     hutch volume snapshot ls db-data
     hutch volume snapshot rm db-data before-migration

@@ -127,10 +127,21 @@ class VolumeAttach:
     @staticmethod
     def parse(text: str) -> "VolumeAttach":
         """`-v`'s text: NAME:/PATH or NAME:/PATH:ro (or :rw), a volume by name or id."""
-        ref, sep, rest = text.partition(":")
+        ref, _, rest = text.partition(":")
         path, _, mode = rest.partition(":")
-        if not sep or not ref or not path or mode not in ("", "ro", "rw"):
-            raise Invalid(f"volume {text!r} is not NAME:/PATH or NAME:/PATH:ro")
+        if ref.startswith(("/", ".", "~")):  # a host directory, as Docker's -v takes
+            raise Invalid(
+                f"volume {text!r}: give a volume of the project by name (hutch volume ls), as "
+                "NAME:/PATH[:ro]; a machine never mounts a directory of its node"
+            )
+        if not ref or not path:
+            example = f"{ref or 'NAME'}:/data"
+            raise Invalid(
+                f"volume {text!r} needs the path it is mounted at in the machine: {example} "
+                "(NAME:/PATH[:ro])"
+            )
+        if mode not in ("", "ro", "rw"):
+            raise Invalid(f"volume {text!r}: after NAME:/PATH comes ro or rw, not {mode!r}")
         return VolumeAttach(ref, path, read_only=mode == "ro")
 
 

@@ -1,4 +1,4 @@
-"""Human sizes: "128M", "1.5GiB", "512" (MiB when no unit)."""
+"""Human sizes: "128M", "1.5GiB", "10Gi", "512" (MiB when no unit)."""
 
 import re
 
@@ -10,15 +10,19 @@ _UNITS = {
     "k": 1 << 10,
     "kb": 1 << 10,
     "kib": 1 << 10,
+    "ki": 1 << 10,
     "m": 1 << 20,
     "mb": 1 << 20,
     "mib": 1 << 20,
+    "mi": 1 << 20,
     "g": 1 << 30,
     "gb": 1 << 30,
     "gib": 1 << 30,
+    "gi": 1 << 30,
     "t": 1 << 40,
     "tb": 1 << 40,
     "tib": 1 << 40,
+    "ti": 1 << 40,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
@@ -28,7 +32,7 @@ def parse_size(text: str, default_unit: str = "m") -> int:
     m = _SIZE.match(text)
     unit = m.group(2).lower() if m else ""
     if not m or unit not in _UNITS:
-        raise Invalid(f"{text!r} is not a size: use a number with an optional unit (K, M, G, T)")
+        raise Invalid(f"{text!r} is not a size: a number with an optional unit (512M, 10G, 1T)")
     factor = _UNITS[unit or default_unit.lower()]
     return int(float(m.group(1)) * factor)
 

@@ -193,6 +193,7 @@ def oci_config(
 
 class ContainerBackend:
     name = "container"
+    volumes_in_guest = False
 
     def __init__(self, opts: ContainerOptions, layout: Layout | None = None) -> None:
         self.opts = opts

@@ -185,6 +185,7 @@ def _drive_path(path: str) -> str:
 
 class MicroVMBackend:
     name = "microvm"
+    volumes_in_guest = True
 
     def __init__(self, opts: MicroVMOptions, layout: Layout | None = None) -> None:
         self.opts = opts
@@ -443,6 +444,11 @@ class MicroVMBackend:
         child = self._children.get(sandbox_id)
         code = child.poll() if child is not None else None  # None: not our child (re-adopted)
         if reason in ("guest-reset", "guest-shutdown") or code == 0:
+            said = _guest_agent_fatal(
+                tail(sdir.file("console.log"), records=True, lines=8, limit=4096)
+            )
+            if said:  # the guest agent gave up, saying why (a volume it could not mount, ...)
+                return f"the guest agent failed: {said}"
             console = tail(sdir.file("console.log"), records=True)
             what = "kernel rebooted (panic?)" if reason == "guest-reset" else "powered off"
             return f"the guest {what} before reporting an exit; console: {console}"
@@ -458,6 +464,13 @@ class MicroVMBackend:
 
     def stats(self, record: SandboxRecord) -> Stats:
         return Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).stats()
+
+
+def _guest_agent_fatal(console: str) -> str:
+    """The guest agent's last `fatal:` line in a console tail (" / "-joined), if any."""
+    mark = "hutch-agent: fatal: "
+    lines = [ln for ln in console.split(" / ") if ln.startswith(mark)]
+    return lines[-1].removeprefix(mark) if lines else ""
 
 
 def create_exit_disk(path: Path) -> None:

@@ -1279,9 +1279,15 @@ static void mount_volumes(void) {
         }
         if (make_dirs(dir) < 0) fatal("volume %d: mkdir %s: %s", index, target, strerror(errno));
         unsigned long flags = MS_NOSUID | MS_NODEV | (ro ? MS_RDONLY : 0);
-        if (mount(dev, dir, fs, flags, NULL) < 0)
+        if (mount(dev, dir, fs, flags, NULL) < 0) {
+            if (ro && errno == EROFS) /* ext4 with a journal to replay: it needs write access */
+                fatal("volume %d: its ext4 journal needs replaying (the last machine that had it "
+                      "read-write was not stopped), which a read-only attachment cannot do: "
+                      "attach it read-write once (NAME:%s), then read-only again",
+                      index, target);
             fatal("volume %d: mounting it (%s, %s) at %s: %s", index, fs, ro ? "ro" : "rw",
                   target, strerror(errno));
+        }
         snprintf(vol_mounts[nvol_mounts++], sizeof vol_mounts[0], "%s", target);
     }
 }
