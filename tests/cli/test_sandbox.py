@@ -1,5 +1,6 @@
 """`hutch sandbox`, as an operator uses it: real micro-VMs and containers on this host."""
 
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -198,3 +199,35 @@ def test_bad_volumes_are_one_clear_line(
     assert result.returncode == 125
     line = one_clear_line(result.stderr)
     assert line.startswith("hutch: ") and message in line, line
+
+
+@pytest.mark.parametrize("runtime", ["microvm", "container"])
+def test_a_volume_path_through_an_image_symlink_stays_inside_the_image(
+    hutch: Hutch, busybox_rootfs: Path, tmp_path: Path, runtime: str
+) -> None:
+    """An image whose /data is a symlink (absolute, or climbing past its root) puts a volume
+    named at /data where the symlink leads inside the image, in both runtimes. The guest agent
+    resolved it against the initramfs instead: the volume went onto the initramfs's /mnt, out
+    of the workload's sight, and /data showed the image's empty /mnt."""
+    rootfs = tmp_path / "rootfs"
+    shutil.copytree(busybox_rootfs, rootfs, symlinks=True)
+    (rootfs / "mnt").mkdir(exist_ok=True)
+    (rootfs / "data").symlink_to("/mnt")
+    (rootfs / "srv").mkdir(exist_ok=True)
+    (rootfs / "up").symlink_to("/../../../srv")
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "greeting").write_text("hello from the volume\n")
+    volumes = []
+    for name in ("a", "b"):
+        image = tmp_path / f"{name}.img"
+        subprocess.run(["truncate", "-s", "32M", str(image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(image)], check=True)
+        volumes.append(str(image))
+    script = "cat /data/greeting /mnt/greeting /up/greeting /srv/greeting"
+    result = hutch(
+        "sandbox", "run", "--runtime", runtime, "-v", f"{volumes[0]}:/data",
+        "-v", f"{volumes[1]}:/up", str(rootfs), "--", "/bin/sh", "-c", script,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello from the volume\n" * 4

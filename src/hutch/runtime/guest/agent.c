@@ -1246,10 +1246,42 @@ static void net_setup(void) {
     put_file("/newroot/etc/hosts", text);
 }
 
+/* Volume `dev` (its node's stat in `st`) at `target` as the workload will see it: made (mkdir -p)
+ * and mounted, or its block device node made there for fs "none", by a child chrooted into
+ * /newroot. A symlink of the image on the way then resolves inside the image (an absolute one
+ * from the image's root), never onto the initramfs's own tree, where the workload would not see
+ * the volume. The mount's source is the disk's node under the new root's /dev (made for it).
+ * 0, or the errno of what failed. */
+static int place_volume(const char *dev, const struct stat *st, const char *target,
+                        const char *fs, unsigned long flags) {
+    pid_t pid = fork();
+    if (pid < 0) return errno;
+    if (pid == 0) {
+        char dir[256];
+        snprintf(dir, sizeof dir, "%s", target);
+        if (chroot("/newroot") < 0 || chdir("/") < 0) _exit(errno & 0xff);
+        if (strcmp(fs, "none") == 0) {
+            char *slash = strrchr(dir, '/');
+            *slash = 0;
+            if (*dir && make_dirs(dir) < 0) _exit(errno & 0xff);
+            unlink(target);
+            if (mknod(target, S_IFBLK | 0660, st->st_rdev) < 0) _exit(errno & 0xff);
+            _exit(0);
+        }
+        if (mknod(dev, S_IFBLK | 0600, st->st_rdev) < 0 && errno != EEXIST) _exit(errno & 0xff);
+        if (make_dirs(dir) < 0 || mount(dev, target, fs, flags, NULL) < 0) _exit(errno & 0xff);
+        _exit(0);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) return errno;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : EIO;
+}
+
 /* hutch.vols=<i>:<ro|rw>:<ext4|none>:<target>,... (runtime/volumes.py): disk i (serial
  * hutch-vol-<i>) mounted at target, or for "none" a block device node there, under the new root
- * before the workload starts. Targets are absolute, of [A-Za-z0-9_.@+-/] only (the host
- * validated them). Any failure fails the sandbox, naming the volume. */
+ * before the workload starts (place_volume). Targets are absolute, of [A-Za-z0-9_.@+-/] only
+ * (the host validated them). Any failure fails the sandbox, naming the volume. */
 static void mount_volumes(void) {
     const char *p = boot_param("hutch.vols");
     if (!p || !*p) return;
@@ -1257,7 +1289,7 @@ static void mount_volumes(void) {
     snprintf(list, sizeof list, "%s", p);
     for (char *save, *e = strtok_r(list, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
         int index;
-        char mode[4], fs[8], target[256], serial[32], dev[64], dir[300];
+        char mode[4], fs[8], target[256], serial[32], dev[64];
         if (sscanf(e, "%d:%3[a-z]:%7[a-z0-9]:%255s", &index, mode, fs, target) != 4 ||
             target[0] != '/' || index < 0 || index >= MAX_VOLS)
             fatal("hutch.vols: malformed entry %s", e);
@@ -1265,30 +1297,22 @@ static void mount_volumes(void) {
         snprintf(serial, sizeof serial, VOL_SERIAL, index);
         if (!find_device("/sys/block", "vd", "serial", serial, dev, sizeof dev))
             fatal("volume %d (%s): its disk %s did not appear", index, target, serial);
-        snprintf(dir, sizeof dir, "/newroot%s", target);
-        if (strcmp(fs, "none") == 0) {
-            struct stat st;
-            char *slash = strrchr(dir, '/');
-            *slash = 0;
-            if (make_dirs(dir) < 0) fatal("volume %d: mkdir %s: %s", index, dir, strerror(errno));
-            *slash = '/';
-            unlink(dir);
-            if (stat(dev, &st) < 0 || mknod(dir, S_IFBLK | 0660, st.st_rdev) < 0)
-                fatal("volume %d: device node at %s: %s", index, target, strerror(errno));
-            continue;
-        }
-        if (make_dirs(dir) < 0) fatal("volume %d: mkdir %s: %s", index, target, strerror(errno));
+        struct stat st;
+        if (stat(dev, &st) < 0) fatal("volume %d: %s: %s", index, dev, strerror(errno));
         unsigned long flags = MS_NOSUID | MS_NODEV | (ro ? MS_RDONLY : 0);
-        if (mount(dev, dir, fs, flags, NULL) < 0) {
-            if (ro && errno == EROFS) /* ext4 with a journal to replay: it needs write access */
-                fatal("volume %d: its ext4 journal needs replaying (the last machine that had it "
-                      "read-write was not stopped), which a read-only attachment cannot do: "
-                      "attach it read-write once (NAME:%s), then read-only again",
-                      index, target);
+        int err = place_volume(dev, &st, target, fs, flags);
+        if (err && strcmp(fs, "none") == 0)
+            fatal("volume %d: device node at %s: %s", index, target, strerror(err));
+        if (err && ro && err == EROFS) /* ext4 with a journal to replay: it needs write access */
+            fatal("volume %d: its ext4 journal needs replaying (the last machine that had it "
+                  "read-write was not stopped), which a read-only attachment cannot do: "
+                  "attach it read-write once (NAME:%s), then read-only again",
+                  index, target);
+        if (err)
             fatal("volume %d: mounting it (%s, %s) at %s: %s", index, fs, ro ? "ro" : "rw",
-                  target, strerror(errno));
-        }
-        snprintf(vol_mounts[nvol_mounts++], sizeof vol_mounts[0], "%s", target);
+                  target, strerror(err));
+        if (strcmp(fs, "none") != 0)
+            snprintf(vol_mounts[nvol_mounts++], sizeof vol_mounts[0], "%s", target);
     }
 }
 
