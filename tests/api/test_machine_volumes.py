@@ -36,7 +36,7 @@ async def _volume(api: Api, name: str, node_id: str) -> None:
 
 async def test_volumes_pin_machines_and_stay_with_a_lost_node(api: Api) -> None:
     await api.call("POST", "/v1/nodes/sim-1/cordon")
-    a = await api.join("node-a")
+    a = await api.join("node-a", labels={"zone": "a"})
     b = await api.join("node-b")
     await _volume(api, "db", a["node_id"])
     await _volume(api, "cache", a["node_id"])
@@ -52,6 +52,14 @@ async def test_volumes_pin_machines_and_stay_with_a_lost_node(api: Api) -> None:
     assert "db on node-a, far on node-b" in r.json()["detail"]
     r = await api.machine(token, volumes=[*vols("db"), {"volume": "v-db", "path": "/x"}])
     assert r.status_code == 400 and "given twice" in r.json()["detail"], r.text
+    # Labels the volume's node lacks: refused at once (it would run nowhere), beside labels
+    # the node has.
+    await _volume(api, "logs", a["node_id"])
+    r = await api.machine(token, volumes=vols("logs"), constraints={"disk": "nvme"})
+    assert r.status_code == 400, r.text
+    assert "volume logs is on node node-a, which lacks labels disk=nvme" in r.json()["detail"]
+    r = await api.machine(token, volumes=vols("logs"), constraints={"zone": "a"}, start=False)
+    assert r.status_code == 201, r.text
     # Two creates at once for one volume: one machine gets it.
     racing = await asyncio.gather(
         *(api.machine(token, name=f"m{i}", volumes=vols("cache"), start=False) for i in range(4))

@@ -4,7 +4,7 @@ Every filter must pass; a node is rejected with the reason of the first that fai
 order of `FILTERS` (so the reason a user reads is the most basic one).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from hutch.model.machine import GroupPolicy, Node, NodeState
 from hutch.placement.capacity import CPU_OVERCOMMIT, free, need
@@ -34,9 +34,14 @@ def has_runtime(request: Request, node: Node, context: Context) -> str | None:
     return f"no {request.runtime} runtime (has {', '.join(node.runtimes) or 'none'})"
 
 
-def has_labels(request: Request, node: Node, context: Context) -> str | None:
-    missing = [f"{k}={v}" for k, v in request.labels.items() if node.labels.get(k) != v]
+def lacks_labels(wanted: Mapping[str, str], node: Node) -> str | None:
+    """Why `node` cannot take a machine that needs the labels `wanted`, if it cannot."""
+    missing = [f"{k}={v}" for k, v in wanted.items() if node.labels.get(k) != v]
     return f"lacks labels {', '.join(missing)}" if missing else None
+
+
+def has_labels(request: Request, node: Node, context: Context) -> str | None:
+    return lacks_labels(request.labels, node)
 
 
 def fits(request: Request, node: Node, context: Context) -> str | None:

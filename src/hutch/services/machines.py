@@ -43,6 +43,7 @@ from hutch.model.sandbox import parse_signal
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
 from hutch.model.volume import Volume, VolumeState
 from hutch.placement import Context, Placement, Rejection, Request, need, place
+from hutch.placement.filters import lacks_labels
 from hutch.services.feeds import Feeds
 from hutch.services.ids import new_id
 from hutch.services.images import Images
@@ -143,6 +144,13 @@ async def attachable(
         raise Invalid(
             f"a machine's volumes must all be on one node (the machine runs there): {each}"
         )
+    if nodes and spec.constraints and (node_id := nodes.pop()):
+        node = await tx.nodes.get(node_id)
+        if why := lacks_labels(spec.constraints, node):
+            raise Invalid(
+                f"volume {resolved[0][1].name} is on node {node.name}, which {why}: a machine "
+                "runs on its volumes' node only"
+            )
     attach = tuple(a for a, _ in resolved)
     check_volumes(attach)  # one volume named twice, by name and by id
     return attach
