@@ -45,7 +45,6 @@ import socket
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -55,6 +54,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from bench.host import build_static, log, remove_parent
 from hutch import config
 from hutch.agent.runtimes import open_driver
 from hutch.images.busybox import build_busybox_rootfs
@@ -179,13 +179,6 @@ class Lab:
             cgroup.remove()
         for name in self.namespaces:
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-
-
-def build_probe(work: Path) -> Path:
-    binary = work / "netprobe"
-    sh("gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary),
-       str(PROBE_SOURCE))  # fmt: skip
-    return binary
 
 
 def wait_port(netns: Path, ip: str, port: int, timeout: float = 120) -> None:
@@ -789,21 +782,9 @@ def throttled_s(parent: str, sandbox_ids: tuple[str, ...]) -> float | None:
     return total
 
 
-def remove_parent(parent: str) -> None:
-    """The run's cgroup parent, once the groups in it are gone."""
-    layout = Layout.detect()
-    for base in {*layout.v1.values(), *([layout.v2] if layout.v2 else [])}:
-        with contextlib.suppress(OSError):
-            (base / parent).rmdir()
-
-
 def _plain_bridge_in(name: str, address: str) -> None:
     with IPRoute() as ipr:
         plain_bridge(ipr, name, address)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 def med(values: list[float]) -> float:
@@ -822,7 +803,7 @@ async def run(sizes: Sizes, work: Path) -> dict[str, object]:
     settings = config.load(state_dir=work / "state", cgroup_parent=parent)
     lab = Lab(tag=f"hbn{os.getpid() % 10000}", work=work)
     try:
-        binary = build_probe(work)
+        binary = build_static(PROBE_SOURCE, work / "netprobe")
         rootfs = build_busybox_rootfs(work / "rootfs")
         shutil.copy2(binary, rootfs / "bin" / "netprobe")
         root = prepare_root(rootfs, settings.cache_dir, disk=True)

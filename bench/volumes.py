@@ -72,6 +72,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bench.host import build_static, log, remove_parent
 from hutch import config
 from hutch.agent.runtimes import open_driver
 from hutch.images.busybox import build_busybox_rootfs
@@ -274,20 +275,6 @@ class IoRun:
         raise RuntimeError(f"volio printed no figures: {out[-2000:]!r}")
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def build_probe(work: Path) -> Path:
-    binary = work / "volio"
-    subprocess.run(
-        ["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary),
-         str(PROBE_SOURCE)],
-        check=True,
-    )  # fmt: skip
-    return binary
-
-
 def io_spec(root: PreparedRoot, sandbox_id: str, volume: str, sizes: IoSizes) -> SandboxSpec:
     return SandboxSpec(
         id=sandbox_id,
@@ -449,7 +436,7 @@ async def io_figures(sizes: IoSizes, accel: str) -> dict[str, object]:
         b = LocalBackend(pool, pool_bytes=4 * vol_bytes + GIB)
         b.create("io", vol_bytes, "ext4")
         volume = b.attach_source("io").path
-        binary = build_probe(work)
+        binary = build_static(PROBE_SOURCE, work / "volio")
         rootfs = build_busybox_rootfs(work / "rootfs")
         shutil.copy2(binary, rootfs / "bin" / "volio")
         root = prepare_root(rootfs, settings.cache_dir, disk=True)
@@ -499,16 +486,6 @@ async def io_figures(sizes: IoSizes, accel: str) -> dict[str, object]:
         remove_parent(parent)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(pool, ignore_errors=True)
-
-
-def remove_parent(parent: str) -> None:
-    """The run's cgroup parent, once the groups in it are gone: in every hierarchy, not only
-    hutch's controllers' (crun makes the containers' groups in all that are mounted)."""
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        before, _, after = line.partition(" - ")
-        if after.split()[:1] in (["cgroup"], ["cgroup2"]):
-            with contextlib.suppress(OSError):
-                (Path(before.split()[4]) / parent).rmdir()
 
 
 def main() -> None:
