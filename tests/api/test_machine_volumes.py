@@ -4,24 +4,17 @@ time under concurrent creates, placement on the volume's node, and a node lost w
 whose volume is there. The data path is tested against real nodes in tests/cli."""
 
 import asyncio
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from hutch.model.volume import Volume, VolumeState
-from tests.helpers.api import Api, close_api, open_api
+from tests.helpers.api import Api
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
-    a, _ = await open_api(Path(tempfile.mkdtemp(prefix="hv", dir="/tmp")), url)
-    await a.project("alpha")
-    yield a
-    await close_api(a)
+@pytest.fixture
+def api(api_both: Api) -> Api:  # on SQLite and on PostgreSQL
+    return api_both
 
 
 async def _volume(api: Api, name: str, node_id: str) -> None:

@@ -5,7 +5,6 @@ import asyncio
 import ipaddress
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,9 @@ from hutch.wire.nodes import Assignments
 from tests.helpers.api import Api, close_api, open_api
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
-    a, _ = await open_api(Path(tempfile.mkdtemp(prefix="hn", dir="/tmp")), url)
-    await a.project("alpha")
-    await a.project("beta")
-    yield a
-    await close_api(a)
+@pytest.fixture
+def api(api_both: Api) -> Api:  # on SQLite and on PostgreSQL
+    return api_both
 
 
 async def test_machines_join_the_default_network_made_on_first_use(api: Api) -> None:

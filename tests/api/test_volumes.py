@@ -3,27 +3,20 @@ operation refuses another (409, saying which), and a mark left by a controller t
 mid-operation lapses (the simulated node holds no bytes: the probes are refused before any
 node call)."""
 
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from hutch.model.volume import Volume, VolumeState
 from hutch.services import volumes as service
-from tests.helpers.api import Api, close_api, open_api
+from tests.helpers.api import Api
 
 MIB = 1 << 20
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
-    a, _ = await open_api(Path(tempfile.mkdtemp(prefix="hv", dir="/tmp")), url)
-    await a.project("alpha")
-    yield a
-    await close_api(a)
+@pytest.fixture
+def api(api_both: Api) -> Api:  # on SQLite and on PostgreSQL
+    return api_both
 
 
 async def _volume(api: Api, operation: str, until: float) -> None:
