@@ -20,6 +20,9 @@ class MachineState(StrEnum):
     CREATED = "created"  # recorded; not yet taken up by its node
     STARTING = "starting"  # its node is booting it
     RUNNING = "running"
+    # Its memory and devices are saved on its node and no process runs: it holds no CPU or
+    # memory there (its disks and addresses stay); `resume` continues it on the same node.
+    SUSPENDED = "suspended"
     STOPPING = "stopping"
     EXITED = "exited"  # the workload ended: see exit_code
     FAILED = "failed"  # it could not run, or its sandbox died: see error
@@ -44,6 +47,7 @@ class Desired(StrEnum):
     """What the control plane wants; nodes converge on it."""
 
     RUNNING = "running"
+    SUSPENDED = "suspended"  # saved on its node, no process (micro-VMs only)
     STOPPED = "stopped"
     DESTROYED = "destroyed"
 

@@ -175,6 +175,11 @@ class SandboxSpec:
     # Someone follows the output from the start: it waits for a first follower (the driver's
     # log_hold seconds at most) rather than being dropped from the ring.
     hold_output: bool = False
+    # A machine snapshot's directory on this host (`RuntimeDriver.snapshot`): `create` restores
+    # the guest from it, paused, instead of booting; `start` continues it as this spec's machine
+    # (its own MAC, addresses, hostname, machine-id, fresh entropy, the host's clock). Its
+    # resources and root disk must be the snapshot's.
+    restore_from: str = ""
 
     def __post_init__(self) -> None:
         validate_sandbox_id(self.id)
@@ -204,6 +209,7 @@ class SandboxSpec:
 class SandboxState(StrEnum):
     CREATED = "created"  # the sandbox exists and boots; the workload has not been started
     RUNNING = "running"
+    SUSPENDED = "suspended"  # memory and devices saved on the host, no process: `resume` it
     EXITED = "exited"  # the workload ended; see ExitStatus
     FAILED = "failed"  # hutch could not run it, or the sandbox died under it
 
@@ -245,6 +251,18 @@ class SandboxInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotFiles:
+    """A machine snapshot on this host (`RuntimeDriver.snapshot`): a directory that holds the
+    guest's memory, device state and scratch disk, and what a restore must match."""
+
+    path: str  # the directory, as `SandboxSpec.restore_from` takes it
+    size_bytes: int  # what its files take on the host's disk
+    resources: Resources  # a restore gets exactly these
+    root_disk: str  # the root disk it was taken on (a restore boots the same image)
+    root_disk_format: str
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     cpu_ns: int  # host CPU time of the sandbox (qemu or the container's processes)
     memory_bytes: int  # host memory charged to it
@@ -266,6 +284,8 @@ class Capabilities:
     max_cpus: int
     max_memory_mib: int
     overhead_mib: int  # host memory per sandbox beyond its own limit, for the scheduler
+    suspend: bool = False  # `suspend` and `resume` work
+    snapshot: bool = False  # `snapshot` works, and `SandboxSpec.restore_from`
 
     def check(self, res: Resources) -> None:
         """Raise Invalid unless this driver can give `res` on its host."""

@@ -23,6 +23,7 @@ from hutch.model.sandbox import (
     SandboxInfo,
     SandboxSpec,
     SandboxState,
+    SnapshotFiles,
     Stats,
     validate_sandbox_id,
 )
@@ -103,6 +104,24 @@ class RuntimeDriver(Protocol):
 
     async def recover(self) -> list[SandboxInfo]:
         """Re-adopt sandboxes left by an earlier host process; clean up those that died."""
+
+    async def suspend(self, sandbox_id: str) -> SandboxInfo:
+        """Save the running sandbox's memory and device state on this host and end its process
+        (running -> suspended): it holds no CPU or memory, keeps its disks, and survives a
+        restart of this host process. A `resume` during a suspend cancels it. If it fails the
+        sandbox runs on, never half-saved. Unsupported unless `capabilities().suspend`;
+        Conflict unless running."""
+
+    async def resume(self, sandbox_id: str) -> SandboxInfo:
+        """Continue a suspended sandbox where it was (suspended -> running), its clock set to
+        the host's; a resume of a sandbox being suspended cancels the suspend. Conflict unless
+        suspended or suspending."""
+
+    async def snapshot(self, sandbox_id: str, dest: Path) -> SnapshotFiles:
+        """Capture the running sandbox (memory, devices, scratch disk) into the new directory
+        `dest` without ending it (its workload pauses for the copy). On failure `dest` is gone
+        and the sandbox runs on. Unsupported unless `capabilities().snapshot`; Conflict unless
+        running; Invalid for a sandbox with volumes (their data is not the snapshot's)."""
 
     def freeze(
         self, sandbox_id: str, targets: Sequence[str]
