@@ -436,7 +436,7 @@ class MicroVMBackend:
         """The guest's RAM file on the host's tmpfs (named by its QEMU's uid, unique while that
         QEMU lives): empty for a boot or for a stream that carries the RAM, else the saved RAM."""
         self.opts.memory_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        ram = self.opts.memory_dir / f"vm-{uid}"
+        ram = self._ram_path(uid)
         ram.unlink(missing_ok=True)  # a leftover of a QEMU that died with its host process
         source = saved / snapfiles.MEMORY if saved is not None else None
         if source is not None and source.exists():
@@ -444,6 +444,9 @@ class MicroVMBackend:
         else:
             os.close(os.open(ram, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         return ram
+
+    def _ram_path(self, uid: int) -> Path:
+        return self.opts.memory_dir / f"vm-{uid}"
 
     @staticmethod
     def _remove_ram(record: SandboxRecord) -> None:
@@ -646,6 +649,7 @@ class MicroVMBackend:
             holder.owner.kill(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(holder.owner.wait(), 10)
+            self._ram_path(holder.id).unlink(missing_ok=True)  # tmpfs: memory until removed
             # Only if empty: a sandbox of the same id under another state directory may live.
             Cgroup(self._layout, self.opts.host.cgroup_parent, holder.home.name).prune()
             ended.append(holder.home.name)
