@@ -606,14 +606,15 @@ class SandboxDriver:
         record.pid, record.pid_start = ref.pid, ref.start_ticks
         record.state = SandboxState.RUNNING
         sup.dir.save(record)
-        new = self._supervisor(record, sup.dir)
         try:
-            await new.attach(booting=False, extra=self.backend.side_tasks(record, sup.dir))
+            # The same supervisor: whoever waits for the sandbox's end or follows its log
+            # since before the suspend goes on waiting and following.
+            await sup.attach(booting=False, extra=self.backend.side_tasks(record, sup.dir))
             # The guest's clock stood still while it was saved: set, before anything else runs.
-            await new.send(T.CLOCK, 0, encode_clock())
+            await sup.send(T.CLOCK, 0, encode_clock())
             await self.backend.cont(record, sup.dir)
         except BaseException:
-            await new.detach()
+            await sup.detach()
             await self.backend.terminate(record, sup.dir)
             await _wait_gone(ref, 15)
             await self.backend.release(record, sup.dir)
@@ -621,7 +622,6 @@ class SandboxDriver:
             record.pid = record.pid_start = 0
             sup.dir.save(record)
             raise
-        self._sups[sandbox_id] = new
         shutil.rmtree(saved, ignore_errors=True)
         return record.info()
 
