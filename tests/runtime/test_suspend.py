@@ -112,6 +112,14 @@ async def test_a_suspended_vm_resumes_where_it_was(
         assert not (sandbox_dir / "suspend").exists()
         print(f"suspend {suspend_s:.2f} s, resume {resume_s:.2f} s")
 
+        # Stopped while suspended: its saved state goes as a kill would end it; destroy
+        # leaves nothing.
+        await driver.suspend(SB)
+        assert (await driver.stop(SB)).signal == signal.SIGKILL
+        assert not (sandbox_dir / "suspend").exists()
+        await driver.destroy(SB)
+        assert not sandbox_dir.exists() and not any(ram.parent.glob(f"{ram.name}*"))
+
 
 def pss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():

@@ -333,8 +333,9 @@ class SandboxDriver:
         if record.state is SandboxState.SUSPENDED:
             # Nothing runs to be signalled: its saved state is dropped, as a kill would.
             shutil.rmtree(sup.dir.file(SUSPEND_DIR), ignore_errors=True)
-            sup.record_exit(ExitStatus(128 + _signal.SIGKILL, _signal.SIGKILL), failed=False)
-            return await sup.wait(0)
+            status = ExitStatus(128 + _signal.SIGKILL, _signal.SIGKILL)
+            sup.record_exit(status, failed=False)
+            return status
         with contextlib.suppress(Conflict):
             await sup.signal_main(sig or record.spec.stop_signal)
         with contextlib.suppress(TimeoutError):
