@@ -534,10 +534,14 @@ class SandboxDriver:
                         booting=record.state is SandboxState.CREATED,
                         extra=self.backend.side_tasks(record, sdir),
                     )
-                    if sdir.file(SUSPEND_DIR).exists():
-                        # this process died mid-suspend, the guest paused: it runs on
-                        shutil.rmtree(sdir.file(SUSPEND_DIR))
-                        await self.backend.cont(record, sdir)
+                    if record.state is SandboxState.RUNNING and self.capabilities().suspend:
+                        # This process may have died with the guest paused (in the middle of a
+                        # suspend, resume or snapshot): it runs on.
+                        shutil.rmtree(sdir.file(SUSPEND_DIR), ignore_errors=True)
+                        try:
+                            await self.backend.cont(record, sdir)
+                        except Exception as e:  # it is watched: a death is seen and said
+                            log.warning("sandbox %s: continuing it: %s", record.spec.id, e)
                 except HutchError:
                     sdir.unlock()
                     continue
