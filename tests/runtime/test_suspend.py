@@ -139,7 +139,11 @@ async def test_clones_of_a_snapshot_are_machines_of_their_own(
     await wait_for_line(microvm, SB, b"tick 3")
     dest = short_dir / "snap"
     t0 = time.monotonic()
-    snap = await microvm.snapshot(SB, dest)
+    snapshotting = asyncio.create_task(microvm.snapshot(SB, dest))
+    await asyncio.sleep(0)
+    with pytest.raises(Conflict, match="being snapshotted"):  # it would run during the copy
+        await microvm.suspend(SB)
+    snap = await snapshotting
     snapshot_s = time.monotonic() - t0
     assert snap.path == str(dest) and snap.resources.memory_mib == 128
     assert 0 < snap.size_bytes < 200 << 20  # sparse: what the guest touched, not all of it

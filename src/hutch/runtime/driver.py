@@ -236,6 +236,7 @@ class SandboxDriver:
         self._root = check_state_root(options.state_dir / backend.name)
         self._sups: dict[str, Supervisor] = {}
         self._suspends: dict[str, _Suspend] = {}  # suspends under way
+        self._snapshots: set[str] = set()  # sandboxes being snapshotted
 
     def capabilities(self) -> Capabilities:
         return self.backend.capabilities()
@@ -559,8 +560,9 @@ class SandboxDriver:
         record = sup.record
         if record.state is not SandboxState.RUNNING or sup.finished:
             raise Conflict(f"sandbox {sandbox_id} is {record.state}, not running")
-        if sandbox_id in self._suspends:
-            raise Conflict(f"sandbox {sandbox_id} is being suspended already")
+        if sandbox_id in self._suspends or sandbox_id in self._snapshots:
+            what = "suspended" if sandbox_id in self._suspends else "snapshotted"
+            raise Conflict(f"sandbox {sandbox_id} is being {what}")
         if any(not v.read_only for v in record.spec.volumes):
             # QEMU must reopen a disk read-only at the end of a save, which it cannot do for a
             # volume it locks against a second writer.
@@ -641,25 +643,30 @@ class SandboxDriver:
                 f"sandbox {sandbox_id} has volumes: a snapshot cannot hold their data; "
                 "snapshot the volumes themselves"
             )
-        if sandbox_id in self._suspends:
-            raise Conflict(f"sandbox {sandbox_id} is being suspended")
-        if await asyncio.to_thread(os.path.lexists, dest):
-            raise Conflict(f"{dest} exists already")
+        if sandbox_id in self._suspends or sandbox_id in self._snapshots:
+            what = "suspended" if sandbox_id in self._suspends else "snapshotted"
+            raise Conflict(f"sandbox {sandbox_id} is being {what}")
         answer = self._options.timeouts.answer
-        # Its processes stop first: a clone continues them only once it is its own machine.
-        await sup.ask(T.PAUSE, b"", answer, "pause its workload")
+        self._snapshots.add(sandbox_id)
         try:
-            await self.backend.save(record, sup.dir, dest, with_scratch=True)
+            if await asyncio.to_thread(os.path.lexists, dest):
+                raise Conflict(f"{dest} exists already")
+            # Its processes stop first: a clone continues them only once it is its own machine.
+            await sup.ask(T.PAUSE, b"", answer, "pause its workload")
             try:
-                files = snapfiles.describe(dest, record.spec)
+                await self.backend.save(record, sup.dir, dest, with_scratch=True)
+                try:
+                    files = snapfiles.describe(dest, record.spec)
+                finally:
+                    await self.backend.cont(record, sup.dir)
+            except BaseException:
+                shutil.rmtree(dest, ignore_errors=True)
+                raise
             finally:
-                await self.backend.cont(record, sup.dir)
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
+                with contextlib.suppress(Conflict):  # else it continues by itself soon
+                    await sup.send(T.CONTINUE, 0)
         finally:
-            with contextlib.suppress(Conflict):  # else it continues by itself soon
-                await sup.send(T.CONTINUE, 0)
+            self._snapshots.discard(sandbox_id)
         return files
 
     @contextlib.asynccontextmanager
