@@ -1,0 +1,216 @@
+"""Fast starts, side by side in one run against one `hutch up` (SQLite) on this machine.
+
+From the API call to the workload's first response (busybox httpd answering on a published port
+of the node), p50 and p99 of N each, the same image and shape:
+  cold      POST /v1/machines: a kernel boot
+  resume    POST /v1/machines/{id}/resume of a suspended machine
+  template  POST /v1/machines with `from_snapshot`: a restore from a snapshot of a running one
+  pool      a warm pool's machine (not built yet: null)
+and the host memory (PSS of the QEMU processes) of N clones of one template against N cold
+machines running the same workload. The last line printed is one JSON object with the figures.
+
+    .venv/bin/python -m bench.start [--runs N]   (from the repo root; `make bench` runs it)
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.host import log
+from bench.up import HUTCH, free_port, hutch_up
+from hutch.images.busybox import build_busybox_rootfs
+
+MEMORY_MIB = 128
+WORKLOAD = ["httpd", "-f", "-p", "80", "-h", "/"]
+PROBE_TIMEOUT = 0.1  # s per connection: a SYN a suspended guest never saw is sent again at once
+
+
+def answers(port: int) -> bool:
+    """The workload answered an HTTP request on the node's published `port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return s.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+
+def first_response(call: Callable[[], None], port: int, limit: float = 120) -> float:
+    """Seconds from `call()` (an API request) to the workload's first answer on `port`."""
+    start = time.monotonic()
+    call()
+    while not answers(port):
+        if time.monotonic() - start > limit:
+            raise RuntimeError(f"nothing answered on port {port} within {limit} s")
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+class Api:
+    def __init__(self, url: str, token: str) -> None:
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120,
+            params={"project": "default"},
+        )  # fmt: skip
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        r = self.http.request(method, path, **kwargs)
+        if r.status_code >= 400:
+            raise RuntimeError(f"{method} {path} answered {r.status_code}: {r.text}")
+        return r.json() if r.content else {}
+
+    def create(self, name: str, port: int, snapshot: str = "") -> Callable[[], None]:
+        """The request that makes a machine: booted, or a clone of `snapshot` (which takes its
+        image, process and shape from it)."""
+        body: dict[str, object] = {
+            "name": name,
+            "ports": [{"host_port": port, "port": 80, "host_ip": "127.0.0.1"}],
+        }
+        if snapshot:
+            body["from_snapshot"] = snapshot
+        else:
+            body.update(image="busybox", command=WORKLOAD, memory_mib=MEMORY_MIB)
+
+        def call() -> None:
+            self.call("POST", "/v1/machines", json=body)
+
+        return call
+
+    def state(self, ref: str) -> str:
+        return str(self.call("GET", f"/v1/machines/{ref}")["state"])
+
+    def wait_state(self, ref: str, state: str, limit: float = 120) -> None:
+        deadline = time.monotonic() + limit
+        while (now := self.state(ref)) != state:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ref} is {now}, not {state}, after {limit} s")
+            time.sleep(0.02)
+
+    def remove_all(self) -> None:
+        for m in self.call("GET", "/v1/machines", params={"limit": 500})["items"]:
+            self.call("DELETE", f"/v1/machines/{m['id']}", params={"force": "true"})
+        deadline = time.monotonic() + 120
+        while self.call("GET", "/v1/machines")["items"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("machines were not destroyed within 120 s")
+            time.sleep(0.2)
+
+
+def pss_mib(machine_ids: list[str]) -> float:
+    """Host memory of these machines' QEMU processes: their proportional set size, which
+    divides a page shared by clones among them (summed RSS would count it each time)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"-name" not in argv:
+                continue
+            name = argv[argv.index(b"-name") + 1].decode()
+            if not any(f"hutch-{m}" in name for m in machine_ids):
+                continue
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1024
+
+
+def percentiles(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    p99 = xs[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]
+    return {"p50": round(statistics.median(xs), 3), "p99": round(p99, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="hbs", dir="/tmp"))
+    env = {
+        **os.environ,
+        "HUTCH_STATE_DIR": str(work / "state"),
+        "HUTCH_CLIENT_CONFIG": str(work / "contexts.toml"),
+    }
+    rootfs = build_busybox_rootfs(work / "rootfs")
+    subprocess.run([HUTCH, "image", "import", str(rootfs), "--name", "busybox", "--public"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    n = args.runs
+    cold: list[float] = []
+    resume: list[float] = []
+    template: list[float] = []
+    try:
+        with hutch_up(env) as (url, token):
+            api = Api(url, token)
+            ports = [free_port() for _ in range(2 * n + 1)]
+            log(f"cold: {n} machines booted from the kernel")
+            for i in range(n):
+                cold.append(first_response(api.create(f"cold-{i}", ports[i]), ports[i]))
+                log(f"  cold-{i}: {cold[-1]:.3f} s")
+            cold_ids = [f"cold-{i}" for i in range(n)]
+            time.sleep(5)  # settled: booted pages touched, caches warm
+            cold_pss = pss_mib([str(api.call("GET", f"/v1/machines/{m}")["id"]) for m in cold_ids])
+
+            log(f"resume: each cold machine suspended, then resumed ({n})")
+            for i, name in enumerate(cold_ids):
+                api.call("POST", f"/v1/machines/{name}/suspend")
+                api.wait_state(name, "suspended")
+
+                def resumed(name: str = name) -> None:
+                    api.call("POST", f"/v1/machines/{name}/resume")
+
+                resume.append(first_response(resumed, ports[i]))
+                log(f"  {name}: {resume[-1]:.3f} s")
+
+            log("template: a snapshot of a running machine, then clones of it")
+            api.call("POST", "/v1/snapshots", json={"machine": "cold-0", "name": "tpl"})
+            api.remove_all()  # the clones' memory is measured alone
+            for i in range(n):
+                port = ports[n + i]
+                clone = api.create(f"clone-{i}", port, snapshot="tpl")
+                template.append(first_response(clone, port))
+                log(f"  clone-{i}: {template[-1]:.3f} s")
+            time.sleep(5)
+            clone_ids = [str(api.call("GET", f"/v1/machines/clone-{i}")["id"]) for i in range(n)]
+            clones_pss = pss_mib(clone_ids)
+            api.remove_all()
+            api.call("DELETE", "/v1/snapshots/tpl")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    c, r, t = percentiles(cold), percentiles(resume), percentiles(template)
+    figures = {
+        "cold_s": c,
+        "resume_s": r,
+        "template_s": t,
+        "pool_s": None,
+        "resume_vs_cold": round(r["p50"] / c["p50"], 3),
+        "template_vs_cold": round(t["p50"] / c["p50"], 3),
+        "pool_vs_cold": None,
+        "cold_pss_mib": round(cold_pss, 1),
+        "clones_pss_mib": round(clones_pss, 1),
+        "clones_vs_cold_memory": round(clones_pss / cold_pss, 3),
+        "machines": n,
+        "memory_mib": MEMORY_MIB,
+    }
+    for what, p in (("cold boot", c), ("resume", r), ("template (run --from)", t)):
+        print(f"{what:<24} p50 {p['p50']:.3f} s  p99 {p['p99']:.3f} s")
+    print(f"PSS of {n} cold machines {cold_pss:.0f} MiB, of {n} clones {clones_pss:.0f} MiB")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
