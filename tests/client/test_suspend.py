@@ -75,8 +75,8 @@ async def test_suspend_resume_snapshot_and_clones(
     for clone in clones:
         assert (clone.state, clone.node, clone.from_snapshot) == ("running", warm.node, snap.id)
         assert _state_of(client, clone.name)[0] == pid  # the snapshot's process continues
-        hostname = client.machines.exec(clone, ["hostname"]).stdout.strip()
-        mac = client.machines.exec(clone, ["cat", "/sys/class/net/eth0/address"]).stdout
+        hostname = client.machines.exec(clone, ["hostname"]).stdout.decode().strip()
+        mac = client.machines.exec(clone, ["cat", "/sys/class/net/eth0/address"]).stdout.decode()
         assert hostname == clone.name
         assert mac.strip() == clone.addresses[0].mac
         identities.add((hostname, mac))
