@@ -14,7 +14,10 @@ from tests.controller import Controller, controller, new_project
 __all__ = ["controller"]
 
 # A process whose state is only in its memory: its pid, and a counter it writes each 0.2 s.
-COUNTER = "echo $$ > /tmp/pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done"
+COUNTER = (
+    "echo $$ > /tmp/pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n;"
+    " sleep 0.2; done"
+)
 
 
 @pytest.fixture
@@ -25,7 +28,8 @@ def other(controller: Controller) -> Iterator[Client]:
 
 def _state_of(client: Client, machine: str) -> tuple[int, int]:
     """The counter's pid and count in `machine`."""
-    out = client.machines.exec(machine, ["sh", "-c", "cat /tmp/pid /tmp/n"]).stdout.split()
+    read = "until [ -s /tmp/n ]; do sleep 0.1; done; cat /tmp/pid /tmp/n"
+    out = client.machines.exec(machine, ["sh", "-c", read]).stdout.split()
     return int(out[0]), int(out[1])
 
 
