@@ -362,11 +362,12 @@ class Machines:
             )
 
     async def start(self, principal: Principal, project: Project, ref: str) -> Machine:
-        """A new generation of a machine that is not running (created stopped, exited, failed)."""
+        """A new generation of a machine that is not running (created stopped, exited, failed);
+        a suspended one (or one being suspended) is resumed instead: the same machine goes on."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         async with self.store.write() as tx:
             m = await _get_kept(tx, project, ref)
-            if Desired.SUSPENDED in (m.desired, m.state):  # the same machine continues
+            if m.desired is Desired.SUSPENDED or m.state is MachineState.SUSPENDED:
                 m = await self._resume(tx, project, m)
             else:
                 if m.state not in FINISHED and m.desired is Desired.RUNNING:
