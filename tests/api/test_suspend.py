@@ -119,6 +119,18 @@ async def test_what_cannot_be_suspended_is_refused_saying_why(api: Api) -> None:
             assert r.status_code == 404, r.text
     r = await api.call("POST", f"/v1/machines/{vm['id']}/suspend", alpha)
     assert r.status_code == 200 and r.json()["desired"] == "suspended", r.text
+    # Its node could not: the machine runs on, wanted running, and the event says why.
+    r = await api.http.post(
+        f"/agent/v1/nodes/{sim['node_id']}/machines/{vm['id']}/report",
+        json={"generation": 1, "state": "running", "time": time.time(),
+              "error": "not suspended: the disk is full"},
+        headers={"Authorization": f"Bearer {sim['credential']}"},
+    )  # fmt: skip
+    assert r.status_code == 204, r.text
+    got = (await api.call("GET", f"/v1/machines/{vm['id']}", alpha)).json()
+    assert (got["state"], got["desired"]) == ("running", "running")
+    messages = [e["message"] for e in await _events(api, "alpha") if e["object"] == vm["id"]]
+    assert messages[-1] == "not suspended: the disk is full"
 
 
 async def _events(api: Api, project: str) -> list[dict[str, Any]]:

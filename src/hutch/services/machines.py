@@ -601,15 +601,13 @@ class Machines:
                 raise NotFound(f"no machine {machine_id} on this node")
             if report.generation != m.generation:
                 return m  # another sandbox's
-            if state is m.state is MachineState.RUNNING and report.error:
-                if m.desired is Desired.SUSPENDED:  # its node could not suspend it: it runs on
-                    m = replace(m, desired=Desired.RUNNING)
-                    m = await self._transition(tx, m, state, report.error)
-                    self._wake(m)
-                return m
-            if m.state in (MachineState.DESTROYED, state):
+            if state is m.state is MachineState.RUNNING and m.desired is Desired.SUSPENDED:
+                # Its node could not suspend it (report.error says why): it runs on.
+                m = replace(m, desired=Desired.RUNNING)
+                m = await self._transition(tx, m, state, report.error or "not suspended")
+            elif m.state in (MachineState.DESTROYED, state):
                 return m  # said before (a restarted agent repeats itself)
-            if state is MachineState.DESTROYED:
+            elif state is MachineState.DESTROYED:
                 if m.desired is not Desired.DESTROYED:
                     return m  # an old sandbox the node cleaned up; the machine lives on
                 m = await self._transition(tx, m, MachineState.DESTROYED, "destroyed")
