@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import os
 import struct
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -29,6 +30,7 @@ class T(IntEnum):
     RESIZE = 7
     FREEZE = 8  # payload: a mount point in the guest; answered by FS_DONE of the same id
     THAW = 9
+    CLOCK = 10  # payload: u64 ns since the epoch: the guest sets CLOCK_REALTIME to it
     STARTED = 17
     STDOUT = 18
     STDERR = 19
@@ -105,6 +107,11 @@ def encode_process(spec: ProcessSpec, hostname: str = "") -> bytes:
 def encode_size(rows: int, cols: int) -> bytes:
     """A terminal size as WINSIZE and RESIZE carry it (each clamped to 16 bits)."""
     return struct.pack(">HH", min(max(rows, 0), 0xFFFF), min(max(cols, 0), 0xFFFF))
+
+
+def encode_clock() -> bytes:
+    """This host's time now, as CLOCK carries it."""
+    return struct.pack(">Q", time.time_ns())
 
 
 def decode_exit(payload: bytes) -> tuple[int, int, bool]:

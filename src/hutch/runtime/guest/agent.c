@@ -76,7 +76,7 @@
 
 enum {
     T_RUN = 1, T_EXEC = 2, T_STDIN = 3, T_SIGNAL = 4, T_EXIT_ACK = 5, T_WINDOW = 6, T_RESIZE = 7,
-    T_FREEZE = 8, T_THAW = 9,
+    T_FREEZE = 8, T_THAW = 9, T_CLOCK = 10,
     T_STARTED = 17, T_STDOUT = 18, T_STDERR = 19, T_EXIT = 20, T_ERROR = 21, T_STDIN_ACK = 22,
     T_FS_DONE = 23,
 };
@@ -865,6 +865,14 @@ static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_
         break;
     case T_THAW:
         thaw_path(id, pl, len);
+        break;
+    case T_CLOCK: /* resumed from a saved state: the clock stood still meanwhile */
+        if (len == 8) {
+            uint64_t ns = (uint64_t)get32(pl) << 32 | get32(pl + 4);
+            struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
+                                  .tv_nsec = (long)(ns % 1000000000u)};
+            if (clock_settime(CLOCK_REALTIME, &ts) < 0) logmsg("clock: %s", strerror(errno));
+        }
         break;
     case T_WINDOW:
         if (p && len == 4) {
