@@ -1,14 +1,17 @@
 """Suspend, resume, machine snapshots and their clones through the SDK (sync and async), with
-real micro-VMs on the shared `hutch up` (tests/controller.py): one machine is booted, the rest
-are restored from it. Each other project's attempt is refused next to the owner's succeeding."""
+real micro-VMs on the shared `hutch up` (tests/controller.py): one machine is booted (for the
+module), the rest are restored from it. Each other project's attempt is refused next to the
+owner's succeeding."""
 
+import contextlib
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from hutch.client import AsyncClient, Client
-from hutch.client.errors import Conflict, Invalid, NotFound
+from hutch.client.errors import ApiError, Conflict, Invalid, NotFound
+from hutch.wire.machines import MachineView
 from tests.controller import Controller, controller, new_project
 
 __all__ = ["controller"]
@@ -26,6 +29,26 @@ def other(controller: Controller) -> Iterator[Client]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def owner(controller: Controller) -> Iterator[Client]:
+    """The project of the module's machines: destroyed, with its snapshots, after its tests."""
+    with controller.client(new_project(controller, "snap")) as c:
+        yield c
+        with contextlib.suppress(ApiError):
+            for m in list(c.machines.list()):
+                c.machines.delete(m, force=True)
+            for m in list(c.machines.list()):
+                c.machines.wait(m, "destroyed", timeout=60)
+            for snap in list(c.snapshots.list()):
+                c.snapshots.delete(snap.name)
+
+
+@pytest.fixture(scope="module")
+def warm(owner: Client) -> MachineView:
+    """A running micro-VM with a process whose state is only in its memory (COUNTER)."""
+    return owner.machines.run("busybox", ["sh", "-c", COUNTER], name="warm", hold_output=False)
+
+
 def _state_of(client: Client, machine: str) -> tuple[int, int]:
     """The counter's pid and count in `machine`."""
     read = "until [ -s /tmp/n ]; do sleep 0.1; done; cat /tmp/pid /tmp/n"
@@ -38,10 +61,10 @@ def _memory_allocated(controller: Controller, node_id: str) -> int:
         return admin.nodes.get(node_id).allocated.memory_mib
 
 
-async def test_suspend_resume_snapshot_and_clones(
-    controller: Controller, client: Client, aclient: AsyncClient, other: Client
+async def test_suspend_and_resume(
+    controller: Controller, owner: Client, warm: MachineView, other: Client
 ) -> None:
-    warm = client.machines.run("busybox", ["sh", "-c", COUNTER], name="warm", hold_output=False)
+    client = owner
     assert warm.node is not None
     pid, count = _state_of(client, "warm")
     held = _memory_allocated(controller, warm.node)
@@ -57,13 +80,18 @@ async def test_suspend_resume_snapshot_and_clones(
     with pytest.raises(Invalid, match="suspended, not running"):
         client.machines.exec("warm", ["true"])
 
-    resumed = await aclient.machines.resume("warm", wait=True, timeout=120)
+    async with AsyncClient(controller.url, controller.token, project=client.project) as aclient:
+        resumed = await aclient.machines.resume("warm", wait=True, timeout=120)
     assert resumed.state == "running"
     time.sleep(0.5)
     after = _state_of(client, "warm")
     assert after[0] == pid and after[1] > count, (pid, count, after)  # the same process, on
     assert _memory_allocated(controller, warm.node) == held
 
+
+def test_snapshot_and_clones(owner: Client, warm: MachineView, other: Client) -> None:
+    client = owner
+    pid, _ = _state_of(client, "warm")
     with pytest.raises(NotFound):
         other.snapshots.create("warm", "stolen")
     snap = client.snapshots.create("warm", "tmpl")
@@ -88,9 +116,9 @@ async def test_suspend_resume_snapshot_and_clones(
 
     with pytest.raises(Conflict, match="copy1, copy2"):
         client.snapshots.delete("tmpl")
-    for m in ("warm", *(c.name for c in clones)):
+    for m in clones:
         client.machines.delete(m, force=True)
-    for m in ("warm", *(c.name for c in clones)):
+    for m in clones:
         client.machines.wait(m, "destroyed", timeout=60)
     with pytest.raises(NotFound):
         other.snapshots.delete("tmpl")
