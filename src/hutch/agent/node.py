@@ -463,7 +463,8 @@ class NodeAgent:
                     self._spawn(a.sandbox, self._stop(driver, a))
                 elif a.desired is Desired.SUSPENDED and info.state is SandboxState.RUNNING:
                     self._spawn(a.sandbox, self._suspend(driver, a))
-                elif info.state is SandboxState.SUSPENDED:
+                elif info.state is SandboxState.SUSPENDED and not a.state.finished:
+                    # (One that failed to resume stays as it is until it is destroyed.)
                     if a.desired is Desired.RUNNING:
                         self._spawn(a.sandbox, self._continue(driver, a))
                     else:
