@@ -1,6 +1,7 @@
 """Suspend, resume and snapshots of micro-VMs (the container runtime has none)."""
 
 import asyncio
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -22,22 +23,22 @@ COUNTER = (
 )
 
 
-async def sh(driver: SandboxDriver, script: str) -> str:
-    proc = await driver.exec(SB, ProcessSpec(args=("/bin/sh", "-c", script), env=(PATH,)))
+async def sh(driver: SandboxDriver, script: str, sandbox_id: str = SB) -> str:
+    proc = await driver.exec(sandbox_id, ProcessSpec(args=("/bin/sh", "-c", script), env=(PATH,)))
     status, out, err = await proc.communicate()
     assert status.code == 0, (status, err)
     return out.decode()
 
 
-async def count(driver: SandboxDriver) -> int:
+async def count(driver: SandboxDriver, sandbox_id: str = SB) -> int:
     """The counter's latest value, read from its open file."""
-    return int((await sh(driver, "tail -n1 /tmp/count")).split()[0])
+    return int((await sh(driver, "tail -n1 /tmp/count", sandbox_id)).split()[0])
 
 
-async def counts_on(driver: SandboxDriver, before: int) -> int:
+async def counts_on(driver: SandboxDriver, before: int, sandbox_id: str = SB) -> int:
     """Wait until the same counter goes on past `before`; its new value."""
     for _ in range(100):
-        now = await count(driver)
+        now = await count(driver, sandbox_id)
         if now > before:
             return now
         await asyncio.sleep(0.1)
@@ -111,7 +112,64 @@ async def test_a_suspended_vm_resumes_where_it_was(
         print(f"suspend {suspend_s:.2f} s, resume {resume_s:.2f} s")
 
 
-async def test_containers_cannot_suspend(
+def pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise AssertionError("no Pss")
+
+
+async def test_clones_of_a_snapshot_are_machines_of_their_own(
+    microvm: SandboxDriver, busybox_root: PreparedRoot, short_dir: Path
+) -> None:
+    """A snapshot pauses the running guest without ending it; each clone continues the
+    snapshot's workload (its counter, its open file) as a machine of its own: hostname,
+    machine-id, random numbers. A clone suspends and resumes like any guest."""
+    await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", COUNTER, sandbox_id=SB))
+    await microvm.start(SB)
+    await wait_for_line(microvm, SB, b"tick 3")
+    dest = short_dir / "snap"
+    t0 = time.monotonic()
+    snap = await microvm.snapshot(SB, dest)
+    snapshot_s = time.monotonic() - t0
+    assert snap.path == str(dest) and snap.resources.memory_mib == 128
+    assert 0 < snap.size_bytes < 200 << 20  # sparse: what the guest touched, not all of it
+    at_snapshot = await count(microvm)
+    await counts_on(microvm, at_snapshot)  # the original runs on
+    with pytest.raises(Conflict, match="exists"):
+        await microvm.snapshot(SB, dest)
+
+    clones = ("clone-a", "clone-b")
+    restore_s = []
+    for name in clones:
+        spec = make_spec(busybox_root, "/bin/true", sandbox_id=name)
+        spec = dataclasses.replace(spec, restore_from=str(dest), hostname=name)
+        t0 = time.monotonic()
+        await microvm.create(spec)
+        await microvm.start(name)
+        restore_s.append(time.monotonic() - t0)
+    facts = []
+    for name in clones:
+        # the snapshot's workload goes on in each, from where the snapshot took it
+        assert await counts_on(microvm, at_snapshot - 1, name) >= at_snapshot
+        facts.append(
+            await sh(
+                microvm, "hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -x", name
+            )
+        )
+    a, b = (f.splitlines() for f in facts)
+    assert a[0] == "clone-a" and b[0] == "clone-b"
+    assert len(a[1]) == 32 and a[1] != b[1]
+    assert a[2:] != b[2:]
+    pss = {name: pss_kib(microvm._get(name).record.pid) for name in (SB, *clones)}
+
+    await microvm.suspend("clone-a")  # its RAM is private: it goes in the migration stream
+    await microvm.resume("clone-a")
+    await counts_on(microvm, await count(microvm, "clone-a"), "clone-a")
+    print(f"snapshot {snapshot_s:.2f} s, restore+start {restore_s}, PSS KiB {pss}")
+
+
+async def test_containers_cannot_suspend_or_snapshot(
     container: SandboxDriver, busybox_root: PreparedRoot
 ) -> None:
     assert not container.capabilities().suspend
@@ -122,4 +180,6 @@ async def test_containers_cannot_suspend(
     await wait_for_line(container, SB, b"up")
     with pytest.raises(Unsupported, match="micro-VMs can"):
         await container.suspend(SB)
+    with pytest.raises(Unsupported, match="micro-VMs can"):
+        await container.snapshot(SB, Path("/nonexistent"))
     assert (await container.inspect(SB)).state is SandboxState.RUNNING

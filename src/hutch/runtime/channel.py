@@ -31,6 +31,9 @@ class T(IntEnum):
     FREEZE = 8  # payload: a mount point in the guest; answered by FS_DONE of the same id
     THAW = 9
     CLOCK = 10  # payload: u64 ns since the epoch: the guest sets CLOCK_REALTIME to it
+    PAUSE = 11  # SIGSTOP every process but the guest agent; answered by FS_DONE of the same id
+    CONTINUE = 12  # SIGCONT them (the guest agent does so itself after FREEZE_MAX_MS)
+    IDENTITY = 13  # a clone's own identity (encode_identity); answered by FS_DONE
     STARTED = 17
     STDOUT = 18
     STDERR = 19
@@ -51,6 +54,29 @@ class _Tag(IntEnum):
     HOSTNAME = 8
     TTY = 9
     WINSIZE = 10
+
+
+class _Id(IntEnum):
+    HOSTNAME = 1
+    MACHINE_ID = 2  # 32 lowercase hex digits, written to /etc/machine-id if the image has /etc
+    ENTROPY = 3  # bytes the guest credits to its random pool (RNDADDENTROPY) and reseeds from
+    MAC = 4  # u8 NIC index (eth<i>) + 6 bytes
+
+
+def encode_identity(hostname: str, machine_id: str, entropy: bytes, macs: tuple[str, ...]) -> bytes:
+    out = bytearray()
+
+    def rec(tag: _Id, value: bytes) -> None:
+        out.extend(struct.pack(">BI", tag, len(value)))
+        out.extend(value)
+
+    if hostname:
+        rec(_Id.HOSTNAME, hostname.encode())
+    rec(_Id.MACHINE_ID, machine_id.encode())
+    rec(_Id.ENTROPY, entropy)
+    for index, mac in enumerate(macs):
+        rec(_Id.MAC, bytes([index]) + bytes.fromhex(mac.replace(":", "")))
+    return bytes(out)
 
 
 class ProtocolError(Exception):

@@ -8,8 +8,11 @@ part is a `Backend` (QEMU micro-VM or crun container); the rest is `SandboxDrive
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import signal as _signal
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +31,8 @@ from hutch.model.sandbox import (
     Stats,
     validate_sandbox_id,
 )
-from hutch.runtime import volumes
-from hutch.runtime.channel import T, encode_clock
+from hutch.runtime import snapfiles, volumes
+from hutch.runtime.channel import T, encode_clock, encode_identity
 from hutch.runtime.logs import follow_log, read_log
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord, check_state_root
@@ -256,6 +259,9 @@ class SandboxDriver:
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         self.backend.capabilities().check(spec.resources)
         self.backend.validate(spec)
+        if spec.restore_from:
+            self._can("restore a snapshot", self.capabilities().snapshot)
+            snapfiles.check_restore(spec)
         sdir = SandboxDir(self._root, spec.id)
         sdir.create()
         sdir.try_lock()
@@ -283,8 +289,28 @@ class SandboxDriver:
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
         sup = self._get(sandbox_id)
-        await sup.start()
-        return sup.record.info()
+        if not sup.record.spec.restore_from:
+            await sup.start()
+            return sup.record.info()
+        record = sup.record
+        if record.state is not SandboxState.CREATED:
+            raise Conflict(f"sandbox {sandbox_id} is {record.state}, not created")
+        # A clone: its guest waits, paused, where the snapshot left it, its workload stopped.
+        record.state = SandboxState.RUNNING
+        record.started_at = time.time()
+        sup.dir.save(record)
+        spec = record.spec
+        await sup.send(T.CLOCK, 0, encode_clock())
+        identity = encode_identity(
+            spec.hostname or spec.id,
+            uuid.uuid4().hex,
+            os.urandom(64),
+            tuple(att.mac for att in spec.networks),
+        )
+        await self.backend.cont(record, sup.dir)
+        await sup.ask(T.IDENTITY, identity, self._options.timeouts.answer, "take its identity")
+        await sup.send(T.CONTINUE, 0)
+        return record.info()
 
     async def signal(self, sandbox_id: str, sig: int) -> None:
         await self._get(sandbox_id).signal_main(sig)
@@ -594,6 +620,38 @@ class SandboxDriver:
         self._sups[sandbox_id] = new
         shutil.rmtree(saved, ignore_errors=True)
         return record.info()
+
+    async def snapshot(self, sandbox_id: str, dest: Path) -> SnapshotFiles:
+        sup = self._get(sandbox_id)
+        self._can("snapshot", self.capabilities().snapshot)
+        record = sup.record
+        if record.state is not SandboxState.RUNNING or sup.finished:
+            raise Conflict(f"sandbox {sandbox_id} is {record.state}, not running")
+        if record.spec.volumes:
+            raise Invalid(
+                f"sandbox {sandbox_id} has volumes: a snapshot cannot hold their data; "
+                "snapshot the volumes themselves"
+            )
+        if sandbox_id in self._suspends:
+            raise Conflict(f"sandbox {sandbox_id} is being suspended")
+        if await asyncio.to_thread(os.path.lexists, dest):
+            raise Conflict(f"{dest} exists already")
+        answer = self._options.timeouts.answer
+        # Its processes stop first: a clone continues them only once it is its own machine.
+        await sup.ask(T.PAUSE, b"", answer, "pause its workload")
+        try:
+            await self.backend.save(record, sup.dir, dest, with_scratch=True)
+            try:
+                files = snapfiles.describe(dest, record.spec)
+            finally:
+                await self.backend.cont(record, sup.dir)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        finally:
+            with contextlib.suppress(Conflict):  # else it continues by itself soon
+                await sup.send(T.CONTINUE, 0)
+        return files
 
     @contextlib.asynccontextmanager
     async def freeze(self, sandbox_id: str, targets: Sequence[str]) -> AsyncIterator[None]:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ConnectError, QMPClient
 
 from hutch.model import machine as model_machine
 from hutch.model.errors import HutchError, Invalid, Unavailable
@@ -52,6 +52,7 @@ EXIT_DISK_BYTES = 4096
 EXIT_MAGIC = b"HUTCHEXT"
 VM_UIDS = 65_536  # VMs at once on this host, each its QEMU's uid
 SOCKETS = ("agent.sock", "console.sock", "qmp.sock")  # QEMU makes them in the sandbox's dir
+QMP_CONNECT_TRIES = 300
 MIGRATION_TIMEOUT = 60.0  # for QEMU to write or read a guest's device state (and RAM)
 log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -267,6 +268,7 @@ class MicroVMBackend:
             ),
             overhead_mib=self.opts.overhead_mib,
             suspend=True,
+            snapshot=True,
         )
 
     def fingerprint(self) -> dict[str, str]:
@@ -427,7 +429,7 @@ class MicroVMBackend:
             raise Unavailable("qemu exited as soon as it started")
         self._children[spec.id] = proc  # reaped in cleanup (ProcessRef.wait may reap it first)
         if saved is not None:
-            await self._incoming(record, sdir, ref, saved / snapfiles.STATE)
+            await self._incoming(record, sdir, ref, saved / snapfiles.STATE, clone)
         return ref
 
     def _ram_file(self, uid: int, saved: Path | None) -> Path:
@@ -455,12 +457,20 @@ class MicroVMBackend:
             qmp = self._qmp.get(sandbox_id)
             if qmp is None:
                 qmp = QMPClient(f"hutch-{sandbox_id}")
-                await qmp.connect(str(sdir.file("qmp.sock")))
+                # A new QEMU's socket may exist a moment before it listens (bind, then listen).
+                for attempt in range(QMP_CONNECT_TRIES):
+                    try:
+                        await qmp.connect(str(sdir.file("qmp.sock")))
+                        break
+                    except ConnectError:
+                        if attempt == QMP_CONNECT_TRIES - 1:
+                            raise
+                        await asyncio.sleep(0.01)
                 self._qmp[sandbox_id] = qmp
         return qmp
 
     async def _incoming(
-        self, record: SandboxRecord, sdir: SandboxDir, ref: ProcessRef, state: Path
+        self, record: SandboxRecord, sdir: SandboxDir, ref: ProcessRef, state: Path, clone: bool
     ) -> None:
         """Load the migration stream `state` into the QEMU just started with -incoming defer;
         it stays paused. On failure QEMU is killed and what launch made is removed."""
@@ -478,9 +488,14 @@ class MicroVMBackend:
             ref.kill(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ref.wait(), 10)
-            await (self.cleanup if record.spec.restore_from else self.release)(record, sdir)
+            await (self.cleanup if clone else self.release)(record, sdir)
+            await asyncio.to_thread(self._reap_copier, record.spec.id)  # qemu.log is whole
             if isinstance(e, Exception) and not isinstance(e, HutchError):
-                raise Unavailable(f"cannot restore the guest from {state.parent}: {e}") from e
+                said = tail(sdir.file("qemu.log"))
+                raise Unavailable(
+                    f"cannot restore the guest from {state.parent}: {e}"
+                    + (f"; QEMU said: {said}" if said else "")
+                ) from e
             raise
 
     async def save(

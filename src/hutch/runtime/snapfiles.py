@@ -1,12 +1,17 @@
 """Files of a saved guest (a suspended sandbox's, a machine snapshot's): copied sparsely, so that
 guest RAM or a scratch disk the guest never touched takes no room on the host's disk."""
 
+import json
 import os
 from pathlib import Path
+
+from hutch.model.errors import Invalid
+from hutch.model.sandbox import Resources, SandboxSpec, SnapshotFiles
 
 STATE = "state"  # QEMU's migration stream: device state (and RAM, when it is not in MEMORY)
 MEMORY = "memory"  # guest RAM, as the memory-backend file holds it
 SCRATCH = "scratch"  # a snapshot's copy of the scratch disk
+META = "snapshot.json"  # what a restore must match: resources, root disk
 CHUNK = 8 << 20
 
 
@@ -42,3 +47,51 @@ def copy_sparse(src: Path, dst: Path) -> None:
 def disk_usage(path: Path) -> int:
     """Bytes the files under `path` take on disk (their allocated blocks)."""
     return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def describe(path: Path, spec: SandboxSpec) -> SnapshotFiles:
+    """Record, beside a snapshot's files, what it was taken of; the snapshot."""
+    res = spec.resources
+    meta = {
+        "resources": {
+            "cpus": res.cpus,
+            "memory_mib": res.memory_mib,
+            "scratch_mib": res.scratch_mib,
+            "pids": res.pids,
+        },
+        "root_disk": spec.root_disk,
+        "root_disk_format": spec.root_disk_format,
+    }
+    fd = os.open(path / META, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f)
+    return load(path)
+
+
+def load(path: Path) -> SnapshotFiles:
+    """The snapshot in `path`; Invalid if there is none."""
+    try:
+        meta = json.loads((path / META).read_text())
+        return SnapshotFiles(
+            path=str(path),
+            size_bytes=disk_usage(path),
+            resources=Resources(**meta["resources"]),
+            root_disk=meta["root_disk"],
+            root_disk_format=meta["root_disk_format"],
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise Invalid(f"{path} holds no machine snapshot: {e}") from None
+
+
+def check_restore(spec: SandboxSpec) -> None:
+    """Invalid unless `spec` can be restored from its `restore_from` snapshot."""
+    snap = load(Path(spec.restore_from))
+    if spec.resources != snap.resources:
+        raise Invalid(
+            f"the snapshot in {snap.path} was taken with {snap.resources}: a restore gets "
+            f"exactly that, not {spec.resources}"
+        )
+    if (spec.root_disk, spec.root_disk_format) != (snap.root_disk, snap.root_disk_format):
+        raise Invalid(f"the snapshot in {snap.path} was taken on root disk {snap.root_disk}")
+    if spec.volumes:
+        raise Invalid("a sandbox restored from a snapshot takes no volumes")

@@ -53,6 +53,8 @@
 #define FREEZE_MAX_MS 10000
 #define FIFREEZE _IOWR('X', 119, int) /* <linux/fs.h>, whose other names clash with libc's */
 #define FITHAW _IOWR('X', 120, int)
+#define RNDADDENTROPY _IOW('R', 0x03, int[2]) /* <linux/random.h> */
+#define RNDRESEEDCRNG _IO('R', 0x07)
 #define EXIT_MAGIC "HUTCHEXT"
 #define SYN_MAGIC "HUTCHSYN"
 #define ACK_MAGIC "HUTCHACK"
@@ -76,10 +78,11 @@
 
 enum {
     T_RUN = 1, T_EXEC = 2, T_STDIN = 3, T_SIGNAL = 4, T_EXIT_ACK = 5, T_WINDOW = 6, T_RESIZE = 7,
-    T_FREEZE = 8, T_THAW = 9, T_CLOCK = 10,
+    T_FREEZE = 8, T_THAW = 9, T_CLOCK = 10, T_PAUSE = 11, T_CONTINUE = 12, T_IDENTITY = 13,
     T_STARTED = 17, T_STDOUT = 18, T_STDERR = 19, T_EXIT = 20, T_ERROR = 21, T_STDIN_ACK = 22,
     T_FS_DONE = 23,
 };
+enum { I_HOSTNAME = 1, I_MACHINE_ID = 2, I_ENTROPY = 3, I_MAC = 4 }; /* IDENTITY records */
 enum {
     S_ARG = 1, S_ENV = 2, S_CWD = 3, S_UID = 4, S_GID = 5, S_GROUP = 6, S_STDIN = 7, S_HOST = 8,
     S_TTY = 9, S_WINSIZE = 10,
@@ -113,6 +116,7 @@ static unsigned char inbuf[INBUF_CAP];
 static size_t inlen;
 static struct proc procs[MAX_PROCS];
 static struct frozen { int fd; uint64_t since; char path[256]; } frozen[MAX_VOLS];
+static uint64_t paused_since; /* PAUSE stopped the workload (for a snapshot) at this time */
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -797,6 +801,17 @@ static void thaw_path(uint32_t id, const unsigned char *pl, uint32_t len) {
 /* Thaw what has been frozen too long; the poll timeout until the next one is due (-1: none). */
 static int thaw_overdue(void) {
     int next = -1;
+    if (paused_since) { /* a host that died (or forgot) between PAUSE and CONTINUE */
+        uint64_t held = now_ms() - paused_since;
+        if (held >= FREEZE_MAX_MS) {
+            logmsg("the workload was paused for %d s with no CONTINUE: continuing it",
+                   FREEZE_MAX_MS / 1000);
+            kill(-1, SIGCONT);
+            paused_since = 0;
+        } else {
+            next = (int)(FREEZE_MAX_MS - held);
+        }
+    }
     for (int i = 0; i < MAX_VOLS; i++) {
         struct frozen *f = &frozen[i];
         if (!f->fd) continue;
@@ -810,6 +825,69 @@ static int thaw_overdue(void) {
         if (next < 0 || left < next) next = left;
     }
     return next;
+}
+
+/* IDENTITY: a clone of a snapshot becomes its own machine before its workload continues.
+ * Records as in a process spec (tag u8, length u32): hostname, machine-id, entropy, MACs. */
+static int write_machine_id(const char *id, size_t len) {
+    struct stat st;
+    if (stat("/etc", &st) < 0 || !S_ISDIR(st.st_mode)) return 0; /* an image without /etc */
+    char text[40];
+    if (len != 32) return EINVAL;
+    memcpy(text, id, 32);
+    text[32] = '\n';
+    unlink("/etc/machine-id"); /* an image's symlink there is replaced, never followed */
+    int fd = open("/etc/machine-id", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+    if (fd < 0) return errno;
+    int err = write(fd, text, 33) == 33 ? 0 : errno ? errno : EIO;
+    close(fd);
+    return err;
+}
+
+static int add_entropy(const unsigned char *bytes, uint32_t len) {
+    struct { int entropy_count, buf_size; unsigned char buf[512]; } pool;
+    if (len > sizeof pool.buf) len = sizeof pool.buf;
+    pool.entropy_count = (int)len * 8;
+    pool.buf_size = (int)len;
+    memcpy(pool.buf, bytes, len);
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    /* credited, then the CRNG reseeds at once: the clone's output diverges from its twins' */
+    int err = ioctl(fd, RNDADDENTROPY, &pool) < 0 || ioctl(fd, RNDRESEEDCRNG) < 0 ? errno : 0;
+    close(fd);
+    return err;
+}
+
+static int set_mac(unsigned index, const unsigned char mac[6]) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "eth%u", index);
+    ifr.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+    memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return errno;
+    /* virtio-net changes it live, and tells QEMU, whose receive filter follows */
+    int err = ioctl(s, SIOCSIFHWADDR, &ifr) < 0 ? errno : 0;
+    close(s);
+    return err;
+}
+
+static void identity(uint32_t id, const unsigned char *pl, uint32_t len) {
+    int err = 0;
+    for (uint32_t off = 0; off + 5 <= len;) {
+        int tag = pl[off];
+        uint32_t n = get32(pl + off + 1);
+        const unsigned char *v = pl + off + 5;
+        if (n > len - off - 5) { err = EINVAL; break; }
+        int e = 0;
+        if (tag == I_HOSTNAME) e = sethostname((const char *)v, n) < 0 ? errno : 0;
+        else if (tag == I_MACHINE_ID) e = write_machine_id((const char *)v, n);
+        else if (tag == I_ENTROPY) e = add_entropy(v, n);
+        else if (tag == I_MAC && n == 7) e = set_mac(v[0], v + 1);
+        if (e && !err) err = e;
+        off += 5 + n;
+    }
+    fs_done(id, err);
 }
 
 static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_t len) {
@@ -873,6 +951,19 @@ static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_
                                   .tv_nsec = (long)(ns % 1000000000u)};
             if (clock_settime(CLOCK_REALTIME, &ts) < 0) logmsg("clock: %s", strerror(errno));
         }
+        break;
+    case T_PAUSE: /* for a snapshot: its memory then holds a workload that runs nothing */
+        kill(-1, SIGSTOP);
+        paused_since = now_ms();
+        if (!paused_since) paused_since = 1;
+        fs_done(id, 0);
+        break;
+    case T_CONTINUE:
+        if (paused_since) kill(-1, SIGCONT);
+        paused_since = 0;
+        break;
+    case T_IDENTITY:
+        identity(id, pl, len);
         break;
     case T_WINDOW:
         if (p && len == 4) {
