@@ -109,7 +109,7 @@ def test_snapshot_and_clones(owner: Client, warm: MachineView, other: Client) ->
         assert _state_of(client, clone.name)[0] == pid  # the snapshot's process continues
         hostname = client.machines.exec(clone, ["hostname"]).stdout.decode().strip()
         mac = client.machines.exec(clone, ["cat", "/sys/class/net/eth0/address"]).stdout.decode()
-        assert hostname == clone.name
+        assert hostname == clone.id != warm.id  # a machine's hostname is its id
         assert mac.strip() == clone.addresses[0].mac
         identities.add((hostname, mac))
     assert len(identities) == 2
