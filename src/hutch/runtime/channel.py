@@ -61,9 +61,13 @@ class _Id(IntEnum):
     MACHINE_ID = 2  # 32 lowercase hex digits, written to /etc/machine-id if the image has /etc
     ENTROPY = 3  # bytes the guest credits to its random pool (RNDADDENTROPY) and reseeds from
     MAC = 4  # u8 NIC index (eth<i>) + 6 bytes
+    NET = 5  # eth0's addresses, routes, resolv.conf, hosts: the boot's flags (wiring.py)
 
 
-def encode_identity(hostname: str, machine_id: str, entropy: bytes, macs: tuple[str, ...]) -> bytes:
+def encode_identity(
+    hostname: str, machine_id: str, entropy: bytes, macs: tuple[str, ...], net: str
+) -> bytes:
+    """IDENTITY's payload: a clone's hostname, machine-id, entropy, NIC MACs and network."""
     out = bytearray()
 
     def rec(tag: _Id, value: bytes) -> None:
@@ -76,6 +80,8 @@ def encode_identity(hostname: str, machine_id: str, entropy: bytes, macs: tuple[
     rec(_Id.ENTROPY, entropy)
     for index, mac in enumerate(macs):
         rec(_Id.MAC, bytes([index]) + bytes.fromhex(mac.replace(":", "")))
+    if net:
+        rec(_Id.NET, net.encode())
     return bytes(out)
 
 

@@ -479,6 +479,9 @@ class ContainerBackend:
     async def release(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         raise _no_snapshots()
 
+    def guest_net(self, spec: SandboxSpec) -> str:
+        return ""  # the node configures a container's network itself
+
     async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         await self._crun("delete", "--force", record.spec.id)
         for target in (

@@ -213,6 +213,9 @@ class Backend(Protocol):
         """What cleanup removes except the disks, for a sandbox whose process ended because it
         was suspended."""
 
+    def guest_net(self, spec: SandboxSpec) -> str:
+        """How the guest agent configures the sandbox's network (a clone, again, as its own)."""
+
 
 @dataclass(frozen=True, slots=True)
 class DriverOptions:
@@ -306,6 +309,7 @@ class SandboxDriver:
             uuid.uuid4().hex,
             os.urandom(64),
             tuple(att.mac for att in spec.networks),
+            self.backend.guest_net(spec),
         )
         await self.backend.cont(record, sup.dir)
         await sup.ask(T.IDENTITY, identity, self._options.timeouts.answer, "take its identity")

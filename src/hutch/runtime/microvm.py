@@ -543,6 +543,9 @@ class MicroVMBackend:
             shutil.rmtree(dest, ignore_errors=True)
             raise
 
+    def guest_net(self, spec: SandboxSpec) -> str:
+        return " ".join(guest_net_params(spec, self.opts.mtu))
+
     async def cont(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         """Let the paused guest run."""
         qmp = await self._qmp_client(record.spec.id, sdir)

@@ -82,7 +82,7 @@ enum {
     T_STARTED = 17, T_STDOUT = 18, T_STDERR = 19, T_EXIT = 20, T_ERROR = 21, T_STDIN_ACK = 22,
     T_FS_DONE = 23,
 };
-enum { I_HOSTNAME = 1, I_MACHINE_ID = 2, I_ENTROPY = 3, I_MAC = 4 }; /* IDENTITY records */
+enum { I_HOSTNAME = 1, I_MACHINE_ID = 2, I_ENTROPY = 3, I_MAC = 4, I_NET = 5 }; /* IDENTITY */
 enum {
     S_ARG = 1, S_ENV = 2, S_CWD = 3, S_UID = 4, S_GID = 5, S_GROUP = 6, S_STDIN = 7, S_HOST = 8,
     S_TTY = 9, S_WINSIZE = 10,
@@ -116,6 +116,10 @@ static unsigned char inbuf[INBUF_CAP];
 static size_t inlen;
 static struct proc procs[MAX_PROCS];
 static struct frozen { int fd; uint64_t since; char path[256]; } frozen[MAX_VOLS];
+static int net_redo;    /* IDENTITY re-addresses a running clone: failures are its errno, not fatal */
+static int net_err;     /* the first of them */
+static char net_ip6[64]; /* eth0's IPv6 address and prefix as last set (a clone removes it) */
+static int net_p6;
 static uint64_t paused_since; /* PAUSE stopped the workload (for a snapshot) at this time */
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -872,6 +876,22 @@ static int set_mac(unsigned index, const unsigned char mac[6]) {
     return err;
 }
 
+static void net_setup(const char *root);
+static char cmdline[4096];
+
+/* The clone's own addresses, routes, resolv.conf and hosts: the boot's hutch.net flags (as
+ * runtime/wiring.py writes them), applied again over the snapshot's. */
+static int renumber(const char *params, uint32_t n) {
+    if (n >= sizeof cmdline) return E2BIG;
+    memcpy(cmdline, params, n); /* read only at boot, where boot_param looks */
+    cmdline[n] = 0;
+    net_redo = 1;
+    net_err = 0;
+    net_setup("");
+    net_redo = 0;
+    return net_err;
+}
+
 static void identity(uint32_t id, const unsigned char *pl, uint32_t len) {
     int err = 0;
     for (uint32_t off = 0; off + 5 <= len;) {
@@ -884,6 +904,7 @@ static void identity(uint32_t id, const unsigned char *pl, uint32_t len) {
         else if (tag == I_MACHINE_ID) e = write_machine_id((const char *)v, n);
         else if (tag == I_ENTROPY) e = add_entropy(v, n);
         else if (tag == I_MAC && n == 7) e = set_mac(v[0], v + 1);
+        else if (tag == I_NET) e = renumber((const char *)v, n);
         if (e && !err) err = e;
         off += 5 + n;
     }
@@ -1083,8 +1104,6 @@ static void serve(void) {
 
 /* ---- micro-VM boot ------------------------------------------------------------------------ */
 
-static char cmdline[4096];
-
 static const char *boot_param(const char *key) {
     static char val[sizeof cmdline];
     size_t kl = strlen(key);
@@ -1241,23 +1260,31 @@ struct in6_ifreq_ {
 
 /* Write `text` to `path` under the new root as a fresh file: an image's symlink there (e.g.
  * resolv.conf -> /run/...) is replaced, never followed out of the guest's root. */
+
+static void net_fail(const char *what, const char *arg) {
+    if (!net_redo) fatal("%s %s: %s", what, arg, strerror(errno));
+    logmsg("%s %s: %s", what, arg, strerror(errno));
+    if (!net_err) net_err = errno ? errno : EIO;
+}
+
 static void put_file(const char *path, const char *text) {
     unlink(path);
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0) fatal("writing %s: %s", path, strerror(errno));
+    if (fd < 0) { net_fail("writing", path); return; }
     size_t len = strlen(text);
-    if (write(fd, text, len) != (ssize_t)len) fatal("writing %s: %s", path, strerror(errno));
+    if (write(fd, text, len) != (ssize_t)len) net_fail("writing", path);
     close(fd);
 }
 
+/* EEXIST: a route a clone still has from its snapshot */
 static void net_ioctl(int s, unsigned long req, void *arg, const char *what) {
-    if (ioctl(s, req, arg) < 0) fatal("network: %s: %s", what, strerror(errno));
+    if (ioctl(s, req, arg) < 0 && !(net_redo && errno == EEXIST)) net_fail("network:", what);
 }
 
 /* hutch.net=IP4/P4,GW4,IP6/P6,GW6,MTU (runtime/wiring.py writes it): eth0 gets both addresses,
  * both default routes and the MTU before the workload starts. No DHCP, no router
  * advertisements: the host decided all of it. */
-static void net_setup(void) {
+static void net_setup(const char *root) {
     const char *p = boot_param("hutch.net");
     if (!p) return;
     char conf[256], ip4[64], gw4[64], ip6[64], gw6[64];
@@ -1305,10 +1332,17 @@ static void net_setup(void) {
 
     struct in6_ifreq_ ifr6;
     memset(&ifr6, 0, sizeof ifr6);
+    ifr6.ifindex = ifindex;
+    if (net_redo && *net_ip6 && strcmp(net_ip6, ip6) != 0 &&
+        inet_pton(AF_INET6, net_ip6, &ifr6.addr) == 1) {
+        ifr6.prefixlen = (uint32_t)net_p6;
+        net_ioctl(s6, SIOCDIFADDR, &ifr6, "old IPv6 address");
+    }
     if (inet_pton(AF_INET6, ip6, &ifr6.addr) != 1) fatal("hutch.net: bad address %s", ip6);
     ifr6.prefixlen = (uint32_t)p6;
-    ifr6.ifindex = ifindex;
     net_ioctl(s6, SIOCSIFADDR, &ifr6, "IPv6 address");
+    snprintf(net_ip6, sizeof net_ip6, "%s", ip6);
+    net_p6 = p6;
     struct in6_rtmsg rt6;
     memset(&rt6, 0, sizeof rt6);
     if (inet_pton(AF_INET6, gw6, &rt6.rtmsg_gateway) != 1) fatal("hutch.net: bad gateway %s", gw6);
@@ -1334,15 +1368,19 @@ static void net_setup(void) {
             if (*c == ',') *c = ' ';
         n += (size_t)snprintf(text + n, sizeof text - n, "search %s\n", list);
     }
-    mkdir("/newroot/etc", 0755);
-    put_file("/newroot/etc/resolv.conf", text);
+    char path[64];
+    snprintf(path, sizeof path, "%s/etc", root);
+    mkdir(path, 0755);
+    snprintf(path, sizeof path, "%s/etc/resolv.conf", root);
+    put_file(path, text);
     v = boot_param("hutch.hostname");
     char host[64];
     snprintf(host, sizeof host, "%s", v ? v : "");
     n = (size_t)snprintf(text, sizeof text,
                          "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if (*host) snprintf(text + n, sizeof text - n, "%s\t%s\n%s\t%s\n", ip4, host, ip6, host);
-    put_file("/newroot/etc/hosts", text);
+    snprintf(path, sizeof path, "%s/etc/hosts", root);
+    put_file(path, text);
 }
 
 /* Volume `dev` (its node's stat in `st`) at `target` as the workload will see it: made (mkdir -p)
@@ -1453,7 +1491,7 @@ static void vm_boot(void) {
     mkdir("/newroot/tmp", 01777);
     mkdir("/newroot/run", 0755);
     mount_volumes();
-    net_setup();
+    net_setup("/newroot");
     if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
         chdir("/") < 0)
         fatal("switching to the root disk: %s", strerror(errno));
