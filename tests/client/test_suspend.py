@@ -109,8 +109,10 @@ def test_snapshot_and_clones(owner: Client, warm: MachineView, other: Client) ->
         assert _state_of(client, clone.name)[0] == pid  # the snapshot's process continues
         hostname = client.machines.exec(clone, ["hostname"]).stdout.decode().strip()
         mac = client.machines.exec(clone, ["cat", "/sys/class/net/eth0/address"]).stdout.decode()
+        ip4 = client.machines.exec(clone, ["ip", "-4", "addr", "show", "eth0"]).stdout.decode()
         assert hostname == clone.id != warm.id  # a machine's hostname is its id
         assert mac.strip() == clone.addresses[0].mac
+        assert f"inet {clone.addresses[0].ip4}/" in ip4 and f" {warm.addresses[0].ip4}/" not in ip4
         identities.add((hostname, mac))
     assert len(identities) == 2
 
