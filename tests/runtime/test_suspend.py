@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -111,6 +112,14 @@ async def test_a_suspended_vm_resumes_where_it_was(
         assert not (sandbox_dir / "suspend").exists()
         print(f"suspend {suspend_s:.2f} s, resume {resume_s:.2f} s")
 
+        # Stopped while suspended: its saved state goes as a kill would end it; destroy
+        # leaves nothing.
+        await driver.suspend(SB)
+        assert (await driver.stop(SB)).signal == signal.SIGKILL
+        assert not (sandbox_dir / "suspend").exists()
+        await driver.destroy(SB)
+        assert not sandbox_dir.exists() and not any(ram.parent.glob(f"{ram.name}*"))
+
 
 def pss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -163,9 +172,14 @@ async def test_clones_of_a_snapshot_are_machines_of_their_own(
     assert a[2:] != b[2:]
     pss = {name: pss_kib(microvm._get(name).record.pid) for name in (SB, *clones)}
 
-    await microvm.suspend("clone-a")  # its RAM is private: it goes in the migration stream
+    # Its RAM is private: it goes in the migration stream. Who waited for its end before the
+    # suspend learns of it after the resume.
+    waiter = asyncio.create_task(microvm.wait("clone-a"))
+    await microvm.suspend("clone-a")
     await microvm.resume("clone-a")
     await counts_on(microvm, await count(microvm, "clone-a"), "clone-a")
+    await microvm.signal("clone-a", signal.SIGKILL)
+    assert (await asyncio.wait_for(waiter, 30)).signal == signal.SIGKILL
     print(f"snapshot {snapshot_s:.2f} s, restore+start {restore_s}, PSS KiB {pss}")
 
 

@@ -333,8 +333,9 @@ class SandboxDriver:
         if record.state is SandboxState.SUSPENDED:
             # Nothing runs to be signalled: its saved state is dropped, as a kill would.
             shutil.rmtree(sup.dir.file(SUSPEND_DIR), ignore_errors=True)
-            sup.record_exit(ExitStatus(128 + _signal.SIGKILL, _signal.SIGKILL), failed=False)
-            return await sup.wait(0)
+            status = ExitStatus(128 + _signal.SIGKILL, _signal.SIGKILL)
+            sup.record_exit(status, failed=False)
+            return status
         with contextlib.suppress(Conflict):
             await sup.signal_main(sig or record.spec.stop_signal)
         with contextlib.suppress(TimeoutError):
@@ -533,10 +534,14 @@ class SandboxDriver:
                         booting=record.state is SandboxState.CREATED,
                         extra=self.backend.side_tasks(record, sdir),
                     )
-                    if sdir.file(SUSPEND_DIR).exists():
-                        # this process died mid-suspend, the guest paused: it runs on
-                        shutil.rmtree(sdir.file(SUSPEND_DIR))
-                        await self.backend.cont(record, sdir)
+                    if record.state is SandboxState.RUNNING and self.capabilities().suspend:
+                        # This process may have died with the guest paused (in the middle of a
+                        # suspend, resume or snapshot): it runs on.
+                        shutil.rmtree(sdir.file(SUSPEND_DIR), ignore_errors=True)
+                        try:
+                            await self.backend.cont(record, sdir)
+                        except Exception as e:  # it is watched: a death is seen and said
+                            log.warning("sandbox %s: continuing it: %s", record.spec.id, e)
                 except HutchError:
                     sdir.unlock()
                     continue
@@ -606,14 +611,15 @@ class SandboxDriver:
         record.pid, record.pid_start = ref.pid, ref.start_ticks
         record.state = SandboxState.RUNNING
         sup.dir.save(record)
-        new = self._supervisor(record, sup.dir)
         try:
-            await new.attach(booting=False, extra=self.backend.side_tasks(record, sup.dir))
+            # The same supervisor: whoever waits for the sandbox's end or follows its log
+            # since before the suspend goes on waiting and following.
+            await sup.attach(booting=False, extra=self.backend.side_tasks(record, sup.dir))
             # The guest's clock stood still while it was saved: set, before anything else runs.
-            await new.send(T.CLOCK, 0, encode_clock())
+            await sup.send(T.CLOCK, 0, encode_clock())
             await self.backend.cont(record, sup.dir)
         except BaseException:
-            await new.detach()
+            await sup.detach()
             await self.backend.terminate(record, sup.dir)
             await _wait_gone(ref, 15)
             await self.backend.release(record, sup.dir)
@@ -621,7 +627,6 @@ class SandboxDriver:
             record.pid = record.pid_start = 0
             sup.dir.save(record)
             raise
-        self._sups[sandbox_id] = new
         shutil.rmtree(saved, ignore_errors=True)
         return record.info()
 

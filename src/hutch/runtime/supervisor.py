@@ -247,6 +247,8 @@ class Supervisor:
             self._conn = await Connection.open(str(self.dir.file("agent.sock")), timeout=10)
         except OSError as e:
             raise Unavailable(f"cannot connect to the sandbox's guest agent: {e}") from e
+        if self.main._over:  # attached again, after a suspend
+            self.main = ProcessInput(self, 1, self.record.spec.process.stdin)
         self._log = LogWriter(self.dir.file("stdio.log"), self._log_max)
         self._log.on_space = self._space.set
         self._tasks = [
