@@ -4,8 +4,10 @@ node and of its project's quota, a resume refused on a full node (saying why) an
 there is room, the refusals of what cannot be suspended, and another project's token."""
 
 import time
+from dataclasses import replace
 from typing import Any
 
+from hutch.model.machine import VolumeAttach
 from tests.helpers.api import Api
 
 MIB = 400  # each machine's memory; the node has room for two (with the 96 MiB overhead)
@@ -109,6 +111,13 @@ async def test_what_cannot_be_suspended_is_refused_saying_why(api: Api) -> None:
 
     r = await api.call("POST", f"/v1/machines/{box['id']}/suspend", alpha)
     assert r.status_code == 400 and "micro-VMs" in r.json()["detail"], r.text
+    async with api.ctl.store.write() as tx:  # as a machine made with `-v data:/data` is
+        held = await tx.machines.by_id(vm["id"])
+        disk = replace(held, id="m-withvolume", name="db", spec=replace(
+            held.spec, volumes=(VolumeAttach("v-data", "/data", name="data"),)))  # fmt: skip
+        await tx.machines.create(disk)
+    r = await api.call("POST", "/v1/machines/db/suspend", alpha)
+    assert r.status_code == 400 and "read-write volumes (data)" in r.json()["detail"], r.text
     r = await api.call("POST", f"/v1/machines/{stopped['id']}/suspend", alpha)
     assert r.status_code == 409 and "only a running machine" in r.json()["detail"], r.text
     r = await api.call("POST", f"/v1/machines/{vm['id']}/resume", alpha)

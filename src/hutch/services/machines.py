@@ -380,11 +380,18 @@ class Machines:
     async def suspend(self, principal: Principal, project: Project, ref: str) -> Machine:
         """Ask the machine's node to save its memory and devices and end its process: it keeps
         its disk and addresses on that node, and gives back its CPU and memory once the node
-        says it is suspended. Invalid for a runtime that cannot; Conflict unless running."""
+        says it is suspended. Invalid for a runtime that cannot, or a machine with read-write
+        volumes; Conflict unless running."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         async with self.store.write() as tx:
             m = await _get_kept(tx, project, ref)
             check_suspendable(m.spec.runtime, "suspended")
+            if writable := [v.name or v.volume for v in m.spec.volumes if not v.read_only]:
+                raise Invalid(
+                    f"machine {m.name} has read-write volumes ({', '.join(writable)}), which a "
+                    "suspended micro-VM cannot keep (its node could not reopen them locked): "
+                    "stop it instead"
+                )
             if m.desired is Desired.SUSPENDED:
                 return m  # suspended, or being suspended
             if m.state is not MachineState.RUNNING or m.desired is not Desired.RUNNING:
