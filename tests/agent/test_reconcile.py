@@ -31,9 +31,9 @@ from tests.helpers.api import JOIN, Api, close_api, open_api, served
 
 class FakeDriver:
     """The part of a runtime driver that reconcile uses, over sandboxes held in memory.
-    `calls` lists what it was asked ("start", "stop", "destroy"), with the sandbox id;
-    `destroying`, when set, holds every destroy until it is set; a start of a sandbox in
-    `refused` fails."""
+    `calls` lists what it was asked ("start", "stop", "destroy", "suspend", "resume"), with the
+    sandbox id; `destroying`, when set, holds every destroy until it is set; a start or resume
+    of a sandbox in `refused` fails."""
 
     name = "container"
 
@@ -78,6 +78,18 @@ class FakeDriver:
         if sandbox in self.boxes:
             self.end(sandbox, ExitStatus(255, error="destroyed"))
             del self.boxes[sandbox]
+
+    async def suspend(self, sandbox: str) -> SandboxInfo:
+        self.calls.append(("suspend", sandbox))
+        self.boxes[sandbox] = replace(self.boxes[sandbox], state=SandboxState.SUSPENDED, pid=0)
+        return self.boxes[sandbox]
+
+    async def resume(self, sandbox: str) -> SandboxInfo:
+        self.calls.append(("resume", sandbox))
+        if sandbox in self.refused:
+            raise Conflict(f"sandbox {sandbox} did not restore")
+        self.boxes[sandbox] = replace(self.boxes[sandbox], state=SandboxState.RUNNING, pid=2)
+        return self.boxes[sandbox]
 
     async def wait(self, sandbox: str, timeout: float | None = None) -> ExitStatus:
         if sandbox not in self._ends:
@@ -345,3 +357,39 @@ async def test_a_rule_change_is_applied_while_a_round_waits(
         with contextlib.suppress(asyncio.CancelledError):
             await run
         links.remove_netns(netns)
+
+
+async def test_suspend_and_resume_follow_what_the_controller_wants(node: Node) -> None:
+    """Wanted suspended, a running sandbox is suspended and reported so; a later round (a
+    restarted agent) reports it again and does nothing; wanted running, it is resumed, watched
+    again, and reported `resumed`. One that fails to resume fails its machine, and is not tried
+    again at every round."""
+    node.agent.drivers["microvm"] = node.agent.drivers["container"]
+    m, bad = await node.machine(runtime="microvm"), await node.machine(runtime="microvm")
+    sandbox, other = f"{m['id']}-1", f"{bad['id']}-1"
+    for box in (sandbox, other):
+        node.driver.has(box)
+    await node.round()
+    for machine in (m, bad):
+        r = await node.api.call("POST", f"/v1/machines/{machine['id']}/suspend", node.token)
+        assert r.status_code == 200, r.text
+    await node.round()
+    assert sorted(node.driver.calls) == sorted([("suspend", other), ("suspend", sandbox)])
+    assert (await node.get(m["id"]))["state"] == "suspended"
+    await node.round()
+    assert len(node.driver.calls) == 2
+
+    node.driver.refused.add(other)
+    for machine in (m, bad):
+        r = await node.api.call("POST", f"/v1/machines/{machine['id']}/resume", node.token)
+        assert r.status_code == 200 and r.json()["state"] == "starting", r.text
+    await node.round()
+    assert (await node.get(m["id"]))["state"] == "running"
+    failed = await node.get(bad["id"])
+    assert (failed["state"], failed["error"]) == (
+        "failed", f"could not resume: sandbox {other} did not restore",
+    )  # fmt: skip
+    await node.round()
+    assert sorted(node.driver.calls[2:]) == sorted([("resume", other), ("resume", sandbox)])
+    node.driver.end(sandbox, ExitStatus(0))  # watched again since its resume
+    assert (await eventually(node, m["id"], state="exited"))["exit_code"] == 0

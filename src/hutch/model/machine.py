@@ -168,6 +168,16 @@ def check_volumes(volumes: "tuple[VolumeAttach, ...]") -> None:
 # refusal leaves no machine behind) and again by the driver. The Debian cloud kernel does not
 # boot in 64 MiB; 96 leaves room for a workload.
 MIN_MEMORY_MIB = {"microvm": 96, "container": 16}
+# The runtimes whose sandboxes can be suspended, snapshotted and cloned (`RuntimeDriver.suspend`,
+# `.snapshot`): a micro-VM's whole state is its memory and devices; a container's is the host's.
+SUSPENDABLE = ("microvm",)
+
+
+def check_suspendable(runtime: str, what: str) -> None:
+    """Invalid, saying which runtime can, unless machines of `runtime` can be `what`
+    ("suspended", "snapshotted")."""
+    if runtime not in SUSPENDABLE:
+        raise Invalid(f"the {runtime} runtime cannot be {what}; micro-VMs (--runtime microvm) can")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +211,9 @@ class MachineSpec:
     # it for up to `log_hold` seconds, the workload waiting, until a first follower comes.
     hold_output: bool = False
     volumes: tuple[VolumeAttach, ...] = ()  # attached at creation, detached when destroyed
+    # A machine snapshot's id (`hutch run --from`): every generation continues from it, on its
+    # node, instead of booting the image (which is the snapshot's, as are cpus, memory, disk).
+    from_snapshot: str = ""
 
     def __post_init__(self) -> None:
         parse_ref(self.image)
@@ -277,6 +290,7 @@ class Report:
     error: str = ""
     image_digest: str = ""  # with STARTING: the image the node resolved the machine's to
     image_source: str = ""
+    resumed: bool = False  # with RUNNING: it continues where it was suspended
 
 
 class NodeState(StrEnum):

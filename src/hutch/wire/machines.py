@@ -44,7 +44,7 @@ class VolumeAttachView(View):
 
 
 class MachineCreate(Request):
-    image: str = Field(min_length=1, max_length=512)
+    image: str = Field("", max_length=512, description="required unless from_snapshot")
     name: str | None = Field(None, max_length=63)
     command: list[str] | None = Field(None, description="replaces the image's Cmd")
     entrypoint: list[str] | None = Field(None, description="replaces the image's Entrypoint")
@@ -103,6 +103,13 @@ class MachineCreate(Request):
         description="the project's volumes, attached from its creation until it is destroyed "
         "(a volume to one machine at a time); it runs on their node",
     )
+    from_snapshot: str = Field(
+        "",
+        max_length=64,
+        description="a machine snapshot (name or id) to continue from instead of booting: its "
+        "image, shape, process and number of networks (cpus, memory_mib, disk_mib if given must "
+        "match); placed on its node",
+    )
 
 
 class MachineView(View):
@@ -151,6 +158,7 @@ class MachineView(View):
     security_groups: list[str] = []  # names
     dns: str = ""  # NAME.PROJECT.internal, on its networks (empty without one)
     volumes: list[VolumeAttachView] = []
+    from_snapshot: str = ""  # the machine snapshot it continues from (its id)
 
 
 class Rejected(View):
