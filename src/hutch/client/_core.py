@@ -44,6 +44,7 @@ from hutch.wire.common import Page, Problem, Request
 from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import (
     EventView,
+    ExtendRequest,
     KillRequest,
     LogLine,
     MachineCreate,
@@ -187,6 +188,10 @@ class MachineOptions(TypedDict, total=False):
     # The project's volumes: "NAME:/PATH[:ro]" or VolumeSpec's fields ({"volume", "path",
     # "read_only"}); attached until the machine is destroyed, one machine at a time.
     volumes: Sequence[str | Mapping[str, Any]]
+    # Seconds it may run (time suspended does not count) before `on_timeout` ("stop", the
+    # default, "suspend" for micro-VMs, or "destroy") is done to it; Machines.extend adds.
+    timeout_s: float
+    on_timeout: str
 
 
 class CommandOptions(TypedDict, total=False):
@@ -404,6 +409,10 @@ def machine(
 
 def stop(ref: MachineRef, signal: str, timeout: float) -> Plan[MachineView]:
     return machine("POST", ref, "stop", build(StopRequest, signal=signal, timeout=timeout))
+
+
+def extend(ref: MachineRef, seconds: float) -> Plan[MachineView]:
+    return machine("POST", ref, "extend", build(ExtendRequest, seconds=seconds))
 
 
 def kill(ref: MachineRef, signal: str) -> Plan[MachineView]:

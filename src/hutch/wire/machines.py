@@ -9,8 +9,10 @@ from hutch.model.machine import (
     Desired,
     GroupPolicy,
     MachineState,
+    OnTimeout,
     RestartPolicy,
     Strategy,
+    check_timeout,
     validate_env,
 )
 from hutch.wire.common import Request, View
@@ -26,6 +28,16 @@ def _env(env: dict[str, str]) -> dict[str, str]:
 
 
 Env = Annotated[dict[str, str], AfterValidator(_env)]
+
+
+def _seconds(seconds: float) -> float:
+    try:
+        return check_timeout(seconds, "it")
+    except Invalid as e:
+        raise ValueError(e.message) from None  # pydantic's 422, naming the field
+
+
+Lifetime = Annotated[float, AfterValidator(_seconds)]
 
 
 class VolumeSpec(Request):
@@ -103,6 +115,16 @@ class MachineCreate(Request):
         description="the project's volumes, attached from its creation until it is destroyed "
         "(a volume to one machine at a time); it runs on their node",
     )
+    timeout_s: Lifetime | None = Field(
+        None,
+        description="seconds it may run (suspended, it does not count) before on_timeout is "
+        "done to it; POST .../extend adds to it; default: no limit",
+    )
+    on_timeout: OnTimeout = Field(
+        OnTimeout.STOP,
+        strict=False,
+        description="what its timeout does: stop, suspend (micro-VMs only) or destroy",
+    )
 
 
 class MachineView(View):
@@ -151,6 +173,15 @@ class MachineView(View):
     security_groups: list[str] = []  # names
     dns: str = ""  # NAME.PROJECT.internal, on its networks (empty without one)
     volumes: list[VolumeAttachView] = []
+    timeout_s: float | None = None
+    on_timeout: OnTimeout = OnTimeout.STOP
+    extended_s: float = 0.0  # what extend added since it was last started
+    time_left_s: float | None = None  # of running, when it was read; None: no timeout
+    expires_at: float | None = None  # when it times out if it keeps running; None: it is not
+
+
+class ExtendRequest(Request):
+    seconds: Lifetime = Field(description="seconds of running added to its time left")
 
 
 class Rejected(View):
