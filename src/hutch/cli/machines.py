@@ -505,6 +505,11 @@ def inspect(ref: Ref) -> None:
 machine_app = typer.Typer(help="A machine's lifetime: extend.", no_args_is_help=True)
 
 
+@machine_app.callback()
+def machine_group() -> None:
+    """A group even with one command (typer would make a lone command the group itself)."""
+
+
 @machine_app.command("extend")
 def extend(
     ref: Ref,
