@@ -55,7 +55,7 @@ class Desired(StrEnum):
 
 
 class OnTimeout(StrEnum):
-    """What ends a machine's lifetime (`MachineSpec.timeout_s`) does to it."""
+    """What is done to a machine when its lifetime (`MachineSpec.timeout_s`) runs out."""
 
     STOP = "stop"
     SUSPEND = "suspend"  # runtimes in SUSPENDS only

@@ -6,13 +6,13 @@ from pydantic import AfterValidator, Field, ValidationError
 
 from hutch.model.errors import Invalid
 from hutch.model.machine import (
+    MAX_TIMEOUT,
     Desired,
     GroupPolicy,
     MachineState,
     OnTimeout,
     RestartPolicy,
     Strategy,
-    check_timeout,
     validate_env,
 )
 from hutch.wire.common import Request, View
@@ -28,16 +28,6 @@ def _env(env: dict[str, str]) -> dict[str, str]:
 
 
 Env = Annotated[dict[str, str], AfterValidator(_env)]
-
-
-def _seconds(seconds: float) -> float:
-    try:
-        return check_timeout(seconds, "it")
-    except Invalid as e:
-        raise ValueError(e.message) from None  # pydantic's 422, naming the field
-
-
-Lifetime = Annotated[float, AfterValidator(_seconds)]
 
 
 class VolumeSpec(Request):
@@ -115,8 +105,10 @@ class MachineCreate(Request):
         description="the project's volumes, attached from its creation until it is destroyed "
         "(a volume to one machine at a time); it runs on their node",
     )
-    timeout_s: Lifetime | None = Field(
+    timeout_s: float | None = Field(
         None,
+        gt=0,
+        le=MAX_TIMEOUT,
         description="seconds it may run (suspended, it does not count) before on_timeout is "
         "done to it; POST .../extend adds to it; default: no limit",
     )
@@ -181,7 +173,9 @@ class MachineView(View):
 
 
 class ExtendRequest(Request):
-    seconds: Lifetime = Field(description="seconds of running added to its time left")
+    seconds: float = Field(
+        gt=0, le=MAX_TIMEOUT, description="seconds of running added to its time left"
+    )
 
 
 class Rejected(View):
