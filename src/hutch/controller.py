@@ -27,6 +27,7 @@ from hutch.services.notify import SCHEDULER, Notifier
 from hutch.services.policy import Policy
 from hutch.services.retention import Retention
 from hutch.services.scheduling import Scheduler
+from hutch.services.snapshots import Snapshots
 from hutch.services.streams import Streams
 from hutch.services.tenancy import Tenancy
 from hutch.services.volumes import Volumes
@@ -53,6 +54,7 @@ class Controller:
     streams: Streams  # long-lived streams, ended when their token or project goes
     networks: Networks  # networks and security groups
     volumes: Volumes  # volumes and their snapshots
+    snapshots: Snapshots  # machine snapshots (`run --from` clones them)
     ca_pem: str | None = None  # when serving HTTPS
 
 
@@ -118,6 +120,7 @@ def build_controller(settings: Settings) -> Controller:
         streams=streams,
         networks=network_service,
         volumes=Volumes(store, link, policy),
+        snapshots=Snapshots(store, link, policy),
         ca_pem=ca_pem,
     )
 

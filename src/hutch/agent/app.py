@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from hutch.agent import nodeapi, volumeapi
+from hutch.agent import nodeapi, snapshotapi, volumeapi
 from hutch.agent.node import NodeAgent
 from hutch.http import problems
 
@@ -13,4 +13,5 @@ def create_node_app(agent: NodeAgent) -> FastAPI:
     problems.install(app)
     app.include_router(nodeapi.router)
     app.include_router(volumeapi.router)
+    app.include_router(snapshotapi.router)
     return app

@@ -54,6 +54,7 @@ from hutch.model.sandbox import (
     SandboxState,
     VolumeMount,
     parse_signal,
+    validate_sandbox_id,
 )
 from hutch.network import dns, nft
 from hutch.network.claim import NamespaceClaim, claim
@@ -455,9 +456,18 @@ class NodeAgent:
                     await self._not_started(a)
             else:
                 driver, info = entry
-                live = info.state in (SandboxState.CREATED, SandboxState.RUNNING)
+                live = info.state in (
+                    SandboxState.CREATED, SandboxState.RUNNING, SandboxState.SUSPENDED
+                )  # fmt: skip
                 if a.desired is Desired.STOPPED and live:
                     self._spawn(a.sandbox, self._stop(driver, a))
+                elif a.desired is Desired.SUSPENDED and info.state is SandboxState.RUNNING:
+                    self._spawn(a.sandbox, self._suspend(driver, a))
+                elif info.state is SandboxState.SUSPENDED:
+                    if a.desired is Desired.RUNNING:
+                        self._spawn(a.sandbox, self._continue(driver, a))
+                    else:
+                        await self._report(a, MachineState.SUSPENDED)
                 elif info.state is SandboxState.CREATED and a.desired is Desired.RUNNING:
                     self._spawn(a.sandbox, self._resume(driver, a))
                 elif info.state is SandboxState.RUNNING:
@@ -508,6 +518,8 @@ class NodeAgent:
             request = RunRequest.of(a, image.digest, mounts)
             roots = replace(self.roots, project=a.project, allow_paths=False)
             spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)
+            if a.from_snapshot:
+                spec = replace(spec, restore_from=str(self.snapshot_files(a.from_snapshot)))
             await driver.create(spec)
             await driver.start(spec.id)
         except HutchError as e:
@@ -580,6 +592,38 @@ class NodeAgent:
             image = self.store.resolve(a.image_digest or a.image, a.project)
         await self._report(a, MachineState.RUNNING, image=image)
         self._watch_exit(driver, a)
+
+    async def _suspend(self, driver: SandboxDriver, a: Assignment) -> None:
+        """Save the sandbox and end its process; one that cannot be suspended runs on, and the
+        controller hears why (it wants it running again)."""
+        self._unwatch(a.sandbox)  # its process ends without the workload ending
+        try:
+            await driver.suspend(a.sandbox)
+        except HutchError as e:
+            self._watch_exit(driver, a)
+            self._reported.pop(a.sandbox, None)
+            await self._report(a, MachineState.RUNNING, error=f"not suspended: {e.message}")
+            return
+        await self._report(a, MachineState.SUSPENDED)
+
+    async def _continue(self, driver: SandboxDriver, a: Assignment) -> None:
+        """Resume a suspended sandbox where it was; one that cannot be resumed failed."""
+        try:
+            await driver.resume(a.sandbox)
+        except HutchError as e:
+            await self._report(a, MachineState.FAILED, error=f"could not resume: {e.message}")
+            return
+        self._unwatch(a.sandbox)  # a wait from before the suspend: its process is gone
+        await self._report(a, MachineState.RUNNING, resumed=True)
+        self._watch_exit(driver, a)
+
+    def _unwatch(self, sandbox: str) -> None:
+        if (watch := self._watch.pop(sandbox, None)) is not None:
+            watch.cancel()
+
+    def snapshot_files(self, snapshot_id: str) -> Path:
+        """Where machine snapshot `snapshot_id` is kept on this node (`agent/snapshotapi.py`)."""
+        return self.dir / "snapshots" / validate_sandbox_id(snapshot_id)
 
     async def _ensure_image(self, a: Assignment) -> StoredImage:
         """The image the machine runs: the digest an earlier start recorded, else what its
@@ -675,6 +719,7 @@ class NodeAgent:
         oom: bool = False,
         error: str = "",
         image: StoredImage | None = None,
+        resumed: bool = False,
     ) -> None:
         if self._reported.get(a.sandbox) == state:
             return
@@ -688,6 +733,7 @@ class NodeAgent:
             time=time.time(),
             image_digest=image.digest if image else "",
             image_source=image.source if image else "",
+            resumed=resumed,
         )
         try:
             await self.link.report(self.identity.node_id, a.machine, report)

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from hutch import __version__
-from hutch.api.routes import images, machines, networks, nodes, projects, volumes
+from hutch.api.routes import images, machines, networks, nodes, projects, snapshots, volumes
 from hutch.config import Settings
 from hutch.controller import Controller, bootstrap, build_controller, leading_work
 from hutch.http import problems
@@ -45,6 +45,7 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
         machines.router,
         networks.router,
         volumes.router,
+        snapshots.router,
         images.router,
         nodes.public,
         nodes.agents,

@@ -6,6 +6,7 @@ from typing import Any
 
 from hutch.model import mirrored
 from hutch.model.addressing import Network, Rule, SecurityGroup, dns_name
+from hutch.model.errors import Invalid
 from hutch.model.machine import (
     Event,
     Machine,
@@ -16,6 +17,7 @@ from hutch.model.machine import (
     env_entries,
 )
 from hutch.model.network import Attachment, PortMapping
+from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import QUOTA_FIELDS, Project, Quota, Token, Usage
 from hutch.placement import Placement, Rejection
 from hutch.services.networks import MachineNet, NodePlan, Wiring
@@ -39,10 +41,53 @@ from hutch.wire.networks import (
     SecurityGroupView,
 )
 from hutch.wire.nodes import Assignment, Assignments, CapacityView, NodeView, VolumeAssignment
+from hutch.wire.snapshots import MachineSnapshotView
 from hutch.wire.tenancy import ProjectView, QuotaSpec, QuotaView, TokenView, UsageView
+
+# What a clone takes from its snapshot (`from_snapshot`), and so may not be given otherwise.
+_FROM_SNAPSHOT = ("image", "command", "entrypoint", "env", "workdir", "user", "runtime", "volumes",
+                  "tty", "stdin")  # fmt: skip
+_SHAPE = ("cpus", "memory_mib", "disk_mib")
+
+
+def clone_of(body: MachineCreate, snap: MachineSnapshot) -> MachineCreate:
+    """The request for a machine that continues from `snap`: its image, shape, process and
+    networks (as many as it had); Invalid for what the request gives that differs."""
+    given = body.model_fields_set
+    if taken := [f for f in _FROM_SNAPSHOT if f in given and getattr(body, f)]:
+        raise Invalid(
+            f"a machine from snapshot {snap.name} continues its process in its image: "
+            f"{', '.join(taken)} cannot be given"
+        )
+    for field in _SHAPE:
+        if field in given and getattr(body, field) != getattr(snap, field):
+            raise Invalid(
+                f"snapshot {snap.name} has {field} {getattr(snap, field)}, not "
+                f"{getattr(body, field)}: a machine from a snapshot has its shape"
+            )
+    if body.networks is not None and len(body.networks) != len(snap.networks):
+        raise Invalid(
+            f"snapshot {snap.name} has {len(snap.networks)} network(s), so its machines join "
+            f"as many, not {len(body.networks)}"
+        )
+    networks = body.networks if body.networks is not None else list(snap.networks) or ["none"]
+    return body.model_copy(
+        update={
+            "image": snap.image, "command": _list(snap.command), "workdir": snap.workdir,
+            "entrypoint": _list(snap.entrypoint), "env": env_dict(snap.env), "user": snap.user,
+            "cpus": snap.cpus, "memory_mib": snap.memory_mib, "disk_mib": snap.disk_mib,
+            "runtime": snap.runtime, "networks": networks, "from_snapshot": snap.id,
+        }
+    )  # fmt: skip
+
+
+def _list(argv: tuple[str, ...] | None) -> list[str] | None:
+    return list(argv) if argv is not None else None
 
 
 def spec_of(body: MachineCreate) -> MachineSpec:
+    if not body.image:
+        raise Invalid("give the image to run, or from_snapshot: a machine snapshot to continue")
     return mirrored(
         MachineSpec,
         body,
@@ -233,4 +278,12 @@ def node_view(n: Node) -> NodeView:
 def event_view(e: Event) -> EventView:
     return EventView(
         id=e.id, kind=e.kind, object=e.object_id, state=e.state, message=e.message, time=e.time
+    )
+
+
+def snapshot_view(
+    s: MachineSnapshot, project: str, nodes: dict[str, str], clones: list[str]
+) -> MachineSnapshotView:
+    return MachineSnapshotView.mirroring(
+        s, project=project, node=nodes.get(s.node_id), state=s.state.value, clones=clones
     )

@@ -1,5 +1,6 @@
-"""`hutch run`, `ps`, `logs`, `exec`, `stop`, `start`, `restart`, `kill`, `rm`, `wait`,
-`inspect`, `machine extend`: machines through the controller (see `hutch up` or `hutch login`)."""
+"""`hutch run`, `ps`, `logs`, `exec`, `stop`, `start`, `restart`, `suspend`, `resume`, `kill`,
+`rm`, `wait`, `inspect`, `machine extend`: machines through the controller (see `hutch up` or
+`hutch login`)."""
 
 import contextlib
 import math
@@ -108,8 +109,9 @@ RUN_EXAMPLES = (
 
 def run(
     image: Annotated[
-        str, typer.Argument(metavar="IMAGE", help="An image the project sees (hutch image ls).")
-    ],
+        str | None,
+        typer.Argument(metavar="IMAGE", help="An image the project sees (hutch image ls)."),
+    ] = None,
     command: Annotated[
         list[str] | None,
         typer.Argument(metavar="CMD", help="Command and arguments (replace the image's Cmd)."),
@@ -213,6 +215,15 @@ def run(
             "--dry-run", help="Create nothing: print the node it would go to, and why not others."
         ),
     ] = False,
+    from_snapshot: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="SNAPSHOT",
+            help="Continue a machine snapshot (hutch snapshot ls) instead of booting: its "
+            "image, shape and process, on its node. Give no IMAGE.",
+        ),
+    ] = None,
 ) -> None:
     """Run an image in a new machine (a micro-VM of its own).
 
@@ -249,9 +260,18 @@ def run(
         "volumes": volume or None,
         "timeout_s": _duration(timeout, "--timeout") if timeout is not None else None,
         "on_timeout": on_timeout,
+        "from_snapshot": from_snapshot,
     }
     if on_timeout is not None and timeout is None:
         raise Invalid("--on-timeout says what --timeout does: give --timeout DURATION too")
+    if from_snapshot and (image or command):
+        raise Invalid(
+            f"--from {from_snapshot} continues the snapshot's process in its image: give no "
+            "IMAGE or command"
+        )
+    if not from_snapshot and not image:
+        raise Invalid("hutch run needs an IMAGE (hutch image ls), or --from SNAPSHOT")
+    image = image or ""
     if tty and (size := _terminal_size()) is not None:
         given["rows"], given["cols"] = size  # from its start: attaching then changes nothing
     # What is not given takes the server's default (the SDK leaves it out of the request).
@@ -686,6 +706,24 @@ def _start_each(refs: list[str], *, again: bool) -> None:
         for ref in refs:
             (client.machines.restart if again else client.machines.start)(ref)
             client.machines.wait(ref, "started")
+            typer.echo(ref)
+
+
+def suspend(refs: Refs) -> None:
+    """Suspend micro-VMs: their memory and devices are saved on their node and their processes
+    end, so they hold no CPU or memory there (their disks and addresses stay). hutch waits
+    until each is suspended. `hutch resume` (or start) continues them where they were."""
+    with connect() as client:
+        for ref in refs:
+            client.machines.suspend(ref, wait=True, timeout=RM_WAIT)
+            typer.echo(ref)
+
+
+def resume(refs: Refs) -> None:
+    """Resume suspended machines where they were, on their node; hutch waits until each runs."""
+    with connect() as client:
+        for ref in refs:
+            client.machines.resume(ref, wait=True, timeout=RM_WAIT)
             typer.echo(ref)
 
 

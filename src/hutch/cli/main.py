@@ -61,6 +61,8 @@ COMMANDS: dict[str, Entry] = {
     "stop": Entry("machines", "stop", "Stop machines gracefully."),
     "start": Entry("machines", "start", "Start stopped or ended machines again."),
     "restart": Entry("machines", "restart", "Restart machines (stop them, then start them)."),
+    "suspend": Entry("machines", "suspend", "Suspend micro-VMs: saved on their node, no CPU/RAM."),
+    "resume": Entry("machines", "resume", "Resume suspended machines where they were."),
     "kill": Entry("machines", "kill", "Send a signal to machines."),
     "rm": Entry("machines", "rm", "Destroy machines (and what they left on their node)."),
     "wait": Entry("machines", "wait", "Wait for machines to end; print exit codes."),
@@ -77,6 +79,7 @@ COMMANDS: dict[str, Entry] = {
     "network": Entry("networks", "network_app", "Networks: a project's private networks."),
     "sg": Entry("networks", "sg_app", "Security groups: named rules attached to machines."),
     "volume": Entry("volumes", "app", "Volumes: persistent disks, snapshots, forks, backups."),
+    "snapshot": Entry("snapshots", "app", "Machine snapshots: create, ls, rm (run --from one)."),
     "context": Entry("contexts", "app", "Saved controllers and tokens (contexts): ls, use, rm."),
 }
 

@@ -76,6 +76,7 @@ NODES = Call("GET", "/v1/nodes")
 NETWORKS = Call("GET", "/v1/networks", scoped=True)
 GROUPS = Call("GET", "/v1/security-groups", scoped=True)
 VOLUMES = Call("GET", "/v1/volumes", scoped=True)
+SNAPSHOTS = Call("GET", "/v1/snapshots", scoped=True)
 
 
 def listing(

@@ -63,6 +63,7 @@ from hutch.wire.networks import (
     SecurityGroupView,
 )
 from hutch.wire.nodes import JoinTokenRequest, JoinTokenView, NodeView
+from hutch.wire.snapshots import MachineSnapshotCreate, MachineSnapshotView
 from hutch.wire.tenancy import (
     ProjectCreate,
     ProjectView,
@@ -192,6 +193,9 @@ class MachineOptions(TypedDict, total=False):
     # default, "suspend" for micro-VMs, or "destroy") is done to it; Machines.extend adds.
     timeout_s: float
     on_timeout: str
+    # A machine snapshot (name or id) to continue from instead of booting an image (give no
+    # image then): its image, shape, process and networks; it runs on the snapshot's node.
+    from_snapshot: str
 
 
 class CommandOptions(TypedDict, total=False):
@@ -219,7 +223,7 @@ class StreamOptions(CommandOptions, total=False):
 def machine_create(
     image: str, command: Sequence[str] | None, options: MachineOptions
 ) -> MachineCreate:
-    fields: dict[str, Any] = {"image": image, **options}
+    fields: dict[str, Any] = {**options, **({"image": image} if image else {})}
     if command is not None:
         fields["command"] = argv(command)
     if "entrypoint" in options:
@@ -415,6 +419,16 @@ def extend(ref: MachineRef, seconds: float) -> Plan[MachineView]:
     return machine("POST", ref, "extend", build(ExtendRequest, seconds=seconds))
 
 
+def pause_or_continue(
+    ref: MachineRef, action: str, until: str | None, timeout: float | None
+) -> Plan[MachineView]:
+    """`suspend` or `resume` the machine; with `until`, then wait for that state."""
+    m = yield from machine("POST", ref, action)
+    if until is None or m.state == until:
+        return m
+    return (yield from wait(m.id, until, timeout))
+
+
 def kill(ref: MachineRef, signal: str) -> Plan[MachineView]:
     return machine("POST", ref, "kill", build(KillRequest, signal=signal))
 
@@ -585,6 +599,28 @@ def archive(source: ArchiveSource) -> Iterator[Iterator[bytes]]:
 def _chunks(f: IO[bytes]) -> Iterator[bytes]:
     while chunk := f.read(CHUNK):
         yield chunk
+
+
+# -- machine snapshots ---------------------------------------------------------------------------
+
+
+def _machine_snapshot(ref: str) -> str:
+    return f"/v1/snapshots/{quote(ref, safe='')}"
+
+
+def create_machine_snapshot(machine: MachineRef, name: str) -> Plan[MachineSnapshotView]:
+    body = build(MachineSnapshotCreate, machine=ref_of(machine), name=name)
+    call = Call("POST", "/v1/snapshots", body=body, scoped=True, hold=None)
+    return MachineSnapshotView.model_validate_json((yield call))
+
+
+def machine_snapshot(ref: str) -> Plan[MachineSnapshotView]:
+    call = Call("GET", _machine_snapshot(ref), scoped=True)
+    return MachineSnapshotView.model_validate_json((yield call))
+
+
+def delete_machine_snapshot(ref: str) -> Plan[None]:
+    yield Call("DELETE", _machine_snapshot(ref), scoped=True, hold=None)
 
 
 # -- volumes ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from hutch.client._calls import (
     NETWORKS,
     NODES,
     PROJECTS,
+    SNAPSHOTS,
     VOLUMES,
     Call,
     listing,
@@ -46,6 +47,7 @@ from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
+from hutch.wire.snapshots import MachineSnapshotView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 from hutch.wire.volumes import SnapshotView, VolumeView
 
@@ -91,6 +93,7 @@ class AsyncClient(Connection[httpx.AsyncClient]):
         self.nodes = AsyncNodes(self)
         self.networks = AsyncNetworks(self)
         self.volumes = AsyncVolumes(self)
+        self.snapshots = AsyncSnapshots(self)
         self.security_groups = AsyncSecurityGroups(self)
 
     async def events(self, after: int = 0) -> AsyncGenerator[EventView, None]:
@@ -169,12 +172,18 @@ class AsyncMachines(Resource[AsyncClient]):
     """`client.machines` of AsyncClient (see hutch.client.sync.Machines)."""
 
     async def create(
-        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+        self,
+        image: str = "",
+        command: Sequence[str] | None = None,
+        **options: Unpack[MachineOptions],
     ) -> MachineView:
         return await self._c._run(core.create(core.machine_create(image, command, options)))
 
     async def run(
-        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+        self,
+        image: str = "",
+        command: Sequence[str] | None = None,
+        **options: Unpack[MachineOptions],
     ) -> MachineView:
         return await self._c._run(core.run(core.machine_create(image, command, options)))
 
@@ -190,7 +199,10 @@ class AsyncMachines(Resource[AsyncClient]):
         )
 
     async def explain(
-        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+        self,
+        image: str = "",
+        command: Sequence[str] | None = None,
+        **options: Unpack[MachineOptions],
     ) -> PlacementView:
         return await self._c._run(core.explain(core.machine_create(image, command, options)))
 
@@ -205,6 +217,18 @@ class AsyncMachines(Resource[AsyncClient]):
 
     async def extend(self, ref: MachineRef, seconds: float) -> MachineView:
         return await self._c._run(core.extend(ref, seconds))
+
+    async def suspend(
+        self, ref: MachineRef, *, wait: bool = False, timeout: float | None = None
+    ) -> MachineView:
+        until = "suspended" if wait else None
+        return await self._c._run(core.pause_or_continue(ref, "suspend", until, timeout))
+
+    async def resume(
+        self, ref: MachineRef, *, wait: bool = False, timeout: float | None = None
+    ) -> MachineView:
+        until = "running" if wait else None
+        return await self._c._run(core.pause_or_continue(ref, "resume", until, timeout))
 
     async def kill(self, ref: MachineRef, signal: str = "SIGKILL") -> MachineView:
         return await self._c._run(core.kill(ref, signal))
@@ -495,3 +519,19 @@ class AsyncVolumes(Resource[AsyncClient]):
             return await self._c._run(core.import_volume(name, node, _threaded(chunks)))
         finally:
             await asyncio.to_thread(opened.__exit__, None, None, None)
+
+
+class AsyncSnapshots(Resource[AsyncClient]):
+    """`client.snapshots` of AsyncClient (see hutch.client.sync.Snapshots)."""
+
+    def list(self) -> AsyncListing[MachineSnapshotView]:
+        return AsyncListing(self._c._paged(SNAPSHOTS, Page[MachineSnapshotView]))
+
+    async def get(self, ref: str) -> MachineSnapshotView:
+        return await self._c._run(core.machine_snapshot(ref))
+
+    async def create(self, machine: MachineRef, name: str = "") -> MachineSnapshotView:
+        return await self._c._run(core.create_machine_snapshot(machine, name))
+
+    async def delete(self, ref: str) -> None:
+        await self._c._run(core.delete_machine_snapshot(ref))

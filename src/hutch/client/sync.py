@@ -25,6 +25,7 @@ from hutch.client._calls import (
     NETWORKS,
     NODES,
     PROJECTS,
+    SNAPSHOTS,
     VOLUMES,
     Call,
     listing,
@@ -38,6 +39,7 @@ from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
+from hutch.wire.snapshots import MachineSnapshotView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 from hutch.wire.volumes import SnapshotView, VolumeView
 
@@ -71,6 +73,7 @@ class Client(Connection[httpx.Client]):
         self.networks = Networks(self)
         self.security_groups = SecurityGroups(self)
         self.volumes = Volumes(self)
+        self.snapshots = Snapshots(self)
 
     def events(self, after: int = 0) -> Generator[EventView, None, None]:
         """The project's events after event id `after`, as they happen (a state change of a
@@ -147,7 +150,10 @@ class Machines(Resource[Client]):
     """
 
     def create(
-        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+        self,
+        image: str = "",
+        command: Sequence[str] | None = None,
+        **options: Unpack[MachineOptions],
     ) -> MachineView:
         """Create a machine (and start it unless `start=False`); returns at once, `created`.
         `command` replaces the image's Cmd; `options` are MachineOptions: name, entrypoint,
@@ -160,7 +166,10 @@ class Machines(Resource[Client]):
         return self._c._run(core.create(core.machine_create(image, command, options)))
 
     def run(
-        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+        self,
+        image: str = "",
+        command: Sequence[str] | None = None,
+        **options: Unpack[MachineOptions],
     ) -> MachineView:
         """Create and start a machine; return once it runs (or, if it was quick, has ended),
         so its logs and exec are available. Takes the same options as `create`; `hold_output`
@@ -173,7 +182,10 @@ class Machines(Resource[Client]):
         return self._c._run(core.run(core.machine_create(image, command, options)))
 
     def explain(
-        self, image: str, command: Sequence[str] | None = None, **options: Unpack[MachineOptions]
+        self,
+        image: str = "",
+        command: Sequence[str] | None = None,
+        **options: Unpack[MachineOptions],
     ) -> PlacementView:
         """A dry run of `create`: the node the scheduler would choose now and, for every other
         node, the filter that turned it down. Creates nothing.
@@ -218,6 +230,28 @@ class Machines(Resource[Client]):
         it times out. Conflict if it has no timeout, or has ended (start it again: its whole
         timeout anew)."""
         return self._c._run(core.extend(ref, seconds))
+
+    def suspend(
+        self, ref: MachineRef, *, wait: bool = False, timeout: float | None = None
+    ) -> MachineView:
+        """Save a running micro-VM's memory and devices on its node and end its process: it
+        keeps its disk and addresses, and its node gets its CPU and memory back. Returns at
+        once (wanted suspended), or with `wait` once it is `suspended` (WaitTimeout after
+        `timeout` seconds). Invalid for a container; Conflict unless it runs.
+
+            client.machines.suspend("web", wait=True)
+            client.machines.resume("web", wait=True)  # the same processes continue
+        """
+        until = "suspended" if wait else None
+        return self._c._run(core.pause_or_continue(ref, "suspend", until, timeout))
+
+    def resume(
+        self, ref: MachineRef, *, wait: bool = False, timeout: float | None = None
+    ) -> MachineView:
+        """Continue a suspended machine where it was, on its node (`start` does the same);
+        with `wait`, return once it runs. NoCapacity when its node has no room for it now."""
+        until = "running" if wait else None
+        return self._c._run(core.pause_or_continue(ref, "resume", until, timeout))
 
     def kill(self, ref: MachineRef, signal: str = "SIGKILL") -> MachineView:
         """Send a signal to the workload: SIGKILL ends the machine without grace, others are
@@ -611,3 +645,28 @@ class Volumes(Resource[Client]):
         """A new volume `name` from an export (a path or an open binary file)."""
         with core.volume_source(source) as chunks:
             return self._c._run(core.import_volume(name, node, chunks))
+
+
+class Snapshots(Resource[Client]):
+    """`client.snapshots`: machine snapshots, a running micro-VM's memory, devices and disk kept
+    on its node; new machines continue from one (`machines.run(from_snapshot=...)`), each
+    with its own name, MAC, addresses, hostname, machine-id and fresh entropy.
+
+        client.snapshots.create("warm", name="tmpl")
+        clone = client.machines.run(from_snapshot="tmpl", name="c1")
+    """
+
+    def list(self) -> Iterator[MachineSnapshotView]:
+        return self._c._paged(SNAPSHOTS, Page[MachineSnapshotView])
+
+    def get(self, ref: str) -> MachineSnapshotView:
+        return self._c._run(core.machine_snapshot(ref))
+
+    def create(self, machine: MachineRef, name: str = "") -> MachineSnapshotView:
+        """A snapshot of the running micro-VM `machine` (its workload pauses for the copy,
+        then runs on); `name` default: from the time."""
+        return self._c._run(core.create_machine_snapshot(machine, name))
+
+    def delete(self, ref: str) -> None:
+        """The snapshot and its files; Conflict while machines continue from it."""
+        self._c._run(core.delete_machine_snapshot(ref))

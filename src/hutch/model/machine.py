@@ -58,7 +58,7 @@ class OnTimeout(StrEnum):
     """What is done to a machine when its lifetime (`MachineSpec.timeout_s`) runs out."""
 
     STOP = "stop"
-    SUSPEND = "suspend"  # runtimes in SUSPENDS only
+    SUSPEND = "suspend"  # micro-VMs only (check_suspendable)
     DESTROY = "destroy"
 
     @property
@@ -67,9 +67,6 @@ class OnTimeout(StrEnum):
         return {"stop": "stopped", "suspend": "suspended", "destroy": "destroyed"}[self.value]
 
 
-# The runtimes whose machines can be suspended (their drivers' Capabilities.suspend): the
-# controller decides at create time, before any node is asked.
-SUSPENDS = frozenset({"microvm"})
 # The longest lifetime a machine is given, or extended to: longer is a typo, not a plan.
 MAX_TIMEOUT = 366 * 86400.0
 
@@ -201,6 +198,16 @@ def check_volumes(volumes: "tuple[VolumeAttach, ...]") -> None:
 # refusal leaves no machine behind) and again by the driver. The Debian cloud kernel does not
 # boot in 64 MiB; 96 leaves room for a workload.
 MIN_MEMORY_MIB = {"microvm": 96, "container": 16}
+# The runtimes whose sandboxes can be suspended, snapshotted and cloned (`RuntimeDriver.suspend`,
+# `.snapshot`): a micro-VM's whole state is its memory and devices; a container's is the host's.
+SUSPENDABLE = ("microvm",)
+
+
+def check_suspendable(runtime: str, what: str) -> None:
+    """Invalid, saying which runtime can, unless machines of `runtime` can be `what`
+    ("suspended", "snapshotted")."""
+    if runtime not in SUSPENDABLE:
+        raise Invalid(f"the {runtime} runtime cannot be {what}; micro-VMs (--runtime microvm) can")
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +245,9 @@ class MachineSpec:
     # `on_timeout` is done to it; None: no limit. `Machine.extended_s` adds to it.
     timeout_s: float | None = None
     on_timeout: OnTimeout = OnTimeout.STOP
+    # A machine snapshot's id (`hutch run --from`): every generation continues from it, on its
+    # node, instead of booting the image (which is the snapshot's, as are cpus, memory, disk).
+    from_snapshot: str = ""
 
     def __post_init__(self) -> None:
         parse_ref(self.image)
@@ -267,10 +277,8 @@ class MachineSpec:
             )
         if self.timeout_s is not None:
             check_timeout(self.timeout_s)
-        if self.on_timeout is OnTimeout.SUSPEND and self.runtime not in SUSPENDS:
-            raise Invalid(
-                f"on timeout suspend: the {self.runtime} runtime cannot suspend; micro-VMs can"
-            )
+        if self.on_timeout is OnTimeout.SUSPEND:
+            check_suspendable(self.runtime, "suspended")
 
     @property
     def scratch_mib(self) -> int:
@@ -363,6 +371,7 @@ class Report:
     error: str = ""
     image_digest: str = ""  # with STARTING: the image the node resolved the machine's to
     image_source: str = ""
+    resumed: bool = False  # with RUNNING: it continues where it was suspended
 
 
 class NodeState(StrEnum):

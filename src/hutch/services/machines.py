@@ -27,6 +27,7 @@ from hutch.model.image import names_registry, parse_ref
 from hutch.model.machine import (
     ACTIVE,
     MAX_TIMEOUT,
+    Capacity,
     Desired,
     Event,
     Machine,
@@ -38,15 +39,17 @@ from hutch.model.machine import (
     RestartPolicy,
     Strategy,
     VolumeAttach,
+    check_suspendable,
     check_timeout,
     check_volumes,
 )
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import parse_signal
+from hutch.model.snapshot import SnapshotState
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
 from hutch.model.units import format_duration
 from hutch.model.volume import Volume, VolumeState
-from hutch.placement import Context, Placement, Rejection, Request, need, place
+from hutch.placement import Context, Placement, Rejection, Request, free, limit, need, place
 from hutch.placement.filters import lacks_labels
 from hutch.services.feeds import Feeds
 from hutch.services.ids import new_id
@@ -56,7 +59,7 @@ from hutch.services.nodelink import NodeLink
 from hutch.services.notify import Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
-from hutch.store.base import NewEvent, Store, Tx
+from hutch.store.base import Claim, NewEvent, Store, Tx
 
 MAX_WAIT = 300.0
 RESTART_BACKOFF_MAX = 30.0
@@ -87,8 +90,19 @@ def request_of(
 
 
 async def pin_of(tx: Tx, spec: MachineSpec) -> tuple[str, str]:
-    """The node a machine with volumes runs on (theirs: attaching checked they share one), and
-    why, in the user's words; ("", "") for a machine without volumes."""
+    """The node a machine with volumes runs on (theirs: attaching checked they share one), or
+    a clone of a machine snapshot (the snapshot's), and why, in the user's words; ("", "") for
+    a machine that may run anywhere."""
+    if spec.from_snapshot:
+        try:
+            snap = await tx.snapshots.by_id(spec.from_snapshot)
+        except NotFound:
+            return "none", "its snapshot is gone"
+        try:
+            where = (await tx.nodes.get(snap.node_id)).name
+        except NotFound:
+            where = snap.node_id
+        return snap.node_id, f"snapshot {snap.name} is on node {where}"
     if not spec.volumes:
         return "", ""
     found = await tx.volumes.by_ids([v.volume for v in spec.volumes])
@@ -165,8 +179,28 @@ def usage_of(spec: MachineSpec) -> Usage:
 
 
 def holds_capacity(m: Machine) -> bool:
-    """Placed and not finished: deleting a machine does not give its share back, its end does."""
-    return m.node_id is not None and m.state in ACTIVE
+    """Placed, and active or suspended: deleting a machine does not give its share back, its
+    end does."""
+    return m.node_id is not None and (m.state in ACTIVE or m.state is MachineState.SUSPENDED)
+
+
+NOTHING = Capacity(0, 0, 0)
+
+
+def share_of(m: Machine, node: Node) -> Capacity:
+    """What the machine holds of its node: what it asked for while active, its disk alone while
+    suspended (its memory is saved there, no process runs), nothing unplaced or ended."""
+    if not holds_capacity(m):
+        return NOTHING
+    full = need(request_of(m.spec), node)
+    return full if m.state in ACTIVE else Capacity(0, 0, full.disk_mib)
+
+
+def _less(a: Capacity, b: Capacity) -> Capacity:
+    return Capacity(
+        max(a.cpus - b.cpus, 0), max(a.memory_mib - b.memory_mib, 0),
+        max(a.disk_mib - b.disk_mib, 0),
+    )  # fmt: skip
 
 
 class Machines:
@@ -210,6 +244,7 @@ class Machines:
         if spec.volumes:  # refused now if they cannot be had (checked again when attached)
             async with self.store.read() as tx:
                 spec = replace(spec, volumes=await attachable(tx, project, spec))
+        digest = await self._snapshot_digest(project, spec)
         machine_id = new_id("m")
         name = validate_name(name, "machine") if name else machine_id
         now = time.time()
@@ -223,6 +258,7 @@ class Machines:
             created_at=now,
             updated_at=now,
             generation=1 if start else 0,
+            image_digest=digest,
         )
         if start:  # a refusal now rather than a machine waiting for ever; outside the writer
             async with self.store.read() as tx:
@@ -239,6 +275,18 @@ class Machines:
             )
         self._wake(machine)
         return machine
+
+    async def _snapshot_digest(self, project: Project, spec: MachineSpec) -> str:
+        """The image a clone runs (its snapshot's, by digest); "" for a machine booted from its
+        image. Conflict for a snapshot not taken yet."""
+        if not spec.from_snapshot:
+            return ""
+        async with self.store.read() as tx:
+            with missing(f"no snapshot {spec.from_snapshot!r} in project {project.name}"):
+                snap = await tx.snapshots.get(project.id, spec.from_snapshot)
+        if snap.state is not SnapshotState.READY:
+            raise Conflict(f"snapshot {snap.name} is {snap.state}: wait until it is ready")
+        return snap.image_digest
 
     async def _check_image_source(self, principal: Principal, project: Project, image: str) -> None:
         """Refused now, rather than a machine failing later: an image that no registry gives
@@ -322,12 +370,72 @@ class Machines:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         async with self.store.write() as tx:
             m = await _get_kept(tx, project, ref)
-            if m.state not in FINISHED and m.desired is Desired.RUNNING:
-                raise Conflict(f"machine {m.name} is {m.state}: nothing to start")
-            m = await self._new_generation(tx, m.anew(), restarted=False)
-            await _check_quota(tx, project)  # an ended machine held none of it
+            if Desired.SUSPENDED in (m.desired, m.state):  # the same machine continues
+                m = await self._resume(tx, project, m)
+            else:
+                if m.state not in FINISHED and m.desired is Desired.RUNNING:
+                    raise Conflict(f"machine {m.name} is {m.state}: nothing to start")
+                m = await self._new_generation(tx, m.anew(), restarted=False)
+                await _check_quota(tx, project)  # an ended machine held none of it
         self._wake(m)
         return m
+
+    async def suspend(self, principal: Principal, project: Project, ref: str) -> Machine:
+        """Ask the machine's node to save its memory and devices and end its process: it keeps
+        its disk and addresses on that node, and gives back its CPU and memory once the node
+        says it is suspended. Invalid for a runtime that cannot; Conflict unless running."""
+        self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        async with self.store.write() as tx:
+            m = await _get_kept(tx, project, ref)
+            check_suspendable(m.spec.runtime, "suspended")
+            if m.desired is Desired.SUSPENDED:
+                return m  # suspended, or being suspended
+            if m.state is not MachineState.RUNNING or m.desired is not Desired.RUNNING:
+                raise Conflict(
+                    f"machine {m.name} is {m.state} (wanted {m.desired}): only a running machine "
+                    "is suspended"
+                )
+            m = await self._transition(
+                tx, replace(m, desired=Desired.SUSPENDED), m.state, "suspend requested"
+            )
+        self._wake(m)
+        return m
+
+    async def resume(self, principal: Principal, project: Project, ref: str) -> Machine:
+        """Continue a suspended machine on its node, where it was: its CPU and memory are
+        claimed there again (NoCapacity, saying why, when the node is full). A machine still
+        being suspended runs on. Conflict unless suspended."""
+        self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        async with self.store.write() as tx:
+            m = await _get_kept(tx, project, ref)
+            check_suspendable(m.spec.runtime, "suspended")
+            m = await self._resume(tx, project, m)
+        self._wake(m)
+        return m
+
+    async def _resume(self, tx: Tx, project: Project, m: Machine) -> Machine:
+        if m.state is MachineState.RUNNING and m.desired is Desired.SUSPENDED:
+            # Its node has not suspended it yet: it runs on (a suspend under way is cancelled).
+            return await self._transition(
+                tx, replace(m, desired=Desired.RUNNING), m.state, "resume requested"
+            )
+        if m.state is not MachineState.SUSPENDED:
+            raise Conflict(f"machine {m.name} is {m.state}, not suspended")
+        assert m.node_id is not None  # a node suspended it
+        node = await tx.nodes.get(m.node_id)
+        want = _less(need(request_of(m.spec), node), share_of(m, node))
+        await _check_quota(tx, project, Usage(0, want.cpus, m.spec.memory_mib, 0))
+        if not await tx.nodes.claim([Claim(node.id, want, limit(node))]):
+            room = free(node)
+            raise NoCapacity(
+                f"node {node.name} is full: resuming machine {m.name} needs {want.cpus} vCPU(s) "
+                f"and {want.memory_mib} MiB there, and it has {max(room.cpus, 0)} vCPU(s) and "
+                f"{max(room.memory_mib, 0)} MiB free. A suspended machine resumes on its own "
+                "node only: stop or suspend machines there, or resume it later"
+            )
+        return await self._transition(
+            tx, replace(m, desired=Desired.RUNNING), MachineState.STARTING, "resuming"
+        )
 
     async def restart(self, principal: Principal, project: Project, ref: str) -> Machine:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
@@ -396,11 +504,14 @@ class Machines:
             m = await _get_kept(tx, project, ref)
             if m.state in FINISHED or m.desired is Desired.STOPPED:
                 return m  # already stopped or stopping: nothing to do
+            # A suspended machine has no process to stop: it ends now (its node drops its
+            # saved state).
+            suspended = m.state is MachineState.SUSPENDED
             m = await self._transition(
                 tx,
                 replace(m, desired=Desired.STOPPED, stop_signal=sig, stop_timeout=timeout),
-                MachineState.STOPPING if m.node_id else MachineState.EXITED,
-                "stop requested",
+                MachineState.EXITED if m.node_id is None or suspended else MachineState.STOPPING,
+                "stopped while suspended" if suspended else "stop requested",
             )
         self._wake(m)
         return m
@@ -539,8 +650,16 @@ class Machines:
                 raise NotFound(f"no machine {machine_id} on this node") from None
             if m.node_id != node.id:
                 raise NotFound(f"no machine {machine_id} on this node")
-            if report.generation != m.generation or m.state in (MachineState.DESTROYED, state):
-                return m  # another sandbox's, or said before (a restarted agent repeats itself)
+            if report.generation != m.generation:
+                return m  # another sandbox's
+            if state is m.state is MachineState.RUNNING and report.error:
+                if m.desired is Desired.SUSPENDED:  # its node could not suspend it: it runs on
+                    m = replace(m, desired=Desired.RUNNING)
+                    m = await self._transition(tx, m, state, report.error)
+                    self._wake(m)
+                return m
+            if m.state in (MachineState.DESTROYED, state):
+                return m  # said before (a restarted agent repeats itself)
             if state is MachineState.DESTROYED:
                 if m.desired is not Desired.DESTROYED:
                     return m  # an old sandbox the node cleaned up; the machine lives on
@@ -549,16 +668,20 @@ class Machines:
                 if m.state in FINISHED:
                     return m  # this generation ended already: its first end stands
                 m = await self._finished(tx, m, report)
+            elif state is MachineState.SUSPENDED:
+                if m.state is not MachineState.RUNNING or m.desired is not Desired.SUSPENDED:
+                    return m  # resumed, stopped or ended meanwhile: its node follows that next
+                m = await self._transition(tx, m, state, "suspended")
             elif state in (MachineState.STARTING, MachineState.RUNNING):
-                if m.state in FINISHED:
-                    return m  # a stale report after the end
-                started = report.time if state is MachineState.RUNNING else m.started_at
-                m = replace(m, started_at=started)
+                if m.state in FINISHED or m.state is MachineState.SUSPENDED:
+                    return m  # a stale report (only a resume, which claims, runs it again)
+                fresh = state is MachineState.RUNNING and not report.resumed
+                m = replace(m, started_at=report.time if fresh else m.started_at)
                 if report.image_digest and not m.image_digest:
                     m = replace(
                         m, image_digest=report.image_digest, image_source=report.image_source
                     )
-                m = await self._transition(tx, m, state, "")
+                m = await self._transition(tx, m, state, "resumed" if report.resumed else "")
             else:
                 raise Invalid(f"a node cannot report state {state}")
         self._wake(m)
@@ -570,7 +693,7 @@ class Machines:
         whose restart policy says so run again elsewhere. How many were lost."""
 
         def losing(m: Machine) -> bool:
-            return m.desired is Desired.DESTROYED or m.state in ACTIVE
+            return m.desired is Desired.DESTROYED or holds_capacity(m)
 
         async with self.store.read() as tx:  # most looks at a dead node find it emptied
             if not any(losing(m) for m in await tx.machines.on_node(node.id)):
@@ -581,8 +704,7 @@ class Machines:
             # It may still run them: their addresses stay theirs until it is fenced.
             await tx.networks.fence([m.id for m in on_node], node.id)
             for placed in on_node:
-                if holds_capacity(placed):
-                    await self._release(tx, placed, node)
+                await self._release(tx, placed, None, node)
                 gone = replace(placed, node_id=None, finished_at=time.time())
                 if placed.desired is Desired.DESTROYED:  # nothing left to keep
                     gone = await self._transition(tx, gone, MachineState.DESTROYED, "")
@@ -644,22 +766,27 @@ class Machines:
 
     # -- internals --------------------------------------------------------------------------------
 
-    async def _release(self, tx: Tx, m: Machine, node: Node | None = None) -> None:
-        """Give the machine's share of its node back (`node`: when the caller has it)."""
-        if m.node_id is None:
+    async def _release(
+        self, tx: Tx, m: Machine, state: MachineState | None = None, node: Node | None = None
+    ) -> None:
+        """Give back what the machine holds of its node beyond what it holds in `state` (None:
+        all of it); `node`: when the caller has it."""
+        if not holds_capacity(m):
             return
+        assert m.node_id is not None
         if node is None:
             try:
                 node = await tx.nodes.get(m.node_id)
             except NotFound:
                 return
-        await tx.nodes.release(node.id, need(request_of(m.spec), node))
+        kept = share_of(replace(m, state=state), node) if state is not None else NOTHING
+        if (less := _less(share_of(m, node), kept)) != NOTHING:
+            await tx.nodes.release(node.id, less)
 
     async def _new_generation(
         self, tx: Tx, m: Machine, *, restarted: bool, why: str = ""
     ) -> Machine:
-        if holds_capacity(m):
-            await self._release(tx, m)
+        await self._release(tx, m)
         restarts = m.restarts + 1 if restarted else m.restarts
         backoff = min(2.0 ** (restarts - 1), RESTART_BACKOFF_MAX) if restarted else 0.0
         old_node = m.node_id
@@ -684,9 +811,8 @@ class Machines:
 
     async def _transition(self, tx: Tx, m: Machine, state: MachineState, message: str) -> Machine:
         """Record `state` (and whatever else changed in `m`), give back capacity when an
-        active machine ends, log the event, and tell its node."""
-        if holds_capacity(m) and state in FINISHED:
-            await self._release(tx, m)
+        active machine ends or is suspended, log the event, and tell its node."""
+        await self._release(tx, m, state)
         now = time.time()
         m = await tx.machines.update(m.entering(state, now))
         await tx.events.append([NewEvent(m.project_id, "machine.state", m.id, state, message, now)])

@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from hutch.model.errors import TooManyRequests, Unauthenticated, Unavailable, error_class
 from hutch.model.machine import Node
 from hutch.wire.images import ImageUsage, ImageView, PullEvent
+from hutch.wire.snapshots import NodeMachineSnapshot, NodeMachineSnapshotTaken
 from hutch.wire.volumes import (
     NodeSnapshotCreate,
     NodeSnapshotInfo,
@@ -147,6 +148,18 @@ class NodeLink:
         except httpx.HTTPError as e:
             raise Unavailable(f"node {node.name} stopped answering: {e}") from None
 
+    # -- machine snapshots (agent/snapshotapi.py) --------------------------------------------------
+
+    async def snapshot_machine(
+        self, node: Node, sandbox: str, snapshot: str
+    ) -> NodeMachineSnapshotTaken:
+        body = _json(NodeMachineSnapshot(snapshot_id=snapshot))
+        path = f"/node/v1/sandboxes/{quote(sandbox, safe='')}/snapshot"
+        return _parse(node, _TAKEN, await self._call(node, "POST", path, json=body))
+
+    async def delete_machine_snapshot(self, node: Node, snapshot: str) -> None:
+        await self._call(node, "DELETE", f"/node/v1/snapshots/{quote(snapshot, safe='')}")
+
     # -- volumes (agent/volumeapi.py) -------------------------------------------------------------
 
     async def volume_capacity(self, node: Node) -> NodeVolumeCapacity:
@@ -265,6 +278,7 @@ _VOLUME = TypeAdapter(NodeVolumeInfo)
 _SNAPSHOT = TypeAdapter(NodeSnapshotInfo)
 _VOLUMES = TypeAdapter(list[NodeVolumeInfo])
 _SNAPSHOTS = TypeAdapter(list[NodeSnapshotInfo])
+_TAKEN = TypeAdapter(NodeMachineSnapshotTaken)
 
 
 def _vol(volume: str, *rest: str) -> str:

@@ -90,7 +90,11 @@ class Scheduler:
             members = await _members(tx, pending)
             holders = await _holders(tx, pending)
             ports = await tx.networks.ports([m.id for m in pending])
-            pins = {m.id: await pin_of(tx, m.spec) for m in pending if m.spec.volumes}
+            pins = {
+                m.id: await pin_of(tx, m.spec)
+                for m in pending
+                if m.spec.volumes or m.spec.from_snapshot
+            }
             taken = await tx.networks.ports_taken() if any(ports.values()) else {}
             placed: list[tuple[Machine, str]] = []
             claims: dict[str, Capacity] = {}

@@ -17,6 +17,7 @@ from typing import NamedTuple, Protocol
 from hutch.model.addressing import Address, Network, Rule, SecurityGroup
 from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
 from hutch.model.network import PortMapping
+from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import Project, Quota, Token, Usage
 from hutch.model.volume import Snapshot, Volume
 
@@ -110,7 +111,8 @@ class MachineRepo(Protocol):
     async def usage(self, project_id: str) -> Usage:
         """What the project's machines hold, or will hold once placed, on their nodes: those
         in an ACTIVE state (created, starting, running, stopping) and placed or wanted running.
-        Ended machines (exited, failed, lost, destroyed) hold nothing, as on their nodes."""
+        Ended machines (exited, failed, lost, destroyed) hold nothing, as on their nodes;
+        suspended ones count, and hold their disk, but no CPU or memory."""
 
     async def on_node(self, node_id: str) -> builtins.list[Machine]:
         """Every machine placed on the node that is not destroyed (for the node's agent)."""
@@ -326,6 +328,29 @@ class VolumeRepo(Protocol):
     async def delete_snapshot(self, snapshot_id: str) -> None: ...
 
 
+class SnapshotRepo(Protocol):
+    """Machine snapshots; callers hold the project's lock while they change them."""
+
+    async def create(self, snap: MachineSnapshot) -> None:
+        """Conflict if the project has a machine snapshot of that name."""
+
+    async def get(self, project_id: str, ref: str) -> MachineSnapshot:
+        """By id or name, within the project; NotFound otherwise."""
+
+    async def list(self, project_id: str) -> builtins.list[MachineSnapshot]: ...
+
+    async def by_id(self, snapshot_id: str) -> MachineSnapshot:
+        """Any project's, by id: for placing its clones (whose spec names it by id)."""
+
+    async def update(self, snap: MachineSnapshot) -> MachineSnapshot:
+        """Write everything but its id, project and creation time; NotFound if it is gone."""
+
+    async def delete(self, snapshot_id: str) -> None: ...
+
+    async def clones(self, snapshot_id: str) -> builtins.list[str]:
+        """The names of the machines that continue from it and are not destroyed."""
+
+
 class Tx(Protocol):
     projects: ProjectRepo
     tokens: TokenRepo
@@ -336,6 +361,7 @@ class Tx(Protocol):
     networks: NetworkRepo
     security_groups: SecurityGroupRepo
     volumes: VolumeRepo
+    snapshots: SnapshotRepo
 
 
 class Store(Protocol):

@@ -125,6 +125,9 @@ machines = sa.Table(
     # Its lifetime: seconds of running (NULL: no limit) and what is done at its end.
     sa.Column("timeout_s", sa.Double),
     sa.Column("on_timeout", _ENUM, nullable=False, server_default="stop"),
+    # The machine snapshot it continues from (`run --from`), its id; "" for none. No foreign
+    # key: a snapshot that clones use is not deleted (services/snapshots.py checks).
+    sa.Column("from_snapshot", _ID, nullable=False, server_default=""),
     # Its life.
     sa.Column("state", _ENUM, nullable=False),
     sa.Column("desired", _ENUM, nullable=False),
@@ -359,4 +362,33 @@ volume_snapshots = sa.Table(
     sa.Column("untrusted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("frozen", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("volume_id", "name"),
+)
+
+# -- machine snapshots (see hutch.model.snapshot) -------------------------------------------------
+
+machine_snapshots = sa.Table(
+    "machine_snapshots",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("name", _NAME, nullable=False),
+    # The machine it was taken of: no foreign key, its snapshots outlive a purged machine.
+    sa.Column("machine_id", _ID, nullable=False),
+    sa.Column("node_id", _ID, sa.ForeignKey("nodes.id"), nullable=False, index=True),
+    sa.Column("image", sa.String(512), nullable=False),
+    sa.Column("image_digest", sa.String(80), nullable=False),
+    sa.Column("cpus", sa.Integer, nullable=False),
+    sa.Column("memory_mib", sa.Integer, nullable=False),
+    sa.Column("disk_mib", sa.Integer, nullable=False),
+    sa.Column("runtime", _ENUM, nullable=False),
+    sa.Column("command", _JSON_OR_NULL),
+    sa.Column("entrypoint", _JSON_OR_NULL),
+    sa.Column("env", sa.JSON, nullable=False),
+    sa.Column("workdir", sa.String(4096), nullable=False),
+    sa.Column("user_spec", sa.String(255), nullable=False),
+    sa.Column("networks", sa.JSON, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("state", _ENUM, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.UniqueConstraint("project_id", "name"),
 )

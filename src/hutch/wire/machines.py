@@ -46,7 +46,7 @@ class VolumeAttachView(View):
 
 
 class MachineCreate(Request):
-    image: str = Field(min_length=1, max_length=512)
+    image: str = Field("", max_length=512, description="required unless from_snapshot")
     name: str | None = Field(None, max_length=63)
     command: list[str] | None = Field(None, description="replaces the image's Cmd")
     entrypoint: list[str] | None = Field(None, description="replaces the image's Entrypoint")
@@ -117,6 +117,13 @@ class MachineCreate(Request):
         strict=False,
         description="what its timeout does: stop, suspend (micro-VMs only) or destroy",
     )
+    from_snapshot: str = Field(
+        "",
+        max_length=64,
+        description="a machine snapshot (name or id) to continue from instead of booting: its "
+        "image, shape, process and number of networks (cpus, memory_mib, disk_mib if given must "
+        "match); placed on its node",
+    )
 
 
 class MachineView(View):
@@ -170,6 +177,7 @@ class MachineView(View):
     extended_s: float = 0.0  # what extend added since it was last started
     time_left_s: float | None = None  # of running, when it was read; None: no timeout
     expires_at: float | None = None  # when it times out if it keeps running; None: it is not
+    from_snapshot: str = ""  # the machine snapshot it continues from (its id)
 
 
 class ExtendRequest(Request):

@@ -174,6 +174,8 @@ class Assignment(View):
     ports: list[PortView] = []  # published on the node, to eth0's addresses
     security_groups: list[str] = []  # ids, in Assignments.groups
     volumes: list[VolumeAssignment] = []  # on this node's storage backend, in order
+    # A machine snapshot of this node's (its id) to continue from instead of booting the image.
+    from_snapshot: str = ""
 
 
 class Assignments(View):
@@ -197,3 +199,4 @@ class MachineReport(Request):
     time: float
     image_digest: str = ""  # with starting: the image `image` resolved to, and whose it was
     image_source: str = ""
+    resumed: bool = False  # with running: it continues where it was suspended

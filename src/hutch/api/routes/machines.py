@@ -47,6 +47,10 @@ async def create_machine(
         bool, Query(description="create nothing: say where it would go, and why not elsewhere")
     ] = False,
 ) -> wire.MachineView | wire.PlacementView:
+    if body.from_snapshot:
+        body = convert.clone_of(
+            body, await ctl.snapshots.get(s.caller, s.project, body.from_snapshot)
+        )
     spec = convert.spec_of(body)
     net = convert.net_of(body)
     if dry_run:
@@ -92,6 +96,19 @@ async def get_machine(ctl: Ctl, s: Scoped, ref: str) -> wire.MachineView:
 @router.post("/v1/machines/{ref}/start")
 async def start_machine(ctl: Ctl, s: Scoped, ref: str) -> wire.MachineView:
     return await _view(ctl, await ctl.machines.start(s.caller, s.project, ref), s.project)
+
+
+@router.post("/v1/machines/{ref}/suspend")
+async def suspend_machine(ctl: Ctl, s: Scoped, ref: str) -> wire.MachineView:
+    """Save a running micro-VM's memory and devices on its node and end its process: it keeps
+    its disk and addresses, and gives back its CPU and memory (state `suspended`)."""
+    return await _view(ctl, await ctl.machines.suspend(s.caller, s.project, ref), s.project)
+
+
+@router.post("/v1/machines/{ref}/resume")
+async def resume_machine(ctl: Ctl, s: Scoped, ref: str) -> wire.MachineView:
+    """Continue a suspended machine where it was, on its node (503 when that node is full)."""
+    return await _view(ctl, await ctl.machines.resume(s.caller, s.project, ref), s.project)
 
 
 @router.post("/v1/machines/{ref}/restart")

@@ -166,7 +166,7 @@ async def report(
     at = body.time or time.time()
     outcome = Report(
         body.generation, body.state, at, body.exit_code, body.oom_killed, body.error,
-        body.image_digest, body.image_source,
+        body.image_digest, body.image_source, body.resumed,
     )  # fmt: skip
     await ctl.machines.report(node, machine_id, outcome)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -54,6 +54,7 @@ from hutch.store.base import (
     NodeRepo,
     ProjectRepo,
     SecurityGroupRepo,
+    SnapshotRepo,
     TokenRepo,
     Tx,
     VolumeRepo,
@@ -65,6 +66,7 @@ from hutch.store.sql.networks import SqlNetworks, SqlSecurityGroups
 from hutch.store.sql.nodes import SqlNodes
 from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
+from hutch.store.sql.snapshots import SqlSnapshots
 from hutch.store.sql.tokens import SqlTokens
 from hutch.store.sql.volumes import SqlVolumes
 
@@ -472,6 +474,7 @@ class SqlTx:
         self.networks: NetworkRepo = SqlNetworks(conn, backend)
         self.security_groups: SecurityGroupRepo = SqlSecurityGroups(conn, backend)
         self.volumes: VolumeRepo = SqlVolumes(conn, backend)
+        self.snapshots: SnapshotRepo = SqlSnapshots(conn, backend)
 
     @property
     def bumped(self) -> set[str]:

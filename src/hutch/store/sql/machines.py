@@ -122,14 +122,16 @@ class SqlMachines(Repo):
 
     async def usage(self, project_id: str) -> Usage:
         m = t.machines
+        # A suspended machine holds its disk and its place in the count, not CPU or memory.
+        active = m.c.state.in_([s.value for s in ACTIVE])
         stmt = sa.select(
             sa.func.count(),
-            sa.func.coalesce(sa.func.sum(m.c.cpus), 0),
-            sa.func.coalesce(sa.func.sum(m.c.memory_mib), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((active, m.c.cpus), else_=0)), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((active, m.c.memory_mib), else_=0)), 0),
             sa.func.coalesce(sa.func.sum(m.c.scratch_mib), 0),
         ).where(
             m.c.project_id == project_id,
-            m.c.state.in_([s.value for s in ACTIVE]),
+            sa.or_(active, m.c.state == MachineState.SUSPENDED.value),
             # Created not to start (or stopped before placement): it will hold nothing until a
             # start, which checks the quota again.
             sa.or_(m.c.node_id.is_not(None), m.c.desired == Desired.RUNNING.value),
@@ -290,6 +292,7 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "tty_rows": s.rows,
         "tty_cols": s.cols,
         "hold_output": s.hold_output,
+        "from_snapshot": s.from_snapshot,
         "volumes": [
             {"volume": v.volume, "target": v.target, "read_only": v.read_only, "name": v.name}
             for v in s.volumes

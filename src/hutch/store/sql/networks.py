@@ -34,7 +34,7 @@ from hutch.model.addressing import (
     lowest_free,
 )
 from hutch.model.errors import Conflict, NoCapacity, NotFound
-from hutch.model.machine import ACTIVE
+from hutch.model.machine import ACTIVE, MachineState
 from hutch.model.network import PortMapping
 from hutch.store import tables as t
 from hutch.store.sql.repo import Repo, from_row
@@ -257,12 +257,14 @@ class SqlNetworks(Repo):
         )  # fmt: skip
 
     async def ports_taken(self) -> dict[str, builtins.set[tuple[int, str]]]:
-        """Node id -> the host ports (port, protocol) its active machines publish."""
+        """Node id -> the host ports (port, protocol) its active machines publish (and its
+        suspended ones: they publish them again when they resume)."""
         p, m = t.machine_ports, t.machines
+        holding = [s.value for s in (*ACTIVE, MachineState.SUSPENDED)]
         stmt = (
             sa.select(m.c.node_id, p.c.host_port, p.c.protocol)
             .join(m, m.c.id == p.c.machine_id)
-            .where(m.c.node_id.is_not(None), m.c.state.in_([s.value for s in ACTIVE]))
+            .where(m.c.node_id.is_not(None), m.c.state.in_(holding))
         )
         found: dict[str, builtins.set[tuple[int, str]]] = {}
         for r in await self._c.execute(stmt):

@@ -82,6 +82,12 @@ class SqlNodes(Repo):
             raise Conflict(
                 f"node {node_id!r} still holds {held} volume(s): export and delete them first"
             )
+        s = t.machine_snapshots
+        kept = (
+            await self._c.execute(sa.select(sa.func.count()).where(s.c.node_id == node_id))
+        ).scalar_one()
+        if kept:
+            raise Conflict(f"node {node_id!r} still holds {kept} machine snapshot(s): delete them")
         await self._c.execute(sa.update(m).where(on_it).values(node_id=None))  # history stays
         await self._c.execute(sa.delete(t.nodes).where(t.nodes.c.id == node_id))
 

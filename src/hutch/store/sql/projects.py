@@ -76,6 +76,14 @@ class SqlProjects(Repo):
         ).scalar_one()
         if volumes:
             raise Conflict(f"this project still has {volumes} volume(s): delete them first")
+        s = t.machine_snapshots
+        snapshots = (
+            await self._c.execute(sa.select(sa.func.count()).where(s.c.project_id == project_id))
+        ).scalar_one()
+        if snapshots:
+            raise Conflict(
+                f"this project still has {snapshots} machine snapshot(s): delete them first"
+            )
         mine = sa.select(m.c.id).where(m.c.project_id == project_id)
         for linked in (t.fences, t.network_addresses, t.machine_ports, t.machine_security_groups):
             await self._c.execute(sa.delete(linked).where(linked.c.machine_id.in_(mine)))

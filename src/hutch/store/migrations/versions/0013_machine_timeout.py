@@ -8,7 +8,7 @@ from alembic import op
 from hutch.store.migrations.columns import add_columns, drop_columns
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 
 _EXPIRING = sa.text("expires_at IS NOT NULL")
 
