@@ -2,6 +2,7 @@
 (`Machines.time_out`): the deadline is in the store, so a controller that was down when it
 passed acts on it once it is back, once, with an event that says why."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -11,7 +12,10 @@ import pytest
 
 from hutch import config
 from hutch.controller import Controller, build_controller
-from hutch.model.machine import Desired, MachineState, OnTimeout, Report
+from hutch.model.machine import Desired, Machine, MachineState, OnTimeout, Report
+from hutch.model.tenancy import Principal, Role
+from hutch.placement import need
+from hutch.services.machines import request_of
 from tests.store import factories as f
 from tests.store.postgres import postgres, postgres_url
 
@@ -88,3 +92,46 @@ async def test_a_timeout_that_passed_while_the_controller_was_down_is_acted_on_o
     assert (got.state, got.desired) == (state, desired)
     assert events[-1].message == f"timed out after 2s: {action.done}"
     assert told > revision  # its node hears of it
+
+
+async def test_suspended_time_does_not_count_and_a_failed_suspend_at_the_timeout_stops(
+    settings: config.Settings, opened: list[Controller]
+) -> None:
+    ctl = await _controller(settings, opened)
+    p, node = f.project(), f.node()
+    m = f.machine(p.id, timeout_s=1.0, on_timeout=OnTimeout.SUSPEND, state=S.STARTING)
+    m = replace(m, generation=1, node_id=node.id)
+    node = replace(node, allocated=need(request_of(m.spec), node))  # it holds its share
+    async with ctl.store.write() as tx:
+        await tx.projects.create(p)
+        await tx.nodes.create(node, "credential-hash")
+        await tx.machines.create(m)
+    member = Principal("t-1", p.id, Role.MEMBER)
+
+    async def said(state: MachineState, resumed: bool = False, error: str = "") -> Machine:
+        report = Report(1, state, time.time(), error=error, resumed=resumed)
+        return await ctl.machines.report(node, m.id, report)
+
+    await said(S.RUNNING)
+    await asyncio.sleep(0.3)  # it runs 0.3 s of its 1 s
+    await ctl.machines.suspend(member, p, m.id)
+    suspended = await said(S.SUSPENDED)
+    assert suspended.expires_at is None and 0.3 <= suspended.ran_s < 0.6
+    await asyncio.sleep(1.0)  # suspended longer than its whole timeout: the clock stands
+    assert await ctl.machines.time_out(time.time()) == 0
+    await ctl.machines.resume(member, p, m.id)
+    resumed = await said(S.RUNNING, resumed=True)
+    assert 0.4 < (resumed.time_left(time.time()) or 0) <= 0.7
+    assert await ctl.machines.time_out(time.time()) == 0
+
+    await asyncio.sleep(0.8)  # now its time is up: suspended, as it says
+    assert await ctl.machines.time_out(time.time()) == 1
+    # Its node could not suspend it: it does not run on past its lifetime, it is stopped.
+    failed = await said(S.RUNNING, error="migration failed")
+    assert (failed.state, failed.desired) == (S.STOPPING, Desired.STOPPED)
+    async with ctl.store.read() as tx:
+        messages = [e.message for e in await tx.events.since(p.id, 0)]
+    assert messages[-2:] == [
+        "timed out after 1s: suspended",
+        "timed out after 1s: not suspended (migration failed); stopped",
+    ]

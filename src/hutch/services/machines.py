@@ -485,9 +485,14 @@ class Machines:
             self._wake(m)
         return len(acted)
 
-    async def _time_out(self, tx: Tx, m: Machine) -> Machine:
-        action = m.spec.on_timeout
-        why = f"timed out after {format_duration(m.lifetime_s or 0.0)}: {action.done}"
+    async def _time_out(
+        self, tx: Tx, m: Machine, action: OnTimeout | None = None, failed: str = ""
+    ) -> Machine:
+        """Do `action` (None: the spec's on_timeout) to a machine whose lifetime ran out;
+        `failed`: what the spec's action came to, when it did not happen."""
+        action = action or m.spec.on_timeout
+        why = f"timed out after {format_duration(m.lifetime_s or 0.0)}: "
+        why += f"{failed}; {action.done}" if failed else action.done
         if action is OnTimeout.SUSPEND:  # it runs until its node reports it suspended
             return await self._transition(tx, replace(m, desired=Desired.SUSPENDED), m.state, why)
         wanted = Desired.STOPPED if action is OnTimeout.STOP else Desired.DESTROYED
@@ -653,7 +658,12 @@ class Machines:
             if report.generation != m.generation:
                 return m  # another sandbox's
             if state is m.state is MachineState.RUNNING and report.error:
-                if m.desired is Desired.SUSPENDED:  # its node could not suspend it: it runs on
+                if m.desired is Desired.SUSPENDED and m.time_left(time.time()) == 0:
+                    # Suspended as its timeout said, and that failed: it must not run on.
+                    failed = f"not suspended ({report.error})"
+                    m = await self._time_out(tx, m, OnTimeout.STOP, failed)
+                    self._wake(m)
+                elif m.desired is Desired.SUSPENDED:  # its node could not suspend it: it runs on
                     m = replace(m, desired=Desired.RUNNING)
                     m = await self._transition(tx, m, state, report.error)
                     self._wake(m)
