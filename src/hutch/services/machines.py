@@ -457,9 +457,9 @@ class Machines:
             if m.spec.timeout_s is None:
                 raise Conflict(f"machine {m.name} has no timeout to extend: it runs until stopped")
             if m.state.finished or m.desired not in (Desired.RUNNING, Desired.SUSPENDED):
-                now = m.state if m.state.finished else f"to be {m.desired}"
+                status = m.state if m.state.finished else f"to be {m.desired}"
                 raise Conflict(
-                    f"machine {m.name} is {now}: only a machine that runs (or is suspended) "
+                    f"machine {m.name} is {status}: only a machine that runs (or is suspended) "
                     "can be extended; starting it again gives it its whole timeout"
                 )
             left = m.time_left(time.time()) or 0.0
@@ -496,6 +496,7 @@ class Machines:
         if action is OnTimeout.SUSPEND:  # it runs until its node reports it suspended
             return await self._transition(tx, replace(m, desired=Desired.SUSPENDED), m.state, why)
         wanted = Desired.STOPPED if action is OnTimeout.STOP else Desired.DESTROYED
+        # Stopped as `hutch stop` does by default: its image's stop signal, a kill 10 s later.
         m = replace(m, desired=wanted, stop_signal="", stop_timeout=10.0)
         return await self._transition(tx, m, MachineState.STOPPING, why)
 
