@@ -36,7 +36,7 @@ async def test_a_suspended_machine_gives_back_its_cpu_and_memory_and_resumes_whe
 
     async def allocated() -> dict[str, int]:
         nodes = (await api.call("GET", "/v1/nodes")).json()["items"]
-        return next(n["allocated"] for n in nodes if n["name"] == "small")  # type: ignore[no-any-return]
+        return next(n["allocated"] for n in nodes if n["name"] == "small")
 
     async def get(m: dict[str, Any]) -> dict[str, Any]:
         return (await api.call("GET", f"/v1/machines/{m['id']}", token)).json()  # type: ignore[no-any-return]

@@ -7,7 +7,8 @@ What runs here: "Running machines" and its lifetime lines (less `hutch up -d`, w
 is, `hutch down`, which would stop it, and `exec -it` / `run -it`, which need a terminal: they run
 on a pty in tests/cli/test_terminal.py and tests/cli/test_run_terminal.py), the `--dry-run`
 example, the `login` / `context` lines, the "Images" block and the "Networks" block (micro-VMs;
-curl to the published port, nslookup of a machine's name in its network). Elsewhere: "Projects,
+curl to the published port, nslookup of a machine's name in its network), the "Suspend, resume
+and snapshots" block (one micro-VM booted, one restored from its snapshot). Elsewhere: "Projects,
 tokens and quotas" in tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py.
 
 What cannot run on one machine keeps only the `--help` check of tests/cli/test_readme.py: the
@@ -206,6 +207,29 @@ def test_the_login_and_context_lines_run_as_written(
             assert ["team-a", controller.url, project] in rows, rows
     listed = json.loads(Hutch(env)("context", "ls", "-o", "json", check=True).stdout)
     assert {c["name"]: c["current"] for c in listed} == {"local": True, "team-a": False}
+
+
+def test_the_suspend_block_runs_as_written(sh: Shell) -> None:
+    commands = [
+        c for line in block("## Suspend, resume and snapshots", "hutch run -d") for c in split(line)
+    ]
+    for command in commands:
+        out = ok(sh(command), command)
+        if command == "hutch suspend warm":
+            assert out == "warm\n"
+            assert re.search(r"\swarm\s+busybox\s+microvm\s+suspended", ok(sh("hutch ps"), "ps"))
+        elif command == "hutch run -d --name warm busybox -- sleep 3600":
+            sleeper = ok(sh("hutch exec warm -- pidof sleep"), "pidof")
+        elif command == "hutch resume warm":
+            assert ok(sh("hutch exec warm -- pidof sleep"), "pidof") == sleeper
+        elif command == "hutch snapshot create warm --name tmpl":
+            assert out == "tmpl\n"
+        elif command == "hutch exec copy1 -- hostname":
+            assert out == "copy1\n"
+        elif command == "hutch snapshot ls":
+            assert re.search(r"^tmpl\s+s-\w+\s+busybox\s", out.splitlines()[1]), out
+    assert "tmpl" not in ok(sh("hutch snapshot ls"), "snapshot ls")
+    assert len(commands) == 9, commands
 
 
 @pytest.fixture

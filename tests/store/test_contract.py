@@ -14,6 +14,7 @@ from hutch.model.machine import (
     RestartPolicy,
     Strategy,
 )
+from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.model.tenancy import Quota, Role, Usage
 from hutch.store.base import MAX_PAGE, Claim, NewEvent
 from hutch.store.sql import SqlStore
@@ -440,6 +441,15 @@ async def test_usage(store: SqlStore) -> None:
         assert await tx.machines.usage(a.id) == Usage(
             machines=4, vcpus=5, memory_mib=512 + 512 + 20 + 128, disk_mib=1000 + 256 + 16 + 64
         )
+        # A suspended machine holds its disk and its place in the count, no CPU or memory.
+        await tx.machines.create(
+            f.machine(a.id, cpus=2, memory_mib=512, state=MachineState.SUSPENDED, node_id=n.id,
+                      desired=Desired.SUSPENDED)
+        )  # fmt: skip
+        assert await tx.machines.usage(a.id) == Usage(
+            machines=5, vcpus=5, memory_mib=512 + 512 + 20 + 128,
+            disk_mib=1000 + 256 + 16 + 64 + 256,
+        )  # fmt: skip
 
 
 async def test_on_node_and_by_id(store: SqlStore) -> None:
@@ -753,3 +763,53 @@ async def test_failed_block_leaves_nothing(store: SqlStore) -> None:
         )
     async with store.read() as tx:
         assert await tx.events.since(a.id, 0) == [event]
+
+
+# -- machine snapshots ----------------------------------------------------------------------------
+
+
+async def test_machine_snapshots(store: SqlStore) -> None:
+    """By id or name within the project only, names unique per project, the live machines
+    that continue from one, and the project and node they hold on to."""
+    a, b, n = f.project(), f.project(), f.node()
+    snap = MachineSnapshot(
+        id=f.uid("s"), project_id=a.id, name="tmpl", machine_id=f.uid("m"), node_id=n.id,
+        image="busybox", image_digest="sha256:" + "b" * 64, cpus=1, memory_mib=256, disk_mib=0,
+        runtime="microvm", command=None, entrypoint=("sh", "-c"), env=("A=1",), workdir="/w",
+        user="1:1", networks=("net-1",), size_bytes=0, state=SnapshotState.CREATING,
+        created_at=f.now(),
+    )  # fmt: skip
+    async with store.write() as tx:
+        for p in (a, b):
+            await tx.projects.create(p)
+        await tx.nodes.create(n, "cred")
+        await tx.snapshots.create(snap)
+        with pytest.raises(Conflict):
+            await tx.snapshots.create(replace(snap, id=f.uid("s")))
+        await tx.snapshots.create(replace(snap, id=f.uid("s"), project_id=b.id))
+        ready = await tx.snapshots.update(replace(snap, size_bytes=5, state=SnapshotState.READY))
+        clone = f.machine(a.id, from_snapshot=snap.id, node_id=n.id)
+        await tx.machines.create(clone)
+        await tx.machines.create(
+            f.machine(a.id, from_snapshot=snap.id, state=MachineState.DESTROYED)
+        )
+    async with store.read() as tx:
+        assert await tx.snapshots.get(a.id, "tmpl") == ready == await tx.snapshots.by_id(snap.id)
+        assert await tx.snapshots.get(a.id, snap.id) == ready
+        with pytest.raises(NotFound):
+            await tx.snapshots.get(b.id, snap.id)
+        assert [s.id for s in await tx.snapshots.list(a.id)] == [snap.id]
+        assert await tx.snapshots.clones(snap.id) == [clone.name]
+        assert (await tx.machines.by_id(clone.id)).spec.from_snapshot == snap.id
+    async with store.write() as tx:
+        await tx.machines.update(replace(clone, state=MachineState.DESTROYED))
+        assert await tx.snapshots.clones(snap.id) == []
+    with pytest.raises(Conflict, match="machine snapshot"):
+        async with store.write() as tx:
+            await tx.nodes.delete(n.id)
+    with pytest.raises(Conflict, match="machine snapshot"):
+        async with store.write() as tx:
+            await tx.projects.delete(a.id)
+    async with store.write() as tx:
+        await tx.snapshots.delete(snap.id)
+        assert await tx.snapshots.list(a.id) == []

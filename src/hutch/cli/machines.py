@@ -712,9 +712,11 @@ def _start_each(refs: list[str], *, again: bool) -> None:
 def suspend(refs: Refs) -> None:
     """Suspend micro-VMs: their memory and devices are saved on their node and their processes
     end, so they hold no CPU or memory there (their disks and addresses stay). hutch waits
-    until each is suspended. `hutch resume` (or start) continues them where they were."""
+    until each has started (`run -d` returns before), then until it is suspended. `hutch
+    resume` (or start) continues them where they were."""
     with connect() as client:
         for ref in refs:
+            client.machines.wait(ref, "started", timeout=RM_WAIT)
             client.machines.suspend(ref, wait=True, timeout=RM_WAIT)
             typer.echo(ref)
 

@@ -1,0 +1,94 @@
+"""Suspend, resume, machine snapshots and their clones through the SDK (sync and async), with
+real micro-VMs on the shared `hutch up` (tests/controller.py): one machine is booted, the rest
+are restored from it. Each other project's attempt is refused next to the owner's succeeding."""
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from hutch.client import AsyncClient, Client
+from hutch.client.errors import Conflict, Invalid, NotFound
+from tests.controller import Controller, controller, new_project
+
+__all__ = ["controller"]
+
+# A process whose state is only in its memory: its pid, and a counter it writes each 0.2 s.
+COUNTER = "echo $$ > /tmp/pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done"
+
+
+@pytest.fixture
+def other(controller: Controller) -> Iterator[Client]:
+    with controller.client(new_project(controller, "atk")) as c:
+        yield c
+
+
+def _state_of(client: Client, machine: str) -> tuple[int, int]:
+    """The counter's pid and count in `machine`."""
+    out = client.machines.exec(machine, ["sh", "-c", "cat /tmp/pid /tmp/n"]).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def _memory_allocated(controller: Controller, node_id: str) -> int:
+    with controller.client(None) as admin:
+        return admin.nodes.get(node_id).allocated.memory_mib
+
+
+async def test_suspend_resume_snapshot_and_clones(
+    controller: Controller, client: Client, aclient: AsyncClient, other: Client
+) -> None:
+    warm = client.machines.run("busybox", ["sh", "-c", COUNTER], name="warm", hold_output=False)
+    assert warm.node is not None
+    pid, count = _state_of(client, "warm")
+    held = _memory_allocated(controller, warm.node)
+
+    for attempt in (other.machines.suspend, other.machines.resume):
+        with pytest.raises(NotFound):
+            attempt("warm")
+    suspended = client.machines.suspend("warm", wait=True, timeout=120)
+    assert suspended.state == "suspended"
+    assert [m.state for m in client.machines.list()] == ["suspended"]
+    gave_back = held - _memory_allocated(controller, warm.node)
+    assert gave_back > warm.memory_mib, gave_back  # its memory and the VM's overhead
+    with pytest.raises(Invalid, match="suspended, not running"):
+        client.machines.exec("warm", ["true"])
+
+    resumed = await aclient.machines.resume("warm", wait=True, timeout=120)
+    assert resumed.state == "running"
+    time.sleep(0.5)
+    after = _state_of(client, "warm")
+    assert after[0] == pid and after[1] > count, (pid, count, after)  # the same process, on
+    assert _memory_allocated(controller, warm.node) == held
+
+    with pytest.raises(NotFound):
+        other.snapshots.create("warm", "stolen")
+    snap = client.snapshots.create("warm", "tmpl")
+    assert (snap.name, snap.state, snap.node_id, snap.clones) == ("tmpl", "ready", warm.node, [])
+    assert snap.size_bytes > 0
+    with pytest.raises(NotFound):
+        other.machines.run(from_snapshot="tmpl")
+    with pytest.raises(Invalid, match="cpus 1, not 2"):
+        client.machines.run(from_snapshot="tmpl", cpus=2)
+
+    clones = [client.machines.run(from_snapshot="tmpl", name=f"copy{i}") for i in (1, 2)]
+    identities = set()
+    for clone in clones:
+        assert (clone.state, clone.node, clone.from_snapshot) == ("running", warm.node, snap.id)
+        assert _state_of(client, clone.name)[0] == pid  # the snapshot's process continues
+        hostname = client.machines.exec(clone, ["hostname"]).stdout.decode().strip()
+        mac = client.machines.exec(clone, ["cat", "/sys/class/net/eth0/address"]).stdout.decode()
+        assert hostname == clone.name
+        assert mac.strip() == clone.addresses[0].mac
+        identities.add((hostname, mac))
+    assert len(identities) == 2
+
+    with pytest.raises(Conflict, match="copy1, copy2"):
+        client.snapshots.delete("tmpl")
+    for m in ("warm", *(c.name for c in clones)):
+        client.machines.delete(m, force=True)
+    for m in ("warm", *(c.name for c in clones)):
+        client.machines.wait(m, "destroyed", timeout=60)
+    with pytest.raises(NotFound):
+        other.snapshots.delete("tmpl")
+    client.snapshots.delete("tmpl")
+    assert list(client.snapshots.list()) == []
