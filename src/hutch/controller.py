@@ -18,6 +18,7 @@ from hutch.http import tls
 from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
+from hutch.services.lifetimes import Lifetimes
 from hutch.services.machines import Machines
 from hutch.services.networks import Networks, Pool
 from hutch.services.nodelink import NodeLink
@@ -49,6 +50,7 @@ class Controller:
     scheduler: Scheduler
     health: Health
     retention: Retention  # purges destroyed machines
+    lifetimes: Lifetimes  # ends machines whose timeout ran out
     streams: Streams  # long-lived streams, ended when their token or project goes
     networks: Networks  # networks and security groups
     volumes: Volumes  # volumes and their snapshots
@@ -114,6 +116,7 @@ def build_controller(settings: Settings) -> Controller:
         scheduler=Scheduler(store, notifier),
         health=Health(node_service, machine_service, settings.node_grace),
         retention=Retention(store, settings.machine_retention),
+        lifetimes=Lifetimes(machine_service),
         streams=streams,
         networks=network_service,
         volumes=Volumes(store, link, policy),
@@ -125,9 +128,9 @@ def build_controller(settings: Settings) -> Controller:
 @contextlib.asynccontextmanager
 async def leading_work(ctl: Controller) -> AsyncIterator[None]:
     """In the background: the leader's lease, and what the leader does (the scheduler, node
-    health, the purge of destroyed machines), each idle while this controller does not lead;
-    and on every controller, the check of its open streams' tokens. They are stopped between
-    two transactions, never cancelled inside one."""
+    health, the purge of destroyed machines, machines' timeouts), each idle while this
+    controller does not lead; and on every controller, the check of its open streams' tokens.
+    They are stopped between two transactions, never cancelled inside one."""
     stop = asyncio.Event()
     leading = ctl.leadership.leading
     tasks = [
@@ -135,6 +138,7 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
         asyncio.create_task(ctl.scheduler.run(leading, stop)),
         asyncio.create_task(ctl.health.run(leading, stop)),
         asyncio.create_task(ctl.retention.run(leading, stop)),
+        asyncio.create_task(ctl.lifetimes.run(leading, stop)),
         asyncio.create_task(ctl.streams.run(stop)),
     ]
     try:

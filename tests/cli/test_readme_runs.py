@@ -3,12 +3,12 @@
 here. Example names are swapped for the test's own (registry.example.com for the registry this
 test starts on 127.0.0.1), each block acts in a project of its own.
 
-What runs here: "Running machines" (less `hutch up -d`, which the fixture is, `hutch down`,
-which would stop it, and `exec -it` / `run -it`, which need a terminal: they run on a pty in
-tests/cli/test_terminal.py and tests/cli/test_run_terminal.py), the `--dry-run` example, the
-`login` / `context` lines, the "Images" block and the "Networks" block (micro-VMs; curl to the
-published port, nslookup of a machine's name in its network), the "Suspend, resume and
-snapshots" block (one micro-VM booted, one restored from its snapshot). Elsewhere: "Projects,
+What runs here: "Running machines" and its lifetime lines (less `hutch up -d`, which the fixture
+is, `hutch down`, which would stop it, and `exec -it` / `run -it`, which need a terminal: they run
+on a pty in tests/cli/test_terminal.py and tests/cli/test_run_terminal.py), the `--dry-run`
+example, the `login` / `context` lines, the "Images" block and the "Networks" block (micro-VMs;
+curl to the published port, nslookup of a machine's name in its network), the "Suspend, resume
+and snapshots" block (one micro-VM booted, one restored from its snapshot). Elsewhere: "Projects,
 tokens and quotas" in tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py.
 
 What cannot run on one machine keeps only the `--help` check of tests/cli/test_readme.py: the
@@ -135,6 +135,18 @@ def test_the_running_machines_block_runs_as_written(
             assert out == "web\n"
             assert "web" not in ok(sh("hutch ps -a -q"), "ps") + ok(sh("hutch ps"), "ps")
     assert len(seen) == 13 and follower is not None, seen
+
+
+def test_the_lifetime_lines_run_as_written(sh: Shell) -> None:
+    commands = block("## Running machines", "hutch run -d --name job --timeout")
+    run, extend = (split(line)[0] for line in commands)
+    assert re.fullmatch(r"m-\w+\n", ok(sh(run), run))
+    # 30 minutes (less what it ran already) and an hour more
+    assert re.fullmatch(r"job: 1h(30m|29m\d+s) left\n", ok(sh(extend), extend))
+    job = json.loads(ok(sh("hutch inspect job"), "inspect"))
+    assert (job["timeout_s"], job["on_timeout"], job["extended_s"]) == (1800, "destroy", 3600)
+    assert re.search(r"\sjob\s.*\(1h\d+m(\d+s)? left\)", ok(sh("hutch ps"), "ps"))
+    ok(sh("hutch rm -f job"), "rm")
 
 
 def wait_until_running(sh: Shell) -> None:

@@ -1,7 +1,7 @@
 import pytest
 
 from hutch.model.errors import Invalid
-from hutch.model.units import format_bytes, parse_duration, parse_mib, parse_size
+from hutch.model.units import format_bytes, format_duration, parse_duration, parse_mib, parse_size
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,8 @@ def test_durations() -> None:
     for bad in ("", "h", "soon", "-5m", "0"):
         with pytest.raises(Invalid):
             parse_duration(bad)
+
+
+def test_durations_read_well() -> None:
+    shown = [format_duration(s) for s in (1.5, 2, 59, 90, 600, 3600 + 60, 86400 * 366)]
+    assert shown == ["1.5s", "2s", "59s", "1m30s", "10m", "1h1m", "366d"]

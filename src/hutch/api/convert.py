@@ -1,6 +1,7 @@
 """Model <-> wire, in one place."""
 
 import dataclasses
+import time
 from typing import Any
 
 from hutch.model import mirrored
@@ -141,6 +142,8 @@ def machine_view(m: Machine, project: str, wiring: Wiring | None = None) -> Mach
     return MachineView.mirroring(
         m,
         **_spec(m.spec),
+        time_left_s=m.time_left(time.time()),
+        expires_at=m.expires_at,
         project=project,
         node=m.node_id,
         networks=[name for _, name in w.addresses],

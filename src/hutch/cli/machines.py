@@ -1,7 +1,9 @@
 """`hutch run`, `ps`, `logs`, `exec`, `stop`, `start`, `restart`, `suspend`, `resume`, `kill`,
-`rm`, `wait`, `inspect`: machines through the controller (see `hutch up` or `hutch login`)."""
+`rm`, `wait`, `inspect`, `machine extend`: machines through the controller (see `hutch up` or
+`hutch login`)."""
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -30,8 +32,8 @@ from hutch.cli.remote import (
 )
 from hutch.client import plain
 from hutch.model.errors import HutchError, Invalid
-from hutch.model.machine import MachineState
-from hutch.model.units import parse_mib
+from hutch.model.machine import MachineState, check_timeout
+from hutch.model.units import format_duration, parse_duration, parse_mib
 
 if TYPE_CHECKING:  # imported where used: `hutch ps` loads no wire models, asyncio or websockets
     import asyncio
@@ -100,7 +102,8 @@ def _exit_code(m: "MachineView") -> int:
 RUN_EXAMPLES = (
     "Examples: hutch run busybox -- echo hello;  "
     "hutch run -d --name web -m 256M -e MODE=prod nginx:1.27;  "
-    "hutch run --rm --runtime container busybox -- sh -c 'uname -a'"
+    "hutch run --rm --runtime container busybox -- sh -c 'uname -a';  "
+    "hutch run -d --timeout 30m --on-timeout destroy busybox -- sleep 1d"
 )
 
 
@@ -191,6 +194,21 @@ def run(
             "Repeatable.",
         ),
     ] = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            help="End it once it has run this long (90s, 30m, 2h, 1d; time suspended does not "
+            "count), as --on-timeout says; `hutch machine extend` gives it more.",
+            metavar="DURATION",
+        ),
+    ] = None,
+    on_timeout: Annotated[
+        str | None,
+        typer.Option(
+            help="What --timeout does: stop (default), suspend (micro-VMs only) or destroy.",
+            metavar="ACTION",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -240,8 +258,12 @@ def run(
         "networks": network or None,
         "security_groups": sg or None,
         "volumes": volume or None,
+        "timeout_s": _duration(timeout, "--timeout") if timeout is not None else None,
+        "on_timeout": on_timeout,
         "from_snapshot": from_snapshot,
     }
+    if on_timeout is not None and timeout is None:
+        raise Invalid("--on-timeout says what --timeout does: give --timeout DURATION too")
     if from_snapshot and (image or command):
         raise Invalid(
             f"--from {from_snapshot} continues the snapshot's process in its image: give no "
@@ -269,6 +291,11 @@ def run(
 
     options["hold_output"] = True  # it follows from the start: the node keeps output for it
     sys.exit(asyncio.run(_attached(image, _argv(command), options, rm, interactive, tty)))
+
+
+def _duration(text: str, what: str) -> float:
+    """Seconds of a lifetime (or an extension) given as `what`; Invalid saying why not."""
+    return check_timeout(parse_duration(text), f"{what} {text}")
 
 
 def _print_plan(plan: "PlacementView") -> None:
@@ -438,6 +465,8 @@ def ps(
 
 def _ps_status(m: dict[str, Any]) -> str:
     status = _status_of(m["state"], m.get("exit_code"), m.get("oom_killed", False), m["error"])
+    if (left := m.get("time_left_s")) is not None and not MachineState(m["state"]).finished:
+        status += f" ({format_duration(math.ceil(left))} left)"
     return cut(status)  # whole in `hutch inspect`
 
 
@@ -489,6 +518,31 @@ def inspect(ref: Ref) -> None:
         with contextlib.suppress(HutchError):  # no node has it now: shown without
             shown["exposed_ports"] = client.images.get(m.image_digest or m.image).exposed_ports
         dump(shown, "json")
+
+
+# -- lifetimes ------------------------------------------------------------------------------------
+
+machine_app = typer.Typer(help="A machine's lifetime: extend.", no_args_is_help=True)
+
+
+@machine_app.callback()
+def machine_group() -> None:
+    """A group even with one command (typer would make a lone command the group itself)."""
+
+
+@machine_app.command("extend")
+def extend(
+    ref: Ref,
+    duration: Annotated[
+        str,
+        typer.Argument(metavar="DURATION", help="More time to run: 90s, 30m, 2h, 1d."),
+    ],
+) -> None:
+    """Give a machine run with --timeout more time before it times out; print its time left."""
+    seconds = _duration(duration, "DURATION")
+    with connect() as client:
+        m = client.machines.extend(ref, seconds)
+    typer.echo(f"{m.name}: {format_duration(math.ceil(m.time_left_s or 0.0))} left")
 
 
 # -- exec -----------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ COMMANDS: dict[str, Entry] = {
     "rm": Entry("machines", "rm", "Destroy machines (and what they left on their node)."),
     "wait": Entry("machines", "wait", "Wait for machines to end; print exit codes."),
     "inspect": Entry("machines", "inspect", "Show a machine, as JSON."),
+    "machine": Entry("machines", "machine_app", "A machine's lifetime: extend."),
     "login": Entry("contexts", "login", "Log in to a controller (saves a context)."),
     "version": Entry("main", "version", "Print hutch's version."),
     "sandbox": Entry("sandbox", "app", "Run sandboxes directly on this host, no controller."),

@@ -44,6 +44,7 @@ from hutch.wire.common import Page, Problem, Request
 from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import (
     EventView,
+    ExtendRequest,
     KillRequest,
     LogLine,
     MachineCreate,
@@ -188,6 +189,10 @@ class MachineOptions(TypedDict, total=False):
     # The project's volumes: "NAME:/PATH[:ro]" or VolumeSpec's fields ({"volume", "path",
     # "read_only"}); attached until the machine is destroyed, one machine at a time.
     volumes: Sequence[str | Mapping[str, Any]]
+    # Seconds it may run (time suspended does not count) before `on_timeout` ("stop", the
+    # default, "suspend" for micro-VMs, or "destroy") is done to it; Machines.extend adds.
+    timeout_s: float
+    on_timeout: str
     # A machine snapshot (name or id) to continue from instead of booting an image (give no
     # image then): its image, shape, process and networks; it runs on the snapshot's node.
     from_snapshot: str
@@ -408,6 +413,10 @@ def machine(
 
 def stop(ref: MachineRef, signal: str, timeout: float) -> Plan[MachineView]:
     return machine("POST", ref, "stop", build(StopRequest, signal=signal, timeout=timeout))
+
+
+def extend(ref: MachineRef, seconds: float) -> Plan[MachineView]:
+    return machine("POST", ref, "extend", build(ExtendRequest, seconds=seconds))
 
 
 def pause_or_continue(

@@ -215,6 +215,9 @@ class AsyncMachines(Resource[AsyncClient]):
     async def stop(self, ref: MachineRef, signal: str = "", timeout: float = 10) -> MachineView:
         return await self._c._run(core.stop(ref, signal, timeout))
 
+    async def extend(self, ref: MachineRef, seconds: float) -> MachineView:
+        return await self._c._run(core.extend(ref, seconds))
+
     async def suspend(
         self, ref: MachineRef, *, wait: bool = False, timeout: float | None = None
     ) -> MachineView:

@@ -225,6 +225,12 @@ class Machines(Resource[Client]):
         kill after `timeout` seconds. Returns at once (`stopping`); `wait()` for the end."""
         return self._c._run(core.stop(ref, signal, timeout))
 
+    def extend(self, ref: MachineRef, seconds: float) -> MachineView:
+        """Give a machine run with a timeout (`timeout_s`) `seconds` more of running before
+        it times out. Conflict if it has no timeout, or has ended (start it again: its whole
+        timeout anew)."""
+        return self._c._run(core.extend(ref, seconds))
+
     def suspend(
         self, ref: MachineRef, *, wait: bool = False, timeout: float | None = None
     ) -> MachineView:

@@ -1,13 +1,15 @@
 """Machines: what a tenant asks to run, and where each one is in its life. Also nodes and events."""
 
+import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from hutch.model.errors import Invalid
 from hutch.model.image import parse_ref
 from hutch.model.sandbox import MAX_VOLUMES, scratch_mib, validate_volume_target
+from hutch.model.units import format_duration
 
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
@@ -50,6 +52,34 @@ class Desired(StrEnum):
     SUSPENDED = "suspended"  # saved on its node, no process (micro-VMs only)
     STOPPED = "stopped"
     DESTROYED = "destroyed"
+
+
+class OnTimeout(StrEnum):
+    """What is done to a machine when its lifetime (`MachineSpec.timeout_s`) runs out."""
+
+    STOP = "stop"
+    SUSPEND = "suspend"  # micro-VMs only (check_suspendable)
+    DESTROY = "destroy"
+
+    @property
+    def done(self) -> str:
+        """The action as an event says it happened."""
+        return {"stop": "stopped", "suspend": "suspended", "destroy": "destroyed"}[self.value]
+
+
+# The longest lifetime a machine is given, or extended to: longer is a typo, not a plan.
+MAX_TIMEOUT = 366 * 86400.0
+
+
+def check_timeout(seconds: float, what: str = "timeout") -> float:
+    """`seconds` if it is a lifetime a machine can have (more than 0, at most MAX_TIMEOUT);
+    Invalid saying why not, naming it as `what` (the field or option the user gave)."""
+    if not 0 < seconds <= MAX_TIMEOUT:  # NaN fails too
+        size = "not a number" if math.isnan(seconds) else f"{seconds:g} s"
+        raise Invalid(
+            f"{what} must be more than 0 and at most {format_duration(MAX_TIMEOUT)}, not {size}"
+        )
+    return seconds
 
 
 class RestartPolicy(StrEnum):
@@ -211,6 +241,10 @@ class MachineSpec:
     # it for up to `log_hold` seconds, the workload waiting, until a first follower comes.
     hold_output: bool = False
     volumes: tuple[VolumeAttach, ...] = ()  # attached at creation, detached when destroyed
+    # Its lifetime: seconds of running (suspended time does not count) after which
+    # `on_timeout` is done to it; None: no limit. `Machine.extended_s` adds to it.
+    timeout_s: float | None = None
+    on_timeout: OnTimeout = OnTimeout.STOP
     # A machine snapshot's id (`hutch run --from`): every generation continues from it, on its
     # node, instead of booting the image (which is the snapshot's, as are cpus, memory, disk).
     from_snapshot: str = ""
@@ -241,6 +275,10 @@ class MachineSpec:
             raise Invalid(
                 f"memory {self.memory_mib} MiB is too little: {what} needs at least {least} MiB"
             )
+        if self.timeout_s is not None:
+            check_timeout(self.timeout_s)
+        if self.on_timeout is OnTimeout.SUSPEND:
+            check_suspendable(self.runtime, "suspended")
 
     @property
     def scratch_mib(self) -> int:
@@ -271,11 +309,54 @@ class Machine:
     # The image it got, once a node resolved its name: every later start runs this digest.
     image_digest: str = ""
     image_source: str = ""  # "project" (the project's own) or "catalogue" (the operator's)
+    # Its lifetime's clock (see `entering`): seconds it ran before `running_since`, the instant
+    # it last began running (None while it is not running), and what `extend` added.
+    ran_s: float = 0.0
+    running_since: float | None = None
+    extended_s: float = 0.0
     version: int = 1  # optimistic concurrency: every update checks and bumps it
 
     @property
     def sandbox_id(self) -> str:
         return f"{self.id}-{self.generation}"
+
+    @property
+    def lifetime_s(self) -> float | None:
+        """Its timeout with what was added to it since it was last started; None: no limit."""
+        timeout = self.spec.timeout_s
+        return None if timeout is None else timeout + self.extended_s
+
+    @property
+    def expires_at(self) -> float | None:
+        """When its lifetime runs out if it keeps running; None if it has no timeout or is not
+        running (then its clock stands still)."""
+        if self.lifetime_s is None or self.running_since is None:
+            return None
+        return self.running_since + self.lifetime_s - self.ran_s
+
+    def time_left(self, now: float) -> float | None:
+        """Seconds of running left at `now` (0 once it ran out); None without a timeout."""
+        if self.lifetime_s is None:
+            return None
+        ran = self.ran_s
+        if self.running_since is not None:
+            ran += max(0.0, now - self.running_since)
+        return max(0.0, self.lifetime_s - ran)
+
+    def entering(self, state: MachineState, now: float) -> "Machine":
+        """The machine in `state` from `now`, its clock kept: only time spent running counts
+        (starting, suspended, stopped or ended it stands still)."""
+        running = state is MachineState.RUNNING
+        if running and self.running_since is None:
+            return replace(self, state=state, updated_at=now, running_since=now)
+        if not running and self.running_since is not None:
+            ran = self.ran_s + max(0.0, now - self.running_since)
+            return replace(self, state=state, updated_at=now, ran_s=ran, running_since=None)
+        return replace(self, state=state, updated_at=now)
+
+    def anew(self) -> "Machine":
+        """Its lifetime begun again (a start or restart asked for): nothing ran, nothing added."""
+        return replace(self, ran_s=0.0, running_since=None, extended_s=0.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,3 +67,16 @@ def parse_duration(text: str) -> float:
     if not seconds > 0:
         raise Invalid(f"{text!r}: a duration must be positive")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Short form: 90 -> "1m30s", 600 -> "10m", 1.5 -> "1.5s"."""
+    if seconds < 60:
+        return f"{seconds:.3g}s" if seconds < 10 else f"{seconds:.0f}s"
+    whole = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, whole = divmod(whole, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)

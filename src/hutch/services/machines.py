@@ -26,6 +26,7 @@ from hutch.model.errors import (
 from hutch.model.image import names_registry, parse_ref
 from hutch.model.machine import (
     ACTIVE,
+    MAX_TIMEOUT,
     Capacity,
     Desired,
     Event,
@@ -33,17 +34,20 @@ from hutch.model.machine import (
     MachineSpec,
     MachineState,
     Node,
+    OnTimeout,
     Report,
     RestartPolicy,
     Strategy,
     VolumeAttach,
     check_suspendable,
+    check_timeout,
     check_volumes,
 )
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import parse_signal
 from hutch.model.snapshot import SnapshotState
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
+from hutch.model.units import format_duration
 from hutch.model.volume import Volume, VolumeState
 from hutch.placement import Context, Placement, Rejection, Request, free, limit, need, place
 from hutch.placement.filters import lacks_labels
@@ -372,7 +376,7 @@ class Machines:
             else:
                 if m.state not in FINISHED and m.desired is Desired.RUNNING:
                     raise Conflict(f"machine {m.name} is {m.state}: nothing to start")
-                m = await self._new_generation(tx, m, restarted=False)
+                m = await self._new_generation(tx, m.anew(), restarted=False)
                 await _check_quota(tx, project)  # an ended machine held none of it
         self._wake(m)
         return m
@@ -445,10 +449,64 @@ class Machines:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         async with self.store.write() as tx:
             m = await _get_kept(tx, project, ref)
-            m = await self._new_generation(tx, m, restarted=False)
+            m = await self._new_generation(tx, m.anew(), restarted=False)
             await _check_quota(tx, project)
         self._wake(m)
         return m
+
+    async def extend(
+        self, principal: Principal, project: Project, ref: str, seconds: float
+    ) -> Machine:
+        """`seconds` more of running for a machine with a timeout, before it ends."""
+        self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        check_timeout(seconds, "an extension")
+        async with self.store.write() as tx:
+            m = await _get(tx, project, ref)
+            if m.spec.timeout_s is None:
+                raise Conflict(f"machine {m.name} has no timeout to extend: it runs until stopped")
+            if m.state.finished or m.desired not in (Desired.RUNNING, Desired.SUSPENDED):
+                status = m.state if m.state.finished else f"to be {m.desired}"
+                raise Conflict(
+                    f"machine {m.name} is {status}: only a machine that runs (or is suspended) "
+                    "can be extended; starting it again gives it its whole timeout"
+                )
+            left = m.time_left(time.time()) or 0.0
+            if left + seconds > MAX_TIMEOUT:
+                raise Invalid(
+                    f"machine {m.name} has {format_duration(left)} left: "
+                    f"{format_duration(seconds)} more is over the longest lifetime, "
+                    f"{format_duration(MAX_TIMEOUT)}"
+                )
+            m = await tx.machines.update(replace(m, extended_s=m.extended_s + seconds))
+        self._wake(m)
+        return m
+
+    async def time_out(self, now: float, limit: int = 100) -> int:
+        """The leader's: do to every running machine whose lifetime ran out by `now` what its
+        spec says (`on_timeout`), an event saying why. How many it acted on."""
+        async with self.store.read() as tx:  # most looks find nothing: no writer's lock then
+            if not await tx.machines.expired(now, 1):
+                return 0
+        async with self.store.write() as tx:
+            acted = [await self._time_out(tx, m) for m in await tx.machines.expired(now, limit)]
+        for m in acted:
+            self._wake(m)
+        return len(acted)
+
+    async def _time_out(
+        self, tx: Tx, m: Machine, action: OnTimeout | None = None, failed: str = ""
+    ) -> Machine:
+        """Do `action` (None: the spec's on_timeout) to a machine whose lifetime ran out;
+        `failed`: what the spec's action came to, when it did not happen."""
+        action = action or m.spec.on_timeout
+        why = f"timed out after {format_duration(m.lifetime_s or 0.0)}: "
+        why += f"{failed}; {action.done}" if failed else action.done
+        if action is OnTimeout.SUSPEND:  # it runs until its node reports it suspended
+            return await self._transition(tx, replace(m, desired=Desired.SUSPENDED), m.state, why)
+        wanted = Desired.STOPPED if action is OnTimeout.STOP else Desired.DESTROYED
+        # Stopped as `hutch stop` does by default: its image's stop signal, a kill 10 s later.
+        m = replace(m, desired=wanted, stop_signal="", stop_timeout=10.0)
+        return await self._transition(tx, m, MachineState.STOPPING, why)
 
     async def stop(
         self, principal: Principal, project: Project, ref: str, sig: str = "", timeout: float = 10.0
@@ -609,9 +667,12 @@ class Machines:
             if report.generation != m.generation:
                 return m  # another sandbox's
             if state is m.state is MachineState.RUNNING and m.desired is Desired.SUSPENDED:
-                # Its node could not suspend it (report.error says why): it runs on.
-                m = replace(m, desired=Desired.RUNNING)
-                m = await self._transition(tx, m, state, report.error or "not suspended")
+                # Its node could not suspend it (report.error says why).
+                why = report.error or "not suspended"  # the node says "not suspended: ..."
+                if m.time_left(time.time()) == 0:  # as its timeout said: it must not run on
+                    m = await self._time_out(tx, m, OnTimeout.STOP, why)
+                else:  # it runs on
+                    m = await self._transition(tx, replace(m, desired=Desired.RUNNING), state, why)
             elif m.state in (MachineState.DESTROYED, state):
                 return m  # said before (a restarted agent repeats itself)
             elif state is MachineState.DESTROYED:
@@ -768,7 +829,7 @@ class Machines:
         active machine ends or is suspended, log the event, and tell its node."""
         await self._release(tx, m, state)
         now = time.time()
-        m = await tx.machines.update(replace(m, state=state, updated_at=now))
+        m = await tx.machines.update(m.entering(state, now))
         await tx.events.append([NewEvent(m.project_id, "machine.state", m.id, state, message, now)])
         if state is MachineState.DESTROYED or m.node_id is None:
             # Gone, or off its node (lost, or a new generation waiting to be placed): the

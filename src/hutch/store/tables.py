@@ -122,6 +122,9 @@ machines = sa.Table(
     sa.Column("hold_output", sa.Boolean, nullable=False, server_default=sa.false()),
     # Its volumes: [{"volume": id, "target": path, "read_only": bool, "name": name}, ...]
     sa.Column("volumes", sa.JSON, nullable=False, server_default="[]"),
+    # Its lifetime: seconds of running (NULL: no limit) and what is done at its end.
+    sa.Column("timeout_s", sa.Double),
+    sa.Column("on_timeout", _ENUM, nullable=False, server_default="stop"),
     # The machine snapshot it continues from (`run --from`), its id; "" for none. No foreign
     # key: a snapshot that clones use is not deleted (services/snapshots.py checks).
     sa.Column("from_snapshot", _ID, nullable=False, server_default=""),
@@ -145,6 +148,12 @@ machines = sa.Table(
     # The image a node resolved its name to, and whose it was (project or catalogue).
     sa.Column("image_digest", sa.String(80), nullable=False, server_default=""),
     sa.Column("image_source", _ENUM, nullable=False, server_default=""),
+    # Its lifetime's clock (Machine.entering), and Machine.expires_at, kept so the leader
+    # finds the machines whose time is up by an index.
+    sa.Column("ran_s", sa.Double, nullable=False, server_default="0"),
+    sa.Column("running_since", _TIME),
+    sa.Column("extended_s", sa.Double, nullable=False, server_default="0"),
+    sa.Column("expires_at", _TIME),
     sa.Column("version", sa.Integer, nullable=False),
     # Listing order, and the cursor's key.
     sa.Index("ix_machines_project_id_created_at_id", "project_id", "created_at", "id"),
@@ -164,6 +173,15 @@ sa.Index(
     machines.c.created_at,
     sqlite_where=PENDING,
     postgresql_where=PENDING,
+)
+
+# Running machines with a timeout, by when it runs out (services/lifetimes.py).
+_EXPIRING = machines.c.expires_at.is_not(None)
+sa.Index(
+    "ix_machines_expires_at",
+    machines.c.expires_at,
+    sqlite_where=_EXPIRING,
+    postgresql_where=_EXPIRING,
 )
 
 # Who leads the controllers: one row per lease, taken over once it expires.

@@ -6,9 +6,11 @@ from pydantic import AfterValidator, Field, ValidationError
 
 from hutch.model.errors import Invalid
 from hutch.model.machine import (
+    MAX_TIMEOUT,
     Desired,
     GroupPolicy,
     MachineState,
+    OnTimeout,
     RestartPolicy,
     Strategy,
     validate_env,
@@ -103,6 +105,18 @@ class MachineCreate(Request):
         description="the project's volumes, attached from its creation until it is destroyed "
         "(a volume to one machine at a time); it runs on their node",
     )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_TIMEOUT,
+        description="seconds it may run (suspended, it does not count) before on_timeout is "
+        "done to it; POST .../extend adds to it; default: no limit",
+    )
+    on_timeout: OnTimeout = Field(
+        OnTimeout.STOP,
+        strict=False,
+        description="what its timeout does: stop, suspend (micro-VMs only) or destroy",
+    )
     from_snapshot: str = Field(
         "",
         max_length=64,
@@ -158,7 +172,18 @@ class MachineView(View):
     security_groups: list[str] = []  # names
     dns: str = ""  # NAME.PROJECT.internal, on its networks (empty without one)
     volumes: list[VolumeAttachView] = []
+    timeout_s: float | None = None
+    on_timeout: OnTimeout = OnTimeout.STOP
+    extended_s: float = 0.0  # what extend added since it was last started
+    time_left_s: float | None = None  # of running, when it was read; None: no timeout
+    expires_at: float | None = None  # when it times out if it keeps running; None: it is not
     from_snapshot: str = ""  # the machine snapshot it continues from (its id)
+
+
+class ExtendRequest(Request):
+    seconds: float = Field(
+        gt=0, le=MAX_TIMEOUT, description="seconds of running added to its time left"
+    )
 
 
 class Rejected(View):

@@ -125,6 +125,16 @@ async def stop_machine(
     return await _view(ctl, m, s.project)
 
 
+@router.post("/v1/machines/{ref}/extend")
+async def extend_machine(
+    ctl: Ctl, s: Scoped, ref: str, body: wire.ExtendRequest
+) -> wire.MachineView:
+    """More time for a machine run with a timeout: `seconds` of running added to its time
+    left (409 if it has no timeout, or has ended)."""
+    m = await ctl.machines.extend(s.caller, s.project, ref, body.seconds)
+    return await _view(ctl, m, s.project)
+
+
 @router.post("/v1/machines/{ref}/kill")
 async def kill_machine(
     ctl: Ctl, s: Scoped, ref: str, body: wire.KillRequest | None = None

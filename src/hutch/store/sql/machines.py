@@ -18,6 +18,7 @@ from hutch.model.machine import (
     Machine,
     MachineSpec,
     MachineState,
+    OnTimeout,
     RestartPolicy,
     Strategy,
     VolumeAttach,
@@ -219,6 +220,20 @@ class SqlMachines(Repo):
             found[str(image)].add(str(node_id))
         return found
 
+    async def expired(self, now: float, limit: int) -> builtins.list[Machine]:
+        m = t.machines
+        stmt = (
+            sa.select(m)
+            .where(
+                m.c.expires_at <= now,
+                m.c.state == MachineState.RUNNING.value,
+                m.c.desired == Desired.RUNNING.value,
+            )
+            .order_by(m.c.expires_at, m.c.id)
+            .limit(limit)
+        )
+        return [_to_machine(r) for r in await self._c.execute(stmt)]
+
     async def purge(self, destroyed_before: float, limit: int) -> int:
         """In three statements: the ids (on PostgreSQL locked, skipping rows another
         transaction holds), their events, the rows. Destroyed machines' rows change no more, so
@@ -282,6 +297,8 @@ def _machine_values(m: Machine) -> dict[str, Any]:
             {"volume": v.volume, "target": v.target, "read_only": v.read_only, "name": v.name}
             for v in s.volumes
         ],
+        "timeout_s": s.timeout_s,
+        "on_timeout": s.on_timeout.value,
         "state": m.state.value,
         "desired": m.desired.value,
         "updated_at": m.updated_at,
@@ -298,6 +315,10 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "start_after": m.start_after,
         "image_digest": m.image_digest,
         "image_source": m.image_source,
+        "ran_s": m.ran_s,
+        "running_since": m.running_since,
+        "extended_s": m.extended_s,
+        "expires_at": m.expires_at,
     }
 
 
@@ -318,6 +339,7 @@ def _to_machine(r: Row[Any]) -> Machine:
         rows=r.tty_rows,
         cols=r.tty_cols,
         volumes=tuple(VolumeAttach(**v) for v in r.volumes),
+        on_timeout=OnTimeout(r.on_timeout),
     )
     return from_row(Machine, r, spec=spec, state=MachineState(r.state), desired=Desired(r.desired))
 

@@ -1,0 +1,137 @@
+"""Machines' timeouts over the real store (SQLite and PostgreSQL), as the leader acts on them
+(`Machines.time_out`): the deadline is in the store, so a controller that was down when it
+passed acts on it once it is back, once, with an event that says why."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from hutch import config
+from hutch.controller import Controller, build_controller
+from hutch.model.machine import Desired, Machine, MachineState, OnTimeout, Report
+from hutch.model.tenancy import Principal, Role
+from hutch.placement import need
+from hutch.services.machines import request_of
+from tests.store import factories as f
+from tests.store.postgres import postgres, postgres_url
+
+__all__ = ["postgres", "postgres_url"]  # fixtures, imported for pytest
+
+S = MachineState
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> config.Settings:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    return config.load(
+        state_dir=tmp_path, database_url=url, join_secret="j" * 32, controller_secret="c" * 32
+    )
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[list[Controller]]:
+    """Controllers a test builds, closed at its end."""
+    built: list[Controller] = []
+    yield built
+    for ctl in built:
+        await ctl.link.close()
+        await ctl.store.close()
+
+
+async def _controller(settings: config.Settings, opened: list[Controller]) -> Controller:
+    ctl = build_controller(settings)
+    await ctl.store.open()
+    opened.append(ctl)
+    return ctl
+
+
+@pytest.mark.parametrize(
+    ("action", "state", "desired"),
+    [
+        (OnTimeout.STOP, S.STOPPING, Desired.STOPPED),
+        (OnTimeout.DESTROY, S.STOPPING, Desired.DESTROYED),
+        # Still running until its node reports it suspended (and its clock stops then).
+        (OnTimeout.SUSPEND, S.RUNNING, Desired.SUSPENDED),
+    ],
+)
+async def test_a_timeout_that_passed_while_the_controller_was_down_is_acted_on_once(
+    settings: config.Settings,
+    opened: list[Controller],
+    action: OnTimeout,
+    state: MachineState,
+    desired: Desired,
+) -> None:
+    first = await _controller(settings, opened)
+    p, node = f.project(), f.node()
+    m = f.machine(p.id, timeout_s=2.0, on_timeout=action, state=S.STARTING, node_id=node.id)
+    m = replace(m, generation=1)
+    async with first.store.write() as tx:
+        await tx.projects.create(p)
+        await tx.nodes.create(node, "credential-hash")
+        await tx.machines.create(m)
+    began = time.time()
+    running = await first.machines.report(node, m.id, Report(1, S.RUNNING, began))
+    assert running.expires_at is not None
+    assert began + 2.0 <= running.expires_at <= time.time() + 2.0
+    assert await first.machines.time_out(time.time()) == 0  # not yet
+    await first.store.close()  # the controller goes down; the machine runs on its node
+
+    again = await _controller(settings, opened)  # back 3 s later: its time is up
+    async with again.store.read() as tx:
+        revision = await tx.nodes.revision(node.id)
+    assert await again.machines.time_out(time.time() + 3.0) == 1
+    assert await again.machines.time_out(time.time() + 3.0) == 0  # acted on once
+    async with again.store.read() as tx:
+        got = await tx.machines.by_id(m.id)
+        events = await tx.events.since(p.id, 0)
+        told = await tx.nodes.revision(node.id)
+    assert (got.state, got.desired) == (state, desired)
+    assert events[-1].message == f"timed out after 2s: {action.done}"
+    assert told > revision  # its node hears of it
+
+
+async def test_suspended_time_does_not_count_and_a_failed_suspend_at_the_timeout_stops(
+    settings: config.Settings, opened: list[Controller]
+) -> None:
+    ctl = await _controller(settings, opened)
+    p, node = f.project(), f.node()
+    m = f.machine(p.id, timeout_s=1.0, on_timeout=OnTimeout.SUSPEND, state=S.STARTING)
+    m = replace(m, generation=1, node_id=node.id)
+    node = replace(node, allocated=need(request_of(m.spec), node))  # it holds its share
+    async with ctl.store.write() as tx:
+        await tx.projects.create(p)
+        await tx.nodes.create(node, "credential-hash")
+        await tx.machines.create(m)
+    member = Principal("t-1", p.id, Role.MEMBER)
+
+    async def said(state: MachineState, resumed: bool = False, error: str = "") -> Machine:
+        report = Report(1, state, time.time(), error=error, resumed=resumed)
+        return await ctl.machines.report(node, m.id, report)
+
+    await said(S.RUNNING)
+    await asyncio.sleep(0.3)  # it runs 0.3 s of its 1 s
+    await ctl.machines.suspend(member, p, m.id)
+    suspended = await said(S.SUSPENDED)
+    assert suspended.expires_at is None and 0.3 <= suspended.ran_s < 0.6
+    await asyncio.sleep(1.0)  # suspended longer than its whole timeout: the clock stands
+    assert await ctl.machines.time_out(time.time()) == 0
+    await ctl.machines.resume(member, p, m.id)
+    resumed = await said(S.RUNNING, resumed=True)
+    assert 0.4 < (resumed.time_left(time.time()) or 0) <= 0.7
+    assert await ctl.machines.time_out(time.time()) == 0
+
+    await asyncio.sleep(0.8)  # now its time is up: suspended, as it says
+    assert await ctl.machines.time_out(time.time()) == 1
+    # Its node could not suspend it: it does not run on past its lifetime, it is stopped.
+    failed = await said(S.RUNNING, error="not suspended: migration failed")
+    assert (failed.state, failed.desired) == (S.STOPPING, Desired.STOPPED)
+    async with ctl.store.read() as tx:
+        messages = [e.message for e in await tx.events.since(p.id, 0)]
+    assert messages[-2:] == [
+        "timed out after 1s: suspended",
+        "timed out after 1s: not suspended: migration failed; stopped",
+    ]
