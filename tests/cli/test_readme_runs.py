@@ -224,10 +224,18 @@ def test_the_suspend_block_runs_as_written(sh: Shell) -> None:
             assert ok(sh("hutch exec warm -- pidof sleep"), "pidof") == sleeper
         elif command == "hutch snapshot create warm --name tmpl":
             assert out == "tmpl\n"
+            ok(sh("hutch snapshot create warm --name spare"), "snapshot create")
         elif command == "hutch exec copy1 -- hostname":
             assert out == json.loads(ok(sh("hutch inspect copy1"), "inspect"))["id"] + "\n"
         elif command == "hutch snapshot ls":
-            assert re.search(r"^tmpl\s+s-\w+\s+busybox\s", out.splitlines()[1]), out
+            assert re.search(r"^tmpl\s+s-\w+\s+busybox\s", out, re.M), out
+        elif command.startswith("hutch snapshot rm tmpl"):
+            assert out == "tmpl\n"
+    # Several at once, as `hutch rm` takes them: each printed once deleted, up to one not found.
+    several = sh("hutch snapshot rm spare nosuch")
+    assert (several.returncode, several.stdout) == (125, "spare\n"), several.stderr
+    assert several.stderr.startswith("hutch: no snapshot 'nosuch' in project "), several.stderr
+    assert several.stderr.count("\n") == 1, several.stderr
     assert "tmpl" not in ok(sh("hutch snapshot ls"), "snapshot ls")
     assert len(commands) == 9, commands
 

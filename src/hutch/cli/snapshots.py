@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from hutch.cli.remote import OutputOpt, act, connect, fields, listed, progress, show, when
+from hutch.cli.remote import OutputOpt, connect, each, fields, listed, progress, show, when
 from hutch.model.units import format_bytes
 
 app = typer.Typer(
@@ -53,6 +53,10 @@ def inspect(ref: SnapshotRef, output: OutputOpt = "json") -> None:
 
 
 @app.command("rm")
-def rm(ref: SnapshotRef) -> None:
-    """Delete a snapshot (refused while machines continue from it)."""
-    act(lambda client: client.snapshots.delete(ref), f"snapshot {ref} is deleted")
+def rm(
+    refs: Annotated[
+        list[str], typer.Argument(metavar="SNAPSHOT...", help="Snapshots' names or ids.")
+    ],
+) -> None:
+    """Delete snapshots (refused while machines continue from one); print each once deleted."""
+    each(lambda client, ref: client.snapshots.delete(ref), refs)
