@@ -51,7 +51,9 @@ async def test_qemu_runs_confined(microvm: SandboxDriver, busybox_root: Prepared
     # nothing else of the host; its stderr is a pipe to the copier that caps its log
     uid = status["Uid"].split()[0]
     disk = Path(str(busybox_root.disk)).name
-    assert {Path(f).name for f in files} == {disk, "scratch", "exit", f"vm-{uid}", "null", uid}
+    ram = Path((await microvm.inspect("sb")).details["memory"]).name  # vm-UID-...
+    assert ram.startswith(f"vm-{uid}-")
+    assert {Path(f).name for f in files} == {disk, "scratch", "exit", ram, "null", uid}
     assert os.readlink(f"/proc/{pid}/fd/2").startswith("pipe:")
     lease = next(fd for f, fd in files.items() if Path(f).name == uid)
     flags = Path(f"/proc/{pid}/fdinfo/{lease}").read_text().split()[3]

@@ -201,3 +201,24 @@ async def test_containers_cannot_suspend_or_snapshot(
     with pytest.raises(Unsupported, match="micro-VMs can"):
         await container.snapshot(SB, Path("/nonexistent"))
     assert (await container.inspect(SB)).state is SandboxState.RUNNING
+
+
+async def test_a_vm_on_the_uid_of_one_that_ended_keeps_its_ram_file(
+    busybox_root: PreparedRoot, short_dir: Path
+) -> None:
+    """A QEMU's uid is free once it exits, its sandbox's RAM file goes when the sandbox is
+    destroyed: destroying the ended one must not take the RAM of the next VM on that uid (which
+    could then never be suspended). A uid range of this test's own, so both take its first."""
+    async for driver in driver_in(short_dir / "state", "microvm", vm_uid_base=1_400_000):
+        await driver.create(make_spec(busybox_root, "/bin/sleep", "600", sandbox_id="ended"))
+        await driver.start("ended")
+        os.kill(int(driver._get("ended").record.pid), signal.SIGKILL)
+        await driver.wait("ended", timeout=60)
+        await driver.create(make_spec(busybox_root, "/bin/sleep", "600", sandbox_id="next"))
+        await driver.start("next")
+        ended, after = driver._get("ended").record, driver._get("next").record
+        assert ended.details["uid"] == after.details["uid"] == "1400000"
+        await driver.destroy("ended")
+        assert Path(after.details["memory"]).exists()
+        await driver.suspend("next")
+        assert (await driver.inspect("next")).state is SandboxState.SUSPENDED

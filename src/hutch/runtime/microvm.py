@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
 import logging
 import os
 import shutil
@@ -331,7 +332,7 @@ class MicroVMBackend:
                 create_exit_disk(sdir.file(EXIT_FILE))
             lease = self._uids.take()
             if not clone:
-                ram = await asyncio.to_thread(self._ram_file, lease.id, saved, cgroup)
+                ram = await asyncio.to_thread(self._ram_file, lease.id, sdir.path, saved, cgroup)
         except (HutchError, OSError):
             if saved is None or clone:
                 disk.unlink(missing_ok=True)
@@ -432,12 +433,12 @@ class MicroVMBackend:
             await self._incoming(record, sdir, ref, saved / snapfiles.STATE, clone)
         return ref
 
-    def _ram_file(self, uid: int, saved: Path | None, cgroup: Cgroup) -> Path:
-        """The guest's RAM file on the host's tmpfs (named by its QEMU's uid, unique while that
-        QEMU lives): empty for a boot or for a stream that carries the RAM, else the saved RAM,
-        copied by a process in the VM's cgroup (tmpfs pages are charged to their writer's)."""
+    def _ram_file(self, uid: int, home: Path, saved: Path | None, cgroup: Cgroup) -> Path:
+        """The guest's RAM file on the host's tmpfs (see _ram_path): empty for a boot or for a
+        stream that carries the RAM, else the saved RAM, copied by a process in the VM's cgroup
+        (tmpfs pages are charged to their writer's)."""
         self.opts.memory_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        ram = self._ram_path(uid)
+        ram = self._ram_path(uid, home)
         ram.unlink(missing_ok=True)  # a leftover of a QEMU that died with its host process
         os.close(os.open(ram, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         source = saved / snapfiles.MEMORY if saved is not None else None
@@ -454,8 +455,12 @@ class MicroVMBackend:
                 raise OSError(f"copying the guest's RAM back: {copied.stderr.strip()}")
         return ram
 
-    def _ram_path(self, uid: int) -> Path:
-        return self.opts.memory_dir / f"vm-{uid}"
+    def _ram_path(self, uid: int, home: Path) -> Path:
+        """Named by its QEMU's uid and its sandbox directory: a uid is free again once its QEMU
+        died, before that sandbox (of this or another hutch process) is destroyed and removes
+        its RAM file, which must not be the file of the next VM on that uid."""
+        digest = hashlib.sha256(os.fsencode(home)).hexdigest()[:16]
+        return self.opts.memory_dir / f"vm-{uid}-{digest}"
 
     @staticmethod
     def _remove_ram(record: SandboxRecord) -> None:
@@ -658,7 +663,9 @@ class MicroVMBackend:
             holder.owner.kill(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(holder.owner.wait(), 10)
-            self._ram_path(holder.id).unlink(missing_ok=True)  # tmpfs: memory until removed
+            self._ram_path(holder.id, holder.home).unlink(
+                missing_ok=True
+            )  # tmpfs: memory until removed
             # Only if empty: a sandbox of the same id under another state directory may live.
             Cgroup(self._layout, self.opts.host.cgroup_parent, holder.home.name).prune()
             ended.append(holder.home.name)
