@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from hutch.client import AsyncClient, Client
-from hutch.client.errors import ApiError, Conflict, Invalid, NotFound
+from hutch.client.errors import ApiError, Conflict, Invalid, NotFound, QuotaExceeded
 from hutch.wire.machines import MachineView
 from tests.controller import Controller, controller, new_project
 
@@ -89,7 +89,9 @@ async def test_suspend_and_resume(
     assert _memory_allocated(controller, warm.node) == held
 
 
-def test_snapshot_and_clones(owner: Client, warm: MachineView, other: Client) -> None:
+def test_snapshot_and_clones(
+    controller: Controller, owner: Client, warm: MachineView, other: Client
+) -> None:
     client = owner
     pid, _ = _state_of(client, "warm")
     with pytest.raises(NotFound):
@@ -97,6 +99,15 @@ def test_snapshot_and_clones(owner: Client, warm: MachineView, other: Client) ->
     snap = client.snapshots.create("warm", "tmpl")
     assert (snap.name, snap.state, snap.node_id, snap.clones) == ("tmpl", "ready", warm.node, [])
     assert snap.size_bytes > 0
+    # Each snapshot holds the machine's memory and disk on its node: within snapshot_gib.
+    assert client.projects.quota().usage.snapshot_gib == snap.size_bytes / (1 << 30)
+    with controller.client(None) as admin:
+        admin.projects.set_quota(client.project, snapshot_gib=0)
+        try:
+            with pytest.raises(QuotaExceeded, match="snapshot_gib"):
+                client.snapshots.create("warm", "over")
+        finally:
+            admin.projects.set_quota(client.project)
     with pytest.raises(NotFound):
         other.machines.run(from_snapshot="tmpl")
     with pytest.raises(Invalid, match="cpus 1, not 2"):

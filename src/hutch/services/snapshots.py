@@ -20,6 +20,7 @@ from hutch.services.ids import new_id
 from hutch.services.nodelink import NodeLink
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
+from hutch.services.volumes import within_quota
 from hutch.store.base import NewEvent, Store, Tx
 
 
@@ -61,7 +62,7 @@ class Snapshots:
             else time.strftime("s-%Y%m%d-%H%M%S", time.gmtime())
         )
         async with self.store.write() as tx:
-            await tx.projects.lock(project.id)
+            locked = await tx.projects.lock(project.id)
             with missing(f"no machine {machine!r} in project {project.name}"):
                 m = await tx.machines.get(project.id, machine)
             check_suspendable(m.spec.runtime, "snapshotted")
@@ -76,6 +77,10 @@ class Snapshots:
                     "machine is snapshotted"
                 )
             assert m.node_id is not None  # it runs
+            # Its node's disk holds it: counted in snapshot_gib, at the most it may take.
+            _, total = await tx.volumes.totals(project.id)
+            most = (m.spec.memory_mib + m.spec.disk_mib) << 20
+            within_quota(locked, "snapshot_gib", total + most)
             node = await tx.nodes.get(m.node_id)
             nics = (await tx.networks.addresses([m.id])).get(m.id, [])
             spec = m.spec
