@@ -68,6 +68,7 @@ async def test_suspend_and_resume(
     assert warm.node is not None
     pid, count = _state_of(client, "warm")
     held = _memory_allocated(controller, warm.node)
+    disk = client.projects.quota().usage.disk_mib
 
     for attempt in (other.machines.suspend, other.machines.resume):
         with pytest.raises(NotFound):
@@ -79,10 +80,26 @@ async def test_suspend_and_resume(
     assert gave_back > warm.memory_mib, gave_back  # its memory and the VM's overhead
     with pytest.raises(Invalid, match="suspended, not running"):
         client.machines.exec("warm", ["true"])
+    # Its memory is saved on its node's disk: the project's disk holds it until it resumes.
+    on_disk = disk + warm.memory_mib
+    assert client.projects.quota().usage.disk_mib == on_disk
+    with controller.client(None) as admin:
+        admin.projects.set_quota(client.project, disk_mib=on_disk)
+        try:
+            with pytest.raises(QuotaExceeded, match="disk"):
+                client.machines.create("busybox", disk_mib=warm.memory_mib, start=False)
 
-    async with AsyncClient(controller.url, controller.token, project=client.project) as aclient:
-        resumed = await aclient.machines.resume("warm", wait=True, timeout=120)
-    assert resumed.state == "running"
+            async with AsyncClient(
+                controller.url, controller.token, project=client.project
+            ) as aclient:
+                resumed = await aclient.machines.resume("warm", wait=True, timeout=120)
+            assert resumed.state == "running"
+            # Resumed, its memory is memory again: the same machine fits in the disk quota.
+            client.machines.delete(
+                client.machines.create("busybox", disk_mib=warm.memory_mib, start=False)
+            )
+        finally:
+            admin.projects.set_quota(client.project)
     time.sleep(0.5)
     after = _state_of(client, "warm")
     assert after[0] == pid and after[1] > count, (pid, count, after)  # the same process, on
