@@ -89,12 +89,15 @@ async def test_suspend_and_resume(
             with pytest.raises(QuotaExceeded, match="disk"):
                 client.machines.create("busybox", disk_mib=warm.memory_mib, start=False)
 
+            # It resumes within a disk quota that its saved memory alone is over.
+            admin.projects.set_quota(client.project, disk_mib=disk)
             async with AsyncClient(
                 controller.url, controller.token, project=client.project
             ) as aclient:
                 resumed = await aclient.machines.resume("warm", wait=True, timeout=120)
             assert resumed.state == "running"
             # Resumed, its memory is memory again: the same machine fits in the disk quota.
+            admin.projects.set_quota(client.project, disk_mib=on_disk)
             client.machines.delete(
                 client.machines.create("busybox", disk_mib=warm.memory_mib, start=False)
             )
