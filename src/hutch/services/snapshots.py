@@ -5,6 +5,7 @@ continue from one there (`MachineSpec.from_snapshot`, placed on its node by `pin
 A snapshot is written down first (`creating`, so its name is taken), then taken by the node,
 then written down `ready` with its size; a node's refusal removes the row. One that clones
 continue from is not deleted (they start from it again at every restart); its machine may be.
+Nor is one being taken: its node would finish it after the delete, and keep it for good.
 """
 
 import builtins
@@ -22,6 +23,10 @@ from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
 from hutch.services.volumes import within_quota
 from hutch.store.base import NewEvent, Store, Tx
+
+# Longer than a node takes a snapshot: one `creating` for longer was left by a controller that
+# died while its node took it, and may be deleted.
+TAKE_MAX_S = 3600.0
 
 
 class Snapshots:
@@ -115,6 +120,8 @@ class Snapshots:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         async with self.store.read() as tx:
             snap = await _snapshot(tx, project, ref)
+            if snap.state is SnapshotState.CREATING and time.time() - snap.created_at < TAKE_MAX_S:
+                raise Conflict(f"snapshot {snap.name} is being taken: delete it once it is ready")
             if clones := await tx.snapshots.clones(snap.id):
                 raise Conflict(
                     f"snapshot {snap.name} is what machine(s) {', '.join(clones)} continue from "
