@@ -273,8 +273,8 @@ async def test_freeze_blocks_writers_until_thawed_or_until_it_lapses(
     if rt.name == "container":  # the process that would thaw it is gone with this one
         rt.driver.backend._thaw_watchdogs.clear()  # type: ignore[attr-defined]
     proc = await rt.driver.exec(spec.id, writer)
-    status, out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert (status.code, out) == (0, b"written\n")
+    status, out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert (status.code, out) == (0, b"written\n"), (status, err)
     await rt.driver.destroy(spec.id, force=True)  # while it runs, its volume written
     assert not needs_recovery(disk)
     code, out_ro, err = await rt.run(
