@@ -47,11 +47,11 @@ async def test_qemu_runs_confined(microvm: SandboxDriver, busybox_root: Prepared
         for fd in os.listdir(f"/proc/{pid}/fd")
         if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/")
     }
-    # its disks (root, scratch, exit), /dev/null and the lease on its uid: nothing else of the
-    # host; its stderr is a pipe to the copier that caps its log
+    # its disks (root, scratch, exit), its RAM file, /dev/null and the lease on its uid:
+    # nothing else of the host; its stderr is a pipe to the copier that caps its log
     uid = status["Uid"].split()[0]
     disk = Path(str(busybox_root.disk)).name
-    assert {Path(f).name for f in files} == {disk, "scratch", "exit", "null", uid}
+    assert {Path(f).name for f in files} == {disk, "scratch", "exit", f"vm-{uid}", "null", uid}
     assert os.readlink(f"/proc/{pid}/fd/2").startswith("pipe:")
     lease = next(fd for f, fd in files.items() if Path(f).name == uid)
     flags = Path(f"/proc/{pid}/fdinfo/{lease}").read_text().split()[3]

@@ -260,3 +260,40 @@ async def test_a_node_without_networking_refuses_networked_sandboxes_alike(
         await driver.start("sb")
         out, _ = await output(driver, "sb")
         assert out == b"up\n"
+
+
+async def test_a_clone_of_a_snapshot_takes_its_own_address_and_mac(
+    topo: Topology, busybox_root: PreparedRoot, short_dir: Path
+) -> None:
+    """The snapshot's guest had the original's MAC and addresses: a clone sets its own before
+    its workload continues, so the node's anti-spoofing lets it through, and it answers at its
+    own address."""
+    net = NodeNetwork(NetworkOptions(state_dir=short_dir / "net", netns=topo.node_path))
+    driver = open_driver(settings_for(short_dir / "state"), "microvm", network=net)
+    try:
+        await driver.create(spec(busybox_root, "orig", 5, 2, "echo up; sleep 600"))
+        await driver.start("orig")
+        await wait_for_line(driver, "orig", b"up")
+        await driver.snapshot("orig", short_dir / "snap")
+        clone = spec(busybox_root, "clone", 5, 3, "true")
+        await driver.create(dataclasses.replace(clone, restore_from=str(short_dir / "snap")))
+        await driver.start("clone")
+        script = (
+            "cat /sys/class/net/eth0/address; hostname; grep clone /etc/hosts | cut -f1; "
+            + ping("orig", "10.77.5.2")
+        )
+        proc = await driver.exec("clone", ProcessSpec(args=("/bin/sh", "-c", script)))
+        _, out, _ = await proc.communicate()
+        assert out.decode().split() == [
+            "02:00:00:00:05:03", "clone", "10.77.5.3", "fd77:0:0:5::3", "orig"
+        ]  # fmt: skip
+        proc = await driver.exec(
+            "orig", ProcessSpec(args=("/bin/sh", "-c", ping("clone", "10.77.5.3")))
+        )
+        _, out, _ = await proc.communicate()
+        assert out.decode().split() == ["clone"]
+    finally:
+        for info in await driver.sandboxes():
+            await driver.destroy(info.id, force=True)
+        await driver.close()
+        net.reconcile([])

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import os
 import struct
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -29,6 +30,10 @@ class T(IntEnum):
     RESIZE = 7
     FREEZE = 8  # payload: a mount point in the guest; answered by FS_DONE of the same id
     THAW = 9
+    CLOCK = 10  # payload: u64 ns since the epoch: the guest sets CLOCK_REALTIME to it
+    PAUSE = 11  # SIGSTOP every process but the guest agent; answered by FS_DONE of the same id
+    CONTINUE = 12  # SIGCONT them (the guest agent does so itself after FREEZE_MAX_MS)
+    IDENTITY = 13  # a clone's own identity (encode_identity); answered by FS_DONE
     STARTED = 17
     STDOUT = 18
     STDERR = 19
@@ -49,6 +54,35 @@ class _Tag(IntEnum):
     HOSTNAME = 8
     TTY = 9
     WINSIZE = 10
+
+
+class _Id(IntEnum):
+    HOSTNAME = 1
+    MACHINE_ID = 2  # 32 lowercase hex digits, written to /etc/machine-id if the image has /etc
+    ENTROPY = 3  # bytes the guest credits to its random pool (RNDADDENTROPY) and reseeds from
+    MAC = 4  # u8 NIC index (eth<i>) + 6 bytes
+    NET = 5  # eth0's addresses, routes, resolv.conf, hosts: the boot's flags (wiring.py)
+
+
+def encode_identity(
+    hostname: str, machine_id: str, entropy: bytes, macs: tuple[str, ...], net: str
+) -> bytes:
+    """IDENTITY's payload: a clone's hostname, machine-id, entropy, NIC MACs and network."""
+    out = bytearray()
+
+    def rec(tag: _Id, value: bytes) -> None:
+        out.extend(struct.pack(">BI", tag, len(value)))
+        out.extend(value)
+
+    if hostname:
+        rec(_Id.HOSTNAME, hostname.encode())
+    rec(_Id.MACHINE_ID, machine_id.encode())
+    rec(_Id.ENTROPY, entropy)
+    for index, mac in enumerate(macs):
+        rec(_Id.MAC, bytes([index]) + bytes.fromhex(mac.replace(":", "")))
+    if net:
+        rec(_Id.NET, net.encode())
+    return bytes(out)
 
 
 class ProtocolError(Exception):
@@ -105,6 +139,11 @@ def encode_process(spec: ProcessSpec, hostname: str = "") -> bytes:
 def encode_size(rows: int, cols: int) -> bytes:
     """A terminal size as WINSIZE and RESIZE carry it (each clamped to 16 bits)."""
     return struct.pack(">HH", min(max(rows, 0), 0xFFFF), min(max(cols, 0), 0xFFFF))
+
+
+def encode_clock() -> bytes:
+    """This host's time now, as CLOCK carries it."""
+    return struct.pack(">Q", time.time_ns())
 
 
 def decode_exit(payload: bytes) -> tuple[int, int, bool]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hutch.model import machine as model_machine
-from hutch.model.errors import Invalid, Unavailable
+from hutch.model.errors import Invalid, Unavailable, Unsupported
 from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats
 from hutch.runtime import host, mounts, scratch, seccomp, volumes
 from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
@@ -463,6 +463,25 @@ class ContainerBackend:
         if rc != 0 and ref is not None:
             ref.kill(signal.SIGKILL)
 
+    # A container's memory is its processes': there is nothing to save it from (capabilities
+    # say so; the driver refuses before these are reached).
+    async def save(
+        self, record: SandboxRecord, sdir: SandboxDir, dest: Path, with_scratch: bool
+    ) -> None:
+        raise _no_snapshots()
+
+    async def restore(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> ProcessRef:
+        raise _no_snapshots()
+
+    async def cont(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        raise _no_snapshots()
+
+    async def release(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        raise _no_snapshots()
+
+    def guest_net(self, spec: SandboxSpec) -> str:
+        return ""  # the node configures a container's network itself
+
     async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         await self._crun("delete", "--force", record.spec.id)
         for target in (
@@ -524,6 +543,10 @@ class ContainerBackend:
 
     def stats(self, record: SandboxRecord) -> Stats:
         return Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).stats()
+
+
+def _no_snapshots() -> Unsupported:
+    return Unsupported("the container runtime cannot suspend, snapshot or restore; micro-VMs can")
 
 
 def _bind(target: str, source: Path, options: list[str]) -> dict[str, Any]:

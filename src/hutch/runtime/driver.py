@@ -8,13 +8,17 @@ part is a `Backend` (QEMU micro-VM or crun container); the rest is `SandboxDrive
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal as _signal
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hutch.model.errors import Conflict, HutchError, NotFound
+from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unsupported
 from hutch.model.sandbox import (
     Capabilities,
     ExitStatus,
@@ -27,7 +31,8 @@ from hutch.model.sandbox import (
     Stats,
     validate_sandbox_id,
 )
-from hutch.runtime import volumes
+from hutch.runtime import snapfiles, volumes
+from hutch.runtime.channel import T, encode_clock, encode_identity
 from hutch.runtime.logs import follow_log, read_log
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord, check_state_root
@@ -35,6 +40,7 @@ from hutch.runtime.supervisor import ExecProcess, ProcessInput, Supervisor, Time
 
 log = logging.getLogger(__name__)
 
+SUSPEND_DIR = "suspend"  # in the sandbox's directory: its saved memory and device state
 KILL_GRACE = 5.0  # after SIGKILL through the guest agent, before the sandbox itself is killed
 POWER_OFF_GRACE = 3.0  # for an ended sandbox to go by itself before destroy kills it
 SETTLE_TIMEOUT = 2.0  # for a guest to freeze a volume before destroy kills it
@@ -187,6 +193,29 @@ class Backend(Protocol):
         """Freeze or thaw volume `index`'s file system from the node; False if only the guest
         agent can (the node has no mount of it)."""
 
+    # Suspend, resume and snapshots (Unsupported unless capabilities say so):
+
+    async def save(
+        self, record: SandboxRecord, sdir: SandboxDir, dest: Path, with_scratch: bool
+    ) -> None:
+        """Pause the sandbox and save it into the new directory `dest` (with `with_scratch`, a
+        copy of its scratch disk too); it stays paused. On failure or cancellation it runs on
+        and `dest` is gone."""
+
+    async def cont(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """Let the paused sandbox run."""
+
+    async def restore(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> ProcessRef:
+        """Start the suspended sandbox again, paused, from what `save` put in `saved` (its
+        disks are where they were). On failure, raise with nothing new left."""
+
+    async def release(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """What cleanup removes except the disks, for a sandbox whose process ended because it
+        was suspended."""
+
+    def guest_net(self, spec: SandboxSpec) -> str:
+        """How the guest agent configures the sandbox's network (a clone, again, as its own)."""
+
 
 @dataclass(frozen=True, slots=True)
 class DriverOptions:
@@ -206,6 +235,8 @@ class SandboxDriver:
         self._options = options
         self._root = check_state_root(options.state_dir / backend.name)
         self._sups: dict[str, Supervisor] = {}
+        self._suspends: dict[str, _Suspend] = {}  # suspends under way
+        self._snapshots: set[str] = set()  # sandboxes being snapshotted
 
     def capabilities(self) -> Capabilities:
         return self.backend.capabilities()
@@ -232,6 +263,9 @@ class SandboxDriver:
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         self.backend.capabilities().check(spec.resources)
         self.backend.validate(spec)
+        if spec.restore_from:
+            self._can("restore a snapshot", self.capabilities().snapshot)
+            snapfiles.check_restore(spec)
         sdir = SandboxDir(self._root, spec.id)
         sdir.create()
         sdir.try_lock()
@@ -259,8 +293,29 @@ class SandboxDriver:
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
         sup = self._get(sandbox_id)
-        await sup.start()
-        return sup.record.info()
+        if not sup.record.spec.restore_from:
+            await sup.start()
+            return sup.record.info()
+        record = sup.record
+        if record.state is not SandboxState.CREATED:
+            raise Conflict(f"sandbox {sandbox_id} is {record.state}, not created")
+        # A clone: its guest waits, paused, where the snapshot left it, its workload stopped.
+        record.state = SandboxState.RUNNING
+        record.started_at = time.time()
+        sup.dir.save(record)
+        spec = record.spec
+        await sup.send(T.CLOCK, 0, encode_clock())
+        identity = encode_identity(
+            spec.hostname or spec.id,
+            uuid.uuid4().hex,
+            os.urandom(64),
+            tuple(att.mac for att in spec.networks),
+            self.backend.guest_net(spec),
+        )
+        await self.backend.cont(record, sup.dir)
+        await sup.ask(T.IDENTITY, identity, self._options.timeouts.answer, "take its identity")
+        await sup.send(T.CONTINUE, 0)
+        return record.info()
 
     async def signal(self, sandbox_id: str, sig: int) -> None:
         await self._get(sandbox_id).signal_main(sig)
@@ -276,6 +331,12 @@ class SandboxDriver:
         if record.state is SandboxState.CREATED:
             await sup.terminate("stopped before it was started")
             return await sup.wait(KILL_GRACE * 2)
+        if record.state is SandboxState.SUSPENDED:
+            # Nothing runs to be signalled: its saved state is dropped, as a kill would.
+            shutil.rmtree(sup.dir.file(SUSPEND_DIR), ignore_errors=True)
+            status = ExitStatus(128 + _signal.SIGKILL, _signal.SIGKILL)
+            sup.record_exit(status, failed=False)
+            return status
         with contextlib.suppress(Conflict):
             await sup.signal_main(sig or record.spec.stop_signal)
         with contextlib.suppress(TimeoutError):
@@ -398,6 +459,8 @@ class SandboxDriver:
 
     async def stats(self, sandbox_id: str) -> Stats:
         sup = self._get(sandbox_id)
+        if sup.record.state is SandboxState.SUSPENDED:
+            raise Conflict(f"sandbox {sandbox_id} is suspended: no stats")
         if sup.finished and not (sup.record.process and sup.record.process.alive()):
             raise Conflict(f"sandbox {sandbox_id} is {sup.record.state}: no stats")
         return self.backend.stats(sup.record)
@@ -447,7 +510,15 @@ class SandboxDriver:
                 continue
             sup = self._supervisor(record, sdir)
             ref = record.process
-            if not record.finished and (ref is None or not ref.alive()):
+            if record.state is SandboxState.SUSPENDED:
+                if ref is not None:  # this process died between saving it and ending QEMU
+                    if ref.alive():
+                        await self.backend.terminate(record, sdir)
+                        await _wait_gone(ref, 15)
+                    await self.backend.release(record, sdir)
+                    record.pid = record.pid_start = 0
+                    sdir.save(record)
+            elif not record.finished and (ref is None or not ref.alive()):
                 saved = self.backend.saved_exit(record, sdir)  # before cleanup removes it
                 await self.backend.cleanup(record, sdir)
                 if saved is not None:  # it ended with no host process to tell, as it should
@@ -464,12 +535,139 @@ class SandboxDriver:
                         booting=record.state is SandboxState.CREATED,
                         extra=self.backend.side_tasks(record, sdir),
                     )
+                    if record.state is SandboxState.RUNNING and self.capabilities().suspend:
+                        # This process may have died with the guest paused (in the middle of a
+                        # suspend, resume or snapshot): it runs on.
+                        shutil.rmtree(sdir.file(SUSPEND_DIR), ignore_errors=True)
+                        try:
+                            await self.backend.cont(record, sdir)
+                        except Exception as e:  # it is watched: a death is seen and said
+                            log.warning("sandbox %s: continuing it: %s", record.spec.id, e)
                 except HutchError:
                     sdir.unlock()
                     continue
             self._sups[record.spec.id] = sup
             adopted.append(record.info())
         return adopted
+
+    def _can(self, what: str, flag: bool) -> None:
+        if not flag:
+            raise Unsupported(f"the {self.name} runtime cannot {what}; micro-VMs can")
+
+    async def suspend(self, sandbox_id: str) -> SandboxInfo:
+        sup = self._get(sandbox_id)
+        self._can("suspend", self.capabilities().suspend)
+        record = sup.record
+        if record.state is not SandboxState.RUNNING or sup.finished:
+            raise Conflict(f"sandbox {sandbox_id} is {record.state}, not running")
+        if sandbox_id in self._suspends or sandbox_id in self._snapshots:
+            what = "suspended" if sandbox_id in self._suspends else "snapshotted"
+            raise Conflict(f"sandbox {sandbox_id} is being {what}")
+        if any(not v.read_only for v in record.spec.volumes):
+            # QEMU must reopen a disk read-only at the end of a save, which it cannot do for a
+            # volume it locks against a second writer.
+            raise Invalid(f"sandbox {sandbox_id} has read-write volumes: it cannot be suspended")
+        saved = sup.dir.file(SUSPEND_DIR)
+        shutil.rmtree(saved, ignore_errors=True)  # what a crash mid-suspend left
+        job = asyncio.ensure_future(self.backend.save(record, sup.dir, saved, with_scratch=False))
+        pending = self._suspends[sandbox_id] = _Suspend(job)
+        try:
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                if not job.cancelled():
+                    raise  # our caller was cancelled: the suspend goes on, as shielded
+                raise Conflict(f"a resume of sandbox {sandbox_id} cancelled its suspend") from None
+            # Saved: from here on it is suspended, even if this process dies before QEMU ends
+            # (recover ends it then).
+            record.state = SandboxState.SUSPENDED
+            sup.dir.save(record)
+            await sup.detach()
+            ref = record.process
+            await self.backend.terminate(record, sup.dir)
+            if ref is not None:
+                await _wait_gone(ref, 15)
+            await self.backend.release(record, sup.dir)
+            record.pid = record.pid_start = 0
+            sup.dir.save(record)
+        finally:
+            del self._suspends[sandbox_id]
+            pending.over.set()
+        return record.info()
+
+    async def resume(self, sandbox_id: str) -> SandboxInfo:
+        sup = self._get(sandbox_id)
+        self._can("resume", self.capabilities().suspend)
+        pending = self._suspends.get(sandbox_id)
+        if pending is not None:
+            pending.job.cancel()
+            await asyncio.wait([pending.job])
+            if pending.job.cancelled() or pending.job.exception() is not None:
+                return sup.record.info()  # it runs on, never suspended
+            await pending.over.wait()  # saved before the cancel came: resume it
+        record = sup.record
+        if record.state is not SandboxState.SUSPENDED:
+            raise Conflict(f"sandbox {sandbox_id} is {record.state}, not suspended")
+        saved = sup.dir.file(SUSPEND_DIR)
+        ref = await self.backend.restore(record, sup.dir, saved)
+        record.pid, record.pid_start = ref.pid, ref.start_ticks
+        record.state = SandboxState.RUNNING
+        sup.dir.save(record)
+        try:
+            # The same supervisor: whoever waits for the sandbox's end or follows its log
+            # since before the suspend goes on waiting and following.
+            await sup.attach(booting=False, extra=self.backend.side_tasks(record, sup.dir))
+            # The guest's clock stood still while it was saved: set, before anything else runs.
+            await sup.send(T.CLOCK, 0, encode_clock())
+            await self.backend.cont(record, sup.dir)
+        except BaseException:
+            await sup.detach()
+            await self.backend.terminate(record, sup.dir)
+            await _wait_gone(ref, 15)
+            await self.backend.release(record, sup.dir)
+            record.state = SandboxState.SUSPENDED
+            record.pid = record.pid_start = 0
+            sup.dir.save(record)
+            raise
+        shutil.rmtree(saved, ignore_errors=True)
+        return record.info()
+
+    async def snapshot(self, sandbox_id: str, dest: Path) -> SnapshotFiles:
+        sup = self._get(sandbox_id)
+        self._can("snapshot", self.capabilities().snapshot)
+        record = sup.record
+        if record.state is not SandboxState.RUNNING or sup.finished:
+            raise Conflict(f"sandbox {sandbox_id} is {record.state}, not running")
+        if record.spec.volumes:
+            raise Invalid(
+                f"sandbox {sandbox_id} has volumes: a snapshot cannot hold their data; "
+                "snapshot the volumes themselves"
+            )
+        if sandbox_id in self._suspends or sandbox_id in self._snapshots:
+            what = "suspended" if sandbox_id in self._suspends else "snapshotted"
+            raise Conflict(f"sandbox {sandbox_id} is being {what}")
+        answer = self._options.timeouts.answer
+        self._snapshots.add(sandbox_id)
+        try:
+            if await asyncio.to_thread(os.path.lexists, dest):
+                raise Conflict(f"{dest} exists already")
+            # Its processes stop first: a clone continues them only once it is its own machine.
+            await sup.ask(T.PAUSE, b"", answer, "pause its workload")
+            try:
+                await self.backend.save(record, sup.dir, dest, with_scratch=True)
+                try:
+                    files = snapfiles.describe(dest, record.spec)
+                finally:
+                    await self.backend.cont(record, sup.dir)
+            except BaseException:
+                shutil.rmtree(dest, ignore_errors=True)
+                raise
+            finally:
+                with contextlib.suppress(Conflict):  # else it continues by itself soon
+                    await sup.send(T.CONTINUE, 0)
+        finally:
+            self._snapshots.discard(sandbox_id)
+        return files
 
     @contextlib.asynccontextmanager
     async def freeze(self, sandbox_id: str, targets: Sequence[str]) -> AsyncIterator[None]:
@@ -502,6 +700,12 @@ class SandboxDriver:
             await sup.detach()
             sup.dir.unlock()
         self._sups.clear()
+
+
+@dataclass(slots=True)
+class _Suspend:
+    job: "asyncio.Future[None]"  # the backend saving the sandbox (a resume cancels it)
+    over: asyncio.Event = field(default_factory=asyncio.Event)  # suspend() has returned
 
 
 async def _wait_gone(ref: ProcessRef, timeout: float) -> None:

@@ -13,20 +13,22 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
+import shutil
 import signal
 import struct
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ConnectError, QMPClient
 
 from hutch.model import machine as model_machine
 from hutch.model.errors import HutchError, Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats, Stream
-from hutch.runtime import host, scratch, volumes
+from hutch.runtime import host, scratch, snapfiles, volumes
 from hutch.runtime.accel import Accel
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.runtime.guest.build import GuestArtifacts
@@ -49,6 +51,10 @@ EXIT_FILE = "exit"
 EXIT_DISK_BYTES = 4096
 EXIT_MAGIC = b"HUTCHEXT"
 VM_UIDS = 65_536  # VMs at once on this host, each its QEMU's uid
+SOCKETS = ("agent.sock", "console.sock", "qmp.sock")  # QEMU makes them in the sandbox's dir
+QMP_CONNECT_TRIES = 300
+MIGRATION_TIMEOUT = 60.0  # for QEMU to write or read a guest's device state (and RAM)
+log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
@@ -71,6 +77,9 @@ class MicroVMOptions:
     # KVM guests that need TLB reach more than hosts need memory.
     huge_pages: bool = False
     debug: bool = False  # a guest that fails to boot prints diagnostics to its console first
+    # Guest RAM files: a tmpfs, so a running guest's RAM is never written back to a disk (the
+    # VM's cgroup pays for it as shared memory).
+    memory_dir: Path = Path("/dev/shm/hutch")
     mtu: int = 1500
 
 
@@ -93,6 +102,26 @@ def kernel_cmdline(
     return " ".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """Guest RAM as a file, so that a suspend or snapshot saves only device state through the
+    migration stream (x-ignore-shared) and copies the RAM file itself, sparsely."""
+
+    path: Path  # a tmpfs file (its pages are never written back to disk), or a snapshot's copy
+    # MAP_SHARED (the VM's own file) or MAP_PRIVATE (a clone maps a snapshot's memory
+    # copy-on-write: clones share its page cache; their writes stay their own)
+    shared: bool = True
+    incoming: bool = False  # wait paused for a migration stream (resume, restore)
+
+    def args(self, memory_mib: int) -> list[str]:
+        # QEMU opens the file as root, before it chroots and drops to its uid.
+        backend = (
+            f"memory-backend-file,id=mem,size={memory_mib}M,mem-path={_drive_path(str(self.path))},"
+            f"share={'on' if self.shared else 'off'}"
+        )
+        return ["-object", backend]
+
+
 def qemu_command(
     spec: SandboxSpec,
     opts: MicroVMOptions,
@@ -103,28 +132,51 @@ def qemu_command(
     scratch_direct: bool = True,
     tap_fds: tuple[int, ...] = (),
     volumes_direct: tuple[bool, ...] | None = None,
+    memory: Memory | None = None,
+    disk_fds: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[str]:
     """The QEMU command line for `spec`; sockets go in `sockets/` (guest agent, console, qmp), where
     the scratch and exit disks must be (`scratch.create`, `create_exit_disk`); `scratch_direct` if
     it takes O_DIRECT; `tap_fds`:
     one open TAP per `spec.networks` entry, inherited by QEMU (it cannot open /dev/net/tun);
-    `volumes_direct`: per `spec.volumes` entry, whether its file takes O_DIRECT (default: all)."""
+    `volumes_direct`: per `spec.volumes` entry, whether its file takes O_DIRECT (default: all);
+    `memory`: guest RAM as a file (None: anonymous memory, as the benchmarks' baselines);
+    `disk_fds`: for a writable disk's path, an open read-write and an open read-only descriptor
+    of it, inherited by QEMU, which takes them from an fd set instead of opening the path."""
     res = spec.resources
     accel = opts.accel.name
-    scratch_file = sockets / scratch.FILE_NAME
+    fdsets: list[str] = []
+
+    def disk(path: str | Path) -> str:
+        """The file= of a drive. QEMU opens a disk again when a save or restore changes whether
+        it writes (it reopens read-only when a migration ends, read-write when one is loaded),
+        which it cannot do chrooted as its own uid: it takes the mode it needs from an fd set.
+        Without locks: the set's descriptors would hold their locks across the reopen (and only
+        this QEMU has the sandbox's own disks)."""
+        fds = (disk_fds or {}).get(str(path))
+        if fds is None:
+            return f"file={_drive_path(str(path))}"
+        fdset = len(fdsets) // 4 + 1
+        for fd in fds:
+            fdsets.extend(["-add-fd", f"fd={fd},set={fdset}"])
+        return f"file=/dev/fdset/{fdset},file.locking=off"
+
     # Host I/O errors (a full host disk) reach the guest as I/O errors, instead of pausing it.
     scratch_drive = (
-        f"id=scratch,file={scratch_file},format=raw,if=none,werror=report,rerror=report,"
+        f"id=scratch,{disk(sockets / scratch.FILE_NAME)},format=raw,if=none,"
+        "werror=report,rerror=report,"
         f"cache.direct={'on' if scratch_direct else 'off'}"
     )
     args = [
         opts.qemu,
         "-name", f"hutch-{spec.id},debug-threads=on",
-        "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+        "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on"
+        + (",memory-backend=mem" if memory is not None else ""),
         "-accel", "kvm" if accel == "kvm" else "tcg,tb-size=32",
         "-cpu", "host" if accel == "kvm" else "max",
         "-smp", str(res.cpus),
         "-m", f"{res.memory_mib}M",
+        *(memory.args(res.memory_mib) if memory is not None else ()),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(opts.guest.kernel),
         "-initrd", str(opts.guest.initrd),
@@ -137,7 +189,7 @@ def qemu_command(
         "-device", "virtio-blk-device,drive=root,serial=hutch-root",
         "-drive", scratch_drive,
         "-device", "virtio-blk-device,drive=scratch,serial=hutch-scratch",
-        "-drive", f"id=exit,file={sockets / EXIT_FILE},format=raw,if=none",
+        "-drive", f"id=exit,{disk(sockets / EXIT_FILE)},format=raw,if=none",
         "-device", "virtio-blk-device,drive=exit,serial=hutch-exit",
         "-device", "virtio-serial-device,max_ports=2",
         "-chardev", f"socket,id=agent,path={sockets / 'agent.sock'},server=on,wait=off",
@@ -168,6 +220,10 @@ def qemu_command(
             "-netdev", f"tap,id=net{index},fd={fd},vhost=off",
             "-device", f"virtio-net-device,netdev=net{index},mac={att.mac}",
         ]  # fmt: skip
+    args += fdsets
+    if memory is not None and memory.incoming:
+        # Its state comes through QMP (migrate-incoming fd:); it stays paused after (-S).
+        args += ["-incoming", "defer", "-S"]
     if uid is not None:
         args += ["-runas", f"{uid}:{uid}"]
     if jail is not None:
@@ -191,6 +247,7 @@ class MicroVMBackend:
         self.opts = opts
         self._layout = layout or Layout.detect()
         self._qmp: dict[str, QMPClient] = {}
+        self._qmp_lock = asyncio.Lock()
         self._shutdown_reason: dict[str, str] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._copiers: dict[str, subprocess.Popen[bytes]] = {}  # QEMU's stderr -> qemu.log
@@ -210,6 +267,8 @@ class MicroVMBackend:
                 host.memory_mib() - host.HOST_RESERVE_MIB - self.opts.overhead_mib, 0
             ),
             overhead_mib=self.opts.overhead_mib,
+            suspend=True,
+            snapshot=True,
         )
 
     def fingerprint(self) -> dict[str, str]:
@@ -235,6 +294,20 @@ class MicroVMBackend:
     # -- launch --------------------------------------------------------------------------------
 
     async def launch(self, record: SandboxRecord, sdir: SandboxDir) -> ProcessRef:
+        if record.spec.restore_from:
+            return await self._launch(record, sdir, Path(record.spec.restore_from), clone=True)
+        return await self._launch(record, sdir, None)
+
+    async def restore(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> ProcessRef:
+        """Start the suspended sandbox's QEMU from what `save` left in `saved`, paused."""
+        return await self._launch(record, sdir, saved)
+
+    async def _launch(
+        self, record: SandboxRecord, sdir: SandboxDir, saved: Path | None, clone: bool = False
+    ) -> ProcessRef:
+        """Boot a new guest (`saved` None), or start QEMU paused with the guest `saved` there:
+        a suspended sandbox's own (its disks are still in sdir), or a snapshot's for a `clone`
+        (which gets a copy of its scratch disk and maps its memory copy-on-write)."""
         spec = record.spec
         res = spec.resources
         cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, spec.id)
@@ -248,15 +321,30 @@ class MicroVMBackend:
         jail = sdir.file("jail")
         jail.mkdir(mode=0o555, exist_ok=True)
         disk = sdir.file(scratch.FILE_NAME)
+        ram = None
         try:
-            await asyncio.to_thread(scratch.create, disk, res.scratch_bytes)
-            create_exit_disk(sdir.file(EXIT_FILE))
+            if saved is None:
+                await asyncio.to_thread(scratch.create, disk, res.scratch_bytes)
+                create_exit_disk(sdir.file(EXIT_FILE))
+            elif clone:
+                await asyncio.to_thread(snapfiles.copy_sparse, saved / snapfiles.SCRATCH, disk)
+                create_exit_disk(sdir.file(EXIT_FILE))
             lease = self._uids.take()
+            if not clone:
+                ram = await asyncio.to_thread(self._ram_file, lease.id, saved, cgroup)
         except (HutchError, OSError):
-            disk.unlink(missing_ok=True)
+            if saved is None or clone:
+                disk.unlink(missing_ok=True)
             cgroup.remove()
             raise
         uid = lease.id
+        if ram is not None:
+            memory = Memory(ram, incoming=saved is not None)
+            record.details["memory"] = str(ram)
+        else:
+            assert saved is not None
+            memory = Memory(saved / snapfiles.MEMORY, shared=False, incoming=True)
+            record.details.pop("memory", None)
         taps: list[int] = []
         if spec.networks and self.opts.host.network is not None:
             try:
@@ -272,11 +360,6 @@ class MicroVMBackend:
             cgroup=cgroup.relpath,
             kernel=self.opts.guest.kernel_package,
         )
-        args = qemu_command(
-            spec, self.opts, sdir.path, uid=uid, jail=jail, scratch_direct=scratch.direct_io(disk),
-            tap_fds=tuple(taps),
-            volumes_direct=tuple(scratch.direct_io(Path(v.source)) for v in spec.volumes),
-        )  # fmt: skip
         # QEMU's stderr reaches qemu.log through a pipe and a copier that stops after
         # QEMU_STDERR_MAX bytes (QEMU ignores SIGPIPE: what it writes after that is lost). Not
         # RLIMIT_FSIZE: that limit holds for every file QEMU writes, its disks too, and a guest
@@ -292,37 +375,52 @@ class MicroVMBackend:
         assert copier.stdin is not None
         stderr = copier.stdin
         self._copiers[spec.id] = copier
+        for sock in SOCKETS:  # an earlier QEMU's (of a suspended sandbox): wait for the new
+            sdir.file(sock).unlink(missing_ok=True)
+        writable = [str(disk), str(sdir.file(EXIT_FILE))]
+        disk_fds: dict[str, tuple[int, int]] = {}
         try:
+            for path in writable:
+                rw = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                disk_fds[path] = (rw, -1)
+                disk_fds[path] = (rw, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            args = qemu_command(
+                spec, self.opts, sdir.path, uid=uid, jail=jail,
+                scratch_direct=scratch.direct_io(disk), tap_fds=tuple(taps),
+                volumes_direct=tuple(scratch.direct_io(Path(v.source)) for v in spec.volumes),
+                memory=memory, disk_fds=disk_fds,
+            )  # fmt: skip
             proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec: returns at once)
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
-                # QEMU holds its uid's lease for as long as it lives, and its TAPs.
-                pass_fds=(lease.fd, *taps),
+                # QEMU holds its uid's lease for as long as it lives, its TAPs and its own disks.
+                pass_fds=(lease.fd, *taps, *(fd for fds in disk_fds.values() for fd in fds)),
                 start_new_session=True,  # a Ctrl-C at the operator's terminal is ours to handle
                 # Joining the cgroup must happen before exec; nothing else can do it in time.
                 preexec_fn=_child_setup(cgroup.procs_files(), self.opts.huge_pages),  # noqa: PLW1509
             )
         except OSError as e:
             lease.close()
+            self._remove_ram(record)
             await self.opts.host.unplug(spec.id)
             cgroup.remove()
             self._reap_copier(spec.id)
             raise Unavailable(f"cannot start {self.opts.qemu}: {e}") from e
         finally:
             stderr.close()
-            for fd in taps:  # QEMU has its copies: its TAPs go when it does
-                os.close(fd)
+            for fd in (*taps, *(fd for fds in disk_fds.values() for fd in fds if fd >= 0)):
+                os.close(fd)  # QEMU has its copies: they go when it does
         ref = ProcessRef.of(proc.pid)
         if ref is not None:
             lease.bind(ref, sdir.path)
         lease.close()
         # Wait until QEMU has made its sockets, or has failed (bad disk, bad options).
-        agent_sock = sdir.file("agent.sock")
-        while not agent_sock.exists():
+        while not all(sdir.file(sock).exists() for sock in SOCKETS):
             if proc.poll() is not None:
                 cgroup.remove()
+                self._remove_ram(record)
                 await self.opts.host.unplug(spec.id)
                 await asyncio.to_thread(self._reap_copier, spec.id)  # qemu.log is whole
                 raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}")
@@ -330,7 +428,140 @@ class MicroVMBackend:
         if ref is None:
             raise Unavailable("qemu exited as soon as it started")
         self._children[spec.id] = proc  # reaped in cleanup (ProcessRef.wait may reap it first)
+        if saved is not None:
+            await self._incoming(record, sdir, ref, saved / snapfiles.STATE, clone)
         return ref
+
+    def _ram_file(self, uid: int, saved: Path | None, cgroup: Cgroup) -> Path:
+        """The guest's RAM file on the host's tmpfs (named by its QEMU's uid, unique while that
+        QEMU lives): empty for a boot or for a stream that carries the RAM, else the saved RAM,
+        copied by a process in the VM's cgroup (tmpfs pages are charged to their writer's)."""
+        self.opts.memory_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ram = self._ram_path(uid)
+        ram.unlink(missing_ok=True)  # a leftover of a QEMU that died with its host process
+        os.close(os.open(ram, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        source = saved / snapfiles.MEMORY if saved is not None else None
+        if source is not None and source.exists():
+            copied = subprocess.run(
+                ["cp", "--sparse=always", "--", str(source), str(ram)],
+                capture_output=True,
+                text=True,
+                check=False,
+                preexec_fn=_child_setup(cgroup.procs_files(), self.opts.huge_pages),
+            )
+            if copied.returncode != 0:
+                ram.unlink(missing_ok=True)
+                raise OSError(f"copying the guest's RAM back: {copied.stderr.strip()}")
+        return ram
+
+    def _ram_path(self, uid: int) -> Path:
+        return self.opts.memory_dir / f"vm-{uid}"
+
+    @staticmethod
+    def _remove_ram(record: SandboxRecord) -> None:
+        ram = record.details.get("memory")
+        if ram:
+            Path(ram).unlink(missing_ok=True)
+
+    async def _qmp_client(self, sandbox_id: str, sdir: SandboxDir) -> QMPClient:
+        """The sandbox's QMP connection (QEMU takes one at a time: everything shares it)."""
+        async with self._qmp_lock:
+            qmp = self._qmp.get(sandbox_id)
+            if qmp is None:
+                qmp = QMPClient(f"hutch-{sandbox_id}")
+                # A new QEMU's socket may exist a moment before it listens (bind, then listen).
+                for attempt in range(QMP_CONNECT_TRIES):
+                    try:
+                        await qmp.connect(str(sdir.file("qmp.sock")))
+                        break
+                    except ConnectError:
+                        if attempt == QMP_CONNECT_TRIES - 1:
+                            raise
+                        await asyncio.sleep(0.01)
+                self._qmp[sandbox_id] = qmp
+        return qmp
+
+    async def _incoming(
+        self, record: SandboxRecord, sdir: SandboxDir, ref: ProcessRef, state: Path, clone: bool
+    ) -> None:
+        """Load the migration stream `state` into the QEMU just started with -incoming defer;
+        it stays paused. On failure QEMU is killed and what launch made is removed."""
+        try:
+            qmp = await self._qmp_client(record.spec.id, sdir)
+            await _set_ignore_shared(qmp, (state.parent / snapfiles.MEMORY).exists())
+            fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                await _pass_fd(qmp, fd, "incoming")
+            finally:
+                os.close(fd)
+            await qmp.execute("migrate-incoming", {"uri": "fd:incoming"})
+            await _migrated(qmp, MIGRATION_TIMEOUT)
+        except BaseException as e:
+            ref.kill(signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ref.wait(), 10)
+            await (self.cleanup if clone else self.release)(record, sdir)
+            await asyncio.to_thread(self._reap_copier, record.spec.id)  # qemu.log is whole
+            if isinstance(e, Exception) and not isinstance(e, HutchError):
+                said = tail(sdir.file("qemu.log"))
+                raise Unavailable(
+                    f"cannot restore the guest from {state.parent}: {e}"
+                    + (f"; QEMU said: {said}" if said else "")
+                ) from e
+            raise
+
+    async def save(
+        self, record: SandboxRecord, sdir: SandboxDir, dest: Path, with_scratch: bool
+    ) -> None:
+        """Pause the guest and save it into the new directory `dest`: device state, RAM (as a
+        file beside the stream when the guest has its own RAM file), and with `with_scratch` a
+        copy of its scratch disk. The guest stays paused (`cont` it). On failure, or when
+        cancelled, it runs on and `dest` is gone."""
+        qmp = await self._qmp_client(record.spec.id, sdir)
+        ram = record.details.get("memory")
+        os.mkdir(dest, 0o700)
+        copying: asyncio.Future[None] | None = None
+        try:
+            await qmp.execute("stop")
+            await _set_ignore_shared(qmp, bool(ram))
+            fd = os.open(
+                dest / snapfiles.STATE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+            try:
+                await _pass_fd(qmp, fd, "outgoing")
+            finally:
+                os.close(fd)
+            await qmp.execute("migrate", {"uri": "fd:outgoing"})
+            await _migrated(qmp, MIGRATION_TIMEOUT)
+
+            def copy() -> None:
+                if ram:
+                    snapfiles.copy_sparse(Path(ram), dest / snapfiles.MEMORY)
+                if with_scratch:
+                    snapfiles.copy_sparse(sdir.file(scratch.FILE_NAME), dest / snapfiles.SCRATCH)
+
+            copying = asyncio.ensure_future(asyncio.to_thread(copy))
+            await asyncio.shield(copying)
+        except BaseException:
+            if copying is not None:  # the copy thread runs on: let it end before removing
+                with contextlib.suppress(BaseException):
+                    await copying
+            with contextlib.suppress(Exception):
+                await qmp.execute("migrate_cancel")
+            try:
+                await qmp.execute("cont")
+            except Exception:  # the original error is the one to raise
+                log.exception("sandbox %s stays paused after a failed save", record.spec.id)
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+
+    def guest_net(self, spec: SandboxSpec) -> str:
+        return " ".join(guest_net_params(spec, self.opts.mtu))
+
+    async def cont(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """Let the paused guest run."""
+        qmp = await self._qmp_client(record.spec.id, sdir)
+        await qmp.execute("cont")
 
     def side_tasks(self, record: SandboxRecord, sdir: SandboxDir) -> list[Awaitable[None]]:
         tasks: list[Awaitable[None]] = [
@@ -354,9 +585,7 @@ class MicroVMBackend:
             writer.close()
 
     async def _watch_qmp(self, sandbox_id: str, sdir: SandboxDir) -> None:
-        qmp = QMPClient(f"hutch-{sandbox_id}")
-        await qmp.connect(str(sdir.file("qmp.sock")))
-        self._qmp[sandbox_id] = qmp
+        qmp = await self._qmp_client(sandbox_id, sdir)
         try:
             with qmp.listener("SHUTDOWN") as listener:
                 async for event in listener:
@@ -384,6 +613,12 @@ class MicroVMBackend:
             ref.kill(signal.SIGKILL)
 
     async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        await self.release(record, sdir)
+        sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
+        sdir.file(EXIT_FILE).unlink(missing_ok=True)
+
+    async def release(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """What cleanup removes except the disks: a suspended sandbox resumes on them."""
         # Removing the cgroup also kills anything left in it: a QEMU that was launched but
         # never recorded (the host process died between spawn and save) does not survive this.
         await asyncio.to_thread(
@@ -394,8 +629,7 @@ class MicroVMBackend:
         if child is not None:
             child.wait()
         await asyncio.to_thread(self._reap_copier, record.spec.id)
-        sdir.file(scratch.FILE_NAME).unlink(missing_ok=True)
-        sdir.file(EXIT_FILE).unlink(missing_ok=True)
+        self._remove_ram(record)
         await self.opts.host.unplug(record.spec.id)
 
     def _reap_copier(self, sandbox_id: str) -> None:
@@ -424,6 +658,7 @@ class MicroVMBackend:
             holder.owner.kill(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(holder.owner.wait(), 10)
+            self._ram_path(holder.id).unlink(missing_ok=True)  # tmpfs: memory until removed
             # Only if empty: a sandbox of the same id under another state directory may live.
             Cgroup(self._layout, self.opts.host.cgroup_parent, holder.home.name).prune()
             ended.append(holder.home.name)
@@ -524,3 +759,35 @@ def _child_setup(procs_files: list[str], huge_pages: bool) -> Callable[[], None]
             _libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
 
     return setup
+
+
+async def _set_ignore_shared(qmp: QMPClient, on: bool) -> None:
+    """Guest RAM saved as a file beside the stream is left out of it (x-ignore-shared); both
+    ends of a migration must agree."""
+    await qmp.execute(
+        "migrate-set-capabilities",
+        {"capabilities": [{"capability": "x-ignore-shared", "state": on}]},
+    )
+
+
+async def _pass_fd(qmp: QMPClient, fd: int, name: str) -> None:
+    """Give QEMU an open file as `name` (it cannot open files itself: chrooted, spawn=deny)."""
+    qmp.send_fd_scm(fd)
+    await qmp.execute("getfd", {"fdname": name})
+
+
+async def _migrated(qmp: QMPClient, timeout: float) -> None:
+    """Wait for the migration (either way) to complete; Unavailable if it fails."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        info = await qmp.execute("query-migrate")
+        status = info.get("status") if isinstance(info, dict) else None
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            said = info.get("error-desc", status) if isinstance(info, dict) else status
+            raise Unavailable(f"QEMU could not save or load the guest: {said}")
+        if loop.time() > deadline:
+            raise Unavailable(f"saving or loading the guest took over {timeout:g} s")
+        await asyncio.sleep(0.005)

@@ -247,6 +247,8 @@ class Supervisor:
             self._conn = await Connection.open(str(self.dir.file("agent.sock")), timeout=10)
         except OSError as e:
             raise Unavailable(f"cannot connect to the sandbox's guest agent: {e}") from e
+        if self.main._over:  # attached again, after a suspend
+            self.main = ProcessInput(self, 1, self.record.spec.process.stdin)
         self._log = LogWriter(self.dir.file("stdio.log"), self._log_max)
         self._log.on_space = self._space.set
         self._tasks = [
@@ -310,6 +312,12 @@ class Supervisor:
         """Have the guest agent freeze (FIFREEZE) or thaw the file system mounted at `path` in
         the guest; Unavailable if it refuses or does not answer within `timeout`. A freeze the
         guest agent hears no THAW for ends by itself (FREEZE_MAX_MS in agent.c)."""
+        what = f"{'freeze' if frozen else 'thaw'} {path}"
+        await self.ask(T.FREEZE if frozen else T.THAW, path.encode(), timeout, what)
+
+    async def ask(self, type_: T, payload: bytes, timeout: float, what: str) -> None:
+        """Send the running guest agent a request it answers with FS_DONE (an errno);
+        Unavailable, saying it could not `what`, if it refuses or does not answer in time."""
         if self.record.state is not SandboxState.RUNNING or self.finished:
             raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not running")
         req = self._next_exec
@@ -317,18 +325,17 @@ class Supervisor:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._fs_requests[req] = done
         try:
-            await self.send(T.FREEZE if frozen else T.THAW, req, path.encode())
+            await self.send(type_, req, payload)
             err = await asyncio.wait_for(done, timeout)
         except TimeoutError:
             raise Unavailable(
-                f"the guest agent of {self.record.spec.id} did not answer a "
-                f"{'freeze' if frozen else 'thaw'} of {path} within {timeout:g} s"
+                f"the guest agent of {self.record.spec.id} did not answer a request to {what} "
+                f"within {timeout:g} s"
             ) from None
         finally:
             self._fs_requests.pop(req, None)
         if err:
-            what = "freeze" if frozen else "thaw"
-            raise Unavailable(f"the guest could not {what} {path}: {os.strerror(err)}")
+            raise Unavailable(f"the guest could not {what}: {os.strerror(err)}")
 
     async def wait(self, timeout: float | None = None) -> ExitStatus:
         await asyncio.wait_for(self._exited.wait(), timeout)

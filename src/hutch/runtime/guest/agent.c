@@ -53,6 +53,8 @@
 #define FREEZE_MAX_MS 10000
 #define FIFREEZE _IOWR('X', 119, int) /* <linux/fs.h>, whose other names clash with libc's */
 #define FITHAW _IOWR('X', 120, int)
+#define RNDADDENTROPY _IOW('R', 0x03, int[2]) /* <linux/random.h> */
+#define RNDRESEEDCRNG _IO('R', 0x07)
 #define EXIT_MAGIC "HUTCHEXT"
 #define SYN_MAGIC "HUTCHSYN"
 #define ACK_MAGIC "HUTCHACK"
@@ -76,10 +78,11 @@
 
 enum {
     T_RUN = 1, T_EXEC = 2, T_STDIN = 3, T_SIGNAL = 4, T_EXIT_ACK = 5, T_WINDOW = 6, T_RESIZE = 7,
-    T_FREEZE = 8, T_THAW = 9,
+    T_FREEZE = 8, T_THAW = 9, T_CLOCK = 10, T_PAUSE = 11, T_CONTINUE = 12, T_IDENTITY = 13,
     T_STARTED = 17, T_STDOUT = 18, T_STDERR = 19, T_EXIT = 20, T_ERROR = 21, T_STDIN_ACK = 22,
     T_FS_DONE = 23,
 };
+enum { I_HOSTNAME = 1, I_MACHINE_ID = 2, I_ENTROPY = 3, I_MAC = 4, I_NET = 5 }; /* IDENTITY */
 enum {
     S_ARG = 1, S_ENV = 2, S_CWD = 3, S_UID = 4, S_GID = 5, S_GROUP = 6, S_STDIN = 7, S_HOST = 8,
     S_TTY = 9, S_WINSIZE = 10,
@@ -113,6 +116,11 @@ static unsigned char inbuf[INBUF_CAP];
 static size_t inlen;
 static struct proc procs[MAX_PROCS];
 static struct frozen { int fd; uint64_t since; char path[256]; } frozen[MAX_VOLS];
+static int net_redo;    /* IDENTITY re-addresses a running clone: failures are its errno, not fatal */
+static int net_err;     /* the first of them */
+static char net_ip6[64]; /* eth0's IPv6 address and prefix as last set (a clone removes it) */
+static int net_p6;
+static uint64_t paused_since; /* PAUSE stopped the workload (for a snapshot) at this time */
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -797,6 +805,17 @@ static void thaw_path(uint32_t id, const unsigned char *pl, uint32_t len) {
 /* Thaw what has been frozen too long; the poll timeout until the next one is due (-1: none). */
 static int thaw_overdue(void) {
     int next = -1;
+    if (paused_since) { /* a host that died (or forgot) between PAUSE and CONTINUE */
+        uint64_t held = now_ms() - paused_since;
+        if (held >= FREEZE_MAX_MS) {
+            logmsg("the workload was paused for %d s with no CONTINUE: continuing it",
+                   FREEZE_MAX_MS / 1000);
+            kill(-1, SIGCONT);
+            paused_since = 0;
+        } else {
+            next = (int)(FREEZE_MAX_MS - held);
+        }
+    }
     for (int i = 0; i < MAX_VOLS; i++) {
         struct frozen *f = &frozen[i];
         if (!f->fd) continue;
@@ -810,6 +829,86 @@ static int thaw_overdue(void) {
         if (next < 0 || left < next) next = left;
     }
     return next;
+}
+
+/* IDENTITY: a clone of a snapshot becomes its own machine before its workload continues.
+ * Records as in a process spec (tag u8, length u32): hostname, machine-id, entropy, MACs. */
+static int write_machine_id(const char *id, size_t len) {
+    struct stat st;
+    if (stat("/etc", &st) < 0 || !S_ISDIR(st.st_mode)) return 0; /* an image without /etc */
+    char text[40];
+    if (len != 32) return EINVAL;
+    memcpy(text, id, 32);
+    text[32] = '\n';
+    unlink("/etc/machine-id"); /* an image's symlink there is replaced, never followed */
+    int fd = open("/etc/machine-id", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+    if (fd < 0) return errno;
+    int err = write(fd, text, 33) == 33 ? 0 : errno ? errno : EIO;
+    close(fd);
+    return err;
+}
+
+static int add_entropy(const unsigned char *bytes, uint32_t len) {
+    struct { int entropy_count, buf_size; unsigned char buf[512]; } pool;
+    if (len > sizeof pool.buf) len = sizeof pool.buf;
+    pool.entropy_count = (int)len * 8;
+    pool.buf_size = (int)len;
+    memcpy(pool.buf, bytes, len);
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    /* credited, then the CRNG reseeds at once: the clone's output diverges from its twins' */
+    int err = ioctl(fd, RNDADDENTROPY, &pool) < 0 || ioctl(fd, RNDRESEEDCRNG) < 0 ? errno : 0;
+    close(fd);
+    return err;
+}
+
+static int set_mac(unsigned index, const unsigned char mac[6]) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "eth%u", index);
+    ifr.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+    memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return errno;
+    /* virtio-net changes it live, and tells QEMU, whose receive filter follows */
+    int err = ioctl(s, SIOCSIFHWADDR, &ifr) < 0 ? errno : 0;
+    close(s);
+    return err;
+}
+
+static void net_setup(const char *root);
+static char cmdline[4096];
+
+/* The clone's own addresses, routes, resolv.conf and hosts: the boot's hutch.net flags (as
+ * runtime/wiring.py writes them), applied again over the snapshot's. */
+static int renumber(const char *params, uint32_t n) {
+    if (n >= sizeof cmdline) return E2BIG;
+    memcpy(cmdline, params, n); /* read only at boot, where boot_param looks */
+    cmdline[n] = 0;
+    net_redo = 1;
+    net_err = 0;
+    net_setup("");
+    net_redo = 0;
+    return net_err;
+}
+
+static void identity(uint32_t id, const unsigned char *pl, uint32_t len) {
+    int err = 0;
+    for (uint32_t off = 0; off + 5 <= len;) {
+        int tag = pl[off];
+        uint32_t n = get32(pl + off + 1);
+        const unsigned char *v = pl + off + 5;
+        if (n > len - off - 5) { err = EINVAL; break; }
+        int e = 0;
+        if (tag == I_HOSTNAME) e = sethostname((const char *)v, n) < 0 ? errno : 0;
+        else if (tag == I_MACHINE_ID) e = write_machine_id((const char *)v, n);
+        else if (tag == I_ENTROPY) e = add_entropy(v, n);
+        else if (tag == I_MAC && n == 7) e = set_mac(v[0], v + 1);
+        else if (tag == I_NET) e = renumber((const char *)v, n);
+        if (e && !err) err = e;
+        off += 5 + n;
+    }
+    fs_done(id, err);
 }
 
 static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_t len) {
@@ -865,6 +964,27 @@ static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_
         break;
     case T_THAW:
         thaw_path(id, pl, len);
+        break;
+    case T_CLOCK: /* resumed from a saved state: the clock stood still meanwhile */
+        if (len == 8) {
+            uint64_t ns = (uint64_t)get32(pl) << 32 | get32(pl + 4);
+            struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u),
+                                  .tv_nsec = (long)(ns % 1000000000u)};
+            if (clock_settime(CLOCK_REALTIME, &ts) < 0) logmsg("clock: %s", strerror(errno));
+        }
+        break;
+    case T_PAUSE: /* for a snapshot: its memory then holds a workload that runs nothing */
+        kill(-1, SIGSTOP);
+        paused_since = now_ms();
+        if (!paused_since) paused_since = 1;
+        fs_done(id, 0);
+        break;
+    case T_CONTINUE:
+        if (paused_since) kill(-1, SIGCONT);
+        paused_since = 0;
+        break;
+    case T_IDENTITY:
+        identity(id, pl, len);
         break;
     case T_WINDOW:
         if (p && len == 4) {
@@ -983,8 +1103,6 @@ static void serve(void) {
 }
 
 /* ---- micro-VM boot ------------------------------------------------------------------------ */
-
-static char cmdline[4096];
 
 static const char *boot_param(const char *key) {
     static char val[sizeof cmdline];
@@ -1142,23 +1260,31 @@ struct in6_ifreq_ {
 
 /* Write `text` to `path` under the new root as a fresh file: an image's symlink there (e.g.
  * resolv.conf -> /run/...) is replaced, never followed out of the guest's root. */
+
+static void net_fail(const char *what, const char *arg) {
+    if (!net_redo) fatal("%s %s: %s", what, arg, strerror(errno));
+    logmsg("%s %s: %s", what, arg, strerror(errno));
+    if (!net_err) net_err = errno ? errno : EIO;
+}
+
 static void put_file(const char *path, const char *text) {
     unlink(path);
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0) fatal("writing %s: %s", path, strerror(errno));
+    if (fd < 0) { net_fail("writing", path); return; }
     size_t len = strlen(text);
-    if (write(fd, text, len) != (ssize_t)len) fatal("writing %s: %s", path, strerror(errno));
+    if (write(fd, text, len) != (ssize_t)len) net_fail("writing", path);
     close(fd);
 }
 
+/* EEXIST: a route a clone still has from its snapshot */
 static void net_ioctl(int s, unsigned long req, void *arg, const char *what) {
-    if (ioctl(s, req, arg) < 0) fatal("network: %s: %s", what, strerror(errno));
+    if (ioctl(s, req, arg) < 0 && !(net_redo && errno == EEXIST)) net_fail("network:", what);
 }
 
 /* hutch.net=IP4/P4,GW4,IP6/P6,GW6,MTU (runtime/wiring.py writes it): eth0 gets both addresses,
  * both default routes and the MTU before the workload starts. No DHCP, no router
  * advertisements: the host decided all of it. */
-static void net_setup(void) {
+static void net_setup(const char *root) {
     const char *p = boot_param("hutch.net");
     if (!p) return;
     char conf[256], ip4[64], gw4[64], ip6[64], gw6[64];
@@ -1206,10 +1332,17 @@ static void net_setup(void) {
 
     struct in6_ifreq_ ifr6;
     memset(&ifr6, 0, sizeof ifr6);
+    ifr6.ifindex = ifindex;
+    if (net_redo && *net_ip6 && strcmp(net_ip6, ip6) != 0 &&
+        inet_pton(AF_INET6, net_ip6, &ifr6.addr) == 1) {
+        ifr6.prefixlen = (uint32_t)net_p6;
+        net_ioctl(s6, SIOCDIFADDR, &ifr6, "old IPv6 address");
+    }
     if (inet_pton(AF_INET6, ip6, &ifr6.addr) != 1) fatal("hutch.net: bad address %s", ip6);
     ifr6.prefixlen = (uint32_t)p6;
-    ifr6.ifindex = ifindex;
     net_ioctl(s6, SIOCSIFADDR, &ifr6, "IPv6 address");
+    snprintf(net_ip6, sizeof net_ip6, "%s", ip6);
+    net_p6 = p6;
     struct in6_rtmsg rt6;
     memset(&rt6, 0, sizeof rt6);
     if (inet_pton(AF_INET6, gw6, &rt6.rtmsg_gateway) != 1) fatal("hutch.net: bad gateway %s", gw6);
@@ -1235,15 +1368,19 @@ static void net_setup(void) {
             if (*c == ',') *c = ' ';
         n += (size_t)snprintf(text + n, sizeof text - n, "search %s\n", list);
     }
-    mkdir("/newroot/etc", 0755);
-    put_file("/newroot/etc/resolv.conf", text);
+    char path[64];
+    snprintf(path, sizeof path, "%s/etc", root);
+    mkdir(path, 0755);
+    snprintf(path, sizeof path, "%s/etc/resolv.conf", root);
+    put_file(path, text);
     v = boot_param("hutch.hostname");
     char host[64];
     snprintf(host, sizeof host, "%s", v ? v : "");
     n = (size_t)snprintf(text, sizeof text,
                          "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if (*host) snprintf(text + n, sizeof text - n, "%s\t%s\n%s\t%s\n", ip4, host, ip6, host);
-    put_file("/newroot/etc/hosts", text);
+    snprintf(path, sizeof path, "%s/etc/hosts", root);
+    put_file(path, text);
 }
 
 /* Volume `dev` (its node's stat in `st`) at `target` as the workload will see it: made (mkdir -p)
@@ -1354,7 +1491,7 @@ static void vm_boot(void) {
     mkdir("/newroot/tmp", 01777);
     mkdir("/newroot/run", 0755);
     mount_volumes();
-    net_setup();
+    net_setup("/newroot");
     if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
         chdir("/") < 0)
         fatal("switching to the root disk: %s", strerror(errno));

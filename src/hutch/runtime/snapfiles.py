@@ -1,0 +1,97 @@
+"""Files of a saved guest (a suspended sandbox's, a machine snapshot's): copied sparsely, so that
+guest RAM or a scratch disk the guest never touched takes no room on the host's disk."""
+
+import json
+import os
+from pathlib import Path
+
+from hutch.model.errors import Invalid
+from hutch.model.sandbox import Resources, SandboxSpec, SnapshotFiles
+
+STATE = "state"  # QEMU's migration stream: device state (and RAM, when it is not in MEMORY)
+MEMORY = "memory"  # guest RAM, as the memory-backend file holds it
+SCRATCH = "scratch"  # a snapshot's copy of the scratch disk
+META = "snapshot.json"  # what a restore must match: resources, root disk
+CHUNK = 8 << 20
+
+
+def copy_sparse(src: Path, dst: Path) -> None:
+    """Copy `src` to the new file `dst`, its holes left holes (SEEK_DATA/SEEK_HOLE)."""
+    sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(sfd).st_size
+            os.ftruncate(dfd, size)
+            pos = 0
+            while pos < size:
+                try:
+                    start = os.lseek(sfd, pos, os.SEEK_DATA)
+                except OSError:  # ENXIO: nothing but holes from here
+                    break
+                end = os.lseek(sfd, start, os.SEEK_HOLE)
+                off = start
+                while off < end:  # not copy_file_range: it refuses to cross file systems
+                    data = os.pread(sfd, min(CHUNK, end - off), off)
+                    if not data:
+                        raise OSError(f"copying {src}: it shrank at {off}")
+                    os.pwrite(dfd, data, off)
+                    off += len(data)
+                pos = end
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes the files under `path` take on disk (their allocated blocks)."""
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+
+
+def describe(path: Path, spec: SandboxSpec) -> SnapshotFiles:
+    """Record, beside a snapshot's files, what it was taken of; the snapshot."""
+    res = spec.resources
+    meta = {
+        "resources": {
+            "cpus": res.cpus,
+            "memory_mib": res.memory_mib,
+            "scratch_mib": res.scratch_mib,
+            "pids": res.pids,
+        },
+        "root_disk": spec.root_disk,
+        "root_disk_format": spec.root_disk_format,
+    }
+    fd = os.open(path / META, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f)
+    return load(path)
+
+
+def load(path: Path) -> SnapshotFiles:
+    """The snapshot in `path`; Invalid if there is none."""
+    try:
+        meta = json.loads((path / META).read_text())
+        return SnapshotFiles(
+            path=str(path),
+            size_bytes=disk_usage(path),
+            resources=Resources(**meta["resources"]),
+            root_disk=meta["root_disk"],
+            root_disk_format=meta["root_disk_format"],
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise Invalid(f"{path} holds no machine snapshot: {e}") from None
+
+
+def check_restore(spec: SandboxSpec) -> None:
+    """Invalid unless `spec` can be restored from its `restore_from` snapshot."""
+    snap = load(Path(spec.restore_from))
+    if spec.resources != snap.resources:
+        raise Invalid(
+            f"the snapshot in {snap.path} was taken with {snap.resources}: a restore gets "
+            f"exactly that, not {spec.resources}"
+        )
+    if (spec.root_disk, spec.root_disk_format) != (snap.root_disk, snap.root_disk_format):
+        raise Invalid(f"the snapshot in {snap.path} was taken on root disk {snap.root_disk}")
+    if spec.volumes:
+        raise Invalid("a sandbox restored from a snapshot takes no volumes")
