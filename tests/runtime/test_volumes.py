@@ -293,10 +293,10 @@ async def test_freeze_blocks_writers_until_thawed_or_until_it_lapses(
     assert (status.code, out) == (0, b"written\n"), (status, err)
     await rt.driver.destroy(spec.id, force=True)  # while it runs, its volume written
     assert not needs_recovery(disk)
-    code, out_ro, err = await rt.run(
+    code, out_ro, said = await rt.run(
         rt.spec("cat /data/f", vol(disk, "/data", read_only=True), sandbox_id="ro")
     )
-    assert (code, out_ro) == (0, "w\n"), err
+    assert (code, out_ro) == (0, "w\n"), said
 
 
 async def test_fsynced_writes_and_sqlite_commits_survive_a_kill_9(rt: Rt, tmp_path: Path) -> None:
