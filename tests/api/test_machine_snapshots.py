@@ -9,7 +9,12 @@ from tests.helpers.api import Api
 
 
 async def _snapshot(
-    api: Api, project: str, node: str, name: str, state: SnapshotState = SnapshotState.READY,
+    api: Api,
+    project: str,
+    node: str,
+    name: str,
+    *,
+    state: SnapshotState = SnapshotState.READY,
     created_at: float = 0.0,
 ) -> MachineSnapshot:
     """A snapshot of a micro-VM on `node` (ready: as `POST /v1/snapshots` leaves one)."""
@@ -96,12 +101,14 @@ async def test_a_snapshot_being_taken_is_not_deleted(api: Api) -> None:
     """Its node would finish it after the delete and keep its files, which nothing counts."""
     await api.join("sim-2")
     alpha = await api.token("alpha", "member")
-    await _snapshot(api, "alpha", "sim-2", "taking", SnapshotState.CREATING)
+    await _snapshot(api, "alpha", "sim-2", "taking", state=SnapshotState.CREATING)
     r = await api.call("DELETE", "/v1/snapshots/taking", alpha)
     assert r.status_code == 409 and "being taken" in r.json()["detail"], r.text
     assert (await api.call("GET", "/v1/snapshots/taking", alpha)).json()["state"] == "creating"
     # One left `creating` by a controller that died meanwhile: deleted on its node (which the
     # simulated node's address does not answer).
-    await _snapshot(api, "alpha", "sim-2", "left", SnapshotState.CREATING, time.time() - 7200)
+    await _snapshot(
+        api, "alpha", "sim-2", "left", state=SnapshotState.CREATING, created_at=time.time() - 7200
+    )
     r = await api.call("DELETE", "/v1/snapshots/left", alpha)
     assert r.status_code == 503 and "sim-2 cannot be reached" in r.json()["detail"], r.text

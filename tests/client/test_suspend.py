@@ -68,6 +68,8 @@ async def test_suspend_and_resume(
     assert warm.node is not None
     pid, count = _state_of(client, "warm")
     held = _memory_allocated(controller, warm.node)
+    project = client.project
+    assert project is not None
     disk = client.projects.quota().usage.disk_mib
 
     for attempt in (other.machines.suspend, other.machines.resume):
@@ -84,25 +86,25 @@ async def test_suspend_and_resume(
     on_disk = disk + warm.memory_mib
     assert client.projects.quota().usage.disk_mib == on_disk
     with controller.client(None) as admin:
-        admin.projects.set_quota(client.project, disk_mib=on_disk)
+        admin.projects.set_quota(project, disk_mib=on_disk)
         try:
             with pytest.raises(QuotaExceeded, match="disk"):
                 client.machines.create("busybox", disk_mib=warm.memory_mib, start=False)
 
             # It resumes within a disk quota that its saved memory alone is over.
-            admin.projects.set_quota(client.project, disk_mib=disk)
+            admin.projects.set_quota(project, disk_mib=disk)
             async with AsyncClient(
                 controller.url, controller.token, project=client.project
             ) as aclient:
                 resumed = await aclient.machines.resume("warm", wait=True, timeout=120)
             assert resumed.state == "running"
             # Resumed, its memory is memory again: the same machine fits in the disk quota.
-            admin.projects.set_quota(client.project, disk_mib=on_disk)
+            admin.projects.set_quota(project, disk_mib=on_disk)
             client.machines.delete(
                 client.machines.create("busybox", disk_mib=warm.memory_mib, start=False)
             )
         finally:
-            admin.projects.set_quota(client.project)
+            admin.projects.set_quota(project)
     time.sleep(0.5)
     after = _state_of(client, "warm")
     assert after[0] == pid and after[1] > count, (pid, count, after)  # the same process, on
@@ -113,6 +115,8 @@ def test_snapshot_and_clones(
     controller: Controller, owner: Client, warm: MachineView, other: Client
 ) -> None:
     client = owner
+    project = client.project
+    assert project is not None
     pid, _ = _state_of(client, "warm")
     with pytest.raises(NotFound):
         other.snapshots.create("warm", "stolen")
@@ -122,12 +126,12 @@ def test_snapshot_and_clones(
     # Each snapshot holds the machine's memory and disk on its node: within snapshot_gib.
     assert client.projects.quota().usage.snapshot_gib == snap.size_bytes / (1 << 30)
     with controller.client(None) as admin:
-        admin.projects.set_quota(client.project, snapshot_gib=0)
+        admin.projects.set_quota(project, snapshot_gib=0)
         try:
             with pytest.raises(QuotaExceeded, match="snapshot_gib"):
                 client.snapshots.create("warm", "over")
         finally:
-            admin.projects.set_quota(client.project)
+            admin.projects.set_quota(project)
     with pytest.raises(NotFound):
         other.machines.run(from_snapshot="tmpl")
     with pytest.raises(Invalid, match="cpus 1, not 2"):

@@ -144,7 +144,7 @@ async def test_clones_of_a_snapshot_are_machines_of_their_own(
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
     try:
-        with pytest.raises(InsufficientStorage, match="keeps 512.0 MiB free"):
+        with pytest.raises(InsufficientStorage, match=r"it keeps 512\.0 MiB free"):
             await microvm.snapshot(SB, small / "snap")
         assert not (small / "snap").exists()
     finally:
