@@ -7,6 +7,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import httpx
@@ -451,8 +452,10 @@ def test_bad_input_is_one_clear_line_and_125(hutch: Run) -> None:
                 "--", "sleep", "300")  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     wrong = []
-    for argv, words in BAD_INPUT:
-        r = hutch(*argv)
+    # Refusals change nothing, so they run side by side: each is a CLI process of its own.
+    with ThreadPoolExecutor(4) as pool:
+        refused = list(pool.map(lambda bad: hutch(*bad[0]), BAD_INPUT))
+    for (argv, words), r in zip(BAD_INPUT, refused, strict=True):
         line = one_clear_line(r.stderr)
         if r.returncode != 125 or words not in line or not line.startswith("hutch: "):
             wrong.append((argv, r.returncode, r.stderr))

@@ -101,11 +101,21 @@ def test_growing_a_tenants_ext4_never_lets_it_reach_a_device_of_the_node(
     client.machines.delete(holder.id, force=True)
 
 
-def test_an_export_held_open_keeps_its_copy_promised_in_the_pool(busybox_rootfs: Path) -> None:
-    """An export reads a reflink copy of its volume. A tenant who held one open (reading no
+def test_a_pool_promises_what_it_can_hold_and_an_export_held_open_keeps_its_copy_promised(
+    busybox_rootfs: Path,
+) -> None:
+    """One 512 MiB pool, two holes it had (independent; one `hutch up` for both):
+
+    An export reads a reflink copy of its volume. A tenant who held one open (reading no
     further) and deleted the volume kept its blocks in the pool while nothing promised them:
     a new volume was promised the same room, and its writes (or another tenant's) would meet a
-    full pool. The copy stays promised while the export runs; once it ends, the room is free."""
+    full pool. The copy stays promised while the export runs; once it ends, the room is free.
+
+    The pool promised its volumes its whole size, but its file system keeps part of that
+    for itself (log, metadata): a tenant who wrote every byte of the volumes it was promised
+    filled the pool before the last one was full, and every volume's next new block on the
+    node (another tenant's too) failed. The largest volume the node takes can be written
+    whole; a MiB more is refused."""
     with (
         running_controller(busybox_rootfs, {"HUTCH_VOLUME_POOL_MIB": "512"}) as ctl,
         ctl.client(new_project(ctl, "exp")) as client,
@@ -126,6 +136,23 @@ def test_an_export_held_open_keeps_its_copy_promised_in_the_pool(busybox_rootfs:
         client.volumes.create("b", "200M")  # what the pool holds beside the export's copy
         export.close()  # type: ignore[attr-defined]
         client.volumes.create("c", "200M")  # the export is over: its room is free
+        client.volumes.delete("b")
+        client.volumes.delete("c")
+
+        # The pool (made by the first volume above) is empty again.
+        with pytest.raises(NoCapacity) as refused:
+            client.volumes.create("huge", "1T")
+        free = int(re.search(r"(\d+) bytes free", str(refused.value)).group(1))  # type: ignore[union-attr]
+        size = free // MIB * MIB
+        with pytest.raises(NoCapacity):
+            client.volumes.create("over", size + MIB)
+        client.volumes.create("big", size, fs="none")
+        fill = ["dd", "if=/dev/zero", "of=/dev/big", "bs=1M", f"count={size // MIB}", "conv=fsync"]
+        filler = client.machines.run("busybox", fill, runtime="container", volumes=["big:/dev/big"])
+        done = client.machines.wait(filler, timeout=120)
+        said = b"".join(line.data.encode() for line in client.machines.logs(filler))
+        assert done.exit_code == 0, said
+        assert client.volumes.get("big").used_bytes == size
 
 
 def test_another_projects_volume_or_snapshot_is_not_found_for_machines_and_forks(
@@ -197,32 +224,6 @@ def test_a_volume_whose_maker_died_is_deleted_once_its_mark_lapses(
     assert client.volumes.create("orphan", "16M").state == "available"  # its name is free
     made = client.volumes.create("fresh", "16M")
     assert (made.state, made.operation) == ("available", "")
-
-
-def test_what_the_pool_promises_its_volumes_can_be_written(busybox_rootfs: Path) -> None:
-    """The pool promised its volumes its whole size, but its file system keeps part of that
-    for itself (log, metadata): a tenant who wrote every byte of the volumes it was promised
-    filled the pool before the last one was full, and every volume's next new block on the
-    node (another tenant's too) failed. The largest volume the node takes can be written
-    whole; a MiB more is refused."""
-    with (
-        running_controller(busybox_rootfs, {"HUTCH_VOLUME_POOL_MIB": "512"}) as ctl,
-        ctl.client(new_project(ctl, "full")) as client,
-    ):
-        client.volumes.create("seed", "16M")  # the node makes its pool
-        with pytest.raises(NoCapacity) as refused:
-            client.volumes.create("huge", "1T")
-        free = int(re.search(r"(\d+) bytes free", str(refused.value)).group(1))  # type: ignore[union-attr]
-        size = free // MIB * MIB
-        with pytest.raises(NoCapacity):
-            client.volumes.create("over", size + MIB)
-        client.volumes.create("big", size, fs="none")
-        fill = ["dd", "if=/dev/zero", "of=/dev/big", "bs=1M", f"count={size // MIB}", "conv=fsync"]
-        filler = client.machines.run("busybox", fill, runtime="container", volumes=["big:/dev/big"])
-        done = client.machines.wait(filler, timeout=120)
-        said = b"".join(line.data.encode() for line in client.machines.logs(filler))
-        assert done.exit_code == 0, said
-        assert client.volumes.get("big").used_bytes == size
 
 
 def test_an_export_nobody_reads_is_ended_by_its_node(busybox_rootfs: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from hutch.client import AsyncClient
 from hutch.client.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded
 from hutch.storage.local import export_stream
 from tests.controller import Controller, controller, new_project, running_controller
-from tests.store.postgres import postgres, postgres_url
+from tests.store.postgres import PostgresCluster, postgres, postgres_url
 
 __all__ = ["controller", "postgres", "postgres_url"]  # fixtures, re-exported for pytest
 
@@ -26,15 +26,22 @@ MIB = 1 << 20
 GIB = 1 << 30
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def ctl(request: pytest.FixtureRequest, busybox_rootfs: Path) -> Iterator[Controller]:
-    """The shared `hutch up` (SQLite), or one of its own over PostgreSQL."""
+    """The shared `hutch up` (SQLite), or one over PostgreSQL for the module's tests (each in
+    projects of its own). Module-scoped, so the SQLite tests all run before the PostgreSQL
+    one starts: its block moves this thread to a network namespace of its own."""
     if request.param == "sqlite":
         yield request.getfixturevalue("controller")
         return
-    url = request.getfixturevalue("postgres_url")
-    with running_controller(busybox_rootfs, {"HUTCH_DATABASE_URL": url}) as own:
-        yield own
+    postgres: PostgresCluster = request.getfixturevalue("postgres")
+    database = postgres.create_database()
+    try:
+        url = postgres.url(database)
+        with running_controller(busybox_rootfs, {"HUTCH_DATABASE_URL": url}) as own:
+            yield own
+    finally:
+        postgres.drop_database(database)
 
 
 @pytest.fixture
@@ -303,17 +310,18 @@ async def test_forged_imports_bad_names_and_sizes_are_clear_4xx(
 
 
 async def test_a_node_makes_its_pool_on_its_first_volume_only(
-    request: pytest.FixtureRequest, ctl: Controller, vc: AsyncClient
+    busybox_rootfs: Path, postgres_url: str
 ) -> None:
-    if request.node.callspec.params["ctl"] == "sqlite":
-        pytest.skip("the shared hutch up may have made its pool already: this needs a fresh one")
-    root = ctl.state_dir / "node" / "volumes"
-    with pytest.raises(NoCapacity):  # the node was asked what it could hold
-        await vc.volumes.create("huge", "8T")
-    assert not (root / "pool.xfs").exists() and not _loops_of(root)
-    await vc.volumes.create("first", "64M")
-    assert (root / "pool.xfs").exists() and _loops_of(root)
-    await vc.volumes.delete("first")
+    """On a fresh `hutch up` (the module's may have made its pool already)."""
+    with running_controller(busybox_rootfs, {"HUTCH_DATABASE_URL": postgres_url}) as ctl:
+        async with AsyncClient(ctl.url, ctl.token, project=new_project(ctl, "av")) as vc:
+            root = ctl.state_dir / "node" / "volumes"
+            with pytest.raises(NoCapacity):  # the node was asked what it could hold
+                await vc.volumes.create("huge", "8T")
+            assert not (root / "pool.xfs").exists() and not _loops_of(root)
+            await vc.volumes.create("first", "64M")
+            assert (root / "pool.xfs").exists() and _loops_of(root)
+            await vc.volumes.delete("first")
 
 
 def _loops_of(root: Path) -> str:

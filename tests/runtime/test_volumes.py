@@ -14,7 +14,14 @@ import pytest
 
 from hutch.images.rootfs import PreparedRoot, prepare_root
 from hutch.model.errors import Invalid, Unsupported
-from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec, SandboxState, VolumeMount
+from hutch.model.sandbox import (
+    ProcessSpec,
+    Resources,
+    SandboxSpec,
+    SandboxState,
+    Stream,
+    VolumeMount,
+)
 from hutch.runtime.driver import SandboxDriver
 from tests.helpers import CACHE_DIR
 from tests.helpers.runtime import (
@@ -104,6 +111,29 @@ def fsck(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["e2fsck", "-fn", str(path)], capture_output=True, text=True, check=False)
 
 
+@pytest.fixture(scope="module")
+def probe_root(
+    busybox_root: PreparedRoot, tmp_path_factory: pytest.TempPathFactory
+) -> PreparedRoot:
+    """The busybox root with /bin/lockprobe and /bin/sqlprobe: LOCK_PROBE and SQL_PROBE,
+    compiled static here."""
+    tmp = tmp_path_factory.mktemp("probes")
+    root_dir = tmp / "root"
+    subprocess.run(["cp", "-a", str(busybox_root.rootfs), str(root_dir)], check=True)
+    for name, source, libs in (
+        ("lockprobe", LOCK_PROBE, ()),
+        ("sqlprobe", SQL_PROBE, ("-lsqlite3", "-lm")),
+    ):
+        (tmp / f"{name}.c").write_text(source)
+        subprocess.run(
+            ["gcc", "-static", "-Os", "-o", str(root_dir / "bin" / name), str(tmp / f"{name}.c"),
+             *libs],
+            check=True,
+            capture_output=True,  # libsqlite3.a's dlopen: a warning for static binaries
+        )  # fmt: skip
+    return prepare_root(root_dir, CACHE_DIR, disk=True)
+
+
 @dataclasses.dataclass
 class Rt:
     name: str
@@ -123,20 +153,6 @@ class Rt:
         await self.driver.destroy(spec.id)
         return status.code, out.decode(), err.decode() + status.error
 
-    def with_program(self, tmp_path: Path, name: str, source: str, *libs: str) -> "Rt":
-        """This runtime on a copy of its root with /bin/`name`: C `source`, compiled static
-        here (linked with `libs`, e.g. -lsqlite3)."""
-        (tmp_path / f"{name}.c").write_text(source)
-        root_dir = tmp_path / f"{name}-root"
-        subprocess.run(["cp", "-a", str(self.root.rootfs), str(root_dir)], check=True)
-        binary = root_dir / "bin" / name
-        subprocess.run(
-            ["gcc", "-static", "-Os", "-o", str(binary), str(tmp_path / f"{name}.c"), *libs],
-            check=True,
-            capture_output=True,  # libsqlite3.a's dlopen: a warning for static binaries
-        )
-        return Rt(self.name, self.driver, prepare_root(root_dir, CACHE_DIR, disk=True))
-
     async def kill_hard(self, sandbox_id: str) -> None:
         """SIGKILL the sandbox as a crash would: QEMU, or every process of the container."""
         info = await self.driver.inspect(sandbox_id)
@@ -150,10 +166,10 @@ class Rt:
 
 @pytest.fixture(params=["microvm", "container"])
 async def rt(
-    request: pytest.FixtureRequest, busybox_root: PreparedRoot, short_dir: Path
+    request: pytest.FixtureRequest, probe_root: PreparedRoot, short_dir: Path
 ) -> AsyncIterator[Rt]:
     async for driver in driver_in(short_dir / "state", request.param):
-        yield Rt(request.param, driver, busybox_root)
+        yield Rt(request.param, driver, probe_root)
     assert str(short_dir / "state") not in Path("/proc/self/mountinfo").read_text()
 
 
@@ -161,13 +177,59 @@ def vol(source: Path, target: str, **kw: object) -> VolumeMount:
     return VolumeMount(volume_id=source.stem, source=str(source), target=target, **kw)  # type: ignore[arg-type]
 
 
-async def test_data_outlives_the_sandbox_read_only_refuses_writes(rt: Rt, tmp_path: Path) -> None:
+def needs_recovery(path: Path) -> bool:
+    """Whether the ext4 in `path` has a journal to replay (its superblock's RECOVER flag)."""
+    with path.open("rb") as f:
+        f.seek(1024 + 0x60)  # s_feature_incompat
+        return bool(int.from_bytes(f.read(4), "little") & 0x4)
+
+
+def acks(data: bytes) -> list[int]:
+    return [int(n) for n in re.findall(rb"ack (\d+)", data)]
+
+
+async def test_volumes_hold_data_files_and_blocks_and_read_only_refuses_writes(
+    rt: Rt, tmp_path: Path
+) -> None:
+    """One sandbox (independent checks, one boot): an ext4 volume takes data, flock, rename and
+    fsync; a raw volume is a block device; a full volume is ENOSPC and its file never grows;
+    the scratch disk takes fsynced writes past 1 MiB (QEMU's stderr cap was RLIMIT_FSIZE, which
+    also failed every guest write past 1 MiB of its disk files). The next sandbox finds the
+    data, on the same volume read-only beside another read-write (two at once)."""
     a, b = make_volume(tmp_path / "a.ext4"), make_volume(tmp_path / "b.ext4")
-    code, out, err = await rt.run(
-        rt.spec("echo kept > /data/deep/f 2>/dev/null || { mkdir -p /data/deep; "
-                "echo kept > /data/deep/f; }; cat /data/deep/f", vol(a, "/data"))
-    )  # fmt: skip
-    assert (code, out) == (0, "kept\n"), err
+    raw = make_volume(tmp_path / "raw.img", mib=8, fs="none")
+    small = make_volume(tmp_path / "small.ext4", mib=16)
+    with raw.open("r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"from-the-node")
+    script = (
+        "mkdir -p /data/deep && echo kept > /data/deep/f && cat /data/deep/f; "
+        "lockprobe /data/lock && echo v1 > /data/db.tmp && sync /data/db.tmp && "
+        "mv /data/db.tmp /data/db && sync -f /data && cat /data/db && ls /data; "
+        "test -b /dev/xvdb && echo is-block; blockdev --getsize64 /dev/xvdb; "
+        "dd if=/dev/xvdb bs=1M skip=1 count=1 2>/dev/null | head -c 13; echo; "
+        "printf from-the-guest | dd of=/dev/xvdb bs=1M seek=2 conv=fsync 2>/dev/null && echo ok; "
+        "dd if=/dev/zero of=/v/fill bs=1M count=64 conv=fsync; echo rc=$?; "
+        "dd if=/dev/zero of=/big bs=1M count=8 conv=fsync 2>/dev/null && echo scratch-ok"
+    )
+    spec = rt.spec(script, vol(a, "/data"), vol(raw, "/dev/xvdb", fs="none"), vol(small, "/v"))
+    spec = dataclasses.replace(spec, resources=Resources(memory_mib=128, scratch_mib=64))
+    code, out, err = await rt.run(spec)
+    assert (code, out.split()) == (0, [
+        "kept",
+        "locked-out", "relocked", "v1", "db", "deep", "lock", "lost+found",
+        "is-block", str(8 << 20), "from-the-node", "ok",
+        "rc=1",
+        "scratch-ok",
+    ]), err  # fmt: skip
+    assert "No space left on device" in err
+    with raw.open("rb") as r:
+        r.seek(2 << 20)
+        assert r.read(14) == b"from-the-guest"
+    assert raw.stat().st_size == 8 << 20
+    assert small.stat().st_size == 16 << 20
+    assert os.stat(small).st_blocks * 512 <= 16 << 20
+    assert fsck(small).returncode == 0
     # The next sandbox: the same volume read-only beside another read-write (two at once).
     script = (
         "cat /old/deep/f; echo no > /old/g && echo wrote-ro; echo yes > /new/g && echo wrote-rw; "
@@ -180,58 +242,23 @@ async def test_data_outlives_the_sandbox_read_only_refuses_writes(rt: Rt, tmp_pa
     mounts = dict(line.split(" ", 1) for line in lines[2:])
     assert mounts["/old"].startswith("ro,") and mounts["/new"].startswith("rw,")
     assert all("nosuid" in m and "nodev" in m for m in mounts.values())
-    for f in (a, b):
-        assert f.stat().st_size == 64 << 20
-        assert fsck(f).returncode == 0, fsck(f).stdout  # unmounted cleanly by the sandbox's end
+    for disk in (a, b):
+        assert disk.stat().st_size == 64 << 20
+        assert fsck(disk).returncode == 0, fsck(disk).stdout  # unmounted cleanly at its end
     got = subprocess.run(
         ["debugfs", "-R", "cat /g", str(b)], capture_output=True, text=True, check=False
     )
     assert got.stdout == "yes\n"
 
 
-async def test_a_raw_volume_is_a_block_device(rt: Rt, tmp_path: Path) -> None:
-    disk = make_volume(tmp_path / "raw.img", mib=8, fs="none")
-    with disk.open("r+b") as f:
-        f.seek(1 << 20)
-        f.write(b"from-the-node")
-    script = (
-        "test -b /dev/xvdb && echo is-block; blockdev --getsize64 /dev/xvdb; "
-        "dd if=/dev/xvdb bs=1M skip=1 count=1 2>/dev/null | head -c 13; echo; "
-        "printf from-the-guest | dd of=/dev/xvdb bs=1M seek=2 conv=fsync 2>/dev/null && echo ok"
-    )
-    code, out, err = await rt.run(rt.spec(script, vol(disk, "/dev/xvdb", fs="none")))
-    assert (code, out.split()) == (0, ["is-block", str(8 << 20), "from-the-node", "ok"]), err
-    with disk.open("rb") as f:
-        f.seek(2 << 20)
-        assert f.read(14) == b"from-the-guest"
-    assert disk.stat().st_size == 8 << 20
-
-
-async def test_a_full_volume_is_enospc_and_the_file_never_grows(rt: Rt, tmp_path: Path) -> None:
-    disk = make_volume(tmp_path / "small.ext4", mib=16)
-    script = "dd if=/dev/zero of=/v/fill bs=1M count=64 conv=fsync; echo rc=$?; df -k /v | tail -1"
-    code, out, err = await rt.run(rt.spec(script, vol(disk, "/v")))
-    assert code == 0 and "rc=1" in out, err
-    assert "No space left on device" in err
-    assert disk.stat().st_size == 16 << 20
-    assert os.stat(disk).st_blocks * 512 <= 16 << 20
-    assert fsck(disk).returncode == 0
-
-
-async def test_flock_rename_and_fsync_work_on_a_volume(rt: Rt, tmp_path: Path) -> None:
-    probe = rt.with_program(tmp_path, "lockprobe", LOCK_PROBE)
-    disk = make_volume(tmp_path / "db.ext4")
-    script = (
-        "lockprobe /v/lock && echo v1 > /v/db.tmp && sync /v/db.tmp && mv /v/db.tmp /v/db && "
-        "sync -f /v && cat /v/db && ls /v"
-    )
-    code, out, err = await probe.run(probe.spec(script, vol(disk, "/v"), sandbox_id="lock"))
-    assert (code, out.split()) == (
-        0, ["locked-out", "relocked", "v1", "db", "lock", "lost+found"]
-    ), err  # fmt: skip
-
-
-async def test_freeze_blocks_writers_until_thawed(rt: Rt, tmp_path: Path) -> None:
+async def test_freeze_blocks_writers_until_thawed_or_until_it_lapses(
+    rt: Rt, tmp_path: Path
+) -> None:
+    """A frozen volume blocks writers until the thaw. A node that dies between freeze and thaw:
+    the guest agent (or, for a container, the node's watchdog) thaws the volume after about
+    10 s. Destroying the running sandbox (`hutch rm -f`) then leaves its journal clean (a
+    micro-VM's guest freezes its read-write volumes first), so a read-only attachment next
+    mounts it at once."""
     disk = make_volume(tmp_path / "f.ext4")
     spec = rt.spec("echo up; sleep 600", vol(disk, "/data"))
     await rt.driver.create(spec)
@@ -257,87 +284,66 @@ async def test_freeze_blocks_writers_until_thawed(rt: Rt, tmp_path: Path) -> Non
         await rt.driver.snapshot(spec.id, tmp_path / "snap")
     assert not (tmp_path / "snap").exists()
     assert (await rt.driver.inspect(spec.id)).state is SandboxState.RUNNING
-    await rt.driver.destroy(spec.id, force=True)
-
-
-async def test_freeze_ends_by_itself_when_no_thaw_comes(rt: Rt, tmp_path: Path) -> None:
-    """A node that dies between freeze and thaw: the guest agent (or, for a container, the
-    node's watchdog) thaws the volume after about 10 s."""
-    disk = make_volume(tmp_path / "f.ext4")
-    spec = rt.spec("echo up; sleep 600", vol(disk, "/data"))
-    await rt.driver.create(spec)
-    await rt.driver.start(spec.id)
-    await asyncio.wait_for(wait_for_line(rt.driver, spec.id, b"up"), 120)
     frozen = rt.driver.freeze(spec.id, ["/data"])
     await frozen.__aenter__()  # and never __aexit__: as if this process died
     if rt.name == "container":  # the process that would thaw it is gone with this one
         rt.driver.backend._thaw_watchdogs.clear()  # type: ignore[attr-defined]
-    writer = ProcessSpec(args=("/bin/sh", "-c", "echo w > /data/f && echo written"), env=(PATH,))
     proc = await rt.driver.exec(spec.id, writer)
-    status, out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert (status.code, out) == (0, b"written\n")
-    await rt.driver.destroy(spec.id, force=True)
-
-
-async def test_fsynced_writes_survive_a_kill_9(rt: Rt, tmp_path: Path) -> None:
-    """A workload writes and fsyncs a counter, saying so after each fsync; the sandbox is
-    killed with SIGKILL (QEMU, or every process of the container); the next sandbox on the file
-    finds a file system that checks clean once its journal is replayed, holding at least the
-    last value acknowledged."""
-    disk = make_volume(tmp_path / "c.ext4")
-    script = (
-        "i=0; while :; do i=$((i+1)); echo $i > /data/c.tmp; sync /data/c.tmp; "
-        "mv /data/c.tmp /data/c; sync -f /data; echo ack $i; done"
+    status, out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert (status.code, out) == (0, b"written\n"), (status, err)
+    await rt.driver.destroy(spec.id, force=True)  # while it runs, its volume written
+    assert not needs_recovery(disk)
+    code, out_ro, said = await rt.run(
+        rt.spec("cat /data/f", vol(disk, "/data", read_only=True), sandbox_id="ro")
     )
-    spec = rt.spec(script, vol(disk, "/data"), sandbox_id="writer")
+    assert (code, out_ro) == (0, "w\n"), said
+
+
+async def test_fsynced_writes_and_sqlite_commits_survive_a_kill_9(rt: Rt, tmp_path: Path) -> None:
+    """One workload writes and fsyncs a counter, saying so after each fsync; beside it, SQLite
+    in WAL mode with synchronous=FULL commits a row per transaction and says so after each
+    COMMIT. The sandbox is killed with SIGKILL (QEMU, or every process of the container). A
+    killed micro-VM leaves the journals to replay: a read-only attachment says what to do. The
+    next sandbox on the volumes finds file systems that check clean once their journals are
+    replayed, holding at least the last value acknowledged, and the database intact, still in
+    WAL mode, holding every acknowledged row."""
+    counter, sql = make_volume(tmp_path / "c.ext4"), make_volume(tmp_path / "sql.ext4")
+    script = (  # SQLite's acks on stdout, the counter's on stderr
+        "sqlprobe /db/db write & "
+        "i=0; while :; do i=$((i+1)); echo $i > /data/c.tmp; sync /data/c.tmp; "
+        "mv /data/c.tmp /data/c; sync -f /data; echo ack $i >&2; done"
+    )
+    volumes = (vol(counter, "/data"), vol(sql, "/db"))
+    spec = rt.spec(script, *volumes, sandbox_id="writer")
     await rt.driver.create(spec)
     await rt.driver.start(spec.id)
-    acked = 0
+    acked = {Stream.STDOUT: 0, Stream.STDERR: 0}
     async for record in rt.driver.logs(spec.id, follow=True):
-        acked = max([acked, *map(int, re.findall(rb"ack (\d+)", record.data))])
-        if acked >= 20:
+        acked[record.stream] = max([acked[record.stream], *acks(record.data)])
+        # SQLite past a few WAL checkpoints (every 16 pages, a row is one)
+        if acked[Stream.STDOUT] >= 40 and acked[Stream.STDERR] >= 20:
             break
     await rt.kill_hard(spec.id)
-    out, _ = await output(rt.driver, spec.id)  # everything it said before it died
-    acked = max(int(n) for n in re.findall(rb"ack (\d+)", out))
+    out, err = await output(rt.driver, spec.id)  # everything it said before it died
+    assert out.startswith(b"journal_mode=wal\n"), err
+    sql_acked, counter_acked = max(acks(out)), max(acks(err))
     await rt.driver.wait(spec.id, timeout=60)
     await rt.driver.destroy(spec.id, force=True)
-    code, got, err = await rt.run(rt.spec("cat /data/c", vol(disk, "/data"), sandbox_id="reader"))
-    assert code == 0, err
-    assert int(got) in (acked, acked + 1)  # the one after the last ack may be fsynced too
-    assert fsck(disk).returncode == 0, fsck(disk).stdout
-
-
-async def test_sqlite_in_wal_mode_keeps_acknowledged_commits_through_a_kill_9(
-    rt: Rt, tmp_path: Path
-) -> None:
-    """SQLite in WAL mode with synchronous=FULL commits a row per transaction and says so after
-    each COMMIT; the sandbox is killed hard mid-way; the next sandbox on the volume finds the
-    database intact, still in WAL mode, holding every acknowledged row."""
-    sql = rt.with_program(tmp_path, "sqlprobe", SQL_PROBE, "-lsqlite3", "-lm")
-    disk = make_volume(tmp_path / "sql.ext4")
-    spec = sql.spec("sqlprobe /data/db write", vol(disk, "/data"), sandbox_id="sqlw")
-    await sql.driver.create(spec)
-    await sql.driver.start(spec.id)
-    acked = 0
-    async for record in sql.driver.logs(spec.id, follow=True):
-        acked = max([acked, *map(int, re.findall(rb"ack (\d+)", record.data))])
-        if acked >= 40:  # past a few WAL checkpoints (every 16 pages, a row is one)
-            break
-    await sql.kill_hard(spec.id)
-    out, said = await output(sql.driver, spec.id)
-    assert out.startswith(b"journal_mode=wal\n"), said
-    acked = max(int(n) for n in re.findall(rb"ack (\d+)", out))
-    await sql.driver.wait(spec.id, timeout=60)
-    await sql.driver.destroy(spec.id, force=True)
+    if rt.name == "microvm":
+        assert needs_recovery(counter) and needs_recovery(sql)
+        code, _, said = await rt.run(
+            rt.spec("cat /data/c", vol(counter, "/data", read_only=True), sandbox_id="ro")
+        )
+        assert code != 0 and "journal needs replaying" in said, said
     # The WAL the writer left behind (SQLite removes it on a clean close only), then the check.
-    script = "test -s /data/db-wal && echo wal-left; sqlprobe /data/db check"
-    code, got, err = await sql.run(sql.spec(script, vol(disk, "/data"), sandbox_id="sqlr"))
+    script = "cat /data/c; test -s /db/db-wal && echo wal-left; sqlprobe /db/db check"
+    code, got, said = await rt.run(rt.spec(script, *volumes, sandbox_id="reader"))
     lines = got.splitlines()
-    assert code == 0 and lines[:3] == ["wal-left", "journal_mode=wal", "integrity_check=ok"], err
-    last = int(lines[3].removeprefix("last="))
-    assert last >= acked  # an acknowledged commit is never lost (the next may be there too)
-    assert fsck(disk).returncode == 0, fsck(disk).stdout
+    assert code == 0 and lines[1:4] == ["wal-left", "journal_mode=wal", "integrity_check=ok"], said
+    assert int(lines[0]) in (counter_acked, counter_acked + 1)  # the next may be fsynced too
+    assert int(lines[4].removeprefix("last=")) >= sql_acked  # never lost (the next may be there)
+    for disk in (counter, sql):
+        assert fsck(disk).returncode == 0, fsck(disk).stdout
 
 
 async def test_a_volume_that_is_no_file_is_refused(rt: Rt, tmp_path: Path) -> None:
@@ -357,19 +363,6 @@ async def test_a_volume_that_cannot_be_mounted_fails_the_sandbox(rt: Rt, tmp_pat
     except Exception as e:
         error = str(e)
     assert "/data" in error and ("volume" in error), error
-
-
-async def test_scratch_takes_fsynced_writes_past_1_mib(
-    microvm: SandboxDriver, busybox_root: PreparedRoot
-) -> None:
-    """QEMU's stderr cap was RLIMIT_FSIZE, which also failed every guest write past 1 MiB of
-    its disk files (EIO in the guest): a workload's fsync then failed."""
-    base = make_spec(
-        busybox_root, "/bin/sh", "-c", "dd if=/dev/zero of=/big bs=1M count=8 conv=fsync && echo ok"
-    )
-    spec = dataclasses.replace(base, resources=Resources(memory_mib=128, scratch_mib=64))
-    code, out, err = await Rt("microvm", microvm, busybox_root).run(spec)
-    assert (code, out) == (0, "ok\n"), err
 
 
 async def test_a_restarted_host_process_adopts_a_sandbox_with_its_volume(
@@ -397,38 +390,3 @@ async def test_a_restarted_host_process_adopts_a_sandbox_with_its_volume(
     )
     assert got.stdout == "go\n"
     assert fsck(disk).returncode == 0
-
-
-def needs_recovery(path: Path) -> bool:
-    """Whether the ext4 in `path` has a journal to replay (its superblock's RECOVER flag)."""
-    with path.open("rb") as f:
-        f.seek(1024 + 0x60)  # s_feature_incompat
-        return bool(int.from_bytes(f.read(4), "little") & 0x4)
-
-
-async def test_a_destroyed_micro_vm_leaves_its_volume_clean_a_killed_one_to_replay(
-    busybox_root: PreparedRoot, short_dir: Path, tmp_path: Path
-) -> None:
-    """Destroying a running micro-VM (`hutch rm -f`) first has its guest freeze its
-    read-write volumes, so a read-only attachment afterwards mounts at once; a micro-VM killed
-    outright leaves the journal to replay, and a read-only attachment says what to do."""
-    async for driver in driver_in(short_dir / "state", "microvm"):
-        rt = Rt("microvm", driver, busybox_root)
-        for how, disk in (("destroy", tmp_path / "d.ext4"), ("kill", tmp_path / "k.ext4")):
-            make_volume(disk)
-            spec = rt.spec("echo hi > /data/f; sync; echo up; sleep 600", vol(disk, "/data"))
-            await driver.create(spec)
-            await driver.start(spec.id)
-            await asyncio.wait_for(wait_for_line(driver, spec.id, b"up"), 120)
-            if how == "kill":
-                await rt.kill_hard(spec.id)
-                await driver.wait(spec.id, timeout=60)
-            await driver.destroy(spec.id, force=True)
-            assert needs_recovery(disk) == (how == "kill"), how
-            code, out, err = await rt.run(
-                rt.spec("cat /data/f", vol(disk, "/data", read_only=True), sandbox_id="ro")
-            )
-            if how == "destroy":
-                assert (code, out) == (0, "hi\n"), err
-            else:
-                assert code != 0 and "journal needs replaying" in err, err
