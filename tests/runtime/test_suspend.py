@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hutch.images.rootfs import PreparedRoot
-from hutch.model.errors import Conflict, InsufficientStorage, Unsupported
+from hutch.model.errors import Conflict, InsufficientStorage, Unavailable, Unsupported
 from hutch.model.sandbox import ProcessSpec, SandboxState
 from hutch.runtime.driver import SandboxDriver
 from tests.helpers.runtime import PATH, driver_in, make_spec, wait_for_line
@@ -66,11 +66,11 @@ async def test_a_suspended_vm_resumes_where_it_was(
     assert ram.parent == Path("/dev/shm/hutch") and ram.stat().st_size == 128 << 20
 
     # A suspend that fails after the guest was paused (its RAM file cannot be read) leaves it
-    # running, nothing saved.
+    # running, nothing saved, and says why as a HutchError (the node reports those).
     keep = ram.with_name(ram.name + ".keep")
     os.link(ram, keep)
     ram.unlink()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(Unavailable, match=r"could not be saved: .*No such file"):
         await microvm.suspend(SB)
     os.rename(keep, ram)
     sandbox_dir = short_dir / "state/sandboxes/microvm" / SB

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, Unsupported
+from hutch.model.errors import (
+    Conflict,
+    HutchError,
+    Invalid,
+    NotFound,
+    Unavailable,
+    Unsupported,
+)
 from hutch.model.sandbox import (
     Capabilities,
     ExitStatus,
@@ -578,6 +585,8 @@ class SandboxDriver:
                 if not job.cancelled():
                     raise  # our caller was cancelled: the suspend goes on, as shielded
                 raise Conflict(f"a resume of sandbox {sandbox_id} cancelled its suspend") from None
+            except OSError as e:  # the host's files (its disk, the RAM file): it runs on
+                raise Unavailable(f"sandbox {sandbox_id} could not be saved: {e}") from e
             # Saved: from here on it is suspended, even if this process dies before QEMU ends
             # (recover ends it then).
             record.state = SandboxState.SUSPENDED
@@ -659,8 +668,10 @@ class SandboxDriver:
                     files = snapfiles.describe(dest, record.spec)
                 finally:
                     await self.backend.cont(record, sup.dir)
-            except BaseException:
+            except BaseException as e:
                 shutil.rmtree(dest, ignore_errors=True)
+                if isinstance(e, OSError):  # the host's files (its disk, the RAM file)
+                    raise Unavailable(f"sandbox {sandbox_id} could not be saved: {e}") from e
                 raise
             finally:
                 with contextlib.suppress(Conflict):  # else it continues by itself soon
