@@ -673,6 +673,10 @@ class Machines:
                     m = await self._time_out(tx, m, OnTimeout.STOP, why)
                 else:  # it runs on
                     m = await self._transition(tx, replace(m, desired=Desired.RUNNING), state, why)
+            elif state is m.state is MachineState.RUNNING and report.error:
+                # Resumed while its node was suspending it: the node says the suspend was
+                # cancelled (or failed anyway), and it ran on.
+                m = await self._transition(tx, m, state, report.error)
             elif m.state in (MachineState.DESTROYED, state):
                 return m  # said before (a restarted agent repeats itself)
             elif state is MachineState.DESTROYED:
