@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from hutch.client import AsyncClient, Client
-from hutch.client.errors import ApiError, Conflict, Invalid, NotFound
+from hutch.client.errors import ApiError, Conflict, Invalid, NotFound, QuotaExceeded
 from hutch.wire.machines import MachineView
 from tests.controller import Controller, controller, new_project
 
@@ -89,14 +89,27 @@ async def test_suspend_and_resume(
     assert _memory_allocated(controller, warm.node) == held
 
 
-def test_snapshot_and_clones(owner: Client, warm: MachineView, other: Client) -> None:
+def test_snapshot_and_clones(
+    controller: Controller, owner: Client, warm: MachineView, other: Client
+) -> None:
     client = owner
     pid, _ = _state_of(client, "warm")
     with pytest.raises(NotFound):
         other.snapshots.create("warm", "stolen")
+    # A snapshot counts in the project's snapshot quota: one beyond it is refused, and gone.
+    assert client.project is not None
+    with controller.client(None) as admin:
+        admin.projects.set_quota(client.project, snapshot_gib=0)
+        try:
+            with pytest.raises(QuotaExceeded, match=r"GiB taken, .* the quota \(snapshot_gib\)"):
+                client.snapshots.create("warm", "big")
+        finally:
+            admin.projects.set_quota(client.project)
+    assert list(client.snapshots.list()) == []
     snap = client.snapshots.create("warm", "tmpl")
     assert (snap.name, snap.state, snap.node_id, snap.clones) == ("tmpl", "ready", warm.node, [])
     assert snap.size_bytes > 0
+    assert client.projects.quota().usage.snapshot_gib == snap.size_bytes / (1 << 30)
     with pytest.raises(NotFound):
         other.machines.run(from_snapshot="tmpl")
     with pytest.raises(Invalid, match="cpus 1, not 2"):

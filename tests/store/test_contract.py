@@ -770,7 +770,8 @@ async def test_failed_block_leaves_nothing(store: SqlStore) -> None:
 
 async def test_machine_snapshots(store: SqlStore) -> None:
     """By id or name within the project only, names unique per project, the live machines
-    that continue from one, and the project and node they hold on to."""
+    that continue from one, the project and node they hold on to, and their sizes in the
+    project's snapshot total."""
     a, b, n = f.project(), f.project(), f.node()
     snap = MachineSnapshot(
         id=f.uid("s"), project_id=a.id, name="tmpl", machine_id=f.uid("m"), node_id=n.id,
@@ -801,7 +802,11 @@ async def test_machine_snapshots(store: SqlStore) -> None:
         assert [s.id for s in await tx.snapshots.list(a.id)] == [snap.id]
         assert await tx.snapshots.clones(snap.id) == [clone.name]
         assert (await tx.machines.by_id(clone.id)).spec.from_snapshot == snap.id
+        assert await tx.volumes.totals(a.id) == (0, 5)  # its machine snapshots' sizes
     async with store.write() as tx:
+        clone = await tx.machines.update(replace(clone, state=MachineState.SUSPENDED))
+        # and a suspended machine's saved memory, at its memory's size
+        assert await tx.volumes.totals(a.id) == (0, 5 + (clone.spec.memory_mib << 20))
         await tx.machines.update(replace(clone, state=MachineState.DESTROYED))
         assert await tx.snapshots.clones(snap.id) == []
     with pytest.raises(Conflict, match="machine snapshot"):

@@ -757,7 +757,9 @@ class QuotaLimits(TypedDict, total=False):
     images_mib: int | None  # its images on each node, as stored
     images_unpacked_mib: int | None  # the same, unpacked
     volume_gib: int | None  # the sum of its volumes' sizes
-    snapshot_gib: int | None  # the sum of its snapshots' sizes (each its volume's when taken)
+    # the sum of its snapshots' sizes: volumes' (each its volume's when taken), machines', and
+    # suspended machines' saved memory
+    snapshot_gib: int | None
 
 
 def set_quota(name: str, limits: QuotaLimits) -> Plan[QuotaReport]:

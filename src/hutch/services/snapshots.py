@@ -12,14 +12,15 @@ import contextlib
 import time
 from dataclasses import replace
 
-from hutch.model.errors import Conflict, HutchError, Invalid, NotFound
-from hutch.model.machine import Desired, MachineState, check_suspendable
+from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, QuotaExceeded
+from hutch.model.machine import Desired, MachineState, Node, check_suspendable
 from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.model.tenancy import Principal, Project, validate_name
 from hutch.services.ids import new_id
 from hutch.services.nodelink import NodeLink
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
+from hutch.services.volumes import within_quota
 from hutch.store.base import NewEvent, Store, Tx
 
 
@@ -53,7 +54,9 @@ class Snapshots:
     ) -> MachineSnapshot:
         """A snapshot of the running micro-VM `machine`, taken by its node (the workload
         pauses for the copy, then runs on). Invalid for a container or a machine with volumes
-        (their data is not in it); Conflict unless it runs; NotFound for another project's."""
+        (their data is not in it); Conflict unless it runs; NotFound for another project's;
+        QuotaExceeded (and no snapshot) if it takes the project's snapshots beyond their quota
+        (`snapshot_gib`)."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         name = (
             validate_name(name, "snapshot")
@@ -95,14 +98,23 @@ class Snapshots:
             async with self.store.write() as tx:
                 await tx.snapshots.delete(snap.id)
             raise
-        async with self.store.write() as tx:
-            snap = await tx.snapshots.update(
-                replace(snap, size_bytes=taken.size_bytes, state=SnapshotState.READY)
-            )
-            await tx.events.append([
-                NewEvent(project.id, "machine.snapshotted", m.id, "snapshotted",
-                         f"snapshot {snap.name} ({taken.size_bytes} bytes)", time.time())
-            ])  # fmt: skip
+        try:
+            async with self.store.write() as tx:
+                # Its size is known once taken: checked under the project's lock, where each
+                # snapshot taken meanwhile counts at its own size.
+                locked = await tx.projects.lock(project.id)
+                _, snapshots = await tx.volumes.totals(project.id)
+                within_quota(locked, "snapshot_gib", snapshots, taken.size_bytes)
+                snap = await tx.snapshots.update(
+                    replace(snap, size_bytes=taken.size_bytes, state=SnapshotState.READY)
+                )
+                await tx.events.append([
+                    NewEvent(project.id, "machine.snapshotted", m.id, "snapshotted",
+                             f"snapshot {snap.name} ({taken.size_bytes} bytes)", time.time())
+                ])  # fmt: skip
+        except QuotaExceeded:
+            await self._forget(snap, node)
+            raise
         return snap
 
     async def delete(self, principal: Principal, project: Project, ref: str) -> None:
@@ -119,6 +131,10 @@ class Snapshots:
                 node = await tx.nodes.get(snap.node_id)
             except NotFound:
                 node = None  # gone with its node
+        await self._forget(snap, node)
+
+    async def _forget(self, snap: MachineSnapshot, node: Node | None) -> None:
+        """The snapshot gone from its node (None: gone itself) and the store."""
         if node is not None:
             with contextlib.suppress(NotFound):  # the node no longer has it
                 await self.link.delete_machine_snapshot(node, snap.id)
