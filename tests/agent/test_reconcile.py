@@ -8,6 +8,7 @@ The end-to-end cluster scenarios in tests/cli run the same loop over real micro-
 
 import asyncio
 import contextlib
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -176,6 +177,7 @@ async def node() -> AsyncIterator[Node]:
         finally:
             await agent.close()
     await close_api(api)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def eventually(node: Node, ref: str, **want: object) -> dict[str, Any]:
