@@ -757,9 +757,7 @@ class QuotaLimits(TypedDict, total=False):
     images_mib: int | None  # its images on each node, as stored
     images_unpacked_mib: int | None  # the same, unpacked
     volume_gib: int | None  # the sum of its volumes' sizes
-    # the sum of its snapshots' sizes: volumes' (each its volume's when taken), machines', and
-    # suspended machines' saved memory
-    snapshot_gib: int | None
+    snapshot_gib: int | None  # the sum of its volume and machine snapshots' sizes
 
 
 def set_quota(name: str, limits: QuotaLimits) -> Plan[QuotaReport]:

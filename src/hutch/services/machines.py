@@ -59,7 +59,6 @@ from hutch.services.nodelink import NodeLink
 from hutch.services.notify import Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
-from hutch.services.volumes import within_quota
 from hutch.store.base import Claim, NewEvent, Store, Tx
 
 MAX_WAIT = 300.0
@@ -391,8 +390,7 @@ class Machines:
         """Ask the machine's node to save its memory and devices and end its process: it keeps
         its disk and addresses on that node, and gives back its CPU and memory once the node
         says it is suspended. Invalid for a runtime that cannot, or a machine with read-write
-        volumes; Conflict unless running; QuotaExceeded if its saved memory would take the
-        project's snapshots beyond its `snapshot_gib`."""
+        volumes; Conflict unless running."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         async with self.store.write() as tx:
             m = await _get_kept(tx, project, ref)
@@ -410,11 +408,6 @@ class Machines:
                     f"machine {m.name} is {m.state} (wanted {m.desired}): only a running machine "
                     "is suspended"
                 )
-            # Its saved memory is kept on its node until it resumes: one of the project's
-            # snapshots meanwhile.
-            locked = await tx.projects.lock(project.id)
-            _, snapshots = await tx.volumes.totals(project.id)
-            within_quota(locked, "snapshot_gib", snapshots, m.spec.memory_mib << 20)
             m = await self._transition(
                 tx, replace(m, desired=Desired.SUSPENDED), m.state, "suspend requested"
             )
@@ -444,7 +437,8 @@ class Machines:
         assert m.node_id is not None  # a node suspended it
         node = await tx.nodes.get(m.node_id)
         want = _less(need(request_of(m.spec), node), share_of(m, node))
-        await _check_quota(tx, project, Usage(0, want.cpus, m.spec.memory_mib, 0))
+        # Its memory, counted as disk while saved there (MachineRepo.usage), is memory again.
+        await _check_quota(tx, project, Usage(0, want.cpus, m.spec.memory_mib, -m.spec.memory_mib))
         if not await tx.nodes.claim([Claim(node.id, want, limit(node))]):
             room = free(node)
             raise NoCapacity(

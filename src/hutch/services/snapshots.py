@@ -5,6 +5,7 @@ continue from one there (`MachineSpec.from_snapshot`, placed on its node by `pin
 A snapshot is written down first (`creating`, so its name is taken), then taken by the node,
 then written down `ready` with its size; a node's refusal removes the row. One that clones
 continue from is not deleted (they start from it again at every restart); its machine may be.
+Nor is one being taken: its node would finish it after the delete, and keep it for good.
 """
 
 import builtins
@@ -12,8 +13,8 @@ import contextlib
 import time
 from dataclasses import replace
 
-from hutch.model.errors import Conflict, HutchError, Invalid, NotFound, QuotaExceeded
-from hutch.model.machine import Desired, MachineState, Node, check_suspendable
+from hutch.model.errors import Conflict, HutchError, Invalid, NotFound
+from hutch.model.machine import Desired, MachineState, check_suspendable
 from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.model.tenancy import Principal, Project, validate_name
 from hutch.services.ids import new_id
@@ -22,6 +23,10 @@ from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
 from hutch.services.volumes import within_quota
 from hutch.store.base import NewEvent, Store, Tx
+
+# Longer than a node takes a snapshot: one `creating` for longer was left by a controller that
+# died while its node took it, and may be deleted.
+TAKE_MAX_S = 3600.0
 
 
 class Snapshots:
@@ -54,9 +59,7 @@ class Snapshots:
     ) -> MachineSnapshot:
         """A snapshot of the running micro-VM `machine`, taken by its node (the workload
         pauses for the copy, then runs on). Invalid for a container or a machine with volumes
-        (their data is not in it); Conflict unless it runs; NotFound for another project's;
-        QuotaExceeded (and no snapshot) if it takes the project's snapshots beyond their quota
-        (`snapshot_gib`)."""
+        (their data is not in it); Conflict unless it runs; NotFound for another project's."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         name = (
             validate_name(name, "snapshot")
@@ -64,7 +67,7 @@ class Snapshots:
             else time.strftime("s-%Y%m%d-%H%M%S", time.gmtime())
         )
         async with self.store.write() as tx:
-            await tx.projects.lock(project.id)
+            locked = await tx.projects.lock(project.id)
             with missing(f"no machine {machine!r} in project {project.name}"):
                 m = await tx.machines.get(project.id, machine)
             check_suspendable(m.spec.runtime, "snapshotted")
@@ -79,6 +82,10 @@ class Snapshots:
                     "machine is snapshotted"
                 )
             assert m.node_id is not None  # it runs
+            # Its node's disk holds it: counted in snapshot_gib, at the most it may take.
+            _, total = await tx.volumes.totals(project.id)
+            most = (m.spec.memory_mib + m.spec.disk_mib) << 20
+            within_quota(locked, "snapshot_gib", total + most)
             node = await tx.nodes.get(m.node_id)
             nics = (await tx.networks.addresses([m.id])).get(m.id, [])
             spec = m.spec
@@ -98,23 +105,14 @@ class Snapshots:
             async with self.store.write() as tx:
                 await tx.snapshots.delete(snap.id)
             raise
-        try:
-            async with self.store.write() as tx:
-                # Its size is known once taken: checked under the project's lock, where each
-                # snapshot taken meanwhile counts at its own size.
-                locked = await tx.projects.lock(project.id)
-                _, snapshots = await tx.volumes.totals(project.id)
-                within_quota(locked, "snapshot_gib", snapshots, taken.size_bytes)
-                snap = await tx.snapshots.update(
-                    replace(snap, size_bytes=taken.size_bytes, state=SnapshotState.READY)
-                )
-                await tx.events.append([
-                    NewEvent(project.id, "machine.snapshotted", m.id, "snapshotted",
-                             f"snapshot {snap.name} ({taken.size_bytes} bytes)", time.time())
-                ])  # fmt: skip
-        except QuotaExceeded:
-            await self._forget(snap, node)
-            raise
+        async with self.store.write() as tx:
+            snap = await tx.snapshots.update(
+                replace(snap, size_bytes=taken.size_bytes, state=SnapshotState.READY)
+            )
+            await tx.events.append([
+                NewEvent(project.id, "machine.snapshotted", m.id, "snapshotted",
+                         f"snapshot {snap.name} ({taken.size_bytes} bytes)", time.time())
+            ])  # fmt: skip
         return snap
 
     async def delete(self, principal: Principal, project: Project, ref: str) -> None:
@@ -122,6 +120,8 @@ class Snapshots:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         async with self.store.read() as tx:
             snap = await _snapshot(tx, project, ref)
+            if snap.state is SnapshotState.CREATING and time.time() - snap.created_at < TAKE_MAX_S:
+                raise Conflict(f"snapshot {snap.name} is being taken: delete it once it is ready")
             if clones := await tx.snapshots.clones(snap.id):
                 raise Conflict(
                     f"snapshot {snap.name} is what machine(s) {', '.join(clones)} continue from "
@@ -131,10 +131,6 @@ class Snapshots:
                 node = await tx.nodes.get(snap.node_id)
             except NotFound:
                 node = None  # gone with its node
-        await self._forget(snap, node)
-
-    async def _forget(self, snap: MachineSnapshot, node: Node | None) -> None:
-        """The snapshot gone from its node (None: gone itself) and the store."""
         if node is not None:
             with contextlib.suppress(NotFound):  # the node no longer has it
                 await self.link.delete_machine_snapshot(node, snap.id)

@@ -315,8 +315,7 @@ class VolumeRepo(Protocol):
         """The volume and its snapshots' rows."""
 
     async def totals(self, project_id: str) -> tuple[int, int]:
-        """(bytes of the project's volumes, bytes of its snapshots), by their sizes; its
-        snapshots are its volumes', its machines' and its suspended machines' saved memory."""
+        """(bytes of the project's volumes, bytes of its snapshots), by their sizes."""
 
     async def create_snapshot(self, snap: Snapshot) -> None:
         """Conflict if the volume has a snapshot of that name."""

@@ -17,8 +17,8 @@ class QuotaSpec(Request):
     volume_gib: Count | None = Field(None, description="the sum of its volumes' sizes")
     snapshot_gib: Count | None = Field(
         None,
-        description="the sum of its snapshots' sizes: its volumes' (each its volume's size when "
-        "taken), its machines' and its suspended machines' saved memory",
+        description="the sum of its snapshots' sizes (a volume's: its volume's size when "
+        "taken; a machine's: what it takes on its node)",
     )
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
 from hutch.model.errors import Conflict
-from hutch.model.machine import MachineState
+from hutch.model.snapshot import SnapshotState
 from hutch.model.volume import Snapshot, Volume, VolumeState
 from hutch.store import tables as t
 from hutch.store.sql.repo import Repo, from_row
@@ -77,24 +77,37 @@ class SqlVolumes(Repo):
         await self._c.execute(sa.delete(t.volumes).where(t.volumes.c.id == volume_id))
 
     async def totals(self, project_id: str) -> tuple[int, int]:
-        """(bytes of the project's volumes, bytes of its snapshots), by their sizes; its
-        snapshots are its volumes', its machines' and its suspended machines' saved memory
-        (each counted at its memory's size: the most its node keeps of it)."""
-        v, s, ms, m = t.volumes, t.volume_snapshots, t.machine_snapshots, t.machines
-
-        def total(of: Any, where: Any) -> Any:
-            return sa.select(sa.func.coalesce(sa.func.sum(of), 0)).where(where).scalar_subquery()
-
-        saved = m.c.memory_mib * sa.literal(1 << 20, sa.BigInteger)
-        suspended = sa.and_(m.c.project_id == project_id, m.c.state == MachineState.SUSPENDED.value)
-        stmt = sa.select(
-            total(v.c.size_bytes, v.c.project_id == project_id),
-            total(s.c.size_bytes, s.c.project_id == project_id)
-            + total(ms.c.size_bytes, ms.c.project_id == project_id)
-            + total(saved, suspended),
+        """(bytes of the project's volumes, bytes of its snapshots), by their sizes: volume
+        snapshots and machine snapshots alike (one being taken at the most it may come to,
+        its memory and disk)."""
+        v, s, ms = t.volumes, t.volume_snapshots, t.machine_snapshots
+        volumes = await self._c.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(v.c.size_bytes), 0)).where(
+                v.c.project_id == project_id
+            )
         )
-        row: Any = (await self._c.execute(stmt)).one()
-        return int(row[0]), int(row[1])
+        snapshots = await self._c.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(s.c.size_bytes), 0)).where(
+                s.c.project_id == project_id
+            )
+        )
+        taking = ms.c.state == SnapshotState.CREATING.value
+        machine_snapshots = await self._c.execute(
+            sa.select(
+                sa.func.coalesce(
+                    sa.func.sum(
+                        sa.case(
+                            (taking, (ms.c.memory_mib + ms.c.disk_mib) * (1 << 20)),
+                            else_=ms.c.size_bytes,
+                        )
+                    ),
+                    0,
+                )
+            ).where(ms.c.project_id == project_id)
+        )
+        return int(volumes.scalar_one()), int(snapshots.scalar_one()) + int(
+            machine_snapshots.scalar_one()
+        )
 
     # -- snapshots -----------------------------------------------------------------------------
 
