@@ -8,6 +8,7 @@ The end-to-end cluster scenarios in tests/cli run the same loop over real micro-
 
 import asyncio
 import contextlib
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -32,8 +33,9 @@ from tests.helpers.api import JOIN, Api, close_api, open_api, served
 class FakeDriver:
     """The part of a runtime driver that reconcile uses, over sandboxes held in memory.
     `calls` lists what it was asked ("start", "stop", "destroy", "suspend", "resume"), with the
-    sandbox id; `destroying`, when set, holds every destroy until it is set; a start or resume
-    of a sandbox in `refused` fails."""
+    sandbox id; `destroying`, when set, holds every destroy until it is set, and `saving` every
+    suspend (a resume meanwhile cancels it, as the real drivers' do); a start or resume of a
+    sandbox in `refused` fails."""
 
     name = "container"
 
@@ -41,6 +43,8 @@ class FakeDriver:
         self.boxes: dict[str, SandboxInfo] = {}
         self.calls: list[tuple[str, str]] = []
         self.destroying: asyncio.Event | None = None
+        self.saving: asyncio.Event | None = None
+        self._saves: dict[str, asyncio.Future[bool]] = {}  # suspends held by `saving`
         self.refused: set[str] = set()  # sandboxes whose start fails
         self._ends: dict[str, asyncio.Future[ExitStatus]] = {}
 
@@ -81,11 +85,25 @@ class FakeDriver:
 
     async def suspend(self, sandbox: str) -> SandboxInfo:
         self.calls.append(("suspend", sandbox))
+        if self.saving is not None:
+            save = self._saves[sandbox] = asyncio.ensure_future(self.saving.wait())
+            try:
+                await asyncio.shield(save)
+            except asyncio.CancelledError:
+                if not save.cancelled():
+                    raise
+                raise Conflict(f"a resume of sandbox {sandbox} cancelled its suspend") from None
+            finally:
+                del self._saves[sandbox]
         self.boxes[sandbox] = replace(self.boxes[sandbox], state=SandboxState.SUSPENDED, pid=0)
         return self.boxes[sandbox]
 
     async def resume(self, sandbox: str) -> SandboxInfo:
         self.calls.append(("resume", sandbox))
+        if (save := self._saves.get(sandbox)) is not None:
+            save.cancel()  # it runs on, never suspended
+            await asyncio.wait([save])
+            return self.boxes[sandbox]
         if sandbox in self.refused:
             raise Conflict(f"sandbox {sandbox} did not restore")
         self.boxes[sandbox] = replace(self.boxes[sandbox], state=SandboxState.RUNNING, pid=2)
@@ -159,6 +177,7 @@ async def node() -> AsyncIterator[Node]:
         finally:
             await agent.close()
     await close_api(api)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def eventually(node: Node, ref: str, **want: object) -> dict[str, Any]:
@@ -392,4 +411,34 @@ async def test_suspend_and_resume_follow_what_the_controller_wants(node: Node) -
     await node.round()
     assert sorted(node.driver.calls[2:]) == sorted([("resume", other), ("resume", sandbox)])
     node.driver.end(sandbox, ExitStatus(0))  # watched again since its resume
+    assert (await eventually(node, m["id"], state="exited"))["exit_code"] == 0
+
+
+async def test_a_resume_cancels_a_suspend_under_way(node: Node) -> None:
+    """Wanted running again while its sandbox is still being saved (a micro-VM's memory takes
+    a while), the node does not wait for the save to end and then resume it: it cancels the
+    suspend (the driver's resume does), the sandbox runs on, watched, and the machine's
+    events say the suspend was cancelled."""
+    node.agent.drivers["microvm"] = node.agent.drivers["container"]
+    m = await node.machine(runtime="microvm")
+    sandbox = f"{m['id']}-1"
+    node.driver.has(sandbox)
+    await node.round()
+    node.driver.saving = asyncio.Event()  # never set: only a cancel ends the save
+    r = await node.api.call("POST", f"/v1/machines/{m['id']}/suspend", node.token)
+    assert r.status_code == 200, r.text
+    await node.agent.reconcile(await node.assignments())
+    r = await node.api.call("POST", f"/v1/machines/{m['id']}/resume", node.token)
+    assert r.status_code == 200 and r.json()["state"] == "running", r.text
+    await asyncio.wait_for(node.round(), 10)
+    assert node.driver.calls == [("suspend", sandbox), ("resume", sandbox)]
+    assert node.driver.boxes[sandbox].state is SandboxState.RUNNING
+    got = await node.get(m["id"])
+    assert (got["state"], got["desired"]) == ("running", "running")
+    async with node.api.ctl.store.read() as tx:
+        events = await tx.events.since((await tx.projects.by_name("alpha")).id, 0)
+    assert [e.message for e in events if e.object_id == m["id"]][-1] == (
+        f"not suspended: a resume of sandbox {sandbox} cancelled its suspend"
+    )
+    node.driver.end(sandbox, ExitStatus(0))  # watched again
     assert (await eventually(node, m["id"], state="exited"))["exit_code"] == 0

@@ -53,8 +53,9 @@ async def test_a_suspended_machine_gives_back_its_cpu_and_memory_and_resumes_whe
     assert await allocated() == full  # until its node says it is suspended
     await report(first, "suspended")
     assert (await get(first))["state"] == "suspended"
-    # Its disk stays taken (its memory is saved there); its CPU and memory are free.
-    assert await allocated() == {"cpus": 1, "memory_mib": MIB + 96, "disk_mib": 200}
+    # Its disk stays taken, and so does the room its saved memory takes there; its CPU and
+    # memory are free.
+    assert await allocated() == {"cpus": 1, "memory_mib": MIB + 96, "disk_mib": 200 + MIB}
     usage = (await api.call("GET", "/v1/projects/alpha/quota", token)).json()["usage"]
     held = {k: usage[k] for k in ("machines", "vcpus", "memory_mib", "disk_mib")}
     # The project's disk holds the suspended machine's saved memory too.
@@ -73,7 +74,7 @@ async def test_a_suspended_machine_gives_back_its_cpu_and_memory_and_resumes_whe
     r = await api.call("POST", f"/v1/machines/{first['id']}/start", token)  # start resumes
     assert r.status_code == 200, r.text
     assert (r.json()["state"], r.json()["desired"]) == ("starting", "running")
-    assert await allocated() == {**full, "disk_mib": 200}
+    assert await allocated() == {**full, "disk_mib": 200}  # its saved memory's room is free
     await report(first, "running", resumed=True)
     resumed = await get(first)
     assert resumed["state"] == "running" and resumed["started_at"] == first["started_at"]
@@ -88,6 +89,7 @@ async def test_a_suspended_machine_gives_back_its_cpu_and_memory_and_resumes_whe
     # Suspended, then stopped: it ends at once, and its node's share goes with it.
     await api.call("POST", f"/v1/machines/{second['id']}/suspend", token)
     await report(second, "suspended")
+    assert await allocated() == {"cpus": 1, "memory_mib": MIB + 96, "disk_mib": 200 + MIB}
     r = await api.call("POST", f"/v1/machines/{second['id']}/stop", token)
     assert r.json()["state"] == "exited", r.text
     assert await allocated() == {"cpus": 1, "memory_mib": MIB + 96, "disk_mib": 100}

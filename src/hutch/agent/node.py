@@ -169,6 +169,8 @@ class NodeAgent:
         self.link = ControllerLink(controller)
         self._work: dict[str, asyncio.Task[None]] = {}  # sandbox -> start/stop/destroy in flight
         self._watch: dict[str, asyncio.Task[None]] = {}  # sandbox -> waiting for its exit
+        # sandbox -> set when a suspend under way is wanted running again (see `_suspend`)
+        self._unsuspend: dict[str, asyncio.Event] = {}
         self._reported: dict[str, str] = {}  # sandbox -> last state reported
         self._assignments: dict[str, Assignment] = {}
         self._latest: Assignments | None = None  # the newest answer, for the next round
@@ -445,6 +447,8 @@ class NodeAgent:
                 self._spawn(sandbox, self._destroy(driver, sandbox, None))
         for a in assignments:
             if a.sandbox in self._work:
+                if a.desired is Desired.RUNNING and a.sandbox in self._unsuspend:
+                    self._unsuspend[a.sandbox].set()
                 continue
             entry = have.get(a.sandbox)
             if a.desired is Desired.DESTROYED and entry is not None:
@@ -596,16 +600,38 @@ class NodeAgent:
 
     async def _suspend(self, driver: SandboxDriver, a: Assignment) -> None:
         """Save the sandbox and end its process; one that cannot be suspended runs on, and the
-        controller hears why (it wants it running again)."""
+        controller hears why (it wants it running again). Wanted running again while it is
+        being saved (a resume), the driver's resume cancels the save rather than the node
+        waiting for it to end and then resuming."""
         self._unwatch(a.sandbox)  # its process ends without the workload ending
+        unwanted = self._unsuspend[a.sandbox] = asyncio.Event()
+        saving = asyncio.ensure_future(driver.suspend(a.sandbox))
+        waiting = asyncio.ensure_future(unwanted.wait())
         try:
-            await driver.suspend(a.sandbox)
-        except HutchError as e:
+            await asyncio.wait([saving, waiting], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            del self._unsuspend[a.sandbox]
+        resumed = not saving.done()  # wanted running again first: cancel the save
+        if resumed:
+            try:
+                await driver.resume(a.sandbox)
+            except HutchError as e:  # saved before the cancel came, and not restored
+                await self._report(a, MachineState.FAILED, error=f"could not resume: {e.message}")
+                return
+        try:
+            await saving
+        except HutchError as e:  # cancelled, or it failed: either way it ran on
             self._watch_exit(driver, a)
             self._reported.pop(a.sandbox, None)
             await self._report(a, MachineState.RUNNING, error=f"not suspended: {e.message}")
             return
+        if resumed:  # saved before the cancel came: that resume restored it
+            self._watch_exit(driver, a)
+            return
         await self._report(a, MachineState.SUSPENDED)
+        if (now := self._assignments.get(a.sandbox)) is not None and now.desired is Desired.RUNNING:
+            await self._continue(driver, now)  # resumed just as the save ended
 
     async def _continue(self, driver: SandboxDriver, a: Assignment) -> None:
         """Resume a suspended sandbox where it was; one that cannot be resumed failed."""

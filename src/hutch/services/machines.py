@@ -188,12 +188,17 @@ NOTHING = Capacity(0, 0, 0)
 
 
 def share_of(m: Machine, node: Node) -> Capacity:
-    """What the machine holds of its node: what it asked for while active, its disk alone while
-    suspended (its memory is saved there, no process runs), nothing unplaced or ended."""
+    """What the machine holds of its node: what it asked for while active; while suspended
+    no CPU or memory (no process runs) but its disk and its saved memory's room on that disk
+    (its memory's size, the most the sparse copy takes); nothing unplaced or ended."""
     if not holds_capacity(m):
         return NOTHING
     full = need(request_of(m.spec), node)
-    return full if m.state in ACTIVE else Capacity(0, 0, full.disk_mib)
+    return full if m.state in ACTIVE else Capacity(0, 0, full.disk_mib + m.spec.memory_mib)
+
+
+# A claim that always succeeds: for what a node has already written to its disk.
+UNBOUNDED = Capacity(2**31 - 1, 2**31 - 1, 2**31 - 1)
 
 
 def _less(a: Capacity, b: Capacity) -> Capacity:
@@ -674,6 +679,10 @@ class Machines:
                     m = await self._time_out(tx, m, OnTimeout.STOP, why)
                 else:  # it runs on
                     m = await self._transition(tx, replace(m, desired=Desired.RUNNING), state, why)
+            elif state is m.state is MachineState.RUNNING and report.error:
+                # Resumed while its node was suspending it: the node says the suspend was
+                # cancelled (or failed anyway), and it ran on.
+                m = await self._transition(tx, m, state, report.error)
             elif m.state in (MachineState.DESTROYED, state):
                 return m  # said before (a restarted agent repeats itself)
             elif state is MachineState.DESTROYED:
@@ -687,6 +696,10 @@ class Machines:
             elif state is MachineState.SUSPENDED:
                 if m.state is not MachineState.RUNNING or m.desired is not Desired.SUSPENDED:
                     return m  # resumed, stopped or ended meanwhile: its node follows that next
+                # Its saved memory is on its node's disk now, whatever room was left there
+                # (leaving SUSPENDED gives it back with the rest of `share_of`).
+                saved = Capacity(0, 0, m.spec.memory_mib)
+                await tx.nodes.claim([Claim(node.id, saved, UNBOUNDED)])
                 m = await self._transition(tx, m, state, "suspended")
             elif state in (MachineState.STARTING, MachineState.RUNNING):
                 if m.state in FINISHED or m.state is MachineState.SUSPENDED:
