@@ -101,6 +101,7 @@ bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.net
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.rules
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.volumes
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.start
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
