@@ -8,17 +8,25 @@ from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from tests.helpers.api import Api
 
 
-async def _snapshot(api: Api, project: str, node: str, name: str) -> MachineSnapshot:
-    """A ready snapshot of a micro-VM on `node`, as `POST /v1/snapshots` leaves one."""
+async def _snapshot(
+    api: Api,
+    project: str,
+    node: str,
+    name: str,
+    *,
+    state: SnapshotState = SnapshotState.READY,
+    created_at: float = 0.0,
+) -> MachineSnapshot:
+    """A snapshot of a micro-VM on `node` (ready: as `POST /v1/snapshots` leaves one)."""
     async with api.ctl.store.write() as tx:
         found = await tx.projects.by_name(project)
         node_id = next(n.id for n in await tx.nodes.list() if n.name == node)
         snap = MachineSnapshot(
-            id="s-0123456789ab", project_id=found.id, name=name, machine_id="m-gone",
+            id=f"s-{name:0>12}", project_id=found.id, name=name, machine_id="m-gone",
             node_id=node_id, image="busybox", image_digest="sha256:" + "a" * 64, cpus=1,
             memory_mib=256, disk_mib=64, runtime="microvm", command=("sleep", "600"),
             entrypoint=None, env=("A=1",), workdir="/", user="", networks=(), size_bytes=1 << 20,
-            state=SnapshotState.READY, created_at=time.time(),
+            state=state, created_at=created_at or time.time(),
         )  # fmt: skip
         await tx.snapshots.create(snap)
     return snap
@@ -87,3 +95,20 @@ async def test_only_a_running_micro_vm_of_ones_own_is_snapshotted(api: Api) -> N
         r = await api.call("POST", "/v1/snapshots", beta, json={"machine": ref})
         assert r.status_code == 404, r.text
     assert (await api.call("GET", "/v1/snapshots", alpha)).json()["items"] == []
+
+
+async def test_a_snapshot_being_taken_is_not_deleted(api: Api) -> None:
+    """Its node would finish it after the delete and keep its files, which nothing counts."""
+    await api.join("sim-2")
+    alpha = await api.token("alpha", "member")
+    await _snapshot(api, "alpha", "sim-2", "taking", state=SnapshotState.CREATING)
+    r = await api.call("DELETE", "/v1/snapshots/taking", alpha)
+    assert r.status_code == 409 and "being taken" in r.json()["detail"], r.text
+    assert (await api.call("GET", "/v1/snapshots/taking", alpha)).json()["state"] == "creating"
+    # One left `creating` by a controller that died meanwhile: deleted on its node (which the
+    # simulated node's address does not answer).
+    await _snapshot(
+        api, "alpha", "sim-2", "left", state=SnapshotState.CREATING, created_at=time.time() - 7200
+    )
+    r = await api.call("DELETE", "/v1/snapshots/left", alpha)
+    assert r.status_code == 503 and "sim-2 cannot be reached" in r.json()["detail"], r.text

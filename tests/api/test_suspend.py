@@ -57,7 +57,8 @@ async def test_a_suspended_machine_gives_back_its_cpu_and_memory_and_resumes_whe
     assert await allocated() == {"cpus": 1, "memory_mib": MIB + 96, "disk_mib": 200}
     usage = (await api.call("GET", "/v1/projects/alpha/quota", token)).json()["usage"]
     held = {k: usage[k] for k in ("machines", "vcpus", "memory_mib", "disk_mib")}
-    assert held == {"machines": 2, "vcpus": 1, "memory_mib": MIB, "disk_mib": 200}
+    # The project's disk holds the suspended machine's saved memory too.
+    assert held == {"machines": 2, "vcpus": 1, "memory_mib": MIB, "disk_mib": 200 + MIB}
 
     third = await running()  # takes the room the suspended machine gave back
     r = await api.call("POST", f"/v1/machines/{first['id']}/resume", token)

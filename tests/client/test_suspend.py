@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from hutch.client import AsyncClient, Client
-from hutch.client.errors import ApiError, Conflict, Invalid, NotFound
+from hutch.client.errors import ApiError, Conflict, Invalid, NotFound, QuotaExceeded
 from hutch.wire.machines import MachineView
 from tests.controller import Controller, controller, new_project
 
@@ -68,6 +68,9 @@ async def test_suspend_and_resume(
     assert warm.node is not None
     pid, count = _state_of(client, "warm")
     held = _memory_allocated(controller, warm.node)
+    project = client.project
+    assert project is not None
+    disk = client.projects.quota().usage.disk_mib
 
     for attempt in (other.machines.suspend, other.machines.resume):
         with pytest.raises(NotFound):
@@ -79,24 +82,56 @@ async def test_suspend_and_resume(
     assert gave_back > warm.memory_mib, gave_back  # its memory and the VM's overhead
     with pytest.raises(Invalid, match="suspended, not running"):
         client.machines.exec("warm", ["true"])
+    # Its memory is saved on its node's disk: the project's disk holds it until it resumes.
+    on_disk = disk + warm.memory_mib
+    assert client.projects.quota().usage.disk_mib == on_disk
+    with controller.client(None) as admin:
+        admin.projects.set_quota(project, disk_mib=on_disk)
+        try:
+            with pytest.raises(QuotaExceeded, match="disk"):
+                client.machines.create("busybox", disk_mib=warm.memory_mib, start=False)
 
-    async with AsyncClient(controller.url, controller.token, project=client.project) as aclient:
-        resumed = await aclient.machines.resume("warm", wait=True, timeout=120)
-    assert resumed.state == "running"
+            # It resumes within a disk quota that its saved memory alone is over.
+            admin.projects.set_quota(project, disk_mib=disk)
+            async with AsyncClient(
+                controller.url, controller.token, project=client.project
+            ) as aclient:
+                resumed = await aclient.machines.resume("warm", wait=True, timeout=120)
+            assert resumed.state == "running"
+            # Resumed, its memory is memory again: the same machine fits in the disk quota.
+            admin.projects.set_quota(project, disk_mib=on_disk)
+            client.machines.delete(
+                client.machines.create("busybox", disk_mib=warm.memory_mib, start=False)
+            )
+        finally:
+            admin.projects.set_quota(project)
     time.sleep(0.5)
     after = _state_of(client, "warm")
     assert after[0] == pid and after[1] > count, (pid, count, after)  # the same process, on
     assert _memory_allocated(controller, warm.node) == held
 
 
-def test_snapshot_and_clones(owner: Client, warm: MachineView, other: Client) -> None:
+def test_snapshot_and_clones(
+    controller: Controller, owner: Client, warm: MachineView, other: Client
+) -> None:
     client = owner
+    project = client.project
+    assert project is not None
     pid, _ = _state_of(client, "warm")
     with pytest.raises(NotFound):
         other.snapshots.create("warm", "stolen")
     snap = client.snapshots.create("warm", "tmpl")
     assert (snap.name, snap.state, snap.node_id, snap.clones) == ("tmpl", "ready", warm.node, [])
     assert snap.size_bytes > 0
+    # Each snapshot holds the machine's memory and disk on its node: within snapshot_gib.
+    assert client.projects.quota().usage.snapshot_gib == snap.size_bytes / (1 << 30)
+    with controller.client(None) as admin:
+        admin.projects.set_quota(project, snapshot_gib=0)
+        try:
+            with pytest.raises(QuotaExceeded, match="snapshot_gib"):
+                client.snapshots.create("warm", "over")
+        finally:
+            admin.projects.set_quota(project)
     with pytest.raises(NotFound):
         other.machines.run(from_snapshot="tmpl")
     with pytest.raises(Invalid, match="cpus 1, not 2"):

@@ -4,13 +4,14 @@ import asyncio
 import dataclasses
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from hutch.images.rootfs import PreparedRoot
-from hutch.model.errors import Conflict, Unsupported
+from hutch.model.errors import Conflict, InsufficientStorage, Unsupported
 from hutch.model.sandbox import ProcessSpec, SandboxState
 from hutch.runtime.driver import SandboxDriver
 from tests.helpers.runtime import PATH, driver_in, make_spec, wait_for_line
@@ -137,6 +138,18 @@ async def test_clones_of_a_snapshot_are_machines_of_their_own(
     await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", COUNTER, sandbox_id=SB))
     await microvm.start(SB)
     await wait_for_line(microvm, SB, b"tick 3")
+    # A disk without room for it is not filled (other guests' scratch disks grow there): a
+    # clear refusal, and the guest runs on.
+    small = short_dir / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
+    try:
+        with pytest.raises(InsufficientStorage, match=r"it keeps 512\.0 MiB free"):
+            await microvm.snapshot(SB, small / "snap")
+        assert not (small / "snap").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    await counts_on(microvm, await count(microvm))
     dest = short_dir / "snap"
     t0 = time.monotonic()
     snapshotting = asyncio.create_task(microvm.snapshot(SB, dest))

@@ -441,14 +441,15 @@ async def test_usage(store: SqlStore) -> None:
         assert await tx.machines.usage(a.id) == Usage(
             machines=4, vcpus=5, memory_mib=512 + 512 + 20 + 128, disk_mib=1000 + 256 + 16 + 64
         )
-        # A suspended machine holds its disk and its place in the count, no CPU or memory.
+        # A suspended machine holds its disk and its place in the count, no CPU or memory: its
+        # memory is saved on its node's disk, and counted there.
         await tx.machines.create(
             f.machine(a.id, cpus=2, memory_mib=512, state=MachineState.SUSPENDED, node_id=n.id,
                       desired=Desired.SUSPENDED)
         )  # fmt: skip
         assert await tx.machines.usage(a.id) == Usage(
             machines=5, vcpus=5, memory_mib=512 + 512 + 20 + 128,
-            disk_mib=1000 + 256 + 16 + 64 + 256,
+            disk_mib=1000 + 256 + 16 + 64 + 256 + 512,
         )  # fmt: skip
 
 

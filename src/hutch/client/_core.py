@@ -757,7 +757,7 @@ class QuotaLimits(TypedDict, total=False):
     images_mib: int | None  # its images on each node, as stored
     images_unpacked_mib: int | None  # the same, unpacked
     volume_gib: int | None  # the sum of its volumes' sizes
-    snapshot_gib: int | None  # the sum of its snapshots' sizes (each its volume's when taken)
+    snapshot_gib: int | None  # the sum of its volume and machine snapshots' sizes
 
 
 def set_quota(name: str, limits: QuotaLimits) -> Plan[QuotaReport]:

@@ -542,6 +542,11 @@ class MicroVMBackend:
         cancelled, it runs on and `dest` is gone."""
         qmp = await self._qmp_client(record.spec.id, sdir)
         ram = record.details.get("memory")
+        # RAM in its file as the guest touched it, else all of it in the stream at most.
+        most = snapfiles.allocated(Path(ram)) if ram else record.spec.resources.memory_mib << 20
+        if with_scratch:
+            most += snapfiles.allocated(sdir.file(scratch.FILE_NAME))
+        snapfiles.check_room(dest.parent, most)
         os.mkdir(dest, 0o700)
         copying: asyncio.Future[None] | None = None
         try:

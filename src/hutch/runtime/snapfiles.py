@@ -5,14 +5,17 @@ import json
 import os
 from pathlib import Path
 
-from hutch.model.errors import Invalid
+from hutch.model.errors import InsufficientStorage, Invalid
 from hutch.model.sandbox import Resources, SandboxSpec, SnapshotFiles
+from hutch.model.units import format_bytes
 
 STATE = "state"  # QEMU's migration stream: device state (and RAM, when it is not in MEMORY)
 MEMORY = "memory"  # guest RAM, as the memory-backend file holds it
 SCRATCH = "scratch"  # a snapshot's copy of the scratch disk
 META = "snapshot.json"  # what a restore must match: resources, root disk
 CHUNK = 8 << 20
+# What a save leaves free on the host's disk: other guests' sparse scratch disks grow into it.
+FREE_FLOOR = 512 << 20
 
 
 def copy_sparse(src: Path, dst: Path) -> None:
@@ -44,9 +47,26 @@ def copy_sparse(src: Path, dst: Path) -> None:
         os.close(sfd)
 
 
+def check_room(where: Path, most: int) -> None:
+    """InsufficientStorage unless the disk of `where` has room for `most` bytes of a save and
+    FREE_FLOOR more: a guest saved there must not fill the disk other guests write to."""
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    if free - most < FREE_FLOOR:
+        raise InsufficientStorage(
+            f"saving the guest takes up to {format_bytes(most)}, and this host's disk has "
+            f"{format_bytes(free)} free (it keeps {format_bytes(FREE_FLOOR)} free)"
+        )
+
+
+def allocated(path: Path) -> int:
+    """Bytes the file `path` takes on its disk."""
+    return os.stat(path).st_blocks * 512
+
+
 def disk_usage(path: Path) -> int:
     """Bytes the files under `path` take on disk (their allocated blocks)."""
-    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
+    return sum(allocated(p) for p in path.rglob("*") if p.is_file())
 
 
 def describe(path: Path, spec: SandboxSpec) -> SnapshotFiles:

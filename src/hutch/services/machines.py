@@ -432,7 +432,8 @@ class Machines:
         assert m.node_id is not None  # a node suspended it
         node = await tx.nodes.get(m.node_id)
         want = _less(need(request_of(m.spec), node), share_of(m, node))
-        await _check_quota(tx, project, Usage(0, want.cpus, m.spec.memory_mib, 0))
+        # Its memory, counted as disk while saved there (MachineRepo.usage), is memory again.
+        await _check_quota(tx, project, Usage(0, want.cpus, m.spec.memory_mib, -m.spec.memory_mib))
         if not await tx.nodes.claim([Claim(node.id, want, limit(node))]):
             room = free(node)
             raise NoCapacity(

@@ -5,6 +5,7 @@ continue from one there (`MachineSpec.from_snapshot`, placed on its node by `pin
 A snapshot is written down first (`creating`, so its name is taken), then taken by the node,
 then written down `ready` with its size; a node's refusal removes the row. One that clones
 continue from is not deleted (they start from it again at every restart); its machine may be.
+Nor is one being taken: its node would finish it after the delete, and keep it for good.
 """
 
 import builtins
@@ -20,7 +21,12 @@ from hutch.services.ids import new_id
 from hutch.services.nodelink import NodeLink
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
+from hutch.services.volumes import within_quota
 from hutch.store.base import NewEvent, Store, Tx
+
+# Longer than a node takes a snapshot: one `creating` for longer was left by a controller that
+# died while its node took it, and may be deleted.
+TAKE_MAX_S = 3600.0
 
 
 class Snapshots:
@@ -61,7 +67,7 @@ class Snapshots:
             else time.strftime("s-%Y%m%d-%H%M%S", time.gmtime())
         )
         async with self.store.write() as tx:
-            await tx.projects.lock(project.id)
+            locked = await tx.projects.lock(project.id)
             with missing(f"no machine {machine!r} in project {project.name}"):
                 m = await tx.machines.get(project.id, machine)
             check_suspendable(m.spec.runtime, "snapshotted")
@@ -76,6 +82,10 @@ class Snapshots:
                     "machine is snapshotted"
                 )
             assert m.node_id is not None  # it runs
+            # Its node's disk holds it: counted in snapshot_gib, at the most it may take.
+            _, total = await tx.volumes.totals(project.id)
+            most = (m.spec.memory_mib + m.spec.disk_mib) << 20
+            within_quota(locked, "snapshot_gib", total + most)
             node = await tx.nodes.get(m.node_id)
             nics = (await tx.networks.addresses([m.id])).get(m.id, [])
             spec = m.spec
@@ -110,6 +120,8 @@ class Snapshots:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         async with self.store.read() as tx:
             snap = await _snapshot(tx, project, ref)
+            if snap.state is SnapshotState.CREATING and time.time() - snap.created_at < TAKE_MAX_S:
+                raise Conflict(f"snapshot {snap.name} is being taken: delete it once it is ready")
             if clones := await tx.snapshots.clones(snap.id):
                 raise Conflict(
                     f"snapshot {snap.name} is what machine(s) {', '.join(clones)} continue from "

@@ -14,7 +14,8 @@ less), so a controller that dies mid-operation leaves nothing taken for good.
 
 Quotas: `volume_gib` bounds the sum of the project's volumes' sizes (forks and imports
 included), `snapshot_gib` the sum of its snapshots' sizes (each counted at the size of its
-volume when taken: an upper bound of what it may come to hold alone).
+volume when taken: an upper bound of what it may come to hold alone), its machine snapshots'
+too (services/snapshots.py).
 """
 
 import asyncio
@@ -282,7 +283,7 @@ class Volumes:
                     f"(asked for {size_bytes})"
                 )
             total, _ = await tx.volumes.totals(project.id)
-            _within(locked, "volume_gib", total - volume.size_bytes + size_bytes)
+            within_quota(locked, "volume_gib", total - volume.size_bytes + size_bytes)
             node = await self._node_of(tx, volume)
             volume = await _take(tx, volume, "extended")
         async with self._operation(volume, node):
@@ -311,7 +312,7 @@ class Volumes:
                     "delete some first"
                 )
             _, total = await tx.volumes.totals(project.id)
-            _within(locked, "snapshot_gib", total + volume.size_bytes)
+            within_quota(locked, "snapshot_gib", total + volume.size_bytes)
             snap = Snapshot(
                 id=new_id("vs"), volume_id=volume.id, project_id=project.id, name=name,
                 size_bytes=volume.size_bytes, created_at=time.time(), untrusted=volume.untrusted,
@@ -443,7 +444,7 @@ class Volumes:
             if any(v.name == volume.name for v in have):
                 raise Conflict(f"project {project.name} already has a volume named {volume.name}")
             total, _ = await tx.volumes.totals(project.id)
-            _within(locked, "volume_gib", total + volume.size_bytes)
+            within_quota(locked, "volume_gib", total + volume.size_bytes)
             await tx.volumes.create(volume)
             limit = locked.quota.volume_gib
             return MAX_SIZE if limit is None else limit * GIB - total - volume.size_bytes
@@ -660,7 +661,8 @@ def _ready(volume: Volume) -> None:
         ))  # fmt: skip
 
 
-def _within(project: Project, field: str, total_bytes: int) -> None:
+def within_quota(project: Project, field: str, total_bytes: int) -> None:
+    """QuotaExceeded if `total_bytes` is over the project's `field` (volume_gib, snapshot_gib)."""
     limit = getattr(project.quota, field)
     if limit is not None and total_bytes > limit * GIB:
         what = "volumes" if field == "volume_gib" else "snapshots"

@@ -16,7 +16,9 @@ class QuotaSpec(Request):
     images_unpacked_mib: Count | None = Field(None, description="the same, unpacked")
     volume_gib: Count | None = Field(None, description="the sum of its volumes' sizes")
     snapshot_gib: Count | None = Field(
-        None, description="the sum of its snapshots' sizes (each its volume's size when taken)"
+        None,
+        description="the sum of its snapshots' sizes (a volume's: its volume's size when "
+        "taken; a machine's: what it takes on its node)",
     )
 
 

@@ -122,13 +122,15 @@ class SqlMachines(Repo):
 
     async def usage(self, project_id: str) -> Usage:
         m = t.machines
-        # A suspended machine holds its disk and its place in the count, not CPU or memory.
+        # A suspended machine holds its place in the count and disk, not CPU or memory: its
+        # scratch disk, and its memory, saved on its node's disk.
         active = m.c.state.in_([s.value for s in ACTIVE])
+        saved = sa.case((m.c.state == MachineState.SUSPENDED.value, m.c.memory_mib), else_=0)
         stmt = sa.select(
             sa.func.count(),
             sa.func.coalesce(sa.func.sum(sa.case((active, m.c.cpus), else_=0)), 0),
             sa.func.coalesce(sa.func.sum(sa.case((active, m.c.memory_mib), else_=0)), 0),
-            sa.func.coalesce(sa.func.sum(m.c.scratch_mib), 0),
+            sa.func.coalesce(sa.func.sum(m.c.scratch_mib + saved), 0),
         ).where(
             m.c.project_id == project_id,
             sa.or_(active, m.c.state == MachineState.SUSPENDED.value),

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
 from hutch.model.errors import Conflict
+from hutch.model.snapshot import SnapshotState
 from hutch.model.volume import Snapshot, Volume, VolumeState
 from hutch.store import tables as t
 from hutch.store.sql.repo import Repo, from_row
@@ -76,8 +77,10 @@ class SqlVolumes(Repo):
         await self._c.execute(sa.delete(t.volumes).where(t.volumes.c.id == volume_id))
 
     async def totals(self, project_id: str) -> tuple[int, int]:
-        """(bytes of the project's volumes, bytes of its snapshots), by their sizes."""
-        v, s = t.volumes, t.volume_snapshots
+        """(bytes of the project's volumes, bytes of its snapshots), by their sizes: volume
+        snapshots and machine snapshots alike (one being taken at the most it may come to,
+        its memory and disk)."""
+        v, s, ms = t.volumes, t.volume_snapshots, t.machine_snapshots
         volumes = await self._c.execute(
             sa.select(sa.func.coalesce(sa.func.sum(v.c.size_bytes), 0)).where(
                 v.c.project_id == project_id
@@ -88,7 +91,23 @@ class SqlVolumes(Repo):
                 s.c.project_id == project_id
             )
         )
-        return int(volumes.scalar_one()), int(snapshots.scalar_one())
+        taking = ms.c.state == SnapshotState.CREATING.value
+        machine_snapshots = await self._c.execute(
+            sa.select(
+                sa.func.coalesce(
+                    sa.func.sum(
+                        sa.case(
+                            (taking, (ms.c.memory_mib + ms.c.disk_mib) * (1 << 20)),
+                            else_=ms.c.size_bytes,
+                        )
+                    ),
+                    0,
+                )
+            ).where(ms.c.project_id == project_id)
+        )
+        return int(volumes.scalar_one()), int(snapshots.scalar_one()) + int(
+            machine_snapshots.scalar_one()
+        )
 
     # -- snapshots -----------------------------------------------------------------------------
 
