@@ -513,7 +513,8 @@ class NodeAgent:
                     await self._not_started(now)
                 return
             a = now
-        await self._report(a, MachineState.STARTING)
+        # Told while the sandbox is made, not before: a round trip less to its first answer.
+        starting = asyncio.create_task(self._report(a, MachineState.STARTING))
         driver = self.drivers.get(a.runtime)
         try:
             if driver is None:
@@ -527,12 +528,16 @@ class NodeAgent:
                 spec = replace(spec, restore_from=str(self.snapshot_files(a.from_snapshot)))
             await driver.create(spec)
             await driver.start(spec.id)
+            await starting
         except HutchError as e:
             if driver is not None:
                 with contextlib.suppress(HutchError):
                     await driver.destroy(a.sandbox, force=True)
+            await starting
             await self._report(a, MachineState.FAILED, error=e.message)
             return
+        finally:
+            starting.cancel()  # done, unless this was cancelled or failed: no report follows
         await self._report(a, MachineState.RUNNING, image=image)
         self._watch_exit(driver, a)
 

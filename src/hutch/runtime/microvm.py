@@ -252,6 +252,7 @@ class MicroVMBackend:
         self._shutdown_reason: dict[str, str] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._copiers: dict[str, subprocess.Popen[bytes]] = {}  # QEMU's stderr -> qemu.log
+        self._ram_copies: dict[str, subprocess.Popen[bytes]] = {}  # saved RAM -> its tmpfs file
         self._uids = IdPool("vm-uid", opts.uid_base, opts.uid_count, directory=opts.host.id_dir)
 
     def capabilities(self) -> Capabilities:
@@ -332,7 +333,9 @@ class MicroVMBackend:
                 create_exit_disk(sdir.file(EXIT_FILE))
             lease = self._uids.take()
             if not clone:
-                ram = await asyncio.to_thread(self._ram_file, lease.id, sdir.path, saved, cgroup)
+                ram = await asyncio.to_thread(
+                    self._ram_file, spec.id, lease.id, sdir.path, saved, cgroup
+                )
         except (HutchError, OSError):
             if saved is None or clone:
                 disk.unlink(missing_ok=True)
@@ -352,6 +355,7 @@ class MicroVMBackend:
                 taps = await asyncio.to_thread(self.opts.host.network.plug_tap, spec)
             except BaseException:
                 lease.close()
+                self._remove_ram(record)
                 disk.unlink(missing_ok=True)
                 cgroup.remove()
                 raise
@@ -433,27 +437,47 @@ class MicroVMBackend:
             await self._incoming(record, sdir, ref, saved / snapfiles.STATE, clone)
         return ref
 
-    def _ram_file(self, uid: int, home: Path, saved: Path | None, cgroup: Cgroup) -> Path:
+    def _ram_file(
+        self, sandbox_id: str, uid: int, home: Path, saved: Path | None, cgroup: Cgroup
+    ) -> Path:
         """The guest's RAM file on the host's tmpfs (see _ram_path): empty for a boot or for a
         stream that carries the RAM, else the saved RAM, copied by a process in the VM's cgroup
-        (tmpfs pages are charged to their writer's)."""
+        (tmpfs pages are charged to their writer's) while QEMU starts (`_incoming` waits for
+        it: QEMU reads no RAM before the stream)."""
         self.opts.memory_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         ram = self._ram_path(uid, home)
         ram.unlink(missing_ok=True)  # a leftover of a QEMU that died with its host process
-        os.close(os.open(ram, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        source = saved / snapfiles.MEMORY if saved is not None else None
-        if source is not None and source.exists():
-            copied = subprocess.run(
-                ["cp", "--sparse=always", "--", str(source), str(ram)],
-                capture_output=True,
-                text=True,
-                check=False,
-                preexec_fn=_child_setup(cgroup.procs_files(), self.opts.huge_pages),
-            )
-            if copied.returncode != 0:
-                ram.unlink(missing_ok=True)
-                raise OSError(f"copying the guest's RAM back: {copied.stderr.strip()}")
+        fd = os.open(ram, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            source = saved / snapfiles.MEMORY if saved is not None else None
+            if source is not None and source.exists():
+                # Its whole size first, so that QEMU maps it as it is and the copy, not
+                # truncating it, fills it in place (its holes skipped: they read as zeros).
+                os.ftruncate(fd, source.stat().st_size)
+                self._ram_copies[sandbox_id] = subprocess.Popen(
+                    ["dd", f"if={source}", f"of={ram}", "bs=2M", "conv=notrunc,sparse",
+                     "status=none"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    preexec_fn=_child_setup(cgroup.procs_files(), self.opts.huge_pages),  # noqa: PLW1509
+                )  # fmt: skip
+        except BaseException:
+            ram.unlink()
+            raise
+        finally:
+            os.close(fd)
         return ram
+
+    async def _ram_copied(self, sandbox_id: str) -> None:
+        """Wait for the saved RAM to be in the guest's RAM file; OSError if it could not be."""
+        copy = self._ram_copies.get(sandbox_id)
+        if copy is None:
+            return
+        _, err = await asyncio.to_thread(copy.communicate)
+        del self._ram_copies[sandbox_id]
+        if copy.returncode != 0:
+            raise OSError(f"copying the guest's RAM back: {err.decode(errors='replace').strip()}")
 
     def _ram_path(self, uid: int, home: Path) -> Path:
         """Named by its QEMU's uid and its sandbox directory: a uid is free again once its QEMU
@@ -462,8 +486,10 @@ class MicroVMBackend:
         digest = hashlib.sha256(os.fsencode(home)).hexdigest()[:16]
         return self.opts.memory_dir / f"vm-{uid}-{digest}"
 
-    @staticmethod
-    def _remove_ram(record: SandboxRecord) -> None:
+    def _remove_ram(self, record: SandboxRecord) -> None:
+        if (copy := self._ram_copies.pop(record.spec.id, None)) is not None:
+            copy.kill()  # its QEMU is not to run
+            copy.communicate()
         ram = record.details.get("memory")
         if ram:
             Path(ram).unlink(missing_ok=True)
@@ -494,6 +520,7 @@ class MicroVMBackend:
         try:
             qmp = await self._qmp_client(record.spec.id, sdir)
             await _set_ignore_shared(qmp, (state.parent / snapfiles.MEMORY).exists())
+            await self._ram_copied(record.spec.id)  # loading device state reads guest RAM
             fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 await _pass_fd(qmp, fd, "incoming")
