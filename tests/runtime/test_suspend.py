@@ -197,6 +197,16 @@ async def test_clones_of_a_snapshot_are_machines_of_their_own(
     await counts_on(microvm, await count(microvm, "clone-a"), "clone-a")
     await microvm.signal("clone-a", signal.SIGKILL)
     assert (await asyncio.wait_for(waiter, 30)).signal == signal.SIGKILL
+
+    # A snapshot of a clone (its RAM in the stream, no memory file) makes clones too.
+    again = short_dir / "snap-of-clone"
+    await microvm.snapshot("clone-b", again)
+    at_again = await count(microvm, "clone-b")
+    spec = make_spec(busybox_root, "/bin/true", sandbox_id="clone-c")
+    await microvm.create(dataclasses.replace(spec, restore_from=str(again), hostname="clone-c"))
+    await microvm.start("clone-c")
+    assert await counts_on(microvm, at_again, "clone-c") > at_again
+    assert (await sh(microvm, "hostname", "clone-c")).strip() == "clone-c"
     print(f"snapshot {snapshot_s:.2f} s, restore+start {restore_s}, PSS KiB {pss}")
 
 

@@ -332,7 +332,9 @@ class MicroVMBackend:
                 await asyncio.to_thread(snapfiles.copy_sparse, saved / snapfiles.SCRATCH, disk)
                 create_exit_disk(sdir.file(EXIT_FILE))
             lease = self._uids.take()
-            if not clone:
+            # A snapshot of a clone has its RAM in the stream, no file to map: a RAM file of
+            # its own then, as a resume from such a stream has.
+            if not (clone and saved is not None and (saved / snapfiles.MEMORY).exists()):
                 ram = await asyncio.to_thread(
                     self._ram_file, spec.id, lease.id, sdir.path, saved, cgroup
                 )
