@@ -6,8 +6,9 @@ of the node), p50 and p99 of N each, the same image and shape:
   resume    POST /v1/machines/{id}/resume of a suspended machine
   template  POST /v1/machines with `from_snapshot`: a restore from a snapshot of a running one
   pool      a warm pool's machine (not built yet: null)
-and the host memory (PSS of the QEMU processes) of N clones of one template against N cold
-machines running the same workload. The last line printed is one JSON object with the figures.
+and the host memory (PSS of the QEMU processes) of clones of one template against as many cold
+machines running the same workload (--together at once: what the node's vCPUs hold). The last
+line printed is one JSON object with the figures.
 
     .venv/bin/python -m bench.start [--runs N]   (from the repo root; `make bench` runs it)
 """
@@ -132,6 +133,24 @@ class Api:
                 raise RuntimeError(f"{ref} is {now}, not {state}, after {limit} s")
             time.sleep(0.02)
 
+    def id(self, ref: str) -> str:
+        return str(self.call("GET", f"/v1/machines/{ref}")["id"])
+
+    def suspend(self, ref: str) -> None:
+        self.call("POST", f"/v1/machines/{ref}/suspend")
+        self.wait_state(ref, "suspended")
+
+    def remove(self, ref: str) -> None:
+        """Destroyed, and its node's share given back."""
+        self.call("DELETE", f"/v1/machines/{ref}", params={"force": "true"})
+        deadline = time.monotonic() + 60
+        while (r := self.http.get(f"/v1/machines/{ref}")).status_code != 404:
+            if r.json().get("state") == "destroyed":
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ref} was not destroyed within 60 s")
+            time.sleep(0.1)
+
     def remove_all(self) -> None:
         for m in self.call("GET", "/v1/machines", params={"limit": 500})["items"]:
             self.call("DELETE", f"/v1/machines/{m['id']}", params={"force": "true"})
@@ -173,6 +192,12 @@ def percentiles(xs: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument(
+        "--together",
+        type=int,
+        default=7,
+        help="machines running at once, for the memory figures (a 2-core node holds 8 vCPUs)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hbs", dir="/tmp"))
     env = {
@@ -183,44 +208,48 @@ def main() -> None:
     rootfs = build_busybox_rootfs(work / "rootfs")
     subprocess.run([HUTCH, "image", "import", str(rootfs), "--name", "busybox", "--public"],
                    env=env, check=True, capture_output=True)  # fmt: skip
-    n = args.runs
+    n, k = args.runs, min(args.runs, args.together)
     cold: list[float] = []
     resume: list[float] = []
     template: list[float] = []
     try:
         with hutch_up(env) as (url, token):
             api = Api(url, token)
-            ports = [free_port() for _ in range(2 * n + 1)]
-            log(f"cold: {n} machines booted from the kernel")
+            ports = [free_port() for _ in range(2 * n)]
+            log(f"cold: {n} machines booted from the kernel ({k} kept running)")
             for i in range(n):
                 cold.append(first_response(api.create(f"cold-{i}", ports[i]), ports[i]))
                 log(f"  cold-{i}: {cold[-1]:.3f} s")
-            cold_ids = [f"cold-{i}" for i in range(n)]
+                if i >= k:  # the node's vCPUs hold k: the rest wait suspended
+                    api.suspend(f"cold-{i}")
             time.sleep(5)  # settled: booted pages touched, caches warm
-            cold_pss = pss_mib([str(api.call("GET", f"/v1/machines/{m}")["id"]) for m in cold_ids])
+            cold_pss = pss_mib([api.id(f"cold-{i}") for i in range(k)])
 
             log(f"resume: each cold machine suspended, then resumed ({n})")
-            for i, name in enumerate(cold_ids):
-                api.call("POST", f"/v1/machines/{name}/suspend")
-                api.wait_state(name, "suspended")
+            for i in range(n):
+                name = f"cold-{i}"
+                if i < k:
+                    api.suspend(name)
 
                 def resumed(name: str = name) -> None:
                     api.call("POST", f"/v1/machines/{name}/resume")
 
                 resume.append(first_response(resumed, ports[i]))
                 log(f"  {name}: {resume[-1]:.3f} s")
+                if i >= k:
+                    api.suspend(name)
 
             log("template: a snapshot of a running machine, then clones of it")
             api.call("POST", "/v1/snapshots", json={"machine": "cold-0", "name": "tpl"})
             api.remove_all()  # the clones' memory is measured alone
             for i in range(n):
                 port = ports[n + i]
-                clone = api.create(f"clone-{i}", port, snapshot="tpl")
-                template.append(first_response(clone, port))
+                template.append(first_response(api.create(f"clone-{i}", port, "tpl"), port))
                 log(f"  clone-{i}: {template[-1]:.3f} s")
+                if i >= k:
+                    api.remove(f"clone-{i}")
             time.sleep(5)
-            clone_ids = [str(api.call("GET", f"/v1/machines/clone-{i}")["id"]) for i in range(n)]
-            clones_pss = pss_mib(clone_ids)
+            clones_pss = pss_mib([api.id(f"clone-{i}") for i in range(k)])
             api.remove_all()
             api.call("DELETE", "/v1/snapshots/tpl")
     finally:
@@ -239,11 +268,12 @@ def main() -> None:
         "clones_pss_mib": round(clones_pss, 1),
         "clones_vs_cold_memory": round(clones_pss / cold_pss, 3),
         "machines": n,
+        "machines_measured_for_memory": k,
         "memory_mib": MEMORY_MIB,
     }
     for what, p in (("cold boot", c), ("resume", r), ("template (run --from)", t)):
         print(f"{what:<24} p50 {p['p50']:.3f} s  p99 {p['p99']:.3f} s")
-    print(f"PSS of {n} cold machines {cold_pss:.0f} MiB, of {n} clones {clones_pss:.0f} MiB")
+    print(f"PSS of {k} cold machines {cold_pss:.0f} MiB, of {k} clones {clones_pss:.0f} MiB")
     print(json.dumps(figures))
 
 
