@@ -29,8 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.up import HUTCH, free_port, node_ready
-from hutch.images.busybox import build_busybox_rootfs
+from bench.up import HUTCH, free_port, hutch_env, node_ready
 
 # The same document the controller answered, from memory: what is left is the framework.
 BARE_APP = """
@@ -142,14 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hba", dir="/tmp"))
     port = free_port()
-    env = {
-        **os.environ,
-        "HUTCH_STATE_DIR": str(work / "state"),
-        "HUTCH_CLIENT_CONFIG": str(work / "contexts.toml"),
-    }
-    rootfs = build_busybox_rootfs(work / "rootfs")
-    subprocess.run([HUTCH, "image", "import", str(rootfs), "--name", "busybox", "--public"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    env = hutch_env(work)
     up = subprocess.Popen([HUTCH, "up", "--port", str(port)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     bare = sim = None

@@ -15,7 +15,6 @@ object with the figures.
 import argparse
 import compileall
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -27,8 +26,7 @@ from pathlib import Path
 import httpx
 
 import hutch
-from bench.up import HUTCH, hutch_up
-from hutch.images.busybox import build_busybox_rootfs
+from bench.up import HUTCH, hutch_env, hutch_up
 
 MACHINES = 100
 
@@ -74,15 +72,7 @@ def main() -> None:
     # PYTHONDONTWRITEBYTECODE set, which would make every run compile hutch's sources again).
     compileall.compile_dir(Path(hutch.__file__).parent, quiet=1)
     work = Path(tempfile.mkdtemp(prefix="hbc", dir="/tmp"))
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("HUTCH_URL", "HUTCH_TOKEN")},
-        "HUTCH_STATE_DIR": str(work / "state"),
-        "HUTCH_CLIENT_CONFIG": str(work / "contexts.toml"),
-        "HUTCH_CONFIG": str(work / "none.toml"),
-    }
-    rootfs = build_busybox_rootfs(work / "rootfs")  # the machines' image: a name must exist
-    subprocess.run([HUTCH, "image", "import", str(rootfs), "--name", "busybox", "--public"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    env = hutch_env(work)
     try:
         with hutch_up(env) as (url, token):
             ps_s, python_s, help_s, version_s = _measure(url, token, env, args.runs)

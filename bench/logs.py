@@ -30,9 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.up import HUTCH, hutch_up
+from bench.up import HUTCH, hutch_env, hutch_up
 from hutch.client import Client
-from hutch.images.busybox import build_busybox_rootfs
 
 MB = 1_000_000
 
@@ -77,14 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     size = args.size
     work = Path(tempfile.mkdtemp(prefix="hbl", dir="/tmp"))
-    env = {
-        **os.environ,
-        "HUTCH_STATE_DIR": str(work / "state"),
-        "HUTCH_CLIENT_CONFIG": str(work / "contexts.toml"),
-    }
-    rootfs = build_busybox_rootfs(work / "rootfs")
-    subprocess.run([HUTCH, "image", "import", str(rootfs), "--name", "busybox", "--public"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    env = hutch_env(work)
     gen = ["sh", "-c", f"yes | head -c {size}"]
     try:
         with hutch_up(env) as (url, token):

@@ -29,8 +29,7 @@ import uuid
 from pathlib import Path
 
 import hutch
-from bench.up import HUTCH, free_port, hutch_up
-from hutch.images.busybox import build_busybox_rootfs
+from bench.up import free_port, hutch_env, hutch_up
 
 CHURN = 4  # containers started, then removed, in each churn cycle
 CLOSED = 4  # probes in a row without an answer (0.5 s each): the port is closed
@@ -163,15 +162,7 @@ def main() -> None:
     if not os.environ.get(NETNS_ENV):
         in_own_netns()
     work = Path(tempfile.mkdtemp(prefix="hbr", dir="/tmp"))
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("HUTCH_URL", "HUTCH_TOKEN")},
-        "HUTCH_STATE_DIR": str(work / "state"),
-        "HUTCH_CLIENT_CONFIG": str(work / "contexts.toml"),
-        "HUTCH_CONFIG": str(work / "none.toml"),
-    }
-    rootfs = build_busybox_rootfs(work / "rootfs")
-    subprocess.run([HUTCH, "image", "import", str(rootfs), "--name", "busybox", "--public"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    env = hutch_env(work)
     try:
         with hutch_up(env) as (url, token):
             figures = measure(url, token, args.runs)

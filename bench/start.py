@@ -20,7 +20,6 @@ import selectors
 import shutil
 import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,8 +29,7 @@ from typing import Any
 import httpx
 
 from bench.host import log
-from bench.up import HUTCH, free_port, hutch_up
-from hutch.images.busybox import build_busybox_rootfs
+from bench.up import free_port, hutch_env, hutch_up
 
 MEMORY_MIB = 128
 WORKLOAD = ["httpd", "-f", "-p", "80", "-h", "/"]
@@ -200,14 +198,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hbs", dir="/tmp"))
-    env = {
-        **os.environ,
-        "HUTCH_STATE_DIR": str(work / "state"),
-        "HUTCH_CLIENT_CONFIG": str(work / "contexts.toml"),
-    }
-    rootfs = build_busybox_rootfs(work / "rootfs")
-    subprocess.run([HUTCH, "image", "import", str(rootfs), "--name", "busybox", "--public"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    env = hutch_env(work)
     n, k = args.runs, min(args.runs, args.together)
     cold: list[float] = []
     resume: list[float] = []

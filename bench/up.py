@@ -2,6 +2,7 @@
 directory of its own, waited for until its node is ready and stopped after."""
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from hutch.images.busybox import build_busybox_rootfs
+
 HUTCH = str(Path(sys.executable).parent / "hutch")
 
 
@@ -19,6 +22,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def hutch_env(work: Path) -> dict[str, str]:
+    """The environment of a hutch of its own under `work` (its state, contexts, no config file,
+    not the caller's URL or token), with the busybox image imported there, public."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("HUTCH_URL", "HUTCH_TOKEN")},
+        "HUTCH_STATE_DIR": str(work / "state"),
+        "HUTCH_CLIENT_CONFIG": str(work / "contexts.toml"),
+        "HUTCH_CONFIG": str(work / "none.toml"),
+    }
+    rootfs = build_busybox_rootfs(work / "rootfs")
+    subprocess.run([HUTCH, "image", "import", str(rootfs), "--name", "busybox", "--public"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    return env
 
 
 def node_ready(url: str, token_file: Path) -> bool:
