@@ -523,13 +523,7 @@ class MicroVMBackend:
             qmp = await self._qmp_client(record.spec.id, sdir)
             await _set_ignore_shared(qmp, (state.parent / snapfiles.MEMORY).exists())
             await self._ram_copied(record.spec.id)  # loading device state reads guest RAM
-            fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                await _pass_fd(qmp, fd, "incoming")
-            finally:
-                os.close(fd)
-            await qmp.execute("migrate-incoming", {"uri": "fd:incoming"})
-            await _migrated(qmp, MIGRATION_TIMEOUT)
+            await _migrate(qmp, state, outgoing=False)
         except BaseException as e:
             ref.kill(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
@@ -563,15 +557,7 @@ class MicroVMBackend:
         try:
             await qmp.execute("stop")
             await _set_ignore_shared(qmp, bool(ram))
-            fd = os.open(
-                dest / snapfiles.STATE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
-            try:
-                await _pass_fd(qmp, fd, "outgoing")
-            finally:
-                os.close(fd)
-            await qmp.execute("migrate", {"uri": "fd:outgoing"})
-            await _migrated(qmp, MIGRATION_TIMEOUT)
+            await _migrate(qmp, dest / snapfiles.STATE, outgoing=True)
 
             def copy() -> None:
                 if ram:
@@ -811,10 +797,19 @@ async def _set_ignore_shared(qmp: QMPClient, on: bool) -> None:
     )
 
 
-async def _pass_fd(qmp: QMPClient, fd: int, name: str) -> None:
-    """Give QEMU an open file as `name` (it cannot open files itself: chrooted, spawn=deny)."""
-    qmp.send_fd_scm(fd)
-    await qmp.execute("getfd", {"fdname": name})
+async def _migrate(qmp: QMPClient, path: Path, outgoing: bool) -> None:
+    """Save the paused guest's state into the new file `path` (`outgoing`), or load it from
+    `path` into a QEMU started with -incoming defer, and wait until that is done. QEMU gets the
+    file as a descriptor: chrooted under spawn=deny, it can open nothing itself."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL if outgoing else os.O_RDONLY
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    try:
+        qmp.send_fd_scm(fd)
+        await qmp.execute("getfd", {"fdname": "migration"})
+    finally:
+        os.close(fd)
+    await qmp.execute("migrate" if outgoing else "migrate-incoming", {"uri": "fd:migration"})
+    await _migrated(qmp, MIGRATION_TIMEOUT)
 
 
 async def _migrated(qmp: QMPClient, timeout: float) -> None:
