@@ -104,8 +104,10 @@ async def served(api: Api) -> AsyncIterator[str]:
     """The same app behind a real HTTP server (the ASGI transport buffers whole responses, so
     streams that never end need one); yields its URL."""
     app = api.http._transport.app  # type: ignore[attr-defined]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))  # fmt: skip
+    # A node's long poll (25 s) still open at the end is cut after a second, not waited for.
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                            timeout_graceful_shutdown=1)  # fmt: skip
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
