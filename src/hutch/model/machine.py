@@ -21,6 +21,8 @@ MAX_LABELS = 64
 class MachineState(StrEnum):
     CREATED = "created"  # recorded; not yet taken up by its node
     STARTING = "starting"  # its node is booting it
+    # A warm pool's machine its node has made and left paused: a run takes it (Desired.READY).
+    READY = "ready"
     RUNNING = "running"
     # Its memory and devices are saved on its node and no process runs: it holds no CPU or
     # memory there (its disks and addresses stay); `resume` continues it on the same node.
@@ -42,13 +44,22 @@ class MachineState(StrEnum):
 
 
 # A machine in one of these states holds its node's share (once it has a node).
-ACTIVE = (MachineState.CREATED, MachineState.STARTING, MachineState.RUNNING, MachineState.STOPPING)
+ACTIVE = (
+    MachineState.CREATED,
+    MachineState.STARTING,
+    MachineState.READY,
+    MachineState.RUNNING,
+    MachineState.STOPPING,
+)
 
 
 class Desired(StrEnum):
     """What the control plane wants; nodes converge on it."""
 
     RUNNING = "running"
+    # A warm pool's machine: made on its node from the pool's template snapshot and left
+    # paused, its process not started, until a run takes it (model/pool.py).
+    READY = "ready"
     SUSPENDED = "suspended"  # saved on its node, no process (micro-VMs only)
     STOPPED = "stopped"
     DESTROYED = "destroyed"
@@ -314,11 +325,23 @@ class Machine:
     ran_s: float = 0.0
     running_since: float | None = None
     extended_s: float = 0.0
+    # The warm pool that owns it (its template, or a pooled machine), hidden from listings;
+    # "" for the project's own machines, and once a run has taken it.
+    pool: str = ""
+    # A pool's template snapshot this generation's sandbox is restored from, paused, and then
+    # started as this machine (`RuntimeDriver.start(id, spec)`); a new generation boots afresh.
+    pool_snapshot: str = ""
     version: int = 1  # optimistic concurrency: every update checks and bumps it
 
     @property
     def sandbox_id(self) -> str:
         return f"{self.id}-{self.generation}"
+
+    @property
+    def template(self) -> bool:
+        """A warm pool's template: booted until its guest agent answers, its process not run,
+        to be snapshotted for the pool's machines."""
+        return bool(self.pool) and not self.pool_snapshot
 
     @property
     def lifetime_s(self) -> float | None:

@@ -154,6 +154,10 @@ machines = sa.Table(
     sa.Column("running_since", _TIME),
     sa.Column("extended_s", sa.Double, nullable=False, server_default="0"),
     sa.Column("expires_at", _TIME),
+    # The warm pool that owns it ("" once taken, or never pooled), and the pool's template
+    # snapshot its current generation is restored from (model.machine.Machine).
+    sa.Column("pool", _ID, nullable=False, server_default=""),
+    sa.Column("pool_snapshot", _ID, nullable=False, server_default=""),
     sa.Column("version", sa.Integer, nullable=False),
     # Listing order, and the cursor's key.
     sa.Index("ix_machines_project_id_created_at_id", "project_id", "created_at", "id"),
@@ -390,5 +394,33 @@ machine_snapshots = sa.Table(
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("state", _ENUM, nullable=False),
     sa.Column("created_at", _TIME, nullable=False),
+    # The warm pool whose template it is ("" for the project's own): hidden from listings.
+    sa.Column("pool", _ID, nullable=False, server_default=""),
     sa.UniqueConstraint("project_id", "name"),
+)
+
+# -- warm pools (see hutch.model.pool) ------------------------------------------------------------
+
+pools = sa.Table(
+    "pools",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("image", sa.String(512), nullable=False),
+    sa.Column("cpus", sa.Integer, nullable=False),
+    sa.Column("memory_mib", sa.Integer, nullable=False),
+    sa.Column("disk_mib", sa.Integer, nullable=False),
+    sa.Column("runtime", _ENUM, nullable=False),
+    sa.Column("min_ready", sa.Integer, nullable=False),
+    sa.Column("state", _ENUM, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    # Its template snapshot, the image it ran (by digest) and its node: "" until taken.
+    sa.Column("snapshot_id", _ID, nullable=False),
+    sa.Column("image_digest", sa.String(80), nullable=False),
+    sa.Column("node_id", _ID, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("updated_at", _TIME, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    # One pool per image and shape in a project (`pool set` updates it).
+    sa.UniqueConstraint("project_id", "image", "cpus", "memory_mib", "disk_mib", "runtime"),
 )

@@ -54,6 +54,7 @@ from hutch.store.base import (
     NodeRepo,
     ProjectRepo,
     SecurityGroupRepo,
+    PoolRepo,
     SnapshotRepo,
     TokenRepo,
     Tx,
@@ -66,6 +67,7 @@ from hutch.store.sql.networks import SqlNetworks, SqlSecurityGroups
 from hutch.store.sql.nodes import SqlNodes
 from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
+from hutch.store.sql.pools import SqlPools
 from hutch.store.sql.snapshots import SqlSnapshots
 from hutch.store.sql.tokens import SqlTokens
 from hutch.store.sql.volumes import SqlVolumes
@@ -475,6 +477,7 @@ class SqlTx:
         self.security_groups: SecurityGroupRepo = SqlSecurityGroups(conn, backend)
         self.volumes: VolumeRepo = SqlVolumes(conn, backend)
         self.snapshots: SnapshotRepo = SqlSnapshots(conn, backend)
+        self.pools: PoolRepo = SqlPools(conn, backend)
 
     @property
     def bumped(self) -> set[str]:

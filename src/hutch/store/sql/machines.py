@@ -69,6 +69,7 @@ class SqlMachines(Repo):
         # An id wins over a name; among machines of that name, the live one, else the newest.
         stmt = (
             self._by_ref(m, project_id, ref)
+            .where(m.c.pool == "")  # a pool's machines are not the project's to name
             .order_by(sa.case((t.LIVE, 0), else_=1), m.c.created_at.desc())
             .limit(1)
         )
@@ -88,7 +89,7 @@ class SqlMachines(Repo):
             raise Invalid("limit must be at least 1")
         limit = min(limit, MAX_PAGE)
         m = t.machines
-        stmt = sa.select(m).where(m.c.project_id == project_id)
+        stmt = sa.select(m).where(m.c.project_id == project_id, m.c.pool == "")
         if states:
             stmt = stmt.where(m.c.state.in_([MachineState(s).value for s in states]))
         for key, value in (labels or {}).items():
@@ -222,6 +223,13 @@ class SqlMachines(Repo):
             found[str(image)].add(str(node_id))
         return found
 
+    async def pooled(self, project_id: str | None = None) -> builtins.list[Machine]:
+        m = t.machines
+        stmt = sa.select(m).where(m.c.pool != "", t.LIVE)
+        if project_id is not None:
+            stmt = stmt.where(m.c.project_id == project_id)
+        return [_to_machine(r) for r in await self._c.execute(stmt.order_by(m.c.created_at, m.c.id))]
+
     async def expired(self, now: float, limit: int) -> builtins.list[Machine]:
         m = t.machines
         stmt = (
@@ -321,6 +329,8 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "running_since": m.running_since,
         "extended_s": m.extended_s,
         "expires_at": m.expires_at,
+        "pool": m.pool,
+        "pool_snapshot": m.pool_snapshot,
     }
 
 
