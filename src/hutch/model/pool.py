@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from hutch.model.errors import Invalid
-from hutch.model.machine import MIN_MEMORY_MIB, check_suspendable
 from hutch.model.image import parse_ref
+from hutch.model.machine import MIN_MEMORY_MIB, check_suspendable
 
 MAX_READY = 64  # pooled machines one pool keeps at most: more is a typo, not a plan
 

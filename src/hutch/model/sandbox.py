@@ -180,6 +180,9 @@ class SandboxSpec:
     # (its own MAC, addresses, hostname, machine-id, fresh entropy, the host's clock). Its
     # resources and root disk must be the snapshot's.
     restore_from: str = ""
+    # A template (micro-VMs only): `start` boots the guest until its agent answers and runs no
+    # process; a snapshot of it is a template snapshot (POOL-RT's branch gives it its meaning).
+    template: bool = False
 
     def __post_init__(self) -> None:
         validate_sandbox_id(self.id)

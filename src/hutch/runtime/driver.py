@@ -71,8 +71,9 @@ class RuntimeDriver(Protocol):
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         """Set up and boot the sandbox; the workload is not started. On failure nothing is left."""
 
-    async def start(self, sandbox_id: str) -> SandboxInfo:
-        """Start the workload (created -> running); Conflict from any other state."""
+    async def start(self, sandbox_id: str, spec: SandboxSpec | None = None) -> SandboxInfo:
+        """Start the workload (created -> running); Conflict from any other state. `spec`:
+        the machine a sandbox restored from a template snapshot becomes."""
 
     async def signal(self, sandbox_id: str, sig: int) -> None:
         """Deliver `sig` to the workload's main process; Conflict unless running."""
@@ -298,7 +299,9 @@ class SandboxDriver:
         self._sups[spec.id] = sup
         return record.info()
 
-    async def start(self, sandbox_id: str) -> SandboxInfo:
+    async def start(self, sandbox_id: str, spec: SandboxSpec | None = None) -> SandboxInfo:
+        if spec is not None:  # POOL-RT's branch starts template clones as `spec`
+            raise Invalid(f"sandbox {sandbox_id} is not a clone of a template snapshot")
         sup = self._get(sandbox_id)
         if not sup.record.spec.restore_from:
             await sup.start()

@@ -176,6 +176,12 @@ class Assignment(View):
     volumes: list[VolumeAssignment] = []  # on this node's storage backend, in order
     # A machine snapshot of this node's (its id) to continue from instead of booting the image.
     from_snapshot: str = ""
+    # A warm pool's template: booted until its guest agent answers, no process run
+    # (SandboxSpec.template), to be snapshotted.
+    template: bool = False
+    # A pool's template snapshot of this node's (its id) the sandbox is restored from, paused:
+    # left so while desired is ready, then started as this machine (driver.start(id, spec)).
+    pool_snapshot: str = ""
 
 
 class Assignments(View):

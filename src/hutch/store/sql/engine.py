@@ -52,9 +52,9 @@ from hutch.store.base import (
     MachineRepo,
     NetworkRepo,
     NodeRepo,
+    PoolRepo,
     ProjectRepo,
     SecurityGroupRepo,
-    PoolRepo,
     SnapshotRepo,
     TokenRepo,
     Tx,
@@ -65,9 +65,9 @@ from hutch.store.sql.leases import SqlLeases
 from hutch.store.sql.machines import SqlMachines
 from hutch.store.sql.networks import SqlNetworks, SqlSecurityGroups
 from hutch.store.sql.nodes import SqlNodes
+from hutch.store.sql.pools import SqlPools
 from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
-from hutch.store.sql.pools import SqlPools
 from hutch.store.sql.snapshots import SqlSnapshots
 from hutch.store.sql.tokens import SqlTokens
 from hutch.store.sql.volumes import SqlVolumes

@@ -228,7 +228,9 @@ class SqlMachines(Repo):
         stmt = sa.select(m).where(m.c.pool != "", t.LIVE)
         if project_id is not None:
             stmt = stmt.where(m.c.project_id == project_id)
-        return [_to_machine(r) for r in await self._c.execute(stmt.order_by(m.c.created_at, m.c.id))]
+        return [
+            _to_machine(r) for r in await self._c.execute(stmt.order_by(m.c.created_at, m.c.id))
+        ]
 
     async def expired(self, now: float, limit: int) -> builtins.list[Machine]:
         m = t.machines

@@ -50,11 +50,7 @@ class SqlSnapshots(Repo):
     async def clones(self, snapshot_id: str) -> builtins.list[str]:
         m = t.machines
         using = sa.or_(m.c.from_snapshot == snapshot_id, m.c.pool_snapshot == snapshot_id)
-        stmt = (
-            sa.select(m.c.name)
-            .where(using, t.LIVE)
-            .order_by(m.c.created_at, m.c.id)
-        )
+        stmt = sa.select(m.c.name).where(using, t.LIVE).order_by(m.c.created_at, m.c.id)
         return [r.name for r in await self._c.execute(stmt)]
 
 

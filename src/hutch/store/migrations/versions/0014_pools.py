@@ -10,7 +10,7 @@ revision = "0014"
 down_revision = "0013"
 
 
-def _id(name: str) -> sa.Column[str]:
+def _id(name: str) -> "sa.Column[object]":
     return sa.Column(name, sa.String(64), nullable=False, server_default="")
 
 
@@ -44,9 +44,14 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pools")),
         sa.UniqueConstraint(
-            "project_id", "image", "cpus", "memory_mib", "disk_mib", "runtime",
+            "project_id",
+            "image",
+            "cpus",
+            "memory_mib",
+            "disk_mib",
+            "runtime",
             name=op.f("uq_pools_project_id_image_cpus_memory_mib_disk_mib_runtime"),
-        ),  # fmt: skip
+        ),
     )
 
 
