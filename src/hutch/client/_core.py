@@ -63,6 +63,7 @@ from hutch.wire.networks import (
     SecurityGroupView,
 )
 from hutch.wire.nodes import JoinTokenRequest, JoinTokenView, NodeView
+from hutch.wire.pools import PoolSet, PoolView
 from hutch.wire.snapshots import MachineSnapshotCreate, MachineSnapshotView
 from hutch.wire.tenancy import (
     ProjectCreate,
@@ -621,6 +622,27 @@ def machine_snapshot(ref: str) -> Plan[MachineSnapshotView]:
 
 def delete_machine_snapshot(ref: str) -> Plan[None]:
     yield Call("DELETE", _machine_snapshot(ref), scoped=True, hold=None)
+
+
+# -- warm pools ---------------------------------------------------------------------------------
+
+
+def _pool(ref: str) -> str:
+    return f"/v1/pools/{quote(ref, safe='')}"
+
+
+def set_pool(image: str, min_ready: int, **shape: Any) -> Plan[PoolView]:
+    body = build(PoolSet, image=image, min_ready=min_ready, **shape)
+    call = Call("PUT", "/v1/pools", body=body, scoped=True, hold=None)
+    return PoolView.model_validate_json((yield call))
+
+
+def pool(ref: str) -> Plan[PoolView]:
+    return PoolView.model_validate_json((yield Call("GET", _pool(ref), scoped=True)))
+
+
+def delete_pool(ref: str) -> Plan[None]:
+    yield Call("DELETE", _pool(ref), scoped=True, hold=None)
 
 
 # -- volumes ------------------------------------------------------------------------------------
