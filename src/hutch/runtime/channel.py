@@ -34,6 +34,7 @@ class T(IntEnum):
     PAUSE = 11  # SIGSTOP every process but the guest agent; answered by FS_DONE of the same id
     CONTINUE = 12  # SIGCONT them (the guest agent does so itself after FREEZE_MAX_MS)
     IDENTITY = 13  # a clone's own identity (encode_identity); answered by FS_DONE
+    PRELOAD = 14  # a process spec: its program into the page cache; answered by FS_DONE
     STARTED = 17
     STDOUT = 18
     STDERR = 19
