@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from hutch.images.rootfs import PreparedRoot
-from hutch.model.errors import Invalid, NotFound
+from hutch.model.errors import Conflict, Invalid, NotFound
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxState
 from hutch.runtime.driver import SandboxDriver
-from tests.helpers.runtime import PATH, make_spec, output, wait_for_line
+from tests.helpers.runtime import PATH, driver_in, make_spec, output, wait_for_line
 
 # Sandbox ids name host-wide cgroups: these tests' own.
 TEMPLATE = "tpl"
@@ -92,8 +92,25 @@ async def test_template_clones_start_as_the_machines_they_are_given(
     hostname, machine_id = out.decode().split()
     assert hostname == "host-tpl-b" and len(machine_id) == 32
     # Started once: not again, as anything else.
-    with pytest.raises(Exception, match="not created"):
+    with pytest.raises(Conflict, match="not created"):
         await microvm.start("tpl-b", await microvm.spec("tpl-b"))
+
+    # A clone waiting to be started outlives its host process: a new one re-adopts it ready.
+    await microvm.create(
+        dataclasses.replace(
+            make_spec(busybox_root, "/bin/true", sandbox_id="tpl-c"), restore_from=snap.path
+        )
+    )
+    await microvm.close()
+    async for again in driver_in(short_dir / "state", "microvm"):
+        assert "tpl-c" in {info.id for info in await again.recover()}
+        machine = dataclasses.replace(
+            await again.spec("tpl-c"),
+            process=ProcessSpec(args=("/bin/echo", "three"), env=(PATH,)),
+        )
+        await again.start("tpl-c", machine)
+        assert (await again.wait("tpl-c", 30)).code == 0
+        assert (await output(again, "tpl-c"))[0] == b"three\n"
     print("start to first output (s):", {k: round(v[1], 3) for k, v in started_s.items()})
 
 
