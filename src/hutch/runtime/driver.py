@@ -140,8 +140,9 @@ class RuntimeDriver(Protocol):
     async def snapshot(self, sandbox_id: str, dest: Path) -> SnapshotFiles:
         """Capture the running sandbox (memory, devices, scratch disk) into the new directory
         `dest` without ending it (its workload pauses for the copy). On failure `dest` is gone
-        and the sandbox runs on. Unsupported unless `capabilities().snapshot`; Conflict unless
-        running; Invalid for a sandbox with volumes (their data is not the snapshot's)."""
+        and the sandbox runs on. A template's is a template snapshot (`SnapshotFiles.template`).
+        Unsupported unless `capabilities().snapshot`; Conflict unless running; Invalid for a
+        sandbox with volumes (their data is not the snapshot's)."""
 
     def freeze(
         self, sandbox_id: str, targets: Sequence[str]
@@ -368,7 +369,10 @@ class SandboxDriver:
         # The one program every guest has: the guest agent's own, which, not PID 1, exits at
         # once (saying how it is used).
         warm = await sup.exec(ProcessSpec(args=("/proc/self/exe",)), unstarted=True)
-        status, _, _ = await asyncio.wait_for(warm.communicate(), answer)
+        try:
+            status, _, _ = await asyncio.wait_for(warm.communicate(), answer)
+        except TimeoutError:
+            raise Unavailable(f"its warm-up process did not end within {answer:g} s") from None
         if status.error:
             log.info("sandbox %s: no warm-up process: %s", record.spec.id, status.error)
         await self.backend.pause(record, sup.dir)
