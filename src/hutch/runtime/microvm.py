@@ -588,6 +588,11 @@ class MicroVMBackend:
         qmp = await self._qmp_client(record.spec.id, sdir)
         await qmp.execute("cont")
 
+    async def pause(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """Stop the guest's vCPUs where they are (`cont` lets them go on)."""
+        qmp = await self._qmp_client(record.spec.id, sdir)
+        await qmp.execute("stop")
+
     def side_tasks(self, record: SandboxRecord, sdir: SandboxDir) -> list[Awaitable[None]]:
         tasks: list[Awaitable[None]] = [
             self._copy_console(sdir),
