@@ -8,7 +8,8 @@ is, `hutch down`, which would stop it, and `exec -it` / `run -it`, which need a 
 on a pty in tests/cli/test_terminal.py and tests/cli/test_run_terminal.py), the `--dry-run`
 example, the `login` / `context` lines, the "Images" block and the "Networks" block (micro-VMs;
 curl to the published port, nslookup of a machine's name in its network), the "Suspend, resume
-and snapshots" block (one micro-VM booted, one restored from its snapshot). Elsewhere: "Projects,
+and snapshots" block (one micro-VM booted, one restored from its snapshot), the "Warm pools"
+block (a template booted, pooled machines restored, one taken by a run). Elsewhere: "Projects,
 tokens and quotas" in tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py.
 
 What cannot run on one machine keeps only the `--help` check of tests/cli/test_readme.py: the
@@ -238,6 +239,46 @@ def test_the_suspend_block_runs_as_written(sh: Shell) -> None:
     assert several.stderr.count("\n") == 1, several.stderr
     assert "tmpl" not in ok(sh("hutch snapshot ls"), "snapshot ls")
     assert len(commands) == 9, commands
+
+
+def test_the_warm_pools_block_runs_as_written(
+    sh: Shell, controller: Controller, env: dict[str, str]
+) -> None:
+    """A pool fills (its template booted and snapshotted, its machines restored, paused), a run
+    takes one of them, which prints its own output, and the pool fills again."""
+    commands = [c for line in block("### Warm pools", "hutch pool set") for c in split(line)]
+    assert len(commands) == 4, commands
+    set_, ls, run, rm = commands
+    pool = ok(sh(set_), set_).strip()
+    assert re.fullmatch(r"w-\w+", pool), pool
+
+    def ready(n: int) -> str:
+        deadline = time.monotonic() + 180
+        while (out := ok(sh(ls), ls)) and not re.search(rf"\s{n}/2\s+ready\s", out):
+            assert time.monotonic() < deadline and "failed" not in out, out
+            time.sleep(0.5)
+        return out
+
+    assert re.search(rf"^{pool}\s+busybox\s+1\s+128M\s+-\s+2/2\s+ready\s", ready(2), re.M)
+    ran = sh(run)
+    assert (ran.returncode, ran.stdout) == (0, "hi\n"), ran.stderr  # its own process's
+    quick = json.loads(ok(sh("hutch inspect quick"), "inspect"))
+    with controller.client(env["HUTCH_PROJECT"]) as client:
+        events = client.events()
+        try:
+            said: list[str] = []
+            for e in events:
+                if e.object == quick["id"]:
+                    said.append(e.message)
+                    if e.state == "exited":
+                        break
+        finally:
+            events.close()
+    assert f"from pool {pool}" in said, said
+    ready(2)  # refilled
+    assert ok(sh(rm), rm) == "busybox\n"
+    assert "quick" in ok(sh("hutch ps -a"), "ps")  # it is the project's: it stays
+    ok(sh("hutch rm -f quick"), "rm")
 
 
 @pytest.fixture

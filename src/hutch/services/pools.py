@@ -158,7 +158,8 @@ class Pools:
         template = next((m for m in live if m.template), None)
         if not pool.snapshot_id:
             if template is None:
-                await self._add(pool, project)
+                if pool.min_ready:  # none wanted yet: no boot for nothing
+                    await self._add(pool, project)
             elif template.state is MachineState.RUNNING:
                 await self._snapshot(pool, project, template)
             return
