@@ -257,8 +257,8 @@ class Machines:
         spec.check_new()
         net = net or MachineNet()
         await self.networks.resolve(project, net)
-        await self.check_image_source(principal, project, spec.image)
-        pool = await self._pool_for(principal, project, spec, net) if start else None
+        resolved = await self.check_image_source(principal, project, spec.image)
+        pool = await self._pool_for(principal, project, spec, net, resolved) if start else None
         if pool is not None and (taken := await self._take_pooled(project, pool, spec, name)):
             return taken
         if spec.volumes:  # refused now if they cannot be had (checked again when attached)
@@ -318,12 +318,17 @@ class Machines:
     # -- warm pools (services/pools.py keeps them filled) ----------------------------------------
 
     async def _pool_for(
-        self, principal: Principal, project: Project, spec: MachineSpec, net: MachineNet
+        self,
+        principal: Principal,
+        project: Project,
+        spec: MachineSpec,
+        net: MachineNet,
+        digest: str,
     ) -> Pool | None:
         """The project's ready pool a new machine of `spec` may be taken from: one of its
-        image (the digest that name means now), shape and runtime, for a machine on the
-        default network that publishes nothing, in no security group, with no volumes and
-        not from a snapshot (a pooled machine was made with none of those)."""
+        image (`digest`, what that name means now, if known), shape and runtime, for a machine
+        on the default network that publishes nothing, in no security group, with no volumes
+        and not from a snapshot (a pooled machine was made with none of those)."""
         if (
             spec.volumes or spec.from_snapshot or net.networks is not None or net.ports
             or net.security_groups
@@ -337,10 +342,11 @@ class Machines:
             pool = await tx.pools.by_shape(project.id, shape)
         if pool is None or pool.state is not PoolState.READY:
             return None
-        try:
-            digest = (await self.images.get(principal, project, spec.image)).id
-        except HutchError:
-            return None  # no node to ask: the machine boots, and its node resolves the name
+        if not digest:  # not asked on the way (a registry's name)
+            try:
+                digest = (await self.images.get(principal, project, spec.image)).id
+            except HutchError:
+                return None  # no node to ask: the machine boots, and its node resolves it
         return pool if digest == pool.image_digest else None
 
     async def _take_pooled(
@@ -498,17 +504,18 @@ class Machines:
             tx, replace(m, desired=Desired.DESTROYED), MachineState.DESTROYED, why
         )
 
-    async def check_image_source(self, principal: Principal, project: Project, image: str) -> None:
+    async def check_image_source(self, principal: Principal, project: Project, image: str) -> str:
         """Refused now, rather than a machine failing later: an image that no registry gives
         (a digest, an id, a name without a registry, as a typo is) and that the project and the
         catalogue lack (NotFound); an image from a registry nodes may not pull from, unless the
         project already has it, imported under that name (Forbidden). Only a reference that
-        names an allowed registry is pulled on demand."""
+        names an allowed registry is pulled on demand. The digest `image` means now when a
+        node said it on the way ("" when none was asked)."""
         if is_digest_or_id(image) or not names_registry(image):
             try:
-                await self.images.get(principal, project, image)
+                return (await self.images.get(principal, project, image)).id
             except (NoCapacity, Unavailable):
-                return  # no node to ask now: the machine waits for one, which decides
+                return ""  # no node to ask now: the machine waits for one, which decides
             except NotFound:
                 if is_digest_or_id(image):
                     raise
@@ -519,14 +526,14 @@ class Machines:
                     f"is not pulled; pull it by its full name first, e.g. "
                     f"`hutch image pull {ref}`"
                 ) from None
-            return
         registry = parse_ref(image).registry
         if self.images.registries.allowed(registry):
-            return
+            return ""
         try:
-            await self.images.get(principal, project, image)
+            return (await self.images.get(principal, project, image)).id
         except (NotFound, NoCapacity):
             self.images.registries.check(registry)
+        return ""
 
     async def explain(
         self,
