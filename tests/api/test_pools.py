@@ -6,7 +6,7 @@ Taking a snapshot needs a real node: the node link's calls are stood in for here
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,11 @@ class Node:
 
 
 @pytest.fixture
-async def node(api: Api, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Node]:
+async def node(api: Api, monkeypatch: pytest.MonkeyPatch) -> Node:
+    return await sim_node(api, monkeypatch)
+
+
+async def sim_node(api: Api, monkeypatch: pytest.MonkeyPatch) -> Node:
     """A node of its own (sim-1 cordoned) with room for 3 pooled machines, whose image and
     snapshot calls answer as a real node's would."""
     await api.call("POST", "/v1/nodes/sim-1/cordon")
@@ -66,7 +70,7 @@ async def node(api: Api, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Node]
     monkeypatch.setattr(api.ctl.link, "snapshot_machine", snapshot_machine)
     monkeypatch.setattr(api.ctl.link, "image", image)
     monkeypatch.setattr(api.ctl.link, "delete_machine_snapshot", delete_machine_snapshot)
-    yield Node(api, joined["node_id"], joined["credential"], taken)
+    return Node(api, joined["node_id"], joined["credential"], taken)
 
 
 async def pooled(api: Api, where: Callable[[Machine], bool] = lambda m: True) -> list[Machine]:
@@ -123,8 +127,9 @@ async def ready(api: Api, node: Node, token: str, pool: str, n: int) -> None:
 
 
 async def test_two_runs_at_once_take_one_pooled_machine_each_at_most_and_it_refills(
-    api: Api, node: Node
+    api_both: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    api, node = api_both, await sim_node(api_both, monkeypatch)
     token = await api.token("alpha", "member")
     pool = await filled(api, node, token, 1)
     assert (pool["state"], pool["ready"], pool["min_ready"], pool["node"]) == ("ready", 1, 1, "pn")
