@@ -222,6 +222,16 @@ async def test_another_projects_pool_is_not_found_and_bad_input_says_why(
     r = await api.machine(beta, runtime="microvm", memory_mib=MIB, disk_mib=64)
     assert r.status_code == 201 and r.json()["state"] == "created", r.text
     assert len(await pooled(api, lambda m: m.state is MachineState.READY)) == 1
+    r = await api.call("DELETE", f"/v1/machines/{r.json()['id']}?force=true", beta)
+    assert r.status_code == 204, r.text
+
+    # A drained node keeps none (so it can be removed), and its pools wait for it.
+    r = await api.call("POST", "/v1/nodes/pn/drain")
+    assert r.status_code == 200, r.text
+    await until(lambda: _error(api, alpha, pool["id"], "its node pn is cordoned"), "waiting")
+    assert not await pooled(api, lambda m: not m.state.finished)
+    assert (await api.call("POST", "/v1/nodes/pn/uncordon")).status_code == 200
+    await ready(api, node, alpha, pool["id"], 1)
 
     # Setting it again updates it (by image and shape), it does not make another.
     again = {"image": "busybox", "memory_mib": MIB, "disk_mib": 64, "min_ready": 0}

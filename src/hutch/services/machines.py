@@ -35,6 +35,7 @@ from hutch.model.machine import (
     MachineSpec,
     MachineState,
     Node,
+    NodeState,
     OnTimeout,
     Report,
     RestartPolicy,
@@ -474,6 +475,9 @@ class Machines:
                 node = decision.node
             else:
                 node = await tx.nodes.get(pool.node_id)
+                if node.cordoned or node.state is not NodeState.READY:
+                    how = "cordoned" if node.cordoned else node.state.value
+                    return f"its node {node.name} is {how}"
             want = need(request_of(spec, project), node)
             if not await tx.nodes.claim([Claim(node.id, want, limit(node))]):
                 return f"node {node.name} has no room for more"
@@ -980,15 +984,18 @@ class Machines:
         """Move every machine that should run off the node (cordoned already): each starts a
         new generation that the scheduler places elsewhere, and the node destroys the old
         sandbox. Machines stopped or finished stay, and so do machines with volumes (their data
-        is on this node: they run nowhere else). How many were moved."""
+        is on this node: they run nowhere else). Warm pools' machines there are destroyed (their
+        pools refill there once it is uncordoned). How many were moved."""
         moved: list[Machine] = []
         async with self.store.write() as tx:
             for m in await tx.machines.on_node(node.id):
-                if m.desired is Desired.RUNNING and m.state in ACTIVE and not m.spec.volumes:
+                if m.pool:  # a cache: it goes, and its pool refills once the node is back
+                    await self.destroy_pooled(tx, m, f"node {node.name} is drained")
+                elif m.desired is Desired.RUNNING and m.state in ACTIVE and not m.spec.volumes:
                     moved.append(await self._new_generation(tx, m, restarted=False, why="drained"))
         for m in moved:
             self._wake(m)
-        self.notifier.notify(node_key(node.id))
+        self.notifier.notify(node_key(node.id), POOLS)
         return len(moved)
 
     async def _finished(self, tx: Tx, m: Machine, report: Report) -> Machine:
