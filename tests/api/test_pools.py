@@ -78,6 +78,11 @@ async def pooled(api: Api, where: Callable[[Machine], bool] = lambda m: True) ->
         return [m for m in await tx.machines.pooled() if where(m)]
 
 
+async def _machine(api: Api, machine_id: str) -> Machine:
+    async with api.ctl.store.read() as tx:
+        return await tx.machines.by_id(machine_id)
+
+
 async def events(api: Api, project: str) -> str:
     """The project's events' messages (the API streams them: tests/client reads that)."""
     async with api.ctl.store.read() as tx:
@@ -182,6 +187,14 @@ async def test_pooled_machines_give_way_to_the_projects_quota_and_to_a_full_node
         lambda: _error(api, token, pool["id"], "quota"), "the pool says why it is not full"
     )
     assert got["ready"] == 1 and "not full: project gamma is at its quota" in got["error"], got
+    # Once it ends, the pool fills the room; started again, it takes it back.
+    own = await api.placed(token, "own")
+    await node.report(await _machine(api, own["id"]), "exited", exit_code=0)
+    await ready(api, node, token, pool["id"], 2)
+    r = await api.call("POST", "/v1/machines/own/start", token)
+    assert r.status_code == 200, r.text
+    assert len(await pooled(api, lambda m: not m.state.finished)) == 1
+    assert (await events(api, "gamma")).count("given way to machine own") == 2
 
     # The node is full (its third place taken by alpha's machine): a machine that fits only
     # once a pooled one is gone makes it go.

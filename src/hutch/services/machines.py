@@ -590,6 +590,7 @@ class Machines:
         """A new generation of a machine that is not running (created stopped, exited, failed);
         a suspended one (or one being suspended) is resumed instead: the same machine goes on."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        gave_way = False
         async with self.store.write() as tx:
             m = await _get_kept(tx, project, ref)
             if m.desired is Desired.SUSPENDED or m.state is MachineState.SUSPENDED:
@@ -598,8 +599,11 @@ class Machines:
                 if m.state not in FINISHED and m.desired is Desired.RUNNING:
                     raise Conflict(f"machine {m.name} is {m.state}: nothing to start")
                 m = await self._new_generation(tx, m.anew(), restarted=False)
-                await _check_quota(tx, project)  # an ended machine held none of it
+                # An ended machine held none of it; the project's pools give way.
+                gave_way = await self._quota_giving_way(tx, project, Usage(), m.name)
         self._wake(m)
+        if gave_way:
+            self.notifier.notify(POOLS)
         return m
 
     async def suspend(self, principal: Principal, project: Project, ref: str) -> Machine:
@@ -672,8 +676,10 @@ class Machines:
         async with self.store.write() as tx:
             m = await _get_kept(tx, project, ref)
             m = await self._new_generation(tx, m.anew(), restarted=False)
-            await _check_quota(tx, project)
+            gave_way = await self._quota_giving_way(tx, project, Usage(), m.name)
         self._wake(m)
+        if gave_way:
+            self.notifier.notify(POOLS)
         return m
 
     async def extend(
