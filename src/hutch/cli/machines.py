@@ -110,7 +110,8 @@ RUN_EXAMPLES = (
     "Examples: hutch run busybox -- echo hello;  "
     "hutch run -d --name web -m 256M -e MODE=prod nginx:1.27;  "
     "hutch run --rm --runtime container busybox -- sh -c 'uname -a';  "
-    "hutch run -d --timeout 30m --on-timeout destroy busybox -- sleep 1d"
+    "hutch run -d --timeout 30m --on-timeout destroy busybox -- sleep 1d;  "
+    "hutch run -d -p 8080:80 --idle 5m --on-idle suspend nginx:1.27"
 )
 
 
@@ -216,6 +217,22 @@ def run(
             metavar="ACTION",
         ),
     ] = None,
+    idle: Annotated[
+        str | None,
+        typer.Option(
+            help="Stop or suspend it (--on-idle) once no connection has come to its published "
+            "ports (-p, at least one) for this long: 90s, 30m, 2h.",
+            metavar="DURATION",
+        ),
+    ] = None,
+    on_idle: Annotated[
+        str | None,
+        typer.Option(
+            help="What --idle does: stop (default) or suspend (micro-VMs only; a new "
+            "connection to a published TCP port then resumes it, and gets its answer).",
+            metavar="ACTION",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -267,10 +284,14 @@ def run(
         "volumes": volume or None,
         "timeout_s": _duration(timeout, "--timeout") if timeout is not None else None,
         "on_timeout": on_timeout,
+        "idle_s": _duration(idle, "--idle") if idle is not None else None,
+        "on_idle": on_idle,
         "from_snapshot": from_snapshot,
     }
     if on_timeout is not None and timeout is None:
         raise Invalid("--on-timeout says what --timeout does: give --timeout DURATION too")
+    if on_idle is not None and idle is None:
+        raise Invalid("--on-idle says what --idle does: give --idle DURATION too")
     if from_snapshot and (image or command):
         raise Invalid(
             f"--from {from_snapshot} continues the snapshot's process in its image: give no "
