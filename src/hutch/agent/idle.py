@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from hutch.model.errors import HutchError
 from hutch.model.machine import Desired
 from hutch.model.network import PortMapping
-from hutch.network.activity import Target
+from hutch.network.activity import Flow, Target, active
 from hutch.network.node import NodeNetwork
 from hutch.wire.nodes import Assignment
 
@@ -58,6 +58,7 @@ class Idleness:
         self._report = report
         self._wake = wake
         self._sent: dict[str, float] = {}  # machine -> when its activity was last reported
+        self._before: set[str] = set()  # the keys of the flows the last look saw
         # sandbox -> the tasks accepting on its ports while it sleeps
         self._accepting: dict[str, list[asyncio.Task[None]]] = {}
         self._held: set[asyncio.Task[None]] = set()  # connections being woken or copied
@@ -71,8 +72,11 @@ class Idleness:
                 for p in a.ports:
                     targets[(p.protocol, a.networks[0].ip4, p.port)] = a
         if not targets:
+            self._before = set()
             return
-        seen: set[Target] = await self._net(self.network.active, list(targets))  # type: ignore[assignment]
+        flows: list[Flow] = await self._net(self.network.flows, list(targets))  # type: ignore[assignment]
+        seen = active(flows, self._before)
+        self._before = {f.key for f in flows}
         now = time.time()
         due: dict[str, float] = {}
         for target in seen:

@@ -151,11 +151,11 @@ class NodeNetwork:
         asleep = frozenset(sandbox_ids)
         return links.run_in(self.opts.netns, lambda: self._set_asleep(asleep))
 
-    def active(self, targets: Iterable[activity.Target]) -> set[activity.Target]:
-        """Which of `targets` (a sandbox's protocol, address and port) have a connection now,
-        as the node's connection tracking has them."""
+    def flows(self, targets: Iterable[activity.Target]) -> list[activity.Flow]:
+        """The connections to `targets` (a sandbox's protocol, address and port) that the
+        node's connection tracking has now."""
         wanted = list(targets)
-        return links.run_in(self.opts.netns, lambda: activity.read_active(wanted))
+        return links.run_in(self.opts.netns, lambda: activity.read_flows(wanted))
 
     def tcp_socket(self) -> socket.socket:
         """A TCP socket in the node's network namespace (the sandboxes' addresses are reached
