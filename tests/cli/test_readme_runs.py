@@ -451,15 +451,20 @@ def test_the_idle_block_runs_as_written(sh: Shell, controller: Controller) -> No
         for c in split(line)
     ]
     assert len(commands) == 6, commands
-    project = sh("echo $HUTCH_PROJECT").stdout.strip()
+    client = controller.client(sh("echo $HUTCH_PROJECT").stdout.strip())
+
+    def state() -> tuple[str, bool]:
+        site = client.machines.get("site")
+        return site.state, site.idled
+
     woke = False
     for command in commands:
         if command.startswith("sleep"):  # as long as it takes on a busy host
-            assert _until(lambda: state_of(sh, "site") == ("suspended", True), 120), command
+            assert _until(lambda: state() == ("suspended", True), 120), command
             continue
         out = ok(sh(command), command)
         if command.startswith("hutch run"):
-            assert _until(lambda: state_of(sh, "site")[0] == "running", 120), command
+            assert _until(lambda: state()[0] == "running", 120), command
         elif command == "hutch ps" and not woke:
             assert re.search(r"\ssite\s+busybox\s+microvm\s+suspended", out), out
         elif command.startswith("curl"):
@@ -470,15 +475,15 @@ def test_the_idle_block_runs_as_written(sh: Shell, controller: Controller) -> No
             # A request every 0.5 s for 6 s: no 2 s without a connection, it runs throughout.
             for _ in range(12):
                 assert "localhost" in _get(http, timeout=5)
-                assert state_of(sh, "site") == ("running", False)
-                time.sleep(0.5)
+                assert state() == ("running", False)
+                time.sleep(0.4)
             # Without them it idles again, and is woken again.
-            assert _until(lambda: state_of(sh, "site") == ("suspended", True), 120)
+            assert _until(lambda: state() == ("suspended", True), 120)
             assert "localhost" in _get(http, timeout=60)
     assert ok(sh("hutch ps -q"), "ps") == ""  # removed
     woken = f"woken by a connection to port {http}"
     messages: list[str] = []
-    with controller.client(project) as client:
+    with client:
 
         def listen() -> None:  # every event so far, then it would wait for more
             for event in client.events():
@@ -490,8 +495,3 @@ def test_the_idle_block_runs_as_written(sh: Shell, controller: Controller) -> No
         listener.start()
         listener.join(30)
     assert messages.count(woken) == 2 and messages.count("idle for 2s: suspended") == 2, messages
-
-
-def state_of(sh: Shell, machine: str) -> tuple[str, bool]:
-    shown = json.loads(ok(sh(f"hutch inspect {machine}"), "inspect"))
-    return shown["state"], shown["idled"]

@@ -27,7 +27,7 @@ from hutch.network.node import NodeNetwork
 from hutch.wire.nodes import Assignment
 
 log = logging.getLogger("hutch.agent.idle")
-PERIOD = 1.0  # seconds between two looks at the connections
+PERIOD = 0.5  # seconds between two looks at the connections: how late activity may be seen
 REPORT_MAX = 30.0  # seconds: a machine in use is reported at least this often
 WAKE_WAIT = 60.0  # seconds a held connection waits for its guest to answer
 CHUNK = 1 << 16

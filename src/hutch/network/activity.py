@@ -4,7 +4,7 @@
 
 Each flow is matched by its reply tuple's source, the guest's address and port: a connection
 DNATed from a published port and one the node's waker makes to the guest both count. A flow
-counts while it is open (for TCP, not closing; UDP while tracked) and, closed, on the first look
+counts while it is open (for TCP, answered and not closing; UDP while tracked) and, closed, on the first look
 that sees it (a short request begins and ends between two looks); a closed TCP flow lingers in
 TIME_WAIT for minutes and must not keep a machine awake that nobody uses after that."""
 
@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 Target = tuple[str, str, int]  # (protocol, the guest's IPv4 address, the guest's port)
-# TCP states of a connection that is not over (conntrack's names).
-_OPEN = frozenset({"SYN_SENT", "SYN_RECV", "ESTABLISHED", "SYN_SENT2"})
+# TCP states of a connection the guest answered and that is not over (conntrack's names). Not
+# SYN_SENT: an attempt nobody answered (the waker's while the guest resumes, one to a guest
+# still booting) stays tracked for two minutes.
+_OPEN = frozenset({"SYN_RECV", "ESTABLISHED"})
 # The table of the calling thread's network namespace (/proc/self/net is the process's).
 TABLE = Path("/proc/thread-self/net/nf_conntrack")
 
