@@ -4,9 +4,9 @@
 
 Each flow is matched by its reply tuple's source, the guest's address and port: a connection
 DNATed from a published port and one the node's waker makes to the guest both count. A flow
-counts while it is open (for TCP, answered and not closing; UDP while tracked) and, closed, on the first look
-that sees it (a short request begins and ends between two looks); a closed TCP flow lingers in
-TIME_WAIT for minutes and must not keep a machine awake that nobody uses after that."""
+counts while it is open (for TCP, answered and not closing; UDP while tracked) and, closed, on
+the first look that sees it (a short request begins and ends between two looks); a closed TCP
+flow lingers in TIME_WAIT for minutes and must not keep a machine awake that nobody uses."""
 
 from collections.abc import Iterable
 from dataclasses import dataclass
