@@ -438,7 +438,7 @@ def test_the_idle_block_runs_as_written(sh: Shell, controller: Controller) -> No
         ("--on-idle suspend -p 1:80", "give --idle"),
         ("--idle 1m --on-idle suspend -p 1:80 --runtime container",
          "container runtime cannot be suspended"),
-        ("--idle 1m --on-idle nap -p 1:80", "on_idle"),
+        ("--idle 1m --on-idle nap -p 1:80", "--on-idle 'nap': say stop or suspend"),
     ):  # fmt: skip
         refused = sh(f"hutch run -d {argv} busybox -- true")
         assert refused.returncode == 125 and words in refused.stderr, (argv, refused.stderr)
