@@ -452,11 +452,25 @@ def test_a_sleeping_sandboxs_published_port_is_held_for_its_waker_only(
     """While a sandbox sleeps (`set_asleep`), a new connection to its published port comes to
     the socket that holds the port (where the agent's waker accepts), from outside and from the
     node itself; a sandbox reaches it by no address, nor another port; once it wakes, the port
-    is forwarded to it again. The connection tracking shows the flows to it."""
+    is forwarded to it again. The connection tracking shows the flows to it. The waker's
+    checks against security groups and its own way in."""
     a = node.plug_netns(spec("a", 7, 2, "8080:80"))
     b = node.plug_netns(spec("b", 8, 2))
     topo.serve_http(a, "0.0.0.0", 80, "published\n")
     assert topo.get(topo.outside, NODE_IP, 8080) == "published\n"
+    # In a group that lets only the outside host in: the waker admits whom the group admits,
+    # and its own (marked) connection from the node gets in where an unmarked one does not.
+    node.set_groups({"a": Groups(ingress=(Allow("tcp", 80, 80, (f"{OUTSIDE_IP}/32",)),))})
+    assert node.admits("a", 80, OUTSIDE_IP) and not node.admits("a", 80, "127.0.0.1")
+    assert not node.admits("a", 81, OUTSIDE_IP) and node.admits("b", 81, "127.0.0.1")
+    assert topo.get(topo.outside, NODE_IP, 8080) == "published\n"
+    assert topo.get(topo.node, "10.77.7.2", 80) is None
+    with node.waker_socket() as marked:
+        marked.settimeout(5)
+        marked.connect(("10.77.7.2", 80))
+        marked.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert marked.makefile("rb").read().endswith(b"\r\n\r\npublished\n")
+    node.set_groups({})
     target = ("tcp", "10.77.7.2", 80)
     flows = node.flows([target])
     assert flows and {f.target for f in flows} == {target}

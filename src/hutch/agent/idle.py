@@ -5,11 +5,12 @@ which resumes a machine that idled to suspended when a connection comes to one o
 The waker: while a sandbox sleeps (`Assignment.idled`), the node does not forward its published
 ports (`NodeNetwork.set_asleep`), so a new connection lands in the accept queue of the socket
 that holds the port on the node. Nothing else can reach that socket: it is the published port
-itself, and sandboxes never reach the node's own ports. The waker accepts it, asks the
-controller to resume the machine, connects to the guest's port once the guest answers there
-(within WAKE_WAIT, else it closes the client's connection) and copies bytes both ways until
-both ends are done. Once the machine runs, its ports are forwarded again; connections held
-meanwhile keep their copy."""
+itself, and sandboxes never reach the node's own ports. The waker accepts it (and closes it at
+once if the machine's security groups would not let its client in: its own connection to the
+machine, from the node, does not meet them again), asks the controller to resume the machine,
+connects to the guest's port once the guest answers there (within WAKE_WAIT, else it closes
+the client's connection) and copies bytes both ways until both ends are done. Once the
+machine runs, its ports are forwarded again; connections held meanwhile keep their copy."""
 
 import asyncio
 import contextlib
@@ -37,6 +38,7 @@ Run = Callable[..., Awaitable[object]]  # runs a blocking function on the networ
 
 @dataclass(frozen=True, slots=True)
 class _Sleeper:
+    sandbox: str
     machine: str
     generation: int
     ip4: str
@@ -100,7 +102,7 @@ class Idleness:
                 task.cancel()
         for sandbox, held in socks.items():
             a = asleep[sandbox]
-            sleeper = _Sleeper(a.machine, a.generation, a.networks[0].ip4)
+            sleeper = _Sleeper(sandbox, a.machine, a.generation, a.networks[0].ip4)
             self._accepting[sandbox] = [
                 asyncio.create_task(self._accept(sleeper, p, sock)) for p, sock in held.items()
             ]
@@ -116,7 +118,10 @@ class Idleness:
         listener.setblocking(False)
         try:
             while True:
-                client, _ = await loop.sock_accept(listener)
+                client, (remote, _) = await loop.sock_accept(listener)
+                if not self.network.admits(s.sandbox, p.port, remote):
+                    client.close()  # its security groups would not let it in: nor does the waker
+                    continue
                 task = asyncio.create_task(self._hold(s, p, client))
                 self._held.add(task)
                 task.add_done_callback(self._held.discard)
@@ -150,7 +155,7 @@ class Idleness:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAKE_WAIT
         while loop.time() < deadline:
-            sock: socket.socket = await self._net(self.network.tcp_socket)  # type: ignore[assignment]
+            sock: socket.socket = await self._net(self.network.waker_socket)  # type: ignore[assignment]
             sock.setblocking(False)
             try:
                 async with asyncio.timeout(min(1.0, max(deadline - loop.time(), 0.01))):

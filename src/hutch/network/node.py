@@ -157,12 +157,23 @@ class NodeNetwork:
         wanted = list(targets)
         return links.run_in(self.opts.netns, lambda: activity.read_flows(wanted))
 
-    def tcp_socket(self) -> socket.socket:
+    def admits(self, sandbox_id: str, port: int, remote: str) -> bool:
+        """Whether the sandbox's security groups let a new TCP connection to its `port` from
+        `remote` in (in no group: yes): the waker hands on only those its rules would."""
+        groups = self._groups.get(sandbox_id)
+        return groups is None or any(a.admits("tcp", port, remote) for a in groups.ingress)
+
+    def waker_socket(self) -> socket.socket:
         """A TCP socket in the node's network namespace (the sandboxes' addresses are reached
-        from there), not connected."""
-        return links.run_in(
-            self.opts.netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        )
+        from there), not connected, marked as the waker's: its connection to a sandbox does not
+        meet the sandbox's security groups again (see `admits`)."""
+
+        def make() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, nft.WAKER_MARK)
+            return sock
+
+        return links.run_in(self.opts.netns, make)
 
     # -- internals -----------------------------------------------------------------------------
 
