@@ -196,3 +196,22 @@ async def test_an_idle_machine_is_suspended_and_a_connection_wakes_it(
 async def _get(ctl: Controller, machine_id: str) -> Machine:
     async with ctl.store.read() as tx:
         return await tx.machines.by_id(machine_id)
+
+
+async def test_an_idle_machine_is_stopped_by_default(
+    settings: config.Settings, opened: list[Controller]
+) -> None:
+    ctl = await _controller(settings, opened)
+    p, node = f.project(), f.node()
+    m = replace(f.machine(p.id, idle_s=1.0, state=S.STARTING), generation=1, node_id=node.id)
+    async with ctl.store.write() as tx:
+        await tx.projects.create(p)
+        await tx.nodes.create(node, "credential-hash")
+        await tx.machines.create(m)
+    await ctl.machines.report(node, m.id, Report(1, S.RUNNING, time.time()))
+    assert await ctl.machines.idle_out(time.time() + 1.1) == 1
+    stopped = await _get(ctl, m.id)
+    assert (stopped.state, stopped.desired, stopped.idled) == (S.STOPPING, Desired.STOPPED, False)
+    assert stopped.idle_at is None  # not running: it idles no more
+    async with ctl.store.read() as tx:
+        assert (await tx.events.since(p.id, 0))[-1].message == "idle for 1s: stopped"
