@@ -23,6 +23,7 @@ import os
 import re
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -464,3 +465,74 @@ def test_the_volume_machines_block_runs_as_written(sh: Shell) -> None:
         elif command.startswith("hutch run --rm"):
             assert out.strip(), "the date db wrote"
     ok(sh("hutch volume rm db-data"), "rm")
+
+
+def test_the_idle_block_runs_as_written(sh: Shell, controller: Controller) -> None:
+    """One micro-VM (busybox httpd) on a free port for 8080: it suspends after 2 s without a
+    connection; a connection to its published port wakes it and gets the page; steady
+    requests keep it running; without them it idles again; events say why. Bad input is
+    refused first, before any machine exists."""
+    for argv, words in (
+        ("--idle soon -p 1:80", "not a duration"),
+        ("--idle 0s -p 1:80", "must be"),
+        ("--idle 1m", "publishes none: publish a port"),
+        ("--on-idle suspend -p 1:80", "give --idle"),
+        ("--idle 1m --on-idle suspend -p 1:80 --runtime container",
+         "container runtime cannot be suspended"),
+        ("--idle 1m --on-idle nap -p 1:80", "--on-idle 'nap': say stop or suspend"),
+    ):  # fmt: skip
+        refused = sh(f"hutch run -d {argv} busybox -- true")
+        assert refused.returncode == 125 and words in refused.stderr, (argv, refused.stderr)
+    assert ok(sh("hutch ps -aq"), "ps") == ""
+
+    http = free_port()
+    commands = [
+        c.replace("8080", str(http))
+        for line in block("## Suspend, resume and snapshots", "hutch run -d --name site")
+        for c in split(line)
+    ]
+    assert len(commands) == 6, commands
+    client = controller.client(sh("echo $HUTCH_PROJECT").stdout.strip())
+
+    def state() -> tuple[str, bool]:
+        site = client.machines.get("site")
+        return site.state, site.idled
+
+    woke = False
+    for command in commands:
+        if command.startswith("sleep"):  # as long as it takes on a busy host
+            assert _until(lambda: state() == ("suspended", True), 120), command
+            continue
+        out = ok(sh(command), command)
+        if command.startswith("hutch run"):
+            assert _until(lambda: state()[0] == "running", 120), command
+        elif command == "hutch ps" and not woke:
+            assert re.search(r"\ssite\s+busybox\s+microvm\s+suspended", out), out
+        elif command.startswith("curl"):
+            assert "localhost" in out, out  # the guest's /etc/hosts
+            woke = True
+        elif command == "hutch ps":
+            assert re.search(r"\ssite\s+busybox\s+microvm\s+running", out), out
+            # A request every 0.5 s for 6 s: no 2 s without a connection, it runs throughout.
+            for _ in range(12):
+                assert "localhost" in _get(http, timeout=5)
+                assert state() == ("running", False)
+                time.sleep(0.4)
+            # Without them it idles again, and is woken again.
+            assert _until(lambda: state() == ("suspended", True), 120)
+            assert "localhost" in _get(http, timeout=60)
+    assert ok(sh("hutch ps -q"), "ps") == ""  # removed
+    woken = f"woken by a connection to port {http}"
+    messages: list[str] = []
+    with client:
+
+        def listen() -> None:  # every event so far, then it would wait for more
+            for event in client.events():
+                messages.append(event.message)
+                if messages.count(woken) == 2:
+                    return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        listener.join(30)
+    assert messages.count(woken) == 2 and messages.count("idle for 2s: suspended") == 2, messages

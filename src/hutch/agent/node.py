@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from hutch.agent.idle import PERIOD as IDLE_PERIOD
+from hutch.agent.idle import Idleness
 from hutch.agent.images import import_image, registry_client, roots_for
 from hutch.agent.link import ControllerLink
 from hutch.agent.runtimes import RUNTIMES, node_dir, open_driver
@@ -197,6 +199,8 @@ class NodeAgent:
             ),
             dns=self.dns,
         )
+        # Connections to idling machines' ports, reported; the waker of those that idled.
+        self.idle = Idleness(self.network, self._in_net_thread, self._activity, self._wake_up)
 
     def volumes(self) -> Backend:
         """The node's storage backend: a LocalBackend at `volumes_root()`, made on first use
@@ -329,6 +333,7 @@ class NodeAgent:
         assert self.identity is not None
         heartbeat = asyncio.create_task(self._heartbeat())
         rounds = asyncio.create_task(self._rounds())
+        looks = asyncio.create_task(self._idle_looks())
         revision = -1
         try:
             while True:
@@ -353,11 +358,13 @@ class NodeAgent:
                 await self.update_infrastructure(answer)
                 self.update_dns(answer)
                 await self.update_overlay(answer)
+                await self.update_sleepers(answer)
                 self._latest = answer
                 self._answered.set()
         finally:
             heartbeat.cancel()
             rounds.cancel()
+            looks.cancel()
 
     async def _rounds(self) -> None:
         """Reconcile on the newest answer, one round at a time; answers that come during a
@@ -424,7 +431,35 @@ class NodeAgent:
         except HutchError as e:  # the next answer retries
             log.warning("cannot update the overlay: %s", e.message)
 
+    async def update_sleepers(self, answer: Assignments) -> None:
+        """Machines that idled to suspended: a connection to their published ports wakes them
+        (see agent/idle.py); those that run again are forwarded to directly again."""
+        try:
+            await self.idle.sleepers(answer.machines)
+        except HutchError as e:  # the next answer retries
+            log.warning("cannot steer idle machines' ports: %s", e.message)
+
+    async def _idle_looks(self) -> None:
+        while True:
+            if self._latest is not None:
+                try:
+                    await self.idle.look(self._latest.machines)
+                except HutchError as e:
+                    log.warning("cannot report connections to idling machines: %s", e.message)
+                except Exception:  # the next look retries
+                    log.exception("looking at idling machines' connections failed")
+            await asyncio.sleep(IDLE_PERIOD)
+
+    async def _activity(self, seen: dict[str, float]) -> None:
+        assert self.identity is not None
+        await self.link.activity(self.identity.node_id, seen)
+
+    async def _wake_up(self, machine: str, generation: int, port: int) -> None:
+        assert self.identity is not None
+        await self.link.wake(self.identity.node_id, machine, generation, port)
+
     async def close(self) -> None:
+        await self.idle.close()
         await self.dns.close()
         for task in [*self._work.values(), *self._watch.values()]:
             task.cancel()

@@ -147,6 +147,7 @@ def machine_view(m: Machine, project: str, wiring: Wiring | None = None) -> Mach
         **_spec(m.spec),
         time_left_s=m.time_left(time.time()),
         expires_at=m.expires_at,
+        idle_at=m.idle_at,
         project=project,
         node=m.node_id,
         networks=[name for _, name in w.addresses],

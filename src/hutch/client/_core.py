@@ -194,6 +194,10 @@ class MachineOptions(TypedDict, total=False):
     # default, "suspend" for micro-VMs, or "destroy") is done to it; Machines.extend adds.
     timeout_s: float
     on_timeout: str
+    # Seconds without a connection to its published ports (it needs one) before `on_idle`
+    # ("stop", the default, or "suspend" for micro-VMs: a connection resumes it) is done.
+    idle_s: float
+    on_idle: str
     # A machine snapshot (name or id) to continue from instead of booting an image (give no
     # image then): its image, shape, process and networks; it runs on the snapshot's node.
     from_snapshot: str

@@ -78,6 +78,19 @@ class OnTimeout(StrEnum):
         return {"stop": "stopped", "suspend": "suspended", "destroy": "destroyed"}[self.value]
 
 
+class OnIdle(StrEnum):
+    """What is done to a machine that had no connection to its published ports for its
+    `MachineSpec.idle_s`."""
+
+    STOP = "stop"
+    # Micro-VMs only (check_suspendable): a new connection to a published port resumes it.
+    SUSPEND = "suspend"
+
+    @property
+    def done(self) -> str:
+        return {"stop": "stopped", "suspend": "suspended"}[self.value]
+
+
 # The longest lifetime a machine is given, or extended to: longer is a typo, not a plan.
 MAX_TIMEOUT = 366 * 86400.0
 
@@ -256,6 +269,10 @@ class MachineSpec:
     # `on_timeout` is done to it; None: no limit. `Machine.extended_s` adds to it.
     timeout_s: float | None = None
     on_timeout: OnTimeout = OnTimeout.STOP
+    # Seconds without a connection to its published ports after which `on_idle` is done to
+    # it (the node measures, the leader acts); None: it never idles.
+    idle_s: float | None = None
+    on_idle: OnIdle = OnIdle.STOP
     # A machine snapshot's id (`hutch run --from`): every generation continues from it, on its
     # node, instead of booting the image (which is the snapshot's, as are cpus, memory, disk).
     from_snapshot: str = ""
@@ -290,6 +307,10 @@ class MachineSpec:
             check_timeout(self.timeout_s)
         if self.on_timeout is OnTimeout.SUSPEND:
             check_suspendable(self.runtime, "suspended")
+        if self.idle_s is not None:
+            check_timeout(self.idle_s, "idle")
+            if self.on_idle is OnIdle.SUSPEND:
+                check_suspendable(self.runtime, "suspended when idle")
 
     @property
     def scratch_mib(self) -> int:
@@ -331,6 +352,11 @@ class Machine:
     # A pool's template snapshot this generation's sandbox is restored from, paused, and then
     # started as this machine (`RuntimeDriver.start(id, spec)`); a new generation boots afresh.
     pool_snapshot: str = ""
+    # Its idleness (`MachineSpec.idle_s`): when its node last saw a connection to its published
+    # ports (None: never), and whether it is suspended (or being suspended) for being idle, so
+    # that its node resumes it on a new connection.
+    active_at: float | None = None
+    idled: bool = False
     version: int = 1  # optimistic concurrency: every update checks and bumps it
 
     @property
@@ -365,6 +391,15 @@ class Machine:
         if self.running_since is not None:
             ran += max(0.0, now - self.running_since)
         return max(0.0, self.lifetime_s - ran)
+
+    @property
+    def idle_at(self) -> float | None:
+        """When it idles if no connection comes: `idle_s` after the later of its last
+        connection and the instant it last began running; None if it does not idle or is not
+        running."""
+        if self.spec.idle_s is None or self.running_since is None:
+            return None
+        return max(self.running_since, self.active_at or 0.0) + self.spec.idle_s
 
     def entering(self, state: MachineState, now: float) -> "Machine":
         """The machine in `state` from `now`, its clock kept: only time spent running counts

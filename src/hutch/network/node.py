@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from hutch.model.errors import Conflict, Unavailable, Unsupported
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import SandboxSpec
-from hutch.network import links, nft
+from hutch.network import activity, links, nft
 from hutch.network.dns import DnsServer, Listener
 
 Kind = Literal["tap", "veth"]
@@ -85,6 +85,9 @@ class NodeNetwork:
         self._applied: nft.Desired | None = None
         # The VXLAN devices made for the hosted networks (reconcile lists the node's own).
         self._overlay_devices: set[str] = set()
+        # Sandboxes suspended for idling (`set_asleep`): their published ports are not
+        # forwarded, so a new connection reaches the port's held socket, where the waker is.
+        self._asleep: frozenset[str] = frozenset()
 
     def netns_path(self, sandbox_id: str) -> Path:
         return self._netns_dir / sandbox_id
@@ -138,6 +141,39 @@ class NodeNetwork:
         connections up). Whether anything changed."""
         wanted = tuple(sorted(set(cidrs)))
         return links.run_in(self.opts.netns, lambda: self._set_infrastructure(wanted))
+
+    def set_asleep(self, sandbox_ids: Iterable[str]) -> dict[str, dict[PortMapping, socket.socket]]:
+        """Sandboxes whose published ports are not forwarded (the whole set, every time):
+        a new connection to one of them is taken by the socket that holds the port (`_hold`)
+        and waits in its accept queue; connections under way keep their forwarding. For each
+        sandbox that was not asleep before, a duplicate of each of its held TCP ports' sockets
+        (the caller accepts from it, and closes it)."""
+        asleep = frozenset(sandbox_ids)
+        return links.run_in(self.opts.netns, lambda: self._set_asleep(asleep))
+
+    def flows(self, targets: Iterable[activity.Target]) -> list[activity.Flow]:
+        """The connections to `targets` (a sandbox's protocol, address and port) that the
+        node's connection tracking has now."""
+        wanted = list(targets)
+        return links.run_in(self.opts.netns, lambda: activity.read_flows(wanted))
+
+    def admits(self, sandbox_id: str, port: int, remote: str) -> bool:
+        """Whether the sandbox's security groups let a new TCP connection to its `port` from
+        `remote` in (in no group: yes): the waker hands on only those its rules would."""
+        groups = self._groups.get(sandbox_id)
+        return groups is None or any(a.admits("tcp", port, remote) for a in groups.ingress)
+
+    def waker_socket(self) -> socket.socket:
+        """A TCP socket in the node's network namespace (the sandboxes' addresses are reached
+        from there), not connected, marked as the waker's: its connection to a sandbox does not
+        meet the sandbox's security groups again (see `admits`)."""
+
+        def make() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, nft.WAKER_MARK)
+            return sock
+
+        return links.run_in(self.opts.netns, make)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -199,6 +235,17 @@ class NodeNetwork:
             if changed:
                 self._apply()
             return True
+
+    def _set_asleep(self, asleep: frozenset[str]) -> dict[str, dict[PortMapping, socket.socket]]:
+        with self._lock:
+            before, self._asleep = self._asleep, asleep
+            if asleep != before and self._wired:
+                self._apply()
+            return {
+                sandbox_id: {p: sock.dup() for p, sock in held.items() if p.protocol == "tcp"}
+                for sandbox_id, held in self._held.items()
+                if sandbox_id in asleep - before
+            }
 
     def _set_infrastructure(self, cidrs: tuple[str, ...]) -> bool:
         with self._lock:
@@ -335,7 +382,7 @@ class NodeNetwork:
                 ingress, egress = (groups.ingress, groups.egress) if groups else (None, None)
                 ports.append(nft.Port(name, bridge, att.mac, att.ip4, att.ip6, ingress, egress))
             first = wired.spec.networks[0]
-            held = self._held.get(sandbox_id, {})
+            held = self._held.get(sandbox_id, {}) if sandbox_id not in self._asleep else {}
             published += [
                 nft.Published(p.host_port, p.protocol, first.ip4, p.port, p.host_ip)
                 for p in wired.spec.ports
@@ -432,8 +479,9 @@ class NodeNetwork:
 def _bind(p: PortMapping) -> socket.socket:
     """A socket holding `p`'s host port, in this thread's (the node's) network namespace.
     TCP listens (SO_REUSEADDR: a port in TIME_WAIT is free; a listener already there is not,
-    and nothing can listen there later); it is never accepted from, as every connection to
-    the port is forwarded before it. UDP binds without SO_REUSEADDR, so nothing binds after."""
+    and nothing can listen there later); it is not accepted from, as every connection to
+    the port is forwarded before it, unless the sandbox sleeps (`set_asleep`). UDP binds
+    without SO_REUSEADDR, so nothing binds after."""
     kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
     try:
@@ -441,7 +489,7 @@ def _bind(p: PortMapping) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((p.host_ip or "0.0.0.0", p.host_port))
         if p.protocol == "tcp":
-            sock.listen(1)
+            sock.listen(64)  # connections wait here while the sandbox sleeps (set_asleep)
     except BaseException:
         sock.close()
         raise

@@ -36,6 +36,7 @@ from hutch.model.machine import (
     MachineState,
     Node,
     NodeState,
+    OnIdle,
     OnTimeout,
     Report,
     RestartPolicy,
@@ -257,6 +258,11 @@ class Machines:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         spec.check_new()
         net = net or MachineNet()
+        if spec.idle_s is not None and not net.ports:
+            raise Invalid(
+                "a machine idles when no connection comes to its published ports, and this "
+                "one publishes none: publish a port (-p HOST:PORT) or leave idle out"
+            )
         await self.networks.resolve(project, net)
         resolved = await self.check_image_source(principal, project, spec.image)
         pool = await self._pool_for(principal, project, spec, net, resolved) if start else None
@@ -646,11 +652,11 @@ class Machines:
         self._wake(m)
         return m
 
-    async def _resume(self, tx: Tx, project: Project, m: Machine) -> Machine:
+    async def _resume(self, tx: Tx, project: Project, m: Machine, why: str = "") -> Machine:
         if m.state is MachineState.RUNNING and m.desired is Desired.SUSPENDED:
             # Its node has not suspended it yet: it runs on (a suspend under way is cancelled).
             return await self._transition(
-                tx, replace(m, desired=Desired.RUNNING), m.state, "resume requested"
+                tx, replace(m, desired=Desired.RUNNING), m.state, why or "resume requested"
             )
         if m.state is not MachineState.SUSPENDED:
             raise Conflict(f"machine {m.name} is {m.state}, not suspended")
@@ -668,7 +674,7 @@ class Machines:
                 "node only: stop or suspend machines there, or resume it later"
             )
         return await self._transition(
-            tx, replace(m, desired=Desired.RUNNING), MachineState.STARTING, "resuming"
+            tx, replace(m, desired=Desired.RUNNING), MachineState.STARTING, why or "resuming"
         )
 
     async def restart(self, principal: Principal, project: Project, ref: str) -> Machine:
@@ -735,6 +741,56 @@ class Machines:
         # Stopped as `hutch stop` does by default: its image's stop signal, a kill 10 s later.
         m = replace(m, desired=wanted, stop_signal="", stop_timeout=10.0)
         return await self._transition(tx, m, MachineState.STOPPING, why)
+
+    async def idle_out(self, now: float, limit: int = 100) -> int:
+        """The leader's: do to every running machine that idled by `now` (no connection to
+        its published ports for its `idle_s`) what its spec says (`on_idle`), an event saying
+        why. How many it acted on."""
+        async with self.store.read() as tx:  # most looks find nothing: no writer's lock then
+            if not await tx.machines.idle(now, 1):
+                return 0
+        async with self.store.write() as tx:
+            acted = [await self._idle_out(tx, m) for m in await tx.machines.idle(now, limit)]
+        for m in acted:
+            self._wake(m)
+        return len(acted)
+
+    async def _idle_out(self, tx: Tx, m: Machine) -> Machine:
+        action = m.spec.on_idle
+        why = f"idle for {format_duration(m.spec.idle_s or 0.0)}: {action.done}"
+        if action is OnIdle.SUSPEND:  # it runs until its node reports it suspended
+            m = replace(m, desired=Desired.SUSPENDED, idled=True)
+            return await self._transition(tx, m, m.state, why)
+        m = replace(m, desired=Desired.STOPPED, stop_signal="", stop_timeout=10.0)
+        return await self._transition(tx, m, MachineState.STOPPING, why)
+
+    async def activity(self, node: Node, seen: Mapping[str, float]) -> None:
+        """A node saw connections to these machines' published ports, last at these times
+        (machine id -> epoch seconds): their idle clocks start again from then. Machines
+        not on the node, or seen earlier than last recorded, are left alone."""
+        async with self.store.write() as tx:
+            for machine_id, at in sorted(seen.items()):
+                try:
+                    m = await tx.machines.by_id(machine_id)
+                except NotFound:
+                    continue  # destroyed and purged meanwhile
+                if m.node_id == node.id and at > (m.active_at or 0.0):
+                    await tx.machines.update(replace(m, active_at=at))
+
+    async def wake(self, node: Node, machine_id: str, generation: int, port: int) -> Machine:
+        """A connection came to port `port` of a machine that idled to suspended: resume it
+        (NoCapacity, QuotaExceeded as a resume's). A machine that runs, or is wanted running,
+        is left as it is; one that is not on the node is NotFound."""
+        async with self.store.write() as tx:
+            m = await tx.machines.by_id(machine_id)
+            if m.node_id != node.id or m.generation != generation:
+                raise NotFound(f"no machine {machine_id} generation {generation} on this node")
+            if not (m.idled and m.desired is Desired.SUSPENDED):
+                return m
+            project = await tx.projects.get(m.project_id)
+            m = await self._resume(tx, project, m, f"woken by a connection to port {port}")
+        self._wake(m)
+        return m
 
     async def stop(
         self, principal: Principal, project: Project, ref: str, sig: str = "", timeout: float = 10.0
@@ -1075,6 +1131,8 @@ class Machines:
         active machine ends or is suspended, log the event, and tell its node."""
         await self._release(tx, m, state)
         now = time.time()
+        if m.desired is not Desired.SUSPENDED:  # it idled to suspended no more: nothing wakes it
+            m = replace(m, idled=False)
         m = await tx.machines.update(m.entering(state, now))
         await tx.events.append([NewEvent(m.project_id, "machine.state", m.id, state, message, now)])
         if state is MachineState.DESTROYED or m.node_id is None:

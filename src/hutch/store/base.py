@@ -148,6 +148,10 @@ class MachineRepo(Protocol):
         """At most `limit` machines running and wanted running whose lifetime ran out by `now`
         (`Machine.expires_at`), the first to run out first."""
 
+    async def idle(self, now: float, limit: int) -> builtins.list[Machine]:
+        """At most `limit` machines running and wanted running that idled by `now`
+        (`Machine.idle_at`), the first to idle first."""
+
     async def purge(self, destroyed_before: float, limit: int) -> int:
         """Delete at most `limit` machines destroyed (last changed) before `destroyed_before`,
         oldest first, and their events: how many went. Nothing references a machine's row but

@@ -125,6 +125,10 @@ machines = sa.Table(
     # Its lifetime: seconds of running (NULL: no limit) and what is done at its end.
     sa.Column("timeout_s", sa.Double),
     sa.Column("on_timeout", _ENUM, nullable=False, server_default="stop"),
+    # Its idleness: seconds without a connection to its published ports (NULL: it never
+    # idles) and what is done then.
+    sa.Column("idle_s", sa.Double),
+    sa.Column("on_idle", _ENUM, nullable=False, server_default="stop"),
     # The machine snapshot it continues from (`run --from`), its id; "" for none. No foreign
     # key: a snapshot that clones use is not deleted (services/snapshots.py checks).
     sa.Column("from_snapshot", _ID, nullable=False, server_default=""),
@@ -158,6 +162,11 @@ machines = sa.Table(
     # snapshot its current generation is restored from (model.machine.Machine).
     sa.Column("pool", _ID, nullable=False, server_default=""),
     sa.Column("pool_snapshot", _ID, nullable=False, server_default=""),
+    # Its node's last sight of a connection to it, whether it idled to suspended, and
+    # Machine.idle_at, kept so the leader finds the machines that idled by an index.
+    sa.Column("active_at", _TIME),
+    sa.Column("idled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("idle_at", _TIME),
     sa.Column("version", sa.Integer, nullable=False),
     # Listing order, and the cursor's key.
     sa.Index("ix_machines_project_id_created_at_id", "project_id", "created_at", "id"),
@@ -187,6 +196,10 @@ sa.Index(
     sqlite_where=_EXPIRING,
     postgresql_where=_EXPIRING,
 )
+
+# Running machines that idle, by when they do (services/lifetimes.py).
+_IDLING = machines.c.idle_at.is_not(None)
+sa.Index("ix_machines_idle_at", machines.c.idle_at, sqlite_where=_IDLING, postgresql_where=_IDLING)
 
 # Who leads the controllers: one row per lease, taken over once it expires.
 leases = sa.Table(

@@ -18,6 +18,7 @@ from hutch.model.machine import (
     Machine,
     MachineSpec,
     MachineState,
+    OnIdle,
     OnTimeout,
     RestartPolicy,
     Strategy,
@@ -246,6 +247,20 @@ class SqlMachines(Repo):
         )
         return [_to_machine(r) for r in await self._c.execute(stmt)]
 
+    async def idle(self, now: float, limit: int) -> builtins.list[Machine]:
+        m = t.machines
+        stmt = (
+            sa.select(m)
+            .where(
+                m.c.idle_at <= now,
+                m.c.state == MachineState.RUNNING.value,
+                m.c.desired == Desired.RUNNING.value,
+            )
+            .order_by(m.c.idle_at, m.c.id)
+            .limit(limit)
+        )
+        return [_to_machine(r) for r in await self._c.execute(stmt)]
+
     async def purge(self, destroyed_before: float, limit: int) -> int:
         """In three statements: the ids (on PostgreSQL locked, skipping rows another
         transaction holds), their events, the rows. Destroyed machines' rows change no more, so
@@ -311,6 +326,8 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         ],
         "timeout_s": s.timeout_s,
         "on_timeout": s.on_timeout.value,
+        "idle_s": s.idle_s,
+        "on_idle": s.on_idle.value,
         "state": m.state.value,
         "desired": m.desired.value,
         "updated_at": m.updated_at,
@@ -333,6 +350,9 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "expires_at": m.expires_at,
         "pool": m.pool,
         "pool_snapshot": m.pool_snapshot,
+        "active_at": m.active_at,
+        "idled": m.idled,
+        "idle_at": m.idle_at,
     }
 
 
@@ -354,6 +374,7 @@ def _to_machine(r: Row[Any]) -> Machine:
         cols=r.tty_cols,
         volumes=tuple(VolumeAttach(**v) for v in r.volumes),
         on_timeout=OnTimeout(r.on_timeout),
+        on_idle=OnIdle(r.on_idle),
     )
     return from_row(Machine, r, spec=spec, state=MachineState(r.state), desired=Desired(r.desired))
 
