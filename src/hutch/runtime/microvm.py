@@ -357,13 +357,19 @@ class MicroVMBackend:
             memory = Memory(saved / snapfiles.MEMORY, shared=False, incoming=True)
             record.details.pop("memory", None)
         taps: list[int] = []
-        if spec.networks and self.opts.host.network is not None:
+        network = self.opts.host.network if spec.networks else None
+        if network is not None:
             try:
-                taps = await asyncio.to_thread(self.opts.host.network.plug_tap, spec)
+                taps = await asyncio.to_thread(network.open_taps, spec)
+                if saved is None:  # a booting guest runs at once: on its bridges first
+                    await asyncio.to_thread(network.wire_taps, spec)
             except BaseException:
+                for fd in taps:
+                    os.close(fd)
                 lease.close()
                 self._remove_ram(record)
-                disk.unlink(missing_ok=True)
+                if saved is None or clone:  # a suspended sandbox's own disk stays
+                    disk.unlink(missing_ok=True)
                 cgroup.remove()
                 raise
         record.details.update(
@@ -422,6 +428,13 @@ class MicroVMBackend:
             stderr.close()
             for fd in (*taps, *(fd for fds in disk_fds.values() for fd in fds if fd >= 0)):
                 os.close(fd)  # QEMU has its copies: they go when it does
+        # A restored guest waits, paused, for its state and then a `cont`: its TAPs go on
+        # their bridges while QEMU starts and loads it.
+        wiring = (
+            asyncio.ensure_future(asyncio.to_thread(network.wire_taps, spec))
+            if network is not None and saved is not None
+            else None
+        )
         ref = ProcessRef.of(proc.pid)
         if ref is not None:
             lease.bind(ref, sdir.path)
@@ -429,6 +442,7 @@ class MicroVMBackend:
         # Wait until QEMU has made its sockets, or has failed (bad disk, bad options).
         while not all(sdir.file(sock).exists() for sock in SOCKETS):
             if proc.poll() is not None:
+                await _settled(wiring)
                 cgroup.remove()
                 self._remove_ram(record)
                 await self.opts.host.unplug(spec.id)
@@ -436,10 +450,13 @@ class MicroVMBackend:
                 raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}")
             await asyncio.sleep(0.002)
         if ref is None:
+            await _settled(wiring)
             raise Unavailable("qemu exited as soon as it started")
         self._children[spec.id] = proc  # reaped in cleanup (ProcessRef.wait may reap it first)
         if saved is not None:
-            await self._incoming(record, sdir, ref, saved / snapfiles.STATE, clone)
+            await self._incoming(
+                record, sdir, ref, saved / snapfiles.STATE, clone=clone, wiring=wiring
+            )
         return ref
 
     def _ram_file(
@@ -519,17 +536,28 @@ class MicroVMBackend:
         return qmp
 
     async def _incoming(
-        self, record: SandboxRecord, sdir: SandboxDir, ref: ProcessRef, state: Path, clone: bool
+        self,
+        record: SandboxRecord,
+        sdir: SandboxDir,
+        ref: ProcessRef,
+        state: Path,
+        *,
+        clone: bool,
+        wiring: "asyncio.Future[None] | None",
     ) -> None:
-        """Load the migration stream `state` into the QEMU just started with -incoming defer;
-        it stays paused. On failure QEMU is killed and what launch made is removed."""
+        """Load the migration stream `state` into the QEMU just started with -incoming defer,
+        and wait for its `wiring` (TAPs); it stays paused. On failure QEMU is killed and what
+        launch made is removed."""
         try:
             qmp = await self._qmp_client(record.spec.id, sdir)
             await _set_ignore_shared(qmp, (state.parent / snapfiles.MEMORY).exists())
             await self._ram_copied(record.spec.id)  # loading device state reads guest RAM
             await _migrate(qmp, state, outgoing=False)
+            if wiring is not None:
+                await asyncio.shield(wiring)  # left to end (its thread would run on anyway)
         except BaseException as e:
             ref.kill(signal.SIGKILL)
+            await _settled(wiring)  # before its links are removed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ref.wait(), 10)
             await (self.cleanup if clone else self.release)(record, sdir)
@@ -761,6 +789,12 @@ def read_exit_disk(path: Path) -> ExitStatus | None:
     if not (0 <= code <= 255 and sig < 128):  # not an exit any workload could have had
         return None
     return ExitStatus(code, sig, bool(flags & 1))
+
+
+async def _settled(task: "asyncio.Future[None] | None") -> None:
+    """Wait for `task` to end, however it ends, without raising."""
+    if task is not None:
+        await asyncio.wait([task])
 
 
 async def _reap(child: "subprocess.Popen[bytes]", ref: ProcessRef) -> None:
