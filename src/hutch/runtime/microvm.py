@@ -477,14 +477,11 @@ class MicroVMBackend:
                 # truncating it, fills it in place (its holes skipped: they read as zeros).
                 os.ftruncate(fd, source.stat().st_size)
                 self._ram_copies[sandbox_id] = subprocess.Popen(
-                    spawned(self.opts, cgroup, [
-                        "dd", f"if={source}", f"of={ram}", "bs=2M", "conv=notrunc,sparse",
-                        "status=none",
-                    ]),
+                    spawned(self.opts, cgroup, [str(self.opts.guest.copy), str(source), str(ram)]),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
-                )  # fmt: skip
+                )
         except BaseException:
             ram.unlink()
             raise
