@@ -164,6 +164,16 @@ def qemu_command(
         "werror=report,rerror=report,"
         f"cache.direct={'on' if scratch_direct else 'off'}"
     )
+    # A guest restored from a migration stream has booted: QEMU need not read its kernel and
+    # initramfs (tens of MB) nor set up their loading (it exits on a guest reset: -no-reboot).
+    boot = [] if memory is not None and memory.incoming else [
+        "-kernel", str(opts.guest.kernel),
+        "-initrd", str(opts.guest.initrd),
+        "-append", kernel_cmdline(
+            accel, spec.root_disk_format, opts.debug,
+            (*guest_net_params(spec, opts.mtu), *filter(None, [volumes.boot_param(spec.volumes)])),
+        ),
+    ]  # fmt: skip
     args = [
         opts.qemu,
         "-name", f"hutch-{spec.id},debug-threads=on",
@@ -175,12 +185,7 @@ def qemu_command(
         "-m", f"{res.memory_mib}M",
         *(memory.args(res.memory_mib) if memory is not None else ()),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-kernel", str(opts.guest.kernel),
-        "-initrd", str(opts.guest.initrd),
-        "-append", kernel_cmdline(
-            accel, spec.root_disk_format, opts.debug,
-            (*guest_net_params(spec, opts.mtu), *filter(None, [volumes.boot_param(spec.volumes)])),
-        ),
+        *boot,
         # The guest agent finds the disks by serial (ROOT_SERIAL, SCRATCH_SERIAL in agent.c).
         "-drive", f"id=root,file={spec.root_disk},format=raw,if=none,readonly=on",
         "-device", "virtio-blk-device,drive=root,serial=hutch-root",
