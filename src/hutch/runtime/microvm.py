@@ -564,6 +564,9 @@ class MicroVMBackend:
                 await asyncio.wait_for(ref.wait(), 10)
             await (self.cleanup if clone else self.release)(record, sdir)
             await asyncio.to_thread(self._reap_copier, record.spec.id)  # qemu.log is whole
+            unwired = wiring.exception() if wiring is not None and not wiring.cancelled() else None
+            if unwired is not None:  # the cause (its TAPs gone, QEMU failed on them after)
+                raise unwired from None
             if isinstance(e, Exception) and not isinstance(e, HutchError):
                 said = tail(sdir.file("qemu.log"))
                 raise Unavailable(
