@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 from collections.abc import Awaitable, Mapping
@@ -50,7 +51,6 @@ EXIT_DISK_BYTES = 4096
 EXIT_MAGIC = b"HUTCHEXT"
 VM_UIDS = 65_536  # VMs at once on this host, each its QEMU's uid
 SOCKETS = ("agent.sock", "console.sock", "qmp.sock")  # QEMU makes them in the sandbox's dir
-QMP_CONNECT_TRIES = 300
 MIGRATION_TIMEOUT = 60.0  # for QEMU to write or read a guest's device state (and RAM)
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def qemu_command(
     volumes_direct: tuple[bool, ...] | None = None,
     memory: Memory | None = None,
     disk_fds: Mapping[str, tuple[int, int]] | None = None,
+    listeners: Mapping[str, int] | None = None,
 ) -> list[str]:
     """The QEMU command line for `spec`; sockets go in `sockets/` (guest agent, console, qmp), where
     the scratch and exit disks must be (`scratch.create`, `create_exit_disk`); `scratch_direct` if
@@ -139,7 +140,9 @@ def qemu_command(
     `volumes_direct`: per `spec.volumes` entry, whether its file takes O_DIRECT (default: all);
     `memory`: guest RAM as a file (None: anonymous memory, as the benchmarks' baselines);
     `disk_fds`: for a writable disk's path, an open read-write and an open read-only descriptor
-    of it, inherited by QEMU, which takes them from an fd set instead of opening the path."""
+    of it, inherited by QEMU, which takes them from an fd set instead of opening the path;
+    `listeners`: for a socket's name (SOCKETS), a listening descriptor of it QEMU inherits
+    instead of making the socket itself."""
     res = spec.resources
     accel = opts.accel.name
     fdsets: list[str] = []
@@ -157,6 +160,11 @@ def qemu_command(
         for fd in fds:
             fdsets.extend(["-add-fd", f"fd={fd},set={fdset}"])
         return f"file=/dev/fdset/{fdset},file.locking=off"
+
+    def chardev(name: str, sock: str) -> str:
+        fd = (listeners or {}).get(sock)
+        where = f"path={sockets / sock}" if fd is None else f"fd={fd}"
+        return f"socket,id={name},{where},server=on,wait=off"
 
     # Host I/O errors (a full host disk) reach the guest as I/O errors, instead of pausing it.
     scratch_drive = (
@@ -194,11 +202,12 @@ def qemu_command(
         "-drive", f"id=exit,{disk(sockets / EXIT_FILE)},format=raw,if=none",
         "-device", "virtio-blk-device,drive=exit,serial=hutch-exit",
         "-device", "virtio-serial-device,max_ports=2",
-        "-chardev", f"socket,id=agent,path={sockets / 'agent.sock'},server=on,wait=off",
+        "-chardev", chardev("agent", "agent.sock"),
         "-device", "virtserialport,chardev=agent,name=hutch.agent",
-        "-chardev", f"socket,id=console,path={sockets / 'console.sock'},server=on,wait=off",
+        "-chardev", chardev("console", "console.sock"),
         "-serial", "chardev:console",
-        "-qmp", f"unix:{sockets / 'qmp.sock'},server=on,wait=off",
+        "-chardev", chardev("qmp", "qmp.sock"),
+        "-mon", "chardev=qmp,mode=control",
     ]  # fmt: skip
     # Volumes: QEMU opens their files (and locks them: a second writer's QEMU fails to start)
     # as root before it chroots and drops to its uid, as it does the root disk. The default
@@ -398,11 +407,17 @@ class MicroVMBackend:
         assert copier.stdin is not None
         stderr = copier.stdin
         self._copiers[spec.id] = copier
-        for sock in SOCKETS:  # an earlier QEMU's (of a suspended sandbox): wait for the new
-            sdir.file(sock).unlink(missing_ok=True)
         writable = [str(disk), str(sdir.file(EXIT_FILE))]
         disk_fds: dict[str, tuple[int, int]] = {}
+        listeners: dict[str, socket.socket] = {}
         try:
+            # Listening before QEMU starts: connections wait in their backlog until it takes
+            # them, with no polling for sockets it would make (an earlier QEMU's are replaced).
+            for sock in SOCKETS:
+                sdir.file(sock).unlink(missing_ok=True)
+                listeners[sock] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listeners[sock].bind(str(sdir.file(sock)))
+                listeners[sock].listen(8)
             for path in writable:
                 rw = os.open(path, os.O_RDWR | os.O_CLOEXEC)
                 disk_fds[path] = (rw, -1)
@@ -412,6 +427,7 @@ class MicroVMBackend:
                 scratch_direct=scratch.direct_io(disk), tap_fds=tuple(taps),
                 volumes_direct=tuple(scratch.direct_io(Path(v.source)) for v in spec.volumes),
                 memory=memory, disk_fds=disk_fds,
+                listeners={name: sock.fileno() for name, sock in listeners.items()},
             )  # fmt: skip
             proc = subprocess.Popen(  # noqa: ASYNC220 (vfork+exec: returns at once)
                 spawned(self.opts, cgroup, args),
@@ -419,7 +435,12 @@ class MicroVMBackend:
                 stdout=stderr,
                 stderr=stderr,
                 # QEMU holds its uid's lease for as long as it lives, its TAPs and its own disks.
-                pass_fds=(lease.fd, *taps, *(fd for fds in disk_fds.values() for fd in fds)),
+                pass_fds=(
+                    lease.fd,
+                    *taps,
+                    *(fd for fds in disk_fds.values() for fd in fds),
+                    *(sock.fileno() for sock in listeners.values()),
+                ),
                 start_new_session=True,  # a Ctrl-C at the operator's terminal is ours to handle
             )
         except OSError as e:
@@ -433,6 +454,8 @@ class MicroVMBackend:
             stderr.close()
             for fd in (*taps, *(fd for fds in disk_fds.values() for fd in fds if fd >= 0)):
                 os.close(fd)  # QEMU has its copies: they go when it does
+            for listener in listeners.values():
+                listener.close()
         # A restored guest waits, paused, for its state and then a `cont`: its TAPs go on
         # their bridges while QEMU starts and loads it.
         wiring = (
@@ -444,16 +467,24 @@ class MicroVMBackend:
         if ref is not None:
             lease.bind(ref, sdir.path)
         lease.close()
-        # Wait until QEMU has made its sockets, or has failed (bad disk, bad options).
-        while not all(sdir.file(sock).exists() for sock in SOCKETS):
-            if proc.poll() is not None:
-                await _settled(wiring)
-                cgroup.remove()
-                self._remove_ram(record)
-                await self.opts.host.unplug(spec.id)
-                await asyncio.to_thread(self._reap_copier, spec.id)  # qemu.log is whole
-                raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}")
-            await asyncio.sleep(0.002)
+        # QEMU greets on QMP once it has started, or the connection ends: it failed (bad disk,
+        # bad options). Not through _qmp_client: its lock would hold every other VM's QMP
+        # meanwhile.
+        qmp = QMPClient(f"hutch-{spec.id}")
+        try:
+            await qmp.connect(str(sdir.file("qmp.sock")))
+        except ConnectError:
+            proc.kill()  # if it lives on, broken
+            await asyncio.to_thread(proc.wait)
+            await _settled(wiring)
+            cgroup.remove()
+            self._remove_ram(record)
+            await self.opts.host.unplug(spec.id)
+            await asyncio.to_thread(self._reap_copier, spec.id)  # qemu.log is whole
+            if (unwired := _failure(wiring)) is not None:
+                raise unwired from None  # the cause: QEMU failed on the TAPs it removed
+            raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}") from None
+        self._qmp[spec.id] = qmp
         if ref is None:
             await _settled(wiring)
             raise Unavailable("qemu exited as soon as it started")
@@ -525,15 +556,7 @@ class MicroVMBackend:
             qmp = self._qmp.get(sandbox_id)
             if qmp is None:
                 qmp = QMPClient(f"hutch-{sandbox_id}")
-                # A new QEMU's socket may exist a moment before it listens (bind, then listen).
-                for attempt in range(QMP_CONNECT_TRIES):
-                    try:
-                        await qmp.connect(str(sdir.file("qmp.sock")))
-                        break
-                    except ConnectError:
-                        if attempt == QMP_CONNECT_TRIES - 1:
-                            raise
-                        await asyncio.sleep(0.01)
+                await qmp.connect(str(sdir.file("qmp.sock")))  # listening since before QEMU
                 self._qmp[sandbox_id] = qmp
         return qmp
 
@@ -564,9 +587,8 @@ class MicroVMBackend:
                 await asyncio.wait_for(ref.wait(), 10)
             await (self.cleanup if clone else self.release)(record, sdir)
             await asyncio.to_thread(self._reap_copier, record.spec.id)  # qemu.log is whole
-            unwired = wiring.exception() if wiring is not None and not wiring.cancelled() else None
-            if unwired is not None:  # the cause (its TAPs gone, QEMU failed on them after)
-                raise unwired from None
+            if (unwired := _failure(wiring)) is not None:
+                raise unwired from None  # the cause (its TAPs gone, QEMU failed on them after)
             if isinstance(e, Exception) and not isinstance(e, HutchError):
                 said = tail(sdir.file("qemu.log"))
                 raise Unavailable(
@@ -800,6 +822,11 @@ async def _settled(task: "asyncio.Future[None] | None") -> None:
     """Wait for `task` to end, however it ends, without raising."""
     if task is not None:
         await asyncio.wait([task])
+
+
+def _failure(task: "asyncio.Future[None] | None") -> BaseException | None:
+    """What the ended `task` raised, if it did."""
+    return task.exception() if task is not None and not task.cancelled() else None
 
 
 async def _reap(child: "subprocess.Popen[bytes]", ref: ProcessRef) -> None:
