@@ -161,6 +161,7 @@ class Api:
         return str(self.call("GET", f"/v1/machines/{ref}")["id"])
 
     def suspend(self, ref: str) -> None:
+        self.wait_state(ref, "running")  # a workload may answer before its node says it runs
         self.call("POST", f"/v1/machines/{ref}/suspend")
         self.wait_state(ref, "suspended")
 

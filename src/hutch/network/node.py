@@ -94,10 +94,16 @@ class NodeNetwork:
 
     # -- what the runtimes call (blocking: call from a thread) ----------------------------------
 
-    def plug_tap(self, spec: SandboxSpec) -> list[int]:
-        """TAPs on the sandbox's networks' bridges, one open descriptor per NIC (for QEMU; the
-        caller closes them once QEMU has its copies). On failure nothing is left."""
-        return links.run_in(self.opts.netns, lambda: self._plug_tap(spec))
+    def open_taps(self, spec: SandboxSpec) -> list[int]:
+        """A TAP per NIC of the sandbox, down and on no bridge until `wire_taps`: one open
+        descriptor each (for QEMU; the caller closes them once QEMU has its copies). On failure
+        nothing is left."""
+        return links.run_in(self.opts.netns, lambda: self._open_taps(spec))
+
+    def wire_taps(self, spec: SandboxSpec) -> None:
+        """The sandbox's TAPs (`open_taps`) on its networks' bridges, up, with their rules in
+        force. On failure its links are gone (`unplug` it still)."""
+        links.run_in(self.opts.netns, lambda: self._wire_taps(spec))
 
     def plug_netns(self, spec: SandboxSpec) -> Path:
         """A network namespace with the sandbox's NIC as eth0, configured; its path, for crun.
@@ -177,27 +183,37 @@ class NodeNetwork:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _plug_tap(self, spec: SandboxSpec) -> list[int]:
+    def _open_taps(self, spec: SandboxSpec) -> list[int]:
         _one_nic(spec)
         fds: list[int] = []
         with self._lock, IPRoute() as ipr:
             self._wired[spec.id] = _Wired(spec, "tap")
             try:
-                links.enable_forwarding()
-                for index, att in enumerate(spec.networks):
-                    bridge = links.ensure_bridge(ipr, att, self.opts.mtu)
+                for index in range(len(spec.networks)):
                     name = links.port_name(links.TAP_PREFIX, spec.id, index)
                     links.delete_link(ipr, name)  # a leftover of an earlier life of this id
-                    fds.append(links.create_tap(ipr, name, bridge, att.mac, self.opts.mtu))
-                self._hold(spec, strict=True)
-                self._apply()
-                self._sync_overlay(ipr, _vnis(spec))
+                    fds.append(links.create_tap(name))
             except BaseException:
                 for fd in fds:
                     os.close(fd)
                 self._unwire(ipr, spec.id)
                 raise
         return fds
+
+    def _wire_taps(self, spec: SandboxSpec) -> None:
+        with self._lock, IPRoute() as ipr:
+            try:
+                links.enable_forwarding()
+                for index, att in enumerate(spec.networks):
+                    bridge = links.ensure_bridge(ipr, att, self.opts.mtu)
+                    name = links.port_name(links.TAP_PREFIX, spec.id, index)
+                    links.enslave(ipr, name, bridge, self.opts.mtu, att.mac)
+                self._hold(spec, strict=True)
+                self._apply()
+                self._sync_overlay(ipr, _vnis(spec))
+            except BaseException:
+                self._unwire(ipr, spec.id)
+                raise
 
     def _plug_netns(self, spec: SandboxSpec) -> Path:
         _one_nic(spec)
