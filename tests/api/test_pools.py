@@ -169,6 +169,15 @@ async def test_two_runs_at_once_take_one_pooled_machine_each_at_most_and_it_refi
     await ready(api, node, token, pool["id"], 1)
     refill = await pooled(api)
     assert len(refill) == 1 and refill[0].id not in runs
+    # Removed while the taken machine runs, the pool waits for it (its template snapshot holds
+    # the machine's memory); once it has ended (a restart boots afresh), the pool is gone.
+    assert (await api.call("DELETE", f"/v1/pools/{pool['id']}", token)).status_code == 204
+    await until(lambda: _none_ready(api), "the pooled machine destroyed")
+    assert (await api.call("GET", f"/v1/pools/{pool['id']}", token)).json()["state"] == "deleting"
+    await node.report(await _machine(api, waiting.id), "running", image_digest=DIGEST)
+    await node.report(await _machine(api, waiting.id), "exited", exit_code=0)
+    await until(lambda: _gone(api, token, pool["id"]), "the pool removed")
+    assert node.snapshots == [] and (await _machine(api, waiting.id)).state is MachineState.EXITED
 
 
 async def test_pooled_machines_give_way_to_the_projects_quota_and_to_a_full_node(

@@ -357,7 +357,8 @@ class SnapshotRepo(Protocol):
     async def delete(self, snapshot_id: str) -> None: ...
 
     async def clones(self, snapshot_id: str) -> builtins.list[str]:
-        """The names of the machines that continue from it and are not destroyed."""
+        """The names of the machines that continue from it and are not destroyed (taken from
+        a pool with it as its template: that have not ended)."""
 
 
 class PoolRepo(Protocol):

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
 from hutch.model.errors import Conflict
+from hutch.model.machine import MachineState
 from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.store import tables as t
 from hutch.store.sql.repo import Repo, from_row
@@ -49,8 +50,14 @@ class SqlSnapshots(Repo):
 
     async def clones(self, snapshot_id: str) -> builtins.list[str]:
         m = t.machines
-        using = sa.or_(m.c.from_snapshot == snapshot_id, m.c.pool_snapshot == snapshot_id)
-        stmt = sa.select(m.c.name).where(using, t.LIVE).order_by(m.c.created_at, m.c.id)
+        # A clone restarts from its snapshot; a machine taken from a pool boots afresh once
+        # it has ended, so only one not ended holds its pool's template.
+        ended = [s.value for s in MachineState if s.finished]
+        using = sa.or_(
+            sa.and_(m.c.from_snapshot == snapshot_id, t.LIVE),
+            sa.and_(m.c.pool_snapshot == snapshot_id, m.c.state.not_in(ended)),
+        )
+        stmt = sa.select(m.c.name).where(using).order_by(m.c.created_at, m.c.id)
         return [r.name for r in await self._c.execute(stmt)]
 
 
