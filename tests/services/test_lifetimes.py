@@ -12,7 +12,7 @@ import pytest
 
 from hutch import config
 from hutch.controller import Controller, build_controller
-from hutch.model.errors import NotFound
+from hutch.model.errors import Conflict, NotFound
 from hutch.model.machine import Desired, Machine, MachineState, OnIdle, OnTimeout, Report
 from hutch.model.tenancy import Principal, Role
 from hutch.placement import need
@@ -215,3 +215,28 @@ async def test_an_idle_machine_is_stopped_by_default(
     assert stopped.idle_at is None  # not running: it idles no more
     async with ctl.store.read() as tx:
         assert (await tx.events.since(p.id, 0))[-1].message == "idle for 1s: stopped"
+
+
+async def test_a_machine_suspended_at_its_timeout_resumes_only_once_extended(
+    settings: config.Settings, opened: list[Controller]
+) -> None:
+    ctl = await _controller(settings, opened)
+    p, node = f.project(), f.node()
+    m = f.machine(p.id, timeout_s=0.5, on_timeout=OnTimeout.SUSPEND, state=S.STARTING)
+    m = replace(m, generation=1, node_id=node.id)
+    node = replace(node, allocated=need(request_of(m.spec), node))
+    async with ctl.store.write() as tx:
+        await tx.projects.create(p)
+        await tx.nodes.create(node, "credential-hash")
+        await tx.machines.create(m)
+    member = Principal("t-1", p.id, Role.MEMBER)
+    await ctl.machines.report(node, m.id, Report(1, S.RUNNING, time.time()))
+    await asyncio.sleep(0.6)
+    assert await ctl.machines.time_out(time.time()) == 1
+    await ctl.machines.report(node, m.id, Report(1, S.SUSPENDED, time.time()))
+    # A resume now would run it for no time before suspending it again: refused, saying how.
+    with pytest.raises(Conflict, match=r"has run its whole timeout \(0\.5s\): .* extend"):
+        await ctl.machines.resume(member, p, m.id)
+    await ctl.machines.extend(member, p, m.id, 60.0)
+    resumed = await ctl.machines.resume(member, p, m.id)
+    assert (resumed.state, resumed.desired) == (S.STARTING, Desired.RUNNING)

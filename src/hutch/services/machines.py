@@ -653,6 +653,12 @@ class Machines:
         return m
 
     async def _resume(self, tx: Tx, project: Project, m: Machine, why: str = "") -> Machine:
+        if m.time_left(time.time()) == 0:  # it would be suspended again at once
+            raise Conflict(
+                f"machine {m.name} has run its whole timeout "
+                f"({format_duration(m.lifetime_s or 0)}): give it more time first "
+                f"(hutch machine extend {m.name} DURATION), then resume it"
+            )
         if m.state is MachineState.RUNNING and m.desired is Desired.SUSPENDED:
             # Its node has not suspended it yet: it runs on (a suspend under way is cancelled).
             return await self._transition(
