@@ -147,6 +147,7 @@ async def test_two_runs_at_once_take_one_pooled_machine_each_at_most_and_it_refi
     (waiting,) = await pooled(api)
 
     body = {"image": "busybox", "memory_mib": MIB, "disk_mib": 64, "command": ["echo", "hi"]}
+    asked = time.time()
     first, second = await asyncio.gather(
         api.machine(token, runtime="microvm", name="one", **body),
         api.machine(token, runtime="microvm", name="two", **body),
@@ -157,6 +158,10 @@ async def test_two_runs_at_once_take_one_pooled_machine_each_at_most_and_it_refi
     taken = runs[waiting.id]
     assert taken["state"] == "starting" and taken["command"] == ["echo", "hi"], taken
     assert taken["image_digest"] == DIGEST and taken["name"] in ("one", "two")
+    # Created when taken, not when its pool made it (hutch ps lists it as the newest).
+    assert taken["created_at"] >= asked > waiting.created_at, (taken, waiting)
+    listed = (await api.call("GET", "/v1/machines", token)).json()["items"]
+    assert next(m for m in listed if m["id"] == waiting.id)["created_at"] >= asked, listed
     names = {m["name"] for m in (await api.call("GET", "/v1/machines", token)).json()["items"]}
     assert names == {"one", "two"}
     said = await events(api, "alpha")

@@ -117,7 +117,8 @@ class SqlMachines(Repo):
             mine,
             "machine",
             machine,
-            _machine_values(machine),
+            # created_at too: a warm pool's machine taken by a run is created then.
+            {**_machine_values(machine), "created_at": machine.created_at},
             refused=lambda: self._refused(machine),
         )
         return _to_machine(row)
