@@ -42,10 +42,14 @@ def test_up_detached_then_a_first_workload_then_down(
     up = hutch("up", "-d", "--data-dir", str(data), "--port", port)
     assert up.returncode == 0, up.stderr + (data / "hutch.log").read_text()
     assert f"API at http://127.0.0.1:{port}" in up.stdout
+    assert f"stop: hutch down --data-dir {data})" in up.stdout  # a bare `hutch down` would not
     assert stat.S_IMODE((data / "admin-token").stat().st_mode) == 0o600
     try:
         again = hutch("up", "-d", "--data-dir", str(data), "--port", port)
         assert again.returncode == 0 and "already up" in again.stdout
+        assert f"stop: hutch down --data-dir {data})" in again.stdout
+        bare = hutch("down")
+        assert bare.returncode == 125 and "hutch down --data-dir DIR" in bare.stderr
         # The saved `local` context makes the next commands talk to it.
         imported = hutch("image", "import", str(busybox_rootfs), "--name", "busybox", "--public")
         assert imported.returncode == 0 and imported.stdout.startswith("sha256:"), imported.stderr

@@ -72,7 +72,7 @@ def _detach(settings: config.Settings, port: int) -> None:
     pid_file = settings.state_dir / "hutch.pid"
     if (pid := _running(pid_file)) is not None:
         url = (settings.state_dir / "hutch.url").read_text().strip()
-        typer.echo(f"hutch is already up (pid {pid}): API at {url} (stop: hutch down)")
+        typer.echo(f"hutch is already up (pid {pid}): API at {url} (stop: {_down(settings)})")
         return
     from hutch.network.claim import claim  # noqa: PLC0415  (see the imports)
 
@@ -104,11 +104,19 @@ def _detach(settings: config.Settings, port: int) -> None:
         time.sleep(0.2)
     else:
         raise Unavailable(f"hutch up did not come up within 120 s; see {log_path}")
-    typer.echo(f"hutch is up: API at {url} (log: {log_path}, stop: hutch down)")
+    typer.echo(f"hutch is up: API at {url} (log: {log_path}, stop: {_down(settings)})")
     # hutch up saved its context already; saving the same again says here, rather than in its
     # log, whether the CLI will use it.
     served = (settings.state_dir / "hutch.url").read_text().strip()
     contexts.save_up_context(served, settings.state_dir, settings.project)
+
+
+def _down(settings: config.Settings) -> str:
+    """The command that stops this `hutch up -d`: a bare `hutch down` looks in the default
+    state directory only."""
+    if settings.state_dir == config.load().state_dir:
+        return "hutch down"
+    return f"hutch down --data-dir {settings.state_dir}"
 
 
 def down(
@@ -130,7 +138,10 @@ def down(
     pid = _running(pid_file)
     if pid is None:
         pid_file.unlink(missing_ok=True)
-        raise Invalid(f"no hutch up -d running from {settings.state_dir}")
+        raise Invalid(
+            f"no hutch up -d running from {settings.state_dir} (one started with --data-dir DIR "
+            "is stopped with hutch down --data-dir DIR)"
+        )
     if stop_machines:
         stopped = _stop_machines(settings.state_dir)
         typer.echo(f"stopped {stopped} machine(s)", err=True)
