@@ -3,6 +3,7 @@ runtime gets from `plug_netns`, without crun): every denial next to the same pro
 
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -511,3 +512,36 @@ def test_a_sleeping_sandboxs_published_port_is_held_for_its_waker_only(
         stop.set()
         thread.join()
         waker.close()
+
+
+def test_a_suspended_micro_vms_port_is_held_again_by_a_restarted_agent(
+    topo: Topology, node: NodeNetwork
+) -> None:
+    """A suspended micro-VM has no TAP (it went with its QEMU); an agent that restarts wires
+    it anyway, holding its published port, so its waker accepts there once it sleeps."""
+    vm = spec("vm", 7, 2, "8080:80")
+    for fd in node.open_taps(vm):
+        os.close(fd)  # QEMU, gone: its TAP with it
+    node.close()  # the agent gone: its published ports' sockets with it
+    fresh = NodeNetwork(node.opts)
+    fresh.reconcile([vm])  # not said suspended: nothing holds its port
+    assert fresh.set_asleep(["vm"]) == {}
+    fresh.set_asleep([])
+    fresh.reconcile([vm], suspended=["vm"])
+    held = fresh.set_asleep(["vm"])
+    waker = held["vm"][PortMapping.parse("8080:80")]
+    waker.settimeout(10)
+
+    def accept() -> None:
+        conn, _ = waker.accept()
+        with conn:
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nwaker\n")
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        assert topo.get(topo.outside, NODE_IP, 8080) == "waker\n"
+    finally:
+        thread.join()
+        waker.close()
+        fresh.reconcile([])

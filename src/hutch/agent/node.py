@@ -254,13 +254,11 @@ class NodeAgent:
         await self.dns.start()  # before the networks: reconcile opens its sockets
         # The node's links and rules, made to match the sandboxes that exist (left from an
         # earlier life of this agent, or none): nothing duplicated, nothing left over.
-        specs = [
-            await driver.spec(info.id)
-            for driver in self.drivers.values()
-            for info in await driver.sandboxes()
-        ]
+        infos = [(d, info) for d in self.drivers.values() for info in await d.sandboxes()]
+        specs = [await driver.spec(info.id) for driver, info in infos]
+        suspended = [info.id for _, info in infos if info.state is SandboxState.SUSPENDED]
         try:
-            await self._in_net_thread(self.network.reconcile, specs)
+            await self._in_net_thread(self.network.reconcile, specs, suspended)
         except HutchError as e:
             log.warning("the node's networks could not be reconciled: %s", e.message)
         await self._trust()

@@ -115,10 +115,13 @@ class NodeNetwork:
         Unknown ids are not an error."""
         links.run_in(self.opts.netns, lambda: self._unplug(sandbox_id))
 
-    def reconcile(self, specs: list[SandboxSpec]) -> None:
+    def reconcile(self, specs: list[SandboxSpec], suspended: Iterable[str] = ()) -> None:
         """Make the node exactly what `specs` (the sandboxes that exist) need: hutch's links,
-        namespaces and tables that nothing needs are removed; nothing of anyone else's is."""
-        links.run_in(self.opts.netns, lambda: self._reconcile(specs))
+        namespaces and tables that nothing needs are removed; nothing of anyone else's is.
+        The `suspended` micro-VMs are wired though their TAPs went with their QEMU: their
+        published ports stay held (a waker accepts on them while they sleep)."""
+        kept = frozenset(suspended)
+        links.run_in(self.opts.netns, lambda: self._reconcile(specs, kept))
 
     def close(self) -> None:
         """Let go of the published ports' sockets, as the agent's exit does; links, rules and
@@ -284,7 +287,7 @@ class NodeNetwork:
         with self._lock, IPRoute() as ipr:
             self._unwire(ipr, sandbox_id)
 
-    def _reconcile(self, specs: list[SandboxSpec]) -> None:
+    def _reconcile(self, specs: list[SandboxSpec], suspended: frozenset[str]) -> None:
         with self._lock, IPRoute() as ipr:
             self._wired.clear()
             self._release_all()
@@ -294,7 +297,7 @@ class NodeNetwork:
                     continue
                 tap = links.port_name(links.TAP_PREFIX, spec.id)
                 veth = links.port_name(links.VETH_PREFIX, spec.id)
-                if tap in existing:
+                if tap in existing or spec.id in suspended:
                     self._wired[spec.id] = _Wired(spec, "tap")
                 elif veth in existing and self.netns_path(spec.id).exists():
                     self._wired[spec.id] = _Wired(spec, "veth")
