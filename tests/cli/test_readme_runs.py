@@ -507,7 +507,8 @@ def test_the_idle_block_runs_as_written(sh: Shell, controller: Controller) -> No
         if command.startswith("hutch run"):
             assert _until(lambda: state()[0] == "running", 120), command
         elif command == "hutch ps" and not woke:
-            assert re.search(r"\ssite\s+busybox\s+microvm\s+suspended", out), out
+            # Suspended for idling: ps says so (a connection wakes it).
+            assert re.search(r"\ssite\s+busybox\s+microvm\s+suspended \(idle\)\s", out), out
         elif command.startswith("curl"):
             assert "localhost" in out, out  # the guest's /etc/hosts
             woke = True

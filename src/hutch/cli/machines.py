@@ -502,8 +502,12 @@ def ps(
 
 def _ps_status(m: dict[str, Any]) -> str:
     status = _status_of(m["state"], m.get("exit_code"), m.get("oom_killed", False), m["error"])
+    # "idle": suspended for idling, a connection wakes it (one `hutch suspend` made: none does)
+    notes = ["idle"] if m.get("idled") and m["state"] == MachineState.SUSPENDED else []
     if (left := m.get("time_left_s")) is not None and not MachineState(m["state"]).finished:
-        status += f" ({format_duration(math.ceil(left))} left)"
+        notes.append(f"{format_duration(math.ceil(left))} left")
+    if notes:
+        status += f" ({', '.join(notes)})"
     return cut(status)  # whole in `hutch inspect`
 
 
