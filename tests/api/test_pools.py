@@ -1,7 +1,8 @@
 """Warm pools through the API, over a simulated node that reports what a real one would
 (tests/client/test_pools.py runs real micro-VMs): the leader's template, its snapshot and the
 pooled machines; two runs at once never take the same one, and a refill follows; pooled
-machines give way to the project's quota and to a full node; another project's pool; bad input.
+machines give way to the project's quota and to a full node (never to a machine over its own
+project's quota); another project's pool; bad input.
 Taking a snapshot needs a real node: the node link's calls are stood in for here."""
 
 import asyncio
@@ -277,3 +278,21 @@ async def _none_ready(api: Api) -> bool:
 
 async def _gone(api: Api, token: str, pool: str) -> bool:
     return (await api.call("GET", f"/v1/pools/{pool}", token)).status_code == 404
+
+
+async def test_a_machine_over_its_projects_quota_makes_no_other_projects_pooled_machine_go(
+    api: Api, node: Node
+) -> None:
+    alpha = await api.token("alpha", "member")
+    await filled(api, node, alpha, 3)  # the node is full of alpha's pooled machines
+    await api.project("delta", machines=0)
+    delta = await api.token("delta", "member")
+    r = await api.machine(delta, runtime="microvm", memory_mib=MIB, disk_mib=64)
+    assert r.status_code == 403 and "quota" in r.text, r.text
+    assert len(await pooled(api, lambda m: not m.state.finished)) == 3
+    assert "given way" not in await events(api, "alpha")
+    # Within its quota, the same machine makes one go.
+    beta = await api.token("beta", "member")
+    r = await api.machine(beta, runtime="microvm", memory_mib=MIB, disk_mib=64)
+    assert r.status_code == 201, r.text
+    assert len(await pooled(api, lambda m: not m.state.finished)) == 2

@@ -414,8 +414,11 @@ class Machines:
     ) -> bool:
         """Make room for a machine no node can take now by destroying pooled machines (of any
         project: a pool is a cache) on a node that takes it once they are gone. Whether any
-        went."""
+        went. QuotaExceeded first (nothing gone) for a machine over its project's quota even
+        once the project's own pooled machines are gone: another project's pool never empties
+        for a machine that is then refused."""
         async with self.store.write() as tx:
+            await self._quota_giving_way(tx, project, usage_of(spec), name)
             pooled = [m for m in await tx.machines.pooled() if m.node_id and m.state in ACTIVE]
             if not pooled:
                 return False
