@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from hutch.model.machine import Desired, Machine, MachineState
+from hutch.model.pool import MAX_POOLS
 from hutch.wire.images import ImageView
 from hutch.wire.snapshots import NodeMachineSnapshotTaken
 from tests.helpers.api import Api
@@ -296,3 +297,19 @@ async def test_a_machine_over_its_projects_quota_makes_no_other_projects_pooled_
     r = await api.machine(beta, runtime="microvm", memory_mib=MIB, disk_mib=64)
     assert r.status_code == 201, r.text
     assert len(await pooled(api, lambda m: not m.state.finished)) == 2
+
+
+async def test_a_project_has_few_pools(api: Api, node: Node) -> None:
+    token = await api.token("alpha", "member")
+    body = {"image": "busybox", "disk_mib": 64, "min_ready": 0}
+    for n in range(MAX_POOLS):
+        r = await api.call("PUT", "/v1/pools", token, json={**body, "memory_mib": 128 + n})
+        assert r.status_code == 200, r.text
+    r = await api.call("PUT", "/v1/pools", token, json={**body, "memory_mib": 1024})
+    assert r.status_code == 409 and f"{MAX_POOLS} pools" in r.text, r.text
+    # One it has is still set; another project has its own.
+    r = await api.call("PUT", "/v1/pools", token, json={**body, "memory_mib": 128, "min_ready": 0})
+    assert r.status_code == 200, r.text
+    beta = await api.token("beta", "member")
+    r = await api.call("PUT", "/v1/pools", beta, json={**body, "memory_mib": 1024})
+    assert r.status_code == 200, r.text

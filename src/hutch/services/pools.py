@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from hutch.model.errors import HutchError, Invalid, NotFound
+from hutch.model.errors import Conflict, HutchError, Invalid, NotFound
 from hutch.model.machine import ACTIVE, Machine, MachineState
-from hutch.model.pool import Pool, PoolShape, PoolState, check_min_ready
+from hutch.model.pool import MAX_POOLS, Pool, PoolShape, PoolState, check_min_ready
 from hutch.model.tenancy import Principal, Project
 from hutch.services.ids import new_id
 from hutch.services.machines import Machines
@@ -71,6 +71,11 @@ class Pools:
             await tx.projects.lock(project.id)
             pool = await tx.pools.by_shape(project.id, shape)
             if pool is None:
+                if len(await tx.pools.list(project.id)) >= MAX_POOLS:
+                    raise Conflict(
+                        f"project {project.name} has {MAX_POOLS} pools, the most it may have: "
+                        "remove one first (hutch pool rm)"
+                    )
                 pool = Pool(
                     id=new_id("w"), project_id=project.id, shape=shape, min_ready=min_ready,
                     state=PoolState.PREPARING, created_at=now, updated_at=now,
