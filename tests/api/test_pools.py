@@ -313,3 +313,21 @@ async def test_a_project_has_few_pools(api: Api, node: Node) -> None:
     beta = await api.token("beta", "member")
     r = await api.call("PUT", "/v1/pools", beta, json={**body, "memory_mib": 1024})
     assert r.status_code == 200, r.text
+
+
+async def test_a_run_whose_placement_the_pools_node_breaks_takes_no_pooled_machine(
+    api: Api, node: Node
+) -> None:
+    token = await api.token("alpha", "member")
+    await filled(api, node, token, 2)
+    body = {"runtime": "microvm", "memory_mib": MIB, "disk_mib": 64}
+    # A node label pn lacks; a second machine of an anti-affine group (the first is on pn).
+    r = await api.machine(token, constraints={"zone": "b"}, **body)
+    assert r.status_code == 503 and "zone" in r.text, r.text
+    spread = {"group": "g", "group_policy": "anti-affinity", **body}
+    r = await api.machine(token, name="first", **spread)
+    assert r.status_code == 201, r.text
+    assert (await api.placed(token, "first"))["node"] == node.id
+    r = await api.machine(token, name="second", **spread)
+    assert r.status_code == 503, r.text  # pn is full too
+    assert len(await pooled(api, lambda m: m.state is MachineState.READY)) == 2

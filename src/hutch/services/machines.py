@@ -31,6 +31,7 @@ from hutch.model.machine import (
     Capacity,
     Desired,
     Event,
+    GroupPolicy,
     Machine,
     MachineSpec,
     MachineState,
@@ -335,10 +336,12 @@ class Machines:
         """The project's ready pool a new machine of `spec` may be taken from: one of its
         image (`digest`, what that name means now, if known), shape and runtime, for a machine
         on the default network that publishes nothing, in no security group, with no volumes
-        and not from a snapshot (a pooled machine was made with none of those)."""
+        and not from a snapshot (a pooled machine was made with none of those), and with no
+        node labels or group policy to meet (its node was chosen without them)."""
         if (
             spec.volumes or spec.from_snapshot or net.networks is not None or net.ports
-            or net.security_groups
+            or net.security_groups or spec.constraints
+            or spec.group_policy is not GroupPolicy.NONE
         ):  # fmt: skip
             return None
         try:
