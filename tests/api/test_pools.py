@@ -8,13 +8,14 @@ Taking a snapshot needs a real node: the node link's calls are stood in for here
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 
 from hutch.model.machine import Desired, Machine, MachineState
 from hutch.model.pool import MAX_POOLS
+from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.wire.images import ImageView
 from hutch.wire.snapshots import NodeMachineSnapshotTaken
 from tests.helpers.api import Api
@@ -331,3 +332,36 @@ async def test_a_run_whose_placement_the_pools_node_breaks_takes_no_pooled_machi
     r = await api.machine(token, name="second", **spread)
     assert r.status_code == 503, r.text  # pn is full too
     assert len(await pooled(api, lambda m: m.state is MachineState.READY)) == 2
+
+
+async def test_a_template_snapshot_a_crashed_leader_left_behind_blocks_no_pool(
+    api: Api, node: Node
+) -> None:
+    """The leader died while its node took the template's snapshot: the snapshot's row (being
+    taken) and the node's files are left, and no pool refers to them."""
+    token = await api.token("alpha", "member")
+    body = {"image": "busybox", "memory_mib": MIB, "disk_mib": 64, "min_ready": 1}
+    pool = (await api.call("PUT", "/v1/pools", token, json=body)).json()
+    (template,) = await until(lambda: pooled(api, lambda m: m.template), "a template")
+    left = replace(await _leftover(api, template), id="s-leftover", name=f"{pool['id']}-template")
+    async with api.ctl.store.write() as tx:
+        await tx.snapshots.create(left)
+    node.snapshots.append(left.id)
+    await node.report(template, "running", image_digest=DIGEST, image_source="catalogue")
+    await ready(api, node, token, pool["id"], 1)
+    assert left.id not in node.snapshots and len(node.snapshots) == 1
+    # Removed, the pool leaves no snapshot of its own behind either.
+    assert (await api.call("DELETE", f"/v1/pools/{pool['id']}", token)).status_code == 204
+    await until(lambda: _gone(api, token, pool["id"]), "the pool removed")
+    assert node.snapshots == []
+
+
+async def _leftover(api: Api, template: Machine) -> MachineSnapshot:
+    s = template.spec
+    return MachineSnapshot(
+        id="", project_id=template.project_id, name="", machine_id=template.id,
+        node_id=template.node_id or "", image=s.image, image_digest=DIGEST, cpus=s.cpus,
+        memory_mib=s.memory_mib, disk_mib=s.disk_mib, runtime=s.runtime, command=None,
+        entrypoint=None, env=(), workdir="", user="", networks=(), size_bytes=0,
+        state=SnapshotState.CREATING, created_at=time.time() - 3600, pool=template.pool,
+    )  # fmt: skip

@@ -191,6 +191,8 @@ class Pools:
         async def find(tx: Tx) -> Machine:
             return await tx.machines.by_id(template.id)
 
+        if not await self._remove_snapshots(pool):
+            return  # a leftover (see _remove_snapshots) has clones still: not while they run
         try:
             snap = await self.snapshots.take(project, find, f"{pool.id}-template", pool.id)
         except HutchError as e:
@@ -205,10 +207,19 @@ class Pools:
 
     async def _remove(self, pool: Pool, live: builtins.list[Machine]) -> None:
         await self._destroy(live, "its pool was removed")
-        if pool.snapshot_id and not await self.snapshots.remove_template(pool.snapshot_id):
+        if not await self._remove_snapshots(pool):
             return  # machines taken from it run from it: it goes after them
         async with self.store.write() as tx:
             await tx.pools.delete(pool.id)
+
+    async def _remove_snapshots(self, pool: Pool) -> bool:
+        """The pool's template snapshots, each once no machine runs from it: whether all
+        went. Beside its own, a leader that died while a node took one left that one behind
+        (its name, which the next take needs, with it)."""
+        async with self.store.read() as tx:
+            snaps = await tx.snapshots.list(pool.project_id, pool.id)
+        gone = [await self.snapshots.remove_template(s.id) for s in snaps]
+        return all(gone)
 
     async def _destroy(self, machines: builtins.list[Machine], why: str) -> None:
         if not machines:
