@@ -148,9 +148,9 @@ class PostgresCluster:
             raise RuntimeError(f"psql {statement!r} failed: {proc.stderr}")
         return proc.stdout
 
-    def create_database(self) -> str:
+    def create_database(self, template: str = "template1") -> str:
         name = f"test_{os.getpid()}_{next(self._names)}"
-        self.sql(f'CREATE DATABASE "{name}"')
+        self.sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return name
 
     def drop_database(self, name: str) -> None:
