@@ -17,16 +17,22 @@ from hutch.model.tenancy import Principal, Role
 from hutch.placement import need
 from hutch.services.machines import request_of
 from tests.store import factories as f
-from tests.store.postgres import postgres, postgres_url
+from tests.store.at_head import (
+    controller_db_at_head,
+    postgres_at_head,
+    postgres_url_at_head,
+    sqlite_at_head,
+)
+from tests.store.postgres import postgres
 
-__all__ = ["postgres", "postgres_url"]  # fixtures, imported for pytest
+__all__ = ["postgres", "postgres_at_head", "postgres_url_at_head", "sqlite_at_head"]  # fixtures
 
 S = MachineState
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> config.Settings:
-    url = "" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = controller_db_at_head(request, request.param, tmp_path)
     return config.load(
         state_dir=tmp_path, database_url=url, join_secret="j" * 32, controller_secret="c" * 32
     )
