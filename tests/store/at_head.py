@@ -13,6 +13,7 @@ Import the fixtures into a conftest.py (or the test module) to use them.
 import asyncio
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,16 +24,22 @@ from tests.store.postgres import PostgresCluster
 TEMPLATE = "hutch_at_head"
 
 
-async def _migrate(url: str) -> None:
-    store = SqlStore(url)
-    await store.open()
-    await store.close()
+def _migrate(url: str) -> None:
+    """In a thread of its own: an async test's fixtures are set up inside its event loop."""
+
+    async def migrate() -> None:
+        store = SqlStore(url)
+        await store.open()
+        await store.close()
+
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, migrate()).result()
 
 
 @pytest.fixture(scope="session")
 def sqlite_at_head(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = tmp_path_factory.mktemp("at-head") / "controller.db"
-    asyncio.run(_migrate(f"sqlite:///{db}"))
+    _migrate(f"sqlite:///{db}")
     return db
 
 
@@ -58,7 +65,7 @@ def postgres_at_head(postgres: PostgresCluster) -> str:
     """The template database: migrated, then closed to connections (CREATE DATABASE ...
     TEMPLATE needs it unused)."""
     postgres.sql(f'CREATE DATABASE "{TEMPLATE}"')
-    asyncio.run(_migrate(postgres.url(TEMPLATE)))
+    _migrate(postgres.url(TEMPLATE))
     postgres.sql(f'ALTER DATABASE "{TEMPLATE}" WITH ALLOW_CONNECTIONS false')
     postgres.sql(
         f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{TEMPLATE}'"
