@@ -9,21 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.api import Api, close_api, open_api
-from tests.store.at_head import (
-    controller_db_at_head,
-    postgres_at_head,
-    postgres_url_at_head,
-    sqlite_at_head,
-)
-from tests.store.postgres import postgres, postgres_url
-
-__all__ = [  # fixtures, re-exported for pytest
-    "postgres",
-    "postgres_at_head",
-    "postgres_url",
-    "postgres_url_at_head",
-    "sqlite_at_head",
-]
+from tests.store.at_head import controller_db_at_head
 
 
 @pytest.fixture

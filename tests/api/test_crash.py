@@ -15,9 +15,6 @@ import pytest
 
 from tests.helpers import free_port
 from tests.helpers.api import JOIN
-from tests.store.postgres import postgres, postgres_url
-
-__all__ = ["postgres", "postgres_url"]
 
 OVERHEAD = 96
 

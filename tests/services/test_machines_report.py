@@ -28,15 +28,7 @@ from hutch.model.machine import (
 from hutch.placement import need
 from hutch.services.machines import RESTART_BACKOFF_MAX, request_of
 from tests.store import factories as f
-from tests.store.at_head import (
-    controller_db_at_head,
-    postgres_at_head,
-    postgres_url_at_head,
-    sqlite_at_head,
-)
-from tests.store.postgres import postgres
-
-__all__ = ["postgres", "postgres_at_head", "postgres_url_at_head", "sqlite_at_head"]  # fixtures
+from tests.store.at_head import controller_db_at_head
 
 S = MachineState
 D = Desired

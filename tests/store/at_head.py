@@ -7,7 +7,7 @@ stores a session); each test gets a copy.
     postgres_url_at_head a new PostgreSQL database made from a migrated template; dropped afterwards
     controller_db_at_head  the `database_url` for a controller whose store starts at head
 
-Import the fixtures into a conftest.py (or the test module) to use them.
+tests/conftest.py defines the fixtures for every directory.
 """
 
 import asyncio

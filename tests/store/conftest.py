@@ -12,21 +12,7 @@ import pytest
 
 from hutch.store import open_store
 from hutch.store.sql import SqlStore
-from tests.store.at_head import (
-    copy_sqlite_at_head,
-    postgres_at_head,
-    postgres_url_at_head,
-    sqlite_at_head,
-)
-from tests.store.postgres import postgres, postgres_url
-
-__all__ = [  # fixtures, re-exported for pytest
-    "postgres",
-    "postgres_at_head",
-    "postgres_url",
-    "postgres_url_at_head",
-    "sqlite_at_head",
-]
+from tests.store.at_head import copy_sqlite_at_head
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
