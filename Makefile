@@ -102,6 +102,7 @@ bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.rules
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.volumes
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.start
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.trace
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

@@ -40,6 +40,9 @@ def test_timeouts_stop_or_destroy_a_machine_and_extend_gives_more_time(
     assert "must be positive" in refused("run", "-d", *C, "--timeout", "-5m", *WORKLOAD)
     assert "not a duration" in refused("run", "-d", *C, "--timeout", "soon", *WORKLOAD)
     assert "at most 366d" in refused("run", "-d", *C, "--timeout", "1000d", *WORKLOAD)
+    assert "say stop, suspend or destroy" in refused(
+        "run", "-d", *C, "--timeout", "1m", "--on-timeout", "suspnd", *WORKLOAD
+    )
     assert "give --timeout" in refused("run", "-d", *C, "--on-timeout", "destroy", *WORKLOAD)
     why = refused("run", "-d", *C, "--timeout", "1m", "--on-timeout", "suspend", *WORKLOAD)
     assert "container runtime cannot be suspended" in why

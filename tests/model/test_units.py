@@ -36,7 +36,9 @@ def test_durations() -> None:
         86400,
         5400,
     ]
-    for bad in ("", "h", "soon", "-5m", "0"):
+    # What `format_duration` (and `ps`) writes reads back.
+    assert [parse_duration(t) for t in ("1h30m", "1d2h3m4s")] == [5400, 93784]
+    for bad in ("", "h", "soon", "-5m", "0", "1h1h", "30 1m", "5m-", "1.2.3s", "0h0m", "1m30"):
         with pytest.raises(Invalid):
             parse_duration(bad)
 
@@ -44,3 +46,4 @@ def test_durations() -> None:
 def test_durations_read_well() -> None:
     shown = [format_duration(s) for s in (1.5, 2, 59, 90, 600, 3600 + 60, 86400 * 366)]
     assert shown == ["1.5s", "2s", "59s", "1m30s", "10m", "1h1m", "366d"]
+    assert [parse_duration(t) for t in shown] == [1.5, 2, 59, 90, 600, 3660, 86400 * 366]

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
@@ -32,7 +33,7 @@ from hutch.cli.remote import (
 )
 from hutch.client import plain
 from hutch.model.errors import HutchError, Invalid
-from hutch.model.machine import MachineState, check_timeout
+from hutch.model.machine import MachineState, OnTimeout, check_timeout
 from hutch.model.units import format_duration, parse_duration, parse_mib
 
 if TYPE_CHECKING:  # imported where used: `hutch ps` loads no wire models, asyncio or websockets
@@ -266,7 +267,7 @@ def run(
         "security_groups": sg or None,
         "volumes": volume or None,
         "timeout_s": _duration(timeout, "--timeout") if timeout is not None else None,
-        "on_timeout": on_timeout,
+        "on_timeout": _one_of(on_timeout, OnTimeout, "--on-timeout"),
         "from_snapshot": from_snapshot,
     }
     if on_timeout is not None and timeout is None:
@@ -298,6 +299,14 @@ def run(
 
     options["hold_output"] = True  # it follows from the start: the node keeps output for it
     sys.exit(asyncio.run(_attached(image, _argv(command), options, rm, interactive, tty)))
+
+
+def _one_of(value: str | None, choices: type[StrEnum], flag: str) -> str | None:
+    """`value` if it is one of `choices` (checked here: a typo fails before any request)."""
+    words = [c.value for c in choices]
+    if value is not None and value not in words:
+        raise Invalid(f"{flag} {value!r}: say {', '.join(words[:-1])} or {words[-1]}")
+    return value
 
 
 def _duration(text: str, what: str) -> float:

@@ -55,15 +55,25 @@ def format_bytes(n: int) -> str:
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+
+
 def parse_duration(text: str) -> float:
-    """Seconds from "90", "90s", "30m", "2h" or "1d"."""
+    """Seconds from "90", "90s", "30m", "2h", "1d" or a sum as `format_duration` writes it
+    ("1h30m", "1d2h3m4s")."""
     value = text.strip().lower()
-    unit = value[-1:] if value[-1:] in _DURATION else "s"
-    number = value[:-1] if value[-1:] in _DURATION else value
-    try:
-        seconds = float(number) * _DURATION[unit]
-    except ValueError:
-        raise Invalid(f"{text!r} is not a duration (like 90s, 30m, 2h, 1d)") from None
+    if value.startswith("-") and _DURATION_PART.match(value, 1):
+        raise Invalid(f"{text!r}: a duration must be positive")
+    parts = _DURATION_PART.findall(value)
+    units = [unit for _, unit in parts]
+    if (
+        not parts
+        or "".join(n + u for n, u in parts) != value
+        or ("" in units and len(parts) > 1)
+        or len(set(units)) != len(units)
+    ):
+        raise Invalid(f"{text!r} is not a duration (like 90s, 30m, 2h, 1d or 1h30m)")
+    seconds = sum(float(number) * _DURATION[unit or "s"] for number, unit in parts)
     if not seconds > 0:
         raise Invalid(f"{text!r}: a duration must be positive")
     return seconds
