@@ -34,6 +34,8 @@ def start_controller(state: Path, port: int, database_url: str) -> subprocess.Po
                 return proc
         except httpx.HTTPError:
             time.sleep(0.05)
+    proc.kill()  # not left running after the test
+    proc.wait()
     raise RuntimeError("the controller did not start")
 
 
