@@ -74,9 +74,9 @@ from hutch.runtime.microvm import (
     QEMU_PIDS,
     MicroVMBackend,
     MicroVMOptions,
-    _child_setup,
     create_exit_disk,
     qemu_command,
+    spawned,
 )
 
 PROBE_SOURCE = Path(__file__).with_name("netprobe.c")
@@ -284,12 +284,10 @@ async def bare_vm(lab: Lab, opts: MicroVMOptions, spec: SandboxSpec, nic: BareNI
     try:
         args = qemu_command(spec, opts, sockets, tap_fds=(fd,))
         proc = subprocess.Popen(
-            args,
+            spawned(opts, cgroup, args),  # the driver's own set-up: join the cgroup, no THP
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             pass_fds=(fd,),
-            # the driver's own set-up before exec: join the cgroup, no THP
-            preexec_fn=_child_setup(cgroup.procs_files(), opts.huge_pages),  # noqa: PLW1509
         )
     finally:
         os.close(fd)  # QEMU has its copy; the TAP goes when QEMU exits

@@ -5,7 +5,10 @@ of the node), p50 and p99 of N each, the same image and shape:
   cold      POST /v1/machines: a kernel boot
   resume    POST /v1/machines/{id}/resume of a suspended machine
   template  POST /v1/machines with `from_snapshot`: a restore from a snapshot of a running one
-  pool      a warm pool's machine (not built yet: null)
+  pool      POST /v1/machines that a warm pool serves (`hutch pool set`): a machine restored
+            and paused beforehand, started as the new one. It publishes no port (a pooled
+            machine is on the default network only), so its figure is to its first line of
+            output (`echo`, the log followed from the API call's answer), not an HTTP answer
 and the host memory (PSS of the QEMU processes) of clones of one template against as many cold
 machines running the same workload (--together at once: what the node's vCPUs hold). The last
 line printed is one JSON object with the figures.
@@ -121,6 +124,29 @@ class Api:
 
         return call
 
+    def pooled_run(self, name: str) -> float:
+        """Seconds from a POST /v1/machines that a ready pooled machine serves to its first
+        line of output (RuntimeError if the run booted instead)."""
+        body = {"name": name, "image": "busybox", "memory_mib": MEMORY_MIB,
+                "command": ["echo", "hi"], "hold_output": True}  # fmt: skip
+        started = time.monotonic()
+        m = self.call("POST", "/v1/machines", json=body)
+        if m["state"] != "starting":  # a booted one is created, waiting for the scheduler
+            raise RuntimeError(f"{name} was not taken from the pool: {m['state']}")
+        logs = f"/v1/machines/{m['id']}/logs"
+        with self.http.stream("GET", logs, params={"follow": "true"}) as r:
+            for line in r.iter_lines():
+                if line.strip():
+                    return time.monotonic() - started
+        raise RuntimeError(f"{name} printed nothing")
+
+    def pool_ready(self, pool: str, n: int, limit: float = 180) -> None:
+        deadline = time.monotonic() + limit
+        while (p := self.call("GET", f"/v1/pools/{pool}"))["ready"] < n:
+            if p["state"] == "failed" or time.monotonic() > deadline:
+                raise RuntimeError(f"pool {pool} has {p['ready']} of {n} ready: {p['error']}")
+            time.sleep(0.05)
+
     def state(self, ref: str) -> str:
         return str(self.call("GET", f"/v1/machines/{ref}")["state"])
 
@@ -135,6 +161,7 @@ class Api:
         return str(self.call("GET", f"/v1/machines/{ref}")["id"])
 
     def suspend(self, ref: str) -> None:
+        self.wait_state(ref, "running")  # a workload may answer before its node says it runs
         self.call("POST", f"/v1/machines/{ref}/suspend")
         self.wait_state(ref, "suspended")
 
@@ -203,6 +230,7 @@ def main() -> None:
     cold: list[float] = []
     resume: list[float] = []
     template: list[float] = []
+    pool: list[float] = []
     try:
         with hutch_up(env) as (url, token):
             api = Api(url, token)
@@ -243,18 +271,32 @@ def main() -> None:
             clones_pss = pss_mib([api.id(f"clone-{i}") for i in range(k)])
             api.remove_all()
             api.call("DELETE", "/v1/snapshots/tpl")
+
+            log(f"pool: {n} runs, each taking a ready machine of a warm pool of 2")
+            warm = api.call(
+                "PUT",
+                "/v1/pools",
+                json={"image": "busybox", "memory_mib": MEMORY_MIB, "min_ready": 2},
+            )["id"]
+            for i in range(n):
+                api.pool_ready(warm, 2)  # refilled: every run finds one ready
+                pool.append(api.pooled_run(f"pool-{i}"))
+                log(f"  pool-{i}: {pool[-1]:.3f} s")
+                api.remove(f"pool-{i}")
+            api.call("DELETE", f"/v1/pools/{warm}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     c, r, t = percentiles(cold), percentiles(resume), percentiles(template)
+    w = percentiles(pool)
     figures = {
         "cold_s": c,
         "resume_s": r,
         "template_s": t,
-        "pool_s": None,
+        "pool_s": w,
         "resume_vs_cold": round(r["p50"] / c["p50"], 3),
         "template_vs_cold": round(t["p50"] / c["p50"], 3),
-        "pool_vs_cold": None,
+        "pool_vs_cold": round(w["p50"] / c["p50"], 3),
         "cold_pss_mib": round(cold_pss, 1),
         "clones_pss_mib": round(clones_pss, 1),
         "clones_vs_cold_memory": round(clones_pss / cold_pss, 3),
@@ -262,7 +304,12 @@ def main() -> None:
         "machines_measured_for_memory": k,
         "memory_mib": MEMORY_MIB,
     }
-    for what, p in (("cold boot", c), ("resume", r), ("template (run --from)", t)):
+    for what, p in (
+        ("cold boot", c),
+        ("resume", r),
+        ("template (run --from)", t),
+        ("warm pool (to output)", w),
+    ):
         print(f"{what:<24} p50 {p['p50']:.3f} s  p99 {p['p99']:.3f} s")
     print(f"PSS of {k} cold machines {cold_pss:.0f} MiB, of {k} clones {clones_pss:.0f} MiB")
     print(json.dumps(figures))

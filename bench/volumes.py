@@ -88,9 +88,9 @@ from hutch.runtime.microvm import (
     QEMU_PIDS,
     MicroVMBackend,
     MicroVMOptions,
-    _child_setup,
     create_exit_disk,
     qemu_command,
+    spawned,
 )
 from hutch.storage.local import LocalBackend, unmount_pool
 
@@ -325,11 +325,10 @@ async def bare_run(opts: MicroVMOptions, spec: SandboxSpec, work: Path) -> IoRun
         volumes_direct=tuple(scratch.direct_io(Path(v.source)) for v in spec.volumes),
     )  # fmt: skip
     proc = subprocess.Popen(
-        args,
+        spawned(opts, cgroup, args),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=_child_setup(cgroup.procs_files(), opts.huge_pages),  # noqa: PLW1509
     )
     try:
         conn = await Connection.open(str(sockets / "agent.sock"), timeout=60)

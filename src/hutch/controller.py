@@ -23,8 +23,9 @@ from hutch.services.machines import Machines
 from hutch.services.networks import Networks, Pool
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
-from hutch.services.notify import SCHEDULER, Notifier
+from hutch.services.notify import POOLS, SCHEDULER, Notifier
 from hutch.services.policy import Policy
+from hutch.services.pools import Pools
 from hutch.services.retention import Retention
 from hutch.services.scheduling import Scheduler
 from hutch.services.snapshots import Snapshots
@@ -55,6 +56,7 @@ class Controller:
     networks: Networks  # networks and security groups
     volumes: Volumes  # volumes and their snapshots
     snapshots: Snapshots  # machine snapshots (`run --from` clones them)
+    pools: Pools  # warm pools, kept filled by the leader
     ca_pem: str | None = None  # when serving HTTPS
 
 
@@ -104,6 +106,7 @@ def build_controller(settings: Settings) -> Controller:
         store, policy, notifier, link, image_service, networks=network_service
     )
     streams = Streams(store, per_token=settings.streams_per_token)
+    snapshots = Snapshots(store, link, policy)
     return Controller(
         store=store,
         notifier=notifier,
@@ -120,7 +123,8 @@ def build_controller(settings: Settings) -> Controller:
         streams=streams,
         networks=network_service,
         volumes=Volumes(store, link, policy),
-        snapshots=Snapshots(store, link, policy),
+        snapshots=snapshots,
+        pools=Pools(store, policy, notifier, machine_service, snapshots),
         ca_pem=ca_pem,
     )
 
@@ -128,7 +132,7 @@ def build_controller(settings: Settings) -> Controller:
 @contextlib.asynccontextmanager
 async def leading_work(ctl: Controller) -> AsyncIterator[None]:
     """In the background: the leader's lease, and what the leader does (the scheduler, node
-    health, the purge of destroyed machines, machines' timeouts), each idle while this
+    health, the purge of destroyed machines, machines' timeouts, warm pools), each idle while this
     controller does not lead; and on every controller, the check of its open streams' tokens.
     They are stopped between two transactions, never cancelled inside one."""
     stop = asyncio.Event()
@@ -139,13 +143,14 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
         asyncio.create_task(ctl.health.run(leading, stop)),
         asyncio.create_task(ctl.retention.run(leading, stop)),
         asyncio.create_task(ctl.lifetimes.run(leading, stop)),
+        asyncio.create_task(ctl.pools.run(leading, stop)),
         asyncio.create_task(ctl.streams.run(stop)),
     ]
     try:
         yield
     finally:
         stop.set()
-        ctl.notifier.notify(SCHEDULER)
+        ctl.notifier.notify(SCHEDULER, POOLS)
         await asyncio.gather(*tasks, return_exceptions=True)
 
 

@@ -8,7 +8,8 @@ is, `hutch down`, which would stop it, and `exec -it` / `run -it`, which need a 
 on a pty in tests/cli/test_terminal.py and tests/cli/test_run_terminal.py), the `--dry-run`
 example, the `login` / `context` lines, the "Images" block and the "Networks" block (micro-VMs;
 curl to the published port, nslookup of a machine's name in its network), the "Suspend, resume
-and snapshots" block (one micro-VM booted, one restored from its snapshot). Elsewhere: "Projects,
+and snapshots" block (one micro-VM booted, one restored from its snapshot), the "Warm pools"
+block (a template booted, pooled machines restored, one taken by a run). Elsewhere: "Projects,
 tokens and quotas" in tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py.
 
 What cannot run on one machine keeps only the `--help` check of tests/cli/test_readme.py: the
@@ -22,6 +23,7 @@ import os
 import re
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -240,6 +242,46 @@ def test_the_suspend_block_runs_as_written(sh: Shell) -> None:
     assert len(commands) == 9, commands
 
 
+def test_the_warm_pools_block_runs_as_written(
+    sh: Shell, controller: Controller, env: dict[str, str]
+) -> None:
+    """A pool fills (its template booted and snapshotted, its machines restored, paused), a run
+    takes one of them, which prints its own output, and the pool fills again."""
+    commands = [c for line in block("### Warm pools", "hutch pool set") for c in split(line)]
+    assert len(commands) == 4, commands
+    set_, ls, run, rm = commands
+    pool = ok(sh(set_), set_).strip()
+    assert re.fullmatch(r"w-\w+", pool), pool
+
+    def ready(n: int) -> str:
+        deadline = time.monotonic() + 180
+        while (out := ok(sh(ls), ls)) and not re.search(rf"\s{n}/2\s+ready\s", out):
+            assert time.monotonic() < deadline and "failed" not in out, out
+            time.sleep(0.5)
+        return out
+
+    assert re.search(rf"^{pool}\s+busybox\s+1\s+128M\s+-\s+2/2\s+ready\s", ready(2), re.M)
+    ran = sh(run)
+    assert (ran.returncode, ran.stdout) == (0, "hi\n"), ran.stderr  # its own process's
+    quick = json.loads(ok(sh("hutch inspect quick"), "inspect"))
+    with controller.client(env["HUTCH_PROJECT"]) as client:
+        events = client.events()
+        try:
+            said: list[str] = []
+            for e in events:
+                if e.object == quick["id"]:
+                    said.append(e.message)
+                    if e.state == "exited":
+                        break
+        finally:
+            events.close()
+    assert f"from pool {pool}" in said, said
+    ready(2)  # refilled
+    assert ok(sh(rm), rm) == "busybox\n"
+    assert "quick" in ok(sh("hutch ps -a"), "ps")  # it is the project's: it stays
+    ok(sh("hutch rm -f quick"), "rm")
+
+
 @pytest.fixture
 def registry(controller: Controller, tmp_path: Path, busybox_rootfs: Path) -> Iterator[Registry]:
     """registry.example.com of the README: on 127.0.0.1, holding team/app:1.2, which says app."""
@@ -423,3 +465,74 @@ def test_the_volume_machines_block_runs_as_written(sh: Shell) -> None:
         elif command.startswith("hutch run --rm"):
             assert out.strip(), "the date db wrote"
     ok(sh("hutch volume rm db-data"), "rm")
+
+
+def test_the_idle_block_runs_as_written(sh: Shell, controller: Controller) -> None:
+    """One micro-VM (busybox httpd) on a free port for 8080: it suspends after 2 s without a
+    connection; a connection to its published port wakes it and gets the page; steady
+    requests keep it running; without them it idles again; events say why. Bad input is
+    refused first, before any machine exists."""
+    for argv, words in (
+        ("--idle soon -p 1:80", "not a duration"),
+        ("--idle 0s -p 1:80", "must be"),
+        ("--idle 1m", "publishes none: publish a port"),
+        ("--on-idle suspend -p 1:80", "give --idle"),
+        ("--idle 1m --on-idle suspend -p 1:80 --runtime container",
+         "container runtime cannot be suspended"),
+        ("--idle 1m --on-idle nap -p 1:80", "--on-idle 'nap': say stop or suspend"),
+    ):  # fmt: skip
+        refused = sh(f"hutch run -d {argv} busybox -- true")
+        assert refused.returncode == 125 and words in refused.stderr, (argv, refused.stderr)
+    assert ok(sh("hutch ps -aq"), "ps") == ""
+
+    http = free_port()
+    commands = [
+        c.replace("8080", str(http))
+        for line in block("## Suspend, resume and snapshots", "hutch run -d --name site")
+        for c in split(line)
+    ]
+    assert len(commands) == 6, commands
+    client = controller.client(sh("echo $HUTCH_PROJECT").stdout.strip())
+
+    def state() -> tuple[str, bool]:
+        site = client.machines.get("site")
+        return site.state, site.idled
+
+    woke = False
+    for command in commands:
+        if command.startswith("sleep"):  # as long as it takes on a busy host
+            assert _until(lambda: state() == ("suspended", True), 120), command
+            continue
+        out = ok(sh(command), command)
+        if command.startswith("hutch run"):
+            assert _until(lambda: state()[0] == "running", 120), command
+        elif command == "hutch ps" and not woke:
+            assert re.search(r"\ssite\s+busybox\s+microvm\s+suspended", out), out
+        elif command.startswith("curl"):
+            assert "localhost" in out, out  # the guest's /etc/hosts
+            woke = True
+        elif command == "hutch ps":
+            assert re.search(r"\ssite\s+busybox\s+microvm\s+running", out), out
+            # A request every 0.5 s for 6 s: no 2 s without a connection, it runs throughout.
+            for _ in range(12):
+                assert "localhost" in _get(http, timeout=5)
+                assert state() == ("running", False)
+                time.sleep(0.4)
+            # Without them it idles again, and is woken again.
+            assert _until(lambda: state() == ("suspended", True), 120)
+            assert "localhost" in _get(http, timeout=60)
+    assert ok(sh("hutch ps -q"), "ps") == ""  # removed
+    woken = f"woken by a connection to port {http}"
+    messages: list[str] = []
+    with client:
+
+        def listen() -> None:  # every event so far, then it would wait for more
+            for event in client.events():
+                messages.append(event.message)
+                if messages.count(woken) == 2:
+                    return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        listener.join(30)
+    assert messages.count(woken) == 2 and messages.count("idle for 2s: suspended") == 2, messages

@@ -325,3 +325,17 @@ def test_the_blocked_addresses_are_named_sets_merged_and_replaced_atomically() -
     )
     assert "192.0.2.7" in out and "192.0.2.9" in out and "192.168.0.0/16" in out
     assert "ip daddr @blocked4 drop" in out and "ip6 daddr @blocked6 drop" in out
+
+
+def test_a_sleeping_sandboxs_ports_leave_the_dnat_maps_and_nothing_else_changes() -> None:
+    """A sandbox that sleeps (NodeNetwork.set_asleep) has its published ports out of the DNAT
+    maps, so new connections reach the node's socket on the port: element deletions, nothing
+    else; waking adds them back the same way."""
+    asleep = replace(DESIRED, published=DESIRED.published[1:])
+    sleep, wake = nft.changes(DESIRED, asleep), nft.changes(asleep, DESIRED)
+    assert sleep is not None and wake is not None
+    for batch, verb in ((sleep, "delete"), (wake, "add")):
+        commands = batch["nftables"][1:]
+        assert {next(iter(c)) for c in commands} == {verb}
+        assert {c[verb]["element"]["name"] for c in commands} == {"published", "published_port"}
+    assert "8080" in json.dumps(sleep) and "5353" not in json.dumps(sleep)

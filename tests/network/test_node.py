@@ -16,7 +16,7 @@ import pytest
 
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import ProcessSpec, SandboxSpec
-from hutch.network import links, nft
+from hutch.network import activity, links, nft
 from hutch.network.dns import DnsServer, machine_records
 from hutch.network.nft import Allow, Groups
 from hutch.network.node import NetworkOptions, NodeNetwork
@@ -444,3 +444,70 @@ def test_a_change_that_nft_refuses_replaces_the_tables_whole(
     fresh.reconcile([spec("a", 7, 2), spec("b", 7, 3), spec("c", 7, 4)])
     assert hutch_tables(topo) == after
     assert topo.ping(a, "10.77.7.4")
+
+
+def test_a_sleeping_sandboxs_published_port_is_held_for_its_waker_only(
+    topo: Topology, node: NodeNetwork
+) -> None:
+    """While a sandbox sleeps (`set_asleep`), a new connection to its published port comes to
+    the socket that holds the port (where the agent's waker accepts), from outside and from the
+    node itself; a sandbox reaches it by no address, nor another port; once it wakes, the port
+    is forwarded to it again. The connection tracking shows the flows to it. The waker's
+    checks against security groups and its own way in."""
+    a = node.plug_netns(spec("a", 7, 2, "8080:80"))
+    b = node.plug_netns(spec("b", 8, 2))
+    topo.serve_http(a, "0.0.0.0", 80, "published\n")
+    assert topo.get(topo.outside, NODE_IP, 8080) == "published\n"
+    # In a group that lets only the outside host in: the waker admits whom the group admits,
+    # and its own (marked) connection from the node gets in where an unmarked one does not.
+    node.set_groups({"a": Groups(ingress=(Allow("tcp", 80, 80, (f"{OUTSIDE_IP}/32",)),))})
+    assert node.admits("a", 80, OUTSIDE_IP) and not node.admits("a", 80, "127.0.0.1")
+    assert not node.admits("a", 81, OUTSIDE_IP) and node.admits("b", 81, "127.0.0.1")
+    assert topo.get(topo.outside, NODE_IP, 8080) == "published\n"
+    assert topo.get(topo.node, "10.77.7.2", 80) is None
+    with node.waker_socket() as marked:
+        marked.settimeout(5)
+        marked.connect(("10.77.7.2", 80))
+        marked.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert marked.makefile("rb").read().endswith(b"\r\n\r\npublished\n")
+    node.set_groups({})
+    target = ("tcp", "10.77.7.2", 80)
+    flows = node.flows([target])
+    assert flows and {f.target for f in flows} == {target}
+    assert activity.active(flows, set()) == {target}  # new since the last look
+    assert activity.active(flows, {f.key for f in flows}) == set()  # closed, seen before
+
+    held = node.set_asleep(["a"])
+    assert list(held) == ["a"] and list(held["a"]) == [PortMapping.parse("8080:80")]
+    waker = held["a"][PortMapping.parse("8080:80")]
+    waker.settimeout(0.2)
+    stop = threading.Event()
+    accepted: list[str] = []
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, peer = waker.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                accepted.append(peer[0])
+                conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nwaker\n")
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    try:
+        assert topo.get(topo.outside, NODE_IP, 8080) == "waker\n"
+        assert topo.get(topo.node, "127.0.0.1", 8080) == "waker\n"
+        for address in (NODE_IP, "10.77.8.1", "10.77.7.1"):
+            assert topo.get(b, address, 8080) is None  # another machine cannot wake it
+        assert topo.get(topo.outside, NODE_IP, 8081) is None  # nor a port it does not publish
+        assert accepted == [OUTSIDE_IP, "127.0.0.1"]
+        assert node.set_asleep(["a"]) == {}  # asleep already: the waker has its copy
+        assert node.set_asleep([]) == {}
+        assert topo.get(topo.outside, NODE_IP, 8080) == "published\n"
+        assert len(accepted) == 2
+    finally:
+        stop.set()
+        thread.join()
+        waker.close()

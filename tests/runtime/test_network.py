@@ -10,7 +10,7 @@ import pytest
 
 from hutch.agent.runtimes import open_driver
 from hutch.images.rootfs import PreparedRoot
-from hutch.model.errors import Unsupported
+from hutch.model.errors import Conflict, Unsupported
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec
 from hutch.network.dns import DnsServer, machine_records
@@ -267,11 +267,12 @@ async def test_a_clone_of_a_snapshot_takes_its_own_address_and_mac(
 ) -> None:
     """The snapshot's guest had the original's MAC and addresses: a clone sets its own before
     its workload continues, so the node's anti-spoofing lets it through, and it answers at its
-    own address."""
+    own address. A resume whose published port was taken meanwhile is refused and keeps the
+    machine's disk: it resumes once the port is free."""
     net = NodeNetwork(NetworkOptions(state_dir=short_dir / "net", netns=topo.node_path))
     driver = open_driver(settings_for(short_dir / "state"), "microvm", network=net)
     try:
-        await driver.create(spec(busybox_root, "orig", 5, 2, "echo up; sleep 600"))
+        await driver.create(spec(busybox_root, "orig", 5, 2, "echo up; sleep 600", "18080:80"))
         await driver.start("orig")
         await wait_for_line(driver, "orig", b"up")
         await driver.snapshot("orig", short_dir / "snap")
@@ -292,6 +293,18 @@ async def test_a_clone_of_a_snapshot_takes_its_own_address_and_mac(
         )
         _, out, _ = await proc.communicate()
         assert out.decode().split() == ["clone"]
+
+        kept = ProcessSpec(args=("/bin/sh", "-c", "echo kept >/kept"))
+        assert (await (await driver.exec("orig", kept)).communicate())[0].code == 0
+        await driver.suspend("orig")
+        topo.serve_http(topo.node, "0.0.0.0", 18080, "taken")
+        with pytest.raises(Conflict, match="cannot be published"):
+            await driver.resume("orig")
+        topo.servers[-1].kill()
+        topo.servers[-1].wait()
+        await driver.resume("orig")  # its scratch disk (its root's writes) is still there
+        proc = await driver.exec("orig", ProcessSpec(args=("/bin/cat", "/kept")))
+        assert (await proc.communicate())[1] == b"kept\n"
     finally:
         for info in await driver.sandboxes():
             await driver.destroy(info.id, force=True)

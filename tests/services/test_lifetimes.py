@@ -12,7 +12,8 @@ import pytest
 
 from hutch import config
 from hutch.controller import Controller, build_controller
-from hutch.model.machine import Desired, Machine, MachineState, OnTimeout, Report
+from hutch.model.errors import NotFound
+from hutch.model.machine import Desired, Machine, MachineState, OnIdle, OnTimeout, Report
 from hutch.model.tenancy import Principal, Role
 from hutch.placement import need
 from hutch.services.machines import request_of
@@ -133,3 +134,82 @@ async def test_suspended_time_does_not_count_and_a_failed_suspend_at_the_timeout
         "timed out after 1s: suspended",
         "timed out after 1s: not suspended: migration failed; stopped",
     ]
+
+
+async def test_an_idle_machine_is_suspended_and_a_connection_wakes_it(
+    settings: config.Settings, opened: list[Controller]
+) -> None:
+    """Idleness as the leader and the node's reports make it: connections the node saw move
+    the machine's idle time on; once none came for idle_s it is suspended, saying why; a
+    connection the node holds wakes it, saying the port, but only a machine that idled, and
+    only from its own node."""
+    ctl = await _controller(settings, opened)
+    p, node, other = f.project(), f.node(), f.node()
+    m = f.machine(p.id, idle_s=1.0, on_idle=OnIdle.SUSPEND, state=S.STARTING)
+    m = replace(m, generation=1, node_id=node.id)
+    node = replace(node, allocated=need(request_of(m.spec), node))  # it holds its share
+    async with ctl.store.write() as tx:
+        await tx.projects.create(p)
+        await tx.nodes.create(node, "credential-hash")
+        await tx.nodes.create(other, "other-hash")
+        await tx.machines.create(m)
+
+    async def said(state: MachineState, resumed: bool = False) -> Machine:
+        return await ctl.machines.report(node, m.id, Report(1, state, time.time(), resumed=resumed))
+
+    began = time.time()
+    running = await said(S.RUNNING)
+    assert running.idle_at is not None and began + 1.0 <= running.idle_at <= time.time() + 1.0
+    seen = time.time() + 0.5
+    await ctl.machines.activity(other, {m.id: seen + 10})  # not its node's word: ignored
+    await ctl.machines.activity(node, {m.id: seen, "m-gone": seen})
+    assert await ctl.machines.idle_out(seen + 0.9) == 0  # a connection 0.9 s ago
+    assert await ctl.machines.wake(node, m.id, 1, 8080) == await _get(ctl, m.id)  # runs: as is
+    assert await ctl.machines.idle_out(seen + 1.1) == 1
+    idled = await _get(ctl, m.id)
+    assert (idled.state, idled.desired, idled.idled) == (S.RUNNING, Desired.SUSPENDED, True)
+    await said(S.SUSPENDED)
+    with pytest.raises(NotFound):  # another node's connection does not wake it
+        await ctl.machines.wake(other, m.id, 1, 8080)
+    woken = await ctl.machines.wake(node, m.id, 1, 8080)
+    assert (woken.state, woken.desired, woken.idled) == (S.STARTING, Desired.RUNNING, False)
+    await said(S.RUNNING, resumed=True)
+    # Suspended by its user, it stays suspended whatever connects.
+    member = Principal("t-1", p.id, Role.MEMBER)
+    await ctl.machines.suspend(member, p, m.id)
+    await said(S.SUSPENDED)
+    assert (await ctl.machines.wake(node, m.id, 1, 8080)).state is S.SUSPENDED
+    async with ctl.store.read() as tx:
+        messages = [e.message for e in await tx.events.since(p.id, 0)]
+    assert messages[-6:] == [
+        "idle for 1s: suspended",
+        "suspended",
+        "woken by a connection to port 8080",
+        "resumed",
+        "suspend requested",
+        "suspended",
+    ]
+
+
+async def _get(ctl: Controller, machine_id: str) -> Machine:
+    async with ctl.store.read() as tx:
+        return await tx.machines.by_id(machine_id)
+
+
+async def test_an_idle_machine_is_stopped_by_default(
+    settings: config.Settings, opened: list[Controller]
+) -> None:
+    ctl = await _controller(settings, opened)
+    p, node = f.project(), f.node()
+    m = replace(f.machine(p.id, idle_s=1.0, state=S.STARTING), generation=1, node_id=node.id)
+    async with ctl.store.write() as tx:
+        await tx.projects.create(p)
+        await tx.nodes.create(node, "credential-hash")
+        await tx.machines.create(m)
+    await ctl.machines.report(node, m.id, Report(1, S.RUNNING, time.time()))
+    assert await ctl.machines.idle_out(time.time() + 1.1) == 1
+    stopped = await _get(ctl, m.id)
+    assert (stopped.state, stopped.desired, stopped.idled) == (S.STOPPING, Desired.STOPPED, False)
+    assert stopped.idle_at is None  # not running: it idles no more
+    async with ctl.store.read() as tx:
+        assert (await tx.events.since(p.id, 0))[-1].message == "idle for 1s: stopped"

@@ -8,7 +8,15 @@ from typing import Any, BinaryIO
 import httpx
 
 from hutch.model.errors import Invalid, Unavailable, error_class
-from hutch.wire.nodes import Assignments, Heartbeat, MachineReport, NodeRegister, NodeRegistered
+from hutch.wire.nodes import (
+    Activity,
+    Assignments,
+    Heartbeat,
+    MachineReport,
+    NodeRegister,
+    NodeRegistered,
+    Wake,
+)
 
 
 class ControllerLink:
@@ -63,6 +71,14 @@ class ControllerLink:
             f"/agent/v1/nodes/{node_id}/machines/{machine_id}/report",
             json=report.model_dump(mode="json"),
         )
+
+    async def activity(self, node_id: str, seen: dict[str, float]) -> None:
+        body = Activity(machines=seen).model_dump()
+        await self._call("POST", f"/agent/v1/nodes/{node_id}/activity", json=body)
+
+    async def wake(self, node_id: str, machine_id: str, generation: int, port: int) -> None:
+        body = Wake(generation=generation, port=port).model_dump()
+        await self._call("POST", f"/agent/v1/nodes/{node_id}/machines/{machine_id}/wake", json=body)
 
     async def image_archive(
         self, node_id: str, project: str, ref: str, out: BinaryIO

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from hutch.agent.idle import PERIOD as IDLE_PERIOD
+from hutch.agent.idle import Idleness
 from hutch.agent.images import import_image, registry_client, roots_for
 from hutch.agent.link import ControllerLink
 from hutch.agent.runtimes import RUNTIMES, node_dir, open_driver
@@ -51,6 +53,7 @@ from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import (
     ExitStatus,
     SandboxInfo,
+    SandboxSpec,
     SandboxState,
     VolumeMount,
     parse_signal,
@@ -196,6 +199,8 @@ class NodeAgent:
             ),
             dns=self.dns,
         )
+        # Connections to idling machines' ports, reported; the waker of those that idled.
+        self.idle = Idleness(self.network, self._in_net_thread, self._activity, self._wake_up)
 
     def volumes(self) -> Backend:
         """The node's storage backend: a LocalBackend at `volumes_root()`, made on first use
@@ -328,6 +333,7 @@ class NodeAgent:
         assert self.identity is not None
         heartbeat = asyncio.create_task(self._heartbeat())
         rounds = asyncio.create_task(self._rounds())
+        looks = asyncio.create_task(self._idle_looks())
         revision = -1
         try:
             while True:
@@ -352,11 +358,13 @@ class NodeAgent:
                 await self.update_infrastructure(answer)
                 self.update_dns(answer)
                 await self.update_overlay(answer)
+                await self.update_sleepers(answer)
                 self._latest = answer
                 self._answered.set()
         finally:
             heartbeat.cancel()
             rounds.cancel()
+            looks.cancel()
 
     async def _rounds(self) -> None:
         """Reconcile on the newest answer, one round at a time; answers that come during a
@@ -423,7 +431,35 @@ class NodeAgent:
         except HutchError as e:  # the next answer retries
             log.warning("cannot update the overlay: %s", e.message)
 
+    async def update_sleepers(self, answer: Assignments) -> None:
+        """Machines that idled to suspended: a connection to their published ports wakes them
+        (see agent/idle.py); those that run again are forwarded to directly again."""
+        try:
+            await self.idle.sleepers(answer.machines)
+        except HutchError as e:  # the next answer retries
+            log.warning("cannot steer idle machines' ports: %s", e.message)
+
+    async def _idle_looks(self) -> None:
+        while True:
+            if self._latest is not None:
+                try:
+                    await self.idle.look(self._latest.machines)
+                except HutchError as e:
+                    log.warning("cannot report connections to idling machines: %s", e.message)
+                except Exception:  # the next look retries
+                    log.exception("looking at idling machines' connections failed")
+            await asyncio.sleep(IDLE_PERIOD)
+
+    async def _activity(self, seen: dict[str, float]) -> None:
+        assert self.identity is not None
+        await self.link.activity(self.identity.node_id, seen)
+
+    async def _wake_up(self, machine: str, generation: int, port: int) -> None:
+        assert self.identity is not None
+        await self.link.wake(self.identity.node_id, machine, generation, port)
+
     async def close(self) -> None:
+        await self.idle.close()
         await self.dns.close()
         for task in [*self._work.values(), *self._watch.values()]:
             task.cancel()
@@ -454,7 +490,7 @@ class NodeAgent:
             if a.desired is Desired.DESTROYED and entry is not None:
                 self._spawn(a.sandbox, self._destroy(entry[0], a.sandbox, a))
             elif entry is None:
-                if a.desired is Desired.RUNNING and not a.state.finished:
+                if a.desired in (Desired.RUNNING, Desired.READY) and not a.state.finished:
                     self._spawn(a.sandbox, self._start(a))
                 else:
                     await self._not_started(a)
@@ -475,6 +511,8 @@ class NodeAgent:
                         await self._report(a, MachineState.SUSPENDED)
                 elif info.state is SandboxState.CREATED and a.desired is Desired.RUNNING:
                     self._spawn(a.sandbox, self._resume(driver, a))
+                elif info.state is SandboxState.CREATED and a.desired is Desired.READY:
+                    await self._report(a, MachineState.READY)  # a pool's, made: said again
                 elif info.state is SandboxState.RUNNING:
                     await self._report(a, MachineState.RUNNING)
                     self._watch_exit(driver, a)
@@ -514,20 +552,27 @@ class NodeAgent:
                 return
             a = now
         # Told while the sandbox is made, not before: a round trip less to its first answer.
-        starting = asyncio.create_task(self._report(a, MachineState.STARTING))
+        # (A pool's machine says it is ready once made, nothing before.)
+        pooled = a.desired is Desired.READY
+        starting = asyncio.create_task(
+            asyncio.sleep(0) if pooled else self._report(a, MachineState.STARTING)
+        )
         driver = self.drivers.get(a.runtime)
         try:
             if driver is None:
                 raise Invalid(f"this node has no {a.runtime} runtime")
-            mounts = await self._volume_mounts(a)
-            image = await self._ensure_image(a)
-            request = RunRequest.of(a, image.digest, mounts)
-            roots = replace(self.roots, project=a.project, allow_paths=False)
-            spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)
-            if a.from_snapshot:
-                spec = replace(spec, restore_from=str(self.snapshot_files(a.from_snapshot)))
+            spec, image = await self._spec(driver, a)
             await driver.create(spec)
-            await driver.start(spec.id)
+            if a.pool_snapshot:
+                # Taken from its pool while it was made: started as the machine it is now.
+                if (now := self._assignments.get(a.sandbox, a)).desired is Desired.READY:
+                    await self._report(a, MachineState.READY)
+                    return
+                a = now
+                spec, image = await self._spec(driver, a)
+                await driver.start(spec.id, spec)
+            else:
+                await driver.start(spec.id)
             await starting
         except HutchError as e:
             if driver is not None:
@@ -540,6 +585,17 @@ class NodeAgent:
             starting.cancel()  # done, unless this was cancelled or failed: no report follows
         await self._report(a, MachineState.RUNNING, image=image)
         self._watch_exit(driver, a)
+
+    async def _spec(self, driver: SandboxDriver, a: Assignment) -> tuple[SandboxSpec, StoredImage]:
+        """The sandbox assignment `a` asks for, on its image (pulled if need be) and volumes."""
+        mounts = await self._volume_mounts(a)
+        image = await self._ensure_image(a)
+        request = RunRequest.of(a, image.digest, mounts)
+        roots = replace(self.roots, project=a.project, allow_paths=False)
+        spec, _ = await asyncio.to_thread(build_spec, request, driver.capabilities(), roots)
+        if snapshot := a.from_snapshot or a.pool_snapshot:
+            spec = replace(spec, restore_from=str(self.snapshot_files(snapshot)))
+        return replace(spec, template=a.template), image
 
     async def _volume_mounts(self, a: Assignment) -> tuple[VolumeMount, ...]:
         """The assignment's volumes as its sandbox gets them (from this node's storage backend),
@@ -589,17 +645,22 @@ class NodeAgent:
 
     async def _resume(self, driver: SandboxDriver, a: Assignment) -> None:
         """Start a sandbox created but never started: the agent stopped between the two (a
-        micro-VM boots for seconds), and its driver re-adopted it booted, waiting."""
+        micro-VM boots for seconds), and its driver re-adopted it booted, waiting; or a warm
+        pool's machine a run has taken, started as that machine."""
+        image = None
         try:
-            await driver.start(a.sandbox)
+            if a.pool_snapshot:
+                spec, image = await self._spec(driver, a)
+                await driver.start(a.sandbox, spec)
+            else:
+                await driver.start(a.sandbox)
         except HutchError as e:
             with contextlib.suppress(HutchError):
                 await driver.destroy(a.sandbox, force=True)
             await self._report(a, MachineState.FAILED, error=e.message)
             return
-        image = None
         with contextlib.suppress(NotFound):  # what `_start` resolved it to, for the record
-            image = self.store.resolve(a.image_digest or a.image, a.project)
+            image = image or self.store.resolve(a.image_digest or a.image, a.project)
         await self._report(a, MachineState.RUNNING, image=image)
         self._watch_exit(driver, a)
 

@@ -9,7 +9,16 @@ from typing import Any
 from fastapi import FastAPI
 
 from hutch import __version__
-from hutch.api.routes import images, machines, networks, nodes, projects, snapshots, volumes
+from hutch.api.routes import (
+    images,
+    machines,
+    networks,
+    nodes,
+    pools,
+    projects,
+    snapshots,
+    volumes,
+)
 from hutch.config import Settings
 from hutch.controller import Controller, bootstrap, build_controller, leading_work
 from hutch.http import problems
@@ -46,6 +55,7 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
         networks.router,
         volumes.router,
         snapshots.router,
+        pools.router,
         images.router,
         nodes.public,
         nodes.agents,

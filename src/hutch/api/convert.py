@@ -17,10 +17,12 @@ from hutch.model.machine import (
     env_entries,
 )
 from hutch.model.network import Attachment, PortMapping
+from hutch.model.pool import Pool
 from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import QUOTA_FIELDS, Project, Quota, Token, Usage
 from hutch.placement import Placement, Rejection
 from hutch.services.networks import MachineNet, NodePlan, Wiring
+from hutch.services.pools import PoolStatus
 from hutch.wire.machines import (
     EventView,
     MachineCreate,
@@ -41,6 +43,7 @@ from hutch.wire.networks import (
     SecurityGroupView,
 )
 from hutch.wire.nodes import Assignment, Assignments, CapacityView, NodeView, VolumeAssignment
+from hutch.wire.pools import PoolView
 from hutch.wire.snapshots import MachineSnapshotView
 from hutch.wire.tenancy import ProjectView, QuotaSpec, QuotaView, TokenView, UsageView
 
@@ -144,6 +147,7 @@ def machine_view(m: Machine, project: str, wiring: Wiring | None = None) -> Mach
         **_spec(m.spec),
         time_left_s=m.time_left(time.time()),
         expires_at=m.expires_at,
+        idle_at=m.idle_at,
         project=project,
         node=m.node_id,
         networks=[name for _, name in w.addresses],
@@ -287,3 +291,12 @@ def snapshot_view(
     return MachineSnapshotView.mirroring(
         s, project=project, node=nodes.get(s.node_id), state=s.state.value, clones=clones
     )
+
+
+def pool_view(p: Pool, status: PoolStatus, project: str) -> PoolView:
+    return PoolView.mirroring(
+        p.shape, **{f: getattr(p, f) for f in ("id", "image_digest", "min_ready", "error",
+                                               "created_at")},
+        project=project, state=p.state.value, ready=status.ready, starting=status.starting,
+        node=status.node,
+    )  # fmt: skip

@@ -33,7 +33,7 @@ from hutch.cli.remote import (
 )
 from hutch.client import plain
 from hutch.model.errors import HutchError, Invalid
-from hutch.model.machine import MachineState, OnTimeout, check_timeout
+from hutch.model.machine import MachineState, OnIdle, OnTimeout, check_timeout
 from hutch.model.units import format_duration, parse_duration, parse_mib
 
 if TYPE_CHECKING:  # imported where used: `hutch ps` loads no wire models, asyncio or websockets
@@ -111,7 +111,8 @@ RUN_EXAMPLES = (
     "Examples: hutch run busybox -- echo hello;  "
     "hutch run -d --name web -m 256M -e MODE=prod nginx:1.27;  "
     "hutch run --rm --runtime container busybox -- sh -c 'uname -a';  "
-    "hutch run -d --timeout 30m --on-timeout destroy busybox -- sleep 1d"
+    "hutch run -d --timeout 30m --on-timeout destroy busybox -- sleep 1d;  "
+    "hutch run -d -p 8080:80 --idle 5m --on-idle suspend nginx:1.27"
 )
 
 
@@ -217,6 +218,22 @@ def run(
             metavar="ACTION",
         ),
     ] = None,
+    idle: Annotated[
+        str | None,
+        typer.Option(
+            help="Stop or suspend it (--on-idle) once no connection has come to its published "
+            "ports (-p, at least one) for this long: 90s, 30m, 2h.",
+            metavar="DURATION",
+        ),
+    ] = None,
+    on_idle: Annotated[
+        str | None,
+        typer.Option(
+            help="What --idle does: stop (default) or suspend (micro-VMs only; a new "
+            "connection to a published TCP port then resumes it, and gets its answer).",
+            metavar="ACTION",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -268,10 +285,14 @@ def run(
         "volumes": volume or None,
         "timeout_s": _duration(timeout, "--timeout") if timeout is not None else None,
         "on_timeout": _one_of(on_timeout, OnTimeout, "--on-timeout"),
+        "idle_s": _duration(idle, "--idle") if idle is not None else None,
+        "on_idle": _one_of(on_idle, OnIdle, "--on-idle"),
         "from_snapshot": from_snapshot,
     }
     if on_timeout is not None and timeout is None:
         raise Invalid("--on-timeout says what --timeout does: give --timeout DURATION too")
+    if on_idle is not None and idle is None:
+        raise Invalid("--on-idle says what --idle does: give --idle DURATION too")
     if from_snapshot and (image or command):
         raise Invalid(
             f"--from {from_snapshot} continues the snapshot's process in its image: give no "

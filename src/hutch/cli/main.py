@@ -80,6 +80,7 @@ COMMANDS: dict[str, Entry] = {
     "sg": Entry("networks", "sg_app", "Security groups: named rules attached to machines."),
     "volume": Entry("volumes", "app", "Volumes: persistent disks, snapshots, forks, backups."),
     "snapshot": Entry("snapshots", "app", "Machine snapshots: create, ls, rm (run --from one)."),
+    "pool": Entry("pools", "app", "Warm pools: micro-VMs kept ready for hutch run: set, ls, rm."),
     "context": Entry("contexts", "app", "Saved controllers and tokens (contexts): ls, use, rm."),
 }
 

@@ -77,6 +77,7 @@ NETWORKS = Call("GET", "/v1/networks", scoped=True)
 GROUPS = Call("GET", "/v1/security-groups", scoped=True)
 VOLUMES = Call("GET", "/v1/volumes", scoped=True)
 SNAPSHOTS = Call("GET", "/v1/snapshots", scoped=True)
+POOLS = Call("GET", "/v1/pools", scoped=True)
 
 
 def listing(

@@ -63,6 +63,7 @@ from hutch.wire.networks import (
     SecurityGroupView,
 )
 from hutch.wire.nodes import JoinTokenRequest, JoinTokenView, NodeView
+from hutch.wire.pools import PoolSet, PoolView
 from hutch.wire.snapshots import MachineSnapshotCreate, MachineSnapshotView
 from hutch.wire.tenancy import (
     ProjectCreate,
@@ -193,6 +194,10 @@ class MachineOptions(TypedDict, total=False):
     # default, "suspend" for micro-VMs, or "destroy") is done to it; Machines.extend adds.
     timeout_s: float
     on_timeout: str
+    # Seconds without a connection to its published ports (it needs one) before `on_idle`
+    # ("stop", the default, or "suspend" for micro-VMs: a connection resumes it) is done.
+    idle_s: float
+    on_idle: str
     # A machine snapshot (name or id) to continue from instead of booting an image (give no
     # image then): its image, shape, process and networks; it runs on the snapshot's node.
     from_snapshot: str
@@ -621,6 +626,27 @@ def machine_snapshot(ref: str) -> Plan[MachineSnapshotView]:
 
 def delete_machine_snapshot(ref: str) -> Plan[None]:
     yield Call("DELETE", _machine_snapshot(ref), scoped=True, hold=None)
+
+
+# -- warm pools ---------------------------------------------------------------------------------
+
+
+def _pool(ref: str) -> str:
+    return f"/v1/pools/{quote(ref, safe='')}"
+
+
+def set_pool(image: str, min_ready: int, **shape: Any) -> Plan[PoolView]:
+    body = build(PoolSet, image=image, min_ready=min_ready, **shape)
+    call = Call("PUT", "/v1/pools", body=body, scoped=True, hold=None)
+    return PoolView.model_validate_json((yield call))
+
+
+def pool(ref: str) -> Plan[PoolView]:
+    return PoolView.model_validate_json((yield Call("GET", _pool(ref), scoped=True)))
+
+
+def delete_pool(ref: str) -> Plan[None]:
+    yield Call("DELETE", _pool(ref), scoped=True, hold=None)
 
 
 # -- volumes ------------------------------------------------------------------------------------

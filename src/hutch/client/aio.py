@@ -25,6 +25,7 @@ from hutch.client._calls import (
     IMAGES,
     NETWORKS,
     NODES,
+    POOLS,
     PROJECTS,
     SNAPSHOTS,
     VOLUMES,
@@ -47,6 +48,7 @@ from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
+from hutch.wire.pools import PoolView
 from hutch.wire.snapshots import MachineSnapshotView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 from hutch.wire.volumes import SnapshotView, VolumeView
@@ -94,6 +96,7 @@ class AsyncClient(Connection[httpx.AsyncClient]):
         self.networks = AsyncNetworks(self)
         self.volumes = AsyncVolumes(self)
         self.snapshots = AsyncSnapshots(self)
+        self.pools = AsyncPools(self)
         self.security_groups = AsyncSecurityGroups(self)
 
     async def events(self, after: int = 0) -> AsyncGenerator[EventView, None]:
@@ -535,3 +538,24 @@ class AsyncSnapshots(Resource[AsyncClient]):
 
     async def delete(self, ref: str) -> None:
         await self._c._run(core.delete_machine_snapshot(ref))
+
+
+class AsyncPools(Resource[AsyncClient]):
+    """`client.pools` of AsyncClient (see hutch.client.sync.Pools)."""
+
+    async def set(
+        self, image: str, *, min_ready: int, cpus: int = 1, memory_mib: int = 128,
+        disk_mib: int = 0,
+    ) -> PoolView:  # fmt: skip
+        return await self._c._run(
+            core.set_pool(image, min_ready, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib)
+        )
+
+    def list(self) -> AsyncListing[PoolView]:
+        return AsyncListing(self._c._paged(POOLS, Page[PoolView]))
+
+    async def get(self, ref: str) -> PoolView:
+        return await self._c._run(core.pool(ref))
+
+    async def delete(self, ref: str) -> None:
+        await self._c._run(core.delete_pool(ref))

@@ -24,6 +24,7 @@ from hutch.client._calls import (
     IMAGES,
     NETWORKS,
     NODES,
+    POOLS,
     PROJECTS,
     SNAPSHOTS,
     VOLUMES,
@@ -39,6 +40,7 @@ from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
 from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
+from hutch.wire.pools import PoolView
 from hutch.wire.snapshots import MachineSnapshotView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 from hutch.wire.volumes import SnapshotView, VolumeView
@@ -74,6 +76,7 @@ class Client(Connection[httpx.Client]):
         self.security_groups = SecurityGroups(self)
         self.volumes = Volumes(self)
         self.snapshots = Snapshots(self)
+        self.pools = Pools(self)
 
     def events(self, after: int = 0) -> Generator[EventView, None, None]:
         """The project's events after event id `after`, as they happen (a state change of a
@@ -670,3 +673,34 @@ class Snapshots(Resource[Client]):
     def delete(self, ref: str) -> None:
         """The snapshot and its files; Conflict while machines continue from it."""
         self._c._run(core.delete_machine_snapshot(ref))
+
+
+class Pools(Resource[Client]):
+    """`client.pools`: warm pools, micro-VMs of one image and shape kept restored and paused,
+    that `machines.run` of that image and shape (on the default network, with no ports,
+    security groups, volumes or snapshot) takes instead of booting one::
+
+        client.pools.set("busybox", min_ready=2, memory_mib=256)
+        client.machines.run("busybox", memory_mib=256, command=["echo", "hi"])  # from the pool
+    """
+
+    def set(
+        self, image: str, *, min_ready: int, cpus: int = 1, memory_mib: int = 128,
+        disk_mib: int = 0,
+    ) -> PoolView:  # fmt: skip
+        """The project's pool of `image` and this shape, made or updated to keep `min_ready`
+        machines ready (0: none, the pool stays)."""
+        return self._c._run(
+            core.set_pool(image, min_ready, cpus=cpus, memory_mib=memory_mib, disk_mib=disk_mib)
+        )
+
+    def list(self) -> Iterator[PoolView]:
+        return self._c._paged(POOLS, Page[PoolView])
+
+    def get(self, ref: str) -> PoolView:
+        """By id, or by image when the project has one pool of it."""
+        return self._c._run(core.pool(ref))
+
+    def delete(self, ref: str) -> None:
+        """The pool goes, and its machines with it."""
+        self._c._run(core.delete_pool(ref))

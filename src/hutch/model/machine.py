@@ -21,6 +21,8 @@ MAX_LABELS = 64
 class MachineState(StrEnum):
     CREATED = "created"  # recorded; not yet taken up by its node
     STARTING = "starting"  # its node is booting it
+    # A warm pool's machine its node has made and left paused: a run takes it (Desired.READY).
+    READY = "ready"
     RUNNING = "running"
     # Its memory and devices are saved on its node and no process runs: it holds no CPU or
     # memory there (its disks and addresses stay); `resume` continues it on the same node.
@@ -42,13 +44,22 @@ class MachineState(StrEnum):
 
 
 # A machine in one of these states holds its node's share (once it has a node).
-ACTIVE = (MachineState.CREATED, MachineState.STARTING, MachineState.RUNNING, MachineState.STOPPING)
+ACTIVE = (
+    MachineState.CREATED,
+    MachineState.STARTING,
+    MachineState.READY,
+    MachineState.RUNNING,
+    MachineState.STOPPING,
+)
 
 
 class Desired(StrEnum):
     """What the control plane wants; nodes converge on it."""
 
     RUNNING = "running"
+    # A warm pool's machine: made on its node from the pool's template snapshot and left
+    # paused, its process not started, until a run takes it (model/pool.py).
+    READY = "ready"
     SUSPENDED = "suspended"  # saved on its node, no process (micro-VMs only)
     STOPPED = "stopped"
     DESTROYED = "destroyed"
@@ -65,6 +76,19 @@ class OnTimeout(StrEnum):
     def done(self) -> str:
         """The action as an event says it happened."""
         return {"stop": "stopped", "suspend": "suspended", "destroy": "destroyed"}[self.value]
+
+
+class OnIdle(StrEnum):
+    """What is done to a machine that had no connection to its published ports for its
+    `MachineSpec.idle_s`."""
+
+    STOP = "stop"
+    # Micro-VMs only (check_suspendable): a new connection to a published port resumes it.
+    SUSPEND = "suspend"
+
+    @property
+    def done(self) -> str:
+        return {"stop": "stopped", "suspend": "suspended"}[self.value]
 
 
 # The longest lifetime a machine is given, or extended to: longer is a typo, not a plan.
@@ -245,6 +269,10 @@ class MachineSpec:
     # `on_timeout` is done to it; None: no limit. `Machine.extended_s` adds to it.
     timeout_s: float | None = None
     on_timeout: OnTimeout = OnTimeout.STOP
+    # Seconds without a connection to its published ports after which `on_idle` is done to
+    # it (the node measures, the leader acts); None: it never idles.
+    idle_s: float | None = None
+    on_idle: OnIdle = OnIdle.STOP
     # A machine snapshot's id (`hutch run --from`): every generation continues from it, on its
     # node, instead of booting the image (which is the snapshot's, as are cpus, memory, disk).
     from_snapshot: str = ""
@@ -279,6 +307,10 @@ class MachineSpec:
             check_timeout(self.timeout_s)
         if self.on_timeout is OnTimeout.SUSPEND:
             check_suspendable(self.runtime, "suspended")
+        if self.idle_s is not None:
+            check_timeout(self.idle_s, "idle")
+            if self.on_idle is OnIdle.SUSPEND:
+                check_suspendable(self.runtime, "suspended when idle")
 
     @property
     def scratch_mib(self) -> int:
@@ -314,11 +346,28 @@ class Machine:
     ran_s: float = 0.0
     running_since: float | None = None
     extended_s: float = 0.0
+    # The warm pool that owns it (its template, or a pooled machine), hidden from listings;
+    # "" for the project's own machines, and once a run has taken it.
+    pool: str = ""
+    # A pool's template snapshot this generation's sandbox is restored from, paused, and then
+    # started as this machine (`RuntimeDriver.start(id, spec)`); a new generation boots afresh.
+    pool_snapshot: str = ""
+    # Its idleness (`MachineSpec.idle_s`): when its node last saw a connection to its published
+    # ports (None: never), and whether it is suspended (or being suspended) for being idle, so
+    # that its node resumes it on a new connection.
+    active_at: float | None = None
+    idled: bool = False
     version: int = 1  # optimistic concurrency: every update checks and bumps it
 
     @property
     def sandbox_id(self) -> str:
         return f"{self.id}-{self.generation}"
+
+    @property
+    def template(self) -> bool:
+        """A warm pool's template: booted until its guest agent answers, its process not run,
+        to be snapshotted for the pool's machines."""
+        return bool(self.pool) and not self.pool_snapshot
 
     @property
     def lifetime_s(self) -> float | None:
@@ -342,6 +391,15 @@ class Machine:
         if self.running_since is not None:
             ran += max(0.0, now - self.running_since)
         return max(0.0, self.lifetime_s - ran)
+
+    @property
+    def idle_at(self) -> float | None:
+        """When it idles if no connection comes: `idle_s` after the later of its last
+        connection and the instant it last began running; None if it does not idle or is not
+        running."""
+        if self.spec.idle_s is None or self.running_since is None:
+            return None
+        return max(self.running_since, self.active_at or 0.0) + self.spec.idle_s
 
     def entering(self, state: MachineState, now: float) -> "Machine":
         """The machine in `state` from `now`, its clock kept: only time spent running counts

@@ -178,8 +178,13 @@ class SandboxSpec:
     # A machine snapshot's directory on this host (`RuntimeDriver.snapshot`): `create` restores
     # the guest from it, paused, instead of booting; `start` continues it as this spec's machine
     # (its own MAC, addresses, hostname, machine-id, fresh entropy, the host's clock). Its
-    # resources and root disk must be the snapshot's.
+    # resources and root disk must be the snapshot's. A clone of a template snapshot starts as
+    # the machine `RuntimeDriver.start` is given.
     restore_from: str = ""
+    # A template (micro-VMs only): `start` boots the guest until its agent answers and runs no
+    # process; a snapshot of it is a template snapshot, whose clones wait, pre-restored, for
+    # the machine they become.
+    template: bool = False
 
     def __post_init__(self) -> None:
         validate_sandbox_id(self.id)
@@ -189,6 +194,8 @@ class SandboxSpec:
             raise Invalid("a sandbox is attached to each network at most once")
         if self.ports and not self.networks:
             raise Invalid("published ports need a network: the sandbox has none")
+        if self.template and (self.restore_from or self.volumes):
+            raise Invalid("a template is booted afresh and takes no volumes")
         if len(self.volumes) > MAX_VOLUMES:
             raise Invalid(f"a sandbox takes at most {MAX_VOLUMES} volumes")
         targets = [v.target for v in self.volumes]
@@ -260,6 +267,7 @@ class SnapshotFiles:
     resources: Resources  # a restore gets exactly these
     root_disk: str  # the root disk it was taken on (a restore boots the same image)
     root_disk_format: str
+    template: bool = False  # taken of a template: its clones are started as a machine given then
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,3 +33,4 @@ class MachineSnapshot:
     size_bytes: int  # what its files take on the node
     state: SnapshotState
     created_at: float
+    pool: str = ""  # the warm pool whose template it is: only that pool sees it

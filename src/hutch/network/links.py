@@ -167,7 +167,7 @@ def _refuse_clash(ipr: IPRoute, att: Attachment) -> None:
                 )
 
 
-def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int, mac: str = "") -> None:
+def enslave(ipr: IPRoute, name: str, bridge: str, mtu: int, mac: str = "") -> None:
     """`mac`: the sandbox behind this port (none for the overlay's port: set_peers adds those)."""
     index, master = _index(ipr, name), _index(ipr, bridge)
     if index is None or master is None:
@@ -191,9 +191,9 @@ def _enslave(ipr: IPRoute, name: str, bridge: str, mtu: int, mac: str = "") -> N
     )
 
 
-def create_tap(ipr: IPRoute, name: str, bridge: str, mac: str, mtu: int = 1500) -> int:
-    """Create TAP `name` on `bridge` for the guest NIC with `mac`; return an open descriptor of
-    it, for QEMU.
+def create_tap(name: str) -> int:
+    """Create TAP `name` for a guest NIC, down and on no bridge (`enslave` puts it on one);
+    return an open descriptor of it, for QEMU.
 
     The TAP is not persistent: it goes when the last descriptor closes (QEMU's, when it exits),
     so a dead micro-VM leaves no link behind even if nobody cleans up.
@@ -202,7 +202,6 @@ def create_tap(ipr: IPRoute, name: str, bridge: str, mac: str, mtu: int = 1500) 
     try:
         ifr = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
         fcntl.ioctl(fd, TUNSETIFF, ifr)
-        _enslave(ipr, name, bridge, mtu, mac)
     except BaseException:
         os.close(fd)
         raise
@@ -278,7 +277,7 @@ def create_veth(
         lambda: ipr.link("add", ifname=name, kind="veth", mtu=mtu, peer={"ifname": peer}),
     )
     try:
-        _enslave(ipr, name, bridge, mtu, att.mac)
+        enslave(ipr, name, bridge, mtu, att.mac)
         peer_index = _index(ipr, peer)
         nsfd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -397,7 +396,7 @@ def ensure_vxlan(ipr: IPRoute, vni: int, bridge: str, local: str, mtu: int = 150
                 **where,
             ),
         )
-    _enslave(ipr, name, bridge, mtu)
+    enslave(ipr, name, bridge, mtu)
     # The bridge answers ARP/NDP for what it knows instead of sending it over the overlay.
     with contextlib.suppress(NetlinkError):
         ipr.brport("set", index=_index(ipr, name), neigh_suppress=1)

@@ -25,7 +25,8 @@ port's own chain holds a constant number of rules.
                    peer's); egress per bridge (`iifname vmap @egress`);
                    to a bridge only replies and published ports.
                    output: the node's own connections to a sandbox in groups meet its
-                   `in-PORT` too (127.0.0.1 to a published port), looked up by address.
+                   `in-PORT` too (127.0.0.1 to a published port), looked up by address;
+                   but the waker's (marked), whose clients were checked already.
                    nat: DNAT of published ports (prerouting for other hosts, output for the node
                    itself, 127.0.0.1 included), masquerade of egress and of 127/8 sources.
 """
@@ -44,6 +45,8 @@ TABLE = "hutch"
 BRIDGE_PREFIX = "hn-"
 PORT_PREFIXES = ("ht-", "hv-")  # TAPs (micro-VMs), veth host ends (containers)
 VXLAN_PORT = 4789  # the overlay's UDP port, on every node (hutch.network.links)
+# SO_MARK of the node agent's own connections to a sandbox that its groups admitted already.
+WAKER_MARK = 0x68757463
 ALWAYS_BLOCKED4 = ("127.0.0.0/8", "169.254.0.0/16")
 ALWAYS_BLOCKED6 = ("::1/128", "fe80::/10")
 
@@ -77,6 +80,19 @@ class Allow:
     port_min: int = 0
     port_max: int = 0
     remotes: tuple[str, ...] = ()
+
+    def admits(self, protocol: str, port: int, remote: str) -> bool:
+        """Whether this rule lets a new connection of `protocol` to `port` from `remote` (an
+        address) in, as its rules in `_group_rules` do: for what reaches a sandbox other than
+        through its chains (the waker's held connections)."""
+        if self.protocol not in ("any", protocol):
+            return False
+        if (self.port_min or self.port_max) and not (
+            self.port_min <= port <= (self.port_max or self.port_min)
+        ):
+            return False
+        address = ipaddress.ip_address(remote)
+        return any(address in ipaddress.ip_network(c) for c in self.remotes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +484,9 @@ def _inet_table(desired: Desired) -> _Table:
     # the bridge would never match (a node hosts no two networks with one subnet: the
     # controller gives each subnet once).
     out = t.chain("output", "output", prio=0)
+    # The node agent's waker (agent/idle.py) hands on only connections the groups admit (it
+    # checks each client's address, `Allow.admits`), then connects from the node: not again.
+    t.rule(out, _match(_meta("mark"), WAKER_MARK), ACCEPT)
     for proto, addr_type, version in (("ip", "ipv4_addr", 4), ("ip6", "ipv6_addr", 6)):
         elems = [[p.ip4 if version == 4 else p.ip6, _jump(f"in-{p.name}")] for p in guarded]
         name = t.map(f"ingress_local{version}", addr_type, "verdict", elems)

@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from hutch.model.errors import Conflict, Unavailable, Unsupported
 from hutch.model.network import PortMapping
 from hutch.model.sandbox import SandboxSpec
-from hutch.network import links, nft
+from hutch.network import activity, links, nft
 from hutch.network.dns import DnsServer, Listener
 
 Kind = Literal["tap", "veth"]
@@ -85,16 +85,25 @@ class NodeNetwork:
         self._applied: nft.Desired | None = None
         # The VXLAN devices made for the hosted networks (reconcile lists the node's own).
         self._overlay_devices: set[str] = set()
+        # Sandboxes suspended for idling (`set_asleep`): their published ports are not
+        # forwarded, so a new connection reaches the port's held socket, where the waker is.
+        self._asleep: frozenset[str] = frozenset()
 
     def netns_path(self, sandbox_id: str) -> Path:
         return self._netns_dir / sandbox_id
 
     # -- what the runtimes call (blocking: call from a thread) ----------------------------------
 
-    def plug_tap(self, spec: SandboxSpec) -> list[int]:
-        """TAPs on the sandbox's networks' bridges, one open descriptor per NIC (for QEMU; the
-        caller closes them once QEMU has its copies). On failure nothing is left."""
-        return links.run_in(self.opts.netns, lambda: self._plug_tap(spec))
+    def open_taps(self, spec: SandboxSpec) -> list[int]:
+        """A TAP per NIC of the sandbox, down and on no bridge until `wire_taps`: one open
+        descriptor each (for QEMU; the caller closes them once QEMU has its copies). On failure
+        nothing is left."""
+        return links.run_in(self.opts.netns, lambda: self._open_taps(spec))
+
+    def wire_taps(self, spec: SandboxSpec) -> None:
+        """The sandbox's TAPs (`open_taps`) on its networks' bridges, up, with their rules in
+        force. On failure its links are gone (`unplug` it still)."""
+        links.run_in(self.opts.netns, lambda: self._wire_taps(spec))
 
     def plug_netns(self, spec: SandboxSpec) -> Path:
         """A network namespace with the sandbox's NIC as eth0, configured; its path, for crun.
@@ -139,29 +148,72 @@ class NodeNetwork:
         wanted = tuple(sorted(set(cidrs)))
         return links.run_in(self.opts.netns, lambda: self._set_infrastructure(wanted))
 
+    def set_asleep(self, sandbox_ids: Iterable[str]) -> dict[str, dict[PortMapping, socket.socket]]:
+        """Sandboxes whose published ports are not forwarded (the whole set, every time):
+        a new connection to one of them is taken by the socket that holds the port (`_hold`)
+        and waits in its accept queue; connections under way keep their forwarding. For each
+        sandbox that was not asleep before, a duplicate of each of its held TCP ports' sockets
+        (the caller accepts from it, and closes it)."""
+        asleep = frozenset(sandbox_ids)
+        return links.run_in(self.opts.netns, lambda: self._set_asleep(asleep))
+
+    def flows(self, targets: Iterable[activity.Target]) -> list[activity.Flow]:
+        """The connections to `targets` (a sandbox's protocol, address and port) that the
+        node's connection tracking has now."""
+        wanted = list(targets)
+        return links.run_in(self.opts.netns, lambda: activity.read_flows(wanted))
+
+    def admits(self, sandbox_id: str, port: int, remote: str) -> bool:
+        """Whether the sandbox's security groups let a new TCP connection to its `port` from
+        `remote` in (in no group: yes): the waker hands on only those its rules would."""
+        groups = self._groups.get(sandbox_id)
+        return groups is None or any(a.admits("tcp", port, remote) for a in groups.ingress)
+
+    def waker_socket(self) -> socket.socket:
+        """A TCP socket in the node's network namespace (the sandboxes' addresses are reached
+        from there), not connected, marked as the waker's: its connection to a sandbox does not
+        meet the sandbox's security groups again (see `admits`)."""
+
+        def make() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, nft.WAKER_MARK)
+            return sock
+
+        return links.run_in(self.opts.netns, make)
+
     # -- internals -----------------------------------------------------------------------------
 
-    def _plug_tap(self, spec: SandboxSpec) -> list[int]:
+    def _open_taps(self, spec: SandboxSpec) -> list[int]:
         _one_nic(spec)
         fds: list[int] = []
         with self._lock, IPRoute() as ipr:
             self._wired[spec.id] = _Wired(spec, "tap")
             try:
-                links.enable_forwarding()
-                for index, att in enumerate(spec.networks):
-                    bridge = links.ensure_bridge(ipr, att, self.opts.mtu)
+                for index in range(len(spec.networks)):
                     name = links.port_name(links.TAP_PREFIX, spec.id, index)
                     links.delete_link(ipr, name)  # a leftover of an earlier life of this id
-                    fds.append(links.create_tap(ipr, name, bridge, att.mac, self.opts.mtu))
-                self._hold(spec, strict=True)
-                self._apply()
-                self._sync_overlay(ipr, _vnis(spec))
+                    fds.append(links.create_tap(name))
             except BaseException:
                 for fd in fds:
                     os.close(fd)
                 self._unwire(ipr, spec.id)
                 raise
         return fds
+
+    def _wire_taps(self, spec: SandboxSpec) -> None:
+        with self._lock, IPRoute() as ipr:
+            try:
+                links.enable_forwarding()
+                for index, att in enumerate(spec.networks):
+                    bridge = links.ensure_bridge(ipr, att, self.opts.mtu)
+                    name = links.port_name(links.TAP_PREFIX, spec.id, index)
+                    links.enslave(ipr, name, bridge, self.opts.mtu, att.mac)
+                self._hold(spec, strict=True)
+                self._apply()
+                self._sync_overlay(ipr, _vnis(spec))
+            except BaseException:
+                self._unwire(ipr, spec.id)
+                raise
 
     def _plug_netns(self, spec: SandboxSpec) -> Path:
         _one_nic(spec)
@@ -199,6 +251,17 @@ class NodeNetwork:
             if changed:
                 self._apply()
             return True
+
+    def _set_asleep(self, asleep: frozenset[str]) -> dict[str, dict[PortMapping, socket.socket]]:
+        with self._lock:
+            before, self._asleep = self._asleep, asleep
+            if asleep != before and self._wired:
+                self._apply()
+            return {
+                sandbox_id: {p: sock.dup() for p, sock in held.items() if p.protocol == "tcp"}
+                for sandbox_id, held in self._held.items()
+                if sandbox_id in asleep - before
+            }
 
     def _set_infrastructure(self, cidrs: tuple[str, ...]) -> bool:
         with self._lock:
@@ -335,7 +398,7 @@ class NodeNetwork:
                 ingress, egress = (groups.ingress, groups.egress) if groups else (None, None)
                 ports.append(nft.Port(name, bridge, att.mac, att.ip4, att.ip6, ingress, egress))
             first = wired.spec.networks[0]
-            held = self._held.get(sandbox_id, {})
+            held = self._held.get(sandbox_id, {}) if sandbox_id not in self._asleep else {}
             published += [
                 nft.Published(p.host_port, p.protocol, first.ip4, p.port, p.host_ip)
                 for p in wired.spec.ports
@@ -432,8 +495,9 @@ class NodeNetwork:
 def _bind(p: PortMapping) -> socket.socket:
     """A socket holding `p`'s host port, in this thread's (the node's) network namespace.
     TCP listens (SO_REUSEADDR: a port in TIME_WAIT is free; a listener already there is not,
-    and nothing can listen there later); it is never accepted from, as every connection to
-    the port is forwarded before it. UDP binds without SO_REUSEADDR, so nothing binds after."""
+    and nothing can listen there later); it is not accepted from, as every connection to
+    the port is forwarded before it, unless the sandbox sleeps (`set_asleep`). UDP binds
+    without SO_REUSEADDR, so nothing binds after."""
     kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
     try:
@@ -441,7 +505,7 @@ def _bind(p: PortMapping) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((p.host_ip or "0.0.0.0", p.host_port))
         if p.protocol == "tcp":
-            sock.listen(1)
+            sock.listen(64)  # connections wait here while the sandbox sleeps (set_asleep)
     except BaseException:
         sock.close()
         raise

@@ -34,6 +34,7 @@ class T(IntEnum):
     PAUSE = 11  # SIGSTOP every process but the guest agent; answered by FS_DONE of the same id
     CONTINUE = 12  # SIGCONT them (the guest agent does so itself after FREEZE_MAX_MS)
     IDENTITY = 13  # a clone's own identity (encode_identity); answered by FS_DONE
+    PRELOAD = 14  # a process spec: its program into the page cache; answered by FS_DONE
     STARTED = 17
     STDOUT = 18
     STDERR = 19
@@ -67,7 +68,8 @@ class _Id(IntEnum):
 def encode_identity(
     hostname: str, machine_id: str, entropy: bytes, macs: tuple[str, ...], net: str
 ) -> bytes:
-    """IDENTITY's payload: a clone's hostname, machine-id, entropy, NIC MACs and network."""
+    """IDENTITY's payload: a clone's hostname, machine-id, entropy, NIC MACs and network (each
+    left out when empty)."""
     out = bytearray()
 
     def rec(tag: _Id, value: bytes) -> None:
@@ -76,8 +78,10 @@ def encode_identity(
 
     if hostname:
         rec(_Id.HOSTNAME, hostname.encode())
-    rec(_Id.MACHINE_ID, machine_id.encode())
-    rec(_Id.ENTROPY, entropy)
+    if machine_id:
+        rec(_Id.MACHINE_ID, machine_id.encode())
+    if entropy:
+        rec(_Id.ENTROPY, entropy)
     for index, mac in enumerate(macs):
         rec(_Id.MAC, bytes([index]) + bytes.fromhex(mac.replace(":", "")))
     if net:

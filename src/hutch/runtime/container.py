@@ -476,6 +476,9 @@ class ContainerBackend:
     async def cont(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         raise _no_snapshots()
 
+    async def pause(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        raise _no_snapshots()
+
     async def release(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         raise _no_snapshots()
 

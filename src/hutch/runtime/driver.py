@@ -7,11 +7,11 @@ part is a `Backend` (QEMU micro-VM or crun container); the rest is `SandboxDrive
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import signal as _signal
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ from hutch.model.sandbox import (
     validate_sandbox_id,
 )
 from hutch.runtime import snapfiles, volumes
-from hutch.runtime.channel import T, encode_clock, encode_identity
+from hutch.runtime.channel import T, encode_clock, encode_identity, encode_process
 from hutch.runtime.logs import follow_log, read_log
 from hutch.runtime.procs import ProcessRef
 from hutch.runtime.state import SandboxDir, SandboxRecord, check_state_root
@@ -51,6 +51,9 @@ SUSPEND_DIR = "suspend"  # in the sandbox's directory: its saved memory and devi
 KILL_GRACE = 5.0  # after SIGKILL through the guest agent, before the sandbox itself is killed
 POWER_OFF_GRACE = 3.0  # for an ended sandbox to go by itself before destroy kills it
 SETTLE_TIMEOUT = 2.0  # for a guest to freeze a volume before destroy kills it
+FROM_TEMPLATE = "from_template"  # in a record's details: restored from a template snapshot
+# What a template's clone takes from the machine it starts as; the rest is what it was made as.
+MACHINE_FIELDS = ("process", "hostname", "stop_signal", "hold_output")
 
 
 class RuntimeDriver(Protocol):
@@ -71,8 +74,12 @@ class RuntimeDriver(Protocol):
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         """Set up and boot the sandbox; the workload is not started. On failure nothing is left."""
 
-    async def start(self, sandbox_id: str) -> SandboxInfo:
-        """Start the workload (created -> running); Conflict from any other state."""
+    async def start(self, sandbox_id: str, spec: SandboxSpec | None = None) -> SandboxInfo:
+        """Start the workload (created -> running); Conflict from any other state. A template
+        runs none: it is running once its guest agent answers. A clone of a template snapshot
+        starts as the machine `spec` (its process, hostname, stop signal, output hold; the
+        rest must be what it was created with), recorded as its spec; any other sandbox given
+        a `spec` is Invalid."""
 
     async def signal(self, sandbox_id: str, sig: int) -> None:
         """Deliver `sig` to the workload's main process; Conflict unless running."""
@@ -133,8 +140,9 @@ class RuntimeDriver(Protocol):
     async def snapshot(self, sandbox_id: str, dest: Path) -> SnapshotFiles:
         """Capture the running sandbox (memory, devices, scratch disk) into the new directory
         `dest` without ending it (its workload pauses for the copy). On failure `dest` is gone
-        and the sandbox runs on. Unsupported unless `capabilities().snapshot`; Conflict unless
-        running; Invalid for a sandbox with volumes (their data is not the snapshot's)."""
+        and the sandbox runs on. A template's is a template snapshot (`SnapshotFiles.template`).
+        Unsupported unless `capabilities().snapshot`; Conflict unless running; Invalid for a
+        sandbox with volumes (their data is not the snapshot's)."""
 
     def freeze(
         self, sandbox_id: str, targets: Sequence[str]
@@ -212,6 +220,9 @@ class Backend(Protocol):
     async def cont(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         """Let the paused sandbox run."""
 
+    async def pause(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """Stop the running sandbox where it is, holding its memory (`cont` lets it go on)."""
+
     async def restore(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> ProcessRef:
         """Start the suspended sandbox again, paused, from what `save` put in `saved` (its
         disks are where they were). On failure, raise with nothing new left."""
@@ -270,13 +281,16 @@ class SandboxDriver:
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         self.backend.capabilities().check(spec.resources)
         self.backend.validate(spec)
+        if spec.template and not self.capabilities().snapshot:
+            raise Invalid(f"the {self.name} runtime makes no templates; micro-VMs do")
+        record = SandboxRecord(spec=spec, runtime=self.name)
         if spec.restore_from:
             self._can("restore a snapshot", self.capabilities().snapshot)
-            snapfiles.check_restore(spec)
+            if snapfiles.check_restore(spec).template:
+                record.details[FROM_TEMPLATE] = "true"
         sdir = SandboxDir(self._root, spec.id)
         sdir.create()
         sdir.try_lock()
-        record = SandboxRecord(spec=spec, runtime=self.name)
         sup: Supervisor | None = None
         try:
             sdir.save(record)  # first, so a crash during launch is found and cleaned by recover
@@ -285,6 +299,8 @@ class SandboxDriver:
             sdir.save(record)
             sup = self._supervisor(record, sdir)
             await sup.attach(booting=True, extra=self.backend.side_tasks(record, sdir))
+            if record.details.get(FROM_TEMPLATE):
+                await self._make_ready(sup)
         except BaseException:
             if sup is not None:
                 await sup.detach()
@@ -298,31 +314,107 @@ class SandboxDriver:
         self._sups[spec.id] = sup
         return record.info()
 
-    async def start(self, sandbox_id: str) -> SandboxInfo:
+    async def start(self, sandbox_id: str, spec: SandboxSpec | None = None) -> SandboxInfo:
         sup = self._get(sandbox_id)
-        if not sup.record.spec.restore_from:
+        record = sup.record
+        if record.details.get(FROM_TEMPLATE):
+            await self._start_as(sup, spec or record.spec)
+            return record.info()
+        if spec is not None:
+            raise Invalid(
+                f"sandbox {sandbox_id} was not restored from a template snapshot: it starts "
+                "as it was created"
+            )
+        if record.spec.template:
+            sup.mark_started()
+            await sup.ready()
+            await self._preload(sup)
+            return record.info()
+        if not record.spec.restore_from:
             await sup.start()
-            return sup.record.info()
+            return record.info()
+        # A clone: its guest waits, paused, where the snapshot left it, its workload stopped.
+        sup.mark_started()
+        await sup.send(T.CLOCK, 0, encode_clock())
+        identity = self._identity(record.spec)
+        await self.backend.cont(record, sup.dir)
+        await sup.ask(T.IDENTITY, identity, self._options.timeouts.answer, "take its identity")
+        await sup.send(T.CONTINUE, 0)
+        return record.info()
+
+    async def _preload(self, sup: Supervisor) -> None:
+        """The template's guest reads the program of its (never started) process into its
+        page cache, which its snapshot keeps: its clones then exec it, or anything in the same
+        file (busybox), without reading the disk. Best effort: a program not in the image
+        leaves the cache as it was."""
+        try:
+            await sup.ask(
+                T.PRELOAD, encode_process(sup.record.spec.process),
+                self._options.timeouts.answer, "read its program",
+            )  # fmt: skip
+        except Unavailable as e:
+            log.info("template %s: %s", sup.record.spec.id, e)
+
+    async def _make_ready(self, sup: Supervisor) -> None:
+        """A template's clone, restored paused, runs until its guest agent has answered, taken
+        the clone's own identity and run a process, then pauses again. What a start would
+        wait for is done: the guest's first steps after the restore, a first write of
+        /etc/machine-id, and (under TCG, where each QEMU translates the guest's code anew)
+        the kernel's fork and exec paths, which the workload's start takes again."""
+        record = sup.record
+        answer = self._options.timeouts.answer
+        await self.backend.cont(record, sup.dir)
+        await sup.ready()
+        await sup.ask(T.IDENTITY, self._identity(record.spec), answer, "take its identity")
+        # The one program every guest has: the guest agent's own, which, not PID 1, exits at
+        # once (saying how it is used).
+        warm = await sup.exec(ProcessSpec(args=("/proc/self/exe",)), unstarted=True)
+        try:
+            status, _, _ = await asyncio.wait_for(warm.communicate(), answer)
+        except TimeoutError:
+            raise Unavailable(f"its warm-up process did not end within {answer:g} s") from None
+        if status.error:
+            log.info("sandbox %s: no warm-up process: %s", record.spec.id, status.error)
+        await self.backend.pause(record, sup.dir)
+
+    async def _start_as(self, sup: Supervisor, spec: SandboxSpec) -> None:
+        """Start a template's clone (see _make_ready) as the machine `spec`: its guest takes
+        the host's clock, the machine's hostname (and network, with it in /etc/hosts), and
+        runs its process."""
         record = sup.record
         if record.state is not SandboxState.CREATED:
-            raise Conflict(f"sandbox {sandbox_id} is {record.state}, not created")
-        # A clone: its guest waits, paused, where the snapshot left it, its workload stopped.
-        record.state = SandboxState.RUNNING
-        record.started_at = time.time()
-        sup.dir.save(record)
+            raise Conflict(f"sandbox {record.spec.id} is {record.state}, not created")
+        sup.become(_machine(record.spec, spec))
+        sup.mark_started()
         spec = record.spec
-        await sup.send(T.CLOCK, 0, encode_clock())
-        identity = encode_identity(
+        # Frames the guest takes in order: the process starts after IDENTITY, without
+        # waiting for its answer here.
+        named = encode_identity(spec.hostname or spec.id, "", b"", (), self.backend.guest_net(spec))
+
+        async def run() -> None:
+            await sup.send_run()
+            await self.backend.cont(record, sup.dir)
+
+        try:
+            await sup.send(T.CLOCK, 0, encode_clock())
+            await sup.ask(
+                T.IDENTITY, named, self._options.timeouts.answer, "take its hostname",
+                meanwhile=run,
+            )  # fmt: skip
+        except HutchError as e:  # it must not run on with another machine's name
+            await sup.terminate(f"it could not start as its machine: {e}")
+            raise
+
+    def _identity(self, spec: SandboxSpec) -> bytes:
+        """A clone's IDENTITY: `spec`'s hostname, MACs and network, a fresh machine-id and
+        entropy."""
+        return encode_identity(
             spec.hostname or spec.id,
             uuid.uuid4().hex,
             os.urandom(64),
             tuple(att.mac for att in spec.networks),
             self.backend.guest_net(spec),
         )
-        await self.backend.cont(record, sup.dir)
-        await sup.ask(T.IDENTITY, identity, self._options.timeouts.answer, "take its identity")
-        await sup.send(T.CONTINUE, 0)
-        return record.info()
 
     async def signal(self, sandbox_id: str, sig: int) -> None:
         await self._get(sandbox_id).signal_main(sig)
@@ -338,11 +430,14 @@ class SandboxDriver:
         if record.state is SandboxState.CREATED:
             await sup.terminate("stopped before it was started")
             return await sup.wait(KILL_GRACE * 2)
-        if record.state is SandboxState.SUSPENDED:
-            # Nothing runs to be signalled: its saved state is dropped, as a kill would.
+        if record.state is SandboxState.SUSPENDED or record.spec.template:
+            # Nothing runs to be signalled: its saved state is dropped, or its guest ended, as
+            # a kill would.
             shutil.rmtree(sup.dir.file(SUSPEND_DIR), ignore_errors=True)
             status = ExitStatus(128 + _signal.SIGKILL, _signal.SIGKILL)
             sup.record_exit(status, failed=False)
+            if record.spec.template:
+                await sup.terminate("stopped")
             return status
         with contextlib.suppress(Conflict):
             await sup.signal_main(sig or record.spec.stop_signal)
@@ -542,6 +637,12 @@ class SandboxDriver:
                         booting=record.state is SandboxState.CREATED,
                         extra=self.backend.side_tasks(record, sdir),
                     )
+                    if record.state is SandboxState.CREATED and record.details.get(FROM_TEMPLATE):
+                        # Paused, after _make_ready or in the middle of it: again, whole.
+                        try:
+                            await self._make_ready(sup)
+                        except HutchError as e:  # it is watched: its death is recorded
+                            await sup.terminate(f"it could not be made ready again: {e}")
                     if record.state is SandboxState.RUNNING and self.capabilities().suspend:
                         # This process may have died with the guest paused (in the middle of a
                         # suspend, resume or snapshot): it runs on.
@@ -638,7 +739,8 @@ class SandboxDriver:
             record.pid = record.pid_start = 0
             sup.dir.save(record)
             raise
-        shutil.rmtree(saved, ignore_errors=True)
+        # Off the event loop: unlinking a saved RAM file of 100 MiB takes tens of milliseconds.
+        await asyncio.to_thread(shutil.rmtree, saved, ignore_errors=True)
         return record.info()
 
     async def snapshot(self, sandbox_id: str, dest: Path) -> SnapshotFiles:
@@ -661,7 +763,9 @@ class SandboxDriver:
             if await asyncio.to_thread(os.path.lexists, dest):
                 raise Conflict(f"{dest} exists already")
             # Its processes stop first: a clone continues them only once it is its own machine.
-            await sup.ask(T.PAUSE, b"", answer, "pause its workload")
+            # A template has none.
+            if not record.spec.template:
+                await sup.ask(T.PAUSE, b"", answer, "pause its workload")
             try:
                 await self.backend.save(record, sup.dir, dest, with_scratch=True)
                 try:
@@ -674,8 +778,9 @@ class SandboxDriver:
                     raise Unavailable(f"sandbox {sandbox_id} could not be saved: {e}") from e
                 raise
             finally:
-                with contextlib.suppress(Conflict):  # else it continues by itself soon
-                    await sup.send(T.CONTINUE, 0)
+                if not record.spec.template:
+                    with contextlib.suppress(Conflict):  # else it continues by itself soon
+                        await sup.send(T.CONTINUE, 0)
         finally:
             self._snapshots.discard(sandbox_id)
         return files
@@ -722,3 +827,20 @@ class _Suspend:
 async def _wait_gone(ref: ProcessRef, timeout: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(ref.wait(), timeout)
+
+
+def _machine(created: SandboxSpec, given: SandboxSpec) -> SandboxSpec:
+    """The spec a template's clone created as `created` starts as: `given`'s MACHINE_FIELDS on
+    the rest of `created`; Invalid if `given` has another id, shape, disk or networks."""
+    spec = dataclasses.replace(created, **{f: getattr(given, f) for f in MACHINE_FIELDS})
+    differ = [
+        f.name
+        for f in dataclasses.fields(SandboxSpec)
+        if f.name != "restore_from" and getattr(spec, f.name) != getattr(given, f.name)
+    ]
+    if differ:
+        raise Invalid(
+            f"sandbox {created.id} was restored with other {', '.join(differ)}: the machine "
+            f"it starts as takes only its {', '.join(MACHINE_FIELDS)}"
+        )
+    return spec

@@ -11,16 +11,15 @@ by a ring log.
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import logging
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +43,6 @@ MIN_MEMORY_MIB = model_machine.MIN_MEMORY_MIB["microvm"]
 QEMU_STDERR_MAX = 1 << 20
 QEMU_PIDS = 128  # main loop, vCPU, RCU and I/O worker threads; QEMU forks nothing (seccomp)
 CPU_HEADROOM = 0.25  # cores on top of the vCPUs for QEMU's I/O thread
-PR_SET_THP_DISABLE = 41
 # The exit disk: where a guest whose workload ended with no host connected saves the exit status
 # before it powers off (EXIT_SERIAL, save_exit in agent.c). Its size is fixed, so what a hostile
 # guest writes there is bounded by it; what it says is only ever taken as the workload's exit.
@@ -53,10 +51,8 @@ EXIT_DISK_BYTES = 4096
 EXIT_MAGIC = b"HUTCHEXT"
 VM_UIDS = 65_536  # VMs at once on this host, each its QEMU's uid
 SOCKETS = ("agent.sock", "console.sock", "qmp.sock")  # QEMU makes them in the sandbox's dir
-QMP_CONNECT_TRIES = 300
 MIGRATION_TIMEOUT = 60.0  # for QEMU to write or read a guest's device state (and RAM)
 log = logging.getLogger(__name__)
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +131,7 @@ def qemu_command(
     volumes_direct: tuple[bool, ...] | None = None,
     memory: Memory | None = None,
     disk_fds: Mapping[str, tuple[int, int]] | None = None,
+    listeners: Mapping[str, int] | None = None,
 ) -> list[str]:
     """The QEMU command line for `spec`; sockets go in `sockets/` (guest agent, console, qmp), where
     the scratch and exit disks must be (`scratch.create`, `create_exit_disk`); `scratch_direct` if
@@ -143,7 +140,9 @@ def qemu_command(
     `volumes_direct`: per `spec.volumes` entry, whether its file takes O_DIRECT (default: all);
     `memory`: guest RAM as a file (None: anonymous memory, as the benchmarks' baselines);
     `disk_fds`: for a writable disk's path, an open read-write and an open read-only descriptor
-    of it, inherited by QEMU, which takes them from an fd set instead of opening the path."""
+    of it, inherited by QEMU, which takes them from an fd set instead of opening the path;
+    `listeners`: for a socket's name (SOCKETS), a listening descriptor of it QEMU inherits
+    instead of making the socket itself."""
     res = spec.resources
     accel = opts.accel.name
     fdsets: list[str] = []
@@ -162,12 +161,27 @@ def qemu_command(
             fdsets.extend(["-add-fd", f"fd={fd},set={fdset}"])
         return f"file=/dev/fdset/{fdset},file.locking=off"
 
+    def chardev(name: str, sock: str) -> str:
+        fd = (listeners or {}).get(sock)
+        where = f"path={sockets / sock}" if fd is None else f"fd={fd}"
+        return f"socket,id={name},{where},server=on,wait=off"
+
     # Host I/O errors (a full host disk) reach the guest as I/O errors, instead of pausing it.
     scratch_drive = (
         f"id=scratch,{disk(sockets / scratch.FILE_NAME)},format=raw,if=none,"
         "werror=report,rerror=report,"
         f"cache.direct={'on' if scratch_direct else 'off'}"
     )
+    # A guest restored from a migration stream has booted: QEMU need not read its kernel and
+    # initramfs (tens of MB) nor set up their loading (it exits on a guest reset: -no-reboot).
+    boot = [] if memory is not None and memory.incoming else [
+        "-kernel", str(opts.guest.kernel),
+        "-initrd", str(opts.guest.initrd),
+        "-append", kernel_cmdline(
+            accel, spec.root_disk_format, opts.debug,
+            (*guest_net_params(spec, opts.mtu), *filter(None, [volumes.boot_param(spec.volumes)])),
+        ),
+    ]  # fmt: skip
     args = [
         opts.qemu,
         "-name", f"hutch-{spec.id},debug-threads=on",
@@ -179,12 +193,7 @@ def qemu_command(
         "-m", f"{res.memory_mib}M",
         *(memory.args(res.memory_mib) if memory is not None else ()),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-kernel", str(opts.guest.kernel),
-        "-initrd", str(opts.guest.initrd),
-        "-append", kernel_cmdline(
-            accel, spec.root_disk_format, opts.debug,
-            (*guest_net_params(spec, opts.mtu), *filter(None, [volumes.boot_param(spec.volumes)])),
-        ),
+        *boot,
         # The guest agent finds the disks by serial (ROOT_SERIAL, SCRATCH_SERIAL in agent.c).
         "-drive", f"id=root,file={spec.root_disk},format=raw,if=none,readonly=on",
         "-device", "virtio-blk-device,drive=root,serial=hutch-root",
@@ -193,11 +202,12 @@ def qemu_command(
         "-drive", f"id=exit,{disk(sockets / EXIT_FILE)},format=raw,if=none",
         "-device", "virtio-blk-device,drive=exit,serial=hutch-exit",
         "-device", "virtio-serial-device,max_ports=2",
-        "-chardev", f"socket,id=agent,path={sockets / 'agent.sock'},server=on,wait=off",
+        "-chardev", chardev("agent", "agent.sock"),
         "-device", "virtserialport,chardev=agent,name=hutch.agent",
-        "-chardev", f"socket,id=console,path={sockets / 'console.sock'},server=on,wait=off",
+        "-chardev", chardev("console", "console.sock"),
         "-serial", "chardev:console",
-        "-qmp", f"unix:{sockets / 'qmp.sock'},server=on,wait=off",
+        "-chardev", chardev("qmp", "qmp.sock"),
+        "-mon", "chardev=qmp,mode=control",
     ]  # fmt: skip
     # Volumes: QEMU opens their files (and locks them: a second writer's QEMU fails to start)
     # as root before it chroots and drops to its uid, as it does the root disk. The default
@@ -233,6 +243,15 @@ def qemu_command(
         # elevateprivileges=deny would also forbid -runas's own setuid, which happens after.
         args += ["-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
     return args
+
+
+def spawned(opts: MicroVMOptions, cgroup: Cgroup, argv: list[str]) -> list[str]:
+    """The command that runs `argv` in `cgroup` from its first byte, without transparent huge
+    pages unless `opts` asks for them: hutch-spawn joins the cgroup, then execs `argv`. (A
+    Python preexec_fn doing that would fork the whole calling process: tens of milliseconds
+    for the node agent's, where vfork and exec of the helper take well under one.)"""
+    thp = [] if opts.huge_pages else ["--no-thp"]
+    return [str(opts.guest.spawn), *thp, *cgroup.procs_files(), "--", *argv]
 
 
 def _drive_path(path: str) -> str:
@@ -352,13 +371,19 @@ class MicroVMBackend:
             memory = Memory(saved / snapfiles.MEMORY, shared=False, incoming=True)
             record.details.pop("memory", None)
         taps: list[int] = []
-        if spec.networks and self.opts.host.network is not None:
+        network = self.opts.host.network if spec.networks else None
+        if network is not None:
             try:
-                taps = await asyncio.to_thread(self.opts.host.network.plug_tap, spec)
+                taps = await asyncio.to_thread(network.open_taps, spec)
+                if saved is None:  # a booting guest runs at once: on its bridges first
+                    await asyncio.to_thread(network.wire_taps, spec)
             except BaseException:
+                for fd in taps:
+                    os.close(fd)
                 lease.close()
                 self._remove_ram(record)
-                disk.unlink(missing_ok=True)
+                if saved is None or clone:  # a suspended sandbox's own disk stays
+                    disk.unlink(missing_ok=True)
                 cgroup.remove()
                 raise
         record.details.update(
@@ -382,11 +407,17 @@ class MicroVMBackend:
         assert copier.stdin is not None
         stderr = copier.stdin
         self._copiers[spec.id] = copier
-        for sock in SOCKETS:  # an earlier QEMU's (of a suspended sandbox): wait for the new
-            sdir.file(sock).unlink(missing_ok=True)
         writable = [str(disk), str(sdir.file(EXIT_FILE))]
         disk_fds: dict[str, tuple[int, int]] = {}
+        listeners: dict[str, socket.socket] = {}
         try:
+            # Listening before QEMU starts: connections wait in their backlog until it takes
+            # them, with no polling for sockets it would make (an earlier QEMU's are replaced).
+            for sock in SOCKETS:
+                sdir.file(sock).unlink(missing_ok=True)
+                listeners[sock] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listeners[sock].bind(str(sdir.file(sock)))
+                listeners[sock].listen(8)
             for path in writable:
                 rw = os.open(path, os.O_RDWR | os.O_CLOEXEC)
                 disk_fds[path] = (rw, -1)
@@ -396,17 +427,21 @@ class MicroVMBackend:
                 scratch_direct=scratch.direct_io(disk), tap_fds=tuple(taps),
                 volumes_direct=tuple(scratch.direct_io(Path(v.source)) for v in spec.volumes),
                 memory=memory, disk_fds=disk_fds,
+                listeners={name: sock.fileno() for name, sock in listeners.items()},
             )  # fmt: skip
-            proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec: returns at once)
-                args,
+            proc = subprocess.Popen(  # noqa: ASYNC220 (vfork+exec: returns at once)
+                spawned(self.opts, cgroup, args),
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
                 # QEMU holds its uid's lease for as long as it lives, its TAPs and its own disks.
-                pass_fds=(lease.fd, *taps, *(fd for fds in disk_fds.values() for fd in fds)),
+                pass_fds=(
+                    lease.fd,
+                    *taps,
+                    *(fd for fds in disk_fds.values() for fd in fds),
+                    *(sock.fileno() for sock in listeners.values()),
+                ),
                 start_new_session=True,  # a Ctrl-C at the operator's terminal is ours to handle
-                # Joining the cgroup must happen before exec; nothing else can do it in time.
-                preexec_fn=_child_setup(cgroup.procs_files(), self.opts.huge_pages),  # noqa: PLW1509
             )
         except OSError as e:
             lease.close()
@@ -419,24 +454,45 @@ class MicroVMBackend:
             stderr.close()
             for fd in (*taps, *(fd for fds in disk_fds.values() for fd in fds if fd >= 0)):
                 os.close(fd)  # QEMU has its copies: they go when it does
+            for listener in listeners.values():
+                listener.close()
+        # A restored guest waits, paused, for its state and then a `cont`: its TAPs go on
+        # their bridges while QEMU starts and loads it.
+        wiring = (
+            asyncio.ensure_future(asyncio.to_thread(network.wire_taps, spec))
+            if network is not None and saved is not None
+            else None
+        )
         ref = ProcessRef.of(proc.pid)
         if ref is not None:
             lease.bind(ref, sdir.path)
         lease.close()
-        # Wait until QEMU has made its sockets, or has failed (bad disk, bad options).
-        while not all(sdir.file(sock).exists() for sock in SOCKETS):
-            if proc.poll() is not None:
-                cgroup.remove()
-                self._remove_ram(record)
-                await self.opts.host.unplug(spec.id)
-                await asyncio.to_thread(self._reap_copier, spec.id)  # qemu.log is whole
-                raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}")
-            await asyncio.sleep(0.002)
+        # QEMU greets on QMP once it has started, or the connection ends: it failed (bad disk,
+        # bad options). Not through _qmp_client: its lock would hold every other VM's QMP
+        # meanwhile.
+        qmp = QMPClient(f"hutch-{spec.id}")
+        try:
+            await qmp.connect(str(sdir.file("qmp.sock")))
+        except ConnectError:
+            proc.kill()  # if it lives on, broken
+            await asyncio.to_thread(proc.wait)
+            await _settled(wiring)
+            cgroup.remove()
+            self._remove_ram(record)
+            await self.opts.host.unplug(spec.id)
+            await asyncio.to_thread(self._reap_copier, spec.id)  # qemu.log is whole
+            if (unwired := _failure(wiring)) is not None:
+                raise unwired from None  # the cause: QEMU failed on the TAPs it removed
+            raise Unavailable(f"qemu failed to start: {tail(sdir.file('qemu.log'))}") from None
+        self._qmp[spec.id] = qmp
         if ref is None:
+            await _settled(wiring)
             raise Unavailable("qemu exited as soon as it started")
         self._children[spec.id] = proc  # reaped in cleanup (ProcessRef.wait may reap it first)
         if saved is not None:
-            await self._incoming(record, sdir, ref, saved / snapfiles.STATE, clone)
+            await self._incoming(
+                record, sdir, ref, saved / snapfiles.STATE, clone=clone, wiring=wiring
+            )
         return ref
 
     def _ram_file(
@@ -457,13 +513,11 @@ class MicroVMBackend:
                 # truncating it, fills it in place (its holes skipped: they read as zeros).
                 os.ftruncate(fd, source.stat().st_size)
                 self._ram_copies[sandbox_id] = subprocess.Popen(
-                    ["dd", f"if={source}", f"of={ram}", "bs=2M", "conv=notrunc,sparse",
-                     "status=none"],
+                    spawned(self.opts, cgroup, [str(self.opts.guest.copy), str(source), str(ram)]),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
-                    preexec_fn=_child_setup(cgroup.procs_files(), self.opts.huge_pages),  # noqa: PLW1509
-                )  # fmt: skip
+                )
         except BaseException:
             ram.unlink()
             raise
@@ -502,34 +556,39 @@ class MicroVMBackend:
             qmp = self._qmp.get(sandbox_id)
             if qmp is None:
                 qmp = QMPClient(f"hutch-{sandbox_id}")
-                # A new QEMU's socket may exist a moment before it listens (bind, then listen).
-                for attempt in range(QMP_CONNECT_TRIES):
-                    try:
-                        await qmp.connect(str(sdir.file("qmp.sock")))
-                        break
-                    except ConnectError:
-                        if attempt == QMP_CONNECT_TRIES - 1:
-                            raise
-                        await asyncio.sleep(0.01)
+                await qmp.connect(str(sdir.file("qmp.sock")))  # listening since before QEMU
                 self._qmp[sandbox_id] = qmp
         return qmp
 
     async def _incoming(
-        self, record: SandboxRecord, sdir: SandboxDir, ref: ProcessRef, state: Path, clone: bool
+        self,
+        record: SandboxRecord,
+        sdir: SandboxDir,
+        ref: ProcessRef,
+        state: Path,
+        *,
+        clone: bool,
+        wiring: "asyncio.Future[None] | None",
     ) -> None:
-        """Load the migration stream `state` into the QEMU just started with -incoming defer;
-        it stays paused. On failure QEMU is killed and what launch made is removed."""
+        """Load the migration stream `state` into the QEMU just started with -incoming defer,
+        and wait for its `wiring` (TAPs); it stays paused. On failure QEMU is killed and what
+        launch made is removed."""
         try:
             qmp = await self._qmp_client(record.spec.id, sdir)
             await _set_ignore_shared(qmp, (state.parent / snapfiles.MEMORY).exists())
             await self._ram_copied(record.spec.id)  # loading device state reads guest RAM
             await _migrate(qmp, state, outgoing=False)
+            if wiring is not None:
+                await asyncio.shield(wiring)  # left to end (its thread would run on anyway)
         except BaseException as e:
             ref.kill(signal.SIGKILL)
+            await _settled(wiring)  # before its links are removed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ref.wait(), 10)
             await (self.cleanup if clone else self.release)(record, sdir)
             await asyncio.to_thread(self._reap_copier, record.spec.id)  # qemu.log is whole
+            if (unwired := _failure(wiring)) is not None:
+                raise unwired from None  # the cause (its TAPs gone, QEMU failed on them after)
             if isinstance(e, Exception) and not isinstance(e, HutchError):
                 said = tail(sdir.file("qemu.log"))
                 raise Unavailable(
@@ -587,6 +646,11 @@ class MicroVMBackend:
         """Let the paused guest run."""
         qmp = await self._qmp_client(record.spec.id, sdir)
         await qmp.execute("cont")
+
+    async def pause(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """Stop the guest's vCPUs where they are (`cont` lets them go on)."""
+        qmp = await self._qmp_client(record.spec.id, sdir)
+        await qmp.execute("stop")
 
     def side_tasks(self, record: SandboxRecord, sdir: SandboxDir) -> list[Awaitable[None]]:
         tasks: list[Awaitable[None]] = [
@@ -759,6 +823,17 @@ def read_exit_disk(path: Path) -> ExitStatus | None:
     return ExitStatus(code, sig, bool(flags & 1))
 
 
+async def _settled(task: "asyncio.Future[None] | None") -> None:
+    """Wait for `task` to end, however it ends, without raising."""
+    if task is not None:
+        await asyncio.wait([task])
+
+
+def _failure(task: "asyncio.Future[None] | None") -> BaseException | None:
+    """What the ended `task` raised, if it did."""
+    return task.exception() if task is not None and not task.cancelled() else None
+
+
 async def _reap(child: "subprocess.Popen[bytes]", ref: ProcessRef) -> None:
     """Reap QEMU as soon as it ends; its Popen keeps the status for explain_exit."""
     await ref.wait()
@@ -770,22 +845,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"SIG{number}"
-
-
-def _child_setup(procs_files: list[str], huge_pages: bool) -> Callable[[], None]:
-    """Runs in the forked child before exec: join the cgroup first, so every byte QEMU allocates
-    is charged to it; no THP unless asked."""
-
-    def setup() -> None:
-        pid = str(os.getpid()).encode()
-        for path in procs_files:
-            fd = os.open(path, os.O_WRONLY)
-            os.write(fd, pid)
-            os.close(fd)
-        if not huge_pages:  # inherited across exec, unlike madvise
-            _libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
-
-    return setup
 
 
 async def _set_ignore_shared(qmp: QMPClient, on: bool) -> None:

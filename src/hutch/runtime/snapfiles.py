@@ -12,7 +12,7 @@ from hutch.model.units import format_bytes
 STATE = "state"  # QEMU's migration stream: device state (and RAM, when it is not in MEMORY)
 MEMORY = "memory"  # guest RAM, as the memory-backend file holds it
 SCRATCH = "scratch"  # a snapshot's copy of the scratch disk
-META = "snapshot.json"  # what a restore must match: resources, root disk
+META = "snapshot.json"  # what a restore must match: resources, root disk; whether a template
 CHUNK = 8 << 20
 # What a save leaves free on the host's disk: other guests' sparse scratch disks grow into it.
 FREE_FLOOR = 512 << 20
@@ -81,6 +81,7 @@ def describe(path: Path, spec: SandboxSpec) -> SnapshotFiles:
         },
         "root_disk": spec.root_disk,
         "root_disk_format": spec.root_disk_format,
+        "template": spec.template,
     }
     fd = os.open(path / META, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -98,13 +99,14 @@ def load(path: Path) -> SnapshotFiles:
             resources=Resources(**meta["resources"]),
             root_disk=meta["root_disk"],
             root_disk_format=meta["root_disk_format"],
+            template=bool(meta.get("template", False)),
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise Invalid(f"{path} holds no machine snapshot: {e}") from None
 
 
-def check_restore(spec: SandboxSpec) -> None:
-    """Invalid unless `spec` can be restored from its `restore_from` snapshot."""
+def check_restore(spec: SandboxSpec) -> SnapshotFiles:
+    """The snapshot `spec` is restored from; Invalid unless it can be."""
     snap = load(Path(spec.restore_from))
     if spec.resources != snap.resources:
         raise Invalid(
@@ -115,3 +117,4 @@ def check_restore(spec: SandboxSpec) -> None:
         raise Invalid(f"the snapshot in {snap.path} was taken on root disk {snap.root_disk}")
     if spec.volumes:
         raise Invalid("a sandbox restored from a snapshot takes no volumes")
+    return snap

@@ -13,13 +13,13 @@ import random
 import signal as _signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from hutch.model.errors import Conflict, Unavailable
-from hutch.model.sandbox import ExitStatus, ProcessSpec, SandboxState, Stream
+from hutch.model.sandbox import ExitStatus, ProcessSpec, SandboxSpec, SandboxState, Stream
 from hutch.runtime.channel import (
     INITIAL_WINDOW,
     MAX_GUEST_PAYLOAD,
@@ -210,6 +210,7 @@ class Supervisor:
         self._timeouts = timeouts
         self.changed = Pulse()  # fired on new log output and on state changes
         self._exited = asyncio.Event()  # the workload's exit (or the sandbox's death) is recorded
+        self._ready = asyncio.Event()  # the guest agent has answered this connection
         self._gone = asyncio.Event()  # the host-side process is gone
         self._conn: Connection | None = None
         self._log: LogWriter | None = None
@@ -247,6 +248,7 @@ class Supervisor:
             self._conn = await Connection.open(str(self.dir.file("agent.sock")), timeout=10)
         except OSError as e:
             raise Unavailable(f"cannot connect to the sandbox's guest agent: {e}") from e
+        self._ready.clear()
         if self.main._over:  # attached again, after a suspend
             self.main = ProcessInput(self, 1, self.record.spec.process.stdin)
         self._log = LogWriter(self.dir.file("stdio.log"), self._log_max)
@@ -280,16 +282,39 @@ class Supervisor:
         self.main._end()
 
     async def start(self) -> None:
+        self.mark_started()
+        await self.send_run()
+
+    def mark_started(self) -> None:
+        """Record the sandbox running (created -> running; Conflict from any other state),
+        before its process is started: a crash then is resolved by recover (hello says)."""
         if self.record.state is not SandboxState.CREATED:
             raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not created")
         self.record.state = SandboxState.RUNNING
         self.record.started_at = time.time()
         if self._log is not None and self._log_hold and self.record.spec.hold_output:
             self._log.hold(self._log_hold)  # the follower it was started for comes a moment later
-        self.dir.save(self.record)  # before RUN: a crash now is resolved by recover (hello says)
-        await self._send_run()
+        self.dir.save(self.record)
 
-    async def _send_run(self) -> None:
+    async def ready(self) -> None:
+        """Wait until the guest agent has answered (a booting guest: once it is up, within the
+        boot timeout); Unavailable, saying why, if the sandbox ended first."""
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._ready, self._exited)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if not self._ready.is_set():
+            assert self.record.exit is not None
+            raise Unavailable(f"sandbox {self.record.spec.id} ended: {self.record.exit.error}")
+
+    def become(self, spec: SandboxSpec) -> None:
+        """Take `spec` as the created sandbox's (a template's clone, given its machine)."""
+        self.record.spec = spec
+        self.main = ProcessInput(self, 1, spec.process.stdin)
+
+    async def send_run(self) -> None:
         spec = self.record.spec
         await self.send(T.RUN, 1, encode_process(spec.process, spec.hostname))
 
@@ -298,8 +323,10 @@ class Supervisor:
             raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not running")
         await self.send(T.SIGNAL, 1, sig.to_bytes(4, "big"))
 
-    async def exec(self, spec: ProcessSpec) -> ExecProcess:
-        if self.record.state is not SandboxState.RUNNING:
+    async def exec(self, spec: ProcessSpec, *, unstarted: bool = False) -> ExecProcess:
+        """Start `spec` in the running sandbox (with `unstarted`, in a created one too)."""
+        started = self.record.state is SandboxState.RUNNING
+        if not (started or (unstarted and self.record.state is SandboxState.CREATED)):
             raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not running")
         proc_id = self._next_exec
         self._next_exec += 1
@@ -315,10 +342,19 @@ class Supervisor:
         what = f"{'freeze' if frozen else 'thaw'} {path}"
         await self.ask(T.FREEZE if frozen else T.THAW, path.encode(), timeout, what)
 
-    async def ask(self, type_: T, payload: bytes, timeout: float, what: str) -> None:
-        """Send the running guest agent a request it answers with FS_DONE (an errno);
-        Unavailable, saying it could not `what`, if it refuses or does not answer in time."""
-        if self.record.state is not SandboxState.RUNNING or self.finished:
+    async def ask(
+        self,
+        type_: T,
+        payload: bytes,
+        timeout: float,
+        what: str,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Send the guest agent a request it answers with FS_DONE (an errno);
+        Unavailable, saying it could not `what`, if it refuses or does not answer in time.
+        `meanwhile` runs between the request and the wait for its answer (frames it sends
+        follow the request)."""
+        if self.record.state is SandboxState.SUSPENDED or self.finished:
             raise Conflict(f"sandbox {self.record.spec.id} is {self.record.state}, not running")
         req = self._next_exec
         self._next_exec += 1
@@ -326,6 +362,8 @@ class Supervisor:
         self._fs_requests[req] = done
         try:
             await self.send(type_, req, payload)
+            if meanwhile is not None:
+                await meanwhile()
             err = await asyncio.wait_for(done, timeout)
         except TimeoutError:
             raise Unavailable(
@@ -401,8 +439,13 @@ class Supervisor:
             return
         except (ConnectionError, OSError):
             return  # the process is going away: _watch records why
-        if self.record.state is SandboxState.RUNNING and not hello.main_started:
-            await self._send_run()  # we crashed between recording the start and sending it
+        self._ready.set()
+        if (
+            self.record.state is SandboxState.RUNNING
+            and not hello.main_started
+            and not self.record.spec.template  # which runs no process
+        ):
+            await self.send_run()  # we crashed between recording the start and sending it
         try:
             while (frame := await conn.recv()) is not None:
                 await self._dispatch(frame)

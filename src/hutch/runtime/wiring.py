@@ -11,9 +11,13 @@ from hutch.model.sandbox import SandboxSpec
 class NetworkWiring(Protocol):
     """Blocking calls (run them in a thread). Each leaves nothing behind when it fails."""
 
-    def plug_tap(self, spec: SandboxSpec) -> list[int]:
-        """One open TAP descriptor per `spec.networks` entry, on its network's bridge, with the
-        node's rules for it in force. The caller owns and closes the descriptors."""
+    def open_taps(self, spec: SandboxSpec) -> list[int]:
+        """One open TAP descriptor per `spec.networks` entry, carrying nothing yet: no guest
+        behind them may run before `wire_taps`. The caller owns and closes the descriptors."""
+
+    def wire_taps(self, spec: SandboxSpec) -> None:
+        """The TAPs of `open_taps` on their networks' bridges, with the node's rules for them
+        in force (a paused guest's QEMU may start meanwhile)."""
 
     def plug_netns(self, spec: SandboxSpec) -> Path:
         """A network namespace holding the sandbox's NICs (eth0 first), configured; its path."""

@@ -2,7 +2,12 @@
 is stopped, suspended or destroyed once it has run that long (`Machines.time_out`; the time it
 spent suspended, stopped or starting does not count). The deadline is in the store
 (`Machine.expires_at`), so a controller that restarts, or a new leader, acts on it too: at once
-if it passed meanwhile."""
+if it passed meanwhile.
+
+Idleness too: a machine run with `idle_s` that its node saw no connection to (on its
+published ports) for that long is stopped or suspended (`Machines.idle_out`); nodes report
+the connections they see (`Machines.activity`), and the time of the last one is in the
+store (`Machine.idle_at`)."""
 
 import asyncio
 import logging
@@ -22,8 +27,9 @@ class Lifetimes:
         self.period = period
 
     async def check(self) -> int:
-        """One look: how many machines timed out."""
-        return await self.machines.time_out(time.time())
+        """One look: how many machines timed out or idled."""
+        now = time.time()
+        return await self.machines.time_out(now) + await self.machines.idle_out(now)
 
     async def run(self, leading: Callable[[], bool], stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -31,5 +37,5 @@ class Lifetimes:
                 try:
                     await self.check()
                 except Exception:
-                    log.exception("a look for machines that timed out failed")
+                    log.exception("a look for machines that timed out or idled failed")
             await pause(stop, self.period)

@@ -17,6 +17,7 @@ from websockets.asyncio.client import ClientConnection
 from hutch.images.store import is_digest_or_id
 from hutch.model.errors import (
     Conflict,
+    HutchError,
     Invalid,
     NoCapacity,
     NotFound,
@@ -34,6 +35,8 @@ from hutch.model.machine import (
     MachineSpec,
     MachineState,
     Node,
+    NodeState,
+    OnIdle,
     OnTimeout,
     Report,
     RestartPolicy,
@@ -44,19 +47,30 @@ from hutch.model.machine import (
     check_volumes,
 )
 from hutch.model.network import PortMapping
+from hutch.model.pool import Pool, PoolShape, PoolState
 from hutch.model.sandbox import parse_signal
 from hutch.model.snapshot import SnapshotState
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
 from hutch.model.units import format_duration
 from hutch.model.volume import Volume, VolumeState
-from hutch.placement import Context, Placement, Rejection, Request, free, limit, need, place
-from hutch.placement.filters import lacks_labels
+from hutch.placement import (
+    Context,
+    Placement,
+    Rejection,
+    Request,
+    free,
+    limit,
+    need,
+    place,
+    plus,
+)
+from hutch.placement.filters import fits, lacks_labels
 from hutch.services.feeds import Feeds
 from hutch.services.ids import new_id
 from hutch.services.images import Images
 from hutch.services.networks import MachineNet, Networks, Wiring, bump_neighbours, wirings
 from hutch.services.nodelink import NodeLink
-from hutch.services.notify import Notifier, keys_of, machine_key, node_key
+from hutch.services.notify import POOLS, Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
 from hutch.store.base import Claim, NewEvent, Store, Tx
@@ -244,8 +258,16 @@ class Machines:
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         spec.check_new()
         net = net or MachineNet()
+        if spec.idle_s is not None and not net.ports:
+            raise Invalid(
+                "a machine idles when no connection comes to its published ports, and this "
+                "one publishes none: publish a port (-p HOST:PORT) or leave idle out"
+            )
         await self.networks.resolve(project, net)
-        await self._check_image_source(principal, project, spec.image)
+        resolved = await self.check_image_source(principal, project, spec.image)
+        pool = await self._pool_for(principal, project, spec, net, resolved) if start else None
+        if pool is not None and (taken := await self._take_pooled(project, pool, spec, name)):
+            return taken
         if spec.volumes:  # refused now if they cannot be had (checked again when attached)
             async with self.store.read() as tx:
                 spec = replace(spec, volumes=await attachable(tx, project, spec))
@@ -267,10 +289,15 @@ class Machines:
         )
         if start:  # a refusal now rather than a machine waiting for ever; outside the writer
             async with self.store.read() as tx:
-                if isinstance(decision := await _place(tx, spec, project, net), Rejection):
-                    raise NoCapacity(f"no node can take this machine: {decision.explain()}")
+                decision = await _place(tx, spec, project, net)
+            if isinstance(decision, Rejection) and await self._give_way(spec, project, net, name):
+                async with self.store.read() as tx:
+                    decision = await _place(tx, spec, project, net)
+            if isinstance(decision, Rejection):
+                raise NoCapacity(f"no node can take this machine: {decision.explain()}")
         async with self.store.write() as tx:
-            await _check_quota(tx, project, usage_of(spec))  # the project's lock, held
+            # The project's lock, held; its pools' machines give way to this one if need be.
+            gave_way = await self._quota_giving_way(tx, project, usage_of(spec), name)
             if spec.volumes:
                 await _attach(tx, project, machine)
             await tx.machines.create(machine)
@@ -279,6 +306,8 @@ class Machines:
                 [NewEvent(project.id, "machine.created", machine.id, machine.state, "", now)]
             )
         self._wake(machine)
+        if gave_way:
+            self.notifier.notify(POOLS)  # to say why it is not full
         return machine
 
     async def _snapshot_digest(self, project: Project, spec: MachineSpec) -> str:
@@ -293,17 +322,210 @@ class Machines:
             raise Conflict(f"snapshot {snap.name} is {snap.state}: wait until it is ready")
         return snap.image_digest
 
-    async def _check_image_source(self, principal: Principal, project: Project, image: str) -> None:
+    # -- warm pools (services/pools.py keeps them filled) ----------------------------------------
+
+    async def _pool_for(
+        self,
+        principal: Principal,
+        project: Project,
+        spec: MachineSpec,
+        net: MachineNet,
+        digest: str,
+    ) -> Pool | None:
+        """The project's ready pool a new machine of `spec` may be taken from: one of its
+        image (`digest`, what that name means now, if known), shape and runtime, for a machine
+        on the default network that publishes nothing, in no security group, with no volumes
+        and not from a snapshot (a pooled machine was made with none of those)."""
+        if (
+            spec.volumes or spec.from_snapshot or net.networks is not None or net.ports
+            or net.security_groups
+        ):  # fmt: skip
+            return None
+        try:
+            shape = PoolShape(spec.image, spec.cpus, spec.memory_mib, spec.disk_mib, spec.runtime)
+        except Invalid:
+            return None  # no pool could have it
+        async with self.store.read() as tx:
+            pool = await tx.pools.by_shape(project.id, shape)
+        if pool is None or pool.state is not PoolState.READY:
+            return None
+        if not digest:  # not asked on the way (a registry's name)
+            try:
+                digest = (await self.images.get(principal, project, spec.image)).id
+            except HutchError:
+                return None  # no node to ask: the machine boots, and its node resolves it
+        return pool if digest == pool.image_digest else None
+
+    async def _take_pooled(
+        self, project: Project, pool: Pool, spec: MachineSpec, name: str | None
+    ) -> Machine | None:
+        """A ready machine of `pool`, made the new machine (`spec`, `name`) in one transaction:
+        two runs never take the same one. Its node starts it as this machine. None when the
+        pool has none ready."""
+        now = time.time()
+        async with self.store.write() as tx:
+            await tx.projects.lock(project.id)  # two takes of one project never interleave
+            ready = [
+                m for m in await tx.machines.pooled(project.id)
+                if m.pool == pool.id and m.state is MachineState.READY
+                and m.desired is Desired.READY
+            ]  # fmt: skip
+            if not ready:
+                return None
+            pooled = ready[0]
+            taken = replace(
+                pooled,
+                name=validate_name(name, "machine") if name else pooled.id,
+                spec=spec,
+                pool="",
+                desired=Desired.RUNNING,
+                created_at=now,
+            )
+            why = f"from pool {pool.id}"
+            await tx.events.append(
+                [NewEvent(project.id, "machine.created", taken.id, MachineState.CREATED, why, now)]
+            )
+            taken = await self._transition(tx, taken, MachineState.STARTING, why)
+        self._wake(taken)
+        self.notifier.notify(POOLS)  # a refill follows
+        return taken
+
+    async def _quota_giving_way(
+        self, tx: Tx, project: Project, adding: Usage, name: str | None
+    ) -> bool:
+        """_check_quota, after destroying as many of the project's pooled machines as it takes
+        for `adding` to fit: the project's own machines come first. Whether any went."""
+        pooled = [m for m in await tx.machines.pooled(project.id) if not m.state.finished]
+        went = False
+        while True:
+            try:
+                await _check_quota(tx, project, adding)
+            except QuotaExceeded:
+                if not pooled:
+                    raise
+                why = f"given way to machine {name or 'new'}: project {project.name}'s quota"
+                await self.destroy_pooled(tx, pooled.pop(), why)
+                went = True
+            else:
+                return went
+
+    async def _give_way(
+        self, spec: MachineSpec, project: Project, net: MachineNet, name: str | None
+    ) -> bool:
+        """Make room for a machine no node can take now by destroying pooled machines (of any
+        project: a pool is a cache) on a node that takes it once they are gone. Whether any
+        went."""
+        async with self.store.write() as tx:
+            pooled = [m for m in await tx.machines.pooled() if m.node_id and m.state in ACTIVE]
+            if not pooled:
+                return False
+            nodes = {n.id: n for n in await tx.nodes.list()}
+            freed: dict[str, Capacity] = {}
+            for m in pooled:
+                if (node := nodes.get(m.node_id or "")) is not None:
+                    freed[node.id] = plus(freed.get(node.id, NOTHING), share_of(m, node))
+            emptied = [
+                replace(n, allocated=_less(n.allocated, freed.get(n.id, NOTHING)))
+                for n in nodes.values()
+            ]
+            ports = net.ports
+            taken = await tx.networks.ports_taken() if ports else {}
+            members = (
+                (await tx.machines.group_members(project.id, [spec.group]))[spec.group]
+                if spec.group
+                else {}
+            )
+            context = Context.of(members, {n.id: n for n in emptied}, ports=taken)
+            request = request_of(spec, project, ports, await pin_of(tx, spec))
+            decision = place(request, emptied, context)
+            if not isinstance(decision, Placement):
+                return False
+            node_id = decision.node.id
+            gone = False
+            for m in (m for m in pooled if m.node_id == node_id):
+                node = await tx.nodes.get(node_id)
+                if fits(request, node, context) is None:
+                    break
+                why = f"given way to machine {name or 'new'}: node {node.name} was full"
+                await self.destroy_pooled(tx, m, why)
+                gone = True
+        if gone:
+            self.notifier.notify(POOLS)  # to say why it is not full
+        return gone
+
+    async def add_to_pool(self, pool: Pool, project: Project) -> Machine | str:
+        """A new machine for `pool`: its template while it has no snapshot (placed where the
+        scheduler would put it), else a machine restored from that snapshot on its node, left
+        paused (Desired.READY). Only from room left over: nothing when machines wait for a
+        node, the project is at its quota or the node is full; then why not, in words."""
+        template = not pool.snapshot_id
+        shape = pool.shape
+        spec = MachineSpec(
+            image=shape.image, cpus=shape.cpus, memory_mib=shape.memory_mib,
+            disk_mib=shape.disk_mib, runtime=shape.runtime,
+        )  # fmt: skip
+        net = MachineNet()
+        await self.networks.resolve(project, net)
+        now = time.time()
+        async with self.store.write() as tx:
+            if await tx.machines.pending(1):
+                return "machines wait for a node: they come first"
+            try:
+                await _check_quota(tx, project, usage_of(spec))
+            except QuotaExceeded as e:
+                return e.message
+            if template:
+                decision = await _place(tx, spec, project, net)
+                if isinstance(decision, Rejection):
+                    return f"no node can take its template: {decision.explain()}"
+                node = decision.node
+            else:
+                node = await tx.nodes.get(pool.node_id)
+                if node.cordoned or node.state is not NodeState.READY:
+                    how = "cordoned" if node.cordoned else node.state.value
+                    return f"its node {node.name} is {how}"
+            want = need(request_of(spec, project), node)
+            if not await tx.nodes.claim([Claim(node.id, want, limit(node))]):
+                return f"node {node.name} has no room for more"
+            machine_id = new_id("m")
+            m = Machine(
+                id=machine_id, project_id=project.id, name=machine_id, spec=spec,
+                state=MachineState.CREATED,
+                desired=Desired.RUNNING if template else Desired.READY,
+                created_at=now, updated_at=now, node_id=node.id, generation=1,
+                image_digest=pool.image_digest, pool=pool.id, pool_snapshot=pool.snapshot_id,
+            )  # fmt: skip
+            await tx.machines.create(m)
+            await self.networks.join(tx, project, m.id, net)
+            what = "template" if template else "machine"
+            await tx.events.append([
+                NewEvent(project.id, "machine.created", m.id, m.state,
+                         f"{what} of pool {pool.id}", now)
+            ])  # fmt: skip
+            await tx.nodes.bump_revisions([node.id])
+            await bump_neighbours(tx, [m.id])
+        self._wake(m)
+        return m
+
+    async def destroy_pooled(self, tx: Tx, m: Machine, why: str) -> Machine:
+        """A pool's machine destroyed now: its share of its node and of its project's quota is
+        free at once (its node destroys the sandbox it no longer has an assignment for)."""
+        return await self._transition(
+            tx, replace(m, desired=Desired.DESTROYED), MachineState.DESTROYED, why
+        )
+
+    async def check_image_source(self, principal: Principal, project: Project, image: str) -> str:
         """Refused now, rather than a machine failing later: an image that no registry gives
         (a digest, an id, a name without a registry, as a typo is) and that the project and the
         catalogue lack (NotFound); an image from a registry nodes may not pull from, unless the
         project already has it, imported under that name (Forbidden). Only a reference that
-        names an allowed registry is pulled on demand."""
+        names an allowed registry is pulled on demand. The digest `image` means now when a
+        node said it on the way ("" when none was asked)."""
         if is_digest_or_id(image) or not names_registry(image):
             try:
-                await self.images.get(principal, project, image)
+                return (await self.images.get(principal, project, image)).id
             except (NoCapacity, Unavailable):
-                return  # no node to ask now: the machine waits for one, which decides
+                return ""  # no node to ask now: the machine waits for one, which decides
             except NotFound:
                 if is_digest_or_id(image):
                     raise
@@ -314,14 +536,14 @@ class Machines:
                     f"is not pulled; pull it by its full name first, e.g. "
                     f"`hutch image pull {ref}`"
                 ) from None
-            return
         registry = parse_ref(image).registry
         if self.images.registries.allowed(registry):
-            return
+            return ""
         try:
-            await self.images.get(principal, project, image)
+            return (await self.images.get(principal, project, image)).id
         except (NotFound, NoCapacity):
             self.images.registries.check(registry)
+        return ""
 
     async def explain(
         self,
@@ -374,6 +596,7 @@ class Machines:
         """A new generation of a machine that is not running (created stopped, exited, failed);
         a suspended one (or one being suspended) is resumed instead: the same machine goes on."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
+        gave_way = False
         async with self.store.write() as tx:
             m = await _get_kept(tx, project, ref)
             if m.desired is Desired.SUSPENDED or m.state is MachineState.SUSPENDED:
@@ -382,8 +605,11 @@ class Machines:
                 if m.state not in FINISHED and m.desired is Desired.RUNNING:
                     raise Conflict(f"machine {m.name} is {m.state}: nothing to start")
                 m = await self._new_generation(tx, m.anew(), restarted=False)
-                await _check_quota(tx, project)  # an ended machine held none of it
+                # An ended machine held none of it; the project's pools give way.
+                gave_way = await self._quota_giving_way(tx, project, Usage(), m.name)
         self._wake(m)
+        if gave_way:
+            self.notifier.notify(POOLS)
         return m
 
     async def suspend(self, principal: Principal, project: Project, ref: str) -> Machine:
@@ -426,11 +652,11 @@ class Machines:
         self._wake(m)
         return m
 
-    async def _resume(self, tx: Tx, project: Project, m: Machine) -> Machine:
+    async def _resume(self, tx: Tx, project: Project, m: Machine, why: str = "") -> Machine:
         if m.state is MachineState.RUNNING and m.desired is Desired.SUSPENDED:
             # Its node has not suspended it yet: it runs on (a suspend under way is cancelled).
             return await self._transition(
-                tx, replace(m, desired=Desired.RUNNING), m.state, "resume requested"
+                tx, replace(m, desired=Desired.RUNNING), m.state, why or "resume requested"
             )
         if m.state is not MachineState.SUSPENDED:
             raise Conflict(f"machine {m.name} is {m.state}, not suspended")
@@ -448,7 +674,7 @@ class Machines:
                 "node only: stop or suspend machines there, or resume it later"
             )
         return await self._transition(
-            tx, replace(m, desired=Desired.RUNNING), MachineState.STARTING, "resuming"
+            tx, replace(m, desired=Desired.RUNNING), MachineState.STARTING, why or "resuming"
         )
 
     async def restart(self, principal: Principal, project: Project, ref: str) -> Machine:
@@ -456,8 +682,10 @@ class Machines:
         async with self.store.write() as tx:
             m = await _get_kept(tx, project, ref)
             m = await self._new_generation(tx, m.anew(), restarted=False)
-            await _check_quota(tx, project)
+            gave_way = await self._quota_giving_way(tx, project, Usage(), m.name)
         self._wake(m)
+        if gave_way:
+            self.notifier.notify(POOLS)
         return m
 
     async def extend(
@@ -513,6 +741,56 @@ class Machines:
         # Stopped as `hutch stop` does by default: its image's stop signal, a kill 10 s later.
         m = replace(m, desired=wanted, stop_signal="", stop_timeout=10.0)
         return await self._transition(tx, m, MachineState.STOPPING, why)
+
+    async def idle_out(self, now: float, limit: int = 100) -> int:
+        """The leader's: do to every running machine that idled by `now` (no connection to
+        its published ports for its `idle_s`) what its spec says (`on_idle`), an event saying
+        why. How many it acted on."""
+        async with self.store.read() as tx:  # most looks find nothing: no writer's lock then
+            if not await tx.machines.idle(now, 1):
+                return 0
+        async with self.store.write() as tx:
+            acted = [await self._idle_out(tx, m) for m in await tx.machines.idle(now, limit)]
+        for m in acted:
+            self._wake(m)
+        return len(acted)
+
+    async def _idle_out(self, tx: Tx, m: Machine) -> Machine:
+        action = m.spec.on_idle
+        why = f"idle for {format_duration(m.spec.idle_s or 0.0)}: {action.done}"
+        if action is OnIdle.SUSPEND:  # it runs until its node reports it suspended
+            m = replace(m, desired=Desired.SUSPENDED, idled=True)
+            return await self._transition(tx, m, m.state, why)
+        m = replace(m, desired=Desired.STOPPED, stop_signal="", stop_timeout=10.0)
+        return await self._transition(tx, m, MachineState.STOPPING, why)
+
+    async def activity(self, node: Node, seen: Mapping[str, float]) -> None:
+        """A node saw connections to these machines' published ports, last at these times
+        (machine id -> epoch seconds): their idle clocks start again from then. Machines
+        not on the node, or seen earlier than last recorded, are left alone."""
+        async with self.store.write() as tx:
+            for machine_id, at in sorted(seen.items()):
+                try:
+                    m = await tx.machines.by_id(machine_id)
+                except NotFound:
+                    continue  # destroyed and purged meanwhile
+                if m.node_id == node.id and at > (m.active_at or 0.0):
+                    await tx.machines.update(replace(m, active_at=at))
+
+    async def wake(self, node: Node, machine_id: str, generation: int, port: int) -> Machine:
+        """A connection came to port `port` of a machine that idled to suspended: resume it
+        (NoCapacity, QuotaExceeded as a resume's). A machine that runs, or is wanted running,
+        is left as it is; one that is not on the node is NotFound."""
+        async with self.store.write() as tx:
+            m = await tx.machines.by_id(machine_id)
+            if m.node_id != node.id or m.generation != generation:
+                raise NotFound(f"no machine {machine_id} generation {generation} on this node")
+            if not (m.idled and m.desired is Desired.SUSPENDED):
+                return m
+            project = await tx.projects.get(m.project_id)
+            m = await self._resume(tx, project, m, f"woken by a connection to port {port}")
+        self._wake(m)
+        return m
 
     async def stop(
         self, principal: Principal, project: Project, ref: str, sig: str = "", timeout: float = 10.0
@@ -693,6 +971,10 @@ class Machines:
                 if m.state in FINISHED:
                     return m  # this generation ended already: its first end stands
                 m = await self._finished(tx, m, report)
+            elif state is MachineState.READY:
+                if m.desired is not Desired.READY or m.state not in ACTIVE:
+                    return m  # taken (its node starts it next), or destroyed meanwhile
+                m = await self._transition(tx, m, state, f"ready in pool {m.pool}")
             elif state is MachineState.SUSPENDED:
                 if m.state is not MachineState.RUNNING or m.desired is not Desired.SUSPENDED:
                     return m  # resumed, stopped or ended meanwhile: its node follows that next
@@ -714,6 +996,8 @@ class Machines:
             else:
                 raise Invalid(f"a node cannot report state {state}")
         self._wake(m)
+        if m.pool:
+            self.notifier.notify(POOLS)
         return m
 
     async def lost_with(self, node: Node) -> int:
@@ -762,15 +1046,18 @@ class Machines:
         """Move every machine that should run off the node (cordoned already): each starts a
         new generation that the scheduler places elsewhere, and the node destroys the old
         sandbox. Machines stopped or finished stay, and so do machines with volumes (their data
-        is on this node: they run nowhere else). How many were moved."""
+        is on this node: they run nowhere else). Warm pools' machines there are destroyed (their
+        pools refill there once it is uncordoned). How many were moved."""
         moved: list[Machine] = []
         async with self.store.write() as tx:
             for m in await tx.machines.on_node(node.id):
-                if m.desired is Desired.RUNNING and m.state in ACTIVE and not m.spec.volumes:
+                if m.pool:  # a cache: it goes, and its pool refills once the node is back
+                    await self.destroy_pooled(tx, m, f"node {node.name} is drained")
+                elif m.desired is Desired.RUNNING and m.state in ACTIVE and not m.spec.volumes:
                     moved.append(await self._new_generation(tx, m, restarted=False, why="drained"))
         for m in moved:
             self._wake(m)
-        self.notifier.notify(node_key(node.id))
+        self.notifier.notify(node_key(node.id), POOLS)
         return len(moved)
 
     async def _finished(self, tx: Tx, m: Machine, report: Report) -> Machine:
@@ -830,6 +1117,7 @@ class Machines:
             oom_killed=False,
             finished_at=None,
             start_after=time.time() + backoff if restarted else 0.0,
+            pool_snapshot="",  # taken from a pool, it boots afresh from now on
         )
         message = f"restart {restarts} (policy {m.spec.restart})" if restarted else "start"
         message = f"{message}: {why}" if why else message
@@ -843,6 +1131,8 @@ class Machines:
         active machine ends or is suspended, log the event, and tell its node."""
         await self._release(tx, m, state)
         now = time.time()
+        if m.desired is not Desired.SUSPENDED:  # it idled to suspended no more: nothing wakes it
+            m = replace(m, idled=False)
         m = await tx.machines.update(m.entering(state, now))
         await tx.events.append([NewEvent(m.project_id, "machine.state", m.id, state, message, now)])
         if state is MachineState.DESTROYED or m.node_id is None:

@@ -13,7 +13,7 @@ from hutch.model.tenancy import Principal, Quota, validate_name
 from hutch.services.ids import hash_secret, new_id, new_secret
 from hutch.services.networks import NodePlan, node_plan
 from hutch.services.nodelink import controller_key
-from hutch.services.notify import POLL, SCHEDULER, Notifier, node_key
+from hutch.services.notify import POLL, POOLS, SCHEDULER, Notifier, node_key
 from hutch.services.policy import Policy
 from hutch.services.refusals import missing
 from hutch.store.base import Store, Tx
@@ -196,7 +196,7 @@ class Nodes:
             node = await tx.nodes.lock(node.id)
             if node.cordoned != cordoned:
                 node = await tx.nodes.update(replace(node, cordoned=cordoned))
-        self.notifier.notify(SCHEDULER)
+        self.notifier.notify(SCHEDULER, POOLS)  # machines may wait for it, pools refill on it
         return node
 
     async def remove(self, principal: Principal, ref: str) -> Node:

@@ -36,6 +36,7 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
 
 
 SCHEDULER = "scheduler"  # machines wait for a node
+POOLS = "pools"  # a warm pool was changed, or its machines were: services/pools.py tends them
 
 
 def node_key(node_id: str) -> str:

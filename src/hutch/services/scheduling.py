@@ -20,7 +20,7 @@ from hutch.model.machine import Capacity, Machine
 from hutch.placement import Index, Placement, Request, limit, need, plus
 from hutch.services.machines import pin_of, request_of
 from hutch.services.networks import bump_neighbours
-from hutch.services.notify import SCHEDULER, Notifier, keys_of
+from hutch.services.notify import POOLS, SCHEDULER, Notifier, keys_of
 from hutch.store.base import Claim, NewEvent, Store, Tx
 
 log = logging.getLogger("hutch.scheduler")
@@ -146,6 +146,8 @@ class Scheduler:
                     await tx.machines.update(replace(m, error=why, updated_at=now))
             for m, node_id in placed_now:
                 woken.update(keys_of(replace(m, node_id=node_id)))
+            if placed_now:
+                woken.add(POOLS)  # pools refill only once no machine waits for a node
         if woken:
             self.notifier.notify(*woken)
         last = pending[-1]

@@ -11,10 +11,11 @@ Nor is one being taken: its node would finish it after the delete, and keep it f
 import builtins
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from hutch.model.errors import Conflict, HutchError, Invalid, NotFound
-from hutch.model.machine import Desired, MachineState, check_suspendable
+from hutch.model.machine import Desired, Machine, MachineState, check_suspendable
 from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.model.tenancy import Principal, Project, validate_name
 from hutch.services.ids import new_id
@@ -66,10 +67,22 @@ class Snapshots:
             if name
             else time.strftime("s-%Y%m%d-%H%M%S", time.gmtime())
         )
+
+        async def find(tx: Tx) -> Machine:
+            with missing(f"no machine {machine!r} in project {project.name}"):
+                return await tx.machines.get(project.id, machine)
+
+        return await self.take(project, find, name)
+
+    async def take(
+        self, project: Project, find: Callable[[Tx], Awaitable[Machine]], name: str, pool: str = ""
+    ) -> MachineSnapshot:
+        """A snapshot named `name` of the machine `find` gives (in the transaction that
+        records it), taken by its node: for `create`, and for a warm pool's template (`pool`:
+        the pool's id; only the pool sees the snapshot). The checks `create` says."""
         async with self.store.write() as tx:
             locked = await tx.projects.lock(project.id)
-            with missing(f"no machine {machine!r} in project {project.name}"):
-                m = await tx.machines.get(project.id, machine)
+            m = await find(tx)
             check_suspendable(m.spec.runtime, "snapshotted")
             if m.spec.volumes:
                 raise Invalid(
@@ -96,7 +109,7 @@ class Snapshots:
                 command=spec.command, entrypoint=spec.entrypoint, env=spec.env,
                 workdir=spec.workdir, user=spec.user,
                 networks=tuple(dict.fromkeys(a.network_id for a in nics)), size_bytes=0,
-                state=SnapshotState.CREATING, created_at=time.time(),
+                state=SnapshotState.CREATING, created_at=time.time(), pool=pool,
             )  # fmt: skip
             await tx.snapshots.create(snap)
         try:
@@ -127,6 +140,23 @@ class Snapshots:
                     f"snapshot {snap.name} is what machine(s) {', '.join(clones)} continue from "
                     "(each restart starts from it again): destroy them first"
                 )
+        await self._remove(snap)
+
+    async def remove_template(self, snapshot_id: str) -> bool:
+        """A warm pool's template snapshot and its files, once no machine runs from it:
+        whether it is gone."""
+        async with self.store.read() as tx:
+            try:
+                snap = await tx.snapshots.by_id(snapshot_id)
+            except NotFound:
+                return True
+            if await tx.snapshots.clones(snap.id):
+                return False
+        await self._remove(snap)
+        return True
+
+    async def _remove(self, snap: MachineSnapshot) -> None:
+        async with self.store.read() as tx:
             try:
                 node = await tx.nodes.get(snap.node_id)
             except NotFound:

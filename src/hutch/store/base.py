@@ -17,6 +17,7 @@ from typing import NamedTuple, Protocol
 from hutch.model.addressing import Address, Network, Rule, SecurityGroup
 from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
 from hutch.model.network import PortMapping
+from hutch.model.pool import Pool, PoolShape
 from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import Project, Quota, Token, Usage
 from hutch.model.volume import Snapshot, Volume
@@ -139,9 +140,17 @@ class MachineRepo(Protocol):
         """For each image name: the nodes where the project's machines of it are placed (so
         those nodes hold the image)."""
 
+    async def pooled(self, project_id: str | None = None) -> builtins.list[Machine]:
+        """The warm pools' machines (`Machine.pool`) that are not destroyed, of the project
+        (None: of every project), oldest first."""
+
     async def expired(self, now: float, limit: int) -> builtins.list[Machine]:
         """At most `limit` machines running and wanted running whose lifetime ran out by `now`
         (`Machine.expires_at`), the first to run out first."""
+
+    async def idle(self, now: float, limit: int) -> builtins.list[Machine]:
+        """At most `limit` machines running and wanted running that idled by `now`
+        (`Machine.idle_at`), the first to idle first."""
 
     async def purge(self, destroyed_before: float, limit: int) -> int:
         """Delete at most `limit` machines destroyed (last changed) before `destroyed_before`,
@@ -351,6 +360,26 @@ class SnapshotRepo(Protocol):
         """The names of the machines that continue from it and are not destroyed."""
 
 
+class PoolRepo(Protocol):
+    """Warm pools; callers hold the project's lock while they change one."""
+
+    async def create(self, pool: Pool) -> None:
+        """Conflict if the project has a pool of that image and shape."""
+
+    async def get(self, project_id: str, pool_id: str) -> Pool:
+        """By id, within the project; NotFound otherwise."""
+
+    async def by_shape(self, project_id: str, shape: PoolShape) -> Pool | None: ...
+
+    async def list(self, project_id: str | None = None) -> builtins.list[Pool]:
+        """The project's pools (None: every project's), oldest first."""
+
+    async def update(self, pool: Pool) -> Pool:
+        """Compare-and-set on `pool.version`, as MachineRepo.update."""
+
+    async def delete(self, pool_id: str) -> None: ...
+
+
 class Tx(Protocol):
     projects: ProjectRepo
     tokens: TokenRepo
@@ -362,6 +391,7 @@ class Tx(Protocol):
     security_groups: SecurityGroupRepo
     volumes: VolumeRepo
     snapshots: SnapshotRepo
+    pools: PoolRepo
 
 
 class Store(Protocol):

@@ -125,6 +125,10 @@ machines = sa.Table(
     # Its lifetime: seconds of running (NULL: no limit) and what is done at its end.
     sa.Column("timeout_s", sa.Double),
     sa.Column("on_timeout", _ENUM, nullable=False, server_default="stop"),
+    # Its idleness: seconds without a connection to its published ports (NULL: it never
+    # idles) and what is done then.
+    sa.Column("idle_s", sa.Double),
+    sa.Column("on_idle", _ENUM, nullable=False, server_default="stop"),
     # The machine snapshot it continues from (`run --from`), its id; "" for none. No foreign
     # key: a snapshot that clones use is not deleted (services/snapshots.py checks).
     sa.Column("from_snapshot", _ID, nullable=False, server_default=""),
@@ -154,6 +158,15 @@ machines = sa.Table(
     sa.Column("running_since", _TIME),
     sa.Column("extended_s", sa.Double, nullable=False, server_default="0"),
     sa.Column("expires_at", _TIME),
+    # The warm pool that owns it ("" once taken, or never pooled), and the pool's template
+    # snapshot its current generation is restored from (model.machine.Machine).
+    sa.Column("pool", _ID, nullable=False, server_default=""),
+    sa.Column("pool_snapshot", _ID, nullable=False, server_default=""),
+    # Its node's last sight of a connection to it, whether it idled to suspended, and
+    # Machine.idle_at, kept so the leader finds the machines that idled by an index.
+    sa.Column("active_at", _TIME),
+    sa.Column("idled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("idle_at", _TIME),
     sa.Column("version", sa.Integer, nullable=False),
     # Listing order, and the cursor's key.
     sa.Index("ix_machines_project_id_created_at_id", "project_id", "created_at", "id"),
@@ -183,6 +196,10 @@ sa.Index(
     sqlite_where=_EXPIRING,
     postgresql_where=_EXPIRING,
 )
+
+# Running machines that idle, by when they do (services/lifetimes.py).
+_IDLING = machines.c.idle_at.is_not(None)
+sa.Index("ix_machines_idle_at", machines.c.idle_at, sqlite_where=_IDLING, postgresql_where=_IDLING)
 
 # Who leads the controllers: one row per lease, taken over once it expires.
 leases = sa.Table(
@@ -390,5 +407,33 @@ machine_snapshots = sa.Table(
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("state", _ENUM, nullable=False),
     sa.Column("created_at", _TIME, nullable=False),
+    # The warm pool whose template it is ("" for the project's own): hidden from listings.
+    sa.Column("pool", _ID, nullable=False, server_default=""),
     sa.UniqueConstraint("project_id", "name"),
+)
+
+# -- warm pools (see hutch.model.pool) ------------------------------------------------------------
+
+pools = sa.Table(
+    "pools",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("image", sa.String(512), nullable=False),
+    sa.Column("cpus", sa.Integer, nullable=False),
+    sa.Column("memory_mib", sa.Integer, nullable=False),
+    sa.Column("disk_mib", sa.Integer, nullable=False),
+    sa.Column("runtime", _ENUM, nullable=False),
+    sa.Column("min_ready", sa.Integer, nullable=False),
+    sa.Column("state", _ENUM, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    # Its template snapshot, the image it ran (by digest) and its node: "" until taken.
+    sa.Column("snapshot_id", _ID, nullable=False),
+    sa.Column("image_digest", sa.String(80), nullable=False),
+    sa.Column("node_id", _ID, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("updated_at", _TIME, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    # One pool per image and shape in a project (`pool set` updates it).
+    sa.UniqueConstraint("project_id", "image", "cpus", "memory_mib", "disk_mib", "runtime"),
 )

@@ -10,6 +10,7 @@ from hutch.model.machine import (
     Desired,
     GroupPolicy,
     MachineState,
+    OnIdle,
     OnTimeout,
     RestartPolicy,
     Strategy,
@@ -117,6 +118,19 @@ class MachineCreate(Request):
         strict=False,
         description="what its timeout does: stop, suspend (micro-VMs only) or destroy",
     )
+    idle_s: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_TIMEOUT,
+        description="seconds without a connection to its published ports (it needs one) "
+        "before on_idle is done to it; default: it never idles",
+    )
+    on_idle: OnIdle = Field(
+        OnIdle.STOP,
+        strict=False,
+        description="what idling does: stop, or suspend (micro-VMs only; a new connection "
+        "to a published TCP port resumes it)",
+    )
     from_snapshot: str = Field(
         "",
         max_length=64,
@@ -177,6 +191,11 @@ class MachineView(View):
     extended_s: float = 0.0  # what extend added since it was last started
     time_left_s: float | None = None  # of running, when it was read; None: no timeout
     expires_at: float | None = None  # when it times out if it keeps running; None: it is not
+    idle_s: float | None = None
+    on_idle: OnIdle = OnIdle.STOP
+    active_at: float | None = None  # its node's last sight of a connection to its ports
+    idle_at: float | None = None  # when it idles if no connection comes; None: it does not
+    idled: bool = False  # suspended (or being suspended) for idling: a connection resumes it
     from_snapshot: str = ""  # the machine snapshot it continues from (its id)
 
 

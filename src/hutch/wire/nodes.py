@@ -176,6 +176,18 @@ class Assignment(View):
     volumes: list[VolumeAssignment] = []  # on this node's storage backend, in order
     # A machine snapshot of this node's (its id) to continue from instead of booting the image.
     from_snapshot: str = ""
+    # A warm pool's template: booted until its guest agent answers, no process run
+    # (SandboxSpec.template), to be snapshotted.
+    template: bool = False
+    # A pool's template snapshot of this node's (its id) the sandbox is restored from, paused:
+    # left so while desired is ready, then started as this machine (driver.start(id, spec)).
+    pool_snapshot: str = ""
+    # Seconds without a connection after which it idles (None: never): the node reports the
+    # connections it sees to its published ports (`Activity`).
+    idle_s: float | None = None
+    # Suspended for idling: a new TCP connection to a published port is held by the node,
+    # which asks for a resume (`Wake`) and hands the connection on once the guest answers.
+    idled: bool = False
 
 
 class Assignments(View):
@@ -200,3 +212,17 @@ class MachineReport(Request):
     image_digest: str = ""  # with starting: the image `image` resolved to, and whose it was
     image_source: str = ""
     resumed: bool = False  # with running: it continues where it was suspended
+
+
+class Activity(Request):
+    """Machines of the node's (by id) that had connections to their published ports, and
+    when it saw them last."""
+
+    machines: dict[str, float] = Field(max_length=100_000)
+
+
+class Wake(Request):
+    """A connection came to a machine's published port while it was suspended for idling."""
+
+    generation: Count
+    port: int = Field(ge=1, le=65535, description="the published (host) port")

@@ -14,6 +14,7 @@ from hutch.model.errors import NotFound
 from hutch.model.machine import Capacity, Report
 from hutch.wire.common import INT32_MAX, Page
 from hutch.wire.nodes import (
+    Activity,
     Assignments,
     Heartbeat,
     JoinTokenRequest,
@@ -22,6 +23,7 @@ from hutch.wire.nodes import (
     NodeRegister,
     NodeRegistered,
     NodeView,
+    Wake,
 )
 
 public = APIRouter(prefix="/v1/nodes", tags=["nodes"], responses=PROBLEMS)
@@ -169,4 +171,20 @@ async def report(
         body.image_digest, body.image_source, body.resumed,
     )  # fmt: skip
     await ctl.machines.report(node, machine_id, outcome)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@agents.post("/nodes/{node_id}/activity", status_code=status.HTTP_204_NO_CONTENT)
+async def activity(ctl: Ctl, node: CallingNode, node_id: str, body: Activity) -> Response:
+    """Connections the node saw to its machines' published ports: their idle clocks restart."""
+    _own(node_id, node.id)
+    await ctl.machines.activity(node, body.machines)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@agents.post("/nodes/{node_id}/machines/{machine_id}/wake", status_code=status.HTTP_204_NO_CONTENT)
+async def wake(ctl: Ctl, node: CallingNode, node_id: str, machine_id: str, body: Wake) -> Response:
+    """A connection came to a published port of a machine that idled to suspended: resume it."""
+    _own(node_id, node.id)
+    await ctl.machines.wake(node, machine_id, body.generation, body.port)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

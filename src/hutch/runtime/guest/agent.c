@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -79,6 +80,7 @@
 enum {
     T_RUN = 1, T_EXEC = 2, T_STDIN = 3, T_SIGNAL = 4, T_EXIT_ACK = 5, T_WINDOW = 6, T_RESIZE = 7,
     T_FREEZE = 8, T_THAW = 9, T_CLOCK = 10, T_PAUSE = 11, T_CONTINUE = 12, T_IDENTITY = 13,
+    T_PRELOAD = 14,
     T_STARTED = 17, T_STDOUT = 18, T_STDERR = 19, T_EXIT = 20, T_ERROR = 21, T_STDIN_ACK = 22,
     T_FS_DONE = 23,
 };
@@ -911,6 +913,71 @@ static void identity(uint32_t id, const unsigned char *pl, uint32_t len) {
     fs_done(id, err);
 }
 
+/* PRELOAD: a template reads the program its process would run (and that program's ELF
+ * interpreter) into its page cache, which a snapshot keeps for its clones: their first exec of
+ * it reads no disk. `interp` (if not NULL) gets the interpreter's path, or stays empty. */
+static int read_through(const char *path, char *interp, size_t isize) {
+    static char buf[64 << 10];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    Elf64_Ehdr eh;
+    memset(&eh, 0, sizeof eh);
+    ssize_t n;
+    int first = 1;
+    while ((n = read(fd, buf, sizeof buf)) > 0) {
+        if (first && (size_t)n >= sizeof eh) memcpy(&eh, buf, sizeof eh);
+        first = 0;
+    }
+    int err = n < 0 ? errno : 0;
+    if (interp && memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0 &&
+        eh.e_ident[EI_CLASS] == ELFCLASS64 && eh.e_phentsize == sizeof(Elf64_Phdr)) {
+        for (int i = 0; i < eh.e_phnum && i < 64; i++) {
+            Elf64_Phdr ph;
+            off_t at = (off_t)eh.e_phoff + (off_t)i * (off_t)sizeof ph;
+            if (pread(fd, &ph, sizeof ph, at) != (ssize_t)sizeof ph) break;
+            if (ph.p_type != PT_INTERP) continue;
+            if (ph.p_filesz > 0 && ph.p_filesz < isize &&
+                pread(fd, interp, ph.p_filesz, (off_t)ph.p_offset) == (ssize_t)ph.p_filesz)
+                interp[ph.p_filesz] = 0; /* the path's own NUL is in it too */
+            break;
+        }
+    }
+    close(fd);
+    return err;
+}
+
+/* The payload is a process spec: its argv[0], found as execvp finds it (its PATH, else
+ * /bin:/usr/bin; relative to its working directory). Answered by FS_DONE (ENOENT: not found). */
+static void preload(uint32_t id, const unsigned char *pl, uint32_t len) {
+    static struct spec s;
+    char *store = malloc(2 * (size_t)len + 16);
+    if (!store || parse_spec(pl, len, &s, store) < 0) {
+        free(store);
+        fs_done(id, EINVAL);
+        return;
+    }
+    const char *prog = s.argv[0], *path = "/bin:/usr/bin";
+    for (int i = 0; i < s.envc; i++)
+        if (strncmp(s.envp[i], "PATH=", 5) == 0) path = s.envp[i] + 5;
+    char full[4096], interp[256] = "";
+    int err = ENOENT;
+    if (strchr(prog, '/')) {
+        snprintf(full, sizeof full, "%s%s%s", prog[0] == '/' ? "" : s.cwd,
+                 prog[0] == '/' ? "" : "/", prog);
+        err = read_through(full, interp, sizeof interp);
+    } else {
+        for (const char *d = path; err == ENOENT && *d;) {
+            size_t dl = strcspn(d, ":");
+            snprintf(full, sizeof full, "%.*s/%s", (int)dl, d, prog);
+            if (access(full, X_OK) == 0) err = read_through(full, interp, sizeof interp);
+            d += dl + (d[dl] == ':');
+        }
+    }
+    if (!err && *interp) err = read_through(interp, NULL, 0);
+    free(store);
+    fs_done(id, err);
+}
+
 static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_t len) {
     struct proc *p = proc_by_id(id);
     switch (type) {
@@ -985,6 +1052,9 @@ static void handle_frame(int type, uint32_t id, const unsigned char *pl, uint32_
         break;
     case T_IDENTITY:
         identity(id, pl, len);
+        break;
+    case T_PRELOAD:
+        preload(id, pl, len);
         break;
     case T_WINDOW:
         if (p && len == 4) {

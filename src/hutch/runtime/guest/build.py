@@ -4,7 +4,8 @@ content.
 The kernel comes from Debian's package (downloaded with `apt-get download`, unpacked with
 `dpkg-deb`: the host's /boot is never touched). The initramfs holds exactly the kernel modules
 the guest needs, busybox (boot diagnostics behind `hutch.debug`) and the guest agent
-(hutch-agent), compiled here with gcc.
+(hutch-agent), compiled here with gcc, as are the node's own helpers that start QEMU
+(hutch-spawn) and copy a suspended guest's RAM back (hutch-copy).
 Every artifact's file name carries the hash of its inputs, so a changed input yields a new file
 and a stale one is never used. Nothing here is committed to the repository.
 """
@@ -44,6 +45,8 @@ class GuestArtifacts:
     initrd: Path  # the guest agent (hutch-agent) as /init, modules, busybox
     probe_initrd: Path  # an init that prints one line and powers off
     agent: Path  # the static guest agent binary (containers run it as their init)
+    spawn: Path  # hutch-spawn: a micro-VM's QEMU joins its cgroup through it (spawn.c)
+    copy: Path  # hutch-copy: a suspended guest's RAM back into its RAM file (copy.c)
     kernel_release: str  # e.g. 6.1.0-56-cloud-amd64
     kernel_package: str  # e.g. linux-image-6.1.0-56-cloud-amd64 6.1.192-2
 
@@ -66,6 +69,8 @@ def prepare(
         kernel = _kernel(root / "kernel", kernel_package, refresh, log)
         agent = _compile(root / "bin", "hutch-agent", "agent.c", log)
         probe = _compile(root / "bin", "hutch-probe", "probe.c", log)
+        spawn = _compile(root / "bin", "hutch-spawn", "spawn.c", log)
+        copy = _compile(root / "bin", "hutch-copy", "copy.c", log)
         busybox = _static_busybox()
         modules = sorted((kernel / "modules").iterdir())
         order = (kernel / "modules.order").read_text()
@@ -96,6 +101,8 @@ def prepare(
             initrd=initrd,
             probe_initrd=probe_initrd,
             agent=agent,
+            spawn=spawn,
+            copy=copy,
             kernel_release=meta["release"],
             kernel_package=f"{meta['package']} {meta['version']}",
         )

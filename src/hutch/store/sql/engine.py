@@ -52,6 +52,7 @@ from hutch.store.base import (
     MachineRepo,
     NetworkRepo,
     NodeRepo,
+    PoolRepo,
     ProjectRepo,
     SecurityGroupRepo,
     SnapshotRepo,
@@ -64,6 +65,7 @@ from hutch.store.sql.leases import SqlLeases
 from hutch.store.sql.machines import SqlMachines
 from hutch.store.sql.networks import SqlNetworks, SqlSecurityGroups
 from hutch.store.sql.nodes import SqlNodes
+from hutch.store.sql.pools import SqlPools
 from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
 from hutch.store.sql.snapshots import SqlSnapshots
@@ -475,6 +477,7 @@ class SqlTx:
         self.security_groups: SecurityGroupRepo = SqlSecurityGroups(conn, backend)
         self.volumes: VolumeRepo = SqlVolumes(conn, backend)
         self.snapshots: SnapshotRepo = SqlSnapshots(conn, backend)
+        self.pools: PoolRepo = SqlPools(conn, backend)
 
     @property
     def bumped(self) -> set[str]:

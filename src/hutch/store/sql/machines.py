@@ -18,6 +18,7 @@ from hutch.model.machine import (
     Machine,
     MachineSpec,
     MachineState,
+    OnIdle,
     OnTimeout,
     RestartPolicy,
     Strategy,
@@ -69,6 +70,7 @@ class SqlMachines(Repo):
         # An id wins over a name; among machines of that name, the live one, else the newest.
         stmt = (
             self._by_ref(m, project_id, ref)
+            .where(m.c.pool == "")  # a pool's machines are not the project's to name
             .order_by(sa.case((t.LIVE, 0), else_=1), m.c.created_at.desc())
             .limit(1)
         )
@@ -88,7 +90,7 @@ class SqlMachines(Repo):
             raise Invalid("limit must be at least 1")
         limit = min(limit, MAX_PAGE)
         m = t.machines
-        stmt = sa.select(m).where(m.c.project_id == project_id)
+        stmt = sa.select(m).where(m.c.project_id == project_id, m.c.pool == "")
         if states:
             stmt = stmt.where(m.c.state.in_([MachineState(s).value for s in states]))
         for key, value in (labels or {}).items():
@@ -222,6 +224,15 @@ class SqlMachines(Repo):
             found[str(image)].add(str(node_id))
         return found
 
+    async def pooled(self, project_id: str | None = None) -> builtins.list[Machine]:
+        m = t.machines
+        stmt = sa.select(m).where(m.c.pool != "", t.LIVE)
+        if project_id is not None:
+            stmt = stmt.where(m.c.project_id == project_id)
+        return [
+            _to_machine(r) for r in await self._c.execute(stmt.order_by(m.c.created_at, m.c.id))
+        ]
+
     async def expired(self, now: float, limit: int) -> builtins.list[Machine]:
         m = t.machines
         stmt = (
@@ -232,6 +243,20 @@ class SqlMachines(Repo):
                 m.c.desired == Desired.RUNNING.value,
             )
             .order_by(m.c.expires_at, m.c.id)
+            .limit(limit)
+        )
+        return [_to_machine(r) for r in await self._c.execute(stmt)]
+
+    async def idle(self, now: float, limit: int) -> builtins.list[Machine]:
+        m = t.machines
+        stmt = (
+            sa.select(m)
+            .where(
+                m.c.idle_at <= now,
+                m.c.state == MachineState.RUNNING.value,
+                m.c.desired == Desired.RUNNING.value,
+            )
+            .order_by(m.c.idle_at, m.c.id)
             .limit(limit)
         )
         return [_to_machine(r) for r in await self._c.execute(stmt)]
@@ -301,6 +326,8 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         ],
         "timeout_s": s.timeout_s,
         "on_timeout": s.on_timeout.value,
+        "idle_s": s.idle_s,
+        "on_idle": s.on_idle.value,
         "state": m.state.value,
         "desired": m.desired.value,
         "updated_at": m.updated_at,
@@ -321,6 +348,11 @@ def _machine_values(m: Machine) -> dict[str, Any]:
         "running_since": m.running_since,
         "extended_s": m.extended_s,
         "expires_at": m.expires_at,
+        "pool": m.pool,
+        "pool_snapshot": m.pool_snapshot,
+        "active_at": m.active_at,
+        "idled": m.idled,
+        "idle_at": m.idle_at,
     }
 
 
@@ -342,6 +374,7 @@ def _to_machine(r: Row[Any]) -> Machine:
         cols=r.tty_cols,
         volumes=tuple(VolumeAttach(**v) for v in r.volumes),
         on_timeout=OnTimeout(r.on_timeout),
+        on_idle=OnIdle(r.on_idle),
     )
     return from_row(Machine, r, spec=spec, state=MachineState(r.state), desired=Desired(r.desired))
 

@@ -84,6 +84,13 @@ class SqlProjects(Repo):
             raise Conflict(
                 f"this project still has {snapshots} machine snapshot(s): delete them first"
             )
+        pools = (
+            await self._c.execute(
+                sa.select(sa.func.count()).where(t.pools.c.project_id == project_id)
+            )
+        ).scalar_one()
+        if pools:
+            raise Conflict(f"this project still has {pools} warm pool(s): remove them first")
         mine = sa.select(m.c.id).where(m.c.project_id == project_id)
         for linked in (t.fences, t.network_addresses, t.machine_ports, t.machine_security_groups):
             await self._c.execute(sa.delete(linked).where(linked.c.machine_id.in_(mine)))

@@ -18,7 +18,8 @@ class SqlSnapshots(Repo):
             raise Conflict(f"a machine snapshot named {snap.name!r} already exists in this project")
 
     async def get(self, project_id: str, ref: str) -> MachineSnapshot:
-        stmt = self._by_ref(t.machine_snapshots, project_id, ref).limit(1)
+        s = t.machine_snapshots
+        stmt = self._by_ref(s, project_id, ref).where(s.c.pool == "").limit(1)
         return _to_snapshot(await self._found(stmt, "snapshot", ref))
 
     async def by_id(self, snapshot_id: str) -> MachineSnapshot:
@@ -27,7 +28,11 @@ class SqlSnapshots(Repo):
 
     async def list(self, project_id: str) -> builtins.list[MachineSnapshot]:
         s = t.machine_snapshots
-        stmt = sa.select(s).where(s.c.project_id == project_id).order_by(s.c.created_at, s.c.id)
+        stmt = (
+            sa.select(s)
+            .where(s.c.project_id == project_id, s.c.pool == "")
+            .order_by(s.c.created_at, s.c.id)
+        )
         return [_to_snapshot(r) for r in await self._c.execute(stmt)]
 
     async def update(self, snap: MachineSnapshot) -> MachineSnapshot:
@@ -44,11 +49,8 @@ class SqlSnapshots(Repo):
 
     async def clones(self, snapshot_id: str) -> builtins.list[str]:
         m = t.machines
-        stmt = (
-            sa.select(m.c.name)
-            .where(m.c.from_snapshot == snapshot_id, t.LIVE)
-            .order_by(m.c.created_at, m.c.id)
-        )
+        using = sa.or_(m.c.from_snapshot == snapshot_id, m.c.pool_snapshot == snapshot_id)
+        stmt = sa.select(m.c.name).where(using, t.LIVE).order_by(m.c.created_at, m.c.id)
         return [r.name for r in await self._c.execute(stmt)]
 
 
@@ -61,7 +63,7 @@ def _values(s: MachineSnapshot) -> dict[str, Any]:
         "entrypoint": None if s.entrypoint is None else list(s.entrypoint),
         "env": list(s.env), "workdir": s.workdir, "user_spec": s.user,
         "networks": list(s.networks), "size_bytes": s.size_bytes, "state": s.state.value,
-        "created_at": s.created_at,
+        "created_at": s.created_at, "pool": s.pool,
     }  # fmt: skip
 
 
