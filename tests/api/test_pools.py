@@ -342,8 +342,12 @@ async def test_a_template_snapshot_a_crashed_leader_left_behind_blocks_no_pool(
     token = await api.token("alpha", "member")
     body = {"image": "busybox", "memory_mib": MIB, "disk_mib": 64, "min_ready": 1}
     pool = (await api.call("PUT", "/v1/pools", token, json=body)).json()
+    # Its template's name is none a project can give a snapshot of its own (to fail the pool).
+    taken = {"machine": "any", "name": f"{pool['id']}.template"}
+    r = await api.call("POST", "/v1/snapshots", token, json=taken)
+    assert r.status_code == 400 and "name" in r.text, r.text
     (template,) = await until(lambda: pooled(api, lambda m: m.template), "a template")
-    left = replace(await _leftover(api, template), id="s-leftover", name=f"{pool['id']}-template")
+    left = replace(await _leftover(api, template), id="s-leftover", name=f"{pool['id']}.template")
     async with api.ctl.store.write() as tx:
         await tx.snapshots.create(left)
     node.snapshots.append(left.id)

@@ -194,7 +194,8 @@ class Pools:
         if not await self._remove_snapshots(pool):
             return  # a leftover (see _remove_snapshots) has clones still: not while they run
         try:
-            snap = await self.snapshots.take(project, find, f"{pool.id}-template", pool.id)
+            # "." is in no name a project can give (a DNS label): none can take this one first.
+            snap = await self.snapshots.take(project, find, f"{pool.id}.template", pool.id)
         except HutchError as e:
             await self._update(pool, state=PoolState.FAILED, error=f"its template: {e.message}")
         else:
