@@ -20,6 +20,12 @@ from hutch.runtime.guest import build
 from hutch.runtime.guest.build import GuestArtifacts
 from tests.helpers import CACHE_DIR
 from tests.helpers.netns import enter_new_network_namespace
+from tests.store.at_head import postgres_at_head, postgres_url_at_head, sqlite_at_head
+from tests.store.postgres import postgres, postgres_url
+
+# Defined here once: a session fixture imported into several modules is one per module (a
+# PostgreSQL cluster started for each).
+__all__ = ["postgres", "postgres_at_head", "postgres_url", "postgres_url_at_head", "sqlite_at_head"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,5 +1,6 @@
 """The `api` fixture: the real controller app and store in-process, with a simulated node
-(tests/helpers/api.py); `api_both`: the same on SQLite and on PostgreSQL."""
+(tests/helpers/api.py); `api_both`: the same on SQLite and on PostgreSQL. Their stores start
+at the schema's head (tests/store/at_head.py)."""
 
 import tempfile
 from collections.abc import AsyncIterator
@@ -8,15 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.api import Api, close_api, open_api
-from tests.store.postgres import postgres, postgres_url
-
-__all__ = ["postgres", "postgres_url"]  # fixtures, re-exported for pytest
+from tests.store.at_head import controller_db_at_head
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[Api]:
+async def api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
     tmp = Path(tempfile.mkdtemp(prefix="ha", dir="/tmp"))
-    a, _ = await open_api(tmp)
+    a, _ = await open_api(tmp, controller_db_at_head(request, "sqlite", tmp))
     await a.project("alpha")
     await a.project("beta")
     yield a
@@ -25,8 +24,8 @@ async def api() -> AsyncIterator[Api]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def api_both(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
-    a, _ = await open_api(Path(tempfile.mkdtemp(prefix="hb", dir="/tmp")), url)
+    tmp = Path(tempfile.mkdtemp(prefix="hb", dir="/tmp"))
+    a, _ = await open_api(tmp, controller_db_at_head(request, request.param, tmp))
     await a.project("alpha")
     await a.project("beta")
     yield a

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.helpers.api import Api, close_api, open_api, served
+from tests.store.at_head import controller_db_at_head
 
 INT32_MAX = 2**31 - 1  # what INTEGER columns hold: quotas, capacities
 INT64_MAX = 2**63 - 1  # what BIGINT columns hold: event ids
@@ -18,8 +19,8 @@ INT64_MAX = 2**63 - 1  # what BIGINT columns hold: event ids
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db_api(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
-    api, _ = await open_api(Path(tempfile.mkdtemp(prefix="hi", dir="/tmp")), url)
+    tmp = Path(tempfile.mkdtemp(prefix="hi", dir="/tmp"))
+    api, _ = await open_api(tmp, controller_db_at_head(request, request.param, tmp))
     await api.project("alpha")
     yield api
     await close_api(api)

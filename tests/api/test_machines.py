@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.api import Api, close_api, open_api
+from tests.store.at_head import controller_db_at_head
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def any_db_api(request: pytest.FixtureRequest) -> Api:  # type: ignore[misc]
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
-    api, _ = await open_api(Path(tempfile.mkdtemp(prefix="hq", dir="/tmp")), url)
+    tmp = Path(tempfile.mkdtemp(prefix="hq", dir="/tmp"))
+    api, _ = await open_api(tmp, controller_db_at_head(request, request.param, tmp))
     yield api
     await close_api(api)
 

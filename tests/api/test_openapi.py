@@ -71,7 +71,14 @@ BEYOND_INT64 = (2**63, -(2**63) - 1, 2**64, 10**30)
 BEYOND_INT32 = (2**31, *BEYOND_INT64)
 NUL_STRINGS = ("\x00", "a\x00b")
 NOT_JSON = (float("nan"), float("inf"), float("-inf"))
-hostile = schemathesis.openapi.from_path(DOCUMENT)
+# Fuzzing only: the examples and coverage phases do not go through the hook, so their cases
+# (three in five calls) reached the test only to be passed by.
+hostile = schemathesis.openapi.from_path(
+    DOCUMENT,
+    config=schemathesis.Config.from_dict(
+        {"phases": {"examples": {"enabled": False}, "coverage": {"enabled": False}}}
+    ),
+)
 Slot = tuple[Any, Any, tuple[Any, ...]]  # a container, a key in it, what may replace its value
 
 
@@ -145,7 +152,7 @@ def test_hostile_values_are_refused_not_crashes(
     query = {k: v for k, v in (case.query or {}).items() if k in declared}
     parts = (case.path_parameters, query, case.headers, case.body)
     if not any(_poisoned(part) for part in parts):
-        return  # the examples and coverage phases do not go through the hook
+        return  # an operation with nothing to poison (the hook passes it by)
     path = case.path_parameters or {}
     if "name" in path and not _poisoned(path["name"]) and case.method.upper() != "DELETE":
         path["name"] = project

@@ -1,18 +1,21 @@
 """Warm pools through the API, over a simulated node that reports what a real one would
 (tests/client/test_pools.py runs real micro-VMs): the leader's template, its snapshot and the
 pooled machines; two runs at once never take the same one, and a refill follows; pooled
-machines give way to the project's quota and to a full node; another project's pool; bad input.
+machines give way to the project's quota and to a full node (never to a machine over its own
+project's quota); another project's pool; bad input.
 Taking a snapshot needs a real node: the node link's calls are stood in for here."""
 
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 
 from hutch.model.machine import Desired, Machine, MachineState
+from hutch.model.pool import MAX_POOLS
+from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.wire.images import ImageView
 from hutch.wire.snapshots import NodeMachineSnapshotTaken
 from tests.helpers.api import Api
@@ -291,3 +294,92 @@ async def _none_ready(api: Api) -> bool:
 
 async def _gone(api: Api, token: str, pool: str) -> bool:
     return (await api.call("GET", f"/v1/pools/{pool}", token)).status_code == 404
+
+
+async def test_a_machine_over_its_projects_quota_makes_no_other_projects_pooled_machine_go(
+    api: Api, node: Node
+) -> None:
+    alpha = await api.token("alpha", "member")
+    await filled(api, node, alpha, 3)  # the node is full of alpha's pooled machines
+    await api.project("delta", machines=0)
+    delta = await api.token("delta", "member")
+    r = await api.machine(delta, runtime="microvm", memory_mib=MIB, disk_mib=64)
+    assert r.status_code == 403 and "quota" in r.text, r.text
+    assert len(await pooled(api, lambda m: not m.state.finished)) == 3
+    assert "given way" not in await events(api, "alpha")
+    # Within its quota, the same machine makes one go.
+    beta = await api.token("beta", "member")
+    r = await api.machine(beta, runtime="microvm", memory_mib=MIB, disk_mib=64)
+    assert r.status_code == 201, r.text
+    assert len(await pooled(api, lambda m: not m.state.finished)) == 2
+
+
+async def test_a_project_has_few_pools(api: Api, node: Node) -> None:
+    token = await api.token("alpha", "member")
+    body = {"image": "busybox", "disk_mib": 64, "min_ready": 0}
+    for n in range(MAX_POOLS):
+        r = await api.call("PUT", "/v1/pools", token, json={**body, "memory_mib": 128 + n})
+        assert r.status_code == 200, r.text
+    r = await api.call("PUT", "/v1/pools", token, json={**body, "memory_mib": 1024})
+    assert r.status_code == 409 and f"{MAX_POOLS} pools" in r.text, r.text
+    # One it has is still set; another project has its own.
+    r = await api.call("PUT", "/v1/pools", token, json={**body, "memory_mib": 128, "min_ready": 0})
+    assert r.status_code == 200, r.text
+    beta = await api.token("beta", "member")
+    r = await api.call("PUT", "/v1/pools", beta, json={**body, "memory_mib": 1024})
+    assert r.status_code == 200, r.text
+
+
+async def test_a_run_whose_placement_the_pools_node_breaks_takes_no_pooled_machine(
+    api: Api, node: Node
+) -> None:
+    token = await api.token("alpha", "member")
+    await filled(api, node, token, 2)
+    body = {"runtime": "microvm", "memory_mib": MIB, "disk_mib": 64}
+    # A node label pn lacks; a second machine of an anti-affine group (the first is on pn).
+    r = await api.machine(token, constraints={"zone": "b"}, **body)
+    assert r.status_code == 503 and "zone" in r.text, r.text
+    spread = {"group": "g", "group_policy": "anti-affinity", **body}
+    r = await api.machine(token, name="first", **spread)
+    assert r.status_code == 201, r.text
+    assert (await api.placed(token, "first"))["node"] == node.id
+    r = await api.machine(token, name="second", **spread)
+    assert r.status_code == 503, r.text  # pn is full too
+    assert len(await pooled(api, lambda m: m.state is MachineState.READY)) == 2
+
+
+async def test_a_template_snapshot_a_crashed_leader_left_behind_blocks_no_pool(
+    api: Api, node: Node
+) -> None:
+    """The leader died while its node took the template's snapshot: the snapshot's row (being
+    taken) and the node's files are left, and no pool refers to them."""
+    token = await api.token("alpha", "member")
+    body = {"image": "busybox", "memory_mib": MIB, "disk_mib": 64, "min_ready": 1}
+    pool = (await api.call("PUT", "/v1/pools", token, json=body)).json()
+    # Its template's name is none a project can give a snapshot of its own (to fail the pool).
+    taken = {"machine": "any", "name": f"{pool['id']}.template"}
+    r = await api.call("POST", "/v1/snapshots", token, json=taken)
+    assert r.status_code == 400 and "name" in r.text, r.text
+    (template,) = await until(lambda: pooled(api, lambda m: m.template), "a template")
+    left = replace(await _leftover(api, template), id="s-leftover", name=f"{pool['id']}.template")
+    async with api.ctl.store.write() as tx:
+        await tx.snapshots.create(left)
+    node.snapshots.append(left.id)
+    await node.report(template, "running", image_digest=DIGEST, image_source="catalogue")
+    await ready(api, node, token, pool["id"], 1)
+    assert left.id not in node.snapshots and len(node.snapshots) == 1
+    # Removed, the pool leaves no snapshot of its own behind either.
+    assert (await api.call("DELETE", f"/v1/pools/{pool['id']}", token)).status_code == 204
+    await until(lambda: _gone(api, token, pool["id"]), "the pool removed")
+    assert node.snapshots == []
+
+
+async def _leftover(api: Api, template: Machine) -> MachineSnapshot:
+    s = template.spec
+    return MachineSnapshot(
+        id="", project_id=template.project_id, name="", machine_id=template.id,
+        node_id=template.node_id or "", image=s.image, image_digest=DIGEST, cpus=s.cpus,
+        memory_mib=s.memory_mib, disk_mib=s.disk_mib, runtime=s.runtime, command=None,
+        entrypoint=None, env=(), workdir="", user="", networks=(), size_bytes=0,
+        state=SnapshotState.CREATING, created_at=time.time() - 3600, pool=template.pool,
+    )  # fmt: skip

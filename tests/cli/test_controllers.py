@@ -19,9 +19,7 @@ import pytest
 
 from tests.helpers import free_port
 from tests.helpers.cli import Hutch
-from tests.store.postgres import PostgresCluster, postgres
-
-__all__ = ["postgres"]  # the fixture, re-exported for pytest
+from tests.store.postgres import PostgresCluster
 
 JOIN = "join-secret-of-the-two"
 LEASE = 2.0

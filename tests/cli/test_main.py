@@ -25,6 +25,8 @@ def test_every_listed_command_runs_its_help(hutch: Hutch) -> None:
     for name in names:
         shown = hutch(name, "--help")
         assert shown.returncode == 0 and f"Usage: hutch {name}" in shown.stdout, shown.stderr
+        # Only the top level could install completion: no group offers it.
+        assert "--install-completion" not in shown.stdout, name
     assert "hutch run busybox -- echo hello" in hutch("run", "--help").stdout  # its epilog
 
 

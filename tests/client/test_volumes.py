@@ -18,9 +18,9 @@ from hutch.client import AsyncClient
 from hutch.client.errors import Conflict, Invalid, NoCapacity, NotFound, QuotaExceeded
 from hutch.storage.local import export_stream
 from tests.controller import Controller, controller, new_project, running_controller
-from tests.store.postgres import PostgresCluster, postgres, postgres_url
+from tests.store.postgres import PostgresCluster
 
-__all__ = ["controller", "postgres", "postgres_url"]  # fixtures, re-exported for pytest
+__all__ = ["controller"]  # the session fixture, for the tests here
 
 MIB = 1 << 20
 GIB = 1 << 30

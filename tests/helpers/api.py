@@ -7,6 +7,7 @@ real agents with real micro-VMs. The `api` fixture (tests/api/conftest.py) opens
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class Api:
     ctl: Controller
     admin: str  # a system token
     background: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    state_dir: Path | None = None  # removed by close_api
 
     async def call(
         self, method: str, path: str, token: str | None = None, **kwargs: object
@@ -93,7 +95,7 @@ async def open_api(
     await ctl.store.open()  # the ASGI transport does not run the lifespan
     await bootstrap(ctl, settings)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hutch")
-    api = Api(http, ctl, (tmp / "admin-token").read_text().strip())
+    api = Api(http, ctl, (tmp / "admin-token").read_text().strip(), state_dir=tmp)
     await api.background.enter_async_context(leading_work(ctl))  # the scheduler, node health
     await api.join("sim-1")
     return api, ctl
@@ -120,7 +122,10 @@ async def served(api: Api) -> AsyncIterator[str]:
 
 
 async def close_api(api: Api) -> None:
+    """Stop it and remove its state directory (a test that made one per test left thousands)."""
     await api.background.aclose()
     await api.http.aclose()
     await api.ctl.link.close()
     await api.ctl.store.close()
+    if api.state_dir is not None:
+        shutil.rmtree(api.state_dir, ignore_errors=True)

@@ -18,16 +18,14 @@ from hutch.model.tenancy import Principal, Role
 from hutch.placement import need
 from hutch.services.machines import request_of
 from tests.store import factories as f
-from tests.store.postgres import postgres, postgres_url
-
-__all__ = ["postgres", "postgres_url"]  # fixtures, imported for pytest
+from tests.store.at_head import controller_db_at_head
 
 S = MachineState
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> config.Settings:
-    url = "" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = controller_db_at_head(request, request.param, tmp_path)
     return config.load(
         state_dir=tmp_path, database_url=url, join_secret="j" * 32, controller_secret="c" * 32
     )

@@ -28,9 +28,7 @@ from hutch.model.machine import (
 from hutch.placement import need
 from hutch.services.machines import RESTART_BACKOFF_MAX, request_of
 from tests.store import factories as f
-from tests.store.postgres import postgres, postgres_url
-
-__all__ = ["postgres", "postgres_url"]  # fixtures, imported for pytest
+from tests.store.at_head import controller_db_at_head
 
 S = MachineState
 D = Desired
@@ -194,7 +192,7 @@ ROWS = [
 @pytest.fixture(params=["sqlite", "postgres"])
 async def services(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Controller]:
     """The controller's real services over a fresh store; nothing runs in the background."""
-    url = "" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = controller_db_at_head(request, request.param, tmp_path)
     settings = config.load(
         state_dir=tmp_path, database_url=url, join_secret="j" * 32, controller_secret="c" * 32
     )

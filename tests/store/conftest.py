@@ -1,7 +1,8 @@
-"""Store fixtures: every test that takes `store` (or `store_url`) runs on SQLite and PostgreSQL.
+"""Store fixtures: every test that takes `store` (or a store URL) runs on SQLite and PostgreSQL.
 
 store_url   a URL of a fresh, empty store: a SQLite file, or a new PostgreSQL database
-store       that store, opened (migrated); closed afterwards
+url_at_head a URL of a fresh store already at the schema's head (tests/store/at_head.py)
+store       that store, opened; closed afterwards
 """
 
 from collections.abc import AsyncIterator
@@ -11,9 +12,7 @@ import pytest
 
 from hutch.store import open_store
 from hutch.store.sql import SqlStore
-from tests.store.postgres import postgres, postgres_url
-
-__all__ = ["postgres", "postgres_url"]  # fixtures, re-exported for pytest
+from tests.store.at_head import copy_sqlite_at_head
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -24,9 +23,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def url_at_head(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return copy_sqlite_at_head(request.getfixturevalue("sqlite_at_head"), tmp_path / "h.db")
+    url: str = request.getfixturevalue("postgres_url_at_head")
+    return url
+
+
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[SqlStore]:
-    s = open_store(store_url)
+async def store(url_at_head: str) -> AsyncIterator[SqlStore]:
+    s = open_store(url_at_head)
     assert isinstance(s, SqlStore)
     await s.open()
     yield s

@@ -4,9 +4,9 @@
     postgres_url   a fresh, empty database for one test, as a store URL
                    ("postgresql://postgres@127.0.0.1:PORT/DB?host=SOCKET_DIR"); dropped afterwards
 
-Import both into a conftest.py to use them. The cluster listens on a unix socket in its own
-directory and on 127.0.0.1 (a free port), trusts every local connection, runs without fsync (a
-test database need not survive a power cut) and is stopped at the end of the session. initdb
+tests/conftest.py defines both, once for every directory. The cluster listens on a unix socket
+in its own directory and on 127.0.0.1 (a free port), trusts every local connection, runs without
+fsync (a test database need not survive a power cut), is stopped at the end of the session. initdb
 refuses to run as root, so as root everything runs as the `postgres` system user. Without the
 binaries (Debian's postgresql-15) the tests that need it are skipped, or fail under CI.
 """
@@ -148,9 +148,9 @@ class PostgresCluster:
             raise RuntimeError(f"psql {statement!r} failed: {proc.stderr}")
         return proc.stdout
 
-    def create_database(self) -> str:
+    def create_database(self, template: str = "template1") -> str:
         name = f"test_{os.getpid()}_{next(self._names)}"
-        self.sql(f'CREATE DATABASE "{name}"')
+        self.sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return name
 
     def drop_database(self, name: str) -> None:

@@ -65,7 +65,7 @@ async def run_worker(*args: str) -> str:
     return out.decode()
 
 
-async def test_quota_checks_across_processes(store: SqlStore, store_url: str) -> None:
+async def test_quota_checks_across_processes(store: SqlStore, url_at_head: str) -> None:
     p = f.project()
     async with store.write() as tx:
         await tx.projects.create(p)
@@ -74,7 +74,7 @@ async def test_quota_checks_across_processes(store: SqlStore, store_url: str) ->
             sys.executable,
             str(WORKER),
             "claim",
-            store_url,
+            url_at_head,
             p.id,
             "25",
             stdin=asyncio.subprocess.PIPE,

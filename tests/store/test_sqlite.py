@@ -15,6 +15,7 @@ from hutch.model.errors import Conflict, Unavailable
 from hutch.store.base import NewEvent
 from hutch.store.sql import SqlStore, engine
 from tests.store import factories as f
+from tests.store.at_head import copy_sqlite_at_head
 
 
 @pytest.fixture
@@ -23,8 +24,8 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def sqlite_store(db: Path) -> AsyncIterator[SqlStore]:
-    store = SqlStore(f"sqlite:///{db}")
+async def sqlite_store(db: Path, sqlite_at_head: Path) -> AsyncIterator[SqlStore]:
+    store = SqlStore(copy_sqlite_at_head(sqlite_at_head, db))
     await store.open()
     yield store
     await store.close()

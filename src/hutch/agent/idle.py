@@ -10,10 +10,13 @@ once if the machine's security groups would not let its client in: its own conne
 machine, from the node, does not meet them again), asks the controller to resume the machine,
 connects to the guest's port once the guest answers there (within WAKE_WAIT, else it closes
 the client's connection) and copies bytes both ways until both ends are done. Once the
-machine runs, its ports are forwarded again; connections held meanwhile keep their copy."""
+machine runs, its ports are forwarded again; connections held meanwhile keep their copy. A
+flood of connections holds at most HELD_MAX per machine (the rest are closed at once) and asks
+the controller once (one wake call in flight per machine)."""
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -32,6 +35,7 @@ PERIOD = 0.5  # seconds between two looks at the connections: how late activity 
 REPORT_MAX = 30.0  # seconds: a machine in use is reported at least this often
 WAKE_WAIT = 60.0  # seconds a held connection waits for its guest to answer
 CHUNK = 1 << 16
+HELD_MAX = 64  # connections held per sleeping machine: each is a descriptor, for WAKE_WAIT
 
 Run = Callable[..., Awaitable[object]]  # runs a blocking function on the network thread
 
@@ -63,7 +67,8 @@ class Idleness:
         self._before: set[str] = set()  # the keys of the flows the last look saw
         # sandbox -> the tasks accepting on its ports while it sleeps
         self._accepting: dict[str, list[asyncio.Task[None]]] = {}
-        self._held: set[asyncio.Task[None]] = set()  # connections being woken or copied
+        self._held: dict[str, set[asyncio.Task[None]]] = {}  # sandbox -> its held connections
+        self._waking: dict[str, asyncio.Future[None]] = {}  # sandbox -> its wake call in flight
 
     async def look(self, assignments: list[Assignment]) -> None:
         """Report the machines that idle (and run) whose published ports have a connection
@@ -108,7 +113,8 @@ class Idleness:
             ]
 
     async def close(self) -> None:
-        tasks = [t for ts in self._accepting.values() for t in ts] + list(self._held)
+        held = [*self._accepting.values(), *self._held.values(), self._waking.values()]
+        tasks: list[asyncio.Future[None]] = [t for ts in held for t in ts]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -119,12 +125,13 @@ class Idleness:
         try:
             while True:
                 client, (remote, _) = await loop.sock_accept(listener)
-                if not self.network.admits(s.sandbox, p.port, remote):
-                    client.close()  # its security groups would not let it in: nor does the waker
+                held = self._held.setdefault(s.sandbox, set())
+                if len(held) >= HELD_MAX or not self.network.admits(s.sandbox, p.port, remote):
+                    client.close()  # too many, or its security groups would not let it in
                     continue
                 task = asyncio.create_task(self._hold(s, p, client))
-                self._held.add(task)
-                task.add_done_callback(self._held.discard)
+                held.add(task)
+                task.add_done_callback(functools.partial(self._release, s.sandbox))
         finally:
             listener.close()
 
@@ -133,7 +140,7 @@ class Idleness:
         guest: socket.socket | None = None
         try:
             try:
-                await self._wake(s.machine, s.generation, p.host_port)
+                await asyncio.shield(self._wake_once(s, p))
             except HutchError as e:
                 log.warning("machine %s not woken by a connection: %s", s.machine, e.message)
                 return
@@ -149,6 +156,20 @@ class Idleness:
             client.close()
             if guest is not None:
                 guest.close()
+
+    def _release(self, sandbox: str, task: asyncio.Task[None]) -> None:
+        held = self._held.get(sandbox, set())
+        held.discard(task)
+        if not held:
+            self._held.pop(sandbox, None)
+
+    def _wake_once(self, s: _Sleeper, p: PortMapping) -> asyncio.Future[None]:
+        """The wake call for `s`: the one in flight, or a new one (by a connection to `p`)."""
+        if (task := self._waking.get(s.sandbox)) is None:
+            task = asyncio.ensure_future(self._wake(s.machine, s.generation, p.host_port))
+            self._waking[s.sandbox] = task
+            task.add_done_callback(lambda _: self._waking.pop(s.sandbox, None))
+        return task
 
     async def _connect(self, ip4: str, port: int) -> socket.socket | None:
         """A connection to the guest's port, tried until it answers (None after WAKE_WAIT)."""

@@ -107,7 +107,9 @@ def load(name: str) -> click.Command:
 
 
 def _plain(app: typer.Typer) -> None:
-    """Plain help text and tracebacks, as the top level's, for `app` and its subgroups."""
+    """Plain help text and tracebacks, as the top level's, for `app` and its subgroups, and no
+    shell-completion options (only the top level could install them)."""
+    app._add_completion = False
     app.rich_markup_mode = None
     app.pretty_exceptions_enable = False
     for group in app.registered_groups:

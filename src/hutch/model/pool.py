@@ -13,6 +13,7 @@ from hutch.model.image import parse_ref
 from hutch.model.machine import MIN_MEMORY_MIB, check_suspendable
 
 MAX_READY = 64  # pooled machines one pool keeps at most: more is a typo, not a plan
+MAX_POOLS = 16  # pools per project: the leader tends every one, every few seconds
 
 
 class PoolState(StrEnum):

@@ -31,6 +31,7 @@ from hutch.model.machine import (
     Capacity,
     Desired,
     Event,
+    GroupPolicy,
     Machine,
     MachineSpec,
     MachineState,
@@ -335,10 +336,12 @@ class Machines:
         """The project's ready pool a new machine of `spec` may be taken from: one of its
         image (`digest`, what that name means now, if known), shape and runtime, for a machine
         on the default network that publishes nothing, in no security group, with no volumes
-        and not from a snapshot (a pooled machine was made with none of those)."""
+        and not from a snapshot (a pooled machine was made with none of those), and with no
+        node labels or group policy to meet (its node was chosen without them)."""
         if (
             spec.volumes or spec.from_snapshot or net.networks is not None or net.ports
-            or net.security_groups
+            or net.security_groups or spec.constraints
+            or spec.group_policy is not GroupPolicy.NONE
         ):  # fmt: skip
             return None
         try:
@@ -414,8 +417,11 @@ class Machines:
     ) -> bool:
         """Make room for a machine no node can take now by destroying pooled machines (of any
         project: a pool is a cache) on a node that takes it once they are gone. Whether any
-        went."""
+        went. QuotaExceeded first (nothing gone) for a machine over its project's quota even
+        once the project's own pooled machines are gone: another project's pool never empties
+        for a machine that is then refused."""
         async with self.store.write() as tx:
+            await self._quota_giving_way(tx, project, usage_of(spec), name)
             pooled = [m for m in await tx.machines.pooled() if m.node_id and m.state in ACTIVE]
             if not pooled:
                 return False

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from hutch.model.errors import HutchError, Invalid, NotFound
+from hutch.model.errors import Conflict, HutchError, Invalid, NotFound
 from hutch.model.machine import ACTIVE, Machine, MachineState
-from hutch.model.pool import Pool, PoolShape, PoolState, check_min_ready
+from hutch.model.pool import MAX_POOLS, Pool, PoolShape, PoolState, check_min_ready
 from hutch.model.tenancy import Principal, Project
 from hutch.services.ids import new_id
 from hutch.services.machines import Machines
@@ -71,6 +71,11 @@ class Pools:
             await tx.projects.lock(project.id)
             pool = await tx.pools.by_shape(project.id, shape)
             if pool is None:
+                if len(await tx.pools.list(project.id)) >= MAX_POOLS:
+                    raise Conflict(
+                        f"project {project.name} has {MAX_POOLS} pools, the most it may have: "
+                        "remove one first (hutch pool rm)"
+                    )
                 pool = Pool(
                     id=new_id("w"), project_id=project.id, shape=shape, min_ready=min_ready,
                     state=PoolState.PREPARING, created_at=now, updated_at=now,
@@ -186,8 +191,11 @@ class Pools:
         async def find(tx: Tx) -> Machine:
             return await tx.machines.by_id(template.id)
 
+        if not await self._remove_snapshots(pool):
+            return  # a leftover (see _remove_snapshots) has clones still: not while they run
         try:
-            snap = await self.snapshots.take(project, find, f"{pool.id}-template", pool.id)
+            # "." is in no name a project can give (a DNS label): none can take this one first.
+            snap = await self.snapshots.take(project, find, f"{pool.id}.template", pool.id)
         except HutchError as e:
             await self._update(pool, state=PoolState.FAILED, error=f"its template: {e.message}")
         else:
@@ -200,10 +208,19 @@ class Pools:
 
     async def _remove(self, pool: Pool, live: builtins.list[Machine]) -> None:
         await self._destroy(live, "its pool was removed")
-        if pool.snapshot_id and not await self.snapshots.remove_template(pool.snapshot_id):
+        if not await self._remove_snapshots(pool):
             return  # machines taken from it run from it: it goes after them
         async with self.store.write() as tx:
             await tx.pools.delete(pool.id)
+
+    async def _remove_snapshots(self, pool: Pool) -> bool:
+        """The pool's template snapshots, each once no machine runs from it: whether all
+        went. Beside its own, a leader that died while a node took one left that one behind
+        (its name, which the next take needs, with it)."""
+        async with self.store.read() as tx:
+            snaps = await tx.snapshots.list(pool.project_id, pool.id)
+        gone = [await self.snapshots.remove_template(s.id) for s in snaps]
+        return all(gone)
 
     async def _destroy(self, machines: builtins.list[Machine], why: str) -> None:
         if not machines:

@@ -346,7 +346,8 @@ class SnapshotRepo(Protocol):
     async def get(self, project_id: str, ref: str) -> MachineSnapshot:
         """By id or name, within the project; NotFound otherwise."""
 
-    async def list(self, project_id: str) -> builtins.list[MachineSnapshot]: ...
+    async def list(self, project_id: str, pool: str = "") -> builtins.list[MachineSnapshot]:
+        """The project's own snapshots, oldest first; `pool`: that warm pool's instead."""
 
     async def by_id(self, snapshot_id: str) -> MachineSnapshot:
         """Any project's, by id: for placing its clones (whose spec names it by id)."""

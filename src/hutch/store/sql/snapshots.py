@@ -27,11 +27,11 @@ class SqlSnapshots(Repo):
         stmt = sa.select(t.machine_snapshots).where(t.machine_snapshots.c.id == snapshot_id)
         return _to_snapshot(await self._found(stmt, "snapshot", snapshot_id))
 
-    async def list(self, project_id: str) -> builtins.list[MachineSnapshot]:
+    async def list(self, project_id: str, pool: str = "") -> builtins.list[MachineSnapshot]:
         s = t.machine_snapshots
         stmt = (
             sa.select(s)
-            .where(s.c.project_id == project_id, s.c.pool == "")
+            .where(s.c.project_id == project_id, s.c.pool == pool)
             .order_by(s.c.created_at, s.c.id)
         )
         return [_to_snapshot(r) for r in await self._c.execute(stmt)]
