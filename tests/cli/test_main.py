@@ -45,3 +45,12 @@ def test_ps_loads_no_server(hutch_env: dict[str, str]) -> None:
     )
     assert "hutch.client.plain" in modules
     assert not {m for m in modules if m.startswith(HEAVY + SLOW)}
+
+
+def test_a_pool_of_more_than_it_may_keep_is_refused_naming_the_option(hutch: Hutch) -> None:
+    """Before any controller is asked (none is here): the flag and its range, not the API's
+    field name."""
+    refused = hutch("pool", "set", "busybox", "--min-ready", "65")
+    assert refused.returncode == 125, refused.stderr
+    assert "'--min-ready'" in refused.stderr and "0<=x<=64" in refused.stderr, refused.stderr
+    assert "0<=x<=64" in hutch("pool", "set", "--help").stdout

@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from hutch.cli.remote import OutputOpt, connect, each, fields, listed, progress, when
+from hutch.model.pool import MAX_READY
 from hutch.model.units import parse_mib
 
 app = typer.Typer(
@@ -17,7 +18,14 @@ app = typer.Typer(
 def set_(
     image: Annotated[str, typer.Argument(metavar="IMAGE", help="An image's name or digest.")],
     min_ready: Annotated[
-        int, typer.Option("--min-ready", "-n", help="Machines kept ready (0: none, pool kept).")
+        int,
+        typer.Option(
+            "--min-ready",
+            "-n",
+            min=0,
+            max=MAX_READY,
+            help="Machines kept ready (0: none, pool kept).",
+        ),
     ],
     cpus: Annotated[int, typer.Option(help="vCPUs (default 1).")] = 1,
     memory: Annotated[
