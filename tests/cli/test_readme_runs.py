@@ -231,6 +231,10 @@ def test_the_suspend_block_runs_as_written(sh: Shell) -> None:
             assert out == json.loads(ok(sh("hutch inspect copy1"), "inspect"))["id"] + "\n"
         elif command == "hutch snapshot ls":
             assert re.search(r"^tmpl\s+s-\w+\s+busybox\s", out, re.M), out
+            # Stopped while suspended, it ended with no exit code: ps says exited, no "None".
+            ok(sh("hutch suspend copy1 && hutch stop copy1"), "suspend, stop")
+            ps = ok(sh("hutch ps"), "ps")
+            assert re.search(r"\scopy1\s+busybox\s+microvm\s+exited\s{2}", ps), ps
         elif command.startswith("hutch snapshot rm tmpl"):
             assert out == "tmpl\n"
     # Several at once, as `hutch rm` takes them: each printed once deleted, up to one not found.

@@ -83,7 +83,9 @@ def _status(m: "MachineView") -> str:
 def _status_of(state: str, exit_code: int | None, oom_killed: bool, error: str) -> str:
     """A machine's state as `hutch ps` shows it (`state` a MachineState or its value)."""
     if state == MachineState.EXITED:
-        return f"exited ({exit_code})" + (", out of memory" if oom_killed else "")
+        # No code: its process never ended on its own (stopped while suspended, say).
+        code = "" if exit_code is None else f" ({exit_code})"
+        return f"exited{code}" + (", out of memory" if oom_killed else "")
     if state == MachineState.FAILED:
         return f"failed: {error}" if error else "failed"
     return str(state)
