@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+from hutch.cli.machines import _ps_status
 from tests.controller import Controller, controller, new_project
 from tests.helpers.cli import Hutch
 
@@ -102,3 +103,12 @@ def test_timeouts_stop_or_destroy_a_machine_and_extend_gives_more_time(
     assert keeper["timeout_s"] == 60 and keeper["extended_s"] == 3600
     assert keeper["state"] == "running" and keeper["expires_at"].endswith("Z")
     assert hutch("rm", "-f", "keeper", "plain", "stopper").returncode == 0
+
+
+def test_ps_says_a_machine_ran_its_whole_timeout() -> None:
+    """A machine suspended at its timeout has none left: `ps` says it timed out (a resume is
+    refused until it is extended), not "0s left"."""
+    seen = {"state": "suspended", "exit_code": None, "error": "", "idled": False}
+    assert _ps_status({**seen, "time_left_s": 0}) == "suspended (timed out)"
+    assert _ps_status({**seen, "time_left_s": 59.2}) == "suspended (1m left)"
+    assert _ps_status({**seen, "time_left_s": None}) == "suspended"

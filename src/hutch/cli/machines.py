@@ -507,7 +507,8 @@ def _ps_status(m: dict[str, Any]) -> str:
     # "idle": suspended for idling, a connection wakes it (one `hutch suspend` made: none does)
     notes = ["idle"] if m.get("idled") and m["state"] == MachineState.SUSPENDED else []
     if (left := m.get("time_left_s")) is not None and not MachineState(m["state"]).finished:
-        notes.append(f"{format_duration(math.ceil(left))} left")
+        # 0 left: it ran its whole timeout (suspended, it resumes once extended)
+        notes.append(f"{format_duration(math.ceil(left))} left" if left > 0 else "timed out")
     if notes:
         status += f" ({', '.join(notes)})"
     return cut(status)  # whole in `hutch inspect`
