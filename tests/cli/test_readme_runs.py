@@ -264,7 +264,7 @@ def test_the_warm_pools_block_runs_as_written(
             time.sleep(0.5)
         return out
 
-    assert re.search(rf"^{pool}\s+busybox\s+1\s+128M\s+-\s+2/2\s+ready\s", ready(2), re.M)
+    assert re.search(rf"^{pool}\s+busybox\s+1\s+128M\s+64M\s+2/2\s+ready\s", ready(2), re.M)
     ran = sh(run)
     assert (ran.returncode, ran.stdout) == (0, "hi\n"), ran.stderr  # its own process's
     quick = json.loads(ok(sh("hutch inspect quick"), "inspect"))

@@ -6,6 +6,7 @@ import typer
 
 from hutch.cli.remote import OutputOpt, connect, each, fields, listed, progress, when
 from hutch.model.pool import MAX_READY
+from hutch.model.sandbox import scratch_mib
 from hutch.model.units import parse_mib
 
 app = typer.Typer(
@@ -65,7 +66,7 @@ def ls(output: OutputOpt = "table") -> None:
     columns = [
         *fields("id", "image", "cpus"),
         ("MEMORY", lambda p: f"{p.memory_mib}M"),
-        ("DISK", lambda p: f"{p.disk_mib}M" if p.disk_mib else "-"),
+        ("DISK", lambda p: f"{scratch_mib(p.disk_mib, p.memory_mib)}M"),  # what a run gets
         ("READY", lambda p: f"{p.ready}/{p.min_ready}"),
         *fields("state", "node"),
         ("ERROR", lambda p: p.error or "-"),
