@@ -89,9 +89,27 @@ fmt: venv
 openapi: venv
 	$(PY) -m hutch.api.app > docs/openapi.json
 
+# Two pytest runs at once (one would leave a core idle: a third of the suite waits on guests and
+# timers): the tests that boot guests under `hutch up` or name host-wide things (network
+# namespaces, sandbox ids) in one, the rest in the other. Each session has a network namespace
+# of its own (tests/conftest.py). The second run's output follows the first's.
+# tests/test_makefile.py checks that the two lists hold every test. With PYTEST_ARGS: one run.
 # pytest exits 5 when it collected nothing: make fails on any non-zero exit, so that fails too.
+TESTS_GUESTS = tests/runtime tests/cli tests/agent tests/network tests/storage
+TESTS_REST = tests/api tests/services tests/store tests/client tests/bench tests/images \
+	tests/model tests/wire tests/placement tests/http tests/test_config.py tests/test_makefile.py
 test: setup lint
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@rest=$$(mktemp); \
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(VENV)/bin/pytest -p no:cacheprovider $(TESTS_REST) \
+		> $$rest 2>&1 & pid=$$!; \
+	HUTCH_CACHE_DIR=$(CACHE_DIR) $(VENV)/bin/pytest $(TESTS_GUESTS); guests=$$?; \
+	wait $$pid; others=$$?; cat $$rest; rm -f $$rest; \
+	echo "pytest: $(firstword $(TESTS_GUESTS)) ... exited $$guests, $(firstword $(TESTS_REST)) ... exited $$others"; \
+	test $$guests -eq 0 && test $$others -eq 0
+else
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(VENV)/bin/pytest $(PYTEST_ARGS)
+endif
 
 bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) bench/boot.py
