@@ -235,29 +235,25 @@ class SqlMachines(Repo):
         ]
 
     async def expired(self, now: float, limit: int) -> builtins.list[Machine]:
-        m = t.machines
-        stmt = (
-            sa.select(m)
-            .where(
-                m.c.expires_at <= now,
-                m.c.state == MachineState.RUNNING.value,
-                m.c.desired == Desired.RUNNING.value,
-            )
-            .order_by(m.c.expires_at, m.c.id)
-            .limit(limit)
-        )
-        return [_to_machine(r) for r in await self._c.execute(stmt)]
+        return await self._due(t.machines.c.expires_at, now, limit)
 
     async def idle(self, now: float, limit: int) -> builtins.list[Machine]:
+        return await self._due(t.machines.c.idle_at, now, limit)
+
+    async def _due(
+        self, when: "sa.Column[float]", now: float, limit: int
+    ) -> builtins.list[Machine]:
+        """Running machines (and meant to) whose `when` (a deadline kept in an indexed
+        column) is at or before `now`, the earliest first."""
         m = t.machines
         stmt = (
             sa.select(m)
             .where(
-                m.c.idle_at <= now,
+                when <= now,
                 m.c.state == MachineState.RUNNING.value,
                 m.c.desired == Desired.RUNNING.value,
             )
-            .order_by(m.c.idle_at, m.c.id)
+            .order_by(when, m.c.id)
             .limit(limit)
         )
         return [_to_machine(r) for r in await self._c.execute(stmt)]
