@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ def test_two_controllers_and_the_leader_killed_during_a_burst(
         survivor = bases[1 - leader]
         print(f"{len(acknowledged)} machines acknowledged; handover {handover:.1f} s")
         assert handover < 3 * LEASE + 2
-        assert len(acknowledged) > 50
+        assert len(acknowledged) >= 40
 
         # Every acknowledged machine exists, once, and the new leader places it.
         deadline = time.monotonic() + 60
@@ -161,8 +161,9 @@ async def _burst(
     cluster: PostgresCluster,
     name: str,
 ) -> tuple[set[str], float]:
-    """Creates through both controllers, 8 at a time; kill -9 of the leader after a second.
-    The ids acknowledged (201), and how long until the other one led."""
+    """Creates through both controllers, 8 at a time; kill -9 of the leader once 20 are
+    acknowledged, and go on until 20 more are after the other one leads (counts, not seconds:
+    a loaded machine is slower, not wrong). The ids acknowledged (201), and the handover time."""
     acknowledged: set[str] = set()
     stop = asyncio.Event()
 
@@ -182,7 +183,7 @@ async def _burst(
 
     async with httpx.AsyncClient(timeout=10) as http:
         tasks = [asyncio.create_task(creator(http, bases[i % 2])) for i in range(8)]
-        await asyncio.sleep(1.0)
+        await _until(lambda: len(acknowledged) >= 20, "20 acknowledged before the kill")
         old = _holder(cluster, name)
         procs[leader].send_signal(signal.SIGKILL)
         killed = time.monotonic()
@@ -191,10 +192,18 @@ async def _burst(
             await asyncio.sleep(0.1)
         handover = time.monotonic() - killed
         assert f"/{procs[1 - leader].pid}/" in now
-        await asyncio.sleep(1.0)
+        after = len(acknowledged) + 20
+        await _until(lambda: len(acknowledged) >= after, "20 acknowledged after the handover")
         stop.set()
         await asyncio.gather(*tasks)
     return acknowledged, handover
+
+
+async def _until(done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not done():
+        assert time.monotonic() < deadline, f"not {what} within 60 s"
+        await asyncio.sleep(0.05)
 
 
 def _all(base: str, admin: dict[str, str]) -> list[dict[str, Any]]:
