@@ -58,6 +58,7 @@ from hutch.store.base import (
     SnapshotRepo,
     TokenRepo,
     Tx,
+    UsageRepo,
     VolumeRepo,
 )
 from hutch.store.sql.events import SqlEvents
@@ -70,6 +71,7 @@ from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
 from hutch.store.sql.snapshots import SqlSnapshots
 from hutch.store.sql.tokens import SqlTokens
+from hutch.store.sql.usage import SqlUsage
 from hutch.store.sql.volumes import SqlVolumes
 
 MIGRATIONS = Path(__file__).parent.parent / "migrations"
@@ -478,6 +480,7 @@ class SqlTx:
         self.volumes: VolumeRepo = SqlVolumes(conn, backend)
         self.snapshots: SnapshotRepo = SqlSnapshots(conn, backend)
         self.pools: PoolRepo = SqlPools(conn, backend)
+        self.usage: UsageRepo = SqlUsage(conn, backend)
 
     @property
     def bumped(self) -> set[str]:
