@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         description="seconds (or 90s, 30m, 2h, 7d) a destroyed machine stays listed before the "
         "leader purges it and its events",
     )
+    storage_interval: float = Field(
+        3600.0,
+        gt=0,
+        description="seconds (or 90s, 30m, 1h) per storage accrual: the leader meters disks, "
+        "volumes and snapshots per interval, once it is over",
+    )
     # -- the controller --
     network_pool4: str = Field(
         "10.96.0.0/11",
@@ -201,7 +207,7 @@ class Settings(BaseSettings):
             raise ValueError("a volume pool is at least 512 MiB (XFS needs 300), or 0: the default")
         return value
 
-    @field_validator("machine_retention", "volume_export_idle", mode="before")
+    @field_validator("machine_retention", "volume_export_idle", "storage_interval", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         try:

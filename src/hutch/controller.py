@@ -20,6 +20,7 @@ from hutch.services.images import Images
 from hutch.services.leader import Leadership
 from hutch.services.lifetimes import Lifetimes
 from hutch.services.machines import Machines
+from hutch.services.metering import Metering
 from hutch.services.networks import Networks, Pool
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
@@ -57,6 +58,7 @@ class Controller:
     volumes: Volumes  # volumes and their snapshots
     snapshots: Snapshots  # machine snapshots (`run --from` clones them)
     pools: Pools  # warm pools, kept filled by the leader
+    metering: Metering  # the usage ledger: nodes' samples counted, storage accrued by the leader
     ca_pem: str | None = None  # when serving HTTPS
 
 
@@ -125,6 +127,7 @@ def build_controller(settings: Settings) -> Controller:
         volumes=Volumes(store, link, policy),
         snapshots=snapshots,
         pools=Pools(store, policy, notifier, machine_service, snapshots),
+        metering=Metering(store, settings.storage_interval),
         ca_pem=ca_pem,
     )
 
@@ -132,8 +135,9 @@ def build_controller(settings: Settings) -> Controller:
 @contextlib.asynccontextmanager
 async def leading_work(ctl: Controller) -> AsyncIterator[None]:
     """In the background: the leader's lease, and what the leader does (the scheduler, node
-    health, the purge of destroyed machines, machines' timeouts, warm pools), each idle while this
-    controller does not lead; and on every controller, the check of its open streams' tokens.
+    health, the purge of destroyed machines, machines' timeouts, warm pools, the storage
+    accrual), each idle while this controller does not lead; and on every controller, the check
+    of its open streams' tokens.
     They are stopped between two transactions, never cancelled inside one."""
     stop = asyncio.Event()
     leading = ctl.leadership.leading
@@ -144,6 +148,7 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
         asyncio.create_task(ctl.retention.run(leading, stop)),
         asyncio.create_task(ctl.lifetimes.run(leading, stop)),
         asyncio.create_task(ctl.pools.run(leading, stop)),
+        asyncio.create_task(ctl.metering.run(leading, stop)),
         asyncio.create_task(ctl.streams.run(stop)),
     ]
     try:

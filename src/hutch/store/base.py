@@ -20,7 +20,7 @@ from hutch.model.network import PortMapping
 from hutch.model.pool import Pool, PoolShape
 from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import Project, Quota, Token, Usage
-from hutch.model.usage import By, UsageMark, UsageRecord, UsageTotal
+from hutch.model.usage import By, Held, UsageMark, UsageRecord, UsageTotal
 from hutch.model.volume import Snapshot, Volume
 
 MAX_PAGE = 200  # machines per `MachineRepo.list` page at most, whatever the caller asks
@@ -121,6 +121,10 @@ class MachineRepo(Protocol):
 
     async def by_id(self, machine_id: str) -> Machine:
         """Any project's machine by id: only for node reports, which name the machine."""
+
+    async def by_ids(self, machine_ids: Sequence[str]) -> dict[str, Machine]:
+        """Any project's machines by id, destroyed ones too (until purged): for node reports
+        and samples. Those not found are not in it."""
 
     async def pending(
         self, limit: int, after: tuple[float, str] | None = None
@@ -418,6 +422,11 @@ class UsageRepo(Protocol):
 
     async def set_marks(self, marks: Sequence[UsageMark]) -> None:
         """Write marks that `marks()` returned, moved on."""
+
+    async def held(self, start: float, end: float) -> builtins.list[Held]:
+        """Every machine's scratch disk, volume, volume snapshot and machine snapshot that
+        existed at some time in [start, end), as far as the store knows: a machine until it
+        was destroyed (until it is purged), the others while their rows are there."""
 
     async def prune_marks(self, ended_before: float) -> int:
         """Delete the marks of generations that ended (their last sample counted) before
