@@ -15,6 +15,7 @@ from pathlib import Path
 from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import tls
+from hutch.model.metrics import Tier
 from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
@@ -31,6 +32,7 @@ from hutch.services.retention import Retention
 from hutch.services.scheduling import Scheduler
 from hutch.services.snapshots import Snapshots
 from hutch.services.streams import Streams
+from hutch.services.telemetry import Telemetry
 from hutch.services.tenancy import Tenancy
 from hutch.services.volumes import Volumes
 from hutch.store import open_store
@@ -58,6 +60,7 @@ class Controller:
     volumes: Volumes  # volumes and their snapshots
     snapshots: Snapshots  # machine snapshots (`run --from` clones them)
     pools: Pools  # warm pools, kept filled by the leader
+    telemetry: Telemetry  # nodes' samples in, machines' metric history out (pruned by the leader)
     metering: Metering  # the usage ledger: nodes' samples counted, storage accrued by the leader
     ca_pem: str | None = None  # when serving HTTPS
 
@@ -108,6 +111,7 @@ def build_controller(settings: Settings) -> Controller:
         store, policy, notifier, link, image_service, networks=network_service
     )
     streams = Streams(store, per_token=settings.streams_per_token)
+    metering = Metering(store, settings.storage_interval)
     snapshots = Snapshots(store, link, policy)
     return Controller(
         store=store,
@@ -127,7 +131,16 @@ def build_controller(settings: Settings) -> Controller:
         volumes=Volumes(store, link, policy),
         snapshots=snapshots,
         pools=Pools(store, policy, notifier, machine_service, snapshots),
-        metering=Metering(store, settings.storage_interval),
+        telemetry=Telemetry(
+            store,
+            policy,
+            [
+                Tier(settings.metrics_fine, settings.metrics_fine_keep),
+                Tier(settings.metrics_coarse, settings.metrics_coarse_keep),
+            ],
+            metering,
+        ),
+        metering=metering,
         ca_pem=ca_pem,
     )
 
@@ -148,6 +161,7 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
         asyncio.create_task(ctl.retention.run(leading, stop)),
         asyncio.create_task(ctl.lifetimes.run(leading, stop)),
         asyncio.create_task(ctl.pools.run(leading, stop)),
+        asyncio.create_task(ctl.telemetry.run(leading, stop)),
         asyncio.create_task(ctl.metering.run(leading, stop)),
         asyncio.create_task(ctl.streams.run(stop)),
     ]

@@ -13,7 +13,7 @@ from hutch.model.usage import Held, UsageMark, UsageRecord
 from hutch.services.metering import STORAGE, Metering, accrue, count
 from hutch.store.sql import SqlStore
 from hutch.store.sql.usage import SqlUsage
-from hutch.wire.telemetry import MachineSample, Net
+from hutch.wire.telemetry import MachineSample, Net, NodeSample, Samples
 from tests.store import factories as f
 from tests.store.conftest import store, url_at_head
 
@@ -39,6 +39,11 @@ def sample(
         vcpus=vcpus, memory_mib=memory_mib, running_s=running_s, cpu_s=cpu_s,
         memory_bytes=1 << 20, memory_limit_bytes=memory_mib << 20, public=Net(tx_bytes=tx),
     )  # fmt: skip
+
+
+def post(*samples: MachineSample) -> Samples:
+    node = NodeSample(time=T, cpu_s=0, memory_bytes=0, hutch_cpu_s=0, hutch_memory_bytes=0)
+    return Samples(node=node, machines=list(samples))
 
 
 def totals(records: list[UsageRecord]) -> dict[str, Any]:
@@ -124,12 +129,13 @@ async def test_record_counts_each_sample_once(store: SqlStore) -> None:
     metering = Metering(store)
     posts = [[sample(i, 10.0 * i, 4.0 * i, machine=m.id, tx=1000 * i) for i in (1, 2, 3)],
              [sample(i, 10.0 * i, 4.0 * i, machine=m.id, tx=1000 * i) for i in (4, 5)]]  # fmt: skip
-    assert await metering.record("n-other", posts[0]) == 0  # not the machine's node
-    assert await metering.record(node, posts[0]) == 4  # a start and three deltas
-    assert await metering.record(node, posts[0]) == 0  # resent after an agent restart
+    assert await metering.record("n-other", post(*posts[0])) == 0  # not the machine's node
+    assert await metering.record(node, post(*posts[0])) == 4  # a start and three deltas
+    assert await metering.record(node, post(*posts[0])) == 0  # resent after an agent restart
     # Two controllers given the resent spool and the next post at the same time.
     added = await asyncio.gather(
-        metering.record(node, posts[0] + posts[1]), Metering(store).record(node, posts[1])
+        metering.record(node, post(*posts[0], *posts[1])),
+        Metering(store).record(node, post(*posts[1])),
     )
     assert sorted(added) == [0, 2]
     async with store.read() as tx:
@@ -146,7 +152,7 @@ async def test_a_lost_node_loses_at_most_one_sampling_period(store: SqlStore) ->
     project, node, m = await placed(store)
     period, taken = 10.0, 9
     sent = [sample(i, period * i, period * i / 2, machine=m.id) for i in range(1, taken)]
-    await Metering(store).record(node, sent)  # sample 9 went with the node
+    await Metering(store).record(node, post(*sent))  # sample 9 went with the node
     async with store.read() as tx:
         [total] = await tx.usage.totals(project)
     ran = taken * period

@@ -39,7 +39,7 @@ from hutch.model.machine import Machine
 from hutch.model.usage import Held, UsageMark, UsageRecord, quantity
 from hutch.services.notify import pause
 from hutch.store.base import Store, Tx
-from hutch.wire.telemetry import MachineSample
+from hutch.wire.telemetry import MachineSample, Samples
 
 log = logging.getLogger("hutch.metering")
 STORAGE = "storage"  # the storage accrual's mark (subject "storage", generation 0)
@@ -109,17 +109,15 @@ class Metering:
         self.store = store
         self.storage_interval = storage_interval
 
-    async def record(
-        self, node_id: str, samples: Sequence[MachineSample], tx: Tx | None = None
-    ) -> int:
-        """Count a node's samples into the ledger (see the module's docstring), in `tx` (the
-        telemetry ingest's) or a write transaction of its own: how many records were added."""
+    async def record(self, node_id: str, samples: Samples, tx: Tx | None = None) -> int:
+        """Count a node's post of samples into the ledger (see the module's docstring), in
+        `tx` or a write transaction of its own: how many records were added."""
         if tx is None:
             async with self.store.write() as own:
                 return await self.record(node_id, samples, own)
-        machines = await tx.machines.by_ids([s.machine for s in samples])
+        machines = await tx.machines.by_ids([s.machine for s in samples.machines])
         streams: dict[tuple[str, int], list[MachineSample]] = defaultdict(list)
-        for s in samples:
+        for s in samples.machines:
             m = machines.get(s.machine)
             # Only the node it is placed on, and a generation it has had.
             if m is not None and m.node_id == node_id and s.generation <= m.generation:
