@@ -15,6 +15,7 @@ from pathlib import Path
 from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import tls
+from hutch.services.billing import Billing, load_book
 from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
@@ -57,6 +58,7 @@ class Controller:
     volumes: Volumes  # volumes and their snapshots
     snapshots: Snapshots  # machine snapshots (`run --from` clones them)
     pools: Pools  # warm pools, kept filled by the leader
+    billing: Billing  # prices, usage, invoices (closed by the leader), budgets
     ca_pem: str | None = None  # when serving HTTPS
 
 
@@ -125,6 +127,8 @@ def build_controller(settings: Settings) -> Controller:
         volumes=Volumes(store, link, policy),
         snapshots=snapshots,
         pools=Pools(store, policy, notifier, machine_service, snapshots),
+        billing=Billing(store, policy, machine_service, settings.invoice_period,
+                        settings.billing_interval),  # fmt: skip
         ca_pem=ca_pem,
     )
 
@@ -144,6 +148,7 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
         asyncio.create_task(ctl.retention.run(leading, stop)),
         asyncio.create_task(ctl.lifetimes.run(leading, stop)),
         asyncio.create_task(ctl.pools.run(leading, stop)),
+        asyncio.create_task(ctl.billing.run(leading, stop)),
         asyncio.create_task(ctl.streams.run(stop)),
     ]
     try:
@@ -156,7 +161,10 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
 
 async def bootstrap(ctl: Controller, settings: Settings) -> None:
     """On a new store: the default project and a system admin token, written to
-    `state_dir/admin-token` (mode 0600) for the operator."""
+    `state_dir/admin-token` (mode 0600) for the operator. The `prices_file` setting's book,
+    when set, replaces the stored one on every start."""
+    if settings.prices_file is not None:
+        await ctl.billing.set_book(None, load_book(settings.prices_file))
     _, secret = await ctl.tenancy.bootstrap(settings.project)
     if secret is None:
         return

@@ -18,6 +18,7 @@ from hutch.model.addressing import Address, Network, Rule, SecurityGroup
 from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
 from hutch.model.network import PortMapping
 from hutch.model.pool import Pool, PoolShape
+from hutch.model.prices import Budget, Credit, Invoice, PriceBook
 from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import Project, Quota, Token, Usage
 from hutch.model.volume import Snapshot, Volume
@@ -382,6 +383,50 @@ class PoolRepo(Protocol):
     async def delete(self, pool_id: str) -> None: ...
 
 
+class BillingRepo(Protocol):
+    """The price book, closed invoices, credits and budgets (store/sql/billing.py)."""
+
+    async def book(self) -> PriceBook:
+        """The stored book (an empty one, everything free, until one is set)."""
+
+    async def set_book(self, book: PriceBook, at: float) -> None: ...
+
+    async def close(self, invoice: Invoice) -> bool:
+        """Store the closed invoice; False (nothing written) if the project's invoice of that
+        period exists already."""
+
+    async def carry(self, credit_ids: Sequence[str], invoice_id: str) -> None:
+        """The credits are the invoice's credit lines from now."""
+
+    async def last_closed(self, project_id: str) -> float | None:
+        """The end of the project's latest closed period (None: none closed)."""
+
+    async def invoice(self, project_id: str | None, invoice_id: str) -> Invoice | None:
+        """A closed invoice by id, of the project (None: of any project)."""
+
+    async def invoices(
+        self, project_id: str | None, limit: int, before: float | None = None
+    ) -> builtins.list[Invoice]:
+        """Closed invoices, newest period first, of periods that start before `before`."""
+
+    async def add_credit(self, credit: Credit) -> None: ...
+
+    async def pending_credits(self, project_id: str, before: float) -> builtins.list[Credit]:
+        """Credits granted before `before` that no invoice carries yet, oldest first."""
+
+    async def budget(self, project_id: str) -> Budget | None: ...
+
+    async def budgets(self) -> builtins.list[Budget]:
+        """The budgets of every project that exists."""
+
+    async def set_budget(self, budget: Budget) -> None: ...
+
+    async def mark_budget(self, project_id: str, period_start: float, level: int) -> bool:
+        """Record the threshold announced in the period; False if it was already."""
+
+    async def delete_budget(self, project_id: str) -> None: ...
+
+
 class Tx(Protocol):
     projects: ProjectRepo
     tokens: TokenRepo
@@ -394,6 +439,7 @@ class Tx(Protocol):
     volumes: VolumeRepo
     snapshots: SnapshotRepo
     pools: PoolRepo
+    billing: BillingRepo
 
 
 class Store(Protocol):

@@ -52,6 +52,7 @@ from hutch.store.base import (
     MachineRepo,
     NetworkRepo,
     NodeRepo,
+    BillingRepo,
     PoolRepo,
     ProjectRepo,
     SecurityGroupRepo,
@@ -65,6 +66,7 @@ from hutch.store.sql.leases import SqlLeases
 from hutch.store.sql.machines import SqlMachines
 from hutch.store.sql.networks import SqlNetworks, SqlSecurityGroups
 from hutch.store.sql.nodes import SqlNodes
+from hutch.store.sql.billing import SqlBilling
 from hutch.store.sql.pools import SqlPools
 from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
@@ -478,6 +480,7 @@ class SqlTx:
         self.volumes: VolumeRepo = SqlVolumes(conn, backend)
         self.snapshots: SnapshotRepo = SqlSnapshots(conn, backend)
         self.pools: PoolRepo = SqlPools(conn, backend)
+        self.billing: BillingRepo = SqlBilling(conn, backend)
 
     @property
     def bumped(self) -> set[str]:
