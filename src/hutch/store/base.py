@@ -21,6 +21,7 @@ from hutch.model.pool import Pool, PoolShape
 from hutch.model.prices import Budget, Credit, Invoice, PriceBook
 from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import Project, Quota, Token, Usage
+from hutch.model.usage import By, UsageMark, UsageRecord, UsageTotal
 from hutch.model.volume import Snapshot, Volume
 
 MAX_PAGE = 200  # machines per `MachineRepo.list` page at most, whatever the caller asks
@@ -425,6 +426,51 @@ class BillingRepo(Protocol):
         """Record the threshold announced in the period; False if it was already."""
 
     async def delete_budget(self, project_id: str) -> None: ...
+class UsageRepo(Protocol):
+    """The usage ledger (hutch.model.usage): append-only, idempotent by each record's key."""
+
+    async def add(self, records: Sequence[UsageRecord]) -> int:
+        """Add the records, in batches; those whose key is in the ledger are skipped (also
+        when another transaction adds them at the same time): how many were added."""
+
+    async def totals(
+        self,
+        project_id: str | None,
+        since: float | None = None,
+        until: float | None = None,
+        by: By = None,
+    ) -> builtins.list[UsageTotal]:
+        """The sums of the records whose start is in [since, until), per project (None: every
+        project's) and group (see UsageTotal), ordered by project and group."""
+
+    async def by_labels(
+        self, project_id: str, since: float, until: float
+    ) -> builtins.list[tuple[dict[str, str], UsageTotal]]:
+        """The project's sums in [since, until) per set of labels (a machine's, as recorded;
+        {} for none), each record in one group: what an invoice prices by label. (billing's)"""
+
+    async def records(
+        self,
+        project_id: str | None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[builtins.list[UsageRecord], str | None]:
+        """The records whose start is in [since, until), in the order they were added, at
+        most `limit` (and MAX_RECORDS); the second value is the next page's cursor (None: last
+        page). Invalid for a cursor no page gave."""
+
+    async def marks(self, streams: Sequence[tuple[str, int]]) -> dict[tuple[str, int], UsageMark]:
+        """The marks of the (subject, generation) streams, a new one (seq 0) for those that
+        had none; held until the transaction ends (on SQLite the writer holds everything)."""
+
+    async def set_marks(self, marks: Sequence[UsageMark]) -> None:
+        """Write marks that `marks()` returned, moved on."""
+
+    async def prune_marks(self, ended_before: float) -> int:
+        """Delete the marks of generations that ended (their last sample counted) before
+        `ended_before`: how many went. A resend older than that would count again."""
 
 
 class Tx(Protocol):
@@ -440,6 +486,7 @@ class Tx(Protocol):
     snapshots: SnapshotRepo
     pools: PoolRepo
     billing: BillingRepo
+    usage: UsageRepo
 
 
 class Store(Protocol):

@@ -59,6 +59,7 @@ from hutch.store.base import (
     SnapshotRepo,
     TokenRepo,
     Tx,
+    UsageRepo,
     VolumeRepo,
 )
 from hutch.store.sql.events import SqlEvents
@@ -72,6 +73,7 @@ from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
 from hutch.store.sql.snapshots import SqlSnapshots
 from hutch.store.sql.tokens import SqlTokens
+from hutch.store.sql.usage import SqlUsage
 from hutch.store.sql.volumes import SqlVolumes
 
 MIGRATIONS = Path(__file__).parent.parent / "migrations"
@@ -481,6 +483,7 @@ class SqlTx:
         self.snapshots: SnapshotRepo = SqlSnapshots(conn, backend)
         self.pools: PoolRepo = SqlPools(conn, backend)
         self.billing: BillingRepo = SqlBilling(conn, backend)
+        self.usage: UsageRepo = SqlUsage(conn, backend)
 
     @property
     def bumped(self) -> set[str]:

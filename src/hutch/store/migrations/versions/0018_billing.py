@@ -4,7 +4,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0018"
-down_revision = "0015"  # the lead renumbers: 0016 (telemetry) and 0017 (usage) come first
+down_revision = "0017"
 
 
 def _money(name: str) -> "sa.Column[str]":

@@ -1,0 +1,224 @@
+"""The usage ledger: the repository and its rows (see hutch.model.usage).
+
+`add()` inserts in batches with ON CONFLICT (key) DO NOTHING, so a record sent twice, or by two
+controllers at once, is in the ledger once; a node's post is one statement per MAX_BATCH rows.
+"""
+
+import builtins
+import json
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+
+from hutch.model.errors import Invalid
+from hutch.model.usage import (
+    COUNTS,
+    MAX_RECORDS,
+    QUANTITIES,
+    By,
+    UsageMark,
+    UsageRecord,
+    UsageTotal,
+)
+from hutch.store import tables as t
+from hutch.store.sql.repo import Repo, from_row
+
+MAX_BATCH = 1000  # rows per INSERT: under both backends' limits on bound parameters
+_DAY = 86400
+T = TypeVar("T")
+
+
+class SqlUsage(Repo):
+    async def add(self, records: Sequence[UsageRecord]) -> int:
+        u = t.usage
+        added = 0
+        for batch in _batches(records):
+            stmt = self._insert_ignoring(u, ["key"]).returning(u.c.id)
+            result = await self._c.execute(stmt, [_values(r) for r in batch])
+            added += len(result.all())
+        return added
+
+    async def totals(
+        self,
+        project_id: str | None,
+        since: float | None = None,
+        until: float | None = None,
+        by: By = None,
+    ) -> builtins.list[UsageTotal]:
+        u = t.usage
+        if by == "machine":
+            group: sa.ColumnElement[Any] = u.c.subject
+        elif by == "label":
+            group = sa.cast(u.c.labels, sa.Text)
+        elif by == "day":
+            group = (
+                sa.func.floor(u.c.start / _DAY)
+                if self._pg
+                else sa.cast(u.c.start / _DAY, sa.Integer)
+            )
+        elif by is None:
+            group = sa.literal("")
+        else:
+            raise Invalid(f"usage totals are by machine, label or day, not {by!r}")
+        rows = (await self._c.execute(_grouped(project_id, since, until, group))).all()
+        if by == "label":
+            return _by_label(rows)
+        totals = [_total(r, _day(r.grp) if by == "day" else r.grp) for r in rows]
+        return sorted(totals, key=lambda x: (x.project_id, x.group))
+
+    async def by_labels(
+        self, project_id: str, since: float, until: float
+    ) -> builtins.list[tuple[dict[str, str], UsageTotal]]:
+        rows = await self._c.execute(
+            _grouped(project_id, since, until, sa.cast(t.usage.c.labels, sa.Text))
+        )
+        return [(json.loads(r.grp), _total(r, "")) for r in rows]
+
+    async def records(
+        self,
+        project_id: str | None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[builtins.list[UsageRecord], str | None]:
+        if limit < 1:
+            raise Invalid("limit must be at least 1")
+        limit = min(limit, MAX_RECORDS)
+        u = t.usage
+        where = _within(project_id, since, until)
+        if cursor is not None:
+            try:
+                where.append(u.c.id > int(cursor))
+            except ValueError:
+                raise Invalid(f"the cursor {cursor!r} is not one a page of usage gave") from None
+        stmt = sa.select(u).where(*where).order_by(u.c.id).limit(limit + 1)
+        rows = (await self._c.execute(stmt)).all()
+        page = [_to_record(r) for r in rows[:limit]]
+        return page, str(page[-1].id) if len(rows) > limit else None
+
+    async def marks(self, streams: Sequence[tuple[str, int]]) -> dict[tuple[str, int], UsageMark]:
+        m = t.usage_marks
+        streams = sorted(set(streams))  # one order for every writer: no deadlock between them
+        if not streams:
+            return {}
+        new = [{"subject": s, "generation": g, "seq": 0, "time": 0.0, "running_s": 0.0,
+                "cpu_s": 0.0, "egress_bytes": 0, "ended": False} for s, g in streams]  # fmt: skip
+        await self._c.execute(self._insert_ignoring(m, ["subject", "generation"]), new)
+        found: dict[tuple[str, int], UsageMark] = {}
+        for chunk in _batches(streams):
+            stmt = sa.select(m).where(sa.tuple_(m.c.subject, m.c.generation).in_(chunk))
+            if self._pg:
+                stmt = stmt.order_by(m.c.subject, m.c.generation).with_for_update()
+            for r in await self._c.execute(stmt):
+                found[r.subject, r.generation] = from_row(UsageMark, r)
+        return found
+
+    async def set_marks(self, marks: Sequence[UsageMark]) -> None:
+        if not marks:
+            return
+        m = t.usage_marks
+        stmt = (
+            sa.update(m)
+            .where(m.c.subject == sa.bindparam("k_subject"),
+                   m.c.generation == sa.bindparam("k_generation"))
+            .values({c: sa.bindparam(c) for c in
+                     ("seq", "time", "running_s", "cpu_s", "egress_bytes", "ended")})
+        )  # fmt: skip
+        await self._c.execute(
+            stmt,
+            [{"k_subject": k.subject, "k_generation": k.generation, "seq": k.seq, "time": k.time,
+              "running_s": k.running_s, "cpu_s": k.cpu_s, "egress_bytes": k.egress_bytes,
+              "ended": k.ended} for k in marks],
+        )  # fmt: skip
+
+    async def prune_marks(self, ended_before: float) -> int:
+        m = t.usage_marks
+        result = await self._c.execute(
+            sa.delete(m).where(m.c.ended.is_(True), m.c.time < ended_before)
+        )
+        return int(result.rowcount)
+
+    def _insert_ignoring(self, table: sa.Table, key: builtins.list[str]) -> Any:
+        """INSERT ... ON CONFLICT (key) DO NOTHING, in the backend's dialect."""
+        insert = postgresql.insert if self._pg else sqlite.insert
+        return insert(table).on_conflict_do_nothing(index_elements=key)
+
+
+def _batches(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), MAX_BATCH):
+        yield items[i : i + MAX_BATCH]
+
+
+def _grouped(
+    project_id: str | None, since: float | None, until: float | None, group: sa.ColumnElement[Any]
+) -> sa.Select[Any]:
+    """The sums of the records in [since, until), per project and `group` (as "grp")."""
+    u = t.usage
+    sums = [sa.func.sum(u.c[n]).label(n) for n in QUANTITIES + COUNTS]
+    return (
+        sa.select(u.c.project_id, group.label("grp"), *sums, sa.func.count().label("n"))
+        .where(*_within(project_id, since, until))
+        .group_by(u.c.project_id, group)
+    )
+
+
+def _within(
+    project_id: str | None, since: float | None, until: float | None
+) -> builtins.list[sa.ColumnElement[bool]]:
+    """A record is in [since, until) if its start is."""
+    u = t.usage
+    where = []
+    if project_id is not None:
+        where.append(u.c.project_id == project_id)
+    if since is not None:
+        where.append(u.c.start >= since)
+    if until is not None:
+        where.append(u.c.start < until)
+    return where
+
+
+def _values(r: UsageRecord) -> dict[str, Any]:
+    return {
+        "key": r.key, "project_id": r.project_id, "machine_id": r.machine_id,
+        "subject": r.subject, "labels": dict(sorted(r.labels.items())), "start": r.start,
+        "end": r.end, "vcpu_seconds": r.vcpu_seconds, "cpu_seconds": r.cpu_seconds,
+        "memory_gib_seconds": r.memory_gib_seconds, "storage_gib_hours": r.storage_gib_hours,
+        "egress_bytes": r.egress_bytes, "starts": r.starts,
+    }  # fmt: skip
+
+
+def _to_record(r: Row[Any]) -> UsageRecord:
+    return from_row(UsageRecord, r)
+
+
+def _total(r: Row[Any], group: str) -> UsageTotal:
+    sums: dict[str, Any] = {n: r._mapping[n] for n in QUANTITIES}
+    sums.update({n: int(r._mapping[n]) for n in COUNTS})
+    return UsageTotal(r.project_id, group, **sums, records=int(r.n))
+
+
+def _day(number: Any) -> str:
+    return datetime.fromtimestamp(int(number) * _DAY, UTC).strftime("%Y-%m-%d")
+
+
+def _by_label(rows: Sequence[Row[Any]]) -> builtins.list[UsageTotal]:
+    """Each label set's sums added into each of its "key=value" groups ("" for none)."""
+    groups: dict[tuple[str, str], UsageTotal] = {}
+    for r in rows:
+        labels = json.loads(r.grp) or {"": None}
+        for k, v in labels.items():
+            name = f"{k}={v}" if k else ""
+            part = _total(r, name)
+            have = groups.get((r.project_id, name))
+            groups[r.project_id, name] = part if have is None else _plus(have, part)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _plus(a: UsageTotal, b: UsageTotal) -> UsageTotal:
+    sums = {n: getattr(a, n) + getattr(b, n) for n in QUANTITIES + COUNTS + ("records",)}
+    return UsageTotal(a.project_id, a.group, **sums)
