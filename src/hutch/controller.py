@@ -127,8 +127,9 @@ def build_controller(settings: Settings) -> Controller:
         volumes=Volumes(store, link, policy),
         snapshots=snapshots,
         pools=Pools(store, policy, notifier, machine_service, snapshots),
-        billing=Billing(store, policy, machine_service, settings.invoice_period,
-                        settings.billing_interval),  # fmt: skip
+        billing=Billing(
+            store, policy, machine_service, settings.invoice_period, settings.billing_interval
+        ),
         ca_pem=ca_pem,
     )
 

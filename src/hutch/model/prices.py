@@ -6,7 +6,7 @@ Rounding (the whole rule, so a customer can redo every line):
    rounded to `QUANTITY_PLACES` decimal places, half to even.
 2. What the plan includes of a unit is taken off that unit's quantity (from the project's own
    rates first, then from label-priced usage in the book's order); never below zero.
-3. A line's amount is its quantity × its unit price rounded to cents (`CENT`), half to even.
+3. A line's amount is its quantity times its unit price rounded to cents (`CENT`), half to even.
 4. The total is the sum of the lines' amounts (fee and credit lines included): exact, no further
    rounding.
 """
@@ -20,6 +20,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from hutch.model.errors import Invalid
+from hutch.model.usage import UsageTotal
 
 QUANTITY_PLACES = Decimal("0.000001")
 CENT = Decimal("0.01")
@@ -53,7 +54,7 @@ def money(value: object, what: str) -> Decimal:
     """A non-negative decimal amount from a string or number (never a float: a float's binary
     error would be priced); Invalid naming `what` otherwise."""
     if isinstance(value, float | bool):
-        raise Invalid(f"{what}: give prices as strings (\"0.02\"), not floating-point numbers")
+        raise Invalid(f'{what}: give prices as strings ("0.02"), not floating-point numbers')
     try:
         d = Decimal(str(value).strip())
     except InvalidOperation:
@@ -82,6 +83,14 @@ def _table(raw: object, what: str, keys: set[str]) -> Mapping[str, Any]:
     if extra := set(raw) - keys:
         raise Invalid(f"{what}: unknown key(s) {', '.join(sorted(extra))}")
     return raw
+
+
+def _entries(doc: Mapping[str, Any], key: str) -> list[tuple[str, Any]]:
+    """The named entries of the table `doc[key]` (plans, projects, labels)."""
+    raw = doc.get(key, {})
+    if not isinstance(raw, Mapping):
+        raise Invalid(f"prices.{key}: expected a table")
+    return [(str(k), v) for k, v in raw.items()]
 
 
 _LABEL = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}=[A-Za-z0-9_.\-/]{0,63}$")
@@ -120,10 +129,9 @@ class PriceBook:
         if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency):
             raise Invalid(f"prices.currency: {currency!r} is not a 3-letter currency code")
         plans = {}
-        for name, p in _table(doc.get("plans", {}), "prices.plans", set(doc.get("plans", {}))
-                              ).items():  # fmt: skip
+        for name, raw_plan in _entries(doc, "plans"):
             where = f"prices.plans.{name}"
-            p = _table(p, where, {"rates", "included", "fee"})
+            p = _table(raw_plan, where, {"rates", "included", "fee"})
             plans[name] = Plan(
                 _rates(p.get("rates", {}), f"{where}.rates"),
                 _rates(p.get("included", {}), f"{where}.included"),
@@ -133,16 +141,14 @@ class PriceBook:
         if plan and plan not in plans:
             raise Invalid(f"prices.plan: no plan {plan!r} in prices.plans")
         projects = {}
-        for name, p in _table(doc.get("projects", {}), "prices.projects",
-                              set(doc.get("projects", {}))).items():  # fmt: skip
+        for name, raw_project in _entries(doc, "projects"):
             where = f"prices.projects.{name}"
-            p = _table(p, where, {"plan", "rates"})
+            p = _table(raw_project, where, {"plan", "rates"})
             if p.get("plan", "") and p["plan"] not in plans:
                 raise Invalid(f"{where}.plan: no plan {p['plan']!r} in prices.plans")
             projects[name] = ProjectPrices(p.get("plan", ""), _rates(p.get("rates", {}), where))
         labels = {}
-        for label, r in _table(doc.get("labels", {}), "prices.labels",
-                               set(doc.get("labels", {}))).items():  # fmt: skip
+        for label, r in _entries(doc, "labels"):
             if not _LABEL.match(label):
                 raise Invalid(f"prices.labels: {label!r} is not key=value")
             labels[label] = _rates(r, f"prices.labels.{label}")
@@ -158,11 +164,14 @@ class PriceBook:
         return {
             "currency": self.currency,
             "rates": s(self.rates),
-            "plans": {n: {"rates": s(p.rates), "included": s(p.included), "fee": str(p.fee)}
-                      for n, p in self.plans.items()},  # fmt: skip
+            "plans": {
+                n: {"rates": s(p.rates), "included": s(p.included), "fee": str(p.fee)}
+                for n, p in self.plans.items()
+            },
             "plan": self.plan,
-            "projects": {n: {"plan": p.plan, "rates": s(p.rates)}
-                         for n, p in self.projects.items()},  # fmt: skip
+            "projects": {
+                n: {"plan": p.plan, "rates": s(p.rates)} for n, p in self.projects.items()
+            },
             "labels": {k: s(v) for k, v in self.labels.items()},
         }
 
@@ -203,7 +212,7 @@ class Line:
     unit: str  # the field for usage lines, "" otherwise
     quantity: Decimal  # in `priced_per` units, after what the plan includes
     unit_price: Decimal
-    amount: Decimal  # quantity × unit_price, to cents (negative for credits)
+    amount: Decimal  # quantity times unit_price, to cents (negative for credits)
     label: str = ""  # usage priced by this label's rates
 
 
@@ -211,15 +220,17 @@ def cents(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_EVEN)
 
 
-def usage_lines(prices: Prices, usage: Sequence[tuple[Mapping[str, str], Mapping[str, Decimal]]]
-                ) -> list[Line]:  # fmt: skip
-    """The usage lines of an invoice: `usage` is (a machine's labels, its ledger quantities)
-    pairs; grouped by the label whose prices apply, by the rule in this module's docstring."""
+def usage_lines(
+    prices: Prices, usage: Sequence[tuple[Mapping[str, str], UsageTotal]]
+) -> list[Line]:
+    """The usage lines of an invoice: `usage` is (labels, the ledger's sums for usage with
+    those labels) pairs; grouped by the label whose prices apply, by the rule in this module's
+    docstring."""
     groups: dict[str, dict[str, Decimal]] = {}
-    for labels, quantities in usage:
+    for labels, sums in usage:
         group = groups.setdefault(prices.label_of(labels), {})
-        for unit, q in quantities.items():
-            group[unit] = group.get(unit, Decimal(0)) + Decimal(q)
+        for unit in UNITS:
+            group[unit] = group.get(unit, Decimal(0)) + Decimal(getattr(sums, unit))
     order = ["", *(label for label, _ in prices.labels)]
     label_rates = dict(prices.labels)
     left = dict(prices.included)
@@ -318,8 +329,8 @@ class Budget:
 
 ROUNDING = (
     "Quantities are summed over the period, converted to the price's unit and rounded to 6 "
-    "decimal places (half to even); a line's amount is quantity × unit price rounded to the cent "
-    "(half to even); the total is the sum of the lines' amounts."
+    "decimal places (half to even); a line's amount is quantity times unit price rounded to the "
+    "cent (half to even); the total is the sum of the lines' amounts."
 )
 
 

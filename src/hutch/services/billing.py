@@ -112,7 +112,7 @@ class Billing:
         now = time.time()
         start, end = period_of(now, self.period)
         async with self.store.read() as tx:
-            return await _priced(tx, project, start, end, "", None)
+            return await _priced(tx, project, start, end)
 
     async def invoices(self, principal: Principal, project: Project, limit: int = 100,
                        before: float | None = None) -> list[Invoice]:  # fmt: skip
@@ -168,7 +168,9 @@ class Billing:
             async with self.store.write() as tx:
                 # The pending credits are read inside the writer's transaction, so a credit
                 # is carried by one invoice only.
-                invoice = await _priced(tx, project, start, end, new_id("in"), now)
+                invoice = await _priced(
+                    tx, project, start, end, invoice_id=new_id("in"), closed_at=now
+                )
                 if await tx.billing.close(invoice):
                     credits = [c.id for c in await tx.billing.pending_credits(project.id, end)]
                     await tx.billing.carry(credits, invoice.id)
@@ -211,7 +213,7 @@ class Billing:
         for budget in budgets:
             async with self.store.read() as tx:
                 project = await tx.projects.get(budget.project_id)
-                spent = (await _priced(tx, project, start, end, "", None)).total
+                spent = (await _priced(tx, project, start, end)).total
             level = budget_level(spent, budget.amount)
             if not level or (budget.period_start == start and budget.level >= level):
                 continue
@@ -243,8 +245,9 @@ class Billing:
 
 
 async def _priced(
-    tx: Tx, project: Project, start: float, end: float, invoice_id: str, closed_at: float | None
-) -> Invoice:
+    tx: Tx, project: Project, start: float, end: float, *, invoice_id: str = "",
+    closed_at: float | None = None,
+) -> Invoice:  # fmt: skip
     """The project's invoice of [start, end): its usage priced by the book as it is now, plus
     (when closing: `closed_at`) the credits granted before the period's end."""
     prices = (await tx.billing.book()).effective(project.name)
@@ -255,5 +258,3 @@ async def _priced(
                   for c in await tx.billing.pending_credits(project.id, end)]  # fmt: skip
     return Invoice(invoice_id, project.id, start, end, prices.currency, tuple(lines),
                    total(lines), closed_at)  # fmt: skip
-
-

@@ -842,8 +842,8 @@ class Machines:
                     suspended = m.state is MachineState.SUSPENDED
                     to = MachineState.EXITED if m.node_id is None or suspended else (
                         MachineState.STOPPING)  # fmt: skip
-                    m = replace(m, desired=Desired.STOPPED, stop_signal="", stop_timeout=10.0)
-                    stopped.append(await self._transition(tx, m, to, why))
+                    wanted = replace(m, desired=Desired.STOPPED, stop_signal="", stop_timeout=10.0)
+                    stopped.append(await self._transition(tx, wanted, to, why))
                 if cursor is None:
                     break
         for m in stopped:

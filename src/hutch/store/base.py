@@ -426,6 +426,8 @@ class BillingRepo(Protocol):
         """Record the threshold announced in the period; False if it was already."""
 
     async def delete_budget(self, project_id: str) -> None: ...
+
+
 class UsageRepo(Protocol):
     """The usage ledger (hutch.model.usage): append-only, idempotent by each record's key."""
 

@@ -486,6 +486,8 @@ budgets = sa.Table(
     sa.Column("stop", sa.Boolean, nullable=False),
     sa.Column("period_start", _TIME, nullable=False),
     sa.Column("level", sa.Integer, nullable=False),
+)
+
 # -- the usage ledger (see hutch.model.usage, services/metering.py) --------------------------------
 
 

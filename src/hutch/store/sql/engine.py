@@ -47,12 +47,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hutch.model.errors import Conflict, HutchError, Invalid, Unavailable
 from hutch.store.base import (
+    BillingRepo,
     EventRepo,
     LeaseRepo,
     MachineRepo,
     NetworkRepo,
     NodeRepo,
-    BillingRepo,
     PoolRepo,
     ProjectRepo,
     SecurityGroupRepo,
@@ -62,12 +62,12 @@ from hutch.store.base import (
     UsageRepo,
     VolumeRepo,
 )
+from hutch.store.sql.billing import SqlBilling
 from hutch.store.sql.events import SqlEvents
 from hutch.store.sql.leases import SqlLeases
 from hutch.store.sql.machines import SqlMachines
 from hutch.store.sql.networks import SqlNetworks, SqlSecurityGroups
 from hutch.store.sql.nodes import SqlNodes
-from hutch.store.sql.billing import SqlBilling
 from hutch.store.sql.pools import SqlPools
 from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
