@@ -170,6 +170,16 @@ class Settings(BaseSettings):
         32, ge=1, description="log, exec and event streams one token may hold open (then 429)"
     )
     policy_file: Path | None = Field(None, description="TOML: action = role overrides")
+    prices_file: Path | None = Field(
+        None, description="TOML price book (docs/billing.md): replaces the stored one at start"
+    )
+    invoice_period: Literal["month", "day"] = Field(
+        "month", description="an invoice per project per calendar month (UTC), or per day"
+    )
+    billing_interval: float = Field(
+        10.0, gt=0, le=3600,
+        description="seconds between the leader's looks for invoices to close and budgets",
+    )  # fmt: skip
     tls: bool = Field(False, description="serve HTTPS with a CA made in state_dir/tls")
     tls_names: list[str] = Field(
         [], description="host names and addresses the HTTPS certificate is for (default: the host)"

@@ -16,6 +16,7 @@ from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import tls
 from hutch.model.metrics import Tier
+from hutch.services.billing import Billing, load_book
 from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
@@ -62,6 +63,7 @@ class Controller:
     pools: Pools  # warm pools, kept filled by the leader
     telemetry: Telemetry  # nodes' samples in, machines' metric history out (pruned by the leader)
     metering: Metering  # the usage ledger: nodes' samples counted, storage accrued by the leader
+    billing: Billing  # prices, usage, invoices (closed by the leader), budgets
     ca_pem: str | None = None  # when serving HTTPS
 
 
@@ -141,6 +143,9 @@ def build_controller(settings: Settings) -> Controller:
             metering,
         ),
         metering=metering,
+        billing=Billing(
+            store, policy, machine_service, settings.invoice_period, settings.billing_interval
+        ),
         ca_pem=ca_pem,
     )
 
@@ -163,6 +168,7 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
         asyncio.create_task(ctl.pools.run(leading, stop)),
         asyncio.create_task(ctl.telemetry.run(leading, stop)),
         asyncio.create_task(ctl.metering.run(leading, stop)),
+        asyncio.create_task(ctl.billing.run(leading, stop)),
         asyncio.create_task(ctl.streams.run(stop)),
     ]
     try:
@@ -175,7 +181,10 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
 
 async def bootstrap(ctl: Controller, settings: Settings) -> None:
     """On a new store: the default project and a system admin token, written to
-    `state_dir/admin-token` (mode 0600) for the operator."""
+    `state_dir/admin-token` (mode 0600) for the operator. The `prices_file` setting's book,
+    when set, replaces the stored one on every start."""
+    if settings.prices_file is not None:
+        await ctl.billing.set_book(None, load_book(settings.prices_file))
     _, secret = await ctl.tenancy.bootstrap(settings.project)
     if secret is None:
         return

@@ -19,6 +19,7 @@ from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, St
 from hutch.model.metrics import MetricPoint
 from hutch.model.network import PortMapping
 from hutch.model.pool import Pool, PoolShape
+from hutch.model.prices import Budget, Credit, Invoice, PriceBook
 from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import Project, Quota, Token, Usage
 from hutch.model.usage import By, Held, UsageMark, UsageRecord, UsageTotal
@@ -412,6 +413,50 @@ class MetricRepo(Protocol):
         """Delete the tier's points of buckets before `before`; how many."""
 
 
+class BillingRepo(Protocol):
+    """The price book, closed invoices, credits and budgets (store/sql/billing.py)."""
+
+    async def book(self) -> PriceBook:
+        """The stored book (an empty one, everything free, until one is set)."""
+
+    async def set_book(self, book: PriceBook, at: float) -> None: ...
+
+    async def close(self, invoice: Invoice) -> bool:
+        """Store the closed invoice; False (nothing written) if the project's invoice of that
+        period exists already."""
+
+    async def carry(self, credit_ids: Sequence[str], invoice_id: str) -> None:
+        """The credits are the invoice's credit lines from now."""
+
+    async def last_closed(self, project_id: str) -> float | None:
+        """The end of the project's latest closed period (None: none closed)."""
+
+    async def invoice(self, project_id: str | None, invoice_id: str) -> Invoice | None:
+        """A closed invoice by id, of the project (None: of any project)."""
+
+    async def invoices(
+        self, project_id: str | None, limit: int, before: float | None = None
+    ) -> builtins.list[Invoice]:
+        """Closed invoices, newest period first, of periods that start before `before`."""
+
+    async def add_credit(self, credit: Credit) -> None: ...
+
+    async def pending_credits(self, project_id: str, before: float) -> builtins.list[Credit]:
+        """Credits granted before `before` that no invoice carries yet, oldest first."""
+
+    async def budget(self, project_id: str) -> Budget | None: ...
+
+    async def budgets(self) -> builtins.list[Budget]:
+        """The budgets of every project that exists."""
+
+    async def set_budget(self, budget: Budget) -> None: ...
+
+    async def mark_budget(self, project_id: str, period_start: float, level: int) -> bool:
+        """Record the threshold announced in the period; False if it was already."""
+
+    async def delete_budget(self, project_id: str) -> None: ...
+
+
 class UsageRepo(Protocol):
     """The usage ledger (hutch.model.usage): append-only, idempotent by each record's key."""
 
@@ -428,6 +473,12 @@ class UsageRepo(Protocol):
     ) -> builtins.list[UsageTotal]:
         """The sums of the records whose start is in [since, until), per project (None: every
         project's) and group (see UsageTotal), ordered by project and group."""
+
+    async def by_labels(
+        self, project_id: str, since: float, until: float
+    ) -> builtins.list[tuple[dict[str, str], UsageTotal]]:
+        """The project's sums in [since, until) per set of labels (a machine's, as recorded;
+        {} for none), each record in one group: what an invoice prices by label. (billing's)"""
 
     async def records(
         self,
@@ -471,6 +522,7 @@ class Tx(Protocol):
     snapshots: SnapshotRepo
     pools: PoolRepo
     metrics: MetricRepo
+    billing: BillingRepo
     usage: UsageRepo
 
 

@@ -528,3 +528,49 @@ usage_marks = sa.Table(
     sa.Column("egress_bytes", sa.BigInteger, nullable=False),
     sa.Column("ended", sa.Boolean, nullable=False),  # its generation's last sample was counted
 )
+
+# Billing (model/prices.py). Money is stored as decimal strings: exact on both backends (SQLite
+# has no decimal type). Invoices and credits outlive their project: they are records.
+price_books = sa.Table(
+    "price_books",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # one row: 1
+    sa.Column("book", sa.JSON, nullable=False),
+    sa.Column("updated_at", _TIME, nullable=False),
+)
+
+invoices = sa.Table(
+    "invoices",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, nullable=False),
+    sa.Column("period_start", _TIME, nullable=False),
+    sa.Column("period_end", _TIME, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("total", sa.String(40), nullable=False),
+    sa.Column("lines", sa.JSON, nullable=False),
+    sa.Column("closed_at", _TIME, nullable=False),
+    # One invoice per project and period: two leaders closing it, only one row is written.
+    sa.UniqueConstraint("project_id", "period_start"),
+)
+
+credits = sa.Table(
+    "credits",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, nullable=False, index=True),
+    sa.Column("amount", sa.String(40), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("invoice_id", _ID, nullable=False),  # "" until an invoice carries it
+)
+
+budgets = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("project_id", _ID, primary_key=True),
+    sa.Column("amount", sa.String(40), nullable=False),
+    sa.Column("stop", sa.Boolean, nullable=False),
+    sa.Column("period_start", _TIME, nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
+)

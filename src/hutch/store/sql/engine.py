@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hutch.model.errors import Conflict, HutchError, Invalid, Unavailable
 from hutch.store.base import (
+    BillingRepo,
     EventRepo,
     LeaseRepo,
     MachineRepo,
@@ -62,6 +63,7 @@ from hutch.store.base import (
     UsageRepo,
     VolumeRepo,
 )
+from hutch.store.sql.billing import SqlBilling
 from hutch.store.sql.events import SqlEvents
 from hutch.store.sql.leases import SqlLeases
 from hutch.store.sql.machines import SqlMachines
@@ -483,6 +485,7 @@ class SqlTx:
         self.snapshots: SnapshotRepo = SqlSnapshots(conn, backend)
         self.pools: PoolRepo = SqlPools(conn, backend)
         self.metrics: MetricRepo = SqlMetrics(conn, backend)
+        self.billing: BillingRepo = SqlBilling(conn, backend)
         self.usage: UsageRepo = SqlUsage(conn, backend)
 
     @property

@@ -68,17 +68,19 @@ class SqlUsage(Repo):
             group = sa.literal("")
         else:
             raise Invalid(f"usage totals are by machine, label or day, not {by!r}")
-        sums = [sa.func.sum(u.c[n]).label(n) for n in QUANTITIES + COUNTS]
-        stmt = (
-            sa.select(u.c.project_id, group.label("grp"), *sums, sa.func.count().label("n"))
-            .where(*_within(project_id, since, until))
-            .group_by(u.c.project_id, group)
-        )
-        rows = (await self._c.execute(stmt)).all()
+        rows = (await self._c.execute(_grouped(project_id, since, until, group))).all()
         if by == "label":
             return _by_label(rows)
         totals = [_total(r, _day(r.grp) if by == "day" else r.grp) for r in rows]
         return sorted(totals, key=lambda x: (x.project_id, x.group))
+
+    async def by_labels(
+        self, project_id: str, since: float, until: float
+    ) -> builtins.list[tuple[dict[str, str], UsageTotal]]:
+        rows = await self._c.execute(
+            _grouped(project_id, since, until, sa.cast(t.usage.c.labels, sa.Text))
+        )
+        return [(json.loads(r.grp), _total(r, "")) for r in rows]
 
     async def records(
         self,
@@ -173,6 +175,19 @@ class SqlUsage(Repo):
 def _batches(items: Sequence[T]) -> Iterator[Sequence[T]]:
     for i in range(0, len(items), MAX_BATCH):
         yield items[i : i + MAX_BATCH]
+
+
+def _grouped(
+    project_id: str | None, since: float | None, until: float | None, group: sa.ColumnElement[Any]
+) -> sa.Select[Any]:
+    """The sums of the records in [since, until), per project and `group` (as "grp")."""
+    u = t.usage
+    sums = [sa.func.sum(u.c[n]).label(n) for n in QUANTITIES + COUNTS]
+    return (
+        sa.select(u.c.project_id, group.label("grp"), *sums, sa.func.count().label("n"))
+        .where(*_within(project_id, since, until))
+        .group_by(u.c.project_id, group)
+    )
 
 
 def _within(
