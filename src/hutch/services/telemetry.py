@@ -28,7 +28,7 @@ MAX_PERIOD = 600.0  # seconds between prunes, at most
 class Recorder(Protocol):
     """What turns samples into usage records (services/metering.py's `Metering`)."""
 
-    async def record(self, node_id: str, samples: Samples) -> object: ...
+    async def record(self, node_id: str, samples: Samples) -> None: ...
 
 
 class Telemetry:
