@@ -90,11 +90,11 @@ class Telemetry:
         )
 
     def tier(self, since: float, step: float | None, now: float) -> Tier:
-        """The finest tier that still keeps `since` and is no finer than `step`."""
-        for tier in self.tiers:
-            if (step is None or step <= tier.step) and since >= now - tier.keep:
-                return tier
-        return self.tiers[-1]
+        """The tier to read from `since` at `step` seconds a point: of those that still keep
+        `since`, the coarsest no coarser than `step` (the finest without one)."""
+        keeping = [t for t in self.tiers if since >= now - t.keep] or [self.tiers[-1]]
+        fitting = [t for t in keeping if step is not None and t.step <= step]
+        return fitting[-1] if fitting else keeping[0]
 
     async def history(
         self,

@@ -40,7 +40,7 @@ class SqlMetrics(Repo):
         m = t.machine_metrics
         stmt = (
             sa.select(m)
-            .where(m.c.machine_id == machine_id, m.c.step == step, m.c.bucket >= since)
+            .where(m.c.machine_id == machine_id, m.c.step == step, m.c.bucket > since - step)
             .order_by(m.c.bucket, m.c.generation)
             .limit(min(limit, MAX_POINTS))
         )
