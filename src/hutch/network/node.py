@@ -68,6 +68,21 @@ class NicCounters(NamedTuple):
         return NicCounters(*(a + b for a, b in zip(self, other, strict=True)))
 
 
+def nic_counters(dev: str, ports: dict[str, str]) -> dict[str, NicCounters]:
+    """Each owner's interfaces' counters, summed, from a /proc/net/dev listing: `ports` maps an
+    interface to its owner (a sandbox), and what the port received its sandbox sent."""
+    out: dict[str, NicCounters] = {}
+    for line in dev.splitlines()[2:]:
+        name, _, numbers = line.partition(":")
+        owner = ports.get(name.strip())
+        fields = numbers.split()
+        if owner is None or len(fields) < 10:
+            continue
+        mine = NicCounters(int(fields[8]), int(fields[0]), int(fields[9]), int(fields[1]))
+        out[owner] = out[owner] + mine if owner in out else mine
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class _Wired:
     spec: SandboxSpec
@@ -189,17 +204,7 @@ class NodeNetwork:
             }
         # /proc/thread-self: this thread's namespace (/proc/net is the process's).
         text = links.run_in(self.opts.netns, Path("/proc/thread-self/net/dev").read_text)
-        out: dict[str, NicCounters] = {}
-        for line in text.splitlines()[2:]:
-            name, _, numbers = line.partition(":")
-            sandbox = ports.get(name.strip())
-            fields = numbers.split()
-            if sandbox is None or len(fields) < 10:
-                continue
-            # The port's receive side is the sandbox's transmit side.
-            mine = NicCounters(int(fields[8]), int(fields[0]), int(fields[9]), int(fields[1]))
-            out[sandbox] = out[sandbox] + mine if sandbox in out else mine
-        return out
+        return nic_counters(text, ports)
 
     def admits(self, sandbox_id: str, port: int, remote: str) -> bool:
         """Whether the sandbox's security groups let a new TCP connection to its `port` from
