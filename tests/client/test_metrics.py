@@ -24,7 +24,7 @@ async def test_a_machines_history_in_its_project_only(
     assert last.memory_limit_bytes == 128 << 20 and last.vcpus == 1
     got = await aclient.machines.metrics("hist", since=first.time, step=60)
     assert got.step == 60 and got.points and got.points[-1].time >= first.time
-    with controller.client(new_project(controller, "atk")) as other:
-        with pytest.raises(NotFound, match="no machine"):
-            other.machines.metrics(m.id)
+    other = controller.client(new_project(controller, "atk"))
+    with other, pytest.raises(NotFound, match="no machine"):
+        other.machines.metrics(m.id)
     client.machines.delete(m, force=True)
