@@ -4,11 +4,12 @@ returns its figures; `main` runs them and prints one JSON object as its last lin
 Part 1, `sampling`: the node agent's own CPU for one sampling turn of 200 sandboxes against 10,
 per sandbox. The sandboxes are simulated but their counters are real: a cgroup each (the
 runtimes' `Cgroup`, limits set, a sleeping process in it) read as the drivers read them, and a
-TAP each (as a micro-VM has) in a network namespace of the bench's, read from /proc/net/dev with the
-agent's parser (`nic_counters`); the agent's `Sampler` turns the readings into samples, keeps
-its state and spool on disk and posts them to a receiver that validates them as the controller
-does. No QEMU: a micro-VM's QMP disk query is not in the turn. CPU is this process's
-(`time.process_time`, every thread) over `turns` turns of each size, interleaved.
+TAP each (as a micro-VM has) in a network namespace of the bench's with hutch's tables for
+them, read as the agent reads them (`read_traffic`: /proc/net/dev and hutch's usage counters);
+the agent's `Sampler` turns the readings into samples, keeps its state and spool on disk and
+posts them to a receiver that validates them as the controller does. No QEMU: a micro-VM's QMP
+disk query is not in the turn. CPU is this process's (every thread) and its children's (nft)
+over `turns` turns of each size, interleaved.
 
     sudo .venv/bin/python -m bench.metering [--turns N]
 """
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,8 +30,8 @@ from pathlib import Path
 
 from hutch.agent.telemetry import Observed, Sampler, node_sample
 from hutch.model.sandbox import Reading, Resources, SandboxState
-from hutch.network.links import run_in
-from hutch.network.node import nic_counters
+from hutch.network import nft
+from hutch.network.node import read_traffic
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.wire.telemetry import Samples
 
@@ -50,6 +52,15 @@ def simulated(count: int, tag: str) -> Iterator[tuple[list[Cgroup], dict[str, st
     try:
         links = "".join(f"tuntap add hbm{i} mode tap\n" for i in range(count))
         subprocess.run(["ip", "-n", netns, "-batch", "-"], input=links.encode(), check=True)
+        # hutch's tables for them, with their usage counters (in the namespace, as the agent's)
+        bridge = nft.Bridge("hn-bench", "10.200.0.1", 16, "fd00:200::1", 64)
+        tables = nft.ruleset(nft.Desired((bridge,), tuple(
+            nft.Port(f"hbm{i}", bridge.name, f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}",
+                     f"10.200.{i >> 8}.{(i & 255) + 2}", f"fd00:200::{i + 2:x}")
+            for i in range(count)
+        )))  # fmt: skip
+        subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "-f", "-"],
+                       input=json.dumps(tables).encode(), check=True)  # fmt: skip
         for i in range(count):
             group = Cgroup(layout, parent, f"m-{i:04d}-1")
             group.create(Limits(memory_bytes=64 << 20, pids=16, cpus=1.0))
@@ -71,16 +82,11 @@ def simulated(count: int, tag: str) -> Iterator[tuple[list[Cgroup], dict[str, st
                 (root / parent).rmdir()
 
 
-def _dev_in(netns: str) -> str:
-    """/proc/net/dev of `netns`, read as the agent reads its node namespace's."""
-    return run_in(Path(f"/run/netns/{netns}"), Path("/proc/thread-self/net/dev").read_text)
-
-
 async def _turn(sampler: Sampler, groups: list[Cgroup], ports: dict[str, str], netns: str) -> None:
     """One sampling turn as the agent's (`NodeAgent.sample`), its readings taken the same way."""
     now = time.time()
     resources = Resources(cpus=1, memory_mib=64)
-    nics = nic_counters(_dev_in(netns), ports)
+    nics = read_traffic(Path(f"/run/netns/{netns}"), "nft", ports)
     observed = [
         Observed(
             g.relpath.rsplit("/", 1)[1],
@@ -92,6 +98,12 @@ async def _turn(sampler: Sampler, groups: list[Cgroup], ports: dict[str, str], n
     ]
     sampler.take(observed, node_sample(now))
     await sampler.flush()
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its children that ended (`nft`)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # microseconds, not clock ticks
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def sampling(turns: int = TURNS) -> dict[str, float]:
@@ -109,9 +121,9 @@ def sampling(turns: int = TURNS) -> dict[str, float]:
         for _ in range(turns):
             for n in SIZES:
                 groups, ports, netns = sets[n]
-                started = time.process_time()
+                started = _cpu()
                 asyncio.run(_turn(samplers[n], groups, ports, netns))
-                cpu[n].append(time.process_time() - started)
+                cpu[n].append(_cpu() - started)
     small, large = (statistics.median(cpu[n]) for n in SIZES)
     per_small, per_large = small / SIZES[0], large / SIZES[1]
     return {

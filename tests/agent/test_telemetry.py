@@ -8,13 +8,14 @@ from pathlib import Path
 from hutch.agent.telemetry import Observed, Sampler, node_sample
 from hutch.model.errors import Unavailable
 from hutch.model.sandbox import DiskIO, Reading, Resources, SandboxState, Stats
-from hutch.network.node import NicCounters
+from hutch.network.node import NicCounters, Traffic
 from hutch.wire.telemetry import Samples
 
 
 def seen(state: SandboxState, cpu_ns: int, tx: int, started: float) -> Observed:
     stats = Stats(cpu_ns, 10 << 20, 128 << 20, 3) if state is SandboxState.RUNNING else None
-    nics = NicCounters(2 * tx, tx, 2, 1) if stats else None
+    # A tenth of what it sends leaves its networks (the rest goes to its neighbours).
+    nics = Traffic(NicCounters(2 * tx, tx, 2, 1), NicCounters(0, tx // 10, 0, 1)) if stats else None
     disks = {"root": DiskIO(read_bytes=cpu_ns // 1000)} if stats else {}
     return Observed("m-abc-2", Reading(state, Resources(cpus=2), started, stats), disks, nics)
 
@@ -53,7 +54,8 @@ async def test_samples_wait_on_disk_for_the_controller_and_keep_their_seqs(
     # Running time: from its record's start (5 s before the first sample), then while running.
     assert [m.running_s for m in got] == [5, 15, 25, 25, 25]
     assert [m.cpu_s for m in got] == [1, 3, 4, 4, 4]
-    assert [m.public.tx_bytes for m in got] == [500, 900, 1000, 1000, 1000]
+    assert [m.public.tx_bytes for m in got] == [50, 90, 100, 100, 100]
+    assert [m.private.tx_bytes for m in got] == [450, 810, 900, 900, 900]
     assert got[2].disks["root"].read_bytes == 4 * 10**6 and got[0].vcpus == 2
     assert await sampler.flush() == 0  # taken: the spool is empty
 
