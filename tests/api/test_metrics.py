@@ -1,10 +1,12 @@
 """Telemetry through the API: a node's samples become its machines' history
 (`GET /v1/machines/{id}/metrics`) and Prometheus series (`/metrics`), within bounds."""
 
+import asyncio
 import re
 import time
 from typing import Any
 
+from hutch.model.metrics import Tier
 from tests.helpers.api import Api
 
 STEP = 10.0  # the finest tier's default
@@ -61,9 +63,12 @@ async def test_a_nodes_samples_are_the_machines_history_in_its_project_only(api:
     # Machines not on the node are not its to report: left out (another node's, none at all).
     assert await other.post(sample(m["id"], 4, t0 + 3 * STEP, 99.0)) == 204
     assert await node.post(sample("m-nothere", 1, t0, 1.0)) == 204
+    # Nor is a reading from a clock far ahead kept: it would never be pruned.
+    assert await node.post(sample(m["id"], 5, time.time() + 86400, 9.0)) == 204
 
     path = f"/v1/machines/{m['id']}/metrics"
     got = (await api.call("GET", path, alpha, params={"since": t0 - 1})).json()
+    assert len(got["points"]) == 3, got
     assert (got["machine"], got["name"], got["step"]) == (m["id"], "web", STEP)
     assert [p["cpu_s"] for p in got["points"]] == [1, 2, 4]
     last = got["points"][-1]
@@ -81,15 +86,19 @@ async def test_a_nodes_samples_are_the_machines_history_in_its_project_only(api:
     r = await api.call("GET", path, alpha, params={"step": 0})
     assert r.status_code == 422 and "step" in r.text
 
-    # The leader prunes what a tier no longer keeps: the fine points of two days ago go, the
-    # coarse ones stay.
+    # The history keeps no reading older than a tier keeps them: two days ago, coarse only.
     old = t0 - 2 * 86400
     assert await node.post(sample(m["id"], 9, old, 0.5)) == 204
-    assert await api.ctl.telemetry.prune() == 1
-    async with api.ctl.store.read() as tx:
-        assert old not in [p.time for p in await tx.metrics.history(m["id"], 10, old - 1, 100)]
-    coarse = (await api.call("GET", path, alpha, params={"since": old - 1})).json()
-    assert old in [p["time"] for p in coarse["points"]]
+    got = (await api.call("GET", path, alpha, params={"since": old - 1})).json()
+    assert got["step"] == 300 and old in [p["time"] for p in got["points"]]
+    # And the leader prunes what a tier no longer keeps (a fine tier of 1 s, here).
+    telemetry = api.ctl.telemetry
+    telemetry.tiers = (Tier(10.0, 1.0), *telemetry.tiers[1:])
+    assert await node.post(sample(m["id"], 10, time.time(), 5.0)) == 204
+    await asyncio.sleep(1.1)
+    assert await telemetry.prune() == 4  # every fine point (three of t0, the one just sent)
+    got = (await api.call("GET", path, alpha, params={"since": time.time() - 60})).json()
+    assert got["step"] == 300 and [p["cpu_s"] for p in got["points"]][-1:] == [5.0]
 
 
 def series(text: str) -> list[str]:

@@ -23,6 +23,9 @@ from hutch.wire.telemetry import MachineSample, NodeSample, Samples
 
 log = logging.getLogger("hutch.telemetry")
 MAX_PERIOD = 600.0  # seconds between prunes, at most
+# Seconds a node's clock may run ahead of the controller's: a point further ahead would never
+# be pruned (nor one older than every tier keeps be of use), so neither is stored.
+MAX_AHEAD = 300.0
 
 
 class Recorder(Protocol):
@@ -45,7 +48,9 @@ class Telemetry:
 
     async def ingest(self, node: Node, samples: Samples) -> None:
         """Store the samples of machines placed on `node` (others are not its to report: a
-        machine since moved, or another node's), then meter them."""
+        machine since moved, or another node's) read at times the history keeps, then meter
+        them."""
+        now = time.time()
         async with self.store.write() as tx:
             placed = {m.id: m for m in await tx.machines.on_node(node.id)}
             points = [
@@ -53,6 +58,7 @@ class Telemetry:
                 for s in samples.machines
                 if s.machine in placed
                 for tier in self.tiers
+                if now - tier.keep < s.time <= now + MAX_AHEAD
             ]
             await tx.metrics.put(points)
         if node.id not in self.nodes or self.nodes[node.id].time <= samples.node.time:
