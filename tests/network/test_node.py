@@ -115,7 +115,8 @@ def test_traffic_tells_what_left_the_network_from_its_own(
     assert topo.get(a, "10.77.7.3", 8000) == big  # from its neighbour
     assert topo.get(d, OUTSIDE_IP, 80) is None  # denied: it never left
     seen = node.traffic()
-    assert 300_000 < seen["a"].public.rx_bytes < 400_000 < 600_000 < seen["a"].total.rx_bytes
+    assert 300_000 < seen["a"].public.rx_bytes < 400_000
+    assert seen["a"].total.rx_bytes > 600_000
     assert 0 < seen["a"].public.tx_packets < seen["a"].total.tx_packets
     assert seen["b"].public == (0, 0, 0, 0) and seen["b"].total.tx_bytes > 300_000
     assert seen["d"].public == (0, 0, 0, 0) and seen["d"].total.tx_packets > 0
