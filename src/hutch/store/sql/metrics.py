@@ -19,11 +19,18 @@ _KEY = ("machine_id", "step", "bucket", "generation")
 
 class SqlMetrics(Repo):
     async def put(self, points: Sequence[MetricPoint]) -> None:
-        if not points:
+        # One row per key in a statement (PostgreSQL refuses to update a row twice in one): the
+        # newest reading of each bucket.
+        newest: dict[tuple[Any, ...], MetricPoint] = {}
+        for p in points:
+            key = tuple(getattr(p, k) for k in _KEY)
+            if key not in newest or newest[key].time < p.time:
+                newest[key] = p
+        if not newest:
             return
         m = t.machine_metrics
         insert = (postgresql.insert if self._pg else sqlite.insert)(m)
-        stmt = insert.values([dataclasses.asdict(p) for p in points])
+        stmt = insert.values([dataclasses.asdict(p) for p in newest.values()])
         # A bucket keeps its newest reading: one resent late, or a second sample in the same
         # bucket that the node read earlier, changes nothing.
         fields = [c.name for c in m.c if c.name not in _KEY]
