@@ -9,15 +9,21 @@ import asyncio
 import csv
 import io
 import json
+import re
+import tempfile
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from hutch.model.errors import Invalid
 from hutch.model.prices import period_of
 from hutch.model.usage import UsageRecord
-from tests.helpers.api import Api, served
+from hutch.services.billing import load_book
+from tests.helpers.api import Api, close_api, open_api, served
 
 BOOK = {
     "currency": "EUR",
@@ -81,6 +87,31 @@ async def test_the_price_book_is_the_systems_to_set_and_a_projects_to_read(api: 
     r = await api.call("PUT", "/v1/prices", json={"rates": {"vcpu_seconds": 0.1}})
     assert r.status_code == 422  # a JSON number: floats are refused
     assert (await api.call("GET", "/v1/prices", reader)).json()["plan"] == "small"
+
+
+async def test_the_prices_file_is_the_book_at_start(tmp_path: Path) -> None:
+    """docs/billing.md's example file, as the `prices_file` setting: its numbers exact."""
+    doc = (Path(__file__).parents[2] / "docs" / "billing.md").read_text()
+    found = re.search(r"```toml\n(.*?)```", doc, re.S)
+    assert found
+    path = tmp_path / "prices.toml"
+    path.write_text(found.group(1).replace('"0.003"', "0.003"))  # a TOML float: still exact
+    state = Path(tempfile.mkdtemp(prefix="hp", dir="/tmp"))
+    api, _ = await open_api(state, prices_file=path)
+    try:
+        await api.project("acme")
+        r = await api.call("GET", "/v1/prices", params={"project": "acme"})
+        assert r.status_code == 200, r.text
+        prices = r.json()
+        assert (prices["currency"], prices["plan"], prices["fee"]) == ("EUR", "pro", "50")
+        assert prices["rates"]["vcpu_seconds"] == "0.015"
+        assert prices["rates"]["memory_gib_seconds"] == "0.003"
+        assert prices["labels"]["tier=batch"]["vcpu_seconds"] == "0.01"
+    finally:
+        await close_api(api)
+    path.write_text('[prices]\nrates = { vcpu_seconds = "-1" }\n')
+    with pytest.raises(Invalid, match=r"prices file .*prices.rates.vcpu_seconds: '-1' must be"):
+        load_book(path)  # what the controller's start raises
 
 
 async def test_usage_by_machine_label_and_day_as_json_and_csv(api: Api) -> None:

@@ -16,6 +16,7 @@ import logging
 import time
 import tomllib
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 from hutch.model.errors import Invalid, NotFound
@@ -46,9 +47,10 @@ MAX_SPAN = 366 * 86400.0  # the longest since..until a usage query may ask for
 
 
 def load_book(path: Path) -> PriceBook:
-    """The price book in a TOML file (the `prices_file` setting); Invalid naming the file."""
+    """The price book in a TOML file (the `prices_file` setting), its numbers read as exact
+    decimals; Invalid naming the file."""
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        doc = tomllib.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise Invalid(f"prices file {path}: {e}") from None
     try:
