@@ -158,7 +158,10 @@ async def test_usage_by_machine_label_and_day_as_json_and_csv(api: Api) -> None:
     assert (await api.call("GET", "/v1/usage", token, params={"by": "week"})).status_code == 422
 
 
-async def test_an_invoice_is_closed_once_never_changed_and_corrected_by_credit(api: Api) -> None:
+async def test_an_invoice_is_closed_once_never_changed_and_corrected_by_credit(
+    api_both: Api,
+) -> None:
+    api = api_both
     assert (await api.call("PUT", "/v1/prices", json=BOOK)).status_code == 200
     t0 = start_of_period()
     # 3 h of one vCPU at 0.036 less the plan's 1 included: 0.072; 2 gold hours at 0.072: 0.144;
