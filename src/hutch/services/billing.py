@@ -152,33 +152,29 @@ class Billing:
     async def close_due(self, now: float) -> int:
         """The leader's: close each project's invoices of the periods that ended by `now`
         (from its last closed one, or its creation). How many were closed."""
-        async with self.store.read() as tx:
+        current = period_of(now, self.period)[0]
+        async with self.store.read() as tx:  # one look: most projects have nothing due
             projects = await tx.projects.list()
+            closed_until = await tx.billing.closed_until()
         closed = 0
         for project in projects:
-            closed += await self._close_project(project, now)
+            start = period_of(closed_until.get(project.id, project.created_at), self.period)[0]
+            while start < current:
+                end = period_of(start, self.period)[1]
+                closed += await self._close(project, start, end, now)
+                start = end
         return closed
 
-    async def _close_project(self, project: Project, now: float) -> int:
-        closed = 0
-        current = period_of(now, self.period)[0]
-        async with self.store.read() as tx:
-            last = await tx.billing.last_closed(project.id)
-        start = period_of(project.created_at if last is None else last, self.period)[0]
-        while start < current:
-            end = period_of(start, self.period)[1]
-            async with self.store.write() as tx:
-                # The pending credits are read inside the writer's transaction, so a credit
-                # is carried by one invoice only.
-                invoice = await _priced(
-                    tx, project, start, end, invoice_id=new_id("in"), closed_at=now
-                )
-                if await tx.billing.close(invoice):
-                    credits = [c.id for c in await tx.billing.pending_credits(project.id, end)]
-                    await tx.billing.carry(credits, invoice.id)
-                    closed += 1
-            start = end
-        return closed
+    async def _close(self, project: Project, start: float, end: float, now: float) -> int:
+        async with self.store.write() as tx:
+            # The pending credits are read inside the writer's transaction, so a credit is
+            # carried by one invoice only.
+            invoice = await _priced(tx, project, start, end, invoice_id=new_id("in"), closed_at=now)
+            if not await tx.billing.close(invoice):
+                return 0  # another leader closed it
+            credits = [c.id for c in await tx.billing.pending_credits(project.id, end)]
+            await tx.billing.carry(credits, invoice.id)
+            return 1
 
     # -- budgets --------------------------------------------------------------------------------
 
