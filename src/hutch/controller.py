@@ -128,7 +128,12 @@ def build_controller(settings: Settings) -> Controller:
         snapshots=snapshots,
         pools=Pools(store, policy, notifier, machine_service, snapshots),
         billing=Billing(
-            store, policy, machine_service, settings.invoice_period, settings.billing_interval
+            store,
+            policy,
+            machine_service,
+            period=settings.invoice_period,
+            interval=settings.billing_interval,
+            budget_interval=settings.budget_interval,
         ),
         ca_pem=ca_pem,
     )
