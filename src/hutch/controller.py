@@ -15,12 +15,14 @@ from pathlib import Path
 from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import tls
+from hutch.model.metrics import Tier
 from hutch.services.billing import Billing, load_book
 from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
 from hutch.services.lifetimes import Lifetimes
 from hutch.services.machines import Machines
+from hutch.services.metering import Metering
 from hutch.services.networks import Networks, Pool
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
@@ -31,6 +33,7 @@ from hutch.services.retention import Retention
 from hutch.services.scheduling import Scheduler
 from hutch.services.snapshots import Snapshots
 from hutch.services.streams import Streams
+from hutch.services.telemetry import Telemetry
 from hutch.services.tenancy import Tenancy
 from hutch.services.volumes import Volumes
 from hutch.store import open_store
@@ -58,6 +61,8 @@ class Controller:
     volumes: Volumes  # volumes and their snapshots
     snapshots: Snapshots  # machine snapshots (`run --from` clones them)
     pools: Pools  # warm pools, kept filled by the leader
+    telemetry: Telemetry  # nodes' samples in, machines' metric history out (pruned by the leader)
+    metering: Metering  # the usage ledger: nodes' samples counted, storage accrued by the leader
     billing: Billing  # prices, usage, invoices (closed by the leader), budgets
     ca_pem: str | None = None  # when serving HTTPS
 
@@ -108,6 +113,7 @@ def build_controller(settings: Settings) -> Controller:
         store, policy, notifier, link, image_service, networks=network_service
     )
     streams = Streams(store, per_token=settings.streams_per_token)
+    metering = Metering(store, settings.storage_interval)
     snapshots = Snapshots(store, link, policy)
     return Controller(
         store=store,
@@ -127,6 +133,16 @@ def build_controller(settings: Settings) -> Controller:
         volumes=Volumes(store, link, policy),
         snapshots=snapshots,
         pools=Pools(store, policy, notifier, machine_service, snapshots),
+        telemetry=Telemetry(
+            store,
+            policy,
+            [
+                Tier(settings.metrics_fine, settings.metrics_fine_keep),
+                Tier(settings.metrics_coarse, settings.metrics_coarse_keep),
+            ],
+            metering,
+        ),
+        metering=metering,
         billing=Billing(
             store,
             policy,
@@ -142,8 +158,9 @@ def build_controller(settings: Settings) -> Controller:
 @contextlib.asynccontextmanager
 async def leading_work(ctl: Controller) -> AsyncIterator[None]:
     """In the background: the leader's lease, and what the leader does (the scheduler, node
-    health, the purge of destroyed machines, machines' timeouts, warm pools), each idle while this
-    controller does not lead; and on every controller, the check of its open streams' tokens.
+    health, the purge of destroyed machines, machines' timeouts, warm pools, the storage
+    accrual), each idle while this controller does not lead; and on every controller, the check
+    of its open streams' tokens.
     They are stopped between two transactions, never cancelled inside one."""
     stop = asyncio.Event()
     leading = ctl.leadership.leading
@@ -154,6 +171,8 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
         asyncio.create_task(ctl.retention.run(leading, stop)),
         asyncio.create_task(ctl.lifetimes.run(leading, stop)),
         asyncio.create_task(ctl.pools.run(leading, stop)),
+        asyncio.create_task(ctl.telemetry.run(leading, stop)),
+        asyncio.create_task(ctl.metering.run(leading, stop)),
         asyncio.create_task(ctl.billing.run(leading, stop)),
         asyncio.create_task(ctl.streams.run(stop)),
     ]

@@ -13,6 +13,7 @@ from hutch.api.routes import (
     billing,
     images,
     machines,
+    metrics,
     networks,
     nodes,
     pools,
@@ -53,6 +54,7 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
     for router in (
         projects.router,
         machines.router,
+        metrics.router,
         networks.router,
         volumes.router,
         snapshots.router,

@@ -101,3 +101,17 @@ class UsageMark:
     cpu_s: float = 0.0
     egress_bytes: int = 0
     ended: bool = False  # the generation's last sample was counted
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Disk a subject held, for the storage accrual: a machine's scratch disk (while it is not
+    destroyed, suspended or not), a volume, a volume snapshot or a machine snapshot."""
+
+    subject: str
+    project_id: str
+    bytes: int
+    since: float  # when it was created
+    until: float | None = None  # when it went (None: it is still there)
+    machine_id: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pyroute2 import IPRoute
 
@@ -54,6 +54,18 @@ class Peer:
     ip4: str
     ip6: str
     underlay: str  # its node's address
+
+
+class NicCounters(NamedTuple):
+    """A sandbox's NICs' traffic, as it sees it."""
+
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+
+    def __add__(self, other: tuple[int, ...]) -> "NicCounters":  # type: ignore[override]
+        return NicCounters(*(a + b for a, b in zip(self, other, strict=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +177,29 @@ class NodeNetwork:
         node's connection tracking has now."""
         wanted = list(targets)
         return links.run_in(self.opts.netns, lambda: activity.read_flows(wanted))
+
+    def traffic(self) -> dict[str, NicCounters]:
+        """Each wired sandbox's NICs' counters, summed, as the sandbox sees them (what its
+        TAP or veth received, the sandbox sent): one read of the namespace's interfaces."""
+        with self._lock:
+            ports = {
+                links.port_name(links.TAP_PREFIX if w.kind == "tap" else links.VETH_PREFIX, i, n): i
+                for i, w in self._wired.items()
+                for n in range(len(w.spec.networks))
+            }
+        # /proc/thread-self: this thread's namespace (/proc/net is the process's).
+        text = links.run_in(self.opts.netns, Path("/proc/thread-self/net/dev").read_text)
+        out: dict[str, NicCounters] = {}
+        for line in text.splitlines()[2:]:
+            name, _, numbers = line.partition(":")
+            sandbox = ports.get(name.strip())
+            fields = numbers.split()
+            if sandbox is None or len(fields) < 10:
+                continue
+            # The port's receive side is the sandbox's transmit side.
+            mine = NicCounters(int(fields[8]), int(fields[0]), int(fields[9]), int(fields[1]))
+            out[sandbox] = out[sandbox] + mine if sandbox in out else mine
+        return out
 
     def admits(self, sandbox_id: str, port: int, remote: str) -> bool:
         """Whether the sandbox's security groups let a new TCP connection to its `port` from

@@ -16,15 +16,17 @@ from typing import NamedTuple, Protocol
 
 from hutch.model.addressing import Address, Network, Rule, SecurityGroup
 from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
+from hutch.model.metrics import MetricPoint
 from hutch.model.network import PortMapping
 from hutch.model.pool import Pool, PoolShape
 from hutch.model.prices import Budget, Credit, Invoice, PriceBook
 from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import Project, Quota, Token, Usage
-from hutch.model.usage import By, UsageMark, UsageRecord, UsageTotal
+from hutch.model.usage import By, Held, UsageMark, UsageRecord, UsageTotal
 from hutch.model.volume import Snapshot, Volume
 
 MAX_PAGE = 200  # machines per `MachineRepo.list` page at most, whatever the caller asks
+MAX_POINTS = 2000  # metric points per `MetricRepo.history` at most
 
 
 class Claim(NamedTuple):
@@ -122,6 +124,10 @@ class MachineRepo(Protocol):
 
     async def by_id(self, machine_id: str) -> Machine:
         """Any project's machine by id: only for node reports, which name the machine."""
+
+    async def by_ids(self, machine_ids: Sequence[str]) -> dict[str, Machine]:
+        """Any project's machines by id, destroyed ones too (until purged): for node reports
+        and samples. Those not found are not in it."""
 
     async def pending(
         self, limit: int, after: tuple[float, str] | None = None
@@ -384,6 +390,29 @@ class PoolRepo(Protocol):
     async def delete(self, pool_id: str) -> None: ...
 
 
+class MetricRepo(Protocol):
+    """Machines' metric history, per tier (`MetricPoint.step`)."""
+
+    async def put(self, points: Sequence[MetricPoint]) -> None:
+        """Store each point, or keep the stored one of its bucket if that one is newer."""
+
+    async def history(
+        self, machine_id: str, step: float, since: float, limit: int
+    ) -> builtins.list[MetricPoint]:
+        """The machine's points of the tier from bucket `since` on, oldest first, at most
+        `limit` (and at most MAX_POINTS)."""
+
+    async def latest(
+        self, step: float, since: float, project_id: str | None = None
+    ) -> builtins.list[tuple[str, str, MetricPoint]]:
+        """The newest point of the tier of every machine that is not destroyed and has one
+        since `since`, of its current generation (the project's, or every project's), with
+        the names of its project and machine."""
+
+    async def prune(self, step: float, before: float) -> int:
+        """Delete the tier's points of buckets before `before`; how many."""
+
+
 class BillingRepo(Protocol):
     """The price book, closed invoices, credits and budgets (store/sql/billing.py)."""
 
@@ -470,6 +499,11 @@ class UsageRepo(Protocol):
     async def set_marks(self, marks: Sequence[UsageMark]) -> None:
         """Write marks that `marks()` returned, moved on."""
 
+    async def held(self, start: float, end: float) -> builtins.list[Held]:
+        """Every machine's scratch disk, volume, volume snapshot and machine snapshot that
+        existed at some time in [start, end), as far as the store knows: a machine until it
+        was destroyed (until it is purged), the others while their rows are there."""
+
     async def prune_marks(self, ended_before: float) -> int:
         """Delete the marks of generations that ended (their last sample counted) before
         `ended_before`: how many went. A resend older than that would count again."""
@@ -487,6 +521,7 @@ class Tx(Protocol):
     volumes: VolumeRepo
     snapshots: SnapshotRepo
     pools: PoolRepo
+    metrics: MetricRepo
     billing: BillingRepo
     usage: UsageRepo
 

@@ -441,51 +441,32 @@ pools = sa.Table(
     sa.UniqueConstraint("project_id", "image", "cpus", "memory_mib", "disk_mib", "runtime"),
 )
 
+# -- metric history (see hutch.model.metrics) -----------------------------------------------------
 
-# Billing (model/prices.py). Money is stored as decimal strings: exact on both backends (SQLite
-# has no decimal type). Invoices and credits outlive their project: they are records.
-price_books = sa.Table(
-    "price_books",
+# One point per machine, tier (`step`), bucket and generation: the node's last sample in the
+# bucket (counters are cumulative, so it stands for the whole bucket). The leader deletes points
+# older than their tier keeps them (services/telemetry.py): the table's size is bounded.
+METRIC_COUNTERS = (
+    "memory_bytes", "memory_limit_bytes",
+    "disk_read_bytes", "disk_write_bytes", "disk_read_ops", "disk_write_ops",
+    "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "egress_bytes", "ingress_bytes",
+)  # fmt: skip
+machine_metrics = sa.Table(
+    "machine_metrics",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),  # one row: 1
-    sa.Column("book", sa.JSON, nullable=False),
-    sa.Column("updated_at", _TIME, nullable=False),
-)
-
-invoices = sa.Table(
-    "invoices",
-    metadata,
-    sa.Column("id", _ID, primary_key=True),
+    sa.Column("machine_id", _ID, primary_key=True),
+    sa.Column("step", _TIME, primary_key=True),
+    sa.Column("bucket", _TIME, primary_key=True),
+    sa.Column("generation", sa.Integer, primary_key=True),
     sa.Column("project_id", _ID, nullable=False),
-    sa.Column("period_start", _TIME, nullable=False),
-    sa.Column("period_end", _TIME, nullable=False),
-    sa.Column("currency", sa.String(3), nullable=False),
-    sa.Column("total", sa.String(40), nullable=False),
-    sa.Column("lines", sa.JSON, nullable=False),
-    sa.Column("closed_at", _TIME, nullable=False),
-    # One invoice per project and period: two leaders closing it, only one row is written.
-    sa.UniqueConstraint("project_id", "period_start"),
-)
-
-credits = sa.Table(
-    "credits",
-    metadata,
-    sa.Column("id", _ID, primary_key=True),
-    sa.Column("project_id", _ID, nullable=False, index=True),
-    sa.Column("amount", sa.String(40), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("created_at", _TIME, nullable=False),
-    sa.Column("invoice_id", _ID, nullable=False),  # "" until an invoice carries it
-)
-
-budgets = sa.Table(
-    "budgets",
-    metadata,
-    sa.Column("project_id", _ID, primary_key=True),
-    sa.Column("amount", sa.String(40), nullable=False),
-    sa.Column("stop", sa.Boolean, nullable=False),
-    sa.Column("period_start", _TIME, nullable=False),
-    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("time", _TIME, nullable=False),
+    sa.Column("state", _ENUM, nullable=False),
+    sa.Column("vcpus", sa.Integer, nullable=False),
+    sa.Column("memory_mib", sa.Integer, nullable=False),
+    sa.Column("running_s", _TIME, nullable=False),
+    sa.Column("cpu_s", _TIME, nullable=False),
+    *(sa.Column(name, sa.BigInteger, nullable=False) for name in METRIC_COUNTERS),
+    sa.Index("ix_machine_metrics_step_bucket", "step", "bucket"),
 )
 
 # -- the usage ledger (see hutch.model.usage, services/metering.py) --------------------------------
@@ -546,4 +527,50 @@ usage_marks = sa.Table(
     sa.Column("cpu_s", _TIME, nullable=False),
     sa.Column("egress_bytes", sa.BigInteger, nullable=False),
     sa.Column("ended", sa.Boolean, nullable=False),  # its generation's last sample was counted
+)
+
+# Billing (model/prices.py). Money is stored as decimal strings: exact on both backends (SQLite
+# has no decimal type). Invoices and credits outlive their project: they are records.
+price_books = sa.Table(
+    "price_books",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # one row: 1
+    sa.Column("book", sa.JSON, nullable=False),
+    sa.Column("updated_at", _TIME, nullable=False),
+)
+
+invoices = sa.Table(
+    "invoices",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, nullable=False),
+    sa.Column("period_start", _TIME, nullable=False),
+    sa.Column("period_end", _TIME, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("total", sa.String(40), nullable=False),
+    sa.Column("lines", sa.JSON, nullable=False),
+    sa.Column("closed_at", _TIME, nullable=False),
+    # One invoice per project and period: two leaders closing it, only one row is written.
+    sa.UniqueConstraint("project_id", "period_start"),
+)
+
+credits = sa.Table(
+    "credits",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, nullable=False, index=True),
+    sa.Column("amount", sa.String(40), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("invoice_id", _ID, nullable=False),  # "" until an invoice carries it
+)
+
+budgets = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("project_id", _ID, primary_key=True),
+    sa.Column("amount", sa.String(40), nullable=False),
+    sa.Column("stop", sa.Boolean, nullable=False),
+    sa.Column("period_start", _TIME, nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
 )

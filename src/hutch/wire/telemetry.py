@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from hutch.wire.common import INT64_MAX, Request
+from hutch.wire.common import INT64_MAX, Request, View
 
 # Counters: bytes, operations, packets. Bounded so the store's BIGINT columns hold them.
 Counter = Annotated[int, Field(ge=0, le=INT64_MAX)]
@@ -62,3 +62,38 @@ class NodeSample(Request):
 class Samples(Request):
     node: NodeSample
     machines: list[MachineSample] = Field(max_length=MAX_MACHINES)
+
+
+# -- what the API serves: a machine's history (GET /v1/machines/{id}/metrics) ---------------------
+
+
+class MetricPointView(View):
+    """The node's last reading in one step: counters cumulative over the generation (a rate is
+    the difference between two points of the same generation over their `time`)."""
+
+    time: float
+    generation: int
+    state: str
+    vcpus: int
+    memory_mib: int
+    running_s: float
+    cpu_s: float
+    memory_bytes: int
+    memory_limit_bytes: int
+    disk_read_bytes: int  # every disk's summed
+    disk_write_bytes: int
+    disk_read_ops: int
+    disk_write_ops: int
+    rx_bytes: int  # every NIC's, private and public
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+    egress_bytes: int  # tx to outside the machine's networks
+    ingress_bytes: int
+
+
+class MachineMetricsView(View):
+    machine: str  # id
+    name: str
+    step: float  # seconds per point (a tier's, or the one asked for)
+    points: list[MetricPointView]

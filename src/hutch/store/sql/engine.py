@@ -51,6 +51,7 @@ from hutch.store.base import (
     EventRepo,
     LeaseRepo,
     MachineRepo,
+    MetricRepo,
     NetworkRepo,
     NodeRepo,
     PoolRepo,
@@ -66,6 +67,7 @@ from hutch.store.sql.billing import SqlBilling
 from hutch.store.sql.events import SqlEvents
 from hutch.store.sql.leases import SqlLeases
 from hutch.store.sql.machines import SqlMachines
+from hutch.store.sql.metrics import SqlMetrics
 from hutch.store.sql.networks import SqlNetworks, SqlSecurityGroups
 from hutch.store.sql.nodes import SqlNodes
 from hutch.store.sql.pools import SqlPools
@@ -482,6 +484,7 @@ class SqlTx:
         self.volumes: VolumeRepo = SqlVolumes(conn, backend)
         self.snapshots: SnapshotRepo = SqlSnapshots(conn, backend)
         self.pools: PoolRepo = SqlPools(conn, backend)
+        self.metrics: MetricRepo = SqlMetrics(conn, backend)
         self.billing: BillingRepo = SqlBilling(conn, backend)
         self.usage: UsageRepo = SqlUsage(conn, backend)
 

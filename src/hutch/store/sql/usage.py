@@ -15,11 +15,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 
 from hutch.model.errors import Invalid
+from hutch.model.machine import MachineState
+from hutch.model.sandbox import scratch_mib
 from hutch.model.usage import (
     COUNTS,
     MAX_RECORDS,
     QUANTITIES,
     By,
+    Held,
     UsageMark,
     UsageRecord,
     UsageTotal,
@@ -29,6 +32,7 @@ from hutch.store.sql.repo import Repo, from_row
 
 MAX_BATCH = 1000  # rows per INSERT: under both backends' limits on bound parameters
 _DAY = 86400
+MIB = 1 << 20
 T = TypeVar("T")
 
 
@@ -142,6 +146,25 @@ class SqlUsage(Repo):
             sa.delete(m).where(m.c.ended.is_(True), m.c.time < ended_before)
         )
         return int(result.rowcount)
+
+    async def held(self, start: float, end: float) -> builtins.list[Held]:
+        m, v, vs, ms = t.machines, t.volumes, t.volume_snapshots, t.machine_snapshots
+        destroyed = m.c.state == MachineState.DESTROYED.value
+        machines = sa.select(
+            m.c.id, m.c.project_id, m.c.labels, m.c.disk_mib, m.c.memory_mib, m.c.created_at,
+            sa.case((destroyed, m.c.updated_at), else_=None).label("until"),
+        ).where(m.c.created_at < end, sa.or_(~destroyed, m.c.updated_at > start))  # fmt: skip
+        held = [
+            Held(r.id, r.project_id, scratch_mib(r.disk_mib, r.memory_mib) * MIB, r.created_at,
+                 r.until, r.id, r.labels)
+            for r in await self._c.execute(machines)
+        ]  # fmt: skip
+        for table in (v, vs, ms):
+            disks = sa.select(table.c.id, table.c.project_id, table.c.size_bytes,
+                              table.c.created_at).where(table.c.created_at < end)  # fmt: skip
+            held += [Held(r.id, r.project_id, r.size_bytes, r.created_at)
+                     for r in await self._c.execute(disks)]  # fmt: skip
+        return held
 
     def _insert_ignoring(self, table: sa.Table, key: builtins.list[str]) -> Any:
         """INSERT ... ON CONFLICT (key) DO NOTHING, in the backend's dialect."""
