@@ -28,7 +28,7 @@ from typing import Any
 from hutch.files import write_private
 from hutch.model.errors import HutchError
 from hutch.model.sandbox import DiskIO, Reading, SandboxState
-from hutch.network.node import NicCounters
+from hutch.network.node import Traffic
 from hutch.wire.telemetry import Disk, MachineSample, Net, NodeSample, Samples
 
 log = logging.getLogger("hutch.agent.telemetry")
@@ -44,7 +44,7 @@ class Observed:
     sandbox: str  # "<machine>-<generation>"
     reading: Reading
     disks: Mapping[str, DiskIO]
-    nics: NicCounters | None
+    nics: Traffic | None  # None: it has no NIC (or they could not be read)
 
 
 def machine_of(sandbox: str) -> tuple[str, int] | None:
@@ -149,7 +149,14 @@ class Sampler:
                 name: Disk(**{f: counters.get(f"disk:{name}:{f}", 0) for f in Disk.model_fields})
                 for name in sorted({k.split(":")[1] for k in counters if k.startswith("disk:")})
             },
-            public=Net(**{f: counters.get(f"net:{f}", 0) for f in Net.model_fields}),
+            public=Net(**{f: counters.get(f"public:{f}", 0) for f in Net.model_fields}),
+            # What the NICs carried that the node did not route out or in: the networks' own.
+            private=Net(
+                **{
+                    f: max(counters.get(f"nic:{f}", 0) - counters.get(f"public:{f}", 0), 0)
+                    for f in Net.model_fields
+                }
+            ),
         )
         return sample
 
@@ -167,7 +174,8 @@ class Sampler:
             raw[f"disk:{name}:read_ops"] = io.read_ops
             raw[f"disk:{name}:write_ops"] = io.write_ops
         if o.nics is not None:
-            raw |= {f"net:{k}": v for k, v in o.nics._asdict().items()}
+            raw |= {f"nic:{k}": v for k, v in o.nics.total._asdict().items()}
+            raw |= {f"public:{k}": v for k, v in o.nics.public._asdict().items()}
         last, base = st["raw"], st["base"]
         for key, value in raw.items():
             if value < last.get(key, 0):

@@ -23,6 +23,9 @@ from hutch.wire.telemetry import MachineSample, NodeSample, Samples
 
 log = logging.getLogger("hutch.telemetry")
 MAX_PERIOD = 600.0  # seconds between prunes, at most
+# Seconds a node's clock may run ahead of the controller's: a point further ahead would never
+# be pruned (nor one older than every tier keeps be of use), so neither is stored.
+MAX_AHEAD = 300.0
 
 
 class Recorder(Protocol):
@@ -45,7 +48,9 @@ class Telemetry:
 
     async def ingest(self, node: Node, samples: Samples) -> None:
         """Store the samples of machines placed on `node` (others are not its to report: a
-        machine since moved, or another node's), then meter them."""
+        machine since moved, or another node's) read at times the history keeps, then meter
+        them."""
+        now = time.time()
         async with self.store.write() as tx:
             placed = {m.id: m for m in await tx.machines.on_node(node.id)}
             points = [
@@ -53,6 +58,7 @@ class Telemetry:
                 for s in samples.machines
                 if s.machine in placed
                 for tier in self.tiers
+                if now - tier.keep < s.time <= now + MAX_AHEAD
             ]
             await tx.metrics.put(points)
         if node.id not in self.nodes or self.nodes[node.id].time <= samples.node.time:
@@ -90,11 +96,11 @@ class Telemetry:
         )
 
     def tier(self, since: float, step: float | None, now: float) -> Tier:
-        """The finest tier that still keeps `since` and is no finer than `step`."""
-        for tier in self.tiers:
-            if (step is None or step <= tier.step) and since >= now - tier.keep:
-                return tier
-        return self.tiers[-1]
+        """The tier to read from `since` at `step` seconds a point: of those that still keep
+        `since`, the coarsest no coarser than `step` (the finest without one)."""
+        keeping = [t for t in self.tiers if since >= now - t.keep] or [self.tiers[-1]]
+        fitting = [t for t in keeping if step is not None and t.step <= step]
+        return fitting[-1] if fitting else keeping[0]
 
     async def history(
         self,

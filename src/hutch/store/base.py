@@ -399,8 +399,8 @@ class MetricRepo(Protocol):
     async def history(
         self, machine_id: str, step: float, since: float, limit: int
     ) -> builtins.list[MetricPoint]:
-        """The machine's points of the tier from bucket `since` on, oldest first, at most
-        `limit` (and at most MAX_POINTS)."""
+        """The machine's points of the tier whose buckets end after `since`, oldest first, at
+        most `limit` (and at most MAX_POINTS)."""
 
     async def latest(
         self, step: float, since: float, project_id: str | None = None

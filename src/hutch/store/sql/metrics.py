@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from hutch.model.machine import Desired
 from hutch.model.metrics import MetricPoint
 from hutch.store import tables as t
 from hutch.store.base import MAX_POINTS
@@ -39,7 +40,7 @@ class SqlMetrics(Repo):
         m = t.machine_metrics
         stmt = (
             sa.select(m)
-            .where(m.c.machine_id == machine_id, m.c.step == step, m.c.bucket >= since)
+            .where(m.c.machine_id == machine_id, m.c.step == step, m.c.bucket > since - step)
             .order_by(m.c.bucket, m.c.generation)
             .limit(min(limit, MAX_POINTS))
         )
@@ -63,8 +64,9 @@ class SqlMetrics(Repo):
             .join(sub, sa.and_(m.c.machine_id == sub.c.machine_id, m.c.bucket == sub.c.bucket))
             .join(t.machines, mc.id == m.c.machine_id)
             .join(t.projects, t.projects.c.id == m.c.project_id)
-            # A machine's current generation only; a destroyed machine has no series left.
+            # A machine's current generation only; one destroyed (or being destroyed) has none.
             .where(m.c.step == step, m.c.generation == mc.generation, t.LIVE)
+            .where(mc.desired != Desired.DESTROYED.value)
             .order_by(m.c.project_id, m.c.machine_id)
         )
         return [(r.project_name, r.machine_name, _point(r)) for r in await self._c.execute(stmt)]
