@@ -178,7 +178,12 @@ class Settings(BaseSettings):
     )
     billing_interval: float = Field(
         10.0, gt=0, le=3600,
-        description="seconds between the leader's looks for invoices to close and budgets",
+        description="seconds between the leader's looks for invoices to close",
+    )  # fmt: skip
+    budget_interval: float = Field(
+        60.0, gt=0, le=86400,
+        description="seconds between the leader's looks at budgets (each prices its project's "
+        "month so far)",
     )  # fmt: skip
     tls: bool = Field(False, description="serve HTTPS with a CA made in state_dir/tls")
     tls_names: list[str] = Field(

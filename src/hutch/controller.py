@@ -144,7 +144,12 @@ def build_controller(settings: Settings) -> Controller:
         ),
         metering=metering,
         billing=Billing(
-            store, policy, machine_service, settings.invoice_period, settings.billing_interval
+            store,
+            policy,
+            machine_service,
+            period=settings.invoice_period,
+            interval=settings.billing_interval,
+            budget_interval=settings.budget_interval,
         ),
         ca_pem=ca_pem,
     )

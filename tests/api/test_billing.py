@@ -9,15 +9,21 @@ import asyncio
 import csv
 import io
 import json
+import re
+import tempfile
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from hutch.model.errors import Invalid
 from hutch.model.prices import period_of
 from hutch.model.usage import UsageRecord
-from tests.helpers.api import Api, served
+from hutch.services.billing import load_book
+from tests.helpers.api import Api, close_api, open_api, served
 
 BOOK = {
     "currency": "EUR",
@@ -83,6 +89,31 @@ async def test_the_price_book_is_the_systems_to_set_and_a_projects_to_read(api: 
     assert (await api.call("GET", "/v1/prices", reader)).json()["plan"] == "small"
 
 
+async def test_the_prices_file_is_the_book_at_start(tmp_path: Path) -> None:
+    """docs/billing.md's example file, as the `prices_file` setting: its numbers exact."""
+    doc = (Path(__file__).parents[2] / "docs" / "billing.md").read_text()
+    found = re.search(r"```toml\n(.*?)```", doc, re.S)
+    assert found
+    path = tmp_path / "prices.toml"
+    path.write_text(found.group(1).replace('"0.003"', "0.003"))  # a TOML float: still exact
+    state = Path(tempfile.mkdtemp(prefix="hp", dir="/tmp"))
+    api, _ = await open_api(state, prices_file=path)
+    try:
+        await api.project("acme")
+        r = await api.call("GET", "/v1/prices", params={"project": "acme"})
+        assert r.status_code == 200, r.text
+        prices = r.json()
+        assert (prices["currency"], prices["plan"], prices["fee"]) == ("EUR", "pro", "50")
+        assert prices["rates"]["vcpu_seconds"] == "0.015"
+        assert prices["rates"]["memory_gib_seconds"] == "0.003"
+        assert prices["labels"]["tier=batch"]["vcpu_seconds"] == "0.01"
+    finally:
+        await close_api(api)
+    path.write_text('[prices]\nrates = { vcpu_seconds = "-1" }\n')
+    with pytest.raises(Invalid, match=r"prices file .*prices.rates.vcpu_seconds: '-1' must be"):
+        load_book(path)  # what the controller's start raises
+
+
 async def test_usage_by_machine_label_and_day_as_json_and_csv(api: Api) -> None:
     t0 = start_of_period()
     await ledger(api, "alpha", "m-a", t0, 3, labels={"tier": "gold"}, vcpu_seconds=3600, starts=1)
@@ -127,7 +158,10 @@ async def test_usage_by_machine_label_and_day_as_json_and_csv(api: Api) -> None:
     assert (await api.call("GET", "/v1/usage", token, params={"by": "week"})).status_code == 422
 
 
-async def test_an_invoice_is_closed_once_never_changed_and_corrected_by_credit(api: Api) -> None:
+async def test_an_invoice_is_closed_once_never_changed_and_corrected_by_credit(
+    api_both: Api,
+) -> None:
+    api = api_both
     assert (await api.call("PUT", "/v1/prices", json=BOOK)).status_code == 200
     t0 = start_of_period()
     # 3 h of one vCPU at 0.036 less the plan's 1 included: 0.072; 2 gold hours at 0.072: 0.144;

@@ -424,8 +424,8 @@ class BillingRepo(Protocol):
     async def carry(self, credit_ids: Sequence[str], invoice_id: str) -> None:
         """The credits are the invoice's credit lines from now."""
 
-    async def last_closed(self, project_id: str) -> float | None:
-        """The end of the project's latest closed period (None: none closed)."""
+    async def closed_until(self) -> dict[str, float]:
+        """Each project's latest closed period's end (a project with none is not in it)."""
 
     async def invoice(self, project_id: str | None, invoice_id: str) -> Invoice | None:
         """A closed invoice by id, of the project (None: of any project)."""

@@ -46,12 +46,11 @@ class SqlBilling(Repo):
             .values(invoice_id=invoice_id)
         )  # fmt: skip
 
-    async def last_closed(self, project_id: str) -> float | None:
-        """The end of the project's latest closed period (None: none closed)."""
+    async def closed_until(self) -> dict[str, float]:
         i = t.invoices
-        stmt = sa.select(sa.func.max(i.c.period_end)).where(i.c.project_id == project_id)
-        end = (await self._c.execute(stmt)).scalar_one_or_none()
-        return None if end is None else float(end)
+        end = sa.func.max(i.c.period_end).label("end")
+        stmt = sa.select(i.c.project_id, end).group_by(i.c.project_id)
+        return {r.project_id: float(r.end) for r in await self._c.execute(stmt)}
 
     async def invoice(self, project_id: str | None, invoice_id: str) -> Invoice | None:
         i = t.invoices
