@@ -13,7 +13,7 @@ which also add their starts) is not timed; then `turns` turns are.
   ingest_records_per_s_{sqlite,postgres}  records added / wall time of the timed turns
   ingest_target_records_per_s             5,000 nodes x 20 machines every 10 s: 10,000
 
-    .venv/bin/python -m bench.metering_ingest [--nodes N] [--per-node M] [--turns T]
+    .venv/bin/python -m bench.metering_ingest [--nodes N] [--per-node M] [--turns T]  (alone)
 """
 
 import argparse
