@@ -1,4 +1,5 @@
-"""bench/metering.py's smoke run (`--turns 2`, seconds): it reports every figure it claims to
+"""bench/metering.py's smoke run (`--turns 2`, 20 nodes posting, an invoice of 100 machines
+over a day: seconds): it reports every figure it claims to
 and leaves no cgroup, namespace or process behind. No figure is asserted (benchmarks judge
 speed)."""
 
@@ -22,7 +23,8 @@ def leftovers() -> list[str]:
 
 def test_the_quick_run_measures_sampling_and_cleans_up() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.metering", "--turns", "2"],
+        [sys.executable, "-m", "bench.metering", "--turns", "2", "--nodes", "20",
+         "--machines", "100", "--days", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,4 +33,6 @@ def test_the_quick_run_measures_sampling_and_cleans_up() -> None:
         assert figures[f"sampling_turn_cpu_s_{size}"] > 0
         assert figures[f"sampling_cpu_ms_per_sandbox_{size}"] > 0
     assert figures["sampling_per_sandbox_ratio"] > 0
+    assert figures["ingest_records_per_s_sqlite"] > 0
+    assert figures["ingest_records_per_s_postgres"] > 0
     assert not leftovers()
