@@ -1,7 +1,6 @@
 """bench/metering.py's smoke run (`--turns 2`, 20 nodes posting, an invoice of 100 machines
-over a day: seconds): it reports every figure it claims to
-and leaves no cgroup, namespace or process behind. No figure is asserted (benchmarks judge
-speed)."""
+over a day: seconds): it reports every figure it claims to and leaves no cgroup, namespace or
+process behind. No figure is asserted (benchmarks judge speed)."""
 
 import json
 import os
