@@ -65,6 +65,10 @@ class MicroVMOptions:
     # peak anonymous overhead of a guest that fills its RAM: 51-61 MiB under TCG (32 of them the
     # translation cache), less under KVM; the rest leaves page cache room before reclaim.
     overhead_mib: int = 96
+    # Suspended guests whose QEMU is kept, paused, their RAM given back (`park`): each holds
+    # less than its overhead_mib (bench/start.py: ~55 MiB anonymous, 32 of them the translation
+    # cache), which the node's capacity sets aside for all of them.
+    parked_max: int = 8
     uid_base: int = 1_500_000  # each VM's QEMU runs as its own uid from this range
     uid_count: int = VM_UIDS
     console_max_bytes: int = 256 << 10
@@ -272,6 +276,7 @@ class MicroVMBackend:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._copiers: dict[str, subprocess.Popen[bytes]] = {}  # QEMU's stderr -> qemu.log
         self._ram_copies: dict[str, subprocess.Popen[bytes]] = {}  # saved RAM -> its tmpfs file
+        self._parked: set[str] = set()  # sandboxes whose QEMU is parked (`park`)
         self._uids = IdPool("vm-uid", opts.uid_base, opts.uid_count, directory=opts.host.id_dir)
 
     def capabilities(self) -> Capabilities:
@@ -285,7 +290,10 @@ class MicroVMBackend:
             min_memory_mib=MIN_MEMORY_MIB,
             max_cpus=host.cpus(),
             max_memory_mib=max(
-                host.memory_mib() - host.HOST_RESERVE_MIB - self.opts.overhead_mib, 0
+                host.memory_mib()
+                - host.HOST_RESERVE_MIB
+                - self.opts.overhead_mib * (1 + self.opts.parked_max),
+                0,
             ),
             overhead_mib=self.opts.overhead_mib,
             suspend=True,
@@ -512,18 +520,24 @@ class MicroVMBackend:
                 # Its whole size first, so that QEMU maps it as it is and the copy, not
                 # truncating it, fills it in place (its holes skipped: they read as zeros).
                 os.ftruncate(fd, source.stat().st_size)
-                self._ram_copies[sandbox_id] = subprocess.Popen(
-                    spawned(self.opts, cgroup, [str(self.opts.guest.copy), str(source), str(ram)]),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
+                self._copy_ram(sandbox_id, source, ram, cgroup)
         except BaseException:
             ram.unlink()
             raise
         finally:
             os.close(fd)
         return ram
+
+    def _copy_ram(self, sandbox_id: str, source: Path, ram: Path, cgroup: Cgroup) -> None:
+        """Start copying the saved RAM `source` into the guest's RAM file `ram` (`_ram_copied`
+        waits for it), by a process in the VM's cgroup: tmpfs pages are charged to their
+        writer's."""
+        self._ram_copies[sandbox_id] = subprocess.Popen(
+            spawned(self.opts, cgroup, [str(self.opts.guest.copy), str(source), str(ram)]),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     async def _ram_copied(self, sandbox_id: str) -> None:
         """Wait for the saved RAM to be in the guest's RAM file; OSError if it could not be."""
@@ -639,6 +653,28 @@ class MicroVMBackend:
             shutil.rmtree(dest, ignore_errors=True)
             raise
 
+    async def park(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> bool:
+        """Keep the QEMU of a guest just saved into `saved`, paused, with its RAM given back
+        (its file's pages punched out: `saved` holds them): its devices' state and TCG's
+        translations stay, so a resume (`unpark`) copies the RAM back and goes on, with no new
+        QEMU to start, no state to load and no guest code to translate again. False for a guest
+        with no RAM file of its own (a clone's maps its snapshot's): its QEMU is to end."""
+        ram = record.details.get("memory")
+        if not ram or len(self._parked) >= self.opts.parked_max:
+            return False
+        await asyncio.to_thread(snapfiles.punch, Path(ram))
+        self._parked.add(record.spec.id)
+        return True
+
+    async def unpark(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> None:
+        """The RAM of a parked guest back from `saved`, in place: it reads as it was saved
+        (the file's holes as zeros, its data copied). It stays paused."""
+        cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id)
+        ram = Path(record.details["memory"])
+        self._copy_ram(record.spec.id, saved / snapfiles.MEMORY, ram, cgroup)
+        await self._ram_copied(record.spec.id)
+        self._parked.discard(record.spec.id)
+
     def guest_net(self, spec: SandboxSpec) -> str:
         return " ".join(guest_net_params(spec, self.opts.mtu))
 
@@ -714,6 +750,7 @@ class MicroVMBackend:
             Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).remove
         )
         self._shutdown_reason.pop(record.spec.id, None)
+        self._parked.discard(record.spec.id)
         child = self._children.pop(record.spec.id, None)
         if child is not None:
             child.wait()

@@ -1,6 +1,7 @@
 """Files of a saved guest (a suspended sandbox's, a machine snapshot's): copied sparsely, so that
 guest RAM or a scratch disk the guest never touched takes no room on the host's disk."""
 
+import ctypes
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,8 @@ META = "snapshot.json"  # what a restore must match: resources, root disk; wheth
 CHUNK = 8 << 20
 # What a save leaves free on the host's disk: other guests' sparse scratch disks grow into it.
 FREE_FLOOR = 512 << 20
+FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def copy_sparse(src: Path, dst: Path) -> None:
@@ -45,6 +48,19 @@ def copy_sparse(src: Path, dst: Path) -> None:
             os.close(dfd)
     finally:
         os.close(sfd)
+
+
+def punch(path: Path) -> None:
+    """Free all of `path`'s blocks, its size kept: it reads as zeros (a tmpfs file's memory
+    is given back, its mappings stay valid)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size and _libc.fallocate(fd, FALLOC_PUNCH, ctypes.c_long(0), ctypes.c_long(size)):
+            err = ctypes.get_errno()
+            raise OSError(err, f"punching {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def check_room(where: Path, most: int) -> None:
