@@ -699,12 +699,7 @@ class SandboxDriver:
             record.state = SandboxState.SUSPENDED
             sup.dir.save(record)
             await sup.detach()
-            parked = False
-            try:
-                parked = await self.backend.park(record, sup.dir, saved)
-            except OSError as e:
-                log.warning("sandbox %s: not parked: %s", sandbox_id, e)
-            if not parked:
+            if not await self.backend.park(record, sup.dir, saved):
                 await self._end_parked(record, sup.dir)
         finally:
             del self._suspends[sandbox_id]
@@ -729,7 +724,7 @@ class SandboxDriver:
         if ref is not None and ref.alive():  # parked: its memory back, and it goes on
             try:
                 await self.backend.unpark(record, sup.dir, saved)
-            except OSError as e:
+            except (HutchError, OSError) as e:  # a restore says so again if it still holds
                 log.warning("sandbox %s: restored anew: its parked process failed: %s",
                             sandbox_id, e)  # fmt: skip
                 ref = None

@@ -657,23 +657,35 @@ class MicroVMBackend:
         """Keep the QEMU of a guest just saved into `saved`, paused, with its RAM given back
         (its file's pages punched out: `saved` holds them): its devices' state and TCG's
         translations stay, so a resume (`unpark`) copies the RAM back and goes on, with no new
-        QEMU to start, no state to load and no guest code to translate again. False for a guest
-        with no RAM file of its own (a clone's maps its snapshot's): its QEMU is to end."""
+        QEMU to start, no state to load and no guest code to translate again. Its published
+        ports and rules go as a suspend's, its TAPs stay (off their bridges). False for a guest
+        with no RAM file of its own (a clone's maps its snapshot's), past `parked_max`, or when
+        that fails: its QEMU is to end."""
         ram = record.details.get("memory")
+        network = self.opts.host.network if record.spec.networks else None
         if not ram or len(self._parked) >= self.opts.parked_max:
             return False
-        await asyncio.to_thread(snapfiles.punch, Path(ram))
+        try:
+            if network is not None:
+                await asyncio.to_thread(network.unwire_taps, record.spec.id)
+            await asyncio.to_thread(snapfiles.punch, Path(ram))
+        except (HutchError, OSError) as e:
+            log.warning("sandbox %s: not parked: %s", record.spec.id, e)
+            return False
         self._parked.add(record.spec.id)
         return True
 
     async def unpark(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> None:
         """The RAM of a parked guest back from `saved`, in place: it reads as it was saved
-        (the file's holes as zeros, its data copied). It stays paused."""
-        cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id)
-        ram = Path(record.details["memory"])
-        self._copy_ram(record.spec.id, saved / snapfiles.MEMORY, ram, cgroup)
-        await self._ram_copied(record.spec.id)
-        self._parked.discard(record.spec.id)
+        (the file's holes as zeros, its data copied); meanwhile its TAPs on their bridges
+        again. It stays paused. On failure `release` it (what is left goes with it)."""
+        spec = record.spec
+        cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, spec.id)
+        self._copy_ram(spec.id, saved / snapfiles.MEMORY, Path(record.details["memory"]), cgroup)
+        if spec.networks and self.opts.host.network is not None:
+            await asyncio.to_thread(self.opts.host.network.wire_taps, spec)
+        await self._ram_copied(spec.id)
+        self._parked.discard(spec.id)
 
     def guest_net(self, spec: SandboxSpec) -> str:
         return " ".join(guest_net_params(spec, self.opts.mtu))
