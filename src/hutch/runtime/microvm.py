@@ -66,8 +66,8 @@ class MicroVMOptions:
     # translation cache), less under KVM; the rest leaves page cache room before reclaim.
     overhead_mib: int = 96
     # Suspended guests whose QEMU is kept, paused, their RAM given back (`park`): each holds
-    # less than its overhead_mib (bench/start.py: ~55 MiB anonymous, 32 of them the translation
-    # cache), which the node's capacity sets aside for all of them.
+    # less than its overhead_mib (a booted guest's, parked, under TCG: 54 MiB anonymous, 32 of
+    # them the translation cache), which the node's capacity sets aside for all of them.
     parked_max: int = 8
     uid_base: int = 1_500_000  # each VM's QEMU runs as its own uid from this range
     uid_count: int = VM_UIDS
