@@ -657,8 +657,11 @@ class MicroVMBackend:
         """Keep the QEMU of a guest just saved into `saved`, paused, with its RAM given back
         (its file's pages punched out: `saved` holds them): its devices' state and TCG's
         translations stay, so a resume (`unpark`) copies the RAM back and goes on, with no new
-        QEMU to start, no state to load and no guest code to translate again. Its published
-        ports and rules go as a suspend's, its TAPs stay (off their bridges). False for a guest
+        QEMU to start, no state to load and no guest code to translate again. This holds as
+        long as the paused QEMU writes nothing into guest RAM after the save: the host closing
+        the guest agent's channel (the driver's detach) did not, compared against the saved
+        copy. Its published ports and rules go as a suspend's, its TAPs stay (off their
+        bridges). False for a guest
         with no RAM file of its own (a clone's maps its snapshot's), past `parked_max`, or when
         that fails: its QEMU is to end."""
         ram = record.details.get("memory")
