@@ -60,6 +60,7 @@ def _env(state_dir: Path, registry_port: int, rebind_port: int) -> dict[str, str
         state_dir,
         HUTCH_REGISTRIES=json.dumps({f"127.0.0.1:{registry_port}": {"insecure": True}}),
         HUTCH_REGISTRY_ALLOW=json.dumps(["docker.io", f"localhost:{rebind_port}"]),
+        HUTCH_SAMPLE_INTERVAL="1",  # the tests' machines show their use within seconds
     )
 
 

@@ -116,6 +116,23 @@ class Settings(BaseSettings):
     leader_lease: float = Field(
         5.0, gt=0, description="seconds a leading controller holds its lease without renewing"
     )
+    sample_interval: float = Field(
+        10.0, gt=0, description="seconds between a node's samples of what its sandboxes use"
+    )
+    sample_spool: int = Field(
+        360,
+        ge=1,
+        description="samples a node keeps on disk while the controller does not take them "
+        "(the oldest go first)",
+    )
+    metrics_fine: float = Field(10.0, gt=0, description="seconds per point of recent history")
+    metrics_fine_keep: float = Field(
+        86400.0, gt=0, description="seconds (or 90s, 30m, 2h, 7d) recent history is kept"
+    )
+    metrics_coarse: float = Field(300.0, gt=0, description="seconds per point of older history")
+    metrics_coarse_keep: float = Field(
+        30 * 86400.0, gt=0, description="seconds (or 90s, 30m, 2h, 7d) older history is kept"
+    )
     machine_retention: float = Field(
         7 * 86400.0,
         gt=0,
@@ -201,7 +218,13 @@ class Settings(BaseSettings):
             raise ValueError("a volume pool is at least 512 MiB (XFS needs 300), or 0: the default")
         return value
 
-    @field_validator("machine_retention", "volume_export_idle", mode="before")
+    @field_validator(
+        "machine_retention",
+        "volume_export_idle",
+        "metrics_fine_keep",
+        "metrics_coarse_keep",
+        mode="before",
+    )
     @classmethod
     def _duration(cls, value: object) -> object:
         try:

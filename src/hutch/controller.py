@@ -15,6 +15,7 @@ from pathlib import Path
 from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import tls
+from hutch.model.metrics import Tier
 from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
@@ -30,6 +31,7 @@ from hutch.services.retention import Retention
 from hutch.services.scheduling import Scheduler
 from hutch.services.snapshots import Snapshots
 from hutch.services.streams import Streams
+from hutch.services.telemetry import Telemetry
 from hutch.services.tenancy import Tenancy
 from hutch.services.volumes import Volumes
 from hutch.store import open_store
@@ -57,6 +59,7 @@ class Controller:
     volumes: Volumes  # volumes and their snapshots
     snapshots: Snapshots  # machine snapshots (`run --from` clones them)
     pools: Pools  # warm pools, kept filled by the leader
+    telemetry: Telemetry  # nodes' samples in, machines' metric history out (pruned by the leader)
     ca_pem: str | None = None  # when serving HTTPS
 
 
@@ -125,6 +128,14 @@ def build_controller(settings: Settings) -> Controller:
         volumes=Volumes(store, link, policy),
         snapshots=snapshots,
         pools=Pools(store, policy, notifier, machine_service, snapshots),
+        telemetry=Telemetry(
+            store,
+            policy,
+            [
+                Tier(settings.metrics_fine, settings.metrics_fine_keep),
+                Tier(settings.metrics_coarse, settings.metrics_coarse_keep),
+            ],
+        ),
         ca_pem=ca_pem,
     )
 
@@ -144,6 +155,7 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
         asyncio.create_task(ctl.retention.run(leading, stop)),
         asyncio.create_task(ctl.lifetimes.run(leading, stop)),
         asyncio.create_task(ctl.pools.run(leading, stop)),
+        asyncio.create_task(ctl.telemetry.run(leading, stop)),
         asyncio.create_task(ctl.streams.run(stop)),
     ]
     try:

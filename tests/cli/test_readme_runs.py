@@ -21,12 +21,14 @@ cluster's `hutch controller --listen 0.0.0.0:7878 --tls` over PostgreSQL, `hutch
 import json
 import os
 import re
+import signal
 import subprocess
 import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -541,3 +543,45 @@ def test_the_idle_block_runs_as_written(sh: Shell, controller: Controller) -> No
         listener.start()
         listener.join(30)
     assert messages.count(woken) == 2 and messages.count("idle for 2s: suspended") == 2, messages
+
+
+def test_the_stats_block_runs_as_written(
+    sh: Shell, controller: Controller, env: dict[str, str]
+) -> None:
+    """One micro-VM that keeps a vCPU busy for 5 s and sends pings: its samples show CPU used
+    and bytes sent (the guest's own counters, read on its node), in the CLI's JSON and table,
+    and the SDK's history; the live view refreshes until interrupted."""
+    commands = [c for line in block("## Stats", "hutch run -d --name busy") for c in split(line)]
+    assert len(commands) == 5, commands
+    client = controller.client(sh("echo $HUTCH_PROJECT").stdout.strip())
+    for command in commands:
+        if command == "hutch stats busy":  # live: it runs until Ctrl-C
+            live = subprocess.Popen(
+                ["bash", "-c", f"exec {command} --interval 0.5"], env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            time.sleep(3)
+            live.send_signal(signal.SIGINT)
+            out, err = live.communicate(timeout=10)
+            assert live.returncode == 0 and "busy" in out, (out, err)
+            continue
+        out = ok(sh(command), command)
+        if command.startswith("hutch run"):
+
+            def used() -> dict[str, Any] | None:
+                row = json.loads(ok(sh("hutch stats -o json busy"), "stats"))[0]
+                moved = row.get("cpu_s", 0) > 1 and row.get("tx_bytes", 0) > 0
+                return row if moved and row["cpu_percent"] is not None else None
+
+            assert _until(lambda: used() is not None, 120), sh("hutch stats -o json busy").stdout
+            history = client.machines.metrics("busy")
+            cpu = [p.cpu_s for p in history.points]
+            assert len(cpu) >= 2 and cpu == sorted(cpu) and history.step == 10, history
+            last = history.points[-1]
+            assert last.memory_limit_bytes > last.memory_bytes > 0 and last.running_s > 0, last
+            assert last.disk_read_bytes > 0, last  # the guest read its root disk
+        elif command == "hutch stats --no-stream":
+            assert re.search(r"\sbusy\s+\d+\.\d%\s+[\d.]+ \w?i?B / ", out), out
+        elif command == "hutch stats -o json busy":
+            (row,) = json.loads(out)
+            assert row["name"] == "busy" and row["state"] == "running", row

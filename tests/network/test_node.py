@@ -99,6 +99,29 @@ def test_egress_by_nat_but_not_to_169_254(topo: Topology, node: NodeNetwork) -> 
     assert topo.get(d, OUTSIDE_IP, 80) is None  # egress denied on its network
 
 
+def test_traffic_tells_what_left_the_network_from_its_own(
+    topo: Topology, node: NodeNetwork
+) -> None:
+    """A sandbox's NIC counters, and of them what the node routed in from outside its network
+    or out of it (metered as ingress and egress): not what its neighbour sent it, nor what
+    its network's egress policy dropped."""
+    a = node.plug_netns(spec("a", 7, 2))
+    b = node.plug_netns(spec("b", 7, 3))
+    d = node.plug_netns(spec("d", 9, 2, egress="deny"))
+    big = "x" * 300_000 + "\n"
+    topo.serve_http(topo.outside, "0.0.0.0", 80, big)
+    topo.serve_http(b, "0.0.0.0", 8000, big)
+    assert topo.get(a, OUTSIDE_IP, 80) == big  # in from outside
+    assert topo.get(a, "10.77.7.3", 8000) == big  # from its neighbour
+    assert topo.get(d, OUTSIDE_IP, 80) is None  # denied: it never left
+    seen = node.traffic()
+    assert 300_000 < seen["a"].public.rx_bytes < 400_000
+    assert seen["a"].total.rx_bytes > 600_000
+    assert 0 < seen["a"].public.tx_packets < seen["a"].total.tx_packets
+    assert seen["b"].public == (0, 0, 0, 0) and seen["b"].total.tx_bytes > 300_000
+    assert seen["d"].public == (0, 0, 0, 0) and seen["d"].total.tx_packets > 0
+
+
 def test_egress_allow_list(topo: Topology, node: NodeNetwork) -> None:
     topo.serve_http(topo.outside, "0.0.0.0", 80, "outside\n")
     ok = node.plug_netns(spec("a", 7, 2, egress="allow-list", egress_allow=("192.0.2.2/32",)))

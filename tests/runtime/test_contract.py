@@ -314,9 +314,19 @@ async def test_stats_and_lifecycle_conflicts(rt: Runtime) -> None:
     stats = await rt.driver.stats("sb")
     assert stats.memory_bytes > 0 and stats.cpu_ns > 0 and stats.pids >= 1
     assert stats.memory_limit_bytes >= 128 << 20
+    # Telemetry's reading is the same counters, and the disks' I/O where the runtime tells it.
+    reading = rt.driver.reading("sb")
+    assert reading.state == "running" and reading.stats and reading.stats.cpu_ns >= stats.cpu_ns
+    disks = await rt.driver.disk_io("sb")
+    if rt.driver.capabilities().isolation == "vm":  # QEMU's own counters of each drive
+        assert disks["root"].read_bytes > 0 and disks["root"].read_ops > 0, disks
+        assert set(disks) == {"root", "scratch"}, disks
+    else:
+        assert disks == {}  # a container's I/O goes through the node's page cache, unattributed
     await rt.driver.signal("sb", signal.SIGKILL)
     status = await rt.driver.wait("sb", timeout=60)
     assert status.signal == 9
+    assert rt.driver.reading("sb").state == "exited" and await rt.driver.disk_io("sb") == {}
 
 
 def _is_zombie(pid: int) -> bool:

@@ -17,6 +17,7 @@ from hutch.wire.nodes import (
     NodeRegistered,
     Wake,
 )
+from hutch.wire.telemetry import Samples
 
 
 class ControllerLink:
@@ -75,6 +76,10 @@ class ControllerLink:
     async def activity(self, node_id: str, seen: dict[str, float]) -> None:
         body = Activity(machines=seen).model_dump()
         await self._call("POST", f"/agent/v1/nodes/{node_id}/activity", json=body)
+
+    async def samples(self, node_id: str, samples: Samples) -> None:
+        body = samples.model_dump(mode="json")
+        await self._call("POST", f"/agent/v1/nodes/{node_id}/samples", json=body)
 
     async def wake(self, node_id: str, machine_id: str, generation: int, port: int) -> None:
         body = Wake(generation=generation, port=port).model_dump()

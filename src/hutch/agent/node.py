@@ -34,6 +34,7 @@ from hutch.agent.images import import_image, registry_client, roots_for
 from hutch.agent.link import ControllerLink
 from hutch.agent.runtimes import RUNTIMES, node_dir, open_driver
 from hutch.agent.sandbox import RunRequest, build_spec
+from hutch.agent.telemetry import Observed, Sampler, node_sample
 from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import tls
@@ -51,7 +52,9 @@ from hutch.model.errors import (
 )
 from hutch.model.machine import Desired, MachineState
 from hutch.model.sandbox import (
+    DiskIO,
     ExitStatus,
+    Reading,
     SandboxInfo,
     SandboxSpec,
     SandboxState,
@@ -73,9 +76,11 @@ from hutch.wire.nodes import (
     MachineReport,
     NodeRegister,
 )
+from hutch.wire.telemetry import Samples
 
 log = logging.getLogger("hutch.agent")
 T = TypeVar("T")
+DISK_QUERIES = 16  # QMP queries of sandboxes' disk counters at once
 POLL_WAIT = 25.0  # seconds a long poll may hang; every answer is a full reconcile
 JOIN_RETRY_MAX = 10.0  # seconds between attempts to join a controller that cannot be reached
 
@@ -201,6 +206,8 @@ class NodeAgent:
         )
         # Connections to idling machines' ports, reported; the waker of those that idled.
         self.idle = Idleness(self.network, self._in_net_thread, self._activity, self._wake_up)
+        # What the sandboxes use, spooled here until the controller takes it.
+        self.sampler = Sampler(self.dir / "samples", settings.sample_spool, self._post_samples)
 
     def volumes(self) -> Backend:
         """The node's storage backend: a LocalBackend at `volumes_root()`, made on first use
@@ -332,6 +339,7 @@ class NodeAgent:
         heartbeat = asyncio.create_task(self._heartbeat())
         rounds = asyncio.create_task(self._rounds())
         looks = asyncio.create_task(self._idle_looks())
+        sampling = asyncio.create_task(self._sampling())
         revision = -1
         try:
             while True:
@@ -363,6 +371,7 @@ class NodeAgent:
             heartbeat.cancel()
             rounds.cancel()
             looks.cancel()
+            sampling.cancel()
 
     async def _rounds(self) -> None:
         """Reconcile on the newest answer, one round at a time; answers that come during a
@@ -447,6 +456,57 @@ class NodeAgent:
                 except Exception:  # the next look retries
                     log.exception("looking at idling machines' connections failed")
             await asyncio.sleep(IDLE_PERIOD)
+
+    async def _sampling(self) -> None:
+        interval = self.settings.sample_interval
+        while True:
+            started = time.monotonic()
+            try:
+                await self.sample()
+            except Exception:  # the next turn retries; what was spooled stays
+                log.exception("sampling the sandboxes failed")
+            await asyncio.sleep(max(interval - (time.monotonic() - started), 0.0))
+
+    async def sample(self) -> int:
+        """One turn of telemetry: read every sandbox (files on a thread, QMP queries a few at a
+        time), spool the samples, post the spool. How many machine samples it took."""
+        targets = [(d, sid) for d in self.drivers.values() for sid in d.sandbox_ids()]
+
+        def read() -> list[tuple[str, Reading]]:
+            out = []
+            for driver, sid in targets:
+                with contextlib.suppress(HutchError, OSError, ValueError):
+                    out.append((sid, driver.reading(sid)))
+            return out
+
+        readings = await asyncio.to_thread(read)
+        try:
+            nics = await self._in_net_thread(self.network.traffic)
+        except (HutchError, OSError) as e:
+            log.warning("cannot read the sandboxes' NIC counters: %s", e)
+            nics = {}
+        gate = asyncio.Semaphore(DISK_QUERIES)
+        drivers = {sid: d for d, sid in targets}
+
+        async def disks(sid: str) -> dict[str, DiskIO]:
+            async with gate:
+                try:
+                    return await drivers[sid].disk_io(sid)
+                except HutchError as e:
+                    log.debug("no disk counters of %s: %s", sid, e)
+                    return {}
+
+        ios = await asyncio.gather(*(disks(sid) for sid, _ in readings))
+        observed = [
+            Observed(sid, r, io, nics.get(sid)) for (sid, r), io in zip(readings, ios, strict=True)
+        ]
+        taken = await asyncio.to_thread(self.sampler.take, observed, node_sample())
+        await self.sampler.flush()
+        return taken
+
+    async def _post_samples(self, samples: Samples) -> None:
+        assert self.identity is not None
+        await self.link.samples(self.identity.node_id, samples)
 
     async def _activity(self, seen: dict[str, float]) -> None:
         assert self.identity is not None

@@ -12,6 +12,7 @@ from hutch import __version__
 from hutch.api.routes import (
     images,
     machines,
+    metrics,
     networks,
     nodes,
     pools,
@@ -52,6 +53,7 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
     for router in (
         projects.router,
         machines.router,
+        metrics.router,
         networks.router,
         volumes.router,
         snapshots.router,

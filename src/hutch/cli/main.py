@@ -52,6 +52,7 @@ COMMANDS: dict[str, Entry] = {
     ),
     "ps": Entry("machines", "ps", "List the project's machines (-a: destroyed ones too)."),
     "logs": Entry("machines", "logs", "Print a machine's output."),
+    "stats": Entry("stats", "stats", "Show machines' CPU, memory, disk and network use, live."),
     "exec": Entry(
         "machines",
         "exec_",

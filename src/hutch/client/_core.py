@@ -65,6 +65,7 @@ from hutch.wire.networks import (
 from hutch.wire.nodes import JoinTokenRequest, JoinTokenView, NodeView
 from hutch.wire.pools import PoolSet, PoolView
 from hutch.wire.snapshots import MachineSnapshotCreate, MachineSnapshotView
+from hutch.wire.telemetry import MachineMetricsView
 from hutch.wire.tenancy import (
     ProjectCreate,
     ProjectView,
@@ -436,6 +437,15 @@ def pause_or_continue(
 
 def kill(ref: MachineRef, signal: str) -> Plan[MachineView]:
     return machine("POST", ref, "kill", build(KillRequest, signal=signal))
+
+
+def metrics(
+    ref: MachineRef, since: float | None = None, step: float | None = None
+) -> Plan[MachineMetricsView]:
+    """The machine's metric history (cumulative counters per point)."""
+    params = tuple((k, str(v)) for k, v in (("since", since), ("step", step)) if v is not None)
+    call = Call("GET", _machine(ref, "metrics"), params=params, scoped=True)
+    return MachineMetricsView.model_validate_json((yield call))
 
 
 def delete(ref: MachineRef, force: bool) -> Plan[None]:

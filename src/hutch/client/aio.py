@@ -50,6 +50,7 @@ from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.pools import PoolView
 from hutch.wire.snapshots import MachineSnapshotView
+from hutch.wire.telemetry import MachineMetricsView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 from hutch.wire.volumes import SnapshotView, VolumeView
 
@@ -217,6 +218,15 @@ class AsyncMachines(Resource[AsyncClient]):
 
     async def stop(self, ref: MachineRef, signal: str = "", timeout: float = 10) -> MachineView:
         return await self._c._run(core.stop(ref, signal, timeout))
+
+    async def metrics(
+        self, ref: MachineRef, since: float | None = None, step: float | None = None
+    ) -> MachineMetricsView:
+        """The machine's history since `since` (epoch seconds; default: an hour ago), a point
+        per `step` seconds (default: the finest the controller keeps for that span), oldest
+        first. Counters are cumulative per generation: a rate is the difference of two points
+        of one generation over their `time`."""
+        return await self._c._run(core.metrics(ref, since, step))
 
     async def extend(self, ref: MachineRef, seconds: float) -> MachineView:
         return await self._c._run(core.extend(ref, seconds))

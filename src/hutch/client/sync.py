@@ -42,6 +42,7 @@ from hutch.wire.networks import NetworkView, SecurityGroupView
 from hutch.wire.nodes import JoinTokenView, NodeView
 from hutch.wire.pools import PoolView
 from hutch.wire.snapshots import MachineSnapshotView
+from hutch.wire.telemetry import MachineMetricsView
 from hutch.wire.tenancy import ProjectView, QuotaReport, QuotaSpec, TokenCreated, TokenView
 from hutch.wire.volumes import SnapshotView, VolumeView
 
@@ -227,6 +228,15 @@ class Machines(Resource[Client]):
         """Ask it to stop: `signal` (default: the image's stop signal, else SIGTERM), then a
         kill after `timeout` seconds. Returns at once (`stopping`); `wait()` for the end."""
         return self._c._run(core.stop(ref, signal, timeout))
+
+    def metrics(
+        self, ref: MachineRef, since: float | None = None, step: float | None = None
+    ) -> MachineMetricsView:
+        """The machine's history since `since` (epoch seconds; default: an hour ago), a point
+        per `step` seconds (default: the finest the controller keeps for that span), oldest
+        first. Counters are cumulative per generation: a rate is the difference of two points
+        of one generation over their `time`."""
+        return self._c._run(core.metrics(ref, since, step))
 
     def extend(self, ref: MachineRef, seconds: float) -> MachineView:
         """Give a machine run with a timeout (`timeout_s`) `seconds` more of running before

@@ -279,6 +279,27 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskIO:
+    """One disk's I/O since its sandbox's process started."""
+
+    read_bytes: int = 0
+    write_bytes: int = 0
+    read_ops: int = 0
+    write_ops: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A sandbox as telemetry samples it: its state, what it was given, and, while its process
+    runs, its counters."""
+
+    state: "SandboxState"
+    resources: "Resources"
+    started_at: float | None  # when it last started (its record's)
+    stats: Stats | None  # None: no process (suspended, ended)
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a driver can do, as data (Nomad's shape): callers check, not guess."""
 

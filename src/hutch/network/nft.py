@@ -235,6 +235,12 @@ class _Table:
         self.elems[name] = elems
         return name
 
+    def counter(self, name: str) -> str:
+        """A named counter: declared with the sets and maps, before the maps that name it."""
+        self.sets[name] = {"counter": {"family": self.family, "table": TABLE, "name": name}}
+        self.elems[name] = []
+        return name
+
     def rule(self, chain: str, *expr: Json) -> None:
         self.rules[chain].append(list(expr))
 
@@ -524,6 +530,8 @@ def _inet_table(desired: Desired) -> _Table:
     t.rule(to_guest, _match({"ct": {"key": "status"}}, "dnat", "in"), ACCEPT)
     t.rule(to_guest, DROP)
 
+    _usage(t, desired.ports)
+
     # nat: published ports, from other hosts (prerouting) and from the node itself (output)
     fib_local = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
     for name, hook in (("dnat", "prerouting"), ("dnat-local", "output")):
@@ -554,6 +562,41 @@ def _inet_table(desired: Desired) -> _Table:
            {"masquerade": None})  # fmt: skip
     t.rule(post, _match(iif, hn), _match(oif, hn, "!="), {"masquerade": None})
     return t
+
+
+def _usage(t: _Table, ports: tuple[Port, ...]) -> None:
+    """What each sandbox sends out of its network and gets from outside it (what the node
+    routes for it: not its network's own frames, bridged), in a named counter per port and
+    direction (`pub-out-PORT`, `pub-in-PORT`), looked up by its address (anti-spoofing makes
+    that its own). In a forward chain after hutch's filter: only what that let through."""
+    hn = BRIDGE_PREFIX + "*"
+    iif, oif = _meta("iifname"), _meta("oifname")
+    for p in sorted(ports, key=lambda p: p.name):
+        t.counter(f"pub-out-{p.name}")
+        t.counter(f"pub-in-{p.name}")
+    usage = t.chain("usage", "forward", prio=10)
+    for version, proto in ((4, "ip"), (6, "ip6")):
+        addrs = sorted((a, p.name) for p in ports if (a := p.ip4 if version == 4 else p.ip6))
+        for way, side, (mine, other) in (("out", "saddr", (iif, oif)), ("in", "daddr", (oif, iif))):
+            elems = [[addr, f"pub-{way}-{port}"] for addr, port in addrs]
+            counted = t.map(f"public_{way}{version}", f"ipv{version}_addr", "counter", elems)
+            key = _payload(proto, side)
+            t.rule(usage, _match(mine, hn), _match(other, hn, "!="),
+                   {"counter": {"map": {"key": key, "data": f"@{counted}"}}})  # fmt: skip
+
+
+def counters(nft: str = "nft") -> dict[str, tuple[int, int]]:
+    """hutch's named counters now: name -> (packets, bytes); empty without its tables."""
+    proc = subprocess.run(
+        [nft, "-j", "list", "counters", "table", "inet", TABLE], capture_output=True, check=False
+    )
+    if proc.returncode != 0:
+        return {}
+    return {
+        c["name"]: (int(c["packets"]), int(c["bytes"]))
+        for item in json.loads(proc.stdout)["nftables"]
+        if (c := item.get("counter")) is not None
+    }
 
 
 def _group_maps(

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pyroute2 import IPRoute
 
@@ -54,6 +54,62 @@ class Peer:
     ip4: str
     ip6: str
     underlay: str  # its node's address
+
+
+class NicCounters(NamedTuple):
+    """A sandbox's NICs' traffic, as it sees it."""
+
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+
+    def __add__(self, other: tuple[int, ...]) -> "NicCounters":  # type: ignore[override]
+        return NicCounters(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+class Traffic(NamedTuple):
+    """A sandbox's NICs' traffic, and the part of it that left or came from outside its
+    networks."""
+
+    total: NicCounters
+    public: NicCounters
+
+
+def read_traffic(netns: Path | None, nft_cmd: str, ports: dict[str, str]) -> dict[str, Traffic]:
+    """The traffic of each owner of `ports` (interface -> owner, a sandbox) in `netns`: its
+    interfaces' counters and hutch's `pub-*` counters of them (see `NodeNetwork.traffic`)."""
+
+    def read() -> tuple[str, dict[str, tuple[int, int]]]:
+        # /proc/thread-self: this thread's namespace (/proc/net is the process's).
+        return Path("/proc/thread-self/net/dev").read_text(), nft.counters(nft_cmd)
+
+    dev, counted = links.run_in(netns, read)
+    public: dict[str, NicCounters] = {}
+    for port, owner in ports.items():
+        rx_packets, rx_bytes = counted.get(f"pub-in-{port}", (0, 0))
+        tx_packets, tx_bytes = counted.get(f"pub-out-{port}", (0, 0))
+        mine = NicCounters(rx_bytes, tx_bytes, rx_packets, tx_packets)
+        public[owner] = public[owner] + mine if owner in public else mine
+    return {
+        owner: Traffic(total, public.get(owner, NicCounters(0, 0, 0, 0)))
+        for owner, total in nic_counters(dev, ports).items()
+    }
+
+
+def nic_counters(dev: str, ports: dict[str, str]) -> dict[str, NicCounters]:
+    """Each owner's interfaces' counters, summed, from a /proc/net/dev listing: `ports` maps an
+    interface to its owner (a sandbox), and what the port received its sandbox sent."""
+    out: dict[str, NicCounters] = {}
+    for line in dev.splitlines()[2:]:
+        name, _, numbers = line.partition(":")
+        owner = ports.get(name.strip())
+        fields = numbers.split()
+        if owner is None or len(fields) < 10:
+            continue
+        mine = NicCounters(int(fields[8]), int(fields[0]), int(fields[9]), int(fields[1]))
+        out[owner] = out[owner] + mine if owner in out else mine
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +226,20 @@ class NodeNetwork:
         node's connection tracking has now."""
         wanted = list(targets)
         return links.run_in(self.opts.netns, lambda: activity.read_flows(wanted))
+
+    def traffic(self) -> dict[str, Traffic]:
+        """Each wired sandbox's traffic, as the sandbox sees it: its NICs' counters, summed
+        (what its TAP or veth received, the sandbox sent), and of that what the node routed
+        out of its networks or in from outside them (nftables' `pub-*` counters, which start
+        again from zero when hutch's tables are replaced whole). One read of the namespace's
+        interfaces and one of hutch's counters."""
+        with self._lock:
+            ports = {
+                links.port_name(links.TAP_PREFIX if w.kind == "tap" else links.VETH_PREFIX, i, n): i
+                for i, w in self._wired.items()
+                for n in range(len(w.spec.networks))
+            }
+        return read_traffic(self.opts.netns, self.opts.nft, ports)
 
     def admits(self, sandbox_id: str, port: int, remote: str) -> bool:
         """Whether the sandbox's security groups let a new TCP connection to its `port` from

@@ -28,7 +28,7 @@ from typing import Any
 
 from hutch.model import machine as model_machine
 from hutch.model.errors import Invalid, Unavailable, Unsupported
-from hutch.model.sandbox import Capabilities, ExitStatus, SandboxSpec, Stats
+from hutch.model.sandbox import Capabilities, DiskIO, ExitStatus, SandboxSpec, Stats
 from hutch.runtime import host, mounts, scratch, seccomp, volumes
 from hutch.runtime.cgroups import CFS_PERIOD_US, Cgroup, Layout
 from hutch.runtime.host import HostOptions
@@ -552,6 +552,11 @@ class ContainerBackend:
 
     def stats(self, record: SandboxRecord) -> Stats:
         return Cgroup(self._layout, self.opts.host.cgroup_parent, record.spec.id).stats()
+
+    async def disk_io(self, record: SandboxRecord, sdir: SandboxDir) -> dict[str, DiskIO]:
+        # A container writes through the node's page cache to files and loop devices the
+        # cgroup's block I/O counters do not attribute per disk: nothing honest to report.
+        return {}
 
 
 def _no_snapshots() -> Unsupported:

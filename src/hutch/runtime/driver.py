@@ -28,9 +28,11 @@ from hutch.model.errors import (
 )
 from hutch.model.sandbox import (
     Capabilities,
+    DiskIO,
     ExitStatus,
     LogRecord,
     ProcessSpec,
+    Reading,
     SandboxInfo,
     SandboxSpec,
     SandboxState,
@@ -197,6 +199,10 @@ class Backend(Protocol):
         gone; the ids of those ended."""
 
     def stats(self, record: SandboxRecord) -> Stats: ...
+
+    async def disk_io(self, record: SandboxRecord, sdir: SandboxDir) -> dict[str, DiskIO]:
+        """The running sandbox's disks' I/O by name ("root", "scratch", "volume:<id>"), since
+        its process started; {} where the runtime cannot tell them apart."""
 
     async def cleanup(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         """Remove what launch made (the process must be gone). Idempotent; safe after a
@@ -571,12 +577,35 @@ class SandboxDriver:
         return await self._get(sandbox_id).wait(timeout)
 
     async def stats(self, sandbox_id: str) -> Stats:
+        stats = self.reading(sandbox_id).stats
+        if stats is None:
+            raise Conflict(
+                f"sandbox {sandbox_id} is {self._get(sandbox_id).record.state}: no stats"
+            )
+        return stats
+
+    def sandbox_ids(self) -> list[str]:
+        """The sandboxes this driver watches."""
+        return list(self._sups)
+
+    def reading(self, sandbox_id: str) -> Reading:
+        """The sandbox's state and, while its process runs, its counters. File reads only and
+        no await: telemetry reads many at once on a thread of its own. NotFound if this driver
+        does not watch it."""
         sup = self._get(sandbox_id)
-        if sup.record.state is SandboxState.SUSPENDED:
-            raise Conflict(f"sandbox {sandbox_id} is suspended: no stats")
-        if sup.finished and not (sup.record.process and sup.record.process.alive()):
-            raise Conflict(f"sandbox {sandbox_id} is {sup.record.state}: no stats")
-        return self.backend.stats(sup.record)
+        record = sup.record
+        running = record.state is not SandboxState.SUSPENDED and not (
+            sup.finished and not (record.process and record.process.alive())
+        )
+        stats = self.backend.stats(record) if running else None
+        return Reading(record.state, record.spec.resources, record.started_at, stats)
+
+    async def disk_io(self, sandbox_id: str) -> dict[str, DiskIO]:
+        """The running sandbox's disks' I/O (Backend.disk_io); {} when it does not run."""
+        sup = self._get(sandbox_id)
+        if sup.record.state is not SandboxState.RUNNING:
+            return {}
+        return await self.backend.disk_io(sup.record, sup.dir)
 
     async def logs(
         self, sandbox_id: str, follow: bool = False, tail: int | None = None

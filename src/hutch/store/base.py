@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol
 
 from hutch.model.addressing import Address, Network, Rule, SecurityGroup
 from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
+from hutch.model.metrics import MetricPoint
 from hutch.model.network import PortMapping
 from hutch.model.pool import Pool, PoolShape
 from hutch.model.snapshot import MachineSnapshot
@@ -23,6 +24,7 @@ from hutch.model.tenancy import Project, Quota, Token, Usage
 from hutch.model.volume import Snapshot, Volume
 
 MAX_PAGE = 200  # machines per `MachineRepo.list` page at most, whatever the caller asks
+MAX_POINTS = 2000  # metric points per `MetricRepo.history` at most
 
 
 class Claim(NamedTuple):
@@ -382,6 +384,29 @@ class PoolRepo(Protocol):
     async def delete(self, pool_id: str) -> None: ...
 
 
+class MetricRepo(Protocol):
+    """Machines' metric history, per tier (`MetricPoint.step`)."""
+
+    async def put(self, points: Sequence[MetricPoint]) -> None:
+        """Store each point, or keep the stored one of its bucket if that one is newer."""
+
+    async def history(
+        self, machine_id: str, step: float, since: float, limit: int
+    ) -> builtins.list[MetricPoint]:
+        """The machine's points of the tier whose buckets end after `since`, oldest first, at
+        most `limit` (and at most MAX_POINTS)."""
+
+    async def latest(
+        self, step: float, since: float, project_id: str | None = None
+    ) -> builtins.list[tuple[str, str, MetricPoint]]:
+        """The newest point of the tier of every machine that is not destroyed and has one
+        since `since`, of its current generation (the project's, or every project's), with
+        the names of its project and machine."""
+
+    async def prune(self, step: float, before: float) -> int:
+        """Delete the tier's points of buckets before `before`; how many."""
+
+
 class Tx(Protocol):
     projects: ProjectRepo
     tokens: TokenRepo
@@ -394,6 +419,7 @@ class Tx(Protocol):
     volumes: VolumeRepo
     snapshots: SnapshotRepo
     pools: PoolRepo
+    metrics: MetricRepo
 
 
 class Store(Protocol):

@@ -437,3 +437,31 @@ pools = sa.Table(
     # One pool per image and shape in a project (`pool set` updates it).
     sa.UniqueConstraint("project_id", "image", "cpus", "memory_mib", "disk_mib", "runtime"),
 )
+
+# -- metric history (see hutch.model.metrics) -----------------------------------------------------
+
+# One point per machine, tier (`step`), bucket and generation: the node's last sample in the
+# bucket (counters are cumulative, so it stands for the whole bucket). The leader deletes points
+# older than their tier keeps them (services/telemetry.py): the table's size is bounded.
+METRIC_COUNTERS = (
+    "memory_bytes", "memory_limit_bytes",
+    "disk_read_bytes", "disk_write_bytes", "disk_read_ops", "disk_write_ops",
+    "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "egress_bytes", "ingress_bytes",
+)  # fmt: skip
+machine_metrics = sa.Table(
+    "machine_metrics",
+    metadata,
+    sa.Column("machine_id", _ID, primary_key=True),
+    sa.Column("step", _TIME, primary_key=True),
+    sa.Column("bucket", _TIME, primary_key=True),
+    sa.Column("generation", sa.Integer, primary_key=True),
+    sa.Column("project_id", _ID, nullable=False),
+    sa.Column("time", _TIME, nullable=False),
+    sa.Column("state", _ENUM, nullable=False),
+    sa.Column("vcpus", sa.Integer, nullable=False),
+    sa.Column("memory_mib", sa.Integer, nullable=False),
+    sa.Column("running_s", _TIME, nullable=False),
+    sa.Column("cpu_s", _TIME, nullable=False),
+    *(sa.Column(name, sa.BigInteger, nullable=False) for name in METRIC_COUNTERS),
+    sa.Index("ix_machine_metrics_step_bucket", "step", "bucket"),
+)

@@ -25,6 +25,7 @@ from hutch.wire.nodes import (
     NodeView,
     Wake,
 )
+from hutch.wire.telemetry import Samples
 
 public = APIRouter(prefix="/v1/nodes", tags=["nodes"], responses=PROBLEMS)
 agents = APIRouter(prefix="/agent/v1", tags=["agents"], responses=PROBLEMS)
@@ -179,6 +180,15 @@ async def activity(ctl: Ctl, node: CallingNode, node_id: str, body: Activity) ->
     """Connections the node saw to its machines' published ports: their idle clocks restart."""
     _own(node_id, node.id)
     await ctl.machines.activity(node, body.machines)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@agents.post("/nodes/{node_id}/samples", status_code=status.HTTP_204_NO_CONTENT)
+async def samples(ctl: Ctl, node: CallingNode, node_id: str, body: Samples) -> Response:
+    """What the node's sandboxes used (cumulative counters; a sample sent again keeps its seq
+    and counts once): stored as metric history, and metered."""
+    _own(node_id, node.id)
+    await ctl.telemetry.ingest(node, body)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -50,6 +50,7 @@ from hutch.store.base import (
     EventRepo,
     LeaseRepo,
     MachineRepo,
+    MetricRepo,
     NetworkRepo,
     NodeRepo,
     PoolRepo,
@@ -63,6 +64,7 @@ from hutch.store.base import (
 from hutch.store.sql.events import SqlEvents
 from hutch.store.sql.leases import SqlLeases
 from hutch.store.sql.machines import SqlMachines
+from hutch.store.sql.metrics import SqlMetrics
 from hutch.store.sql.networks import SqlNetworks, SqlSecurityGroups
 from hutch.store.sql.nodes import SqlNodes
 from hutch.store.sql.pools import SqlPools
@@ -478,6 +480,7 @@ class SqlTx:
         self.volumes: VolumeRepo = SqlVolumes(conn, backend)
         self.snapshots: SnapshotRepo = SqlSnapshots(conn, backend)
         self.pools: PoolRepo = SqlPools(conn, backend)
+        self.metrics: MetricRepo = SqlMetrics(conn, backend)
 
     @property
     def bumped(self) -> set[str]:
