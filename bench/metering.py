@@ -11,6 +11,10 @@ posts them to a receiver that validates them as the controller does. No QEMU: a 
 disk query is not in the turn. CPU is this process's (every thread) and its children's (nft)
 over `turns` turns of each size, interleaved.
 
+Part 2, `bench.metering_ingest.run`: the controller's ingest rate of usage records, on SQLite and
+PostgreSQL, against the 10,000/s that 5,000 nodes x 20 machines sampled every 10 s make (see
+that module).
+
 Part 3, `invoicing`: the seconds to close (price and store) the invoice of one project with
 10,000 machines over a 30-day month, its ledger holding an hourly row per machine: 7.2 million
 rows, the machines' labels in 100 sets, the price book with a plan, included amounts and a
@@ -41,6 +45,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from bench import metering_ingest
 from hutch import config
 from hutch.agent.telemetry import Observed, Sampler, node_sample
 from hutch.controller import build_controller
@@ -245,11 +250,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=TURNS, help="sampling turns of each size")
     parser.add_argument("--machines", type=int, default=MACHINES, help="machines of the invoice")
+    parser.add_argument("--nodes", type=int, default=500, help="nodes posting samples (part 2)")
     parser.add_argument("--days", type=int, default=DAYS, help="days of ledger (at most 30)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     figures: dict[str, float] = {}
     figures |= sampling(args.turns)
+    figures |= metering_ingest.run(args.nodes)
     figures |= invoicing(args.machines, min(args.days, 30))
     print(json.dumps(figures))
 

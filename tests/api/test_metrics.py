@@ -47,7 +47,8 @@ async def placed_on_node(api: Api, token: str, name: str) -> dict[str, Any]:
     return await api.placed(token, r.json()["id"])
 
 
-async def test_a_nodes_samples_are_the_machines_history_in_its_project_only(api: Api) -> None:
+async def test_a_nodes_samples_are_the_machines_history_in_its_project_only(api_both: Api) -> None:
+    api = api_both
     await api.call("POST", "/v1/nodes/sim-1/cordon")
     node = Node(api, await api.join("sim-2"))
     other = Node(api, await api.join("sim-3"))
@@ -106,8 +107,9 @@ def series(text: str) -> list[str]:
 
 
 async def test_prometheus_series_need_a_system_token_and_go_with_their_machines(
-    api: Api,
+    api_both: Api,
 ) -> None:
+    api = api_both
     await api.call("POST", "/v1/nodes/sim-1/cordon")
     node = Node(api, await api.join("sim-2"))
     member = await api.token("alpha", "admin")

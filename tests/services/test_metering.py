@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from hutch.model.machine import MachineSpec, MachineState
-from hutch.model.usage import Held, UsageMark, UsageRecord
+from hutch.model.machine import MachineState
+from hutch.model.usage import Held, Owner, UsageMark, UsageRecord, UsageTotal
 from hutch.services.metering import STORAGE, Metering, accrue, count
 from hutch.store.sql import SqlStore
 from hutch.store.sql.usage import SqlUsage
@@ -51,8 +51,7 @@ def totals(records: list[UsageRecord]) -> dict[str, Any]:
     return {n: sum(getattr(r, n) for r in records) for n in names}
 
 
-MACHINE = f.machine("p-1", id="m-1", spec=MachineSpec(image="busybox", labels={"team": "red"}),
-                    node_id="n-1", generation=1)  # fmt: skip
+MACHINE = Owner("m-1", "p-1", "n-1", 1, {"team": "red"})
 
 
 # -- the delta logic ------------------------------------------------------------------------------
@@ -122,28 +121,53 @@ async def placed(store: SqlStore, **changes: Any) -> tuple[str, str, Any]:
     return p.id, n.id, m
 
 
-async def test_record_counts_each_sample_once(store: SqlStore) -> None:
-    """A node's post, resent after an agent restart (the spool: same seqs) and posted to two
-    controllers at once, counts once; the same samples from another node count nothing."""
+async def ledger(store: SqlStore, project: str) -> UsageTotal | None:
+    async with store.read() as tx:
+        totals = await tx.usage.totals(project)
+    return totals[0] if totals else None
+
+
+async def test_record_counts_each_sample_once(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's post, resent after an agent restart (the spool: same seqs), posted to two
+    controllers at once, and batched with others on one, counts once; the same samples from
+    another node count nothing; a batch that failed (a crash before its commit) fails every
+    post in it, and counts once when they are sent again."""
     project, node, m = await placed(store)
     metering = Metering(store)
-    posts = [[sample(i, 10.0 * i, 4.0 * i, machine=m.id, tx=1000 * i) for i in (1, 2, 3)],
-             [sample(i, 10.0 * i, 4.0 * i, machine=m.id, tx=1000 * i) for i in (4, 5)]]  # fmt: skip
-    assert await metering.record("n-other", post(*posts[0])) == 0  # not the machine's node
-    assert await metering.record(node, post(*posts[0])) == 4  # a start and three deltas
-    assert await metering.record(node, post(*posts[0])) == 0  # resent after an agent restart
-    # Two controllers given the resent spool and the next post at the same time.
-    added = await asyncio.gather(
-        metering.record(node, post(*posts[0], *posts[1])),
-        Metering(store).record(node, post(*posts[1])),
-    )
-    assert sorted(added) == [0, 2]
-    async with store.read() as tx:
-        [total] = await tx.usage.totals(project)
-        [foreign] = await tx.usage.totals(None, by="machine")
+    posts = [post(*(sample(i, 10.0 * i, 4.0 * i, machine=m.id, tx=1000 * i) for i in seqs))
+             for seqs in ((1, 2, 3), (4, 5), (6,))]  # fmt: skip
+    await metering.record("n-other", posts[0])  # not the machine's node
+    assert await ledger(store, project) is None
+    await metering.record(node, posts[0])
+    await metering.record(node, posts[0])  # resent after an agent restart
+    assert (await ledger(store, project)).records == 4  # type: ignore[union-attr]
+    # Two controllers given the resent spool and the next post at the same time, one of them
+    # batching them with the same again.
+    both = post(*posts[0].machines, *posts[1].machines)
+    await asyncio.gather(metering.record(node, both), metering.record(node, posts[1]),
+                         Metering(store).record(node, posts[1]))  # fmt: skip
+    total = await ledger(store, project)
+    assert total is not None
     assert [total.vcpu_seconds, total.cpu_seconds, total.memory_gib_seconds] == [100, 20, 25]
     assert (total.egress_bytes, total.starts, total.records) == (5000, 1, 6)
-    assert foreign.group == m.id  # nothing recorded of "n-other"'s post
+
+    class Crash(Exception):
+        pass
+
+    async def crash(*_: Any) -> None:
+        raise Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SqlUsage, "add", crash)
+        sent = (metering.record(node, posts[2]), metering.record(node, posts[1]))
+        failed = await asyncio.gather(*sent, return_exceptions=True)
+    assert [type(e) for e in failed] == [Crash, Crash]
+    assert (await ledger(store, project)).records == 6  # type: ignore[union-attr]
+    await metering.record(node, posts[2])
+    await metering.record(node, posts[2])
+    assert (await ledger(store, project)).vcpu_seconds == 120  # type: ignore[union-attr]
 
 
 async def test_a_lost_node_loses_at_most_one_sampling_period(store: SqlStore) -> None:

@@ -88,6 +88,17 @@ class UsageTotal:
 
 
 @dataclass(frozen=True, slots=True)
+class Owner:
+    """What metering needs of a machine its samples are of."""
+
+    id: str
+    project_id: str
+    node_id: str | None  # the node it is placed on: the only one whose samples count
+    generation: int  # its newest: samples of later ones are not believed
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class UsageMark:
     """How far one stream was counted into the ledger: for a machine's generation, its last
     sample counted (seq 0: none yet) with that sample's time and cumulative counters; for the

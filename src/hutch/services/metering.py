@@ -35,8 +35,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hutch.model.machine import Machine
-from hutch.model.usage import Held, UsageMark, UsageRecord, quantity
+from hutch.model.usage import Held, Owner, UsageMark, UsageRecord, quantity
 from hutch.services.notify import pause
 from hutch.store.base import Store, Tx
 from hutch.wire.telemetry import MachineSample, Samples
@@ -46,16 +45,18 @@ STORAGE = "storage"  # the storage accrual's mark (subject "storage", generation
 MAX_CATCHUP = 48  # intervals accrued in one pass after an outage; the next pass goes on
 GIB = 1 << 30
 HOUR = 3600.0
+MAX_POSTS = 100  # nodes' posts written in one transaction at most
+WRITERS = 2  # batches written at once
 PRUNE_AFTER = 86400.0  # seconds after a generation's last sample that its mark is dropped
 
 
 def count(
-    machine: Machine, mark: UsageMark, samples: Sequence[MachineSample]
+    machine: Owner, mark: UsageMark, samples: Sequence[MachineSample]
 ) -> tuple[list[UsageRecord], UsageMark]:
     """The records `samples` (of the mark's generation) add after `mark`, and the mark moved
     past them. Samples at or below the mark's seq count nothing (see the module's docstring)."""
     records: list[UsageRecord] = []
-    labels = dict(machine.spec.labels)
+    labels = dict(machine.labels)
 
     def made(key: str, start: float, end: float, **used: Any) -> UsageRecord:
         return UsageRecord(key, machine.project_id, machine.id, start, end,
@@ -104,35 +105,60 @@ def accrue(held: Sequence[Held], start: float, end: float) -> list[UsageRecord]:
     return records
 
 
+async def count_posts(tx: Tx, posts: Sequence[tuple[str, Samples]]) -> int:
+    """Count nodes' posts of samples into the ledger in `tx`: how many records were added."""
+    owners = await tx.usage.owners([s.machine for _, p in posts for s in p.machines])
+    streams: dict[tuple[str, int], list[MachineSample]] = defaultdict(list)
+    for node_id, post in posts:
+        for s in post.machines:
+            m = owners.get(s.machine)
+            # Only the node it is placed on, and a generation it has had.
+            if m is not None and m.node_id == node_id and s.generation <= m.generation:
+                streams[s.machine, s.generation].append(s)
+    if not streams:
+        return 0
+    marks = await tx.usage.marks(list(streams))
+    records, moved = [], []
+    for stream, part in streams.items():
+        made, mark = count(owners[stream[0]], marks[stream], part)
+        records += made
+        if mark != marks[stream]:
+            moved.append(mark)
+    await tx.usage.set_marks(moved)
+    return await tx.usage.add(records)
+
+
 class Metering:
     def __init__(self, store: Store, storage_interval: float = HOUR) -> None:
         self.store = store
         self.storage_interval = storage_interval
+        self._queue: list[tuple[str, Samples, asyncio.Future[None]]] = []  # posts to write
+        # Held by the tasks writing a batch: two, so that one's statements run while the
+        # other waits for the database (PostgreSQL; on SQLite the second waits its turn).
+        self._writing = asyncio.Semaphore(WRITERS)
 
-    async def record(self, node_id: str, samples: Samples, tx: Tx | None = None) -> int:
-        """Count a node's post of samples into the ledger (see the module's docstring), in
-        `tx` or a write transaction of its own: how many records were added."""
-        if tx is None:
-            async with self.store.write() as own:
-                return await self.record(node_id, samples, own)
-        machines = await tx.machines.by_ids([s.machine for s in samples.machines])
-        streams: dict[tuple[str, int], list[MachineSample]] = defaultdict(list)
-        for s in samples.machines:
-            m = machines.get(s.machine)
-            # Only the node it is placed on, and a generation it has had.
-            if m is not None and m.node_id == node_id and s.generation <= m.generation:
-                streams[s.machine, s.generation].append(s)
-        if not streams:
-            return 0
-        marks = await tx.usage.marks(list(streams))
-        records, moved = [], []
-        for stream, part in streams.items():
-            made, mark = count(machines[stream[0]], marks[stream], part)
-            records += made
-            if mark != marks[stream]:
-                moved.append(mark)
-        await tx.usage.set_marks(moved)
-        return await tx.usage.add(records)
+    async def record(self, node_id: str, samples: Samples) -> None:
+        """Count a node's post of samples into the ledger (see the module's docstring); done
+        once it is committed. Posts that arrive while another batch is written are written
+        together, in one transaction (at most MAX_POSTS): one commit for many nodes."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((node_id, samples, done))
+        async with self._writing:
+            while any(queued is done for _, _, queued in self._queue):
+                await self._write()  # batches, oldest posts first, until this one is written
+        await done  # (by another writer, maybe) and raises the batch's failure: sent again
+
+    async def _write(self) -> None:
+        batch, self._queue = self._queue[:MAX_POSTS], self._queue[MAX_POSTS:]
+        try:
+            async with self.store.write() as tx:
+                await count_posts(tx, [(node, samples) for node, samples, _ in batch])
+        except Exception as e:
+            for _, _, done in batch:
+                done.set_exception(e)
+        else:
+            for _, _, done in batch:
+                done.set_result(None)
 
     async def accrue_storage(self, now: float | None = None) -> int:
         """Accrue storage for the intervals over by `now` that are not yet (at most

@@ -31,7 +31,7 @@ MAX_AHEAD = 300.0
 class Recorder(Protocol):
     """What turns samples into usage records (services/metering.py's `Metering`)."""
 
-    async def record(self, node_id: str, samples: Samples) -> object: ...
+    async def record(self, node_id: str, samples: Samples) -> None: ...
 
 
 class Telemetry:

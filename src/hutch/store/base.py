@@ -22,7 +22,7 @@ from hutch.model.pool import Pool, PoolShape
 from hutch.model.prices import Budget, Credit, Invoice, PriceBook
 from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import Project, Quota, Token, Usage
-from hutch.model.usage import By, Held, UsageMark, UsageRecord, UsageTotal
+from hutch.model.usage import By, Held, Owner, UsageMark, UsageRecord, UsageTotal
 from hutch.model.volume import Snapshot, Volume
 
 MAX_PAGE = 200  # machines per `MachineRepo.list` page at most, whatever the caller asks
@@ -124,10 +124,6 @@ class MachineRepo(Protocol):
 
     async def by_id(self, machine_id: str) -> Machine:
         """Any project's machine by id: only for node reports, which name the machine."""
-
-    async def by_ids(self, machine_ids: Sequence[str]) -> dict[str, Machine]:
-        """Any project's machines by id, destroyed ones too (until purged): for node reports
-        and samples. Those not found are not in it."""
 
     async def pending(
         self, limit: int, after: tuple[float, str] | None = None
@@ -491,6 +487,10 @@ class UsageRepo(Protocol):
         """The records whose start is in [since, until), in the order they were added, at
         most `limit` (and MAX_RECORDS); the second value is the next page's cursor (None: last
         page). Invalid for a cursor no page gave."""
+
+    async def owners(self, machine_ids: Sequence[str]) -> dict[str, Owner]:
+        """What metering needs of the machines (any project's, destroyed ones too until they
+        are purged), by id; those not found are not in it."""
 
     async def marks(self, streams: Sequence[tuple[str, int]]) -> dict[tuple[str, int], UsageMark]:
         """The marks of the (subject, generation) streams, a new one (seq 0) for those that

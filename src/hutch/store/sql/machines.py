@@ -29,8 +29,6 @@ from hutch.store import tables as t
 from hutch.store.base import MAX_PAGE
 from hutch.store.sql.repo import Repo, from_row
 
-_IDS_PER_QUERY = 1000  # ids in one IN (...): under both backends' limits on bound parameters
-
 
 class SqlMachines(Repo):
     async def create(self, machine: Machine) -> None:
@@ -154,14 +152,6 @@ class SqlMachines(Repo):
     async def by_id(self, machine_id: str) -> Machine:
         stmt = sa.select(t.machines).where(t.machines.c.id == machine_id)
         return _to_machine(await self._found(stmt, "machine", machine_id))
-
-    async def by_ids(self, machine_ids: Sequence[str]) -> dict[str, Machine]:
-        found: dict[str, Machine] = {}
-        ids = sorted(set(machine_ids))
-        for i in range(0, len(ids), _IDS_PER_QUERY):
-            stmt = sa.select(t.machines).where(t.machines.c.id.in_(ids[i : i + _IDS_PER_QUERY]))
-            found.update({r.id: _to_machine(r) for r in await self._c.execute(stmt)})
-        return found
 
     async def pending(
         self, limit: int, after: tuple[float, str] | None = None

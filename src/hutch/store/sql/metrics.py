@@ -15,24 +15,33 @@ from hutch.store.base import MAX_POINTS
 from hutch.store.sql.repo import Repo, from_row
 
 _KEY = ("machine_id", "step", "bucket", "generation")
+ROWS_PER_INSERT = 500  # x 23 columns: under SQLite's and asyncpg's 32,766 parameters
 
 
 class SqlMetrics(Repo):
     async def put(self, points: Sequence[MetricPoint]) -> None:
-        if not points:
-            return
+        # One row per key in a statement (PostgreSQL refuses to update a row twice in one): the
+        # newest reading of each bucket.
+        newest: dict[tuple[Any, ...], MetricPoint] = {}
+        for p in points:
+            key = tuple(getattr(p, k) for k in _KEY)
+            if key not in newest or newest[key].time < p.time:
+                newest[key] = p
+        rows = [dataclasses.asdict(p) for p in newest.values()]
         m = t.machine_metrics
-        insert = (postgresql.insert if self._pg else sqlite.insert)(m)
-        stmt = insert.values([dataclasses.asdict(p) for p in points])
-        # A bucket keeps its newest reading: one resent late, or a second sample in the same
-        # bucket that the node read earlier, changes nothing.
         fields = [c.name for c in m.c if c.name not in _KEY]
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(_KEY),
-            set_={name: stmt.excluded[name] for name in fields},
-            where=stmt.excluded.time > m.c.time,
-        )
-        await self._c.execute(stmt)
+        # Statements of ROWS_PER_INSERT rows: both backends bound the parameters of one.
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            insert = (postgresql.insert if self._pg else sqlite.insert)(m)
+            stmt = insert.values(rows[start : start + ROWS_PER_INSERT])
+            # A bucket keeps its newest reading: one resent late, or a second sample in the
+            # same bucket that the node read earlier, changes nothing.
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(_KEY),
+                set_={name: stmt.excluded[name] for name in fields},
+                where=stmt.excluded.time > m.c.time,
+            )
+            await self._c.execute(stmt)
 
     async def history(
         self, machine_id: str, step: float, since: float, limit: int

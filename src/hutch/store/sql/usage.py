@@ -5,6 +5,7 @@ controllers at once, is in the ledger once; a node's post is one statement per M
 """
 
 import builtins
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from hutch.model.usage import (
     QUANTITIES,
     By,
     Held,
+    Owner,
     UsageMark,
     UsageRecord,
     UsageTotal,
@@ -107,40 +109,54 @@ class SqlUsage(Repo):
         page = [_to_record(r) for r in rows[:limit]]
         return page, str(page[-1].id) if len(rows) > limit else None
 
+    async def owners(self, machine_ids: Sequence[str]) -> dict[str, Owner]:
+        m = t.machines
+        found: dict[str, Owner] = {}
+        for chunk in _batches(sorted(set(machine_ids))):
+            stmt = sa.select(m.c.id, m.c.project_id, m.c.node_id, m.c.generation, m.c.labels)
+            for r in await self._c.execute(stmt.where(m.c.id.in_(chunk))):
+                found[r.id] = Owner(r.id, r.project_id, r.node_id, r.generation, r.labels)
+        return found
+
     async def marks(self, streams: Sequence[tuple[str, int]]) -> dict[tuple[str, int], UsageMark]:
-        m = t.usage_marks
         streams = sorted(set(streams))  # one order for every writer: no deadlock between them
-        if not streams:
-            return {}
-        new = [{"subject": s, "generation": g, "seq": 0, "time": 0.0, "running_s": 0.0,
-                "cpu_s": 0.0, "egress_bytes": 0, "ended": False} for s, g in streams]  # fmt: skip
-        await self._c.execute(self._insert_ignoring(m, ["subject", "generation"]), new)
+        found = await self._marks(streams)
+        if missing := [s for s in streams if s not in found]:
+            # New streams: made (another writer may make them at the same time), then taken.
+            new = [dataclasses.asdict(UsageMark(s, g)) for s, g in missing]
+            await self._c.execute(
+                self._insert_ignoring(t.usage_marks, ["subject", "generation"]), new
+            )
+            found |= await self._marks(missing)
+        return found
+
+    async def _marks(self, streams: Sequence[tuple[str, int]]) -> dict[tuple[str, int], UsageMark]:
+        m = t.usage_marks
         found: dict[tuple[str, int], UsageMark] = {}
         for chunk in _batches(streams):
-            stmt = sa.select(m).where(sa.tuple_(m.c.subject, m.c.generation).in_(chunk))
+            # By subject (an index's prefix), the other generations of each passed over.
+            wanted = set(chunk)
+            stmt = sa.select(m).where(m.c.subject.in_(sorted({s for s, _ in chunk})))
             if self._pg:
                 stmt = stmt.order_by(m.c.subject, m.c.generation).with_for_update()
             for r in await self._c.execute(stmt):
-                found[r.subject, r.generation] = from_row(UsageMark, r)
+                if (r.subject, r.generation) in wanted:
+                    found[r.subject, r.generation] = from_row(UsageMark, r)
         return found
 
     async def set_marks(self, marks: Sequence[UsageMark]) -> None:
         if not marks:
             return
         m = t.usage_marks
+        key = {"subject": "k_subject", "generation": "k_generation"}
         stmt = (
             sa.update(m)
-            .where(m.c.subject == sa.bindparam("k_subject"),
-                   m.c.generation == sa.bindparam("k_generation"))
-            .values({c: sa.bindparam(c) for c in
-                     ("seq", "time", "running_s", "cpu_s", "egress_bytes", "ended")})
-        )  # fmt: skip
-        await self._c.execute(
-            stmt,
-            [{"k_subject": k.subject, "k_generation": k.generation, "seq": k.seq, "time": k.time,
-              "running_s": k.running_s, "cpu_s": k.cpu_s, "egress_bytes": k.egress_bytes,
-              "ended": k.ended} for k in marks],
-        )  # fmt: skip
+            .where(*(m.c[c] == sa.bindparam(b) for c, b in key.items()))
+            .values({c.name: sa.bindparam(c.name) for c in m.c if c.name not in key})
+        )
+        names = [c.name for c in m.c]
+        rows = [{n: getattr(k, n) for n in names} for k in marks]  # not asdict: 10x as slow
+        await self._c.execute(stmt, [r | {b: r[c] for c, b in key.items()} for r in rows])
 
     async def prune_marks(self, ended_before: float) -> int:
         m = t.usage_marks
