@@ -139,6 +139,12 @@ class Settings(BaseSettings):
         description="seconds (or 90s, 30m, 2h, 7d) a destroyed machine stays listed before the "
         "leader purges it and its events",
     )
+    storage_interval: float = Field(
+        3600.0,
+        gt=0,
+        description="seconds (or 90s, 30m, 1h) per storage accrual: the leader meters disks, "
+        "volumes and snapshots per interval, once it is over",
+    )
     # -- the controller --
     network_pool4: str = Field(
         "10.96.0.0/11",
@@ -164,6 +170,21 @@ class Settings(BaseSettings):
         32, ge=1, description="log, exec and event streams one token may hold open (then 429)"
     )
     policy_file: Path | None = Field(None, description="TOML: action = role overrides")
+    prices_file: Path | None = Field(
+        None, description="TOML price book (docs/billing.md): replaces the stored one at start"
+    )
+    invoice_period: Literal["month", "day"] = Field(
+        "month", description="an invoice per project per calendar month (UTC), or per day"
+    )
+    billing_interval: float = Field(
+        10.0, gt=0, le=3600,
+        description="seconds between the leader's looks for invoices to close",
+    )  # fmt: skip
+    budget_interval: float = Field(
+        60.0, gt=0, le=86400,
+        description="seconds between the leader's looks at budgets (each prices its project's "
+        "month so far)",
+    )  # fmt: skip
     tls: bool = Field(False, description="serve HTTPS with a CA made in state_dir/tls")
     tls_names: list[str] = Field(
         [], description="host names and addresses the HTTPS certificate is for (default: the host)"
@@ -223,6 +244,7 @@ class Settings(BaseSettings):
         "volume_export_idle",
         "metrics_fine_keep",
         "metrics_coarse_keep",
+        "storage_interval",
         mode="before",
     )
     @classmethod

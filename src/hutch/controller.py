@@ -16,11 +16,13 @@ from hutch.config import Settings
 from hutch.files import write_private
 from hutch.http import tls
 from hutch.model.metrics import Tier
+from hutch.services.billing import Billing, load_book
 from hutch.services.health import Health
 from hutch.services.images import Images
 from hutch.services.leader import Leadership
 from hutch.services.lifetimes import Lifetimes
 from hutch.services.machines import Machines
+from hutch.services.metering import Metering
 from hutch.services.networks import Networks, Pool
 from hutch.services.nodelink import NodeLink
 from hutch.services.nodes import Nodes
@@ -60,6 +62,8 @@ class Controller:
     snapshots: Snapshots  # machine snapshots (`run --from` clones them)
     pools: Pools  # warm pools, kept filled by the leader
     telemetry: Telemetry  # nodes' samples in, machines' metric history out (pruned by the leader)
+    metering: Metering  # the usage ledger: nodes' samples counted, storage accrued by the leader
+    billing: Billing  # prices, usage, invoices (closed by the leader), budgets
     ca_pem: str | None = None  # when serving HTTPS
 
 
@@ -109,6 +113,7 @@ def build_controller(settings: Settings) -> Controller:
         store, policy, notifier, link, image_service, networks=network_service
     )
     streams = Streams(store, per_token=settings.streams_per_token)
+    metering = Metering(store, settings.storage_interval)
     snapshots = Snapshots(store, link, policy)
     return Controller(
         store=store,
@@ -135,6 +140,16 @@ def build_controller(settings: Settings) -> Controller:
                 Tier(settings.metrics_fine, settings.metrics_fine_keep),
                 Tier(settings.metrics_coarse, settings.metrics_coarse_keep),
             ],
+            metering,
+        ),
+        metering=metering,
+        billing=Billing(
+            store,
+            policy,
+            machine_service,
+            period=settings.invoice_period,
+            interval=settings.billing_interval,
+            budget_interval=settings.budget_interval,
         ),
         ca_pem=ca_pem,
     )
@@ -143,8 +158,9 @@ def build_controller(settings: Settings) -> Controller:
 @contextlib.asynccontextmanager
 async def leading_work(ctl: Controller) -> AsyncIterator[None]:
     """In the background: the leader's lease, and what the leader does (the scheduler, node
-    health, the purge of destroyed machines, machines' timeouts, warm pools), each idle while this
-    controller does not lead; and on every controller, the check of its open streams' tokens.
+    health, the purge of destroyed machines, machines' timeouts, warm pools, the storage
+    accrual), each idle while this controller does not lead; and on every controller, the check
+    of its open streams' tokens.
     They are stopped between two transactions, never cancelled inside one."""
     stop = asyncio.Event()
     leading = ctl.leadership.leading
@@ -156,6 +172,8 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
         asyncio.create_task(ctl.lifetimes.run(leading, stop)),
         asyncio.create_task(ctl.pools.run(leading, stop)),
         asyncio.create_task(ctl.telemetry.run(leading, stop)),
+        asyncio.create_task(ctl.metering.run(leading, stop)),
+        asyncio.create_task(ctl.billing.run(leading, stop)),
         asyncio.create_task(ctl.streams.run(stop)),
     ]
     try:
@@ -168,7 +186,10 @@ async def leading_work(ctl: Controller) -> AsyncIterator[None]:
 
 async def bootstrap(ctl: Controller, settings: Settings) -> None:
     """On a new store: the default project and a system admin token, written to
-    `state_dir/admin-token` (mode 0600) for the operator."""
+    `state_dir/admin-token` (mode 0600) for the operator. The `prices_file` setting's book,
+    when set, replaces the stored one on every start."""
+    if settings.prices_file is not None:
+        await ctl.billing.set_book(None, load_book(settings.prices_file))
     _, secret = await ctl.tenancy.bootstrap(settings.project)
     if secret is None:
         return

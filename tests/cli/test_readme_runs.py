@@ -9,8 +9,10 @@ on a pty in tests/cli/test_terminal.py and tests/cli/test_run_terminal.py), the 
 example, the `login` / `context` lines, the "Images" block and the "Networks" block (micro-VMs;
 curl to the published port, nslookup of a machine's name in its network), the "Suspend, resume
 and snapshots" block (one micro-VM booted, one restored from its snapshot), the "Warm pools"
-block (a template booted, pooled machines restored, one taken by a run). Elsewhere: "Projects,
-tokens and quotas" in tests/cli/test_projects.py, the SDK example in tests/client/test_readme.py.
+block (a template booted, pooled machines restored, one taken by a run), the "Usage and
+invoices" block (its price book, a fresh project's usage, invoices, budget, credit). Elsewhere:
+"Projects, tokens and quotas" in tests/cli/test_projects.py, the SDK example in
+tests/client/test_readme.py.
 
 What cannot run on one machine keeps only the `--help` check of tests/cli/test_readme.py: the
 cluster's `hutch controller --listen 0.0.0.0:7878 --tls` over PostgreSQL, `hutch agent` joining
@@ -585,3 +587,27 @@ def test_the_stats_block_runs_as_written(
         elif command == "hutch stats -o json busy":
             (row,) = json.loads(out)
             assert row["name"] == "busy" and row["state"] == "running", row
+
+
+def test_the_usage_and_invoices_block_runs_as_written(
+    sh: Shell, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The README's price book set from its TOML, then a fresh project's usage (none yet), its
+    invoices, its draft as HTML, a budget that stops it, and a credit for its next invoice."""
+    section = README.read_text().split("\n## Usage and invoices\n", 1)[1]
+    found = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert found
+    (tmp_path / "prices.toml").write_text(found.group(1))
+    project = env["HUTCH_PROJECT"]
+    lines = block("## Usage and invoices", "hutch price set")
+    commands = [c.replace("acme", project) for line in lines for c in split(line)]
+    assert len(commands) == 7, commands
+    for command in commands:
+        ok(sh(command), command)
+    prices = json.loads(ok(sh("hutch price show"), "price show"))
+    assert (prices["plan"], prices["included"]) == ("basic", {"vcpu_seconds": "10"})
+    assert (tmp_path / "usage.csv").read_text().startswith("group,vcpu_seconds,")
+    page = (tmp_path / "invoice.html").read_text()
+    assert f"Project <strong>{project}</strong>" in page and "@media print" in page
+    budget = json.loads(ok(sh(f"hutch budget show {project}"), "budget show"))
+    assert (budget["amount"], budget["stop"]) == ("100", True)

@@ -1,6 +1,9 @@
 """The store contract (`hutch.store.base`), on SQLite and PostgreSQL alike."""
 
+import asyncio
 from dataclasses import replace
+from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -16,8 +19,10 @@ from hutch.model.machine import (
 )
 from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.model.tenancy import Quota, Role, Usage
+from hutch.model.usage import UsageMark, UsageRecord, UsageTotal
 from hutch.store.base import MAX_PAGE, Claim, NewEvent
 from hutch.store.sql import SqlStore
+from hutch.store.sql.usage import MAX_BATCH
 from tests.store import factories as f
 
 # -- projects -------------------------------------------------------------------------------------
@@ -814,3 +819,99 @@ async def test_machine_snapshots(store: SqlStore) -> None:
     async with store.write() as tx:
         await tx.snapshots.delete(snap.id)
         assert await tx.snapshots.list(a.id) == []
+
+
+# -- the usage ledger -----------------------------------------------------------------------------
+
+DAY = 86_400.0
+
+
+def _usage(key: str, project_id: str, subject: str, start: float, **more: Any) -> UsageRecord:
+    return UsageRecord(key, project_id, subject, start, start + 10, **more)
+
+
+async def test_usage_ledger(store: SqlStore) -> None:
+    """Records added once by key (a batch larger than one statement, a resend, a batch mixing
+    both), exact decimal sums per project by machine, label and day, pages in the order added,
+    and marks held and moved on."""
+    a, b = f.uid("p"), f.uid("p")
+    day0 = 20_000 * DAY  # 2024-10-04
+    many = [
+        _usage(f"m:x:1:{i}", a, "m-x", day0 + i, machine_id="m-x", labels={"team": "red"},
+               vcpu_seconds=Decimal("0.1"), cpu_seconds=0.05, egress_bytes=3)
+        for i in range(MAX_BATCH + 5)
+    ]  # fmt: skip
+    other = [
+        _usage("m:y:1:1", a, "m-y", day0 + DAY, machine_id="m-y",
+               labels={"team": "blue", "env": "prod"}, memory_gib_seconds=0.25, starts=1),
+        _usage("s:v:1", a, "v-1", day0 + DAY + 5, storage_gib_hours=Decimal("1.5")),
+        _usage("m:z:1:1", b, "m-z", day0, machine_id="m-z", vcpu_seconds=7),
+    ]  # fmt: skip
+    async with store.write() as tx:
+        assert await tx.usage.add(many) == len(many)
+        assert await tx.usage.add([many[0], *other, many[1]]) == 3
+        assert await tx.usage.add(many[:3]) == 0
+    async with store.read() as tx:
+        [total] = await tx.usage.totals(a)
+        assert total == UsageTotal(
+            a, "", vcpu_seconds=Decimal("100.5"), cpu_seconds=Decimal("50.25"),
+            memory_gib_seconds=Decimal("0.25"), storage_gib_hours=Decimal("1.5"),
+            egress_bytes=3 * 1005, starts=1, records=1007,
+        )  # fmt: skip
+        assert [(t.project_id, t.records) for t in await tx.usage.totals(None)] == sorted(
+            [(a, 1007), (b, 1)]
+        )
+        by_machine = {t.group: t.records for t in await tx.usage.totals(a, by="machine")}
+        assert by_machine == {"m-x": 1005, "m-y": 1, "v-1": 1}
+        by_label = {t.group: t.records for t in await tx.usage.totals(a, by="label")}
+        assert by_label == {"team=red": 1005, "team=blue": 1, "env=prod": 1, "": 1}
+        by_day = await tx.usage.totals(a, by="day")
+        assert [(t.group, t.records) for t in by_day] == [("2024-10-04", 1005), ("2024-10-05", 2)]
+        # Since is inclusive, until exclusive, both on the records' starts.
+        [later] = await tx.usage.totals(a, since=day0 + 1000, until=day0 + DAY + 5)
+        assert later.records == 6 and later.memory_gib_seconds == Decimal("0.25")
+        assert await tx.usage.totals(a, since=day0 + 2 * DAY) == []
+        assert await tx.usage.totals(f.uid("p")) == []
+        # Pages in the order added, within the project and interval.
+        keys, cursor = [], None
+        while True:
+            page, cursor = await tx.usage.records(a, since=day0 + 990, cursor=cursor, limit=7)
+            keys += [r.key for r in page]
+            if cursor is None:
+                break
+        assert keys == [r.key for r in many[990:]] + ["m:y:1:1", "s:v:1"]
+        [first], _ = await tx.usage.records(a, limit=1)
+        assert replace(first, id=0) == many[0] and first.id > 0
+        [z], none = await tx.usage.records(b)
+        assert z.vcpu_seconds == 7 and z.labels == {} and none is None
+        with pytest.raises(Invalid, match="cursor"):
+            await tx.usage.records(a, cursor="nope")
+        with pytest.raises(Invalid, match="by machine, label or day"):
+            await tx.usage.totals(a, by="week")  # type: ignore[arg-type]
+    async with store.write() as tx:
+        marks = await tx.usage.marks([("m-x", 2), ("m-x", 1), ("m-x", 2)])
+        assert marks == {("m-x", 1): UsageMark("m-x", 1), ("m-x", 2): UsageMark("m-x", 2)}
+        moved = replace(marks["m-x", 1], seq=4, time=5.0, running_s=3.5, cpu_s=1.25,
+                        egress_bytes=9, ended=True)  # fmt: skip
+        await tx.usage.set_marks([moved])
+    async with store.write() as tx:
+        assert await tx.usage.marks([("m-x", 1)]) == {("m-x", 1): moved}
+        assert await tx.usage.prune_marks(ended_before=5.0) == 0
+        assert await tx.usage.prune_marks(ended_before=6.0) == 1
+        assert (await tx.usage.marks([("m-x", 1)]))["m-x", 1].seq == 0
+
+
+async def test_usage_added_by_two_writers_at_once_counts_once(store: SqlStore) -> None:
+    """Two controllers adding the same records concurrently (PostgreSQL: both in flight)."""
+    p = f.uid("p")
+    records = [_usage(f"k{i}", p, "m", float(i), cpu_seconds=1) for i in range(50)]
+
+    async def add(part: list[UsageRecord]) -> int:
+        async with store.write() as tx:
+            return await tx.usage.add(part)
+
+    added = await asyncio.gather(add(records[:40]), add(records[10:]))
+    assert sum(added) == 50
+    async with store.read() as tx:
+        [total] = await tx.usage.totals(p)
+    assert total.cpu_seconds == 50 and total.records == 50

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from hutch import __version__
 from hutch.api.routes import (
+    billing,
     images,
     machines,
     metrics,
@@ -58,6 +59,7 @@ def create_app(ctl: Controller, settings: Settings | None = None) -> FastAPI:
         volumes.router,
         snapshots.router,
         pools.router,
+        billing.router,
         images.router,
         nodes.public,
         nodes.agents,

@@ -82,6 +82,10 @@ COMMANDS: dict[str, Entry] = {
     "volume": Entry("volumes", "app", "Volumes: persistent disks, snapshots, forks, backups."),
     "snapshot": Entry("snapshots", "app", "Machine snapshots: create, ls, rm (run --from one)."),
     "pool": Entry("pools", "app", "Warm pools: micro-VMs kept ready for hutch run: set, ls, rm."),
+    "usage": Entry("billing", "usage", "What a project used: summed, by machine, label or day."),
+    "invoice": Entry("billing", "invoice_app", "A project's invoices: ls, show, credit."),
+    "price": Entry("billing", "price_app", "The price book: show, set (system token)."),
+    "budget": Entry("billing", "budget_app", "A project's budget: show, set, rm."),
     "context": Entry("contexts", "app", "Saved controllers and tokens (contexts): ls, use, rm."),
 }
 

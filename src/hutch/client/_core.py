@@ -40,6 +40,16 @@ from hutch.model.machine import MachineState, RestartPolicy, VolumeAttach
 from hutch.model.network import PortMapping
 from hutch.model.tenancy import Role
 from hutch.model.volume import parse_size
+from hutch.wire.billing import (
+    BudgetSet,
+    BudgetView,
+    CreditCreate,
+    CreditView,
+    InvoiceView,
+    PriceBookDoc,
+    PricesView,
+    UsageView,
+)
 from hutch.wire.common import Page, Problem, Request
 from hutch.wire.images import ImagePull, ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import (
@@ -657,6 +667,74 @@ def pool(ref: str) -> Plan[PoolView]:
 
 def delete_pool(ref: str) -> Plan[None]:
     yield Call("DELETE", _pool(ref), scoped=True, hold=None)
+
+
+# -- prices, usage, invoices, budgets ----------------------------------------------------------
+
+Instant: TypeAlias = float | str  # epoch seconds, or an ISO 8601 date or time
+
+
+def usage_call(
+    since: Instant | None, until: Instant | None, by: str | None, format: str = "json"
+) -> Call:
+    params = [(k, str(v)) for k, v in (("since", since), ("until", until), ("by", by)) if v]
+    return Call("GET", "/v1/usage", params=(*params, ("format", format)), scoped=True)
+
+
+def usage(since: Instant | None, until: Instant | None, by: str | None) -> Plan[UsageView]:
+    return UsageView.model_validate_json((yield usage_call(since, until, by)))
+
+
+def text(call: Call) -> Plan[str]:
+    """The answer to `call` as text (CSV, HTML)."""
+    return (yield call).decode()
+
+
+def _invoice(ref: str) -> str:
+    return f"/v1/invoices/{quote(ref, safe='')}"
+
+
+INVOICES = Call("GET", "/v1/invoices", scoped=True)
+
+
+def invoice(ref: str) -> Plan[InvoiceView]:
+    return InvoiceView.model_validate_json((yield Call("GET", _invoice(ref), scoped=True)))
+
+
+def invoice_html(ref: str) -> Call:
+    return Call("GET", _invoice(ref), params=(("format", "html"),), scoped=True)
+
+
+def prices() -> Plan[PricesView | PriceBookDoc]:
+    """A project's effective prices when the client acts in one, else the whole book."""
+    body = yield Call("GET", "/v1/prices", scoped=True)
+    doc = json.loads(body)
+    return PricesView.model_validate(doc) if "units" in doc else PriceBookDoc.model_validate(doc)
+
+
+def set_prices(book: Mapping[str, Any]) -> Plan[PriceBookDoc]:
+    body = build(PriceBookDoc, **book)
+    return PriceBookDoc.model_validate_json((yield Call("PUT", "/v1/prices", body=body)))
+
+
+def credit(project: str, amount: str, reason: str) -> Plan[CreditView]:
+    body = build(CreditCreate, amount=amount, reason=reason)
+    return CreditView.model_validate_json((yield Call("POST", _project(project, "credits"),
+                                                      body=body)))  # fmt: skip
+
+
+def budget(project: str) -> Plan[BudgetView]:
+    return BudgetView.model_validate_json((yield Call("GET", _project(project, "budget"))))
+
+
+def set_budget(project: str, amount: str, stop: bool) -> Plan[BudgetView]:
+    body = build(BudgetSet, amount=amount, stop=stop)
+    return BudgetView.model_validate_json((yield Call("PUT", _project(project, "budget"),
+                                                      body=body)))  # fmt: skip
+
+
+def delete_budget(project: str) -> Plan[None]:
+    yield Call("DELETE", _project(project, "budget"))
 
 
 # -- volumes ------------------------------------------------------------------------------------

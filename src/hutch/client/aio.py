@@ -43,6 +43,14 @@ from hutch.client.exec import (
     opening,
 )
 from hutch.model.tenancy import Role
+from hutch.wire.billing import (
+    BudgetView,
+    CreditView,
+    InvoiceView,
+    PriceBookDoc,
+    PricesView,
+    UsageView,
+)
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
@@ -98,6 +106,9 @@ class AsyncClient(Connection[httpx.AsyncClient]):
         self.volumes = AsyncVolumes(self)
         self.snapshots = AsyncSnapshots(self)
         self.pools = AsyncPools(self)
+        self.usage = AsyncUsage(self)
+        self.invoices = AsyncInvoices(self)
+        self.prices = AsyncPrices(self)
         self.security_groups = AsyncSecurityGroups(self)
 
     async def events(self, after: int = 0) -> AsyncGenerator[EventView, None]:
@@ -569,3 +580,54 @@ class AsyncPools(Resource[AsyncClient]):
 
     async def delete(self, ref: str) -> None:
         await self._c._run(core.delete_pool(ref))
+
+
+class AsyncUsage(Resource[AsyncClient]):
+    """`client.usage` of AsyncClient (see hutch.client.sync.Usage)."""
+
+    async def get(
+        self, since: core.Instant | None = None, until: core.Instant | None = None,
+        by: str | None = None,
+    ) -> UsageView:  # fmt: skip
+        return await self._c._run(core.usage(since, until, by))
+
+    async def csv(
+        self, since: core.Instant | None = None, until: core.Instant | None = None,
+        by: str | None = None,
+    ) -> str:  # fmt: skip
+        return await self._c._run(core.text(core.usage_call(since, until, by, "csv")))
+
+
+class AsyncInvoices(Resource[AsyncClient]):
+    """`client.invoices` of AsyncClient (see hutch.client.sync.Invoices)."""
+
+    def list(self) -> AsyncListing[InvoiceView]:
+        return AsyncListing(self._c._paged(core.INVOICES, Page[InvoiceView]))
+
+    async def get(self, ref: str) -> InvoiceView:
+        return await self._c._run(core.invoice(ref))
+
+    async def html(self, ref: str) -> str:
+        return await self._c._run(core.text(core.invoice_html(ref)))
+
+    async def credit(self, project: str, amount: str, reason: str) -> CreditView:
+        return await self._c._run(core.credit(project, amount, reason))
+
+
+class AsyncPrices(Resource[AsyncClient]):
+    """`client.prices` of AsyncClient (see hutch.client.sync.Prices)."""
+
+    async def get(self) -> PricesView | PriceBookDoc:
+        return await self._c._run(core.prices())
+
+    async def set(self, book: Mapping[str, Any]) -> PriceBookDoc:
+        return await self._c._run(core.set_prices(book))
+
+    async def budget(self, project: str) -> BudgetView:
+        return await self._c._run(core.budget(project))
+
+    async def set_budget(self, project: str, amount: str, *, stop: bool = False) -> BudgetView:
+        return await self._c._run(core.set_budget(project, amount, stop))
+
+    async def delete_budget(self, project: str) -> None:
+        await self._c._run(core.delete_budget(project))

@@ -35,6 +35,14 @@ from hutch.client._connection import Connection, Resource
 from hutch.client._core import ArchiveSource, MachineOptions, MachineRef, Plan
 from hutch.client.exec import AttachSession, ExecResult, ExecSession, attaching, opening
 from hutch.model.tenancy import Role
+from hutch.wire.billing import (
+    BudgetView,
+    CreditView,
+    InvoiceView,
+    PriceBookDoc,
+    PricesView,
+    UsageView,
+)
 from hutch.wire.common import Page
 from hutch.wire.images import ImageRemoved, ImageView, PullEvent
 from hutch.wire.machines import EventView, LogLine, MachineView, PlacementView
@@ -78,6 +86,9 @@ class Client(Connection[httpx.Client]):
         self.volumes = Volumes(self)
         self.snapshots = Snapshots(self)
         self.pools = Pools(self)
+        self.usage = Usage(self)
+        self.invoices = Invoices(self)
+        self.prices = Prices(self)
 
     def events(self, after: int = 0) -> Generator[EventView, None, None]:
         """The project's events after event id `after`, as they happen (a state change of a
@@ -714,3 +725,69 @@ class Pools(Resource[Client]):
     def delete(self, ref: str) -> None:
         """The pool goes, and its machines with it."""
         self._c._run(core.delete_pool(ref))
+
+
+class Usage(Resource[Client]):
+    """`client.usage`: what the project used (the usage ledger), in [since, until) (epoch
+    seconds or ISO 8601 dates), summed, or `by` "machine", "label" or "day"::
+
+        for row in client.usage.get(since="2026-12-01", by="machine").items:
+            print(row.group, row.vcpu_seconds, row.egress_bytes)
+    """
+
+    def get(
+        self, since: core.Instant | None = None, until: core.Instant | None = None,
+        by: str | None = None,
+    ) -> UsageView:  # fmt: skip
+        return self._c._run(core.usage(since, until, by))
+
+    def csv(
+        self, since: core.Instant | None = None, until: core.Instant | None = None,
+        by: str | None = None,
+    ) -> str:  # fmt: skip
+        """The same as CSV (a header line, then a row per group)."""
+        return self._c._run(core.text(core.usage_call(since, until, by, "csv")))
+
+
+class Invoices(Resource[Client]):
+    """`client.invoices`: the project's invoices, one a period, closed at its end and never
+    changed after (a correction is a credit line on a later one); `get("draft")` is the
+    current period's, still open."""
+
+    def list(self) -> Iterator[InvoiceView]:
+        """Closed invoices, newest first."""
+        return self._c._paged(core.INVOICES, Page[InvoiceView])
+
+    def get(self, ref: str) -> InvoiceView:
+        return self._c._run(core.invoice(ref))
+
+    def html(self, ref: str) -> str:
+        """The invoice as a page that prints."""
+        return self._c._run(core.text(core.invoice_html(ref)))
+
+    def credit(self, project: str, amount: str, reason: str) -> CreditView:
+        """A credit on `project`'s next invoice (system tokens only)."""
+        return self._c._run(core.credit(project, amount, reason))
+
+
+class Prices(Resource[Client]):
+    """`client.prices`: the price book (system tokens set it) and a project's budget."""
+
+    def get(self) -> PricesView | PriceBookDoc:
+        """The project's effective prices when the client acts in a project, else (a system
+        token with no project) the whole book."""
+        return self._c._run(core.prices())
+
+    def set(self, book: Mapping[str, Any]) -> PriceBookDoc:
+        """Replace the book: {"currency", "rates", "plans", "plan", "projects", "labels"}, prices
+        as decimal strings (see docs/billing.md)."""
+        return self._c._run(core.set_prices(book))
+
+    def budget(self, project: str) -> BudgetView:
+        return self._c._run(core.budget(project))
+
+    def set_budget(self, project: str, amount: str, *, stop: bool = False) -> BudgetView:
+        return self._c._run(core.set_budget(project, amount, stop))
+
+    def delete_budget(self, project: str) -> None:
+        self._c._run(core.delete_budget(project))

@@ -826,6 +826,30 @@ class Machines:
         self._wake(m)
         return m
 
+    async def stop_project(self, project_id: str, why: str) -> int:
+        """The leader's (a budget spent): every machine of the project that runs, or is wanted
+        running, stopped as `hutch stop` does by default, an event saying why. How many."""
+        stopped = []
+        async with self.store.write() as tx:
+            cursor = None
+            while True:
+                page, cursor = await tx.machines.list(
+                    project_id, states=(*ACTIVE, MachineState.SUSPENDED), limit=200, cursor=cursor
+                )
+                for m in page:
+                    if m.desired is Desired.STOPPED:
+                        continue
+                    suspended = m.state is MachineState.SUSPENDED
+                    to = MachineState.EXITED if m.node_id is None or suspended else (
+                        MachineState.STOPPING)  # fmt: skip
+                    wanted = replace(m, desired=Desired.STOPPED, stop_signal="", stop_timeout=10.0)
+                    stopped.append(await self._transition(tx, wanted, to, why))
+                if cursor is None:
+                    break
+        for m in stopped:
+            self._wake(m)
+        return len(stopped)
+
     async def kill(self, principal: Principal, project: Project, ref: str, sig: str) -> Machine:
         """SIGKILL (the default) ends the machine: a stop without grace. Other signals are
         delivered to the workload through its node, and the machine may live on."""

@@ -27,6 +27,7 @@ class Action(StrEnum):
     NETWORK_WRITE = "network.write"
     VOLUME_READ = "volume.read"  # volumes and their snapshots
     VOLUME_WRITE = "volume.write"  # create, delete, extend, snapshot, restore, import, export
+    BILLING_READ = "billing.read"  # usage, invoices, its prices and budget
 
 
 DEFAULT_POLICY: dict[Action, Role] = {
@@ -43,6 +44,7 @@ DEFAULT_POLICY: dict[Action, Role] = {
     Action.NETWORK_WRITE: Role.MEMBER,
     Action.VOLUME_READ: Role.READER,
     Action.VOLUME_WRITE: Role.MEMBER,
+    Action.BILLING_READ: Role.READER,
 }
 
 

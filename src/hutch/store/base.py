@@ -19,8 +19,10 @@ from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, St
 from hutch.model.metrics import MetricPoint
 from hutch.model.network import PortMapping
 from hutch.model.pool import Pool, PoolShape
+from hutch.model.prices import Budget, Credit, Invoice, PriceBook
 from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import Project, Quota, Token, Usage
+from hutch.model.usage import By, Held, Owner, UsageMark, UsageRecord, UsageTotal
 from hutch.model.volume import Snapshot, Volume
 
 MAX_PAGE = 200  # machines per `MachineRepo.list` page at most, whatever the caller asks
@@ -407,6 +409,106 @@ class MetricRepo(Protocol):
         """Delete the tier's points of buckets before `before`; how many."""
 
 
+class BillingRepo(Protocol):
+    """The price book, closed invoices, credits and budgets (store/sql/billing.py)."""
+
+    async def book(self) -> PriceBook:
+        """The stored book (an empty one, everything free, until one is set)."""
+
+    async def set_book(self, book: PriceBook, at: float) -> None: ...
+
+    async def close(self, invoice: Invoice) -> bool:
+        """Store the closed invoice; False (nothing written) if the project's invoice of that
+        period exists already."""
+
+    async def carry(self, credit_ids: Sequence[str], invoice_id: str) -> None:
+        """The credits are the invoice's credit lines from now."""
+
+    async def closed_until(self) -> dict[str, float]:
+        """Each project's latest closed period's end (a project with none is not in it)."""
+
+    async def invoice(self, project_id: str | None, invoice_id: str) -> Invoice | None:
+        """A closed invoice by id, of the project (None: of any project)."""
+
+    async def invoices(
+        self, project_id: str | None, limit: int, before: float | None = None
+    ) -> builtins.list[Invoice]:
+        """Closed invoices, newest period first, of periods that start before `before`."""
+
+    async def add_credit(self, credit: Credit) -> None: ...
+
+    async def pending_credits(self, project_id: str, before: float) -> builtins.list[Credit]:
+        """Credits granted before `before` that no invoice carries yet, oldest first."""
+
+    async def budget(self, project_id: str) -> Budget | None: ...
+
+    async def budgets(self) -> builtins.list[Budget]:
+        """The budgets of every project that exists."""
+
+    async def set_budget(self, budget: Budget) -> None: ...
+
+    async def mark_budget(self, project_id: str, period_start: float, level: int) -> bool:
+        """Record the threshold announced in the period; False if it was already."""
+
+    async def delete_budget(self, project_id: str) -> None: ...
+
+
+class UsageRepo(Protocol):
+    """The usage ledger (hutch.model.usage): append-only, idempotent by each record's key."""
+
+    async def add(self, records: Sequence[UsageRecord]) -> int:
+        """Add the records, in batches; those whose key is in the ledger are skipped (also
+        when another transaction adds them at the same time): how many were added."""
+
+    async def totals(
+        self,
+        project_id: str | None,
+        since: float | None = None,
+        until: float | None = None,
+        by: By = None,
+    ) -> builtins.list[UsageTotal]:
+        """The sums of the records whose start is in [since, until), per project (None: every
+        project's) and group (see UsageTotal), ordered by project and group."""
+
+    async def by_labels(
+        self, project_id: str, since: float, until: float
+    ) -> builtins.list[tuple[dict[str, str], UsageTotal]]:
+        """The project's sums in [since, until) per set of labels (a machine's, as recorded;
+        {} for none), each record in one group: what an invoice prices by label. (billing's)"""
+
+    async def records(
+        self,
+        project_id: str | None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[builtins.list[UsageRecord], str | None]:
+        """The records whose start is in [since, until), in the order they were added, at
+        most `limit` (and MAX_RECORDS); the second value is the next page's cursor (None: last
+        page). Invalid for a cursor no page gave."""
+
+    async def owners(self, machine_ids: Sequence[str]) -> dict[str, Owner]:
+        """What metering needs of the machines (any project's, destroyed ones too until they
+        are purged), by id; those not found are not in it."""
+
+    async def marks(self, streams: Sequence[tuple[str, int]]) -> dict[tuple[str, int], UsageMark]:
+        """The marks of the (subject, generation) streams, a new one (seq 0) for those that
+        had none; held until the transaction ends (on SQLite the writer holds everything)."""
+
+    async def set_marks(self, marks: Sequence[UsageMark]) -> None:
+        """Write marks that `marks()` returned, moved on."""
+
+    async def held(self, start: float, end: float) -> builtins.list[Held]:
+        """Every machine's scratch disk, volume, volume snapshot and machine snapshot that
+        existed at some time in [start, end), as far as the store knows: a machine until it
+        was destroyed (until it is purged), the others while their rows are there."""
+
+    async def prune_marks(self, ended_before: float) -> int:
+        """Delete the marks of generations that ended (their last sample counted) before
+        `ended_before`: how many went. A resend older than that would count again."""
+
+
 class Tx(Protocol):
     projects: ProjectRepo
     tokens: TokenRepo
@@ -420,6 +522,8 @@ class Tx(Protocol):
     snapshots: SnapshotRepo
     pools: PoolRepo
     metrics: MetricRepo
+    billing: BillingRepo
+    usage: UsageRepo
 
 
 class Store(Protocol):

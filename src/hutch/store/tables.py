@@ -6,9 +6,12 @@ are stored by value, lists and maps as JSON. A machine's spec is spread over col
 sums and label filters are plain SQL.
 """
 
+from decimal import Decimal
+
 import sqlalchemy as sa
 
 from hutch.model.machine import MachineState
+from hutch.model.usage import PLACES
 
 # Deterministic constraint names on both backends, so later migrations can name what they alter.
 metadata = sa.MetaData(
@@ -464,4 +467,110 @@ machine_metrics = sa.Table(
     sa.Column("cpu_s", _TIME, nullable=False),
     *(sa.Column(name, sa.BigInteger, nullable=False) for name in METRIC_COUNTERS),
     sa.Index("ix_machine_metrics_step_bucket", "step", "bucket"),
+)
+
+# -- the usage ledger (see hutch.model.usage, services/metering.py) --------------------------------
+
+
+class Millionths(sa.TypeDecorator[Decimal]):
+    """A ledger quantity: a Decimal with model.usage.PLACES places, stored as an integer count
+    of millionths, so that it is exact and its sums are exact on SQLite too (whose NUMERIC is a
+    float)."""
+
+    impl = sa.BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | None, dialect: sa.Dialect) -> int | None:
+        return None if value is None else int(value.scaleb(PLACES))
+
+    def process_result_value(self, value: object, dialect: sa.Dialect) -> Decimal | None:
+        return None if value is None else Decimal(int(value)).scaleb(-PLACES)  # type: ignore[call-overload]
+
+
+# Append-only: a row per interval of a subject's use, never changed. No foreign keys: the
+# ledger outlives the machines, volumes and projects it is about.
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), sa.Identity(), primary_key=True
+    ),
+    sa.Column("key", sa.String(200), nullable=False, unique=True),
+    sa.Column("project_id", _ID, nullable=False),
+    sa.Column("machine_id", _ID),
+    sa.Column("subject", _ID, nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),  # canonical (sorted keys): grouped by its text
+    sa.Column("start", _TIME, nullable=False),
+    sa.Column("end", _TIME, nullable=False),
+    sa.Column("vcpu_seconds", Millionths, nullable=False),
+    sa.Column("cpu_seconds", Millionths, nullable=False),
+    sa.Column("memory_gib_seconds", Millionths, nullable=False),
+    sa.Column("storage_gib_hours", Millionths, nullable=False),
+    sa.Column("egress_bytes", sa.BigInteger, nullable=False),
+    sa.Column("starts", sa.Integer, nullable=False),
+    sa.Index("ix_usage_project_id_start", "project_id", "start"),
+    sa.Index("ix_usage_start", "start"),
+    sqlite_autoincrement=True,
+)
+
+# How far the ledger is in each stream it is made from: per (machine, generation) the last
+# sample counted (its seq, time and cumulative counters), so the next one counts only its
+# delta; and the storage accrual's last interval (subject "storage", generation 0).
+usage_marks = sa.Table(
+    "usage_marks",
+    metadata,
+    sa.Column("subject", _ID, primary_key=True),
+    sa.Column("generation", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("time", _TIME, nullable=False),
+    sa.Column("running_s", _TIME, nullable=False),
+    sa.Column("cpu_s", _TIME, nullable=False),
+    sa.Column("egress_bytes", sa.BigInteger, nullable=False),
+    sa.Column("ended", sa.Boolean, nullable=False),  # its generation's last sample was counted
+)
+
+# Billing (model/prices.py). Money is stored as decimal strings: exact on both backends (SQLite
+# has no decimal type). Invoices and credits outlive their project: they are records.
+price_books = sa.Table(
+    "price_books",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # one row: 1
+    sa.Column("book", sa.JSON, nullable=False),
+    sa.Column("updated_at", _TIME, nullable=False),
+)
+
+invoices = sa.Table(
+    "invoices",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, nullable=False),
+    sa.Column("period_start", _TIME, nullable=False),
+    sa.Column("period_end", _TIME, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("total", sa.String(40), nullable=False),
+    sa.Column("lines", sa.JSON, nullable=False),
+    sa.Column("closed_at", _TIME, nullable=False),
+    # One invoice per project and period: two leaders closing it, only one row is written.
+    sa.UniqueConstraint("project_id", "period_start"),
+)
+
+credits = sa.Table(
+    "credits",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("project_id", _ID, nullable=False, index=True),
+    sa.Column("amount", sa.String(40), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("invoice_id", _ID, nullable=False),  # "" until an invoice carries it
+)
+
+budgets = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("project_id", _ID, primary_key=True),
+    sa.Column("amount", sa.String(40), nullable=False),
+    sa.Column("stop", sa.Boolean, nullable=False),
+    sa.Column("period_start", _TIME, nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
 )

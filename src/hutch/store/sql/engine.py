@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hutch.model.errors import Conflict, HutchError, Invalid, Unavailable
 from hutch.store.base import (
+    BillingRepo,
     EventRepo,
     LeaseRepo,
     MachineRepo,
@@ -59,8 +60,10 @@ from hutch.store.base import (
     SnapshotRepo,
     TokenRepo,
     Tx,
+    UsageRepo,
     VolumeRepo,
 )
+from hutch.store.sql.billing import SqlBilling
 from hutch.store.sql.events import SqlEvents
 from hutch.store.sql.leases import SqlLeases
 from hutch.store.sql.machines import SqlMachines
@@ -72,6 +75,7 @@ from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
 from hutch.store.sql.snapshots import SqlSnapshots
 from hutch.store.sql.tokens import SqlTokens
+from hutch.store.sql.usage import SqlUsage
 from hutch.store.sql.volumes import SqlVolumes
 
 MIGRATIONS = Path(__file__).parent.parent / "migrations"
@@ -481,6 +485,8 @@ class SqlTx:
         self.snapshots: SnapshotRepo = SqlSnapshots(conn, backend)
         self.pools: PoolRepo = SqlPools(conn, backend)
         self.metrics: MetricRepo = SqlMetrics(conn, backend)
+        self.billing: BillingRepo = SqlBilling(conn, backend)
+        self.usage: UsageRepo = SqlUsage(conn, backend)
 
     @property
     def bumped(self) -> set[str]:

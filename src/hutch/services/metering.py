@@ -1,0 +1,193 @@
+"""Metering: the usage ledger (hutch.model.usage) made from nodes' samples and the leader's
+storage accrual.
+
+Machines. A node samples each generation of its machines every few seconds: cumulative counters
+(seconds running, CPU seconds, bytes sent out) numbered by `seq` (wire/telemetry.py). `record()`
+counts, per (machine, generation), what each sample adds to the last one counted, whose seq and
+counters are the stream's mark (`usage_marks`); the mark and the records move in one
+transaction, the mark's row held meanwhile. So:
+- a sample resent, or seen by two controllers, counts once: its seq is not above the mark (and
+  its record's key, `m:<machine>:<generation>:<seq>`, is in the ledger already);
+- a sample that arrives late, after a later one was counted, is passed over: the later one's
+  delta included what it had (the counters are cumulative), so nothing is lost either;
+- a sample lost (the node went with it) loses nothing but its time of the generation's end: the
+  next one's delta covers it. So node loss loses at most the last sampling period of each
+  generation running there; an agent restart nothing (the node spools and resends);
+- only the node the machine is placed on is believed; a counter that went backwards counts 0.
+A generation's start is a record of its own (`g:<machine>:<generation>`), made with the first
+of its samples counted.
+
+Storage. The leader accrues, per interval of `storage_interval` seconds (aligned on the epoch),
+GiB-hours for each machine's scratch disk (while not destroyed: suspended or stopped machines
+pay for it), volume, volume snapshot and machine snapshot, for the part of the interval it
+existed, once the interval is over (key `s:<subject>:<interval start>`). The last interval
+accrued is a mark too, moved in the same transaction as its records: a leader that dies
+mid-way, or two that accrue at once, count each interval once, and a leader that was down
+accrues the intervals it missed when it comes back. A volume or snapshot deleted is accrued up
+to the end of the last interval accrued before its deletion: its last partial interval is lost.
+"""
+
+import asyncio
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hutch.model.usage import Held, Owner, UsageMark, UsageRecord, quantity
+from hutch.services.notify import pause
+from hutch.store.base import Store, Tx
+from hutch.wire.telemetry import MachineSample, Samples
+
+log = logging.getLogger("hutch.metering")
+STORAGE = "storage"  # the storage accrual's mark (subject "storage", generation 0)
+MAX_CATCHUP = 48  # intervals accrued in one pass after an outage; the next pass goes on
+GIB = 1 << 30
+HOUR = 3600.0
+MAX_POSTS = 100  # nodes' posts written in one transaction at most
+WRITERS = 2  # batches written at once
+PRUNE_AFTER = 86400.0  # seconds after a generation's last sample that its mark is dropped
+
+
+def count(
+    machine: Owner, mark: UsageMark, samples: Sequence[MachineSample]
+) -> tuple[list[UsageRecord], UsageMark]:
+    """The records `samples` (of the mark's generation) add after `mark`, and the mark moved
+    past them. Samples at or below the mark's seq count nothing (see the module's docstring)."""
+    records: list[UsageRecord] = []
+    labels = dict(machine.labels)
+
+    def made(key: str, start: float, end: float, **used: Any) -> UsageRecord:
+        return UsageRecord(key, machine.project_id, machine.id, start, end,
+                           machine_id=machine.id, labels=labels, **used)  # fmt: skip
+
+    for s in sorted(samples, key=lambda s: s.seq):
+        if s.seq <= mark.seq or mark.ended:
+            continue
+        running = max(0.0, s.running_s - mark.running_s)
+        start = mark.time if mark.seq else s.time - s.running_s
+        if not mark.seq:
+            records.append(made(f"g:{machine.id}:{mark.generation}", start, start, starts=1))
+        record = made(
+            f"m:{machine.id}:{mark.generation}:{s.seq}",
+            min(start, s.time),
+            s.time,
+            vcpu_seconds=quantity(s.vcpus * running),
+            cpu_seconds=quantity(max(0.0, s.cpu_s - mark.cpu_s)),
+            memory_gib_seconds=quantity(s.memory_mib / 1024 * running),
+            egress_bytes=max(0, s.public.tx_bytes - mark.egress_bytes),
+        )
+        if not record.empty:
+            records.append(record)
+        mark = UsageMark(
+            mark.subject, mark.generation, s.seq, s.time, s.running_s, s.cpu_s,
+            s.public.tx_bytes, ended=s.state == "ended",
+        )  # fmt: skip
+    return records, mark
+
+
+def accrue(held: Sequence[Held], start: float, end: float) -> list[UsageRecord]:
+    """The storage records of the interval [start, end): each subject's bytes for the part
+    of it the subject existed."""
+    records = []
+    for h in held:
+        since, until = max(start, h.since), min(end, h.until if h.until is not None else end)
+        if until <= since or not h.bytes:
+            continue
+        records.append(
+            UsageRecord(
+                f"s:{h.subject}:{start:.0f}", h.project_id, h.subject, since, until,
+                machine_id=h.machine_id, labels=h.labels,
+                storage_gib_hours=quantity(h.bytes * (until - since) / (GIB * HOUR)),
+            )
+        )  # fmt: skip
+    return records
+
+
+async def count_posts(tx: Tx, posts: Sequence[tuple[str, Samples]]) -> int:
+    """Count nodes' posts of samples into the ledger in `tx`: how many records were added."""
+    owners = await tx.usage.owners([s.machine for _, p in posts for s in p.machines])
+    streams: dict[tuple[str, int], list[MachineSample]] = defaultdict(list)
+    for node_id, post in posts:
+        for s in post.machines:
+            m = owners.get(s.machine)
+            # Only the node it is placed on, and a generation it has had.
+            if m is not None and m.node_id == node_id and s.generation <= m.generation:
+                streams[s.machine, s.generation].append(s)
+    if not streams:
+        return 0
+    marks = await tx.usage.marks(list(streams))
+    records, moved = [], []
+    for stream, part in streams.items():
+        made, mark = count(owners[stream[0]], marks[stream], part)
+        records += made
+        if mark != marks[stream]:
+            moved.append(mark)
+    await tx.usage.set_marks(moved)
+    return await tx.usage.add(records)
+
+
+class Metering:
+    def __init__(self, store: Store, storage_interval: float = HOUR) -> None:
+        self.store = store
+        self.storage_interval = storage_interval
+        self._queue: list[tuple[str, Samples, asyncio.Future[None]]] = []  # posts to write
+        # Held by the tasks writing a batch: two, so that one's statements run while the
+        # other waits for the database (PostgreSQL; on SQLite the second waits its turn).
+        self._writing = asyncio.Semaphore(WRITERS)
+
+    async def record(self, node_id: str, samples: Samples) -> None:
+        """Count a node's post of samples into the ledger (see the module's docstring); done
+        once it is committed. Posts that arrive while another batch is written are written
+        together, in one transaction (at most MAX_POSTS): one commit for many nodes."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((node_id, samples, done))
+        async with self._writing:
+            while any(queued is done for _, _, queued in self._queue):
+                await self._write()  # batches, oldest posts first, until this one is written
+        await done  # (by another writer, maybe) and raises the batch's failure: sent again
+
+    async def _write(self) -> None:
+        batch, self._queue = self._queue[:MAX_POSTS], self._queue[MAX_POSTS:]
+        try:
+            async with self.store.write() as tx:
+                await count_posts(tx, [(node, samples) for node, samples, _ in batch])
+        except Exception as e:
+            for _, _, done in batch:
+                done.set_exception(e)
+        else:
+            for _, _, done in batch:
+                done.set_result(None)
+
+    async def accrue_storage(self, now: float | None = None) -> int:
+        """Accrue storage for the intervals over by `now` that are not yet (at most
+        MAX_CATCHUP of them), each in a transaction: how many records were added. The first
+        time, only the last interval over."""
+        now = time.time() if now is None else now
+        step = self.storage_interval
+        last_over = math.floor(now / step) - 1
+        added = 0
+        for _ in range(MAX_CATCHUP):
+            async with self.store.write() as tx:
+                mark = (await tx.usage.marks([(STORAGE, 0)]))[STORAGE, 0]
+                k = mark.seq + 1 if mark.seq else last_over
+                if k > last_over:
+                    return added
+                start, end = k * step, (k + 1) * step
+                added += await tx.usage.add(accrue(await tx.usage.held(start, end), start, end))
+                await tx.usage.set_marks([UsageMark(STORAGE, 0, k, end)])
+        return added
+
+    async def run(self, leading: Callable[[], bool], stop: asyncio.Event) -> None:
+        """While `leading()`: accrue storage a few times an interval, and drop the marks of
+        generations ended a day ago (no node resends that late), until `stop` is set."""
+        while not stop.is_set():
+            if leading():
+                try:
+                    await self.accrue_storage()
+                    async with self.store.write() as tx:
+                        await tx.usage.prune_marks(time.time() - PRUNE_AFTER)
+                except Exception:
+                    log.exception("the storage accrual failed")
+            await pause(stop, min(60.0, self.storage_interval / 4))
