@@ -17,7 +17,7 @@ that module).
 
 Part 3, `invoicing`: the seconds to close (price and store) the invoice of one project with
 10,000 machines over a 30-day month, its ledger holding an hourly row per machine: 7.2 million
-rows, the machines' labels in 10 sets, the price book with a plan, included amounts and a
+rows, the machines' labels in 100 sets, the price book with a plan, included amounts and a
 label's override. On SQLite, the controller's own store (migrated, WAL), rows written in bulk
 through its table. (The meter writes a row per 10 s sample, 360 an hour: the invoice's work
 grows with the rows it sums, so such a month costs up to 360 times this until the ledger's

@@ -6,7 +6,7 @@ across restarts of the agent."""
 from pathlib import Path
 
 from hutch.agent.telemetry import Observed, Sampler, node_sample
-from hutch.model.errors import Unavailable
+from hutch.model.errors import Invalid, Unavailable
 from hutch.model.sandbox import DiskIO, Reading, Resources, SandboxState, Stats
 from hutch.network.node import NicCounters, Traffic
 from hutch.wire.telemetry import Samples
@@ -58,6 +58,33 @@ async def test_samples_wait_on_disk_for_the_controller_and_keep_their_seqs(
     assert [m.private.tx_bytes for m in got] == [450, 810, 900, 900, 900]
     assert got[2].disks["root"].read_bytes == 4 * 10**6 and got[0].vcpus == 2
     assert await sampler.flush() == 0  # taken: the spool is empty
+
+    # A sandbox destroyed between two turns still ends: its last sample says so, with what it
+    # had reached (a lost one is not counted again: it is sampled as new if it comes back).
+    running = Reading(SandboxState.RUNNING, Resources(), t0, Stats(7 * 10**9, 1, 2, 1))
+    sampler.take([Observed("m-gone-1", running, {}, None)], node_sample(t0 + 60))
+    sampler.take([], node_sample(t0 + 70))
+    posted.clear()
+    assert await sampler.flush() == 2
+    gone = [(m.machine, m.seq, m.state, m.cpu_s) for b in posted for m in b.machines]
+    assert gone == [("m-gone", 1, "running", 7), ("m-gone", 2, "ended", 7)]
+
+    # A post the controller refuses as such is dropped, not sent again and again before the
+    # rest.
+    refuse = True
+
+    async def picky(samples: Samples) -> None:
+        if refuse:
+            raise Invalid("machines.0.seq: Input should be greater than or equal to 1")
+        posted.append(samples)
+
+    posted = []
+    one = Sampler(tmp_path / "one", limit=10, post=picky)
+    one.take([seen(SandboxState.RUNNING, 10**9, 1, t0)], node_sample(t0))
+    assert await one.flush() == 0
+    refuse = False
+    one.take([seen(SandboxState.RUNNING, 2 * 10**9, 1, t0)], node_sample(t0 + 10))
+    assert await one.flush() == 1 and [b.machines[0].seq for b in posted] == [2]
 
     # While the controller stays away, the spool keeps the newest `limit` posts only.
     down = True

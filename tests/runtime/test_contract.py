@@ -326,7 +326,7 @@ async def test_stats_and_lifecycle_conflicts(rt: Runtime) -> None:
     await rt.driver.signal("sb", signal.SIGKILL)
     status = await rt.driver.wait("sb", timeout=60)
     assert status.signal == 9
-    assert rt.driver.reading("sb").stats is None and await rt.driver.disk_io("sb") == {}
+    assert rt.driver.reading("sb").state == "exited" and await rt.driver.disk_io("sb") == {}
 
 
 def _is_zombie(pid: int) -> bool:

@@ -305,6 +305,20 @@ async def test_a_clone_of_a_snapshot_takes_its_own_address_and_mac(
         await driver.resume("orig")  # its scratch disk (its root's writes) is still there
         proc = await driver.exec("orig", ProcessSpec(args=("/bin/cat", "/kept")))
         assert (await proc.communicate())[1] == b"kept\n"
+
+        # Parked (its TAP kept off its bridge) and resumed in the same QEMU: on its network
+        # again. Destroyed while parked, its QEMU ends.
+        await driver.suspend("orig")
+        qemu = driver._get("orig").record.process
+        assert qemu is not None and qemu.alive()
+        await driver.resume("orig")
+        proc = await driver.exec(
+            "clone", ProcessSpec(args=("/bin/sh", "-c", ping("orig", "10.77.5.2")))
+        )
+        assert (await proc.communicate())[1].split() == [b"orig"]
+        await driver.suspend("orig")
+        await driver.destroy("orig", force=True)
+        assert not qemu.alive()
     finally:
         for info in await driver.sandboxes():
             await driver.destroy(info.id, force=True)

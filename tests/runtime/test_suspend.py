@@ -13,6 +13,7 @@ import pytest
 from hutch.images.rootfs import PreparedRoot
 from hutch.model.errors import Conflict, InsufficientStorage, Unavailable, Unsupported
 from hutch.model.sandbox import ProcessSpec, SandboxState
+from hutch.runtime import snapfiles
 from hutch.runtime.driver import SandboxDriver
 from tests.helpers.runtime import PATH, driver_in, make_spec, wait_for_line
 
@@ -51,13 +52,22 @@ def qemu_pid(driver: SandboxDriver) -> int:
     return int(driver._get(SB).record.pid)
 
 
+def ended(pid: int) -> bool:
+    """The process is gone, or dead and not yet reaped (a driver closed since started it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 async def test_a_suspended_vm_resumes_where_it_was(
     microvm: SandboxDriver, busybox_root: PreparedRoot, short_dir: Path
 ) -> None:
     """One guest through every suspend path: a failed suspend and one a resume cancels leave it
-    running; a suspend ends QEMU and holds no memory file; a new driver (an agent restart)
-    knows it suspended and resumes it; its workload and open file go on, its clock is the
-    host's."""
+    running; a suspend parks QEMU, paused, its guest RAM given back; a new driver (an agent
+    restart) ends that QEMU, knows it suspended and restores it; a suspend and resume within one
+    driver go on in the parked QEMU; each time its workload and open file go on, its clock is
+    the host's. Stopped while suspended, its parked QEMU ends."""
     await microvm.create(make_spec(busybox_root, "/bin/sh", "-c", COUNTER, sandbox_id=SB))
     await microvm.start(SB)
     await wait_for_line(microvm, SB, b"tick 3")
@@ -92,8 +102,9 @@ async def test_a_suspended_vm_resumes_where_it_was(
     t0 = time.monotonic()
     info = await microvm.suspend(SB)
     suspend_s = time.monotonic() - t0
-    assert info.state is SandboxState.SUSPENDED and info.pid == 0
-    assert not os.path.exists(f"/proc/{pid}") and not ram.exists()
+    # Parked: the same QEMU, holding none of the guest's RAM (its file is all holes).
+    assert info.state is SandboxState.SUSPENDED and info.pid == pid
+    assert ram.stat().st_size == 128 << 20 and snapfiles.allocated(ram) == 0
     n = int((sandbox_dir / "stdio.log").read_bytes().rsplit(b"tick ", 1)[1].split()[0])
     with pytest.raises(Conflict):
         await microvm.exec(SB, ProcessSpec(args=("/bin/true",)))
@@ -102,21 +113,36 @@ async def test_a_suspended_vm_resumes_where_it_was(
     await asyncio.sleep(2)  # the guest's clock stands still meanwhile
     async for driver in driver_in(short_dir / "state", "microvm"):
         [adopted] = await driver.recover()
-        assert adopted.state is SandboxState.SUSPENDED
+        assert adopted.state is SandboxState.SUSPENDED and adopted.pid == 0
+        assert ended(pid) and not ram.exists()
         t0 = time.monotonic()
         info = await driver.resume(SB)
-        resume_s = time.monotonic() - t0
+        restore_s = time.monotonic() - t0
         assert info.state is SandboxState.RUNNING and info.pid
         await counts_on(driver, n)
         guest_time = float(await sh(driver, "date +%s"))
         assert abs(guest_time - time.time()) <= 1.5
         assert not (sandbox_dir / "suspend").exists()
-        print(f"suspend {suspend_s:.2f} s, resume {resume_s:.2f} s")
 
-        # Stopped while suspended: its saved state goes as a kill would end it; destroy
-        # leaves nothing.
+        # Parked and resumed in the same QEMU.
+        pid = qemu_pid(driver)
+        await driver.suspend(SB)
+        n = int((sandbox_dir / "stdio.log").read_bytes().rsplit(b"tick ", 1)[1].split()[0])
+        await asyncio.sleep(1)
+        t0 = time.monotonic()
+        info = await driver.resume(SB)
+        resume_s = time.monotonic() - t0
+        assert info.state is SandboxState.RUNNING and info.pid == pid
+        await counts_on(driver, n)
+        guest_time = float(await sh(driver, "date +%s"))
+        assert abs(guest_time - time.time()) <= 1.5
+        print(f"suspend {suspend_s:.2f} s, restore {restore_s:.2f} s, resume {resume_s:.2f} s")
+
+        # Stopped while suspended: its saved state and parked QEMU go as a kill would end
+        # them; destroy leaves nothing.
         await driver.suspend(SB)
         assert (await driver.stop(SB)).signal == signal.SIGKILL
+        assert ended(pid)
         assert not (sandbox_dir / "suspend").exists()
         await driver.destroy(SB)
         assert not sandbox_dir.exists() and not any(ram.parent.glob(f"{ram.name}*"))

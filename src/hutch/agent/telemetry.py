@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hutch.files import write_private
-from hutch.model.errors import HutchError
-from hutch.model.sandbox import DiskIO, Reading, SandboxState
+from hutch.model.errors import HutchError, Unauthenticated, Unavailable
+from hutch.model.sandbox import DiskIO, Reading, Resources, SandboxState
 from hutch.network.node import Traffic
 from hutch.wire.telemetry import Disk, MachineSample, Net, NodeSample, Samples
 
@@ -65,7 +65,7 @@ class Sampler:
         self.post = post
         self._state_file = self.dir / "state.json"
         # sandbox -> {"seq", "running_s", "time", "state", "raw": {counter: last raw value},
-        # "base": {counter: added}, "limit": the memory limit last read}
+        # "base": {counter: added}, "limit": the memory limit last read, "vcpus", "memory_mib"}
         self.state: dict[str, dict[str, Any]] = {}
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.state = json.loads(self._state_file.read_text())
@@ -78,17 +78,19 @@ class Sampler:
 
     def take(self, observed: Iterable[Observed], node: NodeSample) -> int:
         """Turn `observed` into samples and spool them (with the state they advance): how many
-        machine samples. A sandbox that ended is sampled once more, as ended, then no more."""
+        machine samples. A sandbox that ended is sampled once more, as ended, then no more; so
+        is one gone (destroyed) since the last turn, with what it had reached then."""
         now = node.time
-        samples: list[MachineSample] = []
-        seen: set[str] = set()
-        for o in observed:
-            seen.add(o.sandbox)
-            sample = self._sample(o, now)
-            if sample is not None:
-                samples.append(sample)
-        # Sandboxes gone (destroyed) are forgotten; their last sample was sent or is spooled.
-        for gone in self.state.keys() - seen:
+        observed = list(observed)
+        seen = {o.sandbox for o in observed}
+        for gone in sorted(self.state.keys() - seen):
+            st = self.state[gone]
+            resources = Resources(cpus=st["vcpus"], memory_mib=st["memory_mib"])
+            observed.append(
+                Observed(gone, Reading(SandboxState.EXITED, resources, None, None), {}, None)
+            )
+        samples = [s for o in observed if (s := self._sample(o, now)) is not None]
+        for gone in self.state.keys() - seen:  # their last sample is spooled now
             del self.state[gone]
         # The node's own sample goes even with no machine's.
         for start in range(0, max(len(samples), 1), PER_POST):
@@ -115,6 +117,7 @@ class Sampler:
             st = self.state[o.sandbox] = {
                 "seq": 0, "running_s": max(now - started, 0.0), "time": now,
                 "state": r.state.value, "raw": {}, "base": {}, "limit": 0,
+                "vcpus": r.resources.cpus, "memory_mib": r.resources.memory_mib,
             }  # fmt: skip
         elif st["state"] == "ended":
             return None
@@ -184,8 +187,9 @@ class Sampler:
         return {key: base.get(key, 0) + last[key] for key in last}
 
     async def flush(self) -> int:
-        """Post the spool, oldest first, until the controller refuses one or cannot be
-        reached (the rest waits for the next turn): how many posts it took."""
+        """Post the spool, oldest first, until the controller cannot be reached or does not
+        know this node (the rest waits for the next turn); a post it refuses as such (a 4xx) is
+        dropped, or it would hold back every later one. How many posts it took."""
         sent = 0
         for path in self._spooled():
             try:
@@ -195,11 +199,13 @@ class Sampler:
                 continue
             try:
                 await self.post(batch)
-            except HutchError as e:
+                sent += 1
+            except (Unavailable, Unauthenticated) as e:
                 log.warning("samples not taken (kept to send again): %s", e.message)
                 break
+            except HutchError as e:
+                log.warning("samples refused, dropped: %s", e.message)
             path.unlink(missing_ok=True)
-            sent += 1
         return sent
 
 

@@ -100,7 +100,7 @@ def invoice_show(
     with connect(project) as client:
         invoice = client.invoices.get(ref)
         if html is not None:
-            html.write_text(client.invoices.html(invoice.id if invoice.id != "draft" else ref))
+            html.write_text(client.invoices.html(invoice.id))
             progress(f"wrote {html}")
     if output != "table":
         dump(invoice, output)

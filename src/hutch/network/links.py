@@ -310,6 +310,14 @@ def _configure_inside(peer: str, att: Attachment, mtu: int) -> None:
         ipr.route("add", dst="::/0", gateway=att.gateway6, oif=index, family=10)
 
 
+def detach(ipr: IPRoute, name: str) -> None:
+    """Take link `name` off its bridge, down (its bridge table entries go with the port)."""
+    index = _index(ipr, name)
+    if index is not None:
+        with contextlib.suppress(NetlinkError):  # gone meanwhile (a TAP whose QEMU exited)
+            ipr.link("set", index=index, master=0, state="down")
+
+
 def delete_link(ipr: IPRoute, name: str) -> None:
     index = _index(ipr, name)
     if index is not None:

@@ -171,6 +171,11 @@ class NodeNetwork:
         Unknown ids are not an error."""
         links.run_in(self.opts.netns, lambda: self._unplug(sandbox_id))
 
+    def unwire_taps(self, sandbox_id: str) -> None:
+        """Like `unplug` (its ports, rules and unused bridges go), but its TAPs stay, off their
+        bridges and down: a parked QEMU holds them, and `wire_taps` puts them back."""
+        links.run_in(self.opts.netns, lambda: self._unplug(sandbox_id, keep_taps=True))
+
     def reconcile(self, specs: list[SandboxSpec], suspended: Iterable[str] = ()) -> None:
         """Make the node exactly what `specs` (the sandboxes that exist) need: hutch's links,
         namespaces and tables that nothing needs are removed; nothing of anyone else's is.
@@ -275,6 +280,7 @@ class NodeNetwork:
 
     def _wire_taps(self, spec: SandboxSpec) -> None:
         with self._lock, IPRoute() as ipr:
+            self._wired[spec.id] = _Wired(spec, "tap")  # again, for TAPs kept by unwire_taps
             try:
                 links.enable_forwarding()
                 for index, att in enumerate(spec.networks):
@@ -353,9 +359,9 @@ class NodeNetwork:
                 self._apply()
             self._sync_overlay(ipr)
 
-    def _unplug(self, sandbox_id: str) -> None:
+    def _unplug(self, sandbox_id: str, keep_taps: bool = False) -> None:
         with self._lock, IPRoute() as ipr:
-            self._unwire(ipr, sandbox_id)
+            self._unwire(ipr, sandbox_id, keep_taps)
 
     def _reconcile(self, specs: list[SandboxSpec], suspended: frozenset[str]) -> None:
         with self._lock, IPRoute() as ipr:
@@ -392,13 +398,17 @@ class NodeNetwork:
             self._apply()
             self._sync_overlay(ipr)
 
-    def _unwire(self, ipr: IPRoute, sandbox_id: str) -> None:
+    def _unwire(self, ipr: IPRoute, sandbox_id: str, keep_taps: bool = False) -> None:
         wired = self._wired.pop(sandbox_id, None)
         self._release(sandbox_id)
         errors: list[BaseException] = []
         for prefix in (links.TAP_PREFIX, links.VETH_PREFIX):
             for index in range(max(len(wired.spec.networks), 1) if wired else 1):
-                links.delete_link(ipr, links.port_name(prefix, sandbox_id, index))
+                name = links.port_name(prefix, sandbox_id, index)
+                if keep_taps and prefix == links.TAP_PREFIX:
+                    links.detach(ipr, name)
+                else:
+                    links.delete_link(ipr, name)
         try:
             links.remove_netns(self.netns_path(sandbox_id))
         except OSError as e:

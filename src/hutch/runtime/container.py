@@ -482,6 +482,12 @@ class ContainerBackend:
     async def release(self, record: SandboxRecord, sdir: SandboxDir) -> None:
         raise _no_snapshots()
 
+    async def park(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> bool:
+        raise _no_snapshots()
+
+    async def unpark(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> None:
+        raise _no_snapshots()
+
     def guest_net(self, spec: SandboxSpec) -> str:
         return ""  # the node configures a container's network itself
 

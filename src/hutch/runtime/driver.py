@@ -237,6 +237,13 @@ class Backend(Protocol):
         """What cleanup removes except the disks, for a sandbox whose process ended because it
         was suspended."""
 
+    async def park(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> bool:
+        """Keep the process of a sandbox just saved into `saved`, holding none of its memory,
+        for `unpark`; False if it cannot be kept (it is to end)."""
+
+    async def unpark(self, record: SandboxRecord, sdir: SandboxDir, saved: Path) -> None:
+        """Give a parked sandbox its memory back from `saved`; it stays paused."""
+
     def guest_net(self, spec: SandboxSpec) -> str:
         """How the guest agent configures the sandbox's network (a clone, again, as its own)."""
 
@@ -437,8 +444,10 @@ class SandboxDriver:
             await sup.terminate("stopped before it was started")
             return await sup.wait(KILL_GRACE * 2)
         if record.state is SandboxState.SUSPENDED or record.spec.template:
-            # Nothing runs to be signalled: its saved state is dropped, or its guest ended, as
-            # a kill would.
+            # Nothing runs to be signalled: its saved state (and parked process) is dropped, or
+            # its guest ended, as a kill would.
+            if record.state is SandboxState.SUSPENDED:
+                await self._end_parked(record, sup.dir)
             shutil.rmtree(sup.dir.file(SUSPEND_DIR), ignore_errors=True)
             status = ExitStatus(128 + _signal.SIGKILL, _signal.SIGKILL)
             sup.record_exit(status, failed=False)
@@ -473,6 +482,8 @@ class SandboxDriver:
             record = sdir.load()
         else:
             record = sup.record
+        if record.state is SandboxState.SUSPENDED:
+            await self._end_parked(record, sdir)  # nothing runs there
         ref = record.process
         alive = ref is not None and ref.alive()
         if alive and not record.finished and not force:
@@ -642,13 +653,8 @@ class SandboxDriver:
             sup = self._supervisor(record, sdir)
             ref = record.process
             if record.state is SandboxState.SUSPENDED:
-                if ref is not None:  # this process died between saving it and ending QEMU
-                    if ref.alive():
-                        await self.backend.terminate(record, sdir)
-                        await _wait_gone(ref, 15)
-                    await self.backend.release(record, sdir)
-                    record.pid = record.pid_start = 0
-                    sdir.save(record)
+                # Parked by the process that died, or saved as it died: a resume restores it.
+                await self._end_parked(record, sdir)
             elif not record.finished and (ref is None or not ref.alive()):
                 saved = self.backend.saved_exit(record, sdir)  # before cleanup removes it
                 await self.backend.cleanup(record, sdir)
@@ -717,18 +723,13 @@ class SandboxDriver:
                 raise Conflict(f"a resume of sandbox {sandbox_id} cancelled its suspend") from None
             except OSError as e:  # the host's files (its disk, the RAM file): it runs on
                 raise Unavailable(f"sandbox {sandbox_id} could not be saved: {e}") from e
-            # Saved: from here on it is suspended, even if this process dies before QEMU ends
-            # (recover ends it then).
+            # Saved: from here on it is suspended, even if this process dies with its process
+            # parked or before it ends (recover ends it then).
             record.state = SandboxState.SUSPENDED
             sup.dir.save(record)
             await sup.detach()
-            ref = record.process
-            await self.backend.terminate(record, sup.dir)
-            if ref is not None:
-                await _wait_gone(ref, 15)
-            await self.backend.release(record, sup.dir)
-            record.pid = record.pid_start = 0
-            sup.dir.save(record)
+            if not await self.backend.park(record, sup.dir, saved):
+                await self._end_parked(record, sup.dir)
         finally:
             del self._suspends[sandbox_id]
             pending.over.set()
@@ -748,7 +749,19 @@ class SandboxDriver:
         if record.state is not SandboxState.SUSPENDED:
             raise Conflict(f"sandbox {sandbox_id} is {record.state}, not suspended")
         saved = sup.dir.file(SUSPEND_DIR)
-        ref = await self.backend.restore(record, sup.dir, saved)
+        ref = record.process
+        if ref is not None and ref.alive():  # parked: its memory back, and it goes on
+            try:
+                await self.backend.unpark(record, sup.dir, saved)
+            except (HutchError, OSError) as e:  # a restore says so again if it still holds
+                log.warning("sandbox %s: restored anew: its parked process failed: %s",
+                            sandbox_id, e)  # fmt: skip
+                ref = None
+        else:
+            ref = None
+        if ref is None:
+            await self._end_parked(record, sup.dir)  # one that died while parked, or failed
+            ref = await self.backend.restore(record, sup.dir, saved)
         record.pid, record.pid_start = ref.pid, ref.start_ticks
         record.state = SandboxState.RUNNING
         sup.dir.save(record)
@@ -771,6 +784,19 @@ class SandboxDriver:
         # Off the event loop: unlinking a saved RAM file of 100 MiB takes tens of milliseconds.
         await asyncio.to_thread(shutil.rmtree, saved, ignore_errors=True)
         return record.info()
+
+    async def _end_parked(self, record: SandboxRecord, sdir: SandboxDir) -> None:
+        """End a suspended sandbox's process, if it has one (parked, or saved as this process
+        died), and release what it held; its saved state stays."""
+        ref = record.process
+        if ref is None:
+            return
+        if ref.alive():
+            await self.backend.terminate(record, sdir)
+            await _wait_gone(ref, 15)
+        await self.backend.release(record, sdir)
+        record.pid = record.pid_start = 0
+        sdir.save(record)
 
     async def snapshot(self, sandbox_id: str, dest: Path) -> SnapshotFiles:
         sup = self._get(sandbox_id)

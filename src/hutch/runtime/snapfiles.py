@@ -1,6 +1,7 @@
 """Files of a saved guest (a suspended sandbox's, a machine snapshot's): copied sparsely, so that
 guest RAM or a scratch disk the guest never touched takes no room on the host's disk."""
 
+import ctypes
 import json
 import os
 from pathlib import Path
@@ -14,12 +15,17 @@ MEMORY = "memory"  # guest RAM, as the memory-backend file holds it
 SCRATCH = "scratch"  # a snapshot's copy of the scratch disk
 META = "snapshot.json"  # what a restore must match: resources, root disk; whether a template
 CHUNK = 8 << 20
+PAGE = 4096
+ZERO_PAGE = bytes(PAGE)
 # What a save leaves free on the host's disk: other guests' sparse scratch disks grow into it.
 FREE_FLOOR = 512 << 20
+FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def copy_sparse(src: Path, dst: Path) -> None:
-    """Copy `src` to the new file `dst`, its holes left holes (SEEK_DATA/SEEK_HOLE)."""
+    """Copy `src` to the new file `dst`, its holes and whole zero pages left holes (SEEK_DATA/
+    SEEK_HOLE): a guest's RAM has many (memory it freed), which a restore need not copy back."""
     sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -38,13 +44,41 @@ def copy_sparse(src: Path, dst: Path) -> None:
                     data = os.pread(sfd, min(CHUNK, end - off), off)
                     if not data:
                         raise OSError(f"copying {src}: it shrank at {off}")
-                    os.pwrite(dfd, data, off)
+                    _write_data(dfd, data, off)
                     off += len(data)
                 pos = end
         finally:
             os.close(dfd)
     finally:
         os.close(sfd)
+
+
+def _write_data(fd: int, data: bytes, at: int) -> None:
+    """Write `data` at offset `at` of `fd` but for its whole zero pages (holes read as zeros)."""
+    view = memoryview(data)
+    run = -1  # where the run of pages with data being gathered starts
+    for page in range(0, len(data), PAGE):
+        zero = view[page : page + PAGE] == ZERO_PAGE[: len(view) - page]
+        if zero and run >= 0:
+            os.pwrite(fd, view[run:page], at + run)
+            run = -1
+        elif not zero and run < 0:
+            run = page
+    if run >= 0:
+        os.pwrite(fd, view[run:], at + run)
+
+
+def punch(path: Path) -> None:
+    """Free all of `path`'s blocks, its size kept: it reads as zeros (a tmpfs file's memory
+    is given back, its mappings stay valid)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size and _libc.fallocate(fd, FALLOC_PUNCH, ctypes.c_long(0), ctypes.c_long(size)):
+            err = ctypes.get_errno()
+            raise OSError(err, f"punching {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def check_room(where: Path, most: int) -> None:

@@ -25,6 +25,10 @@ class NetworkWiring(Protocol):
     def unplug(self, sandbox_id: str) -> None:
         """Undo plug_*; unknown ids are not an error."""
 
+    def unwire_taps(self, sandbox_id: str) -> None:
+        """Undo wire_taps, as unplug does, but keep the TAPs (off their bridges, down): their
+        paused QEMU holds them for a `wire_taps` again."""
+
 
 def check_wired(spec: SandboxSpec, wiring: NetworkWiring | None) -> None:
     """Unsupported for a sandbox with networks on a node whose networking is not set up

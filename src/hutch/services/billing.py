@@ -17,6 +17,7 @@ import logging
 import time
 import tomllib
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -169,14 +170,20 @@ class Billing:
         return closed
 
     async def _close(self, project: Project, start: float, end: float, now: float) -> int:
+        # Priced in a read transaction (seconds for a large project: no writer waits on it),
+        # closed in a short write.
+        async with self.store.read() as tx:
+            draft = await _priced(tx, project, start, end)
         async with self.store.write() as tx:
-            # The pending credits are read inside the writer's transaction, so a credit is
-            # carried by one invoice only.
-            invoice = await _priced(tx, project, start, end, invoice_id=new_id("in"), closed_at=now)
+            # The pending credits are read in the writer's transaction that marks them carried:
+            # a credit is on one invoice only.
+            credits = await tx.billing.pending_credits(project.id, end)
+            lines = (*draft.lines, *(credit_line(c.amount, c.reason) for c in credits))
+            invoice = replace(draft, id=new_id("in"), lines=lines, total=total(lines),
+                              closed_at=now)  # fmt: skip
             if not await tx.billing.close(invoice):
                 return 0  # another leader closed it
-            credits = [c.id for c in await tx.billing.pending_credits(project.id, end)]
-            await tx.billing.carry(credits, invoice.id)
+            await tx.billing.carry([c.id for c in credits], invoice.id)
             return 1
 
     # -- budgets --------------------------------------------------------------------------------
@@ -250,17 +257,8 @@ class Billing:
             await pause(stop, self.interval)
 
 
-async def _priced(
-    tx: Tx, project: Project, start: float, end: float, *, invoice_id: str = "",
-    closed_at: float | None = None,
-) -> Invoice:  # fmt: skip
-    """The project's invoice of [start, end): its usage priced by the book as it is now, plus
-    (when closing: `closed_at`) the credits granted before the period's end."""
+async def _priced(tx: Tx, project: Project, start: float, end: float) -> Invoice:
+    """The project's open invoice of [start, end): its usage priced by the book as it is now."""
     prices = (await tx.billing.book()).effective(project.name)
-    usage = await tx.usage.by_labels(project.id, start, end)
-    lines = usage_lines(prices, usage)
-    if closed_at is not None:
-        lines += [credit_line(c.amount, c.reason)
-                  for c in await tx.billing.pending_credits(project.id, end)]  # fmt: skip
-    return Invoice(invoice_id, project.id, start, end, prices.currency, tuple(lines),
-                   total(lines), closed_at)  # fmt: skip
+    lines = usage_lines(prices, await tx.usage.by_labels(project.id, start, end))
+    return Invoice("", project.id, start, end, prices.currency, tuple(lines), total(lines))

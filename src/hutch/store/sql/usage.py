@@ -79,9 +79,11 @@ class SqlUsage(Repo):
     async def by_labels(
         self, project_id: str, since: float, until: float
     ) -> builtins.list[tuple[dict[str, str], UsageTotal]]:
-        rows = await self._c.execute(
-            _grouped(project_id, since, until, sa.cast(t.usage.c.labels, sa.Text))
-        )
+        labels = t.usage.c.labels
+        # PostgreSQL cannot compare json: grouped by its text. SQLite stores the text: grouped
+        # by it as it is (a CAST of each row cost a third more).
+        group = sa.cast(labels, sa.Text) if self._pg else sa.type_coerce(labels, sa.Text)
+        rows = await self._c.execute(_grouped(project_id, since, until, group))
         return [(json.loads(r.grp), _total(r, "")) for r in rows]
 
     async def records(
