@@ -17,6 +17,7 @@ READER = {
     Action.EVENT_READ,
     Action.NETWORK_READ,
     Action.VOLUME_READ,
+    Action.BILLING_READ,
 }
 MEMBER = READER | {
     Action.MACHINE_WRITE,
