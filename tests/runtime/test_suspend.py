@@ -138,6 +138,18 @@ async def test_a_suspended_vm_resumes_where_it_was(
         assert abs(guest_time - time.time()) <= 1.5
         print(f"suspend {suspend_s:.2f} s, restore {restore_s:.2f} s, resume {resume_s:.2f} s")
 
+        # Guest RAM written while parked (the saved state would no longer match QEMU's
+        # devices): it is restored anew, in a new QEMU, and goes on all the same.
+        await driver.suspend(SB)
+        n = int((sandbox_dir / "stdio.log").read_bytes().rsplit(b"tick ", 1)[1].split()[0])
+        with ram.open("r+b") as f:
+            f.seek(4096)
+            f.write(b"x")
+        info = await driver.resume(SB)
+        assert info.state is SandboxState.RUNNING and info.pid != pid and ended(pid)
+        await counts_on(driver, n)
+        pid = qemu_pid(driver)
+
         # Stopped while suspended: its saved state and parked QEMU go as a kill would end
         # them; destroy leaves nothing.
         await driver.suspend(SB)

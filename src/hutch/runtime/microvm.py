@@ -26,9 +26,10 @@ from pathlib import Path
 from qemu.qmp import ConnectError, QMPClient, QMPError
 
 from hutch.model import machine as model_machine
-from hutch.model.errors import HutchError, Invalid, Unavailable
+from hutch.model.errors import Conflict, HutchError, Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, DiskIO, ExitStatus, SandboxSpec, Stats, Stream
 from hutch.runtime import host, scratch, snapfiles, volumes
+from hutch.runtime.snapfiles import allocated
 from hutch.runtime.accel import Accel
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.runtime.guest.build import GuestArtifacts
@@ -686,8 +687,13 @@ class MicroVMBackend:
         (the file's holes as zeros, its data copied); meanwhile its TAPs on their bridges
         again. It stays paused. On failure `release` it (what is left goes with it)."""
         spec = record.spec
+        ram = Path(record.details["memory"])
+        # Parking assumes the paused QEMU writes no guest RAM after the save; a page written
+        # since would mean its devices moved on from the saved state: restore anew instead.
+        if allocated(ram):
+            raise Conflict(f"sandbox {spec.id}: its parked QEMU wrote guest memory after the save")
         cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, spec.id)
-        self._copy_ram(spec.id, saved / snapfiles.MEMORY, Path(record.details["memory"]), cgroup)
+        self._copy_ram(spec.id, saved / snapfiles.MEMORY, ram, cgroup)
         if spec.networks and self.opts.host.network is not None:
             await asyncio.to_thread(self.opts.host.network.wire_taps, spec)
         await self._ram_copied(spec.id)
