@@ -29,7 +29,6 @@ from hutch.model import machine as model_machine
 from hutch.model.errors import Conflict, HutchError, Invalid, Unavailable
 from hutch.model.sandbox import Capabilities, DiskIO, ExitStatus, SandboxSpec, Stats, Stream
 from hutch.runtime import host, scratch, snapfiles, volumes
-from hutch.runtime.snapfiles import allocated
 from hutch.runtime.accel import Accel
 from hutch.runtime.cgroups import Cgroup, Layout, Limits
 from hutch.runtime.guest.build import GuestArtifacts
@@ -690,7 +689,7 @@ class MicroVMBackend:
         ram = Path(record.details["memory"])
         # Parking assumes the paused QEMU writes no guest RAM after the save; a page written
         # since would mean its devices moved on from the saved state: restore anew instead.
-        if allocated(ram):
+        if snapfiles.allocated(ram):
             raise Conflict(f"sandbox {spec.id}: its parked QEMU wrote guest memory after the save")
         cgroup = Cgroup(self._layout, self.opts.host.cgroup_parent, spec.id)
         self._copy_ram(spec.id, saved / snapfiles.MEMORY, ram, cgroup)
