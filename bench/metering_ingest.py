@@ -1,16 +1,17 @@
 """Metering benchmark, part 2 (`bench/metering.py` runs it with the other parts): the
-controller's ingest rate of usage records, on SQLite and on PostgreSQL (a throwaway cluster
-started here).
+controller's ingest rate of usage records (machines' samples counted into the ledger's hourly
+rows), on SQLite and on PostgreSQL (a throwaway cluster started here).
 
 Nodes and machines are rows in the store (no agents); each node has `per_node` machines placed
 on it, running. A turn is every node posting one sample of each of its machines (seq + 1,
-counters moved on) through `Metering.record`, the path the controller's ingest takes: one write
-transaction per post (the machines read in one query, the marks taken and moved in bulk, the
-records added in one INSERT ... ON CONFLICT DO NOTHING). Up to `concurrency` posts are in flight
-at once, as on a controller serving many nodes. A first turn (the generations' first samples,
-which also add their starts) is not timed; then `turns` turns are.
+counters moved on) through `Metering.record`, the path the controller's ingest takes (posts
+that arrive together written in one transaction: the machines read in one query, the marks
+taken and moved in bulk, the hours' rows added into in one INSERT ... ON CONFLICT DO UPDATE).
+Up to `concurrency` posts are in flight at once, as on a controller serving many nodes. A first
+turn (the generations' first samples, which also add their starts) is not timed; then `turns`
+turns are.
 
-  ingest_records_per_s_{sqlite,postgres}  records added / wall time of the timed turns
+  ingest_records_per_s_{sqlite,postgres}  samples counted / wall time of the timed turns
   ingest_target_records_per_s             5,000 nodes x 20 machines every 10 s: 10,000
 
     .venv/bin/python -m bench.metering_ingest [--nodes N] [--per-node M] [--turns T]  (alone)
@@ -110,17 +111,18 @@ async def ingest(url: str, nodes: int, per_node: int, turns: int, concurrency: i
             await asyncio.gather(*(one(n, p) for n, p in posts.items()))
             return time.perf_counter() - started
 
-        async def records() -> int:
+        async def vcpu_seconds() -> float:
             async with store.read() as tx:
-                return sum(t.records for t in await tx.usage.totals(None))
+                return float(sum(t.vcpu_seconds for t in await tx.usage.totals(None)))
 
         await turn(1)
-        before = await records()
+        before = await vcpu_seconds()
         timed = sum([await turn(seq) for seq in range(2, turns + 2)])
-        added, expected = await records() - before, nodes * per_node * turns
-        if added != expected:
-            raise SystemExit(f"{added} records added, {expected} expected")
-        return added / timed
+        # Each sample adds 10 s x 2 vCPUs into its hour's row: all of them counted, once.
+        counted, samples = (await vcpu_seconds() - before) / 20, nodes * per_node * turns
+        if counted != samples:
+            raise SystemExit(f"{counted} samples counted, {samples} sent")
+        return samples / timed
     finally:
         await store.close()
 

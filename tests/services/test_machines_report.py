@@ -9,6 +9,7 @@ node's share is still held, and what its node is told next.
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from hutch.model.machine import (
 )
 from hutch.placement import need
 from hutch.services.machines import RESTART_BACKOFF_MAX, request_of
+from hutch.wire.telemetry import MachineSample, NodeSample, Samples
 from tests.store import factories as f
 from tests.store.at_head import controller_db_at_head
 
@@ -300,3 +302,25 @@ async def test_a_report_about_another_nodes_machine_is_not_found(services: Contr
     async with services.store.read() as tx:
         got = await tx.machines.by_id(m.id)
     assert (got.state, got.generation, got.version) == (S.RUNNING, 1, m.version)
+
+
+async def test_a_generation_reported_running_is_a_start_once(services: Controller) -> None:
+    """Its node's report that a generation runs is its start in the usage ledger (one that ends
+    before it is sampled has one too); the report repeated and the generation's first sample
+    count no other."""
+    m, node = await placed(services, Before(state=S.STARTING))
+
+    async def starts_and_vcpu_seconds() -> list[tuple[int, Decimal]]:
+        async with services.store.read() as tx:
+            return [(t.starts, t.vcpu_seconds) for t in await tx.usage.totals(m.project_id)]
+
+    assert await starts_and_vcpu_seconds() == []
+    for said in (S.RUNNING, S.RUNNING, S.EXITED):
+        await services.machines.report(node, m.id, Report(1, said, time.time(), exit_code=0))
+    assert await starts_and_vcpu_seconds() == [(1, Decimal(0))]  # ended, not sampled
+    sample = MachineSample(machine=m.id, generation=1, seq=1, time=time.time(), state="ended",
+                           vcpus=1, memory_mib=256, running_s=1.0, cpu_s=0.5, memory_bytes=0,
+                           memory_limit_bytes=256 << 20)  # fmt: skip
+    node_sample = NodeSample(time=0, cpu_s=0, memory_bytes=0, hutch_cpu_s=0, hutch_memory_bytes=0)
+    await services.metering.record(node.id, Samples(node=node_sample, machines=[sample]))
+    assert await starts_and_vcpu_seconds() == [(1, Decimal(1))]

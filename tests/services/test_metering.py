@@ -20,6 +20,7 @@ from tests.store.conftest import store, url_at_head
 __all__ = ["store", "url_at_head"]
 GIB = 1 << 30
 T = 1_700_000_000.0
+HOUR = T - T % 3600  # the hour T is in
 
 
 def sample(
@@ -58,26 +59,32 @@ MACHINE = Owner("m-1", "p-1", "n-1", 1, {"team": "red"})
 
 
 def test_deltas_between_seqs() -> None:
-    """vcpus x seconds running, CPU seconds used, GiB x seconds running, bytes sent out; a
-    start with the first sample; a resent or late sample counts nothing; a counter that went
-    backwards counts 0 and is the base from then on."""
+    """vcpus x seconds running, CPU seconds used, GiB x seconds running, bytes sent out, summed
+    into one record per hour (by the samples' times); a start with the first sample; a resent
+    or late sample counts nothing; a counter that went backwards counts 0 and is the base from
+    then on."""
     samples = [sample(1, 10, 4, tx=100), sample(2, 20, 9, tx=150), sample(4, 40, 9.5, tx=50),
                sample(5, 50, 12, tx=80)]  # fmt: skip
     records, mark = count(MACHINE, UsageMark("m-1", 1), samples)
-    assert [r.key for r in records] == ["g:m-1:1", "m:m-1:1:1", "m:m-1:1:2", "m:m-1:1:4",
-                                        "m:m-1:1:5"]  # fmt: skip
+    assert [r.key for r in records] == ["g:m-1:1", f"h:m-1:1:{HOUR:.0f}"]
     assert totals(records) == {
         "vcpu_seconds": 100, "cpu_seconds": 12, "memory_gib_seconds": 25,
         "egress_bytes": 100 + 50 + 0 + 30, "starts": 1,
     }  # fmt: skip
-    first = records[1]
-    assert (first.start, first.end, first.project_id) == (T, T + 10, "p-1")
-    assert first.labels == {"team": "red"}
-    assert (records[3].start, records[3].end) == (T + 20, T + 40)  # seq 3 lost: 4 covers it
+    hour = records[1]
+    assert (hour.start, hour.end, hour.project_id) == (T, T + 50, "p-1")  # seq 3 lost: 4 covers it
+    assert hour.labels == {"team": "red"}
     assert mark == UsageMark("m-1", 1, 5, T + 50, 50, 12, 80)
     # Resent (1, 2, 5) and late (3) after 5: nothing.
     again, same = count(MACHINE, mark, [samples[0], samples[1], sample(3, 30, 9), samples[3]])
     assert again == [] and same == mark
+    # Across the hour's end: the sample after it starts the next hour's record.
+    left = HOUR + 3600 - T
+    later, _ = count(MACHINE, mark, [sample(6, left - 5, 13), sample(7, left + 5, 14)])
+    assert [(r.key, r.start, r.end, r.vcpu_seconds) for r in later] == [
+        (f"h:m-1:1:{HOUR:.0f}", T + 50, T + left - 5, Decimal(2 * (left - 55))),
+        (f"h:m-1:1:{HOUR + 3600:.0f}", T + left - 5, T + left + 5, Decimal(20)),
+    ]
 
 
 def test_suspended_time_and_the_generation_end() -> None:
@@ -142,7 +149,11 @@ async def test_record_counts_each_sample_once(
     assert await ledger(store, project) is None
     await metering.record(node, posts[0])
     await metering.record(node, posts[0])  # resent after an agent restart
-    assert (await ledger(store, project)).records == 4  # type: ignore[union-attr]
+    once = await ledger(store, project)
+    assert once is not None and (once.vcpu_seconds, once.records) == (
+        Decimal(60),
+        2,
+    )  # a start, an hour
     # Two controllers given the resent spool and the next post at the same time, one of them
     # batching them with the same again.
     both = post(*posts[0].machines, *posts[1].machines)
@@ -151,7 +162,7 @@ async def test_record_counts_each_sample_once(
     total = await ledger(store, project)
     assert total is not None
     assert [total.vcpu_seconds, total.cpu_seconds, total.memory_gib_seconds] == [100, 20, 25]
-    assert (total.egress_bytes, total.starts, total.records) == (5000, 1, 6)
+    assert (total.egress_bytes, total.starts, total.records) == (5000, 1, 2)
 
     class Crash(Exception):
         pass
@@ -164,7 +175,7 @@ async def test_record_counts_each_sample_once(
         sent = (metering.record(node, posts[2]), metering.record(node, posts[1]))
         failed = await asyncio.gather(*sent, return_exceptions=True)
     assert [type(e) for e in failed] == [Crash, Crash]
-    assert (await ledger(store, project)).records == 6  # type: ignore[union-attr]
+    assert (await ledger(store, project)).vcpu_seconds == 100  # type: ignore[union-attr]
     await metering.record(node, posts[2])
     await metering.record(node, posts[2])
     assert (await ledger(store, project)).vcpu_seconds == 120  # type: ignore[union-attr]

@@ -896,9 +896,35 @@ async def test_usage_ledger(store: SqlStore) -> None:
         await tx.usage.set_marks([moved])
     async with store.write() as tx:
         assert await tx.usage.marks([("m-x", 1)]) == {("m-x", 1): moved}
-        assert await tx.usage.prune_marks(ended_before=5.0) == 0
-        assert await tx.usage.prune_marks(ended_before=6.0) == 1
+        # Marks live as long as their machine: "m-x" is none (purged), `y` is one.
+        p = f.project()
+        await tx.projects.create(p)
+        y = f.machine(p.id).id
+        await tx.machines.create(f.machine(p.id, id=y))
+        kept = replace((await tx.usage.marks([(y, 1)]))[y, 1], seq=3, ended=True)
+        await tx.usage.set_marks([kept])
+        assert await tx.usage.prune_marks() == 2  # ended or not
         assert (await tx.usage.marks([("m-x", 1)]))["m-x", 1].seq == 0
+        assert (await tx.usage.marks([(y, 1)]))[y, 1] == kept
+
+
+async def test_usage_added_into_an_hours_row(store: SqlStore) -> None:
+    """`add_into` sums records into the row of their key (the interval widened to cover both),
+    exactly, and makes the row the first time."""
+    a = f.uid("p")
+    hour = _usage("h:m-x:1:3600", a, "m-x", 3610, machine_id="m-x", labels={"team": "red"},
+                  vcpu_seconds=Decimal("1.000001"), egress_bytes=5)  # fmt: skip
+    later = replace(hour, start=3650, end=3700, cpu_seconds=Decimal("0.25"), egress_bytes=7)
+    async with store.write() as tx:
+        await tx.usage.add_into([hour])
+        await tx.usage.add_into([later, replace(hour, key="h:m-x:1:7200", start=7200, end=7210)])
+    async with store.read() as tx:
+        rows, _ = await tx.usage.records(a)
+    assert [(r.key, r.start, r.end, r.vcpu_seconds, r.cpu_seconds, r.egress_bytes, r.labels)
+            for r in rows] == [
+        ("h:m-x:1:3600", 3610, 3700, Decimal("2.000002"), Decimal("0.25"), 12, {"team": "red"}),
+        ("h:m-x:1:7200", 7200, 7210, Decimal("1.000001"), 0, 5, {"team": "red"}),
+    ]  # fmt: skip
 
 
 async def test_usage_added_by_two_writers_at_once_counts_once(store: SqlStore) -> None:

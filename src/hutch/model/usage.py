@@ -34,6 +34,16 @@ def quantity(value: Decimal | float | int) -> Decimal:
     return d.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
+def micros(value: float) -> int:
+    """`value` in millionths, rounded half-even (a ledger quantity's integer form: metering
+    sums these, exactly, per hour)."""
+    return round(value * 1_000_000)
+
+
+def from_micros(value: int) -> Decimal:
+    return Decimal(value).scaleb(-PLACES)
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
     """One ledger row (see the module's docstring)."""
@@ -67,6 +77,15 @@ class UsageRecord:
     def empty(self) -> bool:
         """Nothing used: not worth a row."""
         return not any(getattr(self, n) for n in QUANTITIES + COUNTS)
+
+
+def started(
+    machine_id: str, generation: int, project_id: str, labels: Mapping[str, str], at: float
+) -> UsageRecord:
+    """The record of a generation's start: once per generation by its key, whichever comes
+    first of its node's report that it runs and its first sample."""
+    return UsageRecord(f"g:{machine_id}:{generation}", project_id, machine_id, at, at,
+                       machine_id=machine_id, labels=dict(labels), starts=1)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

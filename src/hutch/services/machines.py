@@ -53,6 +53,7 @@ from hutch.model.sandbox import parse_signal
 from hutch.model.snapshot import SnapshotState
 from hutch.model.tenancy import Principal, Project, Usage, validate_name
 from hutch.model.units import format_duration
+from hutch.model.usage import started
 from hutch.model.volume import Volume, VolumeState
 from hutch.placement import (
     Context,
@@ -1029,6 +1030,9 @@ class Machines:
                         m, image_digest=report.image_digest, image_source=report.image_source
                     )
                 m = await self._transition(tx, m, state, "resumed" if report.resumed else "")
+                if fresh:  # metered here too: a generation may end before its first sample
+                    await tx.usage.add([started(m.id, m.generation, m.project_id,
+                                                m.spec.labels, report.time)])  # fmt: skip
             else:
                 raise Invalid(f"a node cannot report state {state}")
         self._wake(m)

@@ -4,18 +4,20 @@ storage accrual.
 Machines. A node samples each generation of its machines every few seconds: cumulative counters
 (seconds running, CPU seconds, bytes sent out) numbered by `seq` (wire/telemetry.py). `record()`
 counts, per (machine, generation), what each sample adds to the last one counted, whose seq and
-counters are the stream's mark (`usage_marks`); the mark and the records move in one
-transaction, the mark's row held meanwhile. So:
-- a sample resent, or seen by two controllers, counts once: its seq is not above the mark (and
-  its record's key, `m:<machine>:<generation>:<seq>`, is in the ledger already);
+counters are the stream's mark (`usage_marks`), and adds it into the generation's record of the
+hour the sample was taken in (`h:<machine>:<generation>:<hour start>`); the mark and the records
+move in one transaction, the mark's row held meanwhile. So:
+- a sample resent, or seen by two controllers, counts once: its seq is not above the mark;
 - a sample that arrives late, after a later one was counted, is passed over: the later one's
-  delta included what it had (the counters are cumulative), so nothing is lost either;
+  delta included what it had (the counters are cumulative), so nothing is lost either; and an
+  hour's record no longer changes once a sample of a later hour was counted;
 - a sample lost (the node went with it) loses nothing but its time of the generation's end: the
   next one's delta covers it. So node loss loses at most the last sampling period of each
   generation running there; an agent restart nothing (the node spools and resends);
 - only the node the machine is placed on is believed; a counter that went backwards counts 0.
-A generation's start is a record of its own (`g:<machine>:<generation>`), made with the first
-of its samples counted.
+A generation's start is a record of its own (`g:<machine>:<generation>`, model.usage.started),
+made by its node's report that it runs (services/machines.py) or its first sample counted.
+Marks are kept while their machine's row is: the leader drops those of machines purged.
 
 Storage. The leader accrues, per interval of `storage_interval` seconds (aligned on the epoch),
 GiB-hours for each machine's scratch disk (while not destroyed: suspended or stopped machines
@@ -35,7 +37,16 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hutch.model.usage import Held, Owner, UsageMark, UsageRecord, quantity
+from hutch.model.usage import (
+    Held,
+    Owner,
+    UsageMark,
+    UsageRecord,
+    from_micros,
+    micros,
+    quantity,
+    started,
+)
 from hutch.services.notify import pause
 from hutch.store.base import Store, Tx
 from hutch.wire.telemetry import MachineSample, Samples
@@ -47,44 +58,60 @@ GIB = 1 << 30
 HOUR = 3600.0
 MAX_POSTS = 100  # nodes' posts written in one transaction at most
 WRITERS = 2  # batches written at once
-PRUNE_AFTER = 86400.0  # seconds after a generation's last sample that its mark is dropped
 
 
 def count(
     machine: Owner, mark: UsageMark, samples: Sequence[MachineSample]
 ) -> tuple[list[UsageRecord], UsageMark]:
     """The records `samples` (of the mark's generation) add after `mark`, and the mark moved
-    past them. Samples at or below the mark's seq count nothing (see the module's docstring)."""
+    past them: a start with its first sample, then one record per hour its samples' deltas
+    fall in (by each sample's time), keyed by that hour, to be added into that hour's row
+    (`UsageRepo.add_into`). Samples at or below the mark's seq count nothing (see the module's
+    docstring). Each delta is rounded to the millionth before it is summed: the hour's sum does
+    not depend on how its samples were batched."""
     records: list[UsageRecord] = []
     labels = dict(machine.labels)
-
-    def made(key: str, start: float, end: float, **used: Any) -> UsageRecord:
-        return UsageRecord(key, machine.project_id, machine.id, start, end,
-                           machine_id=machine.id, labels=labels, **used)  # fmt: skip
-
-    for s in sorted(samples, key=lambda s: s.seq):
-        if s.seq <= mark.seq or mark.ended:
+    # hour start -> [start, end, vcpu, cpu, memory (millionths), egress]
+    hours: dict[float, list[Any]] = {}
+    # Plain values: the loop is hot (bench/metering_ingest.py).
+    seq, at, running_s, cpu_s = mark.seq, mark.time, mark.running_s, mark.cpu_s
+    egress, ended = mark.egress_bytes, mark.ended
+    if ended:
+        return records, mark
+    for s in sorted(samples, key=lambda s: s.seq) if len(samples) > 1 else samples:
+        if s.seq <= seq:
             continue
-        running = max(0.0, s.running_s - mark.running_s)
-        start = mark.time if mark.seq else s.time - s.running_s
-        if not mark.seq:
-            records.append(made(f"g:{machine.id}:{mark.generation}", start, start, starts=1))
-        record = made(
-            f"m:{machine.id}:{mark.generation}:{s.seq}",
-            min(start, s.time),
-            s.time,
-            vcpu_seconds=quantity(s.vcpus * running),
-            cpu_seconds=quantity(max(0.0, s.cpu_s - mark.cpu_s)),
-            memory_gib_seconds=quantity(s.memory_mib / 1024 * running),
-            egress_bytes=max(0, s.public.tx_bytes - mark.egress_bytes),
-        )
-        if not record.empty:
-            records.append(record)
-        mark = UsageMark(
-            mark.subject, mark.generation, s.seq, s.time, s.running_s, s.cpu_s,
-            s.public.tx_bytes, ended=s.state == "ended",
-        )  # fmt: skip
-    return records, mark
+        running = s.running_s - running_s
+        running = running if running > 0 else 0.0
+        start = at if seq else s.time - s.running_s
+        if not seq:
+            records.append(started(machine.id, mark.generation, machine.project_id, labels, start))
+        cpu = s.cpu_s - cpu_s
+        out = s.public.tx_bytes - egress
+        hour = s.time // HOUR * HOUR
+        row = hours.get(hour)
+        if row is None:
+            row = hours[hour] = [min(start, s.time), s.time, 0, 0, 0, 0]
+        row[0] = min(row[0], start, s.time)
+        row[1] = max(row[1], s.time)
+        row[2] += micros(s.vcpus * running)
+        row[3] += micros(cpu) if cpu > 0 else 0
+        row[4] += micros(s.memory_mib / 1024 * running)
+        row[5] += out if out > 0 else 0
+        seq, at, running_s, cpu_s, egress = s.seq, s.time, s.running_s, s.cpu_s, s.public.tx_bytes
+        if s.state == "ended":
+            ended = True
+            break
+    for hour, (start, end, vcpu, cpu, memory, out) in hours.items():
+        if vcpu or cpu or memory or out:
+            records.append(UsageRecord(
+                f"h:{machine.id}:{mark.generation}:{hour:.0f}", machine.project_id, machine.id,
+                start, end, machine_id=machine.id, labels=labels,
+                vcpu_seconds=from_micros(vcpu), cpu_seconds=from_micros(cpu),
+                memory_gib_seconds=from_micros(memory), egress_bytes=out,
+            ))  # fmt: skip
+    moved = UsageMark(mark.subject, mark.generation, seq, at, running_s, cpu_s, egress, ended)
+    return records, moved
 
 
 def accrue(held: Sequence[Held], start: float, end: float) -> list[UsageRecord]:
@@ -106,7 +133,8 @@ def accrue(held: Sequence[Held], start: float, end: float) -> list[UsageRecord]:
 
 
 async def count_posts(tx: Tx, posts: Sequence[tuple[str, Samples]]) -> int:
-    """Count nodes' posts of samples into the ledger in `tx`: how many records were added."""
+    """Count nodes' posts of samples into the ledger in `tx`: how many records were added
+    (starts) or added into (hours)."""
     owners = await tx.usage.owners([s.machine for _, p in posts for s in p.machines])
     streams: dict[tuple[str, int], list[MachineSample]] = defaultdict(list)
     for node_id, post in posts:
@@ -125,7 +153,11 @@ async def count_posts(tx: Tx, posts: Sequence[tuple[str, Samples]]) -> int:
         if mark != marks[stream]:
             moved.append(mark)
     await tx.usage.set_marks(moved)
-    return await tx.usage.add(records)
+    # Starts are once per generation (also from the node's report, services/machines.py);
+    # the hours' records add into their rows, counted once by the marks moved with them.
+    starts = [r for r in records if r.starts]
+    await tx.usage.add_into([r for r in records if not r.starts])
+    return await tx.usage.add(starts) + len(records) - len(starts)
 
 
 class Metering:
@@ -181,13 +213,14 @@ class Metering:
 
     async def run(self, leading: Callable[[], bool], stop: asyncio.Event) -> None:
         """While `leading()`: accrue storage a few times an interval, and drop the marks of
-        generations ended a day ago (no node resends that late), until `stop` is set."""
+        machines purged (their samples count nothing: `owners` has them no more), until `stop`
+        is set."""
         while not stop.is_set():
             if leading():
                 try:
                     await self.accrue_storage()
                     async with self.store.write() as tx:
-                        await tx.usage.prune_marks(time.time() - PRUNE_AFTER)
+                        await tx.usage.prune_marks()
                 except Exception:
                     log.exception("the storage accrual failed")
             await pause(stop, min(60.0, self.storage_interval / 4))

@@ -488,6 +488,11 @@ class UsageRepo(Protocol):
         most `limit` (and MAX_RECORDS); the second value is the next page's cursor (None: last
         page). Invalid for a cursor no page gave."""
 
+    async def add_into(self, records: Sequence[UsageRecord]) -> None:
+        """Add `records` into the rows of their keys: each quantity summed, the interval
+        widened; a key not in the ledger is a new row. Not idempotent: metering calls it in
+        the transaction that moves the marks of the samples the records are made of."""
+
     async def owners(self, machine_ids: Sequence[str]) -> dict[str, Owner]:
         """What metering needs of the machines (any project's, destroyed ones too until they
         are purged), by id; those not found are not in it."""
@@ -504,9 +509,10 @@ class UsageRepo(Protocol):
         existed at some time in [start, end), as far as the store knows: a machine until it
         was destroyed (until it is purged), the others while their rows are there."""
 
-    async def prune_marks(self, ended_before: float) -> int:
-        """Delete the marks of generations that ended (their last sample counted) before
-        `ended_before`: how many went. A resend older than that would count again."""
+    async def prune_marks(self) -> int:
+        """Delete the marks of the generations of machines the store no longer has (purged,
+        `machine_retention` after they were destroyed), ended or not: how many went. Their
+        samples count nothing any more (`owners` does not find them)."""
 
 
 class Tx(Protocol):

@@ -487,8 +487,10 @@ class Millionths(sa.TypeDecorator[Decimal]):
         return None if value is None else Decimal(int(value)).scaleb(-PLACES)  # type: ignore[call-overload]
 
 
-# Append-only: a row per interval of a subject's use, never changed. No foreign keys: the
-# ledger outlives the machines, volumes and projects it is about.
+# Append-only at the hour's grain: a row per interval of a subject's use; a machine
+# generation's row of an hour is added into until the hour is closed (services/metering.py),
+# never changed after. No foreign keys: the ledger outlives the machines, volumes and projects
+# it is about.
 usage = sa.Table(
     "usage",
     metadata,

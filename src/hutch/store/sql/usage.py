@@ -1,7 +1,9 @@
 """The usage ledger: the repository and its rows (see hutch.model.usage).
 
 `add()` inserts in batches with ON CONFLICT (key) DO NOTHING, so a record sent twice, or by two
-controllers at once, is in the ledger once; a node's post is one statement per MAX_BATCH rows.
+controllers at once, is in the ledger once; `add_into()` with ON CONFLICT (key) DO UPDATE adding
+the quantities (metering's hourly rows, counted once by the marks moved in the same
+transaction). A node's post is one statement per MAX_BATCH rows.
 """
 
 import builtins
@@ -47,6 +49,26 @@ class SqlUsage(Repo):
             result = await self._c.execute(stmt, [_values(r) for r in batch])
             added += len(result.all())
         return added
+
+    async def add_into(self, records: Sequence[UsageRecord]) -> None:
+        u = t.usage
+        insert = postgresql.insert if self._pg else sqlite.insert
+        stmt = insert(u)
+        new = stmt.excluded
+        least, greatest = (
+            (sa.func.least, sa.func.greatest) if self._pg else (sa.func.min, sa.func.max)
+        )
+        summed = {n: u.c[n] + new[n] for n in QUANTITIES + COUNTS}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"],
+            set_={
+                "start": least(u.c.start, new.start),
+                "end": greatest(u.c.end, new.end),
+                **summed,
+            },
+        )
+        for batch in _batches(records):
+            await self._c.execute(stmt, [_values(r) for r in batch])
 
     async def totals(
         self,
@@ -158,12 +180,11 @@ class SqlUsage(Repo):
         rows = [{n: getattr(k, n) for n in names} for k in marks]  # not asdict: 10x as slow
         await self._c.execute(stmt, [r | {b: r[c] for c, b in key.items()} for r in rows])
 
-    async def prune_marks(self, ended_before: float) -> int:
+    async def prune_marks(self) -> int:
         m = t.usage_marks
-        result = await self._c.execute(
-            sa.delete(m).where(m.c.ended.is_(True), m.c.time < ended_before)
-        )
-        return int(result.rowcount)
+        kept = sa.select(t.machines.c.id).where(t.machines.c.id == m.c.subject)
+        gone = sa.delete(m).where(m.c.generation > 0, ~sa.exists(kept))
+        return int((await self._c.execute(gone)).rowcount)
 
     async def held(self, start: float, end: float) -> builtins.list[Held]:
         m, v, vs, ms = t.machines, t.volumes, t.volume_snapshots, t.machine_snapshots
