@@ -19,7 +19,7 @@ from hutch.model.machine import (
 )
 from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.model.tenancy import Quota, Role, Usage
-from hutch.model.usage import UsageMark, UsageRecord, UsageTotal
+from hutch.model.usage import Hour, UsageMark, UsageRecord, UsageTotal
 from hutch.store.base import MAX_PAGE, Claim, NewEvent
 from hutch.store.sql import SqlStore
 from hutch.store.sql.usage import MAX_BATCH
@@ -909,22 +909,24 @@ async def test_usage_ledger(store: SqlStore) -> None:
 
 
 async def test_usage_added_into_an_hours_row(store: SqlStore) -> None:
-    """`add_into` sums records into the row of their key (the interval widened to cover both),
+    """`add_into` sums hours into the row of their key (the interval widened to cover both),
     exactly, and makes the row the first time."""
     a = f.uid("p")
-    hour = _usage("h:m-x:1:3600", a, "m-x", 3610, machine_id="m-x", labels={"team": "red"},
-                  vcpu_seconds=Decimal("1.000001"), egress_bytes=5)  # fmt: skip
-    later = replace(hour, start=3650, end=3700, cpu_seconds=Decimal("0.25"), egress_bytes=7)
+    hour = Hour("h:m-x:1:3600", a, "m-x", {"team": "red", "a": "b"}, 3610, 3620, 1_000_001, 0,
+                0, 5)  # fmt: skip
+    later = hour._replace(start=3650, end=3700, cpu_seconds=250_000, egress_bytes=7)
     async with store.write() as tx:
         await tx.usage.add_into([hour])
-        await tx.usage.add_into([later, replace(hour, key="h:m-x:1:7200", start=7200, end=7210)])
+        await tx.usage.add_into([later, hour._replace(key="h:m-x:1:7200", start=7200, end=7210)])
     async with store.read() as tx:
         rows, _ = await tx.usage.records(a)
+        [by_label] = await tx.usage.by_labels(a, 0, 8000)
     assert [(r.key, r.start, r.end, r.vcpu_seconds, r.cpu_seconds, r.egress_bytes, r.labels)
             for r in rows] == [
-        ("h:m-x:1:3600", 3610, 3700, Decimal("2.000002"), Decimal("0.25"), 12, {"team": "red"}),
-        ("h:m-x:1:7200", 7200, 7210, Decimal("1.000001"), 0, 5, {"team": "red"}),
+        ("h:m-x:1:3600", 3610, 3700, Decimal("2.000002"), Decimal("0.25"), 12, hour.labels),
+        ("h:m-x:1:7200", 7200, 7210, Decimal("1.000001"), 0, 5, hour.labels),
     ]  # fmt: skip
+    assert by_label[0] == {"a": "b", "team": "red"} and by_label[1].egress_bytes == 17
 
 
 async def test_usage_added_by_two_writers_at_once_counts_once(store: SqlStore) -> None:

@@ -9,7 +9,7 @@ in the ledger is not added again (see services/metering.py for the keys)."""
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from hutch.model.errors import Invalid
 
@@ -77,6 +77,31 @@ class UsageRecord:
     def empty(self) -> bool:
         """Nothing used: not worth a row."""
         return not any(getattr(self, n) for n in QUANTITIES + COUNTS)
+
+
+class Hour(NamedTuple):
+    """What a generation's samples add into its record of an hour (`UsageRepo.add_into`), its
+    quantities in millionths (`micros`): a plain tuple, as the ingest's hot path wants it."""
+
+    key: str
+    project_id: str
+    machine_id: str
+    labels: Mapping[str, str]
+    start: float
+    end: float
+    vcpu_seconds: int
+    cpu_seconds: int
+    memory_gib_seconds: int
+    egress_bytes: int
+
+    def record(self) -> "UsageRecord":
+        return UsageRecord(
+            self.key, self.project_id, self.machine_id, self.start, self.end,
+            machine_id=self.machine_id, labels=self.labels,
+            vcpu_seconds=from_micros(self.vcpu_seconds), cpu_seconds=from_micros(self.cpu_seconds),
+            memory_gib_seconds=from_micros(self.memory_gib_seconds),
+            egress_bytes=self.egress_bytes,
+        )  # fmt: skip
 
 
 def started(

@@ -39,10 +39,10 @@ from typing import Any
 
 from hutch.model.usage import (
     Held,
+    Hour,
     Owner,
     UsageMark,
     UsageRecord,
-    from_micros,
     micros,
     quantity,
     started,
@@ -65,19 +65,28 @@ def count(
 ) -> tuple[list[UsageRecord], UsageMark]:
     """The records `samples` (of the mark's generation) add after `mark`, and the mark moved
     past them: a start with its first sample, then one record per hour its samples' deltas
-    fall in (by each sample's time), keyed by that hour, to be added into that hour's row
-    (`UsageRepo.add_into`). Samples at or below the mark's seq count nothing (see the module's
-    docstring). Each delta is rounded to the millionth before it is summed: the hour's sum does
-    not depend on how its samples were batched."""
-    records: list[UsageRecord] = []
-    labels = dict(machine.labels)
+    fall in (see `deltas`)."""
+    start, hours, moved = deltas(machine, mark, samples)
+    return [*([start] if start else []), *(h.record() for h in hours)], moved
+
+
+def deltas(
+    machine: Owner, mark: UsageMark, samples: Sequence[MachineSample]
+) -> tuple[UsageRecord | None, list[Hour], UsageMark]:
+    """What `samples` (of the mark's generation) add after `mark`: the generation's start if
+    the first of them is its first sample, what they add into its record of each hour they
+    fall in (by each sample's time; to be added into that hour's row, `UsageRepo.add_into`),
+    and the mark moved past them. Samples at or below the mark's seq count nothing (see the
+    module's docstring). Each delta is rounded to the millionth before it is summed: an hour's
+    sum does not depend on how its samples were batched."""
+    first: UsageRecord | None = None
     # hour start -> [start, end, vcpu, cpu, memory (millionths), egress]
     hours: dict[float, list[Any]] = {}
     # Plain values: the loop is hot (bench/metering_ingest.py).
     seq, at, running_s, cpu_s = mark.seq, mark.time, mark.running_s, mark.cpu_s
     egress, ended = mark.egress_bytes, mark.ended
     if ended:
-        return records, mark
+        return None, [], mark
     for s in sorted(samples, key=lambda s: s.seq) if len(samples) > 1 else samples:
         if s.seq <= seq:
             continue
@@ -85,15 +94,16 @@ def count(
         running = running if running > 0 else 0.0
         start = at if seq else s.time - s.running_s
         if not seq:
-            records.append(started(machine.id, mark.generation, machine.project_id, labels, start))
+            first = started(machine.id, mark.generation, machine.project_id, machine.labels, start)
         cpu = s.cpu_s - cpu_s
         out = s.public.tx_bytes - egress
         hour = s.time // HOUR * HOUR
         row = hours.get(hour)
         if row is None:
             row = hours[hour] = [min(start, s.time), s.time, 0, 0, 0, 0]
-        row[0] = min(row[0], start, s.time)
-        row[1] = max(row[1], s.time)
+        else:
+            row[0] = min(row[0], start)
+            row[1] = max(row[1], s.time)
         row[2] += micros(s.vcpus * running)
         row[3] += micros(cpu) if cpu > 0 else 0
         row[4] += micros(s.memory_mib / 1024 * running)
@@ -102,16 +112,14 @@ def count(
         if s.state == "ended":
             ended = True
             break
-    for hour, (start, end, vcpu, cpu, memory, out) in hours.items():
-        if vcpu or cpu or memory or out:
-            records.append(UsageRecord(
-                f"h:{machine.id}:{mark.generation}:{hour:.0f}", machine.project_id, machine.id,
-                start, end, machine_id=machine.id, labels=labels,
-                vcpu_seconds=from_micros(vcpu), cpu_seconds=from_micros(cpu),
-                memory_gib_seconds=from_micros(memory), egress_bytes=out,
-            ))  # fmt: skip
+    prefix = f"h:{machine.id}:{mark.generation}:"
+    added = [
+        Hour(f"{prefix}{hour:.0f}", machine.project_id, machine.id, machine.labels, *row)
+        for hour, row in hours.items()
+        if row[2] or row[3] or row[4] or row[5]
+    ]
     moved = UsageMark(mark.subject, mark.generation, seq, at, running_s, cpu_s, egress, ended)
-    return records, moved
+    return first, added, moved
 
 
 def accrue(held: Sequence[Held], start: float, end: float) -> list[UsageRecord]:
@@ -146,18 +154,19 @@ async def count_posts(tx: Tx, posts: Sequence[tuple[str, Samples]]) -> int:
     if not streams:
         return 0
     marks = await tx.usage.marks(list(streams))
-    records, moved = [], []
+    starts, hours, moved = [], [], []
     for stream, part in streams.items():
-        made, mark = count(owners[stream[0]], marks[stream], part)
-        records += made
+        first, added, mark = deltas(owners[stream[0]], marks[stream], part)
+        if first is not None:
+            starts.append(first)
+        hours += added
         if mark != marks[stream]:
             moved.append(mark)
     await tx.usage.set_marks(moved)
     # Starts are once per generation (also from the node's report, services/machines.py);
-    # the hours' records add into their rows, counted once by the marks moved with them.
-    starts = [r for r in records if r.starts]
-    await tx.usage.add_into([r for r in records if not r.starts])
-    return await tx.usage.add(starts) + len(records) - len(starts)
+    # the hours' rows are added into, counted once by the marks moved with them.
+    await tx.usage.add_into(hours)
+    return await tx.usage.add(starts) + len(hours)
 
 
 class Metering:

@@ -22,7 +22,7 @@ from hutch.model.pool import Pool, PoolShape
 from hutch.model.prices import Budget, Credit, Invoice, PriceBook
 from hutch.model.snapshot import MachineSnapshot
 from hutch.model.tenancy import Project, Quota, Token, Usage
-from hutch.model.usage import By, Held, Owner, UsageMark, UsageRecord, UsageTotal
+from hutch.model.usage import By, Held, Hour, Owner, UsageMark, UsageRecord, UsageTotal
 from hutch.model.volume import Snapshot, Volume
 
 MAX_PAGE = 200  # machines per `MachineRepo.list` page at most, whatever the caller asks
@@ -488,8 +488,8 @@ class UsageRepo(Protocol):
         most `limit` (and MAX_RECORDS); the second value is the next page's cursor (None: last
         page). Invalid for a cursor no page gave."""
 
-    async def add_into(self, records: Sequence[UsageRecord]) -> None:
-        """Add `records` into the rows of their keys: each quantity summed, the interval
+    async def add_into(self, hours: Sequence[Hour]) -> None:
+        """Add each hour into the row of its key: each quantity summed, the interval
         widened; a key not in the ledger is a new row. Not idempotent: metering calls it in
         the transaction that moves the marks of the samples the records are made of."""
 

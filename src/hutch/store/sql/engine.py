@@ -417,6 +417,11 @@ class _InLoop:
     ) -> sa.CursorResult[Any]:
         return self._conn.execute(statement, parameters)
 
+    async def exec_driver_sql(
+        self, statement: str, parameters: Any = None, /
+    ) -> sa.CursorResult[Any]:
+        return self._conn.exec_driver_sql(statement, parameters)
+
     @contextlib.asynccontextmanager
     async def begin_nested(self) -> AsyncIterator[None]:
         with self._conn.begin_nested():  # a savepoint: readers' query_only connections refuse it

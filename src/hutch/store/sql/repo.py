@@ -35,6 +35,10 @@ class Conn(Protocol):
         self, statement: sa.Executable, parameters: Any = None, /
     ) -> sa.CursorResult[Any]: ...
 
+    async def exec_driver_sql(
+        self, statement: str, parameters: Any = None, /
+    ) -> sa.CursorResult[Any]: ...
+
     def begin_nested(self) -> Any: ...
 
 
