@@ -12,6 +12,7 @@ import functools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -123,12 +124,15 @@ class SqlUsage(Repo):
         return page, str(page[-1].id) if len(rows) > limit else None
 
     async def owners(self, machine_ids: Sequence[str]) -> dict[str, Owner]:
-        m = t.machines
         found: dict[str, Owner] = {}
         for chunk in _batches(sorted(set(machine_ids))):
-            stmt = sa.select(m.c.id, m.c.project_id, m.c.node_id, m.c.generation, m.c.labels)
-            for r in await self._c.execute(stmt.where(m.c.id.in_(chunk))):
-                found[r.id] = Owner(r.id, r.project_id, r.node_id, r.generation, r.labels)
+            if self._pg:  # (asyncpg decodes the labels' JSON)
+                rows = await self._c.exec_driver_sql(_OWNERS.format("= ANY($1)"), (chunk,))
+                found |= {r[0]: Owner(*r) for r in rows}
+            else:
+                where = f"IN ({', '.join('?' * len(chunk))})"
+                rows = await self._c.exec_driver_sql(_OWNERS.format(where), tuple(chunk))
+                found |= {i: Owner(i, p, n, g, _decoded(labels)) for i, p, n, g, labels in rows}
         return found
 
     async def marks(self, streams: Sequence[tuple[str, int]]) -> dict[tuple[str, int], UsageMark]:
@@ -144,17 +148,19 @@ class SqlUsage(Repo):
         return found
 
     async def _marks(self, streams: Sequence[tuple[str, int]]) -> dict[tuple[str, int], UsageMark]:
-        m = t.usage_marks
         found: dict[tuple[str, int], UsageMark] = {}
         for chunk in _batches(streams):
-            # By subject (an index's prefix), the other generations of each passed over.
-            wanted = set(chunk)
-            stmt = sa.select(m).where(m.c.subject.in_(sorted({s for s, _ in chunk})))
-            if self._pg:
-                stmt = stmt.order_by(m.c.subject, m.c.generation).with_for_update()
-            for r in await self._c.execute(stmt):
-                if (r.subject, r.generation) in wanted:
-                    found[r.subject, r.generation] = from_row(UsageMark, r)
+            if self._pg:  # held: FOR UPDATE, in one order for every writer
+                subjects, generations = [s for s, _ in chunk], [g for _, g in chunk]
+                rows = await self._c.exec_driver_sql(_MARKS_PG, (subjects, generations))
+            else:
+                values = ", ".join(["(?, ?)"] * len(chunk))
+                flat = tuple(x for stream in chunk for x in stream)
+                rows = await self._c.exec_driver_sql(_MARKS_SQLITE.format(values), flat)
+            for subject, generation, seq, at, running_s, cpu_s, egress, ended in rows:
+                found[subject, generation] = UsageMark(
+                    subject, generation, seq, at, running_s, cpu_s, egress, bool(ended)
+                )
         return found
 
     async def set_marks(self, marks: Sequence[UsageMark]) -> None:
@@ -204,6 +210,12 @@ _ADD_INTO = """INSERT INTO usage (key, project_id, machine_id, subject, labels, 
  egress_bytes = usage.egress_bytes + excluded.egress_bytes"""
 _ADD_INTO_SQLITE = _ADD_INTO.format(", ".join("?" * 11), "min", "max")
 _ADD_INTO_PG = _ADD_INTO.format(", ".join(f"${i}" for i in range(1, 12)), "least", "greatest")
+_OWNERS = "SELECT id, project_id, node_id, generation, labels FROM machines WHERE id {}"
+_MARK_COLUMNS = "subject, generation, seq, time, running_s, cpu_s, egress_bytes, ended"
+_MARKS_PG = f"""SELECT {_MARK_COLUMNS} FROM usage_marks WHERE (subject, generation) IN
+ (SELECT * FROM unnest($1::varchar[], $2::integer[])) ORDER BY subject, generation FOR UPDATE"""
+_MARKS_SQLITE = f"""SELECT {_MARK_COLUMNS} FROM usage_marks WHERE (subject, generation) IN
+ (VALUES {{}})"""
 _SET_MARK = """UPDATE usage_marks SET seq = {}, time = {}, running_s = {}, cpu_s = {},
  egress_bytes = {}, ended = {} WHERE subject = {} AND generation = {}"""
 _SET_MARK_SQLITE = _SET_MARK.format(*"?" * 8)
@@ -213,6 +225,12 @@ _SET_MARK_PG = _SET_MARK.format(*(f"${i}" for i in range(1, 9)))
 @functools.lru_cache(maxsize=4096)
 def _canonical(labels: tuple[tuple[str, str], ...]) -> str:
     return json.dumps(dict(labels))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded(labels: str) -> Mapping[str, str]:
+    """A machine's labels from their JSON (SQLite's text): many machines share a set."""
+    return MappingProxyType(json.loads(labels))
 
 
 def _labels(labels: Mapping[str, str]) -> str:
