@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -127,12 +127,12 @@ class SqlUsage(Repo):
         found: dict[str, Owner] = {}
         for chunk in _batches(sorted(set(machine_ids))):
             if self._pg:  # (asyncpg decodes the labels' JSON)
-                rows = await self._c.exec_driver_sql(_OWNERS.format("= ANY($1)"), (chunk,))
-                found |= {r[0]: Owner(*r) for r in rows}
+                rows = _tuples(await self._c.exec_driver_sql(_OWNERS.format("= ANY($1)"), (chunk,)))
+                found |= {r[0]: Owner(r[0], r[1], r[2], r[3], r[4]) for r in rows}
             else:
                 where = f"IN ({', '.join('?' * len(chunk))})"
-                rows = await self._c.exec_driver_sql(_OWNERS.format(where), tuple(chunk))
-                found |= {i: Owner(i, p, n, g, _decoded(labels)) for i, p, n, g, labels in rows}
+                rows = _tuples(await self._c.exec_driver_sql(_OWNERS.format(where), tuple(chunk)))
+                found |= {r[0]: Owner(r[0], r[1], r[2], r[3], _decoded(r[4])) for r in rows}
         return found
 
     async def marks(self, streams: Sequence[tuple[str, int]]) -> dict[tuple[str, int], UsageMark]:
@@ -152,15 +152,13 @@ class SqlUsage(Repo):
         for chunk in _batches(streams):
             if self._pg:  # held: FOR UPDATE, in one order for every writer
                 subjects, generations = [s for s, _ in chunk], [g for _, g in chunk]
-                rows = await self._c.exec_driver_sql(_MARKS_PG, (subjects, generations))
+                rows = _tuples(await self._c.exec_driver_sql(_MARKS_PG, (subjects, generations)))
             else:
                 values = ", ".join(["(?, ?)"] * len(chunk))
                 flat = tuple(x for stream in chunk for x in stream)
-                rows = await self._c.exec_driver_sql(_MARKS_SQLITE.format(values), flat)
-            for subject, generation, seq, at, running_s, cpu_s, egress, ended in rows:
-                found[subject, generation] = UsageMark(
-                    subject, generation, seq, at, running_s, cpu_s, egress, bool(ended)
-                )
+                rows = _tuples(await self._c.exec_driver_sql(_MARKS_SQLITE.format(values), flat))
+            for r in rows:  # (SQLite's booleans are 0 and 1)
+                found[r[0], r[1]] = UsageMark(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
         return found
 
     async def set_marks(self, marks: Sequence[UsageMark]) -> None:
@@ -225,6 +223,11 @@ _SET_MARK_PG = _SET_MARK.format(*(f"${i}" for i in range(1, 9)))
 @functools.lru_cache(maxsize=4096)
 def _canonical(labels: tuple[tuple[str, str], ...]) -> str:
     return json.dumps(dict(labels))
+
+
+def _tuples(result: sa.CursorResult[Any]) -> builtins.list[tuple[Any, ...]]:
+    """The rows of the driver's own SQL, as the tuples they are."""
+    return cast(builtins.list[tuple[Any, ...]], result.all())
 
 
 @functools.lru_cache(maxsize=4096)
