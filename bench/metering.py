@@ -18,10 +18,9 @@ that module).
 Part 3, `invoicing`: the seconds to close (price and store) the invoice of one project with
 10,000 machines over a 30-day month, its ledger holding an hourly row per machine: 7.2 million
 rows, the machines' labels in 100 sets, the price book with a plan, included amounts and a
-label's override. On SQLite, the controller's own store (migrated, WAL), rows written in bulk
-through its table. (The meter writes a row per 10 s sample, 360 an hour: the invoice's work
-grows with the rows it sums, so such a month costs up to 360 times this until the ledger's
-rows are rolled up.)
+label's override: the ledger as the meter keeps it (a row per machine generation per hour,
+docs/metering.md). On SQLite, the controller's own store (migrated, WAL), rows written in bulk
+through its table.
 
     sudo .venv/bin/python -m bench.metering [--turns N] [--machines N] [--days D]
 """
@@ -180,7 +179,7 @@ def _rows(project_id: str, start: float, machines: int, hours: int) -> Any:
         at = start + h * 3600
         for m in range(machines):
             yield {
-                "key": f"m:{m}:1:{h}", "project_id": project_id, "machine_id": f"m-{m}",
+                "key": f"h:m-{m}:1:{at:.0f}", "project_id": project_id, "machine_id": f"m-{m}",
                 "subject": f"m-{m}", "labels": {"app": f"a{m % 100}", "tier": f"t{m % 10}"},
                 "start": at, "end": at + 3600, "vcpu_seconds": Decimal(3600),
                 "cpu_seconds": Decimal("123.456789"), "memory_gib_seconds": Decimal(900),
