@@ -56,11 +56,16 @@ class SqlUsage(Repo):
     async def add_into(self, hours: Sequence[Hour]) -> None:
         # The driver's own SQL and plain tuples: SQLAlchemy's work per row was most of the
         # ingest's (bench/metering_ingest.py).
-        rows = [(h.key, h.project_id, h.machine_id, h.machine_id, _labels(h.labels), h.start,
-                 h.end, h.vcpu_seconds, h.cpu_seconds, h.memory_gib_seconds, h.egress_bytes)
-                for h in hours]  # fmt: skip
-        if rows:
-            await self._c.exec_driver_sql(_ADD_INTO_PG if self._pg else _ADD_INTO_SQLITE, rows)
+        if not hours:
+            return
+        if self._pg:  # one statement over arrays: one server round for all the rows
+            columns = list(zip(*((h.key, h.project_id, h.machine_id, _labels(h.labels), *h[4:])
+                                 for h in hours), strict=True))  # fmt: skip
+            await self._c.exec_driver_sql(_ADD_INTO_PG, tuple(columns))
+        else:
+            rows = [(h.key, h.project_id, h.machine_id, h.machine_id, _labels(h.labels), *h[4:])
+                    for h in hours]  # fmt: skip
+            await self._c.exec_driver_sql(_ADD_INTO_SQLITE, rows)
 
     async def totals(
         self,
@@ -164,8 +169,10 @@ class SqlUsage(Repo):
     async def set_marks(self, marks: Sequence[UsageMark]) -> None:
         rows = [(k.seq, k.time, k.running_s, k.cpu_s, k.egress_bytes, k.ended, k.subject,
                  k.generation) for k in marks]  # fmt: skip
-        if rows:
-            await self._c.exec_driver_sql(_SET_MARK_PG if self._pg else _SET_MARK_SQLITE, rows)
+        if rows and self._pg:  # one statement over arrays, as add_into
+            await self._c.exec_driver_sql(_SET_MARKS_PG, tuple(zip(*rows, strict=True)))
+        elif rows:
+            await self._c.exec_driver_sql(_SET_MARK_SQLITE, rows)
 
     async def prune_marks(self) -> int:
         m = t.usage_marks
@@ -198,26 +205,34 @@ class SqlUsage(Repo):
         return insert(table).on_conflict_do_nothing(index_elements=key)
 
 
-_ADD_INTO = """INSERT INTO usage (key, project_id, machine_id, subject, labels, start, "end",
- vcpu_seconds, cpu_seconds, memory_gib_seconds, egress_bytes, storage_gib_hours, starts)
- VALUES ({}, 0, 0) ON CONFLICT (key) DO UPDATE SET start = {}(usage.start, excluded.start),
+_SUMMED = """ON CONFLICT (key) DO UPDATE SET start = {}(usage.start, excluded.start),
  "end" = {}(usage."end", excluded."end"),
  vcpu_seconds = usage.vcpu_seconds + excluded.vcpu_seconds,
  cpu_seconds = usage.cpu_seconds + excluded.cpu_seconds,
  memory_gib_seconds = usage.memory_gib_seconds + excluded.memory_gib_seconds,
  egress_bytes = usage.egress_bytes + excluded.egress_bytes"""
-_ADD_INTO_SQLITE = _ADD_INTO.format(", ".join("?" * 11), "min", "max")
-_ADD_INTO_PG = _ADD_INTO.format(", ".join(f"${i}" for i in range(1, 12)), "least", "greatest")
+_INTO = """INSERT INTO usage (key, project_id, machine_id, subject, labels, start, "end",
+ vcpu_seconds, cpu_seconds, memory_gib_seconds, egress_bytes, storage_gib_hours, starts)"""
+_ADD_INTO_SQLITE = f"""{_INTO} VALUES ({", ".join("?" * 11)}, 0, 0)
+ {_SUMMED.format("min", "max")}"""
+_ADD_INTO_PG = f"""{_INTO} SELECT k, p, m, m, l::json, s, e, v, c, g, b, 0, 0 FROM unnest(
+ $1::varchar[], $2::varchar[], $3::varchar[], $4::text[], $5::float8[], $6::float8[],
+ $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[]) AS r(k, p, m, l, s, e, v, c, g, b)
+ {_SUMMED.format("least", "greatest")}"""
 _OWNERS = "SELECT id, project_id, node_id, generation, labels FROM machines WHERE id {}"
 _MARK_COLUMNS = "subject, generation, seq, time, running_s, cpu_s, egress_bytes, ended"
 _MARKS_PG = f"""SELECT {_MARK_COLUMNS} FROM usage_marks WHERE (subject, generation) IN
  (SELECT * FROM unnest($1::varchar[], $2::integer[])) ORDER BY subject, generation FOR UPDATE"""
 _MARKS_SQLITE = f"""SELECT {_MARK_COLUMNS} FROM usage_marks WHERE (subject, generation) IN
  (VALUES {{}})"""
-_SET_MARK = """UPDATE usage_marks SET seq = {}, time = {}, running_s = {}, cpu_s = {},
- egress_bytes = {}, ended = {} WHERE subject = {} AND generation = {}"""
-_SET_MARK_SQLITE = _SET_MARK.format(*"?" * 8)
-_SET_MARK_PG = _SET_MARK.format(*(f"${i}" for i in range(1, 9)))
+_SET_MARK_SQLITE = """UPDATE usage_marks SET seq = ?, time = ?, running_s = ?, cpu_s = ?,
+ egress_bytes = ?, ended = ? WHERE subject = ? AND generation = ?"""
+_SET_MARKS_PG = """UPDATE usage_marks AS m SET seq = v.seq, time = v.time,
+ running_s = v.running_s, cpu_s = v.cpu_s, egress_bytes = v.egress_bytes, ended = v.ended
+ FROM unnest($1::bigint[], $2::float8[], $3::float8[], $4::float8[], $5::bigint[],
+ $6::boolean[], $7::varchar[], $8::integer[])
+ AS v(seq, time, running_s, cpu_s, egress_bytes, ended, subject, generation)
+ WHERE m.subject = v.subject AND m.generation = v.generation"""
 
 
 @functools.lru_cache(maxsize=4096)
