@@ -5,9 +5,10 @@ through the SDK's usage (`GET /v1/usage`).
 The busy loop runs until its QEMU has had 20 s of CPU by the kernel's count of that process
 (/proc/PID/stat, not the cgroup metering reads), then is told to stop: on a loaded host a
 vCPU busy for 20 s of wall time gets less than 20 s of CPU, and that is what is metered. The
-window is cut by the guests' own output: from a line each prints once booted (so the boot's CPU
-is outside it) to a couple of seconds after the loop ended. Each record counts by its start, so
-the window holds the whole busy loop and only idle time besides."""
+ledger keeps a row per generation per hour, so the window is the difference between two reads
+of the usage: one once both guests printed a line when booted and their boot's samples are in
+(the boot's CPU is outside it), one a couple of sampling periods after the loop ended. So the
+window holds the whole busy loop and only idle time besides."""
 
 import contextlib
 import os
@@ -60,6 +61,13 @@ def usage(client: Client, **window: float) -> dict[str, UsageRow]:
     return {r.group: r for r in client.usage.get(by="machine", **window).items}
 
 
+def minus(after: UsageRow, before: UsageRow | None) -> dict[str, Decimal]:
+    """What a machine used between two reads of its usage."""
+    names = ("vcpu_seconds", "cpu_seconds", "memory_gib_seconds")
+    return {n: Decimal(getattr(after, n)) - Decimal(getattr(before, n) if before else 0)
+            for n in names}  # fmt: skip
+
+
 def test_a_busy_and_an_idle_machine_are_metered_by_what_they_used(ctl: Controller) -> None:
     """Busy for 20 s of CPU: 20 +- 1 CPU-seconds. Idle: near zero CPU-seconds, but its
     vCPU-seconds in full, as the busy one's. Memory: GiB asked x seconds running."""
@@ -72,8 +80,9 @@ def test_a_busy_and_an_idle_machine_are_metered_by_what_they_used(ctl: Controlle
                                       name="idle", memory_mib=MEMORY_MIB)  # fmt: skip
         for m in (busy, idle):
             printed(client, m.name, BOOTED, 120)
-        since = time.time()  # both booted: only idle time until GO
-        time.sleep(2 * INTERVAL)  # a sample after `since` before the loop starts
+        time.sleep(2 * INTERVAL)  # the boot's samples are in
+        before, since = usage(client), time.time()
+        time.sleep(2 * INTERVAL)  # idle time before the loop starts
         started = qemu_cpu_s(busy.id)
         client.machines.exec(busy, ["touch", GO])
         deadline = time.monotonic() + 10 * BUSY
@@ -81,19 +90,20 @@ def test_a_busy_and_an_idle_machine_are_metered_by_what_they_used(ctl: Controlle
             time.sleep(0.05)
         client.machines.exec(busy, ["touch", STOP])
         printed(client, busy.name, "finished", 30)
-        until = time.time() + 2 * INTERVAL  # and a sample or two of idle time after
-        time.sleep(until - time.time() + 3 * INTERVAL)  # the samples past `until` are in
-        rows, whole = usage(client, since=since, until=until), usage(client)
-    used = {name: rows[m.id] for name, m in (("busy", busy), ("idle", idle))}
+        time.sleep(2 * INTERVAL)  # the loop's last samples are in, and idle time after
+        whole, until = usage(client), time.time()
+    used = {
+        name: minus(whole[m.id], before.get(m.id)) for name, m in (("busy", busy), ("idle", idle))
+    }
     window = Decimal(until - since)
-    report = {k: r.model_dump() for k, r in used.items()} | {"window": window}
-    assert abs(Decimal(used["busy"].cpu_seconds) - BUSY) <= 1, report
+    report = used | {"window": window}
+    assert abs(used["busy"]["cpu_seconds"] - BUSY) <= 1, report
     # Near none: under 5% of the time it ran (an idle micro-VM under TCG takes about 1%).
-    assert Decimal(used["idle"].cpu_seconds) < Decimal(used["idle"].vcpu_seconds) / 20, report
+    assert used["idle"]["cpu_seconds"] < used["idle"]["vcpu_seconds"] / 20, report
     for r in used.values():
-        assert abs(Decimal(r.vcpu_seconds) - window) <= 2 * INTERVAL, report
-        asked = Decimal(r.vcpu_seconds) * MEMORY_MIB / 1024  # 1 vCPU: seconds running
-        assert abs(Decimal(r.memory_gib_seconds) - asked) < Decimal("0.001"), report
+        assert abs(r["vcpu_seconds"] - window) <= 2 * INTERVAL, report
+        asked = r["vcpu_seconds"] * MEMORY_MIB / 1024  # 1 vCPU: seconds running
+        assert abs(r["memory_gib_seconds"] - asked) < Decimal("0.001"), report
     # Each generation started once; the boot's CPU outside the window is in the whole.
     assert [whole[m.id].starts for m in (busy, idle)] == [1, 1]
-    assert Decimal(whole[idle.id].cpu_seconds) > Decimal(used["idle"].cpu_seconds)
+    assert Decimal(whole[idle.id].cpu_seconds) > used["idle"]["cpu_seconds"]
