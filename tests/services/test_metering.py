@@ -78,12 +78,13 @@ def test_deltas_between_seqs() -> None:
     # Resent (1, 2, 5) and late (3) after 5: nothing.
     again, same = count(MACHINE, mark, [samples[0], samples[1], sample(3, 30, 9), samples[3]])
     assert again == [] and same == mark
-    # Across the hour's end: the sample after it starts the next hour's record.
+    # Across the hour's end: the sample after it starts the next hour's record, which starts
+    # in its hour (a record counts by its start: a period's, a day's) with its whole delta.
     left = HOUR + 3600 - T
     later, _ = count(MACHINE, mark, [sample(6, left - 5, 13), sample(7, left + 5, 14)])
     assert [(r.key, r.start, r.end, r.vcpu_seconds) for r in later] == [
         (f"h:m-1:1:{HOUR:.0f}", T + 50, T + left - 5, Decimal(2 * (left - 55))),
-        (f"h:m-1:1:{HOUR + 3600:.0f}", T + left - 5, T + left + 5, Decimal(20)),
+        (f"h:m-1:1:{HOUR + 3600:.0f}", HOUR + 3600, T + left + 5, Decimal(20)),
     ]
 
 

@@ -75,7 +75,8 @@ def deltas(
 ) -> tuple[UsageRecord | None, list[Hour], UsageMark]:
     """What `samples` (of the mark's generation) add after `mark`: the generation's start if
     the first of them is its first sample, what they add into its record of each hour they
-    fall in (by each sample's time; to be added into that hour's row, `UsageRepo.add_into`),
+    fall in (by each sample's time: a delta that began in the hour before counts in the
+    sample's; to be added into that hour's row, `UsageRepo.add_into`),
     and the mark moved past them. Samples at or below the mark's seq count nothing (see the
     module's docstring). Each delta is rounded to the millionth before it is summed: an hour's
     sum does not depend on how its samples were batched."""
@@ -100,9 +101,11 @@ def deltas(
         hour = s.time // HOUR * HOUR
         row = hours.get(hour)
         if row is None:
-            row = hours[hour] = [min(start, s.time), s.time, 0, 0, 0, 0]
+            # Starting in its hour, even if the delta began in the one before: a record counts
+            # by its start (invoices' periods, days), and this is the hour it was taken in.
+            row = hours[hour] = [max(hour, min(start, s.time)), s.time, 0, 0, 0, 0]
         else:
-            row[0] = min(row[0], start)
+            row[0] = max(hour, min(row[0], start))
             row[1] = max(row[1], s.time)
         row[2] += micros(s.vcpus * running)
         row[3] += micros(cpu) if cpu > 0 else 0
