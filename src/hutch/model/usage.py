@@ -73,11 +73,6 @@ class UsageRecord:
         if self.egress_bytes < 0 or self.starts < 0:
             raise Invalid(f"usage record {self.key!r}: counts cannot be negative")
 
-    @property
-    def empty(self) -> bool:
-        """Nothing used: not worth a row."""
-        return not any(getattr(self, n) for n in QUANTITIES + COUNTS)
-
 
 class Hour(NamedTuple):
     """What a generation's samples add into its record of an hour (`UsageRepo.add_into`), its
