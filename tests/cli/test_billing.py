@@ -101,7 +101,7 @@ async def test_the_cli_sets_prices_shows_usage_and_invoices(
     assert code == 0 and out.startswith("cr"), err
     code, _, err = await hutch(url, api.admin, tmp_path, "budget", "set", "alpha", "5", "--stop")
     assert code == 0, err
-    code, out, _ = await hutch(url, member, tmp_path, "budget", "show", "alpha")
+    code, out, _ = await hutch(url, member, tmp_path, "budget", "show")  # its token's project
     assert json.loads(out)["stop"] is True
     for args, says in (
         (("usage", "--by", "week"), "--by 'week': use machine, label or day"),

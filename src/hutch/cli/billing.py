@@ -168,7 +168,15 @@ def _strings(value: Any) -> Any:
 
 
 @budget_app.command("show")
-def budget_show(project: ProjectArg, output: OutputOpt = "json") -> None:
+def budget_show(
+    project: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[PROJECT]", help="The project's name (default: the context's, or the token's)."
+        ),
+    ] = None,
+    output: OutputOpt = "json",
+) -> None:
     """Show the project's budget: its amount per period, whether it stops the project's
     machines, and the threshold announced this period."""
     check_output(output)
