@@ -1,6 +1,7 @@
 """`hutch stats`: machines' CPU, memory, disk and network use, refreshing in place (like
 `docker stats`), from their metric history (`GET /v1/machines/{id}/metrics`)."""
 
+import sys
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -40,9 +41,18 @@ def stats(
         if output != "table":
             dump(rows(client, refs), output)
             return
-        if no_stream:  # plain lines, as every listing prints: whole, however narrow the output
-            emit(rows(client, refs), COLUMNS, "table")
-            return
+        if no_stream or not sys.stdout.isatty():
+            # Plain lines, as every listing prints: whole, however narrow the output; piped,
+            # a table every interval (refreshing in place is a terminal's).
+            try:
+                while True:
+                    emit(rows(client, refs), COLUMNS, "table")
+                    if no_stream:
+                        return
+                    time.sleep(interval)
+                    typer.echo()
+            except KeyboardInterrupt:
+                return
         from rich.live import Live  # noqa: PLC0415
 
         with Live(table(rows(client, refs)), auto_refresh=False) as live:
