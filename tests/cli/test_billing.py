@@ -141,5 +141,8 @@ async def test_the_sdk_sync_and_async(api: Api, url: str) -> None:
             assert admin.prices.budget("alpha").amount == "10"
             assert admin.invoices.get("draft").total == "2.00"
             assert admin.usage.get().items[0].records == 2
+        # A project with no usage owes 0.00, in cents like every total (it was "0").
+        with Client(url, api.admin, project="default") as idle:
+            assert idle.invoices.get("draft").total == "0.00"
 
     await asyncio.to_thread(sync)

@@ -263,7 +263,7 @@ def credit_line(amount: Decimal, reason: str) -> Line:
 
 
 def total(lines: Sequence[Line]) -> Decimal:
-    return sum((line.amount for line in lines), Decimal(0))
+    return sum((line.amount for line in lines), Decimal("0.00"))  # in cents, lines or none
 
 
 # -- periods ---------------------------------------------------------------------------------
