@@ -69,6 +69,19 @@ async def test_samples_wait_on_disk_for_the_controller_and_keep_their_seqs(
     gone = [(m.machine, m.seq, m.state, m.cpu_s) for b in posted for m in b.machines]
     assert gone == [("m-gone", 1, "running", 7), ("m-gone", 2, "ended", 7)]
 
+    # One that ran and ended between two turns (a run of `echo hi`) is sampled once, ended, with
+    # its time from start to end and the CPU its counters still show; one that never started
+    # is not. Before, the first went unmetered, its start too.
+    quick = Reading(SandboxState.EXITED, Resources(), t0 + 71, Stats(2 * 10**9, 1, 2, 1), t0 + 74)
+    never = Reading(SandboxState.EXITED, Resources(), None, None)
+    sampler.take([Observed("m-quick-1", quick, {}, None), Observed("m-never-1", never, {}, None)],
+                 node_sample(t0 + 80))  # fmt: skip
+    sampler.take([Observed("m-quick-1", quick, {}, None)], node_sample(t0 + 90))  # no more
+    posted.clear()
+    assert await sampler.flush() == 2  # two posts: the node's sample goes in each
+    ran = [(m.machine, m.seq, m.state, m.running_s, m.cpu_s) for b in posted for m in b.machines]
+    assert ran == [("m-quick", 1, "ended", 3, 2)]
+
     # A post the controller refuses as such is dropped, not sent again and again before the
     # rest.
     refuse = True

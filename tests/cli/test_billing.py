@@ -79,6 +79,11 @@ async def test_the_cli_sets_prices_shows_usage_and_invoices(
     code, out, err = await hutch(url, member, tmp_path, "invoice", "show", "draft")
     assert code == 0, err
     assert "total 0.23 EUR" in out  # 0.036 + 0.144 + 0.05
+    # Each line names the unit its quantity is in: the price's, not the ledger's (seconds, bytes).
+    assert ["egress", "GiB", "1.000000", "0.05", "0.05"] in [
+        line.split() for line in out.splitlines()
+    ]
+    assert "seconds" not in out and "bytes" not in out
     await api.ctl.billing.close_due(period_of(t0, "month")[1] + 1)
     code, out, err = await hutch(url, member, tmp_path, "invoice", "ls")
     assert code == 0, err
@@ -88,7 +93,7 @@ async def test_the_cli_sets_prices_shows_usage_and_invoices(
         url, member, tmp_path, "invoice", "show", closed, "--html", str(page)
     )
     assert code == 0 and "total 0.23 EUR" in out, err
-    assert "vcpu seconds (vCPU-hour), tier=gold" in page.read_text()
+    assert "vCPU-hours given, tier=gold" in page.read_text()
     # Credits and budgets are the system's; bad input a clear message, non-zero.
     code, out, err = await hutch(
         url, api.admin, tmp_path, "invoice", "credit", "alpha", "1.5", "outage"
@@ -96,7 +101,7 @@ async def test_the_cli_sets_prices_shows_usage_and_invoices(
     assert code == 0 and out.startswith("cr"), err
     code, _, err = await hutch(url, api.admin, tmp_path, "budget", "set", "alpha", "5", "--stop")
     assert code == 0, err
-    code, out, _ = await hutch(url, member, tmp_path, "budget", "show", "alpha")
+    code, out, _ = await hutch(url, member, tmp_path, "budget", "show")  # its token's project
     assert json.loads(out)["stop"] is True
     for args, says in (
         (("usage", "--by", "week"), "--by 'week': use machine, label or day"),
@@ -136,5 +141,8 @@ async def test_the_sdk_sync_and_async(api: Api, url: str) -> None:
             assert admin.prices.budget("alpha").amount == "10"
             assert admin.invoices.get("draft").total == "2.00"
             assert admin.usage.get().items[0].records == 2
+        # A project with no usage owes 0.00, in cents like every total (it was "0").
+        with Client(url, api.admin, project="default") as idle:
+            assert idle.invoices.get("draft").total == "0.00"
 
     await asyncio.to_thread(sync)

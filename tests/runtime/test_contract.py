@@ -326,7 +326,10 @@ async def test_stats_and_lifecycle_conflicts(rt: Runtime) -> None:
     await rt.driver.signal("sb", signal.SIGKILL)
     status = await rt.driver.wait("sb", timeout=60)
     assert status.signal == 9
-    assert rt.driver.reading("sb").state == "exited" and await rt.driver.disk_io("sb") == {}
+    ended = rt.driver.reading("sb")
+    assert ended.state == "exited" and await rt.driver.disk_io("sb") == {}
+    # When it ended: what a sandbox that ran between two of telemetry's turns is metered by.
+    assert ended.started_at and ended.finished_at and ended.finished_at >= ended.started_at
 
 
 def _is_zombie(pid: int) -> bool:

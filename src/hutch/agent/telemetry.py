@@ -111,11 +111,14 @@ class Sampler:
         ended = r.state in (SandboxState.EXITED, SandboxState.FAILED)
         st = self.state.get(o.sandbox)
         if st is None:
-            if ended:
-                return None  # ended before it was ever sampled: nothing to say
+            if ended and r.started_at is None:
+                return None  # it never started: nothing to say
+            # One that ran and ended between two turns (echo hi) gets its one, ended, sample:
+            # else it went unmetered, its start too.
             started = r.started_at or now
+            end = (r.finished_at or now) if ended else now
             st = self.state[o.sandbox] = {
-                "seq": 0, "running_s": max(now - started, 0.0), "time": now,
+                "seq": 0, "running_s": max(end - started, 0.0), "time": now,
                 "state": r.state.value, "raw": {}, "base": {}, "limit": 0,
                 "vcpus": r.resources.cpus, "memory_mib": r.resources.memory_mib,
             }  # fmt: skip

@@ -34,8 +34,11 @@ def usage(
 ) -> None:
     """Show what the project used (the usage ledger), summed or per machine, label or day.
 
-    vCPU-seconds are what was given (vCPUs x seconds running), CPU-seconds what was used;
-    a record counts in the period its start is in.
+    vCPU-seconds are what was given (vCPUs x seconds running), CPU-seconds what was used,
+    memory in GiB x seconds, storage in GiB x hours, egress in bytes; a record counts in the
+    period its start is in. Machines' use comes in with their nodes' samples (every
+    sample_interval, 10 s), storage once each storage_interval (1 h) is over: the newest is
+    not in yet. docs/metering.md says what each counts.
 
     \b
     hutch usage --since 2026-12-01 --by day
@@ -168,7 +171,15 @@ def _strings(value: Any) -> Any:
 
 
 @budget_app.command("show")
-def budget_show(project: ProjectArg, output: OutputOpt = "json") -> None:
+def budget_show(
+    project: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[PROJECT]", help="The project's name (default: the context's, or the token's)."
+        ),
+    ] = None,
+    output: OutputOpt = "json",
+) -> None:
     """Show the project's budget: its amount per period, whether it stops the project's
     machines, and the threshold announced this period."""
     check_output(output)

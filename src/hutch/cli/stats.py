@@ -1,15 +1,18 @@
 """`hutch stats`: machines' CPU, memory, disk and network use, refreshing in place (like
 `docker stats`), from their metric history (`GET /v1/machines/{id}/metrics`)."""
 
+import sys
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hutch.cli.remote import OutputOpt, check_output, connect, dump
+from hutch.cli.remote import OutputOpt, check_output, connect, dump, emit
 from hutch.model.units import format_bytes
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.table import Table
 
     from hutch.client import Client
@@ -38,11 +41,18 @@ def stats(
         if output != "table":
             dump(rows(client, refs), output)
             return
-        if no_stream:
-            from rich.console import Console  # noqa: PLC0415  (loaded when it prints)
-
-            Console().print(table(rows(client, refs)))
-            return
+        if no_stream or not sys.stdout.isatty():
+            # Plain lines, as every listing prints: whole, however narrow the output; piped,
+            # a table every interval (refreshing in place is a terminal's).
+            try:
+                while True:
+                    emit(rows(client, refs), COLUMNS, "table")
+                    if no_stream:
+                        return
+                    time.sleep(interval)
+                    typer.echo()
+            except KeyboardInterrupt:
+                return
         from rich.live import Live  # noqa: PLC0415
 
         with Live(table(rows(client, refs)), auto_refresh=False) as live:
@@ -79,24 +89,29 @@ def rows(client: "Client", refs: list[str] | None) -> list[dict[str, Any]]:
     return out
 
 
+def _size(a: str, b: str) -> "Callable[[dict[str, Any]], str]":
+    return lambda r: f"{format_bytes(r[a])} / {format_bytes(r[b])}" if "time" in r else "-"
+
+
+# A row without "time" has no sample yet (it just started, or has not run).
+COLUMNS: list[tuple[str, "Callable[[dict[str, Any]], str]"]] = [
+    ("ID", lambda r: r["id"]),
+    ("NAME", lambda r: r["name"]),
+    ("CPU %", lambda r: "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}%"),
+    ("MEM USAGE / LIMIT", _size("memory_bytes", "memory_limit_bytes")),
+    ("NET I/O", _size("rx_bytes", "tx_bytes")),
+    ("BLOCK I/O", _size("disk_read_bytes", "disk_write_bytes")),
+    ("STATE", lambda r: r.get("state", "-")),
+]
+
+
 def table(rows: list[dict[str, Any]]) -> "Table":
+    """The live view's table (refreshed in place on a terminal)."""
     from rich.table import Table  # noqa: PLC0415
 
     t = Table(box=None, header_style="bold")
-    for header in ("ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "NET I/O", "BLOCK I/O", "STATE"):
+    for header, _ in COLUMNS:
         t.add_column(header)
     for r in rows:
-        if "time" not in r:  # no sample yet (it just started, or has not run)
-            t.add_row(r["id"], r["name"], "-", "-", "-", "-", "-")
-            continue
-        cpu = "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}%"
-        t.add_row(
-            r["id"],
-            r["name"],
-            cpu,
-            f"{format_bytes(r['memory_bytes'])} / {format_bytes(r['memory_limit_bytes'])}",
-            f"{format_bytes(r['rx_bytes'])} / {format_bytes(r['tx_bytes'])}",
-            f"{format_bytes(r['disk_read_bytes'])} / {format_bytes(r['disk_write_bytes'])}",
-            r["state"],
-        )
+        t.add_row(*(get(r) for _, get in COLUMNS))
     return t

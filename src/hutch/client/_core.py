@@ -723,7 +723,8 @@ def credit(project: str, amount: str, reason: str) -> Plan[CreditView]:
                                                       body=body)))  # fmt: skip
 
 
-def budget(project: str) -> Plan[BudgetView]:
+def budget(name: str | None, default: str | None) -> Plan[BudgetView]:
+    project = yield from project_name(name, default)
     return BudgetView.model_validate_json((yield Call("GET", _project(project, "budget"))))
 
 

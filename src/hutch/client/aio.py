@@ -623,8 +623,9 @@ class AsyncPrices(Resource[AsyncClient]):
     async def set(self, book: Mapping[str, Any]) -> PriceBookDoc:
         return await self._c._run(core.set_prices(book))
 
-    async def budget(self, project: str) -> BudgetView:
-        return await self._c._run(core.budget(project))
+    async def budget(self, project: str | None = None) -> BudgetView:
+        """The project's budget (default: the client's project, or the token's)."""
+        return await self._c._run(core.budget(project, self._c.project))
 
     async def set_budget(self, project: str, amount: str, *, stop: bool = False) -> BudgetView:
         return await self._c._run(core.set_budget(project, amount, stop))

@@ -783,8 +783,9 @@ class Prices(Resource[Client]):
         as decimal strings (see docs/billing.md)."""
         return self._c._run(core.set_prices(book))
 
-    def budget(self, project: str) -> BudgetView:
-        return self._c._run(core.budget(project))
+    def budget(self, project: str | None = None) -> BudgetView:
+        """The project's budget (default: the client's project, or the token's)."""
+        return self._c._run(core.budget(project, self._c.project))
 
     def set_budget(self, project: str, amount: str, *, stop: bool = False) -> BudgetView:
         return self._c._run(core.set_budget(project, amount, stop))

@@ -35,17 +35,18 @@ class Unit:
     field: str  # the ledger's column
     priced_per: str  # what one unit of price buys
     scale: Decimal  # ledger quantity / scale = priced quantity
+    shown: str  # an invoice line's name: what its quantity counts, in the priced unit
 
 
 UNITS: dict[str, Unit] = {
     u.field: u
     for u in (
-        Unit("vcpu_seconds", "vCPU-hour", Decimal(3600)),
-        Unit("cpu_seconds", "CPU-hour", Decimal(3600)),
-        Unit("memory_gib_seconds", "GiB-hour", Decimal(3600)),
-        Unit("storage_gib_hours", "GiB-hour", Decimal(1)),
-        Unit("egress_bytes", "GiB", Decimal(1 << 30)),
-        Unit("starts", "start", Decimal(1)),
+        Unit("vcpu_seconds", "vCPU-hour", Decimal(3600), "vCPU-hours given"),
+        Unit("cpu_seconds", "CPU-hour", Decimal(3600), "CPU-hours used"),
+        Unit("memory_gib_seconds", "GiB-hour", Decimal(3600), "memory GiB-hours"),
+        Unit("storage_gib_hours", "GiB-hour", Decimal(1), "storage GiB-hours"),
+        Unit("egress_bytes", "GiB", Decimal(1 << 30), "egress GiB"),
+        Unit("starts", "start", Decimal(1), "starts"),
     )
 }
 
@@ -248,7 +249,7 @@ def usage_lines(
             left[unit] = left.get(unit, Decimal(0)) - free
             q -= free
             price = rates.get(unit, Decimal(0))
-            desc = f"{unit.replace('_', ' ')} ({u.priced_per})" + (f", {label}" if label else "")
+            desc = u.shown + (f", {label}" if label else "")
             if free:
                 desc += f", {free} included"
             lines.append(Line("usage", desc, unit, q, price, cents(q * price), label))
@@ -262,7 +263,7 @@ def credit_line(amount: Decimal, reason: str) -> Line:
 
 
 def total(lines: Sequence[Line]) -> Decimal:
-    return sum((line.amount for line in lines), Decimal(0))
+    return sum((line.amount for line in lines), Decimal("0.00"))  # in cents, lines or none
 
 
 # -- periods ---------------------------------------------------------------------------------

@@ -297,6 +297,7 @@ class Reading:
     resources: "Resources"
     started_at: float | None  # when it last started (its record's)
     stats: Stats | None  # None: no process (suspended, ended)
+    finished_at: float | None = None  # when it ended (its record's), if it has
 
 
 @dataclass(frozen=True, slots=True)

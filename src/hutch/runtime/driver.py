@@ -598,7 +598,9 @@ class SandboxDriver:
             sup.finished and not (record.process and record.process.alive())
         )
         stats = self.backend.stats(record) if running else None
-        return Reading(record.state, record.spec.resources, record.started_at, stats)
+        return Reading(
+            record.state, record.spec.resources, record.started_at, stats, record.finished_at
+        )
 
     async def disk_io(self, sandbox_id: str) -> dict[str, DiskIO]:
         """The running sandbox's disks' I/O (Backend.disk_io); {} when it does not run."""
