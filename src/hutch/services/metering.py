@@ -13,7 +13,8 @@ transaction, the mark's row held meanwhile. So:
 - a sample lost (the node went with it) loses nothing but its time of the generation's end: the
   next one's delta covers it. So node loss loses at most the last sampling period of each
   generation running there; an agent restart nothing (the node spools and resends);
-- only the node the machine is placed on is believed; a counter that went backwards counts 0.
+- only the node the machine is placed on is believed; a counter that went backwards counts 0,
+  and again until it passes its highest.
 A generation's start is a record of its own (`g:<machine>:<generation>`), made with the first
 of its samples counted.
 
@@ -80,9 +81,12 @@ def count(
         )
         if not record.empty:
             records.append(record)
+        # The mark keeps each counter's highest: the node's never go back (agent/telemetry.py),
+        # so one that drops and climbs again counts only past where it had been.
         mark = UsageMark(
-            mark.subject, mark.generation, s.seq, s.time, s.running_s, s.cpu_s,
-            s.public.tx_bytes, ended=s.state == "ended",
+            mark.subject, mark.generation, s.seq, s.time, max(mark.running_s, s.running_s),
+            max(mark.cpu_s, s.cpu_s), max(mark.egress_bytes, s.public.tx_bytes),
+            ended=s.state == "ended",
         )  # fmt: skip
     return records, mark
 

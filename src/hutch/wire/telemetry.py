@@ -14,7 +14,10 @@ from hutch.wire.common import INT64_MAX, Request, View
 
 # Counters: bytes, operations, packets. Bounded so the store's BIGINT columns hold them.
 Counter = Annotated[int, Field(ge=0, le=INT64_MAX)]
-Seconds = Annotated[float, Field(ge=0)]
+# Seconds: a billion (31 years) at most, so that a generation's usage at a machine's largest
+# size (below) is a ledger quantity (millionths in a BIGINT); a node's absurd figures are refused,
+# not left to fail the transaction that counts every node's posts with its own.
+Seconds = Annotated[float, Field(ge=0, le=1e9)]
 
 MAX_MACHINES = 1000  # samples per post: a node batches more into several posts
 MAX_DISKS = 64
@@ -40,8 +43,8 @@ class MachineSample(Request):
     seq: int = Field(ge=1, le=INT64_MAX)  # 1, 2, 3 ... per (machine, generation); kept on resend
     time: float  # the node's wall clock at the reading (epoch s)
     state: str = Field(pattern="^(running|suspended|ended)$")  # ended: a generation's last
-    vcpus: Counter  # what the generation was given
-    memory_mib: Counter
+    vcpus: int = Field(ge=0, le=256)  # what the generation was given (a machine's most)
+    memory_mib: int = Field(ge=0, le=1 << 22)
     running_s: Seconds  # cumulative seconds running (not suspended); survives agent restarts
     cpu_s: Seconds  # cumulative CPU seconds used (the cgroup's cpu.stat usage_usec)
     memory_bytes: Counter  # now
