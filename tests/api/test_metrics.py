@@ -159,3 +159,20 @@ async def test_a_nodes_absurd_counters_are_refused_and_a_sawtooth_counts_once(ap
     [total] = (await api.call("GET", "/v1/usage", reader)).json()["items"]
     assert (total["egress_bytes"], total["vcpu_seconds"], total["cpu_seconds"]) == (
         4000, "40.000000", "3.000000"), total  # fmt: skip
+
+
+async def test_a_sample_from_a_clock_far_off_is_not_metered(api: Api) -> None:
+    """A node's reading dated 1970 (a clock not yet set at boot, or a hostile node) put the
+    generation's usage from then on in 1970's period, never invoiced; one a day ahead, in
+    tomorrow's: passed over (as the history passes them over), the next reading's delta counts
+    what they had."""
+    await api.call("POST", "/v1/nodes/sim-1/cordon")
+    node = Node(api, await api.join("sim-2"))
+    m = await placed_on_node(api, await api.token("alpha", "member"), "web")
+    reader = await api.token("alpha", "reader")
+    now = time.time()
+    for seq, at in ((1, now - 30), (2, 1.0), (3, now - 20), (4, now + 86400), (5, now)):
+        assert await node.post(sample(m["id"], seq, at, float(seq))) == 204
+    r = await api.call("GET", "/v1/usage", reader, params={"since": now - 3600})
+    [total] = r.json()["items"]
+    assert (total["vcpu_seconds"], total["cpu_seconds"]) == ("50.000000", "5.000000"), total

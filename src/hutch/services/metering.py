@@ -39,7 +39,7 @@ from typing import Any
 from hutch.model.usage import Held, Owner, UsageMark, UsageRecord, quantity
 from hutch.services.notify import pause
 from hutch.store.base import Store, Tx
-from hutch.wire.telemetry import MachineSample, Samples
+from hutch.wire.telemetry import MAX_AHEAD, MachineSample, Samples
 
 log = logging.getLogger("hutch.metering")
 STORAGE = "storage"  # the storage accrual's mark (subject "storage", generation 0)
@@ -113,11 +113,20 @@ async def count_posts(tx: Tx, posts: Sequence[tuple[str, Samples]]) -> int:
     """Count nodes' posts of samples into the ledger in `tx`: how many records were added."""
     owners = await tx.usage.owners([s.machine for _, p in posts for s in p.machines])
     streams: dict[tuple[str, int], list[MachineSample]] = defaultdict(list)
+    now = time.time()
     for node_id, post in posts:
         for s in post.machines:
             m = owners.get(s.machine)
-            # Only the node it is placed on, and a generation it has had.
-            if m is not None and m.node_id == node_id and s.generation <= m.generation:
+            # Only the node it is placed on, a generation it has had, and a reading dated
+            # within what a node's clock and spool make plausible: one dated 1970 (a clock not
+            # yet set) or tomorrow would carry the generation's usage after it into a period
+            # of its own. Passed over, it loses nothing: the next reading's delta has it.
+            if (
+                m is not None
+                and m.node_id == node_id
+                and s.generation <= m.generation
+                and now - PRUNE_AFTER < s.time <= now + MAX_AHEAD
+            ):
                 streams[s.machine, s.generation].append(s)
     if not streams:
         return 0

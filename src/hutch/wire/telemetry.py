@@ -19,6 +19,9 @@ Counter = Annotated[int, Field(ge=0, le=INT64_MAX)]
 # not left to fail the transaction that counts every node's posts with its own.
 Seconds = Annotated[float, Field(ge=0, le=1e9)]
 
+# Seconds a node's clock may run ahead of the controller's: a reading dated further ahead is
+# neither history nor metered (services/telemetry.py, services/metering.py).
+MAX_AHEAD = 300.0
 MAX_MACHINES = 1000  # samples per post: a node batches more into several posts
 MAX_DISKS = 64
 
