@@ -14,7 +14,8 @@ transaction, the mark's row held meanwhile. So:
   next one's delta covers it. So node loss loses at most the last sampling period of each
   generation running there; an agent restart nothing (the node spools and resends);
 - only the node the machine is placed on is believed; a counter that went backwards counts 0,
-  and again until it passes its highest.
+  and again until it passes its highest; seconds running count no faster than the samples'
+  clock (what is past that never counts).
 A generation's start is a record of its own (`g:<machine>:<generation>`), made with the first
 of its samples counted.
 
@@ -67,6 +68,8 @@ def count(
         if s.seq <= mark.seq or mark.ended:
             continue
         running = max(0.0, s.running_s - mark.running_s)
+        if mark.seq:  # no faster than the clock
+            running = min(running, max(0.0, s.time - mark.time))
         start = mark.time if mark.seq else s.time - s.running_s
         if not mark.seq:
             records.append(made(f"g:{machine.id}:{mark.generation}", start, start, starts=1))
