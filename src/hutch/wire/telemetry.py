@@ -14,10 +14,13 @@ from hutch.wire.common import INT64_MAX, Request, View
 
 # Counters: bytes, operations, packets. Bounded so the store's BIGINT columns hold them.
 Counter = Annotated[int, Field(ge=0, le=INT64_MAX)]
-# Seconds: a billion (31 years) at most, so that a generation's usage at a machine's largest
-# size (below) is a ledger quantity (millionths in a BIGINT); a node's absurd figures are refused,
-# not left to fail the transaction that counts every node's posts with its own.
-Seconds = Annotated[float, Field(ge=0, le=1e9)]
+Seconds = Annotated[float, Field(ge=0)]
+# A generation's seconds running and CPU seconds: 31 years at most, and 256 vCPUs' 120 years,
+# so that what they bill at a machine's largest size (below) is a ledger quantity (millionths
+# in a BIGINT); a node's absurd figures are refused, not left to fail the transaction that
+# counts every node's posts with its own.
+Running = Annotated[float, Field(ge=0, le=1e9)]
+CpuSeconds = Annotated[float, Field(ge=0, le=1e12)]
 
 # Seconds a node's clock may run ahead of the controller's: a reading dated further ahead is
 # neither history nor metered (services/telemetry.py, services/metering.py).
@@ -48,8 +51,8 @@ class MachineSample(Request):
     state: str = Field(pattern="^(running|suspended|ended)$")  # ended: a generation's last
     vcpus: int = Field(ge=0, le=256)  # what the generation was given (a machine's most)
     memory_mib: int = Field(ge=0, le=1 << 22)
-    running_s: Seconds  # cumulative seconds running (not suspended); survives agent restarts
-    cpu_s: Seconds  # cumulative CPU seconds used (the cgroup's cpu.stat usage_usec)
+    running_s: Running  # cumulative seconds running (not suspended); survives agent restarts
+    cpu_s: CpuSeconds  # cumulative CPU seconds used (the cgroup's cpu.stat usage_usec)
     memory_bytes: Counter  # now
     memory_limit_bytes: Counter
     disks: dict[str, Disk] = Field({}, max_length=MAX_DISKS)  # "root", "scratch", "volume:<id>"
