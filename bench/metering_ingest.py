@@ -41,7 +41,7 @@ from hutch.wire.telemetry import MachineSample, Net, NodeSample, Samples
 from tests.store.postgres import PostgresCluster, _bindir
 
 TARGET = 5000 * 20 / 10  # records per second: 5,000 nodes x 20 machines every 10 s
-T0 = 1_700_000_000.0
+T0 = float(int(time.time()) - 3600)  # an hour ago: metering takes readings up to a day old
 NODES_PER_PROJECT = 10
 CONCURRENCY = 100  # posts in flight at once, as HTTP requests to one controller
 

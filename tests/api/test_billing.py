@@ -278,6 +278,12 @@ async def test_budgets_announce_80_and_100_once_and_stop_the_machines(api: Api) 
     assert m["desired"] == "stopped", m
     beta = await api.token("beta", "reader")
     assert (await api.call("GET", "/v1/machines/web", beta)).json()["desired"] == "running"
+    # Started again by the project, with the budget still spent: stopped again at the next
+    # check (no second event), until the budget is raised, removed or the period ends.
+    assert (await api.call("POST", "/v1/machines/web/start", member)).is_success
+    assert await billing.check_budgets(now) == 0
+    m = (await api.call("GET", "/v1/machines/web", member)).json()
+    assert m["desired"] == "stopped", m
     async with served(api) as url:
         seen = await events_of(url, member, "budget spent")
         budget_events = [e for e in seen if e["kind"].startswith("budget")]

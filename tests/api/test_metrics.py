@@ -137,3 +137,47 @@ async def test_prometheus_series_need_a_system_token_and_go_with_their_machines(
     text = (await api.call("GET", "/metrics")).text
     assert len(series(text)) == per_round and 'machine="a1"' not in text
     assert 'machine="b1"' in text
+
+
+async def test_a_nodes_absurd_counters_are_refused_and_a_sawtooth_counts_once(api: Api) -> None:
+    """A hostile node reporting on a machine placed on it: counters past any real machine's are
+    refused (they overflowed the ledger and failed the batch, every node's post in it), and a
+    counter that drops and climbs again bills only past its highest reading, and seconds
+    running that grew faster than the clock only as fast as the clock."""
+    await api.call("POST", "/v1/nodes/sim-1/cordon")
+    node = Node(api, await api.join("sim-2"))
+    m = await placed_on_node(api, await api.token("alpha", "member"), "web")
+    reader = await api.token("alpha", "reader")
+    now = time.time()
+    assert await node.post(sample(m["id"], 1, now - 30, 1.0)) == 204  # tx 1000, 10 s running
+    dropped = sample(m["id"], 2, now - 20, 0.0, running_s=0.0, public={"tx_bytes": 0})
+    assert await node.post(dropped) == 204  # counters back to 0
+    assert await node.post(sample(m["id"], 3, now - 10, 2.0)) == 204  # 30 s: 10 of it count
+    assert await node.post(sample(m["id"], 4, now, 1e30)) == 422
+    for absurd in ({"running_s": 1e30}, {"vcpus": 1 << 40}, {"memory_mib": 1 << 40}):
+        assert await node.post(sample(m["id"], 4, now, 3.0, **absurd)) == 422, absurd
+    assert await node.post(sample(m["id"], 4, now, 3.0)) == 204
+    # Within bounds, but running more than the 10 s since the last reading: those 10 s count,
+    # what is past them never.
+    jump = sample(m["id"], 5, now + 10, 13.0, running_s=1e6)
+    assert await node.post(jump, sample(m["id"], 6, now + 20, 23.0, running_s=1e6 + 10)) == 204
+    [total] = (await api.call("GET", "/v1/usage", reader)).json()["items"]
+    assert (total["egress_bytes"], total["vcpu_seconds"], total["cpu_seconds"]) == (
+        6000, "50.000000", "23.000000"), total  # fmt: skip
+
+
+async def test_a_sample_from_a_clock_far_off_is_not_metered(api: Api) -> None:
+    """A node's reading dated 1970 (a clock not yet set at boot, or a hostile node) put the
+    generation's usage from then on in 1970's period, never invoiced; one a day ahead, in
+    tomorrow's: passed over (as the history passes them over), the next reading's delta counts
+    what they had."""
+    await api.call("POST", "/v1/nodes/sim-1/cordon")
+    node = Node(api, await api.join("sim-2"))
+    m = await placed_on_node(api, await api.token("alpha", "member"), "web")
+    reader = await api.token("alpha", "reader")
+    now = time.time()
+    for seq, at in ((1, now - 40), (2, 1.0), (3, now - 20), (4, now + 86400), (5, now)):
+        assert await node.post(sample(m["id"], seq, at, float(seq))) == 204
+    r = await api.call("GET", "/v1/usage", reader, params={"since": now - 3600})
+    [total] = r.json()["items"]
+    assert (total["vcpu_seconds"], total["cpu_seconds"]) == ("50.000000", "5.000000"), total

@@ -9,7 +9,8 @@ invoice is a draft, priced when asked.
 Budgets: every `budget_interval`, the leader looks at each budget's project's draft total; at
 80 % and at 100 % it appends the event `budget.80` / `budget.100` (once each per period,
 recorded in the budget's row in the same transaction), and at 100 % with `stop` it stops the
-project's machines.
+project's machines, and stops again at each look what the project started since, until the
+budget is raised or removed or the period ends.
 """
 
 import asyncio
@@ -222,21 +223,25 @@ class Billing:
             async with self.store.read() as tx:
                 project = await tx.projects.get(budget.project_id)
                 spent = (await _priced(tx, project, start, end)).total
+                currency = (await tx.billing.book()).currency
             level = budget_level(spent, budget.amount)
+            stopping = level == 100 and budget.stop
+            message = f"{spent} {currency} spent of a budget of {budget.amount} this period"
+            message += f" ({level} %)"
+            if stopping:
+                message += ": the project's machines are stopped"
             if not level or (budget.period_start == start and budget.level >= level):
+                if stopping:  # announced: what the project started since is stopped again
+                    await self.machines.stop_project(project.id, f"budget spent: {message}")
                 continue
             async with self.store.write() as tx:
                 if not await tx.billing.mark_budget(project.id, start, level):
                     continue  # another leader announced it meanwhile
-                message = (f"{spent} {(await tx.billing.book()).currency} spent of a budget of "
-                           f"{budget.amount} this period ({level} %)")  # fmt: skip
-                if level == 100 and budget.stop:
-                    message += ": the project's machines are stopped"
                 await tx.events.append(
                     [NewEvent(project.id, f"budget.{level}", project.id, str(level), message, now)]
                 )
             announced += 1
-            if level == 100 and budget.stop:
+            if stopping:
                 await self.machines.stop_project(project.id, f"budget spent: {message}")
         return announced
 

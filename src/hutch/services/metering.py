@@ -14,7 +14,9 @@ move in one transaction, the mark's row held meanwhile. So:
 - a sample lost (the node went with it) loses nothing but its time of the generation's end: the
   next one's delta covers it. So node loss loses at most the last sampling period of each
   generation running there; an agent restart nothing (the node spools and resends);
-- only the node the machine is placed on is believed; a counter that went backwards counts 0.
+- only the node the machine is placed on is believed; a counter that went backwards counts 0,
+  and again until it passes its highest; seconds running count no faster than the samples'
+  clock (what is past that never counts).
 A generation's start is a record of its own (`g:<machine>:<generation>`, model.usage.started),
 made by its node's report that it runs (services/machines.py) or its first sample counted.
 Marks are kept while their machine's row is: the leader drops those of machines purged.
@@ -49,7 +51,7 @@ from hutch.model.usage import (
 )
 from hutch.services.notify import pause
 from hutch.store.base import Store, Tx
-from hutch.wire.telemetry import MachineSample, Samples
+from hutch.wire.telemetry import MAX_AHEAD, MachineSample, Samples
 
 log = logging.getLogger("hutch.metering")
 STORAGE = "storage"  # the storage accrual's mark (subject "storage", generation 0)
@@ -58,6 +60,7 @@ GIB = 1 << 30
 HOUR = 3600.0
 MAX_POSTS = 100  # nodes' posts written in one transaction at most
 WRITERS = 2  # batches written at once
+MAX_BEHIND = 86400.0  # seconds a reading may be dated before it is posted
 
 
 def count(
@@ -93,6 +96,8 @@ def deltas(
             continue
         running = s.running_s - running_s
         running = running if running > 0 else 0.0
+        if seq and running > s.time - at:  # no faster than the clock
+            running = max(0.0, s.time - at)
         start = at if seq else s.time - s.running_s
         if not seq:
             first = started(machine.id, mark.generation, machine.project_id, machine.labels, start)
@@ -111,7 +116,12 @@ def deltas(
         row[3] += micros(cpu) if cpu > 0 else 0
         row[4] += micros(s.memory_mib / 1024 * running)
         row[5] += out if out > 0 else 0
-        seq, at, running_s, cpu_s, egress = s.seq, s.time, s.running_s, s.cpu_s, s.public.tx_bytes
+        # Each counter's highest: the node's never go back (agent/telemetry.py), so one that
+        # drops and climbs again counts only past where it had been.
+        seq, at = s.seq, s.time
+        running_s = s.running_s if s.running_s > running_s else running_s
+        cpu_s = s.cpu_s if s.cpu_s > cpu_s else cpu_s
+        egress = s.public.tx_bytes if s.public.tx_bytes > egress else egress
         if s.state == "ended":
             ended = True
             break
@@ -148,11 +158,20 @@ async def count_posts(tx: Tx, posts: Sequence[tuple[str, Samples]]) -> int:
     (starts) or added into (hours)."""
     owners = await tx.usage.owners([s.machine for _, p in posts for s in p.machines])
     streams: dict[tuple[str, int], list[MachineSample]] = defaultdict(list)
+    now = time.time()
     for node_id, post in posts:
         for s in post.machines:
             m = owners.get(s.machine)
-            # Only the node it is placed on, and a generation it has had.
-            if m is not None and m.node_id == node_id and s.generation <= m.generation:
+            # Only the node it is placed on, a generation it has had, and a reading dated
+            # within what a node's clock and spool make plausible: one dated 1970 (a clock not
+            # yet set) or tomorrow would carry the generation's usage after it into a period
+            # of its own. Passed over, it loses nothing: the next reading's delta has it.
+            if (
+                m is not None
+                and m.node_id == node_id
+                and s.generation <= m.generation
+                and now - MAX_BEHIND < s.time <= now + MAX_AHEAD
+            ):
                 streams[s.machine, s.generation].append(s)
     if not streams:
         return 0

@@ -19,13 +19,10 @@ from hutch.services.notify import pause
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
 from hutch.store.base import MAX_POINTS, Store, Tx
-from hutch.wire.telemetry import MachineSample, NodeSample, Samples
+from hutch.wire.telemetry import MAX_AHEAD, MachineSample, NodeSample, Samples
 
 log = logging.getLogger("hutch.telemetry")
 MAX_PERIOD = 600.0  # seconds between prunes, at most
-# Seconds a node's clock may run ahead of the controller's: a point further ahead would never
-# be pruned (nor one older than every tier keeps be of use), so neither is stored.
-MAX_AHEAD = 300.0
 
 
 class Recorder(Protocol):
@@ -49,7 +46,8 @@ class Telemetry:
     async def ingest(self, node: Node, samples: Samples) -> None:
         """Store the samples of machines placed on `node` (others are not its to report: a
         machine since moved, or another node's) read at times the history keeps, then meter
-        them."""
+        them. (A point further ahead than MAX_AHEAD would never be pruned, nor one older than
+        every tier keeps be of use: neither is stored.)"""
         now = time.time()
         async with self.store.write() as tx:
             placed = {m.id: m for m in await tx.machines.on_node(node.id)}

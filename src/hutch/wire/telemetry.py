@@ -15,7 +15,16 @@ from hutch.wire.common import INT64_MAX, Request, View
 # Counters: bytes, operations, packets. Bounded so the store's BIGINT columns hold them.
 Counter = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Seconds = Annotated[float, Field(ge=0)]
+# A generation's seconds running and CPU seconds: 31 years at most, and 256 vCPUs' 120 years,
+# so that what they bill at a machine's largest size (below) is a ledger quantity (millionths
+# in a BIGINT); a node's absurd figures are refused, not left to fail the transaction that
+# counts every node's posts with its own.
+Running = Annotated[float, Field(ge=0, le=1e9)]
+CpuSeconds = Annotated[float, Field(ge=0, le=1e12)]
 
+# Seconds a node's clock may run ahead of the controller's: a reading dated further ahead is
+# neither history nor metered (services/telemetry.py, services/metering.py).
+MAX_AHEAD = 300.0
 MAX_MACHINES = 1000  # samples per post: a node batches more into several posts
 MAX_DISKS = 64
 
@@ -40,10 +49,10 @@ class MachineSample(Request):
     seq: int = Field(ge=1, le=INT64_MAX)  # 1, 2, 3 ... per (machine, generation); kept on resend
     time: float  # the node's wall clock at the reading (epoch s)
     state: str = Field(pattern="^(running|suspended|ended)$")  # ended: a generation's last
-    vcpus: Counter  # what the generation was given
-    memory_mib: Counter
-    running_s: Seconds  # cumulative seconds running (not suspended); survives agent restarts
-    cpu_s: Seconds  # cumulative CPU seconds used (the cgroup's cpu.stat usage_usec)
+    vcpus: int = Field(ge=0, le=256)  # what the generation was given (a machine's most)
+    memory_mib: int = Field(ge=0, le=1 << 22)
+    running_s: Running  # cumulative seconds running (not suspended); survives agent restarts
+    cpu_s: CpuSeconds  # cumulative CPU seconds used (the cgroup's cpu.stat usage_usec)
     memory_bytes: Counter  # now
     memory_limit_bytes: Counter
     disks: dict[str, Disk] = Field({}, max_length=MAX_DISKS)  # "root", "scratch", "volume:<id>"
