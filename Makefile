@@ -121,6 +121,7 @@ bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.volumes
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.start
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.trace
+	$(PY) -m bench.ui
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
