@@ -211,3 +211,23 @@ async def test_the_stream_keeps_the_pages_live(api: Api) -> None:
             for task in reading:
                 task.cancel()
         await v.close()
+
+
+async def test_signing_out_ends_the_stream(api: Api) -> None:
+    member = await api.token("alpha", "member")
+    async with served(api) as url:
+        v = await signed_in(api, "alpha", "member", base_url=url, served=True)
+        lines: asyncio.Queue[str] = asyncio.Queue()
+        async with v.http.stream("GET", "/ui/events", timeout=None) as r:
+            reading = asyncio.create_task(_read(r, lines))
+            await api.machine(member, name="seen")
+            assert 'data-state="created"' in await _next_message(lines, "machine")
+            assert (await v.post("/ui/logout")).status_code == 303
+            await api.machine(member, name="unseen")
+            await asyncio.wait_for(reading, 10)  # the server closed it
+        said = []
+        while not lines.empty():
+            said.append(lines.get_nowait())
+        assert any("your session has ended" in line for line in said), said
+        assert not any("unseen" in line for line in said), said
+        await v.close()

@@ -26,7 +26,7 @@ from hutch.model.machine import (
 )
 from hutch.services.policy import Action
 from hutch.web.render import html, page, pages, see_other
-from hutch.web.visitor import Acting, Visiting, Visitor, controller
+from hutch.web.visitor import COOKIE, Acting, Visiting, Visitor, controller
 
 router = pages()
 KEEPALIVE = 15.0  # seconds between comments on a quiet stream (proxies close idle ones)
@@ -235,9 +235,13 @@ async def events(
     batches = ctl.machines.events(v.principal, v.project, after)
     lease = ctl.streams.admit(v.principal, v.project)  # 429 if the token holds too many
 
+    cookie = request.cookies.get(COOKIE)
+
     async def body() -> AsyncIterator[bytes]:
         try:
             async for batch in lease.guard(batches, KEEPALIVE):
+                # The lease ends it with its token; signing out ends it here, before it sends.
+                await ctl.tenancy.session(cookie)
                 if batch is None:
                     yield b": keepalive\n\n"
                     continue
@@ -246,7 +250,7 @@ async def events(
                     ids &= {machine}
                 found = await ctl.machines.several(v.principal, v.project, sorted(ids))
                 yield _messages(v, batch, found, machine)
-        except HutchError as e:  # the project went, say: the page keeps what it shows
+        except HutchError as e:  # signed out, the project went: the page keeps what it shows
             yield _sse("error", html("alert.html", message=e.message), None)
         finally:
             ctl.streams.release(lease)
