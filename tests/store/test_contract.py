@@ -12,13 +12,14 @@ from hutch.model.machine import (
     Capacity,
     Desired,
     GroupPolicy,
+    MachineLine,
     MachineState,
     NodeState,
     RestartPolicy,
     Strategy,
 )
 from hutch.model.snapshot import MachineSnapshot, SnapshotState
-from hutch.model.tenancy import Quota, Role, Usage
+from hutch.model.tenancy import Quota, Role, Session, Usage
 from hutch.model.usage import Hour, UsageMark, UsageRecord, UsageTotal
 from hutch.store.base import MAX_PAGE, Claim, NewEvent
 from hutch.store.sql import SqlStore
@@ -149,6 +150,41 @@ async def test_token_conflicts_and_revoke(store: SqlStore) -> None:
         found = await tx.tokens.by_hash("h1")
         assert found is not None
         assert not found.usable(150.0)
+
+
+async def test_sessions(store: SqlStore) -> None:
+    a = f.project()
+    tok, other = f.token(a.id), f.token(a.id)
+    s1 = Session("s1", tok.id, "c1", f.T0, f.T0 + 100)
+    s2 = Session("s2", tok.id, "c2", f.T0, f.T0 + 200)
+    s3 = Session("s3", other.id, "c3", f.T0, f.T0 + 300)
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.tokens.create(tok, "h1")
+        await tx.tokens.create(other, "h2")
+        for s in (s1, s2, s3):
+            await tx.sessions.create(s)
+        with pytest.raises(Conflict):
+            await tx.sessions.create(s1)
+        with pytest.raises(NotFound, match="token 'nope'"):
+            await tx.sessions.create(replace(s1, id="s4", token_id="nope"))
+        await tx.sessions.choose("s2", a.id)
+    async with store.read() as tx:
+        assert await tx.sessions.get("s1") == s1
+        assert await tx.sessions.get("s2") == replace(s2, project_id=a.id)
+        assert await tx.sessions.get("nope") is None
+    async with store.write() as tx:
+        assert await tx.sessions.prune(f.T0 + 100) == 1  # s1 expired then
+        await tx.sessions.delete("s2")
+        await tx.sessions.delete("s2")  # signing out twice is no error
+        assert await tx.sessions.end_token(other.id) == 1
+        await tx.sessions.create(replace(s1, expires_at=f.T0 + 900))
+    async with store.read() as tx:
+        assert [await tx.sessions.get(s) for s in ("s2", "s3")] == [None, None]
+    async with store.write() as tx:
+        await tx.projects.delete(a.id)  # its tokens go, and their sessions
+    async with store.read() as tx:
+        assert await tx.sessions.get("s1") is None
 
 
 # -- machines -------------------------------------------------------------------------------------
@@ -361,6 +397,25 @@ async def test_list_filters(store: SqlStore) -> None:
         assert [m.id for m in page] == [web1.id, web2.id]
         page, cursor = await tx.machines.list(a.id, labels={"app": "web"}, cursor=cursor)
         assert [m.id for m in page] == [gone.id] and cursor is None
+
+
+async def test_lines(store: SqlStore) -> None:
+    a, b = f.project(), f.project()
+    one = f.machine(a.id, cpus=2, memory_mib=512)
+    two = f.machine(a.id, state=MachineState.RUNNING)
+    gone = f.machine(a.id, state=MachineState.DESTROYED)
+    pooled = f.machine(a.id, pool="pl-1")
+    theirs = f.machine(b.id)
+    async with store.write() as tx:
+        for p in (a, b):
+            await tx.projects.create(p)
+        for m in (one, two, gone, pooled, theirs):
+            await tx.machines.create(m)
+    kept = [s for s in MachineState if s is not MachineState.DESTROYED]
+    async with store.read() as tx:
+        assert await tx.machines.lines(a.id, kept) == [MachineLine.of(one), MachineLine.of(two)]
+        assert await tx.machines.lines(a.id, [MachineState.RUNNING]) == [MachineLine.of(two)]
+    assert MachineLine.of(one).cpus == 2 and MachineLine.of(one).memory_mib == 512
 
 
 async def test_list_limits_and_bad_cursor(store: SqlStore) -> None:
@@ -705,6 +760,9 @@ async def test_events(store: SqlStore) -> None:
         assert await tx.events.since(a.id, e4.id) == []
         with pytest.raises(Invalid):
             await tx.events.since(a.id, 0, limit=0)
+        assert await tx.events.of_object(a.id, "m-1", 10) == [e4, e3, e1]  # newest first
+        assert await tx.events.of_object(a.id, "m-1", 2) == [e4, e3]
+        assert await tx.events.of_object(a.id, "m-2", 10) == []  # b's m-2 is not a's
         assert (await tx.events.last(a.id), await tx.events.last(b.id)) == (3, 1)
         with pytest.raises(NotFound):
             await tx.events.last("nope")

@@ -33,6 +33,7 @@ from hutch.model.machine import (
     Event,
     GroupPolicy,
     Machine,
+    MachineLine,
     MachineSpec,
     MachineState,
     Node,
@@ -598,6 +599,43 @@ class Machines:
             return await tx.machines.list(
                 project.id, states=states, labels=labels, limit=limit, cursor=cursor
             )
+
+    async def listing(
+        self, principal: Principal, project: Project
+    ) -> tuple[list[MachineLine], int]:
+        """Every machine of the project but the destroyed, as lines of a list, and the number
+        of its newest event before they were read: the events after it tell every change since
+        (a live list)."""
+        self.policy.require(principal, Action.MACHINE_READ, project.id)
+        states = tuple(s for s in MachineState if s is not MachineState.DESTROYED)
+        async with self.store.read() as tx:
+            last = await tx.events.last(project.id)
+            return await tx.machines.lines(project.id, states), last
+
+    async def history(
+        self, principal: Principal, project: Project, ref: str, limit: int = 50
+    ) -> tuple[Machine, list[Event], int]:
+        """The machine, its newest `limit` events (newest first), and the number of the
+        project's newest event before they were read (as `listing`)."""
+        self.policy.require(principal, Action.MACHINE_READ, project.id)
+        async with self.store.read() as tx:
+            last = await tx.events.last(project.id)
+            m = await _get(tx, project, ref)
+            return m, await tx.events.of_object(project.id, m.id, limit), last
+
+    async def several(
+        self, principal: Principal, project: Project, ids: Sequence[str]
+    ) -> list[Machine]:
+        """The machines of `ids` the project still has (purged ones are left out)."""
+        self.policy.require(principal, Action.MACHINE_READ, project.id)
+        found = []
+        async with self.store.read() as tx:
+            for machine_id in ids:
+                try:
+                    found.append(await tx.machines.get(project.id, machine_id))
+                except NotFound:
+                    continue
+        return found
 
     async def start(self, principal: Principal, project: Project, ref: str) -> Machine:
         """A new generation of a machine that is not running (created stopped, exited, failed);

@@ -15,13 +15,21 @@ from contextlib import AbstractAsyncContextManager
 from typing import NamedTuple, Protocol
 
 from hutch.model.addressing import Address, Network, Rule, SecurityGroup
-from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
+from hutch.model.machine import (
+    Capacity,
+    Event,
+    Machine,
+    MachineLine,
+    MachineState,
+    Node,
+    Strategy,
+)
 from hutch.model.metrics import MetricPoint
 from hutch.model.network import PortMapping
 from hutch.model.pool import Pool, PoolShape
 from hutch.model.prices import Budget, Credit, Invoice, PriceBook
 from hutch.model.snapshot import MachineSnapshot
-from hutch.model.tenancy import Project, Quota, Token, Usage
+from hutch.model.tenancy import Project, Quota, Session, Token, Usage
 from hutch.model.usage import By, Held, Hour, Owner, UsageMark, UsageRecord, UsageTotal
 from hutch.model.volume import Snapshot, Volume
 
@@ -90,6 +98,28 @@ class TokenRepo(Protocol):
         `now`, and those of `project_ids` that still exist (for open streams, services/streams)."""
 
 
+class SessionRepo(Protocol):
+    """Dashboard sessions, by the sha256 of their cookie's secret."""
+
+    async def create(self, session: Session) -> None:
+        """NotFound if its token does not exist."""
+
+    async def get(self, session_id: str) -> Session | None:
+        """The session, expired or not (the caller checks)."""
+
+    async def choose(self, session_id: str, project_id: str) -> None:
+        """The project it acts in from now on (a system token's choice)."""
+
+    async def delete(self, session_id: str) -> None:
+        """Ended (signed out); nothing if there is no such session."""
+
+    async def end_token(self, token_id: str) -> int:
+        """End every session of the token (revoked): how many."""
+
+    async def prune(self, now: float) -> int:
+        """Delete the sessions expired at `now`: how many."""
+
+
 class MachineRepo(Protocol):
     async def create(self, machine: Machine) -> None:
         """Conflict if the project already has a machine of that name (destroyed ones aside)."""
@@ -108,6 +138,12 @@ class MachineRepo(Protocol):
     ) -> tuple[builtins.list[Machine], str | None]:
         """Oldest first, at most `limit` (and at most MAX_PAGE) machines; the second value is
         the cursor of the next page (None: last page)."""
+
+    async def lines(
+        self, project_id: str, states: Sequence[MachineState]
+    ) -> builtins.list[MachineLine]:
+        """Every machine of the project in one of `states` (warm pools' aside), oldest first,
+        as lines of a list: one statement, no pages."""
 
     async def update(self, machine: Machine) -> Machine:
         """Write `machine` if the stored version is `machine.version`; return it with the
@@ -207,6 +243,9 @@ class EventRepo(Protocol):
 
     async def last(self, project_id: str) -> int:
         """The number of the project's newest event (0: none yet); NotFound if it is gone."""
+
+    async def of_object(self, project_id: str, object_id: str, limit: int) -> builtins.list[Event]:
+        """The object's newest `limit` events (at most MAX_EVENTS), newest first."""
 
 
 class LeaseRepo(Protocol):
@@ -518,6 +557,7 @@ class UsageRepo(Protocol):
 class Tx(Protocol):
     projects: ProjectRepo
     tokens: TokenRepo
+    sessions: SessionRepo
     machines: MachineRepo
     nodes: NodeRepo
     events: EventRepo

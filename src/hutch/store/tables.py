@@ -65,6 +65,18 @@ tokens = sa.Table(
     sa.Column("secret_hash", sa.String(255), nullable=False, unique=True),
 )
 
+# Dashboard sign-ins (model.tenancy.Session); they go with their token.
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),  # sha256 of the cookie's secret
+    sa.Column("token_id", _ID, sa.ForeignKey("tokens.id"), nullable=False, index=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME, nullable=False, index=True),
+    sa.Column("project_id", _ID),  # a system token's chosen project; not a key: it may go
+)
+
 nodes = sa.Table(
     "nodes",
     metadata,
@@ -242,6 +254,7 @@ events = sa.Table(
     # a project sees say nothing about other projects. `id` only orders rows internally.
     sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("uq_events_project_id_seq", "project_id", "seq", unique=True),
+    sa.Index("ix_events_project_id_object_id_seq", "project_id", "object_id", "seq"),
     sqlite_autoincrement=True,
 )
 
