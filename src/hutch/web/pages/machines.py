@@ -5,6 +5,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from hutch.services.policy import Action
+from hutch.web.pages import live
 from hutch.web.render import page, pages
 from hutch.web.visitor import Visiting
 
@@ -22,4 +23,5 @@ async def machines(request: Request, v: Visiting) -> HTMLResponse:
 async def machine(request: Request, v: Visiting, ref: str) -> HTMLResponse:
     ctl = request.app.state.controller
     m = await ctl.machines.get(v.principal, v.project, ref)
-    return page(request, v, "machine.html", m=m, writable=v.may(Action.MACHINE_WRITE))
+    return page(request, v, "machine.html", m=m, writable=v.may(Action.MACHINE_WRITE),
+                **await live.context(request, v, m))  # fmt: skip
