@@ -6,6 +6,25 @@
   var STDIN = 0, STDOUT = 1, STDERR = 2;
   var REFRESH = 15000; // ms between two readings of the sparklines' series
 
+  // The latest reading beside each chart, in the units its caption names.
+  var SHOWN = {
+    cpu: function (v) { return v.toFixed(2); },
+    memory: bytes,
+    rx: function (v) { return bytes(v) + "/s in"; },
+    tx: function (v) { return bytes(v) + "/s out"; },
+  };
+
+  function bytes(v) {
+    var units = ["B", "KiB", "MiB", "GiB", "TiB"], i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return (i ? v.toFixed(1) : Math.round(v)) + " " + units[i];
+  }
+
+  function latest(values) {
+    for (var i = values.length - 1; i >= 0; i--) if (values[i] !== null) return values[i];
+    return null;
+  }
+
   function sparklines(box) {
     var plots = {};
     function series(data, names) {
@@ -20,6 +39,9 @@
           box.querySelectorAll(".spark").forEach(function (el) {
             var names = el.dataset.series.split(",");
             var columns = series(data, names);
+            el.previousElementSibling.querySelector(".now").textContent = names
+              .map(function (n) { var v = latest(data[n]); return v === null ? "" : SHOWN[n](v); })
+              .filter(Boolean).join(", ");
             if (plots[el.dataset.series]) {
               plots[el.dataset.series].setData(columns);
               return;
@@ -28,9 +50,10 @@
               width: el.clientWidth, height: el.clientHeight,
               legend: { show: false }, cursor: { show: false },
               axes: [{ show: false }, { show: false }],
-              scales: { x: { time: true } },
+              // From zero: an idle machine's flat line sits on the axis, not mid-chart.
+              scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, max > 0 ? max : 1]; } } },
               series: [{}].concat(names.map(function (n, i) {
-                return { label: n, stroke: i ? "#b45309" : "#1d4ed8", width: 1.5, spanGaps: false };
+                return { label: n, stroke: i ? "#b45309" : "#1d4ed8", width: 1.5, points: { show: false } };
               })),
             }, columns, el);
           });
@@ -96,7 +119,21 @@
     window.addEventListener("resize", function () { fit.fit(); });
   }
 
+  // The log follows its end, as `tail -f` does, unless the reader scrolled up to read.
+  function following(pre) {
+    var atEnd = true;
+    pre.addEventListener("scroll", function () {
+      atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    });
+    document.body.addEventListener("htmx:sseMessage", function () {
+      if (atEnd) pre.scrollTop = pre.scrollHeight;
+    });
+    pre.scrollTop = pre.scrollHeight;
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var pre = document.getElementById("logs");
+    if (pre) following(pre);
     var sparks = document.getElementById("sparks");
     if (sparks && window.uPlot) sparklines(sparks);
     var box = document.getElementById("shell");
