@@ -21,6 +21,7 @@ from starlette.requests import HTTPConnection
 
 from hutch.controller import Controller
 from hutch.http import streams
+from hutch.http.streaming import leased
 from hutch.model.errors import Forbidden, HutchError
 from hutch.model.machine import Machine
 from hutch.model.metrics import rate
@@ -107,16 +108,18 @@ async def logs(
     )
 
     async def events() -> AsyncIterator[bytes]:
-        yield RESET
-        async for records in _records(chunks):
-            if records:
-                yield _event("log", "".join(log_html(r) for r in records))
-        yield END
+        try:
+            yield RESET
+            async for records in _records(chunks):
+                if records:
+                    yield _event("log", "".join(log_html(r) for r in records))
+            yield END
+        finally:  # ended, or the reader went away (perhaps before the log began)
+            ctl.streams.release(lease)
 
-    response = streams.streaming(ctl.streams, lease, events(), "text/event-stream")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Accel-Buffering"] = "no"  # a proxy in front must not hold it back
-    return response
+    # A proxy in front must not hold it back (nginx buffers otherwise).
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return leased(ctl.streams, lease, events(), "text/event-stream", headers)
 
 
 async def log_tail(ctl: Controller, v: Visitor, m: Machine, lines: int = TAIL) -> Markup:
