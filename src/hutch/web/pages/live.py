@@ -118,7 +118,7 @@ async def logs(
             ctl.streams.release(lease)
 
     # A proxy in front must not hold it back (nginx buffers otherwise).
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    headers = {"X-Accel-Buffering": "no"}
     return leased(ctl.streams, lease, events(), "text/event-stream", headers)
 
 
@@ -183,7 +183,7 @@ async def metrics(request: Request, v: Visiting, ref: str) -> JSONResponse:
         "memory_limit": points[-1].memory_limit_bytes if points else None,
         "vcpus": m.spec.cpus,
     }
-    return JSONResponse(series, headers={"Cache-Control": "no-store"})
+    return JSONResponse(series)
 
 
 async def cost(ctl: Controller, v: Visitor, m: Machine) -> dict[str, Any] | None:
