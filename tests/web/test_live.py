@@ -4,6 +4,7 @@ WebSocket (cookie, Origin, CSRF, the API's policy), its metrics and cost, and an
 project's machine out of reach."""
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +19,12 @@ from tests.controller import Controller, controller, new_project
 from tests.helpers.web import csrf_of
 
 __all__ = ["controller"]  # the session fixture, for the tests here
-# Prints a line that is HTML, then one to stderr, then ticks (its log follows on).
-TALKER = "echo '<b>hello & web</b>'; echo oops >&2; while :; do echo tick; sleep 1; done"
+# Floods its log past the ring (log_max_bytes, 1 MiB) before anyone reads it, then prints a
+# line that is HTML, one to stderr, then ticks (its log follows on).
+TALKER = (
+    "head -c 1500000 /dev/zero | tr '\\0' x; echo; echo '<b>hello & web</b>'; echo oops >&2; "
+    "while :; do echo tick; sleep 1; done"
+)
 
 
 @dataclass
@@ -71,7 +76,9 @@ def site(controller: Controller) -> Iterator[Site]:
         }
         stranger = admin.projects.tokens.create(other, role="member").secret
     with Client(controller.url, tokens["member"], project=project) as client:
-        m = client.machines.run("busybox", ["sh", "-c", TALKER], runtime="container")
+        m = client.machines.run(
+            "busybox", ["sh", "-c", TALKER], runtime="container", hold_output=False
+        )
         visitors = [sign_in(controller, t) for t in (tokens["member"], tokens["reader"], stranger)]
         try:
             yield Site(controller, project, m, visitors[0], visitors[1], tokens["reader"],
@@ -84,7 +91,8 @@ def site(controller: Controller) -> Iterator[Site]:
 
 def test_the_log_streams_what_the_workload_printed_escaped(site: Site) -> None:
     said: list[str] = []
-    with site.member.http.stream("GET", f"/ui/machines/{site.machine.id}/logs?tail=50") as r:
+    logs = f"/ui/machines/{site.machine.id}/logs?tail=10000"
+    with site.member.http.stream("GET", logs) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = []
@@ -100,6 +108,9 @@ def test_the_log_streams_what_the_workload_printed_escaped(site: Site) -> None:
     assert 'hx-swap-oob="innerHTML:#logs"' in said[0]  # a (re)connection starts afresh
     assert "&lt;b&gt;hello &amp; web&lt;/b&gt;" in text and "<b>" not in text
     assert '<span class="stderr">oops' in text
+    # What the log dropped before anyone read it is said where it was.
+    lost = re.search(r"\[(\d+) bytes of stdout were lost here\]", text)
+    assert lost and 1_500_000 - (1 << 20) <= int(lost.group(1)) < 1_500_000, text[:300]
     # Without JavaScript: the page holds the tail itself.
     page = site.member.http.get(f"/ui/machines/{site.machine.id}")
     assert page.status_code == 200
