@@ -116,6 +116,7 @@ def test_the_log_streams_what_the_workload_printed_escaped(site: Site) -> None:
     assert page.status_code == 200
     pre = page.text.split('<pre id="logs"', 1)[1].split("</pre>", 1)[0]
     assert "&lt;b&gt;hello &amp; web&lt;/b&gt;" in pre and "tick" in pre
+    assert "characters before these are not shown here" in pre and len(pre) < 300_000
 
 
 def test_the_shell_runs_a_command_for_a_member_and_the_api_refuses_a_reader_alike(

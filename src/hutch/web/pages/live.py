@@ -7,6 +7,7 @@ token; only who calls (the session cookie) and the log's encoding (HTML lines) a
 
 import html
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
@@ -36,6 +37,7 @@ router = pages()
 TAIL = 200  # lines of the log a machine's page shows first
 MAX_TAIL = 10_000
 SINCE = 3600.0  # seconds of metric history the sparklines show
+PAGE_LOG = 256 << 10  # characters of output at most in the page's own tail
 MAX_RECORD = 1 << 20  # bytes of one NDJSON record (a node's are 64 KiB of output, escaped)
 
 
@@ -132,10 +134,24 @@ async def log_tail(ctl: Controller, v: Visitor, m: Machine, lines: int = TAIL) -
         return Markup('<span class="lost">[the log cannot be read now: {}]</span>').format(
             e.message
         )
+    kept: deque[LogLine] = deque()  # the newest records, about PAGE_LOG bytes of them
+    size = 0
     try:
-        return Markup("".join([log_html(r) async for rs in _records(chunks) for r in rs]))
+        async for records in _records(chunks):
+            for r in records:
+                kept.append(r)
+                size += len(r.data)
+                while size - len(kept[0].data) >= PAGE_LOG:
+                    size -= len(kept.popleft().data)
     finally:
         ctl.streams.release(lease)
+    if size > PAGE_LOG:  # the end of the oldest kept: the page says what it leaves out
+        first = kept.popleft()
+        cut = len(first.data) - (PAGE_LOG - (size - len(first.data)))
+        kept.appendleft(first.model_copy(update={"data": first.data[cut:]}))
+        notice = f'<span class="lost">[{cut} characters before these are not shown here]</span>\n'
+        return Markup(notice + "".join(map(log_html, kept)))
+    return Markup("".join(map(log_html, kept)))
 
 
 @router.websocket("/ui/machines/{ref}/exec")
