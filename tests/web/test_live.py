@@ -1,13 +1,16 @@
 """A machine page's live parts (hutch/web/pages/live.py) against a real `hutch up`, with one
 container machine: its log as server-sent events and server-side, its shell over the exec
 WebSocket (cookie, Origin, CSRF, the API's policy), its metrics and cost, and another
-project's machine out of reach."""
+project's machine out of reach. The streams' bound per token needs no node: in-process."""
 
+import asyncio
 import json
 import re
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +19,10 @@ from websockets.sync.client import ClientConnection, connect
 from hutch.client import Client
 from hutch.wire.machines import MachineView
 from tests.controller import Controller, controller, new_project
+from tests.helpers.api import Api, close_api, open_api, served
+from tests.helpers.web import Visitor as WebVisitor
 from tests.helpers.web import csrf_of
+from tests.store.at_head import controller_db_at_head
 
 __all__ = ["controller"]  # the session fixture, for the tests here
 # Floods its log past the ring (log_max_bytes, 1 MiB) before anyone reads it, then prints a
@@ -195,3 +201,39 @@ def test_the_sparklines_read_hutchs_telemetry_and_the_page_says_the_cost(site: S
     assert series["memory"][-1] > 0
     page = site.member.http.get(f"/ui/machines/{site.machine.id}").text
     assert 'id="cost"' in page and 'id="sparks"' in page
+
+
+@pytest.fixture
+async def one_stream(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    """The in-process controller (simulated node), each token holding one stream at most."""
+    tmp = Path(tempfile.mkdtemp(prefix="hw", dir="/tmp"))
+    api, _ = await open_api(tmp, controller_db_at_head(request, "sqlite", tmp), streams_per_token=1)
+    await api.project("alpha")
+    yield api
+    await close_api(api)
+
+
+async def test_a_visitors_log_streams_are_its_tokens_streams(one_stream: Api) -> None:
+    api = one_stream
+    token = await api.token("alpha", "member")
+    m = (await api.machine(token)).json()["id"]
+    async with served(api) as url:
+        v = WebVisitor(api, url, served=True)
+        assert (await v.sign_in(token)).status_code == 303
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30) as http,
+            http.stream("GET", "/v1/events", headers=headers) as held,
+        ):  # fmt: skip
+            assert held.status_code == 200
+            r = await v.get(f"/ui/machines/{m}/logs")
+            assert r.status_code == 429 and 'role="alert"' in r.text
+            assert "streams open" in r.text
+        # Released: the log is read from the node (simulated here: it cannot be reached).
+        for _ in range(100):
+            r = await v.get(f"/ui/machines/{m}/logs")
+            if r.status_code != 429:
+                break
+            await asyncio.sleep(0.05)
+        assert r.status_code == 503, r.text
+        await v.close()
