@@ -59,6 +59,7 @@ class Site:
     project: str
     machine: MachineView
     member: Visitor
+    member_token: str
     reader: Visitor
     reader_token: str
     stranger: Visitor  # a member of another project
@@ -87,8 +88,8 @@ def site(controller: Controller) -> Iterator[Site]:
         )
         visitors = [sign_in(controller, t) for t in (tokens["member"], tokens["reader"], stranger)]
         try:
-            yield Site(controller, project, m, visitors[0], visitors[1], tokens["reader"],
-                       visitors[2])  # fmt: skip
+            yield Site(controller, project, m, visitors[0], tokens["member"], visitors[1],
+                       tokens["reader"], visitors[2])  # fmt: skip
         finally:
             for v in visitors:
                 v.http.close()
@@ -151,6 +152,26 @@ def test_the_shell_runs_a_command_for_a_member_and_the_api_refuses_a_reader_alik
     assert refused == by_api and refused["status"] == 403, refused
     page = site.reader.http.get(f"/ui/machines/{m}").text
     assert 'id="shell"' not in page and 'id="logs"' in page
+
+
+def test_signing_out_ends_the_shell_and_the_log(site: Site) -> None:
+    v = sign_in(site.ctl, site.member_token)
+    m = site.machine.id
+    with (
+        v.exec(m, {"csrf": v.csrf}) as ws,
+        v.http.stream("GET", f"/ui/machines/{m}/logs?tail=1") as log,
+    ):
+        ws.send(json.dumps({"command": ["sh"], "stdin": True}))
+        ws.send(b"\x00echo still-$((6 * 7))\n")
+        assert b"still-42" in ws.recv(timeout=30)
+        lines = log.iter_lines()
+        assert next(lines) == "event: log"  # it streams
+        r = v.http.post("/ui/logout", data={"csrf": v.csrf})
+        assert r.status_code == 303
+        ended = json.loads(ws.recv(timeout=10))  # within SESSION_CHECK, and a tick
+        assert ended["type"] == "error" and ended["status"] == 401, ended
+        assert "event: end" in list(lines)  # then the stream ends (it ticks every second)
+    v.http.close()
 
 
 @pytest.mark.parametrize(

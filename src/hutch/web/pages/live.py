@@ -5,6 +5,7 @@ The log and the shell are the API's own (hutch.http.streams), under the same str
 token; only who calls (the session cookie) and the log's encoding (HTML lines) are said here.
 """
 
+import asyncio
 import html
 import time
 from collections import deque
@@ -23,14 +24,15 @@ from starlette.requests import HTTPConnection
 from hutch.controller import Controller
 from hutch.http import streams
 from hutch.http.streaming import leased
-from hutch.model.errors import Forbidden, HutchError
+from hutch.model.errors import Forbidden, HutchError, Unauthenticated
 from hutch.model.machine import Machine
 from hutch.model.metrics import rate
 from hutch.model.prices import UNITS, total, usage_lines
 from hutch.model.tenancy import Principal, Project
 from hutch.services.policy import Action
+from hutch.services.streams import Lease
 from hutch.web.render import pages
-from hutch.web.visitor import Visiting, Visitor, check_csrf, resolve
+from hutch.web.visitor import COOKIE, Visiting, Visitor, check_csrf, resolve
 from hutch.wire.machines import LogLine
 
 router = pages()
@@ -38,6 +40,7 @@ TAIL = 200  # lines of the log a machine's page shows first
 MAX_TAIL = 10_000
 SINCE = 3600.0  # seconds of metric history the sparklines show
 PAGE_LOG = 256 << 10  # characters of output at most in the page's own tail
+SESSION_CHECK = 1.0  # seconds: a signed-out session's log and shell end within about this
 MAX_RECORD = 1 << 20  # bytes of one NDJSON record (a node's are 64 KiB of output, escaped)
 
 
@@ -109,12 +112,21 @@ async def logs(
         ctl.machines, ctl.streams, v.principal, v.project, ref, follow=True, tail=tail
     )
 
+    cookie = request.cookies.get(COOKIE)
+    checked = time.monotonic()
+
     async def events() -> AsyncIterator[bytes]:
+        nonlocal checked
         try:
             yield RESET
             async for records in _records(chunks):
+                if time.monotonic() - checked >= SESSION_CHECK:  # signed out: nothing more
+                    await ctl.tenancy.session(cookie)
+                    checked = time.monotonic()
                 if records:
                     yield _event("log", "".join(log_html(r) for r in records))
+            yield END
+        except Unauthenticated:  # signed out: the page keeps what it shows, and stops
             yield END
         finally:  # ended, or the reader went away (perhaps before the log began)
             ctl.streams.release(lease)
@@ -167,7 +179,19 @@ async def shell(
         check_csrf(v, csrf)
         return v.principal, v.project
 
-    await streams.session(ws, ctl.machines, ctl.streams, caller, ref, attach=False)
+    async def watch(lease: Lease) -> None:
+        """Signing out ends the shell, as revoking the token would."""
+        cookie = ws.cookies.get(COOKIE)
+        while lease.live:
+            await asyncio.sleep(SESSION_CHECK)
+            try:
+                await ctl.tenancy.session(cookie)
+            except Unauthenticated as e:
+                lease.end(e.message)
+            except HutchError:  # the store is away: the token's own check says when to end
+                continue
+
+    await streams.session(ws, ctl.machines, ctl.streams, caller, ref, attach=False, watch=watch)
 
 
 def same_origin(conn: HTTPConnection) -> None:
