@@ -13,13 +13,14 @@ from fastapi.staticfiles import StaticFiles
 from hutch.config import Settings
 from hutch.controller import Controller
 from hutch.web import assets, render
-from hutch.web.pages import auth, machines
+from hutch.web.pages import auth, live, machines
 
 log = logging.getLogger("hutch.web")
 
 PAGES = (
     auth,
     machines,
+    live,
 )
 STATIC = render.HERE / "static"
 
