@@ -2,6 +2,7 @@
 cookies, and finds the CSRF value forms carry."""
 
 import re
+from collections.abc import Mapping
 
 import httpx
 
@@ -31,7 +32,7 @@ class Visitor:
     async def get(self, path: str, **kwargs: object) -> httpx.Response:
         return await self.http.get(path, **kwargs)  # type: ignore[arg-type]
 
-    async def post(self, path: str, data: dict[str, object] | None = None,
+    async def post(self, path: str, data: Mapping[str, object] | None = None,
                    **kwargs: object) -> httpx.Response:  # fmt: skip
         """A form posted with the session's CSRF value (unless `data` names its own)."""
         return await self.http.post(path, data={"csrf": self.csrf, **(data or {})}, **kwargs)  # type: ignore[arg-type]

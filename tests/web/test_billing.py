@@ -15,7 +15,7 @@ def _alert(page: str) -> str:
 
 
 def _groups(page: str) -> list[str]:
-    body = page.split('<table id="usage-table">')[1].split("</tbody>")[0]
+    body = page.split('<table id="usage-table">')[1].split("</tbody>", maxsplit=1)[0]
     return re.findall(r"<tr>\s*<td>([^<]*)</td>", body)
 
 

@@ -62,8 +62,10 @@ class NodeVolumes:
 @pytest.fixture
 def node(api: Api, monkeypatch: pytest.MonkeyPatch) -> NodeVolumes:
     fake = NodeVolumes()
-    for name in ("volume_capacity", "create_volume", "volumes_now", "delete_volume",
-                 "snapshot_volume", "snapshots_now", "delete_snapshot", "restore_volume"):  # fmt: skip
+    for name in (
+        "volume_capacity", "create_volume", "volumes_now", "delete_volume", "snapshot_volume",
+        "snapshots_now", "delete_snapshot", "restore_volume",
+    ):  # fmt: skip
         monkeypatch.setattr(api.ctl.link, name, getattr(fake, name))
     return fake
 
@@ -85,7 +87,8 @@ async def test_create_snapshot_restore_delete_and_a_reader_only_reads(
     r = await member.post("/ui/volumes/db/snapshots", {"name": "before"})
     assert r.status_code == 303, r.text
     listing = (await member.get("/ui/volumes")).text
-    assert '<tr id="vol-db">' in listing and "2.0 GiB" in listing and 'id="volume-create"' in listing
+    assert '<tr id="vol-db">' in listing and "2.0 GiB" in listing
+    assert 'id="volume-create"' in listing
     page = (await member.get("/ui/volumes/db")).text
     assert "<td>before</td>" in page and "/ui/volumes/db/snapshots/before/restore" in page
 
