@@ -18,8 +18,8 @@ def csrf_of(page: str) -> str:
 
 
 class Visitor:
-    def __init__(self, api: Api) -> None:
-        self.http = httpx.AsyncClient(transport=api.http._transport, base_url="http://hutch")
+    def __init__(self, api: Api, base_url: str = "http://hutch") -> None:
+        self.http = httpx.AsyncClient(transport=api.http._transport, base_url=base_url)
         self.csrf = ""
 
     async def sign_in(self, token: str) -> httpx.Response:

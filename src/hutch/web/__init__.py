@@ -14,7 +14,6 @@ from hutch.config import Settings
 from hutch.controller import Controller
 from hutch.web import assets, render
 from hutch.web.pages import auth, billing, images, machines, networks, nodes, projects, volumes
-from hutch.web.visitor import Sessions
 
 log = logging.getLogger("hutch.web")
 
@@ -34,7 +33,6 @@ STATIC = render.HERE / "static"
 def install(app: FastAPI, ctl: Controller, settings: Settings) -> None:
     """Serve the dashboard from `app`: /ui's pages, /ui/static (ours), /ui/static/vendor (what
     `hutch setup` fetched from npm; without it the pages still read, without live parts)."""
-    app.state.web_sessions = Sessions(ctl)
     app.state.web_settings = settings
     render.install(app)
     vendor = settings.cache_dir / assets.VENDOR_DIR

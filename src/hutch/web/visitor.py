@@ -18,18 +18,15 @@ A page takes one of two dependencies and calls the services with `v.principal` a
 - WebSockets: `await resolve(ws, project)`, then `check_csrf(v, sent)`.
 """
 
-import hashlib
 import hmac
-import secrets
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
 from hutch.controller import Controller
-from hutch.model.errors import Forbidden, NotFound, Unauthenticated
+from hutch.model.errors import Forbidden, NotFound
 from hutch.model.tenancy import Principal, Project
 from hutch.services.policy import Action, Policy
 
@@ -56,66 +53,16 @@ class Visitor:
         return self.principal.system
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
-    id: str  # sha256 of the cookie's secret
-    token_secret: str
-    csrf: str
-    created_at: float
-    expires_at: float
-    project_id: str | None = None  # a system token's chosen project
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-class Sessions:
-    """Sessions in memory (the skeleton's; moved to the store next)."""
-
-    def __init__(self, ctl: Controller) -> None:
-        self.ctl = ctl
-        self._by_id: dict[str, Session] = {}
-
-    async def open(self, token: str) -> tuple[str, Principal]:
-        """A new session for a valid token; the cookie's secret."""
-        principal = await self.ctl.tenancy.authenticate(token)
-        now = time.time()
-        expires = now + SESSION_SECONDS
-        if principal.expires_at is not None:
-            expires = min(expires, principal.expires_at)
-        secret = secrets.token_urlsafe(32)
-        session = Session(_hash(secret), token, secrets.token_urlsafe(32), now, expires)
-        self._by_id[session.id] = session
-        return secret, principal
-
-    async def find(self, secret: str) -> tuple[Session, Principal]:
-        session = self._by_id.get(_hash(secret))
-        if session is None or session.expires_at <= time.time():
-            raise Unauthenticated("your session has ended: sign in again")
-        return session, await self.ctl.tenancy.authenticate(session.token_secret)
-
-    async def choose(self, session: Session, project_id: str) -> None:
-        self._by_id[session.id] = replace(session, project_id=project_id)
-
-    async def close(self, secret: str) -> None:
-        self._by_id.pop(_hash(secret), None)
-
-
-def sessions(conn: HTTPConnection) -> Sessions:
-    found: Sessions = conn.app.state.web_sessions
-    return found
+def controller(conn: HTTPConnection) -> Controller:
+    ctl: Controller = conn.app.state.controller
+    return ctl
 
 
 async def resolve(conn: HTTPConnection, project: str | None) -> Visitor:
     """The visitor of a request or WebSocket, from its session cookie (Unauthenticated if
     none or ended), acting in `project` (None: the session's)."""
-    secret = conn.cookies.get(COOKIE)
-    if not secret:
-        raise Unauthenticated("sign in first")
-    store = sessions(conn)
-    session, principal = await store.find(secret)
-    ctl: Controller = conn.app.state.controller
+    ctl = controller(conn)
+    session, principal = await ctl.tenancy.session(conn.cookies.get(COOKIE))
     policy = ctl.tenancy.policy
     if not principal.system:
         chosen = await ctl.tenancy.project_for(principal, project)
@@ -128,7 +75,7 @@ async def resolve(conn: HTTPConnection, project: str | None) -> Visitor:
                 raise NotFound(f"no project {project!r}")
             chosen = found[0]
             if chosen.id != session.project_id:
-                await store.choose(session, chosen.id)
+                session = await ctl.tenancy.choose_project(session, chosen.id)
         else:
             kept = [p for p in every if p.id == session.project_id]
             default = [p for p in every if p.name == conn.app.state.web_settings.project]

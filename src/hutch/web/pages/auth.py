@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from hutch.model.errors import Forbidden, Unauthenticated
 from hutch.web.render import local_next, page, pages, see_other
-from hutch.web.visitor import COOKIE, LOGIN_COOKIE, SESSION_SECONDS, Acting, sessions
+from hutch.web.visitor import COOKIE, LOGIN_COOKIE, SESSION_SECONDS, Acting, controller
 
 router = pages()
 
@@ -55,7 +55,7 @@ async def login(
         raise Forbidden("this sign-in form is out of date or came from another site: "
                         "reload the sign-in page and try again")  # fmt: skip
     try:
-        secret, _ = await sessions(request).open(token.strip())
+        secret, _ = await controller(request).tenancy.open_session(token.strip(), SESSION_SECONDS)
     except Unauthenticated as e:
         return _login_page(request, next, 401, f"Not signed in: {e.message}.")
     response = see_other(local_next(next) or "/ui/machines")
@@ -66,7 +66,7 @@ async def login(
 
 @router.post("/ui/logout")
 async def logout(request: Request, _: Acting) -> Response:
-    await sessions(request).close(request.cookies.get(COOKIE, ""))
+    await controller(request).tenancy.close_session(request.cookies.get(COOKIE))
     response = see_other("/ui/login")
     response.delete_cookie(COOKIE, path="/ui")
     return response
