@@ -1,8 +1,6 @@
-"""Images: the project's and the catalogue's, a pull with its progress as it happens, removal.
-
-An import is an upload of an archive the CLI prepares (it packs directories and OCI layouts
-first), so the page says how to do it with `hutch image import` rather than offering a form.
-"""
+"""Images: the project's and the catalogue's, a pull with its progress as it happens, an
+import of an uploaded archive, removal. (A root directory or an OCI layout, which a browser
+cannot upload as one file, the CLI packs and imports: the page says how.)"""
 
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +13,8 @@ from hutch.controller import Controller
 from hutch.model.errors import HutchError, NoCapacity, Unavailable
 from hutch.services.policy import Action
 from hutch.web.render import html, page, pages, see_other
-from hutch.web.visitor import Acting, Visiting
+from hutch.web.upload import upload
+from hutch.web.visitor import Acting, Visiting, check_csrf
 from hutch.wire.images import ImageView, PullEvent
 
 router = pages()
@@ -75,6 +74,18 @@ async def _progress(first: PullEvent, rest: AsyncIterator[PullEvent]) -> AsyncIt
             event = await anext(rest, None)
     except HutchError as e:  # the node failed mid-pull: the page ends with why
         yield html("alert.html", message=e.message)
+
+
+@router.post("/ui/images/import")
+async def import_image(request: Request, v: Visiting) -> Response:
+    """A `docker save` or OCI archive, or a root filesystem's tar, streamed to the nodes as it
+    is uploaded. The form's CSRF value is checked before a byte of its file is read."""
+    sent = await upload(request)
+    check_csrf(v, next(iter(sent.values("csrf")), None))
+    names = [n.strip() for n in sent.values("name") if n.strip()]
+    public = "true" in sent.values("public")
+    await _ctl(request).images.import_(v.principal, v.project, sent.chunks, names, public)
+    return see_other("/ui/images")
 
 
 @router.post("/ui/images/remove")
