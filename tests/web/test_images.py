@@ -57,7 +57,6 @@ class NodeImages:
         self.images.setdefault(project, {})[ref] = _image(ref)
         yield PullEvent(image=self.images[project][ref])
 
-
     async def import_(self, node: Any, project: str, body: AsyncIterator[bytes], *,
                       names: list[str], public: bool, limits: Any) -> list[ImageView]:  # fmt: skip
         data = b"".join([chunk async for chunk in body])
