@@ -46,6 +46,10 @@ async def test_an_admin_creates_a_token_seen_once_and_revokes_it(api: Api) -> No
     assert r.status_code == 303
     assert (await api.call("GET", "/v1/machines", secret.group(1))).status_code == 401
     assert "revoked" in (await admin.get("/ui/projects")).text
+    # What a tenant wrote is shown as text, never as markup.
+    r = await admin.post("/ui/projects/alpha/tokens", {"role": "reader", "label": "<i>x</i>"})
+    assert r.status_code == 200 and "<i>x</i>" not in r.text
+    assert "<td>&lt;i&gt;x&lt;/i&gt;</td>" in (await admin.get("/ui/projects")).text
     # Another project's tokens do not exist for alpha's admin; bad input is a 400 saying why.
     r = await admin.post("/ui/projects/beta/tokens", {"role": "member"})
     assert r.status_code == 404 and "beta" in _alert(r.text)

@@ -18,7 +18,7 @@ from hutch.web.visitor import Acting, Visiting, check_csrf
 from hutch.wire.images import ImageView, PullEvent
 
 router = pages()
-TICK = 0.25  # seconds between progress lines of a pull (the last of each layer always shows)
+TICK = 0.25  # seconds at least between a pull's progress lines for the same layer and status
 PROGRESS = "<!-- progress -->"  # where image_pull.html's events go
 
 
