@@ -18,8 +18,10 @@ def csrf_of(page: str) -> str:
 
 
 class Visitor:
-    def __init__(self, api: Api, base_url: str = "http://hutch") -> None:
-        self.http = httpx.AsyncClient(transport=api.http._transport, base_url=base_url)
+    def __init__(self, api: Api, base_url: str = "http://hutch", served: bool = False) -> None:
+        """`served`: `base_url` is a real server (tests.helpers.api.served), for streams."""
+        transport = None if served else api.http._transport
+        self.http = httpx.AsyncClient(transport=transport, base_url=base_url)
         self.csrf = ""
 
     async def sign_in(self, token: str) -> httpx.Response:

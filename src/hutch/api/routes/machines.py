@@ -3,7 +3,6 @@ events (SSE)."""
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from hutch.api.deps import Ctl, Scoped, bearer
 from hutch.controller import Controller
 from hutch.http.fair import taking_turns, turn
 from hutch.http.problems import PROBLEMS, ws_error
+from hutch.http.streaming import leased
 from hutch.model.errors import HutchError, Invalid, Unauthenticated
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Project
@@ -195,16 +195,7 @@ async def machine_logs(
         finally:
             ctl.streams.release(lease)
 
-    return _streaming(ctl, lease, body(), "application/x-ndjson")
-
-
-def _streaming(
-    ctl: Controller, lease: Lease, body: AsyncIterator[bytes], media_type: str
-) -> StreamingResponse:
-    """`body` as the response; its lease is released when it ends, or if it never starts
-    (the client went away before) when it is collected."""
-    weakref.finalize(body, ctl.streams.release, lease)
-    return StreamingResponse(body, media_type=media_type)
+    return leased(ctl.streams, lease, body(), "application/x-ndjson")
 
 
 @router.get(
@@ -240,7 +231,7 @@ async def events(
         finally:
             ctl.streams.release(lease)
 
-    return _streaming(ctl, lease, body(), "text/event-stream")
+    return leased(ctl.streams, lease, body(), "text/event-stream")
 
 
 @router.websocket("/v1/machines/{ref}/exec")
