@@ -2,7 +2,6 @@
 The simulated node has no agent: its image store is a small stand-in (`NodeImages`)."""
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 from hutch.model.errors import NotFound
 from hutch.wire.images import ImageView, PullEvent
 from tests.helpers.api import Api, served
-from tests.helpers.webpages import signed_in
+from tests.helpers.webpages import alert, signed_in
 
 MIB = 1 << 20
 
@@ -74,12 +73,6 @@ def node(api: Api, monkeypatch: pytest.MonkeyPatch) -> NodeImages:
     return fake
 
 
-def _alert(page: str) -> str:
-    found = re.search(r'<div role="alert" class="alert">(.*?)</div>', page, re.S)
-    assert found, page
-    return found.group(1)
-
-
 async def test_a_pulls_progress_shows_as_it_comes_then_the_image_is_listed(
     api: Api, node: NodeImages
 ) -> None:
@@ -107,9 +100,9 @@ async def test_a_pulls_progress_shows_as_it_comes_then_the_image_is_listed(
     # A pull the node fails ends the page with why; a registry the operator does not allow is
     # refused before any node is asked.
     r = await member.post("/ui/images/pull", {"ref": "docker.io/library/busybox:broken"})
-    assert "manifest unknown" in _alert(r.text)
+    assert "manifest unknown" in alert(r.text)
     r = await member.post("/ui/images/pull", {"ref": "registry.evil.example/x:1"})
-    assert r.status_code == 403 and "is not allowed" in _alert(r.text)
+    assert r.status_code == 403 and "is not allowed" in alert(r.text)
     await member.close()
 
 
@@ -121,12 +114,12 @@ async def test_a_reader_reads_and_cannot_pull_or_remove(api: Api, node: NodeImag
     assert "<div>busybox:1</div>" in page and "<form" not in page.split('<main id="main"')[1]
     for path in ("/ui/images/pull", "/ui/images/remove"):
         r = await reader.post(path, {"ref": "busybox:1"})
-        assert r.status_code == 403 and "image.write needs the member role" in _alert(r.text)
+        assert r.status_code == 403 and "image.write needs the member role" in alert(r.text)
     # Another project's images are not alpha's to see or remove.
     beta = await signed_in(api, "beta", "member")
     assert "busybox:1" not in (await beta.get("/ui/images")).text
     r = await beta.post("/ui/images/remove", {"ref": "busybox:1"})
-    assert r.status_code == 404 and "busybox:1" in _alert(r.text)
+    assert r.status_code == 404 and "busybox:1" in alert(r.text)
     assert (await member.post("/ui/images/remove", {"ref": "busybox:1"})).status_code == 303
     assert "busybox:1" not in (await member.get("/ui/images")).text
     assert (await member.post("/ui/images/pull", {"ref": ""})).status_code == 400
@@ -144,7 +137,7 @@ async def test_an_uploaded_archive_streams_to_the_nodes_once_its_form_is_checked
     assert r.status_code == 403 and node.imported == []
     reader = await signed_in(api, "alpha", "reader")
     r = await reader.post("/ui/images/import", {"name": "app:1"}, files=upload)
-    assert r.status_code == 403 and "image.write needs the member role" in _alert(r.text)
+    assert r.status_code == 403 and "image.write needs the member role" in alert(r.text)
     assert node.imported == []
     r = await member.post("/ui/images/import", {"name": "app:1"})
     assert r.status_code == 400, r.text

@@ -13,7 +13,17 @@ from fastapi.staticfiles import StaticFiles
 from hutch.config import Settings
 from hutch.controller import Controller
 from hutch.web import assets, render
-from hutch.web.pages import auth, billing, images, machines, networks, nodes, projects, volumes
+from hutch.web.pages import (
+    auth,
+    billing,
+    images,
+    machines,
+    networks,
+    nodes,
+    projects,
+    snapshots,
+    volumes,
+)
 
 log = logging.getLogger("hutch.web")
 
@@ -23,6 +33,7 @@ PAGES = (
     images,
     networks,
     volumes,
+    snapshots,
     projects,
     nodes,
     billing,
