@@ -141,10 +141,12 @@ async def test_an_uploaded_archive_streams_to_the_nodes_once_its_form_is_checked
     assert node.imported == []
     r = await member.post("/ui/images/import", {"name": "app:1"})
     assert r.status_code == 400 and "multipart/form-data" in alert(r.text)
-    r = await member.http.post("/ui/images/import", content=b"garbage",
-                               headers={"Content-Type": "multipart/form-data; boundary=xx"})  # fmt: skip
+    garbled = {"Content-Type": "multipart/form-data; boundary=xx"}
+    r = await member.http.post("/ui/images/import", content=b"garbage", headers=garbled)
     assert r.status_code == 400 and "is not multipart/form-data" in alert(r.text)
-    r = await member.post("/ui/images/import", {"name": "app:1"}, files={"other": upload["file"]})
+    r = await member.post(
+        "/ui/images/import", {"name": "app:1"}, files={"other": ("a.tar", b"abc")}
+    )
     assert r.status_code == 400 and "no file 'file'" in alert(r.text)
     r = await member.post("/ui/images/import", {"name": "app:1"}, files=upload)
     assert r.status_code == 303 and r.headers["location"] == "/ui/images", r.text
