@@ -61,7 +61,8 @@ async def test_run_from_the_form_and_bad_input(api: Api) -> None:
     assert page.status_code == 200
     assert re.search(r'<span id="state" class="badge s-created">created</span>', page.text)
     assert "sh -c echo hi" in page.text and "machine.created" in page.text
-    assert '<button name="action" value="stop">Stop</button>' not in page.text  # not running
+    offered = re.findall(r'<button name="action" value="(\w+)"', page.text)
+    assert offered == ["stop", "remove"]  # wanted running, not yet: no start, no suspend
     assert '<button name="action" value="remove" class="danger">Remove</button>' in page.text
     for form, said in [
         ({"image": "busybox", "cpus": "0"}, "cpus"),
@@ -205,7 +206,7 @@ async def test_the_stream_keeps_the_pages_live(api: Api) -> None:
                 r'<span id="state" class="badge s-(stopping|exited)" hx-swap-oob="true">', live
             )
             assert '<div id="actions" class="actions" hx-swap-oob="true">' in live
-            assert '<tbody hx-swap-oob="afterbegin:#events tbody">' in live
+            assert '<template><tbody hx-swap-oob="afterbegin:#events tbody">' in live
             assert "stop requested" in live
             for task in reading:
                 task.cancel()

@@ -16,7 +16,14 @@ from fastapi.responses import HTMLResponse
 
 from hutch.http.streaming import leased
 from hutch.model.errors import HutchError, Invalid
-from hutch.model.machine import Event, Machine, MachineLine, MachineSpec, MachineState
+from hutch.model.machine import (
+    Desired,
+    Event,
+    Machine,
+    MachineLine,
+    MachineSpec,
+    MachineState,
+)
 from hutch.services.policy import Action
 from hutch.web.render import html, page, pages, see_other
 from hutch.web.visitor import Acting, Visiting, Visitor, controller
@@ -39,20 +46,23 @@ _KEYS: dict[str, Callable[[MachineLine], Any]] = {
 
 def actions(m: Machine) -> list[Verb]:
     """What the machine's page offers for its state (the services still decide)."""
+    if m.state is MachineState.DESTROYED or m.desired is Desired.DESTROYED:
+        return []
     verbs: list[Verb] = []
-    if m.state.finished or m.state is MachineState.CREATED:
+    waiting = m.state is MachineState.CREATED
+    if m.state.finished or (waiting and m.desired is Desired.STOPPED):
         verbs.append("start")
+    if m.state in (MachineState.STARTING, MachineState.READY, MachineState.RUNNING) or (
+        waiting and m.desired is not Desired.STOPPED
+    ):
+        verbs.append("stop")
     if m.state is MachineState.RUNNING:
-        verbs += ["stop", "restart"]
+        verbs.append("restart")
         if m.spec.runtime == "microvm":
             verbs.append("suspend")
-    elif m.state in (MachineState.STARTING, MachineState.READY, MachineState.SUSPENDED):
-        verbs.append("stop")
     if m.state is MachineState.SUSPENDED:
-        verbs.append("resume")
-    if m.state is not MachineState.DESTROYED:
-        verbs.append("remove")
-    return verbs
+        verbs += ["resume", "stop"]
+    return [*verbs, "remove"]
 
 
 async def act(request: Request, v: Visitor, ref: str, verb: Verb) -> Machine | None:
@@ -241,4 +251,4 @@ async def events(
         finally:
             ctl.streams.release(lease)
 
-    return leased(ctl.streams, lease, body(), "text/event-stream", {"Cache-Control": "no-store"})
+    return leased(ctl.streams, lease, body(), "text/event-stream")
