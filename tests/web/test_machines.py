@@ -171,7 +171,8 @@ async def test_the_stream_keeps_the_pages_live(api: Api) -> None:
     async with served(api) as url:
         v = await signed_in(api, "alpha", "member", base_url=url, served=True)
         listed = re.search(
-            r'sse-connect="/ui/events\?after=(\d+)"', (await v.get("/ui/machines")).text
+            r'sse-connect="/ui/events\?after=(\d+)&amp;q=&amp;state="',
+            (await v.get("/ui/machines")).text,
         )
         assert listed
         rows_: asyncio.Queue[str] = asyncio.Queue()
@@ -210,4 +211,41 @@ async def test_the_stream_keeps_the_pages_live(api: Api) -> None:
             assert "stop requested" in live
             for task in reading:
                 task.cancel()
+        await v.close()
+
+
+async def test_signing_out_ends_the_stream(api: Api) -> None:
+    member = await api.token("alpha", "member")
+    async with served(api) as url:
+        v = await signed_in(api, "alpha", "member", base_url=url, served=True)
+        lines: asyncio.Queue[str] = asyncio.Queue()
+        async with v.http.stream("GET", "/ui/events", timeout=None) as r:
+            reading = asyncio.create_task(_read(r, lines))
+            await api.machine(member, name="seen")
+            assert 'data-state="created"' in await _next_message(lines, "machine")
+            assert (await v.post("/ui/logout")).status_code == 303
+            await api.machine(member, name="unseen")
+            await asyncio.wait_for(reading, 10)  # the server closed it
+        said = []
+        while not lines.empty():
+            said.append(lines.get_nowait())
+        assert any("your session has ended" in line for line in said), said
+        assert not any("unseen" in line for line in said), said
+        await v.close()
+
+
+async def test_a_filtered_list_gains_only_what_it_shows(api: Api) -> None:
+    member = await api.token("alpha", "member")
+    async with served(api) as url:
+        v = await signed_in(api, "alpha", "member", base_url=url, served=True)
+        lines: asyncio.Queue[str] = asyncio.Queue()
+        async with v.http.stream("GET", "/ui/events?q=web", timeout=None) as r:
+            reading = asyncio.create_task(_read(r, lines))
+            await api.machine(member, name="db-1")
+            web = (await api.machine(member, name="web-1")).json()
+            new = await _next_message(lines, "machine")
+            assert f'<tr id="m-{web["id"]}"' in new and "db-1" not in new
+            reading.cancel()
+        r = await v.get("/ui/events", params={"state": "asleep"})
+        assert r.status_code == 400
         await v.close()
