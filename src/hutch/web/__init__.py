@@ -13,7 +13,18 @@ from fastapi.staticfiles import StaticFiles
 from hutch.config import Settings
 from hutch.controller import Controller
 from hutch.web import assets, render
-from hutch.web.pages import auth, live, machines
+from hutch.web.pages import (
+    auth,
+    billing,
+    images,
+    live,
+    machines,
+    networks,
+    nodes,
+    projects,
+    snapshots,
+    volumes,
+)
 
 log = logging.getLogger("hutch.web")
 
@@ -21,6 +32,13 @@ PAGES = (
     auth,
     machines,
     live,
+    images,
+    networks,
+    volumes,
+    snapshots,
+    projects,
+    nodes,
+    billing,
 )
 STATIC = render.HERE / "static"
 
