@@ -129,7 +129,7 @@ async def test_the_sdk_sync_and_async(api: Api, url: str) -> None:
         assert (await client.usage.csv(by="day")).startswith("group,vcpu_seconds")
         draft = await client.invoices.get("draft")
         assert draft.total == "1.00" and await client.invoices.list() == []
-        assert "<table>" in await client.invoices.html("draft")
+        assert '<table class="invoice">' in await client.invoices.html("draft")
         with pytest.raises(ApiError, match="only system tokens may set prices"):
             await client.prices.set({"rates": {}})
 
