@@ -11,13 +11,16 @@ CACHE_DIR ?= /var/cache/hutch
 BUSYBOX_ROOT := $(CACHE_DIR)/busybox-rootfs
 # The guest kernel's package: `hutch setup` downloads and unpacks it, never installs it.
 KERNEL_PACKAGE := linux-image-cloud-amd64
+# npm (`hutch setup` fetches the dashboard's front-end packages with it) is Debian's unless the
+# host has one already (Node.js's own packages carry theirs and conflict with Debian's).
 # Runtime: qemu, crun, nftables (the node's filtering and NAT, driven through `nft -j`), guest build (gcc, kmod, lz4, busybox), root disks (erofs-utils, e2fsprogs), volumes (xfsprogs: a reflink pool where the state dir has none);
 # tests and benchmarks: a local registry (docker-registry), skopeo and umoci to compare against,
 # PostgreSQL (the tests start their own throwaway clusters), libsqlite3-dev (its libsqlite3.a: a
-# static SQLite workload on a volume in the guest).
+# static SQLite workload on a volume in the guest), chromium and chromium-driver (the dashboard's
+# browser tests, driven headless through selenium).
 APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsprogs xfsprogs kmod lz4 zstd \
 	gcc libc6-dev python3 python3-venv python3-dev iproute2 nftables util-linux cpio ca-certificates \
-	docker-registry skopeo umoci postgresql-15 wrk libsqlite3-dev
+	docker-registry skopeo umoci postgresql-15 wrk libsqlite3-dev chromium chromium-driver
 PYTEST_ARGS ?=
 PORT ?= 7878
 
@@ -36,6 +39,7 @@ setup: apt venv guest
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$p; done); \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
 		apt-get update -qq; \
