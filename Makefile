@@ -99,7 +99,7 @@ openapi: venv
 # of its own (tests/conftest.py). The second run's output follows the first's.
 # tests/test_makefile.py checks that the two lists hold every test. With PYTEST_ARGS: one run.
 # pytest exits 5 when it collected nothing: make fails on any non-zero exit, so that fails too.
-TESTS_GUESTS = tests/runtime tests/cli tests/agent tests/network tests/storage
+TESTS_GUESTS = tests/runtime tests/cli tests/agent tests/network tests/storage tests/web
 TESTS_REST = tests/api tests/services tests/store tests/client tests/bench tests/images \
 	tests/model tests/wire tests/placement tests/http tests/test_config.py tests/test_makefile.py
 test: setup lint

@@ -19,6 +19,7 @@ import uvicorn
 from hutch import config
 from hutch.api.app import create_app
 from hutch.controller import Controller, bootstrap, build_controller, leading_work
+from hutch.web import install as install_web
 
 JOIN = "join-secret-for-tests"
 SIM_NODE = {
@@ -92,6 +93,7 @@ async def open_api(
     )
     ctl = build_controller(settings)
     app = create_app(ctl, settings)
+    install_web(app, ctl, settings)  # as hutch/cli/servers.py does
     await ctl.store.open()  # the ASGI transport does not run the lifespan
     await bootstrap(ctl, settings)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hutch")

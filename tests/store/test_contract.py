@@ -18,7 +18,7 @@ from hutch.model.machine import (
     Strategy,
 )
 from hutch.model.snapshot import MachineSnapshot, SnapshotState
-from hutch.model.tenancy import Quota, Role, Usage
+from hutch.model.tenancy import Quota, Role, Session, Usage
 from hutch.model.usage import Hour, UsageMark, UsageRecord, UsageTotal
 from hutch.store.base import MAX_PAGE, Claim, NewEvent
 from hutch.store.sql import SqlStore
@@ -149,6 +149,41 @@ async def test_token_conflicts_and_revoke(store: SqlStore) -> None:
         found = await tx.tokens.by_hash("h1")
         assert found is not None
         assert not found.usable(150.0)
+
+
+async def test_sessions(store: SqlStore) -> None:
+    a = f.project()
+    tok, other = f.token(a.id), f.token(a.id)
+    s1 = Session("s1", tok.id, "c1", f.T0, f.T0 + 100)
+    s2 = Session("s2", tok.id, "c2", f.T0, f.T0 + 200)
+    s3 = Session("s3", other.id, "c3", f.T0, f.T0 + 300)
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.tokens.create(tok, "h1")
+        await tx.tokens.create(other, "h2")
+        for s in (s1, s2, s3):
+            await tx.sessions.create(s)
+        with pytest.raises(Conflict):
+            await tx.sessions.create(s1)
+        with pytest.raises(NotFound, match="token 'nope'"):
+            await tx.sessions.create(replace(s1, id="s4", token_id="nope"))
+        await tx.sessions.choose("s2", a.id)
+    async with store.read() as tx:
+        assert await tx.sessions.get("s1") == s1
+        assert await tx.sessions.get("s2") == replace(s2, project_id=a.id)
+        assert await tx.sessions.get("nope") is None
+    async with store.write() as tx:
+        assert await tx.sessions.prune(f.T0 + 100) == 1  # s1 expired then
+        await tx.sessions.delete("s2")
+        await tx.sessions.delete("s2")  # signing out twice is no error
+        assert await tx.sessions.end_token(other.id) == 1
+        await tx.sessions.create(replace(s1, expires_at=f.T0 + 900))
+    async with store.read() as tx:
+        assert [await tx.sessions.get(s) for s in ("s2", "s3")] == [None, None]
+    async with store.write() as tx:
+        await tx.projects.delete(a.id)  # its tokens go, and their sessions
+    async with store.read() as tx:
+        assert await tx.sessions.get("s1") is None
 
 
 # -- machines -------------------------------------------------------------------------------------

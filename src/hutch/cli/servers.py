@@ -23,6 +23,7 @@ from hutch.http import tls
 from hutch.http.slow import guarded_http
 from hutch.model.errors import Invalid, Unavailable
 from hutch.network.claim import claim
+from hutch.web import install as install_web
 
 log = logging.getLogger("hutch")
 SHUTDOWN_GRACE = 3  # seconds
@@ -115,7 +116,9 @@ async def _up(settings: config.Settings, port: int) -> None:
     namespace = claim(None, settings.state_dir)
     ctl = build_controller(settings)
     host, _ = host_port(settings.listen)
-    controller = _server(create_app(ctl, settings), host, port, settings=settings)
+    app = create_app(ctl, settings)
+    install_web(app, ctl, settings)
+    controller = _server(app, host, port, settings=settings)
     task, bound = await _start(controller)
     url = f"http://{host}:{bound}"
     save_up_context(url, settings.state_dir, settings.project)
@@ -128,7 +131,7 @@ async def _up(settings: config.Settings, port: int) -> None:
         advertise="http://127.0.0.1:0",
         namespace=namespace,
     )
-    log.info("hutch is up: API at %s", url)
+    log.info("hutch is up: API at %s, dashboard at %s/ui", url, url)
     try:
         await _first_to_end(task, asyncio.create_task(_run_agent(agent, "127.0.0.1", 0)))
     finally:
@@ -145,7 +148,9 @@ def run_controller(settings: config.Settings, host: str, port: int) -> None:
         cert = tls.server_cert(settings.state_dir / "tls", names)
         log.info("serving HTTPS for %s; agents pin CA sha256 %s", ", ".join(names),
                  ctl.nodes.ca_pin)  # fmt: skip
-    server = _server(create_app(ctl, settings), host, port, cert, settings)
+    app = create_app(ctl, settings)
+    install_web(app, ctl, settings)
+    server = _server(app, host, port, cert, settings)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
 

@@ -119,6 +119,19 @@ class Token:
 
 
 @dataclass(frozen=True, slots=True)
+class Session:
+    """A dashboard sign-in: its cookie holds a random secret, the store only its sha256 (`id`).
+    It acts as its token, and ends when the token is revoked or expires, if not before."""
+
+    id: str
+    token_id: str
+    csrf: str  # what the session's forms must send back
+    created_at: float
+    expires_at: float
+    project_id: str | None = None  # the project a system token chose to act in
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: resolved from a token on every request."""
 

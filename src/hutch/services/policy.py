@@ -80,9 +80,13 @@ class Policy:
         if not principal.system:
             raise Forbidden(f"only system tokens may {what}")
 
+    def allows(self, principal: Principal, action: Action, project_id: str) -> bool:
+        """May `principal` do `action` in `project_id`? (What the dashboard shows.)"""
+        return principal.can(self._roles[action], project_id)
+
     def require(self, principal: Principal, action: Action, project_id: str) -> None:
         """Forbidden unless `principal` may do `action` in `project_id`. The caller has already
         made sure the project is the principal's own (else it answers NotFound)."""
-        role = self._roles[action]
-        if not principal.can(role, project_id):
+        if not self.allows(principal, action, project_id):
+            role = self._roles[action]
             raise Forbidden(f"{action} needs the {role} role; this token is {principal.role}")

@@ -1,10 +1,21 @@
 """Projects, quotas, tokens, and turning a bearer secret into a Principal."""
 
+import secrets
 import time
+from dataclasses import replace
 
 from hutch.model.errors import Forbidden, Invalid, NotFound, Unauthenticated
 from hutch.model.machine import Strategy
-from hutch.model.tenancy import Principal, Project, Quota, Role, Token, Usage, validate_name
+from hutch.model.tenancy import (
+    Principal,
+    Project,
+    Quota,
+    Role,
+    Session,
+    Token,
+    Usage,
+    validate_name,
+)
 from hutch.services.ids import hash_secret, new_id, new_secret
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
@@ -35,6 +46,49 @@ class Tenancy:
         async with self.store.read() as tx:
             principal = await _principal(tx, secret)
             return principal, await _project_for(tx, principal, name)
+
+    # -- dashboard sessions ---------------------------------------------------------------------
+
+    async def open_session(self, secret: str | None, lifetime: float) -> tuple[str, Principal]:
+        """A dashboard session acting as the token `secret` (checked as `authenticate` checks
+        it) for `lifetime` seconds, or until the token expires if sooner; the secret for its
+        cookie (the store keeps only its hash)."""
+        now = time.time()
+        cookie = secrets.token_urlsafe(32)
+        async with self.store.write() as tx:
+            principal = await _principal(tx, secret)
+            expires = now + lifetime
+            if principal.expires_at is not None:
+                expires = min(expires, principal.expires_at)
+            await tx.sessions.prune(now)  # sign-ins are rare: they sweep the ended ones
+            session = Session(hash_secret(cookie), principal.token_id, secrets.token_urlsafe(32),
+                              now, expires)  # fmt: skip
+            await tx.sessions.create(session)
+        return cookie, principal
+
+    async def session(self, cookie: str | None) -> tuple[Session, Principal]:
+        """The session whose cookie holds `cookie`, and who it acts as; Unauthenticated once it
+        has ended, or its token was revoked or has expired."""
+        async with self.store.read() as tx:
+            session = await tx.sessions.get(hash_secret(cookie)) if cookie else None
+            if session is None or session.expires_at <= time.time():
+                raise Unauthenticated("your session has ended: sign in again")
+            # Its token, like every project token, goes when its project is deleted (and its
+            # sessions with it): a session's token is always there.
+            return session, _acting_as(await tx.tokens.get(session.token_id))
+
+    async def choose_project(self, session: Session, project_id: str) -> Session:
+        """The session, acting in `project_id` from now on (a system token's choice; the
+        caller found the project with `project_for`)."""
+        async with self.store.write() as tx:
+            await tx.sessions.choose(session.id, project_id)
+        return replace(session, project_id=project_id)
+
+    async def close_session(self, cookie: str | None) -> None:
+        """Signed out: the session is gone (nothing if there was none)."""
+        if cookie:
+            async with self.store.write() as tx:
+                await tx.sessions.delete(hash_secret(cookie))
 
     # -- projects -------------------------------------------------------------------------------
 
@@ -144,6 +198,7 @@ class Tenancy:
                 raise NotFound(f"no token {token_id!r} in project {project.name}")
             if token.revoked_at is None:
                 token = await tx.tokens.revoke(token_id, time.time())
+            await tx.sessions.end_token(token_id)
         self.streams.end_token(token_id, "this token was revoked")
         return token
 
@@ -175,7 +230,11 @@ async def _by_name(tx: Tx, name: str) -> Project:
 async def _principal(tx: Tx, secret: str | None) -> Principal:
     if not secret:
         raise Unauthenticated("no token: send 'Authorization: Bearer <token>'")
-    token = await tx.tokens.by_hash(hash_secret(secret))
+    return _acting_as(await tx.tokens.by_hash(hash_secret(secret)))
+
+
+def _acting_as(token: Token | None) -> Principal:
+    """Who `token` makes the caller, if it is still good."""
     if token is None:
         raise Unauthenticated("unknown token")
     if token.revoked_at is not None:

@@ -21,7 +21,7 @@ from hutch.model.network import PortMapping
 from hutch.model.pool import Pool, PoolShape
 from hutch.model.prices import Budget, Credit, Invoice, PriceBook
 from hutch.model.snapshot import MachineSnapshot
-from hutch.model.tenancy import Project, Quota, Token, Usage
+from hutch.model.tenancy import Project, Quota, Session, Token, Usage
 from hutch.model.usage import By, Held, Hour, Owner, UsageMark, UsageRecord, UsageTotal
 from hutch.model.volume import Snapshot, Volume
 
@@ -88,6 +88,28 @@ class TokenRepo(Protocol):
     ) -> tuple[builtins.set[str], builtins.set[str]]:
         """In one statement: those of `token_ids` that are neither revoked nor expired at
         `now`, and those of `project_ids` that still exist (for open streams, services/streams)."""
+
+
+class SessionRepo(Protocol):
+    """Dashboard sessions, by the sha256 of their cookie's secret."""
+
+    async def create(self, session: Session) -> None:
+        """NotFound if its token does not exist."""
+
+    async def get(self, session_id: str) -> Session | None:
+        """The session, expired or not (the caller checks)."""
+
+    async def choose(self, session_id: str, project_id: str) -> None:
+        """The project it acts in from now on (a system token's choice)."""
+
+    async def delete(self, session_id: str) -> None:
+        """Ended (signed out); nothing if there is no such session."""
+
+    async def end_token(self, token_id: str) -> int:
+        """End every session of the token (revoked): how many."""
+
+    async def prune(self, now: float) -> int:
+        """Delete the sessions expired at `now`: how many."""
 
 
 class MachineRepo(Protocol):
@@ -518,6 +540,7 @@ class UsageRepo(Protocol):
 class Tx(Protocol):
     projects: ProjectRepo
     tokens: TokenRepo
+    sessions: SessionRepo
     machines: MachineRepo
     nodes: NodeRepo
     events: EventRepo

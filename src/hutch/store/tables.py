@@ -65,6 +65,18 @@ tokens = sa.Table(
     sa.Column("secret_hash", sa.String(255), nullable=False, unique=True),
 )
 
+# Dashboard sign-ins (model.tenancy.Session); they go with their token.
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("id", _ID, primary_key=True),  # sha256 of the cookie's secret
+    sa.Column("token_id", _ID, sa.ForeignKey("tokens.id"), nullable=False, index=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", _TIME, nullable=False),
+    sa.Column("expires_at", _TIME, nullable=False, index=True),
+    sa.Column("project_id", _ID),  # a system token's chosen project; not a key: it may go
+)
+
 nodes = sa.Table(
     "nodes",
     metadata,

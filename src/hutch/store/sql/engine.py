@@ -57,6 +57,7 @@ from hutch.store.base import (
     PoolRepo,
     ProjectRepo,
     SecurityGroupRepo,
+    SessionRepo,
     SnapshotRepo,
     TokenRepo,
     Tx,
@@ -73,6 +74,7 @@ from hutch.store.sql.nodes import SqlNodes
 from hutch.store.sql.pools import SqlPools
 from hutch.store.sql.projects import SqlProjects
 from hutch.store.sql.repo import Backend, Conn
+from hutch.store.sql.sessions import SqlSessions
 from hutch.store.sql.snapshots import SqlSnapshots
 from hutch.store.sql.tokens import SqlTokens
 from hutch.store.sql.usage import SqlUsage
@@ -479,6 +481,7 @@ class SqlTx:
     def __init__(self, conn: Conn, backend: Backend) -> None:
         self.projects: ProjectRepo = SqlProjects(conn, backend)
         self.tokens: TokenRepo = SqlTokens(conn, backend)
+        self.sessions: SessionRepo = SqlSessions(conn, backend)
         self.machines: MachineRepo = SqlMachines(conn, backend)
         self._nodes = SqlNodes(conn, backend)
         self.nodes: NodeRepo = self._nodes

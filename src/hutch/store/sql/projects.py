@@ -99,6 +99,10 @@ class SqlProjects(Repo):
         )
         rules = t.security_group_rules
         await self._c.execute(sa.delete(rules).where(rules.c.group_id.in_(groups)))
+        tokens = sa.select(t.tokens.c.id).where(t.tokens.c.project_id == project_id)
+        await self._c.execute(
+            sa.delete(t.web_sessions).where(t.web_sessions.c.token_id.in_(tokens))
+        )
         for table in (t.events, t.machines, t.tokens, t.security_groups, t.networks):
             await self._c.execute(sa.delete(table).where(table.c.project_id == project_id))
         await self._c.execute(sa.delete(t.projects).where(t.projects.c.id == project_id))

@@ -1,0 +1,103 @@
+"""Sessions, sign-in and sign-out, CSRF, and who sees what (hutch/web/visitor.py)."""
+
+from tests.helpers.api import Api
+from tests.helpers.web import Visitor, csrf_of
+
+
+async def test_sign_in_then_out(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    v = Visitor(api)
+    r = await v.get("/ui/machines")
+    assert r.status_code == 303
+    assert r.headers["location"] == "/ui/login?next=%2Fui%2Fmachines"
+    r = await v.sign_in(token)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/machines"
+    cookie = r.headers["set-cookie"]
+    assert "hutch_session=" in cookie and "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie and "Path=/ui" in cookie
+    page = await v.get("/ui/machines")
+    assert page.status_code == 200 and '<table id="machines">' in page.text
+    assert "Server-Timing" in page.headers
+    r = await v.post("/ui/logout")
+    assert r.status_code == 303
+    assert (await v.get("/ui/machines")).status_code == 303
+    await v.close()
+
+
+async def test_a_wrong_token_or_a_forged_sign_in_is_refused(api: Api) -> None:
+    v = Visitor(api)
+    r = await v.sign_in("not-a-token")
+    assert r.status_code == 401 and 'role="alert"' in r.text and "unknown token" in r.text
+    token = await api.token("alpha", "member")
+    form = await v.get("/ui/login")
+    r = await v.http.post("/ui/login", data={"token": token, "csrf": "forged"})
+    assert r.status_code == 403 and "sign-in form" in r.text
+    r = await v.http.post("/ui/login", data={"token": token, "csrf": csrf_of(form.text)})
+    assert r.status_code == 303
+    await v.close()
+
+
+async def test_a_post_without_the_csrf_value_is_refused(api: Api) -> None:
+    v = Visitor(api)
+    await v.sign_in(await api.token("alpha", "member"))
+    r = await v.post("/ui/logout", data={"csrf": "wrong"})
+    assert r.status_code == 403 and 'role="alert"' in r.text
+    assert (await v.get("/ui/machines")).status_code == 200  # still signed in
+    assert (await v.post("/ui/logout")).status_code == 303
+    await v.close()
+
+
+async def test_revoking_the_token_ends_its_sessions(api: Api) -> None:
+    r = await api.call("POST", "/v1/projects/alpha/tokens", json={"role": "member"})
+    token, token_id = r.json()["secret"], r.json()["id"]
+    v, other = Visitor(api), Visitor(api)
+    await v.sign_in(token)
+    await other.sign_in(await api.token("alpha", "member"))
+    assert (await v.get("/ui/machines")).status_code == 200
+    r = await api.call("DELETE", f"/v1/projects/alpha/tokens/{token_id}")
+    assert r.status_code == 204, r.text
+    r = await v.get("/ui/machines", headers={"HX-Request": "true"})
+    assert r.status_code == 401 and r.headers["HX-Redirect"].startswith("/ui/login")
+    assert (await other.get("/ui/machines")).status_code == 200  # another token's goes on
+    assert (await v.sign_in(token)).status_code == 401
+    for each in (v, other):
+        await each.close()
+
+
+async def test_cookies_are_secure_over_https_and_next_stays_here(api: Api) -> None:
+    v = Visitor(api, base_url="https://hutch")
+    form = await v.get("/ui/login", params={"next": "https://evil.example/ui/x"})
+    assert "Secure" in form.headers["set-cookie"]
+    assert 'name="next" value=""' in form.text
+    token = await api.token("alpha", "reader")
+    for target, went in [
+        ("/ui/machines?q=web", "/ui/machines?q=web"),
+        ("//evil.example/ui", "/ui/machines"),
+        ("/v1/machines", "/ui/machines"),
+        ("/ui/\r\nSet-Cookie: x=1", "/ui/machines"),
+    ]:
+        form = await v.get("/ui/login")  # its cookie went with the last sign-in
+        r = await v.http.post(
+            "/ui/login", data={"token": token, "csrf": csrf_of(form.text), "next": target}
+        )
+        assert r.status_code == 303 and r.headers["location"] == went, target
+        assert "Secure" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
+    await v.close()
+
+
+async def test_projects_a_visitor_acts_in(api: Api) -> None:
+    member = Visitor(api)
+    await member.sign_in(await api.token("alpha", "member"))
+    assert "Project <strong>alpha</strong>" in (await member.get("/ui/machines")).text
+    r = await member.get("/ui/machines", params={"project": "beta"})
+    assert r.status_code == 404 and "no project &#39;beta&#39;" in r.text  # as if not there
+    system = Visitor(api)
+    await system.sign_in(api.admin)
+    r = await system.get("/ui/machines", params={"project": "beta"})
+    assert r.status_code == 200 and "<option selected>beta</option>" in r.text
+    # Kept in the session: the next page acts in beta too.
+    assert "<option selected>beta</option>" in (await system.get("/ui/machines")).text
+    r = await system.get("/ui/machines", params={"project": "nope"})
+    assert r.status_code == 404 and 'role="alert"' in r.text
+    for each in (member, system):
+        await each.close()
