@@ -188,6 +188,13 @@ class Nodes:
         async with self.store.read() as tx:
             return _named(await tx.nodes.list(), ref)
 
+    async def machines(self, principal: Principal, ref: str) -> tuple[Node, list[Machine]]:
+        """A node by name or id, and the machines placed on it (every project's)."""
+        Policy.require_system(principal, "see or change nodes")
+        async with self.store.read() as tx:
+            node = _named(await tx.nodes.list(), ref)
+            return node, await tx.machines.on_node(node.id)
+
     async def cordon(self, principal: Principal, ref: str, cordoned: bool) -> Node:
         """A cordoned node keeps what it runs and takes nothing new."""
         Policy.require_system(principal, "see or change nodes")

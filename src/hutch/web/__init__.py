@@ -13,13 +13,19 @@ from fastapi.staticfiles import StaticFiles
 from hutch.config import Settings
 from hutch.controller import Controller
 from hutch.web import assets, render
-from hutch.web.pages import auth, machines
+from hutch.web.pages import auth, billing, images, machines, networks, nodes, projects, volumes
 
 log = logging.getLogger("hutch.web")
 
 PAGES = (
     auth,
     machines,
+    images,
+    networks,
+    volumes,
+    projects,
+    nodes,
+    billing,
 )
 STATIC = render.HERE / "static"
 

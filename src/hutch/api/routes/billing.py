@@ -1,29 +1,20 @@
 """/v1/prices, /v1/usage, /v1/invoices, and a project's budget and credits."""
 
-import csv
-import datetime as dt
-import io
-from pathlib import Path
 from typing import Literal
 
-import jinja2
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from hutch.api.deps import Caller, Ctl, Scoped
 from hutch.http.problems import PROBLEMS
+from hutch.http.reports import invoice_html, invoice_view, usage_csv, usage_row
 from hutch.model.errors import NotFound
-from hutch.model.prices import ROUNDING, UNITS, Budget, Credit, Invoice, PriceBook, Prices
+from hutch.model.prices import ROUNDING, UNITS, Budget, Credit, PriceBook, Prices
 from hutch.model.prices import parse_instant as instant
-from hutch.model.usage import QUANTITIES, UsageTotal
 from hutch.wire import billing as wire
 from hutch.wire.common import Page
 
 router = APIRouter(tags=["billing"], responses=PROBLEMS)
-_HTML = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parents[1] / "templates"),
-    autoescape=True,  # descriptions carry reasons and labels that tenants and operators wrote
-)
 
 
 # -- prices ---------------------------------------------------------------------------------------
@@ -87,22 +78,10 @@ async def get_usage(
     start = None if since is None else instant(since, "since")
     end = None if until is None else instant(until, "until")
     totals = await ctl.billing.usage(s.caller, s.project, start, end, by)
-    rows = [_usage_row(t) for t in totals]
+    rows = [usage_row(t) for t in totals]
     if _wants(request, format, "csv") == "csv":
-        out = io.StringIO()
-        fields = list(wire.UsageRow.model_fields)
-        writer = csv.DictWriter(out, fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(r.model_dump() for r in rows)
-        return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
+        return Response(usage_csv(rows), media_type="text/csv; charset=utf-8")
     return wire.UsageView(project=s.project.name, since=start, until=end, by=by, items=rows)
-
-
-def _usage_row(t: UsageTotal) -> wire.UsageRow:
-    return wire.UsageRow(
-        group=t.group, egress_bytes=t.egress_bytes, starts=t.starts, records=t.records,
-        **{q: str(getattr(t, q)) for q in QUANTITIES},
-    )  # fmt: skip
 
 
 # -- invoices -------------------------------------------------------------------------------------
@@ -116,7 +95,7 @@ async def list_invoices(
     before = None if cursor is None else instant(cursor, "cursor")
     found = await ctl.billing.invoices(s.caller, s.project, limit, before)
     more = str(found[-1].period_start) if len(found) == limit else None
-    return Page(items=[_invoice_view(i, s.project.name) for i in found], next=more)
+    return Page(items=[invoice_view(i, s.project.name) for i in found], next=more)
 
 
 @router.get("/v1/invoices/{ref}", response_model=wire.InvoiceView,
@@ -129,31 +108,10 @@ async def get_invoice(
     `?format=html`: a page to print."""
     html = ref.endswith(".html")
     ref = ref.removesuffix(".html")
-    view = _invoice_view(await ctl.billing.invoice(s.caller, s.project, ref), s.project.name)
+    view = invoice_view(await ctl.billing.invoice(s.caller, s.project, ref), s.project.name)
     if html or _wants(request, format, "html") == "html":
-        return HTMLResponse(render_html(view))
+        return HTMLResponse(invoice_html(view))
     return view
-
-
-def render_html(view: wire.InvoiceView) -> str:
-    def day(t: float | None) -> str:
-        return "" if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M")
-
-    return _HTML.get_template("invoice.html").render(
-        invoice=view, start=day(view.period_start), end=day(view.period_end),
-        closed=day(view.closed_at), rounding=ROUNDING,
-    )  # fmt: skip
-
-
-def _invoice_view(i: Invoice, project: str) -> wire.InvoiceView:
-    return wire.InvoiceView(
-        id=i.id or "draft", project=project, state="open" if i.closed_at is None else "closed",
-        period_start=i.period_start, period_end=i.period_end, currency=i.currency,
-        lines=[wire.LineView(kind=x.kind, description=x.description, unit=x.unit, label=x.label,
-                             quantity=str(x.quantity), unit_price=str(x.unit_price),
-                             amount=str(x.amount)) for x in i.lines],
-        total=str(i.total), closed_at=i.closed_at,
-    )  # fmt: skip
 
 
 # -- a project's credits and budget ---------------------------------------------------------------

@@ -1,0 +1,126 @@
+"""/ui/images: the project's images, a pull whose progress the page shows as it comes, removal.
+The simulated node has no agent: its image store is a small stand-in (`NodeImages`)."""
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from hutch.model.errors import NotFound
+from hutch.wire.images import ImageView, PullEvent
+from tests.helpers.api import Api, served
+from tests.helpers.webpages import signed_in
+
+MIB = 1 << 20
+
+
+def _image(name: str) -> ImageView:
+    return ImageView(id="sha256:" + "ab" * 32, names=[name], size=3 * MIB, unpacked=5 * MIB,
+                     created=time.time(), layers=1, public=False)  # fmt: skip
+
+
+class NodeImages:
+    """What a node's image store answers, in memory, per project id; a pull waits for `go`
+    after its first progress step, so a test can see the page before the pull ends."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, dict[str, ImageView]] = {}
+        self.go = asyncio.Event()
+        self.go.set()
+
+    async def images_of(self, node: Any, project: str) -> list[ImageView]:
+        return list(self.images.get(project, {}).values())
+
+    async def image(self, node: Any, project: str, ref: str) -> ImageView:
+        if ref not in self.images.get(project, {}):
+            raise NotFound(f"no image {ref!r}")
+        return self.images[project][ref]
+
+    async def delete_image(self, node: Any, project: str, ref: str, public: bool) -> None:
+        await self.image(node, project, ref)
+        del self.images[project][ref]
+
+    async def pull(self, node: Any, project: str, ref: str, public: bool,
+                   limits: Any) -> AsyncIterator[PullEvent]:  # fmt: skip
+        layer = "sha256:" + "cd" * 32
+        yield PullEvent(layer=layer, status="downloading", done=0, total=4 * MIB)
+        await self.go.wait()
+        if ref.endswith(":broken"):
+            yield PullEvent(error=f"manifest unknown: {ref}")
+            return
+        yield PullEvent(layer=layer, status="downloading", done=4 * MIB, total=4 * MIB)
+        self.images.setdefault(project, {})[ref] = _image(ref)
+        yield PullEvent(image=self.images[project][ref])
+
+
+@pytest.fixture
+def node(api: Api, monkeypatch: pytest.MonkeyPatch) -> NodeImages:
+    fake = NodeImages()
+    monkeypatch.setattr(api.ctl.link, "images", fake.images_of)
+    for name in ("image", "delete_image", "pull"):
+        monkeypatch.setattr(api.ctl.link, name, getattr(fake, name))
+    return fake
+
+
+def _alert(page: str) -> str:
+    found = re.search(r'<div role="alert" class="alert">(.*?)</div>', page, re.S)
+    assert found, page
+    return found.group(1)
+
+
+async def test_a_pulls_progress_shows_as_it_comes_then_the_image_is_listed(
+    api: Api, node: NodeImages
+) -> None:
+    member = await signed_in(api, "alpha", "member")
+    page = (await member.get("/ui/images")).text
+    assert '<form id="pull"' in page and "hutch image import FILE" in page
+    node.go.clear()
+    session = {"Cookie": f"hutch_session={member.http.cookies['hutch_session']}"}
+    async with served(api) as url, httpx.AsyncClient(base_url=url, headers=session) as browser:
+        data = {"csrf": member.csrf, "ref": "docker.io/library/busybox:1.36"}
+        async with browser.stream("POST", "/ui/images/pull", data=data) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+            seen = ""
+            chunks = r.aiter_text()
+            while "<progress" not in seen:  # the first step, while the pull still waits
+                seen += await anext(chunks)
+            assert 'value="0" max="4194304"' in seen and "Pulled" not in seen
+            node.go.set()
+            async for chunk in chunks:
+                seen += chunk
+    assert 'class="alert ok">Pulled docker.io/library/busybox:1.36' in seen
+    assert seen.rstrip().endswith("</html>")
+    page = (await member.get("/ui/images")).text
+    assert "<div>docker.io/library/busybox:1.36</div>" in page and "3.0 MiB" in page
+    # A pull the node fails ends the page with why; a registry the operator does not allow is
+    # refused before any node is asked.
+    r = await member.post("/ui/images/pull", {"ref": "docker.io/library/busybox:broken"})
+    assert "manifest unknown" in _alert(r.text)
+    r = await member.post("/ui/images/pull", {"ref": "registry.evil.example/x:1"})
+    assert r.status_code == 403 and "is not allowed" in _alert(r.text)
+    await member.close()
+
+
+async def test_a_reader_reads_and_cannot_pull_or_remove(api: Api, node: NodeImages) -> None:
+    member = await signed_in(api, "alpha", "member")
+    assert (await member.post("/ui/images/pull", {"ref": "busybox:1"})).status_code == 200
+    reader = await signed_in(api, "alpha", "reader")
+    page = (await reader.get("/ui/images")).text
+    assert "<div>busybox:1</div>" in page and "<form" not in page.split('<main id="main"')[1]
+    for path in ("/ui/images/pull", "/ui/images/remove"):
+        r = await reader.post(path, {"ref": "busybox:1"})
+        assert r.status_code == 403 and "image.write needs the member role" in _alert(r.text)
+    # Another project's images are not alpha's to see or remove.
+    beta = await signed_in(api, "beta", "member")
+    assert "busybox:1" not in (await beta.get("/ui/images")).text
+    r = await beta.post("/ui/images/remove", {"ref": "busybox:1"})
+    assert r.status_code == 404 and "busybox:1" in _alert(r.text)
+    assert (await member.post("/ui/images/remove", {"ref": "busybox:1"})).status_code == 303
+    assert "busybox:1" not in (await member.get("/ui/images")).text
+    assert (await member.post("/ui/images/pull", {"ref": ""})).status_code == 400
+    for v in (member, reader, beta):
+        await v.close()

@@ -1,0 +1,42 @@
+"""/ui/nodes: nodes with their capacity and machines, for system tokens only (as the API)."""
+
+import re
+
+from tests.helpers.api import Api
+from tests.helpers.webpages import signed_in
+
+
+def _alert(page: str) -> str:
+    found = re.search(r'<div role="alert" class="alert">(.*?)</div>', page, re.S)
+    assert found, page
+    return found.group(1)
+
+
+async def test_nodes_their_capacity_and_machines_for_system_tokens_only(api: Api) -> None:
+    token = await api.token("alpha", "member")
+    assert (await api.machine(token, name="web", cpus=2, memory_mib=256)).status_code == 201
+    await api.placed(token, "web")
+    system = await signed_in(api, None)
+    page = (await system.get("/ui/nodes")).text
+    assert '<tr id="node-sim-1">' in page
+    assert re.search(r'<meter min="0" max="64" value="2"[^>]*aria-label="vCPUs allocated"', page)
+    page = (await system.get("/ui/nodes/sim-1")).text
+    assert ">web</a>" in page and "<td>alpha</td>" in page and "256 MiB" in page
+    r = await system.post("/ui/nodes/sim-1/cordon")
+    assert r.status_code == 303 and r.headers["location"] == "/ui/nodes/sim-1"
+    assert (await api.call("GET", "/v1/nodes/sim-1")).json()["cordoned"] is True
+    assert "Uncordon" in (await system.get("/ui/nodes/sim-1")).text
+    assert (await system.get("/ui/nodes/nosuch")).status_code == 404
+    r = await system.post("/ui/nodes/sim-1/explode")
+    assert r.status_code == 400, r.text
+
+    admin = await signed_in(api, "alpha", "admin")
+    assert 'href="/ui/nodes"' not in (await admin.get("/ui/machines")).text  # not in the menu
+    for r in (await admin.get("/ui/nodes"), await admin.get("/ui/nodes/sim-1"),
+              await admin.post("/ui/nodes/sim-1/uncordon")):  # fmt: skip
+        assert r.status_code == 403 and "only system tokens may see or change nodes" in _alert(
+            r.text
+        )
+    assert (await api.call("GET", "/v1/nodes/sim-1")).json()["cordoned"] is True
+    await admin.close()
+    await system.close()
