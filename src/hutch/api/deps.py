@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from starlette.requests import HTTPConnection
 
 from hutch.controller import Controller
 from hutch.model.machine import Node
@@ -15,8 +16,8 @@ def controller(request: Request) -> Controller:
     return ctl
 
 
-def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def bearer(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 

@@ -1,26 +1,21 @@
 """/v1/machines: create, list, lifecycle, wait, logs (NDJSON), exec and attach (WebSocket),
 events (SSE)."""
 
-import asyncio
-import contextlib
-import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, WebSocket, status
 from fastapi.responses import StreamingResponse
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
 from hutch.api import convert
 from hutch.api.deps import Ctl, Scoped, bearer
 from hutch.controller import Controller
-from hutch.http.fair import taking_turns, turn
-from hutch.http.problems import PROBLEMS, ws_error
-from hutch.model.errors import HutchError, Invalid, Unauthenticated
+from hutch.http import streams
+from hutch.http.fair import turn
+from hutch.http.problems import PROBLEMS
+from hutch.model.errors import Invalid
 from hutch.model.machine import Machine, MachineState
-from hutch.model.tenancy import Project
-from hutch.services.streams import Lease
+from hutch.model.tenancy import Principal, Project
 from hutch.wire import machines as wire
 from hutch.wire.common import INT32_MAX, INT64_MAX, Page
 
@@ -178,33 +173,10 @@ async def machine_logs(
     tail: Annotated[int | None, Query(ge=0, le=INT32_MAX)] = None,
     since: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
 ) -> StreamingResponse:
-    lease = ctl.streams.admit(s.caller, s.project)  # 429 before the 200 if it holds too many
-    try:  # what the node refuses, before the 200
-        stream = await ctl.machines.logs(
-            s.caller, s.project, ref, follow=follow, tail=tail, since=since
-        )
-    except BaseException:
-        ctl.streams.release(lease)
-        raise
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in lease.guard(taking_turns(stream)):
-                if chunk is not None:
-                    yield chunk
-        finally:
-            ctl.streams.release(lease)
-
-    return _streaming(ctl, lease, body(), "application/x-ndjson")
-
-
-def _streaming(
-    ctl: Controller, lease: Lease, body: AsyncIterator[bytes], media_type: str
-) -> StreamingResponse:
-    """`body` as the response; its lease is released when it ends, or if it never starts
-    (the client went away before) when it is collected."""
-    weakref.finalize(body, ctl.streams.release, lease)
-    return StreamingResponse(body, media_type=media_type)
+    lease, chunks = await streams.log_chunks(
+        ctl.machines, ctl.streams, s.caller, s.project, ref, follow=follow, tail=tail, since=since
+    )
+    return streams.streaming(ctl.streams, lease, chunks, "application/x-ndjson")
 
 
 @router.get(
@@ -226,21 +198,18 @@ async def events(
     lease = ctl.streams.admit(s.caller, s.project)  # 429 before the 200 if it holds too many
 
     async def body() -> AsyncIterator[bytes]:
-        try:
-            async for batch in lease.guard(batches, KEEPALIVE):
-                if batch is None:
-                    yield b": keepalive\n\n"
-                    continue
-                await turn()  # up to MAX_EVENTS of them to encode
-                yield b"".join(
-                    f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
-                    for e in batch
-                    for data in (convert.event_view(e).model_dump_json(),)
-                )
-        finally:
-            ctl.streams.release(lease)
+        async for batch in lease.guard(batches, KEEPALIVE):
+            if batch is None:
+                yield b": keepalive\n\n"
+                continue
+            await turn()  # up to MAX_EVENTS of them to encode
+            yield b"".join(
+                f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
+                for e in batch
+                for data in (convert.event_view(e).model_dump_json(),)
+            )
 
-    return _streaming(ctl, lease, body(), "text/event-stream")
+    return streams.streaming(ctl.streams, lease, body(), "text/event-stream")
 
 
 @router.websocket("/v1/machines/{ref}/exec")
@@ -256,69 +225,9 @@ async def attach_machine(ws: WebSocket, ref: str, project: str | None = None) ->
 
 
 async def _session(ws: WebSocket, ref: str, project: str | None, *, attach: bool) -> None:
-    """An exec (its ExecStart first) or attach session, relayed under a streams lease: it ends
-    with its token."""
-    ctl = ws.app.state.controller
-    await ws.accept()
-    start: wire.ExecStart | None = None
-    try:
-        caller, proj = await ctl.tenancy.scope(bearer(ws), project)  # type: ignore[arg-type]
-        if not attach:
-            start = wire.ExecStart.first_message(await ws.receive_text())
-        m, node = await ctl.machines.session(caller, proj, ref, attach=attach)
-        lease = ctl.streams.admit(caller, proj)
-        try:
-            upstream = await ctl.machines.connect(m, node, attach=attach)
-        except BaseException:
-            ctl.streams.release(lease)
-            raise
-    except HutchError as e:
-        await ws.send_text(ws_error(e))
-        await ws.close()
-        return
-    try:
-        if start is not None:
-            await upstream.send(start.model_dump_json())
-        if await _relay(ws, upstream, lease):
-            await ws.send_text(ws_error(Unauthenticated(lease.reason)))
-    finally:
-        ctl.streams.release(lease)
-        await upstream.close()
-        with contextlib.suppress(RuntimeError):
-            await ws.close()
+    ctl: Controller = ws.app.state.controller
 
+    async def caller() -> tuple[Principal, Project]:
+        return await ctl.tenancy.scope(bearer(ws), project)
 
-async def _relay(client: WebSocket, node: ClientConnection, lease: Lease) -> bool:
-    """Relay until either side ends (False) or the lease does (True)."""
-
-    async def down() -> None:
-        async for message in node:
-            await turn()  # output in bulk (a `cat` of a large file) takes turns too
-            if not lease.live:  # nothing from after its end, even before `ended` wakes
-                return
-            if isinstance(message, bytes):
-                await client.send_bytes(message)
-            else:
-                await client.send_text(message)
-
-    async def up() -> None:
-        while True:
-            message = await client.receive()
-            if message["type"] == "websocket.disconnect" or not lease.live:
-                return
-            if message.get("bytes") is not None:
-                await node.send(message["bytes"])
-            elif message.get("text") is not None:
-                await node.send(message["text"])
-
-    ended = asyncio.ensure_future(lease.wait())
-    tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up()), ended]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        return not lease.live
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, RuntimeError):
-                await task
+    await streams.session(ws, ctl.machines, ctl.streams, caller, ref, attach=attach)

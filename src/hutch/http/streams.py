@@ -1,0 +1,148 @@
+"""A machine's streams as the API and the dashboard both serve them: its log (in turns, under a
+streams lease) and exec or attach sessions relayed to its node. The two differ only in how the
+caller is known (a bearer token, a session cookie) and in how the log is encoded (NDJSON,
+server-sent events of HTML): those are their routes' part, everything else is here once."""
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import WebSocket
+from fastapi.responses import StreamingResponse
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from hutch.http.fair import taking_turns, turn
+from hutch.http.problems import ws_error
+from hutch.model.errors import HutchError, Unauthenticated
+from hutch.model.tenancy import Principal, Project
+from hutch.services.machines import Machines
+from hutch.services.streams import Lease, Streams
+from hutch.wire.machines import ExecStart
+
+Caller = Callable[[], Awaitable[tuple[Principal, Project]]]  # who opens a session, and where
+
+
+async def log_chunks(
+    machines: Machines,
+    streams: Streams,
+    caller: Principal,
+    project: Project,
+    ref: str,
+    *,
+    follow: bool = False,
+    tail: int | None = None,
+    since: float | None = None,
+) -> tuple[Lease, AsyncIterator[bytes]]:
+    """The machine's log, as its node's NDJSON chunks, each read in a turn of its own while the
+    lease holds (hand both to `streaming`). Raised here, before any output: TooManyRequests
+    when the caller's token holds too many streams, and what the node refuses."""
+    lease = streams.admit(caller, project)
+    try:
+        stream = await machines.logs(caller, project, ref, follow=follow, tail=tail, since=since)
+    except BaseException:
+        streams.release(lease)
+        raise
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in lease.guard(taking_turns(stream)):
+            if chunk is not None:
+                yield chunk
+
+    return lease, chunks()
+
+
+def streaming(
+    streams: Streams, lease: Lease, body: AsyncIterator[bytes], media_type: str
+) -> StreamingResponse:
+    """`body` as the response; its lease is released when it ends, or if it never starts
+    (the client went away before) when it is collected."""
+
+    async def released() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in body:
+                yield chunk
+        finally:
+            streams.release(lease)
+
+    items = released()
+    weakref.finalize(items, streams.release, lease)
+    return StreamingResponse(items, media_type=media_type)
+
+
+async def session(
+    ws: WebSocket,
+    machines: Machines,
+    streams: Streams,
+    caller: Caller,
+    ref: str,
+    *,
+    attach: bool,
+) -> None:
+    """Serve an exec (its ExecStart first) or attach session on `ws` (docs/api.md), relayed
+    under a streams lease: it ends with its token. A refusal (of `caller`, of the policy, of
+    the node) is the socket's one `error` message."""
+    await ws.accept()
+    start: ExecStart | None = None
+    try:
+        principal, project = await caller()
+        if not attach:
+            start = ExecStart.first_message(await ws.receive_text())
+        m, node = await machines.session(principal, project, ref, attach=attach)
+        lease = streams.admit(principal, project)
+        try:
+            upstream = await machines.connect(m, node, attach=attach)
+        except BaseException:
+            streams.release(lease)
+            raise
+    except HutchError as e:
+        await ws.send_text(ws_error(e))
+        await ws.close()
+        return
+    try:
+        if start is not None:
+            await upstream.send(start.model_dump_json())
+        if await _relay(ws, upstream, lease):
+            await ws.send_text(ws_error(Unauthenticated(lease.reason)))
+    finally:
+        streams.release(lease)
+        await upstream.close()
+        with contextlib.suppress(RuntimeError):
+            await ws.close()
+
+
+async def _relay(client: WebSocket, node: ClientConnection, lease: Lease) -> bool:
+    """Relay until either side ends (False) or the lease does (True)."""
+
+    async def down() -> None:
+        async for message in node:
+            await turn()  # output in bulk (a `cat` of a large file) takes turns too
+            if not lease.live:  # nothing from after its end, even before `ended` wakes
+                return
+            if isinstance(message, bytes):
+                await client.send_bytes(message)
+            else:
+                await client.send_text(message)
+
+    async def up() -> None:
+        while True:
+            message = await client.receive()
+            if message["type"] == "websocket.disconnect" or not lease.live:
+                return
+            if message.get("bytes") is not None:
+                await node.send(message["bytes"])
+            elif message.get("text") is not None:
+                await node.send(message["text"])
+
+    ended = asyncio.ensure_future(lease.wait())
+    tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up()), ended]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return not lease.live
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, RuntimeError):
+                await task
