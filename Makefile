@@ -24,7 +24,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsp
 PYTEST_ARGS ?=
 PORT ?= 7878
 
-.PHONY: help setup apt venv guest up down test lint fmt openapi bench clean
+.PHONY: help setup apt venv guest up down test lint fmt openapi bench screenshots clean
 
 help:
 	@echo "make up     install what is missing, set up hutch, run a first workload in a micro-VM"
@@ -33,6 +33,7 @@ help:
 	@echo "make down   stop what make up started"
 	@echo "make lint   ruff, mypy, import-linter"
 	@echo "make openapi  regenerate docs/openapi.json from the app"
+	@echo "make screenshots  keep the dashboard's screenshots of the last test run in docs/"
 
 setup: apt venv guest
 
@@ -125,6 +126,19 @@ bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.volumes
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.start
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.trace
+
+# The browser tests (tests/web/test_browser.py) photograph the dashboard's main pages into
+# build/screenshots/ (and a failed wait into failed-*.png, which stays there); the README shows
+# the ones kept in docs/screenshots/.
+screenshots:
+	@shots=$$(ls build/screenshots/*.png 2>/dev/null | grep -v '/failed-' || true); \
+	if [ -z "$$shots" ]; then \
+		echo "no screenshots in build/screenshots: run make test, or $(VENV)/bin/pytest tests/web/test_browser.py"; \
+		exit 1; \
+	fi; \
+	mkdir -p docs/screenshots; \
+	cp $$shots docs/screenshots/; \
+	echo "copied to docs/screenshots:" $$(basename -a $$shots)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
