@@ -2,6 +2,7 @@
 cookies, and finds the CSRF value forms carry."""
 
 import re
+from collections.abc import Mapping
 
 import httpx
 
@@ -17,8 +18,10 @@ def csrf_of(page: str) -> str:
 
 
 class Visitor:
-    def __init__(self, api: Api, base_url: str = "http://hutch") -> None:
-        self.http = httpx.AsyncClient(transport=api.http._transport, base_url=base_url)
+    def __init__(self, api: Api, base_url: str = "http://hutch", served: bool = False) -> None:
+        """`served`: `base_url` is a real server (tests.helpers.api.served), for streams."""
+        transport = None if served else api.http._transport
+        self.http = httpx.AsyncClient(transport=transport, base_url=base_url)
         self.csrf = ""
 
     async def sign_in(self, token: str) -> httpx.Response:
@@ -31,7 +34,7 @@ class Visitor:
     async def get(self, path: str, **kwargs: object) -> httpx.Response:
         return await self.http.get(path, **kwargs)  # type: ignore[arg-type]
 
-    async def post(self, path: str, data: dict[str, object] | None = None,
+    async def post(self, path: str, data: Mapping[str, object] | None = None,
                    **kwargs: object) -> httpx.Response:  # fmt: skip
         """A form posted with the session's CSRF value (unless `data` names its own)."""
         return await self.http.post(path, data={"csrf": self.csrf, **(data or {})}, **kwargs)  # type: ignore[arg-type]

@@ -740,6 +740,9 @@ async def test_events(store: SqlStore) -> None:
         assert await tx.events.since(a.id, e4.id) == []
         with pytest.raises(Invalid):
             await tx.events.since(a.id, 0, limit=0)
+        assert await tx.events.of_object(a.id, "m-1", 10) == [e4, e3, e1]  # newest first
+        assert await tx.events.of_object(a.id, "m-1", 2) == [e4, e3]
+        assert await tx.events.of_object(a.id, "m-2", 10) == []  # b's m-2 is not a's
         assert (await tx.events.last(a.id), await tx.events.last(b.id)) == (3, 1)
         with pytest.raises(NotFound):
             await tx.events.last("nope")

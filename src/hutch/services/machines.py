@@ -75,7 +75,7 @@ from hutch.services.nodelink import NodeLink
 from hutch.services.notify import POOLS, Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
-from hutch.store.base import Claim, NewEvent, Store, Tx
+from hutch.store.base import MAX_PAGE, Claim, NewEvent, Store, Tx
 
 MAX_WAIT = 300.0
 RESTART_BACKOFF_MAX = 30.0
@@ -598,6 +598,48 @@ class Machines:
             return await tx.machines.list(
                 project.id, states=states, labels=labels, limit=limit, cursor=cursor
             )
+
+    async def listing(self, principal: Principal, project: Project) -> tuple[list[Machine], int]:
+        """Every machine of the project but the destroyed, and the number of its newest event
+        before they were read: the events after it tell every change since (a live list)."""
+        self.policy.require(principal, Action.MACHINE_READ, project.id)
+        states = tuple(s for s in MachineState if s is not MachineState.DESTROYED)
+        machines: list[Machine] = []
+        cursor = None
+        async with self.store.read() as tx:
+            last = await tx.events.last(project.id)
+            while True:
+                page, cursor = await tx.machines.list(
+                    project.id, states=states, limit=MAX_PAGE, cursor=cursor
+                )
+                machines += page
+                if cursor is None:
+                    return machines, last
+
+    async def history(
+        self, principal: Principal, project: Project, ref: str, limit: int = 50
+    ) -> tuple[Machine, list[Event], int]:
+        """The machine, its newest `limit` events (newest first), and the number of the
+        project's newest event before they were read (as `listing`)."""
+        self.policy.require(principal, Action.MACHINE_READ, project.id)
+        async with self.store.read() as tx:
+            last = await tx.events.last(project.id)
+            m = await _get(tx, project, ref)
+            return m, await tx.events.of_object(project.id, m.id, limit), last
+
+    async def several(
+        self, principal: Principal, project: Project, ids: Sequence[str]
+    ) -> list[Machine]:
+        """The machines of `ids` the project still has (purged ones are left out)."""
+        self.policy.require(principal, Action.MACHINE_READ, project.id)
+        found = []
+        async with self.store.read() as tx:
+            for machine_id in ids:
+                try:
+                    found.append(await tx.machines.get(project.id, machine_id))
+                except NotFound:
+                    continue
+        return found
 
     async def start(self, principal: Principal, project: Project, ref: str) -> Machine:
         """A new generation of a machine that is not running (created stopped, exited, failed);

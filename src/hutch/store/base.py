@@ -230,6 +230,9 @@ class EventRepo(Protocol):
     async def last(self, project_id: str) -> int:
         """The number of the project's newest event (0: none yet); NotFound if it is gone."""
 
+    async def of_object(self, project_id: str, object_id: str, limit: int) -> builtins.list[Event]:
+        """The object's newest `limit` events (at most MAX_EVENTS), newest first."""
+
 
 class LeaseRepo(Protocol):
     async def acquire(self, name: str, holder: str, ttl: float, now: float) -> int | None:

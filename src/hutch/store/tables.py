@@ -254,6 +254,7 @@ events = sa.Table(
     # a project sees say nothing about other projects. `id` only orders rows internally.
     sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("uq_events_project_id_seq", "project_id", "seq", unique=True),
+    sa.Index("ix_events_project_id_object_id_seq", "project_id", "object_id", "seq"),
     sqlite_autoincrement=True,
 )
 

@@ -64,6 +64,18 @@ class SqlEvents(Repo):
         )
         return int(row[0])
 
+    async def of_object(self, project_id: str, object_id: str, limit: int) -> list[Event]:
+        if limit < 1:
+            raise Invalid("limit must be at least 1")
+        e = t.events
+        stmt = (
+            sa.select(e)
+            .where(e.c.project_id == project_id, e.c.object_id == object_id)
+            .order_by(e.c.seq.desc())
+            .limit(min(limit, MAX_EVENTS))
+        )
+        return [from_row(Event, r, id=r.seq) for r in await self._c.execute(stmt)]
+
     async def since(self, project_id: str, after: int, limit: int = 500) -> list[Event]:
         """At most MAX_EVENTS events, whatever `limit` asks."""
         if limit < 1:

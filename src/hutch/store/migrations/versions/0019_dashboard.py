@@ -1,4 +1,5 @@
-"""Dashboard sessions (model.tenancy.Session)."""
+"""The dashboard: its sessions (model.tenancy.Session), and an index for a machine's page to
+find its own events."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -23,7 +24,10 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_web_sessions_token_id"), "web_sessions", ["token_id"])
     op.create_index(op.f("ix_web_sessions_expires_at"), "web_sessions", ["expires_at"])
+    op.create_index("ix_events_project_id_object_id_seq", "events",
+                    ["project_id", "object_id", "seq"])  # fmt: skip
 
 
 def downgrade() -> None:
+    op.drop_index("ix_events_project_id_object_id_seq", "events")
     op.drop_table("web_sessions")
