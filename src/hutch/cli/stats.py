@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hutch.cli.remote import OutputOpt, check_output, connect, dump, emit
+from hutch.model.metrics import rate
 from hutch.model.units import format_bytes
 
 if TYPE_CHECKING:
@@ -81,10 +82,9 @@ def rows(client: "Client", refs: list[str] | None) -> list[dict[str, Any]]:
                     "disk_read_bytes", "disk_write_bytes",
                 }
             )  # fmt: skip
-            before = [p for p in points[:-1] if p.generation == last.generation]
-            if before and last.time > before[-1].time:
-                used = last.cpu_s - before[-1].cpu_s
-                row["cpu_percent"] = round(100 * used / (last.time - before[-1].time), 1)
+            used = rate(points[-2], last, "cpu_s") if len(points) > 1 else None
+            if used is not None:
+                row["cpu_percent"] = round(100 * used, 1)
         out.append(row)
     return out
 

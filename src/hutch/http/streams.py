@@ -1,15 +1,14 @@
 """A machine's streams as the API and the dashboard both serve them: its log (in turns, under a
-streams lease) and exec or attach sessions relayed to its node. The two differ only in how the
+streams lease; the response: hutch.http.streaming) and exec or attach sessions relayed to its
+node. The two differ only in how the
 caller is known (a bearer token, a session cookie) and in how the log is encoded (NDJSON,
 server-sent events of HTML): those are their routes' part, everything else is here once."""
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import WebSocket
-from fastapi.responses import StreamingResponse
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -36,8 +35,9 @@ async def log_chunks(
     since: float | None = None,
 ) -> tuple[Lease, AsyncIterator[bytes]]:
     """The machine's log, as its node's NDJSON chunks, each read in a turn of its own while the
-    lease holds (hand both to `streaming`). Raised here, before any output: TooManyRequests
-    when the caller's token holds too many streams, and what the node refuses."""
+    lease holds; the lease is released when they end (hand both to `streaming.leased`, which
+    releases it if they never start). Raised here, before any output: TooManyRequests when the
+    caller's token holds too many streams, and what the node refuses."""
     lease = streams.admit(caller, project)
     try:
         stream = await machines.logs(caller, project, ref, follow=follow, tail=tail, since=since)
@@ -46,29 +46,14 @@ async def log_chunks(
         raise
 
     async def chunks() -> AsyncIterator[bytes]:
-        async for chunk in lease.guard(taking_turns(stream)):
-            if chunk is not None:
-                yield chunk
-
-    return lease, chunks()
-
-
-def streaming(
-    streams: Streams, lease: Lease, body: AsyncIterator[bytes], media_type: str
-) -> StreamingResponse:
-    """`body` as the response; its lease is released when it ends, or if it never starts
-    (the client went away before) when it is collected."""
-
-    async def released() -> AsyncIterator[bytes]:
         try:
-            async for chunk in body:
-                yield chunk
+            async for chunk in lease.guard(taking_turns(stream)):
+                if chunk is not None:
+                    yield chunk
         finally:
             streams.release(lease)
 
-    items = released()
-    weakref.finalize(items, streams.release, lease)
-    return StreamingResponse(items, media_type=media_type)
+    return lease, chunks()
 
 
 async def session(

@@ -4,6 +4,7 @@ Counters are cumulative over the generation (as the node samples them), so a coa
 finer one's last point per bucket, and a rate is the difference of two points over their time."""
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +38,21 @@ class MetricPoint:
     tx_packets: int
     egress_bytes: int  # public tx
     ingress_bytes: int  # public rx
+
+
+class Reading(Protocol):
+    """A point as the model and its wire view both have it."""
+
+    @property
+    def generation(self) -> int: ...
+    @property
+    def time(self) -> float: ...
+
+
+def rate(before: Reading, after: Reading, counter: str) -> float | None:
+    """`counter`'s change per second from `before` to `after`; None across a restart (its
+    counters began again) or without time between them."""
+    if before.generation != after.generation or after.time <= before.time:
+        return None
+    change: float = getattr(after, counter) - getattr(before, counter)
+    return change / (after.time - before.time)

@@ -13,13 +13,24 @@ from fastapi.staticfiles import StaticFiles
 from hutch.config import Settings
 from hutch.controller import Controller
 from hutch.web import assets, render
-from hutch.web.pages import auth, billing, images, machines, networks, nodes, projects, volumes
+from hutch.web.pages import (
+    auth,
+    billing,
+    images,
+    live,
+    machines,
+    networks,
+    nodes,
+    projects,
+    volumes,
+)
 
 log = logging.getLogger("hutch.web")
 
 PAGES = (
     auth,
     machines,
+    live,
     images,
     networks,
     volumes,

@@ -13,6 +13,7 @@ from hutch.controller import Controller
 from hutch.http import streams
 from hutch.http.fair import turn
 from hutch.http.problems import PROBLEMS
+from hutch.http.streaming import leased
 from hutch.model.errors import Invalid
 from hutch.model.machine import Machine, MachineState
 from hutch.model.tenancy import Principal, Project
@@ -176,7 +177,7 @@ async def machine_logs(
     lease, chunks = await streams.log_chunks(
         ctl.machines, ctl.streams, s.caller, s.project, ref, follow=follow, tail=tail, since=since
     )
-    return streams.streaming(ctl.streams, lease, chunks, "application/x-ndjson")
+    return leased(ctl.streams, lease, chunks, "application/x-ndjson")
 
 
 @router.get(
@@ -198,18 +199,21 @@ async def events(
     lease = ctl.streams.admit(s.caller, s.project)  # 429 before the 200 if it holds too many
 
     async def body() -> AsyncIterator[bytes]:
-        async for batch in lease.guard(batches, KEEPALIVE):
-            if batch is None:
-                yield b": keepalive\n\n"
-                continue
-            await turn()  # up to MAX_EVENTS of them to encode
-            yield b"".join(
-                f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
-                for e in batch
-                for data in (convert.event_view(e).model_dump_json(),)
-            )
+        try:
+            async for batch in lease.guard(batches, KEEPALIVE):
+                if batch is None:
+                    yield b": keepalive\n\n"
+                    continue
+                await turn()  # up to MAX_EVENTS of them to encode
+                yield b"".join(
+                    f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
+                    for e in batch
+                    for data in (convert.event_view(e).model_dump_json(),)
+                )
+        finally:
+            ctl.streams.release(lease)
 
-    return streams.streaming(ctl.streams, lease, body(), "text/event-stream")
+    return leased(ctl.streams, lease, body(), "text/event-stream")
 
 
 @router.websocket("/v1/machines/{ref}/exec")

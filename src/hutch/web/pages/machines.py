@@ -18,6 +18,7 @@ from hutch.http.streaming import leased
 from hutch.model.errors import HutchError, Invalid
 from hutch.model.machine import Event, Machine, MachineSpec, MachineState
 from hutch.services.policy import Action
+from hutch.web.pages import live
 from hutch.web.render import html, page, pages, see_other
 from hutch.web.visitor import Acting, Visiting, Visitor, controller
 
@@ -165,7 +166,8 @@ async def bulk(
 async def machine(request: Request, v: Visiting, ref: str) -> HTMLResponse:
     m, events, after = await controller(request).machines.history(v.principal, v.project, ref)
     return page(request, v, "machine.html", m=m, events=events, after=after,
-                actions=actions(m), writable=v.may(Action.MACHINE_WRITE))  # fmt: skip
+                actions=actions(m), writable=v.may(Action.MACHINE_WRITE),
+                **await live.context(request, v, m))  # fmt: skip
 
 
 @router.post("/ui/machines/{ref}/{verb}")

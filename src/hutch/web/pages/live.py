@@ -1,0 +1,216 @@
+"""A machine page's live parts: its log tail (server-sent events), a shell (the exec WebSocket),
+CPU, memory and network sparklines (hutch's own telemetry) and what it has cost so far.
+
+The log and the shell are the API's own (hutch.http.streams), under the same streams lease per
+token; only who calls (the session cookie) and the log's encoding (HTML lines) are said here.
+"""
+
+import html
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from decimal import Decimal
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import Query, Request, WebSocket
+from fastapi.responses import JSONResponse, StreamingResponse
+from markupsafe import Markup
+from pydantic import ValidationError
+from starlette.requests import HTTPConnection
+
+from hutch.controller import Controller
+from hutch.http import streams
+from hutch.http.streaming import leased
+from hutch.model.errors import Forbidden, HutchError
+from hutch.model.machine import Machine
+from hutch.model.metrics import rate
+from hutch.model.prices import UNITS, total, usage_lines
+from hutch.model.tenancy import Principal, Project
+from hutch.services.policy import Action
+from hutch.web.render import pages
+from hutch.web.visitor import Visiting, Visitor, check_csrf, resolve
+from hutch.wire.machines import LogLine
+
+router = pages()
+TAIL = 200  # lines of the log a machine's page shows first
+MAX_TAIL = 10_000
+SINCE = 3600.0  # seconds of metric history the sparklines show
+MAX_RECORD = 1 << 20  # bytes of one NDJSON record (a node's are 64 KiB of output, escaped)
+
+
+def log_html(line: LogLine) -> str:
+    """A log record as the text of `<pre id="logs">`: escaped, stderr marked, and a part the
+    log dropped before anyone read it said as such."""
+    if line.skipped:
+        return f'<span class="lost">[{line.skipped} bytes of {line.stream} were lost here]</span>\n'
+    text = html.escape(line.data, quote=False)
+    return f'<span class="stderr">{text}</span>' if line.stream == "stderr" else text
+
+
+async def _records(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[LogLine]]:
+    """The node's NDJSON chunks (not cut at lines) as the records each completes: a turn's work
+    is its chunk's, and what is held over for the next is at most one record."""
+    held: list[bytes] = []  # the start of a record the next chunks complete
+    size = 0
+    async for chunk in chunks:
+        *whole, rest = chunk.split(b"\n")
+        if whole:
+            whole[0] = b"".join([*held, whole[0]])
+            held, size = [], 0
+        if rest:
+            held.append(rest)
+            size += len(rest)
+        if size > MAX_RECORD:  # no node writes one: say so, and skip to the next line
+            held, size = [], 0
+            yield [*map(_record, filter(None, whole)), _unreadable()]
+            continue
+        yield [_record(raw) for raw in whole if raw]
+    if held:
+        yield [_record(b"".join(held))]
+
+
+def _record(raw: bytes) -> LogLine:
+    try:
+        return LogLine.model_validate_json(raw)
+    except ValidationError:  # the node cut it off (it ended), or is not hutch's
+        return _unreadable()
+
+
+def _unreadable() -> LogLine:
+    return LogLine(stream="stderr", time=time.time(), data="[a log record was unreadable]\n")
+
+
+def _event(kind: str, data: str) -> bytes:
+    """A server-sent event; a carriage return would end its line, so it is a character
+    reference (the data is HTML)."""
+    lines = data.replace("\r", "&#13;").split("\n")
+    return (f"event: {kind}\n" + "".join(f"data: {d}\n" for d in lines) + "\n").encode()
+
+
+# Sent first: a (re)connected stream starts again from the tail, over what the page showed.
+RESET = _event("log", '<span hx-swap-oob="innerHTML:#logs"></span>')
+END = _event("end", "")
+
+
+@router.get("/ui/machines/{ref}/logs")
+async def logs(
+    request: Request,
+    v: Visiting,
+    ref: str,
+    tail: Annotated[int, Query(ge=0, le=MAX_TAIL)] = TAIL,
+) -> StreamingResponse:
+    """The last `tail` lines, then what the machine writes, as `log` events of HTML (an `end`
+    event when its log ends); a lease of the visitor's token while it streams."""
+    ctl: Controller = request.app.state.controller
+    lease, chunks = await streams.log_chunks(
+        ctl.machines, ctl.streams, v.principal, v.project, ref, follow=True, tail=tail
+    )
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            yield RESET
+            async for records in _records(chunks):
+                if records:
+                    yield _event("log", "".join(log_html(r) for r in records))
+            yield END
+        finally:  # ended, or the reader went away (perhaps before the log began)
+            ctl.streams.release(lease)
+
+    # A proxy in front must not hold it back (nginx buffers otherwise).
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return leased(ctl.streams, lease, events(), "text/event-stream", headers)
+
+
+async def log_tail(ctl: Controller, v: Visitor, m: Machine, lines: int = TAIL) -> Markup:
+    """The page's log as it is now (what a reader without JavaScript sees), or why not."""
+    try:
+        lease, chunks = await streams.log_chunks(
+            ctl.machines, ctl.streams, v.principal, v.project, m.id, tail=lines
+        )
+    except HutchError as e:
+        return Markup('<span class="lost">[the log cannot be read now: {}]</span>').format(
+            e.message
+        )
+    try:
+        return Markup("".join([log_html(r) async for rs in _records(chunks) for r in rs]))
+    finally:
+        ctl.streams.release(lease)
+
+
+@router.websocket("/ui/machines/{ref}/exec")
+async def shell(
+    ws: WebSocket, ref: str, csrf: str = "", project: str | None = None
+) -> None:  # fmt: skip
+    """The page's shell: the API's exec session (docs/api.md), its caller the session's."""
+    ctl: Controller = ws.app.state.controller
+
+    async def caller() -> tuple[Principal, Project]:
+        same_origin(ws)
+        v = await resolve(ws, project)
+        check_csrf(v, csrf)
+        return v.principal, v.project
+
+    await streams.session(ws, ctl.machines, ctl.streams, caller, ref, attach=False)
+
+
+def same_origin(conn: HTTPConnection) -> None:
+    """Forbidden unless the request's Origin is this site (the Host it was sent to): a page of
+    another site must not open a shell with the visitor's cookie."""
+    origin = urlsplit(conn.headers.get("origin", ""))
+    secure = conn.url.scheme in ("https", "wss")
+    if origin.scheme != ("https" if secure else "http") or origin.netloc != conn.headers.get(
+        "host"
+    ):
+        raise Forbidden("a shell opens only from this dashboard's own pages (Origin)")
+
+
+@router.get("/ui/machines/{ref}/metrics")
+async def metrics(request: Request, v: Visiting, ref: str) -> JSONResponse:
+    """The sparklines' series, oldest first (uPlot's columns): CPU in cores used, memory in
+    bytes, network in bytes a second; null where a point has no rate (the first, a restart)."""
+    ctl: Controller = request.app.state.controller
+    m, _, points = await ctl.telemetry.history(
+        v.principal, v.project, ref, time.time() - SINCE, None
+    )
+    pairs = list(zip([None, *points], points, strict=False))
+    series = {
+        "time": [p.time for p in points],
+        "cpu": [rate(a, b, "cpu_s") if a else None for a, b in pairs],
+        "memory": [p.memory_bytes for p in points],
+        "rx": [rate(a, b, "rx_bytes") if a else None for a, b in pairs],
+        "tx": [rate(a, b, "tx_bytes") if a else None for a, b in pairs],
+        "memory_limit": points[-1].memory_limit_bytes if points else None,
+        "vcpus": m.spec.cpus,
+    }
+    return JSONResponse(series, headers={"Cache-Control": "no-store"})
+
+
+async def cost(ctl: Controller, v: Visitor, m: Machine) -> dict[str, Any] | None:
+    """What the machine has used and cost since it was created, priced as its project's
+    invoices price it (its labels' rates), before what a plan includes for the whole
+    project; None if the visitor may not read billing."""
+    if not v.may(Action.BILLING_READ):
+        return None
+    totals = await ctl.billing.usage(v.principal, v.project, None, None, "machine")
+    used = next((t for t in totals if t.group == m.id), None)
+    prices = await ctl.billing.prices(v.principal, v.project)
+    lines = [] if used is None else usage_lines(
+        replace(prices, included={}, fee=Decimal(0)), [(m.spec.labels, used)]
+    )  # fmt: skip
+    return {
+        "currency": prices.currency,
+        "total": total(lines),
+        "lines": [(UNITS[line.unit].shown, line.quantity, line.amount) for line in lines],
+    }
+
+
+async def context(request: Request, v: Visitor, m: Machine) -> dict[str, Any]:
+    """What machine.html's live parts need (machine_live.html)."""
+    ctl: Controller = request.app.state.controller
+    return {
+        "log": await log_tail(ctl, v, m),
+        "cost": await cost(ctl, v, m),
+        "may_exec": v.may(Action.MACHINE_EXEC),
+        "live_query": urlencode({"project": v.project.name}),
+    }
