@@ -73,6 +73,7 @@ up: setup $(BUSYBOX_ROOT)/bin/busybox
 		'echo "hello from a hutch micro-VM: kernel $$(uname -r), $$(nproc) vCPU"'
 	@echo "== hutch runs on this machine:"
 	@echo "   API       http://127.0.0.1:$(PORT)/v1  (OpenAPI: /openapi.json, docs/api.md)"
+	@echo "   dashboard http://127.0.0.1:$(PORT)/ui  (sign in with the token below; docs/dashboard.md)"
 	@echo "   token     $$($(PY) -c 'from hutch import config; print(config.load().state_dir)')/admin-token (system admin)"
 	@echo "   CLI       $(HUTCH) run -d --name web busybox -- httpd -f -p 8080;  $(HUTCH) ps -a;  $(HUTCH) --help"
 	@echo "   SDK       $(PY) -c 'import hutch; print(hutch.Client().machines.run(\"busybox\", [\"uname\", \"-a\"]).id)'"
@@ -126,6 +127,7 @@ bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.volumes
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.start
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.trace
+	$(PY) -m bench.ui
 
 # The browser tests (tests/web/test_browser.py) photograph the dashboard's main pages into
 # build/screenshots/ (and a failed wait into failed-*.png, which stays there); the README shows

@@ -12,6 +12,7 @@ from hutch.model.machine import (
     Capacity,
     Desired,
     GroupPolicy,
+    MachineLine,
     MachineState,
     NodeState,
     RestartPolicy,
@@ -396,6 +397,25 @@ async def test_list_filters(store: SqlStore) -> None:
         assert [m.id for m in page] == [web1.id, web2.id]
         page, cursor = await tx.machines.list(a.id, labels={"app": "web"}, cursor=cursor)
         assert [m.id for m in page] == [gone.id] and cursor is None
+
+
+async def test_lines(store: SqlStore) -> None:
+    a, b = f.project(), f.project()
+    one = f.machine(a.id, cpus=2, memory_mib=512)
+    two = f.machine(a.id, state=MachineState.RUNNING)
+    gone = f.machine(a.id, state=MachineState.DESTROYED)
+    pooled = f.machine(a.id, pool="pl-1")
+    theirs = f.machine(b.id)
+    async with store.write() as tx:
+        for p in (a, b):
+            await tx.projects.create(p)
+        for m in (one, two, gone, pooled, theirs):
+            await tx.machines.create(m)
+    kept = [s for s in MachineState if s is not MachineState.DESTROYED]
+    async with store.read() as tx:
+        assert await tx.machines.lines(a.id, kept) == [MachineLine.of(one), MachineLine.of(two)]
+        assert await tx.machines.lines(a.id, [MachineState.RUNNING]) == [MachineLine.of(two)]
+    assert MachineLine.of(one).cpus == 2 and MachineLine.of(one).memory_mib == 512
 
 
 async def test_list_limits_and_bad_cursor(store: SqlStore) -> None:

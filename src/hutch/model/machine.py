@@ -464,6 +464,24 @@ class Node:
 
 
 @dataclass(frozen=True, slots=True)
+class MachineLine:
+    """A machine as a long list shows it: a line of a table, read without the rest of it."""
+
+    id: str
+    name: str
+    state: MachineState
+    image: str
+    cpus: int
+    memory_mib: int
+    created_at: float
+
+    @staticmethod
+    def of(m: Machine) -> "MachineLine":
+        return MachineLine(m.id, m.name, m.state, m.spec.image, m.spec.cpus, m.spec.memory_mib,
+                           m.created_at)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """Something that happened to an object in a project; every state change is one."""
 

@@ -33,6 +33,7 @@ from hutch.model.machine import (
     Event,
     GroupPolicy,
     Machine,
+    MachineLine,
     MachineSpec,
     MachineState,
     Node,
@@ -75,7 +76,7 @@ from hutch.services.nodelink import NodeLink
 from hutch.services.notify import POOLS, Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
-from hutch.store.base import MAX_PAGE, Claim, NewEvent, Store, Tx
+from hutch.store.base import Claim, NewEvent, Store, Tx
 
 MAX_WAIT = 300.0
 RESTART_BACKOFF_MAX = 30.0
@@ -599,22 +600,17 @@ class Machines:
                 project.id, states=states, labels=labels, limit=limit, cursor=cursor
             )
 
-    async def listing(self, principal: Principal, project: Project) -> tuple[list[Machine], int]:
-        """Every machine of the project but the destroyed, and the number of its newest event
-        before they were read: the events after it tell every change since (a live list)."""
+    async def listing(
+        self, principal: Principal, project: Project
+    ) -> tuple[list[MachineLine], int]:
+        """Every machine of the project but the destroyed, as lines of a list, and the number
+        of its newest event before they were read: the events after it tell every change since
+        (a live list)."""
         self.policy.require(principal, Action.MACHINE_READ, project.id)
         states = tuple(s for s in MachineState if s is not MachineState.DESTROYED)
-        machines: list[Machine] = []
-        cursor = None
         async with self.store.read() as tx:
             last = await tx.events.last(project.id)
-            while True:
-                page, cursor = await tx.machines.list(
-                    project.id, states=states, limit=MAX_PAGE, cursor=cursor
-                )
-                machines += page
-                if cursor is None:
-                    return machines, last
+            return await tx.machines.lines(project.id, states), last
 
     async def history(
         self, principal: Principal, project: Project, ref: str, limit: int = 50

@@ -15,7 +15,15 @@ from contextlib import AbstractAsyncContextManager
 from typing import NamedTuple, Protocol
 
 from hutch.model.addressing import Address, Network, Rule, SecurityGroup
-from hutch.model.machine import Capacity, Event, Machine, MachineState, Node, Strategy
+from hutch.model.machine import (
+    Capacity,
+    Event,
+    Machine,
+    MachineLine,
+    MachineState,
+    Node,
+    Strategy,
+)
 from hutch.model.metrics import MetricPoint
 from hutch.model.network import PortMapping
 from hutch.model.pool import Pool, PoolShape
@@ -130,6 +138,12 @@ class MachineRepo(Protocol):
     ) -> tuple[builtins.list[Machine], str | None]:
         """Oldest first, at most `limit` (and at most MAX_PAGE) machines; the second value is
         the cursor of the next page (None: last page)."""
+
+    async def lines(
+        self, project_id: str, states: Sequence[MachineState]
+    ) -> builtins.list[MachineLine]:
+        """Every machine of the project in one of `states` (warm pools' aside), oldest first,
+        as lines of a list: one statement, no pages."""
 
     async def update(self, machine: Machine) -> Machine:
         """Write `machine` if the stored version is `machine.version`; return it with the

@@ -32,6 +32,7 @@ TEMPLATES = jinja2.Environment(
 )
 TEMPLATES.globals["Action"] = Action  # `v.may(Action.MACHINE_WRITE)` in templates
 TEMPLATES.filters["isotime"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+TEMPLATES.filters["isodate"] = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def html(template: str, **context: Any) -> str:

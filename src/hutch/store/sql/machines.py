@@ -16,6 +16,7 @@ from hutch.model.machine import (
     Desired,
     GroupPolicy,
     Machine,
+    MachineLine,
     MachineSpec,
     MachineState,
     OnIdle,
@@ -108,6 +109,23 @@ class SqlMachines(Repo):
         page = [_to_machine(r) for r in rows[:limit]]
         more = len(rows) > limit
         return page, _encode_cursor(page[-1].created_at, page[-1].id) if more else None
+
+    async def lines(
+        self, project_id: str, states: Sequence[MachineState]
+    ) -> builtins.list[MachineLine]:
+        m = t.machines.c
+        stmt = (
+            sa.select(m.id, m.name, m.state, m.image, m.cpus, m.memory_mib, m.created_at)
+            .where(m.project_id == project_id, m.pool == "")
+            .where(m.state.in_([MachineState(s).value for s in states]))
+            .order_by(m.created_at, m.id)
+        )
+        return [
+            MachineLine(
+                r.id, r.name, MachineState(r.state), r.image, r.cpus, r.memory_mib, r.created_at
+            )
+            for r in await self._c.execute(stmt)
+        ]
 
     async def update(self, machine: Machine) -> Machine:
         m = t.machines

@@ -8,15 +8,15 @@ from which event on (`after`): the number of the project's newest event before i
 """
 
 import shlex
-from collections.abc import AsyncIterator, Sequence
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Annotated, Any, Literal
 
 from fastapi import Form, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
 from hutch.http.streaming import leased
 from hutch.model.errors import HutchError, Invalid
-from hutch.model.machine import Event, Machine, MachineSpec, MachineState
+from hutch.model.machine import Event, Machine, MachineLine, MachineSpec, MachineState
 from hutch.services.policy import Action
 from hutch.web.pages import live
 from hutch.web.render import html, page, pages, see_other
@@ -30,11 +30,11 @@ Sort = Literal["name", "state", "created", "image"]
 Direction = Literal["asc", "desc"]
 Bulk = Literal["stop", "start", "remove"]
 Verb = Literal["stop", "start", "restart", "suspend", "resume", "remove"]
-_KEYS = {
+_KEYS: dict[str, Callable[[MachineLine], Any]] = {
     "name": lambda m: m.name,
     "state": lambda m: (m.state.value, m.name),
     "created": lambda m: (m.created_at, m.name),
-    "image": lambda m: (m.spec.image, m.name),
+    "image": lambda m: (m.image, m.name),
 }
 
 
@@ -75,14 +75,15 @@ async def act(request: Request, v: Visitor, ref: str, verb: Verb) -> Machine | N
             return None
 
 
-def _shown(machines: Sequence[Machine], q: str, state: MachineState | None) -> list[Machine]:
+def _shown(
+    machines: Sequence[MachineLine], q: str, state: MachineState | None
+) -> list[MachineLine]:
     needle = q.strip().lower()
     return [
         m
         for m in machines
-        if not m.pool
-        and (state is None or m.state is state)
-        and (not needle or any(needle in f for f in (m.name, m.spec.image, m.state.value)))
+        if (state is None or m.state is state)
+        and (not needle or any(needle in f.lower() for f in (m.name, m.image, m.state.value)))
     ]
 
 
@@ -197,7 +198,7 @@ def _messages(v: Visitor, batch: list[Event], machines: list[Machine], one: str)
         ]  # fmt: skip
     else:
         parts = [
-            ("machine", html("machine_row.html", m=m, writable=writable,
+            ("machine", html("machine_row.html", m=MachineLine.of(m), writable=writable,
                              oob="new" if m.id in created else "update"))
             for m in machines if not m.pool
         ]  # fmt: skip
