@@ -5,17 +5,11 @@ import re
 from hutch.model.prices import period_of
 from tests.api.test_billing import BOOK, ledger, start_of_period
 from tests.helpers.api import Api
-from tests.helpers.webpages import signed_in
-
-
-def _alert(page: str) -> str:
-    found = re.search(r'<div role="alert" class="alert">(.*?)</div>', page, re.S)
-    assert found, page
-    return found.group(1)
+from tests.helpers.webpages import alert, signed_in
 
 
 def _groups(page: str) -> list[str]:
-    body = page.split('<table id="usage-table">')[1].split("</tbody>")[0]
+    body = page.split('<table id="usage-table">')[1].split("</tbody>", maxsplit=1)[0]
     return re.findall(r"<tr>\s*<td>([^<]*)</td>", body)
 
 
@@ -43,7 +37,7 @@ async def test_usage_by_machine_label_and_day_with_its_csv(api: Api) -> None:
     assert r.text == same.text and r.text.count("\n") == 3
     # Bad input: a 400 page that says why; another project's usage is not there.
     r = await reader.get("/ui/usage", params={"since": "yesterday"})
-    assert r.status_code == 400 and "neither epoch seconds nor an ISO 8601 date" in _alert(r.text)
+    assert r.status_code == 400 and "neither epoch seconds nor an ISO 8601 date" in alert(r.text)
     assert (await reader.get("/ui/usage", params={"by": "week"})).status_code == 400
     assert (await reader.get("/ui/usage", params={"project": "beta"})).status_code == 404
     beta = await signed_in(api, "beta", "reader")
@@ -73,7 +67,7 @@ async def test_invoices_listed_and_shown_as_the_api_renders_them(api: Api) -> No
     # Another project's invoice, or none such: 404.
     beta = await signed_in(api, "beta", "reader")
     r = await beta.get(f"/ui/invoices/{closed}")
-    assert r.status_code == 404 and closed in _alert(r.text)
+    assert r.status_code == 404 and closed in alert(r.text)
     assert (await reader.get("/ui/invoices/nosuch")).status_code == 404
     await reader.close()
     await beta.close()

@@ -2,7 +2,6 @@
 The simulated node has no agent: its image store is a small stand-in (`NodeImages`)."""
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 from hutch.model.errors import NotFound
 from hutch.wire.images import ImageView, PullEvent
 from tests.helpers.api import Api, served
-from tests.helpers.webpages import signed_in
+from tests.helpers.webpages import alert, signed_in
 
 MIB = 1 << 20
 
@@ -31,6 +30,7 @@ class NodeImages:
         self.images: dict[str, dict[str, ImageView]] = {}
         self.go = asyncio.Event()
         self.go.set()
+        self.imported: list[tuple[bytes, list[str]]] = []
 
     async def images_of(self, node: Any, project: str) -> list[ImageView]:
         return list(self.images.get(project, {}).values())
@@ -56,20 +56,21 @@ class NodeImages:
         self.images.setdefault(project, {})[ref] = _image(ref)
         yield PullEvent(image=self.images[project][ref])
 
+    async def import_(self, node: Any, project: str, body: AsyncIterator[bytes], *,
+                      names: list[str], public: bool, limits: Any) -> list[ImageView]:  # fmt: skip
+        data = b"".join([chunk async for chunk in body])
+        self.imported.append((data, names))
+        self.images.setdefault(project, {})[names[0]] = _image(names[0])
+        return [self.images[project][names[0]]]
+
 
 @pytest.fixture
 def node(api: Api, monkeypatch: pytest.MonkeyPatch) -> NodeImages:
     fake = NodeImages()
     monkeypatch.setattr(api.ctl.link, "images", fake.images_of)
-    for name in ("image", "delete_image", "pull"):
+    for name in ("image", "delete_image", "pull", "import_"):
         monkeypatch.setattr(api.ctl.link, name, getattr(fake, name))
     return fake
-
-
-def _alert(page: str) -> str:
-    found = re.search(r'<div role="alert" class="alert">(.*?)</div>', page, re.S)
-    assert found, page
-    return found.group(1)
 
 
 async def test_a_pulls_progress_shows_as_it_comes_then_the_image_is_listed(
@@ -77,7 +78,7 @@ async def test_a_pulls_progress_shows_as_it_comes_then_the_image_is_listed(
 ) -> None:
     member = await signed_in(api, "alpha", "member")
     page = (await member.get("/ui/images")).text
-    assert '<form id="pull"' in page and "hutch image import FILE" in page
+    assert '<form id="pull"' in page and '<form id="import"' in page
     node.go.clear()
     session = {"Cookie": f"hutch_session={member.http.cookies['hutch_session']}"}
     async with served(api) as url, httpx.AsyncClient(base_url=url, headers=session) as browser:
@@ -99,9 +100,9 @@ async def test_a_pulls_progress_shows_as_it_comes_then_the_image_is_listed(
     # A pull the node fails ends the page with why; a registry the operator does not allow is
     # refused before any node is asked.
     r = await member.post("/ui/images/pull", {"ref": "docker.io/library/busybox:broken"})
-    assert "manifest unknown" in _alert(r.text)
+    assert "manifest unknown" in alert(r.text)
     r = await member.post("/ui/images/pull", {"ref": "registry.evil.example/x:1"})
-    assert r.status_code == 403 and "is not allowed" in _alert(r.text)
+    assert r.status_code == 403 and "is not allowed" in alert(r.text)
     await member.close()
 
 
@@ -113,14 +114,36 @@ async def test_a_reader_reads_and_cannot_pull_or_remove(api: Api, node: NodeImag
     assert "<div>busybox:1</div>" in page and "<form" not in page.split('<main id="main"')[1]
     for path in ("/ui/images/pull", "/ui/images/remove"):
         r = await reader.post(path, {"ref": "busybox:1"})
-        assert r.status_code == 403 and "image.write needs the member role" in _alert(r.text)
+        assert r.status_code == 403 and "image.write needs the member role" in alert(r.text)
     # Another project's images are not alpha's to see or remove.
     beta = await signed_in(api, "beta", "member")
     assert "busybox:1" not in (await beta.get("/ui/images")).text
     r = await beta.post("/ui/images/remove", {"ref": "busybox:1"})
-    assert r.status_code == 404 and "busybox:1" in _alert(r.text)
+    assert r.status_code == 404 and "busybox:1" in alert(r.text)
     assert (await member.post("/ui/images/remove", {"ref": "busybox:1"})).status_code == 303
     assert "busybox:1" not in (await member.get("/ui/images")).text
     assert (await member.post("/ui/images/pull", {"ref": ""})).status_code == 400
     for v in (member, reader, beta):
         await v.close()
+
+
+async def test_an_uploaded_archive_streams_to_the_nodes_once_its_form_is_checked(
+    api: Api, node: NodeImages
+) -> None:
+    archive = bytes(range(256)) * 8192  # 2 MiB: past the 1 MiB that other forms may send
+    upload = {"file": ("app.tar", archive, "application/x-tar")}
+    member = await signed_in(api, "alpha", "member")
+    r = await member.post("/ui/images/import", {"csrf": "forged", "name": "app:1"}, files=upload)
+    assert r.status_code == 403 and node.imported == []
+    reader = await signed_in(api, "alpha", "reader")
+    r = await reader.post("/ui/images/import", {"name": "app:1"}, files=upload)
+    assert r.status_code == 403 and "image.write needs the member role" in alert(r.text)
+    assert node.imported == []
+    r = await member.post("/ui/images/import", {"name": "app:1"})
+    assert r.status_code == 400, r.text
+    r = await member.post("/ui/images/import", {"name": "app:1"}, files=upload)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/images", r.text
+    assert node.imported == [(archive, ["app:1"])]
+    assert "<div>app:1</div>" in (await member.get("/ui/images")).text
+    await member.close()
+    await reader.close()

@@ -3,13 +3,7 @@
 import re
 
 from tests.helpers.api import Api
-from tests.helpers.webpages import signed_in
-
-
-def _alert(page: str) -> str:
-    found = re.search(r'<div role="alert" class="alert">(.*?)</div>', page, re.S)
-    assert found, page
-    return found.group(1)
+from tests.helpers.webpages import alert, signed_in
 
 
 async def test_nodes_their_capacity_and_machines_for_system_tokens_only(api: Api) -> None:
@@ -34,7 +28,7 @@ async def test_nodes_their_capacity_and_machines_for_system_tokens_only(api: Api
     assert 'href="/ui/nodes"' not in (await admin.get("/ui/machines")).text  # not in the menu
     for r in (await admin.get("/ui/nodes"), await admin.get("/ui/nodes/sim-1"),
               await admin.post("/ui/nodes/sim-1/uncordon")):  # fmt: skip
-        assert r.status_code == 403 and "only system tokens may see or change nodes" in _alert(
+        assert r.status_code == 403 and "only system tokens may see or change nodes" in alert(
             r.text
         )
     assert (await api.call("GET", "/v1/nodes/sim-1")).json()["cordoned"] is True

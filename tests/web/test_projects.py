@@ -4,20 +4,15 @@ import re
 
 from tests.helpers.api import Api
 from tests.helpers.web import Visitor
-from tests.helpers.webpages import signed_in
-
-
-def _alert(page: str) -> str:
-    found = re.search(r'<div role="alert" class="alert">(.*?)</div>', page, re.S)
-    assert found, page
-    return found.group(1)
+from tests.helpers.webpages import alert, signed_in
 
 
 async def test_an_admin_creates_a_token_seen_once_and_revokes_it(api: Api) -> None:
     admin = await signed_in(api, "alpha", "admin")
     page = (await admin.get("/ui/projects")).text
     assert "<h1>Project alpha</h1>" in page and '<table id="tokens">' in page
-    r = await admin.post("/ui/projects/alpha/tokens", {"role": "member", "label": "ci", "days": "7"})
+    made = {"role": "member", "label": "ci", "days": "7"}
+    r = await admin.post("/ui/projects/alpha/tokens", made)
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store", r.text
     secret = re.search(r'<pre id="secret"[^>]*>([^<]+)</pre>', r.text)
     assert secret
@@ -38,23 +33,27 @@ async def test_an_admin_creates_a_token_seen_once_and_revokes_it(api: Api) -> No
         (f"/ui/projects/alpha/tokens/{token_id}/revoke", {}),
     ):
         r = await reader.post(path, data)
-        assert r.status_code == 403 and "token.manage needs the admin role" in _alert(r.text)
+        assert r.status_code == 403 and "token.manage needs the admin role" in alert(r.text)
     assert (await api.call("GET", "/v1/machines", secret.group(1))).status_code == 200
 
     r = await admin.post(f"/ui/projects/alpha/tokens/{token_id}/revoke")
     assert r.status_code == 303
     assert (await api.call("GET", "/v1/machines", secret.group(1))).status_code == 401
     assert "revoked" in (await admin.get("/ui/projects")).text
+    # What a tenant wrote is shown as text, never as markup.
+    r = await admin.post("/ui/projects/alpha/tokens", {"role": "reader", "label": "<i>x</i>"})
+    assert r.status_code == 200 and "<i>x</i>" not in r.text
+    assert "<td>&lt;i&gt;x&lt;/i&gt;</td>" in (await admin.get("/ui/projects")).text
     # Another project's tokens do not exist for alpha's admin; bad input is a 400 saying why.
     r = await admin.post("/ui/projects/beta/tokens", {"role": "member"})
-    assert r.status_code == 404 and "beta" in _alert(r.text)
+    assert r.status_code == 404 and "beta" in alert(r.text)
     assert (await admin.get("/ui/projects", params={"project": "beta"})).status_code == 404
     for data, says in (({"role": "member", "days": "0"}, "whole number from 1"),
                        ({"role": "owner"}, "role")):  # fmt: skip
         r = await admin.post("/ui/projects/alpha/tokens", data)
-        assert r.status_code == 400 and says in _alert(r.text), r.text
+        assert r.status_code == 400 and says in alert(r.text), r.text
     r = await admin.post("/ui/projects", {"name": "mine"})
-    assert r.status_code == 403 and "only system tokens may create projects" in _alert(r.text)
+    assert r.status_code == 403 and "only system tokens may create projects" in alert(r.text)
     await admin.close()
     await reader.close()
 
@@ -72,13 +71,13 @@ async def test_a_system_token_makes_projects_and_sets_their_quota(api: Api) -> N
     quota = (await api.call("GET", "/v1/projects/gamma/quota")).json()["quota"]
     assert quota["machines"] == 3 and quota["vcpus"] is None
     r = await system.post("/ui/projects/gamma/quota", {"machines": "lots"})
-    assert r.status_code == 400 and "machines" in _alert(r.text)
+    assert r.status_code == 400 and "machines" in alert(r.text)
     # A project's admin sees its quota but may not change it.
     admin = await signed_in(api, "gamma", "admin")
     page = (await admin.get("/ui/projects")).text
     assert 'id="quota"' not in page and 'id="projects"' not in page
     r = await admin.post("/ui/projects/gamma/quota", {"machines": "30"})
-    assert r.status_code == 403 and "only system tokens may change quotas" in _alert(r.text)
+    assert r.status_code == 403 and "only system tokens may change quotas" in alert(r.text)
     assert (await system.post("/ui/projects/gamma/delete")).status_code == 303
     assert (await api.call("GET", "/v1/projects/gamma")).status_code == 404
     await admin.close()

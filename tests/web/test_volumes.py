@@ -1,7 +1,6 @@
 """/ui/volumes: volumes and their snapshots through the dashboard's forms. The simulated node
 has no agent: its side of the volume calls is a small in-memory stand-in (`NodeVolumes`)."""
 
-import re
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from hutch.wire.volumes import (
     NodeVolumeInfo,
 )
 from tests.helpers.api import Api
-from tests.helpers.webpages import signed_in
+from tests.helpers.webpages import alert, signed_in
 
 GIB = 1 << 30
 
@@ -62,16 +61,12 @@ class NodeVolumes:
 @pytest.fixture
 def node(api: Api, monkeypatch: pytest.MonkeyPatch) -> NodeVolumes:
     fake = NodeVolumes()
-    for name in ("volume_capacity", "create_volume", "volumes_now", "delete_volume",
-                 "snapshot_volume", "snapshots_now", "delete_snapshot", "restore_volume"):  # fmt: skip
+    for name in (
+        "volume_capacity", "create_volume", "volumes_now", "delete_volume", "snapshot_volume",
+        "snapshots_now", "delete_snapshot", "restore_volume",
+    ):  # fmt: skip
         monkeypatch.setattr(api.ctl.link, name, getattr(fake, name))
     return fake
-
-
-def _alert(page: str) -> str:
-    found = re.search(r'<div role="alert" class="alert">(.*?)</div>', page, re.S)
-    assert found, page
-    return found.group(1)
 
 
 async def test_create_snapshot_restore_delete_and_a_reader_only_reads(
@@ -85,7 +80,8 @@ async def test_create_snapshot_restore_delete_and_a_reader_only_reads(
     r = await member.post("/ui/volumes/db/snapshots", {"name": "before"})
     assert r.status_code == 303, r.text
     listing = (await member.get("/ui/volumes")).text
-    assert '<tr id="vol-db">' in listing and "2.0 GiB" in listing and 'id="volume-create"' in listing
+    assert '<tr id="vol-db">' in listing and "2.0 GiB" in listing
+    assert 'id="volume-create"' in listing
     page = (await member.get("/ui/volumes/db")).text
     assert "<td>before</td>" in page and "/ui/volumes/db/snapshots/before/restore" in page
 
@@ -100,7 +96,7 @@ async def test_create_snapshot_restore_delete_and_a_reader_only_reads(
     ):
         r = await reader.post(path, data)
         assert r.status_code == 403, (path, r.text)
-        assert "volume.write needs the member role" in _alert(r.text)
+        assert "volume.write needs the member role" in alert(r.text)
     assert node.restored == [] and len(node.volumes) == 1
 
     (snap_id,) = node.snapshots
@@ -120,7 +116,7 @@ async def test_bad_input_and_another_projects_volume(api: Api, node: NodeVolumes
     assert (await beta.post("/ui/volumes", {"name": "theirs", "size": "1G"})).status_code == 303
     alpha = await signed_in(api, "alpha", "member")
     r = await alpha.get("/ui/volumes/theirs")
-    assert r.status_code == 404 and "theirs" in _alert(r.text)
+    assert r.status_code == 404 and "theirs" in alert(r.text)
     r = await alpha.post("/ui/volumes/theirs/delete")
     assert r.status_code == 404
     assert len(node.volumes) == 1  # beta's, untouched
@@ -131,6 +127,6 @@ async def test_bad_input_and_another_projects_volume(api: Api, node: NodeVolumes
         ({"name": "v", "source": "theirs"}, "theirs"),
     ):
         r = await alpha.post("/ui/volumes", data)
-        assert 400 <= r.status_code < 500 and says in _alert(r.text), (data, r.text)
+        assert 400 <= r.status_code < 500 and says in alert(r.text), (data, r.text)
     await alpha.close()
     await beta.close()

@@ -11,7 +11,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hutch.http.problems import BodyLate, BodyTooLarge, problem
 
 MAX_BODY = 1 << 20
-STREAMED = ("/v1/images/import", "/v1/volumes/import")  # stream through to the nodes
+# Stream through to the nodes (the services bound them); the dashboard's image upload too.
+STREAMED = ("/v1/images/import", "/v1/volumes/import", "/ui/images/import")
 
 
 class BodyLimit:

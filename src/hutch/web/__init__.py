@@ -22,6 +22,7 @@ from hutch.web.pages import (
     networks,
     nodes,
     projects,
+    snapshots,
     volumes,
 )
 
@@ -34,6 +35,7 @@ PAGES = (
     images,
     networks,
     volumes,
+    snapshots,
     projects,
     nodes,
     billing,

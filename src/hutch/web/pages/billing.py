@@ -8,22 +8,16 @@ from typing import Annotated, Literal
 from fastapi import Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from hutch.controller import Controller
 from hutch.http.reports import day, invoice_html, invoice_table, invoice_view, usage_csv, usage_row
 from hutch.model.prices import ROUNDING, parse_instant
 from hutch.model.usage import By
 from hutch.web.render import page, pages
-from hutch.web.visitor import Visiting, Visitor
+from hutch.web.visitor import Visiting, Visitor, controller
 from hutch.wire import billing as wire
 
 router = pages()
 When = Annotated[str, Query(max_length=64)]
 ByQuery = Annotated[Literal["", "machine", "label", "day"], Query()]
-
-
-def _ctl(request: Request) -> Controller:
-    ctl: Controller = request.app.state.controller
-    return ctl
 
 
 async def _usage(
@@ -32,7 +26,7 @@ async def _usage(
     start = parse_instant(since, "since") if since.strip() else None
     end = parse_instant(until, "until") if until.strip() else None
     grouped: By = by or None  # type: ignore[assignment]  # "" or one of By's, by the query type
-    totals = await _ctl(request).billing.usage(v.principal, v.project, start, end, grouped)
+    totals = await controller(request).billing.usage(v.principal, v.project, start, end, grouped)
     return [usage_row(t) for t in totals]
 
 
@@ -58,7 +52,7 @@ async def usage_download(
 
 @router.get("/ui/invoices")
 async def invoices(request: Request, v: Visiting) -> HTMLResponse:
-    billing = _ctl(request).billing
+    billing = controller(request).billing
     found = [await billing.draft(v.principal, v.project),
              *await billing.invoices(v.principal, v.project)]  # fmt: skip
     views = [invoice_view(i, v.project.name) for i in found]
@@ -69,7 +63,9 @@ async def invoices(request: Request, v: Visiting) -> HTMLResponse:
 async def invoice(request: Request, v: Visiting, ref: str) -> HTMLResponse:
     """`ID.html`: the printable page, as `GET /v1/invoices/ID.html` gives it."""
     printable = ref.endswith(".html")
-    found = await _ctl(request).billing.invoice(v.principal, v.project, ref.removesuffix(".html"))
+    found = await controller(request).billing.invoice(
+        v.principal, v.project, ref.removesuffix(".html")
+    )
     view = invoice_view(found, v.project.name)
     if printable:
         return HTMLResponse(invoice_html(view))

@@ -1,8 +1,6 @@
-"""Images: the project's and the catalogue's, a pull with its progress as it happens, removal.
-
-An import is an upload of an archive the CLI prepares (it packs directories and OCI layouts
-first), so the page says how to do it with `hutch image import` rather than offering a form.
-"""
+"""Images: the project's and the catalogue's, a pull with its progress as it happens, an
+import of an uploaded archive, removal. (A root directory or an OCI layout, which a browser
+cannot upload as one file, the CLI packs and imports: the page says how.)"""
 
 import time
 from collections.abc import AsyncIterator
@@ -11,21 +9,16 @@ from typing import Annotated
 from fastapi import Form, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
-from hutch.controller import Controller
 from hutch.model.errors import HutchError, NoCapacity, Unavailable
 from hutch.services.policy import Action
 from hutch.web.render import html, page, pages, see_other
-from hutch.web.visitor import Acting, Visiting
+from hutch.web.upload import upload
+from hutch.web.visitor import Acting, Visiting, check_csrf, controller
 from hutch.wire.images import ImageView, PullEvent
 
 router = pages()
-TICK = 0.25  # seconds between progress lines of a pull (the last of each layer always shows)
+TICK = 0.25  # seconds at least between a pull's progress lines for the same layer and status
 PROGRESS = "<!-- progress -->"  # where image_pull.html's events go
-
-
-def _ctl(request: Request) -> Controller:
-    ctl: Controller = request.app.state.controller
-    return ctl
 
 
 @router.get("/ui/images")
@@ -33,7 +26,7 @@ async def images(request: Request, v: Visiting) -> HTMLResponse:
     found: list[ImageView] = []
     unavailable = ""
     try:
-        found = await _ctl(request).images.catalog(v.principal, v.project)
+        found = await controller(request).images.catalog(v.principal, v.project)
     except (NoCapacity, Unavailable) as e:  # the page still says how to pull and import
         unavailable = e.message
     return page(request, v, "images.html", images=found, unavailable=unavailable,
@@ -49,7 +42,7 @@ async def pull(
 ) -> Response:
     """The page streams: its top at once, then a line per progress step (the browser shows
     them as they come, without JavaScript), then the image or the error."""
-    events = _ctl(request).images.pull(v.principal, v.project, ref.strip(), public)
+    events = controller(request).images.pull(v.principal, v.project, ref.strip(), public)
     first = await anext(events)  # a refusal before the pull starts is a 4xx page
     top, bottom = html("image_pull.html", request=request, v=v, ref=ref).split(PROGRESS)
 
@@ -77,6 +70,18 @@ async def _progress(first: PullEvent, rest: AsyncIterator[PullEvent]) -> AsyncIt
         yield html("alert.html", message=e.message)
 
 
+@router.post("/ui/images/import")
+async def import_image(request: Request, v: Visiting) -> Response:
+    """A `docker save` or OCI archive, or a root filesystem's tar, streamed to the nodes as it
+    is uploaded. The form's CSRF value is checked before a byte of its file is read."""
+    sent = await upload(request)
+    check_csrf(v, next(iter(sent.values("csrf")), None))
+    names = [n.strip() for n in sent.values("name") if n.strip()]
+    public = "true" in sent.values("public")
+    await controller(request).images.import_(v.principal, v.project, sent.chunks, names, public)
+    return see_other("/ui/images")
+
+
 @router.post("/ui/images/remove")
 async def remove(
     request: Request,
@@ -85,5 +90,5 @@ async def remove(
     public: Annotated[bool, Form()] = False,
     force: Annotated[bool, Form()] = False,
 ) -> Response:
-    await _ctl(request).images.delete(v.principal, v.project, ref, public, force)
+    await controller(request).images.delete(v.principal, v.project, ref, public, force)
     return see_other("/ui/images")

@@ -5,24 +5,18 @@ from typing import Annotated, Literal
 from fastapi import Form, Request
 from fastapi.responses import HTMLResponse, Response
 
-from hutch.controller import Controller
 from hutch.model.addressing import Rule
 from hutch.services.policy import Action
 from hutch.web.render import page, pages, see_other
-from hutch.web.visitor import Acting, Visiting
+from hutch.web.visitor import Acting, Visiting, controller
 
 router = pages()
 Name = Annotated[str, Form(min_length=1, max_length=63)]
 
 
-def _ctl(request: Request) -> Controller:
-    ctl: Controller = request.app.state.controller
-    return ctl
-
-
 @router.get("/ui/networks")
 async def networks(request: Request, v: Visiting) -> HTMLResponse:
-    ctl = _ctl(request)
+    ctl = controller(request)
     found = await ctl.networks.list(v.principal, v.project)
     groups = await ctl.networks.groups(v.principal, v.project)
     names = {g.id: g.name for g in groups}  # a rule's remote group, by name
@@ -40,7 +34,7 @@ async def create_network(
     egress: Annotated[Literal["nat", "deny", "allow-list"], Form()] = "nat",
     egress_allow: Annotated[str, Form(max_length=4096)] = "",
 ) -> Response:
-    await _ctl(request).networks.create(
+    await controller(request).networks.create(
         v.principal, v.project, name.strip(), subnet=subnet.strip(), subnet6=subnet6.strip(),
         egress=egress, egress_allow=egress_allow.replace(",", " ").split(),
     )  # fmt: skip
@@ -49,19 +43,19 @@ async def create_network(
 
 @router.post("/ui/networks/{ref}/delete")
 async def delete_network(request: Request, v: Acting, ref: str) -> Response:
-    await _ctl(request).networks.delete(v.principal, v.project, ref)
+    await controller(request).networks.delete(v.principal, v.project, ref)
     return see_other("/ui/networks")
 
 
 @router.post("/ui/security-groups")
 async def create_group(request: Request, v: Acting, name: Name) -> Response:
-    await _ctl(request).networks.create_group(v.principal, v.project, name.strip())
+    await controller(request).networks.create_group(v.principal, v.project, name.strip())
     return see_other("/ui/networks")
 
 
 @router.post("/ui/security-groups/{ref}/delete")
 async def delete_group(request: Request, v: Acting, ref: str) -> Response:
-    await _ctl(request).networks.delete_group(v.principal, v.project, ref)
+    await controller(request).networks.delete_group(v.principal, v.project, ref)
     return see_other("/ui/networks")
 
 
@@ -80,11 +74,11 @@ async def add_rule(
     cidr = any(c in remote for c in "./:")  # no group name holds these
     low, high = Rule.parse_ports(ports.strip())
     rule = Rule(direction, protocol, low, high, remote if cidr else "", "" if cidr else remote)
-    await _ctl(request).networks.add_rule(v.principal, v.project, ref, rule)
+    await controller(request).networks.add_rule(v.principal, v.project, ref, rule)
     return see_other(f"/ui/networks#sg-{ref}")
 
 
 @router.post("/ui/security-groups/{ref}/rules/{rule_id}/delete")
 async def remove_rule(request: Request, v: Acting, ref: str, rule_id: str) -> Response:
-    await _ctl(request).networks.remove_rule(v.principal, v.project, ref, rule_id)
+    await controller(request).networks.remove_rule(v.principal, v.project, ref, rule_id)
     return see_other(f"/ui/networks#sg-{ref}")

@@ -6,27 +6,21 @@ from typing import Literal
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 
-from hutch.controller import Controller
 from hutch.web.render import page, pages, see_other
-from hutch.web.visitor import Acting, Visiting
+from hutch.web.visitor import Acting, Visiting, controller
 
 router = pages()
 
 
-def _ctl(request: Request) -> Controller:
-    ctl: Controller = request.app.state.controller
-    return ctl
-
-
 @router.get("/ui/nodes")
 async def nodes(request: Request, v: Visiting) -> HTMLResponse:
-    found = await _ctl(request).nodes.listing(v.principal)
+    found = await controller(request).nodes.listing(v.principal)
     return page(request, v, "nodes.html", nodes=found)
 
 
 @router.get("/ui/nodes/{ref}")
 async def node(request: Request, v: Visiting, ref: str) -> HTMLResponse:
-    ctl = _ctl(request)
+    ctl = controller(request)
     n, machines = await ctl.nodes.machines(v.principal, ref)
     projects = {p.id: p.name for p in await ctl.tenancy.projects(v.principal)}
     return page(request, v, "node.html", n=n, machines=machines, projects=projects)
@@ -37,5 +31,5 @@ async def cordon(
     request: Request, v: Acting, ref: str, action: Literal["cordon", "uncordon"]
 ) -> Response:
     """Cordoned: the node runs what it has and takes nothing new."""
-    n = await _ctl(request).nodes.cordon(v.principal, ref, action == "cordon")
+    n = await controller(request).nodes.cordon(v.principal, ref, action == "cordon")
     return see_other(f"/ui/nodes/{n.name}")

@@ -7,21 +7,15 @@ from typing import Annotated
 from fastapi import Form, Request
 from fastapi.responses import HTMLResponse, Response
 
-from hutch.controller import Controller
 from hutch.model.errors import Invalid
 from hutch.model.tenancy import QUOTA_FIELDS, Project, Quota, Role
 from hutch.model.volume import GIB
 from hutch.services.policy import Action
 from hutch.web.render import page, pages, see_other
-from hutch.web.visitor import Acting, Visiting, Visitor
+from hutch.web.visitor import Acting, Visiting, Visitor, controller
 
 router = pages()
 MAX_EXPIRY_DAYS = 3650
-
-
-def _ctl(request: Request) -> Controller:
-    ctl: Controller = request.app.state.controller
-    return ctl
 
 
 def _roles(v: Visitor) -> list[str]:
@@ -31,7 +25,7 @@ def _roles(v: Visitor) -> list[str]:
 
 @router.get("/ui/projects")
 async def projects(request: Request, v: Visiting) -> HTMLResponse:
-    ctl = _ctl(request)
+    ctl = controller(request)
     project, used = await ctl.tenancy.quota(v.principal, v.project.name)
     volume_bytes, snapshot_bytes = await ctl.volumes.usage(project)
     held = {
@@ -53,13 +47,13 @@ async def projects(request: Request, v: Visiting) -> HTMLResponse:
 async def create_project(
     request: Request, v: Acting, name: Annotated[str, Form(min_length=1, max_length=63)]
 ) -> Response:
-    project = await _ctl(request).tenancy.create_project(v.principal, name.strip(), Quota())
+    project = await controller(request).tenancy.create_project(v.principal, name.strip(), Quota())
     return see_other(f"/ui/projects?project={project.name}")
 
 
 @router.post("/ui/projects/{name}/delete")
 async def delete_project(request: Request, v: Acting, name: str) -> Response:
-    ctl = _ctl(request)
+    ctl = controller(request)
     project = await ctl.tenancy.delete_project(v.principal, name)
     await ctl.images.forget(project)  # as DELETE /v1/projects/{name} does
     return see_other("/ui/projects")
@@ -75,7 +69,7 @@ async def set_quota(request: Request, v: Acting, name: str) -> Response:
         if text and not (text.isascii() and text.isdigit() and len(text) <= 12):
             raise Invalid(f"quota {field}: {text!r} is not a whole number (empty: no limit)")
         limits[field] = int(text) if text else None
-    await _ctl(request).tenancy.set_quota(v.principal, name, Quota(**limits))
+    await controller(request).tenancy.set_quota(v.principal, name, Quota(**limits))
     return see_other("/ui/projects")
 
 
@@ -94,7 +88,7 @@ async def create_token(
         raise Invalid(f"expires in {days!r} days: a whole number from 1 to {MAX_EXPIRY_DAYS}, "
                       "or empty for never")  # fmt: skip
     expires = int(days) * 86400 if days else None
-    project, token, secret = await _ctl(request).tenancy.create_token(
+    project, token, secret = await controller(request).tenancy.create_token(
         v.principal, name, role, label.strip(), expires
     )
     return page(request, v, "token_created.html", token=token, secret=secret,
@@ -104,5 +98,5 @@ async def create_token(
 
 @router.post("/ui/projects/{name}/tokens/{token_id}/revoke")
 async def revoke_token(request: Request, v: Acting, name: str, token_id: str) -> Response:
-    await _ctl(request).tenancy.revoke_token(v.principal, name, token_id)
+    await controller(request).tenancy.revoke_token(v.principal, name, token_id)
     return see_other("/ui/projects")

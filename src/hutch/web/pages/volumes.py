@@ -10,15 +10,10 @@ from hutch.controller import Controller
 from hutch.model.volume import Volume, parse_size
 from hutch.services.policy import Action
 from hutch.web.render import page, pages, see_other
-from hutch.web.visitor import Acting, Visiting
+from hutch.web.visitor import Acting, Visiting, controller
 
 router = pages()
 Name = Annotated[str, Form(min_length=1, max_length=63)]
-
-
-def _ctl(request: Request) -> Controller:
-    ctl: Controller = request.app.state.controller
-    return ctl
 
 
 async def _context(ctl: Controller, volumes: list[Volume]) -> dict[str, Any]:
@@ -35,7 +30,7 @@ async def _context(ctl: Controller, volumes: list[Volume]) -> dict[str, Any]:
 
 @router.get("/ui/volumes")
 async def volumes(request: Request, v: Visiting) -> HTMLResponse:
-    ctl = _ctl(request)
+    ctl = controller(request)
     found = await ctl.volumes.list(v.principal, v.project)
     return page(request, v, "volumes.html", volumes=found, writable=v.may(Action.VOLUME_WRITE),
                 **await _context(ctl, found))  # fmt: skip
@@ -43,7 +38,7 @@ async def volumes(request: Request, v: Visiting) -> HTMLResponse:
 
 @router.get("/ui/volumes/{ref}")
 async def volume(request: Request, v: Visiting, ref: str) -> HTMLResponse:
-    ctl = _ctl(request)
+    ctl = controller(request)
     vol, snaps = await ctl.volumes.snapshots(v.principal, v.project, ref)
     return page(request, v, "volume.html", vol=vol, snapshots=snaps,
                 writable=v.may(Action.VOLUME_WRITE), **await _context(ctl, [vol]))  # fmt: skip
@@ -61,7 +56,7 @@ async def create(
     """`size` as the CLI takes it (10G, 512M; a bare number is GiB); with `source` (VOLUME or
     VOLUME@SNAPSHOT) a fork, its size the source's unless given."""
     size_bytes = parse_size(size.strip()) if size.strip() else 0
-    vol = await _ctl(request).volumes.create(
+    vol = await controller(request).volumes.create(
         v.principal, v.project, name.strip(), size_bytes, fs=fs, source=source.strip()
     )
     return see_other(f"/ui/volumes/{vol.name}")
@@ -69,7 +64,7 @@ async def create(
 
 @router.post("/ui/volumes/{ref}/delete")
 async def delete(request: Request, v: Acting, ref: str) -> Response:
-    await _ctl(request).volumes.delete(v.principal, v.project, ref)
+    await controller(request).volumes.delete(v.principal, v.project, ref)
     return see_other("/ui/volumes")
 
 
@@ -78,17 +73,17 @@ async def snapshot(
     request: Request, v: Acting, ref: str, name: Annotated[str, Form(max_length=63)] = ""
 ) -> Response:
     """`name` empty: the service names it by the time."""
-    vol, _ = await _ctl(request).volumes.snapshot(v.principal, v.project, ref, name.strip())
+    vol, _ = await controller(request).volumes.snapshot(v.principal, v.project, ref, name.strip())
     return see_other(f"/ui/volumes/{vol.name}")
 
 
 @router.post("/ui/volumes/{ref}/snapshots/{snap}/restore")
 async def restore(request: Request, v: Acting, ref: str, snap: str) -> Response:
-    vol = await _ctl(request).volumes.restore(v.principal, v.project, ref, snap)
+    vol = await controller(request).volumes.restore(v.principal, v.project, ref, snap)
     return see_other(f"/ui/volumes/{vol.name}")
 
 
 @router.post("/ui/volumes/{ref}/snapshots/{snap}/delete")
 async def delete_snapshot(request: Request, v: Acting, ref: str, snap: str) -> Response:
-    await _ctl(request).volumes.delete_snapshot(v.principal, v.project, ref, snap)
+    await controller(request).volumes.delete_snapshot(v.principal, v.project, ref, snap)
     return see_other(f"/ui/volumes/{ref}")
