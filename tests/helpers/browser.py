@@ -151,6 +151,7 @@ class Browser:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOTS / f"{name}.png"
         with contextlib.suppress(WebDriverException):
+            self.driver.execute_script("window.scrollTo(0, 0)")
             height = self.driver.execute_script("return document.documentElement.scrollHeight")
             self.driver.set_window_size(WINDOW[0], max(WINDOW[1], min(int(height), 2400)))
         try:
