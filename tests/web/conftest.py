@@ -12,7 +12,7 @@ from hutch.web import assets
 from tests.api.conftest import api, api_both
 from tests.controller import Controller, controller
 from tests.helpers import CACHE_DIR
-from tests.helpers.browser import Browser, chromium
+from tests.helpers.browser import SCREENSHOTS, Browser, chromium
 
 __all__ = ["api", "api_both", "controller"]
 
@@ -32,6 +32,9 @@ def dashboard(vendor: Path, controller: Controller) -> Controller:
 
 @pytest.fixture(scope="session")
 def browser(dashboard: Controller) -> Iterator[Browser]:
-    """One headless Chromium for the session; each test signs in as whom it needs."""
+    """One headless Chromium for the session; each test signs in as whom it needs. Failed
+    waits' screenshots of an earlier run go: those left are this run's."""
+    for old in SCREENSHOTS.glob("failed-*.png"):
+        old.unlink()
     with chromium() as driver:
         yield Browser(driver, dashboard.url)

@@ -134,7 +134,6 @@ def test_a_reader_sees_no_actions_and_its_forged_post_is_refused(
     b.open("/ui/machines")
     assert b.all(f"#m-{world.machine.id}")
     assert not b.all("form#run"), "a reader is shown the run form"
-    b.screenshot("reader")
 
     forged = b.send("POST", f"{page}/stop", {"csrf": b.csrf(), "action": "stop"})
     assert forged == 403
