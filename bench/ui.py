@@ -26,6 +26,7 @@ import httpx
 
 from hutch import config
 from hutch.api.app import create_app
+from hutch.cli.servers import settled
 from hutch.controller import Controller, bootstrap, build_controller
 from hutch.model.machine import Desired, Machine, MachineSpec, MachineState
 from hutch.model.tenancy import Project, Role
@@ -60,6 +61,7 @@ async def measure(machines: int, runs: int) -> dict[str, object]:
         ctl = build_controller(settings)
         app = create_app(ctl, settings)
         install_web(app, ctl, settings)
+        settled()  # as the controller does before it serves
         await ctl.store.open()
         try:
             await bootstrap(ctl, settings)

@@ -23,3 +23,9 @@ def test_the_two_runs_hold_every_test_once() -> None:
         if (p.is_dir() and any(p.glob("test_*.py"))) or re.match(r"test_.*\.py$", p.name)
     }
     assert tests == set(paths)
+
+
+def test_make_up_says_where_the_dashboard_is() -> None:
+    text = (ROOT / "Makefile").read_text()
+    up = text[text.index("\nup:") : text.index("\ndown:")]
+    assert "http://127.0.0.1:$(PORT)/ui" in up

@@ -61,7 +61,8 @@ async def test_run_from_the_form_and_bad_input(api: Api) -> None:
     assert page.status_code == 200
     assert re.search(r'<span id="state" class="badge s-created">created</span>', page.text)
     assert "sh -c echo hi" in page.text and "machine.created" in page.text
-    assert '<button name="action" value="stop">Stop</button>' not in page.text  # not running
+    offered = re.findall(r'<button name="action" value="(\w+)"', page.text)
+    assert offered == ["stop", "remove"]  # wanted running, not yet: no start, no suspend
     assert '<button name="action" value="remove" class="danger">Remove</button>' in page.text
     for form, said in [
         ({"image": "busybox", "cpus": "0"}, "cpus"),
@@ -170,7 +171,8 @@ async def test_the_stream_keeps_the_pages_live(api: Api) -> None:
     async with served(api) as url:
         v = await signed_in(api, "alpha", "member", base_url=url, served=True)
         listed = re.search(
-            r'sse-connect="/ui/events\?after=(\d+)"', (await v.get("/ui/machines")).text
+            r'sse-connect="/ui/events\?after=(\d+)&amp;q=&amp;state="',
+            (await v.get("/ui/machines")).text,
         )
         assert listed
         rows_: asyncio.Queue[str] = asyncio.Queue()
@@ -205,8 +207,45 @@ async def test_the_stream_keeps_the_pages_live(api: Api) -> None:
                 r'<span id="state" class="badge s-(stopping|exited)" hx-swap-oob="true">', live
             )
             assert '<div id="actions" class="actions" hx-swap-oob="true">' in live
-            assert '<tbody hx-swap-oob="afterbegin:#events tbody">' in live
+            assert '<template><tbody hx-swap-oob="afterbegin:#events tbody">' in live
             assert "stop requested" in live
             for task in reading:
                 task.cancel()
+        await v.close()
+
+
+async def test_signing_out_ends_the_stream(api: Api) -> None:
+    member = await api.token("alpha", "member")
+    async with served(api) as url:
+        v = await signed_in(api, "alpha", "member", base_url=url, served=True)
+        lines: asyncio.Queue[str] = asyncio.Queue()
+        async with v.http.stream("GET", "/ui/events", timeout=None) as r:
+            reading = asyncio.create_task(_read(r, lines))
+            await api.machine(member, name="seen")
+            assert 'data-state="created"' in await _next_message(lines, "machine")
+            assert (await v.post("/ui/logout")).status_code == 303
+            await api.machine(member, name="unseen")
+            await asyncio.wait_for(reading, 10)  # the server closed it
+        said = []
+        while not lines.empty():
+            said.append(lines.get_nowait())
+        assert any("your session has ended" in line for line in said), said
+        assert not any("unseen" in line for line in said), said
+        await v.close()
+
+
+async def test_a_filtered_list_gains_only_what_it_shows(api: Api) -> None:
+    member = await api.token("alpha", "member")
+    async with served(api) as url:
+        v = await signed_in(api, "alpha", "member", base_url=url, served=True)
+        lines: asyncio.Queue[str] = asyncio.Queue()
+        async with v.http.stream("GET", "/ui/events?q=web", timeout=None) as r:
+            reading = asyncio.create_task(_read(r, lines))
+            await api.machine(member, name="db-1")
+            web = (await api.machine(member, name="web-1")).json()
+            new = await _next_message(lines, "machine")
+            assert f'<tr id="m-{web["id"]}"' in new and "db-1" not in new
+            reading.cancel()
+        r = await v.get("/ui/events", params={"state": "asleep"})
+        assert r.status_code == 400
         await v.close()

@@ -72,7 +72,8 @@ def _detach(settings: config.Settings, port: int) -> None:
     pid_file = settings.state_dir / "hutch.pid"
     if (pid := _running(pid_file)) is not None:
         url = (settings.state_dir / "hutch.url").read_text().strip()
-        typer.echo(f"hutch is already up (pid {pid}): API at {url} (stop: {_down(settings)})")
+        typer.echo(f"hutch is already up (pid {pid}): API at {url}, dashboard at {url}/ui "
+                   f"(stop: {_down(settings)})")  # fmt: skip
         return
     from hutch.network.claim import claim  # noqa: PLC0415  (see the imports)
 
@@ -104,7 +105,8 @@ def _detach(settings: config.Settings, port: int) -> None:
         time.sleep(0.2)
     else:
         raise Unavailable(f"hutch up did not come up within 120 s; see {log_path}")
-    typer.echo(f"hutch is up: API at {url} (log: {log_path}, stop: {_down(settings)})")
+    typer.echo(f"hutch is up: API at {url}, dashboard at {url}/ui "
+               f"(log: {log_path}, stop: {_down(settings)})")  # fmt: skip
     # hutch up saved its context already; saving the same again says here, rather than in its
     # log, whether the CLI will use it.
     served = (settings.state_dir / "hutch.url").read_text().strip()

@@ -16,11 +16,18 @@ from fastapi.responses import HTMLResponse
 
 from hutch.http.streaming import leased
 from hutch.model.errors import HutchError, Invalid
-from hutch.model.machine import Event, Machine, MachineLine, MachineSpec, MachineState
+from hutch.model.machine import (
+    Desired,
+    Event,
+    Machine,
+    MachineLine,
+    MachineSpec,
+    MachineState,
+)
 from hutch.services.policy import Action
 from hutch.web.pages import live
 from hutch.web.render import html, page, pages, see_other
-from hutch.web.visitor import Acting, Visiting, Visitor, controller
+from hutch.web.visitor import COOKIE, Acting, Visiting, Visitor, controller
 
 router = pages()
 KEEPALIVE = 15.0  # seconds between comments on a quiet stream (proxies close idle ones)
@@ -40,20 +47,23 @@ _KEYS: dict[str, Callable[[MachineLine], Any]] = {
 
 def actions(m: Machine) -> list[Verb]:
     """What the machine's page offers for its state (the services still decide)."""
+    if m.state is MachineState.DESTROYED or m.desired is Desired.DESTROYED:
+        return []
     verbs: list[Verb] = []
-    if m.state.finished or m.state is MachineState.CREATED:
+    waiting = m.state is MachineState.CREATED
+    if m.state.finished or (waiting and m.desired is Desired.STOPPED):
         verbs.append("start")
+    if m.state in (MachineState.STARTING, MachineState.READY, MachineState.RUNNING) or (
+        waiting and m.desired is not Desired.STOPPED
+    ):
+        verbs.append("stop")
     if m.state is MachineState.RUNNING:
-        verbs += ["stop", "restart"]
+        verbs.append("restart")
         if m.spec.runtime == "microvm":
             verbs.append("suspend")
-    elif m.state in (MachineState.STARTING, MachineState.READY, MachineState.SUSPENDED):
-        verbs.append("stop")
     if m.state is MachineState.SUSPENDED:
-        verbs.append("resume")
-    if m.state is not MachineState.DESTROYED:
-        verbs.append("remove")
-    return verbs
+        verbs += ["resume", "stop"]
+    return [*verbs, "remove"]
 
 
 async def act(request: Request, v: Visitor, ref: str, verb: Verb) -> Machine | None:
@@ -186,8 +196,15 @@ def _sse(kind: str, fragment: str, event_id: int | None) -> bytes:
     return f"{said}event: {kind}\n{data}\n".encode()
 
 
-def _messages(v: Visitor, batch: list[Event], machines: list[Machine], one: str) -> bytes:
-    """The batch as SSE messages: the last carries the batch's last id, where to resume."""
+def _messages(
+    v: Visitor,
+    batch: list[Event],
+    machines: list[Machine],
+    one: str,
+    shown: Callable[[MachineLine, bool], bool],
+) -> bytes:
+    """The batch as SSE messages: the last carries the batch's last id, where to resume. Rows
+    go to a list only if `shown(line, new)` (its filter) says so."""
     created = {e.object_id for e in batch if e.kind == "machine.created"}
     writable = v.may(Action.MACHINE_WRITE)
     if one:
@@ -197,10 +214,11 @@ def _messages(v: Visitor, batch: list[Event], machines: list[Machine], one: str)
             for m in machines
         ]  # fmt: skip
     else:
+        lines = [(MachineLine.of(m), m.id in created) for m in machines if not m.pool]
         parts = [
-            ("machine", html("machine_row.html", m=MachineLine.of(m), writable=writable,
-                             oob="new" if m.id in created else "update"))
-            for m in machines if not m.pool
+            ("machine", html("machine_row.html", m=line, writable=writable,
+                             oob="new" if new else "update"))
+            for line, new in lines if shown(line, new)
         ]  # fmt: skip
     last = batch[-1].id
     if not parts:  # nothing to show, but where to resume moved on
@@ -217,6 +235,8 @@ async def events(
     v: Visiting,
     after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     machine: Annotated[str, Query(max_length=64)] = "",
+    q: Annotated[str, Query(max_length=200)] = "",
+    state: MachineState | Literal[""] = "",
     last_event_id: Annotated[int | None, Header(ge=0, le=INT64_MAX)] = None,
 ) -> Response:
     ctl = controller(request)
@@ -227,9 +247,17 @@ async def events(
     batches = ctl.machines.events(v.principal, v.project, after)
     lease = ctl.streams.admit(v.principal, v.project)  # 429 if the token holds too many
 
+    cookie = request.cookies.get(COOKIE)
+
+    def shown(line: MachineLine, new: bool) -> bool:
+        # A row the page shows may leave the state it was filtered by: it is updated still.
+        return bool(_shown([line], q, (state or None) if new else None))
+
     async def body() -> AsyncIterator[bytes]:
         try:
             async for batch in lease.guard(batches, KEEPALIVE):
+                # The lease ends it with its token; signing out ends it here, before it sends.
+                await ctl.tenancy.session(cookie)
                 if batch is None:
                     yield b": keepalive\n\n"
                     continue
@@ -237,10 +265,10 @@ async def events(
                 if machine:
                     ids &= {machine}
                 found = await ctl.machines.several(v.principal, v.project, sorted(ids))
-                yield _messages(v, batch, found, machine)
-        except HutchError as e:  # the project went, say: the page keeps what it shows
+                yield _messages(v, batch, found, machine, shown)
+        except HutchError as e:  # signed out, the project went: the page keeps what it shows
             yield _sse("error", html("alert.html", message=e.message), None)
         finally:
             ctl.streams.release(lease)
 
-    return leased(ctl.streams, lease, body(), "text/event-stream", {"Cache-Control": "no-store"})
+    return leased(ctl.streams, lease, body(), "text/event-stream")
