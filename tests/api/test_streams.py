@@ -16,6 +16,7 @@ import pytest
 
 from hutch import config
 from hutch.api.app import create_app
+from hutch.api.routes import machines as machine_routes
 from hutch.controller import build_controller
 from tests.helpers.api import JOIN, Api, close_api, open_api, served
 
@@ -93,6 +94,18 @@ async def machine_id(api: Api, token: str, name: str) -> str:
     r = await api.machine(token, name=name)
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
+
+
+async def test_an_event_stream_goes_on_after_its_keepalives(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(machine_routes, "KEEPALIVE", 0.1)
+    token, _ = await new_token(api, "alpha")
+    async with served(api) as url, events(url, token) as stream:
+        await asyncio.sleep(0.5)  # quiet: a few keepalives
+        after = await machine_id(api, token, "after")
+        await stream.until_seen(after)
+        assert not stream.ended
 
 
 async def test_a_revoked_tokens_event_stream_ends(api: Api) -> None:

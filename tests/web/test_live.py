@@ -1,12 +1,16 @@
 """A machine page's live parts (hutch/web/pages/live.py) against a real `hutch up`, with one
 container machine: its log as server-sent events and server-side, its shell over the exec
 WebSocket (cookie, Origin, CSRF, the API's policy), its metrics and cost, and another
-project's machine out of reach."""
+project's machine out of reach. The streams' bound per token needs no node: in-process."""
 
+import asyncio
 import json
+import re
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,11 +19,18 @@ from websockets.sync.client import ClientConnection, connect
 from hutch.client import Client
 from hutch.wire.machines import MachineView
 from tests.controller import Controller, controller, new_project
+from tests.helpers.api import Api, close_api, open_api, served
+from tests.helpers.web import Visitor as WebVisitor
 from tests.helpers.web import csrf_of
+from tests.store.at_head import controller_db_at_head
 
 __all__ = ["controller"]  # the session fixture, for the tests here
-# Prints a line that is HTML, then one to stderr, then ticks (its log follows on).
-TALKER = "echo '<b>hello & web</b>'; echo oops >&2; while :; do echo tick; sleep 1; done"
+# Floods its log past the ring (log_max_bytes, 1 MiB) before anyone reads it, then prints a
+# line that is HTML, one to stderr, then ticks (its log follows on).
+TALKER = (
+    "head -c 1500000 /dev/zero | tr '\\0' x; echo; echo '<b>hello & web</b>'; echo oops >&2; "
+    "while :; do echo tick; sleep 1; done"
+)
 
 
 @dataclass
@@ -48,6 +59,7 @@ class Site:
     project: str
     machine: MachineView
     member: Visitor
+    member_token: str
     reader: Visitor
     reader_token: str
     stranger: Visitor  # a member of another project
@@ -71,11 +83,13 @@ def site(controller: Controller) -> Iterator[Site]:
         }
         stranger = admin.projects.tokens.create(other, role="member").secret
     with Client(controller.url, tokens["member"], project=project) as client:
-        m = client.machines.run("busybox", ["sh", "-c", TALKER], runtime="container")
+        m = client.machines.run(
+            "busybox", ["sh", "-c", TALKER], runtime="container", hold_output=False
+        )
         visitors = [sign_in(controller, t) for t in (tokens["member"], tokens["reader"], stranger)]
         try:
-            yield Site(controller, project, m, visitors[0], visitors[1], tokens["reader"],
-                       visitors[2])  # fmt: skip
+            yield Site(controller, project, m, visitors[0], tokens["member"], visitors[1],
+                       tokens["reader"], visitors[2])  # fmt: skip
         finally:
             for v in visitors:
                 v.http.close()
@@ -84,7 +98,8 @@ def site(controller: Controller) -> Iterator[Site]:
 
 def test_the_log_streams_what_the_workload_printed_escaped(site: Site) -> None:
     said: list[str] = []
-    with site.member.http.stream("GET", f"/ui/machines/{site.machine.id}/logs?tail=50") as r:
+    logs = f"/ui/machines/{site.machine.id}/logs?tail=10000"
+    with site.member.http.stream("GET", logs) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = []
@@ -100,11 +115,15 @@ def test_the_log_streams_what_the_workload_printed_escaped(site: Site) -> None:
     assert 'hx-swap-oob="innerHTML:#logs"' in said[0]  # a (re)connection starts afresh
     assert "&lt;b&gt;hello &amp; web&lt;/b&gt;" in text and "<b>" not in text
     assert '<span class="stderr">oops' in text
+    # What the log dropped before anyone read it is said where it was.
+    lost = re.search(r"\[(\d+) bytes of stdout were lost here\]", text)
+    assert lost and 1_500_000 - (1 << 20) <= int(lost.group(1)) < 1_500_000, text[:300]
     # Without JavaScript: the page holds the tail itself.
     page = site.member.http.get(f"/ui/machines/{site.machine.id}")
     assert page.status_code == 200
     pre = page.text.split('<pre id="logs"', 1)[1].split("</pre>", 1)[0]
     assert "&lt;b&gt;hello &amp; web&lt;/b&gt;" in pre and "tick" in pre
+    assert "characters before these are not shown here" in pre and len(pre) < 300_000
 
 
 def test_the_shell_runs_a_command_for_a_member_and_the_api_refuses_a_reader_alike(
@@ -133,6 +152,26 @@ def test_the_shell_runs_a_command_for_a_member_and_the_api_refuses_a_reader_alik
     assert refused == by_api and refused["status"] == 403, refused
     page = site.reader.http.get(f"/ui/machines/{m}").text
     assert 'id="shell"' not in page and 'id="logs"' in page
+
+
+def test_signing_out_ends_the_shell_and_the_log(site: Site) -> None:
+    v = sign_in(site.ctl, site.member_token)
+    m = site.machine.id
+    with (
+        v.exec(m, {"csrf": v.csrf}) as ws,
+        v.http.stream("GET", f"/ui/machines/{m}/logs?tail=1") as log,
+    ):
+        ws.send(json.dumps({"command": ["sh"], "stdin": True}))
+        ws.send(b"\x00echo still-$((6 * 7))\n")
+        assert b"still-42" in ws.recv(timeout=30)
+        lines = log.iter_lines()
+        assert next(lines) == "event: log"  # it streams
+        r = v.http.post("/ui/logout", data={"csrf": v.csrf})
+        assert r.status_code == 303
+        ended = json.loads(ws.recv(timeout=10))  # within SESSION_CHECK, and a tick
+        assert ended["type"] == "error" and ended["status"] == 401, ended
+        assert "event: end" in list(lines)  # then the stream ends (it ticks every second)
+    v.http.close()
 
 
 @pytest.mark.parametrize(
@@ -183,3 +222,39 @@ def test_the_sparklines_read_hutchs_telemetry_and_the_page_says_the_cost(site: S
     assert series["memory"][-1] > 0
     page = site.member.http.get(f"/ui/machines/{site.machine.id}").text
     assert 'id="cost"' in page and 'id="sparks"' in page
+
+
+@pytest.fixture
+async def one_stream(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    """The in-process controller (simulated node), each token holding one stream at most."""
+    tmp = Path(tempfile.mkdtemp(prefix="hw", dir="/tmp"))
+    api, _ = await open_api(tmp, controller_db_at_head(request, "sqlite", tmp), streams_per_token=1)
+    await api.project("alpha")
+    yield api
+    await close_api(api)
+
+
+async def test_a_visitors_log_streams_are_its_tokens_streams(one_stream: Api) -> None:
+    api = one_stream
+    token = await api.token("alpha", "member")
+    m = (await api.machine(token)).json()["id"]
+    async with served(api) as url:
+        v = WebVisitor(api, url, served=True)
+        assert (await v.sign_in(token)).status_code == 303
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30) as http,
+            http.stream("GET", "/v1/events", headers=headers) as held,
+        ):  # fmt: skip
+            assert held.status_code == 200
+            r = await v.get(f"/ui/machines/{m}/logs")
+            assert r.status_code == 429 and 'role="alert"' in r.text
+            assert "streams open" in r.text
+        # Released: the log is read from the node (simulated here: it cannot be reached).
+        for _ in range(100):
+            r = await v.get(f"/ui/machines/{m}/logs")
+            if r.status_code != 429:
+                break
+            await asyncio.sleep(0.05)
+        assert r.status_code == 503, r.text
+        await v.close()

@@ -64,10 +64,12 @@ async def session(
     ref: str,
     *,
     attach: bool,
+    watch: Callable[[Lease], Awaitable[None]] | None = None,
 ) -> None:
     """Serve an exec (its ExecStart first) or attach session on `ws` (docs/api.md), relayed
-    under a streams lease: it ends with its token. A refusal (of `caller`, of the policy, of
-    the node) is the socket's one `error` message."""
+    under a streams lease: it ends with its token, or when `watch`, run beside the relay, ends
+    the lease (the dashboard's: on signing out). A refusal (of `caller`, of the policy, of
+    the node) is the socket's one `error` message; an ended lease's, its last."""
     await ws.accept()
     start: ExecStart | None = None
     try:
@@ -88,7 +90,7 @@ async def session(
     try:
         if start is not None:
             await upstream.send(start.model_dump_json())
-        if await _relay(ws, upstream, lease):
+        if await _relay(ws, upstream, lease, watch):
             await ws.send_text(ws_error(Unauthenticated(lease.reason)))
     finally:
         streams.release(lease)
@@ -97,7 +99,12 @@ async def session(
             await ws.close()
 
 
-async def _relay(client: WebSocket, node: ClientConnection, lease: Lease) -> bool:
+async def _relay(
+    client: WebSocket,
+    node: ClientConnection,
+    lease: Lease,
+    watch: Callable[[Lease], Awaitable[None]] | None,
+) -> bool:
     """Relay until either side ends (False) or the lease does (True)."""
 
     async def down() -> None:
@@ -122,6 +129,8 @@ async def _relay(client: WebSocket, node: ClientConnection, lease: Lease) -> boo
 
     ended = asyncio.ensure_future(lease.wait())
     tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up()), ended]
+    if watch is not None:
+        tasks.append(asyncio.ensure_future(watch(lease)))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         return not lease.live

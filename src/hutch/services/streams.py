@@ -67,10 +67,13 @@ class Lease:
         ends with `items` or with the lease (closing `items`).
 
         Items are read in the caller's task, at no cost per item but a look at the lease: a
-        watcher interrupts only a wait for the next item when the lease ends meanwhile."""
+        watcher interrupts only a wait for the next item when the lease ends meanwhile. With
+        `keepalive`, each read is a task of its own that goes on across keepalives (a read cut
+        short by one would end `items`, an async generator, for good)."""
         task = asyncio.current_task()
         assert task is not None
         waiting = interrupted = False
+        pending: asyncio.Task[T] | None = None  # the read a keepalive came before
 
         def interrupt(watch: asyncio.Future[None]) -> None:
             nonlocal interrupted
@@ -84,10 +87,13 @@ class Lease:
             while self.live:
                 waiting = True
                 try:
-                    async with asyncio.timeout(keepalive):
+                    item: T | None
+                    if keepalive is None:
                         item = await anext(items)
-                except TimeoutError:
-                    item = None
+                    else:
+                        pending = pending or asyncio.ensure_future(_next(items))
+                        done, _ = await asyncio.wait([pending], timeout=keepalive)
+                        item, pending = (pending.result(), None) if done else (None, pending)
                 except StopAsyncIteration:
                     return
                 except asyncio.CancelledError:
@@ -103,10 +109,17 @@ class Lease:
         finally:
             watcher.remove_done_callback(interrupt)
             watcher.cancel()
+            if pending is not None:
+                pending.cancel()
+                await asyncio.wait([pending])  # `items` is not running when it is closed
             aclose = getattr(items, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+
+
+async def _next(items: AsyncIterator[T]) -> T:
+    return await anext(items)
 
 
 class Streams:

@@ -5,8 +5,10 @@ The log and the shell are the API's own (hutch.http.streams), under the same str
 token; only who calls (the session cookie) and the log's encoding (HTML lines) are said here.
 """
 
+import asyncio
 import html
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
@@ -22,20 +24,23 @@ from starlette.requests import HTTPConnection
 from hutch.controller import Controller
 from hutch.http import streams
 from hutch.http.streaming import leased
-from hutch.model.errors import Forbidden, HutchError
+from hutch.model.errors import Forbidden, HutchError, Unauthenticated
 from hutch.model.machine import Machine
 from hutch.model.metrics import rate
 from hutch.model.prices import UNITS, total, usage_lines
 from hutch.model.tenancy import Principal, Project
 from hutch.services.policy import Action
+from hutch.services.streams import Lease
 from hutch.web.render import pages
-from hutch.web.visitor import Visiting, Visitor, check_csrf, resolve
+from hutch.web.visitor import COOKIE, Visiting, Visitor, check_csrf, resolve
 from hutch.wire.machines import LogLine
 
 router = pages()
 TAIL = 200  # lines of the log a machine's page shows first
 MAX_TAIL = 10_000
 SINCE = 3600.0  # seconds of metric history the sparklines show
+PAGE_LOG = 256 << 10  # characters of output at most in the page's own tail
+SESSION_CHECK = 1.0  # seconds: a signed-out session's log and shell end within about this
 MAX_RECORD = 1 << 20  # bytes of one NDJSON record (a node's are 64 KiB of output, escaped)
 
 
@@ -107,18 +112,27 @@ async def logs(
         ctl.machines, ctl.streams, v.principal, v.project, ref, follow=True, tail=tail
     )
 
+    cookie = request.cookies.get(COOKIE)
+    checked = time.monotonic()
+
     async def events() -> AsyncIterator[bytes]:
+        nonlocal checked
         try:
             yield RESET
             async for records in _records(chunks):
+                if time.monotonic() - checked >= SESSION_CHECK:  # signed out: nothing more
+                    await ctl.tenancy.session(cookie)
+                    checked = time.monotonic()
                 if records:
                     yield _event("log", "".join(log_html(r) for r in records))
+            yield END
+        except Unauthenticated:  # signed out: the page keeps what it shows, and stops
             yield END
         finally:  # ended, or the reader went away (perhaps before the log began)
             ctl.streams.release(lease)
 
     # A proxy in front must not hold it back (nginx buffers otherwise).
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    headers = {"X-Accel-Buffering": "no"}
     return leased(ctl.streams, lease, events(), "text/event-stream", headers)
 
 
@@ -132,10 +146,24 @@ async def log_tail(ctl: Controller, v: Visitor, m: Machine, lines: int = TAIL) -
         return Markup('<span class="lost">[the log cannot be read now: {}]</span>').format(
             e.message
         )
+    kept: deque[LogLine] = deque()  # the newest records, about PAGE_LOG bytes of them
+    size = 0
     try:
-        return Markup("".join([log_html(r) async for rs in _records(chunks) for r in rs]))
+        async for records in _records(chunks):
+            for r in records:
+                kept.append(r)
+                size += len(r.data)
+                while size - len(kept[0].data) >= PAGE_LOG:
+                    size -= len(kept.popleft().data)
     finally:
         ctl.streams.release(lease)
+    if size > PAGE_LOG:  # the end of the oldest kept: the page says what it leaves out
+        first = kept.popleft()
+        cut = len(first.data) - (PAGE_LOG - (size - len(first.data)))
+        kept.appendleft(first.model_copy(update={"data": first.data[cut:]}))
+        notice = f'<span class="lost">[{cut} characters before these are not shown here]</span>\n'
+        return Markup(notice + "".join(map(log_html, kept)))
+    return Markup("".join(map(log_html, kept)))
 
 
 @router.websocket("/ui/machines/{ref}/exec")
@@ -151,7 +179,19 @@ async def shell(
         check_csrf(v, csrf)
         return v.principal, v.project
 
-    await streams.session(ws, ctl.machines, ctl.streams, caller, ref, attach=False)
+    async def watch(lease: Lease) -> None:
+        """Signing out ends the shell, as revoking the token would."""
+        cookie = ws.cookies.get(COOKIE)
+        while lease.live:
+            await asyncio.sleep(SESSION_CHECK)
+            try:
+                await ctl.tenancy.session(cookie)
+            except Unauthenticated as e:
+                lease.end(e.message)
+            except HutchError:  # the store is away: the token's own check says when to end
+                continue
+
+    await streams.session(ws, ctl.machines, ctl.streams, caller, ref, attach=False, watch=watch)
 
 
 def same_origin(conn: HTTPConnection) -> None:
@@ -183,7 +223,7 @@ async def metrics(request: Request, v: Visiting, ref: str) -> JSONResponse:
         "memory_limit": points[-1].memory_limit_bytes if points else None,
         "vcpus": m.spec.cpus,
     }
-    return JSONResponse(series, headers={"Cache-Control": "no-store"})
+    return JSONResponse(series)
 
 
 async def cost(ctl: Controller, v: Visitor, m: Machine) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@
   "use strict";
   var STDIN = 0, STDOUT = 1, STDERR = 2;
   var REFRESH = 15000; // ms between two readings of the sparklines' series
+  var KEPT = 5000; // nodes (text, stderr spans) the live log keeps
 
   // The latest reading beside each chart, in the units its caption names.
   var SHOWN = {
@@ -126,6 +127,8 @@
       atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     });
     document.body.addEventListener("htmx:sseMessage", function () {
+      // A chatty machine must not fill the browser: the oldest messages go first.
+      while (pre.childNodes.length > KEPT) pre.removeChild(pre.firstChild);
       if (atEnd) pre.scrollTop = pre.scrollHeight;
     });
     pre.scrollTop = pre.scrollHeight;
