@@ -64,6 +64,10 @@ async def test_invoices_listed_and_shown_as_the_api_renders_them(api: Api) -> No
     api_html = await api.call("GET", f"/v1/invoices/{closed}.html", token)
     assert printable.text == api_html.text and "<!doctype html>" in printable.text
     assert "open" in (await reader.get("/ui/invoices/draft")).text
+    r = await api.call("PUT", "/v1/projects/alpha/budget", json={"amount": "50", "stop": True})
+    assert r.status_code == 200, r.text
+    page = (await reader.get("/ui/invoices")).text
+    assert "Budget: 50 EUR a period; at 100 % the project's machines are stopped" in page
     # Another project's invoice, or none such: 404.
     beta = await signed_in(api, "beta", "reader")
     r = await beta.get(f"/ui/invoices/{closed}")

@@ -120,7 +120,15 @@ async def test_a_reader_reads_and_cannot_pull_or_remove(api: Api, node: NodeImag
     assert "busybox:1" not in (await beta.get("/ui/images")).text
     r = await beta.post("/ui/images/remove", {"ref": "busybox:1"})
     assert r.status_code == 404 and "busybox:1" in alert(r.text)
-    assert (await member.post("/ui/images/remove", {"ref": "busybox:1"})).status_code == 303
+    # In use by a machine: the page says which, and removes it only when asked again.
+    token = await api.token("alpha", "member")
+    assert (await api.machine(token, name="uses", image="busybox:1")).status_code == 201
+    r = await member.post("/ui/images/remove", {"ref": "busybox:1"})
+    assert r.status_code == 409 and "machine uses" in alert(r.text)
+    assert '<form id="remove-anyway"' in r.text
+    assert "<div>busybox:1</div>" in (await member.get("/ui/images")).text
+    r = await member.post("/ui/images/remove", {"ref": "busybox:1", "force": "true"})
+    assert r.status_code == 303
     assert "busybox:1" not in (await member.get("/ui/images")).text
     assert (await member.post("/ui/images/pull", {"ref": ""})).status_code == 400
     for v in (member, reader, beta):
@@ -140,7 +148,14 @@ async def test_an_uploaded_archive_streams_to_the_nodes_once_its_form_is_checked
     assert r.status_code == 403 and "image.write needs the member role" in alert(r.text)
     assert node.imported == []
     r = await member.post("/ui/images/import", {"name": "app:1"})
-    assert r.status_code == 400, r.text
+    assert r.status_code == 400 and "multipart/form-data" in alert(r.text)
+    garbled = {"Content-Type": "multipart/form-data; boundary=xx"}
+    r = await member.http.post("/ui/images/import", content=b"garbage", headers=garbled)
+    assert r.status_code == 400 and "is not multipart/form-data" in alert(r.text)
+    r = await member.post(
+        "/ui/images/import", {"name": "app:1"}, files={"other": ("a.tar", b"abc")}
+    )
+    assert r.status_code == 400 and "no file 'file'" in alert(r.text)
     r = await member.post("/ui/images/import", {"name": "app:1"}, files=upload)
     assert r.status_code == 303 and r.headers["location"] == "/ui/images", r.text
     assert node.imported == [(archive, ["app:1"])]

@@ -20,6 +20,11 @@ async def test_nodes_their_capacity_and_machines_for_system_tokens_only(api: Api
     assert r.status_code == 303 and r.headers["location"] == "/ui/nodes/sim-1"
     assert (await api.call("GET", "/v1/nodes/sim-1")).json()["cordoned"] is True
     assert "Uncordon" in (await system.get("/ui/nodes/sim-1")).text
+    r = await system.post("/ui/nodes/sim-1/remove")
+    assert r.status_code == 409 and "drain it first" in alert(r.text)
+    await api.join("sim-2")
+    assert (await system.post("/ui/nodes/sim-2/remove")).status_code == 303
+    assert 'id="node-sim-2"' not in (await system.get("/ui/nodes")).text
     assert (await system.get("/ui/nodes/nosuch")).status_code == 404
     r = await system.post("/ui/nodes/sim-1/explode")
     assert r.status_code == 400, r.text

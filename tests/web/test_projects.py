@@ -11,6 +11,7 @@ async def test_an_admin_creates_a_token_seen_once_and_revokes_it(api: Api) -> No
     admin = await signed_in(api, "alpha", "admin")
     page = (await admin.get("/ui/projects")).text
     assert "<h1>Project alpha</h1>" in page and '<table id="tokens">' in page
+    assert page.count("(signed in with it)") == 1  # revoking it would end this session
     made = {"role": "member", "label": "ci", "days": "7"}
     r = await admin.post("/ui/projects/alpha/tokens", made)
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store", r.text

@@ -53,6 +53,10 @@ class NodeVolumes:
     async def delete_snapshot(self, node: Any, volume: str, snapshot: str) -> None:
         del self.snapshots[snapshot]
 
+    async def grow_volume(self, node: Any, volume: str, size_bytes: int) -> NodeVolumeInfo:
+        self.volumes[volume] = self.volumes[volume].model_copy(update={"size_bytes": size_bytes})
+        return self.volumes[volume]
+
     async def restore_volume(self, node: Any, volume: str, snapshot: str) -> NodeVolumeInfo:
         self.restored.append((volume, snapshot))
         return self.volumes[volume]
@@ -63,7 +67,7 @@ def node(api: Api, monkeypatch: pytest.MonkeyPatch) -> NodeVolumes:
     fake = NodeVolumes()
     for name in (
         "volume_capacity", "create_volume", "volumes_now", "delete_volume", "snapshot_volume",
-        "snapshots_now", "delete_snapshot", "restore_volume",
+        "snapshots_now", "delete_snapshot", "restore_volume", "grow_volume",
     ):  # fmt: skip
         monkeypatch.setattr(api.ctl.link, name, getattr(fake, name))
     return fake
@@ -93,12 +97,17 @@ async def test_create_snapshot_restore_delete_and_a_reader_only_reads(
         ("/ui/volumes", {"name": "more", "size": "1G"}),
         ("/ui/volumes/db/snapshots/before/restore", {}),
         ("/ui/volumes/db/delete", {}),
+        ("/ui/volumes/db/extend", {"size": "4G"}),
     ):
         r = await reader.post(path, data)
         assert r.status_code == 403, (path, r.text)
         assert "volume.write needs the member role" in alert(r.text)
     assert node.restored == [] and len(node.volumes) == 1
 
+    r = await member.post("/ui/volumes/db/extend", {"size": "3G"})
+    assert r.status_code == 303 and node.volumes[vol.id].size_bytes == 3 * GIB
+    r = await member.post("/ui/volumes/db/extend", {"size": "1G"})
+    assert r.status_code == 400 and "a volume only grows" in alert(r.text)
     (snap_id,) = node.snapshots
     r = await member.post("/ui/volumes/db/snapshots/before/restore")
     assert r.status_code == 303 and node.restored == [(vol.id, snap_id)]

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import Request
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from hutch.model.errors import Invalid
@@ -92,6 +93,13 @@ class _Parts:
         self.fields.append((self._name, self._buffer.decode("utf-8", "replace")))
 
 
+def _write(parser: MultipartParser, chunk: bytes) -> None:
+    try:
+        parser.write(chunk)
+    except MultipartParseError as e:
+        raise Invalid(f"the form's body is not multipart/form-data: {e}") from None
+
+
 async def upload(request: Request, file_field: str = "file") -> Upload:
     """The fields before the file `file_field`, and the file's bytes to come. Invalid when the
     body is not a form with that file."""
@@ -102,7 +110,7 @@ async def upload(request: Request, file_field: str = "file") -> Upload:
     parser = MultipartParser(options[b"boundary"], parts.callbacks())  # type: ignore[arg-type]
     stream = request.stream()
     async for chunk in stream:
-        parser.write(chunk)
+        _write(parser, chunk)
         if parts.filename is not None:
             break
     if parts.filename is None:
@@ -117,6 +125,6 @@ async def upload(request: Request, file_field: str = "file") -> Upload:
             chunk = await anext(stream, b"")
             if not chunk:
                 raise Invalid("the upload ended before its file did")
-            parser.write(chunk)
+            _write(parser, chunk)
 
     return Upload(parts.fields, parts.filename, chunks())

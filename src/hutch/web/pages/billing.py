@@ -56,7 +56,8 @@ async def invoices(request: Request, v: Visiting) -> HTMLResponse:
     found = [await billing.draft(v.principal, v.project),
              *await billing.invoices(v.principal, v.project)]  # fmt: skip
     views = [invoice_view(i, v.project.name) for i in found]
-    return page(request, v, "invoices.html", invoices=views, day=day)
+    budget = await billing.budget(v.principal, v.project)
+    return page(request, v, "invoices.html", invoices=views, day=day, budget=budget)
 
 
 @router.get("/ui/invoices/{ref}")

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Form, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
-from hutch.model.errors import HutchError, NoCapacity, Unavailable
+from hutch.model.errors import Conflict, HutchError, NoCapacity, Unavailable
 from hutch.services.policy import Action
 from hutch.web.render import html, page, pages, see_other
 from hutch.web.upload import upload
@@ -90,5 +90,13 @@ async def remove(
     public: Annotated[bool, Form()] = False,
     force: Annotated[bool, Form()] = False,
 ) -> Response:
-    await controller(request).images.delete(v.principal, v.project, ref, public, force)
+    """Refused while machines use the image (409): the page says which, and offers to remove
+    it anyway (they run on, but cannot start again without it)."""
+    try:
+        await controller(request).images.delete(v.principal, v.project, ref, public, force)
+    except Conflict as e:
+        if force:
+            raise
+        return page(request, v, "image_remove.html", 409, ref=ref, public=public,
+                    message=e.message)  # fmt: skip
     return see_other("/ui/images")

@@ -1,5 +1,5 @@
 """Nodes (system tokens only, as in the API): each with its capacity and what is allocated,
-a node's machines across projects, cordon and uncordon."""
+a node's machines across projects, cordon, uncordon and removal."""
 
 from typing import Literal
 
@@ -27,9 +27,14 @@ async def node(request: Request, v: Visiting, ref: str) -> HTMLResponse:
 
 
 @router.post("/ui/nodes/{ref}/{action}")
-async def cordon(
-    request: Request, v: Acting, ref: str, action: Literal["cordon", "uncordon"]
+async def act(
+    request: Request, v: Acting, ref: str, action: Literal["cordon", "uncordon", "remove"]
 ) -> Response:
-    """Cordoned: the node runs what it has and takes nothing new."""
-    n = await controller(request).nodes.cordon(v.principal, ref, action == "cordon")
+    """Cordoned, a node runs what it has and takes nothing new; removed (only once it runs
+    nothing), it is forgotten and its credential stops working."""
+    nodes = controller(request).nodes
+    if action == "remove":
+        await nodes.remove(v.principal, ref)
+        return see_other("/ui/nodes")
+    n = await nodes.cordon(v.principal, ref, action == "cordon")
     return see_other(f"/ui/nodes/{n.name}")

@@ -1,4 +1,4 @@
-"""Volumes and their snapshots: list, create (or fork), delete, snapshot, restore."""
+"""Volumes and their snapshots: list, create (or fork), grow, delete, snapshot, restore."""
 
 import time
 from typing import Annotated, Any, Literal
@@ -59,6 +59,15 @@ async def create(
     vol = await controller(request).volumes.create(
         v.principal, v.project, name.strip(), size_bytes, fs=fs, source=source.strip()
     )
+    return see_other(f"/ui/volumes/{vol.name}")
+
+
+@router.post("/ui/volumes/{ref}/extend")
+async def extend(
+    request: Request, v: Acting, ref: str, size: Annotated[str, Form(min_length=1, max_length=32)]
+) -> Response:
+    """A detached volume grows (its ext4 with it) to `size`; it never shrinks."""
+    vol = await controller(request).volumes.extend(v.principal, v.project, ref, parse_size(size))
     return see_other(f"/ui/volumes/{vol.name}")
 
 
