@@ -100,18 +100,18 @@ def test_run_a_machine_watch_it_start_read_its_logs_use_its_shell_and_stop_it(
         rows()[0].find_element(By.CSS_SELECTOR, "a").click()
         b.wait(lambda: b.all("#state"), "the machine's page")
 
-    # Its log tail grows as it prints, in place.
-    b.mark()
-    b.wait(lambda: "tick 2" in b.text("#logs"), "its first lines in #logs")
-    b.wait(lambda: "tick 4" in b.text("#logs"), "#logs to grow")
-    assert b.marked(), "the page was loaded again"
-
     # A shell in the page: what is typed runs in the machine, and its output shows.
     b.wait(lambda: b.all("#shell button:not([hidden])"), "the shell's button")
     b.one("#shell button").click()  # a session is opened when asked for, not on every visit
     b.wait(lambda: "/ # " in b.text("#shell"), "the shell's prompt")  # as a person would
     b.one("#shell .xterm-helper-textarea").send_keys("echo $((6*7))-from-$(hostname)" + Keys.ENTER)
     b.wait(lambda: "42-from-" in b.text("#shell"), "the shell's output")
+
+    # Its log tail grows as it prints, in place.
+    b.mark()
+    b.wait(lambda: "tick 2" in b.text("#logs"), "its first lines in #logs")
+    b.wait(lambda: "tick 4" in b.text("#logs"), "#logs to grow")
+    assert b.marked(), "the page was loaded again"
     b.screenshot("machine-shell")
 
     b.one(STOP).click()
