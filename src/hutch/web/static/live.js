@@ -9,8 +9,10 @@
 
   // The latest reading beside each chart, in the units its caption names.
   var SHOWN = {
-    cpu: function (v) { return v.toFixed(2); },
-    memory: bytes,
+    cpu: function (v, data) { return v.toFixed(2) + " of " + data.vcpus; },
+    memory: function (v, data) {
+      return bytes(v) + (data.memory_limit ? " of " + bytes(data.memory_limit) : "");
+    },
     rx: function (v) { return bytes(v) + "/s in"; },
     tx: function (v) { return bytes(v) + "/s out"; },
   };
@@ -41,7 +43,7 @@
             var names = el.dataset.series.split(",");
             var columns = series(data, names);
             el.previousElementSibling.querySelector(".now").textContent = names
-              .map(function (n) { var v = latest(data[n]); return v === null ? "" : SHOWN[n](v); })
+              .map(function (n) { var v = latest(data[n]); return v === null ? "" : SHOWN[n](v, data); })
               .filter(Boolean).join(", ");
             if (plots[el.dataset.series]) {
               plots[el.dataset.series].setData(columns);
