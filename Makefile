@@ -130,8 +130,8 @@ bench: setup
 	$(PY) -m bench.ui
 
 # The browser tests (tests/web/test_browser.py) photograph the dashboard's main pages into
-# build/screenshots/ (and a failed wait into failed-*.png, which stays there); the README shows
-# the ones kept in docs/screenshots/.
+# build/screenshots/, emptied at each run (a failed wait's into failed-*.png, not kept); the
+# README shows the ones kept in docs/screenshots/.
 screenshots:
 	@shots=$$(ls build/screenshots/*.png 2>/dev/null | grep -v '/failed-' || true); \
 	if [ -z "$$shots" ]; then \

@@ -32,9 +32,9 @@ def dashboard(vendor: Path, controller: Controller) -> Controller:
 
 @pytest.fixture(scope="session")
 def browser(dashboard: Controller) -> Iterator[Browser]:
-    """One headless Chromium for the session; each test signs in as whom it needs. Failed
-    waits' screenshots of an earlier run go: those left are this run's."""
-    for old in SCREENSHOTS.glob("failed-*.png"):
+    """One headless Chromium for the session; each test signs in as whom it needs. An
+    earlier run's screenshots go: `make screenshots` keeps only this run's."""
+    for old in SCREENSHOTS.glob("*.png"):
         old.unlink()
     with chromium() as driver:
         yield Browser(driver, dashboard.url)
