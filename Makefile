@@ -11,17 +11,20 @@ CACHE_DIR ?= /var/cache/hutch
 BUSYBOX_ROOT := $(CACHE_DIR)/busybox-rootfs
 # The guest kernel's package: `hutch setup` downloads and unpacks it, never installs it.
 KERNEL_PACKAGE := linux-image-cloud-amd64
+# npm (`hutch setup` fetches the dashboard's front-end packages with it) is Debian's unless the
+# host has one already (Node.js's own packages carry theirs and conflict with Debian's).
 # Runtime: qemu, crun, nftables (the node's filtering and NAT, driven through `nft -j`), guest build (gcc, kmod, lz4, busybox), root disks (erofs-utils, e2fsprogs), volumes (xfsprogs: a reflink pool where the state dir has none);
 # tests and benchmarks: a local registry (docker-registry), skopeo and umoci to compare against,
 # PostgreSQL (the tests start their own throwaway clusters), libsqlite3-dev (its libsqlite3.a: a
-# static SQLite workload on a volume in the guest).
+# static SQLite workload on a volume in the guest), chromium and chromium-driver (the dashboard's
+# browser tests, driven headless through selenium).
 APT_PACKAGES := qemu-system-x86 qemu-utils crun busybox-static erofs-utils e2fsprogs xfsprogs kmod lz4 zstd \
 	gcc libc6-dev python3 python3-venv python3-dev iproute2 nftables util-linux cpio ca-certificates \
-	docker-registry skopeo umoci postgresql-15 wrk libsqlite3-dev
+	docker-registry skopeo umoci postgresql-15 wrk libsqlite3-dev chromium chromium-driver
 PYTEST_ARGS ?=
 PORT ?= 7878
 
-.PHONY: help setup apt venv guest up down test lint fmt openapi bench clean
+.PHONY: help setup apt venv guest up down test lint fmt openapi bench screenshots clean
 
 help:
 	@echo "make up     install what is missing, set up hutch, run a first workload in a micro-VM"
@@ -30,12 +33,14 @@ help:
 	@echo "make down   stop what make up started"
 	@echo "make lint   ruff, mypy, import-linter"
 	@echo "make openapi  regenerate docs/openapi.json from the app"
+	@echo "make screenshots  keep the dashboard's screenshots of the last test run in docs/"
 
 setup: apt venv guest
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$p; done); \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
 		apt-get update -qq; \
@@ -123,6 +128,19 @@ bench: setup
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.start
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(PY) -m bench.trace
 	$(PY) -m bench.ui
+
+# The browser tests (tests/web/test_browser.py) photograph the dashboard's main pages into
+# build/screenshots/, emptied at each run (a failed wait's into failed-*.png, not kept); the
+# README shows the ones kept in docs/screenshots/.
+screenshots:
+	@shots=$$(ls build/screenshots/*.png 2>/dev/null | grep -v '/failed-' || true); \
+	if [ -z "$$shots" ]; then \
+		echo "no screenshots in build/screenshots: run make test, or $(VENV)/bin/pytest tests/web/test_browser.py"; \
+		exit 1; \
+	fi; \
+	mkdir -p docs/screenshots; \
+	cp $$shots docs/screenshots/; \
+	echo "copied to docs/screenshots:" $$(basename -a $$shots)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info

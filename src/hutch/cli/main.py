@@ -39,7 +39,7 @@ class Entry:
 
 
 COMMANDS: dict[str, Entry] = {
-    "setup": Entry("setup", "setup", "Build the guest kernel, initramfs and guest agent (cached)."),
+    "setup": Entry("setup", "setup", "Build the guest, fetch the dashboard's packages (cached)."),
     "up": Entry("serve", "up", "Run a controller and a node agent on this machine."),
     "down": Entry("serve", "down", "Stop a `hutch up -d`."),
     "controller": Entry("serve", "controller", "Run the controller: the API, the scheduler."),

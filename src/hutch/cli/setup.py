@@ -8,6 +8,7 @@ import typer
 from hutch import config
 from hutch.runtime import accel
 from hutch.runtime.guest import build
+from hutch.web import assets
 
 
 def setup(
@@ -15,7 +16,8 @@ def setup(
         False, "--refresh", help="Ask apt for a newer guest kernel and probe KVM again."
     ),
 ) -> None:
-    """Build the guest kernel, initramfs and guest agent (cached), and choose KVM or TCG."""
+    """Build the guest kernel, initramfs and guest agent (cached), choose KVM or TCG, and fetch
+    the dashboard's front-end packages (pinned, checked, cached)."""
     settings = config.load()
     for tool, package in ((settings.qemu, "qemu-system-x86"), (settings.crun, "crun")):
         if shutil.which(tool) is None:
@@ -32,3 +34,5 @@ def setup(
     typer.echo(f"initramfs     {guest.initrd}")
     typer.echo(f"accelerator   {chosen.name} ({chosen.reason})")
     typer.echo(f"qemu          {(qemu.stdout.splitlines() or ['?'])[0]}")
+    vendor = assets.fetch(settings.cache_dir, log=lambda msg: typer.echo(f"  {msg}", err=True))
+    typer.echo(f"dashboard     {vendor} ({len(assets.PACKAGES)} npm packages, pinned)")
