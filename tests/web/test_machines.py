@@ -60,7 +60,8 @@ async def test_run_from_the_form_and_bad_input(api: Api) -> None:
     page = await v.get(r.headers["location"])
     assert page.status_code == 200
     assert re.search(r'<span id="state" class="badge s-created">created</span>', page.text)
-    assert "sh -c echo hi" in page.text and "machine.created" in page.text
+    # The command as it was typed: shell words, quoted where they need it.
+    assert "sh -c &#39;echo hi&#39;" in page.text and "machine.created" in page.text
     offered = re.findall(r'<button name="action" value="(\w+)"', page.text)
     assert offered == ["stop", "remove"]  # wanted running, not yet: no start, no suspend
     assert '<button name="action" value="remove" class="danger">Remove</button>' in page.text
