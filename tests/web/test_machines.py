@@ -208,6 +208,10 @@ async def test_the_stream_keeps_the_pages_live(api: Api) -> None:
                 r'<span id="state" class="badge s-(stopping|exited)" hx-swap-oob="true">', live
             )
             assert '<div id="actions" class="actions" hx-swap-oob="true">' in live
+            # Its spec too (node, start, end), not only as the page first read it.
+            spec = live.split('<dl id="spec" class="spec" hx-swap-oob="true">', 1)[1]
+            node = (await api.call("GET", f"/v1/machines/{m['id']}", member)).json()["node"]
+            assert f'<dd class="mono">{node}</dd>' in spec.split("</dl>", 1)[0]
             assert '<template><tbody hx-swap-oob="afterbegin:#events tbody">' in live
             assert "stop requested" in live
             for task in reading:
