@@ -263,6 +263,15 @@ async def test_a_visitors_log_streams_are_its_tokens_streams(one_stream: Api) ->
             assert log.result().status_code == 429, log.result().text
         assert not log.done()
         assert (await v.get(f"/ui/machines/{m}/logs")).status_code == 429
+        # A page that goes away while it waits gives its stream back.
+        log.cancel()
+        for _ in range(100):
+            log = asyncio.create_task(v.get(f"/ui/machines/{m}/logs"))
+            await asyncio.sleep(0.5)
+            if not log.done():
+                break
+            assert log.result().status_code == 429, log.result().text
+        assert not log.done()
         # ...then, running, is read from the node (simulated here: it cannot be reached).
         report = {"generation": 1, "state": "running", "time": time.time()}
         r = await api.http.post(

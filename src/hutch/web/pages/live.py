@@ -109,7 +109,7 @@ async def logs(
     event when its log ends); a lease of the visitor's token while it streams."""
     ctl: Controller = request.app.state.controller
     cookie = request.cookies.get(COOKIE)
-    await _started(ctl, v, ref, cookie)
+    await _started(request, v, ref, cookie)
     lease, chunks = await streams.log_chunks(
         ctl.machines, ctl.streams, v.principal, v.project, ref, follow=True, tail=tail
     )
@@ -136,17 +136,19 @@ async def logs(
     return leased(ctl.streams, lease, events(), "text/event-stream", headers)
 
 
-async def _started(ctl: Controller, v: Visitor, ref: str, cookie: str | None) -> None:
+async def _started(request: Request, v: Visitor, ref: str, cookie: str | None) -> None:
     """Once the machine has started (or ended). One just run (the run form opens its page) has
     no sandbox yet, so no log: its page waits for it, as `hutch run` does, rather than end its
-    log before it begins. The wait holds one of the token's streams and ends on signing out."""
+    log before it begins. The wait holds one of the token's streams and ends on signing out,
+    or when the page goes away."""
+    ctl: Controller = request.app.state.controller
     lease = ctl.streams.admit(v.principal, v.project)
     try:
         while True:
             m, _, _ = await ctl.machines.wait(
                 v.principal, v.project, ref, MachineState.RUNNING, SESSION_CHECK
             )
-            if m.state not in NOT_STARTED:
+            if m.state not in NOT_STARTED or await request.is_disconnected():
                 return
             await ctl.tenancy.session(cookie)
     finally:
