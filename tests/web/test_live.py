@@ -235,9 +235,13 @@ async def one_stream(request: pytest.FixtureRequest) -> AsyncIterator[Api]:
 
 
 async def test_a_visitors_log_streams_are_its_tokens_streams(one_stream: Api) -> None:
+    """Also: a machine that has not started yet (the run form opens its page at once) has its
+    log followed once it starts, not ended before it begins."""
     api = one_stream
+    await api.call("POST", "/v1/nodes/sim-1/cordon")
+    node = await api.join("sim-2")  # its credential reports the machine running
     token = await api.token("alpha", "member")
-    m = (await api.machine(token)).json()["id"]
+    m = (await api.placed(token, (await api.machine(token)).json()["id"]))["id"]
     async with served(api) as url:
         v = WebVisitor(api, url, served=True)
         assert (await v.sign_in(token)).status_code == 303
@@ -250,11 +254,31 @@ async def test_a_visitors_log_streams_are_its_tokens_streams(one_stream: Api) ->
             r = await v.get(f"/ui/machines/{m}/logs")
             assert r.status_code == 429 and 'role="alert"' in r.text
             assert "streams open" in r.text
-        # Released: the log is read from the node (simulated here: it cannot be reached).
+        # Released: the log waits for the machine to start (held: the next stream is 429)...
         for _ in range(100):
-            r = await v.get(f"/ui/machines/{m}/logs")
-            if r.status_code != 429:
+            log = asyncio.create_task(v.get(f"/ui/machines/{m}/logs"))
+            await asyncio.sleep(0.5)
+            if not log.done():
                 break
-            await asyncio.sleep(0.05)
+            assert log.result().status_code == 429, log.result().text
+        assert not log.done()
+        assert (await v.get(f"/ui/machines/{m}/logs")).status_code == 429
+        # A page that goes away while it waits gives its stream back.
+        log.cancel()
+        for _ in range(100):
+            log = asyncio.create_task(v.get(f"/ui/machines/{m}/logs"))
+            await asyncio.sleep(0.5)
+            if not log.done():
+                break
+            assert log.result().status_code == 429, log.result().text
+        assert not log.done()
+        # ...then, running, is read from the node (simulated here: it cannot be reached).
+        report = {"generation": 1, "state": "running", "time": time.time()}
+        r = await api.http.post(
+            f"/agent/v1/nodes/{node['node_id']}/machines/{m}/report", json=report,
+            headers={"Authorization": f"Bearer {node['credential']}"},
+        )  # fmt: skip
+        assert r.status_code == 204, r.text
+        r = await asyncio.wait_for(log, 10)
         assert r.status_code == 503, r.text
         await v.close()

@@ -60,7 +60,8 @@ async def test_run_from_the_form_and_bad_input(api: Api) -> None:
     page = await v.get(r.headers["location"])
     assert page.status_code == 200
     assert re.search(r'<span id="state" class="badge s-created">created</span>', page.text)
-    assert "sh -c echo hi" in page.text and "machine.created" in page.text
+    # The command as it was typed: shell words, quoted where they need it.
+    assert "sh -c &#39;echo hi&#39;" in page.text and "machine.created" in page.text
     offered = re.findall(r'<button name="action" value="(\w+)"', page.text)
     assert offered == ["stop", "remove"]  # wanted running, not yet: no start, no suspend
     assert '<button name="action" value="remove" class="danger">Remove</button>' in page.text
@@ -207,6 +208,10 @@ async def test_the_stream_keeps_the_pages_live(api: Api) -> None:
                 r'<span id="state" class="badge s-(stopping|exited)" hx-swap-oob="true">', live
             )
             assert '<div id="actions" class="actions" hx-swap-oob="true">' in live
+            # Its spec too (node, start, end), not only as the page first read it.
+            spec = live.split('<dl id="spec" class="spec" hx-swap-oob="true">', 1)[1]
+            node = (await api.call("GET", f"/v1/machines/{m['id']}", member)).json()["node"]
+            assert f'<dd class="mono">{node}</dd>' in spec.split("</dl>", 1)[0]
             assert '<template><tbody hx-swap-oob="afterbegin:#events tbody">' in live
             assert "stop requested" in live
             for task in reading:

@@ -13,8 +13,12 @@ async def test_nodes_their_capacity_and_machines_for_system_tokens_only(api: Api
     system = await signed_in(api, None)
     page = (await system.get("/ui/nodes")).text
     assert '<tr id="node-sim-1">' in page
-    assert re.search(r'<meter min="0" max="64" value="2"[^>]*aria-label="vCPUs allocated"', page)
+    # vCPUs as the scheduler counts them (and `hutch node ls`): the host's CPUs x the overcommit.
+    vcpus = r'<meter min="0" max="256" value="2"[^>]*aria-label="vCPUs allocated">'
+    vcpus += r".*\s+2 / 256 \(64x4\)"
+    assert re.search(vcpus, page)
     page = (await system.get("/ui/nodes/sim-1")).text
+    assert re.search(vcpus, page)
     assert ">web</a>" in page and "<td>alpha</td>" in page and "256 MiB" in page
     r = await system.post("/ui/nodes/sim-1/cordon")
     assert r.status_code == 303 and r.headers["location"] == "/ui/nodes/sim-1"

@@ -24,8 +24,10 @@ async def test_an_admin_creates_a_token_seen_once_and_revokes_it(api: Api) -> No
     assert "<td>ci</td>" in page and secret.group(1) not in page
     (token_id,) = re.findall(r'<tr id="t-(t-[^"]+)">\s*<td>ci</td>', page)
 
-    # A reader sees the quota, not the tokens, and cannot make or revoke one.
+    # A reader sees the quota (the header leads there), not the tokens, and cannot make or
+    # revoke one.
     reader = await signed_in(api, "alpha", "reader")
+    assert '<a href="/ui/projects">Projects</a>' in (await reader.get("/ui/machines")).text
     page = (await reader.get("/ui/projects")).text
     assert '<table id="quota-table">' in page and 'id="tokens"' not in page
     assert "<form" not in page.split('<main id="main"')[1]

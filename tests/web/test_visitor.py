@@ -30,6 +30,7 @@ async def test_a_wrong_token_or_a_forged_sign_in_is_refused(api: Api) -> None:
     assert r.status_code == 401 and 'role="alert"' in r.text and "unknown token" in r.text
     token = await api.token("alpha", "member")
     form = await v.get("/ui/login")
+    assert "hutch token create --project PROJECT" in form.text  # the CLI's command, as it is
     r = await v.http.post("/ui/login", data={"token": token, "csrf": "forged"})
     assert r.status_code == 403 and "sign-in form" in r.text
     r = await v.http.post("/ui/login", data={"token": token, "csrf": csrf_of(form.text)})

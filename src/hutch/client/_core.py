@@ -36,7 +36,7 @@ from hutch.client.errors import (
 )
 from hutch.model.addressing import Rule
 from hutch.model.errors import Invalid as ModelInvalid
-from hutch.model.machine import MachineState, RestartPolicy, VolumeAttach
+from hutch.model.machine import NOT_STARTED, MachineState, RestartPolicy, VolumeAttach
 from hutch.model.network import PortMapping
 from hutch.model.tenancy import Role
 from hutch.model.volume import parse_size
@@ -98,7 +98,6 @@ V = TypeVar("V", bound=BaseModel)
 R = TypeVar("R", bound=Request)
 
 MAX_WAIT = 300.0  # the server holds a wait at most this long; longer waits loop
-NOT_STARTED = (MachineState.CREATED, MachineState.STARTING)
 CHUNK = 1 << 16
 
 Plan: TypeAlias = Generator["Call", bytes, T]

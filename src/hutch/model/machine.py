@@ -43,6 +43,9 @@ class MachineState(StrEnum):
         )
 
 
+# A machine in one of these states has no sandbox on its node yet: no log, nothing to exec.
+NOT_STARTED = (MachineState.CREATED, MachineState.STARTING)
+
 # A machine in one of these states holds its node's share (once it has a node).
 ACTIVE = (
     MachineState.CREATED,

@@ -5,6 +5,7 @@ request gets only the `<div role="alert">`), sends a visitor without a session t
 and says its own time in a `Server-Timing` header.
 """
 
+import shlex
 import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
@@ -33,6 +34,9 @@ TEMPLATES = jinja2.Environment(
 TEMPLATES.globals["Action"] = Action  # `v.may(Action.MACHINE_WRITE)` in templates
 TEMPLATES.filters["isotime"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 TEMPLATES.filters["isodate"] = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+# A command as the run form takes it back: shell words, so `sh -c 'a; b'` does not read as
+# `sh -c a; b`.
+TEMPLATES.filters["shell"] = shlex.join
 
 
 # On every page: never framed by another site (its buttons act), never cached (its forms carry

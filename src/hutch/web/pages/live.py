@@ -25,7 +25,7 @@ from hutch.controller import Controller
 from hutch.http import streams
 from hutch.http.streaming import leased
 from hutch.model.errors import Forbidden, HutchError, Unauthenticated
-from hutch.model.machine import Machine
+from hutch.model.machine import NOT_STARTED, Machine, MachineState
 from hutch.model.metrics import rate
 from hutch.model.prices import UNITS, total, usage_lines
 from hutch.model.tenancy import Principal, Project
@@ -108,11 +108,11 @@ async def logs(
     """The last `tail` lines, then what the machine writes, as `log` events of HTML (an `end`
     event when its log ends); a lease of the visitor's token while it streams."""
     ctl: Controller = request.app.state.controller
+    cookie = request.cookies.get(COOKIE)
+    await _started(request, v, ref, cookie)
     lease, chunks = await streams.log_chunks(
         ctl.machines, ctl.streams, v.principal, v.project, ref, follow=True, tail=tail
     )
-
-    cookie = request.cookies.get(COOKIE)
     checked = time.monotonic()
 
     async def events() -> AsyncIterator[bytes]:
@@ -134,6 +134,25 @@ async def logs(
     # A proxy in front must not hold it back (nginx buffers otherwise).
     headers = {"X-Accel-Buffering": "no"}
     return leased(ctl.streams, lease, events(), "text/event-stream", headers)
+
+
+async def _started(request: Request, v: Visitor, ref: str, cookie: str | None) -> None:
+    """Once the machine has started (or ended). One just run (the run form opens its page) has
+    no sandbox yet, so no log: its page waits for it, as `hutch run` does, rather than end its
+    log before it begins. The wait holds one of the token's streams and ends on signing out,
+    or when the page goes away."""
+    ctl: Controller = request.app.state.controller
+    lease = ctl.streams.admit(v.principal, v.project)
+    try:
+        while True:
+            m, _, _ = await ctl.machines.wait(
+                v.principal, v.project, ref, MachineState.RUNNING, SESSION_CHECK
+            )
+            if m.state not in NOT_STARTED or await request.is_disconnected():
+                return
+            await ctl.tenancy.session(cookie)
+    finally:
+        ctl.streams.release(lease)
 
 
 async def log_tail(ctl: Controller, v: Visitor, m: Machine, lines: int = TAIL) -> Markup:

@@ -6,6 +6,7 @@ from typing import Literal
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 
+from hutch.placement import CPU_OVERCOMMIT
 from hutch.web.render import page, pages, see_other
 from hutch.web.visitor import Acting, Visiting, controller
 
@@ -15,7 +16,7 @@ router = pages()
 @router.get("/ui/nodes")
 async def nodes(request: Request, v: Visiting) -> HTMLResponse:
     found = await controller(request).nodes.listing(v.principal)
-    return page(request, v, "nodes.html", nodes=found)
+    return page(request, v, "nodes.html", nodes=found, overcommit=CPU_OVERCOMMIT)
 
 
 @router.get("/ui/nodes/{ref}")
@@ -23,7 +24,10 @@ async def node(request: Request, v: Visiting, ref: str) -> HTMLResponse:
     ctl = controller(request)
     n, machines = await ctl.nodes.machines(v.principal, ref)
     projects = {p.id: p.name for p in await ctl.tenancy.projects(v.principal)}
-    return page(request, v, "node.html", n=n, machines=machines, projects=projects)
+    return page(
+        request, v, "node.html", n=n, machines=machines, projects=projects,
+        overcommit=CPU_OVERCOMMIT,
+    )  # fmt: skip
 
 
 @router.post("/ui/nodes/{ref}/{action}")
