@@ -101,3 +101,19 @@ async def test_projects_a_visitor_acts_in(api: Api) -> None:
     assert r.status_code == 404 and 'role="alert"' in r.text
     for each in (member, system):
         await each.close()
+
+
+async def test_a_nul_in_a_form_is_refused_as_the_api_refuses_it(api_both: Api) -> None:
+    # PostgreSQL fails a query whose text holds a NUL: it was a 500 there (a token's label,
+    # a bulk action's id).
+    v = Visitor(api_both)
+    await v.sign_in(await api_both.token("alpha", "admin"))
+    for path, form in [
+        ("/ui/projects/alpha/tokens", {"role": "reader", "label": "ci\0"}),
+        ("/ui/machines/bulk", {"action": "stop", "id": "m-\0"}),
+    ]:
+        r = await v.post(path, form)
+        assert r.status_code == 400 and "NUL characters" in r.text, (path, r.text)
+    r = await v.post("/ui/projects/alpha/tokens", {"role": "reader", "label": "ci"})
+    assert r.status_code == 200 and "<td>ci</td>" in (await v.get("/ui/projects")).text
+    await v.close()
