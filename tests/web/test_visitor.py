@@ -1,5 +1,6 @@
 """Sessions, sign-in and sign-out, CSRF, and who sees what (hutch/web/visitor.py)."""
 
+from hutch.services.tenancy import SESSIONS_PER_TOKEN
 from tests.helpers.api import Api
 from tests.helpers.web import Visitor, csrf_of
 
@@ -117,3 +118,22 @@ async def test_a_nul_in_a_form_is_refused_as_the_api_refuses_it(api_both: Api) -
     r = await v.post("/ui/projects/alpha/tokens", {"role": "reader", "label": "ci"})
     assert r.status_code == 200 and "<td>ci</td>" in (await v.get("/ui/projects")).text
     await v.close()
+
+
+async def test_a_tokens_sign_ins_are_bounded_the_oldest_ending_first(api_both: Api) -> None:
+    # Every sign-in was a row of the store, kept 12 hours: a reader could grow it without end.
+    token = await api_both.token("alpha", "reader")
+    first = Visitor(api_both)
+    await first.sign_in(token)
+    others = []
+    for _ in range(SESSIONS_PER_TOKEN - 1):
+        others.append(Visitor(api_both))
+        assert (await others[-1].sign_in(token)).status_code == 303
+    assert (await first.get("/ui/machines")).status_code == 200  # the limit: all still on
+    last = Visitor(api_both)
+    await last.sign_in(token)
+    assert (await first.get("/ui/machines")).status_code == 303  # the oldest went
+    for v in (others[0], last):
+        assert (await v.get("/ui/machines")).status_code == 200
+    for v in (first, *others, last):
+        await v.close()
