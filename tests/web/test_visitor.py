@@ -25,6 +25,19 @@ async def test_sign_in_then_out(api: Api) -> None:
     await v.close()
 
 
+async def test_signing_in_again_ends_the_browsers_previous_session(api: Api) -> None:
+    v = Visitor(api)
+    await v.sign_in(await api.token("alpha", "member"))
+    before = v.http.cookies["hutch_session"]
+    copy = {"Cookie": f"hutch_session={before}"}  # whoever else holds that cookie
+    assert (await api.http.get("/ui/machines", headers=copy)).status_code == 200
+    assert (await v.sign_in(await api.token("alpha", "admin"))).status_code == 303
+    assert v.http.cookies["hutch_session"] != before  # a new secret, not the old one kept
+    assert (await v.get("/ui/machines")).status_code == 200
+    assert (await api.http.get("/ui/machines", headers=copy)).status_code == 303  # it ended
+    await v.close()
+
+
 async def test_a_wrong_token_or_a_forged_sign_in_is_refused(api: Api) -> None:
     v = Visitor(api)
     r = await v.sign_in("not-a-token")
