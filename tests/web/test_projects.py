@@ -52,6 +52,7 @@ async def test_an_admin_creates_a_token_seen_once_and_revokes_it(api: Api) -> No
     assert r.status_code == 404 and "beta" in alert(r.text)
     assert (await admin.get("/ui/projects", params={"project": "beta"})).status_code == 404
     for data, says in (({"role": "member", "days": "0"}, "whole number from 1"),
+                       ({"role": "member", "days": "²"}, "whole number from 1"),  # not a 500
                        ({"role": "owner"}, "role")):  # fmt: skip
         r = await admin.post("/ui/projects/alpha/tokens", data)
         assert r.status_code == 400 and says in alert(r.text), r.text

@@ -25,9 +25,13 @@ async def test_refusals_under_ui_are_pages_and_the_apis_stay_problems(api: Api) 
 
 async def test_pages_are_never_framed_or_cached(api: Api) -> None:
     v = Visitor(api)
-    for r in [await v.get("/ui/login"), await v.get("/ui/machines")]:  # a page, a redirect
+    # A page, a redirect, and a page no route answered (Starlette's own 404).
+    for r in [await v.get("/ui/login"), await v.get("/ui/machines"), await v.get("/ui/nowhere")]:
         assert r.headers["x-frame-options"] == "DENY"
-        assert r.headers["content-security-policy"] == "frame-ancestors 'none'"
+        csp = dict(d.split(" ", 1) for d in r.headers["content-security-policy"].split("; "))
+        assert csp["frame-ancestors"] == "'none'"
+        # Markup that got past escaping runs no script: only the dashboard's own files do.
+        assert csp["script-src"] == "'self'" and csp["object-src"] == "'none'"
         assert r.headers["cache-control"] == "no-store"
     await v.sign_in(await api.token("alpha", "reader"))
     r = await v.get("/ui/machines")

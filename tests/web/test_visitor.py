@@ -1,5 +1,6 @@
 """Sessions, sign-in and sign-out, CSRF, and who sees what (hutch/web/visitor.py)."""
 
+from hutch.services.tenancy import SESSIONS_PER_TOKEN
 from tests.helpers.api import Api
 from tests.helpers.web import Visitor, csrf_of
 
@@ -21,6 +22,19 @@ async def test_sign_in_then_out(api: Api) -> None:
     r = await v.post("/ui/logout")
     assert r.status_code == 303
     assert (await v.get("/ui/machines")).status_code == 303
+    await v.close()
+
+
+async def test_signing_in_again_ends_the_browsers_previous_session(api: Api) -> None:
+    v = Visitor(api)
+    await v.sign_in(await api.token("alpha", "member"))
+    before = v.http.cookies["hutch_session"]
+    copy = {"Cookie": f"hutch_session={before}"}  # whoever else holds that cookie
+    assert (await api.http.get("/ui/machines", headers=copy)).status_code == 200
+    assert (await v.sign_in(await api.token("alpha", "admin"))).status_code == 303
+    assert v.http.cookies["hutch_session"] != before  # a new secret, not the old one kept
+    assert (await v.get("/ui/machines")).status_code == 200
+    assert (await api.http.get("/ui/machines", headers=copy)).status_code == 303  # it ended
     await v.close()
 
 
@@ -102,3 +116,38 @@ async def test_projects_a_visitor_acts_in(api: Api) -> None:
     assert r.status_code == 404 and 'role="alert"' in r.text
     for each in (member, system):
         await each.close()
+
+
+async def test_a_nul_in_a_form_is_refused_as_the_api_refuses_it(api_both: Api) -> None:
+    # PostgreSQL fails a query whose text holds a NUL: it was a 500 there (a token's label,
+    # a bulk action's id).
+    v = Visitor(api_both)
+    await v.sign_in(await api_both.token("alpha", "admin"))
+    for path, form in [
+        ("/ui/projects/alpha/tokens", {"role": "reader", "label": "ci\0"}),
+        ("/ui/machines/bulk", {"action": "stop", "id": "m-\0"}),
+    ]:
+        r = await v.post(path, form)
+        assert r.status_code == 400 and "NUL characters" in r.text, (path, r.text)
+    r = await v.post("/ui/projects/alpha/tokens", {"role": "reader", "label": "ci"})
+    assert r.status_code == 200 and "<td>ci</td>" in (await v.get("/ui/projects")).text
+    await v.close()
+
+
+async def test_a_tokens_sign_ins_are_bounded_the_oldest_ending_first(api_both: Api) -> None:
+    # Every sign-in was a row of the store, kept 12 hours: a reader could grow it without end.
+    token = await api_both.token("alpha", "reader")
+    first = Visitor(api_both)
+    await first.sign_in(token)
+    others = []
+    for _ in range(SESSIONS_PER_TOKEN - 1):
+        others.append(Visitor(api_both))
+        assert (await others[-1].sign_in(token)).status_code == 303
+    assert (await first.get("/ui/machines")).status_code == 200  # the limit: all still on
+    last = Visitor(api_both)
+    await last.sign_in(token)
+    assert (await first.get("/ui/machines")).status_code == 303  # the oldest went
+    for v in (others[0], last):
+        assert (await v.get("/ui/machines")).status_code == 200
+    for v in (first, *others, last):
+        await v.close()

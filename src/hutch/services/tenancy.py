@@ -22,6 +22,8 @@ from hutch.services.refusals import missing
 from hutch.services.streams import Streams
 from hutch.store.base import Store, Tx
 
+SESSIONS_PER_TOKEN = 32  # dashboard sign-ins a token keeps at once (browsers, people sharing it)
+
 
 class Tenancy:
     def __init__(self, store: Store, policy: Policy, streams: Streams | None = None) -> None:
@@ -64,6 +66,9 @@ class Tenancy:
             session = Session(hash_secret(cookie), principal.token_id, secrets.token_urlsafe(32),
                               now, expires)  # fmt: skip
             await tx.sessions.create(session)
+            # Each sign-in is a row: a token's holder (a reader too) signing in without end
+            # must not grow the table without end. The oldest sign-in ends first.
+            await tx.sessions.keep_newest(principal.token_id, SESSIONS_PER_TOKEN)
         return cookie, principal
 
     async def session(self, cookie: str | None) -> tuple[Session, Principal]:

@@ -119,6 +119,9 @@ class SessionRepo(Protocol):
     async def prune(self, now: float) -> int:
         """Delete the sessions expired at `now`: how many."""
 
+    async def keep_newest(self, token_id: str, keep: int) -> int:
+        """Delete the token's sessions but its `keep` newest: how many."""
+
 
 class MachineRepo(Protocol):
     async def create(self, machine: Machine) -> None:

@@ -40,10 +40,17 @@ TEMPLATES.filters["shell"] = shlex.join
 
 
 # On every page: never framed by another site (its buttons act), never cached (its forms carry
-# the session's CSRF value), no guessing of types, no full URLs sent elsewhere.
+# the session's CSRF value), no guessing of types, no full URLs sent elsewhere. Scripts only from
+# our own files (the pages have no inline script), so markup a tenant smuggled past escaping
+# still runs nothing; styles may be inline (the printable invoice's, xterm.js's own).
+CSP = "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data:", "object-src 'none'", "base-uri 'none'", "form-action 'self'",
+    "frame-ancestors 'none'",
+])  # fmt: skip
 HEADERS = {
     "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Content-Security-Policy": CSP,
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -152,7 +159,9 @@ def install(app: FastAPI) -> None:
         if request.url.path == "/ui" or request.url.path.startswith("/ui/"):
             assert isinstance(e, HTTPException)
             titles = {404: "Not found", 405: "Method not allowed"}
-            return error(request, e.status_code, titles.get(e.status_code, "Error"), e.detail)
+            page = error(request, e.status_code, titles.get(e.status_code, "Error"), e.detail)
+            page.headers.update(HEADERS)  # a page as any other (no PageRoute answered it)
+            return page
         response: Response = await api_handler(request, e)  # type: ignore[misc]
         return response
 

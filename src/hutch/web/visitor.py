@@ -26,7 +26,7 @@ from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
 from hutch.controller import Controller
-from hutch.model.errors import Forbidden, NotFound
+from hutch.model.errors import Forbidden, Invalid, NotFound
 from hutch.model.tenancy import Principal, Project
 from hutch.services.policy import Action, Policy
 
@@ -102,10 +102,16 @@ Visiting = Annotated[Visitor, Depends(visitor)]
 
 
 async def acting(request: Request, v: Visiting) -> Visitor:
+    form = await request.form()  # parsed once: Form() parameters reuse it
     sent: object = request.headers.get("x-csrf-token")
     if sent is None:
-        sent = (await request.form()).get("csrf")  # parsed once: Form() parameters reuse it
+        sent = form.get("csrf")
     check_csrf(v, sent)
+    # As the API refuses in bodies (wire.common.Request) and URLs (http.limits.NoNul): no text
+    # of hutch's holds a NUL, and PostgreSQL fails a query that carries one (a 500).
+    for name, value in form.multi_items():
+        if isinstance(value, str) and "\0" in value:
+            raise Invalid(f"form field {name!r}: NUL characters (\\x00) are not allowed")
     return v
 
 

@@ -42,6 +42,16 @@ class SqlSessions(Repo):
         result = await self._c.execute(sa.delete(t.web_sessions).where(_S.expires_at <= now))
         return int(result.rowcount or 0)
 
+    async def keep_newest(self, token_id: str, keep: int) -> int:
+        newest = (
+            sa.select(_S.id).where(_S.token_id == token_id)
+            .order_by(_S.created_at.desc(), _S.id).limit(keep)
+        )  # fmt: skip
+        result = await self._c.execute(
+            sa.delete(t.web_sessions).where(_S.token_id == token_id, _S.id.not_in(newest))
+        )
+        return int(result.rowcount or 0)
+
 
 def _to_session(r: Row[Any]) -> Session:
     return from_row(Session, r)

@@ -54,10 +54,14 @@ async def login(
     if not expected or not hmac.compare_digest(csrf.encode(), expected.encode()):
         raise Forbidden("this sign-in form is out of date or came from another site: "
                         "reload the sign-in page and try again")  # fmt: skip
+    tenancy = controller(request).tenancy
     try:
-        secret, _ = await controller(request).tenancy.open_session(token.strip(), SESSION_SECONDS)
+        secret, _ = await tenancy.open_session(token.strip(), SESSION_SECONDS)
     except Unauthenticated as e:
         return _login_page(request, next, 401, f"Not signed in: {e.message}.")
+    # The browser's previous session ends: its cookie is replaced, and whoever else holds it
+    # (a shared computer, a stolen copy) must not keep it for its 12 hours.
+    await tenancy.close_session(request.cookies.get(COOKIE))
     response = see_other(local_next(next) or "/ui/machines")
     _cookie(request, response, COOKIE, secret, SESSION_SECONDS)
     response.delete_cookie(LOGIN_COOKIE, path="/ui")

@@ -84,7 +84,8 @@ async def create_token(
 ) -> HTMLResponse:
     """The new token's secret, on this page only: it is stored hashed and never shown again."""
     days = days.strip()
-    if days and not (days.isdigit() and 0 < int(days) <= MAX_EXPIRY_DAYS):
+    # isascii: str.isdigit() is true of '²', which int() refuses.
+    if days and not (days.isascii() and days.isdigit() and 0 < int(days) <= MAX_EXPIRY_DAYS):
         raise Invalid(f"expires in {days!r} days: a whole number from 1 to {MAX_EXPIRY_DAYS}, "
                       "or empty for never")  # fmt: skip
     expires = int(days) * 86400 if days else None
