@@ -41,7 +41,8 @@ def test_up_detached_then_a_first_workload_then_down(
     port = str(free_port())
     up = hutch("up", "-d", "--data-dir", str(data), "--port", port)
     assert up.returncode == 0, up.stderr + (data / "hutch.log").read_text()
-    assert f"API at http://127.0.0.1:{port}" in up.stdout
+    assert f"API at http://127.0.0.1:{port}, dashboard at http://127.0.0.1:{port}/ui" in up.stdout
+    assert f"sign in with {data / 'admin-token'}" in up.stdout
     assert f"stop: hutch down --data-dir {data})" in up.stdout  # a bare `hutch down` would not
     assert stat.S_IMODE((data / "admin-token").stat().st_mode) == 0o600
     try:

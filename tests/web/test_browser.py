@@ -20,6 +20,7 @@ from tests.helpers.browser import Browser
 
 TICKS = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done"
 STOP = "button[name=action][value=stop]"
+REMOVE = "button[name=action][value=remove]"
 ACTIONS = "button[name=action]"
 
 
@@ -106,6 +107,12 @@ def test_run_a_machine_watch_it_start_read_its_logs_use_its_shell_and_stop_it(
     b.wait(lambda: "/ # " in b.text("#shell"), "the shell's prompt")  # as a person would
     b.one("#shell .xterm-helper-textarea").send_keys("echo $((6*7))-from-$(hostname)" + Keys.ENTER)
     b.wait(lambda: "42-from-" in b.text("#shell"), "the shell's output")
+    # The keyboard is not trapped there: Tab is the shell's, Esc then Tab moves on.
+    typed_in = b.one("#shell .xterm-helper-textarea")
+    typed_in.send_keys(Keys.TAB)
+    assert b.driver.switch_to.active_element == typed_in
+    typed_in.send_keys(Keys.ESCAPE, Keys.TAB)
+    assert b.driver.switch_to.active_element != typed_in
 
     # Its log tail grows as it prints, in place.
     b.mark()
@@ -119,6 +126,24 @@ def test_run_a_machine_watch_it_start_read_its_logs_use_its_shell_and_stop_it(
     assert not b.all(STOP)  # an exited machine offers start, not stop
     with dashboard.client(project) as client:
         assert client.machines.get(name).state == "exited"
+
+    # Remove asks first: dismissed, the machine stays; accepted, it goes.
+    b.mark()
+    b.one(REMOVE).click()
+    b.driver.switch_to.alert.dismiss()
+    time.sleep(0.5)  # time for a form sent anyway to have left the page
+    assert b.marked(), "the form was sent"
+    with dashboard.client(project) as client:
+        assert client.machines.get(name).state == "exited"
+    b.one(REMOVE).click()
+    b.driver.switch_to.alert.accept()
+    b.wait(lambda: b.path.startswith("/ui/machines") and not b.all("#state"), "the machines list")
+
+    def listed() -> bool:  # its node removes it and its disk: a moment later
+        with dashboard.client(project) as client:
+            return name in [m.name for m in client.machines.list()]
+
+    b.wait(lambda: not listed(), "the machine to go", timeout=30)
 
 
 def test_a_reader_sees_no_actions_and_its_forged_post_is_refused(

@@ -106,7 +106,8 @@ def _detach(settings: config.Settings, port: int) -> None:
     else:
         raise Unavailable(f"hutch up did not come up within 120 s; see {log_path}")
     typer.echo(f"hutch is up: API at {url}, dashboard at {url}/ui "
-               f"(log: {log_path}, stop: {_down(settings)})")  # fmt: skip
+               f"(sign in with {settings.state_dir / 'admin-token'}; log: {log_path}, "
+               f"stop: {_down(settings)})")  # fmt: skip
     # hutch up saved its context already; saving the same again says here, rather than in its
     # log, whether the CLI will use it.
     served = (settings.state_dir / "hutch.url").read_text().strip()

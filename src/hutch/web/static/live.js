@@ -82,6 +82,19 @@
     term.loadAddon(fit);
     term.open(box);
     fit.fit();
+    // A terminal takes Tab for the shell; Esc then Tab (or Shift+Tab) leaves it, as in
+    // CodeMirror, so that the keyboard is never trapped (WCAG 2.1.2). The Esc still reaches
+    // the shell.
+    var escaped = false;
+    term.attachCustomKeyEventHandler(function (e) {
+      if (e.type !== "keydown") return true;
+      if (e.key === "Tab" && escaped) {
+        escaped = false;
+        return false; // not the shell's: the browser moves the focus on
+      }
+      escaped = e.key === "Escape";
+      return true;
+    });
     term.focus();
     var scheme = location.protocol === "https:" ? "wss://" : "ws://";
     var ws = new WebSocket(scheme + location.host + box.dataset.exec);
