@@ -64,7 +64,9 @@ async def test_run_from_the_form_and_bad_input(api: Api) -> None:
     assert "sh -c &#39;echo hi&#39;" in page.text and "machine.created" in page.text
     offered = re.findall(r'<button name="action" value="(\w+)"', page.text)
     assert offered == ["stop", "remove"]  # wanted running, not yet: no start, no suspend
-    assert '<button name="action" value="remove" class="danger">Remove</button>' in page.text
+    assert (
+        '<button name="action" value="remove" class="danger" data-confirm="Remove ' in page.text
+    )  # it asks first
     for form, said in [
         ({"image": "busybox", "cpus": "0"}, "cpus"),
         ({"image": "busybox", "memory": "lots"}, "memory"),
@@ -96,7 +98,7 @@ async def test_a_reader_sees_no_actions_and_a_forged_post_is_refused(api: Api) -
     assert r.status_code == 403
     member = await signed_in(api, "alpha", "member")
     page = (await member.get(f"/ui/machines/{m['id']}")).text
-    assert '<button name="action" value="remove" class="danger">Remove</button>' in page
+    assert '<button name="action" value="remove" class="danger" data-confirm="Remove ' in page
     r = await member.post(f"/ui/machines/{m['id']}/remove")
     assert r.status_code == 303 and r.headers["location"] == "/ui/machines"
     r = await api.call("GET", f"/v1/machines/{m['id']}", token)
