@@ -26,6 +26,14 @@ def from_row(model: type[M], row: Row[Any], prefix: str = "", /, **converted: An
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}  # each model's field names, as from_row() meets it
+_INSERTS: dict[sa.Table, sa.Insert] = {}  # built once: a statement's cache key is kept on it
+
+
+def _insert_of(table: sa.Table) -> sa.Insert:
+    stmt = _INSERTS.get(table)
+    if stmt is None:
+        stmt = _INSERTS[table] = table.insert()
+    return stmt
 
 
 class Conn(Protocol):
@@ -89,7 +97,7 @@ class Repo:
         PostgreSQL the transaction stays usable after the refusal."""
         try:
             async with self._c.begin_nested():
-                await self._c.execute(table.insert().values(**values))
+                await self._c.execute(_insert_of(table), values)
         except IntegrityError:
             return False
         return True
