@@ -27,6 +27,7 @@ def from_row(model: type[M], row: Row[Any], prefix: str = "", /, **converted: An
 
 _FIELDS: dict[type, tuple[str, ...]] = {}  # each model's field names, as from_row() meets it
 _INSERTS: dict[sa.Table, sa.Insert] = {}  # built once: a statement's cache key is kept on it
+_LOCKS: dict[tuple[sa.Table, bool, bool], "sa.Select[Any]"] = {}  # _locked's, likewise
 
 
 def _insert_of(table: sa.Table) -> sa.Insert:
@@ -93,10 +94,14 @@ class Repo:
         )
 
     async def _insert(self, table: sa.Table, values: Mapping[str, Any]) -> bool:
-        """Insert one row; False if a constraint refused it. In a savepoint, so that on
-        PostgreSQL the transaction stays usable after the refusal."""
+        """Insert one row; False if a constraint refused it. On PostgreSQL in a savepoint, so
+        that the transaction stays usable after the refusal; SQLite undoes the refused
+        statement alone (ABORT), and two statements fewer count in every create."""
         try:
-            async with self._c.begin_nested():
+            if self._pg:
+                async with self._c.begin_nested():
+                    await self._c.execute(_insert_of(table), values)
+            else:
                 await self._c.execute(_insert_of(table), values)
         except IntegrityError:
             return False
@@ -123,10 +128,15 @@ class Repo:
     ) -> Row[Any]:
         """The row, held until the transaction ends; NotFound if it is not there. `key`: also
         keep out inserts that reference it (FOR UPDATE), as before deleting it."""
-        stmt = sa.select(table).where(table.c.id == row_id)
-        if self._pg:
-            stmt = stmt.with_for_update(key_share=not key)
-        return await self._found(stmt, what, row_id)
+        stmt = _LOCKS.get((table, self._pg, key))
+        if stmt is None:  # built once: every quota check asks
+            stmt = sa.select(table).where(table.c.id == sa.bindparam("row_id"))
+            if self._pg:
+                stmt = stmt.with_for_update(key_share=not key)
+            _LOCKS[table, self._pg, key] = stmt
+        if (row := (await self._c.execute(stmt, {"row_id": row_id})).first()) is None:
+            raise NotFound(f"{what} {row_id!r} not found")
+        return row
 
     async def _compare_and_set(
         self,
