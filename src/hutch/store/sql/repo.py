@@ -67,14 +67,18 @@ class Repo:
         self._c = conn
         self._pg = backend == "postgresql"
 
-    async def _one(self, stmt: sa.Executable) -> Row[Any] | None:
-        row: Row[Any] | None = (await self._c.execute(stmt)).first()
+    async def _one(
+        self, stmt: sa.Executable, params: Mapping[str, Any] | None = None
+    ) -> Row[Any] | None:
+        row: Row[Any] | None = (await self._c.execute(stmt, params)).first()
         return row
 
-    async def _found(self, stmt: sa.Executable, what: str, ref: str) -> Row[Any]:
-        """The statement's first row (a select, or a write's RETURNING); NotFound, naming
-        `what` by `ref`, if there is none."""
-        if (row := await self._one(stmt)) is None:
+    async def _found(
+        self, stmt: sa.Executable, what: str, ref: str, params: Mapping[str, Any] | None = None
+    ) -> Row[Any]:
+        """The statement's first row (a select, or a write's RETURNING), with `params` for its
+        bound parameters; NotFound, naming `what` by `ref`, if there is none."""
+        if (row := await self._one(stmt, params)) is None:
             raise NotFound(f"{what} {ref!r} not found")
         return row
 
@@ -134,9 +138,7 @@ class Repo:
             if self._pg:
                 stmt = stmt.with_for_update(key_share=not key)
             _LOCKS[table, self._pg, key] = stmt
-        if (row := (await self._c.execute(stmt, {"row_id": row_id})).first()) is None:
-            raise NotFound(f"{what} {row_id!r} not found")
-        return row
+        return await self._found(stmt, what, row_id, {"row_id": row_id})
 
     async def _compare_and_set(
         self,
