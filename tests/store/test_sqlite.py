@@ -169,3 +169,39 @@ async def test_a_writer_locked_out_too_long_is_unavailable(
     async with store.write() as tx:  # and it recovers once the other writer is gone
         await tx.projects.create(f.project())
     await store.close()
+
+
+async def test_writers_that_come_together_commit_once_and_fail_alone(
+    sqlite_store: SqlStore, db: Path
+) -> None:
+    """Group commit: blocks that come while a transaction begins share it and its one COMMIT;
+    a block refused by a constraint, or failing after its writes, loses its own writes only."""
+    p = f.project()
+    async with sqlite_store.write() as tx:
+        await tx.projects.create(p)
+    commits: list[object] = []
+    assert sqlite_store._sqlite_writer is not None  # white box: the writer's COMMITs counted
+    sa.event.listen(sqlite_store._sqlite_writer, "commit", commits.append)
+    other = other_writer(db)  # sees committed rows only
+
+    async def create(name: str, fail: bool = False) -> str:
+        async with sqlite_store.write() as tx:
+            await tx.machines.create(f.machine(p.id, name))
+            if fail:
+                raise RuntimeError("a bug after its write")
+        # Acknowledged only once committed: another connection sees it already.
+        assert other.execute("SELECT 1 FROM machines WHERE name = ?", (name,)).fetchone()
+        return name
+
+    names = ["twin", *(f"m{i}" for i in range(16)), "twin"]
+    outcomes = await asyncio.gather(
+        *(create(n) for n in names), create("buggy", fail=True), return_exceptions=True
+    )
+    assert outcomes[:-2] == names[:-1]
+    assert isinstance(outcomes[-2], Conflict) and "named 'twin'" in str(outcomes[-2])
+    assert isinstance(outcomes[-1], RuntimeError)
+    assert len(commits) == 1
+    async with sqlite_store.read() as tx:
+        page, _ = await tx.machines.list(p.id, limit=100)
+    assert sorted(m.name for m in page) == sorted(names[:-1])
+    other.close()

@@ -400,12 +400,16 @@ class Machines:
     ) -> bool:
         """_check_quota, after destroying as many of the project's pooled machines as it takes
         for `adding` to fit: the project's own machines come first. Whether any went."""
-        pooled = [m for m in await tx.machines.pooled(project.id) if not m.state.finished]
+        pooled: list[Machine] | None = None  # read only when the quota is reached
         went = False
         while True:
             try:
                 await _check_quota(tx, project, adding)
             except QuotaExceeded:
+                if pooled is None:
+                    pooled = [
+                        m for m in await tx.machines.pooled(project.id) if not m.state.finished
+                    ]
                 if not pooled:
                     raise
                 why = f"given way to machine {name or 'new'}: project {project.name}'s quota"

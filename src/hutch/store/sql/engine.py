@@ -1,19 +1,25 @@
 """The store's engine and transactions: SQLite (a writer thread, statements in the event loop)
 or PostgreSQL (asyncpg), over SQLAlchemy's Core; the repositories live one module per aggregate.
 
-Transactions. On SQLite, `write()` starts with BEGIN IMMEDIATE, so there is one writer at a time
-across every process using the file, and what a writer reads cannot change under it: that is what
-makes a quota check race-free there. Writers of one process also take their turn in an asyncio
-lock, so they queue in order instead of polling SQLite's busy handler; writers of other processes
-wait in that handler (`BUSY_TIMEOUT`). `read()` is a deferred BEGIN on a connection that cannot
-write (query_only); in WAL mode readers never block writers nor wait for them.
+Transactions. On SQLite, a write transaction starts with BEGIN IMMEDIATE, so there is one
+writer at a time across every process using the file, and what a writer reads cannot change
+under it: that is what makes a quota check race-free there. Writers of one process commit in
+groups (`_Batch`): the `write()` blocks that come while a transaction begins or commits form the
+next one, and run in it one after another, each in a savepoint of its own; one COMMIT (one
+fsync) ends them all, and each block returns only once that COMMIT has. A block that fails
+rolls back its savepoint alone, and the others of its batch go on; a COMMIT that fails fails
+every block of the batch. Batches of one process take their turn in an asyncio lock, so they
+queue in order instead of polling SQLite's busy handler; writers of other processes wait in
+that handler (`BUSY_TIMEOUT`). `read()` is a deferred BEGIN on a connection that cannot write
+(query_only); in WAL mode readers never block writers nor wait for them.
 Both run their statements on plain sqlite3 in the event loop: a reader never waits for a lock,
 and neither does a writer once its BEGIN IMMEDIATE holds the file's. Only what may wait goes to
 the writer's own thread: the BEGIN IMMEDIATE (another process may hold the lock) and the COMMIT
-(its fsync, and the WAL checkpoint). So a write transaction is two passes of the event loop,
-whatever it does, instead of about four per statement through aiosqlite's thread; under load,
-when every pass also carries the streams' turns (`hutch.http.fair`), that decides how long a
-create takes. A write is acknowledged only once that COMMIT has returned.
+(its fsync, and the WAL checkpoint). So a batch is two passes of the event loop, whatever it
+does, instead of about four per statement through aiosqlite's thread; under load, when every
+pass also carries the streams' turns (`hutch.http.fair`), that decides how long a create takes.
+A write is acknowledged only once its COMMIT has returned, with the durability of one alone
+(WAL, synchronous FULL).
 On PostgreSQL, transactions are READ COMMITTED; `projects.lock()` and `nodes.lock()` take the row
 (FOR NO KEY UPDATE: it excludes the other lockers, but not the inserts of rows that merely
 reference it), and `read()` transactions are READ ONLY. A deadlock or serialization failure ends
@@ -82,6 +88,7 @@ from hutch.store.sql.volumes import SqlVolumes
 
 MIGRATIONS = Path(__file__).parent.parent / "migrations"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for the SQLite file before giving up
+MAX_BATCH = 64  # SQLite: write blocks committed together at most (so the first is not kept)
 CONNECT_TIMEOUT = 10.0  # seconds to reach PostgreSQL
 _MIGRATION_LOCK = 0x6875_7463_6D69_6772  # PostgreSQL advisory lock key ("hutcmigr")
 _RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
@@ -157,7 +164,8 @@ class SqlStore:
         self._sqlite_reader: sa.Engine | None = None  # SQLite's, run in the event loop
         self._sqlite_writer: sa.Engine | None = None  # SQLite's writes (statements in the loop)
         self._writer_thread: ThreadPoolExecutor | None = None  # its BEGIN and COMMIT
-        self._turn: asyncio.Lock | None = None  # SQLite: this process's writers queue here
+        self._turn: asyncio.Lock | None = None  # SQLite: one batch (or migration) at a time
+        self._forming: _Batch | None = None  # SQLite: the batch that new writers join
         self._revisions: Callable[[frozenset[str]], None] | None = None  # watch_revisions
 
     @property
@@ -256,9 +264,9 @@ class SqlStore:
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
         if self._sqlite_writer is not None and self._writer_thread is not None:
-            writing = self._sqlite_write(self._sqlite_writer, self._writer_thread)
-            async with self._translated(), self._writer_turn(), writing as sqlite_tx:
+            async with self._translated(), self._grouped() as (sqlite_tx, batch):
                 yield sqlite_tx
+            await batch.committed()
             self._committed(sqlite_tx)
             return
         engine = self.engine
@@ -277,11 +285,51 @@ class SqlStore:
             self._revisions(frozenset(tx.bumped))
 
     @contextlib.asynccontextmanager
-    async def _sqlite_write(
-        self, engine: sa.Engine, thread: ThreadPoolExecutor
-    ) -> AsyncIterator["SqlTx"]:
-        """BEGIN IMMEDIATE and COMMIT in the writer's thread, the statements in the loop (see
-        the module's docstring); a rollback, which neither waits nor syncs, in the loop too."""
+    async def _grouped(self) -> AsyncIterator[tuple["SqlTx", "_Batch"]]:
+        """A turn in the batch now forming (group commit, see the module's docstring): the
+        block runs in a savepoint of the batch's transaction, after the blocks before it. The
+        caller awaits `batch.committed()` before it says the write is done."""
+        batch = self._forming
+        if batch is None or len(batch.turns) >= MAX_BATCH:
+            batch = self._forming = _Batch()
+        turn = batch.queue()
+        try:
+            async with asyncio.timeout(BUSY_TIMEOUT):
+                await turn
+        except BaseException as e:
+            if turn.done() and not turn.cancelled():  # it came as this task was cancelled
+                self._pass_on(batch)
+            if isinstance(e, TimeoutError):
+                raise Unavailable(self._busy) from None
+            raise
+        try:
+            if batch.broken:
+                raise Unavailable(batch.broken)
+            if batch.conn is None:
+                await self._begin(batch)
+            assert batch.conn is not None
+            savepoint = batch.conn.begin_nested()
+            try:
+                yield SqlTx(_InLoop(batch.conn), self.backend), batch
+            except BaseException:
+                self._undo(batch, savepoint.rollback)  # this block's writes only
+                raise
+            self._undo(batch, savepoint.commit)
+            if batch.broken:
+                raise Unavailable(batch.broken)
+        finally:
+            self._pass_on(batch)
+
+    @property
+    def _busy(self) -> str:
+        return f"{self.where} has been busy with other writers for {BUSY_TIMEOUT:.0f} s"
+
+    async def _begin(self, batch: "_Batch") -> None:
+        """The batch's BEGIN IMMEDIATE, in the writer's thread, once this process's previous
+        batch has ended. Failing (not cancelled), it breaks the batch: its blocks fail alike."""
+        assert self._turn is not None and self._sqlite_writer is not None
+        assert self._writer_thread is not None
+        engine, thread = self._sqlite_writer, self._writer_thread
 
         def begin() -> tuple[Connection, sa.RootTransaction]:
             conn = engine.connect()
@@ -295,16 +343,64 @@ class SqlStore:
             begun[1].rollback()
             begun[0].close()
 
-        conn, transaction = await _in_thread(thread, begin, undo)
         try:
+            async with asyncio.timeout(BUSY_TIMEOUT):
+                await self._turn.acquire()
+        except TimeoutError:
+            batch.broken = self._busy
+            raise Unavailable(batch.broken) from None
+        try:
+            begun = await _in_thread(thread, begin, undo)
+        except BaseException as e:
+            self._turn.release()
+            if isinstance(e, DBAPIError | OSError):
+                batch.broken = str(_translate(e, self.where) if isinstance(e, DBAPIError) else e)
+            raise
+        batch.conn, batch.transaction = begun
+
+    def _undo(self, batch: "_Batch", end: Callable[[], None]) -> None:
+        """A block's savepoint released or rolled back; if SQLite cannot (it may have rolled
+        the whole transaction back, as on a full disk), the batch is broken."""
+        try:
+            end()
+        except DBAPIError as e:
+            batch.broken = f"{self.where} failed: {_reason(e)}"
+
+    def _pass_on(self, batch: "_Batch") -> None:
+        """The next turn of the batch; after the last, its end: COMMIT (or, broken, ROLLBACK)
+        in a task of its own, so that no caller's cancellation stops it half way."""
+        if batch.next_turn():
+            return
+        if self._forming is batch:
+            self._forming = None  # who comes now forms the next batch, begun after this one
+        if batch.conn is None:  # never begun: every block failed or went before its turn
+            batch.end(Unavailable(batch.broken or f"{self.where}: no block was written"))
+            return
+        assert self._turn is not None and self._writer_thread is not None
+        batch.ending = asyncio.create_task(self._end(batch, self._turn, self._writer_thread))
+
+    async def _end(self, batch: "_Batch", turn: asyncio.Lock, thread: ThreadPoolExecutor) -> None:
+        assert batch.conn is not None and batch.transaction is not None
+        conn, transaction = batch.conn, batch.transaction
+        try:
+            if batch.broken:
+                with contextlib.suppress(DBAPIError):  # SQLite may have rolled it back itself
+                    transaction.rollback()  # neither waits nor syncs: in the loop
+                batch.end(Unavailable(batch.broken))
+                return
             try:
-                yield SqlTx(_InLoop(conn), self.backend)
-            except BaseException:
-                transaction.rollback()
+                async with self._translated():
+                    await _in_thread(thread, transaction.commit)
+            except Exception as e:
+                batch.end(e)
+            except BaseException:  # cancelled (the loop is closing): the COMMIT's end is unknown
+                batch.end(Unavailable(f"{self.where} closed while it committed"))
                 raise
-            await _in_thread(thread, transaction.commit)
+            else:
+                batch.end(None)
         finally:
             conn.close()  # back to the pool; nothing is left to roll back
+            turn.release()
 
     @contextlib.asynccontextmanager
     async def _writer_turn(self) -> AsyncIterator[None]:
@@ -405,6 +501,51 @@ def _sqlite_setup(engine: sa.Engine, *, write: bool) -> None:
     @event.listens_for(engine, "begin")
     def begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class _Batch:
+    """Write blocks of one process that share one SQLite transaction and its one COMMIT: each
+    runs in its own savepoint, in the order they came, and each is answered after the COMMIT.
+    One block's failure rolls back its savepoint alone; one that SQLite cannot roll back alone
+    (it rolled the transaction back) breaks the batch: every block in it fails Unavailable."""
+
+    def __init__(self) -> None:
+        self.turns: list[asyncio.Future[None]] = []  # one per block, granted in order
+        self.conn: Connection | None = None  # begun by the first turn taken
+        self.transaction: sa.RootTransaction | None = None
+        self.broken = ""  # why the batch cannot commit, once it cannot
+        self.ending: asyncio.Task[None] | None = None  # the COMMIT, once the last block ran
+        self._next = 0
+        self._outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def queue(self) -> "asyncio.Future[None]":
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.turns.append(turn)
+        if len(self.turns) == 1:
+            self.next_turn()
+        return turn
+
+    def next_turn(self) -> bool:
+        """Grant the next waiting turn; False when none is left (the batch ends)."""
+        while self._next < len(self.turns):
+            turn = self.turns[self._next]
+            self._next += 1
+            if not turn.done():  # one cancelled while it waited is skipped
+                turn.set_result(None)
+                return True
+        return False
+
+    def end(self, error: BaseException | None) -> None:
+        if error is None:
+            self._outcome.set_result(None)
+        else:
+            self._outcome.set_exception(error)
+            self._outcome.exception()  # retrieved: a batch of failed blocks has no one to wait
+
+    async def committed(self) -> None:
+        """Once the batch's COMMIT returned; its error if it failed (the block's writes are
+        lost with it). A caller cancelled meanwhile leaves the COMMIT running."""
+        await asyncio.shield(self._outcome)
 
 
 class _InLoop:

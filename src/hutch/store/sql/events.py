@@ -19,6 +19,12 @@ from hutch.store.base import NewEvent
 from hutch.store.sql.repo import Repo, from_row
 
 MAX_EVENTS = 1000  # events per since() call
+_NUMBER = (  # built once: every state change asks
+    sa.update(t.projects)
+    .where(t.projects.c.id == sa.bindparam("project"))
+    .values(event_seq=t.projects.c.event_seq + sa.bindparam("n", type_=sa.Integer))
+    .returning(t.projects.c.event_seq)
+)
 
 
 class SqlEvents(Repo):
@@ -45,14 +51,9 @@ class SqlEvents(Repo):
         """Take the project's next `n` event numbers: the first. The update holds the project's
         row until the transaction ends, so a project's events are numbered in commit order,
         whichever controller writes them (see the module's docstring); NotFound if it is gone."""
-        p = t.projects
-        stmt = (
-            sa.update(p)
-            .where(p.c.id == project_id)
-            .values(event_seq=p.c.event_seq + n)
-            .returning(p.c.event_seq)
-        )
-        last = (await self._c.execute(stmt)).scalar_one_or_none()
+        last = (
+            await self._c.execute(_NUMBER, {"project": project_id, "n": n})
+        ).scalar_one_or_none()
         if last is None:
             raise NotFound(f"project {project_id!r} not found")
         return int(last) - n + 1

@@ -142,24 +142,9 @@ class SqlMachines(Repo):
         return _to_machine(row)
 
     async def usage(self, project_id: str) -> Usage:
-        m = t.machines
-        # A suspended machine holds its place in the count and disk, not CPU or memory: its
-        # scratch disk, and its memory, saved on its node's disk.
-        active = m.c.state.in_([s.value for s in ACTIVE])
-        saved = sa.case((m.c.state == MachineState.SUSPENDED.value, m.c.memory_mib), else_=0)
-        stmt = sa.select(
-            sa.func.count(),
-            sa.func.coalesce(sa.func.sum(sa.case((active, m.c.cpus), else_=0)), 0),
-            sa.func.coalesce(sa.func.sum(sa.case((active, m.c.memory_mib), else_=0)), 0),
-            sa.func.coalesce(sa.func.sum(m.c.scratch_mib + saved), 0),
-        ).where(
-            m.c.project_id == project_id,
-            sa.or_(active, m.c.state == MachineState.SUSPENDED.value),
-            # Created not to start (or stopped before placement): it will hold nothing until a
-            # start, which checks the quota again.
-            sa.or_(m.c.node_id.is_not(None), m.c.desired == Desired.RUNNING.value),
+        count, vcpus, memory_mib, disk_mib = tuple(
+            (await self._c.execute(_USAGE, {"project_id": project_id})).one()
         )
-        count, vcpus, memory_mib, disk_mib = tuple((await self._c.execute(stmt)).one())
         return Usage(machines=count, vcpus=vcpus, memory_mib=memory_mib, disk_mib=disk_mib)
 
     async def on_node(self, node_id: str) -> builtins.list[Machine]:
@@ -406,3 +391,27 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
     if not isinstance(created_at, int | float) or not isinstance(machine_id, str):
         raise Invalid("the cursor is not one this store handed out")
     return float(created_at), machine_id
+
+
+def _usage() -> sa.Select[Any]:
+    """What a project's machines hold (MachineRepo.usage); built once, as every create asks."""
+    m = t.machines
+    # A suspended machine holds its place in the count and disk, not CPU or memory: its
+    # scratch disk, and its memory, saved on its node's disk.
+    active = m.c.state.in_([s.value for s in ACTIVE])
+    saved = sa.case((m.c.state == MachineState.SUSPENDED.value, m.c.memory_mib), else_=0)
+    return sa.select(
+        sa.func.count(),
+        sa.func.coalesce(sa.func.sum(sa.case((active, m.c.cpus), else_=0)), 0),
+        sa.func.coalesce(sa.func.sum(sa.case((active, m.c.memory_mib), else_=0)), 0),
+        sa.func.coalesce(sa.func.sum(m.c.scratch_mib + saved), 0),
+    ).where(
+        m.c.project_id == sa.bindparam("project_id"),
+        sa.or_(active, m.c.state == MachineState.SUSPENDED.value),
+        # Created not to start (or stopped before placement): it will hold nothing until a
+        # start, which checks the quota again.
+        sa.or_(m.c.node_id.is_not(None), m.c.desired == Desired.RUNNING.value),
+    )
+
+
+_USAGE = _usage()

@@ -50,9 +50,7 @@ class SqlNodes(Repo):
         return None if row is None else _to_node(row)
 
     async def list(self) -> list[Node]:
-        return [
-            _to_node(r) for r in await self._c.execute(sa.select(t.nodes).order_by(t.nodes.c.name))
-        ]
+        return [_to_node(r) for r in await self._c.execute(_LIST)]
 
     async def update(self, node: Node) -> Node:
         async def refused() -> NoReturn:  # the only constraint an update can break
@@ -208,3 +206,6 @@ def _to_node(r: Row[Any]) -> Node:
         labels=dict(r.labels),
         state=NodeState(r.state),
     )
+
+
+_LIST = sa.select(t.nodes).order_by(t.nodes.c.name)  # built once: every create asks, twice

@@ -26,8 +26,7 @@ class SqlProjects(Repo):
         return _to_project(await self._found(stmt, "project", project_id))
 
     async def by_name(self, name: str) -> Project:
-        stmt = sa.select(t.projects).where(t.projects.c.name == name)
-        return _to_project(await self._found(stmt, "project", name))
+        return _to_project(await self._found(_BY_NAME, "project", name, {"name": name}))
 
     async def list(self) -> list[Project]:
         rows = await self._c.execute(sa.select(t.projects).order_by(t.projects.c.name))
@@ -121,3 +120,7 @@ def _quota_values(q: Quota) -> dict[str, Any]:
 
 def _to_project(r: Row[Any]) -> Project:
     return from_row(Project, r, quota=from_row(Quota, r, "quota_"), strategy=Strategy(r.strategy))
+
+
+# Built once: every request naming a project asks.
+_BY_NAME = sa.select(t.projects).where(t.projects.c.name == sa.bindparam("name"))

@@ -28,7 +28,7 @@ class SqlTokens(Repo):
         raise Conflict(f"a token with id {token.id!r} already exists")
 
     async def by_hash(self, secret_hash: str) -> Token | None:
-        row = await self._one(sa.select(t.tokens).where(t.tokens.c.secret_hash == secret_hash))
+        row = await self._one(_BY_HASH, {"hash": secret_hash})
         return None if row is None else _to_token(row)
 
     async def get(self, token_id: str) -> Token:
@@ -70,3 +70,7 @@ class SqlTokens(Repo):
 
 def _to_token(r: Row[Any]) -> Token:
     return from_row(Token, r, role=Role(r.role))
+
+
+# Built once: every request asks (SQLAlchemy keeps the statement's cache key on it).
+_BY_HASH = sa.select(t.tokens).where(t.tokens.c.secret_hash == sa.bindparam("hash"))
