@@ -77,7 +77,10 @@ async def test_pages_are_capped_and_cursors_follow(api: Api) -> None:
     for i in range(5):
         assert (
             await api.machine(
-                token, name=f"p{i}", labels={"batch": "a" if i < 3 else "b"}, **(rich if i == 1 else {})
+                token,
+                name=f"p{i}",
+                labels={"batch": "a" if i < 3 else "b"},
+                **(rich if i == 1 else {}),
             )
         ).status_code == 201
     first = (await api.call("GET", "/v1/machines?limit=2", token)).json()
