@@ -10,14 +10,16 @@ and the p99 latency of POST /v1/machines under 20 concurrent creates (against a 
 one node is simulated: this host fits 8 vCPUs of machines). The last line printed is one JSON
 object with the figures.
 
-    make bench    or    .venv/bin/python -m bench.api [--runs N] [--only create]  (from the root)
+    make bench    or    .venv/bin/python -m bench.api [--runs N] [--only create|list]  (from the root)
 
-`--only create` measures the creates alone (no `hutch up`, no micro-VM, no wrk), `--hutch PATH`
+`--only create` measures the creates alone (no `hutch up`, no micro-VM, no wrk), `--only list`
+(c) and (d) alone; both against a controller whose one node is simulated. `--hutch PATH` runs
 another build's `hutch` (say, main's) so that two builds are compared on the same machine.
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -141,36 +144,92 @@ async def p99_create_ms(url: str, token: str, clients: int = 20, each: int = 12)
     return latencies[int(len(latencies) * 0.99) - 1]
 
 
-def create_only(hutch: str) -> None:
-    work = Path(tempfile.mkdtemp(prefix="hbc", dir="/tmp"))
+@contextlib.contextmanager
+def simulated(hutch: str) -> Iterator[tuple[str, str, Path]]:
+    """A controller whose one node is simulated, in a directory of its own: (url, token, dir)."""
+    work = Path(tempfile.mkdtemp(prefix="hbs", dir="/tmp"))
     sim = None
     try:
-        sim, sim_url, sim_token = controller_with_simulated_node(work, hutch)
-        p99 = asyncio.run(p99_create_ms(sim_url, sim_token))
+        sim, url, token = controller_with_simulated_node(work, hutch)
+        yield url, token, work
     finally:
         if sim is not None:
             sim.send_signal(signal.SIGTERM)
             sim.wait(30)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def create_only(hutch: str) -> None:
+    with simulated(hutch) as (url, token, _):
+        p99 = asyncio.run(p99_create_ms(url, token))
     print(f"p99 create under 20 clients: {p99:.0f} ms")
     print(json.dumps({"p99_create_ms": round(p99, 1)}))
+
+
+def list_vs_bare(url: str, token: str, work: Path) -> tuple[float, float]:
+    """(c) and (d): 100 machines listed by the controller at `url`, then the same document from
+    memory by a bare Starlette app, each under wrk: (list req/s, bare req/s)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    for i in range(100):
+        body = {"image": "busybox", "name": f"idle-{i}", "start": False}
+        httpx.post(f"{url}/v1/machines?project=default", json=body, headers=headers)
+    listing = httpx.get(f"{url}/v1/machines?project=default", headers=headers)
+    if len(listing.json()["items"]) != 100:
+        raise RuntimeError(f"the listing holds {len(listing.json()['items'])} machines")
+    list_rps = wrk(f"{url}/v1/machines?project=default", token)
+
+    bare_dir = work / "bare"
+    bare_dir.mkdir()
+    (bare_dir / "bare_app.py").write_text(BARE_APP)
+    (bare_dir / "listing.json").write_bytes(listing.content)
+    bare_port = free_port()
+    bare = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(bare_port),
+         "--log-level", "warning"],
+        cwd=bare_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{bare_port}/v1/machines")
+        bare_rps = wrk(f"http://127.0.0.1:{bare_port}/v1/machines", None)
+    finally:
+        bare.send_signal(signal.SIGTERM)
+        bare.wait(30)
+    return list_rps, bare_rps
+
+
+def only_list(hutch: str) -> None:
+    """`--only list`: (c) and (d) alone, against a controller whose one node is simulated (no
+    `hutch up`, no guests, no agent polling in the same process): quick to iterate on."""
+    with simulated(hutch) as (url, token, work):
+        list_rps, bare_rps = list_vs_bare(url, token, work)
+    figures = {
+        "list_rps": round(list_rps, 1),
+        "bare_rps": round(bare_rps, 1),
+        "list_vs_bare_ratio": round(list_rps / bare_rps, 3),
+    }
+    print(f"{'(c) GET /v1/machines (100), 20 conns':<40} {list_rps:.0f} req/s")
+    print(f"{'(d) bare Starlette, same way':<40} {bare_rps:.0f} req/s")
+    print(json.dumps(figures))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--only", choices=["create"], help="measure this alone")
-    parser.add_argument("--hutch", default=HUTCH, help="the hutch executable (--only create)")
+    parser.add_argument("--only", choices=["create", "list"], help="measure this alone")
+    parser.add_argument("--hutch", default=HUTCH, help="the hutch executable (with --only)")
     args = parser.parse_args()
     if args.only == "create":
         create_only(args.hutch)
+        return
+    if args.only == "list":
+        only_list(args.hutch)
         return
     work = Path(tempfile.mkdtemp(prefix="hba", dir="/tmp"))
     port = free_port()
     env = hutch_env(work)
     up = subprocess.Popen([HUTCH, "up", "--port", str(port)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    bare = sim = None
+    sim = None
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/healthz")
@@ -188,34 +247,15 @@ def main() -> None:
             print(f"run {i + 1}: via API {via_api[-1]:.3f}s, direct {sandbox[-1]:.3f}s",
                   file=sys.stderr)  # fmt: skip
 
+        list_rps, bare_rps = list_vs_bare(url, token, work)
         headers = {"Authorization": f"Bearer {token}"}
-        for i in range(100):
-            body = {"image": "busybox", "name": f"idle-{i}", "start": False}
-            httpx.post(f"{url}/v1/machines?project=default", json=body, headers=headers)
-        listing = httpx.get(f"{url}/v1/machines?project=default", headers=headers)
-        if len(listing.json()["items"]) != 100:
-            raise RuntimeError(f"the listing holds {len(listing.json()['items'])} machines")
-        list_rps = wrk(f"{url}/v1/machines?project=default", token)
-
-        bare_dir = work / "bare"
-        bare_dir.mkdir()
-        (bare_dir / "bare_app.py").write_text(BARE_APP)
-        (bare_dir / "listing.json").write_bytes(listing.content)
-        bare_port = free_port()
-        bare = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(bare_port),
-             "--log-level", "warning"],
-            cwd=bare_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_http(f"http://127.0.0.1:{bare_port}/v1/machines")
-        bare_rps = wrk(f"http://127.0.0.1:{bare_port}/v1/machines", None)
         remove_all(url, headers)
         # The host's 2 CPUs hold 8 vCPUs of machines: creates at this rate go to a controller
         # whose node is simulated, so they measure the control plane and not the node's size.
         sim, sim_url, sim_token = controller_with_simulated_node(work)
         p99 = asyncio.run(p99_create_ms(sim_url, sim_token))
     finally:
-        for proc in (bare, up, sim):
+        for proc in (up, sim):
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)

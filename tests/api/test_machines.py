@@ -69,14 +69,33 @@ async def test_bodies_are_checked(api: Api) -> None:
 
 async def test_pages_are_capped_and_cursors_follow(api: Api) -> None:
     token = await api.token("alpha", "member")
+    rich = {
+        "env": {"A": "1"},
+        "command": ["sleep", "9"],
+        "ports": [{"host_port": 8080, "port": 80}],
+    }
     for i in range(5):
         assert (
-            await api.machine(token, name=f"p{i}", labels={"batch": "a" if i < 3 else "b"})
+            await api.machine(
+                token,
+                name=f"p{i}",
+                labels={"batch": "a" if i < 3 else "b"},
+                **(rich if i == 1 else {}),
+            )
         ).status_code == 201
     first = (await api.call("GET", "/v1/machines?limit=2", token)).json()
     assert len(first["items"]) == 2 and first["next"]
     rest = (await api.call("GET", f"/v1/machines?limit=1000&cursor={first['next']}", token)).json()
     assert [m["name"] for m in first["items"] + rest["items"]] == [f"p{i}" for i in range(5)]
+    # A list writes its machines straight to bytes: each as the machine's own view has it.
+    for m in first["items"]:
+        assert m == (await api.call("GET", f"/v1/machines/{m['name']}", token)).json()
+    assert (
+        first["items"][1]["ports"]
+        == [{"host_port": 8080, "port": 80, "protocol": "tcp", "host_ip": ""}]
+        and first["items"][1]["addresses"]
+        and first["items"][1]["env"] == {"A": "1"}
+    )
     labelled = (await api.call("GET", "/v1/machines?label=batch=b", token)).json()["items"]
     assert [m["name"] for m in labelled] == ["p3", "p4"]
     assert (await api.call("GET", "/v1/machines?label=nolabel", token)).status_code == 400

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hutch.cli.remote import data
 from tests.controller import (
     BUSYBOX_CONFIG,
     Controller,
@@ -44,13 +45,20 @@ def hutch(env: dict[str, str]) -> Hutch:
     return Hutch(env)
 
 
-def test_ps_reads_the_listing_without_the_sdks_models(hutch: Hutch, env: dict[str, str]) -> None:
-    """`hutch ps` (its table, its ids) prints what the SDK's models would, and loads neither
-    them nor YAML, asyncio, websockets or rich (bench/cli.py: the CLI answers at once)."""
+def test_ps_reads_the_listing_without_the_sdks_models(
+    hutch: Hutch, env: dict[str, str], controller: Controller
+) -> None:
+    """`hutch ps` (its table, its ids, its JSON) prints what the SDK's models would, and loads
+    neither them nor YAML, asyncio, websockets or rich (bench/cli.py: the CLI answers at once)."""
     hutch("run", "-d", *C, "--name", "one", "--label", "app=web", "busybox", "--", "true")
     assert hutch("wait", "one").stdout == "0\n"
-    listed = json.loads(hutch("ps", "-o", "json").stdout)  # through the SDK's models
-    for args in (("ps",), ("ps", "-a", "--state", "exited", "-l", "app=web"), ("ps", "-q")):
+    listed = json.loads(hutch("ps", "-o", "json").stdout)
+    with controller.client(env["HUTCH_PROJECT"]) as client:  # as the SDK's models give them
+        assert listed == [data(m) for m in client.machines.list()]
+    for args in (
+        ("ps",), ("ps", "-a", "--state", "exited", "-l", "app=web"), ("ps", "-q"),
+        ("ps", "-o", "json"),
+    ):  # fmt: skip
         done, modules = hutch.imports(*args)
         assert done.returncode == 0, done.stderr
         assert "hutch.client.plain" in modules
@@ -58,6 +66,8 @@ def test_ps_reads_the_listing_without_the_sdks_models(hutch: Hutch, env: dict[st
         assert not {m for m in modules if m.startswith(slow)}, args
         if args == ("ps", "-q"):
             assert done.stdout.split() == [listed[0]["id"]]
+        elif args == ("ps", "-o", "json"):
+            assert json.loads(done.stdout) == listed
         else:
             header, row = done.stdout.splitlines()
             assert header.split() == [

@@ -11,7 +11,9 @@ from hutch.model.machine import Node
 from hutch.model.tenancy import Principal, Project
 
 
-def controller(request: Request) -> Controller:
+async def controller(request: Request) -> Controller:
+    # async, although it awaits nothing: FastAPI runs a plain def dependency in a worker
+    # thread, a hop per request for reading an attribute.
     ctl: Controller = request.app.state.controller
     return ctl
 

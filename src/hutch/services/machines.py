@@ -595,14 +595,17 @@ class Machines:
         include_destroyed: bool = False,
         limit: int = 100,
         cursor: str | None = None,
-    ) -> tuple[list[Machine], str | None]:
+    ) -> tuple[list[Machine], dict[str, Wiring], str | None]:
+        """A page of the project's machines, their wiring (as `wiring`) read in the same
+        transaction, and the cursor of the next page (None on the last)."""
         self.policy.require(principal, Action.MACHINE_READ, project.id)
         if not states and not include_destroyed:
             states = tuple(s for s in MachineState if s is not MachineState.DESTROYED)
         async with self.store.read() as tx:
-            return await tx.machines.list(
+            machines, after = await tx.machines.list(
                 project.id, states=states, labels=labels, limit=limit, cursor=cursor
             )
+            return machines, await wirings(tx, [m.id for m in machines]), after
 
     async def listing(
         self, principal: Principal, project: Project

@@ -55,17 +55,21 @@ async def _per_machine(
     """Rows of `table` for each of `machine_ids` (every id a key, in `order`), made into values."""
     found: dict[str, list[V]] = {m: [] for m in machine_ids}
     if machine_ids:
-        stmt = _PER_MACHINE.get(table)
-        if stmt is None:  # built once: every view of a machine asks (its cache key kept on it)
-            ids: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
-            stmt = sa.select(table).where(table.c.machine_id.in_(ids))
-            stmt = _PER_MACHINE[table] = stmt.order_by(table.c.machine_id, *order)
+        key = (table, *order)
+        if (stmt := _PER_MACHINE.get(key)) is None:
+            stmt = _PER_MACHINE[key] = (
+                sa.select(table)
+                .where(table.c.machine_id.in_(sa.bindparam("ids", expanding=True)))
+                .order_by(table.c.machine_id, *order)
+            )
         for r in await conn.execute(stmt, {"ids": sorted(set(machine_ids))}):
             found[r.machine_id].append(make(r))
     return found
 
 
-_PER_MACHINE: dict[sa.Table, sa.Select[Any]] = {}  # _per_machine's statement, per table
+# _per_machine()'s statements, built once: building one coerces each id of its IN list (a
+# page lists 100 machines) before the compiled form is found in the cache.
+_PER_MACHINE: dict[tuple[Any, ...], sa.Select[Any]] = {}
 
 
 class SqlNetworks(Repo):
