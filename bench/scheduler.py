@@ -111,14 +111,10 @@ def make_machines(project: str, count: int, rng: random.Random) -> list[Machine]
 
 async def fill(store: SqlStore, nodes: list[Node], machines: list[Machine]) -> None:
     project = Project(id="p-bench", name="bench", created_at=0.0, quota=Quota())
-    async with store.write() as tx:
+    async with store.write() as tx:  # a bulk load: the rows create() writes, in few trips
         await tx.projects.create(project)
-        for node in nodes:
-            await tx.nodes.create(node, f"credential-{node.id}")
-    for start in range(0, len(machines), 2000):
-        async with store.write() as tx:
-            for m in machines[start : start + 2000]:
-                await tx.machines.create(m)
+        await tx.nodes.create_many([(node, f"credential-{node.id}") for node in nodes])
+        await tx.machines.create_many(machines)
 
 
 async def schedule(url: str, nodes: list[Node], machines: list[Machine]) -> dict[str, float]:

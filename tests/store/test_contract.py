@@ -252,6 +252,39 @@ async def test_machine_create_refusals(store: SqlStore) -> None:
         await tx.machines.create(f.machine(b.id, "web"))  # names are per project
 
 
+async def test_bulk_creates_write_what_create_writes(store: SqlStore) -> None:
+    a = f.project()
+    nodes = [f.node("node-b"), f.node("node-a", labels={}, overhead_mib={}, domain="d1")]
+    machines = [
+        f.machine(a.id, "web", command=("sh", "-c", "x"), env=("A=1",), labels={"app": "web"},
+                  group="g", group_policy=GroupPolicy.ANTI_AFFINITY, node_id=nodes[0].id),
+        f.machine(a.id, "bare"),
+    ]  # fmt: skip
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.nodes.create_many([])
+        await tx.machines.create_many([])
+        await tx.nodes.create_many([(n, f"cred-{n.name}") for n in nodes])
+        await tx.machines.create_many(machines)
+    async with store.read() as tx:
+        assert await tx.nodes.list() == nodes[::-1]  # by name
+        assert await tx.nodes.by_credential("cred-node-a") == nodes[1]
+        assert [await tx.machines.by_id(m.id) for m in machines] == machines
+    async with store.write() as tx:  # pending() locks on PostgreSQL
+        assert [m.id for m in await tx.machines.pending(10)] == [machines[1].id]
+    # One broken constraint refuses the whole batch.
+    with pytest.raises(Conflict):
+        async with store.write() as tx:
+            await tx.machines.create_many([f.machine(a.id, "new"), f.machine(a.id, "web")])
+    with pytest.raises(Conflict):
+        async with store.write() as tx:
+            await tx.nodes.create_many([(f.node("node-c"), "cred-c"), (f.node(), "cred-node-a")])
+    async with store.read() as tx:
+        assert len(await tx.nodes.list()) == 2
+        with pytest.raises(NotFound):
+            await tx.machines.get(a.id, "new")
+
+
 async def test_tenant_scoping(store: SqlStore) -> None:
     a, b = f.project(), f.project()
     m = f.machine(a.id, "secret-app", cpus=2)

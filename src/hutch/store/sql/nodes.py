@@ -21,16 +21,7 @@ class SqlNodes(Repo):
         self.bumped: set[str] = set()  # nodes whose revision this transaction bumped
 
     async def create(self, node: Node, credential_hash: str) -> None:
-        values = {
-            "id": node.id,
-            "created_at": node.created_at,
-            "version": node.version,
-            "revision": 0,
-            "credential_hash": credential_hash,
-            **_node_values(node),
-            **_allocation(node.allocated),
-        }
-        if await self._insert(t.nodes, values):
+        if await self._insert(t.nodes, _row(node, credential_hash)):
             return
         n = t.nodes
         if await self._exists(n, n.c.name == node.name):
@@ -38,6 +29,10 @@ class SqlNodes(Repo):
         if await self._exists(n, n.c.credential_hash == credential_hash):
             raise Conflict("a node with that credential already exists")
         raise Conflict(f"a node with id {node.id!r} already exists")
+
+    async def create_many(self, nodes: Sequence[tuple[Node, str]]) -> None:
+        if nodes:  # executemany: SQLAlchemy sends multi-row INSERTs
+            await self._c.execute(t.nodes.insert(), [_row(n, c) for n, c in nodes])
 
     async def get(self, node_id: str) -> Node:
         stmt = sa.select(t.nodes).where(t.nodes.c.id == node_id)
@@ -167,6 +162,19 @@ _CLAIM_SQLITE = sa.text(
     + f" FROM json_each(:claims)) UPDATE nodes AS n SET {_CLAIM_SET} FROM w WHERE {_CLAIM_WHERE}"
     " RETURNING id"  # SQLite's RETURNING names the updated table's columns only, unqualified
 )
+
+
+def _row(node: Node, credential_hash: str) -> dict[str, Any]:
+    """The row a create writes."""
+    return {
+        "id": node.id,
+        "created_at": node.created_at,
+        "version": node.version,
+        "revision": 0,
+        "credential_hash": credential_hash,
+        **_node_values(node),
+        **_allocation(node.allocated),
+    }
 
 
 def _node_values(n: Node) -> dict[str, Any]:
