@@ -3,7 +3,7 @@
 from hutch.model.machine import Capacity, GroupPolicy, Strategy
 from hutch.placement import place
 from hutch.placement.index import Index
-from hutch.placement.request import Placement
+from hutch.placement.request import Context, Placement
 from tests.placement.factories import mixed, node, placed, rejected, request
 
 
@@ -68,3 +68,13 @@ def test_nodes_that_hold_the_image_are_preferred_among_equals_not_over_room() ->
     # Room still counts for more: a much fuller holder is not chosen.
     busy = node("z", allocated=Capacity(3, 3500, 0))
     assert placed(Index([*equal, busy]).place(r, holders=frozenset({"id-z"}))) != "z"
+
+
+def test_many_holders_are_met_on_the_walk_which_stays_short() -> None:
+    r = request()
+    equal = [node(f"n{i:03d}") for i in range(200)]
+    holders = frozenset(f"id-n{i:03d}" for i in range(150, 200))  # more than are looked up
+    got = Index(equal, k=2).place(r, holders=holders)
+    # The first holder, as weighing every node finds, from 2 + 2 weighed, not 52.
+    assert placed(got) == placed(place(r, equal, Context(holders=holders))) == "n150"
+    assert isinstance(got, Placement) and got.considered == 4

@@ -17,6 +17,7 @@ from hutch.placement.request import Context, Placement, Rejection, Request
 from hutch.placement.weighers import best
 
 SAMPLE = 16  # nodes `Index` weighs per placement
+HOLDERS_LOOKED_UP = 2 * SAMPLE  # up to this many nodes holding the image are weighed each
 
 
 class Index:
@@ -56,13 +57,21 @@ class Index:
         # Room alone: the best of a shape is among its first two (the second for ties). A
         # group also weighs failure domains: it looks further.
         per_shape = max(self.k // max(len(self._shapes), 1), 2) if request.group else 2
+        # Nodes that hold the image are weighed too (`has_image`), wherever the walk stops. A
+        # few are looked up one by one; many (a busy image is on most nodes) would make that a
+        # walk over every node, so each shape's walk goes on to its first few holders instead.
+        few = len(holders) <= HOLDERS_LOOKED_UP
+        want_held = 0 if few else per_shape
         candidates: list[Node] = []
         reasons: dict[str, str] = {}
         for order in self._shapes.values():
             # Spread walks from the emptiest node, pack from the fullest.
             walk = iter(order) if request.strategy is Strategy.SPREAD else reversed(order)
-            found = 0
+            found = held = 0
             for _, _, node_id in walk:
+                holder = node_id in holders
+                if found >= per_shape and not holder:
+                    continue
                 node = self._nodes[node_id]
                 why = first_reason(request, node, context)
                 if why is not None:
@@ -70,13 +79,14 @@ class Index:
                     continue
                 candidates.append(node)
                 found += 1
-                if found == per_shape:
+                held += holder
+                if found >= per_shape and held >= want_held:
                     break
-        # Nodes that hold the image are weighed too, wherever their shape's walk stopped.
-        for holder in sorted(holders - {n.id for n in candidates}):
-            held = self._nodes.get(holder)
-            if held is not None and first_reason(request, held, context) is None:
-                candidates.append(held)
+        if few:
+            for holder in sorted(holders - {n.id for n in candidates}):
+                node = self._nodes.get(holder)
+                if node is not None and first_reason(request, node, context) is None:
+                    candidates.append(node)
         if not candidates:
             return Rejection(reasons)
         return best(request, candidates, context)
