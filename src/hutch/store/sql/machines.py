@@ -184,8 +184,13 @@ class SqlMachines(Repo):
         return [_to_machine(r) for r in await self._c.execute(stmt)]
 
     async def place(self, placed: Sequence[tuple[str, str]], at: float) -> None:
-        """Give pending machines their node: (machine id, node id) pairs, in one statement."""
+        """Give pending machines their node: (machine id, node id) pairs, in one statement
+        (on PostgreSQL over two arrays: one execution, not one per machine)."""
         if not placed:
+            return
+        if self._pg:
+            machines, nodes = (list(column) for column in zip(*placed, strict=True))
+            await self._c.execute(_PLACE_PG, {"machines": machines, "nodes": nodes, "at": at})
             return
         m = t.machines
         stmt = (
@@ -301,6 +306,14 @@ class SqlMachines(Repo):
             await self._c.execute(sa.delete(linked).where(linked.c.machine_id.in_(ids)))
         await self._c.execute(sa.delete(m).where(m.c.id.in_(ids), gone))
         return len(ids)
+
+
+_PLACE_PG = sa.text(
+    "UPDATE machines AS m SET node_id = w.node, error = '', updated_at = :at,"
+    " version = m.version + 1"
+    " FROM unnest(CAST(:machines AS text[]), CAST(:nodes AS text[])) AS w(machine, node)"
+    " WHERE m.id = w.machine AND m.node_id IS NULL"
+)
 
 
 def _row(m: Machine) -> dict[str, Any]:
