@@ -110,13 +110,26 @@ class Index:
         if not holders:
             return {}
         shapes = self._holding.get(holders)
-        if shapes is None:
+        if shapes is not None:
+            return shapes
+        # A set like one sorted before (the same image, a page later: a few more holders) takes
+        # its sorting over, changed by the difference; so sets no longer named are not kept.
+        for known in self._holding:
+            gone, new = known - holders, holders - known
+            if len(gone) + len(new) < len(holders):
+                shapes = self._holding.pop(known)
+                for node_id in gone:
+                    if (node := self._nodes.get(node_id)) is not None:
+                        shapes[_shape(node)].remove(_key(node))
+                break
+        else:
             if len(self._holding) >= HOLDER_SETS:
                 self._holding.clear()
-            shapes = self._holding[holders] = {}
-            for node_id in holders:
-                if (node := self._nodes.get(node_id)) is not None:
-                    shapes.setdefault(_shape(node), SortedList()).add(_key(node))
+            shapes, new = {}, holders
+        self._holding[holders] = shapes
+        for node_id in new:
+            if (node := self._nodes.get(node_id)) is not None:
+                shapes.setdefault(_shape(node), SortedList()).add(_key(node))
         return shapes
 
     def claim(self, node_id: str, request: Request) -> Node:
