@@ -726,6 +726,28 @@ async def test_node_claims_are_increments_within_a_limit(store: SqlStore) -> Non
         assert (await tx.nodes.get(b.id)).allocated == Capacity(1, 1, 1)
 
 
+async def test_node_changes_since_a_read(store: SqlStore) -> None:
+    a, b, c, same = f.node("a"), f.node("b"), f.node("c"), f.node("same")
+    async with store.write() as tx:
+        for n in (a, b, c, same):
+            await tx.nodes.create(n, f"cred-{n.name}")
+    async with store.read() as tx:
+        known = {n.id: n for n in await tx.nodes.list()}
+        assert await tx.nodes.changed(known) == ([], set())
+    d = f.node("d")
+    async with store.write() as tx:
+        await tx.nodes.update(replace(a, labels={"x": "y"}))  # updated
+        await tx.nodes.claim([Claim(b.id, Capacity(1, 100, 0), Capacity(8, 16384, 100_000))])
+        await tx.nodes.delete(c.id)
+        await tx.nodes.create(d, "cred-d")
+    async with store.read() as tx:
+        changed, gone = await tx.nodes.changed(known)
+        assert sorted(changed, key=lambda n: n.name) == [
+            await tx.nodes.get(n.id) for n in (a, b, d)
+        ]
+        assert gone == {c.id}
+
+
 async def test_node_revisions_bumped_in_one_go(store: SqlStore) -> None:
     a, b = f.node(), f.node()
     async with store.write() as tx:

@@ -45,6 +45,11 @@ class Index:
     def node(self, node_id: str) -> Node:
         return self._nodes[node_id]
 
+    @property
+    def nodes(self) -> Mapping[str, Node]:
+        """Node id -> the node as the index sees it (do not change it: see update)."""
+        return self._nodes
+
     def place(
         self,
         request: Request,
@@ -145,11 +150,20 @@ class Index:
                 _move(shapes, old, node)
         return node
 
+    def remove(self, node_id: str) -> None:
+        """Forget a node (gone from the store)."""
+        old = self._nodes.pop(node_id)
+        _move(self._shapes, old, None)
+        for holders, shapes in self._holding.items():
+            if node_id in holders:
+                _move(shapes, old, None)
 
-def _move(shapes: Shapes, old: Node | None, new: Node) -> None:
+
+def _move(shapes: Shapes, old: Node | None, new: Node | None) -> None:
     if old is not None:
         shapes[_shape(old)].remove(_key(old))
-    shapes.setdefault(_shape(new), SortedList()).add(_key(new))
+    if new is not None:
+        shapes.setdefault(_shape(new), SortedList()).add(_key(new))
 
 
 def _shape(node: Node) -> tuple[object, ...]:

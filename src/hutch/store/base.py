@@ -215,6 +215,14 @@ class NodeRepo(Protocol):
 
     async def get(self, node_id: str) -> Node: ...
 
+    async def changed(
+        self, known: Mapping[str, Node]
+    ) -> tuple[builtins.list[Node], builtins.set[str]]:
+        """What differs from `known` (node id -> the node as read before): the nodes that are
+        new, updated (their version moved) or whose allocation changed, and the ids of known
+        nodes that are gone. It reads versions and allocations, and whole rows only for new
+        and updated nodes: a cheap refresh of a snapshot of many nodes."""
+
     async def by_credential(self, credential_hash: str) -> Node | None: ...
 
     async def list(self) -> builtins.list[Node]: ...

@@ -2,7 +2,8 @@
 
 import builtins
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
@@ -37,6 +38,27 @@ class SqlNodes(Repo):
     async def get(self, node_id: str) -> Node:
         stmt = sa.select(t.nodes).where(t.nodes.c.id == node_id)
         return _to_node(await self._found(stmt, "node", node_id))
+
+    async def changed(
+        self, known: Mapping[str, Node]
+    ) -> tuple[builtins.list[Node], builtins.set[str]]:
+        n = t.nodes
+        stmt = sa.select(
+            n.c.id, n.c.version, n.c.allocated_cpus, n.c.allocated_memory_mib,
+            n.c.allocated_disk_mib,
+        )  # fmt: skip
+        changed, updated, seen = [], [], set()
+        for node_id, version, cpus, memory_mib, disk_mib in await self._c.execute(stmt):
+            seen.add(node_id)
+            was = known.get(node_id)
+            if was is None or was.version != version:
+                updated.append(node_id)
+            elif was.allocated != (allocated := Capacity(cpus, memory_mib, disk_mib)):
+                changed.append(replace(was, allocated=allocated))
+        if updated:
+            stmt = sa.select(n).where(n.c.id.in_(updated))
+            changed += [_to_node(r) for r in await self._c.execute(stmt)]
+        return changed, set(known) - seen
 
     async def by_credential(self, credential_hash: str) -> Node | None:
         row = await self._one(
