@@ -48,12 +48,13 @@ class SqlNodes(Repo):
             n.c.allocated_disk_mib,
         )  # fmt: skip
         changed, updated, seen = [], [], set()
-        for node_id, version, cpus, memory_mib, disk_mib in await self._c.execute(stmt):
-            seen.add(node_id)
-            was = known.get(node_id)
-            if was is None or was.version != version:
-                updated.append(node_id)
-            elif was.allocated != (allocated := Capacity(cpus, memory_mib, disk_mib)):
+        for r in await self._c.execute(stmt):
+            seen.add(r.id)
+            was = known.get(r.id)
+            allocated = Capacity(r.allocated_cpus, r.allocated_memory_mib, r.allocated_disk_mib)
+            if was is None or was.version != r.version:
+                updated.append(r.id)
+            elif was.allocated != allocated:
                 changed.append(replace(was, allocated=allocated))
         if updated:
             stmt = sa.select(n).where(n.c.id.in_(updated))
