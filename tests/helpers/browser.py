@@ -146,6 +146,39 @@ class Browser:
         assert isinstance(status, int), status
         return status
 
+    def low_contrast(self) -> list[str]:
+        """Each shown text on the page whose colour against its background is under WCAG AA
+        (4.5:1, or 3:1 for large text), as `text: ratio`. The background is the nearest opaque
+        one of its element or an ancestor; a colour with alpha is blended over it."""
+        script = """
+            const rgba = s => { const v = s.match(/[\\d.]+/g).map(Number);
+                                return [v[0], v[1], v[2], v.length > 3 ? v[3] : 1]; };
+            const lum = c => { const f = x => { x /= 255;
+                return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); };
+                return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
+            const under = el => { for (; el; el = el.parentElement) {
+                const c = rgba(getComputedStyle(el).backgroundColor);
+                if (c[3] > 0.99) return c; } return [255, 255, 255, 1]; };
+            const bad = [];
+            for (const el of document.querySelectorAll("body *")) {
+              const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+              if (!own || !el.getClientRects().length) continue;
+              const s = getComputedStyle(el);
+              if (s.visibility !== "visible" || el.closest(".visually-hidden, .skip")) continue;
+              const bg = under(el), fg = rgba(s.color);
+              const mixed = fg.slice(0, 3).map((v, i) => v * fg[3] + bg[i] * (1 - fg[3]));
+              const [hi, lo] = [lum(mixed), lum(bg)].sort((a, b) => b - a);
+              const ratio = (hi + 0.05) / (lo + 0.05);
+              const size = parseFloat(s.fontSize), bold = parseInt(s.fontWeight) >= 700;
+              const large = size >= 24 || (size >= 18.66 && bold);
+              const text = el.textContent.trim().slice(0, 40);
+              if (ratio < (large ? 3 : 4.5)) bad.push(text + ": " + ratio.toFixed(2));
+            }
+            return bad;
+        """
+        found: Any = self.driver.execute_script(script)
+        return [str(x) for x in found]
+
     def screenshot(self, name: str) -> Path:
         """The window as build/screenshots/NAME.png, the whole page's height."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
@@ -66,6 +67,7 @@ def test_run_a_machine_watch_it_start_read_its_logs_use_its_shell_and_stop_it(
     b.forget()
     b.open("/ui/machines")  # signed out: sent to sign in, and back here after
     b.wait(lambda: b.path.startswith("/ui/login"), "the sign-in page")
+    assert b.low_contrast() == []
     b.screenshot("login")
     b.sign_in(token(dashboard, project, "member"))
     assert b.path.startswith("/ui/machines"), b.path
@@ -215,9 +217,29 @@ def test_screenshots_of_the_main_pages(
     b = browser
     b.sign_in(dashboard.token, then=f"/ui/machines?project={world.project}")
     b.wait(lambda: b.all(f"#m-{world.machine.id}"), "project A's machine in the list")
+    assert b.low_contrast() == []
+    # By keyboard: the first Tab offers to skip the header, and Enter takes the next Tab into
+    # the page's content; every control there is reached by Tab, in the page's order.
+    keys = ActionChains(b.driver)
+    keys.send_keys(Keys.TAB).perform()
+    assert b.driver.switch_to.active_element.text == "Skip to content"
+    keys.send_keys(Keys.ENTER).perform()
+    reached = []
+    for _ in range(400):
+        keys.send_keys(Keys.TAB).perform()
+        here = b.driver.switch_to.active_element
+        if here.tag_name == "body" or not here.find_elements(By.XPATH, "ancestor::main"):
+            break
+        reached.append(here)
+    controls = "a[href], button, input:not([type=hidden]), select, summary"
+    shown = [
+        e for e in b.all(", ".join(f"main {c}" for c in controls.split(", "))) if e.is_displayed()
+    ]
+    assert reached and reached[0] == shown[0] and set(shown) <= set(reached)
     b.screenshot("machines")
     b.open(f"/ui/machines/{world.machine.id}")
     b.wait(lambda: "tick" in b.text("#logs"), "the machine's logs")
+    assert b.low_contrast() == []
     b.screenshot("machine")
     for name in MAIN_PAGES:
         started = time.monotonic()
@@ -227,4 +249,5 @@ def test_screenshots_of_the_main_pages(
         assert time.monotonic() - started < LOAD, f"/ui/{name} took over {LOAD} s to load"
         b.wait(lambda: b.all("main h1"), f"the {name} page")
         assert not b.all("main [role=alert]"), (name, b.text("[role=alert]"))
+        assert b.low_contrast() == [], name  # WCAG AA, as the page shows it
         b.screenshot(name)
