@@ -3,7 +3,7 @@
 from hutch.model.machine import Capacity, GroupPolicy, Strategy
 from hutch.placement import place
 from hutch.placement.index import Index
-from hutch.placement.request import Placement
+from hutch.placement.request import Context, Placement
 from tests.placement.factories import mixed, node, placed, rejected, request
 
 
@@ -68,3 +68,16 @@ def test_nodes_that_hold_the_image_are_preferred_among_equals_not_over_room() ->
     # Room still counts for more: a much fuller holder is not chosen.
     busy = node("z", allocated=Capacity(3, 3500, 0))
     assert placed(Index([*equal, busy]).place(r, holders=frozenset({"id-z"}))) != "z"
+
+
+def test_holders_are_weighed_a_few_per_shape_and_kept_sorted_through_claims() -> None:
+    r = request()
+    equal = [node(f"n{i:03d}") for i in range(200)]
+    holders = frozenset(f"id-n{i:03d}" for i in range(150, 200))
+    index = Index(equal, k=2)
+    got = index.place(r, holders=holders)
+    # The first holder, as weighing every node finds, from 2 + 2 weighed, not 2 + 50.
+    assert placed(got) == placed(place(r, equal, Context(holders=holders))) == "n150"
+    assert isinstance(got, Placement) and got.considered == 4
+    index.claim(got.node.id, r)
+    assert placed(index.place(r, holders=holders)) == "n151"  # spread: n150 is fuller now

@@ -1,12 +1,17 @@
-"""The scheduler's rounds over a real store (SQLite): pages, claims, machines left waiting."""
+"""The scheduler's rounds over a real store: pages, claims, snapshots, machines left waiting."""
 
 from pathlib import Path
 
 from hutch.model.machine import Capacity
+from hutch.placement import Index
 from hutch.services.notify import Notifier
-from hutch.services.scheduling import WAITING, Scheduler
+from hutch.services.scheduling import WAITING, Scheduler, Snapshot
+from hutch.store.base import Claim
 from hutch.store.sql import SqlStore
 from tests.store import factories as f
+from tests.store.conftest import store, url_at_head
+
+__all__ = ["store", "url_at_head"]
 
 
 async def test_a_round_places_what_fits_and_says_why_the_rest_waits(tmp_path: Path) -> None:
@@ -38,3 +43,29 @@ async def test_a_round_places_what_fits_and_says_why_the_rest_waits(tmp_path: Pa
         assert (again.placed, again.waiting) == (0, 3)
     finally:
         await store.close()
+
+
+async def test_a_stale_snapshot_takes_in_what_others_changed(store: SqlStore) -> None:
+    p = f.project()
+    size = {"capacity": Capacity(8, 1000, 100_000), "overhead_mib": {}}
+    full, gone, small = f.node("full", **size), f.node("gone", **size), f.node("small", **size)
+    async with store.write() as tx:
+        await tx.projects.create(p)
+        for n in (full, gone, small):
+            await tx.nodes.create(n, f"cred-{n.name}")
+        await tx.nodes.claim([Claim(full.id, Capacity(0, 900, 0), Capacity(8, 1000, 100_000))])
+        snapshot = Snapshot(Index(await tx.nodes.list()), taken=0.0)  # stale at once
+    # Others meanwhile: a node goes, one fills up, one gives capacity back, one comes.
+    new = f.node("new", capacity=Capacity(8, 500, 100_000), overhead_mib={})
+    m = f.machine(p.id, memory_mib=400, runtime="container")
+    async with store.write() as tx:
+        await tx.nodes.delete(gone.id)
+        await tx.nodes.claim([Claim(small.id, Capacity(0, 700, 0), Capacity(8, 1000, 100_000))])
+        await tx.nodes.release(full.id, Capacity(0, 900, 0))
+        await tx.nodes.create(new, "cred-new")
+        await tx.machines.create(m)
+    result, _, after = await Scheduler(store, Notifier()).page(None, snapshot)
+    assert result.placed == 1 and after is not None
+    async with store.read() as tx:
+        assert (await tx.machines.by_id(m.id)).node_id == full.id  # the emptiest now
+        assert dict(after.index.nodes) == {n.id: n for n in await tx.nodes.list()}

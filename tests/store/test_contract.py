@@ -252,6 +252,39 @@ async def test_machine_create_refusals(store: SqlStore) -> None:
         await tx.machines.create(f.machine(b.id, "web"))  # names are per project
 
 
+async def test_bulk_creates_write_what_create_writes(store: SqlStore) -> None:
+    a = f.project()
+    nodes = [f.node("node-b"), f.node("node-a", labels={}, overhead_mib={}, domain="d1")]
+    machines = [
+        f.machine(a.id, "web", command=("sh", "-c", "x"), env=("A=1",), labels={"app": "web"},
+                  group="g", group_policy=GroupPolicy.ANTI_AFFINITY, node_id=nodes[0].id),
+        f.machine(a.id, "bare"),
+    ]  # fmt: skip
+    async with store.write() as tx:
+        await tx.projects.create(a)
+        await tx.nodes.create_many([])
+        await tx.machines.create_many([])
+        await tx.nodes.create_many([(n, f"cred-{n.name}") for n in nodes])
+        await tx.machines.create_many(machines)
+    async with store.read() as tx:
+        assert await tx.nodes.list() == nodes[::-1]  # by name
+        assert await tx.nodes.by_credential("cred-node-a") == nodes[1]
+        assert [await tx.machines.by_id(m.id) for m in machines] == machines
+    async with store.write() as tx:  # pending() locks on PostgreSQL
+        assert [m.id for m in await tx.machines.pending(10)] == [machines[1].id]
+    # One broken constraint refuses the whole batch.
+    with pytest.raises(Conflict):
+        async with store.write() as tx:
+            await tx.machines.create_many([f.machine(a.id, "new"), f.machine(a.id, "web")])
+    with pytest.raises(Conflict):
+        async with store.write() as tx:
+            await tx.nodes.create_many([(f.node("node-c"), "cred-c"), (f.node(), "cred-node-a")])
+    async with store.read() as tx:
+        assert len(await tx.nodes.list()) == 2
+        with pytest.raises(NotFound):
+            await tx.machines.get(a.id, "new")
+
+
 async def test_tenant_scoping(store: SqlStore) -> None:
     a, b = f.project(), f.project()
     m = f.machine(a.id, "secret-app", cpus=2)
@@ -691,6 +724,28 @@ async def test_node_claims_are_increments_within_a_limit(store: SqlStore) -> Non
     async with store.read() as tx:
         assert (await tx.nodes.get(a.id)).allocated == Capacity(5, 400, 0)  # never below zero
         assert (await tx.nodes.get(b.id)).allocated == Capacity(1, 1, 1)
+
+
+async def test_node_changes_since_a_read(store: SqlStore) -> None:
+    a, b, c, same = f.node("a"), f.node("b"), f.node("c"), f.node("same")
+    async with store.write() as tx:
+        for n in (a, b, c, same):
+            await tx.nodes.create(n, f"cred-{n.name}")
+    async with store.read() as tx:
+        known = {n.id: n for n in await tx.nodes.list()}
+        assert await tx.nodes.changed(known) == ([], set())
+    d = f.node("d")
+    async with store.write() as tx:
+        await tx.nodes.update(replace(a, labels={"x": "y"}))  # updated
+        await tx.nodes.claim([Claim(b.id, Capacity(1, 100, 0), Capacity(8, 16384, 100_000))])
+        await tx.nodes.delete(c.id)
+        await tx.nodes.create(d, "cred-d")
+    async with store.read() as tx:
+        changed, gone = await tx.nodes.changed(known)
+        assert sorted(changed, key=lambda n: n.name) == [
+            await tx.nodes.get(n.id) for n in (a, b, d)
+        ]
+        assert gone == {c.id}
 
 
 async def test_node_revisions_bumped_in_one_go(store: SqlStore) -> None:

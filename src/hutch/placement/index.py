@@ -17,6 +17,9 @@ from hutch.placement.request import Context, Placement, Rejection, Request
 from hutch.placement.weighers import best
 
 SAMPLE = 16  # nodes `Index` weighs per placement
+HOLDER_SETS = 8  # sets of nodes holding an image that `Index` keeps sorted at once
+
+Shapes = dict[tuple[object, ...], SortedList]  # shape -> its nodes' keys, by utilisation
 
 
 class Index:
@@ -25,17 +28,27 @@ class Index:
     Nodes are grouped by shape (capacity and overheads), each group sorted by utilisation.
     Within one shape the weighers' room score follows utilisation, so walking each shape from
     the emptiest (spread) or the fullest (pack) and weighing the first few that pass the
-    filters finds what weighing every node would, for a handful of shapes per cluster."""
+    filters finds what weighing every node would, for a handful of shapes per cluster. Nodes
+    that hold the request's image (`has_image`) are grouped and sorted the same way, apart,
+    and walked too."""
 
     def __init__(self, nodes: Iterable[Node], k: int = SAMPLE) -> None:
         self.k = k
         self._nodes: dict[str, Node] = {}
-        self._shapes: dict[tuple[object, ...], SortedList] = {}
+        self._shapes: Shapes = {}
+        # Holders of an image -> those nodes by shape; sorted at the first placement naming
+        # that set, then kept up to date by update().
+        self._holding: dict[frozenset[str], Shapes] = {}
         for node in nodes:
             self.update(node)
 
     def node(self, node_id: str) -> Node:
         return self._nodes[node_id]
+
+    @property
+    def nodes(self) -> Mapping[str, Node]:
+        """Node id -> the node as the index sees it (do not change it: see update)."""
+        return self._nodes
 
     def place(
         self,
@@ -56,30 +69,73 @@ class Index:
         # Room alone: the best of a shape is among its first two (the second for ties). A
         # group also weighs failure domains: it looks further.
         per_shape = max(self.k // max(len(self._shapes), 1), 2) if request.group else 2
-        candidates: list[Node] = []
+        candidates: dict[str, Node] = {}
         reasons: dict[str, str] = {}
         for order in self._shapes.values():
-            # Spread walks from the emptiest node, pack from the fullest.
-            walk = iter(order) if request.strategy is Strategy.SPREAD else reversed(order)
-            found = 0
-            for _, _, node_id in walk:
+            self._walk(
+                order, request, context, count=per_shape, candidates=candidates, reasons=reasons
+            )
+        # The best holders of each shape too, wherever the walk above stopped.
+        for order in self._held(holders).values():
+            self._walk(
+                order, request, context, count=per_shape, candidates=candidates, reasons=reasons
+            )
+        if not candidates:
+            return Rejection(reasons)
+        return best(request, list(candidates.values()), context)
+
+    def _walk(
+        self,
+        order: SortedList,
+        request: Request,
+        context: Context,
+        *,
+        count: int,
+        candidates: dict[str, Node],
+        reasons: dict[str, str],
+    ) -> None:
+        """Add the first `count` nodes of `order` that pass the filters to `candidates` (those
+        already there count), the reasons of those that do not to `reasons`."""
+        # Spread walks from the emptiest node, pack from the fullest.
+        walk = iter(order) if request.strategy is Strategy.SPREAD else reversed(order)
+        found = 0
+        for _, _, node_id in walk:
+            if node_id not in candidates:
                 node = self._nodes[node_id]
                 why = first_reason(request, node, context)
                 if why is not None:
                     reasons[node.name] = why
                     continue
-                candidates.append(node)
-                found += 1
-                if found == per_shape:
-                    break
-        # Nodes that hold the image are weighed too, wherever their shape's walk stopped.
-        for holder in sorted(holders - {n.id for n in candidates}):
-            held = self._nodes.get(holder)
-            if held is not None and first_reason(request, held, context) is None:
-                candidates.append(held)
-        if not candidates:
-            return Rejection(reasons)
-        return best(request, candidates, context)
+                candidates[node_id] = node
+            found += 1
+            if found == count:
+                return
+
+    def _held(self, holders: frozenset[str]) -> Shapes:
+        if not holders:
+            return {}
+        shapes = self._holding.get(holders)
+        if shapes is not None:
+            return shapes
+        # A set like one sorted before (the same image, a page later: a few more holders) takes
+        # its sorting over, changed by the difference; so sets no longer named are not kept.
+        for known in self._holding:
+            gone, new = known - holders, holders - known
+            if len(gone) + len(new) < len(holders):
+                shapes = self._holding.pop(known)
+                for node_id in gone:
+                    if (node := self._nodes.get(node_id)) is not None:
+                        shapes[_shape(node)].remove(_key(node))
+                break
+        else:
+            if len(self._holding) >= HOLDER_SETS:
+                self._holding.clear()
+            shapes, new = {}, holders
+        self._holding[holders] = shapes
+        for node_id in new:
+            if (node := self._nodes.get(node_id)) is not None:
+                shapes.setdefault(_shape(node), SortedList()).add(_key(node))
+        return shapes
 
     def claim(self, node_id: str, request: Request) -> Node:
         return self.update(claim(self._nodes[node_id], request))
@@ -87,11 +143,27 @@ class Index:
     def update(self, node: Node) -> Node:
         """Take a node's new state (a claim, or a fresh copy from the store)."""
         old = self._nodes.get(node.id)
-        if old is not None:
-            self._shapes[_shape(old)].remove(_key(old))
         self._nodes[node.id] = node
-        self._shapes.setdefault(_shape(node), SortedList()).add(_key(node))
+        _move(self._shapes, old, node)
+        for holders, shapes in self._holding.items():
+            if node.id in holders:
+                _move(shapes, old, node)
         return node
+
+    def remove(self, node_id: str) -> None:
+        """Forget a node (gone from the store)."""
+        old = self._nodes.pop(node_id)
+        _move(self._shapes, old, None)
+        for holders, shapes in self._holding.items():
+            if node_id in holders:
+                _move(shapes, old, None)
+
+
+def _move(shapes: Shapes, old: Node | None, new: Node | None) -> None:
+    if old is not None:
+        shapes[_shape(old)].remove(_key(old))
+    if new is not None:
+        shapes.setdefault(_shape(new), SortedList()).add(_key(new))
 
 
 def _shape(node: Node) -> tuple[object, ...]:

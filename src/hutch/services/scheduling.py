@@ -2,12 +2,12 @@
 
 A round pages through the pending machines oldest first. Each page is one write transaction:
 every machine is placed against a snapshot of the nodes in a `placement.Index` (read at the
-round's start and again every couple of seconds; the index takes each claim at once, so one
-page never overbooks a node), then the page's claims are committed in one conditional statement
-(`nodes.claim`): a node that another writer changed meanwhile refuses, its machines stay pending
-for the next round, and the snapshot is read again. Machines that fit nowhere stay pending too,
-saying why in their `error`, and are tried again at every round: rounds run when a machine is
-created or restarted, when capacity is given back, and every few seconds.
+round's start, then what changed every couple of seconds; the index takes each claim at once,
+so one page never overbooks a node), then the page's claims are committed in one conditional
+statement (`nodes.claim`): a node that another writer changed meanwhile refuses, its machines
+stay pending for the next round, and the snapshot is read again. Machines that fit nowhere stay
+pending too, saying why in their `error`, and are tried again at every round: rounds run when a
+machine is created or restarted, when capacity is given back, and every few seconds.
 """
 
 import asyncio
@@ -81,8 +81,10 @@ class Scheduler:
             pending = await tx.machines.pending(self.page_size, after)
             if not pending:
                 return RoundResult(0, 0, 0), None, snapshot
-            if snapshot is None or time.monotonic() - snapshot.taken > SNAPSHOT_AGE:
+            if snapshot is None:
                 snapshot = Snapshot(Index(await tx.nodes.list()), time.monotonic())
+            elif time.monotonic() - snapshot.taken > SNAPSHOT_AGE:
+                await snapshot.refresh(tx)
             index = snapshot.index
             projects = {
                 p: await tx.projects.get(p) for p in sorted({m.project_id for m in pending})
@@ -164,6 +166,15 @@ class Snapshot:
 
     index: Index
     taken: float  # time.monotonic()
+
+    async def refresh(self, tx: Tx) -> None:
+        """Take in what changed in the store since: only those nodes are read and re-sorted."""
+        changed, gone = await tx.nodes.changed(self.index.nodes)
+        for node_id in gone:
+            self.index.remove(node_id)
+        for node in changed:
+            self.index.update(node)
+        self.taken = time.monotonic()
 
 
 def _shape(r: Request) -> tuple[object, ...]:

@@ -127,6 +127,10 @@ class MachineRepo(Protocol):
     async def create(self, machine: Machine) -> None:
         """Conflict if the project already has a machine of that name (destroyed ones aside)."""
 
+    async def create_many(self, machines: Sequence[Machine]) -> None:
+        """The rows `create` writes for each, in one batched statement (a bulk load); a broken
+        constraint refuses them all, as Conflict, without saying which."""
+
     async def get(self, project_id: str, ref: str) -> Machine:
         """By id or by name, within the project; NotFound otherwise."""
 
@@ -205,7 +209,19 @@ class NodeRepo(Protocol):
     async def create(self, node: Node, credential_hash: str) -> None:
         """Conflict if the name is taken."""
 
+    async def create_many(self, nodes: Sequence[tuple[Node, str]]) -> None:
+        """(node, credential hash) pairs, as `create` writes each, in one batched statement;
+        a broken constraint refuses them all, as Conflict, without saying which."""
+
     async def get(self, node_id: str) -> Node: ...
+
+    async def changed(
+        self, known: Mapping[str, Node]
+    ) -> tuple[builtins.list[Node], builtins.set[str]]:
+        """What differs from `known` (node id -> the node as read before): the nodes that are
+        new, updated (their version moved) or whose allocation changed, and the ids of known
+        nodes that are gone. It reads versions and allocations, and whole rows only for new
+        and updated nodes: a cheap refresh of a snapshot of many nodes."""
 
     async def by_credential(self, credential_hash: str) -> Node | None: ...
 

@@ -33,14 +33,7 @@ from hutch.store.sql.repo import Repo, from_row
 
 class SqlMachines(Repo):
     async def create(self, machine: Machine) -> None:
-        values = {
-            "id": machine.id,
-            "project_id": machine.project_id,
-            "created_at": machine.created_at,
-            "version": machine.version,
-            **_machine_values(machine),
-        }
-        if await self._insert(t.machines, values):
+        if await self._insert(t.machines, _row(machine)):
             return
         m = t.machines
         if not await self._exists(t.projects, t.projects.c.id == machine.project_id):
@@ -48,6 +41,10 @@ class SqlMachines(Repo):
         if await self._exists(m, m.c.id == machine.id):
             raise Conflict(f"a machine with id {machine.id!r} already exists")
         await self._refused(machine)
+
+    async def create_many(self, machines: Sequence[Machine]) -> None:
+        if machines:  # executemany: SQLAlchemy sends multi-row INSERTs
+            await self._c.execute(t.machines.insert(), [_row(m) for m in machines])
 
     async def _refused(self, machine: Machine) -> NoReturn:
         """Why a write of `machine` broke a constraint other than its id's."""
@@ -172,8 +169,13 @@ class SqlMachines(Repo):
         return [_to_machine(r) for r in await self._c.execute(stmt)]
 
     async def place(self, placed: Sequence[tuple[str, str]], at: float) -> None:
-        """Give pending machines their node: (machine id, node id) pairs, in one statement."""
+        """Give pending machines their node: (machine id, node id) pairs, in one statement
+        (on PostgreSQL over two arrays: one execution, not one per machine)."""
         if not placed:
+            return
+        if self._pg:
+            machines, nodes = (list(column) for column in zip(*placed, strict=True))
+            await self._c.execute(_PLACE_PG, {"machines": machines, "nodes": nodes, "at": at})
             return
         m = t.machines
         stmt = (
@@ -289,6 +291,25 @@ class SqlMachines(Repo):
             await self._c.execute(sa.delete(linked).where(linked.c.machine_id.in_(ids)))
         await self._c.execute(sa.delete(m).where(m.c.id.in_(ids), gone))
         return len(ids)
+
+
+_PLACE_PG = sa.text(
+    "UPDATE machines AS m SET node_id = w.node, error = '', updated_at = :at,"
+    " version = m.version + 1"
+    " FROM unnest(CAST(:machines AS text[]), CAST(:nodes AS text[])) AS w(machine, node)"
+    " WHERE m.id = w.machine AND m.node_id IS NULL"
+)
+
+
+def _row(m: Machine) -> dict[str, Any]:
+    """The row a create writes."""
+    return {
+        "id": m.id,
+        "project_id": m.project_id,
+        "created_at": m.created_at,
+        "version": m.version,
+        **_machine_values(m),
+    }
 
 
 def _machine_values(m: Machine) -> dict[str, Any]:

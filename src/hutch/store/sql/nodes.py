@@ -2,7 +2,8 @@
 
 import builtins
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
@@ -21,16 +22,7 @@ class SqlNodes(Repo):
         self.bumped: set[str] = set()  # nodes whose revision this transaction bumped
 
     async def create(self, node: Node, credential_hash: str) -> None:
-        values = {
-            "id": node.id,
-            "created_at": node.created_at,
-            "version": node.version,
-            "revision": 0,
-            "credential_hash": credential_hash,
-            **_node_values(node),
-            **_allocation(node.allocated),
-        }
-        if await self._insert(t.nodes, values):
+        if await self._insert(t.nodes, _row(node, credential_hash)):
             return
         n = t.nodes
         if await self._exists(n, n.c.name == node.name):
@@ -39,9 +31,35 @@ class SqlNodes(Repo):
             raise Conflict("a node with that credential already exists")
         raise Conflict(f"a node with id {node.id!r} already exists")
 
+    async def create_many(self, nodes: Sequence[tuple[Node, str]]) -> None:
+        if nodes:  # executemany: SQLAlchemy sends multi-row INSERTs
+            await self._c.execute(t.nodes.insert(), [_row(n, c) for n, c in nodes])
+
     async def get(self, node_id: str) -> Node:
         stmt = sa.select(t.nodes).where(t.nodes.c.id == node_id)
         return _to_node(await self._found(stmt, "node", node_id))
+
+    async def changed(
+        self, known: Mapping[str, Node]
+    ) -> tuple[builtins.list[Node], builtins.set[str]]:
+        n = t.nodes
+        stmt = sa.select(
+            n.c.id, n.c.version, n.c.allocated_cpus, n.c.allocated_memory_mib,
+            n.c.allocated_disk_mib,
+        )  # fmt: skip
+        changed, updated, seen = [], [], set()
+        for r in await self._c.execute(stmt):
+            seen.add(r.id)
+            was = known.get(r.id)
+            allocated = Capacity(r.allocated_cpus, r.allocated_memory_mib, r.allocated_disk_mib)
+            if was is None or was.version != r.version:
+                updated.append(r.id)
+            elif was.allocated != allocated:
+                changed.append(replace(was, allocated=allocated))
+        if updated:
+            stmt = sa.select(n).where(n.c.id.in_(updated))
+            changed += [_to_node(r) for r in await self._c.execute(stmt)]
+        return changed, set(known) - seen
 
     async def by_credential(self, credential_hash: str) -> Node | None:
         row = await self._one(
@@ -165,6 +183,19 @@ _CLAIM_SQLITE = sa.text(
     + f" FROM json_each(:claims)) UPDATE nodes AS n SET {_CLAIM_SET} FROM w WHERE {_CLAIM_WHERE}"
     " RETURNING id"  # SQLite's RETURNING names the updated table's columns only, unqualified
 )
+
+
+def _row(node: Node, credential_hash: str) -> dict[str, Any]:
+    """The row a create writes."""
+    return {
+        "id": node.id,
+        "created_at": node.created_at,
+        "version": node.version,
+        "revision": 0,
+        "credential_hash": credential_hash,
+        **_node_values(node),
+        **_allocation(node.allocated),
+    }
 
 
 def _node_values(n: Node) -> dict[str, Any]:
