@@ -10,7 +10,7 @@ and the p99 latency of POST /v1/machines under 20 concurrent creates (against a 
 one node is simulated: this host fits 8 vCPUs of machines). The last line printed is one JSON
 object with the figures.
 
-    make bench    or    .venv/bin/python -m bench.api [--runs N] [--only create|list]  (from the root)
+    make bench    or    .venv/bin/python -m bench.api [--runs N] [--only create|list]
 
 `--only create` measures the creates alone (no `hutch up`, no micro-VM, no wrk), `--only list`
 (c) and (d) alone; both against a controller whose one node is simulated. `--hutch PATH` runs
