@@ -561,6 +561,9 @@ def test_the_stats_block_runs_as_written(
             live = subprocess.Popen(
                 ["bash", "-c", f"exec {command} --interval 0.5"], env=env,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                # As from a terminal: under `make test &` (a background job) SIGINT is
+                # ignored, and hutch keeps what it inherits, as `nohup` expects.
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )  # fmt: skip
             # Piped, it prints a whole table every interval (not one, cut to 80 columns, at exit).
             # Interrupted once two have come (not after a fixed time: a loaded host starts it late).
