@@ -173,6 +173,27 @@ def test_run_detached_then_ps_logs_exec_stop_wait_rm(hutch: Hutch) -> None:
     assert machine_id in hutch("ps", "-a", "-q").stdout
 
 
+def test_an_exec_sent_as_a_machine_boots_waits_for_it(
+    hutch: Hutch, controller: Controller, env: dict[str, str]
+) -> None:
+    """A create returns before its micro-VM has booted: an exec sent at once (from the SDK, or
+    the dashboard's shell opened while the page shows it starting) waits for it to run, where
+    it was refused. One that has ended is refused at once, saying why."""
+    with controller.client(env["HUTCH_PROJECT"]) as client:
+        m = client.machines.create("busybox", ["sleep", "600"], name="early")
+        try:
+            assert m.state in ("created", "starting")
+            said = client.machines.exec(m, ["echo", "in"])
+            assert (said.exit_code, said.stdout) == (0, b"in\n")
+        finally:
+            client.machines.delete(m, force=True)
+    assert hutch("run", "-d", "--name", "ended", *C, "busybox", "--", "true").returncode == 0
+    assert hutch("wait", "ended").stdout == "0\n"
+    refused = hutch("exec", "ended", "--", "true")
+    assert refused.returncode != 0 and "exited, not running" in one_clear_line(refused.stderr)
+    hutch("rm", "ended")
+
+
 def test_logs_tail_and_rm_force(hutch: Hutch) -> None:
     script = "echo 1; sleep 0.1; printf '2\\n3\\n'"  # the last write holds two lines
     hutch("run", *C, "--name", "counter", "busybox", "--", "sh", "-c", script)

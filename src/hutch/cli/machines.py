@@ -42,7 +42,6 @@ if TYPE_CHECKING:  # imported where used: `hutch ps` loads no wire models, async
     from hutch.client import (
         AsyncAttachSession,
         AsyncClient,
-        Client,
         ExecSession,
         MachineOptions,
     )
@@ -51,7 +50,6 @@ if TYPE_CHECKING:  # imported where used: `hutch ps` loads no wire models, async
 HUTCH_ERROR_EXIT = 125  # as in cli/main.py: hutch itself refused or failed
 INTERRUPTED_EXIT = 130
 RM_WAIT = 60.0  # seconds `hutch rm` waits for the nodes to destroy what it asked
-START_WAIT = 120.0  # seconds `hutch exec` waits for a machine still booting (a cold boot, a pull)
 
 Refs = Annotated[list[str], typer.Argument(metavar="MACHINE...", help="Machine ids or names.")]
 Ref = Annotated[str, typer.Argument(metavar="MACHINE", help="A machine's id or name.")]
@@ -618,41 +616,31 @@ def exec_(
     argv = _argv(command)
     if not argv:
         raise Invalid("give the command to run after --, e.g. hutch exec web -- ls /")
-    with connect() as client:
-        _started(client, ref)
-        with (
-            client.machines.exec_stream(
-                ref,
-                argv,
-                stdin=interactive,
-                env=pairs(env, "--env"),
-                workdir=workdir,
-                user=user,
-                tty=tty,
-                size=_terminal_size() if tty else None,
-            ) as session,  # fmt: skip
-            _raw_terminal(interactive and tty),
-            _follow_window(session if tty else None),
-        ):
-            if interactive:
-                threading.Thread(target=_forward_stdin, args=(session,), daemon=True).start()
-            for stream, data in session:
-                out = sys.stdout if stream == "stdout" else sys.stderr
-                out.buffer.write(data)
-                out.buffer.flush()
+    with (
+        connect() as client,
+        client.machines.exec_stream(
+            ref,
+            argv,
+            stdin=interactive,
+            env=pairs(env, "--env"),
+            workdir=workdir,
+            user=user,
+            tty=tty,
+            size=_terminal_size() if tty else None,
+        ) as session,  # fmt: skip
+        _raw_terminal(interactive and tty),
+        _follow_window(session if tty else None),
+    ):
+        if interactive:
+            threading.Thread(target=_forward_stdin, args=(session,), daemon=True).start()
+        for stream, data in session:
+            out = sys.stdout if stream == "stdout" else sys.stderr
+            out.buffer.write(data)
+            out.buffer.flush()
     assert session.end is not None
     if session.end.error:
         progress(session.end.error)
     sys.exit(session.end.exit_code)
-
-
-def _started(client: "Client", ref: str) -> None:
-    """`hutch run -d` returns before its machine boots: a command run right after it waits
-    for the boot, for at most START_WAIT s (then the node's refusal says what state it is in)."""
-    from hutch.client import WaitTimeout  # noqa: PLC0415  (see the imports)
-
-    with contextlib.suppress(WaitTimeout):
-        client.machines.wait(ref, "started", timeout=START_WAIT)
 
 
 def _terminal_size() -> tuple[int, int] | None:

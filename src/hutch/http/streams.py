@@ -76,9 +76,9 @@ async def session(
         principal, project = await caller()
         if not attach:
             start = ExecStart.first_message(await ws.receive_text())
-        m, node = await machines.session(principal, project, ref, attach=attach)
-        lease = streams.admit(principal, project)
+        lease = streams.admit(principal, project)  # before a wait for a booting machine
         try:
+            m, node = await machines.session(principal, project, ref, attach=attach)
             upstream = await machines.connect(m, node, attach=attach)
         except BaseException:
             streams.release(lease)

@@ -79,6 +79,8 @@ from hutch.services.refusals import missing
 from hutch.store.base import Claim, NewEvent, Store, Tx
 
 MAX_WAIT = 300.0
+# How long an exec or attach waits for a machine still booting (a cold boot, a pull).
+SESSION_WAIT = 120.0
 RESTART_BACKOFF_MAX = 30.0
 FINISHED = tuple(s for s in MachineState if s.finished)
 
@@ -946,8 +948,17 @@ class Machines:
     async def session(
         self, principal: Principal, project: Project, ref: str, *, attach: bool
     ) -> tuple[Machine, Node]:
-        """A running machine and its node, for an exec (or `attach`) session into it."""
-        m, node = await self.locate(principal, project, ref, Action.MACHINE_EXEC)
+        """A running machine and its node, for an exec (or `attach`) session into it. One on
+        its way to running (`run -d` then `exec`, or a shell opened as the page shows it
+        starting) is waited for, up to `SESSION_WAIT` seconds."""
+        self.policy.require(principal, Action.MACHINE_EXEC, project.id)
+        async with self.store.read() as tx:
+            m = await _get(tx, project, ref)
+        if m.state in (MachineState.CREATED, MachineState.STARTING) and (
+            m.desired is Desired.RUNNING
+        ):
+            await self.wait(principal, project, m.id, "running", SESSION_WAIT)
+        m, node = await self.locate(principal, project, m.id, Action.MACHINE_EXEC)
         if m.state is not MachineState.RUNNING:
             refusal = Conflict if attach else Invalid
             raise refusal(f"machine {m.name} is {m.state}, not running")
