@@ -196,6 +196,9 @@ def main() -> None:
     # httpx imports its own command line (rich, pygments, click: ~30 ms) when click is
     # installed, as it is here for uvicorn; hutch never runs it. httpx then defines a stub.
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    # httpcore imports trio (~60 ms) when it is installed, as it is beside selenium for the
+    # tests, to support it as an event loop; hutch runs on asyncio alone.
+    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     try:
         app()
     except HutchError as e:
