@@ -67,12 +67,15 @@ async def test_bodies_are_checked(api: Api) -> None:
         assert r.json()["detail"]
 
 
-async def test_pages_are_capped_and_cursors_follow(api: Api) -> None:
+async def test_pages_are_capped_and_cursors_follow(api_both: Api) -> None:
+    api = api_both  # the page's statement and its machines' wiring, on both stores
     token = await api.token("alpha", "member")
     rich = {
         "env": {"A": "1"},
         "command": ["sleep", "9"],
         "ports": [{"host_port": 8080, "port": 80}],
+        "timeout_s": 60,
+        "idle_s": 30,
     }
     for i in range(5):
         assert (
@@ -95,9 +98,14 @@ async def test_pages_are_capped_and_cursors_follow(api: Api) -> None:
         == [{"host_port": 8080, "port": 80, "protocol": "tcp", "host_ip": ""}]
         and first["items"][1]["addresses"]
         and first["items"][1]["env"] == {"A": "1"}
+        and first["items"][1]["time_left_s"] == 60
     )
     labelled = (await api.call("GET", "/v1/machines?label=batch=b", token)).json()["items"]
     assert [m["name"] for m in labelled] == ["p3", "p4"]
+    after = (await api.call("GET", "/v1/machines?label=batch=a&limit=1", token)).json()
+    more = f"/v1/machines?label=batch=a&state=created&cursor={after['next']}"
+    assert [m["name"] for m in (await api.call("GET", more, token)).json()["items"]] == ["p1", "p2"]
+    assert (await api.call("GET", "/v1/machines?state=running", token)).json()["items"] == []
     assert (await api.call("GET", "/v1/machines?label=nolabel", token)).status_code == 400
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from hutch.model import mirrored
@@ -15,6 +16,10 @@ from hutch.model.machine import (
     VolumeAttach,
     env_dict,
     env_entries,
+    expires_at,
+    idle_at,
+    lifetime,
+    time_left,
 )
 from hutch.model.network import Attachment, PortMapping
 from hutch.model.pool import Pool
@@ -118,18 +123,36 @@ def placement_view(decision: Placement | Rejection) -> PlacementView:
     )
 
 
-def _spec(s: MachineSpec) -> dict[str, Any]:
-    """The spec as the wire has it, for every view that carries it (or part of it)."""
-    fields = {name: getattr(s, name) for name in _SPEC_FIELDS}
-    for name in ("command", "entrypoint"):
-        fields[name] = list(fields[name]) if fields[name] is not None else None
-    fields["env"] = env_dict(s.env)
-    fields["labels"] = dict(s.labels)
-    fields["constraints"] = dict(s.constraints)
-    return fields
+def _spec(r: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec as the wire has it, for every view that carries it (or part of it), from a
+    machine's record (record())."""
+    return {name: r[name] for name in _SPEC_FIELDS} | _spec_converted(r)
+
+
+def _spec_converted(r: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's fields the wire has in other types than the record."""
+    command, entrypoint = r["command"], r["entrypoint"]
+    return {
+        "command": list(command) if command is not None else None,
+        "entrypoint": list(entrypoint) if entrypoint is not None else None,
+        "env": env_dict(r["env"]),
+        "labels": dict(r["labels"]),
+        "constraints": dict(r["constraints"]),
+    }
 
 
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(MachineSpec) if f.name != "volumes")
+
+
+def record(m: Machine) -> dict[str, Any]:
+    """The machine as MachineRepo.records reads it: its fields and its spec's, by name."""
+    fields = {name: getattr(m, name) for name in _MACHINE_FIELDS}
+    fields.update((name, getattr(m.spec, name)) for name in _SPEC_FIELDS)
+    fields["volumes"] = m.spec.volumes
+    return fields
+
+
+_MACHINE_FIELDS = tuple(f.name for f in dataclasses.fields(Machine) if f.name != "spec")
 
 
 def net_of(body: MachineCreate) -> MachineNet:
@@ -140,17 +163,19 @@ def net_of(body: MachineCreate) -> MachineNet:
     )
 
 
-def machine_doc(m: Machine, project: str, wiring: Wiring | None = None) -> dict[str, Any]:
-    """The machine as MachineView has it (its fields, in its order), in JSON's own types: what
-    lists write straight to bytes. Building and validating a MachineView per row cost more
-    than the rest of the request; machine_view() validates this once, for one machine."""
+def machine_doc(r: Mapping[str, Any], project: str, wiring: Wiring | None = None) -> dict[str, Any]:
+    """The machine, from its record (record(), or as MachineRepo.records read it), as
+    MachineView has it (its fields, in its order), in JSON's own types: what lists write
+    straight to bytes. Building and validating a MachineView per row cost more than the rest
+    of the request; machine_view() validates this once, for one machine."""
     w = wiring or Wiring()
-    given = _spec(m.spec) | {
-        "time_left_s": m.time_left(time.time()),
-        "expires_at": m.expires_at,
-        "idle_at": m.idle_at,
+    life = lifetime(r["timeout_s"], r["extended_s"])
+    given = _spec_converted(r) | {
+        "time_left_s": time_left(life, r["ran_s"], r["running_since"], time.time()),
+        "expires_at": expires_at(life, r["ran_s"], r["running_since"]),
+        "idle_at": idle_at(r["idle_s"], r["running_since"], r["active_at"]),
         "project": project,
-        "node": m.node_id,
+        "node": r["node_id"],
         "networks": [name for _, name in w.addresses],
         "addresses": [
             dict(network=name, network_id=a.network_id, mac=a.mac, ip4=a.ip4, ip6=a.ip6)
@@ -158,21 +183,21 @@ def machine_doc(m: Machine, project: str, wiring: Wiring | None = None) -> dict[
         ],
         "ports": [_port_doc(p) for p in w.ports],
         "security_groups": list(w.security_groups),
-        "dns": dns_name(m.name, project) if w.addresses else "",
+        "dns": dns_name(r["name"], project) if w.addresses else "",
         "volumes": [
             {"volume": v.name, "volume_id": v.volume, "path": v.target, "read_only": v.read_only}
-            for v in m.spec.volumes
+            for v in r["volumes"]
         ],
     }
-    # Every other field is the machine's attribute of the same name (as View.mirroring).
-    return {name: given[name] if name in given else getattr(m, name) for name in _MACHINE_VIEW}
+    # Every other field is the machine's of the same name (as View.mirroring).
+    return {name: given[name] if name in given else r[name] for name in _MACHINE_VIEW}
 
 
 _MACHINE_VIEW = tuple(MachineView.model_fields)
 
 
 def machine_view(m: Machine, project: str, wiring: Wiring | None = None) -> MachineView:
-    return MachineView.model_validate(machine_doc(m, project, wiring))
+    return MachineView.model_validate(machine_doc(record(m), project, wiring))
 
 
 def _port_doc(p: PortMapping) -> dict[str, Any]:
@@ -236,7 +261,7 @@ def assignments(
 def assignment(m: Machine, quota: Quota, plan: NodePlan | None = None) -> Assignment:
     """What the node needs of the spec (`Assignment`'s fields), and what to do with it. The
     environment stays in the model's entries: the node runs them as they are."""
-    spec = {k: v for k, v in _spec(m.spec).items() if k in Assignment.model_fields}
+    spec = {k: v for k, v in _spec(record(m)).items() if k in Assignment.model_fields}
     nics = plan.attachments.get(m.id, ()) if plan else ()
     return Assignment.mirroring(
         m,

@@ -2,7 +2,7 @@
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -165,7 +165,7 @@ def env_entries(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(f"{name}={value}" for name, value in env.items())
 
 
-def env_dict(entries: tuple[str, ...]) -> dict[str, str]:
+def env_dict(entries: Iterable[str]) -> dict[str, str]:
     """The entries back as the public API shows them (a name's last entry wins)."""
     return dict(entry.partition("=")[::2] for entry in entries)
 
@@ -320,6 +320,38 @@ class MachineSpec:
         return scratch_mib(self.disk_mib, self.memory_mib)
 
 
+# A machine's clock, over plain values: Machine's properties, and listings that read rows
+# straight into documents (api/convert.py machine_doc), compute it here.
+
+
+def lifetime(timeout_s: float | None, extended_s: float) -> float | None:
+    return None if timeout_s is None else timeout_s + extended_s
+
+
+def expires_at(lifetime_s: float | None, ran_s: float, running_since: float | None) -> float | None:
+    if lifetime_s is None or running_since is None:
+        return None
+    return running_since + lifetime_s - ran_s
+
+
+def time_left(
+    lifetime_s: float | None, ran_s: float, running_since: float | None, now: float
+) -> float | None:
+    if lifetime_s is None:
+        return None
+    if running_since is not None:
+        ran_s += max(0.0, now - running_since)
+    return max(0.0, lifetime_s - ran_s)
+
+
+def idle_at(
+    idle_s: float | None, running_since: float | None, active_at: float | None
+) -> float | None:
+    if idle_s is None or running_since is None:
+        return None
+    return max(running_since, active_at or 0.0) + idle_s
+
+
 @dataclass(frozen=True, slots=True)
 class Machine:
     id: str
@@ -375,34 +407,24 @@ class Machine:
     @property
     def lifetime_s(self) -> float | None:
         """Its timeout with what was added to it since it was last started; None: no limit."""
-        timeout = self.spec.timeout_s
-        return None if timeout is None else timeout + self.extended_s
+        return lifetime(self.spec.timeout_s, self.extended_s)
 
     @property
     def expires_at(self) -> float | None:
         """When its lifetime runs out if it keeps running; None if it has no timeout or is not
         running (then its clock stands still)."""
-        if self.lifetime_s is None or self.running_since is None:
-            return None
-        return self.running_since + self.lifetime_s - self.ran_s
+        return expires_at(self.lifetime_s, self.ran_s, self.running_since)
 
     def time_left(self, now: float) -> float | None:
         """Seconds of running left at `now` (0 once it ran out); None without a timeout."""
-        if self.lifetime_s is None:
-            return None
-        ran = self.ran_s
-        if self.running_since is not None:
-            ran += max(0.0, now - self.running_since)
-        return max(0.0, self.lifetime_s - ran)
+        return time_left(self.lifetime_s, self.ran_s, self.running_since, now)
 
     @property
     def idle_at(self) -> float | None:
         """When it idles if no connection comes: `idle_s` after the later of its last
         connection and the instant it last began running; None if it does not idle or is not
         running."""
-        if self.spec.idle_s is None or self.running_since is None:
-            return None
-        return max(self.running_since, self.active_at or 0.0) + self.spec.idle_s
+        return idle_at(self.spec.idle_s, self.running_since, self.active_at)
 
     def entering(self, state: MachineState, now: float) -> "Machine":
         """The machine in `state` from `now`, its clock kept: only time spent running counts

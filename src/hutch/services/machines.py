@@ -11,6 +11,7 @@ import signal as _signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
@@ -597,17 +598,18 @@ class Machines:
         include_destroyed: bool = False,
         limit: int = 100,
         cursor: str | None = None,
-    ) -> tuple[list[Machine], dict[str, Wiring], str | None]:
-        """A page of the project's machines, their wiring (as `wiring`) read in the same
-        transaction, and the cursor of the next page (None on the last)."""
+    ) -> tuple[list[dict[str, Any]], dict[str, Wiring], str | None]:
+        """A page of the project's machines as records (MachineRepo.records), their wiring
+        (as `wiring`) read in the same transaction, and the cursor of the next page (None on
+        the last)."""
         self.policy.require(principal, Action.MACHINE_READ, project.id)
         if not states and not include_destroyed:
             states = tuple(s for s in MachineState if s is not MachineState.DESTROYED)
         async with self.store.read() as tx:
-            machines, after = await tx.machines.list(
+            records, after = await tx.machines.records(
                 project.id, states=states, labels=labels, limit=limit, cursor=cursor
             )
-            return machines, await wirings(tx, [m.id for m in machines]), after
+            return records, await wirings(tx, [r["id"] for r in records]), after
 
     async def listing(
         self, principal: Principal, project: Project

@@ -12,7 +12,7 @@ taken through `projects.lock()` and `nodes.lock()`.
 import builtins
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from hutch.model.addressing import Address, Network, Rule, SecurityGroup
 from hutch.model.machine import (
@@ -145,6 +145,20 @@ class MachineRepo(Protocol):
     ) -> tuple[builtins.list[Machine], str | None]:
         """Oldest first, at most `limit` (and at most MAX_PAGE) machines; the second value is
         the cursor of the next page (None: last page)."""
+
+    async def records(
+        self,
+        project_id: str,
+        *,
+        states: Sequence[MachineState] = (),
+        labels: Mapping[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+        """The page `list` reads, each machine as its record: its fields and its spec's, by
+        name, as stored (JSON's types, enums as their values; but volumes as VolumeAttach).
+        A listing writes these straight to its documents: making Machine objects of them
+        cost more than the rest of the request."""
 
     async def lines(
         self, project_id: str, states: Sequence[MachineState]

@@ -4,8 +4,9 @@ events (SSE)."""
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Header, Query, Response, WebSocket, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from hutch.api import convert
 from hutch.api.deps import Ctl, Scoped, bearer
@@ -57,8 +58,9 @@ async def create_machine(
     return await _view(ctl, m, s.project)
 
 
-# The page is written straight to bytes (convert.machine_doc): FastAPI would build and validate
-# a MachineView per machine, then serialize them; response_model only documents it.
+# The page is written straight to bytes, from the rows as the store read them (MachineRepo.records,
+# convert.machine_doc): FastAPI would build and validate a MachineView per machine, then
+# serialize them; response_model only documents it.
 @router.get("/v1/machines", response_model=Page[wire.MachineView])
 async def list_machines(
     ctl: Ctl,
@@ -68,19 +70,21 @@ async def list_machines(
     all: Annotated[bool, Query(description="include destroyed machines")] = False,
     limit: Annotated[int, Query(ge=1, le=INT32_MAX)] = 100,
     cursor: str | None = None,
-) -> JSONResponse:
+) -> Response:
     labels = {}
     for item in label or ():
         key, sep, value = item.partition("=")
         if not sep:
             raise Invalid(f"label filter {item!r} is not key=value")
         labels[key] = value
-    machines, wiring, next_cursor = await ctl.machines.page(
+    records, wiring, next_cursor = await ctl.machines.page(
         s.caller, s.project, states=tuple(state or ()), labels=labels, include_destroyed=all,
         limit=limit, cursor=cursor,
     )  # fmt: skip
-    items = [convert.machine_doc(m, s.project.name, wiring[m.id]) for m in machines]
-    return JSONResponse({"items": items, "next": next_cursor})
+    items = [convert.machine_doc(r, s.project.name, wiring[r["id"]]) for r in records]
+    # orjson: the standard library's encoder took a tenth of the request.
+    body = orjson.dumps({"items": items, "next": next_cursor})
+    return Response(body, media_type="application/json")
 
 
 @router.get("/v1/machines/{ref}")

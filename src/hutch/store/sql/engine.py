@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -206,6 +207,7 @@ class SqlStore:
                 isolation_level="READ COMMITTED",
                 pool_pre_ping=True,  # a controller outlives a PostgreSQL restart
                 connect_args={"timeout": CONNECT_TIMEOUT},
+                **_JSON,
             )
         try:
             async with (
@@ -432,9 +434,13 @@ class SqlStore:
             raise Unavailable(f"{self.where} failed: {_reason(e)}") from e
 
 
+# JSON columns read with orjson: the standard library's decoder took a tenth of a machine list.
+_JSON: dict[str, Any] = {"json_deserializer": orjson.loads}
+
+
 def _sqlite_engine(url: URL) -> AsyncEngine:
     """The migrations' writer: aiosqlite, BEGIN IMMEDIATE (`write()` uses `_sqlite_writer`)."""
-    engine = create_async_engine(url)
+    engine = create_async_engine(url, **_JSON)
     _sqlite_setup(engine.sync_engine, write=True)
     return engine
 
@@ -448,6 +454,7 @@ def _sqlite_writer(url: URL) -> sa.Engine:
         max_overflow=0,
         pool_reset_on_return=None,  # every transaction ends in a commit or a rollback
         connect_args={"check_same_thread": False},
+        **_JSON,
     )
     _sqlite_setup(engine, write=True)
     return engine
@@ -475,7 +482,11 @@ def _sqlite_reader(url: URL) -> sa.Engine:
     to aiosqlite's thread the same read takes. The pool never makes a reader wait (that would
     block the loop): it opens another connection instead."""
     engine = sa.create_engine(
-        url.set(drivername="sqlite"), pool_size=4, max_overflow=-1, pool_reset_on_return=None
+        url.set(drivername="sqlite"),
+        pool_size=4,
+        max_overflow=-1,
+        pool_reset_on_return=None,
+        **_JSON,
     )
     _sqlite_setup(engine, write=False)
     return engine

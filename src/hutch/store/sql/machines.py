@@ -3,6 +3,7 @@
 import base64
 import binascii
 import builtins
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
@@ -84,28 +85,50 @@ class SqlMachines(Repo):
         cursor: str | None = None,
     ) -> tuple[list[Machine], str | None]:
         """At most MAX_PAGE machines a page, whatever `limit` asks."""
+        rows, more = await self._page(project_id, states, labels, limit, cursor)
+        page = [_to_machine(r) for r in rows]
+        return page, _encode_cursor(page[-1].created_at, page[-1].id) if more else None
+
+    async def records(
+        self,
+        project_id: str,
+        *,
+        states: Sequence[MachineState] = (),
+        labels: Mapping[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+        rows, more = await self._page(project_id, states, labels, limit, cursor)
+        if not rows:
+            return [], None
+        names = tuple(_FIELD_OF.get(c, c) for c in rows[0]._fields)
+        page = [dict(zip(names, r, strict=True)) for r in rows]
+        for record in page:
+            if record["volumes"]:
+                record["volumes"] = _volumes(record["volumes"])
+        return page, _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
+
+    async def _page(
+        self,
+        project_id: str,
+        states: Sequence[MachineState],
+        labels: Mapping[str, str] | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[Sequence[Row[Any]], bool]:
+        """`list`'s rows, and whether more follow."""
         if limit < 1:
             raise Invalid("limit must be at least 1")
         limit = min(limit, MAX_PAGE)
-        m = t.machines
-        stmt = sa.select(m).where(m.c.project_id == project_id, m.c.pool == "")
-        if states:
-            stmt = stmt.where(m.c.state.in_([MachineState(s).value for s in states]))
-        for key, value in (labels or {}).items():
-            stmt = stmt.where(m.c.labels[key].as_string() == value)
+        labels = labels or {}
+        params: dict[str, Any] = {"project_id": project_id, "limit": limit + 1}
+        params.update((f"label_{i}", value) for i, value in enumerate(labels.values()))
         if cursor is not None:
-            after_time, after_id = _decode_cursor(cursor)
-            stmt = stmt.where(
-                sa.or_(
-                    m.c.created_at > after_time,
-                    sa.and_(m.c.created_at == after_time, m.c.id > after_id),
-                )
-            )
-        stmt = stmt.order_by(m.c.created_at, m.c.id).limit(limit + 1)
-        rows = list(await self._c.execute(stmt))
-        page = [_to_machine(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        return page, _encode_cursor(page[-1].created_at, page[-1].id) if more else None
+            params["after_time"], params["after_id"] = _decode_cursor(cursor)
+        values = tuple(MachineState(s).value for s in states)
+        stmt = _page_statement(values, tuple(labels), cursor is not None)
+        rows = (await self._c.execute(stmt, params)).all()
+        return rows[:limit], len(rows) > limit
 
     async def lines(
         self, project_id: str, states: Sequence[MachineState]
@@ -377,27 +400,58 @@ def _machine_values(m: Machine) -> dict[str, Any]:
     }
 
 
+# The columns named otherwise than their field of Machine or MachineSpec ("user" is reserved).
+_FIELD_OF = {"user_spec": "user", "group_name": "group", "tty_rows": "rows", "tty_cols": "cols"}
+
+
 def _to_machine(r: Row[Any]) -> Machine:
+    renamed = r._mapping
     spec = from_row(
         MachineSpec,
         r,
         command=None if r.command is None else tuple(r.command),
         entrypoint=None if r.entrypoint is None else tuple(r.entrypoint),
         env=tuple(r.env),
-        user=r.user_spec,
         restart=RestartPolicy(r.restart),
         labels=dict(r.labels),
-        group=r.group_name,
         group_policy=GroupPolicy(r.group_policy),
         constraints=dict(r.constraints),
         strategy=None if r.strategy is None else Strategy(r.strategy),
-        rows=r.tty_rows,
-        cols=r.tty_cols,
-        volumes=tuple(VolumeAttach(**v) for v in r.volumes),
+        **{field: renamed[column] for column, field in _FIELD_OF.items()},
+        volumes=_volumes(r.volumes),
         on_timeout=OnTimeout(r.on_timeout),
         on_idle=OnIdle(r.on_idle),
     )
     return from_row(Machine, r, spec=spec, state=MachineState(r.state), desired=Desired(r.desired))
+
+
+def _volumes(stored: builtins.list[dict[str, Any]]) -> tuple[VolumeAttach, ...]:
+    return tuple(VolumeAttach(**v) for v in stored)
+
+
+@functools.lru_cache(maxsize=64)
+def _page_statement(
+    states: tuple[str, ...], label_keys: tuple[str, ...], after: bool
+) -> "sa.Select[Any]":
+    """`_page`'s statement for its shape, its values bound (project_id, label_N, after_time,
+    after_id, limit). Kept: building one, and finding its compiled form, cost as much as
+    reading a page of rows."""
+    m = t.machines
+    stmt = sa.select(m).where(m.c.project_id == sa.bindparam("project_id"), m.c.pool == "")
+    if states:
+        stmt = stmt.where(m.c.state.in_(states))
+    for i, key in enumerate(label_keys):
+        stmt = stmt.where(m.c.labels[key].as_string() == sa.bindparam(f"label_{i}"))
+    if after:
+        after_time: sa.BindParameter[float] = sa.bindparam("after_time")
+        after_id: sa.BindParameter[str] = sa.bindparam("after_id")
+        stmt = stmt.where(
+            sa.or_(
+                m.c.created_at > after_time,
+                sa.and_(m.c.created_at == after_time, m.c.id > after_id),
+            )
+        )
+    return stmt.order_by(m.c.created_at, m.c.id).limit(sa.bindparam("limit"))
 
 
 def _encode_cursor(created_at: float, machine_id: str) -> str:

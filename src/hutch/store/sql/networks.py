@@ -37,7 +37,7 @@ from hutch.model.errors import Conflict, NoCapacity, NotFound
 from hutch.model.machine import ACTIVE, MachineState
 from hutch.model.network import PortMapping
 from hutch.store import tables as t
-from hutch.store.sql.repo import Repo, from_row
+from hutch.store.sql.repo import Repo, from_row, ids_value, in_ids
 
 ASSIGN_TRIES = 64  # a create losing this many races in a row gives up (Conflict: retry)
 
@@ -51,25 +51,30 @@ async def _per_machine(
     machine_ids: Sequence[str],
     order: Sequence[Any],
     make: Callable[[Row[Any]], V],
+    *,
+    pg: bool,
 ) -> dict[str, list[V]]:
     """Rows of `table` for each of `machine_ids` (every id a key, in `order`), made into values."""
     found: dict[str, list[V]] = {m: [] for m in machine_ids}
     if machine_ids:
-        key = (table, *order)
+        key = (table, pg, *order)
         if (stmt := _PER_MACHINE.get(key)) is None:
             stmt = _PER_MACHINE[key] = (
                 sa.select(table)
-                .where(table.c.machine_id.in_(sa.bindparam("ids", expanding=True)))
+                .where(in_ids(table.c.machine_id, pg))
                 .order_by(table.c.machine_id, *order)
             )
-        for r in await conn.execute(stmt, {"ids": sorted(set(machine_ids))}):
+        for r in (await conn.execute(stmt, {"ids": ids_value(machine_ids)})).all():
             found[r.machine_id].append(make(r))
     return found
 
 
-# _per_machine()'s statements, built once: building one coerces each id of its IN list (a
-# page lists 100 machines) before the compiled form is found in the cache.
+# _per_machine()'s statements, built once: building one costs more than running it.
 _PER_MACHINE: dict[tuple[Any, ...], sa.Select[Any]] = {}
+# Likewise (PostgreSQL's, SQLite's): every page of machines names its networks.
+_NETWORKS_BY_IDS = {
+    pg: sa.select(t.networks).where(in_ids(t.networks.c.id, pg)) for pg in (True, False)
+}
 
 
 class SqlNetworks(Repo):
@@ -128,8 +133,8 @@ class SqlNetworks(Repo):
     async def by_ids(self, ids: Sequence[str]) -> dict[str, Network]:
         if not ids:
             return {}
-        n = t.networks
-        rows = await self._c.execute(sa.select(n).where(n.c.id.in_(sorted(set(ids)))))
+        stmt = _NETWORKS_BY_IDS[self._pg]
+        rows = (await self._c.execute(stmt, {"ids": ids_value(ids)})).all()
         return {r.id: _to_network(r) for r in rows}
 
     async def delete(self, project_id: str, network_id: str) -> None:
@@ -187,7 +192,7 @@ class SqlNetworks(Repo):
         """Each machine's addresses, eth0 first."""
         a = t.network_addresses
         return await _per_machine(
-            self._c, a, machine_ids, [a.c.position], lambda r: from_row(Address, r)
+            self._c, a, machine_ids, [a.c.position], lambda r: from_row(Address, r), pg=self._pg
         )
 
     async def peers(
@@ -264,7 +269,7 @@ class SqlNetworks(Repo):
         p = t.machine_ports
         return await _per_machine(
             self._c, p, machine_ids, [p.c.host_port, p.c.protocol],
-            lambda r: PortMapping(r.host_port, r.port, r.protocol, r.host_ip),
+            lambda r: PortMapping(r.host_port, r.port, r.protocol, r.host_ip), pg=self._pg,
         )  # fmt: skip
 
     async def ports_taken(self) -> dict[str, builtins.set[tuple[int, str]]]:
@@ -421,7 +426,9 @@ class SqlSecurityGroups(Repo):
     async def of_machines(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[str]]:
         """Each machine's security group ids, in the order given at its creation."""
         mg = t.machine_security_groups
-        return await _per_machine(self._c, mg, machine_ids, [mg.c.position], lambda r: r.group_id)
+        return await _per_machine(
+            self._c, mg, machine_ids, [mg.c.position], lambda r: r.group_id, pg=self._pg
+        )
 
 
 def _network_values(n: Network) -> dict[str, Any]:

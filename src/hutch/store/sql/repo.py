@@ -1,11 +1,13 @@
 """What every repository shares: the connection it runs on, and a few statements."""
 
 import dataclasses
+import json
 import operator
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, NoReturn, Protocol, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -56,6 +58,21 @@ def _reader(
     if len(at) >= 2:
         return _Reader(columns, fields, operator.itemgetter(*at))
     return _Reader(columns, fields, lambda row: tuple(row[i] for i in at))  # itemgetter(i): a value
+
+
+def in_ids(column: sa.ColumnElement[Any], pg: bool) -> sa.ColumnElement[bool]:
+    """`column` IN the ids of one bound parameter, `ids`, a JSON array (ids_value()). An IN of
+    an expanding parameter renders and binds each id at every execution: for a page of 100
+    machines, as long as reading their rows."""
+    ids: sa.BindParameter[str] = sa.bindparam("ids")
+    values = (
+        sa.func.jsonb_array_elements_text(sa.cast(ids, JSONB)) if pg else sa.func.json_each(ids)
+    )
+    return column.in_(sa.select(sa.column("value")).select_from(values))
+
+
+def ids_value(ids: Iterable[str]) -> str:
+    return json.dumps(sorted(set(ids)))
 
 
 _INSERTS: dict[sa.Table, sa.Insert] = {}  # built once: a statement's cache key is kept on it
