@@ -36,6 +36,8 @@ def has_runtime(request: Request, node: Node, context: Context) -> str | None:
 
 def lacks_labels(wanted: Mapping[str, str], node: Node) -> str | None:
     """Why `node` cannot take a machine that needs the labels `wanted`, if it cannot."""
+    if not wanted:  # most machines: every node is asked, at every placement
+        return None
     missing = [f"{k}={v}" for k, v in wanted.items() if node.labels.get(k) != v]
     return f"lacks labels {', '.join(missing)}" if missing else None
 
@@ -91,7 +93,10 @@ def first_reason(
 ) -> str | None:
     """Why `node` cannot take `request` (the first filter that fails), or None. The node a
     request is pinned to says, besides, that the machine waits for it."""
-    why = next((r for f in filters if (r := f(request, node, context)) is not None), None)
-    if why is not None and request.node == node.id and request.node_why:
-        why += f" ({request.node_why}: the machine runs nowhere else)"
-    return why
+    for f in filters:  # a loop, not next() over a generator: called for every node weighed
+        why = f(request, node, context)
+        if why is not None:
+            if request.node == node.id and request.node_why:
+                why += f" ({request.node_why}: the machine runs nowhere else)"
+            return why
+    return None
