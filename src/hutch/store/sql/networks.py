@@ -37,7 +37,7 @@ from hutch.model.errors import Conflict, NoCapacity, NotFound
 from hutch.model.machine import ACTIVE, MachineState
 from hutch.model.network import PortMapping
 from hutch.store import tables as t
-from hutch.store.sql.repo import Repo, from_row
+from hutch.store.sql.repo import Repo, among, from_row
 
 ASSIGN_TRIES = 64  # a create losing this many races in a row gives up (Conflict: retry)
 
@@ -46,7 +46,7 @@ V = TypeVar("V")
 
 
 async def _per_machine(
-    conn: Any,
+    repo: Repo,
     table: sa.Table,
     machine_ids: Sequence[str],
     order: Sequence[Any],
@@ -55,14 +55,14 @@ async def _per_machine(
     """Rows of `table` for each of `machine_ids` (every id a key, in `order`), made into values."""
     found: dict[str, list[V]] = {m: [] for m in machine_ids}
     if machine_ids:
-        key = (table, *order)
+        key = (table, repo._pg, *order)
         if (stmt := _PER_MACHINE.get(key)) is None:
             stmt = _PER_MACHINE[key] = (
                 sa.select(table)
-                .where(table.c.machine_id.in_(sa.bindparam("ids", expanding=True)))
+                .where(among(table.c.machine_id, repo._pg))
                 .order_by(table.c.machine_id, *order)
             )
-        for r in await conn.execute(stmt, {"ids": sorted(set(machine_ids))}):
+        for r in await repo._c.execute(stmt, {"ids": sorted(set(machine_ids))}):
             found[r.machine_id].append(make(r))
     return found
 
@@ -187,7 +187,7 @@ class SqlNetworks(Repo):
         """Each machine's addresses, eth0 first."""
         a = t.network_addresses
         return await _per_machine(
-            self._c, a, machine_ids, [a.c.position], lambda r: from_row(Address, r)
+            self, a, machine_ids, [a.c.position], lambda r: from_row(Address, r)
         )
 
     async def peers(
@@ -263,7 +263,7 @@ class SqlNetworks(Repo):
     async def ports(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[PortMapping]]:
         p = t.machine_ports
         return await _per_machine(
-            self._c, p, machine_ids, [p.c.host_port, p.c.protocol],
+            self, p, machine_ids, [p.c.host_port, p.c.protocol],
             lambda r: PortMapping(r.host_port, r.port, r.protocol, r.host_ip),
         )  # fmt: skip
 
@@ -421,7 +421,7 @@ class SqlSecurityGroups(Repo):
     async def of_machines(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[str]]:
         """Each machine's security group ids, in the order given at its creation."""
         mg = t.machine_security_groups
-        return await _per_machine(self._c, mg, machine_ids, [mg.c.position], lambda r: r.group_id)
+        return await _per_machine(self, mg, machine_ids, [mg.c.position], lambda r: r.group_id)
 
 
 def _network_values(n: Network) -> dict[str, Any]:

@@ -62,6 +62,15 @@ _INSERTS: dict[sa.Table, sa.Insert] = {}  # built once: a statement's cache key 
 _LOCKS: dict[tuple[sa.Table, bool, bool], "sa.Select[Any]"] = {}  # _locked's, likewise
 
 
+def among(column: "sa.Column[Any]", pg: bool) -> sa.ColumnElement[bool]:
+    """`column` is one of the list bound as "ids": on PostgreSQL one array (`= ANY`), not an IN
+    list rendered into the statement, a parameter per value, at every execution (the
+    scheduler's pages name a thousand machines or nodes)."""
+    if pg:
+        return column == sa.any_(sa.bindparam("ids", type_=sa.ARRAY(sa.String)))
+    return column.in_(sa.bindparam("ids", expanding=True))
+
+
 def _insert_of(table: sa.Table) -> sa.Insert:
     stmt = _INSERTS.get(table)
     if stmt is None:
