@@ -7,7 +7,7 @@ order of `FILTERS` (so the reason a user reads is the most basic one).
 from collections.abc import Callable, Mapping, Sequence
 
 from hutch.model.machine import GroupPolicy, Node, NodeState
-from hutch.placement.capacity import CPU_OVERCOMMIT, free, need
+from hutch.placement.capacity import CPU_OVERCOMMIT, free, limit, need
 from hutch.placement.request import Context, Request
 
 Filter = Callable[[Request, Node, Context], str | None]
@@ -47,13 +47,16 @@ def has_labels(request: Request, node: Node, context: Context) -> str | None:
 
 
 def fits(request: Request, node: Node, context: Context) -> str | None:
-    want, room = need(request, node), free(node)
-    if want.memory_mib > room.memory_mib:
-        return f"{want.memory_mib} MiB of memory asked (with overhead), {room.memory_mib} free"
-    if want.disk_mib > room.disk_mib:
-        return f"{want.disk_mib} MiB of disk asked, {room.disk_mib} free"
-    if want.cpus > room.cpus:
-        return f"{want.cpus} vCPUs asked, {room.cpus} free (at {CPU_OVERCOMMIT}x overcommit)"
+    # Against the limit: what is free is worked out only for the reason of a node that is full.
+    want, most, a = need(request, node), limit(node), node.allocated
+    if a.memory_mib + want.memory_mib > most.memory_mib:
+        room = free(node).memory_mib
+        return f"{want.memory_mib} MiB of memory asked (with overhead), {room} free"
+    if a.disk_mib + want.disk_mib > most.disk_mib:
+        return f"{want.disk_mib} MiB of disk asked, {free(node).disk_mib} free"
+    if a.cpus + want.cpus > most.cpus:
+        room = free(node).cpus
+        return f"{want.cpus} vCPUs asked, {room} free (at {CPU_OVERCOMMIT}x overcommit)"
     return None
 
 
