@@ -172,7 +172,10 @@ class Snapshot:
 
     index: Index
     taken: float  # time.monotonic()
-    holders: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (project, image)
+    # (project id, image) -> its holders. The same set object from page to page while it does
+    # not change: `Index` finds a set it sorted by identity, not by comparing thousands of ids
+    # at every placement.
+    holders: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
 
     async def refresh(self, tx: Tx) -> None:
         """Take in what changed in the store since: only those nodes are read and re-sorted."""
@@ -195,13 +198,17 @@ class Snapshot:
         for project_id, images in sorted(missing.items()):
             found = await tx.machines.image_holders(project_id, sorted(images))
             for image, nodes in found.items():
-                self.holders[project_id, image] = nodes
-        return {key: frozenset(self.holders[key]) for key in keys}
+                self.holders[project_id, image] = frozenset(nodes)
+        return {key: self.holders[key] for key in keys}
 
     def took(self, placed: Sequence[tuple[Pending, str]]) -> None:
         """A page's placements, committed: their nodes hold their images now."""
+        new: dict[tuple[str, str], set[str]] = {}
         for m, node_id in placed:
-            self.holders.setdefault((m.project_id, m.image), set()).add(node_id)
+            new.setdefault((m.project_id, m.image), set()).add(node_id)
+        for key, nodes in new.items():
+            if not nodes <= (known := self.holders.get(key, frozenset())):
+                self.holders[key] = known | nodes
 
 
 def _shape(r: Request) -> tuple[object, ...]:
