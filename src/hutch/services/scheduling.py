@@ -172,9 +172,8 @@ class Snapshot:
 
     index: Index
     taken: float  # time.monotonic()
-    # (project id, image) -> its holders. The same set object from page to page while it does
-    # not change: `Index` finds a set it sorted by identity, not by comparing thousands of ids
-    # at every placement.
+    # (project id, image) -> its holders: the same set object from page to page while they do
+    # not change (`Index` finds the set it sorted by identity at once).
     holders: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
 
     async def refresh(self, tx: Tx) -> None:
