@@ -11,7 +11,7 @@ import signal as _signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection
 
@@ -86,8 +86,34 @@ RESTART_BACKOFF_MAX = 30.0
 FINISHED = tuple(s for s in MachineState if s.finished)
 
 
+class Asks(Protocol):
+    """What placing a machine reads of it: its MachineSpec, or the scheduler's lean row of a
+    pending machine (`store.base.Pending`), which names these fields alike."""
+
+    @property
+    def cpus(self) -> int: ...
+    @property
+    def memory_mib(self) -> int: ...
+    @property
+    def scratch_mib(self) -> int: ...
+    @property
+    def runtime(self) -> str: ...
+    @property
+    def constraints(self) -> Mapping[str, str]: ...
+    @property
+    def strategy(self) -> Strategy | None: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def group_policy(self) -> GroupPolicy: ...
+    @property
+    def volumes(self) -> tuple[VolumeAttach, ...]: ...
+    @property
+    def from_snapshot(self) -> str: ...
+
+
 def request_of(
-    spec: MachineSpec,
+    spec: Asks,
     project: Project | None = None,
     ports: Sequence[PortMapping] = (),
     pin: tuple[str, str] = ("", ""),
@@ -109,7 +135,7 @@ def request_of(
     )
 
 
-async def pin_of(tx: Tx, spec: MachineSpec) -> tuple[str, str]:
+async def pin_of(tx: Tx, spec: Asks) -> tuple[str, str]:
     """The node a machine with volumes runs on (theirs: attaching checked they share one), or
     a clone of a machine snapshot (the snapshot's), and why, in the user's words; ("", "") for
     a machine that may run anywhere."""

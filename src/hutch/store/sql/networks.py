@@ -37,7 +37,7 @@ from hutch.model.errors import Conflict, NoCapacity, NotFound
 from hutch.model.machine import ACTIVE, MachineState
 from hutch.model.network import PortMapping
 from hutch.store import tables as t
-from hutch.store.sql.repo import Repo, from_row, ids_value, in_ids
+from hutch.store.sql.repo import Conn, Repo, among, from_row
 
 ASSIGN_TRIES = 64  # a create losing this many races in a row gives up (Conflict: retry)
 
@@ -46,7 +46,7 @@ V = TypeVar("V")
 
 
 async def _per_machine(
-    conn: Any,
+    conn: Conn,
     table: sa.Table,
     machine_ids: Sequence[str],
     order: Sequence[Any],
@@ -61,10 +61,10 @@ async def _per_machine(
         if (stmt := _PER_MACHINE.get(key)) is None:
             stmt = _PER_MACHINE[key] = (
                 sa.select(table)
-                .where(in_ids(table.c.machine_id, pg))
+                .where(among(table.c.machine_id, pg))
                 .order_by(table.c.machine_id, *order)
             )
-        for r in (await conn.execute(stmt, {"ids": ids_value(machine_ids)})).all():
+        for r in (await conn.execute(stmt, {"ids": sorted(set(machine_ids))})).all():
             found[r.machine_id].append(make(r))
     return found
 
@@ -73,7 +73,7 @@ async def _per_machine(
 _PER_MACHINE: dict[tuple[Any, ...], sa.Select[Any]] = {}
 # Likewise (PostgreSQL's, SQLite's): every page of machines names its networks.
 _NETWORKS_BY_IDS = {
-    pg: sa.select(t.networks).where(in_ids(t.networks.c.id, pg)) for pg in (True, False)
+    pg: sa.select(t.networks).where(among(t.networks.c.id, pg)) for pg in (True, False)
 }
 
 
@@ -134,7 +134,7 @@ class SqlNetworks(Repo):
         if not ids:
             return {}
         stmt = _NETWORKS_BY_IDS[self._pg]
-        rows = (await self._c.execute(stmt, {"ids": ids_value(ids)})).all()
+        rows = (await self._c.execute(stmt, {"ids": sorted(set(ids))})).all()
         return {r.id: _to_network(r) for r in rows}
 
     async def delete(self, project_id: str, network_id: str) -> None:
