@@ -385,7 +385,7 @@ class Machines:
             return None
         if not digest:  # not asked on the way (a registry's name)
             try:
-                digest = (await self.images.get(principal, project, spec.image)).id
+                digest = (await self.images.lookup(principal, project, spec.image)).id
             except HutchError:
                 return None  # no node to ask: the machine boots, and its node resolves it
         return pool if digest == pool.image_digest else None
@@ -560,11 +560,12 @@ class Machines:
         (a digest, an id, a name without a registry, as a typo is) and that the project and the
         catalogue lack (NotFound); an image from a registry nodes may not pull from, unless the
         project already has it, imported under that name (Forbidden). Only a reference that
-        names an allowed registry is pulled on demand. The digest `image` means now when a
-        node said it on the way ("" when none was asked)."""
+        names an allowed registry is pulled on demand. The digest `image` means when a node
+        said it on the way, or a few seconds before (`Images.lookup`; "" when none was asked
+        or none could answer)."""
         if is_digest_or_id(image) or not names_registry(image):
             try:
-                return (await self.images.get(principal, project, image)).id
+                return (await self.images.lookup(principal, project, image)).id
             except (NoCapacity, Unavailable):
                 return ""  # no node to ask now: the machine waits for one, which decides
             except NotFound:
@@ -581,7 +582,7 @@ class Machines:
         if self.images.registries.allowed(registry):
             return ""
         try:
-            return (await self.images.get(principal, project, image)).id
+            return (await self.images.lookup(principal, project, image)).id
         except (NotFound, NoCapacity):
             self.images.registries.check(registry)
         return ""
