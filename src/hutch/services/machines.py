@@ -284,9 +284,10 @@ class Machines:
         start: bool = True,
         *,
         net: MachineNet | None = None,
-    ) -> Machine:
-        """`net`: its networks, published ports and security groups (None: the project's
-        default network, nothing published, no group)."""
+    ) -> tuple[Machine, Wiring]:
+        """The new machine, and its wiring as `wiring` would read it (made in the same
+        transaction). `net`: its networks, published ports and security groups (None: the
+        project's default network, nothing published, no group)."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         spec.check_new()
         net = net or MachineNet()
@@ -333,14 +334,14 @@ class Machines:
             if spec.volumes:
                 await _attach(tx, project, machine)
             await tx.machines.create(machine)
-            await self.networks.join(tx, project, machine.id, net)
+            wiring = await self.networks.join(tx, project, machine.id, net)
             await tx.events.append(
                 [NewEvent(project.id, "machine.created", machine.id, machine.state, "", now)]
             )
         self._wake(machine)
         if gave_way:
             self.notifier.notify(POOLS)  # to say why it is not full
-        return machine
+        return machine, wiring
 
     async def _snapshot_digest(self, project: Project, spec: MachineSpec) -> str:
         """The image a clone runs (its snapshot's, by digest); "" for a machine booted from its
@@ -392,10 +393,10 @@ class Machines:
 
     async def _take_pooled(
         self, project: Project, pool: Pool, spec: MachineSpec, name: str | None
-    ) -> Machine | None:
+    ) -> tuple[Machine, Wiring] | None:
         """A ready machine of `pool`, made the new machine (`spec`, `name`) in one transaction:
-        two runs never take the same one. Its node starts it as this machine. None when the
-        pool has none ready."""
+        two runs never take the same one; it, and its wiring. Its node starts it as this
+        machine. None when the pool has none ready."""
         now = time.time()
         async with self.store.write() as tx:
             await tx.projects.lock(project.id)  # two takes of one project never interleave
@@ -420,9 +421,10 @@ class Machines:
                 [NewEvent(project.id, "machine.created", taken.id, MachineState.CREATED, why, now)]
             )
             taken = await self._transition(tx, taken, MachineState.STARTING, why)
+            wiring = (await wirings(tx, [taken.id]))[taken.id]
         self._wake(taken)
         self.notifier.notify(POOLS)  # a refill follows
-        return taken
+        return taken, wiring
 
     async def _quota_giving_way(
         self, tx: Tx, project: Project, adding: Usage, name: str | None
