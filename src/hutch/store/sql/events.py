@@ -33,6 +33,7 @@ _APPEND_PG = sa.text(
     " CAST(:state AS text[]), CAST(:message AS text[]), CAST(:time AS float8[]),"
     " CAST(:seq AS bigint[]))"
 )
+_INSERT = t.events.insert()  # built once: every state change appends
 
 
 class SqlEvents(Repo):
@@ -56,7 +57,7 @@ class SqlEvents(Repo):
             await self._c.execute(_APPEND_PG, params)
         else:
             named = [dict(zip(_COLUMNS, r, strict=True)) for r in rows]
-            await self._c.execute(t.events.insert(), named)
+            await self._c.execute(_INSERT, named)
         return appended
 
     async def _number(self, project_id: str, n: int) -> int:

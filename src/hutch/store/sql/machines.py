@@ -30,7 +30,7 @@ from hutch.model.sandbox import scratch_mib
 from hutch.model.tenancy import Usage
 from hutch.store import tables as t
 from hutch.store.base import MAX_PAGE, Pending
-from hutch.store.sql.repo import Repo, from_row
+from hutch.store.sql.repo import Repo, by_ref, from_row
 
 
 class SqlMachines(Repo):
@@ -66,15 +66,7 @@ class SqlMachines(Repo):
         raise Conflict(f"machine {machine.name!r} conflicts with what is stored")
 
     async def get(self, project_id: str, ref: str) -> Machine:
-        m = t.machines
-        # An id wins over a name; among machines of that name, the live one, else the newest.
-        stmt = (
-            self._by_ref(m, project_id, ref)
-            .where(m.c.pool == "")  # a pool's machines are not the project's to name
-            .order_by(sa.case((t.LIVE, 0), else_=1), m.c.created_at.desc())
-            .limit(1)
-        )
-        return _to_machine(await self._found(stmt, "machine", ref))
+        return _to_machine(await self._found(_GET, "machine", ref, by_ref(project_id, ref)))
 
     async def list(
         self,
@@ -549,3 +541,11 @@ def _usage() -> sa.Select[Any]:
 
 
 _USAGE = _usage()
+# Built once (every request naming a machine asks): an id wins over a name; among machines of
+# that name, the live one, else the newest; a pool's machines are not the project's to name.
+_GET = (
+    Repo._by_ref(t.machines)
+    .where(t.machines.c.pool == "")
+    .order_by(sa.case((t.LIVE, 0), else_=1), t.machines.c.created_at.desc())
+    .limit(1)
+)

@@ -37,7 +37,7 @@ from hutch.model.errors import Conflict, NoCapacity, NotFound
 from hutch.model.machine import ACTIVE, MachineState
 from hutch.model.network import PortMapping
 from hutch.store import tables as t
-from hutch.store.sql.repo import Conn, Repo, among, from_row
+from hutch.store.sql.repo import Conn, Repo, among, by_ref, from_row
 
 ASSIGN_TRIES = 64  # a create losing this many races in a row gives up (Conflict: retry)
 
@@ -122,8 +122,8 @@ class SqlNetworks(Repo):
 
     async def get(self, project_id: str, ref: str) -> Network:
         """By id or name, within the project; NotFound otherwise."""
-        stmt = self._by_ref(t.networks, project_id, ref).limit(1)
-        return _to_network(await self._found(stmt, "network", ref))
+        row = await self._found(_NETWORK, "network", ref, by_ref(project_id, ref))
+        return _to_network(row)
 
     async def list(self, project_id: str) -> builtins.list[Network]:
         n = t.networks
@@ -166,7 +166,7 @@ class SqlNetworks(Repo):
         a = t.network_addresses
         first, last = host_range(network.subnet4)
         for _ in range(ASSIGN_TRIES):
-            used = await self._c.execute(sa.select(a.c.host).where(a.c.network_id == network.id))
+            used = await self._c.execute(_HOSTS, {"network_id": network.id})
             host = lowest_free((r.host for r in used), first, last)
             if host is None:
                 raise NoCapacity(
@@ -304,8 +304,8 @@ class SqlSecurityGroups(Repo):
         raise Conflict(f"the project already has a security group named {group.name!r}")
 
     async def get(self, project_id: str, ref: str) -> SecurityGroup:
-        stmt = self._by_ref(t.security_groups, project_id, ref).limit(1)
-        return (await self._with_rules([await self._found(stmt, "security group", ref)]))[0]
+        row = await self._found(_GROUP, "security group", ref, by_ref(project_id, ref))
+        return (await self._with_rules([row]))[0]
 
     async def list(self, project_id: str) -> builtins.list[SecurityGroup]:
         g = t.security_groups
@@ -448,3 +448,11 @@ def _network_values(n: Network) -> dict[str, Any]:
 
 def _to_network(r: Row[Any]) -> Network:
     return from_row(Network, r, egress_allow=tuple(r.egress_allow))
+
+
+# Built once: every create asks for its networks (the default one at least) and groups.
+_NETWORK = Repo._by_ref(t.networks).limit(1)
+_GROUP = Repo._by_ref(t.security_groups).limit(1)
+_HOSTS = sa.select(t.network_addresses.c.host).where(
+    t.network_addresses.c.network_id == sa.bindparam("network_id")
+)

@@ -91,6 +91,11 @@ def _insert_of(table: sa.Table) -> sa.Insert:
     return stmt
 
 
+def by_ref(project_id: str, ref: str) -> dict[str, str]:
+    """The parameters of a `Repo._by_ref` statement."""
+    return {"project_id": project_id, "ref": ref}
+
+
 class Conn(Protocol):
     """What repositories need of a connection: AsyncConnection, or _InLoop on SQLite."""
 
@@ -137,12 +142,18 @@ class Repo:
         return row
 
     @staticmethod
-    def _by_ref(table: sa.Table, project_id: str, ref: str) -> "sa.Select[Any]":
+    def _by_ref(table: sa.Table) -> "sa.Select[Any]":
         """The project's rows whose id or name is `ref`, the one with that id first (an id wins
-        over a name)."""
+        over a name); `project_id` and `ref` are bound parameters (`by_ref`). Built once by
+        its callers: building a statement and its cache key takes longer than SQLite takes to
+        run it."""
+        ref: sa.BindParameter[str] = sa.bindparam("ref")
         return (
             sa.select(table)
-            .where(table.c.project_id == project_id, sa.or_(table.c.id == ref, table.c.name == ref))
+            .where(
+                table.c.project_id == sa.bindparam("project_id"),
+                sa.or_(table.c.id == ref, table.c.name == ref),
+            )
             .order_by(sa.case((table.c.id == ref, 0), else_=1))
         )
 
