@@ -298,20 +298,34 @@ class Machines:
             )
         await self.networks.resolve(project, net)
         resolved = await self.check_image_source(principal, project, spec.image)
-        pool = await self._pool_for(principal, project, spec, net, resolved) if start else None
-        if pool is not None and (taken := await self._take_pooled(project, pool, spec, name)):
-            return taken
         if spec.volumes:  # refused now if they cannot be had (checked again when attached)
             async with self.store.read() as tx:
                 spec = replace(spec, volumes=await attachable(tx, project, spec))
         digest = await self._snapshot_digest(project, spec)
+        if name:
+            validate_name(name, "machine")
+        if start:  # in one read, outside the writer: a pool that may give it, and where it goes
+            async with self.store.read() as tx:
+                pool = await _pool_for(tx, project, spec, net)
+                decision = await _place(tx, spec, project, net)
+            if (
+                pool is not None
+                and await self._same_image(principal, project, pool, resolved)
+                and (taken := await self._take_pooled(project, pool, spec, name))
+            ):
+                return taken
+            # A refusal now rather than a machine waiting for ever.
+            if isinstance(decision, Rejection) and await self._give_way(spec, project, net, name):
+                async with self.store.read() as tx:
+                    decision = await _place(tx, spec, project, net)
+            if isinstance(decision, Rejection):
+                raise NoCapacity(f"no node can take this machine: {decision.explain()}")
         machine_id = new_id("m")
-        name = validate_name(name, "machine") if name else machine_id
         now = time.time()
         machine = Machine(
             id=machine_id,
             project_id=project.id,
-            name=name,
+            name=name or machine_id,
             spec=spec,
             state=MachineState.CREATED,
             desired=Desired.RUNNING if start else Desired.STOPPED,
@@ -320,14 +334,6 @@ class Machines:
             generation=1 if start else 0,
             image_digest=digest,
         )
-        if start:  # a refusal now rather than a machine waiting for ever; outside the writer
-            async with self.store.read() as tx:
-                decision = await _place(tx, spec, project, net)
-            if isinstance(decision, Rejection) and await self._give_way(spec, project, net, name):
-                async with self.store.read() as tx:
-                    decision = await _place(tx, spec, project, net)
-            if isinstance(decision, Rejection):
-                raise NoCapacity(f"no node can take this machine: {decision.explain()}")
         async with self.store.write() as tx:
             # The project's lock, held; its pools' machines give way to this one if need be.
             gave_way = await self._quota_giving_way(tx, project, usage_of(spec), name)
@@ -357,39 +363,17 @@ class Machines:
 
     # -- warm pools (services/pools.py keeps them filled) ----------------------------------------
 
-    async def _pool_for(
-        self,
-        principal: Principal,
-        project: Project,
-        spec: MachineSpec,
-        net: MachineNet,
-        digest: str,
-    ) -> Pool | None:
-        """The project's ready pool a new machine of `spec` may be taken from: one of its
-        image (`digest`, what that name means now, if known), shape and runtime, for a machine
-        on the default network that publishes nothing, in no security group, with no volumes
-        and not from a snapshot (a pooled machine was made with none of those), and with no
-        node labels or group policy to meet (its node was chosen without them)."""
-        if (
-            spec.volumes or spec.from_snapshot or net.networks is not None or net.ports
-            or net.security_groups or spec.constraints
-            or spec.group_policy is not GroupPolicy.NONE
-        ):  # fmt: skip
-            return None
-        try:
-            shape = PoolShape(spec.image, spec.cpus, spec.memory_mib, spec.disk_mib, spec.runtime)
-        except Invalid:
-            return None  # no pool could have it
-        async with self.store.read() as tx:
-            pool = await tx.pools.by_shape(project.id, shape)
-        if pool is None or pool.state is not PoolState.READY:
-            return None
+    async def _same_image(
+        self, principal: Principal, project: Project, pool: Pool, digest: str
+    ) -> bool:
+        """Whether the machine's image (`digest`, what its name means now, if known) is the
+        one `pool`'s machines run."""
         if not digest:  # not asked on the way (a registry's name)
             try:
-                digest = (await self.images.lookup(principal, project, spec.image)).id
+                digest = (await self.images.lookup(principal, project, pool.shape.image)).id
             except HutchError:
-                return None  # no node to ask: the machine boots, and its node resolves it
-        return pool if digest == pool.image_digest else None
+                return False  # no node to ask: the machine boots, and its node resolves it
+        return digest == pool.image_digest
 
     async def _take_pooled(
         self, project: Project, pool: Pool, spec: MachineSpec, name: str | None
@@ -410,7 +394,7 @@ class Machines:
             pooled = ready[0]
             taken = replace(
                 pooled,
-                name=validate_name(name, "machine") if name else pooled.id,
+                name=name or pooled.id,  # validated by create
                 spec=spec,
                 pool="",
                 desired=Desired.RUNNING,
@@ -1288,6 +1272,25 @@ async def _check_quota(tx: Tx, project: Project, adding: Usage | None = None) ->
             f"project {project.name} is at its quota: {over}. Running machines hold it (ended "
             "ones do not): stop some, or ask for a larger quota"
         )
+
+
+async def _pool_for(tx: Tx, project: Project, spec: MachineSpec, net: MachineNet) -> Pool | None:
+    """The project's ready pool a new machine of `spec` may be taken from if it runs the same
+    image (`Machines._same_image`): one of its image name, shape and runtime, for a
+    machine on the default network that publishes nothing, in no security group, with no
+    volumes and not from a snapshot (a pooled machine was made with none of those), and with
+    no node labels or group policy to meet (its node was chosen without them)."""
+    if (
+        spec.volumes or spec.from_snapshot or net.networks is not None or net.ports
+        or net.security_groups or spec.constraints or spec.group_policy is not GroupPolicy.NONE
+    ):  # fmt: skip
+        return None
+    try:
+        shape = PoolShape(spec.image, spec.cpus, spec.memory_mib, spec.disk_mib, spec.runtime)
+    except Invalid:
+        return None  # no pool could have it
+    pool = await tx.pools.by_shape(project.id, shape)
+    return pool if pool is not None and pool.state is PoolState.READY else None
 
 
 async def _place(
