@@ -166,8 +166,8 @@ class SqlNetworks(Repo):
         a = t.network_addresses
         first, last = host_range(network.subnet4)
         for _ in range(ASSIGN_TRIES):
-            used = await self._c.execute(_HOSTS, {"network_id": network.id})
-            host = lowest_free((r.host for r in used), first, last)
+            used = (await self._c.execute(_HOSTS, {"network_id": network.id})).scalars()
+            host = lowest_free(used, first, last)
             if host is None:
                 raise NoCapacity(
                     f"network {network.name} ({network.subnet4}) has no free address left"
