@@ -13,11 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
 
 from hutch import config
 from hutch.api.app import create_app
 from hutch.api.routes import machines as machine_routes
 from hutch.controller import build_controller
+from hutch.services.machines import SESSION_WAITERS
 from tests.helpers.api import JOIN, Api, close_api, open_api, served
 
 ENDS_WITHIN = 5.0  # seconds; the promise is one
@@ -251,3 +253,55 @@ async def test_a_token_holds_at_most_streams_per_token_streams(api: Api) -> None
                         assert not again.ended
                         break
                 await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def exec_socket(url: str, token: str, ref: str) -> AsyncIterator[ClientConnection]:
+    """An exec WebSocket with its ExecStart sent."""
+    async with connect(f"ws{url[4:]}/v1/machines/{ref}/exec",
+                       additional_headers={"Authorization": f"Bearer {token}"}) as ws:  # fmt: skip
+        await ws.send(json.dumps({"command": ["true"]}))
+        yield ws
+
+
+async def refusal(ws: ClientConnection, within: float = 5.0) -> dict[str, object]:
+    said: dict[str, object] = json.loads(await asyncio.wait_for(ws.recv(), within))
+    assert said["type"] == "error", said
+    return said
+
+
+async def test_sessions_wait_for_a_booting_machine_a_bounded_few_and_leave_with_their_client(
+    api: Api,
+) -> None:
+    """An exec into a machine that has not booted yet (here never: no agent runs the simulated
+    node) waits for it, holding a stream of its token. At most SESSION_WAITERS of a project
+    wait at once: the next is a 429 at once, while another project's still waits. A client
+    that leaves frees its place at once; a machine destroyed meanwhile ends the wait, refused."""
+    token, _ = await new_token(api, "alpha")
+    other, _ = await new_token(api, "beta")
+    booting = await machine_id(api, token, "booting")
+    theirs = await machine_id(api, other, "theirs")
+    alpha = (await api.call("GET", "/v1/projects/alpha")).json()["id"]
+    async with served(api) as url, contextlib.AsyncExitStack() as held:
+        waiting = [await held.enter_async_context(exec_socket(url, token, booting))
+                   for _ in range(SESSION_WAITERS)]  # fmt: skip
+        async with asyncio.timeout(5):  # each is waiting once the project counts it
+            while api.ctl.machines.sessions_waiting(alpha) < SESSION_WAITERS:
+                await asyncio.sleep(0.02)
+        async with exec_socket(url, token, booting) as one_more:
+            said = await refusal(one_more)
+            assert said["status"] == 429 and "boot" in str(said["detail"]), said
+        async with exec_socket(url, other, theirs) as elsewhere:  # beta's waits: no refusal
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(elsewhere.recv(), 1.0)
+        await waiting[0].close()  # it leaves: its place is free at once
+        async with asyncio.timeout(5):
+            while api.ctl.machines.sessions_waiting(alpha) >= SESSION_WAITERS:
+                await asyncio.sleep(0.02)
+        async with exec_socket(url, token, booting) as again:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(again.recv(), 1.0)
+            r = await api.call("DELETE", f"/v1/machines/{booting}?force=true", token)
+            assert r.status_code in (200, 202, 204), r.text
+            said = await refusal(again)  # ended by its destruction, not after 120 s
+            assert said["status"] == 400 and "not running" in str(said["detail"]), said

@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import WebSocket
+from starlette.types import Message
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -78,11 +79,14 @@ async def session(
             start = ExecStart.first_message(await ws.receive_text())
         lease = streams.admit(principal, project)  # before a wait for a booting machine
         try:
-            m, node = await machines.session(principal, project, ref, attach=attach)
-            upstream = await machines.connect(m, node, attach=attach)
+            opened = await _meanwhile(ws, _open(machines, principal, project, ref, attach))
         except BaseException:
             streams.release(lease)
             raise
+        if opened is None:  # the client left while its machine booted
+            streams.release(lease)
+            return
+        upstream, early = opened
     except HutchError as e:
         await ws.send_text(ws_error(e))
         await ws.close()
@@ -90,6 +94,8 @@ async def session(
     try:
         if start is not None:
             await upstream.send(start.model_dump_json())
+        for message in early:
+            await _forward(upstream, message)
         if await _relay(ws, upstream, lease, watch):
             await ws.send_text(ws_error(Unauthenticated(lease.reason)))
     finally:
@@ -97,6 +103,56 @@ async def session(
         await upstream.close()
         with contextlib.suppress(RuntimeError):
             await ws.close()
+
+
+async def _open(
+    machines: Machines, principal: Principal, project: Project, ref: str, attach: bool
+) -> ClientConnection:
+    m, node = await machines.session(principal, project, ref, attach=attach)
+    return await machines.connect(m, node, attach=attach)
+
+
+async def _meanwhile(
+    ws: WebSocket, opening: Awaitable[ClientConnection]
+) -> tuple[ClientConnection, list[Message]] | None:
+    """The node's socket once `opening` has it (it may wait for a booting machine), with what
+    the client sent meanwhile (typed into a shell not yet open), in order; None once the client
+    has gone: the wait ends with it, and its lease with the caller."""
+    job = asyncio.ensure_future(opening)
+    early: list[Message] = []
+    gone = False
+    try:
+        while not job.done():
+            heard = asyncio.ensure_future(ws.receive())
+            await asyncio.wait((job, heard), return_when=asyncio.FIRST_COMPLETED)
+            if not heard.done():
+                heard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heard
+                continue
+            message = heard.result()
+            if message["type"] == "websocket.disconnect":
+                gone = True
+                break
+            early.append(message)
+    finally:
+        if not job.done():  # the client left, or this was cancelled
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+    if not gone:
+        return job.result(), early
+    if not job.cancelled() and job.exception() is None:  # opened as the client left
+        await job.result().close()
+    return None
+
+
+async def _forward(node: ClientConnection, message: Message) -> None:
+    """A client's message on to the node, as it came (binary: input; text: a control)."""
+    if message.get("bytes") is not None:
+        await node.send(message["bytes"])
+    elif message.get("text") is not None:
+        await node.send(message["text"])
 
 
 async def _relay(
@@ -122,10 +178,7 @@ async def _relay(
             message = await client.receive()
             if message["type"] == "websocket.disconnect" or not lease.live:
                 return
-            if message.get("bytes") is not None:
-                await node.send(message["bytes"])
-            elif message.get("text") is not None:
-                await node.send(message["text"])
+            await _forward(node, message)
 
     ended = asyncio.ensure_future(lease.wait())
     tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up()), ended]

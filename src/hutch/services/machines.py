@@ -7,6 +7,7 @@ leading controller) places it and claims the node's share. A machine holds that 
 is active (placed and not finished), and gives it back when the generation ends.
 """
 
+import collections
 import signal as _signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -23,12 +24,14 @@ from hutch.model.errors import (
     NoCapacity,
     NotFound,
     QuotaExceeded,
+    TooManyRequests,
     Unavailable,
 )
 from hutch.model.image import names_registry, parse_ref
 from hutch.model.machine import (
     ACTIVE,
     MAX_TIMEOUT,
+    NOT_STARTED,
     Capacity,
     Desired,
     Event,
@@ -74,14 +77,16 @@ from hutch.services.ids import new_id
 from hutch.services.images import Images
 from hutch.services.networks import MachineNet, Networks, Wiring, bump_neighbours, wirings
 from hutch.services.nodelink import NodeLink
-from hutch.services.notify import POOLS, Notifier, keys_of, machine_key, node_key
+from hutch.services.notify import POLL, POOLS, Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
 from hutch.store.base import Claim, NewEvent, Store, Tx
 
 MAX_WAIT = 300.0
-# How long an exec or attach waits for a machine still booting (a cold boot, a pull).
+# How long an exec or attach waits for a machine still booting (a cold boot, a pull), and how
+# many of a project's may wait at once.
 SESSION_WAIT = 120.0
+SESSION_WAITERS = 16
 RESTART_BACKOFF_MAX = 30.0
 FINISHED = tuple(s for s in MachineState if s.finished)
 
@@ -272,6 +277,7 @@ class Machines:
         self.link = link
         self.images = images
         self.feeds = Feeds(store, notifier)
+        self._booting: collections.Counter[str] = collections.Counter()  # sessions, by project
 
     # -- tenant requests --------------------------------------------------------------------------
 
@@ -965,19 +971,41 @@ class Machines:
     ) -> tuple[Machine, Node]:
         """A running machine and its node, for an exec (or `attach`) session into it. One on
         its way to running (`run -d` then `exec`, or a shell opened as the page shows it
-        starting) is waited for, up to `SESSION_WAIT` seconds."""
+        starting) is waited for, up to `SESSION_WAIT` seconds, by at most `SESSION_WAITERS`
+        sessions of a project at once: each polls the store (changes made by another
+        controller are seen no other way)."""
         self.policy.require(principal, Action.MACHINE_EXEC, project.id)
         async with self.store.read() as tx:
             m = await _get(tx, project, ref)
-        if m.state in (MachineState.CREATED, MachineState.STARTING) and (
-            m.desired is Desired.RUNNING
-        ):
-            await self.wait(principal, project, m.id, "running", SESSION_WAIT)
+        if m.state in NOT_STARTED and m.desired is Desired.RUNNING:
+            if self._booting[project.id] >= SESSION_WAITERS:
+                raise TooManyRequests(
+                    f"{SESSION_WAITERS} sessions of project {project.name} already wait for "
+                    "their machines to boot: try again once they run"
+                )
+            self._booting[project.id] += 1
+            try:
+                deadline = time.monotonic() + SESSION_WAIT
+                while m.state in NOT_STARTED and m.desired is Desired.RUNNING:
+                    if (left := deadline - time.monotonic()) <= 0:
+                        break
+                    await self.notifier.wait(machine_key(m.id), min(left, POLL))
+                    async with self.store.read() as tx:
+                        m = await _get(tx, project, m.id)
+            finally:
+                self._booting[project.id] -= 1
+                if not self._booting[project.id]:
+                    del self._booting[project.id]
         m, node = await self.locate(principal, project, m.id, Action.MACHINE_EXEC)
-        if m.state is not MachineState.RUNNING:
+        if m.state is not MachineState.RUNNING or m.desired is Desired.DESTROYED:
             refusal = Conflict if attach else Invalid
-            raise refusal(f"machine {m.name} is {m.state}, not running")
+            being = "being destroyed" if m.desired is Desired.DESTROYED else m.state
+            raise refusal(f"machine {m.name} is {being}, not running")
         return m, node
+
+    def sessions_waiting(self, project_id: str) -> int:
+        """How many of the project's sessions wait here for their machines to boot."""
+        return self._booting[project_id]
 
     async def connect(self, m: Machine, node: Node, *, attach: bool) -> ClientConnection:
         """The session's WebSocket to the node (from `session`): an exec, whose ExecStart the
