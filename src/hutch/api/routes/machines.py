@@ -16,7 +16,7 @@ from hutch.http.fair import turn
 from hutch.http.problems import PROBLEMS
 from hutch.http.streaming import leased
 from hutch.model.errors import Invalid
-from hutch.model.machine import Machine, MachineState
+from hutch.model.machine import Machine, MachineState, validate_labels
 from hutch.model.tenancy import Principal, Project
 from hutch.wire import machines as wire
 from hutch.wire.common import INT32_MAX, INT64_MAX, Page
@@ -77,6 +77,7 @@ async def list_machines(
         if not sep:
             raise Invalid(f"label filter {item!r} is not key=value")
         labels[key] = value
+    validate_labels(labels)  # what no machine can have matches nothing; and a bound on the query
     records, wiring, next_cursor = await ctl.machines.page(
         s.caller, s.project, states=tuple(state or ()), labels=labels, include_destroyed=all,
         limit=limit, cursor=cursor,
