@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, NamedTuple, Protocol
 
-from hutch.model.addressing import Address, Network, Rule, SecurityGroup
+from hutch.model.addressing import Address, Network, Rule, SecurityGroup, ShownAddress
 from hutch.model.machine import (
     Capacity,
     Event,
