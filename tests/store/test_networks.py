@@ -89,6 +89,30 @@ async def test_addresses_are_the_lowest_free_and_stable(store: SqlStore) -> None
             await tx.networks.delete(project_id, net.id)
 
 
+async def test_shown_addresses_name_their_networks_eth0_first(store: SqlStore) -> None:
+    project_id, net = await setup(store)
+    back = network(project_id, "back", 2, "10.2.0.0/24")
+    two, none = f.machine(project_id), f.machine(project_id)
+    async with store.write() as tx:
+        assert await tx.networks.create(back)
+        for m in (two, none):
+            await tx.machines.create(m)
+        # eth1 assigned first: the order is the NICs', not the rows'.
+        await tx.networks.assign(back, two.id, 1)
+        await tx.networks.assign(net, two.id, 0)
+    async with store.read() as tx:
+        shown = await tx.networks.shown_addresses([two.id, none.id])
+        held = (await tx.networks.addresses([two.id]))[two.id]
+    assert shown == {
+        two.id: [
+            (n.name, a.network_id, a.mac, a.ip4, a.ip6)
+            for a, n in zip(held, (net, back), strict=True)
+        ],
+        none.id: [],
+    }
+    assert [a.position for a in held] == [0, 1]
+
+
 async def test_a_full_network_says_so(store: SqlStore) -> None:
     project_id, net = await setup(store, "10.1.0.0/29")  # hosts 2..6
     async with store.write() as tx:

@@ -82,6 +82,11 @@ class Address:
     ip6: str
 
 
+# An address as a machine's views show it: (network name, network id, mac, ip4, ip6). A tuple: a
+# listing reads one per machine, and an Address object with its network's name cost more.
+ShownAddress = tuple[str, str, str, str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """A security group rule: traffic allowed in (ingress) or out (egress)."""

@@ -23,10 +23,10 @@ from hutch.model.addressing import (
     MAX_RULES,
     MAX_SLOT,
     NONE,
-    Address,
     Network,
     Rule,
     SecurityGroup,
+    ShownAddress,
     attachment,
     check_egress,
     check_subnet4,
@@ -367,24 +367,19 @@ async def _bump_group_nodes(tx: Tx, group_ids: list[str]) -> None:
 class Wiring:
     """A machine's networks as its views show them."""
 
-    addresses: tuple[tuple[Address, str], ...] = ()  # (address, network name), eth0 first
+    addresses: tuple[ShownAddress, ...] = ()  # eth0 first
     ports: tuple[PortMapping, ...] = ()
     security_groups: tuple[str, ...] = ()  # names
 
 
 async def wirings(tx: Tx, machine_ids: Sequence[str]) -> dict[str, Wiring]:
-    addresses = await tx.networks.addresses(machine_ids)
+    addresses = await tx.networks.shown_addresses(machine_ids)
     ports = await tx.networks.ports(machine_ids)
     groups = await tx.security_groups.of_machines(machine_ids)
-    networks = await tx.networks.by_ids(
-        sorted({a.network_id for v in addresses.values() for a in v})
-    )
     named = await tx.security_groups.by_ids(sorted({g for v in groups.values() for g in v}))
     return {
         m: Wiring(
-            tuple(
-                (a, networks[a.network_id].name) for a in addresses[m] if a.network_id in networks
-            ),
+            tuple(addresses[m]),
             tuple(ports[m]),
             tuple(named[g].name for g in groups[m] if g in named),
         )

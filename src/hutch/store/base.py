@@ -156,7 +156,8 @@ class MachineRepo(Protocol):
         cursor: str | None = None,
     ) -> tuple[builtins.list[dict[str, Any]], str | None]:
         """The page `list` reads, each machine as its record: its fields and its spec's, by
-        name, as stored (JSON's types, enums as their values; but volumes as VolumeAttach).
+        name, as stored (JSON's types, enums as their values; but volumes as VolumeAttach),
+        but for the bookkeeping no view shows (version, generation, pool, stop signal...).
         A listing writes these straight to its documents: making Machine objects of them
         cost more than the rest of the request."""
 
@@ -321,6 +322,11 @@ class NetworkRepo(Protocol):
         """A free address of the network, now the machine's; NoCapacity when it is full."""
 
     async def addresses(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[Address]]: ...
+
+    async def shown_addresses(
+        self, machine_ids: Sequence[str]
+    ) -> dict[str, builtins.list[ShownAddress]]:
+        """Each machine's addresses as its views show them (every id a key), eth0 first."""
 
     async def peers(
         self, network_ids: Sequence[str]
