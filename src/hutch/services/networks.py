@@ -373,17 +373,9 @@ class Wiring:
 
 
 async def wirings(tx: Tx, machine_ids: Sequence[str]) -> dict[str, Wiring]:
-    addresses = await tx.networks.shown_addresses(machine_ids)
-    ports = await tx.networks.ports(machine_ids)
-    groups = await tx.security_groups.of_machines(machine_ids)
-    named = await tx.security_groups.by_ids(sorted({g for v in groups.values() for g in v}))
     return {
-        m: Wiring(
-            tuple(addresses[m]),
-            tuple(ports[m]),
-            tuple(named[g].name for g in groups[m] if g in named),
-        )
-        for m in machine_ids
+        m: Wiring(tuple(w.addresses), tuple(w.ports), tuple(w.security_groups))
+        for m, w in (await tx.networks.shown(machine_ids)).items()
     }
 
 

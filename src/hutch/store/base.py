@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, NamedTuple, Protocol
 
-from hutch.model.addressing import Address, Network, Rule, SecurityGroup, ShownAddress
+from hutch.model.addressing import Address, Network, Rule, SecurityGroup, ShownWiring
 from hutch.model.machine import (
     Capacity,
     Event,
@@ -323,10 +323,9 @@ class NetworkRepo(Protocol):
 
     async def addresses(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[Address]]: ...
 
-    async def shown_addresses(
-        self, machine_ids: Sequence[str]
-    ) -> dict[str, builtins.list[ShownAddress]]:
-        """Each machine's addresses as its views show them (every id a key), eth0 first."""
+    async def shown(self, machine_ids: Sequence[str]) -> dict[str, ShownWiring]:
+        """Each machine's addresses, ports and security groups as its views show them (every
+        id a key), in one statement."""
 
     async def peers(
         self, network_ids: Sequence[str]
