@@ -227,9 +227,9 @@ class SqlNetworks(Repo):
     async def shown(self, machine_ids: Sequence[str]) -> dict[str, ShownWiring]:
         found = {m: ShownWiring([], [], []) for m in machine_ids}
         if machine_ids:
-            rows: Iterable[Sequence[Any]] = await self._c.execute(
-                _SHOWN[self._pg], {"ids": ids_value(machine_ids)}
-            )
+            # all(): one fetch, where iterating the result fetches row by row.
+            result = await self._c.execute(_SHOWN[self._pg], {"ids": ids_value(machine_ids)})
+            rows: Iterable[Sequence[Any]] = result.all()
             for m, kind, key, port, text1, text2, text3, text4, text5 in rows:
                 if kind == 0:
                     found[m].addresses.append((text1, text2, text3, text4, text5))
