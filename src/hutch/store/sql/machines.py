@@ -448,7 +448,12 @@ def _page_statement(
     stmt = sa.select(*_SHOWN if shown else m.c)
     stmt = stmt.where(m.c.project_id == sa.bindparam("project_id"), m.c.pool == "")
     if states:
-        stmt = stmt.where(m.c.state.in_(states))
+        # A parameter per state, its value kept with the statement: an IN of one expanding
+        # parameter is rendered again at each execution.
+        in_states: list[sa.BindParameter[str]] = [
+            sa.bindparam(f"state_{i}", state) for i, state in enumerate(states)
+        ]
+        stmt = stmt.where(m.c.state.in_(in_states))
     for i, key in enumerate(label_keys):
         stmt = stmt.where(m.c.labels[key].as_string() == sa.bindparam(f"label_{i}"))
     if after:
