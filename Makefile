@@ -101,6 +101,7 @@ openapi: venv
 # of its own (tests/conftest.py). The second run's output follows the first's.
 # tests/test_makefile.py checks that the two lists hold every test. With PYTEST_ARGS: one run.
 # pytest exits 5 when it collected nothing: make fails on any non-zero exit, so that fails too.
+# (Under the shell's -e, each exit is caught: a failure in one run still prints the other's.)
 TESTS_GUESTS = tests/runtime tests/cli tests/agent tests/network tests/storage tests/web
 TESTS_REST = tests/api tests/services tests/store tests/client tests/bench tests/images \
 	tests/model tests/wire tests/placement tests/http tests/test_config.py tests/test_makefile.py
@@ -109,8 +110,8 @@ ifeq ($(strip $(PYTEST_ARGS)),)
 	@rest=$$(mktemp); \
 	HUTCH_CACHE_DIR=$(CACHE_DIR) $(VENV)/bin/pytest -p no:cacheprovider $(TESTS_REST) \
 		> $$rest 2>&1 & pid=$$!; \
-	HUTCH_CACHE_DIR=$(CACHE_DIR) $(VENV)/bin/pytest $(TESTS_GUESTS); guests=$$?; \
-	wait $$pid; others=$$?; cat $$rest; rm -f $$rest; \
+	guests=0; HUTCH_CACHE_DIR=$(CACHE_DIR) $(VENV)/bin/pytest $(TESTS_GUESTS) || guests=$$?; \
+	others=0; wait $$pid || others=$$?; cat $$rest; rm -f $$rest; \
 	echo "pytest: $(firstword $(TESTS_GUESTS)) ... exited $$guests, $(firstword $(TESTS_REST)) ... exited $$others"; \
 	test $$guests -eq 0 && test $$others -eq 0
 else

@@ -1,5 +1,6 @@
 """Machines through the API: validation, limits, quotas (also under concurrency, on both
-databases), the lifecycle rules the control plane enforces by itself."""
+databases), the lifecycle rules the control plane enforces by itself, and how often a create
+asks a node about its image."""
 
 import asyncio
 import tempfile
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from hutch.model.errors import NotFound, Unavailable
+from hutch.wire.images import ImageView
 from tests.helpers.api import Api, close_api, open_api
 from tests.store.at_head import controller_db_at_head
 
@@ -140,3 +143,56 @@ async def test_no_node_means_no_capacity_with_reasons(api: Api) -> None:
     token = await api.token("alpha", "member")
     r = await api.machine(token, memory_mib=(1 << 22))
     assert r.status_code == 503 and "sim-1" in r.json()["detail"]
+
+
+async def test_a_burst_of_creates_asks_a_node_about_its_image_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image check (a name without a registry must be the project's or the catalogue's)
+    reuses a node's recent answer, and shares one asking among creates at once; what no node
+    has is asked again (it may be imported next), and so is all once an image changes."""
+    asked: list[str] = []
+    known = {"busybox"}
+
+    async def image(node: object, project: str, ref: str) -> ImageView:
+        asked.append(ref)
+        await asyncio.sleep(0.01)  # the creates below overlap it
+        if ref not in known:
+            raise NotFound(f"no image {ref!r}")
+        return ImageView(id="sha256:" + "a" * 64, names=[ref], size=1, created=0.0, layers=1,
+                         public=True)  # fmt: skip
+
+    async def delete_image(node: object, project: str, ref: str, public: bool) -> None:
+        known.discard(ref)
+
+    monkeypatch.setattr(api.ctl.link, "image", image)
+    monkeypatch.setattr(api.ctl.link, "delete_image", delete_image)
+    token = await api.token("alpha", "member")
+    created = await asyncio.gather(*(api.machine(token) for _ in range(8)))
+    assert [r.status_code for r in created] == [201] * 8 and asked == ["busybox"]
+    assert (await api.machine(token)).status_code == 201 and asked == ["busybox"]
+    for _ in range(2):
+        assert (await api.machine(token, image="typo")).status_code == 404
+    assert asked == ["busybox", "typo", "typo"]
+    known.add("typo")  # imported meanwhile (by another controller: this one would forget)
+    assert (await api.machine(token, image="typo")).status_code == 201
+    r = await api.call("DELETE", "/v1/images/busybox?force=true", token)
+    assert r.status_code in (200, 204), r.text
+    assert (await api.machine(token)).status_code == 404  # asked again: it is gone
+    assert asked[-1] == "busybox" and len(asked) == 6
+
+
+async def test_an_unreachable_node_is_not_asked_again_by_each_create(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+
+    async def image(node: object, project: str, ref: str) -> ImageView:
+        asked.append(ref)
+        raise Unavailable("node sim-1 cannot be reached")
+
+    monkeypatch.setattr(api.ctl.link, "image", image)
+    token = await api.token("alpha", "member")
+    for _ in range(3):  # the node decides, as when it is down
+        assert (await api.machine(token)).status_code == 201
+    assert asked == ["busybox"]

@@ -55,6 +55,26 @@ async def test_machines_join_the_default_network_made_on_first_use(api: Api) -> 
     assert theirs["subnet6"] != net["subnet6"]
 
 
+async def test_a_creates_answer_shows_its_wiring_as_reading_it_back_does(api: Api) -> None:
+    """The create answers with what it joined (no read of its own): networks in the order
+    named, ports in the store's order, groups as named."""
+    token = await api.token("alpha", "member")
+    r = await api.call("POST", "/v1/networks", token, json={"name": "back"})
+    assert r.status_code == 201, r.text
+    for group in ("web", "db"):
+        r = await api.call("POST", "/v1/security-groups", token, json={"name": group})
+        assert r.status_code == 201, r.text
+    ports = [{"host_port": 9090, "port": 90, "protocol": "udp"}, {"host_port": 8080, "port": 80}]
+    created = await api.machine(token, name="m", networks=["back", "default"], ports=ports,
+                                security_groups=["db", "web"])  # fmt: skip
+    assert created.status_code == 201, created.text
+    got = (await api.call("GET", "/v1/machines/m", token)).json()
+    wiring = ("networks", "addresses", "ports", "security_groups", "dns")
+    assert {k: created.json()[k] for k in wiring} == {k: got[k] for k in wiring}
+    assert got["networks"] == ["back", "default"] and got["security_groups"] == ["db", "web"]
+    assert [p["host_port"] for p in got["ports"]] == [8080, 9090]
+
+
 async def test_a_network_may_have_an_ipv6_64_of_its_own(api: Api) -> None:
     """`subnet6`: a unique-local /64 of the project's choice, outside the controller's /48 and
     overlapping none of its networks; machines' IPv6 addresses come from it, each once."""

@@ -81,3 +81,18 @@ def test_holders_are_weighed_a_few_per_shape_and_kept_sorted_through_claims() ->
     assert isinstance(got, Placement) and got.considered == 4
     index.claim(got.node.id, r)
     assert placed(index.place(r, holders=holders)) == "n151"  # spread: n150 is fuller now
+
+
+def test_holders_named_again_as_an_equal_copy_or_grown_are_weighed_alike() -> None:
+    r = request()
+    ids = [f"id-n{i:03d}" for i in range(150, 200)]
+    index = Index([node(f"n{i:03d}") for i in range(200)], k=2)
+    # A scheduler's pages: the same holders as a new set object, then one holder more, then the
+    # first set object again; each weighed as by an index that never saw the others.
+    first = frozenset(ids)
+    for holders in (first, frozenset(ids), frozenset([*ids, "id-n100"]), first):
+        for _ in range(3):
+            fresh = Index(index.nodes.values(), k=2)
+            got = index.place(r, holders=holders)
+            assert placed(got) == placed(fresh.place(r, holders=holders))
+            index.claim(got.node.id, r)  # type: ignore[union-attr]

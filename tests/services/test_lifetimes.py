@@ -111,16 +111,20 @@ async def test_suspended_time_does_not_count_and_a_failed_suspend_at_the_timeout
         report = Report(1, state, time.time(), error=error, resumed=resumed)
         return await ctl.machines.report(node, m.id, report)
 
+    ran_from = time.time()
     await said(S.RUNNING)
-    await asyncio.sleep(0.3)  # it runs 0.3 s of its 1 s
+    await asyncio.sleep(0.3)  # it runs 0.3 s of its 1 s (more on a loaded machine)
     await ctl.machines.suspend(member, p, m.id)
     suspended = await said(S.SUSPENDED)
-    assert suspended.expires_at is None and 0.3 <= suspended.ran_s < 0.6
+    ran = time.time() - ran_from
+    assert ran < 0.9, "too slow a machine for what follows"
+    assert suspended.expires_at is None and 0.3 <= suspended.ran_s <= ran
     await asyncio.sleep(1.0)  # suspended longer than its whole timeout: the clock stands
     assert await ctl.machines.time_out(time.time()) == 0
     await ctl.machines.resume(member, p, m.id)
     resumed = await said(S.RUNNING, resumed=True)
-    assert 0.4 < (resumed.time_left(time.time()) or 0) <= 0.7
+    # A second suspended, longer than its whole timeout, and time is still left: what it ran.
+    assert 0 < (resumed.time_left(time.time()) or 0) <= 1.0 - suspended.ran_s
     assert await ctl.machines.time_out(time.time()) == 0
 
     await asyncio.sleep(0.8)  # now its time is up: suspended, as it says

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from hutch.model.machine import Capacity
+from hutch.model.machine import Capacity, GroupPolicy, MachineState
 from hutch.placement import Index
 from hutch.services.notify import Notifier
 from hutch.services.scheduling import WAITING, Scheduler, Snapshot
@@ -69,3 +69,65 @@ async def test_a_stale_snapshot_takes_in_what_others_changed(store: SqlStore) ->
     async with store.read() as tx:
         assert (await tx.machines.by_id(m.id)).node_id == full.id  # the emptiest now
         assert dict(after.index.nodes) == {n.id: n for n in await tx.nodes.list()}
+
+
+async def test_a_group_member_another_controller_placed_is_seen_by_the_next_page(
+    store: SqlStore,
+) -> None:
+    p = f.project()
+    a, b = (f.node(name, capacity=Capacity(8, 4000, 100_000), overhead_mib={}) for name in "ab")
+    spread = {"group": "db", "group_policy": GroupPolicy.ANTI_AFFINITY, "runtime": "container"}
+    first, last = f.machine(p.id, **spread), f.machine(p.id, **spread)
+    async with store.write() as tx:
+        await tx.projects.create(p)
+        for n in (a, b):
+            await tx.nodes.create(n, f"cred-{n.name}")
+        await tx.machines.create(first)
+        await tx.machines.create(last)
+    scheduler = Scheduler(store, Notifier(), page=1)
+    result, after, snapshot = await scheduler.page()
+    assert result.placed == 1 and snapshot is not None
+    async with store.read() as tx:
+        taken = (await tx.machines.by_id(first.id)).node_id
+    # Another controller places a member of the group on the other node, between two pages
+    # of one round (its snapshot is fresh: it has not seen that node's claim).
+    other = b.id if taken == a.id else a.id
+    async with store.write() as tx:
+        member = f.machine(p.id, node_id=other, state=MachineState.STARTING, **spread)
+        await tx.machines.create(member)
+    result, _, _ = await scheduler.page(after, snapshot)
+    assert (result.placed, result.waiting) == (0, 1)
+    async with store.read() as tx:
+        assert "anti-affinity" in (await tx.machines.by_id(last.id)).error
+
+
+async def test_holders_are_read_once_a_snapshot_then_grown_with_its_own_placements(
+    store: SqlStore,
+) -> None:
+    p = f.project()
+    a, b = (f.node(name, capacity=Capacity(8, 4000, 100_000), overhead_mib={}) for name in "ab")
+    elsewhere = f.node("cordoned", cordoned=True)  # takes nothing from this scheduler
+    machines = [f.machine(p.id, runtime="container") for _ in range(3)]
+    async with store.write() as tx:
+        await tx.projects.create(p)
+        for n in (a, b, elsewhere):
+            await tx.nodes.create(n, f"cred-{n.name}")
+        for m in machines:
+            await tx.machines.create(m)
+    scheduler = Scheduler(store, Notifier(), page=1)
+
+    async def placed() -> set[str | None]:
+        async with store.read() as tx:
+            return {(await tx.machines.by_id(m.id)).node_id for m in machines} - {None}
+
+    _, after, snapshot = await scheduler.page()
+    key = (p.id, machines[0].spec.image)
+    assert snapshot is not None and snapshot.holders == {key: await placed()}  # no read again
+    # Another controller places one of that image elsewhere: seen at the snapshot's next read.
+    async with store.write() as tx:
+        await tx.machines.create(f.machine(p.id, node_id=elsewhere.id, state=MachineState.RUNNING))
+    _, after, snapshot = await scheduler.page(after, snapshot)
+    assert snapshot is not None and snapshot.holders == {key: await placed()}
+    snapshot.taken = 0.0  # stale: the next page reads the nodes, and the holders, again
+    _, _, snapshot = await scheduler.page(after, snapshot)
+    assert snapshot is not None and snapshot.holders == {key: await placed() | {elsewhere.id}}

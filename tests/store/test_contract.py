@@ -17,11 +17,12 @@ from hutch.model.machine import (
     NodeState,
     RestartPolicy,
     Strategy,
+    VolumeAttach,
 )
 from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.model.tenancy import Quota, Role, Session, Usage
 from hutch.model.usage import Hour, UsageMark, UsageRecord, UsageTotal
-from hutch.store.base import MAX_PAGE, Claim, NewEvent
+from hutch.store.base import MAX_PAGE, Claim, NewEvent, Pending
 from hutch.store.sql import SqlStore
 from hutch.store.sql.usage import MAX_BATCH
 from tests.store import factories as f
@@ -596,6 +597,37 @@ async def test_pending_machines_are_placed_once(store: SqlStore) -> None:
         assert [m.id for m in await tx.machines.pending(10)] == [m.id for m in waiting[2:]]
 
 
+async def test_pending_reads_what_placement_asks(store: SqlStore) -> None:
+    p = f.project()
+    m = f.machine(
+        p.id,
+        cpus=2,
+        memory_mib=768,
+        disk_mib=2048,
+        runtime="container",
+        constraints={"zone": "b"},
+        strategy=Strategy.PACK,
+        group="db",
+        group_policy=GroupPolicy.ANTI_AFFINITY,
+        volumes=(VolumeAttach("v-1", "/data"),),
+        error="waiting for a node: before",
+    )
+    async with store.write() as tx:
+        await tx.projects.create(p)
+        await tx.machines.create(m)
+        (got,) = await tx.machines.pending(10)
+        s = m.spec
+        assert got == Pending(
+            m.id, p.id, m.created_at, m.error, s.image, 2, 768, s.scratch_mib, "container",
+            {"zone": "b"}, Strategy.PACK, "db", GroupPolicy.ANTI_AFFINITY, s.volumes, "",
+        )  # fmt: skip
+        await tx.machines.still_pending([(m.id, "waiting for a node: now")], 500.0)
+    async with store.read() as tx:
+        after = await tx.machines.by_id(m.id)
+    assert (after.error, after.updated_at, after.version) == ("waiting for a node: now", 500.0, 2)
+    assert after.spec == m.spec
+
+
 async def test_group_members_count_active_machines_by_node(store: SqlStore) -> None:
     p, a, b = f.project(), f.node(), f.node()
     running = MachineState.RUNNING
@@ -607,10 +639,13 @@ async def test_group_members_count_active_machines_by_node(store: SqlStore) -> N
         f.machine(p.id, group="db", node_id=b.id, state=running, desired=Desired.DESTROYED),
         f.machine(p.id, group="web", node_id=b.id, state=running),
     ]
+    other = f.project()  # its group of the same name is its own
     async with store.write() as tx:
         await tx.projects.create(p)
+        await tx.projects.create(other)
         for n in (a, b):
             await tx.nodes.create(n, n.id)
+        await tx.machines.create(f.machine(other.id, group="db", node_id=a.id, state=running))
         for m in members:
             await tx.machines.create(m)
     async with store.read() as tx:

@@ -87,6 +87,11 @@ class Address:
 ShownAddress = tuple[str, str, str, str, str]
 
 
+def shown_address(address: Address, network: str) -> ShownAddress:
+    """`address` on the network named `network`, as views show it."""
+    return (network, address.network_id, address.mac, address.ip4, address.ip6)
+
+
 class ShownWiring(NamedTuple):
     """A machine's networks as its views show them, as the store reads them."""
 

@@ -7,7 +7,7 @@ order of `FILTERS` (so the reason a user reads is the most basic one).
 from collections.abc import Callable, Mapping, Sequence
 
 from hutch.model.machine import GroupPolicy, Node, NodeState
-from hutch.placement.capacity import CPU_OVERCOMMIT, free, need
+from hutch.placement.capacity import CPU_OVERCOMMIT, free, limit, need
 from hutch.placement.request import Context, Request
 
 Filter = Callable[[Request, Node, Context], str | None]
@@ -36,6 +36,8 @@ def has_runtime(request: Request, node: Node, context: Context) -> str | None:
 
 def lacks_labels(wanted: Mapping[str, str], node: Node) -> str | None:
     """Why `node` cannot take a machine that needs the labels `wanted`, if it cannot."""
+    if not wanted:  # most machines: every node is asked, at every placement
+        return None
     missing = [f"{k}={v}" for k, v in wanted.items() if node.labels.get(k) != v]
     return f"lacks labels {', '.join(missing)}" if missing else None
 
@@ -45,13 +47,16 @@ def has_labels(request: Request, node: Node, context: Context) -> str | None:
 
 
 def fits(request: Request, node: Node, context: Context) -> str | None:
-    want, room = need(request, node), free(node)
-    if want.memory_mib > room.memory_mib:
-        return f"{want.memory_mib} MiB of memory asked (with overhead), {room.memory_mib} free"
-    if want.disk_mib > room.disk_mib:
-        return f"{want.disk_mib} MiB of disk asked, {room.disk_mib} free"
-    if want.cpus > room.cpus:
-        return f"{want.cpus} vCPUs asked, {room.cpus} free (at {CPU_OVERCOMMIT}x overcommit)"
+    # Against the limit: what is free is worked out only for the reason of a node that is full.
+    want, most, a = need(request, node), limit(node), node.allocated
+    if a.memory_mib + want.memory_mib > most.memory_mib:
+        room = free(node).memory_mib
+        return f"{want.memory_mib} MiB of memory asked (with overhead), {room} free"
+    if a.disk_mib + want.disk_mib > most.disk_mib:
+        return f"{want.disk_mib} MiB of disk asked, {free(node).disk_mib} free"
+    if a.cpus + want.cpus > most.cpus:
+        room = free(node).cpus
+        return f"{want.cpus} vCPUs asked, {room} free (at {CPU_OVERCOMMIT}x overcommit)"
     return None
 
 
@@ -91,7 +96,10 @@ def first_reason(
 ) -> str | None:
     """Why `node` cannot take `request` (the first filter that fails), or None. The node a
     request is pinned to says, besides, that the machine waits for it."""
-    why = next((r for f in filters if (r := f(request, node, context)) is not None), None)
-    if why is not None and request.node == node.id and request.node_why:
-        why += f" ({request.node_why}: the machine runs nowhere else)"
-    return why
+    for f in filters:  # a loop, not next() over a generator: called for every node weighed
+        why = f(request, node, context)
+        if why is not None:
+            if request.node == node.id and request.node_why:
+                why += f" ({request.node_why}: the machine runs nowhere else)"
+            return why
+    return None

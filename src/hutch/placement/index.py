@@ -39,6 +39,9 @@ class Index:
         # Holders of an image -> those nodes by shape; sorted at the first placement naming
         # that set, then kept up to date by update().
         self._holding: dict[frozenset[str], Shapes] = {}
+        # The sets of `_holding` as last named, by identity: a scheduler's page names one set a
+        # thousand times, and finding a set by value compares every member of an equal copy.
+        self._named: dict[int, tuple[frozenset[str], Shapes]] = {}
         for node in nodes:
             self.update(node)
 
@@ -114,9 +117,20 @@ class Index:
     def _held(self, holders: frozenset[str]) -> Shapes:
         if not holders:
             return {}
+        named = self._named.get(id(holders))
+        if named is not None and named[0] is holders:
+            return named[1]
         shapes = self._holding.get(holders)
-        if shapes is not None:
-            return shapes
+        if shapes is None:
+            shapes = self._sort(holders)
+        if len(self._named) >= HOLDER_SETS:
+            self._named.clear()
+        self._named[id(holders)] = (holders, shapes)
+        return shapes
+
+    def _sort(self, holders: frozenset[str]) -> Shapes:
+        """The nodes of `holders` by shape, each sorted as in `_shapes`, kept in `_holding`."""
+        self._named.clear()  # sets sorted before may be taken over, or dropped
         # A set like one sorted before (the same image, a page later: a few more holders) takes
         # its sorting over, changed by the difference; so sets no longer named are not kept.
         for known in self._holding:

@@ -45,11 +45,16 @@ def best(
     weighers: Sequence[tuple[Weigher, float]] = WEIGHERS,
 ) -> Placement:
     """The candidate with the highest normalised score; ties to the first name."""
-    totals = {node.id: 0.0 for node in candidates}
+    # Lists by position, not dicts by id: the scheduler weighs a dozen nodes per machine.
+    totals = [0.0] * len(candidates)
     for weigher, weight in weighers:
-        raw = {node.id: weigher(request, node, context) for node in candidates}
-        low, high = min(raw.values()), max(raw.values())
-        for node_id, value in raw.items():
-            totals[node_id] += weight * ((value - low) / (high - low) if high > low else 0.0)
-    winner = min(candidates, key=lambda n: (-totals[n.id], n.name))
-    return Placement(winner, totals[winner.id], len(candidates))
+        raw = [weigher(request, node, context) for node in candidates]
+        low, high = min(raw), max(raw)
+        if high > low:  # else every candidate scores 0: totals stay as they are
+            span = high - low
+            totals = [
+                total + weight * ((value - low) / span)
+                for total, value in zip(totals, raw, strict=True)
+            ]
+    at = min(range(len(candidates)), key=lambda i: (-totals[i], candidates[i].name))
+    return Placement(candidates[at], totals[at], len(candidates))

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -29,6 +30,11 @@ from hutch.store.base import Store
 from hutch.wire.images import ImageUsage, ImageView, PullEvent
 
 log = logging.getLogger("hutch.images")
+# Seconds a node's answer to "what is image REF for this project" is reused by `lookup`: long
+# enough that creates in a burst ask once, short enough that another controller's change of a
+# name (its pulls, imports and removals) is seen soon.
+LOOKUP_TTL = 5.0
+MAX_LOOKUPS = 1024  # answers kept at most (expired ones are dropped first)
 
 
 class Images:
@@ -54,6 +60,8 @@ class Images:
         self.spool_dir = spool_dir
         self.max_bytes = max_bytes
         self.free_floor = free_floor
+        # (project id, ref) -> (until when, the asking): see `lookup`.
+        self._lookups: dict[tuple[str, str], tuple[float, asyncio.Future[ImageView]]] = {}
 
     async def _ready(self) -> list[Any]:
         ready = await self.nodes.ready()
@@ -78,6 +86,33 @@ class Images:
 
     async def get(self, principal: Principal, project: Project, ref: str) -> ImageView:
         self.policy.require(principal, Action.IMAGE_READ, project.id)
+        return await self._ask(project, ref)
+
+    async def lookup(self, principal: Principal, project: Project, ref: str) -> ImageView:
+        """As `get`, for checks on the way of a request (a machine's create): the answer the
+        nodes gave at most LOOKUP_TTL ago if there is one, and one asking shared by concurrent
+        lookups of a name. Asking a node per create (an HTTP round trip, or a connection that
+        fails) took a third of its time. Kept: an image, and that no node could answer (the
+        create then leaves the image to its node, as it would with the node down); not "no such
+        image" (an import of it may follow at once) nor any other refusal. This controller's
+        pulls, imports and removals drop what was kept; another's are seen within LOOKUP_TTL."""
+        self.policy.require(principal, Action.IMAGE_READ, project.id)
+        key, now = (project.id, ref), time.monotonic()
+        kept = self._lookups.get(key)
+        if kept is None or kept[0] < now or not _reusable(kept[1]):
+            if len(self._lookups) >= MAX_LOOKUPS:
+                self._lookups = {k: v for k, v in self._lookups.items() if v[0] >= now}
+            asking = asyncio.ensure_future(self._ask(project, ref))
+            kept = self._lookups[key] = (now + LOOKUP_TTL, asking)
+        # Shielded: a caller that goes away does not cancel the others' answer.
+        return await asyncio.shield(kept[1])
+
+    def _changed(self) -> None:
+        """Images were pulled, imported or removed: `lookup` asks the nodes again."""
+        self._lookups.clear()
+
+    async def _ask(self, project: Project, ref: str) -> ImageView:
+        """The image `ref` means for the project, from the first ready node that has it."""
         unreachable: Unavailable | None = None
         for node in await self._ready():
             try:
@@ -125,12 +160,15 @@ class Images:
                 "(?force=true); a machine whose image is gone cannot start again"
             )
         found = False
-        for node in await self._ready():
-            try:
-                await self.link.delete_image(node, project.id, ref, public)
-                found = True
-            except NotFound:
-                continue
+        try:
+            for node in await self._ready():
+                try:
+                    await self.link.delete_image(node, project.id, ref, public)
+                    found = True
+                except NotFound:
+                    continue
+        finally:
+            self._changed()
         if not found:
             where = "the catalogue" if public else f"project {project.name}"
             raise NotFound(f"no image {ref!r} in {where}")
@@ -194,11 +232,14 @@ class Images:
         """Progress from each ready node in turn; the last event carries the image."""
         self._writing(principal, project, public)
         self.registries.check(parse_ref(ref).registry)  # before any node connects anywhere
-        for node in await self._ready():
-            async for event in self.link.pull(
-                node, project.id, ref, public, project.quota.image_limits()
-            ):
-                yield event
+        try:
+            for node in await self._ready():
+                async for event in self.link.pull(
+                    node, project.id, ref, public, project.quota.image_limits()
+                ):
+                    yield event
+        finally:
+            self._changed()
 
     async def import_(
         self,
@@ -232,12 +273,15 @@ class Images:
                 archive.close()  # its bytes are in the packed archive now
                 archive = packed
             result: list[ImageView] = []
-            for node in nodes:
-                archive.seek(0)
-                result = await self.link.import_(
-                    node, project.id, _chunks(archive), names=names, public=public,
-                    limits=limits,
-                )  # fmt: skip
+            try:
+                for node in nodes:
+                    archive.seek(0)
+                    result = await self.link.import_(
+                        node, project.id, _chunks(archive), names=names, public=public,
+                        limits=limits,
+                    )  # fmt: skip
+            finally:
+                self._changed()
         return result
 
     async def _pack(self, tarball: IO[bytes], out: BinaryIO, limits: dict[str, int]) -> None:
@@ -250,6 +294,16 @@ class Images:
         )  # fmt: skip
         if note := packed.note("an imported root filesystem"):
             log.info("%s", note)
+
+
+def _reusable(asking: "asyncio.Future[ImageView]") -> bool:
+    """Whether `lookup` may answer from `asking`: under way, an image, or no node to ask."""
+    if not asking.done():
+        return True
+    if asking.cancelled():
+        return False
+    error = asking.exception()
+    return error is None or isinstance(error, Unavailable | NoCapacity)
 
 
 def _loses(machine: Machine, digest: str, gone: set[str], last: bool) -> bool:

@@ -11,7 +11,7 @@ import signal as _signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection
 
@@ -86,8 +86,34 @@ RESTART_BACKOFF_MAX = 30.0
 FINISHED = tuple(s for s in MachineState if s.finished)
 
 
+class Asks(Protocol):
+    """What placing a machine reads of it: its MachineSpec, or the scheduler's lean row of a
+    pending machine (`store.base.Pending`), which names these fields alike."""
+
+    @property
+    def cpus(self) -> int: ...
+    @property
+    def memory_mib(self) -> int: ...
+    @property
+    def scratch_mib(self) -> int: ...
+    @property
+    def runtime(self) -> str: ...
+    @property
+    def constraints(self) -> Mapping[str, str]: ...
+    @property
+    def strategy(self) -> Strategy | None: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def group_policy(self) -> GroupPolicy: ...
+    @property
+    def volumes(self) -> tuple[VolumeAttach, ...]: ...
+    @property
+    def from_snapshot(self) -> str: ...
+
+
 def request_of(
-    spec: MachineSpec,
+    spec: Asks,
     project: Project | None = None,
     ports: Sequence[PortMapping] = (),
     pin: tuple[str, str] = ("", ""),
@@ -109,7 +135,7 @@ def request_of(
     )
 
 
-async def pin_of(tx: Tx, spec: MachineSpec) -> tuple[str, str]:
+async def pin_of(tx: Tx, spec: Asks) -> tuple[str, str]:
     """The node a machine with volumes runs on (theirs: attaching checked they share one), or
     a clone of a machine snapshot (the snapshot's), and why, in the user's words; ("", "") for
     a machine that may run anywhere."""
@@ -258,9 +284,10 @@ class Machines:
         start: bool = True,
         *,
         net: MachineNet | None = None,
-    ) -> Machine:
-        """`net`: its networks, published ports and security groups (None: the project's
-        default network, nothing published, no group)."""
+    ) -> tuple[Machine, Wiring]:
+        """The new machine, and its wiring as `wiring` would read it (made in the same
+        transaction). `net`: its networks, published ports and security groups (None: the
+        project's default network, nothing published, no group)."""
         self.policy.require(principal, Action.MACHINE_WRITE, project.id)
         spec.check_new()
         net = net or MachineNet()
@@ -271,20 +298,34 @@ class Machines:
             )
         await self.networks.resolve(project, net)
         resolved = await self.check_image_source(principal, project, spec.image)
-        pool = await self._pool_for(principal, project, spec, net, resolved) if start else None
-        if pool is not None and (taken := await self._take_pooled(project, pool, spec, name)):
-            return taken
         if spec.volumes:  # refused now if they cannot be had (checked again when attached)
             async with self.store.read() as tx:
                 spec = replace(spec, volumes=await attachable(tx, project, spec))
         digest = await self._snapshot_digest(project, spec)
+        if name:
+            validate_name(name, "machine")
+        if start:  # in one read, outside the writer: a pool that may give it, and where it goes
+            async with self.store.read() as tx:
+                pool = await _pool_for(tx, project, spec, net)
+                decision = await _place(tx, spec, project, net)
+            if (
+                pool is not None
+                and await self._same_image(principal, project, pool, resolved)
+                and (taken := await self._take_pooled(project, pool, spec, name))
+            ):
+                return taken
+            # A refusal now rather than a machine waiting for ever.
+            if isinstance(decision, Rejection) and await self._give_way(spec, project, net, name):
+                async with self.store.read() as tx:
+                    decision = await _place(tx, spec, project, net)
+            if isinstance(decision, Rejection):
+                raise NoCapacity(f"no node can take this machine: {decision.explain()}")
         machine_id = new_id("m")
-        name = validate_name(name, "machine") if name else machine_id
         now = time.time()
         machine = Machine(
             id=machine_id,
             project_id=project.id,
-            name=name,
+            name=name or machine_id,
             spec=spec,
             state=MachineState.CREATED,
             desired=Desired.RUNNING if start else Desired.STOPPED,
@@ -293,28 +334,20 @@ class Machines:
             generation=1 if start else 0,
             image_digest=digest,
         )
-        if start:  # a refusal now rather than a machine waiting for ever; outside the writer
-            async with self.store.read() as tx:
-                decision = await _place(tx, spec, project, net)
-            if isinstance(decision, Rejection) and await self._give_way(spec, project, net, name):
-                async with self.store.read() as tx:
-                    decision = await _place(tx, spec, project, net)
-            if isinstance(decision, Rejection):
-                raise NoCapacity(f"no node can take this machine: {decision.explain()}")
         async with self.store.write() as tx:
             # The project's lock, held; its pools' machines give way to this one if need be.
             gave_way = await self._quota_giving_way(tx, project, usage_of(spec), name)
             if spec.volumes:
                 await _attach(tx, project, machine)
             await tx.machines.create(machine)
-            await self.networks.join(tx, project, machine.id, net)
+            wiring = await self.networks.join(tx, project, machine.id, net)
             await tx.events.append(
                 [NewEvent(project.id, "machine.created", machine.id, machine.state, "", now)]
             )
         self._wake(machine)
         if gave_way:
             self.notifier.notify(POOLS)  # to say why it is not full
-        return machine
+        return machine, wiring
 
     async def _snapshot_digest(self, project: Project, spec: MachineSpec) -> str:
         """The image a clone runs (its snapshot's, by digest); "" for a machine booted from its
@@ -330,46 +363,24 @@ class Machines:
 
     # -- warm pools (services/pools.py keeps them filled) ----------------------------------------
 
-    async def _pool_for(
-        self,
-        principal: Principal,
-        project: Project,
-        spec: MachineSpec,
-        net: MachineNet,
-        digest: str,
-    ) -> Pool | None:
-        """The project's ready pool a new machine of `spec` may be taken from: one of its
-        image (`digest`, what that name means now, if known), shape and runtime, for a machine
-        on the default network that publishes nothing, in no security group, with no volumes
-        and not from a snapshot (a pooled machine was made with none of those), and with no
-        node labels or group policy to meet (its node was chosen without them)."""
-        if (
-            spec.volumes or spec.from_snapshot or net.networks is not None or net.ports
-            or net.security_groups or spec.constraints
-            or spec.group_policy is not GroupPolicy.NONE
-        ):  # fmt: skip
-            return None
-        try:
-            shape = PoolShape(spec.image, spec.cpus, spec.memory_mib, spec.disk_mib, spec.runtime)
-        except Invalid:
-            return None  # no pool could have it
-        async with self.store.read() as tx:
-            pool = await tx.pools.by_shape(project.id, shape)
-        if pool is None or pool.state is not PoolState.READY:
-            return None
+    async def _same_image(
+        self, principal: Principal, project: Project, pool: Pool, digest: str
+    ) -> bool:
+        """Whether the machine's image (`digest`, what its name means now, if known) is the
+        one `pool`'s machines run."""
         if not digest:  # not asked on the way (a registry's name)
             try:
-                digest = (await self.images.get(principal, project, spec.image)).id
+                digest = (await self.images.lookup(principal, project, pool.shape.image)).id
             except HutchError:
-                return None  # no node to ask: the machine boots, and its node resolves it
-        return pool if digest == pool.image_digest else None
+                return False  # no node to ask: the machine boots, and its node resolves it
+        return digest == pool.image_digest
 
     async def _take_pooled(
         self, project: Project, pool: Pool, spec: MachineSpec, name: str | None
-    ) -> Machine | None:
+    ) -> tuple[Machine, Wiring] | None:
         """A ready machine of `pool`, made the new machine (`spec`, `name`) in one transaction:
-        two runs never take the same one. Its node starts it as this machine. None when the
-        pool has none ready."""
+        two runs never take the same one; it, and its wiring. Its node starts it as this
+        machine. None when the pool has none ready."""
         now = time.time()
         async with self.store.write() as tx:
             await tx.projects.lock(project.id)  # two takes of one project never interleave
@@ -383,7 +394,7 @@ class Machines:
             pooled = ready[0]
             taken = replace(
                 pooled,
-                name=validate_name(name, "machine") if name else pooled.id,
+                name=name or pooled.id,  # validated by create
                 spec=spec,
                 pool="",
                 desired=Desired.RUNNING,
@@ -394,9 +405,10 @@ class Machines:
                 [NewEvent(project.id, "machine.created", taken.id, MachineState.CREATED, why, now)]
             )
             taken = await self._transition(tx, taken, MachineState.STARTING, why)
+            wiring = (await wirings(tx, [taken.id]))[taken.id]
         self._wake(taken)
         self.notifier.notify(POOLS)  # a refill follows
-        return taken
+        return taken, wiring
 
     async def _quota_giving_way(
         self, tx: Tx, project: Project, adding: Usage, name: str | None
@@ -534,11 +546,12 @@ class Machines:
         (a digest, an id, a name without a registry, as a typo is) and that the project and the
         catalogue lack (NotFound); an image from a registry nodes may not pull from, unless the
         project already has it, imported under that name (Forbidden). Only a reference that
-        names an allowed registry is pulled on demand. The digest `image` means now when a
-        node said it on the way ("" when none was asked)."""
+        names an allowed registry is pulled on demand. The digest `image` means when a node
+        said it on the way, or a few seconds before (`Images.lookup`; "" when none was asked
+        or none could answer)."""
         if is_digest_or_id(image) or not names_registry(image):
             try:
-                return (await self.images.get(principal, project, image)).id
+                return (await self.images.lookup(principal, project, image)).id
             except (NoCapacity, Unavailable):
                 return ""  # no node to ask now: the machine waits for one, which decides
             except NotFound:
@@ -555,7 +568,7 @@ class Machines:
         if self.images.registries.allowed(registry):
             return ""
         try:
-            return (await self.images.get(principal, project, image)).id
+            return (await self.images.lookup(principal, project, image)).id
         except (NotFound, NoCapacity):
             self.images.registries.check(registry)
         return ""
@@ -1259,6 +1272,25 @@ async def _check_quota(tx: Tx, project: Project, adding: Usage | None = None) ->
             f"project {project.name} is at its quota: {over}. Running machines hold it (ended "
             "ones do not): stop some, or ask for a larger quota"
         )
+
+
+async def _pool_for(tx: Tx, project: Project, spec: MachineSpec, net: MachineNet) -> Pool | None:
+    """The project's ready pool a new machine of `spec` may be taken from if it runs the same
+    image (`Machines._same_image`): one of its image name, shape and runtime, for a
+    machine on the default network that publishes nothing, in no security group, with no
+    volumes and not from a snapshot (a pooled machine was made with none of those), and with
+    no node labels or group policy to meet (its node was chosen without them)."""
+    if (
+        spec.volumes or spec.from_snapshot or net.networks is not None or net.ports
+        or net.security_groups or spec.constraints or spec.group_policy is not GroupPolicy.NONE
+    ):  # fmt: skip
+        return None
+    try:
+        shape = PoolShape(spec.image, spec.cpus, spec.memory_mib, spec.disk_mib, spec.runtime)
+    except Invalid:
+        return None  # no pool could have it
+    pool = await tx.pools.by_shape(project.id, shape)
+    return pool if pool is not None and pool.state is PoolState.READY else None
 
 
 async def _place(

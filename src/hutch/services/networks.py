@@ -36,6 +36,7 @@ from hutch.model.addressing import (
     new_ula48,
     pool_size,
     pool_subnet,
+    shown_address,
     subnet6_of,
 )
 from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound
@@ -304,6 +305,8 @@ class Networks:
     async def resolve(self, project: Project, net: MachineNet) -> None:
         """Refuse now (outside the writer) what names networks or groups the project lacks;
         the default network need not exist yet."""
+        if not (set(net.networks or ()) - {NONE, DEFAULT} or net.security_groups):
+            return  # nothing to read (most creates): no transaction
         async with self.store.read() as tx:
             for ref in net.networks or ():
                 if ref not in (NONE, DEFAULT):
@@ -311,16 +314,21 @@ class Networks:
             for ref in net.security_groups:
                 await _group(tx, project, ref)
 
-    async def join(self, tx: Tx, project: Project, machine_id: str, net: MachineNet) -> None:
+    async def join(self, tx: Tx, project: Project, machine_id: str, net: MachineNet) -> "Wiring":
         """In the transaction that creates the machine (holding the project's lock): its
-        addresses, published ports and security groups."""
+        addresses, published ports and security groups; what it joined, as `wirings` reads it
+        back (so a create's answer needs no read of its own)."""
+        addresses = []
         if not net.none:
             for position, ref in enumerate(net.networks or (DEFAULT,)):
                 network = await self._network_or_default(tx, project, ref)
-                await tx.networks.assign(network, machine_id, position)
+                address = await tx.networks.assign(network, machine_id, position)
+                addresses.append(shown_address(address, network.name))
         await tx.networks.publish(machine_id, net.ports)
-        groups = [(await _group(tx, project, ref)).id for ref in net.security_groups]
-        await tx.security_groups.attach(machine_id, groups)
+        groups = [await _group(tx, project, ref) for ref in net.security_groups]
+        await tx.security_groups.attach(machine_id, [g.id for g in groups])
+        ports = sorted(net.ports, key=lambda p: (p.host_port, p.protocol))  # as the store's
+        return Wiring(tuple(addresses), tuple(ports), tuple(g.name for g in groups))
 
     def _reading(self, principal: Principal, project: Project) -> AbstractAsyncContextManager[Tx]:
         """A read of the project's networks and groups, once `principal` may read them."""

@@ -55,9 +55,16 @@ def keys_of(m: Machine) -> list[str]:
     """Who waits on a change to `m`: its own waiters, its project's event streams, its node's
     long poll, and the scheduler when it waits for a node or has just given a node's share
     back."""
-    keys = [machine_key(m.id), project_key(m.project_id)]
-    if m.node_id is not None:
-        keys.append(node_key(m.node_id))
+    keys = keys_on(m.id, m.project_id, m.node_id)
     if m.state.finished or (m.node_id is None and m.desired is Desired.RUNNING):
         keys.append(SCHEDULER)
+    return keys
+
+
+def keys_on(machine_id: str, project_id: str, node_id: str | None) -> list[str]:
+    """`keys_of` a machine on that node (None: on none), but the scheduler's: those of a
+    machine the scheduler has just placed."""
+    keys = [machine_key(machine_id), project_key(project_id)]
+    if node_id is not None:
+        keys.append(node_key(node_id))
     return keys

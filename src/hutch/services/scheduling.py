@@ -13,15 +13,15 @@ machine is created or restarted, when capacity is given back, and every few seco
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from hutch.model.machine import Capacity, Machine
+from hutch.model.machine import Capacity, MachineState
 from hutch.placement import Index, Placement, Request, limit, need, plus
 from hutch.services.machines import pin_of, request_of
 from hutch.services.networks import bump_neighbours
-from hutch.services.notify import POOLS, SCHEDULER, Notifier, keys_of
-from hutch.store.base import Claim, NewEvent, Store, Tx
+from hutch.services.notify import POOLS, SCHEDULER, Notifier, keys_on
+from hutch.store.base import Claim, NewEvent, Pending, Store, Tx
 
 log = logging.getLogger("hutch.scheduler")
 PAGE = 1000  # machines per transaction
@@ -90,29 +90,25 @@ class Scheduler:
                 p: await tx.projects.get(p) for p in sorted({m.project_id for m in pending})
             }
             members = await _members(tx, pending)
-            holders = await _holders(tx, pending)
+            holders = await snapshot.holders_of(tx, pending)
             ports = await tx.networks.ports([m.id for m in pending])
-            pins = {
-                m.id: await pin_of(tx, m.spec)
-                for m in pending
-                if m.spec.volumes or m.spec.from_snapshot
-            }
+            pins = {m.id: await pin_of(tx, m) for m in pending if m.volumes or m.from_snapshot}
             taken = await tx.networks.ports_taken() if any(ports.values()) else {}
-            placed: list[tuple[Machine, str]] = []
+            placed: list[tuple[Pending, str]] = []
             claims: dict[str, Capacity] = {}
-            waiting: list[tuple[Machine, str]] = []
+            waiting: list[tuple[Pending, str]] = []
             # Nodes only fill up during a page: a request refused once is refused again, and
             # a backlog of one size costs one walk over the nodes, not one per machine.
             refused: dict[tuple[object, ...], str] = {}
             for m in pending:
                 pin = pins.get(m.id, ("", ""))
-                request = request_of(m.spec, projects[m.project_id], ports[m.id], pin)
-                group = members.get((m.project_id, m.spec.group)) if m.spec.group else None
+                request = request_of(m, projects[m.project_id], ports[m.id], pin)
+                group = members.get((m.project_id, m.group)) if m.group else None
                 shape = _shape(request)
                 if group is None and shape in refused:  # holders change no filter
                     waiting.append((m, refused[shape]))
                     continue
-                held = holders.get((m.project_id, m.spec.image), frozenset())
+                held = holders.get((m.project_id, m.image), frozenset())
                 decision = index.place(request, group, held, taken)
                 if not isinstance(decision, Placement):
                     why = WAITING + decision.explain()
@@ -131,25 +127,30 @@ class Scheduler:
             got = await tx.nodes.claim(
                 [Claim(n, want, limit(index.node(n))) for n, want in claims.items()]
             )
-            if len(got) < len(claims):
-                snapshot = None  # another writer changed nodes under it: read them again
             placed_now = [(m, node_id) for m, node_id in placed if node_id in got]
             await tx.machines.place([(m.id, node_id) for m, node_id in placed_now], now)
+            # A pending machine is created (`tables.PENDING`): placed, it still is, until its
+            # node starts it.
             events = [
-                NewEvent(m.project_id, "machine.placed", m.id, m.state,
+                NewEvent(m.project_id, "machine.placed", m.id, MachineState.CREATED,
                          f"on node {index.node(n).name}", now)
                 for m, n in placed_now
             ]  # fmt: skip
             await tx.events.append(events)
             await tx.nodes.bump_revisions([node_id for _, node_id in placed_now])
             await bump_neighbours(tx, [m.id for m, _ in placed_now])
-            for m, why in waiting:
-                if m.error != why:  # said once, not at every round
-                    await tx.machines.update(replace(m, error=why, updated_at=now))
+            # Said once, not at every round.
+            await tx.machines.still_pending(
+                [(m.id, why) for m, why in waiting if m.error != why], now
+            )
             for m, node_id in placed_now:
-                woken.update(keys_of(replace(m, node_id=node_id)))
+                woken.update(keys_on(m.id, m.project_id, node_id))
             if placed_now:
                 woken.add(POOLS)  # pools refill only once no machine waits for a node
+        if len(got) < len(claims):
+            snapshot = None  # another writer changed nodes under it: read them again
+        else:
+            snapshot.took(placed_now)
         if woken:
             self.notifier.notify(*woken)
         last = pending[-1]
@@ -162,10 +163,18 @@ class Scheduler:
 class Snapshot:
     """The nodes as a round sees them: read once, then kept current with its own claims.
     Others' changes (a release, a node going away) show at the next read; a claim made on a
-    stale view is refused by the store, never overbooked."""
+    stale view is refused by the store, never overbooked.
+
+    Which nodes hold each image are read once a snapshot too, then grown with its own
+    placements: a machine placed or gone elsewhere shows at the next read (a holder is a
+    preference, not a filter), which a project of thousands of machines would otherwise
+    scan at every page."""
 
     index: Index
     taken: float  # time.monotonic()
+    # (project id, image) -> its holders: the same set object from page to page while they do
+    # not change (`Index` finds the set it sorted by identity at once).
+    holders: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
 
     async def refresh(self, tx: Tx) -> None:
         """Take in what changed in the store since: only those nodes are read and re-sorted."""
@@ -174,7 +183,31 @@ class Snapshot:
             self.index.remove(node_id)
         for node in changed:
             self.index.update(node)
+        self.holders.clear()
         self.taken = time.monotonic()
+
+    async def holders_of(
+        self, tx: Tx, pending: Sequence[Pending]
+    ) -> dict[tuple[str, str], frozenset[str]]:
+        """Which nodes hold the page's images: (project id, image) -> node ids."""
+        keys = {(m.project_id, m.image) for m in pending}
+        missing: dict[str, set[str]] = {}
+        for project_id, image in keys - self.holders.keys():
+            missing.setdefault(project_id, set()).add(image)
+        for project_id, images in sorted(missing.items()):
+            found = await tx.machines.image_holders(project_id, sorted(images))
+            for image, nodes in found.items():
+                self.holders[project_id, image] = frozenset(nodes)
+        return {key: self.holders[key] for key in keys}
+
+    def took(self, placed: Sequence[tuple[Pending, str]]) -> None:
+        """A page's placements, committed: their nodes hold their images now."""
+        new: dict[tuple[str, str], set[str]] = {}
+        for m, node_id in placed:
+            new.setdefault((m.project_id, m.image), set()).add(node_id)
+        for key, nodes in new.items():
+            if not nodes <= (known := self.holders.get(key, frozenset())):
+                self.holders[key] = known | nodes
 
 
 def _shape(r: Request) -> tuple[object, ...]:
@@ -191,26 +224,14 @@ def _shape(r: Request) -> tuple[object, ...]:
     )
 
 
-async def _members(tx: Tx, pending: list[Machine]) -> dict[tuple[str, str], dict[str, int]]:
+async def _members(tx: Tx, pending: list[Pending]) -> dict[tuple[str, str], dict[str, int]]:
     """Where the page's groups run: (project id, group) -> node id -> machines."""
     wanted: dict[str, set[str]] = {}
     for m in pending:
-        if m.spec.group:
-            wanted.setdefault(m.project_id, set()).add(m.spec.group)
+        if m.group:
+            wanted.setdefault(m.project_id, set()).add(m.group)
     found = {}
     for project_id, groups in sorted(wanted.items()):
         for group, where in (await tx.machines.group_members(project_id, sorted(groups))).items():
             found[project_id, group] = where
-    return found
-
-
-async def _holders(tx: Tx, pending: list[Machine]) -> dict[tuple[str, str], frozenset[str]]:
-    """Which nodes hold the page's images: (project id, image) -> node ids."""
-    wanted: dict[str, set[str]] = {}
-    for m in pending:
-        wanted.setdefault(m.project_id, set()).add(m.spec.image)
-    found = {}
-    for project_id, images in sorted(wanted.items()):
-        for image, nodes in (await tx.machines.image_holders(project_id, sorted(images))).items():
-            found[project_id, image] = frozenset(nodes)
     return found

@@ -18,11 +18,13 @@ from hutch.model.addressing import Address, Network, Rule, SecurityGroup, ShownW
 from hutch.model.machine import (
     Capacity,
     Event,
+    GroupPolicy,
     Machine,
     MachineLine,
     MachineState,
     Node,
     Strategy,
+    VolumeAttach,
 )
 from hutch.model.metrics import MetricPoint
 from hutch.model.network import PortMapping
@@ -43,6 +45,27 @@ class Claim(NamedTuple):
     node_id: str
     want: Capacity
     limit: Capacity
+
+
+class Pending(NamedTuple):
+    """A machine waiting for a node as the scheduler reads it (`MachineRepo.pending`): what
+    placing it asks, named as in its MachineSpec, not the whole row (a page is a thousand)."""
+
+    id: str
+    project_id: str
+    created_at: float
+    error: str  # why it waited at the last round
+    image: str
+    cpus: int
+    memory_mib: int
+    scratch_mib: int
+    runtime: str
+    constraints: Mapping[str, str]
+    strategy: Strategy | None
+    group: str
+    group_policy: GroupPolicy
+    volumes: tuple[VolumeAttach, ...]
+    from_snapshot: str
 
 
 class NewEvent(NamedTuple):
@@ -185,13 +208,16 @@ class MachineRepo(Protocol):
 
     async def pending(
         self, limit: int, after: tuple[float, str] | None = None
-    ) -> builtins.list[Machine]:
+    ) -> builtins.list[Pending]:
         """Machines to place (no node, wanted running, created), oldest first, after the
         (created_at, id) given; on PostgreSQL locked to the transaction, skipping those
         another transaction holds."""
 
     async def place(self, placed: Sequence[tuple[str, str]], at: float) -> None:
         """Set the node of pending machines: (machine id, node id) pairs."""
+
+    async def still_pending(self, why: Sequence[tuple[str, str]], at: float) -> None:
+        """Say why pending machines wait (their `error`): (machine id, why) pairs."""
 
     async def group_members(
         self, project_id: str, groups: Sequence[str]

@@ -190,7 +190,7 @@ machines = sa.Table(
 )
 
 LIVE = machines.c.state != MachineState.DESTROYED.value
-# The scheduler's queue: machines to place, oldest first.
+# The scheduler's queue: machines to place, oldest first; a page is the index's next rows.
 PENDING = sa.and_(
     machines.c.node_id.is_(None),
     machines.c.state == MachineState.CREATED.value,
@@ -199,6 +199,7 @@ PENDING = sa.and_(
 sa.Index(
     "ix_machines_pending",
     machines.c.created_at,
+    machines.c.id,
     sqlite_where=PENDING,
     postgresql_where=PENDING,
 )

@@ -54,8 +54,8 @@ async def create_machine(
         response.status_code = status.HTTP_200_OK
         decision = await ctl.machines.explain(s.caller, s.project, spec, net)
         return convert.placement_view(decision)
-    m = await ctl.machines.create(s.caller, s.project, spec, body.name, body.start, net=net)
-    return await _view(ctl, m, s.project)
+    m, wiring = await ctl.machines.create(s.caller, s.project, spec, body.name, body.start, net=net)
+    return convert.machine_view(m, s.project.name, wiring)
 
 
 # The page is written straight to bytes, from the rows as the store read them (MachineRepo.records,

@@ -26,6 +26,15 @@ _NUMBER = (  # built once: every state change asks
     .returning(t.projects.c.event_seq)
 )
 
+_COLUMNS = (*NewEvent._fields, "seq")  # what append() writes of each event
+_APPEND_PG = sa.text(
+    f"INSERT INTO events ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
+    "CAST(:project_id AS text[]), CAST(:kind AS text[]), CAST(:object_id AS text[]),"
+    " CAST(:state AS text[]), CAST(:message AS text[]), CAST(:time AS float8[]),"
+    " CAST(:seq AS bigint[]))"
+)
+_INSERT = t.events.insert()  # built once: every state change appends
+
 
 class SqlEvents(Repo):
     async def append(self, events: Sequence[NewEvent]) -> list[Event]:
@@ -41,10 +50,14 @@ class SqlEvents(Repo):
         for e in events:
             appended.append(Event(following[e.project_id], *e))
             following[e.project_id] += 1
-        await self._c.execute(
-            t.events.insert(),
-            [{**e._asdict(), "seq": a.id} for e, a in zip(events, appended, strict=True)],
-        )
+        rows = [(*e, a.id) for e, a in zip(events, appended, strict=True)]
+        if self._pg:  # a column per array: one execution, not a thousand rows of parameters
+            columns = zip(*rows, strict=True)
+            params = {name: list(values) for name, values in zip(_COLUMNS, columns, strict=True)}
+            await self._c.execute(_APPEND_PG, params)
+        else:
+            named = [dict(zip(_COLUMNS, r, strict=True)) for r in rows]
+            await self._c.execute(_INSERT, named)
         return appended
 
     async def _number(self, project_id: str, n: int) -> int:

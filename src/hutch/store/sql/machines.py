@@ -26,10 +26,11 @@ from hutch.model.machine import (
     Strategy,
     VolumeAttach,
 )
+from hutch.model.sandbox import scratch_mib
 from hutch.model.tenancy import Usage
 from hutch.store import tables as t
-from hutch.store.base import MAX_PAGE
-from hutch.store.sql.repo import Repo, from_row
+from hutch.store.base import MAX_PAGE, Pending
+from hutch.store.sql.repo import Repo, by_ref, from_row
 
 
 class SqlMachines(Repo):
@@ -65,15 +66,7 @@ class SqlMachines(Repo):
         raise Conflict(f"machine {machine.name!r} conflicts with what is stored")
 
     async def get(self, project_id: str, ref: str) -> Machine:
-        m = t.machines
-        # An id wins over a name; among machines of that name, the live one, else the newest.
-        stmt = (
-            self._by_ref(m, project_id, ref)
-            .where(m.c.pool == "")  # a pool's machines are not the project's to name
-            .order_by(sa.case((t.LIVE, 0), else_=1), m.c.created_at.desc())
-            .limit(1)
-        )
-        return _to_machine(await self._found(stmt, "machine", ref))
+        return _to_machine(await self._found(_GET, "machine", ref, by_ref(project_id, ref)))
 
     async def list(
         self,
@@ -180,18 +173,18 @@ class SqlMachines(Repo):
 
     async def pending(
         self, limit: int, after: tuple[float, str] | None = None
-    ) -> builtins.list[Machine]:
+    ) -> builtins.list[Pending]:
         """Machines waiting for a node, oldest first, from after (created_at, id). On
         PostgreSQL they stay locked to this transaction (and skipped by another's), so nobody
         changes them under the scheduler."""
         m = t.machines
-        stmt = sa.select(m).where(t.PENDING)
+        stmt = _PENDING
         if after is not None:
             stmt = stmt.where(sa.tuple_(m.c.created_at, m.c.id) > sa.tuple_(*after))
         stmt = stmt.order_by(m.c.created_at, m.c.id).limit(limit)
         if self._pg:
             stmt = stmt.with_for_update(skip_locked=True)
-        return [_to_machine(r) for r in await self._c.execute(stmt)]
+        return [_to_pending(r) for r in await self._c.execute(stmt)]
 
     async def place(self, placed: Sequence[tuple[str, str]], at: float) -> None:
         """Give pending machines their node: (machine id, node id) pairs, in one statement
@@ -211,26 +204,27 @@ class SqlMachines(Repo):
         rows = [{"machine": machine, "node": node} for machine, node in placed]
         await self._c.execute(stmt, rows)
 
+    async def still_pending(self, why: Sequence[tuple[str, str]], at: float) -> None:
+        if why:
+            rows = [{"machine": machine, "why": text, "at": at} for machine, text in why]
+            await self._c.execute(_STILL_PENDING, rows)
+
     async def group_members(
         self, project_id: str, groups: Sequence[str]
     ) -> dict[str, dict[str, int]]:
         """Where each group's active machines are: group -> node id -> how many."""
-        m = t.machines
         found: dict[str, dict[str, int]] = {g: {} for g in groups}
         if not groups:
             return found
-        stmt = (
-            sa.select(m.c.group_name, m.c.node_id, sa.func.count())
-            .where(
-                m.c.project_id == project_id,
-                m.c.group_name.in_(sorted(set(groups))),
-                m.c.node_id.is_not(None),
-                m.c.state.in_([s.value for s in ACTIVE]),
-                m.c.desired != Desired.DESTROYED.value,
+        if self._pg:
+            stmt, params = _GROUP_MEMBERS_PG, {"project": project_id, "groups": sorted(found)}
+        else:
+            m = t.machines
+            stmt = _group_members(
+                sa.and_(m.c.project_id == project_id, m.c.group_name.in_(sorted(found)))
             )
-            .group_by(m.c.group_name, m.c.node_id)
-        )
-        rows: list[tuple[Any, ...]] = [tuple(row) for row in await self._c.execute(stmt)]
+            params = {}
+        rows: list[tuple[Any, ...]] = [tuple(row) for row in await self._c.execute(stmt, params)]
         for group, node_id, count in rows:
             found[str(group)][str(node_id)] = int(count)
         return found
@@ -323,6 +317,63 @@ _PLACE_PG = sa.text(
     " version = m.version + 1"
     " FROM unnest(CAST(:machines AS text[]), CAST(:nodes AS text[])) AS w(machine, node)"
     " WHERE m.id = w.machine AND m.node_id IS NULL"
+)
+
+
+# What the scheduler reads of a pending machine (`Pending`, field by field; its scratch disk by
+# the model's rule, from disk_mib) and writes back.
+_PENDING = sa.select(
+    *(t.machines.c[c] for c in (
+        "id", "project_id", "created_at", "error", "image", "cpus", "memory_mib", "disk_mib",
+        "runtime", "constraints", "strategy", "group_name", "group_policy", "volumes",
+        "from_snapshot",
+    ))
+).where(t.PENDING)  # fmt: skip
+_STILL_PENDING = (
+    sa.update(t.machines)
+    .where(t.machines.c.id == sa.bindparam("machine"))
+    .values(
+        error=sa.bindparam("why"), updated_at=sa.bindparam("at"), version=t.machines.c.version + 1
+    )
+)
+
+
+def _to_pending(r: Row[Any]) -> Pending:
+    columns: tuple[Any, ...] = tuple(r)  # by position: see `from_row`
+    (machine_id, project_id, created_at, error, image, cpus, memory_mib, disk_mib, runtime,
+     constraints, strategy, group, policy, volumes, from_snapshot) = columns  # fmt: skip
+    return Pending(
+        machine_id, project_id, created_at, error, image, cpus, memory_mib,
+        scratch_mib(disk_mib, memory_mib), runtime, dict(constraints),
+        None if strategy is None else Strategy(strategy), group, GroupPolicy(policy),
+        tuple(VolumeAttach(**v) for v in volumes), from_snapshot,
+    )  # fmt: skip
+
+
+def _group_members(which: sa.ColumnElement[bool]) -> "sa.Select[Any]":
+    """The groups' active machines counted per group and node (`MachineRepo.group_members`)."""
+    m = t.machines
+    return (
+        sa.select(m.c.group_name, m.c.node_id, sa.func.count())
+        .where(
+            which,
+            m.c.node_id.is_not(None),
+            m.c.state.in_([s.value for s in ACTIVE]),
+            m.c.desired != Desired.DESTROYED.value,
+        )
+        .group_by(m.c.group_name, m.c.node_id)
+    )
+
+
+# The groups as rows to join: the planner looks each up in ix_machines_group, even on a table it
+# has no statistics of yet (for a list of names, it scanned the whole project's machines).
+_GROUP_MEMBERS_PG = _group_members(
+    sa.tuple_(t.machines.c.project_id, t.machines.c.group_name).in_(
+        sa.select(
+            sa.bindparam("project", type_=sa.String),
+            sa.func.unnest(sa.bindparam("groups", type_=sa.ARRAY(sa.String))),
+        )
+    )
 )
 
 
@@ -504,3 +555,11 @@ def _usage() -> sa.Select[Any]:
 
 
 _USAGE = _usage()
+# Built once (every request naming a machine asks): an id wins over a name; among machines of
+# that name, the live one, else the newest; a pool's machines are not the project's to name.
+_GET = (
+    Repo._by_ref(t.machines)
+    .where(t.machines.c.pool == "")
+    .order_by(sa.case((t.LIVE, 0), else_=1), t.machines.c.created_at.desc())
+    .limit(1)
+)

@@ -38,7 +38,7 @@ from hutch.model.errors import Conflict, NoCapacity, NotFound
 from hutch.model.machine import ACTIVE, MachineState
 from hutch.model.network import PortMapping
 from hutch.store import tables as t
-from hutch.store.sql.repo import Repo, from_row, ids_value, in_ids
+from hutch.store.sql.repo import Conn, Repo, among, by_ref, from_row
 
 ASSIGN_TRIES = 64  # a create losing this many races in a row gives up (Conflict: retry)
 
@@ -47,7 +47,7 @@ V = TypeVar("V")
 
 
 async def _per_machine(
-    conn: Any,
+    conn: Conn,
     table: sa.Table,
     machine_ids: Sequence[str],
     order: Sequence[Any],
@@ -62,10 +62,10 @@ async def _per_machine(
         if (stmt := _PER_MACHINE.get(key)) is None:
             stmt = _PER_MACHINE[key] = (
                 sa.select(table)
-                .where(in_ids(table.c.machine_id, pg))
+                .where(among(table.c.machine_id, pg))
                 .order_by(table.c.machine_id, *order)
             )
-        for r in (await conn.execute(stmt, {"ids": ids_value(machine_ids)})).all():
+        for r in (await conn.execute(stmt, {"ids": sorted(set(machine_ids))})).all():
             found[r.machine_id].append(make(r))
     return found
 
@@ -74,7 +74,7 @@ async def _per_machine(
 _PER_MACHINE: dict[tuple[Any, ...], sa.Select[Any]] = {}
 # Likewise (PostgreSQL's, SQLite's): every page of machines names its networks.
 _NETWORKS_BY_IDS = {
-    pg: sa.select(t.networks).where(in_ids(t.networks.c.id, pg)) for pg in (True, False)
+    pg: sa.select(t.networks).where(among(t.networks.c.id, pg)) for pg in (True, False)
 }
 
 
@@ -91,14 +91,14 @@ def _shown(pg: bool) -> "sa.CompoundSelect[Any]":
                   a.c.position.label("key"), no_int.label("port"), n.c.name.label("text1"),
                   a.c.network_id, a.c.mac, a.c.ip4, a.c.ip6)
         .join(n, n.c.id == a.c.network_id)
-        .where(in_ids(a.c.machine_id, pg)),
+        .where(among(a.c.machine_id, pg)),
         sa.select(p.c.machine_id, sa.literal(1), p.c.host_port, p.c.port, p.c.protocol,
                   p.c.host_ip, no_text, no_text, no_text)
-        .where(in_ids(p.c.machine_id, pg)),
+        .where(among(p.c.machine_id, pg)),
         sa.select(g.c.machine_id, sa.literal(2), g.c.position, no_int, sg.c.name, no_text,
                   no_text, no_text, no_text)
         .join(sg, sg.c.id == g.c.group_id)
-        .where(in_ids(g.c.machine_id, pg)),
+        .where(among(g.c.machine_id, pg)),
     ]  # fmt: skip
     return sa.union_all(*kinds).order_by("machine_id", "kind", "key", "text1")
 
@@ -151,8 +151,8 @@ class SqlNetworks(Repo):
 
     async def get(self, project_id: str, ref: str) -> Network:
         """By id or name, within the project; NotFound otherwise."""
-        stmt = self._by_ref(t.networks, project_id, ref).limit(1)
-        return _to_network(await self._found(stmt, "network", ref))
+        row = await self._found(_NETWORK, "network", ref, by_ref(project_id, ref))
+        return _to_network(row)
 
     async def list(self, project_id: str) -> builtins.list[Network]:
         n = t.networks
@@ -163,7 +163,7 @@ class SqlNetworks(Repo):
         if not ids:
             return {}
         stmt = _NETWORKS_BY_IDS[self._pg]
-        rows = (await self._c.execute(stmt, {"ids": ids_value(ids)})).all()
+        rows = (await self._c.execute(stmt, {"ids": sorted(set(ids))})).all()
         return {r.id: _to_network(r) for r in rows}
 
     async def delete(self, project_id: str, network_id: str) -> None:
@@ -195,8 +195,8 @@ class SqlNetworks(Repo):
         a = t.network_addresses
         first, last = host_range(network.subnet4)
         for _ in range(ASSIGN_TRIES):
-            used = await self._c.execute(sa.select(a.c.host).where(a.c.network_id == network.id))
-            host = lowest_free((r.host for r in used), first, last)
+            used = (await self._c.execute(_HOSTS, {"network_id": network.id})).scalars()
+            host = lowest_free(used, first, last)
             if host is None:
                 raise NoCapacity(
                     f"network {network.name} ({network.subnet4}) has no free address left"
@@ -228,7 +228,8 @@ class SqlNetworks(Repo):
         found = {m: ShownWiring([], [], []) for m in machine_ids}
         if machine_ids:
             # all(): one fetch, where iterating the result fetches row by row.
-            result = await self._c.execute(_SHOWN[self._pg], {"ids": ids_value(machine_ids)})
+            ids = sorted(set(machine_ids))
+            result = await self._c.execute(_SHOWN[self._pg], {"ids": ids})
             rows: Iterable[Sequence[Any]] = result.all()
             for m, kind, key, port, text1, text2, text3, text4, text5 in rows:
                 if kind == 0:
@@ -348,8 +349,8 @@ class SqlSecurityGroups(Repo):
         raise Conflict(f"the project already has a security group named {group.name!r}")
 
     async def get(self, project_id: str, ref: str) -> SecurityGroup:
-        stmt = self._by_ref(t.security_groups, project_id, ref).limit(1)
-        return (await self._with_rules([await self._found(stmt, "security group", ref)]))[0]
+        row = await self._found(_GROUP, "security group", ref, by_ref(project_id, ref))
+        return (await self._with_rules([row]))[0]
 
     async def list(self, project_id: str) -> builtins.list[SecurityGroup]:
         g = t.security_groups
@@ -492,3 +493,11 @@ def _network_values(n: Network) -> dict[str, Any]:
 
 def _to_network(r: Row[Any]) -> Network:
     return from_row(Network, r, egress_allow=tuple(r.egress_allow))
+
+
+# Built once: every create asks for its networks (the default one at least) and groups.
+_NETWORK = Repo._by_ref(t.networks).limit(1)
+_GROUP = Repo._by_ref(t.security_groups).limit(1)
+_HOSTS = sa.select(t.network_addresses.c.host).where(
+    t.network_addresses.c.network_id == sa.bindparam("network_id")
+)

@@ -13,7 +13,7 @@ from hutch.model.errors import Conflict, NotFound
 from hutch.model.machine import Capacity, Node, NodeState
 from hutch.store import tables as t
 from hutch.store.base import Claim
-from hutch.store.sql.repo import Backend, Conn, Repo, from_row
+from hutch.store.sql.repo import Backend, Conn, Repo, among, from_row
 
 
 class SqlNodes(Repo):
@@ -145,12 +145,8 @@ class SqlNodes(Repo):
         """In one statement; ids of nodes that are gone are passed over."""
         if node_ids:
             self.bumped.update(node_ids)
-            n = t.nodes
-            await self._c.execute(
-                sa.update(n)
-                .where(n.c.id.in_(sorted(set(node_ids))))
-                .values(revision=n.c.revision + 1)
-            )
+            stmt = _BUMP_PG if self._pg else _BUMP_SQLITE
+            await self._c.execute(stmt, {"ids": sorted(set(node_ids))})
 
     async def revision(self, node_id: str) -> int:
         row = await self._one(sa.select(t.nodes.c.revision).where(t.nodes.c.id == node_id))
@@ -160,6 +156,10 @@ class SqlNodes(Repo):
         return revision
 
 
+_BUMP_PG, _BUMP_SQLITE = (
+    sa.update(t.nodes).where(among(t.nodes.c.id, pg)).values(revision=t.nodes.c.revision + 1)
+    for pg in (True, False)
+)
 _CLAIM_SET = """
     allocated_cpus = n.allocated_cpus + w.cpus,
     allocated_memory_mib = n.allocated_memory_mib + w.memory,

@@ -1,6 +1,7 @@
 """Warm pools: the repository and its rows."""
 
 import builtins
+import dataclasses
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
@@ -25,13 +26,7 @@ class SqlPools(Repo):
         return _to_pool(await self._found(stmt, "pool", pool_id))
 
     async def by_shape(self, project_id: str, shape: PoolShape) -> Pool | None:
-        p = t.pools
-        stmt = sa.select(p).where(
-            p.c.project_id == project_id, p.c.image == shape.image, p.c.cpus == shape.cpus,
-            p.c.memory_mib == shape.memory_mib, p.c.disk_mib == shape.disk_mib,
-            p.c.runtime == shape.runtime,
-        )  # fmt: skip
-        row = await self._one(stmt)
+        row = await self._one(_BY_SHAPE, {"project_id": project_id, **dataclasses.asdict(shape)})
         return None if row is None else _to_pool(row)
 
     async def list(self, project_id: str | None = None) -> builtins.list[Pool]:
@@ -86,3 +81,11 @@ def _values(pool: Pool) -> dict[str, Any]:
 def _to_pool(r: Row[Any]) -> Pool:
     shape = PoolShape(r.image, r.cpus, r.memory_mib, r.disk_mib, r.runtime)
     return from_row(Pool, r, shape=shape, state=PoolState(r.state))
+
+
+# Built once: every create of a machine that a pool could give asks. (A shape's fields are
+# named as their columns.)
+_BY_SHAPE = sa.select(t.pools).where(
+    t.pools.c.project_id == sa.bindparam("project_id"),
+    *(t.pools.c[f.name] == sa.bindparam(f.name) for f in dataclasses.fields(PoolShape)),
+)

@@ -22,8 +22,7 @@ class SqlProjects(Repo):
         raise Conflict(f"a project with id {project.id!r} already exists")
 
     async def get(self, project_id: str) -> Project:
-        stmt = sa.select(t.projects).where(t.projects.c.id == project_id)
-        return _to_project(await self._found(stmt, "project", project_id))
+        return _to_project(await self._found(_GET, "project", project_id, {"id": project_id}))
 
     async def by_name(self, name: str) -> Project:
         return _to_project(await self._found(_BY_NAME, "project", name, {"name": name}))
@@ -122,5 +121,6 @@ def _to_project(r: Row[Any]) -> Project:
     return from_row(Project, r, quota=from_row(Quota, r, "quota_"), strategy=Strategy(r.strategy))
 
 
-# Built once: every request naming a project asks.
+# Built once: every request asks for its project, by name (`?project=`) or by its token's id.
 _BY_NAME = sa.select(t.projects).where(t.projects.c.name == sa.bindparam("name"))
+_GET = sa.select(t.projects).where(t.projects.c.id == sa.bindparam("id"))

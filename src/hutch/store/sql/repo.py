@@ -3,11 +3,10 @@
 import dataclasses
 import json
 import operator
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, NoReturn, Protocol, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -60,23 +59,29 @@ def _reader(
     return _Reader(columns, fields, lambda row: tuple(row[i] for i in at))  # itemgetter(i): a value
 
 
-def in_ids(column: sa.ColumnElement[Any], pg: bool) -> sa.ColumnElement[bool]:
-    """`column` IN the ids of one bound parameter, `ids`, a JSON array (ids_value()). An IN of
-    an expanding parameter renders and binds each id at every execution: for a page of 100
-    machines, as long as reading their rows."""
-    ids: sa.BindParameter[str] = sa.bindparam("ids")
-    values = (
-        sa.func.jsonb_array_elements_text(sa.cast(ids, JSONB)) if pg else sa.func.json_each(ids)
-    )
-    return column.in_(sa.select(sa.column("value")).select_from(values))
-
-
-def ids_value(ids: Iterable[str]) -> str:
-    return json.dumps(sorted(set(ids)))
-
-
 _INSERTS: dict[sa.Table, sa.Insert] = {}  # built once: a statement's cache key is kept on it
 _LOCKS: dict[tuple[sa.Table, bool, bool], "sa.Select[Any]"] = {}  # _locked's, likewise
+
+
+class _JsonIds(sa.types.TypeDecorator[list[str]]):
+    """A list of ids bound as one JSON array (SQLite's json_each reads it)."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def process_bind_param(self, value: list[str] | None, dialect: sa.Dialect) -> str:
+        return json.dumps(value or [])
+
+
+def among(column: sa.ColumnElement[Any], pg: bool) -> sa.ColumnElement[bool]:
+    """`column` is one of the list of ids bound as "ids": one parameter, an array on PostgreSQL
+    (`= ANY`), a JSON array on SQLite (json_each), not an IN list rendered into the statement
+    and bound id by id at every execution (a page names 100 machines, the scheduler's a
+    thousand machines or nodes)."""
+    if pg:
+        return column == sa.any_(sa.bindparam("ids", type_=sa.ARRAY(sa.String)))
+    ids = sa.func.json_each(sa.bindparam("ids", type_=_JsonIds()))
+    return column.in_(sa.select(sa.column("value")).select_from(ids))
 
 
 def _insert_of(table: sa.Table) -> sa.Insert:
@@ -84,6 +89,11 @@ def _insert_of(table: sa.Table) -> sa.Insert:
     if stmt is None:
         stmt = _INSERTS[table] = table.insert()
     return stmt
+
+
+def by_ref(project_id: str, ref: str) -> dict[str, str]:
+    """The parameters of a `Repo._by_ref` statement."""
+    return {"project_id": project_id, "ref": ref}
 
 
 class Conn(Protocol):
@@ -132,12 +142,18 @@ class Repo:
         return row
 
     @staticmethod
-    def _by_ref(table: sa.Table, project_id: str, ref: str) -> "sa.Select[Any]":
+    def _by_ref(table: sa.Table) -> "sa.Select[Any]":
         """The project's rows whose id or name is `ref`, the one with that id first (an id wins
-        over a name)."""
+        over a name); `project_id` and `ref` are bound parameters (`by_ref`). Built once by
+        its callers: building a statement and its cache key takes longer than SQLite takes to
+        run it."""
+        ref: sa.BindParameter[str] = sa.bindparam("ref")
         return (
             sa.select(table)
-            .where(table.c.project_id == project_id, sa.or_(table.c.id == ref, table.c.name == ref))
+            .where(
+                table.c.project_id == sa.bindparam("project_id"),
+                sa.or_(table.c.id == ref, table.c.name == ref),
+            )
             .order_by(sa.case((table.c.id == ref, 0), else_=1))
         )
 

@@ -10,7 +10,7 @@ from hutch.model.errors import Conflict
 from hutch.model.machine import MachineState
 from hutch.model.snapshot import MachineSnapshot, SnapshotState
 from hutch.store import tables as t
-from hutch.store.sql.repo import Repo, from_row
+from hutch.store.sql.repo import Repo, by_ref, from_row
 
 
 class SqlSnapshots(Repo):
@@ -19,9 +19,7 @@ class SqlSnapshots(Repo):
             raise Conflict(f"a machine snapshot named {snap.name!r} already exists in this project")
 
     async def get(self, project_id: str, ref: str) -> MachineSnapshot:
-        s = t.machine_snapshots
-        stmt = self._by_ref(s, project_id, ref).where(s.c.pool == "").limit(1)
-        return _to_snapshot(await self._found(stmt, "snapshot", ref))
+        return _to_snapshot(await self._found(_GET, "snapshot", ref, by_ref(project_id, ref)))
 
     async def by_id(self, snapshot_id: str) -> MachineSnapshot:
         stmt = sa.select(t.machine_snapshots).where(t.machine_snapshots.c.id == snapshot_id)
@@ -85,3 +83,7 @@ def _to_snapshot(r: Row[Any]) -> MachineSnapshot:
         networks=tuple(r.networks),
         state=SnapshotState(r.state),
     )
+
+
+# Built once: a pool's snapshots are not the project's to name.
+_GET = Repo._by_ref(t.machine_snapshots).where(t.machine_snapshots.c.pool == "").limit(1)

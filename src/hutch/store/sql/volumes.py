@@ -14,7 +14,7 @@ from hutch.model.errors import Conflict
 from hutch.model.snapshot import SnapshotState
 from hutch.model.volume import Snapshot, Volume, VolumeState
 from hutch.store import tables as t
-from hutch.store.sql.repo import Repo, from_row
+from hutch.store.sql.repo import Repo, by_ref, from_row
 
 
 class SqlVolumes(Repo):
@@ -23,8 +23,7 @@ class SqlVolumes(Repo):
             raise Conflict(f"a volume named {volume.name!r} already exists in this project")
 
     async def get(self, project_id: str, ref: str) -> Volume:
-        stmt = self._by_ref(t.volumes, project_id, ref).limit(1)
-        return _to_volume(await self._found(stmt, "volume", ref))
+        return _to_volume(await self._found(_GET, "volume", ref, by_ref(project_id, ref)))
 
     async def list(self, project_id: str) -> builtins.list[Volume]:
         v = t.volumes
@@ -159,3 +158,6 @@ def _to_volume(r: Row[Any]) -> Volume:
 
 def _to_snapshot(r: Row[Any]) -> Snapshot:
     return from_row(Snapshot, r)
+
+
+_GET = Repo._by_ref(t.volumes).limit(1)  # built once

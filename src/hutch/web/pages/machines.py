@@ -144,7 +144,7 @@ async def run(
     except ValueError as e:
         raise Invalid(f"the command is not valid shell words: {e}") from None
     spec = MachineSpec(image=image.strip(), command=argv or None, cpus=cpus, memory_mib=memory)
-    m = await controller(request).machines.create(
+    m, _ = await controller(request).machines.create(
         v.principal, v.project, spec, name.strip() or None, True
     )
     return see_other(f"/ui/machines/{m.id}")
