@@ -89,6 +89,42 @@ async def test_addresses_are_the_lowest_free_and_stable(store: SqlStore) -> None
             await tx.networks.delete(project_id, net.id)
 
 
+async def test_shown_wiring_in_the_machines_order(store: SqlStore) -> None:
+    project_id, net = await setup(store)
+    back = network(project_id, "back", 2, "10.2.0.0/24")
+    # "web" sorts after "db": the groups' order is the machine's, not their names'.
+    web = SecurityGroup(f.uid("sg"), project_id, "web", f.now())
+    db = SecurityGroup(f.uid("sg"), project_id, "db", f.now())
+    wired, bare = f.machine(project_id), f.machine(project_id)
+    async with store.write() as tx:
+        assert await tx.networks.create(back)
+        for m in (wired, bare):
+            await tx.machines.create(m)
+        # eth1 assigned first: the order is the NICs', not the rows'.
+        await tx.networks.assign(back, wired.id, 1)
+        await tx.networks.assign(net, wired.id, 0)
+        await tx.networks.publish(wired.id, [PortMapping(8080, 80), PortMapping(53, 53, "udp")])
+        for g in (web, db):
+            await tx.security_groups.create(g)
+        await tx.security_groups.attach(wired.id, [web.id, db.id])
+    async with store.read() as tx:
+        shown = await tx.networks.shown([wired.id, bare.id])
+        held = (await tx.networks.addresses([wired.id]))[wired.id]
+        ports = (await tx.networks.ports([wired.id]))[wired.id]
+    assert shown == {
+        wired.id: (
+            [
+                (n.name, a.network_id, a.mac, a.ip4, a.ip6)
+                for a, n in zip(held, (net, back), strict=True)
+            ],
+            ports,
+            ["web", "db"],
+        ),
+        bare.id: ([], [], []),
+    }
+    assert [a.position for a in held] == [0, 1]
+
+
 async def test_a_full_network_says_so(store: SqlStore) -> None:
     project_id, net = await setup(store, "10.1.0.0/29")  # hosts 2..6
     async with store.write() as tx:

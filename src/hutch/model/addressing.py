@@ -15,10 +15,10 @@ import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from hutch.model.errors import Conflict, Invalid
-from hutch.model.network import EGRESS, Attachment
+from hutch.model.network import EGRESS, Attachment, PortMapping
 
 MAX_SLOT = 0xFFFF  # networks per controller: the /64s of a /48
 MIN_PREFIX4 = 8  # a network is at most a /8 ...
@@ -80,6 +80,24 @@ class Address:
     mac: str
     ip4: str
     ip6: str
+
+
+# An address as a machine's views show it: (network name, network id, mac, ip4, ip6). A tuple: a
+# listing reads one per machine, and an Address object with its network's name cost more.
+ShownAddress = tuple[str, str, str, str, str]
+
+
+def shown_address(address: Address, network: str) -> ShownAddress:
+    """`address` on the network named `network`, as views show it."""
+    return (network, address.network_id, address.mac, address.ip4, address.ip6)
+
+
+class ShownWiring(NamedTuple):
+    """A machine's networks as its views show them, as the store reads them."""
+
+    addresses: list[ShownAddress]  # eth0 first
+    ports: list[PortMapping]  # by host port and protocol
+    security_groups: list[str]  # names, in the machine's order
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,10 @@ from hutch.model.addressing import (
     MAX_RULES,
     MAX_SLOT,
     NONE,
-    Address,
     Network,
     Rule,
     SecurityGroup,
+    ShownAddress,
     attachment,
     check_egress,
     check_subnet4,
@@ -36,6 +36,7 @@ from hutch.model.addressing import (
     new_ula48,
     pool_size,
     pool_subnet,
+    shown_address,
     subnet6_of,
 )
 from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound
@@ -322,7 +323,7 @@ class Networks:
             for position, ref in enumerate(net.networks or (DEFAULT,)):
                 network = await self._network_or_default(tx, project, ref)
                 address = await tx.networks.assign(network, machine_id, position)
-                addresses.append((address, network.name))
+                addresses.append(shown_address(address, network.name))
         await tx.networks.publish(machine_id, net.ports)
         groups = [await _group(tx, project, ref) for ref in net.security_groups]
         await tx.security_groups.attach(machine_id, [g.id for g in groups])
@@ -374,28 +375,15 @@ async def _bump_group_nodes(tx: Tx, group_ids: list[str]) -> None:
 class Wiring:
     """A machine's networks as its views show them."""
 
-    addresses: tuple[tuple[Address, str], ...] = ()  # (address, network name), eth0 first
+    addresses: tuple[ShownAddress, ...] = ()  # eth0 first
     ports: tuple[PortMapping, ...] = ()
     security_groups: tuple[str, ...] = ()  # names
 
 
 async def wirings(tx: Tx, machine_ids: Sequence[str]) -> dict[str, Wiring]:
-    addresses = await tx.networks.addresses(machine_ids)
-    ports = await tx.networks.ports(machine_ids)
-    groups = await tx.security_groups.of_machines(machine_ids)
-    networks = await tx.networks.by_ids(
-        sorted({a.network_id for v in addresses.values() for a in v})
-    )
-    named = await tx.security_groups.by_ids(sorted({g for v in groups.values() for g in v}))
     return {
-        m: Wiring(
-            tuple(
-                (a, networks[a.network_id].name) for a in addresses[m] if a.network_id in networks
-            ),
-            tuple(ports[m]),
-            tuple(named[g].name for g in groups[m] if g in named),
-        )
-        for m in machine_ids
+        m: Wiring(tuple(w.addresses), tuple(w.ports), tuple(w.security_groups))
+        for m, w in (await tx.networks.shown(machine_ids)).items()
     }
 
 

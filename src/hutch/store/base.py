@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, NamedTuple, Protocol
 
-from hutch.model.addressing import Address, Network, Rule, SecurityGroup
+from hutch.model.addressing import Address, Network, Rule, SecurityGroup, ShownWiring
 from hutch.model.machine import (
     Capacity,
     Event,
@@ -179,7 +179,8 @@ class MachineRepo(Protocol):
         cursor: str | None = None,
     ) -> tuple[builtins.list[dict[str, Any]], str | None]:
         """The page `list` reads, each machine as its record: its fields and its spec's, by
-        name, as stored (JSON's types, enums as their values; but volumes as VolumeAttach).
+        name, as stored (JSON's types, enums as their values; but volumes as VolumeAttach),
+        but for the bookkeeping no view shows (version, generation, pool, stop signal...).
         A listing writes these straight to its documents: making Machine objects of them
         cost more than the rest of the request."""
 
@@ -347,6 +348,10 @@ class NetworkRepo(Protocol):
         """A free address of the network, now the machine's; NoCapacity when it is full."""
 
     async def addresses(self, machine_ids: Sequence[str]) -> dict[str, builtins.list[Address]]: ...
+
+    async def shown(self, machine_ids: Sequence[str]) -> dict[str, ShownWiring]:
+        """Each machine's addresses, ports and security groups as its views show them (every
+        id a key), in one statement."""
 
     async def peers(
         self, network_ids: Sequence[str]
