@@ -33,10 +33,13 @@ def test_claim_adds_the_request_with_its_overhead() -> None:
 
 def test_claimed_capacity_is_what_the_next_placement_sees() -> None:
     r = request(cpus=4, memory_mib=1024, runtime="container")
-    a, b = node("a", cpus=1), node("b", cpus=1)
+    a, b = (
+        node("a", cpus=4, allocated=Capacity(12, 0, 0)),
+        node("b", cpus=4, allocated=Capacity(12, 0, 0)),
+    )
     first = place(r, [a, b])
     assert isinstance(first, Placement)
-    a = claim(first.node, r)  # a held all 4 vCPUs (1 CPU at 4x)
+    a = claim(first.node, r)  # a held all 16 vCPUs (4 CPUs at 4x)
     assert placed(place(r, [a, b])) == "b"
     b = claim(b, r)
     assert rejected(place(r, [a, b])) == {

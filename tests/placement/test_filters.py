@@ -65,14 +65,16 @@ def test_disk_fit() -> None:
     assert fits(request(disk_mib=601), n, NO_GROUP) == "601 MiB of disk asked, 600 free"
 
 
-def test_cpus_are_overcommitted() -> None:
+def test_cpus_are_overcommitted_between_machines_not_within_one() -> None:
     assert CPU_OVERCOMMIT == 4
     n = node("a", cpus=2)
-    assert fits(request(cpus=8), n, NO_GROUP) is None
-    assert fits(request(cpus=9), n, NO_GROUP) == "9 vCPUs asked, 8 free (at 4x overcommit)"
-    busy = node("a", cpus=2, allocated=Capacity(5, 0, 0))
-    assert fits(request(cpus=3), busy, NO_GROUP) is None
-    assert fits(request(cpus=4), busy, NO_GROUP) == "4 vCPUs asked, 3 free (at 4x overcommit)"
+    assert fits(request(cpus=2), n, NO_GROUP) is None
+    # One machine gets no more vCPUs than its node has CPUs (its runtime would refuse it).
+    assert fits(request(cpus=3), n, NO_GROUP) == "3 vCPUs asked, the node has 2 CPUs"
+    busy = node("a", cpus=2, allocated=Capacity(6, 0, 0))
+    assert fits(request(cpus=2), busy, NO_GROUP) is None
+    fuller = node("a", cpus=2, allocated=Capacity(7, 0, 0))
+    assert fits(request(cpus=2), fuller, NO_GROUP) == "2 vCPUs asked, 1 free (at 4x overcommit)"
 
 
 def test_memory_is_checked_before_disk_and_disk_before_cpus() -> None:

@@ -54,6 +54,8 @@ def fits(request: Request, node: Node, context: Context) -> str | None:
         return f"{want.memory_mib} MiB of memory asked (with overhead), {room} free"
     if a.disk_mib + want.disk_mib > most.disk_mib:
         return f"{want.disk_mib} MiB of disk asked, {free(node).disk_mib} free"
+    if want.cpus > node.capacity.cpus:  # overcommit shares CPUs between machines, not within one
+        return f"{want.cpus} vCPUs asked, the node has {node.capacity.cpus} CPUs"
     if a.cpus + want.cpus > most.cpus:
         room = free(node).cpus
         return f"{want.cpus} vCPUs asked, {room} free (at {CPU_OVERCOMMIT}x overcommit)"
