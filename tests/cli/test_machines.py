@@ -189,8 +189,9 @@ def test_an_exec_sent_as_a_machine_boots_waits_for_it(
             client.machines.delete(m, force=True)
     assert hutch("run", "-d", "--name", "ended", *C, "busybox", "--", "true").returncode == 0
     assert hutch("wait", "ended").stdout == "0\n"
-    refused = hutch("exec", "ended", "--", "true")
-    assert refused.returncode != 0 and "exited, not running" in one_clear_line(refused.stderr)
+    for _ in range(4):  # with stdin too: its thread's write into the refused session once
+        refused = hutch("exec", "-i", "ended", "--", "sort", input="b\na\n")  # raised
+        assert refused.returncode == 125 and "exited, not running" in one_clear_line(refused.stderr)
     hutch("rm", "ended")
 
 
@@ -266,6 +267,7 @@ def test_refusals_are_one_clear_line(hutch: Hutch, env: dict[str, str]) -> None:
         (("run", "-e", "=v", "busybox"), "--env '=v' is not KEY=VALUE"),
         (("run", "--runtime", "qemu", "busybox"), "runtime"),
         (("ps", "-o", "xml"), "unknown output format 'xml'"),
+        (("ps", "--state", "Running"), "--state 'Running': say created, starting"),
         (("exec", "nothing"), "give the command to run"),
         (("logs", "nothing"), "no machine 'nothing'"),
         (("wait", "nothing"), "no machine 'nothing'"),

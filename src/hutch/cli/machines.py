@@ -486,6 +486,8 @@ def ps(
 ) -> None:
     """List the project's machines (-a: destroyed ones too)."""
     labels = pairs(label, "--label")
+    for wanted in state or ():
+        _one_of(wanted, MachineState, "--state")
     check_output(output)
     # The API's JSON as it came, whatever the output: the SDK's models would parse every
     # machine only to dump it back unchanged, and take longer to import than the listing takes
@@ -606,12 +608,13 @@ def exec_(
         str, typer.Option("--user", "-u", help="USER[:GROUP] (default: the machine's).")
     ] = "",
 ) -> None:
-    """Run a command in a running machine (one still booting is waited for).
+    """Run a command in a running machine (one still booting is waited for, up to 2 minutes).
 
-    Its stdout and stderr go to hutch's, and hutch exits with its exit code; with -i, hutch's
-    stdin goes to it. Ctrl-C ends it. With -t it runs on a terminal of this one's size (all its
-    output is stdout); with -it this terminal is put in raw mode while it runs, so keys such as
-    Ctrl-C and Ctrl-D reach the command: hutch exec -it web -- sh
+    Its stdout and stderr go to hutch's, and hutch exits with its exit code (255 if the machine
+    stopped under it, 125 if hutch refused); with -i, hutch's stdin goes to it. Ctrl-C ends
+    it. With -t it runs on a terminal of this one's size (all its output is stdout); with -it
+    this terminal is put in raw mode while it runs, so keys such as Ctrl-C and Ctrl-D reach
+    the command: hutch exec -it web -- sh
     """
     argv = _argv(command)
     if not argv:
@@ -695,11 +698,12 @@ def _follow_window(session: "ExecSession | None") -> Iterator[None]:
 
 
 def _forward_stdin(session: "ExecSession") -> None:
-    with contextlib.suppress(OSError, HutchError):
+    """hutch's stdin to an exec session, from a thread, until its end or the session's (a
+    socket closed under a write: the session itself says how it ended, or why it never ran)."""
+    with contextlib.suppress(Exception):
         # os.read: what is there now (a line on a terminal), not a full buffer.
         while chunk := os.read(sys.stdin.fileno(), 1 << 16):
             session.write(chunk)
-    with contextlib.suppress(Exception):
         session.close_stdin()
 
 
