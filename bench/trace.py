@@ -28,7 +28,7 @@ from hutch.wire.machines import EventView
 
 # Each hop: its name, and the moment it ends (the one before it is where it starts).
 HOPS = (
-    ("api create", "created"),  # the CLI starts, reads its context, sends the create
+    ("cli start, create", "created"),  # the CLI starts, reads its context, sends the create
     ("placement", "placed"),  # the leader's scheduler puts it on a node
     ("node pickup", "starting"),  # the node learns of it and reports it starting
     ("running reported", "running"),  # the node prepares its disks, starts QEMU, reports it
