@@ -186,6 +186,7 @@ def exhaustive(nodes: list[Node], machines: list[Machine]) -> float:
             (mem + want_mem <= cap_mem)
             & (disk + s.scratch_mib <= cap_disk)
             & (cpu + s.cpus <= cap_cpu * CPU_OVERCOMMIT)
+            & (s.cpus <= cap_cpu)  # no more vCPUs than the node has CPUs (filters.too_big)
         )
         here = members.setdefault(s.group, np.zeros(len(ns))) if s.group else None
         if here is not None:

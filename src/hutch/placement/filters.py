@@ -46,6 +46,14 @@ def has_labels(request: Request, node: Node, context: Context) -> str | None:
     return lacks_labels(request.labels, node)
 
 
+def too_big(request: Request, node: Node) -> str | None:
+    """Why no node of this one's capacity can take the request, however empty: overcommit
+    shares CPUs between machines, not within one (the runtime refuses more vCPUs than CPUs)."""
+    if request.cpus > node.capacity.cpus:
+        return f"{request.cpus} vCPUs asked, the node has {node.capacity.cpus} CPUs"
+    return None
+
+
 def fits(request: Request, node: Node, context: Context) -> str | None:
     # Against the limit: what is free is worked out only for the reason of a node that is full.
     want, most, a = need(request, node), limit(node), node.allocated
@@ -54,8 +62,8 @@ def fits(request: Request, node: Node, context: Context) -> str | None:
         return f"{want.memory_mib} MiB of memory asked (with overhead), {room} free"
     if a.disk_mib + want.disk_mib > most.disk_mib:
         return f"{want.disk_mib} MiB of disk asked, {free(node).disk_mib} free"
-    if want.cpus > node.capacity.cpus:  # overcommit shares CPUs between machines, not within one
-        return f"{want.cpus} vCPUs asked, the node has {node.capacity.cpus} CPUs"
+    if (why := too_big(request, node)) is not None:
+        return why
     if a.cpus + want.cpus > most.cpus:
         room = free(node).cpus
         return f"{want.cpus} vCPUs asked, {room} free (at {CPU_OVERCOMMIT}x overcommit)"

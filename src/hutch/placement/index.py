@@ -12,7 +12,7 @@ from sortedcontainers import SortedList
 
 from hutch.model.machine import Node, Strategy
 from hutch.placement.capacity import claim, utilisation
-from hutch.placement.filters import first_reason
+from hutch.placement.filters import first_reason, too_big
 from hutch.placement.request import Context, Placement, Rejection, Request
 from hutch.placement.weighers import best
 
@@ -99,6 +99,10 @@ class Index:
     ) -> None:
         """Add the first `count` nodes of `order` that pass the filters to `candidates` (those
         already there count), the reasons of those that do not to `reasons`."""
+        if order and (why := too_big(request, self._nodes[order[0][2]])) is not None:
+            for _, _, node_id in order.islice(0, self.k):  # so for all of the shape: a few say
+                reasons[self._nodes[node_id].name] = why
+            return
         # Spread walks from the emptiest node, pack from the fullest.
         walk = iter(order) if request.strategy is Strategy.SPREAD else reversed(order)
         found = 0
