@@ -1,6 +1,5 @@
 """Files hutch writes for its owner's eyes only (tokens, secrets, keys, identities)."""
 
-import ctypes
 import os
 from pathlib import Path
 
@@ -14,17 +13,3 @@ def write_private(path: Path, data: str | bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
-
-
-def syncfs(path: Path) -> None:
-    """Flush the file system holding `path` (and what it does late: XFS frees a deleted
-    file's extents, and unshares what it shared, in the background until then)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            os.sync()
-    except (OSError, AttributeError):
-        os.sync()  # no syncfs(2): flush everything, which is slower but as safe
-    finally:
-        os.close(fd)

@@ -11,6 +11,7 @@ exists under its final name is complete and is reused as is.
 """
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -24,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hutch.files import syncfs
 from hutch.images.layout import Image, OciLayout, is_oci_layout
 from hutch.images.rootdisk import FORMATS, build_root_disk
 from hutch.images.staging import Staging, StagingFull
@@ -226,7 +226,7 @@ def _unpacked(layout: OciLayout, image: Image, cache_dir: Path, max_bytes: int) 
         try:
             os.chmod(tmp, 0o755)  # the usual root mode; a layer's "./" entry may change it
             _apply_layers(layout, image, tmp, Budget(max_bytes))
-            syncfs(tmp)  # a power cut after the rename must not leave empty files behind
+            _syncfs(tmp)  # a power cut after the rename must not leave empty files behind
             os.rename(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -420,3 +420,15 @@ def _locked(cache_dir: Path, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _syncfs(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    except (OSError, AttributeError):
+        os.sync()  # no syncfs(2): flush everything, which is slower but as safe
+    finally:
+        os.close(fd)

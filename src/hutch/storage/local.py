@@ -58,7 +58,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import cast
 
-from hutch.files import syncfs
 from hutch.model.errors import Conflict, Invalid, NoCapacity, NotFound, Unavailable
 from hutch.storage.backend import AttachSource, Fs, SnapshotInfo, VolumeInfo
 
@@ -682,9 +681,7 @@ class LocalBackend:
         _check_id(volume_id)
         (self._volumes / volume_id).unlink(missing_ok=True)
         shutil.rmtree(self._snapshots / volume_id, ignore_errors=True)
-        # The whole file system, not the directory alone: until then XFS counts the extents
-        # the deleted files shared with forks as still shared (what forks use looks stale).
-        syncfs(self._volumes)
+        _fsync_dir(self._volumes)
 
     def info(self, volume_id: str) -> VolumeInfo:
         return self._volume_info(volume_id, self._volume(volume_id))
