@@ -22,6 +22,7 @@ from hutch.services.streams import Lease, Streams
 from hutch.wire.machines import ExecStart
 
 Caller = Callable[[], Awaitable[tuple[Principal, Project]]]  # who opens a session, and where
+EARLY_MAX = 1 << 20  # bytes a client's session keeps of what it sends while its machine boots
 
 
 async def log_chunks(
@@ -120,9 +121,12 @@ async def _meanwhile(
     has gone: the wait ends with it, and its lease with the caller."""
     job = asyncio.ensure_future(opening)
     early: list[Message] = []
-    gone = False
+    gone, size = False, 0
     try:
         while not job.done():
+            if size >= EARLY_MAX:  # the rest waits in the socket, under its flow control
+                await asyncio.wait((job,))
+                break
             heard = asyncio.ensure_future(ws.receive())
             await asyncio.wait((job, heard), return_when=asyncio.FIRST_COMPLETED)
             if not heard.done():
@@ -135,6 +139,7 @@ async def _meanwhile(
                 gone = True
                 break
             early.append(message)
+            size += len(message.get("bytes") or b"") + len(message.get("text") or "")
     finally:
         if not job.done():  # the client left, or this was cancelled
             job.cancel()
