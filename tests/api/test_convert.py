@@ -1,11 +1,16 @@
 """A machine's spec at each boundary: the API's body, the model, what its node is told, and what
 the node asks its driver for. Each step is one conversion; the names stay the same throughout."""
 
+import orjson
+
 from hutch.agent.sandbox import RunRequest
 from hutch.api import convert
 from hutch.model.machine import Desired, Machine, MachineState
+from hutch.model.network import PortMapping
 from hutch.model.sandbox import Resources
 from hutch.model.tenancy import Quota
+from hutch.services.networks import Wiring
+from hutch.store.base import Records
 from hutch.wire.machines import MachineCreate
 
 BODY = {
@@ -61,3 +66,27 @@ def test_no_command_stays_the_image_s_all_the_way() -> None:
     m = _machine(command=None, entrypoint=["/bin/echo"], disk_mib=64)
     run = RunRequest.of(convert.assignment(m, Quota()), "img")
     assert (run.command, run.entrypoint, run.resources.scratch_mib) == (None, ("/bin/echo",), 64)
+
+
+def test_a_listed_machine_shows_its_wiring_in_order_whatever_order_the_store_read_it() -> None:
+    """The store's aggregates come in their scan's order: the list puts NICs and groups by
+    position and ports by host port and protocol, as the machine's own view has them."""
+    m = _machine()
+    wiring = Wiring(
+        addresses=(("front", "net-1", "02:00:00:00:00:01", "10.0.0.2", "fd00::2"),
+                   ("back", "net-2", "02:00:00:00:00:02", "10.0.1.2", "fd01::2")),
+        ports=(PortMapping(80, 8080, "tcp", ""), PortMapping(80, 8081, "udp", ""),
+               PortMapping(443, 8443, "tcp", "")),
+        security_groups=("web", "db"),
+    )  # fmt: skip
+    one = convert.machine_view(m, "alpha", wiring).model_dump(mode="json")
+    r = convert.record(m, wiring)
+    for key in ("addresses", "ports", "security_groups"):
+        r[key] = r[key][::-1]  # as a scan could give them
+    [listed] = convert.machine_docs(Records(tuple(r), [tuple(r.values())]), "alpha")
+    assert orjson.loads(orjson.dumps(listed)) == one
+    assert listed["networks"] == ["front", "back"] and listed["security_groups"] == ["web", "db"]
+    assert [(p["host_port"], p["protocol"]) for p in listed["ports"]] == [
+        (80, "tcp"), (80, "udp"), (443, "tcp"),
+    ]  # fmt: skip
+    assert listed["dns"] == "web.alpha.internal"

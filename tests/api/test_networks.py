@@ -73,6 +73,9 @@ async def test_a_creates_answer_shows_its_wiring_as_reading_it_back_does(api: Ap
     assert {k: created.json()[k] for k in wiring} == {k: got[k] for k in wiring}
     assert got["networks"] == ["back", "default"] and got["security_groups"] == ["db", "web"]
     assert [p["host_port"] for p in got["ports"]] == [8080, 9090]
+    # The list reads the wiring with the rows, in one statement: the same, in the same order.
+    [listed] = (await api.call("GET", "/v1/machines", token)).json()["items"]
+    assert {k: listed[k] for k in wiring} == {k: got[k] for k in wiring}
 
 
 async def test_a_network_may_have_an_ipv6_64_of_its_own(api: Api) -> None:

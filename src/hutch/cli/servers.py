@@ -69,9 +69,13 @@ def _server(
 def settled() -> None:
     """Start-up is over: what it made lives as long as the process, so the collector's full
     passes stop scanning it (gc.freeze). Each pass stalls whichever request triggers it: on the
-    2-core development VM under load, 0.3-0.7 s before, under 0.1 s after (bench/ui.py)."""
+    2-core development VM under load, 0.3-0.7 s before, under 0.1 s after (bench/ui.py).
+    And a young pass per 10,000 objects, not 700: a page of 100 machines, alive until written,
+    set one off twice a request (a twentieth of its CPU); what dies is freed as it dies, and
+    only cycles wait for a pass."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
 async def _start(server: uvicorn.Server) -> tuple[asyncio.Task[None], int]:

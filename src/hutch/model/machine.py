@@ -321,7 +321,7 @@ class MachineSpec:
 
 
 # A machine's clock, over plain values: Machine's properties, and listings that read rows
-# straight into documents (api/convert.py machine_doc), compute it here.
+# straight into documents (api/convert.py machine_docs), compute it here.
 
 
 def lifetime(timeout_s: float | None, extended_s: float) -> float | None:

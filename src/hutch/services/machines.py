@@ -12,7 +12,7 @@ import signal as _signal
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Protocol
 
 from websockets.asyncio.client import ClientConnection
 
@@ -80,7 +80,7 @@ from hutch.services.nodelink import NodeLink
 from hutch.services.notify import POLL, POOLS, Notifier, keys_of, machine_key, node_key
 from hutch.services.policy import Action, Policy
 from hutch.services.refusals import missing
-from hutch.store.base import Claim, NewEvent, Store, Tx
+from hutch.store.base import Claim, NewEvent, Records, Store, Tx
 
 MAX_WAIT = 300.0
 # How long an exec or attach waits for a machine still booting (a cold boot, a pull), and how
@@ -617,18 +617,16 @@ class Machines:
         include_destroyed: bool = False,
         limit: int = 100,
         cursor: str | None = None,
-    ) -> tuple[list[dict[str, Any]], dict[str, Wiring], str | None]:
-        """A page of the project's machines as records (MachineRepo.records), their wiring
-        (as `wiring`) read in the same transaction, and the cursor of the next page (None on
-        the last)."""
+    ) -> tuple[Records, str | None]:
+        """A page of the project's machines as records, their wiring with them
+        (MachineRepo.records), and the cursor of the next page (None on the last)."""
         self.policy.require(principal, Action.MACHINE_READ, project.id)
         if not states and not include_destroyed:
             states = tuple(s for s in MachineState if s is not MachineState.DESTROYED)
         async with self.store.read() as tx:
-            records, after = await tx.machines.records(
+            return await tx.machines.records(
                 project.id, states=states, labels=labels, limit=limit, cursor=cursor
             )
-            return records, await wirings(tx, [r["id"] for r in records]), after
 
     async def listing(
         self, principal: Principal, project: Project

@@ -47,6 +47,14 @@ class Claim(NamedTuple):
     limit: Capacity
 
 
+class Records(NamedTuple):
+    """Machines as MachineRepo.records reads them: a row per machine, its values in the order
+    of `fields`."""
+
+    fields: tuple[str, ...]
+    rows: Sequence[Sequence[Any]]
+
+
 class Pending(NamedTuple):
     """A machine waiting for a node as the scheduler reads it (`MachineRepo.pending`): what
     placing it asks, named as in its MachineSpec, not the whole row (a page is a thousand)."""
@@ -177,12 +185,15 @@ class MachineRepo(Protocol):
         labels: Mapping[str, str] | None = None,
         limit: int = 100,
         cursor: str | None = None,
-    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
-        """The page `list` reads, each machine as its record: its fields and its spec's, by
-        name, as stored (JSON's types, enums as their values; but volumes as VolumeAttach),
-        but for the bookkeeping no view shows (version, generation, pool, stop signal...).
-        A listing writes these straight to its documents: making Machine objects of them
-        cost more than the rest of the request."""
+    ) -> tuple[Records, str | None]:
+        """The page `list` reads, each machine as its record: its fields and its spec's, as
+        stored (JSON's types, enums as their values, volumes as dicts of VolumeAttach's
+        fields), but for the bookkeeping no view shows (version, generation, pool, stop
+        signal...); and its wiring, read with it: "addresses" ([position, network, network
+        id, mac, ip4, ip6]), "ports" ([host port, port, protocol, host ip]) and
+        "security_groups" ([position, name]), each a list in no particular order. A listing
+        writes these straight to its documents: making Machine objects of them, or even a
+        dict per row, cost more than the rest of the request."""
 
     async def lines(
         self, project_id: str, states: Sequence[MachineState]

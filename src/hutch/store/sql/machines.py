@@ -29,8 +29,8 @@ from hutch.model.machine import (
 from hutch.model.sandbox import scratch_mib
 from hutch.model.tenancy import Usage
 from hutch.store import tables as t
-from hutch.store.base import MAX_PAGE, Pending
-from hutch.store.sql.repo import Repo, by_ref, from_row
+from hutch.store.base import MAX_PAGE, Pending, Records
+from hutch.store.sql.repo import Decoded, Repo, by_ref, from_row
 
 
 class SqlMachines(Repo):
@@ -90,16 +90,10 @@ class SqlMachines(Repo):
         labels: Mapping[str, str] | None = None,
         limit: int = 100,
         cursor: str | None = None,
-    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+    ) -> tuple[Records, str | None]:
         rows, more = await self._page(project_id, states, labels, limit, cursor, shown=True)
-        if not rows:
-            return [], None
-        names = tuple(_FIELD_OF.get(c, c) for c in rows[0]._fields)
-        page = [dict(zip(names, r, strict=True)) for r in rows]
-        for record in page:
-            if record["volumes"]:
-                record["volumes"] = _volumes(record["volumes"])
-        return page, _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
+        after = _encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+        return Records(_RECORD_FIELDS, rows), after
 
     async def _page(
         self,
@@ -121,7 +115,7 @@ class SqlMachines(Repo):
         if cursor is not None:
             params["after_time"], params["after_id"] = _decode_cursor(cursor)
         values = tuple(MachineState(s).value for s in states)
-        stmt = _page_statement(values, tuple(labels), cursor is not None, shown)
+        stmt = _page_statement(values, tuple(labels), cursor is not None, shown, self._pg)
         rows = (await self._c.execute(stmt, params)).all()
         return rows[:limit], len(rows) > limit
 
@@ -457,10 +451,20 @@ def _machine_values(m: Machine) -> dict[str, Any]:
 # (a sixth of reading the rows).
 _UNSHOWN = ("project_id", "scratch_mib", "updated_at", "generation", "stop_signal", "stop_timeout",
             "start_after", "pool", "pool_snapshot", "version")  # fmt: skip
-_SHOWN = tuple(c for c in t.machines.c if c.name not in _UNSHOWN)
+_SHOWN = tuple(
+    sa.type_coerce(c, Decoded(bool(c.nullable))).label(c.name) if isinstance(c.type, sa.JSON) else c
+    for c in t.machines.c
+    if c.name not in _UNSHOWN
+)
 
 # The columns named otherwise than their field of Machine or MachineSpec ("user" is reserved).
 _FIELD_OF = {"user_spec": "user", "group_name": "group", "tty_rows": "rows", "tty_cols": "cols"}
+_RECORD_FIELDS = (
+    *(_FIELD_OF.get(c.name, c.name) for c in _SHOWN),
+    "addresses",
+    "ports",
+    "security_groups",
+)
 
 
 def _to_machine(r: Row[Any]) -> Machine:
@@ -488,15 +492,15 @@ def _volumes(stored: builtins.list[dict[str, Any]]) -> tuple[VolumeAttach, ...]:
     return tuple(VolumeAttach(**v) for v in stored)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=128)
 def _page_statement(
-    states: tuple[str, ...], label_keys: tuple[str, ...], after: bool, shown: bool
+    states: tuple[str, ...], label_keys: tuple[str, ...], after: bool, shown: bool, pg: bool
 ) -> "sa.Select[Any]":
     """`_page`'s statement for its shape, its values bound (project_id, label_N, after_time,
     after_id, limit). Kept: building one, and finding its compiled form, cost as much as
     reading a page of rows."""
     m = t.machines
-    stmt = sa.select(*_SHOWN if shown else m.c)
+    stmt = sa.select(*(*_SHOWN, *_wiring(pg)) if shown else m.c)
     stmt = stmt.where(m.c.project_id == sa.bindparam("project_id"), m.c.pool == "")
     if states:
         # A parameter per state, its value kept with the statement: an IN of one expanding
@@ -517,6 +521,40 @@ def _page_statement(
             )
         )
     return stmt.order_by(m.c.created_at, m.c.id).limit(sa.bindparam("limit"))
+
+
+def _wiring(pg: bool) -> tuple["sa.Label[Any]", ...]:
+    """A record's wiring, as columns of its row (one statement where a second, for the page's
+    machines by id, cost a third of the request): JSON arrays of its addresses ([position,
+    network, network id, mac, ip4, ip6]), ports ([host port, port, protocol, host ip]) and
+    security groups ([position, name]), each [] when it has none."""
+    m, a, n, p = t.machines, t.network_addresses, t.networks, t.machine_ports
+    g, sg = t.machine_security_groups, t.security_groups
+
+    def arrays(*columns: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        if pg:
+            agg = sa.func.json_agg(sa.func.json_build_array(*columns))
+            return sa.func.coalesce(agg, sa.literal_column("'[]'::json"), type_=Decoded())
+        return sa.func.json_group_array(sa.func.json_array(*columns), type_=Decoded())
+
+    addresses = (
+        sa.select(arrays(a.c.position, n.c.name, a.c.network_id, a.c.mac, a.c.ip4, a.c.ip6))
+        .join(n, n.c.id == a.c.network_id)
+        .where(a.c.machine_id == m.c.id)
+    )
+    ports = sa.select(arrays(p.c.host_port, p.c.port, p.c.protocol, p.c.host_ip)).where(
+        p.c.machine_id == m.c.id
+    )
+    groups = (
+        sa.select(arrays(g.c.position, sg.c.name))
+        .join(sg, sg.c.id == g.c.group_id)
+        .where(g.c.machine_id == m.c.id)
+    )
+    return (
+        addresses.scalar_subquery().label("addresses"),
+        ports.scalar_subquery().label("ports"),
+        groups.scalar_subquery().label("security_groups"),
+    )
 
 
 def _encode_cursor(created_at: float, machine_id: str) -> str:
