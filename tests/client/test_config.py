@@ -51,7 +51,8 @@ def test_the_environment_overrides_the_context(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("HUTCH_URL", "http://127.0.0.1:9900")  # another controller entirely
     assert resolve() == Context("http://127.0.0.1:9900", "t2", None)
     monkeypatch.delenv("HUTCH_TOKEN")
-    with pytest.raises(Invalid, match="HUTCH_TOKEN"):
+    # A URL without a token: the URL is named, and where a token goes (not "no controller").
+    with pytest.raises(Invalid, match=r"no token for http://127.0.0.1:9900: set HUTCH_TOKEN"):
         resolve()
     assert resolve(token="t3", project="p3") == Context("http://127.0.0.1:9900", "t3", "p3")
 

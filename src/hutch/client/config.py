@@ -114,7 +114,9 @@ def resolve(
             url = saved.url
             if not token:
                 token, project = saved.token, project or saved.project
-    if not url or not token:
+    if url and not token:
+        raise Invalid(f"no token for {url}: set HUTCH_TOKEN, or `hutch login {url}`")
+    if not url:
         raise Invalid(
             "no controller configured: start one with `hutch up`, or set HUTCH_URL and "
             "HUTCH_TOKEN, or `hutch login URL`"
