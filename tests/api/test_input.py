@@ -3,6 +3,7 @@ integers beyond 64 bits, NUL in strings, JSON's non-standard NaN and Infinity, e
 entries no process can have. Each refusal stands next to the same request with a value that
 fits, which passes. On both databases: PostgreSQL refuses NUL in text, SQLite does not."""
 
+import base64
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -124,3 +125,52 @@ async def test_bad_environment_entries_are_refused_at_create(db_api: Api) -> Non
     r = await api.machine(token, env={"A": "b=c", "lower_and.dots": ""})
     assert r.status_code == 201, r.text
     assert r.json()["env"] == {"A": "b=c", "lower_and.dots": ""}
+
+
+async def test_unpaired_surrogates_are_refused_and_a_stored_machine_stays_readable(
+    db_api: Api,
+) -> None:
+    """JSON's "\\ud800" escape parses to half a surrogate pair: no UTF-8, so no database stores
+    it and no reader could decode it. A create holding one was stored, answered 500, and then
+    every list, get and delete of its project answered 500. Now a 422 naming the field; the
+    same text as a whole pair (an emoji) is stored and reads back."""
+    api = db_api
+    token = await api.token("alpha", "member")
+    headers = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
+    for field, value in [("command", '["\\ud800"]'), ("entrypoint", '["a\\udfff"]'),
+                         ("workdir", '"/\\ud800"'), ("user", '"\\udc00"'),
+                         ("labels", '{"a": "\\ud800"}'), ("env", '{"A": "\\ud800"}')]:  # fmt: skip
+        body = '{"image": "busybox", "runtime": "container", "start": false, "%s": %s}'
+        r = await api.http.post("/v1/machines", headers=headers,
+                                content=(body % (field, value)).encode())  # fmt: skip
+        refused(r, field, "surrogate")
+    listed = await api.call("GET", "/v1/machines", token)
+    assert listed.status_code == 200 and listed.json()["items"] == [], listed.text
+    whole = b'{"image": "busybox", "runtime": "container", "start": false, "name": "e",'
+    whole += b' "command": ["\\ud83d\\ude00"]}'
+    r = await api.http.post("/v1/machines", headers=headers, content=whole)
+    assert r.status_code == 201, r.text
+    [m] = (await api.call("GET", "/v1/machines", token)).json()["items"]
+    assert (
+        m["command"]
+        == ["\U0001f600"]
+        == (await api.call("GET", "/v1/machines/e", token)).json()["command"]
+    )
+
+
+async def test_a_cursor_not_handed_out_is_a_400_whatever_it_holds(db_api: Api) -> None:
+    """A cursor is the base64 of [created_at, id]: one holding an integer too large for a float,
+    NaN, half a surrogate pair or NUL was a 500 (or an empty page), not a 400."""
+    api = db_api
+    token = await api.token("alpha", "member")
+    for name in ("a", "b"):
+        assert (await api.machine(token, name=name, start=False)).status_code == 201
+    first = (await api.call("GET", "/v1/machines?limit=1", token)).json()
+    r = await api.call("GET", "/v1/machines", token, params={"cursor": first["next"]})
+    assert [m["name"] for m in r.json()["items"]] == ["b"]
+    huge = b"[" + b"9" * 400 + b', "m-1"]'
+    for inner in (huge, b'[1, "\\ud800"]', b'[1, "\\u0000"]', b'[NaN, "m-1"]',
+                  b'[Infinity, "m-1"]', b'[1, ""]', b"[1, 2]", b'"x"'):  # fmt: skip
+        cursor = base64.urlsafe_b64encode(inner).decode()
+        r = await api.call("GET", "/v1/machines", token, params={"cursor": cursor})
+        assert r.status_code == 400 and "cursor" in r.json()["detail"], (inner, r.text)

@@ -16,23 +16,36 @@ Count = Annotated[int, Field(ge=0, le=INT32_MAX)]  # a quota, a capacity in cpus
 Position = Annotated[int, Field(ge=0, le=INT64_MAX)]  # an event id
 
 
-def nul_in(value: Any, where: str = "") -> str | None:
-    """Where in a parsed JSON value a string (or a key) holds NUL, or None. No name, label,
-    command or value of hutch's may: PostgreSQL cannot store it, and a process's argv and
-    environment end at it."""
+def untext_in(value: Any, where: str = "") -> str | None:
+    """Why a string (or a key) in a parsed JSON value is no text hutch keeps, saying where; or
+    None. No name, label, command or value of hutch's may hold NUL (PostgreSQL cannot store it,
+    and a process's argv and environment end at it), nor half of a surrogate pair (JSON's
+    "\\ud800" escape parses to one: it is no UTF-8, so no database stores it, and no reader
+    could decode the row)."""
     if isinstance(value, str):
-        return (where or "the value") if "\0" in value else None
+        return _untext(value, where or "the value")
     if isinstance(value, dict):
         for key, item in value.items():
             inner = f"{where}.{key}" if where else str(key)
-            if isinstance(key, str) and "\0" in key:
-                return f"a key of {where}" if where else "a field name"
-            if (found := nul_in(item, inner)) is not None:
+            if isinstance(key, str) and (why := _untext(key, "")) is not None:
+                return f"a key of {where}{why}" if where else f"a field name{why}"
+            if (found := untext_in(item, inner)) is not None:
                 return found
     if isinstance(value, list):
         for i, item in enumerate(value):
-            if (found := nul_in(item, f"{where}.{i}" if where else str(i))) is not None:
+            if (found := untext_in(item, f"{where}.{i}" if where else str(i))) is not None:
                 return found
+    return None
+
+
+def _untext(text: str, where: str) -> str | None:
+    if "\0" in text:
+        return f"{where}: NUL characters (\\x00) are not allowed"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return f"{where}: unpaired surrogates (\\ud800-\\udfff) are not text"
     return None
 
 
@@ -40,16 +53,14 @@ class Request(BaseModel):
     # Unknown fields are refused (no mass assignment), and so are values of another type:
     # `false` is no vCPU count, "3" no machine count. Enum fields say `strict=False`: the
     # body is validated as parsed JSON, where an enum can only be its value. NaN and Infinity
-    # (which Python's JSON parser accepts) are no numbers here, and no string holds NUL.
+    # (which Python's JSON parser accepts) are no numbers here, and every string is text.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data: Any) -> Any:
-        if (where := nul_in(data)) is not None:
-            raise PydanticCustomError(
-                "nul_character", "{where}: NUL characters (\\x00) are not allowed", {"where": where}
-            )
+    def _text_only(cls, data: Any) -> Any:
+        if (why := untext_in(data)) is not None:
+            raise PydanticCustomError("not_text", "{why}", {"why": why})
         return data
 
 
