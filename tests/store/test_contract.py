@@ -1032,8 +1032,9 @@ async def test_usage_ledger(store: SqlStore) -> None:
         assert replace(first, id=0) == many[0] and first.id > 0
         [z], none = await tx.usage.records(b)
         assert z.vcpu_seconds == 7 and z.labels == {} and none is None
-        with pytest.raises(Invalid, match="cursor"):
-            await tx.usage.records(a, cursor="nope")
+        for bad in ("nope", "9" * 400, "-1", "٣"):  # a number no id column holds is refused too
+            with pytest.raises(Invalid, match="cursor"):
+                await tx.usage.records(a, cursor=bad)
         with pytest.raises(Invalid, match="by machine, label or day"):
             await tx.usage.totals(a, by="week")  # type: ignore[arg-type]
     async with store.write() as tx:

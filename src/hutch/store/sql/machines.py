@@ -5,6 +5,8 @@ import binascii
 import builtins
 import functools
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -562,13 +564,25 @@ def _encode_cursor(created_at: float, machine_id: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[float, str]:
+    """What _encode_cursor encoded; Invalid for anything else, so that only a finite time and
+    an id's characters reach a statement (not an int too large for a float, NaN, or a string
+    no database stores)."""
     try:
         created_at, machine_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (binascii.Error, ValueError, TypeError, UnicodeError):
-        created_at = machine_id = None
-    if not isinstance(created_at, int | float) or not isinstance(machine_id, str):
+        after = float(created_at)
+    except (binascii.Error, ValueError, TypeError, UnicodeError, OverflowError):
+        created_at, after, machine_id = None, math.nan, None
+    if (
+        not isinstance(created_at, int | float)
+        or not math.isfinite(after)
+        or not isinstance(machine_id, str)
+        or not _ID_CHARS.fullmatch(machine_id)
+    ):
         raise Invalid("the cursor is not one this store handed out")
-    return float(created_at), machine_id
+    return after, machine_id
+
+
+_ID_CHARS = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what a machine id is made of
 
 
 def _usage() -> sa.Select[Any]:

@@ -36,6 +36,7 @@ from hutch.model.usage import (
 )
 from hutch.store import tables as t
 from hutch.store.sql.repo import Repo, from_row
+from hutch.wire.common import INT64_MAX
 
 MAX_BATCH = 1000  # rows per INSERT: under both backends' limits on bound parameters
 _DAY = 86400
@@ -119,10 +120,10 @@ class SqlUsage(Repo):
         u = t.usage
         where = _within(project_id, since, until)
         if cursor is not None:
-            try:
-                where.append(u.c.id > int(cursor))
-            except ValueError:
-                raise Invalid(f"the cursor {cursor!r} is not one a page of usage gave") from None
+            after = int(cursor) if cursor.isascii() and cursor.isdigit() else -1
+            if not 0 <= after <= INT64_MAX:  # what an id column holds; more would not bind
+                raise Invalid(f"the cursor {cursor[:40]!r} is not one a page of usage gave")
+            where.append(u.c.id > after)
         stmt = sa.select(u).where(*where).order_by(u.c.id).limit(limit + 1)
         rows = (await self._c.execute(stmt)).all()
         page = [_to_record(r) for r in rows[:limit]]

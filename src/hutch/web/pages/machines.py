@@ -28,10 +28,10 @@ from hutch.services.policy import Action
 from hutch.web.pages import live
 from hutch.web.render import html, page, pages, see_other
 from hutch.web.visitor import COOKIE, Acting, Visiting, Visitor, controller
+from hutch.wire.common import INT64_MAX
 
 router = pages()
 KEEPALIVE = 15.0  # seconds between comments on a quiet stream (proxies close idle ones)
-INT64_MAX = (1 << 63) - 1
 
 Sort = Literal["name", "state", "created", "image"]
 Direction = Literal["asc", "desc"]
