@@ -114,13 +114,13 @@ def resolve(
             url = saved.url
             if not token:
                 token, project = saved.token, project or saved.project
-    if url and not token:
-        raise Invalid(f"no token for {url}: set HUTCH_TOKEN, or `hutch login {url}`")
     if not url:
         raise Invalid(
             "no controller configured: start one with `hutch up`, or set HUTCH_URL and "
             "HUTCH_TOKEN, or `hutch login URL`"
         )
+    if not token:
+        raise Invalid(f"no token for {url}: set HUTCH_TOKEN, or `hutch login {url}`")
     return Context(url.rstrip("/"), token, project)
 
 
