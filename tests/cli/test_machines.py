@@ -191,7 +191,10 @@ def test_an_exec_sent_as_a_machine_boots_waits_for_it(
     assert hutch("wait", "ended").stdout == "0\n"
     for _ in range(4):  # with stdin too: its thread's write into the refused session once
         refused = hutch("exec", "-i", "ended", "--", "sort", input="b\na\n")  # raised
-        assert refused.returncode == 125 and "exited, not running" in one_clear_line(refused.stderr)
+        assert (
+            refused.returncode == 125
+            and "exited, not running: start it first" in one_clear_line(refused.stderr)
+        )
     hutch("rm", "ended")
 
 

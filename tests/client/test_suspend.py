@@ -80,7 +80,7 @@ async def test_suspend_and_resume(
     assert [m.state for m in client.machines.list()] == ["suspended"]
     gave_back = held - _memory_allocated(controller, warm.node)
     assert gave_back > warm.memory_mib, gave_back  # its memory and the VM's overhead
-    with pytest.raises(Invalid, match="suspended, not running"):
+    with pytest.raises(Invalid, match="suspended, not running: resume it first"):
         client.machines.exec("warm", ["true"])
     # Its memory is saved on its node's disk: the project's disk holds it until it resumes.
     on_disk = disk + warm.memory_mib

@@ -89,6 +89,10 @@ SESSION_WAIT = 120.0
 SESSION_WAITERS = 16
 RESTART_BACKOFF_MAX = 30.0
 FINISHED = tuple(s for s in MachineState if s.finished)
+# What a refused exec or attach suggests, by the machine's state.
+_NEXT = {MachineState.SUSPENDED.value: ": resume it first"} | {
+    s.value: ": start it first" for s in FINISHED if s is not MachineState.DESTROYED
+}
 
 
 class Asks(Protocol):
@@ -998,7 +1002,7 @@ class Machines:
         if m.state is not MachineState.RUNNING or m.desired is Desired.DESTROYED:
             refusal = Conflict if attach else Invalid
             being = "being destroyed" if m.desired is Desired.DESTROYED else m.state
-            raise refusal(f"machine {m.name} is {being}, not running")
+            raise refusal(f"machine {m.name} is {being}, not running{_NEXT.get(str(being), '')}")
         return m, node
 
     def sessions_waiting(self, project_id: str) -> int:
