@@ -172,9 +172,9 @@ app = typer.Typer(
     name="hutch",
     cls=_Commands,
     help="hutch: run OCI images, each workload in its own lightweight VM.",
-    epilog="Start here: `hutch up -d` runs a controller and a node on this machine, then "
-    "`hutch run busybox -- echo hi` runs a machine. `hutch COMMAND --help` for any command; "
-    "README.md and docs/ for the rest.",
+    epilog="Start here: `make up` runs a controller and a node on this machine (`hutch up -d`), "
+    "imports a busybox image, and runs a first machine; then `hutch run busybox -- echo hi`. "
+    "`hutch COMMAND --help` for any command; README.md and docs/ for the rest.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
