@@ -185,8 +185,9 @@ def run(
         list[str] | None,
         typer.Option(
             "--network",
-            help="A network to join (repeatable, the first is eth0); default: the project's "
-            "default network; none: no network.",
+            help="The network to join; default: the project's default network; none: no "
+            "network. (Repeatable, the first is eth0, but nodes run machines on one network "
+            "only today: one on more fails at start.)",
         ),
     ] = None,
     sg: Annotated[
