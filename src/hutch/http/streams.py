@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from fastapi import WebSocket
+from fastapi import WebSocket, WebSocketDisconnect
 from starlette.types import Message
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -89,8 +89,9 @@ async def session(
             return
         upstream, early = opened
     except HutchError as e:
-        await ws.send_text(ws_error(e))
-        await ws.close()
+        with _gone():
+            await ws.send_text(ws_error(e))
+            await ws.close()
         return
     try:
         if start is not None:
@@ -102,8 +103,15 @@ async def session(
     finally:
         streams.release(lease)
         await upstream.close()
-        with contextlib.suppress(RuntimeError):
+        with _gone():
             await ws.close()
+
+
+def _gone() -> contextlib.suppress:
+    """What a send or close to a client that has already gone raises (Starlette: a
+    WebSocketDisconnect for the server's OSError; RuntimeError once closed): the session
+    is over either way, and no traceback belongs in the log."""
+    return contextlib.suppress(RuntimeError, WebSocketDisconnect)
 
 
 async def _open(
