@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.up import HUTCH, free_port, hutch_env, node_ready
+from bench.up import HUTCH, free_port, hutch_env, hutch_up
 
 # The same document the controller answered, from memory: what is left is the framework.
 BARE_APP = """
@@ -217,7 +217,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", choices=["run", "create", "list"], help="measure this alone")
-    parser.add_argument("--hutch", default=HUTCH, help="the hutch executable (with --only)")
+    parser.add_argument(
+        "--hutch", default=HUTCH, help="the hutch executable (with --only create or list)"
+    )
     args = parser.parse_args()
     if args.only == "create":
         create_only(args.hutch)
@@ -226,44 +228,35 @@ def main() -> None:
         only_list(args.hutch)
         return
     work = Path(tempfile.mkdtemp(prefix="hba", dir="/tmp"))
-    port = free_port()
     env = hutch_env(work)
-    up = subprocess.Popen([HUTCH, "up", "--port", str(port)], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     sim = None
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/healthz")
-        while not node_ready(url, work / "state" / "admin-token"):
-            time.sleep(0.1)
-        token = (work / "state" / "admin-token").read_text().strip()
-        run = [HUTCH, "run", "--rm", "busybox", "--", "echo", "hi"]
-        direct = [HUTCH, "sandbox", "run", "busybox", "--", "echo", "hi"]
-        first_line_time(run, env)  # warm-up: roots prepared, caches hot
-        first_line_time(direct, env)
-        via_api, sandbox = [], []
-        for i in range(args.runs):
-            via_api.append(first_line_time(run, env))
-            sandbox.append(first_line_time(direct, env))
-            print(f"run {i + 1}: via API {via_api[-1]:.3f}s, direct {sandbox[-1]:.3f}s",
-                  file=sys.stderr)  # fmt: skip
+        with hutch_up(env) as (url, token):
+            run = [HUTCH, "run", "--rm", "busybox", "--", "echo", "hi"]
+            direct = [HUTCH, "sandbox", "run", "busybox", "--", "echo", "hi"]
+            first_line_time(run, env)  # warm-up: roots prepared, caches hot
+            first_line_time(direct, env)
+            via_api, sandbox = [], []
+            for i in range(args.runs):
+                via_api.append(first_line_time(run, env))
+                sandbox.append(first_line_time(direct, env))
+                print(f"run {i + 1}: via API {via_api[-1]:.3f}s, direct {sandbox[-1]:.3f}s",
+                      file=sys.stderr)  # fmt: skip
 
-        if args.only == "run":
-            medians = {"run_via_api_s": statistics.median(via_api),
-                       "sandbox_direct_s": statistics.median(sandbox)}  # fmt: skip
-            return print_figures(medians, args.runs)
-        list_rps, bare_rps = list_vs_bare(url, token, work)
-        headers = {"Authorization": f"Bearer {token}"}
-        remove_all(url, headers)
+            if args.only == "run":
+                medians = {"run_via_api_s": statistics.median(via_api),
+                           "sandbox_direct_s": statistics.median(sandbox)}  # fmt: skip
+                return print_figures(medians, args.runs)
+            list_rps, bare_rps = list_vs_bare(url, token, work)
+            remove_all(url, {"Authorization": f"Bearer {token}"})
         # The host's 2 CPUs hold 8 vCPUs of machines: creates at this rate go to a controller
         # whose node is simulated, so they measure the control plane and not the node's size.
         sim, sim_url, sim_token = controller_with_simulated_node(work)
         p99 = asyncio.run(p99_create_ms(sim_url, sim_token))
     finally:
-        for proc in (up, sim):
-            if proc is not None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+        if sim is not None:
+            sim.send_signal(signal.SIGTERM)
+            sim.wait(30)
         shutil.rmtree(work, ignore_errors=True)
 
     figures = {"run_via_api_s": statistics.median(via_api),

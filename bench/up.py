@@ -54,13 +54,16 @@ def hutch_up(env: dict[str, str], timeout: float = 120) -> Iterator[tuple[str, s
     """`hutch up` with `env` (its HUTCH_STATE_DIR set): (its URL, the admin token)."""
     state = Path(env["HUTCH_STATE_DIR"])
     url = f"http://127.0.0.1:{free_port()}"
-    up = subprocess.Popen([HUTCH, "up", "--port", url.rsplit(":", 1)[1]], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    log = state.parent / "up.log"  # what it said, for when it does not come up
+    with log.open("wb") as out:
+        up = subprocess.Popen([HUTCH, "up", "--port", url.rsplit(":", 1)[1]], env=env,
+                              stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         deadline = time.monotonic() + timeout
         while not node_ready(url, state / "admin-token"):
             if up.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("hutch up did not come up")
+                said = log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise RuntimeError("hutch up did not come up; it said:\n" + "\n".join(said))
             time.sleep(0.1)
         yield url, (state / "admin-token").read_text().strip()
     finally:
