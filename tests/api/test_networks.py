@@ -159,10 +159,18 @@ async def test_networks_of_a_project_and_what_is_refused(api: Api) -> None:
     assert r.status_code == 404 and "no network 'x' in project alpha" in r.json()["detail"]
     r = await api.machine(token, name="x", networks=["none", "back"])
     assert r.status_code == 400
-    # Delete: refused while a machine is on it, done once it is destroyed.
+    # Delete: refused while machines are on it, naming the first five; done once they are gone.
     r = await api.call("DELETE", "/v1/networks/back", token)
-    assert r.status_code == 409 and "machine" in r.json()["detail"]
-    assert (await api.call("DELETE", "/v1/machines/two", token)).status_code == 204
+    assert r.status_code == 409 and "1 machine(s) are on this network (two)" in r.json()["detail"]
+    for i in range(6):
+        await api.machine(token, name=f"on-{i}", networks=["back"], start=False)
+    r = await api.call("DELETE", "/v1/networks/back", token)
+    assert (
+        "7 machine(s) are on this network (on-0, on-1, on-2, on-3, on-4 and 2 more)"
+        in (r.json()["detail"])
+    ), r.text
+    for name in ("two", *(f"on-{i}" for i in range(6))):
+        assert (await api.call("DELETE", f"/v1/machines/{name}", token)).status_code == 204
     assert (await api.call("DELETE", "/v1/networks/back", token)).status_code == 204
     assert (await api.call("GET", "/v1/networks/back", token)).status_code == 404
     reader = await api.token("alpha", "reader")

@@ -404,7 +404,7 @@ BAD_INPUT = [
     (("network", "inspect"), "Missing argument 'NETWORK'"),
     (("network", "inspect", "nope"), "no network 'nope'"),
     (("network", "rm", "nope"), "no network 'nope'"),
-    (("network", "rm", "taken"), "network taken: 1 machine(s) are on this network"),
+    (("network", "rm", "taken"), "network taken: 1 machine(s) are on this network (m)"),
     (("network", "ls", "-o", "xml"), "unknown output format 'xml'"),
     (("sg", "create"), "Missing argument 'NAME'. See 'hutch sg create --help'"),
     (("sg", "create", "used"), "already has a security group named 'used'"),

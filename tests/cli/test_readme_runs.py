@@ -367,7 +367,7 @@ def test_the_networks_block_runs_as_written(sh: Shell, env: dict[str, str]) -> N
         if command == "hutch network rm back" and not rule_id.startswith("done"):
             refused = sh(command)  # db is on it
             assert refused.returncode == 125, refused.stderr
-            assert "network back: 1 machine(s) are on this network" in refused.stderr
+            assert "network back: 1 machine(s) are on this network (db)" in refused.stderr
             rule_id = "done"
             continue
         ran = sh(command)

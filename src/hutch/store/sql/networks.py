@@ -78,6 +78,9 @@ _NETWORKS_BY_IDS = {
 }
 
 
+_NAMED = 5  # machines a refused network delete names
+
+
 def _shown(pg: bool) -> "sa.CompoundSelect[Any]":
     """shown()'s statement: its three kinds of rows in one (each statement costs as much as
     reading a page's addresses), alike in their columns: machine id, kind, key, port and four
@@ -171,15 +174,21 @@ class SqlNetworks(Repo):
         is not fenced yet included); NotFound if the project has no such network."""
         n, a = t.networks, t.network_addresses
         await self._locked(n, network_id, "network", key=True)
-        held = (
-            await self._c.execute(
-                sa.select(sa.func.count()).select_from(a).where(a.c.network_id == network_id)
-            )
-        ).scalar_one()
-        if held:
+        m = t.machines
+        stmt = (
+            sa.select(m.c.name, sa.func.count().over().label("held"))
+            .join(m, m.c.id == a.c.machine_id)
+            .where(a.c.network_id == network_id)
+            .order_by(m.c.name)
+            .limit(_NAMED)
+        )
+        rows = (await self._c.execute(stmt)).all()
+        if rows:
+            held, names = rows[0].held, ", ".join(r.name for r in rows)
+            more = f" and {held - len(rows)} more" if held > len(rows) else ""
             raise Conflict(
-                f"{held} machine(s) are on this network: destroy them (or wait until their "
-                "lost node is fenced) first"
+                f"{held} machine(s) are on this network ({names}{more}): destroy them (or wait "
+                "until their lost node is fenced) first"
             )
         done = await self._c.execute(
             sa.delete(n).where(n.c.id == network_id, n.c.project_id == project_id)
