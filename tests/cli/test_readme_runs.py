@@ -101,10 +101,11 @@ def test_the_running_machines_block_runs_as_written(
     assert set(commands) >= ON_A_TERMINAL | NOT_HERE
     follower: subprocess.Popen[str] | None = None
     seen = []
-    for command in commands:
-        if command in ON_A_TERMINAL | NOT_HERE:
+    for written in commands:
+        if written in ON_A_TERMINAL | NOT_HERE:
             continue
-        seen.append(command)
+        seen.append(written)
+        command = written.replace("/tmp/bb", str(tmp_path / "bb"))  # this test's own
         if command.startswith("hutch logs -f"):  # follows until web ends: run alongside
             follower = subprocess.Popen(
                 ["bash", "-c", command], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
@@ -112,7 +113,9 @@ def test_the_running_machines_block_runs_as_written(
             )  # fmt: skip
             continue
         out = ok(sh(command), command)
-        if command == "hutch run busybox -- echo hello":
+        if command.startswith("python -m hutch.images.busybox"):
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", out), out  # the imported image
+        elif command == "hutch run busybox -- echo hello":
             assert out == "hello\n"
         elif command.startswith("hutch run -d --name web"):
             assert re.fullmatch(r"m-\w+\n", out)
@@ -140,7 +143,7 @@ def test_the_running_machines_block_runs_as_written(
         elif command == "hutch rm web":
             assert out == "web\n"
             assert "web" not in ok(sh("hutch ps -a -q"), "ps") + ok(sh("hutch ps"), "ps")
-    assert len(seen) == 13 and follower is not None, seen
+    assert len(seen) == 14 and follower is not None, seen
 
 
 def test_the_lifetime_lines_run_as_written(sh: Shell) -> None:
