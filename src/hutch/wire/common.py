@@ -23,12 +23,12 @@ def untext_in(value: Any, where: str = "") -> str | None:
     "\\ud800" escape parses to one: it is no UTF-8, so no database stores it, and no reader
     could decode the row)."""
     if isinstance(value, str):
-        return _untext(value, where or "the value")
+        return None if (why := _untext(value)) is None else f"{where or 'the value'}: {why}"
     if isinstance(value, dict):
         for key, item in value.items():
             inner = f"{where}.{key}" if where else str(key)
-            if isinstance(key, str) and (why := _untext(key, "")) is not None:
-                return f"a key of {where}{why}" if where else f"a field name{why}"
+            if isinstance(key, str) and (why := _untext(key)) is not None:
+                return f"a key of {where}: {why}" if where else f"a field name: {why}"
             if (found := untext_in(item, inner)) is not None:
                 return found
     if isinstance(value, list):
@@ -38,14 +38,14 @@ def untext_in(value: Any, where: str = "") -> str | None:
     return None
 
 
-def _untext(text: str, where: str) -> str | None:
+def _untext(text: str) -> str | None:
     if "\0" in text:
-        return f"{where}: NUL characters (\\x00) are not allowed"
+        return "NUL characters (\\x00) are not allowed"
     if not text.isascii():
         try:
             text.encode()
         except UnicodeEncodeError:
-            return f"{where}: unpaired surrogates (\\ud800-\\udfff) are not text"
+            return "unpaired surrogates (\\ud800-\\udfff) are not text"
     return None
 
 

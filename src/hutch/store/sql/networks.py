@@ -78,9 +78,6 @@ _NETWORKS_BY_IDS = {
 }
 
 
-_NAMED = 5  # machines a refused network delete names
-
-
 def _shown(pg: bool) -> "sa.CompoundSelect[Any]":
     """shown()'s statement: its three kinds of rows in one (each statement costs as much as
     reading a page's addresses), alike in their columns: machine id, kind, key, port and four
@@ -107,6 +104,9 @@ def _shown(pg: bool) -> "sa.CompoundSelect[Any]":
 
 
 _SHOWN = {pg: _shown(pg) for pg in (True, False)}  # built once, as _NETWORKS_BY_IDS
+
+
+_NAMED = 5  # machines a refused delete names
 
 
 class SqlNetworks(Repo):
