@@ -89,6 +89,8 @@ async def test_pages_are_capped_and_cursors_follow(api_both: Api) -> None:
                 **(rich if i == 1 else {}),
             )
         ).status_code == 201
+    for i in range(5):  # placed first: the scheduler must not move a machine between list and get
+        await api.placed(token, f"p{i}")
     first = (await api.call("GET", "/v1/machines?limit=2", token)).json()
     assert len(first["items"]) == 2 and first["next"]
     rest = (await api.call("GET", f"/v1/machines?limit=1000&cursor={first['next']}", token)).json()
