@@ -161,7 +161,9 @@ def test_a_pool_promises_what_it_can_hold_and_an_export_held_open_keeps_its_copy
         done = client.machines.wait(filler, timeout=120)
         said = b"".join(line.data.encode() for line in client.machines.logs(filler))
         assert done.exit_code == 0, said
-        assert client.volumes.get("big").used_bytes == size
+        # Every byte is there; XFS counts the blocks of an extent map among a file's own when a
+        # fragmented pool gives it more extents than its inode holds (one 4 KiB block seen).
+        assert size <= client.volumes.get("big").used_bytes <= size + 64 * 1024
 
 
 def test_another_projects_volume_or_snapshot_is_not_found_for_machines_and_forks(
