@@ -1,9 +1,12 @@
 """What only the container runtime promises: its own namespaces, the agent out of reach, no
 way to new namespaces or mounts, and root that is not the host's."""
 
+import errno
 import os
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from hutch.images.rootfs import PreparedRoot
 from hutch.model.sandbox import ProcessSpec, Resources, SandboxSpec
@@ -84,8 +87,14 @@ async def test_container_root_is_an_unprivileged_host_uid(
         for pid in procs:
             held = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
             assert (f"{ID_DIR}/container-uids/{uid}" in held) == (int(pid) == init)
-        upper = short_dir / "state/sandboxes/container" / sandbox_id / "rw/upper/mine"
-        assert upper.stat().st_uid == uid  # what root writes inside is owned by its host uid
+        sdir = short_dir / "state/sandboxes/container" / sandbox_id
+        assert (sdir / "rw/upper/mine").stat().st_uid == uid  # root's writes: its host uid's
+        # The shared image's tree, shifted for it, is read-only from the host as well: an
+        # `rm -rf` of a running sandbox's directory once emptied the image for every container.
+        # Touching a file is the harmless probe (deleting one was as allowed as touching it).
+        with pytest.raises(OSError) as refused:
+            os.utime(sdir / "lower/bin/busybox")
+        assert refused.value.errno == errno.EROFS
         host_uids.append(uid)
     assert abs(host_uids[0] - host_uids[1]) >= USERNS_SIZE  # ranges of their own
     logged = b"".join([record.data async for record in container.logs("u1")])

@@ -321,11 +321,13 @@ class ContainerBackend:
         if host_uid is not None:
             # The image's tree is shared by every container and owned by host root: an idmapped
             # mount shows it owned by this container's root, without copying or chowning it.
+            # Read-only: the overlay never writes it, and a host process that deletes a
+            # sandbox's directory while it is mounted would empty the image for every container.
             lower = sdir.file("lower")
             lower.mkdir(mode=0o700, exist_ok=True)
             userns = await asyncio.to_thread(mounts.user_namespace, host_uid, USERNS_SIZE)
             try:
-                mounts.bind_idmapped(Path(spec.rootfs), lower, userns)
+                mounts.bind_idmapped(Path(spec.rootfs), lower, userns, read_only=True)
             finally:
                 os.close(userns)
             os.chown(rw / "upper", host_uid, host_uid)  # new files: owned by container root

@@ -36,6 +36,7 @@ AT_RECURSIVE = 0x8000
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 4
+MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_IDMAP = 0x00100000
 CLONE_NEWUSER = 0x10000000
 
@@ -173,7 +174,7 @@ def user_namespace(host_id: int, size: int) -> int:
         holder.wait()
 
 
-def bind_idmapped(source: Path, target: Path, userns: int) -> None:
+def bind_idmapped(source: Path, target: Path, userns: int, read_only: bool = False) -> None:
     """Bind `source` (recursively) at `target`, its owners shifted by the mapping of the user
     namespace `userns`: root's files appear owned by the namespace's host root."""
     tree = _libc.syscall(
@@ -184,7 +185,8 @@ def bind_idmapped(source: Path, target: Path, userns: int) -> None:
         raise Unavailable(f"open_tree {source}: {os.strerror(ctypes.get_errno())}")
     try:
         # struct mount_attr: attr_set, attr_clr, propagation, userns_fd
-        attr = ctypes.create_string_buffer(struct.pack("=4Q", MOUNT_ATTR_IDMAP, 0, 0, userns), 32)
+        flags = MOUNT_ATTR_IDMAP | (MOUNT_ATTR_RDONLY if read_only else 0)
+        attr = ctypes.create_string_buffer(struct.pack("=4Q", flags, 0, 0, userns), 32)
         if _libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, attr, 32) < 0:
             raise Unavailable(
                 f"idmapped mount of {source}: {os.strerror(ctypes.get_errno())} (the kernel or "
