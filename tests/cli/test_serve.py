@@ -63,6 +63,9 @@ def test_up_detached_then_a_first_workload_then_down(
         down = hutch("down", "--data-dir", str(data))
         assert (down.returncode, down.stdout) == (0, "hutch is down\n"), down.stderr
         assert "keep running; the next `hutch up` picks them up again" in down.stderr
+        # A clean stop is a quiet one: its servers are told to exit, not cancelled, and the
+        # agent's long poll ends with the agent (each once left a traceback in the log).
+        assert "Traceback" not in (data / "hutch.log").read_text()
         assert hutch("up", "-d", "--data-dir", str(data), "--port", port).returncode == 0
         assert hutch("ps", "-q").stdout.split() == [kept.stdout.strip()]  # picked up, running
     finally:

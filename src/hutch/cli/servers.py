@@ -21,6 +21,7 @@ from hutch.api.app import create_app
 from hutch.cli.contexts import save_up_context
 from hutch.controller import build_controller, join_secret_of
 from hutch.http import tls
+from hutch.http.shutdown import ClosedAtShutdown
 from hutch.http.slow import guarded_http
 from hutch.model.errors import Invalid, Unavailable
 from hutch.network.claim import claim
@@ -49,8 +50,9 @@ def _server(
     http: Any = "h11"
     if settings is not None:
         http = guarded_http(settings.header_timeout, settings.connections_per_client)
+    server: uvicorn.Server
     config = uvicorn.Config(
-        app,
+        ClosedAtShutdown(app, lambda: server.should_exit),
         host=host,
         port=port,
         http=http,
@@ -63,7 +65,8 @@ def _server(
         ssl_certfile=str(cert[0]) if cert else None,
         ssl_keyfile=str(cert[1]) if cert else None,
     )
-    return uvicorn.Server(config)
+    server = uvicorn.Server(config)
+    return server
 
 
 def settled() -> None:
@@ -78,9 +81,21 @@ def settled() -> None:
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
+async def _serve(server: uvicorn.Server) -> None:
+    """Serve until told to exit. A cancel tells it, and waits for its shutdown: cut short, its
+    open requests and its lifespan would be cancelled at the loop's end, a traceback each."""
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await serving
+        raise
+
+
 async def _start(server: uvicorn.Server) -> tuple[asyncio.Task[None], int]:
     """Serve in the background; the port actually bound (port 0 picks a free one)."""
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(_serve(server))
     while not server.started:
         if task.done():
             task.result()  # raises why it could not start

@@ -9,6 +9,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from hutch.api import convert
 from hutch.api.deps import Caller, CallingNode, Ctl, bearer
+from hutch.http.polls import unless_gone
 from hutch.http.problems import PROBLEMS
 from hutch.model.errors import NotFound
 from hutch.model.machine import Capacity, Report
@@ -116,7 +117,7 @@ async def heartbeat(ctl: Ctl, node: CallingNode, node_id: str, body: Heartbeat) 
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@agents.get("/nodes/{node_id}/assignments")
+@agents.get("/nodes/{node_id}/assignments", response_model=Assignments)
 async def assignments(
     ctl: Ctl,
     node: CallingNode,
@@ -124,12 +125,14 @@ async def assignments(
     request: Request,
     after: Annotated[int, Query(ge=-1, le=INT32_MAX)] = -1,
     wait: Annotated[float, Query(ge=0, le=60)] = 0.0,
-) -> Assignments:
+) -> Assignments | Response:
     _own(node_id, node.id)
     server = request.scope.get("server")  # (host, port) the agent connected to, if TCP
     reached_at = server[0] if server else ""
-    revision, machines, plan = await ctl.nodes.assignments(node, after, wait, reached_at)
-    return convert.assignments(revision, machines, plan)
+    got = await unless_gone(request, ctl.nodes.assignments(node, after, wait, reached_at))
+    if got is None:
+        return Response(status_code=499)  # nobody to read it (nginx's "client closed request")
+    return convert.assignments(*got)
 
 
 @agents.get(

@@ -1,0 +1,58 @@
+"""Requests cancelled at the end of a server's shutdown grace end as their client can tell,
+not as a traceback; a cancel while the server is not shutting down is left as it is."""
+
+import asyncio
+import json
+
+import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hutch.http.shutdown import ClosedAtShutdown
+
+
+def _app(start: bool, kind: str = "http") -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if start:
+            accept = {"type": "websocket.accept"} if kind == "websocket" else None
+            await send(accept or {"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(3600)  # a long poll, a followed log
+
+    return app
+
+
+async def _cancelled(kind: str, start: bool, closing: bool) -> list[Message]:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        await asyncio.sleep(3600)
+        return {}
+
+    scope = {"type": kind, "path": "/x", "headers": [], "method": "GET"}
+    wrapped = ClosedAtShutdown(_app(start, kind), lambda: closing)
+    task = asyncio.create_task(wrapped(scope, receive, send))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    await task  # ends: the cancel was the server's
+    return sent
+
+
+async def test_nothing_sent_yet_is_a_503_to_try_again() -> None:
+    sent = await _cancelled("http", start=False, closing=True)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 503
+    assert (b"retry-after", b"1") in sent[0]["headers"]
+    assert "shutting down" in json.loads(sent[1]["body"])["detail"]
+
+
+async def test_a_started_body_is_left_incomplete_and_a_websocket_goes_away() -> None:
+    sent = await _cancelled("http", start=True, closing=True)
+    assert [m["type"] for m in sent] == ["http.response.start"]  # no end: uvicorn cuts it
+    sent = await _cancelled("websocket", start=True, closing=True)
+    assert sent[-1] == {"type": "websocket.close", "code": 1001, "reason": "server shutting down"}
+
+
+async def test_a_cancel_while_serving_is_a_cancel() -> None:
+    with pytest.raises(asyncio.CancelledError):
+        await _cancelled("http", start=False, closing=False)
