@@ -3,10 +3,12 @@ answer is given when it comes first."""
 
 import asyncio
 
+import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
 from hutch.http.polls import unless_gone
+from hutch.http.problems import BodyTooLarge
 
 
 def _request(gone_after: float) -> Request:
@@ -42,3 +44,16 @@ async def test_an_answer_that_comes_first_is_given() -> None:
         return "changed"
 
     assert await unless_gone(_request(3600), poll()) == "changed"
+
+
+async def test_a_request_that_cannot_be_read_is_refused_as_such() -> None:
+    async def receive() -> Message:
+        raise BodyTooLarge(10)
+
+    async def poll() -> str:
+        await asyncio.sleep(3600)
+        return "late"
+
+    request = Request({"type": "http", "method": "GET", "headers": []}, receive)
+    with pytest.raises(BodyTooLarge):
+        await asyncio.wait_for(unless_gone(request, poll()), 5)

@@ -18,11 +18,14 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T | None:
     try:
         await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        gone.cancel()
+        if not gone.done():
+            gone.cancel()
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    if gone.done() and not gone.cancelled() and (refused := gone.exception()) is not None:
+        raise refused  # reading the request failed (a body past the limit: 413), not the client
     return None if task.cancelled() else task.result()
 
 
