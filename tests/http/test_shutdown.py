@@ -10,17 +10,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hutch.http.shutdown import ClosedAtShutdown
 
 
-def _app(start: bool, kind: str = "http") -> ASGIApp:
+class _Gone(Exception):
+    """What a handler's cleanup raises when the server has closed its client's connection
+    (starlette's WebSocketDisconnect from a `ws.close()` in a `finally`)."""
+
+
+def _app(start: bool, kind: str = "http", cleanup_fails: bool = False) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if start:
             accept = {"type": "websocket.accept"} if kind == "websocket" else None
             await send(accept or {"type": "http.response.start", "status": 200, "headers": []})
-        await asyncio.sleep(3600)  # a long poll, a followed log
+        try:
+            await asyncio.sleep(3600)  # a long poll, a followed log
+        finally:
+            if cleanup_fails:
+                raise _Gone
 
     return app
 
 
-async def _cancelled(kind: str, start: bool, closing: bool) -> list[Message]:
+async def _cancelled(
+    kind: str, start: bool, closing: bool, cleanup_fails: bool = False
+) -> list[Message]:
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
@@ -31,7 +42,7 @@ async def _cancelled(kind: str, start: bool, closing: bool) -> list[Message]:
         return {}
 
     scope = {"type": kind, "path": "/x", "headers": [], "method": "GET"}
-    wrapped = ClosedAtShutdown(_app(start, kind), lambda: closing)
+    wrapped = ClosedAtShutdown(_app(start, kind, cleanup_fails), lambda: closing)
     task = asyncio.create_task(wrapped(scope, receive, send))
     await asyncio.sleep(0.01)
     task.cancel()
@@ -56,3 +67,12 @@ async def test_a_started_body_is_left_incomplete_and_a_websocket_goes_away() -> 
 async def test_a_cancel_while_serving_is_a_cancel() -> None:
     with pytest.raises(asyncio.CancelledError):
         await _cancelled("http", start=False, closing=False)
+
+
+async def test_a_cancel_its_cleanup_hid_is_still_the_servers() -> None:
+    # The node's exec session: cancelled at the grace's end, its `finally` closes a socket the
+    # server has already closed, and that error (not the cancel) leaves the handler.
+    sent = await _cancelled("websocket", start=True, closing=True, cleanup_fails=True)
+    assert sent[-1] == {"type": "websocket.close", "code": 1001, "reason": "server shutting down"}
+    with pytest.raises(_Gone):  # while serving, an error is an error
+        await _cancelled("websocket", start=True, closing=False, cleanup_fails=True)

@@ -31,12 +31,20 @@ class ClosedAtShutdown:
 
         try:
             await self.app(scope, receive, tracked)
-        except asyncio.CancelledError:
-            if not self.closing():
+        except (asyncio.CancelledError, Exception) as e:
+            if not self.closing() or not _cancelled(e):
                 raise
             # Not raised again: the cancel was for this request's own task, which ends here.
             with contextlib.suppress(Exception):  # its client may have gone as well
                 await _close(scope, receive, send, started)
+
+
+def _cancelled(e: BaseException) -> bool:
+    """The request's task was cancelled: `e` is the cancel, or an error its handler's cleanup
+    raised meanwhile (a `ws.close()` in a `finally`, on the connection the server has closed),
+    the cancel still pending on the task."""
+    task = asyncio.current_task()
+    return isinstance(e, asyncio.CancelledError) or (task is not None and task.cancelling() > 0)
 
 
 async def _close(scope: Scope, receive: Receive, send: Send, started: bool) -> None:
