@@ -101,6 +101,19 @@ def test_growing_a_tenants_ext4_never_lets_it_reach_a_device_of_the_node(
     client.machines.delete(holder.id, force=True)
 
 
+def _created_once_free(client: Client, name: str, size: str, within: float, why: str) -> None:
+    """Creates the volume once the pool has room for it: within `within` seconds, else `why`."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            client.volumes.create(name, size)
+        except NoCapacity:
+            assert time.monotonic() < deadline, why
+            time.sleep(0.2)
+        else:
+            return
+
+
 def test_a_pool_promises_what_it_can_hold_and_an_export_held_open_keeps_its_copy_promised(
     busybox_rootfs: Path,
 ) -> None:
@@ -137,14 +150,7 @@ def test_a_pool_promises_what_it_can_hold_and_an_export_held_open_keeps_its_copy
         export.close()  # type: ignore[attr-defined]
         # The export is over: its room is free once the node has seen the reader go (a busy
         # machine may take a moment to notice).
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.volumes.create("c", "200M")
-                break
-            except NoCapacity:
-                assert time.monotonic() < deadline, "an ended export kept its copy promised"
-                time.sleep(0.2)
+        _created_once_free(client, "c", "200M", 30, "an ended export kept its copy promised")
         client.volumes.delete("b")
         client.volumes.delete("c")
 
@@ -261,14 +267,8 @@ def test_an_export_nobody_reads_is_ended_by_its_node(busybox_rootfs: Path, tmp_p
         export = client.volumes.export("a")
         got = bytearray(next(export))
         client.volumes.delete("a")
-        deadline = time.monotonic() + 60
-        while True:  # the node ends the export once its reader has not read for a second
-            try:
-                client.volumes.create("b", "400M")
-                break
-            except NoCapacity:
-                assert time.monotonic() < deadline, "the held export was never ended"
-                time.sleep(0.5)
+        # The node ends the export once its reader has not read for a second.
+        _created_once_free(client, "b", "400M", 60, "the held export was never ended")
         with contextlib.suppress(httpx.HTTPError):
             for chunk in export:
                 got += chunk
