@@ -25,7 +25,8 @@ STOP_TIMEOUT = 20.0  # seconds `hutch down` waits for a graceful stop
 
 def up(
     data_dir: Annotated[
-        Path | None, typer.Option(help="State directory (default: state_dir).")
+        Path | None,
+        typer.Option(help="State directory (default: $HUTCH_STATE_DIR, else /var/lib/hutch)."),
     ] = None,
     port: Annotated[int, typer.Option(help="Port of the API on 127.0.0.1.")] = 7878,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
